@@ -57,7 +57,7 @@ def _parse_header(data: bytes | memoryview, source: str) -> tuple[dict, int]:
         )
     try:
         header = json.loads(bytes(data[8 : 8 + header_len]).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (ValueError, RecursionError) as err:  # bad UTF-8/JSON, huge int literals, deep nesting
         raise CheckpointError(f"{source}: malformed JSON header ({err})") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{source}: the JSON header is a {type(header).__name__}, "
@@ -69,7 +69,7 @@ def _check_entry(name: str, entry: object, source: str) -> tuple[torch.dtype, li
     if not isinstance(entry, dict):
         raise CheckpointError(f"{source}: tensor {name!r}: header entry is not an object")
     dtype_name, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype_name not in DTYPES:
+    if not isinstance(dtype_name, str) or dtype_name not in DTYPES:
         raise CheckpointError(f"{source}: tensor {name!r}: unknown dtype {dtype_name!r} "
                               f"(known: {', '.join(DTYPES)})")
     if not (isinstance(shape, list)
@@ -80,9 +80,14 @@ def _check_entry(name: str, entry: object, source: str) -> tuple[torch.dtype, li
             and offsets[0] <= offsets[1]):
         raise CheckpointError(f"{source}: tensor {name!r}: bad data_offsets {offsets!r}")
     dtype = DTYPES[dtype_name]
-    numel = 1
+    # torch needs the product of the non-zero dims (in bytes) to fit in int64; stopping there
+    # also keeps a header of huge numbers from making Python multiply them for minutes.
+    numel, span = 1, dtype.itemsize
     for d in shape:
-        numel *= d
+        numel, span = numel * d, span * max(d, 1)
+        if span >= 2**63:
+            raise CheckpointError(f"{source}: tensor {name!r}: shape of {len(shape)} dims is too "
+                                  "large for torch (more than 2**63 bytes)")
     nbytes = numel * dtype.itemsize
     if offsets[1] - offsets[0] != nbytes:
         raise CheckpointError(
@@ -293,8 +298,8 @@ def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
                           "(give a checkpoint folder or 'minilm')")
 
 
-def read_config(path: str | os.PathLike) -> BertConfig:
-    """Read ``config.json`` in a checkpoint folder into a ``BertConfig``."""
+def read_config_json(path: str | os.PathLike) -> dict:
+    """The raw ``config.json`` of a checkpoint folder, checked to be a JSON object."""
     file = Path(path) / "config.json"
     if not file.is_file():
         raise CheckpointError(f"{file}: no config.json in the checkpoint folder")
@@ -304,7 +309,12 @@ def read_config(path: str | os.PathLike) -> BertConfig:
         raise CheckpointError(f"{file}: not valid JSON ({err})") from None
     if not isinstance(raw, dict):
         raise CheckpointError(f"{file}: expected a JSON object")
-    return BertConfig.from_dict(raw, source=str(file))
+    return raw
+
+
+def read_config(path: str | os.PathLike) -> BertConfig:
+    """Read ``config.json`` in a checkpoint folder into a ``BertConfig``."""
+    return BertConfig.from_dict(read_config_json(path), source=str(Path(path) / "config.json"))
 
 
 def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str]:
@@ -335,7 +345,9 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], s
             state = torch.load(file, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises many types for a damaged or unsafe pickle
             raise CheckpointError(f"{file}: cannot be loaded safely ({err})") from None
-        if not isinstance(state, dict):
+        if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+        ):
             raise CheckpointError(f"{file}: expected a dict of tensors")
         return state, str(file)
     raise CheckpointError(f"{folder}: no weights found (looked for {', '.join(WEIGHT_FILES)})")
@@ -347,6 +359,10 @@ def load_encoder_weights(model: BertModel, encoder: dict[str, torch.Tensor], sou
     missing = sorted(set(expected) - set(encoder))
     if missing:
         raise CheckpointError(f"{source}: missing keys (minift names): {', '.join(missing)}")
+    extra = sorted(set(encoder) - set(expected))  # e.g. more layers than num_hidden_layers
+    if extra:
+        raise CheckpointError(f"{source}: keys the model built from config.json does not have "
+                              f"(minift names): {', '.join(extra)}")
     wrong = [f"{name}: checkpoint {tuple(t.shape)} vs config {tuple(expected[name].shape)}"
              for name, t in encoder.items() if t.shape != expected[name].shape]
     if wrong:
@@ -356,9 +372,14 @@ def load_encoder_weights(model: BertModel, encoder: dict[str, torch.Tensor], sou
             expected[name].copy_(tensor)
 
 
-def load_bert_with_heads(path: str | os.PathLike, *, allow_unexpected: bool = False
+def load_bert_with_heads(path: str | os.PathLike, *, allow_unexpected: bool = False,
+                         add_pooling_layer: bool = True
                          ) -> tuple[BertModel, dict[str, torch.Tensor]]:
-    """Load the encoder from a folder; also return head weights (``cls.*``, ``classifier.*``)."""
+    """Load the encoder from a folder; also return head weights (``cls.*``, ``classifier.*``).
+
+    ``add_pooling_layer=False`` builds the encoder without a pooler and drops pooler weights
+    (token-level heads have none; transformers saves them without one).
+    """
     folder = resolve_model_dir(path)
     config = read_config(folder)
     state, source = read_state_dict(folder)
@@ -366,14 +387,18 @@ def load_bert_with_heads(path: str | os.PathLike, *, allow_unexpected: bool = Fa
     if unknown and not allow_unexpected:
         raise CheckpointError(f"{source}: unexpected keys: {', '.join(unknown)} "
                               "(pass allow_unexpected=True to ignore them)")
-    model = BertModel(config)
+    model = BertModel(config, add_pooling_layer=add_pooling_layer)
+    if not add_pooling_layer:
+        encoder = {k: v for k, v in encoder.items() if not k.startswith("pooler.")}
     load_encoder_weights(model, encoder, source)
     return model.eval(), heads
 
 
-def load_bert(path: str | os.PathLike, *, allow_unexpected: bool = False) -> BertModel:
+def load_bert(path: str | os.PathLike, *, allow_unexpected: bool = False,
+              add_pooling_layer: bool = True) -> BertModel:
     """Load an HF BERT checkpoint folder (or ``"minilm"``) into a minift ``BertModel``."""
-    return load_bert_with_heads(path, allow_unexpected=allow_unexpected)[0]
+    return load_bert_with_heads(path, allow_unexpected=allow_unexpected,
+                                add_pooling_layer=add_pooling_layer)[0]
 
 
 def save_bert(model: BertModel, path: str | os.PathLike,

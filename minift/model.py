@@ -243,18 +243,21 @@ class BertOutput:
     """What the encoder returns; names as in transformers."""
 
     last_hidden_state: torch.Tensor  # (batch, seq, hidden)
-    pooler_output: torch.Tensor  # (batch, hidden)
+    pooler_output: torch.Tensor | None  # (batch, hidden); None without a pooler
 
 
 class BertModel(nn.Module):
-    """The BERT encoder: embeddings, ``num_hidden_layers`` blocks, pooler."""
+    """The BERT encoder: embeddings, ``num_hidden_layers`` blocks, pooler.
 
-    def __init__(self, config: BertConfig):
+    ``add_pooling_layer=False`` drops the pooler, as transformers does for token-level heads.
+    """
+
+    def __init__(self, config: BertConfig, add_pooling_layer: bool = True):
         super().__init__()
         self.config = config
         self.embeddings = Embeddings(config)
         self.layers = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
-        self.pooler = Pooler(config)
+        self.pooler = Pooler(config) if add_pooling_layer else None
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -291,42 +294,20 @@ class BertModel(nn.Module):
             mask = additive_mask(attention_mask, x.dtype)
         for layer in self.layers:
             x = layer(x, mask)
-        return BertOutput(last_hidden_state=x, pooler_output=self.pooler(x))
+        pooled = self.pooler(x) if self.pooler is not None else None
+        return BertOutput(last_hidden_state=x, pooler_output=pooled)
 
     @classmethod
-    def from_pretrained(cls, path, *, allow_unexpected: bool = False) -> BertModel:
+    def from_pretrained(cls, path, *, allow_unexpected: bool = False,
+                        add_pooling_layer: bool = True) -> BertModel:
         """Load an HF BERT checkpoint folder (config.json + model.safetensors or .bin)."""
         from minift.checkpoint import load_bert
 
-        return load_bert(path, allow_unexpected=allow_unexpected)
+        return load_bert(path, allow_unexpected=allow_unexpected,
+                         add_pooling_layer=add_pooling_layer)
 
     def save_pretrained(self, path) -> None:
         """Write config.json + model.safetensors that ``transformers.BertModel`` loads."""
         from minift.checkpoint import save_bert
 
         save_bert(self, path)
-
-
-# --------------------------------------------------------------------------------------------
-# Sentence embeddings
-# --------------------------------------------------------------------------------------------
-
-
-def mean_pooling(last_hidden_state: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Average of the hidden states of real tokens: (batch, seq, hidden) -> (batch, hidden).
-
-    This is sentence-transformers' ``pooling_mode_mean_tokens`` (the denominator is clamped at
-    1e-9 as there, so an all-padding row gives zeros rather than NaN).
-    """
-    weights = attention_mask.unsqueeze(-1).to(last_hidden_state.dtype)  # (batch, seq, 1)
-    summed = (last_hidden_state * weights).sum(dim=1)
-    return summed / weights.sum(dim=1).clamp(min=1e-9)
-
-
-def sentence_embedding(model: BertModel, input_ids: torch.Tensor,
-                       attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None,
-                       normalize: bool = True) -> torch.Tensor:
-    """Mean-pooled (and by default L2-normalised) embeddings, as all-MiniLM-L6-v2 is used."""
-    hidden = model(input_ids, attention_mask, token_type_ids).last_hidden_state
-    pooled = mean_pooling(hidden, attention_mask)
-    return F.normalize(pooled, p=2, dim=-1) if normalize else pooled

@@ -8,6 +8,9 @@ import pytest
 
 _REPO = Path(__file__).resolve().parents[1]
 _DEFAULT_DATA = _REPO.parent / "shared" / "data"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 if "MINIFT_DATA" not in os.environ and _DEFAULT_DATA.is_dir():
     os.environ["MINIFT_DATA"] = str(_DEFAULT_DATA)
 

@@ -1,0 +1,484 @@
+"""Text to token ids: a thin, explicit wrapper over the `tokenizers` package.
+
+A BERT tokenizer is a pipeline of four steps, and `tokenizers` (Rust) runs all of them:
+
+1. normalize   clean control characters, put spaces around CJK characters, lowercase, strip
+               accents (BertNormalizer);
+2. pre-tokenize  split on whitespace and punctuation into words (BertPreTokenizer);
+3. model       split each word into WordPiece sub-words, "##" marking a continuation, or [UNK];
+4. post-process  add the special tokens: "[CLS] A [SEP]" or "[CLS] A [SEP] B [SEP]", with
+               token type 0 for the first segment and 1 for the second.
+
+This file loads that pipeline from a checkpoint folder (`tokenizer.json`, or `vocab.txt` plus
+`tokenizer_config.json`), and turns texts into padded `torch.long` tensors. Truncation and padding
+are applied per call, never taken from the checkpoint's `tokenizer.json` (which may carry its own,
+such as all-MiniLM-L6-v2's fixed padding to 128). The defaults and results follow the reference,
+transformers' fast `BertTokenizer`; the tests hold the two equal.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import tokenizers
+import torch
+from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
+
+# The special tokens a BERT checkpoint uses, keyed as in `tokenizer_config.json`.
+BERT_SPECIAL_TOKENS = {
+    "unk_token": "[UNK]",
+    "sep_token": "[SEP]",
+    "pad_token": "[PAD]",
+    "cls_token": "[CLS]",
+    "mask_token": "[MASK]",
+}
+
+# transformers writes `model_max_length = int(1e30)` when a checkpoint sets no limit.
+_NO_LIMIT = int(1e30)
+
+_TENSOR_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass
+class Encoding:
+    """A tokenized batch: three (batch, seq) `torch.long` tensors and per-token alignment lists.
+
+    `word_ids[b][t]` is the index of the word that token t of example b came from (counted within
+    its own segment for pairs), None for special and pad tokens. `offsets[b][t]` is the (start,
+    end) character span of the token in the original text of its segment, (0, 0) for special and
+    pad tokens; with `is_split_into_words` the span is inside the word. `sequence_ids[b][t]` is 0
+    for the first text, 1 for the pair text, None for special and pad tokens. The names are the
+    reference's. `encoding["input_ids"]` and `model(**encoding)` work: the mapping holds the three
+    tensors.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    token_type_ids: torch.Tensor
+    word_ids: list[list[int | None]]
+    offsets: list[list[tuple[int, int]]]
+    sequence_ids: list[list[int | None]]
+
+    def keys(self) -> tuple[str, ...]:
+        """The names of the three tensors, so that `**encoding` passes them as arguments."""
+        return _TENSOR_KEYS
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in _TENSOR_KEYS:
+            raise KeyError(f"Encoding has no tensor {key!r}; it holds {', '.join(_TENSOR_KEYS)}")
+        return getattr(self, key)
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def to(self, device: torch.device | str) -> Encoding:
+        """A copy with the three tensors on `device`; the alignment lists are shared."""
+        return replace(self, **{key: self[key].to(device) for key in _TENSOR_KEYS})
+
+
+def bert_wordpiece(
+    vocab_file: str | Path,
+    *,
+    lowercase: bool = True,
+    strip_accents: bool | None = None,
+    handle_chinese_chars: bool = True,
+    special_tokens: dict[str, str | None] | None = None,
+) -> tokenizers.Tokenizer:
+    """Build BERT's tokenizer pipeline from a `vocab.txt` (one token a line, the line is the id).
+
+    `strip_accents=None` follows `lowercase`, as in BERT. `special_tokens` maps the keys of
+    `BERT_SPECIAL_TOKENS` to token strings (BERT's by default); `[CLS]`, `[SEP]` and `[UNK]` must be
+    in the vocabulary.
+    """
+    special = {**BERT_SPECIAL_TOKENS, **(special_tokens or {})}
+    vocab = models.WordPiece.read_file(str(vocab_file))
+    for key in ("unk_token", "cls_token", "sep_token"):
+        if special[key] not in vocab:
+            raise ValueError(f"{vocab_file}: {key} {special[key]!r} is not in the vocabulary")
+    cls, sep = special["cls_token"], special["sep_token"]
+
+    backend = tokenizers.Tokenizer(
+        models.WordPiece(vocab, unk_token=special["unk_token"], max_input_chars_per_word=100)
+    )
+    backend.normalizer = normalizers.BertNormalizer(
+        clean_text=True,
+        handle_chinese_chars=handle_chinese_chars,
+        strip_accents=strip_accents,
+        lowercase=lowercase,
+    )
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{cls} $A {sep}",
+        pair=f"{cls} $A {sep} $B:1 {sep}:1",
+        special_tokens=[(cls, vocab[cls]), (sep, vocab[sep])],
+    )
+    backend.decoder = decoders.WordPiece(prefix="##")
+    # Special tokens written in the text ("[MASK]") are matched before normalization, whole.
+    backend.add_special_tokens(
+        [
+            tokenizers.AddedToken(token, normalized=False, special=True)
+            for token in special.values()
+            if token is not None and token in vocab
+        ]
+    )
+    return backend
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON (line {error.lineno}: {error.msg})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+def _token_text(value: object, path: Path, key: str) -> str | None:
+    """A special token from `tokenizer_config.json`: a string, or an AddedToken dict."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("content"), str):
+        return value["content"]
+    raise ValueError(f"{path}: {key} should be a string or {{'content': ...}}, found {value!r}")
+
+
+def _is_single(texts: object, is_split_into_words: bool) -> bool:
+    """Whether `texts` is one example (a str, or a non-empty list of words), not a batch.
+
+    As in the reference, the first text decides, and pair texts are read the same way.
+    """
+    if is_split_into_words:
+        return isinstance(texts, (list, tuple)) and len(texts) > 0 and isinstance(texts[0], str)
+    return isinstance(texts, str)
+
+
+def _check_batch(batch: object, is_split_into_words: bool, name: str) -> list:
+    """The batch as a list, after checking that each example is a str (or a list of words)."""
+    one = "list[str]" if is_split_into_words else "str"
+    if not isinstance(batch, (list, tuple)) or not batch:
+        raise ValueError(
+            f"{name}: expected a {one} or a non-empty list of them, found {batch!r:.80}"
+        )
+    for i, example in enumerate(batch):
+        ok = isinstance(example, str)
+        if is_split_into_words:
+            ok = isinstance(example, (list, tuple)) and all(isinstance(w, str) for w in example)
+        if not ok:
+            raise ValueError(f"{name}[{i}]: expected a {one}, found {example!r:.80}")
+    return list(batch)
+
+
+class Tokenizer:
+    """A tokenizer loaded from a checkpoint folder; calling it returns an `Encoding`.
+
+    Wraps a `tokenizers.Tokenizer` (the `backend`, whose own truncation and padding are switched
+    off: each call sets its own) and the special tokens and length limit from
+    `tokenizer_config.json`. Not safe to call from several threads at once, as the reference.
+    """
+
+    def __init__(
+        self,
+        backend: tokenizers.Tokenizer,
+        special_tokens: dict[str, str | None],
+        model_max_length: int | None = None,
+        config: dict | None = None,
+    ) -> None:
+        backend.no_truncation()
+        backend.no_padding()
+        self.backend = backend
+        self.special_tokens = dict(special_tokens)
+        self._model_max_length = model_max_length
+        self._config = dict(config or {})  # tokenizer_config.json, written back on save
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> Tokenizer:
+        """Load `tokenizer.json` from a folder, or else build BERT's pipeline from `vocab.txt`.
+
+        `tokenizer_config.json` (optional) gives `model_max_length` and the special tokens (BERT's
+        when absent); for a BERT normalizer its `do_lower_case`, `strip_accents` and
+        `tokenize_chinese_chars` win over `tokenizer.json`'s, as in the reference. A `config.json`
+        beside them must have a `vocab_size` at least the tokenizer's, or token ids would index
+        past the embedding table.
+        """
+        folder = Path(path)
+        if not folder.is_dir():
+            raise ValueError(f"tokenizer folder {folder} does not exist or is not a folder")
+        config_file = folder / "tokenizer_config.json"
+        config = _read_json(config_file) if config_file.is_file() else {}
+        special = {
+            key: _token_text(config.get(key, default), config_file, key)
+            for key, default in BERT_SPECIAL_TOKENS.items()
+        }
+
+        if (folder / "tokenizer.json").is_file():
+            source = folder / "tokenizer.json"
+            try:
+                backend = tokenizers.Tokenizer.from_file(str(source))
+            except Exception as error:
+                raise ValueError(f"{source}: cannot be read by tokenizers: {error}") from None
+            if isinstance(backend.normalizer, normalizers.BertNormalizer):
+                options = {
+                    "do_lower_case": "lowercase",
+                    "strip_accents": "strip_accents",
+                    "tokenize_chinese_chars": "handle_chinese_chars",
+                }
+                for key, attribute in options.items():
+                    if key in config:
+                        setattr(backend.normalizer, attribute, config[key])
+        elif (folder / "vocab.txt").is_file():
+            source = folder / "vocab.txt"
+            backend = bert_wordpiece(
+                source,
+                lowercase=config.get("do_lower_case", True),
+                strip_accents=config.get("strip_accents"),
+                handle_chinese_chars=config.get("tokenize_chinese_chars", True),
+                special_tokens=special,
+            )
+        else:
+            raise ValueError(f"{folder} holds neither tokenizer.json nor vocab.txt")
+        # A special token the vocabulary lacks is unset (None), as for a checkpoint without [MASK].
+        special = {
+            key: token if token is not None and backend.token_to_id(token) is not None else None
+            for key, token in special.items()
+        }
+
+        model_config = folder / "config.json"
+        if model_config.is_file():
+            embeddings = _read_json(model_config).get("vocab_size")
+            size = backend.get_vocab_size(with_added_tokens=True)
+            if isinstance(embeddings, int) and size > embeddings:
+                raise ValueError(
+                    f"{source} has {size} tokens but {model_config} says vocab_size={embeddings}: "
+                    f"token ids up to {size - 1} would index past the embedding table"
+                )
+
+        max_length = config.get("model_max_length")
+        if max_length is not None and not (isinstance(max_length, int) and max_length > 0):
+            raise ValueError(
+                f"{config_file}: model_max_length should be a positive integer, found {max_length!r}"
+            )
+        if max_length is not None and max_length >= _NO_LIMIT:
+            max_length = None
+        return cls(backend, special, max_length, config)
+
+    # --- vocabulary facts -----------------------------------------------------------------------
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids, added tokens included (the reference's `len(tokenizer)`)."""
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def model_max_length(self) -> int | None:
+        """Longest input the model takes (512 for BERT); None when the checkpoint sets no limit."""
+        return self._model_max_length
+
+    def _special_id(self, key: str) -> int | None:
+        token = self.special_tokens.get(key)
+        return None if token is None else self.backend.token_to_id(token)
+
+    @property
+    def pad_token_id(self) -> int | None:
+        """Id of `[PAD]`."""
+        return self._special_id("pad_token")
+
+    @property
+    def cls_token_id(self) -> int | None:
+        """Id of `[CLS]`, the first token of every sequence."""
+        return self._special_id("cls_token")
+
+    @property
+    def sep_token_id(self) -> int | None:
+        """Id of `[SEP]`, which closes each segment."""
+        return self._special_id("sep_token")
+
+    @property
+    def mask_token_id(self) -> int | None:
+        """Id of `[MASK]`, the token masked language modelling puts in place of hidden tokens."""
+        return self._special_id("mask_token")
+
+    @property
+    def unk_token_id(self) -> int | None:
+        """Id of `[UNK]`, for words WordPiece cannot spell with its vocabulary."""
+        return self._special_id("unk_token")
+
+    @property
+    def special_token_ids(self) -> frozenset[int]:
+        """Ids of all special tokens: the five named ones and any other added special token."""
+        named = {self._special_id(key) for key in self.special_tokens} - {None}
+        added = {i for i, t in self.backend.get_added_tokens_decoder().items() if t.special}
+        return frozenset(named | added)
+
+    # --- encoding -------------------------------------------------------------------------------
+
+    def __call__(
+        self,
+        texts: str | list[str] | list[list[str]],
+        pairs: str | list[str] | list[list[str]] | None = None,
+        *,
+        max_length: int | None = None,
+        padding: bool | str = True,
+        truncation: bool = True,
+        is_split_into_words: bool = False,
+    ) -> Encoding:
+        """Tokenize a text or a batch (with optional pair texts) into padded (batch, seq) tensors.
+
+        `padding`: True or "longest" pads to the longest example, "max_length" to `max_length`,
+        False only for a single example. `truncation` cuts each example to `max_length` tokens,
+        special tokens included, taking one token at a time from the longer of a pair
+        ("longest_first", the reference's default). `max_length` defaults to `model_max_length`.
+        With `is_split_into_words` a text is a list of words (each still split into sub-words).
+        Pads get id `pad_token_id`, token type 0 and attention mask 0, on the right.
+        """
+        single = _is_single(texts, is_split_into_words)
+        batch = _check_batch([texts] if single else texts, is_split_into_words, "texts")
+        pair_batch = None
+        if pairs is not None:
+            pair_batch = _check_batch([pairs] if single else pairs, is_split_into_words, "pairs")
+        if pair_batch is not None and len(pair_batch) != len(batch):
+            raise ValueError(f"got {len(batch)} texts but {len(pair_batch)} pairs")
+        if not (isinstance(padding, bool) or padding in ("longest", "max_length")):
+            raise ValueError(
+                f"padding should be True, False, 'longest' or 'max_length', not {padding!r}"
+            )
+        if padding is False and len(batch) > 1:
+            raise ValueError(
+                f"padding=False needs a single text, got a batch of {len(batch)}: "
+                "use padding=True to pad to the longest, or padding='max_length'"
+            )
+        if max_length is None:
+            max_length = self.model_max_length
+        if padding == "max_length" and max_length is None:
+            raise ValueError("padding='max_length' needs max_length: the tokenizer sets no limit")
+
+        inputs = batch if pair_batch is None else list(zip(batch, pair_batch, strict=True))
+        if truncation and max_length is not None:
+            # tokenizers would silently skip truncation that cannot keep the special tokens.
+            n_special = self.backend.num_special_tokens_to_add(is_pair=pair_batch is not None)
+            if max_length < n_special:
+                raise ValueError(
+                    f"max_length={max_length} leaves no room for the {n_special} special tokens"
+                )
+            self.backend.enable_truncation(max_length, strategy="longest_first")
+        try:
+            encoded = self.backend.encode_batch(inputs, is_pretokenized=is_split_into_words)
+        finally:
+            self.backend.no_truncation()
+
+        longest = max(len(e.ids) for e in encoded)
+        length = max_length if padding == "max_length" else longest
+        if longest > length:
+            raise ValueError(
+                f"an example has {longest} tokens, more than padding='max_length' pads to "
+                f"({length}): use truncation=True or a larger max_length"
+            )
+        return self._pad(encoded, length)
+
+    def _pad(self, encoded: list[tokenizers.Encoding], length: int) -> Encoding:
+        """Pad every example on the right to `length` tokens and stack into tensors."""
+        if self.pad_token_id is None and any(len(e.ids) < length for e in encoded):
+            raise ValueError("this tokenizer has no pad_token; cannot pad a batch")
+        rows: dict[str, list] = {
+            key: [] for key in ("ids", "types", "mask", "words", "offsets", "seqs")
+        }
+        for e in encoded:
+            n = length - len(e.ids)
+            rows["ids"].append(e.ids + [self.pad_token_id] * n)
+            rows["types"].append(e.type_ids + [0] * n)
+            rows["mask"].append([1] * len(e.ids) + [0] * n)
+            rows["words"].append(e.word_ids + [None] * n)
+            rows["offsets"].append(e.offsets + [(0, 0)] * n)
+            rows["seqs"].append(e.sequence_ids + [None] * n)
+        return Encoding(
+            input_ids=torch.tensor(rows["ids"], dtype=torch.long),
+            attention_mask=torch.tensor(rows["mask"], dtype=torch.long),
+            token_type_ids=torch.tensor(rows["types"], dtype=torch.long),
+            word_ids=rows["words"],
+            offsets=rows["offsets"],
+            sequence_ids=rows["seqs"],
+        )
+
+    def special_tokens_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """True where `input_ids` holds a special or pad token; same shape, on the same device.
+
+        [UNK] and a [MASK] written in the text count as special, as in the reference's
+        `get_special_tokens_mask(..., already_has_special_tokens=True)`.
+        """
+        special = torch.tensor(sorted(self.special_token_ids), device=input_ids.device)
+        return torch.isin(input_ids, special)
+
+    # --- tokens and text ------------------------------------------------------------------------
+
+    def tokenize(self, text: str) -> list[str]:
+        """The sub-word tokens of `text`, without special tokens: "unaffable" -> un ##aff ##able."""
+        return self.backend.encode(text, add_special_tokens=False).tokens
+
+    def convert_tokens_to_ids(self, tokens: str | Sequence[str]) -> int | None | list[int | None]:
+        """Id of a token, or list of ids; a token outside the vocabulary gets `unk_token_id`."""
+        if isinstance(tokens, str):
+            token_id = self.backend.token_to_id(tokens)
+            return self.unk_token_id if token_id is None else token_id
+        return [self.convert_tokens_to_ids(token) for token in tokens]
+
+    def convert_ids_to_tokens(self, ids: int | Iterable[int] | torch.Tensor) -> str | list[str]:
+        """Token of an id, or list of tokens of a 1-D list or tensor of ids."""
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()
+        if isinstance(ids, int):
+            token = self.backend.id_to_token(ids)
+            if token is None:
+                raise ValueError(
+                    f"token id {ids} is outside the vocabulary (0..{self.vocab_size - 1})"
+                )
+            return token
+        return [self.convert_ids_to_tokens(i) for i in ids]
+
+    def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = True) -> str:
+        """Text of a 1-D list or tensor of ids: sub-words joined ("##" removed), specials skipped."""
+        if isinstance(ids, torch.Tensor):
+            if ids.dim() != 1:
+                raise ValueError(
+                    f"decode takes one sequence of ids, found shape {tuple(ids.shape)}"
+                )
+            ids = ids.tolist()
+        return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    # --- saving ---------------------------------------------------------------------------------
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write `tokenizer.json`, `tokenizer_config.json` and, for WordPiece, `vocab.txt`.
+
+        The folder loads back here and in the reference's `AutoTokenizer`.
+        """
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.backend.save(str(folder / "tokenizer.json"))
+
+        config = dict(self._config)
+        config.update({k: v for k, v in self.special_tokens.items() if v is not None})
+        if self.model_max_length is not None:
+            config["model_max_length"] = self.model_max_length
+        normalizer = self.backend.normalizer
+        if isinstance(normalizer, normalizers.BertNormalizer):
+            # The reference rebuilds a BERT normalizer from these keys: write the ones in use.
+            config["do_lower_case"] = normalizer.lowercase
+            config["strip_accents"] = normalizer.strip_accents
+            config["tokenize_chinese_chars"] = normalizer.handle_chinese_chars
+        if isinstance(self.backend.model, models.WordPiece):
+            config.setdefault("tokenizer_class", "BertTokenizer")
+            vocab = self.backend.get_vocab(with_added_tokens=False)
+            tokens = sorted(vocab, key=vocab.__getitem__)  # line number = id
+            (folder / "vocab.txt").write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
+        (folder / "tokenizer_config.json").write_text(
+            json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Tokenizer(vocab_size={self.vocab_size}, model_max_length={self.model_max_length}, "
+            f"model={type(self.backend.model).__name__})"
+        )

@@ -1,0 +1,628 @@
+"""Tests of minift/data.py: readers on the real GLUE files and on every kind of bad file, the label
+vocabulary, the length-grouped sampler and the padded batches (against transformers' tokenizer)."""
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from transformers import AutoTokenizer, BertConfig
+
+from minift.data import (
+    TASKS,
+    ClassificationDataset,
+    DataError,
+    Example,
+    LabelVocab,
+    collate,
+    encode_labels,
+    length_grouped_batches,
+    make_batches,
+    read_examples,
+    task_files,
+)
+
+# ----------------------------------------------------------------------------------------------
+# Helpers
+
+
+@pytest.fixture(scope="module")
+def hf_tokenizer(minilm_dir):
+    return AutoTokenizer.from_pretrained(minilm_dir)
+
+
+def _manifest_row(data_dir: Path, folder: str) -> str:
+    """The `rows` cell of MANIFEST.md's table for the data set in `folder`."""
+    for line in (data_dir / "MANIFEST.md").read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in line.split("|")]
+        if len(cells) > 4 and cells[2] == f"{folder}/":
+            return cells[4]
+    raise AssertionError(f"MANIFEST.md has no row for {folder}/")
+
+
+def _numbers(text: str) -> list[int]:
+    return [int(n.replace(",", "")) for n in re.findall(r"\d[\d,]*", text)]
+
+
+def _write(tmp_path: Path, name: str, content: str | bytes) -> Path:
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8", newline="")
+    return path
+
+
+def _read_error(path: Path, **kwargs) -> str:
+    kwargs.setdefault("text_col", "text")
+    with pytest.raises(DataError) as info:
+        read_examples(path, **kwargs)
+    return str(info.value)
+
+
+def _padding(lengths: list[int], batches: list[list[int]]) -> int:
+    """Pad tokens when each batch is padded to its longest member."""
+    return sum(len(b) * max(lengths[i] for i in b) - sum(lengths[i] for i in b) for b in batches)
+
+
+# ----------------------------------------------------------------------------------------------
+# The real GLUE files
+
+
+def _read_task(name: str, data_dir: Path):
+    train, dev, text_col, pair_col, label_col = task_files(name, data_dir)
+    kwargs = dict(text_col=text_col, pair_col=pair_col, label_col=label_col)
+    return read_examples(train, **kwargs), read_examples(dev, **kwargs)
+
+
+def test_sst2_counts_match_manifest(data_dir):
+    train, dev = _read_task("sst2", data_dir)
+    # "67,349 / 872 (official; train 37,569 pos / 29,780 neg, dev 444 / 428)"
+    n_train, n_dev, train_pos, train_neg, dev_pos, dev_neg = _numbers(
+        _manifest_row(data_dir, "sst2")
+    )
+    assert (len(train), len(dev)) == (n_train, n_dev)
+    assert [sum(ex.label == lab for ex in train) for lab in "10"] == [train_pos, train_neg]
+    assert [sum(ex.label == lab for ex in dev) for lab in "10"] == [dev_pos, dev_neg]
+    assert all(ex.pair is None for ex in train)
+    assert train[0].line == 2 and train[-1].line == n_train + 1
+    assert LabelVocab.from_examples(train).labels == ["0", "1"]
+
+
+def test_mrpc_counts_bom_and_literal_quotes(data_dir):
+    train, dev = _read_task("mrpc", data_dir)
+    # "3,668 / 408 (official; train 2,474 paraphrase / 1,194 not, dev 279 / 129)"
+    n_train, n_dev, train_pos, train_neg, dev_pos, dev_neg = _numbers(
+        _manifest_row(data_dir, "mrpc")
+    )
+    assert (len(train), len(dev)) == (n_train, n_dev)
+    assert [sum(ex.label == lab for ex in train) for lab in "10"] == [train_pos, train_neg]
+    assert [sum(ex.label == lab for ex in dev) for lab in "10"] == [dev_pos, dev_neg]
+    # The header opens with a byte-order mark: "Quality" is only found when it is dropped.
+    raw = (data_dir / "mrpc" / "train.tsv").read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbfQuality\t")
+    # Every row is the plain tab split of its line: quotes are characters, never CSV quoting.
+    lines = raw[3:].decode("utf-8").split("\n")
+    for ex in train:
+        fields = lines[ex.line - 1].split("\t")
+        assert (ex.label, ex.text, ex.pair) == (fields[0], fields[3], fields[4])
+    # The row MANIFEST singles out (data row 92, line 93): its second sentence opens with `"`.
+    row = lines[92].split("\t")
+    assert row[1:3] == ["2750203", "2750153"]
+    assert train[91].line == 93
+    assert train[91].pair == row[4] and train[91].pair.startswith('" ')
+    assert sum(ex.text.startswith('"') for ex in train) > 0
+
+
+def test_rte_counts_and_label_order(data_dir):
+    train, dev = _read_task("rte", data_dir)
+    n_train, n_dev = _numbers(_manifest_row(data_dir, "rte"))[:2]
+    assert (len(train), len(dev)) == (n_train, n_dev)
+    vocab = LabelVocab.from_examples(train)
+    assert vocab.labels == ["entailment", "not_entailment"]
+    assert encode_labels(dev, vocab) == [int(ex.label == "not_entailment") for ex in dev]
+
+
+def test_sst5_jsonl_counts_match_manifest(data_dir):
+    examples = read_examples(data_dir / "sst5" / "train.jsonl", text_col="text", label_col="label")
+    assert len(examples) == _numbers(_manifest_row(data_dir, "sst5"))[0]
+    assert LabelVocab.from_examples(examples).labels == ["0", "1", "2", "3", "4"]
+
+
+def test_task_files_reads_minift_data(data_dir, monkeypatch):
+    monkeypatch.setenv("MINIFT_DATA", str(data_dir))
+    for name, task in TASKS.items():
+        train, dev, text_col, pair_col, label_col = task_files(name)
+        assert (train, dev) == (
+            data_dir / task.folder / "train.tsv",
+            data_dir / task.folder / "dev.tsv",
+        )
+        header = train.read_text(encoding="utf-8-sig").split("\n", 1)[0].split("\t")
+        assert {text_col, label_col} | ({pair_col} - {None}) <= set(header)
+
+
+def test_task_files_errors(tmp_path, monkeypatch):
+    monkeypatch.delenv("MINIFT_DATA", raising=False)
+    with pytest.raises(DataError, match="MINIFT_DATA"):
+        task_files("sst2")
+    with pytest.raises(DataError, match=re.escape(str(tmp_path / "rte" / "train.tsv"))):
+        task_files("rte", tmp_path)
+    with pytest.raises(ValueError, match="sst2, mrpc, rte"):
+        task_files("cola", tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad files: each error names the file and the line
+
+
+def test_missing_file_and_directory(tmp_path):
+    assert "nope.tsv: no such file" in _read_error(tmp_path / "nope.tsv")
+    (tmp_path / "folder.tsv").mkdir()
+    assert "folder.tsv: expected a data file, found a directory" in _read_error(
+        tmp_path / "folder.tsv"
+    )
+
+
+def test_empty_file_and_header_only(tmp_path):
+    assert "empty.tsv:1: expected a header" in _read_error(_write(tmp_path, "empty.tsv", ""))
+    assert "empty.csv:1: expected a header" in _read_error(_write(tmp_path, "empty.csv", ""))
+    assert "blank.jsonl:1:" in _read_error(_write(tmp_path, "blank.jsonl", "\n \n"))
+    message = _read_error(_write(tmp_path, "head.tsv", "text\tlabel\n"))
+    assert "head.tsv:2: expected examples after the header, found none" in message
+
+
+def test_column_not_in_header_lists_the_columns(tmp_path):
+    path = _write(tmp_path, "cols.tsv", "sentence\tlabel\nhello\t1\n")
+    message = _read_error(path, text_col="text")
+    assert "cols.tsv:1:" in message and "'text'" in message
+    assert "'sentence', 'label'" in message
+    message = _read_error(path, text_col="sentence", label_col="gold")
+    assert "cols.tsv:1:" in message and "'gold'" in message
+
+
+def test_wrong_number_of_fields(tmp_path):
+    path = _write(tmp_path, "fields.tsv", "text\tlabel\na\t1\nb\t0\nc\t1\textra\n")
+    message = _read_error(path, label_col="label")
+    assert "fields.tsv:4: expected 2 fields" in message and "found 3" in message
+    path = _write(tmp_path, "fields.csv", "text,label\na,1\nb\n")
+    assert "fields.csv:3: expected 2 fields" in _read_error(path, label_col="label")
+
+
+def test_empty_text_pair_and_label(tmp_path):
+    path = _write(tmp_path, "e.tsv", "text\tpair\tlabel\na\tb\t1\n  \tb\t1\n")
+    assert "e.tsv:3: expected a non-empty text in column 'text'" in _read_error(path)
+    path = _write(tmp_path, "p.tsv", "text\tpair\tlabel\na\tb\t1\nc\td\t0\ne\t \t1\n")
+    assert "p.tsv:4: expected a non-empty text in column 'pair'" in _read_error(
+        path, pair_col="pair"
+    )
+    path = _write(tmp_path, "l.tsv", "text\tpair\tlabel\na\tb\t1\nc\td\t\n")
+    assert "l.tsv:3: expected a label" in _read_error(path, label_col="label")
+    # Without label_col the empty label is not looked at.
+    assert [ex.label for ex in read_examples(path, text_col="text")] == [None, None]
+
+
+def test_jsonl_errors(tmp_path):
+    good = '{"text": "a", "label": 1}\n'
+    path = _write(tmp_path, "bad.jsonl", good + "\n" + '{"text": "b", "label": 0\n')
+    assert "bad.jsonl:3: expected a JSON object, found invalid JSON" in _read_error(path)
+    path = _write(tmp_path, "list.jsonl", good + '["b", 0]\n')
+    assert "list.jsonl:2: expected a JSON object, found list" in _read_error(path)
+    path = _write(tmp_path, "key.jsonl", good + good + '{"sentence": "c", "label": 0}\n')
+    message = _read_error(path)
+    assert "key.jsonl:3: expected a key 'text'" in message and "'sentence', 'label'" in message
+    path = _write(tmp_path, "null.jsonl", good + '{"text": "c", "label": null}\n')
+    assert "null.jsonl:2: expected a string or integer label" in _read_error(
+        path, label_col="label"
+    )
+    path = _write(tmp_path, "num.jsonl", '{"text": 3}\n')
+    assert "num.jsonl:1: expected a string for 'text', found int" in _read_error(path)
+    path = _write(tmp_path, "ws.jsonl", good + '{"text": " \\t "}\n')
+    assert "ws.jsonl:2: expected a non-empty text" in _read_error(path)
+
+
+def test_not_utf8_names_byte_position_and_line(tmp_path):
+    content = b"text\tlabel\nabc\t1\ncaf\xe9\t0\n"
+    position = content.index(b"\xe9")
+    message = _read_error(_write(tmp_path, "latin.tsv", content))
+    assert "latin.tsv:3:" in message and f"position {position}" in message
+    assert "0xe9" in message and "convert" in message
+    # With a byte-order mark the position still counts from the start of the file.
+    message = _read_error(_write(tmp_path, "bom.tsv", b"\xef\xbb\xbf" + content))
+    assert f"position {position + 3}" in message
+
+
+def test_real_latin1_file_is_refused_clearly(data_dir):
+    path = data_dir / "financial_phrasebank" / "Sentences_50Agree.txt"
+    message = _read_error(path, format="tsv")
+    assert "Sentences_50Agree.txt:" in message and "not valid UTF-8" in message
+
+
+def test_unknown_suffix_and_format(tmp_path):
+    path = _write(tmp_path, "data.txt", "text\nhello\n")
+    assert "data.txt: expected a file ending in one of" in _read_error(path)
+    assert read_examples(path, text_col="text", format="tsv")[0].text == "hello"
+    assert "expected format" in _read_error(path, format="xml")
+
+
+def test_malformed_csv_record(tmp_path):
+    path = _write(tmp_path, "q.csv", 'text,label\na,1\n"b"c,0\n')
+    assert "q.csv:3: expected a well-formed CSV record" in _read_error(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Good files in the other formats
+
+
+def test_csv_quoted_commas_quotes_and_line_breaks(tmp_path):
+    content = (
+        "text,pair,label\n"
+        '"hello, world","she said ""hi""",pos\n'
+        '"two\nlines",plain,neg\n'
+        "\n"
+        'last,"x, y",pos\n'
+    )
+    path = _write(tmp_path, "q.csv", content)
+    examples = read_examples(path, text_col="text", pair_col="pair", label_col="label")
+    got = [(ex.text, ex.pair, ex.label, ex.line) for ex in examples]
+    assert got == [
+        ("hello, world", 'she said "hi"', "pos", 2),
+        ("two\nlines", "plain", "neg", 3),
+        ("last", "x, y", "pos", 6),
+    ]
+    # A bad record after a two-line one is reported at its own line.
+    path = _write(tmp_path, "q2.csv", content + "only-one-field\n")
+    assert "q2.csv:7: expected 3 fields" in _read_error(path)
+
+
+def test_jsonl_reads_and_skips_blank_lines(tmp_path):
+    rows = [{"text": 'a "quoted" one', "label": 3}, {"text": "b\tc", "label": "x", "p": "q"}]
+    content = json.dumps(rows[0]) + "\n\n" + json.dumps(rows[1]) + "\n"
+    for name in ("d.jsonl", "d.json"):
+        examples = read_examples(
+            _write(tmp_path, name, content), text_col="text", label_col="label"
+        )
+        assert [(ex.text, ex.label, ex.line) for ex in examples] == [
+            ('a "quoted" one', "3", 1),
+            ("b\tc", "x", 3),
+        ]
+
+
+def test_crlf_and_cr_line_ends(tmp_path):
+    path = _write(tmp_path, "crlf.tsv", "text\tlabel\r\na\t1\r\nb\t0\rc\t1")
+    examples = read_examples(path, text_col="text", label_col="label")
+    assert [(ex.text, ex.label, ex.line) for ex in examples] == [
+        ("a", "1", 2),
+        ("b", "0", 3),
+        ("c", "1", 4),
+    ]
+
+
+_field_char = st.one_of(
+    st.sampled_from(list("\"'\\,; \u00a0\u0085\u2028\x0b\x0cé中😀\ufeff")),
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\t\n\r"),
+)
+_field = st.text(_field_char, min_size=1, max_size=30).filter(lambda s: s.strip() != "")
+
+
+@settings(
+    deadline=None, max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    rows=st.lists(st.tuples(_field, _field, _field), min_size=1, max_size=8),
+    bom=st.booleans(),
+    line_end=st.sampled_from(["\n", "\r\n"]),
+    final_line_end=st.booleans(),
+)
+def test_tsv_round_trip(tmp_path, rows, bom, line_end, final_line_end):
+    lines = ["label\ttext\tpair"] + ["\t".join(row) for row in rows]
+    content = line_end.join(lines) + (line_end if final_line_end else "")
+    path = _write(tmp_path, "round.tsv", ("\ufeff" if bom else "") + content)
+    examples = read_examples(path, text_col="text", pair_col="pair", label_col="label")
+    assert [(ex.label, ex.text, ex.pair) for ex in examples] == rows
+    assert [ex.line for ex in examples] == list(range(2, len(rows) + 2))
+
+
+@settings(
+    deadline=None, max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30).filter(
+                lambda s: s.strip() != ""
+            ),
+            _field,
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_csv_and_jsonl_round_trip(tmp_path, rows):
+    path = tmp_path / "round.csv"
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        writer.writerows(rows)
+    examples = read_examples(path, text_col="text", label_col="label")
+    assert [(ex.text, ex.label) for ex in examples] == rows
+    for ensure_ascii in (True, False):
+        lines = [
+            json.dumps({"text": t, "label": lab}, ensure_ascii=ensure_ascii) for t, lab in rows
+        ]
+        path = _write(tmp_path, "round.jsonl", "\n".join(lines))
+        examples = read_examples(path, text_col="text", label_col="label")
+        assert [(ex.text, ex.label) for ex in examples] == rows
+
+
+# ----------------------------------------------------------------------------------------------
+# Labels
+
+
+def _examples(labels, path="train.tsv"):
+    return [Example(f"t{i}", None, lab, i + 2, path) for i, lab in enumerate(labels)]
+
+
+def test_label_vocab_order():
+    assert LabelVocab.from_examples(_examples(["1", "0", "1"])).labels == ["0", "1"]
+    assert LabelVocab.from_examples(_examples(["10", "2", "-1", "2"])).labels == ["-1", "2", "10"]
+    assert LabelVocab.from_examples(_examples(["neutral", "negative", "positive"])).labels == [
+        "negative",
+        "neutral",
+        "positive",
+    ]
+    # Mixed integers and words: plain string order.
+    assert LabelVocab.from_examples(_examples(["b", "10", "2"])).labels == ["10", "2", "b"]
+
+
+def test_label_vocab_encode_decode_and_unknown():
+    vocab = LabelVocab.from_examples(_examples(["pos", "neg"]))
+    assert len(vocab) == 2 and [vocab.encode(x) for x in ("neg", "pos")] == [0, 1]
+    assert [vocab.decode(i) for i in (0, torch.tensor(1))] == ["neg", "pos"]
+    with pytest.raises(DataError) as info:
+        vocab.encode("neutral", where="dev.tsv:7")
+    assert "dev.tsv:7:" in str(info.value) and "'neutral'" in str(info.value)
+    assert "'neg', 'pos'" in str(info.value)
+    with pytest.raises(ValueError):
+        vocab.decode(2)
+    with pytest.raises(DataError, match="train.tsv:3: expected a label"):
+        LabelVocab.from_examples(_examples(["pos", None]))
+
+
+def test_encode_labels_reports_first_bad_row():
+    vocab = LabelVocab(["neg", "pos"])
+    dev = _examples(["pos", "neg", "neutral", "pos", "mixed", "neutral"], path="dev.tsv")
+    with pytest.raises(DataError) as info:
+        encode_labels(dev, vocab)
+    message = str(info.value)
+    assert message.startswith("dev.tsv:4:") and "'neutral'" in message
+    assert "3 rows" in message and "'mixed'" in message
+    assert encode_labels(dev[:2], vocab) == [1, 0]
+
+
+def test_label_vocab_dict_round_trip_through_hf_config(tmp_path):
+    vocab = LabelVocab(["entailment", "not_entailment"])
+    BertConfig(**vocab.to_dict()).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert LabelVocab.from_dict(config) == vocab
+    assert BertConfig.from_pretrained(tmp_path).id2label == {0: "entailment", 1: "not_entailment"}
+    with pytest.raises(ValueError, match="0..n-1"):
+        LabelVocab.from_dict({"id2label": {"0": "a", "2": "b"}})
+    with pytest.raises(ValueError, match="invert"):
+        LabelVocab.from_dict({"id2label": {"0": "a", "1": "b"}, "label2id": {"a": 1, "b": 0}})
+    with pytest.raises(ValueError, match="distinct"):
+        LabelVocab(["a", "a"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Length-grouped batches
+
+_lengths = st.lists(st.integers(1, 512), min_size=0, max_size=300)
+
+
+@settings(deadline=None, max_examples=150)
+@given(
+    lengths=_lengths,
+    batch_size=st.integers(1, 16),
+    multiplier=st.integers(1, 6),
+    seed=st.integers(0, 2**32 - 1),
+    drop_last=st.booleans(),
+)
+def test_grouped_batches_cover_every_index_once(lengths, batch_size, multiplier, seed, drop_last):
+    def run():
+        return length_grouped_batches(
+            lengths,
+            batch_size,
+            generator=torch.Generator().manual_seed(seed),
+            group_size_multiplier=multiplier,
+            drop_last=drop_last,
+        )
+
+    batches = run()
+    flat = [i for b in batches for i in b]
+    short = len(lengths) % batch_size
+    assert len(flat) == len(set(flat)) and set(flat) <= set(range(len(lengths)))
+    assert len(flat) == len(lengths) - (short if drop_last else 0)
+    sizes = sorted(len(b) for b in batches)
+    expected = [short] if short and not drop_last else []
+    assert sizes == expected + [batch_size] * (len(lengths) // batch_size)
+    for b in batches:  # each batch longest first
+        assert [lengths[i] for i in b] == sorted((lengths[i] for i in b), reverse=True)
+    assert run() == batches  # same seed, same batches
+
+
+@settings(deadline=None, max_examples=100)
+@given(
+    data=st.data(),
+    batch_size=st.integers(1, 16),
+    num_batches=st.integers(0, 20),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_grouped_batches_pad_no_more_than_random_batches(data, batch_size, num_batches, seed):
+    # With one mega-batch holding everything and all batches full, grouping is the least padding
+    # any cut into batches can have (the i-th largest batch maximum is at least the
+    # ((i-1)*batch_size+1)-th largest length), so no random batching pads less. (With a short last
+    # batch that is not so: lengths [10, 1, 1] in batches of 2 pad least as [10], [1, 1].)
+    n = batch_size * num_batches
+    lengths = data.draw(st.lists(st.integers(1, 512), min_size=n, max_size=n))
+    g = torch.Generator().manual_seed(seed)
+    grouped = length_grouped_batches(
+        lengths, batch_size, generator=g, group_size_multiplier=max(1, num_batches)
+    )
+    for _ in range(5):
+        order = torch.randperm(n, generator=g).tolist()
+        random_batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+        assert _padding(lengths, grouped) <= _padding(lengths, random_batches)
+
+
+def test_grouped_batches_on_sst2_pad_far_less_than_random(data_dir):
+    examples = read_examples(data_dir / "sst2" / "train.tsv", text_col="sentence")
+    lengths = [len(ex.text.split()) for ex in examples]
+    g = torch.Generator().manual_seed(0)
+    grouped = length_grouped_batches(lengths, 32, generator=g)
+    order = torch.randperm(len(lengths), generator=g).tolist()
+    random_batches = [order[i : i + 32] for i in range(0, len(order), 32)]
+    # Many mega-batches of 1,600 sentences: grouping is not the optimum here, but sentence lengths
+    # spread widely, so it must at least halve the padding of random batches.
+    assert 2 * _padding(lengths, grouped) < _padding(lengths, random_batches)
+
+
+@settings(deadline=None, max_examples=60)
+@given(lengths=_lengths, batch_size=st.integers(1, 16))
+def test_unshuffled_batches_are_a_stable_sort(lengths, batch_size):
+    batches = length_grouped_batches(lengths, batch_size, generator=None, shuffle=False)
+    flat = [i for b in batches for i in b]
+    assert flat == sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    assert all(len(b) == batch_size for b in batches[:-1])
+
+
+def test_grouped_batches_refuse_bad_arguments():
+    with pytest.raises(ValueError, match="Generator"):
+        length_grouped_batches([1, 2], 1, generator=None)
+    with pytest.raises(ValueError, match="batch_size"):
+        length_grouped_batches([1, 2], 0, generator=None, shuffle=False)
+    with pytest.raises(ValueError, match="group_size_multiplier"):
+        length_grouped_batches([1, 2], 1, generator=None, shuffle=False, group_size_multiplier=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Padded batches
+
+
+def _hf_batch(tokenizer, examples, max_length):
+    texts = [ex.text for ex in examples]
+    pairs = None if examples[0].pair is None else [ex.pair for ex in examples]
+    return tokenizer(
+        texts, pairs, max_length=max_length, padding=True, truncation=True, return_tensors="pt"
+    )
+
+
+def _assert_batch_equal(batch, reference):
+    for name in ("input_ids", "attention_mask", "token_type_ids"):
+        assert batch[name].dtype == torch.long
+        assert torch.equal(batch[name], reference[name]), name
+
+
+@pytest.fixture(scope="module")
+def sst2_dev(data_dir):
+    return read_examples(data_dir / "sst2" / "dev.tsv", text_col="sentence", label_col="label")
+
+
+@pytest.fixture(scope="module")
+def mrpc_dev(data_dir):
+    return read_examples(
+        data_dir / "mrpc" / "dev.tsv",
+        text_col="#1 String",
+        pair_col="#2 String",
+        label_col="Quality",
+    )
+
+
+@pytest.mark.parametrize("max_length", [None, 128, 16])
+def test_collate_equals_transformers_padding(hf_tokenizer, sst2_dev, mrpc_dev, max_length):
+    for examples in (sst2_dev[:24], mrpc_dev[:24]):
+        batch = collate(
+            examples, hf_tokenizer, max_length, labels=[int(ex.label) for ex in examples]
+        )
+        _assert_batch_equal(batch, _hf_batch(hf_tokenizer, examples, max_length))
+        assert batch["labels"].tolist() == [int(ex.label) for ex in examples]
+    texts = [ex.text for ex in sst2_dev[:5]]
+    _assert_batch_equal(
+        collate(texts, hf_tokenizer, max_length), _hf_batch(hf_tokenizer, sst2_dev[:5], max_length)
+    )
+
+
+@settings(
+    deadline=None, max_examples=25, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    data=st.data(),
+    max_length=st.sampled_from([None, 12, 64]),
+    task=st.sampled_from(["sst2", "mrpc"]),
+)
+def test_dataset_batches_equal_collate_and_transformers(
+    hf_tokenizer, sst2_dev, mrpc_dev, data, max_length, task
+):
+    examples = (sst2_dev if task == "sst2" else mrpc_dev)[:60]
+    dataset = ClassificationDataset(
+        examples, hf_tokenizer, max_length=max_length, label_ids=range(len(examples)), chunk_size=7
+    )
+    indices = data.draw(st.lists(st.integers(0, len(examples) - 1), min_size=1, max_size=10))
+    chosen = [examples[i] for i in indices]
+    batch = dataset.batch(indices)
+    _assert_batch_equal(batch, collate(chosen, hf_tokenizer, max_length))
+    _assert_batch_equal(batch, _hf_batch(hf_tokenizer, chosen, max_length))
+    assert batch["labels"].tolist() == indices
+
+
+def test_make_batches_cover_every_example_with_its_label(hf_tokenizer, mrpc_dev):
+    examples = mrpc_dev[:50]
+    batches = make_batches(
+        examples,
+        list(range(len(examples))),  # label = index, to find each row's example
+        hf_tokenizer,
+        batch_size=8,
+        max_length=64,
+        generator=torch.Generator().manual_seed(1),
+        shuffle=True,
+    )
+    seen = [i for b in batches for i in b["labels"].tolist()]
+    assert sorted(seen) == list(range(len(examples)))
+    for b in batches:
+        chosen = [examples[i] for i in b["labels"].tolist()]
+        _assert_batch_equal(b, _hf_batch(hf_tokenizer, chosen, 64))
+    again = make_batches(
+        examples,
+        list(range(len(examples))),
+        hf_tokenizer,
+        batch_size=8,
+        max_length=64,
+        generator=torch.Generator().manual_seed(1),
+        shuffle=True,
+    )
+    assert [b["labels"].tolist() for b in again] == [b["labels"].tolist() for b in batches]
+
+
+def test_dataset_with_minift_tokenizer_equals_transformers(hf_tokenizer, minilm_dir, mrpc_dev):
+    from minift.tokenizer import Tokenizer
+
+    examples = mrpc_dev[:40]
+    ours = ClassificationDataset(examples, Tokenizer.from_pretrained(minilm_dir), max_length=48)
+    _assert_batch_equal(ours.batch(range(len(examples))), _hf_batch(hf_tokenizer, examples, 48))
+
+
+def test_batches_refuse_mixed_pairs_left_padding_and_bad_labels(
+    hf_tokenizer, sst2_dev, mrpc_dev, minilm_dir
+):
+    with pytest.raises(ValueError, match="pair"):
+        collate([sst2_dev[0], mrpc_dev[0]], hf_tokenizer, 32)
+    with pytest.raises(ValueError, match="one label"):
+        collate(sst2_dev[:3], hf_tokenizer, 32, labels=[0, 1])
+    with pytest.raises(ValueError, match="one label id"):
+        ClassificationDataset(sst2_dev[:3], hf_tokenizer, max_length=32, label_ids=[0])
+    left = AutoTokenizer.from_pretrained(minilm_dir, padding_side="left")
+    with pytest.raises(ValueError, match="pads on the right"):
+        ClassificationDataset(sst2_dev[:8], left, max_length=32)

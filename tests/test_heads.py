@@ -1,0 +1,130 @@
+"""Heads against transformers' BertForSequenceClassification / BertForTokenClassification.
+
+Tolerances: fp32, dropout off; logits and losses atol 1e-5; parameters after one AdamW step 1e-5.
+"""
+
+import tempfile
+
+import pytest
+import torch
+import transformers
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minift.checkpoint import CheckpointError, split_hf_state_dict
+from minift.heads import SequenceClassifier, TokenClassifier, freeze
+
+TINY = dict(vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=24, max_position_embeddings=32)
+PAIRS = [
+    (SequenceClassifier, transformers.BertForSequenceClassification),
+    (TokenClassifier, transformers.BertForTokenClassification),
+]
+
+
+def random_batch(gen, batch, seq, num_labels, token_level):
+    ids = torch.randint(1, TINY["vocab_size"], (batch, seq), generator=gen)
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    # At least two real tokens: position 0 ([CLS]) is ignored, so one label always counts.
+    lengths = torch.randint(2, seq + 1, (batch,), generator=gen)
+    for row, n in enumerate(lengths.tolist()):
+        mask[row, n:] = 0
+    types = torch.randint(0, 2, (batch, seq), generator=gen)
+    if token_level:
+        labels = torch.randint(0, num_labels, (batch, seq), generator=gen)
+        labels[mask == 0] = -100
+        labels[:, 0] = -100
+    else:
+        labels = torch.randint(0, num_labels, (batch,), generator=gen)
+    return dict(input_ids=ids, attention_mask=mask, token_type_ids=types, labels=labels)
+
+
+def hf_to_minift(hf_model, ours_cls):
+    with tempfile.TemporaryDirectory() as tmp:
+        hf_model.save_pretrained(tmp)
+        return ours_cls.from_pretrained(tmp).eval()
+
+
+@settings(deadline=None, max_examples=15)
+@given(pair=st.sampled_from(PAIRS), num_labels=st.integers(2, 5), seed=st.integers(0, 2**31),
+       batch=st.integers(1, 4), seq=st.integers(2, 10))
+def test_logits_and_loss_match_transformers_both_ways(pair, num_labels, seed, batch, seq):
+    ours_cls, hf_cls = pair
+    torch.manual_seed(seed)
+    hf = hf_cls(transformers.BertConfig(**TINY, num_labels=num_labels)).eval()
+    data = random_batch(torch.Generator().manual_seed(seed), batch, seq, num_labels,
+                        ours_cls is TokenClassifier)
+    ref = hf(**data)
+
+    ours = hf_to_minift(hf, ours_cls)  # transformers -> minift
+    out = ours(**data)
+    real = data["attention_mask"].bool() if ours_cls is TokenClassifier else slice(None)
+    torch.testing.assert_close(out.logits[real], ref.logits[real], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.loss, ref.loss, atol=1e-5, rtol=0)
+
+    with tempfile.TemporaryDirectory() as tmp:  # minift -> transformers
+        ours.save_pretrained(tmp)
+        back = hf_cls.from_pretrained(tmp).eval()
+    torch.testing.assert_close(back(**data).logits, ours(**data).logits, atol=1e-6, rtol=0)
+    assert back.config.id2label == ours.id2label
+
+
+@pytest.mark.parametrize("ours_cls, hf_cls", PAIRS)
+def test_one_adamw_step_matches_transformers(ours_cls, hf_cls):
+    """Same weights, same batch, dropout off: same loss and same parameters after one step."""
+    torch.manual_seed(0)
+    hf = hf_cls(transformers.BertConfig(**TINY, num_labels=3)).eval()
+    ours = hf_to_minift(hf, ours_cls)
+    data = random_batch(torch.Generator().manual_seed(1), 4, 9, 3, ours_cls is TokenClassifier)
+    opt_ref = torch.optim.AdamW(hf.parameters(), lr=1e-3, weight_decay=0.01)
+    opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-3, weight_decay=0.01)
+    for _ in range(3):
+        loss_ref, loss_ours = hf(**data).loss, ours(**data).loss
+        torch.testing.assert_close(loss_ours, loss_ref, atol=1e-5, rtol=0)
+        for loss, opt in ((loss_ref, opt_ref), (loss_ours, opt_ours)):
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    ref_params = {name: p for name, p in hf.named_parameters()}
+    encoder, heads, unknown = split_hf_state_dict(ref_params)
+    assert not unknown
+    for name, p in ours.bert.named_parameters():
+        torch.testing.assert_close(p, encoder[name], atol=1e-5, rtol=0, msg=name)
+    torch.testing.assert_close(ours.classifier.weight, heads["classifier.weight"], atol=1e-5,
+                               rtol=0)
+
+
+def test_published_encoder_gets_fresh_head(minilm_dir):
+    model = SequenceClassifier.from_pretrained(minilm_dir, num_labels=2)
+    assert model.classifier.weight.shape == (2, 384)
+    assert model.classifier.bias.abs().sum() == 0
+    assert 0.01 < model.classifier.weight.std().item() < 0.03  # N(0, 0.02)
+
+
+def test_head_with_wrong_label_count_is_refused(tmp_path):
+    torch.manual_seed(0)
+    transformers.BertForSequenceClassification(
+        transformers.BertConfig(**TINY, num_labels=3)).save_pretrained(tmp_path)
+    assert SequenceClassifier.from_pretrained(tmp_path).num_labels == 3  # read from id2label
+    with pytest.raises(CheckpointError, match="classifier.weight"):
+        SequenceClassifier.from_pretrained(tmp_path, num_labels=5)
+
+
+def test_freeze_modes():
+    torch.manual_seed(0)
+    from minift.model import BertConfig
+
+    model = SequenceClassifier(BertConfig(**TINY), num_labels=2)
+    total = sum(p.numel() for p in model.parameters())
+    head = sum(p.numel() for p in model.classifier.parameters())
+    block = sum(p.numel() for p in model.bert.layers[0].parameters())
+    pooler = sum(p.numel() for p in model.bert.pooler.parameters())
+    assert freeze(model, "none") == (total, total)
+    assert freeze(model, "head") == (head, total)
+    assert freeze(model, "last-1") == (head + pooler + block, total)
+    assert not any(p.requires_grad for p in model.bert.layers[0].parameters())
+    assert all(p.requires_grad for p in model.bert.layers[1].parameters())
+    assert freeze(model, "last-2") == (head + pooler + 2 * block, total)
+    for bad in ("last-3", "last-0", "some", "last-x"):
+        with pytest.raises(ValueError, match="freeze mode"):
+            freeze(model, bad)

@@ -1,0 +1,189 @@
+"""The encoder against transformers.BertModel: random configs, real weights, sentence embeddings.
+
+Tolerances: random tiny models in fp32 agree to atol 1e-5 (outputs and gradients); the published
+MiniLM checkpoint to 1e-4 (REFERENCE.md: a faithful implementation lands near 2e-6).
+"""
+
+import csv
+import tempfile
+
+import pytest
+import torch
+import transformers
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minift.checkpoint import split_hf_state_dict
+from minift.model import BertConfig, BertModel, ConfigError, attention
+from minift.sentence import encode, mean_pooling
+from minift.tokenizer import Tokenizer
+
+
+@st.composite
+def tiny_setups(draw):
+    """A random small BERT config and a random batch with an arbitrary padding pattern."""
+    heads = draw(st.sampled_from([1, 2, 3, 4]))
+    head_dim = draw(st.sampled_from([2, 4, 8]))
+    batch = draw(st.integers(1, 4))
+    seq = draw(st.integers(1, 12))
+    config = dict(
+        vocab_size=draw(st.integers(5, 80)),
+        hidden_size=heads * head_dim,
+        num_hidden_layers=draw(st.integers(1, 4)),
+        num_attention_heads=heads,
+        intermediate_size=draw(st.integers(2, 40)),
+        max_position_embeddings=draw(st.integers(seq, 40)),
+        type_vocab_size=draw(st.integers(1, 3)),
+    )
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31)))
+    input_ids = torch.randint(0, config["vocab_size"], (batch, seq), generator=gen)
+    token_type_ids = torch.randint(0, config["type_vocab_size"], (batch, seq), generator=gen)
+    # Arbitrary 0/1 pattern (holes and left padding included), at least one real token per row.
+    mask = torch.randint(0, 2, (batch, seq), generator=gen)
+    mask[torch.arange(batch), torch.randint(0, seq, (batch,), generator=gen)] = 1
+    return config, input_ids, mask, token_type_ids, draw(st.integers(0, 2**31))
+
+
+def build_pair(config: dict, seed: int, attn: str = "sdpa"):
+    """A random transformers.BertModel, saved and loaded by minift."""
+    torch.manual_seed(seed)
+    hf = transformers.BertModel(
+        transformers.BertConfig(**config, attn_implementation=attn)
+    ).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        hf.save_pretrained(tmp)
+        ours = BertModel.from_pretrained(tmp).eval()
+    return hf, ours
+
+
+@settings(deadline=None, max_examples=40)
+@given(setup=tiny_setups(), attn=st.sampled_from(["sdpa", "eager"]))
+def test_random_config_outputs_and_gradients_match(setup, attn):
+    config, input_ids, mask, token_type_ids, seed = setup
+    hf, ours = build_pair(config, seed, attn)
+    ref = hf(input_ids=input_ids, attention_mask=mask, token_type_ids=token_type_ids)
+    out = ours(input_ids, mask, token_type_ids)
+    real = mask.bool()
+    torch.testing.assert_close(out.last_hidden_state[real], ref.last_hidden_state[real],
+                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.pooler_output, ref.pooler_output, atol=1e-5, rtol=0)
+
+    # Same scalar loss on both: a fixed random projection of real positions and the pooler,
+    # averaged so gradients are O(1) and atol 1e-5 means what it says.
+    gen = torch.Generator().manual_seed(seed)
+    w_tokens = torch.randn(ref.last_hidden_state.shape, generator=gen)
+    w_pool = torch.randn(ref.pooler_output.shape, generator=gen)
+
+    def loss_of(o):
+        return (o.last_hidden_state * w_tokens)[real].mean() + (o.pooler_output * w_pool).mean()
+
+    loss_of(ref).backward()
+    loss_of(out).backward()
+    ref_grads, _, unknown = split_hf_state_dict(
+        {name: p.grad for name, p in hf.named_parameters()}
+    )
+    assert not unknown
+    our_grads = {name: p.grad for name, p in ours.named_parameters()}
+    assert set(ref_grads) == set(our_grads)
+    for name, grad in our_grads.items():
+        torch.testing.assert_close(grad, ref_grads[name], atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_sdpa_equals_plain_attention():
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 7, 8, generator=gen) for _ in range(3))
+    mask = torch.zeros(2, 1, 1, 7)
+    mask[0, ..., 5:] = torch.finfo(torch.float32).min
+    expected = attention(q, k, v, mask)
+    got = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
+
+
+def test_all_padding_row_stays_finite():
+    model = BertModel(BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=2,
+                                 num_attention_heads=2, intermediate_size=16)).eval()
+    ids = torch.randint(0, 20, (2, 5))
+    mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 0, 0, 0]])
+    out = model(ids, mask)
+    assert torch.isfinite(out.last_hidden_state).all()
+    assert torch.isfinite(out.pooler_output).all()
+    assert torch.equal(mean_pooling(out.last_hidden_state, mask)[1], torch.zeros(8))
+
+
+def test_config_round_trips_through_transformers():
+    ours = BertConfig(vocab_size=99, hidden_size=12, num_hidden_layers=2, num_attention_heads=3,
+                      intermediate_size=20, max_position_embeddings=33, type_vocab_size=3,
+                      layer_norm_eps=1e-7, pad_token_id=4)
+    theirs = transformers.BertConfig(**ours.to_dict())
+    assert BertConfig.from_dict(theirs.to_dict()) == ours
+
+
+@pytest.mark.parametrize(
+    "bad, key",
+    [
+        ({"position_embedding_type": "relative_key"}, "position_embedding_type"),
+        ({"hidden_act": "gelu_new"}, "hidden_act"),
+        ({"hidden_act": "relu"}, "hidden_act"),
+        ({"hidden_size": 10, "num_attention_heads": 3}, "divisible"),
+        ({"model_type": "roberta"}, "model_type"),
+        ({"is_decoder": True}, "is_decoder"),
+        ({"vocab_size": 0}, "vocab_size"),
+    ],
+)
+def test_unsupported_config_is_refused(bad, key):
+    with pytest.raises(ConfigError, match=key):
+        BertConfig.from_dict(bad, source="x/config.json")
+
+
+def test_sequence_longer_than_positions_is_refused():
+    model = BertModel(BertConfig(vocab_size=10, hidden_size=4, num_hidden_layers=1,
+                                 num_attention_heads=1, intermediate_size=4,
+                                 max_position_embeddings=8))
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        model(torch.zeros(1, 9, dtype=torch.long))
+
+
+# ---- the published checkpoint on real sentences ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sst2_sentences(data_dir):
+    with open(data_dir / "sst2" / "dev.tsv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    return [row["sentence"] for row in rows[:300]]
+
+
+@pytest.fixture(scope="module")
+def minilm(minilm_dir):
+    return BertModel.from_pretrained(minilm_dir).eval(), Tokenizer.from_pretrained(minilm_dir)
+
+
+@torch.no_grad()
+def test_published_checkpoint_matches_transformers(minilm, minilm_dir, sst2_sentences):
+    model, tokenizer = minilm
+    hf = transformers.BertModel.from_pretrained(minilm_dir).eval()
+    worst = 0.0
+    for start in range(0, len(sst2_sentences), 50):
+        enc = tokenizer(sst2_sentences[start : start + 50], max_length=128)
+        ours = model(enc.input_ids, enc.attention_mask, enc.token_type_ids)
+        ref = hf(input_ids=enc.input_ids, attention_mask=enc.attention_mask,
+                 token_type_ids=enc.token_type_ids)
+        real = enc.attention_mask.bool()
+        worst = max(worst,
+                    (ours.last_hidden_state - ref.last_hidden_state)[real].abs().max().item(),
+                    (ours.pooler_output - ref.pooler_output).abs().max().item())
+    assert worst <= 1e-4, f"max abs difference {worst:.2e}"
+
+
+def test_sentence_embeddings_match_sentence_transformers(minilm, minilm_dir, sst2_sentences):
+    from sentence_transformers import SentenceTransformer
+
+    model, tokenizer = minilm
+    reference = SentenceTransformer(str(minilm_dir), device="cpu")
+    ref = torch.as_tensor(reference.encode(sst2_sentences, batch_size=32,
+                                           convert_to_numpy=True))
+    ours = encode(model, tokenizer, sst2_sentences, batch_size=32,
+                  max_length=reference.max_seq_length)
+    cosine = torch.nn.functional.cosine_similarity(ours, ref, dim=-1)
+    assert cosine.min().item() >= 0.99999, f"lowest cosine {cosine.min().item():.7f}"
+    torch.testing.assert_close(ours.norm(dim=-1), torch.ones(len(ours)), atol=1e-5, rtol=0)
