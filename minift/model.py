@@ -141,6 +141,40 @@ def additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Ten
 
 
 # --------------------------------------------------------------------------------------------
+# Unpadding: drop pad tokens once after the embeddings, restore them once at the output
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Unpadding:
+    """Where the real tokens of a padded (batch, seq) batch sit.
+
+    LayerNorm, the projections and the feed-forward treat every token alike, so they can run on
+    the real tokens alone, packed as (tokens, hidden): a batch that is 40% padding then costs 40%
+    less there. Only attention needs to know which token belongs to which sequence, so it puts
+    the padding back for itself (MosaicBERT and ModernBERT do the same).
+    """
+
+    indices: torch.Tensor  # (tokens,) positions of the real tokens in the flattened batch
+    batch: int
+    seq: int
+
+    @classmethod
+    def from_mask(cls, attention_mask: torch.Tensor) -> Unpadding:
+        batch, seq = attention_mask.shape
+        return cls(attention_mask.flatten().nonzero().squeeze(1), batch, seq)
+
+    def unpad(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, seq, ...) -> (tokens, ...)."""
+        return x.reshape(self.batch * self.seq, *x.shape[2:])[self.indices]
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """(tokens, ...) -> (batch, seq, ...), zeros at the padding."""
+        out = x.new_zeros(self.batch * self.seq, *x.shape[1:]).index_copy(0, self.indices, x)
+        return out.view(self.batch, self.seq, *x.shape[1:])
+
+
+# --------------------------------------------------------------------------------------------
 # The pieces
 # --------------------------------------------------------------------------------------------
 
@@ -158,11 +192,12 @@ class Embeddings(nn.Module):
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(input_ids.size(1), device=input_ids.device)  # (seq,)
-        x = (self.word_embeddings(input_ids) + self.position_embeddings(positions)
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor,
+                position_ids: torch.Tensor) -> torch.Tensor:
+        """Any leading shape: (batch, seq) padded or (tokens,) unpadded -> (..., hidden)."""
+        x = (self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
              + self.token_type_embeddings(token_type_ids))
-        return self.dropout(self.norm(x))  # (batch, seq, hidden)
+        return self.dropout(self.norm(x))
 
 
 class SelfAttention(nn.Module):
@@ -182,15 +217,21 @@ class SelfAttention(nn.Module):
         batch, seq, _ = x.shape
         return x.view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)  # (b, h, s, d)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        q, k, v = self.split_heads(self.query(x)), self.split_heads(self.key(x)), \
-            self.split_heads(self.value(x))
-        if mask is not None:
-            mask = mask.to(q.dtype)  # autocast may have made q bf16
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None,
+                unpadding: Unpadding | None = None) -> torch.Tensor:
+        """x: (batch, seq, hidden), or (tokens, hidden) with the ``unpadding`` that placed them."""
+        q, k, v = self.query(x), self.key(x), self.value(x)
+        if unpadding is not None:  # attention is per sequence: padding comes back for it alone
+            q, k, v = unpadding.pad(q), unpadding.pad(k), unpadding.pad(v)
+        q, k, v = self.split_heads(q), self.split_heads(k), self.split_heads(v)
+        if mask is not None and mask.dtype != q.dtype:  # autocast made q bf16 or fp16
+            mask = mask.clamp(min=torch.finfo(q.dtype).min).to(q.dtype)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout_p if self.training else 0.0
         )  # (batch, heads, seq, head_dim)
-        y = y.transpose(1, 2).reshape(x.shape)  # (batch, seq, hidden)
+        y = y.transpose(1, 2).flatten(2)  # (batch, seq, hidden)
+        if unpadding is not None:
+            y = unpadding.unpad(y)  # (tokens, hidden)
         return self.out(y)
 
 
@@ -217,8 +258,9 @@ class Block(nn.Module):
         self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        x = self.attention_norm(x + self.dropout(self.attention(x, mask)))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None,
+                unpadding: Unpadding | None = None) -> torch.Tensor:
+        x = self.attention_norm(x + self.dropout(self.attention(x, mask, unpadding)))
         return self.ffn_norm(x + self.dropout(self.ffn(x)))
 
 
@@ -276,8 +318,14 @@ class BertModel(nn.Module):
             nn.init.zeros_(module.bias)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None) -> BertOutput:
-        """input_ids, attention_mask (1 real, 0 padding), token_type_ids: (batch, seq) integers."""
+                token_type_ids: torch.Tensor | None = None, *, unpad: bool = True) -> BertOutput:
+        """input_ids, attention_mask (1 real, 0 padding), token_type_ids: (batch, seq) integers.
+
+        A padded batch runs unpadded (see ``Unpadding``) unless ``unpad=False``; the two paths
+        give the same numbers at real positions (tests hold them together). At padding positions
+        the unpadded path returns zeros where the padded one returns whatever the padding
+        computed; nothing should read those.
+        """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
         if input_ids.size(1) > self.config.max_position_embeddings:
@@ -287,13 +335,22 @@ class BertModel(nn.Module):
             )
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        x = self.embeddings(input_ids, token_type_ids)
+        batch, seq = input_ids.shape
+        positions = torch.arange(seq, device=input_ids.device).expand(batch, seq)
+        padded = attention_mask is not None and not bool(attention_mask.all())
         # No mask at all when nothing is padded: SDPA can then take its fastest kernel.
-        mask = None
-        if attention_mask is not None and not bool(attention_mask.all()):
-            mask = additive_mask(attention_mask, x.dtype)
-        for layer in self.layers:
-            x = layer(x, mask)
+        mask = additive_mask(attention_mask, self.embeddings.norm.weight.dtype) if padded else None
+        if padded and unpad:
+            unpadding = Unpadding.from_mask(attention_mask)
+            x = self.embeddings(unpadding.unpad(input_ids), unpadding.unpad(token_type_ids),
+                                unpadding.unpad(positions))  # (tokens, hidden)
+            for layer in self.layers:
+                x = layer(x, mask, unpadding)
+            x = unpadding.pad(x)  # (batch, seq, hidden)
+        else:
+            x = self.embeddings(input_ids, token_type_ids, positions)  # (batch, seq, hidden)
+            for layer in self.layers:
+                x = layer(x, mask)
         pooled = self.pooler(x) if self.pooler is not None else None
         return BertOutput(last_hidden_state=x, pooler_output=pooled)
 

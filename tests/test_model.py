@@ -66,7 +66,10 @@ def test_random_config_outputs_and_gradients_match(setup, attn):
     real = mask.bool()
     torch.testing.assert_close(out.last_hidden_state[real], ref.last_hidden_state[real],
                                atol=1e-5, rtol=0)
-    torch.testing.assert_close(out.pooler_output, ref.pooler_output, atol=1e-5, rtol=0)
+    # The pooler reads position 0; where that is padding, only the padded path defines it.
+    first_real = mask[:, 0].bool()
+    torch.testing.assert_close(out.pooler_output[first_real], ref.pooler_output[first_real],
+                               atol=1e-5, rtol=0)
 
     # Same scalar loss on both: a fixed random projection of real positions and the pooler,
     # averaged so gradients are O(1) and atol 1e-5 means what it says.
@@ -75,7 +78,8 @@ def test_random_config_outputs_and_gradients_match(setup, attn):
     w_pool = torch.randn(ref.pooler_output.shape, generator=gen)
 
     def loss_of(o):
-        return (o.last_hidden_state * w_tokens)[real].mean() + (o.pooler_output * w_pool).mean()
+        return ((o.last_hidden_state * w_tokens)[real].mean()
+                + (o.pooler_output * w_pool)[first_real].sum() / o.pooler_output.numel())
 
     loss_of(ref).backward()
     loss_of(out).backward()
@@ -87,6 +91,45 @@ def test_random_config_outputs_and_gradients_match(setup, attn):
     assert set(ref_grads) == set(our_grads)
     for name, grad in our_grads.items():
         torch.testing.assert_close(grad, ref_grads[name], atol=1e-5, rtol=1e-5, msg=name)
+
+
+@settings(deadline=None, max_examples=40)
+@given(setup=tiny_setups(), shape=st.sampled_from(["random", "single_token", "no_padding"]),
+       train=st.booleans())
+def test_unpadded_path_equals_padded_path(setup, shape, train):
+    """Outputs and gradients of the two paths agree (fp32, atol 1e-5); dropout off."""
+    config, input_ids, mask, token_type_ids, seed = setup
+    if shape == "single_token":  # every sequence is one real token, then padding
+        mask = torch.zeros_like(mask)
+        mask[:, 0] = 1
+    elif shape == "no_padding":
+        mask = torch.ones_like(mask)
+    torch.manual_seed(seed)
+    model = BertModel(BertConfig(**config, hidden_dropout_prob=0.0,
+                                 attention_probs_dropout_prob=0.0)).train(train)
+    real = mask.bool()
+    outs, grads = [], []
+    for unpad in (False, True):
+        model.zero_grad()
+        out = model(input_ids, mask, token_type_ids, unpad=unpad)
+        gen = torch.Generator().manual_seed(seed)
+        w = torch.randn(out.last_hidden_state.shape, generator=gen)
+        ((out.last_hidden_state * w)[real].mean() + out.pooler_output[real[:, 0]].mean()
+         if real[:, 0].any() else (out.last_hidden_state * w)[real].mean()).backward()
+        outs.append(out)
+        grads.append({n: torch.zeros_like(p) if p.grad is None else p.grad.clone()
+                      for n, p in model.named_parameters()})
+    padded, unpadded = outs
+    torch.testing.assert_close(unpadded.last_hidden_state[real], padded.last_hidden_state[real],
+                               atol=1e-5, rtol=0)
+    assert torch.equal(unpadded.last_hidden_state[~real],
+                       torch.zeros_like(unpadded.last_hidden_state[~real]))
+    first_real = real[:, 0]
+    torch.testing.assert_close(unpadded.pooler_output[first_real],
+                               padded.pooler_output[first_real], atol=1e-5, rtol=0)
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-5, rtol=1e-5,
+                                   msg=name)
 
 
 def test_sdpa_equals_plain_attention():
