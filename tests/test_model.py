@@ -171,6 +171,8 @@ def test_config_round_trips_through_transformers():
         ({"model_type": "roberta"}, "model_type"),
         ({"is_decoder": True}, "is_decoder"),
         ({"vocab_size": 0}, "vocab_size"),
+        ({"hidden_dropout_prob": "0.1"}, "hidden_dropout_prob"),
+        ({"layer_norm_eps": 0}, "layer_norm_eps"),
     ],
 )
 def test_unsupported_config_is_refused(bad, key):
