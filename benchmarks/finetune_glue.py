@@ -94,8 +94,10 @@ def evaluate_reference(model, dev_set, batch_size, num_labels):
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
         gold += batch["labels"].tolist()
         pred += logits.argmax(-1).tolist()
-    average = "binary" if num_labels == 2 else "macro"
-    f1 = precision_recall_f1(gold, pred, average=average, labels=list(range(num_labels)))["f1"]
+    if num_labels == 2:
+        f1 = precision_recall_f1(gold, pred, average="binary", pos_label=1)["f1"]
+    else:
+        f1 = precision_recall_f1(gold, pred, average="macro", labels=list(range(num_labels)))["f1"]
     return {"accuracy": accuracy(gold, pred), "f1": f1}
 
 

@@ -76,8 +76,10 @@ def classification_metrics(model, batches, num_labels: int, device) -> dict[str,
             loss_sum += out.loss.item() * len(batch["labels"])
             gold += batch["labels"].tolist()
             pred += out.logits.argmax(-1).tolist()
-    average = "binary" if num_labels == 2 else "macro"
-    scores = precision_recall_f1(gold, pred, average=average, labels=list(range(num_labels)))
+    if num_labels == 2:
+        scores = precision_recall_f1(gold, pred, average="binary", pos_label=1)
+    else:
+        scores = precision_recall_f1(gold, pred, average="macro", labels=list(range(num_labels)))
     return {"loss": loss_sum / len(gold), "accuracy": accuracy(gold, pred), "f1": scores["f1"]}
 
 

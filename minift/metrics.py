@@ -7,7 +7,9 @@ a ratio whose denominator is 0 (precision of a class never predicted, recall of 
 seen) is 0.0. Unlike scikit-learn, no warning is raised for it.
 
 Read in this order: `accuracy`, the per-label counts everything else is built on,
-`per_class_scores`, `precision_recall_f1`, `confusion_matrix`, `format_table`.
+`per_class_scores`, `precision_recall_f1`, `confusion_matrix`, `format_table`; then, for
+sequence labelling (lists of tags per sentence), `entity_scores` (seqeval's entity-level scores)
+and `token_accuracy`.
 """
 
 from collections.abc import Hashable, Mapping, Sequence
@@ -253,3 +255,129 @@ def format_table(
         "-" * (w - 1) + ":" if right else "-" * w for w, right in zip(widths, numeric, strict=True)
     ]
     return "\n".join([line(header), line(rule)] + [line(values) for values in cells])
+
+
+# ---------------------------------------------------------------------------------------------
+# Sequence labelling: entity-level scores (NER) and token accuracy (POS tagging)
+# ---------------------------------------------------------------------------------------------
+#
+# NER is scored on entities, not tags: a predicted entity counts only when its type, first word
+# and last word all match a gold entity. The reading of tags into entities follows seqeval (the
+# library the transformers examples report), in its two modes; `minift.labels.entities` reads
+# them the same way (the copy here keeps this file free of minift imports).
+
+ENTITY_MODES = ("default", "strict")
+
+
+def _tag_parts(tag: Any, where: str) -> tuple[str, str | None]:
+    """("O", None), ("B", type) or ("I", type); a ValueError for anything else."""
+    if tag == "O":
+        return "O", None
+    if isinstance(tag, str) and tag[:2] in ("B-", "I-"):
+        type_ = tag[2:]
+        # No spaces and no "-" at either end: seqeval's two parsers then read the same type.
+        if type_.split() == [type_] and type_[0] != "-" and type_[-1] != "-":
+            return tag[0], type_
+    raise ValueError(f"{where}: expected 'O', 'B-<type>' or 'I-<type>', found {tag!r}")
+
+
+def _entity_spans(tags: Sequence[str], mode: str, where: str) -> list[tuple[str, int, int]]:
+    """(type, start, end exclusive) of each entity in one sentence.
+
+    "default" is seqeval's default (conlleval's) reading: an entity opens at B-X, or at an I-X
+    that follows O or another type, and runs over the I-X of its type. "strict" is seqeval's
+    `mode="strict", scheme=IOB2`: only B-X opens an entity, and an I-X that would open one is
+    part of no entity.
+    """
+    spans = []
+    start, current = None, None
+    parts = [_tag_parts(tag, f"{where}, tag {i}") for i, tag in enumerate(tags)]
+    for i, (prefix, type_) in enumerate([*parts, ("O", None)]):
+        continues = prefix == "I" and type_ == current
+        if start is not None and not continues:
+            spans.append((current, start, i))
+            start, current = None, None
+        if prefix == "B" or (prefix == "I" and not continues and mode == "default"):
+            start, current = i, type_
+    return spans
+
+
+def _check_sentences(gold: Any, pred: Any) -> None:
+    """gold and pred: the same number of sentences, each pair of the same length."""
+    for name, value in (("gold", gold), ("pred", pred)):
+        if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+            raise ValueError(f"{name}: expected a list of sentences (lists of tags)")
+        for s, sentence in enumerate(value):
+            if isinstance(sentence, (str, bytes)) or not isinstance(sentence, Sequence):
+                raise ValueError(
+                    f"{name}[{s}]: expected a list of tags, found {type(sentence).__name__}"
+                )
+    if len(gold) != len(pred):
+        raise ValueError(f"gold has {len(gold)} sentences but pred has {len(pred)}")
+    if not gold:
+        raise ValueError("gold and pred are empty: no sentences to score")
+    for s, (g, p) in enumerate(zip(gold, pred, strict=True)):
+        if len(g) != len(p):
+            raise ValueError(f"sentence {s}: gold has {len(g)} tags but pred has {len(p)}")
+
+
+def entity_scores(
+    gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]], mode: str = "default"
+) -> dict[str, Any]:
+    """Entity-level precision, recall and F1 of predicted tags against gold tags.
+
+    `gold` and `pred` hold one list of tags per sentence ("O", "B-PER", "I-PER", ...). `mode` is
+    "default" (seqeval's default, conlleval-compatible: `I-PER` after `O` opens an entity) or
+    "strict" (seqeval's `mode="strict", scheme=IOB2`: only `B-` opens one). Returns
+    `{"mode", "precision", "recall", "f1", "support", "per_type", "micro", "macro", "weighted"}`:
+    the top-level scores are the micro averages (how CoNLL-2003 is reported), `support` counts
+    gold entities, `per_type` maps each entity type (sorted) to its precision, recall, F1 and
+    support. Equal to seqeval's `classification_report(..., output_dict=True)` with
+    "f1-score" named "f1", except that with no entity at all, in gold or pred, the macro average
+    is 0.0 here where seqeval's is NaN.
+    """
+    if mode not in ENTITY_MODES:
+        raise ValueError(f"mode must be one of {ENTITY_MODES}, found {mode!r}")
+    _check_sentences(gold, pred)
+    found: dict[str, dict[str, set]] = {"gold": {}, "pred": {}}
+    for side, sentences in (("gold", gold), ("pred", pred)):
+        for s, tags in enumerate(sentences):
+            for type_, start, end in _entity_spans(tags, mode, f"{side}[{s}]"):
+                found[side].setdefault(type_, set()).add((s, start, end))
+
+    per_type = {}
+    for type_ in sorted(found["gold"].keys() | found["pred"].keys()):
+        g, p = found["gold"].get(type_, set()), found["pred"].get(type_, set())
+        per_type[type_] = {**_scores(len(g & p), len(p), len(g)), "support": len(g)}
+
+    support = sum(row["support"] for row in per_type.values())
+    tp = sum(len(found["gold"][t] & found["pred"].get(t, set())) for t in found["gold"])
+    n_pred = sum(len(p) for p in found["pred"].values())
+    micro = {**_scores(tp, n_pred, support), "support": support}
+    keys = ("precision", "recall", "f1")
+    macro = {k: _divide(sum(r[k] for r in per_type.values()), len(per_type)) for k in keys}
+    weighted = {
+        k: _divide(sum(r[k] * r["support"] for r in per_type.values()), support) for k in keys
+    }
+    return {
+        "mode": mode,
+        **{k: micro[k] for k in keys},
+        "support": support,
+        "per_type": per_type,
+        "micro": micro,
+        "macro": {**macro, "support": support},
+        "weighted": {**weighted, "support": support},
+    }
+
+
+def token_accuracy(gold: Sequence[Sequence[Hashable]], pred: Sequence[Sequence[Hashable]]) -> float:
+    """The fraction of tokens (over all sentences) whose predicted tag equals the gold tag: the
+    score of part-of-speech tagging, seqeval's `accuracy_score`."""
+    _check_sentences(gold, pred)
+    total = sum(len(tags) for tags in gold)
+    if total == 0:
+        raise ValueError("every sentence is empty: no tokens to score")
+    correct = sum(
+        g == p for gs, ps in zip(gold, pred, strict=True) for g, p in zip(gs, ps, strict=True)
+    )
+    return correct / total

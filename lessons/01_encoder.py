@@ -1,0 +1,359 @@
+# %% [markdown]
+# # Lesson 01: the BERT encoder, piece by piece
+#
+# ## Why this matters
+#
+# Every fine-tuning recipe in this repository starts from the same place: a published encoder
+# checkpoint, loaded into a model whose numbers we trust. If the encoder is wrong by a little (a
+# LayerNorm epsilon of 1e-5 instead of 1e-12, the tanh GELU instead of the exact one, a padding
+# mask applied to the wrong axis), fine-tuning still "works": the loss goes down, and the
+# accuracy ends up below the paper's, with nothing to say why. The only way to know is to load
+# the real weights and compare the outputs with the reference, number for number.
+#
+# This lesson opens the all-MiniLM-L6-v2 checkpoint by hand, tokenizes real SST-2 sentences, and
+# runs them through `minift.model.BertModel` one module at a time: embeddings, each encoder block,
+# the pooler. It then holds the result against `transformers.BertModel` and
+# `sentence_transformers.SentenceTransformer` on the same sentences, and ends with a small
+# nearest-neighbour search that shows what the sentence embeddings are good for before any
+# fine-tuning.
+
+# %%
+import json
+import os
+import struct
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from minift.checkpoint import DTYPES, IGNORED_KEYS, KEY_MAP, load_bert, resolve_model_dir
+from minift.data import read_examples
+from minift.model import Unpadding, additive_mask, attention
+from minift.sentence import encode, mean_pooling
+from minift.tokenizer import Tokenizer
+
+# MINIFT_QUICK=1 (what CI sets) shrinks the number of sentences; the steps are the same.
+MINIFT_QUICK = os.environ.get("MINIFT_QUICK") == "1"
+NUM_COMPARE = 32 if MINIFT_QUICK else 300  # sentences held against the reference libraries
+NUM_POOL = 32 if MINIFT_QUICK else 200  # sentences searched in the similarity demo
+
+try:
+    REPO = Path(__file__).resolve().parents[1]
+except NameError:  # opened as a notebook: the working directory is lessons/
+    REPO = Path.cwd().resolve().parent
+DATA = Path(os.environ.get("MINIFT_DATA") or REPO.parent / "shared" / "data")
+START = time.perf_counter()
+torch.set_printoptions(precision=4, sci_mode=False, linewidth=100)
+
+
+def check(condition: bool, message: str) -> None:
+    """Stop the lesson when a claim it makes does not hold (CI runs every lesson)."""
+    if not condition:
+        raise RuntimeError(message)
+
+
+print(f"quick mode: {MINIFT_QUICK}; data: {DATA}")
+
+# %% [markdown]
+# ## The checkpoint on disk
+#
+# A `model.safetensors` file is three things in a row: 8 bytes holding the length of a header
+# (a little-endian unsigned 64-bit integer), the header itself (JSON: for each tensor its dtype,
+# shape and `[begin, end)` byte range), then the raw bytes of all the tensors. No pickle, so no
+# code runs when it is read. `minift/checkpoint.py` reads it with checks on every field; here we
+# read the header by hand.
+
+# %%
+model_dir = resolve_model_dir("minilm")
+weights_file = model_dir / "model.safetensors"
+with open(weights_file, "rb") as f:
+    (header_len,) = struct.unpack("<Q", f.read(8))
+    header = json.loads(f.read(header_len))
+data_start = 8 + header_len
+metadata = header.pop("__metadata__", None)
+print(f"{weights_file.name}: {weights_file.stat().st_size:,} bytes, header {header_len:,} bytes")
+print(f"__metadata__: {metadata}")
+print(
+    f"{len(header)} tensors, {sum(torch.Size(e['shape']).numel() for e in header.values()):,} "
+    "numbers in all; the first few by byte offset:"
+)
+by_offset = sorted(header.items(), key=lambda item: item[1]["data_offsets"][0])
+for name, entry in by_offset[:6]:
+    print(f"  {name:<50} {entry['dtype']:<4} {str(entry['shape']):<12} {entry['data_offsets']}")
+
+# %% [markdown]
+# The names in the file are transformers' (`encoder.layer.0.attention.self.query.weight`); ours
+# follow the math (`layers.0.attention.query.weight`). One table, `KEY_MAP`, maps the first to the
+# second, `{}` standing for the layer index; `load_bert` reads it with a short loop, and a key the
+# table does not know is an error, listed by name, never skipped. Buffers that older
+# transformers versions saved beside the weights (`IGNORED_KEYS`) are known and dropped.
+
+# %%
+model = load_bert(model_dir).eval()
+tokenizer = Tokenizer.from_pretrained(model_dir)
+print(model.config)
+for hf_name, our_name in list(KEY_MAP.items())[3:12]:
+    print(f"  {hf_name:<50} -> {our_name}")
+print(f"  ... {len(KEY_MAP)} rows in all")
+per_layer = sum("{}" in hf_name for hf_name in KEY_MAP)
+expected = len(KEY_MAP) - per_layer + per_layer * model.config.num_hidden_layers
+print(
+    f"{len(KEY_MAP) - per_layer} rows once + {per_layer} rows x "
+    f"{model.config.num_hidden_layers} layers = {expected} tensors; the file holds "
+    f"{len(header)}, our model {len(model.state_dict())}"
+)
+check(expected == len(model.state_dict()), "the key map and the model disagree")
+print(f"in the file, known and dropped (not a weight): {sorted(IGNORED_KEYS & set(header))}")
+
+# %% [markdown]
+# The byte range is all a reader needs. Read the query bias of block 0 straight from the file,
+# decode it with the dtype the header names, and it is the same vector that `load_bert` put into
+# our model, under the name the key map gives it:
+
+# %%
+hf_name = "encoder.layer.0.attention.self.query.bias"
+begin, end = header[hf_name]["data_offsets"]
+with open(weights_file, "rb") as f:
+    f.seek(data_start + begin)
+    raw = f.read(end - begin)
+by_hand = torch.frombuffer(bytearray(raw), dtype=DTYPES[header[hf_name]["dtype"]])
+loaded = model.layers[0].attention.query.bias.detach()
+print(f"{hf_name}, read by hand: {by_hand[:5]}")
+print(f"layers.0.attention.query.bias, loaded:      {loaded[:5]}")
+check(torch.equal(by_hand, loaded), "the bytes in the file and the loaded weight differ")
+
+# %% [markdown]
+# ## From text to ids
+#
+# SST-2 sentences come lowercased and already split into words. The tokenizer cuts each word into
+# WordPiece sub-words (`##` marks a continuation), wraps the sentence in `[CLS] ... [SEP]`, and
+# pads the batch on the right with `[PAD]`; the attention mask is 1 on real tokens and 0 on
+# padding, and the token type ids are all 0 for single sentences.
+
+# %%
+dev = read_examples(DATA / "sst2" / "dev.tsv", text_col="sentence", label_col="label")
+sentences = [example.text for example in dev]
+print(f"SST-2 dev: {len(sentences)} sentences")
+
+batch_texts = [sentences[0], sentences[3]]
+enc = tokenizer(batch_texts)
+for row, text in enumerate(batch_texts):
+    print(f"\n{text!r}")
+    print("tokens:        ", tokenizer.convert_ids_to_tokens(enc.input_ids[row]))
+    print("input_ids:     ", enc.input_ids[row].tolist())
+    print("attention_mask:", enc.attention_mask[row].tolist())
+print(f"\ninput_ids, attention_mask, token_type_ids: {tuple(enc.input_ids.shape)} each")
+
+# %% [markdown]
+# ## The forward pass, one module at a time
+#
+# `BertModel.forward` is, at heart, four steps: embeddings, an additive mask, the blocks, the
+# pooler. Here they are called one by one on the model's own modules, with the shape after each.
+#
+# The embeddings add a word vector, a position vector and a token-type vector for each token, then
+# apply LayerNorm. The 0/1 attention mask becomes an additive mask of shape
+# `(batch, 1, 1, seq)`: 0 where a key may be attended, the most negative float where it may not,
+# so softmax gives padding a weight of exactly zero. The pooler reads the first row, `[CLS]`.
+
+# %%
+ids, mask, types = enc.input_ids, enc.attention_mask, enc.token_type_ids
+batch, seq = ids.shape
+positions = torch.arange(seq).expand(batch, seq)  # (batch, seq): 0, 1, 2, ... on every row
+with torch.no_grad():
+    x = x_emb = model.embeddings(ids, types, positions)
+    print(f"embeddings          {tuple(x.shape)}  (batch, seq, hidden)")
+    extended = additive_mask(mask, x.dtype)
+    print(f"additive mask       {tuple(extended.shape)}  (batch, 1, 1, seq)")
+    for i, block in enumerate(model.layers):
+        x = block(x, extended)
+        print(f"after block {i}       {tuple(x.shape)}")
+    pooled = model.pooler(x)
+    print(f"pooler ([CLS] row)  {tuple(pooled.shape)}  (batch, hidden)")
+
+    out = model(ids, mask, types, unpad=False)
+hidden_diff = (out.last_hidden_state - x).abs().max().item()
+pooled_diff = (out.pooler_output - pooled).abs().max().item()
+print(
+    f"step by step vs model(..., unpad=False): max abs difference {hidden_diff:.1e} "
+    f"(hidden states), {pooled_diff:.1e} (pooler)"
+)
+check(hidden_diff == 0.0 and pooled_diff == 0.0, "the step-by-step pass differs from model()")
+
+# %% [markdown]
+# By default `model(...)` takes a faster road to the same numbers: it drops the pad tokens right
+# after the embeddings (`Unpadding`), so LayerNorm, the projections and the feed-forward layers
+# run on the real tokens alone, packed as `(tokens, hidden)`; only attention puts the padding back
+# for itself, and the output is re-padded once at the end. Same modules, same weights; at the
+# real positions the result agrees with the padded walk above up to float rounding.
+
+# %%
+unpadding = Unpadding.from_mask(mask)
+with torch.no_grad():
+    y = model.embeddings(unpadding.unpad(ids), unpadding.unpad(types), unpadding.unpad(positions))
+    print(f"unpadded embeddings {tuple(y.shape)}  (tokens, hidden) instead of {batch} x {seq}")
+    for block in model.layers:
+        y = block(y, extended, unpadding)
+    y = unpadding.pad(y)  # (batch, seq, hidden), zeros at the padding
+    fast = model(ids, mask, types)
+real = mask.bool()
+walk_diff = (fast.last_hidden_state - y).abs().max().item()
+paths_diff = (fast.last_hidden_state - x)[real].abs().max().item()
+print(f"unpadded walk vs model(...): max abs difference {walk_diff:.1e}")
+print(f"model(...) vs model(..., unpad=False) at real tokens: max abs difference {paths_diff:.1e}")
+check(walk_diff == 0.0 and paths_diff < 1e-5, "the unpadded and padded paths disagree")
+
+# %% [markdown]
+# Inside one block: self-attention, a residual and LayerNorm, then the feed-forward layer, a
+# residual and LayerNorm (BERT normalises after the residual, "post-LN"). The attention math
+# lives in one pure function, `attention(q, k, v, mask)`: `softmax(q k^T / sqrt(d) + mask) v`.
+# The model itself calls PyTorch's fused `F.scaled_dot_product_attention` (SDPA); the plain form
+# is kept as the reference it must equal. Here are both, on the real queries, keys and values of
+# block 0.
+
+# %%
+block = model.layers[0]
+att = block.attention
+with torch.no_grad():
+    x0 = x_emb
+    q, k, v = (
+        att.split_heads(att.query(x0)),
+        att.split_heads(att.key(x0)),
+        att.split_heads(att.value(x0)),
+    )
+    print(f"q, k, v: {tuple(q.shape)} each  (batch, heads, seq, head_dim)")
+    plain = attention(q, k, v, extended)
+    fused = F.scaled_dot_product_attention(q, k, v, attn_mask=extended)
+    sdpa_diff = (plain - fused).abs().max().item()
+    print(f"attention() vs SDPA on block 0: max abs difference {sdpa_diff:.1e}")
+    check(sdpa_diff < 1e-5, "attention() and SDPA disagree")
+
+    # The attention weights themselves: where the padding went.
+    scores = q @ k.transpose(-2, -1) / q.size(-1) ** 0.5 + extended
+    weights = scores.softmax(dim=-1)  # (batch, heads, seq, seq)
+    padded_row = int(mask.sum(dim=1).argmin())
+    pad_weight = weights[padded_row][..., mask[padded_row] == 0].sum().item()
+    print(
+        f"total attention weight on padding keys (sentence {padded_row}, all heads, all "
+        f"queries): {pad_weight}"
+    )
+
+    # The block, by its parts: attention sublayer, then feed-forward sublayer.
+    heads_joined = fused.transpose(1, 2).reshape(x0.shape)  # (batch, seq, hidden)
+    parts = block.attention_norm(x0 + att.out(heads_joined))
+    parts = block.ffn_norm(parts + block.ffn(parts))
+    block_diff = (parts - block(x0, extended)).abs().max().item()
+    print(f"block 0 by its parts vs block 0: max abs difference {block_diff:.1e}")
+
+# %% [markdown]
+# BERT's pooler, `tanh(dense([CLS]))`, was trained for next-sentence prediction, and
+# all-MiniLM-L6-v2 never uses it. Sentence-transformers summarises a sentence differently: the
+# mean of the hidden states of the real tokens, normalised to length 1
+# (`minift.sentence.mean_pooling`, then `F.normalize`). That is what `minift.sentence.encode`
+# returns.
+
+# %%
+by_parts = F.normalize(mean_pooling(x, mask), dim=-1)
+by_encode = encode(model, tokenizer, batch_texts)
+print(
+    f"sentence embeddings {tuple(by_encode.shape)}; mean pooling by hand vs encode(): max abs "
+    f"difference {(by_parts - by_encode).abs().max().item():.1e}"
+)
+
+# %% [markdown]
+# ## Against the reference
+#
+# Same folder, same sentences, same token ids: `transformers.BertModel` gives the hidden states
+# and pooler output, `SentenceTransformer` the sentence embeddings. Float32 arithmetic done in a
+# different order differs in the last bits, so we look at the largest difference, not at
+# equality. A real bug (a wrong epsilon, a mask on the wrong axis) shows up orders of magnitude
+# above it.
+
+# %%
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is local; never touch the network
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+import transformers  # noqa: E402  (reference libraries: only here, never in minift/)
+from sentence_transformers import SentenceTransformer  # noqa: E402
+
+transformers.utils.logging.disable_progress_bar()
+
+compare = sentences[:NUM_COMPARE]
+reference = transformers.BertModel.from_pretrained(model_dir).eval()
+worst_hidden = worst_pooled = 0.0
+with torch.no_grad():
+    for start in range(0, len(compare), 50):
+        b = tokenizer(compare[start : start + 50])
+        ours = model(b.input_ids, b.attention_mask, b.token_type_ids)
+        ref = reference(
+            input_ids=b.input_ids, attention_mask=b.attention_mask, token_type_ids=b.token_type_ids
+        )
+        real = b.attention_mask.bool()  # padding positions are never used: compare real tokens
+        worst_hidden = max(
+            worst_hidden, (ours.last_hidden_state - ref.last_hidden_state)[real].abs().max().item()
+        )
+        worst_pooled = max(
+            worst_pooled, (ours.pooler_output - ref.pooler_output).abs().max().item()
+        )
+print(
+    f"minift vs transformers.BertModel on {len(compare)} SST-2 sentences: max abs difference "
+    f"{worst_hidden:.1e} (hidden states), {worst_pooled:.1e} (pooler)"
+)
+check(max(worst_hidden, worst_pooled) < 1e-4, "minift and transformers disagree")
+
+st_model = SentenceTransformer(str(model_dir), device="cpu")
+theirs = torch.as_tensor(st_model.encode(compare, batch_size=32, convert_to_numpy=True))
+mine = encode(model, tokenizer, compare, batch_size=32, max_length=st_model.max_seq_length)
+cosine = F.cosine_similarity(mine, theirs, dim=-1)
+print(
+    f"minift encode vs SentenceTransformer.encode on {len(compare)} sentences: lowest cosine "
+    f"{cosine.min().item():.7f}, max abs difference {(mine - theirs).abs().max().item():.1e}"
+)
+check(cosine.min().item() > 0.9999, "minift and sentence-transformers embeddings disagree")
+
+# %% [markdown]
+# ## What sentence embeddings are good for
+#
+# The embeddings are unit vectors, so a dot product is a cosine similarity. Search a pool of SST-2
+# dev sentences for the nearest neighbours of two short reviews written for the purpose, one
+# warm and one scathing. The model was never trained on sentiment, only on which sentences mean
+# the same thing, yet the label of the neighbours (0 negative, 1 positive) already leans the right
+# way. Fine-tuning (the next lessons) turns that lean into a classifier.
+
+# %%
+pool = dev[:NUM_POOL]
+pool_emb = encode(model, tokenizer, [example.text for example in pool])
+queries = ["a warm , funny and deeply moving film .", "a dull , tedious mess with no ideas ."]
+query_emb = encode(model, tokenizer, queries)
+similarity = query_emb @ pool_emb.T  # (queries, pool): cosines
+for query, row in zip(queries, similarity, strict=True):
+    print(f"\nquery: {query!r}")
+    top = row.topk(3)
+    for score, index in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+        print(f"  {score:.3f}  label {pool[index].label}  {pool[index].text}")
+
+# Leave-one-out k-nearest-neighbour vote inside the pool: a first, training-free classifier.
+k = 5
+labels = torch.tensor([int(example.label) for example in pool])
+pairwise = pool_emb @ pool_emb.T
+pairwise.fill_diagonal_(-2.0)  # a sentence may not vote for itself
+votes = labels[pairwise.topk(k, dim=1).indices].float().mean(dim=1)
+knn_accuracy = ((votes > 0.5).long() == labels).float().mean().item()
+majority = max(labels.float().mean().item(), 1 - labels.float().mean().item())
+print(
+    f"\n{k}-NN accuracy within {len(pool)} SST-2 dev sentences: {knn_accuracy:.3f} "
+    f"(always guessing the majority label: {majority:.3f})"
+)
+
+print(f"\nlesson ran in {time.perf_counter() - START:.1f} s")
+
+# %% [markdown]
+# ## What to try next
+#
+# - Set `eps = 1e-5` (torch's default) on every `torch.nn.LayerNorm` in `model.modules()` and
+#   rerun the comparison with transformers: watch the difference jump by orders of magnitude.
+# - Replace `F.gelu(x)` by `F.gelu(x, approximate="tanh")` in `FeedForward` and compare again.
+# - Drop the additive mask in the step-by-step pass (`block(x, None)`) and see which sentence's
+#   hidden states change, and which do not.
+# - Swap mean pooling for the `[CLS]` hidden state or the pooler output in the similarity search;
+#   compare the k-NN accuracy printed above.
+# - Point `resolve_model_dir` at another BERT checkpoint folder and rerun the comparison.

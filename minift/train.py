@@ -1,0 +1,738 @@
+"""The training loop: any module that returns a loss, AdamW, warmup then decay, evaluation, resume.
+
+`train` is one loop you can read top to bottom (nanoGPT's `train.py` is the model). It knows
+nothing about BERT: the model is any `nn.Module` whose `forward(**batch)` returns a dict with key
+"loss" or an object with a `.loss` attribute, the MEAN loss over the batch's targets. Read in
+this order: `TrainConfig` and `TrainResult`; the small pieces (batches, losses, evaluation, atomic
+files, the resume checkpoint); then `train`, which puts them together.
+
+Decisions a reader should know about:
+
+- **Gradient accumulation gives the gradient of the whole window.** Each micro-batch's mean loss
+  is weighted by its share of the window's targets (`labels != -100` when the batch has
+  "labels", else its batch size) before `backward`, so the summed gradient is that of the mean
+  over every target in the window. Dividing by the number of micro-batches, the textbook recipe,
+  is right only when every micro-batch has as many targets; token-level losses (NER, MLM) break
+  it, and transformers' Trainer has shipped that bug more than once. A micro-batch with no
+  target at all is skipped (its mean would be 0/0).
+- **Mixed precision.** bf16 runs under `torch.autocast` and needs nothing else. fp16 also uses a
+  `GradScaler`: `scaler.step(optimizer)` finds inf/nan gradients and skips the update (the fused
+  AdamW kernel receives the found-inf flag and skips inside). A skipped step still counts as a
+  step and the learning-rate schedule still advances: the schedule is a function of the step
+  counter, as torch's documented pattern (`scaler.step`, `scaler.update`, then
+  `scheduler.step()` every iteration) has it, so the logged learning rates, `max_steps` and
+  resume all line up. (transformers' Trainer holds the schedule back on a skipped step instead;
+  the two differ by the number of skipped steps, a handful while the scale settles.)
+- **Non-finite losses.** In fp32 and bf16 a nan/inf loss stops training at once with
+  `NonFiniteLossError` naming the step, epoch and batch, before the parameters are touched.
+  Under fp16 an overflow is routine: the scaler skips the step and the log counts it.
+- **Determinism.** `torch.manual_seed(seed)` and `random.seed(seed)` at the start; the data order
+  is the caller's: `train_batches(epoch)` must return the same batches for the same epoch, and
+  must not draw from the global RNG (seed a `torch.Generator` with seed + epoch), since the
+  global RNG drives dropout and is saved and restored on resume.
+- **Resume.** `out_dir/resume.pt` holds everything that decides the rest of the run (weights,
+  optimizer, schedule, scaler, position in the data, early-stopping state, log, RNG states), so a
+  resumed run ends with exactly the weights of an uninterrupted one. `resume=True` without that
+  file raises `ValueError` rather than silently training from scratch; a resume whose
+  configuration changes the run warns and names the differences.
+- **Files are replaced atomically.** `resume.pt` via a temporary file, fsync and `os.replace`;
+  the `best/` folder via a temporary sibling folder and two renames. A crash at any moment leaves
+  the previous version loadable.
+"""
+
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from minift.checkpoint import atomic_write_bytes, write_safetensors
+from minift.optim import IMPLEMENTATIONS, SCHEDULES, make_optimizer, make_scheduler
+
+AMP_DTYPES: dict[str, torch.dtype | None] = {
+    "off": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+
+# ---------------------------------------------------------------------------------------------
+# Configuration and result
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig:
+    """How to train. Defaults are those of BERT fine-tuning (and of transformers' Trainer).
+
+    Steps are optimizer steps (one per `grad_accum` batches); a skipped fp16 step counts.
+    The fields are checked when the config is made and again when `train` starts.
+    """
+
+    out_dir: str | Path  # resume checkpoint, log.jsonl, best/ go here
+    epochs: int = 3
+    max_steps: int | None = None  # optimizer steps in total; overrides epochs when set
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1  # fraction of total optimizer steps (rounded up, as transformers)
+    schedule: str = "linear"  # linear | cosine | constant
+    grad_accum: int = 1
+    max_grad_norm: float | None = 1.0
+    amp: str = "off"  # off | bf16 | fp16
+    optimizer: str = "auto"  # auto | fused | foreach | hand (see minift.optim.make_optimizer)
+    eval_every: int | None = None  # optimizer steps between evaluations; None: end of each epoch
+    save_every: int | None = None  # steps between resume checkpoints; None: at each evaluation
+    metric: str = "loss"  # key of evaluate()'s dict for best checkpoint / early stopping
+    greater_is_better: bool = False
+    patience: int | None = None  # evaluations without improvement before stopping early
+    seed: int = 0
+    compile: bool = False
+    progress: bool = True  # tqdm bar with loss, lr, examples/s
+    log_every: int = 10  # steps between JSONL training-loss records
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Raise ValueError naming the first field whose value cannot make a run."""
+
+        def fail(name: str, expected: str) -> None:
+            raise ValueError(
+                f"TrainConfig.{name}: expected {expected}, got {getattr(self, name)!r}"
+            )
+
+        def check_int(name: str, minimum: int, optional: bool = False) -> None:
+            value = getattr(self, name)
+            if value is None and optional:
+                return
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                fail(name, f"an integer >= {minimum}" + (" or None" if optional else ""))
+
+        if not isinstance(self.out_dir, str | os.PathLike) or str(self.out_dir) == "":
+            fail("out_dir", "a folder path")
+        check_int("epochs", 1)
+        check_int("max_steps", 1, optional=True)
+        check_int("grad_accum", 1)
+        check_int("eval_every", 1, optional=True)
+        check_int("save_every", 1, optional=True)
+        check_int("patience", 1, optional=True)
+        check_int("log_every", 1)
+        check_int("seed", 0)
+        if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
+            fail("lr", "a finite learning rate > 0")
+        if not (isinstance(self.weight_decay, int | float) and 0 <= self.weight_decay < math.inf):
+            fail("weight_decay", "a finite number >= 0")
+        if not (isinstance(self.warmup_ratio, int | float) and 0 <= self.warmup_ratio <= 1):
+            fail("warmup_ratio", "a fraction in [0, 1]")
+        if self.max_grad_norm is not None and not (
+            isinstance(self.max_grad_norm, int | float) and self.max_grad_norm > 0
+        ):
+            fail("max_grad_norm", "a norm > 0 or None (no clipping)")
+        if self.schedule not in SCHEDULES:
+            fail("schedule", f"one of {SCHEDULES}")
+        if self.amp not in AMP_DTYPES:
+            fail("amp", f"one of {tuple(AMP_DTYPES)}")
+        if self.optimizer not in IMPLEMENTATIONS:
+            fail("optimizer", f"one of {IMPLEMENTATIONS}")
+        if not isinstance(self.metric, str) or not self.metric:
+            fail("metric", "the name of a key of evaluate()'s dict")
+
+
+@dataclass
+class TrainResult:
+    """What a run did. `history` holds every record of `out_dir/log.jsonl`, in order."""
+
+    steps: int
+    epochs_completed: float
+    best_metric: float | None
+    best_step: int | None
+    stopped_early: bool
+    history: list[dict]
+    last_eval: dict | None
+
+
+class NonFiniteLossError(ValueError):
+    """The loss became nan or inf (fp32 or bf16): training stopped before the update."""
+
+
+# Everything about the run's progress that resume.pt must carry, besides the tensors.
+@dataclass
+class _Progress:
+    step: int = 0  # optimizer steps taken (skipped fp16 steps included)
+    epoch: int = 0
+    position: int = 0  # batches of this epoch consumed
+    best_metric: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0  # evaluations since the last improvement
+    stopped_early: bool = False
+    skipped_steps: int = 0  # fp16 steps the scaler skipped
+    last_eval: dict | None = None
+    elapsed: float = 0.0  # seconds of training before this process started
+    history: list[dict] = field(default_factory=list)
+
+
+# Settings that change the numbers a run produces: a resume that changes one of them warns.
+_RUN_KEYS = (
+    "epochs", "max_steps", "lr", "weight_decay", "warmup_ratio", "schedule", "grad_accum",
+    "max_grad_norm", "amp", "optimizer", "eval_every", "save_every", "metric",
+    "greater_is_better", "patience", "seed",
+)  # fmt: skip
+
+# ---------------------------------------------------------------------------------------------
+# Batches and losses
+# ---------------------------------------------------------------------------------------------
+
+
+def _to_device(batch: Mapping[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    """Move every tensor of the batch to `device`; anything else passes through."""
+    return {
+        key: value.to(device, non_blocking=True) if isinstance(value, Tensor) else value
+        for key, value in batch.items()
+    }
+
+
+def _batch_size(batch: Mapping[str, Tensor]) -> int:
+    """The length of the batch's first dimension (of its first tensor with one)."""
+    for value in batch.values():
+        if isinstance(value, Tensor) and value.ndim > 0:
+            return value.shape[0]
+    raise ValueError(
+        f"a batch needs at least one tensor with a batch dimension, got keys {list(batch)}"
+    )
+
+
+def _count_targets(batch: Mapping[str, Tensor]) -> int:
+    """How many targets the batch's mean loss averages over: `labels != -100`, else batch size."""
+    labels = batch.get("labels")
+    if isinstance(labels, Tensor):
+        return int((labels != -100).sum())
+    return _batch_size(batch)
+
+
+def _loss_of(output: object) -> Tensor:
+    """The scalar loss of a model output: `output["loss"]` or `output.loss`."""
+    if isinstance(output, Mapping):
+        loss = output.get("loss")
+    else:
+        loss = getattr(output, "loss", None)
+    if not isinstance(loss, Tensor) or loss.ndim != 0:
+        found = (
+            type(loss).__name__ if not isinstance(loss, Tensor) else f"shape {tuple(loss.shape)}"
+        )
+        raise ValueError(
+            "the model's forward(**batch) must return a dict with key 'loss' or an object with "
+            f"a .loss attribute holding the scalar mean loss; found {found}"
+        )
+    return loss
+
+
+def _backward_window(
+    forward_model: nn.Module,
+    window: list[dict[str, Tensor]],
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    scaler: torch.amp.GradScaler,
+) -> list[float]:
+    """Forward and backward every micro-batch of one optimizer step's window.
+
+    Each micro-batch's mean loss is weighted by its share of the window's targets, so the summed
+    gradient is that of the mean over every target in the window. Returns the weighted losses
+    (they add up to that mean); a micro-batch without targets is skipped and counts 0.
+    """
+    targets = [_count_targets(batch) for batch in window]
+    window_targets = sum(targets)
+    losses = []
+    for batch, n_targets in zip(window, targets, strict=True):
+        if n_targets == 0:
+            losses.append(
+                torch.zeros((), device=device)
+            )  # nothing to learn from (its mean would be 0/0)
+            continue
+        autocast = (
+            torch.autocast(device_type=device.type, dtype=amp_dtype)
+            if amp_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            loss = _loss_of(forward_model(**_to_device(batch, device)))
+        loss = loss.float() * (n_targets / window_targets)
+        scaler.scale(loss).backward()  # fp16: the scaled loss; otherwise the loss itself
+        losses.append(loss.detach())
+    return torch.stack(losses).tolist()  # one device sync per step
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation and the best checkpoint
+# ---------------------------------------------------------------------------------------------
+
+
+def _run_evaluation(
+    model: nn.Module, evaluate: Callable[[nn.Module], dict[str, float]], metric: str
+) -> dict[str, float]:
+    """Call `evaluate(model)` in eval mode under no_grad, restore train mode, check the dict."""
+    model.eval()
+    try:
+        with torch.no_grad():
+            raw = evaluate(model)
+    finally:
+        model.train()
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"evaluate(model) must return a dict of metrics, got {type(raw).__name__}")
+    metrics = {}
+    for key, value in raw.items():
+        try:
+            metrics[str(key)] = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"evaluate(model) returned {key!r}: {value!r}, expected a number"
+            ) from None
+    if metric not in metrics:
+        raise ValueError(
+            f"TrainConfig.metric is {metric!r} but evaluate(model) returned the keys "
+            f"{sorted(metrics)}"
+        )
+    return metrics
+
+
+def _improved(value: float, best: float | None, greater_is_better: bool) -> bool:
+    """Strictly better than `best` (any number but nan beats no best yet)."""
+    if math.isnan(value):
+        return False
+    if best is None:
+        return True
+    return value > best if greater_is_better else value < best
+
+
+def _default_save_best(model: nn.Module, folder: Path) -> None:
+    """`model.save_pretrained(folder)` if it has one, else its state dict as model.safetensors."""
+    if callable(getattr(model, "save_pretrained", None)):
+        model.save_pretrained(folder)
+    else:
+        write_safetensors(model.state_dict(), folder / "model.safetensors")
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make renames inside `folder` durable (a no-op where a folder cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """fsync every file under `folder`, then the folders themselves."""
+    for path in sorted(folder.rglob("*"), reverse=True):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+        elif path.is_dir():
+            _fsync_dir(path)
+    _fsync_dir(folder)
+
+
+def _best_swap_folders(best_dir: Path) -> tuple[Path, Path]:
+    """The temporary siblings of `best_dir`: the new one being written, the old one going away."""
+    return best_dir.with_name(best_dir.name + ".new"), best_dir.with_name(best_dir.name + ".old")
+
+
+def _save_best_atomically(
+    save_best: Callable[[nn.Module, Path], None], model: nn.Module, best_dir: Path
+) -> None:
+    """Write the model into `best.new`, then swap it in: best -> best.old, best.new -> best.
+
+    A crash while writing leaves `best/` as it was; a crash between the two renames leaves
+    `best.old`, which `_recover_best` renames back at the next start.
+    """
+    new, old = _best_swap_folders(best_dir)
+    shutil.rmtree(new, ignore_errors=True)
+    new.mkdir(parents=True)
+    try:
+        save_best(model, new)
+        _fsync_tree(new)
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    if best_dir.exists():
+        os.rename(best_dir, old)
+    os.rename(new, best_dir)
+    _fsync_dir(best_dir.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _recover_best(best_dir: Path) -> None:
+    """Undo what a crash during `_save_best_atomically` left: the previous best comes back.
+
+    (`resume.pt` is written after the swap, so it never refers to a best that did not land.)
+    """
+    new, old = _best_swap_folders(best_dir)
+    if old.is_dir() and not best_dir.exists():
+        os.rename(old, best_dir)
+        print(f"train: restored {best_dir} from {old.name} (a swap was interrupted)")
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(new, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The resume checkpoint
+# ---------------------------------------------------------------------------------------------
+
+
+def _rng_states() -> dict:
+    """Every RNG the loop draws from: torch CPU, CUDA (if available), Python's `random`."""
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": [version, list(internal), gauss_next],
+    }
+
+
+def _set_rng_states(states: dict) -> None:
+    """Restore what `_rng_states` returned."""
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+def _atomic_torch_save(obj: object, path: Path) -> None:
+    """`torch.save` into a temporary file beside `path`, fsync, then `os.replace` over it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _load_resume(path: Path) -> dict:
+    """Read resume.pt with `weights_only=True` (no pickled code runs), as CPU tensors."""
+    if not path.is_file():
+        raise ValueError(
+            f"resume=True but {path} does not exist: nothing to resume "
+            "(train without resume to start from scratch)"
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"cannot read the resume checkpoint {path}: {error}") from error
+
+
+def _warn_if_run_differs(saved: dict, current: dict, path: Path) -> None:
+    """Warn, naming each setting, when a resume changes what the run computes."""
+    differences = [
+        f"{key}: {saved.get(key)!r} -> {current[key]!r}"
+        for key in current
+        if saved.get(key) != current[key]
+    ]
+    if differences:
+        warnings.warn(
+            f"resuming from {path} with settings that differ from the interrupted run "
+            f"({'; '.join(differences)}): the result will not match an uninterrupted run",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _append_log(path: Path, record: dict) -> None:
+    """Append one JSON line to the log and flush it (a crash loses at most that line)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_device(config: TrainConfig, model: nn.Module, device: torch.device) -> None:
+    """Refuse mixed precision the device cannot run (before anything is trained)."""
+    if config.amp != "off" and not torch.amp.is_autocast_available(device.type):
+        raise ValueError(f"TrainConfig.amp={config.amp!r}: torch has no autocast for {device}")
+    # The only CUDA-specific choices of the loop sit here (the fused-AdamW choice is optim.py's).
+    if device.type == "cuda" and config.amp == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"TrainConfig.amp='bf16': {torch.cuda.get_device_name(device)} lacks bf16")
+    if config.amp == "fp16":
+        half = [
+            name
+            for name, param in model.named_parameters()
+            if param.requires_grad and param.dtype == torch.float16
+        ]
+        if half:
+            raise ValueError(
+                "TrainConfig.amp='fp16' needs float32 weights (the GradScaler cannot unscale fp16 "
+                f"gradients), but {len(half)} trainable parameters are float16, e.g. {half[0]!r}; "
+                "keep the model in float32 and let autocast run the matmuls in fp16"
+            )
+
+
+def train(
+    model: nn.Module,
+    train_batches: Callable[[int], Sequence[dict[str, Tensor]]],
+    config: TrainConfig,
+    *,
+    evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+    save_best: Callable[[nn.Module, Path], None] | None = None,
+    device: torch.device | str | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Train `model` with AdamW on the batches `train_batches(epoch)` returns; see the module doc.
+
+    - `model(**batch)` returns the mean loss (dict key "loss" or attribute `.loss`). The model
+      itself (not a compiled wrapper) is what `evaluate` receives and what gets saved.
+    - `train_batches(epoch)`: that epoch's batches (dicts of tensors), the same for the same
+      epoch; every epoch is expected to hold as many batches as epoch 0. Total steps:
+      `max_steps`, else `ceil(len(batches) / grad_accum) * epochs`.
+    - `evaluate(model) -> {name: number}` runs every `eval_every` steps (else at the end of each
+      epoch) and at the end, in eval mode under `torch.no_grad()`. When `metric` improves,
+      `save_best(model, folder)` writes the model into an empty temporary folder that then
+      replaces `out_dir/best` (default: `model.save_pretrained`, else model.safetensors).
+    - `device`: where the batches (and the model) go; default the model's device.
+    - `resume=True` continues from `out_dir/resume.pt` (ValueError if there is none).
+    """
+    # ---- check everything before anything runs ---------------------------------------------
+    config.check()
+    if device is None:
+        first_param = next(model.parameters(), None)
+        if first_param is None:
+            raise ValueError(f"{type(model).__name__} has no parameters to train")
+        device = first_param.device
+    device = torch.device(device)
+    _check_device(config, model, device)
+    if config.patience is not None and evaluate is None:
+        raise ValueError("TrainConfig.patience is set but no evaluate function was given")
+    save_best = save_best or _default_save_best
+
+    out_dir = Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    resume_path, log_path, best_dir = out_dir / "resume.pt", out_dir / "log.jsonl", out_dir / "best"
+    checkpoint = _load_resume(resume_path) if resume else None
+    _recover_best(best_dir)
+    for leftover in out_dir.glob(".resume.pt.*.tmp"):  # from a process killed mid-write
+        leftover.unlink()
+
+    # ---- the pieces: model, data, optimizer, schedule, scaler ------------------------------
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    model.to(device)
+    model.train()
+    n_total = sum(param.numel() for param in model.parameters())
+    n_trainable = sum(param.numel() for param in model.parameters() if param.requires_grad)
+    print(f"train: {n_trainable:,} trainable parameters of {n_total:,}")
+
+    first_batches = train_batches(0)
+    batches_per_epoch = len(first_batches)
+    if batches_per_epoch == 0:
+        raise ValueError("train_batches(0) returned no batches")
+    steps_per_epoch = math.ceil(batches_per_epoch / config.grad_accum)
+    total_steps = config.max_steps or steps_per_epoch * config.epochs
+    warmup_steps = math.ceil(config.warmup_ratio * total_steps)
+
+    optimizer = make_optimizer(model, config.lr, config.weight_decay, impl=config.optimizer)
+    scheduler = make_scheduler(optimizer, total_steps, warmup_steps, kind=config.schedule)
+    amp_dtype = AMP_DTYPES[config.amp]
+    # fp16 needs loss scaling; bf16 and fp32 do not (a disabled scaler passes everything through).
+    scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
+    trainable = [param for param in model.parameters() if param.requires_grad]
+    forward_model = torch.compile(model) if config.compile else model
+
+    run = {key: getattr(config, key) for key in _RUN_KEYS}
+    run |= {"batches_per_epoch": batches_per_epoch, "total_steps": total_steps}
+    progress = _Progress()
+    if checkpoint is None:
+        log_path.write_text("", encoding="utf-8")
+    else:
+        _warn_if_run_differs(checkpoint["run"], run, resume_path)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        if scaler.is_enabled() and checkpoint["scaler"]:
+            scaler.load_state_dict(checkpoint["scaler"])
+        progress = _Progress(**checkpoint["progress"])
+        # The log restarts from the checkpoint's history: records written after the checkpoint
+        # are dropped, since the steps that wrote them run again.
+        lines = "".join(json.dumps(record) + "\n" for record in progress.history)
+        atomic_write_bytes(log_path, lines.encode("utf-8"))
+        _set_rng_states(checkpoint["rng"])  # last, so nothing above draws from them
+        print(f"train: resumed from {resume_path} at step {progress.step}")
+
+    # ---- the loop ----------------------------------------------------------------------------
+    bar = tqdm(total=total_steps, initial=progress.step, disable=not config.progress, desc="train")
+    start_time = time.perf_counter() - progress.elapsed
+    last_log_time, losses_since_log, examples_since_log = time.perf_counter(), [], 0
+    try:
+        while (
+            progress.step < total_steps
+            and not progress.stopped_early
+            and (config.max_steps is not None or progress.epoch < config.epochs)
+        ):
+            batches = first_batches if progress.epoch == 0 else train_batches(progress.epoch)
+            if len(batches) == 0:
+                raise ValueError(f"train_batches({progress.epoch}) returned no batches")
+            while progress.position < len(batches):
+                # One optimizer step over a window of up to grad_accum micro-batches.
+                step_start = time.perf_counter()
+                indices = range(
+                    progress.position, min(progress.position + config.grad_accum, len(batches))
+                )
+                window = [batches[i] for i in indices]
+                micro_losses = _backward_window(forward_model, window, device, amp_dtype, scaler)
+                step_loss = sum(micro_losses)  # the mean loss over the window's targets
+                if config.amp != "fp16" and not math.isfinite(step_loss):
+                    bad = next(
+                        i
+                        for i, x in zip(indices, micro_losses, strict=True)
+                        if not math.isfinite(x)
+                    )
+                    raise NonFiniteLossError(
+                        f"the loss is {step_loss} at step {progress.step + 1} (epoch "
+                        f"{progress.epoch}, batch {bad}); training stopped before updating the "
+                        "parameters. Check that batch, lower the learning rate, or use amp='off'"
+                    )
+
+                lr = scheduler.get_last_lr()[0]
+                if config.max_grad_norm is not None:
+                    scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+                    torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+                scale_before = scaler.get_scale()
+                scaler.step(optimizer)  # fp16: no update when a gradient is inf/nan
+                scaler.update()  # ... and then the scale shrinks
+                skipped = scaler.get_scale() < scale_before
+                optimizer.zero_grad(set_to_none=True)
+                with warnings.catch_warnings():
+                    # A skipped first step makes LambdaLR warn that it steps before the
+                    # optimizer; stepping anyway is the intent (see the module docstring).
+                    warnings.filterwarnings("ignore", "Detected call of `lr_scheduler")
+                    scheduler.step()
+
+                progress.step += 1
+                progress.position += len(window)
+                progress.skipped_steps += int(skipped)
+                epoch_done = progress.position >= len(batches)
+                finished = progress.step >= total_steps or (
+                    config.max_steps is None and epoch_done and progress.epoch + 1 >= config.epochs
+                )
+                examples = sum(_batch_size(batch) for batch in window)
+                losses_since_log.append(step_loss)
+                examples_since_log += examples
+                bar.update(1)
+                bar.set_postfix(
+                    loss=f"{step_loss:.4f}",
+                    lr=f"{lr:.2e}",
+                    ex_s=f"{examples / (time.perf_counter() - step_start):.0f}",
+                    refresh=False,
+                )
+
+                # ---- log ----
+                if progress.step % config.log_every == 0 or finished:
+                    now = time.perf_counter()
+                    record = {
+                        "step": progress.step,
+                        "epoch": progress.epoch + progress.position / len(batches),
+                        "loss": sum(losses_since_log) / len(losses_since_log),
+                        "lr": lr,
+                        "examples_per_s": examples_since_log / max(now - last_log_time, 1e-9),
+                        "time": now - start_time,
+                    }
+                    if scaler.is_enabled():
+                        record |= {
+                            "skipped_steps": progress.skipped_steps,
+                            "loss_scale": scaler.get_scale(),
+                        }
+                    _append_log(log_path, record)
+                    progress.history.append(record)
+                    last_log_time, losses_since_log, examples_since_log = now, [], 0
+
+                # ---- evaluate, keep the best, stop early ----
+                if config.eval_every is not None:
+                    at_eval = progress.step % config.eval_every == 0 or finished
+                else:
+                    at_eval = epoch_done or finished
+                if at_eval and evaluate is not None:
+                    metrics = _run_evaluation(model, evaluate, config.metric)
+                    record = {"step": progress.step, "eval": metrics}
+                    _append_log(log_path, record)
+                    progress.history.append(record)
+                    progress.last_eval = metrics
+                    value = metrics[config.metric]
+                    if _improved(value, progress.best_metric, config.greater_is_better):
+                        progress.best_metric, progress.best_step, progress.bad_evals = (
+                            value,
+                            progress.step,
+                            0,
+                        )
+                        _save_best_atomically(save_best, model, best_dir)
+                    else:
+                        progress.bad_evals += 1
+                        progress.stopped_early = (
+                            config.patience is not None and progress.bad_evals >= config.patience
+                        )
+                    shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+                    tqdm.write(
+                        f"step {progress.step}: {shown}"
+                        + (" (best)" if progress.best_step == progress.step else "")
+                    )
+
+                # ---- save the resume checkpoint ----
+                if config.save_every is not None:
+                    save_due = progress.step % config.save_every == 0
+                else:
+                    save_due = at_eval
+                if save_due or finished or progress.stopped_early:
+                    progress.elapsed = time.perf_counter() - start_time
+                    checkpoint = {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "progress": asdict(progress),
+                        "run": run,
+                        "rng": _rng_states(),
+                    }
+                    _atomic_torch_save(checkpoint, resume_path)
+                if finished or progress.stopped_early:
+                    break
+            if progress.position >= len(batches):
+                progress.epoch, progress.position = progress.epoch + 1, 0
+    finally:
+        bar.close()
+
+    if progress.stopped_early:
+        print(
+            f"train: stopped early at step {progress.step}: {config.metric} has not improved in "
+            f"{progress.bad_evals} evaluations (best {progress.best_metric} at step "
+            f"{progress.best_step})"
+        )
+    return TrainResult(
+        steps=progress.step,
+        epochs_completed=progress.epoch + progress.position / batches_per_epoch,
+        best_metric=progress.best_metric,
+        best_step=progress.best_step,
+        stopped_early=progress.stopped_early,
+        history=list(progress.history),
+        last_eval=progress.last_eval,
+    )

@@ -1,0 +1,92 @@
+"""Every lesson runs to the end in quick mode, starts with prose, and is listed in the README.
+
+Each `lessons/NN_*.py` runs as its own test, in a fresh interpreter (as a reader would run it),
+with MINIFT_QUICK=1. A lesson checks its own claims (it raises when the numbers it prints stop
+agreeing with the reference), so a passing run means more than "no syntax error".
+"""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LESSONS_DIR = REPO / "lessons"
+LESSONS = sorted(LESSONS_DIR.glob("[0-9][0-9]_*.py"))
+TIMEOUT_S = 600
+TAIL_CHARS = 4000
+
+
+def test_there_are_lessons():
+    assert LESSONS, f"no lessons/NN_*.py found in {LESSONS_DIR}"
+
+
+def _lesson_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["MINIFT_QUICK"] = "1"
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    # The repository root first, so the lesson imports this checkout's minift even when the
+    # installed one points elsewhere. MINIFT_DATA passes through (conftest sets its default).
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+@pytest.mark.parametrize("lesson", LESSONS, ids=[path.name for path in LESSONS])
+def test_lesson_runs_in_quick_mode(lesson: Path):
+    try:
+        result = subprocess.run(
+            [sys.executable, str(lesson.relative_to(REPO))],
+            cwd=REPO,
+            env=_lesson_env(),
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired as err:
+        out = err.stdout or b""  # bytes even with text=True
+        out = out.decode("utf-8", "replace") if isinstance(out, bytes) else out
+        pytest.fail(f"{lesson.name} ran past {TIMEOUT_S} s; stdout (tail):\n{out[-TAIL_CHARS:]}")
+    assert result.returncode == 0, (
+        f"{lesson.name} exited with {result.returncode}\n"
+        f"--- stdout (tail) ---\n{result.stdout[-TAIL_CHARS:]}\n"
+        f"--- stderr (tail) ---\n{result.stderr[-TAIL_CHARS:]}"
+    )
+
+
+@pytest.mark.parametrize("lesson", LESSONS, ids=[path.name for path in LESSONS])
+def test_lesson_starts_with_a_markdown_cell(lesson: Path):
+    first = lesson.read_text(encoding="utf-8").splitlines()[0]
+    assert first == "# %% [markdown]", (
+        f"{lesson.name}:1: expected the first line '# %% [markdown]' (a prose cell), "
+        f"found {first!r}"
+    )
+
+
+@pytest.mark.parametrize("lesson", LESSONS, ids=[path.name for path in LESSONS])
+def test_lesson_cells_are_jupytext_percent(lesson: Path):
+    """Only `# %%` and `# %% [markdown]` cell markers; markdown cells hold only comment lines."""
+    in_markdown = False
+    for number, line in enumerate(lesson.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.startswith("# %%"):
+            assert line in ("# %%", "# %% [markdown]"), (
+                f"{lesson.name}:{number}: expected '# %%' or '# %% [markdown]', found {line!r}"
+            )
+            in_markdown = line == "# %% [markdown]"
+        elif in_markdown and line:
+            assert line == "#" or line.startswith("# "), (
+                f"{lesson.name}:{number}: a markdown cell holds only '# ' comment lines, "
+                f"found {line!r}"
+            )
+
+
+def test_readme_lists_every_lesson():
+    readme = (LESSONS_DIR / "README.md").read_text(encoding="utf-8")
+    missing = [path.name for path in LESSONS if path.name not in readme]
+    assert not missing, f"lessons/README.md does not mention {', '.join(missing)}"
+    # And lists nothing that is not there (a renamed or deleted lesson).
+    listed = set(re.findall(r"\b\d\d_\w+\.py\b", readme))
+    stale = sorted(listed - {path.name for path in LESSONS})
+    assert not stale, f"lessons/README.md lists lessons that do not exist: {', '.join(stale)}"
