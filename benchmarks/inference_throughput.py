@@ -1,0 +1,99 @@
+"""Inference throughput: real tokens per second, minift vs transformers, same weights and batches.
+
+Question: how fast does the encoder run a forward pass, at fixed lengths (no padding) and on real
+length distributions (unsorted batches of SST-2 sentences, CoNLL-2003 sentences, MRPC pairs)?
+Implementations: minift (unpadded, the default), minift with ``unpad=False`` (the padded reference
+path), transformers with SDPA attention and with eager attention. Throughput counts real tokens
+only, so padding is work that earns nothing.
+
+    python benchmarks/inference_throughput.py            # a few minutes on 2 CPU cores
+    python benchmarks/inference_throughput.py --quick    # a smoke run
+    python benchmarks/inference_throughput.py --device cuda --bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+
+import torch
+from speed_common import (
+    call,
+    fixed_batches,
+    interleaved,
+    load_models,
+    machine,
+    real_batches,
+    to_device,
+    write_report,
+)
+
+from minift.checkpoint import resolve_model_dir
+from minift.metrics import format_table
+from minift.tokenizer import Tokenizer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast for every model")
+    parser.add_argument("--rounds", type=int, default=None)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    rounds = args.rounds or (2 if args.quick else 5)
+    n = 2 if args.quick else 6
+    models = load_models(device)
+    tokenizer = Tokenizer.from_pretrained(resolve_model_dir("minilm"))
+    workloads = {
+        "fixed 32": fixed_batches(30522, 32, 32, n),
+        "fixed 128": fixed_batches(30522, 128, 16, n),
+        "fixed 512": fixed_batches(30522, 512, 4 if device.type == "cpu" else 32, n),
+        "SST-2 (real)": real_batches(tokenizer, "sst2", 32, n),
+        "CoNLL-2003 (real)": real_batches(tokenizer, "conll", 32, n),
+        "MRPC pairs (real)": real_batches(tokenizer, "mrpc", 32, n),
+    }
+    runs_of = {"minift": dict(), "minift padded": dict(unpad=False), "hf sdpa": None,
+               "hf eager": None}
+    model_of = {"minift": models["minift"], "minift padded": models["minift"],
+                "hf sdpa": models["hf_sdpa"], "hf eager": models["hf_eager"]}
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.bf16
+                else contextlib.nullcontext())
+    rows, records = [], []
+    for workload, batches in workloads.items():
+        batches = to_device(batches, device)
+        real = sum(int(b["attention_mask"].sum()) for b in batches)
+        total = sum(b["attention_mask"].numel() for b in batches)
+
+        def run(name, batches=batches):
+            def fn():
+                with torch.inference_mode(), autocast:
+                    for b in batches:
+                        call(name, model_of[name], b, **(runs_of[name] or {}))
+            return fn
+
+        timings = interleaved({name: run(name) for name in model_of}, device, rounds)
+        tps = {name: real / t["median_s"] for name, t in timings.items()}
+        records.append({"workload": workload, "real_tokens": real, "padded_tokens": total,
+                        "padding_fraction": 1 - real / total, "timings": timings,
+                        "real_tokens_per_s": tps})
+        rows.append({"workload": workload, "padding %": 100 * (1 - real / total),
+                     **{f"{name} tok/s": tps[name] for name in model_of},
+                     "minift / hf sdpa": tps["minift"] / tps["hf sdpa"],
+                     "minift / hf eager": tps["minift"] / tps["hf eager"]})
+        print(format_table(rows[-1:], float_format=".2f"), flush=True)
+    table = format_table(rows, float_format=".2f")
+    payload = {"machine": machine(device), "bf16": args.bf16, "rounds": rounds,
+               "quick": args.quick, "workloads": records}
+    suffix = ("_" + device.type if device.type != "cpu" else "") + ("_bf16" if args.bf16 else "")
+    name = "inference_throughput" + suffix + ("_quick" if args.quick else "")
+    command = "python benchmarks/inference_throughput.py" + " ".join(
+        [""] + (["--quick"] if args.quick else []) + (["--bf16"] if args.bf16 else [])
+        + ([f"--device {args.device}"] if device.type != "cpu" else []))
+    write_report(name, payload, table,
+                 "Inference throughput (real tokens/s), all-MiniLM-L6-v2, fp32" +
+                 (" + bf16 autocast" if args.bf16 else ""), command)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""Shared pieces of the speed benchmarks: the models, the batches, honest timing, the report.
+
+Timing rules (STYLE.md "Benchmarks"): the same weights and the same batches for every
+implementation; warm-up first; then several rounds in which the implementations take turns
+(interleaved, so a slow moment of a shared machine hits all of them alike); the median round is
+reported with its spread; ratios carry the claim. On CUDA, CUDA events time the GPU work.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import random
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import transformers
+
+from minift.checkpoint import resolve_model_dir
+from minift.model import BertModel
+from minift.tokenizer import Tokenizer
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def data_dir() -> Path:
+    default = Path(__file__).resolve().parents[2] / "shared" / "data"
+    return Path(os.environ.get("MINIFT_DATA", default))
+
+
+def machine(device: torch.device) -> dict:
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def load_models(device: torch.device, dtype: torch.dtype = torch.float32) -> dict[str, object]:
+    """The published MiniLM in minift and in transformers (SDPA and eager attention)."""
+    folder = resolve_model_dir("minilm")
+    ours = BertModel.from_pretrained(folder).to(device, dtype).eval()
+    ref = {attn: transformers.BertModel.from_pretrained(folder, attn_implementation=attn)
+           .to(device, dtype).eval() for attn in ("sdpa", "eager")}
+    return {"minift": ours, "hf_sdpa": ref["sdpa"], "hf_eager": ref["eager"]}
+
+
+def call(name: str, model, batch: dict, **kwargs):
+    """One forward with the keyword names each implementation takes."""
+    if name.startswith("minift"):
+        return model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+                     **kwargs)
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                 token_type_ids=batch["token_type_ids"])
+
+
+# ---- workloads ---------------------------------------------------------------------------------
+
+
+def _tsv(path: Path, *columns: str) -> list[tuple[str, ...]]:
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        rows = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        return [tuple(row[c] for c in columns) for row in rows]
+
+
+def real_texts(name: str) -> tuple[list[str], list[str] | None]:
+    """Texts (and pairs) of a real length distribution: sst2, conll, mrpc (dev sets)."""
+    root = data_dir()
+    if name == "sst2":
+        return [t for (t,) in _tsv(root / "sst2" / "dev.tsv", "sentence")], None
+    if name == "mrpc":
+        rows = _tsv(root / "mrpc" / "dev.tsv", "#1 String", "#2 String")
+        return [a for a, _ in rows], [b for _, b in rows]
+    if name == "conll":
+        sentences, words = [], []
+        for line in (root / "conll2003" / "dev.txt").read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                words.append(line.split()[0])
+            elif words:
+                sentences.append(" ".join(words))
+                words = []
+        if words:
+            sentences.append(" ".join(words))
+        return sentences, None
+    raise ValueError(f"unknown workload {name!r}")
+
+
+def real_batches(tokenizer: Tokenizer, name: str, batch_size: int, n_batches: int,
+                 max_length: int = 128, seed: int = 0) -> list[dict]:
+    """Random (not length-grouped) batches: the padding a real, unsorted stream carries."""
+    texts, pairs = real_texts(name)
+    order = list(range(len(texts)))
+    random.Random(seed).shuffle(order)
+    batches = []
+    for b in range(n_batches):
+        idx = order[b * batch_size : (b + 1) * batch_size]
+        enc = tokenizer([texts[i] for i in idx], [pairs[i] for i in idx] if pairs else None,
+                        max_length=max_length)
+        batches.append({"input_ids": enc.input_ids, "attention_mask": enc.attention_mask,
+                        "token_type_ids": enc.token_type_ids})
+    return batches
+
+
+def fixed_batches(vocab_size: int, length: int, batch_size: int, n_batches: int,
+                  seed: int = 0) -> list[dict]:
+    """Full-length batches of random ids: no padding at all."""
+    gen = torch.Generator().manual_seed(seed)
+    return [{"input_ids": torch.randint(1000, vocab_size, (batch_size, length), generator=gen),
+             "attention_mask": torch.ones(batch_size, length, dtype=torch.long),
+             "token_type_ids": torch.zeros(batch_size, length, dtype=torch.long)}
+            for _ in range(n_batches)]
+
+
+def to_device(batches: list[dict], device: torch.device) -> list[dict]:
+    return [{k: v.to(device) for k, v in b.items()} for b in batches]
+
+
+# ---- timing --------------------------------------------------------------------------------------
+
+
+def timed(fn: Callable[[], None], device: torch.device) -> float:
+    """Seconds that ``fn`` takes (CUDA events on a GPU)."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(device)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize(device)
+        return start.elapsed_time(end) / 1000
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def interleaved(runs: dict[str, Callable[[], None]], device: torch.device, rounds: int,
+                warmup: int = 1) -> dict[str, dict]:
+    """Median and spread of seconds per round for each run, taking turns round by round."""
+    for _ in range(warmup):
+        for fn in runs.values():
+            fn()
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    for r in range(rounds):
+        names = list(runs)
+        if r % 2:  # alternate the order so no one always runs first
+            names.reverse()
+        for name in names:
+            seconds[name].append(timed(runs[name], device))
+    return {name: {"median_s": statistics.median(s), "min_s": min(s), "max_s": max(s),
+                   "rounds": len(s)} for name, s in seconds.items()}
+
+
+def write_report(name: str, payload: dict, table: str, title: str, command: str) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    m = payload["machine"]
+    header = (f"# {title}\n\n`{command}` on {m['processor']} ({m['cpu_count']} CPUs, "
+              f"{m['torch_threads']} torch threads, {m['device']}{', ' + m['gpu'] if 'gpu' in m else ''}), "
+              f"torch {m['torch']}, transformers {m['transformers']}.\n\n")
+    (RESULTS / f"{name}.md").write_text(header + table + "\n")
+    print(header + table)

@@ -1,0 +1,110 @@
+"""Training-step throughput: forward, backward and AdamW step, minift vs transformers.
+
+Question: how many real tokens per second does one fine-tuning step process, for a sequence
+classifier on the published MiniLM, with torch's foreach AdamW, its fused AdamW and minift's
+hand-written AdamW, in fp32 and under bf16 autocast? Same weights, same batches (fixed length 128
+without padding, and unsorted SST-2 / MRPC batches with their real padding); transformers runs
+``BertForSequenceClassification`` with SDPA attention.
+
+    python benchmarks/train_step.py            # a few minutes on 2 CPU cores
+    python benchmarks/train_step.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+
+import torch
+import transformers
+from speed_common import (
+    fixed_batches,
+    interleaved,
+    machine,
+    real_batches,
+    to_device,
+    write_report,
+)
+
+from minift.checkpoint import resolve_model_dir
+from minift.heads import SequenceClassifier
+from minift.metrics import format_table
+from minift.optim import make_optimizer
+from minift.tokenizer import Tokenizer
+
+
+def with_labels(batches: list[dict], seed: int = 0) -> list[dict]:
+    gen = torch.Generator().manual_seed(seed)
+    return [{**b, "labels": torch.randint(0, 2, (len(b["input_ids"]),), generator=gen)}
+            for b in batches]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--rounds", type=int, default=None)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    rounds = args.rounds or (2 if args.quick else 4)
+    n = 2 if args.quick else 4
+    folder = resolve_model_dir("minilm")
+    tokenizer = Tokenizer.from_pretrained(folder)
+    torch.manual_seed(0)
+    ours = SequenceClassifier.from_pretrained(folder, num_labels=2).to(device).train()
+    ref = transformers.BertForSequenceClassification.from_pretrained(
+        folder, num_labels=2, attn_implementation="sdpa").to(device).train()
+    with torch.no_grad():  # the same head on both sides
+        ref.classifier.weight.copy_(ours.classifier.weight)
+        ref.classifier.bias.copy_(ours.classifier.bias)
+    workloads = {
+        "fixed 128": fixed_batches(30522, 128, 16, n),
+        "SST-2 (real)": real_batches(tokenizer, "sst2", 32, n),
+        "MRPC pairs (real)": real_batches(tokenizer, "mrpc", 32, n),
+    }
+    variants = [("fp32", "foreach"), ("fp32", "fused"), ("fp32", "hand"), ("bf16", "fused")]
+    if args.quick:
+        variants = [("fp32", "fused"), ("bf16", "fused")]
+    rows, records = [], []
+    for workload, batches in workloads.items():
+        batches = to_device(with_labels(batches), device)
+        real = sum(int(b["attention_mask"].sum()) for b in batches)
+        for amp, impl in variants:
+            optimizers = {"minift": make_optimizer(ours, lr=1e-5, impl=impl),
+                          "hf sdpa": make_optimizer(ref, lr=1e-5, impl=impl)}
+            models = {"minift": ours, "hf sdpa": ref}
+
+            def step_fn(name, batches=batches, amp=amp, optimizers=optimizers, models=models):
+                def fn():
+                    model, opt = models[name], optimizers[name]
+                    for b in batches:
+                        ctx = (torch.autocast(device.type, dtype=torch.bfloat16) if amp == "bf16"
+                               else contextlib.nullcontext())
+                        with ctx:
+                            loss = model(**b).loss
+                        loss.backward()
+                        opt.step()
+                        opt.zero_grad(set_to_none=True)
+                return fn
+
+            timings = interleaved({name: step_fn(name) for name in models}, device, rounds)
+            tps = {name: real / t["median_s"] for name, t in timings.items()}
+            records.append({"workload": workload, "amp": amp, "optimizer": impl,
+                            "real_tokens": real, "timings": timings, "real_tokens_per_s": tps})
+            rows.append({"workload": workload, "amp": amp, "AdamW": impl,
+                         "minift tok/s": tps["minift"], "hf sdpa tok/s": tps["hf sdpa"],
+                         "minift / hf sdpa": tps["minift"] / tps["hf sdpa"]})
+            print(format_table(rows[-1:], float_format=".2f"), flush=True)
+    table = format_table(rows, float_format=".2f")
+    payload = {"machine": machine(device), "rounds": rounds, "quick": args.quick,
+               "runs": records}
+    name = "train_step" + ("_" + device.type if device.type != "cpu" else "") + \
+        ("_quick" if args.quick else "")
+    write_report(name, payload, table,
+                 "Training-step throughput (real tokens/s): forward + backward + AdamW step, "
+                 "sequence classifier on all-MiniLM-L6-v2",
+                 "python benchmarks/train_step.py" + (" --quick" if args.quick else ""))
+
+
+if __name__ == "__main__":
+    main()
