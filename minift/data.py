@@ -11,6 +11,9 @@ Reading order:
    dynamic padding wastes little.
 5. `collate` tokenizes and pads one batch (the obvious form); `ClassificationDataset` tokenizes a
    whole split once and builds the same batches from the stored ids (the form training uses).
+6. For token classification (NER, POS): `read_conll` reads a column file into `TaggedSentence`s,
+   `encode_tags` maps their tags to ids, and `TokenClassificationDataset` tokenizes the words,
+   aligns the labels to the sub-words and windows sentences too long for the model.
 
 The tokenizer is duck-typed: any callable
 `tokenizer(texts, pairs, *, max_length, padding=True, truncation=True)` whose result can be indexed
@@ -33,6 +36,20 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from minift.labels import (
+    IGNORE_INDEX,
+    SCHEMES,
+    LabelSet,
+    TagError,
+    align_labels,
+    decode_word_predictions,
+    iob1_to_iob2,
+    plan_windows,
+    split_tag,
+    tokens_per_word,
+    validate_tags,
+)
 
 # ----------------------------------------------------------------------------------------------
 # Reading examples
@@ -630,3 +647,398 @@ def make_batches(
     """
     dataset = ClassificationDataset(examples, tokenizer, max_length=max_length, label_ids=label_ids)
     return dataset.batches(batch_size, generator=generator, shuffle=shuffle)
+
+
+# ----------------------------------------------------------------------------------------------
+# CoNLL column files and token-classification batches
+#
+# NER and part-of-speech data come as column files: one word a line, its tags in further columns
+# (CoNLL-2003 here: `word POS NER`), a blank line between sentences, `-DOCSTART-` lines between
+# documents. `read_conll` reads one column of tags (`apply_scheme` checks or converts NER tags),
+# `encode_tags` turns them into ids and names the file:line of a tag the training set lacks, and
+# `TokenClassificationDataset` tokenizes the words, aligns the labels to the sub-words and cuts a
+# sentence the model cannot take whole into windows (minift.labels does the bookkeeping).
+
+DOCSTART = "-DOCSTART-"
+_COLUMNS = re.compile(r"[ \t]+")  # CoNLL files separate columns by spaces (some by tabs)
+
+
+@dataclass
+class TaggedSentence:
+    """One sentence of a column file: its words, one tag per word, and the line of each word.
+
+    `lines[i]` is the 1-based line of word i in `path`, so a problem found later (an unknown tag,
+    a bad I- tag) can still be reported at its place.
+    """
+
+    words: list[str]
+    tags: list[str]
+    lines: list[int]
+    path: str | None = None
+
+    @property
+    def where(self) -> list[str]:
+        """`file:line` of every word, for error messages."""
+        return [f"{self.path}:{n}" if self.path is not None else f"line {n}" for n in self.lines]
+
+
+def apply_scheme(sentences: Sequence[TaggedSentence], scheme: str) -> list[TaggedSentence]:
+    """NER tags in strict IOB2: checked ("iob2") or converted from IOB1 ("iob1").
+
+    "iob2": an `I-X` that opens an entity (after `O` or another type) is an error naming its
+    file:line. "iob1": such an `I-X` becomes `B-X`; the entities are unchanged. Either way a tag
+    that is not `O`, `B-<type>` or `I-<type>` is an error naming its file:line.
+    """
+    if scheme not in SCHEMES:
+        raise ValueError(f"scheme must be one of {SCHEMES}, found {scheme!r}")
+    converted = []
+    for sentence in sentences:
+        where = sentence.where
+        if scheme == "iob2":
+            try:
+                validate_tags(sentence.tags, "iob2", where=where)
+            except TagError as error:
+                raise DataError(
+                    f"{error}; if the file is IOB1, read it with scheme='iob1' "
+                    "(minift ner --scheme iob1)"
+                ) from None
+            tags = list(sentence.tags)
+        else:
+            tags = iob1_to_iob2(sentence.tags, where=where)
+        converted.append(TaggedSentence(sentence.words, tags, sentence.lines, sentence.path))
+    return converted
+
+
+def read_conll(
+    path: str | os.PathLike, *, column: int = -1, scheme: str | None = None
+) -> list[TaggedSentence]:
+    """Read a CoNLL column file into `TaggedSentence`s, in file order.
+
+    Columns are separated by spaces or tabs; column 0 is the word and `column` (0-based, negative
+    counts from the end as in Python: -1, the default, is the last column) holds the tags, e.g. 1
+    for POS and 2 for NER in CoNLL-2003's `word POS NER`. A blank line ends a sentence; a line
+    whose first column is `-DOCSTART-` marks a new document and is skipped. Every line must have
+    as many columns as the first one, or the error names the file and line.
+    `scheme`: None keeps the tags as written (POS tags); "iob2" or "iob1" applies `apply_scheme`.
+    """
+    path = Path(path)
+    sentences: list[TaggedSentence] = []
+    words: list[str] = []
+    tags: list[str] = []
+    lines: list[int] = []
+    width = first = None  # the number of columns, and the line that set it
+
+    def close() -> None:
+        if words:
+            sentences.append(TaggedSentence(list(words), list(tags), list(lines), str(path)))
+            words.clear()
+            tags.clear()
+            lines.clear()
+
+    for number, line in enumerate(_lines(_read_text(path)), start=1):
+        content = line.strip(" \t")
+        if content == "":
+            close()
+            continue
+        fields = _COLUMNS.split(content)
+        if fields[0] == DOCSTART:
+            close()
+            continue
+        if width is None:
+            width, first = len(fields), number
+            if not (-width <= column < width) or column % width == 0:
+                raise DataError(
+                    f"{path}:{number}: expected a tag column in 1..{width - 1} (0-based; column 0 "
+                    f"is the word), found column={column} for lines of {width} columns: "
+                    f"{content!r:.80}"
+                )
+        if len(fields) != width:
+            raise DataError(
+                f"{path}:{number}: expected {width} columns separated by spaces (as on line "
+                f"{first}), found {len(fields)}: {content!r:.80}"
+            )
+        words.append(fields[0])
+        tags.append(fields[column])
+        lines.append(number)
+    close()
+    if not sentences:
+        raise DataError(f"{path}:1: expected sentences (one word a line), found none")
+    return sentences if scheme is None else apply_scheme(sentences, scheme)
+
+
+def write_conll(
+    path: str | os.PathLike, words: Sequence[Sequence[str]], *columns: Sequence[Sequence[str]]
+) -> None:
+    """Write sentences as a column file `read_conll` reads back: `word col1 col2 ...` a line,
+    a blank line after each sentence (conlleval's input, with columns gold and predicted tags)."""
+    out = []
+    for s, sentence in enumerate(words):
+        rows = [sentence, *(column[s] for column in columns)]
+        if any(len(row) != len(sentence) for row in rows):
+            raise ValueError(f"sentence {s}: the columns have lengths {[len(r) for r in rows]}")
+        for fields in zip(*rows, strict=True):
+            bad = [f for f in fields if f == "" or _COLUMNS.search(f)]
+            if bad:
+                raise ValueError(f"sentence {s}: a field {bad[0]!r} is empty or has a space")
+            out.append(" ".join(fields) + "\n")
+        out.append("\n")
+    Path(path).write_text("".join(out), encoding="utf-8")
+
+
+def is_bio(sentences: Sequence[TaggedSentence]) -> bool:
+    """True when every tag reads as `O`, `B-<type>` or `I-<type>` (NER), False otherwise (POS)."""
+    try:
+        for sentence in sentences:
+            for tag in sentence.tags:
+                split_tag(tag)
+    except TagError:
+        return False
+    return True
+
+
+def entity_label_set(sentences: Sequence[TaggedSentence]) -> LabelSet:
+    """The NER tags of a training set: `O` and both `B-X` and `I-X` for every type X it holds
+    (so a type whose `I-` tag a small subset happens to lack is still complete)."""
+    types = {split_tag(tag)[1] for sentence in sentences for tag in sentence.tags} - {None}
+    return LabelSet.from_sequences([["O", *(f"{p}-{t}" for t in types for p in "BI")]])
+
+
+def encode_tags(sentences: Sequence[TaggedSentence], labels: LabelSet) -> list[list[int]]:
+    """The tag ids of every sentence. Every tag is checked first; the error names the file:line
+    of the first tag `labels` lacks and how many such tags there are."""
+    unknown = [
+        (where, tag)
+        for sentence in sentences
+        for where, tag in zip(sentence.where, sentence.tags, strict=True)
+        if tag not in labels
+    ]
+    if unknown:
+        where, tag = unknown[0]
+        found = sorted({repr(t) for _, t in unknown})
+        more = f" ({len(unknown)} tags in all: {', '.join(found)})" if len(unknown) > 1 else ""
+        known = ", ".join(repr(x) for x in labels.labels)
+        raise DataError(
+            f"{where}: found the tag {tag!r}, which the training tags do not include; expected "
+            f"one of {known}{more}"
+        )
+    return [labels.encode(sentence.tags) for sentence in sentences]
+
+
+def _word_id_rows(encoding, n: int) -> list[list[int | None]]:
+    """`word_ids` of minift's Encoding (lists) or of a transformers BatchEncoding (a method)."""
+    word_ids = encoding.word_ids
+    return [word_ids(i) for i in range(n)] if callable(word_ids) else list(word_ids)
+
+
+def _encode_words(tokenizer, sentences: list[list[str]]) -> list[tuple[Tensor, Tensor, list]]:
+    """(input_ids, token_type_ids, word_ids) of each sentence of words, whole (no truncation)
+    and without padding."""
+    encoding = tokenizer(sentences, is_split_into_words=True, truncation=False, padding=True)
+    mask = torch.as_tensor(encoding["attention_mask"], dtype=torch.long)
+    lengths = mask.sum(dim=1)
+    if not torch.equal(mask.bool(), torch.arange(mask.shape[1]) < lengths[:, None]):
+        raise ValueError("expected a tokenizer that pads on the right, found other padding")
+    ids = torch.as_tensor(encoding["input_ids"], dtype=torch.long)
+    types = torch.as_tensor(encoding["token_type_ids"], dtype=torch.long)
+    rows = _word_id_rows(encoding, len(sentences))
+    return [
+        (ids[b, :n].clone(), types[b, :n].clone(), list(rows[b][:n]))
+        for b, n in enumerate(lengths.tolist())
+    ]
+
+
+class TokenClassificationDataset:
+    """Sentences of words tokenized once into padded batches of token labels, long ones windowed.
+
+    Each sentence is tokenized whole (`is_split_into_words`, no truncation). One that does not fit
+    `max_length` tokens (special tokens included) is cut into windows of whole words that overlap
+    by `stride_words` words (`minift.labels.plan_windows`), and each window is tokenized as a
+    sentence of its own: no word is ever truncated away. `plan.num_windowed` says how many were
+    cut. The examples handed out are the windows ("pieces"), in sentence order.
+
+    Batch contract: `input_ids`, `attention_mask`, `token_type_ids` (batch, seq) padded on the
+    right as in `ClassificationDataset`, plus `labels` (batch, seq) when `label_ids` (one list of
+    tag ids per sentence) are given: the word's label at its first sub-word and -100 at the other
+    sub-words, special and pad tokens (`minift.labels.align_labels`; with `label_all_subwords`
+    continuations get the word's label, `B-X` turned into `I-X` by `b_to_i`).
+    `word_predictions` folds per-token predictions of the pieces back into one per word.
+    """
+
+    def __init__(
+        self,
+        sentences: Sequence[Sequence[str]],
+        tokenizer,
+        *,
+        max_length: int,
+        label_ids: Sequence[Sequence[int]] | None = None,
+        label_all_subwords: bool = False,
+        b_to_i: dict[int, int] | None = None,
+        stride_words: int = 16,
+        chunk_size: int = 1024,
+    ) -> None:
+        if len(sentences) == 0:
+            raise ValueError("expected at least one sentence, found none")
+        for s, words in enumerate(sentences):
+            if isinstance(words, str) or len(words) == 0:
+                raise ValueError(
+                    f"sentence {s}: expected a non-empty list of words, found {words!r:.80}"
+                )
+        if label_ids is not None:
+            if len(label_ids) != len(sentences):
+                raise ValueError(
+                    f"expected one list of label ids per sentence ({len(sentences)}), "
+                    f"found {len(label_ids)}"
+                )
+            for s, (words, ids) in enumerate(zip(sentences, label_ids, strict=True)):
+                if len(ids) != len(words):
+                    raise ValueError(f"sentence {s}: {len(words)} words but {len(ids)} label ids")
+        if label_all_subwords and b_to_i is None:
+            b_to_i = {}
+        self.pad_token_id = int(tokenizer.pad_token_id)
+        self.max_length = max_length
+        self.sentences = [list(words) for words in sentences]
+
+        # Tokenize every sentence whole: its sub-words per word decide the windows.
+        whole: list[tuple[Tensor, Tensor, list[int | None]]] = []
+        for start in range(0, len(sentences), chunk_size):
+            chunk = self.sentences[start : start + chunk_size]
+            whole += _encode_words(tokenizer, chunk)
+        counts = [
+            tokens_per_word(ids, len(words))
+            for (_, _, ids), words in zip(whole, self.sentences, strict=True)
+        ]
+        n_special = {len(e[0]) - sum(c) for e, c in zip(whole, counts, strict=True)}
+        if len(n_special) != 1:
+            raise ValueError(
+                f"expected the same number of special tokens in every sentence, "
+                f"found {sorted(n_special)}"
+            )
+        self.num_special_tokens = n_special.pop()
+        max_tokens = max_length - self.num_special_tokens  # sub-words a window may hold
+        if max_tokens < 1:
+            raise ValueError(
+                f"max_length={max_length} leaves no room for a word beside the "
+                f"{self.num_special_tokens} special tokens"
+            )
+        self.plan = plan_windows(counts, max_tokens, stride_words)
+
+        self.input_ids: list[Tensor] = []
+        self.token_type_ids: list[Tensor] = []
+        self.word_ids: list[list[int | None]] = []
+        self.labels: list[Tensor] | None = None if label_ids is None else []
+        for s, start, end in self.plan.pieces():
+            if (start, end) == (0, len(self.sentences[s])):
+                ids, types, word_ids = whole[s]
+            else:
+                [(ids, types, word_ids)] = _encode_words(tokenizer, [self.sentences[s][start:end]])
+            if len(ids) > max_length:  # the plan guarantees it; a tokenizer that disagrees fails
+                raise ValueError(
+                    f"sentence {s}, words {start}..{end - 1}: {len(ids)} tokens, "
+                    f"more than max_length={max_length}"
+                )
+            self.input_ids.append(ids)
+            self.token_type_ids.append(types)
+            self.word_ids.append(word_ids)
+            if label_ids is not None:
+                aligned = align_labels(
+                    list(label_ids[s][start:end]),
+                    word_ids,
+                    label_all_subwords=label_all_subwords,
+                    b_to_i=b_to_i if label_all_subwords else None,
+                )
+                self.labels.append(torch.tensor(aligned, dtype=torch.long))
+        self.lengths: list[int] = [len(ids) for ids in self.input_ids]
+
+    def __len__(self) -> int:
+        """Number of pieces (windows): the sentences plus the extra windows of long ones."""
+        return len(self.input_ids)
+
+    def batch(self, indices: Sequence[int]) -> dict[str, Tensor]:
+        """The padded batch of the pieces at `indices`, in that order."""
+        input_ids = _pad_rows([self.input_ids[i] for i in indices], self.pad_token_id)
+        lengths = torch.tensor([self.lengths[i] for i in indices])
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": (torch.arange(input_ids.shape[1]) < lengths[:, None]).long(),
+            "token_type_ids": _pad_rows([self.token_type_ids[i] for i in indices], 0),
+        }
+        if self.labels is not None:
+            batch["labels"] = _pad_rows([self.labels[i] for i in indices], IGNORE_INDEX)
+        return batch
+
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        generator: torch.Generator | None,
+        shuffle: bool = True,
+        drop_last: bool = False,
+    ) -> list[dict[str, Tensor]]:
+        """All batches of one pass, grouped by length (see `length_grouped_batches`)."""
+        return [
+            self.batch(indices)
+            for indices in self.batch_indices(
+                batch_size, generator=generator, shuffle=shuffle, drop_last=drop_last
+            )
+        ]
+
+    def batch_indices(
+        self,
+        batch_size: int,
+        *,
+        generator: torch.Generator | None,
+        shuffle: bool = True,
+        drop_last: bool = False,
+    ) -> list[list[int]]:
+        """The piece indices of each batch of `batches(...)` (to put predictions back in place)."""
+        return length_grouped_batches(
+            self.lengths, batch_size, generator=generator, shuffle=shuffle, drop_last=drop_last
+        )
+
+    def word_predictions(
+        self, token_predictions: Sequence[Sequence[int] | Tensor], fill: int = 0
+    ) -> list[list[int]]:
+        """One prediction per word of every sentence from one per token of every piece.
+
+        `token_predictions[k]` lines up with piece k's tokens (e.g. `logits.argmax(-1)` of its
+        row, padding cut or not). Each word is read at its first sub-word, in the window where
+        it has most context (`WindowPlan.merge`); a word the tokenizer dropped entirely gets
+        `fill` (id 0 is "O" in a `LabelSet` of NER tags).
+        """
+        if len(token_predictions) != len(self):
+            raise ValueError(
+                f"got predictions for {len(token_predictions)} pieces, expected {len(self)}"
+            )
+        per_piece = []
+        for k, ((_, start, end), word_ids) in enumerate(
+            zip(self.plan.pieces(), self.word_ids, strict=True)
+        ):
+            row = token_predictions[k]
+            row = row.tolist() if isinstance(row, Tensor) else list(row)
+            if len(row) < len(word_ids):
+                raise ValueError(
+                    f"piece {k}: {len(row)} token predictions for {len(word_ids)} tokens"
+                )
+            per_piece.append(
+                decode_word_predictions(
+                    row[: len(word_ids)], word_ids, num_words=end - start, fill=fill
+                )
+            )
+        return self.plan.merge(per_piece)
+
+
+# ----------------------------------------------------------------------------------------------
+# Semicolon-separated files (the Emotion data set)
+
+
+def read_semicolon_examples(
+    path: str | os.PathLike, *, text_col: str = "text", label_col: str = "label_name"
+) -> list[Example]:
+    """Read a file of `text;label` lines under a header line, as the Emotion data set ships
+    (header `text;label_name`). Fields are split on `;` with no quote processing, like GLUE's TSV;
+    a line with another number of fields than the header is an error naming its line.
+    """
+    path = Path(path)
+    lines = _lines(_read_text(path))
+    rows = [(n, line.split(";")) for n, line in enumerate(lines, start=1) if line != ""]
+    return _read_table(path, rows, text_col=text_col, pair_col=None, label_col=label_col)

@@ -173,3 +173,148 @@ def freeze(model: _Classifier, mode: str) -> tuple[int, int]:
             p.requires_grad_(True)
     return (sum(p.numel() for p in model.parameters() if p.requires_grad),
             sum(p.numel() for p in model.parameters()))
+
+
+# --------------------------------------------------------------------------------------------
+# Masked-language modelling: the pretraining head, tied to the word embeddings
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MaskedLMOutput:
+    """``loss`` (mean cross-entropy over the labels that are not -100; None without labels) and
+    ``logits``: (batch, seq, vocab) without labels; with labels only the rows of the target
+    positions, (targets, vocab), in the row-major order of ``labels[labels != -100]``."""
+
+    loss: torch.Tensor | None
+    logits: torch.Tensor
+
+
+class MaskedLM(nn.Module):
+    """The encoder + BERT's MLM head, as transformers' ``BertForMaskedLM``.
+
+    The head is a transform (dense, GELU, LayerNorm) and a decoder back to the vocabulary whose
+    weight IS the word-embedding matrix (one ``nn.Parameter``, so a step on one is a step on the
+    other), plus an output bias per token. The encoder has no pooler (``add_pooling_layer=False``,
+    as the reference). Checkpoint names: ``cls.predictions.transform.dense.*``,
+    ``cls.predictions.transform.LayerNorm.*`` and ``cls.predictions.bias``; the decoder weight is
+    not stored (the reference drops tied copies too).
+
+    Sparse head: with ``labels``, the transform and the decoder run only at the positions whose
+    label is not -100 (about 15% of the tokens), so the largest matmul of pretraining,
+    (tokens, hidden) x (hidden, vocab), shrinks about sixfold; the loss is the same as computing
+    every logit and ignoring the -100 positions (a test holds the two equal).
+    """
+
+    architecture = "BertForMaskedLM"
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        hidden, vocab = config.hidden_size, config.vocab_size
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.transform = nn.Linear(hidden, hidden)
+        self.transform_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
+        self.decoder = nn.Linear(hidden, vocab, bias=False)
+        self.decoder.weight = self.bert.embeddings.word_embeddings.weight  # tied: one Parameter
+        self.bias = nn.Parameter(torch.zeros(vocab))
+        self.head_loaded = False  # True when from_pretrained found cls.predictions.* weights
+        # BERT's initialisation of the head: N(0, initializer_range) weights, zero biases, unit norm.
+        nn.init.normal_(self.transform.weight, std=config.initializer_range)
+        nn.init.zeros_(self.transform.bias)
+
+    @property
+    def config(self) -> BertConfig:
+        return self.bert.config
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., hidden) -> (..., vocab): dense, GELU, LayerNorm, then the tied decoder + bias."""
+        x = self.transform_norm(F.gelu(self.transform(hidden)))
+        return self.decoder(x) + self.bias
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> MaskedLMOutput:
+        """Logits at every position without labels; with labels, the loss and the logits of the
+        target positions only (see ``MaskedLMOutput``). No target at all gives a nan loss, as the
+        reference (the training loop skips such batches)."""
+        hidden = self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state
+        if labels is None:
+            return MaskedLMOutput(loss=None, logits=self.head(hidden))  # (batch, seq, vocab)
+        if labels.shape != input_ids.shape:
+            raise ValueError(f"labels: expected the shape of input_ids {tuple(input_ids.shape)}, "
+                             f"got {tuple(labels.shape)}")
+        targets = labels != -100
+        logits = self.head(hidden[targets])  # (targets, vocab): the sparse head
+        loss = F.cross_entropy(logits.float(), labels[targets])
+        return MaskedLMOutput(loss=loss, logits=logits)
+
+    # ---- HF-format checkpoints ----
+
+    # HF name -> name here. Old TF-converted checkpoints call the LayerNorm's parameters
+    # gamma / beta; they are read under these names too.
+    HEAD_KEYS = {
+        "cls.predictions.transform.dense.weight": "transform.weight",
+        "cls.predictions.transform.dense.bias": "transform.bias",
+        "cls.predictions.transform.LayerNorm.weight": "transform_norm.weight",
+        "cls.predictions.transform.LayerNorm.bias": "transform_norm.bias",
+        "cls.predictions.bias": "bias",
+    }
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> MaskedLM:
+        """Load the encoder and, when the checkpoint has them, the ``cls.predictions.*`` weights.
+
+        Without them (the published all-MiniLM-L6-v2 has none: it was trained for sentence
+        embeddings and shipped without its MLM head) the head is initialised as BERT does and
+        ``head_loaded`` is False: its predictions are then near-uniform until it is trained.
+        A stored decoder weight must equal the word embeddings (minift always ties them); other
+        heads (``cls.seq_relationship.*``, ``classifier.*``) and a pooler are not used and dropped.
+        """
+        folder = resolve_model_dir(path)
+        if read_config_json(folder).get("tie_word_embeddings", True) is False:
+            raise CheckpointError(f"{folder / 'config.json'}: tie_word_embeddings is false; "
+                                  "minift's MaskedLM always ties the decoder to the embeddings")
+        encoder, heads = load_bert_with_heads(folder, add_pooling_layer=False)
+        model = cls(encoder.config)
+        model.bert.load_state_dict(encoder.state_dict())
+        found = {}
+        for name, tensor in heads.items():
+            if not name.startswith("cls.predictions."):
+                continue
+            hf = name.replace("LayerNorm.gamma", "LayerNorm.weight")
+            hf = hf.replace("LayerNorm.beta", "LayerNorm.bias")
+            hf = {"cls.predictions.decoder.bias": "cls.predictions.bias"}.get(hf, hf)
+            if hf == "cls.predictions.decoder.weight":
+                if not torch.equal(tensor, encoder.embeddings.word_embeddings.weight):
+                    raise CheckpointError(
+                        f"{folder}: {name} differs from bert.embeddings.word_embeddings.weight; "
+                        "minift's MaskedLM ties the decoder to the embeddings"
+                    )
+                continue
+            if hf not in cls.HEAD_KEYS:
+                raise CheckpointError(f"{folder}: unknown MLM head weight {name!r} (known: "
+                                      f"{', '.join(cls.HEAD_KEYS)})")
+            found[cls.HEAD_KEYS[hf]] = (name, tensor)
+        if found:
+            missing = sorted(set(cls.HEAD_KEYS.values()) - set(found))
+            if missing:
+                raise CheckpointError(f"{folder}: the MLM head is incomplete, missing (minift "
+                                      f"names): {', '.join(missing)}")
+            params = dict(model.named_parameters())
+            with torch.no_grad():
+                for ours, (name, tensor) in found.items():
+                    if tensor.shape != params[ours].shape:
+                        raise CheckpointError(
+                            f"{folder}: {name} has shape {tuple(tensor.shape)}, the config needs "
+                            f"{tuple(params[ours].shape)}"
+                        )
+                    params[ours].copy_(tensor)
+            model.head_loaded = True
+        return model
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write an HF folder that ``transformers.BertForMaskedLM`` loads with the same logits."""
+        params = dict(self.named_parameters())
+        heads = {hf: params[ours] for hf, ours in self.HEAD_KEYS.items()}
+        extra = {"architectures": [self.architecture], "tie_word_embeddings": True}
+        save_bert(self.bert, path, heads=heads, config_extra=extra, prefix="bert.")

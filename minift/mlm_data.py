@@ -1,0 +1,310 @@
+"""Text for masked-language modelling: lines of text in, masked batches out.
+
+Reading order:
+
+1. `read_text_lines` reads passages, one a line, from UTF-8 text files; `held_out_split` sets a
+   seeded share of them aside for evaluation.
+2. `TextSequences` tokenizes the passages once and builds the model's sequences: one passage a
+   sequence (`[CLS] passage [SEP]`, cut at `max_length`) or, with `pack=True`, consecutive
+   passages packed into full-length sequences (`[CLS] a [SEP] b [SEP] ...`), as RoBERTa's
+   FULL-SENTENCES and SpanBERT do: no compute is spent on padding, and span masking, whose last
+   span overshoots the budget by about half a span per sequence, gets long sequences where that
+   half span is small (see `minift.masking.span_mask`).
+3. `MaskingCollator` masks one padded batch with `masking.mlm`, `whole_word_mask` or `span_mask`.
+4. `MaskedBatches` is one epoch of masked batches. Batch i of epoch e is masked with its own
+   `torch.Generator` seeded from (seed, e, i): the same epoch gives the same batches whenever it is
+   asked for, so a resumed run sees exactly the masks of an uninterrupted one (the training loop
+   rebuilds the epoch it resumes in), and an evaluation set masked once with a fixed seed gives
+   before/after numbers on the very same masks.
+
+The tokenizer is `minift.tokenizer.Tokenizer` (its `backend` gives the ids and word ids of a passage
+without special tokens; the special-token ids come from the tokenizer).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from minift import masking
+from minift.data import DataError, _lines, _read_text, length_grouped_batches
+
+# ----------------------------------------------------------------------------------------------
+# Reading text
+
+
+def read_text_lines(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """The passages of one or more text files, one a line, in file order; blank lines skipped.
+
+    Files are read as UTF-8 (a byte-order mark dropped). A missing file, a folder, bytes that are
+    not UTF-8 or a file with no text at all raise `DataError` naming the file.
+    """
+    if isinstance(paths, str | os.PathLike):
+        paths = [paths]
+    if len(paths) == 0:
+        raise DataError("expected at least one text file, found none")
+    passages = []
+    for path in map(Path, paths):
+        found = [line for line in _lines(_read_text(path)) if line.strip()]
+        if not found:
+            raise DataError(f"{path}: expected one passage of text a line, found an empty file")
+        passages += found
+    return passages
+
+
+def held_out_split(
+    passages: Sequence[str], fraction: float, seed: int, max_held_out: int | None = None
+) -> tuple[list[str], list[str]]:
+    """(training, held-out) passages: a seeded random `fraction` of them (at least one, at most
+    `max_held_out`) is held out; both keep file order. Needs at least two passages."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"held-out fraction: expected a number in (0, 1), got {fraction}")
+    if len(passages) < 2:
+        raise DataError(
+            f"expected at least 2 passages to hold some out for evaluation, found {len(passages)}"
+            " (or give a separate evaluation text)"
+        )
+    n = max(1, round(fraction * len(passages)))
+    n = min(n, len(passages) - 1, max_held_out or n)
+    held = set(random.Random(seed).sample(range(len(passages)), n))
+    train = [p for i, p in enumerate(passages) if i not in held]
+    return train, [p for i, p in enumerate(passages) if i in held]
+
+
+# ----------------------------------------------------------------------------------------------
+# Sequences
+
+
+class TextSequences:
+    """Passages tokenized once and laid out as the model's sequences (unpadded, on the CPU).
+
+    `input_ids[i]` and `word_ids[i]` are LongTensors of one sequence: `[CLS] ... [SEP]` with
+    `[SEP]` after every passage when packed. Word ids number the words of a sequence 0, 1, 2, ...
+    (-1 at special tokens), the grouping that whole-word and span masking need: a word is the
+    WordPiece pieces of one pre-tokenized word (split at whitespace and punctuation).
+
+    Without `pack`, a passage longer than `max_length - 2` tokens is cut (the rest is dropped, as
+    truncation does). With `pack`, passages follow each other in order; one that does not fit in
+    what is left of a sequence starts the next, and a passage longer than a whole sequence is cut
+    into sequence-sized pieces, none dropped. Passages with no tokens at all are skipped.
+    """
+
+    def __init__(
+        self,
+        passages: Sequence[str],
+        tokenizer,
+        *,
+        max_length: int,
+        pack: bool = False,
+        chunk_size: int = 1024,
+    ) -> None:
+        if len(passages) == 0:
+            raise ValueError("expected at least one passage, found none")
+        if max_length < 3:
+            raise ValueError(
+                f"max_length: expected at least 3 ([CLS], a token, [SEP]), got {max_length}"
+            )
+        ids = {name: getattr(tokenizer, f"{name}_token_id") for name in ("cls", "sep", "pad")}
+        missing = [f"[{name.upper()}]" for name, value in ids.items() if value is None]
+        if missing:
+            raise ValueError(f"the tokenizer has no {', '.join(missing)} token")
+        self.cls_id, self.sep_id, self.pad_token_id = ids["cls"], ids["sep"], ids["pad"]
+        self.max_length, self.pack = max_length, pack
+
+        bodies = []  # (ids, word ids) of each passage, no special tokens
+        for start in range(0, len(passages), chunk_size):
+            chunk = list(passages[start : start + chunk_size])
+            for e in tokenizer.backend.encode_batch(chunk, add_special_tokens=False):
+                if e.ids:
+                    bodies.append((e.ids, [-1 if w is None else w for w in e.word_ids]))
+        if not bodies:
+            raise ValueError("the passages hold no tokens at all")
+        self.input_ids: list[Tensor] = []
+        self.word_ids: list[Tensor] = []
+        capacity = max_length - 2
+        if pack:
+            self._pack(bodies)
+        else:
+            for body, words in bodies:
+                self._add([(body[:capacity], words[:capacity])])
+        self.lengths: list[int] = [len(ids) for ids in self.input_ids]
+
+    def _add(self, pieces: list[tuple[list[int], list[int]]]) -> None:
+        """One sequence from passage pieces: [CLS] piece [SEP] piece [SEP] ..., words renumbered."""
+        ids, words, next_word = [self.cls_id], [-1], 0
+        for body, body_words in pieces:
+            first = min((w for w in body_words if w >= 0), default=0)
+            renumbered = [-1 if w < 0 else w - first + next_word for w in body_words]
+            next_word = max((w for w in renumbered if w >= 0), default=next_word - 1) + 1
+            ids += [*body, self.sep_id]
+            words += [*renumbered, -1]
+        self.input_ids.append(torch.tensor(ids, dtype=torch.long))
+        self.word_ids.append(torch.tensor(words, dtype=torch.long))
+
+    def _pack(self, bodies: list[tuple[list[int], list[int]]]) -> None:
+        """Greedy packing in order: a piece and its [SEP] go in if they fit, else start anew."""
+        capacity = self.max_length - 2  # [CLS] and the first piece's [SEP]
+        pieces, used = [], 1  # the pieces of the sequence being filled; tokens used ([CLS])
+        for body, words in bodies:
+            for start in range(0, len(body), capacity):
+                piece = (body[start : start + capacity], words[start : start + capacity])
+                if pieces and used + len(piece[0]) + 1 > self.max_length:
+                    self._add(pieces)
+                    pieces, used = [], 1
+                pieces.append(piece)
+                used += len(piece[0]) + 1
+        if pieces:
+            self._add(pieces)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def batch(self, indices: Sequence[int]) -> dict[str, Tensor]:
+        """The unmasked batch of the sequences at `indices`, padded on the right to the longest:
+        `input_ids`, `attention_mask`, `token_type_ids` (all 0) and `word_ids` (-1 at padding),
+        each (batch, seq)."""
+        longest = max(self.lengths[i] for i in indices)
+        input_ids = torch.full((len(indices), longest), self.pad_token_id, dtype=torch.long)
+        word_ids = torch.full((len(indices), longest), -1, dtype=torch.long)
+        for row, i in enumerate(indices):
+            input_ids[row, : self.lengths[i]] = self.input_ids[i]
+            word_ids[row, : self.lengths[i]] = self.word_ids[i]
+        lengths = torch.tensor([self.lengths[i] for i in indices])
+        return {
+            "input_ids": input_ids,
+            "attention_mask": (torch.arange(longest) < lengths[:, None]).long(),
+            "token_type_ids": torch.zeros_like(input_ids),
+            "word_ids": word_ids,
+        }
+
+
+# ----------------------------------------------------------------------------------------------
+# Masking a batch
+
+STRATEGIES = ("mlm", "wwm", "span")
+
+
+@dataclass
+class MaskingCollator:
+    """Masks a batch of `TextSequences.batch` with one of the strategies of `minift.masking`.
+
+    `strategy`: "mlm" (BERT, token by token), "wwm" (whole words) or "span" (SpanBERT spans);
+    `mlm_probability` is the selection rate (the budget for spans). Never selected: the
+    `special_ids` ([CLS], [SEP], [PAD], [UNK], as the reference collator) and padding.
+    `vocab_size` bounds the random replacement ids.
+    """
+
+    strategy: str
+    mask_token_id: int
+    vocab_size: int
+    special_ids: frozenset[int]
+    mlm_probability: float = 0.15
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(
+                f"masking: expected one of {', '.join(STRATEGIES)}, got {self.strategy!r}"
+            )
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise ValueError(
+                f"mlm_probability: expected a number in (0, 1), got {self.mlm_probability}"
+            )
+
+    @classmethod
+    def from_tokenizer(
+        cls, tokenizer, strategy: str, mlm_probability: float = 0.15
+    ) -> MaskingCollator:
+        """The collator for a `minift.tokenizer.Tokenizer`: its [MASK], vocabulary and specials."""
+        if tokenizer.mask_token_id is None:
+            raise ValueError("the tokenizer has no [MASK] token: it cannot be used for MLM")
+        return cls(
+            strategy=strategy,
+            mask_token_id=tokenizer.mask_token_id,
+            vocab_size=tokenizer.vocab_size,
+            special_ids=frozenset(tokenizer.special_token_ids),
+            mlm_probability=mlm_probability,
+        )
+
+    def __call__(self, batch: dict[str, Tensor], generator: torch.Generator) -> dict[str, Tensor]:
+        """`input_ids` masked, `labels` (-100 where nothing is to be predicted), the attention
+        mask and token types as they were; `word_ids` is dropped (the model does not take it)."""
+        input_ids = batch["input_ids"]
+        special = masking.special_tokens_mask_from(input_ids, self.special_ids)
+        special |= batch["attention_mask"] == 0
+        common = dict(
+            mask_token_id=self.mask_token_id, vocab_size=self.vocab_size, generator=generator
+        )
+        if self.strategy == "mlm":
+            masked, labels = masking.mlm(
+                input_ids, special, mlm_probability=self.mlm_probability, **common
+            )
+        elif self.strategy == "wwm":
+            masked, labels = masking.whole_word_mask(
+                input_ids,
+                special,
+                batch["word_ids"],
+                mlm_probability=self.mlm_probability,
+                **common,
+            )
+        else:
+            masked, labels = masking.span_mask(
+                input_ids, special, batch["word_ids"], budget=self.mlm_probability, **common
+            )
+        return {
+            "input_ids": masked,
+            "attention_mask": batch["attention_mask"],
+            "token_type_ids": batch["token_type_ids"],
+            "labels": labels,
+        }
+
+
+# ----------------------------------------------------------------------------------------------
+# An epoch of masked batches
+
+
+def batch_seed(seed: int, epoch: int, index: int) -> int:
+    """The generator seed of batch `index` of `epoch`: distinct for every (seed, epoch, index)
+    with epoch and index below a million, and the same every time it is asked for."""
+    return ((seed * 1_000_003 + epoch) * 1_000_003 + index) % 2**63
+
+
+class MaskedBatches(Sequence):
+    """One epoch of masked batches, masked when asked for (batch i with `batch_seed(seed,
+    epoch, i)`). With `shuffle` the order is `length_grouped_batches` with a generator seeded
+    from (seed, epoch) (the same for the same epoch); without, sequences go longest first."""
+
+    def __init__(
+        self,
+        sequences: TextSequences,
+        collator: MaskingCollator,
+        batch_size: int,
+        *,
+        seed: int,
+        epoch: int = 0,
+        shuffle: bool = True,
+    ) -> None:
+        self.sequences, self.collator = sequences, collator
+        self.seed, self.epoch = seed, epoch
+        # the order's generator gets a seed no batch index uses (indices stay below a million)
+        order = torch.Generator().manual_seed(batch_seed(seed, epoch, 1_000_002))
+        self.groups = length_grouped_batches(
+            sequences.lengths, batch_size, generator=order if shuffle else None, shuffle=shuffle
+        )
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        if not isinstance(index, int):
+            raise TypeError(f"MaskedBatches takes an int index, got {type(index).__name__}")
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"batch {index} of an epoch of {len(self)} batches")
+        index %= len(self)
+        generator = torch.Generator().manual_seed(batch_seed(self.seed, self.epoch, index))
+        return self.collator(self.sequences.batch(self.groups[index]), generator)

@@ -1,0 +1,608 @@
+"""SetFit: few-shot classification by contrastive fine-tuning of a sentence encoder.
+
+With 8 or 16 labelled sentences per class, SetFit (Tunstall et al. 2022) first fine-tunes the
+sentence encoder on *pairs* built from them: a pair of sentences of the same class should embed
+close together (cosine similarity 1), a pair of different classes far apart (0). Then it trains a
+light classifier on the embeddings of the few examples. Read in order:
+
+1. `contrastive_pairs`: the pairs, built as the setfit library builds them (its sampling
+   strategies "oversampling", "undersampling", "unique", and the legacy `num_iterations`).
+2. The pair losses: `cosine_similarity_loss` (setfit's default, sentence-transformers'
+   `CosineSimilarityLoss`) and `contrastive_loss` (a margin on the cosine distance).
+3. `train_body`: contrastive fine-tuning of the encoder (mean pooling, AdamW, warmup).
+4. The head: `LinearHead`, fitted either as scikit-learn's `LogisticRegression` on frozen
+   embeddings (`fit_logistic_regression`, full-batch L-BFGS on the same objective) or by gradient
+   descent, optionally end to end through the encoder (`train_head`).
+5. `SetFitModel`: encoder + tokenizer + head, with `predict`, `predict_proba`, save and load;
+   `train_setfit` runs both phases.
+
+The defaults are setfit 1.2's (`SetFitConfig`). The names follow the setfit library's where a
+reader will compare the two.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minift.checkpoint import (
+    atomic_write_bytes,
+    load_bert,
+    read_safetensors,
+    save_bert,
+    write_safetensors,
+)
+from minift.model import BertModel
+from minift.optim import AdamW, make_optimizer, make_scheduler
+from minift.sentence import embed_batch, encode
+from minift.tokenizer import Tokenizer
+
+
+@dataclass
+class SetFitConfig:
+    """Every setting of a SetFit run; the defaults are setfit 1.2's `TrainingArguments`.
+
+    Contrastive phase: `sampling` / `num_iterations` choose the pairs, `loss` is "cosine" or
+    "contrastive" (with `margin` on the cosine distance, sentence-transformers' default 0.5),
+    `batch_size` pairs a step, `epochs` passes, AdamW at `lr` with `weight_decay` (setfit's
+    `l2_weight`), linear warmup over `warmup_ratio` of the steps then linear decay, gradients
+    clipped at `max_grad_norm` (transformers' Trainer default). Head phase: `head` "logistic"
+    (scikit-learn's LogisticRegression with inverse regularisation `C`) or "linear" (setfit's
+    differentiable `SetFitHead`: `head_epochs` epochs of batches of `head_batch_size`, AdamW at
+    `head_lr`, the encoder at `head_body_lr` when `end_to_end`). `seed` drives the pairs, the
+    shuffling and the head's batches.
+    """
+
+    sampling: str = "oversampling"
+    num_iterations: int | None = None
+    loss: str = "cosine"
+    margin: float = 0.5
+    batch_size: int = 16
+    epochs: int = 1
+    lr: float = 2e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    max_length: int = 256  # all-MiniLM-L6-v2's max_seq_length
+    head: str = "logistic"
+    C: float = 1.0
+    head_epochs: int = 16
+    head_batch_size: int = 2
+    head_lr: float = 1e-2
+    head_body_lr: float = 1e-5
+    end_to_end: bool = False
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        if self.sampling not in SAMPLING_STRATEGIES:
+            raise ValueError(
+                f"sampling must be one of {SAMPLING_STRATEGIES}, got {self.sampling!r}"
+            )
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {tuple(LOSSES)}, got {self.loss!r}")
+        if self.head not in ("logistic", "linear"):
+            raise ValueError(f"head must be 'logistic' or 'linear', got {self.head!r}")
+        if self.num_iterations is not None and self.num_iterations < 1:
+            raise ValueError(f"num_iterations must be >= 1 or None, got {self.num_iterations}")
+        for name in ("batch_size", "epochs", "max_length", "head_epochs", "head_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "C", "head_lr", "head_body_lr", "max_grad_norm"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 <= self.warmup_ratio <= 1.0:
+            raise ValueError(f"warmup_ratio must be in [0, 1], got {self.warmup_ratio}")
+
+
+# --------------------------------------------------------------------------------------------
+# 1. Pairs
+# --------------------------------------------------------------------------------------------
+
+SAMPLING_STRATEGIES = ("oversampling", "undersampling", "unique")
+
+
+def shuffled_combinations(n: int, seed: int) -> list[tuple[int, int]]:
+    """Every index pair (i, j) with i <= j, in an order shuffled by `seed`.
+
+    A sentence is paired with itself too (combinations *with* replacement, as setfit's
+    `shuffle_combinations`), so n sentences give n (n + 1) / 2 pairs. The shuffle is numpy's
+    `RandomState(seed).permutation`, setfit's own, so seed 42 (the one setfit always uses) gives
+    its order exactly.
+    """
+    first, second = np.triu_indices(n, 0)
+    order = np.random.RandomState(seed).permutation(len(first))
+    return [(int(first[k]), int(second[k])) for k in order]
+
+
+def contrastive_pairs(
+    labels: Sequence,
+    *,
+    sampling: str = "oversampling",
+    num_iterations: int | None = None,
+    seed: int = 42,
+) -> list[tuple[int, int, float]]:
+    """SetFit's training pairs over `labels`: `(i, j, 1.0)` same class, `(i, j, 0.0)` not.
+
+    All n (n + 1) / 2 pairs are split into positives and negatives; then as many of each are
+    taken as the strategy says, cycling through a list when more are asked than it holds:
+
+    - "unique": each pair once;
+    - "oversampling" (setfit's default): the smaller side repeated up to the larger one's size;
+    - "undersampling": the larger side cut to the smaller one's size;
+    - `num_iterations` (legacy; overrides the strategy): `num_iterations * n` of each.
+
+    Positives and negatives alternate (pos, neg, pos, ...), the rest of the longer side at the
+    end. Counts, pairs and order equal `list(setfit.sampler.ContrastiveDataset(...))` for the same
+    labels and `seed=42` (a test holds them equal). A class with a single example has only its
+    self-pair (i, i) as a positive, which teaches nothing: setfit accepts it, and so does this.
+    Fewer than two classes leaves no negative pair: that is a ValueError.
+    """
+    if sampling not in SAMPLING_STRATEGIES:
+        raise ValueError(f"sampling must be one of {SAMPLING_STRATEGIES}, got {sampling!r}")
+    if num_iterations is not None and num_iterations < 1:
+        raise ValueError(f"num_iterations must be >= 1 or None, got {num_iterations}")
+    classes = set(labels)
+    if len(classes) < 2:
+        found = f"the single class {next(iter(classes))!r}" if classes else "no examples"
+        raise ValueError(f"SetFit needs examples of at least two classes, found {found}")
+    positives, negatives = [], []
+    for i, j in shuffled_combinations(len(labels), seed):
+        if labels[i] == labels[j]:
+            positives.append((i, j, 1.0))
+        else:
+            negatives.append((i, j, 0.0))
+    if num_iterations is not None:
+        n_pos = n_neg = num_iterations * len(labels)
+    elif sampling == "unique":
+        n_pos, n_neg = len(positives), len(negatives)
+    elif sampling == "undersampling":
+        n_pos = n_neg = min(len(positives), len(negatives))
+    else:
+        n_pos = n_neg = max(len(positives), len(negatives))
+    pairs = []
+    for k in range(max(n_pos, n_neg)):
+        if k < n_pos:
+            pairs.append(positives[k % len(positives)])
+        if k < n_neg:
+            pairs.append(negatives[k % len(negatives)])
+    return pairs
+
+
+def sample_shots(labels: Sequence, shots: int, generator: torch.Generator) -> list[int]:
+    """Indices of `shots` examples of every class, drawn without replacement, in index order."""
+    by_class: dict = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(label, []).append(i)
+    chosen = []
+    for label in sorted(by_class, key=str):
+        members = by_class[label]
+        if len(members) < shots:
+            raise ValueError(
+                f"class {label!r} has {len(members)} examples, fewer than the "
+                f"{shots} shots asked for"
+            )
+        order = torch.randperm(len(members), generator=generator)[:shots].tolist()
+        chosen += [members[k] for k in order]
+    return sorted(chosen)
+
+
+# --------------------------------------------------------------------------------------------
+# 2. Pair losses
+# --------------------------------------------------------------------------------------------
+
+
+def cosine_similarity_loss(
+    first: torch.Tensor, second: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """Mean squared error between cos(first, second) and the 1/0 label, over the batch.
+
+    sentence-transformers' `CosineSimilarityLoss` (setfit's default). first, second: (pairs,
+    hidden); labels: (pairs,) floats.
+    """
+    return F.mse_loss(F.cosine_similarity(first, second), labels.float())
+
+
+def contrastive_loss(
+    first: torch.Tensor, second: torch.Tensor, labels: torch.Tensor, margin: float = 0.5
+) -> torch.Tensor:
+    """Hadsell et al.'s contrastive loss on the cosine distance d = 1 - cos:
+    mean of 0.5 (y d^2 + (1 - y) max(0, margin - d)^2).
+
+    Positives are pulled together; negatives are pushed apart only until they are `margin` away,
+    so pairs that are already far apart stop costing anything (sentence-transformers'
+    `ContrastiveLoss` with its default cosine distance).
+    """
+    distance = 1 - F.cosine_similarity(first, second)
+    labels = labels.float()
+    losses = labels * distance.pow(2) + (1 - labels) * F.relu(margin - distance).pow(2)
+    return 0.5 * losses.mean()
+
+
+LOSSES: dict[str, Callable[..., torch.Tensor]] = {
+    "cosine": cosine_similarity_loss,
+    "contrastive": contrastive_loss,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# 3. Contrastive fine-tuning of the encoder
+# --------------------------------------------------------------------------------------------
+
+
+def embed_pairs(
+    encoder: BertModel, tokens, first: torch.Tensor, second: torch.Tensor, *, dedupe: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean-pooled embeddings of both sides of a batch of pairs: two (pairs, hidden) tensors.
+
+    `tokens` holds every training sentence tokenized once (an `Encoding`, padded to the longest);
+    `first` and `second` index into it. With few shots the same sentence sits in many pairs of a
+    batch (16 pairs over 32 sentences hold about 20 distinct ones), so with `dedupe` each distinct
+    sentence runs through the encoder once and its embedding is shared. The loss and gradient are
+    those of embedding every side on its own (exactly so without dropout; a test holds the two
+    equal); with dropout a repeated sentence shares one dropout mask.
+    """
+    both = torch.cat([first, second])
+    rows, inverse = torch.unique(both, return_inverse=True) if dedupe else (both, None)
+    mask = tokens.attention_mask[rows]
+    width = int(mask.sum(dim=1).max())  # cut the padding no row of this batch needs
+    device = next(encoder.parameters()).device
+    embeddings = embed_batch(
+        encoder,
+        tokens.input_ids[rows, :width].to(device),
+        mask[:, :width].to(device),
+        tokens.token_type_ids[rows, :width].to(device),
+    )  # (rows, hidden)
+    if inverse is not None:
+        embeddings = embeddings[inverse.to(device)]  # (2 * pairs, hidden)
+    return embeddings[: len(first)], embeddings[len(first) :]
+
+
+def train_body(
+    encoder: BertModel,
+    tokenizer: Tokenizer,
+    texts: Sequence[str],
+    labels: Sequence,
+    config: SetFitConfig,
+    *,
+    log: Callable[[str], None] | None = print,
+) -> dict:
+    """Fine-tune `encoder` in place on SetFit's pairs of `texts`; return what happened.
+
+    The recipe of setfit (through sentence-transformers' trainer): pairs shuffled every epoch,
+    `batch_size` pairs a step, AdamW with weight decay on all but biases and LayerNorms, linear
+    warmup over ceil(warmup_ratio * steps) then linear decay, gradient norm clipped, dropout on.
+    The number of pairs is printed (through `log`) before training starts.
+    """
+    if len(texts) != len(labels):
+        raise ValueError(f"got {len(texts)} texts but {len(labels)} labels")
+    pairs = contrastive_pairs(
+        labels, sampling=config.sampling, num_iterations=config.num_iterations, seed=config.seed
+    )
+    n_pos = sum(1 for p in pairs if p[2] == 1.0)
+    steps = config.epochs * math.ceil(len(pairs) / config.batch_size)
+    if log:
+        how = (
+            f"num_iterations={config.num_iterations}"
+            if config.num_iterations
+            else f"sampling={config.sampling}"
+        )
+        log(
+            f"contrastive pairs: {len(pairs)} ({n_pos} positive, {len(pairs) - n_pos} negative) "
+            f"from {len(texts)} examples, {how}; {steps} steps of {config.batch_size} pairs"
+        )
+    tokens = tokenizer(list(texts), max_length=config.max_length)  # once, padded to the longest
+    first = torch.tensor([p[0] for p in pairs])
+    second = torch.tensor([p[1] for p in pairs])
+    targets = torch.tensor([p[2] for p in pairs])
+    loss_fn = LOSSES[config.loss]
+    if config.loss == "contrastive":
+        loss_fn = functools.partial(contrastive_loss, margin=config.margin)
+    optimizer = make_optimizer(encoder, config.lr, config.weight_decay)
+    scheduler = make_scheduler(optimizer, steps, math.ceil(config.warmup_ratio * steps))
+    generator = torch.Generator().manual_seed(config.seed)
+    device = next(encoder.parameters()).device
+    losses = []
+    encoder.train()
+    for _ in range(config.epochs):
+        order = torch.randperm(len(pairs), generator=generator)
+        for start in range(0, len(pairs), config.batch_size):
+            batch = order[start : start + config.batch_size]
+            a, b = embed_pairs(encoder, tokens, first[batch], second[batch])
+            loss = loss_fn(a, b, targets[batch].to(device))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(encoder.parameters(), config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+    encoder.eval()
+    return {
+        "pairs": len(pairs),
+        "positive_pairs": n_pos,
+        "negative_pairs": len(pairs) - n_pos,
+        "steps": steps,
+        "first_loss": losses[0],
+        "last_loss": losses[-1],
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# 4. The classification head
+# --------------------------------------------------------------------------------------------
+
+
+class LinearHead(nn.Module):
+    """Logits (batch, num_labels) from embeddings (batch, hidden): one linear layer.
+
+    With `binary` (two classes, fitted as scikit-learn fits them) the layer has a single output z
+    and the logits are [0, z]: their softmax is [1 - sigmoid(z), sigmoid(z)], binary logistic
+    regression. Otherwise one output per class (multinomial; setfit's `SetFitHead`).
+    """
+
+    def __init__(self, hidden_size: int, num_labels: int, binary: bool = False):
+        super().__init__()
+        if num_labels < 2:
+            raise ValueError(f"a classifier needs at least 2 labels, got num_labels={num_labels}")
+        if binary and num_labels != 2:
+            raise ValueError(f"binary=True needs num_labels=2, got {num_labels}")
+        self.num_labels, self.binary = num_labels, binary
+        self.linear = nn.Linear(hidden_size, 1 if binary else num_labels)
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        z = self.linear(embeddings)
+        return torch.cat([torch.zeros_like(z), z], dim=-1) if self.binary else z
+
+
+def fit_logistic_regression(
+    head: LinearHead,
+    embeddings: torch.Tensor,
+    label_ids: torch.Tensor,
+    C: float = 1.0,
+    max_iter: int = 1000,
+) -> LinearHead:
+    """Fit `head` as scikit-learn's `LogisticRegression()` would: return it, fitted in place.
+
+    The objective is scikit-learn's: C * sum_i cross_entropy_i + 0.5 * ||W||^2, the intercept not
+    penalised (divided here by C n, which moves no minimum). Two classes are a binary logistic
+    regression (a `binary` head), more a multinomial one. It is smooth and convex, so full-batch
+    L-BFGS in float64 reaches the minimum scikit-learn's lbfgs solver approaches (a test holds the
+    coefficients and the accuracy to scikit-learn's).
+    """
+    X = embeddings.detach().to(torch.float64)
+    y = torch.as_tensor(label_ids, device=X.device)
+    if y.min() < 0 or y.max() >= head.num_labels:
+        raise ValueError(
+            f"label ids must be in 0..{head.num_labels - 1}, found {y.unique().tolist()}"
+        )
+    weight = torch.zeros_like(head.linear.weight, dtype=torch.float64, device=X.device)
+    bias = torch.zeros_like(head.linear.bias, dtype=torch.float64, device=X.device)
+    weight.requires_grad_(True)
+    bias.requires_grad_(True)
+    optimizer = torch.optim.LBFGS(
+        [weight, bias],
+        lr=1,
+        max_iter=max_iter,
+        history_size=20,
+        tolerance_grad=1e-10,
+        tolerance_change=1e-14,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        logits = X @ weight.T + bias
+        if head.binary:
+            data = F.binary_cross_entropy_with_logits(logits[:, 0], y.to(torch.float64))
+        else:
+            data = F.cross_entropy(logits, y)
+        loss = data + weight.pow(2).sum() / (2 * C * len(X))
+        loss.backward()
+        return loss
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny problem: waking a thread pool for every op costs more
+    try:
+        optimizer.step(closure)
+    finally:
+        torch.set_num_threads(threads)
+    with torch.no_grad():
+        head.linear.weight.copy_(weight)
+        head.linear.bias.copy_(bias)
+    return head
+
+
+def train_head(
+    model: SetFitModel, texts: Sequence[str], label_ids: Sequence[int], config: SetFitConfig
+) -> SetFitModel:
+    """Train the head by gradient descent on cross-entropy; with `config.end_to_end` the encoder
+    trains too. setfit's recipe for its differentiable head: `head_epochs` epochs of shuffled
+    batches of `head_batch_size`, AdamW (head at `head_lr`, encoder at `head_body_lr`, weight
+    decay `config.weight_decay` on everything), the learning rates halved every 5 epochs.
+
+    Without `end_to_end` the encoder is frozen, so the embeddings are computed once, in eval mode
+    (setfit recomputes them every batch with dropout on).
+    """
+    labels = torch.as_tensor(list(label_ids))
+    device = next(model.encoder.parameters()).device
+    groups = [{"params": list(model.head.parameters()), "lr": config.head_lr}]
+    if config.end_to_end:
+        groups.append({"params": list(model.encoder.parameters()), "lr": config.head_body_lr})
+        tokens = model.tokenizer(list(texts), max_length=model.max_length)
+    else:
+        frozen = model.embed(texts)
+    optimizer = AdamW(groups, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=5, gamma=0.5)
+    generator = torch.Generator().manual_seed(config.seed)
+    model.train(config.end_to_end)
+    for _ in range(config.head_epochs):
+        order = torch.randperm(len(labels), generator=generator)
+        for start in range(0, len(labels), config.head_batch_size):
+            rows = order[start : start + config.head_batch_size]
+            if config.end_to_end:
+                mask = tokens.attention_mask[rows]
+                width = int(mask.sum(dim=1).max())
+                embeddings = embed_batch(
+                    model.encoder,
+                    tokens.input_ids[rows, :width].to(device),
+                    mask[:, :width].to(device),
+                    tokens.token_type_ids[rows, :width].to(device),
+                    normalize=model.normalize,
+                )
+            else:
+                embeddings = frozen[rows.to(device)]
+            loss = F.cross_entropy(model.head(embeddings), labels[rows].to(device))
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+    model.eval()
+    return model
+
+
+# --------------------------------------------------------------------------------------------
+# 5. The model, its training, saving and loading
+# --------------------------------------------------------------------------------------------
+
+HEAD_WEIGHTS = "setfit_head.safetensors"
+HEAD_CONFIG = "setfit_head.json"
+
+
+class SetFitModel(nn.Module):
+    """A sentence encoder (mean pooling, L2-normalised), a tokenizer and a `LinearHead`.
+
+    `labels[i]` is the name of class i. Embeddings are normalised as all-MiniLM-L6-v2's
+    sentence-transformers pipeline does (its `Normalize` module), which is what setfit's head sees.
+    """
+
+    def __init__(
+        self,
+        encoder: BertModel,
+        tokenizer: Tokenizer,
+        head: LinearHead,
+        labels: Sequence[str],
+        *,
+        max_length: int = 256,
+        normalize: bool = True,
+    ):
+        super().__init__()
+        if len(labels) != head.num_labels:
+            raise ValueError(f"got {len(labels)} label names for a head of {head.num_labels}")
+        self.encoder, self.tokenizer, self.head = encoder, tokenizer, head
+        self.labels = [str(label) for label in labels]
+        self.max_length, self.normalize = max_length, normalize
+
+    def embed(self, texts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
+        """Sentence embeddings (len(texts), hidden), without gradients."""
+        return encode(
+            self.encoder,
+            self.tokenizer,
+            list(texts),
+            batch_size=batch_size,
+            max_length=self.max_length,
+            normalize=self.normalize,
+        )
+
+    @torch.no_grad()
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
+        """Class probabilities (len(texts), num_labels); columns in the order of `labels`."""
+        self.head.eval()
+        return self.head(self.embed(texts, batch_size)).softmax(dim=-1)
+
+    def predict(self, texts: Sequence[str], batch_size: int = 32) -> list[str]:
+        """The most probable label name of every text."""
+        ids = self.predict_proba(texts, batch_size).argmax(dim=-1).tolist()
+        return [self.labels[i] for i in ids]
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write the encoder in HF format (config.json, model.safetensors), the tokenizer, and
+        the head beside them: `setfit_head.safetensors` and `setfit_head.json`."""
+        folder = Path(path)
+        save_bert(self.encoder, folder)
+        self.tokenizer.save_pretrained(folder)
+        write_safetensors(
+            {k: v.detach() for k, v in self.head.state_dict().items()}, folder / HEAD_WEIGHTS
+        )
+        config = {
+            "labels": self.labels,
+            "binary": self.head.binary,
+            "max_length": self.max_length,
+            "normalize": self.normalize,
+        }
+        atomic_write_bytes(folder / HEAD_CONFIG, (json.dumps(config, indent=2) + "\n").encode())
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> SetFitModel:
+        """Load a folder written by `save_pretrained`."""
+        folder = Path(path)
+        file = folder / HEAD_CONFIG
+        if not file.is_file():
+            raise ValueError(f"{file}: no {HEAD_CONFIG}; is {folder} a saved SetFit model?")
+        try:
+            config = json.loads(file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{file}: not valid JSON ({err})") from None
+        for key in ("labels", "binary", "max_length", "normalize"):
+            if key not in config:
+                raise ValueError(f"{file}: expected a key {key!r}, found {sorted(config)}")
+        encoder = load_bert(folder)
+        head = LinearHead(encoder.config.hidden_size, len(config["labels"]), config["binary"])
+        head.load_state_dict(read_safetensors(folder / HEAD_WEIGHTS))
+        return cls(
+            encoder,
+            Tokenizer.from_pretrained(folder),
+            head.eval(),
+            config["labels"],
+            max_length=config["max_length"],
+            normalize=config["normalize"],
+        ).eval()
+
+
+def train_setfit(
+    encoder: BertModel,
+    tokenizer: Tokenizer,
+    texts: Sequence[str],
+    labels: Sequence[str],
+    config: SetFitConfig | None = None,
+    *,
+    label_names: Sequence[str] | None = None,
+    log: Callable[[str], None] | None = print,
+) -> tuple[SetFitModel, dict]:
+    """SetFit's two phases: contrastive fine-tuning of `encoder` (in place), then the head.
+
+    `label_names` fixes the class order (default: the sorted distinct labels). Dropout and the
+    head's initialisation draw from torch's global generator, seeded here with `config.seed`.
+    Returns the model and the statistics of the contrastive phase (`train_body`'s dict, with the
+    config added).
+    """
+    config = config or SetFitConfig()
+    names = [str(n) for n in (label_names if label_names is not None else sorted(set(labels)))]
+    unknown = sorted({str(label) for label in labels} - set(names))
+    if unknown:
+        raise ValueError(f"labels {unknown} are not among the label names {names}")
+    torch.manual_seed(config.seed)
+    stats = train_body(encoder, tokenizer, texts, labels, config, log=log)
+    label_ids = [names.index(str(label)) for label in labels]
+    hidden = encoder.config.hidden_size
+    if config.head == "logistic":
+        head = LinearHead(hidden, len(names), binary=len(names) == 2)
+    else:  # setfit's SetFitHead initialisation
+        head = LinearHead(hidden, len(names))
+        nn.init.xavier_uniform_(head.linear.weight)
+        nn.init.constant_(head.linear.bias, 1e-2)
+    device = next(encoder.parameters()).device
+    model = SetFitModel(encoder, tokenizer, head.to(device), names, max_length=config.max_length)
+    if config.head == "logistic":
+        fit_logistic_regression(head, model.embed(texts), torch.tensor(label_ids), C=config.C)
+    else:
+        train_head(model, texts, label_ids, config)
+    return model.eval(), {**stats, "config": asdict(config)}

@@ -1,0 +1,400 @@
+"""The MLM head against transformers' BertForMaskedLM, and `minift pretrain` end to end.
+
+Tolerances: fp32, dropout off (eval mode); logits and losses atol 1e-5.
+"""
+
+import json
+import math
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+import transformers
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minift.checkpoint import CheckpointError, read_safetensors, write_safetensors
+from minift.cli import main, pretrain
+from minift.heads import MaskedLM
+from minift.mlm_data import MaskedBatches, MaskingCollator, TextSequences
+from minift.model import BertConfig, BertModel
+from minift.optim import make_optimizer
+from minift.tokenizer import Tokenizer
+from minift.train import TrainConfig, train
+
+
+@st.composite
+def configs(draw):
+    heads = draw(st.integers(1, 3))
+    return dict(
+        vocab_size=draw(st.integers(12, 80)),
+        hidden_size=heads * draw(st.integers(2, 8)),
+        num_attention_heads=heads,
+        num_hidden_layers=draw(st.integers(1, 2)),
+        intermediate_size=draw(st.integers(4, 40)),
+        max_position_embeddings=24,
+        layer_norm_eps=draw(st.sampled_from([1e-12, 1e-5])),
+    )
+
+
+def random_batch(gen, vocab_size, batch, seq):
+    """Ids, a right-padded attention mask, token types, and labels at ~30% of the real tokens
+    (at least one), -100 elsewhere (padding included)."""
+    ids = torch.randint(1, vocab_size, (batch, seq), generator=gen)
+    lengths = torch.randint(1, seq + 1, (batch,), generator=gen)
+    mask = (torch.arange(seq) < lengths[:, None]).long()
+    types = torch.randint(0, 2, (batch, seq), generator=gen)
+    chosen = (torch.rand(batch, seq, generator=gen) < 0.3) & mask.bool()
+    chosen[0, 0] = True
+    labels = torch.where(chosen, torch.randint(0, vocab_size, (batch, seq), generator=gen), -100)
+    return dict(input_ids=ids, attention_mask=mask, token_type_ids=types, labels=labels)
+
+
+def perturb(model, gen):
+    """Non-trivial values for every parameter (the fresh head has zero biases, unit norm)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=gen))
+
+
+@settings(deadline=None, max_examples=10)
+@given(
+    config=configs(), seed=st.integers(0, 2**31), batch=st.integers(1, 3), seq=st.integers(1, 12)
+)
+def test_logits_and_loss_match_bert_for_masked_lm_both_ways(
+    config, seed, batch, seq, tmp_path_factory
+):
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    hf = transformers.BertForMaskedLM(transformers.BertConfig(**config)).eval()
+    perturb(hf, gen)
+    data = random_batch(gen, config["vocab_size"], batch, seq)
+    inputs = {k: v for k, v in data.items() if k != "labels"}
+    real = data["attention_mask"].bool()
+    with torch.no_grad():
+        ref_logits, ref_loss = hf(**inputs).logits, hf(**data).loss
+
+    folder = tmp_path_factory.mktemp("hf")
+    hf.save_pretrained(folder)  # transformers -> minift
+    ours = MaskedLM.from_pretrained(folder).eval()
+    assert ours.head_loaded
+    with torch.no_grad():
+        logits, out = ours(**inputs).logits, ours(**data)
+    torch.testing.assert_close(logits[real], ref_logits[real], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.loss, ref_loss, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.logits, ref_logits[data["labels"] != -100], atol=1e-5, rtol=0)
+
+    perturb(ours, gen)  # minift -> transformers, with weights transformers never had
+    back_dir = tmp_path_factory.mktemp("ours")
+    ours.save_pretrained(back_dir)
+    back = transformers.BertForMaskedLM.from_pretrained(back_dir).eval()
+    assert back.config.architectures == ["BertForMaskedLM"]
+    assert back.cls.predictions.decoder.weight is back.bert.embeddings.word_embeddings.weight
+    with torch.no_grad():
+        torch.testing.assert_close(
+            back(**inputs).logits[real], ours(**inputs).logits[real], atol=1e-5, rtol=0
+        )
+        torch.testing.assert_close(back(**data).loss, ours(**data).loss, atol=1e-5, rtol=0)
+
+
+TINY = BertConfig(
+    vocab_size=40,
+    hidden_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=24,
+    max_position_embeddings=24,
+)
+
+
+@settings(deadline=None, max_examples=12)
+@given(seed=st.integers(0, 2**31), batch=st.integers(1, 4), seq=st.integers(1, 16))
+def test_sparse_head_equals_the_dense_computation(seed, batch, seq):
+    """Same loss and same gradients as all logits + cross-entropy with ignore_index=-100."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = MaskedLM(TINY).eval()
+    perturb(model, gen)
+    data = random_batch(gen, TINY.vocab_size, batch, seq)
+    sparse = model(**data)
+    sparse.loss.backward()
+    sparse_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+
+    dense = model(**{k: v for k, v in data.items() if k != "labels"}).logits  # (b, s, vocab)
+    dense_loss = F.cross_entropy(
+        dense.reshape(-1, TINY.vocab_size), data["labels"].reshape(-1), ignore_index=-100
+    )
+    dense_loss.backward()
+    torch.testing.assert_close(sparse.loss, dense_loss, atol=1e-6, rtol=0)
+    torch.testing.assert_close(sparse.logits, dense[data["labels"] != -100], atol=1e-6, rtol=0)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(sparse_grads[name], p.grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_tie_is_kept_after_loading_moving_and_an_optimizer_step(tmp_path):
+    torch.manual_seed(0)
+    MaskedLM(TINY).save_pretrained(tmp_path)
+    model = MaskedLM.from_pretrained(tmp_path).to("cpu")
+    embeddings = model.bert.embeddings.word_embeddings.weight
+
+    def tied():
+        return (
+            model.decoder.weight is embeddings
+            and model.decoder.weight.data_ptr() == embeddings.data_ptr()
+        )
+
+    assert tied()
+    model.load_state_dict(model.state_dict())
+    assert tied()
+    names = [n for n, _ in model.named_parameters()]
+    assert "decoder.weight" not in names  # counted once, under the embeddings
+    optimizer = make_optimizer(model, lr=1e-2)
+    data = random_batch(torch.Generator().manual_seed(0), TINY.vocab_size, 2, 8)
+    before = embeddings.detach().clone()
+    model(**data).loss.backward()
+    optimizer.step()
+    assert tied()
+    assert not torch.equal(before, embeddings)  # the step moved the shared matrix
+    hidden = torch.randn(3, TINY.hidden_size)
+    torch.testing.assert_close(
+        model.head(hidden),
+        F.linear(model.transform_norm(F.gelu(model.transform(hidden))), embeddings, model.bias),
+    )
+
+
+def test_minilm_has_no_head_and_gets_berts_initialisation(minilm_dir):
+    torch.manual_seed(0)
+    model = MaskedLM.from_pretrained(minilm_dir)
+    assert not model.head_loaded
+    encoder = BertModel.from_pretrained(minilm_dir, add_pooling_layer=False)
+    for name, tensor in encoder.state_dict().items():
+        assert torch.equal(model.bert.state_dict()[name], tensor), name
+    assert torch.all(model.transform.bias == 0) and torch.all(model.bias == 0)
+    assert torch.all(model.transform_norm.weight == 1) and torch.all(model.transform_norm.bias == 0)
+    # 147,456 draws of N(0, 0.02): the sample mean and std are within 5% of 0.02 with
+    # probability far above 1 - 1e-6 (the std's relative error is about 0.2%).
+    weight = model.transform.weight
+    assert abs(weight.mean().item()) < 0.05 * 0.02
+    assert abs(weight.std().item() / model.config.initializer_range - 1) < 0.05
+
+
+def _write_head(folder, **changes):
+    """A saved tiny MaskedLM whose safetensors has keys renamed / added / removed."""
+    torch.manual_seed(0)
+    MaskedLM(TINY).save_pretrained(folder)
+    tensors = read_safetensors(folder / "model.safetensors")
+    for old, new in changes.items():
+        value = tensors.pop(old) if old in tensors else None
+        if isinstance(new, str):
+            tensors[new] = value
+        elif new is not None:
+            tensors[old] = new
+    write_safetensors(tensors, folder / "model.safetensors")
+
+
+def test_checkpoint_variants(tmp_path):
+    """Legacy gamma/beta names load; an untied decoder and an incomplete head are refused."""
+    reference = tmp_path / "reference"
+    _write_head(reference)
+    legacy = tmp_path / "legacy"
+    _write_head(
+        legacy,
+        **{
+            "cls.predictions.transform.LayerNorm.weight": "cls.predictions.transform.LayerNorm.gamma",
+            "cls.predictions.transform.LayerNorm.bias": "cls.predictions.transform.LayerNorm.beta",
+        },
+    )
+    a, b = MaskedLM.from_pretrained(reference), MaskedLM.from_pretrained(legacy)
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
+
+    untied = tmp_path / "untied"
+    _write_head(untied, **{"cls.predictions.decoder.weight": torch.randn(40, 16)})
+    with pytest.raises(CheckpointError, match="cls.predictions.decoder.weight"):
+        MaskedLM.from_pretrained(untied)
+    incomplete = tmp_path / "incomplete"
+    _write_head(incomplete, **{"cls.predictions.transform.dense.bias": None})
+    with pytest.raises(CheckpointError, match="transform.bias"):
+        MaskedLM.from_pretrained(incomplete)
+
+
+# --------------------------------------------------------------------------------------------
+# minift pretrain
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(minilm_dir, tmp_path_factory):
+    """A tiny random encoder with MiniLM's tokenizer (30,522 tokens) and no MLM head."""
+    folder = tmp_path_factory.mktemp("tiny")
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=24,
+        max_position_embeddings=64,
+    )
+    BertModel(config).save_pretrained(folder)
+    Tokenizer.from_pretrained(minilm_dir).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def finance_text(data_dir, tmp_path_factory):
+    """Real domain text: 60 Financial PhraseBank sentences, one a line, labels removed."""
+    lines = (
+        (data_dir / "financial_phrasebank" / "Sentences_AllAgree.txt")
+        .read_text(encoding="utf-8")
+        .splitlines()[:60]
+    )
+    path = tmp_path_factory.mktemp("text") / "finance.txt"
+    path.write_text("".join(line.rsplit("@", 1)[0] + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def test_pretrain_end_to_end_writes_a_folder_transformers_loads(
+    tiny_model_dir, finance_text, tmp_path, capsys
+):
+    out = tmp_path / "out"
+    code = main(
+        [
+            "pretrain",
+            "--model",
+            str(tiny_model_dir),
+            "--text",
+            str(finance_text),
+            "--masking",
+            "wwm",
+            "--pack",
+            "--steps",
+            "3",
+            "--batch-size",
+            "4",
+            "--max-length",
+            "48",
+            "--lr",
+            "1e-3",
+            "--no-progress",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.txt",
+        "metrics.json",
+    ):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    for when in ("before", "after"):
+        assert math.isfinite(metrics[when]["perplexity"]) and metrics[when]["perplexity"] > 1
+        assert 0 <= metrics[when]["masked_accuracy"] <= 1
+        assert metrics[when]["perplexity"] == pytest.approx(math.exp(metrics[when]["loss"]))
+    assert metrics["before"]["masked_tokens"] == metrics["after"]["masked_tokens"]  # fixed masks
+    assert metrics["train"]["steps"] == 3 and not metrics["train"]["head_loaded"]
+    assert metrics["after"]["loss"] != metrics["before"]["loss"]  # training changed the model
+
+    ours = MaskedLM.from_pretrained(out).eval()
+    assert ours.head_loaded
+    hf = transformers.BertForMaskedLM.from_pretrained(out).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    enc = tokenizer(
+        ["Operating profit rose to EUR 13.1 mn.", "Sales fell."], padding=True, return_tensors="pt"
+    )
+    real = enc["attention_mask"].bool()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            ours(**enc).logits[real], hf(**enc).logits[real], atol=1e-5, rtol=0
+        )
+
+
+@pytest.mark.parametrize("problem", ["missing", "empty", "empty-eval", "bad-masking"])
+def test_pretrain_bad_input_fails_before_training(problem, tiny_model_dir, finance_text, tmp_path):
+    missing, empty = tmp_path / "nope.txt", tmp_path / "empty.txt"
+    empty.write_text("\n  \n", encoding="utf-8")
+    kwargs = dict(
+        model=str(tiny_model_dir),
+        text=str(finance_text),
+        out=str(tmp_path / "out"),
+        steps=2,
+        batch_size=4,
+        max_length=32,
+        progress=False,
+    )
+    expected = {
+        "missing": str(missing),
+        "empty": str(empty),
+        "empty-eval": str(empty),
+        "bad-masking": "masking",
+    }[problem]
+    if problem == "missing":
+        kwargs["text"] = [str(finance_text), str(missing)]
+    elif problem == "empty":
+        kwargs["text"] = str(empty)
+    elif problem == "empty-eval":
+        kwargs["eval_text"] = str(empty)
+    else:
+        kwargs["masking"] = "random"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        pretrain(**kwargs)
+    assert not (tmp_path / "out").exists()  # nothing was trained or written
+
+
+def test_pretrain_cli_reports_a_missing_file_by_name(tmp_path, capsys):
+    missing = tmp_path / "missing.txt"
+    code = main(["pretrain", "--text", str(missing), "--steps", "1", "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert str(missing) in capsys.readouterr().err
+
+
+def test_resumed_mlm_training_equals_an_uninterrupted_run(tiny_model_dir, finance_text, tmp_path):
+    """Dynamic masking is seeded per (epoch, batch): a run stopped after step 2 and resumed ends
+    with exactly the weights of a run that was never stopped."""
+    tokenizer = Tokenizer.from_pretrained(tiny_model_dir)
+    passages = finance_text.read_text(encoding="utf-8").splitlines()
+    sequences = TextSequences(passages, tokenizer, max_length=32, pack=True)
+    collator = MaskingCollator.from_tokenizer(tokenizer, "span")
+    steps = len(MaskedBatches(sequences, collator, 8, seed=3)) + 2  # crosses an epoch boundary
+
+    def run(folder, stop_at=None, resume=False):
+        torch.manual_seed(0)
+        model = MaskedLM.from_pretrained(tiny_model_dir)
+        calls = {"n": 0}
+
+        class Stop(Exception):
+            pass
+
+        def batches(epoch):
+            epoch_batches = MaskedBatches(sequences, collator, 8, seed=3, epoch=epoch)
+
+            class Interrupting(list):
+                def __getitem__(self, i):
+                    calls["n"] += 1
+                    if stop_at is not None and calls["n"] > stop_at:
+                        raise Stop
+                    return epoch_batches[i]
+
+            return Interrupting(range(len(epoch_batches)))
+
+        config = TrainConfig(out_dir=folder, max_steps=steps, lr=1e-3, save_every=2, progress=False)
+        try:
+            train(model, batches, config, resume=resume)
+        except Stop:
+            return None
+        return model
+
+    full = run(tmp_path / "full")
+    assert run(tmp_path / "cut", stop_at=steps - 1) is None  # stopped after a checkpoint
+    resumed = run(tmp_path / "cut", resume=True)
+    for (name, a), (_, b) in zip(
+        full.state_dict().items(), resumed.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name

@@ -1,0 +1,419 @@
+"""SetFit (minift/setfit.py) against the setfit library, sentence-transformers and scikit-learn.
+
+minift's sentence embeddings equal sentence-transformers' `encode` on the published checkpoint:
+tests/test_model.py::test_sentence_embeddings_match_sentence_transformers holds that; here the
+pair loss on a real batch is compared end to end, which goes through the same embeddings.
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from minift.checkpoint import load_bert, save_bert
+from minift.cli import main
+from minift.data import DataError, read_examples, read_semicolon_examples
+from minift.model import BertConfig, BertModel
+from minift.sentence import encode
+from minift.setfit import (
+    LinearHead,
+    SetFitConfig,
+    SetFitModel,
+    contrastive_loss,
+    contrastive_pairs,
+    cosine_similarity_loss,
+    embed_pairs,
+    fit_logistic_regression,
+    sample_shots,
+    train_head,
+    train_setfit,
+)
+from minift.tokenizer import Tokenizer
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread for this module: the sizes are tiny, and on a shared 2-core machine a
+    second thread stalls whenever another process holds a core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def minilm(minilm_dir):
+    return load_bert(minilm_dir), Tokenizer.from_pretrained(minilm_dir)
+
+
+@pytest.fixture(scope="module")
+def sst2(data_dir):
+    train = read_examples(data_dir / "sst2" / "train.tsv", text_col="sentence", label_col="label")
+    dev = read_examples(data_dir / "sst2" / "dev.tsv", text_col="sentence", label_col="label")
+    return train, dev
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, minilm_dir):
+    """A tiny random BERT in HF format, with the MiniLM tokenizer."""
+    folder = tmp_path_factory.mktemp("tiny")
+    torch.manual_seed(0)
+    config = BertConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    save_bert(BertModel(config), folder)
+    Tokenizer.from_pretrained(minilm_dir).save_pretrained(folder)
+    return folder
+
+
+# --------------------------------------------------------------------------------------------
+# Pairs
+
+
+def _setfit_pairs(labels, sampling, num_iterations):
+    from setfit.sampler import ContrastiveDataset
+
+    sentences = [f"s{i}" for i in range(len(labels))]
+    dataset = ContrastiveDataset(sentences, labels, False, num_iterations, sampling)
+    return [(int(p["sentence_1"][1:]), int(p["sentence_2"][1:]), p["label"]) for p in dataset]
+
+
+@settings(deadline=None, max_examples=40)
+@given(
+    labels=st.lists(st.integers(0, 4), min_size=2, max_size=30),
+    sampling=st.sampled_from(["oversampling", "undersampling", "unique"]),
+    num_iterations=st.sampled_from([None, None, 1, 3]),
+)
+def test_pairs_equal_the_setfit_library(labels, sampling, num_iterations):
+    assume(len(set(labels)) >= 2)
+    ours = contrastive_pairs(labels, sampling=sampling, num_iterations=num_iterations, seed=42)
+    theirs = _setfit_pairs(labels, sampling, num_iterations)
+    positive = [p for p in ours if p[2] == 1.0]
+    assert len(positive) == sum(1 for p in theirs if p[2] == 1.0)
+    assert len(ours) - len(positive) == sum(1 for p in theirs if p[2] == 0.0)
+    assert ours == theirs  # seed 42 is setfit's: the same pairs in the same order
+    assert all((labels[i] == labels[j]) == (y == 1.0) for i, j, y in ours)
+
+
+def test_pair_counts_for_16_shots_of_two_classes():
+    labels = [0] * 16 + [1] * 16
+    n = len(labels)
+    positives, negatives = 2 * (16 * 17 // 2), 16 * 16  # self-pairs count as positives
+    expected = {
+        "unique": positives + negatives,
+        "oversampling": 2 * max(positives, negatives),
+        "undersampling": 2 * min(positives, negatives),
+    }
+    assert positives + negatives == n * (n + 1) // 2
+    for sampling, count in expected.items():
+        assert len(contrastive_pairs(labels, sampling=sampling)) == count
+        assert len(_setfit_pairs(labels, sampling, None)) == count
+    assert len(contrastive_pairs(labels, num_iterations=20)) == 2 * 20 * n
+
+
+def test_other_seeds_shuffle_the_same_pairs():
+    labels = [0, 0, 1, 1, 2, 2, 2]
+    a = contrastive_pairs(labels, sampling="unique", seed=0)
+    b = contrastive_pairs(labels, sampling="unique", seed=1)
+    assert a != b and sorted(a) == sorted(b)
+    assert a == contrastive_pairs(labels, sampling="unique", seed=0)
+
+
+def test_one_class_is_refused_and_a_lone_example_keeps_only_its_self_pair():
+    with pytest.raises(ValueError, match="at least two classes"):
+        contrastive_pairs([1, 1, 1])
+    with pytest.raises(ValueError, match="at least two classes"):
+        contrastive_pairs([])
+    labels = [0, 0, 0, 1]  # class 1 has a single example: its only positive is (3, 3)
+    pairs = contrastive_pairs(labels, sampling="unique")
+    assert [p for p in pairs if 3 in p[:2] and p[2] == 1.0] == [(3, 3, 1.0)]
+    assert pairs == _setfit_pairs(labels, "unique", None)
+
+
+def test_sample_shots_is_seeded_and_checks_class_sizes():
+    labels = ["a"] * 10 + ["b"] * 5 + ["c"] * 3
+    first = sample_shots(labels, 3, torch.Generator().manual_seed(7))
+    assert first == sample_shots(labels, 3, torch.Generator().manual_seed(7))
+    assert sorted(labels[i] for i in first) == ["a"] * 3 + ["b"] * 3 + ["c"] * 3
+    with pytest.raises(ValueError, match="'c' has 3 examples, fewer than the 4"):
+        sample_shots(labels, 4, torch.Generator().manual_seed(0))
+
+
+# --------------------------------------------------------------------------------------------
+# Losses
+
+
+@settings(deadline=None, max_examples=30)
+@given(
+    n=st.integers(1, 12),
+    dim=st.integers(2, 16),
+    seed=st.integers(0, 2**31),
+    margin=st.floats(0.1, 1.5),
+)
+def test_pair_losses_equal_sentence_transformers(n, dim, seed, margin):
+    from sentence_transformers.sentence_transformer.losses import (
+        ContrastiveLoss,
+        CosineSimilarityLoss,
+    )
+
+    g = torch.Generator().manual_seed(seed)
+    a, b = torch.randn(n, dim, generator=g), torch.randn(n, dim, generator=g)
+    y = torch.randint(0, 2, (n,), generator=g).float()
+    reference = CosineSimilarityLoss(None).compute_loss_from_embeddings([a, b], y)
+    torch.testing.assert_close(cosine_similarity_loss(a, b, y), reference, rtol=1e-6, atol=1e-7)
+    reference = ContrastiveLoss(None, margin=margin).compute_loss_from_embeddings([a, b], y)
+    torch.testing.assert_close(contrastive_loss(a, b, y, margin), reference, rtol=1e-6, atol=1e-7)
+
+
+def test_loss_on_a_real_batch_equals_sentence_transformers(minilm, minilm_dir, sst2):
+    """Tokenize, embed and score the same pairs in both libraries (eval mode: no dropout)."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.losses import CosineSimilarityLoss
+
+    texts = [ex.text for ex in sst2[1][:10]]
+    pairs = contrastive_pairs([ex.label for ex in sst2[1][:10]], sampling="unique")[:16]
+    first, second = torch.tensor([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs])
+    labels = torch.tensor([p[2] for p in pairs])
+    reference_model = SentenceTransformer(str(minilm_dir), device="cpu").eval()
+    features = [
+        reference_model.tokenize([texts[i] for i in first.tolist()]),
+        reference_model.tokenize([texts[i] for i in second.tolist()]),
+    ]
+    with torch.no_grad():
+        reference = CosineSimilarityLoss(reference_model)(features, labels)
+    encoder, tokenizer = minilm
+    with torch.no_grad():
+        a, b = embed_pairs(encoder, tokenizer(texts, max_length=256), first, second)
+    torch.testing.assert_close(
+        cosine_similarity_loss(a, b, labels), reference, rtol=1e-4, atol=1e-6
+    )
+
+
+def test_deduplicated_pairs_give_the_plain_loss_and_gradients(tiny_dir, sst2):
+    texts = [ex.text for ex in sst2[0][:6]]
+    tokens = Tokenizer.from_pretrained(tiny_dir)(texts, max_length=64)
+    first, second = torch.tensor([0, 0, 1, 2, 5, 5]), torch.tensor([1, 0, 3, 2, 4, 1])
+    labels = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 1.0])
+    results = []
+    for dedupe in (True, False):
+        encoder = load_bert(tiny_dir).eval()
+        a, b = embed_pairs(encoder, tokens, first, second, dedupe=dedupe)
+        loss = cosine_similarity_loss(a, b, labels)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in encoder.layers.parameters()]))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-6, atol=1e-7)
+    for g1, g2 in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# Heads
+
+
+@settings(deadline=None, max_examples=10)
+@given(
+    n=st.integers(6, 40),
+    dim=st.integers(2, 8),
+    k=st.integers(2, 4),
+    seed=st.integers(0, 2**31),
+    C=st.sampled_from([0.1, 1.0, 10.0]),
+)
+def test_logistic_regression_coefficients_equal_scikit_learn(n, dim, k, seed, C):
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, dim))
+    y = rng.permutation(np.arange(n) % k)  # every class present
+    head = fit_logistic_regression(
+        LinearHead(dim, k, binary=k == 2),
+        torch.tensor(X, dtype=torch.float32),
+        torch.tensor(y),
+        C=C,
+    )
+    reference = LogisticRegression(C=C, tol=1e-10, max_iter=100_000).fit(X, y)
+    np.testing.assert_allclose(head.linear.weight.detach().numpy(), reference.coef_, atol=2e-4)
+    np.testing.assert_allclose(head.linear.bias.detach().numpy(), reference.intercept_, atol=2e-4)
+    ours = head(torch.tensor(X, dtype=torch.float32)).softmax(-1).detach().numpy()
+    np.testing.assert_allclose(ours, reference.predict_proba(X), atol=1e-4)
+
+
+@pytest.mark.parametrize("dataset", ["sst2", "emotion"])
+def test_logistic_head_accuracy_matches_scikit_learn_on_real_embeddings(
+    dataset, minilm, data_dir, sst2
+):
+    """Default LogisticRegression() (lbfgs, C=1, max_iter=100) vs minift's head, same embeddings
+    of real sentences: held-out accuracy within one point."""
+    from sklearn.linear_model import LogisticRegression
+
+    if dataset == "sst2":
+        pool, dev, shots = sst2[0], sst2[1][:150], 24
+    else:
+        pool = read_semicolon_examples(data_dir / "emotion" / "train.txt")
+        dev, shots = read_semicolon_examples(data_dir / "emotion" / "val.txt")[:150], 10
+    chosen = sample_shots([ex.label for ex in pool], shots, torch.Generator().manual_seed(0))
+    train = [pool[i] for i in chosen]
+    names = sorted({ex.label for ex in train})  # every class, so every dev label
+    encoder, tokenizer = minilm
+    X_train = encode(encoder, tokenizer, [ex.text for ex in train])
+    X_dev = encode(encoder, tokenizer, [ex.text for ex in dev])
+    y_train = torch.tensor([names.index(ex.label) for ex in train])
+    y_dev = np.array([names.index(ex.label) for ex in dev])
+    head = fit_logistic_regression(
+        LinearHead(X_train.shape[1], len(names), len(names) == 2), X_train, y_train
+    )
+    ours = (head(X_dev).argmax(-1).numpy() == y_dev).mean()
+    reference = LogisticRegression().fit(X_train.numpy(), y_train.numpy())
+    theirs = (reference.predict(X_dev.numpy()) == y_dev).mean()
+    assert abs(ours - theirs) <= 0.01, (ours, theirs)
+
+
+def test_end_to_end_head_trains_the_encoder_and_frozen_does_not(tiny_dir, sst2):
+    texts = [ex.text for ex in sst2[0][:6]]
+    label_ids = [0, 1, 0, 1, 1, 0]
+    for end_to_end in (False, True):
+        encoder = load_bert(tiny_dir)
+        before = [p.detach().clone() for p in encoder.parameters()]
+        head = LinearHead(32, 2)
+        head_before = head.linear.weight.detach().clone()
+        model = SetFitModel(encoder, Tokenizer.from_pretrained(tiny_dir), head, ["n", "p"])
+        config = SetFitConfig(head="linear", end_to_end=end_to_end, head_epochs=2)
+        train_head(model, texts, label_ids, config)
+        moved = [not torch.equal(a, b) for a, b in zip(before, encoder.parameters(), strict=True)]
+        assert any(moved) == end_to_end
+        assert not torch.equal(head_before, head.linear.weight)
+
+
+# --------------------------------------------------------------------------------------------
+# The whole model: save / load, bad input, the command line
+
+
+@pytest.mark.parametrize("head", ["logistic", "linear"])
+def test_save_and_load_give_identical_predictions(head, tiny_dir, sst2, tmp_path):
+    chosen = sample_shots([ex.label for ex in sst2[0]], 4, torch.Generator().manual_seed(0))
+    texts = [sst2[0][i].text for i in chosen]
+    labels = [sst2[0][i].label for i in chosen]
+    config = SetFitConfig(head=head, head_epochs=2, max_length=64, seed=3)
+    model, stats = train_setfit(
+        load_bert(tiny_dir), Tokenizer.from_pretrained(tiny_dir), texts, labels, config, log=None
+    )
+    assert stats["pairs"] == len(contrastive_pairs(labels, seed=3))
+    model.save_pretrained(tmp_path / "saved")
+    loaded = SetFitModel.from_pretrained(tmp_path / "saved")
+    dev = [ex.text for ex in sst2[1][:20]]
+    assert torch.equal(model.predict_proba(dev), loaded.predict_proba(dev))
+    assert model.predict(dev) == loaded.predict(dev)
+    assert set(model.predict(dev)) <= {"0", "1"}
+
+
+def test_loading_a_folder_without_a_head_says_so(tiny_dir):
+    with pytest.raises(ValueError, match="setfit_head.json"):
+        SetFitModel.from_pretrained(tiny_dir)
+
+
+def test_bad_settings_are_refused():
+    for bad in (
+        {"sampling": "random"},
+        {"loss": "triplet"},
+        {"head": "svm"},
+        {"num_iterations": 0},
+        {"batch_size": 0},
+        {"lr": 0.0},
+    ):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            SetFitConfig(**bad)
+
+
+def test_semicolon_reader_reads_emotion_and_names_a_bad_line(data_dir, tmp_path):
+    examples = read_semicolon_examples(data_dir / "emotion" / "val.txt")
+    assert len(examples) == 2000 and examples[0].line == 2
+    assert {ex.label for ex in examples} == {"sadness", "joy", "love", "anger", "fear", "surprise"}
+    bad = tmp_path / "bad.txt"
+    bad.write_text("text;label_name\ni feel fine;joy\ntwo;fields;here\n")
+    with pytest.raises(DataError, match=r"bad.txt:3: expected 2 fields"):
+        read_semicolon_examples(bad)
+
+
+def _write_tsv(path, rows):
+    path.write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in rows))
+
+
+def test_cli_tiny_run_writes_metrics(tiny_dir, sst2, tmp_path, capsys):
+    _write_tsv(tmp_path / "train.tsv", [(ex.text, ex.label) for ex in sst2[0][:40]])
+    _write_tsv(tmp_path / "dev.tsv", [(ex.text, ex.label) for ex in sst2[1][:16]])
+    code = main(
+        [
+            "setfit",
+            "--model",
+            str(tiny_dir),
+            "--train",
+            str(tmp_path / "train.tsv"),
+            "--dev",
+            str(tmp_path / "dev.tsv"),
+            "--text-col",
+            "sentence",
+            "--shots",
+            "3",
+            "--seeds",
+            "2",
+            "--max-length",
+            "64",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "contrastive pairs: " in printed  # the count is printed before training
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    dev = metrics["dev"]
+    assert [run["seed"] for run in dev["per_seed"]] == [0, 1]
+    scores = [run["accuracy"] for run in dev["per_seed"]]
+    assert all(0.0 <= s <= 1.0 for s in scores)
+    assert dev["accuracy_mean"] == pytest.approx(np.mean(scores))
+    assert dev["accuracy_std"] == pytest.approx(np.std(scores, ddof=1))
+    assert metrics["train"]["pairs"] == len(contrastive_pairs([0] * 3 + [1] * 3))
+    assert SetFitModel.from_pretrained(tmp_path / "out" / "model").labels == ["0", "1"]
+
+
+def test_cli_refuses_one_class_and_too_few_examples(tiny_dir, sst2, tmp_path, capsys):
+    _write_tsv(tmp_path / "one.tsv", [(ex.text, "1") for ex in sst2[0][:10]])
+    _write_tsv(tmp_path / "few.tsv", [(ex.text, ex.label) for ex in sst2[0][:10]])
+    base = [
+        "setfit",
+        "--model",
+        str(tiny_dir),
+        "--text-col",
+        "sentence",
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    assert (
+        main([*base, "--train", str(tmp_path / "one.tsv"), "--dev", str(tmp_path / "one.tsv")]) == 2
+    )
+    assert "found a single label" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                *base,
+                "--train",
+                str(tmp_path / "few.tsv"),
+                "--dev",
+                str(tmp_path / "few.tsv"),
+                "--shots",
+                "50",
+            ]
+        )
+        == 2
+    )
+    assert "fewer than the 50 shots" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "metrics.json").exists()
