@@ -377,12 +377,15 @@ def load_encoder_weights(model: BertModel, encoder: dict[str, torch.Tensor], sou
 
 
 def load_bert_with_heads(path: str | os.PathLike, *, allow_unexpected: bool = False,
-                         add_pooling_layer: bool = True
+                         add_pooling_layer: bool = True, init_missing_pooler: bool = False
                          ) -> tuple[BertModel, dict[str, torch.Tensor]]:
     """Load the encoder from a folder; also return head weights (``cls.*``, ``classifier.*``).
 
     ``add_pooling_layer=False`` builds the encoder without a pooler and drops pooler weights
     (token-level heads have none; transformers saves them without one).
+    ``init_missing_pooler=True`` accepts a checkpoint without pooler weights (an MLM or token
+    classification checkpoint) and keeps the pooler freshly initialised, saying so, as
+    transformers does; any other missing key is still an error.
     """
     folder = resolve_model_dir(path)
     config = read_config(folder)
@@ -394,6 +397,10 @@ def load_bert_with_heads(path: str | os.PathLike, *, allow_unexpected: bool = Fa
     model = BertModel(config, add_pooling_layer=add_pooling_layer)
     if not add_pooling_layer:
         encoder = {k: v for k, v in encoder.items() if not k.startswith("pooler.")}
+    elif init_missing_pooler and not any(k.startswith("pooler.") for k in encoder):
+        print(f"{source}: no pooler weights; the pooler is freshly initialised")
+        encoder = encoder | {k: v for k, v in model.state_dict().items()
+                             if k.startswith("pooler.")}
     load_encoder_weights(model, encoder, source)
     return model.eval(), heads
 

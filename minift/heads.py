@@ -81,7 +81,8 @@ class _Classifier(nn.Module):
         With no head in the checkpoint (a plain encoder such as MiniLM), the head is freshly
         initialised as transformers does: N(0, initializer_range) weights, zero bias.
         """
-        encoder, heads = load_bert_with_heads(path, add_pooling_layer=cls.add_pooling_layer)
+        encoder, heads = load_bert_with_heads(path, add_pooling_layer=cls.add_pooling_layer,
+                                              init_missing_pooler=True)
         raw_id2label = _read_id2label(path)
         if id2label is None and num_labels is None and raw_id2label:
             id2label = raw_id2label

@@ -129,3 +129,15 @@ def test_freeze_modes():
     for bad in ("last-3", "last-0", "some", "last-x"):
         with pytest.raises(ValueError, match="freeze mode"):
             freeze(model, bad)
+
+
+def test_sequence_classifier_loads_a_checkpoint_without_pooler(tmp_path):
+    """An MLM checkpoint (e.g. `minift pretrain` output) has no pooler: it is initialised."""
+    torch.manual_seed(0)
+    mlm = transformers.BertForMaskedLM(transformers.BertConfig(**TINY))
+    mlm.save_pretrained(tmp_path)
+    model = SequenceClassifier.from_pretrained(tmp_path, num_labels=2)
+    torch.testing.assert_close(model.bert.embeddings.word_embeddings.weight,
+                               mlm.bert.embeddings.word_embeddings.weight)
+    assert model.bert.pooler is not None
+    assert model.bert.pooler.dense.bias.abs().sum() == 0  # BERT's initialisation
