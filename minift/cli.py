@@ -457,6 +457,24 @@ def cmd_ner(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_training_options(p: argparse.ArgumentParser) -> None:
+    """The training-loop options that `finetune` and `ner` share (see `minift.train`)."""
+    p.add_argument("--warmup-ratio", type=float, default=0.1)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--schedule", choices=["linear", "cosine", "constant"], default="linear")
+    p.add_argument("--freeze", default="none", help="none | head | last-N")
+    p.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off")
+    p.add_argument("--optimizer", choices=["auto", "fused", "foreach", "hand"], default="auto")
+    p.add_argument("--eval-every", type=int, help="steps between evaluations (default: epoch)")
+    p.add_argument("--patience", type=int, help="early stopping after N evals without gain")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/run/resume.pt")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--out", required=True, help="output folder")
+
+
 def add_ner_parser(sub) -> None:
     """Register ``minift ner`` on the subcommand parsers ``sub``."""
     p = sub.add_parser("ner", help="fine-tune a token classifier (NER or POS) on CoNLL files")
@@ -481,20 +499,7 @@ def add_ner_parser(sub) -> None:
     p.add_argument("--stride-words", type=int, default=16, help="overlap of windows, in words")
     p.add_argument("--label-all-subwords", action="store_true",
                    help="train on every sub-word (B- continuations become I-), not the first")
-    p.add_argument("--warmup-ratio", type=float, default=0.1)
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--schedule", choices=["linear", "cosine", "constant"], default="linear")
-    p.add_argument("--freeze", default="none", help="none | head | last-N")
-    p.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off")
-    p.add_argument("--optimizer", choices=["auto", "fused", "foreach", "hand"], default="auto")
-    p.add_argument("--eval-every", type=int, help="steps between evaluations (default: epoch)")
-    p.add_argument("--patience", type=int, help="early stopping after N evals without gain")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/run/resume.pt")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--out", required=True, help="output folder")
+    add_training_options(p)
     p.set_defaults(func=cmd_ner)
 
 
@@ -867,20 +872,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--batch-size", type=int, default=32)
     ft.add_argument("--grad-accum", type=int, default=1)
     ft.add_argument("--max-length", type=int, default=128)
-    ft.add_argument("--warmup-ratio", type=float, default=0.1)
-    ft.add_argument("--weight-decay", type=float, default=0.01)
-    ft.add_argument("--schedule", choices=["linear", "cosine", "constant"], default="linear")
-    ft.add_argument("--freeze", default="none", help="none | head | last-N")
-    ft.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off")
-    ft.add_argument("--optimizer", choices=["auto", "fused", "foreach", "hand"], default="auto")
-    ft.add_argument("--eval-every", type=int, help="steps between evaluations (default: epoch)")
-    ft.add_argument("--patience", type=int, help="early stopping after N evals without gain")
-    ft.add_argument("--seed", type=int, default=0)
-    ft.add_argument("--compile", action="store_true", help="torch.compile the model")
-    ft.add_argument("--resume", action="store_true", help="continue from OUT/run/resume.pt")
-    ft.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
-    ft.add_argument("--no-progress", action="store_true", help="no progress bar")
-    ft.add_argument("--out", required=True, help="output folder")
+    add_training_options(ft)
     ft.set_defaults(func=cmd_finetune)
 
     add_ner_parser(sub)
