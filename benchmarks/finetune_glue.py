@@ -150,8 +150,10 @@ def main() -> None:
                 return f"{values[0]:.2f}"
             return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
-        delta = statistics.mean(100 * (r["minift"]["accuracy"] - r["reference"]["accuracy"])
-                                for r in per_seed)
+        deltas = [100 * (r["minift"]["accuracy"] - r["reference"]["accuracy"]) for r in per_seed]
+        delta = statistics.mean(deltas)
+        # The standard error of the mean paired difference: the noise left in "Δ acc".
+        delta_se = statistics.stdev(deltas) / len(deltas) ** 0.5 if len(deltas) > 1 else 0.0
         ratio = statistics.median(r["minift"]["train_seconds"] / r["reference"]["seconds"]
                                   for r in per_seed)
         rows.append({
@@ -159,7 +161,8 @@ def main() -> None:
             "seeds": len(per_seed),
             "minift acc": stat("minift", "accuracy"), "ref acc": stat("reference", "accuracy"),
             "minift F1": stat("minift", "f1"), "ref F1": stat("reference", "f1"),
-            "Δ acc (pts, mean)": delta, "time ratio (minift/ref)": ratio,
+            "Δ acc (pts, mean)": delta, "Δ std err": delta_se,
+            "time ratio (minift/ref)": ratio,
         })
         print(format_table(rows[-1:], float_format=".2f"), flush=True)
     machine = {"platform": platform.platform(), "processor": platform.processor(),

@@ -9,7 +9,9 @@ GLUE task from MINIFT_DATA; ``minift similarity`` prints the cosine similarity o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import random
 import sys
 import time
@@ -53,6 +55,25 @@ def cmd_similarity(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 # finetune
 # --------------------------------------------------------------------------------------------
+
+
+def pick_device(device: str | None):
+    """The device to run on (default: cuda when available); under torchrun, also join the
+    process group (`minift.distributed`) and take this rank's own GPU."""
+    import torch
+
+    from minift import distributed
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    distributed.setup(device.type)
+    return distributed.local_device(device)
+
+
+def _is_main() -> bool:
+    """False on the ranks of a torchrun job that only help to train (rank 0 writes the results)."""
+    from minift import distributed
+
+    return distributed.context().is_main
 
 
 def _subset(examples: list, limit: int | None, seed: int) -> list:
@@ -148,7 +169,7 @@ def finetune(*, model: str, out: str, task: str | None = None, train: str | None
     classifier = heads.SequenceClassifier.from_pretrained(
         folder, num_labels=len(vocab), id2label=dict(enumerate(vocab.labels)))
     trainable, total = heads.freeze(classifier, freeze)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(device)
     classifier.to(device)
     print(f"data: {len(train_examples)} train / {len(dev_examples)} dev examples, "
           f"labels {vocab.labels}; model {folder}")
@@ -157,8 +178,10 @@ def finetune(*, model: str, out: str, task: str | None = None, train: str | None
     def evaluate(m):
         return classification_metrics(m, dev_batches, len(vocab), device)
 
-    before = evaluate(classifier)
-    print(f"dev before fine-tuning: accuracy {before['accuracy']:.4f}  f1 {before['f1']:.4f}")
+    before = evaluate(classifier) if _is_main() else {}  # under torchrun rank 0 evaluates
+    if before:
+        print(f"dev before fine-tuning: accuracy {before['accuracy']:.4f}  "
+              f"f1 {before['f1']:.4f}")
 
     out_dir = Path(out)
     config = TrainConfig(
@@ -176,6 +199,8 @@ def finetune(*, model: str, out: str, task: str | None = None, train: str | None
         config, evaluate=evaluate, device=device, resume=resume,
     )
     seconds = time.perf_counter() - start
+    if not _is_main():
+        return {}  # the other ranks of a torchrun job are done: rank 0 writes the results
     best = heads.SequenceClassifier.from_pretrained(out_dir / "run" / "best").to(device)
     after = evaluate(best)
     best.save_pretrained(out_dir)
@@ -381,7 +406,7 @@ def ner(*, model: str, train: str, dev: str, out: str, test: str | None = None,
     tagger = heads.TokenClassifier.from_pretrained(folder, num_labels=len(labels),
                                                    id2label=dict(enumerate(labels.labels)))
     trainable, total = heads.freeze(tagger, freeze)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(device)
     tagger.to(device)
     print(f"freeze={freeze}: {trainable:,} of {total:,} parameters train")
     metric = "f1" if task == "ner" else "accuracy"
@@ -413,6 +438,8 @@ def ner(*, model: str, train: str, dev: str, out: str, test: str | None = None,
         train_config, evaluate=evaluate, device=device, resume=resume,
     )
     seconds = time.perf_counter() - start
+    if not _is_main():
+        return {}  # the other ranks of a torchrun job are done: rank 0 writes the results
 
     # ---- the best checkpoint on dev and test ----
     best = heads.TokenClassifier.from_pretrained(out_dir / "run" / "best").to(device)
@@ -599,7 +626,7 @@ def pretrain(*, model: str, text: str | list[str], out: str, eval_text: str | No
 
     torch.manual_seed(seed)  # a fresh MLM head's initialisation
     mlm = MaskedLM.from_pretrained(folder)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(device)
     mlm.to(device)
     tokens = sum(train_seqs.lengths)
     print(f"data: {len(passages)} passages -> {len(train_seqs)} sequences, {tokens:,} tokens "
@@ -615,9 +642,10 @@ def pretrain(*, model: str, text: str | list[str], out: str, eval_text: str | No
     def evaluate(m):
         return mlm_metrics(m, eval_batches, device)
 
-    before = evaluate(mlm)
-    print(f"held-out before: perplexity {before['perplexity']:.2f}  masked accuracy "
-          f"{before['masked_accuracy']:.4f} ({before['masked_tokens']} masked tokens)")
+    before = evaluate(mlm) if _is_main() else {}  # under torchrun rank 0 evaluates
+    if before:
+        print(f"held-out before: perplexity {before['perplexity']:.2f}  masked accuracy "
+              f"{before['masked_accuracy']:.4f} ({before['masked_tokens']} masked tokens)")
     out_dir = Path(out)
     config = TrainConfig(
         out_dir=out_dir / "run", max_steps=steps, lr=lr, weight_decay=weight_decay,
@@ -632,6 +660,8 @@ def pretrain(*, model: str, text: str | list[str], out: str, eval_text: str | No
         config, evaluate=evaluate, device=device, resume=resume,
     )
     seconds = time.perf_counter() - start
+    if not _is_main():
+        return {}  # the other ranks of a torchrun job are done: rank 0 writes the results
     best = MaskedLM.from_pretrained(out_dir / "run" / "best").to(device)
     after = evaluate(best)
     best.save_pretrained(out_dir)
@@ -763,7 +793,7 @@ def setfit(*, model: str, train: str, dev: str, out: str, text_col: str = "text"
     dev_texts = [ex.text for ex in dev_examples]
     dev_gold = [ex.label for ex in dev_examples]
     tokenizer = Tokenizer.from_pretrained(folder)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(device)
     print(f"data: {len(train_examples)} train / {len(dev_examples)} dev examples, labels "
           f"{vocab.labels}; {shots} shots a class, {seeds} seeds; model {folder}")
     out_dir = Path(out)
@@ -883,12 +913,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``minift`` console script and ``python -m minift``."""
+    from minift import distributed
+
     args = build_parser().parse_args(argv)
+    # Under torchrun every rank runs this command; only rank 0 prints (errors show from all).
+    helper_rank = distributed.launched() and os.environ.get("RANK", "0") != "0"
     try:
-        return args.func(args)
+        with open(os.devnull, "w") if helper_rank else contextlib.nullcontext() as quiet:
+            with contextlib.redirect_stdout(quiet) if helper_rank else contextlib.nullcontext():
+                return args.func(args)
     except ValueError as err:  # bad input: one clear line, no traceback
-        print(f"minift: error: {err}", file=sys.stderr)
+        where = f" (rank {os.environ['RANK']})" if distributed.launched() else ""
+        print(f"minift: error{where}: {err}", file=sys.stderr)
         return 2
+    finally:
+        distributed.teardown()
 
 
 if __name__ == "__main__":

@@ -35,6 +35,14 @@ Decisions a reader should know about:
   resumed run ends with exactly the weights of an uninterrupted one. `resume=True` without that
   file raises `ValueError` rather than silently training from scratch; a resume whose
   configuration changes the run warns and names the differences.
+- **Data parallel.** Launched by `torchrun --nproc_per_node=N`, the loop joins the process group
+  (`minift.distributed`), wraps the model in `DistributedDataParallel`, and each rank trains on
+  its rows of every global batch, each micro-batch weighted by its share of the window's targets
+  times N (DDP averages the ranks' gradients), so N processes take the steps one process takes
+  with the same global batch. Gradients sync once per optimizer step (`no_sync` on the other
+  micro-steps). The logged loss is summed over ranks; only rank 0 evaluates (the metrics are
+  broadcast, so early stopping is decided alike everywhere), logs, shows progress and writes
+  files, and resume.pt carries every rank's RNG states. Dropout draws from seed + rank.
 - **Files are replaced atomically.** `resume.pt` via a temporary file, fsync and `os.replace`;
   the `best/` folder via a temporary sibling folder and two renames. A crash at any moment leaves
   the previous version loadable.
@@ -55,8 +63,10 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from minift import distributed
 from minift.checkpoint import atomic_write_bytes, write_safetensors
 from minift.optim import IMPLEMENTATIONS, SCHEDULES, make_optimizer, make_scheduler
 
@@ -236,39 +246,66 @@ def _loss_of(output: object) -> Tensor:
     return loss
 
 
+def _stand_in(window: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """One row of the window that has a target: what a rank with nothing to do runs at weight 0."""
+    for batch in window:
+        size = _batch_size(batch)
+        labels = batch.get("labels")
+        for row in range(size):
+            if not isinstance(labels, Tensor) or bool((labels[row] != -100).any()):
+                return {
+                    key: value[row : row + 1]
+                    if isinstance(value, Tensor) and value.ndim > 0 and value.shape[0] == size
+                    else value
+                    for key, value in batch.items()
+                }
+    raise AssertionError("_stand_in is only called for a window with targets")
+
+
 def _backward_window(
     forward_model: nn.Module,
     window: list[dict[str, Tensor]],
     device: torch.device,
     amp_dtype: torch.dtype | None,
     scaler: torch.amp.GradScaler,
-) -> list[float]:
-    """Forward and backward every micro-batch of one optimizer step's window.
+    ctx: distributed.Context,
+    no_sync: Callable[[], contextlib.AbstractContextManager],
+) -> Tensor:
+    """Forward and backward this rank's part of every micro-batch of one optimizer step's window.
 
     Each micro-batch's mean loss is weighted by its share of the window's targets, so the summed
-    gradient is that of the mean over every target in the window. Returns the weighted losses
-    (they add up to that mean); a micro-batch without targets is skipped and counts 0.
+    gradient is that of the mean over every target in the window. A micro-batch without targets
+    is skipped (its mean would be 0/0). Returns the weighted losses: they add up to that mean
+    (under DDP, once summed over the ranks).
+
+    Under DDP each rank runs its shard (`distributed.shard`) weighted by its share of the
+    window's targets times the world size, since DDP averages the ranks' gradients. They sync
+    on the window's last backward only (`no_sync` before it); a rank whose last shard has no
+    target runs that backward on a stand-in row at weight 0, so every rank joins the all-reduce.
     """
-    targets = [_count_targets(batch) for batch in window]
-    window_targets = sum(targets)
-    losses = []
-    for batch, n_targets in zip(window, targets, strict=True):
-        if n_targets == 0:
-            losses.append(
-                torch.zeros((), device=device)
-            )  # nothing to learn from (its mean would be 0/0)
+    window_targets = sum(_count_targets(batch) for batch in window)  # over the global batches
+    losses = torch.zeros(len(window), device=device)
+    if window_targets == 0:  # nothing to learn from, on any rank
+        return losses
+    shards = [distributed.shard(batch, ctx) for batch in window]
+    for i, part in enumerate(shards):
+        n_targets = _count_targets(part)
+        last = i == len(window) - 1
+        if n_targets == 0 and not (last and ctx.enabled):
             continue
+        batch = part if n_targets > 0 else _stand_in(window)
+        weight = n_targets * ctx.world_size / window_targets
         autocast = (
             torch.autocast(device_type=device.type, dtype=amp_dtype)
             if amp_dtype is not None
             else contextlib.nullcontext()
         )
-        with autocast:
-            loss = _loss_of(forward_model(**_to_device(batch, device)))
-        loss = loss.float() * (n_targets / window_targets)
-        scaler.scale(loss).backward()  # fp16: the scaled loss; otherwise the loss itself
-        losses.append(loss.detach())
-    return torch.stack(losses).tolist()  # one device sync per step
+        with no_sync() if ctx.enabled and not last else contextlib.nullcontext():
+            with autocast:
+                loss = _loss_of(forward_model(**_to_device(batch, device))).float()
+            scaler.scale(loss * weight).backward()  # fp16: the scaled loss; else the loss itself
+        losses[i] = loss.detach() * (n_targets / window_targets)
+    return losses
 
 
 # ---------------------------------------------------------------------------------------------
@@ -513,6 +550,8 @@ def train(
       replaces `out_dir/best` (default: `model.save_pretrained`, else model.safetensors).
     - `device`: where the batches (and the model) go; default the model's device.
     - `resume=True` continues from `out_dir/resume.pt` (ValueError if there is none).
+    - Under torchrun every rank calls `train` with the same arguments and the same batches;
+      see "Data parallel" in the module doc. A bare "cuda" device means the rank's own GPU.
     """
     # ---- check everything before anything runs ---------------------------------------------
     config.check()
@@ -521,8 +560,10 @@ def train(
         if first_param is None:
             raise ValueError(f"{type(model).__name__} has no parameters to train")
         device = first_param.device
-    device = torch.device(device)
+    ctx = distributed.setup(torch.device(device).type)  # one process unless torchrun says so
+    device = distributed.local_device(torch.device(device))
     _check_device(config, model, device)
+    say = print if ctx.is_main else (lambda *args, **kwargs: None)
     if config.patience is not None and evaluate is None:
         raise ValueError("TrainConfig.patience is set but no evaluate function was given")
     save_best = save_best or _default_save_best
@@ -531,18 +572,24 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     resume_path, log_path, best_dir = out_dir / "resume.pt", out_dir / "log.jsonl", out_dir / "best"
     checkpoint = _load_resume(resume_path) if resume else None
-    _recover_best(best_dir)
-    for leftover in out_dir.glob(".resume.pt.*.tmp"):  # from a process killed mid-write
-        leftover.unlink()
+    if ctx.is_main:
+        _recover_best(best_dir)
+        for leftover in out_dir.glob(".resume.pt.*.tmp"):  # from a process killed mid-write
+            leftover.unlink()
 
     # ---- the pieces: model, data, optimizer, schedule, scaler ------------------------------
-    random.seed(config.seed)
-    torch.manual_seed(config.seed)
+    random.seed(config.seed + ctx.rank)
+    torch.manual_seed(config.seed + ctx.rank)
     model.to(device)
     model.train()
     n_total = sum(param.numel() for param in model.parameters())
     n_trainable = sum(param.numel() for param in model.parameters() if param.requires_grad)
-    print(f"train: {n_trainable:,} trainable parameters of {n_total:,}")
+    say(f"train: {n_trainable:,} trainable parameters of {n_total:,}")
+    if ctx.enabled:
+        say(
+            f"train: {ctx.world_size} processes (DistributedDataParallel); each batch is split "
+            "across them"
+        )
 
     first_batches = train_batches(0)
     batches_per_epoch = len(first_batches)
@@ -558,13 +605,17 @@ def train(
     # fp16 needs loss scaling; bf16 and fp32 do not (a disabled scaler passes everything through).
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
     trainable = [param for param in model.parameters() if param.requires_grad]
-    forward_model = torch.compile(model) if config.compile else model
 
     run = {key: getattr(config, key) for key in _RUN_KEYS}
-    run |= {"batches_per_epoch": batches_per_epoch, "total_steps": total_steps}
+    run |= {
+        "batches_per_epoch": batches_per_epoch,
+        "total_steps": total_steps,
+        "world_size": ctx.world_size,
+    }
     progress = _Progress()
     if checkpoint is None:
-        log_path.write_text("", encoding="utf-8")
+        if ctx.is_main:
+            log_path.write_text("", encoding="utf-8")
     else:
         _warn_if_run_differs(checkpoint["run"], run, resume_path)
         model.load_state_dict(checkpoint["model"])
@@ -575,13 +626,29 @@ def train(
         progress = _Progress(**checkpoint["progress"])
         # The log restarts from the checkpoint's history: records written after the checkpoint
         # are dropped, since the steps that wrote them run again.
-        lines = "".join(json.dumps(record) + "\n" for record in progress.history)
-        atomic_write_bytes(log_path, lines.encode("utf-8"))
-        _set_rng_states(checkpoint["rng"])  # last, so nothing above draws from them
-        print(f"train: resumed from {resume_path} at step {progress.step}")
+        if ctx.is_main:
+            lines = "".join(json.dumps(record) + "\n" for record in progress.history)
+            atomic_write_bytes(log_path, lines.encode("utf-8"))
+        rng = checkpoint.get("rng_ranks") or [checkpoint["rng"]]
+        _set_rng_states(rng[ctx.rank % len(rng)])  # last, so nothing above draws from them
+        say(f"train: resumed from {resume_path} at step {progress.step}")
+
+    # Under torchrun: DDP all-reduces the gradients (and first copies rank 0's weights to all).
+    ddp = None
+    if ctx.enabled:
+        ddp = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    forward_model = ddp or model
+    forward_model = torch.compile(forward_model) if config.compile else forward_model
 
     # ---- the loop ----------------------------------------------------------------------------
-    bar = tqdm(total=total_steps, initial=progress.step, disable=not config.progress, desc="train")
+    bar = tqdm(
+        total=total_steps,
+        initial=progress.step,
+        desc="train",
+        disable=not (config.progress and ctx.is_main),
+    )
     start_time = time.perf_counter() - progress.elapsed
     last_log_time, losses_since_log, examples_since_log = time.perf_counter(), [], 0
     try:
@@ -600,7 +667,17 @@ def train(
                     progress.position, min(progress.position + config.grad_accum, len(batches))
                 )
                 window = [batches[i] for i in indices]
-                micro_losses = _backward_window(forward_model, window, device, amp_dtype, scaler)
+                micro_losses = distributed.all_sum(
+                    _backward_window(
+                        forward_model,
+                        window,
+                        device,
+                        amp_dtype,
+                        scaler,
+                        ctx,
+                        ddp.no_sync if ddp is not None else contextlib.nullcontext,
+                    )
+                ).tolist()  # one device sync per step
                 step_loss = sum(micro_losses)  # the mean loss over the window's targets
                 if config.amp != "fp16" and not math.isfinite(step_loss):
                     bad = next(
@@ -663,7 +740,8 @@ def train(
                             "skipped_steps": progress.skipped_steps,
                             "loss_scale": scaler.get_scale(),
                         }
-                    _append_log(log_path, record)
+                    if ctx.is_main:
+                        _append_log(log_path, record)
                     progress.history.append(record)
                     last_log_time, losses_since_log, examples_since_log = now, [], 0
 
@@ -673,9 +751,13 @@ def train(
                 else:
                     at_eval = epoch_done or finished
                 if at_eval and evaluate is not None:
-                    metrics = _run_evaluation(model, evaluate, config.metric)
+                    # Rank 0 evaluates; every rank gets its metrics and decides alike.
+                    metrics = distributed.broadcast(
+                        _run_evaluation(model, evaluate, config.metric) if ctx.is_main else None
+                    )
                     record = {"step": progress.step, "eval": metrics}
-                    _append_log(log_path, record)
+                    if ctx.is_main:
+                        _append_log(log_path, record)
                     progress.history.append(record)
                     progress.last_eval = metrics
                     value = metrics[config.metric]
@@ -685,17 +767,19 @@ def train(
                             progress.step,
                             0,
                         )
-                        _save_best_atomically(save_best, model, best_dir)
+                        if ctx.is_main:
+                            _save_best_atomically(save_best, model, best_dir)
                     else:
                         progress.bad_evals += 1
                         progress.stopped_early = (
                             config.patience is not None and progress.bad_evals >= config.patience
                         )
                     shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-                    tqdm.write(
-                        f"step {progress.step}: {shown}"
-                        + (" (best)" if progress.best_step == progress.step else "")
-                    )
+                    if ctx.is_main:
+                        tqdm.write(
+                            f"step {progress.step}: {shown}"
+                            + (" (best)" if progress.best_step == progress.step else "")
+                        )
 
                 # ---- save the resume checkpoint ----
                 if config.save_every is not None:
@@ -704,16 +788,19 @@ def train(
                     save_due = at_eval
                 if save_due or finished or progress.stopped_early:
                     progress.elapsed = time.perf_counter() - start_time
-                    checkpoint = {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "scaler": scaler.state_dict(),
-                        "progress": asdict(progress),
-                        "run": run,
-                        "rng": _rng_states(),
-                    }
-                    _atomic_torch_save(checkpoint, resume_path)
+                    rng = distributed.gather(_rng_states())  # every rank's, in rank order
+                    if ctx.is_main:
+                        checkpoint = {
+                            "model": model.state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(),
+                            "scaler": scaler.state_dict(),
+                            "progress": asdict(progress),
+                            "run": run,
+                            "rng": rng[0],
+                            "rng_ranks": rng,
+                        }
+                        _atomic_torch_save(checkpoint, resume_path)
                 if finished or progress.stopped_early:
                     break
             if progress.position >= len(batches):
@@ -722,7 +809,7 @@ def train(
         bar.close()
 
     if progress.stopped_early:
-        print(
+        say(
             f"train: stopped early at step {progress.step}: {config.metric} has not improved in "
             f"{progress.bad_evals} evaluations (best {progress.best_metric} at step "
             f"{progress.best_step})"

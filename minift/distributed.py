@@ -1,0 +1,154 @@
+"""Data parallelism on PyTorch's own engine: torchrun starts the processes, DDP syncs gradients.
+
+`torchrun --nproc_per_node=N -m minift finetune ...` starts N copies of the same command and
+tells each which one it is through environment variables (RANK, WORLD_SIZE, LOCAL_RANK,
+MASTER_ADDR, MASTER_PORT). This module is the little that minift adds on top:
+
+- `setup` reads those variables and joins the process group (gloo on CPU, NCCL on CUDA);
+  without them it does nothing and everything runs as one process.
+- `shard` is how the data is split. Every rank builds the same global batches (same data, same
+  epoch-seeded order: the same seed gives the same order on every rank), and each keeps rows
+  `rank, rank + N, rank + 2N, ...` of each batch. That is what `DistributedSampler` does, one
+  batch at a time: the shards are disjoint and together they are the global batch, so N
+  processes with a global batch of B take the same steps as one process with batch B (the test
+  checks the weights to 1e-5). Keeping the split inside the loop also keeps the batch count, the
+  data position and therefore resume identical on every rank.
+- `all_sum` and `broadcast` are the two collectives the loop needs besides DDP's own gradient
+  all-reduce: the training loss summed over ranks, and evaluation results sent from rank 0.
+
+The training loop (`minift.train`) does the rest: wrap the model in
+`DistributedDataParallel`, skip the gradient sync on accumulation micro-steps (`no_sync`), and
+let only rank 0 evaluate, log, show progress and write files.
+
+A rank that raises (bad data on its shard, out of memory) exits; torchrun's agent sees the
+failed process, stops the others and exits non-zero with that rank's error, so a job never
+waits on a dead rank. Outside torchrun, the process-group timeout (`MINIFT_DIST_TIMEOUT`,
+seconds, default 600) bounds the wait in a collective.
+"""
+
+import datetime
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+_LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where this process stands: its rank among `world_size` processes (one process: 0 of 1)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0  # the rank on this machine: which GPU it drives
+
+    @property
+    def enabled(self) -> bool:
+        """True when several processes train together."""
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 evaluates, logs, shows progress and writes files."""
+        return self.rank == 0
+
+
+def launched() -> bool:
+    """True when torchrun (or a launcher setting the same variables) started several processes."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def context() -> Context:
+    """This process's rank and world size (0 of 1 unless a process group is running)."""
+    if dist.is_available() and dist.is_initialized():
+        return Context(
+            dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+        )
+    return Context()
+
+
+def setup(device_type: str = "cpu") -> Context:
+    """Join the process group torchrun announced (gloo for CPU, NCCL for CUDA); idempotent.
+
+    Does nothing when the process was not launched with several ranks. On CUDA each process
+    takes the GPU numbered by its LOCAL_RANK.
+    """
+    if not launched() or (dist.is_available() and dist.is_initialized()):
+        return context()
+    missing = [name for name in _LAUNCH_VARIABLES if name not in os.environ]
+    if missing:
+        raise ValueError(
+            f"WORLD_SIZE={os.environ['WORLD_SIZE']} asks for distributed training but the "
+            f"environment lacks {', '.join(missing)}; launch with torchrun --nproc_per_node=N"
+        )
+    if not dist.is_available():
+        raise ValueError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    timeout = datetime.timedelta(seconds=float(os.environ.get("MINIFT_DIST_TIMEOUT", "600")))
+    dist.init_process_group(backend=backend, timeout=timeout)
+    return context()
+
+
+def teardown() -> None:
+    """Leave the process group (a no-op when there is none)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def local_device(device: torch.device) -> torch.device:
+    """The device this rank uses: a bare "cuda" becomes the GPU of its LOCAL_RANK."""
+    if device.type == "cuda" and device.index is None and launched():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+def shard(batch: Mapping[str, object], ctx: Context) -> dict[str, object]:
+    """This rank's rows of a global batch: rows `rank, rank + world_size, ...` of every tensor.
+
+    Tensors whose first dimension is not the batch's (and anything that is not a tensor) are
+    shared by all ranks and pass through whole. A rank can get zero rows (a last batch smaller
+    than the world); the loop handles that.
+    """
+    sizes = [v.shape[0] for v in batch.values() if isinstance(v, Tensor) and v.ndim > 0]
+    if not ctx.enabled or not sizes:
+        return dict(batch)
+    size = sizes[0]
+    return {
+        key: value[ctx.rank :: ctx.world_size]
+        if isinstance(value, Tensor) and value.ndim > 0 and value.shape[0] == size
+        else value
+        for key, value in batch.items()
+    }
+
+
+def all_sum(values: Tensor) -> Tensor:
+    """The element-wise sum of `values` over all ranks (the tensor itself with one process)."""
+    if context().enabled:
+        values = values.clone()
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def broadcast(obj: object, src: int = 0) -> object:
+    """Rank `src`'s `obj` on every rank (any picklable object; `obj` itself with one process)."""
+    if not context().enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def gather(obj: object) -> list[object]:
+    """Every rank's `obj`, in rank order, on every rank (`[obj]` with one process)."""
+    ctx = context()
+    if not ctx.enabled:
+        return [obj]
+    out: list[object] = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
