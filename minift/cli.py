@@ -114,6 +114,7 @@ def finetune(*, model: str, out: str, task: str | None = None, train: str | None
              resume: bool = False, warmup_ratio: float = 0.1, weight_decay: float = 0.01,
              schedule: str = "linear", grad_accum: int = 1, eval_every: int | None = None,
              patience: int | None = None, optimizer: str = "auto", compile: bool = False,
+        activation_checkpointing: bool = False,
              progress: bool = True, device: str | None = None) -> dict:
     """Fine-tune a sequence classifier; write the best model and ``metrics.json`` into ``out``.
 
@@ -171,6 +172,10 @@ def finetune(*, model: str, out: str, task: str | None = None, train: str | None
     trainable, total = heads.freeze(classifier, freeze)
     device = pick_device(device)
     classifier.to(device)
+    if activation_checkpointing:  # recompute each block in backward: less memory
+        from minift.model import set_activation_checkpointing
+
+        set_activation_checkpointing(classifier)
     print(f"data: {len(train_examples)} train / {len(dev_examples)} dev examples, "
           f"labels {vocab.labels}; model {folder}")
     print(f"freeze={freeze}: {trainable:,} of {total:,} parameters train")
@@ -230,7 +235,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
              freeze=args.freeze, amp=args.amp, seed=args.seed, resume=args.resume,
              warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay,
              schedule=args.schedule, grad_accum=args.grad_accum, eval_every=args.eval_every,
-             patience=args.patience, optimizer=args.optimizer, compile=args.compile,
+             patience=args.patience, optimizer=args.optimizer, compile=args.compile, activation_checkpointing=args.activation_checkpointing,
              progress=not args.no_progress, device=args.device)
     return 0
 
@@ -305,6 +310,7 @@ def ner(*, model: str, train: str, dev: str, out: str, test: str | None = None,
         resume: bool = False, warmup_ratio: float = 0.1, weight_decay: float = 0.01,
         schedule: str = "linear", grad_accum: int = 1, eval_every: int | None = None,
         patience: int | None = None, optimizer: str = "auto", compile: bool = False,
+        activation_checkpointing: bool = False,
         progress: bool = True, device: str | None = None) -> dict:
     """Fine-tune a token classifier on CoNLL column files; write the best model, the tokenizer,
     ``metrics.json`` and ``{dev,test}_predictions.txt`` (``word gold predicted``) into ``out``.
@@ -408,6 +414,10 @@ def ner(*, model: str, train: str, dev: str, out: str, test: str | None = None,
     trainable, total = heads.freeze(tagger, freeze)
     device = pick_device(device)
     tagger.to(device)
+    if activation_checkpointing:  # recompute each block in backward: less memory
+        from minift.model import set_activation_checkpointing
+
+        set_activation_checkpointing(tagger)
     print(f"freeze={freeze}: {trainable:,} of {total:,} parameters train")
     metric = "f1" if task == "ner" else "accuracy"
 
@@ -480,7 +490,7 @@ def cmd_ner(args: argparse.Namespace) -> int:
         seed=args.seed, resume=args.resume, warmup_ratio=args.warmup_ratio,
         weight_decay=args.weight_decay, schedule=args.schedule, grad_accum=args.grad_accum,
         eval_every=args.eval_every, patience=args.patience, optimizer=args.optimizer,
-        compile=args.compile, progress=not args.no_progress, device=args.device)
+        compile=args.compile, activation_checkpointing=args.activation_checkpointing, progress=not args.no_progress, device=args.device)
     return 0
 
 
@@ -496,6 +506,8 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patience", type=int, help="early stopping after N evals without gain")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--activation-checkpointing", action="store_true",
+                   help="recompute each encoder block in backward: less memory, ~1/3 more time")
     p.add_argument("--resume", action="store_true", help="continue from OUT/run/resume.pt")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -568,7 +580,8 @@ def pretrain(*, model: str, text: str | list[str], out: str, eval_text: str | No
              max_eval_passages: int = 2000, eval_seed: int = 0, warmup_ratio: float = 0.06,
              weight_decay: float = 0.01, grad_accum: int = 1, eval_every: int | None = None,
              save_every: int | None = None, optimizer: str = "auto", resume: bool = False,
-             compile: bool = False, progress: bool = True, device: str | None = None) -> dict:
+             compile: bool = False, activation_checkpointing: bool = False,
+             progress: bool = True, device: str | None = None) -> dict:
     """Continue pretraining an encoder with masked-language modelling on domain text.
 
     ``text``: one or more files of passages, one a line. Held-out text for evaluation is
@@ -628,6 +641,10 @@ def pretrain(*, model: str, text: str | list[str], out: str, eval_text: str | No
     mlm = MaskedLM.from_pretrained(folder)
     device = pick_device(device)
     mlm.to(device)
+    if activation_checkpointing:  # recompute each block in backward: less memory
+        from minift.model import set_activation_checkpointing
+
+        set_activation_checkpointing(mlm)
     tokens = sum(train_seqs.lengths)
     print(f"data: {len(passages)} passages -> {len(train_seqs)} sequences, {tokens:,} tokens "
           f"(max length {max_length}, {'packed' if pack else 'one passage a sequence'}); "
@@ -692,7 +709,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
              eval_seed=args.eval_seed, warmup_ratio=args.warmup_ratio,
              weight_decay=args.weight_decay, grad_accum=args.grad_accum,
              eval_every=args.eval_every, save_every=args.save_every, optimizer=args.optimizer,
-             resume=args.resume, compile=args.compile, progress=not args.no_progress,
+             resume=args.resume, compile=args.compile, activation_checkpointing=args.activation_checkpointing, progress=not args.no_progress,
              device=args.device)
     return 0
 
@@ -728,6 +745,8 @@ def add_pretrain_parser(sub) -> None:
                    help="steps between resume checkpoints (default: at each evaluation)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--activation-checkpointing", action="store_true",
+                   help="recompute each encoder block in backward: less memory, ~1/3 more time")
     p.add_argument("--resume", action="store_true", help="continue from OUT/run/resume.pt")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 # --------------------------------------------------------------------------------------------
@@ -302,11 +303,14 @@ class BertModel(nn.Module):
     """The BERT encoder: embeddings, ``num_hidden_layers`` blocks, pooler.
 
     ``add_pooling_layer=False`` drops the pooler, as transformers does for token-level heads.
+    ``activation_checkpointing = True`` (see ``set_activation_checkpointing``) makes training
+    keep only each block's input and recompute the block's activations during backward.
     """
 
     def __init__(self, config: BertConfig, add_pooling_layer: bool = True):
         super().__init__()
         self.config = config
+        self.activation_checkpointing = False
         self.embeddings = Embeddings(config)
         self.layers = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
         self.pooler = Pooler(config) if add_pooling_layer else None
@@ -355,14 +359,29 @@ class BertModel(nn.Module):
             x = self.embeddings(unpadding.unpad(input_ids), unpadding.unpad(token_type_ids),
                                 unpadding.unpad(positions))  # (tokens, hidden)
             for layer in self.layers:
-                x = layer(x, mask, unpadding)
+                x = self._run_block(layer, x, mask, unpadding)
             x = unpadding.pad(x)  # (batch, seq, hidden)
         else:
             x = self.embeddings(input_ids, token_type_ids, positions)  # (batch, seq, hidden)
             for layer in self.layers:
-                x = layer(x, mask)
+                x = self._run_block(layer, x, mask, None)
         pooled = self.pooler(x) if self.pooler is not None else None
         return BertOutput(last_hidden_state=x, pooler_output=pooled)
+
+    def _run_block(self, layer: Block, x: torch.Tensor, mask: torch.Tensor | None,
+                   unpadding: Unpadding | None) -> torch.Tensor:
+        """One block; with activation checkpointing (training only) its activations are not kept.
+
+        ``torch.utils.checkpoint`` stores the block's inputs, frees everything computed inside,
+        and runs the block again during backward to get them back: one more forward per block
+        for peak memory that no longer grows with the depth times the activations of a block.
+        The RNG state is saved with the inputs, so the re-run draws the same dropout masks and
+        the gradients are those of the plain path (a test holds them equal).
+        """
+        if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(layer, x, mask, unpadding,
+                                                     use_reentrant=False)
+        return layer(x, mask, unpadding)
 
     @classmethod
     def from_pretrained(cls, path, *, allow_unexpected: bool = False,
@@ -378,3 +397,17 @@ class BertModel(nn.Module):
         from minift.checkpoint import save_bert
 
         save_bert(self, path)
+
+
+def set_activation_checkpointing(model: nn.Module, enabled: bool = True) -> int:
+    """Turn activation checkpointing on (or off) in every ``BertModel`` inside ``model``.
+
+    Returns how many encoders were changed, and raises ValueError when there is none (the
+    option would silently do nothing).
+    """
+    encoders = [m for m in model.modules() if isinstance(m, BertModel)]
+    if not encoders:
+        raise ValueError(f"{type(model).__name__} holds no minift BertModel to checkpoint")
+    for encoder in encoders:
+        encoder.activation_checkpointing = enabled
+    return len(encoders)

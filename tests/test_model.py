@@ -14,7 +14,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minift.checkpoint import split_hf_state_dict
-from minift.model import BertConfig, BertModel, ConfigError, attention
+from minift.model import (
+    BertConfig,
+    BertModel,
+    ConfigError,
+    attention,
+    set_activation_checkpointing,
+)
 from minift.sentence import encode, mean_pooling
 from minift.tokenizer import Tokenizer
 
@@ -130,6 +136,52 @@ def test_unpadded_path_equals_padded_path(setup, shape, train):
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-5, rtol=1e-5,
                                    msg=name)
+
+
+@settings(deadline=None, max_examples=25)
+@given(setup=tiny_setups(), unpad=st.booleans())
+def test_activation_checkpointing_gives_the_same_gradients(setup, unpad):
+    """Recomputing each block in backward changes nothing: same outputs and gradients (atol
+    1e-5), dropout on (the re-run replays the saved RNG state); each block runs twice."""
+    config, input_ids, mask, token_type_ids, seed = setup
+    torch.manual_seed(seed)
+    model = BertModel(BertConfig(**config, hidden_dropout_prob=0.1,
+                                 attention_probs_dropout_prob=0.1)).train()
+    calls = []
+    for layer in model.layers:
+        layer.register_forward_pre_hook(lambda *args: calls.append(1))
+    real = mask.bool()
+    w = torch.randn(*input_ids.shape, config["hidden_size"],
+                    generator=torch.Generator().manual_seed(seed))
+    runs = []
+    for checkpointed in (False, True):
+        assert set_activation_checkpointing(model, checkpointed) == 1
+        model.zero_grad()
+        calls.clear()
+        torch.manual_seed(seed + 1)  # the same dropout masks in both runs
+        out = model(input_ids, mask, token_type_ids, unpad=unpad)
+        ((out.last_hidden_state * w)[real].mean() + out.pooler_output.mean()).backward()
+        runs.append((out.last_hidden_state[real].detach(), len(calls),
+                     {n: p.grad.clone() for n, p in model.named_parameters()
+                      if p.grad is not None}))
+    (plain, plain_calls, plain_grads), (ckpt, ckpt_calls, ckpt_grads) = runs
+    assert plain_calls == config["num_hidden_layers"]
+    assert ckpt_calls == 2 * config["num_hidden_layers"]  # forward, then again in backward
+    torch.testing.assert_close(ckpt, plain, atol=1e-5, rtol=0)
+    assert ckpt_grads.keys() == plain_grads.keys()
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(ckpt_grads[name], grad, atol=1e-5, rtol=1e-5, msg=name)
+
+    # Evaluation never recomputes: no graph, nothing to save.
+    calls.clear()
+    with torch.no_grad():
+        model.eval()(input_ids, mask, token_type_ids, unpad=unpad)
+    assert len(calls) == config["num_hidden_layers"]
+
+
+def test_activation_checkpointing_needs_an_encoder():
+    with pytest.raises(ValueError, match="Linear holds no minift BertModel"):
+        set_activation_checkpointing(torch.nn.Linear(2, 2))
 
 
 def test_sdpa_equals_plain_attention():
