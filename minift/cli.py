@@ -827,6 +827,8 @@ def setfit(*, model: str, train: str, dev: str, out: str, text_col: str = "text"
             [train_examples[i].label for i in chosen], replace(config, seed=seed),
             label_names=vocab.labels)
         seconds = time.perf_counter() - start
+        if not _is_main():
+            continue  # under torchrun the other ranks only help train the next seed
         score = accuracy(dev_gold, classifier.predict(dev_texts))
         print(f"seed {seed}: dev accuracy {score:.4f}  ({stats['pairs']} pairs, "
               f"{seconds:.1f} s training)")
@@ -835,6 +837,8 @@ def setfit(*, model: str, train: str, dev: str, out: str, text_col: str = "text"
                                                                 for i in chosen]})
         if seed == 0:
             classifier.save_pretrained(out_dir / "model")
+    if not _is_main():
+        return {}  # rank 0 writes the results
     scores = [run["accuracy"] for run in per_seed]
     mean = statistics.fmean(scores)
     std = statistics.stdev(scores) if len(scores) > 1 else 0.0

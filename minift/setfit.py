@@ -34,7 +34,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
+from minift import distributed
 from minift.checkpoint import (
     atomic_write_bytes,
     load_bert,
@@ -239,8 +241,23 @@ LOSSES: dict[str, Callable[..., torch.Tensor]] = {
 # --------------------------------------------------------------------------------------------
 
 
+class SentenceEmbedder(nn.Module):
+    """An encoder whose only output is the mean-pooled, L2-normalised sentence embedding.
+
+    What `DistributedDataParallel` wraps in `train_body`: DDP expects every tensor a forward
+    returns to reach the loss, and the encoder's pooler output does not.
+    """
+
+    def __init__(self, encoder: BertModel):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids, attention_mask, token_type_ids) -> torch.Tensor:
+        return embed_batch(self.encoder, input_ids, attention_mask, token_type_ids)
+
+
 def embed_pairs(
-    encoder: BertModel, tokens, first: torch.Tensor, second: torch.Tensor, *, dedupe: bool = True
+    encoder: nn.Module, tokens, first: torch.Tensor, second: torch.Tensor, *, dedupe: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean-pooled embeddings of both sides of a batch of pairs: two (pairs, hidden) tensors.
 
@@ -249,15 +266,16 @@ def embed_pairs(
     batch (16 pairs over 32 sentences hold about 20 distinct ones), so with `dedupe` each distinct
     sentence runs through the encoder once and its embedding is shared. The loss and gradient are
     those of embedding every side on its own (exactly so without dropout; a test holds the two
-    equal); with dropout a repeated sentence shares one dropout mask.
+    equal); with dropout a repeated sentence shares one dropout mask. `encoder` is a BertModel,
+    or a module that returns the embeddings itself (`SentenceEmbedder`, or DDP around one).
     """
     both = torch.cat([first, second])
     rows, inverse = torch.unique(both, return_inverse=True) if dedupe else (both, None)
     mask = tokens.attention_mask[rows]
     width = int(mask.sum(dim=1).max())  # cut the padding no row of this batch needs
     device = next(encoder.parameters()).device
-    embeddings = embed_batch(
-        encoder,
+    embed = functools.partial(embed_batch, encoder) if isinstance(encoder, BertModel) else encoder
+    embeddings = embed(
         tokens.input_ids[rows, :width].to(device),
         mask[:, :width].to(device),
         tokens.token_type_ids[rows, :width].to(device),
@@ -282,6 +300,11 @@ def train_body(
     `batch_size` pairs a step, AdamW with weight decay on all but biases and LayerNorms, linear
     warmup over ceil(warmup_ratio * steps) then linear decay, gradient norm clipped, dropout on.
     The number of pairs is printed (through `log`) before training starts.
+
+    Under torchrun (see `minift.distributed`) every rank draws the same pairs and order, runs
+    rows rank, rank + N, ... of each batch of pairs through `DistributedDataParallel`, weighted
+    by its share of the batch times N, so the steps are those of one process (a rank with no
+    pair in a batch runs one at weight 0 to join the gradient all-reduce).
     """
     if len(texts) != len(labels):
         raise ValueError(f"got {len(texts)} texts but {len(labels)} labels")
@@ -311,20 +334,35 @@ def train_body(
     scheduler = make_scheduler(optimizer, steps, math.ceil(config.warmup_ratio * steps))
     generator = torch.Generator().manual_seed(config.seed)
     device = next(encoder.parameters()).device
+    ctx = distributed.setup(device.type)
+    # The pooler is loaded but unused by mean pooling: DDP must be told to expect that.
+    net = (
+        DistributedDataParallel(
+            SentenceEmbedder(encoder),
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True,
+        )
+        if ctx.enabled
+        else encoder
+    )
     losses = []
     encoder.train()
     for _ in range(config.epochs):
         order = torch.randperm(len(pairs), generator=generator)
         for start in range(0, len(pairs), config.batch_size):
             batch = order[start : start + config.batch_size]
-            a, b = embed_pairs(encoder, tokens, first[batch], second[batch])
-            loss = loss_fn(a, b, targets[batch].to(device))
-            loss.backward()
+            part = batch[ctx.rank :: ctx.world_size]  # all of it with one process
+            share = len(part) / len(batch)
+            if len(part) == 0:  # a last batch smaller than the world: join at weight 0
+                part = batch[:1]
+            a, b = embed_pairs(net, tokens, first[part], second[part])
+            loss = loss_fn(a, b, targets[part].to(device))
+            (loss * (share * ctx.world_size)).backward()
             torch.nn.utils.clip_grad_norm_(encoder.parameters(), config.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
+            losses.append(distributed.all_sum(loss.detach() * share).item())
     encoder.eval()
     return {
         "pairs": len(pairs),

@@ -10,6 +10,7 @@ on the data and the arithmetic: one process and two must agree to float rounding
 """
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -94,11 +95,6 @@ def run(out: str, task: str, steps: int, batch_size: int, grad_accum: int, resum
     """Train; with `rows`, append the number of rows of every training forward to it; with
     `grads`, append the gradients each optimizer step starts from (a flat tensor a step)."""
     model = make_model(task)
-    if grads is not None:
-        def keep(optimizer, args, kwargs):
-            grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
-
-        hook = register_optimizer_step_pre_hook(keep)  # every optimizer: remove it after
     if rows is not None:
         model.register_forward_pre_hook(
             lambda m, args, kwargs: rows.append(len(kwargs["input_ids"])) if m.training else None,
@@ -124,19 +120,67 @@ def run(out: str, task: str, steps: int, batch_size: int, grad_accum: int, resum
     config = TrainConfig(out_dir=out, max_steps=steps, lr=1e-2, warmup_ratio=0.2,
                          grad_accum=grad_accum, eval_every=2, progress=False, log_every=1,
                          optimizer="foreach", seed=3)
-    try:
+    with recording_grads(grads):
         train(model, train_batches, config, evaluate=evaluate, device="cpu", resume=resume)
-    finally:
-        if grads is not None:
-            hook.remove()
     return model
+
+
+@contextlib.contextmanager
+def recording_grads(grads: list | None):
+    """Append to `grads` the gradients every optimizer step starts from (one flat tensor)."""
+    if grads is None:
+        yield
+        return
+
+    def keep(optimizer, args, kwargs):
+        grads.append(torch.cat([p.grad.flatten() for group in optimizer.param_groups
+                                for p in group["params"] if p.grad is not None]))
+
+    handle = register_optimizer_step_pre_hook(keep)  # a hook on every optimizer: remove it
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+SETFIT_TEXTS = [
+    ("a gripping , beautifully acted film", "pos"), ("dull , lifeless and far too long", "neg"),
+    ("one of the best movies of the year", "pos"), ("a mess from start to finish", "neg"),
+    ("funny , warm and wise", "pos"), ("i wanted my two hours back", "neg"),
+    ("a quiet triumph", "pos"), ("the plot makes no sense", "neg"), ("pure joy", "pos"),
+]
+
+
+def setfit_encoder() -> torch.nn.Module:
+    from minift.model import BertModel
+
+    torch.manual_seed(0)
+    return BertModel(BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=2,
+                                num_attention_heads=2, intermediate_size=32,
+                                hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+
+
+def run_setfit(grads: list | None = None) -> torch.nn.Module:
+    """SetFit's contrastive phase on a tiny random encoder (dropout off), 7 pairs a batch."""
+    from minift.checkpoint import resolve_model_dir
+    from minift.setfit import SetFitConfig, train_body
+    from minift.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.from_pretrained(resolve_model_dir("minilm"))
+    encoder = setfit_encoder()
+    texts, labels = zip(*SETFIT_TEXTS, strict=True)
+    config = SetFitConfig(batch_size=7, lr=1e-2, seed=0, max_length=16)
+    with recording_grads(grads):
+        stats = train_body(encoder, tokenizer, list(texts), list(labels), config, log=None)
+    assert stats["pairs"] % 7 == 1, stats  # the last batch has one pair: rank 1 gets none
+    return encoder
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
     parser.add_argument("--result", required=True, help="rank 0 writes the final weights here")
-    parser.add_argument("--task", choices=("tokens", "sequence"), default="tokens")
+    parser.add_argument("--task", choices=("tokens", "sequence", "setfit"), default="tokens")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--grad-accum", type=int, default=1)
@@ -148,8 +192,11 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows, grads = [], []
-    model = run(args.out, args.task, args.steps, args.batch_size, args.grad_accum, args.resume,
-                args.bad_step, args.crash_after, rows, grads)
+    if args.task == "setfit":
+        model = run_setfit(grads)
+    else:
+        model = run(args.out, args.task, args.steps, args.batch_size, args.grad_accum,
+                    args.resume, args.bad_step, args.crash_after, rows, grads)
     if args.stats:
         Path(args.stats).mkdir(parents=True, exist_ok=True)
         rank = os.environ.get("RANK", "0")

@@ -162,6 +162,27 @@ def test_a_failing_rank_stops_the_job_with_its_error(tmp_path):
     assert torch.load(out / "resume.pt", weights_only=True)["progress"]["step"] == 2
 
 
+def test_setfit_body_under_ddp_equals_one_process(tmp_path):
+    """SetFit's contrastive phase: 50 pairs in batches of 7 split over 2 ranks."""
+    check(torchrun("--out", str(tmp_path / "out"), "--result", str(tmp_path / "w.safetensors"),
+                   "--task", "setfit", "--stats", str(tmp_path / "stats")))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    single_grads = []
+    try:
+        single = ddp_worker.run_setfit(single_grads).state_dict()
+    finally:
+        torch.set_num_threads(threads)
+    ddp = read_safetensors(tmp_path / "w.safetensors")
+    assert_weights_close(ddp, single, atol=1e-5)
+    ddp_grads = read_safetensors(tmp_path / "stats" / "grads0.safetensors")
+    assert len(ddp_grads) == len(single_grads) == 8  # ceil(50 / 7) steps
+    for i, grad in enumerate(single_grads):
+        torch.testing.assert_close(ddp_grads[f"step{i}"], grad, atol=1e-6, rtol=1e-4)
+    start = ddp_worker.setfit_encoder().state_dict()
+    assert max(float((ddp[k] - start[k]).abs().max()) for k in start) > 1e-2
+
+
 def test_shard_splits_rows_round_robin():
     batch = {"input_ids": torch.arange(10).reshape(5, 2), "labels": torch.arange(5),
              "scale": torch.tensor(2.0), "name": "x"}
@@ -181,7 +202,8 @@ def test_setup_names_missing_launch_variables(monkeypatch):
 
 
 def test_torchrun_minift_finetune(tmp_path, minilm_dir):
-    """`torchrun -m minift finetune` trains on 2 ranks; one set of results, one log."""
+    """`torchrun -m minift finetune` trains on 2 ranks (with activation checkpointing); one set
+    of results, one log."""
     rows = [("a gripping , beautifully acted film", "1"), ("dull and far too long", "0")] * 6
     for name in ("train", "dev"):
         (tmp_path / f"{name}.tsv").write_text(
@@ -190,7 +212,8 @@ def test_torchrun_minift_finetune(tmp_path, minilm_dir):
     process = torchrun("minift", "finetune", "--model", str(minilm_dir), "--train",
                        str(tmp_path / "train.tsv"), "--dev", str(tmp_path / "dev.tsv"),
                        "--max-steps", "2", "--batch-size", "4", "--max-length", "16",
-                       "--no-progress", "--out", str(out), module=True)
+                       "--activation-checkpointing", "--no-progress", "--out", str(out),
+                       module=True)
     check(process)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["train"]["steps"] == 2
