@@ -235,7 +235,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
              freeze=args.freeze, amp=args.amp, seed=args.seed, resume=args.resume,
              warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay,
              schedule=args.schedule, grad_accum=args.grad_accum, eval_every=args.eval_every,
-             patience=args.patience, optimizer=args.optimizer, compile=args.compile, activation_checkpointing=args.activation_checkpointing,
+             patience=args.patience, optimizer=args.optimizer, compile=args.compile,
+             activation_checkpointing=args.activation_checkpointing,
              progress=not args.no_progress, device=args.device)
     return 0
 
@@ -490,7 +491,8 @@ def cmd_ner(args: argparse.Namespace) -> int:
         seed=args.seed, resume=args.resume, warmup_ratio=args.warmup_ratio,
         weight_decay=args.weight_decay, schedule=args.schedule, grad_accum=args.grad_accum,
         eval_every=args.eval_every, patience=args.patience, optimizer=args.optimizer,
-        compile=args.compile, activation_checkpointing=args.activation_checkpointing, progress=not args.no_progress, device=args.device)
+        compile=args.compile, activation_checkpointing=args.activation_checkpointing,
+        progress=not args.no_progress, device=args.device)
     return 0
 
 
@@ -709,8 +711,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
              eval_seed=args.eval_seed, warmup_ratio=args.warmup_ratio,
              weight_decay=args.weight_decay, grad_accum=args.grad_accum,
              eval_every=args.eval_every, save_every=args.save_every, optimizer=args.optimizer,
-             resume=args.resume, compile=args.compile, activation_checkpointing=args.activation_checkpointing, progress=not args.no_progress,
-             device=args.device)
+             resume=args.resume, compile=args.compile,
+             activation_checkpointing=args.activation_checkpointing,
+             progress=not args.no_progress, device=args.device)
     return 0
 
 

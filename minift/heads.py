@@ -88,7 +88,9 @@ class _Classifier(nn.Module):
             id2label = raw_id2label
         if num_labels is None:
             num_labels = len(id2label) if id2label else 2
-        model = cls(encoder.config, num_labels, id2label)
+        # transformers' classifier_dropout (None: the encoder's hidden_dropout_prob).
+        classifier_dropout = read_config_json(resolve_model_dir(path)).get("classifier_dropout")
+        model = cls(encoder.config, num_labels, id2label, classifier_dropout)
         model.bert.load_state_dict(encoder.state_dict())
         if "classifier.weight" in heads:
             weight, bias = heads["classifier.weight"], heads.get("classifier.bias")

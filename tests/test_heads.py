@@ -141,3 +141,16 @@ def test_sequence_classifier_loads_a_checkpoint_without_pooler(tmp_path):
                                mlm.bert.embeddings.word_embeddings.weight)
     assert model.bert.pooler is not None
     assert model.bert.pooler.dense.bias.abs().sum() == 0  # BERT's initialisation
+
+
+@pytest.mark.parametrize("cls,hf_cls", PAIRS)
+def test_classifier_dropout_round_trips_through_transformers(tmp_path, cls, hf_cls):
+    """transformers' `classifier_dropout` is read back, and written where minift set it."""
+    hf_cls(transformers.BertConfig(**TINY, classifier_dropout=0.37)).save_pretrained(tmp_path / "a")
+    ours = cls.from_pretrained(tmp_path / "a")
+    assert ours.dropout.p == 0.37 and ours.classifier_dropout == 0.37
+    ours.save_pretrained(tmp_path / "b")
+    assert hf_cls.from_pretrained(tmp_path / "b").config.classifier_dropout == 0.37
+    # Unset, the head's dropout follows the encoder's hidden_dropout_prob, in both libraries.
+    hf_cls(transformers.BertConfig(**TINY, hidden_dropout_prob=0.2)).save_pretrained(tmp_path / "c")
+    assert cls.from_pretrained(tmp_path / "c").dropout.p == 0.2

@@ -1,0 +1,362 @@
+"""Achieved FLOP/s: how much of the machine's matmul peak minift and transformers turn into work.
+
+Question: of the floating-point work the hardware could do, how much goes into the model's useful
+arithmetic, for inference and for a training step, minift (unpadded) against transformers (SDPA
+attention), same weights, same batches (fixed length 128 without padding, unsorted SST-2 and MRPC
+batches with their real padding), in fp32 and under bf16 autocast?
+
+The peak: on a CPU there is no datasheet to trust (clocks, cores, vector units and the thread
+count all move it), so it is measured: the best of several large square matmuls in the dtype of
+the run, at the same thread count as the benchmark, taken before and after the model runs. On a
+GPU the same measurement is reported beside the datasheet's dense peak (MFU, the usual figure),
+for the cards in ``DATASHEET_TFLOPS``; any other card says "unknown".
+
+The work: ``count_flops`` below, analytic and small. Only matmuls count (LayerNorm, GELU, softmax,
+the embedding lookups and the optimizer step are left out: a few percent at most).
+
+- Per token and per layer, the linear layers cost 2 FLOPs per weight: Q, K, V and the output
+  projection (hidden x hidden each), the feed-forward up and down (hidden x intermediate each).
+- Attention scores and values (q k^T, then p v) cost 4 * keys * hidden per query token per layer.
+  "Useful" counts a real token attending to the real tokens of its own sequence; "executed" counts
+  what the kernels run: every position of the padded (batch, seq) batch attends to all seq keys,
+  as SDPA with a mask does on the CPU (minift re-pads for attention, so it pays this too).
+- The pooler (hidden x hidden) and, when training, the classifier run once per sequence.
+- A training step is forward + backward, and backward costs twice the forward: 3x in all.
+
+Useful FLOP/s counts only real tokens, the same numerator for both implementations, so its ratio
+is the speed ratio; padding is work that earns nothing. "Executed" FLOP/s counts padding too:
+transformers computes every pad token through every layer (its padding tax is executed / useful),
+minift only in attention.
+
+    python benchmarks/flops.py            # several minutes on 2 CPU cores
+    python benchmarks/flops.py --quick    # a smoke run
+    python benchmarks/flops.py --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+
+import torch
+import transformers
+from speed_common import (
+    call,
+    fixed_batches,
+    interleaved,
+    load_models,
+    machine,
+    real_batches,
+    timed,
+    to_device,
+    write_report,
+)
+from train_step import with_labels
+
+from minift.checkpoint import resolve_model_dir
+from minift.heads import SequenceClassifier
+from minift.metrics import format_table
+from minift.model import BertConfig
+from minift.optim import make_optimizer
+from minift.tokenizer import Tokenizer
+
+# Dense (no sparsity) tensor-core bf16 and plain fp32 (not TF32) peaks in TFLOP/s, from NVIDIA's
+# datasheets. The most specific name found in the device name wins ("H100 PCIe" before "H100").
+DATASHEET_TFLOPS = {
+    "A100": {"bf16": 312.0, "fp32": 19.5},
+    "H100": {"bf16": 989.0, "fp32": 67.0},  # SXM
+    "H100 PCIe": {"bf16": 756.0, "fp32": 51.0},
+    "H100 NVL": {"bf16": 835.0, "fp32": 60.0},
+    "H200": {"bf16": 989.0, "fp32": 67.0},  # SXM
+    "H200 NVL": {"bf16": 835.0, "fp32": 60.0},
+}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+# ---- the work ----------------------------------------------------------------------------------
+
+
+def count_flops(
+    config: BertConfig, attention_mask: torch.Tensor, num_labels: int = 0
+) -> dict[str, int]:
+    """Forward-pass matmul FLOPs of one (batch, seq) batch, three ways.
+
+    useful:   real tokens only, each attending to its own sequence's real tokens.
+    padded:   what a padded model executes: every position through every layer, attention over
+              all seq keys (transformers, minift with ``unpad=False``).
+    unpadded: what minift executes: linear layers on real tokens, attention re-padded.
+    The pooler and a ``num_labels`` classifier run once per sequence in all three.
+    """
+    h, inner, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    batch, seq = attention_mask.shape
+    lengths = attention_mask.sum(dim=1).tolist()
+    real, positions = sum(lengths), batch * seq
+    linear = layers * 2 * (4 * h * h + 2 * h * inner)  # per token: Q, K, V, out; FFN up, down
+    attention_own = layers * 4 * h * sum(n * n for n in lengths)  # q k^T and p v, own keys
+    attention_padded = layers * 4 * h * positions * seq  # every position, all seq keys
+    head = batch * 2 * (h * h + h * num_labels)  # pooler (+ classifier) on [CLS]
+    return {
+        "useful": linear * real + attention_own + head,
+        "padded": linear * positions + attention_padded + head,
+        "unpadded": linear * real + attention_padded + head,
+    }
+
+
+# ---- the peak ----------------------------------------------------------------------------------
+
+
+def matmul_peak(
+    device: torch.device, dtype: torch.dtype, sizes: tuple[int, ...], repeats: int
+) -> dict:
+    """Best FLOP/s of square (n x n) @ (n x n) matmuls, 2 n^3 FLOPs each."""
+    best = {"flops_per_s": 0.0, "n": None}
+    gen = torch.Generator(device=device).manual_seed(0)
+    for n in sizes:
+        a = torch.randn(n, n, device=device, generator=gen).to(dtype)
+        b = torch.randn(n, n, device=device, generator=gen).to(dtype)
+        torch.mm(a, b)  # warm-up: the first call pays for allocation and kernel choice
+        for _ in range(repeats):
+            rate = 2 * n**3 / timed(lambda a=a, b=b: torch.mm(a, b), device)
+            if rate > best["flops_per_s"]:
+                best = {"flops_per_s": rate, "n": n}
+    return best
+
+
+def datasheet_peak(device: torch.device) -> tuple[str | None, dict | None]:
+    """The card's name in ``DATASHEET_TFLOPS`` and its peaks, or (None, None)."""
+    if device.type != "cuda":
+        return None, None
+    name = torch.cuda.get_device_name(device).lower()
+    known = [k for k in DATASHEET_TFLOPS if all(word in name for word in k.lower().split())]
+    if not known:
+        return None, None
+    card = max(known, key=len)
+    return card, DATASHEET_TFLOPS[card]
+
+
+# ---- the runs ----------------------------------------------------------------------------------
+
+
+def classifiers(device: torch.device) -> dict[str, torch.nn.Module]:
+    """minift's SequenceClassifier and transformers' with SDPA, the same weights and head."""
+    folder = resolve_model_dir("minilm")
+    torch.manual_seed(0)
+    ours = SequenceClassifier.from_pretrained(folder, num_labels=2).to(device).train()
+    ref = (
+        transformers.BertForSequenceClassification.from_pretrained(
+            folder, num_labels=2, attn_implementation="sdpa"
+        )
+        .to(device)
+        .train()
+    )
+    with torch.no_grad():
+        ref.classifier.weight.copy_(ours.classifier.weight)
+        ref.classifier.bias.copy_(ours.classifier.bias)
+    return {"minift": ours, "hf sdpa": ref}
+
+
+def autocast(device: torch.device, amp: str):
+    if amp == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def inference_runs(models: dict, batches: list[dict], device: torch.device, amp: str) -> dict:
+    def run(name: str):
+        def fn():
+            with torch.inference_mode(), autocast(device, amp):
+                for b in batches:
+                    call(name, models[name], b)
+
+        return fn
+
+    return {name: run(name) for name in models}
+
+
+def train_runs(models: dict, batches: list[dict], device: torch.device, amp: str) -> dict:
+    optimizers = {name: make_optimizer(m, lr=1e-5, impl="fused") for name, m in models.items()}
+
+    def run(name: str):
+        def fn():
+            model, opt = models[name], optimizers[name]
+            for b in batches:
+                with autocast(device, amp):
+                    loss = model(**b).loss
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+
+        return fn
+
+    return {name: run(name) for name in models}
+
+
+def pct(flops: float, seconds: float, peak: float | None) -> float | str:
+    return "unknown" if peak is None else 100 * flops / seconds / peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--rounds", type=int, default=None)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    rounds = args.rounds or (2 if args.quick else 5)
+    n = 1 if args.quick else 4
+    sizes = (4096, 8192) if cuda else ((1024,) if args.quick else (1024, 2048))
+    repeats = 3 if args.quick else 5
+
+    peaks_before = {amp: matmul_peak(device, dt, sizes, repeats) for amp, dt in DTYPES.items()}
+    encoders = load_models(device)
+    encoders = {"minift": encoders["minift"], "hf sdpa": encoders["hf_sdpa"]}
+    trainers = classifiers(device)
+    config = encoders["minift"].config
+    tokenizer = Tokenizer.from_pretrained(resolve_model_dir("minilm"))
+    workloads = {
+        "fixed 128": fixed_batches(config.vocab_size, 128, 8 if args.quick else 16, n),
+        "SST-2 (real)": real_batches(tokenizer, "sst2", 32, n),
+        "MRPC pairs (real)": real_batches(tokenizer, "mrpc", 32, n),
+    }
+    records = []
+    for mode in ("inference", "train"):
+        for workload, batches in workloads.items():
+            num_labels = 2 if mode == "train" else 0
+            factor = 3 if mode == "train" else 1  # backward = 2 x forward
+            flops = {
+                k: factor
+                * sum(count_flops(config, b["attention_mask"], num_labels)[k] for b in batches)
+                for k in ("useful", "padded", "unpadded")
+            }
+            real = sum(int(b["attention_mask"].sum()) for b in batches)
+            total = sum(b["attention_mask"].numel() for b in batches)
+            if mode == "train":
+                batches, models, make = with_labels(batches), trainers, train_runs
+            else:
+                models, make = encoders, inference_runs
+            batches = to_device(batches, device)
+            for amp in DTYPES:
+                timings = interleaved(make(models, batches, device, amp), device, rounds)
+                executed = {"minift": flops["unpadded"], "hf sdpa": flops["padded"]}
+                records.append(
+                    {
+                        "mode": mode,
+                        "workload": workload,
+                        "amp": amp,
+                        "real_tokens": real,
+                        "padded_tokens": total,
+                        "flops": flops,
+                        "executed_flops": executed,
+                        "timings": timings,
+                    }
+                )
+                t = {name: timings[name]["median_s"] for name in timings}
+                print(
+                    f"{mode:<9} {workload:<18} {amp}: "
+                    + ", ".join(
+                        f"{name} {flops['useful'] / t[name] / 1e9:.1f} useful GFLOP/s" for name in t
+                    ),
+                    flush=True,
+                )
+
+    peaks_after = {amp: matmul_peak(device, dt, sizes, repeats) for amp, dt in DTYPES.items()}
+    peak = {
+        amp: max(peaks_before[amp]["flops_per_s"], peaks_after[amp]["flops_per_s"])
+        for amp in DTYPES
+    }
+    card, sheet = datasheet_peak(device)
+
+    rows = []
+    for r in records:
+        t = {name: r["timings"][name]["median_s"] for name in r["timings"]}
+        useful, executed = r["flops"]["useful"], r["executed_flops"]
+        row = {
+            "mode": r["mode"],
+            "workload": r["workload"],
+            "amp": r["amp"],
+            "padding %": 100 * (1 - r["real_tokens"] / r["padded_tokens"]),
+            "minift GFLOP/s": useful / t["minift"] / 1e9,
+            "hf sdpa GFLOP/s": useful / t["hf sdpa"] / 1e9,
+            "minift % peak": pct(useful, t["minift"], peak[r["amp"]]),
+            "hf sdpa % peak": pct(useful, t["hf sdpa"], peak[r["amp"]]),
+            "minift % peak executed": pct(executed["minift"], t["minift"], peak[r["amp"]]),
+            "hf sdpa % peak executed": pct(executed["hf sdpa"], t["hf sdpa"], peak[r["amp"]]),
+            "hf executed / useful": executed["hf sdpa"] / useful,
+        }
+        if cuda:
+            sheet_peak = None if sheet is None else 1e12 * sheet[r["amp"]]
+            row["minift MFU %"] = pct(useful, t["minift"], sheet_peak)
+            row["hf sdpa MFU %"] = pct(useful, t["hf sdpa"], sheet_peak)
+        row["minift / hf sdpa"] = t["hf sdpa"] / t["minift"]
+        rows.append(row)
+        r["useful_flops_per_s"] = {name: useful / t[name] for name in t}
+
+    peak_rows = [
+        {
+            "dtype": amp,
+            "matmul peak before, GFLOP/s": peaks_before[amp]["flops_per_s"] / 1e9,
+            "after, GFLOP/s": peaks_after[amp]["flops_per_s"] / 1e9,
+            "best n": max((peaks_before[amp], peaks_after[amp]), key=lambda p: p["flops_per_s"])[
+                "n"
+            ],
+            **({"datasheet TFLOP/s": "unknown" if sheet is None else sheet[amp]} if cuda else {}),
+        }
+        for amp in DTYPES
+    ]
+    peak_note = (
+        f"Datasheet peaks of the {card} (dense), for MFU."
+        if sheet is not None
+        else "No datasheet peak known for this card: MFU unknown."
+        if cuda
+        else "The peak is the best of the measured matmuls (before and after), in the dtype "
+        "of the run, at the benchmark's thread count."
+    )
+    text = (
+        format_table(peak_rows, float_format=".1f")
+        + "\n\n"
+        + peak_note
+        + "\n\n"
+        + format_table(rows, float_format=".2f")
+        + "\n\n"
+        "GFLOP/s and % peak count useful work: real tokens only, attention within each "
+        'sequence\'s real tokens. "% peak executed" counts what each implementation runs, '
+        "padding included (minift: linear layers on real tokens, attention padded; "
+        'transformers: everything padded); "hf executed / useful" is transformers\' padding '
+        "tax. Matmuls only; training = 3 x forward. minift / hf sdpa is the speed ratio "
+        "(median times, interleaved)."
+    )
+    payload = {
+        "machine": machine(device),
+        "rounds": rounds,
+        "quick": args.quick,
+        "batches_per_workload": n,
+        "flop_convention": count_flops.__doc__,
+        "matmul_sizes": list(sizes),
+        "matmul_repeats": repeats,
+        "matmul_peak_before": peaks_before,
+        "matmul_peak_after": peaks_after,
+        "peak_flops_per_s": peak,
+        "datasheet_card": card,
+        "datasheet_tflops": sheet,
+        "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32 if cuda else None,
+        "runs": records,
+    }
+    name = "flops" + ("_" + device.type if cuda else "") + ("_quick" if args.quick else "")
+    command = (
+        "python benchmarks/flops.py"
+        + (" --quick" if args.quick else "")
+        + (f" --device {args.device}" if cuda else "")
+    )
+    write_report(
+        name,
+        payload,
+        text,
+        "Achieved FLOP/s against the matmul peak: minift vs transformers SDPA, "
+        "all-MiniLM-L6-v2, inference and training step",
+        command,
+    )
+
+
+if __name__ == "__main__":
+    main()
