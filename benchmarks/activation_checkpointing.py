@@ -9,7 +9,9 @@ hidden 384) and a randomly initialised BERT-base shape (12 layers, hidden 768), 
 batches. The transformers row (`gradient_checkpointing_enable()`, same weights) is the
 reference for the same trade.
 
-Each measurement runs in a fresh process so one cannot inherit another's allocations. On the
+Peak memory: each measurement runs in a fresh process so one cannot inherit another's
+allocations. Time: the plain and the checkpointed step take turns on the same model in one
+process (the flag is switched between rounds), so both see the same machine load. On the
 CPU the peak is the growth of the resident set during one training step above what the process
 held before it (after a warm-up step, so the optimizer state already exists; Linux's peak-RSS
 counter is reset through /proc/self/clear_refs just before). So that the resident set follows
@@ -32,7 +34,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -69,10 +70,8 @@ def _model_folder(model: str, tmp: str) -> Path:
     return Path(tmp)
 
 
-def child(impl: str, model: str, checkpointing: bool, seq: int, batch_size: int, device: str,
-          repeats: int) -> None:
-    """One measurement: peak memory and median time of a training step; prints one JSON line."""
-    dev = torch.device(device)
+def build(impl: str, model: str, device: torch.device, checkpointing: bool = False):
+    """The classifier, with activation checkpointing set: (module, switch(on: bool))."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = _model_folder(model, tmp)
         if impl == "minift":
@@ -80,22 +79,33 @@ def child(impl: str, model: str, checkpointing: bool, seq: int, batch_size: int,
             from minift.model import set_activation_checkpointing
 
             net = SequenceClassifier.from_pretrained(folder, num_labels=2)
-            set_activation_checkpointing(net, checkpointing)
+
+            def switch(on: bool) -> None:
+                set_activation_checkpointing(net, on)
         else:
             import transformers
 
             net = transformers.BertForSequenceClassification.from_pretrained(
                 folder, num_labels=2, attn_implementation="sdpa")
-            if checkpointing:
-                net.gradient_checkpointing_enable(
-                    gradient_checkpointing_kwargs={"use_reentrant": False})
-    net.to(dev).train()
+
+            def switch(on: bool) -> None:
+                if on:
+                    net.gradient_checkpointing_enable(
+                        gradient_checkpointing_kwargs={"use_reentrant": False})
+                else:
+                    net.gradient_checkpointing_disable()
+    switch(checkpointing)
+    return net.to(device).train(), switch
+
+
+def training_step(net, seq: int, batch_size: int, device: torch.device):
+    """A full-length random batch and a function that runs one AdamW step on it."""
     gen = torch.Generator().manual_seed(0)
     batch = {"input_ids": torch.randint(1000, 30000, (batch_size, seq), generator=gen),
              "attention_mask": torch.ones(batch_size, seq, dtype=torch.long),
              "token_type_ids": torch.zeros(batch_size, seq, dtype=torch.long),
              "labels": torch.randint(0, 2, (batch_size,), generator=gen)}
-    batch = {k: v.to(dev) for k, v in batch.items()}
+    batch = {k: v.to(device) for k, v in batch.items()}
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-5, foreach=True)
 
     def step():
@@ -103,6 +113,15 @@ def child(impl: str, model: str, checkpointing: bool, seq: int, batch_size: int,
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    return step
+
+
+def child(impl: str, model: str, checkpointing: bool, seq: int, batch_size: int,
+          device: str) -> None:
+    """One peak-memory measurement of a training step; prints one JSON line."""
+    dev = torch.device(device)
+    net, _ = build(impl, model, dev, checkpointing)
+    step = training_step(net, seq, batch_size, dev)
     step()  # warm-up: the optimizer state exists from here on
     if dev.type == "cpu":
         import ctypes
@@ -120,39 +139,50 @@ def child(impl: str, model: str, checkpointing: bool, seq: int, batch_size: int,
         Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS counter (VmHWM)
         step()
         peak = (_rss_kib("VmHWM") - base) * 1024
-    times = []
-    for _ in range(repeats):
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        start = time.perf_counter()
-        step()
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        times.append(time.perf_counter() - start)
-    print(json.dumps({"peak_bytes": peak, "median_s": statistics.median(times)}))
+    print(json.dumps({"peak_bytes": peak}))
 
 
-def measure(impl: str, model: str, checkpointing: bool, seq: int, batch: int, device: str,
-            repeats: int) -> dict:
+def step_times(impl: str, model: str, seq: int, batch_size: int, device: str,
+               rounds: int) -> dict[bool, float]:
+    """Median seconds of a training step, plain and checkpointed, taking turns on one model."""
+    from speed_common import timed
+
+    dev = torch.device(device)
+    net, switch = build(impl, model, dev)
+    step = training_step(net, seq, batch_size, dev)
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for r in range(rounds + 1):
+        order = (False, True) if r % 2 else (True, False)
+        for on in order:
+            switch(on)
+            seconds = timed(step, dev)
+            if r > 0:  # the first round warms up both
+                times[on].append(seconds)
+    return {on: statistics.median(t) for on, t in times.items()}
+
+
+def peak_memory(impl: str, model: str, checkpointing: bool, seq: int, batch: int,
+                device: str) -> int:
+    """Peak bytes of a training step, measured in a fresh process."""
     cmd = [sys.executable, __file__, "--device", device, "--child", impl, model,
-           str(int(checkpointing)), str(seq), str(batch), str(repeats)]
+           str(int(checkpointing)), str(seq), str(batch)]
     env = os.environ | {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if done.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])["peak_bytes"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--child", nargs=6,
-                        metavar=("IMPL", "MODEL", "CHECKPOINTING", "SEQ", "BATCH", "REPEATS"))
+    parser.add_argument("--child", nargs=5, metavar=("IMPL", "MODEL", "CHECKPOINTING", "SEQ",
+                                                     "BATCH"))
     args = parser.parse_args()
     if args.child:
-        impl, model, ckpt, seq, batch, repeats = args.child
-        child(impl, model, ckpt == "1", int(seq), int(batch), args.device, int(repeats))
+        impl, model, ckpt, seq, batch = args.child
+        child(impl, model, ckpt == "1", int(seq), int(batch), args.device)
         return
     sys.path.insert(0, str(HERE))
     from speed_common import machine, write_report
@@ -160,16 +190,19 @@ def main() -> None:
     from minift.metrics import format_table
 
     models = ["minilm"] if args.quick else list(MODELS)
-    repeats = 1 if args.quick else 3
+    rounds = 1 if args.quick else 3
     batch = 8
     rows, records = [], []
     for model in models:
         for seq in (128, 512):
             for impl in ("minift", "transformers"):
-                result = {ckpt: measure(impl, model, ckpt, seq, batch, args.device, repeats)
-                          for ckpt in (False, True)}
+                seconds = step_times(impl, model, seq, batch, args.device, rounds)
+                result = {ckpt: {"peak_bytes": peak_memory(impl, model, ckpt, seq, batch,
+                                                           args.device),
+                                 "median_s": seconds[ckpt]} for ckpt in (False, True)}
                 records.append({"impl": impl, "model": model, "seq": seq, "batch_size": batch,
-                                "plain": result[False], "checkpointed": result[True]})
+                                "rounds": rounds, "plain": result[False],
+                                "checkpointed": result[True]})
                 plain, ckpt = result[False], result[True]
                 rows.append({
                     "model": model, "seq": seq, "impl": impl,

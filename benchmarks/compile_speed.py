@@ -7,7 +7,8 @@ same weights and batches for every implementation, on full-length batches and on
 SST-2 batches. Compiled models use ``dynamic=True`` because real batches change shape from batch
 to batch (and the unpadded path's token count with them); "compile s" is the wall time of the
 first pass over the batches (tracing and code generation included), which the timed rounds
-exclude.
+exclude; a variant compiled after another that runs the same code reuses part of its work, so the
+first of each mode carries most of the cost.
 
     python benchmarks/compile_speed.py            # about 10-15 minutes on 2 CPU cores
     python benchmarks/compile_speed.py --quick
