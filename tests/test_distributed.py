@@ -220,3 +220,27 @@ def test_torchrun_minift_finetune(tmp_path, minilm_dir):
     assert process.stdout.count("dev before fine-tuning") == 1  # rank 1 prints nothing
     assert "2 processes (DistributedDataParallel)" in process.stdout
     assert sorted(p.name for p in (out / "run").iterdir()) == ["best", "log.jsonl", "resume.pt"]
+
+
+@pytest.mark.parametrize("command", ["ner", "pretrain"])
+def test_torchrun_minift_ner_and_pretrain(tmp_path, minilm_dir, data_dir, command):
+    """The other training commands run under torchrun too: rank 0 writes one set of results."""
+    out = tmp_path / "out"
+    common = ["--model", str(minilm_dir), "--batch-size", "4", "--max-length", "32",
+              "--no-progress", "--out", str(out)]
+    if command == "ner":
+        blocks = (data_dir / "conll2003" / "train.txt").read_text(encoding="utf-8").split("\n\n")
+        for name, part in (("train", blocks[1:13]), ("dev", blocks[13:19])):
+            (tmp_path / f"{name}.txt").write_text("\n\n".join(part) + "\n\n", encoding="utf-8")
+        args = ["ner", "--train", str(tmp_path / "train.txt"), "--dev", str(tmp_path / "dev.txt"),
+                "--max-steps", "2", *common]
+    else:
+        lines = (data_dir / "sst2" / "train.tsv").read_text(encoding="utf-8").splitlines()[1:41]
+        (tmp_path / "text.txt").write_text("".join(line.split("\t")[0] + "\n" for line in lines),
+                                           encoding="utf-8")
+        args = ["pretrain", "--text", str(tmp_path / "text.txt"), "--steps", "2", *common]
+    process = torchrun("minift", *args, module=True)
+    check(process)
+    assert "2 processes (DistributedDataParallel)" in process.stdout
+    assert json.loads((out / "metrics.json").read_text())["train"]["steps"] == 2
+    assert sorted(p.name for p in (out / "run").iterdir()) == ["best", "log.jsonl", "resume.pt"]
