@@ -76,7 +76,7 @@ def main() -> None:
             batches = to_device(batches, device)
             real = sum(int(b["attention_mask"].sum()) for b in batches)
 
-            def run(name, batches=batches):
+            def run(name, batches=batches, variants=variants, mode=mode, optimizers=optimizers):
                 impl, module, options = variants[name]
 
                 def fn():
