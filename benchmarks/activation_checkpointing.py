@@ -46,13 +46,6 @@ MODELS = {  # name: (config overrides for a random model, or None for the publis
 }
 
 
-def _rss_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
 def _model_folder(model: str, tmp: str) -> Path:
     """The checkpoint folder: MiniLM, or a seeded random BERT of the named shape."""
     from minift.checkpoint import resolve_model_dir
@@ -119,26 +112,14 @@ def training_step(net, seq: int, batch_size: int, device: torch.device):
 def child(impl: str, model: str, checkpointing: bool, seq: int, batch_size: int,
           device: str) -> None:
     """One peak-memory measurement of a training step; prints one JSON line."""
+    sys.path.insert(0, str(HERE))
+    from speed_common import peak_bytes
+
     dev = torch.device(device)
     net, _ = build(impl, model, dev, checkpointing)
     step = training_step(net, seq, batch_size, dev)
     step()  # warm-up: the optimizer state exists from here on
-    if dev.type == "cpu":
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)  # give back what the warm-up freed
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-        base = torch.cuda.memory_allocated(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
-        step()
-        torch.cuda.synchronize(dev)
-        peak = torch.cuda.max_memory_allocated(dev) - base
-    else:
-        base = _rss_kib("VmRSS")
-        Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS counter (VmHWM)
-        step()
-        peak = (_rss_kib("VmHWM") - base) * 1024
+    peak = peak_bytes(step, dev)
     print(json.dumps({"peak_bytes": peak}))
 
 
@@ -166,8 +147,10 @@ def peak_memory(impl: str, model: str, checkpointing: bool, seq: int, batch: int
     """Peak bytes of a training step, measured in a fresh process."""
     cmd = [sys.executable, __file__, "--device", device, "--child", impl, model,
            str(int(checkpointing)), str(seq), str(batch)]
-    env = os.environ | {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    from speed_common import MEASURE_ENV
+
+    done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | MEASURE_ENV,
+                          check=False)
     if done.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])["peak_bytes"]

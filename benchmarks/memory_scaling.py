@@ -4,9 +4,13 @@ Question: how do time and peak memory of a forward pass (inference) and of forwa
 (training) grow with sequence length, and how much memory does minift need compared with
 transformers (SDPA and eager attention)? Each measurement runs in a fresh process so one cannot
 inherit another's allocations. On the CPU the peak is the growth of the resident set above what
-the process held after loading the model and making the batch (Linux's peak-RSS counter is reset
-through /proc/self/clear_refs just before); on CUDA it is ``torch.cuda.max_memory_allocated``.
+the process held after loading the model and making the batch (``speed_common.peak_bytes``:
+Linux's peak-RSS counter reset just before, the heap trimmed, large allocations on mappings of
+their own); on CUDA it is ``torch.cuda.max_memory_allocated``.
 The last rows use unsorted SST-2 batches, whose padding minift's unpadded path does not store.
+The times here pay for that allocator setting (a fresh mapping per large tensor) and are not
+interleaved: read them for how time grows with length; inference_throughput.py and
+train_step.py are the speed comparisons.
 
     python benchmarks/memory_scaling.py            # a few minutes on 2 CPU cores
     python benchmarks/memory_scaling.py --quick
@@ -29,17 +33,10 @@ HERE = Path(__file__).resolve().parent
 IMPLS = ("minift", "hf_sdpa", "hf_eager")
 
 
-def _rss_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
 def child(impl: str, mode: str, workload: str, batch_size: int, device: str, repeats: int) -> None:
     """One measurement; prints one JSON line."""
     sys.path.insert(0, str(HERE))
-    from speed_common import call, fixed_batches, load_models, real_batches, to_device
+    from speed_common import call, fixed_batches, load_models, peak_bytes, real_batches, to_device
 
     from minift.checkpoint import resolve_model_dir
     from minift.tokenizer import Tokenizer
@@ -67,18 +64,8 @@ def child(impl: str, mode: str, workload: str, batch_size: int, device: str, rep
                 call(impl, model, batch)
 
     if dev.type == "cuda":
-        op()
-        torch.cuda.synchronize(dev)
-        base = torch.cuda.memory_allocated(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
-        op()
-        torch.cuda.synchronize(dev)
-        peak = torch.cuda.max_memory_allocated(dev) - base
-    else:
-        base = _rss_kib("VmRSS")
-        Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS counter (VmHWM)
-        op()
-        peak = (_rss_kib("VmHWM") - base) * 1024
+        op()  # CUDA's caching allocator and kernels settle on a first call
+    peak = peak_bytes(op, dev)
     times = []
     for _ in range(repeats):
         if dev.type == "cuda":
@@ -103,7 +90,7 @@ def main() -> None:
         child(impl, mode, workload, int(batch), args.device, int(rep))
         return
     sys.path.insert(0, str(HERE))
-    from speed_common import machine, write_report
+    from speed_common import MEASURE_ENV, machine, write_report
 
     from minift.metrics import format_table
 
@@ -117,8 +104,8 @@ def main() -> None:
             for impl in IMPLS:
                 cmd = [sys.executable, __file__, "--device", args.device, "--child", impl, mode,
                        workload, str(batch), str(repeats)]
-                done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ,
-                                      check=False)
+                done = subprocess.run(cmd, capture_output=True, text=True,
+                                      env=os.environ | MEASURE_ENV, check=False)
                 if done.returncode:
                     raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
                 result[impl] = json.loads(done.stdout.strip().splitlines()[-1])

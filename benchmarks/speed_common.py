@@ -157,6 +157,42 @@ def interleaved(runs: dict[str, Callable[[], None]], device: torch.device, round
                    "rounds": len(s)} for name, s in seconds.items()}
 
 
+def _rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+# For processes that call `peak_bytes` on the CPU: every allocation over 128 KiB gets a mapping
+# of its own (glibc), returned to the system when freed, so the resident set follows the tensors.
+MEASURE_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+
+
+def peak_bytes(fn: Callable[[], None], device: torch.device) -> int:
+    """Peak memory one call of ``fn`` adds above what the process holds just before it.
+
+    CUDA: ``max_memory_allocated`` above ``memory_allocated``. CPU (Linux): the growth of the
+    resident set, its peak counter (VmHWM) reset through /proc/self/clear_refs, after glibc's
+    heap is trimmed so that memory freed earlier does not hide the peak. Run it in a fresh
+    process started with `MEASURE_ENV`.
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    import ctypes
+
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    base = _rss_kib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")
+    fn()
+    return (_rss_kib("VmHWM") - base) * 1024
+
+
 def write_report(name: str, payload: dict, table: str, title: str, command: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
