@@ -944,16 +944,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Under torchrun every rank runs this command; only rank 0 prints (errors show from all).
     helper_rank = distributed.launched() and os.environ.get("RANK", "0") != "0"
+    clean = False
     try:
         with open(os.devnull, "w") if helper_rank else contextlib.nullcontext() as quiet:
             with contextlib.redirect_stdout(quiet) if helper_rank else contextlib.nullcontext():
-                return args.func(args)
+                status = args.func(args)
+        clean = True
+        return status
     except ValueError as err:  # bad input: one clear line, no traceback
         where = f" (rank {os.environ['RANK']})" if distributed.launched() else ""
         print(f"minift: error{where}: {err}", file=sys.stderr)
         return 2
     finally:
-        distributed.teardown()
+        distributed.teardown(clean)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ seconds, default 600) bounds the wait in a collective.
 """
 
 import datetime
+import gc
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -95,9 +96,19 @@ def setup(device_type: str = "cpu") -> Context:
     return context()
 
 
-def teardown() -> None:
-    """Leave the process group (a no-op when there is none)."""
+def teardown(clean: bool = True) -> None:
+    """Leave the process group (a no-op when there is none).
+
+    A finished `DistributedDataParallel` wrapper can outlive `train` in a reference cycle and
+    keeps the process group alive; were it freed only at interpreter exit, gloo's threads would
+    be torn down then and abort the process now and then. So: collect it first. With `clean`
+    (the run succeeded), wait for every rank before closing the connections, so no rank closes
+    them while another still finishes its last collective; after an error, leave at once.
+    """
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from minift import distributed
 from minift.checkpoint import write_safetensors
 from minift.heads import SequenceClassifier, TokenClassifier
 from minift.model import BertConfig
@@ -206,7 +207,7 @@ def main() -> int:
     if torch.distributed.is_initialized():
         if torch.distributed.get_rank() == 0:
             write_safetensors(model.state_dict(), args.result)
-        torch.distributed.destroy_process_group()
+        distributed.teardown()
     else:
         write_safetensors(model.state_dict(), args.result)
     return 0
