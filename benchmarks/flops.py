@@ -19,14 +19,15 @@ the embedding lookups and the optimizer step are left out: a few percent at most
 - Attention scores and values (q k^T, then p v) cost 4 * keys * hidden per query token per layer.
   "Useful" counts a real token attending to the real tokens of its own sequence; "executed" counts
   what the kernels run: every position of the padded (batch, seq) batch attends to all seq keys,
-  as SDPA with a mask does on the CPU (minift re-pads for attention, so it pays this too).
+  as SDPA with a mask does on the CPU. minift attends per sequence on a CPU (executes only the
+  useful attention) and re-pads for attention on a GPU (pays the padded attention there).
 - The pooler (hidden x hidden) and, when training, the classifier run once per sequence.
 - A training step is forward + backward, and backward costs twice the forward: 3x in all.
 
 Useful FLOP/s counts only real tokens, the same numerator for both implementations, so its ratio
 is the speed ratio; padding is work that earns nothing. "Executed" FLOP/s counts padding too:
 transformers computes every pad token through every layer (its padding tax is executed / useful),
-minift only in attention.
+minift none on a CPU and only in attention on a GPU.
 
     python benchmarks/flops.py            # several minutes on 2 CPU cores
     python benchmarks/flops.py --quick    # a smoke run
@@ -84,7 +85,8 @@ def count_flops(
     useful:   real tokens only, each attending to its own sequence's real tokens.
     padded:   what a padded model executes: every position through every layer, attention over
               all seq keys (transformers, minift with ``unpad=False``).
-    unpadded: what minift executes: linear layers on real tokens, attention re-padded.
+    repadded: linear layers on real tokens, attention re-padded: what minift executes on a GPU
+              (on a CPU it attends per sequence and executes ``useful``).
     The pooler and a ``num_labels`` classifier run once per sequence in all three.
     """
     h, inner, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
@@ -98,7 +100,7 @@ def count_flops(
     return {
         "useful": linear * real + attention_own + head,
         "padded": linear * positions + attention_padded + head,
-        "unpadded": linear * real + attention_padded + head,
+        "repadded": linear * real + attention_padded + head,
     }
 
 
@@ -227,7 +229,7 @@ def main() -> None:
             flops = {
                 k: factor
                 * sum(count_flops(config, b["attention_mask"], num_labels)[k] for b in batches)
-                for k in ("useful", "padded", "unpadded")
+                for k in ("useful", "padded", "repadded")
             }
             real = sum(int(b["attention_mask"].sum()) for b in batches)
             total = sum(b["attention_mask"].numel() for b in batches)
@@ -238,7 +240,8 @@ def main() -> None:
             batches = to_device(batches, device)
             for amp in DTYPES:
                 timings = interleaved(make(models, batches, device, amp), device, rounds)
-                executed = {"minift": flops["unpadded"], "hf sdpa": flops["padded"]}
+                minift_executes = "useful" if device.type == "cpu" else "repadded"
+                executed = {"minift": flops[minift_executes], "hf sdpa": flops["padded"]}
                 records.append(
                     {
                         "mode": mode,

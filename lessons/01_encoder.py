@@ -183,9 +183,11 @@ check(hidden_diff == 0.0 and pooled_diff == 0.0, "the step-by-step pass differs 
 # %% [markdown]
 # By default `model(...)` takes a faster road to the same numbers: it drops the pad tokens right
 # after the embeddings (`Unpadding`), so LayerNorm, the projections and the feed-forward layers
-# run on the real tokens alone, packed as `(tokens, hidden)`; only attention puts the padding back
-# for itself, and the output is re-padded once at the end. Same modules, same weights; at the
-# real positions the result agrees with the padded walk above up to float rounding.
+# run on the real tokens alone, packed as `(tokens, hidden)`; attention, the one step that must
+# know which token belongs to which sentence, runs on each sentence's own tokens
+# (`varlen_attention`; on a GPU it re-pads for itself instead), and the output is re-padded once
+# at the end. Same modules, same weights; at the real positions the result agrees with the
+# padded walk above up to float rounding.
 
 # %%
 unpadding = Unpadding.from_mask(mask)

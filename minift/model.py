@@ -162,18 +162,28 @@ class Unpadding:
 
     LayerNorm, the projections and the feed-forward treat every token alike, so they can run on
     the real tokens alone, packed as (tokens, hidden): a batch that is 40% padding then costs 40%
-    less there. Only attention needs to know which token belongs to which sequence, so it puts
-    the padding back for itself (MosaicBERT and ModernBERT do the same).
+    less there. Only attention needs to know which token belongs to which sequence. The packed
+    tokens come sequence after sequence, so ``lengths`` splits them into sequences, and
+    attention runs on each sequence alone (``varlen_attention``: no padding at all). Where many
+    small calls would cost more than the padding (``per_sequence=False``, the choice on a GPU),
+    attention puts the padding back for itself instead, as MosaicBERT does.
     """
 
     indices: torch.Tensor  # (tokens,) positions of the real tokens in the flattened batch
     batch: int
     seq: int
+    lengths: list[int]  # real tokens of each sequence, in batch order
+    per_sequence: bool = True  # attention per sequence (True) or on the re-padded batch
 
     @classmethod
-    def from_mask(cls, attention_mask: torch.Tensor) -> Unpadding:
+    def from_mask(cls, attention_mask: torch.Tensor, per_sequence: bool | None = None
+                  ) -> Unpadding:
+        """``per_sequence`` defaults to True on CPU, False elsewhere (see ``varlen_attention``)."""
         batch, seq = attention_mask.shape
-        return cls(attention_mask.flatten().nonzero().squeeze(1), batch, seq)
+        if per_sequence is None:
+            per_sequence = attention_mask.device.type == "cpu"
+        return cls(attention_mask.flatten().nonzero().squeeze(1), batch, seq,
+                   attention_mask.sum(dim=1).tolist(), per_sequence)
 
     def unpad(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, seq, ...) -> (tokens, ...)."""
@@ -183,6 +193,32 @@ class Unpadding:
         """(tokens, ...) -> (batch, seq, ...), zeros at the padding."""
         out = x.new_zeros(self.batch * self.seq, *x.shape[1:]).index_copy(0, self.indices, x)
         return out.view(self.batch, self.seq, *x.shape[1:])
+
+
+def varlen_attention(qkv: torch.Tensor, lengths: list[int], dropout_p: float = 0.0
+                     ) -> torch.Tensor:
+    """Attention of each sequence over its own tokens, for sequences packed one after another.
+
+    qkv: (tokens, 3, heads, head_dim), the tokens of sequence 0, then of sequence 1, ...;
+    returns (tokens, heads, head_dim). No position is padding, so no mask and no wasted work:
+    a batch whose longest member is twice its average spends about a quarter of padded
+    attention's work here. One SDPA call per sequence: cheap on a CPU, where the loop costs
+    microseconds against milliseconds of matmul; on a GPU the many small launches would cost more
+    than the padding they skip, which is why ``Unpadding`` re-pads there (FlashAttention's
+    varlen kernel does this in one launch).
+    """
+    outputs = []
+    for part in qkv.split(lengths):  # views, no copies
+        if len(part) == 0:
+            continue
+        # (len, 3, heads, head_dim) -> 3 x (1, heads, len, head_dim); SDPA's fused CPU kernel
+        # wants the batch dimension.
+        q, k, v = part.permute(1, 2, 0, 3).unsqueeze(1).unbind(0)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        outputs.append(y[0].transpose(0, 1))  # (len, heads, head_dim)
+    if not outputs:
+        return qkv.new_zeros(0, *qkv.shape[2:])
+    return torch.cat(outputs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,19 +267,35 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None,
                 unpadding: Unpadding | None = None) -> torch.Tensor:
         """x: (batch, seq, hidden), or (tokens, hidden) with the ``unpadding`` that placed them."""
-        q, k, v = self.query(x), self.key(x), self.value(x)
-        if unpadding is not None:  # attention is per sequence: padding comes back for it alone
-            q, k, v = unpadding.pad(q), unpadding.pad(k), unpadding.pad(v)
-        q, k, v = self.split_heads(q), self.split_heads(k), self.split_heads(v)
+        if unpadding is not None:
+            return self.out(self._unpadded(x, mask, unpadding))
+        q, k, v = (self.split_heads(proj(x)) for proj in (self.query, self.key, self.value))
+        y = self._sdpa(q, k, v, mask)  # (batch, heads, seq, head_dim)
+        return self.out(y.transpose(1, 2).flatten(2))  # (batch, seq, hidden)
+
+    def _sdpa(self, q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
         if mask is not None and mask.dtype != q.dtype:  # autocast made q bf16 or fp16
             mask = mask.clamp(min=torch.finfo(q.dtype).min).to(q.dtype)
-        y = F.scaled_dot_product_attention(
+        return F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout_p if self.training else 0.0
-        )  # (batch, heads, seq, head_dim)
-        y = y.transpose(1, 2).flatten(2)  # (batch, seq, hidden)
-        if unpadding is not None:
-            y = unpadding.unpad(y)  # (tokens, hidden)
-        return self.out(y)
+        )
+
+    def _unpadded(self, x: torch.Tensor, mask: torch.Tensor | None,
+                  unpadding: Unpadding) -> torch.Tensor:
+        """(tokens, hidden) -> (tokens, hidden) before the output projection.
+
+        Q, K and V come from one matmul with the three weights stacked (one pass over x instead
+        of three), then attention runs per sequence or on the re-padded batch.
+        """
+        weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
+        bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
+        qkv = F.linear(x, weight, bias).view(len(x), 3, self.num_heads, self.head_dim)
+        if unpadding.per_sequence:
+            dropout_p = self.dropout_p if self.training else 0.0
+            return varlen_attention(qkv, unpadding.lengths, dropout_p).flatten(1)
+        q, k, v = unpadding.pad(qkv).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (b, heads, s, d)
+        y = self._sdpa(q, k, v, mask).transpose(1, 2).flatten(2)  # (batch, seq, hidden)
+        return unpadding.unpad(y)
 
 
 class FeedForward(nn.Module):
@@ -305,12 +357,15 @@ class BertModel(nn.Module):
     ``add_pooling_layer=False`` drops the pooler, as transformers does for token-level heads.
     ``activation_checkpointing = True`` (see ``set_activation_checkpointing``) makes training
     keep only each block's input and recompute the block's activations during backward.
+    ``per_sequence_attention`` picks how the unpadded path attends (see ``Unpadding``): None, the
+    default, chooses per device; True or False forces one way (tests compare both).
     """
 
     def __init__(self, config: BertConfig, add_pooling_layer: bool = True):
         super().__init__()
         self.config = config
         self.activation_checkpointing = False
+        self.per_sequence_attention: bool | None = None
         self.embeddings = Embeddings(config)
         self.layers = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
         self.pooler = Pooler(config) if add_pooling_layer else None
@@ -355,7 +410,7 @@ class BertModel(nn.Module):
         # No mask at all when nothing is padded: SDPA can then take its fastest kernel.
         mask = additive_mask(attention_mask, self.embeddings.norm.weight.dtype) if padded else None
         if padded and unpad:
-            unpadding = Unpadding.from_mask(attention_mask)
+            unpadding = Unpadding.from_mask(attention_mask, self.per_sequence_attention)
             x = self.embeddings(unpadding.unpad(input_ids), unpadding.unpad(token_type_ids),
                                 unpadding.unpad(positions))  # (tokens, hidden)
             for layer in self.layers:

@@ -20,6 +20,7 @@ from minift.model import (
     ConfigError,
     attention,
     set_activation_checkpointing,
+    varlen_attention,
 )
 from minift.sentence import encode, mean_pooling
 from minift.tokenizer import Tokenizer
@@ -101,9 +102,10 @@ def test_random_config_outputs_and_gradients_match(setup, attn):
 
 @settings(deadline=None, max_examples=40)
 @given(setup=tiny_setups(), shape=st.sampled_from(["random", "single_token", "no_padding"]),
-       train=st.booleans())
-def test_unpadded_path_equals_padded_path(setup, shape, train):
-    """Outputs and gradients of the two paths agree (fp32, atol 1e-5); dropout off."""
+       train=st.booleans(), per_sequence=st.booleans())
+def test_unpadded_path_equals_padded_path(setup, shape, train, per_sequence):
+    """Outputs and gradients of the two paths agree (fp32, atol 1e-5); dropout off. Both ways
+    of attending on the unpadded path: per sequence (CPU default) and re-padded (GPU default)."""
     config, input_ids, mask, token_type_ids, seed = setup
     if shape == "single_token":  # every sequence is one real token, then padding
         mask = torch.zeros_like(mask)
@@ -113,6 +115,7 @@ def test_unpadded_path_equals_padded_path(setup, shape, train):
     torch.manual_seed(seed)
     model = BertModel(BertConfig(**config, hidden_dropout_prob=0.0,
                                  attention_probs_dropout_prob=0.0)).train(train)
+    model.per_sequence_attention = per_sequence
     real = mask.bool()
     outs, grads = [], []
     for unpad in (False, True):
@@ -194,9 +197,29 @@ def test_sdpa_equals_plain_attention():
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
 
 
-def test_all_padding_row_stays_finite():
+@settings(deadline=None, max_examples=30)
+@given(lengths=st.lists(st.integers(0, 9), min_size=1, max_size=5),
+       heads=st.integers(1, 3), head_dim=st.sampled_from([1, 4, 8]), seed=st.integers(0, 99))
+def test_varlen_attention_equals_plain_attention_per_sequence(lengths, heads, head_dim, seed):
+    """Packed sequences (empty ones included) attend each to its own tokens only: the plain
+    formula on each sequence alone, stacked back (atol 1e-6)."""
+    gen = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(sum(lengths), 3, heads, head_dim, generator=gen)
+    got = varlen_attention(qkv, lengths)
+    assert got.shape == (sum(lengths), heads, head_dim)
+    start = 0
+    for n in lengths:
+        q, k, v = qkv[start : start + n].permute(1, 2, 0, 3)  # 3 x (heads, n, head_dim)
+        expected = attention(q, k, v).transpose(0, 1)  # (n, heads, head_dim)
+        torch.testing.assert_close(got[start : start + n], expected, atol=1e-6, rtol=1e-5)
+        start += n
+
+
+@pytest.mark.parametrize("per_sequence", [True, False])
+def test_all_padding_row_stays_finite(per_sequence):
     model = BertModel(BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=2,
                                  num_attention_heads=2, intermediate_size=16)).eval()
+    model.per_sequence_attention = per_sequence
     ids = torch.randint(0, 20, (2, 5))
     mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 0, 0, 0]])
     out = model(ids, mask)
