@@ -128,7 +128,9 @@ class SequenceClassifier(_Classifier):
     architecture = "BertForSequenceClassification"
 
     def features(self, input_ids, attention_mask, token_type_ids):
-        return self.bert(input_ids, attention_mask, token_type_ids).pooler_output  # (batch, hidden)
+        # The pooler reads [CLS] alone, so the last block computes [CLS] alone (see BertModel).
+        out = self.bert(input_ids, attention_mask, token_type_ids, first_token_only=True)
+        return out.pooler_output  # (batch, hidden)
 
 
 class TokenClassifier(_Classifier):

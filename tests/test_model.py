@@ -141,6 +141,42 @@ def test_unpadded_path_equals_padded_path(setup, shape, train, per_sequence):
                                    msg=name)
 
 
+@settings(deadline=None, max_examples=40)
+@given(setup=tiny_setups(), unpad=st.booleans(), per_sequence=st.booleans(),
+       train=st.booleans(), starts_real=st.booleans())
+def test_first_token_only_equals_the_full_pass(setup, unpad, per_sequence, train, starts_real):
+    """The last block computing [CLS] alone gives the full pass's first position, pooler output
+    and gradients (atol 1e-5, dropout off); with a row not starting with a real token it falls
+    back to the full pass."""
+    config, input_ids, mask, token_type_ids, seed = setup
+    if starts_real:  # the usual right padding: the shortcut runs
+        mask[:, 0] = 1
+    torch.manual_seed(seed)
+    model = BertModel(BertConfig(**config, hidden_dropout_prob=0.0,
+                                 attention_probs_dropout_prob=0.0)).train(train)
+    model.per_sequence_attention = per_sequence
+    w = torch.randn(input_ids.shape[0], 1, config["hidden_size"],
+                    generator=torch.Generator().manual_seed(seed))
+    runs = []
+    for first_only in (False, True):
+        model.zero_grad()
+        out = model(input_ids, mask, token_type_ids, unpad=unpad, first_token_only=first_only)
+        first = out.last_hidden_state[:, :1]
+        ((first * w).sum() + out.pooler_output.sum()).backward()
+        runs.append((out.last_hidden_state.shape, first.detach(), out.pooler_output.detach(),
+                     {n: p.grad.clone() for n, p in model.named_parameters()
+                      if p.grad is not None}))
+    (full_shape, full_first, full_pooled, full_grads), (shape, first, pooled, grads) = runs
+    assert shape == (input_ids.shape[0], 1, config["hidden_size"])
+    assert full_shape == (*input_ids.shape, config["hidden_size"])
+    real = mask[:, 0].bool()  # the unpadded path leaves zeros where position 0 is padding
+    torch.testing.assert_close(first[real], full_first[real], atol=1e-5, rtol=0)
+    torch.testing.assert_close(pooled[real], full_pooled[real], atol=1e-5, rtol=0)
+    assert grads.keys() == full_grads.keys()
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(grads[name], grad, atol=1e-5, rtol=1e-5, msg=name)
+
+
 @settings(deadline=None, max_examples=25)
 @given(setup=tiny_setups(), unpad=st.booleans())
 def test_activation_checkpointing_gives_the_same_gradients(setup, unpad):
@@ -204,14 +240,20 @@ def test_varlen_attention_equals_plain_attention_per_sequence(lengths, heads, he
     """Packed sequences (empty ones included) attend each to its own tokens only: the plain
     formula on each sequence alone, stacked back (atol 1e-6)."""
     gen = torch.Generator().manual_seed(seed)
-    qkv = torch.randn(sum(lengths), 3, heads, head_dim, generator=gen)
-    got = varlen_attention(qkv, lengths)
+    q, k, v = (torch.randn(sum(lengths), heads, head_dim, generator=gen) for _ in range(3))
+    got = varlen_attention(q, k, v, lengths)
+    first = varlen_attention(q, k, v, lengths, first_only=True)
     assert got.shape == (sum(lengths), heads, head_dim)
-    start = 0
+    assert first.shape == (sum(n > 0 for n in lengths), heads, head_dim)
+    start, row = 0, 0
     for n in lengths:
-        q, k, v = qkv[start : start + n].permute(1, 2, 0, 3)  # 3 x (heads, n, head_dim)
-        expected = attention(q, k, v).transpose(0, 1)  # (n, heads, head_dim)
-        torch.testing.assert_close(got[start : start + n], expected, atol=1e-6, rtol=1e-5)
+        one = slice(start, start + n)  # this sequence: (n, heads, head_dim) -> (heads, n, d)
+        expected = attention(q[one].transpose(0, 1), k[one].transpose(0, 1),
+                             v[one].transpose(0, 1)).transpose(0, 1)  # (n, heads, head_dim)
+        torch.testing.assert_close(got[one], expected, atol=1e-6, rtol=1e-5)
+        if n:
+            torch.testing.assert_close(first[row], expected[0], atol=1e-6, rtol=1e-5)
+            row += 1
         start += n
 
 
