@@ -223,10 +223,12 @@ parts = [
 print(format_table([{"part": name, "parameters": count(module)} for name, module in parts]))
 
 # The head, by hand: the logits are the linear layer on the pooler output (dropout is off in eval).
+# The pooler reads [CLS] alone, so the classifier asks the encoder to compute [CLS] alone in its
+# last block (`first_token_only`: same numbers up to float rounding, less work).
 model.eval()
 with torch.no_grad():
     inputs = {k: v.to(DEVICE) for k, v in batch.items() if k != "labels"}
-    pooled = model.bert(**inputs).pooler_output  # (batch, hidden)
+    pooled = model.bert(**inputs, first_token_only=True).pooler_output  # (batch, hidden)
     by_hand = model.classifier(pooled)  # (batch, labels)
     head_diff = (by_hand - model(**inputs).logits).abs().max().item()
 print(
