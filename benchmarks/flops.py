@@ -87,7 +87,9 @@ def count_flops(
               all seq keys (transformers, minift with ``unpad=False``).
     repadded: linear layers on real tokens, attention re-padded: what minift executes on a GPU
               (on a CPU it attends per sequence and executes ``useful``).
-    The pooler and a ``num_labels`` classifier run once per sequence in all three.
+    cls_only, repadded_cls_only: ``useful`` and ``repadded`` when the last block computes the
+              first token of each sequence alone (minift's sequence classifier, in training).
+    The pooler and a ``num_labels`` classifier run once per sequence in all of them.
     """
     h, inner, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     batch, seq = attention_mask.shape
@@ -97,10 +99,20 @@ def count_flops(
     attention_own = layers * 4 * h * sum(n * n for n in lengths)  # q k^T and p v, own keys
     attention_padded = layers * 4 * h * positions * seq  # every position, all seq keys
     head = batch * 2 * (h * h + h * num_labels)  # pooler (+ classifier) on [CLS]
+    # The last block, first token only: the other tokens skip Q, the output projection and the
+    # feed-forward (K and V are still needed), and ask no attention query.
+    skipped_tokens = sum(max(n - 1, 0) for n in lengths)
+    skipped_linear = skipped_tokens * 2 * (2 * h * h + 2 * h * inner)
+    skipped_own = 4 * h * sum(max(n - 1, 0) * n for n in lengths)
+    skipped_padded = 4 * h * (positions - batch) * seq
+    useful = linear * real + attention_own + head
+    repadded = linear * real + attention_padded + head
     return {
-        "useful": linear * real + attention_own + head,
+        "useful": useful,
         "padded": linear * positions + attention_padded + head,
-        "repadded": linear * real + attention_padded + head,
+        "repadded": repadded,
+        "cls_only": useful - skipped_linear - skipped_own,
+        "repadded_cls_only": repadded - skipped_linear - skipped_padded,
     }
 
 
@@ -229,7 +241,7 @@ def main() -> None:
             flops = {
                 k: factor
                 * sum(count_flops(config, b["attention_mask"], num_labels)[k] for b in batches)
-                for k in ("useful", "padded", "repadded")
+                for k in ("useful", "padded", "repadded", "cls_only", "repadded_cls_only")
             }
             real = sum(int(b["attention_mask"].sum()) for b in batches)
             total = sum(b["attention_mask"].numel() for b in batches)
@@ -241,6 +253,9 @@ def main() -> None:
             for amp in DTYPES:
                 timings = interleaved(make(models, batches, device, amp), device, rounds)
                 minift_executes = "useful" if device.type == "cpu" else "repadded"
+                if mode == "train":  # the classifier's last block computes [CLS] alone
+                    minift_executes = {"useful": "cls_only"}.get(minift_executes,
+                                                                 "repadded_cls_only")
                 executed = {"minift": flops[minift_executes], "hf sdpa": flops["padded"]}
                 records.append(
                     {
@@ -324,7 +339,8 @@ def main() -> None:
         + "\n\n"
         "GFLOP/s and % peak count useful work: real tokens only, attention within each "
         'sequence\'s real tokens. "% peak executed" counts what each implementation runs, '
-        "padding included (minift: linear layers on real tokens, attention padded; "
+        "padding included (minift: linear layers on real tokens, attention per sequence on a "
+        "CPU, re-padded on a GPU, and in training a last block that computes [CLS] alone; "
         'transformers: everything padded); "hf executed / useful" is transformers\' padding '
         "tax. Matmuls only; training = 3 x forward. minift / hf sdpa is the speed ratio "
         "(median times, interleaved)."

@@ -178,10 +178,12 @@ class Unpadding:
     @classmethod
     def from_mask(cls, attention_mask: torch.Tensor, per_sequence: bool | None = None
                   ) -> Unpadding:
-        """``per_sequence`` defaults to True on CPU, False elsewhere (see ``varlen_attention``)."""
+        """``per_sequence`` defaults to True on CPU, False elsewhere (see ``varlen_attention``)
+        and under ``torch.compile``, whose graphs would be specialised to each batch's lengths."""
         batch, seq = attention_mask.shape
         if per_sequence is None:
-            per_sequence = attention_mask.device.type == "cpu"
+            per_sequence = (attention_mask.device.type == "cpu"
+                            and not torch.compiler.is_compiling())
         return cls(attention_mask.flatten().nonzero().squeeze(1), batch, seq,
                    attention_mask.sum(dim=1).tolist(), per_sequence)
 
