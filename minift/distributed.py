@@ -18,7 +18,9 @@ MASTER_ADDR, MASTER_PORT). This module is the little that minift adds on top:
 
 The training loop (`minift.train`) does the rest: wrap the model in
 `DistributedDataParallel`, skip the gradient sync on accumulation micro-steps (`no_sync`), and
-let only rank 0 evaluate, log, show progress and write files.
+let only rank 0 evaluate, log, show progress and write files. A script of your own that calls
+`train` under torchrun should end with `teardown()` (the CLI does), not a bare
+`destroy_process_group`: see its docstring for why.
 
 A rank that raises (bad data on its shard, out of memory) exits; torchrun's agent sees the
 failed process, stops the others and exits non-zero with that rank's error, so a job never
