@@ -189,8 +189,8 @@ class Unpadding:
 
     def starts(self) -> torch.Tensor:
         """(batch,) where each sequence's first token sits among the packed tokens."""
-        ends = torch.tensor(self.lengths, device=self.indices.device).cumsum(0)
-        return ends - torch.tensor(self.lengths, device=self.indices.device)
+        lengths = torch.tensor(self.lengths, device=self.indices.device)
+        return lengths.cumsum(0) - lengths
 
     def unpad(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, seq, ...) -> (tokens, ...)."""
@@ -288,7 +288,8 @@ class SelfAttention(nn.Module):
         y = self._sdpa(q, k, v, mask)  # (batch, heads, seq, head_dim)
         return self.out(y.transpose(1, 2).flatten(2))  # (batch, seq, hidden)
 
-    def _sdpa(self, q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
+    def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              mask: torch.Tensor | None) -> torch.Tensor:
         if mask is not None and mask.dtype != q.dtype:  # autocast made q bf16 or fp16
             mask = mask.clamp(min=torch.finfo(q.dtype).min).to(q.dtype)
         return F.scaled_dot_product_attention(
@@ -437,7 +438,7 @@ class BertModel(nn.Module):
         mask = additive_mask(attention_mask, self.embeddings.norm.weight.dtype) if padded else None
         # Only the last block shortcuts; and only where every row starts with a real token (the
         # pooler reads position 0; a row padded on the left has no real token there).
-        first_only = first_token_only and not (padded and not bool(attention_mask[:, 0].all()))
+        first_only = first_token_only and (not padded or bool(attention_mask[:, 0].all()))
         last = len(self.layers) - 1
         if padded and unpad:
             unpadding = Unpadding.from_mask(attention_mask, self.per_sequence_attention)
@@ -446,7 +447,7 @@ class BertModel(nn.Module):
             for i, layer in enumerate(self.layers):
                 x = self._run_block(layer, x, mask, unpadding, first_only and i == last)
             # (batch, seq, hidden); with first_only, (batch, hidden) -> (batch, 1, hidden)
-            x = x[:, None] if first_only and self.layers else unpadding.pad(x)
+            x = x[:, None] if first_only else unpadding.pad(x)
         else:
             x = self.embeddings(input_ids, token_type_ids, positions)  # (batch, seq, hidden)
             for i, layer in enumerate(self.layers):
