@@ -168,11 +168,19 @@ def test_accumulated_micro_batches_equal_one_batch(tmp_path_factory, sizes, igno
     train(accumulated, lambda e: micro, config(tmp, "a", grad_accum=len(micro), **common))
     train(single, lambda e: [whole], config(tmp, "b", grad_accum=1, **common))
 
+    after_accumulated, after_single = params_of(accumulated), params_of(single)
     for name, param in reference.named_parameters():
-        if param.requires_grad:
-            torch.testing.assert_close(captured[name], param.grad, atol=1e-6, rtol=1e-5)
-    assert_same(params_of(accumulated), params_of(single), atol=1e-6)
-    assert not torch.equal(params_of(accumulated)["out.weight"], params_of(model)["out.weight"])
+        if not param.requires_grad:
+            continue
+        torch.testing.assert_close(captured[name], param.grad, atol=1e-6, rtol=1e-5)
+        # AdamW's first step is lr * g / (|g| + eps): where |g| is near eps (1e-8), a float
+        # rounding of g moves the step by a good fraction of lr, so the weights are compared
+        # where the step is well defined, |g| >= 1e-4 (a 1e-8 change in g moves it < 1e-7), or
+        # g is exactly zero (no step at all).
+        stable = (param.grad.abs() >= 1e-4) | (param.grad == 0)
+        torch.testing.assert_close(after_accumulated[name][stable], after_single[name][stable],
+                                   atol=1e-6, rtol=0, msg=name)
+    assert not torch.equal(after_accumulated["out.weight"], params_of(model)["out.weight"])
 
 
 # ---------------------------------------------------------------------------------------------
