@@ -4,7 +4,8 @@ Question: how fast does the encoder run a forward pass, at fixed lengths (no pad
 length distributions (unsorted batches of SST-2 sentences, CoNLL-2003 sentences, MRPC pairs)?
 Implementations: minift (unpadded, the default), minift with ``unpad=False`` (the padded reference
 path), transformers with SDPA attention and with eager attention. Throughput counts real tokens
-only, so padding is work that earns nothing.
+only, so padding is work that earns nothing. The page faults per round (median, thousands) count
+memory the system handed out fresh and zeroed on first touch: allocation cost beyond arithmetic.
 
     python benchmarks/inference_throughput.py            # a few minutes on 2 CPU cores
     python benchmarks/inference_throughput.py --quick    # a smoke run
@@ -80,7 +81,9 @@ def main() -> None:
         rows.append({"workload": workload, "padding %": 100 * (1 - real / total),
                      **{f"{name} tok/s": tps[name] for name in model_of},
                      "minift / hf sdpa": tps["minift"] / tps["hf sdpa"],
-                     "minift / hf eager": tps["minift"] / tps["hf eager"]})
+                     "minift / hf eager": tps["minift"] / tps["hf eager"],
+                     **{f"{name} page faults (k)": timings[name]["median_page_faults"] / 1000
+                        for name in ("minift", "hf sdpa")}})
         print(format_table(rows[-1:], float_format=".2f"), flush=True)
     table = format_table(rows, float_format=".2f")
     payload = {"machine": machine(device), "bf16": args.bf16, "rounds": rounds,

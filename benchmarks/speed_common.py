@@ -25,6 +25,11 @@ from minift.checkpoint import resolve_model_dir
 from minift.model import BertModel
 from minift.tokenizer import Tokenizer
 
+try:
+    import resource
+except ImportError:  # Windows: no page-fault counter
+    resource = None
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -147,14 +152,25 @@ def interleaved(runs: dict[str, Callable[[], None]], device: torch.device, round
         for fn in runs.values():
             fn()
     seconds: dict[str, list[float]] = {name: [] for name in runs}
+    faults: dict[str, list[int]] = {name: [] for name in runs}
     for r in range(rounds):
         names = list(runs)
         if r % 2:  # alternate the order so no one always runs first
             names.reverse()
         for name in names:
+            before = minor_faults()
             seconds[name].append(timed(runs[name], device))
+            faults[name].append(minor_faults() - before)
     return {name: {"median_s": statistics.median(s), "min_s": min(s), "max_s": max(s),
-                   "rounds": len(s)} for name, s in seconds.items()}
+                   "rounds": len(s), "median_page_faults": statistics.median(faults[name])}
+            for name, s in seconds.items()}
+
+
+def minor_faults() -> int:
+    """Minor page faults of this process so far: each is a page of memory touched for the first
+    time since the system mapped it, zeroed on the spot. Tensors on a CPU that come from fresh
+    mappings rather than reused memory pay this on top of their arithmetic."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource else 0
 
 
 def _rss_kib(field: str) -> int:

@@ -314,7 +314,16 @@ class SelfAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """hidden -> intermediate (GELU) -> hidden."""
+    """hidden -> intermediate (GELU) -> hidden.
+
+    The intermediate, (tokens, 4 * hidden), is the largest activation of the model. Where no
+    gradient will flow through it (inference, or a frozen block), GELU runs in place: the plain
+    ``F.gelu`` would allocate a second tensor of that size for every block. On a CPU that
+    allocation is costly beyond its bytes: memory freshly mapped from the system is zeroed page by
+    page on first touch (benchmarks/inference_throughput.py counts these page faults). Training
+    needs GELU's input for the backward pass, so there the plain form stays; tests hold the two
+    equal.
+    """
 
     def __init__(self, config: BertConfig):
         super().__init__()
@@ -322,7 +331,10 @@ class FeedForward(nn.Module):
         self.down = nn.Linear(config.intermediate_size, config.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(F.gelu(self.up(x)))
+        h = self.up(x)
+        if h.requires_grad:  # autograd keeps GELU's input for the backward pass
+            return self.down(F.gelu(h))
+        return self.down(torch.ops.aten.gelu_(h))  # in place: no second intermediate
 
 
 class Block(nn.Module):

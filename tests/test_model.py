@@ -100,6 +100,39 @@ def test_random_config_outputs_and_gradients_match(setup, attn):
         torch.testing.assert_close(grad, ref_grads[name], atol=1e-5, rtol=1e-5, msg=name)
 
 
+@settings(deadline=None, max_examples=30)
+@given(setup=tiny_setups(), unpad=st.booleans())
+def test_no_gradient_forms_match(setup, unpad):
+    """Where no gradient flows, the feed-forward runs GELU in place. Inference outputs still
+    match transformers (atol 1e-5), and frozen lower blocks (no gradient through their GELU)
+    leave the last block's gradients exactly as without freezing."""
+    config, input_ids, mask, token_type_ids, seed = setup
+    hf, ours = build_pair(config, seed)
+    real = mask.bool()
+    with torch.inference_mode():
+        ref = hf(input_ids=input_ids, attention_mask=mask, token_type_ids=token_type_ids)
+        out = ours(input_ids, mask, token_type_ids, unpad=unpad)
+    torch.testing.assert_close(out.last_hidden_state[real], ref.last_hidden_state[real],
+                               atol=1e-5, rtol=0)
+
+    def grads():
+        ours.zero_grad(set_to_none=True)
+        o = ours(input_ids, mask, token_type_ids, unpad=unpad)
+        o.last_hidden_state[real].square().mean().backward()
+        return {n: p.grad for n, p in ours.named_parameters() if p.grad is not None}
+
+    full = grads()
+    frozen = [ours.embeddings, *ours.layers[:-1]]  # all but the last block
+    for p in (p for module in frozen for p in module.parameters()):
+        p.requires_grad_(False)
+    partial = grads()
+    last = f"layers.{len(ours.layers) - 1}."
+    expected = {n: g for n, g in full.items() if n.startswith(last)}
+    assert set(partial) == set(expected)
+    for name, grad in partial.items():
+        torch.testing.assert_close(grad, expected[name], atol=0, rtol=0, msg=name)
+
+
 @settings(deadline=None, max_examples=40)
 @given(setup=tiny_setups(), shape=st.sampled_from(["random", "single_token", "no_padding"]),
        train=st.booleans(), per_sequence=st.booleans())
