@@ -4,7 +4,8 @@ Question: how many real tokens per second does one fine-tuning step process, for
 classifier on the published MiniLM, with torch's foreach AdamW, its fused AdamW and minift's
 hand-written AdamW, in fp32 and under bf16 autocast? Same weights, same batches (fixed length 128
 without padding, and unsorted SST-2 / MRPC batches with their real padding); transformers runs
-``BertForSequenceClassification`` with SDPA attention.
+``BertForSequenceClassification`` with SDPA attention. "minift, F.dropout" is minift with torch's
+own dropout in place of minift's (see benchmarks/dropout.py): what that one change buys.
 
     python benchmarks/train_step.py            # a few minutes on 2 CPU cores
     python benchmarks/train_step.py --quick
@@ -16,6 +17,7 @@ import argparse
 import contextlib
 
 import torch
+import torch.nn.functional as F
 import transformers
 from speed_common import (
     fixed_batches,
@@ -26,6 +28,7 @@ from speed_common import (
     write_report,
 )
 
+import minift.model
 from minift.checkpoint import resolve_model_dir
 from minift.heads import SequenceClassifier
 from minift.metrics import format_table
@@ -37,6 +40,19 @@ def with_labels(batches: list[dict], seed: int = 0) -> list[dict]:
     gen = torch.Generator().manual_seed(seed)
     return [{**b, "labels": torch.randint(0, 2, (len(b["input_ids"]),), generator=gen)}
             for b in batches]
+
+
+def with_torch_dropout(fn):
+    """``fn`` with minift's dropout swapped for ``F.dropout`` (the mask drawn by bernoulli_),
+    everything else unchanged: what minift's own mask buys in a whole step."""
+    def run():
+        own = minift.model.dropout
+        minift.model.dropout = F.dropout
+        try:
+            fn()
+        finally:
+            minift.model.dropout = own
+    return run
 
 
 def main() -> None:
@@ -72,7 +88,8 @@ def main() -> None:
         for amp, impl in variants:
             optimizers = {"minift": make_optimizer(ours, lr=1e-5, impl=impl),
                           "hf sdpa": make_optimizer(ref, lr=1e-5, impl=impl)}
-            models = {"minift": ours, "hf sdpa": ref}
+            optimizers["minift, F.dropout"] = optimizers["minift"]
+            models = {"minift": ours, "minift, F.dropout": ours, "hf sdpa": ref}
 
             def step_fn(name, batches=batches, amp=amp, optimizers=optimizers, models=models):
                 def fn():
@@ -85,15 +102,16 @@ def main() -> None:
                         loss.backward()
                         opt.step()
                         opt.zero_grad(set_to_none=True)
-                return fn
+                return with_torch_dropout(fn) if name == "minift, F.dropout" else fn
 
             timings = interleaved({name: step_fn(name) for name in models}, device, rounds)
             tps = {name: real / t["median_s"] for name, t in timings.items()}
             records.append({"workload": workload, "amp": amp, "optimizer": impl,
                             "real_tokens": real, "timings": timings, "real_tokens_per_s": tps})
             rows.append({"workload": workload, "amp": amp, "AdamW": impl,
-                         "minift tok/s": tps["minift"], "hf sdpa tok/s": tps["hf sdpa"],
-                         "minift / hf sdpa": tps["minift"] / tps["hf sdpa"]})
+                         **{f"{name} tok/s": tps[name] for name in models},
+                         "minift / hf sdpa": tps["minift"] / tps["hf sdpa"],
+                         "minift, F.dropout / hf sdpa": tps["minift, F.dropout"] / tps["hf sdpa"]})
             print(format_table(rows[-1:], float_format=".2f"), flush=True)
     table = format_table(rows, float_format=".2f")
     payload = {"machine": machine(device), "rounds": rounds, "quick": args.quick,

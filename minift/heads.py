@@ -22,7 +22,7 @@ from minift.checkpoint import (
     resolve_model_dir,
     save_bert,
 )
-from minift.model import BertConfig, BertModel
+from minift.model import BertConfig, BertModel, Dropout
 
 
 @dataclass
@@ -51,7 +51,7 @@ class _Classifier(nn.Module):
             raise ValueError(f"id2label has {len(self.id2label)} entries, num_labels={num_labels}")
         self.classifier_dropout = classifier_dropout
         p = config.hidden_dropout_prob if classifier_dropout is None else classifier_dropout
-        self.dropout = nn.Dropout(p)
+        self.dropout = Dropout(p)
         self.classifier = nn.Linear(config.hidden_size, num_labels)
         nn.init.normal_(self.classifier.weight, std=config.initializer_range)  # as transformers
         nn.init.zeros_(self.classifier.bias)

@@ -127,16 +127,43 @@ class BertConfig:
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-              mask: torch.Tensor | None = None) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d) + mask) v, the plain form that SDPA must equal.
+              mask: torch.Tensor | None = None, dropout_p: float = 0.0) -> torch.Tensor:
+    """dropout(softmax(q k^T / sqrt(d) + mask)) v, the plain form that SDPA must equal.
 
     q, k, v: (batch, heads, seq, head_dim); mask: additive, broadcastable to
     (batch, heads, seq, seq), 0 where a key may be attended and a very negative number where not.
+    ``dropout_p`` drops attention probabilities (training), as SDPA's ``dropout_p`` does.
     """
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (batch, heads, seq, seq)
     if mask is not None:
         scores = scores + mask
-    return scores.softmax(dim=-1) @ v
+    return dropout(scores.softmax(dim=-1), dropout_p) @ v
+
+
+def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """Zero each element with probability ``p`` and scale the rest by 1 / (1 - p): F.dropout.
+
+    The same distribution as ``F.dropout``, drawn differently on a CPU: the keep mask is a
+    uniform draw compared with ``p``, where torch's CPU dropout calls ``bernoulli_``, which is
+    slower: ``F.dropout`` takes 1.6-1.8x as long as this on our 2-core CPU (benchmarks/
+    dropout.py). Masks of attention probabilities are large, (heads, seq, seq) per sequence, so
+    this is a visible share of a training step. On a GPU, ``F.dropout`` is one fused kernel and
+    stays.
+    Autograd keeps the boolean mask alone for the backward pass, as ``F.dropout`` does.
+    """
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu" or p == 1.0:
+        return F.dropout(x, p, training)
+    keep = torch.rand_like(x, dtype=torch.float32) >= p  # P(keep) = 1 - p
+    return (x * keep).mul_(1.0 / (1.0 - p))
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` through ``dropout`` above (same ``p``, same state dict: none)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
 
 
 def additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -224,7 +251,14 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths:
         # (len, heads, head_dim) -> (1, heads, len, head_dim): SDPA's fused CPU kernel wants
         # the batch dimension. Views, no copies.
         qi, ki, vi = (t.transpose(0, 1).unsqueeze(0) for t in (qi, ki, vi))
-        y = F.scaled_dot_product_attention(qi, ki, vi, dropout_p=dropout_p)
+        if dropout_p > 0.0:
+            # SDPA's CPU kernels have no dropout: it falls back to this same formula, in float32,
+            # with a slower mask (see dropout). So do we, in float32 under autocast too.
+            with torch.autocast(qi.device.type, enabled=False):
+                y = attention(qi.float(), ki.float(), vi.float(), dropout_p=dropout_p)
+            y = y.to(qi.dtype)
+        else:
+            y = F.scaled_dot_product_attention(qi, ki, vi)
         outputs.append(y[0].transpose(0, 1))  # (len or 1, heads, head_dim)
     if not outputs:
         return q.new_zeros(0, *q.shape[1:])
@@ -247,7 +281,7 @@ class Embeddings(nn.Module):
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor,
                 position_ids: torch.Tensor) -> torch.Tensor:
@@ -346,7 +380,7 @@ class Block(nn.Module):
         self.attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.ffn = FeedForward(config)
         self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None,
                 unpadding: Unpadding | None = None, first_only: bool = False) -> torch.Tensor:

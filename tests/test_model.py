@@ -5,6 +5,7 @@ MiniLM checkpoint to 1e-4 (REFERENCE.md: a faithful implementation lands near 2e
 """
 
 import csv
+import math
 import tempfile
 
 import pytest
@@ -19,6 +20,7 @@ from minift.model import (
     BertModel,
     ConfigError,
     attention,
+    dropout,
     set_activation_checkpointing,
     varlen_attention,
 )
@@ -241,8 +243,12 @@ def test_activation_checkpointing_gives_the_same_gradients(setup, unpad):
     assert ckpt_calls == 2 * config["num_hidden_layers"]  # forward, then again in backward
     torch.testing.assert_close(ckpt, plain, atol=1e-5, rtol=0)
     assert ckpt_grads.keys() == plain_grads.keys()
+    # equal_nan: with hidden_size 2 a dropout mask can zero a token's whole hidden state; the
+    # LayerNorm after it (eps 1e-12) then scales gradients by 1e6 per block, to inf and NaN.
+    # The re-run must reproduce that too, NaN where the plain run has NaN.
     for name, grad in plain_grads.items():
-        torch.testing.assert_close(ckpt_grads[name], grad, atol=1e-5, rtol=1e-5, msg=name)
+        torch.testing.assert_close(ckpt_grads[name], grad, atol=1e-5, rtol=1e-5, msg=name,
+                                   equal_nan=True)
 
     # Evaluation never recomputes: no graph, nothing to save.
     calls.clear()
@@ -288,6 +294,53 @@ def test_varlen_attention_equals_plain_attention_per_sequence(lengths, heads, he
             torch.testing.assert_close(first[row], expected[0], atol=1e-6, rtol=1e-5)
             row += 1
         start += n
+
+
+@settings(deadline=None, max_examples=20)
+@given(lengths=st.lists(st.integers(0, 9), min_size=1, max_size=5), first_only=st.booleans(),
+       p=st.sampled_from([0.1, 0.5]), seed=st.integers(0, 99))
+def test_varlen_attention_with_dropout_is_the_plain_formula_per_sequence(lengths, first_only,
+                                                                          p, seed):
+    """With dropout, each sequence draws its mask in turn: from the same seed, the plain formula
+    with dropout on each sequence alone gives the same numbers (atol 1e-6)."""
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(sum(lengths), 2, 4, generator=gen) for _ in range(3))
+    torch.manual_seed(seed)
+    got = varlen_attention(q, k, v, lengths, dropout_p=p, first_only=first_only)
+    torch.manual_seed(seed)
+    expected, start = [], 0
+    for n in lengths:
+        qi, ki, vi = (t[start:start + n].transpose(0, 1)[None] for t in (q, k, v))
+        start += n
+        if n:
+            y = attention(qi[:, :, :1] if first_only else qi, ki, vi, dropout_p=p)
+            expected.append(y[0].transpose(0, 1))
+    torch.testing.assert_close(got, torch.cat(expected) if expected else got[:0],
+                               atol=1e-6, rtol=1e-5)
+
+
+@settings(deadline=None, max_examples=30)
+@given(p=st.floats(0.02, 0.98), shape=st.sampled_from([(4000,), (30, 20, 9)]),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16]), seed=st.integers(0, 2**31))
+def test_dropout_is_f_dropouts_distribution(p, shape, dtype, seed):
+    """minift's dropout draws its mask differently from F.dropout; what must hold is the
+    distribution: each element kept with probability 1 - p (the keep rate within 6 standard
+    deviations of a binomial, for both), kept ones scaled by 1 / (1 - p), and the gradient the
+    same mask and scale."""
+    torch.manual_seed(seed)
+    x = (torch.rand(shape) + 0.5).to(dtype).requires_grad_()  # no zeros: 0 means dropped
+    n = x.numel()
+    for y in (dropout(x, p), torch.nn.functional.dropout(x, p)):  # ours, then the reference
+        kept = y != 0
+        assert abs(kept.double().mean().item() - (1 - p)) <= 6 * math.sqrt(p * (1 - p) / n)
+        assert y.dtype == dtype
+        torch.testing.assert_close(y[kept], x[kept] / (1 - p))
+        x.grad = None
+        g = torch.randn(shape).to(dtype)
+        y.backward(g)
+        torch.testing.assert_close(x.grad, g * kept / (1 - p))
+    assert dropout(x, p, training=False) is x and dropout(x, 0.0) is x
+    assert not dropout(x, 1.0).any()
 
 
 @pytest.mark.parametrize("per_sequence", [True, False])
