@@ -145,7 +145,7 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
 
     The same distribution as ``F.dropout``, drawn differently on a CPU: the keep mask is a
     uniform draw compared with ``p``, where torch's CPU dropout calls ``bernoulli_``, which is
-    slower: ``F.dropout`` takes 1.6-1.8x as long as this on our 2-core CPU (benchmarks/
+    slower: ``F.dropout`` takes 1.5-1.8x as long as this on our 2-core CPU (benchmarks/
     dropout.py). Masks of attention probabilities are large, (heads, seq, seq) per sequence, so
     this is a visible share of a training step. On a GPU, ``F.dropout`` is one fused kernel and
     stays.
