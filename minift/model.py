@@ -155,8 +155,12 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
         return x
     if x.device.type != "cpu" or p == 1.0:
         return F.dropout(x, p, training)
-    keep = torch.rand_like(x, dtype=torch.float32) >= p  # P(keep) = 1 - p
-    return (x * keep).mul_(1.0 / (1.0 - p))
+    return (x * keep_mask(x, p)).mul_(1.0 / (1.0 - p))
+
+
+def keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
+    """A boolean tensor shaped like ``x``, each element True (kept) with probability 1 - p."""
+    return torch.rand_like(x, dtype=torch.float32) >= p
 
 
 class Dropout(nn.Dropout):
@@ -241,7 +245,17 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths:
     cheap on a CPU, where the loop costs microseconds against milliseconds of matmul; on a GPU
     the many small launches would cost more than the padding they skip, which is why
     ``Unpadding`` re-pads there (FlashAttention's varlen kernel does this in one launch).
+
+    With ``dropout_p`` (training), ``DropoutAttentionPerSequence`` below runs the plain formula
+    instead, with its backward written out.
     """
+    if dropout_p > 0.0:
+        # SDPA's CPU kernels have no dropout: SDPA falls back to the plain formula in float32,
+        # with a slower mask (see dropout). So do we, in float32 under autocast too.
+        with torch.autocast(q.device.type, enabled=False):
+            y = DropoutAttentionPerSequence.apply(q.float(), k.float(), v.float(), lengths,
+                                                  dropout_p, first_only)
+        return y.to(q.dtype)
     outputs = []
     for qi, ki, vi in zip(q.split(lengths), k.split(lengths), v.split(lengths), strict=True):
         if len(qi) == 0:
@@ -251,18 +265,78 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths:
         # (len, heads, head_dim) -> (1, heads, len, head_dim): SDPA's fused CPU kernel wants
         # the batch dimension. Views, no copies.
         qi, ki, vi = (t.transpose(0, 1).unsqueeze(0) for t in (qi, ki, vi))
-        if dropout_p > 0.0:
-            # SDPA's CPU kernels have no dropout: it falls back to this same formula, in float32,
-            # with a slower mask (see dropout). So do we, in float32 under autocast too.
-            with torch.autocast(qi.device.type, enabled=False):
-                y = attention(qi.float(), ki.float(), vi.float(), dropout_p=dropout_p)
-            y = y.to(qi.dtype)
-        else:
-            y = F.scaled_dot_product_attention(qi, ki, vi)
+        y = F.scaled_dot_product_attention(qi, ki, vi)
         outputs.append(y[0].transpose(0, 1))  # (len or 1, heads, head_dim)
     if not outputs:
         return q.new_zeros(0, *q.shape[1:])
     return torch.cat(outputs)
+
+
+class DropoutAttentionPerSequence(torch.autograd.Function):
+    """``attention(q, k, v, dropout_p=p)`` on each packed sequence, as one autograd node.
+
+    The plain formula run sequence by sequence, with the same masks from the same seed (tests
+    hold outputs and gradients equal to it), with the backward pass written out. Autograd would
+    record about fifteen small nodes per sequence, thousands per training step at 32 sequences
+    and 6 layers, and keep one more (heads, len, len) tensor per sequence than needed. Written
+    out, the two scalings move to q and v, once for all tokens instead of once per sequence on
+    the (heads, len, len) scores; the rest is the textbook backward of y = D v with
+    S = q k^T / sqrt(d), P = softmax(S) and D = P * keep / (1 - p):
+
+        dv = D^T dy      dD = dy v^T      dP = dD * keep / (1 - p)
+        dS = P * (dP - rowsum(dP * P))    (softmax)
+        dq = dS k / sqrt(d)               dk = dS^T q / sqrt(d)
+
+    q, k, v: (tokens, heads, head_dim) float32; see ``varlen_attention`` for the rest.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, lengths, p, first_only):
+        q = q / math.sqrt(q.size(-1))  # the scores' scale, on q: (tokens, heads, head_dim)
+        v = v / (1.0 - p)  # dropout's scale, on v
+        outputs, probs, keeps = [], [], []
+        for qi, ki, vi in zip(q.split(lengths), k.split(lengths), v.split(lengths), strict=True):
+            if len(qi) == 0:
+                continue
+            if first_only:
+                qi = qi[:1]
+            qi, ki, vi = (t.transpose(0, 1) for t in (qi, ki, vi))  # (heads, len, head_dim)
+            prob = (qi @ ki.transpose(1, 2)).softmax(dim=-1)  # (heads, len_q, len)
+            keep = keep_mask(prob, p)
+            outputs.append(((prob * keep) @ vi).transpose(0, 1))  # (len_q, heads, head_dim)
+            probs.append(prob)
+            keeps.append(keep)
+        # Through save_for_backward, intermediates included, so that activation checkpointing's
+        # hooks can drop them and recompute them.
+        ctx.save_for_backward(q, k, v, *probs, *keeps)
+        ctx.lengths, ctx.p = lengths, p
+        if not outputs:
+            return q.new_zeros(0, *q.shape[1:])
+        return torch.cat(outputs)  # (tokens or sequences, heads, head_dim)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        q, k, v, *saved = ctx.saved_tensors  # q and v scaled as in forward
+        probs, keeps = iter(saved[: len(saved) // 2]), iter(saved[len(saved) // 2 :])
+        dq, dk, dv = torch.zeros_like(q), torch.empty_like(k), torch.empty_like(v)
+        start, row = 0, 0
+        with torch.autocast(dy.device.type, enabled=False):
+            for n in ctx.lengths:
+                if n == 0:
+                    continue
+                prob, keep = next(probs), next(keeps)  # (heads, len_q, n); len_q is n or 1
+                len_q = prob.size(1)
+                span = slice(start, start + n)
+                qi, ki, vi = (t[span].transpose(0, 1) for t in (q, k, v))  # (heads, n, d)
+                dyi = dy[row : row + len_q].transpose(0, 1)  # (heads, len_q, head_dim)
+                dv[span] = ((prob * keep).transpose(1, 2) @ dyi).transpose(0, 1)
+                dprob = (dyi @ vi.transpose(1, 2)).mul_(keep)
+                dscores = dprob.sub_((dprob * prob).sum(dim=-1, keepdim=True)).mul_(prob)
+                dq[start : start + len_q] = (dscores @ ki).transpose(0, 1)
+                dk[span] = (dscores.transpose(1, 2) @ qi[:, :len_q]).transpose(0, 1)
+                start, row = start + n, row + len_q
+        return dq / math.sqrt(q.size(-1)), dk, dv / (1.0 - ctx.p), None, None, None
 
 
 # --------------------------------------------------------------------------------------------

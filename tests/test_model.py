@@ -302,9 +302,10 @@ def test_varlen_attention_equals_plain_attention_per_sequence(lengths, heads, he
 def test_varlen_attention_with_dropout_is_the_plain_formula_per_sequence(lengths, first_only,
                                                                           p, seed):
     """With dropout, each sequence draws its mask in turn: from the same seed, the plain formula
-    with dropout on each sequence alone gives the same numbers (atol 1e-6)."""
+    with dropout on each sequence alone, through autograd, gives the same outputs and the same
+    gradients as the hand-written backward (atol 1e-6)."""
     gen = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(sum(lengths), 2, 4, generator=gen) for _ in range(3))
+    q, k, v = (torch.randn(sum(lengths), 2, 4, generator=gen).requires_grad_() for _ in range(3))
     torch.manual_seed(seed)
     got = varlen_attention(q, k, v, lengths, dropout_p=p, first_only=first_only)
     torch.manual_seed(seed)
@@ -315,8 +316,30 @@ def test_varlen_attention_with_dropout_is_the_plain_formula_per_sequence(lengths
         if n:
             y = attention(qi[:, :, :1] if first_only else qi, ki, vi, dropout_p=p)
             expected.append(y[0].transpose(0, 1))
-    torch.testing.assert_close(got, torch.cat(expected) if expected else got[:0],
-                               atol=1e-6, rtol=1e-5)
+    expected = torch.cat(expected) if expected else got[:0]
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    if not any(lengths):  # every sequence empty: no output depends on q, k, v
+        return
+    dy = torch.randn(got.shape, generator=gen)
+    grads = torch.autograd.grad(got, (q, k, v), dy)
+    for g, e in zip(grads, torch.autograd.grad(expected, (q, k, v), dy), strict=True):
+        torch.testing.assert_close(g, e, atol=1e-6, rtol=1e-5)
+
+
+def test_varlen_attention_with_dropout_under_bf16_autocast_runs_in_float32():
+    """Under autocast the dropout path attends in float32 (SDPA's CPU fallback does too) and
+    hands back the input's dtype; its gradients reach bf16 inputs."""
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(7, 2, 4, generator=gen).bfloat16().requires_grad_() for _ in range(3))
+    torch.manual_seed(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = varlen_attention(q, k, v, [3, 4], dropout_p=0.2)
+    torch.manual_seed(0)
+    expected = varlen_attention(q.float(), k.float(), v.float(), [3, 4], dropout_p=0.2)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got, expected.bfloat16())
+    got.float().sum().backward()
+    assert all(t.grad is not None and t.grad.dtype == torch.bfloat16 for t in (q, k, v))
 
 
 @settings(deadline=None, max_examples=30)
