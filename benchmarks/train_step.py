@@ -5,7 +5,7 @@ classifier on the published MiniLM, with torch's foreach AdamW, its fused AdamW 
 hand-written AdamW, in fp32 and under bf16 autocast? Same weights, same batches (fixed length 128
 without padding, and unsorted SST-2 / MRPC batches with their real padding); transformers runs
 ``BertForSequenceClassification`` with SDPA attention. "minift, F.dropout" is minift with torch's
-own dropout in place of minift's (see benchmarks/dropout.py): what that one change buys.
+own dropout masks in place of minift's (see benchmarks/dropout.py): what that one change buys.
 
     python benchmarks/train_step.py            # a few minutes on 2 CPU cores
     python benchmarks/train_step.py --quick
@@ -43,16 +43,24 @@ def with_labels(batches: list[dict], seed: int = 0) -> list[dict]:
 
 
 def with_torch_dropout(fn):
-    """``fn`` with minift's dropout swapped for ``F.dropout`` (the mask drawn by bernoulli_),
-    everything else unchanged: what minift's own mask buys in a whole step."""
+    """``fn`` with minift's dropout masks drawn as torch draws them, everything else unchanged:
+    ``F.dropout`` in place of minift's ``dropout`` (hidden states), and a ``bernoulli_`` keep
+    mask in place of ``keep_mask`` (attention probabilities): what minift's own masks buy in a
+    whole step."""
     def run():
-        own = minift.model.dropout
+        own = minift.model.dropout, minift.model.keep_mask
         minift.model.dropout = F.dropout
+        minift.model.keep_mask = bernoulli_keep_mask
         try:
             fn()
         finally:
-            minift.model.dropout = own
+            minift.model.dropout, minift.model.keep_mask = own
     return run
+
+
+def bernoulli_keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
+    """The keep mask as torch's CPU dropout draws it."""
+    return torch.empty_like(x).bernoulli_(1.0 - p).bool()
 
 
 def main() -> None:

@@ -163,7 +163,12 @@ for name, s in stats.items():
 # token belongs to which sequence: the packed tokens come sequence after sequence, so
 # `varlen_attention` splits them by `lengths` and runs attention on each sequence alone, with no
 # padding and no mask (on a GPU, where many small calls cost more than the padding, attention
-# re-pads for itself instead). Here is the whole piece, from `minift/model.py`:
+# re-pads for itself instead). In training, with dropout on the attention probabilities, SDPA
+# has no fused CPU kernel and neither do we: `DropoutAttentionPerSequence` runs the plain
+# formula per sequence as one autograd node, its backward written out, because autograd's
+# bookkeeping of thousands of tiny per-sequence nodes costs more than their arithmetic (read its
+# docstring in `minift/model.py`; tests hold it to autograd through the plain formula). Here is
+# the whole piece, from `minift/model.py`:
 
 # %%
 print(inspect.getsource(Unpadding))
@@ -431,18 +436,37 @@ for name, dataset in datasets.items():
             "minift / minift padded": median["minift padded"] / median["minift"],
             "minift / hf sdpa": median["hf sdpa"] / median["minift"],
             "largest spread": spread,
+            **{f"{k} page faults": t["median_page_faults"] for k, t in timings.items()},
         }
     )
 print(f"{ROUNDS} rounds after one warm-up, {torch.get_num_threads()} torch threads, median:")
 print(format_table(timing_rows, float_format=".2f"))
 
 # %% [markdown]
-# `minift / minift padded` isolates the padding: same code, same weights, only `unpad` differs,
-# so it should approach the ceiling from below; a ratio above the ceiling is noise, not a win.
-# `minift / hf sdpa` adds the difference between the two implementations. "largest spread" is (slowest round - fastest round) / median, the
-# worst of the three implementations: it tells how far to trust the second decimal. In quick
-# mode a single batch and few rounds make these numbers rough; the benchmarks
-# (`benchmarks/inference_throughput.py`, `train_step.py`, `flops.py`) time more batches.
+# `minift / minift padded` isolates the padding: same code, same weights, only `unpad` differs.
+# It can pass the token ceiling, for the reason above: attention per sequence saves more than
+# the token count. `minift / hf sdpa` adds the difference between the two implementations.
+# "largest spread" is (slowest round - fastest round) / median, the worst of the three
+# implementations: it tells how far to trust the second decimal. In quick mode a single batch
+# and few rounds make these numbers rough; the benchmarks (`benchmarks/inference_throughput.py`,
+# `train_step.py`, `flops.py`) time more batches.
+#
+# ### One more thing to count: page faults
+#
+# The page-fault columns count, per round, the pages of memory the process touched for the
+# first time since the system handed them over (`speed_common.minor_faults`). On a CPU, every
+# large tensor that comes from fresh memory rather than memory the allocator kept costs one
+# such fault per 4 KiB page, the page zeroed on the spot, on top of the tensor's arithmetic.
+# glibc's malloc gives large blocks fresh mappings of their own and returns them to the system
+# when they are freed; each time it sees one freed it raises that size threshold to the block's
+# size (up to 32 MiB), so later blocks that size come from its heap, which it keeps and reuses.
+# A model that allocates the same few shapes round after round stops faulting after its warm-up;
+# one that allocates more, or larger, tensors keeps paying (a training step's gradient of the
+# 30522 x 384 word embeddings, 47 MB, is always fresh). Two of minift's choices show here:
+# unpadded tensors are smaller, and GELU runs in place where no gradient will flow
+# (`FeedForward.forward`), so the largest activation is not allocated twice per block. When two
+# implementations do the same arithmetic and one is slower, this column is the first place to
+# look.
 
 # %%
 print(f"lesson ran in {time.perf_counter() - START:.1f} s")
