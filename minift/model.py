@@ -252,9 +252,10 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths:
     if dropout_p > 0.0:
         # SDPA's CPU kernels have no dropout: SDPA falls back to the plain formula in float32,
         # with a slower mask (see dropout). So do we, in float32 under autocast too.
+        dtype = torch.promote_types(q.dtype, torch.float32)  # bf16, fp16 -> float32
         with torch.autocast(q.device.type, enabled=False):
-            y = DropoutAttentionPerSequence.apply(q.float(), k.float(), v.float(), lengths,
-                                                  dropout_p, first_only)
+            y = DropoutAttentionPerSequence.apply(q.to(dtype), k.to(dtype), v.to(dtype),
+                                                  lengths, dropout_p, first_only)
         return y.to(q.dtype)
     outputs = []
     for qi, ki, vi in zip(q.split(lengths), k.split(lengths), v.split(lengths), strict=True):
@@ -287,7 +288,7 @@ class DropoutAttentionPerSequence(torch.autograd.Function):
         dS = P * (dP - rowsum(dP * P))    (softmax)
         dq = dS k / sqrt(d)               dk = dS^T q / sqrt(d)
 
-    q, k, v: (tokens, heads, head_dim) float32; see ``varlen_attention`` for the rest.
+    q, k, v: (tokens, heads, head_dim), float32 or float64; see ``varlen_attention``.
     """
 
     @staticmethod

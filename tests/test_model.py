@@ -328,7 +328,7 @@ def test_varlen_attention_with_dropout_is_the_plain_formula_per_sequence(lengths
 
 def test_varlen_attention_with_dropout_under_bf16_autocast_runs_in_float32():
     """Under autocast the dropout path attends in float32 (SDPA's CPU fallback does too) and
-    hands back the input's dtype; its gradients reach bf16 inputs."""
+    hands back the input's dtype; its gradients reach bf16 inputs. float64 attends in float64."""
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(7, 2, 4, generator=gen).bfloat16().requires_grad_() for _ in range(3))
     torch.manual_seed(0)
@@ -340,6 +340,16 @@ def test_varlen_attention_with_dropout_under_bf16_autocast_runs_in_float32():
     torch.testing.assert_close(got, expected.bfloat16())
     got.float().sum().backward()
     assert all(t.grad is not None and t.grad.dtype == torch.bfloat16 for t in (q, k, v))
+    # float64 stays float64: only reduced precision is upcast.
+    q64, k64, v64 = (t.detach().double() for t in (q, k, v))
+    torch.manual_seed(0)
+    got64 = varlen_attention(q64, k64, v64, [3, 4], dropout_p=0.2)
+    torch.manual_seed(0)
+    plain = [attention(*(t[s].transpose(0, 1) for t in (q64, k64, v64)), dropout_p=0.2)
+             for s in (slice(0, 3), slice(3, 7))]
+    assert got64.dtype == torch.float64
+    torch.testing.assert_close(got64, torch.cat([y.transpose(0, 1) for y in plain]),
+                               atol=1e-12, rtol=1e-12)
 
 
 @settings(deadline=None, max_examples=30)
