@@ -16,7 +16,6 @@ first of each mode carries most of the cost.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import time
 
@@ -28,6 +27,7 @@ from speed_common import (
     load_models,
     machine,
     real_batches,
+    speed_parser,
     to_device,
     write_report,
 )
@@ -38,10 +38,7 @@ from minift.tokenizer import Tokenizer
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--rounds", type=int, default=None)
+    parser = speed_parser(__doc__)
     args = parser.parse_args()
     device = torch.device(args.device)
     rounds = args.rounds or (2 if args.quick else 5)

@@ -36,7 +36,6 @@ minift none on a CPU and only in attention on a GPU.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 
 import torch
@@ -48,6 +47,7 @@ from speed_common import (
     load_models,
     machine,
     real_batches,
+    speed_parser,
     timed,
     to_device,
     write_report,
@@ -210,10 +210,7 @@ def pct(flops: float, seconds: float, peak: float | None) -> float | str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--rounds", type=int, default=None)
+    parser = speed_parser(__doc__)
     args = parser.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"

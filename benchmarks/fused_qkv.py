@@ -16,12 +16,11 @@ minift.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 
 import torch
 import torch.nn.functional as F
-from speed_common import interleaved, machine, real_batches, to_device, write_report
+from speed_common import interleaved, machine, real_batches, speed_parser, to_device, write_report
 from train_step import with_labels
 
 from minift.checkpoint import resolve_model_dir
@@ -52,10 +51,7 @@ def with_fused_qkv(fn):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--rounds", type=int, default=None)
+    parser = speed_parser(__doc__)
     args = parser.parse_args()
     device = torch.device(args.device)
     rounds = args.rounds or (2 if args.quick else 6)

@@ -14,7 +14,6 @@ memory the system handed out fresh and zeroed on first touch: allocation cost be
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 
 import torch
@@ -25,6 +24,7 @@ from speed_common import (
     load_models,
     machine,
     real_batches,
+    speed_parser,
     to_device,
     write_report,
 )
@@ -35,11 +35,8 @@ from minift.tokenizer import Tokenizer
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser = speed_parser(__doc__)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for every model")
-    parser.add_argument("--rounds", type=int, default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
     rounds = args.rounds or (2 if args.quick else 5)

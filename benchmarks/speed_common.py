@@ -8,6 +8,7 @@ reported with its spread; ratios carry the claim. On CUDA, CUDA events time the 
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -31,6 +32,15 @@ except ImportError:  # Windows: no page-fault counter
     resource = None
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def speed_parser(doc: str) -> argparse.ArgumentParser:
+    """The options every speed benchmark takes: --quick, --device, --rounds."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--rounds", type=int, default=None)
+    return parser
 
 
 def data_dir() -> Path:

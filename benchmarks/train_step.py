@@ -13,7 +13,6 @@ own dropout masks in place of minift's (see benchmarks/dropout.py): what that on
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 
 import torch
@@ -24,6 +23,7 @@ from speed_common import (
     interleaved,
     machine,
     real_batches,
+    speed_parser,
     to_device,
     write_report,
 )
@@ -64,10 +64,7 @@ def bernoulli_keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--rounds", type=int, default=None)
+    parser = speed_parser(__doc__)
     args = parser.parse_args()
     device = torch.device(args.device)
     rounds = args.rounds or (2 if args.quick else 4)
