@@ -69,8 +69,10 @@ def epochs_of(n_batches: int, batch_size: int = 4, seed: int = 0):
 
 
 def mean_loss(model: nn.Module, batches) -> float:
+    device = next(model.parameters()).device
     with torch.no_grad():
-        return sum(model(**batch)["loss"].item() for batch in batches) / len(batches)
+        return sum(model(**{k: v.to(device) for k, v in batch.items()})["loss"].item()
+                   for batch in batches) / len(batches)
 
 
 def config(tmp_path, name: str = "run", **overrides) -> TrainConfig:
@@ -209,7 +211,9 @@ class CrashingBatches(list):
     "interrupt, amp, optimizer",
     [("batch", "off", "auto"), ("evaluate", "fp16", "hand"), ("batch", "bf16", "foreach")],
 )
-def test_resume_gives_exactly_the_uninterrupted_weights(tmp_path, interrupt, amp, optimizer):
+@pytest.mark.parametrize("device", DEVICES)
+def test_resume_gives_exactly_the_uninterrupted_weights(tmp_path, interrupt, amp, optimizer,
+                                                        device):
     batches = epochs_of(5, batch_size=3)  # 5 batches, grad_accum 2: 3 steps an epoch (2, 2, 1)
     held_out = epochs_of(2, seed=50)(0)
 
@@ -224,7 +228,7 @@ def test_resume_gives_exactly_the_uninterrupted_weights(tmp_path, interrupt, amp
         return {"loss": mean_loss(model, held_out)}
 
     full_model = Toy(dropout=0.2)
-    full = train(full_model, batches, run_config("full"), evaluate=evaluate)
+    full = train(full_model, batches, run_config("full"), evaluate=evaluate, device=device)
 
     model = Toy(dropout=0.2)
     if interrupt == "batch":
@@ -233,7 +237,7 @@ def test_resume_gives_exactly_the_uninterrupted_weights(tmp_path, interrupt, amp
             return CrashingBatches(batches(epoch), crash_at=3 if epoch == 1 else -1)
 
         with pytest.raises(Crash):
-            train(model, crashing, run_config("resumed"), evaluate=evaluate)
+            train(model, crashing, run_config("resumed"), evaluate=evaluate, device=device)
     else:
         # the evaluation at step 6 dies; the last checkpoint is step 4 (mid-epoch)
         def crashing_evaluate(m):
@@ -244,12 +248,14 @@ def test_resume_gives_exactly_the_uninterrupted_weights(tmp_path, interrupt, amp
 
         calls = []
         with pytest.raises(Crash):
-            train(model, batches, run_config("resumed"), evaluate=crashing_evaluate)
+            train(model, batches, run_config("resumed"), evaluate=crashing_evaluate,
+                  device=device)
     saved = torch.load(tmp_path / "resumed" / "resume.pt", weights_only=True)
     assert saved["progress"]["step"] == 4 and saved["progress"]["position"] == 2
 
     fresh = Toy(dropout=0.2, seed=123)  # the checkpoint, not the initial weights, decides
-    resumed = train(fresh, batches, run_config("resumed"), evaluate=evaluate, resume=True)
+    resumed = train(fresh, batches, run_config("resumed"), evaluate=evaluate, resume=True,
+                    device=device)
 
     assert_same(params_of(fresh), params_of(full_model))
     final_full = torch.load(tmp_path / "full" / "resume.pt", weights_only=True)

@@ -1,0 +1,149 @@
+"""The CUDA paths: the same parity claims as on the CPU, on a GPU.
+
+These tests need a CUDA device, so on a CPU-only machine (CI) pytest reports them as skipped,
+never as passed. They run where a GPU is: `python -m pytest tests/test_cuda.py`. The CPU twins
+of each claim live in test_model.py, test_optim.py and test_train.py and run everywhere.
+
+TF32 stays off (torch's default for matmuls), so fp32 on the GPU is fp32 and the tolerances are
+the CPU's: atol 1e-5 on random tiny models, 1e-4 on the published checkpoint.
+"""
+
+import pytest
+import torch
+import transformers
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_model import build_pair, tiny_setups
+
+from minift.checkpoint import split_hf_state_dict
+from minift.model import BertConfig, BertModel, varlen_attention
+from minift.optim import AdamW
+from minift.tokenizer import Tokenizer
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+CUDA = torch.device("cuda")
+
+
+def on_cuda(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    return [t.to(CUDA) for t in tensors]
+
+
+@settings(deadline=None, max_examples=30)
+@given(setup=tiny_setups(), shape=st.sampled_from(["random", "single_token", "no_padding"]),
+       per_sequence=st.sampled_from([None, True, False]))
+def test_unpadded_path_equals_padded_path_on_cuda(setup, shape, per_sequence):
+    """Outputs and gradients of the unpadded path (re-padded attention, the GPU default, or per
+    sequence) equal the padded path's on the GPU (fp32, atol 1e-5)."""
+    config, input_ids, mask, token_type_ids, seed = setup
+    if shape == "single_token":
+        mask = torch.zeros_like(mask)
+        mask[:, 0] = 1
+    elif shape == "no_padding":
+        mask = torch.ones_like(mask)
+    input_ids, mask, token_type_ids = on_cuda(input_ids, mask, token_type_ids)
+    torch.manual_seed(seed)
+    model = BertModel(BertConfig(**config, hidden_dropout_prob=0.0,
+                                 attention_probs_dropout_prob=0.0)).to(CUDA).train()
+    model.per_sequence_attention = per_sequence
+    real = mask.bool()
+    w = torch.randn(*input_ids.shape, config["hidden_size"],
+                    generator=torch.Generator().manual_seed(seed)).to(CUDA)
+    outs, grads = [], []
+    for unpad in (False, True):
+        model.zero_grad(set_to_none=True)
+        out = model(input_ids, mask, token_type_ids, unpad=unpad)
+        (out.last_hidden_state * w)[real].mean().backward()
+        outs.append(out.last_hidden_state.detach())
+        grads.append({n: torch.zeros_like(p) if p.grad is None else p.grad.clone()
+                      for n, p in model.named_parameters()})
+    torch.testing.assert_close(outs[1][real], outs[0][real], atol=1e-5, rtol=0)
+    assert torch.equal(outs[1][~real], torch.zeros_like(outs[1][~real]))
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-5, rtol=1e-5,
+                                   msg=name)
+
+
+@settings(deadline=None, max_examples=20)
+@given(setup=tiny_setups(), attn=st.sampled_from(["sdpa", "eager"]))
+def test_random_config_matches_transformers_on_cuda(setup, attn):
+    """minift and transformers, the same random weights, both on the GPU: real positions and
+    every parameter's gradient agree (fp32, atol 1e-5)."""
+    config, input_ids, mask, token_type_ids, seed = setup
+    hf, ours = build_pair(config, seed, attn)
+    hf, ours = hf.to(CUDA), ours.to(CUDA)
+    input_ids, mask, token_type_ids = on_cuda(input_ids, mask, token_type_ids)
+    ref = hf(input_ids=input_ids, attention_mask=mask, token_type_ids=token_type_ids)
+    out = ours(input_ids, mask, token_type_ids)
+    real = mask.bool()
+    torch.testing.assert_close(out.last_hidden_state[real], ref.last_hidden_state[real],
+                               atol=1e-5, rtol=0)
+    w = torch.randn(ref.last_hidden_state.shape,
+                    generator=torch.Generator().manual_seed(seed)).to(CUDA)
+    (ref.last_hidden_state * w)[real].mean().backward()
+    (out.last_hidden_state * w)[real].mean().backward()
+    ref_grads, _, _ = split_hf_state_dict({n: p.grad for n, p in hf.named_parameters()
+                                           if p.grad is not None})
+    for name, p in ours.named_parameters():
+        if name.startswith("pooler."):  # no loss through the pooler here
+            continue
+        torch.testing.assert_close(p.grad, ref_grads[name], atol=1e-5, rtol=1e-5, msg=name)
+
+
+@settings(deadline=None, max_examples=20)
+@given(lengths=st.lists(st.integers(0, 9), min_size=1, max_size=5), seed=st.integers(0, 99))
+def test_varlen_attention_on_cuda_equals_cpu(lengths, seed):
+    """The per-sequence attention gives the CPU's numbers on the GPU (atol 1e-6)."""
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(sum(lengths), 2, 8, generator=gen) for _ in range(3))
+    expected = varlen_attention(q, k, v, lengths)
+    got = varlen_attention(*on_cuda(q, k, v), lengths)
+    torch.testing.assert_close(got.cpu(), expected, atol=1e-6, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_published_checkpoint_on_cuda_matches_transformers(minilm_dir, data_dir):
+    """all-MiniLM-L6-v2 on 200 SST-2 sentences, both on the GPU: max abs difference <= 1e-4
+    (fp32); under bf16 autocast both stay within 5e-2 of the fp32 reference."""
+    import csv
+
+    with open(data_dir / "sst2" / "dev.tsv", encoding="utf-8") as f:
+        sentences = [r["sentence"] for r in csv.DictReader(f, delimiter="\t",
+                                                           quoting=csv.QUOTE_NONE)][:200]
+    tokenizer = Tokenizer.from_pretrained(minilm_dir)
+    ours = BertModel.from_pretrained(minilm_dir).to(CUDA).eval()
+    hf = transformers.BertModel.from_pretrained(minilm_dir, attn_implementation="sdpa")
+    hf = hf.to(CUDA, torch.float32).eval()
+    worst = worst_bf16 = 0.0
+    for start in range(0, len(sentences), 50):
+        enc = tokenizer(sentences[start : start + 50], max_length=128)
+        ids, mask, types = on_cuda(enc.input_ids, enc.attention_mask, enc.token_type_ids)
+        real = mask.bool()
+        ref = hf(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
+        out = ours(ids, mask, types).last_hidden_state
+        worst = max(worst, (out - ref)[real].abs().max().item())
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            half = ours(ids, mask, types).last_hidden_state.float()
+        worst_bf16 = max(worst_bf16, (half - ref)[real].abs().max().item())
+    assert worst <= 1e-4, f"fp32: max abs difference {worst:.2e}"
+    assert worst_bf16 <= 5e-2, f"bf16 autocast: max abs difference {worst_bf16:.2e}"
+
+
+@settings(deadline=None, max_examples=20)
+@given(seed=st.integers(0, 2**31), steps=st.integers(1, 30), lr=st.floats(1e-4, 1e-1),
+       weight_decay=st.floats(0.0, 0.3))
+def test_adamw_on_cuda_matches_torch_fused(seed, steps, lr, weight_decay):
+    """minift's AdamW on GPU tensors against torch's fused CUDA kernel (atol/rtol 1e-5)."""
+    gen = torch.Generator().manual_seed(seed)
+    initial = [torch.randn(shape, generator=gen) for shape in [(7, 3), (5,), ()]]
+    grads = [[torch.randn(t.shape, generator=gen) for t in initial] for _ in range(steps)]
+    ours = [torch.nn.Parameter(t.to(CUDA)) for t in initial]
+    theirs = [torch.nn.Parameter(t.to(CUDA)) for t in initial]
+    opt_ours = AdamW(ours, lr=lr, weight_decay=weight_decay)
+    opt_theirs = torch.optim.AdamW(theirs, lr=lr, weight_decay=weight_decay, fused=True)
+    for step in grads:
+        for params, opt in ((ours, opt_ours), (theirs, opt_theirs)):
+            for p, g in zip(params, step, strict=True):
+                p.grad = g.to(CUDA)
+            opt.step()
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
