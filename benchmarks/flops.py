@@ -19,15 +19,15 @@ the embedding lookups and the optimizer step are left out: a few percent at most
 - Attention scores and values (q k^T, then p v) cost 4 * keys * hidden per query token per layer.
   "Useful" counts a real token attending to the real tokens of its own sequence; "executed" counts
   what the kernels run: every position of the padded (batch, seq) batch attends to all seq keys,
-  as SDPA with a mask does on the CPU. minift attends per sequence on a CPU (executes only the
-  useful attention) and re-pads for attention on a GPU (pays the padded attention there).
+  as SDPA with a mask does on the CPU. minift runs unpadded and attends per sequence on a CPU
+  (executes only the useful work) and runs padded batches padded on a GPU (see ``BertModel``).
 - The pooler (hidden x hidden) and, when training, the classifier run once per sequence.
 - A training step is forward + backward, and backward costs twice the forward: 3x in all.
 
 Useful FLOP/s counts only real tokens, the same numerator for both implementations, so its ratio
 is the speed ratio; padding is work that earns nothing. "Executed" FLOP/s counts padding too:
 transformers computes every pad token through every layer (its padding tax is executed / useful),
-minift none on a CPU and only in attention on a GPU.
+minift none on a CPU and all of it on a GPU.
 
     python benchmarks/flops.py            # several minutes on 2 CPU cores
     python benchmarks/flops.py --quick    # a smoke run
@@ -86,9 +86,11 @@ def count_flops(
     padded:   what a padded model executes: every position through every layer, attention over
               all seq keys (transformers, minift with ``unpad=False``).
     repadded: linear layers on real tokens, attention re-padded: what minift executes on a GPU
-              (on a CPU it attends per sequence and executes ``useful``).
-    cls_only, repadded_cls_only: ``useful`` and ``repadded`` when the last block computes the
-              first token of each sequence alone (minift's sequence classifier, in training).
+              with ``unpad=True`` on a GPU (on a CPU it attends per sequence and executes
+              ``useful``; by default on a GPU it executes ``padded``).
+    cls_only, repadded_cls_only, padded_cls_only: ``useful``, ``repadded`` and ``padded`` when
+              the last block computes the first token of each sequence alone (minift's
+              sequence classifier, in training).
     The pooler and a ``num_labels`` classifier run once per sequence in all of them.
     """
     h, inner, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
@@ -107,12 +109,15 @@ def count_flops(
     skipped_padded = 4 * h * (positions - batch) * seq
     useful = linear * real + attention_own + head
     repadded = linear * real + attention_padded + head
+    padded = linear * positions + attention_padded + head
+    skipped_positions_linear = (positions - batch) * 2 * (2 * h * h + 2 * h * inner)
     return {
         "useful": useful,
-        "padded": linear * positions + attention_padded + head,
+        "padded": padded,
         "repadded": repadded,
         "cls_only": useful - skipped_linear - skipped_own,
         "repadded_cls_only": repadded - skipped_linear - skipped_padded,
+        "padded_cls_only": padded - skipped_positions_linear - skipped_padded,
     }
 
 
@@ -238,7 +243,8 @@ def main() -> None:
             flops = {
                 k: factor
                 * sum(count_flops(config, b["attention_mask"], num_labels)[k] for b in batches)
-                for k in ("useful", "padded", "repadded", "cls_only", "repadded_cls_only")
+                for k in ("useful", "padded", "repadded", "cls_only", "repadded_cls_only",
+                          "padded_cls_only")
             }
             real = sum(int(b["attention_mask"].sum()) for b in batches)
             total = sum(b["attention_mask"].numel() for b in batches)
@@ -249,11 +255,11 @@ def main() -> None:
             batches = to_device(batches, device)
             for amp in DTYPES:
                 timings = interleaved(make(models, batches, device, amp), device, rounds)
-                # Attention per sequence on a CPU, re-padded on a GPU; in training the
-                # classifier's last block computes [CLS] alone.
-                minift_executes = "useful" if device.type == "cpu" else "repadded"
+                # Unpadded with attention per sequence on a CPU, padded on a GPU; in training
+                # the classifier's last block computes [CLS] alone.
+                minift_executes = "useful" if device.type == "cpu" else "padded"
                 if mode == "train":
-                    minift_executes = {"useful": "cls_only", "repadded": "repadded_cls_only"}[
+                    minift_executes = {"useful": "cls_only", "padded": "padded_cls_only"}[
                         minift_executes
                     ]
                 executed = {"minift": flops[minift_executes], "hf sdpa": flops["padded"]}
@@ -339,8 +345,8 @@ def main() -> None:
         + "\n\n"
         "GFLOP/s and % peak count useful work: real tokens only, attention within each "
         'sequence\'s real tokens. "% peak executed" counts what each implementation runs, '
-        "padding included (minift: linear layers on real tokens, attention per sequence on a "
-        "CPU, re-padded on a GPU, and in training a last block that computes [CLS] alone; "
+        "padding included (minift: on a CPU everything on real tokens, attention per sequence; "
+        "on a GPU everything padded; in training a last block that computes [CLS] alone; "
         'transformers: everything padded); "hf executed / useful" is transformers\' padding '
         "tax. Matmuls only; training = 3 x forward. minift / hf sdpa is the speed ratio "
         "(median times, interleaved)."

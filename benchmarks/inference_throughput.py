@@ -2,14 +2,17 @@
 
 Question: how fast does the encoder run a forward pass, at fixed lengths (no padding) and on real
 length distributions (unsorted batches of SST-2 sentences, CoNLL-2003 sentences, MRPC pairs)?
-Implementations: minift (unpadded, the default), minift with ``unpad=False`` (the padded reference
-path), transformers with SDPA attention and with eager attention. Throughput counts real tokens
+Implementations: minift as it runs by default (see ``unpads_by_default``: unpadded on a CPU; on a
+GPU padded for small batches, unpadded for large ones), minift forced onto the padded path
+(``unpad=False``) and, on a GPU, onto the unpadded one (``unpad=True``), transformers with SDPA
+attention and with eager attention. Throughput counts real tokens
 only, so padding is work that earns nothing. The page faults per round (median, thousands) count
 memory the system handed out fresh and zeroed on first touch: allocation cost beyond arithmetic.
 
     python benchmarks/inference_throughput.py            # a few minutes on 2 CPU cores
     python benchmarks/inference_throughput.py --quick    # a smoke run
     python benchmarks/inference_throughput.py --device cuda --bf16
+    python benchmarks/inference_throughput.py --device cuda --batch-size 128   # larger batches
 """
 
 from __future__ import annotations
@@ -37,24 +40,27 @@ from minift.tokenizer import Tokenizer
 def main() -> None:
     parser = speed_parser(__doc__)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for every model")
+    parser.add_argument("--batch-size", type=int, default=32, help="of the real workloads")
     args = parser.parse_args()
     device = torch.device(args.device)
     rounds = args.rounds or (2 if args.quick else 5)
     n = 2 if args.quick else 6
+    bs = args.batch_size
     models = load_models(device)
     tokenizer = Tokenizer.from_pretrained(resolve_model_dir("minilm"))
     workloads = {
         "fixed 32": fixed_batches(30522, 32, 32, n),
         "fixed 128": fixed_batches(30522, 128, 16, n),
         "fixed 512": fixed_batches(30522, 512, 4 if device.type == "cpu" else 32, n),
-        "SST-2 (real)": real_batches(tokenizer, "sst2", 32, n),
-        "CoNLL-2003 (real)": real_batches(tokenizer, "conll", 32, n),
-        "MRPC pairs (real)": real_batches(tokenizer, "mrpc", 32, n),
+        "SST-2 (real)": real_batches(tokenizer, "sst2", bs, n),
+        "CoNLL-2003 (real)": real_batches(tokenizer, "conll", bs, n),
+        "MRPC pairs (real)": real_batches(tokenizer, "mrpc", bs, n),
     }
-    runs_of = {"minift": dict(), "minift padded": dict(unpad=False), "hf sdpa": None,
-               "hf eager": None}
-    model_of = {"minift": models["minift"], "minift padded": models["minift"],
-                "hf sdpa": models["hf_sdpa"], "hf eager": models["hf_eager"]}
+    runs_of = {"minift": dict(), "minift padded": dict(unpad=False)}
+    if device.type != "cpu":  # on a CPU the default is the unpadded path
+        runs_of["minift unpadded"] = dict(unpad=True)
+    model_of = {name: models["minift"] for name in runs_of}
+    model_of |= {"hf sdpa": models["hf_sdpa"], "hf eager": models["hf_eager"]}
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.bf16
                 else contextlib.nullcontext())
     rows, records = [], []
@@ -67,7 +73,7 @@ def main() -> None:
             def fn():
                 with torch.inference_mode(), autocast:
                     for b in batches:
-                        call(name, model_of[name], b, **(runs_of[name] or {}))
+                        call(name, model_of[name], b, **runs_of.get(name, {}))
             return fn
 
         timings = interleaved({name: run(name) for name in model_of}, device, rounds)
@@ -84,12 +90,14 @@ def main() -> None:
         print(format_table(rows[-1:], float_format=".2f"), flush=True)
     table = format_table(rows, float_format=".2f")
     payload = {"machine": machine(device), "bf16": args.bf16, "rounds": rounds,
-               "quick": args.quick, "workloads": records}
-    suffix = ("_" + device.type if device.type != "cpu" else "") + ("_bf16" if args.bf16 else "")
+               "quick": args.quick, "batch_size": bs, "workloads": records}
+    suffix = (("_" + device.type if device.type != "cpu" else "") + ("_bf16" if args.bf16 else "")
+              + (f"_bs{bs}" if bs != 32 else ""))
     name = "inference_throughput" + suffix + ("_quick" if args.quick else "")
     command = "python benchmarks/inference_throughput.py" + " ".join(
         [""] + (["--quick"] if args.quick else []) + (["--bf16"] if args.bf16 else [])
-        + ([f"--device {args.device}"] if device.type != "cpu" else []))
+        + ([f"--device {args.device}"] if device.type != "cpu" else [])
+        + ([f"--batch-size {bs}"] if bs != 32 else []))
     write_report(name, payload, table,
                  "Inference throughput (real tokens/s), all-MiniLM-L6-v2, fp32" +
                  (" + bf16 autocast" if args.bf16 else ""), command)

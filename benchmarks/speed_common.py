@@ -109,12 +109,13 @@ def real_texts(name: str) -> tuple[list[str], list[str] | None]:
 
 def real_batches(tokenizer: Tokenizer, name: str, batch_size: int, n_batches: int,
                  max_length: int = 128, seed: int = 0) -> list[dict]:
-    """Random (not length-grouped) batches: the padding a real, unsorted stream carries."""
+    """Random (not length-grouped) batches: the padding a real, unsorted stream carries. At most
+    as many full batches as the dev set holds (MRPC's 408 pairs: 3 of 128)."""
     texts, pairs = real_texts(name)
     order = list(range(len(texts)))
     random.Random(seed).shuffle(order)
     batches = []
-    for b in range(n_batches):
+    for b in range(min(n_batches, len(texts) // batch_size)):
         idx = order[b * batch_size : (b + 1) * batch_size]
         enc = tokenizer([texts[i] for i in idx], [pairs[i] for i in idx] if pairs else None,
                         max_length=max_length)

@@ -481,6 +481,11 @@ print(f"lesson ran in {time.perf_counter() - START:.1f} s")
 #   default) and time it against the default: that difference is what attention per sequence
 #   wins on this CPU. On a GPU, a variable-length kernel (FlashAttention's `varlen`) attends per
 #   sequence in one launch instead of the re-padding.
+# - On a GPU the padding tax turns around for small batches: MiniLM at batch 32 is bound by the
+#   time to launch kernels, not by arithmetic, and the padded path wins there; from about 4,096
+#   padded positions the unpadded one does (`unpads_by_default` in `minift/model.py`, and the
+#   "On a GPU" part of the README). Run `python benchmarks/inference_throughput.py --device cuda
+#   --batch-size 128` to see both paths side by side.
 # - Pack several short examples into one row (sequence packing) and compare its padding with
 #   length grouping.
 # - Run `python benchmarks/flops.py` to see how much of the machine's matmul peak each

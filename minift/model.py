@@ -233,6 +233,25 @@ class Unpadding:
         return out.view(self.batch, self.seq, *x.shape[1:])
 
 
+# Off the CPU, padded batches smaller than this (batch x seq positions) keep their padding.
+UNPAD_MIN_POSITIONS = 4096
+
+
+def unpads_by_default(input_ids: torch.Tensor) -> bool:
+    """Whether a padded (batch, seq) batch takes the unpadded path when nobody says otherwise.
+
+    On a CPU, always: the arithmetic is the cost, and skipping the padding pays about what the
+    padding fraction says (benchmarks/inference_throughput.py: 1.5x to 2.7x on real length
+    distributions). On a GPU, small batches cost the time to launch their kernels more than
+    their arithmetic; unpadding adds gathers, scatters and host synchronisations, and loses
+    there. On an H200 with MiniLM, batches of 32 real sentences (1,300 to 2,600 positions) ran
+    faster padded, batches of 128 (6,000 to 11,000) faster unpadded (``--device cuda`` and
+    ``--batch-size``): the threshold sits between. A larger model does more arithmetic per
+    token and gains sooner: set ``BertModel.unpad = True`` there.
+    """
+    return input_ids.device.type == "cpu" or input_ids.numel() >= UNPAD_MIN_POSITIONS
+
+
 def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: list[int],
                      dropout_p: float = 0.0, first_only: bool = False) -> torch.Tensor:
     """Attention of each sequence over its own tokens, for sequences packed one after another.
@@ -507,6 +526,8 @@ class BertModel(nn.Module):
     keep only each block's input and recompute the block's activations during backward.
     ``per_sequence_attention`` picks how the unpadded path attends (see ``Unpadding``): None, the
     default, chooses per device; True or False forces one way (tests compare both).
+    ``unpad`` picks the path for padded batches: None, the default, decides per batch with
+    ``unpads_by_default``; True or False forces one (``forward``'s own ``unpad`` overrides it).
     """
 
     def __init__(self, config: BertConfig, add_pooling_layer: bool = True):
@@ -514,6 +535,7 @@ class BertModel(nn.Module):
         self.config = config
         self.activation_checkpointing = False
         self.per_sequence_attention: bool | None = None
+        self.unpad: bool | None = None
         self.embeddings = Embeddings(config)
         self.layers = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
         self.pooler = Pooler(config) if add_pooling_layer else None
@@ -535,11 +557,13 @@ class BertModel(nn.Module):
             nn.init.zeros_(module.bias)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None, *, unpad: bool = True,
+                token_type_ids: torch.Tensor | None = None, *, unpad: bool | None = None,
                 first_token_only: bool = False) -> BertOutput:
         """input_ids, attention_mask (1 real, 0 padding), token_type_ids: (batch, seq) integers.
 
-        A padded batch runs unpadded (see ``Unpadding``) unless ``unpad=False``; the two paths
+        A padded batch runs unpadded (see ``Unpadding``) with ``unpad=True``, padded with
+        ``unpad=False``; None takes the model's ``unpad`` (by default: unpadded on a CPU, padded
+        elsewhere; see the class doc). The two paths
         give the same numbers at real positions (tests hold them together). At padding positions
         the unpadded path returns zeros where the padded one returns whatever the padding
         computed; nothing should read those.
@@ -569,6 +593,8 @@ class BertModel(nn.Module):
         # pooler reads position 0; a row padded on the left has no real token there).
         first_only = first_token_only and (not padded or bool(attention_mask[:, 0].all()))
         last = len(self.layers) - 1
+        if unpad is None:
+            unpad = self.unpad if self.unpad is not None else unpads_by_default(input_ids)
         if padded and unpad:
             unpadding = Unpadding.from_mask(attention_mask, self.per_sequence_attention)
             x = self.embeddings(unpadding.unpad(input_ids), unpadding.unpad(token_type_ids),

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from test_model import build_pair, tiny_setups
 
 from minift.checkpoint import split_hf_state_dict
-from minift.model import BertConfig, BertModel, varlen_attention
+from minift.model import UNPAD_MIN_POSITIONS, BertConfig, BertModel, varlen_attention
 from minift.optim import AdamW
 from minift.tokenizer import Tokenizer
 
@@ -147,3 +147,24 @@ def test_adamw_on_cuda_matches_torch_fused(seed, steps, lr, weight_decay):
             opt.step()
     for a, b in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(3, 7), (64, 63), (64, 64), (128, 40)])
+def test_default_path_on_cuda_follows_the_batch_size(shape):
+    """On a GPU a padded batch under UNPAD_MIN_POSITIONS positions keeps its padding, a larger
+    one is unpadded: bitwise the forced path. ``model.unpad`` overrides the rule."""
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=2,
+                                 num_attention_heads=2, intermediate_size=16,
+                                 max_position_embeddings=64)).to(CUDA).eval()
+    ids = torch.randint(0, 50, shape, device=CUDA)
+    mask = torch.ones(shape, dtype=torch.long, device=CUDA)
+    mask[0, 4:] = 0
+    padded = model(ids, mask, unpad=False).last_hidden_state
+    unpadded = model(ids, mask, unpad=True).last_hidden_state
+    assert not torch.equal(padded, unpadded)
+    expected = unpadded if ids.numel() >= UNPAD_MIN_POSITIONS else padded
+    assert torch.equal(model(ids, mask).last_hidden_state, expected)
+    model.unpad = not torch.equal(expected, unpadded)
+    assert torch.equal(model(ids, mask).last_hidden_state,
+                       unpadded if model.unpad else padded)

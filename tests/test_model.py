@@ -176,6 +176,28 @@ def test_unpadded_path_equals_padded_path(setup, shape, train, per_sequence):
                                    msg=name)
 
 
+def test_default_path_is_chosen_per_device_and_overridable():
+    """On a CPU a padded batch runs unpadded by default; ``model.unpad`` and the ``unpad``
+    argument override it (the argument wins). Bitwise: the same path runs the same code."""
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=2,
+                                 num_attention_heads=2, intermediate_size=16)).eval()
+    ids = torch.randint(0, 50, (3, 7))
+    mask = torch.ones(3, 7, dtype=torch.long)
+    mask[0, 4:] = 0
+    mask[2, 2:] = 0
+
+    def run(**kwargs):
+        return model(ids, mask, **kwargs).last_hidden_state
+
+    unpadded, padded = run(unpad=True), run(unpad=False)
+    assert not torch.equal(unpadded, padded)  # zeros vs computed padding: the paths differ
+    assert torch.equal(run(), unpadded)
+    model.unpad = False
+    assert torch.equal(run(), padded)
+    assert torch.equal(run(unpad=True), unpadded)
+
+
 @settings(deadline=None, max_examples=40)
 @given(setup=tiny_setups(), unpad=st.booleans(), per_sequence=st.booleans(),
        train=st.booleans(), starts_real=st.booleans())
