@@ -4,9 +4,11 @@ Question: how fast does the encoder run a forward pass, at fixed lengths (no pad
 length distributions (unsorted batches of SST-2 sentences, CoNLL-2003 sentences, MRPC pairs)?
 Implementations: minift as it runs by default (see ``unpads_by_default``: unpadded on a CPU; on a
 GPU padded for small batches, unpadded for large ones), minift forced onto the padded path
-(``unpad=False``) and, on a GPU, onto the unpadded one (``unpad=True``), transformers with SDPA
-attention and with eager attention. Throughput counts real tokens
-only, so padding is work that earns nothing. The page faults per round (median, thousands) count
+(``unpad=False``) and, on a GPU, onto the unpadded one (``unpad=True``); on a CPU also minift
+with ``F.linear`` (MKL) in its linear layers instead of oneDNN ("minift, F.linear": what the
+choice of matrix library buys, see ``minift.model.linear``); transformers with SDPA attention
+and with eager attention. Throughput counts real tokens only, so padding is work that earns
+nothing. The page faults per round (median, thousands) count
 memory the system handed out fresh and zeroed on first touch: allocation cost beyond arithmetic.
 
     python benchmarks/inference_throughput.py            # a few minutes on 2 CPU cores
@@ -22,6 +24,7 @@ import contextlib
 import torch
 from speed_common import (
     call,
+    f_linear,
     fixed_batches,
     interleaved,
     load_models,
@@ -57,7 +60,9 @@ def main() -> None:
         "MRPC pairs (real)": real_batches(tokenizer, "mrpc", bs, n),
     }
     runs_of = {"minift": dict(), "minift padded": dict(unpad=False)}
-    if device.type != "cpu":  # on a CPU the default is the unpadded path
+    if device.type == "cpu":  # F.linear: MKL in place of oneDNN (see minift.model.linear)
+        runs_of["minift, F.linear"] = dict()
+    else:  # on a CPU the default is the unpadded path
         runs_of["minift unpadded"] = dict(unpad=True)
     model_of = {name: models["minift"] for name in runs_of}
     model_of |= {"hf sdpa": models["hf_sdpa"], "hf eager": models["hf_eager"]}
@@ -71,7 +76,8 @@ def main() -> None:
 
         def run(name, batches=batches):
             def fn():
-                with torch.inference_mode(), autocast:
+                library = f_linear() if name == "minift, F.linear" else contextlib.nullcontext()
+                with torch.inference_mode(), autocast, library:
                     for b in batches:
                         call(name, model_of[name], b, **runs_of.get(name, {}))
             return fn
@@ -85,6 +91,8 @@ def main() -> None:
                      **{f"{name} tok/s": tps[name] for name in model_of},
                      "minift / hf sdpa": tps["minift"] / tps["hf sdpa"],
                      "minift / hf eager": tps["minift"] / tps["hf eager"],
+                     **({"minift, F.linear / hf sdpa": tps["minift, F.linear"] / tps["hf sdpa"]}
+                        if "minift, F.linear" in tps else {}),
                      **{f"{name} page faults (k)": timings[name]["median_page_faults"] / 1000
                         for name in ("minift", "hf sdpa")}})
         print(format_table(rows[-1:], float_format=".2f"), flush=True)

@@ -9,6 +9,7 @@ reported with its spread; ratios carry the claim. On CUDA, CUDA events time the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 import transformers
 
+import minift.model
 from minift.checkpoint import resolve_model_dir
 from minift.model import BertModel
 from minift.tokenizer import Tokenizer
@@ -65,6 +67,18 @@ def load_models(device: torch.device, dtype: torch.dtype = torch.float32) -> dic
     ref = {attn: transformers.BertModel.from_pretrained(folder, attn_implementation=attn)
            .to(device, dtype).eval() for attn in ("sdpa", "eager")}
     return {"minift": ours, "hf_sdpa": ref["sdpa"], "hf_eager": ref["eager"]}
+
+
+@contextlib.contextmanager
+def f_linear():
+    """minift with ``F.linear`` (MKL on a CPU) in its linear layers instead of oneDNN (see
+    ``minift.model.linear``): what the choice of matrix library buys, apart from the rest."""
+    own = minift.model.ONEDNN_LINEAR
+    minift.model.ONEDNN_LINEAR = False
+    try:
+        yield
+    finally:
+        minift.model.ONEDNN_LINEAR = own
 
 
 def call(name: str, model, batch: dict, **kwargs):

@@ -5,8 +5,9 @@ classifier on the published MiniLM, with torch's foreach AdamW, its fused AdamW 
 hand-written AdamW, in fp32 and under bf16 autocast? Same weights, same batches (fixed length 128
 without padding, and unsorted SST-2 / MRPC batches with their real padding); transformers runs
 ``BertForSequenceClassification`` with SDPA attention. On a CPU, "minift, F.dropout" is minift with
-torch's own dropout masks in place of minift's (see benchmarks/dropout.py): what that one change
-buys. On a GPU, where minift already uses torch's dropout and runs padded batches padded (see
+torch's own dropout masks in place of minift's (see benchmarks/dropout.py), and "minift,
+F.linear" minift with ``F.linear`` (MKL) in its linear layers in place of oneDNN (see
+``minift.model.linear``): what each of those changes buys. On a GPU, where minift already uses torch's dropout and runs padded batches padded (see
 ``BertModel``), that column is "minift unpadded" instead: the unpadded path forced on.
 
     python benchmarks/train_step.py            # a few minutes on 2 CPU cores
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 from speed_common import (
+    f_linear,
     fixed_batches,
     interleaved,
     machine,
@@ -65,6 +67,14 @@ def bernoulli_keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
     return torch.empty_like(x).bernoulli_(1.0 - p).bool()
 
 
+def with_f_linear(fn):
+    """``fn`` with ``F.linear`` (MKL on a CPU) in minift's linear layers instead of oneDNN."""
+    def run():
+        with f_linear():
+            fn()
+    return run
+
+
 def unpadded(fn, model):
     """``fn`` with ``model``'s encoder forced onto the unpadded path."""
     def run():
@@ -106,9 +116,10 @@ def main() -> None:
         for amp, impl in variants:
             optimizers = {"minift": make_optimizer(ours, lr=1e-5, impl=impl),
                           "hf sdpa": make_optimizer(ref, lr=1e-5, impl=impl)}
-            third = "minift, F.dropout" if device.type == "cpu" else "minift unpadded"
-            optimizers[third] = optimizers["minift"]
-            models = {"minift": ours, third: ours, "hf sdpa": ref}
+            others = (["minift, F.dropout", "minift, F.linear"] if device.type == "cpu"
+                      else ["minift unpadded"])
+            models = {"minift": ours, **{name: ours for name in others}, "hf sdpa": ref}
+            optimizers |= {name: optimizers["minift"] for name in others}
 
             def step_fn(name, batches=batches, amp=amp, optimizers=optimizers, models=models):
                 def fn():
@@ -123,6 +134,8 @@ def main() -> None:
                         opt.zero_grad(set_to_none=True)
                 if name == "minift, F.dropout":
                     return with_torch_dropout(fn)
+                if name == "minift, F.linear":
+                    return with_f_linear(fn)
                 return unpadded(fn, ours) if name == "minift unpadded" else fn
 
             timings = interleaved({name: step_fn(name) for name in models}, device, rounds)
@@ -132,7 +145,8 @@ def main() -> None:
             rows.append({"workload": workload, "amp": amp, "AdamW": impl,
                          **{f"{name} tok/s": tps[name] for name in models},
                          "minift / hf sdpa": tps["minift"] / tps["hf sdpa"],
-                         f"{third} / hf sdpa": tps[third] / tps["hf sdpa"]})
+                         **{f"{name} / hf sdpa": tps[name] / tps["hf sdpa"]
+                            for name in others}})
             print(format_table(rows[-1:], float_format=".2f"), flush=True)
     table = format_table(rows, float_format=".2f")
     payload = {"machine": machine(device), "rounds": rounds, "quick": args.quick,

@@ -22,7 +22,7 @@ from minift.checkpoint import (
     resolve_model_dir,
     save_bert,
 )
-from minift.model import BertConfig, BertModel, Dropout
+from minift.model import BertConfig, BertModel, Dropout, Linear
 
 
 @dataclass
@@ -52,7 +52,7 @@ class _Classifier(nn.Module):
         self.classifier_dropout = classifier_dropout
         p = config.hidden_dropout_prob if classifier_dropout is None else classifier_dropout
         self.dropout = Dropout(p)
-        self.classifier = nn.Linear(config.hidden_size, num_labels)
+        self.classifier = Linear(config.hidden_size, num_labels)
         nn.init.normal_(self.classifier.weight, std=config.initializer_range)  # as transformers
         nn.init.zeros_(self.classifier.bias)
 
@@ -217,9 +217,9 @@ class MaskedLM(nn.Module):
         super().__init__()
         hidden, vocab = config.hidden_size, config.vocab_size
         self.bert = BertModel(config, add_pooling_layer=False)
-        self.transform = nn.Linear(hidden, hidden)
+        self.transform = Linear(hidden, hidden)
         self.transform_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
-        self.decoder = nn.Linear(hidden, vocab, bias=False)
+        self.decoder = Linear(hidden, vocab, bias=False)
         self.decoder.weight = self.bert.embeddings.word_embeddings.weight  # tied: one Parameter
         self.bias = nn.Parameter(torch.zeros(vocab))
         self.head_loaded = False  # True when from_pretrained found cls.predictions.* weights

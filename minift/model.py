@@ -170,6 +170,76 @@ class Dropout(nn.Dropout):
         return dropout(x, self.p, self.training)
 
 
+# --------------------------------------------------------------------------------------------
+# Linear layers: F.linear, or the same product through oneDNN on a CPU
+# --------------------------------------------------------------------------------------------
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+           ) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``: x @ weight.T + bias, through oneDNN where that applies.
+
+    PyTorch's CPU build ships two matrix libraries: MKL, which ``F.linear`` and ``torch.mm``
+    call for float32, and oneDNN, which they call for bf16. On the AMD CPU of this project's
+    machine MKL's float32 kernels run at about half of what the cores can do, and oneDNN's at
+    about all of it: 2x on every linear layer, forward and backward (benchmarks/
+    linear_speed.py). So float32 products on a CPU go through ``OneDNNLinear``, the same
+    arithmetic in another library (fp32 both; they agree to rounding, and tests hold them
+    together). Everything else (GPU, bf16, autocast, torch.compile, a build without oneDNN)
+    takes ``F.linear``. Set ``ONEDNN_LINEAR = False`` to use ``F.linear`` everywhere.
+    """
+    if ONEDNN_LINEAR and _onednn_applies(x, weight):
+        shape = x.shape
+        y = OneDNNLinear.apply(x.reshape(-1, shape[-1]), weight, bias)
+        return y.view(*shape[:-1], weight.shape[0])
+    return F.linear(x, weight, bias)
+
+
+ONEDNN_LINEAR = True
+
+
+def _onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
+            and x.numel() > 0 and not torch.is_autocast_enabled("cpu")
+            and torch.backends.mkldnn.is_available() and not torch.compiler.is_compiling())
+
+
+def _onednn_mm(a: torch.Tensor, b_t: torch.Tensor, bias: torch.Tensor | None = None
+               ) -> torch.Tensor:
+    """a @ b_t.T (+ bias) through oneDNN: a (m, k), b_t (n, k), strided views allowed."""
+    return torch.ops.mkldnn._linear_pointwise(a, b_t, bias, "none", [], "")
+
+
+class OneDNNLinear(torch.autograd.Function):
+    """x @ W.T + b for 2-D float32 x, forward and backward through oneDNN.
+
+    The backward is the textbook one: dx = dy @ W, dW = dy.T @ x, db = dy summed over rows,
+    each a product that oneDNN takes as strided views (no transposed copies).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _onednn_mm(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensors
+        dy = dy.contiguous()
+        dx = _onednn_mm(dy, weight.t()) if ctx.needs_input_grad[0] else None
+        dw = _onednn_mm(dy.t(), x.t()) if ctx.needs_input_grad[1] else None
+        db = dy.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return dx, dw, db
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` through ``linear`` above (same parameters, same state dict)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
+
 def additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(batch, seq) 1/0 mask -> (batch, 1, 1, seq) additive mask: 0 keep, dtype's minimum drop.
 
@@ -392,10 +462,10 @@ class SelfAttention(nn.Module):
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
-        self.query = nn.Linear(config.hidden_size, config.hidden_size)
-        self.key = nn.Linear(config.hidden_size, config.hidden_size)
-        self.value = nn.Linear(config.hidden_size, config.hidden_size)
-        self.out = nn.Linear(config.hidden_size, config.hidden_size)
+        self.query = Linear(config.hidden_size, config.hidden_size)
+        self.key = Linear(config.hidden_size, config.hidden_size)
+        self.value = Linear(config.hidden_size, config.hidden_size)
+        self.out = Linear(config.hidden_size, config.hidden_size)
         self.dropout_p = config.attention_probs_dropout_prob
 
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -463,8 +533,8 @@ class FeedForward(nn.Module):
 
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.up = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.down = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.up = Linear(config.hidden_size, config.intermediate_size)
+        self.down = Linear(config.intermediate_size, config.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.up(x)
@@ -499,7 +569,7 @@ class Pooler(nn.Module):
 
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = Linear(config.hidden_size, config.hidden_size)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.dense(hidden[:, 0]))

@@ -21,6 +21,7 @@ from minift.model import (
     ConfigError,
     attention,
     dropout,
+    linear,
     set_activation_checkpointing,
     varlen_attention,
 )
@@ -282,6 +283,56 @@ def test_activation_checkpointing_gives_the_same_gradients(setup, unpad):
 def test_activation_checkpointing_needs_an_encoder():
     with pytest.raises(ValueError, match="Linear holds no minift BertModel"):
         set_activation_checkpointing(torch.nn.Linear(2, 2))
+
+
+@settings(deadline=None, max_examples=60)
+@given(lead=st.lists(st.integers(0, 6), min_size=0, max_size=2), fan_in=st.integers(1, 40),
+       fan_out=st.integers(1, 40), bias=st.booleans(), transposed=st.booleans(),
+       grads=st.sampled_from(["all", "input only", "weight only"]), seed=st.integers(0, 2**31))
+def test_linear_equals_f_linear(lead, fan_in, fan_out, bias, transposed, grads, seed):
+    """``linear`` (oneDNN on a CPU in float32) against ``F.linear`` (MKL): outputs and the
+    gradients of input, weight and bias (float32, atol 1e-5 / rtol 1e-5 at O(1) values), for
+    1-D to 3-D inputs, empty ones, strided (transposed) ones, and with any of them frozen."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(*lead, fan_in, generator=gen)
+    if transposed and x.dim() >= 2:  # a strided view with the same shape
+        x = x.transpose(0, -1).contiguous().transpose(0, -1)
+    w = torch.randn(fan_out, fan_in, generator=gen) / fan_in**0.5
+    b = torch.randn(fan_out, generator=gen) if bias else None
+    dy = torch.randn(*lead, fan_out, generator=gen)
+    results = []
+    for fn in (linear, torch.nn.functional.linear):
+        xi, wi = x.clone().requires_grad_(grads != "weight only"), w.clone()
+        wi.requires_grad_(grads != "input only")
+        bi = None if b is None else b.clone().requires_grad_(grads != "input only")
+        y = fn(xi, wi, bi)
+        y.backward(dy)
+        results.append([y.detach()] + [t.grad for t in (xi, wi, bi) if t is not None])
+    ours, ref = results
+    for a, e in zip(ours, ref, strict=True):
+        if e is None:
+            assert a is None
+        else:
+            torch.testing.assert_close(a, e, atol=1e-5, rtol=1e-5)
+
+
+def test_linear_takes_onednn_on_cpu_float32_only(monkeypatch):
+    """The oneDNN path runs for float32 on a CPU, not under autocast, nor for float64, nor
+    with ONEDNN_LINEAR off: counted by wrapping the op it calls."""
+    import minift.model as model_module
+
+    calls = []
+    real = model_module._onednn_mm
+    monkeypatch.setattr(model_module, "_onednn_mm", lambda *a: calls.append(1) or real(*a))
+    x, w = torch.randn(5, 3), torch.randn(4, 3)
+    linear(x, w)
+    assert len(calls) == 1
+    linear(x.double(), w.double())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert linear(x, w).dtype == torch.bfloat16
+    monkeypatch.setattr(model_module, "ONEDNN_LINEAR", False)
+    linear(x, w)
+    assert len(calls) == 1
 
 
 def test_sdpa_equals_plain_attention():
