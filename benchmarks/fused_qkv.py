@@ -4,7 +4,7 @@ Question: the query, key and value projections read the same input; fused into o
 (tokens, hidden) x (hidden, 3 * hidden) matmul, the input is read (and, under autocast, cast to
 bf16) once instead of three times, and the backward's input gradient is one matmul instead of
 three plus two additions. Fast BERTs (MosaicBERT, ModernBERT) fuse them. Does it pay off here?
-minift keeps three ``nn.Linear`` named as in the checkpoint; "minift, fused QKV" computes the same
+minift keeps three linear layers named as in the checkpoint; "minift, fused QKV" computes the same
 q, k, v from ``torch.cat`` of the three weights (``fused_project`` below swapped in for
 ``SelfAttention.project``), on the unpadded path, inference and training step, fp32 and bf16,
 same weights and batches, interleaved. transformers is not in this question: both columns are
@@ -19,14 +19,13 @@ from __future__ import annotations
 import contextlib
 
 import torch
-import torch.nn.functional as F
 from speed_common import interleaved, machine, real_batches, speed_parser, to_device, write_report
 from train_step import with_labels
 
 from minift.checkpoint import resolve_model_dir
 from minift.heads import SequenceClassifier
 from minift.metrics import format_table
-from minift.model import SelfAttention
+from minift.model import SelfAttention, linear
 from minift.optim import make_optimizer
 from minift.tokenizer import Tokenizer
 
@@ -36,7 +35,7 @@ def fused_project(self: SelfAttention, x: torch.Tensor):
     (tokens, heads, head_dim)."""
     weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])  # (3 h, h)
     bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
-    return F.linear(x, weight, bias).view(len(x), 3, self.num_heads, self.head_dim).unbind(1)
+    return linear(x, weight, bias).view(len(x), 3, self.num_heads, self.head_dim).unbind(1)
 
 
 def with_fused_qkv(fn):

@@ -445,7 +445,13 @@ print(format_table(timing_rows, float_format=".2f"))
 # %% [markdown]
 # `minift / minift padded` isolates the padding: same code, same weights, only `unpad` differs.
 # It can pass the token ceiling, for the reason above: attention per sequence saves more than
-# the token count. `minift / hf sdpa` adds the difference between the two implementations.
+# the token count. `minift / hf sdpa` adds the difference between the two implementations, and
+# on a CPU the largest part of that difference is not padding at all but the matrix library:
+# minift's linear layers call oneDNN for float32 where `F.linear` calls MKL, and on an AMD CPU
+# such as this project's MKL runs at about half the speed (`minift.model.linear`,
+# `benchmarks/linear_speed.py`). The benchmarks print a "minift, F.linear" column, minift with
+# MKL's products, to keep the two effects apart: its ratio to transformers is what unpadding and
+# the rest of minift win on their own.
 # "largest spread" is (slowest round - fastest round) / median, the worst of the three
 # implementations: it tells how far to trust the second decimal. In quick mode a single batch
 # and few rounds make these numbers rough; the benchmarks (`benchmarks/inference_throughput.py`,

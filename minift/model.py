@@ -181,12 +181,13 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
     PyTorch's CPU build ships two matrix libraries: MKL, which ``F.linear`` and ``torch.mm``
     call for float32, and oneDNN, which they call for bf16. On the AMD CPU of this project's
-    machine MKL's float32 kernels run at about half of what the cores can do, and oneDNN's at
-    about all of it: 2x on every linear layer, forward and backward (benchmarks/
-    linear_speed.py). So float32 products on a CPU go through ``OneDNNLinear``, the same
-    arithmetic in another library (fp32 both; they agree to rounding, and tests hold them
-    together). Everything else (GPU, bf16, autocast, torch.compile, a build without oneDNN)
-    takes ``F.linear``. Set ``ONEDNN_LINEAR = False`` to use ``F.linear`` everywhere.
+    machine MKL's float32 kernels reach about half the rate of oneDNN's: oneDNN is 2x faster on
+    MiniLM's linear layers forward, 1.4x to 2x forward and backward (benchmarks/
+    linear_speed.py). The gap depends on the CPU: run that script on yours. So
+    float32 products on a CPU go through ``OneDNNLinear``, the same arithmetic in another
+    library (fp32 both; they agree to rounding, and tests hold them together). Everything else
+    (GPU, bf16, autocast, torch.compile, a build without oneDNN) takes ``F.linear``. Set
+    ``ONEDNN_LINEAR = False`` to use ``F.linear`` everywhere.
     """
     if ONEDNN_LINEAR and _onednn_applies(x, weight):
         shape = x.shape
