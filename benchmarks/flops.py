@@ -49,6 +49,7 @@ from speed_common import (
     load_models,
     machine,
     real_batches,
+    result_name,
     speed_parser,
     timed,
     to_device,
@@ -378,7 +379,7 @@ def main() -> None:
         "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32 if cuda else None,
         "runs": records,
     }
-    name = "flops" + ("_" + device.type if cuda else "") + ("_quick" if args.quick else "")
+    name = result_name("flops", device, args.quick)
     command = (
         "python benchmarks/flops.py"
         + (" --quick" if args.quick else "")

@@ -19,7 +19,15 @@ from __future__ import annotations
 import contextlib
 
 import torch
-from speed_common import interleaved, machine, real_batches, speed_parser, to_device, write_report
+from speed_common import (
+    interleaved,
+    machine,
+    real_batches,
+    result_name,
+    speed_parser,
+    to_device,
+    write_report,
+)
 from train_step import with_labels
 
 from minift.checkpoint import resolve_model_dir
@@ -95,8 +103,7 @@ def main() -> None:
             print(format_table(rows[-1:], float_format=".3f"), flush=True)
     payload = {"machine": machine(device), "rounds": rounds, "quick": args.quick,
                "runs": records}
-    name = "fused_qkv" + ("_" + device.type if device.type != "cpu" else "") + \
-        ("_quick" if args.quick else "")
+    name = result_name("fused_qkv", device, args.quick)
     write_report(name, payload, format_table(rows, float_format=".3f"),
                  "Fused QKV projection: one matmul against three, minift on all-MiniLM-L6-v2",
                  "python benchmarks/fused_qkv.py" + (" --quick" if args.quick else ""))

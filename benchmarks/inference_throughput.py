@@ -30,6 +30,7 @@ from speed_common import (
     load_models,
     machine,
     real_batches,
+    result_name,
     speed_parser,
     to_device,
     write_report,
@@ -99,9 +100,8 @@ def main() -> None:
     table = format_table(rows, float_format=".2f")
     payload = {"machine": machine(device), "bf16": args.bf16, "rounds": rounds,
                "quick": args.quick, "batch_size": bs, "workloads": records}
-    suffix = (("_" + device.type if device.type != "cpu" else "") + ("_bf16" if args.bf16 else "")
-              + (f"_bs{bs}" if bs != 32 else ""))
-    name = "inference_throughput" + suffix + ("_quick" if args.quick else "")
+    name = result_name("inference_throughput", device, args.quick, "_bf16" if args.bf16 else "",
+                       f"_bs{bs}" if bs != 32 else "")
     command = "python benchmarks/inference_throughput.py" + " ".join(
         [""] + (["--quick"] if args.quick else []) + (["--bf16"] if args.bf16 else [])
         + ([f"--device {args.device}"] if device.type != "cpu" else [])

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from speed_common import interleaved, machine, speed_parser, write_report
+from speed_common import interleaved, machine, result_name, speed_parser, write_report
 
 from minift.metrics import format_table
 from minift.model import linear
@@ -67,8 +67,7 @@ def main() -> None:
                              "F.linear / minift": ms["F.linear"] / ms["minift"]})
                 print(format_table(rows[-1:], float_format=".2f"), flush=True)
     payload = {"machine": machine(device), "rounds": rounds, "quick": args.quick, "runs": records}
-    name = "linear_speed" + ("_" + device.type if device.type != "cpu" else "") + \
-        ("_quick" if args.quick else "")
+    name = result_name("linear_speed", device, args.quick)
     write_report(name, payload, format_table(rows, float_format=".2f"),
                  "Linear layers, float32: F.linear against minift's linear (oneDNN on a CPU)",
                  "python benchmarks/linear_speed.py" + (" --quick" if args.quick else ""))

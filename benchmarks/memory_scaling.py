@@ -90,7 +90,7 @@ def main() -> None:
         child(impl, mode, workload, int(batch), args.device, int(rep))
         return
     sys.path.insert(0, str(HERE))
-    from speed_common import MEASURE_ENV, machine, write_report
+    from speed_common import MEASURE_ENV, machine, result_name, write_report
 
     from minift.metrics import format_table
 
@@ -124,8 +124,7 @@ def main() -> None:
             print(format_table(rows[-1:], float_format=".2f"), flush=True)
     table = format_table(rows, float_format=".2f")
     dev = torch.device(args.device)
-    name = "memory_scaling" + ("_" + dev.type if dev.type != "cpu" else "") + \
-        ("_quick" if args.quick else "")
+    name = result_name("memory_scaling", dev, args.quick)
     write_report(name, {"machine": machine(dev), "quick": args.quick, "runs": records}, table,
                  "Peak memory and time vs sequence length, all-MiniLM-L6-v2, fp32",
                  "python benchmarks/memory_scaling.py" + (" --quick" if args.quick else ""))

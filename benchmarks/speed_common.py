@@ -234,6 +234,13 @@ def peak_bytes(fn: Callable[[], None], device: torch.device) -> int:
     return (_rss_kib("VmHWM") - base) * 1024
 
 
+def result_name(base: str, device: torch.device, quick: bool, *extra: str) -> str:
+    """The file name of a result: ``base``, then ``_cuda`` off the CPU, any ``extra`` parts
+    (``_bf16``), then ``_quick`` for a smoke run, so no run overwrites another kind's."""
+    return (base + ("_" + device.type if device.type != "cpu" else "") + "".join(extra)
+            + ("_quick" if quick else ""))
+
+
 def write_report(name: str, payload: dict, table: str, title: str, command: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")

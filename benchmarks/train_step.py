@@ -27,6 +27,7 @@ from speed_common import (
     interleaved,
     machine,
     real_batches,
+    result_name,
     speed_parser,
     to_device,
     write_report,
@@ -151,8 +152,7 @@ def main() -> None:
     table = format_table(rows, float_format=".2f")
     payload = {"machine": machine(device), "rounds": rounds, "quick": args.quick,
                "runs": records}
-    name = "train_step" + ("_" + device.type if device.type != "cpu" else "") + \
-        ("_quick" if args.quick else "")
+    name = result_name("train_step", device, args.quick)
     write_report(name, payload, table,
                  "Training-step throughput (real tokens/s): forward + backward + AdamW step, "
                  "sequence classifier on all-MiniLM-L6-v2",
