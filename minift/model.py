@@ -12,7 +12,9 @@ and ``save_pretrained`` are thin doors to ``checkpoint.py``).
 
 from __future__ import annotations
 
+import functools
 import math
+import platform
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -186,8 +188,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     linear_speed.py). The gap depends on the CPU: run that script on yours. So
     float32 products on a CPU go through ``OneDNNLinear``, the same arithmetic in another
     library (fp32 both; they agree to rounding, and tests hold them together). Everything else
-    (GPU, bf16, autocast, torch.compile, a build without oneDNN) takes ``F.linear``. Set
-    ``ONEDNN_LINEAR = False`` to use ``F.linear`` everywhere.
+    (GPU, bf16, autocast, torch.compile, a CPU other than x86-64, a build without oneDNN or with
+    ``torch.backends.mkldnn.enabled`` off) takes ``F.linear``. Set ``ONEDNN_LINEAR = False`` to
+    use ``F.linear`` everywhere.
     """
     if ONEDNN_LINEAR and _onednn_applies(x, weight):
         shape = x.shape
@@ -202,7 +205,22 @@ ONEDNN_LINEAR = True
 def _onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
             and x.numel() > 0 and not torch.is_autocast_enabled("cpu")
-            and torch.backends.mkldnn.is_available() and not torch.compiler.is_compiling())
+            and not torch.compiler.is_compiling() and torch.backends.mkldnn.enabled
+            and _onednn_available())
+
+
+@functools.cache
+def _onednn_available() -> bool:
+    """oneDNN's float32 product, where it was measured (x86-64) and where this build has it:
+    tried once on a 1 x 1 product, so a build without it falls back instead of failing."""
+    if platform.machine().lower() not in ("x86_64", "amd64") or not (
+            torch.backends.mkldnn.is_available()):
+        return False
+    try:
+        one = torch.ones(1, 1)
+        return _onednn_mm(one, one).item() == 1.0
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return False
 
 
 def _onednn_mm(a: torch.Tensor, b_t: torch.Tensor, bias: torch.Tensor | None = None

@@ -6,6 +6,7 @@ MiniLM checkpoint to 1e-4 (REFERENCE.md: a faithful implementation lands near 2e
 
 import csv
 import math
+import platform
 import tempfile
 
 import pytest
@@ -317,10 +318,15 @@ def test_linear_equals_f_linear(lead, fan_in, fan_out, bias, transposed, grads, 
 
 
 def test_linear_takes_onednn_on_cpu_float32_only(monkeypatch):
-    """The oneDNN path runs for float32 on a CPU, not under autocast, nor for float64, nor
-    with ONEDNN_LINEAR off: counted by wrapping the op it calls."""
+    """The oneDNN path runs for float32 on an x86-64 CPU, not under autocast, nor for float64,
+    nor with oneDNN disabled in torch, nor with ONEDNN_LINEAR off: counted by wrapping the op
+    it calls."""
     import minift.model as model_module
 
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        assert not model_module._onednn_available()
+        pytest.skip("oneDNN's linear is used on x86-64 only; F.linear runs here")
+    assert model_module._onednn_available()  # tried once, then cached
     calls = []
     real = model_module._onednn_mm
     monkeypatch.setattr(model_module, "_onednn_mm", lambda *a: calls.append(1) or real(*a))
@@ -330,9 +336,16 @@ def test_linear_takes_onednn_on_cpu_float32_only(monkeypatch):
     linear(x.double(), w.double())
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert linear(x, w).dtype == torch.bfloat16
+    torch.backends.mkldnn.enabled = False
+    try:
+        linear(x, w)
+    finally:
+        torch.backends.mkldnn.enabled = True
+    linear(x, w)
+    assert len(calls) == 2
     monkeypatch.setattr(model_module, "ONEDNN_LINEAR", False)
     linear(x, w)
-    assert len(calls) == 1
+    assert len(calls) == 2
 
 
 def test_sdpa_equals_plain_attention():
