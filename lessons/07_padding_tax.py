@@ -364,7 +364,9 @@ else:
 # Read the tables against the goal. A measured ratio against transformers is the product of
 # what unpadding wins and how much faster minift is with no padding at all (the `measured fixed
 # 128` column). With attention re-padded, the token ceiling bounded the first factor, and
-# "token ceiling x fixed" bounded the ratio: below 1.5 on these batches. With attention per
+# "token ceiling x fixed" bounded the ratio. While both implementations ran their matmuls
+# through the same library, the fixed factor was about 1.0-1.2 and MRPC sat below 1.5; the
+# fixed factor is now mostly minift's matrix library (oneDNN in place of MKL, see below). With attention per
 # sequence, the attention part of the work shrinks by more than the token count (the FLOP
 # ceiling), and on this CPU attention runs far below the matmul peak, so it weighs more in time
 # than in FLOPs: a measured ratio above "token ceiling x fixed" is that effect, not noise. The
