@@ -12,7 +12,6 @@ and ``save_pretrained`` are thin doors to ``checkpoint.py``).
 
 from __future__ import annotations
 
-import functools
 import math
 import platform
 from dataclasses import asdict, dataclass, fields
@@ -185,16 +184,16 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     call for float32, and oneDNN, which they call for bf16. On the AMD CPU of this project's
     machine MKL's float32 kernels reach about half the rate of oneDNN's: oneDNN is 2x faster on
     MiniLM's linear layers forward, 1.4x to 2x forward and backward (benchmarks/
-    linear_speed.py). The gap depends on the CPU: run that script on yours. So
-    float32 products on a CPU go through ``OneDNNLinear``, the same arithmetic in another
-    library (fp32 both; they agree to rounding, and tests hold them together). Everything else
-    (GPU, bf16, autocast, torch.compile, a CPU other than x86-64, a build without oneDNN or with
+    linear_speed.py). The gap depends on the CPU: run that script on yours. So float32
+    products on a CPU go through ``onednn_linear``, the same arithmetic in another library
+    (fp32 both; they agree to rounding, and tests hold them together). Everything else (GPU,
+    bf16, autocast, a CPU other than x86-64, a build without oneDNN or with
     ``torch.backends.mkldnn.enabled`` off) takes ``F.linear``. Set ``ONEDNN_LINEAR = False`` to
     use ``F.linear`` everywhere.
     """
     if ONEDNN_LINEAR and _onednn_applies(x, weight):
         shape = x.shape
-        y = OneDNNLinear.apply(x.reshape(-1, shape[-1]), weight, bias)
+        y = onednn_linear(x.reshape(-1, shape[-1]), weight, bias)
         return y.view(*shape[:-1], weight.shape[0])
     return F.linear(x, weight, bias)
 
@@ -205,51 +204,61 @@ ONEDNN_LINEAR = True
 def _onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
             and x.numel() > 0 and not torch.is_autocast_enabled("cpu")
-            and not torch.compiler.is_compiling() and torch.backends.mkldnn.enabled
-            and _onednn_available())
+            and torch.backends.mkldnn.enabled and ONEDNN_AVAILABLE)
 
 
-@functools.cache
+@torch.library.custom_op("minift::onednn_linear", mutates_args=())
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+    """x @ weight.T (+ bias) through oneDNN: x (m, k), weight (n, k); strided views are fine.
+
+    A custom op rather than a plain function so that ``torch.compile`` calls it as it is (it
+    would otherwise try to lower oneDNN's kernel itself, which it does only for weights it has
+    prepacked). Its backward, registered below, is the textbook one: dx = dy @ W,
+    dW = dy.T @ x, db = dy summed over rows, each product through this op again, on strided
+    views (no transposed copies).
+    """
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+@onednn_linear.register_fake
+def _(x, weight, bias=None):
+    return x.new_empty(x.shape[0], weight.shape[0])
+
+
+def _onednn_linear_setup(ctx, inputs, output) -> None:
+    x, weight, bias = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.has_bias = bias is not None
+
+
+def _onednn_linear_backward(ctx, dy):
+    x, weight = ctx.saved_tensors
+    dy = dy.contiguous()
+    dx = onednn_linear(dy, weight.t()) if ctx.needs_input_grad[0] else None
+    dw = onednn_linear(dy.t(), x.t()) if ctx.needs_input_grad[1] else None
+    db = dy.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+    return dx, dw, db
+
+
+onednn_linear.register_autograd(_onednn_linear_backward, setup_context=_onednn_linear_setup)
+
+
 def _onednn_available() -> bool:
     """oneDNN's float32 product, where it was measured (x86-64) and where this build has it:
-    tried once on a 1 x 1 product, so a build without it falls back instead of failing."""
+    tried once, at import, on a 1 x 1 product, so a build without it falls back instead of
+    failing."""
     if platform.machine().lower() not in ("x86_64", "amd64") or not (
             torch.backends.mkldnn.is_available()):
         return False
     try:
         one = torch.ones(1, 1)
-        return _onednn_mm(one, one).item() == 1.0
+        return torch.ops.mkldnn._linear_pointwise(one, one, None, "none", [], "").item() == 1.0
     except (RuntimeError, AttributeError, NotImplementedError):
         return False
 
 
-def _onednn_mm(a: torch.Tensor, b_t: torch.Tensor, bias: torch.Tensor | None = None
-               ) -> torch.Tensor:
-    """a @ b_t.T (+ bias) through oneDNN: a (m, k), b_t (n, k), strided views allowed."""
-    return torch.ops.mkldnn._linear_pointwise(a, b_t, bias, "none", [], "")
-
-
-class OneDNNLinear(torch.autograd.Function):
-    """x @ W.T + b for 2-D float32 x, forward and backward through oneDNN.
-
-    The backward is the textbook one: dx = dy @ W, dW = dy.T @ x, db = dy summed over rows,
-    each a product that oneDNN takes as strided views (no transposed copies).
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, bias):
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return _onednn_mm(x, weight, bias)
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, weight = ctx.saved_tensors
-        dy = dy.contiguous()
-        dx = _onednn_mm(dy, weight.t()) if ctx.needs_input_grad[0] else None
-        dw = _onednn_mm(dy.t(), x.t()) if ctx.needs_input_grad[1] else None
-        db = dy.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return dx, dw, db
+ONEDNN_AVAILABLE = _onednn_available()
 
 
 class Linear(nn.Linear):

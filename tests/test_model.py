@@ -15,6 +15,7 @@ import transformers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import minift.model
 from minift.checkpoint import split_hf_state_dict
 from minift.model import (
     BertConfig,
@@ -320,16 +321,22 @@ def test_linear_equals_f_linear(lead, fan_in, fan_out, bias, transposed, grads, 
 def test_linear_takes_onednn_on_cpu_float32_only(monkeypatch):
     """The oneDNN path runs for float32 on an x86-64 CPU, not under autocast, nor for float64,
     nor with oneDNN disabled in torch, nor with ONEDNN_LINEAR off: counted by wrapping the op
-    it calls."""
+    it calls. The op itself passes torch's own checks of a custom op (schema, fake tensor,
+    autograd registration: ``torch.library.opcheck``)."""
     import minift.model as model_module
 
     if platform.machine().lower() not in ("x86_64", "amd64"):
-        assert not model_module._onednn_available()
+        assert not model_module.ONEDNN_AVAILABLE
         pytest.skip("oneDNN's linear is used on x86-64 only; F.linear runs here")
-    assert model_module._onednn_available()  # tried once, then cached
+    assert model_module.ONEDNN_AVAILABLE
+    gen = torch.Generator().manual_seed(0)
+    args = (torch.randn(6, 3, generator=gen, requires_grad=True),
+            torch.randn(4, 3, generator=gen, requires_grad=True),
+            torch.randn(4, generator=gen, requires_grad=True))
+    torch.library.opcheck(model_module.onednn_linear, args)
     calls = []
-    real = model_module._onednn_mm
-    monkeypatch.setattr(model_module, "_onednn_mm", lambda *a: calls.append(1) or real(*a))
+    real = model_module.onednn_linear
+    monkeypatch.setattr(model_module, "onednn_linear", lambda *a: calls.append(1) or real(*a))
     x, w = torch.randn(5, 3), torch.randn(4, 3)
     linear(x, w)
     assert len(calls) == 1
@@ -346,6 +353,42 @@ def test_linear_takes_onednn_on_cpu_float32_only(monkeypatch):
     monkeypatch.setattr(model_module, "ONEDNN_LINEAR", False)
     linear(x, w)
     assert len(calls) == 2
+
+
+def test_compiled_model_equals_eager_with_onednn_linear_in_the_graph():
+    """torch.compile on the unpadded path, with the oneDNN linear layers inside the compiled
+    graph (a custom op it calls as it is): outputs and gradients equal eager's (atol 1e-5)."""
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=2,
+                                 num_attention_heads=2, intermediate_size=32,
+                                 hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+                      add_pooling_layer=False)
+    ids = torch.randint(0, 60, (3, 9))
+    mask = torch.ones(3, 9, dtype=torch.long)
+    mask[1, 5:] = 0
+    mask[2, 2:] = 0
+    w = torch.randn(3, 9, 16)
+    graphs = []  # what dynamo hands a backend: the linear layers must be the oneDNN op
+
+    def recording_backend(gm, example_inputs):
+        graphs.append(gm.code)
+        return gm.forward
+
+    torch.compile(model, backend=recording_backend, dynamic=True)(ids, mask)
+    expected = 6 * 2 if minift.model.ONEDNN_AVAILABLE else 0  # six per block, on x86-64
+    assert "\n".join(graphs).count("onednn_linear") == expected
+    runs = []
+    for fn in (model, torch.compile(model, dynamic=True)):
+        model.zero_grad(set_to_none=True)
+        out = fn(ids, mask).last_hidden_state
+        (out * w)[mask.bool()].sum().backward()
+        runs.append((out.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    (eager, eager_grads), (compiled, compiled_grads) = runs
+    real_positions = mask.bool()
+    torch.testing.assert_close(compiled[real_positions], eager[real_positions], atol=1e-5,
+                               rtol=0)
+    for name, grad in eager_grads.items():
+        torch.testing.assert_close(compiled_grads[name], grad, atol=1e-5, rtol=1e-5, msg=name)
 
 
 def test_sdpa_equals_plain_attention():
