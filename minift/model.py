@@ -183,7 +183,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     PyTorch's CPU build ships two matrix libraries: MKL, which ``F.linear`` and ``torch.mm``
     call for float32, and oneDNN, which they call for bf16. On the AMD CPU of this project's
     machine MKL's float32 kernels reach about half the rate of oneDNN's: oneDNN is 2x faster on
-    MiniLM's linear layers forward, 1.4x to 2x forward and backward (benchmarks/
+    MiniLM's linear layers forward, 1.45x to 2x forward and backward (benchmarks/
     linear_speed.py). The gap depends on the CPU: run that script on yours. So float32
     products on a CPU go through ``onednn_linear``, the same arithmetic in another library
     (fp32 both; they agree to rounding, and tests hold them together). Everything else (GPU,
@@ -253,7 +253,7 @@ def _onednn_available() -> bool:
         return False
     try:
         one = torch.ones(1, 1)
-        return torch.ops.mkldnn._linear_pointwise(one, one, None, "none", [], "").item() == 1.0
+        return onednn_linear(one, one).item() == 1.0
     except (RuntimeError, AttributeError, NotImplementedError):
         return False
 
@@ -339,8 +339,8 @@ def unpads_by_default(input_ids: torch.Tensor) -> bool:
     """Whether a padded (batch, seq) batch takes the unpadded path when nobody says otherwise.
 
     On a CPU, always: the arithmetic is the cost, and skipping the padding pays about what the
-    padding fraction says (benchmarks/inference_throughput.py: 1.5x to 2.7x on real length
-    distributions). On a GPU, small batches cost the time to launch their kernels more than
+    padding fraction says (benchmarks/inference_throughput.py, minift against minift padded:
+    1.5x to 2.7x on real length distributions). On a GPU, small batches cost the time to launch their kernels more than
     their arithmetic; unpadding adds gathers, scatters and host synchronisations, and loses
     there. On an H200 with MiniLM, batches of 32 real sentences (1,300 to 2,600 positions) ran
     faster padded, batches of 128 (6,000 to 11,000) faster unpadded (``--device cuda`` and
