@@ -27,9 +27,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from minift.checkpoint import DTYPES, IGNORED_KEYS, KEY_MAP, load_bert, resolve_model_dir
+from minift.checkpoint import IGNORED_KEYS, KEY_MAP, load_bert, resolve_model_dir
 from minift.data import read_examples
 from minift.model import Unpadding, additive_mask, attention
+from minift.safetensors import DTYPES
 from minift.sentence import encode, mean_pooling
 from minift.tokenizer import Tokenizer
 

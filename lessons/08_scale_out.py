@@ -46,11 +46,12 @@ import torch
 import minift.cli
 import minift.train
 from minift import distributed
-from minift.checkpoint import read_safetensors, resolve_model_dir
+from minift.checkpoint import resolve_model_dir
 from minift.data import ClassificationDataset, LabelVocab, encode_labels, read_examples, task_files
 from minift.heads import SequenceClassifier
 from minift.metrics import format_table
 from minift.model import set_activation_checkpointing
+from minift.safetensors import read_safetensors
 from minift.tokenizer import Tokenizer
 
 # MINIFT_QUICK=1 (what CI sets) shrinks the data, the training steps and the repeats; the

@@ -1,13 +1,9 @@
 """Reading and writing BERT checkpoints in HF format, with no pickled code ever executed.
 
-Three parts, in reading order:
-1. safetensors, written from scratch: 8-byte little-endian header length, a JSON header naming
-   each tensor's dtype, shape and byte range, then the raw little-endian bytes. Every number in
-   the header is checked before a byte is read, so a damaged file gives a ``CheckpointError``
-   (a ``ValueError``) that says what is wrong, never a crash or a silently wrong tensor.
-2. The key map: one table from HF BERT names to minift's, read by a short loop. Head weights
+Two parts, in reading order (the file format itself is ``safetensors.py``):
+1. The key map: one table from HF BERT names to minift's, read by a short loop. Head weights
    (``cls.*``, ``classifier.*``, ...) are handed back for the heads to claim.
-3. ``load_bert`` / ``save_bert`` and ``resolve_model_dir`` (``"minilm"`` -> the installed
+2. ``load_bert`` / ``save_bert`` and ``resolve_model_dir`` (``"minilm"`` -> the installed
    checkpoint folder).
 """
 
@@ -17,173 +13,20 @@ import importlib.util
 import json
 import os
 import re
-import struct
-import tempfile
 from pathlib import Path
 
 import torch
 
 from minift.model import BertConfig, BertModel
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file or folder that cannot be loaded as it stands."""
-
-
-# --------------------------------------------------------------------------------------------
-# 1. safetensors
-# --------------------------------------------------------------------------------------------
-
-DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-    "U8": torch.uint8, "BOOL": torch.bool,
-}
-DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
-MAX_HEADER_BYTES = 100_000_000  # the reference library's own limit
-
-
-def _parse_header(data: bytes | memoryview, source: str) -> tuple[dict, int]:
-    """Check and return (header dict, offset of the data buffer)."""
-    if len(data) < 8:
-        raise CheckpointError(f"{source}: truncated file ({len(data)} bytes, a header needs 8)")
-    (header_len,) = struct.unpack("<Q", data[:8])
-    if header_len > MAX_HEADER_BYTES:
-        raise CheckpointError(f"{source}: header length {header_len} exceeds {MAX_HEADER_BYTES}")
-    if 8 + header_len > len(data):
-        raise CheckpointError(
-            f"{source}: header length {header_len} runs past the end of the file "
-            f"({len(data)} bytes): the file is truncated or not safetensors"
-        )
-    try:
-        header = json.loads(bytes(data[8 : 8 + header_len]).decode("utf-8"))
-    except (ValueError, RecursionError) as err:  # bad UTF-8/JSON, huge int literals, deep nesting
-        raise CheckpointError(f"{source}: malformed JSON header ({err})") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{source}: the JSON header is a {type(header).__name__}, "
-                              "not an object")
-    return header, 8 + header_len
-
-
-def _check_entry(name: str, entry: object, source: str) -> tuple[torch.dtype, list[int], int, int]:
-    if not isinstance(entry, dict):
-        raise CheckpointError(f"{source}: tensor {name!r}: header entry is not an object")
-    dtype_name, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if not isinstance(dtype_name, str) or dtype_name not in DTYPES:
-        raise CheckpointError(f"{source}: tensor {name!r}: unknown dtype {dtype_name!r} "
-                              f"(known: {', '.join(DTYPES)})")
-    if not (isinstance(shape, list)
-            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
-        raise CheckpointError(f"{source}: tensor {name!r}: bad shape {shape!r}")
-    if not (isinstance(offsets, list) and len(offsets) == 2
-            and all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)
-            and offsets[0] <= offsets[1]):
-        raise CheckpointError(f"{source}: tensor {name!r}: bad data_offsets {offsets!r}")
-    dtype = DTYPES[dtype_name]
-    # torch needs the product of the non-zero dims (in bytes) to fit in int64; stopping there
-    # also keeps a header of huge numbers from making Python multiply them for minutes.
-    numel, span = 1, dtype.itemsize
-    for d in shape:
-        numel, span = numel * d, span * max(d, 1)
-        if span >= 2**63:
-            raise CheckpointError(f"{source}: tensor {name!r}: shape of {len(shape)} dims is too "
-                                  "large for torch (more than 2**63 bytes)")
-    nbytes = numel * dtype.itemsize
-    if offsets[1] - offsets[0] != nbytes:
-        raise CheckpointError(
-            f"{source}: tensor {name!r}: shape {shape} of {dtype_name} needs {nbytes} bytes but "
-            f"data_offsets {offsets} span {offsets[1] - offsets[0]}"
-        )
-    return dtype, shape, offsets[0], offsets[1]
-
-
-def parse_safetensors(data: bytes | bytearray | memoryview,
-                      source: str = "<bytes>") -> dict[str, torch.Tensor]:
-    """Decode a whole safetensors file held in memory into CPU tensors (copies)."""
-    data = memoryview(data)
-    header, start = _parse_header(data, source)
-    buffer_len = len(data) - start
-    metadata = header.pop("__metadata__", None)
-    if metadata is not None and not (
-        isinstance(metadata, dict)
-        and all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
-    ):
-        raise CheckpointError(f"{source}: __metadata__ must map strings to strings")
-    entries = {name: _check_entry(name, entry, source) for name, entry in header.items()}
-    # The tensors must tile the data buffer: in range, no overlaps, no holes.
-    end = 0
-    for name, (_, _, begin, stop) in sorted(entries.items(), key=lambda item: item[1][2:]):
-        if begin != end:
-            what = "overlaps the previous tensor" if begin < end else f"leaves bytes {end}..{begin} unused"
-            raise CheckpointError(f"{source}: tensor {name!r} at data_offsets [{begin}, {stop}] {what}")
-        end = stop
-    if end != buffer_len:
-        what = "out of range of" if end > buffer_len else "shorter than"
-        raise CheckpointError(f"{source}: tensors end at byte {end}, {what} the data buffer "
-                              f"({buffer_len} bytes)")
-    tensors = {}
-    for name, (dtype, shape, begin, stop) in entries.items():
-        raw = bytearray(data[start + begin : start + stop])  # writable copy for frombuffer
-        if stop == begin:
-            tensors[name] = torch.empty(shape, dtype=dtype)
-        else:
-            # Read as bytes, then reinterpret: works for every dtype, bf16 included.
-            tensors[name] = torch.frombuffer(raw, dtype=torch.uint8).view(dtype).reshape(shape)
-    return tensors
-
-
-def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a ``.safetensors`` file into CPU tensors, checking every header field."""
-    path = Path(path)
-    return parse_safetensors(path.read_bytes(), source=str(path))
-
-
-def encode_safetensors(tensors: dict[str, torch.Tensor],
-                       metadata: dict[str, str] | None = None) -> bytes:
-    """Encode tensors as safetensors bytes (header padded with spaces to 8-byte alignment)."""
-    header: dict[str, object] = {}
-    if metadata:
-        header["__metadata__"] = dict(metadata)
-    blobs, offset = [], 0
-    for name, tensor in tensors.items():
-        if tensor.dtype not in DTYPE_NAMES:
-            raise CheckpointError(f"tensor {name!r}: dtype {tensor.dtype} cannot be saved")
-        blob = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-        header[name] = {"dtype": DTYPE_NAMES[tensor.dtype], "shape": list(tensor.shape),
-                        "data_offsets": [offset, offset + len(blob)]}
-        blobs.append(blob)
-        offset += len(blob)
-    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text + b"".join(blobs)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temporary file beside ``path``, fsync, then rename over it.
-
-    A crash part-way leaves the old file (or none), never a half-written one.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
-                      metadata: dict[str, str] | None = None) -> None:
-    """Write tensors to ``path`` in safetensors format, atomically."""
-    atomic_write_bytes(path, encode_safetensors(tensors, metadata or {"format": "pt"}))
-
+from minift.safetensors import (
+    CheckpointError,
+    atomic_write,
+    read_safetensors,
+    write_safetensors,
+)
 
 # --------------------------------------------------------------------------------------------
-# 2. The key map: HF BERT names -> minift names
+# 1. The key map: HF BERT names -> minift names
 # --------------------------------------------------------------------------------------------
 
 # "{}" stands for a layer index. Left: the name in a published BertModel checkpoint.
@@ -268,7 +111,7 @@ def to_hf_state_dict(state_dict: dict[str, torch.Tensor], prefix: str = "") -> d
 
 
 # --------------------------------------------------------------------------------------------
-# 3. Folders
+# 2. Folders
 # --------------------------------------------------------------------------------------------
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -426,4 +269,4 @@ def save_bert(model: BertModel, path: str | os.PathLike,
     tensors.update(heads or {})
     write_safetensors(tensors, folder / "model.safetensors")
     config = model.config.to_dict() | (config_extra or {})
-    atomic_write_bytes(folder / "config.json", (json.dumps(config, indent=2) + "\n").encode())
+    atomic_write(folder / "config.json", (json.dumps(config, indent=2) + "\n").encode())

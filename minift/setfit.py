@@ -37,15 +37,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from minift import distributed
-from minift.checkpoint import (
-    atomic_write_bytes,
-    load_bert,
-    read_safetensors,
-    save_bert,
-    write_safetensors,
-)
+from minift.checkpoint import load_bert, save_bert
 from minift.model import BertModel
 from minift.optim import AdamW, make_optimizer, make_scheduler
+from minift.safetensors import atomic_write, read_safetensors, write_safetensors
 from minift.sentence import embed_batch, encode
 from minift.tokenizer import Tokenizer
 
@@ -576,7 +571,7 @@ class SetFitModel(nn.Module):
             "max_length": self.max_length,
             "normalize": self.normalize,
         }
-        atomic_write_bytes(folder / HEAD_CONFIG, (json.dumps(config, indent=2) + "\n").encode())
+        atomic_write(folder / HEAD_CONFIG, (json.dumps(config, indent=2) + "\n").encode())
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> SetFitModel:

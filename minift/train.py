@@ -49,12 +49,12 @@ Decisions a reader should know about:
 """
 
 import contextlib
+import functools
 import json
 import math
 import os
 import random
 import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -67,8 +67,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from minift import distributed
-from minift.checkpoint import atomic_write_bytes, write_safetensors
 from minift.optim import IMPLEMENTATIONS, SCHEDULES, make_optimizer, make_scheduler
+from minift.safetensors import atomic_write, fsync_dir, write_safetensors
 
 AMP_DTYPES: dict[str, torch.dtype | None] = {
     "off": None,
@@ -358,20 +358,6 @@ def _default_save_best(model: nn.Module, folder: Path) -> None:
         write_safetensors(model.state_dict(), folder / "model.safetensors")
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make renames inside `folder` durable (a no-op where a folder cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(folder: Path) -> None:
     """fsync every file under `folder`, then the folders themselves."""
     for path in sorted(folder.rglob("*"), reverse=True):
@@ -379,8 +365,8 @@ def _fsync_tree(folder: Path) -> None:
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
         elif path.is_dir():
-            _fsync_dir(path)
-    _fsync_dir(folder)
+            fsync_dir(path)
+    fsync_dir(folder)
 
 
 def _best_swap_folders(best_dir: Path) -> tuple[Path, Path]:
@@ -409,7 +395,7 @@ def _save_best_atomically(
     if best_dir.exists():
         os.rename(best_dir, old)
     os.rename(new, best_dir)
-    _fsync_dir(best_dir.parent)
+    fsync_dir(best_dir.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -448,21 +434,6 @@ def _set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
     version, internal, gauss_next = states["python"]
     random.setstate((version, tuple(internal), gauss_next))
-
-
-def _atomic_torch_save(obj: object, path: Path) -> None:
-    """`torch.save` into a temporary file beside `path`, fsync, then `os.replace` over it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def _load_resume(path: Path) -> dict:
@@ -628,7 +599,7 @@ def train(
         # are dropped, since the steps that wrote them run again.
         if ctx.is_main:
             lines = "".join(json.dumps(record) + "\n" for record in progress.history)
-            atomic_write_bytes(log_path, lines.encode("utf-8"))
+            atomic_write(log_path, lines.encode("utf-8"))
         rng = checkpoint.get("rng_ranks") or [checkpoint["rng"]]
         _set_rng_states(rng[ctx.rank % len(rng)])  # last, so nothing above draws from them
         say(f"train: resumed from {resume_path} at step {progress.step}")
@@ -800,7 +771,7 @@ def train(
                             "rng": rng[0],
                             "rng_ranks": rng,
                         }
-                        _atomic_torch_save(checkpoint, resume_path)
+                        atomic_write(resume_path, functools.partial(torch.save, checkpoint))
                 if finished or progress.stopped_early:
                     break
             if progress.position >= len(batches):

@@ -20,9 +20,9 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from minift import distributed
-from minift.checkpoint import write_safetensors
 from minift.heads import SequenceClassifier, TokenClassifier
 from minift.model import BertConfig
+from minift.safetensors import write_safetensors
 from minift.train import TrainConfig, train
 
 N_EXAMPLES, VOCAB, MAX_LEN = 21, 50, 12

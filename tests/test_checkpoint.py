@@ -27,17 +27,15 @@ import transformers
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from minift.checkpoint import (
+from minift.checkpoint import load_bert, load_bert_with_heads, resolve_model_dir
+from minift.model import BertConfig, BertModel, ConfigError
+from minift.safetensors import (
     CheckpointError,
     encode_safetensors,
-    load_bert,
-    load_bert_with_heads,
     parse_safetensors,
     read_safetensors,
-    resolve_model_dir,
     write_safetensors,
 )
-from minift.model import BertConfig, BertModel, ConfigError
 
 # The safetensors dtype names, written out here rather than taken from checkpoint.py.
 DTYPES = {

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from minift import distributed
-from minift.checkpoint import read_safetensors
+from minift.safetensors import read_safetensors
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

@@ -11,8 +11,9 @@ import transformers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minift.checkpoint import CheckpointError, split_hf_state_dict
+from minift.checkpoint import split_hf_state_dict
 from minift.heads import SequenceClassifier, TokenClassifier, freeze
+from minift.safetensors import CheckpointError
 
 TINY = dict(vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
             intermediate_size=24, max_position_embeddings=32)

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 import minift.train as train_module
-from minift.checkpoint import read_safetensors, write_safetensors
 from minift.optim import AdamW, lr_schedule
+from minift.safetensors import read_safetensors, write_safetensors
 from minift.train import NonFiniteLossError, TrainConfig, TrainResult, train
 
 VOCAB, CLASSES, SEQ = 12, 3, 5
