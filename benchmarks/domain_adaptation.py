@@ -17,8 +17,8 @@ every arm gets the same budget: same examples, epochs, learning rate, batch size
 classifier is evaluated once, after the last step (no model selection on dev).
 
 Arms, for each fine-tuning seed (interleaved, so machine load hits both alike):
-- `MiniLM`: `minift.cli.finetune` from the published checkpoint;
-- `MiniLM + MLM`: the same from the adapted encoder (`minift.cli.pretrain`, one run, seed 0).
+- `MiniLM`: `minift.recipes.finetune` from the published checkpoint;
+- `MiniLM + MLM`: the same from the adapted encoder (`minift.recipes.pretrain`, one run, seed 0).
   BertForMaskedLM has no pooler, and the classifier reads the pooled [CLS]: the adapted encoder
   keeps MiniLM's pooler (MLM never trains it), so the two arms differ only in the encoder.
 
@@ -44,8 +44,8 @@ import torch
 import transformers
 
 from minift.checkpoint import load_bert, resolve_model_dir
-from minift.cli import finetune, pretrain
 from minift.metrics import format_table
+from minift.recipes import finetune, pretrain
 from minift.tokenizer import Tokenizer
 
 HERE = Path(__file__).resolve().parent

@@ -4,7 +4,7 @@ Question: does a MiniLM token classifier fine-tuned by ``minift ner`` reach the 
 entity F1 (seqeval, default mode, micro average) of the standard transformers recipe, and the
 same part-of-speech token accuracy? Each task is trained twice in one process, interleaved:
 
-- minift: ``minift.cli.ner`` (the ``minift ner`` command) on a fixed seeded subset of the
+- minift: ``minift.recipes.ner`` (the ``minift ner`` command) on a fixed seeded subset of the
   training sentences; it keeps the checkpoint with the best dev score and writes its test
   predictions, which are scored here with seqeval itself;
 - reference: ``transformers.BertForTokenClassification`` from the same checkpoint with the same
@@ -44,7 +44,6 @@ from seqeval.scheme import IOB2
 from transformers import BertForTokenClassification, get_linear_schedule_with_warmup
 
 from minift.checkpoint import resolve_model_dir
-from minift.cli import ner, predict_tags
 from minift.data import (
     TokenClassificationDataset,
     apply_scheme,
@@ -56,6 +55,7 @@ from minift.data import (
 from minift.heads import TokenClassifier
 from minift.labels import IGNORE_INDEX, LabelSet
 from minift.metrics import format_table
+from minift.recipes import ner, predict_tags
 from minift.tokenizer import Tokenizer
 
 HERE = Path(__file__).resolve().parent

@@ -30,7 +30,6 @@ import transformers
 from seqeval.metrics import f1_score
 
 from minift.checkpoint import resolve_model_dir
-from minift.cli import ner
 from minift.data import (
     TokenClassificationDataset,
     encode_tags,
@@ -40,6 +39,7 @@ from minift.data import (
 )
 from minift.labels import IGNORE_INDEX, align_labels, entities
 from minift.metrics import entity_scores, format_table
+from minift.recipes import ner
 from minift.tokenizer import Tokenizer
 
 # MINIFT_QUICK=1 (what CI runs) trains on a tiny subset for a few steps; the steps are the same.
@@ -209,7 +209,7 @@ check(plan.num_windowed >= 1 and len(plan.windows[longest]) > 1, "expected a win
 # %% [markdown]
 # ## Fine-tuning
 #
-# `minift ner` (here its Python form, `minift.cli.ner`) does the whole job: it reads the files,
+# `minift ner` (here its Python form, `minift.recipes.ner`) does the whole job: it reads the files,
 # fixes the tag set on the training sentences, checks every dev tag against it, builds the
 # windowed batches, fine-tunes a `TokenClassifier` (the encoder plus one linear layer over each
 # token, saved in transformers' `BertForTokenClassification` format), keeps the checkpoint with

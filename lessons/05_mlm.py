@@ -31,10 +31,10 @@ import torch
 import transformers
 
 from minift.checkpoint import load_bert, resolve_model_dir
-from minift.cli import finetune, pretrain
 from minift.heads import MaskedLM
 from minift.metrics import format_table
 from minift.mlm_data import MaskedBatches, MaskingCollator, TextSequences
+from minift.recipes import finetune, pretrain
 from minift.tokenizer import Tokenizer
 
 # MINIFT_QUICK=1 (what CI sets) shrinks the data and the steps; the steps of the lesson are the same.
@@ -249,7 +249,7 @@ del mlm, dense
 # %% [markdown]
 # ## Domain adaptation end to end
 #
-# `minift pretrain` (here its programmatic form, `minift.cli.pretrain`) reads text files of one
+# `minift pretrain` (here its programmatic form, `minift.recipes.pretrain`) reads text files of one
 # passage a line, masks them afresh every epoch, trains with the fine-tuning loop (AdamW, warmup,
 # checkpoints, resume) and measures masked-token accuracy and perplexity (exp of the mean loss on
 # the masked tokens) on held-out text, masked once with a fixed seed so that "before" and "after"

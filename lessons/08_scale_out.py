@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-import minift.cli
+import minift.recipes
 import minift.train
 from minift import distributed
 from minift.checkpoint import resolve_model_dir
@@ -167,7 +167,7 @@ check(torch.equal(together, first_batch["input_ids"][order]), "the shards are no
 # that.)
 
 # %%
-show_source(minift.cli.finetune, "train_set.batches(batch_size")
+show_source(minift.recipes._epoch_batches, "dataset.batches(batch_size")
 show_source(minift.train._backward_window, "distributed.shard(batch, ctx)")
 
 # %% [markdown]
@@ -281,7 +281,7 @@ else:  # quick mode scores a seeded subset of the dev set (all of it takes a whi
     keep = sorted(random.Random(SEED).sample(range(len(dev_all)), NUM_DEV))
     lines = dev_path.read_text(encoding="utf-8").splitlines()
     dev_file.write_text("\n".join([lines[0]] + [lines[1 + i] for i in keep]) + "\n")
-    data_options = {"train": str(train_path), "dev": str(dev_file)}
+    data_options = {"train": str(train_path), "dev": str(dev_file), "text_col": text_col}
 options = dict(
     limit_train=NUM_TRAIN, max_steps=MAX_STEPS, max_length=MAX_LENGTH, batch_size=BATCH_SIZE,
     lr=LR, seed=SEED,
@@ -289,6 +289,7 @@ options = dict(
 train_args = [
     f"--{key.replace('_', '-')}={value}" for key, value in (data_options | options).items()
 ] + ["--no-progress"]
+ddp_args = [*train_args, "--keep-resume"]  # keep resume.pt (removed when a run ends) to look in
 ENV = os.environ | {
     "OMP_NUM_THREADS": "1",  # one thread per process: the 2 processes fill the 2 cores
     "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
@@ -302,7 +303,7 @@ def torchrun(model: Path | str, out: Path) -> str:
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone",
         f"--nproc_per_node={NPROC}", "-m", "minift", "finetune", "--model", str(model),
-        *train_args, "--out", str(out),
+        *ddp_args, "--out", str(out),
     ]  # fmt: skip
     shown = " ".join(["torchrun", *command[4:]]).replace(str(WORK), "$WORK")
     print(f"$ {shown}")
@@ -314,13 +315,13 @@ def torchrun(model: Path | str, out: Path) -> str:
 
 
 def one_process(model: Path | str, out: Path) -> None:
-    """The same run in this process, through `minift.cli.finetune` (what the CLI calls)."""
+    """The same run in this process, through `minift.recipes.finetune` (what the CLI calls)."""
     shown = " ".join(
         ["python -m minift finetune --model", str(model), *train_args, "--out", str(out)]
     )
-    print(f"$ {shown.replace(str(WORK), '$WORK')}  (here: minift.cli.finetune, output hidden)")
+    print(f"$ {shown.replace(str(WORK), '$WORK')}  (here: minift.recipes.finetune, output hidden)")
     with contextlib.redirect_stdout(io.StringIO()):
-        minift.cli.finetune(
+        minift.recipes.finetune(
             model=str(model), out=str(out), **data_options, **options, progress=False
         )
 
@@ -332,15 +333,16 @@ print(ddp_stdout)
 # Each line of that output appears once, though two processes ran the command: the ranks other
 # than 0 print nothing. Rank 0 also evaluates (the metrics are broadcast to the others, so early
 # stopping is decided alike everywhere) and writes every file. The folder holds one log, one
-# `resume.pt` (carrying the random-number states of both ranks, so that a resumed run draws what
-# the uninterrupted one would) and one best model:
+# best model and, since this run passed `--keep-resume` (a finished run removes it otherwise),
+# one `resume.pt`, carrying the random-number states of both ranks, so that a resumed run draws
+# what the uninterrupted one would:
 
 # %%
 for path in sorted((WORK / "ddp").rglob("*")):
     if path.is_file():
         print(f"  {str(path.relative_to(WORK / 'ddp')):<30} {path.stat().st_size:>12,} bytes")
-log = [json.loads(line) for line in (WORK / "ddp" / "run" / "log.jsonl").read_text().splitlines()]
-resume = torch.load(WORK / "ddp" / "run" / "resume.pt", weights_only=True)
+log = [json.loads(line) for line in (WORK / "ddp" / "log.jsonl").read_text().splitlines()]
+resume = torch.load(WORK / "ddp" / "resume.pt", weights_only=True)
 print(f"log.jsonl: {len(log)} records; resume.pt run settings: world_size "
       f"{resume['run']['world_size']}, RNG states of {len(resume['rng_ranks'])} ranks")  # fmt: skip
 for marker in ("train: 2 processes", "dev before fine-tuning", "written to"):
@@ -350,7 +352,7 @@ for marker in ("train: 2 processes", "dev before fine-tuning", "written to"):
 check(len(resume["rng_ranks"]) == NPROC, "resume.pt lacks a rank's RNG states")
 
 # %% [markdown]
-# Now the same command in one process (through `minift.cli.finetune`, the function the command
+# Now the same command in one process (through `minift.recipes.finetune`, the function the command
 # line calls), and the two results side by side: the saved weights, tensor by tensor, the
 # training loss the log recorded, and the dev scores.
 
@@ -369,7 +371,7 @@ def compare(a: Path, b: Path) -> dict:
     numbers = sum(w.numel() for w in weights_a.values())
     losses = []
     for folder in (a, b):
-        records = (folder / "run" / "log.jsonl").read_text().splitlines()
+        records = (folder / "log.jsonl").read_text().splitlines()
         losses.append([r["loss"] for r in map(json.loads, records) if "eval" not in r])
     return {
         "max_abs_diff": diffs[worst],
@@ -486,7 +488,7 @@ check(realistic["mean_diff"] > 10 * exact["mean_diff"], "dropout made no differe
 
 # %%
 for name, folder in (("2 processes", "ddp"), ("1 process", "one")):
-    records = (WORK / folder / "run" / "log.jsonl").read_text().splitlines()
+    records = (WORK / folder / "log.jsonl").read_text().splitlines()
     last = [r for r in map(json.loads, records) if "eval" not in r][-1]
     print(f"  {name}: {last['step']} steps in {last['time']:.2f} s")
 

@@ -7,7 +7,8 @@ import torch
 import transformers
 
 import minift.train
-from minift.cli import finetune, main
+from minift.cli import main
+from minift.recipes import finetune
 from minift.tokenizer import Tokenizer
 
 SENTENCES = [
@@ -20,7 +21,7 @@ SENTENCES = [
 ] * 4
 
 
-def write_tsv(path, rows, header="sentence\tlabel"):
+def write_tsv(path, rows, header="text\tlabel"):
     path.write_text(header + "\n" + "".join(f"{t}\t{label}\n" for t, label in rows),
                     encoding="utf-8")
     return path
@@ -91,9 +92,9 @@ def test_bad_files_stop_before_training_with_file_and_line(tmp_path, minilm_dir,
     train = write_tsv(tmp_path / "train.tsv", SENTENCES)
     cases = {
         # dev label never seen in training: line 3 (header is line 1)
-        "unknown.tsv": ("sentence\tlabel\nfine\t1\nodd\t7\n", "unknown.tsv:3"),
-        "empty_text.tsv": ("sentence\tlabel\nfine\t1\n   \t0\n", "empty_text.tsv:3"),
-        "malformed.tsv": ("sentence\tlabel\nfine\t1\nno label column here\n", "malformed.tsv:3"),
+        "unknown.tsv": ("text\tlabel\nfine\t1\nodd\t7\n", "unknown.tsv:3"),
+        "empty_text.tsv": ("text\tlabel\nfine\t1\n   \t0\n", "empty_text.tsv:3"),
+        "malformed.tsv": ("text\tlabel\nfine\t1\nno label column here\n", "malformed.tsv:3"),
         "empty.tsv": ("", "empty.tsv"),
     }
     for name, (text, where) in cases.items():

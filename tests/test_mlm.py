@@ -14,11 +14,12 @@ import transformers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minift.cli import main, pretrain
+from minift.cli import main
 from minift.heads import MaskedLM
 from minift.mlm_data import MaskedBatches, MaskingCollator, TextSequences
 from minift.model import BertConfig, BertModel
 from minift.optim import make_optimizer
+from minift.recipes import pretrain
 from minift.safetensors import CheckpointError, read_safetensors, write_safetensors
 from minift.tokenizer import Tokenizer
 from minift.train import TrainConfig, train

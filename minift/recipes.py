@@ -1,0 +1,974 @@
+"""The recipes: fine-tune a classifier, fine-tune a tagger (NER / POS), continue MLM pretraining,
+few-shot SetFit. What the ``minift`` commands run, and what lessons and benchmarks call.
+
+Read in this order:
+
+1. the checks every recipe makes before it loads a model (device, model folder, lengths, the
+   training settings, the data folder, the output folder);
+2. the evaluators (``classification_metrics``, ``predict_tags`` / ``tagging_scores``,
+   ``mlm_metrics``);
+3. ``Recipe`` and ``run_recipe``, the skeleton the three recipes on ``minift.train.train`` share:
+   load the model, score it before, train, take the best weights, score them, save;
+4. the recipes ``finetune``, ``ner``, ``pretrain`` (each: its checks, its data, its model, its
+   evaluator, its metrics) and ``setfit``, which trains once per seed.
+
+**Everything is checked before a model is loaded**: numbers, files, columns, labels, the device,
+the output folder. A bad value raises ``ValueError`` (the command prints it as one line).
+
+**The output folder** (``out``) of a finished run holds the model with the best held-out score
+(HF format: ``config.json``, ``model.safetensors``, the tokenizer files), ``metrics.json`` and
+``log.jsonl`` (the training log, one JSON record a line); ``ner`` adds
+``{dev,test}_predictions.txt``, ``setfit`` writes ``metrics.json`` and the seed-0 model in
+``out/model``. While a run is unfinished the folder also holds ``resume.pt`` (what ``--resume``
+continues from) and ``best/`` (the best model so far). When the run ends, the files of ``best/``
+become the model in ``out`` (moved, not copied: the folder never holds the model twice) and
+``resume.pt`` is removed, unless ``keep_resume``. ``.minift.lock`` marks the one run writing
+into the folder (``minift.lock``).
+
+**No held-out set is scored twice on the same weights**: when the best step is the last, the
+final evaluation of the training loop is the "after" score.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# --------------------------------------------------------------------------------------------
+# 1. Checks made before any model is loaded
+# --------------------------------------------------------------------------------------------
+
+
+def check_positive(**values: float | int | None) -> None:
+    """Raise ValueError naming the first of ``values`` that is set and not a positive number."""
+    for name, value in values.items():
+        if value is not None and not value > 0:  # nan fails too
+            raise ValueError(f"{name.replace('_', ' ')} must be positive, got {value}")
+
+
+def check_device(device: str | None) -> None:
+    """Refuse a device this torch cannot run on (``--device cuda`` without CUDA, ``tpu``, ...)."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {device!r}: expected cpu, cuda, cuda:N or mps") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: this torch sees no CUDA GPU "
+                             "(torch.cuda.is_available() is False); use --device cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: there are {torch.cuda.device_count()} "
+                             "CUDA GPUs (numbered from 0)")
+    elif parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"--device {device}: this torch has no MPS backend here")
+    elif parsed.type != "cpu":
+        raise ValueError(f"--device {device}: minift runs on cpu, cuda or mps")
+
+
+def check_max_length(folder: Path, max_length: int, minimum: int = 1) -> int:
+    """Check ``max_length`` against the model's ``max_position_embeddings``; return the latter."""
+    from minift.checkpoint import read_config
+
+    positions = read_config(folder).max_position_embeddings
+    if max_length > positions:
+        raise ValueError(f"--max-length {max_length} is more than the model's {positions} "
+                         f"positions ({folder}/config.json)")
+    if max_length < minimum:
+        raise ValueError(f"--max-length must be at least {minimum}, got {max_length}")
+    return positions
+
+
+def check_freeze(folder: Path, freeze: str) -> None:
+    """The syntax and range of a ``heads.freeze`` mode, checked against the model's layers."""
+    from minift.checkpoint import read_config
+
+    layers = read_config(folder).num_hidden_layers
+    if freeze in ("none", "head"):
+        return
+    if freeze.startswith("last-") and freeze[5:].isdigit():
+        if not 1 <= int(freeze[5:]) <= layers:
+            raise ValueError(f"freeze mode {freeze!r}: N must be between 1 and {layers}")
+        return
+    raise ValueError(f"unknown freeze mode {freeze!r}: use 'none', 'head' or 'last-N'")
+
+
+def _supported(cls: type, **fields: Any) -> dict:
+    """The ``fields`` that the dataclass ``cls`` has (options newer than some versions of it)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {key: value for key, value in fields.items() if key in names}
+
+
+def train_config(**fields: Any):
+    """A checked ``minift.train.TrainConfig``; an error names the command-line option."""
+    from minift.train import TrainConfig
+
+    optional = {key: fields.pop(key) for key in ("keep_resume",) if key in fields}
+    try:
+        return TrainConfig(**fields, **_supported(TrainConfig, **optional))
+    except ValueError as err:
+        match = re.match(r"TrainConfig\.(\w+): (.*)", str(err), re.DOTALL)
+        if match is None:
+            raise
+        raise ValueError(f"--{match[1].replace('_', '-')}: {match[2]}") from None
+
+
+def data_folder(data_dir: str | os.PathLike | None = None) -> Path:
+    """The folder of the data sets: ``data_dir``, else $MINIFT_DATA, else ``../shared/data``
+    beside the repository (or the installed checkout): where the tests and lessons look."""
+    if data_dir is not None:
+        where = f"--data-dir {data_dir}"
+        folder = Path(data_dir)
+    elif os.environ.get("MINIFT_DATA"):
+        where = f"MINIFT_DATA={os.environ['MINIFT_DATA']}"
+        folder = Path(os.environ["MINIFT_DATA"])
+    else:
+        folder = Path(__file__).resolve().parents[2] / "shared" / "data"
+        if not folder.is_dir():
+            raise ValueError(f"the data sets are not in {folder}: give their folder with "
+                             "--data-dir DIR, or set the environment variable MINIFT_DATA=DIR")
+        return folder
+    if not folder.is_dir():
+        raise ValueError(f"{where}: no such folder")
+    return folder
+
+
+@contextlib.contextmanager
+def claim_folder(out: str | os.PathLike, *, resume: bool = False) -> Iterator[Path]:
+    """Create the output folder (or check it) and hold its lock (``minift.lock``) for the block.
+
+    Checks, before anything is loaded, that the folder can be created and written, and that
+    ``resume.pt`` is there when resuming. Under torchrun only rank 0, the one that writes, does.
+    """
+    from minift.lock import acquire, release
+
+    folder = Path(out)
+    if os.environ.get("RANK", "0") != "0":
+        yield folder
+        return
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--out {folder}: exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = acquire(folder)
+    except OSError as err:
+        raise ValueError(f"--out {folder}: cannot write there ({err.strerror or err})") from None
+    try:
+        if resume and not (folder / "resume.pt").is_file():
+            raise ValueError(f"--resume: {folder / 'resume.pt'} does not exist, nothing to resume "
+                             "(run without --resume to start afresh)")
+        yield folder
+    finally:
+        release(lock)
+
+
+def write_metrics(out: Path, metrics: dict) -> None:
+    """``out/metrics.json``, written atomically."""
+    from minift.safetensors import atomic_write
+
+    atomic_write(out / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode("utf-8"))
+
+
+def pick_device(device: str | None):
+    """The device to run on (default: cuda when available); under torchrun, also join the
+    process group (``minift.distributed``) and take this rank's own GPU."""
+    import torch
+
+    from minift import distributed
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    distributed.setup(device.type)
+    return distributed.local_device(device)
+
+
+def _is_main() -> bool:
+    """False on the ranks of a torchrun job that only help to train (rank 0 writes the results)."""
+    from minift import distributed
+
+    return distributed.context().is_main
+
+
+def _subset(examples: list, limit: int | None, seed: int) -> list:
+    """A fixed, seeded random subset of ``limit`` examples (all of them when None)."""
+    if limit is None or limit >= len(examples):
+        return examples
+    keep = sorted(random.Random(seed).sample(range(len(examples)), limit))
+    return [examples[i] for i in keep]
+
+
+def _bar(items, desc: str, progress: bool):
+    """``items`` under a tqdm bar that disappears when done (no bar when ``progress`` is off)."""
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, leave=False, disable=not progress)
+
+
+# --------------------------------------------------------------------------------------------
+# 2. Evaluators
+# --------------------------------------------------------------------------------------------
+
+
+def classification_metrics(model, batches, num_labels: int, device, *,
+                           progress: bool = False) -> dict[str, float]:
+    """Dev loss, accuracy and F1 (binary on label 1 for two labels, else macro)."""
+    import torch
+
+    from minift.metrics import accuracy, precision_recall_f1
+
+    model.eval()
+    gold, pred, loss_sum = [], [], 0.0
+    with torch.no_grad():
+        for batch in _bar(batches, "dev", progress):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            out = model(**batch)
+            loss_sum += out.loss.item() * len(batch["labels"])
+            gold += batch["labels"].tolist()
+            pred += out.logits.argmax(-1).tolist()
+    if num_labels == 2:
+        scores = precision_recall_f1(gold, pred, average="binary", pos_label=1)
+    else:
+        scores = precision_recall_f1(gold, pred, average="macro", labels=list(range(num_labels)))
+    return {"loss": loss_sum / len(gold), "accuracy": accuracy(gold, pred), "f1": scores["f1"]}
+
+
+def predict_tags(model, dataset, batch_size: int, device, *, progress: bool = False,
+                 desc: str = "tagging") -> tuple[list[list[int]], float | None]:
+    """Predicted tag ids of every word of every sentence of a ``TokenClassificationDataset``,
+    and the mean loss over its labelled tokens (None when it has no labels).
+
+    ``model(**batch)`` returns ``.logits`` (batch, seq, labels) and ``.loss``: minift's
+    ``TokenClassifier`` and transformers' ``BertForTokenClassification`` both do.
+    """
+    import torch
+
+    model.eval()
+    piece_predictions: list = [None] * len(dataset)
+    loss_sum, targets = 0.0, 0
+    with torch.no_grad():
+        batches = dataset.batch_indices(batch_size, generator=None, shuffle=False)
+        for indices in _bar(batches, desc, progress):
+            batch = {k: v.to(device) for k, v in dataset.batch(indices).items()}
+            out = model(**batch)
+            if "labels" in batch:
+                n = int((batch["labels"] != -100).sum())
+                if n:  # a batch without targets has a nan mean loss
+                    loss_sum, targets = loss_sum + out.loss.item() * n, targets + n
+            for i, row in zip(indices, out.logits.argmax(-1).cpu(), strict=True):
+                piece_predictions[i] = row
+    return dataset.word_predictions(piece_predictions), (loss_sum / targets if targets else None)
+
+
+def tagging_scores(gold: list[list[str]], pred: list[list[str]], task: str) -> dict:
+    """NER: entity-level micro precision, recall, F1 (seqeval's default mode), per type, and the
+    strict IOB2 mode's micro scores. POS: token accuracy and per-tag scores."""
+    from minift.metrics import entity_scores, per_class_scores, token_accuracy
+
+    if task == "pos":
+        flat_gold = [tag for tags in gold for tag in tags]
+        flat_pred = [tag for tags in pred for tag in tags]
+        return {"accuracy": token_accuracy(gold, pred), "tokens": len(flat_gold),
+                "per_tag": per_class_scores(flat_gold, flat_pred, sorted(set(flat_gold)))}
+    scores = entity_scores(gold, pred, mode="default")
+    strict = entity_scores(gold, pred, mode="strict")
+    keys = ("f1", "precision", "recall")
+    return {
+        **{key: scores[key] for key in (*keys, "support", "per_type", "mode")},
+        "strict": {key: strict[key] for key in keys},
+        "token_accuracy": token_accuracy(gold, pred),
+    }
+
+
+def scores_table(scores: dict, task: str, split: str) -> str:
+    """The per-type (NER, with the micro average) or per-tag (POS) scores as a markdown table."""
+    from minift.metrics import format_table
+
+    per = scores["per_tag" if task == "pos" else "per_type"]
+    columns = ("precision", "recall", "f1", "support")
+    rows = [{split: name, **{k: row[k] for k in columns}} for name, row in per.items()]
+    if task == "ner":
+        rows.append({split: "micro avg", **{k: scores[k] for k in columns}})
+    return format_table(rows)
+
+
+def mlm_metrics(model, batches, device, *, progress: bool = False) -> dict[str, float]:
+    """Masked-token loss, perplexity (exp of the mean masked-token loss) and accuracy (argmax
+    equals the original token), averaged over every masked token of ``batches``."""
+    import torch
+
+    model.eval()
+    loss_sum, correct, count = 0.0, 0, 0
+    with torch.no_grad():
+        for batch in _bar(batches, "held-out", progress):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            targets = batch["labels"][batch["labels"] != -100]
+            if targets.numel() == 0:
+                continue
+            out = model(**batch)  # the sparse head: logits of the targets only
+            loss_sum += out.loss.item() * targets.numel()
+            correct += int((out.logits.argmax(-1) == targets).sum())
+            count += targets.numel()
+    if count == 0:
+        raise ValueError("the evaluation text got no masked token: give more held-out text")
+    loss = loss_sum / count
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)),
+            "masked_accuracy": correct / count, "masked_tokens": count}
+
+
+def read_labelled(path: str, text_col: str, label_col: str, format: str | None = None) -> list:
+    """Examples of a labelled file: TSV, CSV, JSONL (``data.read_examples``), or semicolon
+    ``text;label`` lines (``format="semicolon"``, or a ``.txt`` file, as the Emotion data set
+    ships)."""
+    from minift.data import read_examples, read_semicolon_examples
+
+    if format == "semicolon" or (format is None and Path(path).suffix.lower() == ".txt"):
+        return read_semicolon_examples(path, text_col=text_col, label_col=label_col)
+    return read_examples(path, text_col=text_col, label_col=label_col, format=format)
+
+
+# --------------------------------------------------------------------------------------------
+# 3. The skeleton of the recipes on minift.train.train
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Recipe:
+    """What one recipe hands to ``run_recipe``; the rest of a run is the same for all of them.
+
+    ``evaluate(model, device)`` returns the full scores on the held-out set (its numbers drive
+    the best checkpoint and early stopping; other entries, such as predictions, ride along).
+    """
+
+    config: Any  # minift.train.TrainConfig; its out_dir is the output folder
+    build: Callable[[], Any]  # load the model to train
+    load: Callable[[Path], Any]  # reload a saved model (the best one): a head's from_pretrained
+    train_batches: Callable[[int], Sequence[dict]]  # the batches of an epoch
+    evaluate: Callable[[Any, Any], dict]
+    tokenizer: Any
+    before: Callable[[dict], str] | None = None  # score before training; the line to print
+    device: str | None = None
+    resume: bool = False
+    keep_resume: bool = False
+    activation_checkpointing: bool = False
+
+
+@dataclass
+class Outcome:
+    """What ``run_recipe`` did: the held-out scores before and after, and the models."""
+
+    model: Any  # the trained model (its last weights)
+    best: Any  # the best weights on the held-out set (``model`` when the best step was the last)
+    before: dict
+    after: dict
+    result: Any  # minift.train.TrainResult
+    seconds: float
+    trainable: int
+    total: int
+
+
+def _promote_best(best_dir: Path, out: Path) -> None:
+    """Move the files of ``best/`` into ``out`` (each rename atomic) and remove ``best/``."""
+    from minift.safetensors import fsync_dir
+
+    for file in sorted(best_dir.iterdir()):
+        if file.is_file():
+            os.replace(file, out / file.name)
+    fsync_dir(out)
+    shutil.rmtree(best_dir)
+
+
+def run_recipe(recipe: Recipe) -> Outcome | None:
+    """Load, score before, train, take the best weights, score them, save; None on the ranks of
+    a torchrun job other than 0 (rank 0 writes the results)."""
+    from minift.train import train
+
+    out = Path(recipe.config.out_dir)
+    device = pick_device(recipe.device)
+    model = recipe.build().to(device)
+    if recipe.activation_checkpointing:  # recompute each block in backward: less memory
+        from minift.model import set_activation_checkpointing
+
+        set_activation_checkpointing(model)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    main = _is_main()
+
+    before = {}
+    if recipe.before is not None and main:  # under torchrun rank 0 evaluates
+        before = recipe.evaluate(model, device)
+        print(recipe.before(before))
+
+    last: dict = {}
+
+    def numbers(m) -> dict:
+        last["scores"] = full = recipe.evaluate(m, device)
+        return {k: v for k, v in full.items()
+                if isinstance(v, int | float) and not isinstance(v, bool)}
+
+    start = time.perf_counter()
+    result = train(model, recipe.train_batches, recipe.config, evaluate=numbers, device=device,
+                   resume=recipe.resume)
+    seconds = time.perf_counter() - start
+    if not main:
+        return None
+
+    best_dir = out / "best"
+    if result.best_step == result.steps and "scores" in last:
+        best, after = model, last["scores"]  # the loop's last evaluation scored these weights
+    elif result.best_step is not None:
+        print(f"scoring the best model (step {result.best_step} of {result.steps})")
+        best = recipe.load(best_dir).to(device)
+        after = recipe.evaluate(best, device)
+    else:  # no evaluation gave a number to compare: keep the last weights
+        best, after = model, last.get("scores") or recipe.evaluate(model, device)
+    if best_dir.is_dir():
+        _promote_best(best_dir, out)
+    else:
+        best.save_pretrained(out)
+    recipe.tokenizer.save_pretrained(out)
+    if not recipe.keep_resume:
+        (out / "resume.pt").unlink(missing_ok=True)
+    return Outcome(model=model, best=best, before=before, after=after, result=result,
+                   seconds=seconds, trainable=trainable, total=total)
+
+
+def _run_facts(outcome: Outcome) -> dict:
+    """The facts of a run every recipe's metrics.json records."""
+    result = outcome.result
+    return {"steps": result.steps, "seconds": outcome.seconds, "best_step": result.best_step,
+            "stopped_early": result.stopped_early,
+            "trainable_parameters": outcome.trainable, "total_parameters": outcome.total}
+
+
+def _head_builder(head: type, folder: Path, labels: list[str], freeze: str, seed: int):
+    """``build`` for a classifier head (``heads.SequenceClassifier`` / ``TokenClassifier``) on
+    the encoder in ``folder``: a fresh head seeded with ``seed``, frozen as ``freeze`` says."""
+
+    def build():
+        import torch
+
+        from minift.heads import freeze as apply_freeze
+
+        print(f"loading {folder}")
+        torch.manual_seed(seed)  # the fresh head's initialisation
+        model = head.from_pretrained(folder, num_labels=len(labels),
+                                     id2label=dict(enumerate(labels)))
+        trainable, total = apply_freeze(model, freeze)
+        print(f"freeze={freeze}: {trainable:,} of {total:,} parameters train")
+        return model
+
+    return build
+
+
+def _epoch_batches(dataset, batch_size: int, seed: int) -> Callable[[int], list]:
+    """``train_batches`` of a dataset: epoch e shuffled by a generator seeded with seed + e."""
+    import torch
+
+    return lambda epoch: dataset.batches(batch_size,
+                                         generator=torch.Generator().manual_seed(seed + epoch))
+
+
+# --------------------------------------------------------------------------------------------
+# 4a. finetune: a sequence (or pair) classifier
+# --------------------------------------------------------------------------------------------
+
+
+def finetune(*, model: str, out: str, task: str | None = None, data_dir: str | None = None,
+             train: str | None = None, dev: str | None = None, text_col: str = "text",
+             pair_col: str | None = None, label_col: str = "label",
+             limit_train: int | None = None, epochs: int = 3, max_steps: int | None = None,
+             lr: float = 5e-5, batch_size: int = 32, max_length: int = 128, freeze: str = "none",
+             amp: str = "off", seed: int = 0, resume: bool = False, keep_resume: bool = False,
+             warmup_ratio: float = 0.1, weight_decay: float = 0.01, schedule: str = "linear",
+             grad_accum: int = 1, eval_every: int | None = None, patience: int | None = None,
+             optimizer: str = "auto", compile: bool = False,
+             activation_checkpointing: bool = False, progress: bool = True,
+             device: str | None = None) -> dict:
+    """Fine-tune a sequence classifier; write the best model and ``metrics.json`` into ``out``.
+
+    ``task`` (sst2, mrpc, rte) reads the GLUE task's files and columns from ``data_folder``;
+    otherwise ``train`` and ``dev`` are TSV / CSV / JSONL files with the columns ``text_col``,
+    ``label_col`` and optionally ``pair_col``. Returns the metrics dict that is written:
+    ``{"before": ..., "dev": ..., "train": ..., "labels": ...}``.
+    """
+
+    from minift import heads
+    from minift.checkpoint import resolve_model_dir
+    from minift.data import (
+        ClassificationDataset,
+        LabelVocab,
+        encode_labels,
+        read_examples,
+        task_files,
+    )
+    from minift.tokenizer import Tokenizer
+
+    check_positive(learning_rate=lr, batch_size=batch_size, epochs=epochs, max_steps=max_steps)
+    check_positive(**{"--limit-train": limit_train})
+    config = train_config(
+        out_dir=Path(out), epochs=epochs, max_steps=max_steps, lr=lr, weight_decay=weight_decay,
+        warmup_ratio=warmup_ratio, schedule=schedule, grad_accum=grad_accum, amp=amp,
+        optimizer=optimizer, eval_every=eval_every, metric="accuracy", greater_is_better=True,
+        patience=patience, seed=seed, compile=compile, progress=progress,
+        keep_resume=keep_resume,
+    )
+    check_device(device)
+    folder = resolve_model_dir(model)
+    check_max_length(folder, max_length)
+    check_freeze(folder, freeze)
+    if task is not None:
+        if train or dev:
+            raise ValueError("give either --task or --train/--dev, not both")
+        train, dev, text_col, pair_col, label_col = task_files(task, data_folder(data_dir))
+    elif not (train and dev):
+        raise ValueError("give --task sst2|mrpc|rte, or both --train FILE and --dev FILE")
+    columns = dict(text_col=text_col, pair_col=pair_col, label_col=label_col)
+    train_examples = _subset(read_examples(train, **columns), limit_train, seed)
+    dev_examples = read_examples(dev, **columns)
+    vocab = LabelVocab.from_examples(train_examples)
+    if len(vocab) < 2:
+        raise ValueError(f"{train}: found a single label {vocab.labels}; a classifier needs two")
+    train_labels = encode_labels(train_examples, vocab)
+    dev_labels = encode_labels(dev_examples, vocab)  # a dev label unseen in train stops here
+
+    with claim_folder(out, resume=resume) as out_dir:
+        print(f"data: {len(train_examples)} train / {len(dev_examples)} dev examples, "
+              f"labels {vocab.labels}; tokenizing")
+        tokenizer = Tokenizer.from_pretrained(folder)
+        train_set = ClassificationDataset(train_examples, tokenizer, max_length=max_length,
+                                          label_ids=train_labels)
+        dev_set = ClassificationDataset(dev_examples, tokenizer, max_length=max_length,
+                                        label_ids=dev_labels)
+        dev_batches = dev_set.batches(batch_size, generator=None, shuffle=False)
+
+        outcome = run_recipe(Recipe(
+            config=config,
+            build=_head_builder(heads.SequenceClassifier, folder, vocab.labels, freeze, seed),
+            load=heads.SequenceClassifier.from_pretrained,
+            train_batches=_epoch_batches(train_set, batch_size, seed),
+            evaluate=lambda m, device: classification_metrics(m, dev_batches, len(vocab), device,
+                                                              progress=progress),
+            tokenizer=tokenizer,
+            before=lambda s: f"dev before fine-tuning: accuracy {s['accuracy']:.4f}  "
+                             f"f1 {s['f1']:.4f}",
+            device=device, resume=resume, keep_resume=keep_resume,
+            activation_checkpointing=activation_checkpointing,
+        ))
+        if outcome is None:
+            return {}  # the other ranks of a torchrun job are done: rank 0 writes the results
+        metrics = {
+            "before": outcome.before,
+            "dev": outcome.after,
+            "train": _run_facts(outcome) | {"examples": len(train_examples)},
+            "labels": vocab.labels,
+        }
+        write_metrics(out_dir, metrics)
+    from minift.metrics import format_table
+
+    keys = ("loss", "accuracy", "f1")
+    print(format_table([{"": "before", **{k: metrics["before"][k] for k in keys}},
+                        {"": "after", **{k: metrics["dev"][k] for k in keys}}]))
+    print(f"model, tokenizer, metrics.json and log.jsonl written to {out_dir}")
+    return metrics
+
+
+# --------------------------------------------------------------------------------------------
+# 4b. ner: token classification (named entities, or parts of speech) on CoNLL column files
+# --------------------------------------------------------------------------------------------
+
+
+def ner(*, model: str, train: str, dev: str, out: str, test: str | None = None,
+        column: int = -1, scheme: str = "iob2", task: str = "auto",
+        limit_train: int | None = None, epochs: int = 3, max_steps: int | None = None,
+        lr: float = 5e-5, batch_size: int = 32, max_length: int = 128, stride_words: int = 16,
+        label_all_subwords: bool = False, freeze: str = "none", amp: str = "off", seed: int = 0,
+        resume: bool = False, keep_resume: bool = False, warmup_ratio: float = 0.1,
+        weight_decay: float = 0.01, schedule: str = "linear", grad_accum: int = 1,
+        eval_every: int | None = None, patience: int | None = None, optimizer: str = "auto",
+        compile: bool = False, activation_checkpointing: bool = False, progress: bool = True,
+        device: str | None = None) -> dict:
+    """Fine-tune a token classifier on CoNLL column files; write the best model, the tokenizer,
+    ``metrics.json`` and ``{dev,test}_predictions.txt`` (``word gold predicted``) into ``out``.
+
+    ``column`` (0-based, negative from the end) picks the tags. ``task`` "ner" scores entities
+    (micro F1, seqeval's default mode; the tags are checked as strict IOB2, or converted with
+    ``scheme="iob1"``); "pos" scores token accuracy; "auto" takes "ner" when every training tag
+    reads as O/B-X/I-X. The tag set is the whole training file's (``limit_train`` or not); a
+    dev or test tag outside it is an error naming its file:line. Sentences longer than
+    ``max_length`` tokens are windowed, never truncated. A training set in which no word gets a
+    token (nothing to learn from) is refused.
+    Returns the metrics dict that is written: ``{"dev": ..., "test": ..., "train": ...}``.
+    """
+
+    from minift import heads
+    from minift.checkpoint import read_config_json, resolve_model_dir
+    from minift.data import (
+        TokenClassificationDataset,
+        apply_scheme,
+        encode_tags,
+        entity_label_set,
+        is_bio,
+        read_conll,
+        write_conll,
+    )
+    from minift.labels import SCHEMES, LabelSet
+    from minift.tokenizer import Tokenizer
+
+    check_positive(learning_rate=lr, batch_size=batch_size, epochs=epochs, max_length=max_length,
+                   **{"--max-steps": max_steps, "--limit-train": limit_train})
+    if stride_words < 0:
+        raise ValueError(f"--stride-words must be >= 0, got {stride_words}")
+    if task not in ("auto", "ner", "pos"):
+        raise ValueError(f"--task must be auto, ner or pos, got {task!r}")
+    if scheme not in SCHEMES:
+        raise ValueError(f"--scheme must be one of {', '.join(SCHEMES)}, got {scheme!r}")
+    check_device(device)
+    folder = resolve_model_dir(model)
+    check_max_length(folder, max_length)
+    check_freeze(folder, freeze)
+
+    # ---- data: read every file, fix the tag set, check every tag ----
+    files = {"train": train, "dev": dev} | ({"test": test} if test else {})
+    splits = {name: read_conll(path, column=column) for name, path in files.items()}
+    if task == "auto":
+        task = "ner" if is_bio(splits["train"]) else "pos"
+    metric = "f1" if task == "ner" else "accuracy"
+    config = train_config(
+        out_dir=Path(out), epochs=epochs, max_steps=max_steps, lr=lr, weight_decay=weight_decay,
+        warmup_ratio=warmup_ratio, schedule=schedule, grad_accum=grad_accum, amp=amp,
+        optimizer=optimizer, eval_every=eval_every, metric=metric, greater_is_better=True,
+        patience=patience, seed=seed, compile=compile, progress=progress,
+        keep_resume=keep_resume,
+    )
+    if task == "ner":
+        splits = {name: apply_scheme(sentences, scheme) for name, sentences in splits.items()}
+    # The tag set is the whole training file's, so that a small --limit-train subset that lacks
+    # a rare tag (POS's "WP$") does not make that tag an error in dev and test.
+    if task == "ner":
+        labels = entity_label_set(splits["train"])
+    else:
+        labels = LabelSet.from_sequences([s.tags for s in splits["train"]])
+    splits["train"] = _subset(splits["train"], limit_train, seed)
+    saved = read_config_json(folder)
+    if "BertForTokenClassification" in (saved.get("architectures") or []) and "id2label" in saved:
+        trained = LabelSet.from_dict(saved)  # continue from a token classifier: keep its ids
+        if set(trained.labels) != set(labels.labels):
+            raise ValueError(f"{folder} is a token classifier for the tags {trained.labels}, "
+                             f"but {train} has the tags {labels.labels}")
+        labels = trained
+    if len(labels) < 2:
+        raise ValueError(f"{train}: found a single tag {labels.labels}; a tagger needs two")
+    label_ids = {name: encode_tags(sentences, labels) for name, sentences in splits.items()}
+
+    with claim_folder(out, resume=resume) as out_dir:
+        print(f"data: {task} tags from column {column} ({len(labels)} tags: "
+              f"{' '.join(labels.labels)}); tokenizing")
+        tokenizer = Tokenizer.from_pretrained(folder)
+        train_options = dict(label_all_subwords=label_all_subwords,
+                             b_to_i=labels.b_to_i() if label_all_subwords else None)
+        datasets = {
+            name: TokenClassificationDataset(
+                [s.words for s in sentences], tokenizer, max_length=max_length,
+                label_ids=label_ids[name], stride_words=stride_words,
+                **(train_options if name == "train" else {}))
+            for name, sentences in splits.items()
+        }
+        for name, data in datasets.items():
+            plan = data.plan
+            windows = (f"{plan.num_windowed} longer than {max_length} tokens, split into "
+                       f"{plan.num_windows - plan.num_sentences + plan.num_windowed} windows of "
+                       f"whole words ({stride_words} words of overlap), none truncated"
+                       if plan.num_windowed else f"all fit in {max_length} tokens")
+            print(f"{name}: {plan.num_sentences} sentences, "
+                  f"{sum(len(s.words) for s in splits[name])} words; {windows}")
+        train_set = datasets["train"]
+        if sum(int((row != -100).sum()) for row in train_set.labels) == 0:
+            raise ValueError(f"{train}: no word of the training sentences"
+                             f"{' (--limit-train subset)' if limit_train else ''} has a token "
+                             "(they tokenize to nothing): there is nothing to train on")
+
+        def evaluate_split(m, device, name: str) -> dict:
+            predicted, loss = predict_tags(m, datasets[name], batch_size, device,
+                                           progress=progress, desc=name)
+            tags = [labels.decode(p) for p in predicted]
+            scores = tagging_scores([s.tags for s in splits[name]], tags, task)
+            return scores | ({"loss": loss} if loss is not None else {}) | {"predicted": tags}
+
+        outcome = run_recipe(Recipe(
+            config=config,
+            build=_head_builder(heads.TokenClassifier, folder, labels.labels, freeze, seed),
+            load=heads.TokenClassifier.from_pretrained,
+            train_batches=_epoch_batches(train_set, batch_size, seed),
+            evaluate=lambda m, device: evaluate_split(m, device, "dev"),
+            tokenizer=tokenizer, device=device, resume=resume, keep_resume=keep_resume,
+            activation_checkpointing=activation_checkpointing,
+        ))
+        if outcome is None:
+            return {}  # the other ranks of a torchrun job are done: rank 0 writes the results
+
+        # ---- the best weights on dev (scored already) and test ----
+        scored = {"dev": outcome.after}
+        if "test" in datasets:
+            print("scoring the best model on test")
+            scored["test"] = evaluate_split(outcome.best, next(outcome.best.parameters()).device,
+                                            "test")
+        metrics: dict = {}
+        for name, scores in scored.items():
+            write_conll(out_dir / f"{name}_predictions.txt", [s.words for s in splits[name]],
+                        [s.tags for s in splits[name]], scores["predicted"])
+            metrics[name] = {k: v for k, v in scores.items() if k != "predicted"}
+        metrics["train"] = _run_facts(outcome) | {"sentences": len(splits["train"]),
+                                                  "windows": len(train_set)}
+        metrics |= {"task": task, "column": column, "scheme": scheme if task == "ner" else None,
+                    "labels": labels.labels, "max_length": max_length}
+        write_metrics(out_dir, metrics)
+    for name in ("dev", "test"):
+        if name in metrics:
+            main_score = (f"entity F1 {metrics[name]['f1']:.4f} (seqeval default mode, micro; "
+                          f"strict IOB2 {metrics[name]['strict']['f1']:.4f})" if task == "ner"
+                          else f"token accuracy {metrics[name]['accuracy']:.4f}")
+            print(f"\n{name}: {main_score}")
+            print(scores_table(metrics[name], task, name))
+    print(f"model, tokenizer, metrics.json, log.jsonl and predictions written to {out_dir}")
+    return metrics
+
+
+# --------------------------------------------------------------------------------------------
+# 4c. pretrain: continued masked-language-model pretraining on domain text
+# --------------------------------------------------------------------------------------------
+
+
+def pretrain(*, model: str, text: str | list[str], out: str, eval_text: str | None = None,
+             masking: str = "mlm", steps: int = 1000, lr: float = 5e-5, batch_size: int = 32,
+             max_length: int = 128, seed: int = 0, amp: str = "off", pack: bool = False,
+             mlm_probability: float = 0.15, eval_fraction: float = 0.05,
+             max_eval_passages: int = 2000, eval_seed: int = 0, warmup_ratio: float = 0.06,
+             weight_decay: float = 0.01, grad_accum: int = 1, eval_every: int | None = None,
+             save_every: int | None = None, optimizer: str = "auto", resume: bool = False,
+             keep_resume: bool = False, compile: bool = False,
+             activation_checkpointing: bool = False, progress: bool = True,
+             device: str | None = None) -> dict:
+    """Continue pretraining an encoder with masked-language modelling on domain text.
+
+    ``text``: one or more files of passages, one a line. Held-out text for evaluation is
+    ``eval_text``, else a random ``eval_fraction`` of the passages (at most ``max_eval_passages``)
+    chosen with ``eval_seed`` and left out of training. The held-out text is masked ONCE, with
+    ``eval_seed``, by the same strategy as training, so every evaluation (before, during, after)
+    scores the very same masked tokens. Training batches are masked afresh every epoch (dynamic
+    masking), each from its own seeded generator, so ``resume`` continues exactly.
+    Writes the best model (by held-out loss; with its MLM head, HF ``BertForMaskedLM`` format), the
+    tokenizer and ``metrics.json`` into ``out``; returns the metrics dict:
+    ``{"before": {...}, "after": {...}, "train": {...}, "data": {...}}`` where before/after hold
+    ``perplexity``, ``masked_accuracy``, ``loss`` and ``masked_tokens``.
+    """
+    import torch
+
+    from minift.checkpoint import resolve_model_dir
+    from minift.heads import MaskedLM
+    from minift.metrics import format_table
+    from minift.mlm_data import (
+        STRATEGIES,
+        MaskedBatches,
+        MaskingCollator,
+        TextSequences,
+        held_out_split,
+        read_text_lines,
+    )
+    from minift.tokenizer import Tokenizer
+
+    check_positive(steps=steps, learning_rate=lr, batch_size=batch_size, max_length=max_length)
+    if masking not in STRATEGIES:
+        raise ValueError(f"--masking: expected one of {', '.join(STRATEGIES)}, got {masking!r}")
+    config = train_config(
+        out_dir=Path(out), max_steps=steps, lr=lr, weight_decay=weight_decay,
+        warmup_ratio=warmup_ratio, grad_accum=grad_accum, amp=amp, optimizer=optimizer,
+        eval_every=steps if eval_every is None else eval_every, save_every=save_every,
+        metric="loss", greater_is_better=False, seed=seed, compile=compile, progress=progress,
+        keep_resume=keep_resume,
+    )
+    check_device(device)
+    folder = resolve_model_dir(model)
+    check_max_length(folder, max_length, minimum=3)
+    passages = read_text_lines([text] if isinstance(text, str | Path) else list(text))
+    if eval_text is not None:
+        eval_passages = read_text_lines(eval_text)
+    else:
+        passages, eval_passages = held_out_split(passages, eval_fraction, eval_seed,
+                                                 max_eval_passages)
+
+    with claim_folder(out, resume=resume) as out_dir:
+        print(f"data: {len(passages)} passages, {len(eval_passages)} held out; tokenizing")
+        tokenizer = Tokenizer.from_pretrained(folder)
+        collator = MaskingCollator.from_tokenizer(tokenizer, masking, mlm_probability)
+        train_seqs = TextSequences(passages, tokenizer, max_length=max_length, pack=pack)
+        eval_seqs = TextSequences(eval_passages, tokenizer, max_length=max_length, pack=pack)
+        eval_batches = list(MaskedBatches(eval_seqs, collator, batch_size, seed=eval_seed,
+                                          shuffle=False))  # masked once: fixed for every eval
+        tokens = sum(train_seqs.lengths)
+        print(f"data: {len(passages)} passages -> {len(train_seqs)} sequences, {tokens:,} tokens "
+              f"(max length {max_length}, {'packed' if pack else 'one passage a sequence'}); "
+              f"held out: {len(eval_passages)} passages "
+              f"({'--eval-text' if eval_text else f'seeded {eval_fraction:.0%} slice'})")
+        if masking == "span" and not pack:
+            print("note: span masking overshoots its budget on short sequences; --pack helps")
+
+        def build():
+            print(f"loading {folder}")
+            torch.manual_seed(seed)  # a fresh MLM head's initialisation
+            mlm = MaskedLM.from_pretrained(folder)
+            print("MLM head " + ("loaded from the checkpoint" if mlm.head_loaded else
+                                 "not in the checkpoint: initialised as BERT does "
+                                 "(N(0, initializer_range))"))
+            return mlm
+
+        outcome = run_recipe(Recipe(
+            config=config, build=build, load=MaskedLM.from_pretrained,
+            train_batches=lambda epoch: MaskedBatches(train_seqs, collator, batch_size, seed=seed,
+                                                      epoch=epoch),
+            evaluate=lambda m, device: mlm_metrics(m, eval_batches, device, progress=progress),
+            tokenizer=tokenizer,
+            before=lambda s: f"held-out before: perplexity {s['perplexity']:.2f}  masked "
+                             f"accuracy {s['masked_accuracy']:.4f} ({s['masked_tokens']} "
+                             "masked tokens)",
+            device=device, resume=resume, keep_resume=keep_resume,
+            activation_checkpointing=activation_checkpointing,
+        ))
+        if outcome is None:
+            return {}  # the other ranks of a torchrun job are done: rank 0 writes the results
+        metrics = {
+            "before": outcome.before,
+            "after": outcome.after,
+            "train": _run_facts(outcome) | {
+                "epochs": outcome.result.epochs_completed, "masking": masking, "pack": pack,
+                "lr": lr, "batch_size": batch_size, "max_length": max_length, "seed": seed,
+                "head_loaded": outcome.model.head_loaded},
+            "data": {"passages": len(passages), "sequences": len(train_seqs), "tokens": tokens,
+                     "eval_passages": len(eval_passages), "eval_seed": eval_seed},
+        }
+        write_metrics(out_dir, metrics)
+    keys = ("perplexity", "masked_accuracy", "loss")
+    print(format_table([{"held-out": when, **{k: metrics[when][k] for k in keys}}
+                        for when in ("before", "after")]))
+    print(f"model (with MLM head), tokenizer, metrics.json and log.jsonl written to {out_dir}")
+    return metrics
+
+
+# --------------------------------------------------------------------------------------------
+# 4d. setfit: few-shot classification (contrastive fine-tuning, then a head), over several seeds
+# --------------------------------------------------------------------------------------------
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 seed``, ``5 seeds``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def setfit(*, model: str, train: str, dev: str, out: str, text_col: str = "text",
+           label_col: str = "label", format: str | None = None, shots: int = 8, seeds: int = 5,
+           loss: str = "cosine", sampling: str = "oversampling",
+           num_iterations: int | None = None, epochs: int = 1, batch_size: int = 16,
+           lr: float = 2e-5, head: str = "logistic", end_to_end: bool = False,
+           max_length: int = 256, max_dev: int | None = None, progress: bool = True,
+           device: str | None = None) -> dict:
+    """Few-shot SetFit over seeds 0..seeds-1; write ``metrics.json`` into ``out``.
+
+    For each seed s: draw ``shots`` training examples of every class (a generator seeded with s),
+    train SetFit with seed s from the same base model, and measure accuracy on dev (all of it, or
+    a fixed seeded subset of ``max_dev``). Prints and returns
+    ``{"dev": {"accuracy_mean", "accuracy_std", "per_seed": [...]}, "train": ..., "config": ...,
+    "labels": ...}``; the standard deviation is the sample one (n - 1), 0 for a single seed. The
+    model of seed 0 is saved in ``out/model`` (``minift.setfit.SetFitModel.from_pretrained``).
+    """
+    import statistics
+    from dataclasses import asdict, replace
+
+    import torch
+
+    from minift.checkpoint import load_bert, resolve_model_dir
+    from minift.data import LabelVocab, encode_labels
+    from minift.metrics import accuracy
+    from minift.setfit import SetFitConfig, sample_shots, train_setfit
+    from minift.tokenizer import Tokenizer
+
+    if shots < 1 or seeds < 1:
+        raise ValueError(f"--shots and --seeds must be >= 1, got {shots} and {seeds}")
+    if max_dev is not None and max_dev < 1:
+        raise ValueError(f"--max-dev must be positive, got {max_dev}")
+    check_positive(learning_rate=lr)  # nan included
+    config = SetFitConfig(loss=loss, sampling=sampling, num_iterations=num_iterations,
+                          epochs=epochs, batch_size=batch_size, lr=lr, head=head,
+                          end_to_end=end_to_end, max_length=max_length,
+                          **_supported(SetFitConfig, progress=progress))
+    check_device(device)
+    folder = resolve_model_dir(model)
+    check_max_length(folder, max_length)
+    train_examples = read_labelled(train, text_col, label_col, format)
+    dev_examples = _subset(read_labelled(dev, text_col, label_col, format), max_dev, 0)
+    vocab = LabelVocab.from_examples(train_examples)
+    if len(vocab) < 2:
+        raise ValueError(f"{train}: found a single label {vocab.labels}; SetFit needs two")
+    encode_labels(dev_examples, vocab)  # a dev label unseen in train stops here
+    draws = [sample_shots([ex.label for ex in train_examples], shots,
+                          torch.Generator().manual_seed(seed)) for seed in range(seeds)]
+    dev_texts = [ex.text for ex in dev_examples]
+    dev_gold = [ex.label for ex in dev_examples]
+
+    with claim_folder(out) as out_dir:
+        tokenizer = Tokenizer.from_pretrained(folder)
+        device = pick_device(device)
+        print(f"data: {len(train_examples)} train / {len(dev_examples)} dev examples, labels "
+              f"{vocab.labels}; {shots} shots a class, {_count(seeds, 'seed')}; model {folder}")
+        per_seed = []
+        for seed, chosen in enumerate(draws):
+            print(f"seed {seed}: loading {folder}")
+            encoder = load_bert(folder).to(device)
+            start = time.perf_counter()
+            classifier, stats = train_setfit(
+                encoder, tokenizer, [train_examples[i].text for i in chosen],
+                [train_examples[i].label for i in chosen], replace(config, seed=seed),
+                label_names=vocab.labels)
+            seconds = time.perf_counter() - start
+            if not _is_main():
+                continue  # under torchrun the other ranks only help train the next seed
+            print(f"seed {seed}: scoring {len(dev_texts)} dev examples")
+            score = accuracy(dev_gold, classifier.predict(dev_texts))
+            print(f"seed {seed}: dev accuracy {score:.4f}  ({stats['pairs']} pairs, "
+                  f"{seconds:.1f} s training)")
+            per_seed.append({"seed": seed, "accuracy": score, "pairs": stats["pairs"],
+                             "train_seconds": seconds, "examples": [train_examples[i].line
+                                                                    for i in chosen]})
+            if seed == 0:
+                classifier.save_pretrained(out_dir / "model")
+        if not _is_main():
+            return {}  # rank 0 writes the results
+        scores = [run["accuracy"] for run in per_seed]
+        mean = statistics.fmean(scores)
+        std = statistics.stdev(scores) if len(scores) > 1 else 0.0
+        metrics = {
+            "dev": {"accuracy_mean": mean, "accuracy_std": std, "per_seed": per_seed,
+                    "examples": len(dev_examples)},
+            "train": {"shots": shots, "seeds": seeds, "examples": shots * len(vocab),
+                      "pairs": per_seed[0]["pairs"]},
+            "config": {k: v for k, v in asdict(config).items() if k != "seed"},
+            "labels": vocab.labels,
+            "model": str(folder),
+        }
+        write_metrics(out_dir, metrics)
+    spread = f"{mean:.4f} +/- {std:.4f}" if seeds > 1 else f"{mean:.4f}"
+    print(f"dev accuracy over {_count(seeds, 'seed')}: {spread}; metrics.json and the "
+          f"seed-0 model written to {out_dir}")
+    return metrics
