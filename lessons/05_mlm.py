@@ -326,6 +326,7 @@ for arm, model_dir in (("MiniLM", "minilm"), ("MiniLM + MLM", str(WORK / "adapte
         out=str(WORK / "ft"),
         train=str(WORK / "train.jsonl"),
         dev=str(WORK / "dev.jsonl"),
+        text_col="sentence",
         limit_train=LABELLED,
         epochs=FINETUNE_EPOCHS,
         lr=8e-5,

@@ -66,7 +66,7 @@ def check_device(device: str | None) -> None:
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"--device {device!r}: expected cpu, cuda, cuda:N or mps") from None
+        raise ValueError(f"--device {device}: expected cpu, cuda, cuda:N or mps") from None
     if parsed.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"--device {device}: this torch sees no CUDA GPU "
@@ -128,6 +128,10 @@ def train_config(**fields: Any):
         raise ValueError(f"--{match[1].replace('_', '-')}: {match[2]}") from None
 
 
+# Where the tests and lessons find the data sets when MINIFT_DATA is unset: beside the repository.
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
 def data_folder(data_dir: str | os.PathLike | None = None) -> Path:
     """The folder of the data sets: ``data_dir``, else $MINIFT_DATA, else ``../shared/data``
     beside the repository (or the installed checkout): where the tests and lessons look."""
@@ -137,12 +141,11 @@ def data_folder(data_dir: str | os.PathLike | None = None) -> Path:
     elif os.environ.get("MINIFT_DATA"):
         where = f"MINIFT_DATA={os.environ['MINIFT_DATA']}"
         folder = Path(os.environ["MINIFT_DATA"])
+    elif DEFAULT_DATA.is_dir():
+        return DEFAULT_DATA
     else:
-        folder = Path(__file__).resolve().parents[2] / "shared" / "data"
-        if not folder.is_dir():
-            raise ValueError(f"the data sets are not in {folder}: give their folder with "
-                             "--data-dir DIR, or set the environment variable MINIFT_DATA=DIR")
-        return folder
+        raise ValueError(f"the data sets are not in {DEFAULT_DATA}: give their folder with "
+                         "--data-dir DIR, or set the environment variable MINIFT_DATA=DIR")
     if not folder.is_dir():
         raise ValueError(f"{where}: no such folder")
     return folder
