@@ -394,6 +394,8 @@ def test_cli_refuses_one_class_and_too_few_examples(tiny_dir, sst2, tmp_path, ca
         str(tiny_dir),
         "--text-col",
         "sentence",
+        "--max-length",
+        "64",
         "--out",
         str(tmp_path / "out"),
     ]
