@@ -124,14 +124,10 @@ def finetune(*, model: str, out: str, task: str | None = None, train: str | None
     import torch
 
     from minift import heads
+    from minift.batches import ClassificationDataset
     from minift.checkpoint import resolve_model_dir
-    from minift.data import (
-        ClassificationDataset,
-        LabelVocab,
-        encode_labels,
-        read_examples,
-        task_files,
-    )
+    from minift.data import encode_labels, read_examples, task_files
+    from minift.labels import LabelVocab
     from minift.tokenizer import Tokenizer
     from minift.train import TrainConfig
     from minift.train import train as run_training
@@ -328,9 +324,9 @@ def ner(*, model: str, train: str, dev: str, out: str, test: str | None = None,
     import torch
 
     from minift import heads
+    from minift.batches import TokenClassificationDataset
     from minift.checkpoint import read_config, read_config_json, resolve_model_dir
     from minift.data import (
-        TokenClassificationDataset,
         apply_scheme,
         encode_tags,
         entity_label_set,
@@ -338,7 +334,7 @@ def ner(*, model: str, train: str, dev: str, out: str, test: str | None = None,
         read_conll,
         write_conll,
     )
-    from minift.labels import SCHEMES, LabelSet
+    from minift.labels import SCHEMES, LabelVocab
     from minift.tokenizer import Tokenizer
     from minift.train import TrainConfig
     from minift.train import train as run_training
@@ -374,11 +370,11 @@ def ner(*, model: str, train: str, dev: str, out: str, test: str | None = None,
     if task == "ner":
         labels = entity_label_set(splits["train"])
     else:
-        labels = LabelSet.from_sequences([s.tags for s in splits["train"]])
+        labels = LabelVocab.from_sequences([s.tags for s in splits["train"]])
     splits["train"] = _subset(splits["train"], limit_train, seed)
     config = read_config_json(folder)
     if "BertForTokenClassification" in (config.get("architectures") or []) and "id2label" in config:
-        trained = LabelSet.from_dict(config)  # continue from a token classifier: keep its ids
+        trained = LabelVocab.from_dict(config)  # continue from a token classifier: keep its ids
         if set(trained.labels) != set(labels.labels):
             raise ValueError(f"{folder} is a token classifier for the tags {trained.labels}, "
                              f"but {train} has the tags {labels.labels}")
@@ -793,7 +789,8 @@ def setfit(*, model: str, train: str, dev: str, out: str, text_col: str = "text"
     import torch
 
     from minift.checkpoint import load_bert, resolve_model_dir
-    from minift.data import LabelVocab, encode_labels
+    from minift.data import encode_labels
+    from minift.labels import LabelVocab
     from minift.metrics import accuracy
     from minift.setfit import SetFitConfig, sample_shots, train_setfit
     from minift.tokenizer import Tokenizer

@@ -17,11 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from seqeval.metrics.sequence_labeling import get_entities
 
+from minift.batches import TokenClassificationDataset
 from minift.cli import main
 from minift.data import (
     DataError,
     TaggedSentence,
-    TokenClassificationDataset,
     apply_scheme,
     encode_tags,
     entity_label_set,
@@ -30,7 +30,7 @@ from minift.data import (
     write_conll,
 )
 from minift.heads import TokenClassifier
-from minift.labels import IGNORE_INDEX, LabelSet, tokens_per_word
+from minift.labels import IGNORE_INDEX, LabelVocab, tokens_per_word
 from minift.tokenizer import Tokenizer
 
 TYPES = ["PER", "LOC", "ORG", "MISC"]
@@ -401,7 +401,7 @@ def test_pos_column_reports_token_accuracy(tiny_model, small_files, tmp_path, ca
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["task"] == "pos" and "test" not in metrics
     train = read_conll(small_files["train"], column=1)
-    assert metrics["labels"] == LabelSet.from_sequences([s.tags for s in train]).labels
+    assert metrics["labels"] == LabelVocab.from_sequences([s.tags for s in train]).labels
     predicted = read_conll(out / "dev_predictions.txt", column=2)
     correct = sum(
         g == p
