@@ -440,3 +440,13 @@ def test_window_plan_counts_and_errors():
         window_owners([(0, 2), (3, 4)])
     with pytest.raises(ValueError, match="predictions for 1 pieces, expected 5"):
         plan.merge([[0]])
+
+
+def test_window_errors_name_the_place_of_each_word():
+    where = [["a.txt:1"], ["a.txt:3", "a.txt:4", "a.txt:5"]]
+    with pytest.raises(ValueError, match=r"^a.txt:5: has 9 sub-word tokens, more than"):
+        plan_windows([[1], [1, 2, 9]], max_tokens=8, stride_words=2, where=where)
+    with pytest.raises(ValueError, match="where has 1 entries for 2 sentences"):
+        plan_windows([[1], [1]], max_tokens=8, stride_words=2, where=where[:1])
+    with pytest.raises(ValueError, match="where has 1 entries for 2 words"):
+        split_windows([1, 1], max_tokens=8, stride_words=2, where=["a.txt:1"])
