@@ -342,8 +342,8 @@ class TokenClassificationDataset(PaddedRows):
     Batch contract: `input_ids`, `attention_mask`, `token_type_ids` (batch, seq) padded on the
     right as in `ClassificationDataset`, plus `labels` (batch, seq) when `label_ids` (one list of
     tag ids per sentence) are given: the word's label at its first sub-word and `IGNORE_INDEX` at
-    the other sub-words, special and pad tokens (`minift.labels.align_labels`; with `label_all_subwords`
-    continuations get the word's label, `B-X` turned into `I-X` by `b_to_i`).
+    the other sub-words, special and pad tokens (`minift.labels.align_labels`; with
+    `label_all_subwords` continuations get the word's label, `B-X` turned into `I-X` by `b_to_i`).
     `word_predictions` folds per-token predictions of the pieces back into one per word.
     """
 

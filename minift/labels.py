@@ -333,9 +333,9 @@ def align_labels(
     A token whose word id differs from the previous token's is the first sub-word of a word and
     takes the word's label; special and pad tokens (word id None) take `IGNORE_INDEX`. Other
     sub-words take `IGNORE_INDEX`, or with `label_all_subwords` the word's label passed through
-    `b_to_i` (from `LabelVocab.b_to_i()`): the continuation of a `B-PER` word is `I-PER`, not a second `B-PER`
-    that would open a new entity; labels not in the map (O, I-X, POS tags) are copied. This is
-    `tokenize_and_align_labels` of transformers' token-classification example.
+    `b_to_i` (from `LabelVocab.b_to_i()`): the continuation of a `B-PER` word is `I-PER`, not a
+    second `B-PER` that would open a new entity; labels not in the map (O, I-X, POS tags) are
+    copied. This is `tokenize_and_align_labels` of transformers' token-classification example.
     """
     if label_all_subwords and b_to_i is None:
         raise ValueError(

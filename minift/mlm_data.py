@@ -225,7 +225,8 @@ class MaskingCollator:
 
     def __call__(self, batch: dict[str, Tensor], generator: torch.Generator) -> dict[str, Tensor]:
         """`input_ids` masked, `labels` (`IGNORE_INDEX`, -100, where nothing is to be predicted),
-        the attention mask and token types as they were; `word_ids` is dropped (the model does not take it)."""
+        the attention mask and token types as they were; `word_ids` is dropped (the model does
+        not take it)."""
         input_ids = batch["input_ids"]
         special = masking.special_tokens_mask_from(input_ids, self.special_ids)
         special |= batch["attention_mask"] == 0

@@ -12,8 +12,9 @@ A BERT tokenizer is a pipeline of four steps, and `tokenizers` (Rust) runs all o
 This file loads that pipeline from a checkpoint folder (`tokenizer.json`, or `vocab.txt` plus
 `tokenizer_config.json`), and turns texts into padded `torch.long` tensors, or with
 `padding=False` into one unpadded row per example (what `minift.batches` stores, to pad each batch
-once, to its own longest example). Truncation and padding are applied per call, never taken from the checkpoint's `tokenizer.json` (which may carry its own,
-such as all-MiniLM-L6-v2's fixed padding to 128). The defaults and results follow the reference,
+once, to its own longest example). Truncation and padding are applied per call, never taken from
+the checkpoint's `tokenizer.json` (which may carry its own, such as all-MiniLM-L6-v2's fixed
+padding to 128). The defaults and results follow the reference,
 transformers' fast `BertTokenizer`; the tests hold the two equal.
 """
 
@@ -341,9 +342,9 @@ class Tokenizer:
 
         `padding`: True or "longest" pads to the longest example, "max_length" to `max_length`;
         False pads nothing: each example is a 1-D tensor of its own length (see `Encoding`), the
-        rows the padded forms hold before their pads. `truncation` cuts each example to `max_length` tokens,
-        special tokens included, taking one token at a time from the longer of a pair
-        ("longest_first", the reference's default). `max_length` defaults to `model_max_length`.
+        rows the padded forms hold before their pads. `truncation` cuts each example to
+        `max_length` tokens, special tokens included, taking one token at a time from the longer
+        of a pair ("longest_first", the reference's default). `max_length` defaults to `model_max_length`.
         With `is_split_into_words` a text is a list of words (each still split into sub-words).
         Pads get id `pad_token_id`, token type 0 and attention mask 0, on the right.
         """
