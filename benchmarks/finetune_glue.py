@@ -29,8 +29,10 @@ import torch
 import transformers
 from transformers import BertForSequenceClassification, get_linear_schedule_with_warmup
 
+from minift.batches import ClassificationDataset
 from minift.checkpoint import resolve_model_dir
-from minift.data import ClassificationDataset, LabelVocab, encode_labels, read_examples, task_files
+from minift.data import encode_labels, read_examples, task_files
+from minift.labels import LabelVocab
 from minift.metrics import accuracy, format_table, precision_recall_f1
 from minift.recipes import finetune
 from minift.tokenizer import Tokenizer

@@ -43,9 +43,9 @@ from seqeval.metrics import accuracy_score, f1_score, precision_score, recall_sc
 from seqeval.scheme import IOB2
 from transformers import BertForTokenClassification, get_linear_schedule_with_warmup
 
+from minift.batches import TokenClassificationDataset
 from minift.checkpoint import resolve_model_dir
 from minift.data import (
-    TokenClassificationDataset,
     apply_scheme,
     encode_tags,
     entity_label_set,
@@ -53,7 +53,7 @@ from minift.data import (
     write_conll,
 )
 from minift.heads import TokenClassifier
-from minift.labels import IGNORE_INDEX, LabelSet
+from minift.labels import IGNORE_INDEX, LabelVocab
 from minift.metrics import format_table
 from minift.recipes import ner, predict_tags
 from minift.tokenizer import Tokenizer
@@ -307,7 +307,7 @@ def main() -> None:
         labels = (
             entity_label_set(all_train)
             if task == "ner"
-            else LabelSet.from_sequences([s.tags for s in all_train])
+            else LabelVocab.from_sequences([s.tags for s in all_train])
         )
         train = seeded_subset(all_train, size, args.seed)
         if labels.labels != ours["labels"] or len(train) != ours["sentences"]:

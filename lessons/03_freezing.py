@@ -31,16 +31,11 @@ from pathlib import Path
 
 import torch
 
+from minift.batches import ClassificationDataset, length_grouped_batches
 from minift.checkpoint import resolve_model_dir
-from minift.data import (
-    ClassificationDataset,
-    LabelVocab,
-    encode_labels,
-    length_grouped_batches,
-    read_examples,
-    task_files,
-)
+from minift.data import encode_labels, read_examples, task_files
 from minift.heads import SequenceClassifier, freeze
+from minift.labels import LabelVocab
 from minift.metrics import accuracy, format_table, precision_recall_f1
 from minift.optim import lr_schedule
 from minift.tokenizer import Tokenizer

@@ -29,14 +29,9 @@ from pathlib import Path
 import transformers
 from seqeval.metrics import f1_score
 
+from minift.batches import TokenClassificationDataset
 from minift.checkpoint import resolve_model_dir
-from minift.data import (
-    TokenClassificationDataset,
-    encode_tags,
-    entity_label_set,
-    read_conll,
-    write_conll,
-)
+from minift.data import encode_tags, entity_label_set, read_conll, write_conll
 from minift.labels import IGNORE_INDEX, align_labels, entities
 from minift.metrics import entity_scores, format_table
 from minift.recipes import ner

@@ -26,14 +26,13 @@ from pathlib import Path
 
 import torch
 
-from minift.checkpoint import resolve_model_dir
-from minift.data import (
+from minift.batches import (
     ClassificationDataset,
     TokenClassificationDataset,
     length_grouped_batches,
-    read_conll,
-    read_examples,
 )
+from minift.checkpoint import resolve_model_dir
+from minift.data import read_conll, read_examples
 from minift.metrics import format_table
 from minift.model import BertModel, Unpadding, varlen_attention
 from minift.tokenizer import Tokenizer

@@ -46,9 +46,11 @@ import torch
 import minift.recipes
 import minift.train
 from minift import distributed
+from minift.batches import ClassificationDataset
 from minift.checkpoint import resolve_model_dir
-from minift.data import ClassificationDataset, LabelVocab, encode_labels, read_examples, task_files
+from minift.data import encode_labels, read_examples, task_files
 from minift.heads import SequenceClassifier
+from minift.labels import LabelVocab
 from minift.metrics import format_table
 from minift.model import set_activation_checkpointing
 from minift.safetensors import read_safetensors

@@ -1,22 +1,28 @@
-"""Word labels for token classification: tag schemes, the sub-word aligner, windows, decoding.
+"""Labels: the label vocabulary, and the word labels of token classification (tags, the sub-word
+aligner, windows, decoding).
 
-Named-entity recognition and part-of-speech tagging label *words*, but the encoder sees sub-word
-tokens. This file holds the bookkeeping between the two, as plain functions over lists:
+A classifier predicts ids 0..n-1; `LabelVocab` is the one table between them and the label strings
+of a task, for sentence classification (SST-2's "0"/"1") and token classification (NER's "O",
+"B-PER", ...) alike. Named-entity recognition and part-of-speech tagging label *words*, but the
+encoder sees sub-word tokens. The rest of this file is the bookkeeping between the two, as plain
+functions over lists:
 
 1. tags      `O`, `B-X` (begins an entity of type X), `I-X` (inside one). IOB2, the strict
              scheme, opens every entity with `B-`; IOB1 (the original CoNLL-2003 files) writes
              `I-` and uses `B-` only between two adjacent entities of the same type.
-             `validate_tags`, `iob1_to_iob2`, `entities` (the spans, read as seqeval reads them);
-2. ids       `LabelSet`, the tag vocabulary: "O" first, then the others sorted;
+             `validate_tags`, `iob1_to_iob2`, `entities` (the spans, read as seqeval reads them;
+             `minift.metrics` scores NER with them);
+2. ids       `LabelVocab`, the label vocabulary (tags: "O" first, then the others sorted);
 3. aligner   `align_labels`: word labels to token labels. The first sub-word of a word takes the
-             word's label, the other sub-words and the special tokens get -100 (ignored by the
-             loss), as in transformers' token-classification example;
+             word's label, the other sub-words and the special tokens get `IGNORE_INDEX` (-100,
+             which the loss skips), as in transformers' token-classification example;
 4. decoding  `decode_word_predictions`: one prediction per word, read at its first sub-word;
 5. windows   `split_windows`: a sentence longer than the model takes is cut into overlapping
              windows of whole words, never truncated; each word is predicted by one window.
 
 Nothing here knows about the model or the tokenizer: an aligned batch needs only the tokenizer's
-`word_ids` (the index of the word each token came from, None for special and pad tokens).
+`word_ids` (the index of the word each token came from, None for special and pad tokens). The
+errors are `DataError` (bad data: the message names file and line) and its `TagError`.
 """
 
 from __future__ import annotations
@@ -29,7 +35,9 @@ from typing import Any
 
 import torch
 
-IGNORE_INDEX = -100  # the label cross-entropy skips: special tokens, continuation sub-words
+# The label cross-entropy skips (its default ignore_index, -100 in the whole ecosystem): special
+# tokens, continuation sub-words, unmasked tokens of MLM, padding.
+IGNORE_INDEX = -100
 SCHEMES = ("iob1", "iob2")
 MODES = ("default", "strict")
 
@@ -38,7 +46,12 @@ MODES = ("default", "strict")
 _TAG = re.compile(r"(?P<prefix>[BI])-(?P<type>[^\s-]|[^\s-]\S*[^\s-])")
 
 
-class TagError(ValueError):
+class DataError(ValueError):
+    """Data that is not what it should be: a file (`minift.data`'s readers), a label, a tag. The
+    message names the place (file and line, 1-based), what was expected and what was found."""
+
+
+class TagError(DataError):
     """A tag sequence that is malformed, breaks its scheme, or holds a tag the labels lack."""
 
 
@@ -149,17 +162,32 @@ def entities(
 
 
 # ---------------------------------------------------------------------------------------------
-# Tag ids
+# Label ids: the one vocabulary of labels and tags
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class LabelSet:
-    """The tags of a task and their ids 0..n-1 (the model's output classes).
+def _label_sort_key(labels: Sequence[str]):
+    """Numeric order when every label is an integer ("2" < "10"), string order otherwise."""
+    try:
+        numbers = {label: int(label) for label in labels}
+    except ValueError:
+        return lambda label: label
+    return lambda label: (numbers[label], label)
 
-    `from_sequences` builds it from the training tags: "O" first (id 0) when present, the others
-    sorted. Works for any tag set, POS tags included. `to_dict` gives the `id2label` /
-    `label2id` of a Hugging Face `config.json`.
+
+@dataclass
+class LabelVocab:
+    """The labels of a task and their ids 0..n-1 (the model's output classes).
+
+    One vocabulary for both kinds of task, built by one of two constructors:
+    - `from_examples`, for sentence classification: the labels of the training examples, sorted,
+      except that labels which are all integers sort as numbers, so SST-2's "0", "1" get ids 0, 1
+      and RTE's "entailment", "not_entailment" get 0, 1 (GLUE's own order for both);
+    - `from_sequences`, for token classification (NER, POS): the tags of the training sentences,
+      "O" first (id 0) when present, the others sorted.
+    `encode` takes one label (giving an id) or a sentence's tags (giving a list of ids), `decode`
+    the reverse. `to_dict` gives the `id2label` / `label2id` entries of a Hugging Face
+    `config.json` (what transformers reads back), `from_dict` reads them.
     """
 
     labels: list[str]
@@ -167,58 +195,88 @@ class LabelSet:
     def __post_init__(self) -> None:
         self.labels = list(self.labels)
         if not self.labels:
-            raise ValueError("a LabelSet needs at least one tag, found none")
+            raise ValueError("a LabelVocab needs at least one label, found none")
         self._ids: dict[str, int] = {}
         for i, label in enumerate(self.labels):
-            if not isinstance(label, str) or label.split() != [label]:
-                raise ValueError(f"tags must be non-empty strings without spaces, found {label!r}")
+            if not isinstance(label, str) or label == "":
+                raise ValueError(f"labels must be non-empty strings, found {label!r} at id {i}")
             if label in self._ids:
-                raise ValueError(f"tags must be distinct, found {label!r} twice")
+                raise ValueError(f"labels must be distinct, found {label!r} twice")
             self._ids[label] = i
 
     @classmethod
-    def from_sequences(cls, sequences: Sequence[Sequence[str]]) -> LabelSet:
+    def from_examples(cls, examples: Sequence[Any]) -> LabelVocab:
+        """The vocabulary of the labels of `examples` (`minift.data.Example`s, or any objects
+        with a `label` and a `where` for the error message); every example must have a label."""
+        for ex in examples:
+            if ex.label is None:
+                raise DataError(f"{ex.where}: expected a label, found none")
+        distinct = set(ex.label for ex in examples)
+        if not distinct:
+            raise DataError("expected labelled examples to build a LabelVocab from, found none")
+        return cls(sorted(distinct, key=_label_sort_key(list(distinct))))
+
+    @classmethod
+    def from_sequences(cls, sequences: Sequence[Sequence[str]]) -> LabelVocab:
         """The tags seen in `sequences` (one list of tags per sentence): "O" first, then sorted."""
         seen = {tag for tags in sequences for tag in tags}
         if not seen:
-            raise TagError("expected tagged sentences to build a LabelSet from, found no tags")
+            raise TagError("expected tagged sentences to build a LabelVocab from, found no tags")
         return cls(sorted(seen, key=lambda tag: (tag != "O", tag)))
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __contains__(self, tag: Hashable) -> bool:
-        return tag in self._ids
+    def __contains__(self, label: Hashable) -> bool:
+        return label in self._ids
+
+    def encode(
+        self, labels: str | Sequence[str] | None, where: str | Sequence[str] | None = None
+    ) -> int | list[int]:
+        """The id of one label, or the ids of a sentence's tags (a list of them).
+
+        `where` names the place in the error: for one label a "file:line" put in front of the
+        message; for tags, as in `validate_tags` (a prefix, or one string per tag).
+        """
+        if isinstance(labels, str) or labels is None:
+            prefix = f"{where}: " if where else ""
+            if labels is None:
+                raise DataError(f"{prefix}expected a label, found none")
+            if labels not in self._ids:
+                raise DataError(f"{prefix}found the label {labels!r}, {self._unknown('labels')}")
+            return self._ids[labels]
+        return [self.encode_tag(tag, _place(where, i, len(labels))) for i, tag in enumerate(labels)]
 
     def encode_tag(self, tag: str, where: str | None = None) -> int:
-        """The id of `tag`; `where` (e.g. "dev.txt:57") names the place in the error message."""
+        """The id of one tag of a sentence; `where` (e.g. "dev.txt:57") names the place in the
+        error message (a `TagError`)."""
         if tag not in self._ids:
-            known = ", ".join(repr(x) for x in self.labels)
-            raise TagError(
-                f"{where or 'tag'}: found the tag {tag!r}, which the training tags do not "
-                f"include; expected one of {known}"
-            )
+            raise TagError(f"{where or 'tag'}: found the tag {tag!r}, {self._unknown('tags')}")
         return self._ids[tag]
 
-    def encode(self, tags: Sequence[str], where: str | Sequence[str] | None = None) -> list[int]:
-        """The ids of a sentence's tags; `where` as in `validate_tags`."""
-        return [self.encode_tag(tag, _place(where, i, len(tags))) for i, tag in enumerate(tags)]
+    def _unknown(self, noun: str) -> str:
+        known = ", ".join(repr(x) for x in self.labels)
+        return f"which the training {noun} do not include; expected one of {known}"
 
-    def decode(self, ids: Sequence[int] | torch.Tensor) -> list[str]:
-        """The tags of a list (or 1-D tensor) of ids."""
-        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
-        tags = []
-        for i, id_ in enumerate(ids):
-            try:
-                index = operator.index(id_)  # ints and numpy integers, not floats
-            except TypeError:
-                index = -1
-            if not 0 <= index < len(self.labels):
-                raise ValueError(
-                    f"position {i}: expected a tag id in 0..{len(self.labels) - 1}, found {id_!r}"
-                )
-            tags.append(self.labels[index])
-        return tags
+    def decode(self, ids: int | Sequence[int] | torch.Tensor) -> str | list[str]:
+        """The label of one id (an int or a 0-d tensor), or the labels of a list (or 1-D tensor)
+        of ids."""
+        if hasattr(ids, "tolist"):  # a tensor or a numpy array or scalar
+            ids = ids.tolist()
+        if not isinstance(ids, Sequence):
+            return self._label(ids, "a label")
+        return [self._label(id_, "a tag", f"position {i}: ") for i, id_ in enumerate(ids)]
+
+    def _label(self, id_: Any, what: str, place: str = "") -> str:
+        try:
+            index = operator.index(id_)  # ints and numpy integers, not floats
+        except TypeError:
+            index = -1
+        if not 0 <= index < len(self.labels):
+            raise ValueError(
+                f"{place}expected {what} id in 0..{len(self.labels) - 1}, found {id_!r}"
+            )
+        return self.labels[index]
 
     def b_to_i(self) -> dict[int, int]:
         """For each `B-X` whose `I-X` is also a tag, the id of `B-X` mapped to the id of `I-X`:
@@ -230,21 +288,32 @@ class LabelSet:
         }
 
     def to_dict(self) -> dict[str, dict]:
-        """`{"id2label": {"0": "O", ...}, "label2id": {"O": 0, ...}}` as in HF's config.json."""
+        """`{"id2label": {"0": ..., ...}, "label2id": {...: 0, ...}}`, as in HF's config.json
+        (JSON object keys are strings, so the ids of `id2label` are too)."""
         return {
             "id2label": {str(i): label for i, label in enumerate(self.labels)},
             "label2id": dict(self._ids),
         }
 
     @classmethod
-    def from_dict(cls, config: dict) -> LabelSet:
-        """Rebuild from a dict holding `id2label` (a whole HF config works); ids must be 0..n-1."""
+    def from_dict(cls, config: dict) -> LabelVocab:
+        """Rebuild from a dict holding `id2label` (a whole HF config works); ids must be 0..n-1
+        and a `label2id` entry, when present, must agree."""
         if "id2label" not in config:
             raise ValueError(f"expected a key 'id2label', found the keys {list(config)}")
         id2label = {int(i): label for i, label in config["id2label"].items()}
         if sorted(id2label) != list(range(len(id2label))):
             raise ValueError(f"expected id2label ids 0..n-1, found {sorted(id2label)}")
-        return cls([id2label[i] for i in range(len(id2label))])
+        vocab = cls([id2label[i] for i in range(len(id2label))])
+        label2id = config.get("label2id")
+        if label2id is not None:
+            label2id = {label: int(i) for label, i in label2id.items()}
+            if label2id != vocab._ids:
+                raise ValueError(
+                    f"expected label2id to invert id2label, found id2label {id2label} "
+                    f"and label2id {label2id}"
+                )
+        return vocab
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,15 +331,15 @@ def align_labels(
     """One label per token from one label per word and the tokenizer's `word_ids`.
 
     A token whose word id differs from the previous token's is the first sub-word of a word and
-    takes the word's label; special and pad tokens (word id None) take -100. Other sub-words take
-    -100, or with `label_all_subwords` the word's label passed through `b_to_i` (from
-    `LabelSet.b_to_i()`): the continuation of a `B-PER` word is `I-PER`, not a second `B-PER`
-    that would open a new entity; labels not in the map (O, I-X, POS tags) are copied. This is
-    `tokenize_and_align_labels` of transformers' token-classification example.
+    takes the word's label; special and pad tokens (word id None) take `IGNORE_INDEX`. Other
+    sub-words take `IGNORE_INDEX`, or with `label_all_subwords` the word's label passed through
+    `b_to_i` (from `LabelVocab.b_to_i()`): the continuation of a `B-PER` word is `I-PER`, not a
+    second `B-PER` that would open a new entity; labels not in the map (O, I-X, POS tags) are
+    copied. This is `tokenize_and_align_labels` of transformers' token-classification example.
     """
     if label_all_subwords and b_to_i is None:
         raise ValueError(
-            "label_all_subwords=True needs b_to_i (LabelSet.b_to_i()), so that continuations of "
+            "label_all_subwords=True needs b_to_i (LabelVocab.b_to_i()), so that continuations of "
             "B- words get I- labels; pass {} to copy every label unchanged"
         )
     if not label_all_subwords and b_to_i is not None:
@@ -295,7 +364,7 @@ def align_labels(
     return labels
 
 
-def _word_id_rows(encoding: Any, batch_size: int) -> list[list[int | None]]:
+def word_id_rows(encoding: Any, batch_size: int) -> list[list[int | None]]:
     """The word ids of each example: `encoding.word_ids` as minift's lists of lists, or as the
     method `word_ids(batch_index)` of transformers' BatchEncoding."""
     if not hasattr(encoding, "word_ids"):
@@ -318,9 +387,9 @@ def align_batch(
     """`align_labels` for each sentence of a batch: a (batch, seq) `torch.long` tensor of labels.
 
     `encoding` is a tokenized batch with `word_ids` (minift's `Encoding`, or a transformers
-    BatchEncoding); rows of different lengths are padded with -100.
+    BatchEncoding); rows of different lengths are padded with `IGNORE_INDEX`.
     """
-    rows = _word_id_rows(encoding, len(word_labels))
+    rows = word_id_rows(encoding, len(word_labels))
     aligned = []
     for b, (labels, word_ids) in enumerate(zip(word_labels, rows, strict=True)):
         try:
@@ -429,7 +498,7 @@ def split_windows(
     n_tokens_per_word: Sequence[int],
     max_tokens: int,
     stride_words: int,
-    where: str = "sentence",
+    where: str | Sequence[str] = "sentence",
 ) -> list[tuple[int, int]]:
     """Cut a sentence into windows of whole words, (word_start, word_end) with `end` exclusive.
 
@@ -438,19 +507,26 @@ def split_windows(
     each window is filled greedily, and the next one starts `stride_words` words before the end
     of the previous (fewer when the overlap would not leave room for a new word), so the words
     near a cut are seen with context on both sides. Every word is in at least one window; a
-    word longer than `max_tokens` alone is an error rather than a truncation.
+    word longer than `max_tokens` alone is an error rather than a truncation; `where` names its
+    place: a prefix ("sentence 3" gives "sentence 3, word 1"), or one string per word (such as
+    the "file:line" of each word of a column file).
     """
     if not (isinstance(max_tokens, int) and max_tokens >= 1):
         raise ValueError(f"max_tokens must be a positive integer, found {max_tokens!r}")
     if not (isinstance(stride_words, int) and stride_words >= 0):
         raise ValueError(f"stride_words must be an integer >= 0, found {stride_words!r}")
     counts = list(n_tokens_per_word)
+    if not isinstance(where, str) and len(where) != len(counts):
+        raise ValueError(
+            f"where has {len(where)} entries for {len(counts)} words: expected one each"
+        )
     for i, count in enumerate(counts):
+        place = f"{where}, word {i}" if isinstance(where, str) else where[i]
         if not (isinstance(count, int) and count >= 0):
-            raise ValueError(f"{where}, word {i}: expected a token count >= 0, found {count!r}")
+            raise ValueError(f"{place}: expected a token count >= 0, found {count!r}")
         if count > max_tokens:
             raise ValueError(
-                f"{where}, word {i}: has {count} sub-word tokens, more than a window holds "
+                f"{place}: has {count} sub-word tokens, more than a window holds "
                 f"(max_tokens={max_tokens}); it cannot be labelled without truncating it"
             )
     windows, start = [], 0
@@ -568,12 +644,24 @@ class WindowPlan:
 
 
 def plan_windows(
-    n_tokens_per_word: Sequence[Sequence[int]], max_tokens: int, stride_words: int
+    n_tokens_per_word: Sequence[Sequence[int]],
+    max_tokens: int,
+    stride_words: int,
+    where: Sequence[Sequence[str]] | None = None,
 ) -> WindowPlan:
-    """`split_windows` for every sentence (its tokens per word, see `tokens_per_word`)."""
+    """`split_windows` for every sentence (its tokens per word, see `tokens_per_word`); `where`
+    holds the place of every word of every sentence for the errors ("sentence s, word i" when
+    None)."""
+    if where is not None and len(where) != len(n_tokens_per_word):
+        raise ValueError(
+            f"where has {len(where)} entries for {len(n_tokens_per_word)} sentences: "
+            "expected one each"
+        )
     return WindowPlan(
         [
-            split_windows(counts, max_tokens, stride_words, where=f"sentence {s}")
+            split_windows(
+                counts, max_tokens, stride_words, f"sentence {s}" if where is None else where[s]
+            )
             for s, counts in enumerate(n_tokens_per_word)
         ]
     )

@@ -1,8 +1,9 @@
 """Masking for masked-language modelling: BERT's token masking, whole-word masking, SpanBERT spans.
 
 Every function takes a batch of token ids and returns ``(masked_input_ids, labels)``: the ids the
-model sees and, at the selected positions, the original ids it must predict (-100 everywhere
-else, the value the whole ecosystem's cross-entropy ignores). The input is never modified.
+model sees and, at the selected positions, the original ids it must predict (`IGNORE_INDEX`,
+-100, everywhere else: the value the whole ecosystem's cross-entropy ignores). The input is never
+modified.
 
 The three strategies differ only in *what* is selected; what happens to a selected token is the
 same "80/10/10" recipe of BERT (Devlin et al. 2019): 80% become ``[MASK]``, 10% a random id drawn
@@ -30,7 +31,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-IGNORE_INDEX = -100  # label of positions that carry no loss (PyTorch's cross_entropy default)
+from minift.labels import IGNORE_INDEX  # -100: the label of positions that carry no loss
 
 # ---------------------------------------------------------------------------------------------
 # Helpers: which tokens are special, which tokens form a word

@@ -8,12 +8,14 @@ seen) is 0.0. Unlike scikit-learn, no warning is raised for it.
 
 Read in this order: `accuracy`, the per-label counts everything else is built on,
 `per_class_scores`, `precision_recall_f1`, `confusion_matrix`, `format_table`; then, for
-sequence labelling (lists of tags per sentence), `entity_scores` (seqeval's entity-level scores)
-and `token_accuracy`.
+sequence labelling (lists of tags per sentence), `entity_scores` (seqeval's entity-level scores,
+over the entities `minift.labels.entities` reads) and `token_accuracy`.
 """
 
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
+
+from minift.labels import MODES, entities
 
 AVERAGES = ("binary", "macro", "micro")
 
@@ -262,44 +264,8 @@ def format_table(
 # ---------------------------------------------------------------------------------------------
 #
 # NER is scored on entities, not tags: a predicted entity counts only when its type, first word
-# and last word all match a gold entity. The reading of tags into entities follows seqeval (the
-# library the transformers examples report), in its two modes; `minift.labels.entities` reads
-# them the same way (the copy here keeps this file free of minift imports).
-
-ENTITY_MODES = ("default", "strict")
-
-
-def _tag_parts(tag: Any, where: str) -> tuple[str, str | None]:
-    """("O", None), ("B", type) or ("I", type); a ValueError for anything else."""
-    if tag == "O":
-        return "O", None
-    if isinstance(tag, str) and tag[:2] in ("B-", "I-"):
-        type_ = tag[2:]
-        # No spaces and no "-" at either end: seqeval's two parsers then read the same type.
-        if type_.split() == [type_] and type_[0] != "-" and type_[-1] != "-":
-            return tag[0], type_
-    raise ValueError(f"{where}: expected 'O', 'B-<type>' or 'I-<type>', found {tag!r}")
-
-
-def _entity_spans(tags: Sequence[str], mode: str, where: str) -> list[tuple[str, int, int]]:
-    """(type, start, end exclusive) of each entity in one sentence.
-
-    "default" is seqeval's default (conlleval's) reading: an entity opens at B-X, or at an I-X
-    that follows O or another type, and runs over the I-X of its type. "strict" is seqeval's
-    `mode="strict", scheme=IOB2`: only B-X opens an entity, and an I-X that would open one is
-    part of no entity.
-    """
-    spans = []
-    start, current = None, None
-    parts = [_tag_parts(tag, f"{where}, tag {i}") for i, tag in enumerate(tags)]
-    for i, (prefix, type_) in enumerate([*parts, ("O", None)]):
-        continues = prefix == "I" and type_ == current
-        if start is not None and not continues:
-            spans.append((current, start, i))
-            start, current = None, None
-        if prefix == "B" or (prefix == "I" and not continues and mode == "default"):
-            start, current = i, type_
-    return spans
+# and last word all match a gold entity. Tags are read into entities by `minift.labels.entities`,
+# in the two modes of seqeval (the library the transformers examples report).
 
 
 def _check_sentences(gold: Any, pred: Any) -> None:
@@ -336,13 +302,14 @@ def entity_scores(
     "f1-score" named "f1", except that with no entity at all, in gold or pred, the macro average
     is 0.0 here where seqeval's is NaN.
     """
-    if mode not in ENTITY_MODES:
-        raise ValueError(f"mode must be one of {ENTITY_MODES}, found {mode!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, found {mode!r}")
     _check_sentences(gold, pred)
     found: dict[str, dict[str, set]] = {"gold": {}, "pred": {}}
     for side, sentences in (("gold", gold), ("pred", pred)):
         for s, tags in enumerate(sentences):
-            for type_, start, end in _entity_spans(tags, mode, f"{side}[{s}]"):
+            places = [f"{side}[{s}], tag {i}" for i in range(len(tags))]
+            for type_, start, end in entities(tags, mode, where=places):
                 found[side].setdefault(type_, set()).add((s, start, end))
 
     per_type = {}

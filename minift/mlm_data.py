@@ -33,7 +33,9 @@ import torch
 from torch import Tensor
 
 from minift import masking
-from minift.data import DataError, _lines, _read_text, length_grouped_batches
+from minift.batches import length_grouped_batches, pad_batch, pad_rows
+from minift.data import read_utf8_lines
+from minift.labels import DataError
 
 # ----------------------------------------------------------------------------------------------
 # Reading text
@@ -51,7 +53,7 @@ def read_text_lines(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> l
         raise DataError("expected at least one text file, found none")
     passages = []
     for path in map(Path, paths):
-        found = [line for line in _lines(_read_text(path)) if line.strip()]
+        found = [line for line in read_utf8_lines(path) if line.strip()]
         if not found:
             raise DataError(f"{path}: expected one passage of text a line, found an empty file")
         passages += found
@@ -169,19 +171,9 @@ class TextSequences:
         """The unmasked batch of the sequences at `indices`, padded on the right to the longest:
         `input_ids`, `attention_mask`, `token_type_ids` (all 0) and `word_ids` (-1 at padding),
         each (batch, seq)."""
-        longest = max(self.lengths[i] for i in indices)
-        input_ids = torch.full((len(indices), longest), self.pad_token_id, dtype=torch.long)
-        word_ids = torch.full((len(indices), longest), -1, dtype=torch.long)
-        for row, i in enumerate(indices):
-            input_ids[row, : self.lengths[i]] = self.input_ids[i]
-            word_ids[row, : self.lengths[i]] = self.word_ids[i]
-        lengths = torch.tensor([self.lengths[i] for i in indices])
-        return {
-            "input_ids": input_ids,
-            "attention_mask": (torch.arange(longest) < lengths[:, None]).long(),
-            "token_type_ids": torch.zeros_like(input_ids),
-            "word_ids": word_ids,
-        }
+        batch = pad_batch([self.input_ids[i] for i in indices], None, self.pad_token_id)
+        batch["word_ids"] = pad_rows([self.word_ids[i] for i in indices], -1)
+        return batch
 
 
 # ----------------------------------------------------------------------------------------------
@@ -232,8 +224,9 @@ class MaskingCollator:
         )
 
     def __call__(self, batch: dict[str, Tensor], generator: torch.Generator) -> dict[str, Tensor]:
-        """`input_ids` masked, `labels` (-100 where nothing is to be predicted), the attention
-        mask and token types as they were; `word_ids` is dropped (the model does not take it)."""
+        """`input_ids` masked, `labels` (`IGNORE_INDEX`, -100, where nothing is to be predicted),
+        the attention mask and token types as they were; `word_ids` is dropped (the model does
+        not take it)."""
         input_ids = batch["input_ids"]
         special = masking.special_tokens_mask_from(input_ids, self.special_ids)
         special |= batch["attention_mask"] == 0

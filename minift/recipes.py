@@ -510,14 +510,10 @@ def finetune(*, model: str, out: str, task: str | None = None, data_dir: str | N
     """
 
     from minift import heads
+    from minift.batches import ClassificationDataset
     from minift.checkpoint import resolve_model_dir
-    from minift.data import (
-        ClassificationDataset,
-        LabelVocab,
-        encode_labels,
-        read_examples,
-        task_files,
-    )
+    from minift.data import encode_labels, read_examples, task_files
+    from minift.labels import LabelVocab
     from minift.tokenizer import Tokenizer
 
     check_positive(learning_rate=lr, batch_size=batch_size, epochs=epochs, max_steps=max_steps)
@@ -618,9 +614,9 @@ def ner(*, model: str, train: str, dev: str, out: str, test: str | None = None,
     """
 
     from minift import heads
+    from minift.batches import TokenClassificationDataset
     from minift.checkpoint import read_config_json, resolve_model_dir
     from minift.data import (
-        TokenClassificationDataset,
         apply_scheme,
         encode_tags,
         entity_label_set,
@@ -628,7 +624,7 @@ def ner(*, model: str, train: str, dev: str, out: str, test: str | None = None,
         read_conll,
         write_conll,
     )
-    from minift.labels import SCHEMES, LabelSet
+    from minift.labels import IGNORE_INDEX, SCHEMES, LabelVocab
     from minift.tokenizer import Tokenizer
 
     check_positive(learning_rate=lr, batch_size=batch_size, epochs=epochs, max_length=max_length,
@@ -664,11 +660,11 @@ def ner(*, model: str, train: str, dev: str, out: str, test: str | None = None,
     if task == "ner":
         labels = entity_label_set(splits["train"])
     else:
-        labels = LabelSet.from_sequences([s.tags for s in splits["train"]])
+        labels = LabelVocab.from_sequences([s.tags for s in splits["train"]])
     splits["train"] = _subset(splits["train"], limit_train, seed)
     saved = read_config_json(folder)
     if "BertForTokenClassification" in (saved.get("architectures") or []) and "id2label" in saved:
-        trained = LabelSet.from_dict(saved)  # continue from a token classifier: keep its ids
+        trained = LabelVocab.from_dict(saved)  # continue from a token classifier: keep its ids
         if set(trained.labels) != set(labels.labels):
             raise ValueError(f"{folder} is a token classifier for the tags {trained.labels}, "
                              f"but {train} has the tags {labels.labels}")
@@ -687,6 +683,7 @@ def ner(*, model: str, train: str, dev: str, out: str, test: str | None = None,
             name: TokenClassificationDataset(
                 [s.words for s in sentences], tokenizer, max_length=max_length,
                 label_ids=label_ids[name], stride_words=stride_words,
+                where=[s.where for s in sentences],
                 **(train_options if name == "train" else {}))
             for name, sentences in splits.items()
         }
@@ -699,7 +696,7 @@ def ner(*, model: str, train: str, dev: str, out: str, test: str | None = None,
             print(f"{name}: {plan.num_sentences} sentences, "
                   f"{sum(len(s.words) for s in splits[name])} words; {windows}")
         train_set = datasets["train"]
-        if sum(int((row != -100).sum()) for row in train_set.labels) == 0:
+        if sum(int((row != IGNORE_INDEX).sum()) for row in train_set.labels) == 0:
             raise ValueError(f"{train}: no word of the training sentences"
                              f"{' (--limit-train subset)' if limit_train else ''} has a token "
                              "(they tokenize to nothing): there is nothing to train on")
@@ -902,7 +899,8 @@ def setfit(*, model: str, train: str, dev: str, out: str, text_col: str = "text"
     import torch
 
     from minift.checkpoint import load_bert, resolve_model_dir
-    from minift.data import LabelVocab, encode_labels
+    from minift.data import encode_labels
+    from minift.labels import LabelVocab
     from minift.metrics import accuracy
     from minift.setfit import SetFitConfig, sample_shots, train_setfit
     from minift.tokenizer import Tokenizer

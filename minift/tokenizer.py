@@ -10,9 +10,11 @@ A BERT tokenizer is a pipeline of four steps, and `tokenizers` (Rust) runs all o
                token type 0 for the first segment and 1 for the second.
 
 This file loads that pipeline from a checkpoint folder (`tokenizer.json`, or `vocab.txt` plus
-`tokenizer_config.json`), and turns texts into padded `torch.long` tensors. Truncation and padding
-are applied per call, never taken from the checkpoint's `tokenizer.json` (which may carry its own,
-such as all-MiniLM-L6-v2's fixed padding to 128). The defaults and results follow the reference,
+`tokenizer_config.json`), and turns texts into padded `torch.long` tensors, or with
+`padding=False` into one unpadded row per example (what `minift.batches` stores, to pad each batch
+once, to its own longest example). Truncation and padding are applied per call, never taken from
+the checkpoint's `tokenizer.json` (which may carry its own, such as all-MiniLM-L6-v2's fixed
+padding to 128). The defaults and results follow the reference,
 transformers' fast `BertTokenizer`; the tests hold the two equal.
 """
 
@@ -46,6 +48,9 @@ _TENSOR_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 class Encoding:
     """A tokenized batch: three (batch, seq) `torch.long` tensors and per-token alignment lists.
 
+    Unpadded (`padding=False`), each of the three is instead a list of 1-D `torch.long` tensors,
+    one per example, of its own length; `encoding["input_ids"][b]` is example b's ids either way.
+
     `word_ids[b][t]` is the index of the word that token t of example b came from (counted within
     its own segment for pairs), None for special and pad tokens. `offsets[b][t]` is the (start,
     end) character span of the token in the original text of its segment, (0, 0) for special and
@@ -55,9 +60,9 @@ class Encoding:
     tensors.
     """
 
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    token_type_ids: torch.Tensor
+    input_ids: torch.Tensor | list[torch.Tensor]
+    attention_mask: torch.Tensor | list[torch.Tensor]
+    token_type_ids: torch.Tensor | list[torch.Tensor]
     word_ids: list[list[int | None]]
     offsets: list[list[tuple[int, int]]]
     sequence_ids: list[list[int | None]]
@@ -66,17 +71,25 @@ class Encoding:
         """The names of the three tensors, so that `**encoding` passes them as arguments."""
         return _TENSOR_KEYS
 
-    def __getitem__(self, key: str) -> torch.Tensor:
+    def __getitem__(self, key: str) -> torch.Tensor | list[torch.Tensor]:
         if key not in _TENSOR_KEYS:
             raise KeyError(f"Encoding has no tensor {key!r}; it holds {', '.join(_TENSOR_KEYS)}")
         return getattr(self, key)
 
     def __len__(self) -> int:
-        return self.input_ids.shape[0]
+        return len(self.input_ids)
 
     def to(self, device: torch.device | str) -> Encoding:
         """A copy with the three tensors on `device`; the alignment lists are shared."""
-        return replace(self, **{key: self[key].to(device) for key in _TENSOR_KEYS})
+
+        def move(value):
+            return (
+                value.to(device)
+                if isinstance(value, torch.Tensor)
+                else [row.to(device) for row in value]
+            )
+
+        return replace(self, **{key: move(self[key]) for key in _TENSOR_KEYS})
 
 
 def bert_wordpiece(
@@ -327,10 +340,11 @@ class Tokenizer:
     ) -> Encoding:
         """Tokenize a text or a batch (with optional pair texts) into padded (batch, seq) tensors.
 
-        `padding`: True or "longest" pads to the longest example, "max_length" to `max_length`,
-        False only for a single example. `truncation` cuts each example to `max_length` tokens,
-        special tokens included, taking one token at a time from the longer of a pair
-        ("longest_first", the reference's default). `max_length` defaults to `model_max_length`.
+        `padding`: True or "longest" pads to the longest example, "max_length" to `max_length`;
+        False pads nothing: each example is a 1-D tensor of its own length (see `Encoding`), the
+        rows the padded forms hold before their pads. `truncation` cuts each example to
+        `max_length` tokens, special tokens included, taking one token at a time from the longer
+        of a pair ("longest_first", the reference's default). `max_length` defaults to `model_max_length`.
         With `is_split_into_words` a text is a list of words (each still split into sub-words).
         Pads get id `pad_token_id`, token type 0 and attention mask 0, on the right.
         """
@@ -344,11 +358,6 @@ class Tokenizer:
         if not (isinstance(padding, bool) or padding in ("longest", "max_length")):
             raise ValueError(
                 f"padding should be True, False, 'longest' or 'max_length', not {padding!r}"
-            )
-        if padding is False and len(batch) > 1:
-            raise ValueError(
-                f"padding=False needs a single text, got a batch of {len(batch)}: "
-                "use padding=True to pad to the longest, or padding='max_length'"
             )
         if max_length is None:
             max_length = self.model_max_length
@@ -369,6 +378,8 @@ class Tokenizer:
         finally:
             self.backend.no_truncation()
 
+        if padding is False:
+            return self._rows(encoded)
         longest = max(len(e.ids) for e in encoded)
         length = max_length if padding == "max_length" else longest
         if longest > length:
@@ -377,6 +388,22 @@ class Tokenizer:
                 f"({length}): use truncation=True or a larger max_length"
             )
         return self._pad(encoded, length)
+
+    @staticmethod
+    def _rows(encoded: list[tokenizers.Encoding]) -> Encoding:
+        """Every example unpadded: one 1-D tensor each, of its own length."""
+
+        def rows(values: list[list[int]]) -> list[torch.Tensor]:
+            return [torch.tensor(row, dtype=torch.long) for row in values]
+
+        return Encoding(
+            input_ids=rows([e.ids for e in encoded]),
+            attention_mask=rows([e.attention_mask for e in encoded]),
+            token_type_ids=rows([e.type_ids for e in encoded]),
+            word_ids=[list(e.word_ids) for e in encoded],
+            offsets=[list(e.offsets) for e in encoded],
+            sequence_ids=[list(e.sequence_ids) for e in encoded],
+        )
 
     def _pad(self, encoded: list[tokenizers.Encoding], length: int) -> Encoding:
         """Pad every example on the right to `length` tokens and stack into tensors."""

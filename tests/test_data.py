@@ -12,19 +12,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer, BertConfig
 
+from minift.batches import ClassificationDataset, collate, length_grouped_batches, make_batches
 from minift.data import (
     TASKS,
-    ClassificationDataset,
     DataError,
     Example,
-    LabelVocab,
-    collate,
     encode_labels,
-    length_grouped_batches,
-    make_batches,
     read_examples,
     task_files,
 )
+from minift.labels import LabelVocab
 
 # ----------------------------------------------------------------------------------------------
 # Helpers

@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 
 from minift.labels import (
     IGNORE_INDEX,
-    LabelSet,
+    LabelVocab,
     TagError,
     align_batch,
     align_labels,
@@ -31,7 +31,7 @@ from minift.labels import (
 from minift.tokenizer import Tokenizer
 
 TYPES = ["PER", "LOC", "ORG", "MISC"]
-LABELS = LabelSet.from_sequences([["O"] + [f"{p}-{t}" for t in TYPES for p in "BI"]])
+LABELS = LabelVocab.from_sequences([["O"] + [f"{p}-{t}" for t in TYPES for p in "BI"]])
 
 # Words that become many sub-words, punctuation, digits, accents, other scripts, CJK, emoji.
 TRICKY_WORDS = [
@@ -306,23 +306,23 @@ def test_validate_tags_refuses_an_unknown_scheme():
 
 
 # ---------------------------------------------------------------------------------------------
-# LabelSet
+# LabelVocab
 # ---------------------------------------------------------------------------------------------
 
 
 def test_label_set_order_ids_and_config_round_trip():
     tags = [["B-PER", "I-PER", "O"], ["B-LOC", "O", "B-MISC"], []]
-    labels = LabelSet.from_sequences(tags)
+    labels = LabelVocab.from_sequences(tags)
     assert labels.labels == ["O", "B-LOC", "B-MISC", "B-PER", "I-PER"]
     assert labels.b_to_i() == {3: 4}  # B-LOC and B-MISC have no I- tag among the training tags
     assert labels.decode(labels.encode(tags[0])) == tags[0]
-    assert LabelSet.from_dict(labels.to_dict()) == labels
-    pos = LabelSet.from_sequences([["NNP", "VBZ", "DT", "NN"]])  # any tags: POS has no "O"
+    assert LabelVocab.from_dict(labels.to_dict()) == labels
+    pos = LabelVocab.from_sequences([["NNP", "VBZ", "DT", "NN"]])  # any tags: POS has no "O"
     assert pos.labels == ["DT", "NN", "NNP", "VBZ"] and pos.b_to_i() == {}
 
 
 def test_label_set_errors_name_the_tag_and_the_place():
-    labels = LabelSet(["O", "B-PER", "I-PER"])
+    labels = LabelVocab(["O", "B-PER", "I-PER"])
     with pytest.raises(TagError, match=r"^dev.txt:57: found the tag 'B-LOC', which the training"):
         labels.encode_tag("B-LOC", where="dev.txt:57")
     with pytest.raises(TagError, match=r"^dev.txt:9: found the tag 'I-ORG'"):
@@ -330,9 +330,9 @@ def test_label_set_errors_name_the_tag_and_the_place():
     with pytest.raises(ValueError, match=r"position 1: expected a tag id in 0..2, found 3"):
         labels.decode([0, 3])
     with pytest.raises(ValueError, match="distinct"):
-        LabelSet(["O", "O"])
+        LabelVocab(["O", "O"])
     with pytest.raises(TagError, match="no tags"):
-        LabelSet.from_sequences([[], []])
+        LabelVocab.from_sequences([[], []])
 
 
 def test_aligner_errors():
@@ -440,3 +440,13 @@ def test_window_plan_counts_and_errors():
         window_owners([(0, 2), (3, 4)])
     with pytest.raises(ValueError, match="predictions for 1 pieces, expected 5"):
         plan.merge([[0]])
+
+
+def test_window_errors_name_the_place_of_each_word():
+    where = [["a.txt:1"], ["a.txt:3", "a.txt:4", "a.txt:5"]]
+    with pytest.raises(ValueError, match=r"^a.txt:5: has 9 sub-word tokens, more than"):
+        plan_windows([[1], [1, 2, 9]], max_tokens=8, stride_words=2, where=where)
+    with pytest.raises(ValueError, match="where has 1 entries for 2 sentences"):
+        plan_windows([[1], [1]], max_tokens=8, stride_words=2, where=where[:1])
+    with pytest.raises(ValueError, match="where has 1 entries for 2 words"):
+        split_windows([1, 1], max_tokens=8, stride_words=2, where=["a.txt:1"])

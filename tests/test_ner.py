@@ -17,11 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from seqeval.metrics.sequence_labeling import get_entities
 
+from minift.batches import TokenClassificationDataset
 from minift.cli import main
 from minift.data import (
     DataError,
     TaggedSentence,
-    TokenClassificationDataset,
     apply_scheme,
     encode_tags,
     entity_label_set,
@@ -30,7 +30,7 @@ from minift.data import (
     write_conll,
 )
 from minift.heads import TokenClassifier
-from minift.labels import IGNORE_INDEX, LabelSet, tokens_per_word
+from minift.labels import IGNORE_INDEX, LabelVocab, tokens_per_word
 from minift.tokenizer import Tokenizer
 
 TYPES = ["PER", "LOC", "ORG", "MISC"]
@@ -275,6 +275,40 @@ def test_dataset_refuses_bad_input(tokenizer):
         TokenClassificationDataset([["a"], []], tokenizer, max_length=8)
 
 
+def test_a_set_whose_words_all_tokenize_to_nothing_is_refused_naming_the_file(tmp_path, tokenizer):
+    # U+200B (zero-width space) is dropped by the tokenizer: no word leaves a sub-word token,
+    # so no label would reach the loss (issue 22: ner trained on zero targets and exited 0).
+    path = _write(tmp_path / "train.txt", "\u200b O\n\u200b\u200b B-PER\n\n\u200b O\n")
+    sentences = read_conll(path)
+    labels = LabelVocab.from_sequences([s.tags for s in sentences])
+    with pytest.raises(
+        DataError, match="no word of the 2 sentences produced a sub-word token"
+    ) as info:
+        TokenClassificationDataset(
+            [s.words for s in sentences],
+            tokenizer,
+            max_length=16,
+            label_ids=encode_tags(sentences, labels),
+            where=[s.where for s in sentences],
+        )
+    assert str(info.value).startswith(f"{path}:1: ")
+    # one word that does tokenize is enough
+    TokenClassificationDataset([["\u200b"], ["\u200b", "a"]], tokenizer, max_length=16)
+
+
+def test_a_word_too_long_for_a_window_is_named_by_file_and_line(tmp_path, tokenizer):
+    path = _write(tmp_path / "train.txt", "a O\n\nb O\nDonaudampfschifffahrt B-MISC\n")
+    sentences = read_conll(path)
+    words, where = [s.words for s in sentences], [s.where for s in sentences]
+    with pytest.raises(ValueError) as info:
+        TokenClassificationDataset(words, tokenizer, max_length=10, where=where)
+    assert str(info.value).startswith(
+        f"{path}:4, word 'Donaudampfschifffahrt': has 9 sub-word tokens, more than a window holds"
+    )
+    with pytest.raises(ValueError, match="one place per word"):
+        TokenClassificationDataset(words, tokenizer, max_length=10, where=where[:1])
+
+
 # ----------------------------------------------------------------------------------------------
 # minift ner, end to end
 
@@ -401,7 +435,7 @@ def test_pos_column_reports_token_accuracy(tiny_model, small_files, tmp_path, ca
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["task"] == "pos" and "test" not in metrics
     train = read_conll(small_files["train"], column=1)
-    assert metrics["labels"] == LabelSet.from_sequences([s.tags for s in train]).labels
+    assert metrics["labels"] == LabelVocab.from_sequences([s.tags for s in train]).labels
     predicted = read_conll(out / "dev_predictions.txt", column=2)
     correct = sum(
         g == p
