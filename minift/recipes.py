@@ -624,7 +624,7 @@ def ner(*, model: str, train: str, dev: str, out: str, test: str | None = None,
         read_conll,
         write_conll,
     )
-    from minift.labels import IGNORE_INDEX, SCHEMES, LabelVocab
+    from minift.labels import SCHEMES, LabelVocab
     from minift.tokenizer import Tokenizer
 
     check_positive(learning_rate=lr, batch_size=batch_size, epochs=epochs, max_length=max_length,
@@ -696,10 +696,6 @@ def ner(*, model: str, train: str, dev: str, out: str, test: str | None = None,
             print(f"{name}: {plan.num_sentences} sentences, "
                   f"{sum(len(s.words) for s in splits[name])} words; {windows}")
         train_set = datasets["train"]
-        if sum(int((row != IGNORE_INDEX).sum()) for row in train_set.labels) == 0:
-            raise ValueError(f"{train}: no word of the training sentences"
-                             f"{' (--limit-train subset)' if limit_train else ''} has a token "
-                             "(they tokenize to nothing): there is nothing to train on")
 
         def evaluate_split(m, device, name: str) -> dict:
             predicted, loss = predict_tags(m, datasets[name], batch_size, device,

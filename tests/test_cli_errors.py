@@ -199,7 +199,7 @@ def test_ner_refuses_a_training_set_without_targets(minilm_dir, tmp_path, capsys
     dev.write_text("Paris B-PER\nis O\n\n", encoding="utf-8")
     code, _, err = run(capsys, "ner", "--model", minilm_dir, "--train", train, "--dev", dev,
                        "--no-progress", "--out", tmp_path / "out")
-    assert code == 2 and f"{train}: no word of the training sentences has a token" in err, err
+    assert code == 2 and f"{train}:1: no word of the 2 sentences produced a sub-word token" in err, err
 
 
 # --------------------------------------------------------------------------------------------
