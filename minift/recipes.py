@@ -39,11 +39,56 @@ import os
 import random
 import re
 import shutil
+import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from minift import distributed, heads
+from minift.batches import ClassificationDataset, TokenClassificationDataset
+from minift.checkpoint import load_bert, read_config, read_config_json, resolve_model_dir
+from minift.data import (
+    apply_scheme,
+    encode_labels,
+    encode_tags,
+    entity_label_set,
+    is_bio,
+    read_conll,
+    read_examples,
+    read_semicolon_examples,
+    task_files,
+    write_conll,
+)
+from minift.heads import MaskedLM
+from minift.heads import freeze as apply_freeze
+from minift.labels import IGNORE_INDEX, SCHEMES, LabelVocab
+from minift.lock import acquire, release
+from minift.metrics import (
+    accuracy,
+    entity_scores,
+    format_table,
+    per_class_scores,
+    precision_recall_f1,
+    token_accuracy,
+)
+from minift.mlm_data import (
+    STRATEGIES,
+    MaskedBatches,
+    MaskingCollator,
+    TextSequences,
+    held_out_split,
+    read_text_lines,
+)
+from minift.model import set_activation_checkpointing
+from minift.safetensors import atomic_write, fsync_dir
+from minift.setfit import SetFitConfig, sample_shots, train_setfit
+from minift.tokenizer import Tokenizer
+from minift.train import TrainConfig, train
 
 # --------------------------------------------------------------------------------------------
 # 1. Checks made before any model is loaded
@@ -61,7 +106,6 @@ def check_device(device: str | None) -> None:
     """Refuse a device this torch cannot run on (``--device cuda`` without CUDA, ``tpu``, ...)."""
     if device is None:
         return
-    import torch
 
     try:
         parsed = torch.device(device)
@@ -83,7 +127,6 @@ def check_device(device: str | None) -> None:
 
 def check_max_length(folder: Path, max_length: int, minimum: int = 1) -> int:
     """Check ``max_length`` against the model's ``max_position_embeddings``; return the latter."""
-    from minift.checkpoint import read_config
 
     positions = read_config(folder).max_position_embeddings
     if max_length > positions:
@@ -96,7 +139,6 @@ def check_max_length(folder: Path, max_length: int, minimum: int = 1) -> int:
 
 def check_freeze(folder: Path, freeze: str) -> None:
     """The syntax and range of a ``heads.freeze`` mode, checked against the model's layers."""
-    from minift.checkpoint import read_config
 
     layers = read_config(folder).num_hidden_layers
     if freeze in ("none", "head"):
@@ -116,7 +158,6 @@ def _supported(cls: type, **fields: Any) -> dict:
 
 def train_config(**fields: Any):
     """A checked ``minift.train.TrainConfig``; an error names the command-line option."""
-    from minift.train import TrainConfig
 
     optional = {key: fields.pop(key) for key in ("keep_resume",) if key in fields}
     try:
@@ -158,7 +199,6 @@ def claim_folder(out: str | os.PathLike, *, resume: bool = False) -> Iterator[Pa
     Checks, before anything is loaded, that the folder can be created and written, and that
     ``resume.pt`` is there when resuming. Under torchrun only rank 0, the one that writes, does.
     """
-    from minift.lock import acquire, release
 
     folder = Path(out)
     if os.environ.get("RANK", "0") != "0":
@@ -182,7 +222,6 @@ def claim_folder(out: str | os.PathLike, *, resume: bool = False) -> Iterator[Pa
 
 def write_metrics(out: Path, metrics: dict) -> None:
     """``out/metrics.json``, written atomically."""
-    from minift.safetensors import atomic_write
 
     atomic_write(out / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode("utf-8"))
 
@@ -190,9 +229,6 @@ def write_metrics(out: Path, metrics: dict) -> None:
 def pick_device(device: str | None):
     """The device to run on (default: cuda when available); under torchrun, also join the
     process group (``minift.distributed``) and take this rank's own GPU."""
-    import torch
-
-    from minift import distributed
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     distributed.setup(device.type)
@@ -201,7 +237,6 @@ def pick_device(device: str | None):
 
 def _is_main() -> bool:
     """False on the ranks of a torchrun job that only help to train (rank 0 writes the results)."""
-    from minift import distributed
 
     return distributed.context().is_main
 
@@ -216,7 +251,6 @@ def _subset(examples: list, limit: int | None, seed: int) -> list:
 
 def _bar(items, desc: str, progress: bool):
     """``items`` under a tqdm bar that disappears when done (no bar when ``progress`` is off)."""
-    from tqdm import tqdm
 
     return tqdm(items, desc=desc, leave=False, disable=not progress)
 
@@ -229,9 +263,6 @@ def _bar(items, desc: str, progress: bool):
 def classification_metrics(model, batches, num_labels: int, device, *,
                            progress: bool = False) -> dict[str, float]:
     """Dev loss, accuracy and F1 (binary on label 1 for two labels, else macro)."""
-    import torch
-
-    from minift.metrics import accuracy, precision_recall_f1
 
     model.eval()
     gold, pred, loss_sum = [], [], 0.0
@@ -257,7 +288,6 @@ def predict_tags(model, dataset, batch_size: int, device, *, progress: bool = Fa
     ``model(**batch)`` returns ``.logits`` (batch, seq, labels) and ``.loss``: minift's
     ``TokenClassifier`` and transformers' ``BertForTokenClassification`` both do.
     """
-    import torch
 
     model.eval()
     piece_predictions: list = [None] * len(dataset)
@@ -268,7 +298,7 @@ def predict_tags(model, dataset, batch_size: int, device, *, progress: bool = Fa
             batch = {k: v.to(device) for k, v in dataset.batch(indices).items()}
             out = model(**batch)
             if "labels" in batch:
-                n = int((batch["labels"] != -100).sum())
+                n = int((batch["labels"] != IGNORE_INDEX).sum())
                 if n:  # a batch without targets has a nan mean loss
                     loss_sum, targets = loss_sum + out.loss.item() * n, targets + n
             for i, row in zip(indices, out.logits.argmax(-1).cpu(), strict=True):
@@ -279,7 +309,6 @@ def predict_tags(model, dataset, batch_size: int, device, *, progress: bool = Fa
 def tagging_scores(gold: list[list[str]], pred: list[list[str]], task: str) -> dict:
     """NER: entity-level micro precision, recall, F1 (seqeval's default mode), per type, and the
     strict IOB2 mode's micro scores. POS: token accuracy and per-tag scores."""
-    from minift.metrics import entity_scores, per_class_scores, token_accuracy
 
     if task == "pos":
         flat_gold = [tag for tags in gold for tag in tags]
@@ -298,7 +327,6 @@ def tagging_scores(gold: list[list[str]], pred: list[list[str]], task: str) -> d
 
 def scores_table(scores: dict, task: str, split: str) -> str:
     """The per-type (NER, with the micro average) or per-tag (POS) scores as a markdown table."""
-    from minift.metrics import format_table
 
     per = scores["per_tag" if task == "pos" else "per_type"]
     columns = ("precision", "recall", "f1", "support")
@@ -311,14 +339,13 @@ def scores_table(scores: dict, task: str, split: str) -> str:
 def mlm_metrics(model, batches, device, *, progress: bool = False) -> dict[str, float]:
     """Masked-token loss, perplexity (exp of the mean masked-token loss) and accuracy (argmax
     equals the original token), averaged over every masked token of ``batches``."""
-    import torch
 
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
     with torch.no_grad():
         for batch in _bar(batches, "held-out", progress):
             batch = {k: v.to(device) for k, v in batch.items()}
-            targets = batch["labels"][batch["labels"] != -100]
+            targets = batch["labels"][batch["labels"] != IGNORE_INDEX]
             if targets.numel() == 0:
                 continue
             out = model(**batch)  # the sparse head: logits of the targets only
@@ -336,7 +363,6 @@ def read_labelled(path: str, text_col: str, label_col: str, format: str | None =
     """Examples of a labelled file: TSV, CSV, JSONL (``data.read_examples``), or semicolon
     ``text;label`` lines (``format="semicolon"``, or a ``.txt`` file, as the Emotion data set
     ships)."""
-    from minift.data import read_examples, read_semicolon_examples
 
     if format == "semicolon" or (format is None and Path(path).suffix.lower() == ".txt"):
         return read_semicolon_examples(path, text_col=text_col, label_col=label_col)
@@ -385,7 +411,6 @@ class Outcome:
 
 def _promote_best(best_dir: Path, out: Path) -> None:
     """Move the files of ``best/`` into ``out`` (each rename atomic) and remove ``best/``."""
-    from minift.safetensors import fsync_dir
 
     for file in sorted(best_dir.iterdir()):
         if file.is_file():
@@ -397,13 +422,11 @@ def _promote_best(best_dir: Path, out: Path) -> None:
 def run_recipe(recipe: Recipe) -> Outcome | None:
     """Load, score before, train, take the best weights, score them, save; None on the ranks of
     a torchrun job other than 0 (rank 0 writes the results)."""
-    from minift.train import train
 
     out = Path(recipe.config.out_dir)
     device = pick_device(recipe.device)
     model = recipe.build().to(device)
     if recipe.activation_checkpointing:  # recompute each block in backward: less memory
-        from minift.model import set_activation_checkpointing
 
         set_activation_checkpointing(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -462,9 +485,7 @@ def _head_builder(head: type, folder: Path, labels: list[str], freeze: str, seed
     the encoder in ``folder``: a fresh head seeded with ``seed``, frozen as ``freeze`` says."""
 
     def build():
-        import torch
 
-        from minift.heads import freeze as apply_freeze
 
         print(f"loading {folder}")
         torch.manual_seed(seed)  # the fresh head's initialisation
@@ -479,7 +500,6 @@ def _head_builder(head: type, folder: Path, labels: list[str], freeze: str, seed
 
 def _epoch_batches(dataset, batch_size: int, seed: int) -> Callable[[int], list]:
     """``train_batches`` of a dataset: epoch e shuffled by a generator seeded with seed + e."""
-    import torch
 
     return lambda epoch: dataset.batches(batch_size,
                                          generator=torch.Generator().manual_seed(seed + epoch))
@@ -508,13 +528,6 @@ def finetune(*, model: str, out: str, task: str | None = None, data_dir: str | N
     ``label_col`` and optionally ``pair_col``. Returns the metrics dict that is written:
     ``{"before": ..., "dev": ..., "train": ..., "labels": ...}``.
     """
-
-    from minift import heads
-    from minift.batches import ClassificationDataset
-    from minift.checkpoint import resolve_model_dir
-    from minift.data import encode_labels, read_examples, task_files
-    from minift.labels import LabelVocab
-    from minift.tokenizer import Tokenizer
 
     check_positive(learning_rate=lr, batch_size=batch_size, epochs=epochs, max_steps=max_steps)
     check_positive(**{"--limit-train": limit_train})
@@ -576,7 +589,6 @@ def finetune(*, model: str, out: str, task: str | None = None, data_dir: str | N
             "labels": vocab.labels,
         }
         write_metrics(out_dir, metrics)
-    from minift.metrics import format_table
 
     keys = ("loss", "accuracy", "f1")
     print(format_table([{"": "before", **{k: metrics["before"][k] for k in keys}},
@@ -612,20 +624,6 @@ def ner(*, model: str, train: str, dev: str, out: str, test: str | None = None,
     token (nothing to learn from) is refused.
     Returns the metrics dict that is written: ``{"dev": ..., "test": ..., "train": ...}``.
     """
-
-    from minift import heads
-    from minift.batches import TokenClassificationDataset
-    from minift.checkpoint import read_config_json, resolve_model_dir
-    from minift.data import (
-        apply_scheme,
-        encode_tags,
-        entity_label_set,
-        is_bio,
-        read_conll,
-        write_conll,
-    )
-    from minift.labels import SCHEMES, LabelVocab
-    from minift.tokenizer import Tokenizer
 
     check_positive(learning_rate=lr, batch_size=batch_size, epochs=epochs, max_length=max_length,
                    **{"--max-steps": max_steps, "--limit-train": limit_train})
@@ -771,20 +769,6 @@ def pretrain(*, model: str, text: str | list[str], out: str, eval_text: str | No
     ``{"before": {...}, "after": {...}, "train": {...}, "data": {...}}`` where before/after hold
     ``perplexity``, ``masked_accuracy``, ``loss`` and ``masked_tokens``.
     """
-    import torch
-
-    from minift.checkpoint import resolve_model_dir
-    from minift.heads import MaskedLM
-    from minift.metrics import format_table
-    from minift.mlm_data import (
-        STRATEGIES,
-        MaskedBatches,
-        MaskingCollator,
-        TextSequences,
-        held_out_split,
-        read_text_lines,
-    )
-    from minift.tokenizer import Tokenizer
 
     check_positive(steps=steps, learning_rate=lr, batch_size=batch_size, max_length=max_length)
     if masking not in STRATEGIES:
@@ -889,17 +873,7 @@ def setfit(*, model: str, train: str, dev: str, out: str, text_col: str = "text"
     "labels": ...}``; the standard deviation is the sample one (n - 1), 0 for a single seed. The
     model of seed 0 is saved in ``out/model`` (``minift.setfit.SetFitModel.from_pretrained``).
     """
-    import statistics
-    from dataclasses import asdict, replace
 
-    import torch
-
-    from minift.checkpoint import load_bert, resolve_model_dir
-    from minift.data import encode_labels
-    from minift.labels import LabelVocab
-    from minift.metrics import accuracy
-    from minift.setfit import SetFitConfig, sample_shots, train_setfit
-    from minift.tokenizer import Tokenizer
 
     if shots < 1 or seeds < 1:
         raise ValueError(f"--shots and --seeds must be >= 1, got {shots} and {seeds}")

@@ -6,7 +6,7 @@ import pytest
 import torch
 import transformers
 
-import minift.train
+import minift.recipes
 from minift.cli import main
 from minift.recipes import finetune
 from minift.tokenizer import Tokenizer
@@ -64,7 +64,7 @@ def no_training(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("training started despite bad input")
 
-    monkeypatch.setattr(minift.train, "train", refuse)
+    monkeypatch.setattr(minift.recipes, "train", refuse)
 
 
 @pytest.mark.parametrize(

@@ -57,7 +57,8 @@ def no_loading(monkeypatch):
         raise AssertionError("a model was loaded despite bad input")
 
     monkeypatch.setattr(minift.recipes, "run_recipe", refuse)  # finetune, ner, pretrain
-    monkeypatch.setattr("minift.checkpoint.load_bert", refuse)  # setfit, similarity
+    monkeypatch.setattr("minift.checkpoint.load_bert", refuse)  # similarity
+    monkeypatch.setattr(minift.recipes, "load_bert", refuse)  # setfit
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -288,7 +289,7 @@ def test_failures_during_training_are_one_line(tiny, files, tmp_path, capsys, mo
     def fail(*args, **kwargs):
         raise failure
 
-    monkeypatch.setattr(minift.train, "train", fail)
+    monkeypatch.setattr(minift.recipes, "train", fail)
     out = tmp_path / "out"
     code, _, err = run(capsys, *finetune_args(tiny, files, out))
     assert code == status and expected in err
