@@ -120,7 +120,7 @@ def run(out: str, task: str, steps: int, batch_size: int, grad_accum: int, resum
 
     config = TrainConfig(out_dir=out, max_steps=steps, lr=1e-2, warmup_ratio=0.2,
                          grad_accum=grad_accum, eval_every=2, progress=False, log_every=1,
-                         optimizer="foreach", seed=3)
+                         optimizer="foreach", seed=3, keep_resume=True)
     with recording_grads(grads):
         train(model, train_batches, config, evaluate=evaluate, device="cpu", resume=resume)
     return model

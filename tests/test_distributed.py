@@ -219,7 +219,7 @@ def test_torchrun_minift_finetune(tmp_path, minilm_dir):
     assert metrics["train"]["steps"] == 2
     assert process.stdout.count("dev before fine-tuning") == 1  # rank 1 prints nothing
     assert "2 processes (DistributedDataParallel)" in process.stdout
-    assert sorted(p.name for p in (out / "run").iterdir()) == ["best", "log.jsonl", "resume.pt"]
+    assert sorted(p.name for p in (out / "run").iterdir()) == ["best", "log.jsonl"]  # no resume.pt
 
 
 @pytest.mark.parametrize("command", ["ner", "pretrain"])
@@ -243,4 +243,4 @@ def test_torchrun_minift_ner_and_pretrain(tmp_path, minilm_dir, data_dir, comman
     check(process)
     assert "2 processes (DistributedDataParallel)" in process.stdout
     assert json.loads((out / "metrics.json").read_text())["train"]["steps"] == 2
-    assert sorted(p.name for p in (out / "run").iterdir()) == ["best", "log.jsonl", "resume.pt"]
+    assert sorted(p.name for p in (out / "run").iterdir()) == ["best", "log.jsonl"]  # no resume.pt
