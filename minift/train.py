@@ -697,6 +697,30 @@ def _warn_if_run_differs(saved: dict, current: dict, path: Path) -> None:
         )
 
 
+def _torch_save(obj: object, f) -> None:
+    """`torch.save(obj, f)`, except that an OSError of the file (a full disk) comes out as
+    itself, not as the RuntimeError torch's zip writer turns it into ("unexpected pos")."""
+    errors: list[OSError] = []
+
+    class Writer:
+        def write(self, data) -> int:
+            try:
+                return f.write(data)
+            except OSError as error:
+                errors.append(error)
+                raise
+
+        def flush(self) -> None:
+            f.flush()
+
+    try:
+        torch.save(obj, Writer())
+    except RuntimeError:
+        if errors:
+            raise errors[0] from None
+        raise
+
+
 def _save_resume(
     path: Path,
     parts: _Parts,
@@ -719,7 +743,7 @@ def _save_resume(
             "rng": rng[0],
             "rng_ranks": rng,
         }
-        atomic_write(path, functools.partial(torch.save, checkpoint))
+        atomic_write(path, functools.partial(_torch_save, checkpoint))
 
 
 def _restore(
