@@ -544,9 +544,9 @@ show_source(
     minift.train.train,
     "checkpoint = _load_resume(resume_path) if resume",
     '"world_size": ctx.world_size',
-    "rng = distributed.gather(_rng_states())",
-    "_set_rng_states(rng[ctx.rank % len(rng)])",
 )
+show_source(minift.train._save_resume, "rng = distributed.gather(_rng_states())")
+show_source(minift.train._restore, "_set_rng_states(rng[ctx.rank % len(rng)])")
 
 # %% [markdown]
 # **Several machines.** torchrun starts the processes of one machine; with `--nnodes` several

@@ -32,7 +32,6 @@ final evaluation of the training loop is the "after" score.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import os
@@ -127,7 +126,6 @@ def check_device(device: str | None) -> None:
 
 def check_max_length(folder: Path, max_length: int, minimum: int = 1) -> int:
     """Check ``max_length`` against the model's ``max_position_embeddings``; return the latter."""
-
     positions = read_config(folder).max_position_embeddings
     if max_length > positions:
         raise ValueError(f"--max-length {max_length} is more than the model's {positions} "
@@ -139,7 +137,6 @@ def check_max_length(folder: Path, max_length: int, minimum: int = 1) -> int:
 
 def check_freeze(folder: Path, freeze: str) -> None:
     """The syntax and range of a ``heads.freeze`` mode, checked against the model's layers."""
-
     layers = read_config(folder).num_hidden_layers
     if freeze in ("none", "head"):
         return
@@ -150,18 +147,14 @@ def check_freeze(folder: Path, freeze: str) -> None:
     raise ValueError(f"unknown freeze mode {freeze!r}: use 'none', 'head' or 'last-N'")
 
 
-def _supported(cls: type, **fields: Any) -> dict:
-    """The ``fields`` that the dataclass ``cls`` has (options newer than some versions of it)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {key: value for key, value in fields.items() if key in names}
+def train_config(**fields: Any) -> TrainConfig:
+    """A checked ``minift.train.TrainConfig``; an error names the command-line option.
 
-
-def train_config(**fields: Any):
-    """A checked ``minift.train.TrainConfig``; an error names the command-line option."""
-
-    optional = {key: fields.pop(key) for key in ("keep_resume",) if key in fields}
+    The loop keeps ``resume.pt`` (``keep_resume``): ``run_recipe`` removes it itself once the
+    final model is saved, so that a crash during that save still leaves the run resumable.
+    """
     try:
-        return TrainConfig(**fields, **_supported(TrainConfig, **optional))
+        return TrainConfig(**fields, keep_resume=True)
     except ValueError as err:
         match = re.match(r"TrainConfig\.(\w+): (.*)", str(err), re.DOTALL)
         if match is None:
@@ -199,7 +192,6 @@ def claim_folder(out: str | os.PathLike, *, resume: bool = False) -> Iterator[Pa
     Checks, before anything is loaded, that the folder can be created and written, and that
     ``resume.pt`` is there when resuming. Under torchrun only rank 0, the one that writes, does.
     """
-
     folder = Path(out)
     if os.environ.get("RANK", "0") != "0":
         yield folder
@@ -222,7 +214,6 @@ def claim_folder(out: str | os.PathLike, *, resume: bool = False) -> Iterator[Pa
 
 def write_metrics(out: Path, metrics: dict) -> None:
     """``out/metrics.json``, written atomically."""
-
     atomic_write(out / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode("utf-8"))
 
 
@@ -237,7 +228,6 @@ def pick_device(device: str | None):
 
 def _is_main() -> bool:
     """False on the ranks of a torchrun job that only help to train (rank 0 writes the results)."""
-
     return distributed.context().is_main
 
 
@@ -251,7 +241,6 @@ def _subset(examples: list, limit: int | None, seed: int) -> list:
 
 def _bar(items, desc: str, progress: bool):
     """``items`` under a tqdm bar that disappears when done (no bar when ``progress`` is off)."""
-
     return tqdm(items, desc=desc, leave=False, disable=not progress)
 
 
@@ -263,7 +252,6 @@ def _bar(items, desc: str, progress: bool):
 def classification_metrics(model, batches, num_labels: int, device, *,
                            progress: bool = False) -> dict[str, float]:
     """Dev loss, accuracy and F1 (binary on label 1 for two labels, else macro)."""
-
     model.eval()
     gold, pred, loss_sum = [], [], 0.0
     with torch.no_grad():
@@ -288,7 +276,6 @@ def predict_tags(model, dataset, batch_size: int, device, *, progress: bool = Fa
     ``model(**batch)`` returns ``.logits`` (batch, seq, labels) and ``.loss``: minift's
     ``TokenClassifier`` and transformers' ``BertForTokenClassification`` both do.
     """
-
     model.eval()
     piece_predictions: list = [None] * len(dataset)
     loss_sum, targets = 0.0, 0
@@ -327,7 +314,6 @@ def tagging_scores(gold: list[list[str]], pred: list[list[str]], task: str) -> d
 
 def scores_table(scores: dict, task: str, split: str) -> str:
     """The per-type (NER, with the micro average) or per-tag (POS) scores as a markdown table."""
-
     per = scores["per_tag" if task == "pos" else "per_type"]
     columns = ("precision", "recall", "f1", "support")
     rows = [{split: name, **{k: row[k] for k in columns}} for name, row in per.items()]
@@ -381,7 +367,6 @@ class Recipe:
     ``evaluate(model, device)`` returns the full scores on the held-out set (its numbers drive
     the best checkpoint and early stopping; other entries, such as predictions, ride along).
     """
-
     config: Any  # minift.train.TrainConfig; its out_dir is the output folder
     build: Callable[[], Any]  # load the model to train
     load: Callable[[Path], Any]  # reload a saved model (the best one): a head's from_pretrained
@@ -398,7 +383,6 @@ class Recipe:
 @dataclass
 class Outcome:
     """What ``run_recipe`` did: the held-out scores before and after, and the models."""
-
     model: Any  # the trained model (its last weights)
     best: Any  # the best weights on the held-out set (``model`` when the best step was the last)
     before: dict
@@ -411,7 +395,6 @@ class Outcome:
 
 def _promote_best(best_dir: Path, out: Path) -> None:
     """Move the files of ``best/`` into ``out`` (each rename atomic) and remove ``best/``."""
-
     for file in sorted(best_dir.iterdir()):
         if file.is_file():
             os.replace(file, out / file.name)
@@ -427,7 +410,6 @@ def run_recipe(recipe: Recipe) -> Outcome | None:
     device = pick_device(recipe.device)
     model = recipe.build().to(device)
     if recipe.activation_checkpointing:  # recompute each block in backward: less memory
-
         set_activation_checkpointing(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
@@ -500,7 +482,6 @@ def _head_builder(head: type, folder: Path, labels: list[str], freeze: str, seed
 
 def _epoch_batches(dataset, batch_size: int, seed: int) -> Callable[[int], list]:
     """``train_batches`` of a dataset: epoch e shuffled by a generator seeded with seed + e."""
-
     return lambda epoch: dataset.batches(batch_size,
                                          generator=torch.Generator().manual_seed(seed + epoch))
 
@@ -528,7 +509,6 @@ def finetune(*, model: str, out: str, task: str | None = None, data_dir: str | N
     ``label_col`` and optionally ``pair_col``. Returns the metrics dict that is written:
     ``{"before": ..., "dev": ..., "train": ..., "labels": ...}``.
     """
-
     check_positive(learning_rate=lr, batch_size=batch_size, epochs=epochs, max_steps=max_steps)
     check_positive(**{"--limit-train": limit_train})
     config = train_config(
@@ -536,7 +516,6 @@ def finetune(*, model: str, out: str, task: str | None = None, data_dir: str | N
         warmup_ratio=warmup_ratio, schedule=schedule, grad_accum=grad_accum, amp=amp,
         optimizer=optimizer, eval_every=eval_every, metric="accuracy", greater_is_better=True,
         patience=patience, seed=seed, compile=compile, progress=progress,
-        keep_resume=keep_resume,
     )
     check_device(device)
     folder = resolve_model_dir(model)
@@ -624,7 +603,6 @@ def ner(*, model: str, train: str, dev: str, out: str, test: str | None = None,
     token (nothing to learn from) is refused.
     Returns the metrics dict that is written: ``{"dev": ..., "test": ..., "train": ...}``.
     """
-
     check_positive(learning_rate=lr, batch_size=batch_size, epochs=epochs, max_length=max_length,
                    **{"--max-steps": max_steps, "--limit-train": limit_train})
     if stride_words < 0:
@@ -649,7 +627,6 @@ def ner(*, model: str, train: str, dev: str, out: str, test: str | None = None,
         warmup_ratio=warmup_ratio, schedule=schedule, grad_accum=grad_accum, amp=amp,
         optimizer=optimizer, eval_every=eval_every, metric=metric, greater_is_better=True,
         patience=patience, seed=seed, compile=compile, progress=progress,
-        keep_resume=keep_resume,
     )
     if task == "ner":
         splits = {name: apply_scheme(sentences, scheme) for name, sentences in splits.items()}
@@ -769,7 +746,6 @@ def pretrain(*, model: str, text: str | list[str], out: str, eval_text: str | No
     ``{"before": {...}, "after": {...}, "train": {...}, "data": {...}}`` where before/after hold
     ``perplexity``, ``masked_accuracy``, ``loss`` and ``masked_tokens``.
     """
-
     check_positive(steps=steps, learning_rate=lr, batch_size=batch_size, max_length=max_length)
     if masking not in STRATEGIES:
         raise ValueError(f"--masking: expected one of {', '.join(STRATEGIES)}, got {masking!r}")
@@ -778,7 +754,6 @@ def pretrain(*, model: str, text: str | list[str], out: str, eval_text: str | No
         warmup_ratio=warmup_ratio, grad_accum=grad_accum, amp=amp, optimizer=optimizer,
         eval_every=steps if eval_every is None else eval_every, save_every=save_every,
         metric="loss", greater_is_better=False, seed=seed, compile=compile, progress=progress,
-        keep_resume=keep_resume,
     )
     check_device(device)
     folder = resolve_model_dir(model)
@@ -883,7 +858,7 @@ def setfit(*, model: str, train: str, dev: str, out: str, text_col: str = "text"
     config = SetFitConfig(loss=loss, sampling=sampling, num_iterations=num_iterations,
                           epochs=epochs, batch_size=batch_size, lr=lr, head=head,
                           end_to_end=end_to_end, max_length=max_length,
-                          **_supported(SetFitConfig, progress=progress))
+                          progress=progress)
     check_device(device)
     folder = resolve_model_dir(model)
     check_max_length(folder, max_length)

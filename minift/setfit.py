@@ -9,7 +9,10 @@ light classifier on the embeddings of the few examples. Read in order:
    strategies "oversampling", "undersampling", "unique", and the legacy `num_iterations`).
 2. The pair losses: `cosine_similarity_loss` (setfit's default, sentence-transformers'
    `CosineSimilarityLoss`) and `contrastive_loss` (a margin on the cosine distance).
-3. `train_body`: contrastive fine-tuning of the encoder (mean pooling, AdamW, warmup).
+3. `train_body`: contrastive fine-tuning of the encoder (mean pooling, AdamW, warmup), run by
+   `minift.train.train` on `PairLoss`, a module whose forward returns the mean loss over a batch
+   of pairs: the one training loop, with its mixed precision, data parallelism, resume, progress
+   bar and non-finite checks.
 4. The head: `LinearHead`, fitted either as scikit-learn's `LogisticRegression` on frozen
    embeddings (`fit_logistic_regression`, full-batch L-BFGS on the same objective) or by gradient
    descent, optionally end to end through the encoder (`train_head`).
@@ -22,10 +25,12 @@ reader will compare the two.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,15 +39,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
 
-from minift import distributed
 from minift.checkpoint import load_bert, save_bert
 from minift.model import BertModel
-from minift.optim import AdamW, make_optimizer, make_scheduler
+from minift.optim import AdamW
 from minift.safetensors import atomic_write, read_safetensors, write_safetensors
 from minift.sentence import embed_batch, encode
 from minift.tokenizer import Tokenizer
+from minift.train import AMP_DTYPES, NonFiniteLossError, TrainConfig, train
 
 
 @dataclass
@@ -57,7 +62,9 @@ class SetFitConfig:
     (scikit-learn's LogisticRegression with inverse regularisation `C`) or "linear" (setfit's
     differentiable `SetFitHead`: `head_epochs` epochs of batches of `head_batch_size`, AdamW at
     `head_lr`, the encoder at `head_body_lr` when `end_to_end`). `seed` drives the pairs, the
-    shuffling and the head's batches.
+    shuffling and the head's batches. `amp` ("off", "bf16", "fp16") is the contrastive phase's
+    mixed precision (see `minift.train`); `progress` shows tqdm bars for the encoder's training
+    and the head's.
     """
 
     sampling: str = "oversampling"
@@ -79,6 +86,8 @@ class SetFitConfig:
     head_body_lr: float = 1e-5
     end_to_end: bool = False
     seed: int = 42
+    amp: str = "off"
+    progress: bool = True
 
     def __post_init__(self) -> None:
         if self.sampling not in SAMPLING_STRATEGIES:
@@ -95,8 +104,14 @@ class SetFitConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("lr", "C", "head_lr", "head_body_lr", "max_grad_norm"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be positive and finite, got {getattr(self, name)}")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ValueError(f"weight_decay must be >= 0 and finite, got {self.weight_decay}")
+        if self.amp not in AMP_DTYPES:
+            raise ValueError(f"amp must be one of {tuple(AMP_DTYPES)}, got {self.amp!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
         if not 0.0 <= self.warmup_ratio <= 1.0:
             raise ValueError(f"warmup_ratio must be in [0, 1], got {self.warmup_ratio}")
 
@@ -236,23 +251,8 @@ LOSSES: dict[str, Callable[..., torch.Tensor]] = {
 # --------------------------------------------------------------------------------------------
 
 
-class SentenceEmbedder(nn.Module):
-    """An encoder whose only output is the mean-pooled, L2-normalised sentence embedding.
-
-    What `DistributedDataParallel` wraps in `train_body`: DDP expects every tensor a forward
-    returns to reach the loss, and the encoder's pooler output does not.
-    """
-
-    def __init__(self, encoder: BertModel):
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, input_ids, attention_mask, token_type_ids) -> torch.Tensor:
-        return embed_batch(self.encoder, input_ids, attention_mask, token_type_ids)
-
-
 def embed_pairs(
-    encoder: nn.Module, tokens, first: torch.Tensor, second: torch.Tensor, *, dedupe: bool = True
+    encoder: BertModel, tokens, first: torch.Tensor, second: torch.Tensor, *, dedupe: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean-pooled embeddings of both sides of a batch of pairs: two (pairs, hidden) tensors.
 
@@ -261,16 +261,15 @@ def embed_pairs(
     batch (16 pairs over 32 sentences hold about 20 distinct ones), so with `dedupe` each distinct
     sentence runs through the encoder once and its embedding is shared. The loss and gradient are
     those of embedding every side on its own (exactly so without dropout; a test holds the two
-    equal); with dropout a repeated sentence shares one dropout mask. `encoder` is a BertModel,
-    or a module that returns the embeddings itself (`SentenceEmbedder`, or DDP around one).
+    equal); with dropout a repeated sentence shares one dropout mask.
     """
-    both = torch.cat([first, second])
+    both = torch.cat([first, second]).to(tokens.input_ids.device)
     rows, inverse = torch.unique(both, return_inverse=True) if dedupe else (both, None)
     mask = tokens.attention_mask[rows]
     width = int(mask.sum(dim=1).max())  # cut the padding no row of this batch needs
     device = next(encoder.parameters()).device
-    embed = functools.partial(embed_batch, encoder) if isinstance(encoder, BertModel) else encoder
-    embeddings = embed(
+    embeddings = embed_batch(
+        encoder,
         tokens.input_ids[rows, :width].to(device),
         mask[:, :width].to(device),
         tokens.token_type_ids[rows, :width].to(device),
@@ -278,6 +277,39 @@ def embed_pairs(
     if inverse is not None:
         embeddings = embeddings[inverse.to(device)]  # (2 * pairs, hidden)
     return embeddings[: len(first)], embeddings[len(first) :]
+
+
+class PairLoss(nn.Module):
+    """The contrastive phase as a module `minift.train.train` trains: `forward(first, second,
+    labels)` returns `{"loss": mean pair loss}` over a batch of pairs.
+
+    `tokens` holds every training sentence tokenized once; `first` and `second` (pairs,) index
+    into it, `labels` (pairs,) are 1.0 (same class) or 0.0. Each pair is one target, so the loop
+    weights a batch by its number of pairs (under DDP, each rank's share of them).
+    """
+
+    def __init__(self, encoder: BertModel, tokens, loss_fn: Callable[..., torch.Tensor]):
+        super().__init__()
+        self.encoder, self.tokens, self.loss_fn = encoder, tokens, loss_fn
+
+    def forward(self, first: torch.Tensor, second: torch.Tensor, labels: torch.Tensor) -> dict:
+        a, b = embed_pairs(self.encoder, self.tokens, first, second)
+        return {"loss": self.loss_fn(a, b, labels.float())}
+
+
+@contextlib.contextmanager
+def _pooler_frozen(encoder: BertModel):
+    """Mean pooling never reads the pooler: it sits out the phase (its weights get no gradient
+    and no update either way; frozen, DDP does not wait for its gradients)."""
+    params = list(encoder.pooler.parameters()) if encoder.pooler is not None else []
+    flags = [param.requires_grad for param in params]
+    for param in params:
+        param.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for param, flag in zip(params, flags, strict=True):
+            param.requires_grad_(flag)
 
 
 def train_body(
@@ -288,6 +320,8 @@ def train_body(
     config: SetFitConfig,
     *,
     log: Callable[[str], None] | None = print,
+    out_dir: str | os.PathLike | None = None,
+    resume: bool = False,
 ) -> dict:
     """Fine-tune `encoder` in place on SetFit's pairs of `texts`; return what happened.
 
@@ -296,10 +330,12 @@ def train_body(
     warmup over ceil(warmup_ratio * steps) then linear decay, gradient norm clipped, dropout on.
     The number of pairs is printed (through `log`) before training starts.
 
-    Under torchrun (see `minift.distributed`) every rank draws the same pairs and order, runs
-    rows rank, rank + N, ... of each batch of pairs through `DistributedDataParallel`, weighted
-    by its share of the batch times N, so the steps are those of one process (a rank with no
-    pair in a batch runs one at weight 0 to join the gradient all-reduce).
+    The steps run in `minift.train.train` on a `PairLoss`, so they have its mixed precision,
+    data parallelism (under torchrun every rank draws the same pairs and order and trains on its
+    rows of every batch of pairs), non-finite checks and progress bar. Its files (log.jsonl, and
+    resume.pt while the phase is unfinished) go to `out_dir`, from which `resume=True`
+    continues; without `out_dir` they go to a temporary folder, removed afterwards, and no
+    resume checkpoint is written.
     """
     if len(texts) != len(labels):
         raise ValueError(f"got {len(texts)} texts but {len(labels)} labels")
@@ -322,43 +358,43 @@ def train_body(
     first = torch.tensor([p[0] for p in pairs])
     second = torch.tensor([p[1] for p in pairs])
     targets = torch.tensor([p[2] for p in pairs])
+
+    def pair_batches(epoch: int) -> list[dict[str, torch.Tensor]]:
+        # setfit's order: one generator seeded once, a permutation per epoch.
+        generator = torch.Generator().manual_seed(config.seed)
+        for _ in range(epoch + 1):
+            order = torch.randperm(len(pairs), generator=generator)
+        return [
+            {"first": first[rows], "second": second[rows], "labels": targets[rows]}
+            for rows in order.split(config.batch_size)
+        ]
+
     loss_fn = LOSSES[config.loss]
     if config.loss == "contrastive":
         loss_fn = functools.partial(contrastive_loss, margin=config.margin)
-    optimizer = make_optimizer(encoder, config.lr, config.weight_decay)
-    scheduler = make_scheduler(optimizer, steps, math.ceil(config.warmup_ratio * steps))
-    generator = torch.Generator().manual_seed(config.seed)
-    device = next(encoder.parameters()).device
-    ctx = distributed.setup(device.type)
-    # The pooler is loaded but unused by mean pooling: DDP must be told to expect that.
-    net = (
-        DistributedDataParallel(
-            SentenceEmbedder(encoder),
-            device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=True,
-        )
-        if ctx.enabled
-        else encoder
+    folder = tempfile.TemporaryDirectory(prefix="setfit-body-") if out_dir is None else None
+    train_config = TrainConfig(
+        out_dir=folder.name if folder else out_dir,
+        epochs=config.epochs,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        warmup_ratio=config.warmup_ratio,
+        max_grad_norm=config.max_grad_norm,
+        amp=config.amp,
+        seed=config.seed,
+        progress=config.progress,
+        log_every=1,
+        save_every=steps + 1 if folder else None,  # a temporary folder: nothing to resume from
     )
-    losses = []
-    encoder.train()
-    for _ in range(config.epochs):
-        order = torch.randperm(len(pairs), generator=generator)
-        for start in range(0, len(pairs), config.batch_size):
-            batch = order[start : start + config.batch_size]
-            part = batch[ctx.rank :: ctx.world_size]  # all of it with one process
-            share = len(part) / len(batch)
-            if len(part) == 0:  # a last batch smaller than the world: join at weight 0
-                part = batch[:1]
-            a, b = embed_pairs(net, tokens, first[part], second[part])
-            loss = loss_fn(a, b, targets[part].to(device))
-            (loss * (share * ctx.world_size)).backward()
-            torch.nn.utils.clip_grad_norm_(encoder.parameters(), config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(distributed.all_sum(loss.detach() * share).item())
+    try:
+        with _pooler_frozen(encoder):
+            result = train(PairLoss(encoder, tokens, loss_fn), pair_batches, train_config,
+                           resume=resume)  # fmt: skip
+    finally:
+        if folder:
+            folder.cleanup()
     encoder.eval()
+    losses = [record["loss"] for record in result.history if "loss" in record]
     return {
         "pairs": len(pairs),
         "positive_pairs": n_pos,
@@ -412,6 +448,11 @@ def fit_logistic_regression(
     coefficients and the accuracy to scikit-learn's).
     """
     X = embeddings.detach().to(torch.float64)
+    if not bool(torch.isfinite(X).all()):
+        raise NonFiniteLossError(
+            "fit_logistic_regression: the embeddings hold nan or inf (the encoder's training "
+            "diverged?); lower the learning rate, or train with amp='off'"
+        )
     y = torch.as_tensor(label_ids, device=X.device)
     if y.min() < 0 or y.max() >= head.num_labels:
         raise ValueError(
@@ -448,6 +489,11 @@ def fit_logistic_regression(
         optimizer.step(closure)
     finally:
         torch.set_num_threads(threads)
+    if not (bool(torch.isfinite(weight).all()) and bool(torch.isfinite(bias).all())):
+        raise NonFiniteLossError(
+            f"fit_logistic_regression: L-BFGS ended on nan or inf weights (C={C}); the embeddings "
+            "may be too large to fit"
+        )
     with torch.no_grad():
         head.linear.weight.copy_(weight)
         head.linear.bias.copy_(bias)
@@ -463,7 +509,8 @@ def train_head(
     decay `config.weight_decay` on everything), the learning rates halved every 5 epochs.
 
     Without `end_to_end` the encoder is frozen, so the embeddings are computed once, in eval mode
-    (setfit recomputes them every batch with dropout on).
+    (setfit recomputes them every batch with dropout on). A nan or inf loss stops training with
+    `NonFiniteLossError` naming the epoch and batch, before the update.
     """
     labels = torch.as_tensor(list(label_ids))
     device = next(model.encoder.parameters()).device
@@ -477,7 +524,7 @@ def train_head(
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=5, gamma=0.5)
     generator = torch.Generator().manual_seed(config.seed)
     model.train(config.end_to_end)
-    for _ in range(config.head_epochs):
+    for epoch in tqdm(range(config.head_epochs), desc="head", disable=not config.progress):
         order = torch.randperm(len(labels), generator=generator)
         for start in range(0, len(labels), config.head_batch_size):
             rows = order[start : start + config.head_batch_size]
@@ -494,6 +541,12 @@ def train_head(
             else:
                 embeddings = frozen[rows.to(device)]
             loss = F.cross_entropy(model.head(embeddings), labels[rows].to(device))
+            if not bool(torch.isfinite(loss)):
+                raise NonFiniteLossError(
+                    f"the head's loss is {loss.item()} at epoch {epoch}, batch "
+                    f"{start // config.head_batch_size}; training stopped before the update. "
+                    "Lower head_lr (and head_body_lr)"
+                )
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -3,8 +3,9 @@
 `train` is one loop you can read top to bottom (nanoGPT's `train.py` is the model). It knows
 nothing about BERT: the model is any `nn.Module` whose `forward(**batch)` returns a dict with key
 "loss" or an object with a `.loss` attribute, the MEAN loss over the batch's targets. Read in
-this order: `TrainConfig` and `TrainResult`; the small pieces (batches, losses, evaluation, atomic
-files, the resume checkpoint); then `train`, which puts them together.
+this order: `TrainConfig` and `TrainResult`; the small pieces (batches and losses, one optimizer
+step, evaluation and the best checkpoint, the log and the progress bar, the resume checkpoint);
+then `train`, the loop that puts them together.
 
 Decisions a reader should know about:
 
@@ -23,17 +24,23 @@ Decisions a reader should know about:
   `scheduler.step()` every iteration) has it, so the logged learning rates, `max_steps` and
   resume all line up. (transformers' Trainer holds the schedule back on a skipped step instead;
   the two differ by the number of skipped steps, a handful while the scale settles.)
-- **Non-finite losses.** In fp32 and bf16 a nan/inf loss stops training at once with
-  `NonFiniteLossError` naming the step, epoch and batch, before the parameters are touched.
-  Under fp16 an overflow is routine: the scaler skips the step and the log counts it.
+- **Non-finite numbers stop the run.** In fp32 and bf16 a nan/inf loss stops training at once
+  with `NonFiniteLossError` naming the step, epoch and batch, before the parameters are touched.
+  Under fp16 an overflow is routine: the scaler skips the step and the log counts it. Whatever
+  the precision, the weights are checked at every log, evaluation and checkpoint step (one
+  reduction per parameter tensor): a nan/inf weight stops training with `NonFiniteWeightsError`,
+  so no checkpoint ever holds one.
 - **Determinism.** `torch.manual_seed(seed)` and `random.seed(seed)` at the start; the data order
   is the caller's: `train_batches(epoch)` must return the same batches for the same epoch, and
   must not draw from the global RNG (seed a `torch.Generator` with seed + epoch), since the
   global RNG drives dropout and is saved and restored on resume.
 - **Resume.** `out_dir/resume.pt` holds everything that decides the rest of the run (weights,
-  optimizer, schedule, scaler, position in the data, early-stopping state, log, RNG states), so a
-  resumed run ends with exactly the weights of an uninterrupted one. `resume=True` without that
-  file raises `ValueError` rather than silently training from scratch; a resume whose
+  optimizer, schedule, scaler, position in the data, early-stopping state, the log and the
+  losses of the log window not yet written, RNG states), so a resumed run ends with exactly the
+  weights and the log of an uninterrupted one. It lives while the run is unfinished: a run that
+  completes deletes it (unless `keep_resume`). `resume=True` without that file raises
+  `ValueError` (`check_resume` asks the same before a model is loaded); a file written for
+  another model is refused, naming the keys and shapes that differ; a resume whose
   configuration changes the run warns and names the differences.
 - **Data parallel.** Launched by `torchrun --nproc_per_node=N`, the loop joins the process group
   (`minift.distributed`), wraps the model in `DistributedDataParallel`, and each rank trains on
@@ -44,8 +51,9 @@ Decisions a reader should know about:
   broadcast, so early stopping is decided alike everywhere), logs, shows progress and writes
   files, and resume.pt carries every rank's RNG states. Dropout draws from seed + rank.
 - **Files are replaced atomically.** `resume.pt` via a temporary file, fsync and `os.replace`;
-  the `best/` folder via a temporary sibling folder and two renames. A crash at any moment leaves
-  the previous version loadable.
+  the `best/` folder via a temporary sibling folder and two renames; a log line that cannot be
+  written whole is cut off again. A kill or a full disk at any moment leaves the previous
+  version loadable, and the next start removes what a killed process left half-written.
 """
 
 import contextlib
@@ -86,7 +94,8 @@ class TrainConfig:
     """How to train. Defaults are those of BERT fine-tuning (and of transformers' Trainer).
 
     Steps are optimizer steps (one per `grad_accum` batches); a skipped fp16 step counts.
-    The fields are checked when the config is made and again when `train` starts.
+    The fields are checked when the config is made and again when `train` starts; `check()`
+    needs no model, so a command can call it before loading one.
     """
 
     out_dir: str | Path  # resume checkpoint, log.jsonl, best/ go here
@@ -109,6 +118,7 @@ class TrainConfig:
     compile: bool = False
     progress: bool = True  # tqdm bar with loss, lr, examples/s
     log_every: int = 10  # steps between JSONL training-loss records
+    keep_resume: bool = False  # keep resume.pt when the run completes (it goes otherwise)
 
     def __post_init__(self) -> None:
         self.check()
@@ -145,7 +155,7 @@ class TrainConfig:
         if not (isinstance(self.warmup_ratio, int | float) and 0 <= self.warmup_ratio <= 1):
             fail("warmup_ratio", "a fraction in [0, 1]")
         if self.max_grad_norm is not None and not (
-            isinstance(self.max_grad_norm, int | float) and self.max_grad_norm > 0
+            isinstance(self.max_grad_norm, int | float) and 0 < self.max_grad_norm < math.inf
         ):
             fail("max_grad_norm", "a norm > 0 or None (no clipping)")
         if self.schedule not in SCHEDULES:
@@ -156,6 +166,9 @@ class TrainConfig:
             fail("optimizer", f"one of {IMPLEMENTATIONS}")
         if not isinstance(self.metric, str) or not self.metric:
             fail("metric", "the name of a key of evaluate()'s dict")
+        for name in ("greater_is_better", "compile", "progress", "keep_resume"):
+            if not isinstance(getattr(self, name), bool):
+                fail(name, "True or False")
 
 
 @dataclass
@@ -175,6 +188,10 @@ class NonFiniteLossError(ValueError):
     """The loss became nan or inf (fp32 or bf16): training stopped before the update."""
 
 
+class NonFiniteWeightsError(NonFiniteLossError):
+    """A weight became nan or inf after an update: training stopped (a NonFiniteLossError too)."""
+
+
 # Everything about the run's progress that resume.pt must carry, besides the tensors.
 @dataclass
 class _Progress:
@@ -189,6 +206,7 @@ class _Progress:
     last_eval: dict | None = None
     elapsed: float = 0.0  # seconds of training before this process started
     history: list[dict] = field(default_factory=list)
+    window_losses: list[float] = field(default_factory=list)  # step losses not yet logged
 
 
 # Settings that change the numbers a run produces: a resume that changes one of them warns.
@@ -197,6 +215,27 @@ _RUN_KEYS = (
     "max_grad_norm", "amp", "optimizer", "eval_every", "save_every", "metric",
     "greater_is_better", "patience", "seed",
 )  # fmt: skip
+
+
+@dataclass
+class _Parts:
+    """The stateful pieces resume.pt saves and restores, besides `_Progress`."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+
+
+@dataclass
+class _Clock:
+    """Wall-clock time of the run (a resumed run's earlier time included) and the examples
+    trained on since the last log record (timings only: nothing here changes a number)."""
+
+    start: float
+    last_log: float
+    examples: int = 0
+
 
 # ---------------------------------------------------------------------------------------------
 # Batches and losses
@@ -309,6 +348,65 @@ def _backward_window(
 
 
 # ---------------------------------------------------------------------------------------------
+# One optimizer step, and the checks around it
+# ---------------------------------------------------------------------------------------------
+
+
+def _optimizer_step(parts: _Parts, trainable: list[Tensor], max_grad_norm: float | None):
+    """Clip, step (fp16: unless a gradient is inf/nan), zero the gradients, advance the schedule.
+
+    Returns the learning rate the step ran at and whether the fp16 scaler skipped it.
+    """
+    optimizer, scheduler, scaler = parts.optimizer, parts.scheduler, parts.scaler
+    lr = scheduler.get_last_lr()[0]
+    if max_grad_norm is not None:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+    scale_before = scaler.get_scale()
+    scaler.step(optimizer)  # fp16: no update when a gradient is inf/nan
+    scaler.update()  # ... and then the scale shrinks
+    skipped = scaler.get_scale() < scale_before
+    optimizer.zero_grad(set_to_none=True)
+    with warnings.catch_warnings():
+        # A skipped first step makes LambdaLR warn that it steps before the optimizer; stepping
+        # anyway is the intent (see the module docstring).
+        warnings.filterwarnings("ignore", "Detected call of `lr_scheduler")
+        scheduler.step()
+    return lr, skipped
+
+
+def _check_loss(micro_losses: list[float], indices: range, progress: _Progress, amp: str) -> None:
+    """Raise NonFiniteLossError (before the update) when the window's loss is nan or inf.
+
+    Under fp16 an overflow is the scaler's to handle: it skips the step.
+    """
+    step_loss = sum(micro_losses)
+    if amp == "fp16" or math.isfinite(step_loss):
+        return
+    bad = next(i for i, x in zip(indices, micro_losses, strict=True) if not math.isfinite(x))
+    raise NonFiniteLossError(
+        f"the loss is {step_loss} at step {progress.step + 1} (epoch {progress.epoch}, batch "
+        f"{bad}); training stopped before updating the parameters. Check that batch, lower the "
+        "learning rate, or use amp='off'"
+    )
+
+
+def _check_weights(model: nn.Module, step: int) -> None:
+    """Raise NonFiniteWeightsError naming the parameters that hold a nan or inf after `step`."""
+    named = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
+    finite = torch.stack([torch.isfinite(param).all() for _, param in named])
+    if bool(finite.all()):  # one device sync
+        return
+    bad = [name for (name, _), ok in zip(named, finite.tolist(), strict=True) if not ok]
+    more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+    raise NonFiniteWeightsError(
+        f"the weights hold nan or inf after step {step} ({bad[0]}{more}): the updates diverged "
+        "and training stopped (the last resume checkpoint is from before). Lower the learning "
+        "rate, or train with amp='off'"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # Evaluation and the best checkpoint
 # ---------------------------------------------------------------------------------------------
 
@@ -412,9 +510,107 @@ def _recover_best(best_dir: Path) -> None:
     shutil.rmtree(new, ignore_errors=True)
 
 
+def _evaluate(
+    model: nn.Module,
+    evaluate: Callable[[nn.Module], dict[str, float]],
+    config: TrainConfig,
+    progress: _Progress,
+    ctx: distributed.Context,
+    log_path: Path,
+    save_best: Callable[[nn.Module, Path], None],
+    best_dir: Path,
+) -> None:
+    """Evaluate, log the metrics, keep the best model in `best_dir`, decide early stopping.
+
+    Rank 0 evaluates; every rank gets its metrics and decides alike.
+    """
+    metrics = distributed.broadcast(
+        _run_evaluation(model, evaluate, config.metric) if ctx.is_main else None
+    )
+    _record(progress, {"step": progress.step, "eval": metrics}, log_path, ctx)
+    progress.last_eval = metrics
+    value = metrics[config.metric]
+    if _improved(value, progress.best_metric, config.greater_is_better):
+        progress.best_metric, progress.best_step, progress.bad_evals = value, progress.step, 0
+        if ctx.is_main:
+            _save_best_atomically(save_best, model, best_dir)
+    else:
+        progress.bad_evals += 1
+        progress.stopped_early = (
+            config.patience is not None and progress.bad_evals >= config.patience
+        )
+    if ctx.is_main:
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        best = " (best)" if progress.best_step == progress.step else ""
+        tqdm.write(f"step {progress.step}: {shown}{best}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The log and the progress bar
+# ---------------------------------------------------------------------------------------------
+
+
+def _append_log(path: Path, record: dict) -> None:
+    """Append one JSON line to the log and flush it; a line that cannot be written whole (a full
+    disk) is cut off again, so the log always ends with a complete line."""
+    with open(path, "a", encoding="utf-8") as f:
+        size = f.tell()
+        try:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+        except BaseException:
+            with contextlib.suppress(OSError):
+                f.truncate(size)
+            raise
+
+
+def _record(progress: _Progress, record: dict, log_path: Path, ctx: distributed.Context) -> None:
+    """Add a record to the history (every rank) and to log.jsonl (rank 0)."""
+    if ctx.is_main:
+        _append_log(log_path, record)
+    progress.history.append(record)
+
+
+def _log_training(
+    progress: _Progress,
+    epoch: float,
+    lr: float,
+    clock: _Clock,
+    scaler: torch.amp.GradScaler,
+    log_path: Path,
+    ctx: distributed.Context,
+) -> None:
+    """Record the mean loss of the steps since the last record, the learning rate and speed."""
+    now = time.perf_counter()
+    record = {
+        "step": progress.step,
+        "epoch": epoch,
+        "loss": sum(progress.window_losses) / len(progress.window_losses),
+        "lr": lr,
+        "examples_per_s": clock.examples / max(now - clock.last_log, 1e-9),
+        "time": now - clock.start,
+    }
+    if scaler.is_enabled():
+        record |= {"skipped_steps": progress.skipped_steps, "loss_scale": scaler.get_scale()}
+    _record(progress, record, log_path, ctx)
+    progress.window_losses = []
+    clock.last_log, clock.examples = now, 0
+
+
+def _show_step(bar: tqdm, loss: float, lr: float, examples_per_s: float) -> None:
+    """Advance the bar by one step, showing that step's loss, learning rate and speed.
+
+    The postfix is set before `update`, which draws it: set after, it would show a step late.
+    """
+    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", ex_s=f"{examples_per_s:.0f}", refresh=False)
+    bar.update(1)
+
+
 # ---------------------------------------------------------------------------------------------
 # The resume checkpoint
 # ---------------------------------------------------------------------------------------------
+
+RESUME_FILE = "resume.pt"
 
 
 def _rng_states() -> dict:
@@ -436,17 +632,53 @@ def _set_rng_states(states: dict) -> None:
     random.setstate((version, tuple(internal), gauss_next))
 
 
-def _load_resume(path: Path) -> dict:
-    """Read resume.pt with `weights_only=True` (no pickled code runs), as CPU tensors."""
+def check_resume(out_dir: str | os.PathLike) -> Path:
+    """The path of `out_dir/resume.pt`; ValueError naming it when it is not there.
+
+    Cheap (it reads nothing), so a caller can ask before loading a model.
+    """
+    path = Path(out_dir) / RESUME_FILE
     if not path.is_file():
         raise ValueError(
-            f"resume=True but {path} does not exist: nothing to resume "
-            "(train without resume to start from scratch)"
+            f"resume=True but {path} does not exist: nothing to resume (a run that completed "
+            "deletes it unless keep_resume; train without resume to start from scratch)"
         )
+    return path
+
+
+def _load_resume(path: Path) -> dict:
+    """Read resume.pt with `weights_only=True` (no pickled code runs), as CPU tensors."""
+    check_resume(path.parent)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise ValueError(f"cannot read the resume checkpoint {path}: {error}") from error
+
+
+def _check_fits(saved: Mapping[str, Tensor], model: nn.Module, path: Path) -> None:
+    """ValueError listing the keys and shapes in which resume.pt's weights and `model` differ."""
+    ours = model.state_dict()
+    missing = [key for key in ours if key not in saved]
+    unexpected = [key for key in saved if key not in ours]
+    shapes = [
+        f"{key}: {tuple(saved[key].shape)} in the file, {tuple(value.shape)} in the model"
+        for key, value in ours.items()
+        if key in saved and tuple(saved[key].shape) != tuple(value.shape)
+    ]
+    problems = [
+        f"{len(found)} {what} ({'; '.join(found[:5])}{', ...' if len(found) > 5 else ''})"
+        for what, found in (
+            ("keys of the model missing from the file", missing),
+            ("keys of the file not in the model", unexpected),
+            ("shapes that differ", shapes),
+        )
+        if found
+    ]
+    if problems:
+        raise ValueError(
+            f"{path} was written for another model: {', '.join(problems)}. Resume with the model "
+            "the run started from, or train without resume"
+        )
 
 
 def _warn_if_run_differs(saved: dict, current: dict, path: Path) -> None:
@@ -461,15 +693,86 @@ def _warn_if_run_differs(saved: dict, current: dict, path: Path) -> None:
             f"resuming from {path} with settings that differ from the interrupted run "
             f"({'; '.join(differences)}): the result will not match an uninterrupted run",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,  # the caller of train
         )
 
 
-def _append_log(path: Path, record: dict) -> None:
-    """Append one JSON line to the log and flush it (a crash loses at most that line)."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
+def _torch_save(obj: object, f) -> None:
+    """`torch.save(obj, f)`, except that an OSError of the file (a full disk) comes out as
+    itself, not as the RuntimeError torch's zip writer turns it into ("unexpected pos")."""
+    errors: list[OSError] = []
+
+    class Writer:
+        def write(self, data) -> int:
+            try:
+                return f.write(data)
+            except OSError as error:
+                errors.append(error)
+                raise
+
+        def flush(self) -> None:
+            f.flush()
+
+    try:
+        torch.save(obj, Writer())
+    except RuntimeError:
+        if errors:
+            raise errors[0] from None
+        raise
+
+
+def _save_resume(
+    path: Path,
+    parts: _Parts,
+    progress: _Progress,
+    run: dict,
+    clock: _Clock,
+    ctx: distributed.Context,
+) -> None:
+    """Write resume.pt (rank 0, atomically) with every rank's RNG states."""
+    progress.elapsed = time.perf_counter() - clock.start
+    rng = distributed.gather(_rng_states())  # every rank's, in rank order
+    if ctx.is_main:
+        checkpoint = {
+            "model": parts.model.state_dict(),
+            "optimizer": parts.optimizer.state_dict(),
+            "scheduler": parts.scheduler.state_dict(),
+            "scaler": parts.scaler.state_dict(),
+            "progress": asdict(progress),
+            "run": run,
+            "rng": rng[0],
+            "rng_ranks": rng,
+        }
+        atomic_write(path, functools.partial(_torch_save, checkpoint))
+
+
+def _restore(
+    checkpoint: dict, parts: _Parts, run: dict, path: Path, log_path: Path, ctx: distributed.Context
+) -> _Progress:
+    """Put the run back where resume.pt left it; return its progress."""
+    _warn_if_run_differs(checkpoint["run"], run, path)
+    parts.model.load_state_dict(checkpoint["model"])
+    parts.optimizer.load_state_dict(checkpoint["optimizer"])
+    parts.scheduler.load_state_dict(checkpoint["scheduler"])
+    if parts.scaler.is_enabled() and checkpoint["scaler"]:
+        parts.scaler.load_state_dict(checkpoint["scaler"])
+    progress = _Progress(**checkpoint["progress"])
+    # The log restarts from the checkpoint's history: records written after the checkpoint are
+    # dropped, since the steps that wrote them run again.
+    if ctx.is_main:
+        lines = "".join(json.dumps(record) + "\n" for record in progress.history)
+        atomic_write(log_path, lines.encode("utf-8"))
+    rng = checkpoint.get("rng_ranks") or [checkpoint["rng"]]
+    _set_rng_states(rng[ctx.rank % len(rng)])  # last, so nothing above draws from them
+    return progress
+
+
+def _remove_leftovers(out_dir: Path) -> None:
+    """Remove what a process killed mid-write left (temporary files, a half-swapped best/)."""
+    _recover_best(out_dir / "best")
+    for pattern in (f".{RESUME_FILE}.*.tmp", ".log.jsonl.*.tmp"):
+        for leftover in out_dir.glob(pattern):
+            leftover.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -498,6 +801,38 @@ def _check_device(config: TrainConfig, model: nn.Module, device: torch.device) -
             )
 
 
+def _place(model: nn.Module, device: torch.device | str | None):
+    """Join the process group if torchrun started us; the device this rank trains on."""
+    if device is None:
+        first_param = next(model.parameters(), None)
+        if first_param is None:
+            raise ValueError(f"{type(model).__name__} has no parameters to train")
+        device = first_param.device
+    ctx = distributed.setup(torch.device(device).type)  # one process unless torchrun says so
+    return ctx, distributed.local_device(torch.device(device))
+
+
+def _epoch_batches(train_batches: Callable[[int], Sequence], epoch: int) -> Sequence:
+    """`train_batches(epoch)`, refused when empty."""
+    batches = train_batches(epoch)
+    if len(batches) == 0:
+        raise ValueError(f"train_batches({epoch}) returned no batches")
+    return batches
+
+
+def _wrap(model: nn.Module, device: torch.device, ctx: distributed.Context, compile: bool):
+    """The module the loop calls (DDP and/or torch.compile around `model`) and its `no_sync`."""
+    # Under torchrun: DDP all-reduces the gradients (and first copies rank 0's weights to all).
+    ddp = None
+    if ctx.enabled:
+        ddp = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    forward_model = ddp or model
+    forward_model = torch.compile(forward_model) if compile else forward_model
+    return forward_model, (ddp.no_sync if ddp is not None else contextlib.nullcontext)
+
+
 def train(
     model: nn.Module,
     train_batches: Callable[[int], Sequence[dict[str, Tensor]]],
@@ -520,117 +855,73 @@ def train(
       `save_best(model, folder)` writes the model into an empty temporary folder that then
       replaces `out_dir/best` (default: `model.save_pretrained`, else model.safetensors).
     - `device`: where the batches (and the model) go; default the model's device.
-    - `resume=True` continues from `out_dir/resume.pt` (ValueError if there is none).
+    - `resume=True` continues from `out_dir/resume.pt` (ValueError if there is none, or if it
+      holds another model's weights).
     - Under torchrun every rank calls `train` with the same arguments and the same batches;
       see "Data parallel" in the module doc. A bare "cuda" device means the rank's own GPU.
     """
     # ---- check everything before anything runs ---------------------------------------------
     config.check()
-    if device is None:
-        first_param = next(model.parameters(), None)
-        if first_param is None:
-            raise ValueError(f"{type(model).__name__} has no parameters to train")
-        device = first_param.device
-    ctx = distributed.setup(torch.device(device).type)  # one process unless torchrun says so
-    device = distributed.local_device(torch.device(device))
-    _check_device(config, model, device)
-    say = print if ctx.is_main else (lambda *args, **kwargs: None)
     if config.patience is not None and evaluate is None:
         raise ValueError("TrainConfig.patience is set but no evaluate function was given")
     save_best = save_best or _default_save_best
-
+    ctx, device = _place(model, device)
+    _check_device(config, model, device)
     out_dir = Path(config.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    resume_path, log_path, best_dir = out_dir / "resume.pt", out_dir / "log.jsonl", out_dir / "best"
+    resume_path, log_path, best_dir = out_dir / RESUME_FILE, out_dir / "log.jsonl", out_dir / "best"
     checkpoint = _load_resume(resume_path) if resume else None
+    if checkpoint is not None:
+        _check_fits(checkpoint["model"], model, resume_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
     if ctx.is_main:
-        _recover_best(best_dir)
-        for leftover in out_dir.glob(".resume.pt.*.tmp"):  # from a process killed mid-write
-            leftover.unlink()
+        _remove_leftovers(out_dir)
+    say = print if ctx.is_main else (lambda *args, **kwargs: None)
 
     # ---- the pieces: model, data, optimizer, schedule, scaler ------------------------------
     random.seed(config.seed + ctx.rank)
     torch.manual_seed(config.seed + ctx.rank)
     model.to(device)
     model.train()
+    trainable = [param for param in model.parameters() if param.requires_grad]
     n_total = sum(param.numel() for param in model.parameters())
-    n_trainable = sum(param.numel() for param in model.parameters() if param.requires_grad)
-    say(f"train: {n_trainable:,} trainable parameters of {n_total:,}")
+    say(f"train: {sum(p.numel() for p in trainable):,} trainable parameters of {n_total:,}")
     if ctx.enabled:
-        say(
-            f"train: {ctx.world_size} processes (DistributedDataParallel); each batch is split "
-            "across them"
-        )
-
-    first_batches = train_batches(0)
-    batches_per_epoch = len(first_batches)
-    if batches_per_epoch == 0:
-        raise ValueError("train_batches(0) returned no batches")
-    steps_per_epoch = math.ceil(batches_per_epoch / config.grad_accum)
+        say(f"train: {ctx.world_size} processes (DistributedDataParallel), each batch split")
+    first_batches = _epoch_batches(train_batches, 0)
+    steps_per_epoch = math.ceil(len(first_batches) / config.grad_accum)
     total_steps = config.max_steps or steps_per_epoch * config.epochs
-    warmup_steps = math.ceil(config.warmup_ratio * total_steps)
-
     optimizer = make_optimizer(model, config.lr, config.weight_decay, impl=config.optimizer)
+    warmup_steps = math.ceil(config.warmup_ratio * total_steps)
     scheduler = make_scheduler(optimizer, total_steps, warmup_steps, kind=config.schedule)
-    amp_dtype = AMP_DTYPES[config.amp]
     # fp16 needs loss scaling; bf16 and fp32 do not (a disabled scaler passes everything through).
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
-    trainable = [param for param in model.parameters() if param.requires_grad]
-
+    parts = _Parts(model, optimizer, scheduler, scaler)
     run = {key: getattr(config, key) for key in _RUN_KEYS}
-    run |= {
-        "batches_per_epoch": batches_per_epoch,
-        "total_steps": total_steps,
-        "world_size": ctx.world_size,
-    }
-    progress = _Progress()
+    run["batches_per_epoch"], run["total_steps"] = len(first_batches), total_steps
+    run |= {"world_size": ctx.world_size}
     if checkpoint is None:
+        progress = _Progress()
         if ctx.is_main:
-            log_path.write_text("", encoding="utf-8")
+            atomic_write(log_path, b"")
     else:
-        _warn_if_run_differs(checkpoint["run"], run, resume_path)
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        if scaler.is_enabled() and checkpoint["scaler"]:
-            scaler.load_state_dict(checkpoint["scaler"])
-        progress = _Progress(**checkpoint["progress"])
-        # The log restarts from the checkpoint's history: records written after the checkpoint
-        # are dropped, since the steps that wrote them run again.
-        if ctx.is_main:
-            lines = "".join(json.dumps(record) + "\n" for record in progress.history)
-            atomic_write(log_path, lines.encode("utf-8"))
-        rng = checkpoint.get("rng_ranks") or [checkpoint["rng"]]
-        _set_rng_states(rng[ctx.rank % len(rng)])  # last, so nothing above draws from them
+        progress = _restore(checkpoint, parts, run, resume_path, log_path, ctx)
         say(f"train: resumed from {resume_path} at step {progress.step}")
-
-    # Under torchrun: DDP all-reduces the gradients (and first copies rank 0's weights to all).
-    ddp = None
-    if ctx.enabled:
-        ddp = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    forward_model = ddp or model
-    forward_model = torch.compile(forward_model) if config.compile else forward_model
+    forward_model, no_sync = _wrap(model, device, ctx, config.compile)
+    amp_dtype = AMP_DTYPES[config.amp]
 
     # ---- the loop ----------------------------------------------------------------------------
-    bar = tqdm(
-        total=total_steps,
-        initial=progress.step,
-        desc="train",
-        disable=not (config.progress and ctx.is_main),
-    )
-    start_time = time.perf_counter() - progress.elapsed
-    last_log_time, losses_since_log, examples_since_log = time.perf_counter(), [], 0
+    show = config.progress and ctx.is_main
+    bar = tqdm(total=total_steps, initial=progress.step, desc="train", disable=not show)
+    now = time.perf_counter()
+    clock = _Clock(start=now - progress.elapsed, last_log=now)
     try:
-        while (
-            progress.step < total_steps
-            and not progress.stopped_early
-            and (config.max_steps is not None or progress.epoch < config.epochs)
+        while not (
+            progress.step >= total_steps
+            or progress.stopped_early
+            or (config.max_steps is None and progress.epoch >= config.epochs)
         ):
-            batches = first_batches if progress.epoch == 0 else train_batches(progress.epoch)
-            if len(batches) == 0:
-                raise ValueError(f"train_batches({progress.epoch}) returned no batches")
+            epoch = progress.epoch
+            batches = first_batches if epoch == 0 else _epoch_batches(train_batches, epoch)
             while progress.position < len(batches):
                 # One optimizer step over a window of up to grad_accum micro-batches.
                 step_start = time.perf_counter()
@@ -638,147 +929,57 @@ def train(
                     progress.position, min(progress.position + config.grad_accum, len(batches))
                 )
                 window = [batches[i] for i in indices]
-                micro_losses = distributed.all_sum(
-                    _backward_window(
-                        forward_model,
-                        window,
-                        device,
-                        amp_dtype,
-                        scaler,
-                        ctx,
-                        ddp.no_sync if ddp is not None else contextlib.nullcontext,
-                    )
-                ).tolist()  # one device sync per step
-                step_loss = sum(micro_losses)  # the mean loss over the window's targets
-                if config.amp != "fp16" and not math.isfinite(step_loss):
-                    bad = next(
-                        i
-                        for i, x in zip(indices, micro_losses, strict=True)
-                        if not math.isfinite(x)
-                    )
-                    raise NonFiniteLossError(
-                        f"the loss is {step_loss} at step {progress.step + 1} (epoch "
-                        f"{progress.epoch}, batch {bad}); training stopped before updating the "
-                        "parameters. Check that batch, lower the learning rate, or use amp='off'"
-                    )
-
-                lr = scheduler.get_last_lr()[0]
-                if config.max_grad_norm is not None:
-                    scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-                    torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-                scale_before = scaler.get_scale()
-                scaler.step(optimizer)  # fp16: no update when a gradient is inf/nan
-                scaler.update()  # ... and then the scale shrinks
-                skipped = scaler.get_scale() < scale_before
-                optimizer.zero_grad(set_to_none=True)
-                with warnings.catch_warnings():
-                    # A skipped first step makes LambdaLR warn that it steps before the
-                    # optimizer; stepping anyway is the intent (see the module docstring).
-                    warnings.filterwarnings("ignore", "Detected call of `lr_scheduler")
-                    scheduler.step()
+                losses = _backward_window(
+                    forward_model, window, device, amp_dtype, scaler, ctx, no_sync
+                )
+                micro_losses = distributed.all_sum(losses).tolist()  # one device sync per step
+                _check_loss(micro_losses, indices, progress, config.amp)
+                lr, skipped = _optimizer_step(parts, trainable, config.max_grad_norm)
 
                 progress.step += 1
                 progress.position += len(window)
                 progress.skipped_steps += int(skipped)
+                progress.window_losses.append(sum(micro_losses))  # the window's mean loss
+                examples = sum(_batch_size(batch) for batch in window)
+                clock.examples += examples
                 epoch_done = progress.position >= len(batches)
                 finished = progress.step >= total_steps or (
                     config.max_steps is None and epoch_done and progress.epoch + 1 >= config.epochs
                 )
-                examples = sum(_batch_size(batch) for batch in window)
-                losses_since_log.append(step_loss)
-                examples_since_log += examples
-                bar.update(1)
-                bar.set_postfix(
-                    loss=f"{step_loss:.4f}",
-                    lr=f"{lr:.2e}",
-                    ex_s=f"{examples / (time.perf_counter() - step_start):.0f}",
-                    refresh=False,
+                _show_step(
+                    bar, sum(micro_losses), lr, examples / (time.perf_counter() - step_start)
                 )
+                if finished:
+                    bar.close()  # now: the final evaluation is no part of the training rate
 
-                # ---- log ----
-                if progress.step % config.log_every == 0 or finished:
-                    now = time.perf_counter()
-                    record = {
-                        "step": progress.step,
-                        "epoch": progress.epoch + progress.position / len(batches),
-                        "loss": sum(losses_since_log) / len(losses_since_log),
-                        "lr": lr,
-                        "examples_per_s": examples_since_log / max(now - last_log_time, 1e-9),
-                        "time": now - start_time,
-                    }
-                    if scaler.is_enabled():
-                        record |= {
-                            "skipped_steps": progress.skipped_steps,
-                            "loss_scale": scaler.get_scale(),
-                        }
-                    if ctx.is_main:
-                        _append_log(log_path, record)
-                    progress.history.append(record)
-                    last_log_time, losses_since_log, examples_since_log = now, [], 0
-
-                # ---- evaluate, keep the best, stop early ----
-                if config.eval_every is not None:
-                    at_eval = progress.step % config.eval_every == 0 or finished
-                else:
-                    at_eval = epoch_done or finished
+                at_eval = finished or (
+                    progress.step % config.eval_every == 0 if config.eval_every else epoch_done
+                )
+                save_due = finished or (
+                    progress.step % config.save_every == 0 if config.save_every else at_eval
+                )
+                log_due = finished or progress.step % config.log_every == 0
+                if log_due or at_eval or save_due:
+                    _check_weights(model, progress.step)
+                if log_due:
+                    epochs_done = progress.epoch + progress.position / len(batches)
+                    _log_training(progress, epochs_done, lr, clock, scaler, log_path, ctx)
                 if at_eval and evaluate is not None:
-                    # Rank 0 evaluates; every rank gets its metrics and decides alike.
-                    metrics = distributed.broadcast(
-                        _run_evaluation(model, evaluate, config.metric) if ctx.is_main else None
-                    )
-                    record = {"step": progress.step, "eval": metrics}
-                    if ctx.is_main:
-                        _append_log(log_path, record)
-                    progress.history.append(record)
-                    progress.last_eval = metrics
-                    value = metrics[config.metric]
-                    if _improved(value, progress.best_metric, config.greater_is_better):
-                        progress.best_metric, progress.best_step, progress.bad_evals = (
-                            value,
-                            progress.step,
-                            0,
-                        )
-                        if ctx.is_main:
-                            _save_best_atomically(save_best, model, best_dir)
-                    else:
-                        progress.bad_evals += 1
-                        progress.stopped_early = (
-                            config.patience is not None and progress.bad_evals >= config.patience
-                        )
-                    shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-                    if ctx.is_main:
-                        tqdm.write(
-                            f"step {progress.step}: {shown}"
-                            + (" (best)" if progress.best_step == progress.step else "")
-                        )
-
-                # ---- save the resume checkpoint ----
-                if config.save_every is not None:
-                    save_due = progress.step % config.save_every == 0
-                else:
-                    save_due = at_eval
-                if save_due or finished or progress.stopped_early:
-                    progress.elapsed = time.perf_counter() - start_time
-                    rng = distributed.gather(_rng_states())  # every rank's, in rank order
-                    if ctx.is_main:
-                        checkpoint = {
-                            "model": model.state_dict(),
-                            "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(),
-                            "scaler": scaler.state_dict(),
-                            "progress": asdict(progress),
-                            "run": run,
-                            "rng": rng[0],
-                            "rng_ranks": rng,
-                        }
-                        atomic_write(resume_path, functools.partial(torch.save, checkpoint))
-                if finished or progress.stopped_early:
+                    _evaluate(model, evaluate, config, progress, ctx, log_path, save_best, best_dir)
+                done = finished or progress.stopped_early
+                if (save_due or done) and (config.keep_resume or not done):
+                    _save_resume(resume_path, parts, progress, run, clock, ctx)
+                if done:
                     break
+                bar.unpause()  # the time spent evaluating and saving is not training time
             if progress.position >= len(batches):
                 progress.epoch, progress.position = progress.epoch + 1, 0
     finally:
         bar.close()
 
+    if ctx.is_main and not config.keep_resume:  # a finished run keeps no resume state
+        resume_path.unlink(missing_ok=True)
+        fsync_dir(out_dir)
     if progress.stopped_early:
         say(
             f"train: stopped early at step {progress.step}: {config.metric} has not improved in "
@@ -787,7 +988,7 @@ def train(
         )
     return TrainResult(
         steps=progress.step,
-        epochs_completed=progress.epoch + progress.position / batches_per_epoch,
+        epochs_completed=progress.epoch + progress.position / len(first_batches),
         best_metric=progress.best_metric,
         best_step=progress.best_step,
         stopped_early=progress.stopped_early,

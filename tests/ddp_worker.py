@@ -120,7 +120,7 @@ def run(out: str, task: str, steps: int, batch_size: int, grad_accum: int, resum
 
     config = TrainConfig(out_dir=out, max_steps=steps, lr=1e-2, warmup_ratio=0.2,
                          grad_accum=grad_accum, eval_every=2, progress=False, log_every=1,
-                         optimizer="foreach", seed=3)
+                         optimizer="foreach", seed=3, keep_resume=True)
     with recording_grads(grads):
         train(model, train_batches, config, evaluate=evaluate, device="cpu", resume=resume)
     return model
@@ -170,7 +170,7 @@ def run_setfit(grads: list | None = None) -> torch.nn.Module:
     tokenizer = Tokenizer.from_pretrained(resolve_model_dir("minilm"))
     encoder = setfit_encoder()
     texts, labels = zip(*SETFIT_TEXTS, strict=True)
-    config = SetFitConfig(batch_size=7, lr=1e-2, seed=0, max_length=16)
+    config = SetFitConfig(batch_size=7, lr=1e-2, seed=0, max_length=16, progress=False)
     with recording_grads(grads):
         stats = train_body(encoder, tokenizer, list(texts), list(labels), config, log=None)
     assert stats["pairs"] % 7 == 1, stats  # the last batch has one pair: rank 1 gets none

@@ -219,7 +219,9 @@ def test_torchrun_minift_finetune(tmp_path, minilm_dir):
     assert metrics["train"]["steps"] == 2
     assert process.stdout.count("dev before fine-tuning") == 1  # rank 1 prints nothing
     assert "2 processes (DistributedDataParallel)" in process.stdout
-    assert {"log.jsonl", "metrics.json", "model.safetensors"} <= {p.name for p in out.iterdir()}
+    names = {p.name for p in out.iterdir()}
+    assert {"log.jsonl", "metrics.json", "model.safetensors"} <= names
+    assert not {"resume.pt", "best", "run"} & names  # a finished run keeps no resume state
 
 
 @pytest.mark.parametrize("command", ["ner", "pretrain"])
@@ -243,4 +245,6 @@ def test_torchrun_minift_ner_and_pretrain(tmp_path, minilm_dir, data_dir, comman
     check(process)
     assert "2 processes (DistributedDataParallel)" in process.stdout
     assert json.loads((out / "metrics.json").read_text())["train"]["steps"] == 2
-    assert {"log.jsonl", "metrics.json", "model.safetensors"} <= {p.name for p in out.iterdir()}
+    names = {p.name for p in out.iterdir()}
+    assert {"log.jsonl", "metrics.json", "model.safetensors"} <= names
+    assert not {"resume.pt", "best", "run"} & names  # a finished run keeps no resume state

@@ -6,6 +6,7 @@ pair loss on a real batch is compared end to end, which goes through the same em
 """
 
 import json
+import math
 import os
 
 import numpy as np
@@ -29,10 +30,12 @@ from minift.setfit import (
     embed_pairs,
     fit_logistic_regression,
     sample_shots,
+    train_body,
     train_head,
     train_setfit,
 )
 from minift.tokenizer import Tokenizer
+from minift.train import NonFiniteLossError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -328,6 +331,9 @@ def test_bad_settings_are_refused():
         {"num_iterations": 0},
         {"batch_size": 0},
         {"lr": 0.0},
+        {"lr": math.inf},
+        {"amp": "fp8"},
+        {"seed": -1},
     ):
         with pytest.raises(ValueError, match=next(iter(bad))):
             SetFitConfig(**bad)
@@ -419,3 +425,88 @@ def test_cli_refuses_one_class_and_too_few_examples(tiny_dir, sst2, tmp_path, ca
     )
     assert "fewer than the 50 shots" in capsys.readouterr().err
     assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# The contrastive phase on minift.train: the same recipe, its checks
+
+
+def test_body_on_the_training_loop_equals_the_plain_recipe(tiny_dir, sst2):
+    """setfit's recipe written out as a plain loop (dropout on): the same weights, bit for bit."""
+    from minift.optim import make_optimizer, make_scheduler
+
+    texts = [ex.text for ex in sst2[0][:8]]
+    labels = [ex.label for ex in sst2[0][:8]]
+    config = SetFitConfig(batch_size=6, epochs=2, lr=1e-3, max_length=32, seed=5, progress=False)
+    encoder = load_bert(tiny_dir)
+    torch.manual_seed(config.seed)
+    stats = train_body(encoder, Tokenizer.from_pretrained(tiny_dir), texts, labels, config,
+                       log=None)  # fmt: skip
+
+    reference = load_bert(tiny_dir)
+    tokens = Tokenizer.from_pretrained(tiny_dir)(texts, max_length=32)
+    pairs = contrastive_pairs(labels, seed=config.seed)
+    first, second, targets = (torch.tensor([p[k] for p in pairs]) for k in range(3))
+    steps = config.epochs * math.ceil(len(pairs) / config.batch_size)
+    optimizer = make_optimizer(reference, config.lr, config.weight_decay)
+    scheduler = make_scheduler(optimizer, steps, math.ceil(config.warmup_ratio * steps))
+    generator = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)
+    reference.train()
+    losses = []
+    for _ in range(config.epochs):
+        for rows in torch.randperm(len(pairs), generator=generator).split(config.batch_size):
+            a, b = embed_pairs(reference, tokens, first[rows], second[rows])
+            loss = cosine_similarity_loss(a, b, targets[rows])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(reference.parameters(), config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+    for (name, ours), theirs in zip(encoder.state_dict().items(), reference.state_dict().values(),
+                                    strict=True):  # fmt: skip
+        assert torch.equal(ours, theirs), name
+    assert (stats["steps"], stats["first_loss"], stats["last_loss"]) == (
+        len(losses), losses[0], losses[-1]
+    )  # fmt: skip
+    assert all(p.requires_grad for p in encoder.parameters())  # the pooler is given back
+
+
+def test_body_writes_its_log_to_out_dir_and_runs_under_bf16(tiny_dir, sst2, tmp_path):
+    texts = [ex.text for ex in sst2[0][:6]]
+    labels = [ex.label for ex in sst2[0][:6]]
+    config = SetFitConfig(batch_size=8, max_length=32, amp="bf16", progress=False)
+    stats = train_body(load_bert(tiny_dir), Tokenizer.from_pretrained(tiny_dir), texts, labels,
+                       config, log=None, out_dir=tmp_path / "body")  # fmt: skip
+    records = [
+        json.loads(line) for line in (tmp_path / "body" / "log.jsonl").read_text().splitlines()
+    ]
+    assert [r["step"] for r in records] == list(range(1, stats["steps"] + 1))
+    assert sorted(p.name for p in (tmp_path / "body").iterdir()) == ["log.jsonl"]
+    assert math.isfinite(stats["last_loss"])
+
+
+def test_a_diverging_run_stops_instead_of_training_through_nan(tiny_dir, sst2):
+    chosen = sample_shots([ex.label for ex in sst2[0]], 4, torch.Generator().manual_seed(0))
+    texts = [sst2[0][i].text for i in chosen]
+    labels = [sst2[0][i].label for i in chosen]
+    config = SetFitConfig(lr=1e6, batch_size=4, max_length=32, progress=False)
+    with pytest.raises(NonFiniteLossError, match=r"step \d+.*learning rate"):
+        train_setfit(load_bert(tiny_dir), Tokenizer.from_pretrained(tiny_dir), texts, labels,
+                     config, log=None)  # fmt: skip
+
+
+def test_the_heads_refuse_non_finite_numbers(tiny_dir, sst2):
+    embeddings = torch.randn(6, 4)
+    embeddings[2, 1] = math.nan
+    with pytest.raises(NonFiniteLossError, match="embeddings hold nan"):
+        fit_logistic_regression(LinearHead(4, 2, binary=True), embeddings, torch.tensor([0, 1] * 3))
+    head = LinearHead(32, 2)
+    with torch.no_grad():
+        head.linear.weight.fill_(math.inf)
+    model = SetFitModel(load_bert(tiny_dir), Tokenizer.from_pretrained(tiny_dir), head, ["n", "p"])
+    config = SetFitConfig(head="linear", head_epochs=1, progress=False)
+    texts = [ex.text for ex in sst2[0][:4]]
+    with pytest.raises(NonFiniteLossError, match=r"head's loss is nan at epoch 0, batch 0"):
+        train_head(model, texts, [0, 1, 0, 1], config)

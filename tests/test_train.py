@@ -14,7 +14,14 @@ from torch import nn
 import minift.train as train_module
 from minift.optim import AdamW, lr_schedule
 from minift.safetensors import read_safetensors, write_safetensors
-from minift.train import NonFiniteLossError, TrainConfig, TrainResult, train
+from minift.train import (
+    NonFiniteLossError,
+    NonFiniteWeightsError,
+    TrainConfig,
+    TrainResult,
+    check_resume,
+    train,
+)
 
 VOCAB, CLASSES, SEQ = 12, 3, 5
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -27,7 +34,8 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 class Toy(nn.Module):
     """Embedding, LayerNorm, dropout, linear; mean cross-entropy over tokens whose label != -100.
 
-    `poison` (optional batch key) multiplies the loss, to inject a non-finite loss or gradient.
+    `poison` (optional batch key) multiplies the loss, to inject a non-finite loss or gradient;
+    `poison_grad` multiplies the gradient of the logits only (the loss stays finite).
     """
 
     def __init__(self, dim: int = 8, dropout: float = 0.1, seed: int = 0) -> None:
@@ -40,8 +48,10 @@ class Toy(nn.Module):
         self.frozen = nn.Parameter(torch.zeros(7), requires_grad=False)
         self.seen_dtypes: set[torch.dtype] = set()
 
-    def forward(self, input_ids, labels, poison=None):
+    def forward(self, input_ids, labels, poison=None, poison_grad=None):
         logits = self.out(self.drop(self.norm(self.embed(input_ids))))  # (batch, seq, classes)
+        if poison_grad is not None and logits.requires_grad:  # a finite loss, a nan gradient
+            logits.register_hook(lambda grad: grad * poison_grad)
         if self.training:
             self.seen_dtypes.add(logits.dtype)
         loss = F.cross_entropy(logits.float().reshape(-1, CLASSES), labels.reshape(-1))
@@ -71,13 +81,15 @@ def epochs_of(n_batches: int, batch_size: int = 4, seed: int = 0):
 def mean_loss(model: nn.Module, batches) -> float:
     device = next(model.parameters()).device
     with torch.no_grad():
-        return sum(model(**{k: v.to(device) for k, v in batch.items()})["loss"].item()
-                   for batch in batches) / len(batches)
+        return sum(
+            model(**{k: v.to(device) for k, v in batch.items()})["loss"].item() for batch in batches
+        ) / len(batches)
 
 
 def config(tmp_path, name: str = "run", **overrides) -> TrainConfig:
-    """A quiet config in tmp_path/name with a learning rate a toy model learns with."""
-    values = {"lr": 5e-2, "progress": False, "log_every": 1} | overrides
+    """A quiet config in tmp_path/name with a learning rate a toy model learns with; resume.pt
+    is kept at the end, so tests can compare finished runs' states."""
+    values = {"lr": 5e-2, "progress": False, "log_every": 1, "keep_resume": True} | overrides
     return TrainConfig(out_dir=tmp_path / name, **values)
 
 
@@ -180,8 +192,9 @@ def test_accumulated_micro_batches_equal_one_batch(tmp_path_factory, sizes, igno
         # where the step is well defined, |g| >= 1e-4 (a 1e-8 change in g moves it < 1e-7), or
         # g is exactly zero (no step at all).
         stable = (param.grad.abs() >= 1e-4) | (param.grad == 0)
-        torch.testing.assert_close(after_accumulated[name][stable], after_single[name][stable],
-                                   atol=1e-6, rtol=0, msg=name)
+        torch.testing.assert_close(
+            after_accumulated[name][stable], after_single[name][stable], atol=1e-6, rtol=0, msg=name
+        )
     assert not torch.equal(after_accumulated["out.weight"], params_of(model)["out.weight"])
 
 
@@ -212,8 +225,9 @@ class CrashingBatches(list):
     [("batch", "off", "auto"), ("evaluate", "fp16", "hand"), ("batch", "bf16", "foreach")],
 )
 @pytest.mark.parametrize("device", DEVICES)
-def test_resume_gives_exactly_the_uninterrupted_weights(tmp_path, interrupt, amp, optimizer,
-                                                        device):
+def test_resume_gives_exactly_the_uninterrupted_weights(
+    tmp_path, interrupt, amp, optimizer, device
+):
     batches = epochs_of(5, batch_size=3)  # 5 batches, grad_accum 2: 3 steps an epoch (2, 2, 1)
     held_out = epochs_of(2, seed=50)(0)
 
@@ -248,14 +262,14 @@ def test_resume_gives_exactly_the_uninterrupted_weights(tmp_path, interrupt, amp
 
         calls = []
         with pytest.raises(Crash):
-            train(model, batches, run_config("resumed"), evaluate=crashing_evaluate,
-                  device=device)
+            train(model, batches, run_config("resumed"), evaluate=crashing_evaluate, device=device)
     saved = torch.load(tmp_path / "resumed" / "resume.pt", weights_only=True)
     assert saved["progress"]["step"] == 4 and saved["progress"]["position"] == 2
 
     fresh = Toy(dropout=0.2, seed=123)  # the checkpoint, not the initial weights, decides
-    resumed = train(fresh, batches, run_config("resumed"), evaluate=evaluate, resume=True,
-                    device=device)
+    resumed = train(
+        fresh, batches, run_config("resumed"), evaluate=evaluate, resume=True, device=device
+    )
 
     assert_same(params_of(fresh), params_of(full_model))
     final_full = torch.load(tmp_path / "full" / "resume.pt", weights_only=True)
@@ -521,6 +535,12 @@ BAD_CONFIGS = [
     ({"patience": 0}, "patience"),
     ({"log_every": 0}, "log_every"),
     ({"metric": ""}, "metric"),
+    ({"lr": math.inf}, "lr"),
+    ({"warmup_ratio": -0.1}, "warmup_ratio"),
+    ({"warmup_ratio": math.nan}, "warmup_ratio"),
+    ({"seed": -1}, "seed"),
+    ({"max_grad_norm": math.inf}, "max_grad_norm"),
+    ({"keep_resume": "yes"}, "keep_resume"),
 ]
 
 
@@ -658,3 +678,134 @@ def test_model_interface_loss_attribute_save_pretrained_and_bad_outputs(tmp_path
     for bad, found in [(NoLoss(), "NoneType"), (VectorLoss(), r"shape \(3,\)")]:
         with pytest.raises(ValueError, match=f"'loss'.*found {found}"):
             train(bad, epochs_of(2), config(tmp_path, "bad"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Non-finite weights, the resume file's life, a resume.pt of another model
+# ---------------------------------------------------------------------------------------------
+
+
+def test_non_finite_weights_stop_and_no_checkpoint_holds_them(tmp_path):
+    batches = epochs_of(6)(0)
+    batches[3]["poison_grad"] = torch.tensor(math.nan)  # step 4's update writes nan weights
+    cfg = config(tmp_path, log_every=5, save_every=1, max_steps=6, amp="off")
+    with pytest.raises(NonFiniteWeightsError, match=r"after step 4 \(.*\).*learning rate") as error:
+        train(Toy(), lambda e: batches, cfg)
+    assert isinstance(error.value, NonFiniteLossError)  # one except clause catches both
+    saved = torch.load(tmp_path / "run" / "resume.pt", weights_only=True)
+    assert saved["progress"]["step"] == 3
+    assert all(torch.isfinite(value).all() for value in saved["model"].values())
+
+
+def test_a_finished_run_deletes_resume_pt_unless_kept(tmp_path):
+    def crashing(epoch):
+        return CrashingBatches(epochs_of(4)(epoch), crash_at=2)
+
+    cfg = config(tmp_path, "crashed", max_steps=3, save_every=1, keep_resume=False)
+    with pytest.raises(Crash):
+        train(Toy(), crashing, cfg, evaluate=lambda m: {"loss": 0.0})
+    assert check_resume(tmp_path / "crashed") == tmp_path / "crashed" / "resume.pt"
+
+    result = train(Toy(), epochs_of(4), cfg, evaluate=lambda m: {"loss": 0.0}, resume=True)
+    assert result.steps == 3
+    assert sorted(p.name for p in (tmp_path / "crashed").iterdir()) == ["best", "log.jsonl"]
+    with pytest.raises(ValueError, match=r"crashed/resume.pt does not exist"):
+        check_resume(tmp_path / "crashed")
+
+    kept = config(tmp_path, "kept", max_steps=3, keep_resume=True)
+    train(Toy(), epochs_of(4), kept)
+    assert torch.load(check_resume(tmp_path / "kept"), weights_only=True)["progress"]["step"] == 3
+
+
+def test_resume_of_another_model_names_the_keys_before_training(tmp_path):
+    class Wider(Toy):
+        def __init__(self):
+            super().__init__(dim=16)
+            self.extra = nn.Linear(2, 2)
+
+    cfg = config(tmp_path, max_steps=2)
+    train(Toy(), epochs_of(2), cfg)
+    log_before = (tmp_path / "run" / "log.jsonl").read_text()
+    model = Wider()
+    initial = params_of(model)
+    with pytest.raises(ValueError, match=r"another model") as error:
+        train(model, epochs_of(2), cfg, resume=True)
+    message = str(error.value)
+    assert "embed.weight: (12, 8) in the file, (12, 16) in the model" in message
+    assert "keys of the model missing from the file (extra.weight; extra.bias)" in message
+    assert_same(params_of(model), initial)
+    assert (tmp_path / "run" / "log.jsonl").read_text() == log_before
+
+
+def test_first_logged_loss_after_a_resume_is_the_uninterrupted_one(tmp_path):
+    """The losses of the log window not yet written travel in resume.pt (log_every 3, a
+    checkpoint every 2 steps: the crash leaves a window of one step unlogged)."""
+
+    def run_config(name):
+        return config(tmp_path, name, max_steps=9, log_every=3, save_every=2)
+
+    full = train(Toy(), epochs_of(5), run_config("full"))
+
+    def crashing(epoch):
+        return CrashingBatches(epochs_of(5)(epoch), crash_at=1 if epoch == 1 else -1)
+
+    with pytest.raises(Crash):
+        train(Toy(), crashing, run_config("cut"))  # dies at step 7; checkpoint at step 6
+    assert len(torch.load(tmp_path / "cut" / "resume.pt")["progress"]["window_losses"]) == 0
+    with pytest.raises(Crash):
+        train(
+            Toy(),
+            lambda e: CrashingBatches(epochs_of(5)(e), crash_at=0 if e == 1 else -1),
+            run_config("cut2"),
+        )  # dies at step 6; checkpoint at step 4, window holds step 4
+    saved = torch.load(tmp_path / "cut2" / "resume.pt", weights_only=True)
+    assert saved["progress"]["step"] == 4 and len(saved["progress"]["window_losses"]) == 1
+    resumed = train(Toy(), epochs_of(5), run_config("cut2"), resume=True)
+
+    def numbers(history):
+        return [{k: r[k] for k in r if k not in ("time", "examples_per_s")} for r in history]
+
+    assert numbers(resumed.history) == numbers(full.history)
+
+
+class RecordingBar:
+    """Stands for tqdm: records what each `update` would draw, and the order of events."""
+
+    events: list = []
+
+    def __init__(self, *args, **kwargs):
+        self.postfix = None
+
+    def set_postfix(self, refresh=True, **values):
+        self.postfix = dict(values)
+
+    def update(self, n=1):
+        RecordingBar.events.append(("update", self.postfix))
+
+    def unpause(self):
+        pass
+
+    def close(self):
+        RecordingBar.events.append(("close", None))
+
+    @staticmethod
+    def write(text):
+        RecordingBar.events.append(("write", text))
+
+
+def test_the_bar_shows_each_step_own_loss_and_rate_and_closes_before_the_last_eval(
+    tmp_path, monkeypatch
+):
+    RecordingBar.events = []
+    monkeypatch.setattr(train_module, "tqdm", RecordingBar)
+    cfg = config(tmp_path, max_steps=4, eval_every=2, warmup_ratio=0.5, progress=True)
+    result = train(Toy(), epochs_of(4), cfg, evaluate=lambda m: {"loss": 0.0})
+    shown = [postfix for event, postfix in RecordingBar.events if event == "update"]
+    logged = [r for r in result.history if "eval" not in r]
+    assert [p["loss"] for p in shown] == [f"{r['loss']:.4f}" for r in logged]
+    assert [p["lr"] for p in shown] == [f"{r['lr']:.2e}" for r in logged]
+    assert all(float(p["ex_s"]) > 0 for p in shown)
+    kinds = [event for event, _ in RecordingBar.events]
+    assert kinds[:5] == ["update", "update", "write", "update", "update"]
+    assert kinds[5] == "close"  # before the final evaluation is written
+    assert kinds[6] == "write"

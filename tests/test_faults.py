@@ -1,0 +1,301 @@
+"""Fault injection into minift.train: kills at random points and a disk that fills.
+
+- SIGKILL at seeded random points of a short run (a batch read, the middle of a file being
+  written, between the two renames of the best/ swap, the middle of a log line), each followed by
+  a resume, ends with exactly the weights, best model and log of the uninterrupted run, and
+  leaves nothing behind but the run's files.
+- A disk that fills (writes past a seeded byte budget raise ENOSPC, simulated in this process)
+  fails with that OSError and never leaves a folder that does not load: resume.pt, best/ and
+  log.jsonl are each the previous complete version or the new one, and resuming from what is
+  left gives exactly the uninterrupted run.
+
+The killed runs are processes forked from a multiprocessing forkserver that imported torch and
+minift once, so each of the ~25 runs starts in milliseconds instead of re-importing torch.
+"""
+
+import builtins
+import errno
+import json
+import math
+import multiprocessing
+import os
+import random
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import minift.safetensors as safetensors_module
+import minift.train as train_module
+from minift.safetensors import read_safetensors, write_safetensors
+from minift.train import TrainConfig, train
+
+VOCAB, CLASSES, SEQ = 12, 3, 5
+KILLS = 20  # at least this many SIGKILLs in the chain
+
+
+class Tiny(nn.Module):
+    """Embedding, LayerNorm, dropout (so the RNG state matters), linear; mean token loss."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(VOCAB, 8)
+        self.norm = nn.LayerNorm(8)
+        self.drop = nn.Dropout(0.2)
+        self.out = nn.Linear(8, CLASSES)
+
+    def forward(self, input_ids, labels):
+        logits = self.out(self.drop(self.norm(self.embed(input_ids))))
+        return {"loss": F.cross_entropy(logits.reshape(-1, CLASSES), labels.reshape(-1))}
+
+
+def batches_of(epoch: int, n: int = 6, seed: int = 10) -> list[dict[str, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(seed + epoch)
+    batches = []
+    for _ in range(n):
+        input_ids = torch.randint(0, VOCAB, (3, SEQ), generator=gen)
+        labels = input_ids % CLASSES
+        labels[torch.rand((3, SEQ), generator=gen) < 0.3] = -100
+        batches.append({"input_ids": input_ids, "labels": labels})
+    return batches
+
+
+HELD_OUT = batches_of(0, n=2, seed=99)
+
+
+def evaluate(model: nn.Module) -> dict[str, float]:
+    return {"loss": sum(float(model(**batch)["loss"]) for batch in HELD_OUT) / len(HELD_OUT)}
+
+
+def run_config(out: Path) -> TrainConfig:
+    """12 steps (6 batches, grad_accum 2, 4 epochs): a checkpoint every step, an evaluation (and
+    often a new best/) every 2, a log record every 3, so a resume lands with an unlogged window."""
+    return TrainConfig(out_dir=out, epochs=4, grad_accum=2, lr=5e-2, eval_every=2, save_every=1,
+                       log_every=3, progress=False, seed=0)  # fmt: skip
+
+
+def numbers(log_path: Path) -> list[dict]:
+    """The log's records without the timings."""
+    records = [json.loads(line) for line in log_path.read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in ("time", "examples_per_s")} for r in records]
+
+
+# ---------------------------------------------------------------------------------------------
+# SIGKILL
+# ---------------------------------------------------------------------------------------------
+
+
+class _TickingFile:
+    """A file whose first write is followed by a tick: a kill there leaves half a file."""
+
+    def __init__(self, f, tick):
+        self.f, self.tick, self.ticked = f, tick, False
+
+    def write(self, data):
+        n = self.f.write(data)
+        if not self.ticked:
+            self.ticked = True
+            self.f.flush()
+            self.tick()
+        return n
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+def _killed_run(out: str, result: str, kill_at: int | None) -> None:
+    """Train in `out` (resuming when resume.pt is there); SIGKILL this process at its
+    `kill_at`-th event. Events: a batch read, each atomic file write (half written, then after
+    it), each rename, each log line (half written). On success, write the weights to `result`
+    and the number of events beside it."""
+    torch.set_num_threads(1)
+    count = [0]
+
+    def tick() -> None:
+        count[0] += 1
+        if count[0] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    original_write, original_rename = safetensors_module.atomic_write, os.rename
+
+    def atomic_write(path, data):
+        if callable(data):
+            original_write(path, lambda f: data(_TickingFile(f, tick)))
+        else:
+            original_write(path, lambda f: _TickingFile(f, tick).write(data))
+        tick()
+
+    def rename(src, dst):
+        tick()
+        original_rename(src, dst)
+
+    def append_log(path, record):
+        line = json.dumps(record) + "\n"
+        with open(path, "a", encoding="utf-8") as f:
+            _TickingFile(f, tick).write(line[: len(line) // 2])
+            f.write(line[len(line) // 2 :])
+
+    class Batches(list):
+        def __getitem__(self, index):
+            tick()
+            return list.__getitem__(self, index)
+
+    safetensors_module.atomic_write = train_module.atomic_write = atomic_write
+    os.rename, train_module._append_log = rename, append_log
+    model = Tiny()
+    resume = (Path(out) / "resume.pt").exists()
+    train(model, lambda e: Batches(batches_of(e)), run_config(Path(out)), evaluate=evaluate,
+          resume=resume)  # fmt: skip
+    safetensors_module.atomic_write = original_write
+    write_safetensors(model.state_dict(), result)
+    Path(result + ".events").write_text(str(count[0]))
+
+
+@pytest.fixture(scope="module")
+def forkserver():
+    context = multiprocessing.get_context("forkserver")
+    # Imported once, by the server (its sys.path is the default one: the test module itself is
+    # imported by each child, cheaply once these are loaded).
+    context.set_forkserver_preload(["torch", "minift.train", "pytest"])
+    return context
+
+
+def _launch(context, out: Path, result: Path, kill_at: int | None) -> int:
+    process = context.Process(target=_killed_run, args=(str(out), str(result), kill_at))
+    process.start()
+    process.join(120)
+    assert process.exitcode is not None, "a training process hung"
+    return process.exitcode
+
+
+def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_run(tmp_path, forkserver):
+    assert _launch(forkserver, tmp_path / "full", tmp_path / "full.safetensors", None) == 0
+    events = int((tmp_path / "full.safetensors.events").read_text())
+
+    rng, kills, runs = random.Random(22), [], 0
+    out, result = tmp_path / "killed", tmp_path / "killed.safetensors"
+    while True:
+        # Kill points within the next ~15% of a run's events: each run gets a little further.
+        kill_at = rng.randint(1, events // 7) if len(kills) < KILLS else None
+        code = _launch(forkserver, out, result, kill_at)
+        runs += 1
+        if code == 0:
+            break
+        assert code == -signal.SIGKILL, f"run {runs} ended with exit code {code}"
+        kills.append(kill_at)
+        assert runs < 100, "the killed runs make no progress"
+    assert len(kills) >= KILLS, kills
+
+    full, resumed = read_safetensors(tmp_path / "full.safetensors"), read_safetensors(result)
+    assert all(torch.equal(full[key], resumed[key]) for key in full)
+    best_full = read_safetensors(tmp_path / "full" / "best" / "model.safetensors")
+    best_resumed = read_safetensors(out / "best" / "model.safetensors")
+    assert all(torch.equal(best_full[key], best_resumed[key]) for key in best_full)
+    assert numbers(out / "log.jsonl") == numbers(tmp_path / "full" / "log.jsonl")
+    # Nothing a kill left half-written outlives the completed run; resume.pt went with it.
+    assert sorted(p.name for p in out.iterdir()) == ["best", "log.jsonl"]
+    assert sorted(p.name for p in (out / "best").iterdir()) == ["model.safetensors"]
+
+
+# ---------------------------------------------------------------------------------------------
+# A full disk
+# ---------------------------------------------------------------------------------------------
+
+
+class _Disk:
+    """A simulated disk: files opened through it raise ENOSPC once `budget` bytes are written.
+    `writes` records (bytes written before, size, kind) of every write call."""
+
+    def __init__(self, budget: float = math.inf):
+        self.budget, self.used, self.writes = budget, 0, []
+
+    def open(self, f, kind: str):
+        return _LimitedFile(f, self, kind)
+
+
+class _LimitedFile:
+    def __init__(self, f, disk: _Disk, kind: str):
+        self.f, self.disk, self.kind = f, disk, kind
+
+    def write(self, data):
+        disk = self.disk
+        disk.writes.append((disk.used, len(data), self.kind))
+        if disk.used + len(data) > disk.budget:
+            self.f.write(data[: int(disk.budget - disk.used)])
+            disk.used = disk.budget
+            raise OSError(errno.ENOSPC, "No space left on device")
+        disk.used += len(data)
+        return self.f.write(data)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+def _train_on(disk: _Disk, out: Path, monkeypatch, resume: bool = False) -> nn.Module:
+    """Train in this process, every file write of minift.train going through `disk`."""
+
+    class OsOnDisk:  # minift.safetensors' `os`, whose fdopen hands out limited files
+        def __getattr__(self, name):
+            return getattr(os, name)
+
+        @staticmethod
+        def fdopen(fd, *args, **kwargs):
+            return disk.open(os.fdopen(fd, *args, **kwargs), "atomic")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(safetensors_module, "os", OsOnDisk())
+        patch.setattr(train_module, "open", lambda *a, **k: disk.open(builtins.open(*a, **k), "log"),
+                      raising=False)  # fmt: skip
+        model = Tiny()
+        train(model, batches_of, run_config(out), evaluate=evaluate, resume=resume)
+    return model
+
+
+def test_a_full_disk_never_leaves_a_folder_that_does_not_load(tmp_path, monkeypatch):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        unlimited = _Disk()
+        full = _train_on(unlimited, tmp_path / "full", monkeypatch).state_dict()
+        # The disk fills in the middle of seeded writes: 8 atomic files (resume.pt, best/'s
+        # model), 5 log lines, and before the first byte.
+        rng = random.Random(23)
+        budgets = [0]
+        for kind, n in (("atomic", 8), ("log", 5)):
+            writes = [w for w in unlimited.writes if w[2] == kind and w[1] > 1]
+            for start, size, _ in rng.sample(writes, n):
+                budgets.append(start + rng.randrange(1, size))
+        outcomes = []
+        for i, budget in enumerate(budgets):
+            out = tmp_path / f"disk{i}"
+            try:
+                _train_on(_Disk(budget), out, monkeypatch)
+                outcomes.append("completed")
+            except OSError as error:
+                assert error.errno == errno.ENOSPC, error
+                outcomes.append("full")
+            names = {p.name for p in out.iterdir()}
+            assert names <= {"best", "log.jsonl", "resume.pt"}, names  # nothing half-written
+            for line in (out / "log.jsonl").read_text().splitlines():
+                json.loads(line)  # every line whole
+            if "best" in names:
+                assert sorted(p.name for p in (out / "best").iterdir()) == ["model.safetensors"]
+                Tiny().load_state_dict(read_safetensors(out / "best" / "model.safetensors"))
+            if "resume.pt" in names:
+                Tiny().load_state_dict(torch.load(out / "resume.pt", weights_only=True)["model"])
+            # What is left resumes (or restarts) into exactly the uninterrupted run.
+            model = _train_on(unlimited, out, monkeypatch, resume="resume.pt" in names)
+            assert all(torch.equal(full[key], model.state_dict()[key]) for key in full)
+        assert outcomes.count("full") == len(budgets), outcomes
+    finally:
+        torch.set_num_threads(threads)
