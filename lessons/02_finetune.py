@@ -24,7 +24,6 @@ import math
 import os
 import random
 import shutil
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -58,7 +57,11 @@ except NameError:  # opened as a notebook: the working directory is lessons/
     REPO = Path.cwd().resolve().parent
 DATA = Path(os.environ.get("MINIFT_DATA") or REPO.parent / "shared" / "data")
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-WORK = Path(tempfile.mkdtemp(prefix="minift_lesson02_"))  # run folder and saved model; removed
+# The lesson's files go to runs/lessons/02/ (git-ignored): emptied now, removed at the end; a run
+# that stops halfway leaves it there until the next run empties it.
+WORK = REPO / "runs" / "lessons" / "02"
+shutil.rmtree(WORK, ignore_errors=True)
+WORK.mkdir(parents=True)
 START = time.perf_counter()
 torch.set_printoptions(precision=4, sci_mode=False, linewidth=100)
 

@@ -25,7 +25,6 @@ import math
 import os
 import random
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -59,7 +58,11 @@ except NameError:  # opened as a notebook: the working directory is lessons/
     REPO = Path.cwd().resolve().parent
 DATA = Path(os.environ.get("MINIFT_DATA") or REPO.parent / "shared" / "data")
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-WORK = Path(tempfile.mkdtemp(prefix="minift_lesson03_"))  # the runs' folders; removed at the end
+# The lesson's files go to runs/lessons/03/ (git-ignored): emptied now, removed at the end; a run
+# that stops halfway leaves it there until the next run empties it.
+WORK = REPO / "runs" / "lessons" / "03"
+shutil.rmtree(WORK, ignore_errors=True)
+WORK.mkdir(parents=True)
 START = time.perf_counter()
 
 

@@ -22,7 +22,7 @@
 import json
 import os
 import random
-import tempfile
+import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -49,7 +49,11 @@ except NameError:  # opened as a notebook: the working directory is lessons/
     REPO = Path.cwd().resolve().parent
 DATA = Path(os.environ.get("MINIFT_DATA") or REPO.parent / "shared" / "data")
 START = time.perf_counter()
-WORK = Path(tempfile.mkdtemp(prefix="minift_lesson05_"))
+# The lesson's files go to runs/lessons/05/ (git-ignored): emptied now, removed at the end; a run
+# that stops halfway leaves it there until the next run empties it.
+WORK = REPO / "runs" / "lessons" / "05"
+shutil.rmtree(WORK, ignore_errors=True)
+WORK.mkdir(parents=True)
 
 
 def check(condition: bool, message: str) -> None:
@@ -357,6 +361,7 @@ print(format_table(rows, float_format=".2f"))
 # %%
 results = REPO / "benchmarks" / "results" / "domain_adaptation.md"
 print(results.read_text(encoding="utf-8") if results.is_file() else f"({results} not found)")
+shutil.rmtree(WORK)  # the adapted model, its classifier copy and the fine-tuned runs
 print(f"\nlesson ran in {time.perf_counter() - START:.1f} s")
 
 # %% [markdown]

@@ -37,7 +37,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -77,7 +76,11 @@ except NameError:  # opened as a notebook: the working directory is lessons/
     REPO = Path.cwd().resolve().parent
 DATA = Path(os.environ.get("MINIFT_DATA") or REPO.parent / "shared" / "data")
 os.environ["MINIFT_DATA"] = str(DATA)  # where `minift finetune --task` looks for the data
-WORK = Path(tempfile.mkdtemp(prefix="minift_lesson08_"))  # the runs' folders; removed at the end
+# The lesson's files go to runs/lessons/08/ (git-ignored): emptied now, removed at the end; a run
+# that stops halfway leaves it there until the next run empties it.
+WORK = REPO / "runs" / "lessons" / "08"
+shutil.rmtree(WORK, ignore_errors=True)
+WORK.mkdir(parents=True)
 START = time.perf_counter()
 
 

@@ -1,0 +1,231 @@
+"""The README says what a new user will see: its shell commands parse and name real files, and
+its main command, run on a small budget, prints the table and leaves the folder it describes.
+
+- Every fenced ```bash block of README.md and lessons/README.md parses with ``bash -n``, and
+  every path it names exists, or an earlier command of the same document creates it (``--out
+  DIR``, ``> FILE``, ``mkdir -p DIR``, ``jupytext --to notebook X.py`` -> ``X.ipynb``).
+  ``$MINIFT_DATA`` is expanded to the data folder the tests use; ``path/to/...`` is a
+  placeholder the reader fills in.
+- The README's ``minift finetune --task sst2 ...`` runs as written except for its budget (64
+  training sentences, a 64-sentence copy of the dev set through ``--data-dir``) and its
+  ``--out``; what it prints has the README's table header and its ``before`` / ``after`` rows,
+  and the output folder holds exactly the files of the README's output-folder table.
+"""
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DOCUMENTS = [REPO / "README.md", REPO / "lessons" / "README.md"]
+PLACEHOLDER = "path/to/"  # the reader's own checkpoint folder
+# A path: $MINIFT_DATA/..., an absolute path, or a relative one with at least one slash.
+PATH = re.compile(r"^(\$\{?MINIFT_DATA\}?|/?[\w.-]+)(/[\w.@-]+)+/?$")
+TIMEOUT_S = 300
+
+
+def _read(document: Path) -> str:
+    return document.read_text(encoding="utf-8")
+
+
+def bash_blocks(text: str) -> list[tuple[int, str]]:
+    """(line number of the opening fence, body) of every ```bash block."""
+    blocks, body, start = [], None, 0
+    for number, line in enumerate(text.splitlines(), start=1):
+        if body is None and line.strip() == "```bash":
+            body, start = [], number
+        elif body is not None and line.strip() == "```":
+            blocks.append((start, "\n".join(body)))
+            body = None
+        elif body is not None:
+            body.append(line)
+    assert body is None, f"a ```bash block opened at line {start} is never closed"
+    return blocks
+
+
+def commands(block: str) -> list[list[str]]:
+    """The simple commands of a block: continuation lines joined, comments dropped, split on
+    ``&&``, ``||``, ``;`` and ``|`` (redirections stay in the command as ``>`` tokens)."""
+    found = []
+    for line in block.replace("\\\n", " ").splitlines():
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True
+        lexer.commenters = "#"
+        lexer.wordchars += "$={}[]:+@,%"
+        current: list[str] = []
+        for token in lexer:
+            if token in ("&&", "||", ";", "|"):
+                found.append(current)
+                current = []
+            else:
+                current.append(token)
+        found.append(current)
+    return [c for c in found if c]
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("MINIFT_DATA") or REPO.parent / "shared" / "data")
+
+
+def _expand(token: str) -> Path:
+    expanded = re.sub(r"^\$\{?MINIFT_DATA\}?", str(data_dir()), token)
+    return Path(expanded) if os.path.isabs(expanded) else REPO / expanded
+
+
+def named_paths(command: list[str]) -> list[str]:
+    """The tokens of a command that name files or folders (an option's ``=value`` included)."""
+    found = []
+    for token in command:
+        value = token.split("=", 1)[1] if token.startswith("-") and "=" in token else token
+        if "=" in value and not value.startswith("$"):
+            continue  # a variable assignment (export NAME=value): the environment, not a file
+        if PATH.match(value) and "://" not in value and not value.startswith(PLACEHOLDER):
+            found.append(value)
+    return found
+
+
+def created_paths(command: list[str]) -> list[str]:
+    """What a command creates: --out DIR, > FILE, mkdir -p DIR, jupytext --to notebook X.py."""
+    created = []
+    for i, token in enumerate(command[:-1]):
+        if token in ("--out", ">", ">>"):
+            created.append(command[i + 1])
+    if command[:1] == ["mkdir"]:
+        created += [t for t in command[1:] if not t.startswith("-")]
+    if command[:3] == ["jupytext", "--to", "notebook"]:
+        created += [re.sub(r"\.py$", ".ipynb", t) for t in command[3:] if t.endswith(".py")]
+    return created
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=[str(d.relative_to(REPO)) for d in DOCUMENTS])
+def test_every_bash_block_parses(document: Path):
+    blocks = bash_blocks(_read(document))
+    assert blocks, f"{document.name}: no ```bash block found"
+    for line, block in blocks:
+        result = subprocess.run(["bash", "-n"], input=block, capture_output=True, text=True)
+        assert result.returncode == 0, (
+            f"{document.relative_to(REPO)}:{line}: the bash block does not parse:\n"
+            f"{result.stderr}\n{block}")
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=[str(d.relative_to(REPO)) for d in DOCUMENTS])
+def test_every_named_file_exists_or_is_made_first(document: Path):
+    created: list[Path] = []
+    missing = []
+    for line, block in bash_blocks(_read(document)):
+        for command in commands(block):
+            made = [_expand(p) for p in created_paths(command)]
+            for name in named_paths(command):
+                path = _expand(name)
+                if path in made:
+                    continue  # this command makes it
+                if not (path.exists() or any(_inside(path, c) for c in created)):
+                    missing.append(f"{document.relative_to(REPO)}:{line}: {name} "
+                                   f"(in: {shlex.join(command)})")
+            created += made
+    assert not missing, "files named in bash blocks that neither exist nor are made " \
+                        "by an earlier command:\n" + "\n".join(missing)
+
+
+def test_the_path_rules_see_paths():
+    """The rules above find what they must (a test of the test, so it can fail)."""
+    block = ("mkdir -p runs && sed 's/@[a-z]*$//' $MINIFT_DATA/x/y.txt > runs/d.txt\n"
+             "minift pretrain --text runs/d.txt --out runs/a \\\n    --model=path/to/ckpt  # c/d")
+    cmds = commands(block)
+    assert [c[0] for c in cmds] == ["mkdir", "sed", "minift"]
+    assert named_paths(cmds[1]) == ["$MINIFT_DATA/x/y.txt", "runs/d.txt"]
+    assert created_paths(cmds[1]) == ["runs/d.txt"]
+    assert named_paths(cmds[2]) == ["runs/d.txt", "runs/a"]
+    assert created_paths(cmds[2]) == ["runs/a"]
+
+
+# ---- the main command, run -------------------------------------------------------------------
+
+
+def readme_main_command() -> list[str]:
+    """The README's ``minift finetune --task sst2 ...`` (from its first bash block)."""
+    for _, block in bash_blocks(_read(REPO / "README.md")):
+        for command in commands(block):
+            if command[:4] == ["minift", "finetune", "--task", "sst2"]:
+                return command
+    raise AssertionError("README.md: no bash block runs `minift finetune --task sst2 ...`")
+
+
+def readme_table() -> tuple[list[str], list[str]]:
+    """The header cells and the row names of the README's example table."""
+    text = _read(REPO / "README.md")
+    match = re.search(r"```\n(\|.*?)```", text, re.S)
+    assert match, "README.md: no example table (a ``` block of | rows) found"
+    rows = [line for line in match.group(1).splitlines() if line.startswith("|")]
+    return _cells(rows[0]), [_cells(row)[0] for row in rows[2:]]
+
+
+def readme_output_files() -> set[str]:
+    """The files of the README's output-folder table (first column, `name`)."""
+    text = _read(REPO / "README.md")
+    match = re.search(r"^## The output folder\n(.*?)(?=^## )", text, re.S | re.M)
+    assert match, "README.md: no '## The output folder' section found"
+    names = re.findall(r"^\| `([^`]+)` \|", match.group(1), re.M)
+    assert names, "README.md: the output-folder section has no table of `file` rows"
+    return set(names)
+
+
+def _cells(row: str) -> list[str]:
+    return [cell.strip() for cell in row.strip().strip("|").split("|")]
+
+
+def _with(command: list[str], option: str, value: str) -> list[str]:
+    """``command`` with ``option``'s value replaced (or the option added)."""
+    if option in command:
+        i = command.index(option)
+        return command[:i + 1] + [value] + command[i + 2:]
+    return command + [option, value]
+
+
+def test_readme_main_command_prints_its_table_and_leaves_its_folder(tmp_path, data_dir):
+    command = readme_main_command()
+    assert "--out" in command and "--limit-train" in command, shlex.join(command)
+    # A small budget: 64 training sentences (2 steps) and the first 64 dev sentences.
+    small_data = tmp_path / "data"
+    (small_data / "sst2").mkdir(parents=True)
+    (small_data / "sst2" / "train.tsv").symlink_to(data_dir / "sst2" / "train.tsv")
+    dev_lines = (data_dir / "sst2" / "dev.tsv").read_text(encoding="utf-8").splitlines(True)
+    (small_data / "sst2" / "dev.tsv").write_text("".join(dev_lines[:65]), encoding="utf-8")
+    out = tmp_path / "sst2"
+    command = _with(command, "--limit-train", "64")
+    command = _with(_with(command, "--out", str(out)), "--data-dir", str(small_data))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO),
+                                                                     os.environ.get("PYTHONPATH")])))
+    result = subprocess.run([sys.executable, "-m", "minift", *command[1:], "--no-progress"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=TIMEOUT_S)
+    assert result.returncode == 0, f"{shlex.join(command)} failed:\n{result.stderr[-4000:]}"
+
+    # What it prints: the README's header row, then its rows, each with a number per column.
+    header, names = readme_table()
+    lines = [line for line in result.stdout.splitlines() if line.startswith("|")]
+    assert lines and _cells(lines[0]) == header, (
+        f"the command's table header {lines[:1]} is not the README's {header}\n{result.stdout}")
+    printed = [_cells(line) for line in lines[2:]]
+    assert [row[0] for row in printed] == names, (
+        f"the command's rows {[row[0] for row in printed]} are not the README's {names}")
+    for row in printed:
+        assert len(row) == len(header) and all(re.fullmatch(r"\d\.\d{4}", c) for c in row[1:]), \
+            f"row {row} is not {len(header) - 1} numbers with 4 decimals, as in the README"
+
+    # What it leaves: exactly the README's files (so no resume.pt, run/ or best/).
+    left = {path.name for path in out.iterdir()}
+    documented = readme_output_files()
+    assert left == documented, (
+        f"{out} holds {sorted(left)}; the README's output-folder table lists "
+        f"{sorted(documented)} (left but not documented: {sorted(left - documented)}; "
+        f"documented but not left: {sorted(documented - left)})")
