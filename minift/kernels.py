@@ -66,11 +66,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """``F.linear(x, weight, bias)``: x @ weight.T + bias, through oneDNN where that applies.
 
     PyTorch's CPU build ships two matrix libraries: MKL, which ``F.linear`` and ``torch.mm``
-    call for float32, and oneDNN, which they call for bf16. On some CPUs (AMD ones among them)
-    MKL's float32 kernels run well below oneDNN's; on others the two are level. So float32
-    products on a CPU go through ``onednn_linear``, the same arithmetic in another library
-    (fp32 both; they agree to rounding, and tests hold them together), and ``speed_up`` swaps
-    this in only where ``onednn_is_faster`` measured it faster. Everything else (GPU, bf16,
+    call for float32, and oneDNN, which they call for bf16. On some CPUs MKL's float32 kernels
+    run well below oneDNN's; on others the two are level. So float32 products on a CPU go
+    through ``onednn_linear``, the same arithmetic in another library (fp32 both; they agree to
+    rounding, and tests hold them together), and ``speed_up`` swaps this in only where
+    ``onednn_is_faster`` measured it faster. Everything else (GPU, bf16,
     autocast, a CPU other than x86-64, a build without oneDNN or with
     ``torch.backends.mkldnn.enabled`` off) takes ``F.linear``.
     """
