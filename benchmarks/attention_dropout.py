@@ -16,14 +16,17 @@ with a mask (what transformers runs). fp32: minift attends in float32 under bf16
 from __future__ import annotations
 
 import argparse
+import math
 
 import torch
 import torch.nn.functional as F
 from speed_common import interleaved, machine, real_batches, write_report
 
+from minift import kernels
 from minift.checkpoint import resolve_model_dir
 from minift.metrics import format_table
-from minift.model import Unpadding, additive_mask, attention, varlen_attention
+from minift.model import additive_mask
+from minift.padding import Unpadding, varlen_attention
 from minift.tokenizer import Tokenizer
 
 HEADS, HEAD_DIM, P = 12, 32, 0.1
@@ -35,11 +38,13 @@ def minift_node(q, k, v, unpadding, mask):
 
 
 def autograd_per_sequence(q, k, v, unpadding, mask):
-    """The plain formula on each sequence alone, autograd recording every step."""
+    """The plain formula (``model.attention``) on each sequence alone, autograd recording every
+    step; its mask drawn by ``kernels.dropout``, as minift's node draws it."""
     outputs, lengths = [], unpadding.lengths
     for qi, ki, vi in zip(q.split(lengths), k.split(lengths), v.split(lengths), strict=True):
-        qi, ki, vi = (t.transpose(0, 1)[None] for t in (qi, ki, vi))  # (1, heads, len, d)
-        outputs.append(attention(qi, ki, vi, dropout_p=P)[0].transpose(0, 1))
+        qi, ki, vi = (t.transpose(0, 1) for t in (qi, ki, vi))  # (heads, len, d)
+        probs = (qi @ ki.transpose(-2, -1) / math.sqrt(HEAD_DIM)).softmax(dim=-1)
+        outputs.append((kernels.dropout(probs, P) @ vi).transpose(0, 1))
     return torch.cat(outputs)
 
 

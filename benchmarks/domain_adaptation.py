@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from minift.checkpoint import load_bert, resolve_model_dir
+from minift.checkpoint import load_bert, resolve_model_dir, save_bert
 from minift.metrics import format_table
 from minift.recipes import finetune, pretrain
 from minift.tokenizer import Tokenizer
@@ -102,7 +102,7 @@ def with_pooler(adapted: Path, pooler_from: str, out: Path) -> Path:
     )
     if unexpected or any(not key.startswith("pooler.") for key in missing):
         raise RuntimeError(f"unexpected encoder keys: missing {missing}, unexpected {unexpected}")
-    encoder.save_pretrained(out)
+    save_bert(encoder, out)
     Tokenizer.from_pretrained(adapted).save_pretrained(out)
     return out
 

@@ -57,7 +57,7 @@ from speed_common import (
 )
 from train_step import with_labels
 
-import minift.model
+from minift import kernels
 from minift.checkpoint import resolve_model_dir
 from minift.heads import SequenceClassifier
 from minift.metrics import format_table
@@ -138,7 +138,7 @@ def matmul_peak(
     gen = torch.Generator(device=device).manual_seed(0)
     libraries = {"torch.mm": torch.mm}
     if device.type == "cpu" and dtype == torch.float32:
-        libraries["oneDNN"] = lambda a, b: minift.model.onednn_linear(a, b.t())
+        libraries["oneDNN"] = lambda a, b: kernels.onednn_linear(a, b.t())
     for n in sizes:
         a = torch.randn(n, n, device=device, generator=gen).to(dtype)
         b = torch.randn(n, n, device=device, generator=gen).to(dtype)

@@ -6,7 +6,7 @@ bf16) once instead of three times, and the backward's input gradient is one matm
 three plus two additions. Fast BERTs (MosaicBERT, ModernBERT) fuse them. Does it pay off here?
 minift keeps three linear layers named as in the checkpoint; "minift, fused QKV" computes the same
 q, k, v from ``torch.cat`` of the three weights (``fused_project`` below swapped in for
-``SelfAttention.project``), on the unpadded path, inference and training step, fp32 and bf16,
+``FastSelfAttention.project``), on the unpadded path, inference and training step, fp32 and bf16,
 same weights and batches, interleaved. transformers is not in this question: both columns are
 minift.
 
@@ -32,14 +32,15 @@ from train_step import with_labels
 
 from minift.checkpoint import resolve_model_dir
 from minift.heads import SequenceClassifier
+from minift.kernels import linear
 from minift.metrics import format_table
-from minift.model import SelfAttention, linear
 from minift.optim import make_optimizer
+from minift.padding import FastSelfAttention
 from minift.tokenizer import Tokenizer
 
 
-def fused_project(self: SelfAttention, x: torch.Tensor):
-    """``SelfAttention.project`` as one matmul: (tokens, hidden) -> q, k, v, each
+def fused_project(self: FastSelfAttention, x: torch.Tensor):
+    """``FastSelfAttention.project`` as one matmul: (tokens, hidden) -> q, k, v, each
     (tokens, heads, head_dim)."""
     weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])  # (3 h, h)
     bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
@@ -48,12 +49,12 @@ def fused_project(self: SelfAttention, x: torch.Tensor):
 
 def with_fused_qkv(fn):
     def run():
-        own = SelfAttention.project
-        SelfAttention.project = fused_project
+        own = FastSelfAttention.project
+        FastSelfAttention.project = fused_project
         try:
             fn()
         finally:
-            SelfAttention.project = own
+            FastSelfAttention.project = own
     return run
 
 

@@ -6,7 +6,8 @@ Implementations: minift as it runs by default (see ``unpads_by_default``: unpadd
 GPU padded for small batches, unpadded for large ones), minift forced onto the padded path
 (``unpad=False``) and, on a GPU, onto the unpadded one (``unpad=True``); on a CPU also minift
 with ``F.linear`` (MKL) in its linear layers instead of oneDNN ("minift, F.linear": what the
-choice of matrix library buys, see ``minift.model.linear``); transformers with SDPA attention
+choice of matrix library buys, see ``minift.kernels.linear``; where speed_up's one-time timing
+chose ``F.linear`` already, the two columns run the same code); transformers with SDPA attention
 and with eager attention. Throughput counts real tokens only, so padding is work that earns
 nothing. The page faults per round (median, thousands) count
 memory the system handed out fresh and zeroed on first touch: allocation cost beyond arithmetic.
@@ -61,7 +62,7 @@ def main() -> None:
         "MRPC pairs (real)": real_batches(tokenizer, "mrpc", bs, n),
     }
     runs_of = {"minift": dict(), "minift padded": dict(unpad=False)}
-    if device.type == "cpu":  # F.linear: MKL in place of oneDNN (see minift.model.linear)
+    if device.type == "cpu":  # F.linear: MKL in place of oneDNN (see minift.kernels.linear)
         runs_of["minift, F.linear"] = dict()
     else:  # on a CPU the default is the unpadded path
         runs_of["minift unpadded"] = dict(unpad=True)
@@ -77,7 +78,8 @@ def main() -> None:
 
         def run(name, batches=batches):
             def fn():
-                library = f_linear() if name == "minift, F.linear" else contextlib.nullcontext()
+                library = (f_linear(model_of[name]) if name == "minift, F.linear"
+                           else contextlib.nullcontext())
                 with torch.inference_mode(), autocast, library:
                     for b in batches:
                         call(name, model_of[name], b, **runs_of.get(name, {}))

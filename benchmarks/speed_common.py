@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 import transformers
 
-import minift.model
-from minift.checkpoint import resolve_model_dir
-from minift.model import BertModel
+from minift import kernels
+from minift.checkpoint import load_bert, resolve_model_dir
+from minift.padding import FastBertModel, speed_up
 from minift.tokenizer import Tokenizer
 
 try:
@@ -54,7 +54,9 @@ def machine(device: torch.device) -> dict:
     info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "transformers": transformers.__version__,
-            "device": str(device)}
+            "device": str(device),
+            # speed_up's one-time timing: whether minift's linear layers run through oneDNN here
+            "onednn_linear": device.type == "cpu" and kernels.onednn_is_faster()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
@@ -63,22 +65,26 @@ def machine(device: torch.device) -> dict:
 def load_models(device: torch.device, dtype: torch.dtype = torch.float32) -> dict[str, object]:
     """The published MiniLM in minift and in transformers (SDPA and eager attention)."""
     folder = resolve_model_dir("minilm")
-    ours = BertModel.from_pretrained(folder).to(device, dtype).eval()
+    ours = load_bert(folder).to(device, dtype).eval()
     ref = {attn: transformers.BertModel.from_pretrained(folder, attn_implementation=attn)
            .to(device, dtype).eval() for attn in ("sdpa", "eager")}
     return {"minift": ours, "hf_sdpa": ref["sdpa"], "hf_eager": ref["eager"]}
 
 
 @contextlib.contextmanager
-def f_linear():
-    """minift with ``F.linear`` (MKL on a CPU) in its linear layers instead of oneDNN (see
-    ``minift.model.linear``): what the choice of matrix library buys, apart from the rest."""
-    own = minift.model.ONEDNN_LINEAR
-    minift.model.ONEDNN_LINEAR = False
+def f_linear(model: torch.nn.Module):
+    """``model`` (fast, from ``load_bert`` or a head's ``from_pretrained``) with ``F.linear``
+    (MKL on a CPU) in its linear layers, through ``speed_up(model, onednn=False)``; its own
+    choice (see ``minift.kernels.linear``) is put back after. Where the one-time timing already
+    chose ``F.linear``, this changes nothing."""
+    onednn = any(type(m) is kernels.Linear for m in model.modules())
+    encoder = next(m for m in model.modules() if isinstance(m, FastBertModel))
+    options = dict(unpad=encoder.unpad, per_sequence=encoder.per_sequence_attention)
+    speed_up(model, onednn=False, **options)
     try:
         yield
     finally:
-        minift.model.ONEDNN_LINEAR = own
+        speed_up(model, onednn=onednn, **options)
 
 
 def call(name: str, model, batch: dict, **kwargs):

@@ -7,8 +7,8 @@ without padding, and unsorted SST-2 / MRPC batches with their real padding); tra
 ``BertForSequenceClassification`` with SDPA attention. On a CPU, "minift, F.dropout" is minift with
 torch's own dropout masks in place of minift's (see benchmarks/dropout.py), and "minift,
 F.linear" minift with ``F.linear`` (MKL) in its linear layers in place of oneDNN (see
-``minift.model.linear``): what each of those changes buys. On a GPU, where minift already uses torch's dropout and runs padded batches padded (see
-``BertModel``), that column is "minift unpadded" instead: the unpadded path forced on.
+``minift.kernels.linear``): what each of those changes buys. On a GPU, where minift already uses torch's dropout and runs small padded batches padded
+(see ``minift.padding.unpads_by_default``), that column is "minift unpadded" instead: the unpadded path forced on.
 
     python benchmarks/train_step.py            # a few minutes on 2 CPU cores
     python benchmarks/train_step.py --quick
@@ -33,7 +33,7 @@ from speed_common import (
     write_report,
 )
 
-import minift.model
+from minift import kernels
 from minift.checkpoint import resolve_model_dir
 from minift.heads import SequenceClassifier
 from minift.metrics import format_table
@@ -53,13 +53,13 @@ def with_torch_dropout(fn):
     mask in place of ``keep_mask`` (attention probabilities): what minift's own masks buy in a
     whole step."""
     def run():
-        own = minift.model.dropout, minift.model.keep_mask
-        minift.model.dropout = F.dropout
-        minift.model.keep_mask = bernoulli_keep_mask
+        own = kernels.dropout, kernels.keep_mask
+        kernels.dropout = F.dropout
+        kernels.keep_mask = bernoulli_keep_mask
         try:
             fn()
         finally:
-            minift.model.dropout, minift.model.keep_mask = own
+            kernels.dropout, kernels.keep_mask = own
     return run
 
 
@@ -68,10 +68,10 @@ def bernoulli_keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
     return torch.empty_like(x).bernoulli_(1.0 - p).bool()
 
 
-def with_f_linear(fn):
-    """``fn`` with ``F.linear`` (MKL on a CPU) in minift's linear layers instead of oneDNN."""
+def with_f_linear(fn, model):
+    """``fn`` with ``F.linear`` (MKL on a CPU) in ``model``'s linear layers instead of oneDNN."""
     def run():
-        with f_linear():
+        with f_linear(model):
             fn()
     return run
 
@@ -79,11 +79,11 @@ def with_f_linear(fn):
 def unpadded(fn, model):
     """``fn`` with ``model``'s encoder forced onto the unpadded path."""
     def run():
-        model.bert.unpad = True
+        own, model.bert.unpad = model.bert.unpad, True
         try:
             fn()
         finally:
-            model.bert.unpad = None
+            model.bert.unpad = own
     return run
 
 
@@ -136,7 +136,7 @@ def main() -> None:
                 if name == "minift, F.dropout":
                     return with_torch_dropout(fn)
                 if name == "minift, F.linear":
-                    return with_f_linear(fn)
+                    return with_f_linear(fn, ours)
                 return unpadded(fn, ours) if name == "minift unpadded" else fn
 
             timings = interleaved({name: step_fn(name) for name in models}, device, rounds)

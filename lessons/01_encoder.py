@@ -11,13 +11,15 @@
 # the real weights and compare the outputs with the reference, number for number.
 #
 # This lesson opens the all-MiniLM-L6-v2 checkpoint by hand, tokenizes real SST-2 sentences, and
-# runs them through `minift.model.BertModel` one module at a time: embeddings, each encoder block,
-# the pooler. It then holds the result against `transformers.BertModel` and
+# reads `minift/model.py` piece by piece, in the file's own order (configuration, attention,
+# embeddings, self-attention, feed-forward, block, pooler, model), running each piece on the batch
+# as it goes. It then holds the result against `transformers.BertModel` and
 # `sentence_transformers.SentenceTransformer` on the same sentences, and ends with a small
 # nearest-neighbour search that shows what the sentence embeddings are good for before any
 # fine-tuning.
 
 # %%
+import inspect
 import json
 import os
 import struct
@@ -27,9 +29,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from minift import model as model_py
+from minift import padding
 from minift.checkpoint import IGNORED_KEYS, KEY_MAP, load_bert, resolve_model_dir
 from minift.data import read_examples
-from minift.model import Unpadding, additive_mask, attention
+from minift.model import additive_mask, attention
 from minift.safetensors import DTYPES
 from minift.sentence import encode, mean_pooling
 from minift.tokenizer import Tokenizer
@@ -52,6 +56,17 @@ def check(condition: bool, message: str) -> None:
     """Stop the lesson when a claim it makes does not hold (CI runs every lesson)."""
     if not condition:
         raise RuntimeError(message)
+
+
+SHOWN = []  # the first line in model.py of each piece shown, to check the reading order
+
+
+def show(piece) -> None:
+    """Print a piece of minift/model.py as it stands in the file, with its line numbers."""
+    lines, first = inspect.getsourcelines(piece)
+    SHOWN.append(first)
+    print(f"--- {Path(inspect.getsourcefile(piece)).name}, lines {first}-{first + len(lines) - 1}")
+    print("".join(lines).rstrip())
 
 
 print(f"quick mode: {MINIFT_QUICK}; data: {DATA}")
@@ -90,8 +105,12 @@ for name, entry in by_offset[:6]:
 # table does not know is an error, listed by name, never skipped. Buffers that older
 # transformers versions saved beside the weights (`IGNORED_KEYS`) are known and dropped.
 
+# `load_bert(folder, fast=False)` builds the textbook model of `model.py` and loads the weights
+# into it; without `fast=False` it also swaps in the fast modules of `padding.py` (the end of this
+# lesson). Everything until then runs on the textbook model.
+
 # %%
-model = load_bert(model_dir).eval()
+model = load_bert(model_dir, fast=False)
 tokenizer = Tokenizer.from_pretrained(model_dir)
 print(model.config)
 for hf_name, our_name in list(KEY_MAP.items())[3:12]:
@@ -147,83 +166,46 @@ for row, text in enumerate(batch_texts):
 print(f"\ninput_ids, attention_mask, token_type_ids: {tuple(enc.input_ids.shape)} each")
 
 # %% [markdown]
-# ## The forward pass, one module at a time
+# ## model.py, piece by piece
 #
-# `BertModel.forward` is, at heart, four steps: embeddings, an additive mask, the blocks, the
-# pooler. Here they are called one by one on the model's own modules, with the shape after each.
-#
-# The embeddings add a word vector, a position vector and a token-type vector for each token, then
-# apply LayerNorm. The 0/1 attention mask becomes an additive mask of shape
-# `(batch, 1, 1, seq)`: 0 where a key may be attended, the most negative float where it may not,
-# so softmax gives padding a weight of exactly zero. The pooler reads the first row, `[CLS]`.
+# The file reads top to bottom, small pieces first. After the configuration (`BertConfig`, the
+# dataclass printed above, with the checks that refuse what minift does not implement) comes
+# attention as a pure function: `softmax(q k^T / sqrt(d) + mask) v`, with dropout on the
+# probabilities in training. The mask is additive: the 0/1 attention mask becomes
+# `(batch, 1, 1, seq)`, 0 where a key may be attended and the most negative float where it may
+# not, so softmax gives padding a weight of exactly zero.
 
 # %%
+show(attention)
+show(additive_mask)
 ids, mask, types = enc.input_ids, enc.attention_mask, enc.token_type_ids
 batch, seq = ids.shape
+extended = additive_mask(mask, torch.float32)
+print(f"additive mask {tuple(extended.shape)}  (batch, 1, 1, seq); row 1: {extended[1, 0, 0]}")
+
+# %% [markdown]
+# The embeddings add a word vector, a position vector and a token-type vector for each token,
+# then apply LayerNorm (and dropout, which does nothing in eval mode).
+
+# %%
+show(model_py.Embeddings)
 positions = torch.arange(seq).expand(batch, seq)  # (batch, seq): 0, 1, 2, ... on every row
 with torch.no_grad():
     x = x_emb = model.embeddings(ids, types, positions)
-    print(f"embeddings          {tuple(x.shape)}  (batch, seq, hidden)")
-    extended = additive_mask(mask, x.dtype)
-    print(f"additive mask       {tuple(extended.shape)}  (batch, 1, 1, seq)")
-    for i, block in enumerate(model.layers):
-        x = block(x, extended)
-        print(f"after block {i}       {tuple(x.shape)}")
-    pooled = model.pooler(x)
-    print(f"pooler ([CLS] row)  {tuple(pooled.shape)}  (batch, hidden)")
-
-    out = model(ids, mask, types, unpad=False)
-hidden_diff = (out.last_hidden_state - x).abs().max().item()
-pooled_diff = (out.pooler_output - pooled).abs().max().item()
-print(
-    f"step by step vs model(..., unpad=False): max abs difference {hidden_diff:.1e} "
-    f"(hidden states), {pooled_diff:.1e} (pooler)"
-)
-check(hidden_diff == 0.0 and pooled_diff == 0.0, "the step-by-step pass differs from model()")
+print(f"embeddings {tuple(x.shape)}  (batch, seq, hidden)")
 
 # %% [markdown]
-# By default `model(...)` takes a faster road to the same numbers: it drops the pad tokens right
-# after the embeddings (`Unpadding`), so LayerNorm, the projections and the feed-forward layers
-# run on the real tokens alone, packed as `(tokens, hidden)`; attention, the one step that must
-# know which token belongs to which sentence, runs on each sentence's own tokens
-# (`varlen_attention`; on a GPU it re-pads for itself instead), and the output is re-padded once
-# at the end. Same modules, same weights; at the real positions the result agrees with the
-# padded walk above up to float rounding.
+# Self-attention projects each token to a query, a key and a value, splits them into heads,
+# attends, and joins the heads again. The model calls PyTorch's fused
+# `F.scaled_dot_product_attention` (SDPA); the plain `attention` above is the reference it must
+# equal. Here are both, on the real queries, keys and values of block 0.
 
 # %%
-unpadding = Unpadding.from_mask(mask)
-with torch.no_grad():
-    y = model.embeddings(unpadding.unpad(ids), unpadding.unpad(types), unpadding.unpad(positions))
-    print(f"unpadded embeddings {tuple(y.shape)}  (tokens, hidden) instead of {batch} x {seq}")
-    for block in model.layers:
-        y = block(y, extended, unpadding)
-    y = unpadding.pad(y)  # (batch, seq, hidden), zeros at the padding
-    fast = model(ids, mask, types)
-real = mask.bool()
-walk_diff = (fast.last_hidden_state - y).abs().max().item()
-paths_diff = (fast.last_hidden_state - x)[real].abs().max().item()
-print(f"unpadded walk vs model(...): max abs difference {walk_diff:.1e}")
-print(f"model(...) vs model(..., unpad=False) at real tokens: max abs difference {paths_diff:.1e}")
-check(walk_diff == 0.0 and paths_diff < 1e-5, "the unpadded and padded paths disagree")
-
-# %% [markdown]
-# Inside one block: self-attention, a residual and LayerNorm, then the feed-forward layer, a
-# residual and LayerNorm (BERT normalises after the residual, "post-LN"). The attention math
-# lives in one pure function, `attention(q, k, v, mask)`: `softmax(q k^T / sqrt(d) + mask) v`.
-# The model itself calls PyTorch's fused `F.scaled_dot_product_attention` (SDPA); the plain form
-# is kept as the reference it must equal. Here are both, on the real queries, keys and values of
-# block 0.
-
-# %%
+show(model_py.SelfAttention)
 block = model.layers[0]
 att = block.attention
 with torch.no_grad():
-    x0 = x_emb
-    q, k, v = (
-        att.split_heads(att.query(x0)),
-        att.split_heads(att.key(x0)),
-        att.split_heads(att.value(x0)),
-    )
+    q, k, v = (att.split_heads(proj(x_emb)) for proj in (att.query, att.key, att.value))
     print(f"q, k, v: {tuple(q.shape)} each  (batch, heads, seq, head_dim)")
     plain = attention(q, k, v, extended)
     fused = F.scaled_dot_product_attention(q, k, v, attn_mask=extended)
@@ -241,12 +223,77 @@ with torch.no_grad():
         f"queries): {pad_weight}"
     )
 
-    # The block, by its parts: attention sublayer, then feed-forward sublayer.
-    heads_joined = fused.transpose(1, 2).reshape(x0.shape)  # (batch, seq, hidden)
-    parts = block.attention_norm(x0 + att.out(heads_joined))
+# %% [markdown]
+# The feed-forward layer widens each token to the intermediate size (4x hidden), applies the exact
+# GELU, and narrows it back. A block puts the two sublayers together, each followed by a residual
+# and LayerNorm (BERT normalises after the residual, "post-LN").
+
+# %%
+show(model_py.FeedForward)
+show(model_py.Block)
+with torch.no_grad():
+    heads_joined = fused.transpose(1, 2).reshape(x_emb.shape)  # (batch, seq, hidden)
+    parts = block.attention_norm(x_emb + att.out(heads_joined))
     parts = block.ffn_norm(parts + block.ffn(parts))
-    block_diff = (parts - block(x0, extended)).abs().max().item()
-    print(f"block 0 by its parts vs block 0: max abs difference {block_diff:.1e}")
+    block_diff = (parts - block(x_emb, extended)).abs().max().item()
+print(f"block 0 by its parts vs block 0: max abs difference {block_diff:.1e}")
+
+# %% [markdown]
+# The pooler reads the first row, `[CLS]`. The model stacks it all: embeddings, the blocks, the
+# pooler. Its `forward` is the walk below, one module at a time.
+
+# %%
+show(model_py.Pooler)
+show(model_py.BertModel.forward)
+with torch.no_grad():
+    for i, layer in enumerate(model.layers):
+        x = layer(x, extended)
+        print(f"after block {i}       {tuple(x.shape)}")
+    pooled = model.pooler(x)
+    print(f"pooler ([CLS] row)  {tuple(pooled.shape)}  (batch, hidden)")
+    out = model(ids, mask, types)
+hidden_diff = (out.last_hidden_state - x).abs().max().item()
+pooled_diff = (out.pooler_output - pooled).abs().max().item()
+print(
+    f"step by step vs model(...): max abs difference {hidden_diff:.1e} "
+    f"(hidden states), {pooled_diff:.1e} (pooler)"
+)
+check(hidden_diff == 0.0 and pooled_diff == 0.0, "the step-by-step pass differs from model()")
+check(SHOWN == sorted(SHOWN), "the pieces were not shown in the file's order")
+
+# %% [markdown]
+# ## The same numbers, faster
+#
+# Beside the textbook sits the speed, in its own files, entering a built model through one
+# function, `padding.speed_up`: it turns each textbook module into a faster subclass holding the
+# same parameters. The fast model drops the pad tokens right after the embeddings
+# (`padding.Unpadding`), so LayerNorm, the projections and the feed-forward layers run on the real
+# tokens alone, packed as `(tokens, hidden)`; attention, the one step that must know which token
+# belongs to which sentence, runs on each sentence's own tokens (`varlen_attention`; on a GPU it
+# re-pads for itself instead), and the output is re-padded once at the end. `kernels.py` adds a
+# CPU matrix library where a timing says it is faster here. `load_bert` does all this unless told
+# `fast=False`.
+
+# %%
+show(padding.speed_up)
+fast_model = load_bert(model_dir)
+print(f"{type(model).__name__} -> {type(fast_model).__name__}, "
+      f"{type(model.layers[0]).__name__} -> {type(fast_model.layers[0]).__name__}")
+unpadding = padding.Unpadding.from_mask(mask)
+with torch.no_grad():
+    y = fast_model.embeddings(unpadding.unpad(ids), unpadding.unpad(types),
+                              unpadding.unpad(positions))
+    print(f"unpadded embeddings {tuple(y.shape)}  (tokens, hidden) instead of {batch} x {seq}")
+    for layer in fast_model.layers:
+        y = layer(y, extended, unpadding)
+    y = unpadding.pad(y)  # (batch, seq, hidden), zeros at the padding
+    fast = fast_model(ids, mask, types)
+real = mask.bool()
+walk_diff = (fast.last_hidden_state - y).abs().max().item()
+paths_diff = (fast.last_hidden_state - x)[real].abs().max().item()
+print(f"unpadded walk vs fast model(...): max abs difference {walk_diff:.1e}")
+print(f"fast vs textbook at real tokens: max abs difference {paths_diff:.1e}")
+check(walk_diff == 0.0 and paths_diff < 1e-5, "the fast and the textbook model disagree")
 
 # %% [markdown]
 # BERT's pooler, `tanh(dense([CLS]))`, was trained for next-sentence prediction, and
@@ -282,26 +329,24 @@ transformers.utils.logging.disable_progress_bar()
 
 compare = sentences[:NUM_COMPARE]
 reference = transformers.BertModel.from_pretrained(model_dir).eval()
-worst_hidden = worst_pooled = 0.0
-with torch.no_grad():
-    for start in range(0, len(compare), 50):
-        b = tokenizer(compare[start : start + 50])
-        ours = model(b.input_ids, b.attention_mask, b.token_type_ids)
-        ref = reference(
-            input_ids=b.input_ids, attention_mask=b.attention_mask, token_type_ids=b.token_type_ids
-        )
-        real = b.attention_mask.bool()  # padding positions are never used: compare real tokens
-        worst_hidden = max(
-            worst_hidden, (ours.last_hidden_state - ref.last_hidden_state)[real].abs().max().item()
-        )
-        worst_pooled = max(
-            worst_pooled, (ours.pooler_output - ref.pooler_output).abs().max().item()
-        )
-print(
-    f"minift vs transformers.BertModel on {len(compare)} SST-2 sentences: max abs difference "
-    f"{worst_hidden:.1e} (hidden states), {worst_pooled:.1e} (pooler)"
-)
-check(max(worst_hidden, worst_pooled) < 1e-4, "minift and transformers disagree")
+for name, ours_model in (("textbook", model), ("fast", fast_model)):
+    worst_hidden = worst_pooled = 0.0
+    with torch.no_grad():
+        for start in range(0, len(compare), 50):
+            b = tokenizer(compare[start : start + 50])
+            ours = ours_model(b.input_ids, b.attention_mask, b.token_type_ids)
+            ref = reference(input_ids=b.input_ids, attention_mask=b.attention_mask,
+                            token_type_ids=b.token_type_ids)
+            real = b.attention_mask.bool()  # padding positions are never used: real tokens only
+            worst_hidden = max(worst_hidden, (ours.last_hidden_state - ref.last_hidden_state)
+                               [real].abs().max().item())
+            worst_pooled = max(worst_pooled,
+                               (ours.pooler_output - ref.pooler_output).abs().max().item())
+    print(
+        f"minift ({name}) vs transformers.BertModel on {len(compare)} SST-2 sentences: max abs "
+        f"difference {worst_hidden:.1e} (hidden states), {worst_pooled:.1e} (pooler)"
+    )
+    check(max(worst_hidden, worst_pooled) < 1e-4, f"minift ({name}) and transformers disagree")
 
 st_model = SentenceTransformer(str(model_dir), device="cpu")
 theirs = torch.as_tensor(st_model.encode(compare, batch_size=32, convert_to_numpy=True))
@@ -355,7 +400,7 @@ print(f"\nlesson ran in {time.perf_counter() - START:.1f} s")
 # - Set `eps = 1e-5` (torch's default) on every `torch.nn.LayerNorm` in `model.modules()` and
 #   rerun the comparison with transformers: watch the difference jump by orders of magnitude.
 # - Replace `F.gelu(x)` by `F.gelu(x, approximate="tanh")` in `FeedForward` and compare again.
-# - Drop the additive mask in the step-by-step pass (`block(x, None)`) and see which sentence's
+# - Drop the additive mask in the step-by-step pass (`layer(x, None)`) and see which sentence's
 #   hidden states change, and which do not.
 # - Swap mean pooling for the `[CLS]` hidden state or the pooler output in the similarity search;
 #   compare the k-NN accuracy printed above.

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from minift.checkpoint import load_bert, resolve_model_dir
+from minift.checkpoint import load_bert, resolve_model_dir, save_bert
 from minift.heads import MaskedLM
 from minift.metrics import format_table
 from minift.mlm_data import MaskedBatches, MaskingCollator, TextSequences
@@ -316,7 +316,7 @@ missing, _ = encoder.load_state_dict(
     load_bert(WORK / "adapted", add_pooling_layer=False).state_dict(), strict=False
 )
 check(all(key.startswith("pooler.") for key in missing), f"unexpected missing keys {missing}")
-encoder.save_pretrained(WORK / "adapted_cls")
+save_bert(encoder, WORK / "adapted_cls")
 tokenizer.save_pretrained(WORK / "adapted_cls")
 for name, part in (("train", train_pairs), ("dev", dev_pairs)):
     (WORK / f"{name}.jsonl").write_text(

@@ -12,7 +12,7 @@
 #
 # This lesson measures the padding of real batches of SST-2 (single sentences), CoNLL-2003 (NER
 # sentences) and MRPC (sentence pairs), in random order and grouped by length; shows what
-# `minift.model.Unpadding` does about it; turns the padding into a ceiling on the speed-up that
+# `minift.padding.Unpadding` does about it; turns the padding into a ceiling on the speed-up that
 # unpadding can give, per dataset (and asks whether MRPC allows the 1.5x the speed issue hopes
 # for); and then times minift unpadded, minift padded and transformers on the same real batches.
 
@@ -31,10 +31,10 @@ from minift.batches import (
     TokenClassificationDataset,
     length_grouped_batches,
 )
-from minift.checkpoint import resolve_model_dir
+from minift.checkpoint import load_bert, read_config, resolve_model_dir
 from minift.data import read_conll, read_examples
 from minift.metrics import format_table
-from minift.model import BertModel, Unpadding, varlen_attention
+from minift.padding import Unpadding, varlen_attention
 from minift.tokenizer import Tokenizer
 
 # MINIFT_QUICK=1 (what CI sets) takes a seeded subset of each training set and times fewer
@@ -157,8 +157,10 @@ for name, s in stats.items():
 # LayerNorm, the Q/K/V and output projections and the feed-forward layers treat each token on
 # its own, so they can run on the real tokens alone, packed as `(tokens, hidden)` instead of
 # `(batch, seq, hidden)`. `Unpadding` holds the positions of the real tokens in the flattened
-# batch; `unpad` gathers them, `pad` scatters them back with zeros at the padding. `BertModel`
-# unpads once after the embeddings and re-pads once at the output. Attention must know which
+# batch; `unpad` gathers them, `pad` scatters them back with zeros at the padding. The fast model
+# (`FastBertModel` in `minift/padding.py`, which `padding.speed_up` swaps into a textbook
+# `BertModel` and `load_bert` uses by default) unpads once after the embeddings and re-pads once
+# at the output. Attention must know which
 # token belongs to which sequence: the packed tokens come sequence after sequence, so
 # `varlen_attention` splits them by `lengths` and runs attention on each sequence alone, with no
 # padding and no mask (on a GPU, where many small calls cost more than the padding, attention
@@ -166,8 +168,8 @@ for name, s in stats.items():
 # has no fused CPU kernel and neither do we: `DropoutAttentionPerSequence` runs the plain
 # formula per sequence as one autograd node, its backward written out, because autograd's
 # bookkeeping of thousands of tiny per-sequence nodes costs more than their arithmetic (read its
-# docstring in `minift/model.py`; tests hold it to autograd through the plain formula). Here is
-# the whole piece, from `minift/model.py`:
+# docstring in `minift/padding.py`; tests hold it to autograd through the plain formula). Here is
+# the whole piece, from `minift/padding.py`:
 
 # %%
 print(inspect.getsource(Unpadding))
@@ -211,7 +213,7 @@ print("pad(unpad(x)) == x at the real positions, 0 at the padding")
 # %%
 from flops import count_flops  # noqa: E402  (benchmarks/flops.py)
 
-config = BertModel.from_pretrained(resolve_model_dir("minilm")).config
+config = read_config(resolve_model_dir("minilm"))
 
 
 def batch_masks(lengths: list[int], batches: list[list[int]]) -> list[torch.Tensor]:
@@ -380,7 +382,8 @@ else:
 # ## Timing it, honestly
 #
 # Three ways to run the same encoder on the same random batches: minift unpadded (the default),
-# minift with `unpad=False` (the padded reference path, same code otherwise) and transformers
+# minift with `unpad=False` (the fast model on the padded batch, same code otherwise) and
+# transformers
 # with SDPA attention. This machine is shared, so one timing means little: another process can
 # steal a core for a second. `speed_common.interleaved` runs the three in turns, round by round,
 # alternating who goes first, after a warm-up, and reports the median round and the spread. The
@@ -395,7 +398,7 @@ from speed_common import interleaved  # noqa: E402
 transformers.utils.logging.disable_progress_bar()
 
 folder = resolve_model_dir("minilm")
-ours = BertModel.from_pretrained(folder).eval()
+ours = load_bert(folder)
 reference = transformers.BertModel.from_pretrained(folder, attn_implementation="sdpa").eval()
 
 timing_rows = []
@@ -449,10 +452,11 @@ print(format_table(timing_rows, float_format=".2f"))
 # the token count. `minift / hf sdpa` adds the difference between the two implementations, and
 # on a CPU the largest part of that difference is not padding at all but the matrix library:
 # minift's linear layers call oneDNN for float32 where `F.linear` calls MKL, and on an AMD CPU
-# such as this project's MKL runs at about half the speed (`minift.model.linear`,
-# `benchmarks/linear_speed.py`). The benchmarks print a "minift, F.linear" column, minift with
-# MKL's products, to keep the two effects apart: its ratio to transformers is what unpadding and
-# the rest of minift win on their own.
+# MKL can run well below oneDNN (`minift.kernels.linear`, `benchmarks/linear_speed.py`; on other
+# CPUs the two are level, and `speed_up` measures which is faster before choosing). The
+# benchmarks print a "minift, F.linear" column, minift with MKL's products
+# (`speed_up(model, onednn=False)`), to keep the two effects apart: its ratio to transformers
+# is what unpadding and the rest of minift win on their own.
 # "largest spread" is (slowest round - fastest round) / median, the worst of the three
 # implementations: it tells how far to trust the second decimal. In quick mode a single batch
 # and few rounds make these numbers rough; the benchmarks (`benchmarks/inference_throughput.py`,
@@ -471,7 +475,7 @@ print(format_table(timing_rows, float_format=".2f"))
 # one that allocates more, or larger, tensors keeps paying (a training step's gradient of the
 # 30522 x 384 word embeddings, 47 MB, is always fresh). Two of minift's choices show here:
 # unpadded tensors are smaller, and GELU runs in place where no gradient will flow
-# (`FeedForward.forward`), so the largest activation is not allocated twice per block. When two
+# (`FastFeedForward.forward`), so the largest activation is not allocated twice per block. When two
 # implementations do the same arithmetic and one is slower, this column is the first place to
 # look.
 
@@ -484,13 +488,13 @@ print(f"lesson ran in {time.perf_counter() - START:.1f} s")
 # - Change `BATCH_SIZE` to 8 or 128 and watch the padding of random batches (and the ceiling)
 #   move: the longest member of a bigger batch is longer.
 # - Time length-grouped batches instead of random ones: unpadding then has little left to win.
-# - Set `ours.per_sequence_attention = False` (attention on the re-padded batch, the GPU
+# - Run `speed_up(ours, per_sequence=False)` (attention on the re-padded batch, the GPU
 #   default) and time it against the default: that difference is what attention per sequence
 #   wins on this CPU. On a GPU, a variable-length kernel (FlashAttention's `varlen`) attends per
 #   sequence in one launch instead of the re-padding.
 # - On a GPU the padding tax turns around for small batches: MiniLM at batch 32 is bound by the
 #   time to launch kernels, not by arithmetic, and the padded path wins there; from about 4,096
-#   padded positions the unpadded one does (`unpads_by_default` in `minift/model.py`, and the
+#   padded positions the unpadded one does (`unpads_by_default` in `minift/padding.py`, and the
 #   "On a GPU" part of the README). Run `python benchmarks/inference_throughput.py --device cuda
 #   --batch-size 128` to see both paths side by side.
 # - Pack several short examples into one row (sequence packing) and compare its padding with

@@ -3,8 +3,12 @@
 Two parts, in reading order (the file format itself is ``safetensors.py``):
 1. The key map: one table from HF BERT names to minift's, read by a short loop. Head weights
    (``cls.*``, ``classifier.*``, ...) are handed back for the heads to claim.
-2. ``load_bert`` / ``save_bert`` and ``resolve_model_dir`` (``"minilm"`` -> the installed
-   checkpoint folder).
+2. Folders: ``resolve_model_dir`` (``"minilm"`` -> the installed checkpoint folder),
+   ``read_checkpoint`` (config.json and the weights, each read once and checked), and the
+   one-line entry points ``load_bert(path)`` and ``save_bert(model, path)``.
+
+``model.py`` knows nothing of files; this module builds a ``BertModel`` from a folder and, by
+default, swaps its fast modules in (``padding.speed_up``).
 """
 
 from __future__ import annotations
@@ -13,11 +17,14 @@ import importlib.util
 import json
 import os
 import re
+import types
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from minift.model import BertConfig, BertModel
+from minift.model import BertConfig, BertModel, ConfigError
+from minift.padding import speed_up
 from minift.safetensors import (
     CheckpointError,
     atomic_write,
@@ -141,6 +148,9 @@ def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
     path = Path(name_or_path)
     if path.is_dir():
         return path
+    if path.exists():
+        raise CheckpointError(f"model {name!r} is a file, not a folder: give the checkpoint "
+                              "folder that holds config.json and the weights")
     raise CheckpointError(f"model folder {name!r} does not exist (give a checkpoint folder, "
                           "'minilm', or 'hf:org/name' to download from the hub)")
 
@@ -159,9 +169,43 @@ def read_config_json(path: str | os.PathLike) -> dict:
     return raw
 
 
-def read_config(path: str | os.PathLike) -> BertConfig:
-    """Read ``config.json`` in a checkpoint folder into a ``BertConfig``."""
-    return BertConfig.from_dict(read_config_json(path), source=str(Path(path) / "config.json"))
+def read_config(path: str | os.PathLike, raw: dict | None = None) -> BertConfig:
+    """Read ``config.json`` in a checkpoint folder into a ``BertConfig`` (``raw``: its JSON,
+    when already read), refusing a model too large for this machine before anything is built."""
+    source = str(Path(path) / "config.json")
+    config = BertConfig.from_dict(read_config_json(path) if raw is None else raw, source=source)
+    check_fits_in_memory(config, source)
+    return config
+
+
+def physical_memory() -> int | None:
+    """This machine's memory in bytes, or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits_in_memory(config: BertConfig, source: str = "config") -> None:
+    """Refuse a config whose float32 parameters alone exceed physical memory, naming the key
+    that makes it so (the one whose bert-base value would shrink the model most)."""
+    need, memory = 4 * config.num_parameters(), physical_memory()
+    if memory is None or need <= memory:
+        return
+    base = BertConfig()
+
+    def shrunk(key: str) -> int:  # the parameter count with ``key`` at most bert-base's value
+        value = min(getattr(config, key), getattr(base, key))
+        return BertConfig.num_parameters(types.SimpleNamespace(**asdict(config) | {key: value}))
+
+    keys = ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size",
+            "max_position_embeddings", "type_vocab_size")
+    key = min(keys, key=shrunk)
+    raise ConfigError(
+        f"{source}: {key}={getattr(config, key)} makes a model of {config.num_parameters():,} "
+        f"parameters, {need / 2**30:.1f} GiB in float32, more than this machine's memory "
+        f"({memory / 2**30:.1f} GiB)"
+    )
 
 
 def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str]:
@@ -180,18 +224,23 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], s
     if index.is_file():
         try:
             shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as err:
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, AttributeError,
+                TypeError) as err:
             raise CheckpointError(f"{index}: malformed index ({err!r})") from None
         tensors = {}
         for shard in shards:
-            tensors.update(read_safetensors(folder / shard))
+            tensors.update(read_safetensors(shard_file(folder, shard, index)))
         return tensors, str(index)
     if (folder / "pytorch_model.bin").is_file():
         file = folder / "pytorch_model.bin"
         try:
             state = torch.load(file, map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises many types for a damaged or unsafe pickle
-            raise CheckpointError(f"{file}: cannot be loaded safely ({err})") from None
+        except Exception:  # torch raises many types for a damaged or unsafe pickle
+            raise CheckpointError(
+                f"{file}: cannot be loaded safely: it is not a plain pickle of tensors (it holds "
+                "pickled code, which minift will not run, or it is damaged); convert it to "
+                "model.safetensors with a tool you trust"
+            ) from None
         if not isinstance(state, dict) or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
         ):
@@ -200,9 +249,67 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], s
     raise CheckpointError(f"{folder}: no weights found (looked for {', '.join(WEIGHT_FILES)})")
 
 
-def load_encoder_weights(model: BertModel, encoder: dict[str, torch.Tensor], source: str) -> None:
-    """Copy weights into ``model``; missing keys and shape mismatches are errors, listed."""
+def shard_file(folder: Path, shard: object, index: Path) -> Path:
+    """The file a ``weight_map`` entry names, refused unless it is a regular file inside the
+    model folder: no absolute path, no ``..``, no link out of the folder, no device."""
+    if not isinstance(shard, str) or not shard:
+        raise CheckpointError(f"{index}: a weight_map entry is {shard!r}, not a file name")
+    file = folder / shard
+    inside = (not Path(shard).is_absolute() and ".." not in Path(shard).parts
+              and file.resolve().is_relative_to(folder.resolve()))
+    if not inside or not file.resolve().is_file():
+        raise CheckpointError(f"{index}: shard {shard!r} is not a file inside the model folder "
+                              f"{folder}")
+    return file
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint folder read once: its config (raw JSON and checked), the encoder weights
+    under minift names, and the head weights under their HF names, for a head to claim."""
+
+    folder: Path
+    raw_config: dict
+    config: BertConfig
+    encoder: dict[str, torch.Tensor]
+    heads: dict[str, torch.Tensor]
+    source: str  # the weights file(s), for messages
+
+
+def read_checkpoint(path: str | os.PathLike, *, allow_unexpected: bool = False) -> Checkpoint:
+    """Read config.json and the weights of a folder (or ``"minilm"``), each once; nothing built.
+
+    Keys that are neither encoder nor known head weights are an error listing them, unless
+    ``allow_unexpected``.
+    """
+    folder = resolve_model_dir(path)
+    raw = read_config_json(folder)
+    config = read_config(folder, raw)
+    state, source = read_state_dict(folder)
+    encoder, heads, unknown = split_hf_state_dict(state)
+    if unknown and not allow_unexpected:
+        raise CheckpointError(f"{source}: unexpected keys: {', '.join(unknown)} "
+                              "(pass allow_unexpected=True to ignore them)")
+    return Checkpoint(folder, raw, config, encoder, heads, source)
+
+
+def load_encoder_weights(model: BertModel, checkpoint: Checkpoint, *,
+                         init_missing_pooler: bool = False) -> None:
+    """Copy the checkpoint's encoder weights into ``model``; missing keys and shape mismatches
+    are errors, listed.
+
+    A model without a pooler drops pooler weights (token-level heads have none; transformers
+    saves them without one). ``init_missing_pooler=True`` accepts a checkpoint without pooler
+    weights (an MLM or token classification checkpoint) and keeps the model's freshly
+    initialised pooler, saying so, as transformers does; any other missing key is an error.
+    """
+    encoder, source = checkpoint.encoder, checkpoint.source
     expected = model.state_dict()
+    if model.pooler is None:
+        encoder = {k: v for k, v in encoder.items() if not k.startswith("pooler.")}
+    elif init_missing_pooler and not any(k.startswith("pooler.") for k in encoder):
+        print(f"{source}: no pooler weights; the pooler is freshly initialised")
+        encoder = encoder | {k: v for k, v in expected.items() if k.startswith("pooler.")}
     missing = sorted(set(expected) - set(encoder))
     if missing:
         raise CheckpointError(f"{source}: missing keys (minift names): {', '.join(missing)}")
@@ -219,40 +326,20 @@ def load_encoder_weights(model: BertModel, encoder: dict[str, torch.Tensor], sou
             expected[name].copy_(tensor)
 
 
-def load_bert_with_heads(path: str | os.PathLike, *, allow_unexpected: bool = False,
-                         add_pooling_layer: bool = True, init_missing_pooler: bool = False
-                         ) -> tuple[BertModel, dict[str, torch.Tensor]]:
-    """Load the encoder from a folder; also return head weights (``cls.*``, ``classifier.*``).
+def load_bert(path: str | os.PathLike, *, add_pooling_layer: bool = True,
+              allow_unexpected: bool = False, fast: bool = True) -> BertModel:
+    """Load an HF BERT checkpoint folder (or ``"minilm"``) into a minift ``BertModel``, in eval
+    mode.
 
-    ``add_pooling_layer=False`` builds the encoder without a pooler and drops pooler weights
-    (token-level heads have none; transformers saves them without one).
-    ``init_missing_pooler=True`` accepts a checkpoint without pooler weights (an MLM or token
-    classification checkpoint) and keeps the pooler freshly initialised, saying so, as
-    transformers does; any other missing key is still an error.
+    ``add_pooling_layer=False`` builds it without a pooler and drops pooler weights.
+    ``fast=True`` (the default) swaps in the fast modules (``padding.speed_up``: unpadded
+    batches, and the CPU kernels where measured faster), same weights, same numbers; ``fast=False``
+    returns the textbook ``model.py`` form.
     """
-    folder = resolve_model_dir(path)
-    config = read_config(folder)
-    state, source = read_state_dict(folder)
-    encoder, heads, unknown = split_hf_state_dict(state)
-    if unknown and not allow_unexpected:
-        raise CheckpointError(f"{source}: unexpected keys: {', '.join(unknown)} "
-                              "(pass allow_unexpected=True to ignore them)")
-    model = BertModel(config, add_pooling_layer=add_pooling_layer)
-    if not add_pooling_layer:
-        encoder = {k: v for k, v in encoder.items() if not k.startswith("pooler.")}
-    elif init_missing_pooler and not any(k.startswith("pooler.") for k in encoder):
-        print(f"{source}: no pooler weights; the pooler is freshly initialised")
-        encoder = encoder | {k: v for k, v in model.state_dict().items()
-                             if k.startswith("pooler.")}
-    load_encoder_weights(model, encoder, source)
-    return model.eval(), heads
-
-
-def load_bert(path: str | os.PathLike, *, allow_unexpected: bool = False,
-              add_pooling_layer: bool = True) -> BertModel:
-    """Load an HF BERT checkpoint folder (or ``"minilm"``) into a minift ``BertModel``."""
-    return load_bert_with_heads(path, allow_unexpected=allow_unexpected,
-                                add_pooling_layer=add_pooling_layer)[0]
+    checkpoint = read_checkpoint(path, allow_unexpected=allow_unexpected)
+    model = BertModel(checkpoint.config, add_pooling_layer=add_pooling_layer)
+    load_encoder_weights(model, checkpoint)
+    return (speed_up(model) if fast else model).eval()
 
 
 def save_bert(model: BertModel, path: str | os.PathLike,

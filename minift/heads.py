@@ -15,14 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minift.checkpoint import (
-    CheckpointError,
-    load_bert_with_heads,
-    read_config_json,
-    resolve_model_dir,
-    save_bert,
-)
-from minift.model import BertConfig, BertModel, Dropout, Linear
+from minift.checkpoint import CheckpointError, load_encoder_weights, read_checkpoint, save_bert
+from minift.model import BertConfig, BertModel
+from minift.padding import speed_up
 
 
 @dataclass
@@ -51,8 +46,8 @@ class _Classifier(nn.Module):
             raise ValueError(f"id2label has {len(self.id2label)} entries, num_labels={num_labels}")
         self.classifier_dropout = classifier_dropout
         p = config.hidden_dropout_prob if classifier_dropout is None else classifier_dropout
-        self.dropout = Dropout(p)
-        self.classifier = Linear(config.hidden_size, num_labels)
+        self.dropout = nn.Dropout(p)
+        self.classifier = nn.Linear(config.hidden_size, num_labels)
         nn.init.normal_(self.classifier.weight, std=config.initializer_range)  # as transformers
         nn.init.zeros_(self.classifier.bias)
 
@@ -75,23 +70,24 @@ class _Classifier(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, num_labels: int | None = None,
-                        id2label: dict[int, str] | None = None):
+                        id2label: dict[int, str] | None = None, *, fast: bool = True):
         """Load an encoder (and the ``classifier.*`` head when the checkpoint has one).
 
         With no head in the checkpoint (a plain encoder such as MiniLM), the head is freshly
         initialised as transformers does: N(0, initializer_range) weights, zero bias.
+        ``fast``: swap in the fast modules (``padding.speed_up``), as ``load_bert`` does.
         """
-        encoder, heads = load_bert_with_heads(path, add_pooling_layer=cls.add_pooling_layer,
-                                              init_missing_pooler=True)
-        raw_id2label = _read_id2label(path)
+        checkpoint = read_checkpoint(path)
+        heads = checkpoint.heads
+        raw_id2label = _read_id2label(checkpoint.raw_config)
         if id2label is None and num_labels is None and raw_id2label:
             id2label = raw_id2label
         if num_labels is None:
             num_labels = len(id2label) if id2label else 2
         # transformers' classifier_dropout (None: the encoder's hidden_dropout_prob).
-        classifier_dropout = read_config_json(resolve_model_dir(path)).get("classifier_dropout")
-        model = cls(encoder.config, num_labels, id2label, classifier_dropout)
-        model.bert.load_state_dict(encoder.state_dict())
+        classifier_dropout = checkpoint.raw_config.get("classifier_dropout")
+        model = cls(checkpoint.config, num_labels, id2label, classifier_dropout)
+        load_encoder_weights(model.bert, checkpoint, init_missing_pooler=True)
         if "classifier.weight" in heads:
             weight, bias = heads["classifier.weight"], heads.get("classifier.bias")
             if weight.shape != model.classifier.weight.shape or bias is None:
@@ -102,7 +98,7 @@ class _Classifier(nn.Module):
             with torch.no_grad():
                 model.classifier.weight.copy_(weight)
                 model.classifier.bias.copy_(bias)
-        return model
+        return speed_up(model) if fast else model
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write an HF folder that ``transformers.AutoModelFor...`` loads with the same logits."""
@@ -117,8 +113,8 @@ class _Classifier(nn.Module):
         save_bert(self.bert, path, heads=heads, config_extra=extra, prefix="bert.")
 
 
-def _read_id2label(path) -> dict[int, str] | None:
-    raw = read_config_json(resolve_model_dir(path)).get("id2label")
+def _read_id2label(config: dict) -> dict[int, str] | None:
+    raw = config.get("id2label")
     return {int(i): str(label) for i, label in raw.items()} if isinstance(raw, dict) else None
 
 
@@ -217,9 +213,9 @@ class MaskedLM(nn.Module):
         super().__init__()
         hidden, vocab = config.hidden_size, config.vocab_size
         self.bert = BertModel(config, add_pooling_layer=False)
-        self.transform = Linear(hidden, hidden)
+        self.transform = nn.Linear(hidden, hidden)
         self.transform_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
-        self.decoder = Linear(hidden, vocab, bias=False)
+        self.decoder = nn.Linear(hidden, vocab, bias=False)
         self.decoder.weight = self.bert.embeddings.word_embeddings.weight  # tied: one Parameter
         self.bias = nn.Parameter(torch.zeros(vocab))
         self.head_loaded = False  # True when from_pretrained found cls.predictions.* weights
@@ -266,7 +262,7 @@ class MaskedLM(nn.Module):
     }
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike) -> MaskedLM:
+    def from_pretrained(cls, path: str | os.PathLike, *, fast: bool = True) -> MaskedLM:
         """Load the encoder and, when the checkpoint has them, the ``cls.predictions.*`` weights.
 
         Without them (the published all-MiniLM-L6-v2 has none: it was trained for sentence
@@ -274,23 +270,24 @@ class MaskedLM(nn.Module):
         ``head_loaded`` is False: its predictions are then near-uniform until it is trained.
         A stored decoder weight must equal the word embeddings (minift always ties them); other
         heads (``cls.seq_relationship.*``, ``classifier.*``) and a pooler are not used and dropped.
+        ``fast``: swap in the fast modules (``padding.speed_up``), as ``load_bert`` does.
         """
-        folder = resolve_model_dir(path)
-        if read_config_json(folder).get("tie_word_embeddings", True) is False:
+        checkpoint = read_checkpoint(path)
+        folder = checkpoint.folder
+        if checkpoint.raw_config.get("tie_word_embeddings", True) is False:
             raise CheckpointError(f"{folder / 'config.json'}: tie_word_embeddings is false; "
                                   "minift's MaskedLM always ties the decoder to the embeddings")
-        encoder, heads = load_bert_with_heads(folder, add_pooling_layer=False)
-        model = cls(encoder.config)
-        model.bert.load_state_dict(encoder.state_dict())
+        model = cls(checkpoint.config)
+        load_encoder_weights(model.bert, checkpoint)
         found = {}
-        for name, tensor in heads.items():
+        for name, tensor in checkpoint.heads.items():
             if not name.startswith("cls.predictions."):
                 continue
             hf = name.replace("LayerNorm.gamma", "LayerNorm.weight")
             hf = hf.replace("LayerNorm.beta", "LayerNorm.bias")
             hf = {"cls.predictions.decoder.bias": "cls.predictions.bias"}.get(hf, hf)
             if hf == "cls.predictions.decoder.weight":
-                if not torch.equal(tensor, encoder.embeddings.word_embeddings.weight):
+                if not torch.equal(tensor, model.bert.embeddings.word_embeddings.weight):
                     raise CheckpointError(
                         f"{folder}: {name} differs from bert.embeddings.word_embeddings.weight; "
                         "minift's MaskedLM ties the decoder to the embeddings"
@@ -315,7 +312,7 @@ class MaskedLM(nn.Module):
                         )
                     params[ours].copy_(tensor)
             model.head_loaded = True
-        return model
+        return speed_up(model) if fast else model
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write an HF folder that ``transformers.BertForMaskedLM`` loads with the same logits."""

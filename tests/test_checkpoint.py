@@ -27,7 +27,8 @@ import transformers
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from minift.checkpoint import load_bert, load_bert_with_heads, resolve_model_dir
+from minift import checkpoint
+from minift.checkpoint import load_bert, read_checkpoint, resolve_model_dir, save_bert
 from minift.model import BertConfig, BertModel, ConfigError
 from minift.safetensors import (
     CheckpointError,
@@ -498,7 +499,7 @@ def test_hf_safetensors_folder_loads(tmp_path):
     hf = hf_model(seed=1)
     hf.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").is_file()
-    assert_outputs_close(BertModel.from_pretrained(tmp_path), hf, random_batch(99, 1), atol=1e-5)
+    assert_outputs_close(load_bert(tmp_path), hf, random_batch(99, 1), atol=1e-5)
 
 
 def test_hf_bin_folder_loads(tmp_path):
@@ -507,7 +508,7 @@ def test_hf_bin_folder_loads(tmp_path):
     hf = hf_model(seed=2)
     hf.config.save_pretrained(tmp_path)
     torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")
-    assert_outputs_close(BertModel.from_pretrained(tmp_path), hf, random_batch(99, 2), atol=1e-5)
+    assert_outputs_close(load_bert(tmp_path), hf, random_batch(99, 2), atol=1e-5)
 
 
 def test_sharded_safetensors_folder_loads(tmp_path):
@@ -515,7 +516,7 @@ def test_sharded_safetensors_folder_loads(tmp_path):
     hf.save_pretrained(tmp_path, max_shard_size="20KB")
     assert (tmp_path / "model.safetensors.index.json").is_file()
     assert not (tmp_path / "model.safetensors").exists()
-    assert_outputs_close(BertModel.from_pretrained(tmp_path), hf, random_batch(99, 3), atol=1e-5)
+    assert_outputs_close(load_bert(tmp_path), hf, random_batch(99, 3), atol=1e-5)
 
 
 def test_task_checkpoint_with_heads(tmp_path):
@@ -534,7 +535,8 @@ def test_task_checkpoint_with_heads(tmp_path):
     (folder / "config.json").write_text((tmp_path / "seq" / "config.json").read_text())
     safetensors.torch.save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
 
-    model, heads = load_bert_with_heads(folder)
+    checkpoint = read_checkpoint(folder)
+    model, heads = load_bert(folder), checkpoint.heads
     assert heads.keys() == head_names
     for name in head_names:
         assert_same(heads[name], state[name], name)
@@ -547,7 +549,8 @@ def test_mlm_checkpoint_without_pooler(tmp_path):
     mlm.save_pretrained(tmp_path)
     state = safetensors.torch.load_file(tmp_path / "model.safetensors")
     assert not any("pooler" in name for name in state)
-    model, heads = load_bert_with_heads(tmp_path, add_pooling_layer=False)
+    model = load_bert(tmp_path, add_pooling_layer=False)
+    heads = read_checkpoint(tmp_path).heads
     assert heads.keys() == {name for name in state if name.startswith("cls.")}
     input_ids, attention_mask, token_type_ids = random_batch(99, 12)
     with torch.no_grad():
@@ -602,9 +605,12 @@ def test_bin_with_code_is_refused(tmp_path, writer):
         torch.save(state, tmp_path / "pytorch_model.bin")
     else:
         (tmp_path / "pytorch_model.bin").write_bytes(pickle.dumps(state, protocol=2))
-    with pytest.raises(CheckpointError, match="pytorch_model.bin: cannot be loaded safely"):
+    with pytest.raises(CheckpointError, match="pytorch_model.bin: cannot be loaded safely") as err:
         load_bert(tmp_path)
     assert not marker.exists()
+    # minift's own advice, not torch's: no "set weights_only=False", which would run the code.
+    assert "weights_only" not in str(err.value)
+    assert "pickled code" in str(err.value) and "safetensors" in str(err.value)
 
 
 @pytest.mark.parametrize(
@@ -630,22 +636,22 @@ def load_hf_strict(folder: Path) -> transformers.BertModel:
     return model.eval()
 
 
-def test_save_pretrained_round_trip(tmp_path):
+def test_save_bert_round_trip(tmp_path):
     torch.manual_seed(0)
     ours = randomize_(BertModel(BertConfig(**TINY)), seed=9)
-    ours.save_pretrained(tmp_path)
+    save_bert(ours, tmp_path)
     hf = load_hf_strict(tmp_path)
     assert hf.config.hidden_act == "gelu" and hf.config.layer_norm_eps == 1e-12
     assert_outputs_close(ours, hf, random_batch(99, 9), atol=1e-6)
 
-    again = BertModel.from_pretrained(tmp_path)
+    again = load_bert(tmp_path)
     assert again.config == ours.config
     assert_same_dict(again.state_dict(), ours.state_dict())
 
 
 def test_published_checkpoint_round_trip(minilm_dir, tmp_path):
     ours = load_bert(minilm_dir)
-    ours.save_pretrained(tmp_path)
+    save_bert(ours, tmp_path)
     original = load_hf_strict(minilm_dir)
     saved = load_hf_strict(tmp_path)
     assert_same_dict(saved.state_dict(), original.state_dict())
@@ -755,6 +761,71 @@ def test_unsupported_config_is_refused(tmp_path, setting, value):
         load_bert(tmp_path)
     assert isinstance(err.value, ValueError)
     assert "config.json" in str(err.value)
+
+
+def test_model_path_that_is_a_file_is_named_a_file(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="model.safetensors' is a file, not a folder"):
+        load_bert(tmp_path / "model.safetensors")
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize("key", ["layer_norm_eps", "hidden_dropout_prob", "initializer_range",
+                                 "attention_probs_dropout_prob"])
+def test_non_finite_config_numbers_are_refused(tmp_path, key, value):
+    """Python's JSON reader accepts NaN and Infinity; a model built on them computes NaN."""
+    saved_tiny(tmp_path)
+    text = (tmp_path / "config.json").read_text()
+    config = json.loads(text) | {key: 0.5}
+    (tmp_path / "config.json").write_text(
+        json.dumps(config).replace(f'"{key}": 0.5', f'"{key}": {value}'))
+    assert not math.isfinite(json.loads((tmp_path / "config.json").read_text())[key])
+    with pytest.raises(ConfigError, match=f"config.json: config {key} must be a finite"):
+        load_bert(tmp_path)
+
+
+@pytest.mark.parametrize(("key", "value"), [("vocab_size", 10**12), ("hidden_size", 2**22),
+                                            ("num_hidden_layers", 10**7),
+                                            ("intermediate_size", 10**12)])
+def test_config_too_large_for_memory_is_refused_before_allocating(tmp_path, monkeypatch, key,
+                                                                   value):
+    """The parameter count comes from the config; a model that cannot fit in this machine's
+    memory is refused by name before any tensor of it is allocated. (Memory held at 16 GiB
+    here, so the case does not depend on the machine; vocab_size 1e12 exceeds any machine.)"""
+    assert checkpoint.physical_memory() > 0
+    if key != "vocab_size":
+        monkeypatch.setattr(checkpoint, "physical_memory", lambda: 16 * 2**30)
+    saved_tiny(tmp_path)
+    rewrite_config(tmp_path, **{key: value}, **({"num_attention_heads": 1}
+                                                if key == "hidden_size" else {}))
+    monkeypatch.setattr(torch.nn.Embedding, "__init__", None)  # building would fail loudly
+    with pytest.raises(ConfigError, match=f"config.json: {key}={value} makes a model of .* "
+                                          "more than this machine's memory"):
+        load_bert(tmp_path)
+
+
+@pytest.mark.parametrize("shard", ["/dev/zero", "../outside.safetensors", "{outside}",
+                                   "link.safetensors", "sub", "/etc/passwd", "", 3])
+def test_shards_outside_the_folder_are_refused(tmp_path, shard):
+    """A weight_map entry must name a regular file inside the model folder: not an absolute
+    path, not ``..``, not a link leading out, not a device or a folder; the error names the
+    entry and never shows what the file holds."""
+    folder = tmp_path / "model"
+    hf_model(seed=3).save_pretrained(folder, max_shard_size="20KB")
+    secret = tmp_path / "outside.safetensors"
+    secret.write_text("SECRET-CONTENT " * 10)
+    (folder / "link.safetensors").symlink_to(secret)
+    (folder / "sub").mkdir()
+    if shard == "{outside}":
+        shard = str(secret)
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    name = next(iter(index["weight_map"]))
+    index["weight_map"][name] = shard
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match="model.safetensors.index.json") as err:
+        load_bert(folder)
+    assert "SECRET" not in str(err.value) and "root:" not in str(err.value)
+    assert "not a file inside the model folder" in str(err.value) or shard in ("", 3)
 
 
 def test_resolve_model_dir(minilm_dir, tmp_path):

@@ -2,7 +2,7 @@
 
 These tests need a CUDA device, so on a CPU-only machine (CI) pytest reports them as skipped,
 never as passed. They run where a GPU is: `python -m pytest tests/test_cuda.py`. The CPU twins
-of each claim live in test_model.py, test_optim.py and test_train.py and run everywhere.
+of each claim live in test_model.py, test_padding.py, test_optim.py and test_train.py and run everywhere.
 
 TF32 stays off (torch's default for matmuls), so fp32 on the GPU is fp32 and the tolerances are
 the CPU's: atol 1e-5 on random tiny models, 1e-4 on the published checkpoint.
@@ -15,9 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_model import build_pair, tiny_setups
 
-from minift.checkpoint import split_hf_state_dict
-from minift.model import UNPAD_MIN_POSITIONS, BertConfig, BertModel, varlen_attention
+from minift.checkpoint import load_bert, split_hf_state_dict
+from minift.model import BertConfig, BertModel
 from minift.optim import AdamW
+from minift.padding import UNPAD_MIN_POSITIONS, speed_up, varlen_attention
 from minift.tokenizer import Tokenizer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -42,9 +43,9 @@ def test_unpadded_path_equals_padded_path_on_cuda(setup, shape, per_sequence):
         mask = torch.ones_like(mask)
     input_ids, mask, token_type_ids = on_cuda(input_ids, mask, token_type_ids)
     torch.manual_seed(seed)
-    model = BertModel(BertConfig(**config, hidden_dropout_prob=0.0,
-                                 attention_probs_dropout_prob=0.0)).to(CUDA).train()
-    model.per_sequence_attention = per_sequence
+    model = speed_up(BertModel(BertConfig(**config, hidden_dropout_prob=0.0,
+                                          attention_probs_dropout_prob=0.0)),
+                     per_sequence=per_sequence).to(CUDA).train()
     real = mask.bool()
     w = torch.randn(*input_ids.shape, config["hidden_size"],
                     generator=torch.Generator().manual_seed(seed)).to(CUDA)
@@ -64,12 +65,12 @@ def test_unpadded_path_equals_padded_path_on_cuda(setup, shape, per_sequence):
 
 
 @settings(deadline=None, max_examples=20)
-@given(setup=tiny_setups(), attn=st.sampled_from(["sdpa", "eager"]))
-def test_random_config_matches_transformers_on_cuda(setup, attn):
-    """minift and transformers, the same random weights, both on the GPU: real positions and
-    every parameter's gradient agree (fp32, atol 1e-5)."""
+@given(setup=tiny_setups(), attn=st.sampled_from(["sdpa", "eager"]), fast=st.booleans())
+def test_random_config_matches_transformers_on_cuda(setup, attn, fast):
+    """minift (textbook or fast) and transformers, the same random weights, both on the GPU:
+    real positions and every parameter's gradient agree (fp32, atol 1e-5)."""
     config, input_ids, mask, token_type_ids, seed = setup
-    hf, ours = build_pair(config, seed, attn)
+    hf, ours = build_pair(config, seed, attn, fast=fast)
     hf, ours = hf.to(CUDA), ours.to(CUDA)
     input_ids, mask, token_type_ids = on_cuda(input_ids, mask, token_type_ids)
     ref = hf(input_ids=input_ids, attention_mask=mask, token_type_ids=token_type_ids)
@@ -101,7 +102,8 @@ def test_varlen_attention_on_cuda_equals_cpu(lengths, seed):
 
 
 @torch.no_grad()
-def test_published_checkpoint_on_cuda_matches_transformers(minilm_dir, data_dir):
+@pytest.mark.parametrize("fast", [False, True], ids=["textbook", "fast"])
+def test_published_checkpoint_on_cuda_matches_transformers(minilm_dir, data_dir, fast):
     """all-MiniLM-L6-v2 on 200 SST-2 sentences, both on the GPU: max abs difference <= 1e-4
     (fp32); under bf16 autocast both stay within 5e-2 of the fp32 reference."""
     import csv
@@ -110,7 +112,7 @@ def test_published_checkpoint_on_cuda_matches_transformers(minilm_dir, data_dir)
         sentences = [r["sentence"] for r in csv.DictReader(f, delimiter="\t",
                                                            quoting=csv.QUOTE_NONE)][:200]
     tokenizer = Tokenizer.from_pretrained(minilm_dir)
-    ours = BertModel.from_pretrained(minilm_dir).to(CUDA).eval()
+    ours = load_bert(minilm_dir, fast=fast).to(CUDA).eval()
     hf = transformers.BertModel.from_pretrained(minilm_dir, attn_implementation="sdpa")
     hf = hf.to(CUDA, torch.float32).eval()
     worst = worst_bf16 = 0.0
@@ -152,11 +154,11 @@ def test_adamw_on_cuda_matches_torch_fused(seed, steps, lr, weight_decay):
 @pytest.mark.parametrize("shape", [(3, 7), (64, 63), (64, 64), (128, 40)])
 def test_default_path_on_cuda_follows_the_batch_size(shape):
     """On a GPU a padded batch under UNPAD_MIN_POSITIONS positions keeps its padding, a larger
-    one is unpadded: bitwise the forced path. ``model.unpad`` overrides the rule."""
+    one is unpadded: bitwise the forced path. ``speed_up(model, unpad=)`` overrides the rule."""
     torch.manual_seed(0)
-    model = BertModel(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=2,
-                                 num_attention_heads=2, intermediate_size=16,
-                                 max_position_embeddings=64)).to(CUDA).eval()
+    model = speed_up(BertModel(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=2,
+                                          num_attention_heads=2, intermediate_size=16,
+                                          max_position_embeddings=64))).to(CUDA).eval()
     ids = torch.randint(0, 50, shape, device=CUDA)
     mask = torch.ones(shape, dtype=torch.long, device=CUDA)
     mask[0, 4:] = 0
@@ -165,6 +167,6 @@ def test_default_path_on_cuda_follows_the_batch_size(shape):
     assert not torch.equal(padded, unpadded)
     expected = unpadded if ids.numel() >= UNPAD_MIN_POSITIONS else padded
     assert torch.equal(model(ids, mask).last_hidden_state, expected)
-    model.unpad = not torch.equal(expected, unpadded)
+    speed_up(model, unpad=not torch.equal(expected, unpadded))
     assert torch.equal(model(ids, mask).last_hidden_state,
                        unpadded if model.unpad else padded)

@@ -11,8 +11,11 @@ import transformers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from minift import checkpoint
 from minift.checkpoint import split_hf_state_dict
-from minift.heads import SequenceClassifier, TokenClassifier, freeze
+from minift.heads import MaskedLM, SequenceClassifier, TokenClassifier, freeze
+from minift.model import BertModel
+from minift.padding import FastBertModel
 from minift.safetensors import CheckpointError
 
 TINY = dict(vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
@@ -155,3 +158,31 @@ def test_classifier_dropout_round_trips_through_transformers(tmp_path, cls, hf_c
     # Unset, the head's dropout follows the encoder's hidden_dropout_prob, in both libraries.
     hf_cls(transformers.BertConfig(**TINY, hidden_dropout_prob=0.2)).save_pretrained(tmp_path / "c")
     assert cls.from_pretrained(tmp_path / "c").dropout.p == 0.2
+
+
+@pytest.mark.parametrize("cls", [SequenceClassifier, TokenClassifier, MaskedLM])
+def test_from_pretrained_builds_the_encoder_once_and_reads_the_config_once(tmp_path,
+                                                                          monkeypatch, cls):
+    """One load, one encoder: config.json read once, the BertModel built once; and the model
+    comes back fast (``speed_up``) unless ``fast=False``, with the same weights either way."""
+    torch.manual_seed(0)
+    transformers.BertForMaskedLM(transformers.BertConfig(**TINY)).save_pretrained(tmp_path)
+    reads, builds = [], []
+    read_config_json, init = checkpoint.read_config_json, BertModel.__init__
+    monkeypatch.setattr(checkpoint, "read_config_json",
+                        lambda *a: reads.append(1) or read_config_json(*a))
+    monkeypatch.setattr(BertModel, "__init__",
+                        lambda self, *a, **k: builds.append(1) or init(self, *a, **k))
+    torch.manual_seed(1)  # the same fresh head (and pooler) in both loads
+    fast = cls.from_pretrained(tmp_path)
+    assert (len(reads), len(builds)) == (1, 1)
+    torch.manual_seed(1)
+    textbook = cls.from_pretrained(tmp_path, fast=False)
+    assert type(fast.bert) is FastBertModel and type(textbook.bert) is BertModel
+    assert fast.state_dict().keys() == textbook.state_dict().keys()
+    ids = torch.randint(1, TINY["vocab_size"], (2, 7), generator=torch.Generator().manual_seed(0))
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3])
+    with torch.no_grad():
+        got, want = fast.eval()(ids, mask).logits, textbook.eval()(ids, mask).logits
+    real = mask.bool() if got.dim() == 3 else torch.ones(2, dtype=torch.bool)
+    torch.testing.assert_close(got[real], want[real], atol=1e-5, rtol=0)

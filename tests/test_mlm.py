@@ -14,6 +14,7 @@ import transformers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from minift.checkpoint import load_bert, save_bert
 from minift.cli import main
 from minift.heads import MaskedLM
 from minift.mlm_data import MaskedBatches, MaskingCollator, TextSequences
@@ -169,7 +170,7 @@ def test_minilm_has_no_head_and_gets_berts_initialisation(minilm_dir):
     torch.manual_seed(0)
     model = MaskedLM.from_pretrained(minilm_dir)
     assert not model.head_loaded
-    encoder = BertModel.from_pretrained(minilm_dir, add_pooling_layer=False)
+    encoder = load_bert(minilm_dir, add_pooling_layer=False)
     for name, tensor in encoder.state_dict().items():
         assert torch.equal(model.bert.state_dict()[name], tensor), name
     assert torch.all(model.transform.bias == 0) and torch.all(model.bias == 0)
@@ -239,7 +240,7 @@ def tiny_model_dir(minilm_dir, tmp_path_factory):
         intermediate_size=24,
         max_position_embeddings=64,
     )
-    BertModel(config).save_pretrained(folder)
+    save_bert(BertModel(config), folder)
     Tokenizer.from_pretrained(minilm_dir).save_pretrained(folder)
     return folder
 

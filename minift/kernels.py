@@ -1,0 +1,192 @@
+"""Two CPU kernels that a built model can swap in: oneDNN's float32 linear and a faster dropout.
+
+Read in order: ``dropout`` and ``keep_mask`` (the same distribution as ``F.dropout``, drawn with
+a cheaper call on a CPU) and ``Dropout``; then ``linear`` (``F.linear`` through oneDNN where that
+applies), the ``onednn_linear`` custom op it calls, the one-time measurement that decides whether
+to use it (``onednn_is_faster``), and ``Linear``. ``Linear`` and ``Dropout`` are subclasses of
+``nn.Linear`` and ``nn.Dropout`` with the same parameters, so ``padding.speed_up`` can swap them
+into a textbook model (``model.py``) without touching its state dict.
+
+What each buys depends on the CPU: ``benchmarks/dropout.py`` and ``benchmarks/linear_speed.py``
+measure it on yours; ``benchmarks/results`` and the README hold the numbers measured so far,
+with the CPU named. Importing this file registers the custom op and runs no tensor operation.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# --------------------------------------------------------------------------------------------
+# Dropout
+# --------------------------------------------------------------------------------------------
+
+
+def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """Zero each element with probability ``p`` and scale the rest by 1 / (1 - p): F.dropout.
+
+    The same distribution as ``F.dropout``, drawn differently on a CPU: the keep mask is a
+    uniform draw compared with ``p``, where torch's CPU dropout calls ``bernoulli_``, which
+    can be slower (benchmarks/dropout.py). Masks of attention probabilities are large,
+    (heads, seq, seq) per sequence, so this can be a visible share of a training step. Off the
+    CPU, ``F.dropout`` is one fused kernel and stays.
+    Autograd keeps the boolean mask alone for the backward pass, as ``F.dropout`` does.
+    """
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu" or p == 1.0:
+        return F.dropout(x, p, training)
+    return (x * keep_mask(x, p)).mul_(1.0 / (1.0 - p))
+
+
+def keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
+    """A boolean tensor shaped like ``x``, each element True (kept) with probability 1 - p."""
+    return torch.rand_like(x, dtype=torch.float32) >= p
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` through ``dropout`` above (same ``p``, same state dict: none)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+
+# --------------------------------------------------------------------------------------------
+# Linear layers: F.linear, or the same product through oneDNN on a CPU
+# --------------------------------------------------------------------------------------------
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+           ) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``: x @ weight.T + bias, through oneDNN where that applies.
+
+    PyTorch's CPU build ships two matrix libraries: MKL, which ``F.linear`` and ``torch.mm``
+    call for float32, and oneDNN, which they call for bf16. On some CPUs MKL's float32 kernels
+    run well below oneDNN's; on others the two are level. So float32 products on a CPU go
+    through ``onednn_linear``, the same arithmetic in another library (fp32 both; they agree to
+    rounding, and tests hold them together), and ``speed_up`` swaps this in only where
+    ``onednn_is_faster`` measured it faster. Everything else (GPU, bf16,
+    autocast, a CPU other than x86-64, a build without oneDNN or with
+    ``torch.backends.mkldnn.enabled`` off) takes ``F.linear``.
+    """
+    if _onednn_applies(x, weight):
+        shape = x.shape
+        y = onednn_linear(x.reshape(-1, shape[-1]), weight, bias)
+        return y.view(*shape[:-1], weight.shape[0])
+    return F.linear(x, weight, bias)
+
+
+def _onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
+            and x.numel() > 0 and not torch.is_autocast_enabled("cpu")
+            and torch.backends.mkldnn.enabled and onednn_available())
+
+
+@torch.library.custom_op("minift::onednn_linear", mutates_args=())
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+    """x @ weight.T (+ bias) through oneDNN: x (m, k), weight (n, k); strided views are fine.
+
+    A custom op rather than a plain function so that ``torch.compile`` calls it as it is (it
+    would otherwise try to lower oneDNN's kernel itself, which it does only for weights it has
+    prepacked). Its backward, registered below, is the textbook one: dx = dy @ W,
+    dW = dy.T @ x, db = dy summed over rows, each product through this op again, on strided
+    views (no transposed copies).
+    """
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+@onednn_linear.register_fake
+def _(x, weight, bias=None):
+    return x.new_empty(x.shape[0], weight.shape[0])
+
+
+def _onednn_linear_setup(ctx, inputs, output) -> None:
+    x, weight, bias = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.has_bias = bias is not None
+
+
+def _onednn_linear_backward(ctx, dy):
+    x, weight = ctx.saved_tensors
+    dy = dy.contiguous()
+    dx = onednn_linear(dy, weight.t()) if ctx.needs_input_grad[0] else None
+    dw = onednn_linear(dy.t(), x.t()) if ctx.needs_input_grad[1] else None
+    db = dy.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+    return dx, dw, db
+
+
+onednn_linear.register_autograd(_onednn_linear_backward, setup_context=_onednn_linear_setup)
+
+
+_AVAILABLE: list[bool] = []  # onednn_available()'s answer, once asked
+
+
+def onednn_available() -> bool:
+    """Whether this build runs oneDNN's float32 product here: x86-64 only (where it was
+    measured), tried once, on first use, on a 1 x 1 product, so a build without it falls back
+    instead of failing. The answer is kept in a plain list, which ``torch.compile`` reads as a
+    constant inside ``linear``."""
+    if not _AVAILABLE:
+        _AVAILABLE.append(_try_onednn())
+    return _AVAILABLE[0]
+
+
+def _try_onednn() -> bool:
+    if platform.machine().lower() not in ("x86_64", "amd64") or not (
+            torch.backends.mkldnn.is_available()):
+        return False
+    try:
+        one = torch.ones(1, 1)
+        return onednn_linear(one, one).item() == 1.0
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return False
+
+
+# The shape timed by onednn_is_faster: MiniLM's feed-forward (384 -> 1536) on 256 tokens, the
+# layer that holds most of a BERT's arithmetic.
+PROBE_SHAPE = (256, 384, 1536)
+
+
+@functools.cache
+def onednn_is_faster(repeats: int = 5) -> bool:
+    """Whether oneDNN's linear beats ``F.linear`` on this CPU, forward and backward, in float32.
+
+    Measured once per process, on first call (``speed_up`` makes it): ``repeats`` interleaved
+    timings of each on ``PROBE_SHAPE``, after a warm-up, compared by their medians. A few tens of
+    milliseconds. False where oneDNN is not available.
+    """
+    if not onednn_available():
+        return False
+    tokens, fan_in, fan_out = PROBE_SHAPE
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(tokens, fan_in, generator=gen, requires_grad=True)
+    w = torch.randn(fan_out, fan_in, generator=gen, requires_grad=True)
+    b = torch.zeros(fan_out, requires_grad=True)
+    dy = torch.randn(tokens, fan_out, generator=gen)
+
+    def step(fn) -> float:
+        start = time.perf_counter()
+        fn(x, w, b).backward(dy)
+        return time.perf_counter() - start
+
+    with torch.enable_grad():
+        step(onednn_linear), step(F.linear)  # warm-up: first calls pay for setup
+        times = {onednn_linear: [], F.linear: []}
+        for _ in range(repeats):
+            for fn, seconds in times.items():
+                seconds.append(step(fn))
+    median = {fn: sorted(seconds)[len(seconds) // 2] for fn, seconds in times.items()}
+    return median[onednn_linear] < median[F.linear]
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` through ``linear`` above (same parameters, same state dict)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
