@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minift.checkpoint import CheckpointError, load_encoder_weights, read_checkpoint, save_bert
+from minift.labels import IGNORE_INDEX
 from minift.model import BertConfig, BertModel
 from minift.padding import speed_up
 
@@ -63,7 +64,7 @@ class _Classifier(nn.Module):
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.reshape(-1, self.num_labels).float(),
-                                   labels.reshape(-1), ignore_index=-100)
+                                   labels.reshape(-1), ignore_index=IGNORE_INDEX)
         return ClassifierOutput(loss=loss, logits=logits)
 
     # ---- HF-format checkpoints ----
@@ -244,7 +245,7 @@ class MaskedLM(nn.Module):
         if labels.shape != input_ids.shape:
             raise ValueError(f"labels: expected the shape of input_ids {tuple(input_ids.shape)}, "
                              f"got {tuple(labels.shape)}")
-        targets = labels != -100
+        targets = labels != IGNORE_INDEX
         logits = self.head(hidden[targets])  # (targets, vocab): the sparse head
         loss = F.cross_entropy(logits.float(), labels[targets])
         return MaskedLMOutput(loss=loss, logits=logits)

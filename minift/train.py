@@ -75,6 +75,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from minift import distributed
+from minift.labels import IGNORE_INDEX
 from minift.optim import IMPLEMENTATIONS, SCHEDULES, make_optimizer, make_scheduler
 from minift.safetensors import atomic_write, fsync_dir, write_safetensors
 
@@ -264,7 +265,7 @@ def _count_targets(batch: Mapping[str, Tensor]) -> int:
     """How many targets the batch's mean loss averages over: `labels != -100`, else batch size."""
     labels = batch.get("labels")
     if isinstance(labels, Tensor):
-        return int((labels != -100).sum())
+        return int((labels != IGNORE_INDEX).sum())
     return _batch_size(batch)
 
 
@@ -291,7 +292,7 @@ def _stand_in(window: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         size = _batch_size(batch)
         labels = batch.get("labels")
         for row in range(size):
-            if not isinstance(labels, Tensor) or bool((labels[row] != -100).any()):
+            if not isinstance(labels, Tensor) or bool((labels[row] != IGNORE_INDEX).any()):
                 return {
                     key: value[row : row + 1]
                     if isinstance(value, Tensor) and value.ndim > 0 and value.shape[0] == size

@@ -34,6 +34,7 @@ def _lesson_env() -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow  # a minute or two each: CI runs them in its second step (`pytest -m slow`)
 @pytest.mark.parametrize("lesson", LESSONS, ids=[path.name for path in LESSONS])
 def test_lesson_runs_in_quick_mode(lesson: Path):
     try:
