@@ -37,6 +37,7 @@ from minift.labels import (
     split_tag,
     validate_tags,
 )
+from minift.safetensors import atomic_write
 
 # ----------------------------------------------------------------------------------------------
 # Reading examples
@@ -486,7 +487,7 @@ def write_conll(
                 raise ValueError(f"sentence {s}: a field {bad[0]!r} is empty or has a space")
             out.append(" ".join(fields) + "\n")
         out.append("\n")
-    Path(path).write_text("".join(out), encoding="utf-8")
+    atomic_write(path, "".join(out).encode("utf-8"))
 
 
 def is_bio(sentences: Sequence[TaggedSentence]) -> bool:

@@ -29,6 +29,8 @@ import tokenizers
 import torch
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
+from minift.safetensors import atomic_write
+
 # The special tokens a BERT checkpoint uses, keyed as in `tokenizer_config.json`.
 BERT_SPECIAL_TOKENS = {
     "unk_token": "[UNK]",
@@ -483,7 +485,9 @@ class Tokenizer:
         """
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
-        self.backend.save(str(folder / "tokenizer.json"))
+        # Each file through atomic_write: a crash or a full disk leaves the previous file or
+        # none, never a truncated tokenizer.json beside a complete model.
+        atomic_write(folder / "tokenizer.json", self.backend.to_str(pretty=True).encode("utf-8"))
 
         config = dict(self._config)
         config.update({k: v for k, v in self.special_tokens.items() if v is not None})
@@ -499,10 +503,9 @@ class Tokenizer:
             config.setdefault("tokenizer_class", "BertTokenizer")
             vocab = self.backend.get_vocab(with_added_tokens=False)
             tokens = sorted(vocab, key=vocab.__getitem__)  # line number = id
-            (folder / "vocab.txt").write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
-        (folder / "tokenizer_config.json").write_text(
-            json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-        )
+            atomic_write(folder / "vocab.txt", "".join(t + "\n" for t in tokens).encode("utf-8"))
+        text = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
+        atomic_write(folder / "tokenizer_config.json", text.encode("utf-8"))
 
     def __repr__(self) -> str:
         return (

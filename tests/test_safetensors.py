@@ -1,0 +1,116 @@
+"""The one atomic write: the previous file or the new one, never a part; the mode open() gives.
+
+The safetensors format itself is tested in test_checkpoint.py (against the reference library).
+Here: ``atomic_write`` alone, then the final save of a run (a classifier and its tokenizer, the
+files a finished ``minift finetune`` leaves) under a disk that fills at seeded points.
+"""
+
+import errno
+import os
+import random
+
+import pytest
+import torch
+
+import minift.safetensors as safetensors_module
+from minift.heads import SequenceClassifier
+from minift.model import BertConfig
+from minift.safetensors import atomic_write
+from minift.tokenizer import Tokenizer
+
+
+def test_atomic_write_leaves_the_old_file_when_the_writer_fails(tmp_path):
+    path = tmp_path / "f.bin"
+    atomic_write(path, b"old")
+
+    def half_then_fail(f):
+        f.write(b"new, but only ha")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError):
+        atomic_write(path, half_then_fail)
+    assert path.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]  # no temporary file left
+    atomic_write(path, lambda f: f.write(b"new"))
+    assert path.read_bytes() == b"new"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_atomic_write_gives_the_mode_open_gives(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        atomic_write(tmp_path / "atomic", b"x")
+        (tmp_path / "plain").write_bytes(b"x")
+    finally:
+        os.umask(old)
+    mode = (tmp_path / "atomic").stat().st_mode & 0o777
+    assert mode == (tmp_path / "plain").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+class _FillingDisk:
+    """``minift.safetensors``' ``os``, whose files accept ``budget`` bytes in all, then ENOSPC."""
+
+    def __init__(self, budget: float):
+        self.budget, self.used = budget, 0
+
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+    def fdopen(self, fd, *args, **kwargs):
+        disk, f = self, os.fdopen(fd, *args, **kwargs)
+
+        class Limited:
+            def write(self, data):
+                room = disk.budget - disk.used
+                if len(data) > room:
+                    f.write(data[: int(max(room, 0))])
+                    disk.used = disk.budget
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                disk.used += len(data)
+                return f.write(data)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                f.close()
+
+            def __getattr__(self, name):
+                return getattr(f, name)
+
+        return Limited()
+
+
+def test_a_full_disk_during_the_final_save_leaves_a_folder_that_loads(tmp_path, minilm_dir,
+                                                                      monkeypatch):
+    tokenizer = Tokenizer.from_pretrained(minilm_dir)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=8, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=16, max_position_embeddings=32)
+    torch.manual_seed(0)
+    old, new = SequenceClassifier(config, 2), SequenceClassifier(config, 2)
+
+    def save(model, folder):
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    reference = tmp_path / "reference"
+    save(new, reference)
+    files = {p.name: p.read_bytes() for p in reference.iterdir()}
+    total = sum(len(data) for data in files.values())
+    rng = random.Random(5)
+    budgets = [0, *sorted(rng.randrange(1, total) for _ in range(11))]
+    for i, budget in enumerate(budgets):
+        folder = tmp_path / f"run{i}"
+        save(old, folder)
+        previous = {p.name: p.read_bytes() for p in folder.iterdir()}
+        with monkeypatch.context() as patch:
+            patch.setattr(safetensors_module, "os", _FillingDisk(budget))
+            with pytest.raises(OSError) as error:
+                save(new, folder)
+        assert error.value.errno == errno.ENOSPC
+        now = {p.name: p.read_bytes() for p in folder.iterdir()}
+        assert set(now) == set(previous), f"budget {budget}: {sorted(now)}"  # no temporary file
+        for name, data in now.items():  # each file whole: the old one or the new one
+            assert data in (previous[name], files[name]), f"budget {budget}: {name} is partial"
+        SequenceClassifier.from_pretrained(folder)  # the folder loads
+        Tokenizer.from_pretrained(folder)
