@@ -2,8 +2,8 @@
 
 Read in order: ``dropout`` and ``keep_mask`` (the same distribution as ``F.dropout``, drawn with
 a cheaper call on a CPU) and ``Dropout``; then ``linear`` (``F.linear`` through oneDNN where that
-applies), the ``onednn_linear`` custom op it calls, the one-time measurement that decides whether
-to use it (``onednn_is_faster``), and ``Linear``. ``Linear`` and ``Dropout`` are subclasses of
+applies), the ``onednn_linear`` custom op it calls, the measurement, once per machine, that
+decides whether to use it (``onednn_is_faster``), and ``Linear``. ``Linear`` and ``Dropout`` are subclasses of
 ``nn.Linear`` and ``nn.Dropout`` with the same parameters, so ``padding.speed_up`` can swap them
 into a textbook model (``model.py``) without touching its state dict.
 
@@ -15,8 +15,11 @@ with the CPU named. Importing this file registers the custom op and runs no tens
 from __future__ import annotations
 
 import functools
+import json
+import os
 import platform
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -153,16 +156,66 @@ def _try_onednn() -> bool:
 PROBE_SHAPE = (256, 384, 1536)
 
 
+# MINIFT_ONEDNN=1 or 0 forces the choice; otherwise it is measured once per machine and kept in
+# CHOICE_FILE, so that every run on one machine takes the same library (the two round
+# differently, and the last digits of a trained model follow the rounding).
+FORCE_VARIABLE = "MINIFT_ONEDNN"
+CACHE_VARIABLE = "MINIFT_CACHE_DIR"  # default ~/.cache/minift
+CHOICE_FILE = "linear.json"
+
+
 @functools.cache
 def onednn_is_faster(repeats: int = 5) -> bool:
-    """Whether oneDNN's linear beats ``F.linear`` on this CPU, forward and backward, in float32.
+    """Whether ``speed_up`` should run float32 linear layers through oneDNN on this CPU.
 
-    Measured once per process, on first call (``speed_up`` makes it): ``repeats`` interleaved
-    timings of each on ``PROBE_SHAPE``, after a warm-up, compared by their medians. A few tens of
-    milliseconds. False where oneDNN is not available.
+    ``MINIFT_ONEDNN=1`` or ``0`` decides. Otherwise the answer is a measurement (``_measure``),
+    made the first time on a machine and kept in ``$MINIFT_CACHE_DIR/linear.json`` (default
+    ``~/.cache/minift``), keyed by CPU model, torch version and thread count: every later run
+    there reuses it, so the same command gives the same numbers. Delete the file to measure
+    again. Remembered for the process. False wherever oneDNN is not available.
     """
+    forced = os.environ.get(FORCE_VARIABLE)
+    if forced not in (None, "", "0", "1"):
+        raise ValueError(f"{FORCE_VARIABLE}={forced!r}: expected 1 (oneDNN) or 0 (F.linear)")
     if not onednn_available():
         return False
+    if forced:
+        return forced == "1"
+    path = _cache_dir() / CHOICE_FILE
+    key = f"{_cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    try:
+        choices = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        choices = {}
+    if isinstance(choices, dict) and isinstance(choices.get(key), bool):
+        return choices[key]
+    faster = _measure(repeats)
+    try:  # best effort: where the cache cannot be written, the next run measures again
+        path.parent.mkdir(parents=True, exist_ok=True)
+        choices = choices if isinstance(choices, dict) else {}
+        path.write_text(json.dumps(choices | {key: faster}, indent=1) + "\n", encoding="utf-8")
+    except OSError:
+        pass
+    return faster
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_VARIABLE) or Path.home() / ".cache" / "minift")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _measure(repeats: int) -> bool:
+    """oneDNN against ``F.linear``, forward and backward, on ``PROBE_SHAPE``: ``repeats``
+    interleaved timings each after a warm-up, compared by their medians (tens of ms)."""
     tokens, fan_in, fan_out = PROBE_SHAPE
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(tokens, fan_in, generator=gen, requires_grad=True)

@@ -367,7 +367,8 @@ def speed_up(model: nn.Module, *, onednn: bool | None = None, unpad: bool | None
 
     ``onednn``: ``nn.Linear`` becomes ``kernels.Linear`` (oneDNN's float32 product on a CPU).
     None, the default, decides by ``kernels.onednn_is_faster()``, a timing made once per
-    process, because its gain depends on the CPU; False puts ``nn.Linear`` back.
+    machine (its gain depends on the CPU; ``MINIFT_ONEDNN=1`` or ``0`` forces it); False puts
+    ``nn.Linear`` back.
     ``unpad`` and ``per_sequence``: see ``FastBertModel``. Calling it again changes the options.
     """
     if onednn is None:

@@ -2,6 +2,7 @@
 (outputs and gradients, torch's custom-op checks, torch.compile keeping the op), the measurement
 that chooses it, and minift's dropout against F.dropout's distribution."""
 
+import json
 import math
 import platform
 
@@ -144,9 +145,11 @@ def test_dropout_is_f_dropouts_distribution(p, shape, dtype, seed):
 
 
 
-def test_onednn_is_faster_measures_once():
+def test_onednn_is_faster_measures_once(tmp_path, monkeypatch):
     """The choice is a timing, made once per process and then remembered (a bool, False
     wherever oneDNN's linear is not available)."""
+    monkeypatch.setenv(kernels.CACHE_VARIABLE, str(tmp_path))
+    monkeypatch.delenv(kernels.FORCE_VARIABLE, raising=False)
     kernels.onednn_is_faster.cache_clear()
     first = kernels.onednn_is_faster()
     assert isinstance(first, bool)
@@ -155,3 +158,29 @@ def test_onednn_is_faster_measures_once():
     assert kernels.onednn_is_faster.cache_info().hits == 1
     if not kernels.onednn_available():
         assert first is False
+
+
+def test_the_choice_is_kept_per_machine_and_can_be_forced(tmp_path, monkeypatch):
+    """Measured once per machine (the file), so every run there takes the same library;
+    MINIFT_ONEDNN forces it; anything else in that variable is refused by name."""
+    monkeypatch.setenv(kernels.CACHE_VARIABLE, str(tmp_path))
+    monkeypatch.delenv(kernels.FORCE_VARIABLE, raising=False)
+    monkeypatch.setattr(kernels, "onednn_available", lambda: True)
+    measured = []
+    monkeypatch.setattr(kernels, "_measure", lambda repeats: measured.append(1) or True)
+    try:
+        for _ in range(3):  # three "processes"
+            kernels.onednn_is_faster.cache_clear()
+            assert kernels.onednn_is_faster() is True
+        assert len(measured) == 1
+        assert list(json.loads((tmp_path / kernels.CHOICE_FILE).read_text()).values()) == [True]
+        for value, expected in (("0", False), ("1", True)):
+            monkeypatch.setenv(kernels.FORCE_VARIABLE, value)
+            kernels.onednn_is_faster.cache_clear()
+            assert kernels.onednn_is_faster() is expected
+        monkeypatch.setenv(kernels.FORCE_VARIABLE, "yes")
+        kernels.onednn_is_faster.cache_clear()
+        with pytest.raises(ValueError, match="MINIFT_ONEDNN='yes'"):
+            kernels.onednn_is_faster()
+    finally:
+        kernels.onednn_is_faster.cache_clear()
