@@ -44,6 +44,7 @@ import torch
 import transformers
 
 from minift.checkpoint import load_bert, resolve_model_dir, save_bert
+from minift.kernels import cpu_model
 from minift.metrics import format_table
 from minift.recipes import finetune, pretrain
 from minift.tokenizer import Tokenizer
@@ -258,7 +259,7 @@ def main() -> None:
     ]
     machine = {
         "platform": platform.platform(),
-        "processor": platform.processor(),
+        "processor": cpu_model(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,

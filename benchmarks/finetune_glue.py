@@ -32,6 +32,7 @@ from transformers import BertForSequenceClassification, get_linear_schedule_with
 from minift.batches import ClassificationDataset
 from minift.checkpoint import resolve_model_dir
 from minift.data import encode_labels, read_examples, task_files
+from minift.kernels import cpu_model
 from minift.labels import LabelVocab
 from minift.metrics import accuracy, format_table, precision_recall_f1
 from minift.recipes import finetune
@@ -167,7 +168,7 @@ def main() -> None:
             "time ratio (minift/ref)": ratio,
         })
         print(format_table(rows[-1:], float_format=".2f"), flush=True)
-    machine = {"platform": platform.platform(), "processor": platform.processor(),
+    machine = {"platform": platform.platform(), "processor": cpu_model(),
                "torch": torch.__version__, "transformers": transformers.__version__,
                "threads": torch.get_num_threads(), "quick": q}
     out = Path(args.out)

@@ -53,6 +53,7 @@ from minift.data import (
     write_conll,
 )
 from minift.heads import TokenClassifier
+from minift.kernels import cpu_model
 from minift.labels import IGNORE_INDEX, LabelVocab
 from minift.metrics import format_table
 from minift.recipes import ner, predict_tags
@@ -344,7 +345,7 @@ def main() -> None:
         print(format_table(rows[-1:], float_format=".2f"), flush=True)
     machine = {
         "platform": platform.platform(),
-        "processor": platform.processor(),
+        "processor": cpu_model(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,

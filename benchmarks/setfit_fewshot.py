@@ -38,6 +38,7 @@ import torch  # noqa: E402
 
 from minift.checkpoint import load_bert, resolve_model_dir  # noqa: E402
 from minift.data import read_examples, read_semicolon_examples  # noqa: E402
+from minift.kernels import cpu_model
 from minift.metrics import format_table  # noqa: E402
 from minift.setfit import SetFitConfig, contrastive_pairs, sample_shots, train_setfit  # noqa: E402
 from minift.tokenizer import Tokenizer  # noqa: E402
@@ -232,7 +233,7 @@ def main() -> None:
         print(format_table(rows[-1:], float_format=".2f"), flush=True)
     machine = {
         "platform": platform.platform(),
-        "processor": platform.processor(),
+        "processor": cpu_model(),
         "cpus": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,

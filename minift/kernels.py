@@ -182,7 +182,7 @@ def onednn_is_faster(repeats: int = 5) -> bool:
     if forced:
         return forced == "1"
     path = _cache_dir() / CHOICE_FILE
-    key = f"{_cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    key = f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
     try:
         choices = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -203,7 +203,8 @@ def _cache_dir() -> Path:
     return Path(os.environ.get(CACHE_VARIABLE) or Path.home() / ".cache" / "minift")
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo): the cache key above, and benchmark reports."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
