@@ -168,33 +168,34 @@ def smooth(values: Sequence[float], weight: float = 0.8) -> list[float]:
     return out
 
 
-def _label(run: Path, runs: Sequence[Path]) -> str:
-    """A run's legend entry: its folder's name, or the whole path when two names are equal."""
+def _labels(runs: Sequence[Path]) -> list[str]:
+    """Each run's legend entry: its folder's name, or the whole path when two names are equal."""
     names = [r.name for r in runs]
-    return run.name if names.count(run.name) == 1 else str(run)
+    return [r.name if names.count(r.name) == 1 else str(r) for r in runs]
 
 
-def draw_loss(ax, logs: dict[Path, list[dict]]) -> None:
-    """The training loss of each run against the step: raw records faint, smoothed on top."""
-    for i, (run, records) in enumerate(logs.items()):
+def draw_loss(ax, logs: dict[str, list[dict]]) -> None:
+    """The training loss of each run (``logs``: name -> training records) against the step:
+    the logged values faint, smoothed on top."""
+    for i, (name, records) in enumerate(logs.items()):
         color = f"C{i}"
         steps = [r["step"] for r in records]
         losses = [r["loss"] for r in records]
         weight = 0.0 if len(losses) < 4 else min(0.9, 1 - 4 / len(losses))
         ax.plot(steps, losses, "o", color=color, alpha=0.25, markersize=3)
         ax.plot(steps, smooth(losses, weight), color=color, linewidth=2,
-                label=f"{_label(run, list(logs))} (smoothed)")
+                label=f"{name} (smoothed)")
     ax.set_title("training loss (mean of the steps since the last record)")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(UNITS["loss"])
     ax.legend(title="faint dots: logged values")
 
 
-def draw_lr(ax, logs: dict[Path, list[dict]]) -> None:
+def draw_lr(ax, logs: dict[str, list[dict]]) -> None:
     """The learning rate of each run against the step (warmup, then the decay)."""
-    for i, (run, records) in enumerate(logs.items()):
+    for i, (name, records) in enumerate(logs.items()):
         ax.plot([r["step"] for r in records], [r["lr"] for r in records], color=f"C{i}",
-                linewidth=2, marker=".", label=_label(run, list(logs)))
+                linewidth=2, marker=".", label=name)
     ax.set_title("learning rate (schedule)")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("learning rate (AdamW step size)")
@@ -202,13 +203,14 @@ def draw_lr(ax, logs: dict[Path, list[dict]]) -> None:
     ax.legend()
 
 
-def draw_metric(ax, metric: str, logs: dict[Path, list[dict]]) -> None:
-    """One held-out metric of each run against the step of its evaluation."""
-    for i, (run, records) in enumerate(logs.items()):
+def draw_metric(ax, metric: str, logs: dict[str, list[dict]]) -> None:
+    """One held-out metric of each run (``logs``: name -> evaluation records) against the step
+    of its evaluation."""
+    for i, (name, records) in enumerate(logs.items()):
         points = [(r["step"], r["eval"][metric]) for r in records if metric in r["eval"]]
         if points:
             ax.plot(*zip(*points, strict=True), color=f"C{i}", linewidth=2, marker="o",
-                    label=_label(run, list(logs)))
+                    label=name)
     ax.set_title(f"{metric} on the held-out set")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(UNITS.get(metric, metric))
@@ -289,13 +291,13 @@ def plot_runs(runs: Sequence[str | os.PathLike], out: str | os.PathLike | None =
     folders = [Path(run) for run in runs]
     if not folders:
         raise ValueError("give at least one run folder")
-    logs = {folder: read_log(folder) for folder in folders}
+    logs = dict(zip(_labels(folders), map(read_log, folders), strict=True))
     metrics = {folder: read_metrics(folder) for folder in folders}
     target = Path(out) if out is not None else folders[0]
     target.mkdir(parents=True, exist_ok=True)
 
     written = []
-    training = {f: t for f, (t, _) in logs.items() if t}
+    training = {name: t for name, (t, _) in logs.items() if t}
     if training:
         fig, ax = figure()
         draw_loss(ax, training)
@@ -303,7 +305,7 @@ def plot_runs(runs: Sequence[str | os.PathLike], out: str | os.PathLike | None =
         fig, ax = figure(8.0, 3.5)
         draw_lr(ax, training)
         written.append(save(fig, target / "lr.png"))
-    evaluations = {f: e for f, (_, e) in logs.items() if e}
+    evaluations = {name: e for name, (_, e) in logs.items() if e}
     names = [name for records in evaluations.values() for r in records for name in r["eval"]]
     for metric in dict.fromkeys(names):  # in first-seen order, once each
         values = [r["eval"][metric] for records in evaluations.values() for r in records
@@ -352,3 +354,32 @@ def lesson_figures(folder: str | os.PathLike) -> Figures | None:
         print("matplotlib is not installed: figures skipped (pip install -e '.[plots]')")
         return None
     return Figures(folder)
+
+
+def project_2d(points) -> Any:
+    """The first two principal components of ``points`` (n, d): an (n, 2) numpy array, the
+    coordinates of each point along the two directions in which the points vary most (PCA by
+    the SVD of the centred points; each axis's sign fixed so its largest coordinate is positive)."""
+    import numpy as np
+
+    x = np.asarray(points, dtype=np.float64)
+    centred = x - x.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    coords = centred @ vt[:2].T  # (n, 2)
+    signs = np.sign(coords[np.abs(coords).argmax(axis=0), range(2)])
+    return coords * np.where(signs == 0, 1, signs)
+
+
+def draw_embeddings(ax, coords, labels: Sequence[str], title: str,
+                    names: Sequence[str] | None = None, legend_title: str = "label") -> None:
+    """A scatter of 2-D points (``project_2d``), one colour per label (in the order of
+    ``names``, default sorted), with a legend."""
+    names = list(names) if names is not None else sorted(set(labels))
+    for k, name in enumerate(names):
+        rows = [i for i, label in enumerate(labels) if label == name]
+        ax.scatter(coords[rows, 0], coords[rows, 1], s=30, color=f"C{k}", alpha=0.8,
+                   label=name, edgecolors="white", linewidths=0.5)
+    ax.set_xlabel("principal component 1")
+    ax.set_ylabel("principal component 2")
+    ax.set_title(title)
+    ax.legend(title=legend_title)
