@@ -182,13 +182,14 @@ def draw_loss(ax, logs: dict[str, list[dict]]) -> None:
         steps = [r["step"] for r in records]
         losses = [r["loss"] for r in records]
         weight = 0.0 if len(losses) < 4 else min(0.9, 1 - 4 / len(losses))
-        ax.plot(steps, losses, "o", color=color, alpha=0.25, markersize=3)
-        ax.plot(steps, smooth(losses, weight), color=color, linewidth=2,
-                label=f"{name} (smoothed)")
+        if weight:
+            ax.plot(steps, losses, "o", color=color, alpha=0.25, markersize=3)
+        ax.plot(steps, smooth(losses, weight), color=color, linewidth=2, marker="" if weight
+                else "o", label=f"{name} (smoothed)" if weight else name)
     ax.set_title("training loss (mean of the steps since the last record)")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(UNITS["loss"])
-    ax.legend(title="faint dots: logged values")
+    ax.legend(title="dots: logged values")
 
 
 def draw_lr(ax, logs: dict[str, list[dict]]) -> None:
@@ -356,16 +357,19 @@ def lesson_figures(folder: str | os.PathLike) -> Figures | None:
     return Figures(folder)
 
 
-def project_2d(points) -> Any:
-    """The first two principal components of ``points`` (n, d): an (n, 2) numpy array, the
-    coordinates of each point along the two directions in which the points vary most (PCA by
-    the SVD of the centred points; each axis's sign fixed so its largest coordinate is positive)."""
+def project_2d(points, fit=None) -> Any:
+    """``points`` (n, d) on their first two principal components: an (n, 2) numpy array, the
+    coordinates along the two directions in which the points vary most (PCA by the SVD of the
+    centred points; each axis's sign fixed so its largest coordinate is positive). With ``fit``
+    (m, d), the directions and the centre are those of ``fit``, and ``points`` are projected
+    on them."""
     import numpy as np
 
     x = np.asarray(points, dtype=np.float64)
-    centred = x - x.mean(axis=0)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    coords = centred @ vt[:2].T  # (n, 2)
+    basis = x if fit is None else np.asarray(fit, dtype=np.float64)
+    centre = basis.mean(axis=0)
+    _, _, vt = np.linalg.svd(basis - centre, full_matrices=False)
+    coords = (x - centre) @ vt[:2].T  # (n, 2)
     signs = np.sign(coords[np.abs(coords).argmax(axis=0), range(2)])
     return coords * np.where(signs == 0, 1, signs)
 
@@ -377,8 +381,8 @@ def draw_embeddings(ax, coords, labels: Sequence[str], title: str,
     names = list(names) if names is not None else sorted(set(labels))
     for k, name in enumerate(names):
         rows = [i for i, label in enumerate(labels) if label == name]
-        ax.scatter(coords[rows, 0], coords[rows, 1], s=30, color=f"C{k}", alpha=0.8,
-                   label=name, edgecolors="white", linewidths=0.5)
+        ax.scatter(coords[rows, 0], coords[rows, 1], s=60, color=f"C{k}", alpha=0.9,
+                   label=name, edgecolors="black", linewidths=0.6)
     ax.set_xlabel("principal component 1")
     ax.set_ylabel("principal component 2")
     ax.set_title(title)
