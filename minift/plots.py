@@ -77,11 +77,16 @@ def figure(width: float = 8.0, height: float = 4.5, **subplots: Any):
     return fig, fig.subplots(**subplots)
 
 
-def save(fig, path: str | os.PathLike) -> Path:
-    """Write ``fig`` as a PNG at ``path`` (atomically: a reader never sees half a file)."""
+def png(fig) -> bytes:
+    """``fig`` rendered as PNG bytes (Agg), ``DPI`` pixels per inch."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI)
-    atomic_write(Path(path), buffer.getvalue())
+    return buffer.getvalue()
+
+
+def save(fig, path: str | os.PathLike) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (atomically: a reader never sees half a file)."""
+    atomic_write(Path(path), png(fig))
     return Path(path)
 
 
@@ -335,15 +340,17 @@ class Figures:
 
     def save(self, fig, name: str) -> Path:
         """Write ``fig`` as ``folder/name``, display it in a notebook, and print the path."""
-        path = save(fig, self.folder / name)
+        data = png(fig)
+        path = self.folder / name
+        atomic_write(path, data)
         self.written.append(path)
         try:
             from IPython import get_ipython
-            from IPython.display import display
+            from IPython.display import Image, display
         except ImportError:
             get_ipython = None
         if get_ipython is not None and get_ipython() is not None:
-            display(fig)
+            display(Image(data=data))  # the PNG itself: no pyplot or inline backend needed
         print(f"figure: {path}")
         return path
 
