@@ -67,3 +67,31 @@ def test_plot_names_the_corrupt_line(tmp_path, capsys):
     good = json.dumps({"step": 10, "epoch": 0.5, "loss": 0.7, "lr": 1e-5})
     (tmp_path / "log.jsonl").write_text(good + "\n" + good + "\n" + '{"step": 3, "lo\n')
     assert "log.jsonl:3: not a JSON record" in _error(capsys, tmp_path)
+
+
+def test_without_matplotlib_lessons_skip_and_commands_refuse(monkeypatch, tmp_path, capsys):
+    from minift import plots
+
+    monkeypatch.setattr(plots, "available", lambda: False)
+    assert plots.lesson_figures(tmp_path / "figures") is None
+    assert "figures skipped" in capsys.readouterr().out
+    assert not (tmp_path / "figures").exists()
+    out = tmp_path / "run"
+    assert main(["finetune", "--task", "sst2", "--out", str(out), "--plot"]) == 2
+    assert "--plot needs matplotlib" in capsys.readouterr().err
+    assert not out.exists()  # refused before anything was written
+    (tmp_path / "log.jsonl").write_text('{"step": 1, "loss": 0.5, "lr": 0.1}\n')
+    assert "minift plot needs matplotlib" in _error(capsys, tmp_path)
+
+
+def test_figures_folder_is_emptied_and_holds_what_was_saved(tmp_path):
+    from minift import plots
+
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "stale.png").write_bytes(b"old")
+    figures = plots.Figures(tmp_path / "figures")
+    fig, ax = plots.figure(4, 3)
+    ax.plot([0, 1, 2], [2, 0, 1])
+    figures.save(fig, "line.png")
+    assert [p.name for p in (tmp_path / "figures").iterdir()] == ["line.png"]
+    assert_picture(tmp_path / "figures" / "line.png", (400, 300))
