@@ -433,8 +433,7 @@ if FIGURES:
     label_names = {"0": "0 (negative)", "1": "1 (positive)"}
     plots.draw_embeddings(
         ax, coords[: len(pool)], [label_names[example.label] for example in pool],
-        f"{len(pool)} SST-2 dev sentence embeddings (all-MiniLM-L6-v2), first two principal "
-        "components",
+        f"{len(pool)} SST-2 dev sentences: embeddings projected to 2-D (PCA)",
     )
     for (x_star, y_star), query in zip(coords[len(pool):], queries, strict=True):
         ax.scatter(x_star, y_star, marker="*", s=300, color="black", zorder=3)
