@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from minift import model as model_py
-from minift import padding
+from minift import padding, plots
 from minift.checkpoint import IGNORED_KEYS, KEY_MAP, load_bert, resolve_model_dir
 from minift.data import read_examples
 from minift.model import additive_mask, attention
@@ -48,6 +48,9 @@ try:
 except NameError:  # opened as a notebook: the working directory is lessons/
     REPO = Path.cwd().resolve().parent
 DATA = Path(os.environ.get("MINIFT_DATA") or REPO.parent / "shared" / "data")
+# Figures go to lessons/figures/01/ (git-ignored; emptied now, kept at the end), and show inline
+# in a notebook. Without matplotlib, FIGURES is None and the lesson runs without them.
+FIGURES = plots.lesson_figures(REPO / "lessons" / "figures" / "01")
 START = time.perf_counter()
 torch.set_printoptions(precision=4, sci_mode=False, linewidth=100)
 
@@ -224,6 +227,32 @@ with torch.no_grad():
     )
 
 # %% [markdown]
+# The same weights as a picture: one panel per head, each row a query token and each column the
+# key tokens it attends to (a row sums to 1). Even in block 0 the heads differ: some look at the
+# token itself, some at the previous or next token, some spread over the sentence or rest on
+# `[SEP]` and `[CLS]`.
+
+# %%
+if FIGURES:
+    shown_row = 0  # the longer sentence of the batch, no padding
+    real = mask[shown_row] == 1
+    tokens = tokenizer.convert_ids_to_tokens(ids[shown_row][real])
+    heads_shown = weights[shown_row][:, real][:, :, real]  # (heads, tokens, tokens)
+    fig, axes = plots.figure(12, 9.6, nrows=3, ncols=4, sharex=True, sharey=True)
+    for head, ax in enumerate(axes.flat):
+        image = ax.imshow(heads_shown[head], cmap="viridis", vmin=0, vmax=1)
+        ax.set_title(f"head {head}")
+        ax.grid(False)
+        ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(tokens)), tokens, fontsize=7)
+    fig.supxlabel("key token (attended to)")
+    fig.supylabel("query token (attending)")
+    fig.suptitle(f"Block 0 attention weights of one SST-2 sentence, one panel per head: "
+                 f"{batch_texts[shown_row][:60]!r}")
+    fig.colorbar(image, ax=axes, label="attention weight (a row sums to 1)", shrink=0.6)
+    FIGURES.save(fig, "attention_heads.png")
+
+# %% [markdown]
 # The feed-forward layer widens each token to the intermediate size (4x hidden), applies the exact
 # GELU, and narrows it back. A block puts the two sublayers together, each followed by a residual
 # and LayerNorm (BERT normalises after the residual, "post-LN").
@@ -391,6 +420,28 @@ print(
     f"\n{k}-NN accuracy within {len(pool)} SST-2 dev sentences: {knn_accuracy:.3f} "
     f"(always guessing the majority label: {majority:.3f})"
 )
+
+# %% [markdown]
+# A picture of the same pool: the 384-dimensional embeddings projected on the two directions in
+# which they vary most (principal component analysis, `plots.project_2d`), coloured by label, with
+# the two queries as stars. Two dimensions keep little of 384, but the labels already lean apart.
+
+# %%
+if FIGURES:
+    coords = plots.project_2d(torch.cat([pool_emb, query_emb]))
+    fig, ax = plots.figure(7, 5.5)
+    label_names = {"0": "0 (negative)", "1": "1 (positive)"}
+    plots.draw_embeddings(
+        ax, coords[: len(pool)], [label_names[example.label] for example in pool],
+        f"{len(pool)} SST-2 dev sentences: embeddings projected to 2-D (PCA)",
+    )
+    for (x_star, y_star), query in zip(coords[len(pool):], queries, strict=True):
+        ax.scatter(x_star, y_star, marker="*", s=300, color="black", zorder=3)
+        right = x_star > 0  # label towards the middle, inside the axes
+        ax.annotate(f"query: {query[:18]}...", (x_star, y_star), textcoords="offset points",
+                    xytext=(-10 if right else 10, 10), ha="right" if right else "left")
+    ax.title.set_fontsize(11)
+    FIGURES.save(fig, "embeddings_pca.png")
 
 print(f"\nlesson ran in {time.perf_counter() - START:.1f} s")
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from minift import plots
 from minift.batches import ClassificationDataset, length_grouped_batches
 from minift.checkpoint import resolve_model_dir
 from minift.data import encode_labels, read_examples, task_files
@@ -44,10 +45,11 @@ from minift.train import TrainConfig, train
 MINIFT_QUICK = os.environ.get("MINIFT_QUICK") == "1"
 NUM_TRAIN = 320 if MINIFT_QUICK else 6400  # a seeded subset of the training sentences
 NUM_DEV = 160 if MINIFT_QUICK else None  # None: the whole dev set
-BATCH_SIZE = 16 if MINIFT_QUICK else 32  # NUM_TRAIN / BATCH_SIZE optimizer steps in one epoch
-EVAL_EVERY = None if MINIFT_QUICK else 50  # None: evaluate once, at the end of the epoch
+BATCH_SIZE = 8 if MINIFT_QUICK else 32  # NUM_TRAIN / BATCH_SIZE optimizer steps in one epoch
+EVAL_EVERY = 20 if MINIFT_QUICK else 50  # optimizer steps between evaluations on dev
 MAX_LENGTH = 64  # tokens; SST-2 sentences are short
-LR = 5e-5  # BERT's fine-tuning default
+# BERT's fine-tuning default is 5e-5; the 40 steps of quick mode need a higher rate to learn.
+LR = 2e-4 if MINIFT_QUICK else 5e-5
 WEIGHT_DECAY = 0.01
 SEED = 0
 
@@ -62,6 +64,9 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 WORK = REPO / "runs" / "lessons" / "02"
 shutil.rmtree(WORK, ignore_errors=True)
 WORK.mkdir(parents=True)
+# Figures go to lessons/figures/02/ (git-ignored; emptied now, kept at the end), and show inline
+# in a notebook. Without matplotlib, FIGURES is None and the lesson runs without them.
+FIGURES = plots.lesson_figures(REPO / "lessons" / "figures" / "02")
 START = time.perf_counter()
 torch.set_printoptions(precision=4, sci_mode=False, linewidth=100)
 
@@ -427,6 +432,22 @@ print(
 )
 
 # %% [markdown]
+# The same log as a picture (what `minift plot RUN` draws from a run's `log.jsonl`): the training
+# loss, each point the mean over the steps since the previous record and the line a smoothed
+# average, and the dev accuracy at each evaluation, starting from the untrained model's.
+
+# %%
+if FIGURES:
+    fig, (ax_loss, ax_acc) = plots.figure(11, 4.2, ncols=2)
+    plots.draw_loss(ax_loss, {"SST-2 run": train_log})
+    dev_curve = [{"step": 0, "eval": before}] + [r for r in result.history if "eval" in r]
+    plots.draw_metric(ax_acc, "accuracy", {"SST-2 dev": dev_curve})
+    ax_acc.axhline(majority, color="grey", linestyle="--", label="always the majority label")
+    ax_acc.legend()
+    ax_acc.set_title("dev accuracy (step 0: before training)")
+    FIGURES.save(fig, "loss_and_accuracy.png")
+
+# %% [markdown]
 # ## How good is it?
 #
 # Load the best checkpoint back and score it. Accuracy is the headline; F1 of the positive class
@@ -450,6 +471,12 @@ print(
     )
 )  # fmt: skip
 check(after["accuracy"] == result.best_metric, "the reloaded best model scores differently")
+check(after["accuracy"] > majority, "fine-tuning did not beat always answering the majority label")
+if FIGURES:
+    fig, ax = plots.figure(6, 5)
+    plots.draw_confusion(ax, matrix, names_of, f"SST-2 dev confusion matrix ({len(pred)} "
+                         f"sentences, accuracy {after['accuracy']:.3f})")
+    FIGURES.save(fig, "confusion_matrix.png")
 
 # %% [markdown]
 # The mistakes the model was surest of are worth reading: negation, contrast ("but"), irony and

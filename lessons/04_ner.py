@@ -29,6 +29,7 @@ from pathlib import Path
 import transformers
 from seqeval.metrics import f1_score
 
+from minift import plots
 from minift.batches import TokenClassificationDataset
 from minift.checkpoint import resolve_model_dir
 from minift.data import encode_tags, entity_label_set, read_conll, write_conll
@@ -49,6 +50,9 @@ try:
 except NameError:  # opened as a notebook: the working directory is lessons/
     REPO = Path.cwd().resolve().parent
 DATA = Path(os.environ.get("MINIFT_DATA") or REPO.parent / "shared" / "data") / "conll2003"
+# Figures go to lessons/figures/04/ (git-ignored; emptied now, kept at the end), and show inline
+# in a notebook. Without matplotlib, FIGURES is None and the lesson runs without them.
+FIGURES = plots.lesson_figures(REPO / "lessons" / "figures" / "04")
 START = time.perf_counter()
 
 
@@ -134,6 +138,38 @@ print(
         ]
     )
 )
+
+
+# %% [markdown]
+# The same alignment as a picture: one column per token, one row per way of labelling it. A
+# coloured cell is a label the loss trains on (its entity type's colour; `O` grey), a white cell
+# is -100, ignored. Only the first row keeps one entity per entity word.
+
+# %%
+if FIGURES:
+    from matplotlib.patches import Rectangle
+
+    rows = {"first sub-word": show(first), "all sub-words": show(every),
+            "naive copy": show(copied)}
+    types = sorted({tag[2:] for tag in labels.labels if tag != "O"})
+    colour = {t: f"C{k}" for k, t in enumerate(types)}
+    fig, ax = plots.figure(13, 3.4)
+    for y, row in enumerate(rows.values()):
+        for x, tag in enumerate(row):
+            fill = "white" if tag == "-100" else "0.85" if tag == "O" else colour[tag[2:]]
+            ax.add_patch(Rectangle((x - 0.5, y - 0.5), 1, 1, facecolor=fill, edgecolor="0.6",
+                                   alpha=0.45 if fill.startswith("C") else 1))
+            ax.text(x, y, tag, ha="center", va="center", fontsize=9)
+    ax.set_xlim(-0.5, len(tokens) - 0.5)
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    ax.set_xticks(range(len(tokens)), [f"{t}\n(word {w})" if w is not None else t
+                                        for t, w in zip(tokens, word_ids, strict=True)],
+                  rotation=0, fontsize=9)
+    ax.xaxis.tick_top()
+    ax.set_yticks(range(len(rows)), list(rows))
+    ax.grid(False)
+    ax.set_title("Labels of each sub-word token (white: -100, ignored by the loss)", pad=40)
+    FIGURES.save(fig, "subword_labels.png")
 
 
 def token_entities(ids: list[int]) -> list:
@@ -345,6 +381,12 @@ print(
         ]
     )
 )
+if FIGURES:
+    per_type = saved["dev"]["per_type"]
+    fig, ax = plots.figure(8, 4.2)
+    plots.draw_class_scores(ax, per_type, "CoNLL-2003 dev: scores per entity type"
+                            f" (micro F1 {saved['dev']['f1']:.3f})")
+    FIGURES.save(fig, "f1_per_type.png")
 shutil.rmtree(work)  # the trained model, its metrics and predictions
 print(f"lesson ran in {time.perf_counter() - START:.0f} s")
 

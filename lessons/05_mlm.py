@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import transformers
 
+from minift import plots
 from minift.checkpoint import load_bert, resolve_model_dir, save_bert
 from minift.heads import MaskedLM
 from minift.metrics import format_table
@@ -48,6 +49,9 @@ try:
 except NameError:  # opened as a notebook: the working directory is lessons/
     REPO = Path.cwd().resolve().parent
 DATA = Path(os.environ.get("MINIFT_DATA") or REPO.parent / "shared" / "data")
+# Figures go to lessons/figures/05/ (git-ignored; emptied now, kept at the end), and show inline
+# in a notebook. Without matplotlib, FIGURES is None and the lesson runs without them.
+FIGURES = plots.lesson_figures(REPO / "lessons" / "figures" / "05")
 START = time.perf_counter()
 # The lesson's files go to runs/lessons/05/ (git-ignored): emptied now, removed at the end; a run
 # that stops halfway leaves it there until the next run empties it.
@@ -135,9 +139,10 @@ def show(masked: dict) -> tuple[str, str]:
     return " ".join(sees), " ".join(predict)
 
 
+masked_by = {}
 for strategy in ("mlm", "wwm", "span"):
     collator = MaskingCollator.from_tokenizer(tokenizer, strategy)
-    masked = collator(demo_batch, torch.Generator().manual_seed(7))
+    masked = masked_by[strategy] = collator(demo_batch, torch.Generator().manual_seed(7))
     sees, predict = show(masked)
     print(
         f"--- {strategy}: {int((masked['labels'] != -100).sum())} of "
@@ -146,6 +151,46 @@ for strategy in ("mlm", "wwm", "span"):
     )
     print("sees:    ", sees)
     print("predict: ", predict)
+
+# %% [markdown]
+# The same three maskings as a map of the first tokens of the sequence: each cell a token, its
+# colour what the strategy did to it. `mlm` scatters single pieces (half a word may be hidden),
+# `wwm` hides whole words, `span` hides runs of consecutive words.
+
+# %%
+if FIGURES:
+    from matplotlib.patches import Patch
+
+    shown_tokens = 40
+    treatments = {"kept, not predicted": "white", "[MASK]": "C3", "random token": "C1",
+                  "unchanged, predicted": "C2"}
+    fig, axes = plots.figure(13, 5.6, nrows=3, sharex=True)
+    for ax, (strategy, masked) in zip(axes, masked_by.items(), strict=True):
+        seen, targets = masked["input_ids"][0].tolist(), masked["labels"][0].tolist()
+        for x, token_id in enumerate(original.tolist()[:shown_tokens]):
+            if targets[x] == -100:
+                kind = "kept, not predicted"
+            elif seen[x] == tokenizer.mask_token_id:
+                kind = "[MASK]"
+            else:
+                kind = "random token" if seen[x] != token_id else "unchanged, predicted"
+            ax.bar(x, 1, width=1, color=treatments[kind], edgecolor="0.7",
+                   alpha=0.6 if kind != "kept, not predicted" else 1)
+            ax.text(x, 0.5, tokenizer.convert_ids_to_tokens(token_id), rotation=90,
+                    ha="center", va="center", fontsize=8)
+        selected = sum(t != -100 for t in targets)
+        ax.set_title(f"{strategy}: {selected} of {len(targets)} tokens to predict (first "
+                     f"{shown_tokens} shown)", fontsize=11)
+        ax.set_yticks([])
+        ax.grid(False)
+        ax.set_xlim(-0.5, shown_tokens - 0.5)
+        ax.spines["left"].set_visible(False)
+    axes[-1].set_xlabel("token position in the packed sequence")
+    fig.legend(handles=[Patch(facecolor=c, edgecolor="0.7", label=k, alpha=0.6 if c != "white"
+                              else 1) for k, c in treatments.items()],
+               loc="outside lower center", ncols=4)
+    fig.suptitle("What each masking strategy hides in one Financial PhraseBank sequence")
+    FIGURES.save(fig, "masking_map.png")
 
 # %% [markdown]
 # One draw shows the idea, many draws show the rates. Over the whole training text, masked once
@@ -278,6 +323,7 @@ adapted_metrics = pretrain(
     max_length=128,
     lr=1e-4,
     seed=0,
+    eval_every=max(1, PRETRAIN_STEPS // 8),  # a held-out point every eighth of the run
     out=str(WORK / "adapted"),
     progress=False,
 )
@@ -285,6 +331,21 @@ adapted = MaskedLM.from_pretrained(WORK / "adapted").eval()
 print(f"{PROBE!r}\n  top 5 after adaptation: {top_predictions(adapted)}")
 before, after = adapted_metrics["before"], adapted_metrics["after"]
 check(after["loss"] < before["loss"], "continued pretraining did not lower the held-out loss")
+
+# %% [markdown]
+# The held-out perplexity at each evaluation of the run (step 0: the published weights, with the
+# freshly initialised head), from the run's `log.jsonl`, beside the training loss.
+
+# %%
+if FIGURES:
+    train_records, eval_records = plots.read_log(WORK / "adapted")
+    eval_records = [{"step": 0, "eval": before}] + eval_records
+    fig, (ax_loss, ax_ppl) = plots.figure(11, 4.2, ncols=2)
+    plots.draw_loss(ax_loss, {"wwm, packed": train_records})
+    plots.draw_metric(ax_ppl, "perplexity", {"held-out sentences": eval_records})
+    ax_ppl.set_yscale("log")
+    ax_ppl.set_title("held-out perplexity during continued pretraining")
+    FIGURES.save(fig, "perplexity.png")
 
 # %% [markdown]
 # The folder `pretrain` wrote is a `BertForMaskedLM` checkpoint: transformers loads it and

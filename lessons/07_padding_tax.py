@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from minift import plots
 from minift.batches import (
     ClassificationDataset,
     TokenClassificationDataset,
@@ -55,6 +56,9 @@ except NameError:  # opened as a notebook: the working directory is lessons/
 DATA = Path(os.environ.get("MINIFT_DATA") or REPO.parent / "shared" / "data")
 # The speed benchmarks' helpers: their exact MRPC batches and their FLOP count.
 sys.path.insert(0, str(REPO / "benchmarks"))
+# Figures go to lessons/figures/07/ (git-ignored; emptied now, kept at the end), and show inline
+# in a notebook. Without matplotlib, FIGURES is None and the lesson runs without them.
+FIGURES = plots.lesson_figures(REPO / "lessons" / "figures" / "07")
 START = time.perf_counter()
 
 
@@ -143,6 +147,37 @@ for name, dataset in datasets.items():
 print(format_table(padding_rows, float_format=".3f"))
 for name, s in stats.items():
     check(s["real"] <= s["grouped"] <= s["random"], f"{name}: grouping added padding")
+
+# %% [markdown]
+# Where the padding comes from, per dataset: the lengths of the examples (a batch is padded to
+# its longest member, so a long tail of lengths means padding in most random batches), and the
+# share of padding each way of batching computes.
+
+# %%
+if FIGURES:
+    fig, axes = plots.figure(13, 4.2, ncols=len(datasets) + 1)
+    for ax, (name, dataset) in zip(axes, datasets.items(), strict=False):
+        lengths = dataset.lengths
+        ax.hist(lengths, bins=range(0, max(lengths) + 4, 4), color="C0")
+        ax.axvline(sum(lengths) / len(lengths), color="black", linestyle="--", label="mean")
+        ax.set_title(f"{name}: {len(lengths)} examples")
+        ax.set_xlabel("length (tokens)")
+        ax.set_ylabel("examples")
+        ax.legend()
+    ways = {"random batches": "random", "length-grouped": "grouped",
+            f"pad to {MAX_LENGTH}": "max_length"}
+    ax = axes[-1]
+    width = 0.8 / len(ways)
+    for k, (label, key) in enumerate(ways.items()):
+        ax.bar([i + (k - 1) * width for i in range(len(stats))],
+               [1 - s["real"] / s[key] for s in stats.values()], width, label=label)
+    ax.set_xticks(range(len(stats)), list(stats))
+    ax.set_ylim(0, 1.4)  # room for the legend above the bars
+    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    ax.set_ylabel("share of computed tokens that are padding")
+    ax.set_title(f"padding, batches of {BATCH_SIZE}")
+    ax.legend(fontsize=8, loc="upper left")
+    FIGURES.save(fig, "padding.png")
 
 # %% [markdown]
 # The shares above are fractions of the tokens computed. Random batches of short, uneven
@@ -445,6 +480,21 @@ for name, dataset in datasets.items():
     )
 print(f"{ROUNDS} rounds after one warm-up, {torch.get_num_threads()} torch threads, median:")
 print(format_table(timing_rows, float_format=".2f"))
+if FIGURES:
+    implementations = {"minift": "minift tok/s", "minift padded": "minift padded tok/s",
+                       "hf sdpa": "hf sdpa tok/s"}
+    fig, ax = plots.figure(8, 4.2)
+    width = 0.8 / len(implementations)
+    for k, (label, key) in enumerate(implementations.items()):
+        ax.bar([i + (k - 1) * width for i in range(len(timing_rows))],
+               [row[key] for row in timing_rows], width, label=label)
+    ax.set_xticks(range(len(timing_rows)),
+                  [f"{row['dataset']}\n(ceiling {row['ceiling']:.2f}x)" for row in timing_rows])
+    ax.set_ylabel("real tokens per second (median round)")
+    ax.set_title(f"Forward pass speed per implementation, {torch.get_num_threads()} threads "
+                 "(one machine: compare ratios)", fontsize=11)
+    ax.legend()
+    FIGURES.save(fig, "speed.png")
 
 # %% [markdown]
 # `minift / minift padded` isolates the padding: same code, same weights, only `unpad` differs.

@@ -44,7 +44,7 @@ import torch
 
 import minift.recipes
 import minift.train
-from minift import distributed
+from minift import distributed, plots
 from minift.batches import ClassificationDataset
 from minift.checkpoint import resolve_model_dir
 from minift.data import encode_labels, read_examples, task_files
@@ -81,6 +81,9 @@ os.environ["MINIFT_DATA"] = str(DATA)  # where `minift finetune --task` looks fo
 WORK = REPO / "runs" / "lessons" / "08"
 shutil.rmtree(WORK, ignore_errors=True)
 WORK.mkdir(parents=True)
+# Figures go to lessons/figures/08/ (git-ignored; emptied now, kept at the end), and show inline
+# in a notebook. Without matplotlib, FIGURES is None and the lesson runs without them.
+FIGURES = plots.lesson_figures(REPO / "lessons" / "figures" / "08")
 START = time.perf_counter()
 
 
@@ -233,6 +236,28 @@ print(f"plain average:  loss {sum_plain:.6f}, gradient max abs diff {plain_error
 check(abs(sum_weighted - one_loss) < 1e-5, "the weighted rank losses do not add up")
 check(weighted_error < 1e-5 * max(norm, 1.0), "the weighted gradient is not one process's")
 check(plain_error > 100 * weighted_error, "the plain average is as good as the weighted one")
+
+# %% [markdown]
+# The same comparison as a picture: each dot one gradient component (a random sample of them),
+# its value on one process against its value on two. Weighted by the share of targets, the
+# two-process gradient lies on the diagonal; the plain average of the ranks' means leaves it.
+
+# %%
+if FIGURES:
+    sample = torch.randperm(len(one_grad), generator=torch.Generator().manual_seed(SEED))[:4000]
+    fig, ax = plots.figure(6.5, 5.5)
+    x = one_grad[sample]
+    ax.scatter(x, ddp_plain[sample], s=6, color="C3", alpha=0.5,
+               label=f"plain average (max diff {plain_error:.1e})")
+    ax.scatter(x, ddp_weighted[sample], s=6, color="C0", alpha=0.5,
+               label=f"weighted n_r*N/n (max diff {weighted_error:.1e})")
+    ax.axline((0, 0), slope=1, color="black", linewidth=0.8, label="equal")
+    ax.set_xlabel("gradient component, one process")
+    ax.set_ylabel(f"same component, {NPROC} processes")
+    ax.set_title(f"Gradient on {n} rows split {'/'.join(str(len(p['labels'])) for p in parts)}: "
+                 f"{len(sample)} of its components, 2 processes against 1", fontsize=11)
+    ax.legend(fontsize=9)
+    FIGURES.save(fig, "gradient_agreement.png")
 probe.save_pretrained(WORK / "initial")  # the runs below start from these very weights
 
 # %%
@@ -574,7 +599,7 @@ for node in (0, 1):
 # %%
 show_source(distributed.setup, 'backend = "nccl"', "torch.cuda.set_device")
 show_source(distributed.local_device, 'torch.device("cuda", int(os.environ')
-show_source(minift.train.train, "device_ids=[device.index]")
+show_source(minift.train._wrap, "device_ids=[device.index]")  # DDP wraps the model there
 
 # %% [markdown]
 # **Failures.** A rank that raises (bad data in its shard, out of memory) exits; the others
@@ -703,6 +728,22 @@ for seq in CKPT_LENGTHS:
     check(saved_bytes[True] < saved_bytes[False] / 5, f"checkpointing saved little at seq {seq}")
 print(f"MiniLM classifier, training mode, {CKPT_REPEATS} timed step(s) per setting")
 print(format_table(ckpt_rows, float_format=".3g"))
+if FIGURES:
+    fig, (ax_mem, ax_time) = plots.figure(11, 4.2, ncols=2)
+    places = range(len(ckpt_rows))
+    for k, (label, suffix) in enumerate((("without", ""), ("with checkpointing", ", ckpt"))):
+        offsets = [i + (k - 0.5) * 0.4 for i in places]
+        ax_mem.bar(offsets, [row[f"saved MB{suffix}"] for row in ckpt_rows], 0.4, label=label)
+        ax_time.bar(offsets, [row[f"step s{suffix}"] for row in ckpt_rows], 0.4, label=label)
+    for ax in (ax_mem, ax_time):
+        ax.set_xticks(list(places), [f"seq {row['seq']}" for row in ckpt_rows])
+        ax.set_xlabel(f"sequence length (batch {CKPT_BATCH})")
+        ax.legend()
+    ax_mem.set_ylabel("MB saved for backward")
+    ax_mem.set_title("Memory kept between forward and backward")
+    ax_time.set_ylabel("seconds per training step (median)")
+    ax_time.set_title("Time of a training step")
+    FIGURES.save(fig, "checkpointing.png")
 short, long = ckpt_rows[0], ckpt_rows[-1]
 growth = (long["saved MB"] / long["seq"]) / (short["saved MB"] / short["seq"])
 print(

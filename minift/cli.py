@@ -87,8 +87,22 @@ def _run_recipe(name: str, args: argparse.Namespace) -> int:
     from minift import recipes
 
     recipe = getattr(recipes, name)
+    if getattr(args, "plot", False):  # checked before training, not after an hour of it
+        from minift.plots import require_matplotlib
+
+        require_matplotlib("--plot")
     options = vars(args) | {"progress": not args.no_progress}
     recipe(**{key: options[key] for key in inspect.signature(recipe).parameters if key in options})
+    if getattr(args, "plot", False) and os.environ.get("RANK", "0") == "0":
+        cmd_plot(argparse.Namespace(runs=[args.out], out=None))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from minift.plots import plot_runs
+
+    for path in plot_runs(args.runs, args.out):
+        print(f"wrote {path}")
     return 0
 
 
@@ -149,6 +163,10 @@ def add_run_options(p: argparse.ArgumentParser, *, resumable: bool = True) -> No
                            help="keep OUT/resume.pt when the run completes (removed otherwise)")
     group.add_argument("--device", help="cpu, cuda, cuda:1 or mps (default: cuda when available)")
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
+    if resumable:  # the runs on minift.train, which write log.jsonl
+        group.add_argument("--plot", action="store_true",
+                           help="when the run ends, draw its curves into OUT (as 'minift plot "
+                                "OUT'; needs matplotlib)")
 
 
 def add_classifier_training(p: argparse.ArgumentParser, *, max_length_help: str) -> None:
@@ -288,6 +306,19 @@ def add_similarity_parser(sub) -> None:
     p.set_defaults(func=cmd_similarity)
 
 
+def add_plot_parser(sub) -> None:
+    p = _parser(sub, "plot", "draw the curves of runs into PNG files",
+                "Draw the training loss (smoothed, the logged values faint), the learning rate "
+                "and every held-out metric against the step from each RUN/log.jsonl, several "
+                "runs on the same axes (labelled by folder). The curves go into --out, by "
+                "default the first RUN; each run's confusion.png (classification) or "
+                "f1_per_type.png (NER), from its metrics.json, goes into its own folder.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="folder of a finetune, ner or "
+                   "pretrain run (holding log.jsonl)")
+    p.add_argument("--out", metavar="DIR", help="folder of the curves (default: the first RUN)")
+    p.set_defaults(func=cmd_plot)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``minift`` parser and its subcommands."""
     from minift import __version__
@@ -301,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_pretrain_parser(sub)
     add_setfit_parser(sub)
     add_similarity_parser(sub)
+    add_plot_parser(sub)
     return parser
 
 

@@ -69,6 +69,7 @@ from minift.labels import IGNORE_INDEX, SCHEMES, LabelVocab
 from minift.lock import acquire, release
 from minift.metrics import (
     accuracy,
+    confusion_matrix,
     entity_scores,
     format_table,
     per_class_scores,
@@ -251,7 +252,8 @@ def _bar(items, desc: str, progress: bool):
 
 def classification_metrics(model, batches, num_labels: int, device, *,
                            progress: bool = False) -> dict[str, float]:
-    """Dev loss, accuracy and F1 (binary on label 1 for two labels, else macro)."""
+    """Dev loss, accuracy, F1 (binary on label 1 for two labels, else macro) and the confusion
+    matrix (``confusion[gold][predicted]``, counts, in label-id order)."""
     model.eval()
     gold, pred, loss_sum = [], [], 0.0
     with torch.no_grad():
@@ -265,7 +267,8 @@ def classification_metrics(model, batches, num_labels: int, device, *,
         scores = precision_recall_f1(gold, pred, average="binary", pos_label=1)
     else:
         scores = precision_recall_f1(gold, pred, average="macro", labels=list(range(num_labels)))
-    return {"loss": loss_sum / len(gold), "accuracy": accuracy(gold, pred), "f1": scores["f1"]}
+    return {"loss": loss_sum / len(gold), "accuracy": accuracy(gold, pred), "f1": scores["f1"],
+            "confusion": confusion_matrix(gold, pred, labels=list(range(num_labels)))}
 
 
 def predict_tags(model, dataset, batch_size: int, device, *, progress: bool = False,

@@ -83,12 +83,13 @@ def test_help_imports_no_torch():
         "import minift\n"
         "assert 'torch' not in sys.modules, 'import minift imported torch'\n"
         "from minift.cli import main\n"
-        "for argv in ([], ['finetune'], ['ner'], ['pretrain'], ['setfit'], ['similarity']):\n"
+        "for argv in ([], ['finetune'], ['ner'], ['pretrain'], ['setfit'], ['similarity'], ['plot']):\n"
         "    try:\n"
         "        main([*argv, '--help'])\n"
         "    except SystemExit:\n"
         "        pass\n"
-        "heavy = sorted(m for m in ('torch', 'minift.model', 'minift.recipes') if m in sys.modules)\n"
+        "heavy = sorted(m for m in ('torch', 'matplotlib', 'minift.model', 'minift.recipes')\n"
+        "                if m in sys.modules)\n"
         "print('HEAVY', heavy)\n"
     )
     env = os.environ | {"PYTHONPATH": str(REPO)}

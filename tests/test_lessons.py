@@ -5,6 +5,7 @@ with MINIFT_QUICK=1. A lesson checks its own claims (it raises when the numbers 
 agreeing with the reference), so a passing run means more than "no syntax error".
 """
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -12,12 +13,25 @@ import sys
 from pathlib import Path
 
 import pytest
+from png import assert_picture
 
 REPO = Path(__file__).resolve().parents[1]
 LESSONS_DIR = REPO / "lessons"
 LESSONS = sorted(LESSONS_DIR.glob("[0-9][0-9]_*.py"))
 TIMEOUT_S = 600
 TAIL_CHARS = 4000
+FIGURES_DIR = LESSONS_DIR / "figures"
+# The figures each lesson saves under lessons/figures/NN/, with their size in pixels.
+FIGURES = {
+    "01": {"attention_heads.png": (1200, 960), "embeddings_pca.png": (700, 550)},
+    "02": {"loss_and_accuracy.png": (1100, 420), "confusion_matrix.png": (600, 500)},
+    "03": {"freezing.png": (1100, 420)},
+    "04": {"subword_labels.png": (1300, 340), "f1_per_type.png": (800, 420)},
+    "05": {"masking_map.png": (1300, 560), "perplexity.png": (1100, 420)},
+    "06": {"embeddings_before_after.png": (1200, 540), "accuracy.png": (700, 360)},
+    "07": {"padding.png": (1300, 420), "speed.png": (800, 420)},
+    "08": {"gradient_agreement.png": (650, 550), "checkpointing.png": (1100, 420)},
+}
 
 
 def test_there_are_lessons():
@@ -55,6 +69,17 @@ def test_lesson_runs_in_quick_mode(lesson: Path):
         f"--- stdout (tail) ---\n{result.stdout[-TAIL_CHARS:]}\n"
         f"--- stderr (tail) ---\n{result.stderr[-TAIL_CHARS:]}"
     )
+    if importlib.util.find_spec("matplotlib") is None:
+        assert "figures skipped" in result.stdout
+        return
+    # The lesson's figures: written, decodable, of their size, not blank; and nothing else.
+    expected = FIGURES.get(lesson.name[:2], {})
+    folder = FIGURES_DIR / lesson.name[:2]
+    assert expected, f"{lesson.name}: no figures listed in FIGURES of {Path(__file__).name}"
+    written = sorted(p.name for p in folder.glob("*.png")) if folder.is_dir() else []
+    assert written == sorted(expected), f"{lesson.name}: wrote {written}, expected {sorted(expected)}"
+    for name, size in expected.items():
+        assert_picture(folder / name, size)
 
 
 @pytest.mark.parametrize("lesson", LESSONS, ids=[path.name for path in LESSONS])
@@ -91,3 +116,14 @@ def test_readme_lists_every_lesson():
     listed = set(re.findall(r"\b\d\d_\w+\.py\b", readme))
     stale = sorted(listed - {path.name for path in LESSONS})
     assert not stale, f"lessons/README.md lists lessons that do not exist: {', '.join(stale)}"
+
+
+@pytest.mark.parametrize("lesson", LESSONS, ids=[path.name for path in LESSONS])
+def test_lesson_has_a_small_thumbnail_in_the_readme(lesson: Path):
+    """lessons/thumbnails/NN.png (made by lessons/make_thumbnails.py) is small and shown."""
+    thumbnail = LESSONS_DIR / "thumbnails" / f"{lesson.name[:2]}.png"
+    assert thumbnail.is_file(), f"{thumbnail} is missing: run python lessons/make_thumbnails.py"
+    assert thumbnail.stat().st_size < 60_000, f"{thumbnail}: {thumbnail.stat().st_size:,} bytes"
+    assert_picture(thumbnail)
+    readme = (LESSONS_DIR / "README.md").read_text(encoding="utf-8")
+    assert f"(thumbnails/{thumbnail.name})" in readme, f"lessons/README.md does not show {thumbnail}"

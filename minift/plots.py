@@ -1,0 +1,396 @@
+"""Pictures of runs: what ``minift plot RUN [RUN ...]`` draws, and the figure helpers the lessons use.
+
+matplotlib is optional (``pip install -e ".[plots]"``). This module imports it only inside its
+functions, so ``import minift.plots`` works without it and a caller can ask ``available()``
+first; the model, the loop and the recipes never import it. Figures are
+``matplotlib.figure.Figure`` objects drawn without pyplot: no window, no global backend, and a
+PNG is rendered by the Agg canvas (``save``), the same on a laptop, a server or in CI.
+
+Read in this order:
+
+1. the style (``figure``: readable fonts at notebook width) and ``save`` (an atomic PNG write);
+2. reading a run: ``read_log`` splits ``log.jsonl`` into training and evaluation records and
+   refuses a folder without a log, an empty log, or a corrupt line (named by its number);
+3. the drawings: the training loss (smoothed, the raw records faint), the learning rate, each
+   held-out metric against the step, for one run or several on the same axes; the confusion
+   matrix (classification) and the per-type scores (NER) from ``metrics.json``;
+4. ``plot_runs``, what the command calls; ``Figures``, the folder a lesson saves into.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from minift.safetensors import atomic_write
+
+# --------------------------------------------------------------------------------------------
+# 1. Style and saving
+# --------------------------------------------------------------------------------------------
+
+# Font sizes that stay readable when a 8-inch figure is shown at notebook width (about 800 px).
+STYLE = {
+    "font.size": 11,
+    "axes.titlesize": 12,
+    "axes.labelsize": 11,
+    "legend.fontsize": 10,
+    "xtick.labelsize": 10,
+    "ytick.labelsize": 10,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
+DPI = 100  # a figure of 8 x 4.5 inches is an 800 x 450 pixel PNG
+
+
+def available() -> bool:
+    """Whether matplotlib can be imported (the ``plots`` extra is installed)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def require_matplotlib(what: str = "drawing figures") -> None:
+    """Raise ValueError saying how to install matplotlib when it is missing."""
+    if not available():
+        raise ValueError(f"{what} needs matplotlib, which is not installed: "
+                         "pip install matplotlib (or pip install -e '.[plots]')")
+
+
+def figure(width: float = 8.0, height: float = 4.5, **subplots: Any):
+    """A new ``Figure`` of ``width`` x ``height`` inches with ``subplots(**subplots)`` axes;
+    returns ``(figure, axes)``. Sets minift's font sizes (``STYLE``) in matplotlib's rcParams."""
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    matplotlib.rcParams.update(STYLE)
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    return fig, fig.subplots(**subplots)
+
+
+def png(fig) -> bytes:
+    """``fig`` rendered as PNG bytes (Agg), ``DPI`` pixels per inch."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    return buffer.getvalue()
+
+
+def save(fig, path: str | os.PathLike) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (atomically: a reader never sees half a file)."""
+    atomic_write(Path(path), png(fig))
+    return Path(path)
+
+
+# --------------------------------------------------------------------------------------------
+# 2. Reading a run
+# --------------------------------------------------------------------------------------------
+
+
+def read_log(run: str | os.PathLike) -> tuple[list[dict], list[dict]]:
+    """The training records (``step``, ``loss``, ``lr``, ...) and the evaluation records
+    (``step``, ``eval``: {metric: value}) of ``run/log.jsonl``, each in the order written.
+
+    Raises ValueError for a missing folder or log, an empty log, and a line that is not a JSON
+    object with a ``step`` (named ``run/log.jsonl:N``).
+    """
+    folder = Path(run)
+    path = folder / "log.jsonl"
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: no such folder")
+    if not path.is_file():
+        raise ValueError(f"{folder}: no log.jsonl (the folder of a finetune, ner or pretrain "
+                         "run holds one)")
+    training, evaluations = [], []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}: not a JSON record ({err.msg}): "
+                                 f"{line.strip()[:60]!r}") from None
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise ValueError(f"{path}:{number}: expected a JSON object with an integer "
+                                 f"'step', found {line.strip()[:60]!r}")
+            if isinstance(record.get("eval"), dict):
+                evaluations.append(record)
+            elif isinstance(record.get("loss"), int | float):
+                training.append(record)
+            else:
+                raise ValueError(f"{path}:{number}: expected a training record ('loss') or an "
+                                 f"evaluation record ('eval'), found keys {sorted(record)}")
+    if not training and not evaluations:
+        raise ValueError(f"{path}: the log is empty (the run logged no step)")
+    return training, evaluations
+
+
+def read_metrics(run: str | os.PathLike) -> dict | None:
+    """``run/metrics.json`` (None when the run has none: it is unfinished)."""
+    path = Path(run) / "metrics.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{err.lineno}: not JSON ({err.msg})") from None
+
+
+# --------------------------------------------------------------------------------------------
+# 3. The drawings
+# --------------------------------------------------------------------------------------------
+
+# What each logged metric measures, for the y axis.
+UNITS = {
+    "loss": "cross-entropy (nats / target)",
+    "perplexity": "perplexity (exp of the loss)",
+    "accuracy": "accuracy (fraction, 0-1)",
+    "masked_accuracy": "masked-token accuracy (0-1)",
+    "token_accuracy": "token accuracy (0-1)",
+    "f1": "F1 (0-1)",
+    "precision": "precision (0-1)",
+    "recall": "recall (0-1)",
+}
+COUNTS = {"support", "masked_tokens", "tokens"}  # sizes of the evaluation set, not scores
+
+
+def smooth(values: Sequence[float], weight: float = 0.8) -> list[float]:
+    """Exponential moving average with its start-up bias removed (TensorBoard's smoothing):
+    ``weight`` 0 returns the values, near 1 a slow average."""
+    out, average = [], 0.0
+    for i, value in enumerate(values, start=1):
+        average = weight * average + (1 - weight) * value
+        out.append(average / (1 - weight**i))
+    return out
+
+
+def _labels(runs: Sequence[Path]) -> list[str]:
+    """Each run's legend entry: its folder's name, or the whole path when two names are equal."""
+    names = [r.name for r in runs]
+    return [r.name if names.count(r.name) == 1 else str(r) for r in runs]
+
+
+def draw_loss(ax, logs: dict[str, list[dict]]) -> None:
+    """The training loss of each run (``logs``: name -> training records) against the step:
+    the logged values faint, smoothed on top."""
+    for i, (name, records) in enumerate(logs.items()):
+        color = f"C{i}"
+        steps = [r["step"] for r in records]
+        losses = [r["loss"] for r in records]
+        weight = 0.0 if len(losses) < 4 else min(0.9, 1 - 4 / len(losses))
+        if weight:
+            ax.plot(steps, losses, "o", color=color, alpha=0.25, markersize=3)
+        ax.plot(steps, smooth(losses, weight), color=color, linewidth=2, marker="" if weight
+                else "o", label=f"{name} (smoothed)" if weight else name)
+    ax.set_title("training loss (mean of the steps since the last record)")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(UNITS["loss"])
+    ax.legend(title="dots: logged values")
+
+
+def draw_lr(ax, logs: dict[str, list[dict]]) -> None:
+    """The learning rate of each run against the step (warmup, then the decay)."""
+    for i, (name, records) in enumerate(logs.items()):
+        ax.plot([r["step"] for r in records], [r["lr"] for r in records], color=f"C{i}",
+                linewidth=2, marker=".", label=name)
+    ax.set_title("learning rate (schedule)")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("learning rate (AdamW step size)")
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+    ax.legend()
+
+
+def draw_metric(ax, metric: str, logs: dict[str, list[dict]]) -> None:
+    """One held-out metric of each run (``logs``: name -> evaluation records) against the step
+    of its evaluation."""
+    for i, (name, records) in enumerate(logs.items()):
+        points = [(r["step"], r["eval"][metric]) for r in records if metric in r["eval"]]
+        if points:
+            ax.plot(*zip(*points, strict=True), color=f"C{i}", linewidth=2, marker="o",
+                    label=name)
+    ax.set_title(f"{metric} on the held-out set")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(UNITS.get(metric, metric))
+    ax.legend()
+
+
+def draw_confusion(ax, matrix: Sequence[Sequence[int]], labels: Sequence[str],
+                   title: str = "confusion matrix") -> None:
+    """Counts of gold label (rows) predicted as each label (columns), written in the cells."""
+    image = ax.imshow(matrix, cmap="Blues", vmin=0)
+    peak = max(max(row) for row in matrix) or 1
+    for i, row in enumerate(matrix):
+        for j, count in enumerate(row):
+            ax.text(j, i, str(count), ha="center", va="center",
+                    color="white" if count > peak / 2 else "black")
+    ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 4 else 0)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted label")
+    ax.set_ylabel("true label")
+    ax.set_title(title)
+    ax.grid(False)
+    ax.figure.colorbar(image, ax=ax, label="examples", shrink=0.8)
+
+
+def draw_class_scores(ax, per_class: dict[str, dict], title: str) -> None:
+    """Precision, recall and F1 of each entity type (or tag), with its support under its name."""
+    names = list(per_class)
+    width = 0.27
+    for k, key in enumerate(("precision", "recall", "f1")):
+        ax.bar([i + (k - 1) * width for i in range(len(names))],
+               [per_class[n][key] for n in names], width, label=key, color=f"C{k}")
+    ax.set_xticks(range(len(names)),
+                  [f"{n}\n({per_class[n].get('support', '?')})" for n in names])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("score (0-1)")
+    ax.set_xlabel("type (gold entities in parentheses)")
+    ax.set_title(title)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+
+
+# --------------------------------------------------------------------------------------------
+# 4. What the command draws, and the lessons' figure folder
+# --------------------------------------------------------------------------------------------
+
+
+def _metrics_figures(run: Path, metrics: dict) -> list[Path]:
+    """The confusion matrix (a classification run) or the per-type scores (an NER / POS run)
+    of the run's ``metrics.json``, written into ``run``."""
+    written = []
+    dev = metrics.get("dev")
+    if not isinstance(dev, dict):
+        return written
+    if "confusion" in dev and "labels" in metrics:
+        fig, ax = figure(6.0, 5.0)
+        draw_confusion(ax, dev["confusion"], metrics["labels"],
+                       f"{run.name}: dev confusion matrix (accuracy {dev['accuracy']:.3f})")
+        written.append(save(fig, run / "confusion.png"))
+    per = dev.get("per_type") or dev.get("per_tag")
+    if per:
+        what = "entity type" if "per_type" in dev else "tag"
+        fig, ax = figure(max(6.0, 1.0 + 0.7 * len(per)), 4.5)
+        draw_class_scores(ax, per, f"{run.name}: dev scores per {what}")
+        written.append(save(fig, run / ("f1_per_type.png" if "per_type" in dev
+                                        else "f1_per_tag.png")))
+    return written
+
+
+def plot_runs(runs: Sequence[str | os.PathLike], out: str | os.PathLike | None = None) -> list[Path]:
+    """Draw the logs of ``runs`` into PNG files; return the paths written.
+
+    The curves (``loss.png``, ``lr.png`` and ``dev_<metric>.png`` for each held-out metric) go
+    into ``out``, by default the first run's folder; with several runs each curve shows every
+    run, labelled by its folder's name. Each run's ``confusion.png`` (classification) or
+    ``f1_per_type.png`` (NER; ``f1_per_tag.png`` for POS), drawn from its ``metrics.json``, goes
+    into that run's own folder. Every log is read (and checked) before anything is drawn.
+    """
+    require_matplotlib("minift plot")
+    folders = [Path(run) for run in runs]
+    if not folders:
+        raise ValueError("give at least one run folder")
+    logs = dict(zip(_labels(folders), map(read_log, folders), strict=True))
+    metrics = {folder: read_metrics(folder) for folder in folders}
+    target = Path(out) if out is not None else folders[0]
+    target.mkdir(parents=True, exist_ok=True)
+
+    written = []
+    training = {name: t for name, (t, _) in logs.items() if t}
+    if training:
+        fig, ax = figure()
+        draw_loss(ax, training)
+        written.append(save(fig, target / "loss.png"))
+        fig, ax = figure(8.0, 3.5)
+        draw_lr(ax, training)
+        written.append(save(fig, target / "lr.png"))
+    evaluations = {name: e for name, (_, e) in logs.items() if e}
+    names = [name for records in evaluations.values() for r in records for name in r["eval"]]
+    for metric in dict.fromkeys(names):  # in first-seen order, once each
+        values = [r["eval"][metric] for records in evaluations.values() for r in records
+                  if metric in r["eval"]]
+        if metric in COUNTS or not all(isinstance(v, int | float) and math.isfinite(v)
+                                       for v in values):
+            continue
+        fig, ax = figure()
+        draw_metric(ax, metric, evaluations)
+        written.append(save(fig, target / f"dev_{metric}.png"))
+    for folder, saved in metrics.items():
+        if saved is not None:
+            written += _metrics_figures(folder, saved)
+    return written
+
+
+class Figures:
+    """The folder a lesson saves its figures into (emptied when created), shown inline as well
+    when the lesson runs as a notebook."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.folder.mkdir(parents=True)
+        self.written: list[Path] = []
+
+    def save(self, fig, name: str) -> Path:
+        """Write ``fig`` as ``folder/name``, display it in a notebook, and print the path."""
+        data = png(fig)
+        path = self.folder / name
+        atomic_write(path, data)
+        self.written.append(path)
+        try:
+            from IPython import get_ipython
+            from IPython.display import Image, display
+        except ImportError:
+            get_ipython = None
+        if get_ipython is not None and get_ipython() is not None:
+            display(Image(data=data))  # the PNG itself: no pyplot or inline backend needed
+        print(f"figure: {path}")
+        return path
+
+
+def lesson_figures(folder: str | os.PathLike) -> Figures | None:
+    """A lesson's ``Figures`` in ``folder``, or None (saying so) when matplotlib is missing:
+    the lesson still runs, without its pictures."""
+    if not available():
+        print("matplotlib is not installed: figures skipped (pip install -e '.[plots]')")
+        return None
+    return Figures(folder)
+
+
+def project_2d(points, fit=None) -> Any:
+    """``points`` (n, d) on their first two principal components: an (n, 2) numpy array, the
+    coordinates along the two directions in which the points vary most (PCA by the SVD of the
+    centred points; each axis's sign fixed so its largest coordinate is positive). With ``fit``
+    (m, d), the directions and the centre are those of ``fit``, and ``points`` are projected
+    on them."""
+    import numpy as np
+
+    x = np.asarray(points, dtype=np.float64)
+    basis = x if fit is None else np.asarray(fit, dtype=np.float64)
+    centre = basis.mean(axis=0)
+    _, _, vt = np.linalg.svd(basis - centre, full_matrices=False)
+    coords = (x - centre) @ vt[:2].T  # (n, 2)
+    signs = np.sign(coords[np.abs(coords).argmax(axis=0), range(2)])
+    return coords * np.where(signs == 0, 1, signs)
+
+
+def draw_embeddings(ax, coords, labels: Sequence[str], title: str,
+                    names: Sequence[str] | None = None, legend_title: str = "label") -> None:
+    """A scatter of 2-D points (``project_2d``), one colour per label (in the order of
+    ``names``, default sorted), with a legend."""
+    names = list(names) if names is not None else sorted(set(labels))
+    for k, name in enumerate(names):
+        rows = [i for i, label in enumerate(labels) if label == name]
+        ax.scatter(coords[rows, 0], coords[rows, 1], s=60, color=f"C{k}", alpha=0.9,
+                   label=name, edgecolors="black", linewidths=0.6)
+    ax.set_xlabel("principal component 1")
+    ax.set_ylabel("principal component 2")
+    ax.set_title(title)
+    ax.legend(title=legend_title)
