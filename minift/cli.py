@@ -234,6 +234,10 @@ def add_pretrain_parser(sub) -> None:
                       help="masking rate (budget)")
     data.add_argument("--pack", action="store_true",
                       help="pack consecutive passages into full-length sequences")
+    data.add_argument("--nsp", action="store_true",
+                      help="also next-sentence prediction (BERT's pair objective): --text holds "
+                           "documents, a blank line between them, or JSONL with a 'sentences' "
+                           "list a line")
     group = p.add_argument_group("training")
     group.add_argument("--steps", type=int, default=1000, help="optimizer steps")
     add_loop_options(group, lr=5e-5, warmup_ratio=0.06)

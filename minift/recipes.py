@@ -49,7 +49,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from minift import distributed, heads
+from minift import distributed, heads, nsp_data
 from minift import qa as squad_qa
 from minift.batches import ClassificationDataset, TokenClassificationDataset
 from minift.checkpoint import load_bert, read_config, read_config_json, resolve_model_dir
@@ -345,6 +345,36 @@ def mlm_metrics(model, batches, device, *, progress: bool = False) -> dict[str, 
     loss = loss_sum / count
     return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)),
             "masked_accuracy": correct / count, "masked_tokens": count}
+
+
+def pretraining_metrics(model, batches, device, *, progress: bool = False) -> dict[str, float]:
+    """``mlm_metrics`` plus next-sentence prediction for ``heads.PreTraining``: ``nsp_accuracy``
+    and ``nsp_loss`` over the pairs, and ``loss`` = masked-token loss + NSP loss (the sum
+    ``BertForPreTraining`` trains on)."""
+    model.eval()
+    mlm_sum, nsp_sum, correct, count, right, pairs = 0.0, 0.0, 0, 0, 0, 0
+    with torch.no_grad():
+        for batch in _bar(batches, "held-out", progress):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            targets = batch["labels"][batch["labels"] != IGNORE_INDEX]
+            out = model(**batch)
+            if targets.numel():
+                mlm_sum += out.mlm_loss.item() * targets.numel()
+                correct += int((out.logits.argmax(-1) == targets).sum())
+                count += targets.numel()
+            gold = batch["next_sentence_label"]
+            nsp = torch.nn.functional.cross_entropy(out.seq_relationship_logits.float(), gold,
+                                                    reduction="sum")
+            nsp_sum += nsp.item()
+            right += int((out.seq_relationship_logits.argmax(-1) == gold).sum())
+            pairs += len(gold)
+    if count == 0:
+        raise ValueError("the evaluation text got no masked token: give more held-out text")
+    mlm_loss = mlm_sum / count
+    return {"loss": mlm_loss + nsp_sum / pairs, "mlm_loss": mlm_loss,
+            "perplexity": math.exp(min(mlm_loss, 700.0)), "masked_accuracy": correct / count,
+            "masked_tokens": count, "nsp_accuracy": right / pairs, "nsp_loss": nsp_sum / pairs,
+            "pairs": pairs}
 
 
 def read_labelled(path: str, text_col: str, label_col: str, format: str | None = None) -> list:
@@ -733,9 +763,15 @@ def pretrain(*, model: str, text: str | list[str], out: str, eval_text: str | No
              weight_decay: float = 0.01, grad_accum: int = 1, eval_every: int | None = None,
              save_every: int | None = None, optimizer: str = "auto", resume: bool = False,
              keep_resume: bool = False, compile: bool = False,
-             activation_checkpointing: bool = False, progress: bool = True,
+             activation_checkpointing: bool = False, nsp: bool = False, progress: bool = True,
              device: str | None = None) -> dict:
     """Continue pretraining an encoder with masked-language modelling on domain text.
+
+    ``nsp``: BERT's two objectives at once (``heads.PreTraining``, MLM + next-sentence
+    prediction). ``text`` is then read as documents (``minift.nsp_data.read_documents``: blank
+    lines between documents, or JSONL with a ``sentences`` list); documents, not passages, are
+    held out; sentence pairs are built once from seeded generators (``nsp_data.nsp_pairs``), and
+    before/after also report ``nsp_accuracy`` on the held-out pairs.
 
     ``text``: one or more files of passages, one a line. Held-out text for evaluation is
     ``eval_text``, else a random ``eval_fraction`` of the passages (at most ``max_eval_passages``)
@@ -760,7 +796,16 @@ def pretrain(*, model: str, text: str | list[str], out: str, eval_text: str | No
     check_device(device)
     folder = resolve_model_dir(model)
     check_max_length(folder, max_length, minimum=3)
-    passages = read_text_lines([text] if isinstance(text, str | Path) else list(text))
+    files = [text] if isinstance(text, str | Path) else list(text)
+    if nsp:
+        return _pretrain_nsp(files=files, eval_text=eval_text, folder=folder, out=out,
+                             config=config, masking=masking, pack=pack,
+                             mlm_probability=mlm_probability, eval_fraction=eval_fraction,
+                             max_eval_passages=max_eval_passages, eval_seed=eval_seed,
+                             batch_size=batch_size, max_length=max_length, seed=seed,
+                             resume=resume, keep_resume=keep_resume, progress=progress,
+                             activation_checkpointing=activation_checkpointing, device=device)
+    passages = read_text_lines(files)
     if eval_text is not None:
         eval_passages = read_text_lines(eval_text)
     else:
@@ -821,6 +866,80 @@ def pretrain(*, model: str, text: str | list[str], out: str, eval_text: str | No
     print(format_table([{"held-out": when, **{k: metrics[when][k] for k in keys}}
                         for when in ("before", "after")]))
     print(f"model (with MLM head), tokenizer, metrics.json and log.jsonl written to {out_dir}")
+    return metrics
+
+
+def _pretrain_nsp(*, files, eval_text, folder, out, config, masking, pack, mlm_probability,
+                  eval_fraction, max_eval_passages, eval_seed, batch_size, max_length, seed,
+                  resume, keep_resume, progress, activation_checkpointing, device) -> dict:
+    """``pretrain(nsp=True)``: MLM + next-sentence prediction on documents (see ``pretrain``)."""
+    if masking != "mlm" or pack:
+        raise ValueError("--nsp builds sentence pairs: it takes --masking mlm and no --pack")
+    check_max_length(folder, max_length, minimum=5)
+    documents = [doc for path in files for doc in nsp_data.read_documents(path)]
+    if eval_text is not None:
+        eval_documents = nsp_data.read_documents(eval_text)
+    else:
+        documents, eval_documents = held_out_split(documents, eval_fraction, eval_seed,
+                                                   max_eval_passages)
+        if len(eval_documents) < 2:
+            raise ValueError(f"--eval-fraction {eval_fraction} holds out {len(eval_documents)} "
+                             "document; NSP needs at least 2 (raise it, or give --eval-text)")
+    tokenizer = Tokenizer.from_pretrained(folder)
+    collator = MaskingCollator.from_tokenizer(tokenizer, "mlm", mlm_probability)
+    train_pairs = nsp_data.nsp_pairs(nsp_data.tokenize_documents(documents, tokenizer),
+                                     max_length, torch.Generator().manual_seed(seed))
+    eval_pairs = nsp_data.nsp_pairs(nsp_data.tokenize_documents(eval_documents, tokenizer),
+                                    max_length, torch.Generator().manual_seed(eval_seed))
+    train_seqs = nsp_data.PairSequences(train_pairs, tokenizer)
+    eval_seqs = nsp_data.PairSequences(eval_pairs, tokenizer)
+    eval_batches = list(nsp_data.NSPMaskedBatches(eval_seqs, collator, batch_size,
+                                                  seed=eval_seed, shuffle=False))
+    with claim_folder(out, resume=resume) as out_dir:
+        share = sum(p.label for p in train_pairs) / len(train_pairs)
+        print(f"data: {len(documents)} documents -> {len(train_pairs)} sentence pairs "
+              f"({share:.1%} with a random B); held out: {len(eval_documents)} documents -> "
+              f"{len(eval_pairs)} pairs")
+
+        def build():
+            print(f"loading {folder}")
+            torch.manual_seed(seed)  # fresh heads' initialisation
+            model = heads.PreTraining.from_pretrained(folder)
+            print(f"MLM head {'loaded' if model.head_loaded else 'initialised'}, NSP head "
+                  f"{'loaded' if model.nsp_loaded else 'initialised'}")
+            return model
+
+        outcome = run_recipe(Recipe(
+            config=config, build=build, load=heads.PreTraining.from_pretrained,
+            train_batches=lambda epoch: nsp_data.NSPMaskedBatches(train_seqs, collator,
+                                                                  batch_size, seed=seed,
+                                                                  epoch=epoch),
+            evaluate=lambda m, device: pretraining_metrics(m, eval_batches, device,
+                                                           progress=progress),
+            tokenizer=tokenizer,
+            before=lambda s: f"held-out before: perplexity {s['perplexity']:.2f}  masked "
+                             f"accuracy {s['masked_accuracy']:.4f}  NSP accuracy "
+                             f"{s['nsp_accuracy']:.4f} ({s['pairs']} pairs)",
+            device=device, resume=resume, keep_resume=keep_resume,
+            activation_checkpointing=activation_checkpointing,
+        ))
+        if outcome is None:
+            return {}
+        metrics = {
+            "before": outcome.before, "after": outcome.after,
+            "train": _run_facts(outcome) | {"epochs": outcome.result.epochs_completed,
+                                            "masking": "mlm", "nsp": True,
+                                            "batch_size": batch_size, "max_length": max_length,
+                                            "seed": seed},
+            "data": {"documents": len(documents), "pairs": len(train_pairs),
+                     "random_share": share, "eval_documents": len(eval_documents),
+                     "eval_pairs": len(eval_pairs), "eval_seed": eval_seed},
+        }
+        write_metrics(out_dir, metrics)
+    keys = ("perplexity", "masked_accuracy", "nsp_accuracy", "loss")
+    print(format_table([{"held-out": when, **{k: metrics[when][k] for k in keys}}
+                        for when in ("before", "after")]))
+    print(f"model (MLM and NSP heads), tokenizer, metrics.json and log.jsonl written to {out_dir}")
     return metrics
 
 

@@ -98,3 +98,35 @@ def test_masked_pair_batches_train_the_pretraining_head(abstracts, tokenizer):
                                    intermediate_size=24, max_position_embeddings=64))
     out = model(**batch)
     assert torch.isfinite(out.loss) and out.loss == out.mlm_loss + out.nsp_loss
+
+
+def test_pretrain_nsp_reports_nsp_accuracy(minilm_dir, data_dir, tmp_path, capsys):
+    import shutil
+
+    from minift.checkpoint import save_bert
+    from minift.cli import main
+    from minift.model import BertModel
+
+    model_dir = tmp_path / "tiny"
+    torch.manual_seed(0)
+    save_bert(BertModel(BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                   intermediate_size=24, max_position_embeddings=64)), model_dir)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):
+        shutil.copy(minilm_dir / name, model_dir / name)
+    docs = tmp_path / "docs.jsonl"
+    lines = (data_dir / "csabstruct" / "dev.jsonl").read_text(encoding="utf-8").splitlines()
+    docs.write_text("\n".join(lines[:40]) + "\n", encoding="utf-8")
+    out = tmp_path / "run"
+    code = main(["pretrain", "--model", str(model_dir), "--text", str(docs), "--nsp",
+                 "--eval-fraction", "0.2", "--steps", "3", "--batch-size", "8",
+                 "--max-length", "64", "--no-progress", "--out", str(out)])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    metrics = json.loads((out / "metrics.json").read_text())
+    for when in ("before", "after"):
+        assert 0 <= metrics[when]["nsp_accuracy"] <= 1 and metrics[when]["pairs"] > 0
+    assert metrics["data"]["eval_documents"] == 8
+    assert json.loads((out / "config.json").read_text())["architectures"] == [
+        "BertForPreTraining"]
+    assert main(["pretrain", "--model", str(model_dir), "--text", str(docs), "--nsp",
+                 "--masking", "wwm", "--out", str(tmp_path / "bad")]) == 2
