@@ -13,6 +13,7 @@ here is the bookkeeping around those two positions. Read in this order:
                       cut by one window edge lies whole in the next. Each ``Window`` keeps the
                       character span of every context token (``offsets``) and the token positions
                       of its answer, or [CLS] (position 0) when the answer is not inside;
+                      ``WindowDataset`` batches them;
 3. ``best_answers``   the n-best (start, end) pairs over all windows of a question, mapped back to
                       the context's characters;
 4. ``squad_scores``   the official SQuAD v1.1 exact match and token F1.
@@ -168,9 +169,9 @@ class Window:
     """One model input: ``[CLS] question [SEP] context piece [SEP]``.
 
     ``question`` indexes the question list. ``sequence_ids[t]`` is 0 for a question token, 1 for
-    a context token, None for [CLS] and [SEP] (the reference's ``sequence_ids``). ``offsets[t]`` is the (start, end) character span of
-    token t in the context for context tokens, None for the question and special tokens (what
-    decoding may pick from). ``start_position`` / ``end_position`` are the answer's first and
+    a context token, None for [CLS] and [SEP] (the reference's ``sequence_ids``).
+    ``offsets[t]`` is the (start, end) character span of token t in the context for context
+    tokens, None for the question and special tokens (what decoding may pick from). ``start_position`` / ``end_position`` are the answer's first and
     last token, both 0 ([CLS]) when the answer is not whole inside this window (or there is no
     answer).
     """
