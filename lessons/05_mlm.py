@@ -35,6 +35,7 @@ from minift.checkpoint import load_bert, resolve_model_dir, save_bert
 from minift.heads import MaskedLM
 from minift.metrics import format_table
 from minift.mlm_data import MaskedBatches, MaskingCollator, TextSequences
+from minift.nsp_data import nsp_pairs, read_documents, tokenize_documents
 from minift.recipes import finetune, pretrain
 from minift.tokenizer import Tokenizer
 
@@ -413,6 +414,37 @@ print(
     f"sentences, one seed (the MiniLM row's perplexity is that of its untrained MLM head):"
 )
 print(format_table(rows, float_format=".2f"))
+
+# %% [markdown]
+# ## BERT's other objective: next-sentence prediction
+#
+# BERT was pretrained on two tasks at once: masked words, and whether segment B really follows
+# segment A (`[CLS] A [SEP] B [SEP]`, label 0) or was taken from another document (label 1). The
+# pairs come from documents: sentences are gathered into a chunk until it is long enough, a random
+# cut splits it into A and B, and half of the time B is replaced by sentences of a random other
+# document (`minift.nsp_data.nsp_pairs`, BERT's `create_instances_from_document` with a seeded
+# `torch.Generator`). Here on real CSAbstruct abstracts (one JSON line an abstract with its
+# `sentences`), the format `minift pretrain --nsp` reads; `heads.PreTraining` trains both heads
+# with the loss of transformers' `BertForPreTraining` (MLM loss + NSP loss).
+
+# %%
+abstracts = read_documents(DATA / "csabstruct" / "dev.jsonl")[: 40 if MINIFT_QUICK else 295]
+pairs = nsp_pairs(tokenize_documents(abstracts, tokenizer), 128, torch.Generator().manual_seed(0))
+random_share = sum(p.label for p in pairs) / len(pairs)
+print(f"{len(abstracts)} abstracts -> {len(pairs)} pairs (max length 128); "
+      f"{random_share:.0%} have a random B")
+for label in (0, 1):
+    pair = next(p for p in pairs if p.label == label)
+    print(f"\nlabel {label} ({'B follows A' if label == 0 else 'B from another abstract'}):")
+    print(f"  A: {tokenizer.decode(pair.a)[:150]}")
+    print(f"  B: {tokenizer.decode(pair.b)[:150]}")
+check(0.3 < random_share < 0.85, "about half the pairs should have a random B")
+
+# %% [markdown]
+# A single-sentence chunk has no cut to make, so its B is always random: that is why the share
+# printed is a little over one half. Train both objectives with
+# `minift pretrain --model minilm --text abstracts.jsonl --nsp --out DIR`: it prints the NSP
+# accuracy on held-out abstracts before and after.
 
 # %% [markdown]
 # One seed on a few hundred examples is noisy: a point or two either way is within the spread of

@@ -152,10 +152,12 @@ def add_loop_options(group, *, lr: float, warmup_ratio: float, batch_size: int =
                        help="recompute each encoder block in backward: less memory, more time")
 
 
-def add_run_options(p: argparse.ArgumentParser, *, resumable: bool = True) -> None:
+def add_run_options(p: argparse.ArgumentParser, *, resumable: bool = True,
+                    out_required: bool = True) -> None:
     """Where the run writes, on what device, and how it reports."""
     group = p.add_argument_group("run")
-    group.add_argument("--out", required=True, metavar="DIR", help="output folder (one run at a time)")
+    group.add_argument("--out", required=out_required, metavar="DIR",
+                       help="output folder (one run at a time)")
     if resumable:
         group.add_argument("--resume", action="store_true",
                            help="continue an interrupted run from OUT/resume.pt")
@@ -250,6 +252,10 @@ def add_pretrain_parser(sub) -> None:
                       help="masking rate (budget)")
     data.add_argument("--pack", action="store_true",
                       help="pack consecutive passages into full-length sequences")
+    data.add_argument("--nsp", action="store_true",
+                      help="also next-sentence prediction (BERT's pair objective): --text holds "
+                           "documents, a blank line between them, or JSONL with a 'sentences' "
+                           "list a line")
     group = p.add_argument_group("training")
     group.add_argument("--steps", type=int, default=1000, help="optimizer steps")
     add_loop_options(group, lr=5e-5, warmup_ratio=0.06)
@@ -296,6 +302,55 @@ def add_setfit_parser(sub) -> None:
     p.set_defaults(func=lambda args: _run_recipe("setfit", args))
 
 
+def cmd_qa(args: argparse.Namespace) -> int:
+    """Train a span head (``recipes.qa``), or with --question answer one (``recipes.answer``)."""
+    if args.question is not None:
+        return _run_recipe("answer", args)
+    if args.context is not None or args.context_file is not None:
+        raise ValueError("--context / --context-file go with --question")
+    if args.out is None:
+        raise ValueError("--out DIR is needed to train (or give --question to answer with "
+                         "a trained --model)")
+    return _run_recipe("qa", args)
+
+
+def add_qa_parser(sub) -> None:
+    p = _parser(sub, "qa", "extractive question answering: train on SQuAD files, or answer",
+                "Train a span head on SQuAD v1.1 JSON files (--train/--dev, or --squad FILE "
+                "--dev-articles N), or answer one question with a trained model (--model RUN "
+                "--question ... --context ...).")
+    data = p.add_argument_group("model and data")
+    add_model_option(data)
+    data.add_argument("--train", metavar="FILE", help="SQuAD v1.1 JSON training file")
+    data.add_argument("--dev", metavar="FILE", help="SQuAD v1.1 JSON development file")
+    data.add_argument("--squad", metavar="FILE",
+                      help="one SQuAD file split by article (instead of --train/--dev)")
+    data.add_argument("--dev-articles", type=int, help="with --squad: articles held out for dev")
+    data.add_argument("--split-seed", type=int, default=0, help="seed of the article split")
+    data.add_argument("--limit-train", type=int,
+                      help="train on a seeded random subset of N questions")
+    ask = p.add_argument_group("answering one question (with a trained --model)")
+    ask.add_argument("--question", help="the question")
+    ask.add_argument("--context", help="the text to find the answer in")
+    ask.add_argument("--context-file", metavar="FILE", help="the context, from a UTF-8 file")
+    ask.add_argument("--show", type=int, default=1, help="answers printed, best first")
+    group = p.add_argument_group("training")
+    group.add_argument("--epochs", type=int, default=2, help="passes over the training set")
+    group.add_argument("--max-steps", type=int, help="optimizer steps; overrides --epochs")
+    add_loop_options(group, lr=5e-5, warmup_ratio=0.1)
+    group.add_argument("--max-length", type=int, default=384,
+                       help="tokens a window holds (question + context piece)")
+    group.add_argument("--doc-stride", type=int, default=128,
+                       help="tokens of context two consecutive windows share")
+    group.add_argument("--n-best", type=int, default=20,
+                       help="start and end candidates a window, and answers kept")
+    group.add_argument("--max-answer-length", type=int, default=30, help="tokens an answer spans")
+    group.add_argument("--eval-every", type=int,
+                       help="steps between evaluations on dev (default: every epoch)")
+    add_run_options(p, out_required=False)
+    p.set_defaults(func=cmd_qa)
+
+
 def add_similarity_parser(sub) -> None:
     p = _parser(sub, "similarity", "cosine similarity of sentence pairs")
     add_model_option(p)
@@ -331,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_ner_parser(sub)
     add_pretrain_parser(sub)
     add_setfit_parser(sub)
+    add_qa_parser(sub)
     add_similarity_parser(sub)
     add_plot_parser(sub)
     return parser

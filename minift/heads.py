@@ -209,11 +209,12 @@ class MaskedLM(nn.Module):
     """
 
     architecture = "BertForMaskedLM"
+    add_pooling_layer = False
 
     def __init__(self, config: BertConfig):
         super().__init__()
         hidden, vocab = config.hidden_size, config.vocab_size
-        self.bert = BertModel(config, add_pooling_layer=False)
+        self.bert = BertModel(config, add_pooling_layer=self.add_pooling_layer)
         self.transform = nn.Linear(hidden, hidden)
         self.transform_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
         self.decoder = nn.Linear(hidden, vocab, bias=False)
@@ -279,7 +280,13 @@ class MaskedLM(nn.Module):
             raise CheckpointError(f"{folder / 'config.json'}: tie_word_embeddings is false; "
                                   "minift's MaskedLM always ties the decoder to the embeddings")
         model = cls(checkpoint.config)
-        load_encoder_weights(model.bert, checkpoint)
+        load_encoder_weights(model.bert, checkpoint, init_missing_pooler=True)
+        model.load_heads(checkpoint)
+        return speed_up(model) if fast else model
+
+    def load_heads(self, checkpoint) -> None:
+        """Copy the ``cls.predictions.*`` weights of ``checkpoint`` (when it has them)."""
+        folder, model, cls = checkpoint.folder, self, type(self)
         found = {}
         for name, tensor in checkpoint.heads.items():
             if not name.startswith("cls.predictions."):
@@ -313,11 +320,214 @@ class MaskedLM(nn.Module):
                         )
                     params[ours].copy_(tensor)
             model.head_loaded = True
-        return speed_up(model) if fast else model
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write an HF folder that ``transformers.BertForMaskedLM`` loads with the same logits."""
-        params = dict(self.named_parameters())
-        heads = {hf: params[ours] for hf, ours in self.HEAD_KEYS.items()}
         extra = {"architectures": [self.architecture], "tie_word_embeddings": True}
-        save_bert(self.bert, path, heads=heads, config_extra=extra, prefix="bert.")
+        save_bert(self.bert, path, heads=self.head_tensors(), config_extra=extra, prefix="bert.")
+
+    def head_tensors(self) -> dict[str, torch.Tensor]:
+        """The head's weights under their HF names (the tied decoder is not stored)."""
+        params = dict(self.named_parameters())
+        return {hf: params[ours] for hf, ours in self.HEAD_KEYS.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Heads of one linear layer stored under their own name: spans (QA) and next sentences (NSP)
+# --------------------------------------------------------------------------------------------
+
+
+def _load_linear(linear: nn.Linear, checkpoint, name: str) -> bool:
+    """Copy ``name.weight`` / ``name.bias`` of ``checkpoint`` into ``linear``; False when the
+    checkpoint has no such head (``linear`` keeps its fresh initialisation)."""
+    heads = checkpoint.heads
+    if f"{name}.weight" not in heads:
+        return False
+    weight, bias = heads[f"{name}.weight"], heads.get(f"{name}.bias")
+    if weight.shape != linear.weight.shape or bias is None or bias.shape != linear.bias.shape:
+        raise CheckpointError(f"{checkpoint.source}: {name}.weight has shape "
+                              f"{tuple(weight.shape)} and {name}.bias "
+                              f"{None if bias is None else tuple(bias.shape)}; the model needs "
+                              f"{tuple(linear.weight.shape)} and {tuple(linear.bias.shape)}")
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        linear.bias.copy_(bias)
+    return True
+
+
+def _fresh_linear(config: BertConfig, outputs: int) -> nn.Linear:
+    """hidden -> ``outputs``, initialised as BERT's heads: N(0, initializer_range), zero bias."""
+    linear = nn.Linear(config.hidden_size, outputs)
+    nn.init.normal_(linear.weight, std=config.initializer_range)
+    nn.init.zeros_(linear.bias)
+    return linear
+
+
+@dataclass
+class SpanOutput:
+    """``loss`` (None without positions), ``start_logits`` and ``end_logits``, (batch, seq)."""
+
+    loss: torch.Tensor | None
+    start_logits: torch.Tensor
+    end_logits: torch.Tensor
+
+
+def span_loss(start_logits: torch.Tensor, end_logits: torch.Tensor,
+              start_positions: torch.Tensor, end_positions: torch.Tensor) -> torch.Tensor:
+    """``BertForQuestionAnswering``'s loss: the mean of the start and end cross-entropies.
+
+    Positions outside the window are clamped to ``seq`` and that index is ignored, as in
+    transformers (a batch where every position is ignored gives nan, as there).
+    """
+    ignored = start_logits.shape[1]
+    start = start_positions.reshape(-1).clamp(0, ignored)
+    end = end_positions.reshape(-1).clamp(0, ignored)
+    return (F.cross_entropy(start_logits.float(), start, ignore_index=ignored)
+            + F.cross_entropy(end_logits.float(), end, ignore_index=ignored)) / 2
+
+
+class QuestionAnswering(nn.Module):
+    """The encoder + one linear layer to a start and an end logit per token, as transformers'
+    ``BertForQuestionAnswering`` (head ``qa_outputs.{weight,bias}``, (2, hidden); no dropout
+    before it; no pooler).
+
+    One deliberate difference: the logits of padding positions are set to the dtype's lowest
+    value, so no answer can start or end in the padding and the loss does not depend on how much
+    a batch is padded. transformers leaves them as computed; on a batch without padding the two
+    agree exactly (the tests hold both statements).
+    """
+
+    architecture = "BertForQuestionAnswering"
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.qa_outputs = _fresh_linear(config, 2)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None,
+                start_positions: torch.Tensor | None = None,
+                end_positions: torch.Tensor | None = None) -> SpanOutput:
+        """Start and end logits; the loss when both positions are given (see ``span_loss``)."""
+        hidden = self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state
+        logits = self.qa_outputs(hidden)  # (batch, seq, 2)
+        if attention_mask is not None:
+            logits = logits.masked_fill((attention_mask == 0)[..., None],
+                                        torch.finfo(logits.dtype).min)
+        start_logits, end_logits = logits.unbind(-1)  # (batch, seq) each
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            loss = span_loss(start_logits, end_logits, start_positions, end_positions)
+        return SpanOutput(loss, start_logits, end_logits)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, *, fast: bool = True) -> QuestionAnswering:
+        """Load an encoder and, when the checkpoint has it, the ``qa_outputs`` head (otherwise
+        fresh, as transformers initialises it). ``fast``: ``padding.speed_up``."""
+        checkpoint = read_checkpoint(path)
+        model = cls(checkpoint.config)
+        load_encoder_weights(model.bert, checkpoint)
+        _load_linear(model.qa_outputs, checkpoint, "qa_outputs")
+        return speed_up(model) if fast else model
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write an HF folder that ``transformers.BertForQuestionAnswering`` loads."""
+        heads = {"qa_outputs.weight": self.qa_outputs.weight, "qa_outputs.bias": self.qa_outputs.bias}
+        save_bert(self.bert, path, heads=heads, prefix="bert.",
+                  config_extra={"architectures": [self.architecture]})
+
+
+class NextSentencePrediction(nn.Module):
+    """The encoder + BERT's next-sentence head, as transformers' ``BertForNextSentencePrediction``:
+    one linear layer (``cls.seq_relationship``, hidden -> 2) on the pooled [CLS] output. Label 0:
+    segment B follows segment A in its document; 1: B is a random segment."""
+
+    architecture = "BertForNextSentencePrediction"
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.bert = BertModel(config, add_pooling_layer=True)
+        self.seq_relationship = _fresh_linear(config, 2)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> ClassifierOutput:
+        """(batch, 2) logits; the mean cross-entropy with ``labels``."""
+        pooled = self.bert(input_ids, attention_mask, token_type_ids,
+                           first_token_only=True).pooler_output
+        logits = self.seq_relationship(pooled)
+        loss = None if labels is None else F.cross_entropy(logits.float(), labels.reshape(-1))
+        return ClassifierOutput(loss, logits)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, *, fast: bool = True
+                        ) -> NextSentencePrediction:
+        """Load an encoder and, when the checkpoint has it, ``cls.seq_relationship``."""
+        checkpoint = read_checkpoint(path)
+        model = cls(checkpoint.config)
+        load_encoder_weights(model.bert, checkpoint, init_missing_pooler=True)
+        _load_linear(model.seq_relationship, checkpoint, "cls.seq_relationship")
+        return speed_up(model) if fast else model
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write an HF folder that ``transformers.BertForNextSentencePrediction`` loads."""
+        heads = {"cls.seq_relationship.weight": self.seq_relationship.weight,
+                 "cls.seq_relationship.bias": self.seq_relationship.bias}
+        save_bert(self.bert, path, heads=heads, prefix="bert.",
+                  config_extra={"architectures": [self.architecture]})
+
+
+@dataclass
+class PreTrainingOutput:
+    """``loss`` = MLM loss + NSP loss (None without both labels), the MLM ``logits`` (as
+    ``MaskedLMOutput``), ``seq_relationship_logits`` (batch, 2), and the two losses apart."""
+
+    loss: torch.Tensor | None
+    logits: torch.Tensor
+    seq_relationship_logits: torch.Tensor
+    mlm_loss: torch.Tensor | None = None
+    nsp_loss: torch.Tensor | None = None
+
+
+class PreTraining(MaskedLM):
+    """BERT's two pretraining objectives at once, as transformers' ``BertForPreTraining``: the MLM
+    head of ``MaskedLM`` on every token and the next-sentence head (``cls.seq_relationship``) on
+    the pooled output; the loss is their unweighted sum."""
+
+    architecture = "BertForPreTraining"
+    add_pooling_layer = True
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.seq_relationship = _fresh_linear(config, 2)
+        self.nsp_loaded = False
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                next_sentence_label: torch.Tensor | None = None) -> PreTrainingOutput:
+        """MLM logits (all positions without ``labels``; the target rows only with them, the
+        sparse head) and NSP logits; the summed loss when both labels are given."""
+        out = self.bert(input_ids, attention_mask, token_type_ids)
+        hidden, pooled = out.last_hidden_state, out.pooler_output
+        nsp_logits = self.seq_relationship(pooled)
+        if labels is None:
+            return PreTrainingOutput(None, self.head(hidden), nsp_logits)
+        targets = labels != -100
+        logits = self.head(hidden[targets])  # (targets, vocab)
+        mlm_loss = F.cross_entropy(logits.float(), labels[targets])
+        nsp_loss = loss = None
+        if next_sentence_label is not None:
+            nsp_loss = F.cross_entropy(nsp_logits.float(), next_sentence_label.reshape(-1))
+            loss = mlm_loss + nsp_loss
+        return PreTrainingOutput(loss, logits, nsp_logits, mlm_loss, nsp_loss)
+
+    def load_heads(self, checkpoint) -> None:
+        """The MLM head and, when the checkpoint has it, ``cls.seq_relationship``."""
+        super().load_heads(checkpoint)
+        self.nsp_loaded = _load_linear(self.seq_relationship, checkpoint, "cls.seq_relationship")
+
+    def head_tensors(self) -> dict[str, torch.Tensor]:
+        """Both heads' weights under their HF names."""
+        return super().head_tensors() | {
+            "cls.seq_relationship.weight": self.seq_relationship.weight,
+            "cls.seq_relationship.bias": self.seq_relationship.bias}

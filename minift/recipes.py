@@ -1,5 +1,5 @@
 """The recipes: fine-tune a classifier, fine-tune a tagger (NER / POS), continue MLM pretraining,
-few-shot SetFit. What the ``minift`` commands run, and what lessons and benchmarks call.
+few-shot SetFit, extractive question answering (SQuAD). What the ``minift`` commands run, and what lessons and benchmarks call.
 
 Read in this order:
 
@@ -10,7 +10,8 @@ Read in this order:
 3. ``Recipe`` and ``run_recipe``, the skeleton the three recipes on ``minift.train.train`` share:
    load the model, score it before, train, take the best weights, score them, save;
 4. the recipes ``finetune``, ``ner``, ``pretrain`` (each: its checks, its data, its model, its
-   evaluator, its metrics) and ``setfit``, which trains once per seed.
+   evaluator, its metrics), ``setfit``, which trains once per seed, and ``qa`` / ``answer``
+   (train a span head on SQuAD files; answer one question with it).
 
 **Everything is checked before a model is loaded**: numbers, files, columns, labels, the device,
 the output folder. A bad value raises ``ValueError`` (the command prints it as one line).
@@ -18,7 +19,7 @@ the output folder. A bad value raises ``ValueError`` (the command prints it as o
 **The output folder** (``out``) of a finished run holds the model with the best held-out score
 (HF format: ``config.json``, ``model.safetensors``, the tokenizer files), ``metrics.json`` and
 ``log.jsonl`` (the training log, one JSON record a line); ``ner`` adds
-``{dev,test}_predictions.txt``, ``setfit`` writes ``metrics.json`` and the seed-0 model in
+``{dev,test}_predictions.txt``, ``qa`` adds ``predictions.json`` (question id -> answer text), ``setfit`` writes ``metrics.json`` and the seed-0 model in
 ``out/model``. While a run is unfinished the folder also holds ``resume.pt`` (what ``--resume``
 continues from) and ``best/`` (the best model so far). When the run ends, the files of ``best/``
 become the model in ``out`` (moved, not copied: the folder never holds the model twice) and
@@ -48,7 +49,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from minift import distributed, heads
+from minift import distributed, heads, nsp_data
+from minift import qa as squad_qa
 from minift.batches import ClassificationDataset, TokenClassificationDataset
 from minift.checkpoint import load_bert, read_config, read_config_json, resolve_model_dir
 from minift.data import (
@@ -346,6 +348,36 @@ def mlm_metrics(model, batches, device, *, progress: bool = False) -> dict[str, 
     loss = loss_sum / count
     return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)),
             "masked_accuracy": correct / count, "masked_tokens": count}
+
+
+def pretraining_metrics(model, batches, device, *, progress: bool = False) -> dict[str, float]:
+    """``mlm_metrics`` plus next-sentence prediction for ``heads.PreTraining``: ``nsp_accuracy``
+    and ``nsp_loss`` over the pairs, and ``loss`` = masked-token loss + NSP loss (the sum
+    ``BertForPreTraining`` trains on)."""
+    model.eval()
+    mlm_sum, nsp_sum, correct, count, right, pairs = 0.0, 0.0, 0, 0, 0, 0
+    with torch.no_grad():
+        for batch in _bar(batches, "held-out", progress):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            targets = batch["labels"][batch["labels"] != IGNORE_INDEX]
+            out = model(**batch)
+            if targets.numel():
+                mlm_sum += out.mlm_loss.item() * targets.numel()
+                correct += int((out.logits.argmax(-1) == targets).sum())
+                count += targets.numel()
+            gold = batch["next_sentence_label"]
+            nsp = torch.nn.functional.cross_entropy(out.seq_relationship_logits.float(), gold,
+                                                    reduction="sum")
+            nsp_sum += nsp.item()
+            right += int((out.seq_relationship_logits.argmax(-1) == gold).sum())
+            pairs += len(gold)
+    if count == 0:
+        raise ValueError("the evaluation text got no masked token: give more held-out text")
+    mlm_loss = mlm_sum / count
+    return {"loss": mlm_loss + nsp_sum / pairs, "mlm_loss": mlm_loss,
+            "perplexity": math.exp(min(mlm_loss, 700.0)), "masked_accuracy": correct / count,
+            "masked_tokens": count, "nsp_accuracy": right / pairs, "nsp_loss": nsp_sum / pairs,
+            "pairs": pairs}
 
 
 def read_labelled(path: str, text_col: str, label_col: str, format: str | None = None) -> list:
@@ -734,9 +766,15 @@ def pretrain(*, model: str, text: str | list[str], out: str, eval_text: str | No
              weight_decay: float = 0.01, grad_accum: int = 1, eval_every: int | None = None,
              save_every: int | None = None, optimizer: str = "auto", resume: bool = False,
              keep_resume: bool = False, compile: bool = False,
-             activation_checkpointing: bool = False, progress: bool = True,
+             activation_checkpointing: bool = False, nsp: bool = False, progress: bool = True,
              device: str | None = None) -> dict:
     """Continue pretraining an encoder with masked-language modelling on domain text.
+
+    ``nsp``: BERT's two objectives at once (``heads.PreTraining``, MLM + next-sentence
+    prediction). ``text`` is then read as documents (``minift.nsp_data.read_documents``: blank
+    lines between documents, or JSONL with a ``sentences`` list); documents, not passages, are
+    held out; sentence pairs are built once from seeded generators (``nsp_data.nsp_pairs``), and
+    before/after also report ``nsp_accuracy`` on the held-out pairs.
 
     ``text``: one or more files of passages, one a line. Held-out text for evaluation is
     ``eval_text``, else a random ``eval_fraction`` of the passages (at most ``max_eval_passages``)
@@ -761,7 +799,16 @@ def pretrain(*, model: str, text: str | list[str], out: str, eval_text: str | No
     check_device(device)
     folder = resolve_model_dir(model)
     check_max_length(folder, max_length, minimum=3)
-    passages = read_text_lines([text] if isinstance(text, str | Path) else list(text))
+    files = [text] if isinstance(text, str | Path) else list(text)
+    if nsp:
+        return _pretrain_nsp(files=files, eval_text=eval_text, folder=folder, out=out,
+                             config=config, masking=masking, pack=pack,
+                             mlm_probability=mlm_probability, eval_fraction=eval_fraction,
+                             max_eval_passages=max_eval_passages, eval_seed=eval_seed,
+                             batch_size=batch_size, max_length=max_length, seed=seed,
+                             resume=resume, keep_resume=keep_resume, progress=progress,
+                             activation_checkpointing=activation_checkpointing, device=device)
+    passages = read_text_lines(files)
     if eval_text is not None:
         eval_passages = read_text_lines(eval_text)
     else:
@@ -822,6 +869,80 @@ def pretrain(*, model: str, text: str | list[str], out: str, eval_text: str | No
     print(format_table([{"held-out": when, **{k: metrics[when][k] for k in keys}}
                         for when in ("before", "after")]))
     print(f"model (with MLM head), tokenizer, metrics.json and log.jsonl written to {out_dir}")
+    return metrics
+
+
+def _pretrain_nsp(*, files, eval_text, folder, out, config, masking, pack, mlm_probability,
+                  eval_fraction, max_eval_passages, eval_seed, batch_size, max_length, seed,
+                  resume, keep_resume, progress, activation_checkpointing, device) -> dict:
+    """``pretrain(nsp=True)``: MLM + next-sentence prediction on documents (see ``pretrain``)."""
+    if masking != "mlm" or pack:
+        raise ValueError("--nsp builds sentence pairs: it takes --masking mlm and no --pack")
+    check_max_length(folder, max_length, minimum=5)
+    documents = [doc for path in files for doc in nsp_data.read_documents(path)]
+    if eval_text is not None:
+        eval_documents = nsp_data.read_documents(eval_text)
+    else:
+        documents, eval_documents = held_out_split(documents, eval_fraction, eval_seed,
+                                                   max_eval_passages)
+        if len(eval_documents) < 2:
+            raise ValueError(f"--eval-fraction {eval_fraction} holds out {len(eval_documents)} "
+                             "document; NSP needs at least 2 (raise it, or give --eval-text)")
+    tokenizer = Tokenizer.from_pretrained(folder)
+    collator = MaskingCollator.from_tokenizer(tokenizer, "mlm", mlm_probability)
+    train_pairs = nsp_data.nsp_pairs(nsp_data.tokenize_documents(documents, tokenizer),
+                                     max_length, torch.Generator().manual_seed(seed))
+    eval_pairs = nsp_data.nsp_pairs(nsp_data.tokenize_documents(eval_documents, tokenizer),
+                                    max_length, torch.Generator().manual_seed(eval_seed))
+    train_seqs = nsp_data.PairSequences(train_pairs, tokenizer)
+    eval_seqs = nsp_data.PairSequences(eval_pairs, tokenizer)
+    eval_batches = list(nsp_data.NSPMaskedBatches(eval_seqs, collator, batch_size,
+                                                  seed=eval_seed, shuffle=False))
+    with claim_folder(out, resume=resume) as out_dir:
+        share = sum(p.label for p in train_pairs) / len(train_pairs)
+        print(f"data: {len(documents)} documents -> {len(train_pairs)} sentence pairs "
+              f"({share:.1%} with a random B); held out: {len(eval_documents)} documents -> "
+              f"{len(eval_pairs)} pairs")
+
+        def build():
+            print(f"loading {folder}")
+            torch.manual_seed(seed)  # fresh heads' initialisation
+            model = heads.PreTraining.from_pretrained(folder)
+            print(f"MLM head {'loaded' if model.head_loaded else 'initialised'}, NSP head "
+                  f"{'loaded' if model.nsp_loaded else 'initialised'}")
+            return model
+
+        outcome = run_recipe(Recipe(
+            config=config, build=build, load=heads.PreTraining.from_pretrained,
+            train_batches=lambda epoch: nsp_data.NSPMaskedBatches(train_seqs, collator,
+                                                                  batch_size, seed=seed,
+                                                                  epoch=epoch),
+            evaluate=lambda m, device: pretraining_metrics(m, eval_batches, device,
+                                                           progress=progress),
+            tokenizer=tokenizer,
+            before=lambda s: f"held-out before: perplexity {s['perplexity']:.2f}  masked "
+                             f"accuracy {s['masked_accuracy']:.4f}  NSP accuracy "
+                             f"{s['nsp_accuracy']:.4f} ({s['pairs']} pairs)",
+            device=device, resume=resume, keep_resume=keep_resume,
+            activation_checkpointing=activation_checkpointing,
+        ))
+        if outcome is None:
+            return {}
+        metrics = {
+            "before": outcome.before, "after": outcome.after,
+            "train": _run_facts(outcome) | {"epochs": outcome.result.epochs_completed,
+                                            "masking": "mlm", "nsp": True,
+                                            "batch_size": batch_size, "max_length": max_length,
+                                            "seed": seed},
+            "data": {"documents": len(documents), "pairs": len(train_pairs),
+                     "random_share": share, "eval_documents": len(eval_documents),
+                     "eval_pairs": len(eval_pairs), "eval_seed": eval_seed},
+        }
+        write_metrics(out_dir, metrics)
+    keys = ("perplexity", "masked_accuracy", "nsp_accuracy", "loss")
+    print(format_table([{"held-out": when, **{k: metrics[when][k] for k in keys}}
+                        for when in ("before", "after")]))
+    print(f"model (MLM and NSP heads), tokenizer, metrics.json and log.jsonl written to {out_dir}")
     return metrics
 
 
@@ -921,3 +1042,186 @@ def setfit(*, model: str, train: str, dev: str, out: str, text_col: str = "text"
     print(f"dev accuracy over {_count(seeds, 'seed')}: {spread}; metrics.json and the "
           f"seed-0 model written to {out_dir}")
     return metrics
+
+
+# --------------------------------------------------------------------------------------------
+# 4e. qa: extractive question answering on SQuAD-format files, and answering one question
+# --------------------------------------------------------------------------------------------
+
+
+def qa_predictions(model, questions: Sequence, windows: Sequence, dataset, batch_size: int,
+                   device, *, progress: bool = False, n_best: int = 20,
+                   max_answer_length: int = 30) -> dict[str, list]:
+    """Question id -> its n-best answers (``minift.qa.best_answers``), from the start and end
+    logits of every window. ``model(**batch)`` returns ``.start_logits`` and ``.end_logits``:
+    minift's ``QuestionAnswering`` and transformers' ``BertForQuestionAnswering`` both do."""
+    model.eval()
+    starts: list = [None] * len(windows)
+    ends: list = [None] * len(windows)
+    with torch.no_grad():
+        for indices in _bar(dataset.batch_indices(batch_size, generator=None, shuffle=False),
+                            "answering", progress):
+            batch = {k: v.to(device) for k, v in dataset.batch(indices).items()
+                     if k not in ("start_positions", "end_positions")}
+            out = model(**batch)
+            for i, s, e in zip(indices, out.start_logits.float().cpu(),
+                               out.end_logits.float().cpu(), strict=True):
+                starts[i], ends[i] = s, e
+    return squad_qa.predict_answers(questions, windows, starts, ends, n_best=n_best,
+                                    max_answer_length=max_answer_length)
+
+
+def qa_scores(model, questions: Sequence, windows: Sequence, dataset, batch_size: int, device,
+              **options) -> dict:
+    """SQuAD v1.1 ``exact_match`` and ``f1`` (points) and ``questions``, with ``predictions``
+    (id -> best answer text) riding along."""
+    answers = qa_predictions(model, questions, windows, dataset, batch_size, device, **options)
+    predictions = {qid: spans[0].text for qid, spans in answers.items()}
+    return squad_qa.squad_scores(predictions, questions) | {"predictions": predictions}
+
+
+def _qa_check_lengths(folder: Path, max_length: int, doc_stride: int) -> None:
+    check_max_length(folder, max_length, minimum=4)
+    if not 0 <= doc_stride < max_length:
+        raise ValueError(f"--doc-stride must be between 0 and --max-length - 1 ({max_length - 1})"
+                         f", got {doc_stride}")
+
+
+def qa(*, model: str, out: str, train: str | None = None, dev: str | None = None,
+       squad: str | None = None, dev_articles: int | None = None, split_seed: int = 0,
+       limit_train: int | None = None, epochs: int = 2, max_steps: int | None = None,
+       lr: float = 5e-5, batch_size: int = 32, max_length: int = 384, doc_stride: int = 128,
+       n_best: int = 20, max_answer_length: int = 30, amp: str = "off", seed: int = 0,
+       resume: bool = False, keep_resume: bool = False, warmup_ratio: float = 0.1,
+       weight_decay: float = 0.01, grad_accum: int = 1, eval_every: int | None = None,
+       optimizer: str = "auto", compile: bool = False, activation_checkpointing: bool = False,
+       progress: bool = True, device: str | None = None) -> dict:
+    """Fine-tune a span head (``heads.QuestionAnswering``) on SQuAD v1.1 files; write the best
+    model (by dev F1), the tokenizer, ``predictions.json`` and ``metrics.json`` into ``out``.
+
+    Data: ``train`` and ``dev`` files, or one ``squad`` file split by article: ``dev_articles``
+    whole articles (drawn with ``split_seed``) are dev, the rest train, so no paragraph is in
+    both. ``limit_train`` keeps a seeded random subset of the training questions. Contexts
+    longer than ``max_length`` are cut into windows overlapping by ``doc_stride`` tokens
+    (``minift.qa.make_windows``). Returns the metrics written: ``{"dev": {"exact_match", "f1",
+    "questions"}, "train": ..., "data": ...}``, scores in points (0-100) as the official script.
+    """
+    check_positive(learning_rate=lr, batch_size=batch_size, epochs=epochs, max_length=max_length,
+                   n_best=n_best, **{"--max-steps": max_steps, "--limit-train": limit_train,
+                                     "--max-answer-length": max_answer_length})
+    config = train_config(
+        out_dir=Path(out), epochs=epochs, max_steps=max_steps, lr=lr, weight_decay=weight_decay,
+        warmup_ratio=warmup_ratio, grad_accum=grad_accum, amp=amp, optimizer=optimizer,
+        eval_every=eval_every, metric="f1", greater_is_better=True, seed=seed, compile=compile,
+        progress=progress,
+    )
+    check_device(device)
+    folder = resolve_model_dir(model)
+    _qa_check_lengths(folder, max_length, doc_stride)
+    if squad is not None:
+        if train or dev:
+            raise ValueError("give either --squad FILE --dev-articles N, or --train and --dev")
+        if dev_articles is None:
+            raise ValueError("--squad needs --dev-articles N (the articles held out for dev)")
+        train_questions, dev_questions = squad_qa.split_by_article(squad_qa.read_squad(squad),
+                                                                   dev_articles, split_seed)
+        split = {"file": str(squad), "dev_articles": dev_articles, "split_seed": split_seed}
+    elif train and dev:
+        if dev_articles is not None:
+            raise ValueError("--dev-articles goes with --squad, not with --train/--dev")
+        train_questions, dev_questions = squad_qa.read_squad(train), squad_qa.read_squad(dev)
+        split = {"train": str(train), "dev": str(dev)}
+    else:
+        raise ValueError("give --train FILE and --dev FILE, or --squad FILE --dev-articles N")
+    train_questions = _subset(train_questions, limit_train, seed)
+    tokenizer = Tokenizer.from_pretrained(folder)
+    shape = dict(max_length=max_length, doc_stride=doc_stride)
+    train_windows = squad_qa.make_windows(train_questions, tokenizer, **shape)
+    dev_windows = squad_qa.make_windows(dev_questions, tokenizer, **shape)
+    train_set = squad_qa.WindowDataset(train_windows, tokenizer.pad_token_id)
+    dev_set = squad_qa.WindowDataset(dev_windows, tokenizer.pad_token_id, labels=False)
+    decoding = dict(n_best=n_best, max_answer_length=max_answer_length)
+
+    with claim_folder(out, resume=resume) as out_dir:
+        print(f"data: {len(train_questions)} train questions -> {len(train_windows)} windows, "
+              f"{len(dev_questions)} dev questions -> {len(dev_windows)} windows (max length "
+              f"{max_length}, stride {doc_stride})")
+
+        def build():
+            print(f"loading {folder}")
+            torch.manual_seed(seed)  # the fresh head's initialisation
+            return heads.QuestionAnswering.from_pretrained(folder)
+
+        outcome = run_recipe(Recipe(
+            config=config, build=build, load=heads.QuestionAnswering.from_pretrained,
+            train_batches=_epoch_batches(train_set, batch_size, seed),
+            evaluate=lambda m, device: qa_scores(m, dev_questions, dev_windows, dev_set,
+                                                 batch_size, device, progress=progress,
+                                                 **decoding),
+            tokenizer=tokenizer, device=device, resume=resume, keep_resume=keep_resume,
+            activation_checkpointing=activation_checkpointing,
+        ))
+        if outcome is None:
+            return {}  # the other ranks of a torchrun job are done: rank 0 writes the results
+        predictions = outcome.after.pop("predictions")
+        atomic_write(out_dir / "predictions.json",
+                     (json.dumps(predictions, indent=1, ensure_ascii=False) + "\n").encode())
+        metrics = {
+            "dev": outcome.after,
+            "train": _run_facts(outcome) | {"questions": len(train_questions),
+                                            "windows": len(train_windows), "lr": lr,
+                                            "batch_size": batch_size, "epochs": epochs,
+                                            "seed": seed},
+            "data": split | {"max_length": max_length, "doc_stride": doc_stride,
+                             "dev_windows": len(dev_windows)},
+        }
+        write_metrics(out_dir, metrics)
+    dev_scores = metrics["dev"]
+    print(f"dev: exact match {dev_scores['exact_match']:.2f}  F1 {dev_scores['f1']:.2f} "
+          f"({dev_scores['questions']} questions, SQuAD v1.1 scoring, points)")
+    print(f"model, tokenizer, metrics.json, predictions.json and log.jsonl written to {out_dir}")
+    return metrics
+
+
+def answer(*, model: str, question: str, context: str | None = None,
+           context_file: str | None = None, max_length: int = 384, doc_stride: int = 128,
+           n_best: int = 20, max_answer_length: int = 30, show: int = 1,
+           device: str | None = None) -> list:
+    """Answer one question from a context (text, or a UTF-8 file) with a trained span head;
+    print the answer, its score (start + end logit), its probability among the n-best and its
+    character span; return the n-best ``minift.qa.Span``s."""
+    if not question or not question.strip():
+        raise ValueError("--question is empty")
+    if (context is None) == (context_file is None):
+        raise ValueError("give the context as --context TEXT or --context-file FILE (one)")
+    if context_file is not None:
+        path = Path(context_file)
+        if not path.is_file():
+            raise ValueError(f"--context-file {path}: no such file")
+        try:
+            context = path.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"--context-file {path}: not UTF-8 ({err.reason})") from None
+    if not context.strip():
+        raise ValueError("the context is empty")
+    check_positive(n_best=n_best, **{"--max-answer-length": max_answer_length})
+    check_device(device)
+    folder = resolve_model_dir(model)
+    architectures = read_config_json(folder).get("architectures") or []
+    if "BertForQuestionAnswering" not in architectures:
+        raise ValueError(f"{folder} is not a question-answering model (config.json architectures "
+                         f"{architectures}); train one with 'minift qa --train ... --out DIR'")
+    _qa_check_lengths(folder, max_length, doc_stride)
+    tokenizer = Tokenizer.from_pretrained(folder)
+    asked = squad_qa.Question("question", question, context, [])
+    windows = squad_qa.make_windows([asked], tokenizer, max_length=max_length,
+                                    doc_stride=doc_stride)
+    device = torch.device(device or "cpu")
+    span_model = heads.QuestionAnswering.from_pretrained(folder).to(device)
+    dataset = squad_qa.WindowDataset(windows, tokenizer.pad_token_id, labels=False)
+    spans = qa_predictions(span_model, [asked], windows, dataset, 8, device, n_best=n_best,
+                           max_answer_length=max_answer_length)["question"]
+    for rank, span in enumerate(spans[:show], 1):
+        print(f"{rank}. answer: {span.text!r}  score {span.score:.3f}  probability "
+              f"{span.probability:.3f}  characters [{span.start}, {span.end})")
+    return spans

@@ -113,7 +113,8 @@ def test_lazy_package_attributes():
         minift.NoSuchThing  # noqa: B018
 
 
-@pytest.mark.parametrize("command", ["finetune", "ner", "pretrain", "setfit", "similarity"])
+@pytest.mark.parametrize("command", ["finetune", "ner", "pretrain", "setfit", "qa",
+                                     "similarity"])
 def test_help_shows_defaults_groups_and_no_rst(command, capsys):
     with pytest.raises(SystemExit):
         main([command, "--help"])

@@ -1,0 +1,220 @@
+"""Sentence pairs for next-sentence prediction (NSP), built from documents as BERT built them.
+
+BERT's second pretraining objective: given ``[CLS] A [SEP] B [SEP]``, did B follow A in the
+document (label 0), or was it taken from another document (label 1)? Reading order:
+
+1. ``read_documents``  documents as lists of sentences: a text file with one sentence a line and
+                       a blank line between documents, or JSONL with a ``sentences`` list a line
+                       (CSAbstruct's format);
+2. ``nsp_pairs``       the pairs of one pass over the documents, from the tokenized sentences,
+                       as ``create_instances_from_document`` of BERT's
+                       ``create_pretraining_data.py``: sentences are gathered into a chunk until
+                       it reaches the target length; a random cut splits the chunk into A and B;
+                       half of the time B is replaced by sentences from a random other document
+                       (the sentences of the chunk that B did not use go back to the queue), and
+                       the pair is trimmed to fit, longest side first, one token from the front
+                       or the back at random. A chunk of a single sentence always gets a random
+                       B (there is no cut to make), so the share of random pairs is a little
+                       over one half; ``nsp_pairs`` returns the pairs and the caller can count.
+3. ``PairSequences``   the pairs as unpadded rows with their token types and labels, batched
+                       like ``minift.mlm_data.TextSequences`` so the MLM masking collator masks
+                       them (``NSPMaskedBatches`` adds ``next_sentence_label``).
+
+Randomness comes from one ``torch.Generator``: the same generator, the same pairs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from minift.batches import pad_batch, pad_rows
+from minift.data import read_utf8_lines
+from minift.labels import DataError
+from minift.mlm_data import MaskedBatches
+
+# --------------------------------------------------------------------------------------------
+# 1. Documents
+
+
+def read_documents(path: str | os.PathLike) -> list[list[str]]:
+    """The documents of a file, each a list of sentences (non-empty ones, in order).
+
+    ``.jsonl``: one JSON object a line with a ``sentences`` list of strings. Otherwise text: one
+    sentence a line, documents separated by blank lines. A document needs at least one sentence;
+    the file needs at least two documents (NSP draws B from another document). Errors are
+    ``DataError`` naming the file and line.
+    """
+    path = Path(path)
+    documents: list[list[str]] = []
+    lines = read_utf8_lines(path)
+    if path.suffix.lower() == ".jsonl":
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+            sentences = obj.get("sentences") if isinstance(obj, dict) else None
+            if not isinstance(sentences, list) or not all(isinstance(s, str) for s in sentences):
+                raise DataError(f"{path}:{number}: expected an object with a 'sentences' list of "
+                                "strings")
+            kept = [s.strip() for s in sentences if s.strip()]
+            if kept:
+                documents.append(kept)
+    else:
+        current: list[str] = []
+        for line in [*lines, ""]:
+            if line.strip():
+                current.append(line.strip())
+            elif current:
+                documents.append(current)
+                current = []
+    if len(documents) < 2:
+        raise DataError(f"{path}: found {len(documents)} document(s); next-sentence prediction "
+                        "needs at least 2 (a blank line between documents, or JSONL with a "
+                        "'sentences' list a line)")
+    return documents
+
+
+# --------------------------------------------------------------------------------------------
+# 2. Pairs
+
+
+@dataclass
+class SentencePair:
+    """Token ids of segment A and segment B (no special tokens) and the NSP label: 0 when B is
+    the continuation of A in its document, 1 when B comes from another document."""
+
+    a: list[int]
+    b: list[int]
+    label: int
+
+
+def _uniform(generator: torch.Generator) -> float:
+    return float(torch.rand((), generator=generator))
+
+
+def _integer(low: int, high: int, generator: torch.Generator) -> int:
+    """A uniform integer in [low, high], both ends included (Python's ``randint``)."""
+    return int(torch.randint(low, high + 1, (), generator=generator))
+
+
+def _trim(a: list[int], b: list[int], max_tokens: int, generator: torch.Generator) -> None:
+    """BERT's ``truncate_seq_pair``: drop a token from the longer side, from its front or its
+    back at random, until the two fit in ``max_tokens``."""
+    while len(a) + len(b) > max_tokens:
+        longer = a if len(a) > len(b) else b
+        if _uniform(generator) < 0.5:
+            del longer[0]
+        else:
+            longer.pop()
+
+
+def nsp_pairs(documents: Sequence[Sequence[list[int]]], max_length: int,
+              generator: torch.Generator, *, short_seq_prob: float = 0.1) -> list[SentencePair]:
+    """The NSP pairs of one pass over tokenized documents (each a list of sentences, each a list
+    of token ids), BERT's way (see the module docstring).
+
+    Pairs fit ``max_length`` with [CLS] and two [SEP]. With probability ``short_seq_prob`` a
+    chunk aims at a random shorter length (BERT's 0.1), so the model also sees short inputs.
+    """
+    if max_length < 5:
+        raise ValueError(f"max_length must be at least 5 for a pair, got {max_length}")
+    if len(documents) < 2:
+        raise ValueError("next-sentence prediction needs at least 2 documents")
+    max_tokens = max_length - 3
+    pairs = []
+    for index, document in enumerate(documents):
+        target = max_tokens
+        if _uniform(generator) < short_seq_prob:
+            target = _integer(2, max_tokens, generator)
+        chunk: list[list[int]] = []
+        length, i = 0, 0
+        while i < len(document):
+            chunk.append(document[i])
+            length += len(document[i])
+            if i == len(document) - 1 or length >= target:
+                cut = _integer(1, len(chunk) - 1, generator) if len(chunk) >= 2 else 1
+                a = [t for sentence in chunk[:cut] for t in sentence]
+                if len(chunk) == 1 or _uniform(generator) < 0.5:
+                    other = _integer(0, len(documents) - 2, generator)
+                    other += other >= index  # any document but this one
+                    source = documents[other]
+                    b: list[int] = []
+                    for sentence in source[_integer(0, len(source) - 1, generator):]:
+                        b += sentence
+                        if len(b) >= target - len(a):
+                            break
+                    i -= len(chunk) - cut  # the unused sentences go back to the queue
+                    label = 1
+                else:
+                    b = [t for sentence in chunk[cut:] for t in sentence]
+                    label = 0
+                _trim(a, b, max_tokens, generator)
+                if a and b:
+                    pairs.append(SentencePair(a, b, label))
+                chunk, length = [], 0
+            i += 1
+    return pairs
+
+
+def tokenize_documents(documents: Sequence[Sequence[str]], tokenizer) -> list[list[list[int]]]:
+    """Each sentence of each document as token ids without special tokens (empty ones
+    dropped)."""
+    flat = [s for doc in documents for s in doc]
+    encoded = iter(tokenizer.backend.encode_batch(flat, add_special_tokens=False))
+    out = []
+    for doc in documents:
+        sentences = [next(encoded).ids for _ in doc]
+        out.append([ids for ids in sentences if ids])
+    return [doc for doc in out if doc]
+
+
+# --------------------------------------------------------------------------------------------
+# 3. Batches
+
+
+class PairSequences:
+    """Pairs as unpadded rows ``[CLS] A [SEP] B [SEP]`` (token types 0 then 1) with labels;
+    ``batch`` pads like ``TextSequences.batch`` and adds ``next_sentence_label``. Word ids are
+    not kept: only token-level masking (``"mlm"``) applies to pairs."""
+
+    def __init__(self, pairs: Sequence[SentencePair], tokenizer):
+        cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+        self.pad_token_id = tokenizer.pad_token_id
+        self.input_ids = [torch.tensor([cls, *p.a, sep, *p.b, sep]) for p in pairs]
+        self.token_type_ids = [torch.tensor([0] * (len(p.a) + 2) + [1] * (len(p.b) + 1))
+                               for p in pairs]
+        self.labels = torch.tensor([p.label for p in pairs])
+        self.lengths = [len(ids) for ids in self.input_ids]
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def batch(self, indices: Sequence[int]) -> dict[str, Tensor]:
+        """The unmasked padded batch with ``word_ids`` (-1: none) and ``next_sentence_label``."""
+        batch = pad_batch([self.input_ids[i] for i in indices],
+                          [self.token_type_ids[i] for i in indices], self.pad_token_id)
+        batch["word_ids"] = pad_rows([torch.full_like(self.input_ids[i], -1) for i in indices],
+                                     -1)
+        batch["next_sentence_label"] = self.labels[list(indices)]
+        return batch
+
+
+class NSPMaskedBatches(MaskedBatches):
+    """``MaskedBatches`` over ``PairSequences``: each batch masked for MLM, with its
+    ``next_sentence_label`` (the input of ``heads.PreTraining``)."""
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        masked = super().__getitem__(index)
+        groups = self.groups[index % len(self)]
+        masked["next_sentence_label"] = self.sequences.labels[groups]
+        return masked

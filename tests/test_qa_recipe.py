@@ -1,0 +1,145 @@
+"""`minift qa`: named errors before any model loads, a tiny end-to-end run, answering a question.
+
+The model is a small random BERT with MiniLM's tokenizer (as tests/test_cli_errors.py); the data
+is a few real SQuAD dev questions.
+"""
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import minift.recipes
+from minift.checkpoint import save_bert
+from minift.cli import main
+from minift.model import BertConfig, BertModel
+
+
+@pytest.fixture(scope="module")
+def tiny(minilm_dir, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=48, max_position_embeddings=64)
+    save_bert(BertModel(config), folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):
+        shutil.copy(minilm_dir / name, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def small_squad(data_dir, tmp_path_factory) -> Path:
+    """3 real articles, 2 paragraphs each, 2 questions a paragraph."""
+    full = json.loads((data_dir / "squad" / "dev-v1.1.json").read_text(encoding="utf-8"))
+    small = {"version": "1.1", "data": [
+        {"title": a["title"], "paragraphs": [{"context": p["context"], "qas": p["qas"][:2]}
+                                             for p in a["paragraphs"][:2]]}
+        for a in full["data"][:3]]}
+    path = tmp_path_factory.mktemp("squad") / "small.json"
+    path.write_text(json.dumps(small), encoding="utf-8")
+    return path
+
+
+@pytest.fixture()
+def no_loading(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded despite bad input")
+
+    monkeypatch.setattr(minift.recipes, "run_recipe", refuse)
+    monkeypatch.setattr("minift.heads.QuestionAnswering.from_pretrained", refuse)
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def write(tmp_path, data) -> Path:
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+def one_question(answer_start=20, **extra):
+    return {"data": [{"title": "t", "paragraphs": [{"context": "The capital city is Paris.",
+            "qas": [{"id": "q7", "question": "Capital?",
+                     "answers": [{"text": "Paris", "answer_start": answer_start}], **extra}]}]}]}
+
+
+@pytest.mark.parametrize("make, extra, message", [
+    (lambda p: write(p, one_question(answer_start=2)), [],
+     "question q7 .*'Paris' is not at answer_start 2"),
+    (lambda p: write(p, one_question(is_impossible=True)), [], "SQuAD 2.0"),
+    (lambda p: write(p, {"rows": []}), [], "not SQuAD-shaped"),
+    (lambda p: write(p, one_question()), ["--max-length", "65"], "more than the model's 64"),
+    (lambda p: write(p, one_question()), ["--max-length", "5", "--doc-stride", "0"],
+     "question q7: 2 question tokens leave 0 of max_length 5"),
+    (lambda p: write(p, one_question()), ["--doc-stride", "64"], "--doc-stride must be between"),
+    (lambda p: write(p, one_question()), ["--lr", "nan"], "learning rate must be positive"),
+])
+def test_bad_input_is_refused_before_loading(tiny, tmp_path, capsys, no_loading, make, extra,
+                                             message):
+    path = make(tmp_path)
+    code, _, err = run(capsys, "qa", "--model", tiny, "--train", path, "--dev", path,
+                       "--max-length", "64", "--doc-stride", "16", *extra,
+                       "--out", tmp_path / "run")
+    assert code == 2 and err.startswith("minift: error: ")
+    assert re.search(message, err), err
+    assert not (tmp_path / "run").exists()
+
+
+def test_data_options_must_be_complete(tiny, small_squad, tmp_path, capsys, no_loading):
+    out = ["--out", tmp_path / "run"]
+    for argv, message in [
+        (["--train", small_squad, *out], "give --train FILE and --dev FILE"),
+        (["--squad", small_squad, *out], "--squad needs --dev-articles"),
+        (["--squad", small_squad, "--dev-articles", "3", *out], "between 1 and 2"),
+        (["--squad", small_squad, "--dev-articles", "1"], "--out DIR is needed"),
+        (["--squad", small_squad, "--train", small_squad, "--dev-articles", "1", *out],
+         "either --squad"),
+    ]:
+        code, _, err = run(capsys, "qa", "--model", tiny, "--max-length", "64",
+                           "--doc-stride", "16", *argv)
+        assert code == 2 and message in err, err
+
+
+def test_answer_mode_checks_before_loading(tiny, tmp_path, capsys, no_loading):
+    code, _, err = run(capsys, "qa", "--model", tiny, "--question", "Who?", "--context", "Me.")
+    assert code == 2 and "is not a question-answering model" in err
+    code, _, err = run(capsys, "qa", "--model", tiny, "--question", "Who?")
+    assert code == 2 and "--context TEXT or --context-file FILE" in err
+    code, _, err = run(capsys, "qa", "--model", tiny, "--question", "Who?", "--context-file",
+                       tmp_path / "missing.txt")
+    assert code == 2 and "no such file" in err
+
+
+def test_train_then_answer(tiny, small_squad, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, printed, err = run(capsys, "qa", "--model", tiny, "--squad", small_squad,
+                             "--dev-articles", "1", "--max-length", "64", "--doc-stride", "16",
+                             "--batch-size", "8", "--epochs", "1", "--lr", "1e-3",
+                             "--no-progress", "--out", out)
+    assert code == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["dev"]) == {"exact_match", "f1", "questions"}
+    assert metrics["dev"]["questions"] == 4 and 0 <= metrics["dev"]["f1"] <= 100
+    predictions = json.loads((out / "predictions.json").read_text())
+    assert len(predictions) == 4 and all(isinstance(v, str) for v in predictions.values())
+    assert not (out / "resume.pt").exists() and not (out / "best").exists()
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["BertForQuestionAnswering"]
+
+    context = "Super Bowl 50 was won by the Denver Broncos, who beat the Carolina Panthers."
+    (tmp_path / "context.txt").write_text(context, encoding="utf-8")
+    code, printed, err = run(capsys, "qa", "--model", out, "--question", "Who won?",
+                             "--context-file", tmp_path / "context.txt", "--show", "2",
+                             "--max-length", "64", "--doc-stride", "16")
+    assert code == 0, err
+    lines = printed.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("1. answer: ")
+    start, end = map(int, lines[0].rsplit("[", 1)[1].rstrip(")").split(", "))
+    assert repr(context[start:end]) in lines[0]
