@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from minift import qa
+from minift import plots, qa
 from minift.checkpoint import resolve_model_dir
 from minift.heads import QuestionAnswering
 from minift.metrics import format_table
@@ -52,6 +52,9 @@ START = time.perf_counter()
 WORK = REPO / "runs" / "lessons" / "09"
 shutil.rmtree(WORK, ignore_errors=True)
 WORK.mkdir(parents=True)
+# Figures go to lessons/figures/09/ (git-ignored; emptied now, kept at the end), and show inline
+# in a notebook; without matplotlib the lesson runs and says they were skipped.
+FIGURES = plots.lesson_figures(REPO / "lessons" / "figures" / "09")
 
 
 def check(condition: bool, message: str) -> None:
@@ -108,6 +111,25 @@ for i, w in enumerate(windows):
 print(format_table(rows))
 check(len(windows) >= 2, "the longest context should need more than one window")
 check(any(w.start_position for w in windows), "the answer must be inside some window")
+
+if FIGURES is not None:  # each window's stretch of the context, and where the answer sits
+    fig, ax = plots.figure(10, 3)
+    for i, w in enumerate(windows):
+        spans = [o for o in w.offsets if o is not None]
+        holds = bool(w.start_position)
+        ax.barh(i, spans[-1][1] - spans[0][0], left=spans[0][0], height=0.6,
+                color="tab:green" if holds else "tab:gray",
+                label="window holding the answer" if holds else "window without it")
+    ax.axvspan(answer.start, answer.end, color="tab:red", alpha=0.6, label="the answer")
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))
+    ax.legend(unique.values(), unique.keys(), loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax.set_yticks(range(len(windows)), [f"window {i}" for i in range(len(windows))])
+    ax.invert_yaxis()
+    ax.set_xlabel("position in the context (characters)")
+    ax.set_title(f"{len(long_q.context):,}-character context cut into {len(windows)} windows "
+                 "(max_length 384, doc_stride 128)")
+    FIGURES.save(fig, "windows.png")
 
 # %% [markdown]
 # Each token keeps its (start, end) character span in the context: the question and the special

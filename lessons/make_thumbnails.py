@@ -30,6 +30,7 @@ CHOSEN = {
     "06": "embeddings_before_after.png",
     "07": "padding.png",
     "08": "gradient_agreement.png",
+    "09": "windows.png",
 }
 
 

@@ -31,6 +31,7 @@ FIGURES = {
     "06": {"embeddings_before_after.png": (1200, 540), "accuracy.png": (700, 360)},
     "07": {"padding.png": (1300, 420), "speed.png": (800, 420)},
     "08": {"gradient_agreement.png": (650, 550), "checkpointing.png": (1100, 420)},
+    "09": {"windows.png": (1000, 300)},
 }
 
 
