@@ -32,23 +32,11 @@ from transformers import BertForQuestionAnswering, get_linear_schedule_with_warm
 
 from minift import qa
 from minift.checkpoint import resolve_model_dir
+from minift.kernels import cpu_model
 from minift.metrics import format_table
 from minift.recipes import qa as minift_qa
 from minift.recipes import qa_predictions
 from minift.tokenizer import Tokenizer
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else the platform's word for it."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 def split(squad_file: Path, dev_articles: int, train_questions: int, seed: int):
