@@ -2,9 +2,11 @@
 
 import importlib.util
 import os
+import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 _REPO = Path(__file__).resolve().parents[1]
 _DEFAULT_DATA = _REPO.parent / "shared" / "data"
@@ -35,3 +37,20 @@ def data_dir() -> Path:
     if not path or not Path(path).is_dir():
         raise RuntimeError("set MINIFT_DATA to the folder of the data sets (shared/data)")
     return Path(path)
+
+
+@pytest.fixture(scope="module")
+def tiny(minilm_dir, tmp_path_factory) -> Path:
+    """A small random BERT folder (2 layers, hidden 32, 64 positions) with MiniLM's tokenizer:
+    what the command-line tests train when the real weights do not matter."""
+    from minift.checkpoint import save_bert
+    from minift.model import BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=48, max_position_embeddings=64)
+    save_bert(BertModel(config), folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):
+        shutil.copy(minilm_dir / name, folder / name)
+    return folder

@@ -8,7 +8,6 @@ the help case runs in a subprocess, since what it checks is what the interpreter
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,6 @@ import torch
 import minift.recipes
 import minift.train
 from minift import lock
-from minift.checkpoint import save_bert
 from minift.cli import build_parser, main
 from minift.model import BertConfig, BertModel
 
@@ -27,18 +25,6 @@ REPO = Path(__file__).resolve().parents[1]
 ROWS = [("a gripping , beautifully acted film", "1"), ("dull , lifeless and far too long", "0"),
         ("one of the best movies of the year", "1"), ("a mess from start to finish", "0")] * 3
 
-
-@pytest.fixture(scope="module")
-def tiny(minilm_dir, tmp_path_factory) -> Path:
-    """A small random BERT (64 positions) with MiniLM's tokenizer."""
-    folder = tmp_path_factory.mktemp("tiny")
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=48, max_position_embeddings=64)
-    save_bert(BertModel(config), folder)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):
-        shutil.copy(minilm_dir / name, folder / name)
-    return folder
 
 
 @pytest.fixture()

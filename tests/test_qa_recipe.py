@@ -6,28 +6,12 @@ is a few real SQuAD dev questions.
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 import minift.recipes
-from minift.checkpoint import save_bert
 from minift.cli import main
-from minift.model import BertConfig, BertModel
-
-
-@pytest.fixture(scope="module")
-def tiny(minilm_dir, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny")
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=48, max_position_embeddings=64)
-    save_bert(BertModel(config), folder)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):
-        shutil.copy(minilm_dir / name, folder / name)
-    return folder
 
 
 @pytest.fixture(scope="module")
