@@ -129,6 +129,13 @@ def main() -> None:
               f"{ours['dev']['f1']:.2f} ({ours_s:.0f} s); transformers EM "
               f"{ref['exact_match']:.2f} F1 {ref['f1']:.2f} ({ref_s:.0f} s)", flush=True)
 
+        # written after every seed, so a run stopped halfway keeps the seeds it finished
+        report(per_seed, seeds, q, device, dev, dev_articles, train_questions, common, args)
+
+
+def report(per_seed, seeds, q, device, dev, dev_articles, train_questions, common, args) -> None:
+    """Write the JSON and markdown results of the seeds done so far."""
+
     def stat(side: str, key: str) -> str:
         values = [r[side][key] for r in per_seed]
         if len(values) == 1:
@@ -141,7 +148,8 @@ def main() -> None:
     deltas = [r["minift"]["f1"] - r["reference"]["f1"] for r in per_seed]
     info = machine(device) | {"cpu_model": cpu_model()}
     info["processor"] = info["cpu_model"]
-    payload = {"machine": info, "quick": q, "seeds": seeds,
+    done = [r["seed"] for r in per_seed]
+    payload = {"machine": info, "quick": q, "seeds": seeds, "seeds_done": done,
                "split": {"file": "squad/dev-v1.1.json", "by": "article", "split_seed": 0,
                          "dev_articles": dev_articles, "dev_questions": len(dev),
                          "train_questions": train_questions,
@@ -157,7 +165,8 @@ def main() -> None:
             f"{len(dev)} dev questions; each seed trains on its own seeded subset of "
             f"{train_questions} questions of the other articles ({args.epochs} epoch(s), lr "
             f"{args.lr}, batch {args.batch_size}, max length {args.max_length}, stride "
-            f"{args.doc_stride}, warmup 0.1, weight decay 0.01). Seeds {seeds}; mean ± std "
+            f"{args.doc_stride}, warmup 0.1, weight decay 0.01). Seeds done {done} of {seeds}; "
+            f"mean ± std "
             f"(sample) over seeds; exact match and F1 in points.\n\n{table}\n\n{delta}\n")
     name = "qa_squad" + ("_" + device.type if device.type != "cpu" else "") + ("_quick" if q
                                                                               else "")
