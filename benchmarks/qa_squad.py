@@ -55,11 +55,8 @@ def reference_qa(*, squad_file, dev_articles, train_questions, epochs, lr, batch
     folder = resolve_model_dir("minilm")
     train, dev = split(squad_file, dev_articles, train_questions, seed)
     tokenizer = Tokenizer.from_pretrained(folder)
-    shape = dict(max_length=max_length, doc_stride=doc_stride)
-    train_windows = qa.make_windows(train, tokenizer, **shape)
-    dev_windows = qa.make_windows(dev, tokenizer, **shape)
-    train_set = qa.WindowDataset(train_windows, tokenizer.pad_token_id)
-    dev_set = qa.WindowDataset(dev_windows, tokenizer.pad_token_id, labels=False)
+    train_windows, train_set, dev_windows, dev_set = qa.train_and_dev_windows(
+        train, dev, tokenizer, max_length=max_length, doc_stride=doc_stride)
     torch.manual_seed(seed)
     model = BertForQuestionAnswering.from_pretrained(folder).to(device)
     decay = set(transformers.Trainer.get_decay_parameter_names(None, model))

@@ -302,6 +302,18 @@ class Span:
     probability: float = field(default=0.0)
 
 
+
+def train_and_dev_windows(train: Sequence[Question], dev: Sequence[Question], tokenizer, *,
+                  max_length: int = 384, doc_stride: int = 128):
+    """The windows of a train/dev split and their datasets (the dev set carries no answer
+    positions): ``(train_windows, train_set, dev_windows, dev_set)``, what ``minift qa`` and
+    ``benchmarks/qa_squad.py`` both train and score on."""
+    shape = dict(max_length=max_length, doc_stride=doc_stride)
+    train_windows = make_windows(train, tokenizer, **shape)
+    dev_windows = make_windows(dev, tokenizer, **shape)
+    return (train_windows, WindowDataset(train_windows, tokenizer.pad_token_id),
+            dev_windows, WindowDataset(dev_windows, tokenizer.pad_token_id, labels=False))
+
 def best_answers(context: str, windows: Sequence[Window], start_logits: Sequence[torch.Tensor],
                  end_logits: Sequence[torch.Tensor], *, n_best: int = 20,
                  max_answer_length: int = 30) -> list[Span]:

@@ -1135,11 +1135,8 @@ def qa(*, model: str, out: str, train: str | None = None, dev: str | None = None
         raise ValueError("give --train FILE and --dev FILE, or --squad FILE --dev-articles N")
     train_questions = _subset(train_questions, limit_train, seed)
     tokenizer = Tokenizer.from_pretrained(folder)
-    shape = dict(max_length=max_length, doc_stride=doc_stride)
-    train_windows = squad_qa.make_windows(train_questions, tokenizer, **shape)
-    dev_windows = squad_qa.make_windows(dev_questions, tokenizer, **shape)
-    train_set = squad_qa.WindowDataset(train_windows, tokenizer.pad_token_id)
-    dev_set = squad_qa.WindowDataset(dev_windows, tokenizer.pad_token_id, labels=False)
+    train_windows, train_set, dev_windows, dev_set = squad_qa.train_and_dev_windows(
+        train_questions, dev_questions, tokenizer, max_length=max_length, doc_stride=doc_stride)
     decoding = dict(n_best=n_best, max_answer_length=max_answer_length)
 
     with claim_folder(out, resume=resume) as out_dir:
