@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 import minift.recipes
 from minift.cli import main
@@ -127,3 +128,59 @@ def test_train_then_answer(tiny, small_squad, tmp_path, capsys):
     assert len(lines) == 2 and lines[0].startswith("1. answer: ")
     start, end = map(int, lines[0].rsplit("[", 1)[1].rstrip(")").split(", "))
     assert repr(context[start:end]) in lines[0]
+
+
+def test_resume_after_a_stop_gives_the_uninterrupted_model(tiny, small_squad, tmp_path,
+                                                           monkeypatch):
+    """`minift qa --resume`: a run stopped after its step-2 checkpoint and resumed ends with the
+    weights, scores and predictions of a run that was never stopped (the windows' batches and
+    the head's initialisation are seeded, and resume.pt holds the optimizer and schedule)."""
+    from minift.batches import PaddedRows
+    from minift.safetensors import read_safetensors
+
+    class Stop(Exception):
+        pass
+
+    plain_batches = PaddedRows.batches
+    steps = {"left": None, "taken": 0}
+
+    def batches(self, batch_size, *, generator, shuffle=True, drop_last=False):
+        batch_list = plain_batches(self, batch_size, generator=generator, shuffle=shuffle,
+                                   drop_last=drop_last)
+        if not shuffle:  # scoring
+            return batch_list
+
+        class Stopping(list):
+            def __getitem__(self, i):
+                if steps["left"] == 0:
+                    raise Stop
+                if steps["left"] is not None:
+                    steps["left"] -= 1
+                steps["taken"] += 1
+                return list.__getitem__(self, i)
+
+            def __iter__(self):
+                return (self[i] for i in range(len(self)))
+
+        return Stopping(batch_list)
+
+    monkeypatch.setattr(PaddedRows, "batches", batches)
+    settings = dict(model=tiny, squad=str(small_squad), dev_articles=1, max_length=64,
+                    doc_stride=16, batch_size=4, epochs=2, lr=1e-3, eval_every=2,
+                    progress=False)
+    full = minift.recipes.qa(out=str(tmp_path / "full"), **settings)
+    steps["left"] = 3  # step 3 fails to get its batch: the step-2 checkpoint is the last
+    with pytest.raises(Stop):
+        minift.recipes.qa(out=str(tmp_path / "cut"), **settings)
+    assert (tmp_path / "cut" / "resume.pt").exists()
+    steps["left"], steps["taken"] = None, 0
+    resumed = minift.recipes.qa(out=str(tmp_path / "cut"), resume=True, **settings)
+    assert steps["taken"] == full["train"]["steps"] - 2  # it went on from step 2, not from 0
+
+    assert resumed["dev"] == full["dev"]
+    assert resumed["train"]["steps"] == full["train"]["steps"] > 3
+    a = read_safetensors(tmp_path / "full" / "model.safetensors")
+    b = read_safetensors(tmp_path / "cut" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for name in ("predictions.json",):
+        assert (tmp_path / "full" / name).read_text() == (tmp_path / "cut" / name).read_text()
