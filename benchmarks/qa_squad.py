@@ -12,11 +12,17 @@ subset, same length-grouped order, same seed). Scored with the official v1.1 EM 
 
     python benchmarks/qa_squad.py              # the full run (see the results file for its time)
     python benchmarks/qa_squad.py --quick      # a smoke test: tiny subsets, one seed
+
+The results are rewritten after every seed, and a rerun of the same command keeps the seeds the
+results file already holds for the same settings (it goes on where a stopped run ended).
+On a crowded machine (more busy processes than cores) ``--threads 1`` is much faster than
+torch's default of one thread a core; each seed records the threads it ran with.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import random
 import statistics
@@ -27,7 +33,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from speed_common import data_dir, machine, write_report
+from speed_common import RESULTS, data_dir, machine, write_report
 from transformers import BertForQuestionAnswering, get_linear_schedule_with_warmup
 
 from minift import qa
@@ -97,7 +103,11 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=384)
     parser.add_argument("--doc-stride", type=int, default=128)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int,
+                        help="torch threads (default: torch's); 1 on a crowded machine")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     q = args.quick
     seeds = args.seeds or ([0] if q else [0, 1, 2])
     train_questions = args.train_questions or (48 if q else 2000)
@@ -108,8 +118,11 @@ def main() -> None:
                   batch_size=args.batch_size, max_length=args.max_length,
                   doc_stride=args.doc_stride)
     _, dev = split(squad_file, dev_articles, train_questions, 0)
-    per_seed = []
+    per_seed = finished_seeds(result_name(q, device), seeds, common, train_questions)
     for seed in seeds:
+        if any(r["seed"] == seed for r in per_seed):
+            print(f"seed {seed}: in the results file already", flush=True)
+            continue
         with tempfile.TemporaryDirectory() as out:
             start = time.perf_counter()
             ours = minift_qa(model="minilm", out=out, squad=str(squad_file),
@@ -119,6 +132,7 @@ def main() -> None:
         ref, ref_s, windows = reference_qa(squad_file=squad_file, train_questions=train_questions,
                                            seed=seed, device=device, **common)
         per_seed.append({"seed": seed, "train_windows": windows,
+                         "threads": torch.get_num_threads(),
                          "minift": {**ours["dev"], "seconds": ours_s,
                                     "train_seconds": ours["train"]["seconds"]},
                          "reference": {**ref, "seconds": ref_s}})
@@ -128,6 +142,23 @@ def main() -> None:
 
         # written after every seed, so a run stopped halfway keeps the seeds it finished
         report(per_seed, seeds, q, device, dev, dev_articles, train_questions, common, args)
+
+
+def result_name(quick: bool, device: torch.device) -> str:
+    return "qa_squad" + ("_" + device.type if device.type != "cpu" else "") + (
+        "_quick" if quick else "")
+
+
+def finished_seeds(name: str, seeds, common: dict, train_questions: int) -> list[dict]:
+    """The seeds of ``seeds`` that the results file already holds for the same settings."""
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        return []
+    done = json.loads(path.read_text(encoding="utf-8"))
+    if (done.get("settings") != common
+            or done.get("split", {}).get("train_questions") != train_questions):
+        return []  # other settings: start over (the file is rewritten after the first seed)
+    return [r for r in done["per_seed"] if r["seed"] in seeds]
 
 
 def report(per_seed, seeds, q, device, dev, dev_articles, train_questions, common, args) -> None:
@@ -164,10 +195,11 @@ def report(per_seed, seeds, q, device, dev, dev_articles, train_questions, commo
             f"{args.lr}, batch {args.batch_size}, max length {args.max_length}, stride "
             f"{args.doc_stride}, warmup 0.1, weight decay 0.01). Seeds done {done} of {seeds}; "
             f"mean ± std "
-            f"(sample) over seeds; exact match and F1 in points.\n\n{table}\n\n{delta}\n")
-    name = "qa_squad" + ("_" + device.type if device.type != "cpu" else "") + ("_quick" if q
-                                                                              else "")
-    write_report(name, payload, text, "Question answering on SQuAD: minift vs transformers",
+            f"(sample) over seeds; exact match and F1 in points.\n\n{table}\n\n{delta}\n\n"
+            f"Torch threads per seed: "
+            f"{', '.join(str(r.get('threads', '?')) for r in per_seed)}. The seconds are wall "
+            f"time on a machine other jobs may have shared: read them as rough.\n")
+    write_report(result_name(q, device), payload, text, "Question answering on SQuAD: minift vs transformers",
                  f"python benchmarks/qa_squad.py {' '.join(sys.argv[1:])}")
 
 
