@@ -734,7 +734,8 @@ def _check_same_search(out: Path, fixed: dict, seeds: list[int]) -> None:
 def search(task: str, *, out: str, options: dict, grid: Sequence[str] | None = None,
            seeds: int = 3, metric: str | None = None, random_draws: int | None = None,
            random_seed: int = 0, test: str | None = None, halving: bool = False,
-           halving_keep: float = 0.5, halving_min_epochs: int = 1) -> dict:
+           halving_keep: float = 0.5, halving_min_epochs: int = 1,
+           on_trial: Callable[[dict], None] | None = None) -> dict:
     """Search the hyperparameters of ``task`` (finetune, ner, qa, setfit); write ``out``.
 
     ``options``: the command's options (the recipe's keywords); those the recipe takes are fixed
@@ -742,7 +743,8 @@ def search(task: str, *, out: str, options: dict, grid: Sequence[str] | None = N
     ``grid``: ``name=v1,v2,...`` strings (default: the BERT paper's grid). ``metric``: the dev
     metric the choice is made on (default: the task's). ``test``: a file in the task's format,
     read once now and scored at the end for the chosen configuration's models.
-    ``halving``: successive halving over epochs (``run_halving``).
+    ``halving``: successive halving over epochs (``run_halving``). ``on_trial``: called with
+    each trial's record once it is in ``trials.jsonl`` (a benchmark writes its results there).
 
     Writes into ``out``: ``trials/`` (one folder a trial), ``trials.jsonl``, ``search.json``,
     ``search.md``, ``search.png`` (with matplotlib) and ``model/`` (the chosen configuration's
@@ -797,6 +799,8 @@ def search(task: str, *, out: str, options: dict, grid: Sequence[str] | None = N
                               f"(log: {trials / name / 'trial.log'})", flush=True)
                         record = run_trial(task, fixed, config, seed, trials / name)
                         log.append(record)
+                        if on_trial is not None:
+                            on_trial(record)
                         print(f"  dev {metric} {record['dev'][key]:.4f} ({record['seconds']:.0f} "
                               f"s, {record['steps']} steps)", flush=True)
                     used.append(record)
