@@ -69,13 +69,17 @@ def table(log: searching.TrialLog, configs: list[dict], seeds: list[int]) -> str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke test")
-    parser.add_argument("--train", type=int, help="training sentences (default 128; quick 48)")
-    parser.add_argument("--dev", type=int, help="dev sentences (default 200; quick 48)")
+    parser.add_argument("--train", type=int, help="training sentences (default 800; quick 48)")
+    parser.add_argument("--dev", type=int, help="dev sentences (default 400; quick 48)")
     parser.add_argument("--no-halving", action="store_true", help="the grid only")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: on a CPU shared with other jobs, two threads "
+                             "each fighting for two cores run far slower than one)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     q = args.quick
-    n_train = args.train or (48 if q else 128)
-    n_dev = args.dev or (48 if q else 200)
+    n_train = args.train or (48 if q else 800)
+    n_dev = args.dev or (48 if q else 400)
     grid = ["lr=5e-5,1e-3", "batch_size=16,32"] if q else [f"lr={LRS}",
                                                           f"batch_size={BATCH_SIZES}"]
     seeds = 2 if q else 3

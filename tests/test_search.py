@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
+from test_cli import SENTENCES, write_tsv
 
 import minift.data
 import minift.recipes
@@ -18,8 +19,6 @@ import minift.search
 from minift.checkpoint import to_hf_state_dict
 from minift.cli import main
 from minift.safetensors import read_safetensors
-from test_cli import SENTENCES, write_tsv
-
 from minift.search import (
     GridError,
     LogRange,
@@ -29,6 +28,7 @@ from minift.search import (
     parse_grid,
     search,
 )
+
 
 @pytest.fixture()
 def files(tmp_path):
@@ -317,3 +317,37 @@ def test_search_json_is_plain_data(tiny, files, tmp_path, monkeypatch):
     assert set(row) >= {"config", "mean", "std", "per_seed", "seconds", "steps"}
     assert [run["seed"] for run in row["per_seed"]] == [0, 1, 2]
     assert set(result["chosen"]) >= {"config", "mean", "std", "test"}
+
+
+# --------------------------------------------------------------------------------------------
+# What the search added to finetune: a dev set held out of train, a test file, the dropout
+# --------------------------------------------------------------------------------------------
+
+
+def test_dev_from_train_is_one_split_whatever_the_seed():
+    from minift.recipes import _dev_from_train
+
+    examples = list(range(50))
+    train, dev = _dev_from_train(examples, 10, 20, split_seed=0, where="train.tsv")
+    assert len(dev) == 10 and len(train) == 20 and not set(train) & set(dev)
+    assert _dev_from_train(examples, 10, 20, split_seed=0, where="") == (train, dev)
+    assert _dev_from_train(examples, 10, None, split_seed=0, where="")[1] == dev
+    assert _dev_from_train(examples, 10, 20, split_seed=1, where="")[1] != dev
+    with pytest.raises(ValueError, match="--dev-from-train 50: train.tsv has only 50"):
+        _dev_from_train(examples, 50, None, split_seed=0, where="train.tsv")
+
+
+def test_finetune_scores_its_test_file_once_with_the_dropout_it_was_given(tiny, files, tmp_path,
+                                                                         monkeypatch):
+    from minift.recipes import finetune
+
+    reads = count_reads(monkeypatch, files["test"])
+    metrics = finetune(**options(tiny, files, dev=None), dev_from_train=4, test=files["test"],
+                       dropout=0.3, out=str(tmp_path / "o"), progress=False)
+    assert len(reads) == 1
+    assert metrics["train"]["examples"] == len(SENTENCES) * 2 - 4
+    assert set(metrics["test"]) >= {"accuracy", "f1", "loss"}
+    saved = json.loads((tmp_path / "o" / "config.json").read_text())
+    assert saved["classifier_dropout"] == 0.3
+    with pytest.raises(ValueError, match=r"--dropout must be in \[0, 1\)"):
+        finetune(**options(tiny, files), dropout=1.0, out=str(tmp_path / "p"), progress=False)
