@@ -421,6 +421,10 @@ def draw_search(ax, rows: Sequence[dict], x: str, ylabel: str, *, log_x: bool = 
                            edgecolors="black", linewidths=1.5, zorder=5, label="chosen")
     if log_x:
         ax.set_xscale("log")
+    ticks = sorted({row["config"][x] for members in groups.values() for row in members})
+    if len(ticks) <= 12:  # the values tried, as they were written
+        ax.set_xticks(ticks, [f"{tick:g}" for tick in ticks])
+        ax.minorticks_off()
     ax.set_xlabel(x)
     ax.set_ylabel(ylabel)
     ax.set_title(f"{ylabel} against {x}: mean ± std over the seeds, each seed a dot")
