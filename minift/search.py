@@ -509,6 +509,22 @@ def read_test(task: str, fixed: dict, path: str) -> Any:
                          fixed.get("format"))
 
 
+def check_test_is_not_dev(task: str, fixed: dict, test: str) -> None:
+    """Refuse a test file that is the dev file the choice is made on (its score would be the
+    dev score again, not a test of the choice)."""
+    from minift.data import task_files
+    from minift.recipes import data_folder
+
+    dev = fixed.get("dev")
+    if task == "finetune" and fixed.get("dev_from_train"):
+        dev = None  # the dev set is a slice of the training file
+    elif task == "finetune" and fixed.get("task"):
+        dev = task_files(fixed["task"], data_folder(fixed.get("data_dir")))[1]
+    if dev is not None and Path(dev).resolve() == Path(test).resolve():
+        raise ValueError(f"--test {test} is the dev file the choice is made on; give another "
+                         "file (finetune: --dev-from-train N makes dev a slice of train)")
+
+
 def score_test(task: str, fixed: dict, test: Any, folder: Path) -> dict[str, float]:
     """The scores on ``test`` (from ``read_test``) of the model in ``folder``."""
     import torch
@@ -774,6 +790,8 @@ def search(task: str, *, out: str, options: dict, grid: Sequence[str] | None = N
         if fixed.get("max_steps") is not None:
             raise ValueError("--halving shortens the epochs; it does not go with --max-steps")
     _check_against_model(task, fixed, configs)
+    if test:
+        check_test_is_not_dev(task, fixed, test)
     test_set = read_test(task, fixed, test) if test else None  # read once, scored at the end
     base = options.get("seed") or 0
     seed_list = list(range(base, base + seeds))

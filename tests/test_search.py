@@ -258,6 +258,7 @@ def test_grid_parsing_and_random_draws():
     ("finetune", ["lr=1e-5"], {"halving": True, "halving_keep": 0.0}, ValueError,
      "--halving-keep"),
     ("finetune", ["lr=1e-5"], {"test": "/no/such/test.tsv"}, ValueError, "no such file"),
+    ("finetune", ["lr=1e-5"], {"test": "DEV"}, ValueError, "is the dev file the choice is made on"),
 ])
 def test_bad_input_stops_before_any_trial(tiny, files, tmp_path, monkeypatch, task, grid, extra,
                                           error, message):
@@ -265,6 +266,8 @@ def test_bad_input_stops_before_any_trial(tiny, files, tmp_path, monkeypatch, ta
         raise AssertionError("a trial ran despite bad input")
 
     monkeypatch.setattr(minift.search, "run_trial", refuse)
+    if extra.get("test") == "DEV":
+        extra = extra | {"test": files["dev"]}
     with pytest.raises(error, match=message):
         search(task, out=str(tmp_path / "s"), options=options(tiny, files), grid=grid, **extra)
     assert not (tmp_path / "s").exists()
