@@ -30,6 +30,18 @@ from minift.search import (
 )
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tiny model's steps are too small to share between threads: one is faster, and far
+    faster when other jobs hold the cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture()
 def files(tmp_path):
     return {"train": str(write_tsv(tmp_path / "train.tsv", SENTENCES * 2)),
