@@ -585,6 +585,8 @@ def finetune(*, model: str, out: str, task: str | None = None, data_dir: str | N
     """
     check_positive(learning_rate=lr, batch_size=batch_size, epochs=epochs, max_steps=max_steps)
     check_positive(**{"--limit-train": limit_train, "--dev-from-train": dev_from_train})
+    if dev_from_train is not None and dev:
+        raise ValueError("give --dev FILE or --dev-from-train N, not both")
     config = train_config(
         out_dir=Path(out), epochs=epochs, max_steps=max_steps, lr=lr, weight_decay=weight_decay,
         warmup_ratio=warmup_ratio, schedule=schedule, grad_accum=grad_accum, amp=amp,

@@ -364,5 +364,7 @@ def test_finetune_scores_its_test_file_once_with_the_dropout_it_was_given(tiny, 
     assert set(metrics["test"]) >= {"accuracy", "f1", "loss"}
     saved = json.loads((tmp_path / "o" / "config.json").read_text())
     assert saved["classifier_dropout"] == 0.3
+    with pytest.raises(ValueError, match="--dev FILE or --dev-from-train N, not both"):
+        finetune(**options(tiny, files), dev_from_train=4, out=str(tmp_path / "p"))
     with pytest.raises(ValueError, match=r"--dropout must be in \[0, 1\)"):
         finetune(**options(tiny, files), dropout=1.0, out=str(tmp_path / "p"), progress=False)
