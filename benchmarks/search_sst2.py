@@ -87,7 +87,7 @@ def main() -> None:
     out = HERE.parent / "runs" / "benchmarks" / name
     test = str(data_folder() / "sst2" / "dev.tsv")
     options = {"model": "minilm", "task": "sst2", "dev_from_train": n_dev, "split_seed": 0,
-               "limit_train": n_train, "max_length": 64, "epochs": 1 if q else 3,
+               "limit_train": n_train, "max_length": 64, "epochs": 2 if q else 3,
                "eval_every": 10_000, "device": "cpu"}  # one evaluation, at the end
     info = machine(torch.device("cpu"))
     started = time.perf_counter()
@@ -152,10 +152,10 @@ def main() -> None:
     halving = halved["halving"]
     cost = halving["cost"]
     extra |= {"halving": halving, "halving_chosen": halved["chosen"]["config"]}
-    text += (f"\n\nSuccessive halving (a third kept a rung, rungs at "
-             f"{', '.join(str(r['epochs']) for r in halving['rungs'])} epoch(s), then "
-             f"{options['epochs']}): {cost['halving']['steps']:.0f} optimizer steps against "
-             f"{cost['full_grid']['steps']:.0f} for the full grid ({cost['steps_saved']:.0%} "
+    rungs = ", ".join(str(r["epochs"]) for r in halving["rungs"]) or "none"
+    text += (f"\n\nSuccessive halving (a third kept a rung; shorter rungs at {rungs} "
+             f"epoch(s), then {options['epochs']}): {cost['halving']['steps']:.0f} optimizer "
+             f"steps against {cost['full_grid']['steps']:.0f} for the full grid ({cost['steps_saved']:.0%} "
              f"saved; {cost['halving']['seconds'] / 60:.0f} against "
              f"{cost['full_grid']['seconds'] / 60:.0f} trial-minutes); it picks "
              f"{searching.describe(halved['chosen']['config'])}, "
