@@ -31,6 +31,7 @@ CHOSEN = {
     "07": "padding.png",
     "08": "gradient_agreement.png",
     "09": "windows.png",
+    "10": "benchmark_search.png",
 }
 
 

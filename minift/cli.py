@@ -187,6 +187,8 @@ def add_classifier_training(p: argparse.ArgumentParser, *, max_length_help: str)
                        help="steps between evaluations on dev (default: every epoch)")
     group.add_argument("--patience", type=int,
                        help="stop early after N evaluations without improvement")
+    group.add_argument("--dropout", type=float,
+                       help="the classifier's dropout (default: the encoder's hidden dropout)")
 
 
 def add_finetune_parser(sub) -> None:
@@ -203,6 +205,13 @@ def add_finetune_parser(sub) -> None:
     data.add_argument("--pair-col", help="column of the second text of a pair (optional)")
     data.add_argument("--label-col", default="label", help="column of the label")
     data.add_argument("--limit-train", type=int, help="train on a seeded random subset of N")
+    data.add_argument("--dev-from-train", type=int, metavar="N",
+                      help="dev = N examples held out of the training file (a split drawn with "
+                           "--split-seed, the same for every --seed, which also draws "
+                           "--limit-train); the dev file is not read: give it as --test")
+    data.add_argument("--split-seed", type=int, default=0, help="seed of --dev-from-train")
+    data.add_argument("--test", metavar="FILE",
+                      help="test file, same format: scored once, by the best model, at the end")
     add_classifier_training(p, max_length_help="tokens an example keeps")
     add_run_options(p)
     p.set_defaults(func=lambda args: _run_recipe("finetune", args))
@@ -374,6 +383,64 @@ def add_plot_parser(sub) -> None:
     p.set_defaults(func=cmd_plot)
 
 
+def cmd_search(task: str, args: argparse.Namespace) -> int:
+    from minift.search import search
+
+    search(task, out=args.out, options=vars(args), grid=args.grid, seeds=args.seeds,
+           metric=args.metric, random_draws=args.random, random_seed=args.random_seed,
+           test=args.test, halving=args.halving, halving_keep=args.halving_keep,
+           halving_min_epochs=args.halving_min_epochs)
+    return 0
+
+
+def add_search_parser(sub) -> None:
+    p = _parser(sub, "search", "hyperparameter search: a grid, several seeds a configuration",
+                "Run TASK's recipe for every configuration of a grid (or --random N of them), "
+                "each with --seeds K seeds, every trial a fresh run from the same checkpoint "
+                "into OUT/trials/; choose the configuration with the best mean dev --metric; "
+                "score --test once, for the chosen configuration only. Every option of TASK is "
+                "accepted and fixed; --grid varies the ones it names. Trials run one after "
+                "another; rerun the same command to resume (OUT/trials.jsonl holds the "
+                "finished ones). Writes OUT/search.json, search.md, search.png and model/. "
+                "Run 'minift search TASK --help' for TASK's options.")
+    tasks = p.add_subparsers(dest="search_task", required=True, metavar="TASK")
+    for name, add in (("finetune", add_finetune_parser), ("ner", add_ner_parser),
+                      ("qa", add_qa_parser), ("setfit", add_setfit_parser)):
+        add(tasks)
+        task = tasks.choices[name]
+        group = task.add_argument_group("search")
+        group.add_argument("--grid", action="append", metavar="NAME=V1,V2,...",
+                           help="a hyperparameter to vary (repeatable): lr, batch_size, epochs, "
+                                "freeze, warmup_ratio, weight_decay, dropout, max_length (setfit:"
+                                " also sampling, num_iterations, head, loss); lr=log:1e-5:1e-4 "
+                                "is a range for --random. Default: the BERT paper's grid (lr "
+                                "5e-5,3e-5,2e-5; batch_size 16,32; epochs 2,3,4)")
+        if name == "setfit":  # setfit's own --seeds is the same idea: seeds a configuration
+            task.set_defaults(seeds=3)
+        else:
+            group.add_argument("--seeds", type=int, default=3,
+                               help="seeds a configuration: --seed, --seed + 1, ...")
+        group.add_argument("--metric", help="the dev metric the choice is made on (finetune: "
+                           "accuracy, f1, loss; ner: entity_f1, precision, recall, "
+                           "token_accuracy, accuracy (POS), loss; qa: f1, exact_match; setfit: "
+                           "accuracy); default: the first")
+        group.add_argument("--random", type=int, metavar="N",
+                           help="draw N configurations from the grid instead of running all")
+        group.add_argument("--random-seed", type=int, default=0, help="seed of --random's draws")
+        group.add_argument("--halving", action="store_true",
+                           help="successive halving over epochs: all configurations train a "
+                                "short budget, the best share goes on, the last rung in full")
+        group.add_argument("--halving-keep", type=float, default=0.5,
+                           help="share of the configurations a rung keeps")
+        group.add_argument("--halving-min-epochs", type=int, default=1,
+                           help="epochs of the first rung")
+        if name in ("qa", "setfit"):
+            group.add_argument("--test", metavar="FILE",
+                               help="test file, same format: scored once, at the end, for the "
+                                    "chosen configuration only")
+        task.set_defaults(func=lambda args, task=name: cmd_search(task, args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``minift`` parser and its subcommands."""
     from minift import __version__
@@ -389,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_qa_parser(sub)
     add_similarity_parser(sub)
     add_plot_parser(sub)
+    add_search_parser(sub)
     return parser
 
 

@@ -394,3 +394,38 @@ def draw_embeddings(ax, coords, labels: Sequence[str], title: str,
     ax.set_ylabel("principal component 2")
     ax.set_title(title)
     ax.legend(title=legend_title)
+
+
+def draw_search(ax, rows: Sequence[dict], x: str, ylabel: str, *, log_x: bool = False,
+                chosen: dict | None = None) -> None:
+    """A hyperparameter search (``minift.search``): the mean dev score against the
+    hyperparameter ``x``, one line per setting of the others (batch size, freezing, ...), error
+    bars of one standard deviation over the seeds, each seed a faint dot, the chosen
+    configuration ringed."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        if row["mean"] is not None and x in row["config"]:
+            rest = tuple((k, v) for k, v in row["config"].items() if k != x)
+            groups.setdefault(rest, []).append(row)
+    for k, (rest, members) in enumerate(groups.items()):
+        members.sort(key=lambda row: row["config"][x])
+        xs = [row["config"][x] for row in members]
+        label = ", ".join(f"{name}={value}" for name, value in rest) or "mean over the seeds"
+        ax.errorbar(xs, [row["mean"] for row in members], yerr=[row["std"] for row in members],
+                    color=f"C{k}", marker="o", capsize=3, label=label)
+        for row in members:
+            values = [run["value"] for run in row["per_seed"]]
+            ax.scatter([row["config"][x]] * len(values), values, color=f"C{k}", alpha=0.35, s=14)
+            if chosen is not None and row["config"] == chosen:
+                ax.scatter([row["config"][x]], [row["mean"]], s=220, facecolors="none",
+                           edgecolors="black", linewidths=1.5, zorder=5, label="chosen")
+    if log_x:
+        ax.set_xscale("log")
+    ticks = sorted({row["config"][x] for members in groups.values() for row in members})
+    if len(ticks) <= 12:  # the values tried, as they were written
+        ax.set_xticks(ticks, [f"{tick:g}" for tick in ticks])
+        ax.minorticks_off()
+    ax.set_xlabel(x)
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{ylabel} against {x}: mean ± std over the seeds, each seed a dot")
+    ax.legend(fontsize=9)

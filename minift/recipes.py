@@ -515,6 +515,37 @@ def _head_builder(head: type, folder: Path, labels: list[str], freeze: str, seed
     return build
 
 
+def _with_dropout(build: Callable[[], Any], dropout: float | None) -> Callable[[], Any]:
+    """``build`` with the classifier's dropout set to ``dropout`` (transformers'
+    ``classifier_dropout``, saved in ``config.json``; the encoder keeps its own); ``build``
+    itself when None."""
+    if dropout is None:
+        return build
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"--dropout must be in [0, 1), got {dropout}")
+
+    def build_with_dropout():
+        model = build()
+        model.classifier_dropout = dropout
+        model.dropout.p = dropout
+        return model
+
+    return build_with_dropout
+
+
+def _dev_from_train(examples: list, size: int, limit_train: int | None, split_seed: int,
+                    where: str) -> tuple[list, list]:
+    """A fixed split of a training file, drawn with ``split_seed`` (the same whatever the
+    training seed): ``size`` examples for dev, and ``limit_train`` of the others (all of them
+    when None) to train on. Returns ``(train, dev)``, each in file order."""
+    if size >= len(examples):
+        raise ValueError(f"--dev-from-train {size}: {where} has only {len(examples)} examples")
+    order = list(range(len(examples)))
+    random.Random(split_seed).shuffle(order)
+    rest = order[size:] if limit_train is None else order[size:size + limit_train]
+    return [examples[i] for i in sorted(rest)], [examples[i] for i in sorted(order[:size])]
+
+
 def _epoch_batches(dataset, batch_size: int, seed: int) -> Callable[[int], list]:
     """``train_batches`` of a dataset: epoch e shuffled by a generator seeded with seed + e."""
     return lambda epoch: dataset.batches(batch_size,
@@ -536,16 +567,26 @@ def finetune(*, model: str, out: str, task: str | None = None, data_dir: str | N
              grad_accum: int = 1, eval_every: int | None = None, patience: int | None = None,
              optimizer: str = "auto", compile: bool = False,
              activation_checkpointing: bool = False, progress: bool = True,
-             device: str | None = None) -> dict:
+             device: str | None = None, test: str | None = None,
+             dev_from_train: int | None = None, split_seed: int = 0,
+             dropout: float | None = None) -> dict:
     """Fine-tune a sequence classifier; write the best model and ``metrics.json`` into ``out``.
 
     ``task`` (sst2, mrpc, rte) reads the GLUE task's files and columns from ``data_folder``;
     otherwise ``train`` and ``dev`` are TSV / CSV / JSONL files with the columns ``text_col``,
-    ``label_col`` and optionally ``pair_col``. Returns the metrics dict that is written:
-    ``{"before": ..., "dev": ..., "train": ..., "labels": ...}``.
+    ``label_col`` and optionally ``pair_col``. ``dev_from_train`` N: the dev set is N examples
+    held out of the training file instead (``_dev_from_train``: a split drawn with
+    ``split_seed``, the same for every ``seed``, which then also draws the ``limit_train``
+    subset); the dev file is not read, so a task with no test set of its own (SST-2) can give
+    its dev file as ``test``. ``test``: a file in the same format, scored once, by the best model,
+    after training. ``dropout``: the classifier's dropout (default: the encoder's). Returns the
+    metrics dict that is written: ``{"before": ..., "dev": ..., "test": ..., "train": ...,
+    "labels": ...}`` (``test`` only when given).
     """
     check_positive(learning_rate=lr, batch_size=batch_size, epochs=epochs, max_steps=max_steps)
-    check_positive(**{"--limit-train": limit_train})
+    check_positive(**{"--limit-train": limit_train, "--dev-from-train": dev_from_train})
+    if dev_from_train is not None and dev:
+        raise ValueError("give --dev FILE or --dev-from-train N, not both")
     config = train_config(
         out_dir=Path(out), epochs=epochs, max_steps=max_steps, lr=lr, weight_decay=weight_decay,
         warmup_ratio=warmup_ratio, schedule=schedule, grad_accum=grad_accum, amp=amp,
@@ -560,16 +601,26 @@ def finetune(*, model: str, out: str, task: str | None = None, data_dir: str | N
         if train or dev:
             raise ValueError("give either --task or --train/--dev, not both")
         train, dev, text_col, pair_col, label_col = task_files(task, data_folder(data_dir))
-    elif not (train and dev):
-        raise ValueError("give --task sst2|mrpc|rte, or both --train FILE and --dev FILE")
+    elif not (train and (dev or dev_from_train)):
+        raise ValueError("give --task sst2|mrpc|rte, or both --train FILE and --dev FILE "
+                         "(or --train FILE --dev-from-train N)")
     columns = dict(text_col=text_col, pair_col=pair_col, label_col=label_col)
-    train_examples = _subset(read_examples(train, **columns), limit_train, seed)
-    dev_examples = read_examples(dev, **columns)
+    if dev_from_train is not None:
+        train_examples, dev_examples = _dev_from_train(read_examples(train, **columns),
+                                                       dev_from_train, limit_train, split_seed,
+                                                       str(train))
+    else:
+        train_examples = _subset(read_examples(train, **columns), limit_train, seed)
+        dev_examples = read_examples(dev, **columns)
+    test_examples = read_examples(test, **columns) if test else []
     vocab = LabelVocab.from_examples(train_examples)
     if len(vocab) < 2:
         raise ValueError(f"{train}: found a single label {vocab.labels}; a classifier needs two")
     train_labels = encode_labels(train_examples, vocab)
     dev_labels = encode_labels(dev_examples, vocab)  # a dev label unseen in train stops here
+    test_labels = encode_labels(test_examples, vocab)
+    build = _with_dropout(_head_builder(heads.SequenceClassifier, folder, vocab.labels, freeze,
+                                        seed), dropout)
 
     with claim_folder(out, resume=resume) as out_dir:
         print(f"data: {len(train_examples)} train / {len(dev_examples)} dev examples, "
@@ -583,7 +634,7 @@ def finetune(*, model: str, out: str, task: str | None = None, data_dir: str | N
 
         outcome = run_recipe(Recipe(
             config=config,
-            build=_head_builder(heads.SequenceClassifier, folder, vocab.labels, freeze, seed),
+            build=build,
             load=heads.SequenceClassifier.from_pretrained,
             train_batches=_epoch_batches(train_set, batch_size, seed),
             evaluate=lambda m, device: classification_metrics(m, dev_batches, len(vocab), device,
@@ -602,6 +653,13 @@ def finetune(*, model: str, out: str, task: str | None = None, data_dir: str | N
             "train": _run_facts(outcome) | {"examples": len(train_examples)},
             "labels": vocab.labels,
         }
+        if test_examples:
+            print(f"scoring the best model on {len(test_examples)} test examples ({test})")
+            test_set = ClassificationDataset(test_examples, tokenizer, max_length=max_length,
+                                             label_ids=test_labels)
+            metrics["test"] = classification_metrics(
+                outcome.best, test_set.batches(batch_size, generator=None, shuffle=False),
+                len(vocab), next(outcome.best.parameters()).device, progress=progress)
         write_metrics(out_dir, metrics)
 
     keys = ("loss", "accuracy", "f1")
@@ -625,7 +683,7 @@ def ner(*, model: str, train: str, dev: str, out: str, test: str | None = None,
         weight_decay: float = 0.01, schedule: str = "linear", grad_accum: int = 1,
         eval_every: int | None = None, patience: int | None = None, optimizer: str = "auto",
         compile: bool = False, activation_checkpointing: bool = False, progress: bool = True,
-        device: str | None = None) -> dict:
+        device: str | None = None, dropout: float | None = None) -> dict:
     """Fine-tune a token classifier on CoNLL column files; write the best model, the tokenizer,
     ``metrics.json`` and ``{dev,test}_predictions.txt`` (``word gold predicted``) into ``out``.
 
@@ -646,6 +704,8 @@ def ner(*, model: str, train: str, dev: str, out: str, test: str | None = None,
         raise ValueError(f"--task must be auto, ner or pos, got {task!r}")
     if scheme not in SCHEMES:
         raise ValueError(f"--scheme must be one of {', '.join(SCHEMES)}, got {scheme!r}")
+    if dropout is not None and not 0.0 <= dropout < 1.0:
+        raise ValueError(f"--dropout must be in [0, 1), got {dropout}")
     check_device(device)
     folder = resolve_model_dir(model)
     check_max_length(folder, max_length)
@@ -716,7 +776,8 @@ def ner(*, model: str, train: str, dev: str, out: str, test: str | None = None,
 
         outcome = run_recipe(Recipe(
             config=config,
-            build=_head_builder(heads.TokenClassifier, folder, labels.labels, freeze, seed),
+            build=_with_dropout(_head_builder(heads.TokenClassifier, folder, labels.labels,
+                                              freeze, seed), dropout),
             load=heads.TokenClassifier.from_pretrained,
             train_batches=_epoch_batches(train_set, batch_size, seed),
             evaluate=lambda m, device: evaluate_split(m, device, "dev"),
@@ -962,15 +1023,16 @@ def setfit(*, model: str, train: str, dev: str, out: str, text_col: str = "text"
            num_iterations: int | None = None, epochs: int = 1, batch_size: int = 16,
            lr: float = 2e-5, head: str = "logistic", end_to_end: bool = False,
            max_length: int = 256, max_dev: int | None = None, progress: bool = True,
-           device: str | None = None) -> dict:
-    """Few-shot SetFit over seeds 0..seeds-1; write ``metrics.json`` into ``out``.
+           device: str | None = None, seed: int = 0) -> dict:
+    """Few-shot SetFit over seeds ``seed``..``seed + seeds - 1`` (0..seeds-1 by default);
+    write ``metrics.json`` into ``out``.
 
     For each seed s: draw ``shots`` training examples of every class (a generator seeded with s),
     train SetFit with seed s from the same base model, and measure accuracy on dev (all of it, or
     a fixed seeded subset of ``max_dev``). Prints and returns
     ``{"dev": {"accuracy_mean", "accuracy_std", "per_seed": [...]}, "train": ..., "config": ...,
     "labels": ...}``; the standard deviation is the sample one (n - 1), 0 for a single seed. The
-    model of seed 0 is saved in ``out/model`` (``minift.setfit.SetFitModel.from_pretrained``).
+    model of the first seed is saved in ``out/model`` (``minift.setfit.SetFitModel.from_pretrained``).
     """
 
 
@@ -993,7 +1055,7 @@ def setfit(*, model: str, train: str, dev: str, out: str, text_col: str = "text"
         raise ValueError(f"{train}: found a single label {vocab.labels}; SetFit needs two")
     encode_labels(dev_examples, vocab)  # a dev label unseen in train stops here
     draws = [sample_shots([ex.label for ex in train_examples], shots,
-                          torch.Generator().manual_seed(seed)) for seed in range(seeds)]
+                          torch.Generator().manual_seed(s)) for s in range(seed, seed + seeds)]
     dev_texts = [ex.text for ex in dev_examples]
     dev_gold = [ex.label for ex in dev_examples]
 
@@ -1003,25 +1065,25 @@ def setfit(*, model: str, train: str, dev: str, out: str, text_col: str = "text"
         print(f"data: {len(train_examples)} train / {len(dev_examples)} dev examples, labels "
               f"{vocab.labels}; {shots} shots a class, {_count(seeds, 'seed')}; model {folder}")
         per_seed = []
-        for seed, chosen in enumerate(draws):
-            print(f"seed {seed}: loading {folder}")
+        for run_seed, chosen in enumerate(draws, start=seed):
+            print(f"seed {run_seed}: loading {folder}")
             encoder = load_bert(folder).to(device)
             start = time.perf_counter()
             classifier, stats = train_setfit(
                 encoder, tokenizer, [train_examples[i].text for i in chosen],
-                [train_examples[i].label for i in chosen], replace(config, seed=seed),
+                [train_examples[i].label for i in chosen], replace(config, seed=run_seed),
                 label_names=vocab.labels)
             seconds = time.perf_counter() - start
             if not _is_main():
                 continue  # under torchrun the other ranks only help train the next seed
-            print(f"seed {seed}: scoring {len(dev_texts)} dev examples")
+            print(f"seed {run_seed}: scoring {len(dev_texts)} dev examples")
             score = accuracy(dev_gold, classifier.predict(dev_texts))
-            print(f"seed {seed}: dev accuracy {score:.4f}  ({stats['pairs']} pairs, "
+            print(f"seed {run_seed}: dev accuracy {score:.4f}  ({stats['pairs']} pairs, "
                   f"{seconds:.1f} s training)")
-            per_seed.append({"seed": seed, "accuracy": score, "pairs": stats["pairs"],
+            per_seed.append({"seed": run_seed, "accuracy": score, "pairs": stats["pairs"],
                              "train_seconds": seconds, "examples": [train_examples[i].line
                                                                     for i in chosen]})
-            if seed == 0:
+            if run_seed == seed:  # the first seed's model
                 classifier.save_pretrained(out_dir / "model")
         if not _is_main():
             return {}  # rank 0 writes the results

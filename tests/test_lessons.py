@@ -32,6 +32,7 @@ FIGURES = {
     "07": {"padding.png": (1300, 420), "speed.png": (800, 420)},
     "08": {"gradient_agreement.png": (650, 550), "checkpointing.png": (1100, 420)},
     "09": {"windows.png": (1000, 300)},
+    "10": {"benchmark_search.png": (800, 450), "lesson_search.png": (800, 450)},
 }
 
 

@@ -1,0 +1,879 @@
+"""Hyperparameter search: what ``minift search TASK`` runs, honest by construction.
+
+A search runs one recipe (``minift.recipes.finetune``, ``ner``, ``qa`` or ``setfit``) many times:
+every configuration of a grid, each with several seeds, then picks the configuration whose mean
+dev score is best. Four habits keep it honest:
+
+- **every trial starts from the same checkpoint, loaded afresh**: a trial is an ordinary run of
+  the recipe into its own folder, so nothing a previous trial trained leaks into the next;
+- **several seeds a configuration** (3 by default): the seeds of one configuration often differ
+  by as much as two configurations do, so one seed a configuration picks noise;
+- **the choice is made on dev, on one named metric with its direction** (never a sum of
+  unrelated metrics), and the test set, when given, is read once before the first trial and
+  scored once, at the end, for the chosen configuration only;
+- **resumable**: each finished trial is one line of ``trials.jsonl`` (its configuration, seed,
+  every dev metric, seconds and steps); after a kill, the same command skips what is done.
+
+Read in this order:
+
+1. the hyperparameters each task can vary and the metrics it reports (``HYPERPARAMETERS``,
+   ``METRICS``), and the grid: ``parse_grid`` (``name=v1,v2,...``, ``name=log:low:high``) and
+   ``configurations`` (the whole grid, or ``--random N`` seeded draws);
+2. ``TrialLog``, the ``trials.jsonl`` file, and ``run_trial``, one fresh run of a recipe;
+3. ``summarise`` and ``choose``: mean and standard deviation over seeds, the best mean;
+4. successive halving (``run_halving``): all configurations train a short budget, the best
+   share goes on to a longer one, and so on;
+5. the test set (``read_test`` once, ``score_test`` at the end) and the outputs (``search.json``,
+   ``search.md``, the chosen model, the picture);
+6. ``search``, which checks everything before the first trial, then runs the rest.
+
+Trials run one after another, never side by side: on a CPU two trials at once would only share
+its cores (and make every time in the report wrong).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import json
+import math
+import os
+import random
+import shutil
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from minift.safetensors import atomic_write
+
+
+class GridError(ValueError):
+    """A ``--grid`` (or ``--random``) that cannot be searched: names the option and the value."""
+
+
+class MetricError(ValueError):
+    """A ``--metric`` the task does not report."""
+
+
+# --------------------------------------------------------------------------------------------
+# 1. Hyperparameters, metrics and the grid
+# --------------------------------------------------------------------------------------------
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError("is not a finite number")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError("is not a whole number") from None
+
+
+def _ranged(convert: Callable[[str], Any], ok: Callable[[Any], bool],
+            message: str) -> Callable[[str], Any]:
+    """A parser: ``convert`` the text, then refuse a value that is not ``ok``."""
+    def parse(text: str) -> Any:
+        value = convert(text)
+        if not ok(value):
+            raise ValueError(message)
+        return value
+    return parse
+
+
+positive_float = _ranged(_float, lambda v: v > 0, "must be positive")
+positive_int = _ranged(_int, lambda v: v >= 1, "must be at least 1")
+non_negative = _ranged(_float, lambda v: v >= 0, "must be 0 or more")
+non_negative_int = _ranged(_int, lambda v: v >= 0, "must be 0 or more")
+fraction = _ranged(_float, lambda v: 0 <= v < 1, "must be in [0, 1)")  # warmup, dropout
+
+
+def freeze_mode(text: str) -> str:
+    """``none``, ``head`` or ``last-N`` (N is checked against the model in ``search``)."""
+    if text in ("none", "head") or (text.startswith("last-") and text[5:].isdigit()):
+        return text
+    raise ValueError("is not a freeze mode (none, head or last-N)")
+
+
+def choice(*names: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in names:
+            raise ValueError(f"is not one of {', '.join(names)}")
+        return text
+    return parse
+
+
+_LOOP = {"lr": positive_float, "batch_size": positive_int, "epochs": positive_int,
+         "warmup_ratio": fraction, "weight_decay": non_negative, "max_length": positive_int}
+_CLASSIFIER = _LOOP | {"freeze": freeze_mode, "dropout": fraction,
+                       "schedule": choice("linear", "cosine", "constant")}
+
+# The hyperparameters a search may vary, by task: the recipe's keyword -> its parser.
+HYPERPARAMETERS: dict[str, dict[str, Callable[[str], Any]]] = {
+    "finetune": _CLASSIFIER,
+    "ner": _CLASSIFIER,
+    "qa": _LOOP | {"doc_stride": non_negative_int},
+    "setfit": {"lr": positive_float, "batch_size": positive_int, "epochs": positive_int,
+               "max_length": positive_int, "num_iterations": positive_int,
+               "sampling": choice("oversampling", "undersampling", "unique"),
+               "head": choice("logistic", "linear"), "loss": choice("cosine", "contrastive")},
+}
+
+# The dev metrics a search can choose on, by task: name -> (key in the recipe's dev scores,
+# greater is better). finetune's f1 is binary (label 1) for two labels, macro for more.
+METRICS: dict[str, dict[str, tuple[str, bool]]] = {
+    "finetune": {"accuracy": ("accuracy", True), "f1": ("f1", True), "loss": ("loss", False)},
+    "ner": {"entity_f1": ("f1", True), "f1": ("f1", True), "precision": ("precision", True),
+            "recall": ("recall", True), "token_accuracy": ("token_accuracy", True),
+            "accuracy": ("accuracy", True), "loss": ("loss", False)},
+    "qa": {"f1": ("f1", True), "exact_match": ("exact_match", True)},
+    "setfit": {"accuracy": ("accuracy", True)},
+}
+DEFAULT_METRIC = {"finetune": "accuracy", "ner": "entity_f1", "qa": "f1", "setfit": "accuracy"}
+# ner's metrics that only a NER (entity) or a POS (token) tag set reports.
+_ENTITY_ONLY, _POS_ONLY = {"entity_f1", "f1", "precision", "recall"}, {"accuracy"}
+
+# The BERT paper's fine-tuning grid (Devlin et al. 2019, appendix A.3).
+BERT_GRID = ["lr=5e-5,3e-5,2e-5", "batch_size=16,32", "epochs=2,3,4"]
+DEFAULT_GRID = {"finetune": BERT_GRID, "ner": BERT_GRID, "qa": BERT_GRID,
+                "setfit": ["lr=1e-5,2e-5,5e-5", "batch_size=16,32"]}
+
+
+@dataclass(frozen=True)
+class LogRange:
+    """``name=log:low:high``: a value drawn log-uniformly from [low, high] (``--random`` only),
+    rounded to three significant digits so that it reads well in a table."""
+    low: float
+    high: float
+
+    def draw(self, rng: random.Random) -> float:
+        return float(f"{math.exp(rng.uniform(math.log(self.low), math.log(self.high))):.3g}")
+
+    def __str__(self) -> str:
+        return f"log:{self.low:g}:{self.high:g}"
+
+
+def parse_grid(task: str, specs: Sequence[str]) -> dict[str, list | LogRange]:
+    """``--grid`` options -> {hyperparameter: values, or a ``LogRange``}, in the order given.
+
+    Names are the recipe's keywords (``lr``, ``batch_size``; ``batch-size`` works too). Raises
+    ``GridError`` for an unknown name, a name given twice, an empty list, a value that does not
+    parse or is out of range, and a log range that is not positive or not increasing.
+    """
+    allowed = HYPERPARAMETERS[task]
+    if not specs:
+        raise GridError("the grid is empty: give at least one --grid name=v1,v2,...")
+    grid: dict[str, list | LogRange] = {}
+    for spec in specs:
+        name, sep, text = spec.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or not name:
+            raise GridError(f"--grid {spec!r}: expected name=v1,v2,... (or name=log:low:high)")
+        if name not in allowed:
+            raise GridError(f"--grid {spec!r}: {task} has no hyperparameter {name!r}; a search "
+                            f"can vary {', '.join(allowed)}")
+        if name in grid:
+            raise GridError(f"--grid {spec!r}: {name} is given twice")
+        parse = allowed[name]
+        if text.startswith("log:"):
+            bounds = text[4:].split(":")
+            if parse is not positive_float or len(bounds) != 2:
+                raise GridError(f"--grid {spec!r}: a log range is name=log:LOW:HIGH, for a "
+                                "positive real hyperparameter such as lr")
+            try:
+                low, high = (parse(bound) for bound in bounds)
+            except ValueError as err:
+                raise GridError(f"--grid {spec!r}: a bound {err}") from None
+            if not low < high:
+                raise GridError(f"--grid {spec!r}: LOW must be less than HIGH")
+            grid[name] = LogRange(low, high)
+            continue
+        items = [item.strip() for item in text.split(",")]
+        if not text.strip() or "" in items:
+            raise GridError(f"--grid {spec!r}: an empty value (expected {name}=v1,v2,...)")
+        values = []
+        for item in items:
+            try:
+                values.append(parse(item))
+            except ValueError as err:
+                raise GridError(f"--grid {spec!r}: {name}={item} {err}") from None
+        if len(set(values)) < len(values):
+            raise GridError(f"--grid {spec!r}: a value is listed twice")
+        grid[name] = values
+    return grid
+
+
+def configurations(grid: dict[str, list | LogRange], random_draws: int | None = None,
+                   seed: int = 0) -> list[dict]:
+    """The configurations to try: every combination of the grid, in order (the last name
+    varies fastest), or ``random_draws`` distinct ones drawn with a generator seeded by
+    ``seed`` (a list: one of its values, uniformly; a ``LogRange``: log-uniformly)."""
+    names = list(grid)
+    if random_draws is None:
+        ranges = [name for name in names if isinstance(grid[name], LogRange)]
+        if ranges:
+            raise GridError(f"--grid {ranges[0]}={grid[ranges[0]]}: a range is drawn from; "
+                            "it needs --random N")
+        return [dict(zip(names, values, strict=True))
+                for values in itertools.product(*(grid[name] for name in names))]
+    if random_draws < 1:
+        raise GridError(f"--random must be at least 1, got {random_draws}")
+    if not any(isinstance(values, LogRange) for values in grid.values()):
+        size = math.prod(len(values) for values in grid.values())
+        if random_draws > size:
+            raise GridError(f"--random {random_draws}: the grid holds only {size} "
+                            "configurations (drop --random to run them all)")
+    rng = random.Random(seed)
+    drawn: list[dict] = []
+    while len(drawn) < random_draws:
+        config = {name: values.draw(rng) if isinstance(values, LogRange) else rng.choice(values)
+                  for name, values in grid.items()}
+        if config not in drawn:
+            drawn.append(config)
+    return drawn
+
+
+def describe(config: dict) -> str:
+    """``lr=3e-05 batch_size=16``: a configuration on one line."""
+    return " ".join(f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}"
+                    for name, value in config.items()) or "(the fixed options)"
+
+
+# --------------------------------------------------------------------------------------------
+# 2. The trials: trials.jsonl, and one fresh run of a recipe
+# --------------------------------------------------------------------------------------------
+
+
+def trial_key(config: dict, seed: int) -> str:
+    """A trial's identity: its configuration and seed, as canonical JSON."""
+    return json.dumps({"config": config, "seed": seed}, sort_keys=True)
+
+
+def trial_folder_name(config: dict, seed: int) -> str:
+    """The trial's folder under ``OUT/trials/``: a short hash of its key, then its seed."""
+    return f"{hashlib.sha1(trial_key(config, seed).encode()).hexdigest()[:10]}-seed{seed}"
+
+
+class TrialLog:
+    """``trials.jsonl``: one finished trial a line, appended when the trial is done.
+
+    Each record is written by one ``write`` on a file opened for appending, then fsynced; a kill
+    during that write can leave a torn last line, which reading drops (the trial runs again).
+    A corrupt line anywhere else is an error naming ``path:line``.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.records: dict[str, dict] = {}
+        if not self.path.is_file():
+            return
+        data = self.path.read_bytes()
+        whole = data[:data.rfind(b"\n") + 1]
+        if len(whole) < len(data):  # a line torn by a kill: forget it
+            with open(self.path, "r+b") as f:
+                f.truncate(len(whole))
+        for number, line in enumerate(whole.decode("utf-8").splitlines(), start=1):
+            try:
+                record = json.loads(line)
+                self.records[trial_key(record["config"], record["seed"])] = record
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise ValueError(f"{self.path}:{number}: not a trial record; remove the line "
+                                 "to run that trial again") from None
+
+    def get(self, config: dict, seed: int) -> dict | None:
+        return self.records.get(trial_key(config, seed))
+
+    def append(self, record: dict) -> None:
+        line = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
+        with open(self.path, "ab") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+        self.records[trial_key(record["config"], record["seed"])] = record
+
+
+def dev_numbers(task: str, metrics: dict) -> dict[str, float]:
+    """Every number a recipe reports on dev (the confusion matrix, per-type tables and the like
+    stay in the trial's own ``metrics.json``)."""
+    if task == "setfit":
+        return {"accuracy": metrics["dev"]["per_seed"][0]["accuracy"]}
+    dev = metrics["dev"]
+    numbers = {key: value for key, value in dev.items()
+               if isinstance(value, int | float) and not isinstance(value, bool)}
+    if isinstance(dev.get("strict"), dict):  # ner: the strict IOB2 mode's F1
+        numbers["strict_f1"] = dev["strict"]["f1"]
+    return numbers
+
+
+def run_trial(task: str, fixed: dict, config: dict, seed: int, folder: Path) -> dict:
+    """One trial: the recipe run afresh (the checkpoint loaded from its folder) into ``folder``
+    with the fixed options, ``config`` and ``seed``; what it printed goes to
+    ``folder/trial.log``. Returns the record for ``trials.jsonl``."""
+    from minift import recipes
+
+    if folder.exists():  # what a killed run of this trial left: start it again from scratch
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    options = fixed | config | {"out": str(folder), "seed": seed, "progress": False}
+    if task == "setfit":
+        options["seeds"] = 1  # the search's seeds are its trials
+    start = time.perf_counter()
+    with open(folder / "trial.log", "w", encoding="utf-8") as log, \
+            contextlib.redirect_stdout(log):
+        metrics = getattr(recipes, task)(**options)
+    seconds = time.perf_counter() - start
+    train = metrics["train"]
+    steps = train.get("steps")
+    if task == "setfit":  # pairs a seed, in batches, for each contrastive epoch
+        steps = math.ceil(train["pairs"] / options.get("batch_size", 16)) * options.get(
+            "epochs", 1)
+    return {"config": config, "seed": seed, "dev": dev_numbers(task, metrics),
+            "seconds": seconds, "steps": steps, "folder": folder.name}
+
+
+def model_folder(task: str, trial: Path) -> Path:
+    """Where a trial's model is: the trial's folder (setfit: its ``model`` folder)."""
+    return trial / "model" if task == "setfit" else trial
+
+
+# --------------------------------------------------------------------------------------------
+# 3. Summaries and the choice
+# --------------------------------------------------------------------------------------------
+
+
+def summarise(configs: Sequence[dict], log: TrialLog, seeds: Sequence[int], key: str) -> list:
+    """One row a configuration: mean and sample standard deviation of ``key`` over its finished
+    seeds, the value of each seed, the mean of every other dev metric, seconds and steps."""
+    rows = []
+    for config in configs:
+        done = [record for seed in seeds if (record := log.get(config, seed)) is not None]
+        values = [record["dev"][key] for record in done]
+        names = [name for name in done[0]["dev"]] if done else []
+        rows.append({
+            "config": config,
+            "mean": statistics.fmean(values) if values else None,
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "per_seed": [{"seed": record["seed"], "value": record["dev"][key]}
+                         for record in done],
+            "dev": {name: statistics.fmean(record["dev"][name] for record in done)
+                    for name in names},
+            "seeds_done": len(done),
+            "steps": sum(record["steps"] or 0 for record in done),
+            "seconds": sum(record["seconds"] for record in done),
+            "trials": [record["folder"] for record in done],
+        })
+    return rows
+
+
+def rank(rows: Sequence[dict], greater_is_better: bool) -> list[dict]:
+    """The rows best first (by mean; a nan or missing mean last; ties keep the grid order)."""
+    def score(row: dict) -> float:
+        mean = row["mean"]
+        if mean is None or math.isnan(mean):
+            return math.inf
+        return -mean if greater_is_better else mean
+    return sorted(rows, key=score)
+
+
+def choose(rows: Sequence[dict], greater_is_better: bool) -> dict:
+    """The row of the best mean dev score (the first in grid order on a tie)."""
+    return rank(rows, greater_is_better)[0]
+
+
+# --------------------------------------------------------------------------------------------
+# 4. Successive halving
+# --------------------------------------------------------------------------------------------
+
+
+def halving_budgets(max_epochs: int, keep: float, min_epochs: int) -> list[int]:
+    """The epochs of the rungs before the last: ``min_epochs``, then each 1 / ``keep`` times
+    the one before (at least one more), while shorter than ``max_epochs``."""
+    budgets, budget = [], min_epochs
+    while budget < max_epochs:
+        budgets.append(budget)
+        budget = max(budget + 1, round(budget / keep))
+    return budgets
+
+
+def at_budget(config: dict, epochs: int, full_epochs: int) -> dict:
+    """``config`` trained for ``epochs`` (itself when that is its full budget, so that the
+    trial is the full grid's, shared)."""
+    return config if epochs >= full_epochs else config | {"epochs": epochs}
+
+
+def run_halving(configs: list[dict], run: Callable[[list[dict]], None], log: TrialLog,
+                seeds: Sequence[int], key: str, greater_is_better: bool, fixed_epochs: int,
+                keep: float, min_epochs: int) -> tuple[list[dict], list[dict], list[dict]]:
+    """Successive halving over epochs: every configuration trains ``min_epochs`` (all seeds,
+    each trial a fresh run like any other), the best ``keep`` share (at least one) goes on to
+    the next budget, and so on; the last rung trains the survivors in full.
+
+    Returns ``(rows, final, rungs)``: one row a configuration in grid order (its last rung's
+    scores, with ``epochs_trained`` and ``stopped_early``), the rows of the last rung (the
+    choice is made among these), and a record of each rung. ``keep`` = 1 keeps everything:
+    the last rung is then the full grid.
+    """
+    full = [config.get("epochs", fixed_epochs) for config in configs]
+    alive = list(range(len(configs)))
+    last: dict[int, dict] = {}
+    rungs = []
+    for budget in halving_budgets(max(full), keep, min_epochs):
+        if len(alive) == 1:
+            break
+        short = [at_budget(configs[i], budget, full[i]) for i in alive]
+        print(f"halving: {len(alive)} configurations at {budget} epoch(s)", flush=True)
+        run(short)
+        rows = dict(zip(alive, summarise(short, log, seeds, key), strict=True))
+        for i in alive:
+            last[i] = rows[i] | {"config": configs[i], "epochs_trained": min(budget, full[i]),
+                                 "stopped_early": True}
+        ranked = rank([rows[i] | {"index": i} for i in alive], greater_is_better)
+        kept = sorted(row["index"] for row in ranked[:max(1, math.ceil(len(alive) * keep))])
+        rungs.append({"epochs": budget,
+                      "results": [{"config": configs[i], "mean": rows[i]["mean"],
+                                   "std": rows[i]["std"]} for i in alive],
+                      "kept": [configs[i] for i in kept]})
+        alive = kept
+    print(f"halving: {len(alive)} configuration(s) in full", flush=True)
+    run([configs[i] for i in alive])
+    final = summarise([configs[i] for i in alive], log, seeds, key)
+    for i, row in zip(alive, final, strict=True):
+        last[i] = row | {"epochs_trained": full[i], "stopped_early": False}
+    return [last[i] for i in range(len(configs))], final, rungs
+
+
+def halving_cost(configs: list[dict], used: list[dict], log: TrialLog, seeds: Sequence[int],
+                 fixed_epochs: int) -> dict:
+    """Optimizer steps and seconds the halving used, against the full grid's: taken from
+    ``trials.jsonl`` where the full grid's trials ran, else scaled from a shorter trial of the
+    configuration (steps grow with the epochs); ``estimated`` says whether any was scaled."""
+    spent = {"steps": sum(r["steps"] or 0 for r in used), "seconds": sum(r["seconds"]
+                                                                          for r in used)}
+    grid = {"steps": 0.0, "seconds": 0.0}
+    estimated = False
+    for config in configs:
+        epochs = config.get("epochs", fixed_epochs)
+        for seed in seeds:
+            record = log.get(config, seed)
+            if record is None:  # stopped early: the longest shorter run, scaled to full
+                shorter = [r for r in used if r["seed"] == seed
+                           and {k: v for k, v in r["config"].items() if k != "epochs"}
+                           == {k: v for k, v in config.items() if k != "epochs"}]
+                longest = max(shorter, key=lambda r: r["config"]["epochs"])
+                record = {"steps": (longest["steps"] or 0) * epochs / longest["config"]["epochs"],
+                          "seconds": longest["seconds"] * epochs / longest["config"]["epochs"]}
+                estimated = True
+            grid["steps"] += record["steps"] or 0
+            grid["seconds"] += record["seconds"]
+    return {"halving": spent, "full_grid": grid, "estimated": estimated,
+            "steps_saved": 1 - spent["steps"] / grid["steps"] if grid["steps"] else None}
+
+
+# --------------------------------------------------------------------------------------------
+# 5. The test set, and what a search writes
+# --------------------------------------------------------------------------------------------
+
+
+def read_test(task: str, fixed: dict, path: str) -> Any:
+    """The test set, read once (before any trial, so a bad file stops the search at once)."""
+    from minift import qa
+    from minift.data import read_conll, read_examples, task_files
+    from minift.recipes import data_folder, read_labelled
+
+    if not Path(path).is_file():
+        raise ValueError(f"--test {path}: no such file")
+    if task == "finetune":
+        columns = dict(text_col=fixed.get("text_col", "text"), pair_col=fixed.get("pair_col"),
+                       label_col=fixed.get("label_col", "label"))
+        if fixed.get("task"):
+            *_, text_col, pair_col, label_col = task_files(fixed["task"],
+                                                           data_folder(fixed.get("data_dir")))
+            columns = dict(text_col=text_col, pair_col=pair_col, label_col=label_col)
+        return read_examples(path, **columns)
+    if task == "ner":
+        return read_conll(path, column=fixed.get("column", -1))
+    if task == "qa":
+        return qa.read_squad(path)
+    return read_labelled(path, fixed.get("text_col", "text"), fixed.get("label_col", "label"),
+                         fixed.get("format"))
+
+
+def check_test_is_not_dev(task: str, fixed: dict, test: str) -> None:
+    """Refuse a test file that is the dev file the choice is made on (its score would be the
+    dev score again, not a test of the choice)."""
+    from minift.data import task_files
+    from minift.recipes import data_folder
+
+    dev = fixed.get("dev")
+    if task == "finetune" and fixed.get("dev_from_train"):
+        dev = None  # the dev set is a slice of the training file
+    elif task == "finetune" and fixed.get("task"):
+        dev = task_files(fixed["task"], data_folder(fixed.get("data_dir")))[1]
+    if dev is not None and Path(dev).resolve() == Path(test).resolve():
+        raise ValueError(f"--test {test} is the dev file the choice is made on; give another "
+                         "file (finetune: --dev-from-train N makes dev a slice of train)")
+
+
+def score_test(task: str, fixed: dict, test: Any, folder: Path) -> dict[str, float]:
+    """The scores on ``test`` (from ``read_test``) of the model in ``folder``."""
+    import torch
+
+    from minift import heads, qa
+    from minift.batches import ClassificationDataset, TokenClassificationDataset
+    from minift.data import apply_scheme, encode_labels, encode_tags
+    from minift.labels import LabelVocab
+    from minift.metrics import accuracy
+    from minift.recipes import classification_metrics, predict_tags, qa_scores, tagging_scores
+    from minift.setfit import SetFitModel
+    from minift.tokenizer import Tokenizer
+
+    device = torch.device(fixed.get("device") or ("cuda" if torch.cuda.is_available()
+                                                  else "cpu"))
+    batch_size, max_length = fixed.get("batch_size", 32), fixed.get("max_length", 128)
+    if task == "setfit":
+        model = SetFitModel.from_pretrained(folder)
+        return {"accuracy": accuracy([ex.label for ex in test],
+                                     model.predict([ex.text for ex in test]))}
+    tokenizer = Tokenizer.from_pretrained(folder)
+    if task == "qa":
+        model = heads.QuestionAnswering.from_pretrained(folder).to(device)
+        windows = qa.make_windows(test, tokenizer, max_length=max_length,
+                                  doc_stride=fixed.get("doc_stride", 128))
+        dataset = qa.WindowDataset(windows, tokenizer.pad_token_id, labels=False)
+        scores = qa_scores(model, test, windows, dataset, batch_size, device,
+                           n_best=fixed.get("n_best", 20),
+                           max_answer_length=fixed.get("max_answer_length", 30))
+        return {k: v for k, v in scores.items() if k != "predictions"}
+    saved = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    vocab = LabelVocab.from_dict(saved)
+    if task == "finetune":
+        model = heads.SequenceClassifier.from_pretrained(folder).to(device)
+        dataset = ClassificationDataset(test, tokenizer, max_length=max_length,
+                                        label_ids=encode_labels(test, vocab))
+        scores = classification_metrics(model, dataset.batches(batch_size, generator=None,
+                                                                shuffle=False), len(vocab), device)
+        return {k: v for k, v in scores.items() if k != "confusion"}
+    metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    kind = metrics["task"]
+    sentences = apply_scheme(test, metrics["scheme"]) if kind == "ner" else test
+    model = heads.TokenClassifier.from_pretrained(folder).to(device)
+    dataset = TokenClassificationDataset([s.words for s in sentences], tokenizer,
+                                         max_length=max_length,
+                                         label_ids=encode_tags(sentences, vocab),
+                                         stride_words=fixed.get("stride_words", 16),
+                                         where=[s.where for s in sentences])
+    predicted, _ = predict_tags(model, dataset, batch_size, device)
+    scores = tagging_scores([s.tags for s in sentences], [vocab.decode(p) for p in predicted],
+                            kind)
+    return {k: v for k, v in scores.items() if isinstance(v, int | float)}
+
+
+def test_scores(task: str, fixed: dict, test: Any, trials: Path, row: dict, key: str) -> dict:
+    """``score_test`` for every seed's model of one configuration: mean, std and per seed."""
+    per_seed = []
+    for name in row["trials"]:
+        trial = trials / name
+        scores = score_test(task, fixed | _trained_with(row["config"]), test,
+                            model_folder(task, trial))
+        per_seed.append({"seed": int(name.rsplit("seed", 1)[1]), **scores})
+    values = [run[key] for run in per_seed]
+    return {"mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "examples": len(test), "per_seed": per_seed}
+
+
+def _trained_with(config: dict) -> dict:
+    """The options of a configuration that scoring needs too (the length of the inputs)."""
+    return {k: v for k, v in config.items() if k in ("max_length", "doc_stride")}
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def search_markdown(result: dict) -> str:
+    """``search.md``: the configurations best first, the chosen one, the test score, halving."""
+    metric = result["metric"]
+    names = list(result["grid"])
+    lines = [f"# minift search {result['task']}: {len(result['configs'])} configurations x "
+             f"{len(result['seeds'])} seeds", "",
+             f"Chosen on the mean dev {metric} ({'higher' if result['greater_is_better'] else 'lower'}"
+             " is better) over the seeds; the test set, when given, is scored once, for the "
+             "chosen configuration only.", "",
+             "| " + " | ".join(names) + f" | dev {metric} mean ± std | per seed | seconds |",
+             "|" + "---|" * len(names) + "---:|---|---:|"]
+    ranked = rank(result["configs"], result["greater_is_better"])
+    for row in sorted(ranked, key=lambda row: bool(row.get("stopped_early"))):
+        config = row["config"]
+        spread = ("(not run)" if row["mean"] is None
+                  else f"{row['mean']:.4f} ± {row['std']:.4f}")
+        if row.get("stopped_early"):
+            spread += f" (stopped after {row['epochs_trained']} epoch(s))"
+        seeds = ", ".join(f"{run['value']:.4f}" for run in row["per_seed"])
+        lines.append("| " + " | ".join(_fmt(config.get(n, "")) for n in names)
+                     + f" | {spread} | {seeds} | {row['seconds']:.0f} |")
+    chosen = result["chosen"]
+    lines += ["", f"Chosen: {describe(chosen['config'])}, dev {metric} {chosen['mean']:.4f} ± "
+              f"{chosen['std']:.4f}; its model (the seed with the best dev score) is in "
+              f"`{chosen['model']}`."]
+    if chosen.get("test"):
+        test = chosen["test"]
+        lines.append(f"Test {metric} ({test['examples']} examples, scored once): "
+                     f"{test['mean']:.4f} ± {test['std']:.4f} over the seeds.")
+    halving = result.get("halving")
+    if halving:
+        cost = halving["cost"]
+        saved = cost["steps_saved"]
+        lines += ["", f"Successive halving (keep {halving['keep']:g} a rung, first rung "
+                  f"{halving['min_epochs']} epoch(s)): {cost['halving']['steps']:.0f} optimizer "
+                  f"steps against {cost['full_grid']['steps']:.0f} for the full grid"
+                  + (" (estimated)" if cost["estimated"] else "")
+                  + (f", {saved:.0%} saved" if saved is not None else "") + "."]
+        same = halving["same_as_full_grid"]
+        lines.append("Same choice as the full grid: "
+                     + ("unknown (the full grid has not run in this folder)" if same is None
+                        else "yes" if same else
+                        f"no (the full grid picks {describe(halving['full_grid_choice'])})") + ".")
+    return "\n".join(lines) + "\n"
+
+
+def _x_axis(grid: dict) -> str | None:
+    """The hyperparameter on the picture's x axis: the learning rate, else the first numeric
+    one (a log range is written ``"log:LOW:HIGH"`` in ``search.json``)."""
+    for name in ("lr", *grid):
+        values = grid.get(name)
+        if isinstance(values, str) or (values and not isinstance(values[0], str)):
+            return name
+    return None
+
+
+def draw(result: dict, path: Path) -> Path | None:
+    """The picture: the dev metric against the learning rate (or the first numeric
+    hyperparameter), one line per value of the others, each seed a dot; None without
+    matplotlib."""
+    from minift import plots
+
+    x = _x_axis(result["grid"])
+    if x is None or not plots.available():
+        return None
+    fig, ax = plots.figure(8.0, 4.5)
+    rows = [row for row in result["configs"] if not row.get("stopped_early")]
+    plots.draw_search(ax, rows, x, f"dev {result['metric']}",
+                      log_x=x == "lr", chosen=result["chosen"]["config"])
+    return plots.save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------
+# 6. The search
+# --------------------------------------------------------------------------------------------
+
+# Options of a command that are the search's own, not the trials': where the search writes,
+# how runs resume (a search resumes by itself), the test set (scored once, by the search).
+_NOT_FIXED = {"out", "resume", "keep_resume", "plot", "test", "seed", "seeds", "progress",
+              "question", "context", "context_file", "show"}
+
+
+def fixed_options(task: str, options: dict) -> dict:
+    """The options of ``options`` that the task's recipe takes and every trial shares."""
+    import inspect
+
+    from minift import recipes
+
+    parameters = inspect.signature(getattr(recipes, task)).parameters
+    return {k: v for k, v in options.items()
+            if k in parameters and k not in _NOT_FIXED and v is not None}
+
+
+def _check_against_model(task: str, fixed: dict, configs: list[dict]) -> None:
+    """Values that are valid only for this model: the freeze depth and the maximum length."""
+    from minift.checkpoint import resolve_model_dir
+    from minift.recipes import check_device, check_freeze, check_max_length
+
+    check_device(fixed.get("device"))
+    folder = resolve_model_dir(fixed.get("model", "minilm"))
+    for config in configs:
+        options = fixed | config
+        try:
+            if "freeze" in options:
+                check_freeze(folder, options["freeze"])
+            if "max_length" in config:
+                check_max_length(folder, config["max_length"], minimum=4 if task == "qa" else 1)
+        except ValueError as err:
+            raise GridError(f"--grid: {describe(config)}: {err}") from None
+
+
+def _check_metric(task: str, metric: str, fixed: dict) -> tuple[str, bool]:
+    """``metric`` -> (key, greater is better); a metric the task does not report is an error."""
+    reported = METRICS[task]
+    if metric not in reported:
+        raise MetricError(f"--metric {metric}: {task} reports {', '.join(reported)}")
+    if task == "ner":
+        from minift.data import is_bio, read_conll
+
+        kind = fixed.get("task", "auto")
+        if kind == "auto" and fixed.get("train"):
+            kind = "ner" if is_bio(read_conll(fixed["train"], column=fixed.get("column", -1))) \
+                else "pos"
+        if (kind == "pos" and metric in _ENTITY_ONLY) or (kind == "ner" and metric in _POS_ONLY):
+            raise MetricError(f"--metric {metric}: the {kind} tags of {fixed.get('train')} do not "
+                              f"report it (ner: entity_f1, precision, recall; pos: accuracy)")
+    return reported[metric]
+
+
+def _check_same_search(out: Path, fixed: dict, seeds: list[int]) -> None:
+    """A folder holds one search: rerunning it with other fixed options would mix trials."""
+    path = out / "options.json"
+    mine = {"fixed": fixed, "seeds": seeds}
+    if path.is_file():
+        theirs = json.loads(path.read_text(encoding="utf-8"))
+        if theirs != json.loads(json.dumps(mine)):
+            changed = sorted(k for k in set(theirs["fixed"]) | set(fixed)
+                             if theirs["fixed"].get(k) != fixed.get(k))
+            raise ValueError(f"--out {out} holds a search with other fixed options "
+                             f"({', '.join(changed) or 'the seeds'} differ, see {path}); "
+                             "give another --out")
+    else:
+        atomic_write(path, (json.dumps(mine, indent=2) + "\n").encode("utf-8"))
+
+
+def search(task: str, *, out: str, options: dict, grid: Sequence[str] | None = None,
+           seeds: int = 3, metric: str | None = None, random_draws: int | None = None,
+           random_seed: int = 0, test: str | None = None, halving: bool = False,
+           halving_keep: float = 0.5, halving_min_epochs: int = 1,
+           on_trial: Callable[[dict], None] | None = None) -> dict:
+    """Search the hyperparameters of ``task`` (finetune, ner, qa, setfit); write ``out``.
+
+    ``options``: the command's options (the recipe's keywords); those the recipe takes are fixed
+    for every trial (``seed`` is the first seed: the seeds are seed .. seed + seeds - 1).
+    ``grid``: ``name=v1,v2,...`` strings (default: the BERT paper's grid). ``metric``: the dev
+    metric the choice is made on (default: the task's). ``test``: a file in the task's format,
+    read once now and scored at the end for the chosen configuration's models.
+    ``halving``: successive halving over epochs (``run_halving``). ``on_trial``: called with
+    each trial's record once it is in ``trials.jsonl`` (a benchmark writes its results there).
+
+    Writes into ``out``: ``trials/`` (one folder a trial), ``trials.jsonl``, ``search.json``,
+    ``search.md``, ``search.png`` (with matplotlib) and ``model/`` (the chosen configuration's
+    seed with the best dev score). Returns what ``search.json`` holds.
+    Everything is checked before the first trial: a bad value raises ``ValueError``.
+    """
+    from minift.recipes import claim_folder
+
+    if task not in HYPERPARAMETERS:
+        raise ValueError(f"minift search: no task {task!r}; use {', '.join(HYPERPARAMETERS)}")
+    if not out:
+        raise ValueError("--out DIR is needed: the folder of the search")
+    specs = DEFAULT_GRID[task] if grid is None else grid
+    axes = parse_grid(task, specs)
+    if seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {seeds}")
+    configs = configurations(axes, random_draws, random_seed)
+    fixed = fixed_options(task, options)
+    metric = metric or DEFAULT_METRIC[task]
+    key, greater = _check_metric(task, metric, fixed)
+    fixed_epochs = fixed.get("epochs", 1 if task == "setfit" else 3)
+    if halving:
+        if not 0 < halving_keep <= 1:
+            raise ValueError(f"--halving-keep must be in (0, 1], got {halving_keep}")
+        if halving_min_epochs < 1:
+            raise ValueError(f"--halving-min-epochs must be at least 1, got {halving_min_epochs}")
+        if fixed.get("max_steps") is not None:
+            raise ValueError("--halving shortens the epochs; it does not go with --max-steps")
+    _check_against_model(task, fixed, configs)
+    if test:
+        check_test_is_not_dev(task, fixed, test)
+    test_set = read_test(task, fixed, test) if test else None  # read once, scored at the end
+    base = options.get("seed") or 0
+    seed_list = list(range(base, base + seeds))
+
+    with claim_folder(out) as folder:
+        _check_same_search(folder, fixed, seed_list)
+        trials = folder / "trials"
+        log = TrialLog(folder / "trials.jsonl")
+        used: list[dict] = []
+        count = {"run": 0}
+        print(f"search {task}: {len(configs)} configurations x {len(seed_list)} seeds; "
+              f"{len(log.records)} trials done before")
+
+        def run(batch: list[dict]) -> None:
+            """Run the trials of ``batch`` that ``trials.jsonl`` lacks, one after another."""
+            for config in batch:
+                for seed in seed_list:
+                    record = log.get(config, seed)
+                    if record is None:
+                        name = trial_folder_name(config, seed)
+                        count["run"] += 1
+                        print(f"trial {count['run']}: {describe(config)} seed {seed} "
+                              f"(log: {trials / name / 'trial.log'})", flush=True)
+                        record = run_trial(task, fixed, config, seed, trials / name)
+                        log.append(record)
+                        if on_trial is not None:
+                            on_trial(record)
+                        print(f"  dev {metric} {record['dev'][key]:.4f} ({record['seconds']:.0f} "
+                              f"s, {record['steps']} steps)", flush=True)
+                    used.append(record)
+
+        result: dict = {"task": task, "metric": metric, "metric_key": key,
+                        "greater_is_better": greater, "seeds": seed_list,
+                        "grid": {n: str(v) if isinstance(v, LogRange) else v
+                                 for n, v in axes.items()},
+                        "random": random_draws, "fixed": fixed}
+        if halving:
+            rows, final, rungs = run_halving(configs, run, log, seed_list, key, greater,
+                                             fixed_epochs, halving_keep, halving_min_epochs)
+            chosen_row = choose(final, greater)
+            complete = all(log.get(c, s) for c in configs for s in seed_list)
+            full_choice = (choose(summarise(configs, log, seed_list, key), greater)["config"]
+                           if complete else None)  # known when the full grid ran here too
+            result["configs"] = rows
+            result["halving"] = {
+                "keep": halving_keep, "min_epochs": halving_min_epochs, "rungs": rungs,
+                "cost": halving_cost(configs, _unique(used), log, seed_list, fixed_epochs),
+                "same_as_full_grid": (None if full_choice is None
+                                      else full_choice == chosen_row["config"]),
+                "full_grid_choice": full_choice}
+        else:
+            run(configs)
+            result["configs"] = summarise(configs, log, seed_list, key)
+            chosen_row = choose(result["configs"], greater)
+        print(f"chosen: {describe(chosen_row['config'])} (dev {metric} {chosen_row['mean']:.4f} "
+              f"± {chosen_row['std']:.4f})")
+
+        best_seed = rank([{"mean": run["value"], "folder": name} for run, name in
+                          zip(chosen_row["per_seed"], chosen_row["trials"], strict=True)],
+                         greater)[0]["folder"]
+        target = folder / "model"
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(model_folder(task, trials / best_seed), target,
+                        ignore=shutil.ignore_patterns(".minift.lock", "trial.log"))
+        result["chosen"] = {"config": chosen_row["config"], "mean": chosen_row["mean"],
+                            "std": chosen_row["std"], "per_seed": chosen_row["per_seed"],
+                            "model": "model", "model_trial": best_seed, "test": None}
+        if test_set is not None:
+            print(f"scoring the chosen configuration's {len(chosen_row['trials'])} models on "
+                  f"the test set ({test}), once")
+            result["chosen"]["test"] = test_scores(task, fixed, test_set, trials, chosen_row,
+                                                   key)
+            print(f"test {metric}: {result['chosen']['test']['mean']:.4f} ± "
+                  f"{result['chosen']['test']['std']:.4f}")
+        atomic_write(folder / "search.json", (json.dumps(result, indent=2) + "\n").encode())
+        atomic_write(folder / "search.md", search_markdown(result).encode("utf-8"))
+        picture = draw(result, folder / "search.png")
+    print(f"search.json, search.md{', search.png' if picture else ''} and the chosen model "
+          f"written to {folder}")
+    return result
+
+
+def _unique(records: list[dict]) -> list[dict]:
+    """Each trial once (a rung and the full grid can share one)."""
+    return list({trial_key(r["config"], r["seed"]): r for r in records}.values())

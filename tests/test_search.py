@@ -1,0 +1,370 @@
+"""minift.search: trials independent of each other, resume after a kill, the test set read once,
+halving that keeps everything equal to the full grid, bad input stopped before any trial.
+
+The real trials train the ``tiny`` fixture a few steps on a few sentences: what is tested is the
+bookkeeping and the independence of the runs, not the scores.
+"""
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import pytest
+from test_cli import SENTENCES, write_tsv
+
+import minift.data
+import minift.recipes
+import minift.search
+from minift.checkpoint import to_hf_state_dict
+from minift.cli import main
+from minift.safetensors import read_safetensors
+from minift.search import (
+    GridError,
+    LogRange,
+    MetricError,
+    configurations,
+    halving_budgets,
+    parse_grid,
+    search,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tiny model's steps are too small to share between threads: one is faster, and far
+    faster when other jobs hold the cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture()
+def files(tmp_path):
+    return {"train": str(write_tsv(tmp_path / "train.tsv", SENTENCES * 2)),
+            "dev": str(write_tsv(tmp_path / "dev.tsv", SENTENCES)),
+            "test": str(write_tsv(tmp_path / "test.tsv", SENTENCES[:4]))}
+
+
+def options(tiny, files, **more):
+    """A finetune command's options: the tiny model, tiny files, short inputs."""
+    return {"model": str(tiny), "train": files["train"], "dev": files["dev"], "max_length": 16,
+            "batch_size": 6, "epochs": 1, "device": "cpu"} | more
+
+
+def without_time(value):
+    """``search.json`` without what the clock decides (seconds)."""
+    if isinstance(value, dict):
+        return {k: without_time(v) for k, v in value.items() if k != "seconds"}
+    if isinstance(value, list):
+        return [without_time(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Every trial starts from the checkpoint, whatever ran before it
+# --------------------------------------------------------------------------------------------
+
+
+def test_every_trial_starts_from_the_checkpoint_bit_for_bit(tiny, files, tmp_path, monkeypatch):
+    started = []
+    real_train = minift.recipes.train
+
+    def recording_train(model, *args, **kwargs):  # the weights the loop receives
+        started.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return real_train(model, *args, **kwargs)
+
+    monkeypatch.setattr(minift.recipes, "train", recording_train)
+    # A wild learning rate first, so that a leak of its trained weights would show.
+    search("finetune", out=str(tmp_path / "s"), options=options(tiny, files),
+           grid=["lr=0.5,1e-4"], seeds=1)
+    assert len(started) == 2
+    checkpoint = read_safetensors(tiny / "model.safetensors")
+    for weights in started:
+        encoder = {k[len("bert."):]: v for k, v in weights.items() if k.startswith("bert.")}
+        hf = to_hf_state_dict(encoder)
+        assert hf.keys() == checkpoint.keys()
+        for name, tensor in checkpoint.items():
+            assert hf[name].dtype == tensor.dtype and hf[name].shape == tensor.shape, name
+            assert hf[name].view(-1).view(dtype=_int_of(tensor)).equal(
+                tensor.view(-1).view(dtype=_int_of(tensor))), name  # bit for bit
+    # The fresh head of a seed is the same in every configuration.
+    for name in ("classifier.weight", "classifier.bias"):
+        assert started[0][name].equal(started[1][name])
+
+
+def _int_of(tensor):
+    import torch
+
+    return {2: torch.int16, 4: torch.int32, 8: torch.int64}[tensor.element_size()]
+
+
+# --------------------------------------------------------------------------------------------
+# Resume after a kill; the test set read once
+# --------------------------------------------------------------------------------------------
+
+
+def count_reads(monkeypatch, path: str) -> list:
+    """Every read of ``path`` by ``minift.data``'s readers (they all read through
+    ``_read_text``)."""
+    reads = []
+    real_read = minift.data._read_text
+
+    def counting_read(file, *args, **kwargs):
+        if os.path.abspath(file) == os.path.abspath(path):
+            reads.append(file)
+        return real_read(file, *args, **kwargs)
+
+    monkeypatch.setattr(minift.data, "_read_text", counting_read)
+    return reads
+
+
+def test_resume_after_a_kill_gives_the_same_search(tiny, files, tmp_path, monkeypatch):
+    grid = ["lr=1e-3,1e-4"]
+    common = dict(options=options(tiny, files), grid=grid, seeds=1, test=files["test"])
+
+    reads = count_reads(monkeypatch, files["test"])
+    whole = search("finetune", out=str(tmp_path / "whole"), **common)
+    assert len(reads) == 1, "the test file is read once"
+    assert whole["chosen"]["test"]["examples"] == 4
+    assert len(whole["chosen"]["test"]["per_seed"]) == 1
+
+    # A kill during the second trial, after one finished; and a line torn by the kill.
+    real_train, calls = minift.recipes.train, []
+
+    def killed(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(minift.recipes, "train", killed)
+    out = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        search("finetune", out=str(out), **common)
+    assert len((out / "trials.jsonl").read_text().splitlines()) == 1
+    assert not (out / "search.json").exists()
+    with open(out / "trials.jsonl", "a") as f:
+        f.write('{"config": {"lr": 0.0')  # half a record
+
+    calls.clear()  # the same command again: one trial left to run
+    resumed = search("finetune", out=str(out), **common)
+    assert len(calls) == 1, "the finished trial is not run again"
+    assert len((out / "trials.jsonl").read_text().splitlines()) == 2
+    assert without_time(resumed) == without_time(whole)
+    on_disk = json.loads((out / "search.json").read_text())
+    assert without_time(on_disk) == without_time(json.loads(
+        (tmp_path / "whole" / "search.json").read_text()))
+    assert (out / "model" / "model.safetensors").is_file()
+    assert "Chosen:" in (out / "search.md").read_text()
+
+
+def test_a_rerun_with_other_fixed_options_is_refused(tiny, files, tmp_path, monkeypatch):
+    monkeypatch.setattr(minift.search, "run_trial", _fake_trial)
+    out = str(tmp_path / "s")
+    search("finetune", out=out, options=options(tiny, files), grid=["lr=1e-3,1e-4"], seeds=1)
+    with pytest.raises(ValueError, match="other fixed options .*max_length"):
+        search("finetune", out=out, options=options(tiny, files, max_length=20),
+               grid=["lr=1e-3,1e-4"], seeds=1)
+
+
+# --------------------------------------------------------------------------------------------
+# Successive halving
+# --------------------------------------------------------------------------------------------
+
+
+def test_halving_that_keeps_everything_equals_the_full_grid(tiny, files, tmp_path, monkeypatch):
+    monkeypatch.setattr(minift.search, "run_trial", _fake_trial)  # the bookkeeping is tested
+    common = dict(options=options(tiny, files, epochs=4), seeds=2,
+                  grid=["lr=1e-4,2e-4,3e-4,5e-4", "batch_size=4,8"])
+    full = search("finetune", out=str(tmp_path / "full"), **common)
+    halved = search("finetune", out=str(tmp_path / "halved"), halving=True, halving_keep=1.0,
+                    **common)
+    assert [rung["epochs"] for rung in halved["halving"]["rungs"]] == [1, 2, 3]
+    strip = ("stopped_early", "epochs_trained")
+    rows = [{k: v for k, v in row.items() if k not in strip} for row in halved["configs"]]
+    assert without_time(rows) == without_time(full["configs"])
+    assert without_time(halved["chosen"]) == without_time(full["chosen"])
+
+
+def _fake_trial(task, fixed, config, seed, folder):
+    """A trial without training: a score that depends on the configuration and the seed, and
+    a model folder (the tiny checkpoint) so that the search can finish."""
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for file in Path(fixed["model"]).iterdir():
+        shutil.copy(file, folder / file.name)
+    score = 1.0 - abs(config.get("lr", 1e-4) - 3e-4) * 100 + 0.001 * seed
+    epochs = config.get("epochs", fixed.get("epochs", 3))
+    return {"config": config, "seed": seed, "dev": {"accuracy": score * epochs / 4},
+            "seconds": 1.0, "steps": 10 * epochs, "folder": folder.name}
+
+
+def test_halving_keeps_the_best_and_reports_the_steps_it_saved(tiny, files, tmp_path,
+                                                                monkeypatch):
+    monkeypatch.setattr(minift.search, "run_trial", _fake_trial)
+    common = dict(options=options(tiny, files, epochs=4), grid=["lr=1e-4,2e-4,3e-4,5e-4"],
+                  seeds=2)
+    out = str(tmp_path / "s")
+    halved = search("finetune", out=out, halving=True, halving_keep=0.5, **common)
+    assert halving_budgets(4, 0.5, 1) == [1, 2]
+    assert [len(rung["results"]) for rung in halved["halving"]["rungs"]] == [4, 2]
+    assert halved["chosen"]["config"] == {"lr": 3e-4}
+    cost = halved["halving"]["cost"]
+    # 4 configs x 2 seeds x 1 epoch, 2 x 2 x 2, then 1 x 2 x 4 (10 steps an epoch) vs 4 x 2 x 4
+    assert cost["halving"]["steps"] == 10 * (8 + 8 + 8)
+    assert cost["full_grid"]["steps"] == 10 * 32 and cost["estimated"]
+    assert halved["halving"]["same_as_full_grid"] is None
+    # With the full grid run in the same folder, the halving knows whether it agrees.
+    search("finetune", out=out, **common)
+    again = search("finetune", out=out, halving=True, halving_keep=0.5, **common)
+    assert again["halving"]["same_as_full_grid"] is True
+    assert not again["halving"]["cost"]["estimated"]
+
+
+# --------------------------------------------------------------------------------------------
+# The grid, and bad input stopped before any trial
+# --------------------------------------------------------------------------------------------
+
+
+def test_grid_parsing_and_random_draws():
+    grid = parse_grid("finetune", ["lr=5e-5,3e-5", "batch-size=16,32", "freeze=none,last-2"])
+    assert grid == {"lr": [5e-5, 3e-5], "batch_size": [16, 32], "freeze": ["none", "last-2"]}
+    assert len(configurations(grid)) == 8
+    assert configurations(grid)[1] == {"lr": 5e-5, "batch_size": 16, "freeze": "last-2"}
+    ranged = parse_grid("finetune", ["lr=log:1e-5:1e-4", "batch_size=16,32"])
+    assert ranged["lr"] == LogRange(1e-5, 1e-4)
+    drawn = configurations(ranged, 5, seed=0)
+    assert drawn == configurations(ranged, 5, seed=0) != configurations(ranged, 5, seed=1)
+    assert all(1e-5 <= c["lr"] <= 1e-4 for c in drawn) and len({c["lr"] for c in drawn}) == 5
+    assert len(configurations(grid, 8)) == 8  # every configuration, in a seeded order
+
+
+@pytest.mark.parametrize("task, grid, extra, error, message", [
+    ("finetune", ["learning_rate=1e-5"], {}, GridError, "no hyperparameter 'learning_rate'"),
+    ("setfit", ["freeze=head"], {}, GridError, "no hyperparameter 'freeze'"),
+    ("finetune", ["lr=-1e-5"], {}, GridError, "lr=-1e-5 must be positive"),
+    ("finetune", ["lr=fast"], {}, GridError, "lr=fast is not a number"),
+    ("finetune", ["batch_size=0"], {}, GridError, "batch_size=0 must be at least 1"),
+    ("finetune", ["batch_size=8.5"], {}, GridError, "not a whole number"),
+    ("finetune", ["dropout=1.5"], {}, GridError, r"must be in \[0, 1\)"),
+    ("finetune", ["freeze=top"], {}, GridError, "not a freeze mode"),
+    ("finetune", ["freeze=last-9"], {}, GridError, "N must be between 1 and 2"),
+    ("finetune", ["max_length=999"], {}, GridError, "more than the model's 64 positions"),
+    ("finetune", ["lr="], {}, GridError, "empty value"),
+    ("finetune", ["lr=1e-5,,2e-5"], {}, GridError, "empty value"),
+    ("finetune", [], {}, GridError, "the grid is empty"),
+    ("finetune", ["lr"], {}, GridError, "expected name=v1,v2"),
+    ("finetune", ["lr=1e-5", "lr=2e-5"], {}, GridError, "given twice"),
+    ("finetune", ["lr=1e-5,1e-5"], {}, GridError, "listed twice"),
+    ("finetune", ["lr=log:1e-4:1e-5"], {"random_draws": 3}, GridError, "LOW must be less"),
+    ("finetune", ["lr=log:1e-5:1e-4"], {}, GridError, "needs --random N"),
+    ("finetune", ["lr=1e-5,2e-5"], {"random_draws": 3}, GridError, "holds only 2"),
+    ("finetune", ["lr=1e-5"], {"metric": "entity_f1"}, MetricError, "finetune reports accuracy"),
+    ("finetune", ["lr=1e-5"], {"metric": "exact_match"}, MetricError, "--metric exact_match"),
+    ("finetune", ["lr=1e-5"], {"seeds": 0}, ValueError, "--seeds must be at least 1"),
+    ("finetune", ["lr=1e-5"], {"halving": True, "halving_keep": 0.0}, ValueError,
+     "--halving-keep"),
+    ("finetune", ["lr=1e-5"], {"test": "/no/such/test.tsv"}, ValueError, "no such file"),
+    ("finetune", ["lr=1e-5"], {"test": "DEV"}, ValueError, "is the dev file the choice is made on"),
+])
+def test_bad_input_stops_before_any_trial(tiny, files, tmp_path, monkeypatch, task, grid, extra,
+                                          error, message):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a trial ran despite bad input")
+
+    monkeypatch.setattr(minift.search, "run_trial", refuse)
+    if extra.get("test") == "DEV":
+        extra = extra | {"test": files["dev"]}
+    with pytest.raises(error, match=message):
+        search(task, out=str(tmp_path / "s"), options=options(tiny, files), grid=grid, **extra)
+    assert not (tmp_path / "s").exists()
+
+
+def test_ner_metric_must_match_the_tags(tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr(minift.search, "run_trial", lambda *a, **k: pytest.fail("trial ran"))
+    conll = tmp_path / "pos.txt"
+    conll.write_text("The DT\ncat NN\n\nA DT\ndog NN\n", encoding="utf-8")
+    with pytest.raises(MetricError, match="pos tags"):
+        search("ner", out=str(tmp_path / "s"), grid=["lr=1e-4"], metric="entity_f1",
+               options={"model": str(tiny), "train": str(conll), "dev": str(conll)})
+
+
+def test_the_command_line_reports_a_bad_grid_in_one_line(tiny, files, tmp_path, capsys):
+    code = main(["search", "finetune", "--model", str(tiny), "--train", files["train"],
+                 "--dev", files["dev"], "--grid", "lr=-1", "--out", str(tmp_path / "s")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("minift: error:") and "--grid 'lr=-1'" in err
+
+
+def test_the_command_line_fixes_every_option_and_passes_the_search_ones(tiny, files, tmp_path,
+                                                                       monkeypatch):
+    seen = {}
+
+    def fake_search(task, **kwargs):
+        seen.update(kwargs, task=task)
+
+    monkeypatch.setattr(minift.search, "search", fake_search)
+    main(["search", "finetune", "--model", str(tiny), "--train", files["train"], "--dev",
+          files["dev"], "--grid", "lr=1e-4,2e-4", "--grid", "freeze=none,head", "--weight-decay",
+          "0.1", "--dropout", "0.2", "--random", "3", "--metric", "f1", "--halving",
+          "--test", files["test"], "--out", str(tmp_path / "s")])
+    assert seen["task"] == "finetune" and seen["grid"] == ["lr=1e-4,2e-4", "freeze=none,head"]
+    assert (seen["seeds"], seen["metric"], seen["random_draws"], seen["halving"]) == (
+        3, "f1", 3, True)
+    assert seen["test"] == files["test"]
+    fixed = minift.search.fixed_options("finetune", seen["options"])
+    assert fixed["weight_decay"] == 0.1 and fixed["dropout"] == 0.2
+    assert "test" not in fixed and "out" not in fixed and "seed" not in fixed
+
+
+def test_search_json_is_plain_data(tiny, files, tmp_path, monkeypatch):
+    monkeypatch.setattr(minift.search, "run_trial", _fake_trial)
+    result = search("finetune", out=str(tmp_path / "s"), options=options(tiny, files),
+                    grid=["lr=1e-4,3e-4", "batch_size=4,8"], seeds=3)
+    assert json.loads(json.dumps(result)) == copy.deepcopy(result)
+    row = result["configs"][0]
+    assert set(row) >= {"config", "mean", "std", "per_seed", "seconds", "steps"}
+    assert [run["seed"] for run in row["per_seed"]] == [0, 1, 2]
+    assert set(result["chosen"]) >= {"config", "mean", "std", "test"}
+
+
+# --------------------------------------------------------------------------------------------
+# What the search added to finetune: a dev set held out of train, a test file, the dropout
+# --------------------------------------------------------------------------------------------
+
+
+def test_dev_from_train_is_one_split_whatever_the_seed():
+    from minift.recipes import _dev_from_train
+
+    examples = list(range(50))
+    train, dev = _dev_from_train(examples, 10, 20, split_seed=0, where="train.tsv")
+    assert len(dev) == 10 and len(train) == 20 and not set(train) & set(dev)
+    assert _dev_from_train(examples, 10, 20, split_seed=0, where="") == (train, dev)
+    assert _dev_from_train(examples, 10, None, split_seed=0, where="")[1] == dev
+    assert _dev_from_train(examples, 10, 20, split_seed=1, where="")[1] != dev
+    with pytest.raises(ValueError, match="--dev-from-train 50: train.tsv has only 50"):
+        _dev_from_train(examples, 50, None, split_seed=0, where="train.tsv")
+
+
+def test_finetune_scores_its_test_file_once_with_the_dropout_it_was_given(tiny, files, tmp_path,
+                                                                         monkeypatch):
+    from minift.recipes import finetune
+
+    reads = count_reads(monkeypatch, files["test"])
+    metrics = finetune(**options(tiny, files, dev=None), dev_from_train=4, test=files["test"],
+                       dropout=0.3, out=str(tmp_path / "o"), progress=False)
+    assert len(reads) == 1
+    assert metrics["train"]["examples"] == len(SENTENCES) * 2 - 4
+    assert set(metrics["test"]) >= {"accuracy", "f1", "loss"}
+    saved = json.loads((tmp_path / "o" / "config.json").read_text())
+    assert saved["classifier_dropout"] == 0.3
+    with pytest.raises(ValueError, match="--dev FILE or --dev-from-train N, not both"):
+        finetune(**options(tiny, files), dev_from_train=4, out=str(tmp_path / "p"))
+    with pytest.raises(ValueError, match=r"--dropout must be in \[0, 1\)"):
+        finetune(**options(tiny, files), dropout=1.0, out=str(tmp_path / "p"), progress=False)
