@@ -8,7 +8,9 @@ settings at one rate measures the rate, not the freezing. Here each setting gets
 1. the rate is chosen on held-out data that is not the dev set: a fixed slice of
    ``HELDOUT`` sentences of SST-2's training set (seeded, ``HELDOUT_SEED``), kept out of every
    training subset; each rate of the setting's small grid trains once (seed 0) and the best
-   held-out accuracy wins;
+   held-out accuracy wins; when the winner is the grid's largest (or smallest) rate, the grid
+   grows by another factor of 3 in that direction (at most ``EXTEND`` times), so that the chosen
+   rate is not just the edge of a grid that was too narrow;
 2. at that rate, the setting trains with ``SEEDS`` (each seed its own training subset of the rest
    of SST-2 train, and its own head draw) and is scored on all 872 SST-2 dev sentences.
 
@@ -55,6 +57,7 @@ GRIDS = {
     "none": [5e-5, 1e-4, 3e-4],
 }
 BLOCKS = {"head": 0, "last-1": 1, "last-2": 2, "last-3": 3, "none": 6}
+EXTEND = 2
 
 
 def split_files(folder: Path) -> tuple[Path, Path]:
@@ -103,7 +106,7 @@ def run(mode: str, lr: float, seed: int, train: Path, dev: Path, limit: int,
 
 def summary(runs: list[dict], chosen: dict[str, float], costs: dict[str, tuple]) -> str:
     """The sweep on held-out and the dev results at the chosen rates, as markdown."""
-    sweep = [{"freeze": r["freeze"], "lr": f"{r['lr']:g}", "held-out accuracy": r["accuracy"]}
+    sweep = [{"freeze": r["freeze"], "lr": f"{r['lr']:.2g}", "held-out accuracy": r["accuracy"]}
              for r in runs if r["scored_on"] == "held-out"]
     rows = []
     for mode, lr in chosen.items():
@@ -112,7 +115,7 @@ def summary(runs: list[dict], chosen: dict[str, float], costs: dict[str, tuple])
             continue
         trainable, state = costs[mode]
         rows.append({
-            "freeze": mode, "trained blocks": BLOCKS[mode], "lr (chosen)": f"{lr:g}",
+            "freeze": mode, "trained blocks": BLOCKS[mode], "lr (chosen)": f"{lr:.2g}",
             "seeds": len(done), "dev accuracy": mean_std([r["accuracy"] for r in done]),
             "trainable parameters": f"{trainable:,}", "AdamW state (bytes)": f"{state:,}",
             "training s a run (median)": statistics.median(r["train_seconds"] for r in done),
@@ -135,7 +138,7 @@ def draw(runs: list[dict], chosen: dict[str, float], name: str) -> Path | None:
         means.append(statistics.mean(scores))
     ax.plot([BLOCKS[m] for m in modes], means, color="C0", marker="o", label="mean over seeds")
     for mode, mean in zip(modes, means, strict=True):
-        ax.annotate(f"lr {chosen[mode]:g}", (BLOCKS[mode], mean), textcoords="offset points",
+        ax.annotate(f"lr {chosen[mode]:.2g}", (BLOCKS[mode], mean), textcoords="offset points",
                     xytext=(4, -14), fontsize=9)
     ax.axhline(50.92, color="grey", linestyle=":", label="majority label (50.92)")
     ax.set_xlabel("encoder blocks trained (0: the head only; 6: all)")
@@ -183,14 +186,24 @@ def main() -> None:
         pool, heldout = split_files(Path(folder))
         dev = task_files("sst2", data_dir())[1]
         for mode, grid in grids.items():
-            for lr in grid:
-                runs.append(run(mode, lr, 0, pool, heldout, limit, args.device))
-                print(f"{mode} lr {lr:g} held-out: {runs[-1]['accuracy']:.2f}", flush=True)
-            sweep = [r for r in runs if r["freeze"] == mode and r["scored_on"] == "held-out"]
-            chosen[mode] = max(sweep, key=lambda r: r["accuracy"])["lr"]
+            grid, sweep = list(grid), []
+            for _ in range(EXTEND + 1):
+                for lr in grid[len(sweep):]:
+                    sweep.append(run(mode, lr, 0, pool, heldout, limit, args.device))
+                    print(f"{mode} lr {lr:.2g} held-out: {sweep[-1]['accuracy']:.2f}", flush=True)
+                best = max(sweep, key=lambda r: r["accuracy"])["lr"]
+                if best == max(grid):
+                    grid.append(best * 3)
+                elif best == min(grid):
+                    grid.append(best / 3)
+                else:
+                    break
+            runs += sweep
+            chosen[mode] = best
+            grids[mode] = grid[:len(sweep)]  # the rates tried, in the order they were
             for seed in seeds:
                 runs.append(run(mode, chosen[mode], seed, pool, dev, limit, args.device))
-                print(f"{mode} lr {chosen[mode]:g} seed {seed} dev: {runs[-1]['accuracy']:.2f} "
+                print(f"{mode} lr {chosen[mode]:.2g} seed {seed} dev: {runs[-1]['accuracy']:.2f} "
                       f"({runs[-1]['seconds']:.0f} s)", flush=True)
                 write()
 
