@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 import torch
-from claims_common import SEEDS, claims_parser, mean_std, parse, report
+from claims_common import SEEDS, claims_parser, mean_std, paired, parse, report
 from speed_common import RESULTS, data_dir, result_name
 
 from minift import plots
@@ -109,14 +109,18 @@ def summary(runs: list[dict], chosen: dict[str, float], costs: dict[str, tuple])
     sweep = [{"freeze": r["freeze"], "lr": f"{r['lr']:.2g}", "held-out accuracy": r["accuracy"]}
              for r in runs if r["scored_on"] == "held-out"]
     rows = []
+    dev = {(r["freeze"], r["seed"]): r["accuracy"] for r in runs if r["scored_on"] == "dev"}
     for mode, lr in chosen.items():
         done = [r for r in runs if r["scored_on"] == "dev" and r["freeze"] == mode]
         if not done:
             continue
         trainable, state = costs[mode]
+        both = [r["seed"] for r in done if ("none", r["seed"]) in dev]  # seeds all six ran too
         rows.append({
             "freeze": mode, "trained blocks": BLOCKS[mode], "lr (chosen)": f"{lr:.2g}",
             "seeds": len(done), "dev accuracy": mean_std([r["accuracy"] for r in done]),
+            "minus all six (paired)": paired([dev[mode, s] for s in both],
+                                             [dev["none", s] for s in both]) if both else "",
             "trainable parameters": f"{trainable:,}", "AdamW state (bytes)": f"{state:,}",
             "training s a run (median)": statistics.median(r["train_seconds"] for r in done),
         })
@@ -169,7 +173,9 @@ def main() -> None:
                 f"length 64, AdamW with warmup 10% and linear decay, weight decay 0.01. Each "
                 f"setting's learning rate is the best of its grid on the held-out slice (seed "
                 f"0); then seeds {seeds} at that rate, scored on all 872 dev sentences (majority "
-                f"label: 50.92). Accuracy in points, mean ± std over seeds. AdamW state: the "
+                f"label: 50.92). Accuracy in points, mean ± std over seeds; 'minus all six': the "
+                f"difference to training all six blocks, paired by seed (same training subset), "
+                f"± its standard error. AdamW state: the "
                 f"bytes of the optimizer's tensors after one step (two fp32 moments a trainable "
                 f"parameter, and a step counter a tensor). Training seconds: the loop's clock, "
                 f"on this machine shared with other jobs"
