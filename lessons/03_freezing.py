@@ -44,9 +44,9 @@ from minift.train import TrainConfig, train
 # MINIFT_QUICK=1 (what CI sets) shrinks the data and takes smaller batches (more steps, so that
 # the higher rates still show their effect); the runs and the table are the same.
 MINIFT_QUICK = os.environ.get("MINIFT_QUICK") == "1"
-NUM_TRAIN = 256 if MINIFT_QUICK else 2000  # a seeded subset of SST-2's training sentences
-NUM_DEV = 64 if MINIFT_QUICK else None  # None: the whole dev set
-BATCH_SIZE = 8 if MINIFT_QUICK else 32  # quick: more, smaller steps on the same examples
+NUM_TRAIN = 512 if MINIFT_QUICK else 2000  # a seeded subset of SST-2's training sentences
+NUM_DEV = 256 if MINIFT_QUICK else None  # None: the whole dev set
+BATCH_SIZE = 16 if MINIFT_QUICK else 32  # quick: more, smaller steps on the same examples
 MAX_LENGTH = 64
 EPOCHS = 1
 FINETUNE_LR = 5e-5  # BERT's fine-tuning default, for full fine-tuning
@@ -337,18 +337,19 @@ if FIGURES:
 
 # Only the parameters freeze() left trainable change, and the head trains in every setup.
 check(all(row["largest head change"] > 0 for row in rows), "a head did not train")
-# The lesson's point, in quick mode too: the fewer weights train, the higher the rate they need.
-check(head_high["dev accuracy"] > head_low["dev accuracy"], "a higher head lr did not help")
-check(top_high["dev accuracy"] > top_low["dev accuracy"], "a higher top lr did not help")
-if not MINIFT_QUICK:  # the ranking of the full run (quick runs are too short to order them)
-    check(
-        full["dev accuracy"] > max(head_low["dev accuracy"], top_low["dev accuracy"]),
-        "at the fine-tuning rate, a frozen setup beat full fine-tuning",
-    )
-    check(
-        top_high["dev accuracy"] > full["dev accuracy"] > head_high["dev accuracy"],
-        "the setups at their own rates are not in the order the prose describes",
-    )
+# The lesson's conclusions, in quick mode too (fewer steps, the same conclusions). MARGIN: a gap
+# the prose calls a difference (0.02 accuracy: 5 of quick mode's 256 dev sentences, 17 of 872).
+MARGIN = 0.02
+check(head_low["largest head change"] < head_high["largest head change"] / 20,
+      "at the fine-tuning rate the head moved as far as at its own rate")
+check(head_high["dev accuracy"] > head_low["dev accuracy"] + MARGIN,
+      "a higher head lr did not help")
+check(top_high["dev accuracy"] > top_low["dev accuracy"] + MARGIN, "a higher top lr did not help")
+check(full["dev accuracy"] > max(head_low["dev accuracy"], top_low["dev accuracy"]),
+      "at the fine-tuning rate, a frozen setup beat full fine-tuning")
+check(top_high["dev accuracy"] > max(full["dev accuracy"], head_high["dev accuracy"]),
+      "the last two blocks at their rate did not beat the head alone and full fine-tuning")
+if not MINIFT_QUICK:  # a clock comparison: left out of CI's short, shared-machine runs
     check(top_high["training s"] < full["training s"], "the last two blocks were not faster")
 
 shutil.rmtree(WORK)
@@ -358,17 +359,40 @@ print(f"\nlesson ran in {time.perf_counter() - START:.1f} s")
 # ## What the table says
 #
 # Read the table from the top. At the fine-tuning rate, the head alone barely leaves its starting
-# point, as the bound above predicted, and in this short budget the last two blocks do not get
-# much further: only full fine-tuning learns at that rate, because only there do enough weights
-# move. The learning rate, not the frozen encoder, is what held the partial setups back.
+# point, as the bound above predicted: its weights move a small fraction of what they move at a
+# rate of its own (a check under the table holds it below a twentieth). In this short budget the
+# last two blocks do not get much further at that rate: only full fine-tuning learns clearly at
+# it, because only there do enough weights move. The learning rate, not the frozen encoder, is
+# what held the partial setups back.
 #
-# At rates of their own, both learn. The head alone is the cheapest setup (no backward pass
-# through the encoder, almost no optimizer memory) and the weakest: the pooled features of a
-# frozen encoder that was never trained to expose sentiment through its pooler only go so far.
-# The last two blocks let the features themselves adapt, and at their higher rate they beat full
-# fine-tuning at BERT's default rate here, in a fraction of its time and optimizer memory. That
-# says less about freezing than about learning rates: full fine-tuning at the default rate is
-# under-trained after so few steps. The printed sentences above put numbers on each of these.
+# At rates of their own, both partial setups do better. The head alone is the cheapest setup (no
+# backward pass through the encoder, almost no optimizer memory), and it learns slowly: the pooled
+# features of a frozen encoder that was never trained to expose sentiment through its pooler only
+# go so far in so few steps. The last two blocks let the features themselves adapt, and at their
+# higher rate they beat both the head alone and full fine-tuning at BERT's default rate, in a
+# fraction of its time and optimizer memory. That says less about freezing than about learning
+# rates: full fine-tuning at the default rate is under-trained after so few steps. The checks
+# under the table hold each of these sentences, in quick mode too; the printed sentences put
+# numbers on them. (Where the head alone lands against full fine-tuning depends on the budget:
+# behind it at full size, ahead of it in quick mode's smaller, more frequent steps; the lesson
+# does not rank those two.)
+#
+# ## Each setting at its own rate, at full size
+#
+# One seed and hand-picked rates cannot rank the settings. `benchmarks/claims_freezing.py` does it
+# properly: the head alone and the last 1, 2, 3 and all 6 blocks, each with a small learning-rate
+# sweep scored on a held-out slice of SST-2's training set (not the dev set), then five seeds at
+# the chosen rate scored on all 872 dev sentences; 2,000 training sentences and one epoch a run,
+# as here. Its results, in `benchmarks/results/claims_freezing.md` (mean ± std over the five
+# seeds, dev accuracy in points): the head alone 62.96 ± 2.85 at lr 0.09, the last block
+# 78.69 ± 0.95 at 3e-3, the last two 80.87 ± 1.10 at 1e-3, the last three 80.89 ± 0.80 at 3e-4,
+# all six 79.89 ± 1.13 at 1e-4. Paired by seed against all six, the last two and three blocks
+# are about a point ahead (+0.99 ± 0.47 and +1.01 ± 0.33, ± the standard error), the last block
+# about a point behind (-1.19 ± 0.63), the head alone 17 behind (-16.93 ± 0.86). The fewer blocks
+# train, the higher the rate the held-out sweep chose, from 1e-4 for everything to 0.09 for the
+# head alone: this lesson's point, measured. AdamW's state is 6 kB for the head, 30 MB for the
+# last two blocks, 182 MB for everything; the last two blocks train in about half the time of
+# all six (12.8 s against 25.5 s a run, median, on a shared 2-core CPU).
 #
 # The ranking is not a law. Give full fine-tuning a higher rate or more steps and the order of
 # the top two can turn; with far more data, the gap between the top blocks and everything tends to
@@ -386,4 +410,6 @@ print(f"\nlesson ran in {time.perf_counter() - START:.1f} s")
 # - Swap the pooler for mean pooling (what all-MiniLM-L6-v2 was trained with) in a subclass of
 #   `SequenceClassifier` and rerun the head-only row.
 # - From the command line: `minift finetune --task sst2 --limit-train 2000 --max-length 64
-#   --epochs 1 --freeze last-2 --out runs/last2`.
+#   --epochs 1 --freeze last-2 --lr 5e-4 --out runs/last2`. `--head-lr 1e-2` gives the
+#   classifier a rate of its own beside the blocks' `--lr` (`TrainConfig.lr_by_prefix`, one
+#   more pair of AdamW parameter groups: `minift.optim.param_groups`).

@@ -183,6 +183,12 @@ def add_classifier_training(p: argparse.ArgumentParser, *, max_length_help: str)
     group.add_argument("--freeze", default="none",
                        help="what does not train: none, head (only the classifier trains) or "
                             "last-N (only the last N blocks and the classifier train)")
+    group.add_argument("--head-lr", type=float,
+                       help="the classifier's own peak learning rate (default: --lr); a frozen "
+                            "encoder's head needs a far higher one (lesson 03)")
+    group.add_argument("--init", choices=["pretrained", "random"], default="pretrained",
+                       help="random: the model's architecture from random weights, to measure "
+                            "what pretraining is worth")
     group.add_argument("--eval-every", type=int,
                        help="steps between evaluations on dev (default: every epoch)")
     group.add_argument("--patience", type=int,

@@ -15,7 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minift.checkpoint import CheckpointError, load_encoder_weights, read_checkpoint, save_bert
+from minift.checkpoint import (
+    CheckpointError,
+    load_encoder_weights,
+    read_checkpoint,
+    read_config,
+    read_config_json,
+    save_bert,
+)
 from minift.labels import IGNORE_INDEX
 from minift.model import BertConfig, BertModel
 from minift.padding import speed_up
@@ -99,6 +106,20 @@ class _Classifier(nn.Module):
             with torch.no_grad():
                 model.classifier.weight.copy_(weight)
                 model.classifier.bias.copy_(bias)
+        return speed_up(model) if fast else model
+
+    @classmethod
+    def from_config(cls, path: str | os.PathLike, num_labels: int = 2,
+                    id2label: dict[int, str] | None = None, *, fast: bool = True):
+        """The architecture of the checkpoint in ``path``, from random weights: no pretraining.
+
+        Only ``config.json`` is read. Every weight gets BERT's initialisation
+        (``model.init_weights``, what transformers' ``from_config`` gives), drawn from torch's
+        global generator: seed it first. What pretraining is worth is ``from_pretrained``
+        against this, trained the same way (``benchmarks/claims_transfer.py``).
+        """
+        raw = read_config_json(path)
+        model = cls(read_config(path, raw), num_labels, id2label, raw.get("classifier_dropout"))
         return speed_up(model) if fast else model
 
     def save_pretrained(self, path: str | os.PathLike) -> None:

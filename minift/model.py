@@ -3,9 +3,9 @@
 Read in order: the configuration (``BertConfig``), attention as a pure function (``attention``)
 and the additive mask it takes, the embeddings (``Embeddings``), multi-head self-attention
 (``SelfAttention``), the feed-forward layer (``FeedForward``), one encoder block (``Block``), the
-pooler (``Pooler``), and the model that stacks them (``BertOutput``, ``BertModel``). Every layer
-is a plain ``nn.Linear``, ``nn.Dropout``, ``nn.LayerNorm`` or ``nn.Embedding``, and attention is
-``F.scaled_dot_product_attention``. The parameter names follow the math (``query``,
+pooler (``Pooler``), BERT's initialisation (``init_weights``), and the model that stacks them
+(``BertOutput``, ``BertModel``). Every layer is a plain ``nn.Linear``, ``nn.Dropout``,
+``nn.LayerNorm`` or ``nn.Embedding``, and attention is ``F.scaled_dot_product_attention``. The parameter names follow the math (``query``,
 ``attention_norm``, ``ffn.up``); ``checkpoint.py`` holds the one table that maps them to the
 names in published HF checkpoints. Numbers agree with ``transformers.BertModel`` to about 1e-6 in
 fp32 (tests/test_model.py holds the two together, outputs and gradients).
@@ -279,6 +279,33 @@ class Pooler(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
+# Initialisation
+# --------------------------------------------------------------------------------------------
+
+
+def init_weights(module: nn.Module, std: float = 0.02) -> None:
+    """BERT's initialisation of one module; ``model.apply(lambda m: init_weights(m, std))`` for all.
+
+    As transformers' ``BertPreTrainedModel._init_weights``: Linear and Embedding weights drawn
+    from N(0, std) (``std`` is the config's ``initializer_range``), zero biases, a zero padding
+    row in an embedding that has one, LayerNorm weight 1 and bias 0. A ``BertModel`` is built this
+    way; a checkpoint's weights then replace these (or do not, to train from scratch).
+    """
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=std)
+        if module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+# --------------------------------------------------------------------------------------------
 # The model
 # --------------------------------------------------------------------------------------------
 
@@ -306,22 +333,7 @@ class BertModel(nn.Module):
         self.embeddings = Embeddings(config)
         self.layers = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
         self.pooler = Pooler(config) if add_pooling_layer else None
-        self.apply(self._init_weights)
-
-    def _init_weights(self, module: nn.Module) -> None:
-        """BERT's initialisation: N(0, initializer_range) weights, zero biases, unit norms."""
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=std)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=std)
-            if module.padding_idx is not None:
-                with torch.no_grad():
-                    module.weight[module.padding_idx].zero_()
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+        self.apply(lambda module: init_weights(module, config.initializer_range))
 
     def check_input(self, input_ids: torch.Tensor) -> None:
         """Refuse what the embeddings cannot take, with the shape in the message."""

@@ -1,7 +1,7 @@
 """The optimizer and the learning-rate schedule: AdamW, weight-decay groups, warmup then decay.
 
 Read in this order: `AdamW` (the update rule written out, the reference for the fast torch
-kernels), `param_groups` (which parameters are decayed), `make_optimizer` (chooses the kernel),
+kernels), `param_groups` (which parameters are decayed, which train at a rate of their own), `make_optimizer` (chooses the kernel),
 then `lr_schedule` and `make_scheduler` (the multiplier applied to the learning rate each step).
 Defaults are those of BERT fine-tuning and of transformers' Trainer: betas (0.9, 0.999), eps 1e-8,
 weight decay 0.01, linear warmup then linear decay to 0.
@@ -116,7 +116,9 @@ class AdamW(torch.optim.Optimizer):
 # ---------------------------------------------------------------------------------------------
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(
+    model: nn.Module, weight_decay: float, lr_by_prefix: dict[str, float] | None = None
+) -> list[dict]:
     """Split the trainable parameters into a decayed group and a group without weight decay.
 
     Biases (a parameter whose own name is `bias`) and every parameter of an `nn.LayerNorm` get
@@ -126,26 +128,48 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     Only parameters with `requires_grad=True` are included; a parameter shared by two modules
     (tied embeddings) appears once. Empty groups are left out. Returns
     `[{"params": [...], "weight_decay": weight_decay}, {"params": [...], "weight_decay": 0.0}]`.
+
+    `lr_by_prefix` gives some parameters a learning rate of their own: a parameter whose full
+    name (`model.named_parameters()`) starts with a key goes into its own pair of groups with
+    `"lr": value` (the first matching key wins); the schedule scales every group alike. A
+    frozen encoder's classifier (`{"classifier.": 1e-2}`) needs a far higher rate than the
+    encoder's fine-tuning rate (lesson 03). A key that matches no trainable parameter is an
+    error, so that a misspelt prefix does not silently train everything at one rate.
     """
     if not weight_decay >= 0.0:
         raise ValueError(f"param_groups: weight_decay must be >= 0, got {weight_decay}")
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
+    lr_by_prefix = dict(lr_by_prefix or {})
+    for prefix, lr in lr_by_prefix.items():
+        if not (isinstance(prefix, str) and prefix and isinstance(lr, int | float)
+                and math.isfinite(lr) and lr > 0):
+            raise ValueError(f"param_groups: lr_by_prefix needs non-empty names and finite "
+                             f"learning rates > 0, got {prefix!r}: {lr!r}")
+    # (prefix or None, decayed) -> parameters; None is the base learning rate
+    buckets: dict[tuple[str | None, bool], list[nn.Parameter]] = {}
     seen: set[int] = set()
-    for module in model.modules():
+    for module_name, module in model.named_modules():
         for name, param in module.named_parameters(recurse=False):
             if not param.requires_grad or id(param) in seen:
                 continue
             seen.add(id(param))
-            if name == "bias" or isinstance(module, nn.LayerNorm):
-                no_decay.append(param)
-            else:
-                decay.append(param)
-    groups = [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return [group for group in groups if group["params"]]
+            full_name = f"{module_name}.{name}" if module_name else name
+            prefix = next((key for key in lr_by_prefix if full_name.startswith(key)), None)
+            decayed = not (name == "bias" or isinstance(module, nn.LayerNorm))
+            buckets.setdefault((prefix, decayed), []).append(param)
+    unused = [key for key in lr_by_prefix if not any(k[0] == key for k in buckets)]
+    if unused:
+        raise ValueError(f"param_groups: no trainable parameter of {type(model).__name__} has a "
+                         f"name starting with {', '.join(map(repr, unused))}")
+    groups = []
+    for prefix in (None, *lr_by_prefix):
+        for decayed in (True, False):
+            if (prefix, decayed) in buckets:
+                group = {"params": buckets[prefix, decayed],
+                         "weight_decay": weight_decay if decayed else 0.0}
+                if prefix is not None:
+                    group["lr"] = lr_by_prefix[prefix]
+                groups.append(group)
+    return groups
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,8 +189,10 @@ def make_optimizer(
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
     impl: str = "auto",
+    lr_by_prefix: dict[str, float] | None = None,
 ) -> torch.optim.Optimizer:
-    """AdamW over `param_groups(model, weight_decay)`, with the kernel chosen by `impl`.
+    """AdamW over `param_groups(model, weight_decay, lr_by_prefix)`, with the kernel chosen by
+    `impl`; `lr` is the rate of every parameter that `lr_by_prefix` does not name.
 
     - "hand": `AdamW` above, the readable reference.
     - "foreach": `torch.optim.AdamW(foreach=True)`, one batched kernel per operation.
@@ -179,7 +205,7 @@ def make_optimizer(
         raise ValueError(f"make_optimizer: learning rate must be positive, got {lr}")
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"make_optimizer: impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
-    groups = param_groups(model, weight_decay)
+    groups = param_groups(model, weight_decay, lr_by_prefix)
     params = [p for group in groups for p in group["params"]]
     if not params:
         raise ValueError(

@@ -150,6 +150,21 @@ def check_freeze(folder: Path, freeze: str) -> None:
     raise ValueError(f"unknown freeze mode {freeze!r}: use 'none', 'head' or 'last-N'")
 
 
+INITS = ("pretrained", "random")
+
+
+def check_init(init: str, head_lr: float | None) -> None:
+    """``--init`` is pretrained or random; ``--head-lr``, when given, is a positive number."""
+    if init not in INITS:
+        raise ValueError(f"--init must be one of {', '.join(INITS)}, got {init!r}")
+    check_positive(**{"--head-lr": head_lr})
+
+
+def head_lrs(head_lr: float | None) -> dict[str, float] | None:
+    """``TrainConfig.lr_by_prefix`` for ``--head-lr``: the classifier's own learning rate."""
+    return None if head_lr is None else {"classifier.": head_lr}
+
+
 def train_config(**fields: Any) -> TrainConfig:
     """A checked ``minift.train.TrainConfig``; an error names the command-line option.
 
@@ -497,17 +512,20 @@ def _run_facts(outcome: Outcome) -> dict:
             "trainable_parameters": outcome.trainable, "total_parameters": outcome.total}
 
 
-def _head_builder(head: type, folder: Path, labels: list[str], freeze: str, seed: int):
+def _head_builder(head: type, folder: Path, labels: list[str], freeze: str, seed: int,
+                  init: str = "pretrained"):
     """``build`` for a classifier head (``heads.SequenceClassifier`` / ``TokenClassifier``) on
-    the encoder in ``folder``: a fresh head seeded with ``seed``, frozen as ``freeze`` says."""
+    the encoder in ``folder``: a fresh head seeded with ``seed``, frozen as ``freeze`` says.
+    ``init="random"``: the same architecture from BERT's random initialisation, no pretraining."""
 
     def build():
 
 
-        print(f"loading {folder}")
-        torch.manual_seed(seed)  # the fresh head's initialisation
-        model = head.from_pretrained(folder, num_labels=len(labels),
-                                     id2label=dict(enumerate(labels)))
+        print(f"loading {folder}" if init == "pretrained" else
+              f"building {folder}'s architecture from random weights (init=random)")
+        torch.manual_seed(seed)  # the fresh head's initialisation (and the encoder's, if random)
+        load = head.from_pretrained if init == "pretrained" else head.from_config
+        model = load(folder, num_labels=len(labels), id2label=dict(enumerate(labels)))
         trainable, total = apply_freeze(model, freeze)
         print(f"freeze={freeze}: {trainable:,} of {total:,} parameters train")
         return model
@@ -562,6 +580,7 @@ def finetune(*, model: str, out: str, task: str | None = None, data_dir: str | N
              pair_col: str | None = None, label_col: str = "label",
              limit_train: int | None = None, epochs: int = 3, max_steps: int | None = None,
              lr: float = 5e-5, batch_size: int = 32, max_length: int = 128, freeze: str = "none",
+             head_lr: float | None = None, init: str = "pretrained",
              amp: str = "off", seed: int = 0, resume: bool = False, keep_resume: bool = False,
              warmup_ratio: float = 0.1, weight_decay: float = 0.01, schedule: str = "linear",
              grad_accum: int = 1, eval_every: int | None = None, patience: int | None = None,
@@ -579,16 +598,20 @@ def finetune(*, model: str, out: str, task: str | None = None, data_dir: str | N
     ``split_seed``, the same for every ``seed``, which then also draws the ``limit_train``
     subset); the dev file is not read, so a task with no test set of its own (SST-2) can give
     its dev file as ``test``. ``test``: a file in the same format, scored once, by the best model,
-    after training. ``dropout``: the classifier's dropout (default: the encoder's). Returns the
-    metrics dict that is written: ``{"before": ..., "dev": ..., "test": ..., "train": ...,
-    "labels": ...}`` (``test`` only when given).
+    after training. ``dropout``: the classifier's dropout (default: the encoder's). ``head_lr``:
+    the classifier's own learning rate (default ``lr``; a frozen encoder's head needs a far
+    higher one). ``init="random"``: the checkpoint's architecture from random weights (what
+    pretraining is worth). Returns the metrics dict that is written: ``{"before": ...,
+    "dev": ..., "test": ..., "train": ..., "labels": ...}`` (``test`` only when given).
     """
     check_positive(learning_rate=lr, batch_size=batch_size, epochs=epochs, max_steps=max_steps)
     check_positive(**{"--limit-train": limit_train, "--dev-from-train": dev_from_train})
+    check_init(init, head_lr)
     if dev_from_train is not None and dev:
         raise ValueError("give --dev FILE or --dev-from-train N, not both")
     config = train_config(
-        out_dir=Path(out), epochs=epochs, max_steps=max_steps, lr=lr, weight_decay=weight_decay,
+        out_dir=Path(out), epochs=epochs, max_steps=max_steps, lr=lr,
+        lr_by_prefix=head_lrs(head_lr), weight_decay=weight_decay,
         warmup_ratio=warmup_ratio, schedule=schedule, grad_accum=grad_accum, amp=amp,
         optimizer=optimizer, eval_every=eval_every, metric="accuracy", greater_is_better=True,
         patience=patience, seed=seed, compile=compile, progress=progress,
@@ -620,7 +643,7 @@ def finetune(*, model: str, out: str, task: str | None = None, data_dir: str | N
     dev_labels = encode_labels(dev_examples, vocab)  # a dev label unseen in train stops here
     test_labels = encode_labels(test_examples, vocab)
     build = _with_dropout(_head_builder(heads.SequenceClassifier, folder, vocab.labels, freeze,
-                                        seed), dropout)
+                                        seed, init), dropout)
 
     with claim_folder(out, resume=resume) as out_dir:
         print(f"data: {len(train_examples)} train / {len(dev_examples)} dev examples, "
@@ -650,7 +673,8 @@ def finetune(*, model: str, out: str, task: str | None = None, data_dir: str | N
         metrics = {
             "before": outcome.before,
             "dev": outcome.after,
-            "train": _run_facts(outcome) | {"examples": len(train_examples)},
+            "train": _run_facts(outcome) | {"examples": len(train_examples), "init": init,
+                                            "head_lr": head_lr},
             "labels": vocab.labels,
         }
         if test_examples:
@@ -678,7 +702,8 @@ def ner(*, model: str, train: str, dev: str, out: str, test: str | None = None,
         column: int = -1, scheme: str = "iob2", task: str = "auto",
         limit_train: int | None = None, epochs: int = 3, max_steps: int | None = None,
         lr: float = 5e-5, batch_size: int = 32, max_length: int = 128, stride_words: int = 16,
-        label_all_subwords: bool = False, freeze: str = "none", amp: str = "off", seed: int = 0,
+        label_all_subwords: bool = False, freeze: str = "none", head_lr: float | None = None,
+        init: str = "pretrained", amp: str = "off", seed: int = 0,
         resume: bool = False, keep_resume: bool = False, warmup_ratio: float = 0.1,
         weight_decay: float = 0.01, schedule: str = "linear", grad_accum: int = 1,
         eval_every: int | None = None, patience: int | None = None, optimizer: str = "auto",
@@ -693,13 +718,14 @@ def ner(*, model: str, train: str, dev: str, out: str, test: str | None = None,
     reads as O/B-X/I-X. The tag set is the whole training file's (``limit_train`` or not); a
     dev or test tag outside it is an error naming its file:line. Sentences longer than
     ``max_length`` tokens are windowed, never truncated. A training set in which no word gets a
-    token (nothing to learn from) is refused.
+    token (nothing to learn from) is refused. ``head_lr`` and ``init`` as in ``finetune``.
     Returns the metrics dict that is written: ``{"dev": ..., "test": ..., "train": ...}``.
     """
     check_positive(learning_rate=lr, batch_size=batch_size, epochs=epochs, max_length=max_length,
                    **{"--max-steps": max_steps, "--limit-train": limit_train})
     if stride_words < 0:
         raise ValueError(f"--stride-words must be >= 0, got {stride_words}")
+    check_init(init, head_lr)
     if task not in ("auto", "ner", "pos"):
         raise ValueError(f"--task must be auto, ner or pos, got {task!r}")
     if scheme not in SCHEMES:
@@ -718,7 +744,8 @@ def ner(*, model: str, train: str, dev: str, out: str, test: str | None = None,
         task = "ner" if is_bio(splits["train"]) else "pos"
     metric = "f1" if task == "ner" else "accuracy"
     config = train_config(
-        out_dir=Path(out), epochs=epochs, max_steps=max_steps, lr=lr, weight_decay=weight_decay,
+        out_dir=Path(out), epochs=epochs, max_steps=max_steps, lr=lr,
+        lr_by_prefix=head_lrs(head_lr), weight_decay=weight_decay,
         warmup_ratio=warmup_ratio, schedule=schedule, grad_accum=grad_accum, amp=amp,
         optimizer=optimizer, eval_every=eval_every, metric=metric, greater_is_better=True,
         patience=patience, seed=seed, compile=compile, progress=progress,
@@ -777,7 +804,7 @@ def ner(*, model: str, train: str, dev: str, out: str, test: str | None = None,
         outcome = run_recipe(Recipe(
             config=config,
             build=_with_dropout(_head_builder(heads.TokenClassifier, folder, labels.labels,
-                                              freeze, seed), dropout),
+                                              freeze, seed, init), dropout),
             load=heads.TokenClassifier.from_pretrained,
             train_batches=_epoch_batches(train_set, batch_size, seed),
             evaluate=lambda m, device: evaluate_split(m, device, "dev"),
@@ -799,7 +826,8 @@ def ner(*, model: str, train: str, dev: str, out: str, test: str | None = None,
                         [s.tags for s in splits[name]], scores["predicted"])
             metrics[name] = {k: v for k, v in scores.items() if k != "predicted"}
         metrics["train"] = _run_facts(outcome) | {"sentences": len(splits["train"]),
-                                                  "windows": len(train_set)}
+                                                  "windows": len(train_set), "init": init,
+                                                  "head_lr": head_lr}
         metrics |= {"task": task, "column": column, "scheme": scheme if task == "ner" else None,
                     "labels": labels.labels, "max_length": max_length}
         write_metrics(out_dir, metrics)

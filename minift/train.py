@@ -103,6 +103,9 @@ class TrainConfig:
     epochs: int = 3
     max_steps: int | None = None  # optimizer steps in total; overrides epochs when set
     lr: float = 5e-5
+    # learning rates of their own, by parameter-name prefix: {"classifier.": 1e-2} gives a
+    # classifier head its own rate (see minift.optim.param_groups); None: one rate for all
+    lr_by_prefix: dict[str, float] | None = None
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1  # fraction of total optimizer steps (rounded up, as transformers)
     schedule: str = "linear"  # linear | cosine | constant
@@ -151,6 +154,13 @@ class TrainConfig:
         check_int("seed", 0)
         if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
             fail("lr", "a finite learning rate > 0")
+        if self.lr_by_prefix is not None and not (
+            isinstance(self.lr_by_prefix, dict)
+            and all(isinstance(k, str) and k and isinstance(v, int | float) and not
+                    isinstance(v, bool) and math.isfinite(v) and v > 0
+                    for k, v in self.lr_by_prefix.items())
+        ):
+            fail("lr_by_prefix", "None or a dict of name prefixes to finite learning rates > 0")
         if not (isinstance(self.weight_decay, int | float) and 0 <= self.weight_decay < math.inf):
             fail("weight_decay", "a finite number >= 0")
         if not (isinstance(self.warmup_ratio, int | float) and 0 <= self.warmup_ratio <= 1):
@@ -212,7 +222,7 @@ class _Progress:
 
 # Settings that change the numbers a run produces: a resume that changes one of them warns.
 _RUN_KEYS = (
-    "epochs", "max_steps", "lr", "weight_decay", "warmup_ratio", "schedule", "grad_accum",
+    "epochs", "max_steps", "lr", "lr_by_prefix", "weight_decay", "warmup_ratio", "schedule", "grad_accum",
     "max_grad_norm", "amp", "optimizer", "eval_every", "save_every", "metric",
     "greater_is_better", "patience", "seed",
 )  # fmt: skip
@@ -891,7 +901,8 @@ def train(
     first_batches = _epoch_batches(train_batches, 0)
     steps_per_epoch = math.ceil(len(first_batches) / config.grad_accum)
     total_steps = config.max_steps or steps_per_epoch * config.epochs
-    optimizer = make_optimizer(model, config.lr, config.weight_decay, impl=config.optimizer)
+    optimizer = make_optimizer(model, config.lr, config.weight_decay, impl=config.optimizer,
+                               lr_by_prefix=config.lr_by_prefix)
     warmup_steps = math.ceil(config.warmup_ratio * total_steps)
     scheduler = make_scheduler(optimizer, total_steps, warmup_steps, kind=config.schedule)
     # fp16 needs loss scaling; bf16 and fp32 do not (a disabled scaler passes everything through).

@@ -314,3 +314,44 @@ def test_qa_head_of_the_wrong_shape_is_refused(tmp_path):
     hf.save_pretrained(tmp_path)
     with pytest.raises(CheckpointError, match="qa_outputs.weight has shape"):
         QuestionAnswering.from_pretrained(tmp_path)
+
+
+# --------------------------------------------------------------------------------------------
+# from_config: the architecture without the pretrained weights
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ours_cls, hf_cls", PAIRS)
+def test_from_config_is_random_and_round_trips_through_transformers(tmp_path, ours_cls, hf_cls):
+    """from_config reads config.json only and draws every weight with BERT's initialisation
+    (the distribution itself is test_model.py's init test); a random model saved by minift
+    loads in transformers with exactly its keys, and its logits."""
+    torch.manual_seed(0)
+    hf_cls(transformers.BertConfig(**TINY, num_labels=3)).save_pretrained(tmp_path / "trained")
+    (tmp_path / "config_only").mkdir()
+    (tmp_path / "config_only" / "config.json").write_text(
+        (tmp_path / "trained" / "config.json").read_text())
+    torch.manual_seed(7)
+    ours = ours_cls.from_config(tmp_path / "config_only", num_labels=3).eval()
+    torch.manual_seed(7)
+    same_seed = ours_cls.from_config(tmp_path / "trained", num_labels=3)
+    pretrained = ours_cls.from_pretrained(tmp_path / "trained", num_labels=3)
+    for (name, p), q, r in zip(ours.named_parameters(), same_seed.parameters(),
+                               pretrained.parameters(), strict=True):
+        assert torch.equal(p, q), name
+        if "norm" not in name and "bias" not in name:  # LayerNorms and biases start equal
+            assert not torch.equal(p, r), name
+    assert ours.classifier.bias.abs().sum() == 0
+
+    ours.save_pretrained(tmp_path / "saved")
+    hf, info = hf_cls.from_pretrained(tmp_path / "saved", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    hf_keys = set(hf.state_dict())
+    written = set(checkpoint.read_state_dict(tmp_path / "saved")[0])
+    assert written == hf_keys
+    gen = torch.Generator().manual_seed(0)
+    batch = random_batch(gen, 3, 7, 3, token_level=ours_cls is TokenClassifier)
+    real = batch["attention_mask"].bool() if ours_cls is TokenClassifier else slice(None)
+    with torch.no_grad():  # padded positions of a token classifier are not compared
+        torch.testing.assert_close(ours(**batch).logits[real], hf.eval()(**batch).logits[real],
+                                   atol=1e-5, rtol=0)

@@ -299,3 +299,80 @@ def test_import_minift_train_does_not_import_the_model():
     done = run_python("import sys, minift.train; print('minift.model' in sys.modules)")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+# --------------------------------------------------------------------------------------------
+# BERT's initialisation (init_weights) against transformers' _init_weights
+# --------------------------------------------------------------------------------------------
+
+INIT_CONFIG = dict(vocab_size=600, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                   intermediate_size=128, max_position_embeddings=80, initializer_range=0.05,
+                   pad_token_id=3)
+
+
+def init_kind(name: str, tensor: torch.Tensor, std: float, pad: int) -> str:
+    """What the initialisation made of a tensor: "zeros", "ones", or "normal" when its values
+    pass as n draws of N(0, std) (a 6-sigma bound on the mean and on the sample std, so a correct
+    draw fails less than once in 10^8 per tensor); anything else is returned as a description."""
+    values = tensor.detach().double()
+    if name.endswith("word_embeddings.weight"):  # the padding row is zero, the rest are draws
+        if not torch.equal(values[pad], torch.zeros_like(values[pad])):
+            return "padding row not zero"
+        values = torch.cat([values[:pad], values[pad + 1 :]])
+    if torch.equal(values, torch.zeros_like(values)):
+        return "zeros"
+    if torch.equal(values, torch.ones_like(values)):
+        return "ones"
+    n = values.numel()
+    mean, sample_std = values.mean().item(), values.std().item()
+    if abs(mean) > 6 * std / n**0.5:
+        return f"mean {mean:.3g} off N(0, {std})"
+    if abs(sample_std / std - 1) > 6 / (2 * n) ** 0.5:
+        return f"std {sample_std:.4g} off {std} (n={n})"
+    return "normal"
+
+
+def test_init_weights_matches_transformers_distribution():
+    """A fresh minift BertModel and a fresh transformers.BertModel of one config: the same tensors
+    (same names through the key map), each initialised the same way: N(0, initializer_range)
+    weights, zero biases, LayerNorm 1 and 0, a zero padding row."""
+    torch.manual_seed(1)
+    hf = transformers.BertModel(transformers.BertConfig(**INIT_CONFIG))
+    theirs, _, unknown = split_hf_state_dict(dict(hf.named_parameters()))
+    assert not unknown
+    torch.manual_seed(2)
+    ours = dict(BertModel(BertConfig(**INIT_CONFIG)).named_parameters())
+    assert set(ours) == set(theirs)
+    std, pad = INIT_CONFIG["initializer_range"], INIT_CONFIG["pad_token_id"]
+    kinds = {}
+    for name in sorted(ours):
+        kinds[name] = init_kind(name, theirs[name], std, pad)
+        assert kinds[name] in ("zeros", "ones", "normal"), (name, "transformers", kinds[name])
+        assert init_kind(name, ours[name], std, pad) == kinds[name], name
+    # Every kind is there, where BERT puts it.
+    assert {n for n, k in kinds.items() if k == "ones"} == {n for n in kinds if "norm.weight" in n}
+    assert {n for n, k in kinds.items() if k == "zeros"} == {n for n in kinds if "bias" in n}
+
+
+def test_init_weights_redraws_every_tensor_of_a_module():
+    """On modules torch initialised its own way (uniform Linear weights and biases, N(0, 1)
+    embeddings), init_weights leaves nothing of that; the same seed draws the same weights."""
+    from minift.model import init_weights
+
+    def built(seed: int) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        modules = torch.nn.Sequential(torch.nn.Embedding(300, 64, padding_idx=2),
+                                      torch.nn.Linear(64, 96), torch.nn.LayerNorm(96))
+        with torch.no_grad():
+            modules[2].weight.uniform_(0.5, 1.5)
+            modules[2].bias.uniform_(-1, 1)
+        modules.apply(lambda module: init_weights(module, std=0.03))
+        return modules
+
+    modules = built(5)
+    kinds = {name: init_kind("word_embeddings.weight" if name == "0.weight" else name, t, 0.03, 2)
+             for name, t in modules.named_parameters()}
+    assert kinds == {"0.weight": "normal", "1.weight": "normal", "1.bias": "zeros",
+                     "2.weight": "ones", "2.bias": "zeros"}
+    for a, b in zip(modules.parameters(), built(5).parameters(), strict=True):
+        assert torch.equal(a, b)

@@ -213,6 +213,50 @@ def test_param_groups_find_layernorm_by_type_not_name():
     assert len(only_decay) == 1 and only_decay[0]["weight_decay"] == 0.1
 
 
+def test_param_groups_give_a_prefix_its_own_learning_rate():
+    """lr_by_prefix splits the named parameters off into their own decay / no-decay pair, with
+    their rate; the other parameters keep the plain grouping and the optimizer's rate."""
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"bert": BertModel(tiny_bert_config()), "classifier": nn.Linear(8, 2)})
+    plain = param_groups(model, weight_decay=0.05)
+    groups = param_groups(model, weight_decay=0.05, lr_by_prefix={"classifier.": 1e-2})
+    assert [(g["weight_decay"], g.get("lr")) for g in groups] == [
+        (0.05, None), (0.0, None), (0.05, 1e-2), (0.0, 1e-2)]
+    names = group_names(model, groups)
+    assert names[2:] == [{"classifier.weight"}, {"classifier.bias"}]
+    assert names[0] | names[2] == group_names(model, plain)[0]
+    assert names[1] | names[3] == group_names(model, plain)[1]
+    # frozen parameters stay out; a prefix with nothing trainable left is an error by name
+    model["bert"].requires_grad_(False)
+    assert group_names(model, param_groups(model, 0.05, {"classifier.": 1e-2})) == names[2:]
+    with pytest.raises(ValueError, match="'bert.'"):
+        param_groups(model, 0.05, {"bert.": 1e-3})
+    with pytest.raises(ValueError, match="'head.'"):
+        param_groups(model, 0.05, {"head.": 1e-3})
+    with pytest.raises(ValueError, match="learning rates > 0"):
+        param_groups(model, 0.05, {"classifier.": 0.0})
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
+@pytest.mark.parametrize("impl", ["hand", "foreach", "fused"])
+def test_make_optimizer_steps_each_group_at_its_rate_under_the_schedule(impl):
+    """The first AdamW step (eps 0) moves a weight by exactly lr times the schedule's multiplier,
+    against its gradient's sign: 1e-3 for the encoder, 1e-1 for the head."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 1))
+    opt = make_optimizer(model, lr=1e-3, weight_decay=0.0, eps=0.0, impl=impl,
+                         lr_by_prefix={"1.": 1e-1})
+    scheduler = make_scheduler(opt, total_steps=4, warmup_steps=2)
+    scheduler.step()  # warm up to half the peak rate, as the loop's second step does
+    before = [p.detach().clone() for p in model.parameters()]
+    model(torch.randn(8, 4)).square().mean().backward()
+    opt.step()
+    for (name, p), old in zip(model.named_parameters(), before, strict=True):
+        expected = 0.5 * (1e-1 if name.startswith("1.") else 1e-3)
+        torch.testing.assert_close((old - p).abs(), torch.full_like(p, expected), rtol=1e-4,
+                                   atol=0, msg=name)
+
+
 # ---------------------------------------------------------------------------------------------
 # make_optimizer
 # ---------------------------------------------------------------------------------------------
