@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from speed_common import reference_adamw
 from transformers import BertForSequenceClassification, get_linear_schedule_with_warmup
 
 from minift.batches import ClassificationDataset
@@ -67,11 +68,8 @@ def reference_finetune(*, task, limit_train, epochs, lr, batch_size, max_length,
         elif freeze.startswith("last-"):
             keep = [f"bert.encoder.layer.{i}." for i in range(n_layers - int(freeze[5:]), n_layers)]
             p.requires_grad_(name.startswith((*keep, "bert.pooler.", "classifier.")))
-    decay = set(transformers.Trainer.get_decay_parameter_names(None, model))
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    groups = [{"params": [p for n, p in params if n in decay], "weight_decay": weight_decay},
-              {"params": [p for n, p in params if n not in decay], "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=lr)
+    opt = reference_adamw(model, lr, weight_decay)
     steps_per_epoch = -(-len(train_set) // batch_size)
     total = steps_per_epoch * epochs
     sched = get_linear_schedule_with_warmup(opt, int(warmup_ratio * total), total)

@@ -41,6 +41,7 @@ import torch
 import transformers
 from seqeval.metrics import accuracy_score, f1_score, precision_score, recall_score
 from seqeval.scheme import IOB2
+from speed_common import reference_adamw
 from transformers import BertForTokenClassification, get_linear_schedule_with_warmup
 
 from minift.batches import TokenClassificationDataset
@@ -182,13 +183,7 @@ def reference_run(
         model.classifier.bias.copy_(head.classifier.bias)
     del head
 
-    decay = set(transformers.Trainer.get_decay_parameter_names(None, model))
-    params = list(model.named_parameters())
-    groups = [
-        {"params": [p for n, p in params if n in decay], "weight_decay": weight_decay},
-        {"params": [p for n, p in params if n not in decay], "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=lr)
+    optimizer = reference_adamw(model, lr, weight_decay)
     steps_per_epoch = -(-len(datasets["train"]) // batch_size)
     total = steps_per_epoch * epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(warmup_ratio * total), total)

@@ -32,8 +32,7 @@ import time
 from pathlib import Path
 
 import torch
-import transformers
-from speed_common import RESULTS, data_dir, machine, write_report
+from speed_common import RESULTS, data_dir, machine, reference_adamw, write_report
 from transformers import BertForQuestionAnswering, get_linear_schedule_with_warmup
 
 from minift import qa
@@ -65,11 +64,7 @@ def reference_qa(*, squad_file, dev_articles, train_questions, epochs, lr, batch
         train, dev, tokenizer, max_length=max_length, doc_stride=doc_stride)
     torch.manual_seed(seed)
     model = BertForQuestionAnswering.from_pretrained(folder).to(device)
-    decay = set(transformers.Trainer.get_decay_parameter_names(None, model))
-    params = list(model.named_parameters())
-    groups = [{"params": [p for n, p in params if n in decay], "weight_decay": weight_decay},
-              {"params": [p for n, p in params if n not in decay], "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=lr)
+    opt = reference_adamw(model, lr, weight_decay)
     total = -(-len(train_set) // batch_size) * epochs
     sched = get_linear_schedule_with_warmup(opt, math.ceil(warmup_ratio * total), total)
     start = time.perf_counter()

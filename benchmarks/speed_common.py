@@ -45,6 +45,16 @@ def speed_parser(doc: str) -> argparse.ArgumentParser:
     return parser
 
 
+def reference_adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """torch's AdamW over a transformers model's trainable parameters, grouped for weight decay
+    as transformers' Trainer groups them (no decay on biases and LayerNorm weights)."""
+    decay = set(transformers.Trainer.get_decay_parameter_names(None, model))
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for n, p in params if n in decay], "weight_decay": weight_decay},
+              {"params": [p for n, p in params if n not in decay], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr)
+
+
 def data_dir() -> Path:
     default = Path(__file__).resolve().parents[2] / "shared" / "data"
     return Path(os.environ.get("MINIFT_DATA", default))
