@@ -43,8 +43,11 @@ HERE = Path(__file__).resolve().parent
 
 
 def reference_finetune(*, task, limit_train, epochs, lr, batch_size, max_length, freeze, seed,
-                       warmup_ratio=0.1, weight_decay=0.01, max_grad_norm=1.0):
-    """The transformers recipe on the batches minift uses; returns dev metrics and seconds."""
+                       warmup_ratio=0.1, weight_decay=0.01, max_grad_norm=1.0, keep="best"):
+    """The transformers recipe on the batches minift uses; returns dev metrics and seconds.
+
+    ``keep="best"``: the dev metrics of the best epoch (as ``minift finetune`` keeps); ``"last"``:
+    dev is scored once, after the last epoch (no model selection on dev)."""
     folder = resolve_model_dir("minilm")
     train, dev, text_col, pair_col, label_col = task_files(task)
     cols = dict(text_col=text_col, pair_col=pair_col, label_col=label_col)
@@ -85,6 +88,8 @@ def reference_finetune(*, task, limit_train, epochs, lr, batch_size, max_length,
             opt.step()
             sched.step()
             opt.zero_grad()
+        if keep == "last" and epoch + 1 < epochs:
+            continue
         metrics = evaluate_reference(model, dev_set, batch_size, len(vocab))
         if best is None or metrics["accuracy"] > best["accuracy"]:  # best epoch, as minift
             best = metrics
