@@ -277,6 +277,11 @@ def add_pretrain_parser(sub) -> None:
     group.add_argument("--max-length", type=int, default=128, help="tokens a sequence holds")
     group.add_argument("--eval-every", type=int,
                        help="steps between held-out evaluations (default: at the end)")
+    group.add_argument("--patience", type=int,
+                       help="stop early after N evaluations without a better held-out loss")
+    group.add_argument("--freeze", choices=["none", "head"], default="none",
+                       help="head: train only the MLM head, the encoder frozen (first, for a "
+                            "checkpoint shipped without one)")
     group.add_argument("--save-every", type=int,
                        help="steps between resume checkpoints (default: at each evaluation)")
     add_run_options(p)
