@@ -852,8 +852,8 @@ def pretrain(*, model: str, text: str | list[str], out: str, eval_text: str | No
              max_length: int = 128, seed: int = 0, amp: str = "off", pack: bool = False,
              mlm_probability: float = 0.15, eval_fraction: float = 0.05,
              max_eval_passages: int = 2000, eval_seed: int = 0, warmup_ratio: float = 0.06,
-             weight_decay: float = 0.01, grad_accum: int = 1, eval_every: int | None = None,
-             patience: int | None = None, save_every: int | None = None,
+             schedule: str = "linear", weight_decay: float = 0.01, grad_accum: int = 1,
+             eval_every: int | None = None, patience: int | None = None, save_every: int | None = None,
              freeze: str = "none", optimizer: str = "auto", resume: bool = False,
              keep_resume: bool = False, compile: bool = False,
              activation_checkpointing: bool = False, nsp: bool = False, progress: bool = True,
@@ -878,7 +878,8 @@ def pretrain(*, model: str, text: str | list[str], out: str, eval_text: str | No
     without its MLM head (all-MiniLM-L6-v2) gets one this way before the whole model is trained
     (a second run, from this one's output, at a low rate): the fresh head's large early
     gradients then never reach the encoder. ``eval_every`` with ``patience``: stop when the
-    held-out loss has not improved for that many evaluations.
+    held-out loss has not improved for that many evaluations (with ``schedule="constant"``, so
+    that it stops because the head has learned what it can, not because the rate decayed).
     Writes the best model (by held-out loss; with its MLM head, HF ``BertForMaskedLM`` format), the
     tokenizer and ``metrics.json`` into ``out``; returns the metrics dict:
     ``{"before": {...}, "after": {...}, "train": {...}, "data": {...}}`` where before/after hold
@@ -893,9 +894,9 @@ def pretrain(*, model: str, text: str | list[str], out: str, eval_text: str | No
         raise ValueError("--freeze head trains the MLM head alone: it does not take --nsp")
     config = train_config(
         out_dir=Path(out), max_steps=steps, lr=lr, weight_decay=weight_decay,
-        warmup_ratio=warmup_ratio, grad_accum=grad_accum, amp=amp, optimizer=optimizer,
-        eval_every=steps if eval_every is None else eval_every, save_every=save_every,
-        metric="loss", greater_is_better=False, patience=patience, seed=seed, compile=compile,
+        warmup_ratio=warmup_ratio, schedule=schedule, grad_accum=grad_accum, amp=amp,
+        optimizer=optimizer, eval_every=steps if eval_every is None else eval_every,
+        save_every=save_every, metric="loss", greater_is_better=False, patience=patience, seed=seed, compile=compile,
         progress=progress,
     )
     check_device(device)

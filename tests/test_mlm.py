@@ -327,7 +327,7 @@ def test_pretrain_freeze_head_trains_the_head_alone_then_the_whole_model_continu
     common = dict(text=str(finance_text), masking="wwm", batch_size=4, max_length=32,
                   progress=False)
     first = pretrain(model=str(tiny_model_dir), out=str(tmp_path / "head"), steps=4, lr=1e-2,
-                     freeze="head", **common)
+                     freeze="head", schedule="constant", **common)
     assert first["train"]["freeze"] == "head"
     assert first["after"]["loss"] < first["before"]["loss"]  # the head learned something
     encoder = load_bert(tiny_model_dir, add_pooling_layer=False).state_dict()
