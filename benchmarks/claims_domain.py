@@ -398,6 +398,11 @@ def draw(results: dict, name: str) -> Path | None:
 def write(results: dict, device: torch.device, quick: bool) -> None:
     name = result_name("claims_domain", device, quick)
     figure = draw(results, name)
+    done = {key for key, cell in results["cells"].items()
+            if "phase1" in cell or "probe_accuracy" in cell
+            or ("runs" in cell and all(len(runs) == len(results["seeds"])
+                                       for runs in cell["runs"].values()))}
+    missing = [key for key in CELLS if key not in done]
     s = results["settings"]
     text = (
         "Continued whole-word MLM on in-domain text, then the same fine-tune from the published "
@@ -423,6 +428,7 @@ def write(results: dict, device: torch.device, quick: bool) -> None:
         "the cosine compares each test sentence's embedding before and after adaptation):\n\n"
         f"{evidence_table(results)}\n"
         + (f"\n![held-out perplexity]({figure.name})\n" if figure else "")
+        + f"\nCells not run (yet): {', '.join(missing) if missing else 'none'}.\n"
         + "\nCPU time of the cells (this process): "
         + ", ".join(f"{k} {v['cpu_seconds'] / 60:.1f} min" for k, v in results["cells"].items()
                     if "cpu_seconds" in v) + ".\n"
