@@ -406,8 +406,7 @@ check(whole["loss"] < head_only["loss"] - 0.02,
 # encoder's head reaches a held-out perplexity of 535 on Financial PhraseBank against 990 for the
 # context-free guess (CSAbstruct: 641 against 1,118): within a factor of two. Phase 1 ran to
 # its cap of 400 steps in both domains, still falling slowly (548 to 535 over the last 25 steps
-# on Financial PhraseBank), so a longer phase 1 would lower these a little; at that pace, not
-# far below half the context-free guess. all-MiniLM-L6-v2 was trained for sentence
+# on Financial PhraseBank): a longer phase 1 would lower these numbers somewhat. all-MiniLM-L6-v2 was trained for sentence
 # embeddings (a contrastive objective on sentence pairs, over mean-pooled token states), not
 # for masked-word prediction, and it shows: its token states say little about a hidden word.
 #
