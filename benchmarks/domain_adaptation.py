@@ -55,10 +55,11 @@ DEV_FRACTION = 0.2
 LABELS = ("negative", "neutral", "positive")
 
 
-def read_phrasebank(path: Path) -> list[tuple[str, str]]:
-    """(sentence, label) pairs of a `sentence@label` file; the label is after the LAST '@'."""
+def read_phrasebank(path: Path, encoding: str = "utf-8") -> list[tuple[str, str]]:
+    """(sentence, label) pairs of a `sentence@label` file; the label is after the LAST '@'.
+    AllAgree is UTF-8, the other files ISO-8859-1."""
     pairs = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(path.read_text(encoding=encoding).splitlines(), start=1):
         if not line.strip():
             continue
         sentence, sep, label = line.rpartition("@")

@@ -274,9 +274,16 @@ def add_pretrain_parser(sub) -> None:
     group = p.add_argument_group("training")
     group.add_argument("--steps", type=int, default=1000, help="optimizer steps")
     add_loop_options(group, lr=5e-5, warmup_ratio=0.06)
+    group.add_argument("--schedule", choices=["linear", "cosine", "constant"], default="linear",
+                       help="learning-rate decay after warmup (constant: for --patience)")
     group.add_argument("--max-length", type=int, default=128, help="tokens a sequence holds")
     group.add_argument("--eval-every", type=int,
                        help="steps between held-out evaluations (default: at the end)")
+    group.add_argument("--patience", type=int,
+                       help="stop early after N evaluations without a better held-out loss")
+    group.add_argument("--freeze", choices=["none", "head"], default="none",
+                       help="head: train only the MLM head, the encoder frozen (first, for a "
+                            "checkpoint shipped without one)")
     group.add_argument("--save-every", type=int,
                        help="steps between resume checkpoints (default: at each evaluation)")
     add_run_options(p)

@@ -166,34 +166,37 @@ class TokenClassifier(_Classifier):
 # --------------------------------------------------------------------------------------------
 
 
-def freeze(model: _Classifier, mode: str) -> tuple[int, int]:
+def freeze(model: nn.Module, mode: str) -> tuple[int, int]:
     """Choose what trains; return (trainable, total) parameter counts.
 
     - ``"none"``: everything trains (full fine-tuning).
-    - ``"head"``: only the classifier trains; the encoder is a frozen feature extractor
+    - ``"head"``: only the head trains, every parameter outside the encoder ``model.bert``: the
+      classifier, or ``MaskedLM``'s transform and output bias (its decoder weight IS the word
+      embeddings, so it stays frozen with them). The encoder is a frozen feature extractor
       (pooler included).
-    - ``"last-N"``: the last N encoder blocks, the pooler and the classifier train; embeddings and
-      the earlier blocks are frozen.
+    - ``"last-N"`` (classifiers): the last N encoder blocks, the pooler and the classifier train;
+      embeddings and the earlier blocks are frozen.
     """
     blocks = model.bert.layers
     if mode == "none":
-        trainable = [model]
+        trainable = list(model.parameters())
     elif mode == "head":
-        trainable = [model.classifier]
+        encoder = {id(p) for p in model.bert.parameters()}
+        trainable = [p for p in model.parameters() if id(p) not in encoder]
     elif mode.startswith("last-") and mode[5:].isdigit():
         n = int(mode[5:])
         if not 1 <= n <= len(blocks):
             raise ValueError(f"freeze mode {mode!r}: N must be between 1 and {len(blocks)}")
-        trainable = [*blocks[len(blocks) - n :], model.classifier]
+        kept = [*blocks[len(blocks) - n :], model.classifier]
         if model.bert.pooler is not None:
-            trainable.append(model.bert.pooler)
+            kept.append(model.bert.pooler)
+        trainable = [p for module in kept for p in module.parameters()]
     else:
         raise ValueError(f"unknown freeze mode {mode!r}: use 'none', 'head' or 'last-N'")
     for p in model.parameters():
         p.requires_grad_(False)
-    for module in trainable:
-        for p in module.parameters():
-            p.requires_grad_(True)
+    for p in trainable:
+        p.requires_grad_(True)
     return (sum(p.numel() for p in model.parameters() if p.requires_grad),
             sum(p.numel() for p in model.parameters()))
 

@@ -852,8 +852,9 @@ def pretrain(*, model: str, text: str | list[str], out: str, eval_text: str | No
              max_length: int = 128, seed: int = 0, amp: str = "off", pack: bool = False,
              mlm_probability: float = 0.15, eval_fraction: float = 0.05,
              max_eval_passages: int = 2000, eval_seed: int = 0, warmup_ratio: float = 0.06,
-             weight_decay: float = 0.01, grad_accum: int = 1, eval_every: int | None = None,
-             save_every: int | None = None, optimizer: str = "auto", resume: bool = False,
+             schedule: str = "linear", weight_decay: float = 0.01, grad_accum: int = 1,
+             eval_every: int | None = None, patience: int | None = None, save_every: int | None = None,
+             freeze: str = "none", optimizer: str = "auto", resume: bool = False,
              keep_resume: bool = False, compile: bool = False,
              activation_checkpointing: bool = False, nsp: bool = False, progress: bool = True,
              device: str | None = None) -> dict:
@@ -871,6 +872,14 @@ def pretrain(*, model: str, text: str | list[str], out: str, eval_text: str | No
     ``eval_seed``, by the same strategy as training, so every evaluation (before, during, after)
     scores the very same masked tokens. Training batches are masked afresh every epoch (dynamic
     masking), each from its own seeded generator, so ``resume`` continues exactly.
+
+    ``freeze="head"``: only the MLM head's own weights train (transform and output bias; the
+    decoder is the frozen word embeddings), the encoder stays as it is. A checkpoint published
+    without its MLM head (all-MiniLM-L6-v2) gets one this way before the whole model is trained
+    (a second run, from this one's output, at a low rate): the fresh head's large early
+    gradients then never reach the encoder. ``eval_every`` with ``patience``: stop when the
+    held-out loss has not improved for that many evaluations (with ``schedule="constant"``, so
+    that it stops because the head has learned what it can, not because the rate decayed).
     Writes the best model (by held-out loss; with its MLM head, HF ``BertForMaskedLM`` format), the
     tokenizer and ``metrics.json`` into ``out``; returns the metrics dict:
     ``{"before": {...}, "after": {...}, "train": {...}, "data": {...}}`` where before/after hold
@@ -879,11 +888,16 @@ def pretrain(*, model: str, text: str | list[str], out: str, eval_text: str | No
     check_positive(steps=steps, learning_rate=lr, batch_size=batch_size, max_length=max_length)
     if masking not in STRATEGIES:
         raise ValueError(f"--masking: expected one of {', '.join(STRATEGIES)}, got {masking!r}")
+    if freeze not in ("none", "head"):
+        raise ValueError(f"--freeze: pretrain takes 'none' or 'head', got {freeze!r}")
+    if freeze != "none" and nsp:
+        raise ValueError("--freeze head trains the MLM head alone: it does not take --nsp")
     config = train_config(
         out_dir=Path(out), max_steps=steps, lr=lr, weight_decay=weight_decay,
-        warmup_ratio=warmup_ratio, grad_accum=grad_accum, amp=amp, optimizer=optimizer,
-        eval_every=steps if eval_every is None else eval_every, save_every=save_every,
-        metric="loss", greater_is_better=False, seed=seed, compile=compile, progress=progress,
+        warmup_ratio=warmup_ratio, schedule=schedule, grad_accum=grad_accum, amp=amp,
+        optimizer=optimizer, eval_every=steps if eval_every is None else eval_every,
+        save_every=save_every, metric="loss", greater_is_better=False, patience=patience, seed=seed, compile=compile,
+        progress=progress,
     )
     check_device(device)
     folder = resolve_model_dir(model)
@@ -927,6 +941,9 @@ def pretrain(*, model: str, text: str | list[str], out: str, eval_text: str | No
             print("MLM head " + ("loaded from the checkpoint" if mlm.head_loaded else
                                  "not in the checkpoint: initialised as BERT does "
                                  "(N(0, initializer_range))"))
+            if freeze != "none":
+                trainable, total = apply_freeze(mlm, freeze)
+                print(f"freeze={freeze}: {trainable:,} of {total:,} parameters train")
             return mlm
 
         outcome = run_recipe(Recipe(
@@ -949,7 +966,7 @@ def pretrain(*, model: str, text: str | list[str], out: str, eval_text: str | No
             "train": _run_facts(outcome) | {
                 "epochs": outcome.result.epochs_completed, "masking": masking, "pack": pack,
                 "lr": lr, "batch_size": batch_size, "max_length": max_length, "seed": seed,
-                "head_loaded": outcome.model.head_loaded},
+                "freeze": freeze, "head_loaded": outcome.model.head_loaded},
             "data": {"passages": len(passages), "sequences": len(train_seqs), "tokens": tokens,
                      "eval_passages": len(eval_passages), "eval_seed": eval_seed},
         }

@@ -144,6 +144,19 @@ def test_freeze_modes():
             freeze(model, bad)
 
 
+def test_freeze_head_of_a_masked_lm_keeps_the_tied_embeddings_frozen():
+    """The MLM head's own weights train; its decoder is the word embeddings, which stay frozen."""
+    from minift.heads import MaskedLM
+    from minift.model import BertConfig
+
+    model = MaskedLM(BertConfig(**TINY))
+    total = sum(p.numel() for p in model.parameters())
+    own = sum(p.numel() for m in (model.transform, model.transform_norm) for p in m.parameters())
+    assert freeze(model, "head") == (own + model.bias.numel(), total)
+    assert not model.decoder.weight.requires_grad
+    assert not any(p.requires_grad for p in model.bert.parameters())
+
+
 def test_sequence_classifier_loads_a_checkpoint_without_pooler(tmp_path):
     """An MLM checkpoint (e.g. `minift pretrain` output) has no pooler: it is initialised."""
     torch.manual_seed(0)

@@ -318,7 +318,44 @@ def test_pretrain_end_to_end_writes_a_folder_transformers_loads(
         )
 
 
-@pytest.mark.parametrize("problem", ["missing", "empty", "empty-eval", "bad-masking"])
+def test_pretrain_freeze_head_trains_the_head_alone_then_the_whole_model_continues(
+    tiny_model_dir, finance_text, tmp_path
+):
+    """Phase 1 (``freeze="head"``) leaves every encoder weight, the tied word embeddings
+    included, as it was and trains the fresh head; phase 2 starts from phase 1's folder with that
+    head loaded, and moves the encoder."""
+    common = dict(text=str(finance_text), masking="wwm", batch_size=4, max_length=32,
+                  progress=False)
+    first = pretrain(model=str(tiny_model_dir), out=str(tmp_path / "head"), steps=4, lr=1e-2,
+                     freeze="head", schedule="constant", **common)
+    assert first["train"]["freeze"] == "head"
+    assert first["after"]["loss"] < first["before"]["loss"]  # the head learned something
+    encoder = load_bert(tiny_model_dir, add_pooling_layer=False).state_dict()
+    adapted = MaskedLM.from_pretrained(tmp_path / "head")
+    for name, weight in adapted.bert.state_dict().items():
+        assert torch.equal(weight, encoder[name]), name
+    assert adapted.transform.weight.std() > 0 and adapted.bias.abs().sum() > 0
+
+    second = pretrain(model=str(tmp_path / "head"), out=str(tmp_path / "all"), steps=2, lr=1e-3,
+                      **common)
+    assert second["train"]["head_loaded"]
+    assert second["before"]["loss"] == pytest.approx(first["after"]["loss"], rel=1e-5)
+    moved = MaskedLM.from_pretrained(tmp_path / "all").bert.state_dict()
+    assert any(not torch.equal(moved[name], encoder[name]) for name in encoder)
+
+
+def test_pretrain_patience_stops_when_held_out_loss_stops_falling(tiny_model_dir, finance_text,
+                                                                tmp_path):
+    """A learning rate far too high makes the held-out loss climb: patience 1 ends the run at
+    the first evaluation that is no better than the best, long before ``steps``."""
+    metrics = pretrain(model=str(tiny_model_dir), text=str(finance_text), out=str(tmp_path / "o"),
+                       steps=40, lr=3.0, batch_size=4, max_length=32, eval_every=1, patience=1,
+                       warmup_ratio=0.0, progress=False)
+    assert metrics["train"]["stopped_early"] and metrics["train"]["steps"] < 40
+
+
+@pytest.mark.parametrize("problem",
+                         ["missing", "empty", "empty-eval", "bad-masking", "bad-freeze"])
 def test_pretrain_bad_input_fails_before_training(problem, tiny_model_dir, finance_text, tmp_path):
     missing, empty = tmp_path / "nope.txt", tmp_path / "empty.txt"
     empty.write_text("\n  \n", encoding="utf-8")
@@ -336,6 +373,7 @@ def test_pretrain_bad_input_fails_before_training(problem, tiny_model_dir, finan
         "empty": str(empty),
         "empty-eval": str(empty),
         "bad-masking": "masking",
+        "bad-freeze": "--freeze",
     }[problem]
     if problem == "missing":
         kwargs["text"] = [str(finance_text), str(missing)]
@@ -343,6 +381,8 @@ def test_pretrain_bad_input_fails_before_training(problem, tiny_model_dir, finan
         kwargs["text"] = str(empty)
     elif problem == "empty-eval":
         kwargs["eval_text"] = str(empty)
+    elif problem == "bad-freeze":
+        kwargs["freeze"] = "last-2"
     else:
         kwargs["masking"] = "random"
     with pytest.raises(ValueError, match=re.escape(expected)):
