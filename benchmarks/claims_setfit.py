@@ -13,12 +13,15 @@ exactly these, and nothing else. Seeds 0-4 for every few-shot cell.
 SetFit: ``minift.setfit.train_setfit`` with setfit's defaults (oversampled pairs, batches of 16
 pairs, one epoch, AdamW at 2e-5 with 10% warmup, the cosine-similarity loss, then a logistic
 regression on the embeddings of all the drawn examples), except that the contrastive phase stops
-after ``CAP_STEPS`` steps (``SetFitConfig.max_steps``): the oversampled pairs grow with the square
-of the examples (Emotion at 64 a class: 122,880 pairs, 7,680 steps), so a fixed budget of
-``CAP_STEPS`` x 16 pairs, the first ones of setfit's shuffled order, caps every cell. The table
-gives the pairs built and the pairs trained. A check at the end reruns the one small cell the
-cap shortens (Emotion, 8 a class: 1,920 pairs) without the cap, with the same seeds, to show what
-the cap costs there.
+after ``CAP_STEPS`` = 120 steps (``SetFitConfig.max_steps``): the oversampled pairs grow with the
+square of the examples (Emotion at 64 a class: 122,880 pairs, 7,680 steps), so a fixed budget
+of 1,920 pairs, the first ones of setfit's shuffled order, caps every cell. 1,920 is the number
+setfit itself builds for 8 a class of Emotion's 6 classes, so the 8-a-class cells of both data
+sets, and SST-2 up to 32 a class, run setfit's defaults exactly; the cap cuts SST-2 at 64 a class
+(2,112 pairs) and Emotion from 16 a class on (7,680 and more). The table gives the pairs built
+and the pairs trained. What the cap costs is measured where it cuts hard: Emotion at 16 a class
+again at twice the cap (``check_cap``), same seeds; and the runs of an earlier, lower cap (64
+steps) are kept in the results file (``set_aside``) and set against the same cells at 120.
 
 Fine-tune: ``minift.recipes.finetune``, a recipe fixed in advance and the same at every size, the
 kind a careful user picks with few labels: AdamW at 1e-4 (MiniLM), batch 16, warmup 10% then
@@ -36,7 +39,8 @@ contrastive phase on the 64-a-class draw of the same seed (capped as above) and 
 regression on the embeddings of the whole training set.
 
 The run order makes the cheap, most informative cells finish first: every size from the
-smallest, each seed on both data sets and both methods, then the full set, then the cap check.
+smallest with seeds 0-2 (both data sets, both methods), then every size again with seeds 3 and 4,
+then the full set, then the cap check.
 Results are written after every run, and a rerun with the same settings goes on from the results
 file (``--seeds`` or ``--full-seeds`` can add seeds later). Accuracy in points; seconds are the
 run's CPU seconds (``time.process_time``, one torch thread: loading, training and scoring), which
@@ -79,13 +83,14 @@ from minift.setfit import (
 from minift.tokenizer import Tokenizer
 
 SIZES = [8, 16, 32, 64]  # examples a class
-CAP_STEPS = 64  # the contrastive phase's cap: 64 steps of 16 pairs, 1,024 pairs
+CAP_STEPS = 120  # the contrastive phase's cap: 120 steps of 16 pairs, 1,920 pairs
 FT = dict(lr=1e-4, batch_size=16, warmup_ratio=0.1, weight_decay=0.01, max_length=128)
 FT_MIN_STEPS, FT_MIN_EPOCHS = 100, 5
 FULL_STEPS = 1000  # the fine-tune's steps on the full training set (16,000 sentences)
 FULL_BODY_SIZE = 64  # SetFit on the full set: the contrastive phase on this draw a class
 TRAIN_DEV = 256  # the recipe's own end-of-run evaluation: at most this many training examples
-CHECK = ("emotion", 8)  # the cell the cap shortens, rerun without it
+CHECK = ("emotion", 16)  # a cell the cap cuts hard (7,680 pairs), rerun at twice the cap
+SEED_GROUPS = ([0, 1, 2], [3, 4])  # every size with the first seeds, then the others
 METHODS = ("setfit", "finetune")
 
 
@@ -94,11 +99,25 @@ def settings(quick: bool) -> dict:
     if quick:  # a smoke test of every code path: tiny sizes, a few steps
         return {"sizes": [2, 4], "cap_steps": 4, "finetune": FT, "ft_min_steps": 4,
                 "ft_min_epochs": 1, "full_steps": 8, "full_body_size": 4, "train_dev": 16,
-                "check": ["emotion", 2], "quick": True}
+                "check": ["emotion", 4], "check_cap": 8, "quick": True}
     return {"sizes": SIZES, "cap_steps": CAP_STEPS, "finetune": FT, "ft_min_steps": FT_MIN_STEPS,
             "ft_min_epochs": FT_MIN_EPOCHS, "full_steps": FULL_STEPS,
             "full_body_size": FULL_BODY_SIZE, "train_dev": TRAIN_DEV, "check": list(CHECK),
-            "quick": False}
+            "check_cap": 2 * CAP_STEPS, "quick": False}
+
+
+# Settings that may change between runs without changing a finished run's numbers: more sizes,
+# another check, another cap (a SetFit run the cap did not cut is the same under any cap).
+FREE = ("sizes", "check", "check_cap", "cap_steps")
+
+
+def reusable(run: dict, s: dict) -> bool:
+    """Whether a finished run of the results file is what these settings would run."""
+    if run["method"] == "finetune" or run["cap"] == s["cap_steps"]:
+        return True
+    if run["cap"] == s["check_cap"] and [run["dataset"], run["size"]] == s["check"]:
+        return True
+    return run["steps"] < run["cap"] and run["steps"] < s["cap_steps"]  # the cap did not cut it
 
 
 def read_dataset(name: str, quick: bool) -> dict:
@@ -194,30 +213,32 @@ def run_setfit(data: dict, examples: list, size: int | str, seed: int, cap: int 
 def plan(seeds: list[int], full_seeds: list[int], s: dict) -> list[tuple]:
     """Every run, in the order they go: (dataset, size, seed, method, cap)."""
     cap = s["cap_steps"]
-    units = [(name, size, seed, method, cap) for size in s["sizes"] for seed in seeds
-             for name in ("sst2", "emotion") for method in METHODS]
+    groups = [[seed for seed in group if seed in seeds] for group in SEED_GROUPS]
+    groups.append([seed for seed in seeds if all(seed not in g for g in SEED_GROUPS)])
+    units = [(name, size, seed, method, cap) for group in groups for size in s["sizes"]
+             for seed in group for name in ("sst2", "emotion") for method in METHODS]
     units += [(name, "full", seed, method, cap) for seed in full_seeds
               for name in ("sst2", "emotion") for method in METHODS]
-    units += [(*s["check"], seed, "setfit", None) for seed in seeds]
+    units += [(*s["check"], seed, "setfit", s["check_cap"]) for seed in seeds]
     return units
 
 
 def key(unit: tuple) -> str:
     name, size, seed, method, cap = unit
-    return f"{name}/{size}/{seed}/{method}/{'uncapped' if cap is None else 'capped'}"
+    return f"{name}/{size}/{seed}/{method}/cap {cap}"
 
 
-def runs_of(runs: list[dict], name: str, size, method: str, capped: bool = True) -> dict:
-    """{seed: run} of a cell."""
-    return {r["seed"]: r for r in runs if (r["dataset"], r["size"], r["method"]) ==
-            (name, size, method) and (r["cap"] is not None) == capped}
+def runs_of(runs: list[dict], name: str, size, method: str, cap: int) -> dict:
+    """{seed: run} of a cell (the fine-tune's runs carry the cap too, unused)."""
+    return {r["seed"]: r for r in runs
+            if (r["dataset"], r["size"], r["method"], r["cap"]) == (name, size, method, cap)}
 
 
-def cell_rows(runs: list[dict], name: str, sizes: list, majority: float) -> tuple[list, list]:
+def cell_rows(runs: list[dict], name: str, sizes: list, cap: int) -> tuple[list, list]:
     """The table rows of a data set, and its verdict per size."""
     rows, verdicts = [], []
     for size in sizes:
-        sf, ft = runs_of(runs, name, size, "setfit"), runs_of(runs, name, size, "finetune")
+        sf, ft = runs_of(runs, name, size, "setfit", cap), runs_of(runs, name, size, "finetune", cap)
         both = sorted(set(sf) & set(ft))
         if not sf and not ft:
             continue
@@ -266,23 +287,33 @@ def verdict(name: str, verdicts: list, majority: float) -> str:
     return (f"**{name}** (majority class {majority:.2f}): " + "; ".join(words) + f"; {cross}.")
 
 
-def check_rows(runs: list[dict], check: tuple) -> list[dict]:
-    """The cap check: the same cell with and without the cap, paired by seed."""
-    capped, free = (runs_of(runs, *check, "setfit", capped=c) for c in (True, False))
-    both = sorted(set(capped) & set(free))
-    if not both:
-        return []
-    return [{"cell": f"{check[0]}, {check[1]} a class", "seeds": len(both),
-             "pairs trained (uncapped / capped)":
-                 f"{free[both[0]]['pairs_trained']:,} / {capped[both[0]]['pairs_trained']:,}",
-             "uncapped": mean_std([free[s]["accuracy"] for s in both]),
-             "capped": mean_std([capped[s]["accuracy"] for s in both]),
-             "uncapped - capped (paired)": paired([free[s]["accuracy"] for s in both],
-                                                  [capped[s]["accuracy"] for s in both]),
-             "uncapped CPU s": f"{statistics.median(free[s]['cpu_seconds'] for s in both):.0f}"}]
+def cap_rows(runs: list[dict], cap: int) -> list[dict]:
+    """SetFit's cells run at another cap too (the check, and runs of an earlier cap set
+    aside): that cap against this one, paired by seed."""
+    rows = []
+    others = sorted({(r["dataset"], str(r["size"]), r["cap"]) for r in runs
+                     if r["method"] == "setfit" and r["cap"] != cap})
+    for dataset, size, other in others:
+        size = size if size == "full" else int(size)
+        here, there = (runs_of(runs, dataset, size, "setfit", c) for c in (cap, other))
+        both = sorted(set(here) & set(there))
+        if not both:
+            continue
+        rows.append({
+            "cell": f"{dataset}, {size} a class", "seeds": len(both),
+            "pairs built": f"{here[both[0]]['pairs']:,}",
+            "pairs trained (other cap / this cap)":
+                f"{there[both[0]]['pairs_trained']:,} / {here[both[0]]['pairs_trained']:,}",
+            "other cap (steps)": other, "at the other cap": mean_std([there[s]["accuracy"]
+                                                                     for s in both]),
+            f"at {cap} steps": mean_std([here[s]["accuracy"] for s in both]),
+            "other - this (paired)": paired([there[s]["accuracy"] for s in both],
+                                            [here[s]["accuracy"] for s in both]),
+            "CPU s at the other cap": f"{statistics.median(there[s]['cpu_seconds'] for s in both):.0f}"})
+    return rows
 
 
-def figure(runs: list[dict], datasets: dict, sizes: list, name: str) -> Path | None:
+def figure(runs: list[dict], datasets: dict, sizes: list, cap: int, name: str) -> Path | None:
     """Accuracy against examples a class (log axis), both methods with ± std bands."""
     if not plots.available():
         return None
@@ -292,7 +323,7 @@ def figure(runs: list[dict], datasets: dict, sizes: list, name: str) -> Path | N
         for method, color, label in (("setfit", "C2", "SetFit"), ("finetune", "C0", "fine-tune")):
             xs, means, stds = [], [], []
             for size in sizes:
-                done = [r["accuracy"] for r in runs_of(runs, dataset, size, method).values()]
+                done = [r["accuracy"] for r in runs_of(runs, dataset, size, method, cap).values()]
                 if done:
                     xs.append(len(data["train"]) / classes if size == "full" else size)
                     means.append(statistics.mean(done))
@@ -310,7 +341,10 @@ def figure(runs: list[dict], datasets: dict, sizes: list, name: str) -> Path | N
         majority = datasets[dataset]["majority"]
         ax.axhline(majority, color="grey", linestyle=":", label=f"majority class ({majority:.1f})")
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("training examples a class (log scale; star: the full set, 1 seed)")
+        ticks = [size for size in sizes if size != "full"] + [len(data["train"]) / classes]
+        ax.set_xticks(ticks, [str(t) for t in ticks[:-1]] + [f"full\n({ticks[-1]:,.0f})"])
+        ax.set_xticks([], minor=True)
+        ax.set_xlabel("training examples a class (log scale; star: the full set)")
         ax.set_ylabel(f"accuracy on {data['eval_name']} (points)")
         ax.set_title(f"{dataset}: {len(data['eval']):,} evaluation examples")
         ax.legend(loc="lower right")
@@ -322,6 +356,8 @@ def main() -> None:
     parser = claims_parser(__doc__)
     parser.add_argument("--full-seeds", type=int, nargs="*",
                         help="seeds of the full-set cell (default [0]; none: skip it)")
+    parser.add_argument("--write-only", action="store_true",
+                        help="rewrite the report and figure from the results file; run nothing")
     args = parse(parser)
     seeds = args.seeds or ([0, 1] if args.quick else SEEDS)
     full_seeds = [0] if args.full_seeds is None else args.full_seeds
@@ -330,11 +366,18 @@ def main() -> None:
     s = settings(args.quick)
     path = RESULTS / f"{name}.json"
     runs: list[dict] = []
+    set_aside: list[dict] = []  # runs of an earlier cap that this one would not repeat
     if path.exists():
         done = json.loads(path.read_text(encoding="utf-8"))
-        if done.get("settings") == s:
-            runs = done["runs"]
-            print(f"resuming: {len(runs)} runs already in {path}")
+        same = {k: v for k, v in s.items() if k not in FREE}
+        if {k: v for k, v in done.get("settings", {}).items() if k not in FREE} == same:
+            runs = [r for r in done["runs"] if reusable(r, s)]
+            set_aside = done.get("set_aside", []) + [r for r in done["runs"]
+                                                     if not reusable(r, s)]
+            for r in runs:  # a SetFit run the old cap did not cut stands for the new cap
+                if r["cap"] != s["check_cap"] or [r["dataset"], r["size"]] != s["check"]:
+                    r["cap"] = s["cap_steps"]
+            print(f"resuming: {len(runs)} of the {len(done['runs'])} runs in {path}")
     datasets = {n: read_dataset(n, args.quick) for n in ("sst2", "emotion")}
     for data in datasets.values():
         gold = [y for _, y in data["eval"]]
@@ -343,19 +386,19 @@ def main() -> None:
     sizes = s["sizes"] + ["full"]
 
     def write() -> None:
-        picture = figure(runs, datasets, sizes, name)
+        picture = figure(runs, datasets, sizes, s["cap_steps"], name)
         parts = []
         for dataset, data in datasets.items():
-            rows, verdicts = cell_rows(runs, dataset, sizes, data["majority"])
+            rows, verdicts = cell_rows(runs, dataset, sizes, s["cap_steps"])
             if rows:
                 parts.append(f"### {dataset}: accuracy on {data['eval_name']} "
                              f"({len(data['eval']):,} examples; majority class "
                              f"{data['majority']:.2f})\n\n" + format_table(rows))
             parts.append(verdict(dataset, verdicts, data["majority"]))
-        checks = check_rows(runs, tuple(s["check"]))
+        checks = cap_rows(runs + set_aside, s["cap_steps"])
         if checks:
-            parts.append("### What the cap costs where it binds at 8 a class\n\n"
-                         + format_table(checks))
+            parts.append("### What the cap costs: SetFit cells run at another cap too (same "
+                         "seeds and examples)\n\n" + format_table(checks))
         cap, full_steps = s["cap_steps"], s["full_steps"]
         text = (
             f"all-MiniLM-L6-v2 on SST-2 (scored on {len(datasets['sst2']['eval']):,} sentences of "
@@ -384,9 +427,13 @@ def main() -> None:
             + ".\n\n" + "\n\n".join(p for p in parts if p) + "\n")
         report("claims_setfit", device, args.quick,
                {"settings": s, "seeds": seeds, "full_seeds": full_seeds,
-                "majority": {n: d["majority"] for n, d in datasets.items()}, "runs": runs},
+                "majority": {n: d["majority"] for n, d in datasets.items()}, "runs": runs,
+                "set_aside": set_aside},
                text, "SetFit against fine-tuning with few labels: learning curves")
 
+    if args.write_only:
+        write()
+        return
     finished = {key((r["dataset"], r["size"], r["seed"], r["method"], r["cap"])) for r in runs}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
