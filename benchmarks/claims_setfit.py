@@ -341,8 +341,12 @@ def figure(runs: list[dict], datasets: dict, sizes: list, cap: int, name: str) -
         majority = datasets[dataset]["majority"]
         ax.axhline(majority, color="grey", linestyle=":", label=f"majority class ({majority:.1f})")
         ax.set_xscale("log", base=2)
-        ticks = [size for size in sizes if size != "full"] + [len(data["train"]) / classes]
-        ax.set_xticks(ticks, [str(t) for t in ticks[:-1]] + [f"full\n({ticks[-1]:,.0f})"])
+        ticks = [size for size in sizes if size != "full"]
+        labels = [str(t) for t in ticks]
+        if any(r["dataset"] == dataset and r["size"] == "full" for r in runs):
+            ticks.append(len(data["train"]) / classes)
+            labels.append(f"full\n({ticks[-1]:,.0f})")
+        ax.set_xticks(ticks, labels)
         ax.set_xticks([], minor=True)
         ax.set_xlabel("training examples a class (log scale; star: the full set)")
         ax.set_ylabel(f"accuracy on {data['eval_name']} (points)")
@@ -409,7 +413,7 @@ def main() -> None:
             f"epoch, lr 2e-5, cosine loss, logistic-regression head on all the drawn examples), "
             f"the contrastive phase capped at {cap} steps ({cap * 16:,} pairs, "
             f"`SetFitConfig(max_steps={cap})`). **Fine-tune**: `minift.recipes.finetune`, fixed "
-            f"in advance: lr {FT['lr']:g}, batch {FT['batch_size']}, warmup 10% and linear decay,"
+            f"in advance: lr {FT['lr']:.0e}, batch {FT['batch_size']}, warmup 10% and linear decay,"
             f" weight decay {FT['weight_decay']}, max length {FT['max_length']}, "
             f"max({s['ft_min_steps']} steps, {s['ft_min_epochs']} epochs); no model selection: the recipe "
             f"evaluates once, at the last step, on the training examples (at most "
