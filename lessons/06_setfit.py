@@ -367,6 +367,10 @@ print(f"\nlesson ran in {time.perf_counter() - START:.1f} s")
 #   the curves cross at 32 (-1.08 ± 2.29, within the noise), and at 64 fine-tuning leads
 #   (-5.25 ± 2.30).
 #
+# On the whole training set (seed 0 only, the fine-tune capped at 1,000 steps; SetFit's pairs
+# from a 64-a-class draw, its head on every example) fine-tuning wins on both: 87.61 against
+# 81.77 on SST-2, 92.40 against 72.45 on Emotion.
+#
 # SetFit wins where labels are fewest, and on two classes over the whole range measured; with six
 # classes, ordinary fine-tuning catches up by 32 examples a class and passes it at 64. Read the
 # larger cells with the cap in mind: there SetFit trains 1,920 of its 7,680 to 122,880 pairs, and
