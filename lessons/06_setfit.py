@@ -10,13 +10,16 @@
 # emotion", so the classes overlap. SetFit (Tunstall et al. 2022) closes the gap in two steps:
 # it fine-tunes the sentence encoder on *pairs* built from the few examples (same class: pull
 # together, cosine 1; different classes: push apart, cosine 0), then fits the logistic regression
-# on the new embeddings. 8 examples of 6 classes give 48 sentences, but over a thousand pairs.
+# on the new embeddings. 16 examples of 6 classes give 96 sentences, but thousands of pairs.
 #
 # This lesson runs SetFit step by step with `minift.setfit` on the Emotion data set (tweets
-# labelled sadness, joy, love, anger, fear, surprise): the pairs it builds and how their number
-# grows, the embedding space before and after contrastive training (class centroids, nearest
-# neighbours), and the accuracy a logistic regression reaches on each. The same recipe against
-# the setfit library, over 5 seeds, is `benchmarks/setfit_fewshot.py`.
+# labelled sadness, joy, love, anger, fear, surprise), 16 tweets a class: the pairs it builds and
+# how their number grows, the embedding space before and after contrastive training (class
+# centroids, nearest neighbours), and the accuracy a logistic regression reaches on each. (At 8 a
+# class, this small encoder's SetFit is only a few points above always answering "joy", the most
+# frequent class: the learning curves at the end show it.) The same recipe against the setfit
+# library, over 5 seeds, is `benchmarks/setfit_fewshot.py`; against ordinary fine-tuning, from 8
+# to 64 examples a class, `benchmarks/claims_setfit.py`.
 
 # %%
 import os
@@ -41,12 +44,11 @@ from minift.setfit import (
 )
 from minift.tokenizer import Tokenizer
 
-# MINIFT_QUICK=1 (what CI sets) scores fewer dev sentences and trains on the undersampled pairs
-# (a quarter of the steps); the steps of the lesson are the same.
+# MINIFT_QUICK=1 (what CI sets) stops the contrastive phase after 64 steps instead of 120; the
+# data, the other settings and the steps of the lesson are the same.
 MINIFT_QUICK = os.environ.get("MINIFT_QUICK") == "1"
-SHOTS = 8  # training examples per class
-SAMPLING = "undersampling" if MINIFT_QUICK else "oversampling"  # setfit's default: oversampling
-NUM_DEV = 200 if MINIFT_QUICK else 1000  # validation tweets scored
+SHOTS = 16  # training examples per class
+MAX_STEPS = 64 if MINIFT_QUICK else 120  # contrastive steps of 16 pairs (setfit's would be 480)
 
 try:
     REPO = Path(__file__).resolve().parents[1]
@@ -76,7 +78,7 @@ print(f"quick mode: {MINIFT_QUICK}; data: {DATA}")
 
 # %%
 pool = read_semicolon_examples(DATA / "emotion" / "train.txt")
-dev = read_semicolon_examples(DATA / "emotion" / "val.txt")[:NUM_DEV]
+dev = read_semicolon_examples(DATA / "emotion" / "val.txt")  # all 2,000 validation tweets
 chosen = sample_shots([ex.label for ex in pool], SHOTS, torch.Generator().manual_seed(0))
 texts = [pool[i].text for i in chosen]
 labels = [pool[i].label for i in chosen]
@@ -199,16 +201,22 @@ for name, row in zip(names, before["centroids"] @ before["centroids"].T, strict=
 # 16 a step, one epoch, AdamW at 2e-5 with linear warmup over the first 10% of the steps, and the
 # cosine-similarity loss, the squared error between each pair's cosine and its target. It prints
 # the number of pairs first. A sentence appears in many pairs of a batch, so each distinct
-# sentence goes through the encoder once a step. (Quick mode takes the undersampled pairs, a
-# quarter of the steps, so that CI runs it in a minute or two.)
+# sentence goes through the encoder once a step.
+#
+# One epoch over the oversampled pairs of 16 tweets a class is 480 steps, several minutes on a
+# CPU, and the count grows with the square of the shots. `SetFitConfig(max_steps=...)` caps the
+# phase: it trains the first pairs of setfit's shuffled order and fits the learning-rate schedule
+# to the shorter run. Here 120 steps (1,920 pairs, the number setfit builds for 8 tweets a class,
+# and the cap of `benchmarks/claims_setfit.py`); quick mode stops at 64.
 
 # %%
 torch.manual_seed(0)  # dropout
 start = time.perf_counter()
-stats = train_body(encoder, tokenizer, texts, labels, SetFitConfig(seed=0, sampling=SAMPLING))
+stats = train_body(encoder, tokenizer, texts, labels, SetFitConfig(seed=0, max_steps=MAX_STEPS))
 print(
-    f"{stats['steps']} steps in {time.perf_counter() - start:.1f} s; loss on the first batch "
-    f"{stats['first_loss']:.3f}, on the last {stats['last_loss']:.3f}"
+    f"{stats['steps']} steps ({stats['pairs_trained']:,} of the {stats['pairs']:,} pairs) in "
+    f"{time.perf_counter() - start:.1f} s; loss on the first batch {stats['first_loss']:.3f}, "
+    f"on the last {stats['last_loss']:.3f}"
 )
 
 # %% [markdown]
@@ -247,6 +255,13 @@ for when, report in (("before", before), ("after", after)):
     print(f"  {when:<6} nearest shots: {near}")
 
 # %% [markdown]
+# What this run prints (quick mode's 64 steps in brackets): the gap between same-class and
+# different-class cosines grows from 0.029 to 0.089 (0.048) on the shots, and from 0.021 to 0.035
+# (0.024) on the validation tweets: the unseen tweets move with the shots, but far less. Every
+# cosine rises, the class centroids' too (0.59 to 0.72 before, 0.66 to 0.86 after): the encoder
+# pulls all tweets closer as it pulls each class together, and the classes gain order rather than
+# distance. Labelling a tweet with its nearest class centroid goes from 0.376 to 0.470 (0.440).
+#
 # A picture of the same change: the shots (large dots) and the validation tweets (small, faint),
 # projected on the two directions in which each encoder's embeddings vary most (PCA,
 # `plots.project_2d`, on the directions in which the shots vary most), one colour per class.
@@ -291,13 +306,18 @@ print(
     f"the untrained encoder: {before['logistic regression accuracy']:.3f}; always the most "
     f"frequent class: {max(dev_ids.bincount()).item() / len(dev):.3f})"
 )
-# The claims of this lesson, in quick mode too: SetFit beats the majority class and the logistic
-# regression on the untrained encoder.
-check(accuracy > max(dev_ids.bincount()).item() / len(dev), "SetFit is below the majority class")
-check(accuracy > before["logistic regression accuracy"], "the contrastive step did not help")
+# The claims of this lesson, in quick mode too, with margins (on 2,000 tweets one point is 20 of
+# them): SetFit beats always answering the most frequent class by 5 points or more, and the
+# logistic regression on the untrained encoder by 3 or more.
+majority = max(dev_ids.bincount()).item() / len(dev)
+check(accuracy >= majority + 0.05,
+      f"SetFit ({accuracy:.3f}) is not 5 points above the majority class ({majority:.3f})")
+check(accuracy >= before["logistic regression accuracy"] + 0.03,
+      f"the contrastive step did not add 3 points ({before['logistic regression accuracy']:.3f} "
+      f"-> {accuracy:.3f})")
 if FIGURES:
     fig, ax = plots.figure(7, 3.6)
-    bars = {"always the most\nfrequent class": max(dev_ids.bincount()).item() / len(dev),
+    bars = {"always the most\nfrequent class": majority,
             "logistic regression,\nuntrained encoder": before["logistic regression accuracy"],
             "SetFit (contrastive\n+ logistic regression)": accuracy}
     ax.barh(list(bars), list(bars.values()), color=["grey", "C0", "C2"])
@@ -318,9 +338,51 @@ for text in [
 print(f"\nlesson ran in {time.perf_counter() - START:.1f} s")
 
 # %% [markdown]
+# On the 2,000 validation tweets this run prints 0.466 for SetFit, 0.382 for the same logistic
+# regression on the untrained encoder, and 0.352 for always answering "joy", the most frequent
+# class: the contrastive step adds 8 points, and SetFit ends 11 points above the majority class.
+# Quick mode's 64 steps get 0.440, still 6 points above the untrained encoder (the checks above
+# ask for 3 points, and 5 above the majority class, in both modes). The example tweets show how
+# far 96 tweets go: "terrified" lands on fear, while "lucky to have such kind friends" goes to
+# love and "furious" to surprise, each with a probability of 0.4 or less.
+
+# %% [markdown]
+# ## SetFit against ordinary fine-tuning, from 8 to 64 examples a class
+#
+# Is the contrastive step worth more than fine-tuning a classifier on the same few examples?
+# `benchmarks/claims_setfit.py` trains both on exactly the same drawn examples, 8, 16, 32 and 64 a
+# class, 5 seeds each: SetFit as here (setfit's defaults, the contrastive phase capped at 120
+# steps), and `minift.recipes.finetune` with a recipe fixed in advance (lr 1e-4, batch 16, warmup
+# 10%, at least 100 steps) that keeps its last model: nothing is chosen on the evaluation set.
+# Its results, in `benchmarks/results/claims_setfit.md` (figure `claims_setfit.png`; accuracy in
+# points, mean ± std over seeds, and SetFit minus fine-tune paired by seed ± its standard error):
+#
+# - SST-2 (2 classes, 872 dev sentences; the majority class scores 50.92): SetFit 65.37 ± 4.30,
+#   70.00 ± 1.45, 75.32 ± 0.95 and 76.95 ± 1.19 at 8, 16, 32 and 64 a class; fine-tuning
+#   62.27 ± 4.59, 66.28 ± 2.24, 71.72 ± 3.31 and 73.39 ± 3.47. SetFit stays 3 to 4 points ahead at
+#   every size (+3.10 ± 0.42 at 8, +3.56 ± 1.67 at 64), with less spread over seeds from 16 on.
+# - Emotion (6 classes, 2,000 test tweets; the majority class scores 34.75): SetFit 40.66 ± 4.09,
+#   46.20 ± 3.28, 49.51 ± 1.15 and 53.54 ± 1.42; fine-tuning 35.03 ± 4.25, 42.18 ± 3.00,
+#   50.59 ± 5.45 and 58.79 ± 4.15. SetFit leads at 8 and 16 a class (+5.63 ± 1.11, +4.02 ± 1.10);
+#   the curves cross at 32 (-1.08 ± 2.29, within the noise), and at 64 fine-tuning leads
+#   (-5.25 ± 2.30).
+#
+# On the whole training set (seed 0 only, the fine-tune capped at 1,000 steps; SetFit's pairs
+# from a 64-a-class draw, its head on every example) fine-tuning wins on both: 87.61 against
+# 81.77 on SST-2, 92.40 against 72.45 on Emotion.
+#
+# SetFit wins where labels are fewest, and on two classes over the whole range measured; with six
+# classes, ordinary fine-tuning catches up by 32 examples a class and passes it at 64. Read the
+# larger cells with the cap in mind: there SetFit trains 1,920 of its 7,680 to 122,880 pairs, and
+# at 8 a class a cap of 64 steps instead of 120 cost 3.19 ± 0.37 points, so more pairs would likely
+# lift SetFit's right end (the benchmark's check at twice the cap is not run yet). SetFit's runs
+# also cost about twice the fine-tune's CPU time at the cap (78 against 42 s at 64 a class).
+
+# %% [markdown]
 # ## What to try next
 #
-# - Rerun with `SHOTS = 16`: the pairs grow about fourfold, and the accuracy?
+# - Rerun with `SHOTS = 8`: a quarter of the pairs, and the accuracy? Then `MAX_STEPS = 480`
+#   (every oversampled pair of 16 a class once, setfit's default) against the cap of 120.
 # - Train with `SetFitConfig(loss="contrastive")`: negatives that are already far apart stop
 #   costing anything. Compare the centroid cosines.
 # - Train with `sampling="undersampling"` (fewer steps) or `num_iterations=5`, and weigh the

@@ -58,7 +58,10 @@ class SetFitConfig:
     "contrastive" (with `margin` on the cosine distance, sentence-transformers' default 0.5),
     `batch_size` pairs a step, `epochs` passes, AdamW at `lr` with `weight_decay` (setfit's
     `l2_weight`), linear warmup over `warmup_ratio` of the steps then linear decay, gradients
-    clipped at `max_grad_norm` (transformers' Trainer default). Head phase: `head` "logistic"
+    clipped at `max_grad_norm` (transformers' Trainer default). `max_steps` caps the phase: the
+    pairs grow with the square of the shots (64 of 6 classes give 122,880 oversampled pairs), so
+    a run with many shots stops after `max_steps` steps, its schedule spanning them (unlike
+    setfit's `max_steps`, which replaces the epochs, this only ever shortens a run). Head phase: `head` "logistic"
     (scikit-learn's LogisticRegression with inverse regularisation `C`) or "linear" (setfit's
     differentiable `SetFitHead`: `head_epochs` epochs of batches of `head_batch_size`, AdamW at
     `head_lr`, the encoder at `head_body_lr` when `end_to_end`). `seed` drives the pairs, the
@@ -69,6 +72,7 @@ class SetFitConfig:
 
     sampling: str = "oversampling"
     num_iterations: int | None = None
+    max_steps: int | None = None  # a cap on the contrastive steps; None: every pair, `epochs` times
     loss: str = "cosine"
     margin: float = 0.5
     batch_size: int = 16
@@ -98,8 +102,11 @@ class SetFitConfig:
             raise ValueError(f"loss must be one of {tuple(LOSSES)}, got {self.loss!r}")
         if self.head not in ("logistic", "linear"):
             raise ValueError(f"head must be 'logistic' or 'linear', got {self.head!r}")
-        if self.num_iterations is not None and self.num_iterations < 1:
-            raise ValueError(f"num_iterations must be >= 1 or None, got {self.num_iterations}")
+        for name in ("num_iterations", "max_steps"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 1):
+                raise ValueError(f"{name} must be an integer >= 1 or None, got {value!r}")
         for name in ("batch_size", "epochs", "max_length", "head_epochs", "head_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -344,6 +351,8 @@ def train_body(
     )
     n_pos = sum(1 for p in pairs if p[2] == 1.0)
     steps = config.epochs * math.ceil(len(pairs) / config.batch_size)
+    if config.max_steps is not None:
+        steps = min(steps, config.max_steps)  # the first steps of the shuffled pairs
     if log:
         how = (
             f"num_iterations={config.num_iterations}"
@@ -353,6 +362,7 @@ def train_body(
         log(
             f"contrastive pairs: {len(pairs)} ({n_pos} positive, {len(pairs) - n_pos} negative) "
             f"from {len(texts)} examples, {how}; {steps} steps of {config.batch_size} pairs"
+            + (f" (capped at max_steps={config.max_steps})" if steps == config.max_steps else "")
         )
     tokens = tokenizer(list(texts), max_length=config.max_length)  # once, padded to the longest
     first = torch.tensor([p[0] for p in pairs])
@@ -376,6 +386,7 @@ def train_body(
     train_config = TrainConfig(
         out_dir=folder.name if folder else out_dir,
         epochs=config.epochs,
+        max_steps=steps if config.max_steps is not None else None,
         lr=config.lr,
         weight_decay=config.weight_decay,
         warmup_ratio=config.warmup_ratio,
@@ -400,6 +411,7 @@ def train_body(
         "positive_pairs": n_pos,
         "negative_pairs": len(pairs) - n_pos,
         "steps": steps,
+        "pairs_trained": min(len(pairs) * config.epochs, steps * config.batch_size),
         "first_loss": losses[0],
         "last_loss": losses[-1],
     }

@@ -329,6 +329,7 @@ def test_bad_settings_are_refused():
         {"loss": "triplet"},
         {"head": "svm"},
         {"num_iterations": 0},
+        {"max_steps": 0},
         {"batch_size": 0},
         {"lr": 0.0},
         {"lr": math.inf},
@@ -485,6 +486,22 @@ def test_body_writes_its_log_to_out_dir_and_runs_under_bf16(tiny_dir, sst2, tmp_
     assert [r["step"] for r in records] == list(range(1, stats["steps"] + 1))
     assert sorted(p.name for p in (tmp_path / "body").iterdir()) == ["log.jsonl"]
     assert math.isfinite(stats["last_loss"])
+
+
+def test_max_steps_caps_the_contrastive_phase_and_only_shortens_it(tiny_dir, sst2):
+    texts = [ex.text for ex in sst2[0][:8]]
+    labels = [ex.label for ex in sst2[0][:8]]
+    pairs = len(contrastive_pairs(labels, seed=0))
+    steps = math.ceil(pairs / 4)
+    for cap, expected in ((2, 2), (steps + 5, steps)):
+        config = SetFitConfig(batch_size=4, max_length=32, max_steps=cap, seed=0, progress=False)
+        lines = []
+        stats = train_body(load_bert(tiny_dir), Tokenizer.from_pretrained(tiny_dir), texts,
+                           labels, config, log=lines.append)  # fmt: skip
+        assert stats["steps"] == expected
+        assert stats["pairs"] == pairs
+        assert stats["pairs_trained"] == min(pairs, 4 * expected)
+        assert ("capped at max_steps=2" in lines[0]) == (cap == 2)
 
 
 def test_a_diverging_run_stops_instead_of_training_through_nan(tiny_dir, sst2):
