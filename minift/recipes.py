@@ -853,8 +853,9 @@ def pretrain(*, model: str, text: str | list[str], out: str, eval_text: str | No
              mlm_probability: float = 0.15, eval_fraction: float = 0.05,
              max_eval_passages: int = 2000, eval_seed: int = 0, warmup_ratio: float = 0.06,
              schedule: str = "linear", weight_decay: float = 0.01, grad_accum: int = 1,
-             eval_every: int | None = None, patience: int | None = None, save_every: int | None = None,
-             freeze: str = "none", optimizer: str = "auto", resume: bool = False,
+             eval_every: int | None = None, patience: int | None = None,
+             save_every: int | None = None, freeze: str = "none", optimizer: str = "auto",
+             resume: bool = False,
              keep_resume: bool = False, compile: bool = False,
              activation_checkpointing: bool = False, nsp: bool = False, progress: bool = True,
              device: str | None = None) -> dict:
@@ -896,8 +897,8 @@ def pretrain(*, model: str, text: str | list[str], out: str, eval_text: str | No
         out_dir=Path(out), max_steps=steps, lr=lr, weight_decay=weight_decay,
         warmup_ratio=warmup_ratio, schedule=schedule, grad_accum=grad_accum, amp=amp,
         optimizer=optimizer, eval_every=steps if eval_every is None else eval_every,
-        save_every=save_every, metric="loss", greater_is_better=False, patience=patience, seed=seed, compile=compile,
-        progress=progress,
+        save_every=save_every, metric="loss", greater_is_better=False, patience=patience,
+        seed=seed, compile=compile, progress=progress,
     )
     check_device(device)
     folder = resolve_model_dir(model)
