@@ -313,6 +313,8 @@ def add_setfit_parser(sub) -> None:
                        help="legacy: N positive and N negative pairs per example (overrides "
                             "--sampling)")
     group.add_argument("--epochs", type=int, default=1, help="contrastive epochs")
+    group.add_argument("--max-steps", type=int, help="stop the contrastive phase after N steps "
+                       "(the pairs grow with the square of --shots)")
     group.add_argument("--batch-size", type=int, default=16, help="pairs a step")
     group.add_argument("--lr", type=float, default=2e-5, help="encoder learning rate")
     group.add_argument("--head", choices=["logistic", "linear"], default="logistic",

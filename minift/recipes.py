@@ -1066,8 +1066,8 @@ def _count(n: int, noun: str) -> str:
 def setfit(*, model: str, train: str, dev: str, out: str, text_col: str = "text",
            label_col: str = "label", format: str | None = None, shots: int = 8, seeds: int = 5,
            loss: str = "cosine", sampling: str = "oversampling",
-           num_iterations: int | None = None, epochs: int = 1, batch_size: int = 16,
-           lr: float = 2e-5, head: str = "logistic", end_to_end: bool = False,
+           num_iterations: int | None = None, epochs: int = 1, max_steps: int | None = None,
+           batch_size: int = 16, lr: float = 2e-5, head: str = "logistic", end_to_end: bool = False,
            max_length: int = 256, max_dev: int | None = None, progress: bool = True,
            device: str | None = None, seed: int = 0) -> dict:
     """Few-shot SetFit over seeds ``seed``..``seed + seeds - 1`` (0..seeds-1 by default);
@@ -1079,17 +1079,17 @@ def setfit(*, model: str, train: str, dev: str, out: str, text_col: str = "text"
     ``{"dev": {"accuracy_mean", "accuracy_std", "per_seed": [...]}, "train": ..., "config": ...,
     "labels": ...}``; the standard deviation is the sample one (n - 1), 0 for a single seed. The
     model of the first seed is saved in ``out/model`` (``minift.setfit.SetFitModel.from_pretrained``).
+    ``max_steps`` caps the contrastive phase (``SetFitConfig.max_steps``): the pairs grow with the
+    square of ``shots``, so many shots and many classes otherwise make a long run.
     """
-
-
     if shots < 1 or seeds < 1:
         raise ValueError(f"--shots and --seeds must be >= 1, got {shots} and {seeds}")
     if max_dev is not None and max_dev < 1:
         raise ValueError(f"--max-dev must be positive, got {max_dev}")
     check_positive(learning_rate=lr)  # nan included
     config = SetFitConfig(loss=loss, sampling=sampling, num_iterations=num_iterations,
-                          epochs=epochs, batch_size=batch_size, lr=lr, head=head,
-                          end_to_end=end_to_end, max_length=max_length,
+                          epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr,
+                          head=head, end_to_end=end_to_end, max_length=max_length,
                           progress=progress)
     check_device(device)
     folder = resolve_model_dir(model)
@@ -1127,7 +1127,7 @@ def setfit(*, model: str, train: str, dev: str, out: str, text_col: str = "text"
             print(f"seed {run_seed}: dev accuracy {score:.4f}  ({stats['pairs']} pairs, "
                   f"{seconds:.1f} s training)")
             per_seed.append({"seed": run_seed, "accuracy": score, "pairs": stats["pairs"],
-                             "train_seconds": seconds, "examples": [train_examples[i].line
+                             "steps": stats["steps"], "train_seconds": seconds, "examples": [train_examples[i].line
                                                                     for i in chosen]})
             if run_seed == seed:  # the first seed's model
                 classifier.save_pretrained(out_dir / "model")
@@ -1140,7 +1140,7 @@ def setfit(*, model: str, train: str, dev: str, out: str, text_col: str = "text"
             "dev": {"accuracy_mean": mean, "accuracy_std": std, "per_seed": per_seed,
                     "examples": len(dev_examples)},
             "train": {"shots": shots, "seeds": seeds, "examples": shots * len(vocab),
-                      "pairs": per_seed[0]["pairs"]},
+                      "pairs": per_seed[0]["pairs"], "steps": per_seed[0]["steps"]},
             "config": {k: v for k, v in asdict(config).items() if k != "seed"},
             "labels": vocab.labels,
             "model": str(folder),

@@ -392,6 +392,26 @@ def test_cli_tiny_run_writes_metrics(tiny_dir, sst2, tmp_path, capsys):
     assert SetFitModel.from_pretrained(tmp_path / "out" / "model").labels == ["0", "1"]
 
 
+def test_cli_max_steps_caps_the_contrastive_phase(tiny_dir, sst2, tmp_path, capsys):
+    """--max-steps reaches SetFitConfig: 8 shots of 2 classes make 144 pairs (9 steps of 16);
+    the cap stops at 2, and a cap above the steps changes nothing."""
+    _write_tsv(tmp_path / "train.tsv", [(ex.text, ex.label) for ex in sst2[0][:60]])
+    _write_tsv(tmp_path / "dev.tsv", [(ex.text, ex.label) for ex in sst2[1][:8]])
+    base = ["setfit", "--model", str(tiny_dir), "--train", str(tmp_path / "train.tsv"),
+            "--dev", str(tmp_path / "dev.tsv"), "--text-col", "sentence", "--seeds", "1",
+            "--max-length", "32", "--no-progress"]
+    full = math.ceil(len(contrastive_pairs([0] * 8 + [1] * 8)) / 16)
+    for cap, steps in ((2, 2), (full + 5, full)):
+        out = tmp_path / f"out{cap}"
+        assert main([*base, "--max-steps", str(cap), "--out", str(out)]) == 0
+        train = json.loads((out / "metrics.json").read_text())["train"]
+        assert (train["steps"], train["pairs"]) == (steps, 144)
+        assert ("capped at max_steps=2" in capsys.readouterr().out) == (cap == 2)
+    assert main([*base, "--max-steps", "0", "--out", str(tmp_path / "bad")]) == 2
+    assert "max_steps must be an integer >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_cli_refuses_one_class_and_too_few_examples(tiny_dir, sst2, tmp_path, capsys):
     _write_tsv(tmp_path / "one.tsv", [(ex.text, "1") for ex in sst2[0][:10]])
     _write_tsv(tmp_path / "few.tsv", [(ex.text, ex.label) for ex in sst2[0][:10]])
