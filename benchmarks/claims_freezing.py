@@ -19,7 +19,9 @@ steps (one epoch), max length 64, warmup and decay. The table reports dev accura
 trainable parameters, AdamW's state (the bytes of its two moments and step counters, measured on
 a real optimizer after one step) and the training seconds of a run (the loop's own clock; the
 evaluations are the same for all settings and left out). Results are written after every run; a
-figure (dev accuracy against trained blocks, every seed a dot) when matplotlib is there.
+figure (dev accuracy against trained blocks, every seed a dot) when matplotlib is there. A rerun
+with the same subset size goes on from the results file: a run already there (same setting, rate,
+seed and evaluation set) is not repeated, so a stopped run resumes and ``--seeds`` adds seeds.
 
     python benchmarks/claims_freezing.py            # the full run (see the results file)
     python benchmarks/claims_freezing.py --quick    # a smoke test: tiny subsets, 2 seeds
@@ -27,6 +29,7 @@ figure (dev accuracy against trained blocks, every seed a dot) when matplotlib i
 
 from __future__ import annotations
 
+import json
 import random
 import statistics
 import tempfile
@@ -104,6 +107,11 @@ def run(mode: str, lr: float, seed: int, train: Path, dev: Path, limit: int,
             "steps": metrics["train"]["steps"]}
 
 
+def key(mode: str, lr: float, seed: int, scored_on: str) -> tuple:
+    """What identifies a run in the results file (the rate rounded: 3e-3 * 3 is 0.009000...01)."""
+    return mode, round(lr, 12), seed, scored_on
+
+
 def summary(runs: list[dict], chosen: dict[str, float], costs: dict[str, tuple]) -> str:
     """The sweep on held-out and the dev results at the chosen rates, as markdown."""
     sweep = [{"freeze": r["freeze"], "lr": f"{r['lr']:.2g}", "held-out accuracy": r["accuracy"]}
@@ -164,6 +172,19 @@ def main() -> None:
     costs = {mode: adamw_state_bytes(mode) for mode in grids}
     runs: list[dict] = []
     chosen: dict[str, float] = {}
+    done: dict[tuple, dict] = {}  # the runs of the results file, when its settings are these
+    path = RESULTS / f"{name}.json"
+    if path.is_file():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        if [old.get(k) for k in ("limit_train", "heldout", "heldout_seed")] == [
+                limit, HELDOUT, HELDOUT_SEED]:
+            done = {key(r["freeze"], r["lr"], r["seed"], r["scored_on"]): r for r in old["runs"]}
+            print(f"resuming: {len(done)} runs in {path}")
+
+    def run_once(mode: str, lr: float, seed: int, train: Path, dev: Path) -> dict:
+        scored_on = "held-out" if dev.name == "heldout.tsv" else "dev"
+        found = done.get(key(mode, lr, seed, scored_on))
+        return found or run(mode, lr, seed, train, dev, limit, args.device)
 
     def write() -> None:
         figure = draw(runs, chosen, name)
@@ -195,7 +216,7 @@ def main() -> None:
             grid, sweep = list(grid), []
             for _ in range(EXTEND + 1):
                 for lr in grid[len(sweep):]:
-                    sweep.append(run(mode, lr, 0, pool, heldout, limit, args.device))
+                    sweep.append(run_once(mode, lr, 0, pool, heldout))
                     print(f"{mode} lr {lr:.2g} held-out: {sweep[-1]['accuracy']:.2f}", flush=True)
                 best = max(sweep, key=lambda r: r["accuracy"])["lr"]
                 if best == max(grid):
@@ -208,7 +229,7 @@ def main() -> None:
             chosen[mode] = best
             grids[mode] = grid[:len(sweep)]  # the rates tried, in the order they were
             for seed in seeds:
-                runs.append(run(mode, chosen[mode], seed, pool, dev, limit, args.device))
+                runs.append(run_once(mode, chosen[mode], seed, pool, dev))
                 print(f"{mode} lr {chosen[mode]:.2g} seed {seed} dev: {runs[-1]['accuracy']:.2f} "
                       f"({runs[-1]['seconds']:.0f} s)", flush=True)
                 write()
