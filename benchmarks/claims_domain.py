@@ -53,6 +53,7 @@ import json
 import math
 import random
 import shutil
+import statistics
 import tempfile
 import time
 from collections import Counter
@@ -373,11 +374,13 @@ def evidence_table(results: dict) -> str:
 
 
 def draw(results: dict, name: str) -> Path | None:
-    """Held-out perplexity over MLM steps, phase 1 then phase 2, one line a domain."""
+    """Left: held-out perplexity over MLM steps, phase 1 then phase 2, one line a domain. Right:
+    what adaptation did downstream, adapted - not adapted accuracy for every seed of every cell
+    (a dot a seed, the bar its mean ± standard error; below zero, adaptation cost accuracy)."""
     cells = [c for c in results["cells"].values() if "phase1" in c]
     if not plots.available() or not cells:
         return None
-    fig, ax = plots.figure(7, 4.2)
+    fig, (ax, down) = plots.figure(12, 4.4, ncols=2, width_ratios=(3, 2))
     for i, cell in enumerate(cells):
         one, two = cell["phase1"]["curve"], cell["phase2"]["curve"]
         offset = cell["phase1"]["train"]["steps"]
@@ -389,9 +392,31 @@ def draw(results: dict, name: str) -> Path | None:
     ax.set_yscale("log")
     ax.set_xlabel("MLM optimizer steps (phase 2 after phase 1's last)")
     ax.set_ylabel("held-out perplexity (log scale)")
-    ax.set_title("all-MiniLM-L6-v2: held-out masked-word perplexity\n"
-                 "(dotted: context-free guess)")
+    ax.set_title("held-out masked-word perplexity (dotted: context-free guess)")
     ax.legend(fontsize=8)
+
+    domains = [c["domain"] for c in cells]
+    ticks = []
+    for cell in results["cells"].values():
+        runs = cell.get("runs", {})
+        seeds = sorted(set.intersection(*(set(runs[arm]) for arm in ARMS))) if runs else []
+        if not seeds:
+            continue
+        x = len(ticks)
+        deltas = [runs[ARMS[1]][s]["accuracy"] - runs[ARMS[0]][s]["accuracy"] for s in seeds]
+        color = f"C{domains.index(cell['domain'])}" if cell["domain"] in domains else "C7"
+        down.scatter([x] * len(deltas), deltas, color=color, alpha=0.5, s=18)
+        se = statistics.stdev(deltas) / len(deltas) ** 0.5 if len(deltas) > 1 else 0.0
+        down.errorbar([x], [statistics.mean(deltas)], yerr=[se], color=color, marker="_",
+                      markersize=22, capsize=4, linewidth=2)
+        labelled = runs[ARMS[0]][seeds[0]]["examples"]
+        ticks.append(cell["domain"].replace(" ", "\n", 1) + f"\n{labelled:,} labels")
+    down.axhline(0, color="grey", linestyle=":")
+    down.set_xticks(range(len(ticks)), ticks, fontsize=8)
+    down.set_xlim(-0.6, max(len(ticks), 1) - 0.4)
+    down.set_ylabel("adapted - not adapted, test accuracy (points)")
+    down.set_title("downstream: a dot a seed, bar: mean ± SE")
+    fig.suptitle("Continued MLM on all-MiniLM-L6-v2: the head first, then the whole model")
     return plots.save(fig, RESULTS / f"{name}.png")
 
 
@@ -427,7 +452,7 @@ def write(results: dict, device: torch.device, quick: bool) -> None:
         f"mean-pooled embeddings of {s['probe_train']} labelled train sentences, test accuracy; "
         "the cosine compares each test sentence's embedding before and after adaptation):\n\n"
         f"{evidence_table(results)}\n"
-        + (f"\n![held-out perplexity]({figure.name})\n" if figure else "")
+        + (f"\n![perplexity and downstream differences]({figure.name})\n" if figure else "")
         + f"\nCells not run (yet): {', '.join(missing) if missing else 'none'}.\n"
         + "\nCPU time of the cells (this process): "
         + ", ".join(f"{k} {v['cpu_seconds'] / 60:.1f} min" for k, v in results["cells"].items()
