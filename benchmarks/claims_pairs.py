@@ -21,7 +21,9 @@ are trained on all their training pairs (MRPC 3,668; RTE 2,490) and scored on th
 
 Batch 32, warmup 10% then linear decay, weight decay 0.01, clipping at 1. Results are written
 after every run; rerun the command to resume (finished runs are kept when the settings match).
-minift's seeds run first, then transformers': a run stopped early has every minift seed.
+minift's seeds run first, then transformers': a run stopped early has every minift seed. The
+figure (when matplotlib is there) shows both steps: the held-out curves that chose the recipe,
+and every seed's dev accuracy beside the majority rate.
 
     python benchmarks/claims_pairs.py --threads 1   # the full run (see the results file)
     python benchmarks/claims_pairs.py --quick       # a smoke test: 200 pairs, 2 seeds
@@ -41,6 +43,7 @@ from claims_common import SEEDS, claims_parser, mean_std, paired, parse, report
 from finetune_glue import reference_finetune
 from speed_common import RESULTS, result_name
 
+from minift import plots
 from minift.data import read_examples, task_files
 from minift.metrics import format_table, precision_recall_f1
 from minift.recipes import finetune
@@ -161,6 +164,57 @@ def summary(state: dict) -> str:
     )
 
 
+def draw(state: dict, name: str) -> Path | None:
+    """Left: held-out accuracy after each epoch, a line a learning rate, the chosen recipe ringed.
+    Right: dev accuracy of every seed (a dot each) of both libraries, the majority rate dotted,
+    and the held-out accuracy that chose the recipe as a star: where the star sits far above the
+    dots, the choice did not carry over to dev."""
+    tasks = [t for t in state["recipes"] if any(r["task"] == t for r in state["runs"])]
+    if not plots.available() or not tasks:
+        return None
+    fig, (left, right) = plots.figure(11, 4.2, ncols=2)
+    for i, task in enumerate(tasks):
+        for curve in (c for c in state["curves"] if c["task"] == task):
+            acc = curve["held_out_accuracy"]
+            shade = 0.35 + 0.65 * sorted(state["settings"]["lrs"]).index(curve["lr"]) / max(
+                len(state["settings"]["lrs"]) - 1, 1)
+            left.plot(range(1, len(acc) + 1), acc, marker="o", ms=4, color=f"C{i}", alpha=shade,
+                      linestyle="-" if i == 0 else "--", label=f"{task} lr {curve['lr']:g}")
+        recipe = state["recipes"][task]
+        left.scatter([recipe["epochs"]], [recipe["held_out_accuracy"]], s=160, facecolors="none",
+                     edgecolors="black", zorder=3)
+    left.set_xlabel("epochs")
+    left.set_xticks(range(1, state["settings"]["max_epochs"] + 1))
+    left.set_ylabel("accuracy on pairs held out of TRAIN (points)")
+    left.set_title("choosing the recipe (ringed), seed 0")
+    left.legend(fontsize=8, ncol=2)
+    ticks = []
+    for i, task in enumerate(tasks):
+        for j, library in enumerate(("minift", "transformers")):
+            x = 3 * i + j
+            acc = [r["accuracy"] for r in state["runs"] if r["task"] == task
+                   and r["library"] == library]
+            if acc:
+                right.scatter([x] * len(acc), acc, color=f"C{i}", alpha=0.5, s=20,
+                              marker="o" if library == "minift" else "D")
+                right.errorbar([x], [statistics.mean(acc)],
+                               yerr=[statistics.stdev(acc) if len(acc) > 1 else 0.0],
+                               color=f"C{i}", marker="_", markersize=20, capsize=4)
+            ticks.append((x, f"{task}\n{library}"))
+        base = state["majority"][task]["accuracy"]
+        right.hlines(base, 3 * i - 0.4, 3 * i + 1.4, color="grey", linestyle=":",
+                     label="majority label" if i == 0 else None)
+        right.scatter([3 * i + 0.5], [state["recipes"][task]["held_out_accuracy"]], marker="*",
+                      s=150, color=f"C{i}", label="held-out accuracy that chose the recipe"
+                      if i == 0 else None)
+    right.set_xticks([x for x, _ in ticks], [t for _, t in ticks])
+    right.set_ylabel("dev accuracy (points), mean ± std")
+    right.set_title("the recipe on all the training pairs, a dot a seed")
+    right.legend(fontsize=8, loc="upper right")
+    fig.suptitle("Pair classification with all-MiniLM-L6-v2: MRPC and RTE")
+    return plots.save(fig, RESULTS / f"{name}.png")
+
+
 def main() -> None:
     parser = claims_parser(__doc__)
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
@@ -180,7 +234,10 @@ def main() -> None:
             print(f"resuming: {len(state['curves'])} curves, {len(state['runs'])} runs kept")
 
     def save() -> None:
-        report("claims_pairs", device, args.quick, state, summary(state),
+        name = result_name("claims_pairs", device, args.quick)
+        figure = draw(state, name)
+        report("claims_pairs", device, args.quick, state, summary(state)
+               + (f"\n![held-out choice and dev accuracy]({figure.name})\n" if figure else ""),
                "Pair classification: MRPC and RTE in full, minift beside transformers")
 
     for task in args.tasks:
