@@ -25,6 +25,10 @@ cap of steps; phase 2 continues from it
 with the whole model at a low learning rate (2e-5), tracking held-out perplexity, and keeps the
 best step. The classifier reads the pooled [CLS]; MLM never trains a pooler, so the adapted
 encoder keeps MiniLM's (``domain_adaptation.with_pooler``): the arms differ only in the encoder.
+Whether that pooler, fitted to the published encoder and not to the adapted one, is what costs
+the adapted arm is measured by the pooler cell: the low-label cell again with the pooler
+removed from both folders, so that both arms start from the same freshly initialised pooler
+(seeded by the run's seed).
 
 **Downstream**: ``minift.recipes.finetune`` from MiniLM and from the adapted encoder, the same
 recipe, seeds, labelled subset (drawn with the seed) and batches; a low-label cell (256 labelled
@@ -41,7 +45,7 @@ similarity of each test sentence's embedding before and after.
 
 Cells run in this order, each written to the results file when it ends, and a rerun with the
 same settings skips the finished ones (``--cells`` picks some): FPB adaptation, probe, low-label,
-full-label; then the same for CSAbstruct. The adapted models live in ``--work`` between runs.
+full-label; then the same for CSAbstruct; then FPB's pooler cell. The adapted models live in ``--work`` between runs.
 
     python benchmarks/claims_domain.py --threads 1           # the full run (see the results)
     python benchmarks/claims_domain.py --quick --threads 1   # a smoke test (a minute or two)
@@ -66,7 +70,7 @@ from domain_adaptation import read_phrasebank, with_pooler
 from speed_common import RESULTS, data_dir, result_name
 
 from minift import plots
-from minift.checkpoint import load_bert, resolve_model_dir
+from minift.checkpoint import load_bert, resolve_model_dir, save_bert
 from minift.labels import IGNORE_INDEX
 from minift.metrics import format_table
 from minift.mlm_data import MaskedBatches, MaskingCollator, TextSequences
@@ -297,6 +301,15 @@ def labelled_subset(pairs: list[tuple[str, str]], n: int | None, seed: int) -> l
     return [pairs[i] for i in sorted(chosen)]
 
 
+def without_pooler(model: str | Path, out: Path) -> str:
+    """A copy of ``model``'s encoder and tokenizer with no pooler weights: the classifier that
+    loads it initialises a fresh pooler (``load_encoder_weights(init_missing_pooler=True)``)."""
+    if not out.is_dir():
+        save_bert(load_bert(model, add_pooling_layer=False), out)
+        Tokenizer.from_pretrained(model).save_pretrained(out)
+    return str(out)
+
+
 def fine_tune(domain: Domain, model: str, recipe: dict, seed: int, device: str) -> dict:
     """One fine-tune; test accuracy and macro-F1 (points) of the last model."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -325,7 +338,7 @@ def fine_tune(domain: Domain, model: str, recipe: dict, seed: int, device: str) 
 
 def downstream_table(results: dict) -> str:
     rows = []
-    for cell in results["cells"].values():
+    for key, cell in results["cells"].items():
         if "runs" not in cell:
             continue
         runs = cell["runs"]
@@ -337,7 +350,7 @@ def downstream_table(results: dict) -> str:
         first = runs[ARMS[0]][seeds[0]]
         rows.append({
             "domain": cell["domain"], "labelled": first["examples"], "steps": first["steps"],
-            "seeds": len(seeds),
+            "pooler": "fresh, both" if key.endswith("/pooler") else "MiniLM's", "seeds": len(seeds),
             **{f"{arm} acc": mean_std(acc[arm]) for arm in ARMS},
             "adapted - not, acc": paired(acc[ARMS[1]], acc[ARMS[0]]),
             **{f"{arm} F1": mean_std(f1[arm]) for arm in ARMS},
@@ -397,7 +410,7 @@ def draw(results: dict, name: str) -> Path | None:
 
     domains = [c["domain"] for c in cells]
     ticks = []
-    for cell in results["cells"].values():
+    for key, cell in results["cells"].items():
         runs = cell.get("runs", {})
         seeds = sorted(set.intersection(*(set(runs[arm]) for arm in ARMS))) if runs else []
         if not seeds:
@@ -410,7 +423,8 @@ def draw(results: dict, name: str) -> Path | None:
         down.errorbar([x], [statistics.mean(deltas)], yerr=[se], color=color, marker="_",
                       markersize=22, capsize=4, linewidth=2)
         labelled = runs[ARMS[0]][seeds[0]]["examples"]
-        ticks.append(cell["domain"].replace(" ", "\n", 1) + f"\n{labelled:,} labels")
+        ticks.append(cell["domain"].replace(" ", "\n", 1) + f"\n{labelled:,} labels"
+                     + ("\nfresh pooler" if key.endswith("/pooler") else ""))
     down.axhline(0, color="grey", linestyle=":")
     down.set_xticks(range(len(ticks)), ticks, fontsize=8)
     down.set_xlim(-0.6, max(len(ticks), 1) - 0.4)
@@ -466,7 +480,8 @@ def write(results: dict, device: torch.device, quick: bool) -> None:
 
 
 CELLS = ("fpb/adapt", "fpb/probe", "fpb/low", "fpb/full",
-         "csabstruct/adapt", "csabstruct/probe", "csabstruct/low", "csabstruct/full")
+         "csabstruct/adapt", "csabstruct/probe", "csabstruct/low", "csabstruct/full",
+         "fpb/pooler")
 
 
 def main() -> None:
@@ -509,22 +524,26 @@ def main() -> None:
             start = time.process_time()
             cell.update(adapt(domain, config, work / short))
             cell["cpu_seconds"] = time.process_time() - start
-        elif kind in ("probe", "low", "full") and not adapted.is_dir():
+        elif kind in ("probe", "low", "full", "pooler") and not adapted.is_dir():
             print(f"{key}: skipped, {short}/adapt has not run (no {adapted})")
             continue
         elif kind == "probe" and "probe_accuracy" not in cell:
             start = time.process_time()
             cell.update(probe(domain, adapted, config["probe_train"]))
             cell["cpu_seconds"] = time.process_time() - start
-        elif kind in ("low", "full"):
+        elif kind in ("low", "full", "pooler"):
             runs = cell.setdefault("runs", {arm: {} for arm in ARMS})
             models = dict(zip(ARMS, (str(resolve_model_dir("minilm")), str(adapted)),
                               strict=True))
+            if kind == "pooler":  # both arms from the same fresh pooler, the low-label recipe
+                models = {arm: without_pooler(folder, work / short / f"no_pooler_{i}")
+                          for i, (arm, folder) in enumerate(models.items())}
             for seed in seeds:
                 for arm in ARMS:  # interleaved: load changes hit both arms alike
                     if str(seed) in runs[arm]:
                         continue
-                    r = fine_tune(domain, models[arm], config[kind], seed, args.device)
+                    recipe = config["low" if kind == "pooler" else kind]
+                    r = fine_tune(domain, models[arm], recipe, seed, args.device)
                     runs[arm][str(seed)] = r
                     print(f"{key} seed {seed} {arm}: test accuracy {r['accuracy']:.2f} "
                           f"macro-F1 {r['macro_f1']:.2f} ({r['cpu_seconds']:.0f} CPU-s)",
