@@ -6,6 +6,7 @@ bookkeeping and the independence of the runs, not the scores.
 """
 
 import copy
+import inspect
 import json
 import os
 from pathlib import Path
@@ -368,3 +369,10 @@ def test_finetune_scores_its_test_file_once_with_the_dropout_it_was_given(tiny, 
         finetune(**options(tiny, files), dev_from_train=4, out=str(tmp_path / "p"))
     with pytest.raises(ValueError, match=r"--dropout must be in \[0, 1\)"):
         finetune(**options(tiny, files), dropout=1.0, out=str(tmp_path / "p"), progress=False)
+
+
+def test_every_searchable_hyperparameter_is_an_option_of_its_recipe():
+    """A name the grid accepts reaches the recipe as a keyword (a typo here fails every trial)."""
+    for task, names in minift.search.HYPERPARAMETERS.items():
+        accepted = inspect.signature(getattr(minift.recipes, task)).parameters
+        assert set(names) <= set(accepted), (task, sorted(set(names) - set(accepted)))
