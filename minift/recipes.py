@@ -1067,9 +1067,9 @@ def setfit(*, model: str, train: str, dev: str, out: str, text_col: str = "text"
            label_col: str = "label", format: str | None = None, shots: int = 8, seeds: int = 5,
            loss: str = "cosine", sampling: str = "oversampling",
            num_iterations: int | None = None, epochs: int = 1, max_steps: int | None = None,
-           batch_size: int = 16, lr: float = 2e-5, head: str = "logistic", end_to_end: bool = False,
-           max_length: int = 256, max_dev: int | None = None, progress: bool = True,
-           device: str | None = None, seed: int = 0) -> dict:
+           batch_size: int = 16, lr: float = 2e-5, head: str = "logistic",
+           end_to_end: bool = False, max_length: int = 256, max_dev: int | None = None,
+           progress: bool = True, device: str | None = None, seed: int = 0) -> dict:
     """Few-shot SetFit over seeds ``seed``..``seed + seeds - 1`` (0..seeds-1 by default);
     write ``metrics.json`` into ``out``.
 
@@ -1127,8 +1127,8 @@ def setfit(*, model: str, train: str, dev: str, out: str, text_col: str = "text"
             print(f"seed {run_seed}: dev accuracy {score:.4f}  ({stats['pairs']} pairs, "
                   f"{seconds:.1f} s training)")
             per_seed.append({"seed": run_seed, "accuracy": score, "pairs": stats["pairs"],
-                             "steps": stats["steps"], "train_seconds": seconds, "examples": [train_examples[i].line
-                                                                    for i in chosen]})
+                             "steps": stats["steps"], "train_seconds": seconds,
+                             "examples": [train_examples[i].line for i in chosen]})
             if run_seed == seed:  # the first seed's model
                 classifier.save_pretrained(out_dir / "model")
         if not _is_main():

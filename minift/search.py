@@ -125,7 +125,8 @@ HYPERPARAMETERS: dict[str, dict[str, Callable[[str], Any]]] = {
     "ner": _CLASSIFIER,
     "qa": _LOOP | {"doc_stride": non_negative_int},
     "setfit": {"lr": positive_float, "batch_size": positive_int, "epochs": positive_int,
-               "max_length": positive_int, "num_iterations": positive_int, "max_steps": positive_int,
+               "max_length": positive_int, "num_iterations": positive_int,
+               "max_steps": positive_int,
                "sampling": choice("oversampling", "undersampling", "unique"),
                "head": choice("logistic", "linear"), "loss": choice("cosine", "contrastive")},
 }
