@@ -2,7 +2,7 @@
 
 Question: a training step (forward, backward, AdamW) of a sequence classifier keeps every
 block's activations for the backward pass; with activation checkpointing
-(`minift.model.set_activation_checkpointing`) it keeps only each block's input and recomputes
+(`minift.core.model.set_activation_checkpointing`) it keeps only each block's input and recomputes
 the rest during backward. How much peak memory does that save, and how much slower is the
 step, at sequence lengths 128 and 512? Two models: the published all-MiniLM-L6-v2 (6 layers,
 hidden 384) and a randomly initialised BERT-base shape (12 layers, hidden 768), full-length
@@ -48,7 +48,7 @@ MODELS = {  # name: (config overrides for a random model, or None for the publis
 
 def _model_folder(model: str, tmp: str) -> Path:
     """The checkpoint folder: MiniLM, or a seeded random BERT of the named shape."""
-    from minift.checkpoint import resolve_model_dir
+    from minift.hf.checkpoint import resolve_model_dir
 
     folder = resolve_model_dir("minilm")
     if MODELS[model] is None:
@@ -68,10 +68,11 @@ def build(impl: str, model: str, device: torch.device, checkpointing: bool = Fal
     with tempfile.TemporaryDirectory() as tmp:
         folder = _model_folder(model, tmp)
         if impl == "minift":
-            from minift.heads import SequenceClassifier
-            from minift.model import set_activation_checkpointing
+            from minift.core.model import set_activation_checkpointing
+            from minift.fast.unpad import speed_up
+            from minift.tasks.classify import SequenceClassifier
 
-            net = SequenceClassifier.from_pretrained(folder, num_labels=2)
+            net = speed_up(SequenceClassifier.from_pretrained(folder, num_labels=2))
 
             def switch(on: bool) -> None:
                 set_activation_checkpointing(net, on)
@@ -170,7 +171,7 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     from speed_common import machine, write_report
 
-    from minift.metrics import format_table
+    from minift.core.metrics import format_table
 
     models = ["minilm"] if args.quick else list(MODELS)
     rounds = 1 if args.quick else 3

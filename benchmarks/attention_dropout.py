@@ -22,12 +22,12 @@ import torch
 import torch.nn.functional as F
 from speed_common import interleaved, machine, real_batches, write_report
 
-from minift import kernels
-from minift.checkpoint import resolve_model_dir
-from minift.metrics import format_table
-from minift.model import additive_mask
-from minift.padding import Unpadding, varlen_attention
-from minift.tokenizer import Tokenizer
+from minift.core.metrics import format_table
+from minift.core.model import additive_mask
+from minift.data.tokenizer import Tokenizer
+from minift.fast import cpu_kernels as kernels
+from minift.fast.unpad import Unpadding, varlen_attention
+from minift.hf.checkpoint import resolve_model_dir
 
 HEADS, HEAD_DIM, P = 12, 32, 0.1
 

@@ -15,7 +15,7 @@ import sys
 import torch
 from speed_common import machine, result_name, write_report
 
-from minift.kernels import cpu_model
+from minift.fast.cpu_kernels import cpu_model
 
 SEEDS = [0, 1, 2, 3, 4]
 

@@ -18,7 +18,7 @@ In each domain a seeded 10% of the MLM text (FPB: sentences; CSAbstruct: whole a
 ``MLM_SPLIT_SEED=0``) is held out for perplexity; MLM trains on the rest. MLM never sees a
 downstream dev or test sentence.
 
-**Adaptation** (``minift.recipes.pretrain``, whole-word masking, packed sequences):
+**Adaptation** (``minift.run.recipes.pretrain``, whole-word masking, packed sequences):
 phase 1 trains the MLM head alone (``freeze="head"``; the published checkpoint has no MLM head)
 at a constant rate until the held-out loss stops falling (``eval_every`` + ``patience``) or a
 cap of steps; phase 2 continues from it
@@ -30,7 +30,7 @@ the adapted arm is measured by the pooler cell: the low-label cell again with th
 removed from both folders, so that both arms start from the same freshly initialised pooler
 (seeded by the run's seed).
 
-**Downstream**: ``minift.recipes.finetune`` from MiniLM and from the adapted encoder, the same
+**Downstream**: ``minift.run.recipes.finetune`` from MiniLM and from the adapted encoder, the same
 recipe, seeds, labelled subset (drawn with the seed) and batches; a low-label cell (256 labelled
 examples, drawn with the seed, every label at least once) and a full-label cell (every labelled
 training example); fixed epochs, the last model
@@ -69,15 +69,16 @@ from claims_common import SEEDS, claims_parser, mean_std, paired, parse, report
 from domain_adaptation import read_phrasebank, with_pooler
 from speed_common import RESULTS, data_dir, result_name
 
-from minift import plots
-from minift.checkpoint import load_bert, resolve_model_dir, save_bert
-from minift.labels import IGNORE_INDEX
-from minift.metrics import format_table
-from minift.mlm_data import MaskedBatches, MaskingCollator, TextSequences
-from minift.plots import read_log
-from minift.recipes import finetune, pretrain
-from minift.sentence import encode
-from minift.tokenizer import Tokenizer
+from minift.core.align import IGNORE_INDEX
+from minift.core.metrics import format_table
+from minift.core.sentence import encode
+from minift.data.tokenizer import Tokenizer
+from minift.fast.unpad import speed_up
+from minift.hf.checkpoint import load_bert, resolve_model_dir, save_bert
+from minift.run import plots
+from minift.run.plots import read_log
+from minift.run.recipes import finetune, pretrain
+from minift.tasks.mlm import MaskedBatches, MaskingCollator, TextSequences
 
 SPLIT_SEED = 0  # the downstream split of Financial PhraseBank, the CSAbstruct dev sample
 MLM_SPLIT_SEED = 0  # the held-out slice of the MLM text
@@ -269,7 +270,7 @@ def probe(domain: Domain, adapted: Path, n_train: int) -> dict:
     y_test = torch.tensor([labels.index(y) for _, y in domain.test])
     out, embeddings = {}, {}
     for arm, folder in zip(ARMS, (resolve_model_dir("minilm"), adapted), strict=True):
-        model = load_bert(folder)
+        model = speed_up(load_bert(folder))
         x_train = encode(model, tokenizer, [s for s, _ in train], max_length=128)
         embeddings[arm] = x_test = encode(model, tokenizer, [s for s, _ in domain.test],
                                           max_length=128)
@@ -305,7 +306,7 @@ def without_pooler(model: str | Path, out: Path) -> str:
     """A copy of ``model``'s encoder and tokenizer with no pooler weights: the classifier that
     loads it initialises a fresh pooler (``load_encoder_weights(init_missing_pooler=True)``)."""
     if not out.is_dir():
-        save_bert(load_bert(model, add_pooling_layer=False), out)
+        save_bert(speed_up(load_bert(model, add_pooling_layer=False)), out)
         Tokenizer.from_pretrained(model).save_pretrained(out)
     return str(out)
 

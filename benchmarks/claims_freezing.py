@@ -14,7 +14,7 @@ settings at one rate measures the rate, not the freezing. Here each setting gets
 2. at that rate, the setting trains with ``SEEDS`` (each seed its own training subset of the rest
    of SST-2 train, and its own head draw) and is scored on all 872 SST-2 dev sentences.
 
-Every run is ``minift.recipes.finetune`` with ``freeze=...``: the same subset size, batches,
+Every run is ``minift.run.recipes.finetune`` with ``freeze=...``: the same subset size, batches,
 steps (one epoch), max length 64, warmup and decay. The table reports dev accuracy (mean ± std),
 trainable parameters, AdamW's state (the bytes of its two moments and step counters, measured on
 a real optimizer after one step) and the training seconds of a run (the loop's own clock; the
@@ -40,13 +40,15 @@ import torch
 from claims_common import SEEDS, claims_parser, mean_std, paired, parse, report
 from speed_common import RESULTS, data_dir, result_name
 
-from minift import plots
-from minift.checkpoint import resolve_model_dir
-from minift.data import read_examples, task_files
-from minift.heads import SequenceClassifier, freeze
-from minift.metrics import format_table
-from minift.optim import make_optimizer
-from minift.recipes import finetune
+from minift.core.freeze import freeze
+from minift.core.metrics import format_table
+from minift.core.optim import make_optimizer
+from minift.data.readers import read_examples, task_files
+from minift.fast.unpad import speed_up
+from minift.hf.checkpoint import resolve_model_dir
+from minift.run import plots
+from minift.run.recipes import finetune
+from minift.tasks.classify import SequenceClassifier
 
 HELDOUT, HELDOUT_SEED = 500, 1000
 # The settings in order of trained blocks, each with its learning-rate grid. The head alone is a
@@ -79,7 +81,7 @@ def split_files(folder: Path) -> tuple[Path, Path]:
 def adamw_state_bytes(mode: str) -> tuple[int, int]:
     """(trainable parameters, bytes of AdamW's state) of ``freeze=mode``, measured: one step of
     minift's optimizer on zero gradients, then the size of every tensor it keeps."""
-    model = SequenceClassifier.from_pretrained(resolve_model_dir("minilm"), num_labels=2)
+    model = speed_up(SequenceClassifier.from_pretrained(resolve_model_dir("minilm"), num_labels=2))
     trainable, _ = freeze(model, mode)
     optimizer = make_optimizer(model, lr=1e-3)
     for p in model.parameters():
@@ -188,7 +190,7 @@ def main() -> None:
 
     def write() -> None:
         figure = draw(runs, chosen, name)
-        text = (f"all-MiniLM-L6-v2 fine-tuned on SST-2 with `minift.recipes.finetune(freeze=...)`"
+        text = (f"all-MiniLM-L6-v2 fine-tuned on SST-2 with `minift.run.recipes.finetune(freeze=...)`"
                 f": {limit} training sentences a run (a seeded subset, the run's seed, of SST-2 "
                 f"train less a fixed held-out slice of {HELDOUT}), one epoch, batch 32, max "
                 f"length 64, AdamW with warmup 10% and linear decay, weight decay 0.01. Each "

@@ -43,10 +43,10 @@ from claims_common import SEEDS, claims_parser, mean_std, paired, parse, report
 from finetune_glue import reference_finetune
 from speed_common import RESULTS, result_name
 
-from minift import plots
-from minift.data import read_examples, task_files
-from minift.metrics import format_table, precision_recall_f1
-from minift.recipes import finetune
+from minift.core.metrics import format_table, precision_recall_f1
+from minift.data.readers import read_examples, task_files
+from minift.run import plots
+from minift.run.recipes import finetune
 
 LRS = [5e-5, 1e-4, 2e-4]
 MAX_EPOCHS = 3

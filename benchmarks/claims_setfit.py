@@ -1,16 +1,16 @@
 """SetFit against ordinary fine-tuning with few labels: learning curves on SST-2 and Emotion.
 
 Question (issue #19, claim 5): with 8, 16, 32 or 64 labelled examples a class, where does
-SetFit (``minift.setfit``) beat an ordinary classification fine-tune (``minift.recipes.finetune``),
+SetFit (``minift.tasks.setfit``) beat an ordinary classification fine-tune (``minift.run.recipes.finetune``),
 and where does fine-tuning catch up? Two data sets: SST-2 (2 classes; scored on all 872 dev
 sentences, as GLUE has no public test labels) and Emotion (6 classes; scored on its 2,000 test
 tweets). Both start from all-MiniLM-L6-v2.
 
-The examples. For every size and seed, ``minift.setfit.sample_shots`` draws that many examples of
+The examples. For every size and seed, ``minift.tasks.setfit.sample_shots`` draws that many examples of
 every class from the training file with a generator seeded by the seed; both methods train on
 exactly these, and nothing else. Seeds 0-4 for every few-shot cell.
 
-SetFit: ``minift.setfit.train_setfit`` with setfit's defaults (oversampled pairs, batches of 16
+SetFit: ``minift.tasks.setfit.train_setfit`` with setfit's defaults (oversampled pairs, batches of 16
 pairs, one epoch, AdamW at 2e-5 with 10% warmup, the cosine-similarity loss, then a logistic
 regression on the embeddings of all the drawn examples), except that the contrastive phase stops
 after ``CAP_STEPS`` = 120 steps (``SetFitConfig.max_steps``): the oversampled pairs grow with the
@@ -23,7 +23,7 @@ and the pairs trained. What the cap costs is measured where it cuts hard: Emotio
 again at twice the cap (``check_cap``), same seeds; and the runs of an earlier, lower cap (64
 steps) are kept in the results file (``set_aside``) and set against the same cells at 120.
 
-Fine-tune: ``minift.recipes.finetune``, a recipe fixed in advance and the same at every size, the
+Fine-tune: ``minift.run.recipes.finetune``, a recipe fixed in advance and the same at every size, the
 kind a careful user picks with few labels: AdamW at 1e-4 (MiniLM), batch 16, warmup 10% then
 linear decay, weight decay 0.01, max length 128, and max(``FT_MIN_STEPS`` steps, ``FT_MIN_EPOCHS``
 epochs), so that 16 sentences still get 100 updates. No model selection: the recipe evaluates
@@ -66,12 +66,14 @@ import torch
 from claims_common import SEEDS, claims_parser, mean_std, paired, parse, report
 from speed_common import RESULTS, data_dir, result_name
 
-from minift import plots
-from minift.checkpoint import load_bert, resolve_model_dir
-from minift.data import read_examples, read_semicolon_examples
-from minift.metrics import accuracy, format_table
-from minift.recipes import finetune
-from minift.setfit import (
+from minift.core.metrics import accuracy, format_table
+from minift.data.readers import read_examples, read_semicolon_examples
+from minift.data.tokenizer import Tokenizer
+from minift.fast.unpad import speed_up
+from minift.hf.checkpoint import load_bert, resolve_model_dir
+from minift.run import plots
+from minift.run.recipes import finetune
+from minift.tasks.setfit import (
     LinearHead,
     SetFitConfig,
     SetFitModel,
@@ -80,7 +82,6 @@ from minift.setfit import (
     train_body,
     train_setfit,
 )
-from minift.tokenizer import Tokenizer
 
 SIZES = [8, 16, 32, 64]  # examples a class
 CAP_STEPS = 120  # the contrastive phase's cap: 120 steps of 16 pairs, 1,920 pairs
@@ -187,7 +188,7 @@ def run_setfit(data: dict, examples: list, size: int | str, seed: int, cap: int 
     tokenizer = Tokenizer.from_pretrained(folder)
     names = sorted({y for _, y in data["train"]})
     config = SetFitConfig(seed=seed, max_steps=cap, progress=False)
-    encoder = load_bert(folder).to(device)
+    encoder = speed_up(load_bert(folder)).to(device)
     start = time.perf_counter()
     if size != "full":
         model, stats = train_setfit(encoder, tokenizer, [t for t, _ in examples],
@@ -412,7 +413,7 @@ def main() -> None:
             f" **SetFit**: `train_setfit` with setfit's defaults (oversampled pairs, batch 16, one "
             f"epoch, lr 2e-5, cosine loss, logistic-regression head on all the drawn examples), "
             f"the contrastive phase capped at {cap} steps ({cap * 16:,} pairs, "
-            f"`SetFitConfig(max_steps={cap})`). **Fine-tune**: `minift.recipes.finetune`, fixed "
+            f"`SetFitConfig(max_steps={cap})`). **Fine-tune**: `minift.run.recipes.finetune`, fixed "
             f"in advance: lr {FT['lr']:.0e}, batch {FT['batch_size']}, warmup 10% and linear decay,"
             f" weight decay {FT['weight_decay']}, max length {FT['max_length']}, "
             f"max({s['ft_min_steps']} steps, {s['ft_min_epochs']} epochs); no model selection: the recipe "

@@ -34,10 +34,10 @@ import torch
 from claims_common import SEEDS, claims_parser, mean_std, paired, parse, report
 from speed_common import RESULTS, data_dir, result_name
 
-from minift import plots
-from minift.data import read_examples, task_files
-from minift.metrics import format_table
-from minift.recipes import finetune, ner
+from minift.core.metrics import format_table
+from minift.data.readers import read_examples, task_files
+from minift.run import plots
+from minift.run.recipes import finetune, ner
 
 # (name, init, learning-rate factor): the third arm asks whether the random model only lacked a
 # higher rate, as models trained from scratch often want.

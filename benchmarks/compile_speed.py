@@ -32,9 +32,9 @@ from speed_common import (
     write_report,
 )
 
-from minift.checkpoint import resolve_model_dir
-from minift.metrics import format_table
-from minift.tokenizer import Tokenizer
+from minift.core.metrics import format_table
+from minift.data.tokenizer import Tokenizer
+from minift.hf.checkpoint import resolve_model_dir
 
 
 def main() -> None:

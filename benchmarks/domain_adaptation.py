@@ -17,8 +17,8 @@ every arm gets the same budget: same examples, epochs, learning rate, batch size
 classifier is evaluated once, after the last step (no model selection on dev).
 
 Arms, for each fine-tuning seed (interleaved, so machine load hits both alike):
-- `MiniLM`: `minift.recipes.finetune` from the published checkpoint;
-- `MiniLM + MLM`: the same from the adapted encoder (`minift.recipes.pretrain`, one run, seed 0).
+- `MiniLM`: `minift.run.recipes.finetune` from the published checkpoint;
+- `MiniLM + MLM`: the same from the adapted encoder (`minift.run.recipes.pretrain`, one run, seed 0).
   BertForMaskedLM has no pooler, and the classifier reads the pooled [CLS]: the adapted encoder
   keeps MiniLM's pooler (MLM never trains it), so the two arms differ only in the encoder.
 
@@ -43,11 +43,12 @@ from pathlib import Path
 import torch
 import transformers
 
-from minift.checkpoint import load_bert, resolve_model_dir, save_bert
-from minift.kernels import cpu_model
-from minift.metrics import format_table
-from minift.recipes import finetune, pretrain
-from minift.tokenizer import Tokenizer
+from minift.core.metrics import format_table
+from minift.data.tokenizer import Tokenizer
+from minift.fast.cpu_kernels import cpu_model
+from minift.fast.unpad import speed_up
+from minift.hf.checkpoint import load_bert, resolve_model_dir, save_bert
+from minift.run.recipes import finetune, pretrain
 
 HERE = Path(__file__).resolve().parent
 SPLIT_SEED = 0
@@ -98,9 +99,9 @@ def with_pooler(adapted: Path, pooler_from: str, out: Path) -> Path:
     `MaskedLM` (as BertForMaskedLM) has no pooler; the sequence classifier reads the pooled [CLS].
     MLM never trains a pooler, so we keep MiniLM's: the two arms then differ only in the encoder.
     """
-    encoder = load_bert(pooler_from)  # pooler included
+    encoder = speed_up(load_bert(pooler_from))  # pooler included
     missing, unexpected = encoder.load_state_dict(
-        load_bert(adapted, add_pooling_layer=False).state_dict(), strict=False
+        speed_up(load_bert(adapted, add_pooling_layer=False)).state_dict(), strict=False
     )
     if unexpected or any(not key.startswith("pooler.") for key in missing):
         raise RuntimeError(f"unexpected encoder keys: missing {missing}, unexpected {unexpected}")

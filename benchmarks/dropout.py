@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from speed_common import interleaved, machine, write_report
 
-from minift.kernels import dropout
-from minift.metrics import format_table
+from minift.core.metrics import format_table
+from minift.fast.cpu_kernels import dropout
 
 
 def main() -> None:

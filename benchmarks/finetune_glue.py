@@ -5,7 +5,7 @@ For SST-2 (a fixed seeded 3,000-sentence subset of the training set, one epoch, 
 published MiniLM checkpoint is fine-tuned three ways (full, last 2 blocks, head only); MRPC (a
 fixed seeded 1,500-pair subset, two epochs, max length 128) in full. The sizes fit a 2-core CPU
 shared with other work; raise them on a real machine. Each run is done
-twice in one process: by ``minift.recipes.finetune`` and by transformers' ``BertForSequenceClassification``
+twice in one process: by ``minift.run.recipes.finetune`` and by transformers' ``BertForSequenceClassification``
 trained with torch's AdamW, transformers' decay grouping and linear warmup schedule, on the very
 same batches (same subset, same length-grouped order, same seed). Writes JSON and a markdown table.
 
@@ -30,14 +30,14 @@ import transformers
 from speed_common import reference_adamw
 from transformers import BertForSequenceClassification, get_linear_schedule_with_warmup
 
-from minift.batches import ClassificationDataset
-from minift.checkpoint import resolve_model_dir
-from minift.data import encode_labels, read_examples, task_files
-from minift.kernels import cpu_model
-from minift.labels import LabelVocab
-from minift.metrics import accuracy, format_table, precision_recall_f1
-from minift.recipes import finetune
-from minift.tokenizer import Tokenizer
+from minift.core.labels import LabelVocab
+from minift.core.metrics import accuracy, format_table, precision_recall_f1
+from minift.data.readers import encode_labels, read_examples, task_files
+from minift.data.tokenizer import Tokenizer
+from minift.fast.cpu_kernels import cpu_model
+from minift.hf.checkpoint import resolve_model_dir
+from minift.run.recipes import finetune
+from minift.tasks.classify import ClassificationDataset
 
 HERE = Path(__file__).resolve().parent
 

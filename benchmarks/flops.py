@@ -57,13 +57,14 @@ from speed_common import (
 )
 from train_step import with_labels
 
-from minift import kernels
-from minift.checkpoint import resolve_model_dir
-from minift.heads import SequenceClassifier
-from minift.metrics import format_table
-from minift.model import BertConfig
-from minift.optim import make_optimizer
-from minift.tokenizer import Tokenizer
+from minift.core.metrics import format_table
+from minift.core.model import BertConfig
+from minift.core.optim import make_optimizer
+from minift.data.tokenizer import Tokenizer
+from minift.fast import cpu_kernels as kernels
+from minift.fast.unpad import speed_up
+from minift.hf.checkpoint import resolve_model_dir
+from minift.tasks.classify import SequenceClassifier
 
 # Dense (no sparsity) tensor-core bf16 and plain fp32 (not TF32) peaks in TFLOP/s, from NVIDIA's
 # datasheets. The most specific name found in the device name wins ("H100 PCIe" before "H100").
@@ -170,7 +171,7 @@ def classifiers(device: torch.device) -> dict[str, torch.nn.Module]:
     """minift's SequenceClassifier and transformers' with SDPA, the same weights and head."""
     folder = resolve_model_dir("minilm")
     torch.manual_seed(0)
-    ours = SequenceClassifier.from_pretrained(folder, num_labels=2).to(device).train()
+    ours = speed_up(SequenceClassifier.from_pretrained(folder, num_labels=2)).to(device).train()
     ref = (
         transformers.BertForSequenceClassification.from_pretrained(
             folder, num_labels=2, attn_implementation="sdpa"

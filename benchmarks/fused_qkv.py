@@ -30,13 +30,13 @@ from speed_common import (
 )
 from train_step import with_labels
 
-from minift.checkpoint import resolve_model_dir
-from minift.heads import SequenceClassifier
-from minift.kernels import linear
-from minift.metrics import format_table
-from minift.optim import make_optimizer
-from minift.padding import FastSelfAttention
-from minift.tokenizer import Tokenizer
+from minift.core.metrics import format_table
+from minift.core.optim import make_optimizer
+from minift.data.tokenizer import Tokenizer
+from minift.fast.cpu_kernels import linear
+from minift.fast.unpad import FastSelfAttention, speed_up
+from minift.hf.checkpoint import resolve_model_dir
+from minift.tasks.classify import SequenceClassifier
 
 
 def fused_project(self: FastSelfAttention, x: torch.Tensor):
@@ -67,7 +67,7 @@ def main() -> None:
     folder = resolve_model_dir("minilm")
     tokenizer = Tokenizer.from_pretrained(folder)
     torch.manual_seed(0)
-    model = SequenceClassifier.from_pretrained(folder, num_labels=2).to(device)
+    model = speed_up(SequenceClassifier.from_pretrained(folder, num_labels=2)).to(device)
     optimizer = make_optimizer(model, lr=1e-5, impl="fused")
     workloads = {"SST-2 (real)": real_batches(tokenizer, "sst2", 32, n),
                  "MRPC pairs (real)": real_batches(tokenizer, "mrpc", 32, n)}

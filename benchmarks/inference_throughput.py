@@ -6,7 +6,7 @@ Implementations: minift as it runs by default (see ``unpads_by_default``: unpadd
 GPU padded for small batches, unpadded for large ones), minift forced onto the padded path
 (``unpad=False``) and, on a GPU, onto the unpadded one (``unpad=True``); on a CPU also minift
 with ``F.linear`` (MKL) in its linear layers instead of oneDNN ("minift, F.linear": what the
-choice of matrix library buys, see ``minift.kernels.linear``; where speed_up's one-time timing
+choice of matrix library buys, see ``minift.fast.cpu_kernels.linear``; where speed_up's one-time timing
 chose ``F.linear`` already, the two columns run the same code); transformers with SDPA attention
 and with eager attention. Throughput counts real tokens only, so padding is work that earns
 nothing. The page faults per round (median, thousands) count
@@ -37,9 +37,9 @@ from speed_common import (
     write_report,
 )
 
-from minift.checkpoint import resolve_model_dir
-from minift.metrics import format_table
-from minift.tokenizer import Tokenizer
+from minift.core.metrics import format_table
+from minift.data.tokenizer import Tokenizer
+from minift.hf.checkpoint import resolve_model_dir
 
 
 def main() -> None:
@@ -62,7 +62,7 @@ def main() -> None:
         "MRPC pairs (real)": real_batches(tokenizer, "mrpc", bs, n),
     }
     runs_of = {"minift": dict(), "minift padded": dict(unpad=False)}
-    if device.type == "cpu":  # F.linear: MKL in place of oneDNN (see minift.kernels.linear)
+    if device.type == "cpu":  # F.linear: MKL in place of oneDNN (see minift.fast.cpu_kernels.linear)
         runs_of["minift, F.linear"] = dict()
     else:  # on a CPU the default is the unpadded path
         runs_of["minift unpadded"] = dict(unpad=True)

@@ -2,7 +2,7 @@
 
 Question: how much does the matrix library alone change the cost of a linear layer? PyTorch's CPU
 build calls MKL for float32 ``F.linear`` and ``torch.mm``; minift's ``linear`` calls oneDNN for
-the same product (see ``minift.kernels.linear``). Same inputs, same weights, float32, forward alone
+the same product (see ``minift.fast.cpu_kernels.linear``). Same inputs, same weights, float32, forward alone
 and forward + backward (gradients of input, weight and bias), for the three shapes of a MiniLM
 block (hidden 384, intermediate 1536) and the masked-language head's decoder (384 -> 30,522),
 at the token counts of an unpadded batch of 32 SST-2 sentences and of 32 x 128 tokens.
@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from speed_common import interleaved, machine, result_name, speed_parser, write_report
 
-from minift.kernels import linear
-from minift.metrics import format_table
+from minift.core.metrics import format_table
+from minift.fast.cpu_kernels import linear
 
 SHAPES = {"Q, K, V, out (384 -> 384)": (384, 384), "FFN up (384 -> 1536)": (384, 1536),
           "FFN down (1536 -> 384)": (1536, 384), "MLM decoder (384 -> 30522)": (384, 30522)}

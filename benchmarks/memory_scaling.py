@@ -38,8 +38,8 @@ def child(impl: str, mode: str, workload: str, batch_size: int, device: str, rep
     sys.path.insert(0, str(HERE))
     from speed_common import call, fixed_batches, load_models, peak_bytes, real_batches, to_device
 
-    from minift.checkpoint import resolve_model_dir
-    from minift.tokenizer import Tokenizer
+    from minift.data.tokenizer import Tokenizer
+    from minift.hf.checkpoint import resolve_model_dir
 
     dev = torch.device(device)
     model = load_models(dev)[impl]
@@ -92,7 +92,7 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     from speed_common import MEASURE_ENV, machine, result_name, write_report
 
-    from minift.metrics import format_table
+    from minift.core.metrics import format_table
 
     lengths = ["128", "512"] if args.quick else ["64", "128", "256", "512"]
     workloads = [(n, 8) for n in lengths] + [("sst2", 32)]

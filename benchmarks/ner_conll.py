@@ -4,7 +4,7 @@ Question: does a MiniLM token classifier fine-tuned by ``minift ner`` reach the 
 entity F1 (seqeval, default mode, micro average) of the standard transformers recipe, and the
 same part-of-speech token accuracy? Each task is trained twice in one process, interleaved:
 
-- minift: ``minift.recipes.ner`` (the ``minift ner`` command) on a fixed seeded subset of the
+- minift: ``minift.run.recipes.ner`` (the ``minift ner`` command) on a fixed seeded subset of the
   training sentences; it keeps the checkpoint with the best dev score and writes its test
   predictions, which are scored here with seqeval itself;
 - reference: ``transformers.BertForTokenClassification`` from the same checkpoint with the same
@@ -44,21 +44,16 @@ from seqeval.scheme import IOB2
 from speed_common import reference_adamw
 from transformers import BertForTokenClassification, get_linear_schedule_with_warmup
 
-from minift.batches import TokenClassificationDataset
-from minift.checkpoint import resolve_model_dir
-from minift.data import (
-    apply_scheme,
-    encode_tags,
-    entity_label_set,
-    read_conll,
-    write_conll,
-)
-from minift.heads import TokenClassifier
-from minift.kernels import cpu_model
-from minift.labels import IGNORE_INDEX, LabelVocab
-from minift.metrics import format_table
-from minift.recipes import ner, predict_tags
-from minift.tokenizer import Tokenizer
+from minift.core.align import IGNORE_INDEX
+from minift.core.labels import LabelVocab
+from minift.core.metrics import format_table
+from minift.data.readers import apply_scheme, encode_tags, entity_label_set, read_conll, write_conll
+from minift.data.tokenizer import Tokenizer
+from minift.fast.cpu_kernels import cpu_model
+from minift.fast.unpad import speed_up
+from minift.hf.checkpoint import resolve_model_dir
+from minift.run.recipes import ner
+from minift.tasks.tag import TokenClassificationDataset, TokenClassifier, predict_tags
 
 HERE = Path(__file__).resolve().parent
 COLUMNS = {"ner": 2, "pos": 1}  # CoNLL-2003 as stored here: word POS NER
@@ -177,7 +172,7 @@ def reference_run(
         label2id={t: i for i, t in id2label.items()},
     )
     torch.manual_seed(seed)  # the head minift starts from (the same draws as in `ner`)
-    head = TokenClassifier.from_pretrained(folder, num_labels=len(labels), id2label=id2label)
+    head = speed_up(TokenClassifier.from_pretrained(folder, num_labels=len(labels), id2label=id2label))
     with torch.no_grad():
         model.classifier.weight.copy_(head.classifier.weight)
         model.classifier.bias.copy_(head.classifier.bias)

@@ -2,10 +2,10 @@
 
 Question: does ``minift qa`` reach the exact match and F1 of transformers'
 ``BertForQuestionAnswering`` trained the same way? Only the SQuAD dev set is available here, so it
-is split by article (``minift.qa.split_by_article``, seed 0): ``--dev-articles`` whole articles
+is split by article (``minift.tasks.qa.split_by_article``, seed 0): ``--dev-articles`` whole articles
 are the held-out set, the rest the training pool, no paragraph in both; each seed trains on a
 seeded subset of ``--train-questions`` of the pool (the subset ``minift qa --limit-train`` takes).
-MiniLM (all-MiniLM-L6-v2) is fine-tuned by ``minift.recipes.qa`` and by a plain loop over
+MiniLM (all-MiniLM-L6-v2) is fine-tuned by ``minift.run.recipes.qa`` and by a plain loop over
 transformers' ``BertForQuestionAnswering`` with torch's AdamW, transformers' weight-decay grouping,
 linear warmup and decay, gradient clipping at 1.0, on the very same windows and batches (same
 subset, same length-grouped order, same seed). Scored with the official v1.1 EM / F1, in points.
@@ -35,13 +35,13 @@ import torch
 from speed_common import RESULTS, data_dir, machine, reference_adamw, write_report
 from transformers import BertForQuestionAnswering, get_linear_schedule_with_warmup
 
-from minift import qa
-from minift.checkpoint import resolve_model_dir
-from minift.kernels import cpu_model
-from minift.metrics import format_table
-from minift.recipes import qa as minift_qa
-from minift.recipes import qa_predictions
-from minift.tokenizer import Tokenizer
+from minift.core.metrics import format_table
+from minift.data.tokenizer import Tokenizer
+from minift.fast.cpu_kernels import cpu_model
+from minift.hf.checkpoint import resolve_model_dir
+from minift.run.recipes import qa as minift_qa
+from minift.tasks import qa
+from minift.tasks.qa import qa_predictions
 
 
 def split(squad_file: Path, dev_articles: int, train_questions: int, seed: int):

@@ -5,7 +5,7 @@ Question: on a small SST-2 task, how far apart are the seeds of one configuratio
 are the configurations, and does the configuration a search picks on dev score better on a test
 set it never saw than ``minift finetune``'s defaults (lr 5e-5, batch 32, 3 epochs)?
 
-Setup (``minift search finetune``, through ``minift.search.search``): MiniLM (all-MiniLM-L6-v2),
+Setup (``minift search finetune``, through ``minift.run.search.search``): MiniLM (all-MiniLM-L6-v2),
 max length 64, one dev evaluation a trial (at the end: the score of the last weights,
 not the best of several evaluations, which would already be a choice on dev). From SST-2's
 train.tsv, one split drawn once (``--dev-from-train``, split seed
@@ -36,9 +36,9 @@ from pathlib import Path
 import torch
 from speed_common import RESULTS, machine, write_report
 
-from minift import search as searching
-from minift.metrics import format_table
-from minift.recipes import data_folder
+from minift.core.metrics import format_table
+from minift.run import search as searching
+from minift.run.recipes import data_folder
 
 HERE = Path(__file__).resolve().parent
 LRS = "2e-5,5e-5,1e-4,2e-4,5e-4,1e-3"

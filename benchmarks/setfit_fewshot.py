@@ -3,7 +3,7 @@
 Question: with 8 or 16 labelled sentences per class, does minift's SetFit reach the setfit
 library's accuracy, and how long does its training take? Settings: SST-2 with 8 and 16 shots per
 class, and a dataset with more classes (SST-5 by default, or Emotion) with 8. For each seed the
-same examples are drawn for both (`minift.setfit.sample_shots`, seeded with the seed), and both
+same examples are drawn for both (`minift.tasks.setfit.sample_shots`, seeded with the seed), and both
 libraries train from the published all-MiniLM-L6-v2 with setfit's defaults: oversampled pairs
 (the same number for both; the pairs are setfit's for seed 42 and reshuffled by the seed in
 minift), batches of 16 pairs, one epoch, AdamW at 2e-5 with 10% warmup, the cosine-similarity
@@ -36,12 +36,14 @@ os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 import torch  # noqa: E402
 
-from minift.checkpoint import load_bert, resolve_model_dir  # noqa: E402
-from minift.data import read_examples, read_semicolon_examples  # noqa: E402
-from minift.kernels import cpu_model
-from minift.metrics import format_table  # noqa: E402
-from minift.setfit import SetFitConfig, contrastive_pairs, sample_shots, train_setfit  # noqa: E402
-from minift.tokenizer import Tokenizer  # noqa: E402
+from minift.core.contrastive import contrastive_pairs
+from minift.core.metrics import format_table
+from minift.data.readers import read_examples, read_semicolon_examples
+from minift.data.tokenizer import Tokenizer
+from minift.fast.cpu_kernels import cpu_model
+from minift.fast.unpad import speed_up
+from minift.hf.checkpoint import load_bert, resolve_model_dir
+from minift.tasks.setfit import SetFitConfig, sample_shots, train_setfit
 
 HERE = Path(__file__).resolve().parent
 
@@ -69,7 +71,7 @@ def load_dataset(name: str, data_dir: Path):
 
 
 def run_minift(folder, tokenizer, texts, labels, names, dev_texts, seed):
-    encoder = load_bert(folder)
+    encoder = speed_up(load_bert(folder))
     start = time.perf_counter()
     model, stats = train_setfit(
         encoder, tokenizer, texts, labels, SetFitConfig(seed=seed), label_names=names, log=None

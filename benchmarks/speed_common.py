@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 import transformers
 
-from minift import kernels
-from minift.checkpoint import load_bert, resolve_model_dir
-from minift.padding import FastBertModel, speed_up
-from minift.tokenizer import Tokenizer
+from minift.data.tokenizer import Tokenizer
+from minift.fast import cpu_kernels as kernels
+from minift.fast.unpad import FastBertModel, speed_up
+from minift.hf.checkpoint import load_bert, resolve_model_dir
 
 try:
     import resource
@@ -75,7 +75,7 @@ def machine(device: torch.device) -> dict:
 def load_models(device: torch.device, dtype: torch.dtype = torch.float32) -> dict[str, object]:
     """The published MiniLM in minift and in transformers (SDPA and eager attention)."""
     folder = resolve_model_dir("minilm")
-    ours = load_bert(folder).to(device, dtype).eval()
+    ours = speed_up(load_bert(folder)).to(device, dtype).eval()
     ref = {attn: transformers.BertModel.from_pretrained(folder, attn_implementation=attn)
            .to(device, dtype).eval() for attn in ("sdpa", "eager")}
     return {"minift": ours, "hf_sdpa": ref["sdpa"], "hf_eager": ref["eager"]}
@@ -85,7 +85,7 @@ def load_models(device: torch.device, dtype: torch.dtype = torch.float32) -> dic
 def f_linear(model: torch.nn.Module):
     """``model`` (fast, from ``load_bert`` or a head's ``from_pretrained``) with ``F.linear``
     (MKL on a CPU) in its linear layers, through ``speed_up(model, onednn=False)``; its own
-    choice (see ``minift.kernels.linear``) is put back after. Where the one-time timing already
+    choice (see ``minift.fast.cpu_kernels.linear``) is put back after. Where the one-time timing already
     chose ``F.linear``, this changes nothing."""
     onednn = any(type(m) is kernels.Linear for m in model.modules())
     encoder = next(m for m in model.modules() if isinstance(m, FastBertModel))

@@ -7,8 +7,8 @@ without padding, and unsorted SST-2 / MRPC batches with their real padding); tra
 ``BertForSequenceClassification`` with SDPA attention. On a CPU, "minift, F.dropout" is minift with
 torch's own dropout masks in place of minift's (see benchmarks/dropout.py), and "minift,
 F.linear" minift with ``F.linear`` (MKL) in its linear layers in place of oneDNN (see
-``minift.kernels.linear``): what each of those changes buys. On a GPU, where minift already uses torch's dropout and runs small padded batches padded
-(see ``minift.padding.unpads_by_default``), that column is "minift unpadded" instead: the unpadded path forced on.
+``minift.fast.cpu_kernels.linear``): what each of those changes buys. On a GPU, where minift already uses torch's dropout and runs small padded batches padded
+(see ``minift.fast.unpad.unpads_by_default``), that column is "minift unpadded" instead: the unpadded path forced on.
 
     python benchmarks/train_step.py            # a few minutes on 2 CPU cores
     python benchmarks/train_step.py --quick
@@ -33,12 +33,13 @@ from speed_common import (
     write_report,
 )
 
-from minift import kernels
-from minift.checkpoint import resolve_model_dir
-from minift.heads import SequenceClassifier
-from minift.metrics import format_table
-from minift.optim import make_optimizer
-from minift.tokenizer import Tokenizer
+from minift.core.metrics import format_table
+from minift.core.optim import make_optimizer
+from minift.data.tokenizer import Tokenizer
+from minift.fast import cpu_kernels as kernels
+from minift.fast.unpad import speed_up
+from minift.hf.checkpoint import resolve_model_dir
+from minift.tasks.classify import SequenceClassifier
 
 
 def with_labels(batches: list[dict], seed: int = 0) -> list[dict]:
@@ -96,7 +97,7 @@ def main() -> None:
     folder = resolve_model_dir("minilm")
     tokenizer = Tokenizer.from_pretrained(folder)
     torch.manual_seed(0)
-    ours = SequenceClassifier.from_pretrained(folder, num_labels=2).to(device).train()
+    ours = speed_up(SequenceClassifier.from_pretrained(folder, num_labels=2)).to(device).train()
     ref = transformers.BertForSequenceClassification.from_pretrained(
         folder, num_labels=2, attn_implementation="sdpa").to(device).train()
     with torch.no_grad():  # the same head on both sides

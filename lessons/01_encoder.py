@@ -29,14 +29,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from minift import model as model_py
-from minift import padding, plots
-from minift.checkpoint import IGNORED_KEYS, KEY_MAP, load_bert, resolve_model_dir
-from minift.data import read_examples
-from minift.model import additive_mask, attention
-from minift.safetensors import DTYPES
-from minift.sentence import encode, mean_pooling
-from minift.tokenizer import Tokenizer
+from minift.core import model as model_py
+from minift.core.model import additive_mask, attention
+from minift.core.sentence import encode, mean_pooling
+from minift.data.readers import read_examples
+from minift.data.tokenizer import Tokenizer
+from minift.fast import unpad
+from minift.hf.checkpoint import IGNORED_KEYS, KEY_MAP, load_bert, resolve_model_dir
+from minift.hf.safetensors import DTYPES
+from minift.run import plots
 
 # MINIFT_QUICK=1 (what CI sets) shrinks the number of sentences; the steps are the same.
 MINIFT_QUICK = os.environ.get("MINIFT_QUICK") == "1"
@@ -108,12 +109,12 @@ for name, entry in by_offset[:6]:
 # table does not know is an error, listed by name, never skipped. Buffers that older
 # transformers versions saved beside the weights (`IGNORED_KEYS`) are known and dropped.
 
-# `load_bert(folder, fast=False)` builds the textbook model of `model.py` and loads the weights
-# into it; without `fast=False` it also swaps in the fast modules of `padding.py` (the end of this
-# lesson). Everything until then runs on the textbook model.
+# `load_bert(folder)` builds the textbook model of `minift/core/model.py` and loads the weights
+# into it: stepping into `model(...)` in a debugger opens the file this lesson reads. The fast
+# modules of `minift/fast/unpad.py` enter only through `speed_up(model)` (the end of this lesson).
 
 # %%
-model = load_bert(model_dir, fast=False)
+model = load_bert(model_dir)
 tokenizer = Tokenizer.from_pretrained(model_dir)
 print(model.config)
 for hf_name, our_name in list(KEY_MAP.items())[3:12]:
@@ -294,21 +295,21 @@ check(SHOWN == sorted(SHOWN), "the pieces were not shown in the file's order")
 # ## The same numbers, faster
 #
 # Beside the textbook sits the speed, in its own files, entering a built model through one
-# function, `padding.speed_up`: it turns each textbook module into a faster subclass holding the
+# function, `unpad.speed_up`: it turns each textbook module into a faster subclass holding the
 # same parameters. The fast model drops the pad tokens right after the embeddings
-# (`padding.Unpadding`), so LayerNorm, the projections and the feed-forward layers run on the real
+# (`unpad.Unpadding`), so LayerNorm, the projections and the feed-forward layers run on the real
 # tokens alone, packed as `(tokens, hidden)`; attention, the one step that must know which token
 # belongs to which sentence, runs on each sentence's own tokens (`varlen_attention`; on a GPU it
-# re-pads for itself instead), and the output is re-padded once at the end. `kernels.py` adds a
-# CPU matrix library where a timing says it is faster here. `load_bert` does all this unless told
-# `fast=False`.
+# re-pads for itself instead), and the output is re-padded once at the end. `cpu_kernels.py` adds a
+# CPU matrix library where a timing says it is faster here. The recipes call `speed_up` on the
+# model they train; `load_bert` alone never does.
 
 # %%
-show(padding.speed_up)
-fast_model = load_bert(model_dir)
+show(unpad.speed_up)
+fast_model = unpad.speed_up(load_bert(model_dir))
 print(f"{type(model).__name__} -> {type(fast_model).__name__}, "
       f"{type(model.layers[0]).__name__} -> {type(fast_model.layers[0]).__name__}")
-unpadding = padding.Unpadding.from_mask(mask)
+unpadding = unpad.Unpadding.from_mask(mask)
 with torch.no_grad():
     y = fast_model.embeddings(unpadding.unpad(ids), unpadding.unpad(types),
                               unpadding.unpad(positions))
@@ -328,7 +329,7 @@ check(walk_diff == 0.0 and paths_diff < 1e-5, "the fast and the textbook model d
 # BERT's pooler, `tanh(dense([CLS]))`, was trained for next-sentence prediction, and
 # all-MiniLM-L6-v2 never uses it. Sentence-transformers summarises a sentence differently: the
 # mean of the hidden states of the real tokens, normalised to length 1
-# (`minift.sentence.mean_pooling`, then `F.normalize`). That is what `minift.sentence.encode`
+# (`minift.core.sentence.mean_pooling`, then `F.normalize`). That is what `minift.core.sentence.encode`
 # returns.
 
 # %%

@@ -30,16 +30,17 @@ from pathlib import Path
 
 import torch
 
-from minift import plots
-from minift.batches import ClassificationDataset, length_grouped_batches
-from minift.checkpoint import resolve_model_dir
-from minift.data import encode_labels, read_examples, task_files
-from minift.heads import SequenceClassifier
-from minift.labels import LabelVocab
-from minift.metrics import accuracy, confusion_matrix, format_table, precision_recall_f1
-from minift.optim import AdamW, lr_schedule, make_scheduler, param_groups
-from minift.tokenizer import Tokenizer
-from minift.train import TrainConfig, train
+from minift.core.labels import LabelVocab
+from minift.core.loop import TrainConfig, train
+from minift.core.metrics import accuracy, confusion_matrix, format_table, precision_recall_f1
+from minift.core.optim import AdamW, lr_schedule, make_scheduler, param_groups
+from minift.data.batches import length_grouped_batches
+from minift.data.readers import encode_labels, read_examples, task_files
+from minift.data.tokenizer import Tokenizer
+from minift.fast.unpad import speed_up
+from minift.hf.checkpoint import resolve_model_dir
+from minift.run import plots
+from minift.tasks.classify import ClassificationDataset, SequenceClassifier
 
 # MINIFT_QUICK=1 (what CI sets) shrinks the data and the number of steps; the steps are the same.
 MINIFT_QUICK = os.environ.get("MINIFT_QUICK") == "1"
@@ -206,9 +207,9 @@ print("one batch:", {name: tuple(tensor.shape) for name, tensor in batch.items()
 
 # %%
 torch.manual_seed(SEED)  # the fresh head's initialisation
-model = SequenceClassifier.from_pretrained(
+model = speed_up(SequenceClassifier.from_pretrained(
     model_dir, num_labels=len(vocab), id2label=dict(enumerate(vocab.labels))
-).to(DEVICE)
+)).to(DEVICE)
 print("dropout:", model.dropout, "  classifier:", model.classifier)
 
 
@@ -381,7 +382,7 @@ check(abs(nll.item() - out.loss.item()) < 1e-6, "the cross-entropy by hand diffe
 # The warmup shows in the first row: its learning rate is zero, so the step computes gradients
 # and moves nothing. (transformers' schedule does the same.) The next rows move the weights.
 #
-# `minift.train.train` runs exactly this step in a loop, with the bookkeeping around it
+# `minift.core.loop.train` runs exactly this step in a loop, with the bookkeeping around it
 # (evaluation, the best checkpoint, logging, resume). Given the same starting weights, the same
 # batches, the same seed and the hand-written AdamW, it ends in the same place, to the bit:
 
@@ -455,7 +456,7 @@ if FIGURES:
 # the prediction) tells the two kinds of mistake apart.
 
 # %%
-best = SequenceClassifier.from_pretrained(WORK / "run" / "best").to(DEVICE)
+best = speed_up(SequenceClassifier.from_pretrained(WORK / "run" / "best")).to(DEVICE)
 logits = predict(best, dev_set)
 pred = logits.argmax(-1).tolist()
 after = scores(pred)
@@ -552,7 +553,7 @@ shutil.rmtree(WORK)  # keep the saved folder instead if you want to use the mode
 # - Put `weight_decay` on every parameter (`[{"params": model.parameters(), "weight_decay":
 #   0.01}]`) and compare the LayerNorm weights after training.
 # - all-MiniLM-L6-v2 was trained for mean pooling, not for the pooler: subclass
-#   `SequenceClassifier` with `features` returning `minift.sentence.mean_pooling(...)` and
+#   `SequenceClassifier` with `features` returning `minift.core.sentence.mean_pooling(...)` and
 #   compare the accuracy.
 # - Train on more of SST-2 (`NUM_TRAIN`) or for more epochs; or run the same recipe from the
 #   command line: `minift finetune --task sst2 --limit-train 6400 --max-length 64 --epochs 1

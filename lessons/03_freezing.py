@@ -14,7 +14,7 @@
 #
 # This lesson trains the same classifier three ways (head only, the last two blocks, everything)
 # on the same SST-2 subset, for the same number of steps, from the same seed, with
-# `minift.heads.freeze` choosing what trains; it is what `minift finetune --freeze head|last-2|none`
+# `minift.tasks.classify.freeze` choosing what trains; it is what `minift finetune --freeze head|last-2|none`
 # does. It first shows why the fewer weights train, the higher the learning rate they need
 # (the head alone far higher than full fine-tuning), and runs the partial setups at both rates
 # to prove the point; then it prints the table: dev accuracy, F1, training time and the
@@ -30,16 +30,18 @@ from pathlib import Path
 
 import torch
 
-from minift import plots
-from minift.batches import ClassificationDataset, length_grouped_batches
-from minift.checkpoint import resolve_model_dir
-from minift.data import encode_labels, read_examples, task_files
-from minift.heads import SequenceClassifier, freeze
-from minift.labels import LabelVocab
-from minift.metrics import accuracy, format_table, precision_recall_f1
-from minift.optim import lr_schedule
-from minift.tokenizer import Tokenizer
-from minift.train import TrainConfig, train
+from minift.core.freeze import freeze
+from minift.core.labels import LabelVocab
+from minift.core.loop import TrainConfig, train
+from minift.core.metrics import accuracy, format_table, precision_recall_f1
+from minift.core.optim import lr_schedule
+from minift.data.batches import length_grouped_batches
+from minift.data.readers import encode_labels, read_examples, task_files
+from minift.data.tokenizer import Tokenizer
+from minift.fast.unpad import speed_up
+from minift.hf.checkpoint import resolve_model_dir
+from minift.run import plots
+from minift.tasks.classify import ClassificationDataset, SequenceClassifier
 
 # MINIFT_QUICK=1 (what CI sets) shrinks the data and takes smaller batches (more steps, so that
 # the higher rates still show their effect); the runs and the table are the same.
@@ -140,9 +142,9 @@ def dev_scores(model: torch.nn.Module) -> dict[str, float]:
 def new_model() -> SequenceClassifier:
     """The pretrained encoder with a fresh head; the seed makes every setup's head the same."""
     torch.manual_seed(SEED)
-    return SequenceClassifier.from_pretrained(
+    return speed_up(SequenceClassifier.from_pretrained(
         model_dir, num_labels=len(vocab), id2label=dict(enumerate(vocab.labels))
-    ).to(DEVICE)
+    )).to(DEVICE)
 
 
 # %% [markdown]
@@ -412,4 +414,4 @@ print(f"\nlesson ran in {time.perf_counter() - START:.1f} s")
 # - From the command line: `minift finetune --task sst2 --limit-train 2000 --max-length 64
 #   --epochs 1 --freeze last-2 --lr 5e-4 --out runs/last2`. `--head-lr 1e-2` gives the
 #   classifier a rate of its own beside the blocks' `--lr` (`TrainConfig.lr_by_prefix`, one
-#   more pair of AdamW parameter groups: `minift.optim.param_groups`).
+#   more pair of AdamW parameter groups: `minift.core.optim.param_groups`).

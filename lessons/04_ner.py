@@ -29,14 +29,15 @@ from pathlib import Path
 import transformers
 from seqeval.metrics import f1_score
 
-from minift import plots
-from minift.batches import TokenClassificationDataset
-from minift.checkpoint import resolve_model_dir
-from minift.data import encode_tags, entity_label_set, read_conll, write_conll
-from minift.labels import IGNORE_INDEX, align_labels, entities
-from minift.metrics import entity_scores, format_table
-from minift.recipes import ner
-from minift.tokenizer import Tokenizer
+from minift.core.align import IGNORE_INDEX, align_labels
+from minift.core.labels import entities
+from minift.core.metrics import entity_scores, format_table
+from minift.data.readers import encode_tags, entity_label_set, read_conll, write_conll
+from minift.data.tokenizer import Tokenizer
+from minift.hf.checkpoint import resolve_model_dir
+from minift.run import plots
+from minift.run.recipes import ner
+from minift.tasks.tag import TokenClassificationDataset
 
 # MINIFT_QUICK=1 (what CI runs) trains on a tiny subset for a few steps; the steps are the same.
 MINIFT_QUICK = os.environ.get("MINIFT_QUICK") == "1"
@@ -241,7 +242,7 @@ check(plan.num_windowed >= 1 and len(plan.windows[longest]) > 1, "expected a win
 # %% [markdown]
 # ## Fine-tuning
 #
-# `minift ner` (here its Python form, `minift.recipes.ner`) does the whole job: it reads the files,
+# `minift ner` (here its Python form, `minift.run.recipes.ner`) does the whole job: it reads the files,
 # fixes the tag set on the training sentences, checks every dev tag against it, builds the
 # windowed batches, fine-tunes a `TokenClassifier` (the encoder plus one linear layer over each
 # token, saved in transformers' `BertForTokenClassification` format), keeps the checkpoint with
@@ -307,7 +308,7 @@ pred = read_conll(predictions, column=2)
 gold_tags, pred_tags = [s.tags for s in gold], [s.tags for s in pred]
 ours = entity_scores(gold_tags, pred_tags)
 print(
-    f"entity F1 {ours['f1']:.4f} by minift.metrics, {f1_score(gold_tags, pred_tags):.4f} by seqeval"
+    f"entity F1 {ours['f1']:.4f} by minift.core.metrics, {f1_score(gold_tags, pred_tags):.4f} by seqeval"
 )
 check(abs(ours["f1"] - f1_score(gold_tags, pred_tags)) < 1e-12, "minift and seqeval disagree")
 

@@ -32,15 +32,15 @@ from pathlib import Path
 import torch
 import transformers
 
-from minift import plots
-from minift.checkpoint import load_bert, resolve_model_dir, save_bert
-from minift.heads import MaskedLM
-from minift.metrics import format_table
-from minift.mlm_data import MaskedBatches, MaskingCollator, TextSequences
-from minift.nsp_data import nsp_pairs, read_documents, tokenize_documents
-from minift.recipes import finetune, pretrain
-from minift.sentence import encode
-from minift.tokenizer import Tokenizer
+from minift.core.metrics import format_table
+from minift.core.sentence import encode
+from minift.data.tokenizer import Tokenizer
+from minift.fast.unpad import speed_up
+from minift.hf.checkpoint import load_bert, resolve_model_dir, save_bert
+from minift.run import plots
+from minift.run.recipes import finetune, pretrain
+from minift.tasks.mlm import MaskedBatches, MaskedLM, MaskingCollator, TextSequences
+from minift.tasks.nsp import nsp_pairs, read_documents, tokenize_documents
 
 # MINIFT_QUICK=1 (what CI sets) shrinks the data and the steps; the steps of the lesson are the same.
 MINIFT_QUICK = os.environ.get("MINIFT_QUICK") == "1"
@@ -122,7 +122,7 @@ for sentence, label in train_pairs[:3]:
 # full-length sequences, `[CLS] a [SEP] b [SEP] ...`, as RoBERTa and SpanBERT do: no compute goes
 # to padding. It also numbers the words of each sequence (a word is the WordPiece pieces of one
 # pre-tokenized word), which whole-word and span masking need. `MaskingCollator` then calls
-# `minift.masking`: `mlm` picks each token with probability 0.15; `wwm` picks each *word* with
+# `minift.core.masking`: `mlm` picks each token with probability 0.15; `wwm` picks each *word* with
 # probability 0.15 and takes all of its pieces; `span` draws span lengths in words from a
 # geometric distribution (p = 0.2, at most 10) until 15% of the tokens are covered. Of what is
 # picked, 80% becomes `[MASK]`, 10% a random token and 10% stays (per token for `mlm`, per word or
@@ -273,7 +273,7 @@ check(stats[3]["selected %"] > stats[2]["selected %"], "span overshoot should sh
 # guesses are noise. Watch what it predicts for a masked word now, and again after adaptation.
 
 # %%
-mlm = MaskedLM.from_pretrained("minilm").eval()
+mlm = speed_up(MaskedLM.from_pretrained("minilm")).eval()
 print(f"head loaded from the checkpoint: {mlm.head_loaded}")
 check(not mlm.head_loaded, "the published MiniLM was expected to have no MLM head")
 check(mlm.decoder.weight is mlm.bert.embeddings.word_embeddings.weight, "decoder not tied")
@@ -320,7 +320,7 @@ del mlm, dense
 # %% [markdown]
 # ## Domain adaptation, in two phases
 #
-# `minift pretrain` (here its programmatic form, `minift.recipes.pretrain`) reads text files of one
+# `minift pretrain` (here its programmatic form, `minift.run.recipes.pretrain`) reads text files of one
 # passage a line, masks them afresh every epoch, trains with the fine-tuning loop (AdamW, warmup,
 # checkpoints, resume) and measures masked-token accuracy and perplexity (exp of the mean loss on
 # the masked tokens) on held-out text, masked once with a fixed seed so that every evaluation
@@ -384,8 +384,8 @@ print(format_table([
      "masked accuracy %": 100 * whole["masked_accuracy"],
      "steps": whole_metrics["train"]["steps"]},
 ], float_format=".2f"))
-head_only_model = MaskedLM.from_pretrained(WORK / "head").eval()
-adapted = MaskedLM.from_pretrained(WORK / "adapted").eval()
+head_only_model = speed_up(MaskedLM.from_pretrained(WORK / "head")).eval()
+adapted = speed_up(MaskedLM.from_pretrained(WORK / "adapted")).eval()
 print(f"{PROBE!r}\n  top 5 after phase 1: {top_predictions(head_only_model)}\n  top 5 after "
       f"phase 2: {top_predictions(adapted)}")
 
@@ -416,9 +416,9 @@ check(whole["loss"] < head_only["loss"] - 0.02,
 # phase 2, compare each held-out sentence's mean-pooled embedding with the published model's.
 
 # %%
-minilm = load_bert("minilm")
+minilm = speed_up(load_bert("minilm"))
 check(all(torch.equal(weight, minilm.state_dict()[name]) for name, weight in
-          load_bert(WORK / "head", add_pooling_layer=False).state_dict().items()),
+          speed_up(load_bert(WORK / "head", add_pooling_layer=False)).state_dict().items()),
       "phase 1 changed the encoder")
 sentences = [s for s, _ in dev_pairs]
 drift = (encode(minilm, tokenizer, sentences) * encode(adapted.bert, tokenizer, sentences)).sum(-1)
@@ -474,7 +474,7 @@ del reference, adapted
 
 # %%
 missing, _ = minilm.load_state_dict(
-    load_bert(WORK / "adapted", add_pooling_layer=False).state_dict(), strict=False
+    speed_up(load_bert(WORK / "adapted", add_pooling_layer=False)).state_dict(), strict=False
 )
 check(all(key.startswith("pooler.") for key in missing), f"unexpected missing keys {missing}")
 save_bert(minilm, WORK / "adapted_cls")
@@ -556,7 +556,7 @@ print(results.read_text(encoding="utf-8") if results.is_file() else f"({results}
 # segment A (`[CLS] A [SEP] B [SEP]`, label 0) or was taken from another document (label 1). The
 # pairs come from documents: sentences are gathered into a chunk until it is long enough, a random
 # cut splits it into A and B, and half of the time B is replaced by sentences of a random other
-# document (`minift.nsp_data.nsp_pairs`, BERT's `create_instances_from_document` with a seeded
+# document (`minift.tasks.nsp.nsp_pairs`, BERT's `create_instances_from_document` with a seeded
 # `torch.Generator`). Here on real CSAbstruct abstracts (one JSON line an abstract with its
 # `sentences`), the format `minift pretrain --nsp` reads; `heads.PreTraining` trains both heads
 # with the loss of transformers' `BertForPreTraining` (MLM loss + NSP loss).

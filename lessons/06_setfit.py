@@ -12,7 +12,7 @@
 # together, cosine 1; different classes: push apart, cosine 0), then fits the logistic regression
 # on the new embeddings. 16 examples of 6 classes give 96 sentences, but thousands of pairs.
 #
-# This lesson runs SetFit step by step with `minift.setfit` on the Emotion data set (tweets
+# This lesson runs SetFit step by step with `minift.tasks.setfit` on the Emotion data set (tweets
 # labelled sadness, joy, love, anger, fear, surprise), 16 tweets a class: the pairs it builds and
 # how their number grows, the embedding space before and after contrastive training (class
 # centroids, nearest neighbours), and the accuracy a logistic regression reaches on each. (At 8 a
@@ -28,21 +28,21 @@ from pathlib import Path
 
 import torch
 
-from minift import plots
-from minift.checkpoint import load_bert, resolve_model_dir
-from minift.data import read_semicolon_examples
-from minift.sentence import encode
-from minift.setfit import (
-    SAMPLING_STRATEGIES,
+from minift.core.contrastive import SAMPLING_STRATEGIES, contrastive_pairs
+from minift.core.sentence import encode
+from minift.data.readers import read_semicolon_examples
+from minift.data.tokenizer import Tokenizer
+from minift.fast.unpad import speed_up
+from minift.hf.checkpoint import load_bert, resolve_model_dir
+from minift.run import plots
+from minift.tasks.setfit import (
     LinearHead,
     SetFitConfig,
     SetFitModel,
-    contrastive_pairs,
     fit_logistic_regression,
     sample_shots,
     train_body,
 )
-from minift.tokenizer import Tokenizer
 
 # MINIFT_QUICK=1 (what CI sets) stops the contrastive phase after 64 steps instead of 120; the
 # data, the other settings and the steps of the lesson are the same.
@@ -141,7 +141,7 @@ for i, j, target in pairs[:4]:
 
 # %%
 model_dir = resolve_model_dir("minilm")
-encoder, tokenizer = load_bert(model_dir), Tokenizer.from_pretrained(model_dir)
+encoder, tokenizer = speed_up(load_bert(model_dir)), Tokenizer.from_pretrained(model_dir)
 label_ids = torch.tensor([names.index(y) for y in labels])
 dev_ids = torch.tensor([names.index(ex.label) for ex in dev])
 dev_texts = [ex.text for ex in dev]
@@ -352,7 +352,7 @@ print(f"\nlesson ran in {time.perf_counter() - START:.1f} s")
 # Is the contrastive step worth more than fine-tuning a classifier on the same few examples?
 # `benchmarks/claims_setfit.py` trains both on exactly the same drawn examples, 8, 16, 32 and 64 a
 # class, 5 seeds each: SetFit as here (setfit's defaults, the contrastive phase capped at 120
-# steps), and `minift.recipes.finetune` with a recipe fixed in advance (lr 1e-4, batch 16, warmup
+# steps), and `minift.run.recipes.finetune` with a recipe fixed in advance (lr 1e-4, batch 16, warmup
 # 10%, at least 100 steps) that keeps its last model: nothing is chosen on the evaluation set.
 # Its results, in `benchmarks/results/claims_setfit.md` (figure `claims_setfit.png`; accuracy in
 # points, mean ± std over seeds, and SetFit minus fine-tune paired by seed ± its standard error):

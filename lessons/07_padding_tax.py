@@ -12,7 +12,7 @@
 #
 # This lesson measures the padding of real batches of SST-2 (single sentences), CoNLL-2003 (NER
 # sentences) and MRPC (sentence pairs), in random order and grouped by length; shows what
-# `minift.padding.Unpadding` does about it; turns the padding into a ceiling on the speed-up that
+# `minift.fast.unpad.Unpadding` does about it; turns the padding into a ceiling on the speed-up that
 # unpadding can give, per dataset (and asks whether MRPC allows the 1.5x the speed issue hopes
 # for); and then times minift unpadded, minift padded and transformers on the same real batches.
 
@@ -26,17 +26,15 @@ from pathlib import Path
 
 import torch
 
-from minift import plots
-from minift.batches import (
-    ClassificationDataset,
-    TokenClassificationDataset,
-    length_grouped_batches,
-)
-from minift.checkpoint import load_bert, read_config, resolve_model_dir
-from minift.data import read_conll, read_examples
-from minift.metrics import format_table
-from minift.padding import Unpadding, varlen_attention
-from minift.tokenizer import Tokenizer
+from minift.core.metrics import format_table
+from minift.data.batches import length_grouped_batches
+from minift.data.readers import read_conll, read_examples
+from minift.data.tokenizer import Tokenizer
+from minift.fast.unpad import Unpadding, speed_up, varlen_attention
+from minift.hf.checkpoint import load_bert, read_config, resolve_model_dir
+from minift.run import plots
+from minift.tasks.classify import ClassificationDataset
+from minift.tasks.tag import TokenClassificationDataset
 
 # MINIFT_QUICK=1 (what CI sets) takes a seeded subset of each training set and times fewer
 # batches and rounds; the steps are the same.
@@ -433,7 +431,7 @@ from speed_common import interleaved  # noqa: E402
 transformers.utils.logging.disable_progress_bar()
 
 folder = resolve_model_dir("minilm")
-ours = load_bert(folder)
+ours = speed_up(load_bert(folder))
 reference = transformers.BertModel.from_pretrained(folder, attn_implementation="sdpa").eval()
 
 timing_rows = []
@@ -502,7 +500,7 @@ if FIGURES:
 # the token count. `minift / hf sdpa` adds the difference between the two implementations, and
 # on a CPU the largest part of that difference is not padding at all but the matrix library:
 # minift's linear layers call oneDNN for float32 where `F.linear` calls MKL, and on an AMD CPU
-# MKL can run well below oneDNN (`minift.kernels.linear`, `benchmarks/linear_speed.py`; on other
+# MKL can run well below oneDNN (`minift.fast.cpu_kernels.linear`, `benchmarks/linear_speed.py`; on other
 # CPUs the two are level, and `speed_up` measures which is faster before choosing). The
 # benchmarks print a "minift, F.linear" column, minift with MKL's products
 # (`speed_up(model, onednn=False)`), to keep the two effects apart: its ratio to transformers

@@ -42,18 +42,19 @@ from pathlib import Path
 
 import torch
 
-import minift.recipes
-import minift.train
-from minift import distributed, plots
-from minift.batches import ClassificationDataset
-from minift.checkpoint import resolve_model_dir
-from minift.data import encode_labels, read_examples, task_files
-from minift.heads import SequenceClassifier
-from minift.labels import LabelVocab
-from minift.metrics import format_table
-from minift.model import set_activation_checkpointing
-from minift.safetensors import read_safetensors
-from minift.tokenizer import Tokenizer
+import minift.core.loop
+import minift.run.recipes
+from minift.core import ddp as distributed
+from minift.core.labels import LabelVocab
+from minift.core.metrics import format_table
+from minift.core.model import set_activation_checkpointing
+from minift.data.readers import encode_labels, read_examples, task_files
+from minift.data.tokenizer import Tokenizer
+from minift.fast.unpad import speed_up
+from minift.hf.checkpoint import resolve_model_dir
+from minift.hf.safetensors import read_safetensors
+from minift.run import plots
+from minift.tasks.classify import ClassificationDataset, SequenceClassifier
 
 # MINIFT_QUICK=1 (what CI sets) shrinks the data, the training steps and the repeats; the
 # lesson's cells are the same.
@@ -175,8 +176,8 @@ check(torch.equal(together, first_batch["input_ids"][order]), "the shards are no
 # that.)
 
 # %%
-show_source(minift.recipes._epoch_batches, "dataset.batches(batch_size")
-show_source(minift.train._backward_window, "distributed.shard(batch, ctx)")
+show_source(minift.run.recipes._epoch_batches, "dataset.batches(batch_size")
+show_source(minift.core.loop._backward_window, "distributed.shard(batch, ctx)")
 
 # %% [markdown]
 # ## Why each shard's loss is weighted, and by what
@@ -198,9 +199,9 @@ show_source(minift.train._backward_window, "distributed.shard(batch, ctx)")
 
 # %%
 torch.manual_seed(SEED)
-probe = SequenceClassifier.from_pretrained(
+probe = speed_up(SequenceClassifier.from_pretrained(
     model_dir, num_labels=len(vocab), id2label=dict(enumerate(vocab.labels))
-).eval()  # eval(): no dropout, so every pass below computes the same function
+)).eval()  # eval(): no dropout, so every pass below computes the same function
 small = {key: value[:5] for key, value in first_batch.items()}  # a last batch of 5 rows
 
 
@@ -262,7 +263,7 @@ probe.save_pretrained(WORK / "initial")  # the runs below start from these very 
 
 # %%
 show_source(
-    minift.train._backward_window, "weight = n_targets", "no_sync()", "scaler.scale(loss * weight)"
+    minift.core.loop._backward_window, "weight = n_targets", "no_sync()", "scaler.scale(loss * weight)"
 )
 gradient_mb = sum(p.numel() for p in probe.parameters() if p.requires_grad) * 4 / 1e6
 print(f"one all-reduce of MiniLM's float32 gradient moves {gradient_mb:.1f} MB per rank")
@@ -279,7 +280,7 @@ print(f"one all-reduce of MiniLM's float32 gradient moves {gradient_mb:.1f} MB p
 # ## The real thing: `minift finetune` on 2 processes and on 1
 #
 # `torchrun --nproc_per_node=2 -m minift finetune ...` starts two copies of the command and sets
-# RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT in each; `minift.distributed.setup`
+# RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT in each; `minift.core.ddp.setup`
 # reads them and joins the process group (gloo on CPU). Below it is launched as
 # `python -m torch.distributed.run` (the module behind the `torchrun` command) with
 # `--standalone`, which picks a free port on this machine, so two jobs never collide.
@@ -345,13 +346,13 @@ def torchrun(model: Path | str, out: Path) -> str:
 
 
 def one_process(model: Path | str, out: Path) -> None:
-    """The same run in this process, through `minift.recipes.finetune` (what the CLI calls)."""
+    """The same run in this process, through `minift.run.recipes.finetune` (what the CLI calls)."""
     shown = " ".join(
         ["python -m minift finetune --model", str(model), *train_args, "--out", str(out)]
     )
-    print(f"$ {shown.replace(str(WORK), '$WORK')}  (here: minift.recipes.finetune, output hidden)")
+    print(f"$ {shown.replace(str(WORK), '$WORK')}  (here: minift.run.recipes.finetune, output hidden)")
     with contextlib.redirect_stdout(io.StringIO()):
-        minift.recipes.finetune(
+        minift.run.recipes.finetune(
             model=str(model), out=str(out), **data_options, **options, progress=False
         )
 
@@ -382,7 +383,7 @@ for marker in ("train: 2 processes", "dev before fine-tuning", "written to"):
 check(len(resume["rng_ranks"]) == NPROC, "resume.pt lacks a rank's RNG states")
 
 # %% [markdown]
-# Now the same command in one process (through `minift.recipes.finetune`, the function the command
+# Now the same command in one process (through `minift.run.recipes.finetune`, the function the command
 # line calls), and the two results side by side: the saved weights, tensor by tensor, the
 # training loss the log recorded, and the dev scores.
 
@@ -569,12 +570,12 @@ print(format_table(scaling, float_format=".3g"))
 
 # %%
 show_source(
-    minift.train.train,
+    minift.core.loop.train,
     "checkpoint = _load_resume(resume_path) if resume",
     '"world_size": ctx.world_size',
 )
-show_source(minift.train._save_resume, "rng = distributed.gather(_rng_states())")
-show_source(minift.train._restore, "_set_rng_states(rng[ctx.rank % len(rng)])")
+show_source(minift.core.loop._save_resume, "rng = distributed.gather(_rng_states())")
+show_source(minift.core.loop._restore, "_set_rng_states(rng[ctx.rank % len(rng)])")
 
 # %% [markdown]
 # **Several machines.** torchrun starts the processes of one machine; with `--nnodes` several
@@ -599,7 +600,7 @@ for node in (0, 1):
 # %%
 show_source(distributed.setup, 'backend = "nccl"', "torch.cuda.set_device")
 show_source(distributed.local_device, 'torch.device("cuda", int(os.environ')
-show_source(minift.train._wrap, "device_ids=[device.index]")  # DDP wraps the model there
+show_source(minift.core.loop._wrap, "device_ids=[device.index]")  # DDP wraps the model there
 
 # %% [markdown]
 # **Failures.** A rank that raises (bad data in its shard, out of memory) exits; the others
@@ -636,7 +637,7 @@ show_source(minift.train._wrap, "device_ids=[device.index]")  # DDP wraps the mo
 # agree.
 
 # %%
-ckpt_model = SequenceClassifier.from_pretrained(model_dir, num_labels=2).train()
+ckpt_model = speed_up(SequenceClassifier.from_pretrained(model_dir, num_labels=2)).train()
 parameter_storages = {p.untyped_storage().data_ptr() for p in ckpt_model.parameters()}
 dev_tokens = tokenizer([example.text for example in dev_all])
 pairs = zip(dev_tokens.input_ids, dev_tokens.attention_mask, strict=True)

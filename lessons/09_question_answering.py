@@ -26,13 +26,14 @@ from pathlib import Path
 
 import torch
 
-from minift import plots, qa
-from minift.checkpoint import resolve_model_dir
-from minift.heads import QuestionAnswering
-from minift.metrics import format_table
-from minift.recipes import qa as train_qa
-from minift.recipes import qa_predictions
-from minift.tokenizer import Tokenizer
+from minift.core.metrics import format_table
+from minift.data.tokenizer import Tokenizer
+from minift.fast.unpad import speed_up
+from minift.hf.checkpoint import resolve_model_dir
+from minift.run import plots
+from minift.run.recipes import qa as train_qa
+from minift.tasks import qa
+from minift.tasks.qa import QuestionAnswering, qa_predictions
 
 # MINIFT_QUICK=1 (what CI sets) trains on a handful of questions (one epoch of a few steps) and
 # scores a few; the steps of the lesson are the same.
@@ -193,7 +194,7 @@ check(len(predictions) == len(dev_subset), "one prediction per dev question")
 # The probabilities are a softmax over the n-best scores.
 
 # %%
-model = QuestionAnswering.from_pretrained(out).eval()
+model = speed_up(QuestionAnswering.from_pretrained(out)).eval()
 dev_windows = qa.make_windows(dev_subset, tokenizer, max_length=MAX_LENGTH, doc_stride=128)
 dataset = qa.WindowDataset(dev_windows, tokenizer.pad_token_id, labels=False)
 nbest = qa_predictions(model, dev_subset, dev_windows, dataset, 16, "cpu")

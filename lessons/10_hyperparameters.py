@@ -12,7 +12,7 @@
 # the settings, and the winner it reports is, on average, better on dev than it will be anywhere
 # else.
 #
-# This lesson runs `minift.search` (what `minift search finetune` runs): every trial a fresh run
+# This lesson runs `minift.run.search` (what `minift search finetune` runs): every trial a fresh run
 # from the same checkpoint, several seeds a configuration, the choice on the mean of one named
 # dev metric, and a test set read once and scored once, for the chosen configuration only. It
 # runs a small search of its own on SST-2, including a learning rate that breaks training, then
@@ -31,9 +31,9 @@ from pathlib import Path
 
 import torch
 
-from minift import plots
-from minift import search as searching
-from minift.metrics import format_table
+from minift.core.metrics import format_table
+from minift.run import plots
+from minift.run import search as searching
 
 # MINIFT_QUICK=1 (what CI sets) shrinks the lesson's own search to two trials, too small to
 # train (every prediction one label) but enough to run the code; the benchmark's results are
@@ -264,7 +264,7 @@ if "chosen" in bench and "default" in bench:
           "the chosen configuration did not score lower on test than on dev")
 
     # Why test sits below dev here: the dev slice comes from train.tsv, the test from dev.tsv.
-    from minift.data import read_examples, task_files
+    from minift.data.readers import read_examples, task_files
 
     train_path, test_path, text_col, _, label_col = task_files("sst2", DATA)
     words = {name: statistics.fmean(len(ex.text.split()) for ex in

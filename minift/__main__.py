@@ -2,6 +2,6 @@
 
 import sys
 
-from minift.cli import main
+from minift.run.cli import main
 
 sys.exit(main())

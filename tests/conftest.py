@@ -43,8 +43,8 @@ def data_dir() -> Path:
 def tiny(minilm_dir, tmp_path_factory) -> Path:
     """A small random BERT folder (2 layers, hidden 32, 64 positions) with MiniLM's tokenizer:
     what the command-line tests train when the real weights do not matter."""
-    from minift.checkpoint import save_bert
-    from minift.model import BertConfig, BertModel
+    from minift.core.model import BertConfig, BertModel
+    from minift.hf.checkpoint import save_bert
 
     folder = tmp_path_factory.mktemp("tiny")
     torch.manual_seed(0)

@@ -19,11 +19,12 @@ from pathlib import Path
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from minift import distributed
-from minift.heads import SequenceClassifier, TokenClassifier
-from minift.model import BertConfig
-from minift.safetensors import write_safetensors
-from minift.train import TrainConfig, train
+from minift.core import ddp as distributed
+from minift.core.loop import TrainConfig, train
+from minift.core.model import BertConfig
+from minift.hf.safetensors import write_safetensors
+from minift.tasks.classify import SequenceClassifier
+from minift.tasks.tag import TokenClassifier
 
 N_EXAMPLES, VOCAB, MAX_LEN = 21, 50, 12
 
@@ -153,7 +154,7 @@ SETFIT_TEXTS = [
 
 
 def setfit_encoder() -> torch.nn.Module:
-    from minift.model import BertModel
+    from minift.core.model import BertModel
 
     torch.manual_seed(0)
     return BertModel(BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=2,
@@ -163,9 +164,9 @@ def setfit_encoder() -> torch.nn.Module:
 
 def run_setfit(grads: list | None = None) -> torch.nn.Module:
     """SetFit's contrastive phase on a tiny random encoder (dropout off), 7 pairs a batch."""
-    from minift.checkpoint import resolve_model_dir
-    from minift.setfit import SetFitConfig, train_body
-    from minift.tokenizer import Tokenizer
+    from minift.data.tokenizer import Tokenizer
+    from minift.hf.checkpoint import resolve_model_dir
+    from minift.tasks.setfit import SetFitConfig, train_body
 
     tokenizer = Tokenizer.from_pretrained(resolve_model_dir("minilm"))
     encoder = setfit_encoder()

@@ -7,9 +7,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from minift.batches import ClassificationDataset, TokenClassificationDataset, pad_batch
-from minift.data import read_conll, read_examples
-from minift.tokenizer import Tokenizer
+from minift.data.batches import pad_batch
+from minift.data.readers import read_conll, read_examples
+from minift.data.tokenizer import Tokenizer
+from minift.tasks.classify import ClassificationDataset
+from minift.tasks.tag import TokenClassificationDataset
 
 KEYS = ("input_ids", "attention_mask", "token_type_ids")
 

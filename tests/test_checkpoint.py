@@ -27,10 +27,10 @@ import transformers
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from minift import checkpoint
-from minift.checkpoint import load_bert, read_checkpoint, resolve_model_dir, save_bert
-from minift.model import BertConfig, BertModel, ConfigError
-from minift.safetensors import (
+from minift.core.model import BertConfig, BertModel, ConfigError
+from minift.hf import checkpoint
+from minift.hf.checkpoint import load_bert, read_checkpoint, resolve_model_dir, save_bert
+from minift.hf.safetensors import (
     CheckpointError,
     encode_safetensors,
     parse_safetensors,

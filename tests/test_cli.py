@@ -6,10 +6,10 @@ import pytest
 import torch
 import transformers
 
-import minift.recipes
-from minift.cli import main
-from minift.recipes import finetune
-from minift.tokenizer import Tokenizer
+import minift.run.recipes
+from minift.data.tokenizer import Tokenizer
+from minift.run.cli import main
+from minift.run.recipes import finetune
 
 SENTENCES = [
     ("a gripping , beautifully acted film", "1"),
@@ -47,7 +47,7 @@ def test_tiny_finetune_writes_a_model_transformers_loads(files, tmp_path, minilm
     assert 0.0 <= metrics["dev"]["accuracy"] <= 1.0
 
     # The written folder is an HF sequence classifier with identical logits.
-    from minift.heads import SequenceClassifier
+    from minift.tasks.classify import SequenceClassifier
 
     ours = SequenceClassifier.from_pretrained(out).eval()
     ref = transformers.BertForSequenceClassification.from_pretrained(out).eval()
@@ -64,7 +64,7 @@ def no_training(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("training started despite bad input")
 
-    monkeypatch.setattr(minift.recipes, "train", refuse)
+    monkeypatch.setattr(minift.run.recipes, "train", refuse)
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """The command line as a new or hostile user meets it: fast help, named errors before anything is
 loaded, one writer per output folder, small output folders, no held-out set scored twice.
 
-Most cases run `minift.cli.main` in this process (exit code and stderr are what a shell sees);
+Most cases run `minift.run.cli.main` in this process (exit code and stderr are what a shell sees);
 the help case runs in a subprocess, since what it checks is what the interpreter imported.
 """
 
@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import minift.recipes
-import minift.train
-from minift import lock
-from minift.cli import build_parser, main
-from minift.model import BertConfig, BertModel
+import minift.core.loop
+import minift.run.recipes
+from minift.core import files as lock
+from minift.core.model import BertConfig, BertModel
+from minift.run.cli import build_parser, main
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS = [("a gripping , beautifully acted film", "1"), ("dull , lifeless and far too long", "0"),
@@ -42,9 +42,9 @@ def no_loading(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded despite bad input")
 
-    monkeypatch.setattr(minift.recipes, "run_recipe", refuse)  # finetune, ner, pretrain
-    monkeypatch.setattr("minift.checkpoint.load_bert", refuse)  # similarity
-    monkeypatch.setattr(minift.recipes, "load_bert", refuse)  # setfit
+    monkeypatch.setattr(minift.run.recipes, "run_recipe", refuse)  # finetune, ner, pretrain
+    monkeypatch.setattr("minift.hf.checkpoint.load_bert", refuse)  # similarity
+    monkeypatch.setattr(minift.run.recipes, "load_bert", refuse)  # setfit
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -68,13 +68,13 @@ def test_help_imports_no_torch():
         "import sys\n"
         "import minift\n"
         "assert 'torch' not in sys.modules, 'import minift imported torch'\n"
-        "from minift.cli import main\n"
+        "from minift.run.cli import main\n"
         "for argv in ([], ['finetune'], ['ner'], ['pretrain'], ['setfit'], ['similarity'], ['plot']):\n"
         "    try:\n"
         "        main([*argv, '--help'])\n"
         "    except SystemExit:\n"
         "        pass\n"
-        "heavy = sorted(m for m in ('torch', 'matplotlib', 'minift.model', 'minift.recipes')\n"
+        "heavy = sorted(m for m in ('torch', 'matplotlib', 'minift.core.model', 'minift.run.recipes')\n"
         "                if m in sys.modules)\n"
         "print('HEAVY', heavy)\n"
     )
@@ -88,7 +88,7 @@ def test_help_imports_no_torch():
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
     assert done.returncode == 0 and "finetune" in done.stdout
     imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()}
-    assert "torch" not in imported and "minift.cli" in imported
+    assert "torch" not in imported and "minift.run.cli" in imported
 
 
 def test_lazy_package_attributes():
@@ -199,18 +199,18 @@ def test_ner_refuses_a_training_set_without_targets(minilm_dir, tmp_path, capsys
 def test_task_data_folder_is_found_or_named_in_the_error(tmp_path, monkeypatch, capsys,
                                                          no_loading, minilm_dir):
     monkeypatch.delenv("MINIFT_DATA", raising=False)
-    monkeypatch.setattr(minift.recipes, "DEFAULT_DATA", tmp_path / "nowhere")
+    monkeypatch.setattr(minift.run.recipes, "DEFAULT_DATA", tmp_path / "nowhere")
     code, _, err = run(capsys, "finetune", "--model", minilm_dir, "--task", "sst2", "--out",
                        tmp_path / "out")
     assert code == 2 and "--data-dir" in err and "MINIFT_DATA" in err and "data_dir=" not in err
     code, _, err = run(capsys, "finetune", "--model", minilm_dir, "--task", "sst2", "--data-dir",
                        tmp_path / "missing", "--out", tmp_path / "out")
     assert code == 2 and f"--data-dir {tmp_path / 'missing'}: no such folder" in err
-    monkeypatch.setattr(minift.recipes, "DEFAULT_DATA", tmp_path)  # beside the repository
-    assert minift.recipes.data_folder() == tmp_path
+    monkeypatch.setattr(minift.run.recipes, "DEFAULT_DATA", tmp_path)  # beside the repository
+    assert minift.run.recipes.data_folder() == tmp_path
     monkeypatch.setenv("MINIFT_DATA", str(tmp_path / "env"))
     with pytest.raises(ValueError, match="MINIFT_DATA=.*no such folder"):
-        minift.recipes.data_folder()
+        minift.run.recipes.data_folder()
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,7 +277,7 @@ def test_failures_during_training_are_one_line(tiny, files, tmp_path, capsys, mo
     def fail(*args, **kwargs):
         raise failure
 
-    monkeypatch.setattr(minift.recipes, "train", fail)
+    monkeypatch.setattr(minift.run.recipes, "train", fail)
     out = tmp_path / "out"
     code, _, err = run(capsys, *finetune_args(tiny, files, out))
     assert code == status and expected in err
@@ -293,7 +293,7 @@ def test_failures_during_training_are_one_line(tiny, files, tmp_path, capsys, mo
 def _counting(monkeypatch, scores: list[float] | None = None) -> list:
     """Count calls of `classification_metrics`; with `scores`, report those accuracies in turn."""
     calls = []
-    real = minift.recipes.classification_metrics
+    real = minift.run.recipes.classification_metrics
 
     def counted(*args, **kwargs):
         result = real(*args, **kwargs)
@@ -302,7 +302,7 @@ def _counting(monkeypatch, scores: list[float] | None = None) -> list:
         calls.append(result)
         return result
 
-    monkeypatch.setattr(minift.recipes, "classification_metrics", counted)
+    monkeypatch.setattr(minift.run.recipes, "classification_metrics", counted)
     return calls
 
 

@@ -15,11 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_model import build_pair, tiny_setups
 
-from minift.checkpoint import load_bert, split_hf_state_dict
-from minift.model import BertConfig, BertModel
-from minift.optim import AdamW
-from minift.padding import UNPAD_MIN_POSITIONS, speed_up, varlen_attention
-from minift.tokenizer import Tokenizer
+from minift.core.model import BertConfig, BertModel
+from minift.core.optim import AdamW
+from minift.data.tokenizer import Tokenizer
+from minift.fast.unpad import UNPAD_MIN_POSITIONS, speed_up, varlen_attention
+from minift.hf.checkpoint import load_bert, split_hf_state_dict
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = torch.device("cuda")
@@ -112,7 +112,8 @@ def test_published_checkpoint_on_cuda_matches_transformers(minilm_dir, data_dir,
         sentences = [r["sentence"] for r in csv.DictReader(f, delimiter="\t",
                                                            quoting=csv.QUOTE_NONE)][:200]
     tokenizer = Tokenizer.from_pretrained(minilm_dir)
-    ours = load_bert(minilm_dir, fast=fast).to(CUDA).eval()
+    ours = load_bert(minilm_dir)
+    ours = (speed_up(ours) if fast else ours).to(CUDA).eval()
     hf = transformers.BertModel.from_pretrained(minilm_dir, attn_implementation="sdpa")
     hf = hf.to(CUDA, torch.float32).eval()
     worst = worst_bf16 = 0.0

@@ -12,16 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer, BertConfig
 
-from minift.batches import ClassificationDataset, collate, length_grouped_batches, make_batches
-from minift.data import (
-    TASKS,
-    DataError,
-    Example,
-    encode_labels,
-    read_examples,
-    task_files,
-)
-from minift.labels import LabelVocab
+from minift.core.labels import LabelVocab
+from minift.data.batches import collate, length_grouped_batches
+from minift.data.readers import TASKS, DataError, Example, encode_labels, read_examples, task_files
+from minift.tasks.classify import ClassificationDataset, make_batches
 
 # ----------------------------------------------------------------------------------------------
 # Helpers
@@ -604,7 +598,7 @@ def test_make_batches_cover_every_example_with_its_label(hf_tokenizer, mrpc_dev)
 
 
 def test_dataset_with_minift_tokenizer_equals_transformers(hf_tokenizer, minilm_dir, mrpc_dev):
-    from minift.tokenizer import Tokenizer
+    from minift.data.tokenizer import Tokenizer
 
     examples = mrpc_dev[:40]
     ours = ClassificationDataset(examples, Tokenizer.from_pretrained(minilm_dir), max_length=48)

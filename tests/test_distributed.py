@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from minift import distributed
-from minift.safetensors import read_safetensors
+from minift.core import ddp as distributed
+from minift.hf.safetensors import read_safetensors
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

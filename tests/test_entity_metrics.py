@@ -1,4 +1,4 @@
-"""minift.metrics.entity_scores and token_accuracy against seqeval on random tag sequences."""
+"""minift.core.metrics.entity_scores and token_accuracy against seqeval on random tag sequences."""
 
 import math
 import warnings
@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from seqeval.metrics import accuracy_score, classification_report, f1_score
 from seqeval.scheme import IOB2
 
-from minift.metrics import entity_scores, token_accuracy
+from minift.core.metrics import entity_scores, token_accuracy
 
 ATOL = 1e-12
 TYPES = ["PER", "LOC", "MISC", "ORG-NAME"]  # a type with a "-" inside, as some tag sets have

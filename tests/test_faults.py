@@ -1,4 +1,4 @@
-"""Fault injection into minift.train: kills at random points and a disk that fills.
+"""Fault injection into minift.core.loop: kills at random points and a disk that fills.
 
 - SIGKILL at seeded random points of a short run (a batch read, the middle of a file being
   written, between the two renames of the best/ swap, the middle of a log line), each followed by
@@ -28,10 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import minift.safetensors as safetensors_module
-import minift.train as train_module
-from minift.safetensors import read_safetensors, write_safetensors
-from minift.train import TrainConfig, train
+import minift.core.files as files_module
+import minift.core.loop as train_module
+import minift.hf.safetensors as safetensors_module
+from minift.core.loop import TrainConfig, train
+from minift.hf.safetensors import read_safetensors, write_safetensors
 
 VOCAB, CLASSES, SEQ = 12, 3, 5
 KILLS = 20  # at least this many SIGKILLs in the chain
@@ -160,7 +161,7 @@ def forkserver():
     context = multiprocessing.get_context("forkserver")
     # Imported once, by the server (its sys.path is the default one: the test module itself is
     # imported by each child, cheaply once these are loaded).
-    context.set_forkserver_preload(["torch", "minift.train", "pytest"])
+    context.set_forkserver_preload(["torch", "minift.core.loop", "pytest"])
     return context
 
 
@@ -242,9 +243,9 @@ class _LimitedFile:
 
 
 def _train_on(disk: _Disk, out: Path, monkeypatch, resume: bool = False) -> nn.Module:
-    """Train in this process, every file write of minift.train going through `disk`."""
+    """Train in this process, every file write of minift.core.loop going through `disk`."""
 
-    class OsOnDisk:  # minift.safetensors' `os`, whose fdopen hands out limited files
+    class OsOnDisk:  # minift.hf.safetensors' `os`, whose fdopen hands out limited files
         def __getattr__(self, name):
             return getattr(os, name)
 
@@ -253,7 +254,7 @@ def _train_on(disk: _Disk, out: Path, monkeypatch, resume: bool = False) -> nn.M
             return disk.open(os.fdopen(fd, *args, **kwargs), "atomic")
 
     with monkeypatch.context() as patch:
-        patch.setattr(safetensors_module, "os", OsOnDisk())
+        patch.setattr(files_module, "os", OsOnDisk())
         patch.setattr(train_module, "open", lambda *a, **k: disk.open(builtins.open(*a, **k), "log"),
                       raising=False)  # fmt: skip
         model = Tiny()

@@ -11,21 +11,17 @@ import transformers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minift import checkpoint
-from minift.checkpoint import split_hf_state_dict
-from minift.heads import (
-    MaskedLM,
-    NextSentencePrediction,
-    PreTraining,
-    QuestionAnswering,
-    SequenceClassifier,
-    TokenClassifier,
-    freeze,
-    span_loss,
-)
-from minift.model import BertConfig, BertModel
-from minift.padding import FastBertModel
-from minift.safetensors import CheckpointError
+from minift.core.freeze import freeze
+from minift.core.model import BertConfig, BertModel
+from minift.fast.unpad import FastBertModel, speed_up
+from minift.hf import checkpoint
+from minift.hf.checkpoint import split_hf_state_dict
+from minift.hf.safetensors import CheckpointError
+from minift.tasks.classify import SequenceClassifier
+from minift.tasks.mlm import MaskedLM
+from minift.tasks.nsp import NextSentencePrediction, PreTraining
+from minift.tasks.qa import QuestionAnswering, span_loss
+from minift.tasks.tag import TokenClassifier
 
 TINY = dict(vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
             intermediate_size=24, max_position_embeddings=32)
@@ -126,7 +122,7 @@ def test_head_with_wrong_label_count_is_refused(tmp_path):
 
 def test_freeze_modes():
     torch.manual_seed(0)
-    from minift.model import BertConfig
+    from minift.core.model import BertConfig
 
     model = SequenceClassifier(BertConfig(**TINY), num_labels=2)
     total = sum(p.numel() for p in model.parameters())
@@ -146,8 +142,8 @@ def test_freeze_modes():
 
 def test_freeze_head_of_a_masked_lm_keeps_the_tied_embeddings_frozen():
     """The MLM head's own weights train; its decoder is the word embeddings, which stay frozen."""
-    from minift.heads import MaskedLM
-    from minift.model import BertConfig
+    from minift.core.model import BertConfig
+    from minift.tasks.mlm import MaskedLM
 
     model = MaskedLM(BertConfig(**TINY))
     total = sum(p.numel() for p in model.parameters())
@@ -186,7 +182,7 @@ def test_classifier_dropout_round_trips_through_transformers(tmp_path, cls, hf_c
 def test_from_pretrained_builds_the_encoder_once_and_reads_the_config_once(tmp_path,
                                                                           monkeypatch, cls):
     """One load, one encoder: config.json read once, the BertModel built once; and the model
-    comes back fast (``speed_up``) unless ``fast=False``, with the same weights either way."""
+    comes back as the textbook class; ``speed_up`` makes it fast, with the same weights."""
     torch.manual_seed(0)
     transformers.BertForMaskedLM(transformers.BertConfig(**TINY)).save_pretrained(tmp_path)
     reads, builds = [], []
@@ -196,10 +192,11 @@ def test_from_pretrained_builds_the_encoder_once_and_reads_the_config_once(tmp_p
     monkeypatch.setattr(BertModel, "__init__",
                         lambda self, *a, **k: builds.append(1) or init(self, *a, **k))
     torch.manual_seed(1)  # the same fresh head (and pooler) in both loads
-    fast = cls.from_pretrained(tmp_path)
+    textbook = cls.from_pretrained(tmp_path)
     assert (len(reads), len(builds)) == (1, 1)
+    assert type(textbook.bert) is BertModel
     torch.manual_seed(1)
-    textbook = cls.from_pretrained(tmp_path, fast=False)
+    fast = speed_up(cls.from_pretrained(tmp_path))
     assert type(fast.bert) is FastBertModel and type(textbook.bert) is BertModel
     assert fast.state_dict().keys() == textbook.state_dict().keys()
     ids = torch.randint(1, TINY["vocab_size"], (2, 7), generator=torch.Generator().manual_seed(0))

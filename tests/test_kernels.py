@@ -11,10 +11,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minift import kernels
-from minift.kernels import dropout, linear
-from minift.model import BertConfig, BertModel
-from minift.padding import speed_up
+from minift.core.model import BertConfig, BertModel
+from minift.fast import cpu_kernels as kernels
+from minift.fast.cpu_kernels import dropout, linear
+from minift.fast.unpad import speed_up
 
 
 @settings(deadline=None, max_examples=60)
@@ -53,7 +53,7 @@ def test_linear_takes_onednn_on_cpu_float32_only(monkeypatch):
     nor with oneDNN disabled in torch: counted by wrapping the op it calls. The op itself
     passes torch's own checks of a custom op (schema, fake tensor, autograd registration:
     ``torch.library.opcheck``)."""
-    import minift.kernels as model_module
+    import minift.fast.cpu_kernels as model_module
 
     if platform.machine().lower() not in ("x86_64", "amd64"):
         assert not model_module.onednn_available()

@@ -1,4 +1,4 @@
-"""minift.labels: the aligner against transformers' recipe, decoding, tag schemes against seqeval,
+"""minift.core.labels: the aligner against transformers' recipe, decoding, tag schemes against seqeval,
 windows, and the errors for bad tags."""
 
 import warnings
@@ -11,24 +11,20 @@ from seqeval.metrics.sequence_labeling import get_entities
 from seqeval.scheme import IOB2, Tokens
 from transformers import AutoTokenizer
 
-from minift.labels import (
+from minift.core.align import (
     IGNORE_INDEX,
-    LabelVocab,
-    TagError,
     align_batch,
     align_labels,
     decode_batch,
     decode_word_predictions,
-    entities,
-    iob1_to_iob2,
     merge_window_predictions,
     plan_windows,
     split_windows,
     tokens_per_word,
-    validate_tags,
     window_owners,
 )
-from minift.tokenizer import Tokenizer
+from minift.core.labels import LabelVocab, TagError, entities, iob1_to_iob2, validate_tags
+from minift.data.tokenizer import Tokenizer
 
 TYPES = ["PER", "LOC", "ORG", "MISC"]
 LABELS = LabelVocab.from_sequences([["O"] + [f"{p}-{t}" for t in TYPES for p in "BI"]])

@@ -1,4 +1,4 @@
-"""minift.masking: invariants on random batches (hypothesis), rates and 80/10/10 splits (binomial
+"""minift.core.masking: invariants on random batches (hypothesis), rates and 80/10/10 splits (binomial
 and chi-square bounds), SpanBERT's span lengths and budget, and parity with transformers'
 DataCollatorForLanguageModeling (bit for bit where it can be driven by the same generator).
 
@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from scipy import stats
 from transformers import AutoTokenizer, DataCollatorForLanguageModeling
 
-from minift.masking import (
+from minift.core.masking import (
     mlm,
     span_budget,
     span_length_probs,

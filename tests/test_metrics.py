@@ -1,4 +1,4 @@
-"""minift.metrics against scikit-learn on random label lists; format_table's layout."""
+"""minift.core.metrics against scikit-learn on random label lists; format_table's layout."""
 
 import warnings
 
@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minift.metrics import (
+from minift.core.metrics import (
     accuracy,
     confusion_matrix,
     format_table,

@@ -14,16 +14,15 @@ import transformers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minift.checkpoint import load_bert, save_bert
-from minift.cli import main
-from minift.heads import MaskedLM
-from minift.mlm_data import MaskedBatches, MaskingCollator, TextSequences
-from minift.model import BertConfig, BertModel
-from minift.optim import make_optimizer
-from minift.recipes import pretrain
-from minift.safetensors import CheckpointError, read_safetensors, write_safetensors
-from minift.tokenizer import Tokenizer
-from minift.train import TrainConfig, train
+from minift.core.loop import TrainConfig, train
+from minift.core.model import BertConfig, BertModel
+from minift.core.optim import make_optimizer
+from minift.data.tokenizer import Tokenizer
+from minift.hf.checkpoint import load_bert, save_bert
+from minift.hf.safetensors import CheckpointError, read_safetensors, write_safetensors
+from minift.run.cli import main
+from minift.run.recipes import pretrain
+from minift.tasks.mlm import MaskedBatches, MaskedLM, MaskingCollator, TextSequences
 
 
 @st.composite

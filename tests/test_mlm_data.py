@@ -7,16 +7,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minift.data import DataError
-from minift.masking import word_ids_from_tokens
-from minift.mlm_data import (
+from minift.core.masking import word_ids_from_tokens
+from minift.data.readers import DataError
+from minift.data.tokenizer import Tokenizer
+from minift.tasks.mlm import (
     MaskedBatches,
     MaskingCollator,
     TextSequences,
     held_out_split,
     read_text_lines,
 )
-from minift.tokenizer import Tokenizer
 
 WORDS = ["profit", "rose", "EUR", "13.1", "mn", "unaffable", "Componenta", "'s", "net", "sales",
          "(", ")", "-", "quarterly", "to", "the", "[UNK]", "ÄÖ", "oyj"]  # fmt: skip

@@ -20,16 +20,17 @@ import transformers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minift.checkpoint import load_bert, split_hf_state_dict
-from minift.model import (
+from minift.core.model import (
     BertConfig,
     BertModel,
     ConfigError,
     attention,
     set_activation_checkpointing,
 )
-from minift.sentence import encode
-from minift.tokenizer import Tokenizer
+from minift.core.sentence import encode
+from minift.data.tokenizer import Tokenizer
+from minift.fast.unpad import speed_up
+from minift.hf.checkpoint import load_bert, split_hf_state_dict
 
 
 @st.composite
@@ -66,8 +67,10 @@ def build_pair(config: dict, seed: int, attn: str = "sdpa", fast: bool = False):
     ).eval()
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(tmp)
-        ours = load_bert(tmp, fast=fast)
-    assert fast or type(ours) is BertModel
+        ours = load_bert(tmp)
+    assert type(ours) is BertModel  # load_bert returns the textbook class
+    if fast:
+        speed_up(ours)
     return hf, ours
 
 
@@ -189,7 +192,9 @@ def minilm(minilm_dir):
 @torch.no_grad()
 @pytest.mark.parametrize("fast", [False, True], ids=["textbook", "fast"])
 def test_published_checkpoint_matches_transformers(minilm_dir, sst2_sentences, fast):
-    model, tokenizer = load_bert(minilm_dir, fast=fast), Tokenizer.from_pretrained(minilm_dir)
+    model, tokenizer = load_bert(minilm_dir), Tokenizer.from_pretrained(minilm_dir)
+    if fast:
+        speed_up(model)
     hf = transformers.BertModel.from_pretrained(minilm_dir).eval()
     worst = 0.0
     for start in range(0, len(sst2_sentences), 50):
@@ -257,7 +262,7 @@ print(calls)
 """
 
 
-@pytest.mark.parametrize("module", ["minift.model", "minift.kernels", "minift.padding"])
+@pytest.mark.parametrize("module", ["minift.core.model", "minift.fast.cpu_kernels", "minift.fast.unpad"])
 def test_importing_runs_no_tensor_operation(module):
     """model.py (and the speed files beside it) do no tensor work at import: registering
     kernels' custom op is allowed, running it (or any other op) is not."""
@@ -271,12 +276,12 @@ def test_importing_runs_no_tensor_operation(module):
 def test_model_imports_nothing_of_minift():
     """model.py stands alone: importing it loads no other minift module, and its source
     names none (so it can be lifted into another project as it is)."""
-    source = (_REPO / "minift" / "model.py").read_text()
+    source = (_REPO / "minift" / "core" / "model.py").read_text()
     assert not re.search(r"^\s*(import|from) minift", source, re.MULTILINE)
-    done = run_python("import sys, minift.model; "
+    done = run_python("import sys, minift.core.model; "
                       "print(sorted(m for m in sys.modules if m.startswith('minift.')))")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "['minift.model']"
+    assert done.stdout.strip() == "['minift.core', 'minift.core.model']"
 
 
 def test_training_loop_does_not_import_the_model():
@@ -286,17 +291,17 @@ def test_training_loop_does_not_import_the_model():
         "import sys, types; from pathlib import Path\n"
         "package = types.ModuleType('minift'); package.__path__ = [str(Path('minift').resolve())]\n"
         "sys.modules['minift'] = package\n"
-        "import minift.train\n"
+        "import minift.core.loop\n"
         "print(sorted(m for m in sys.modules if m.startswith('minift.')))"
     )
     assert done.returncode == 0, done.stderr
     loaded = eval(done.stdout.strip())  # a printed list of names
-    assert "minift.train" in loaded
-    assert not {"minift.model", "minift.checkpoint", "minift.heads"} & set(loaded), loaded
+    assert "minift.core.loop" in loaded
+    assert not {"minift.core.model", "minift.hf.checkpoint", "minift.tasks.classify"} & set(loaded), loaded
 
 
 def test_import_minift_train_does_not_import_the_model():
-    done = run_python("import sys, minift.train; print('minift.model' in sys.modules)")
+    done = run_python("import sys, minift.core.loop; print('minift.core.model' in sys.modules)")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
 
@@ -357,7 +362,7 @@ def test_init_weights_matches_transformers_distribution():
 def test_init_weights_redraws_every_tensor_of_a_module():
     """On modules torch initialised its own way (uniform Linear weights and biases, N(0, 1)
     embeddings), init_weights leaves nothing of that; the same seed draws the same weights."""
-    from minift.model import init_weights
+    from minift.core.model import init_weights
 
     def built(seed: int) -> torch.nn.Module:
         torch.manual_seed(seed)

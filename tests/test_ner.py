@@ -17,9 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from seqeval.metrics.sequence_labeling import get_entities
 
-from minift.batches import TokenClassificationDataset
-from minift.cli import main
-from minift.data import (
+from minift.core.align import IGNORE_INDEX, tokens_per_word
+from minift.core.labels import LabelVocab
+from minift.data.readers import (
     DataError,
     TaggedSentence,
     apply_scheme,
@@ -29,9 +29,9 @@ from minift.data import (
     read_conll,
     write_conll,
 )
-from minift.heads import TokenClassifier
-from minift.labels import IGNORE_INDEX, LabelVocab, tokens_per_word
-from minift.tokenizer import Tokenizer
+from minift.data.tokenizer import Tokenizer
+from minift.run.cli import main
+from minift.tasks.tag import TokenClassificationDataset, TokenClassifier
 
 TYPES = ["PER", "LOC", "ORG", "MISC"]
 

@@ -5,18 +5,18 @@ import json
 import pytest
 import torch
 
-from minift.heads import PreTraining
-from minift.labels import DataError
-from minift.mlm_data import MaskingCollator
-from minift.model import BertConfig
-from minift.nsp_data import (
+from minift.core.labels import DataError
+from minift.core.model import BertConfig
+from minift.data.tokenizer import Tokenizer
+from minift.tasks.mlm import MaskingCollator
+from minift.tasks.nsp import (
     NSPMaskedBatches,
     PairSequences,
+    PreTraining,
     nsp_pairs,
     read_documents,
     tokenize_documents,
 )
-from minift.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -103,9 +103,9 @@ def test_masked_pair_batches_train_the_pretraining_head(abstracts, tokenizer):
 def test_pretrain_nsp_reports_nsp_accuracy(minilm_dir, data_dir, tmp_path, capsys):
     import shutil
 
-    from minift.checkpoint import save_bert
-    from minift.cli import main
-    from minift.model import BertModel
+    from minift.core.model import BertModel
+    from minift.hf.checkpoint import save_bert
+    from minift.run.cli import main
 
     model_dir = tmp_path / "tiny"
     torch.manual_seed(0)

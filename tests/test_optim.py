@@ -1,4 +1,4 @@
-"""minift.optim against torch.optim.AdamW and transformers' schedules and parameter grouping."""
+"""minift.core.optim against torch.optim.AdamW and transformers' schedules and parameter grouping."""
 
 import copy
 
@@ -16,7 +16,7 @@ from transformers import (
     get_linear_schedule_with_warmup,
 )
 
-from minift.optim import AdamW, lr_schedule, make_optimizer, make_scheduler, param_groups
+from minift.core.optim import AdamW, lr_schedule, make_optimizer, make_scheduler, param_groups
 
 # ---------------------------------------------------------------------------------------------
 # AdamW parity with torch

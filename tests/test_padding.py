@@ -16,10 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_model import build_pair, tiny_setups
 
-from minift import kernels
-from minift.heads import MaskedLM, SequenceClassifier
-from minift.model import BertConfig, BertModel, attention, set_activation_checkpointing
-from minift.padding import (
+from minift.core.model import BertConfig, BertModel, attention, set_activation_checkpointing
+from minift.core.sentence import mean_pooling
+from minift.fast import cpu_kernels as kernels
+from minift.fast.unpad import (
     FastBertModel,
     FastBlock,
     FastFeedForward,
@@ -27,7 +27,8 @@ from minift.padding import (
     speed_up,
     varlen_attention,
 )
-from minift.sentence import mean_pooling
+from minift.tasks.classify import SequenceClassifier
+from minift.tasks.mlm import MaskedLM
 
 
 def fast(model, **options):

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from minift.cli import main
+from minift.run.cli import main
 
 matplotlib = pytest.importorskip("matplotlib")  # the optional `plots` extra
 
@@ -70,7 +70,7 @@ def test_plot_names_the_corrupt_line(tmp_path, capsys):
 
 
 def test_without_matplotlib_lessons_skip_and_commands_refuse(monkeypatch, tmp_path, capsys):
-    from minift import plots
+    from minift.run import plots
 
     monkeypatch.setattr(plots, "available", lambda: False)
     assert plots.lesson_figures(tmp_path / "figures") is None
@@ -85,7 +85,7 @@ def test_without_matplotlib_lessons_skip_and_commands_refuse(monkeypatch, tmp_pa
 
 
 def test_figures_folder_is_emptied_and_holds_what_was_saved(tmp_path):
-    from minift import plots
+    from minift.run import plots
 
     (tmp_path / "figures").mkdir()
     (tmp_path / "figures" / "stale.png").write_bytes(b"old")

@@ -16,8 +16,9 @@ import transformers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minift.labels import DataError
-from minift.qa import (
+from minift.core.labels import DataError
+from minift.data.tokenizer import Tokenizer
+from minift.tasks.qa import (
     Answer,
     Question,
     best_answers,
@@ -31,7 +32,6 @@ from minift.qa import (
     split_by_article,
     squad_scores,
 )
-from minift.tokenizer import Tokenizer
 
 # Found once with max_length 384 / doc_stride 128: the only four dev questions whose first answer
 # straddles a window edge; the test checks they still do.
@@ -285,7 +285,7 @@ def test_decoding_matches_transformers_postprocess(sample, tokenizers, seed, max
 
 def test_decoding_with_no_valid_span_gives_an_empty_answer():
     q = Question("x", "q?", "ctx", [Answer("ctx", 0)])
-    from minift.qa import Window
+    from minift.tasks.qa import Window
 
     w = Window(0, [101, 5, 102, 7, 102], [0, 0, 0, 1, 1], [None, 0, None, 1, None],
                [None, None, None, (0, 3), None])

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import minift.recipes
-from minift.cli import main
+import minift.run.recipes
+from minift.run.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +33,8 @@ def no_loading(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded despite bad input")
 
-    monkeypatch.setattr(minift.recipes, "run_recipe", refuse)
-    monkeypatch.setattr("minift.heads.QuestionAnswering.from_pretrained", refuse)
+    monkeypatch.setattr(minift.run.recipes, "run_recipe", refuse)
+    monkeypatch.setattr("minift.tasks.qa.QuestionAnswering.from_pretrained", refuse)
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:
@@ -135,8 +135,8 @@ def test_resume_after_a_stop_gives_the_uninterrupted_model(tiny, small_squad, tm
     """`minift qa --resume`: a run stopped after its step-2 checkpoint and resumed ends with the
     weights, scores and predictions of a run that was never stopped (the windows' batches and
     the head's initialisation are seeded, and resume.pt holds the optimizer and schedule)."""
-    from minift.batches import PaddedRows
-    from minift.safetensors import read_safetensors
+    from minift.data.batches import PaddedRows
+    from minift.hf.safetensors import read_safetensors
 
     class Stop(Exception):
         pass
@@ -168,13 +168,13 @@ def test_resume_after_a_stop_gives_the_uninterrupted_model(tiny, small_squad, tm
     settings = dict(model=tiny, squad=str(small_squad), dev_articles=1, max_length=64,
                     doc_stride=16, batch_size=4, epochs=2, lr=1e-3, eval_every=2,
                     progress=False)
-    full = minift.recipes.qa(out=str(tmp_path / "full"), **settings)
+    full = minift.run.recipes.qa(out=str(tmp_path / "full"), **settings)
     steps["left"] = 3  # step 3 fails to get its batch: the step-2 checkpoint is the last
     with pytest.raises(Stop):
-        minift.recipes.qa(out=str(tmp_path / "cut"), **settings)
+        minift.run.recipes.qa(out=str(tmp_path / "cut"), **settings)
     assert (tmp_path / "cut" / "resume.pt").exists()
     steps["left"], steps["taken"] = None, 0
-    resumed = minift.recipes.qa(out=str(tmp_path / "cut"), resume=True, **settings)
+    resumed = minift.run.recipes.qa(out=str(tmp_path / "cut"), resume=True, **settings)
     assert steps["taken"] == full["train"]["steps"] - 2  # it went on from step 2, not from 0
 
     assert resumed["dev"] == full["dev"]

@@ -6,11 +6,12 @@ import json
 import pytest
 import torch
 
-import minift.recipes
-from minift.checkpoint import read_state_dict
-from minift.cli import main
-from minift.heads import SequenceClassifier, TokenClassifier
-from minift.recipes import finetune, ner
+import minift.run.recipes
+from minift.hf.checkpoint import read_state_dict
+from minift.run.cli import main
+from minift.run.recipes import finetune, ner
+from minift.tasks.classify import SequenceClassifier
+from minift.tasks.tag import TokenClassifier
 
 SENTENCES = [("a gripping , beautifully acted film", "1"), ("dull , lifeless and far too long", "0"),
              ("funny , warm and wise", "1"), ("i wanted my two hours back", "0")] * 4
@@ -75,7 +76,7 @@ def test_ner_takes_init_and_head_lr(tmp_path, tiny):
                                              (dict(head_lr=0.0), "--head-lr must be positive")])
 def test_bad_init_or_head_lr_stops_before_loading(tmp_path, files, monkeypatch, recipe, change,
                                                   message):
-    monkeypatch.setattr(minift.recipes, "resolve_model_dir", lambda *a: pytest.fail("loaded"))
+    monkeypatch.setattr(minift.run.recipes, "resolve_model_dir", lambda *a: pytest.fail("loaded"))
     train, dev = files
     kwargs = dict(model="minilm", train=str(train), dev=str(dev), out=str(tmp_path / "o"),
                   progress=False) | change

@@ -12,11 +12,11 @@ import random
 import pytest
 import torch
 
-import minift.safetensors as safetensors_module
-from minift.heads import SequenceClassifier
-from minift.model import BertConfig
-from minift.safetensors import atomic_write
-from minift.tokenizer import Tokenizer
+import minift.core.files as files_module
+from minift.core.files import atomic_write
+from minift.core.model import BertConfig
+from minift.data.tokenizer import Tokenizer
+from minift.tasks.classify import SequenceClassifier
 
 
 def test_atomic_write_leaves_the_old_file_when_the_writer_fails(tmp_path):
@@ -48,7 +48,7 @@ def test_atomic_write_gives_the_mode_open_gives(tmp_path, umask):
 
 
 class _FillingDisk:
-    """``minift.safetensors``' ``os``, whose files accept ``budget`` bytes in all, then ENOSPC."""
+    """``minift.hf.safetensors``' ``os``, whose files accept ``budget`` bytes in all, then ENOSPC."""
 
     def __init__(self, budget: float):
         self.budget, self.used = budget, 0
@@ -104,7 +104,7 @@ def test_a_full_disk_during_the_final_save_leaves_a_folder_that_loads(tmp_path, 
         save(old, folder)
         previous = {p.name: p.read_bytes() for p in folder.iterdir()}
         with monkeypatch.context() as patch:
-            patch.setattr(safetensors_module, "os", _FillingDisk(budget))
+            patch.setattr(files_module, "os", _FillingDisk(budget))
             with pytest.raises(OSError) as error:
                 save(new, folder)
         assert error.value.errno == errno.ENOSPC

@@ -1,4 +1,4 @@
-"""minift.search: trials independent of each other, resume after a kill, the test set read once,
+"""minift.run.search: trials independent of each other, resume after a kill, the test set read once,
 halving that keeps everything equal to the full grid, bad input stopped before any trial.
 
 The real trials train the ``tiny`` fixture a few steps on a few sentences: what is tested is the
@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 from test_cli import SENTENCES, write_tsv
 
-import minift.data
-import minift.recipes
-import minift.search
-from minift.checkpoint import to_hf_state_dict
-from minift.cli import main
-from minift.safetensors import read_safetensors
-from minift.search import (
+import minift.data.readers
+import minift.run.recipes
+import minift.run.search
+from minift.hf.checkpoint import to_hf_state_dict
+from minift.hf.safetensors import read_safetensors
+from minift.run.cli import main
+from minift.run.search import (
     GridError,
     LogRange,
     MetricError,
@@ -72,13 +72,13 @@ def without_time(value):
 
 def test_every_trial_starts_from_the_checkpoint_bit_for_bit(tiny, files, tmp_path, monkeypatch):
     started = []
-    real_train = minift.recipes.train
+    real_train = minift.run.recipes.train
 
     def recording_train(model, *args, **kwargs):  # the weights the loop receives
         started.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         return real_train(model, *args, **kwargs)
 
-    monkeypatch.setattr(minift.recipes, "train", recording_train)
+    monkeypatch.setattr(minift.run.recipes, "train", recording_train)
     # A wild learning rate first, so that a leak of its trained weights would show.
     search("finetune", out=str(tmp_path / "s"), options=options(tiny, files),
            grid=["lr=0.5,1e-4"], seeds=1)
@@ -109,17 +109,17 @@ def _int_of(tensor):
 
 
 def count_reads(monkeypatch, path: str) -> list:
-    """Every read of ``path`` by ``minift.data``'s readers (they all read through
+    """Every read of ``path`` by ``minift.data.readers``'s readers (they all read through
     ``_read_text``)."""
     reads = []
-    real_read = minift.data._read_text
+    real_read = minift.data.readers._read_text
 
     def counting_read(file, *args, **kwargs):
         if os.path.abspath(file) == os.path.abspath(path):
             reads.append(file)
         return real_read(file, *args, **kwargs)
 
-    monkeypatch.setattr(minift.data, "_read_text", counting_read)
+    monkeypatch.setattr(minift.data.readers, "_read_text", counting_read)
     return reads
 
 
@@ -134,7 +134,7 @@ def test_resume_after_a_kill_gives_the_same_search(tiny, files, tmp_path, monkey
     assert len(whole["chosen"]["test"]["per_seed"]) == 1
 
     # A kill during the second trial, after one finished; and a line torn by the kill.
-    real_train, calls = minift.recipes.train, []
+    real_train, calls = minift.run.recipes.train, []
 
     def killed(*args, **kwargs):
         calls.append(1)
@@ -142,7 +142,7 @@ def test_resume_after_a_kill_gives_the_same_search(tiny, files, tmp_path, monkey
             raise KeyboardInterrupt
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(minift.recipes, "train", killed)
+    monkeypatch.setattr(minift.run.recipes, "train", killed)
     out = tmp_path / "killed"
     with pytest.raises(KeyboardInterrupt):
         search("finetune", out=str(out), **common)
@@ -164,7 +164,7 @@ def test_resume_after_a_kill_gives_the_same_search(tiny, files, tmp_path, monkey
 
 
 def test_a_rerun_with_other_fixed_options_is_refused(tiny, files, tmp_path, monkeypatch):
-    monkeypatch.setattr(minift.search, "run_trial", _fake_trial)
+    monkeypatch.setattr(minift.run.search, "run_trial", _fake_trial)
     out = str(tmp_path / "s")
     search("finetune", out=out, options=options(tiny, files), grid=["lr=1e-3,1e-4"], seeds=1)
     with pytest.raises(ValueError, match="other fixed options .*max_length"):
@@ -178,7 +178,7 @@ def test_a_rerun_with_other_fixed_options_is_refused(tiny, files, tmp_path, monk
 
 
 def test_halving_that_keeps_everything_equals_the_full_grid(tiny, files, tmp_path, monkeypatch):
-    monkeypatch.setattr(minift.search, "run_trial", _fake_trial)  # the bookkeeping is tested
+    monkeypatch.setattr(minift.run.search, "run_trial", _fake_trial)  # the bookkeeping is tested
     common = dict(options=options(tiny, files, epochs=4), seeds=2,
                   grid=["lr=1e-4,2e-4,3e-4,5e-4", "batch_size=4,8"])
     full = search("finetune", out=str(tmp_path / "full"), **common)
@@ -207,7 +207,7 @@ def _fake_trial(task, fixed, config, seed, folder):
 
 def test_halving_keeps_the_best_and_reports_the_steps_it_saved(tiny, files, tmp_path,
                                                                 monkeypatch):
-    monkeypatch.setattr(minift.search, "run_trial", _fake_trial)
+    monkeypatch.setattr(minift.run.search, "run_trial", _fake_trial)
     common = dict(options=options(tiny, files, epochs=4), grid=["lr=1e-4,2e-4,3e-4,5e-4"],
                   seeds=2)
     out = str(tmp_path / "s")
@@ -278,7 +278,7 @@ def test_bad_input_stops_before_any_trial(tiny, files, tmp_path, monkeypatch, ta
     def refuse(*args, **kwargs):
         raise AssertionError("a trial ran despite bad input")
 
-    monkeypatch.setattr(minift.search, "run_trial", refuse)
+    monkeypatch.setattr(minift.run.search, "run_trial", refuse)
     if extra.get("test") == "DEV":
         extra = extra | {"test": files["dev"]}
     with pytest.raises(error, match=message):
@@ -287,7 +287,7 @@ def test_bad_input_stops_before_any_trial(tiny, files, tmp_path, monkeypatch, ta
 
 
 def test_ner_metric_must_match_the_tags(tiny, tmp_path, monkeypatch):
-    monkeypatch.setattr(minift.search, "run_trial", lambda *a, **k: pytest.fail("trial ran"))
+    monkeypatch.setattr(minift.run.search, "run_trial", lambda *a, **k: pytest.fail("trial ran"))
     conll = tmp_path / "pos.txt"
     conll.write_text("The DT\ncat NN\n\nA DT\ndog NN\n", encoding="utf-8")
     with pytest.raises(MetricError, match="pos tags"):
@@ -310,7 +310,7 @@ def test_the_command_line_fixes_every_option_and_passes_the_search_ones(tiny, fi
     def fake_search(task, **kwargs):
         seen.update(kwargs, task=task)
 
-    monkeypatch.setattr(minift.search, "search", fake_search)
+    monkeypatch.setattr(minift.run.search, "search", fake_search)
     main(["search", "finetune", "--model", str(tiny), "--train", files["train"], "--dev",
           files["dev"], "--grid", "lr=1e-4,2e-4", "--grid", "freeze=none,head", "--weight-decay",
           "0.1", "--dropout", "0.2", "--random", "3", "--metric", "f1", "--halving",
@@ -319,13 +319,13 @@ def test_the_command_line_fixes_every_option_and_passes_the_search_ones(tiny, fi
     assert (seen["seeds"], seen["metric"], seen["random_draws"], seen["halving"]) == (
         3, "f1", 3, True)
     assert seen["test"] == files["test"]
-    fixed = minift.search.fixed_options("finetune", seen["options"])
+    fixed = minift.run.search.fixed_options("finetune", seen["options"])
     assert fixed["weight_decay"] == 0.1 and fixed["dropout"] == 0.2
     assert "test" not in fixed and "out" not in fixed and "seed" not in fixed
 
 
 def test_search_json_is_plain_data(tiny, files, tmp_path, monkeypatch):
-    monkeypatch.setattr(minift.search, "run_trial", _fake_trial)
+    monkeypatch.setattr(minift.run.search, "run_trial", _fake_trial)
     result = search("finetune", out=str(tmp_path / "s"), options=options(tiny, files),
                     grid=["lr=1e-4,3e-4", "batch_size=4,8"], seeds=3)
     assert json.loads(json.dumps(result)) == copy.deepcopy(result)
@@ -341,7 +341,7 @@ def test_search_json_is_plain_data(tiny, files, tmp_path, monkeypatch):
 
 
 def test_dev_from_train_is_one_split_whatever_the_seed():
-    from minift.recipes import _dev_from_train
+    from minift.run.recipes import _dev_from_train
 
     examples = list(range(50))
     train, dev = _dev_from_train(examples, 10, 20, split_seed=0, where="train.tsv")
@@ -355,7 +355,7 @@ def test_dev_from_train_is_one_split_whatever_the_seed():
 
 def test_finetune_scores_its_test_file_once_with_the_dropout_it_was_given(tiny, files, tmp_path,
                                                                          monkeypatch):
-    from minift.recipes import finetune
+    from minift.run.recipes import finetune
 
     reads = count_reads(monkeypatch, files["test"])
     metrics = finetune(**options(tiny, files, dev=None), dev_from_train=4, test=files["test"],
@@ -373,6 +373,6 @@ def test_finetune_scores_its_test_file_once_with_the_dropout_it_was_given(tiny, 
 
 def test_every_searchable_hyperparameter_is_an_option_of_its_recipe():
     """A name the grid accepts reaches the recipe as a keyword (a typo here fails every trial)."""
-    for task, names in minift.search.HYPERPARAMETERS.items():
-        accepted = inspect.signature(getattr(minift.recipes, task)).parameters
+    for task, names in minift.run.search.HYPERPARAMETERS.items():
+        accepted = inspect.signature(getattr(minift.run.recipes, task)).parameters
         assert set(names) <= set(accepted), (task, sorted(set(names) - set(accepted)))

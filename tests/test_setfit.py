@@ -15,27 +15,29 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from minift.checkpoint import load_bert, save_bert
-from minift.cli import main
-from minift.data import DataError, read_examples, read_semicolon_examples
-from minift.model import BertConfig, BertModel
-from minift.sentence import encode
-from minift.setfit import (
-    LinearHead,
-    SetFitConfig,
-    SetFitModel,
+from minift.core.contrastive import (
     contrastive_loss,
     contrastive_pairs,
     cosine_similarity_loss,
     embed_pairs,
+)
+from minift.core.loop import NonFiniteLossError
+from minift.core.model import BertConfig, BertModel
+from minift.core.sentence import encode
+from minift.data.readers import DataError, read_examples, read_semicolon_examples
+from minift.data.tokenizer import Tokenizer
+from minift.hf.checkpoint import load_bert, save_bert
+from minift.run.cli import main
+from minift.tasks.setfit import (
+    LinearHead,
+    SetFitConfig,
+    SetFitModel,
     fit_logistic_regression,
     sample_shots,
     train_body,
     train_head,
     train_setfit,
 )
-from minift.tokenizer import Tokenizer
-from minift.train import NonFiniteLossError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -449,12 +451,12 @@ def test_cli_refuses_one_class_and_too_few_examples(tiny_dir, sst2, tmp_path, ca
 
 
 # --------------------------------------------------------------------------------------------
-# The contrastive phase on minift.train: the same recipe, its checks
+# The contrastive phase on minift.core.loop: the same recipe, its checks
 
 
 def test_body_on_the_training_loop_equals_the_plain_recipe(tiny_dir, sst2):
     """setfit's recipe written out as a plain loop (dropout on): the same weights, bit for bit."""
-    from minift.optim import make_optimizer, make_scheduler
+    from minift.core.optim import make_optimizer, make_scheduler
 
     texts = [ex.text for ex in sst2[0][:8]]
     labels = [ex.label for ex in sst2[0][:8]]

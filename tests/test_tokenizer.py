@@ -1,4 +1,4 @@
-"""minift.tokenizer against the reference, transformers' fast BertTokenizer, on all-MiniLM-L6-v2.
+"""minift.data.tokenizer against the reference, transformers' fast BertTokenizer, on all-MiniLM-L6-v2.
 
 Every comparison is exact: ids, attention mask, token types, word ids, sequence ids and character
 offsets must be identical lists.
@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
-from minift.tokenizer import Encoding, Tokenizer
+from minift.data.tokenizer import Encoding, Tokenizer
 
 # The reference warns when it is given a max_length it will not use (padding=True, no truncation).
 pytestmark = pytest.mark.filterwarnings("ignore:`max_length` is ignored:UserWarning")

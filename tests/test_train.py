@@ -1,4 +1,4 @@
-"""minift.train on tiny models: learning, accumulation, exact resume, atomic files, AMP, logs."""
+"""minift.core.loop on tiny models: learning, accumulation, exact resume, atomic files, AMP, logs."""
 
 import copy
 import json
@@ -11,10 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-import minift.train as train_module
-from minift.optim import AdamW, lr_schedule
-from minift.safetensors import read_safetensors, write_safetensors
-from minift.train import (
+import minift.core.loop as train_module
+from minift.core.loop import (
     NonFiniteLossError,
     NonFiniteWeightsError,
     TrainConfig,
@@ -22,6 +20,8 @@ from minift.train import (
     check_resume,
     train,
 )
+from minift.core.optim import AdamW, lr_schedule
+from minift.hf.safetensors import read_safetensors, write_safetensors
 
 VOCAB, CLASSES, SEQ = 12, 3, 5
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -9,13 +9,13 @@ seen) is 0.0. Unlike scikit-learn, no warning is raised for it.
 Read in this order: `accuracy`, the per-label counts everything else is built on,
 `per_class_scores`, `precision_recall_f1`, `confusion_matrix`, `format_table`; then, for
 sequence labelling (lists of tags per sentence), `entity_scores` (seqeval's entity-level scores,
-over the entities `minift.labels.entities` reads) and `token_accuracy`.
+over the entities `minift.core.labels.entities` reads) and `token_accuracy`.
 """
 
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
-from minift.labels import MODES, entities
+from minift.core.labels import MODES, entities
 
 AVERAGES = ("binary", "macro", "micro")
 
@@ -264,7 +264,7 @@ def format_table(
 # ---------------------------------------------------------------------------------------------
 #
 # NER is scored on entities, not tags: a predicted entity counts only when its type, first word
-# and last word all match a gold entity. Tags are read into entities by `minift.labels.entities`,
+# and last word all match a gold entity. Tags are read into entities by `minift.core.labels.entities`,
 # in the two modes of seqeval (the library the transformers examples report).
 
 

@@ -4,16 +4,16 @@ Reading order:
 
 1. `read_examples` reads a TSV (GLUE style), CSV or JSON-lines file into `Example`s, and says
    exactly where and why when a file is not what it should be (`DataError`, defined beside the
-   label vocabulary in `minift.labels`, which raises it too); `read_semicolon_examples` reads the
+   label vocabulary in `minift.core.labels`, which raises it too); `read_semicolon_examples` reads the
    `text;label` files of the Emotion data set; `read_utf8_lines` gives the lines of any UTF-8 file.
-2. `encode_labels` maps the labels of a split to ids with a `minift.labels.LabelVocab` and names
+2. `encode_labels` maps the labels of a split to ids with a `minift.core.labels.LabelVocab` and names
    the first row whose label the training set lacks.
 3. `TASKS` / `task_files` name the files and columns of the GLUE tasks in `MINIFT_DATA`.
 4. For token classification (NER, POS): `read_conll` reads a column file into `TaggedSentence`s
    (`apply_scheme` checks or converts NER tags), `entity_label_set` gives the tags of a training
    set, `encode_tags` maps the tags to ids, and `write_conll` writes sentences back.
 
-`minift.batches` turns what these return into padded batches.
+`minift.data.batches` turns what these return into padded batches.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from minift.labels import (
+from minift.core.files import atomic_write
+from minift.core.labels import (
     SCHEMES,
     DataError,
     LabelVocab,
@@ -37,7 +38,6 @@ from minift.labels import (
     split_tag,
     validate_tags,
 )
-from minift.safetensors import atomic_write
 
 # ----------------------------------------------------------------------------------------------
 # Reading examples
@@ -362,7 +362,7 @@ def task_files(
 # (CoNLL-2003 here: `word POS NER`), a blank line between sentences, `-DOCSTART-` lines between
 # documents. `read_conll` reads one column of tags (`apply_scheme` checks or converts NER tags),
 # and `encode_tags` turns them into ids and names the file:line of a tag the training set lacks
-# (`minift.batches.TokenClassificationDataset` then aligns them to the sub-words).
+# (`minift.data.batches.TokenClassificationDataset` then aligns them to the sub-words).
 
 DOCSTART = "-DOCSTART-"
 _COLUMNS = re.compile(r"[ \t]+")  # CoNLL files separate columns by spaces (some by tabs)

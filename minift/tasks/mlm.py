@@ -9,7 +9,7 @@ Reading order:
    passages packed into full-length sequences (`[CLS] a [SEP] b [SEP] ...`), as RoBERTa's
    FULL-SENTENCES and SpanBERT do: no compute is spent on padding, and span masking, whose last
    span overshoots the budget by about half a span per sequence, gets long sequences where that
-   half span is small (see `minift.masking.span_mask`).
+   half span is small (see `minift.core.masking.span_mask`).
 3. `MaskingCollator` masks one padded batch with `masking.mlm`, `whole_word_mask` or `span_mask`.
 4. `MaskedBatches` is one epoch of masked batches. Batch i of epoch e is masked with its own
    `torch.Generator` seeded from (seed, e, i): the same epoch gives the same batches whenever it is
@@ -17,12 +17,13 @@ Reading order:
    rebuilds the epoch it resumes in), and an evaluation set masked once with a fixed seed gives
    before/after numbers on the very same masks.
 
-The tokenizer is `minift.tokenizer.Tokenizer` (its `backend` gives the ids and word ids of a passage
+The tokenizer is `minift.data.tokenizer.Tokenizer` (its `backend` gives the ids and word ids of a passage
 without special tokens; the special-token ids come from the tokenizer).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from collections.abc import Sequence
@@ -30,12 +31,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
 
-from minift import masking
-from minift.batches import length_grouped_batches, pad_batch, pad_rows
-from minift.data import read_utf8_lines
-from minift.labels import DataError
+from minift.core import masking
+from minift.core.align import (
+    IGNORE_INDEX,
+)
+from minift.core.labels import DataError
+from minift.core.model import BertConfig, BertModel
+from minift.data.batches import length_grouped_batches, pad_batch, pad_rows
+from minift.data.readers import (
+    read_utf8_lines,
+)
+from minift.hf.checkpoint import (
+    CheckpointError,
+    load_encoder_weights,
+    read_checkpoint,
+    save_bert,
+)
 
 # ----------------------------------------------------------------------------------------------
 # Reading text
@@ -184,7 +199,7 @@ STRATEGIES = ("mlm", "wwm", "span")
 
 @dataclass
 class MaskingCollator:
-    """Masks a batch of `TextSequences.batch` with one of the strategies of `minift.masking`.
+    """Masks a batch of `TextSequences.batch` with one of the strategies of `minift.core.masking`.
 
     `strategy`: "mlm" (BERT, token by token), "wwm" (whole words) or "span" (SpanBERT spans);
     `mlm_probability` is the selection rate (the budget for spans). Never selected: the
@@ -212,7 +227,7 @@ class MaskingCollator:
     def from_tokenizer(
         cls, tokenizer, strategy: str, mlm_probability: float = 0.15
     ) -> MaskingCollator:
-        """The collator for a `minift.tokenizer.Tokenizer`: its [MASK], vocabulary and specials."""
+        """The collator for a `minift.data.tokenizer.Tokenizer`: its [MASK], vocabulary and specials."""
         if tokenizer.mask_token_id is None:
             raise ValueError("the tokenizer has no [MASK] token: it cannot be used for MLM")
         return cls(
@@ -301,3 +316,177 @@ class MaskedBatches(Sequence):
         index %= len(self)
         generator = torch.Generator().manual_seed(batch_seed(self.seed, self.epoch, index))
         return self.collator(self.sequences.batch(self.groups[index]), generator)
+
+
+@dataclass
+class MaskedLMOutput:
+    """``loss`` (mean cross-entropy over the labels that are not -100; None without labels) and
+    ``logits``: (batch, seq, vocab) without labels; with labels only the rows of the target
+    positions, (targets, vocab), in the row-major order of ``labels[labels != -100]``."""
+
+    loss: torch.Tensor | None
+    logits: torch.Tensor
+
+
+class MaskedLM(nn.Module):
+    """The encoder + BERT's MLM head, as transformers' ``BertForMaskedLM``.
+
+    The head is a transform (dense, GELU, LayerNorm) and a decoder back to the vocabulary whose
+    weight IS the word-embedding matrix (one ``nn.Parameter``, so a step on one is a step on the
+    other), plus an output bias per token. The encoder has no pooler (``add_pooling_layer=False``,
+    as the reference). Checkpoint names: ``cls.predictions.transform.dense.*``,
+    ``cls.predictions.transform.LayerNorm.*`` and ``cls.predictions.bias``; the decoder weight is
+    not stored (the reference drops tied copies too).
+
+    Sparse head: with ``labels``, the transform and the decoder run only at the positions whose
+    label is not -100 (about 15% of the tokens), so the largest matmul of pretraining,
+    (tokens, hidden) x (hidden, vocab), shrinks about sixfold; the loss is the same as computing
+    every logit and ignoring the -100 positions (a test holds the two equal).
+    """
+
+    architecture = "BertForMaskedLM"
+    add_pooling_layer = False
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        hidden, vocab = config.hidden_size, config.vocab_size
+        self.bert = BertModel(config, add_pooling_layer=self.add_pooling_layer)
+        self.transform = nn.Linear(hidden, hidden)
+        self.transform_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
+        self.decoder = nn.Linear(hidden, vocab, bias=False)
+        self.decoder.weight = self.bert.embeddings.word_embeddings.weight  # tied: one Parameter
+        self.bias = nn.Parameter(torch.zeros(vocab))
+        self.head_loaded = False  # True when from_pretrained found cls.predictions.* weights
+        # BERT's initialisation of the head: N(0, initializer_range) weights, zero biases, unit norm.
+        nn.init.normal_(self.transform.weight, std=config.initializer_range)
+        nn.init.zeros_(self.transform.bias)
+
+    @property
+    def config(self) -> BertConfig:
+        return self.bert.config
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., hidden) -> (..., vocab): dense, GELU, LayerNorm, then the tied decoder + bias."""
+        x = self.transform_norm(F.gelu(self.transform(hidden)))
+        return self.decoder(x) + self.bias
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> MaskedLMOutput:
+        """Logits at every position without labels; with labels, the loss and the logits of the
+        target positions only (see ``MaskedLMOutput``). No target at all gives a nan loss, as the
+        reference (the training loop skips such batches)."""
+        hidden = self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state
+        if labels is None:
+            return MaskedLMOutput(loss=None, logits=self.head(hidden))  # (batch, seq, vocab)
+        if labels.shape != input_ids.shape:
+            raise ValueError(f"labels: expected the shape of input_ids {tuple(input_ids.shape)}, "
+                             f"got {tuple(labels.shape)}")
+        targets = labels != IGNORE_INDEX
+        logits = self.head(hidden[targets])  # (targets, vocab): the sparse head
+        loss = F.cross_entropy(logits.float(), labels[targets])
+        return MaskedLMOutput(loss=loss, logits=logits)
+
+    # ---- HF-format checkpoints ----
+
+    # HF name -> name here. Old TF-converted checkpoints call the LayerNorm's parameters
+    # gamma / beta; they are read under these names too.
+    HEAD_KEYS = {
+        "cls.predictions.transform.dense.weight": "transform.weight",
+        "cls.predictions.transform.dense.bias": "transform.bias",
+        "cls.predictions.transform.LayerNorm.weight": "transform_norm.weight",
+        "cls.predictions.transform.LayerNorm.bias": "transform_norm.bias",
+        "cls.predictions.bias": "bias",
+    }
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> MaskedLM:
+        """Load the encoder and, when the checkpoint has them, the ``cls.predictions.*`` weights.
+
+        Without them (the published all-MiniLM-L6-v2 has none: it was trained for sentence
+        embeddings and shipped without its MLM head) the head is initialised as BERT does and
+        ``head_loaded`` is False: its predictions are then near-uniform until it is trained.
+        A stored decoder weight must equal the word embeddings (minift always ties them); other
+        heads (``cls.seq_relationship.*``, ``classifier.*``) and a pooler are not used and dropped.
+        """
+        checkpoint = read_checkpoint(path)
+        folder = checkpoint.folder
+        if checkpoint.raw_config.get("tie_word_embeddings", True) is False:
+            raise CheckpointError(f"{folder / 'config.json'}: tie_word_embeddings is false; "
+                                  "minift's MaskedLM always ties the decoder to the embeddings")
+        model = cls(checkpoint.config)
+        load_encoder_weights(model.bert, checkpoint, init_missing_pooler=True)
+        model.load_heads(checkpoint)
+        return model
+
+    def load_heads(self, checkpoint) -> None:
+        """Copy the ``cls.predictions.*`` weights of ``checkpoint`` (when it has them)."""
+        folder, model, cls = checkpoint.folder, self, type(self)
+        found = {}
+        for name, tensor in checkpoint.heads.items():
+            if not name.startswith("cls.predictions."):
+                continue
+            hf = name.replace("LayerNorm.gamma", "LayerNorm.weight")
+            hf = hf.replace("LayerNorm.beta", "LayerNorm.bias")
+            hf = {"cls.predictions.decoder.bias": "cls.predictions.bias"}.get(hf, hf)
+            if hf == "cls.predictions.decoder.weight":
+                if not torch.equal(tensor, model.bert.embeddings.word_embeddings.weight):
+                    raise CheckpointError(
+                        f"{folder}: {name} differs from bert.embeddings.word_embeddings.weight; "
+                        "minift's MaskedLM ties the decoder to the embeddings"
+                    )
+                continue
+            if hf not in cls.HEAD_KEYS:
+                raise CheckpointError(f"{folder}: unknown MLM head weight {name!r} (known: "
+                                      f"{', '.join(cls.HEAD_KEYS)})")
+            found[cls.HEAD_KEYS[hf]] = (name, tensor)
+        if found:
+            missing = sorted(set(cls.HEAD_KEYS.values()) - set(found))
+            if missing:
+                raise CheckpointError(f"{folder}: the MLM head is incomplete, missing (minift "
+                                      f"names): {', '.join(missing)}")
+            params = dict(model.named_parameters())
+            with torch.no_grad():
+                for ours, (name, tensor) in found.items():
+                    if tensor.shape != params[ours].shape:
+                        raise CheckpointError(
+                            f"{folder}: {name} has shape {tuple(tensor.shape)}, the config needs "
+                            f"{tuple(params[ours].shape)}"
+                        )
+                    params[ours].copy_(tensor)
+            model.head_loaded = True
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write an HF folder that ``transformers.BertForMaskedLM`` loads with the same logits."""
+        extra = {"architectures": [self.architecture], "tie_word_embeddings": True}
+        save_bert(self.bert, path, heads=self.head_tensors(), config_extra=extra, prefix="bert.")
+
+    def head_tensors(self) -> dict[str, torch.Tensor]:
+        """The head's weights under their HF names (the tied decoder is not stored)."""
+        params = dict(self.named_parameters())
+        return {hf: params[ours] for hf, ours in self.HEAD_KEYS.items()}
+
+
+
+def mlm_metrics(model, batches, device, *, progress: bool = False) -> dict[str, float]:
+    """Masked-token loss, perplexity (exp of the mean masked-token loss) and accuracy (argmax
+    equals the original token), averaged over every masked token of ``batches``."""
+
+    model.eval()
+    loss_sum, correct, count = 0.0, 0, 0
+    with torch.no_grad():
+        for batch in tqdm(batches, desc="held-out", leave=False, disable=not progress):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            targets = batch["labels"][batch["labels"] != IGNORE_INDEX]
+            if targets.numel() == 0:
+                continue
+            out = model(**batch)  # the sparse head: logits of the targets only
+            loss_sum += out.loss.item() * targets.numel()
+            correct += int((out.logits.argmax(-1) == targets).sum())
+            count += targets.numel()
+    if count == 0:
+        raise ValueError("the evaluation text got no masked token: give more held-out text")
+    loss = loss_sum / count
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)),
+            "masked_accuracy": correct / count, "masked_tokens": count}
+

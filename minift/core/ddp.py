@@ -16,7 +16,7 @@ MASTER_ADDR, MASTER_PORT). This module is the little that minift adds on top:
 - `all_sum` and `broadcast` are the two collectives the loop needs besides DDP's own gradient
   all-reduce: the training loss summed over ranks, and evaluation results sent from rank 0.
 
-The training loop (`minift.train`) does the rest: wrap the model in
+The training loop (`minift.core.loop`) does the rest: wrap the model in
 `DistributedDataParallel`, skip the gradient sync on accumulation micro-steps (`no_sync`), and
 let only rank 0 evaluate, log, show progress and write files. A script of your own that calls
 `train` under torchrun should end with `teardown()` (the CLI does), not a bare

@@ -11,7 +11,7 @@ A BERT tokenizer is a pipeline of four steps, and `tokenizers` (Rust) runs all o
 
 This file loads that pipeline from a checkpoint folder (`tokenizer.json`, or `vocab.txt` plus
 `tokenizer_config.json`), and turns texts into padded `torch.long` tensors, or with
-`padding=False` into one unpadded row per example (what `minift.batches` stores, to pad each batch
+`padding=False` into one unpadded row per example (what `minift.data.batches` stores, to pad each batch
 once, to its own longest example). Truncation and padding are applied per call, never taken from
 the checkpoint's `tokenizer.json` (which may carry its own, such as all-MiniLM-L6-v2's fixed
 padding to 128). The defaults and results follow the reference,
@@ -29,7 +29,7 @@ import tokenizers
 import torch
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
-from minift.safetensors import atomic_write
+from minift.core.files import atomic_write
 
 # The special tokens a BERT checkpoint uses, keyed as in `tokenizer_config.json`.
 BERT_SPECIAL_TOKENS = {

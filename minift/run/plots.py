@@ -1,7 +1,7 @@
 """Pictures of runs: what ``minift plot RUN [RUN ...]`` draws, and the figure helpers the lessons use.
 
 matplotlib is optional (``pip install -e ".[plots]"``). This module imports it only inside its
-functions, so ``import minift.plots`` works without it and a caller can ask ``available()``
+functions, so ``import minift.run.plots`` works without it and a caller can ask ``available()``
 first; the model, the loop and the recipes never import it. Figures are
 ``matplotlib.figure.Figure`` objects drawn without pyplot: no window, no global backend, and a
 PNG is rendered by the Agg canvas (``save``), the same on a laptop, a server or in CI.
@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from minift.safetensors import atomic_write
+from minift.core.files import atomic_write
 
 # --------------------------------------------------------------------------------------------
 # 1. Style and saving
@@ -398,7 +398,7 @@ def draw_embeddings(ax, coords, labels: Sequence[str], title: str,
 
 def draw_search(ax, rows: Sequence[dict], x: str, ylabel: str, *, log_x: bool = False,
                 chosen: dict | None = None) -> None:
-    """A hyperparameter search (``minift.search``): the mean dev score against the
+    """A hyperparameter search (``minift.run.search``): the mean dev score against the
     hyperparameter ``x``, one line per setting of the others (batch size, freezing, ...), error
     bars of one standard deviation over the seeds, each seed a faint dot, the chosen
     configuration ringed."""

@@ -17,12 +17,11 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
 
 import torch
+
+from minift.core.files import atomic_write
 
 
 class CheckpointError(ValueError):
@@ -151,53 +150,6 @@ def encode_safetensors(tensors: dict[str, torch.Tensor],
     text = json.dumps(header, separators=(",", ":")).encode("utf-8")
     text += b" " * (-len(text) % 8)
     return struct.pack("<Q", len(text)) + text + b"".join(blobs)
-
-
-
-def fsync_dir(folder: str | os.PathLike) -> None:
-    """Make renames inside ``folder`` durable (a no-op where a folder cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], None]) -> None:
-    """Write ``data`` (bytes, or a function that writes into a binary file) to ``path`` atomically.
-
-    A temporary file beside ``path`` is written, flushed and fsynced, given the mode an ordinary
-    ``open`` would give (0o666 less the umask: ``mkstemp`` alone makes it 0o600), renamed over
-    ``path``, and the folder is fsynced. A crash or a full disk part-way leaves the old file (or
-    none), never a half-written one, and removes the temporary file.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if callable(data):
-                data(f)
-            else:
-                f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
 
 
 def write_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,

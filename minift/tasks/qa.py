@@ -22,7 +22,7 @@ This is transformers' question-answering recipe (``prepare_train_features`` and
 ``postprocess_qa_predictions`` of its ``run_qa.py`` example) written out; the tests hold the
 windows, positions and answers equal to it on real SQuAD questions. SQuAD 2.0's unanswerable
 questions (``is_impossible``) are refused with an error that says so. Nothing here knows the
-model; the tokenizer is ``minift.tokenizer.Tokenizer`` (its ``backend`` gives the tokens and
+model; the tokenizer is ``minift.data.tokenizer.Tokenizer`` (its ``backend`` gives the tokens and
 their character offsets).
 """
 
@@ -39,9 +39,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
 
-from minift.batches import PaddedRows
-from minift.labels import DataError
+from minift.core.labels import DataError
+from minift.core.model import BertConfig, BertModel
+from minift.data.batches import PaddedRows
+from minift.hf.checkpoint import (
+    fresh_linear,
+    load_encoder_weights,
+    load_linear,
+    read_checkpoint,
+    save_bert,
+)
 
 # --------------------------------------------------------------------------------------------
 # 1. Reading SQuAD
@@ -263,7 +274,7 @@ def make_windows(questions: Sequence[Question], tokenizer, *, max_length: int = 
 
 
 class WindowDataset(PaddedRows):
-    """Windows as padded batches (``minift.batches.PaddedRows``: length-grouped, each batch padded
+    """Windows as padded batches (``minift.data.batches.PaddedRows``: length-grouped, each batch padded
     to its longest window), with ``start_positions`` / ``end_positions`` when ``labels`` (the
     names of ``BertForQuestionAnswering``'s arguments)."""
 
@@ -413,3 +424,110 @@ def squad_scores(predictions: dict[str, str], questions: Sequence[Question]) -> 
         f += max(f1(predicted, a.text) for a in q.answers)
     n = len(questions)
     return {"exact_match": 100 * em / n, "f1": 100 * f / n, "questions": n}
+
+
+@dataclass
+class SpanOutput:
+    """``loss`` (None without positions), ``start_logits`` and ``end_logits``, (batch, seq)."""
+
+    loss: torch.Tensor | None
+    start_logits: torch.Tensor
+    end_logits: torch.Tensor
+
+
+def span_loss(start_logits: torch.Tensor, end_logits: torch.Tensor,
+              start_positions: torch.Tensor, end_positions: torch.Tensor) -> torch.Tensor:
+    """``BertForQuestionAnswering``'s loss: the mean of the start and end cross-entropies.
+
+    Positions outside the window are clamped to ``seq`` and that index is ignored, as in
+    transformers (a batch where every position is ignored gives nan, as there).
+    """
+    ignored = start_logits.shape[1]
+    start = start_positions.reshape(-1).clamp(0, ignored)
+    end = end_positions.reshape(-1).clamp(0, ignored)
+    return (F.cross_entropy(start_logits.float(), start, ignore_index=ignored)
+            + F.cross_entropy(end_logits.float(), end, ignore_index=ignored)) / 2
+
+
+class QuestionAnswering(nn.Module):
+    """The encoder + one linear layer to a start and an end logit per token, as transformers'
+    ``BertForQuestionAnswering`` (head ``qa_outputs.{weight,bias}``, (2, hidden); no dropout
+    before it; no pooler).
+
+    One deliberate difference: the logits of padding positions are set to the dtype's lowest
+    value, so no answer can start or end in the padding and the loss does not depend on how much
+    a batch is padded. transformers leaves them as computed; on a batch without padding the two
+    agree exactly (the tests hold both statements).
+    """
+
+    architecture = "BertForQuestionAnswering"
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.qa_outputs = fresh_linear(config, 2)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None,
+                start_positions: torch.Tensor | None = None,
+                end_positions: torch.Tensor | None = None) -> SpanOutput:
+        """Start and end logits; the loss when both positions are given (see ``span_loss``)."""
+        hidden = self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state
+        logits = self.qa_outputs(hidden)  # (batch, seq, 2)
+        if attention_mask is not None:
+            logits = logits.masked_fill((attention_mask == 0)[..., None],
+                                        torch.finfo(logits.dtype).min)
+        start_logits, end_logits = logits.unbind(-1)  # (batch, seq) each
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            loss = span_loss(start_logits, end_logits, start_positions, end_positions)
+        return SpanOutput(loss, start_logits, end_logits)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> QuestionAnswering:
+        """Load an encoder and, when the checkpoint has it, the ``qa_outputs`` head (otherwise
+        fresh, as transformers initialises it)."""
+        checkpoint = read_checkpoint(path)
+        model = cls(checkpoint.config)
+        load_encoder_weights(model.bert, checkpoint)
+        load_linear(model.qa_outputs, checkpoint, "qa_outputs")
+        return model
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write an HF folder that ``transformers.BertForQuestionAnswering`` loads."""
+        heads = {"qa_outputs.weight": self.qa_outputs.weight, "qa_outputs.bias": self.qa_outputs.bias}
+        save_bert(self.bert, path, heads=heads, prefix="bert.",
+                  config_extra={"architectures": [self.architecture]})
+
+
+
+def qa_predictions(model, questions: Sequence, windows: Sequence, dataset, batch_size: int,
+                   device, *, progress: bool = False, n_best: int = 20,
+                   max_answer_length: int = 30) -> dict[str, list]:
+    """Question id -> its n-best answers (``minift.tasks.qa.best_answers``), from the start and end
+    logits of every window. ``model(**batch)`` returns ``.start_logits`` and ``.end_logits``:
+    minift's ``QuestionAnswering`` and transformers' ``BertForQuestionAnswering`` both do."""
+    model.eval()
+    starts: list = [None] * len(windows)
+    ends: list = [None] * len(windows)
+    with torch.no_grad():
+        for indices in tqdm(dataset.batch_indices(batch_size, generator=None, shuffle=False),
+                            desc="answering", leave=False, disable=not progress):
+            batch = {k: v.to(device) for k, v in dataset.batch(indices).items()
+                     if k not in ("start_positions", "end_positions")}
+            out = model(**batch)
+            for i, s, e in zip(indices, out.start_logits.float().cpu(),
+                               out.end_logits.float().cpu(), strict=True):
+                starts[i], ends[i] = s, e
+    return predict_answers(questions, windows, starts, ends, n_best=n_best,
+                                    max_answer_length=max_answer_length)
+
+
+def qa_scores(model, questions: Sequence, windows: Sequence, dataset, batch_size: int, device,
+              **options) -> dict:
+    """SQuAD v1.1 ``exact_match`` and ``f1`` (points) and ``questions``, with ``predictions``
+    (id -> best answer text) riding along."""
+    answers = qa_predictions(model, questions, windows, dataset, batch_size, device, **options)
+    predictions = {qid: spans[0].text for qid, spans in answers.items()}
+    return squad_scores(predictions, questions) | {"predictions": predictions}
+

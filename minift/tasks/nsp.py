@@ -17,7 +17,7 @@ document (label 0), or was it taken from another document (label 1)? Reading ord
                        B (there is no cut to make), so the share of random pairs is a little
                        over one half; ``nsp_pairs`` returns the pairs and the caller can count.
 3. ``PairSequences``   the pairs as unpadded rows with their token types and labels, batched
-                       like ``minift.mlm_data.TextSequences`` so the MLM masking collator masks
+                       like ``minift.tasks.mlm.TextSequences`` so the MLM masking collator masks
                        them (``NSPMaskedBatches`` adds ``next_sentence_label``).
 
 Randomness comes from one ``torch.Generator``: the same generator, the same pairs.
@@ -26,18 +26,38 @@ Randomness comes from one ``torch.Generator``: the same generator, the same pair
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
 
-from minift.batches import pad_batch, pad_rows
-from minift.data import read_utf8_lines
-from minift.labels import DataError
-from minift.mlm_data import MaskedBatches
+from minift.core.align import (
+    IGNORE_INDEX,
+)
+from minift.core.labels import DataError
+from minift.core.model import BertConfig, BertModel
+from minift.data.batches import pad_batch, pad_rows
+from minift.data.readers import (
+    read_utf8_lines,
+)
+from minift.hf.checkpoint import (
+    fresh_linear,
+    load_encoder_weights,
+    load_linear,
+    read_checkpoint,
+    save_bert,
+)
+from minift.tasks.classify import ClassifierOutput
+from minift.tasks.mlm import (
+    MaskedBatches,
+    MaskedLM,
+)
 
 # --------------------------------------------------------------------------------------------
 # 1. Documents
@@ -218,3 +238,130 @@ class NSPMaskedBatches(MaskedBatches):
         groups = self.groups[index % len(self)]
         masked["next_sentence_label"] = self.sequences.labels[groups]
         return masked
+
+
+class NextSentencePrediction(nn.Module):
+    """The encoder + BERT's next-sentence head, as transformers' ``BertForNextSentencePrediction``:
+    one linear layer (``cls.seq_relationship``, hidden -> 2) on the pooled [CLS] output. Label 0:
+    segment B follows segment A in its document; 1: B is a random segment."""
+
+    architecture = "BertForNextSentencePrediction"
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.bert = BertModel(config, add_pooling_layer=True)
+        self.seq_relationship = fresh_linear(config, 2)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> ClassifierOutput:
+        """(batch, 2) logits; the mean cross-entropy with ``labels``."""
+        pooled = self.bert(input_ids, attention_mask, token_type_ids,
+                           first_token_only=True).pooler_output
+        logits = self.seq_relationship(pooled)
+        loss = None if labels is None else F.cross_entropy(logits.float(), labels.reshape(-1))
+        return ClassifierOutput(loss, logits)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> NextSentencePrediction:
+        """Load an encoder and, when the checkpoint has it, ``cls.seq_relationship``."""
+        checkpoint = read_checkpoint(path)
+        model = cls(checkpoint.config)
+        load_encoder_weights(model.bert, checkpoint, init_missing_pooler=True)
+        load_linear(model.seq_relationship, checkpoint, "cls.seq_relationship")
+        return model
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write an HF folder that ``transformers.BertForNextSentencePrediction`` loads."""
+        heads = {"cls.seq_relationship.weight": self.seq_relationship.weight,
+                 "cls.seq_relationship.bias": self.seq_relationship.bias}
+        save_bert(self.bert, path, heads=heads, prefix="bert.",
+                  config_extra={"architectures": [self.architecture]})
+
+
+@dataclass
+class PreTrainingOutput:
+    """``loss`` = MLM loss + NSP loss (None without both labels), the MLM ``logits`` (as
+    ``MaskedLMOutput``), ``seq_relationship_logits`` (batch, 2), and the two losses apart."""
+
+    loss: torch.Tensor | None
+    logits: torch.Tensor
+    seq_relationship_logits: torch.Tensor
+    mlm_loss: torch.Tensor | None = None
+    nsp_loss: torch.Tensor | None = None
+
+
+class PreTraining(MaskedLM):
+    """BERT's two pretraining objectives at once, as transformers' ``BertForPreTraining``: the MLM
+    head of ``MaskedLM`` on every token and the next-sentence head (``cls.seq_relationship``) on
+    the pooled output; the loss is their unweighted sum."""
+
+    architecture = "BertForPreTraining"
+    add_pooling_layer = True
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.seq_relationship = fresh_linear(config, 2)
+        self.nsp_loaded = False
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                next_sentence_label: torch.Tensor | None = None) -> PreTrainingOutput:
+        """MLM logits (all positions without ``labels``; the target rows only with them, the
+        sparse head) and NSP logits; the summed loss when both labels are given."""
+        out = self.bert(input_ids, attention_mask, token_type_ids)
+        hidden, pooled = out.last_hidden_state, out.pooler_output
+        nsp_logits = self.seq_relationship(pooled)
+        if labels is None:
+            return PreTrainingOutput(None, self.head(hidden), nsp_logits)
+        targets = labels != -100
+        logits = self.head(hidden[targets])  # (targets, vocab)
+        mlm_loss = F.cross_entropy(logits.float(), labels[targets])
+        nsp_loss = loss = None
+        if next_sentence_label is not None:
+            nsp_loss = F.cross_entropy(nsp_logits.float(), next_sentence_label.reshape(-1))
+            loss = mlm_loss + nsp_loss
+        return PreTrainingOutput(loss, logits, nsp_logits, mlm_loss, nsp_loss)
+
+    def load_heads(self, checkpoint) -> None:
+        """The MLM head and, when the checkpoint has it, ``cls.seq_relationship``."""
+        super().load_heads(checkpoint)
+        self.nsp_loaded = load_linear(self.seq_relationship, checkpoint, "cls.seq_relationship")
+
+    def head_tensors(self) -> dict[str, torch.Tensor]:
+        """Both heads' weights under their HF names."""
+        return super().head_tensors() | {
+            "cls.seq_relationship.weight": self.seq_relationship.weight,
+            "cls.seq_relationship.bias": self.seq_relationship.bias}
+
+
+
+def pretraining_metrics(model, batches, device, *, progress: bool = False) -> dict[str, float]:
+    """``mlm_metrics`` plus next-sentence prediction for ``heads.PreTraining``: ``nsp_accuracy``
+    and ``nsp_loss`` over the pairs, and ``loss`` = masked-token loss + NSP loss (the sum
+    ``BertForPreTraining`` trains on)."""
+    model.eval()
+    mlm_sum, nsp_sum, correct, count, right, pairs = 0.0, 0.0, 0, 0, 0, 0
+    with torch.no_grad():
+        for batch in tqdm(batches, desc="held-out", leave=False, disable=not progress):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            targets = batch["labels"][batch["labels"] != IGNORE_INDEX]
+            out = model(**batch)
+            if targets.numel():
+                mlm_sum += out.mlm_loss.item() * targets.numel()
+                correct += int((out.logits.argmax(-1) == targets).sum())
+                count += targets.numel()
+            gold = batch["next_sentence_label"]
+            nsp = torch.nn.functional.cross_entropy(out.seq_relationship_logits.float(), gold,
+                                                    reduction="sum")
+            nsp_sum += nsp.item()
+            right += int((out.seq_relationship_logits.argmax(-1) == gold).sum())
+            pairs += len(gold)
+    if count == 0:
+        raise ValueError("the evaluation text got no masked token: give more held-out text")
+    mlm_loss = mlm_sum / count
+    return {"loss": mlm_loss + nsp_sum / pairs, "mlm_loss": mlm_loss,
+            "perplexity": math.exp(min(mlm_loss, 700.0)), "masked_accuracy": correct / count,
+            "masked_tokens": count, "nsp_accuracy": right / pairs, "nsp_loss": nsp_sum / pairs,
+            "pairs": pairs}
+

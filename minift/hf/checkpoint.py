@@ -7,8 +7,9 @@ Two parts, in reading order (the file format itself is ``safetensors.py``):
    ``read_checkpoint`` (config.json and the weights, each read once and checked), and the
    one-line entry points ``load_bert(path)`` and ``save_bert(model, path)``.
 
-``model.py`` knows nothing of files; this module builds a ``BertModel`` from a folder and, by
-default, swaps its fast modules in (``padding.speed_up``).
+``model.py`` knows nothing of files; this module builds the textbook ``BertModel`` from a folder
+(the fast modules enter by one visible call, ``minift.fast.unpad.speed_up(model)``). The
+heads' own linear layers are read and initialised here too (``load_linear``, ``fresh_linear``).
 """
 
 from __future__ import annotations
@@ -22,15 +23,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from minift.model import BertConfig, BertModel, ConfigError
-from minift.padding import speed_up
-from minift.safetensors import (
-    CheckpointError,
-    atomic_write,
-    read_safetensors,
-    write_safetensors,
-)
+from minift.core.files import atomic_write
+from minift.core.model import BertConfig, BertModel, ConfigError
+from minift.hf.safetensors import CheckpointError, read_safetensors, write_safetensors
 
 # --------------------------------------------------------------------------------------------
 # 1. The key map: HF BERT names -> minift names
@@ -327,19 +324,18 @@ def load_encoder_weights(model: BertModel, checkpoint: Checkpoint, *,
 
 
 def load_bert(path: str | os.PathLike, *, add_pooling_layer: bool = True,
-              allow_unexpected: bool = False, fast: bool = True) -> BertModel:
+              allow_unexpected: bool = False) -> BertModel:
     """Load an HF BERT checkpoint folder (or ``"minilm"``) into a minift ``BertModel``, in eval
     mode.
 
     ``add_pooling_layer=False`` builds it without a pooler and drops pooler weights.
-    ``fast=True`` (the default) swaps in the fast modules (``padding.speed_up``: unpadded
-    batches, and the CPU kernels where measured faster), same weights, same numbers; ``fast=False``
-    returns the textbook ``model.py`` form.
+    Returns the textbook ``minift.core.model.BertModel``; ``minift.fast.unpad.speed_up(model)``
+    swaps in the fast modules (same weights, same numbers).
     """
     checkpoint = read_checkpoint(path, allow_unexpected=allow_unexpected)
     model = BertModel(checkpoint.config, add_pooling_layer=add_pooling_layer)
     load_encoder_weights(model, checkpoint)
-    return (speed_up(model) if fast else model).eval()
+    return model.eval()
 
 
 def save_bert(model: BertModel, path: str | os.PathLike,
@@ -357,3 +353,29 @@ def save_bert(model: BertModel, path: str | os.PathLike,
     write_safetensors(tensors, folder / "model.safetensors")
     config = model.config.to_dict() | (config_extra or {})
     atomic_write(folder / "config.json", (json.dumps(config, indent=2) + "\n").encode())
+
+
+def load_linear(linear: nn.Linear, checkpoint, name: str) -> bool:
+    """Copy ``name.weight`` / ``name.bias`` of ``checkpoint`` into ``linear``; False when the
+    checkpoint has no such head (``linear`` keeps its fresh initialisation)."""
+    heads = checkpoint.heads
+    if f"{name}.weight" not in heads:
+        return False
+    weight, bias = heads[f"{name}.weight"], heads.get(f"{name}.bias")
+    if weight.shape != linear.weight.shape or bias is None or bias.shape != linear.bias.shape:
+        raise CheckpointError(f"{checkpoint.source}: {name}.weight has shape "
+                              f"{tuple(weight.shape)} and {name}.bias "
+                              f"{None if bias is None else tuple(bias.shape)}; the model needs "
+                              f"{tuple(linear.weight.shape)} and {tuple(linear.bias.shape)}")
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        linear.bias.copy_(bias)
+    return True
+
+
+def fresh_linear(config: BertConfig, outputs: int) -> nn.Linear:
+    """hidden -> ``outputs``, initialised as BERT's heads: N(0, initializer_range), zero bias."""
+    linear = nn.Linear(config.hidden_size, outputs)
+    nn.init.normal_(linear.weight, std=config.initializer_range)
+    nn.init.zeros_(linear.bias)
+    return linear

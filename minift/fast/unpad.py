@@ -24,8 +24,15 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from minift import kernels
-from minift.model import BertModel, BertOutput, Block, FeedForward, SelfAttention, additive_mask
+from minift.core.model import (
+    BertModel,
+    BertOutput,
+    Block,
+    FeedForward,
+    SelfAttention,
+    additive_mask,
+)
+from minift.fast import cpu_kernels as kernels
 
 # --------------------------------------------------------------------------------------------
 # Unpadding: where the real tokens sit, and when to drop the padding

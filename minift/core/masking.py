@@ -31,7 +31,9 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from minift.labels import IGNORE_INDEX  # -100: the label of positions that carry no loss
+# The label of positions that carry no loss: cross-entropy's default ignore_index, -100 in the whole
+# ecosystem (defined here too, so this file stands alone).
+IGNORE_INDEX = -100
 
 # ---------------------------------------------------------------------------------------------
 # Helpers: which tokens are special, which tokens form a word

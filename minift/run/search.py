@@ -1,6 +1,6 @@
 """Hyperparameter search: what ``minift search TASK`` runs, honest by construction.
 
-A search runs one recipe (``minift.recipes.finetune``, ``ner``, ``qa`` or ``setfit``) many times:
+A search runs one recipe (``minift.run.recipes.finetune``, ``ner``, ``qa`` or ``setfit``) many times:
 every configuration of a grid, each with several seeds, then picks the configuration whose mean
 dev score is best. Four habits keep it honest:
 
@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from minift.safetensors import atomic_write
+from minift.core.files import atomic_write
 
 
 class GridError(ValueError):
@@ -321,7 +321,7 @@ def run_trial(task: str, fixed: dict, config: dict, seed: int, folder: Path) -> 
     """One trial: the recipe run afresh (the checkpoint loaded from its folder) into ``folder``
     with the fixed options, ``config`` and ``seed``; what it printed goes to
     ``folder/trial.log``. Returns the record for ``trials.jsonl``."""
-    from minift import recipes
+    from minift.run import recipes
 
     if folder.exists():  # what a killed run of this trial left: start it again from scratch
         shutil.rmtree(folder)
@@ -488,9 +488,9 @@ def halving_cost(configs: list[dict], used: list[dict], log: TrialLog, seeds: Se
 
 def read_test(task: str, fixed: dict, path: str) -> Any:
     """The test set, read once (before any trial, so a bad file stops the search at once)."""
-    from minift import qa
-    from minift.data import read_conll, read_examples, task_files
-    from minift.recipes import data_folder, read_labelled
+    from minift.data.readers import read_conll, read_examples, task_files
+    from minift.run.recipes import data_folder, read_labelled
+    from minift.tasks import qa
 
     if not Path(path).is_file():
         raise ValueError(f"--test {path}: no such file")
@@ -513,8 +513,8 @@ def read_test(task: str, fixed: dict, path: str) -> Any:
 def check_test_is_not_dev(task: str, fixed: dict, test: str) -> None:
     """Refuse a test file that is the dev file the choice is made on (its score would be the
     dev score again, not a test of the choice)."""
-    from minift.data import task_files
-    from minift.recipes import data_folder
+    from minift.data.readers import task_files
+    from minift.run.recipes import data_folder
 
     dev = fixed.get("dev")
     if task == "finetune" and fixed.get("dev_from_train"):
@@ -530,14 +530,22 @@ def score_test(task: str, fixed: dict, test: Any, folder: Path) -> dict[str, flo
     """The scores on ``test`` (from ``read_test``) of the model in ``folder``."""
     import torch
 
-    from minift import heads, qa
-    from minift.batches import ClassificationDataset, TokenClassificationDataset
-    from minift.data import apply_scheme, encode_labels, encode_tags
-    from minift.labels import LabelVocab
-    from minift.metrics import accuracy
-    from minift.recipes import classification_metrics, predict_tags, qa_scores, tagging_scores
-    from minift.setfit import SetFitModel
-    from minift.tokenizer import Tokenizer
+    from minift.core.labels import LabelVocab
+    from minift.core.metrics import accuracy
+    from minift.data.readers import apply_scheme, encode_labels, encode_tags
+    from minift.data.tokenizer import Tokenizer
+    from minift.fast.unpad import speed_up
+    from minift.tasks import classify as heads
+    from minift.tasks import qa
+    from minift.tasks.classify import ClassificationDataset, classification_metrics
+    from minift.tasks.qa import qa_scores
+    from minift.tasks.setfit import SetFitModel
+    from minift.tasks.tag import (
+        TokenClassificationDataset,
+        TokenClassifier,
+        predict_tags,
+        tagging_scores,
+    )
 
     device = torch.device(fixed.get("device") or ("cuda" if torch.cuda.is_available()
                                                   else "cpu"))
@@ -548,7 +556,7 @@ def score_test(task: str, fixed: dict, test: Any, folder: Path) -> dict[str, flo
                                      model.predict([ex.text for ex in test]))}
     tokenizer = Tokenizer.from_pretrained(folder)
     if task == "qa":
-        model = heads.QuestionAnswering.from_pretrained(folder).to(device)
+        model = speed_up(qa.QuestionAnswering.from_pretrained(folder)).to(device)
         windows = qa.make_windows(test, tokenizer, max_length=max_length,
                                   doc_stride=fixed.get("doc_stride", 128))
         dataset = qa.WindowDataset(windows, tokenizer.pad_token_id, labels=False)
@@ -559,7 +567,7 @@ def score_test(task: str, fixed: dict, test: Any, folder: Path) -> dict[str, flo
     saved = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     vocab = LabelVocab.from_dict(saved)
     if task == "finetune":
-        model = heads.SequenceClassifier.from_pretrained(folder).to(device)
+        model = speed_up(heads.SequenceClassifier.from_pretrained(folder)).to(device)
         dataset = ClassificationDataset(test, tokenizer, max_length=max_length,
                                         label_ids=encode_labels(test, vocab))
         scores = classification_metrics(model, dataset.batches(batch_size, generator=None,
@@ -568,7 +576,7 @@ def score_test(task: str, fixed: dict, test: Any, folder: Path) -> dict[str, flo
     metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
     kind = metrics["task"]
     sentences = apply_scheme(test, metrics["scheme"]) if kind == "ner" else test
-    model = heads.TokenClassifier.from_pretrained(folder).to(device)
+    model = speed_up(TokenClassifier.from_pretrained(folder)).to(device)
     dataset = TokenClassificationDataset([s.words for s in sentences], tokenizer,
                                          max_length=max_length,
                                          label_ids=encode_tags(sentences, vocab),
@@ -663,7 +671,7 @@ def draw(result: dict, path: Path) -> Path | None:
     """The picture: the dev metric against the learning rate (or the first numeric
     hyperparameter), one line per value of the others, each seed a dot; None without
     matplotlib."""
-    from minift import plots
+    from minift.run import plots
 
     x = _x_axis(result["grid"])
     if x is None or not plots.available():
@@ -689,7 +697,7 @@ def fixed_options(task: str, options: dict) -> dict:
     """The options of ``options`` that the task's recipe takes and every trial shares."""
     import inspect
 
-    from minift import recipes
+    from minift.run import recipes
 
     parameters = inspect.signature(getattr(recipes, task)).parameters
     return {k: v for k, v in options.items()
@@ -698,8 +706,8 @@ def fixed_options(task: str, options: dict) -> dict:
 
 def _check_against_model(task: str, fixed: dict, configs: list[dict]) -> None:
     """Values that are valid only for this model: the freeze depth and the maximum length."""
-    from minift.checkpoint import resolve_model_dir
-    from minift.recipes import check_device, check_freeze, check_max_length
+    from minift.hf.checkpoint import resolve_model_dir
+    from minift.run.recipes import check_device, check_freeze, check_max_length
 
     check_device(fixed.get("device"))
     folder = resolve_model_dir(fixed.get("model", "minilm"))
@@ -720,7 +728,7 @@ def _check_metric(task: str, metric: str, fixed: dict) -> tuple[str, bool]:
     if metric not in reported:
         raise MetricError(f"--metric {metric}: {task} reports {', '.join(reported)}")
     if task == "ner":
-        from minift.data import is_bio, read_conll
+        from minift.data.readers import is_bio, read_conll
 
         kind = fixed.get("task", "auto")
         if kind == "auto" and fixed.get("train"):
@@ -768,7 +776,7 @@ def search(task: str, *, out: str, options: dict, grid: Sequence[str] | None = N
     seed with the best dev score). Returns what ``search.json`` holds.
     Everything is checked before the first trial: a bad value raises ``ValueError``.
     """
-    from minift.recipes import claim_folder
+    from minift.run.recipes import claim_folder
 
     if task not in HYPERPARAMETERS:
         raise ValueError(f"minift search: no task {task!r}; use {', '.join(HYPERPARAMETERS)}")

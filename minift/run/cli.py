@@ -1,4 +1,4 @@
-"""The ``minift`` command: argument parsing only; the recipes it runs live in ``minift.recipes``.
+"""The ``minift`` command: argument parsing only; the recipes it runs live in ``minift.run.recipes``.
 
 Nothing heavy is imported until a command runs, so ``minift --help`` answers at once (a test
 holds it to importing no torch). ``main`` turns the errors a command can foresee into one line.
@@ -61,14 +61,15 @@ def parse_pairs(texts: list[str] | None) -> list[tuple[str, str]]:
 
 def cmd_similarity(args: argparse.Namespace) -> int:
     pairs = parse_pairs(args.pair)  # checked before the model is loaded
-    from minift.checkpoint import load_bert, resolve_model_dir
-    from minift.recipes import check_device
-    from minift.sentence import encode
-    from minift.tokenizer import Tokenizer
+    from minift.core.sentence import encode
+    from minift.data.tokenizer import Tokenizer
+    from minift.fast.unpad import speed_up
+    from minift.hf.checkpoint import load_bert, resolve_model_dir
+    from minift.run.recipes import check_device
 
     check_device(args.device)
     folder = resolve_model_dir(args.model)
-    model, tokenizer = load_bert(folder), Tokenizer.from_pretrained(folder)
+    model, tokenizer = speed_up(load_bert(folder)), Tokenizer.from_pretrained(folder)
     if args.device:
         model.to(args.device)
     n = sum(p.numel() for p in model.parameters())
@@ -83,12 +84,12 @@ def cmd_similarity(args: argparse.Namespace) -> int:
 
 
 def _run_recipe(name: str, args: argparse.Namespace) -> int:
-    """Call ``minift.recipes.<name>`` with the parsed options its signature names."""
-    from minift import recipes
+    """Call ``minift.run.recipes.<name>`` with the parsed options its signature names."""
+    from minift.run import recipes
 
     recipe = getattr(recipes, name)
     if getattr(args, "plot", False):  # checked before training, not after an hour of it
-        from minift.plots import require_matplotlib
+        from minift.run.plots import require_matplotlib
 
         require_matplotlib("--plot")
     options = vars(args) | {"progress": not args.no_progress}
@@ -99,7 +100,7 @@ def _run_recipe(name: str, args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from minift.plots import plot_runs
+    from minift.run.plots import plot_runs
 
     for path in plot_runs(args.runs, args.out):
         print(f"wrote {path}")
@@ -133,7 +134,7 @@ def add_model_option(group) -> None:
 
 
 def add_loop_options(group, *, lr: float, warmup_ratio: float, batch_size: int = 32) -> None:
-    """Options of the training loop (``minift.train``) that every command on it shares."""
+    """Options of the training loop (``minift.core.loop``) that every command on it shares."""
     group.add_argument("--lr", type=float, default=lr, help="peak learning rate (AdamW)")
     group.add_argument("--batch-size", type=int, default=batch_size,
                        help="examples a step (the global batch under torchrun)")
@@ -165,7 +166,7 @@ def add_run_options(p: argparse.ArgumentParser, *, resumable: bool = True,
                            help="keep OUT/resume.pt when the run completes (removed otherwise)")
     group.add_argument("--device", help="cpu, cuda, cuda:1 or mps (default: cuda when available)")
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
-    if resumable:  # the runs on minift.train, which write log.jsonl
+    if resumable:  # the runs on minift.core.loop, which write log.jsonl
         group.add_argument("--plot", action="store_true",
                            help="when the run ends, draw its curves into OUT (as 'minift plot "
                                 "OUT'; needs matplotlib)")
@@ -399,7 +400,7 @@ def add_plot_parser(sub) -> None:
 
 
 def cmd_search(task: str, args: argparse.Namespace) -> int:
-    from minift.search import search
+    from minift.run.search import search
 
     search(task, out=args.out, options=vars(args), grid=args.grid, seeds=args.seeds,
            metric=args.metric, random_draws=args.random, random_seed=args.random_seed,
@@ -520,8 +521,8 @@ def main(argv: list[str] | None = None) -> int:
               f"--batch-size or --max-length needs less; {_kept(args)}", file=sys.stderr)
         return 1
     finally:
-        if "minift.distributed" in sys.modules:  # only a command that trained joined a group
-            sys.modules["minift.distributed"].teardown(clean)
+        if "minift.core.ddp" in sys.modules:  # only a command that trained joined a group
+            sys.modules["minift.core.ddp"].teardown(clean)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,10 @@
-"""One writer per output folder: a lock file created atomically, holding the owner's pid and host.
+"""Files that are never half-written: atomic replacement, fsync, and one writer per output folder.
 
-Two runs writing into one folder interleave their logs and swap each other's models without a
+**Atomic writes** (``atomic_write``): a file is written to a temporary sibling, flushed, fsynced
+and renamed over its target (``os.replace``), then the folder is fsynced; a kill or a full disk
+at any moment leaves the previous version whole. Every file minift saves goes through it.
+
+**The folder lock** (``acquire``, ``release``, ``folder_lock``): two runs writing into one folder interleave their logs and swap each other's models without a
 word, so every command that writes a folder holds ``FOLDER/.minift.lock`` while it runs:
 
 - the file is created with ``O_CREAT | O_EXCL``, which the operating system makes atomic: of two
@@ -22,9 +26,11 @@ import contextlib
 import json
 import os
 import socket
+import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 LOCK_NAME = ".minift.lock"
 
@@ -125,3 +131,49 @@ def folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
         yield path
     finally:
         release(path)
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Make renames inside ``folder`` durable (a no-op where a folder cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], None]) -> None:
+    """Write ``data`` (bytes, or a function that writes into a binary file) to ``path`` atomically.
+
+    A temporary file beside ``path`` is written, flushed and fsynced, given the mode an ordinary
+    ``open`` would give (0o666 less the umask: ``mkstemp`` alone makes it 0o600), renamed over
+    ``path``, and the folder is fsynced. A crash or a full disk part-way leaves the old file (or
+    none), never a half-written one, and removes the temporary file.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)

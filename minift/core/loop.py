@@ -43,7 +43,7 @@ Decisions a reader should know about:
   another model is refused, naming the keys and shapes that differ; a resume whose
   configuration changes the run warns and names the differences.
 - **Data parallel.** Launched by `torchrun --nproc_per_node=N`, the loop joins the process group
-  (`minift.distributed`), wraps the model in `DistributedDataParallel`, and each rank trains on
+  (`minift.core.ddp`), wraps the model in `DistributedDataParallel`, and each rank trains on
   its rows of every global batch, each micro-batch weighted by its share of the window's targets
   times N (DDP averages the ranks' gradients), so N processes take the steps one process takes
   with the same global batch. Gradients sync once per optimizer step (`no_sync` on the other
@@ -74,10 +74,13 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from minift import distributed
-from minift.labels import IGNORE_INDEX
-from minift.optim import IMPLEMENTATIONS, SCHEDULES, make_optimizer, make_scheduler
-from minift.safetensors import atomic_write, fsync_dir, write_safetensors
+from minift.core import ddp as distributed
+from minift.core.files import atomic_write, fsync_dir
+from minift.core.optim import IMPLEMENTATIONS, SCHEDULES, make_optimizer, make_scheduler
+from minift.hf.safetensors import write_safetensors
+
+# The label of targets that carry no loss (cross-entropy's default ignore_index, -100 everywhere).
+IGNORE_INDEX = -100
 
 AMP_DTYPES: dict[str, torch.dtype | None] = {
     "off": None,
@@ -104,7 +107,7 @@ class TrainConfig:
     max_steps: int | None = None  # optimizer steps in total; overrides epochs when set
     lr: float = 5e-5
     # learning rates of their own, by parameter-name prefix: {"classifier.": 1e-2} gives a
-    # classifier head its own rate (see minift.optim.param_groups); None: one rate for all
+    # classifier head its own rate (see minift.core.optim.param_groups); None: one rate for all
     lr_by_prefix: dict[str, float] | None = None
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1  # fraction of total optimizer steps (rounded up, as transformers)
@@ -112,7 +115,7 @@ class TrainConfig:
     grad_accum: int = 1
     max_grad_norm: float | None = 1.0
     amp: str = "off"  # off | bf16 | fp16
-    optimizer: str = "auto"  # auto | fused | foreach | hand (see minift.optim.make_optimizer)
+    optimizer: str = "auto"  # auto | fused | foreach | hand (see minift.core.optim.make_optimizer)
     eval_every: int | None = None  # optimizer steps between evaluations; None: end of each epoch
     save_every: int | None = None  # steps between resume checkpoints; None: at each evaluation
     metric: str = "loss"  # key of evaluate()'s dict for best checkpoint / early stopping

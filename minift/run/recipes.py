@@ -7,7 +7,7 @@ Read in this order:
    training settings, the data folder, the output folder);
 2. the evaluators (``classification_metrics``, ``predict_tags`` / ``tagging_scores``,
    ``mlm_metrics``);
-3. ``Recipe`` and ``run_recipe``, the skeleton the three recipes on ``minift.train.train`` share:
+3. ``Recipe`` and ``run_recipe``, the skeleton the three recipes on ``minift.core.loop.train`` share:
    load the model, score it before, train, take the best weights, score them, save;
 4. the recipes ``finetune``, ``ner``, ``pretrain`` (each: its checks, its data, its model, its
    evaluator, its metrics), ``setfit``, which trains once per seed, and ``qa`` / ``answer``
@@ -24,7 +24,7 @@ the output folder. A bad value raises ``ValueError`` (the command prints it as o
 continues from) and ``best/`` (the best model so far). When the run ends, the files of ``best/``
 become the model in ``out`` (moved, not copied: the folder never holds the model twice) and
 ``resume.pt`` is removed, unless ``keep_resume``. ``.minift.lock`` marks the one run writing
-into the folder (``minift.lock``).
+into the folder (``minift.core.files``).
 
 **No held-out set is scored twice on the same weights**: when the best step is the last, the
 final evaluation of the training loop is the "after" score.
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import random
 import re
@@ -49,11 +48,17 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from minift import distributed, heads, nsp_data
-from minift import qa as squad_qa
-from minift.batches import ClassificationDataset, TokenClassificationDataset
-from minift.checkpoint import load_bert, read_config, read_config_json, resolve_model_dir
-from minift.data import (
+from minift.core import ddp as distributed
+from minift.core.files import acquire, atomic_write, fsync_dir, release
+from minift.core.freeze import freeze as apply_freeze
+from minift.core.labels import SCHEMES, LabelVocab
+from minift.core.loop import TrainConfig, train
+from minift.core.metrics import (
+    accuracy,
+    format_table,
+)
+from minift.core.model import set_activation_checkpointing
+from minift.data.readers import (
     apply_scheme,
     encode_labels,
     encode_tags,
@@ -65,32 +70,33 @@ from minift.data import (
     task_files,
     write_conll,
 )
-from minift.heads import MaskedLM
-from minift.heads import freeze as apply_freeze
-from minift.labels import IGNORE_INDEX, SCHEMES, LabelVocab
-from minift.lock import acquire, release
-from minift.metrics import (
-    accuracy,
-    confusion_matrix,
-    entity_scores,
-    format_table,
-    per_class_scores,
-    precision_recall_f1,
-    token_accuracy,
-)
-from minift.mlm_data import (
+from minift.data.tokenizer import Tokenizer
+from minift.fast.unpad import speed_up
+from minift.hf.checkpoint import load_bert, read_config, read_config_json, resolve_model_dir
+from minift.tasks import classify as heads
+from minift.tasks import nsp as nsp_data
+from minift.tasks import qa as squad_qa
+from minift.tasks.classify import ClassificationDataset, classification_metrics
+from minift.tasks.mlm import (
     STRATEGIES,
     MaskedBatches,
+    MaskedLM,
     MaskingCollator,
     TextSequences,
     held_out_split,
+    mlm_metrics,
     read_text_lines,
 )
-from minift.model import set_activation_checkpointing
-from minift.safetensors import atomic_write, fsync_dir
-from minift.setfit import SetFitConfig, sample_shots, train_setfit
-from minift.tokenizer import Tokenizer
-from minift.train import TrainConfig, train
+from minift.tasks.nsp import pretraining_metrics
+from minift.tasks.qa import qa_predictions, qa_scores
+from minift.tasks.setfit import SetFitConfig, sample_shots, train_setfit
+from minift.tasks.tag import (
+    TokenClassificationDataset,
+    TokenClassifier,
+    predict_tags,
+    scores_table,
+    tagging_scores,
+)
 
 # --------------------------------------------------------------------------------------------
 # 1. Checks made before any model is loaded
@@ -166,7 +172,7 @@ def head_lrs(head_lr: float | None) -> dict[str, float] | None:
 
 
 def train_config(**fields: Any) -> TrainConfig:
-    """A checked ``minift.train.TrainConfig``; an error names the command-line option.
+    """A checked ``minift.core.loop.TrainConfig``; an error names the command-line option.
 
     The loop keeps ``resume.pt`` (``keep_resume``): ``run_recipe`` removes it itself once the
     final model is saved, so that a crash during that save still leaves the run resumable.
@@ -205,7 +211,7 @@ def data_folder(data_dir: str | os.PathLike | None = None) -> Path:
 
 @contextlib.contextmanager
 def claim_folder(out: str | os.PathLike, *, resume: bool = False) -> Iterator[Path]:
-    """Create the output folder (or check it) and hold its lock (``minift.lock``) for the block.
+    """Create the output folder (or check it) and hold its lock (``minift.core.files``) for the block.
 
     Checks, before anything is loaded, that the folder can be created and written, and that
     ``resume.pt`` is there when resuming. Under torchrun only rank 0, the one that writes, does.
@@ -237,7 +243,7 @@ def write_metrics(out: Path, metrics: dict) -> None:
 
 def pick_device(device: str | None):
     """The device to run on (default: cuda when available); under torchrun, also join the
-    process group (``minift.distributed``) and take this rank's own GPU."""
+    process group (``minift.core.ddp``) and take this rank's own GPU."""
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     distributed.setup(device.type)
@@ -267,134 +273,6 @@ def _bar(items, desc: str, progress: bool):
 # --------------------------------------------------------------------------------------------
 
 
-def classification_metrics(model, batches, num_labels: int, device, *,
-                           progress: bool = False) -> dict[str, float]:
-    """Dev loss, accuracy, F1 (binary on label 1 for two labels, else macro) and the confusion
-    matrix (``confusion[gold][predicted]``, counts, in label-id order)."""
-    model.eval()
-    gold, pred, loss_sum = [], [], 0.0
-    with torch.no_grad():
-        for batch in _bar(batches, "dev", progress):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            out = model(**batch)
-            loss_sum += out.loss.item() * len(batch["labels"])
-            gold += batch["labels"].tolist()
-            pred += out.logits.argmax(-1).tolist()
-    if num_labels == 2:
-        scores = precision_recall_f1(gold, pred, average="binary", pos_label=1)
-    else:
-        scores = precision_recall_f1(gold, pred, average="macro", labels=list(range(num_labels)))
-    return {"loss": loss_sum / len(gold), "accuracy": accuracy(gold, pred), "f1": scores["f1"],
-            "confusion": confusion_matrix(gold, pred, labels=list(range(num_labels)))}
-
-
-def predict_tags(model, dataset, batch_size: int, device, *, progress: bool = False,
-                 desc: str = "tagging") -> tuple[list[list[int]], float | None]:
-    """Predicted tag ids of every word of every sentence of a ``TokenClassificationDataset``,
-    and the mean loss over its labelled tokens (None when it has no labels).
-
-    ``model(**batch)`` returns ``.logits`` (batch, seq, labels) and ``.loss``: minift's
-    ``TokenClassifier`` and transformers' ``BertForTokenClassification`` both do.
-    """
-    model.eval()
-    piece_predictions: list = [None] * len(dataset)
-    loss_sum, targets = 0.0, 0
-    with torch.no_grad():
-        batches = dataset.batch_indices(batch_size, generator=None, shuffle=False)
-        for indices in _bar(batches, desc, progress):
-            batch = {k: v.to(device) for k, v in dataset.batch(indices).items()}
-            out = model(**batch)
-            if "labels" in batch:
-                n = int((batch["labels"] != IGNORE_INDEX).sum())
-                if n:  # a batch without targets has a nan mean loss
-                    loss_sum, targets = loss_sum + out.loss.item() * n, targets + n
-            for i, row in zip(indices, out.logits.argmax(-1).cpu(), strict=True):
-                piece_predictions[i] = row
-    return dataset.word_predictions(piece_predictions), (loss_sum / targets if targets else None)
-
-
-def tagging_scores(gold: list[list[str]], pred: list[list[str]], task: str) -> dict:
-    """NER: entity-level micro precision, recall, F1 (seqeval's default mode), per type, and the
-    strict IOB2 mode's micro scores. POS: token accuracy and per-tag scores."""
-
-    if task == "pos":
-        flat_gold = [tag for tags in gold for tag in tags]
-        flat_pred = [tag for tags in pred for tag in tags]
-        return {"accuracy": token_accuracy(gold, pred), "tokens": len(flat_gold),
-                "per_tag": per_class_scores(flat_gold, flat_pred, sorted(set(flat_gold)))}
-    scores = entity_scores(gold, pred, mode="default")
-    strict = entity_scores(gold, pred, mode="strict")
-    keys = ("f1", "precision", "recall")
-    return {
-        **{key: scores[key] for key in (*keys, "support", "per_type", "mode")},
-        "strict": {key: strict[key] for key in keys},
-        "token_accuracy": token_accuracy(gold, pred),
-    }
-
-
-def scores_table(scores: dict, task: str, split: str) -> str:
-    """The per-type (NER, with the micro average) or per-tag (POS) scores as a markdown table."""
-    per = scores["per_tag" if task == "pos" else "per_type"]
-    columns = ("precision", "recall", "f1", "support")
-    rows = [{split: name, **{k: row[k] for k in columns}} for name, row in per.items()]
-    if task == "ner":
-        rows.append({split: "micro avg", **{k: scores[k] for k in columns}})
-    return format_table(rows)
-
-
-def mlm_metrics(model, batches, device, *, progress: bool = False) -> dict[str, float]:
-    """Masked-token loss, perplexity (exp of the mean masked-token loss) and accuracy (argmax
-    equals the original token), averaged over every masked token of ``batches``."""
-
-    model.eval()
-    loss_sum, correct, count = 0.0, 0, 0
-    with torch.no_grad():
-        for batch in _bar(batches, "held-out", progress):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            targets = batch["labels"][batch["labels"] != IGNORE_INDEX]
-            if targets.numel() == 0:
-                continue
-            out = model(**batch)  # the sparse head: logits of the targets only
-            loss_sum += out.loss.item() * targets.numel()
-            correct += int((out.logits.argmax(-1) == targets).sum())
-            count += targets.numel()
-    if count == 0:
-        raise ValueError("the evaluation text got no masked token: give more held-out text")
-    loss = loss_sum / count
-    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)),
-            "masked_accuracy": correct / count, "masked_tokens": count}
-
-
-def pretraining_metrics(model, batches, device, *, progress: bool = False) -> dict[str, float]:
-    """``mlm_metrics`` plus next-sentence prediction for ``heads.PreTraining``: ``nsp_accuracy``
-    and ``nsp_loss`` over the pairs, and ``loss`` = masked-token loss + NSP loss (the sum
-    ``BertForPreTraining`` trains on)."""
-    model.eval()
-    mlm_sum, nsp_sum, correct, count, right, pairs = 0.0, 0.0, 0, 0, 0, 0
-    with torch.no_grad():
-        for batch in _bar(batches, "held-out", progress):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            targets = batch["labels"][batch["labels"] != IGNORE_INDEX]
-            out = model(**batch)
-            if targets.numel():
-                mlm_sum += out.mlm_loss.item() * targets.numel()
-                correct += int((out.logits.argmax(-1) == targets).sum())
-                count += targets.numel()
-            gold = batch["next_sentence_label"]
-            nsp = torch.nn.functional.cross_entropy(out.seq_relationship_logits.float(), gold,
-                                                    reduction="sum")
-            nsp_sum += nsp.item()
-            right += int((out.seq_relationship_logits.argmax(-1) == gold).sum())
-            pairs += len(gold)
-    if count == 0:
-        raise ValueError("the evaluation text got no masked token: give more held-out text")
-    mlm_loss = mlm_sum / count
-    return {"loss": mlm_loss + nsp_sum / pairs, "mlm_loss": mlm_loss,
-            "perplexity": math.exp(min(mlm_loss, 700.0)), "masked_accuracy": correct / count,
-            "masked_tokens": count, "nsp_accuracy": right / pairs, "nsp_loss": nsp_sum / pairs,
-            "pairs": pairs}
-
-
 def read_labelled(path: str, text_col: str, label_col: str, format: str | None = None) -> list:
     """Examples of a labelled file: TSV, CSV, JSONL (``data.read_examples``), or semicolon
     ``text;label`` lines (``format="semicolon"``, or a ``.txt`` file, as the Emotion data set
@@ -406,7 +284,7 @@ def read_labelled(path: str, text_col: str, label_col: str, format: str | None =
 
 
 # --------------------------------------------------------------------------------------------
-# 3. The skeleton of the recipes on minift.train.train
+# 3. The skeleton of the recipes on minift.core.loop.train
 # --------------------------------------------------------------------------------------------
 
 
@@ -417,7 +295,7 @@ class Recipe:
     ``evaluate(model, device)`` returns the full scores on the held-out set (its numbers drive
     the best checkpoint and early stopping; other entries, such as predictions, ride along).
     """
-    config: Any  # minift.train.TrainConfig; its out_dir is the output folder
+    config: Any  # minift.core.loop.TrainConfig; its out_dir is the output folder
     build: Callable[[], Any]  # load the model to train
     load: Callable[[Path], Any]  # reload a saved model (the best one): a head's from_pretrained
     train_batches: Callable[[int], Sequence[dict]]  # the batches of an epoch
@@ -437,7 +315,7 @@ class Outcome:
     best: Any  # the best weights on the held-out set (``model`` when the best step was the last)
     before: dict
     after: dict
-    result: Any  # minift.train.TrainResult
+    result: Any  # minift.core.loop.TrainResult
     seconds: float
     trainable: int
     total: int
@@ -458,7 +336,7 @@ def run_recipe(recipe: Recipe) -> Outcome | None:
 
     out = Path(recipe.config.out_dir)
     device = pick_device(recipe.device)
-    model = recipe.build().to(device)
+    model = speed_up(recipe.build()).to(device)  # the fast modules: one visible door
     if recipe.activation_checkpointing:  # recompute each block in backward: less memory
         set_activation_checkpointing(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -489,7 +367,7 @@ def run_recipe(recipe: Recipe) -> Outcome | None:
         best, after = model, last["scores"]  # the loop's last evaluation scored these weights
     elif result.best_step is not None:
         print(f"scoring the best model (step {result.best_step} of {result.steps})")
-        best = recipe.load(best_dir).to(device)
+        best = speed_up(recipe.load(best_dir)).to(device)
         after = recipe.evaluate(best, device)
     else:  # no evaluation gave a number to compare: keep the last weights
         best, after = model, last.get("scores") or recipe.evaluate(model, device)
@@ -803,9 +681,9 @@ def ner(*, model: str, train: str, dev: str, out: str, test: str | None = None,
 
         outcome = run_recipe(Recipe(
             config=config,
-            build=_with_dropout(_head_builder(heads.TokenClassifier, folder, labels.labels,
+            build=_with_dropout(_head_builder(TokenClassifier, folder, labels.labels,
                                               freeze, seed, init), dropout),
-            load=heads.TokenClassifier.from_pretrained,
+            load=TokenClassifier.from_pretrained,
             train_batches=_epoch_batches(train_set, batch_size, seed),
             evaluate=lambda m, device: evaluate_split(m, device, "dev"),
             tokenizer=tokenizer, device=device, resume=resume, keep_resume=keep_resume,
@@ -861,8 +739,8 @@ def pretrain(*, model: str, text: str | list[str], out: str, eval_text: str | No
              device: str | None = None) -> dict:
     """Continue pretraining an encoder with masked-language modelling on domain text.
 
-    ``nsp``: BERT's two objectives at once (``heads.PreTraining``, MLM + next-sentence
-    prediction). ``text`` is then read as documents (``minift.nsp_data.read_documents``: blank
+    ``nsp``: BERT's two objectives at once (``nsp_data.PreTraining``, MLM + next-sentence
+    prediction). ``text`` is then read as documents (``minift.tasks.nsp.read_documents``: blank
     lines between documents, or JSONL with a ``sentences`` list); documents, not passages, are
     held out; sentence pairs are built once from seeded generators (``nsp_data.nsp_pairs``), and
     before/after also report ``nsp_accuracy`` on the held-out pairs.
@@ -1014,13 +892,13 @@ def _pretrain_nsp(*, files, eval_text, folder, out, config, masking, pack, mlm_p
         def build():
             print(f"loading {folder}")
             torch.manual_seed(seed)  # fresh heads' initialisation
-            model = heads.PreTraining.from_pretrained(folder)
+            model = nsp_data.PreTraining.from_pretrained(folder)
             print(f"MLM head {'loaded' if model.head_loaded else 'initialised'}, NSP head "
                   f"{'loaded' if model.nsp_loaded else 'initialised'}")
             return model
 
         outcome = run_recipe(Recipe(
-            config=config, build=build, load=heads.PreTraining.from_pretrained,
+            config=config, build=build, load=nsp_data.PreTraining.from_pretrained,
             train_batches=lambda epoch: nsp_data.NSPMaskedBatches(train_seqs, collator,
                                                                   batch_size, seed=seed,
                                                                   epoch=epoch),
@@ -1078,7 +956,7 @@ def setfit(*, model: str, train: str, dev: str, out: str, text_col: str = "text"
     a fixed seeded subset of ``max_dev``). Prints and returns
     ``{"dev": {"accuracy_mean", "accuracy_std", "per_seed": [...]}, "train": ..., "config": ...,
     "labels": ...}``; the standard deviation is the sample one (n - 1), 0 for a single seed. The
-    model of the first seed is saved in ``out/model`` (``minift.setfit.SetFitModel.from_pretrained``).
+    model of the first seed is saved in ``out/model`` (``minift.tasks.setfit.SetFitModel.from_pretrained``).
     ``max_steps`` caps the contrastive phase (``SetFitConfig.max_steps``): the pairs grow with the
     square of ``shots``, so many shots and many classes otherwise make a long run.
     """
@@ -1113,7 +991,7 @@ def setfit(*, model: str, train: str, dev: str, out: str, text_col: str = "text"
         per_seed = []
         for run_seed, chosen in enumerate(draws, start=seed):
             print(f"seed {run_seed}: loading {folder}")
-            encoder = load_bert(folder).to(device)
+            encoder = speed_up(load_bert(folder)).to(device)
             start = time.perf_counter()
             classifier, stats = train_setfit(
                 encoder, tokenizer, [train_examples[i].text for i in chosen],
@@ -1157,37 +1035,6 @@ def setfit(*, model: str, train: str, dev: str, out: str, text_col: str = "text"
 # --------------------------------------------------------------------------------------------
 
 
-def qa_predictions(model, questions: Sequence, windows: Sequence, dataset, batch_size: int,
-                   device, *, progress: bool = False, n_best: int = 20,
-                   max_answer_length: int = 30) -> dict[str, list]:
-    """Question id -> its n-best answers (``minift.qa.best_answers``), from the start and end
-    logits of every window. ``model(**batch)`` returns ``.start_logits`` and ``.end_logits``:
-    minift's ``QuestionAnswering`` and transformers' ``BertForQuestionAnswering`` both do."""
-    model.eval()
-    starts: list = [None] * len(windows)
-    ends: list = [None] * len(windows)
-    with torch.no_grad():
-        for indices in _bar(dataset.batch_indices(batch_size, generator=None, shuffle=False),
-                            "answering", progress):
-            batch = {k: v.to(device) for k, v in dataset.batch(indices).items()
-                     if k not in ("start_positions", "end_positions")}
-            out = model(**batch)
-            for i, s, e in zip(indices, out.start_logits.float().cpu(),
-                               out.end_logits.float().cpu(), strict=True):
-                starts[i], ends[i] = s, e
-    return squad_qa.predict_answers(questions, windows, starts, ends, n_best=n_best,
-                                    max_answer_length=max_answer_length)
-
-
-def qa_scores(model, questions: Sequence, windows: Sequence, dataset, batch_size: int, device,
-              **options) -> dict:
-    """SQuAD v1.1 ``exact_match`` and ``f1`` (points) and ``questions``, with ``predictions``
-    (id -> best answer text) riding along."""
-    answers = qa_predictions(model, questions, windows, dataset, batch_size, device, **options)
-    predictions = {qid: spans[0].text for qid, spans in answers.items()}
-    return squad_qa.squad_scores(predictions, questions) | {"predictions": predictions}
-
-
 def _qa_check_lengths(folder: Path, max_length: int, doc_stride: int) -> None:
     check_max_length(folder, max_length, minimum=4)
     if not 0 <= doc_stride < max_length:
@@ -1204,14 +1051,14 @@ def qa(*, model: str, out: str, train: str | None = None, dev: str | None = None
        weight_decay: float = 0.01, grad_accum: int = 1, eval_every: int | None = None,
        optimizer: str = "auto", compile: bool = False, activation_checkpointing: bool = False,
        progress: bool = True, device: str | None = None) -> dict:
-    """Fine-tune a span head (``heads.QuestionAnswering``) on SQuAD v1.1 files; write the best
+    """Fine-tune a span head (``squad_qa.QuestionAnswering``) on SQuAD v1.1 files; write the best
     model (by dev F1), the tokenizer, ``predictions.json`` and ``metrics.json`` into ``out``.
 
     Data: ``train`` and ``dev`` files, or one ``squad`` file split by article: ``dev_articles``
     whole articles (drawn with ``split_seed``) are dev, the rest train, so no paragraph is in
     both. ``limit_train`` keeps a seeded random subset of the training questions. Contexts
     longer than ``max_length`` are cut into windows overlapping by ``doc_stride`` tokens
-    (``minift.qa.make_windows``). Returns the metrics written: ``{"dev": {"exact_match", "f1",
+    (``minift.tasks.qa.make_windows``). Returns the metrics written: ``{"dev": {"exact_match", "f1",
     "questions"}, "train": ..., "data": ...}``, scores in points (0-100) as the official script.
     """
     check_positive(learning_rate=lr, batch_size=batch_size, epochs=epochs, max_length=max_length,
@@ -1255,10 +1102,10 @@ def qa(*, model: str, out: str, train: str | None = None, dev: str | None = None
         def build():
             print(f"loading {folder}")
             torch.manual_seed(seed)  # the fresh head's initialisation
-            return heads.QuestionAnswering.from_pretrained(folder)
+            return squad_qa.QuestionAnswering.from_pretrained(folder)
 
         outcome = run_recipe(Recipe(
-            config=config, build=build, load=heads.QuestionAnswering.from_pretrained,
+            config=config, build=build, load=squad_qa.QuestionAnswering.from_pretrained,
             train_batches=_epoch_batches(train_set, batch_size, seed),
             evaluate=lambda m, device: qa_scores(m, dev_questions, dev_windows, dev_set,
                                                  batch_size, device, progress=progress,
@@ -1294,7 +1141,7 @@ def answer(*, model: str, question: str, context: str | None = None,
            device: str | None = None) -> list:
     """Answer one question from a context (text, or a UTF-8 file) with a trained span head;
     print the answer, its score (start + end logit), its probability among the n-best and its
-    character span; return the n-best ``minift.qa.Span``s."""
+    character span; return the n-best ``minift.tasks.qa.Span``s."""
     if not question or not question.strip():
         raise ValueError("--question is empty")
     if (context is None) == (context_file is None):
@@ -1322,7 +1169,7 @@ def answer(*, model: str, question: str, context: str | None = None,
     windows = squad_qa.make_windows([asked], tokenizer, max_length=max_length,
                                     doc_stride=doc_stride)
     device = torch.device(device or "cpu")
-    span_model = heads.QuestionAnswering.from_pretrained(folder).to(device)
+    span_model = speed_up(squad_qa.QuestionAnswering.from_pretrained(folder)).to(device)
     dataset = squad_qa.WindowDataset(windows, tokenizer.pad_token_id, labels=False)
     spans = qa_predictions(span_model, [asked], windows, dataset, 8, device, n_best=n_best,
                            max_answer_length=max_answer_length)["question"]

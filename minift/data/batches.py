@@ -1,0 +1,231 @@
+"""Examples in, padded batches out: the length-grouped sampler, the padded datasets, collation.
+
+Reading order:
+
+1. `length_grouped_batches` is the "bucket by length" sampler: batches of similar lengths, so
+   dynamic padding wastes little.
+2. `collate` tokenizes one batch and lets the tokenizer pad it (the obvious form).
+3. `pad_batch` pads unpadded rows into a batch; `PaddedRows` keeps a split's rows and pads each
+   batch once, to its own longest example. `ClassificationDataset` tokenizes a whole split once
+   into such rows (the form training uses, which a test holds equal to `collate` and to the
+   tokenizer's own padding); `make_batches` is one pass of it.
+4. For token classification (NER, POS), `TokenClassificationDataset` tokenizes sentences of words
+   the same way, aligns their word labels to the sub-words (`minift.core.labels.align_labels`) and cuts
+   a sentence too long for the model into windows of whole words (`minift.core.labels.plan_windows`).
+
+A batch is padded once, here, and unpadded once, in the model.
+
+The tokenizer is duck-typed: any callable `tokenizer(texts, pairs, *, max_length, padding,
+truncation, is_split_into_words)` whose result can be indexed by `"input_ids"`,
+`"attention_mask"` and `"token_type_ids"` (with `padding=False` one row per example, a list or
+1-D tensor of its own length; with `padding=True` (batch, seq), padded on the right), that has a
+`pad_token_id` and, for token classification, `word_ids`. Both `minift.data.tokenizer.Tokenizer` and a
+Hugging Face fast tokenizer qualify; one set to pad on the left is refused, since the batches
+here are padded on the right.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from minift.data.readers import Example
+
+# ----------------------------------------------------------------------------------------------
+# The sampler
+
+
+def length_grouped_batches(
+    lengths: Sequence[int],
+    batch_size: int,
+    *,
+    generator: torch.Generator | None,
+    shuffle: bool = True,
+    group_size_multiplier: int = 50,
+    drop_last: bool = False,
+) -> list[list[int]]:
+    """Batches of indices into `lengths` whose members have similar lengths.
+
+    With `shuffle` (the training order): shuffle the indices with `generator`, cut them into
+    mega-batches of `batch_size * group_size_multiplier`, sort each mega-batch by length (longest
+    first), cut it into batches and shuffle the order of all the batches. Only the last batch of
+    the last mega-batch can be short; `drop_last` drops it. The same generator state gives the
+    same batches. (This is the sampler of HF's `group_by_length`, minus its rule that the longest
+    batch goes first.)
+
+    Without `shuffle` (evaluation): all indices sorted by length, longest first, ties in index
+    order, cut into batches; `generator` is not used.
+    """
+    if batch_size < 1:
+        raise ValueError(f"expected batch_size >= 1, found {batch_size}")
+    if group_size_multiplier < 1:
+        raise ValueError(f"expected group_size_multiplier >= 1, found {group_size_multiplier}")
+
+    def by_length(indices: list[int]) -> list[int]:
+        return sorted(indices, key=lambda i: -lengths[i])  # sorted() is stable
+
+    def cut(indices: list[int]) -> list[list[int]]:
+        return [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
+
+    if not shuffle:
+        batches = cut(by_length(list(range(len(lengths)))))
+    else:
+        if generator is None:
+            raise ValueError(
+                "expected a torch.Generator to shuffle with (shuffle=True), found None; pass "
+                "generator=torch.Generator().manual_seed(seed)"
+            )
+        order = torch.randperm(len(lengths), generator=generator).tolist()
+        mega = batch_size * group_size_multiplier
+        batches = [
+            b for s in range(0, len(order), mega) for b in cut(by_length(order[s : s + mega]))
+        ]
+    if drop_last and batches and len(batches[-1]) < batch_size:
+        batches.pop()
+    if shuffle:
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+    return batches
+
+
+# ----------------------------------------------------------------------------------------------
+# One batch, padded by the tokenizer (the obvious form)
+
+
+def texts_and_pairs(items: Sequence[Example | str]) -> tuple[list[str], list[str] | None]:
+    texts = [x.text if isinstance(x, Example) else x for x in items]
+    pairs = [x.pair if isinstance(x, Example) else None for x in items]
+    if all(p is None for p in pairs):
+        return texts, None
+    if any(p is None for p in pairs):
+        raise ValueError("expected every example of a batch to have a pair or none to, found a mix")
+    return texts, pairs
+
+
+def collate(
+    examples_or_texts: Sequence[Example | str],
+    tokenizer,
+    max_length: int | None,
+    labels: Sequence[int] | Tensor | None = None,
+) -> dict[str, Tensor]:
+    """Tokenize one batch and pad it to its longest member (dynamic padding).
+
+    Returns `input_ids`, `attention_mask`, `token_type_ids`, each a LongTensor (batch, seq), and
+    `labels` (batch,) when given. Examples with a `pair` are encoded as pairs.
+    """
+    texts, pairs = texts_and_pairs(examples_or_texts)
+    encoding = tokenizer(texts, pairs, max_length=max_length, padding=True, truncation=True)
+    names = ("input_ids", "attention_mask", "token_type_ids")
+    batch = {name: torch.as_tensor(encoding[name], dtype=torch.long) for name in names}
+    if labels is not None:
+        batch["labels"] = torch.as_tensor(labels, dtype=torch.long)
+        if batch["labels"].shape != (len(texts),):
+            raise ValueError(
+                f"expected one label per example ({len(texts)}), found shape "
+                f"{tuple(batch['labels'].shape)}"
+            )
+    return batch
+
+
+# ----------------------------------------------------------------------------------------------
+# Padding once: unpadded rows in, one padded batch out
+
+
+def pad_rows(rows: Sequence[Tensor], value: int) -> Tensor:
+    """Stack 1-d rows into (batch, longest), padding on the right with `value`."""
+    out = torch.full((len(rows), max(len(r) for r in rows)), value, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+    return out
+
+
+def pad_batch(
+    input_ids: Sequence[Tensor], token_type_ids: Sequence[Tensor] | None, pad_token_id: int
+) -> dict[str, Tensor]:
+    """`input_ids`, `attention_mask`, `token_type_ids` (batch, seq) from unpadded rows, padded on
+    the right to the longest row as a tokenizer pads: `pad_token_id`, mask 0, token type 0.
+    `token_type_ids` None means all 0 (one segment)."""
+    ids = pad_rows(input_ids, pad_token_id)
+    lengths = torch.tensor([len(row) for row in input_ids])
+    return {
+        "input_ids": ids,
+        "attention_mask": (torch.arange(ids.shape[1]) < lengths[:, None]).long(),
+        "token_type_ids": torch.zeros_like(ids)
+        if token_type_ids is None
+        else pad_rows(token_type_ids, 0),
+    }
+
+
+def check_pads_right(tokenizer) -> None:
+    """Refuse a tokenizer set to pad on the left: `collate` (its padding) and the datasets here
+    (right padding) would then give different batches."""
+    side = getattr(tokenizer, "padding_side", "right")
+    if side != "right":
+        raise ValueError(
+            f"expected a tokenizer that pads on the right, found padding_side={side!r}"
+        )
+
+
+def as_rows(values) -> list[Tensor]:
+    """One 1-D LongTensor per example from a tokenizer's unpadded rows (lists or tensors)."""
+    return [torch.as_tensor(row, dtype=torch.long) for row in values]
+
+
+class PaddedRows:
+    """What the datasets below share: examples kept unpadded (`input_ids`, `token_type_ids`,
+    one 1-D LongTensor each, and their `lengths`), padded once a batch by `batch`."""
+
+    input_ids: list[Tensor]
+    token_type_ids: list[Tensor]
+    lengths: list[int]
+    pad_token_id: int
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def batch(self, indices: Sequence[int]) -> dict[str, Tensor]:
+        """The padded batch of the examples at `indices`, in that order (see `pad_batch`)."""
+        return pad_batch(
+            [self.input_ids[i] for i in indices],
+            [self.token_type_ids[i] for i in indices],
+            self.pad_token_id,
+        )
+
+    def batch_indices(
+        self,
+        batch_size: int,
+        *,
+        generator: torch.Generator | None,
+        shuffle: bool = True,
+        drop_last: bool = False,
+    ) -> list[list[int]]:
+        """The example indices of each batch of `batches(...)` (to put predictions back in
+        place)."""
+        return length_grouped_batches(
+            self.lengths, batch_size, generator=generator, shuffle=shuffle, drop_last=drop_last
+        )
+
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        generator: torch.Generator | None,
+        shuffle: bool = True,
+        drop_last: bool = False,
+    ) -> list[dict[str, Tensor]]:
+        """All batches of one pass, grouped by length (see `length_grouped_batches`)."""
+        groups = self.batch_indices(
+            batch_size, generator=generator, shuffle=shuffle, drop_last=drop_last
+        )
+        return [self.batch(indices) for indices in groups]
+
+
+# ----------------------------------------------------------------------------------------------
+# Sentence classification
+
+
+# ----------------------------------------------------------------------------------------------
+# Token classification: word labels on sub-word tokens, long sentences windowed
+
+
