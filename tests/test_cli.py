@@ -64,17 +64,17 @@ def no_training(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("training started despite bad input")
 
-    monkeypatch.setattr(minift.run.recipes, "train", refuse)
+    monkeypatch.setattr(minift.run.recipes.skeleton, "train", refuse)
 
 
 @pytest.mark.parametrize(
     "change, message",
     [
-        (dict(lr=0.0), "learning rate must be positive"),
-        (dict(lr=-1e-5), "learning rate must be positive"),
-        (dict(batch_size=0), "batch size must be positive"),
-        (dict(epochs=0), "epochs must be positive"),
-        (dict(max_steps=-3), "max steps must be positive"),
+        (dict(lr=0.0), "lr must be positive, got 0.0"),
+        (dict(lr=-1e-5), "lr must be positive"),
+        (dict(batch_size=0), "batch_size must be at least 1, got 0"),
+        (dict(epochs=0), "epochs must be at least 1"),
+        (dict(max_steps=-3), "max_steps must be at least 1"),
         (dict(freeze="last-99"), "freeze mode"),
         (dict(model="/no/such/folder"), "does not exist"),
     ],

@@ -42,9 +42,9 @@ def no_loading(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded despite bad input")
 
-    monkeypatch.setattr(minift.run.recipes, "run_recipe", refuse)  # finetune, ner, pretrain
+    monkeypatch.setattr(minift.run.recipes.skeleton, "run_recipe", refuse)  # the loop's recipes
     monkeypatch.setattr("minift.hf.checkpoint.load_bert", refuse)  # similarity
-    monkeypatch.setattr(minift.run.recipes, "load_bert", refuse)  # setfit
+    monkeypatch.setattr(minift.run.recipes.fewshot, "load_bert", refuse)  # setfit
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -133,15 +133,15 @@ def test_text_col_has_one_default():
 
 
 @pytest.mark.parametrize("extra, expected", [
-    (["--lr", "nan"], "learning rate must be positive"),
-    (["--grad-accum", "0"], "--grad-accum: expected an integer >= 1"),
-    (["--eval-every", "0"], "--eval-every: expected an integer >= 1"),
-    (["--warmup-ratio", "2"], "--warmup-ratio: expected a fraction"),
-    (["--seed", "-1"], "--seed: expected an integer >= 0"),
+    (["--lr", "nan"], "--lr must be positive, got nan"),
+    (["--grad-accum", "0"], "--grad-accum must be at least 1, got 0"),
+    (["--eval-every", "0"], "--eval-every must be at least 1, got 0"),
+    (["--warmup-ratio", "2"], "--warmup-ratio must be in [0, 1], got 2.0"),
+    (["--seed", "-1"], "--seed must be at least 0, got -1"),
     (["--resume"], "resume.pt does not exist"),
     (["--max-length", "65"], "--max-length 65 is more than the model's 64 positions"),
     (["--device", "tpu"], "--device tpu"),
-    (["--freeze", "last-9"], "freeze mode 'last-9'"),
+    (["--freeze", "last-9"], "--freeze mode 'last-9'"),
 ])  # fmt: skip
 def test_finetune_refuses_bad_values_before_loading(tiny, files, tmp_path, capsys, no_loading,
                                                     extra, expected):
@@ -199,14 +199,14 @@ def test_ner_refuses_a_training_set_without_targets(minilm_dir, tmp_path, capsys
 def test_task_data_folder_is_found_or_named_in_the_error(tmp_path, monkeypatch, capsys,
                                                          no_loading, minilm_dir):
     monkeypatch.delenv("MINIFT_DATA", raising=False)
-    monkeypatch.setattr(minift.run.recipes, "DEFAULT_DATA", tmp_path / "nowhere")
+    monkeypatch.setattr(minift.run.recipes.prepare, "DEFAULT_DATA", tmp_path / "nowhere")
     code, _, err = run(capsys, "finetune", "--model", minilm_dir, "--task", "sst2", "--out",
                        tmp_path / "out")
     assert code == 2 and "--data-dir" in err and "MINIFT_DATA" in err and "data_dir=" not in err
     code, _, err = run(capsys, "finetune", "--model", minilm_dir, "--task", "sst2", "--data-dir",
                        tmp_path / "missing", "--out", tmp_path / "out")
     assert code == 2 and f"--data-dir {tmp_path / 'missing'}: no such folder" in err
-    monkeypatch.setattr(minift.run.recipes, "DEFAULT_DATA", tmp_path)  # beside the repository
+    monkeypatch.setattr(minift.run.recipes.prepare, "DEFAULT_DATA", tmp_path)  # in the repository
     assert minift.run.recipes.data_folder() == tmp_path
     monkeypatch.setenv("MINIFT_DATA", str(tmp_path / "env"))
     with pytest.raises(ValueError, match="MINIFT_DATA=.*no such folder"):
@@ -277,7 +277,7 @@ def test_failures_during_training_are_one_line(tiny, files, tmp_path, capsys, mo
     def fail(*args, **kwargs):
         raise failure
 
-    monkeypatch.setattr(minift.run.recipes, "train", fail)
+    monkeypatch.setattr(minift.run.recipes.skeleton, "train", fail)
     out = tmp_path / "out"
     code, _, err = run(capsys, *finetune_args(tiny, files, out))
     assert code == status and expected in err
@@ -293,7 +293,7 @@ def test_failures_during_training_are_one_line(tiny, files, tmp_path, capsys, mo
 def _counting(monkeypatch, scores: list[float] | None = None) -> list:
     """Count calls of `classification_metrics`; with `scores`, report those accuracies in turn."""
     calls = []
-    real = minift.run.recipes.classification_metrics
+    real = minift.run.recipes.classify.classification_metrics
 
     def counted(*args, **kwargs):
         result = real(*args, **kwargs)
@@ -302,7 +302,7 @@ def _counting(monkeypatch, scores: list[float] | None = None) -> list:
         calls.append(result)
         return result
 
-    monkeypatch.setattr(minift.run.recipes, "classification_metrics", counted)
+    monkeypatch.setattr(minift.run.recipes.classify, "classification_metrics", counted)
     return calls
 
 

@@ -372,7 +372,7 @@ def test_pretrain_bad_input_fails_before_training(problem, tiny_model_dir, finan
         "empty": str(empty),
         "empty-eval": str(empty),
         "bad-masking": "masking",
-        "bad-freeze": "--freeze",
+        "bad-freeze": "freeze must be one of none, head",
     }[problem]
     if problem == "missing":
         kwargs["text"] = [str(finance_text), str(missing)]

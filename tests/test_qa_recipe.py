@@ -33,7 +33,7 @@ def no_loading(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded despite bad input")
 
-    monkeypatch.setattr(minift.run.recipes, "run_recipe", refuse)
+    monkeypatch.setattr(minift.run.recipes.skeleton, "run_recipe", refuse)
     monkeypatch.setattr("minift.tasks.qa.QuestionAnswering.from_pretrained", refuse)
 
 
@@ -64,7 +64,7 @@ def one_question(answer_start=20, **extra):
     (lambda p: write(p, one_question()), ["--max-length", "5", "--doc-stride", "0"],
      "question q7: 2 question tokens leave 0 of max_length 5"),
     (lambda p: write(p, one_question()), ["--doc-stride", "64"], "--doc-stride must be between"),
-    (lambda p: write(p, one_question()), ["--lr", "nan"], "learning rate must be positive"),
+    (lambda p: write(p, one_question()), ["--lr", "nan"], "--lr must be positive"),
 ])
 def test_bad_input_is_refused_before_loading(tiny, tmp_path, capsys, no_loading, make, extra,
                                              message):

@@ -72,11 +72,12 @@ def test_ner_takes_init_and_head_lr(tmp_path, tiny):
 
 
 @pytest.mark.parametrize("recipe", ["finetune", "ner"])
-@pytest.mark.parametrize("change, message", [(dict(init="scratch"), "--init must be one of"),
-                                             (dict(head_lr=0.0), "--head-lr must be positive")])
+@pytest.mark.parametrize("change, message", [(dict(init="scratch"), "init must be one of"),
+                                             (dict(head_lr=0.0), "head_lr must be positive")])
 def test_bad_init_or_head_lr_stops_before_loading(tmp_path, files, monkeypatch, recipe, change,
                                                   message):
-    monkeypatch.setattr(minift.run.recipes, "resolve_model_dir", lambda *a: pytest.fail("loaded"))
+    for module in (minift.run.recipes.classify, minift.run.recipes.tag):
+        monkeypatch.setattr(module, "resolve_model_dir", lambda *a: pytest.fail("loaded"))
     train, dev = files
     kwargs = dict(model="minilm", train=str(train), dev=str(dev), out=str(tmp_path / "o"),
                   progress=False) | change

@@ -6,7 +6,7 @@ bookkeeping and the independence of the runs, not the scores.
 """
 
 import copy
-import inspect
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -20,6 +20,7 @@ import minift.run.search
 from minift.hf.checkpoint import to_hf_state_dict
 from minift.hf.safetensors import read_safetensors
 from minift.run.cli import main
+from minift.run.options import RECIPES
 from minift.run.search import (
     GridError,
     LogRange,
@@ -72,13 +73,13 @@ def without_time(value):
 
 def test_every_trial_starts_from_the_checkpoint_bit_for_bit(tiny, files, tmp_path, monkeypatch):
     started = []
-    real_train = minift.run.recipes.train
+    real_train = minift.run.recipes.skeleton.train
 
     def recording_train(model, *args, **kwargs):  # the weights the loop receives
         started.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         return real_train(model, *args, **kwargs)
 
-    monkeypatch.setattr(minift.run.recipes, "train", recording_train)
+    monkeypatch.setattr(minift.run.recipes.skeleton, "train", recording_train)
     # A wild learning rate first, so that a leak of its trained weights would show.
     search("finetune", out=str(tmp_path / "s"), options=options(tiny, files),
            grid=["lr=0.5,1e-4"], seeds=1)
@@ -134,7 +135,7 @@ def test_resume_after_a_kill_gives_the_same_search(tiny, files, tmp_path, monkey
     assert len(whole["chosen"]["test"]["per_seed"]) == 1
 
     # A kill during the second trial, after one finished; and a line torn by the kill.
-    real_train, calls = minift.run.recipes.train, []
+    real_train, calls = minift.run.recipes.skeleton.train, []
 
     def killed(*args, **kwargs):
         calls.append(1)
@@ -142,7 +143,7 @@ def test_resume_after_a_kill_gives_the_same_search(tiny, files, tmp_path, monkey
             raise KeyboardInterrupt
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(minift.run.recipes, "train", killed)
+    monkeypatch.setattr(minift.run.recipes.skeleton, "train", killed)
     out = tmp_path / "killed"
     with pytest.raises(KeyboardInterrupt):
         search("finetune", out=str(out), **common)
@@ -263,13 +264,13 @@ def test_grid_parsing_and_random_draws():
     ("finetune", ["lr=1e-5", "lr=2e-5"], {}, GridError, "given twice"),
     ("finetune", ["lr=1e-5,1e-5"], {}, GridError, "listed twice"),
     ("finetune", ["lr=log:1e-4:1e-5"], {"random_draws": 3}, GridError, "LOW must be less"),
-    ("finetune", ["lr=log:1e-5:1e-4"], {}, GridError, "needs --random N"),
+    ("finetune", ["lr=log:1e-5:1e-4"], {}, GridError, "needs random_draws N"),
     ("finetune", ["lr=1e-5,2e-5"], {"random_draws": 3}, GridError, "holds only 2"),
     ("finetune", ["lr=1e-5"], {"metric": "entity_f1"}, MetricError, "finetune reports accuracy"),
-    ("finetune", ["lr=1e-5"], {"metric": "exact_match"}, MetricError, "--metric exact_match"),
-    ("finetune", ["lr=1e-5"], {"seeds": 0}, ValueError, "--seeds must be at least 1"),
+    ("finetune", ["lr=1e-5"], {"metric": "exact_match"}, MetricError, "metric exact_match"),
+    ("finetune", ["lr=1e-5"], {"seeds": 0}, ValueError, "seeds must be at least 1"),
     ("finetune", ["lr=1e-5"], {"halving": True, "halving_keep": 0.0}, ValueError,
-     "--halving-keep"),
+     "halving_keep"),
     ("finetune", ["lr=1e-5"], {"test": "/no/such/test.tsv"}, ValueError, "no such file"),
     ("finetune", ["lr=1e-5"], {"test": "DEV"}, ValueError, "is the dev file the choice is made on"),
 ])
@@ -341,7 +342,7 @@ def test_search_json_is_plain_data(tiny, files, tmp_path, monkeypatch):
 
 
 def test_dev_from_train_is_one_split_whatever_the_seed():
-    from minift.run.recipes import _dev_from_train
+    from minift.run.recipes.prepare import dev_from_train as _dev_from_train
 
     examples = list(range(50))
     train, dev = _dev_from_train(examples, 10, 20, split_seed=0, where="train.tsv")
@@ -349,7 +350,7 @@ def test_dev_from_train_is_one_split_whatever_the_seed():
     assert _dev_from_train(examples, 10, 20, split_seed=0, where="") == (train, dev)
     assert _dev_from_train(examples, 10, None, split_seed=0, where="")[1] == dev
     assert _dev_from_train(examples, 10, 20, split_seed=1, where="")[1] != dev
-    with pytest.raises(ValueError, match="--dev-from-train 50: train.tsv has only 50"):
+    with pytest.raises(ValueError, match="dev_from_train 50: train.tsv has only 50"):
         _dev_from_train(examples, 50, None, split_seed=0, where="train.tsv")
 
 
@@ -365,14 +366,14 @@ def test_finetune_scores_its_test_file_once_with_the_dropout_it_was_given(tiny, 
     assert set(metrics["test"]) >= {"accuracy", "f1", "loss"}
     saved = json.loads((tmp_path / "o" / "config.json").read_text())
     assert saved["classifier_dropout"] == 0.3
-    with pytest.raises(ValueError, match="--dev FILE or --dev-from-train N, not both"):
+    with pytest.raises(ValueError, match="dev FILE or dev_from_train N, not both"):
         finetune(**options(tiny, files), dev_from_train=4, out=str(tmp_path / "p"))
-    with pytest.raises(ValueError, match=r"--dropout must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\)"):
         finetune(**options(tiny, files), dropout=1.0, out=str(tmp_path / "p"), progress=False)
 
 
 def test_every_searchable_hyperparameter_is_an_option_of_its_recipe():
     """A name the grid accepts reaches the recipe as a keyword (a typo here fails every trial)."""
     for task, names in minift.run.search.HYPERPARAMETERS.items():
-        accepted = inspect.signature(getattr(minift.run.recipes, task)).parameters
-        assert set(names) <= set(accepted), (task, sorted(set(names) - set(accepted)))
+        accepted = {spec.name for spec in dataclasses.fields(RECIPES[task])}
+        assert set(names) <= accepted, (task, sorted(set(names) - accepted))

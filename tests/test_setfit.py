@@ -410,7 +410,7 @@ def test_cli_max_steps_caps_the_contrastive_phase(tiny_dir, sst2, tmp_path, caps
         assert (train["steps"], train["pairs"]) == (steps, 144)
         assert ("capped at max_steps=2" in capsys.readouterr().out) == (cap == 2)
     assert main([*base, "--max-steps", "0", "--out", str(tmp_path / "bad")]) == 2
-    assert "max_steps must be an integer >= 1" in capsys.readouterr().err
+    assert "--max-steps must be at least 1, got 0" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
 
 

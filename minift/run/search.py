@@ -44,92 +44,30 @@ import shutil
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from minift.core.files import atomic_write
+from minift.run.options import RECIPES, OptionError, SearchOptions, grid_parsers
 
 
-class GridError(ValueError):
-    """A ``--grid`` (or ``--random``) that cannot be searched: names the option and the value."""
+class GridError(OptionError):
+    """A ``grid`` (or ``random_draws``) that cannot be searched: names the value."""
 
 
-class MetricError(ValueError):
-    """A ``--metric`` the task does not report."""
+class MetricError(OptionError):
+    """A ``metric`` the task does not report."""
 
 
 # --------------------------------------------------------------------------------------------
 # 1. Hyperparameters, metrics and the grid
 # --------------------------------------------------------------------------------------------
 
-
-def _float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError("is not a number") from None
-    if not math.isfinite(value):
-        raise ValueError("is not a finite number")
-    return value
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError("is not a whole number") from None
-
-
-def _ranged(convert: Callable[[str], Any], ok: Callable[[Any], bool],
-            message: str) -> Callable[[str], Any]:
-    """A parser: ``convert`` the text, then refuse a value that is not ``ok``."""
-    def parse(text: str) -> Any:
-        value = convert(text)
-        if not ok(value):
-            raise ValueError(message)
-        return value
-    return parse
-
-
-positive_float = _ranged(_float, lambda v: v > 0, "must be positive")
-positive_int = _ranged(_int, lambda v: v >= 1, "must be at least 1")
-non_negative = _ranged(_float, lambda v: v >= 0, "must be 0 or more")
-non_negative_int = _ranged(_int, lambda v: v >= 0, "must be 0 or more")
-fraction = _ranged(_float, lambda v: 0 <= v < 1, "must be in [0, 1)")  # warmup, dropout
-
-
-def freeze_mode(text: str) -> str:
-    """``none``, ``head`` or ``last-N`` (N is checked against the model in ``search``)."""
-    if text in ("none", "head") or (text.startswith("last-") and text[5:].isdigit()):
-        return text
-    raise ValueError("is not a freeze mode (none, head or last-N)")
-
-
-def choice(*names: str) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        if text not in names:
-            raise ValueError(f"is not one of {', '.join(names)}")
-        return text
-    return parse
-
-
-_LOOP = {"lr": positive_float, "batch_size": positive_int, "epochs": positive_int,
-         "warmup_ratio": fraction, "weight_decay": non_negative, "max_length": positive_int}
-_CLASSIFIER = _LOOP | {"freeze": freeze_mode, "dropout": fraction,
-                       "schedule": choice("linear", "cosine", "constant")}
-
-# The hyperparameters a search may vary, by task: the recipe's keyword -> its parser.
+# The hyperparameters a search may vary, by task: the recipe's keyword -> its value parser (the
+# fields of the recipe's options marked ``search``, minift.run.options).
 HYPERPARAMETERS: dict[str, dict[str, Callable[[str], Any]]] = {
-    "finetune": _CLASSIFIER,
-    "ner": _CLASSIFIER,
-    "qa": _LOOP | {"doc_stride": non_negative_int},
-    "setfit": {"lr": positive_float, "batch_size": positive_int, "epochs": positive_int,
-               "max_length": positive_int, "num_iterations": positive_int,
-               "max_steps": positive_int,
-               "sampling": choice("oversampling", "undersampling", "unique"),
-               "head": choice("logistic", "linear"), "loss": choice("cosine", "contrastive")},
-}
+    task: grid_parsers(task) for task in ("finetune", "ner", "qa", "setfit")}
 
 # The dev metrics a search can choose on, by task: name -> (key in the recipe's dev scores,
 # greater is better). finetune's f1 is binary (label 1) for two labels, macro for more.
@@ -174,43 +112,43 @@ def parse_grid(task: str, specs: Sequence[str]) -> dict[str, list | LogRange]:
     """
     allowed = HYPERPARAMETERS[task]
     if not specs:
-        raise GridError("the grid is empty: give at least one --grid name=v1,v2,...")
+        raise GridError("the grid is empty: give at least one `grid` name=v1,v2,...")
     grid: dict[str, list | LogRange] = {}
     for spec in specs:
         name, sep, text = spec.partition("=")
         name = name.strip().replace("-", "_")
         if not sep or not name:
-            raise GridError(f"--grid {spec!r}: expected name=v1,v2,... (or name=log:low:high)")
+            raise GridError(f"`grid` {spec!r}: expected name=v1,v2,... (or name=log:low:high)")
         if name not in allowed:
-            raise GridError(f"--grid {spec!r}: {task} has no hyperparameter {name!r}; a search "
+            raise GridError(f"`grid` {spec!r}: {task} has no hyperparameter {name!r}; a search "
                             f"can vary {', '.join(allowed)}")
         if name in grid:
-            raise GridError(f"--grid {spec!r}: {name} is given twice")
+            raise GridError(f"`grid` {spec!r}: {name} is given twice")
         parse = allowed[name]
         if text.startswith("log:"):
             bounds = text[4:].split(":")
-            if parse is not positive_float or len(bounds) != 2:
-                raise GridError(f"--grid {spec!r}: a log range is name=log:LOW:HIGH, for a "
+            if not getattr(parse, "log_range", False) or len(bounds) != 2:
+                raise GridError(f"`grid` {spec!r}: a log range is name=log:LOW:HIGH, for a "
                                 "positive real hyperparameter such as lr")
             try:
                 low, high = (parse(bound) for bound in bounds)
             except ValueError as err:
-                raise GridError(f"--grid {spec!r}: a bound {err}") from None
+                raise GridError(f"`grid` {spec!r}: a bound {err}") from None
             if not low < high:
-                raise GridError(f"--grid {spec!r}: LOW must be less than HIGH")
+                raise GridError(f"`grid` {spec!r}: LOW must be less than HIGH")
             grid[name] = LogRange(low, high)
             continue
         items = [item.strip() for item in text.split(",")]
         if not text.strip() or "" in items:
-            raise GridError(f"--grid {spec!r}: an empty value (expected {name}=v1,v2,...)")
+            raise GridError(f"`grid` {spec!r}: an empty value (expected {name}=v1,v2,...)")
         values = []
         for item in items:
             try:
                 values.append(parse(item))
             except ValueError as err:
-                raise GridError(f"--grid {spec!r}: {name}={item} {err}") from None
+                raise GridError(f"`grid` {spec!r}: {name}={item} {err}") from None
         if len(set(values)) < len(values):
-            raise GridError(f"--grid {spec!r}: a value is listed twice")
+            raise GridError(f"`grid` {spec!r}: a value is listed twice")
         grid[name] = values
     return grid
 
@@ -224,17 +162,17 @@ def configurations(grid: dict[str, list | LogRange], random_draws: int | None = 
     if random_draws is None:
         ranges = [name for name in names if isinstance(grid[name], LogRange)]
         if ranges:
-            raise GridError(f"--grid {ranges[0]}={grid[ranges[0]]}: a range is drawn from; "
-                            "it needs --random N")
+            raise GridError(f"`grid` {ranges[0]}={grid[ranges[0]]}: a range is drawn from; "
+                            "it needs `random_draws` N")
         return [dict(zip(names, values, strict=True))
                 for values in itertools.product(*(grid[name] for name in names))]
     if random_draws < 1:
-        raise GridError(f"--random must be at least 1, got {random_draws}")
+        raise GridError(f"`random_draws` must be at least 1, got {random_draws}")
     if not any(isinstance(values, LogRange) for values in grid.values()):
         size = math.prod(len(values) for values in grid.values())
         if random_draws > size:
-            raise GridError(f"--random {random_draws}: the grid holds only {size} "
-                            "configurations (drop --random to run them all)")
+            raise GridError(f"`random_draws` {random_draws}: the grid holds only {size} "
+                            "configurations (drop `random_draws` to run them all)")
     rng = random.Random(seed)
     drawn: list[dict] = []
     while len(drawn) < random_draws:
@@ -486,28 +424,19 @@ def halving_cost(configs: list[dict], used: list[dict], log: TrialLog, seeds: Se
 # --------------------------------------------------------------------------------------------
 
 
-def read_test(task: str, fixed: dict, path: str) -> Any:
-    """The test set, read once (before any trial, so a bad file stops the search at once)."""
-    from minift.data.readers import read_conll, read_examples, task_files
-    from minift.run.recipes import data_folder, read_labelled
-    from minift.tasks import qa
+def _recipe_module(task: str):
+    """The module of the task's recipe: its ``read_test`` and ``score_saved``."""
+    from minift.run.recipes import classify, fewshot, squad, tag
 
+    return {"finetune": classify, "ner": tag, "qa": squad, "setfit": fewshot}[task]
+
+
+def read_test(task: str, fixed: dict, path: str) -> Any:
+    """The test set, read once (before any trial, so a bad file stops the search at once) by
+    the recipe's own reader."""
     if not Path(path).is_file():
-        raise ValueError(f"--test {path}: no such file")
-    if task == "finetune":
-        columns = dict(text_col=fixed.get("text_col", "text"), pair_col=fixed.get("pair_col"),
-                       label_col=fixed.get("label_col", "label"))
-        if fixed.get("task"):
-            *_, text_col, pair_col, label_col = task_files(fixed["task"],
-                                                           data_folder(fixed.get("data_dir")))
-            columns = dict(text_col=text_col, pair_col=pair_col, label_col=label_col)
-        return read_examples(path, **columns)
-    if task == "ner":
-        return read_conll(path, column=fixed.get("column", -1))
-    if task == "qa":
-        return qa.read_squad(path)
-    return read_labelled(path, fixed.get("text_col", "text"), fixed.get("label_col", "label"),
-                         fixed.get("format"))
+        raise OptionError(f"`test` {path}: no such file")
+    return _recipe_module(task).read_test(path, fixed)
 
 
 def check_test_is_not_dev(task: str, fixed: dict, test: str) -> None:
@@ -522,70 +451,18 @@ def check_test_is_not_dev(task: str, fixed: dict, test: str) -> None:
     elif task == "finetune" and fixed.get("task"):
         dev = task_files(fixed["task"], data_folder(fixed.get("data_dir")))[1]
     if dev is not None and Path(dev).resolve() == Path(test).resolve():
-        raise ValueError(f"--test {test} is the dev file the choice is made on; give another "
-                         "file (finetune: --dev-from-train N makes dev a slice of train)")
+        raise OptionError(f"`test` {test} is the dev file the choice is made on; give another "
+                         "file (finetune: `dev_from_train` N makes dev a slice of train)")
 
 
 def score_test(task: str, fixed: dict, test: Any, folder: Path) -> dict[str, float]:
-    """The scores on ``test`` (from ``read_test``) of the model in ``folder``."""
+    """The scores on ``test`` (from ``read_test``) of the model in ``folder``, by the recipe's
+    own evaluation."""
     import torch
-
-    from minift.core.labels import LabelVocab
-    from minift.core.metrics import accuracy
-    from minift.data.readers import apply_scheme, encode_labels, encode_tags
-    from minift.data.tokenizer import Tokenizer
-    from minift.fast.unpad import speed_up
-    from minift.tasks import classify as heads
-    from minift.tasks import qa
-    from minift.tasks.classify import ClassificationDataset, classification_metrics
-    from minift.tasks.qa import qa_scores
-    from minift.tasks.setfit import SetFitModel
-    from minift.tasks.tag import (
-        TokenClassificationDataset,
-        TokenClassifier,
-        predict_tags,
-        tagging_scores,
-    )
 
     device = torch.device(fixed.get("device") or ("cuda" if torch.cuda.is_available()
                                                   else "cpu"))
-    batch_size, max_length = fixed.get("batch_size", 32), fixed.get("max_length", 128)
-    if task == "setfit":
-        model = SetFitModel.from_pretrained(folder)
-        return {"accuracy": accuracy([ex.label for ex in test],
-                                     model.predict([ex.text for ex in test]))}
-    tokenizer = Tokenizer.from_pretrained(folder)
-    if task == "qa":
-        model = speed_up(qa.QuestionAnswering.from_pretrained(folder)).to(device)
-        windows = qa.make_windows(test, tokenizer, max_length=max_length,
-                                  doc_stride=fixed.get("doc_stride", 128))
-        dataset = qa.WindowDataset(windows, tokenizer.pad_token_id, labels=False)
-        scores = qa_scores(model, test, windows, dataset, batch_size, device,
-                           n_best=fixed.get("n_best", 20),
-                           max_answer_length=fixed.get("max_answer_length", 30))
-        return {k: v for k, v in scores.items() if k != "predictions"}
-    saved = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    vocab = LabelVocab.from_dict(saved)
-    if task == "finetune":
-        model = speed_up(heads.SequenceClassifier.from_pretrained(folder)).to(device)
-        dataset = ClassificationDataset(test, tokenizer, max_length=max_length,
-                                        label_ids=encode_labels(test, vocab))
-        scores = classification_metrics(model, dataset.batches(batch_size, generator=None,
-                                                                shuffle=False), len(vocab), device)
-        return {k: v for k, v in scores.items() if k != "confusion"}
-    metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
-    kind = metrics["task"]
-    sentences = apply_scheme(test, metrics["scheme"]) if kind == "ner" else test
-    model = speed_up(TokenClassifier.from_pretrained(folder)).to(device)
-    dataset = TokenClassificationDataset([s.words for s in sentences], tokenizer,
-                                         max_length=max_length,
-                                         label_ids=encode_tags(sentences, vocab),
-                                         stride_words=fixed.get("stride_words", 16),
-                                         where=[s.where for s in sentences])
-    predicted, _ = predict_tags(model, dataset, batch_size, device)
-    scores = tagging_scores([s.tags for s in sentences], [vocab.decode(p) for p in predicted],
-                            kind)
-    return {k: v for k, v in scores.items() if isinstance(v, int | float)}
+    return _recipe_module(task).score_saved(folder, test, fixed, device)
 
 
 def test_scores(task: str, fixed: dict, test: Any, trials: Path, row: dict, key: str) -> dict:
@@ -695,11 +572,7 @@ _NOT_FIXED = {"out", "resume", "keep_resume", "plot", "test", "seed", "seeds", "
 
 def fixed_options(task: str, options: dict) -> dict:
     """The options of ``options`` that the task's recipe takes and every trial shares."""
-    import inspect
-
-    from minift.run import recipes
-
-    parameters = inspect.signature(getattr(recipes, task)).parameters
+    parameters = {spec.name for spec in fields(RECIPES[task])}
     return {k: v for k, v in options.items()
             if k in parameters and k not in _NOT_FIXED and v is not None}
 
@@ -719,14 +592,14 @@ def _check_against_model(task: str, fixed: dict, configs: list[dict]) -> None:
             if "max_length" in config:
                 check_max_length(folder, config["max_length"], minimum=4 if task == "qa" else 1)
         except ValueError as err:
-            raise GridError(f"--grid: {describe(config)}: {err}") from None
+            raise GridError(f"`grid`: {describe(config)}: {err}") from None
 
 
 def _check_metric(task: str, metric: str, fixed: dict) -> tuple[str, bool]:
     """``metric`` -> (key, greater is better); a metric the task does not report is an error."""
     reported = METRICS[task]
     if metric not in reported:
-        raise MetricError(f"--metric {metric}: {task} reports {', '.join(reported)}")
+        raise MetricError(f"`metric` {metric}: {task} reports {', '.join(reported)}")
     if task == "ner":
         from minift.data.readers import is_bio, read_conll
 
@@ -735,7 +608,7 @@ def _check_metric(task: str, metric: str, fixed: dict) -> tuple[str, bool]:
             kind = "ner" if is_bio(read_conll(fixed["train"], column=fixed.get("column", -1))) \
                 else "pos"
         if (kind == "pos" and metric in _ENTITY_ONLY) or (kind == "ner" and metric in _POS_ONLY):
-            raise MetricError(f"--metric {metric}: the {kind} tags of {fixed.get('train')} do not "
+            raise MetricError(f"`metric` {metric}: the {kind} tags of {fixed.get('train')} do not "
                               f"report it (ner: entity_f1, precision, recall; pos: accuracy)")
     return reported[metric]
 
@@ -749,27 +622,25 @@ def _check_same_search(out: Path, fixed: dict, seeds: list[int]) -> None:
         if theirs != json.loads(json.dumps(mine)):
             changed = sorted(k for k in set(theirs["fixed"]) | set(fixed)
                              if theirs["fixed"].get(k) != fixed.get(k))
-            raise ValueError(f"--out {out} holds a search with other fixed options "
+            raise OptionError(f"`out` {out} holds a search with other fixed options "
                              f"({', '.join(changed) or 'the seeds'} differ, see {path}); "
-                             "give another --out")
+                             "give another `out`")
     else:
         atomic_write(path, (json.dumps(mine, indent=2) + "\n").encode("utf-8"))
 
 
-def search(task: str, *, out: str, options: dict, grid: Sequence[str] | None = None,
-           seeds: int = 3, metric: str | None = None, random_draws: int | None = None,
-           random_seed: int = 0, test: str | None = None, halving: bool = False,
-           halving_keep: float = 0.5, halving_min_epochs: int = 1,
-           on_trial: Callable[[dict], None] | None = None) -> dict:
+def search(task: str, *, out: str, options: dict,
+           on_trial: Callable[[dict], None] | None = None, **settings: Any) -> dict:
     """Search the hyperparameters of ``task`` (finetune, ner, qa, setfit); write ``out``.
 
     ``options``: the command's options (the recipe's keywords); those the recipe takes are fixed
     for every trial (``seed`` is the first seed: the seeds are seed .. seed + seeds - 1).
-    ``grid``: ``name=v1,v2,...`` strings (default: the BERT paper's grid). ``metric``: the dev
-    metric the choice is made on (default: the task's). ``test``: a file in the task's format,
-    read once now and scored at the end for the chosen configuration's models.
-    ``halving``: successive halving over epochs (``run_halving``). ``on_trial``: called with
-    each trial's record once it is in ``trials.jsonl`` (a benchmark writes its results there).
+    ``settings``: the fields of ``minift.run.options.SearchOptions``: ``grid``, ``name=v1,v2,...``
+    strings (default: the BERT paper's grid); ``seeds``; ``metric``, the dev metric the choice is
+    made on (default: the task's); ``test``, a file in the task's format, read once now and
+    scored at the end for the chosen configuration's models; ``halving``, successive halving
+    over epochs (``run_halving``); ``random_draws`` ... ``on_trial``: called with each trial's
+    record once it is in ``trials.jsonl`` (a benchmark writes its results there).
 
     Writes into ``out``: ``trials/`` (one folder a trial), ``trials.jsonl``, ``search.json``,
     ``search.md``, ``search.png`` (with matplotlib) and ``model/`` (the chosen configuration's
@@ -778,32 +649,25 @@ def search(task: str, *, out: str, options: dict, grid: Sequence[str] | None = N
     """
     from minift.run.recipes import claim_folder
 
+    s = SearchOptions(**settings)
     if task not in HYPERPARAMETERS:
         raise ValueError(f"minift search: no task {task!r}; use {', '.join(HYPERPARAMETERS)}")
     if not out:
-        raise ValueError("--out DIR is needed: the folder of the search")
-    specs = DEFAULT_GRID[task] if grid is None else grid
-    axes = parse_grid(task, specs)
-    if seeds < 1:
-        raise ValueError(f"--seeds must be at least 1, got {seeds}")
-    configs = configurations(axes, random_draws, random_seed)
+        raise OptionError("`out` DIR is needed: the folder of the search")
+    axes = parse_grid(task, DEFAULT_GRID[task] if s.grid is None else s.grid)
+    configs = configurations(axes, s.random_draws, s.random_seed)
     fixed = fixed_options(task, options)
-    metric = metric or DEFAULT_METRIC[task]
+    metric = s.metric or DEFAULT_METRIC[task]
     key, greater = _check_metric(task, metric, fixed)
     fixed_epochs = fixed.get("epochs", 1 if task == "setfit" else 3)
-    if halving:
-        if not 0 < halving_keep <= 1:
-            raise ValueError(f"--halving-keep must be in (0, 1], got {halving_keep}")
-        if halving_min_epochs < 1:
-            raise ValueError(f"--halving-min-epochs must be at least 1, got {halving_min_epochs}")
-        if fixed.get("max_steps") is not None:
-            raise ValueError("--halving shortens the epochs; it does not go with --max-steps")
+    if s.halving and fixed.get("max_steps") is not None:
+        raise OptionError("`halving` shortens the epochs; it does not go with `max_steps`")
     _check_against_model(task, fixed, configs)
-    if test:
-        check_test_is_not_dev(task, fixed, test)
-    test_set = read_test(task, fixed, test) if test else None  # read once, scored at the end
+    if s.test:
+        check_test_is_not_dev(task, fixed, s.test)
+    test_set = read_test(task, fixed, s.test) if s.test else None  # read once, scored at the end
     base = options.get("seed") or 0
-    seed_list = list(range(base, base + seeds))
+    seed_list = list(range(base, base + s.seeds))
 
     with claim_folder(out) as folder:
         _check_same_search(folder, fixed, seed_list)
@@ -836,17 +700,17 @@ def search(task: str, *, out: str, options: dict, grid: Sequence[str] | None = N
                         "greater_is_better": greater, "seeds": seed_list,
                         "grid": {n: str(v) if isinstance(v, LogRange) else v
                                  for n, v in axes.items()},
-                        "random": random_draws, "fixed": fixed}
-        if halving:
+                        "random": s.random_draws, "fixed": fixed}
+        if s.halving:
             rows, final, rungs = run_halving(configs, run, log, seed_list, key, greater,
-                                             fixed_epochs, halving_keep, halving_min_epochs)
+                                             fixed_epochs, s.halving_keep, s.halving_min_epochs)
             chosen_row = choose(final, greater)
             complete = all(log.get(c, s) for c in configs for s in seed_list)
             full_choice = (choose(summarise(configs, log, seed_list, key), greater)["config"]
                            if complete else None)  # known when the full grid ran here too
             result["configs"] = rows
             result["halving"] = {
-                "keep": halving_keep, "min_epochs": halving_min_epochs, "rungs": rungs,
+                "keep": s.halving_keep, "min_epochs": s.halving_min_epochs, "rungs": rungs,
                 "cost": halving_cost(configs, _unique(used), log, seed_list, fixed_epochs),
                 "same_as_full_grid": (None if full_choice is None
                                       else full_choice == chosen_row["config"]),
@@ -870,7 +734,7 @@ def search(task: str, *, out: str, options: dict, grid: Sequence[str] | None = N
                             "model": "model", "model_trial": best_seed, "test": None}
         if test_set is not None:
             print(f"scoring the chosen configuration's {len(chosen_row['trials'])} models on "
-                  f"the test set ({test}), once")
+                  f"the test set ({s.test}), once")
             result["chosen"]["test"] = test_scores(task, fixed, test_set, trials, chosen_row,
                                                    key)
             print(f"test {metric}: {result['chosen']['test']['mean']:.4f} ± "

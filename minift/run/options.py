@@ -1,0 +1,564 @@
+"""Every option of the ``minift`` commands, defined once, as a dataclass field.
+
+A field holds the option's name, type, default and, in its metadata, its help, its check, its
+choices, its flag when that is not ``--field-name``, and ``search=True`` when ``minift search``
+may vary it. From these fields come:
+
+- the recipe's call: ``recipes.finetune(**options)`` builds ``FinetuneOptions(**options)``, which
+  checks every value (an unknown keyword is a ``TypeError`` naming it);
+- the command line: ``add_options`` turns the fields into ``argparse`` options (the way
+  ``HfArgumentParser`` reads a dataclass), and ``cli.main`` prints an ``OptionError`` with flags;
+- the search grid: ``grid_parsers(task)`` (``minift.run.search``).
+
+The training loop's options are ``minift.core.loop.TrainConfig``'s fields: their names, types and
+defaults are read from it (``loop_fields``), never written here; what this file adds is how the
+command line shows them (``LOOP``: help, check, choices). Adding an option is one field.
+
+Errors name fields, not flags: an ``OptionError`` marks each option it names as ```name```; its
+``str`` shows the field's name (``max_length 65 is more than ...``), ``render(flag)`` the flag
+(``--max-length 65 is more than ...``, what the command prints).
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import re
+from collections.abc import Callable
+from dataclasses import MISSING, Field, dataclass, field, fields, make_dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+# --------------------------------------------------------------------------------------------
+# 1. Errors that name an option, and the checks a field can carry
+# --------------------------------------------------------------------------------------------
+
+
+class OptionError(ValueError):
+    """A bad option value: ```name``` in the text marks an option, shown as the field's name by
+    ``str`` and as its flag by ``render(flag)`` (the command line)."""
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        self.text = text
+
+    def render(self, name: Callable[[str], str]) -> str:
+        return re.sub(r"`(\w+)`", lambda match: name(match[1]), self.text)
+
+    def __str__(self) -> str:
+        return self.render(lambda name: name)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def positive(value: Any) -> None:
+    """A finite number > 0 (a learning rate)."""
+    if not (_number(value) and value > 0):  # nan and inf fail too
+        raise ValueError("must be positive")
+
+
+def non_negative(value: Any) -> None:
+    if not (_number(value) and value >= 0):
+        raise ValueError("must be 0 or more")
+
+
+def fraction(value: Any) -> None:
+    """In [0, 1) (a dropout)."""
+    if not (_number(value) and 0 <= value < 1):
+        raise ValueError("must be in [0, 1)")
+
+
+def share(value: Any) -> None:
+    """In [0, 1] (the warmup's share of the steps)."""
+    if not (_number(value) and 0 <= value <= 1):
+        raise ValueError("must be in [0, 1]")
+
+
+def kept_share(value: Any) -> None:
+    """In (0, 1] (the share of configurations a halving rung keeps)."""
+    if not (_number(value) and 0 < value <= 1):
+        raise ValueError("must be in (0, 1]")
+
+
+def at_least(minimum: int) -> Callable[[Any], None]:
+    """A whole number >= ``minimum``."""
+    def check(value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError("is not a whole number")
+        if value < minimum:
+            raise ValueError(f"must be at least {minimum}")
+    return check
+
+
+def freeze_mode(value: Any) -> None:
+    """``none``, ``head`` or ``last-N`` (N is checked against the model, ``check_freeze``)."""
+    if not (value in ("none", "head") or (isinstance(value, str) and value.startswith("last-")
+                                          and value[5:].isdigit())):
+        raise ValueError("is not a freeze mode (none, head or last-N)")
+
+
+def check_field(spec: Field, value: Any) -> None:
+    """Raise ``OptionError`` naming ``spec`` when ``value`` fails its choices or its check
+    (None passes where None is the default: the option is not given)."""
+    if value is None and spec.default is None:
+        return
+    choices, check = spec.metadata.get("choices"), spec.metadata.get("check")
+    if choices and value not in choices:
+        raise OptionError(f"`{spec.name}` must be one of {', '.join(choices)}, got {value!r}")
+    if check is not None:
+        try:
+            check(value)
+        except ValueError as err:
+            raise OptionError(f"`{spec.name}` {err}, got {value!r}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# 2. Fields, and the training loop's own (read from TrainConfig)
+# --------------------------------------------------------------------------------------------
+
+DATA, TRAINING, RUN = "model and data", "training", "run"
+
+
+def option(default: Any = MISSING, help: str = "", *, group: str | None = TRAINING,
+           **metadata: Any) -> Any:
+    """A field of an options dataclass. ``metadata``: ``check``, ``choices``, ``search``,
+    ``flag``, ``metavar``, ``nargs``, ``action``, ``required`` (the command line's, when it
+    differs from the call's), ``cli=False`` (an option of the call only)."""
+    return field(default=default, metadata={"help": help, "group": group, **metadata})
+
+
+# How the command line shows TrainConfig's fields (names, types and defaults are TrainConfig's).
+LOOP: dict[str, dict] = {
+    "epochs": dict(help="passes over the training set", check=at_least(1), search=True),
+    "max_steps": dict(help="optimizer steps; overrides --epochs", check=at_least(1)),
+    "lr": dict(help="peak learning rate (AdamW)", check=positive, search=True),
+    "grad_accum": dict(help="micro-batches accumulated into one optimizer step",
+                       check=at_least(1)),
+    "warmup_ratio": dict(help="share of the steps of linear warmup", check=share, search=True),
+    "weight_decay": dict(help="AdamW weight decay", check=non_negative, search=True),
+    "schedule": dict(help="learning-rate decay after warmup", search=True,
+                     choices=("linear", "cosine", "constant")),
+    "amp": dict(help="mixed precision", choices=("off", "bf16", "fp16")),
+    "optimizer": dict(help="AdamW implementation", choices=("auto", "fused", "foreach", "hand")),
+    "seed": dict(help="seed of everything random", check=at_least(0)),
+    "compile": dict(help="torch.compile the model"),
+    "eval_every": dict(help="steps between evaluations on dev (default: every epoch)",
+                       check=at_least(1)),
+    "patience": dict(help="stop early after N evaluations without improvement",
+                     check=at_least(1)),
+    "save_every": dict(help="steps between resume checkpoints (default: at each evaluation)",
+                       check=at_least(1)),
+    "keep_resume": dict(help="keep OUT/resume.pt when the run completes (removed otherwise)",
+                        group=RUN),
+    "progress": dict(help="no progress bars", group=RUN),
+}
+LOOP_SOURCE = Path(__file__).resolve().parents[1] / "core" / "loop.py"
+
+
+@cache
+def loop_fields() -> dict[str, tuple[str, Any]]:
+    """``TrainConfig``'s fields: name -> (type, default), read from the loop's source rather than
+    imported, so that ``minift --help`` stays free of torch (a test holds the two equal)."""
+    tree = ast.parse(LOOP_SOURCE.read_text(encoding="utf-8"))
+    config = next(node for node in tree.body
+                  if isinstance(node, ast.ClassDef) and node.name == "TrainConfig")
+    return {node.target.id: (ast.unparse(node.annotation), _default(node.value))
+            for node in config.body if isinstance(node, ast.AnnAssign)}
+
+
+def _default(node: ast.expr | None) -> Any:
+    """A field's default in the source: a literal, or ``field(default=literal)``."""
+    if isinstance(node, ast.Call):
+        node = next((k.value for k in node.keywords if k.arg == "default"), None)
+    try:
+        return MISSING if node is None else ast.literal_eval(node)
+    except ValueError:
+        return MISSING
+
+
+def with_loop(*names: str, helps: dict[str, str] | None = None,
+              **defaults: Any) -> Callable[[type], type]:
+    """Add TrainConfig's fields ``names`` to an options dataclass (after its own), with their
+    command-line metadata from ``LOOP``; ``defaults`` and ``helps`` are the recipe's own."""
+    def add(cls: type) -> type:
+        extra = []
+        for name in names:
+            kind, default = loop_fields()[name]
+            meta = {"group": TRAINING} | LOOP[name] | ({"help": helps[name]}
+                                                       if name in (helps or {}) else {})
+            extra.append((name, kind, field(default=defaults.get(name, default), metadata=meta)))
+        made = make_dataclass(cls.__name__, extra, bases=(cls,), kw_only=True)
+        made.__doc__, made.__module__, made.__qualname__ = cls.__doc__, cls.__module__, cls.__name__
+        return made
+    return add
+
+
+@dataclass(kw_only=True)
+class Options:
+    """Checks every field when made: a bad value raises ``OptionError`` naming the field."""
+
+    def __post_init__(self) -> None:
+        for spec in fields(self):
+            check_field(spec, getattr(self, spec.name))
+
+
+# --------------------------------------------------------------------------------------------
+# 3. The options of each command
+# --------------------------------------------------------------------------------------------
+
+MODEL_HELP = "'minilm' (the installed all-MiniLM-L6-v2) or a checkpoint folder"
+CLASSIFIER_LOOP = ("epochs", "max_steps", "lr", "grad_accum", "warmup_ratio", "weight_decay",
+                   "schedule", "amp", "optimizer", "seed", "compile", "eval_every", "patience",
+                   "keep_resume", "progress")
+
+
+@dataclass(kw_only=True)
+class RunOptions(Options):
+    """Where a run writes and on what device (every command that writes)."""
+    out: str = option(help="output folder (one run at a time)", group=RUN, metavar="DIR")
+    device: str | None = option(None, "cpu, cuda, cuda:1 or mps (default: cuda when available)",
+                                group=RUN)
+
+
+@dataclass(kw_only=True)
+class LoopRunOptions(RunOptions):
+    """The options of a run on ``minift.core.loop.train`` that are not TrainConfig's."""
+    model: str = option("minilm", MODEL_HELP, group=DATA)
+    resume: bool = option(False, "continue an interrupted run from OUT/resume.pt", group=RUN)
+    batch_size: int = option(32, "examples a step (the global batch under torchrun)",
+                             check=at_least(1), search=True)
+    activation_checkpointing: bool = option(
+        False, "recompute each encoder block in backward: less memory, more time")
+
+
+@dataclass(kw_only=True)
+class ClassifierOptions(LoopRunOptions):
+    """What ``finetune`` and ``ner`` share: a head on the encoder."""
+    max_length: int = option(128, "tokens an example keeps", check=at_least(1), search=True)
+    freeze: str = option("none", "what does not train: none, head (only the classifier trains) "
+                         "or last-N (only the last N blocks and the classifier train)",
+                         check=freeze_mode, search=True)
+    head_lr: float | None = option(None, "the classifier's own peak learning rate (default: "
+                                   "--lr); a frozen encoder's head needs a far higher one "
+                                   "(lesson 03)", check=positive)
+    init: str = option("pretrained", "random: the model's architecture from random weights, to "
+                       "measure what pretraining is worth", choices=("pretrained", "random"))
+    dropout: float | None = option(None, "the classifier's dropout (default: the encoder's "
+                                   "hidden dropout)", check=fraction, search=True)
+    limit_train: int | None = option(None, "train on a seeded random subset of N", group=DATA,
+                                     check=at_least(1))
+    test: str | None = option(None, "test file, same format: scored once, by the best model, "
+                              "at the end", group=DATA, metavar="FILE")
+
+
+@with_loop(*CLASSIFIER_LOOP)
+@dataclass(kw_only=True)
+class FinetuneOptions(ClassifierOptions):
+    """``minift finetune``: a sequence (or pair) classifier."""
+    task: str | None = option(None, "a GLUE task from the data folder (instead of --train/--dev)",
+                              group=DATA, choices=("sst2", "mrpc", "rte"))
+    data_dir: str | None = option(None, "folder of the data sets, for --task (default: "
+                                  "$MINIFT_DATA, else ../shared/data beside the repository)",
+                                  group=DATA, metavar="DIR")
+    train: str | None = option(None, "training file (.tsv, .csv or .jsonl)", group=DATA,
+                               metavar="FILE")
+    dev: str | None = option(None, "development file, same format", group=DATA, metavar="FILE")
+    text_col: str = option("text", "column of the text", group=DATA)
+    pair_col: str | None = option(None, "column of the second text of a pair (optional)",
+                                  group=DATA)
+    label_col: str = option("label", "column of the label", group=DATA)
+    dev_from_train: int | None = option(
+        None, "dev = N examples held out of the training file (a split drawn with --split-seed, "
+        "the same for every --seed, which also draws --limit-train); the dev file is not read: "
+        "give it as --test", group=DATA, metavar="N", check=at_least(1))
+    split_seed: int = option(0, "seed of --dev-from-train", group=DATA)
+
+
+@with_loop(*CLASSIFIER_LOOP)
+@dataclass(kw_only=True)
+class NerOptions(ClassifierOptions):
+    """``minift ner``: a token classifier (NER or POS) on CoNLL column files."""
+    train: str = option(help="CoNLL column file (word ... tag a line)", group=DATA,
+                        metavar="FILE")
+    dev: str = option(help="development file, same columns", group=DATA, metavar="FILE")
+    column: int = option(-1, "0-based tag column, -1 the last (CoNLL-2003: 1 POS, 2 NER)",
+                         group=DATA)
+    scheme: str = option("iob2", "NER tags: iob2 checks strict IOB2, iob1 converts to it",
+                         group=DATA, choices=("iob1", "iob2"))
+    task: str = option("auto", "ner: entity F1; pos: token accuracy; auto: ner when tags are "
+                       "O/B-/I-", group=DATA, choices=("auto", "ner", "pos"))
+    stride_words: int = option(16, "overlap of the windows of a long sentence, in words",
+                               group=DATA, check=at_least(0))
+    label_all_subwords: bool = option(False, "train on every sub-word (B- continuations become "
+                                      "I-), not the first", group=DATA)
+    max_length: int = option(128, "tokens a window holds; longer sentences are split into "
+                             "windows of whole words", check=at_least(1), search=True)
+
+
+@with_loop("lr", "grad_accum", "schedule", "amp", "optimizer", "seed", "compile", "eval_every",
+           "patience", "save_every", "weight_decay", "warmup_ratio", "keep_resume", "progress",
+           warmup_ratio=0.06,
+           helps={"eval_every": "steps between held-out evaluations (default: at the end)",
+                  "patience": "stop early after N evaluations without a better held-out loss",
+                  "schedule": "learning-rate decay after warmup (constant: for --patience)"})
+@dataclass(kw_only=True)
+class PretrainOptions(LoopRunOptions):
+    """``minift pretrain``: continued masked-language-model pretraining on domain text."""
+    text: str | list[str] = option(help="text file(s), one passage a line", group=DATA,
+                                   nargs="+", metavar="FILE")
+    eval_text: str | None = option(None, "held-out text (default: a seeded slice of --text, "
+                                   "left out of training)", group=DATA, metavar="FILE")
+    eval_fraction: float = option(0.05, "share of the passages held out when there is no "
+                                  "--eval-text", group=DATA)
+    eval_seed: int = option(0, "seed of the held-out slice and of its (fixed) masks", group=DATA)
+    max_eval_passages: int = option(2000, "passages held out at most", cli=False)
+    masking: str = option("mlm", "mlm: BERT tokens; wwm: whole words; span: SpanBERT spans",
+                          group=DATA, choices=("mlm", "wwm", "span"))
+    mlm_probability: float = option(0.15, "masking rate (budget)", group=DATA)
+    pack: bool = option(False, "pack consecutive passages into full-length sequences",
+                        group=DATA)
+    nsp: bool = option(False, "also next-sentence prediction (BERT's pair objective): --text "
+                       "holds documents, a blank line between them, or JSONL with a 'sentences' "
+                       "list a line", group=DATA)
+    steps: int = option(1000, "optimizer steps", check=at_least(1))
+    max_length: int = option(128, "tokens a sequence holds", check=at_least(1))
+    freeze: str = option("none", "head: train only the MLM head, the encoder frozen (first, for "
+                         "a checkpoint shipped without one)", choices=("none", "head"))
+
+
+@dataclass(kw_only=True)
+class SetfitOptions(RunOptions):
+    """``minift setfit``: few-shot SetFit over several seeds."""
+    model: str = option("minilm", MODEL_HELP, group=DATA)
+    train: str = option(help="training file (.tsv .csv .jsonl, or .txt for semicolon "
+                        "'text;label' lines)", group=DATA, metavar="FILE")
+    dev: str = option(help="development file, same format", group=DATA, metavar="FILE")
+    text_col: str = option("text", "column of the text", group=DATA)
+    label_col: str = option("label", "column of the label", group=DATA)
+    format: str | None = option(None, "file format (default: from the suffix)", group=DATA,
+                                choices=("tsv", "csv", "jsonl", "semicolon"))
+    shots: int = option(8, "training examples per class", group=DATA, check=at_least(1))
+    max_dev: int | None = option(None, "evaluate on a fixed seeded subset of N", group=DATA,
+                                 check=at_least(1))
+    seeds: int = option(5, "runs, with seeds 0..N-1", check=at_least(1))
+    loss: str = option("cosine", "loss of the contrastive phase", search=True,
+                       choices=("cosine", "contrastive"))
+    sampling: str = option("oversampling", "how positive and negative pairs are balanced",
+                           search=True, choices=("oversampling", "undersampling", "unique"))
+    num_iterations: int | None = option(None, "legacy: N positive and N negative pairs per "
+                                        "example (overrides --sampling)", check=at_least(1),
+                                        search=True)
+    epochs: int = option(1, "contrastive epochs", check=at_least(1), search=True)
+    max_steps: int | None = option(None, "stop the contrastive phase after N steps (the pairs "
+                                   "grow with the square of --shots)", check=at_least(1),
+                                   search=True)
+    batch_size: int = option(16, "pairs a step", check=at_least(1), search=True)
+    lr: float = option(2e-5, "encoder learning rate", check=positive, search=True)
+    head: str = option("logistic", "logistic regression (L-BFGS) or a linear head trained by "
+                       "AdamW", search=True, choices=("logistic", "linear"))
+    end_to_end: bool = option(False, "with --head linear: train the encoder with the head")
+    max_length: int = option(256, "tokens a text keeps", check=at_least(1), search=True)
+    progress: bool = option(True, "no progress bars", group=RUN)
+    seed: int = option(0, "the first seed", check=at_least(0), cli=False)
+
+
+@dataclass(kw_only=True)
+class SpanOptions(Options):
+    """What training a span head and answering with one share: how a context is cut."""
+    model: str = option("minilm", MODEL_HELP, group=DATA)
+    max_length: int = option(384, "tokens a window holds (question + context piece)",
+                             check=at_least(1), search=True)
+    doc_stride: int = option(128, "tokens of context two consecutive windows share",
+                             check=at_least(0), search=True)
+    n_best: int = option(20, "start and end candidates a window, and answers kept",
+                         check=at_least(1))
+    max_answer_length: int = option(30, "tokens an answer spans", check=at_least(1))
+    device: str | None = option(None, "cpu, cuda, cuda:1 or mps (default: cuda when available)",
+                                group=RUN)
+
+
+@with_loop("epochs", "max_steps", "lr", "grad_accum", "warmup_ratio", "weight_decay", "amp",
+           "optimizer", "seed", "compile", "eval_every", "keep_resume", "progress", epochs=2)
+@dataclass(kw_only=True)
+class QaOptions(SpanOptions, LoopRunOptions):
+    """``minift qa``: train a span head on SQuAD v1.1 files."""
+    out: str = option(help="output folder (one run at a time)", group=RUN, metavar="DIR",
+                      required=False)  # the command line answers a question without one
+    train: str | None = option(None, "SQuAD v1.1 JSON training file", group=DATA, metavar="FILE")
+    dev: str | None = option(None, "SQuAD v1.1 JSON development file", group=DATA, metavar="FILE")
+    squad: str | None = option(None, "one SQuAD file split by article (instead of --train/--dev)",
+                               group=DATA, metavar="FILE")
+    dev_articles: int | None = option(None, "with --squad: articles held out for dev",
+                                      group=DATA)
+    split_seed: int = option(0, "seed of the article split", group=DATA)
+    limit_train: int | None = option(None, "train on a seeded random subset of N questions",
+                                     group=DATA, check=at_least(1))
+
+
+ASK = "answering one question (with a trained --model)"
+
+
+@dataclass(kw_only=True)
+class AnswerOptions(SpanOptions):
+    """``minift qa --question``: answer one question with a trained span head."""
+    question: str = option(help="the question", group=ASK, required=False)
+    context: str | None = option(None, "the text to find the answer in", group=ASK)
+    context_file: str | None = option(None, "the context, from a UTF-8 file", group=ASK,
+                                      metavar="FILE")
+    show: int = option(1, "answers printed, best first", group=ASK)
+
+
+@dataclass(kw_only=True)
+class SimilarityOptions(Options):
+    """``minift similarity``: cosine similarity of sentence pairs."""
+    model: str = option("minilm", MODEL_HELP, group=None)
+    pair: list[str] | None = option(None, "a sentence pair (repeatable); default: a few built-in "
+                                    "pairs", group=None, action="append", metavar="'A ||| B'")
+    device: str | None = option(None, "cpu, cuda, cuda:1 or mps (default: cpu)", group=None)
+    progress: bool = option(True, "no progress bars", group=None)
+
+
+@dataclass(kw_only=True)
+class SearchOptions(Options):
+    """``minift search TASK``: the search's own options (the task's are fixed for every trial)."""
+    grid: list[str] | None = option(
+        None, "a hyperparameter to vary (repeatable): lr, batch_size, epochs, freeze, "
+        "warmup_ratio, weight_decay, dropout, max_length (setfit: also sampling, num_iterations, "
+        "head, loss); lr=log:1e-5:1e-4 is a range for --random. Default: the BERT paper's grid "
+        "(lr 5e-5,3e-5,2e-5; batch_size 16,32; epochs 2,3,4)", group="search", action="append",
+        metavar="NAME=V1,V2,...")
+    seeds: int = option(3, "seeds a configuration: --seed, --seed + 1, ...", group="search",
+                        check=at_least(1))
+    metric: str | None = option(None, "the dev metric the choice is made on (finetune: accuracy, "
+                                "f1, loss; ner: entity_f1, precision, recall, token_accuracy, "
+                                "accuracy (POS), loss; qa: f1, exact_match; setfit: accuracy); "
+                                "default: the first", group="search")
+    random_draws: int | None = option(None, "draw N configurations from the grid instead of "
+                                      "running all", group="search", flag="--random",
+                                      metavar="N", check=at_least(1))
+    random_seed: int = option(0, "seed of --random's draws", group="search")
+    test: str | None = option(None, "test file, same format: scored once, at the end, for the "
+                              "chosen configuration only", group="search", metavar="FILE")
+    halving: bool = option(False, "successive halving over epochs: all configurations train a "
+                           "short budget, the best share goes on, the last rung in full",
+                           group="search")
+    halving_keep: float = option(0.5, "share of the configurations a rung keeps", group="search",
+                                 check=kept_share)
+    halving_min_epochs: int = option(1, "epochs of the first rung", group="search",
+                                     check=at_least(1))
+
+
+RECIPES: dict[str, type] = {"finetune": FinetuneOptions, "ner": NerOptions,
+                            "pretrain": PretrainOptions, "setfit": SetfitOptions,
+                            "qa": QaOptions, "answer": AnswerOptions}
+
+
+# --------------------------------------------------------------------------------------------
+# 4. The command line and the grid, derived from the fields
+# --------------------------------------------------------------------------------------------
+
+
+def kind(spec: Field) -> type:
+    """The scalar type of a field (``int | None`` -> int, ``str | list[str]`` -> str)."""
+    text = spec.type if isinstance(spec.type, str) else str(spec.type)
+    return next((t for t in (bool, int, float) if re.search(rf"\b{t.__name__}\b", text)), str)
+
+
+def flag(name: str) -> str:
+    """The command-line flag of the field ``name`` (``--max-length``; its ``flag`` if set)."""
+    for cls in (*RECIPES.values(), SimilarityOptions, SearchOptions):
+        for spec in fields(cls):
+            if spec.name == name:
+                return _flag(spec)
+    return "--" + name.replace("_", "-")
+
+
+def _flag(spec: Field) -> str:
+    if "flag" in spec.metadata:
+        return spec.metadata["flag"]
+    negated = kind(spec) is bool and spec.default is True  # progress -> --no-progress
+    return "--" + ("no-" if negated else "") + spec.name.replace("_", "-")
+
+
+def add_options(parser, cls: type, skip: set[str] | frozenset = frozenset()) -> list[str]:
+    """Add the fields of ``cls`` (but ``skip`` and those with ``cli=False``) to ``parser`` as
+    options, in argument groups by their ``group``; return the names added."""
+    groups = {group.title: group for group in parser._action_groups}
+    added = []
+    for spec in fields(cls):
+        meta = spec.metadata
+        if spec.name in skip or not meta.get("cli", True):
+            continue
+        group = meta.get("group")
+        target = parser if group is None else (
+            groups.get(group) or groups.setdefault(group, parser.add_argument_group(group)))
+        negated = kind(spec) is bool and spec.default is True  # progress -> --no-progress
+        settings = {"help": meta.get("help"), "dest": f"no_{spec.name}" if negated else spec.name}
+        if kind(spec) is bool:
+            settings["action"] = "store_true"
+        else:
+            default = None if spec.default is MISSING else spec.default
+            settings |= {"default": default, "required": meta.get("required",
+                                                                  spec.default is MISSING)}
+            settings |= {key: meta[key] for key in ("choices", "metavar", "nargs", "action")
+                         if key in meta}
+            if kind(spec) is not str:
+                settings["type"] = kind(spec)
+        target.add_argument(_flag(spec), **settings)
+        added.append(spec.name)
+    return added
+
+
+def from_namespace(cls: type, namespace: Any) -> dict[str, Any]:
+    """The keywords of ``cls``'s call from parsed arguments (``--no-progress`` -> progress)."""
+    values = vars(namespace)
+    options = {}
+    for spec in fields(cls):
+        if spec.name in values:
+            options[spec.name] = values[spec.name]
+        elif f"no_{spec.name}" in values:
+            options[spec.name] = not values[f"no_{spec.name}"]
+    return options
+
+
+def _parse_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError("is not a finite number")
+    return value
+
+
+def _parse_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError("is not a whole number") from None
+
+
+def grid_parser(spec: Field) -> Callable[[str], Any]:
+    """The parser of one ``--grid`` value of a searchable field: its type, choices and check."""
+    convert = {int: _parse_int, float: _parse_float}.get(kind(spec), str)
+
+    def parse(text: str) -> Any:
+        value = convert(text)
+        choices, check = spec.metadata.get("choices"), spec.metadata.get("check")
+        if choices and value not in choices:
+            raise ValueError(f"is not one of {', '.join(choices)}")
+        if check is not None:
+            check(value)
+        return value
+
+    parse.log_range = spec.metadata.get("check") is positive  # name=log:LOW:HIGH is allowed
+    return parse
+
+
+def grid_parsers(task: str) -> dict[str, Callable[[str], Any]]:
+    """The hyperparameters ``minift search TASK`` may vary: field name -> its value parser."""
+    return {spec.name: grid_parser(spec) for spec in fields(RECIPES[task])
+            if spec.metadata.get("search")}

@@ -1,0 +1,155 @@
+"""``finetune``: fine-tune a sequence (or pair) classifier; and the scoring of a saved one on a
+test file, which ``minift.run.search`` reuses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from minift.core.labels import LabelVocab
+from minift.core.metrics import format_table
+from minift.data.readers import encode_labels, read_examples, task_files
+from minift.data.tokenizer import Tokenizer
+from minift.fast.unpad import speed_up
+from minift.hf.checkpoint import read_config_json, resolve_model_dir
+from minift.run.options import FinetuneOptions, OptionError
+from minift.run.recipes import skeleton
+from minift.run.recipes.prepare import (
+    check_device,
+    check_freeze,
+    check_max_length,
+    claim_folder,
+    data_folder,
+    dev_from_train,
+    epoch_batches,
+    subset,
+    write_metrics,
+)
+from minift.tasks.classify import (
+    ClassificationDataset,
+    SequenceClassifier,
+    classification_metrics,
+)
+
+
+def data_files(o: FinetuneOptions) -> tuple[str | None, str | None, dict]:
+    """``(train, dev, columns)``: the GLUE task's files and columns from the data folder, or
+    the options' own."""
+    if o.task is not None:
+        if o.train or o.dev:
+            raise OptionError("give either `task` or `train`/`dev`, not both")
+        train, dev, text_col, pair_col, label_col = task_files(o.task, data_folder(o.data_dir))
+        return train, dev, dict(text_col=text_col, pair_col=pair_col, label_col=label_col)
+    if not (o.train and (o.dev or o.dev_from_train)):
+        raise OptionError("give `task` sst2|mrpc|rte, or both `train` FILE and `dev` FILE "
+                          "(or `train` FILE `dev_from_train` N)")
+    return o.train, o.dev, dict(text_col=o.text_col, pair_col=o.pair_col, label_col=o.label_col)
+
+
+def scores(model, examples: list, label_ids: list[int], tokenizer, labels: int,
+           o: FinetuneOptions, device, batches: list | None = None) -> dict:
+    """The classifier's scores on ``examples`` (loss, accuracy, f1, the confusion matrix)."""
+    if batches is None:
+        dataset = ClassificationDataset(examples, tokenizer, max_length=o.max_length,
+                                        label_ids=label_ids)
+        batches = dataset.batches(o.batch_size, generator=None, shuffle=False)
+    return classification_metrics(model, batches, labels, device, progress=o.progress)
+
+
+def read_test(path: str, options: dict) -> list:
+    """A test file in the format of the task's (or the options') files."""
+    return read_examples(path, **data_files(FinetuneOptions(**{"out": ""} | options))[2])
+
+
+def score_saved(folder: Path, test: list, options: dict, device) -> dict[str, float]:
+    """The scores on ``test`` (``read_test``) of the classifier saved in ``folder``."""
+    o = FinetuneOptions(**{"out": str(folder)} | options | {"progress": False})
+    vocab = LabelVocab.from_dict(read_config_json(folder))
+    model = speed_up(SequenceClassifier.from_pretrained(folder)).to(device)
+    result = scores(model, test, encode_labels(test, vocab), Tokenizer.from_pretrained(folder),
+                    len(vocab), o, device)
+    return {k: v for k, v in result.items() if k != "confusion"}
+
+
+def finetune(**options: Any) -> dict:
+    """Fine-tune a sequence classifier; write the best model and ``metrics.json`` into ``out``.
+
+    The options are ``minift.run.options.FinetuneOptions``'s fields. ``task`` (sst2, mrpc, rte)
+    reads the GLUE task's files and columns from ``data_folder``; otherwise ``train`` and
+    ``dev`` are TSV / CSV / JSONL files with the columns ``text_col``, ``label_col`` and
+    optionally ``pair_col``. ``dev_from_train`` N: the dev set is N examples held out of the
+    training file instead (``prepare.dev_from_train``: a split drawn with ``split_seed``, the
+    same for every ``seed``, which then also draws the ``limit_train`` subset); the dev file is
+    not read, so a task with no test set of its own (SST-2) can give its dev file as ``test``.
+    ``test``: a file in the same format, scored once, by the best model, after training.
+    ``dropout``: the classifier's dropout (default: the encoder's). ``head_lr``: the
+    classifier's own learning rate (default ``lr``; a frozen encoder's head needs a far higher
+    one). ``init="random"``: the checkpoint's architecture from random weights (what
+    pretraining is worth). Returns the metrics dict that is written: ``{"before": ...,
+    "dev": ..., "test": ..., "train": ..., "labels": ...}`` (``test`` only when given).
+    """
+    o = FinetuneOptions(**options)
+    if o.dev_from_train is not None and o.dev:
+        raise OptionError("give `dev` FILE or `dev_from_train` N, not both")
+    config = skeleton.train_config(o, lr_by_prefix=skeleton.head_lrs(o.head_lr),
+                                   metric="accuracy", greater_is_better=True)
+    check_device(o.device)
+    folder = resolve_model_dir(o.model)
+    check_max_length(folder, o.max_length)
+    check_freeze(folder, o.freeze)
+    train, dev, columns = data_files(o)
+    if o.dev_from_train is not None:
+        train_examples, dev_examples = dev_from_train(read_examples(train, **columns),
+                                                      o.dev_from_train, o.limit_train,
+                                                      o.split_seed, str(train))
+    else:
+        train_examples = subset(read_examples(train, **columns), o.limit_train, o.seed)
+        dev_examples = read_examples(dev, **columns)
+    test_examples = read_examples(o.test, **columns) if o.test else []
+    vocab = LabelVocab.from_examples(train_examples)
+    if len(vocab) < 2:
+        raise ValueError(f"{train}: found a single label {vocab.labels}; a classifier needs two")
+    train_labels = encode_labels(train_examples, vocab)
+    dev_labels = encode_labels(dev_examples, vocab)  # a dev label unseen in train stops here
+    test_labels = encode_labels(test_examples, vocab)
+
+    with claim_folder(o.out, resume=o.resume) as out_dir:
+        print(f"data: {len(train_examples)} train / {len(dev_examples)} dev examples, "
+              f"labels {vocab.labels}; tokenizing")
+        tokenizer = Tokenizer.from_pretrained(folder)
+        train_set = ClassificationDataset(train_examples, tokenizer, max_length=o.max_length,
+                                          label_ids=train_labels)
+        dev_set = ClassificationDataset(dev_examples, tokenizer, max_length=o.max_length,
+                                        label_ids=dev_labels)
+        dev_batches = dev_set.batches(o.batch_size, generator=None, shuffle=False)
+        outcome = skeleton.run_recipe(skeleton.Recipe(
+            config=config,
+            build=skeleton.head_builder(SequenceClassifier, folder, vocab.labels, o),
+            load=SequenceClassifier.from_pretrained,
+            train_batches=epoch_batches(train_set, o.batch_size, o.seed),
+            evaluate=lambda m, device: scores(m, dev_examples, dev_labels, tokenizer, len(vocab),
+                                              o, device, dev_batches),
+            tokenizer=tokenizer, options=o,
+            before=lambda s: f"dev before fine-tuning: accuracy {s['accuracy']:.4f}  "
+                             f"f1 {s['f1']:.4f}",
+        ))
+        if outcome is None:
+            return {}  # the other ranks of a torchrun job are done: rank 0 writes the results
+        metrics = {
+            "before": outcome.before,
+            "dev": outcome.after,
+            "train": outcome.facts() | {"examples": len(train_examples), "init": o.init,
+                                        "head_lr": o.head_lr},
+            "labels": vocab.labels,
+        }
+        if test_examples:
+            print(f"scoring the best model on {len(test_examples)} test examples ({o.test})")
+            metrics["test"] = scores(outcome.best, test_examples, test_labels, tokenizer,
+                                     len(vocab), o, next(outcome.best.parameters()).device)
+        write_metrics(out_dir, metrics)
+
+    keys = ("loss", "accuracy", "f1")
+    print(format_table([{"": "before", **{k: metrics["before"][k] for k in keys}},
+                        {"": "after", **{k: metrics["dev"][k] for k in keys}}]))
+    print(f"model, tokenizer, metrics.json and log.jsonl written to {out_dir}")
+    return metrics

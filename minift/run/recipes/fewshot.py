@@ -1,0 +1,127 @@
+"""``setfit``: few-shot classification (contrastive fine-tuning, then a head) over several seeds;
+and the scoring of a saved SetFit model on a test file, which ``minift.run.search`` reuses."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from minift.core.labels import LabelVocab
+from minift.core.metrics import accuracy
+from minift.data.readers import encode_labels
+from minift.data.tokenizer import Tokenizer
+from minift.fast.unpad import speed_up
+from minift.hf.checkpoint import load_bert, resolve_model_dir
+from minift.run.options import SetfitOptions
+from minift.run.recipes.prepare import (
+    check_device,
+    check_max_length,
+    claim_folder,
+    is_main,
+    pick_device,
+    read_labelled,
+    subset,
+    write_metrics,
+)
+from minift.tasks.setfit import SetFitConfig, SetFitModel, sample_shots, train_setfit
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 seed``, ``5 seeds``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def read_test(path: str, options: dict) -> list:
+    """A test file in the format and columns of the options."""
+    return read_labelled(path, options.get("text_col", "text"), options.get("label_col", "label"),
+                         options.get("format"))
+
+
+def score_saved(folder: Path, test: list, options: dict, device) -> dict[str, float]:
+    """The accuracy on ``test`` (``read_test``) of the SetFit model saved in ``folder``."""
+    model = SetFitModel.from_pretrained(folder)
+    return {"accuracy": accuracy([ex.label for ex in test], model.predict([ex.text for ex in test]))}
+
+
+def setfit(**options: Any) -> dict:
+    """Few-shot SetFit over seeds ``seed``..``seed + seeds - 1``; write ``metrics.json`` into
+    ``out``. The options are ``minift.run.options.SetfitOptions``'s fields.
+
+    For each seed s: draw ``shots`` training examples of every class (a generator seeded with s),
+    train SetFit with seed s from the same base model, and measure accuracy on dev (all of it, or
+    a fixed seeded subset of ``max_dev``). Prints and returns
+    ``{"dev": {"accuracy_mean", "accuracy_std", "per_seed": [...]}, "train": ..., "config": ...,
+    "labels": ...}``; the standard deviation is the sample one (n - 1), 0 for a single seed. The
+    model of the first seed is saved in ``out/model`` (``SetFitModel.from_pretrained``).
+    ``max_steps`` caps the contrastive phase (``SetFitConfig.max_steps``): the pairs grow with the
+    square of ``shots``, so many shots and many classes otherwise make a long run.
+    """
+    o = SetfitOptions(**options)
+    config = SetFitConfig(loss=o.loss, sampling=o.sampling, num_iterations=o.num_iterations,
+                          epochs=o.epochs, max_steps=o.max_steps, batch_size=o.batch_size,
+                          lr=o.lr, head=o.head, end_to_end=o.end_to_end,
+                          max_length=o.max_length, progress=o.progress)
+    check_device(o.device)
+    folder = resolve_model_dir(o.model)
+    check_max_length(folder, o.max_length)
+    train_examples = read_labelled(o.train, o.text_col, o.label_col, o.format)
+    dev_examples = subset(read_labelled(o.dev, o.text_col, o.label_col, o.format), o.max_dev, 0)
+    vocab = LabelVocab.from_examples(train_examples)
+    if len(vocab) < 2:
+        raise ValueError(f"{o.train}: found a single label {vocab.labels}; SetFit needs two")
+    encode_labels(dev_examples, vocab)  # a dev label unseen in train stops here
+    draws = [sample_shots([ex.label for ex in train_examples], o.shots,
+                          torch.Generator().manual_seed(s)) for s in range(o.seed, o.seed + o.seeds)]
+    dev_texts = [ex.text for ex in dev_examples]
+    dev_gold = [ex.label for ex in dev_examples]
+
+    with claim_folder(o.out) as out_dir:
+        tokenizer = Tokenizer.from_pretrained(folder)
+        device = pick_device(o.device)
+        print(f"data: {len(train_examples)} train / {len(dev_examples)} dev examples, labels "
+              f"{vocab.labels}; {o.shots} shots a class, {_count(o.seeds, 'seed')}; model {folder}")
+        per_seed = []
+        for run_seed, chosen in enumerate(draws, start=o.seed):
+            print(f"seed {run_seed}: loading {folder}")
+            encoder = speed_up(load_bert(folder)).to(device)
+            start = time.perf_counter()
+            classifier, stats = train_setfit(
+                encoder, tokenizer, [train_examples[i].text for i in chosen],
+                [train_examples[i].label for i in chosen],
+                replace(config, seed=run_seed), label_names=vocab.labels)
+            seconds = time.perf_counter() - start
+            if not is_main():
+                continue  # under torchrun the other ranks only help train the next seed
+            print(f"seed {run_seed}: scoring {len(dev_texts)} dev examples")
+            score = accuracy(dev_gold, classifier.predict(dev_texts))
+            print(f"seed {run_seed}: dev accuracy {score:.4f}  ({stats['pairs']} pairs, "
+                  f"{seconds:.1f} s training)")
+            per_seed.append({"seed": run_seed, "accuracy": score, "pairs": stats["pairs"],
+                             "steps": stats["steps"], "train_seconds": seconds,
+                             "examples": [train_examples[i].line for i in chosen]})
+            if run_seed == o.seed:  # the first seed's model
+                classifier.save_pretrained(out_dir / "model")
+        if not is_main():
+            return {}  # rank 0 writes the results
+        scores = [run["accuracy"] for run in per_seed]
+        mean = statistics.fmean(scores)
+        std = statistics.stdev(scores) if len(scores) > 1 else 0.0
+        metrics = {
+            "dev": {"accuracy_mean": mean, "accuracy_std": std, "per_seed": per_seed,
+                    "examples": len(dev_examples)},
+            "train": {"shots": o.shots, "seeds": o.seeds, "examples": o.shots * len(vocab),
+                      "pairs": per_seed[0]["pairs"], "steps": per_seed[0]["steps"]},
+            "config": {k: v for k, v in asdict(config).items() if k != "seed"},
+            "labels": vocab.labels,
+            "model": str(folder),
+        }
+        write_metrics(out_dir, metrics)
+    spread = f"{mean:.4f} +/- {std:.4f}" if o.seeds > 1 else f"{mean:.4f}"
+    print(f"dev accuracy over {_count(o.seeds, 'seed')}: {spread}; metrics.json and the "
+          f"seed-0 model written to {out_dir}")
+    return metrics

@@ -1,0 +1,164 @@
+"""What every recipe does before it loads a model: check what only the model or the files can
+tell (the device, the lengths, the freeze depth), find the data folder, claim the output folder;
+and the small data helpers the recipes share (a seeded subset, a dev set held out of train).
+
+Every check raises ``OptionError`` (a ``ValueError``) naming the option as its field: the
+command line prints the flag instead (``minift.run.options``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+
+from minift.core import ddp as distributed
+from minift.core.files import acquire, atomic_write, release
+from minift.data.readers import read_examples, read_semicolon_examples
+from minift.hf.checkpoint import read_config
+from minift.run.options import OptionError
+
+
+def check_device(device: str | None) -> None:
+    """Refuse a device this torch cannot run on (``cuda`` without CUDA, ``tpu``, ...)."""
+    if device is None:
+        return
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise OptionError(f"`device` {device}: expected cpu, cuda, cuda:N or mps") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise OptionError(f"`device` {device}: this torch sees no CUDA GPU "
+                              "(torch.cuda.is_available() is False); use `device` cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise OptionError(f"`device` {device}: there are {torch.cuda.device_count()} "
+                              "CUDA GPUs (numbered from 0)")
+    elif parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise OptionError(f"`device` {device}: this torch has no MPS backend here")
+    elif parsed.type != "cpu":
+        raise OptionError(f"`device` {device}: minift runs on cpu, cuda or mps")
+
+
+def check_max_length(folder: Path, max_length: int, minimum: int = 1) -> int:
+    """Check ``max_length`` against the model's ``max_position_embeddings``; return the latter."""
+    positions = read_config(folder).max_position_embeddings
+    if max_length > positions:
+        raise OptionError(f"`max_length` {max_length} is more than the model's {positions} "
+                          f"positions ({folder}/config.json)")
+    if max_length < minimum:
+        raise OptionError(f"`max_length` must be at least {minimum}, got {max_length}")
+    return positions
+
+
+def check_freeze(folder: Path, freeze: str) -> None:
+    """The depth of a ``last-N`` freeze mode, checked against the model's layers."""
+    layers = read_config(folder).num_hidden_layers
+    if freeze.startswith("last-") and not 1 <= int(freeze[5:]) <= layers:
+        raise OptionError(f"`freeze` mode {freeze!r}: N must be between 1 and {layers}")
+
+
+# Where the tests and lessons find the data sets when MINIFT_DATA is unset.
+DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+def data_folder(data_dir: str | os.PathLike | None = None) -> Path:
+    """The folder of the data sets: ``data_dir``, else $MINIFT_DATA, else ``shared/data`` in
+    the repository (or the installed checkout): where the tests and lessons look."""
+    if data_dir is not None:
+        where, folder = f"`data_dir` {data_dir}", Path(data_dir)
+    elif os.environ.get("MINIFT_DATA"):
+        where = f"MINIFT_DATA={os.environ['MINIFT_DATA']}"
+        folder = Path(os.environ["MINIFT_DATA"])
+    elif DEFAULT_DATA.is_dir():
+        return DEFAULT_DATA
+    else:
+        raise OptionError(f"the data sets are not in {DEFAULT_DATA}: give their folder with "
+                          "`data_dir` DIR, or set the environment variable MINIFT_DATA=DIR")
+    if not folder.is_dir():
+        raise OptionError(f"{where}: no such folder")
+    return folder
+
+
+@contextlib.contextmanager
+def claim_folder(out: str | os.PathLike, *, resume: bool = False) -> Iterator[Path]:
+    """Create the output folder (or check it) and hold its lock (``minift.core.files``) for
+    the block. Checks, before anything is loaded, that the folder can be created and written,
+    and that ``resume.pt`` is there when resuming. Under torchrun only rank 0, which writes."""
+    folder = Path(out)
+    if os.environ.get("RANK", "0") != "0":
+        yield folder
+        return
+    if folder.exists() and not folder.is_dir():
+        raise OptionError(f"`out` {folder}: exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = acquire(folder)
+    except OSError as err:
+        raise OptionError(f"`out` {folder}: cannot write there ({err.strerror or err})") from None
+    try:
+        if resume and not (folder / "resume.pt").is_file():
+            raise OptionError(f"`resume`: {folder / 'resume.pt'} does not exist, nothing to "
+                              "resume (run without `resume` to start afresh)")
+        yield folder
+    finally:
+        release(lock)
+
+
+def write_metrics(out: Path, metrics: dict) -> None:
+    """``out/metrics.json``, written atomically."""
+    atomic_write(out / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode("utf-8"))
+
+
+def pick_device(device: str | None) -> torch.device:
+    """The device to run on (default: cuda when available); under torchrun, also join the
+    process group (``minift.core.ddp``) and take this rank's own GPU."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    distributed.setup(device.type)
+    return distributed.local_device(device)
+
+
+def is_main() -> bool:
+    """False on the ranks of a torchrun job that only help to train (rank 0 writes)."""
+    return distributed.context().is_main
+
+
+def subset(examples: list, limit: int | None, seed: int) -> list:
+    """A fixed, seeded random subset of ``limit`` examples (all of them when None)."""
+    if limit is None or limit >= len(examples):
+        return examples
+    keep = sorted(random.Random(seed).sample(range(len(examples)), limit))
+    return [examples[i] for i in keep]
+
+
+def dev_from_train(examples: list, size: int, limit_train: int | None, split_seed: int,
+                   where: str) -> tuple[list, list]:
+    """A fixed split of a training file, drawn with ``split_seed`` (the same whatever the
+    training seed): ``size`` examples for dev, and ``limit_train`` of the others (all of them
+    when None) to train on. Returns ``(train, dev)``, each in file order."""
+    if size >= len(examples):
+        raise OptionError(f"`dev_from_train` {size}: {where} has only {len(examples)} examples")
+    order = list(range(len(examples)))
+    random.Random(split_seed).shuffle(order)
+    rest = order[size:] if limit_train is None else order[size:size + limit_train]
+    return [examples[i] for i in sorted(rest)], [examples[i] for i in sorted(order[:size])]
+
+
+def read_labelled(path: str, text_col: str, label_col: str, format: str | None = None) -> list:
+    """Examples of a labelled file: TSV, CSV, JSONL (``data.read_examples``), or semicolon
+    ``text;label`` lines (``format="semicolon"``, or a ``.txt`` file, as Emotion ships)."""
+    if format == "semicolon" or (format is None and Path(path).suffix.lower() == ".txt"):
+        return read_semicolon_examples(path, text_col=text_col, label_col=label_col)
+    return read_examples(path, text_col=text_col, label_col=label_col, format=format)
+
+
+def epoch_batches(dataset, batch_size: int, seed: int) -> Callable[[int], list]:
+    """``train_batches`` of a dataset: epoch e shuffled by a generator seeded with seed + e."""
+    return lambda epoch: dataset.batches(batch_size,
+                                         generator=torch.Generator().manual_seed(seed + epoch))

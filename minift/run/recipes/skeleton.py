@@ -1,0 +1,167 @@
+"""The skeleton the recipes on ``minift.core.loop.train`` share: load the model, score it before,
+train, take the best weights, score them, save (``Recipe``, ``run_recipe``); and the pieces they
+build it from (the ``TrainConfig`` of their options, a fresh classifier head, the run's facts).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from minift.core.files import fsync_dir
+from minift.core.freeze import freeze as apply_freeze
+from minift.core.loop import TrainConfig, train
+from minift.core.model import set_activation_checkpointing
+from minift.fast.unpad import speed_up
+from minift.run.options import LOOP, loop_fields
+from minift.run.recipes.prepare import is_main, pick_device
+
+
+def train_config(options: Any, **settings: Any) -> TrainConfig:
+    """The ``TrainConfig`` of a recipe's options: every TrainConfig field the options hold, then
+    ``settings`` (the recipe's metric and the like). The options were checked when made.
+
+    The loop keeps ``resume.pt`` (``keep_resume``): ``run_recipe`` removes it itself once the
+    final model is saved, so that a crash during that save still leaves the run resumable.
+    """
+    taken = {name: getattr(options, name) for name in loop_fields()
+             if name in LOOP and hasattr(options, name)}
+    return TrainConfig(**taken | {"out_dir": Path(options.out), **settings, "keep_resume": True})
+
+
+@dataclass
+class Recipe:
+    """What one recipe hands to ``run_recipe``; the rest of a run is the same for all of them.
+
+    ``evaluate(model, device)`` returns the full scores on the held-out set (its numbers drive
+    the best checkpoint and early stopping; other entries, such as predictions, ride along).
+    """
+    config: TrainConfig  # its out_dir is the output folder
+    build: Callable[[], Any]  # load the model to train
+    load: Callable[[Path], Any]  # reload a saved model (the best one): a head's from_pretrained
+    train_batches: Callable[[int], Sequence[dict]]  # the batches of an epoch
+    evaluate: Callable[[Any, Any], dict]
+    tokenizer: Any
+    options: Any  # the recipe's options: device, resume, keep_resume, activation_checkpointing
+    before: Callable[[dict], str] | None = None  # score before training; the line to print
+
+
+@dataclass
+class Outcome:
+    """What ``run_recipe`` did: the held-out scores before and after, and the models."""
+    model: Any  # the trained model (its last weights)
+    best: Any  # the best weights on the held-out set (``model`` when the best step was the last)
+    before: dict
+    after: dict
+    result: Any  # minift.core.loop.TrainResult
+    seconds: float
+    trainable: int
+    total: int
+
+    def facts(self) -> dict:
+        """The facts of a run every recipe's metrics.json records."""
+        result = self.result
+        return {"steps": result.steps, "seconds": self.seconds, "best_step": result.best_step,
+                "stopped_early": result.stopped_early,
+                "trainable_parameters": self.trainable, "total_parameters": self.total}
+
+
+def _promote_best(best_dir: Path, out: Path) -> None:
+    """Move the files of ``best/`` into ``out`` (each rename atomic) and remove ``best/``."""
+    for file in sorted(best_dir.iterdir()):
+        if file.is_file():
+            os.replace(file, out / file.name)
+    fsync_dir(out)
+    shutil.rmtree(best_dir)
+
+
+def run_recipe(recipe: Recipe) -> Outcome | None:
+    """Load, score before, train, take the best weights, score them, save; None on the ranks of
+    a torchrun job other than 0 (rank 0 writes the results).
+
+    No held-out set is scored twice on the same weights: when the best step is the last, the
+    final evaluation of the training loop is the "after" score.
+    """
+    options = recipe.options
+    out = Path(recipe.config.out_dir)
+    device = pick_device(options.device)
+    model = speed_up(recipe.build()).to(device)  # the fast modules: one visible door
+    if options.activation_checkpointing:  # recompute each block in backward: less memory
+        set_activation_checkpointing(model)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    main = is_main()
+
+    before = {}
+    if recipe.before is not None and main:  # under torchrun rank 0 evaluates
+        before = recipe.evaluate(model, device)
+        print(recipe.before(before))
+
+    last: dict = {}
+
+    def numbers(m) -> dict:
+        last["scores"] = full = recipe.evaluate(m, device)
+        return {k: v for k, v in full.items()
+                if isinstance(v, int | float) and not isinstance(v, bool)}
+
+    start = time.perf_counter()
+    result = train(model, recipe.train_batches, recipe.config, evaluate=numbers, device=device,
+                   resume=options.resume)
+    seconds = time.perf_counter() - start
+    if not main:
+        return None
+
+    best_dir = out / "best"
+    if result.best_step == result.steps and "scores" in last:
+        best, after = model, last["scores"]  # the loop's last evaluation scored these weights
+    elif result.best_step is not None:
+        print(f"scoring the best model (step {result.best_step} of {result.steps})")
+        best = speed_up(recipe.load(best_dir)).to(device)
+        after = recipe.evaluate(best, device)
+    else:  # no evaluation gave a number to compare: keep the last weights
+        best, after = model, last.get("scores") or recipe.evaluate(model, device)
+    if best_dir.is_dir():
+        _promote_best(best_dir, out)
+    else:
+        best.save_pretrained(out)
+    recipe.tokenizer.save_pretrained(out)
+    if not options.keep_resume:
+        (out / "resume.pt").unlink(missing_ok=True)
+    return Outcome(model=model, best=best, before=before, after=after, result=result,
+                   seconds=seconds, trainable=trainable, total=total)
+
+
+def head_builder(head: type, folder: Path, labels: list[str], options: Any) -> Callable[[], Any]:
+    """``build`` for a classifier head (``SequenceClassifier`` / ``TokenClassifier``) on the
+    encoder in ``folder``: a fresh head seeded with ``options.seed``, frozen as
+    ``options.freeze`` says, its dropout ``options.dropout`` (transformers'
+    ``classifier_dropout``, saved in ``config.json``; the encoder keeps its own; None: the
+    encoder's). ``init="random"``: the same architecture from BERT's random initialisation."""
+    init, freeze = options.init, options.freeze
+
+    def build():
+        print(f"loading {folder}" if init == "pretrained" else
+              f"building {folder}'s architecture from random weights (init=random)")
+        torch.manual_seed(options.seed)  # the fresh head's initialisation (and the encoder's)
+        load = head.from_pretrained if init == "pretrained" else head.from_config
+        model = load(folder, num_labels=len(labels), id2label=dict(enumerate(labels)))
+        trainable, total = apply_freeze(model, freeze)
+        print(f"freeze={freeze}: {trainable:,} of {total:,} parameters train")
+        if options.dropout is not None:
+            model.classifier_dropout = options.dropout
+            model.dropout.p = options.dropout
+        return model
+
+    return build
+
+
+def head_lrs(head_lr: float | None) -> dict[str, float] | None:
+    """``TrainConfig.lr_by_prefix`` for ``head_lr``: the classifier's own learning rate."""
+    return None if head_lr is None else {"classifier.": head_lr}
