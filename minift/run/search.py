@@ -19,7 +19,8 @@ Read in this order:
 1. the hyperparameters each task can vary and the metrics it reports (``HYPERPARAMETERS``,
    ``METRICS``), and the grid: ``parse_grid`` (``name=v1,v2,...``, ``name=log:low:high``) and
    ``configurations`` (the whole grid, or ``--random N`` seeded draws);
-2. ``TrialLog``, the ``trials.jsonl`` file, and ``run_trial``, one fresh run of a recipe;
+2. the trials (``minift.run.trials``): ``run_trial``, one fresh run of a recipe, and
+   ``TrialLog``, the ``trials.jsonl`` file;
 3. ``summarise`` and ``choose``: mean and standard deviation over seeds, the best mean;
 4. successive halving (``run_halving``): all configurations train a short budget, the best
    share goes on to a longer one, and so on;
@@ -33,16 +34,12 @@ its cores (and make every time in the report wrong).
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import itertools
 import json
 import math
-import os
 import random
 import shutil
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -50,6 +47,7 @@ from typing import Any
 
 from minift.core.files import atomic_write
 from minift.run.options import RECIPES, OptionError, SearchOptions, grid_parsers
+from minift.run.trials import TrialLog, model_folder, run_trial, trial_folder_name, trial_key
 
 
 class GridError(OptionError):
@@ -187,103 +185,6 @@ def describe(config: dict) -> str:
     """``lr=3e-05 batch_size=16``: a configuration on one line."""
     return " ".join(f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}"
                     for name, value in config.items()) or "(the fixed options)"
-
-
-# --------------------------------------------------------------------------------------------
-# 2. The trials: trials.jsonl, and one fresh run of a recipe
-# --------------------------------------------------------------------------------------------
-
-
-def trial_key(config: dict, seed: int) -> str:
-    """A trial's identity: its configuration and seed, as canonical JSON."""
-    return json.dumps({"config": config, "seed": seed}, sort_keys=True)
-
-
-def trial_folder_name(config: dict, seed: int) -> str:
-    """The trial's folder under ``OUT/trials/``: a short hash of its key, then its seed."""
-    return f"{hashlib.sha1(trial_key(config, seed).encode()).hexdigest()[:10]}-seed{seed}"
-
-
-class TrialLog:
-    """``trials.jsonl``: one finished trial a line, appended when the trial is done.
-
-    Each record is written by one ``write`` on a file opened for appending, then fsynced; a kill
-    during that write can leave a torn last line, which reading drops (the trial runs again).
-    A corrupt line anywhere else is an error naming ``path:line``.
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.records: dict[str, dict] = {}
-        if not self.path.is_file():
-            return
-        data = self.path.read_bytes()
-        whole = data[:data.rfind(b"\n") + 1]
-        if len(whole) < len(data):  # a line torn by a kill: forget it
-            with open(self.path, "r+b") as f:
-                f.truncate(len(whole))
-        for number, line in enumerate(whole.decode("utf-8").splitlines(), start=1):
-            try:
-                record = json.loads(line)
-                self.records[trial_key(record["config"], record["seed"])] = record
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise ValueError(f"{self.path}:{number}: not a trial record; remove the line "
-                                 "to run that trial again") from None
-
-    def get(self, config: dict, seed: int) -> dict | None:
-        return self.records.get(trial_key(config, seed))
-
-    def append(self, record: dict) -> None:
-        line = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
-        with open(self.path, "ab") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
-        self.records[trial_key(record["config"], record["seed"])] = record
-
-
-def dev_numbers(task: str, metrics: dict) -> dict[str, float]:
-    """Every number a recipe reports on dev (the confusion matrix, per-type tables and the like
-    stay in the trial's own ``metrics.json``)."""
-    if task == "setfit":
-        return {"accuracy": metrics["dev"]["per_seed"][0]["accuracy"]}
-    dev = metrics["dev"]
-    numbers = {key: value for key, value in dev.items()
-               if isinstance(value, int | float) and not isinstance(value, bool)}
-    if isinstance(dev.get("strict"), dict):  # ner: the strict IOB2 mode's F1
-        numbers["strict_f1"] = dev["strict"]["f1"]
-    return numbers
-
-
-def run_trial(task: str, fixed: dict, config: dict, seed: int, folder: Path) -> dict:
-    """One trial: the recipe run afresh (the checkpoint loaded from its folder) into ``folder``
-    with the fixed options, ``config`` and ``seed``; what it printed goes to
-    ``folder/trial.log``. Returns the record for ``trials.jsonl``."""
-    from minift.run import recipes
-
-    if folder.exists():  # what a killed run of this trial left: start it again from scratch
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    options = fixed | config | {"out": str(folder), "seed": seed, "progress": False}
-    if task == "setfit":
-        options["seeds"] = 1  # the search's seeds are its trials
-    start = time.perf_counter()
-    with open(folder / "trial.log", "w", encoding="utf-8") as log, \
-            contextlib.redirect_stdout(log):
-        metrics = getattr(recipes, task)(**options)
-    seconds = time.perf_counter() - start
-    train = metrics["train"]
-    steps = train.get("steps")
-    if task == "setfit":  # pairs a seed, in batches, for each contrastive epoch
-        steps = math.ceil(train["pairs"] / options.get("batch_size", 16)) * options.get(
-            "epochs", 1)
-    return {"config": config, "seed": seed, "dev": dev_numbers(task, metrics),
-            "seconds": seconds, "steps": steps, "folder": folder.name}
-
-
-def model_folder(task: str, trial: Path) -> Path:
-    """Where a trial's model is: the trial's folder (setfit: its ``model`` folder)."""
-    return trial / "model" if task == "setfit" else trial
 
 
 # --------------------------------------------------------------------------------------------
@@ -649,25 +550,25 @@ def search(task: str, *, out: str, options: dict,
     """
     from minift.run.recipes import claim_folder
 
-    s = SearchOptions(**settings)
+    o = SearchOptions(**settings)
     if task not in HYPERPARAMETERS:
         raise ValueError(f"minift search: no task {task!r}; use {', '.join(HYPERPARAMETERS)}")
     if not out:
         raise OptionError("`out` DIR is needed: the folder of the search")
-    axes = parse_grid(task, DEFAULT_GRID[task] if s.grid is None else s.grid)
-    configs = configurations(axes, s.random_draws, s.random_seed)
+    axes = parse_grid(task, DEFAULT_GRID[task] if o.grid is None else o.grid)
+    configs = configurations(axes, o.random_draws, o.random_seed)
     fixed = fixed_options(task, options)
-    metric = s.metric or DEFAULT_METRIC[task]
+    metric = o.metric or DEFAULT_METRIC[task]
     key, greater = _check_metric(task, metric, fixed)
     fixed_epochs = fixed.get("epochs", 1 if task == "setfit" else 3)
-    if s.halving and fixed.get("max_steps") is not None:
+    if o.halving and fixed.get("max_steps") is not None:
         raise OptionError("`halving` shortens the epochs; it does not go with `max_steps`")
     _check_against_model(task, fixed, configs)
-    if s.test:
-        check_test_is_not_dev(task, fixed, s.test)
-    test_set = read_test(task, fixed, s.test) if s.test else None  # read once, scored at the end
+    if o.test:
+        check_test_is_not_dev(task, fixed, o.test)
+    test_set = read_test(task, fixed, o.test) if o.test else None  # read once, scored at the end
     base = options.get("seed") or 0
-    seed_list = list(range(base, base + s.seeds))
+    seed_list = list(range(base, base + o.seeds))
 
     with claim_folder(out) as folder:
         _check_same_search(folder, fixed, seed_list)
@@ -700,17 +601,17 @@ def search(task: str, *, out: str, options: dict,
                         "greater_is_better": greater, "seeds": seed_list,
                         "grid": {n: str(v) if isinstance(v, LogRange) else v
                                  for n, v in axes.items()},
-                        "random": s.random_draws, "fixed": fixed}
-        if s.halving:
+                        "random": o.random_draws, "fixed": fixed}
+        if o.halving:
             rows, final, rungs = run_halving(configs, run, log, seed_list, key, greater,
-                                             fixed_epochs, s.halving_keep, s.halving_min_epochs)
+                                             fixed_epochs, o.halving_keep, o.halving_min_epochs)
             chosen_row = choose(final, greater)
             complete = all(log.get(c, s) for c in configs for s in seed_list)
             full_choice = (choose(summarise(configs, log, seed_list, key), greater)["config"]
                            if complete else None)  # known when the full grid ran here too
             result["configs"] = rows
             result["halving"] = {
-                "keep": s.halving_keep, "min_epochs": s.halving_min_epochs, "rungs": rungs,
+                "keep": o.halving_keep, "min_epochs": o.halving_min_epochs, "rungs": rungs,
                 "cost": halving_cost(configs, _unique(used), log, seed_list, fixed_epochs),
                 "same_as_full_grid": (None if full_choice is None
                                       else full_choice == chosen_row["config"]),
@@ -734,7 +635,7 @@ def search(task: str, *, out: str, options: dict,
                             "model": "model", "model_trial": best_seed, "test": None}
         if test_set is not None:
             print(f"scoring the chosen configuration's {len(chosen_row['trials'])} models on "
-                  f"the test set ({s.test}), once")
+                  f"the test set ({o.test}), once")
             result["chosen"]["test"] = test_scores(task, fixed, test_set, trials, chosen_row,
                                                    key)
             print(f"test {metric}: {result['chosen']['test']['mean']:.4f} ± "
