@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import DATA, MINIFT_QUICK, START, check, figures
 
 from minift.core import model as model_py
 from minift.core.model import additive_mask, attention
@@ -40,26 +41,11 @@ from minift.hf.safetensors import DTYPES
 from minift.run import plots
 
 # MINIFT_QUICK=1 (what CI sets) shrinks the number of sentences; the steps are the same.
-MINIFT_QUICK = os.environ.get("MINIFT_QUICK") == "1"
 NUM_COMPARE = 32 if MINIFT_QUICK else 300  # sentences held against the reference libraries
 NUM_POOL = 32 if MINIFT_QUICK else 200  # sentences searched in the similarity demo
 
-try:
-    REPO = Path(__file__).resolve().parents[1]
-except NameError:  # opened as a notebook: the working directory is lessons/
-    REPO = Path.cwd().resolve().parent
-DATA = Path(os.environ.get("MINIFT_DATA") or REPO.parent / "shared" / "data")
-# Figures go to lessons/figures/01/ (git-ignored; emptied now, kept at the end), and show inline
-# in a notebook. Without matplotlib, FIGURES is None and the lesson runs without them.
-FIGURES = plots.lesson_figures(REPO / "lessons" / "figures" / "01")
-START = time.perf_counter()
+FIGURES = figures("01")  # lessons/figures/01/ (git-ignored); None without matplotlib
 torch.set_printoptions(precision=4, sci_mode=False, linewidth=100)
-
-
-def check(condition: bool, message: str) -> None:
-    """Stop the lesson when a claim it makes does not hold (CI runs every lesson)."""
-    if not condition:
-        raise RuntimeError(message)
 
 
 SHOWN = []  # the first line in model.py of each piece shown, to check the reading order

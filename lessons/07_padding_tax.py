@@ -22,9 +22,9 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 import torch
+from common import DATA, MINIFT_QUICK, REPO, START, check, figures
 
 from minift.core.metrics import format_table
 from minift.data.batches import length_grouped_batches
@@ -38,7 +38,6 @@ from minift.tasks.tag import TokenClassificationDataset
 
 # MINIFT_QUICK=1 (what CI sets) takes a seeded subset of each training set and times fewer
 # batches and rounds; the steps are the same.
-MINIFT_QUICK = os.environ.get("MINIFT_QUICK") == "1"
 NUM_EXAMPLES = 2000 if MINIFT_QUICK else None  # None: the whole training set
 TIMED_BATCHES = 1 if MINIFT_QUICK else 4  # real batches per dataset in the timing
 ROUNDS = 3 if MINIFT_QUICK else 7  # timing rounds (after one warm-up)
@@ -47,23 +46,9 @@ MAX_LENGTH = 128
 SEED = 0
 GOAL = 1.5  # the speed-up over transformers on MRPC that the speed issue asks for
 
-try:
-    REPO = Path(__file__).resolve().parents[1]
-except NameError:  # opened as a notebook: the working directory is lessons/
-    REPO = Path.cwd().resolve().parent
-DATA = Path(os.environ.get("MINIFT_DATA") or REPO.parent / "shared" / "data")
 # The speed benchmarks' helpers: their exact MRPC batches and their FLOP count.
 sys.path.insert(0, str(REPO / "benchmarks"))
-# Figures go to lessons/figures/07/ (git-ignored; emptied now, kept at the end), and show inline
-# in a notebook. Without matplotlib, FIGURES is None and the lesson runs without them.
-FIGURES = plots.lesson_figures(REPO / "lessons" / "figures" / "07")
-START = time.perf_counter()
-
-
-def check(condition: bool, message: str) -> None:
-    """Stop the lesson when a claim it makes does not hold (CI runs every lesson)."""
-    if not condition:
-        raise RuntimeError(message)
+FIGURES = figures("07")  # lessons/figures/07/ (git-ignored); None without matplotlib
 
 
 print(f"quick mode: {MINIFT_QUICK}; data: {DATA}")
