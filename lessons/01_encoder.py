@@ -11,7 +11,7 @@
 # the real weights and compare the outputs with the reference, number for number.
 #
 # This lesson opens the all-MiniLM-L6-v2 checkpoint by hand, tokenizes real SST-2 sentences, and
-# reads `minift/model.py` piece by piece, in the file's own order (configuration, attention,
+# reads `minift/core/model.py` piece by piece, in the file's own order (configuration, attention,
 # embeddings, self-attention, feed-forward, block, pooler, model), running each piece on the batch
 # as it goes. It then holds the result against `transformers.BertModel` and
 # `sentence_transformers.SentenceTransformer` on the same sentences, and ends with a small
@@ -52,7 +52,7 @@ SHOWN = []  # the first line in model.py of each piece shown, to check the readi
 
 
 def show(piece) -> None:
-    """Print a piece of minift/model.py as it stands in the file, with its line numbers."""
+    """Print a piece of minift/core/model.py as it stands in the file, with its line numbers."""
     lines, first = inspect.getsourcelines(piece)
     SHOWN.append(first)
     print(f"--- {Path(inspect.getsourcefile(piece)).name}, lines {first}-{first + len(lines) - 1}")
@@ -67,7 +67,7 @@ print(f"quick mode: {MINIFT_QUICK}; data: {DATA}")
 # A `model.safetensors` file is three things in a row: 8 bytes holding the length of a header
 # (a little-endian unsigned 64-bit integer), the header itself (JSON: for each tensor its dtype,
 # shape and `[begin, end)` byte range), then the raw bytes of all the tensors. No pickle, so no
-# code runs when it is read. `minift/checkpoint.py` reads it with checks on every field; here we
+# code runs when it is read. `minift/hf/safetensors.py` reads it with checks on every field; here we
 # read the header by hand.
 
 # %%

@@ -12,13 +12,13 @@
 # accuracy against time and memory, and the trade depends on the model and the data, so it is
 # worth measuring rather than guessing.
 #
-# This lesson trains the same classifier three ways (head only, the last two blocks, everything)
-# on the same SST-2 subset, for the same number of steps, from the same seed, with
-# `minift.tasks.classify.freeze` choosing what trains; it is what `minift finetune --freeze head|last-2|none`
-# does. It first shows why the fewer weights train, the higher the learning rate they need
-# (the head alone far higher than full fine-tuning), and runs the partial setups at both rates
-# to prove the point; then it prints the table: dev accuracy, F1, training time and the
-# optimizer memory each setup needs.
+# This lesson trains the same classifier three ways (head only, the last two blocks, everything) on
+# the same SST-2 subset, for the same number of steps, from the same seed, with
+# `minift.core.freeze.freeze` choosing what trains; it is what
+# `minift finetune --freeze head|last-2|none` does. It first shows why the fewer weights train, the
+# higher the learning rate they need (the head alone far higher than full fine-tuning), and runs
+# the partial setups at both rates to prove the point; then it prints the table: dev accuracy, F1,
+# training time and the optimizer memory each setup needs.
 
 # %%
 import math
@@ -350,7 +350,7 @@ print(f"\nlesson ran in {time.perf_counter() - START:.1f} s")
 # train, the higher the rate the held-out sweep chose, from 1e-4 for everything to 0.09 for the
 # head alone: this lesson's point, measured. AdamW's state is 6 kB for the head, 30 MB for the
 # last two blocks, 182 MB for everything; the last two blocks train in about half the time of
-# all six (12.8 s against 25.5 s a run, median, on a shared 2-core CPU).
+# all six (the median seconds a run are in the result file, beside the CPU that measured them).
 #
 # The ranking is not a law. Give full fine-tuning a higher rate or more steps and the order of
 # the top two can turn; with far more data, the gap between the top blocks and everything tends to

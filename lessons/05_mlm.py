@@ -13,8 +13,8 @@
 # What gets hidden matters. BERT hid single WordPiece tokens, so the model could often guess
 # `##ings` from `earn` next to it; whole-word masking hides every piece of a word together, and
 # SpanBERT hides runs of whole words, so the model must use the wider context. This lesson shows
-# the three strategies of `minift/masking.py` on real financial sentences, the MLM head of
-# `minift/heads.py` (a decoder tied to the word embeddings, run only where there is something to
+# the three strategies of `minift/core/masking.py` on real financial sentences, the MLM head of
+# `minift/tasks/mlm.py` (a decoder tied to the word embeddings, run only where there is something to
 # predict), and `minift pretrain` end to end: adapt all-MiniLM-L6-v2 to Financial PhraseBank text,
 # then fine-tune a sentiment classifier from it and from the plain model, with the same budget.
 # For this checkpoint it does not help, and the lesson measures why.
@@ -538,7 +538,7 @@ print(results.read_text(encoding="utf-8") if results.is_file() else f"({results}
 # cut splits it into A and B, and half of the time B is replaced by sentences of a random other
 # document (`minift.tasks.nsp.nsp_pairs`, BERT's `create_instances_from_document` with a seeded
 # `torch.Generator`). Here on real CSAbstruct abstracts (one JSON line an abstract with its
-# `sentences`), the format `minift pretrain --nsp` reads; `heads.PreTraining` trains both heads
+# `sentences`), the format `minift pretrain --nsp` reads; `nsp.PreTraining` trains both heads
 # with the loss of transformers' `BertForPreTraining` (MLM loss + NSP loss).
 
 # %%

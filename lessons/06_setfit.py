@@ -56,7 +56,7 @@ print(f"quick mode: {MINIFT_QUICK}; data: {DATA}")
 # %% [markdown]
 # ## A few shots
 #
-# The Emotion files are `text;label` lines under a header (`data.read_semicolon_examples` reads
+# The Emotion files are `text;label` lines under a header (`readers.read_semicolon_examples` reads
 # them). `sample_shots` draws the same number of examples from every class with a seeded
 # generator: the whole training set of this lesson.
 
@@ -360,7 +360,8 @@ print(f"\nlesson ran in {time.perf_counter() - START:.1f} s")
 # larger cells with the cap in mind: there SetFit trains 1,920 of its 7,680 to 122,880 pairs, and
 # at 8 a class a cap of 64 steps instead of 120 cost 3.19 ± 0.37 points, so more pairs would likely
 # lift SetFit's right end (at 16 a class, twice the cap adds 2.21 ± 0.62 points). SetFit's runs
-# also cost about twice the fine-tune's CPU time at the cap (78 against 42 s at 64 a class).
+# also cost about twice the fine-tune's CPU time at the cap (the CPU seconds of every cell, and
+# the CPU that gave them, are in `claims_setfit.md`).
 
 # %% [markdown]
 # ## What to try next

@@ -176,8 +176,8 @@ if FIGURES:
 # its own, so they can run on the real tokens alone, packed as `(tokens, hidden)` instead of
 # `(batch, seq, hidden)`. `Unpadding` holds the positions of the real tokens in the flattened
 # batch; `unpad` gathers them, `pad` scatters them back with zeros at the padding. The fast model
-# (`FastBertModel` in `minift/padding.py`, which `padding.speed_up` swaps into a textbook
-# `BertModel` and `load_bert` uses by default) unpads once after the embeddings and re-pads once
+# (`FastBertModel` in `minift/fast/unpad.py`, which `speed_up` swaps into a textbook
+# `BertModel`; the recipes call it) unpads once after the embeddings and re-pads once
 # at the output. Attention must know which
 # token belongs to which sequence: the packed tokens come sequence after sequence, so
 # `varlen_attention` splits them by `lengths` and runs attention on each sequence alone, with no
@@ -186,8 +186,8 @@ if FIGURES:
 # has no fused CPU kernel and neither do we: `DropoutAttentionPerSequence` runs the plain
 # formula per sequence as one autograd node, its backward written out, because autograd's
 # bookkeeping of thousands of tiny per-sequence nodes costs more than their arithmetic (read its
-# docstring in `minift/padding.py`; tests hold it to autograd through the plain formula). Here is
-# the whole piece, from `minift/padding.py`:
+# docstring in `minift/fast/unpad.py`; tests hold it to autograd through the plain formula). Here is
+# the whole piece, from `minift/fast/unpad.py`:
 
 # %%
 print(inspect.getsource(Unpadding))
@@ -527,7 +527,7 @@ print(f"lesson ran in {time.perf_counter() - START:.1f} s")
 #   sequence in one launch instead of the re-padding.
 # - On a GPU the padding tax turns around for small batches: MiniLM at batch 32 is bound by the
 #   time to launch kernels, not by arithmetic, and the padded path wins there; from about 4,096
-#   padded positions the unpadded one does (`unpads_by_default` in `minift/padding.py`, and the
+#   padded positions the unpadded one does (`unpads_by_default` in `minift/fast/unpad.py`, and the
 #   "On a GPU" part of the README). Run `python benchmarks/inference_throughput.py --device cuda
 #   --batch-size 128` to see both paths side by side.
 # - Pack several short examples into one row (sequence packing) and compare its padding with

@@ -19,7 +19,7 @@
 # problems in PyTorch: `torchrun` and `DistributedDataParallel` (DDP). A home-made loop of
 # all-reduces would have to solve them again, and the failure cases are where home-made versions
 # go wrong: a dead process leaves the others waiting forever. What minift adds is small and lives in
-# `minift/distributed.py` and the "Data parallel" part of `minift/train.py`: how a global batch is
+# `minift/core/ddp.py` and the "Data parallel" part of `minift/core/loop.py`: how a global batch is
 # split, how each shard's loss is weighted so N processes equal one, and that only rank 0 writes.
 # This lesson shows that code on real SST-2 batches, runs `minift finetune` under torchrun with 2
 # processes and with 1, compares the saved weights, and then measures what activation
@@ -782,7 +782,7 @@ print(f"\nlesson ran in {time.perf_counter() - START:.1f} s")
 #   weights of 2 processes and 1 still agree, and `no_sync` skips every other all-reduce.
 # - Set `--limit-train 70` so the epoch's last batch holds 6 rows, then 3 rows, then 1: with 1,
 #   rank 1's shard is empty, and the loop runs a stand-in row at weight 0 so that it still joins
-#   the all-reduce (`_stand_in` in `minift/train.py`).
+#   the all-reduce (`_stand_in` in `minift/core/loop.py`).
 # - Interrupt a 2-process run (`--eval-every 2`, kill it after step 4) and resume it with
 #   `--nproc_per_node=1 --resume`: read the warning, and compare with the uninterrupted run.
 # - On a machine with GPUs: `torchrun --nproc_per_node=NUM_GPUS -m minift finetune --device cuda
