@@ -45,7 +45,7 @@ DEV_SENTENCES = 100 if MINIFT_QUICK else None  # None: the whole dev set
 MAX_STEPS = 12 if MINIFT_QUICK else None  # None: one epoch (188 steps of 16)
 LR = 5e-4 if MINIFT_QUICK else 2e-4  # peak learning rate: see "Fine-tuning"
 
-DATA = DATA_ROOT / "conll2003"
+DATA = DATA_ROOT / "conll2003"  # CoNLL-2003: train.txt, dev.txt, test.txt
 FIGURES = figures("04")  # lessons/figures/04/ (git-ignored); None without matplotlib
 
 

@@ -43,7 +43,7 @@ DEV_QUESTIONS = 24 if MINIFT_QUICK else 400
 BATCH_SIZE = 8 if MINIFT_QUICK else 16
 MAX_LENGTH = 256 if MINIFT_QUICK else 384
 
-DATA = DATA_ROOT / "squad"
+DATA = DATA_ROOT / "squad"  # SQuAD v1.1
 WORK = work_folder("09")  # runs/lessons/09/ (git-ignored): emptied now, removed at the end
 FIGURES = figures("09")  # lessons/figures/09/ (git-ignored); None without matplotlib
 
