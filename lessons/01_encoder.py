@@ -11,7 +11,7 @@
 # the real weights and compare the outputs with the reference, number for number.
 #
 # This lesson opens the all-MiniLM-L6-v2 checkpoint by hand, tokenizes real SST-2 sentences, and
-# reads `minift/model.py` piece by piece, in the file's own order (configuration, attention,
+# reads `minift/core/model.py` piece by piece, in the file's own order (configuration, attention,
 # embeddings, self-attention, feed-forward, block, pooler, model), running each piece on the batch
 # as it goes. It then holds the result against `transformers.BertModel` and
 # `sentence_transformers.SentenceTransformer` on the same sentences, and ends with a small
@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import DATA, MINIFT_QUICK, START, check, figures
 
 from minift.core import model as model_py
 from minift.core.model import additive_mask, attention
@@ -40,33 +41,18 @@ from minift.hf.safetensors import DTYPES
 from minift.run import plots
 
 # MINIFT_QUICK=1 (what CI sets) shrinks the number of sentences; the steps are the same.
-MINIFT_QUICK = os.environ.get("MINIFT_QUICK") == "1"
 NUM_COMPARE = 32 if MINIFT_QUICK else 300  # sentences held against the reference libraries
 NUM_POOL = 32 if MINIFT_QUICK else 200  # sentences searched in the similarity demo
 
-try:
-    REPO = Path(__file__).resolve().parents[1]
-except NameError:  # opened as a notebook: the working directory is lessons/
-    REPO = Path.cwd().resolve().parent
-DATA = Path(os.environ.get("MINIFT_DATA") or REPO.parent / "shared" / "data")
-# Figures go to lessons/figures/01/ (git-ignored; emptied now, kept at the end), and show inline
-# in a notebook. Without matplotlib, FIGURES is None and the lesson runs without them.
-FIGURES = plots.lesson_figures(REPO / "lessons" / "figures" / "01")
-START = time.perf_counter()
+FIGURES = figures("01")  # lessons/figures/01/ (git-ignored); None without matplotlib
 torch.set_printoptions(precision=4, sci_mode=False, linewidth=100)
-
-
-def check(condition: bool, message: str) -> None:
-    """Stop the lesson when a claim it makes does not hold (CI runs every lesson)."""
-    if not condition:
-        raise RuntimeError(message)
 
 
 SHOWN = []  # the first line in model.py of each piece shown, to check the reading order
 
 
 def show(piece) -> None:
-    """Print a piece of minift/model.py as it stands in the file, with its line numbers."""
+    """Print a piece of minift/core/model.py as it stands in the file, with its line numbers."""
     lines, first = inspect.getsourcelines(piece)
     SHOWN.append(first)
     print(f"--- {Path(inspect.getsourcefile(piece)).name}, lines {first}-{first + len(lines) - 1}")
@@ -81,7 +67,7 @@ print(f"quick mode: {MINIFT_QUICK}; data: {DATA}")
 # A `model.safetensors` file is three things in a row: 8 bytes holding the length of a header
 # (a little-endian unsigned 64-bit integer), the header itself (JSON: for each tensor its dtype,
 # shape and `[begin, end)` byte range), then the raw bytes of all the tensors. No pickle, so no
-# code runs when it is read. `minift/checkpoint.py` reads it with checks on every field; here we
+# code runs when it is read. `minift/hf/safetensors.py` reads it with checks on every field; here we
 # read the header by hand.
 
 # %%

@@ -22,13 +22,12 @@
 import copy
 import math
 import os
-import random
 import shutil
 import time
 from collections import Counter
-from pathlib import Path
 
 import torch
+from common import DATA, MINIFT_QUICK, START, check, figures, seeded_subset, work_folder
 
 from minift.core.labels import LabelVocab
 from minift.core.loop import TrainConfig, train
@@ -43,7 +42,6 @@ from minift.run import plots
 from minift.tasks.classify import ClassificationDataset, SequenceClassifier
 
 # MINIFT_QUICK=1 (what CI sets) shrinks the data and the number of steps; the steps are the same.
-MINIFT_QUICK = os.environ.get("MINIFT_QUICK") == "1"
 NUM_TRAIN = 320 if MINIFT_QUICK else 6400  # a seeded subset of the training sentences
 NUM_DEV = 160 if MINIFT_QUICK else None  # None: the whole dev set
 BATCH_SIZE = 8 if MINIFT_QUICK else 32  # NUM_TRAIN / BATCH_SIZE optimizer steps in one epoch
@@ -54,28 +52,10 @@ LR = 2e-4 if MINIFT_QUICK else 5e-5
 WEIGHT_DECAY = 0.01
 SEED = 0
 
-try:
-    REPO = Path(__file__).resolve().parents[1]
-except NameError:  # opened as a notebook: the working directory is lessons/
-    REPO = Path.cwd().resolve().parent
-DATA = Path(os.environ.get("MINIFT_DATA") or REPO.parent / "shared" / "data")
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-# The lesson's files go to runs/lessons/02/ (git-ignored): emptied now, removed at the end; a run
-# that stops halfway leaves it there until the next run empties it.
-WORK = REPO / "runs" / "lessons" / "02"
-shutil.rmtree(WORK, ignore_errors=True)
-WORK.mkdir(parents=True)
-# Figures go to lessons/figures/02/ (git-ignored; emptied now, kept at the end), and show inline
-# in a notebook. Without matplotlib, FIGURES is None and the lesson runs without them.
-FIGURES = plots.lesson_figures(REPO / "lessons" / "figures" / "02")
-START = time.perf_counter()
+WORK = work_folder("02")  # runs/lessons/02/ (git-ignored): emptied now, removed at the end
+FIGURES = figures("02")  # lessons/figures/02/ (git-ignored); None without matplotlib
 torch.set_printoptions(precision=4, sci_mode=False, linewidth=100)
-
-
-def check(condition: bool, message: str) -> None:
-    """Stop the lesson when a claim it makes does not hold (CI runs every lesson)."""
-    if not condition:
-        raise RuntimeError(message)
 
 
 print(f"quick mode: {MINIFT_QUICK}; data: {DATA}; device: {DEVICE}; work folder: {WORK}")
@@ -113,13 +93,8 @@ vocab = LabelVocab.from_examples(train_all)
 print(f"labels {vocab.labels}; {vocab.to_dict()}")
 LABEL_NAMES = {"0": "negative", "1": "positive"}  # SST-2's meaning of its labels
 
-keep = sorted(random.Random(SEED).sample(range(len(train_all)), NUM_TRAIN))
-train_examples = [train_all[i] for i in keep]
-dev_examples = dev_all
-if NUM_DEV is not None:
-    dev_examples = [
-        dev_all[i] for i in sorted(random.Random(SEED).sample(range(len(dev_all)), NUM_DEV))
-    ]
+train_examples = seeded_subset(train_all, NUM_TRAIN, SEED)  # lessons/common.py
+dev_examples = seeded_subset(dev_all, NUM_DEV, SEED)  # NUM_DEV None: all of it
 train_labels = encode_labels(train_examples, vocab)
 dev_labels = encode_labels(dev_examples, vocab)
 print(f"training on {len(train_examples)} examples, evaluating on {len(dev_examples)}")

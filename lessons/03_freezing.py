@@ -12,40 +12,34 @@
 # accuracy against time and memory, and the trade depends on the model and the data, so it is
 # worth measuring rather than guessing.
 #
-# This lesson trains the same classifier three ways (head only, the last two blocks, everything)
-# on the same SST-2 subset, for the same number of steps, from the same seed, with
-# `minift.tasks.classify.freeze` choosing what trains; it is what `minift finetune --freeze head|last-2|none`
-# does. It first shows why the fewer weights train, the higher the learning rate they need
-# (the head alone far higher than full fine-tuning), and runs the partial setups at both rates
-# to prove the point; then it prints the table: dev accuracy, F1, training time and the
-# optimizer memory each setup needs.
+# This lesson trains the same classifier three ways (head only, the last two blocks, everything) on
+# the same SST-2 subset, for the same number of steps, from the same seed, with
+# `minift.core.freeze.freeze` choosing what trains; it is what
+# `minift finetune --freeze head|last-2|none` does. It first shows why the fewer weights train, the
+# higher the learning rate they need (the head alone far higher than full fine-tuning), and runs
+# the partial setups at both rates to prove the point; then it prints the table: dev accuracy, F1,
+# training time and the optimizer memory each setup needs.
 
 # %%
 import math
-import os
-import random
 import shutil
 import time
-from pathlib import Path
 
 import torch
+from common import DATA, MINIFT_QUICK, START, check, figures, sst2_datasets, work_folder
 
 from minift.core.freeze import freeze
-from minift.core.labels import LabelVocab
 from minift.core.loop import TrainConfig, train
 from minift.core.metrics import accuracy, format_table, precision_recall_f1
 from minift.core.optim import lr_schedule
 from minift.data.batches import length_grouped_batches
-from minift.data.readers import encode_labels, read_examples, task_files
-from minift.data.tokenizer import Tokenizer
 from minift.fast.unpad import speed_up
 from minift.hf.checkpoint import resolve_model_dir
 from minift.run import plots
-from minift.tasks.classify import ClassificationDataset, SequenceClassifier
+from minift.tasks.classify import SequenceClassifier
 
 # MINIFT_QUICK=1 (what CI sets) shrinks the data and takes smaller batches (more steps, so that
 # the higher rates still show their effect); the runs and the table are the same.
-MINIFT_QUICK = os.environ.get("MINIFT_QUICK") == "1"
 NUM_TRAIN = 512 if MINIFT_QUICK else 2000  # a seeded subset of SST-2's training sentences
 NUM_DEV = 256 if MINIFT_QUICK else None  # None: the whole dev set
 BATCH_SIZE = 16 if MINIFT_QUICK else 32  # quick: more, smaller steps on the same examples
@@ -56,27 +50,9 @@ TOP_LR = 5e-4  # for the last two blocks (see below why)
 HEAD_LR = 1e-2  # for the head alone
 SEED = 0
 
-try:
-    REPO = Path(__file__).resolve().parents[1]
-except NameError:  # opened as a notebook: the working directory is lessons/
-    REPO = Path.cwd().resolve().parent
-DATA = Path(os.environ.get("MINIFT_DATA") or REPO.parent / "shared" / "data")
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-# The lesson's files go to runs/lessons/03/ (git-ignored): emptied now, removed at the end; a run
-# that stops halfway leaves it there until the next run empties it.
-WORK = REPO / "runs" / "lessons" / "03"
-shutil.rmtree(WORK, ignore_errors=True)
-WORK.mkdir(parents=True)
-# Figures go to lessons/figures/03/ (git-ignored; emptied now, kept at the end), and show inline
-# in a notebook. Without matplotlib, FIGURES is None and the lesson runs without them.
-FIGURES = plots.lesson_figures(REPO / "lessons" / "figures" / "03")
-START = time.perf_counter()
-
-
-def check(condition: bool, message: str) -> None:
-    """Stop the lesson when a claim it makes does not hold (CI runs every lesson)."""
-    if not condition:
-        raise RuntimeError(message)
+WORK = work_folder("03")  # runs/lessons/03/ (git-ignored): emptied now, removed at the end
+FIGURES = figures("03")  # lessons/figures/03/ (git-ignored); None without matplotlib
 
 
 print(f"quick mode: {MINIFT_QUICK}; data: {DATA}; device: {DEVICE}")
@@ -85,33 +61,13 @@ print(f"quick mode: {MINIFT_QUICK}; data: {DATA}; device: {DEVICE}")
 # ## The data
 #
 # As in lesson 02: SST-2 read with `read_examples`, labels from the training set, a seeded
-# subset, tokenized once; every run below sees the same batches in the same order.
+# subset, tokenized once (`sst2_datasets` in `lessons/common.py` holds lesson 02's steps in one
+# function); every run below sees the same batches in the same order.
 
 # %%
-train_path, dev_path, text_col, pair_col, label_col = task_files("sst2", DATA)
-columns = dict(text_col=text_col, pair_col=pair_col, label_col=label_col)
-train_all = read_examples(train_path, **columns)
-dev_all = read_examples(dev_path, **columns)
-vocab = LabelVocab.from_examples(train_all)
-train_examples = [
-    train_all[i] for i in sorted(random.Random(SEED).sample(range(len(train_all)), NUM_TRAIN))
-]
-dev_examples = dev_all
-if NUM_DEV is not None:
-    dev_examples = [
-        dev_all[i] for i in sorted(random.Random(SEED).sample(range(len(dev_all)), NUM_DEV))
-    ]
-train_labels = encode_labels(train_examples, vocab)
-dev_labels = encode_labels(dev_examples, vocab)
-
 model_dir = resolve_model_dir("minilm")
-tokenizer = Tokenizer.from_pretrained(model_dir)
-train_set = ClassificationDataset(
-    train_examples, tokenizer, max_length=MAX_LENGTH, label_ids=train_labels
-)
-dev_set = ClassificationDataset(
-    dev_examples, tokenizer, max_length=MAX_LENGTH, label_ids=dev_labels
-)
+vocab, train_set, dev_set = sst2_datasets(model_dir, NUM_TRAIN, NUM_DEV, MAX_LENGTH, SEED)
+dev_labels = dev_set.labels.tolist()
 STEPS = len(train_set.batches(BATCH_SIZE, generator=torch.Generator().manual_seed(SEED))) * EPOCHS
 print(
     f"{len(train_set)} training examples, {len(dev_set)} dev examples; batch size {BATCH_SIZE}, "
@@ -394,7 +350,7 @@ print(f"\nlesson ran in {time.perf_counter() - START:.1f} s")
 # train, the higher the rate the held-out sweep chose, from 1e-4 for everything to 0.09 for the
 # head alone: this lesson's point, measured. AdamW's state is 6 kB for the head, 30 MB for the
 # last two blocks, 182 MB for everything; the last two blocks train in about half the time of
-# all six (12.8 s against 25.5 s a run, median, on a shared 2-core CPU).
+# all six (the median seconds a run are in the result file, beside the CPU that measured them).
 #
 # The ranking is not a law. Give full fine-tuning a higher rate or more steps and the order of
 # the top two can turn; with far more data, the gap between the top blocks and everything tends to

@@ -20,13 +20,13 @@
 
 # %%
 import json
-import os
 import shutil
 import time
 from collections import Counter
-from pathlib import Path
 
 import transformers
+from common import DATA as DATA_ROOT
+from common import MINIFT_QUICK, REPO, START, check, figures
 from seqeval.metrics import f1_score
 
 from minift.core.align import IGNORE_INDEX, align_labels
@@ -40,27 +40,13 @@ from minift.run.recipes import ner
 from minift.tasks.tag import TokenClassificationDataset
 
 # MINIFT_QUICK=1 (what CI runs) trains on a tiny subset for a few steps; the steps are the same.
-MINIFT_QUICK = os.environ.get("MINIFT_QUICK") == "1"
 TRAIN_SENTENCES = 192 if MINIFT_QUICK else 3000
 DEV_SENTENCES = 100 if MINIFT_QUICK else None  # None: the whole dev set
 MAX_STEPS = 12 if MINIFT_QUICK else None  # None: one epoch (188 steps of 16)
 LR = 5e-4 if MINIFT_QUICK else 2e-4  # peak learning rate: see "Fine-tuning"
 
-try:
-    REPO = Path(__file__).resolve().parents[1]
-except NameError:  # opened as a notebook: the working directory is lessons/
-    REPO = Path.cwd().resolve().parent
-DATA = Path(os.environ.get("MINIFT_DATA") or REPO.parent / "shared" / "data") / "conll2003"
-# Figures go to lessons/figures/04/ (git-ignored; emptied now, kept at the end), and show inline
-# in a notebook. Without matplotlib, FIGURES is None and the lesson runs without them.
-FIGURES = plots.lesson_figures(REPO / "lessons" / "figures" / "04")
-START = time.perf_counter()
-
-
-def check(condition: bool, message: str) -> None:
-    """Stop the lesson when a claim it makes does not hold (CI runs every lesson)."""
-    if not condition:
-        raise RuntimeError(message)
+DATA = DATA_ROOT / "conll2003"  # CoNLL-2003: train.txt, dev.txt, test.txt
+FIGURES = figures("04")  # lessons/figures/04/ (git-ignored); None without matplotlib
 
 
 print(f"quick mode: {MINIFT_QUICK}; data: {DATA}")

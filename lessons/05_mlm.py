@@ -13,8 +13,8 @@
 # What gets hidden matters. BERT hid single WordPiece tokens, so the model could often guess
 # `##ings` from `earn` next to it; whole-word masking hides every piece of a word together, and
 # SpanBERT hides runs of whole words, so the model must use the wider context. This lesson shows
-# the three strategies of `minift/masking.py` on real financial sentences, the MLM head of
-# `minift/heads.py` (a decoder tied to the word embeddings, run only where there is something to
+# the three strategies of `minift/core/masking.py` on real financial sentences, the MLM head of
+# `minift/tasks/mlm.py` (a decoder tied to the word embeddings, run only where there is something to
 # predict), and `minift pretrain` end to end: adapt all-MiniLM-L6-v2 to Financial PhraseBank text,
 # then fine-tune a sentiment classifier from it and from the plain model, with the same budget.
 # For this checkpoint it does not help, and the lesson measures why.
@@ -22,15 +22,14 @@
 # %%
 import json
 import math
-import os
 import random
 import shutil
 import time
 from collections import Counter
-from pathlib import Path
 
 import torch
 import transformers
+from common import DATA, MINIFT_QUICK, REPO, START, check, figures, work_folder
 
 from minift.core.metrics import format_table
 from minift.core.sentence import encode
@@ -43,7 +42,6 @@ from minift.tasks.mlm import MaskedBatches, MaskedLM, MaskingCollator, TextSeque
 from minift.tasks.nsp import nsp_pairs, read_documents, tokenize_documents
 
 # MINIFT_QUICK=1 (what CI sets) shrinks the data and the steps; the steps of the lesson are the same.
-MINIFT_QUICK = os.environ.get("MINIFT_QUICK") == "1"
 # The recipe of benchmarks/claims_domain.py; quick mode takes fewer steps and sentences.
 HEAD_STEPS = 30 if MINIFT_QUICK else 400  # phase 1 (the MLM head alone): at most this many
 WHOLE_STEPS = 30 if MINIFT_QUICK else 150  # phase 2 (the whole model at 2e-5): at most this many
@@ -52,26 +50,8 @@ EVAL_EVERY = 5 if MINIFT_QUICK else 25  # held-out perplexity every EVAL_EVERY s
 LABELLED = 64 if MINIFT_QUICK else 256  # labelled examples for fine-tuning
 FINETUNE_EPOCHS = 2 if MINIFT_QUICK else 5
 
-try:
-    REPO = Path(__file__).resolve().parents[1]
-except NameError:  # opened as a notebook: the working directory is lessons/
-    REPO = Path.cwd().resolve().parent
-DATA = Path(os.environ.get("MINIFT_DATA") or REPO.parent / "shared" / "data")
-# Figures go to lessons/figures/05/ (git-ignored; emptied now, kept at the end), and show inline
-# in a notebook. Without matplotlib, FIGURES is None and the lesson runs without them.
-FIGURES = plots.lesson_figures(REPO / "lessons" / "figures" / "05")
-START = time.perf_counter()
-# The lesson's files go to runs/lessons/05/ (git-ignored): emptied now, removed at the end; a run
-# that stops halfway leaves it there until the next run empties it.
-WORK = REPO / "runs" / "lessons" / "05"
-shutil.rmtree(WORK, ignore_errors=True)
-WORK.mkdir(parents=True)
-
-
-def check(condition: bool, message: str) -> None:
-    """Stop the lesson when a claim it makes does not hold (CI runs every lesson)."""
-    if not condition:
-        raise RuntimeError(message)
+FIGURES = figures("05")  # lessons/figures/05/ (git-ignored); None without matplotlib
+WORK = work_folder("05")  # runs/lessons/05/ (git-ignored): emptied now, removed at the end
 
 
 print(f"quick mode: {MINIFT_QUICK}; data: {DATA}; scratch folder: {WORK}")
@@ -558,7 +538,7 @@ print(results.read_text(encoding="utf-8") if results.is_file() else f"({results}
 # cut splits it into A and B, and half of the time B is replaced by sentences of a random other
 # document (`minift.tasks.nsp.nsp_pairs`, BERT's `create_instances_from_document` with a seeded
 # `torch.Generator`). Here on real CSAbstruct abstracts (one JSON line an abstract with its
-# `sentences`), the format `minift pretrain --nsp` reads; `heads.PreTraining` trains both heads
+# `sentences`), the format `minift pretrain --nsp` reads; `nsp.PreTraining` trains both heads
 # with the loss of transformers' `BertForPreTraining` (MLM loss + NSP loss).
 
 # %%

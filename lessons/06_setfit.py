@@ -22,11 +22,10 @@
 # to 64 examples a class, `benchmarks/claims_setfit.py`.
 
 # %%
-import os
 import time
-from pathlib import Path
 
 import torch
+from common import DATA, MINIFT_QUICK, START, check, figures
 
 from minift.core.contrastive import SAMPLING_STRATEGIES, contrastive_pairs
 from minift.core.sentence import encode
@@ -46,25 +45,10 @@ from minift.tasks.setfit import (
 
 # MINIFT_QUICK=1 (what CI sets) stops the contrastive phase after 64 steps instead of 120; the
 # data, the other settings and the steps of the lesson are the same.
-MINIFT_QUICK = os.environ.get("MINIFT_QUICK") == "1"
 SHOTS = 16  # training examples per class
 MAX_STEPS = 64 if MINIFT_QUICK else 120  # contrastive steps of 16 pairs (setfit's would be 480)
 
-try:
-    REPO = Path(__file__).resolve().parents[1]
-except NameError:  # opened as a notebook: the working directory is lessons/
-    REPO = Path.cwd().resolve().parent
-DATA = Path(os.environ.get("MINIFT_DATA") or REPO.parent / "shared" / "data")
-# Figures go to lessons/figures/06/ (git-ignored; emptied now, kept at the end), and show inline
-# in a notebook. Without matplotlib, FIGURES is None and the lesson runs without them.
-FIGURES = plots.lesson_figures(REPO / "lessons" / "figures" / "06")
-START = time.perf_counter()
-
-
-def check(condition: bool, message: str) -> None:
-    """Stop the lesson when a claim it makes does not hold (CI runs every lesson)."""
-    if not condition:
-        raise RuntimeError(message)
+FIGURES = figures("06")  # lessons/figures/06/ (git-ignored); None without matplotlib
 
 
 print(f"quick mode: {MINIFT_QUICK}; data: {DATA}")
@@ -72,7 +56,7 @@ print(f"quick mode: {MINIFT_QUICK}; data: {DATA}")
 # %% [markdown]
 # ## A few shots
 #
-# The Emotion files are `text;label` lines under a header (`data.read_semicolon_examples` reads
+# The Emotion files are `text;label` lines under a header (`readers.read_semicolon_examples` reads
 # them). `sample_shots` draws the same number of examples from every class with a seeded
 # generator: the whole training set of this lesson.
 
@@ -376,7 +360,8 @@ print(f"\nlesson ran in {time.perf_counter() - START:.1f} s")
 # larger cells with the cap in mind: there SetFit trains 1,920 of its 7,680 to 122,880 pairs, and
 # at 8 a class a cap of 64 steps instead of 120 cost 3.19 ± 0.37 points, so more pairs would likely
 # lift SetFit's right end (at 16 a class, twice the cap adds 2.21 ± 0.62 points). SetFit's runs
-# also cost about twice the fine-tune's CPU time at the cap (78 against 42 s at 64 a class).
+# also cost about twice the fine-tune's CPU time at the cap (the CPU seconds of every cell, and
+# the CPU that gave them, are in `claims_setfit.md`).
 
 # %% [markdown]
 # ## What to try next

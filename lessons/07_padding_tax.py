@@ -22,9 +22,9 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 import torch
+from common import DATA, MINIFT_QUICK, REPO, START, check, figures
 
 from minift.core.metrics import format_table
 from minift.data.batches import length_grouped_batches
@@ -38,7 +38,6 @@ from minift.tasks.tag import TokenClassificationDataset
 
 # MINIFT_QUICK=1 (what CI sets) takes a seeded subset of each training set and times fewer
 # batches and rounds; the steps are the same.
-MINIFT_QUICK = os.environ.get("MINIFT_QUICK") == "1"
 NUM_EXAMPLES = 2000 if MINIFT_QUICK else None  # None: the whole training set
 TIMED_BATCHES = 1 if MINIFT_QUICK else 4  # real batches per dataset in the timing
 ROUNDS = 3 if MINIFT_QUICK else 7  # timing rounds (after one warm-up)
@@ -47,23 +46,9 @@ MAX_LENGTH = 128
 SEED = 0
 GOAL = 1.5  # the speed-up over transformers on MRPC that the speed issue asks for
 
-try:
-    REPO = Path(__file__).resolve().parents[1]
-except NameError:  # opened as a notebook: the working directory is lessons/
-    REPO = Path.cwd().resolve().parent
-DATA = Path(os.environ.get("MINIFT_DATA") or REPO.parent / "shared" / "data")
 # The speed benchmarks' helpers: their exact MRPC batches and their FLOP count.
 sys.path.insert(0, str(REPO / "benchmarks"))
-# Figures go to lessons/figures/07/ (git-ignored; emptied now, kept at the end), and show inline
-# in a notebook. Without matplotlib, FIGURES is None and the lesson runs without them.
-FIGURES = plots.lesson_figures(REPO / "lessons" / "figures" / "07")
-START = time.perf_counter()
-
-
-def check(condition: bool, message: str) -> None:
-    """Stop the lesson when a claim it makes does not hold (CI runs every lesson)."""
-    if not condition:
-        raise RuntimeError(message)
+FIGURES = figures("07")  # lessons/figures/07/ (git-ignored); None without matplotlib
 
 
 print(f"quick mode: {MINIFT_QUICK}; data: {DATA}")
@@ -191,8 +176,8 @@ if FIGURES:
 # its own, so they can run on the real tokens alone, packed as `(tokens, hidden)` instead of
 # `(batch, seq, hidden)`. `Unpadding` holds the positions of the real tokens in the flattened
 # batch; `unpad` gathers them, `pad` scatters them back with zeros at the padding. The fast model
-# (`FastBertModel` in `minift/padding.py`, which `padding.speed_up` swaps into a textbook
-# `BertModel` and `load_bert` uses by default) unpads once after the embeddings and re-pads once
+# (`FastBertModel` in `minift/fast/unpad.py`, which `speed_up` swaps into a textbook
+# `BertModel`; the recipes call it) unpads once after the embeddings and re-pads once
 # at the output. Attention must know which
 # token belongs to which sequence: the packed tokens come sequence after sequence, so
 # `varlen_attention` splits them by `lengths` and runs attention on each sequence alone, with no
@@ -201,8 +186,8 @@ if FIGURES:
 # has no fused CPU kernel and neither do we: `DropoutAttentionPerSequence` runs the plain
 # formula per sequence as one autograd node, its backward written out, because autograd's
 # bookkeeping of thousands of tiny per-sequence nodes costs more than their arithmetic (read its
-# docstring in `minift/padding.py`; tests hold it to autograd through the plain formula). Here is
-# the whole piece, from `minift/padding.py`:
+# docstring in `minift/fast/unpad.py`; tests hold it to autograd through the plain formula). Here is
+# the whole piece, from `minift/fast/unpad.py`:
 
 # %%
 print(inspect.getsource(Unpadding))
@@ -542,7 +527,7 @@ print(f"lesson ran in {time.perf_counter() - START:.1f} s")
 #   sequence in one launch instead of the re-padding.
 # - On a GPU the padding tax turns around for small batches: MiniLM at batch 32 is bound by the
 #   time to launch kernels, not by arithmetic, and the padded path wins there; from about 4,096
-#   padded positions the unpadded one does (`unpads_by_default` in `minift/padding.py`, and the
+#   padded positions the unpadded one does (`unpads_by_default` in `minift/fast/unpad.py`, and the
 #   "On a GPU" part of the README). Run `python benchmarks/inference_throughput.py --device cuda
 #   --batch-size 128` to see both paths side by side.
 # - Pack several short examples into one row (sequence packing) and compare its padding with

@@ -19,7 +19,7 @@
 # problems in PyTorch: `torchrun` and `DistributedDataParallel` (DDP). A home-made loop of
 # all-reduces would have to solve them again, and the failure cases are where home-made versions
 # go wrong: a dead process leaves the others waiting forever. What minift adds is small and lives in
-# `minift/distributed.py` and the "Data parallel" part of `minift/train.py`: how a global batch is
+# `minift/core/ddp.py` and the "Data parallel" part of `minift/core/loop.py`: how a global batch is
 # split, how each shard's loss is weighted so N processes equal one, and that only rank 0 writes.
 # This lesson shows that code on real SST-2 batches, runs `minift finetune` under torchrun with 2
 # processes and with 1, compares the saved weights, and then measures what activation
@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import DATA, MINIFT_QUICK, REPO, START, check, figures, work_folder
 
 import minift.core.loop
 import minift.run.recipes
@@ -58,7 +59,6 @@ from minift.tasks.classify import ClassificationDataset, SequenceClassifier
 
 # MINIFT_QUICK=1 (what CI sets) shrinks the data, the training steps and the repeats; the
 # lesson's cells are the same.
-MINIFT_QUICK = os.environ.get("MINIFT_QUICK") == "1"
 NUM_TRAIN = 64 if MINIFT_QUICK else 1000  # --limit-train: a seeded subset of SST-2's train set
 NUM_DEV = 64 if MINIFT_QUICK else None  # dev examples scored (None: the whole dev set)
 MAX_STEPS = 4 if MINIFT_QUICK else 60  # optimizer steps of every run
@@ -71,27 +71,9 @@ CKPT_LENGTHS = (128, 512)  # sequence lengths of the activation-checkpointing me
 CKPT_BATCH = 4 if MINIFT_QUICK else 8
 CKPT_REPEATS = 1 if MINIFT_QUICK else 5  # timed steps per setting (median), interleaved
 
-try:
-    REPO = Path(__file__).resolve().parents[1]
-except NameError:  # opened as a notebook: the working directory is lessons/
-    REPO = Path.cwd().resolve().parent
-DATA = Path(os.environ.get("MINIFT_DATA") or REPO.parent / "shared" / "data")
 os.environ["MINIFT_DATA"] = str(DATA)  # where `minift finetune --task` looks for the data
-# The lesson's files go to runs/lessons/08/ (git-ignored): emptied now, removed at the end; a run
-# that stops halfway leaves it there until the next run empties it.
-WORK = REPO / "runs" / "lessons" / "08"
-shutil.rmtree(WORK, ignore_errors=True)
-WORK.mkdir(parents=True)
-# Figures go to lessons/figures/08/ (git-ignored; emptied now, kept at the end), and show inline
-# in a notebook. Without matplotlib, FIGURES is None and the lesson runs without them.
-FIGURES = plots.lesson_figures(REPO / "lessons" / "figures" / "08")
-START = time.perf_counter()
-
-
-def check(condition: bool, message: str) -> None:
-    """Stop the lesson when a claim it makes does not hold (CI runs every lesson)."""
-    if not condition:
-        raise RuntimeError(message)
+WORK = work_folder("08")  # runs/lessons/08/ (git-ignored): emptied now, removed at the end
+FIGURES = figures("08")  # lessons/figures/08/ (git-ignored); None without matplotlib
 
 
 def show_source(function, *needles: str) -> None:
@@ -800,7 +782,7 @@ print(f"\nlesson ran in {time.perf_counter() - START:.1f} s")
 #   weights of 2 processes and 1 still agree, and `no_sync` skips every other all-reduce.
 # - Set `--limit-train 70` so the epoch's last batch holds 6 rows, then 3 rows, then 1: with 1,
 #   rank 1's shard is empty, and the loop runs a stand-in row at weight 0 so that it still joins
-#   the all-reduce (`_stand_in` in `minift/train.py`).
+#   the all-reduce (`_stand_in` in `minift/core/loop.py`).
 # - Interrupt a 2-process run (`--eval-every 2`, kill it after step 4) and resume it with
 #   `--nproc_per_node=1 --resume`: read the warning, and compare with the uninterrupted run.
 # - On a machine with GPUs: `torchrun --nproc_per_node=NUM_GPUS -m minift finetune --device cuda

@@ -18,13 +18,14 @@
 
 # %%
 import json
-import os
 import shutil
 import time
 from collections import Counter
 from pathlib import Path
 
 import torch
+from common import DATA as DATA_ROOT
+from common import MINIFT_QUICK, START, check, figures, work_folder
 
 from minift.core.metrics import format_table
 from minift.data.tokenizer import Tokenizer
@@ -37,31 +38,14 @@ from minift.tasks.qa import QuestionAnswering, qa_predictions
 
 # MINIFT_QUICK=1 (what CI sets) trains on a handful of questions (one epoch of a few steps) and
 # scores a few; the steps of the lesson are the same.
-MINIFT_QUICK = os.environ.get("MINIFT_QUICK") == "1"
 TRAIN_QUESTIONS = 32 if MINIFT_QUICK else 2000
 DEV_QUESTIONS = 24 if MINIFT_QUICK else 400
 BATCH_SIZE = 8 if MINIFT_QUICK else 16
 MAX_LENGTH = 256 if MINIFT_QUICK else 384
 
-try:
-    REPO = Path(__file__).resolve().parents[1]
-except NameError:  # opened as a notebook: the working directory is lessons/
-    REPO = Path.cwd().resolve().parent
-DATA = Path(os.environ.get("MINIFT_DATA") or REPO.parent / "shared" / "data") / "squad"
-START = time.perf_counter()
-# The lesson's files go to runs/lessons/09/ (git-ignored): emptied now, removed at the end.
-WORK = REPO / "runs" / "lessons" / "09"
-shutil.rmtree(WORK, ignore_errors=True)
-WORK.mkdir(parents=True)
-# Figures go to lessons/figures/09/ (git-ignored; emptied now, kept at the end), and show inline
-# in a notebook; without matplotlib the lesson runs and says they were skipped.
-FIGURES = plots.lesson_figures(REPO / "lessons" / "figures" / "09")
-
-
-def check(condition: bool, message: str) -> None:
-    """Stop the lesson when a claim it makes does not hold (CI runs every lesson)."""
-    if not condition:
-        raise RuntimeError(message)
+DATA = DATA_ROOT / "squad"  # SQuAD v1.1
+WORK = work_folder("09")  # runs/lessons/09/ (git-ignored): emptied now, removed at the end
+FIGURES = figures("09")  # lessons/figures/09/ (git-ignored); None without matplotlib
 
 
 print(f"quick mode: {MINIFT_QUICK}; data: {DATA}")

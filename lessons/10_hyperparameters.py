@@ -23,13 +23,12 @@
 
 # %%
 import json
-import os
 import shutil
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from common import DATA, MINIFT_QUICK, REPO, START, check, figures, work_folder
 
 from minift.core.metrics import format_table
 from minift.run import plots
@@ -38,31 +37,15 @@ from minift.run import search as searching
 # MINIFT_QUICK=1 (what CI sets) shrinks the lesson's own search to two trials, too small to
 # train (every prediction one label) but enough to run the code; the benchmark's results are
 # read from the committed file either way.
-MINIFT_QUICK = os.environ.get("MINIFT_QUICK") == "1"
 NUM_TRAIN = 32 if MINIFT_QUICK else 512  # SST-2 training sentences
 NUM_DEV = 32 if MINIFT_QUICK else 200  # dev sentences held out of train.tsv
 SEEDS = 1 if MINIFT_QUICK else 3  # quick: one seed a configuration, only to run the code
 LRS = "3e-4,1e-2" if MINIFT_QUICK else "1e-4,3e-4,1e-2"  # 1e-2: the rate that breaks
 BROKEN_LR = 1e-2
 
-try:
-    REPO = Path(__file__).resolve().parents[1]
-except NameError:  # opened as a notebook: the working directory is lessons/
-    REPO = Path.cwd().resolve().parent
-DATA = Path(os.environ.get("MINIFT_DATA") or REPO.parent / "shared" / "data")
 RESULTS = REPO / "benchmarks" / "results" / "search_sst2.json"
-# The lesson's search goes to runs/lessons/10/ (git-ignored): emptied now, removed at the end.
-WORK = REPO / "runs" / "lessons" / "10"
-shutil.rmtree(WORK, ignore_errors=True)
-WORK.mkdir(parents=True)
-FIGURES = plots.lesson_figures(REPO / "lessons" / "figures" / "10")
-START = time.perf_counter()
-
-
-def check(condition: bool, message: str) -> None:
-    """Stop the lesson when a claim it makes does not hold (CI runs every lesson)."""
-    if not condition:
-        raise RuntimeError(message)
+WORK = work_folder("10")  # the lesson's search: runs/lessons/10/, emptied now, removed at the end
+FIGURES = figures("10")  # lessons/figures/10/ (git-ignored); None without matplotlib
 
 
 def pts(value: float) -> str:

@@ -6,12 +6,16 @@ its main command, run on a small budget, prints the table and leaves the folder 
   DIR``, ``> FILE``, ``mkdir -p DIR``, ``jupytext --to notebook X.py`` -> ``X.ipynb``).
   ``$MINIFT_DATA`` is expanded to the data folder the tests use; ``path/to/...`` is a
   placeholder the reader fills in.
+- Every module, name or file of minift that README.md, lessons/README.md and the lessons cite
+  (``minift.core.loop.train``, ``minift/fast/unpad.py``) exists, and so does every file of the
+  README's tree; every folder of ``minift/`` is in that tree.
 - The README's ``minift finetune --task sst2 ...`` runs as written except for its budget (64
   training sentences, a 64-sentence copy of the dev set through ``--data-dir``) and its
   ``--out``; what it prints has the README's table header and its ``before`` / ``after`` rows,
   and the output folder holds exactly the files of the README's output-folder table.
 """
 
+import importlib
 import os
 import re
 import shlex
@@ -23,6 +27,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DOCUMENTS = [REPO / "README.md", REPO / "lessons" / "README.md"]
+# Where minift's modules are cited: the READMEs and the lessons' prose and code.
+CITING = [*DOCUMENTS, *sorted((REPO / "lessons").glob("[0-9][0-9]_*.py"))]
+# A citation of minift: `minift.core.loop.train` (a module, then names in it) or
+# `minift/fast/unpad.py` (a file or folder). Not `~/.cache/minift/...` or `.minift.lock`.
+CITATION = re.compile(r"(?<![\w/.-])minift(?:[./][A-Za-z_]\w*)+(?:\.py)?")
 PLACEHOLDER = "path/to/"  # the reader's own checkpoint folder
 # A path: $MINIFT_DATA/..., an absolute path, or a relative one with at least one slash.
 PATH = re.compile(r"^(\$\{?MINIFT_DATA\}?|/?[\w.-]+)(/[\w.@-]+)+/?$")
@@ -146,6 +155,72 @@ def test_the_path_rules_see_paths():
     assert created_paths(cmds[1]) == ["runs/d.txt"]
     assert named_paths(cmds[2]) == ["runs/d.txt", "runs/a"]
     assert created_paths(cmds[2]) == ["runs/a"]
+
+
+# ---- what the documents cite of minift ------------------------------------------------------
+
+
+def resolves(citation: str) -> bool:
+    """Whether a citation names something that is there: a file or folder for a path, else the
+    longest importable module prefix and then attributes of it."""
+    if "/" in citation:
+        path = REPO / citation
+        return path.exists() or path.with_suffix(".py").exists()
+    parts = citation.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            found = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for name in parts[i:]:
+            if not hasattr(found, name):
+                return False
+            found = getattr(found, name)
+        return True
+    return False
+
+
+@pytest.mark.parametrize("document", CITING, ids=[str(d.relative_to(REPO)) for d in CITING])
+def test_every_cited_module_exists(document: Path):
+    stale = [f"{document.relative_to(REPO)}:{number}: {citation}"
+             for number, line in enumerate(_read(document).splitlines(), start=1)
+             for citation in CITATION.findall(line) if not resolves(citation)]
+    assert not stale, "cited but not in minift (renamed or moved?):\n" + "\n".join(stale)
+
+
+def readme_tree() -> list[str]:
+    """The paths of the README's tree (``minift/core/model.py``, ``minift/run/``, ``tests/``)."""
+    text = _read(REPO / "README.md")
+    match = re.search(r"^## The tree, in reading order\n.*?```\n(.*?)```", text, re.S | re.M)
+    assert match, "README.md: no '## The tree, in reading order' section with a ``` block"
+    paths, parents = [], []
+    for line in match.group(1).splitlines():
+        entry = re.match(r"^( *)(\w+/|\w+\.\w+)(?:\s|$)", line)  # a folder/ or a file.ext
+        depth = len(entry.group(1)) // 2 if entry else 0
+        if not entry or depth > len(parents):
+            continue  # a description, or its continuation line (indented further)
+        parents = parents[:depth] + [entry.group(2)]
+        paths.append("".join(parents))
+    return paths
+
+
+def test_the_readme_tree_is_the_package():
+    paths = readme_tree()
+    missing = [path for path in paths if not (REPO / path).exists()]
+    assert not missing, f"README.md's tree lists what is not there: {missing}"
+    folders = sorted(f"minift/{p.parent.relative_to(REPO / 'minift')}/"
+                     for p in (REPO / "minift").glob("*/__init__.py"))
+    absent = [folder for folder in folders if folder not in paths]
+    assert not absent, f"README.md's tree leaves out the folders {absent}"
+
+
+def test_the_citation_rules_see_citations():
+    """The rules above find what they must (a test of the test, so it can fail)."""
+    line = "see `minift.core.loop.train`, minift/fast/unpad.py, ~/.cache/minift/x and .minift.lock"
+    assert CITATION.findall(line) == ["minift.core.loop.train", "minift/fast/unpad.py"]
+    assert resolves("minift.core.loop.train") and resolves("minift/fast/unpad.py")
+    assert not resolves("minift.train.train") and not resolves("minift/padding.py")
+    assert not resolves("minift.core.loop.no_such_name")
 
 
 # ---- the main command, run -------------------------------------------------------------------

@@ -10,8 +10,9 @@ Read in order: ``Unpadding`` (where the real tokens sit), ``unpads_by_default`` 
 ``varlen_attention`` and ``DropoutAttentionPerSequence`` (attention per packed sequence, with its
 backward written out for training), then the fast subclasses of the textbook modules
 (``FastSelfAttention``, ``FastFeedForward``, ``FastBlock``, ``FastBertModel``), and last
-``speed_up``, the one door through which all of this, and the CPU kernels of ``kernels.py``,
-enter a built model. Tests hold the fast model to the textbook one (tests/test_padding.py).
+``speed_up``, the one door through which all of this, and the CPU kernels of
+``cpu_kernels.py``, enter a built model. Tests hold the fast model to the textbook one
+(tests/test_padding.py).
 """
 
 from __future__ import annotations
@@ -96,9 +97,12 @@ def unpads_by_default(input_ids: torch.Tensor) -> bool:
     padding fraction says (benchmarks/inference_throughput.py, "minift" against "minift
     padded"). On a GPU, small batches cost the time to launch their kernels more than their
     arithmetic; unpadding adds gathers, scatters and host synchronisations, and loses there.
-    ``UNPAD_MIN_POSITIONS`` sits between the batch sizes measured faster padded and those
-    measured faster unpadded with MiniLM on one GPU (the README names it). A larger model does
-    more arithmetic per token and gains sooner: ``speed_up(model, unpad=True)`` there.
+    ``UNPAD_MIN_POSITIONS`` sits between the batches that ``benchmarks/inference_throughput.py
+    --device cuda`` measured faster padded (batch 32, ``benchmarks/results/
+    inference_throughput_cuda.md``: "minift padded" against "minift unpadded") and those it
+    measured faster unpadded (batch 128, ``inference_throughput_cuda_bs128.md``), with MiniLM;
+    those files name the GPU. Another GPU or a larger model (more arithmetic per token, so it
+    gains sooner) may place it elsewhere: ``speed_up(model, unpad=True)`` forces the choice.
     """
     return input_ids.device.type == "cpu" or input_ids.numel() >= UNPAD_MIN_POSITIONS
 
