@@ -18,7 +18,9 @@ document (label 0), or was it taken from another document (label 1)? Reading ord
                        over one half; ``nsp_pairs`` returns the pairs and the caller can count.
 3. ``PairSequences``   the pairs as unpadded rows with their token types and labels, batched
                        like ``minift.tasks.mlm.TextSequences`` so the MLM masking collator masks
-                       them (``NSPMaskedBatches`` adds ``next_sentence_label``).
+                       them (``NSPMaskedBatches`` adds ``next_sentence_label``);
+4. the heads           ``NextSentencePrediction`` (the NSP head alone) and ``PreTraining`` (MLM
+                       and NSP at once, as BERT was pretrained), and ``pretraining_metrics``.
 
 Randomness comes from one ``torch.Generator``: the same generator, the same pairs.
 """
@@ -26,7 +28,6 @@ Randomness comes from one ``torch.Generator``: the same generator, the same pair
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,17 +36,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
-from minift.core.align import (
-    IGNORE_INDEX,
-)
 from minift.core.labels import DataError
 from minift.core.model import BertConfig, BertModel
 from minift.data.batches import pad_batch, pad_rows
-from minift.data.readers import (
-    read_utf8_lines,
-)
+from minift.data.readers import read_utf8_lines
 from minift.hf.checkpoint import (
     fresh_linear,
     load_encoder_weights,
@@ -54,10 +49,7 @@ from minift.hf.checkpoint import (
     save_bert,
 )
 from minift.tasks.classify import ClassifierOutput
-from minift.tasks.mlm import (
-    MaskedBatches,
-    MaskedLM,
-)
+from minift.tasks.mlm import MaskedBatches, MaskedLM, mlm_metrics
 
 # --------------------------------------------------------------------------------------------
 # 1. Documents
@@ -231,7 +223,7 @@ class PairSequences:
 
 class NSPMaskedBatches(MaskedBatches):
     """``MaskedBatches`` over ``PairSequences``: each batch masked for MLM, with its
-    ``next_sentence_label`` (the input of ``heads.PreTraining``)."""
+    ``next_sentence_label`` (the input of ``PreTraining``)."""
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         masked = super().__getitem__(index)
@@ -314,9 +306,7 @@ class PreTraining(MaskedLM):
         nsp_logits = self.seq_relationship(pooled)
         if labels is None:
             return PreTrainingOutput(None, self.head(hidden), nsp_logits)
-        targets = labels != -100
-        logits = self.head(hidden[targets])  # (targets, vocab)
-        mlm_loss = F.cross_entropy(logits.float(), labels[targets])
+        logits, mlm_loss = self.sparse_head(hidden, labels)  # (targets, vocab)
         nsp_loss = loss = None
         if next_sentence_label is not None:
             nsp_loss = F.cross_entropy(nsp_logits.float(), next_sentence_label.reshape(-1))
@@ -335,33 +325,8 @@ class PreTraining(MaskedLM):
             "cls.seq_relationship.bias": self.seq_relationship.bias}
 
 
-
 def pretraining_metrics(model, batches, device, *, progress: bool = False) -> dict[str, float]:
-    """``mlm_metrics`` plus next-sentence prediction for ``heads.PreTraining``: ``nsp_accuracy``
-    and ``nsp_loss`` over the pairs, and ``loss`` = masked-token loss + NSP loss (the sum
-    ``BertForPreTraining`` trains on)."""
-    model.eval()
-    mlm_sum, nsp_sum, correct, count, right, pairs = 0.0, 0.0, 0, 0, 0, 0
-    with torch.no_grad():
-        for batch in tqdm(batches, desc="held-out", leave=False, disable=not progress):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            targets = batch["labels"][batch["labels"] != IGNORE_INDEX]
-            out = model(**batch)
-            if targets.numel():
-                mlm_sum += out.mlm_loss.item() * targets.numel()
-                correct += int((out.logits.argmax(-1) == targets).sum())
-                count += targets.numel()
-            gold = batch["next_sentence_label"]
-            nsp = torch.nn.functional.cross_entropy(out.seq_relationship_logits.float(), gold,
-                                                    reduction="sum")
-            nsp_sum += nsp.item()
-            right += int((out.seq_relationship_logits.argmax(-1) == gold).sum())
-            pairs += len(gold)
-    if count == 0:
-        raise ValueError("the evaluation text got no masked token: give more held-out text")
-    mlm_loss = mlm_sum / count
-    return {"loss": mlm_loss + nsp_sum / pairs, "mlm_loss": mlm_loss,
-            "perplexity": math.exp(min(mlm_loss, 700.0)), "masked_accuracy": correct / count,
-            "masked_tokens": count, "nsp_accuracy": right / pairs, "nsp_loss": nsp_sum / pairs,
-            "pairs": pairs}
-
+    """``mlm_metrics`` of a ``PreTraining`` model on ``NSPMaskedBatches``: the masked-token
+    scores plus ``nsp_accuracy`` and ``nsp_loss`` over the pairs, and ``loss`` = masked-token
+    loss + NSP loss (the sum ``BertForPreTraining`` trains on)."""
+    return mlm_metrics(model, batches, device, progress=progress)
