@@ -373,6 +373,12 @@ def load_linear(linear: nn.Linear, checkpoint, name: str) -> bool:
     return True
 
 
+def linear_tensors(linear: nn.Linear, name: str) -> dict[str, torch.Tensor]:
+    """``name.weight`` and ``name.bias`` of ``linear``, what ``save_bert`` takes as ``heads``
+    (and ``load_linear`` reads back)."""
+    return {f"{name}.weight": linear.weight, f"{name}.bias": linear.bias}
+
+
 def fresh_linear(config: BertConfig, outputs: int) -> nn.Linear:
     """hidden -> ``outputs``, initialised as BERT's heads: N(0, initializer_range), zero bias."""
     linear = nn.Linear(config.hidden_size, outputs)

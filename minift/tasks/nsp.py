@@ -43,6 +43,7 @@ from minift.data.batches import pad_batch, pad_rows
 from minift.data.readers import read_utf8_lines
 from minift.hf.checkpoint import (
     fresh_linear,
+    linear_tensors,
     load_encoder_weights,
     load_linear,
     read_checkpoint,
@@ -265,8 +266,7 @@ class NextSentencePrediction(nn.Module):
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write an HF folder that ``transformers.BertForNextSentencePrediction`` loads."""
-        heads = {"cls.seq_relationship.weight": self.seq_relationship.weight,
-                 "cls.seq_relationship.bias": self.seq_relationship.bias}
+        heads = linear_tensors(self.seq_relationship, "cls.seq_relationship")
         save_bert(self.bert, path, heads=heads, prefix="bert.",
                   config_extra={"architectures": [self.architecture]})
 
@@ -320,9 +320,8 @@ class PreTraining(MaskedLM):
 
     def head_tensors(self) -> dict[str, torch.Tensor]:
         """Both heads' weights under their HF names."""
-        return super().head_tensors() | {
-            "cls.seq_relationship.weight": self.seq_relationship.weight,
-            "cls.seq_relationship.bias": self.seq_relationship.bias}
+        return super().head_tensors() | linear_tensors(self.seq_relationship,
+                                                       "cls.seq_relationship")
 
 
 def pretraining_metrics(model, batches, device, *, progress: bool = False) -> dict[str, float]:
