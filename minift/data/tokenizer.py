@@ -32,13 +32,8 @@ from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 from minift.core.files import atomic_write
 
 # The special tokens a BERT checkpoint uses, keyed as in `tokenizer_config.json`.
-BERT_SPECIAL_TOKENS = {
-    "unk_token": "[UNK]",
-    "sep_token": "[SEP]",
-    "pad_token": "[PAD]",
-    "cls_token": "[CLS]",
-    "mask_token": "[MASK]",
-}
+BERT_SPECIAL_TOKENS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
+                       "cls_token": "[CLS]", "mask_token": "[MASK]"}
 
 # transformers writes `model_max_length = int(1e30)` when a checkpoint sets no limit.
 _NO_LIMIT = int(1e30)
@@ -94,14 +89,9 @@ class Encoding:
         return replace(self, **{key: move(self[key]) for key in _TENSOR_KEYS})
 
 
-def bert_wordpiece(
-    vocab_file: str | Path,
-    *,
-    lowercase: bool = True,
-    strip_accents: bool | None = None,
-    handle_chinese_chars: bool = True,
-    special_tokens: dict[str, str | None] | None = None,
-) -> tokenizers.Tokenizer:
+def bert_wordpiece(vocab_file: str | Path, *, lowercase: bool = True,
+                   strip_accents: bool | None = None, handle_chinese_chars: bool = True,
+                   special_tokens: dict[str, str | None] | None = None) -> tokenizers.Tokenizer:
     """Build BERT's tokenizer pipeline from a `vocab.txt` (one token a line, the line is the id).
 
     `strip_accents=None` follows `lowercase`, as in BERT. `special_tokens` maps the keys of
@@ -235,10 +225,10 @@ def _load_backend(folder: Path, config: dict, special: dict) -> tokenizers.Token
                     setattr(backend.normalizer, attribute, config[key])
     elif (folder / "vocab.txt").is_file():
         source = folder / "vocab.txt"
-        backend = bert_wordpiece(
-            source, lowercase=config.get("do_lower_case", True),
-            strip_accents=config.get("strip_accents"),
-            handle_chinese_chars=config.get("tokenize_chinese_chars", True), special_tokens=special)
+        backend = bert_wordpiece(source, lowercase=config.get("do_lower_case", True),
+                                 strip_accents=config.get("strip_accents"),
+                                 handle_chinese_chars=config.get("tokenize_chinese_chars", True),
+                                 special_tokens=special)
     else:
         raise ValueError(f"{folder} holds neither tokenizer.json nor vocab.txt")
     model_config = folder / "config.json"

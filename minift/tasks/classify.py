@@ -25,6 +25,7 @@ from minift.core.model import BertConfig, BertModel
 from minift.data.batches import PaddedRows, as_rows, check_pads_right, texts_and_pairs
 from minift.data.readers import Example
 from minift.hf.checkpoint import (
+    fresh_linear,
     linear_tensors,
     load_encoder_weights,
     load_linear,
@@ -62,9 +63,7 @@ class _Classifier(nn.Module):
         self.classifier_dropout = classifier_dropout
         p = config.hidden_dropout_prob if classifier_dropout is None else classifier_dropout
         self.dropout = nn.Dropout(p)
-        self.classifier = nn.Linear(config.hidden_size, num_labels)
-        nn.init.normal_(self.classifier.weight, std=config.initializer_range)  # as transformers
-        nn.init.zeros_(self.classifier.bias)
+        self.classifier = fresh_linear(config, num_labels)  # initialised as transformers does
 
     def features(self, input_ids, attention_mask, token_type_ids) -> torch.Tensor:
         raise NotImplementedError
