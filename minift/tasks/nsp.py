@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from minift.core.labels import DataError
 from minift.core.model import BertConfig, BertModel
-from minift.data.batches import pad_batch, pad_rows
+from minift.data.batches import PaddedRows
 from minift.data.readers import read_utf8_lines
 from minift.hf.checkpoint import (
     fresh_linear,
@@ -195,10 +195,10 @@ def tokenize_documents(documents: Sequence[Sequence[str]], tokenizer) -> list[li
 # 3. Batches
 
 
-class PairSequences:
+class PairSequences(PaddedRows):
     """Pairs as unpadded rows ``[CLS] A [SEP] B [SEP]`` (token types 0 then 1) with labels;
     ``batch`` pads like ``TextSequences.batch`` and adds ``next_sentence_label``. Word ids are
-    not kept: only token-level masking (``"mlm"``) applies to pairs."""
+    not kept (all -1): only token-level masking (``"mlm"``) applies to pairs."""
 
     def __init__(self, pairs: Sequence[SentencePair], tokenizer):
         cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
@@ -209,15 +209,10 @@ class PairSequences:
         self.labels = torch.tensor([p.label for p in pairs])
         self.lengths = [len(ids) for ids in self.input_ids]
 
-    def __len__(self) -> int:
-        return len(self.input_ids)
-
     def batch(self, indices: Sequence[int]) -> dict[str, Tensor]:
         """The unmasked padded batch with ``word_ids`` (-1: none) and ``next_sentence_label``."""
-        batch = pad_batch([self.input_ids[i] for i in indices],
-                          [self.token_type_ids[i] for i in indices], self.pad_token_id)
-        batch["word_ids"] = pad_rows([torch.full_like(self.input_ids[i], -1) for i in indices],
-                                     -1)
+        batch = super().batch(indices)
+        batch["word_ids"] = torch.full_like(batch["input_ids"], -1)
         batch["next_sentence_label"] = self.labels[list(indices)]
         return batch
 
