@@ -162,31 +162,20 @@ def _read_table(path, rows, *, text_col, pair_col, label_col) -> list[Example]:
     return examples
 
 
-def _json_field(obj: dict, key: str, path: Path, line: int) -> object:
+def _json_value(obj: dict, key: str, path: Path, line: int, *, label: bool = False) -> str:
+    """The text (or with `label`, the label) under `key` of one JSON line, checked."""
     if key not in obj:
         found = ", ".join(repr(k) for k in obj)
         raise DataError(f"{path}:{line}: expected a key {key!r}, found the keys {found}")
-    return obj[key]
-
-
-def _json_text(obj: dict, key: str, path: Path, line: int) -> str:
-    value = _json_field(obj, key, path, line)
-    if not isinstance(value, str):
-        raise DataError(f"{path}:{line}: expected a string for {key!r}, "
-                        f"found {type(value).__name__}")
-    return _check_text(value, f"text in {key!r}", path, line)
-
-
-def _json_label(obj: dict, key: str, path: Path, line: int) -> str:
-    value = _json_field(obj, key, path, line)
+    value = obj[key]
     # An integer label is kept as its decimal string, the same as a TSV file would give.
-    if isinstance(value, int) and not isinstance(value, bool):
+    if label and isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, str):
         found = "null" if value is None else type(value).__name__
-        raise DataError(f"{path}:{line}: expected a string or integer label for {key!r}, "
-                        f"found {found}")
-    return _check_text(value, "label", path, line)
+        kind = "a string or integer label" if label else "a string"
+        raise DataError(f"{path}:{line}: expected {kind} for {key!r}, found {found}")
+    return _check_text(value, "label" if label else f"text in {key!r}", path, line)
 
 
 def _read_jsonl(path, text, *, text_col, pair_col, label_col) -> list[Example]:
@@ -201,9 +190,9 @@ def _read_jsonl(path, text, *, text_col, pair_col, label_col) -> list[Example]:
                             ) from None
         if not isinstance(obj, dict):
             raise DataError(f"{path}:{line}: expected a JSON object, found {type(obj).__name__}")
-        text = _json_text(obj, text_col, path, line)
-        pair = None if pair_col is None else _json_text(obj, pair_col, path, line)
-        label = None if label_col is None else _json_label(obj, label_col, path, line)
+        text = _json_value(obj, text_col, path, line)
+        pair = None if pair_col is None else _json_value(obj, pair_col, path, line)
+        label = None if label_col is None else _json_value(obj, label_col, path, line, label=True)
         examples.append(Example(text, pair, label, line, str(path)))
     if not examples:
         raise DataError(f"{path}:1: expected JSON lines with examples, found none")
