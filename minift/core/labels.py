@@ -42,9 +42,7 @@ class TagError(DataError):
     """A tag sequence that is malformed, breaks its scheme, or holds a tag the labels lack."""
 
 
-# ---------------------------------------------------------------------------------------------
-# Tags
-# ---------------------------------------------------------------------------------------------
+# --- Tags -----------------------------------------------------------------------------------------
 
 
 def _place(where: str | Sequence[str] | None, position: int, length: int) -> str:
@@ -143,9 +141,7 @@ def entities(tags: Sequence[str], mode: str = "default",
     return spans
 
 
-# ---------------------------------------------------------------------------------------------
-# Label ids: the one vocabulary of labels and tags
-# ---------------------------------------------------------------------------------------------
+# --- Label ids: the one vocabulary of labels and tags ---------------------------------------------
 
 
 def _label_sort_key(labels: Sequence[str]):

@@ -19,9 +19,7 @@ from minift.core.labels import MODES, entities
 
 AVERAGES = ("binary", "macro", "micro")
 
-# ---------------------------------------------------------------------------------------------
-# Inputs
-# ---------------------------------------------------------------------------------------------
+# --- Inputs ---------------------------------------------------------------------------------------
 
 
 def _as_labels(values: Any, name: str) -> list[Hashable]:
@@ -71,9 +69,7 @@ def _divide(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator != 0 else 0.0
 
 
-# ---------------------------------------------------------------------------------------------
-# Metrics
-# ---------------------------------------------------------------------------------------------
+# --- Metrics --------------------------------------------------------------------------------------
 
 
 def accuracy(y_true: Sequence, y_pred: Sequence) -> float:
@@ -175,9 +171,7 @@ def confusion_matrix(y_true: Sequence, y_pred: Sequence,
     return matrix
 
 
-# ---------------------------------------------------------------------------------------------
-# Printing
-# ---------------------------------------------------------------------------------------------
+# --- Printing -------------------------------------------------------------------------------------
 
 
 def _cell(value: Any, float_format: str) -> str:
@@ -228,9 +222,7 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | Non
     return "\n".join([line(header), line(rule)] + [line(values) for values in cells])
 
 
-# ---------------------------------------------------------------------------------------------
-# Sequence labelling: entity-level scores (NER) and token accuracy (POS tagging)
-# ---------------------------------------------------------------------------------------------
+# --- Sequence labelling: entity-level scores (NER) and token accuracy (POS tagging) ---------------
 #
 # NER is scored on entities, not tags: a predicted entity counts only when its type, first word
 # and last word all match a gold entity. Tags are read into entities by

@@ -31,8 +31,7 @@ from torch import Tensor
 
 from minift.data.readers import Example
 
-# ----------------------------------------------------------------------------------------------
-# The sampler
+# --- The sampler ----------------------------------------------------------------------------------
 
 
 def length_grouped_batches(lengths: Sequence[int], batch_size: int, *,
@@ -79,8 +78,7 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, *,
     return batches
 
 
-# ----------------------------------------------------------------------------------------------
-# One batch, padded by the tokenizer (the obvious form)
+# --- One batch, padded by the tokenizer (the obvious form) ----------------------------------------
 
 
 def texts_and_pairs(items: Sequence[Example | str]) -> tuple[list[str], list[str] | None]:
@@ -113,8 +111,7 @@ def collate(examples_or_texts: Sequence[Example | str], tokenizer, max_length: i
     return batch
 
 
-# ----------------------------------------------------------------------------------------------
-# Padding once: unpadded rows in, one padded batch out
+# --- Padding once: unpadded rows in, one padded batch out -----------------------------------------
 
 
 def pad_rows(rows: Sequence[Tensor], value: int) -> Tensor:

@@ -40,8 +40,7 @@ from minift.core.labels import (
     validate_tags,
 )
 
-# ----------------------------------------------------------------------------------------------
-# Reading examples
+# --- Reading examples -----------------------------------------------------------------------------
 
 
 @dataclass
@@ -226,8 +225,7 @@ def read_examples(path: str | os.PathLike, *, text_col: str, pair_col: str | Non
     return _read_table(path, rows, **columns)
 
 
-# ----------------------------------------------------------------------------------------------
-# Semicolon-separated files (the Emotion data set)
+# --- Semicolon-separated files (the Emotion data set) ---------------------------------------------
 
 
 def read_semicolon_examples(path: str | os.PathLike, *, text_col: str = "text",
@@ -242,8 +240,7 @@ def read_semicolon_examples(path: str | os.PathLike, *, text_col: str = "text",
     return _read_table(path, rows, text_col=text_col, pair_col=None, label_col=label_col)
 
 
-# ----------------------------------------------------------------------------------------------
-# Label ids
+# --- Label ids ------------------------------------------------------------------------------------
 
 
 def encode_labels(examples: Sequence[Example], vocab: LabelVocab) -> list[int]:
@@ -261,8 +258,7 @@ def encode_labels(examples: Sequence[Example], vocab: LabelVocab) -> list[int]:
     return [vocab.encode(ex.label) for ex in examples]
 
 
-# ----------------------------------------------------------------------------------------------
-# GLUE tasks in MINIFT_DATA
+# --- GLUE tasks in MINIFT_DATA --------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -306,8 +302,7 @@ def task_files(name: str, data_dir: str | os.PathLike | None = None
     return train, dev, task.text_col, task.pair_col, task.label_col
 
 
-# ----------------------------------------------------------------------------------------------
-# CoNLL column files
+# --- CoNLL column files ---------------------------------------------------------------------------
 #
 # NER and part-of-speech data come as column files: one word a line, its tags in further columns
 # (CoNLL-2003 here: `word POS NER`), a blank line between sentences, `-DOCSTART-` lines between

@@ -29,9 +29,7 @@ from minift.core.files import atomic_write
 from minift.core.model import BertConfig, BertModel, ConfigError
 from minift.hf.safetensors import CheckpointError, read_safetensors, write_safetensors
 
-# --------------------------------------------------------------------------------------------
-# 1. The key map: HF BERT names -> minift names
-# --------------------------------------------------------------------------------------------
+# --- 1. The key map: HF BERT names -> minift names ------------------------------------------------
 
 # "{}" stands for a layer index. Left: the name in a published BertModel checkpoint.
 KEY_MAP: dict[str, str] = {
@@ -113,9 +111,7 @@ def to_hf_state_dict(state_dict: dict[str, torch.Tensor],
     return out
 
 
-# --------------------------------------------------------------------------------------------
-# 2. Folders
-# --------------------------------------------------------------------------------------------
+# --- 2. Folders -----------------------------------------------------------------------------------
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 

@@ -30,9 +30,7 @@ from typing import Any
 
 from minift.core.files import atomic_write
 
-# --------------------------------------------------------------------------------------------
-# 1. Style and saving
-# --------------------------------------------------------------------------------------------
+# --- 1. Style and saving --------------------------------------------------------------------------
 
 # Font sizes that stay readable when a 8-inch figure is shown at notebook width (about 800 px).
 STYLE = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 10,
@@ -81,9 +79,7 @@ def save(fig, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-# --------------------------------------------------------------------------------------------
-# 2. Reading a run
-# --------------------------------------------------------------------------------------------
+# --- 2. Reading a run -----------------------------------------------------------------------------
 
 
 def read_log(run: str | os.PathLike) -> tuple[list[dict], list[dict]]:
@@ -136,9 +132,7 @@ def read_metrics(run: str | os.PathLike) -> dict | None:
         raise ValueError(f"{path}:{err.lineno}: not JSON ({err.msg})") from None
 
 
-# --------------------------------------------------------------------------------------------
-# 3. The drawings
-# --------------------------------------------------------------------------------------------
+# --- 3. The drawings ------------------------------------------------------------------------------
 
 # What each logged metric measures, for the y axis.
 UNITS = {"loss": "cross-entropy (nats / target)", "perplexity": "perplexity (exp of the loss)",
@@ -233,9 +227,7 @@ def draw_class_scores(ax, per_class: dict[str, dict], title: str) -> None:
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
 
 
-# --------------------------------------------------------------------------------------------
-# 4. What the command draws, and the lessons' figure folder
-# --------------------------------------------------------------------------------------------
+# --- 4. What the command draws, and the lessons' figure folder ------------------------------------
 
 
 def _metrics_figures(run: Path, metrics: dict) -> list[Path]:

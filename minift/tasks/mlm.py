@@ -46,8 +46,7 @@ from minift.data.batches import length_grouped_batches, pad_batch, pad_rows
 from minift.data.readers import read_utf8_lines
 from minift.hf.checkpoint import CheckpointError, load_encoder_weights, read_checkpoint, save_bert
 
-# ----------------------------------------------------------------------------------------------
-# Reading text
+# --- Reading text ---------------------------------------------------------------------------------
 
 
 def read_text_lines(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
@@ -86,8 +85,7 @@ def held_out_split(
     return train, [p for i, p in enumerate(passages) if i in held]
 
 
-# ----------------------------------------------------------------------------------------------
-# Sequences
+# --- Sequences ------------------------------------------------------------------------------------
 
 
 class TextSequences:
@@ -174,8 +172,7 @@ class TextSequences:
         return batch
 
 
-# ----------------------------------------------------------------------------------------------
-# Masking a batch
+# --- Masking a batch ------------------------------------------------------------------------------
 
 STRATEGIES = ("mlm", "wwm", "span")
 
@@ -236,8 +233,7 @@ class MaskingCollator:
                 "token_type_ids": batch["token_type_ids"], "labels": labels}
 
 
-# ----------------------------------------------------------------------------------------------
-# An epoch of masked batches
+# --- An epoch of masked batches -------------------------------------------------------------------
 
 
 def batch_seed(seed: int, epoch: int, index: int) -> int:

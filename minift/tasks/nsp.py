@@ -52,8 +52,7 @@ from minift.hf.checkpoint import (
 from minift.tasks.classify import ClassifierOutput
 from minift.tasks.mlm import MaskedBatches, MaskedLM, mlm_metrics
 
-# --------------------------------------------------------------------------------------------
-# 1. Documents
+# --- 1. Documents ---------------------------------------------------------------------------------
 
 
 def read_documents(path: str | os.PathLike) -> list[list[str]]:
@@ -97,8 +96,7 @@ def read_documents(path: str | os.PathLike) -> list[list[str]]:
     return documents
 
 
-# --------------------------------------------------------------------------------------------
-# 2. Pairs
+# --- 2. Pairs -------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -191,8 +189,7 @@ def tokenize_documents(documents: Sequence[Sequence[str]], tokenizer) -> list[li
     return [doc for doc in out if doc]
 
 
-# --------------------------------------------------------------------------------------------
-# 3. Batches
+# --- 3. Batches -----------------------------------------------------------------------------------
 
 
 class PairSequences(PaddedRows):
