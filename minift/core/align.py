@@ -90,8 +90,8 @@ def word_id_rows(encoding: Any, batch_size: int) -> list[list[int | None]]:
 
 
 def align_batch(word_labels: Sequence[Sequence[int]], encoding: Any, *,
-                label_all_subwords: bool = False, b_to_i: dict[int, int] | None = None
-                ) -> torch.Tensor:
+                label_all_subwords: bool = False,
+                b_to_i: dict[int, int] | None = None) -> torch.Tensor:
     """`align_labels` for each sentence of a batch: a (batch, seq) `torch.long` tensor of labels.
 
     `encoding` is a tokenized batch with `word_ids` (minift's `Encoding`, or a transformers

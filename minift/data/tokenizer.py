@@ -82,9 +82,8 @@ class Encoding:
     def to(self, device: torch.device | str) -> Encoding:
         """A copy with the three tensors on `device`; the alignment lists are shared."""
 
-        def move(value):
-            return value.to(device) if isinstance(value, torch.Tensor) else [
-                row.to(device) for row in value]
+        def move(x):  # a tensor, or a list of 1-D tensors
+            return x.to(device) if isinstance(x, torch.Tensor) else [row.to(device) for row in x]
 
         return replace(self, **{key: move(self[key]) for key in _TENSOR_KEYS})
 

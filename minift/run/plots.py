@@ -190,8 +190,7 @@ def draw_metric(ax, metric: str, logs: dict[str, list[dict]]) -> None:
     for i, (name, records) in enumerate(logs.items()):
         points = [(r["step"], r["eval"][metric]) for r in records if metric in r["eval"]]
         if points:
-            ax.plot(*zip(*points, strict=True), color=f"C{i}", linewidth=2, marker="o",
-                    label=name)
+            ax.plot(*zip(*points, strict=True), color=f"C{i}", linewidth=2, marker="o", label=name)
     ax.set(title=f"{metric} on the held-out set", xlabel="optimizer step",
            ylabel=UNITS.get(metric, metric))
     ax.legend()

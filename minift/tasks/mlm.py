@@ -68,9 +68,8 @@ def read_text_lines(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> l
     return passages
 
 
-def held_out_split(
-    passages: Sequence[str], fraction: float, seed: int, max_held_out: int | None = None
-) -> tuple[list[str], list[str]]:
+def held_out_split(passages: Sequence[str], fraction: float, seed: int,
+                   max_held_out: int | None = None) -> tuple[list[str], list[str]]:
     """(training, held-out) passages: a seeded random `fraction` of them (at least one, at most
     `max_held_out`) is held out; both keep file order. Needs at least two passages."""
     if not 0.0 < fraction < 1.0:
@@ -204,8 +203,7 @@ class MaskingCollator:
     @classmethod
     def from_tokenizer(cls, tokenizer, strategy: str,
                        mlm_probability: float = 0.15) -> MaskingCollator:
-        """The collator for a `minift.data.tokenizer.Tokenizer`: its [MASK], vocabulary and
-        special tokens."""
+        """The collator of a `Tokenizer`: its [MASK], vocabulary size and special tokens."""
         if tokenizer.mask_token_id is None:
             raise ValueError("the tokenizer has no [MASK] token: it cannot be used for MLM")
         return cls(strategy, tokenizer.mask_token_id, tokenizer.vocab_size,

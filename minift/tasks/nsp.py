@@ -178,8 +178,7 @@ def nsp_pairs(documents: Sequence[Sequence[list[int]]], max_length: int,
 
 
 def tokenize_documents(documents: Sequence[Sequence[str]], tokenizer) -> list[list[list[int]]]:
-    """Each sentence of each document as token ids without special tokens (empty ones
-    dropped)."""
+    """Each document's sentences as token ids without special tokens (empty ones dropped)."""
     flat = [s for doc in documents for s in doc]
     encoded = iter(tokenizer.backend.encode_batch(flat, add_special_tokens=False))
     out = []

@@ -244,8 +244,7 @@ def make_windows(questions: Sequence[Question], tokenizer, *, max_length: int = 
         raise ValueError(f"doc_stride must be >= 0, got {doc_stride}")
     cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
     backend = tokenizer.backend
-    asked = backend.encode_batch([q.question.lstrip() for q in questions],
-                                 add_special_tokens=False)
+    asked = backend.encode_batch([q.question.lstrip() for q in questions], add_special_tokens=False)
     contexts = backend.encode_batch([q.context for q in questions], add_special_tokens=False)
     windows = []
     for index, (q, qe, ce) in enumerate(zip(questions, asked, contexts, strict=True)):

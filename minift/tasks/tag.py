@@ -52,8 +52,7 @@ def _short(word: str, limit: int = 30) -> str:
 
 
 def _encode_words(tokenizer, sentences: list[list[str]]) -> list[tuple[Tensor, Tensor, list]]:
-    """(input_ids, token_type_ids, word_ids) of each sentence of words, whole (no truncation)
-    and unpadded."""
+    """(input_ids, token_type_ids, word_ids) of each sentence of words, untruncated, unpadded."""
     encoding = tokenizer(sentences, is_split_into_words=True, truncation=False, padding=False)
     return list(zip(as_rows(encoding["input_ids"]), as_rows(encoding["token_type_ids"]),
                     word_id_rows(encoding, len(sentences)), strict=True))
