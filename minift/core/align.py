@@ -1,9 +1,24 @@
-"""ALIGN_DOC
+"""Word labels on sub-word tokens: the bookkeeping of token classification (NER, POS tagging).
+
+Named-entity recognition and part-of-speech tagging label *words*, but the encoder sees sub-word
+tokens. Read in this order, plain functions over lists:
+
+1. aligner   `align_labels`: word labels to token labels. The first sub-word of a word takes the
+             word's label, the other sub-words and the special tokens get `IGNORE_INDEX` (-100,
+             which the loss skips), as in transformers' token-classification example;
+2. decoding  `decode_word_predictions`: one prediction per word, read at its first sub-word;
+3. windows   `split_windows`: a sentence longer than the model takes is cut into overlapping
+             windows of whole words, never truncated; each word is predicted by the window where
+             it has most context (`window_owners`); `plan_windows` plans a whole data set.
+
+Nothing here knows about the model or the tokenizer: an aligned batch needs only the tokenizer's
+`word_ids` (the index of the word each token came from, None for special and pad tokens).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,13 +29,20 @@ import torch
 IGNORE_INDEX = -100
 
 
-def align_labels(
-    word_labels: Sequence[int],
-    word_ids: Sequence[int | None],
-    *,
-    label_all_subwords: bool = False,
-    b_to_i: dict[int, int] | None = None,
-) -> list[int]:
+def _each_sentence(function: Callable, rows: Iterable[tuple]) -> list:
+    """`function(*row)` for each sentence's row, an error naming the sentence it came from."""
+    out = []
+    for s, row in enumerate(rows):
+        try:
+            out.append(function(*row))
+        except ValueError as error:
+            raise ValueError(f"sentence {s}: {error}") from None
+    return out
+
+
+def align_labels(word_labels: Sequence[int], word_ids: Sequence[int | None], *,
+                 label_all_subwords: bool = False,
+                 b_to_i: dict[int, int] | None = None) -> list[int]:
     """One label per token from one label per word and the tokenizer's `word_ids`.
 
     A token whose word id differs from the previous token's is the first sub-word of a word and
@@ -31,10 +53,9 @@ def align_labels(
     copied. This is `tokenize_and_align_labels` of transformers' token-classification example.
     """
     if label_all_subwords and b_to_i is None:
-        raise ValueError(
-            "label_all_subwords=True needs b_to_i (LabelVocab.b_to_i()), so that continuations of "
-            "B- words get I- labels; pass {} to copy every label unchanged"
-        )
+        raise ValueError("label_all_subwords=True needs b_to_i (LabelVocab.b_to_i()), so that "
+                         "continuations of B- words get I- labels; pass {} to copy every label "
+                         "unchanged")
     if not label_all_subwords and b_to_i is not None:
         raise ValueError("b_to_i is used only with label_all_subwords=True")
     labels, previous = [], None
@@ -42,10 +63,8 @@ def align_labels(
         if word is None:
             labels.append(IGNORE_INDEX)
         elif not (isinstance(word, int) and 0 <= word < len(word_labels)):
-            raise ValueError(
-                f"token {t}: word id {word!r} is not in 0..{len(word_labels) - 1}: expected one "
-                f"label per word, found {len(word_labels)} labels"
-            )
+            raise ValueError(f"token {t}: word id {word!r} is not in 0..{len(word_labels) - 1}: "
+                             f"expected one label per word, found {len(word_labels)} labels")
         elif word != previous:
             labels.append(int(word_labels[word]))
         elif label_all_subwords:
@@ -70,31 +89,20 @@ def word_id_rows(encoding: Any, batch_size: int) -> list[list[int | None]]:
     return rows
 
 
-def align_batch(
-    word_labels: Sequence[Sequence[int]],
-    encoding: Any,
-    *,
-    label_all_subwords: bool = False,
-    b_to_i: dict[int, int] | None = None,
-) -> torch.Tensor:
+def align_batch(word_labels: Sequence[Sequence[int]], encoding: Any, *,
+                label_all_subwords: bool = False,
+                b_to_i: dict[int, int] | None = None) -> torch.Tensor:
     """`align_labels` for each sentence of a batch: a (batch, seq) `torch.long` tensor of labels.
 
     `encoding` is a tokenized batch with `word_ids` (minift's `Encoding`, or a transformers
     BatchEncoding); rows of different lengths are padded with `IGNORE_INDEX`.
     """
-    rows = word_id_rows(encoding, len(word_labels))
-    aligned = []
-    for b, (labels, word_ids) in enumerate(zip(word_labels, rows, strict=True)):
-        try:
-            aligned.append(
-                align_labels(labels, word_ids, label_all_subwords=label_all_subwords, b_to_i=b_to_i)
-            )
-        except ValueError as error:
-            raise ValueError(f"sentence {b}: {error}") from None
+    rows = zip(word_labels, word_id_rows(encoding, len(word_labels)), strict=True)
+    aligned = _each_sentence(lambda labels, word_ids: align_labels(
+        labels, word_ids, label_all_subwords=label_all_subwords, b_to_i=b_to_i), rows)
     length = max((len(row) for row in aligned), default=0)
-    return torch.tensor(
-        [row + [IGNORE_INDEX] * (length - len(row)) for row in aligned], dtype=torch.long
-    )
+    return torch.tensor([row + [IGNORE_INDEX] * (length - len(row)) for row in aligned],
+                        dtype=torch.long)
 
 
 def tokens_per_word(word_ids: Sequence[int | None], num_words: int) -> list[int]:
@@ -109,12 +117,9 @@ def tokens_per_word(word_ids: Sequence[int | None], num_words: int) -> list[int]
     return counts
 
 
-def decode_word_predictions(
-    token_predictions: Sequence[int] | torch.Tensor,
-    word_ids: Sequence[int | None],
-    num_words: int | None = None,
-    fill: int | None = None,
-) -> list[int]:
+def decode_word_predictions(token_predictions: Sequence[int] | torch.Tensor,
+                            word_ids: Sequence[int | None], num_words: int | None = None,
+                            fill: int | None = None) -> list[int]:
     """One prediction per word: the prediction at the word's first sub-word.
 
     `token_predictions` (a list or 1-D tensor, e.g. `logits.argmax(-1)[b]`) lines up with
@@ -125,10 +130,8 @@ def decode_word_predictions(
     if isinstance(token_predictions, torch.Tensor):
         token_predictions = token_predictions.tolist()
     if len(token_predictions) != len(word_ids):
-        raise ValueError(
-            f"got {len(token_predictions)} token predictions for {len(word_ids)} word ids: "
-            "expected one per token"
-        )
+        raise ValueError(f"got {len(token_predictions)} token predictions for {len(word_ids)} "
+                         "word ids: expected one per token")
     first: dict[int, Any] = {}
     for prediction, word in zip(token_predictions, word_ids, strict=True):
         if word is not None and word not in first:
@@ -145,44 +148,29 @@ def decode_word_predictions(
         elif fill is not None:
             words.append(fill)
         else:
-            raise ValueError(
-                f"word {w} has no token (the tokenizer dropped all its characters): "
-                "pass fill= to give such words a prediction"
-            )
+            raise ValueError(f"word {w} has no token (the tokenizer dropped all its characters): "
+                             "pass fill= to give such words a prediction")
     return words
 
 
-def decode_batch(
-    token_predictions: Sequence[Sequence[int]] | torch.Tensor,
-    word_ids: Sequence[Sequence[int | None]],
-    num_words: Sequence[int] | None = None,
-    fill: int | None = None,
-) -> list[list[int]]:
+def decode_batch(token_predictions: Sequence[Sequence[int]] | torch.Tensor,
+                 word_ids: Sequence[Sequence[int | None]], num_words: Sequence[int] | None = None,
+                 fill: int | None = None) -> list[list[int]]:
     """`decode_word_predictions` for each row of a (batch, seq) batch of predictions."""
     if isinstance(token_predictions, torch.Tensor):
         token_predictions = token_predictions.tolist()
     if len(token_predictions) != len(word_ids):
-        raise ValueError(
-            f"got {len(token_predictions)} rows of predictions for {len(word_ids)} rows of word ids"
-        )
+        raise ValueError(f"got {len(token_predictions)} rows of predictions for {len(word_ids)} "
+                         "rows of word ids")
     counts = [None] * len(word_ids) if num_words is None else list(num_words)
     if len(counts) != len(word_ids):
         raise ValueError(f"got {len(counts)} word counts for {len(word_ids)} sentences")
-    decoded = []
-    for b, (row, ids, n) in enumerate(zip(token_predictions, word_ids, counts, strict=True)):
-        try:
-            decoded.append(decode_word_predictions(row, ids, n, fill))
-        except ValueError as error:
-            raise ValueError(f"sentence {b}: {error}") from None
-    return decoded
+    rows = zip(token_predictions, word_ids, counts, [fill] * len(counts), strict=True)
+    return _each_sentence(decode_word_predictions, rows)
 
 
-def split_windows(
-    n_tokens_per_word: Sequence[int],
-    max_tokens: int,
-    stride_words: int,
-    where: str | Sequence[str] = "sentence",
-) -> list[tuple[int, int]]:
+def split_windows(n_tokens_per_word: Sequence[int], max_tokens: int, stride_words: int,
+                  where: str | Sequence[str] = "sentence") -> list[tuple[int, int]]:
     """Cut a sentence into windows of whole words, (word_start, word_end) with `end` exclusive.
 
     Each window holds at most `max_tokens` sub-word tokens (the model's maximum length less its
@@ -200,18 +188,16 @@ def split_windows(
         raise ValueError(f"stride_words must be an integer >= 0, found {stride_words!r}")
     counts = list(n_tokens_per_word)
     if not isinstance(where, str) and len(where) != len(counts):
-        raise ValueError(
-            f"where has {len(where)} entries for {len(counts)} words: expected one each"
-        )
+        raise ValueError(f"where has {len(where)} entries for {len(counts)} words: expected one "
+                         "each")
     for i, count in enumerate(counts):
         place = f"{where}, word {i}" if isinstance(where, str) else where[i]
         if not (isinstance(count, int) and count >= 0):
             raise ValueError(f"{place}: expected a token count >= 0, found {count!r}")
         if count > max_tokens:
-            raise ValueError(
-                f"{place}: has {count} sub-word tokens, more than a window holds "
-                f"(max_tokens={max_tokens}); it cannot be labelled without truncating it"
-            )
+            raise ValueError(f"{place}: has {count} sub-word tokens, more than a window holds "
+                             f"(max_tokens={max_tokens}); it cannot be labelled without "
+                             "truncating it")
     windows, start = [], 0
     while True:
         end, used = start, 0
@@ -258,24 +244,20 @@ def window_owners(windows: Sequence[tuple[int, int]]) -> list[int]:
     return owners
 
 
-def merge_window_predictions(
-    window_predictions: Sequence[Sequence[Any]], windows: Sequence[tuple[int, int]]
-) -> list[Any]:
+def merge_window_predictions(window_predictions: Sequence[Sequence[Any]],
+                             windows: Sequence[tuple[int, int]]) -> list[Any]:
     """One prediction per word of the sentence from the predictions of its windows.
 
     `window_predictions[k]` holds one prediction (a label id, a vector of logits, ...) per word
     of `windows[k]`; each word keeps the one of its owner (see `window_owners`).
     """
     if len(window_predictions) != len(windows):
-        raise ValueError(
-            f"got predictions for {len(window_predictions)} windows, expected {len(windows)}"
-        )
+        raise ValueError(f"got predictions for {len(window_predictions)} windows, expected "
+                         f"{len(windows)}")
     for k, (predictions, (start, end)) in enumerate(zip(window_predictions, windows, strict=True)):
         if len(predictions) != end - start:
-            raise ValueError(
-                f"window {k} covers {end - start} words (words {start}..{end - 1}) but has "
-                f"{len(predictions)} predictions"
-            )
+            raise ValueError(f"window {k} covers {end - start} words (words {start}..{end - 1}) "
+                             f"but has {len(predictions)} predictions")
     owners = window_owners(windows)
     return [window_predictions[k][i - windows[k][0]] for i, k in enumerate(owners)]
 
@@ -313,38 +295,22 @@ class WindowPlan:
     def merge(self, piece_predictions: Sequence[Sequence[Any]]) -> list[list[Any]]:
         """Per-word predictions of every sentence from those of `pieces()`, in the same order."""
         if len(piece_predictions) != self.num_windows:
-            raise ValueError(
-                f"got predictions for {len(piece_predictions)} pieces, expected {self.num_windows}"
-            )
-        merged, k = [], 0
-        for s, ws in enumerate(self.windows):
-            try:
-                merged.append(merge_window_predictions(piece_predictions[k : k + len(ws)], ws))
-            except ValueError as error:
-                raise ValueError(f"sentence {s}: {error}") from None
-            k += len(ws)
-        return merged
+            raise ValueError(f"got predictions for {len(piece_predictions)} pieces, expected "
+                             f"{self.num_windows}")
+        ends = itertools.accumulate(len(ws) for ws in self.windows)  # of each sentence's pieces
+        rows = [(piece_predictions[end - len(ws) : end], ws)
+                for end, ws in zip(ends, self.windows, strict=True)]
+        return _each_sentence(merge_window_predictions, rows)
 
 
-def plan_windows(
-    n_tokens_per_word: Sequence[Sequence[int]],
-    max_tokens: int,
-    stride_words: int,
-    where: Sequence[Sequence[str]] | None = None,
-) -> WindowPlan:
+def plan_windows(n_tokens_per_word: Sequence[Sequence[int]], max_tokens: int, stride_words: int,
+                 where: Sequence[Sequence[str]] | None = None) -> WindowPlan:
     """`split_windows` for every sentence (its tokens per word, see `tokens_per_word`); `where`
     holds the place of every word of every sentence for the errors ("sentence s, word i" when
     None)."""
     if where is not None and len(where) != len(n_tokens_per_word):
-        raise ValueError(
-            f"where has {len(where)} entries for {len(n_tokens_per_word)} sentences: "
-            "expected one each"
-        )
-    return WindowPlan(
-        [
-            split_windows(
-                counts, max_tokens, stride_words, f"sentence {s}" if where is None else where[s]
-            )
-            for s, counts in enumerate(n_tokens_per_word)
-        ]
-    )
+        raise ValueError(f"where has {len(where)} entries for {len(n_tokens_per_word)} sentences: "
+                         "expected one each")
+    return WindowPlan([split_windows(counts, max_tokens, stride_words,
+                                     f"sentence {s}" if where is None else where[s])
+                       for s, counts in enumerate(n_tokens_per_word)])

@@ -1,28 +1,18 @@
-"""Labels: the label vocabulary, and the word labels of token classification (tags, the sub-word
-aligner, windows, decoding).
+"""Labels: the label vocabulary, and the IOB tags of named-entity recognition.
 
 A classifier predicts ids 0..n-1; `LabelVocab` is the one table between them and the label strings
 of a task, for sentence classification (SST-2's "0"/"1") and token classification (NER's "O",
-"B-PER", ...) alike. Named-entity recognition and part-of-speech tagging label *words*, but the
-encoder sees sub-word tokens. The rest of this file is the bookkeeping between the two, as plain
-functions over lists:
+"B-PER", ...) alike. Read in this order:
 
-1. tags      `O`, `B-X` (begins an entity of type X), `I-X` (inside one). IOB2, the strict
-             scheme, opens every entity with `B-`; IOB1 (the original CoNLL-2003 files) writes
-             `I-` and uses `B-` only between two adjacent entities of the same type.
-             `validate_tags`, `iob1_to_iob2`, `entities` (the spans, read as seqeval reads them;
-             `minift.core.metrics` scores NER with them);
-2. ids       `LabelVocab`, the label vocabulary (tags: "O" first, then the others sorted);
-3. aligner   `align_labels`: word labels to token labels. The first sub-word of a word takes the
-             word's label, the other sub-words and the special tokens get `IGNORE_INDEX` (-100,
-             which the loss skips), as in transformers' token-classification example;
-4. decoding  `decode_word_predictions`: one prediction per word, read at its first sub-word;
-5. windows   `split_windows`: a sentence longer than the model takes is cut into overlapping
-             windows of whole words, never truncated; each word is predicted by one window.
+1. tags   `O`, `B-X` (begins an entity of type X), `I-X` (inside one). IOB2, the strict scheme,
+          opens every entity with `B-`; IOB1 (the original CoNLL-2003 files) writes `I-` and uses
+          `B-` only between two adjacent entities of the same type. `validate_tags`,
+          `iob1_to_iob2`, `entities` (the spans, read as seqeval reads them; `minift.core.metrics`
+          scores NER with them);
+2. ids    `LabelVocab`, the label vocabulary (tags: "O" first, then the others sorted).
 
-Nothing here knows about the model or the tokenizer: an aligned batch needs only the tokenizer's
-`word_ids` (the index of the word each token came from, None for special and pad tokens). The
-errors are `DataError` (bad data: the message names file and line) and its `TagError`.
+The word labels' way onto sub-word tokens (alignment, windows, decoding) is `minift.core.align`.
+The errors are `DataError` (bad data: the message names file and line) and its `TagError`.
 """
 
 from __future__ import annotations
@@ -44,7 +34,7 @@ _TAG = re.compile(r"(?P<prefix>[BI])-(?P<type>[^\s-]|[^\s-]\S*[^\s-])")
 
 
 class DataError(ValueError):
-    """Data that is not what it should be: a file (`minift.data.readers`'s readers), a label, a tag. The
+    """Data that is not what it should be: a file (`minift.data.readers`), a label, a tag. The
     message names the place (file and line, 1-based), what was expected and what was found."""
 
 
@@ -52,9 +42,7 @@ class TagError(DataError):
     """A tag sequence that is malformed, breaks its scheme, or holds a tag the labels lack."""
 
 
-# ---------------------------------------------------------------------------------------------
-# Tags
-# ---------------------------------------------------------------------------------------------
+# --- Tags -----------------------------------------------------------------------------------------
 
 
 def _place(where: str | Sequence[str] | None, position: int, length: int) -> str:
@@ -78,9 +66,8 @@ def split_tag(tag: Any, place: str = "tag") -> tuple[str, str | None]:
         return "O", None
     match = _TAG.fullmatch(tag) if isinstance(tag, str) else None
     if match is None:
-        raise TagError(
-            f"{place}: expected 'O', 'B-<type>' or 'I-<type>' (e.g. 'B-PER'), found {tag!r}"
-        )
+        raise TagError(f"{place}: expected 'O', 'B-<type>' or 'I-<type>' (e.g. 'B-PER'), "
+                       f"found {tag!r}")
     return match["prefix"], match["type"]
 
 
@@ -91,9 +78,8 @@ def _parse(tags: Sequence[str], where: str | Sequence[str] | None) -> list[tuple
     return [split_tag(tag, _place(where, i, len(tags))) for i, tag in enumerate(tags)]
 
 
-def validate_tags(
-    tags: Sequence[str], scheme: str = "iob2", where: str | Sequence[str] | None = None
-) -> None:
+def validate_tags(tags: Sequence[str], scheme: str = "iob2",
+                  where: str | Sequence[str] | None = None) -> None:
     """Raise a TagError naming the first bad tag of `tags`; return None when all are good.
 
     Every scheme requires well-formed tags ("O", "B-X", "I-X"). "iob2" also requires that an
@@ -110,11 +96,9 @@ def validate_tags(
     for i, (prefix, type_) in enumerate(parsed):
         if prefix == "I" and (previous[0] == "O" or previous[1] != type_):
             before = "the sentence start" if i == 0 else repr(tags[i - 1])
-            raise TagError(
-                f"{_place(where, i, len(tags))}: {tags[i]!r} after {before} starts an entity, "
-                f"but strict IOB2 opens every entity with 'B-{type_}' (IOB1 data? convert it "
-                "with iob1_to_iob2)"
-            )
+            raise TagError(f"{_place(where, i, len(tags))}: {tags[i]!r} after {before} starts an "
+                           f"entity, but strict IOB2 opens every entity with 'B-{type_}' (IOB1 "
+                           "data? convert it with iob1_to_iob2)")
         previous = (prefix, type_)
 
 
@@ -131,9 +115,8 @@ def iob1_to_iob2(tags: Sequence[str], where: str | Sequence[str] | None = None) 
     return converted
 
 
-def entities(
-    tags: Sequence[str], mode: str = "default", where: str | Sequence[str] | None = None
-) -> list[tuple[str, int, int]]:
+def entities(tags: Sequence[str], mode: str = "default",
+             where: str | Sequence[str] | None = None) -> list[tuple[str, int, int]]:
     """The entities of one sentence as (type, start, end) word spans, `end` exclusive.
 
     The two readings of seqeval (which scores CoNLL NER):
@@ -158,9 +141,7 @@ def entities(
     return spans
 
 
-# ---------------------------------------------------------------------------------------------
-# Label ids: the one vocabulary of labels and tags
-# ---------------------------------------------------------------------------------------------
+# --- Label ids: the one vocabulary of labels and tags ---------------------------------------------
 
 
 def _label_sort_key(labels: Sequence[str]):
@@ -170,6 +151,17 @@ def _label_sort_key(labels: Sequence[str]):
     except ValueError:
         return lambda label: label
     return lambda label: (numbers[label], label)
+
+
+def _label_of(labels: Sequence[str], id_: Any, what: str, place: str = "") -> str:
+    """`labels[id_]`, or an error naming the place when `id_` is not an integer id of them."""
+    try:
+        index = operator.index(id_)  # ints and numpy integers, not floats
+    except TypeError:
+        index = -1
+    if not 0 <= index < len(labels):
+        raise ValueError(f"{place}expected {what} id in 0..{len(labels) - 1}, found {id_!r}")
+    return labels[index]
 
 
 @dataclass
@@ -203,12 +195,12 @@ class LabelVocab:
 
     @classmethod
     def from_examples(cls, examples: Sequence[Any]) -> LabelVocab:
-        """The vocabulary of the labels of `examples` (`minift.data.readers.Example`s, or any objects
-        with a `label` and a `where` for the error message); every example must have a label."""
+        """The vocabulary of the labels of `examples` (`minift.data.readers.Example`s, or any
+        objects with a `label` and a `where` for the error message); every one needs a label."""
         for ex in examples:
             if ex.label is None:
                 raise DataError(f"{ex.where}: expected a label, found none")
-        distinct = set(ex.label for ex in examples)
+        distinct = {ex.label for ex in examples}
         if not distinct:
             raise DataError("expected labelled examples to build a LabelVocab from, found none")
         return cls(sorted(distinct, key=_label_sort_key(list(distinct))))
@@ -227,9 +219,8 @@ class LabelVocab:
     def __contains__(self, label: Hashable) -> bool:
         return label in self._ids
 
-    def encode(
-        self, labels: str | Sequence[str] | None, where: str | Sequence[str] | None = None
-    ) -> int | list[int]:
+    def encode(self, labels: str | Sequence[str] | None,
+               where: str | Sequence[str] | None = None) -> int | list[int]:
         """The id of one label, or the ids of a sentence's tags (a list of them).
 
         `where` names the place in the error: for one label a "file:line" put in front of the
@@ -261,36 +252,21 @@ class LabelVocab:
         if hasattr(ids, "tolist"):  # a tensor or a numpy array or scalar
             ids = ids.tolist()
         if not isinstance(ids, Sequence):
-            return self._label(ids, "a label")
-        return [self._label(id_, "a tag", f"position {i}: ") for i, id_ in enumerate(ids)]
-
-    def _label(self, id_: Any, what: str, place: str = "") -> str:
-        try:
-            index = operator.index(id_)  # ints and numpy integers, not floats
-        except TypeError:
-            index = -1
-        if not 0 <= index < len(self.labels):
-            raise ValueError(
-                f"{place}expected {what} id in 0..{len(self.labels) - 1}, found {id_!r}"
-            )
-        return self.labels[index]
+            return _label_of(self.labels, ids, "a label")
+        return [_label_of(self.labels, id_, "a tag", f"position {i}: ")
+                for i, id_ in enumerate(ids)]
 
     def b_to_i(self) -> dict[int, int]:
         """For each `B-X` whose `I-X` is also a tag, the id of `B-X` mapped to the id of `I-X`:
         the label a continuation sub-word of a `B-X` word takes when all sub-words are labelled."""
-        return {
-            i: self._ids["I-" + label[2:]]
-            for i, label in enumerate(self.labels)
-            if label.startswith("B-") and "I-" + label[2:] in self._ids
-        }
+        return {i: self._ids["I-" + label[2:]] for i, label in enumerate(self.labels)
+                if label.startswith("B-") and "I-" + label[2:] in self._ids}
 
     def to_dict(self) -> dict[str, dict]:
         """`{"id2label": {"0": ..., ...}, "label2id": {...: 0, ...}}`, as in HF's config.json
         (JSON object keys are strings, so the ids of `id2label` are too)."""
-        return {
-            "id2label": {str(i): label for i, label in enumerate(self.labels)},
-            "label2id": dict(self._ids),
-        }
+        return {"id2label": {str(i): label for i, label in enumerate(self.labels)},
+                "label2id": dict(self._ids)}
 
     @classmethod
     def from_dict(cls, config: dict) -> LabelVocab:
@@ -306,25 +282,7 @@ class LabelVocab:
         if label2id is not None:
             label2id = {label: int(i) for label, i in label2id.items()}
             if label2id != vocab._ids:
-                raise ValueError(
-                    f"expected label2id to invert id2label, found id2label {id2label} "
-                    f"and label2id {label2id}"
-                )
+                raise ValueError(f"expected label2id to invert id2label, found id2label "
+                                 f"{id2label} and label2id {label2id}")
         return vocab
-
-
-# ---------------------------------------------------------------------------------------------
-# The aligner: word labels -> token labels
-# ---------------------------------------------------------------------------------------------
-
-
-# ---------------------------------------------------------------------------------------------
-# Decoding: token predictions -> one prediction per word
-# ---------------------------------------------------------------------------------------------
-
-
-# ---------------------------------------------------------------------------------------------
-# Windows: sentences longer than the model takes
-# ---------------------------------------------------------------------------------------------
-
 

@@ -19,26 +19,22 @@ from minift.core.labels import MODES, entities
 
 AVERAGES = ("binary", "macro", "micro")
 
-# ---------------------------------------------------------------------------------------------
-# Inputs
-# ---------------------------------------------------------------------------------------------
+# --- Inputs ---------------------------------------------------------------------------------------
 
 
 def _as_labels(values: Any, name: str) -> list[Hashable]:
     """A 1-D sequence (list, tuple, numpy array, torch tensor) as a list of Python scalars."""
     if isinstance(values, (str, bytes)):
-        raise ValueError(
-            f"{name}: expected a sequence of labels, got a single {type(values).__name__}"
-        )
+        raise ValueError(f"{name}: expected a sequence of labels, got a single "
+                         f"{type(values).__name__}")
     ndim = getattr(values, "ndim", 1)
     if ndim != 1:
         raise ValueError(f"{name}: expected a 1-D sequence of labels, got {ndim} dimensions")
     labels = values.tolist() if hasattr(values, "tolist") else list(values)
     for index, label in enumerate(labels):
         if isinstance(label, (list, tuple, dict, set)):
-            raise ValueError(
-                f"{name}[{index}]: expected a label (int or str), got {type(label).__name__}"
-            )
+            raise ValueError(f"{name}[{index}]: expected a label (int or str), got "
+                             f"{type(label).__name__}")
     return labels
 
 
@@ -46,9 +42,8 @@ def _check_pair(y_true: Any, y_pred: Any) -> tuple[list[Hashable], list[Hashable
     """Both sequences as lists; same non-zero length and one kind of label (str or not)."""
     y_true, y_pred = _as_labels(y_true, "y_true"), _as_labels(y_pred, "y_pred")
     if len(y_true) != len(y_pred):
-        raise ValueError(
-            f"y_true and y_pred must have the same length, got {len(y_true)} and {len(y_pred)}"
-        )
+        raise ValueError(f"y_true and y_pred must have the same length, got {len(y_true)} and "
+                         f"{len(y_pred)}")
     if not y_true:
         raise ValueError("y_true and y_pred are empty: no examples to score")
     kinds = {isinstance(label, str) for label in y_true + y_pred}
@@ -74,9 +69,7 @@ def _divide(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator != 0 else 0.0
 
 
-# ---------------------------------------------------------------------------------------------
-# Metrics
-# ---------------------------------------------------------------------------------------------
+# --- Metrics --------------------------------------------------------------------------------------
 
 
 def accuracy(y_true: Sequence, y_pred: Sequence) -> float:
@@ -100,16 +93,13 @@ def _counts(y_true: list, y_pred: list, labels: list) -> dict[Hashable, tuple[in
 
 def _scores(true_positives: int, predicted: int, gold: int) -> dict[str, float]:
     """Precision, recall and F1 from the three counts; F1 = 2 tp / (predicted + gold)."""
-    return {
-        "precision": _divide(true_positives, predicted),
-        "recall": _divide(true_positives, gold),
-        "f1": _divide(2 * true_positives, predicted + gold),
-    }
+    return {"precision": _divide(true_positives, predicted),
+            "recall": _divide(true_positives, gold),
+            "f1": _divide(2 * true_positives, predicted + gold)}
 
 
-def per_class_scores(
-    y_true: Sequence, y_pred: Sequence, labels: Sequence | None = None
-) -> dict[Hashable, dict[str, float]]:
+def per_class_scores(y_true: Sequence, y_pred: Sequence,
+                     labels: Sequence | None = None) -> dict[Hashable, dict[str, float]]:
     """Precision, recall, F1 and support (count in y_true) for each label, in label order.
 
     Like `classification_report(..., output_dict=True)` without the averages. `labels` defaults
@@ -117,19 +107,13 @@ def per_class_scores(
     """
     y_true, y_pred = _check_pair(y_true, y_pred)
     labels = _check_labels(labels, y_true, y_pred)
-    report = {}
-    for label, (tp, predicted, gold) in _counts(y_true, y_pred, labels).items():
-        report[label] = {**_scores(tp, predicted, gold), "support": gold}
-    return report
+    return {label: {**_scores(tp, predicted, gold), "support": gold}
+            for label, (tp, predicted, gold) in _counts(y_true, y_pred, labels).items()}
 
 
-def precision_recall_f1(
-    y_true: Sequence,
-    y_pred: Sequence,
-    average: str = "binary",
-    pos_label: Hashable = 1,
-    labels: Sequence | None = None,
-) -> dict[str, float]:
+def precision_recall_f1(y_true: Sequence, y_pred: Sequence, average: str = "binary",
+                        pos_label: Hashable = 1,
+                        labels: Sequence | None = None) -> dict[str, float]:
     """Precision, recall and F1 as `{"precision": ..., "recall": ..., "f1": ...}`.
 
     - "binary": the scores of the class `pos_label`. As in sklearn, the data may hold at most
@@ -147,20 +131,15 @@ def precision_recall_f1(
 
     if average == "binary":
         if labels is not None:
-            raise ValueError(
-                "labels is not used with average='binary'; give pos_label, or use "
-                "average='macro' or 'micro' to choose the labels"
-            )
+            raise ValueError("labels is not used with average='binary'; give pos_label, or use "
+                             "average='macro' or 'micro' to choose the labels")
         present = sorted(set(y_true) | set(y_pred))
         if len(present) > 2:
-            raise ValueError(
-                f"average='binary' needs at most two labels, found {len(present)}: {present}; "
-                "use average='macro' or 'micro'"
-            )
+            raise ValueError(f"average='binary' needs at most two labels, found {len(present)}: "
+                             f"{present}; use average='macro' or 'micro'")
         if pos_label not in present and len(present) == 2:
-            raise ValueError(
-                f"pos_label={pos_label!r} is not a valid label: expected one of {present}"
-            )
+            raise ValueError(f"pos_label={pos_label!r} is not a valid label: expected one of "
+                             f"{present}")
         return _scores(*_counts(y_true, y_pred, [pos_label])[pos_label])
 
     labels = _check_labels(labels, y_true, y_pred)
@@ -169,15 +148,12 @@ def precision_recall_f1(
         pooled = [sum(column) for column in zip(*counts.values(), strict=True)]
         return _scores(*pooled)
     per_label = [_scores(*c) for c in counts.values()]
-    return {
-        key: sum(s[key] for s in per_label) / len(per_label)
-        for key in ("precision", "recall", "f1")
-    }
+    return {key: sum(s[key] for s in per_label) / len(per_label)
+            for key in ("precision", "recall", "f1")}
 
 
-def confusion_matrix(
-    y_true: Sequence, y_pred: Sequence, labels: Sequence | None = None
-) -> list[list[int]]:
+def confusion_matrix(y_true: Sequence, y_pred: Sequence,
+                     labels: Sequence | None = None) -> list[list[int]]:
     """Counts `matrix[i][j]` of examples with gold `labels[i]` predicted as `labels[j]`.
 
     Rows are true labels, columns predicted ones, both in the order of `labels` (default: the
@@ -195,27 +171,19 @@ def confusion_matrix(
     return matrix
 
 
-# ---------------------------------------------------------------------------------------------
-# Printing
-# ---------------------------------------------------------------------------------------------
+# --- Printing -------------------------------------------------------------------------------------
 
 
 def _cell(value: Any, float_format: str) -> str:
     """One table cell: floats with `float_format`, None empty, `|` escaped for markdown."""
     if value is None:
         return ""
-    if isinstance(value, float):
-        text = format(value, float_format)
-    else:
-        text = str(value)
+    text = format(value, float_format) if isinstance(value, float) else str(value)
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def format_table(
-    rows: Sequence[Mapping[str, Any]],
-    columns: Sequence[str] | None = None,
-    float_format: str = ".4f",
-) -> str:
+def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None,
+                 float_format: str = ".4f") -> str:
     """A markdown table of `rows` (one dict per row) with the given `columns` (keys, in order).
 
     `columns` defaults to the keys of the first row. Cells are padded so the table also reads as
@@ -237,35 +205,29 @@ def format_table(
 
     cells = [[_cell(row[c], float_format) for c in columns] for row in rows]
     header = [_cell(c, float_format) for c in columns]
-    numeric = [
-        bool(rows)
-        and all(isinstance(row[c], (int, float)) and not isinstance(row[c], bool) for row in rows)
-        for c in columns
-    ]
-    widths = [
-        max([3, len(header[j])] + [len(line[j]) for line in cells]) for j in range(len(columns))
-    ]
+    def is_number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    numeric = [bool(rows) and all(is_number(row[c]) for row in rows) for c in columns]
+    widths = [max([3, len(header[j])] + [len(line[j]) for line in cells])
+              for j in range(len(columns))]
 
     def line(values: list[str]) -> str:
-        padded = [
-            v.rjust(w) if right else v.ljust(w)
-            for v, w, right in zip(values, widths, numeric, strict=True)
-        ]
+        padded = [v.rjust(w) if right else v.ljust(w)
+                  for v, w, right in zip(values, widths, numeric, strict=True)]
         return "| " + " | ".join(padded) + " |"
 
-    rule = [
-        "-" * (w - 1) + ":" if right else "-" * w for w, right in zip(widths, numeric, strict=True)
-    ]
+    rule = ["-" * (w - 1) + ":" if right else "-" * w
+            for w, right in zip(widths, numeric, strict=True)]
     return "\n".join([line(header), line(rule)] + [line(values) for values in cells])
 
 
-# ---------------------------------------------------------------------------------------------
-# Sequence labelling: entity-level scores (NER) and token accuracy (POS tagging)
-# ---------------------------------------------------------------------------------------------
+# --- Sequence labelling: entity-level scores (NER) and token accuracy (POS tagging) ---------------
 #
 # NER is scored on entities, not tags: a predicted entity counts only when its type, first word
-# and last word all match a gold entity. Tags are read into entities by `minift.core.labels.entities`,
-# in the two modes of seqeval (the library the transformers examples report).
+# and last word all match a gold entity. Tags are read into entities by
+# `minift.core.labels.entities`, in the two modes of seqeval (the library the transformers
+# examples report).
 
 
 def _check_sentences(gold: Any, pred: Any) -> None:
@@ -275,9 +237,8 @@ def _check_sentences(gold: Any, pred: Any) -> None:
             raise ValueError(f"{name}: expected a list of sentences (lists of tags)")
         for s, sentence in enumerate(value):
             if isinstance(sentence, (str, bytes)) or not isinstance(sentence, Sequence):
-                raise ValueError(
-                    f"{name}[{s}]: expected a list of tags, found {type(sentence).__name__}"
-                )
+                raise ValueError(f"{name}[{s}]: expected a list of tags, found "
+                                 f"{type(sentence).__name__}")
     if len(gold) != len(pred):
         raise ValueError(f"gold has {len(gold)} sentences but pred has {len(pred)}")
     if not gold:
@@ -287,9 +248,8 @@ def _check_sentences(gold: Any, pred: Any) -> None:
             raise ValueError(f"sentence {s}: gold has {len(g)} tags but pred has {len(p)}")
 
 
-def entity_scores(
-    gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]], mode: str = "default"
-) -> dict[str, Any]:
+def entity_scores(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]],
+                  mode: str = "default") -> dict[str, Any]:
     """Entity-level precision, recall and F1 of predicted tags against gold tags.
 
     `gold` and `pred` hold one list of tags per sentence ("O", "B-PER", "I-PER", ...). `mode` is
@@ -323,18 +283,11 @@ def entity_scores(
     micro = {**_scores(tp, n_pred, support), "support": support}
     keys = ("precision", "recall", "f1")
     macro = {k: _divide(sum(r[k] for r in per_type.values()), len(per_type)) for k in keys}
-    weighted = {
-        k: _divide(sum(r[k] * r["support"] for r in per_type.values()), support) for k in keys
-    }
-    return {
-        "mode": mode,
-        **{k: micro[k] for k in keys},
-        "support": support,
-        "per_type": per_type,
-        "micro": micro,
-        "macro": {**macro, "support": support},
-        "weighted": {**weighted, "support": support},
-    }
+    weighted = {k: _divide(sum(r[k] * r["support"] for r in per_type.values()), support)
+                for k in keys}
+    return {"mode": mode, **{k: micro[k] for k in keys}, "support": support, "per_type": per_type,
+            "micro": micro, "macro": {**macro, "support": support},
+            "weighted": {**weighted, "support": support}}
 
 
 def token_accuracy(gold: Sequence[Sequence[Hashable]], pred: Sequence[Sequence[Hashable]]) -> float:
@@ -344,7 +297,6 @@ def token_accuracy(gold: Sequence[Sequence[Hashable]], pred: Sequence[Sequence[H
     total = sum(len(tags) for tags in gold)
     if total == 0:
         raise ValueError("every sentence is empty: no tokens to score")
-    correct = sum(
-        g == p for gs, ps in zip(gold, pred, strict=True) for g, p in zip(gs, ps, strict=True)
-    )
+    correct = sum(g == p for gs, ps in zip(gold, pred, strict=True)
+                  for g, p in zip(gs, ps, strict=True))
     return correct / total

@@ -5,16 +5,17 @@ and the additive mask it takes, the embeddings (``Embeddings``), multi-head self
 (``SelfAttention``), the feed-forward layer (``FeedForward``), one encoder block (``Block``), the
 pooler (``Pooler``), BERT's initialisation (``init_weights``), and the model that stacks them
 (``BertOutput``, ``BertModel``). Every layer is a plain ``nn.Linear``, ``nn.Dropout``,
-``nn.LayerNorm`` or ``nn.Embedding``, and attention is ``F.scaled_dot_product_attention``. The parameter names follow the math (``query``,
-``attention_norm``, ``ffn.up``); ``checkpoint.py`` holds the one table that maps them to the
-names in published HF checkpoints. Numbers agree with ``transformers.BertModel`` to about 1e-6 in
+``nn.LayerNorm`` or ``nn.Embedding``, and attention is ``F.scaled_dot_product_attention``. The
+parameter names follow the math (``query``, ``attention_norm``, ``ffn.up``);
+``minift/hf/checkpoint.py`` holds the one table that maps them to the names in published HF
+checkpoints. Numbers agree with ``transformers.BertModel`` to about 1e-6 in
 fp32 (tests/test_model.py holds the two together, outputs and gradients).
 
-Speed lives beside this file, not in it: ``padding.py`` (drop the padding once after the
-embeddings, restore it once at the output) and ``kernels.py`` (a CPU matrix library, a faster
-dropout mask) enter a built model through one door, ``padding.speed_up(model)``, which swaps
-these modules for faster subclasses holding the same parameters. ``checkpoint.load_bert`` does
-that by default; a ``BertModel(config)`` built here is the textbook form.
+Speed lives beside this file, not in it: ``minift/fast/unpad.py`` (drop the padding once after
+the embeddings, restore it once at the output) and ``minift/fast/cpu_kernels.py`` (a CPU matrix
+library, a faster dropout mask) enter a built model through one visible door,
+``speed_up(model)``, which swaps these modules for faster subclasses holding the same
+parameters. ``load_bert`` and a ``BertModel(config)`` built here give the textbook form.
 
 This file imports nothing from minift and does no tensor work at import: lift it into your own
 project as it is.
@@ -31,13 +32,31 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-# --------------------------------------------------------------------------------------------
-# Configuration
-# --------------------------------------------------------------------------------------------
+# --- Configuration --------------------------------------------------------------------------------
 
 
 class ConfigError(ValueError):
     """A config.json (or BertConfig argument) that minift cannot honour exactly."""
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_FLOATS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "initializer_range",
+           "layer_norm_eps")
+_SIZES = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+          "intermediate_size", "max_position_embeddings", "type_vocab_size")
+# What the fields of a BertConfig must be, checked in this order: the first failure is the error.
+_RULES = (
+    (_FLOATS, "a number", lambda v: _integer(v) or isinstance(v, float)),
+    (_FLOATS, "a finite number", math.isfinite),  # JSON readers accept NaN and Infinity
+    (("layer_norm_eps",), "> 0", lambda v: v > 0),
+    (("initializer_range",), ">= 0", lambda v: v >= 0),
+    (("pad_token_id",), "an integer", _integer),
+    (_SIZES, "a positive integer", lambda v: _integer(v) and v > 0),
+    (_FLOATS[:2], "in [0, 1)", lambda v: 0 <= v < 1),
+)
 
 
 @dataclass
@@ -62,41 +81,19 @@ class BertConfig:
     pad_token_id: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "initializer_range",
-                     "layer_norm_eps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"config {name} must be a number, got {value!r}")
-            if not math.isfinite(value):  # JSON readers accept NaN and Infinity
-                raise ConfigError(f"config {name} must be a finite number, got {value!r}")
-        if self.layer_norm_eps <= 0 or self.initializer_range < 0:
-            raise ConfigError("config layer_norm_eps must be > 0 and initializer_range >= 0, got "
-                              f"{self.layer_norm_eps!r} and {self.initializer_range!r}")
-        if not isinstance(self.pad_token_id, int) or isinstance(self.pad_token_id, bool):
-            raise ConfigError(f"config pad_token_id must be an integer, got {self.pad_token_id!r}")
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                     "intermediate_size", "max_position_embeddings", "type_vocab_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"config {name} must be a positive integer, got {value!r}")
+        for names, rule, holds in _RULES:
+            for name in names:
+                if not holds(getattr(self, name)):
+                    raise ConfigError(f"config {name} must be {rule}, got {getattr(self, name)!r}")
         if self.hidden_size % self.num_attention_heads:
-            raise ConfigError(
-                f"config hidden_size ({self.hidden_size}) must be divisible by "
-                f"num_attention_heads ({self.num_attention_heads})"
-            )
+            raise ConfigError(f"config hidden_size ({self.hidden_size}) must be divisible by "
+                              f"num_attention_heads ({self.num_attention_heads})")
         if self.hidden_act != "gelu":
-            raise ConfigError(
-                f"config hidden_act {self.hidden_act!r} is not supported: minift implements the "
-                "exact erf GELU ('gelu') that BERT checkpoints use"
-            )
-        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"config {name} must be in [0, 1), got {getattr(self, name)!r}")
+            raise ConfigError(f"config hidden_act {self.hidden_act!r} is not supported: minift "
+                              "implements the exact erf GELU ('gelu') that BERT checkpoints use")
         if not 0 <= self.pad_token_id < self.vocab_size:
-            raise ConfigError(
-                f"config pad_token_id ({self.pad_token_id}) is outside the vocabulary "
-                f"(vocab_size {self.vocab_size})"
-            )
+            raise ConfigError(f"config pad_token_id ({self.pad_token_id}) is outside the "
+                              f"vocabulary (vocab_size {self.vocab_size})")
 
     @classmethod
     def from_dict(cls, config: dict[str, Any], source: str = "config") -> BertConfig:
@@ -110,10 +107,8 @@ class BertConfig:
             raise ConfigError(f"{source}: model_type {config['model_type']!r} is not 'bert'")
         position = config.get("position_embedding_type", "absolute")
         if position != "absolute":
-            raise ConfigError(
-                f"{source}: position_embedding_type {position!r} is not supported "
-                "(only 'absolute')"
-            )
+            raise ConfigError(f"{source}: position_embedding_type {position!r} is not supported "
+                              "(only 'absolute')")
         for flag in ("is_decoder", "add_cross_attention"):
             if config.get(flag):
                 raise ConfigError(f"{source}: {flag}=true is not supported (encoder only)")
@@ -135,17 +130,11 @@ class BertConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The HF ``config.json`` form, loadable by ``transformers.BertConfig``."""
-        return {
-            "architectures": ["BertModel"],
-            "model_type": "bert",
-            "position_embedding_type": "absolute",
-            **asdict(self),
-        }
+        return {"architectures": ["BertModel"], "model_type": "bert",
+                "position_embedding_type": "absolute", **asdict(self)}
 
 
-# --------------------------------------------------------------------------------------------
-# Attention as a pure function
-# --------------------------------------------------------------------------------------------
+# --- Attention as a pure function -----------------------------------------------------------------
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -169,14 +158,11 @@ def additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Ten
     real key at all finite: it then attends uniformly instead of producing NaN.
     """
     keep = attention_mask[:, None, None, :].to(torch.bool)
-    return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(
-        ~keep, torch.finfo(dtype).min
-    )
+    zeros = torch.zeros(keep.shape, dtype=dtype, device=keep.device)
+    return zeros.masked_fill(~keep, torch.finfo(dtype).min)
 
 
-# --------------------------------------------------------------------------------------------
-# The pieces
-# --------------------------------------------------------------------------------------------
+# --- The pieces -----------------------------------------------------------------------------------
 
 
 class Embeddings(nn.Module):
@@ -278,9 +264,7 @@ class Pooler(nn.Module):
         return torch.tanh(self.dense(hidden[:, 0]))
 
 
-# --------------------------------------------------------------------------------------------
-# Initialisation
-# --------------------------------------------------------------------------------------------
+# --- Initialisation -------------------------------------------------------------------------------
 
 
 def init_weights(module: nn.Module, std: float = 0.02) -> None:
@@ -305,9 +289,7 @@ def init_weights(module: nn.Module, std: float = 0.02) -> None:
         nn.init.zeros_(module.bias)
 
 
-# --------------------------------------------------------------------------------------------
-# The model
-# --------------------------------------------------------------------------------------------
+# --- The model ------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -340,10 +322,8 @@ class BertModel(nn.Module):
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
         if input_ids.size(1) > self.config.max_position_embeddings:
-            raise ValueError(
-                f"sequence length {input_ids.size(1)} exceeds max_position_embeddings "
-                f"({self.config.max_position_embeddings}): truncate the input"
-            )
+            raise ValueError(f"sequence length {input_ids.size(1)} exceeds max_position_embeddings "
+                             f"({self.config.max_position_embeddings}): truncate the input")
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, *,
@@ -352,8 +332,8 @@ class BertModel(nn.Module):
 
         ``first_token_only=True`` is for heads that read the first token alone (the pooler, so
         sequence classification): ``last_hidden_state`` is then (batch, 1, hidden). Here it is
-        a slice of the full pass; the fast model (``padding.py``) computes that token alone in
-        the last block, with the same numbers.
+        a slice of the full pass; the fast model (``minift/fast/unpad.py``) computes that token
+        alone in the last block, with the same numbers.
         """
         self.check_input(input_ids)
         if token_type_ids is None:

@@ -1,4 +1,4 @@
-"""Examples in, padded batches out: the length-grouped sampler, the padded datasets, collation.
+"""Examples in, padded batches out: the length-grouped sampler, padding, collation.
 
 Reading order:
 
@@ -6,12 +6,10 @@ Reading order:
    dynamic padding wastes little.
 2. `collate` tokenizes one batch and lets the tokenizer pad it (the obvious form).
 3. `pad_batch` pads unpadded rows into a batch; `PaddedRows` keeps a split's rows and pads each
-   batch once, to its own longest example. `ClassificationDataset` tokenizes a whole split once
-   into such rows (the form training uses, which a test holds equal to `collate` and to the
-   tokenizer's own padding); `make_batches` is one pass of it.
-4. For token classification (NER, POS), `TokenClassificationDataset` tokenizes sentences of words
-   the same way, aligns their word labels to the sub-words (`minift.core.labels.align_labels`) and cuts
-   a sentence too long for the model into windows of whole words (`minift.core.labels.plan_windows`).
+   batch once, to its own longest example. The datasets of the tasks are `PaddedRows`:
+   `minift.tasks.classify.ClassificationDataset` (a test holds its batches equal to `collate`'s
+   and to the tokenizer's own padding), `minift.tasks.tag.TokenClassificationDataset` and
+   `minift.tasks.qa.WindowDataset`.
 
 A batch is padded once, here, and unpadded once, in the model.
 
@@ -19,9 +17,9 @@ The tokenizer is duck-typed: any callable `tokenizer(texts, pairs, *, max_length
 truncation, is_split_into_words)` whose result can be indexed by `"input_ids"`,
 `"attention_mask"` and `"token_type_ids"` (with `padding=False` one row per example, a list or
 1-D tensor of its own length; with `padding=True` (batch, seq), padded on the right), that has a
-`pad_token_id` and, for token classification, `word_ids`. Both `minift.data.tokenizer.Tokenizer` and a
-Hugging Face fast tokenizer qualify; one set to pad on the left is refused, since the batches
-here are padded on the right.
+`pad_token_id` and, for token classification, `word_ids`. Both `minift.data.tokenizer.Tokenizer`
+and a Hugging Face fast tokenizer qualify; one set to pad on the left is refused, since the
+batches here are padded on the right.
 """
 
 from __future__ import annotations
@@ -33,19 +31,13 @@ from torch import Tensor
 
 from minift.data.readers import Example
 
-# ----------------------------------------------------------------------------------------------
-# The sampler
+# --- The sampler ----------------------------------------------------------------------------------
 
 
-def length_grouped_batches(
-    lengths: Sequence[int],
-    batch_size: int,
-    *,
-    generator: torch.Generator | None,
-    shuffle: bool = True,
-    group_size_multiplier: int = 50,
-    drop_last: bool = False,
-) -> list[list[int]]:
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, *,
+                           generator: torch.Generator | None, shuffle: bool = True,
+                           group_size_multiplier: int = 50,
+                           drop_last: bool = False) -> list[list[int]]:
     """Batches of indices into `lengths` whose members have similar lengths.
 
     With `shuffle` (the training order): shuffle the indices with `generator`, cut them into
@@ -73,15 +65,12 @@ def length_grouped_batches(
         batches = cut(by_length(list(range(len(lengths)))))
     else:
         if generator is None:
-            raise ValueError(
-                "expected a torch.Generator to shuffle with (shuffle=True), found None; pass "
-                "generator=torch.Generator().manual_seed(seed)"
-            )
+            raise ValueError("expected a torch.Generator to shuffle with (shuffle=True), found "
+                             "None; pass generator=torch.Generator().manual_seed(seed)")
         order = torch.randperm(len(lengths), generator=generator).tolist()
         mega = batch_size * group_size_multiplier
-        batches = [
-            b for s in range(0, len(order), mega) for b in cut(by_length(order[s : s + mega]))
-        ]
+        batches = [b for s in range(0, len(order), mega)
+                   for b in cut(by_length(order[s : s + mega]))]
     if drop_last and batches and len(batches[-1]) < batch_size:
         batches.pop()
     if shuffle:
@@ -89,11 +78,11 @@ def length_grouped_batches(
     return batches
 
 
-# ----------------------------------------------------------------------------------------------
-# One batch, padded by the tokenizer (the obvious form)
+# --- One batch, padded by the tokenizer (the obvious form) ----------------------------------------
 
 
 def texts_and_pairs(items: Sequence[Example | str]) -> tuple[list[str], list[str] | None]:
+    """The texts of a batch of `Example`s (or strings), and their pairs (None when none has one)."""
     texts = [x.text if isinstance(x, Example) else x for x in items]
     pairs = [x.pair if isinstance(x, Example) else None for x in items]
     if all(p is None for p in pairs):
@@ -103,12 +92,8 @@ def texts_and_pairs(items: Sequence[Example | str]) -> tuple[list[str], list[str
     return texts, pairs
 
 
-def collate(
-    examples_or_texts: Sequence[Example | str],
-    tokenizer,
-    max_length: int | None,
-    labels: Sequence[int] | Tensor | None = None,
-) -> dict[str, Tensor]:
+def collate(examples_or_texts: Sequence[Example | str], tokenizer, max_length: int | None,
+            labels: Sequence[int] | Tensor | None = None) -> dict[str, Tensor]:
     """Tokenize one batch and pad it to its longest member (dynamic padding).
 
     Returns `input_ids`, `attention_mask`, `token_type_ids`, each a LongTensor (batch, seq), and
@@ -121,15 +106,12 @@ def collate(
     if labels is not None:
         batch["labels"] = torch.as_tensor(labels, dtype=torch.long)
         if batch["labels"].shape != (len(texts),):
-            raise ValueError(
-                f"expected one label per example ({len(texts)}), found shape "
-                f"{tuple(batch['labels'].shape)}"
-            )
+            raise ValueError(f"expected one label per example ({len(texts)}), found shape "
+                             f"{tuple(batch['labels'].shape)}")
     return batch
 
 
-# ----------------------------------------------------------------------------------------------
-# Padding once: unpadded rows in, one padded batch out
+# --- Padding once: unpadded rows in, one padded batch out -----------------------------------------
 
 
 def pad_rows(rows: Sequence[Tensor], value: int) -> Tensor:
@@ -140,21 +122,16 @@ def pad_rows(rows: Sequence[Tensor], value: int) -> Tensor:
     return out
 
 
-def pad_batch(
-    input_ids: Sequence[Tensor], token_type_ids: Sequence[Tensor] | None, pad_token_id: int
-) -> dict[str, Tensor]:
+def pad_batch(input_ids: Sequence[Tensor], token_type_ids: Sequence[Tensor] | None,
+              pad_token_id: int) -> dict[str, Tensor]:
     """`input_ids`, `attention_mask`, `token_type_ids` (batch, seq) from unpadded rows, padded on
     the right to the longest row as a tokenizer pads: `pad_token_id`, mask 0, token type 0.
     `token_type_ids` None means all 0 (one segment)."""
     ids = pad_rows(input_ids, pad_token_id)
     lengths = torch.tensor([len(row) for row in input_ids])
-    return {
-        "input_ids": ids,
-        "attention_mask": (torch.arange(ids.shape[1]) < lengths[:, None]).long(),
-        "token_type_ids": torch.zeros_like(ids)
-        if token_type_ids is None
-        else pad_rows(token_type_ids, 0),
-    }
+    mask = (torch.arange(ids.shape[1]) < lengths[:, None]).long()
+    types = torch.zeros_like(ids) if token_type_ids is None else pad_rows(token_type_ids, 0)
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
 
 def check_pads_right(tokenizer) -> None:
@@ -162,9 +139,8 @@ def check_pads_right(tokenizer) -> None:
     (right padding) would then give different batches."""
     side = getattr(tokenizer, "padding_side", "right")
     if side != "right":
-        raise ValueError(
-            f"expected a tokenizer that pads on the right, found padding_side={side!r}"
-        )
+        raise ValueError(f"expected a tokenizer that pads on the right, "
+                         f"found padding_side={side!r}")
 
 
 def as_rows(values) -> list[Tensor]:
@@ -173,7 +149,7 @@ def as_rows(values) -> list[Tensor]:
 
 
 class PaddedRows:
-    """What the datasets below share: examples kept unpadded (`input_ids`, `token_type_ids`,
+    """What the datasets of the tasks share: examples kept unpadded (`input_ids`, `token_type_ids`,
     one 1-D LongTensor each, and their `lengths`), padded once a batch by `batch`."""
 
     input_ids: list[Tensor]
@@ -186,46 +162,20 @@ class PaddedRows:
 
     def batch(self, indices: Sequence[int]) -> dict[str, Tensor]:
         """The padded batch of the examples at `indices`, in that order (see `pad_batch`)."""
-        return pad_batch(
-            [self.input_ids[i] for i in indices],
-            [self.token_type_ids[i] for i in indices],
-            self.pad_token_id,
-        )
+        return pad_batch([self.input_ids[i] for i in indices],
+                         [self.token_type_ids[i] for i in indices], self.pad_token_id)
 
-    def batch_indices(
-        self,
-        batch_size: int,
-        *,
-        generator: torch.Generator | None,
-        shuffle: bool = True,
-        drop_last: bool = False,
-    ) -> list[list[int]]:
+    def batch_indices(self, batch_size: int, *, generator: torch.Generator | None,
+                      shuffle: bool = True, drop_last: bool = False) -> list[list[int]]:
         """The example indices of each batch of `batches(...)` (to put predictions back in
         place)."""
-        return length_grouped_batches(
-            self.lengths, batch_size, generator=generator, shuffle=shuffle, drop_last=drop_last
-        )
+        return length_grouped_batches(self.lengths, batch_size, generator=generator,
+                                      shuffle=shuffle, drop_last=drop_last)
 
-    def batches(
-        self,
-        batch_size: int,
-        *,
-        generator: torch.Generator | None,
-        shuffle: bool = True,
-        drop_last: bool = False,
-    ) -> list[dict[str, Tensor]]:
+    def batches(self, batch_size: int, *, generator: torch.Generator | None, shuffle: bool = True,
+                drop_last: bool = False) -> list[dict[str, Tensor]]:
         """All batches of one pass, grouped by length (see `length_grouped_batches`)."""
-        groups = self.batch_indices(
-            batch_size, generator=generator, shuffle=shuffle, drop_last=drop_last
-        )
+        groups = self.batch_indices(batch_size, generator=generator, shuffle=shuffle,
+                                    drop_last=drop_last)
         return [self.batch(indices) for indices in groups]
-
-
-# ----------------------------------------------------------------------------------------------
-# Sentence classification
-
-
-# ----------------------------------------------------------------------------------------------
-# Token classification: word labels on sub-word tokens, long sentences windowed
-
 

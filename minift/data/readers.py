@@ -4,10 +4,11 @@ Reading order:
 
 1. `read_examples` reads a TSV (GLUE style), CSV or JSON-lines file into `Example`s, and says
    exactly where and why when a file is not what it should be (`DataError`, defined beside the
-   label vocabulary in `minift.core.labels`, which raises it too); `read_semicolon_examples` reads the
-   `text;label` files of the Emotion data set; `read_utf8_lines` gives the lines of any UTF-8 file.
-2. `encode_labels` maps the labels of a split to ids with a `minift.core.labels.LabelVocab` and names
-   the first row whose label the training set lacks.
+   label vocabulary in `minift.core.labels`, which raises it too); `read_semicolon_examples`
+   reads the `text;label` files of the Emotion data set; `read_utf8_lines` gives the lines of any
+   UTF-8 file.
+2. `encode_labels` maps the labels of a split to ids with a `minift.core.labels.LabelVocab` and
+   names the first row whose label the training set lacks.
 3. `TASKS` / `task_files` name the files and columns of the GLUE tasks in `MINIFT_DATA`.
 4. For token classification (NER, POS): `read_conll` reads a column file into `TaggedSentence`s
    (`apply_scheme` checks or converts NER tags), `entity_label_set` gives the tags of a training
@@ -39,8 +40,7 @@ from minift.core.labels import (
     validate_tags,
 )
 
-# ----------------------------------------------------------------------------------------------
-# Reading examples
+# --- Reading examples -----------------------------------------------------------------------------
 
 
 @dataclass
@@ -84,11 +84,10 @@ def _read_text(path: Path) -> str:
     except UnicodeDecodeError as e:
         position = start + e.start
         line = raw[:position].count(b"\n") + 1
-        raise DataError(
-            f"{path}:{line}: expected UTF-8 text, found byte 0x{raw[position]:02x} at byte "
-            f"position {position} that is not valid UTF-8 ({e.reason}); convert the file to "
-            f"UTF-8 first, e.g. `iconv -f latin1 -t utf-8` if it is Latin-1"
-        ) from None
+        raise DataError(f"{path}:{line}: expected UTF-8 text, found byte 0x{raw[position]:02x} at "
+                        f"byte position {position} that is not valid UTF-8 ({e.reason}); convert "
+                        "the file to UTF-8 first, e.g. `iconv -f latin1 -t utf-8` if it is "
+                        "Latin-1") from None
 
 
 def _lines(text: str) -> list[str]:
@@ -122,8 +121,7 @@ def _rows_csv(text: str, path: Path) -> list[tuple[int, list[str]]]:
     """(first line, fields) of every non-blank record; normal CSV quoting (a quoted field may
     hold commas, doubled quotes and line breaks)."""
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    rows = []
-    start = 1
+    rows, start = [], 1
     try:
         for fields in reader:
             if fields:
@@ -135,14 +133,10 @@ def _rows_csv(text: str, path: Path) -> list[tuple[int, list[str]]]:
 
 
 def _check_text(value: str, what: str, path: Path, line: int) -> str:
+    """`value`, unless it is empty or only whitespace: `what` is "label" or names the text."""
     if value.strip() == "":
-        raise DataError(f"{path}:{line}: expected a non-empty {what}, found {value!r}")
-    return value
-
-
-def _check_label(value: str, path: Path, line: int) -> str:
-    if value.strip() == "":
-        raise DataError(f"{path}:{line}: expected a label, found {value!r}")
+        what = "a label" if what == "label" else f"a non-empty {what}"
+        raise DataError(f"{path}:{line}: expected {what}, found {value!r}")
     return value
 
 
@@ -151,59 +145,36 @@ def _read_table(path, rows, *, text_col, pair_col, label_col) -> list[Example]:
     if not rows:
         raise DataError(f"{path}:1: expected a header line, found an empty file")
     _, header = rows[0]
-    wanted = [text_col, pair_col, label_col]
-    index = [None if c is None else _column_index(header, c, path) for c in wanted]
-    text_i, pair_i, label_i = index
+    index = [None if c is None else _column_index(header, c, path)
+             for c in (text_col, pair_col, label_col)]
+    whats = (f"text in column {text_col!r}", f"text in column {pair_col!r}", "label")
     examples = []
     for line, fields in rows[1:]:
         if len(fields) != len(header):
-            raise DataError(
-                f"{path}:{line}: expected {len(header)} fields (as in the header), "
-                f"found {len(fields)}"
-            )
-        examples.append(
-            Example(
-                text=_check_text(fields[text_i], f"text in column {text_col!r}", path, line),
-                pair=None
-                if pair_i is None
-                else _check_text(fields[pair_i], f"text in column {pair_col!r}", path, line),
-                label=None if label_i is None else _check_label(fields[label_i], path, line),
-                line=line,
-                path=str(path),
-            )
-        )
+            raise DataError(f"{path}:{line}: expected {len(header)} fields (as in the header), "
+                            f"found {len(fields)}")
+        text, pair, label = (None if i is None else _check_text(fields[i], what, path, line)
+                             for i, what in zip(index, whats, strict=True))
+        examples.append(Example(text, pair, label, line, str(path)))
     if not examples:
         raise DataError(f"{path}:2: expected examples after the header, found none")
     return examples
 
 
-def _json_field(obj: dict, key: str, path: Path, line: int) -> object:
+def _json_value(obj: dict, key: str, path: Path, line: int, *, label: bool = False) -> str:
+    """The text (or with `label`, the label) under `key` of one JSON line, checked."""
     if key not in obj:
         found = ", ".join(repr(k) for k in obj)
         raise DataError(f"{path}:{line}: expected a key {key!r}, found the keys {found}")
-    return obj[key]
-
-
-def _json_text(obj: dict, key: str, path: Path, line: int) -> str:
-    value = _json_field(obj, key, path, line)
-    if not isinstance(value, str):
-        raise DataError(
-            f"{path}:{line}: expected a string for {key!r}, found {type(value).__name__}"
-        )
-    return _check_text(value, f"text in {key!r}", path, line)
-
-
-def _json_label(obj: dict, key: str, path: Path, line: int) -> str:
-    value = _json_field(obj, key, path, line)
+    value = obj[key]
     # An integer label is kept as its decimal string, the same as a TSV file would give.
-    if isinstance(value, int) and not isinstance(value, bool):
+    if label and isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, str):
         found = "null" if value is None else type(value).__name__
-        raise DataError(
-            f"{path}:{line}: expected a string or integer label for {key!r}, found {found}"
-        )
-    return _check_label(value, path, line)
+        kind = "a string or integer label" if label else "a string"
+        raise DataError(f"{path}:{line}: expected {kind} for {key!r}, found {found}")
+    return _check_text(value, "label" if label else f"text in {key!r}", path, line)
 
 
 def _read_jsonl(path, text, *, text_col, pair_col, label_col) -> list[Example]:
@@ -214,33 +185,21 @@ def _read_jsonl(path, text, *, text_col, pair_col, label_col) -> list[Example]:
         try:
             obj = json.loads(content)
         except json.JSONDecodeError as e:
-            raise DataError(
-                f"{path}:{line}: expected a JSON object, found invalid JSON ({e})"
-            ) from None
+            raise DataError(f"{path}:{line}: expected a JSON object, found invalid JSON ({e})"
+                            ) from None
         if not isinstance(obj, dict):
             raise DataError(f"{path}:{line}: expected a JSON object, found {type(obj).__name__}")
-        examples.append(
-            Example(
-                text=_json_text(obj, text_col, path, line),
-                pair=None if pair_col is None else _json_text(obj, pair_col, path, line),
-                label=None if label_col is None else _json_label(obj, label_col, path, line),
-                line=line,
-                path=str(path),
-            )
-        )
+        text = _json_value(obj, text_col, path, line)
+        pair = None if pair_col is None else _json_value(obj, pair_col, path, line)
+        label = None if label_col is None else _json_value(obj, label_col, path, line, label=True)
+        examples.append(Example(text, pair, label, line, str(path)))
     if not examples:
         raise DataError(f"{path}:1: expected JSON lines with examples, found none")
     return examples
 
 
-def read_examples(
-    path: str | os.PathLike,
-    *,
-    text_col: str,
-    pair_col: str | None = None,
-    label_col: str | None = None,
-    format: str | None = None,
-) -> list[Example]:
+def read_examples(path: str | os.PathLike, *, text_col: str, pair_col: str | None = None,
+                  label_col: str | None = None, format: str | None = None) -> list[Example]:
     """Read a classification file into `Example`s, in file order.
 
     `format` is "tsv", "csv" or "jsonl", taken from the suffix (.tsv, .csv, .jsonl or .json) when
@@ -253,11 +212,8 @@ def read_examples(
     path = Path(path)
     if format is None:
         if path.suffix.lower() not in _FORMATS:
-            known = ", ".join(_FORMATS)
-            raise DataError(
-                f"{path}: expected a file ending in one of {known} (or pass format=), "
-                f"found the suffix {path.suffix!r}"
-            )
+            raise DataError(f"{path}: expected a file ending in one of {', '.join(_FORMATS)} (or "
+                            f"pass format=), found the suffix {path.suffix!r}")
         format = _FORMATS[path.suffix.lower()]
     if format not in ("tsv", "csv", "jsonl"):
         raise DataError(f"{path}: expected format 'tsv', 'csv' or 'jsonl', found {format!r}")
@@ -269,13 +225,11 @@ def read_examples(
     return _read_table(path, rows, **columns)
 
 
-# ----------------------------------------------------------------------------------------------
-# Semicolon-separated files (the Emotion data set)
+# --- Semicolon-separated files (the Emotion data set) ---------------------------------------------
 
 
-def read_semicolon_examples(
-    path: str | os.PathLike, *, text_col: str = "text", label_col: str = "label_name"
-) -> list[Example]:
+def read_semicolon_examples(path: str | os.PathLike, *, text_col: str = "text",
+                            label_col: str = "label_name") -> list[Example]:
     """Read a file of `text;label` lines under a header line, as the Emotion data set ships
     (header `text;label_name`). Fields are split on `;` with no quote processing, like GLUE's TSV;
     a line with another number of fields than the header is an error naming its line.
@@ -286,8 +240,7 @@ def read_semicolon_examples(
     return _read_table(path, rows, text_col=text_col, pair_col=None, label_col=label_col)
 
 
-# ----------------------------------------------------------------------------------------------
-# Label ids
+# --- Label ids ------------------------------------------------------------------------------------
 
 
 def encode_labels(examples: Sequence[Example], vocab: LabelVocab) -> list[int]:
@@ -305,8 +258,7 @@ def encode_labels(examples: Sequence[Example], vocab: LabelVocab) -> list[int]:
     return [vocab.encode(ex.label) for ex in examples]
 
 
-# ----------------------------------------------------------------------------------------------
-# GLUE tasks in MINIFT_DATA
+# --- GLUE tasks in MINIFT_DATA --------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -327,9 +279,8 @@ TASKS: dict[str, Task] = {
 }
 
 
-def task_files(
-    name: str, data_dir: str | os.PathLike | None = None
-) -> tuple[Path, Path, str, str | None, str]:
+def task_files(name: str, data_dir: str | os.PathLike | None = None
+               ) -> tuple[Path, Path, str, str | None, str]:
     """`(train_path, dev_path, text_col, pair_col, label_col)` of a GLUE task in `TASKS`.
 
     `data_dir` defaults to the environment variable MINIFT_DATA. The two files must exist.
@@ -340,29 +291,24 @@ def task_files(
     if data_dir is None:
         data_dir = os.environ.get("MINIFT_DATA")
         if not data_dir:
-            raise DataError(
-                "expected the environment variable MINIFT_DATA to name the folder of the data "
-                "sets (or pass data_dir=), found it unset"
-            )
+            raise DataError("expected the environment variable MINIFT_DATA to name the folder of "
+                            "the data sets (or pass data_dir=), found it unset")
     folder = Path(data_dir) / task.folder
     train, dev = folder / "train.tsv", folder / "dev.tsv"
     missing = [str(p) for p in (train, dev) if not p.is_file()]
     if missing:
-        raise DataError(
-            f"expected the {name} files train.tsv and dev.tsv in {folder}, "
-            f"found no {' and no '.join(missing)}"
-        )
+        raise DataError(f"expected the {name} files train.tsv and dev.tsv in {folder}, "
+                        f"found no {' and no '.join(missing)}")
     return train, dev, task.text_col, task.pair_col, task.label_col
 
 
-# ----------------------------------------------------------------------------------------------
-# CoNLL column files
+# --- CoNLL column files ---------------------------------------------------------------------------
 #
 # NER and part-of-speech data come as column files: one word a line, its tags in further columns
 # (CoNLL-2003 here: `word POS NER`), a blank line between sentences, `-DOCSTART-` lines between
 # documents. `read_conll` reads one column of tags (`apply_scheme` checks or converts NER tags),
 # and `encode_tags` turns them into ids and names the file:line of a tag the training set lacks
-# (`minift.data.batches.TokenClassificationDataset` then aligns them to the sub-words).
+# (`minift.tasks.tag.TokenClassificationDataset` then aligns them to the sub-words).
 
 DOCSTART = "-DOCSTART-"
 _COLUMNS = re.compile(r"[ \t]+")  # CoNLL files separate columns by spaces (some by tabs)
@@ -403,10 +349,8 @@ def apply_scheme(sentences: Sequence[TaggedSentence], scheme: str) -> list[Tagge
             try:
                 validate_tags(sentence.tags, "iob2", where=where)
             except TagError as error:
-                raise DataError(
-                    f"{error}; if the file is IOB1, read it with scheme='iob1' "
-                    "(minift ner --scheme iob1)"
-                ) from None
+                raise DataError(f"{error}; if the file is IOB1, read it with scheme='iob1' "
+                                "(minift ner --scheme iob1)") from None
             tags = list(sentence.tags)
         else:
             tags = iob1_to_iob2(sentence.tags, where=where)
@@ -414,9 +358,8 @@ def apply_scheme(sentences: Sequence[TaggedSentence], scheme: str) -> list[Tagge
     return converted
 
 
-def read_conll(
-    path: str | os.PathLike, *, column: int = -1, scheme: str | None = None
-) -> list[TaggedSentence]:
+def read_conll(path: str | os.PathLike, *, column: int = -1,
+               scheme: str | None = None) -> list[TaggedSentence]:
     """Read a CoNLL column file into `TaggedSentence`s, in file order.
 
     Columns are separated by spaces or tabs; column 0 is the word and `column` (0-based, negative
@@ -428,17 +371,14 @@ def read_conll(
     """
     path = Path(path)
     sentences: list[TaggedSentence] = []
-    words: list[str] = []
-    tags: list[str] = []
-    lines: list[int] = []
+    words, tags, lines = [], [], []  # of the sentence being read
     width = first = None  # the number of columns, and the line that set it
 
     def close() -> None:
         if words:
-            sentences.append(TaggedSentence(list(words), list(tags), list(lines), str(path)))
-            words.clear()
-            tags.clear()
-            lines.clear()
+            sentences.append(TaggedSentence(words[:], tags[:], lines[:], str(path)))
+            for column_values in (words, tags, lines):
+                column_values.clear()
 
     for number, line in enumerate(read_utf8_lines(path), start=1):
         content = line.strip(" \t")
@@ -452,16 +392,12 @@ def read_conll(
         if width is None:
             width, first = len(fields), number
             if not (-width <= column < width) or column % width == 0:
-                raise DataError(
-                    f"{path}:{number}: expected a tag column in 1..{width - 1} (0-based; column 0 "
-                    f"is the word), found column={column} for lines of {width} columns: "
-                    f"{content!r:.80}"
-                )
+                raise DataError(f"{path}:{number}: expected a tag column in 1..{width - 1} "
+                                f"(0-based; column 0 is the word), found column={column} for "
+                                f"lines of {width} columns: {content!r:.80}")
         if len(fields) != width:
-            raise DataError(
-                f"{path}:{number}: expected {width} columns separated by spaces (as on line "
-                f"{first}), found {len(fields)}: {content!r:.80}"
-            )
+            raise DataError(f"{path}:{number}: expected {width} columns separated by spaces (as "
+                            f"on line {first}), found {len(fields)}: {content!r:.80}")
         words.append(fields[0])
         tags.append(fields[column])
         lines.append(number)
@@ -471,9 +407,8 @@ def read_conll(
     return sentences if scheme is None else apply_scheme(sentences, scheme)
 
 
-def write_conll(
-    path: str | os.PathLike, words: Sequence[Sequence[str]], *columns: Sequence[Sequence[str]]
-) -> None:
+def write_conll(path: str | os.PathLike, words: Sequence[Sequence[str]],
+                *columns: Sequence[Sequence[str]]) -> None:
     """Write sentences as a column file `read_conll` reads back: `word col1 col2 ...` a line,
     a blank line after each sentence (conlleval's input, with columns gold and predicted tags)."""
     out = []
@@ -511,19 +446,14 @@ def entity_label_set(sentences: Sequence[TaggedSentence]) -> LabelVocab:
 def encode_tags(sentences: Sequence[TaggedSentence], labels: LabelVocab) -> list[list[int]]:
     """The tag ids of every sentence. Every tag is checked first; the error names the file:line
     of the first tag `labels` lacks and how many such tags there are."""
-    unknown = [
-        (where, tag)
-        for sentence in sentences
-        for where, tag in zip(sentence.where, sentence.tags, strict=True)
-        if tag not in labels
-    ]
+    unknown = [(where, tag) for sentence in sentences
+               for where, tag in zip(sentence.where, sentence.tags, strict=True)
+               if tag not in labels]
     if unknown:
-        where, tag = unknown[0]
         found = sorted({repr(t) for _, t in unknown})
         more = f" ({len(unknown)} tags in all: {', '.join(found)})" if len(unknown) > 1 else ""
-        known = ", ".join(repr(x) for x in labels.labels)
-        raise DataError(
-            f"{where}: found the tag {tag!r}, which the training tags do not include; expected "
-            f"one of {known}{more}"
-        )
+        try:
+            labels.encode_tag(unknown[0][1], unknown[0][0])
+        except TagError as e:
+            raise DataError(f"{e}{more}") from None
     return [labels.encode(sentence.tags) for sentence in sentences]

@@ -11,10 +11,10 @@ A BERT tokenizer is a pipeline of four steps, and `tokenizers` (Rust) runs all o
 
 This file loads that pipeline from a checkpoint folder (`tokenizer.json`, or `vocab.txt` plus
 `tokenizer_config.json`), and turns texts into padded `torch.long` tensors, or with
-`padding=False` into one unpadded row per example (what `minift.data.batches` stores, to pad each batch
-once, to its own longest example). Truncation and padding are applied per call, never taken from
-the checkpoint's `tokenizer.json` (which may carry its own, such as all-MiniLM-L6-v2's fixed
-padding to 128). The defaults and results follow the reference,
+`padding=False` into one unpadded row per example (what `minift.data.batches` stores, to pad
+each batch once, to its own longest example). Truncation and padding are applied per call, never
+taken from the checkpoint's `tokenizer.json` (which may carry its own, such as
+all-MiniLM-L6-v2's fixed padding to 128). The defaults and results follow the reference,
 transformers' fast `BertTokenizer`; the tests hold the two equal.
 """
 
@@ -32,16 +32,14 @@ from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 from minift.core.files import atomic_write
 
 # The special tokens a BERT checkpoint uses, keyed as in `tokenizer_config.json`.
-BERT_SPECIAL_TOKENS = {
-    "unk_token": "[UNK]",
-    "sep_token": "[SEP]",
-    "pad_token": "[PAD]",
-    "cls_token": "[CLS]",
-    "mask_token": "[MASK]",
-}
+BERT_SPECIAL_TOKENS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
+                       "cls_token": "[CLS]", "mask_token": "[MASK]"}
 
 # transformers writes `model_max_length = int(1e30)` when a checkpoint sets no limit.
 _NO_LIMIT = int(1e30)
+# The keys of `tokenizer_config.json` that set a BERT normalizer, and its attribute for each.
+_NORMALIZER_KEYS = {"do_lower_case": "lowercase", "strip_accents": "strip_accents",
+                    "tokenize_chinese_chars": "handle_chinese_chars"}
 
 _TENSOR_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -84,24 +82,15 @@ class Encoding:
     def to(self, device: torch.device | str) -> Encoding:
         """A copy with the three tensors on `device`; the alignment lists are shared."""
 
-        def move(value):
-            return (
-                value.to(device)
-                if isinstance(value, torch.Tensor)
-                else [row.to(device) for row in value]
-            )
+        def move(x):  # a tensor, or a list of 1-D tensors
+            return x.to(device) if isinstance(x, torch.Tensor) else [row.to(device) for row in x]
 
         return replace(self, **{key: move(self[key]) for key in _TENSOR_KEYS})
 
 
-def bert_wordpiece(
-    vocab_file: str | Path,
-    *,
-    lowercase: bool = True,
-    strip_accents: bool | None = None,
-    handle_chinese_chars: bool = True,
-    special_tokens: dict[str, str | None] | None = None,
-) -> tokenizers.Tokenizer:
+def bert_wordpiece(vocab_file: str | Path, *, lowercase: bool = True,
+                   strip_accents: bool | None = None, handle_chinese_chars: bool = True,
+                   special_tokens: dict[str, str | None] | None = None) -> tokenizers.Tokenizer:
     """Build BERT's tokenizer pipeline from a `vocab.txt` (one token a line, the line is the id).
 
     `strip_accents=None` follows `lowercase`, as in BERT. `special_tokens` maps the keys of
@@ -116,29 +105,18 @@ def bert_wordpiece(
     cls, sep = special["cls_token"], special["sep_token"]
 
     backend = tokenizers.Tokenizer(
-        models.WordPiece(vocab, unk_token=special["unk_token"], max_input_chars_per_word=100)
-    )
+        models.WordPiece(vocab, unk_token=special["unk_token"], max_input_chars_per_word=100))
     backend.normalizer = normalizers.BertNormalizer(
-        clean_text=True,
-        handle_chinese_chars=handle_chinese_chars,
-        strip_accents=strip_accents,
-        lowercase=lowercase,
-    )
+        clean_text=True, handle_chinese_chars=handle_chinese_chars, strip_accents=strip_accents,
+        lowercase=lowercase)
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     backend.post_processor = processors.TemplateProcessing(
-        single=f"{cls} $A {sep}",
-        pair=f"{cls} $A {sep} $B:1 {sep}:1",
-        special_tokens=[(cls, vocab[cls]), (sep, vocab[sep])],
-    )
+        single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
+        special_tokens=[(cls, vocab[cls]), (sep, vocab[sep])])
     backend.decoder = decoders.WordPiece(prefix="##")
     # Special tokens written in the text ("[MASK]") are matched before normalization, whole.
-    backend.add_special_tokens(
-        [
-            tokenizers.AddedToken(token, normalized=False, special=True)
-            for token in special.values()
-            if token is not None and token in vocab
-        ]
-    )
+    backend.add_special_tokens([tokenizers.AddedToken(token, normalized=False, special=True)
+                                for token in special.values() if token in vocab])
     return backend
 
 
@@ -175,9 +153,8 @@ def _check_batch(batch: object, is_split_into_words: bool, name: str) -> list:
     """The batch as a list, after checking that each example is a str (or a list of words)."""
     one = "list[str]" if is_split_into_words else "str"
     if not isinstance(batch, (list, tuple)) or not batch:
-        raise ValueError(
-            f"{name}: expected a {one} or a non-empty list of them, found {batch!r:.80}"
-        )
+        raise ValueError(f"{name}: expected a {one} or a non-empty list of them, "
+                         f"found {batch!r:.80}")
     for i, example in enumerate(batch):
         ok = isinstance(example, str)
         if is_split_into_words:
@@ -187,110 +164,152 @@ def _check_batch(batch: object, is_split_into_words: bool, name: str) -> list:
     return list(batch)
 
 
-class Tokenizer:
-    """A tokenizer loaded from a checkpoint folder; calling it returns an `Encoding`.
+def _inputs(texts, pairs, is_split_into_words: bool) -> tuple[list, bool]:
+    """What `Tokenizer.__call__` hands to the backend, checked: a list of texts or of (text,
+    pair) tuples, and whether they are pairs."""
+    single = _is_single(texts, is_split_into_words)
+    batch = _check_batch([texts] if single else texts, is_split_into_words, "texts")
+    if pairs is None:
+        return batch, False
+    pair_batch = _check_batch([pairs] if single else pairs, is_split_into_words, "pairs")
+    if len(pair_batch) != len(batch):
+        raise ValueError(f"got {len(batch)} texts but {len(pair_batch)} pairs")
+    return list(zip(batch, pair_batch, strict=True)), True
 
-    Wraps a `tokenizers.Tokenizer` (the `backend`, whose own truncation and padding are switched
-    off: each call sets its own) and the special tokens and length limit from
-    `tokenizer_config.json`. Not safe to call from several threads at once, as the reference.
+
+def _encode(backend: tokenizers.Tokenizer, inputs: list, is_pair: bool, max_length: int | None,
+            is_split_into_words: bool) -> list[tokenizers.Encoding]:
+    """`inputs` encoded by the backend, each cut to `max_length` tokens unless it is None."""
+    if max_length is not None:
+        # tokenizers would silently skip truncation that cannot keep the special tokens.
+        n_special = backend.num_special_tokens_to_add(is_pair=is_pair)
+        if max_length < n_special:
+            raise ValueError(f"max_length={max_length} leaves no room for the {n_special} "
+                             "special tokens")
+        backend.enable_truncation(max_length, strategy="longest_first")
+    try:
+        return backend.encode_batch(inputs, is_pretokenized=is_split_into_words)
+    finally:
+        backend.no_truncation()
+
+
+def _read_tokenizer_config(folder: Path) -> tuple[dict, dict[str, str | None], int | None]:
+    """`tokenizer_config.json` of a folder (empty when absent), its special tokens (BERT's by
+    default) and its `model_max_length` (None for no limit)."""
+    config_file = folder / "tokenizer_config.json"
+    config = _read_json(config_file) if config_file.is_file() else {}
+    special = {key: _token_text(config.get(key, default), config_file, key)
+               for key, default in BERT_SPECIAL_TOKENS.items()}
+    max_length = config.get("model_max_length")
+    if max_length is not None and not (isinstance(max_length, int) and max_length > 0):
+        raise ValueError(f"{config_file}: model_max_length should be a positive integer, "
+                         f"found {max_length!r}")
+    if max_length is not None and max_length >= _NO_LIMIT:
+        max_length = None
+    return config, special, max_length
+
+
+def _load_backend(folder: Path, config: dict, special: dict) -> tokenizers.Tokenizer:
+    """The pipeline of a checkpoint folder (see `Tokenizer.from_pretrained`), checked against the
+    `vocab_size` of a `config.json` beside it."""
+    if (folder / "tokenizer.json").is_file():
+        source = folder / "tokenizer.json"
+        try:
+            backend = tokenizers.Tokenizer.from_file(str(source))
+        except Exception as error:
+            raise ValueError(f"{source}: cannot be read by tokenizers: {error}") from None
+        if isinstance(backend.normalizer, normalizers.BertNormalizer):
+            for key, attribute in _NORMALIZER_KEYS.items():
+                if key in config:
+                    setattr(backend.normalizer, attribute, config[key])
+    elif (folder / "vocab.txt").is_file():
+        source = folder / "vocab.txt"
+        backend = bert_wordpiece(source, lowercase=config.get("do_lower_case", True),
+                                 strip_accents=config.get("strip_accents"),
+                                 handle_chinese_chars=config.get("tokenize_chinese_chars", True),
+                                 special_tokens=special)
+    else:
+        raise ValueError(f"{folder} holds neither tokenizer.json nor vocab.txt")
+    model_config = folder / "config.json"
+    if model_config.is_file():
+        embeddings = _read_json(model_config).get("vocab_size")
+        size = backend.get_vocab_size(with_added_tokens=True)
+        if isinstance(embeddings, int) and size > embeddings:
+            raise ValueError(f"{source} has {size} tokens but {model_config} says vocab_size="
+                             f"{embeddings}: token ids up to {size - 1} would index past the "
+                             "embedding table")
+    return backend
+
+
+def _unpadded(encoded: list[tokenizers.Encoding]) -> Encoding:
+    """Every example unpadded: one 1-D tensor each, of its own length."""
+
+    def rows(values: list[list[int]]) -> list[torch.Tensor]:
+        return [torch.tensor(row, dtype=torch.long) for row in values]
+
+    return Encoding(
+        input_ids=rows([e.ids for e in encoded]),
+        attention_mask=rows([e.attention_mask for e in encoded]),
+        token_type_ids=rows([e.type_ids for e in encoded]),
+        word_ids=[list(e.word_ids) for e in encoded],
+        offsets=[list(e.offsets) for e in encoded],
+        sequence_ids=[list(e.sequence_ids) for e in encoded])
+
+
+def _padded(encoded: list[tokenizers.Encoding], length: int, pad_id: int | None) -> Encoding:
+    """Every example padded on the right to `length` tokens, stacked into tensors."""
+    if pad_id is None and any(len(e.ids) < length for e in encoded):
+        raise ValueError("this tokenizer has no pad_token; cannot pad a batch")
+
+    def tensor(rows: list[list[int]]) -> torch.Tensor:
+        return torch.tensor(rows, dtype=torch.long)
+
+    pads = [(e, length - len(e.ids)) for e in encoded]
+    return Encoding(
+        input_ids=tensor([e.ids + [pad_id] * n for e, n in pads]),
+        attention_mask=tensor([[1] * len(e.ids) + [0] * n for e, n in pads]),
+        token_type_ids=tensor([e.type_ids + [0] * n for e, n in pads]),
+        word_ids=[e.word_ids + [None] * n for e, n in pads],
+        offsets=[e.offsets + [(0, 0)] * n for e, n in pads],
+        sequence_ids=[e.sequence_ids + [None] * n for e, n in pads])
+
+
+def _files_to_save(tokenizer: Tokenizer) -> dict[str, bytes]:
+    """The files of `Tokenizer.save_pretrained`, name -> bytes, in the order they are written."""
+    backend = tokenizer.backend
+    files = {"tokenizer.json": backend.to_str(pretty=True).encode("utf-8")}
+    special = {key: token for key, token in tokenizer.special_tokens.items() if token is not None}
+    config = tokenizer._config | special
+    if tokenizer.model_max_length is not None:
+        config["model_max_length"] = tokenizer.model_max_length
+    if isinstance(backend.normalizer, normalizers.BertNormalizer):
+        # The reference rebuilds a BERT normalizer from these keys: write the ones in use.
+        for key, attribute in _NORMALIZER_KEYS.items():
+            config[key] = getattr(backend.normalizer, attribute)
+    if isinstance(backend.model, models.WordPiece):
+        config.setdefault("tokenizer_class", "BertTokenizer")
+        vocab = backend.get_vocab(with_added_tokens=False)
+        tokens = sorted(vocab, key=vocab.__getitem__)  # line number = id
+        files["vocab.txt"] = "".join(t + "\n" for t in tokens).encode("utf-8")
+    text = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
+    return files | {"tokenizer_config.json": text.encode("utf-8")}
+
+
+class TokenVocabulary:
+    """The token side of a `Tokenizer`: the ids of its tokens and special tokens, and the way back
+    from ids to tokens and text. `Tokenizer` adds loading, encoding texts and saving.
+
+    `backend` is the `tokenizers.Tokenizer`; `special_tokens` maps the keys of
+    `BERT_SPECIAL_TOKENS` to the checkpoint's tokens (None for one it lacks).
     """
 
-    def __init__(
-        self,
-        backend: tokenizers.Tokenizer,
-        special_tokens: dict[str, str | None],
-        model_max_length: int | None = None,
-        config: dict | None = None,
-    ) -> None:
-        backend.no_truncation()
-        backend.no_padding()
-        self.backend = backend
-        self.special_tokens = dict(special_tokens)
-        self._model_max_length = model_max_length
-        self._config = dict(config or {})  # tokenizer_config.json, written back on save
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path) -> Tokenizer:
-        """Load `tokenizer.json` from a folder, or else build BERT's pipeline from `vocab.txt`.
-
-        `tokenizer_config.json` (optional) gives `model_max_length` and the special tokens (BERT's
-        when absent); for a BERT normalizer its `do_lower_case`, `strip_accents` and
-        `tokenize_chinese_chars` win over `tokenizer.json`'s, as in the reference. A `config.json`
-        beside them must have a `vocab_size` at least the tokenizer's, or token ids would index
-        past the embedding table.
-        """
-        folder = Path(path)
-        if not folder.is_dir():
-            raise ValueError(f"tokenizer folder {folder} does not exist or is not a folder")
-        config_file = folder / "tokenizer_config.json"
-        config = _read_json(config_file) if config_file.is_file() else {}
-        special = {
-            key: _token_text(config.get(key, default), config_file, key)
-            for key, default in BERT_SPECIAL_TOKENS.items()
-        }
-
-        if (folder / "tokenizer.json").is_file():
-            source = folder / "tokenizer.json"
-            try:
-                backend = tokenizers.Tokenizer.from_file(str(source))
-            except Exception as error:
-                raise ValueError(f"{source}: cannot be read by tokenizers: {error}") from None
-            if isinstance(backend.normalizer, normalizers.BertNormalizer):
-                options = {
-                    "do_lower_case": "lowercase",
-                    "strip_accents": "strip_accents",
-                    "tokenize_chinese_chars": "handle_chinese_chars",
-                }
-                for key, attribute in options.items():
-                    if key in config:
-                        setattr(backend.normalizer, attribute, config[key])
-        elif (folder / "vocab.txt").is_file():
-            source = folder / "vocab.txt"
-            backend = bert_wordpiece(
-                source,
-                lowercase=config.get("do_lower_case", True),
-                strip_accents=config.get("strip_accents"),
-                handle_chinese_chars=config.get("tokenize_chinese_chars", True),
-                special_tokens=special,
-            )
-        else:
-            raise ValueError(f"{folder} holds neither tokenizer.json nor vocab.txt")
-        # A special token the vocabulary lacks is unset (None), as for a checkpoint without [MASK].
-        special = {
-            key: token if token is not None and backend.token_to_id(token) is not None else None
-            for key, token in special.items()
-        }
-
-        model_config = folder / "config.json"
-        if model_config.is_file():
-            embeddings = _read_json(model_config).get("vocab_size")
-            size = backend.get_vocab_size(with_added_tokens=True)
-            if isinstance(embeddings, int) and size > embeddings:
-                raise ValueError(
-                    f"{source} has {size} tokens but {model_config} says vocab_size={embeddings}: "
-                    f"token ids up to {size - 1} would index past the embedding table"
-                )
-
-        max_length = config.get("model_max_length")
-        if max_length is not None and not (isinstance(max_length, int) and max_length > 0):
-            raise ValueError(
-                f"{config_file}: model_max_length should be a positive integer, found {max_length!r}"
-            )
-        if max_length is not None and max_length >= _NO_LIMIT:
-            max_length = None
-        return cls(backend, special, max_length, config)
-
-    # --- vocabulary facts -----------------------------------------------------------------------
+    backend: tokenizers.Tokenizer
+    special_tokens: dict[str, str | None]
 
     @property
     def vocab_size(self) -> int:
         """Number of token ids, added tokens included (the reference's `len(tokenizer)`)."""
         return self.backend.get_vocab_size(with_added_tokens=True)
-
-    @property
-    def model_max_length(self) -> int | None:
-        """Longest input the model takes (512 for BERT); None when the checkpoint sets no limit."""
-        return self._model_max_length
 
     def _special_id(self, key: str) -> int | None:
         token = self.special_tokens.get(key)
@@ -328,109 +347,6 @@ class Tokenizer:
         added = {i for i, t in self.backend.get_added_tokens_decoder().items() if t.special}
         return frozenset(named | added)
 
-    # --- encoding -------------------------------------------------------------------------------
-
-    def __call__(
-        self,
-        texts: str | list[str] | list[list[str]],
-        pairs: str | list[str] | list[list[str]] | None = None,
-        *,
-        max_length: int | None = None,
-        padding: bool | str = True,
-        truncation: bool = True,
-        is_split_into_words: bool = False,
-    ) -> Encoding:
-        """Tokenize a text or a batch (with optional pair texts) into padded (batch, seq) tensors.
-
-        `padding`: True or "longest" pads to the longest example, "max_length" to `max_length`;
-        False pads nothing: each example is a 1-D tensor of its own length (see `Encoding`), the
-        rows the padded forms hold before their pads. `truncation` cuts each example to
-        `max_length` tokens, special tokens included, taking one token at a time from the longer
-        of a pair ("longest_first", the reference's default). `max_length` defaults to `model_max_length`.
-        With `is_split_into_words` a text is a list of words (each still split into sub-words).
-        Pads get id `pad_token_id`, token type 0 and attention mask 0, on the right.
-        """
-        single = _is_single(texts, is_split_into_words)
-        batch = _check_batch([texts] if single else texts, is_split_into_words, "texts")
-        pair_batch = None
-        if pairs is not None:
-            pair_batch = _check_batch([pairs] if single else pairs, is_split_into_words, "pairs")
-        if pair_batch is not None and len(pair_batch) != len(batch):
-            raise ValueError(f"got {len(batch)} texts but {len(pair_batch)} pairs")
-        if not (isinstance(padding, bool) or padding in ("longest", "max_length")):
-            raise ValueError(
-                f"padding should be True, False, 'longest' or 'max_length', not {padding!r}"
-            )
-        if max_length is None:
-            max_length = self.model_max_length
-        if padding == "max_length" and max_length is None:
-            raise ValueError("padding='max_length' needs max_length: the tokenizer sets no limit")
-
-        inputs = batch if pair_batch is None else list(zip(batch, pair_batch, strict=True))
-        if truncation and max_length is not None:
-            # tokenizers would silently skip truncation that cannot keep the special tokens.
-            n_special = self.backend.num_special_tokens_to_add(is_pair=pair_batch is not None)
-            if max_length < n_special:
-                raise ValueError(
-                    f"max_length={max_length} leaves no room for the {n_special} special tokens"
-                )
-            self.backend.enable_truncation(max_length, strategy="longest_first")
-        try:
-            encoded = self.backend.encode_batch(inputs, is_pretokenized=is_split_into_words)
-        finally:
-            self.backend.no_truncation()
-
-        if padding is False:
-            return self._rows(encoded)
-        longest = max(len(e.ids) for e in encoded)
-        length = max_length if padding == "max_length" else longest
-        if longest > length:
-            raise ValueError(
-                f"an example has {longest} tokens, more than padding='max_length' pads to "
-                f"({length}): use truncation=True or a larger max_length"
-            )
-        return self._pad(encoded, length)
-
-    @staticmethod
-    def _rows(encoded: list[tokenizers.Encoding]) -> Encoding:
-        """Every example unpadded: one 1-D tensor each, of its own length."""
-
-        def rows(values: list[list[int]]) -> list[torch.Tensor]:
-            return [torch.tensor(row, dtype=torch.long) for row in values]
-
-        return Encoding(
-            input_ids=rows([e.ids for e in encoded]),
-            attention_mask=rows([e.attention_mask for e in encoded]),
-            token_type_ids=rows([e.type_ids for e in encoded]),
-            word_ids=[list(e.word_ids) for e in encoded],
-            offsets=[list(e.offsets) for e in encoded],
-            sequence_ids=[list(e.sequence_ids) for e in encoded],
-        )
-
-    def _pad(self, encoded: list[tokenizers.Encoding], length: int) -> Encoding:
-        """Pad every example on the right to `length` tokens and stack into tensors."""
-        if self.pad_token_id is None and any(len(e.ids) < length for e in encoded):
-            raise ValueError("this tokenizer has no pad_token; cannot pad a batch")
-        rows: dict[str, list] = {
-            key: [] for key in ("ids", "types", "mask", "words", "offsets", "seqs")
-        }
-        for e in encoded:
-            n = length - len(e.ids)
-            rows["ids"].append(e.ids + [self.pad_token_id] * n)
-            rows["types"].append(e.type_ids + [0] * n)
-            rows["mask"].append([1] * len(e.ids) + [0] * n)
-            rows["words"].append(e.word_ids + [None] * n)
-            rows["offsets"].append(e.offsets + [(0, 0)] * n)
-            rows["seqs"].append(e.sequence_ids + [None] * n)
-        return Encoding(
-            input_ids=torch.tensor(rows["ids"], dtype=torch.long),
-            attention_mask=torch.tensor(rows["mask"], dtype=torch.long),
-            token_type_ids=torch.tensor(rows["types"], dtype=torch.long),
-            word_ids=rows["words"],
-            offsets=rows["offsets"],
-            sequence_ids=rows["seqs"],
-        )
-
     def special_tokens_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
         """True where `input_ids` holds a special or pad token; same shape, on the same device.
 
@@ -439,8 +355,6 @@ class Tokenizer:
         """
         special = torch.tensor(sorted(self.special_token_ids), device=input_ids.device)
         return torch.isin(input_ids, special)
-
-    # --- tokens and text ------------------------------------------------------------------------
 
     def tokenize(self, text: str) -> list[str]:
         """The sub-word tokens of `text`, without special tokens: "unaffable" -> un ##aff ##able."""
@@ -457,58 +371,111 @@ class Tokenizer:
         """Token of an id, or list of tokens of a 1-D list or tensor of ids."""
         if isinstance(ids, torch.Tensor):
             ids = ids.tolist()
-        if isinstance(ids, int):
-            token = self.backend.id_to_token(ids)
-            if token is None:
-                raise ValueError(
-                    f"token id {ids} is outside the vocabulary (0..{self.vocab_size - 1})"
-                )
-            return token
-        return [self.convert_ids_to_tokens(i) for i in ids]
+        if not isinstance(ids, int):
+            return [self.convert_ids_to_tokens(i) for i in ids]
+        token = self.backend.id_to_token(ids)
+        if token is None:
+            raise ValueError(f"token id {ids} is outside the vocabulary (0..{self.vocab_size - 1})")
+        return token
 
     def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = True) -> str:
-        """Text of a 1-D list or tensor of ids: sub-words joined ("##" removed), specials skipped."""
-        if isinstance(ids, torch.Tensor):
-            if ids.dim() != 1:
-                raise ValueError(
-                    f"decode takes one sequence of ids, found shape {tuple(ids.shape)}"
-                )
-            ids = ids.tolist()
-        return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        """Text of a 1-D list or tensor of ids: sub-words joined, special tokens skipped."""
+        if isinstance(ids, torch.Tensor) and ids.dim() != 1:
+            raise ValueError(f"decode takes one sequence of ids, found shape {tuple(ids.shape)}")
+        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        return self.backend.decode(ids, skip_special_tokens=skip_special_tokens)
 
-    # --- saving ---------------------------------------------------------------------------------
+
+class Tokenizer(TokenVocabulary):
+    """A tokenizer loaded from a checkpoint folder; calling it returns an `Encoding`.
+
+    Wraps a `tokenizers.Tokenizer` (the `backend`, whose own truncation and padding are switched
+    off: each call sets its own) and the special tokens and length limit from
+    `tokenizer_config.json`. Not safe to call from several threads at once, as the reference.
+    The ids of tokens and the way back to text are `TokenVocabulary`'s.
+    """
+
+    def __init__(self, backend: tokenizers.Tokenizer, special_tokens: dict[str, str | None],
+                 model_max_length: int | None = None, config: dict | None = None) -> None:
+        backend.no_truncation()
+        backend.no_padding()
+        self.backend = backend
+        self.special_tokens = dict(special_tokens)
+        self._model_max_length = model_max_length
+        self._config = dict(config or {})  # tokenizer_config.json, written back on save
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> Tokenizer:
+        """Load `tokenizer.json` from a folder, or else build BERT's pipeline from `vocab.txt`.
+
+        `tokenizer_config.json` (optional) gives `model_max_length` and the special tokens (BERT's
+        when absent); for a BERT normalizer its `do_lower_case`, `strip_accents` and
+        `tokenize_chinese_chars` win over `tokenizer.json`'s, as in the reference. A `config.json`
+        beside them must have a `vocab_size` at least the tokenizer's, or token ids would index
+        past the embedding table.
+        """
+        folder = Path(path)
+        if not folder.is_dir():
+            raise ValueError(f"tokenizer folder {folder} does not exist or is not a folder")
+        config, special, max_length = _read_tokenizer_config(folder)
+        backend = _load_backend(folder, config, special)
+        # A special token the vocabulary lacks is unset (None), as for a checkpoint without [MASK].
+        special = {key: None if token is None or backend.token_to_id(token) is None else token
+                   for key, token in special.items()}
+        return cls(backend, special, max_length, config)
+
+    @property
+    def model_max_length(self) -> int | None:
+        """Longest input the model takes (512 for BERT); None when the checkpoint sets no limit."""
+        return self._model_max_length
+
+    def __call__(self, texts: str | list[str] | list[list[str]],
+                 pairs: str | list[str] | list[list[str]] | None = None, *,
+                 max_length: int | None = None, padding: bool | str = True,
+                 truncation: bool = True, is_split_into_words: bool = False) -> Encoding:
+        """Tokenize a text or a batch (with optional pair texts) into padded (batch, seq) tensors.
+
+        `padding`: True or "longest" pads to the longest example, "max_length" to `max_length`;
+        False pads nothing: each example is a 1-D tensor of its own length (see `Encoding`), the
+        rows the padded forms hold before their pads. `truncation` cuts each example to
+        `max_length` tokens, special tokens included, taking one token at a time from the longer
+        of a pair ("longest_first", the reference's default). `max_length` defaults to
+        `model_max_length`. With `is_split_into_words` a text is a list of words (each still split
+        into sub-words). Pads get id `pad_token_id`, token type 0 and attention mask 0, on the
+        right.
+        """
+        inputs, is_pair = _inputs(texts, pairs, is_split_into_words)
+        if not (isinstance(padding, bool) or padding in ("longest", "max_length")):
+            raise ValueError("padding should be True, False, 'longest' or 'max_length', "
+                             f"not {padding!r}")
+        if max_length is None:
+            max_length = self.model_max_length
+        if padding == "max_length" and max_length is None:
+            raise ValueError("padding='max_length' needs max_length: the tokenizer sets no limit")
+        encoded = _encode(self.backend, inputs, is_pair, max_length if truncation else None,
+                          is_split_into_words)
+        if padding is False:
+            return _unpadded(encoded)
+        longest = max(len(e.ids) for e in encoded)
+        length = max_length if padding == "max_length" else longest
+        if longest > length:
+            raise ValueError(f"an example has {longest} tokens, more than padding='max_length' "
+                             f"pads to ({length}): use truncation=True or a larger max_length")
+        return _padded(encoded, length, self.pad_token_id)
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write `tokenizer.json`, `tokenizer_config.json` and, for WordPiece, `vocab.txt`.
 
-        The folder loads back here and in the reference's `AutoTokenizer`.
+        The folder loads back here and in the reference's `AutoTokenizer`. Each file is written
+        through `atomic_write`: a crash or a full disk leaves the previous file or none, never a
+        truncated tokenizer.json beside a complete model.
         """
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
-        # Each file through atomic_write: a crash or a full disk leaves the previous file or
-        # none, never a truncated tokenizer.json beside a complete model.
-        atomic_write(folder / "tokenizer.json", self.backend.to_str(pretty=True).encode("utf-8"))
-
-        config = dict(self._config)
-        config.update({k: v for k, v in self.special_tokens.items() if v is not None})
-        if self.model_max_length is not None:
-            config["model_max_length"] = self.model_max_length
-        normalizer = self.backend.normalizer
-        if isinstance(normalizer, normalizers.BertNormalizer):
-            # The reference rebuilds a BERT normalizer from these keys: write the ones in use.
-            config["do_lower_case"] = normalizer.lowercase
-            config["strip_accents"] = normalizer.strip_accents
-            config["tokenize_chinese_chars"] = normalizer.handle_chinese_chars
-        if isinstance(self.backend.model, models.WordPiece):
-            config.setdefault("tokenizer_class", "BertTokenizer")
-            vocab = self.backend.get_vocab(with_added_tokens=False)
-            tokens = sorted(vocab, key=vocab.__getitem__)  # line number = id
-            atomic_write(folder / "vocab.txt", "".join(t + "\n" for t in tokens).encode("utf-8"))
-        text = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
-        atomic_write(folder / "tokenizer_config.json", text.encode("utf-8"))
+        for name, data in _files_to_save(self).items():
+            atomic_write(folder / name, data)
 
     def __repr__(self) -> str:
-        return (
-            f"Tokenizer(vocab_size={self.vocab_size}, model_max_length={self.model_max_length}, "
-            f"model={type(self.backend.model).__name__})"
-        )
+        return (f"Tokenizer(vocab_size={self.vocab_size}, "
+                f"model_max_length={self.model_max_length}, "
+                f"model={type(self.backend.model).__name__})")

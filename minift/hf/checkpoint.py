@@ -29,9 +29,7 @@ from minift.core.files import atomic_write
 from minift.core.model import BertConfig, BertModel, ConfigError
 from minift.hf.safetensors import CheckpointError, read_safetensors, write_safetensors
 
-# --------------------------------------------------------------------------------------------
-# 1. The key map: HF BERT names -> minift names
-# --------------------------------------------------------------------------------------------
+# --- 1. The key map: HF BERT names -> minift names ------------------------------------------------
 
 # "{}" stands for a layer index. Left: the name in a published BertModel checkpoint.
 KEY_MAP: dict[str, str] = {
@@ -78,9 +76,8 @@ def _rename(name: str, table: list[tuple[re.Pattern, str]]) -> str | None:
     return None
 
 
-def split_hf_state_dict(
-    state_dict: dict[str, torch.Tensor],
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], list[str]]:
+def split_hf_state_dict(state_dict: dict[str, torch.Tensor]
+                        ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], list[str]]:
     """HF names -> (encoder weights under minift names, head weights as found, unknown names).
 
     Handles the ``bert.`` prefix of task checkpoints and the legacy LayerNorm ``gamma``/``beta``.
@@ -90,8 +87,7 @@ def split_hf_state_dict(
         if name.startswith(HEAD_PREFIXES):
             heads[name] = tensor
             continue
-        bare = name.removeprefix("bert.")
-        bare = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", bare)
+        bare = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", name.removeprefix("bert."))
         bare = re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", bare)
         if bare in IGNORED_KEYS:
             continue
@@ -103,7 +99,8 @@ def split_hf_state_dict(
     return encoder, heads, unknown
 
 
-def to_hf_state_dict(state_dict: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+def to_hf_state_dict(state_dict: dict[str, torch.Tensor],
+                     prefix: str = "") -> dict[str, torch.Tensor]:
     """minift encoder names -> HF ``BertModel`` names (with ``prefix``, e.g. ``"bert."``)."""
     out = {}
     for name, tensor in state_dict.items():
@@ -114,9 +111,7 @@ def to_hf_state_dict(state_dict: dict[str, torch.Tensor], prefix: str = "") -> d
     return out
 
 
-# --------------------------------------------------------------------------------------------
-# 2. Folders
-# --------------------------------------------------------------------------------------------
+# --- 2. Folders -----------------------------------------------------------------------------------
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -198,11 +193,9 @@ def check_fits_in_memory(config: BertConfig, source: str = "config") -> None:
     keys = ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size",
             "max_position_embeddings", "type_vocab_size")
     key = min(keys, key=shrunk)
-    raise ConfigError(
-        f"{source}: {key}={getattr(config, key)} makes a model of {config.num_parameters():,} "
-        f"parameters, {need / 2**30:.1f} GiB in float32, more than this machine's memory "
-        f"({memory / 2**30:.1f} GiB)"
-    )
+    raise ConfigError(f"{source}: {key}={getattr(config, key)} makes a model of "
+                      f"{config.num_parameters():,} parameters, {need / 2**30:.1f} GiB in float32, "
+                      f"more than this machine's memory ({memory / 2**30:.1f} GiB)")
 
 
 def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str]:
@@ -233,14 +226,12 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], s
         try:
             state = torch.load(file, map_location="cpu", weights_only=True)
         except Exception:  # torch raises many types for a damaged or unsafe pickle
-            raise CheckpointError(
-                f"{file}: cannot be loaded safely: it is not a plain pickle of tensors (it holds "
-                "pickled code, which minift will not run, or it is damaged); convert it to "
-                "model.safetensors with a tool you trust"
-            ) from None
-        if not isinstance(state, dict) or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
-        ):
+            raise CheckpointError(f"{file}: cannot be loaded safely: it is not a plain pickle of "
+                                  "tensors (it holds pickled code, which minift will not run, or "
+                                  "it is damaged); convert it to model.safetensors with a tool "
+                                  "you trust") from None
+        if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                  for k, v in state.items()):
             raise CheckpointError(f"{file}: expected a dict of tensors")
         return state, str(file)
     raise CheckpointError(f"{folder}: no weights found (looked for {', '.join(WEIGHT_FILES)})")
@@ -371,6 +362,12 @@ def load_linear(linear: nn.Linear, checkpoint, name: str) -> bool:
         linear.weight.copy_(weight)
         linear.bias.copy_(bias)
     return True
+
+
+def linear_tensors(linear: nn.Linear, name: str) -> dict[str, torch.Tensor]:
+    """``name.weight`` and ``name.bias`` of ``linear``, what ``save_bert`` takes as ``heads``
+    (and ``load_linear`` reads back)."""
+    return {f"{name}.weight": linear.weight, f"{name}.bias": linear.bias}
 
 
 def fresh_linear(config: BertConfig, outputs: int) -> nn.Linear:

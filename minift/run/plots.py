@@ -1,4 +1,4 @@
-"""Pictures of runs: what ``minift plot RUN [RUN ...]`` draws, and the figure helpers the lessons use.
+"""Pictures of runs: what ``minift plot RUN [RUN ...]`` draws, and the lessons' figure helpers.
 
 matplotlib is optional (``pip install -e ".[plots]"``). This module imports it only inside its
 functions, so ``import minift.run.plots`` works without it and a caller can ask ``available()``
@@ -30,23 +30,12 @@ from typing import Any
 
 from minift.core.files import atomic_write
 
-# --------------------------------------------------------------------------------------------
-# 1. Style and saving
-# --------------------------------------------------------------------------------------------
+# --- 1. Style and saving --------------------------------------------------------------------------
 
 # Font sizes that stay readable when a 8-inch figure is shown at notebook width (about 800 px).
-STYLE = {
-    "font.size": 11,
-    "axes.titlesize": 12,
-    "axes.labelsize": 11,
-    "legend.fontsize": 10,
-    "xtick.labelsize": 10,
-    "ytick.labelsize": 10,
-    "axes.grid": True,
-    "grid.alpha": 0.3,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-}
+STYLE = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 10,
+         "xtick.labelsize": 10, "ytick.labelsize": 10, "axes.grid": True, "grid.alpha": 0.3,
+         "axes.spines.top": False, "axes.spines.right": False}
 DPI = 100  # a figure of 8 x 4.5 inches is an 800 x 450 pixel PNG
 
 
@@ -90,9 +79,7 @@ def save(fig, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-# --------------------------------------------------------------------------------------------
-# 2. Reading a run
-# --------------------------------------------------------------------------------------------
+# --- 2. Reading a run -----------------------------------------------------------------------------
 
 
 def read_log(run: str | os.PathLike) -> tuple[list[dict], list[dict]]:
@@ -145,21 +132,13 @@ def read_metrics(run: str | os.PathLike) -> dict | None:
         raise ValueError(f"{path}:{err.lineno}: not JSON ({err.msg})") from None
 
 
-# --------------------------------------------------------------------------------------------
-# 3. The drawings
-# --------------------------------------------------------------------------------------------
+# --- 3. The drawings ------------------------------------------------------------------------------
 
 # What each logged metric measures, for the y axis.
-UNITS = {
-    "loss": "cross-entropy (nats / target)",
-    "perplexity": "perplexity (exp of the loss)",
-    "accuracy": "accuracy (fraction, 0-1)",
-    "masked_accuracy": "masked-token accuracy (0-1)",
-    "token_accuracy": "token accuracy (0-1)",
-    "f1": "F1 (0-1)",
-    "precision": "precision (0-1)",
-    "recall": "recall (0-1)",
-}
+UNITS = {"loss": "cross-entropy (nats / target)", "perplexity": "perplexity (exp of the loss)",
+         "accuracy": "accuracy (fraction, 0-1)", "masked_accuracy": "masked-token accuracy (0-1)",
+         "token_accuracy": "token accuracy (0-1)", "f1": "F1 (0-1)",
+         "precision": "precision (0-1)", "recall": "recall (0-1)"}
 COUNTS = {"support", "masked_tokens", "tokens"}  # sizes of the evaluation set, not scores
 
 
@@ -183,17 +162,14 @@ def draw_loss(ax, logs: dict[str, list[dict]]) -> None:
     """The training loss of each run (``logs``: name -> training records) against the step:
     the logged values faint, smoothed on top."""
     for i, (name, records) in enumerate(logs.items()):
-        color = f"C{i}"
-        steps = [r["step"] for r in records]
-        losses = [r["loss"] for r in records]
+        color, steps, losses = f"C{i}", [r["step"] for r in records], [r["loss"] for r in records]
         weight = 0.0 if len(losses) < 4 else min(0.9, 1 - 4 / len(losses))
         if weight:
             ax.plot(steps, losses, "o", color=color, alpha=0.25, markersize=3)
         ax.plot(steps, smooth(losses, weight), color=color, linewidth=2, marker="" if weight
                 else "o", label=f"{name} (smoothed)" if weight else name)
-    ax.set_title("training loss (mean of the steps since the last record)")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel(UNITS["loss"])
+    ax.set(title="training loss (mean of the steps since the last record)",
+           xlabel="optimizer step", ylabel=UNITS["loss"])
     ax.legend(title="dots: logged values")
 
 
@@ -202,9 +178,8 @@ def draw_lr(ax, logs: dict[str, list[dict]]) -> None:
     for i, (name, records) in enumerate(logs.items()):
         ax.plot([r["step"] for r in records], [r["lr"] for r in records], color=f"C{i}",
                 linewidth=2, marker=".", label=name)
-    ax.set_title("learning rate (schedule)")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("learning rate (AdamW step size)")
+    ax.set(title="learning rate (schedule)", xlabel="optimizer step",
+           ylabel="learning rate (AdamW step size)")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
     ax.legend()
 
@@ -215,11 +190,9 @@ def draw_metric(ax, metric: str, logs: dict[str, list[dict]]) -> None:
     for i, (name, records) in enumerate(logs.items()):
         points = [(r["step"], r["eval"][metric]) for r in records if metric in r["eval"]]
         if points:
-            ax.plot(*zip(*points, strict=True), color=f"C{i}", linewidth=2, marker="o",
-                    label=name)
-    ax.set_title(f"{metric} on the held-out set")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel(UNITS.get(metric, metric))
+            ax.plot(*zip(*points, strict=True), color=f"C{i}", linewidth=2, marker="o", label=name)
+    ax.set(title=f"{metric} on the held-out set", xlabel="optimizer step",
+           ylabel=UNITS.get(metric, metric))
     ax.legend()
 
 
@@ -234,9 +207,7 @@ def draw_confusion(ax, matrix: Sequence[Sequence[int]], labels: Sequence[str],
                     color="white" if count > peak / 2 else "black")
     ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 4 else 0)
     ax.set_yticks(range(len(labels)), labels)
-    ax.set_xlabel("predicted label")
-    ax.set_ylabel("true label")
-    ax.set_title(title)
+    ax.set(title=title, xlabel="predicted label", ylabel="true label")
     ax.grid(False)
     ax.figure.colorbar(image, ax=ax, label="examples", shrink=0.8)
 
@@ -251,15 +222,11 @@ def draw_class_scores(ax, per_class: dict[str, dict], title: str) -> None:
     ax.set_xticks(range(len(names)),
                   [f"{n}\n({per_class[n].get('support', '?')})" for n in names])
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("score (0-1)")
-    ax.set_xlabel("type (gold entities in parentheses)")
-    ax.set_title(title)
+    ax.set(title=title, xlabel="type (gold entities in parentheses)", ylabel="score (0-1)")
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
 
 
-# --------------------------------------------------------------------------------------------
-# 4. What the command draws, and the lessons' figure folder
-# --------------------------------------------------------------------------------------------
+# --- 4. What the command draws, and the lessons' figure folder ------------------------------------
 
 
 def _metrics_figures(run: Path, metrics: dict) -> list[Path]:
@@ -390,9 +357,7 @@ def draw_embeddings(ax, coords, labels: Sequence[str], title: str,
         rows = [i for i, label in enumerate(labels) if label == name]
         ax.scatter(coords[rows, 0], coords[rows, 1], s=60, color=f"C{k}", alpha=0.9,
                    label=name, edgecolors="black", linewidths=0.6)
-    ax.set_xlabel("principal component 1")
-    ax.set_ylabel("principal component 2")
-    ax.set_title(title)
+    ax.set(title=title, xlabel="principal component 1", ylabel="principal component 2")
     ax.legend(title=legend_title)
 
 
@@ -425,7 +390,6 @@ def draw_search(ax, rows: Sequence[dict], x: str, ylabel: str, *, log_x: bool = 
     if len(ticks) <= 12:  # the values tried, as they were written
         ax.set_xticks(ticks, [f"{tick:g}" for tick in ticks])
         ax.minorticks_off()
-    ax.set_xlabel(x)
-    ax.set_ylabel(ylabel)
-    ax.set_title(f"{ylabel} against {x}: mean ± std over the seeds, each seed a dot")
+    ax.set(title=f"{ylabel} against {x}: mean ± std over the seeds, each seed a dot", xlabel=x,
+           ylabel=ylabel)
     ax.legend(fontsize=9)

@@ -1,9 +1,11 @@
-"""Task heads on the encoder: sequence classification, token classification, and freezing.
+"""Sequence classification (SST-2, MRPC, RTE, ...): the head, the dataset, the evaluation.
 
-Each head is the encoder plus dropout plus one linear layer, exactly as transformers'
-``BertForSequenceClassification`` and ``BertForTokenClassification`` (same parameter names for the
-head, ``classifier.weight`` / ``classifier.bias``, and the encoder stored under ``bert.``), so a
-checkpoint saved here loads there with identical logits, and the other way round.
+The head is the encoder plus dropout plus one linear layer, exactly as transformers'
+``BertForSequenceClassification`` (same parameter names for the head, ``classifier.weight`` /
+``classifier.bias``, and the encoder stored under ``bert.``), so a checkpoint saved here loads
+there with identical logits, and the other way round. ``_Classifier`` is shared with the token
+classifier of ``minift.tasks.tag``. ``ClassificationDataset`` tokenizes a split once into rows
+padded batch by batch; ``classification_metrics`` scores a model on its batches.
 """
 
 from __future__ import annotations
@@ -17,22 +19,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from minift.core.align import (
-    IGNORE_INDEX,
-)
-from minift.core.metrics import (
-    accuracy,
-    confusion_matrix,
-    precision_recall_f1,
-)
+from minift.core.align import IGNORE_INDEX
+from minift.core.metrics import accuracy, confusion_matrix, precision_recall_f1
 from minift.core.model import BertConfig, BertModel
 from minift.data.batches import PaddedRows, as_rows, check_pads_right, texts_and_pairs
-from minift.data.readers import (
-    Example,
-)
+from minift.data.readers import Example
 from minift.hf.checkpoint import (
-    CheckpointError,
+    fresh_linear,
+    linear_tensors,
     load_encoder_weights,
+    load_linear,
     read_checkpoint,
     read_config,
     read_config_json,
@@ -67,9 +63,7 @@ class _Classifier(nn.Module):
         self.classifier_dropout = classifier_dropout
         p = config.hidden_dropout_prob if classifier_dropout is None else classifier_dropout
         self.dropout = nn.Dropout(p)
-        self.classifier = nn.Linear(config.hidden_size, num_labels)
-        nn.init.normal_(self.classifier.weight, std=config.initializer_range)  # as transformers
-        nn.init.zeros_(self.classifier.bias)
+        self.classifier = fresh_linear(config, num_labels)  # initialised as transformers does
 
     def features(self, input_ids, attention_mask, token_type_ids) -> torch.Tensor:
         raise NotImplementedError
@@ -97,7 +91,6 @@ class _Classifier(nn.Module):
         initialised as transformers does: N(0, initializer_range) weights, zero bias.
         """
         checkpoint = read_checkpoint(path)
-        heads = checkpoint.heads
         raw_id2label = _read_id2label(checkpoint.raw_config)
         if id2label is None and num_labels is None and raw_id2label:
             id2label = raw_id2label
@@ -107,16 +100,7 @@ class _Classifier(nn.Module):
         classifier_dropout = checkpoint.raw_config.get("classifier_dropout")
         model = cls(checkpoint.config, num_labels, id2label, classifier_dropout)
         load_encoder_weights(model.bert, checkpoint, init_missing_pooler=True)
-        if "classifier.weight" in heads:
-            weight, bias = heads["classifier.weight"], heads.get("classifier.bias")
-            if weight.shape != model.classifier.weight.shape or bias is None:
-                raise CheckpointError(
-                    f"{path}: classifier.weight has shape {tuple(weight.shape)} but the model "
-                    f"needs {tuple(model.classifier.weight.shape)} ({num_labels} labels)"
-                )
-            with torch.no_grad():
-                model.classifier.weight.copy_(weight)
-                model.classifier.bias.copy_(bias)
+        load_linear(model.classifier, checkpoint, "classifier")
         return model
 
     @classmethod
@@ -130,20 +114,17 @@ class _Classifier(nn.Module):
         against this, trained the same way (``benchmarks/claims_transfer.py``).
         """
         raw = read_config_json(path)
-        model = cls(read_config(path, raw), num_labels, id2label, raw.get("classifier_dropout"))
-        return model
+        return cls(read_config(path, raw), num_labels, id2label, raw.get("classifier_dropout"))
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write an HF folder that ``transformers.AutoModelFor...`` loads with the same logits."""
-        extra = {
-            "architectures": [self.architecture],
-            "id2label": {str(i): label for i, label in self.id2label.items()},
-            "label2id": {label: i for i, label in self.id2label.items()},
-        }
+        extra = {"architectures": [self.architecture],
+                 "id2label": {str(i): label for i, label in self.id2label.items()},
+                 "label2id": {label: i for i, label in self.id2label.items()}}
         if self.classifier_dropout is not None:
             extra["classifier_dropout"] = self.classifier_dropout
-        heads = {"classifier.weight": self.classifier.weight, "classifier.bias": self.classifier.bias}
-        save_bert(self.bert, path, heads=heads, config_extra=extra, prefix="bert.")
+        save_bert(self.bert, path, heads=linear_tensors(self.classifier, "classifier"),
+                  config_extra=extra, prefix="bert.")
 
 
 def _read_id2label(config: dict) -> dict[int, str] | None:
@@ -162,21 +143,6 @@ class SequenceClassifier(_Classifier):
         return out.pooler_output  # (batch, hidden)
 
 
-# --------------------------------------------------------------------------------------------
-# Freezing: how much of the encoder is fine-tuned
-# --------------------------------------------------------------------------------------------
-
-
-# --------------------------------------------------------------------------------------------
-# Masked-language modelling: the pretraining head, tied to the word embeddings
-# --------------------------------------------------------------------------------------------
-
-
-# --------------------------------------------------------------------------------------------
-# Heads of one linear layer stored under their own name: spans (QA) and next sentences (NSP)
-# --------------------------------------------------------------------------------------------
-
-
 class ClassificationDataset(PaddedRows):
     """A split tokenized once, which hands out padded batches.
 
@@ -191,21 +157,13 @@ class ClassificationDataset(PaddedRows):
     `labels` of shape (batch,) when `label_ids` were given.
     """
 
-    def __init__(
-        self,
-        examples: Sequence[Example | str],
-        tokenizer,
-        *,
-        max_length: int | None,
-        label_ids: Sequence[int] | None = None,
-        chunk_size: int = 1024,
-    ) -> None:
+    def __init__(self, examples: Sequence[Example | str], tokenizer, *, max_length: int | None,
+                 label_ids: Sequence[int] | None = None, chunk_size: int = 1024) -> None:
         if len(examples) == 0:
             raise ValueError("expected at least one example, found none")
         if label_ids is not None and len(label_ids) != len(examples):
-            raise ValueError(
-                f"expected one label id per example ({len(examples)}), found {len(label_ids)}"
-            )
+            raise ValueError(f"expected one label id per example ({len(examples)}), "
+                             f"found {len(label_ids)}")
         check_pads_right(tokenizer)
         self.pad_token_id = int(tokenizer.pad_token_id)
         self.labels = None if label_ids is None else torch.as_tensor(label_ids, dtype=torch.long)
@@ -226,16 +184,9 @@ class ClassificationDataset(PaddedRows):
         return batch
 
 
-def make_batches(
-    examples: Sequence[Example | str],
-    label_ids: Sequence[int] | None,
-    tokenizer,
-    *,
-    batch_size: int,
-    max_length: int | None,
-    generator: torch.Generator | None,
-    shuffle: bool = True,
-) -> list[dict[str, Tensor]]:
+def make_batches(examples: Sequence[Example | str], label_ids: Sequence[int] | None, tokenizer, *,
+                 batch_size: int, max_length: int | None, generator: torch.Generator | None,
+                 shuffle: bool = True) -> list[dict[str, Tensor]]:
     """One pass of padded, length-grouped batches: `ClassificationDataset(...).batches(...)`.
 
     Tokenizes every time it is called; for several epochs build the dataset once and call its

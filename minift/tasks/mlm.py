@@ -17,8 +17,11 @@ Reading order:
    rebuilds the epoch it resumes in), and an evaluation set masked once with a fixed seed gives
    before/after numbers on the very same masks.
 
-The tokenizer is `minift.data.tokenizer.Tokenizer` (its `backend` gives the ids and word ids of a passage
-without special tokens; the special-token ids come from the tokenizer).
+5. `MaskedLM` is the encoder with BERT's MLM head (tied to the word embeddings; the sparse head
+   computes the logits of the masked positions only), and `mlm_metrics` scores it.
+
+The tokenizer is `minift.data.tokenizer.Tokenizer` (its `backend` gives the ids and word ids of a
+passage without special tokens; the special-token ids come from the tokenizer).
 """
 
 from __future__ import annotations
@@ -36,24 +39,14 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from minift.core import masking
-from minift.core.align import (
-    IGNORE_INDEX,
-)
+from minift.core.align import IGNORE_INDEX
 from minift.core.labels import DataError
 from minift.core.model import BertConfig, BertModel
 from minift.data.batches import length_grouped_batches, pad_batch, pad_rows
-from minift.data.readers import (
-    read_utf8_lines,
-)
-from minift.hf.checkpoint import (
-    CheckpointError,
-    load_encoder_weights,
-    read_checkpoint,
-    save_bert,
-)
+from minift.data.readers import read_utf8_lines
+from minift.hf.checkpoint import CheckpointError, load_encoder_weights, read_checkpoint, save_bert
 
-# ----------------------------------------------------------------------------------------------
-# Reading text
+# --- Reading text ---------------------------------------------------------------------------------
 
 
 def read_text_lines(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
@@ -75,18 +68,15 @@ def read_text_lines(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> l
     return passages
 
 
-def held_out_split(
-    passages: Sequence[str], fraction: float, seed: int, max_held_out: int | None = None
-) -> tuple[list[str], list[str]]:
+def held_out_split(passages: Sequence[str], fraction: float, seed: int,
+                   max_held_out: int | None = None) -> tuple[list[str], list[str]]:
     """(training, held-out) passages: a seeded random `fraction` of them (at least one, at most
     `max_held_out`) is held out; both keep file order. Needs at least two passages."""
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"held-out fraction: expected a number in (0, 1), got {fraction}")
     if len(passages) < 2:
-        raise DataError(
-            f"expected at least 2 passages to hold some out for evaluation, found {len(passages)}"
-            " (or give a separate evaluation text)"
-        )
+        raise DataError(f"expected at least 2 passages to hold some out for evaluation, found "
+                        f"{len(passages)} (or give a separate evaluation text)")
     n = max(1, round(fraction * len(passages)))
     n = min(n, len(passages) - 1, max_held_out or n)
     held = set(random.Random(seed).sample(range(len(passages)), n))
@@ -94,8 +84,7 @@ def held_out_split(
     return train, [p for i, p in enumerate(passages) if i in held]
 
 
-# ----------------------------------------------------------------------------------------------
-# Sequences
+# --- Sequences ------------------------------------------------------------------------------------
 
 
 class TextSequences:
@@ -112,21 +101,13 @@ class TextSequences:
     into sequence-sized pieces, none dropped. Passages with no tokens at all are skipped.
     """
 
-    def __init__(
-        self,
-        passages: Sequence[str],
-        tokenizer,
-        *,
-        max_length: int,
-        pack: bool = False,
-        chunk_size: int = 1024,
-    ) -> None:
+    def __init__(self, passages: Sequence[str], tokenizer, *, max_length: int, pack: bool = False,
+                 chunk_size: int = 1024) -> None:
         if len(passages) == 0:
             raise ValueError("expected at least one passage, found none")
         if max_length < 3:
-            raise ValueError(
-                f"max_length: expected at least 3 ([CLS], a token, [SEP]), got {max_length}"
-            )
+            raise ValueError(f"max_length: expected at least 3 ([CLS], a token, [SEP]), got "
+                             f"{max_length}")
         ids = {name: getattr(tokenizer, f"{name}_token_id") for name in ("cls", "sep", "pad")}
         missing = [f"[{name.upper()}]" for name, value in ids.items() if value is None]
         if missing:
@@ -144,12 +125,11 @@ class TextSequences:
             raise ValueError("the passages hold no tokens at all")
         self.input_ids: list[Tensor] = []
         self.word_ids: list[Tensor] = []
-        capacity = max_length - 2
         if pack:
             self._pack(bodies)
         else:
             for body, words in bodies:
-                self._add([(body[:capacity], words[:capacity])])
+                self._add([(body[: max_length - 2], words[: max_length - 2])])
         self.lengths: list[int] = [len(ids) for ids in self.input_ids]
 
     def _add(self, pieces: list[tuple[list[int], list[int]]]) -> None:
@@ -191,8 +171,7 @@ class TextSequences:
         return batch
 
 
-# ----------------------------------------------------------------------------------------------
-# Masking a batch
+# --- Masking a batch ------------------------------------------------------------------------------
 
 STRATEGIES = ("mlm", "wwm", "span")
 
@@ -215,28 +194,20 @@ class MaskingCollator:
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
-            raise ValueError(
-                f"masking: expected one of {', '.join(STRATEGIES)}, got {self.strategy!r}"
-            )
+            raise ValueError(f"masking: expected one of {', '.join(STRATEGIES)}, got "
+                             f"{self.strategy!r}")
         if not 0.0 < self.mlm_probability < 1.0:
-            raise ValueError(
-                f"mlm_probability: expected a number in (0, 1), got {self.mlm_probability}"
-            )
+            raise ValueError(f"mlm_probability: expected a number in (0, 1), got "
+                             f"{self.mlm_probability}")
 
     @classmethod
-    def from_tokenizer(
-        cls, tokenizer, strategy: str, mlm_probability: float = 0.15
-    ) -> MaskingCollator:
-        """The collator for a `minift.data.tokenizer.Tokenizer`: its [MASK], vocabulary and specials."""
+    def from_tokenizer(cls, tokenizer, strategy: str,
+                       mlm_probability: float = 0.15) -> MaskingCollator:
+        """The collator of a `Tokenizer`: its [MASK], vocabulary size and special tokens."""
         if tokenizer.mask_token_id is None:
             raise ValueError("the tokenizer has no [MASK] token: it cannot be used for MLM")
-        return cls(
-            strategy=strategy,
-            mask_token_id=tokenizer.mask_token_id,
-            vocab_size=tokenizer.vocab_size,
-            special_ids=frozenset(tokenizer.special_token_ids),
-            mlm_probability=mlm_probability,
-        )
+        return cls(strategy, tokenizer.mask_token_id, tokenizer.vocab_size,
+                   frozenset(tokenizer.special_token_ids), mlm_probability)
 
     def __call__(self, batch: dict[str, Tensor], generator: torch.Generator) -> dict[str, Tensor]:
         """`input_ids` masked, `labels` (`IGNORE_INDEX`, -100, where nothing is to be predicted),
@@ -245,35 +216,22 @@ class MaskingCollator:
         input_ids = batch["input_ids"]
         special = masking.special_tokens_mask_from(input_ids, self.special_ids)
         special |= batch["attention_mask"] == 0
-        common = dict(
-            mask_token_id=self.mask_token_id, vocab_size=self.vocab_size, generator=generator
-        )
+        common = dict(mask_token_id=self.mask_token_id, vocab_size=self.vocab_size,
+                      generator=generator)
         if self.strategy == "mlm":
-            masked, labels = masking.mlm(
-                input_ids, special, mlm_probability=self.mlm_probability, **common
-            )
+            masked, labels = masking.mlm(input_ids, special, mlm_probability=self.mlm_probability,
+                                         **common)
         elif self.strategy == "wwm":
-            masked, labels = masking.whole_word_mask(
-                input_ids,
-                special,
-                batch["word_ids"],
-                mlm_probability=self.mlm_probability,
-                **common,
-            )
+            masked, labels = masking.whole_word_mask(input_ids, special, batch["word_ids"],
+                                                     mlm_probability=self.mlm_probability, **common)
         else:
-            masked, labels = masking.span_mask(
-                input_ids, special, batch["word_ids"], budget=self.mlm_probability, **common
-            )
-        return {
-            "input_ids": masked,
-            "attention_mask": batch["attention_mask"],
-            "token_type_ids": batch["token_type_ids"],
-            "labels": labels,
-        }
+            masked, labels = masking.span_mask(input_ids, special, batch["word_ids"],
+                                               budget=self.mlm_probability, **common)
+        return {"input_ids": masked, "attention_mask": batch["attention_mask"],
+                "token_type_ids": batch["token_type_ids"], "labels": labels}
 
 
-# ----------------------------------------------------------------------------------------------
-# An epoch of masked batches
+# --- An epoch of masked batches -------------------------------------------------------------------
 
 
 def batch_seed(seed: int, epoch: int, index: int) -> int:
@@ -287,23 +245,14 @@ class MaskedBatches(Sequence):
     epoch, i)`). With `shuffle` the order is `length_grouped_batches` with a generator seeded
     from (seed, epoch) (the same for the same epoch); without, sequences go longest first."""
 
-    def __init__(
-        self,
-        sequences: TextSequences,
-        collator: MaskingCollator,
-        batch_size: int,
-        *,
-        seed: int,
-        epoch: int = 0,
-        shuffle: bool = True,
-    ) -> None:
+    def __init__(self, sequences: TextSequences, collator: MaskingCollator, batch_size: int, *,
+                 seed: int, epoch: int = 0, shuffle: bool = True) -> None:
         self.sequences, self.collator = sequences, collator
         self.seed, self.epoch = seed, epoch
         # the order's generator gets a seed no batch index uses (indices stay below a million)
         order = torch.Generator().manual_seed(batch_seed(seed, epoch, 1_000_002))
-        self.groups = length_grouped_batches(
-            sequences.lengths, batch_size, generator=order if shuffle else None, shuffle=shuffle
-        )
+        self.groups = length_grouped_batches(sequences.lengths, batch_size,
+                                             generator=order if shuffle else None, shuffle=shuffle)
 
     def __len__(self) -> int:
         return len(self.groups)
@@ -316,6 +265,49 @@ class MaskedBatches(Sequence):
         index %= len(self)
         generator = torch.Generator().manual_seed(batch_seed(self.seed, self.epoch, index))
         return self.collator(self.sequences.batch(self.groups[index]), generator)
+
+
+# The MLM head's weights: HF name -> name here. Old TF-converted checkpoints call the LayerNorm's
+# parameters gamma / beta; they are read under these names too.
+MLM_HEAD_KEYS = {
+    "cls.predictions.transform.dense.weight": "transform.weight",
+    "cls.predictions.transform.dense.bias": "transform.bias",
+    "cls.predictions.transform.LayerNorm.weight": "transform_norm.weight",
+    "cls.predictions.transform.LayerNorm.bias": "transform_norm.bias",
+    "cls.predictions.bias": "bias",
+}
+
+
+def _mlm_head_weights(checkpoint, params: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The ``cls.predictions.*`` weights of ``checkpoint`` under the names of ``params`` (a
+    ``MaskedLM``'s named parameters), checked: all or none of them, shapes as the model's, and a
+    stored decoder weight equal to the word embeddings it is tied to."""
+    folder, found = checkpoint.folder, {}
+    for name, tensor in checkpoint.heads.items():
+        if not name.startswith("cls.predictions."):
+            continue
+        hf = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta",
+                                                                         "LayerNorm.bias")
+        hf = {"cls.predictions.decoder.bias": "cls.predictions.bias"}.get(hf, hf)
+        if hf == "cls.predictions.decoder.weight":
+            if not torch.equal(tensor, params["bert.embeddings.word_embeddings.weight"]):
+                raise CheckpointError(f"{folder}: {name} differs from bert.embeddings."
+                                      "word_embeddings.weight; minift's MaskedLM ties the decoder "
+                                      "to the embeddings")
+            continue
+        if hf not in MLM_HEAD_KEYS:
+            raise CheckpointError(f"{folder}: unknown MLM head weight {name!r} (known: "
+                                  f"{', '.join(MLM_HEAD_KEYS)})")
+        found[MLM_HEAD_KEYS[hf]] = (name, tensor)
+    missing = sorted(set(MLM_HEAD_KEYS.values()) - set(found))
+    if found and missing:
+        raise CheckpointError(f"{folder}: the MLM head is incomplete, missing (minift names): "
+                              f"{', '.join(missing)}")
+    for ours, (name, tensor) in found.items():
+        if tensor.shape != params[ours].shape:
+            raise CheckpointError(f"{folder}: {name} has shape {tuple(tensor.shape)}, the config "
+                                  f"needs {tuple(params[ours].shape)}")
+    return {ours: tensor for ours, (_, tensor) in found.items()}
 
 
 @dataclass
@@ -357,7 +349,7 @@ class MaskedLM(nn.Module):
         self.decoder.weight = self.bert.embeddings.word_embeddings.weight  # tied: one Parameter
         self.bias = nn.Parameter(torch.zeros(vocab))
         self.head_loaded = False  # True when from_pretrained found cls.predictions.* weights
-        # BERT's initialisation of the head: N(0, initializer_range) weights, zero biases, unit norm.
+        # BERT's initialisation of the head: N(0, initializer_range) weights, zero bias, unit norm.
         nn.init.normal_(self.transform.weight, std=config.initializer_range)
         nn.init.zeros_(self.transform.bias)
 
@@ -382,22 +374,16 @@ class MaskedLM(nn.Module):
         if labels.shape != input_ids.shape:
             raise ValueError(f"labels: expected the shape of input_ids {tuple(input_ids.shape)}, "
                              f"got {tuple(labels.shape)}")
-        targets = labels != IGNORE_INDEX
-        logits = self.head(hidden[targets])  # (targets, vocab): the sparse head
-        loss = F.cross_entropy(logits.float(), labels[targets])
+        logits, loss = self.sparse_head(hidden, labels)
         return MaskedLMOutput(loss=loss, logits=logits)
 
-    # ---- HF-format checkpoints ----
-
-    # HF name -> name here. Old TF-converted checkpoints call the LayerNorm's parameters
-    # gamma / beta; they are read under these names too.
-    HEAD_KEYS = {
-        "cls.predictions.transform.dense.weight": "transform.weight",
-        "cls.predictions.transform.dense.bias": "transform.bias",
-        "cls.predictions.transform.LayerNorm.weight": "transform_norm.weight",
-        "cls.predictions.transform.LayerNorm.bias": "transform_norm.bias",
-        "cls.predictions.bias": "bias",
-    }
+    def sparse_head(self, hidden: torch.Tensor,
+                    labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logits of the target positions only (labels not -100), (targets, vocab), in the
+        row-major order of ``labels[labels != -100]``, and their mean cross-entropy."""
+        targets = labels != IGNORE_INDEX
+        logits = self.head(hidden[targets])
+        return logits, F.cross_entropy(logits.float(), labels[targets])
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> MaskedLM:
@@ -410,10 +396,10 @@ class MaskedLM(nn.Module):
         heads (``cls.seq_relationship.*``, ``classifier.*``) and a pooler are not used and dropped.
         """
         checkpoint = read_checkpoint(path)
-        folder = checkpoint.folder
         if checkpoint.raw_config.get("tie_word_embeddings", True) is False:
-            raise CheckpointError(f"{folder / 'config.json'}: tie_word_embeddings is false; "
-                                  "minift's MaskedLM always ties the decoder to the embeddings")
+            raise CheckpointError(f"{checkpoint.folder / 'config.json'}: tie_word_embeddings is "
+                                  "false; minift's MaskedLM always ties the decoder to the "
+                                  "embeddings")
         model = cls(checkpoint.config)
         load_encoder_weights(model.bert, checkpoint, init_missing_pooler=True)
         model.load_heads(checkpoint)
@@ -421,40 +407,13 @@ class MaskedLM(nn.Module):
 
     def load_heads(self, checkpoint) -> None:
         """Copy the ``cls.predictions.*`` weights of ``checkpoint`` (when it has them)."""
-        folder, model, cls = checkpoint.folder, self, type(self)
-        found = {}
-        for name, tensor in checkpoint.heads.items():
-            if not name.startswith("cls.predictions."):
-                continue
-            hf = name.replace("LayerNorm.gamma", "LayerNorm.weight")
-            hf = hf.replace("LayerNorm.beta", "LayerNorm.bias")
-            hf = {"cls.predictions.decoder.bias": "cls.predictions.bias"}.get(hf, hf)
-            if hf == "cls.predictions.decoder.weight":
-                if not torch.equal(tensor, model.bert.embeddings.word_embeddings.weight):
-                    raise CheckpointError(
-                        f"{folder}: {name} differs from bert.embeddings.word_embeddings.weight; "
-                        "minift's MaskedLM ties the decoder to the embeddings"
-                    )
-                continue
-            if hf not in cls.HEAD_KEYS:
-                raise CheckpointError(f"{folder}: unknown MLM head weight {name!r} (known: "
-                                      f"{', '.join(cls.HEAD_KEYS)})")
-            found[cls.HEAD_KEYS[hf]] = (name, tensor)
+        params = dict(self.named_parameters())
+        found = _mlm_head_weights(checkpoint, params)
+        with torch.no_grad():
+            for ours, tensor in found.items():
+                params[ours].copy_(tensor)
         if found:
-            missing = sorted(set(cls.HEAD_KEYS.values()) - set(found))
-            if missing:
-                raise CheckpointError(f"{folder}: the MLM head is incomplete, missing (minift "
-                                      f"names): {', '.join(missing)}")
-            params = dict(model.named_parameters())
-            with torch.no_grad():
-                for ours, (name, tensor) in found.items():
-                    if tensor.shape != params[ours].shape:
-                        raise CheckpointError(
-                            f"{folder}: {name} has shape {tuple(tensor.shape)}, the config needs "
-                            f"{tuple(params[ours].shape)}"
-                        )
-                    params[ours].copy_(tensor)
-            model.head_loaded = True
+            self.head_loaded = True
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write an HF folder that ``transformers.BertForMaskedLM`` loads with the same logits."""
@@ -464,29 +423,43 @@ class MaskedLM(nn.Module):
     def head_tensors(self) -> dict[str, torch.Tensor]:
         """The head's weights under their HF names (the tied decoder is not stored)."""
         params = dict(self.named_parameters())
-        return {hf: params[ours] for hf, ours in self.HEAD_KEYS.items()}
+        return {hf: params[ours] for hf, ours in MLM_HEAD_KEYS.items()}
 
 
 
 def mlm_metrics(model, batches, device, *, progress: bool = False) -> dict[str, float]:
     """Masked-token loss, perplexity (exp of the mean masked-token loss) and accuracy (argmax
-    equals the original token), averaged over every masked token of ``batches``."""
+    equals the original token), averaged over every masked token of ``batches``.
 
+    Batches with a ``next_sentence_label`` (``minift.tasks.nsp.PreTraining``'s) add next-sentence
+    prediction: ``nsp_accuracy`` and ``nsp_loss`` over the pairs, ``mlm_loss`` the masked-token
+    loss and ``loss`` the sum of the two (what ``BertForPreTraining`` trains on).
+    """
     model.eval()
-    loss_sum, correct, count = 0.0, 0, 0
+    loss_sum, correct, count, nsp_sum, right, pairs = 0.0, 0, 0, 0.0, 0, 0
     with torch.no_grad():
         for batch in tqdm(batches, desc="held-out", leave=False, disable=not progress):
             batch = {k: v.to(device) for k, v in batch.items()}
             targets = batch["labels"][batch["labels"] != IGNORE_INDEX]
-            if targets.numel() == 0:
+            gold = batch.get("next_sentence_label")
+            if targets.numel() == 0 and gold is None:
                 continue
             out = model(**batch)  # the sparse head: logits of the targets only
-            loss_sum += out.loss.item() * targets.numel()
-            correct += int((out.logits.argmax(-1) == targets).sum())
-            count += targets.numel()
+            if targets.numel():
+                loss_sum += getattr(out, "mlm_loss", out.loss).item() * targets.numel()
+                correct += int((out.logits.argmax(-1) == targets).sum())
+                count += targets.numel()
+            if gold is not None:
+                logits = out.seq_relationship_logits
+                nsp_sum += F.cross_entropy(logits.float(), gold, reduction="sum").item()
+                right += int((logits.argmax(-1) == gold).sum())
+                pairs += len(gold)
     if count == 0:
         raise ValueError("the evaluation text got no masked token: give more held-out text")
     loss = loss_sum / count
-    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)),
-            "masked_accuracy": correct / count, "masked_tokens": count}
-
+    masked = {"perplexity": math.exp(min(loss, 700.0)), "masked_accuracy": correct / count,
+              "masked_tokens": count}
+    if not pairs:
+        return {"loss": loss, **masked}
+    return {"loss": loss + nsp_sum / pairs, "mlm_loss": loss, **masked,
+            "nsp_accuracy": right / pairs, "nsp_loss": nsp_sum / pairs, "pairs": pairs}

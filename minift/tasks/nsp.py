@@ -18,7 +18,9 @@ document (label 0), or was it taken from another document (label 1)? Reading ord
                        over one half; ``nsp_pairs`` returns the pairs and the caller can count.
 3. ``PairSequences``   the pairs as unpadded rows with their token types and labels, batched
                        like ``minift.tasks.mlm.TextSequences`` so the MLM masking collator masks
-                       them (``NSPMaskedBatches`` adds ``next_sentence_label``).
+                       them (``NSPMaskedBatches`` adds ``next_sentence_label``);
+4. the heads           ``NextSentencePrediction`` (the NSP head alone) and ``PreTraining`` (MLM
+                       and NSP at once, as BERT was pretrained), and ``pretraining_metrics``.
 
 Randomness comes from one ``torch.Generator``: the same generator, the same pairs.
 """
@@ -26,7 +28,6 @@ Randomness comes from one ``torch.Generator``: the same generator, the same pair
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,32 +36,23 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
-from minift.core.align import (
-    IGNORE_INDEX,
-)
 from minift.core.labels import DataError
 from minift.core.model import BertConfig, BertModel
-from minift.data.batches import pad_batch, pad_rows
-from minift.data.readers import (
-    read_utf8_lines,
-)
+from minift.data.batches import PaddedRows
+from minift.data.readers import read_utf8_lines
 from minift.hf.checkpoint import (
     fresh_linear,
+    linear_tensors,
     load_encoder_weights,
     load_linear,
     read_checkpoint,
     save_bert,
 )
 from minift.tasks.classify import ClassifierOutput
-from minift.tasks.mlm import (
-    MaskedBatches,
-    MaskedLM,
-)
+from minift.tasks.mlm import MaskedBatches, MaskedLM, mlm_metrics
 
-# --------------------------------------------------------------------------------------------
-# 1. Documents
+# --- 1. Documents ---------------------------------------------------------------------------------
 
 
 def read_documents(path: str | os.PathLike) -> list[list[str]]:
@@ -104,8 +96,7 @@ def read_documents(path: str | os.PathLike) -> list[list[str]]:
     return documents
 
 
-# --------------------------------------------------------------------------------------------
-# 2. Pairs
+# --- 2. Pairs -------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -187,8 +178,7 @@ def nsp_pairs(documents: Sequence[Sequence[list[int]]], max_length: int,
 
 
 def tokenize_documents(documents: Sequence[Sequence[str]], tokenizer) -> list[list[list[int]]]:
-    """Each sentence of each document as token ids without special tokens (empty ones
-    dropped)."""
+    """Each document's sentences as token ids without special tokens (empty ones dropped)."""
     flat = [s for doc in documents for s in doc]
     encoded = iter(tokenizer.backend.encode_batch(flat, add_special_tokens=False))
     out = []
@@ -198,14 +188,13 @@ def tokenize_documents(documents: Sequence[Sequence[str]], tokenizer) -> list[li
     return [doc for doc in out if doc]
 
 
-# --------------------------------------------------------------------------------------------
-# 3. Batches
+# --- 3. Batches -----------------------------------------------------------------------------------
 
 
-class PairSequences:
+class PairSequences(PaddedRows):
     """Pairs as unpadded rows ``[CLS] A [SEP] B [SEP]`` (token types 0 then 1) with labels;
     ``batch`` pads like ``TextSequences.batch`` and adds ``next_sentence_label``. Word ids are
-    not kept: only token-level masking (``"mlm"``) applies to pairs."""
+    not kept (all -1): only token-level masking (``"mlm"``) applies to pairs."""
 
     def __init__(self, pairs: Sequence[SentencePair], tokenizer):
         cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
@@ -216,22 +205,17 @@ class PairSequences:
         self.labels = torch.tensor([p.label for p in pairs])
         self.lengths = [len(ids) for ids in self.input_ids]
 
-    def __len__(self) -> int:
-        return len(self.input_ids)
-
     def batch(self, indices: Sequence[int]) -> dict[str, Tensor]:
         """The unmasked padded batch with ``word_ids`` (-1: none) and ``next_sentence_label``."""
-        batch = pad_batch([self.input_ids[i] for i in indices],
-                          [self.token_type_ids[i] for i in indices], self.pad_token_id)
-        batch["word_ids"] = pad_rows([torch.full_like(self.input_ids[i], -1) for i in indices],
-                                     -1)
+        batch = super().batch(indices)
+        batch["word_ids"] = torch.full_like(batch["input_ids"], -1)
         batch["next_sentence_label"] = self.labels[list(indices)]
         return batch
 
 
 class NSPMaskedBatches(MaskedBatches):
     """``MaskedBatches`` over ``PairSequences``: each batch masked for MLM, with its
-    ``next_sentence_label`` (the input of ``heads.PreTraining``)."""
+    ``next_sentence_label`` (the input of ``PreTraining``)."""
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         masked = super().__getitem__(index)
@@ -273,8 +257,7 @@ class NextSentencePrediction(nn.Module):
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write an HF folder that ``transformers.BertForNextSentencePrediction`` loads."""
-        heads = {"cls.seq_relationship.weight": self.seq_relationship.weight,
-                 "cls.seq_relationship.bias": self.seq_relationship.bias}
+        heads = linear_tensors(self.seq_relationship, "cls.seq_relationship")
         save_bert(self.bert, path, heads=heads, prefix="bert.",
                   config_extra={"architectures": [self.architecture]})
 
@@ -314,9 +297,7 @@ class PreTraining(MaskedLM):
         nsp_logits = self.seq_relationship(pooled)
         if labels is None:
             return PreTrainingOutput(None, self.head(hidden), nsp_logits)
-        targets = labels != -100
-        logits = self.head(hidden[targets])  # (targets, vocab)
-        mlm_loss = F.cross_entropy(logits.float(), labels[targets])
+        logits, mlm_loss = self.sparse_head(hidden, labels)  # (targets, vocab)
         nsp_loss = loss = None
         if next_sentence_label is not None:
             nsp_loss = F.cross_entropy(nsp_logits.float(), next_sentence_label.reshape(-1))
@@ -330,38 +311,12 @@ class PreTraining(MaskedLM):
 
     def head_tensors(self) -> dict[str, torch.Tensor]:
         """Both heads' weights under their HF names."""
-        return super().head_tensors() | {
-            "cls.seq_relationship.weight": self.seq_relationship.weight,
-            "cls.seq_relationship.bias": self.seq_relationship.bias}
-
+        return super().head_tensors() | linear_tensors(self.seq_relationship,
+                                                       "cls.seq_relationship")
 
 
 def pretraining_metrics(model, batches, device, *, progress: bool = False) -> dict[str, float]:
-    """``mlm_metrics`` plus next-sentence prediction for ``heads.PreTraining``: ``nsp_accuracy``
-    and ``nsp_loss`` over the pairs, and ``loss`` = masked-token loss + NSP loss (the sum
-    ``BertForPreTraining`` trains on)."""
-    model.eval()
-    mlm_sum, nsp_sum, correct, count, right, pairs = 0.0, 0.0, 0, 0, 0, 0
-    with torch.no_grad():
-        for batch in tqdm(batches, desc="held-out", leave=False, disable=not progress):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            targets = batch["labels"][batch["labels"] != IGNORE_INDEX]
-            out = model(**batch)
-            if targets.numel():
-                mlm_sum += out.mlm_loss.item() * targets.numel()
-                correct += int((out.logits.argmax(-1) == targets).sum())
-                count += targets.numel()
-            gold = batch["next_sentence_label"]
-            nsp = torch.nn.functional.cross_entropy(out.seq_relationship_logits.float(), gold,
-                                                    reduction="sum")
-            nsp_sum += nsp.item()
-            right += int((out.seq_relationship_logits.argmax(-1) == gold).sum())
-            pairs += len(gold)
-    if count == 0:
-        raise ValueError("the evaluation text got no masked token: give more held-out text")
-    mlm_loss = mlm_sum / count
-    return {"loss": mlm_loss + nsp_sum / pairs, "mlm_loss": mlm_loss,
-            "perplexity": math.exp(min(mlm_loss, 700.0)), "masked_accuracy": correct / count,
-            "masked_tokens": count, "nsp_accuracy": right / pairs, "nsp_loss": nsp_sum / pairs,
-            "pairs": pairs}
-
+    """``mlm_metrics`` of a ``PreTraining`` model on ``NSPMaskedBatches``: the masked-token
+    scores plus ``nsp_accuracy`` and ``nsp_loss`` over the pairs, and ``loss`` = masked-token
+    loss + NSP loss (the sum ``BertForPreTraining`` trains on)."""
+    return mlm_metrics(model, batches, device, progress=progress)

@@ -48,15 +48,14 @@ from minift.core.model import BertConfig, BertModel
 from minift.data.batches import PaddedRows
 from minift.hf.checkpoint import (
     fresh_linear,
+    linear_tensors,
     load_encoder_weights,
     load_linear,
     read_checkpoint,
     save_bert,
 )
 
-# --------------------------------------------------------------------------------------------
-# 1. Reading SQuAD
-# --------------------------------------------------------------------------------------------
+# --- 1. Reading SQuAD -----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -170,9 +169,7 @@ def split_by_article(questions: Sequence[Question], dev_articles: int,
             [q for q in questions if q.article in held])
 
 
-# --------------------------------------------------------------------------------------------
-# 2. Windows over long contexts
-# --------------------------------------------------------------------------------------------
+# --- 2. Windows over long contexts ----------------------------------------------------------------
 
 
 @dataclass
@@ -182,9 +179,9 @@ class Window:
     ``question`` indexes the question list. ``sequence_ids[t]`` is 0 for a question token, 1 for
     a context token, None for [CLS] and [SEP] (the reference's ``sequence_ids``).
     ``offsets[t]`` is the (start, end) character span of token t in the context for context
-    tokens, None for the question and special tokens (what decoding may pick from). ``start_position`` / ``end_position`` are the answer's first and
-    last token, both 0 ([CLS]) when the answer is not whole inside this window (or there is no
-    answer).
+    tokens, None for the question and special tokens (what decoding may pick from).
+    ``start_position`` / ``end_position`` are the answer's first and last token, both 0 ([CLS])
+    when the answer is not whole inside this window (or there is no answer).
     """
 
     question: int
@@ -247,8 +244,7 @@ def make_windows(questions: Sequence[Question], tokenizer, *, max_length: int = 
         raise ValueError(f"doc_stride must be >= 0, got {doc_stride}")
     cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
     backend = tokenizer.backend
-    asked = backend.encode_batch([q.question.lstrip() for q in questions],
-                                 add_special_tokens=False)
+    asked = backend.encode_batch([q.question.lstrip() for q in questions], add_special_tokens=False)
     contexts = backend.encode_batch([q.context for q in questions], add_special_tokens=False)
     windows = []
     for index, (q, qe, ce) in enumerate(zip(questions, asked, contexts, strict=True)):
@@ -267,15 +263,14 @@ def make_windows(questions: Sequence[Question], tokenizer, *, max_length: int = 
                             [0] * len(prefix) + [1] * (len(body) + 1),
                             [None, *[0] * len(qe.ids), None, *[1] * len(body), None], offsets)
             if q.answers:
-                window.start_position, window.end_position = answer_positions(offsets,
-                                                                              q.answers[0])
+                window.start_position, window.end_position = answer_positions(offsets, q.answers[0])
             windows.append(window)
     return windows
 
 
 class WindowDataset(PaddedRows):
-    """Windows as padded batches (``minift.data.batches.PaddedRows``: length-grouped, each batch padded
-    to its longest window), with ``start_positions`` / ``end_positions`` when ``labels`` (the
+    """Windows as padded batches (``PaddedRows``: length-grouped, each batch padded to its
+    longest window), with ``start_positions`` / ``end_positions`` when ``labels`` (the
     names of ``BertForQuestionAnswering``'s arguments)."""
 
     def __init__(self, windows: Sequence[Window], pad_token_id: int, *, labels: bool = True):
@@ -288,15 +283,13 @@ class WindowDataset(PaddedRows):
         """The padded batch of the windows at ``indices``, with their answer positions."""
         batch = super().batch(indices)
         if self.labels:
-            batch["start_positions"] = torch.tensor([self.windows[i].start_position
-                                                     for i in indices])
-            batch["end_positions"] = torch.tensor([self.windows[i].end_position for i in indices])
+            windows = [self.windows[i] for i in indices]
+            batch["start_positions"] = torch.tensor([w.start_position for w in windows])
+            batch["end_positions"] = torch.tensor([w.end_position for w in windows])
         return batch
 
 
-# --------------------------------------------------------------------------------------------
-# 3. Decoding: logits back to answer text
-# --------------------------------------------------------------------------------------------
+# --- 3. Decoding: logits back to answer text ------------------------------------------------------
 
 
 @dataclass
@@ -313,9 +306,8 @@ class Span:
     probability: float = field(default=0.0)
 
 
-
 def train_and_dev_windows(train: Sequence[Question], dev: Sequence[Question], tokenizer, *,
-                  max_length: int = 384, doc_stride: int = 128):
+                          max_length: int = 384, doc_stride: int = 128):
     """The windows of a train/dev split and their datasets (the dev set carries no answer
     positions): ``(train_windows, train_set, dev_windows, dev_set)``, what ``minift qa`` and
     ``benchmarks/qa_squad.py`` both train and score on."""
@@ -324,6 +316,7 @@ def train_and_dev_windows(train: Sequence[Question], dev: Sequence[Question], to
     dev_windows = make_windows(dev, tokenizer, **shape)
     return (train_windows, WindowDataset(train_windows, tokenizer.pad_token_id),
             dev_windows, WindowDataset(dev_windows, tokenizer.pad_token_id, labels=False))
+
 
 def best_answers(context: str, windows: Sequence[Window], start_logits: Sequence[torch.Tensor],
                  end_logits: Sequence[torch.Tensor], *, n_best: int = 20,
@@ -350,9 +343,8 @@ def best_answers(context: str, windows: Sequence[Window], start_logits: Sequence
                 if e < s or e - s + 1 > max_answer_length:
                     continue
                 begin, stop = window.offsets[s][0], window.offsets[e][1]
-                candidates.append(Span(context[begin:stop], begin, stop,
-                                       float(starts[s] + ends[e]), float(starts[s]),
-                                       float(ends[e])))
+                candidates.append(Span(context[begin:stop], begin, stop, float(starts[s] + ends[e]),
+                                       float(starts[s]), float(ends[e])))
     candidates = sorted(candidates, key=lambda c: c.score, reverse=True)[:n_best]
     if not candidates or (len(candidates) == 1 and candidates[0].text == ""):
         candidates.insert(0, Span("", 0, 0, 0.0, 0.0, 0.0))
@@ -378,9 +370,7 @@ def predict_answers(questions: Sequence[Question], windows: Sequence[Window],
     return out
 
 
-# --------------------------------------------------------------------------------------------
-# 4. Scoring: SQuAD v1.1 exact match and F1
-# --------------------------------------------------------------------------------------------
+# --- 4. Scoring: SQuAD v1.1 exact match and F1 ----------------------------------------------------
 
 _PUNCTUATION = set(string.punctuation)
 
@@ -495,17 +485,15 @@ class QuestionAnswering(nn.Module):
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write an HF folder that ``transformers.BertForQuestionAnswering`` loads."""
-        heads = {"qa_outputs.weight": self.qa_outputs.weight, "qa_outputs.bias": self.qa_outputs.bias}
-        save_bert(self.bert, path, heads=heads, prefix="bert.",
-                  config_extra={"architectures": [self.architecture]})
-
+        save_bert(self.bert, path, heads=linear_tensors(self.qa_outputs, "qa_outputs"),
+                  prefix="bert.", config_extra={"architectures": [self.architecture]})
 
 
 def qa_predictions(model, questions: Sequence, windows: Sequence, dataset, batch_size: int,
                    device, *, progress: bool = False, n_best: int = 20,
                    max_answer_length: int = 30) -> dict[str, list]:
-    """Question id -> its n-best answers (``minift.tasks.qa.best_answers``), from the start and end
-    logits of every window. ``model(**batch)`` returns ``.start_logits`` and ``.end_logits``:
+    """Question id -> its n-best answers (``best_answers``), from the start and end logits of
+    every window. ``model(**batch)`` returns ``.start_logits`` and ``.end_logits``:
     minift's ``QuestionAnswering`` and transformers' ``BertForQuestionAnswering`` both do."""
     model.eval()
     starts: list = [None] * len(windows)
@@ -520,7 +508,7 @@ def qa_predictions(model, questions: Sequence, windows: Sequence, dataset, batch
                                out.end_logits.float().cpu(), strict=True):
                 starts[i], ends[i] = s, e
     return predict_answers(questions, windows, starts, ends, n_best=n_best,
-                                    max_answer_length=max_answer_length)
+                           max_answer_length=max_answer_length)
 
 
 def qa_scores(model, questions: Sequence, windows: Sequence, dataset, batch_size: int, device,

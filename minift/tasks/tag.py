@@ -1,4 +1,17 @@
-"""TAG_DOC
+"""Token classification (NER, part-of-speech tagging): the head, the dataset, the evaluation.
+
+Named-entity recognition and POS tagging label *words*, but the encoder sees sub-word tokens.
+Read in this order:
+
+1. ``TokenClassifier``  the encoder + dropout + a linear layer on every token's last hidden state,
+                        as transformers' ``BertForTokenClassification``;
+2. ``TokenClassificationDataset``  sentences of words tokenized once, their word labels aligned
+                        to the sub-words (``minift.core.align``), a sentence too long for the model
+                        cut into overlapping windows of whole words, never truncated;
+3. ``predict_tags``     one predicted tag per word, read at its first sub-word in the window where
+                        it has most context, and the mean loss;
+4. ``tagging_scores``   entity-level scores as seqeval computes them (NER) or token accuracy (POS),
+                        and ``scores_table`` to print them.
 """
 
 from __future__ import annotations
@@ -18,12 +31,7 @@ from minift.core.align import (
     word_id_rows,
 )
 from minift.core.labels import DataError
-from minift.core.metrics import (
-    entity_scores,
-    format_table,
-    per_class_scores,
-    token_accuracy,
-)
+from minift.core.metrics import entity_scores, format_table, per_class_scores, token_accuracy
 from minift.data.batches import PaddedRows, as_rows, check_pads_right, pad_rows
 from minift.tasks.classify import _Classifier
 
@@ -38,24 +46,52 @@ class TokenClassifier(_Classifier):
         return self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state
 
 
-
 def _short(word: str, limit: int = 30) -> str:
     """A word for an error message: its repr, cut after `limit` characters."""
     return repr(word) if len(word) <= limit else repr(word[:limit]) + "..."
 
 
 def _encode_words(tokenizer, sentences: list[list[str]]) -> list[tuple[Tensor, Tensor, list]]:
-    """(input_ids, token_type_ids, word_ids) of each sentence of words, whole (no truncation)
-    and unpadded."""
+    """(input_ids, token_type_ids, word_ids) of each sentence of words, untruncated, unpadded."""
     encoding = tokenizer(sentences, is_split_into_words=True, truncation=False, padding=False)
-    return list(
-        zip(
-            as_rows(encoding["input_ids"]),
-            as_rows(encoding["token_type_ids"]),
-            word_id_rows(encoding, len(sentences)),
-            strict=True,
-        )
-    )
+    return list(zip(as_rows(encoding["input_ids"]), as_rows(encoding["token_type_ids"]),
+                    word_id_rows(encoding, len(sentences)), strict=True))
+
+
+def _check_sentences(sentences, label_ids, where) -> None:
+    """Refuse an empty data set, a sentence that is not a non-empty list of words, and label ids
+    or places (`where`) that are not one per word."""
+    if len(sentences) == 0:
+        raise ValueError("expected at least one sentence, found none")
+    for s, words in enumerate(sentences):
+        if isinstance(words, str) or len(words) == 0:
+            raise ValueError(f"sentence {s}: expected a non-empty list of words, "
+                             f"found {words!r:.80}")
+    if label_ids is not None:
+        if len(label_ids) != len(sentences):
+            raise ValueError(f"expected one list of label ids per sentence ({len(sentences)}), "
+                             f"found {len(label_ids)}")
+        for s, (words, ids) in enumerate(zip(sentences, label_ids, strict=True)):
+            if len(ids) != len(words):
+                raise ValueError(f"sentence {s}: {len(words)} words but {len(ids)} label ids")
+    if where is not None and [len(w) for w in where] != [len(s) for s in sentences]:
+        raise ValueError("expected `where` to hold one place per word of every sentence")
+
+
+def _special_tokens(whole: list[tuple], counts: list[list[int]], where) -> int:
+    """How many special tokens every sentence has (the same for all, or an error), after refusing
+    a data set where no word at all produced a sub-word token."""
+    if not any(any(c) for c in counts):
+        start = f"{where[0][0]}: " if where is not None else ""
+        raise DataError(
+            f"{start}no word of the {len(counts)} sentences produced a sub-word token (every "
+            "word is made only of characters the tokenizer drops, such as U+200B): there is "
+            "nothing to train on or to score")
+    n_special = {len(e[0]) - sum(c) for e, c in zip(whole, counts, strict=True)}
+    if len(n_special) != 1:
+        raise ValueError("expected the same number of special tokens in every sentence, "
+                         f"found {sorted(n_special)}")
+    return n_special.pop()
 
 
 class TokenClassificationDataset(PaddedRows):
@@ -63,7 +99,7 @@ class TokenClassificationDataset(PaddedRows):
 
     Each sentence is tokenized whole (`is_split_into_words`, no truncation). One that does not fit
     `max_length` tokens (special tokens included) is cut into windows of whole words that overlap
-    by `stride_words` words (`minift.core.labels.plan_windows`), and each window is tokenized as a
+    by `stride_words` words (`minift.core.align.plan_windows`), and each window is tokenized as a
     sentence of its own: no word is ever truncated away. `plan.num_windowed` says how many were
     cut. The examples handed out are the windows ("pieces"), in sentence order.
 
@@ -75,44 +111,17 @@ class TokenClassificationDataset(PaddedRows):
     Batch contract: `input_ids`, `attention_mask`, `token_type_ids` (batch, seq) padded on the
     right as in `ClassificationDataset`, plus `labels` (batch, seq) when `label_ids` (one list of
     tag ids per sentence) are given: the word's label at its first sub-word and `IGNORE_INDEX` at
-    the other sub-words, special and pad tokens (`minift.core.labels.align_labels`; with
+    the other sub-words, special and pad tokens (`minift.core.align.align_labels`; with
     `label_all_subwords` continuations get the word's label, `B-X` turned into `I-X` by `b_to_i`).
     `word_predictions` folds per-token predictions of the pieces back into one per word.
     """
 
-    def __init__(
-        self,
-        sentences: Sequence[Sequence[str]],
-        tokenizer,
-        *,
-        max_length: int,
-        label_ids: Sequence[Sequence[int]] | None = None,
-        label_all_subwords: bool = False,
-        b_to_i: dict[int, int] | None = None,
-        stride_words: int = 16,
-        chunk_size: int = 1024,
-        where: Sequence[Sequence[str]] | None = None,
-    ) -> None:
-        if len(sentences) == 0:
-            raise ValueError("expected at least one sentence, found none")
-        for s, words in enumerate(sentences):
-            if isinstance(words, str) or len(words) == 0:
-                raise ValueError(
-                    f"sentence {s}: expected a non-empty list of words, found {words!r:.80}"
-                )
-        if label_ids is not None:
-            if len(label_ids) != len(sentences):
-                raise ValueError(
-                    f"expected one list of label ids per sentence ({len(sentences)}), "
-                    f"found {len(label_ids)}"
-                )
-            for s, (words, ids) in enumerate(zip(sentences, label_ids, strict=True)):
-                if len(ids) != len(words):
-                    raise ValueError(f"sentence {s}: {len(words)} words but {len(ids)} label ids")
-        if where is not None and [len(w) for w in where] != [len(s) for s in sentences]:
-            raise ValueError("expected `where` to hold one place per word of every sentence")
-        if label_all_subwords and b_to_i is None:
-            b_to_i = {}
+    def __init__(self, sentences: Sequence[Sequence[str]], tokenizer, *, max_length: int,
+                 label_ids: Sequence[Sequence[int]] | None = None,
+                 label_all_subwords: bool = False, b_to_i: dict[int, int] | None = None,
+                 stride_words: int = 16, chunk_size: int = 1024,
+                 where: Sequence[Sequence[str]] | None = None) -> None:
+        _check_sentences(sentences, label_ids, where)
         check_pads_right(tokenizer)
         self.pad_token_id = int(tokenizer.pad_token_id)
         self.max_length = max_length
@@ -121,44 +130,25 @@ class TokenClassificationDataset(PaddedRows):
         # Tokenize every sentence whole: its sub-words per word decide the windows.
         whole: list[tuple[Tensor, Tensor, list[int | None]]] = []
         for start in range(0, len(sentences), chunk_size):
-            chunk = self.sentences[start : start + chunk_size]
-            whole += _encode_words(tokenizer, chunk)
-        counts = [
-            tokens_per_word(ids, len(words))
-            for (_, _, ids), words in zip(whole, self.sentences, strict=True)
-        ]
-        if not any(any(c) for c in counts):
-            start = f"{where[0][0]}: " if where is not None else ""
-            raise DataError(
-                f"{start}no word of the {len(counts)} sentences produced a sub-word token (every "
-                "word is made only of characters the tokenizer drops, such as U+200B): there is "
-                "nothing to train on or to score"
-            )
-        n_special = {len(e[0]) - sum(c) for e, c in zip(whole, counts, strict=True)}
-        if len(n_special) != 1:
-            raise ValueError(
-                f"expected the same number of special tokens in every sentence, "
-                f"found {sorted(n_special)}"
-            )
-        self.num_special_tokens = n_special.pop()
+            whole += _encode_words(tokenizer, self.sentences[start : start + chunk_size])
+        counts = [tokens_per_word(ids, len(words))
+                  for (_, _, ids), words in zip(whole, self.sentences, strict=True)]
+        self.num_special_tokens = _special_tokens(whole, counts, where)
         max_tokens = max_length - self.num_special_tokens  # sub-words a window may hold
         if max_tokens < 1:
-            raise ValueError(
-                f"max_length={max_length} leaves no room for a word beside the "
-                f"{self.num_special_tokens} special tokens"
-            )
+            raise ValueError(f"max_length={max_length} leaves no room for a word beside the "
+                             f"{self.num_special_tokens} special tokens")
         places = None
         if where is not None:  # "train.txt:57, word 'Llanfair...'" for a word no window holds
-            places = [
-                [f"{w}, word {_short(word)}" for w, word in zip(ws, words, strict=True)]
-                for ws, words in zip(where, self.sentences, strict=True)
-            ]
+            places = [[f"{w}, word {_short(word)}" for w, word in zip(ws, words, strict=True)]
+                      for ws, words in zip(where, self.sentences, strict=True)]
         self.plan = plan_windows(counts, max_tokens, stride_words, where=places)
 
         self.input_ids: list[Tensor] = []
         self.token_type_ids: list[Tensor] = []
         self.word_ids: list[list[int | None]] = []
         self.labels: list[Tensor] | None = None if label_ids is None else []
+        b_to_i = (b_to_i or {}) if label_all_subwords else None
         for s, start, end in self.plan.pieces():
             if (start, end) == (0, len(self.sentences[s])):
                 ids, types, word_ids = whole[s]
@@ -166,26 +156,16 @@ class TokenClassificationDataset(PaddedRows):
                 [(ids, types, word_ids)] = _encode_words(tokenizer, [self.sentences[s][start:end]])
             if len(ids) > max_length:  # the plan guarantees it; a tokenizer that disagrees fails
                 place = f"sentence {s}" if where is None else where[s][start]
-                raise ValueError(
-                    f"{place}, words {start}..{end - 1}: {len(ids)} tokens, "
-                    f"more than max_length={max_length}"
-                )
+                raise ValueError(f"{place}, words {start}..{end - 1}: {len(ids)} tokens, "
+                                 f"more than max_length={max_length}")
             self.input_ids.append(ids)
             self.token_type_ids.append(types)
             self.word_ids.append(word_ids)
             if label_ids is not None:
-                aligned = align_labels(
-                    list(label_ids[s][start:end]),
-                    word_ids,
-                    label_all_subwords=label_all_subwords,
-                    b_to_i=b_to_i if label_all_subwords else None,
-                )
+                aligned = align_labels(list(label_ids[s][start:end]), word_ids,
+                                       label_all_subwords=label_all_subwords, b_to_i=b_to_i)
                 self.labels.append(torch.tensor(aligned, dtype=torch.long))
         self.lengths: list[int] = [len(ids) for ids in self.input_ids]
-
-    def __len__(self) -> int:
-        """Number of pieces (windows): the sentences plus the extra windows of long ones."""
-        return len(self.input_ids)
 
     def batch(self, indices: Sequence[int]) -> dict[str, Tensor]:
         """The padded batch of the pieces at `indices`, in that order, with their `labels`."""
@@ -194,9 +174,8 @@ class TokenClassificationDataset(PaddedRows):
             batch["labels"] = pad_rows([self.labels[i] for i in indices], IGNORE_INDEX)
         return batch
 
-    def word_predictions(
-        self, token_predictions: Sequence[Sequence[int] | Tensor], fill: int = 0
-    ) -> list[list[int]]:
+    def word_predictions(self, token_predictions: Sequence[Sequence[int] | Tensor],
+                         fill: int = 0) -> list[list[int]]:
         """One prediction per word of every sentence from one per token of every piece.
 
         `token_predictions[k]` lines up with piece k's tokens (e.g. `logits.argmax(-1)` of its
@@ -205,27 +184,18 @@ class TokenClassificationDataset(PaddedRows):
         `fill` (id 0 is "O" in a `LabelVocab` of NER tags).
         """
         if len(token_predictions) != len(self):
-            raise ValueError(
-                f"got predictions for {len(token_predictions)} pieces, expected {len(self)}"
-            )
+            raise ValueError(f"got predictions for {len(token_predictions)} pieces, "
+                             f"expected {len(self)}")
         per_piece = []
-        for k, ((_, start, end), word_ids) in enumerate(
-            zip(self.plan.pieces(), self.word_ids, strict=True)
-        ):
-            row = token_predictions[k]
+        pieces = zip(self.plan.pieces(), self.word_ids, token_predictions, strict=True)
+        for k, ((_, start, end), word_ids, row) in enumerate(pieces):
             row = row.tolist() if isinstance(row, Tensor) else list(row)
             if len(row) < len(word_ids):
-                raise ValueError(
-                    f"piece {k}: {len(row)} token predictions for {len(word_ids)} tokens"
-                )
-            per_piece.append(
-                decode_word_predictions(
-                    row[: len(word_ids)], word_ids, num_words=end - start, fill=fill
-                )
-            )
+                raise ValueError(f"piece {k}: {len(row)} token predictions for {len(word_ids)} "
+                                 "tokens")
+            per_piece.append(decode_word_predictions(row[: len(word_ids)], word_ids,
+                                                     num_words=end - start, fill=fill))
         return self.plan.merge(per_piece)
-
-
 
 def predict_tags(model, dataset, batch_size: int, device, *, progress: bool = False,
                  desc: str = "tagging") -> tuple[list[list[int]], float | None]:
@@ -255,7 +225,6 @@ def predict_tags(model, dataset, batch_size: int, device, *, progress: bool = Fa
 def tagging_scores(gold: list[list[str]], pred: list[list[str]], task: str) -> dict:
     """NER: entity-level micro precision, recall, F1 (seqeval's default mode), per type, and the
     strict IOB2 mode's micro scores. POS: token accuracy and per-tag scores."""
-
     if task == "pos":
         flat_gold = [tag for tags in gold for tag in tags]
         flat_pred = [tag for tags in pred for tag in tags]
