@@ -2,7 +2,7 @@
 
 Question: how long does drawing and applying a dropout mask take, on the tensors a training step
 of the published MiniLM drops? Both functions keep each element with probability 1 - p and scale
-it by 1 / (1 - p) (tests/test_kernels.py holds minift's to that distribution); ``F.dropout`` draws
+it by 1 / (1 - p) (tests/test_cpu_kernels.py holds minift's to that distribution); ``F.dropout`` draws
 its mask with ``bernoulli_``, minift's compares a uniform draw with p. Shapes: the hidden states
 of a batch of 32 sequences of 64 real tokens, (2048, 384), and their attention probabilities,
 (12, 64, 64) per sequence, 32 of them, as ``varlen_attention`` drops them. fp32 and bf16.

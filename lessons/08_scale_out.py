@@ -491,7 +491,7 @@ check(realistic["mean_diff"] > 10 * exact["mean_diff"], "dropout made no differe
 # weights. Measured against how far training moved the weights, the difference is largest in
 # short runs like the quick one: AdamW's first steps move each weight by about the learning
 # rate in the direction of its gradient's sign, and another dropout mask flips that sign for
-# many weights. `tests/test_distributed.py` holds the dropout-free equality on a tiny model for
+# many weights. `tests/test_ddp.py` holds the dropout-free equality on a tiny model for
 # sequence and token classification (where the ranks' shards hold different numbers of
 # targets), gradient accumulation, resume and SetFit's contrastive phase.
 #
@@ -588,7 +588,7 @@ show_source(minift.core.loop._wrap, "device_ids=[device.index]")  # DDP wraps th
 # **Failures.** A rank that raises (bad data in its shard, out of memory) exits; the others
 # would wait for it in the next all-reduce forever. torchrun's agent watches its processes: when
 # one fails it stops the others and exits non-zero with the failing rank's error and number.
-# `tests/test_distributed.py` makes one rank fail in the middle of a run and checks that the job
+# `tests/test_ddp.py` makes one rank fail in the middle of a run and checks that the job
 # stops promptly, names the failing rank, and leaves the last `resume.pt` intact. Outside torchrun,
 # `MINIFT_DIST_TIMEOUT` bounds the wait in a collective.
 

@@ -1,4 +1,4 @@
-"""A tiny training run that tests/test_distributed.py starts under torchrun or in one process.
+"""A tiny training run that tests/test_ddp.py starts under torchrun or in one process.
 
     python -m torch.distributed.run --standalone --nproc_per_node=2 tests/ddp_worker.py \
         --out OUT --result weights.safetensors --task tokens --steps 6

@@ -1,14 +1,40 @@
-"""The `minift` command: a tiny real fine-tune end to end, and bad input stopped before training."""
+"""minift.run.cli, the `minift` command: a tiny real fine-tune end to end; the command line as a new
+or hostile user meets it (fast help, named errors before anything is loaded, one writer per output
+folder, small output folders, no held-out set scored twice); and every command's options held to a
+record.
 
+Most cases run `minift.run.cli.main` in this process (exit code and stderr are what a shell sees);
+the help case runs in a subprocess, since what it checks is what the interpreter imported.
+
+``tests/data/cli_options.json`` was written from the parser on main at 2f309d1, before the package
+moved into layers (issue #30); the options are now generated from dataclasses
+(``minift/run/options.py``), and ``test_a_command_offers_the_recorded_options`` holds the generated
+parser to the record: the same flags, defaults, types, choices, required-ness and arity for every
+subcommand. A change to the command line is made on purpose by regenerating the record:
+
+    python -c "import sys; sys.path.insert(0, 'tests'); from test_cli import record; record()"
+"""
+
+from __future__ import annotations
+
+import argparse
 import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import transformers
 
+import minift.core.loop
 import minift.run.recipes
+from minift.core import files as lock
+from minift.core.model import BertConfig, BertModel
 from minift.data.tokenizer import Tokenizer
-from minift.run.cli import main
+from minift.run.cli import build_parser, main
 from minift.run.recipes import finetune
 
 SENTENCES = [
@@ -120,3 +146,328 @@ def test_similarity_command_prints_scores(capsys, minilm_dir):
     out = capsys.readouterr().out
     score = float(out.strip().splitlines()[-1].split()[0])
     assert 0.5 < score <= 1.0  # two paraphrases: clearly similar
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+ROWS = [("a gripping , beautifully acted film", "1"), ("dull , lifeless and far too long", "0"),
+        ("one of the best movies of the year", "1"), ("a mess from start to finish", "0")] * 3
+
+
+@pytest.fixture()
+def tsv_files(tmp_path) -> dict[str, str]:
+    """A train and a dev file of ROWS, by name."""
+    for name in ("train", "dev"):
+        (tmp_path / f"{name}.tsv").write_text(
+            "text\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in ROWS), encoding="utf-8")
+    return {"train": str(tmp_path / "train.tsv"), "dev": str(tmp_path / "dev.tsv")}
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture()
+def no_loading(monkeypatch):
+    """Fail the test if a model is ever loaded: bad input must stop before."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded despite bad input")
+
+    monkeypatch.setattr(minift.run.recipes.skeleton, "run_recipe", refuse)  # the loop's recipes
+    monkeypatch.setattr("minift.hf.checkpoint.load_bert", refuse)  # similarity
+    monkeypatch.setattr(minift.run.recipes.fewshot, "load_bert", refuse)  # setfit
+
+
+def finetune_args(model, files, out, *extra) -> list[str]:
+    return ["finetune", "--model", model, "--train", files["train"], "--dev", files["dev"],
+            "--max-length", "32", "--batch-size", "4", "--no-progress", "--out", out, *extra]
+
+
+def _counting(monkeypatch, scores: list[float] | None = None) -> list:
+    """Count calls of `classification_metrics`; with `scores`, report those accuracies in turn."""
+    calls = []
+    real = minift.run.recipes.classify.classification_metrics
+
+    def counted(*args, **kwargs):
+        result = real(*args, **kwargs)
+        if scores is not None:
+            result["accuracy"] = scores[len(calls)]
+        calls.append(result)
+        return result
+
+    monkeypatch.setattr(minift.run.recipes.classify, "classification_metrics", counted)
+    return calls
+
+
+def test_help_imports_no_torch():
+    script = (
+        "import sys\n"
+        "import minift\n"
+        "assert 'torch' not in sys.modules, 'import minift imported torch'\n"
+        "from minift.run.cli import main\n"
+        "for argv in ([], ['finetune'], ['ner'], ['pretrain'], ['setfit'], ['similarity'], ['plot']):\n"
+        "    try:\n"
+        "        main([*argv, '--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "heavy = sorted(m for m in ('torch', 'matplotlib', 'minift.core.model', 'minift.run.recipes')\n"
+        "                if m in sys.modules)\n"
+        "print('HEAVY', heavy)\n"
+    )
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                          cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "HEAVY []" in done.stdout
+    # python -m minift --help itself: -X importtime lists every module the interpreter imported
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "minift", "--help"],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert done.returncode == 0 and "finetune" in done.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()}
+    assert "torch" not in imported and "minift.run.cli" in imported
+
+
+def test_lazy_package_attributes():
+    import minift
+
+    assert minift.BertModel is BertModel and minift.BertConfig is BertConfig
+    with pytest.raises(AttributeError):
+        minift.NoSuchThing  # noqa: B018
+
+
+@pytest.mark.parametrize("command", ["finetune", "ner", "pretrain", "setfit", "qa",
+                                     "similarity"])
+def test_help_shows_defaults_groups_and_no_rst(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    assert "`" not in text
+    assert "(default: minilm)" in text
+    assert "--no-progress" in text and "--device" in text
+    if command != "similarity":
+        assert "model and data:" in text and "training:" in text and "run:" in text
+        assert "(default: None)" not in text and "(default: False)" not in text
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["--version"])
+    assert exit.value.code == 0 and capsys.readouterr().out.startswith("minift 0.")
+
+
+def test_text_col_has_one_default():
+    parser = build_parser()
+    common = ["--train", "a", "--dev", "b", "--out", "o"]
+    defaults = {command: parser.parse_args([command, *common]).text_col
+                for command in ("finetune", "setfit")}
+    assert defaults == {"finetune": "text", "setfit": "text"}
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--lr", "nan"], "--lr must be positive, got nan"),
+    (["--grad-accum", "0"], "--grad-accum must be at least 1, got 0"),
+    (["--eval-every", "0"], "--eval-every must be at least 1, got 0"),
+    (["--warmup-ratio", "2"], "--warmup-ratio must be in [0, 1], got 2.0"),
+    (["--seed", "-1"], "--seed must be at least 0, got -1"),
+    (["--resume"], "resume.pt does not exist"),
+    (["--max-length", "65"], "--max-length 65 is more than the model's 64 positions"),
+    (["--device", "tpu"], "--device tpu"),
+    (["--freeze", "last-9"], "--freeze mode 'last-9'"),
+])  # fmt: skip
+def test_finetune_refuses_bad_values_before_loading(tiny, tsv_files, tmp_path, capsys, no_loading,
+                                                    extra, expected):
+    args = finetune_args(tiny, tsv_files, tmp_path / "out", *extra)
+    if "--max-length" in extra:
+        args.remove("32")
+        args.remove("--max-length")
+    code, _, err = run(capsys, *args)
+    assert code == 2 and err.startswith("minift: error: ") and expected in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a torch without CUDA")
+def test_device_cuda_without_cuda(tiny, tsv_files, tmp_path, capsys, no_loading):
+    code, _, err = run(capsys, *finetune_args(tiny, tsv_files, tmp_path / "out", "--device", "cuda"))
+    assert code == 2 and "--device cuda: this torch sees no CUDA GPU" in err
+
+
+def test_out_that_cannot_be_created_is_refused_up_front(tiny, tsv_files, tmp_path, capsys,
+                                                       no_loading):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for out in (blocker / "sub", blocker):
+        code, _, err = run(capsys, *finetune_args(tiny, tsv_files, out))
+        assert code == 2 and f"--out {out}" in err, err
+
+
+def test_setfit_checks_max_length_against_the_model(tiny, tsv_files, tmp_path, capsys, no_loading):
+    code, _, err = run(capsys, "setfit", "--model", tiny, "--train", tsv_files["train"], "--dev",
+                       tsv_files["dev"], "--shots", "2", "--max-length", "100", "--out",
+                       tmp_path / "out")
+    assert code == 2 and "--max-length 100 is more than the model's 64 positions" in err
+
+
+def test_similarity_refuses_empty_texts(capsys, no_loading):
+    for pair in ("|||", "a cat |||", " ||| a dog"):
+        code, _, err = run(capsys, "similarity", "--pair", pair)
+        assert code == 2 and "both sentences must be non-empty" in err
+
+
+def test_ner_refuses_a_training_set_without_targets(minilm_dir, tmp_path, capsys, no_loading):
+    train, dev = tmp_path / "train.txt", tmp_path / "dev.txt"
+    train.write_text("\u200b B-PER\n\u200b O\n\n\u200b O\n\n", encoding="utf-8")
+    dev.write_text("Paris B-PER\nis O\n\n", encoding="utf-8")
+    code, _, err = run(capsys, "ner", "--model", minilm_dir, "--train", train, "--dev", dev,
+                       "--no-progress", "--out", tmp_path / "out")
+    assert code == 2 and f"{train}:1: no word of the 2 sentences produced a sub-word token" in err, err
+
+
+def test_task_data_folder_is_found_or_named_in_the_error(tmp_path, monkeypatch, capsys,
+                                                         no_loading, minilm_dir):
+    monkeypatch.delenv("MINIFT_DATA", raising=False)
+    monkeypatch.setattr(minift.run.recipes.prepare, "DEFAULT_DATA", tmp_path / "nowhere")
+    code, _, err = run(capsys, "finetune", "--model", minilm_dir, "--task", "sst2", "--out",
+                       tmp_path / "out")
+    assert code == 2 and "--data-dir" in err and "MINIFT_DATA" in err and "data_dir=" not in err
+    code, _, err = run(capsys, "finetune", "--model", minilm_dir, "--task", "sst2", "--data-dir",
+                       tmp_path / "missing", "--out", tmp_path / "out")
+    assert code == 2 and f"--data-dir {tmp_path / 'missing'}: no such folder" in err
+    monkeypatch.setattr(minift.run.recipes.prepare, "DEFAULT_DATA", tmp_path)  # in the repository
+    assert minift.run.recipes.data_folder() == tmp_path
+    monkeypatch.setenv("MINIFT_DATA", str(tmp_path / "env"))
+    with pytest.raises(ValueError, match="MINIFT_DATA=.*no such folder"):
+        minift.run.recipes.data_folder()
+
+
+def _write_lock(folder: Path, pid: int, host: str | None = None) -> Path:
+    import socket
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / lock.LOCK_NAME
+    path.write_text(json.dumps({"pid": pid, "host": host or socket.gethostname()}))
+    return path
+
+
+def test_second_run_on_a_locked_folder_is_refused(tiny, tsv_files, tmp_path, capsys, no_loading):
+    out = tmp_path / "out"
+    held = _write_lock(out, os.getppid())
+    code, _, err = run(capsys, *finetune_args(tiny, tsv_files, out))
+    assert code == 2 and f"{out} is in use by process {os.getppid()}" in err
+    assert held.exists()  # the other run's lock stays
+
+
+@pytest.mark.parametrize("failure, status, expected", [
+    (KeyboardInterrupt(), 130, "minift: interrupted"),
+    (OSError(28, "No space left on device"), 1, "minift: error: [Errno 28] No space left"),
+])  # fmt: skip
+def test_failures_during_training_are_one_line(tiny, tsv_files, tmp_path, capsys, monkeypatch,
+                                               failure, status, expected):
+    def fail(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(minift.run.recipes.skeleton, "train", fail)
+    out = tmp_path / "out"
+    code, _, err = run(capsys, *finetune_args(tiny, tsv_files, out))
+    assert code == status and expected in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (out / lock.LOCK_NAME).exists()
+
+
+def test_finished_run_keeps_model_metrics_and_log_and_scores_dev_once_per_weights(
+        tiny, tsv_files, tmp_path, capsys, monkeypatch):
+    calls = _counting(monkeypatch)
+    out = tmp_path / "out"
+    code, stdout, err = run(capsys, *finetune_args(tiny, tsv_files, out, "--max-steps", "2"))
+    assert code == 0, err
+    assert len(calls) == 2  # before, and the end (the best step is the last: no third scoring)
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "metrics.json",
+            "log.jsonl"} <= names
+    assert not names & {"best", "run", "resume.pt", lock.LOCK_NAME}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["dev"] == calls[-1] and metrics["train"]["best_step"] == 2
+    assert any("eval" in json.loads(line) for line in (out / "log.jsonl").read_text().splitlines())
+
+
+def test_best_step_before_the_last_is_the_saved_model(tiny, tsv_files, tmp_path, capsys,
+                                                      monkeypatch):
+    calls = _counting(monkeypatch, scores=[0.5, 0.9, 0.1, 0.9])  # before, step 1, step 2, best
+    out = tmp_path / "out"
+    code, _, err = run(capsys, *finetune_args(tiny, tsv_files, out, "--max-steps", "2",
+                                              "--eval-every", "1", "--keep-resume"))
+    assert code == 0, err
+    assert len(calls) == 4  # the best weights (step 1) are scored once more, after reloading
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train"]["best_step"] == 1 and math.isclose(metrics["dev"]["accuracy"], 0.9)
+    assert metrics["dev"]["loss"] == pytest.approx(calls[1]["loss"])  # same weights as step 1
+    names = {p.name for p in out.iterdir()}
+    assert "resume.pt" in names and "best" not in names  # --keep-resume keeps it
+
+
+def test_setfit_one_seed_reads_as_one_seed(tiny, tsv_files, tmp_path, capsys):
+    code, stdout, err = run(capsys, "setfit", "--model", tiny, "--train", tsv_files["train"],
+                            "--dev", tsv_files["dev"], "--shots", "2", "--seeds", "1",
+                            "--max-length", "32", "--no-progress", "--out", tmp_path / "out")
+    assert code == 0, err
+    assert "1 seed;" in stdout and "over 1 seed:" in stdout
+    assert "1 seeds" not in stdout and "+/-" not in stdout
+
+
+RECORD = Path(__file__).parent / "data" / "cli_options.json"
+
+
+COMPARED = ("flags", "default", "type", "choices", "required", "nargs")
+
+
+def describe(parser: argparse.ArgumentParser) -> dict:
+    rows = {}
+    for action in parser._actions:
+        if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction,
+                               argparse._VersionAction)):
+            continue
+        default = action.default
+        if not isinstance(default, (int, float, str, bool, type(None), list)):
+            default = repr(default)
+        rows[action.option_strings[0] if action.option_strings else action.dest] = {
+            "flags": list(action.option_strings), "dest": action.dest, "default": default,
+            "type": getattr(action.type, "__name__", None) if action.type else None,
+            "choices": list(action.choices) if action.choices else None,
+            "required": action.required, "nargs": action.nargs, "kind": type(action).__name__,
+        }
+    return rows
+
+
+def commands(parser: argparse.ArgumentParser, prefix: str = "") -> dict:
+    found = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                path = f"{prefix} {name}".strip()
+                found[path] = describe(sub)
+                found.update(commands(sub, path))
+    return found
+
+
+RECORDED = json.loads(RECORD.read_text())
+
+
+LIVE = commands(build_parser())
+
+
+def test_the_same_commands():
+    assert sorted(LIVE) == sorted(RECORDED)
+
+
+@pytest.mark.parametrize("command", sorted(RECORDED))
+def test_a_command_offers_the_recorded_options(command):
+    live, recorded = LIVE.get(command, {}), RECORDED[command]
+    assert sorted(live) == sorted(recorded), (
+        f"{command}: missing {sorted(set(recorded) - set(live))}, "
+        f"new {sorted(set(live) - set(recorded))}")
+    for flag, was in recorded.items():
+        now = {key: live[flag][key] for key in COMPARED}
+        assert now == {key: was[key] for key in COMPARED}, f"{command} {flag}"

@@ -1,15 +1,21 @@
-"""Next-sentence pairs: reading documents, BERT's pair construction on real abstracts, batches."""
+"""minift.tasks.nsp: reading documents, BERT's pair construction on real abstracts, batches, and
+the next-sentence and pre-training heads against transformers."""
 
 import json
+import tempfile
 
 import pytest
 import torch
+import transformers
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from minift.core.labels import DataError
-from minift.core.model import BertConfig
+from minift.core.model import BertConfig, BertModel
 from minift.data.tokenizer import Tokenizer
 from minift.tasks.mlm import MaskingCollator
 from minift.tasks.nsp import (
+    NextSentencePrediction,
     NSPMaskedBatches,
     PairSequences,
     PreTraining,
@@ -103,7 +109,6 @@ def test_masked_pair_batches_train_the_pretraining_head(abstracts, tokenizer):
 def test_pretrain_nsp_reports_nsp_accuracy(minilm_dir, data_dir, tmp_path, capsys):
     import shutil
 
-    from minift.core.model import BertModel
     from minift.hf.checkpoint import save_bert
     from minift.run.cli import main
 
@@ -130,3 +135,73 @@ def test_pretrain_nsp_reports_nsp_accuracy(minilm_dir, data_dir, tmp_path, capsy
         "BertForPreTraining"]
     assert main(["pretrain", "--model", str(model_dir), "--text", str(docs), "--nsp",
                  "--masking", "wwm", "--out", str(tmp_path / "bad")]) == 2
+
+
+TINY = dict(vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=24, max_position_embeddings=32)
+
+
+def random_batch(gen, batch, seq, num_labels, token_level):
+    ids = torch.randint(1, TINY["vocab_size"], (batch, seq), generator=gen)
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    # At least two real tokens: position 0 ([CLS]) is ignored, so one label always counts.
+    lengths = torch.randint(2, seq + 1, (batch,), generator=gen)
+    for row, n in enumerate(lengths.tolist()):
+        mask[row, n:] = 0
+    types = torch.randint(0, 2, (batch, seq), generator=gen)
+    if token_level:
+        labels = torch.randint(0, num_labels, (batch, seq), generator=gen)
+        labels[mask == 0] = -100
+        labels[:, 0] = -100
+    else:
+        labels = torch.randint(0, num_labels, (batch,), generator=gen)
+    return dict(input_ids=ids, attention_mask=mask, token_type_ids=types, labels=labels)
+
+
+def saved(hf_model, tmp_dir):
+    hf_model.save_pretrained(tmp_dir)
+    return tmp_dir
+
+
+@settings(deadline=None, max_examples=8)
+@given(seed=st.integers(0, 2**31), batch=st.integers(1, 4), seq=st.integers(2, 10))
+def test_next_sentence_prediction_matches_transformers(seed, batch, seq):
+    torch.manual_seed(seed)
+    hf = transformers.BertForNextSentencePrediction(transformers.BertConfig(**TINY)).eval()
+    data = random_batch(torch.Generator().manual_seed(seed), batch, seq, 2, False)
+    ref = hf(**data)
+    with tempfile.TemporaryDirectory() as tmp:
+        ours = NextSentencePrediction.from_pretrained(saved(hf, tmp)).eval()
+    out = ours(**data)
+    torch.testing.assert_close(out.logits, ref.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.loss, ref.loss, atol=1e-5, rtol=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        ours.save_pretrained(tmp)
+        back = transformers.BertForNextSentencePrediction.from_pretrained(tmp).eval()
+    torch.testing.assert_close(back(**data).logits, out.logits, atol=1e-6, rtol=0)
+
+
+@settings(deadline=None, max_examples=8)
+@given(seed=st.integers(0, 2**31), batch=st.integers(1, 4), seq=st.integers(3, 10))
+def test_pretraining_loss_matches_bert_for_pretraining(seed, batch, seq):
+    torch.manual_seed(seed)
+    hf = transformers.BertForPreTraining(transformers.BertConfig(**TINY)).eval()
+    gen = torch.Generator().manual_seed(seed)
+    data = random_batch(gen, batch, seq, TINY["vocab_size"], True)
+    data["labels"][:, 1] = 7  # at least one masked target a row
+    data["attention_mask"][:, :2] = 1
+    data["next_sentence_label"] = torch.randint(0, 2, (batch,), generator=gen)
+    ref = hf(**data)
+    with tempfile.TemporaryDirectory() as tmp:
+        ours = PreTraining.from_pretrained(saved(hf, tmp)).eval()
+    assert ours.head_loaded and ours.nsp_loaded
+    out = ours(**data)
+    torch.testing.assert_close(out.loss, ref.loss, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.seq_relationship_logits, ref.seq_relationship_logits,
+                               atol=1e-5, rtol=0)
+    targets = data["labels"] != -100
+    torch.testing.assert_close(out.logits, ref.prediction_logits[targets], atol=1e-4, rtol=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        ours.save_pretrained(tmp)
+        back = transformers.BertForPreTraining.from_pretrained(tmp).eval()
+    torch.testing.assert_close(back(**data).loss, out.loss, atol=1e-5, rtol=0)

@@ -1,4 +1,5 @@
-"""SQuAD reading, windows, decoding and scoring against transformers' question-answering recipe.
+"""minift.tasks.qa: SQuAD reading, windows, decoding and scoring against transformers'
+question-answering recipe, and the span head against BertForQuestionAnswering.
 
 The reference is re-implemented here from transformers' ``examples/pytorch/question-answering``
 (``prepare_train_features`` in ``run_qa.py``, ``postprocess_qa_predictions`` in ``utils_qa.py``)
@@ -7,6 +8,7 @@ with the HF fast tokenizer of the MiniLM folder, and run on real SQuAD v1.1 dev 
 
 import json
 import random
+import tempfile
 from dataclasses import replace
 
 import numpy as np
@@ -17,10 +19,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minift.core.labels import DataError
+from minift.core.model import BertConfig
 from minift.data.tokenizer import Tokenizer
+from minift.hf.safetensors import CheckpointError
+from minift.tasks.nsp import PreTraining
 from minift.tasks.qa import (
     Answer,
     Question,
+    QuestionAnswering,
     best_answers,
     context_spans,
     exact_match,
@@ -29,6 +35,7 @@ from minift.tasks.qa import (
     normalize_answer,
     predict_answers,
     read_squad,
+    span_loss,
     split_by_article,
     squad_scores,
 )
@@ -335,3 +342,94 @@ def test_squad_scores_take_the_best_reference_and_report_points():
     assert scores["exact_match"] == pytest.approx(50.0)
     assert scores["f1"] == pytest.approx(100 * (1 + 2 / 3) / 2)
     assert squad_scores({}, qs)["f1"] == 0.0  # a missing prediction scores 0
+
+
+TINY = dict(vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=24, max_position_embeddings=32)
+
+
+def random_batch(gen, batch, seq, num_labels, token_level):
+    ids = torch.randint(1, TINY["vocab_size"], (batch, seq), generator=gen)
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    # At least two real tokens: position 0 ([CLS]) is ignored, so one label always counts.
+    lengths = torch.randint(2, seq + 1, (batch,), generator=gen)
+    for row, n in enumerate(lengths.tolist()):
+        mask[row, n:] = 0
+    types = torch.randint(0, 2, (batch, seq), generator=gen)
+    if token_level:
+        labels = torch.randint(0, num_labels, (batch, seq), generator=gen)
+        labels[mask == 0] = -100
+        labels[:, 0] = -100
+    else:
+        labels = torch.randint(0, num_labels, (batch,), generator=gen)
+    return dict(input_ids=ids, attention_mask=mask, token_type_ids=types, labels=labels)
+
+
+def saved(hf_model, tmp_dir):
+    hf_model.save_pretrained(tmp_dir)
+    return tmp_dir
+
+
+@settings(deadline=None, max_examples=10)
+@given(seed=st.integers(0, 2**31), batch=st.integers(1, 4), seq=st.integers(2, 12),
+       padded=st.booleans())
+def test_question_answering_matches_transformers(seed, batch, seq, padded):
+    torch.manual_seed(seed)
+    hf = transformers.BertForQuestionAnswering(transformers.BertConfig(**TINY)).eval()
+    gen = torch.Generator().manual_seed(seed)
+    data = random_batch(gen, batch, seq, 2, False)
+    del data["labels"]
+    if not padded:
+        data["attention_mask"][:] = 1
+    # positions inside, at the edge, and outside the window (clamped and ignored, as the reference)
+    data["start_positions"] = torch.randint(0, seq + 3, (batch,), generator=gen)
+    data["end_positions"] = torch.randint(0, seq + 3, (batch,), generator=gen)
+    data["start_positions"][0] = 0  # at least one position counts
+    ref = hf(**data)
+    with tempfile.TemporaryDirectory() as tmp:
+        ours = QuestionAnswering.from_pretrained(saved(hf, tmp)).eval()
+    out = ours(**data)
+    real = data["attention_mask"].bool()
+    for name in ("start_logits", "end_logits"):
+        torch.testing.assert_close(getattr(out, name)[real], getattr(ref, name)[real], atol=1e-5,
+                                   rtol=0)
+        assert (getattr(out, name)[~real] == torch.finfo(torch.float32).min).all()  # padding out
+    if padded:  # the reference's loss with the padding's logits masked as minift masks them
+        masked = [getattr(ref, n).masked_fill(~real, torch.finfo(torch.float32).min)
+                  for n in ("start_logits", "end_logits")]
+        expected = span_loss(*masked, data["start_positions"], data["end_positions"])
+    else:
+        expected = ref.loss
+    torch.testing.assert_close(out.loss, expected, atol=1e-5, rtol=0, equal_nan=True)
+    with tempfile.TemporaryDirectory() as tmp:  # minift -> transformers
+        ours.save_pretrained(tmp)
+        back = transformers.BertForQuestionAnswering.from_pretrained(tmp).eval()
+    torch.testing.assert_close(back(**data).start_logits[real], out.start_logits[real],
+                               atol=1e-6, rtol=0)
+
+
+def test_question_answering_loss_ignores_padding():
+    """Extra padding changes nothing (it does change the reference's loss)."""
+    torch.manual_seed(0)
+    model = QuestionAnswering(BertConfig(**TINY)).eval()
+    ids = torch.randint(1, 60, (2, 6))
+    positions = dict(start_positions=torch.tensor([1, 2]), end_positions=torch.tensor([3, 2]))
+    short = model(ids, torch.ones(2, 6, dtype=torch.long), **positions).loss
+    padded_ids = torch.cat([ids, torch.zeros(2, 4, dtype=torch.long)], 1)
+    mask = torch.cat([torch.ones(2, 6), torch.zeros(2, 4)], 1).long()
+    torch.testing.assert_close(model(padded_ids, mask, **positions).loss, short, atol=1e-6, rtol=0)
+
+
+def test_span_heads_start_fresh_on_a_plain_encoder(minilm_dir):
+    qa = QuestionAnswering.from_pretrained(minilm_dir)
+    nsp = PreTraining.from_pretrained(minilm_dir)
+    assert qa.qa_outputs.weight.shape == (2, 384) and qa.qa_outputs.bias.abs().sum() == 0
+    assert not nsp.nsp_loaded and nsp.seq_relationship.bias.abs().sum() == 0
+
+
+def test_qa_head_of_the_wrong_shape_is_refused(tmp_path):
+    torch.manual_seed(0)
+    hf = transformers.BertForQuestionAnswering(transformers.BertConfig(**TINY, num_labels=3))
+    hf.save_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match="qa_outputs.weight has shape"):
+        QuestionAnswering.from_pretrained(tmp_path)

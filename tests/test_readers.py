@@ -1,5 +1,5 @@
-"""Tests of minift/data.py: readers on the real GLUE files and on every kind of bad file, the label
-vocabulary, the length-grouped sampler and the padded batches (against transformers' tokenizer)."""
+"""Tests of minift/data/readers.py: readers on the real GLUE files and on every kind of bad file.
+(The label vocabulary is tested in test_labels.py; the sampler and padded batches in test_batches.py.)"""
 
 import csv
 import json
@@ -7,23 +7,14 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from transformers import AutoTokenizer, BertConfig
 
 from minift.core.labels import LabelVocab
-from minift.data.batches import collate, length_grouped_batches
-from minift.data.readers import TASKS, DataError, Example, encode_labels, read_examples, task_files
-from minift.tasks.classify import ClassificationDataset, make_batches
+from minift.data.readers import TASKS, DataError, encode_labels, read_examples, task_files
 
 # ----------------------------------------------------------------------------------------------
 # Helpers
-
-
-@pytest.fixture(scope="module")
-def hf_tokenizer(minilm_dir):
-    return AutoTokenizer.from_pretrained(minilm_dir)
 
 
 def _manifest_row(data_dir: Path, folder: str) -> str:
@@ -53,11 +44,6 @@ def _read_error(path: Path, **kwargs) -> str:
     with pytest.raises(DataError) as info:
         read_examples(path, **kwargs)
     return str(info.value)
-
-
-def _padding(lengths: list[int], batches: list[list[int]]) -> int:
-    """Pad tokens when each batch is padded to its longest member."""
-    return sum(len(b) * max(lengths[i] for i in b) - sum(lengths[i] for i in b) for b in batches)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -347,273 +333,3 @@ def test_csv_and_jsonl_round_trip(tmp_path, rows):
         path = _write(tmp_path, "round.jsonl", "\n".join(lines))
         examples = read_examples(path, text_col="text", label_col="label")
         assert [(ex.text, ex.label) for ex in examples] == rows
-
-
-# ----------------------------------------------------------------------------------------------
-# Labels
-
-
-def _examples(labels, path="train.tsv"):
-    return [Example(f"t{i}", None, lab, i + 2, path) for i, lab in enumerate(labels)]
-
-
-def test_label_vocab_order():
-    assert LabelVocab.from_examples(_examples(["1", "0", "1"])).labels == ["0", "1"]
-    assert LabelVocab.from_examples(_examples(["10", "2", "-1", "2"])).labels == ["-1", "2", "10"]
-    assert LabelVocab.from_examples(_examples(["neutral", "negative", "positive"])).labels == [
-        "negative",
-        "neutral",
-        "positive",
-    ]
-    # Mixed integers and words: plain string order.
-    assert LabelVocab.from_examples(_examples(["b", "10", "2"])).labels == ["10", "2", "b"]
-
-
-def test_label_vocab_encode_decode_and_unknown():
-    vocab = LabelVocab.from_examples(_examples(["pos", "neg"]))
-    assert len(vocab) == 2 and [vocab.encode(x) for x in ("neg", "pos")] == [0, 1]
-    assert [vocab.decode(i) for i in (0, torch.tensor(1))] == ["neg", "pos"]
-    with pytest.raises(DataError) as info:
-        vocab.encode("neutral", where="dev.tsv:7")
-    assert "dev.tsv:7:" in str(info.value) and "'neutral'" in str(info.value)
-    assert "'neg', 'pos'" in str(info.value)
-    with pytest.raises(ValueError):
-        vocab.decode(2)
-    with pytest.raises(DataError, match="train.tsv:3: expected a label"):
-        LabelVocab.from_examples(_examples(["pos", None]))
-
-
-def test_encode_labels_reports_first_bad_row():
-    vocab = LabelVocab(["neg", "pos"])
-    dev = _examples(["pos", "neg", "neutral", "pos", "mixed", "neutral"], path="dev.tsv")
-    with pytest.raises(DataError) as info:
-        encode_labels(dev, vocab)
-    message = str(info.value)
-    assert message.startswith("dev.tsv:4:") and "'neutral'" in message
-    assert "3 rows" in message and "'mixed'" in message
-    assert encode_labels(dev[:2], vocab) == [1, 0]
-
-
-def test_label_vocab_dict_round_trip_through_hf_config(tmp_path):
-    vocab = LabelVocab(["entailment", "not_entailment"])
-    BertConfig(**vocab.to_dict()).save_pretrained(tmp_path)
-    config = json.loads((tmp_path / "config.json").read_text())
-    assert LabelVocab.from_dict(config) == vocab
-    assert BertConfig.from_pretrained(tmp_path).id2label == {0: "entailment", 1: "not_entailment"}
-    with pytest.raises(ValueError, match="0..n-1"):
-        LabelVocab.from_dict({"id2label": {"0": "a", "2": "b"}})
-    with pytest.raises(ValueError, match="invert"):
-        LabelVocab.from_dict({"id2label": {"0": "a", "1": "b"}, "label2id": {"a": 1, "b": 0}})
-    with pytest.raises(ValueError, match="distinct"):
-        LabelVocab(["a", "a"])
-
-
-# ----------------------------------------------------------------------------------------------
-# Length-grouped batches
-
-_lengths = st.lists(st.integers(1, 512), min_size=0, max_size=300)
-
-
-@settings(deadline=None, max_examples=150)
-@given(
-    lengths=_lengths,
-    batch_size=st.integers(1, 16),
-    multiplier=st.integers(1, 6),
-    seed=st.integers(0, 2**32 - 1),
-    drop_last=st.booleans(),
-)
-def test_grouped_batches_cover_every_index_once(lengths, batch_size, multiplier, seed, drop_last):
-    def run():
-        return length_grouped_batches(
-            lengths,
-            batch_size,
-            generator=torch.Generator().manual_seed(seed),
-            group_size_multiplier=multiplier,
-            drop_last=drop_last,
-        )
-
-    batches = run()
-    flat = [i for b in batches for i in b]
-    short = len(lengths) % batch_size
-    assert len(flat) == len(set(flat)) and set(flat) <= set(range(len(lengths)))
-    assert len(flat) == len(lengths) - (short if drop_last else 0)
-    sizes = sorted(len(b) for b in batches)
-    expected = [short] if short and not drop_last else []
-    assert sizes == expected + [batch_size] * (len(lengths) // batch_size)
-    for b in batches:  # each batch longest first
-        assert [lengths[i] for i in b] == sorted((lengths[i] for i in b), reverse=True)
-    assert run() == batches  # same seed, same batches
-
-
-@settings(deadline=None, max_examples=100)
-@given(
-    data=st.data(),
-    batch_size=st.integers(1, 16),
-    num_batches=st.integers(0, 20),
-    seed=st.integers(0, 2**32 - 1),
-)
-def test_grouped_batches_pad_no_more_than_random_batches(data, batch_size, num_batches, seed):
-    # With one mega-batch holding everything and all batches full, grouping is the least padding
-    # any cut into batches can have (the i-th largest batch maximum is at least the
-    # ((i-1)*batch_size+1)-th largest length), so no random batching pads less. (With a short last
-    # batch that is not so: lengths [10, 1, 1] in batches of 2 pad least as [10], [1, 1].)
-    n = batch_size * num_batches
-    lengths = data.draw(st.lists(st.integers(1, 512), min_size=n, max_size=n))
-    g = torch.Generator().manual_seed(seed)
-    grouped = length_grouped_batches(
-        lengths, batch_size, generator=g, group_size_multiplier=max(1, num_batches)
-    )
-    for _ in range(5):
-        order = torch.randperm(n, generator=g).tolist()
-        random_batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
-        assert _padding(lengths, grouped) <= _padding(lengths, random_batches)
-
-
-def test_grouped_batches_on_sst2_pad_far_less_than_random(data_dir):
-    examples = read_examples(data_dir / "sst2" / "train.tsv", text_col="sentence")
-    lengths = [len(ex.text.split()) for ex in examples]
-    g = torch.Generator().manual_seed(0)
-    grouped = length_grouped_batches(lengths, 32, generator=g)
-    order = torch.randperm(len(lengths), generator=g).tolist()
-    random_batches = [order[i : i + 32] for i in range(0, len(order), 32)]
-    # Many mega-batches of 1,600 sentences: grouping is not the optimum here, but sentence lengths
-    # spread widely, so it must at least halve the padding of random batches.
-    assert 2 * _padding(lengths, grouped) < _padding(lengths, random_batches)
-
-
-@settings(deadline=None, max_examples=60)
-@given(lengths=_lengths, batch_size=st.integers(1, 16))
-def test_unshuffled_batches_are_a_stable_sort(lengths, batch_size):
-    batches = length_grouped_batches(lengths, batch_size, generator=None, shuffle=False)
-    flat = [i for b in batches for i in b]
-    assert flat == sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    assert all(len(b) == batch_size for b in batches[:-1])
-
-
-def test_grouped_batches_refuse_bad_arguments():
-    with pytest.raises(ValueError, match="Generator"):
-        length_grouped_batches([1, 2], 1, generator=None)
-    with pytest.raises(ValueError, match="batch_size"):
-        length_grouped_batches([1, 2], 0, generator=None, shuffle=False)
-    with pytest.raises(ValueError, match="group_size_multiplier"):
-        length_grouped_batches([1, 2], 1, generator=None, shuffle=False, group_size_multiplier=0)
-
-
-# ----------------------------------------------------------------------------------------------
-# Padded batches
-
-
-def _hf_batch(tokenizer, examples, max_length):
-    texts = [ex.text for ex in examples]
-    pairs = None if examples[0].pair is None else [ex.pair for ex in examples]
-    return tokenizer(
-        texts, pairs, max_length=max_length, padding=True, truncation=True, return_tensors="pt"
-    )
-
-
-def _assert_batch_equal(batch, reference):
-    for name in ("input_ids", "attention_mask", "token_type_ids"):
-        assert batch[name].dtype == torch.long
-        assert torch.equal(batch[name], reference[name]), name
-
-
-@pytest.fixture(scope="module")
-def sst2_dev(data_dir):
-    return read_examples(data_dir / "sst2" / "dev.tsv", text_col="sentence", label_col="label")
-
-
-@pytest.fixture(scope="module")
-def mrpc_dev(data_dir):
-    return read_examples(
-        data_dir / "mrpc" / "dev.tsv",
-        text_col="#1 String",
-        pair_col="#2 String",
-        label_col="Quality",
-    )
-
-
-@pytest.mark.parametrize("max_length", [None, 128, 16])
-def test_collate_equals_transformers_padding(hf_tokenizer, sst2_dev, mrpc_dev, max_length):
-    for examples in (sst2_dev[:24], mrpc_dev[:24]):
-        batch = collate(
-            examples, hf_tokenizer, max_length, labels=[int(ex.label) for ex in examples]
-        )
-        _assert_batch_equal(batch, _hf_batch(hf_tokenizer, examples, max_length))
-        assert batch["labels"].tolist() == [int(ex.label) for ex in examples]
-    texts = [ex.text for ex in sst2_dev[:5]]
-    _assert_batch_equal(
-        collate(texts, hf_tokenizer, max_length), _hf_batch(hf_tokenizer, sst2_dev[:5], max_length)
-    )
-
-
-@settings(
-    deadline=None, max_examples=25, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(
-    data=st.data(),
-    max_length=st.sampled_from([None, 12, 64]),
-    task=st.sampled_from(["sst2", "mrpc"]),
-)
-def test_dataset_batches_equal_collate_and_transformers(
-    hf_tokenizer, sst2_dev, mrpc_dev, data, max_length, task
-):
-    examples = (sst2_dev if task == "sst2" else mrpc_dev)[:60]
-    dataset = ClassificationDataset(
-        examples, hf_tokenizer, max_length=max_length, label_ids=range(len(examples)), chunk_size=7
-    )
-    indices = data.draw(st.lists(st.integers(0, len(examples) - 1), min_size=1, max_size=10))
-    chosen = [examples[i] for i in indices]
-    batch = dataset.batch(indices)
-    _assert_batch_equal(batch, collate(chosen, hf_tokenizer, max_length))
-    _assert_batch_equal(batch, _hf_batch(hf_tokenizer, chosen, max_length))
-    assert batch["labels"].tolist() == indices
-
-
-def test_make_batches_cover_every_example_with_its_label(hf_tokenizer, mrpc_dev):
-    examples = mrpc_dev[:50]
-    batches = make_batches(
-        examples,
-        list(range(len(examples))),  # label = index, to find each row's example
-        hf_tokenizer,
-        batch_size=8,
-        max_length=64,
-        generator=torch.Generator().manual_seed(1),
-        shuffle=True,
-    )
-    seen = [i for b in batches for i in b["labels"].tolist()]
-    assert sorted(seen) == list(range(len(examples)))
-    for b in batches:
-        chosen = [examples[i] for i in b["labels"].tolist()]
-        _assert_batch_equal(b, _hf_batch(hf_tokenizer, chosen, 64))
-    again = make_batches(
-        examples,
-        list(range(len(examples))),
-        hf_tokenizer,
-        batch_size=8,
-        max_length=64,
-        generator=torch.Generator().manual_seed(1),
-        shuffle=True,
-    )
-    assert [b["labels"].tolist() for b in again] == [b["labels"].tolist() for b in batches]
-
-
-def test_dataset_with_minift_tokenizer_equals_transformers(hf_tokenizer, minilm_dir, mrpc_dev):
-    from minift.data.tokenizer import Tokenizer
-
-    examples = mrpc_dev[:40]
-    ours = ClassificationDataset(examples, Tokenizer.from_pretrained(minilm_dir), max_length=48)
-    _assert_batch_equal(ours.batch(range(len(examples))), _hf_batch(hf_tokenizer, examples, 48))
-
-
-def test_batches_refuse_mixed_pairs_left_padding_and_bad_labels(
-    hf_tokenizer, sst2_dev, mrpc_dev, minilm_dir
-):
-    with pytest.raises(ValueError, match="pair"):
-        collate([sst2_dev[0], mrpc_dev[0]], hf_tokenizer, 32)
-    with pytest.raises(ValueError, match="one label"):
-        collate(sst2_dev[:3], hf_tokenizer, 32, labels=[0, 1])
-    with pytest.raises(ValueError, match="one label id"):
-        ClassificationDataset(sst2_dev[:3], hf_tokenizer, max_length=32, label_ids=[0])
-    left = AutoTokenizer.from_pretrained(minilm_dir, padding_side="left")
-    with pytest.raises(ValueError, match="pads on the right"):
-        ClassificationDataset(sst2_dev[:8], left, max_length=32)

@@ -4,7 +4,7 @@ checkpointing; and attention per packed sequence against the plain formula.
 
 Tolerances: fp32, atol 1e-5 on random tiny models (outputs and gradients); dropout off where two
 runs are compared, since the fast model draws its masks differently (the distribution is held
-to F.dropout's in test_kernels.py).
+to F.dropout's in test_cpu_kernels.py).
 """
 
 import copy
@@ -33,7 +33,7 @@ from minift.tasks.mlm import MaskedLM
 
 def fast(model, **options):
     """``speed_up`` with F.linear: these tests hold the padding machinery to the textbook
-    (the oneDNN linear is held to F.linear in test_kernels.py)."""
+    (the oneDNN linear is held to F.linear in test_cpu_kernels.py)."""
     return speed_up(model, onednn=False, **options)
 
 

@@ -12,7 +12,7 @@ backward written out for training), then the fast subclasses of the textbook mod
 (``FastSelfAttention``, ``FastFeedForward``, ``FastBlock``, ``FastBertModel``), and last
 ``speed_up``, the one door through which all of this, and the CPU kernels of
 ``cpu_kernels.py``, enter a built model. Tests hold the fast model to the textbook one
-(tests/test_padding.py).
+(tests/test_unpad.py).
 """
 
 from __future__ import annotations

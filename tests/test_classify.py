@@ -11,16 +11,13 @@ import transformers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minift.core.freeze import freeze
-from minift.core.model import BertConfig, BertModel
+from minift.core.model import BertModel
 from minift.fast.unpad import FastBertModel, speed_up
 from minift.hf import checkpoint
 from minift.hf.checkpoint import split_hf_state_dict
 from minift.hf.safetensors import CheckpointError
 from minift.tasks.classify import SequenceClassifier
 from minift.tasks.mlm import MaskedLM
-from minift.tasks.nsp import NextSentencePrediction, PreTraining
-from minift.tasks.qa import QuestionAnswering, span_loss
 from minift.tasks.tag import TokenClassifier
 
 TINY = dict(vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
@@ -120,39 +117,6 @@ def test_head_with_wrong_label_count_is_refused(tmp_path):
         SequenceClassifier.from_pretrained(tmp_path, num_labels=5)
 
 
-def test_freeze_modes():
-    torch.manual_seed(0)
-    from minift.core.model import BertConfig
-
-    model = SequenceClassifier(BertConfig(**TINY), num_labels=2)
-    total = sum(p.numel() for p in model.parameters())
-    head = sum(p.numel() for p in model.classifier.parameters())
-    block = sum(p.numel() for p in model.bert.layers[0].parameters())
-    pooler = sum(p.numel() for p in model.bert.pooler.parameters())
-    assert freeze(model, "none") == (total, total)
-    assert freeze(model, "head") == (head, total)
-    assert freeze(model, "last-1") == (head + pooler + block, total)
-    assert not any(p.requires_grad for p in model.bert.layers[0].parameters())
-    assert all(p.requires_grad for p in model.bert.layers[1].parameters())
-    assert freeze(model, "last-2") == (head + pooler + 2 * block, total)
-    for bad in ("last-3", "last-0", "some", "last-x"):
-        with pytest.raises(ValueError, match="freeze mode"):
-            freeze(model, bad)
-
-
-def test_freeze_head_of_a_masked_lm_keeps_the_tied_embeddings_frozen():
-    """The MLM head's own weights train; its decoder is the word embeddings, which stay frozen."""
-    from minift.core.model import BertConfig
-    from minift.tasks.mlm import MaskedLM
-
-    model = MaskedLM(BertConfig(**TINY))
-    total = sum(p.numel() for p in model.parameters())
-    own = sum(p.numel() for m in (model.transform, model.transform_norm) for p in m.parameters())
-    assert freeze(model, "head") == (own + model.bias.numel(), total)
-    assert not model.decoder.weight.requires_grad
-    assert not any(p.requires_grad for p in model.bert.parameters())
-
-
 def test_sequence_classifier_loads_a_checkpoint_without_pooler(tmp_path):
     """An MLM checkpoint (e.g. `minift pretrain` output) has no pooler: it is initialised."""
     torch.manual_seed(0)
@@ -215,115 +179,6 @@ def test_from_pretrained_builds_the_encoder_once_and_reads_the_config_once(tmp_p
 def saved(hf_model, tmp_dir):
     hf_model.save_pretrained(tmp_dir)
     return tmp_dir
-
-
-@settings(deadline=None, max_examples=10)
-@given(seed=st.integers(0, 2**31), batch=st.integers(1, 4), seq=st.integers(2, 12),
-       padded=st.booleans())
-def test_question_answering_matches_transformers(seed, batch, seq, padded):
-    torch.manual_seed(seed)
-    hf = transformers.BertForQuestionAnswering(transformers.BertConfig(**TINY)).eval()
-    gen = torch.Generator().manual_seed(seed)
-    data = random_batch(gen, batch, seq, 2, False)
-    del data["labels"]
-    if not padded:
-        data["attention_mask"][:] = 1
-    # positions inside, at the edge, and outside the window (clamped and ignored, as the reference)
-    data["start_positions"] = torch.randint(0, seq + 3, (batch,), generator=gen)
-    data["end_positions"] = torch.randint(0, seq + 3, (batch,), generator=gen)
-    data["start_positions"][0] = 0  # at least one position counts
-    ref = hf(**data)
-    with tempfile.TemporaryDirectory() as tmp:
-        ours = QuestionAnswering.from_pretrained(saved(hf, tmp)).eval()
-    out = ours(**data)
-    real = data["attention_mask"].bool()
-    for name in ("start_logits", "end_logits"):
-        torch.testing.assert_close(getattr(out, name)[real], getattr(ref, name)[real], atol=1e-5,
-                                   rtol=0)
-        assert (getattr(out, name)[~real] == torch.finfo(torch.float32).min).all()  # padding out
-    if padded:  # the reference's loss with the padding's logits masked as minift masks them
-        masked = [getattr(ref, n).masked_fill(~real, torch.finfo(torch.float32).min)
-                  for n in ("start_logits", "end_logits")]
-        expected = span_loss(*masked, data["start_positions"], data["end_positions"])
-    else:
-        expected = ref.loss
-    torch.testing.assert_close(out.loss, expected, atol=1e-5, rtol=0, equal_nan=True)
-    with tempfile.TemporaryDirectory() as tmp:  # minift -> transformers
-        ours.save_pretrained(tmp)
-        back = transformers.BertForQuestionAnswering.from_pretrained(tmp).eval()
-    torch.testing.assert_close(back(**data).start_logits[real], out.start_logits[real],
-                               atol=1e-6, rtol=0)
-
-
-def test_question_answering_loss_ignores_padding():
-    """Extra padding changes nothing (it does change the reference's loss)."""
-    torch.manual_seed(0)
-    model = QuestionAnswering(BertConfig(**TINY)).eval()
-    ids = torch.randint(1, 60, (2, 6))
-    positions = dict(start_positions=torch.tensor([1, 2]), end_positions=torch.tensor([3, 2]))
-    short = model(ids, torch.ones(2, 6, dtype=torch.long), **positions).loss
-    padded_ids = torch.cat([ids, torch.zeros(2, 4, dtype=torch.long)], 1)
-    mask = torch.cat([torch.ones(2, 6), torch.zeros(2, 4)], 1).long()
-    torch.testing.assert_close(model(padded_ids, mask, **positions).loss, short, atol=1e-6, rtol=0)
-
-
-@settings(deadline=None, max_examples=8)
-@given(seed=st.integers(0, 2**31), batch=st.integers(1, 4), seq=st.integers(2, 10))
-def test_next_sentence_prediction_matches_transformers(seed, batch, seq):
-    torch.manual_seed(seed)
-    hf = transformers.BertForNextSentencePrediction(transformers.BertConfig(**TINY)).eval()
-    data = random_batch(torch.Generator().manual_seed(seed), batch, seq, 2, False)
-    ref = hf(**data)
-    with tempfile.TemporaryDirectory() as tmp:
-        ours = NextSentencePrediction.from_pretrained(saved(hf, tmp)).eval()
-    out = ours(**data)
-    torch.testing.assert_close(out.logits, ref.logits, atol=1e-5, rtol=0)
-    torch.testing.assert_close(out.loss, ref.loss, atol=1e-5, rtol=0)
-    with tempfile.TemporaryDirectory() as tmp:
-        ours.save_pretrained(tmp)
-        back = transformers.BertForNextSentencePrediction.from_pretrained(tmp).eval()
-    torch.testing.assert_close(back(**data).logits, out.logits, atol=1e-6, rtol=0)
-
-
-@settings(deadline=None, max_examples=8)
-@given(seed=st.integers(0, 2**31), batch=st.integers(1, 4), seq=st.integers(3, 10))
-def test_pretraining_loss_matches_bert_for_pretraining(seed, batch, seq):
-    torch.manual_seed(seed)
-    hf = transformers.BertForPreTraining(transformers.BertConfig(**TINY)).eval()
-    gen = torch.Generator().manual_seed(seed)
-    data = random_batch(gen, batch, seq, TINY["vocab_size"], True)
-    data["labels"][:, 1] = 7  # at least one masked target a row
-    data["attention_mask"][:, :2] = 1
-    data["next_sentence_label"] = torch.randint(0, 2, (batch,), generator=gen)
-    ref = hf(**data)
-    with tempfile.TemporaryDirectory() as tmp:
-        ours = PreTraining.from_pretrained(saved(hf, tmp)).eval()
-    assert ours.head_loaded and ours.nsp_loaded
-    out = ours(**data)
-    torch.testing.assert_close(out.loss, ref.loss, atol=1e-5, rtol=0)
-    torch.testing.assert_close(out.seq_relationship_logits, ref.seq_relationship_logits,
-                               atol=1e-5, rtol=0)
-    targets = data["labels"] != -100
-    torch.testing.assert_close(out.logits, ref.prediction_logits[targets], atol=1e-4, rtol=0)
-    with tempfile.TemporaryDirectory() as tmp:
-        ours.save_pretrained(tmp)
-        back = transformers.BertForPreTraining.from_pretrained(tmp).eval()
-    torch.testing.assert_close(back(**data).loss, out.loss, atol=1e-5, rtol=0)
-
-
-def test_span_heads_start_fresh_on_a_plain_encoder(minilm_dir):
-    qa = QuestionAnswering.from_pretrained(minilm_dir)
-    nsp = PreTraining.from_pretrained(minilm_dir)
-    assert qa.qa_outputs.weight.shape == (2, 384) and qa.qa_outputs.bias.abs().sum() == 0
-    assert not nsp.nsp_loaded and nsp.seq_relationship.bias.abs().sum() == 0
-
-
-def test_qa_head_of_the_wrong_shape_is_refused(tmp_path):
-    torch.manual_seed(0)
-    hf = transformers.BertForQuestionAnswering(transformers.BertConfig(**TINY, num_labels=3))
-    hf.save_pretrained(tmp_path)
-    with pytest.raises(CheckpointError, match="qa_outputs.weight has shape"):
-        QuestionAnswering.from_pretrained(tmp_path)
 
 
 # --------------------------------------------------------------------------------------------
