@@ -527,32 +527,44 @@ def _make_parts(model: nn.Module, config: TrainConfig, total_steps: int,
     return Parts(model, optimizer, scheduler, scaler)
 
 
-def train(
-    model: nn.Module,
-    train_batches: Callable[[int], Sequence[dict[str, Tensor]]],
-    config: TrainConfig,
-    *,
-    evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
-    save_best: Callable[[nn.Module, Path], None] | None = None,
-    device: torch.device | str | None = None,
-    resume: bool = False,
-) -> TrainResult:
+def _announce(model: nn.Module, trainable: list[Tensor], ctx: distributed.Context) -> None:
+    """Print (rank 0) what trains: the parameter counts, and the processes under torchrun."""
+    if ctx.is_main:
+        n_total = sum(param.numel() for param in model.parameters())
+        print(f"train: {sum(p.numel() for p in trainable):,} trainable parameters of {n_total:,}")
+        if ctx.enabled:
+            print(f"train: {ctx.world_size} processes (DistributedDataParallel), each batch split")
+
+
+def _due(config: TrainConfig, step: int, epoch_done: bool, finished: bool) -> tuple[bool, ...]:
+    """Whether this step writes a log record, evaluates, and saves resume.pt: at their intervals
+    (evaluation: at the end of each epoch when `eval_every` is None; saving: at each evaluation
+    when `save_every` is None), and all three at the end of the run."""
+    log = finished or step % config.log_every == 0
+    evaluate = finished or (step % config.eval_every == 0 if config.eval_every else epoch_done)
+    save = finished or (step % config.save_every == 0 if config.save_every else evaluate)
+    return log, evaluate, save
+
+
+def train(model: nn.Module, train_batches: Callable[[int], Sequence[dict[str, Tensor]]],
+          config: TrainConfig, *, evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+          save_best: Callable[[nn.Module, Path], None] | None = None,
+          device: torch.device | str | None = None, resume: bool = False) -> TrainResult:
     """Train `model` with AdamW on the batches `train_batches(epoch)` returns; see the module doc.
 
     - `model(**batch)` returns the mean loss (dict key "loss" or attribute `.loss`). The model
-      itself (not a compiled wrapper) is what `evaluate` receives and what gets saved.
+      itself (not a compiled or DDP wrapper) is what `evaluate` receives and what gets saved.
     - `train_batches(epoch)`: that epoch's batches (dicts of tensors), the same for the same
-      epoch; every epoch is expected to hold as many batches as epoch 0. Total steps:
-      `max_steps`, else `ceil(len(batches) / grad_accum) * epochs`.
+      epoch and as many as epoch 0's. Total steps: `max_steps`, else
+      `ceil(len(batches) / grad_accum) * epochs`.
     - `evaluate(model) -> {name: number}` runs every `eval_every` steps (else at the end of each
       epoch) and at the end, in eval mode under `torch.no_grad()`. When `metric` improves,
-      `save_best(model, folder)` writes the model into an empty temporary folder that then
-      replaces `out_dir/best` (default: `model.save_pretrained`, else model.safetensors).
-    - `device`: where the batches (and the model) go; default the model's device.
-    - `resume=True` continues from `out_dir/resume.pt` (ValueError if there is none, or if it
-      holds another model's weights).
-    - Under torchrun every rank calls `train` with the same arguments and the same batches;
-      see "Data parallel" in the module doc. A bare "cuda" device means the rank's own GPU.
+      `save_best(model, folder)` fills an empty folder that then replaces `out_dir/best`
+      (default: `model.save_pretrained`, else model.safetensors).
+    - `device`: where the batches and the model go (default: the model's; a bare "cuda" under
+      torchrun: the rank's own GPU). `resume=True` continues from `out_dir/resume.pt`
+      (ValueError if there is none, or if it holds another model's weights). Under torchrun
+      every rank calls `train` with the same arguments and the same batches.
     """
     # ---- check everything before anything runs ---------------------------------------------
     config.check()
@@ -563,7 +575,6 @@ def train(
     out_dir = Path(config.out_dir)
     checkpoint = load_resume(out_dir, model) if resume else None
     prepare_folder(out_dir, ctx.is_main)
-    say = print if ctx.is_main else (lambda *args, **kwargs: None)
 
     # ---- the pieces: model, data, optimizer, schedule, scaler, log -------------------------
     random.seed(config.seed + ctx.rank)
@@ -571,10 +582,7 @@ def train(
     model.to(device)
     model.train()
     trainable = [param for param in model.parameters() if param.requires_grad]
-    n_total = sum(param.numel() for param in model.parameters())
-    say(f"train: {sum(p.numel() for p in trainable):,} trainable parameters of {n_total:,}")
-    if ctx.enabled:
-        say(f"train: {ctx.world_size} processes (DistributedDataParallel), each batch split")
+    _announce(model, trainable, ctx)
     first_batches = _epoch_batches(train_batches, 0)
     total_steps = config.max_steps or math.ceil(len(first_batches) / config.grad_accum) * config.epochs
     parts = _make_parts(model, config, total_steps, device)
@@ -582,52 +590,45 @@ def train(
     run |= {"batches_per_epoch": len(first_batches), "total_steps": total_steps,
             "world_size": ctx.world_size}
     progress = Progress() if checkpoint is None else restore(checkpoint, parts, run, out_dir, ctx)
-    if checkpoint is not None:
-        say(f"train: resumed from {check_resume(out_dir)} at step {progress.step}")
+    if checkpoint is not None and ctx.is_main:
+        print(f"train: resumed from {check_resume(out_dir)} at step {progress.step}")
     log = Logbook(out_dir, progress, total_steps, show=config.progress and ctx.is_main,
                   is_main=ctx.is_main)
     forward_model, no_sync = _wrap(model, device, ctx, config.compile)
-    amp_dtype = AMP_DTYPES[config.amp]
 
     # ---- the loop ----------------------------------------------------------------------------
     try:
         while not (progress.step >= total_steps or progress.stopped_early
                    or (config.max_steps is None and progress.epoch >= config.epochs)):
-            batches = first_batches if progress.epoch == 0 else _epoch_batches(train_batches,
-                                                                               progress.epoch)
+            epoch = progress.epoch
+            batches = first_batches if epoch == 0 else _epoch_batches(train_batches, epoch)
             while progress.position < len(batches):
                 # One optimizer step over a window of up to grad_accum micro-batches.
                 step_start, first = time.perf_counter(), progress.position
                 indices = range(first, min(first + config.grad_accum, len(batches)))
                 window = [batches[i] for i in indices]
-                losses = _backward_window(forward_model, window, device, amp_dtype, parts.scaler,
-                                          ctx, no_sync)
+                losses = _backward_window(forward_model, window, device, AMP_DTYPES[config.amp],
+                                          parts.scaler, ctx, no_sync)
                 micro_losses = distributed.all_sum(losses).tolist()  # one device sync per step
                 _check_loss(micro_losses, indices, progress, config.amp)
                 lr, skipped = _optimizer_step(parts, trainable, config.max_grad_norm)
-
                 progress.step, progress.position = progress.step + 1, first + len(window)
                 progress.skipped_steps += int(skipped)
                 progress.window_losses.append(sum(micro_losses))  # the window's mean loss
                 log.show_step(sum(micro_losses), lr, sum(map(_batch_size, window)), step_start)
+
+                # Then, when due: check the weights, log, evaluate, save the resume checkpoint.
                 epoch_done = progress.position >= len(batches)
                 finished = progress.step >= total_steps or (
-                    config.max_steps is None and epoch_done and progress.epoch + 1 >= config.epochs
-                )
+                    config.max_steps is None and epoch_done and epoch + 1 >= config.epochs)
                 if finished:
                     log.bar.close()  # now: the final evaluation is no part of the training rate
-                step = progress.step
-                at_eval = finished or (
-                    step % config.eval_every == 0 if config.eval_every else epoch_done)
-                save_due = finished or (
-                    step % config.save_every == 0 if config.save_every else at_eval)
-                log_due = finished or step % config.log_every == 0
-                if log_due or at_eval or save_due:
+                log_due, eval_due, save_due = _due(config, progress.step, epoch_done, finished)
+                if log_due or eval_due or save_due:
                     _check_weights(model, progress.step)
                 if log_due:
-                    log.log_training(progress.epoch + progress.position / len(batches), lr,
-                                     parts.scaler)
-                if at_eval and evaluate is not None:
+                    log.log_training(epoch + progress.position / len(batches), lr, parts.scaler)
+                if eval_due and evaluate is not None:
                     _evaluate(model, evaluate, save_best or default_save_best, config, progress,
                               log, ctx)
                 done = finished or progress.stopped_early
@@ -643,16 +644,13 @@ def train(
 
     if ctx.is_main and not config.keep_resume:  # a finished run keeps no resume state
         finish(out_dir)
-    if progress.stopped_early:
-        say(f"train: stopped early at step {progress.step}: {config.metric} has not improved in "
-            f"{progress.bad_evals} evaluations (best {progress.best_metric} at step "
-            f"{progress.best_step})")
+    if progress.stopped_early and ctx.is_main:
+        print(f"train: stopped early at step {progress.step}: {config.metric} has not improved "
+              f"in {progress.bad_evals} evaluations (best {progress.best_metric} at step "
+              f"{progress.best_step})")
     return TrainResult(
         steps=progress.step,
         epochs_completed=progress.epoch + progress.position / len(first_batches),
-        best_metric=progress.best_metric,
-        best_step=progress.best_step,
-        stopped_early=progress.stopped_early,
-        history=list(progress.history),
-        last_eval=progress.last_eval,
-    )
+        best_metric=progress.best_metric, best_step=progress.best_step,
+        stopped_early=progress.stopped_early, history=list(progress.history),
+        last_eval=progress.last_eval)
