@@ -44,6 +44,7 @@ import torch
 from common import DATA, MINIFT_QUICK, REPO, START, check, figures, work_folder
 
 import minift.core.loop
+import minift.core.resume
 import minift.run.recipes
 from minift.core import ddp as distributed
 from minift.core.labels import LabelVocab
@@ -553,11 +554,11 @@ print(format_table(scaling, float_format=".3g"))
 # %%
 show_source(
     minift.core.loop.train,
-    "checkpoint = _load_resume(resume_path) if resume",
+    "checkpoint = load_resume(out_dir, model) if resume",
     '"world_size": ctx.world_size',
 )
-show_source(minift.core.loop._save_resume, "rng = distributed.gather(_rng_states())")
-show_source(minift.core.loop._restore, "_set_rng_states(rng[ctx.rank % len(rng)])")
+show_source(minift.core.resume.save_resume, "rng = distributed.gather(_rng_states())")
+show_source(minift.core.resume.restore, "_set_rng_states(rng[ctx.rank % len(rng)])")
 
 # %% [markdown]
 # **Several machines.** torchrun starts the processes of one machine; with `--nnodes` several

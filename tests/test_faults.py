@@ -28,9 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import minift.core.best as best_module
 import minift.core.files as files_module
-import minift.core.loop as train_module
-import minift.hf.safetensors as safetensors_module
+import minift.core.logbook as logbook_module
+import minift.core.resume as resume_module
 from minift.core.loop import TrainConfig, train
 from minift.hf.safetensors import read_safetensors, write_safetensors
 
@@ -121,7 +122,7 @@ def _killed_run(out: str, result: str, kill_at: int | None) -> None:
         if count[0] == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    original_write, original_rename = safetensors_module.atomic_write, os.rename
+    original_write, original_rename = files_module.atomic_write, os.rename
 
     def atomic_write(path, data):
         if callable(data):
@@ -145,13 +146,13 @@ def _killed_run(out: str, result: str, kill_at: int | None) -> None:
             tick()
             return list.__getitem__(self, index)
 
-    safetensors_module.atomic_write = train_module.atomic_write = atomic_write
-    os.rename, train_module._append_log = rename, append_log
+    # every atomic write of the loop's files: resume.pt, log.jsonl, best/model.safetensors
+    resume_module.atomic_write = logbook_module.atomic_write = best_module.atomic_write = atomic_write
+    os.rename, logbook_module.append_log = rename, append_log
     model = Tiny()
     resume = (Path(out) / "resume.pt").exists()
     train(model, lambda e: Batches(batches_of(e)), run_config(Path(out)), evaluate=evaluate,
           resume=resume)  # fmt: skip
-    safetensors_module.atomic_write = original_write
     write_safetensors(model.state_dict(), result)
     Path(result + ".events").write_text(str(count[0]))
 
@@ -245,7 +246,7 @@ class _LimitedFile:
 def _train_on(disk: _Disk, out: Path, monkeypatch, resume: bool = False) -> nn.Module:
     """Train in this process, every file write of minift.core.loop going through `disk`."""
 
-    class OsOnDisk:  # minift.hf.safetensors' `os`, whose fdopen hands out limited files
+    class OsOnDisk:  # minift.core.files' `os`, whose fdopen hands out limited files
         def __getattr__(self, name):
             return getattr(os, name)
 
@@ -255,7 +256,7 @@ def _train_on(disk: _Disk, out: Path, monkeypatch, resume: bool = False) -> nn.M
 
     with monkeypatch.context() as patch:
         patch.setattr(files_module, "os", OsOnDisk())
-        patch.setattr(train_module, "open", lambda *a, **k: disk.open(builtins.open(*a, **k), "log"),
+        patch.setattr(logbook_module, "open", lambda *a, **k: disk.open(builtins.open(*a, **k), "log"),
                       raising=False)  # fmt: skip
         model = Tiny()
         train(model, batches_of, run_config(out), evaluate=evaluate, resume=resume)

@@ -11,16 +11,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+import minift.core.best as best_module
+import minift.core.logbook as logbook_module
 import minift.core.loop as train_module
 from minift.core.loop import (
     NonFiniteLossError,
     NonFiniteWeightsError,
     TrainConfig,
     TrainResult,
-    check_resume,
     train,
 )
 from minift.core.optim import AdamW, lr_schedule
+from minift.core.resume import check_resume
 from minift.hf.safetensors import read_safetensors, write_safetensors
 
 VOCAB, CLASSES, SEQ = 12, 3, 5
@@ -332,7 +334,7 @@ def test_crash_while_writing_best_keeps_previous_best(tmp_path, monkeypatch):
     assert_same(read_safetensors(best / "model.safetensors"), snapshots[0])
 
     # A crash between the two renames: best/ is gone, best.old/ holds the previous best.
-    original_rename = train_module.os.rename
+    original_rename = best_module.os.rename
 
     def rename(src, dst):
         if str(dst).endswith("best"):
@@ -341,7 +343,7 @@ def test_crash_while_writing_best_keeps_previous_best(tmp_path, monkeypatch):
 
     previous_best = snapshots[0]
     snapshots.clear()
-    monkeypatch.setattr(train_module.os, "rename", rename)
+    monkeypatch.setattr(best_module.os, "rename", rename)
     with pytest.raises(Crash):
         train(Toy(seed=1), epochs_of(4), cfg, evaluate=evaluate)  # default save_best
     assert not best.exists() and (tmp_path / "run" / "best.old").is_dir()
@@ -797,7 +799,7 @@ def test_the_bar_shows_each_step_own_loss_and_rate_and_closes_before_the_last_ev
     tmp_path, monkeypatch
 ):
     RecordingBar.events = []
-    monkeypatch.setattr(train_module, "tqdm", RecordingBar)
+    monkeypatch.setattr(logbook_module, "tqdm", RecordingBar)
     cfg = config(tmp_path, max_steps=4, eval_every=2, warmup_ratio=0.5, progress=True)
     result = train(Toy(), epochs_of(4), cfg, evaluate=lambda m: {"loss": 0.0})
     shown = [postfix for event, postfix in RecordingBar.events if event == "update"]

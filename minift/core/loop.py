@@ -4,8 +4,7 @@
 nothing about BERT: the model is any `nn.Module` whose `forward(**batch)` returns a dict with key
 "loss" or an object with a `.loss` attribute, the MEAN loss over the batch's targets. Read in
 this order: `TrainConfig` and `TrainResult`; the small pieces (batches and losses, one optimizer
-step, evaluation and the best checkpoint, the log and the progress bar, the resume checkpoint);
-then `train`, the loop that puts them together.
+step, evaluation); then `train`, the loop that puts them together.
 
 Decisions a reader should know about:
 
@@ -34,14 +33,9 @@ Decisions a reader should know about:
   is the caller's: `train_batches(epoch)` must return the same batches for the same epoch, and
   must not draw from the global RNG (seed a `torch.Generator` with seed + epoch), since the
   global RNG drives dropout and is saved and restored on resume.
-- **Resume.** `out_dir/resume.pt` holds everything that decides the rest of the run (weights,
-  optimizer, schedule, scaler, position in the data, early-stopping state, the log and the
-  losses of the log window not yet written, RNG states), so a resumed run ends with exactly the
-  weights and the log of an uninterrupted one. It lives while the run is unfinished: a run that
-  completes deletes it (unless `keep_resume`). `resume=True` without that file raises
-  `ValueError` (`check_resume` asks the same before a model is loaded); a file written for
-  another model is refused, naming the keys and shapes that differ; a resume whose
-  configuration changes the run warns and names the differences.
+- **Resume.** `out_dir/resume.pt` holds everything that decides the rest of the run, so a
+  resumed run ends with exactly the weights and the log of an uninterrupted one; it lives while
+  the run is unfinished (unless `keep_resume`). See `minift.core.resume`.
 - **Data parallel.** Launched by `torchrun --nproc_per_node=N`, the loop joins the process group
   (`minift.core.ddp`), wraps the model in `DistributedDataParallel`, and each rank trains on
   its rows of every global batch, each micro-batch weighted by its share of the window's targets
@@ -50,34 +44,41 @@ Decisions a reader should know about:
   micro-steps). The logged loss is summed over ranks; only rank 0 evaluates (the metrics are
   broadcast, so early stopping is decided alike everywhere), logs, shows progress and writes
   files, and resume.pt carries every rank's RNG states. Dropout draws from seed + rank.
-- **Files are replaced atomically.** `resume.pt` via a temporary file, fsync and `os.replace`;
-  the `best/` folder via a temporary sibling folder and two renames; a log line that cannot be
-  written whole is cut off again. A kill or a full disk at any moment leaves the previous
-  version loadable, and the next start removes what a killed process left half-written.
+- **No file I/O here.** The loop calls three modules beside it that own `out_dir`:
+  `minift.core.resume` (resume.pt, the RNG states, what a killed process left),
+  `minift.core.logbook` (log.jsonl and the progress bar) and `minift.core.best` (the best model,
+  swapped in whole). Each replaces its files atomically, so a kill or a full disk at any moment
+  leaves the previous version loadable.
 """
 
 import contextlib
-import functools
-import json
 import math
 import os
 import random
-import shutil
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from minift.core import ddp as distributed
-from minift.core.files import atomic_write, fsync_dir
+from minift.core.best import default_save_best, save_best_atomically
+from minift.core.logbook import Logbook
 from minift.core.optim import IMPLEMENTATIONS, SCHEDULES, make_optimizer, make_scheduler
-from minift.hf.safetensors import write_safetensors
+from minift.core.resume import (
+    Parts,
+    Progress,
+    check_resume,
+    finish,
+    load_resume,
+    prepare_folder,
+    restore,
+    save_resume,
+)
 
 # The label of targets that carry no loss (cross-entropy's default ignore_index, -100 everywhere).
 IGNORE_INDEX = -100
@@ -206,49 +207,12 @@ class NonFiniteWeightsError(NonFiniteLossError):
     """A weight became nan or inf after an update: training stopped (a NonFiniteLossError too)."""
 
 
-# Everything about the run's progress that resume.pt must carry, besides the tensors.
-@dataclass
-class _Progress:
-    step: int = 0  # optimizer steps taken (skipped fp16 steps included)
-    epoch: int = 0
-    position: int = 0  # batches of this epoch consumed
-    best_metric: float | None = None
-    best_step: int | None = None
-    bad_evals: int = 0  # evaluations since the last improvement
-    stopped_early: bool = False
-    skipped_steps: int = 0  # fp16 steps the scaler skipped
-    last_eval: dict | None = None
-    elapsed: float = 0.0  # seconds of training before this process started
-    history: list[dict] = field(default_factory=list)
-    window_losses: list[float] = field(default_factory=list)  # step losses not yet logged
-
-
 # Settings that change the numbers a run produces: a resume that changes one of them warns.
 _RUN_KEYS = (
     "epochs", "max_steps", "lr", "lr_by_prefix", "weight_decay", "warmup_ratio", "schedule", "grad_accum",
     "max_grad_norm", "amp", "optimizer", "eval_every", "save_every", "metric",
     "greater_is_better", "patience", "seed",
 )  # fmt: skip
-
-
-@dataclass
-class _Parts:
-    """The stateful pieces resume.pt saves and restores, besides `_Progress`."""
-
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler
-
-
-@dataclass
-class _Clock:
-    """Wall-clock time of the run (a resumed run's earlier time included) and the examples
-    trained on since the last log record (timings only: nothing here changes a number)."""
-
-    start: float
-    last_log: float
-    examples: int = 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,7 +330,7 @@ def _backward_window(
 # ---------------------------------------------------------------------------------------------
 
 
-def _optimizer_step(parts: _Parts, trainable: list[Tensor], max_grad_norm: float | None):
+def _optimizer_step(parts: Parts, trainable: list[Tensor], max_grad_norm: float | None):
     """Clip, step (fp16: unless a gradient is inf/nan), zero the gradients, advance the schedule.
 
     Returns the learning rate the step ran at and whether the fp16 scaler skipped it.
@@ -389,7 +353,7 @@ def _optimizer_step(parts: _Parts, trainable: list[Tensor], max_grad_norm: float
     return lr, skipped
 
 
-def _check_loss(micro_losses: list[float], indices: range, progress: _Progress, amp: str) -> None:
+def _check_loss(micro_losses: list[float], indices: range, progress: Progress, amp: str) -> None:
     """Raise NonFiniteLossError (before the update) when the window's loss is nan or inf.
 
     Under fp16 an overflow is the scaler's to handle: it skips the step.
@@ -421,7 +385,7 @@ def _check_weights(model: nn.Module, step: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Evaluation and the best checkpoint
+# Evaluation and early stopping
 # ---------------------------------------------------------------------------------------------
 
 
@@ -462,331 +426,35 @@ def _improved(value: float, best: float | None, greater_is_better: bool) -> bool
     return value > best if greater_is_better else value < best
 
 
-def _default_save_best(model: nn.Module, folder: Path) -> None:
-    """`model.save_pretrained(folder)` if it has one, else its state dict as model.safetensors."""
-    if callable(getattr(model, "save_pretrained", None)):
-        model.save_pretrained(folder)
-    else:
-        write_safetensors(model.state_dict(), folder / "model.safetensors")
-
-
-def _fsync_tree(folder: Path) -> None:
-    """fsync every file under `folder`, then the folders themselves."""
-    for path in sorted(folder.rglob("*"), reverse=True):
-        if path.is_file():
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-        elif path.is_dir():
-            fsync_dir(path)
-    fsync_dir(folder)
-
-
-def _best_swap_folders(best_dir: Path) -> tuple[Path, Path]:
-    """The temporary siblings of `best_dir`: the new one being written, the old one going away."""
-    return best_dir.with_name(best_dir.name + ".new"), best_dir.with_name(best_dir.name + ".old")
-
-
-def _save_best_atomically(
-    save_best: Callable[[nn.Module, Path], None], model: nn.Module, best_dir: Path
-) -> None:
-    """Write the model into `best.new`, then swap it in: best -> best.old, best.new -> best.
-
-    A crash while writing leaves `best/` as it was; a crash between the two renames leaves
-    `best.old`, which `_recover_best` renames back at the next start.
-    """
-    new, old = _best_swap_folders(best_dir)
-    shutil.rmtree(new, ignore_errors=True)
-    new.mkdir(parents=True)
-    try:
-        save_best(model, new)
-        _fsync_tree(new)
-    except BaseException:
-        shutil.rmtree(new, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-    if best_dir.exists():
-        os.rename(best_dir, old)
-    os.rename(new, best_dir)
-    fsync_dir(best_dir.parent)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _recover_best(best_dir: Path) -> None:
-    """Undo what a crash during `_save_best_atomically` left: the previous best comes back.
-
-    (`resume.pt` is written after the swap, so it never refers to a best that did not land.)
-    """
-    new, old = _best_swap_folders(best_dir)
-    if old.is_dir() and not best_dir.exists():
-        os.rename(old, best_dir)
-        print(f"train: restored {best_dir} from {old.name} (a swap was interrupted)")
-    shutil.rmtree(old, ignore_errors=True)
-    shutil.rmtree(new, ignore_errors=True)
-
-
 def _evaluate(
     model: nn.Module,
     evaluate: Callable[[nn.Module], dict[str, float]],
-    config: TrainConfig,
-    progress: _Progress,
-    ctx: distributed.Context,
-    log_path: Path,
     save_best: Callable[[nn.Module, Path], None],
-    best_dir: Path,
+    config: TrainConfig,
+    progress: Progress,
+    log: Logbook,
+    ctx: distributed.Context,
 ) -> None:
-    """Evaluate, log the metrics, keep the best model in `best_dir`, decide early stopping.
+    """Evaluate, log the metrics, keep the best model in `out_dir/best`, decide early stopping.
 
     Rank 0 evaluates; every rank gets its metrics and decides alike.
     """
     metrics = distributed.broadcast(
         _run_evaluation(model, evaluate, config.metric) if ctx.is_main else None
     )
-    _record(progress, {"step": progress.step, "eval": metrics}, log_path, ctx)
+    log.record({"step": progress.step, "eval": metrics})
     progress.last_eval = metrics
     value = metrics[config.metric]
     if _improved(value, progress.best_metric, config.greater_is_better):
         progress.best_metric, progress.best_step, progress.bad_evals = value, progress.step, 0
         if ctx.is_main:
-            _save_best_atomically(save_best, model, best_dir)
+            save_best_atomically(save_best, model, Path(config.out_dir) / "best")
     else:
         progress.bad_evals += 1
         progress.stopped_early = (
             config.patience is not None and progress.bad_evals >= config.patience
         )
-    if ctx.is_main:
-        shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-        best = " (best)" if progress.best_step == progress.step else ""
-        tqdm.write(f"step {progress.step}: {shown}{best}")
-
-
-# ---------------------------------------------------------------------------------------------
-# The log and the progress bar
-# ---------------------------------------------------------------------------------------------
-
-
-def _append_log(path: Path, record: dict) -> None:
-    """Append one JSON line to the log and flush it; a line that cannot be written whole (a full
-    disk) is cut off again, so the log always ends with a complete line."""
-    with open(path, "a", encoding="utf-8") as f:
-        size = f.tell()
-        try:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-        except BaseException:
-            with contextlib.suppress(OSError):
-                f.truncate(size)
-            raise
-
-
-def _record(progress: _Progress, record: dict, log_path: Path, ctx: distributed.Context) -> None:
-    """Add a record to the history (every rank) and to log.jsonl (rank 0)."""
-    if ctx.is_main:
-        _append_log(log_path, record)
-    progress.history.append(record)
-
-
-def _log_training(
-    progress: _Progress,
-    epoch: float,
-    lr: float,
-    clock: _Clock,
-    scaler: torch.amp.GradScaler,
-    log_path: Path,
-    ctx: distributed.Context,
-) -> None:
-    """Record the mean loss of the steps since the last record, the learning rate and speed."""
-    now = time.perf_counter()
-    record = {
-        "step": progress.step,
-        "epoch": epoch,
-        "loss": sum(progress.window_losses) / len(progress.window_losses),
-        "lr": lr,
-        "examples_per_s": clock.examples / max(now - clock.last_log, 1e-9),
-        "time": now - clock.start,
-    }
-    if scaler.is_enabled():
-        record |= {"skipped_steps": progress.skipped_steps, "loss_scale": scaler.get_scale()}
-    _record(progress, record, log_path, ctx)
-    progress.window_losses = []
-    clock.last_log, clock.examples = now, 0
-
-
-def _show_step(bar: tqdm, loss: float, lr: float, examples_per_s: float) -> None:
-    """Advance the bar by one step, showing that step's loss, learning rate and speed.
-
-    The postfix is set before `update`, which draws it: set after, it would show a step late.
-    """
-    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", ex_s=f"{examples_per_s:.0f}", refresh=False)
-    bar.update(1)
-
-
-# ---------------------------------------------------------------------------------------------
-# The resume checkpoint
-# ---------------------------------------------------------------------------------------------
-
-RESUME_FILE = "resume.pt"
-
-
-def _rng_states() -> dict:
-    """Every RNG the loop draws from: torch CPU, CUDA (if available), Python's `random`."""
-    version, internal, gauss_next = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "python": [version, list(internal), gauss_next],
-    }
-
-
-def _set_rng_states(states: dict) -> None:
-    """Restore what `_rng_states` returned."""
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-    version, internal, gauss_next = states["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-
-
-def check_resume(out_dir: str | os.PathLike) -> Path:
-    """The path of `out_dir/resume.pt`; ValueError naming it when it is not there.
-
-    Cheap (it reads nothing), so a caller can ask before loading a model.
-    """
-    path = Path(out_dir) / RESUME_FILE
-    if not path.is_file():
-        raise ValueError(
-            f"resume=True but {path} does not exist: nothing to resume (a run that completed "
-            "deletes it unless keep_resume; train without resume to start from scratch)"
-        )
-    return path
-
-
-def _load_resume(path: Path) -> dict:
-    """Read resume.pt with `weights_only=True` (no pickled code runs), as CPU tensors."""
-    check_resume(path.parent)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"cannot read the resume checkpoint {path}: {error}") from error
-
-
-def _check_fits(saved: Mapping[str, Tensor], model: nn.Module, path: Path) -> None:
-    """ValueError listing the keys and shapes in which resume.pt's weights and `model` differ."""
-    ours = model.state_dict()
-    missing = [key for key in ours if key not in saved]
-    unexpected = [key for key in saved if key not in ours]
-    shapes = [
-        f"{key}: {tuple(saved[key].shape)} in the file, {tuple(value.shape)} in the model"
-        for key, value in ours.items()
-        if key in saved and tuple(saved[key].shape) != tuple(value.shape)
-    ]
-    problems = [
-        f"{len(found)} {what} ({'; '.join(found[:5])}{', ...' if len(found) > 5 else ''})"
-        for what, found in (
-            ("keys of the model missing from the file", missing),
-            ("keys of the file not in the model", unexpected),
-            ("shapes that differ", shapes),
-        )
-        if found
-    ]
-    if problems:
-        raise ValueError(
-            f"{path} was written for another model: {', '.join(problems)}. Resume with the model "
-            "the run started from, or train without resume"
-        )
-
-
-def _warn_if_run_differs(saved: dict, current: dict, path: Path) -> None:
-    """Warn, naming each setting, when a resume changes what the run computes."""
-    differences = [
-        f"{key}: {saved.get(key)!r} -> {current[key]!r}"
-        for key in current
-        if saved.get(key) != current[key]
-    ]
-    if differences:
-        warnings.warn(
-            f"resuming from {path} with settings that differ from the interrupted run "
-            f"({'; '.join(differences)}): the result will not match an uninterrupted run",
-            UserWarning,
-            stacklevel=4,  # the caller of train
-        )
-
-
-def _torch_save(obj: object, f) -> None:
-    """`torch.save(obj, f)`, except that an OSError of the file (a full disk) comes out as
-    itself, not as the RuntimeError torch's zip writer turns it into ("unexpected pos")."""
-    errors: list[OSError] = []
-
-    class Writer:
-        def write(self, data) -> int:
-            try:
-                return f.write(data)
-            except OSError as error:
-                errors.append(error)
-                raise
-
-        def flush(self) -> None:
-            f.flush()
-
-    try:
-        torch.save(obj, Writer())
-    except RuntimeError:
-        if errors:
-            raise errors[0] from None
-        raise
-
-
-def _save_resume(
-    path: Path,
-    parts: _Parts,
-    progress: _Progress,
-    run: dict,
-    clock: _Clock,
-    ctx: distributed.Context,
-) -> None:
-    """Write resume.pt (rank 0, atomically) with every rank's RNG states."""
-    progress.elapsed = time.perf_counter() - clock.start
-    rng = distributed.gather(_rng_states())  # every rank's, in rank order
-    if ctx.is_main:
-        checkpoint = {
-            "model": parts.model.state_dict(),
-            "optimizer": parts.optimizer.state_dict(),
-            "scheduler": parts.scheduler.state_dict(),
-            "scaler": parts.scaler.state_dict(),
-            "progress": asdict(progress),
-            "run": run,
-            "rng": rng[0],
-            "rng_ranks": rng,
-        }
-        atomic_write(path, functools.partial(_torch_save, checkpoint))
-
-
-def _restore(
-    checkpoint: dict, parts: _Parts, run: dict, path: Path, log_path: Path, ctx: distributed.Context
-) -> _Progress:
-    """Put the run back where resume.pt left it; return its progress."""
-    _warn_if_run_differs(checkpoint["run"], run, path)
-    parts.model.load_state_dict(checkpoint["model"])
-    parts.optimizer.load_state_dict(checkpoint["optimizer"])
-    parts.scheduler.load_state_dict(checkpoint["scheduler"])
-    if parts.scaler.is_enabled() and checkpoint["scaler"]:
-        parts.scaler.load_state_dict(checkpoint["scaler"])
-    progress = _Progress(**checkpoint["progress"])
-    # The log restarts from the checkpoint's history: records written after the checkpoint are
-    # dropped, since the steps that wrote them run again.
-    if ctx.is_main:
-        lines = "".join(json.dumps(record) + "\n" for record in progress.history)
-        atomic_write(log_path, lines.encode("utf-8"))
-    rng = checkpoint.get("rng_ranks") or [checkpoint["rng"]]
-    _set_rng_states(rng[ctx.rank % len(rng)])  # last, so nothing above draws from them
-    return progress
-
-
-def _remove_leftovers(out_dir: Path) -> None:
-    """Remove what a process killed mid-write left (temporary files, a half-swapped best/)."""
-    _recover_best(out_dir / "best")
-    for pattern in (f".{RESUME_FILE}.*.tmp", ".log.jsonl.*.tmp"):
-        for leftover in out_dir.glob(pattern):
-            leftover.unlink(missing_ok=True)
+    log.show_eval(metrics)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -847,166 +515,142 @@ def _wrap(model: nn.Module, device: torch.device, ctx: distributed.Context, comp
     return forward_model, (ddp.no_sync if ddp is not None else contextlib.nullcontext)
 
 
-def train(
-    model: nn.Module,
-    train_batches: Callable[[int], Sequence[dict[str, Tensor]]],
-    config: TrainConfig,
-    *,
-    evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
-    save_best: Callable[[nn.Module, Path], None] | None = None,
-    device: torch.device | str | None = None,
-    resume: bool = False,
-) -> TrainResult:
-    """Train `model` with AdamW on the batches `train_batches(epoch)` returns; see the module doc.
-
-    - `model(**batch)` returns the mean loss (dict key "loss" or attribute `.loss`). The model
-      itself (not a compiled wrapper) is what `evaluate` receives and what gets saved.
-    - `train_batches(epoch)`: that epoch's batches (dicts of tensors), the same for the same
-      epoch; every epoch is expected to hold as many batches as epoch 0. Total steps:
-      `max_steps`, else `ceil(len(batches) / grad_accum) * epochs`.
-    - `evaluate(model) -> {name: number}` runs every `eval_every` steps (else at the end of each
-      epoch) and at the end, in eval mode under `torch.no_grad()`. When `metric` improves,
-      `save_best(model, folder)` writes the model into an empty temporary folder that then
-      replaces `out_dir/best` (default: `model.save_pretrained`, else model.safetensors).
-    - `device`: where the batches (and the model) go; default the model's device.
-    - `resume=True` continues from `out_dir/resume.pt` (ValueError if there is none, or if it
-      holds another model's weights).
-    - Under torchrun every rank calls `train` with the same arguments and the same batches;
-      see "Data parallel" in the module doc. A bare "cuda" device means the rank's own GPU.
-    """
-    # ---- check everything before anything runs ---------------------------------------------
-    config.check()
-    if config.patience is not None and evaluate is None:
-        raise ValueError("TrainConfig.patience is set but no evaluate function was given")
-    save_best = save_best or _default_save_best
-    ctx, device = _place(model, device)
-    _check_device(config, model, device)
-    out_dir = Path(config.out_dir)
-    resume_path, log_path, best_dir = out_dir / RESUME_FILE, out_dir / "log.jsonl", out_dir / "best"
-    checkpoint = _load_resume(resume_path) if resume else None
-    if checkpoint is not None:
-        _check_fits(checkpoint["model"], model, resume_path)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if ctx.is_main:
-        _remove_leftovers(out_dir)
-    say = print if ctx.is_main else (lambda *args, **kwargs: None)
-
-    # ---- the pieces: model, data, optimizer, schedule, scaler ------------------------------
-    random.seed(config.seed + ctx.rank)
-    torch.manual_seed(config.seed + ctx.rank)
-    model.to(device)
-    model.train()
-    trainable = [param for param in model.parameters() if param.requires_grad]
-    n_total = sum(param.numel() for param in model.parameters())
-    say(f"train: {sum(p.numel() for p in trainable):,} trainable parameters of {n_total:,}")
-    if ctx.enabled:
-        say(f"train: {ctx.world_size} processes (DistributedDataParallel), each batch split")
-    first_batches = _epoch_batches(train_batches, 0)
-    steps_per_epoch = math.ceil(len(first_batches) / config.grad_accum)
-    total_steps = config.max_steps or steps_per_epoch * config.epochs
+def _make_parts(model: nn.Module, config: TrainConfig, total_steps: int,
+                device: torch.device) -> Parts:
+    """The optimizer, its schedule and the fp16 loss scaler for `model`."""
     optimizer = make_optimizer(model, config.lr, config.weight_decay, impl=config.optimizer,
                                lr_by_prefix=config.lr_by_prefix)
     warmup_steps = math.ceil(config.warmup_ratio * total_steps)
     scheduler = make_scheduler(optimizer, total_steps, warmup_steps, kind=config.schedule)
     # fp16 needs loss scaling; bf16 and fp32 do not (a disabled scaler passes everything through).
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
-    parts = _Parts(model, optimizer, scheduler, scaler)
+    return Parts(model, optimizer, scheduler, scaler)
+
+
+def _announce(model: nn.Module, trainable: list[Tensor], ctx: distributed.Context) -> None:
+    """Print (rank 0) what trains: the parameter counts, and the processes under torchrun."""
+    if ctx.is_main:
+        n_total = sum(param.numel() for param in model.parameters())
+        print(f"train: {sum(p.numel() for p in trainable):,} trainable parameters of {n_total:,}")
+        if ctx.enabled:
+            print(f"train: {ctx.world_size} processes (DistributedDataParallel), each batch split")
+
+
+def _due(config: TrainConfig, step: int, epoch_done: bool, finished: bool) -> tuple[bool, ...]:
+    """Whether this step writes a log record, evaluates, and saves resume.pt: at their intervals
+    (evaluation: at the end of each epoch when `eval_every` is None; saving: at each evaluation
+    when `save_every` is None), and all three at the end of the run."""
+    log = finished or step % config.log_every == 0
+    evaluate = finished or (step % config.eval_every == 0 if config.eval_every else epoch_done)
+    save = finished or (step % config.save_every == 0 if config.save_every else evaluate)
+    return log, evaluate, save
+
+
+def train(model: nn.Module, train_batches: Callable[[int], Sequence[dict[str, Tensor]]],
+          config: TrainConfig, *, evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+          save_best: Callable[[nn.Module, Path], None] | None = None,
+          device: torch.device | str | None = None, resume: bool = False) -> TrainResult:
+    """Train `model` with AdamW on the batches `train_batches(epoch)` returns; see the module doc.
+
+    - `model(**batch)` returns the mean loss (dict key "loss" or attribute `.loss`). The model
+      itself (not a compiled or DDP wrapper) is what `evaluate` receives and what gets saved.
+    - `train_batches(epoch)`: that epoch's batches (dicts of tensors), the same for the same
+      epoch and as many as epoch 0's. Total steps: `max_steps`, else
+      `ceil(len(batches) / grad_accum) * epochs`.
+    - `evaluate(model) -> {name: number}` runs every `eval_every` steps (else at the end of each
+      epoch) and at the end, in eval mode under `torch.no_grad()`. When `metric` improves,
+      `save_best(model, folder)` fills an empty folder that then replaces `out_dir/best`
+      (default: `model.save_pretrained`, else model.safetensors).
+    - `device`: where the batches and the model go (default: the model's; a bare "cuda" under
+      torchrun: the rank's own GPU). `resume=True` continues from `out_dir/resume.pt`
+      (ValueError if there is none, or if it holds another model's weights). Under torchrun
+      every rank calls `train` with the same arguments and the same batches.
+    """
+    # ---- check everything before anything runs ---------------------------------------------
+    config.check()
+    if config.patience is not None and evaluate is None:
+        raise ValueError("TrainConfig.patience is set but no evaluate function was given")
+    ctx, device = _place(model, device)
+    _check_device(config, model, device)
+    out_dir = Path(config.out_dir)
+    checkpoint = load_resume(out_dir, model) if resume else None
+    prepare_folder(out_dir, ctx.is_main)
+
+    # ---- the pieces: model, data, optimizer, schedule, scaler, log -------------------------
+    random.seed(config.seed + ctx.rank)
+    torch.manual_seed(config.seed + ctx.rank)
+    model.to(device)
+    model.train()
+    trainable = [param for param in model.parameters() if param.requires_grad]
+    _announce(model, trainable, ctx)
+    first_batches = _epoch_batches(train_batches, 0)
+    total_steps = config.max_steps or math.ceil(len(first_batches) / config.grad_accum) * config.epochs
+    parts = _make_parts(model, config, total_steps, device)
     run = {key: getattr(config, key) for key in _RUN_KEYS}
-    run["batches_per_epoch"], run["total_steps"] = len(first_batches), total_steps
-    run |= {"world_size": ctx.world_size}
-    if checkpoint is None:
-        progress = _Progress()
-        if ctx.is_main:
-            atomic_write(log_path, b"")
-    else:
-        progress = _restore(checkpoint, parts, run, resume_path, log_path, ctx)
-        say(f"train: resumed from {resume_path} at step {progress.step}")
+    run |= {"batches_per_epoch": len(first_batches), "total_steps": total_steps,
+            "world_size": ctx.world_size}
+    progress = Progress() if checkpoint is None else restore(checkpoint, parts, run, out_dir, ctx)
+    if checkpoint is not None and ctx.is_main:
+        print(f"train: resumed from {check_resume(out_dir)} at step {progress.step}")
+    log = Logbook(out_dir, progress, total_steps, show=config.progress and ctx.is_main,
+                  is_main=ctx.is_main)
     forward_model, no_sync = _wrap(model, device, ctx, config.compile)
-    amp_dtype = AMP_DTYPES[config.amp]
 
     # ---- the loop ----------------------------------------------------------------------------
-    show = config.progress and ctx.is_main
-    bar = tqdm(total=total_steps, initial=progress.step, desc="train", disable=not show)
-    now = time.perf_counter()
-    clock = _Clock(start=now - progress.elapsed, last_log=now)
     try:
-        while not (
-            progress.step >= total_steps
-            or progress.stopped_early
-            or (config.max_steps is None and progress.epoch >= config.epochs)
-        ):
+        while not (progress.step >= total_steps or progress.stopped_early
+                   or (config.max_steps is None and progress.epoch >= config.epochs)):
             epoch = progress.epoch
             batches = first_batches if epoch == 0 else _epoch_batches(train_batches, epoch)
             while progress.position < len(batches):
                 # One optimizer step over a window of up to grad_accum micro-batches.
-                step_start = time.perf_counter()
-                indices = range(
-                    progress.position, min(progress.position + config.grad_accum, len(batches))
-                )
+                step_start, first = time.perf_counter(), progress.position
+                indices = range(first, min(first + config.grad_accum, len(batches)))
                 window = [batches[i] for i in indices]
-                losses = _backward_window(
-                    forward_model, window, device, amp_dtype, scaler, ctx, no_sync
-                )
+                losses = _backward_window(forward_model, window, device, AMP_DTYPES[config.amp],
+                                          parts.scaler, ctx, no_sync)
                 micro_losses = distributed.all_sum(losses).tolist()  # one device sync per step
                 _check_loss(micro_losses, indices, progress, config.amp)
                 lr, skipped = _optimizer_step(parts, trainable, config.max_grad_norm)
-
-                progress.step += 1
-                progress.position += len(window)
+                progress.step, progress.position = progress.step + 1, first + len(window)
                 progress.skipped_steps += int(skipped)
                 progress.window_losses.append(sum(micro_losses))  # the window's mean loss
-                examples = sum(_batch_size(batch) for batch in window)
-                clock.examples += examples
+                log.show_step(sum(micro_losses), lr, sum(map(_batch_size, window)), step_start)
+
+                # Then, when due: check the weights, log, evaluate, save the resume checkpoint.
                 epoch_done = progress.position >= len(batches)
                 finished = progress.step >= total_steps or (
-                    config.max_steps is None and epoch_done and progress.epoch + 1 >= config.epochs
-                )
-                _show_step(
-                    bar, sum(micro_losses), lr, examples / (time.perf_counter() - step_start)
-                )
+                    config.max_steps is None and epoch_done and epoch + 1 >= config.epochs)
                 if finished:
-                    bar.close()  # now: the final evaluation is no part of the training rate
-
-                at_eval = finished or (
-                    progress.step % config.eval_every == 0 if config.eval_every else epoch_done
-                )
-                save_due = finished or (
-                    progress.step % config.save_every == 0 if config.save_every else at_eval
-                )
-                log_due = finished or progress.step % config.log_every == 0
-                if log_due or at_eval or save_due:
+                    log.bar.close()  # now: the final evaluation is no part of the training rate
+                log_due, eval_due, save_due = _due(config, progress.step, epoch_done, finished)
+                if log_due or eval_due or save_due:
                     _check_weights(model, progress.step)
                 if log_due:
-                    epochs_done = progress.epoch + progress.position / len(batches)
-                    _log_training(progress, epochs_done, lr, clock, scaler, log_path, ctx)
-                if at_eval and evaluate is not None:
-                    _evaluate(model, evaluate, config, progress, ctx, log_path, save_best, best_dir)
+                    log.log_training(epoch + progress.position / len(batches), lr, parts.scaler)
+                if eval_due and evaluate is not None:
+                    _evaluate(model, evaluate, save_best or default_save_best, config, progress,
+                              log, ctx)
                 done = finished or progress.stopped_early
                 if (save_due or done) and (config.keep_resume or not done):
-                    _save_resume(resume_path, parts, progress, run, clock, ctx)
+                    save_resume(out_dir, parts, progress, run, log.start, ctx)
                 if done:
                     break
-                bar.unpause()  # the time spent evaluating and saving is not training time
+                log.bar.unpause()  # the time spent evaluating and saving is not training time
             if progress.position >= len(batches):
                 progress.epoch, progress.position = progress.epoch + 1, 0
     finally:
-        bar.close()
+        log.bar.close()
 
     if ctx.is_main and not config.keep_resume:  # a finished run keeps no resume state
-        resume_path.unlink(missing_ok=True)
-        fsync_dir(out_dir)
-    if progress.stopped_early:
-        say(
-            f"train: stopped early at step {progress.step}: {config.metric} has not improved in "
-            f"{progress.bad_evals} evaluations (best {progress.best_metric} at step "
-            f"{progress.best_step})"
-        )
+        finish(out_dir)
+    if progress.stopped_early and ctx.is_main:
+        print(f"train: stopped early at step {progress.step}: {config.metric} has not improved "
+              f"in {progress.bad_evals} evaluations (best {progress.best_metric} at step "
+              f"{progress.best_step})")
     return TrainResult(
         steps=progress.step,
         epochs_completed=progress.epoch + progress.position / len(first_batches),
-        best_metric=progress.best_metric,
-        best_step=progress.best_step,
-        stopped_early=progress.stopped_early,
-        history=list(progress.history),
-        last_eval=progress.last_eval,
-    )
+        best_metric=progress.best_metric, best_step=progress.best_step,
+        stopped_early=progress.stopped_early, history=list(progress.history),
+        last_eval=progress.last_eval)

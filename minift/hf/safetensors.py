@@ -1,15 +1,13 @@
-"""The safetensors file format, written from scratch, and the one atomic write minift uses.
+"""The safetensors file format, read from scratch with every header field checked.
 
 safetensors: 8-byte little-endian header length, a JSON header naming each tensor's dtype, shape
 and byte range, then the raw little-endian bytes. Every number in the header is checked before a
 byte is read, so a damaged file gives a ``CheckpointError`` (a ``ValueError``) that says what is
 wrong, never a crash or a silently wrong tensor. No pickled code is involved at any point.
 
-``atomic_write`` is how every file minift leaves behind gets written: into a temporary file
-beside the target, flushed to disk, then renamed over it, so a crash or a full disk leaves the
-previous file (or none), never a half-written one.
-
-This file imports nothing from minift.
+The encoder lives in ``minift.core.safetensors`` (the training loop saves with it); this file
+adds the reader and ``write_safetensors`` (through ``minift.core.files.atomic_write``: a crash
+or a full disk leaves the previous file, never a half-written one), and re-exports the rest.
 """
 
 from __future__ import annotations
@@ -22,18 +20,11 @@ from pathlib import Path
 import torch
 
 from minift.core.files import atomic_write
+from minift.core.safetensors import DTYPES, CheckpointError, encode_safetensors
 
+__all__ = ["DTYPES", "CheckpointError", "encode_safetensors", "parse_safetensors",
+           "read_safetensors", "write_safetensors"]
 
-class CheckpointError(ValueError):
-    """A checkpoint file or folder that cannot be loaded as it stands."""
-
-
-DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-    "U8": torch.uint8, "BOOL": torch.bool,
-}
-DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 MAX_HEADER_BYTES = 100_000_000  # the reference library's own limit
 
 
@@ -130,26 +121,6 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a ``.safetensors`` file into CPU tensors, checking every header field."""
     path = Path(path)
     return parse_safetensors(path.read_bytes(), source=str(path))
-
-
-def encode_safetensors(tensors: dict[str, torch.Tensor],
-                       metadata: dict[str, str] | None = None) -> bytes:
-    """Encode tensors as safetensors bytes (header padded with spaces to 8-byte alignment)."""
-    header: dict[str, object] = {}
-    if metadata:
-        header["__metadata__"] = dict(metadata)
-    blobs, offset = [], 0
-    for name, tensor in tensors.items():
-        if tensor.dtype not in DTYPE_NAMES:
-            raise CheckpointError(f"tensor {name!r}: dtype {tensor.dtype} cannot be saved")
-        blob = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-        header[name] = {"dtype": DTYPE_NAMES[tensor.dtype], "shape": list(tensor.shape),
-                        "data_offsets": [offset, offset + len(blob)]}
-        blobs.append(blob)
-        offset += len(blob)
-    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text + b"".join(blobs)
 
 
 def write_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,

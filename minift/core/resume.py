@@ -1,0 +1,213 @@
+"""The resume checkpoint, `out_dir/resume.pt`: everything that decides the rest of a run.
+
+It holds the weights, the optimizer, the schedule, the fp16 scaler, the position in the data,
+the early-stopping state, the log and the losses of the log window not yet written (`Progress`),
+and the RNG states of every rank, so a resumed run ends with exactly the weights and the log of
+an uninterrupted one. It lives while the run is unfinished: a run that completes deletes it
+(unless `keep_resume`). Resuming without it raises `ValueError` (`check_resume` asks the same
+before a model is loaded); a file written for another model is refused, naming the keys and
+shapes that differ; a resume whose configuration changes the run warns and names the differences.
+
+The file is replaced atomically (a temporary file, fsync, `os.replace`: `minift.core.files`),
+and the next start removes what a process killed mid-write left.
+"""
+
+import functools
+import random
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from minift.core import ddp as distributed
+from minift.core.best import recover_best
+from minift.core.files import atomic_write, fsync_dir
+
+RESUME_FILE = "resume.pt"
+
+
+@dataclass
+class Progress:
+    """Everything about the run's progress that resume.pt carries, besides the tensors."""
+
+    step: int = 0  # optimizer steps taken (skipped fp16 steps included)
+    epoch: int = 0
+    position: int = 0  # batches of this epoch consumed
+    best_metric: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0  # evaluations since the last improvement
+    stopped_early: bool = False
+    skipped_steps: int = 0  # fp16 steps the scaler skipped
+    last_eval: dict | None = None
+    elapsed: float = 0.0  # seconds of training before this process started
+    history: list[dict] = field(default_factory=list)
+    window_losses: list[float] = field(default_factory=list)  # step losses not yet logged
+
+
+@dataclass
+class Parts:
+    """The stateful pieces resume.pt saves and restores, besides `Progress`."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+
+
+def _rng_states() -> dict:
+    """Every RNG the loop draws from: torch CPU, CUDA (if available), Python's `random`."""
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": [version, list(internal), gauss_next],
+    }
+
+
+def _set_rng_states(states: dict) -> None:
+    """Restore what `_rng_states` returned."""
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+def check_resume(out_dir: str | Path) -> Path:
+    """The path of `out_dir/resume.pt`; ValueError naming it when it is not there.
+
+    Cheap (it reads nothing), so a caller can ask before loading a model.
+    """
+    path = Path(out_dir) / RESUME_FILE
+    if not path.is_file():
+        raise ValueError(
+            f"resume=True but {path} does not exist: nothing to resume (a run that completed "
+            "deletes it unless keep_resume; train without resume to start from scratch)"
+        )
+    return path
+
+
+def _check_fits(saved: Mapping[str, Tensor], model: nn.Module, path: Path) -> None:
+    """ValueError listing the keys and shapes in which resume.pt's weights and `model` differ."""
+    ours = model.state_dict()
+    missing = [key for key in ours if key not in saved]
+    unexpected = [key for key in saved if key not in ours]
+    shapes = [f"{key}: {tuple(saved[key].shape)} in the file, {tuple(value.shape)} in the model"
+              for key, value in ours.items()
+              if key in saved and tuple(saved[key].shape) != tuple(value.shape)]
+    problems = [
+        f"{len(found)} {what} ({'; '.join(found[:5])}{', ...' if len(found) > 5 else ''})"
+        for what, found in (("keys of the model missing from the file", missing),
+                            ("keys of the file not in the model", unexpected),
+                            ("shapes that differ", shapes))
+        if found
+    ]
+    if problems:
+        raise ValueError(
+            f"{path} was written for another model: {', '.join(problems)}. Resume with the model "
+            "the run started from, or train without resume"
+        )
+
+
+def load_resume(out_dir: Path, model: nn.Module) -> dict:
+    """Read resume.pt (`weights_only=True`: no pickled code runs) as CPU tensors; refuse it when
+    its weights are not `model`'s."""
+    path = check_resume(out_dir)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"cannot read the resume checkpoint {path}: {error}") from error
+    _check_fits(checkpoint["model"], model, path)
+    return checkpoint
+
+
+def prepare_folder(out_dir: Path, is_main: bool) -> None:
+    """Create `out_dir`; rank 0 removes what a process killed mid-write left there (temporary
+    files, a half-swapped best/)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if is_main:
+        recover_best(out_dir / "best")
+        for pattern in (f".{RESUME_FILE}.*.tmp", ".log.jsonl.*.tmp"):
+            for leftover in out_dir.glob(pattern):
+                leftover.unlink(missing_ok=True)
+
+
+def _torch_save(obj: object, f) -> None:
+    """`torch.save(obj, f)`, except that an OSError of the file (a full disk) comes out as
+    itself, not as the RuntimeError torch's zip writer turns it into ("unexpected pos")."""
+    errors: list[OSError] = []
+
+    class Writer:
+        def write(self, data) -> int:
+            try:
+                return f.write(data)
+            except OSError as error:
+                errors.append(error)
+                raise
+
+        def flush(self) -> None:
+            f.flush()
+
+    try:
+        torch.save(obj, Writer())
+    except RuntimeError:
+        if errors:
+            raise errors[0] from None
+        raise
+
+
+def save_resume(out_dir: Path, parts: Parts, progress: Progress, run: dict, start: float,
+                ctx: distributed.Context) -> None:
+    """Write resume.pt (rank 0, atomically) with every rank's RNG states; `start` is when the
+    run began by `time.perf_counter()` (a resumed run's earlier time included)."""
+    progress.elapsed = time.perf_counter() - start
+    rng = distributed.gather(_rng_states())  # every rank's, in rank order
+    if ctx.is_main:
+        checkpoint = {
+            "model": parts.model.state_dict(),
+            "optimizer": parts.optimizer.state_dict(),
+            "scheduler": parts.scheduler.state_dict(),
+            "scaler": parts.scaler.state_dict(),
+            "progress": asdict(progress),
+            "run": run,
+            "rng": rng[0],
+            "rng_ranks": rng,
+        }
+        atomic_write(out_dir / RESUME_FILE, functools.partial(_torch_save, checkpoint))
+
+
+def _warn_if_run_differs(saved: dict, current: dict, path: Path) -> None:
+    """Warn, naming each setting, when a resume changes what the run computes."""
+    differences = [f"{key}: {saved.get(key)!r} -> {current[key]!r}"
+                   for key in current if saved.get(key) != current[key]]
+    if differences:
+        warnings.warn(
+            f"resuming from {path} with settings that differ from the interrupted run "
+            f"({'; '.join(differences)}): the result will not match an uninterrupted run",
+            UserWarning,
+            stacklevel=4,  # the caller of train
+        )
+
+
+def restore(checkpoint: dict, parts: Parts, run: dict, out_dir: Path,
+            ctx: distributed.Context) -> Progress:
+    """Put the run back where resume.pt left it; return its progress."""
+    _warn_if_run_differs(checkpoint["run"], run, out_dir / RESUME_FILE)
+    parts.model.load_state_dict(checkpoint["model"])
+    parts.optimizer.load_state_dict(checkpoint["optimizer"])
+    parts.scheduler.load_state_dict(checkpoint["scheduler"])
+    if parts.scaler.is_enabled() and checkpoint["scaler"]:
+        parts.scaler.load_state_dict(checkpoint["scaler"])
+    rng = checkpoint.get("rng_ranks") or [checkpoint["rng"]]
+    _set_rng_states(rng[ctx.rank % len(rng)])  # last, so nothing above draws from them
+    return Progress(**checkpoint["progress"])
+
+
+def finish(out_dir: Path) -> None:
+    """A finished run keeps no resume state: remove resume.pt, durably."""
+    (out_dir / RESUME_FILE).unlink(missing_ok=True)
+    fsync_dir(out_dir)
