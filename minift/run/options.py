@@ -2,13 +2,9 @@
 
 A field holds the option's name, type, default and, in its metadata, its help, its check, its
 choices, its flag when that is not ``--field-name``, and ``search=True`` when ``minift search``
-may vary it. From these fields come:
-
-- the recipe's call: ``recipes.finetune(**options)`` builds ``FinetuneOptions(**options)``, which
-  checks every value (an unknown keyword is a ``TypeError`` naming it);
-- the command line: ``add_options`` turns the fields into ``argparse`` options (the way
-  ``HfArgumentParser`` reads a dataclass), and ``cli.main`` prints an ``OptionError`` with flags;
-- the search grid: ``grid_parsers(task)`` (``minift.run.search``).
+may vary it. From these fields come the recipe's call (``recipes.finetune(**options)`` builds
+``FinetuneOptions(**options)``, which checks every value), the command line (``add_options``,
+the way ``HfArgumentParser`` reads a dataclass) and the search grid (``grid_parsers``).
 
 The training loop's options are ``minift.core.loop.TrainConfig``'s fields: their names, types and
 defaults are read from it (``loop_fields``), never written here; what this file adds is how the
@@ -30,7 +26,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-# --- 1. Errors that name an option, and the checks a field can carry -----------------------------
+# --- 1. Errors that name an option, and the checks a field can carry ------------------------------
 
 
 class OptionError(ValueError):
@@ -99,7 +95,7 @@ def check_field(spec: Field, value: Any) -> None:
             raise OptionError(f"`{spec.name}` {err}, got {value!r}") from None
 
 
-# --- 2. Fields, and the training loop's own (read from TrainConfig) ------------------------------
+# --- 2. Fields, and the training loop's own (read from TrainConfig) -------------------------------
 
 DATA, TRAINING, RUN = "model and data", "training", "run"
 
@@ -187,7 +183,7 @@ class Options:
             check_field(spec, getattr(self, spec.name))
 
 
-# --- 3. The options of each command --------------------------------------------------------------
+# --- 3. The options of each command ---------------------------------------------------------------
 
 MODEL_HELP = "'minilm' (the installed all-MiniLM-L6-v2) or a checkpoint folder"
 CLASSIFIER_LOOP = ("epochs", "max_steps", "lr", "grad_accum", "warmup_ratio", "weight_decay",
@@ -436,7 +432,7 @@ RECIPES: dict[str, type] = {"finetune": FinetuneOptions, "ner": NerOptions,
                             "qa": QaOptions, "answer": AnswerOptions}
 
 
-# --- 4. The command line and the grid, derived from the fields -----------------------------------
+# --- 4. The command line and the grid, derived from the fields ------------------------------------
 
 
 def kind(spec: Field) -> type:
