@@ -450,11 +450,14 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _negated(spec: Field) -> bool:
+    return kind(spec) is bool and spec.default is True  # progress -> --no-progress
+
+
 def _flag(spec: Field) -> str:
     if "flag" in spec.metadata:
         return spec.metadata["flag"]
-    negated = kind(spec) is bool and spec.default is True  # progress -> --no-progress
-    return "--" + ("no-" if negated else "") + spec.name.replace("_", "-")
+    return "--" + ("no-" if _negated(spec) else "") + spec.name.replace("_", "-")
 
 
 def add_options(parser, cls: type, skip: set[str] | frozenset = frozenset()) -> list[str]:
@@ -469,14 +472,13 @@ def add_options(parser, cls: type, skip: set[str] | frozenset = frozenset()) -> 
         group = meta.get("group")
         target = parser if group is None else (
             groups.get(group) or groups.setdefault(group, parser.add_argument_group(group)))
-        negated = kind(spec) is bool and spec.default is True  # progress -> --no-progress
-        settings = {"help": meta.get("help"), "dest": f"no_{spec.name}" if negated else spec.name}
+        settings = {"help": meta.get("help"),
+                    "dest": f"no_{spec.name}" if _negated(spec) else spec.name}
         if kind(spec) is bool:
             settings["action"] = "store_true"
         else:
-            default = None if spec.default is MISSING else spec.default
-            settings |= {"default": default, "required": meta.get("required",
-                                                                  spec.default is MISSING)}
+            settings |= {"default": None if spec.default is MISSING else spec.default,
+                         "required": meta.get("required", spec.default is MISSING)}
             settings |= {key: meta[key] for key in ("choices", "metavar", "nargs", "action")
                          if key in meta}
             if kind(spec) is not str:

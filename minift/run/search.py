@@ -508,12 +508,8 @@ def search(task: str, *, out: str, options: dict,
 
     ``options``: the command's options (the recipe's keywords); those the recipe takes are fixed
     for every trial (``seed`` is the first seed: the seeds are seed .. seed + seeds - 1).
-    ``settings``: the fields of ``minift.run.options.SearchOptions``: ``grid``, ``name=v1,v2,...``
-    strings (default: the BERT paper's grid); ``seeds``; ``metric``, the dev metric the choice is
-    made on (default: the task's); ``test``, a file in the task's format, read once now and
-    scored at the end for the chosen configuration's models; ``halving``, successive halving
-    over epochs (``run_halving``); ``random_draws`` ... ``on_trial``: called with each trial's
-    record once it is in ``trials.jsonl`` (a benchmark writes its results there).
+    ``settings``: the fields of ``minift.run.options.SearchOptions``. ``on_trial``: called with
+    each trial's record once it is in ``trials.jsonl`` (a benchmark writes its results there).
 
     Writes into ``out``: ``trials/`` (one folder a trial), ``trials.jsonl``, ``search.json``,
     ``search.md``, ``search.png`` (with matplotlib) and ``model/`` (the chosen configuration's
