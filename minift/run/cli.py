@@ -38,9 +38,7 @@ conventions shared by every command:
 
 run 'minift COMMAND --help' for the options of a command."""
 
-# --------------------------------------------------------------------------------------------
-# Commands: each turns the parsed arguments into a call of its recipe
-# --------------------------------------------------------------------------------------------
+# --- Commands: each turns the parsed arguments into a call of its recipe --------------------------
 
 
 def parse_pairs(texts: list[str] | None) -> list[tuple[str, str]]:
@@ -124,9 +122,7 @@ def cmd_search(task: str, args: argparse.Namespace) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------------------------
-# Parsers, generated from the option dataclasses (minift.run.options)
-# --------------------------------------------------------------------------------------------
+# --- Parsers, generated from the option dataclasses (minift.run.options) --------------------------
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -238,9 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# --------------------------------------------------------------------------------------------
-# Entry point: errors as one line
-# --------------------------------------------------------------------------------------------
+# --- Entry point: errors as one line --------------------------------------------------------------
 
 
 def _kept(args: argparse.Namespace) -> str:

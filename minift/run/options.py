@@ -2,13 +2,9 @@
 
 A field holds the option's name, type, default and, in its metadata, its help, its check, its
 choices, its flag when that is not ``--field-name``, and ``search=True`` when ``minift search``
-may vary it. From these fields come:
-
-- the recipe's call: ``recipes.finetune(**options)`` builds ``FinetuneOptions(**options)``, which
-  checks every value (an unknown keyword is a ``TypeError`` naming it);
-- the command line: ``add_options`` turns the fields into ``argparse`` options (the way
-  ``HfArgumentParser`` reads a dataclass), and ``cli.main`` prints an ``OptionError`` with flags;
-- the search grid: ``grid_parsers(task)`` (``minift.run.search``).
+may vary it. From these fields come the recipe's call (``recipes.finetune(**options)`` builds
+``FinetuneOptions(**options)``, which checks every value), the command line (``add_options``,
+the way ``HfArgumentParser`` reads a dataclass) and the search grid (``grid_parsers``).
 
 The training loop's options are ``minift.core.loop.TrainConfig``'s fields: their names, types and
 defaults are read from it (``loop_fields``), never written here; what this file adds is how the
@@ -30,9 +26,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-# --------------------------------------------------------------------------------------------
-# 1. Errors that name an option, and the checks a field can carry
-# --------------------------------------------------------------------------------------------
+# --- 1. Errors that name an option, and the checks a field can carry ------------------------------
 
 
 class OptionError(ValueError):
@@ -54,33 +48,19 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def positive(value: Any) -> None:
-    """A finite number > 0 (a learning rate)."""
-    if not (_number(value) and value > 0):  # nan and inf fail too
-        raise ValueError("must be positive")
+def _in_range(test: Callable[[float], bool], text: str) -> Callable[[Any], None]:
+    """A check that a finite number passes ``test`` (nan and inf fail), raising ``text``."""
+    def check(value: Any) -> None:
+        if not (_number(value) and test(value)):
+            raise ValueError(text)
+    return check
 
 
-def non_negative(value: Any) -> None:
-    if not (_number(value) and value >= 0):
-        raise ValueError("must be 0 or more")
-
-
-def fraction(value: Any) -> None:
-    """In [0, 1) (a dropout)."""
-    if not (_number(value) and 0 <= value < 1):
-        raise ValueError("must be in [0, 1)")
-
-
-def share(value: Any) -> None:
-    """In [0, 1] (the warmup's share of the steps)."""
-    if not (_number(value) and 0 <= value <= 1):
-        raise ValueError("must be in [0, 1]")
-
-
-def kept_share(value: Any) -> None:
-    """In (0, 1] (the share of configurations a halving rung keeps)."""
-    if not (_number(value) and 0 < value <= 1):
-        raise ValueError("must be in (0, 1]")
+positive = _in_range(lambda v: v > 0, "must be positive")  # a learning rate
+non_negative = _in_range(lambda v: v >= 0, "must be 0 or more")
+fraction = _in_range(lambda v: 0 <= v < 1, "must be in [0, 1)")  # a dropout
+share = _in_range(lambda v: 0 <= v <= 1, "must be in [0, 1]")  # the warmup's share of the steps
+kept_share = _in_range(lambda v: 0 < v <= 1, "must be in (0, 1]")  # what a halving rung keeps
 
 
 def at_least(minimum: int) -> Callable[[Any], None]:
@@ -115,9 +95,7 @@ def check_field(spec: Field, value: Any) -> None:
             raise OptionError(f"`{spec.name}` {err}, got {value!r}") from None
 
 
-# --------------------------------------------------------------------------------------------
-# 2. Fields, and the training loop's own (read from TrainConfig)
-# --------------------------------------------------------------------------------------------
+# --- 2. Fields, and the training loop's own (read from TrainConfig) -------------------------------
 
 DATA, TRAINING, RUN = "model and data", "training", "run"
 
@@ -205,9 +183,7 @@ class Options:
             check_field(spec, getattr(self, spec.name))
 
 
-# --------------------------------------------------------------------------------------------
-# 3. The options of each command
-# --------------------------------------------------------------------------------------------
+# --- 3. The options of each command ---------------------------------------------------------------
 
 MODEL_HELP = "'minilm' (the installed all-MiniLM-L6-v2) or a checkpoint folder"
 CLASSIFIER_LOOP = ("epochs", "max_steps", "lr", "grad_accum", "warmup_ratio", "weight_decay",
@@ -456,9 +432,7 @@ RECIPES: dict[str, type] = {"finetune": FinetuneOptions, "ner": NerOptions,
                             "qa": QaOptions, "answer": AnswerOptions}
 
 
-# --------------------------------------------------------------------------------------------
-# 4. The command line and the grid, derived from the fields
-# --------------------------------------------------------------------------------------------
+# --- 4. The command line and the grid, derived from the fields ------------------------------------
 
 
 def kind(spec: Field) -> type:
@@ -476,11 +450,14 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _negated(spec: Field) -> bool:
+    return kind(spec) is bool and spec.default is True  # progress -> --no-progress
+
+
 def _flag(spec: Field) -> str:
     if "flag" in spec.metadata:
         return spec.metadata["flag"]
-    negated = kind(spec) is bool and spec.default is True  # progress -> --no-progress
-    return "--" + ("no-" if negated else "") + spec.name.replace("_", "-")
+    return "--" + ("no-" if _negated(spec) else "") + spec.name.replace("_", "-")
 
 
 def add_options(parser, cls: type, skip: set[str] | frozenset = frozenset()) -> list[str]:
@@ -495,14 +472,13 @@ def add_options(parser, cls: type, skip: set[str] | frozenset = frozenset()) -> 
         group = meta.get("group")
         target = parser if group is None else (
             groups.get(group) or groups.setdefault(group, parser.add_argument_group(group)))
-        negated = kind(spec) is bool and spec.default is True  # progress -> --no-progress
-        settings = {"help": meta.get("help"), "dest": f"no_{spec.name}" if negated else spec.name}
+        settings = {"help": meta.get("help"),
+                    "dest": f"no_{spec.name}" if _negated(spec) else spec.name}
         if kind(spec) is bool:
             settings["action"] = "store_true"
         else:
-            default = None if spec.default is MISSING else spec.default
-            settings |= {"default": default, "required": meta.get("required",
-                                                                  spec.default is MISSING)}
+            settings |= {"default": None if spec.default is MISSING else spec.default,
+                         "required": meta.get("required", spec.default is MISSING)}
             settings |= {key: meta[key] for key in ("choices", "metavar", "nargs", "action")
                          if key in meta}
             if kind(spec) is not str:
@@ -524,26 +500,23 @@ def from_namespace(cls: type, namespace: Any) -> dict[str, Any]:
     return options
 
 
-def _parse_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError("is not a number") from None
-    if not math.isfinite(value):
-        raise ValueError("is not a finite number")
-    return value
-
-
-def _parse_int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError("is not a whole number") from None
+def _parse_number(convert: type) -> Callable[[str], Any]:
+    """A ``--grid`` value as ``convert`` (int or float): a finite number, or a ValueError."""
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise ValueError("is not " + ("a whole number" if convert is int
+                                          else "a number")) from None
+        if not math.isfinite(value):
+            raise ValueError("is not a finite number")
+        return value
+    return parse
 
 
 def grid_parser(spec: Field) -> Callable[[str], Any]:
     """The parser of one ``--grid`` value of a searchable field: its type, choices and check."""
-    convert = {int: _parse_int, float: _parse_float}.get(kind(spec), str)
+    convert = _parse_number(kind(spec)) if kind(spec) in (int, float) else str
 
     def parse(text: str) -> Any:
         value = convert(text)

@@ -6,15 +6,8 @@ first; the model, the loop and the recipes never import it. Figures are
 ``matplotlib.figure.Figure`` objects drawn without pyplot: no window, no global backend, and a
 PNG is rendered by the Agg canvas (``save``), the same on a laptop, a server or in CI.
 
-Read in this order:
-
-1. the style (``figure``: readable fonts at notebook width) and ``save`` (an atomic PNG write);
-2. reading a run: ``read_log`` splits ``log.jsonl`` into training and evaluation records and
-   refuses a folder without a log, an empty log, or a corrupt line (named by its number);
-3. the drawings: the training loss (smoothed, the raw records faint), the learning rate, each
-   held-out metric against the step, for one run or several on the same axes; the confusion
-   matrix (classification) and the per-type scores (NER) from ``metrics.json``;
-4. ``plot_runs``, what the command calls; ``Figures``, the folder a lesson saves into.
+Read in this order: the style and ``save``; reading a run (``read_log``); the drawings;
+``plot_runs``, what the command calls, and ``Figures``, the folder a lesson saves into.
 """
 
 from __future__ import annotations

@@ -14,19 +14,10 @@ dev score is best. Four habits keep it honest:
 - **resumable**: each finished trial is one line of ``trials.jsonl`` (its configuration, seed,
   every dev metric, seconds and steps); after a kill, the same command skips what is done.
 
-Read in this order:
-
-1. the hyperparameters each task can vary and the metrics it reports (``HYPERPARAMETERS``,
-   ``METRICS``), and the grid: ``parse_grid`` (``name=v1,v2,...``, ``name=log:low:high``) and
-   ``configurations`` (the whole grid, or ``--random N`` seeded draws);
-2. the trials (``minift.run.trials``): ``run_trial``, one fresh run of a recipe, and
-   ``TrialLog``, the ``trials.jsonl`` file;
-3. ``summarise`` and ``choose``: mean and standard deviation over seeds, the best mean;
-4. successive halving (``run_halving``): all configurations train a short budget, the best
-   share goes on to a longer one, and so on;
-5. the test set (``read_test`` once, ``score_test`` at the end) and the outputs (``search.json``,
-   ``search.md``, the chosen model, the picture);
-6. ``search``, which checks everything before the first trial, then runs the rest.
+Read in this order: the grid (what each task can vary and report, ``parse_grid``,
+``configurations``); the trials (``minift.run.trials``); the summaries and the choice;
+successive halving; the test set and the outputs; ``search``, which checks everything before
+the first trial, then runs the rest.
 
 Trials run one after another, never side by side: on a CPU two trials at once would only share
 its cores (and make every time in the report wrong).
@@ -58,9 +49,7 @@ class MetricError(OptionError):
     """A ``metric`` the task does not report."""
 
 
-# --------------------------------------------------------------------------------------------
-# 1. Hyperparameters, metrics and the grid
-# --------------------------------------------------------------------------------------------
+# --- 1. Hyperparameters, metrics and the grid -----------------------------------------------------
 
 # The hyperparameters a search may vary, by task: the recipe's keyword -> its value parser (the
 # fields of the recipe's options marked ``search``, minift.run.options).
@@ -187,9 +176,7 @@ def describe(config: dict) -> str:
                     for name, value in config.items()) or "(the fixed options)"
 
 
-# --------------------------------------------------------------------------------------------
-# 3. Summaries and the choice
-# --------------------------------------------------------------------------------------------
+# --- 2. Summaries and the choice ------------------------------------------------------------------
 
 
 def summarise(configs: Sequence[dict], log: TrialLog, seeds: Sequence[int], key: str) -> list:
@@ -231,9 +218,7 @@ def choose(rows: Sequence[dict], greater_is_better: bool) -> dict:
     return rank(rows, greater_is_better)[0]
 
 
-# --------------------------------------------------------------------------------------------
-# 4. Successive halving
-# --------------------------------------------------------------------------------------------
+# --- 3. Successive halving ------------------------------------------------------------------------
 
 
 def halving_budgets(max_epochs: int, keep: float, min_epochs: int) -> list[int]:
@@ -320,9 +305,7 @@ def halving_cost(configs: list[dict], used: list[dict], log: TrialLog, seeds: Se
             "steps_saved": 1 - spent["steps"] / grid["steps"] if grid["steps"] else None}
 
 
-# --------------------------------------------------------------------------------------------
-# 5. The test set, and what a search writes
-# --------------------------------------------------------------------------------------------
+# --- 4. The test set, and what a search writes ----------------------------------------------------
 
 
 def _recipe_module(task: str):
@@ -356,33 +339,24 @@ def check_test_is_not_dev(task: str, fixed: dict, test: str) -> None:
                          "file (finetune: `dev_from_train` N makes dev a slice of train)")
 
 
-def score_test(task: str, fixed: dict, test: Any, folder: Path) -> dict[str, float]:
-    """The scores on ``test`` (from ``read_test``) of the model in ``folder``, by the recipe's
-    own evaluation."""
+def test_scores(task: str, fixed: dict, test: Any, trials: Path, row: dict, key: str) -> dict:
+    """The scores on ``test`` (``read_test``) of every seed's model of one configuration, by the
+    recipe's own evaluation (``score_saved``): mean, std and per seed."""
     import torch
 
     device = torch.device(fixed.get("device") or ("cuda" if torch.cuda.is_available()
                                                   else "cpu"))
-    return _recipe_module(task).score_saved(folder, test, fixed, device)
-
-
-def test_scores(task: str, fixed: dict, test: Any, trials: Path, row: dict, key: str) -> dict:
-    """``score_test`` for every seed's model of one configuration: mean, std and per seed."""
+    # the options of the configuration that scoring needs too: the length of the inputs
+    options = fixed | {k: v for k, v in row["config"].items() if k in ("max_length", "doc_stride")}
     per_seed = []
     for name in row["trials"]:
-        trial = trials / name
-        scores = score_test(task, fixed | _trained_with(row["config"]), test,
-                            model_folder(task, trial))
+        scores = _recipe_module(task).score_saved(model_folder(task, trials / name), test,
+                                                  options, device)
         per_seed.append({"seed": int(name.rsplit("seed", 1)[1]), **scores})
     values = [run[key] for run in per_seed]
     return {"mean": statistics.fmean(values),
             "std": statistics.stdev(values) if len(values) > 1 else 0.0,
             "examples": len(test), "per_seed": per_seed}
-
-
-def _trained_with(config: dict) -> dict:
-    """The options of a configuration that scoring needs too (the length of the inputs)."""
-    return {k: v for k, v in config.items() if k in ("max_length", "doc_stride")}
 
 
 def _fmt(value: Any) -> str:
@@ -461,9 +435,7 @@ def draw(result: dict, path: Path) -> Path | None:
     return plots.save(fig, path)
 
 
-# --------------------------------------------------------------------------------------------
-# 6. The search
-# --------------------------------------------------------------------------------------------
+# --- 5. The search --------------------------------------------------------------------------------
 
 # Options of a command that are the search's own, not the trials': where the search writes,
 # how runs resume (a search resumes by itself), the test set (scored once, by the search).
@@ -536,12 +508,8 @@ def search(task: str, *, out: str, options: dict,
 
     ``options``: the command's options (the recipe's keywords); those the recipe takes are fixed
     for every trial (``seed`` is the first seed: the seeds are seed .. seed + seeds - 1).
-    ``settings``: the fields of ``minift.run.options.SearchOptions``: ``grid``, ``name=v1,v2,...``
-    strings (default: the BERT paper's grid); ``seeds``; ``metric``, the dev metric the choice is
-    made on (default: the task's); ``test``, a file in the task's format, read once now and
-    scored at the end for the chosen configuration's models; ``halving``, successive halving
-    over epochs (``run_halving``); ``random_draws`` ... ``on_trial``: called with each trial's
-    record once it is in ``trials.jsonl`` (a benchmark writes its results there).
+    ``settings``: the fields of ``minift.run.options.SearchOptions``. ``on_trial``: called with
+    each trial's record once it is in ``trials.jsonl`` (a benchmark writes its results there).
 
     Writes into ``out``: ``trials/`` (one folder a trial), ``trials.jsonl``, ``search.json``,
     ``search.md``, ``search.png`` (with matplotlib) and ``model/`` (the chosen configuration's

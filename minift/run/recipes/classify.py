@@ -13,23 +13,8 @@ from minift.data.tokenizer import Tokenizer
 from minift.fast.unpad import speed_up
 from minift.hf.checkpoint import read_config_json, resolve_model_dir
 from minift.run.options import FinetuneOptions, OptionError
-from minift.run.recipes import skeleton
-from minift.run.recipes.prepare import (
-    check_device,
-    check_freeze,
-    check_max_length,
-    claim_folder,
-    data_folder,
-    dev_from_train,
-    epoch_batches,
-    subset,
-    write_metrics,
-)
-from minift.tasks.classify import (
-    ClassificationDataset,
-    SequenceClassifier,
-    classification_metrics,
-)
+from minift.run.recipes import prepare, skeleton
+from minift.tasks.classify import ClassificationDataset, SequenceClassifier, classification_metrics
 
 
 def data_files(o: FinetuneOptions) -> tuple[str | None, str | None, dict]:
@@ -38,8 +23,8 @@ def data_files(o: FinetuneOptions) -> tuple[str | None, str | None, dict]:
     if o.task is not None:
         if o.train or o.dev:
             raise OptionError("give either `task` or `train`/`dev`, not both")
-        train, dev, text_col, pair_col, label_col = task_files(o.task, data_folder(o.data_dir))
-        return train, dev, dict(text_col=text_col, pair_col=pair_col, label_col=label_col)
+        train, dev, text, pair, label = task_files(o.task, prepare.data_folder(o.data_dir))
+        return train, dev, dict(text_col=text, pair_col=pair, label_col=label)
     if not (o.train and (o.dev or o.dev_from_train)):
         raise OptionError("give `task` sst2|mrpc|rte, or both `train` FILE and `dev` FILE "
                           "(or `train` FILE `dev_from_train` N)")
@@ -74,36 +59,29 @@ def score_saved(folder: Path, test: list, options: dict, device) -> dict[str, fl
 def finetune(**options: Any) -> dict:
     """Fine-tune a sequence classifier; write the best model and ``metrics.json`` into ``out``.
 
-    The options are ``minift.run.options.FinetuneOptions``'s fields. ``task`` (sst2, mrpc, rte)
-    reads the GLUE task's files and columns from ``data_folder``; otherwise ``train`` and
-    ``dev`` are TSV / CSV / JSONL files with the columns ``text_col``, ``label_col`` and
-    optionally ``pair_col``. ``dev_from_train`` N: the dev set is N examples held out of the
-    training file instead (``prepare.dev_from_train``: a split drawn with ``split_seed``, the
-    same for every ``seed``, which then also draws the ``limit_train`` subset); the dev file is
-    not read, so a task with no test set of its own (SST-2) can give its dev file as ``test``.
-    ``test``: a file in the same format, scored once, by the best model, after training.
-    ``dropout``: the classifier's dropout (default: the encoder's). ``head_lr``: the
-    classifier's own learning rate (default ``lr``; a frozen encoder's head needs a far higher
-    one). ``init="random"``: the checkpoint's architecture from random weights (what
-    pretraining is worth). Returns the metrics dict that is written: ``{"before": ...,
-    "dev": ..., "test": ..., "train": ..., "labels": ...}`` (``test`` only when given).
+    The options are ``minift.run.options.FinetuneOptions``'s fields (their help says what each
+    does). ``dev_from_train`` N holds N examples of the training file out as dev
+    (``prepare.dev_from_train``) and leaves the dev file unread, so that a task with no test
+    set of its own (SST-2) can give its dev file as ``test``, scored once, by the best model.
+    Returns the metrics dict that is written: ``{"before": ..., "dev": ..., "test": ...,
+    "train": ..., "labels": ...}`` (``test`` only when given).
     """
     o = FinetuneOptions(**options)
     if o.dev_from_train is not None and o.dev:
         raise OptionError("give `dev` FILE or `dev_from_train` N, not both")
     config = skeleton.train_config(o, lr_by_prefix=skeleton.head_lrs(o.head_lr),
                                    metric="accuracy", greater_is_better=True)
-    check_device(o.device)
+    prepare.check_device(o.device)
     folder = resolve_model_dir(o.model)
-    check_max_length(folder, o.max_length)
-    check_freeze(folder, o.freeze)
+    prepare.check_max_length(folder, o.max_length)
+    prepare.check_freeze(folder, o.freeze)
     train, dev, columns = data_files(o)
     if o.dev_from_train is not None:
-        train_examples, dev_examples = dev_from_train(read_examples(train, **columns),
-                                                      o.dev_from_train, o.limit_train,
-                                                      o.split_seed, str(train))
+        train_examples, dev_examples = prepare.dev_from_train(
+            read_examples(train, **columns), o.dev_from_train, o.limit_train, o.split_seed,
+            str(train))
     else:
-        train_examples = subset(read_examples(train, **columns), o.limit_train, o.seed)
+        train_examples = prepare.subset(read_examples(train, **columns), o.limit_train, o.seed)
         dev_examples = read_examples(dev, **columns)
     test_examples = read_examples(o.test, **columns) if o.test else []
     vocab = LabelVocab.from_examples(train_examples)
@@ -113,7 +91,7 @@ def finetune(**options: Any) -> dict:
     dev_labels = encode_labels(dev_examples, vocab)  # a dev label unseen in train stops here
     test_labels = encode_labels(test_examples, vocab)
 
-    with claim_folder(o.out, resume=o.resume) as out_dir:
+    with prepare.claim_folder(o.out, resume=o.resume) as out_dir:
         print(f"data: {len(train_examples)} train / {len(dev_examples)} dev examples, "
               f"labels {vocab.labels}; tokenizing")
         tokenizer = Tokenizer.from_pretrained(folder)
@@ -126,7 +104,7 @@ def finetune(**options: Any) -> dict:
             config=config,
             build=skeleton.head_builder(SequenceClassifier, folder, vocab.labels, o),
             load=SequenceClassifier.from_pretrained,
-            train_batches=epoch_batches(train_set, o.batch_size, o.seed),
+            train_batches=prepare.epoch_batches(train_set, o.batch_size, o.seed),
             evaluate=lambda m, device: scores(m, dev_examples, dev_labels, tokenizer, len(vocab),
                                               o, device, dev_batches),
             tokenizer=tokenizer, options=o,
@@ -146,7 +124,7 @@ def finetune(**options: Any) -> dict:
             print(f"scoring the best model on {len(test_examples)} test examples ({o.test})")
             metrics["test"] = scores(outcome.best, test_examples, test_labels, tokenizer,
                                      len(vocab), o, next(outcome.best.parameters()).device)
-        write_metrics(out_dir, metrics)
+        prepare.write_metrics(out_dir, metrics)
 
     keys = ("loss", "accuracy", "f1")
     print(format_table([{"": "before", **{k: metrics["before"][k] for k in keys}},

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +18,7 @@ from minift.data.tokenizer import Tokenizer
 from minift.fast.unpad import speed_up
 from minift.hf.checkpoint import load_bert, resolve_model_dir
 from minift.run.options import SetfitOptions
-from minift.run.recipes.prepare import (
-    check_device,
-    check_max_length,
-    claim_folder,
-    is_main,
-    pick_device,
-    read_labelled,
-    subset,
-    write_metrics,
-)
+from minift.run.recipes import prepare
 from minift.tasks.setfit import SetFitConfig, SetFitModel, sample_shots, train_setfit
 
 
@@ -38,14 +29,15 @@ def _count(n: int, noun: str) -> str:
 
 def read_test(path: str, options: dict) -> list:
     """A test file in the format and columns of the options."""
-    return read_labelled(path, options.get("text_col", "text"), options.get("label_col", "label"),
-                         options.get("format"))
+    return prepare.read_labelled(path, options.get("text_col", "text"),
+                                 options.get("label_col", "label"), options.get("format"))
 
 
 def score_saved(folder: Path, test: list, options: dict, device) -> dict[str, float]:
     """The accuracy on ``test`` (``read_test``) of the SetFit model saved in ``folder``."""
     model = SetFitModel.from_pretrained(folder)
-    return {"accuracy": accuracy([ex.label for ex in test], model.predict([ex.text for ex in test]))}
+    predicted = model.predict([ex.text for ex in test])
+    return {"accuracy": accuracy([ex.label for ex in test], predicted)}
 
 
 def setfit(**options: Any) -> dict:
@@ -58,31 +50,29 @@ def setfit(**options: Any) -> dict:
     ``{"dev": {"accuracy_mean", "accuracy_std", "per_seed": [...]}, "train": ..., "config": ...,
     "labels": ...}``; the standard deviation is the sample one (n - 1), 0 for a single seed. The
     model of the first seed is saved in ``out/model`` (``SetFitModel.from_pretrained``).
-    ``max_steps`` caps the contrastive phase (``SetFitConfig.max_steps``): the pairs grow with the
-    square of ``shots``, so many shots and many classes otherwise make a long run.
     """
     o = SetfitOptions(**options)
-    config = SetFitConfig(loss=o.loss, sampling=o.sampling, num_iterations=o.num_iterations,
-                          epochs=o.epochs, max_steps=o.max_steps, batch_size=o.batch_size,
-                          lr=o.lr, head=o.head, end_to_end=o.end_to_end,
-                          max_length=o.max_length, progress=o.progress)
-    check_device(o.device)
+    shared = {f.name for f in fields(SetFitConfig)} & {f.name for f in fields(o)} - {"seed"}
+    config = SetFitConfig(**{name: getattr(o, name) for name in shared})  # the seed: per run
+    prepare.check_device(o.device)
     folder = resolve_model_dir(o.model)
-    check_max_length(folder, o.max_length)
-    train_examples = read_labelled(o.train, o.text_col, o.label_col, o.format)
-    dev_examples = subset(read_labelled(o.dev, o.text_col, o.label_col, o.format), o.max_dev, 0)
+    prepare.check_max_length(folder, o.max_length)
+    train_examples, dev_examples = (prepare.read_labelled(path, o.text_col, o.label_col, o.format)
+                                    for path in (o.train, o.dev))
+    dev_examples = prepare.subset(dev_examples, o.max_dev, 0)
     vocab = LabelVocab.from_examples(train_examples)
     if len(vocab) < 2:
         raise ValueError(f"{o.train}: found a single label {vocab.labels}; SetFit needs two")
     encode_labels(dev_examples, vocab)  # a dev label unseen in train stops here
     draws = [sample_shots([ex.label for ex in train_examples], o.shots,
-                          torch.Generator().manual_seed(s)) for s in range(o.seed, o.seed + o.seeds)]
+                          torch.Generator().manual_seed(s))
+             for s in range(o.seed, o.seed + o.seeds)]
     dev_texts = [ex.text for ex in dev_examples]
     dev_gold = [ex.label for ex in dev_examples]
 
-    with claim_folder(o.out) as out_dir:
+    with prepare.claim_folder(o.out) as out_dir:
         tokenizer = Tokenizer.from_pretrained(folder)
-        device = pick_device(o.device)
+        device = prepare.pick_device(o.device)
         print(f"data: {len(train_examples)} train / {len(dev_examples)} dev examples, labels "
               f"{vocab.labels}; {o.shots} shots a class, {_count(o.seeds, 'seed')}; model {folder}")
         per_seed = []
@@ -95,7 +85,7 @@ def setfit(**options: Any) -> dict:
                 [train_examples[i].label for i in chosen],
                 replace(config, seed=run_seed), label_names=vocab.labels)
             seconds = time.perf_counter() - start
-            if not is_main():
+            if not prepare.is_main():
                 continue  # under torchrun the other ranks only help train the next seed
             print(f"seed {run_seed}: scoring {len(dev_texts)} dev examples")
             score = accuracy(dev_gold, classifier.predict(dev_texts))
@@ -106,7 +96,7 @@ def setfit(**options: Any) -> dict:
                              "examples": [train_examples[i].line for i in chosen]})
             if run_seed == o.seed:  # the first seed's model
                 classifier.save_pretrained(out_dir / "model")
-        if not is_main():
+        if not prepare.is_main():
             return {}  # rank 0 writes the results
         scores = [run["accuracy"] for run in per_seed]
         mean = statistics.fmean(scores)
@@ -120,7 +110,7 @@ def setfit(**options: Any) -> dict:
             "labels": vocab.labels,
             "model": str(folder),
         }
-        write_metrics(out_dir, metrics)
+        prepare.write_metrics(out_dir, metrics)
     spread = f"{mean:.4f} +/- {std:.4f}" if o.seeds > 1 else f"{mean:.4f}"
     print(f"dev accuracy over {_count(o.seeds, 'seed')}: {spread}; metrics.json and the "
           f"seed-0 model written to {out_dir}")

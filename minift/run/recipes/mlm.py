@@ -31,13 +31,11 @@ from minift.tasks.nsp import pretraining_metrics
 def pretrain(**options: Any) -> dict:
     """Continue pretraining an encoder with masked-language modelling on domain text.
 
-    The options are ``minift.run.options.PretrainOptions``'s fields. ``text``: one or more
-    files of passages, one a line. Held-out text for evaluation is ``eval_text``, else a random
-    ``eval_fraction`` of the passages (at most ``max_eval_passages``) chosen with ``eval_seed``
-    and left out of training. The held-out text is masked ONCE, with ``eval_seed``, by the same
-    strategy as training, so every evaluation (before, during, after) scores the very same
-    masked tokens. Training batches are masked afresh every epoch (dynamic masking), each from
-    its own seeded generator, so ``resume`` continues exactly.
+    The options are ``minift.run.options.PretrainOptions``'s fields. The held-out text
+    (``eval_text``, else a seeded slice of ``text`` left out of training) is masked ONCE, with
+    ``eval_seed``, by the same strategy as training, so every evaluation (before, during, after)
+    scores the very same masked tokens. Training batches are masked afresh every epoch (dynamic
+    masking), each from its own seeded generator, so ``resume`` continues exactly.
 
     ``nsp``: BERT's two objectives at once (``nsp_data.PreTraining``). ``text`` is then read as
     documents (``minift.tasks.nsp.read_documents``); documents, not passages, are held out;
@@ -48,12 +46,11 @@ def pretrain(**options: Any) -> dict:
     decoder is the frozen word embeddings), the encoder stays as it is. A checkpoint published
     without its MLM head (all-MiniLM-L6-v2) gets one this way before the whole model is trained
     (a second run, from this one's output, at a low rate): the fresh head's large early
-    gradients then never reach the encoder. ``eval_every`` with ``patience``: stop when the
-    held-out loss has not improved for that many evaluations (with ``schedule="constant"``).
-    Writes the best model (by held-out loss; with its MLM head, HF ``BertForMaskedLM``
-    format), the tokenizer and ``metrics.json`` into ``out``; returns the metrics dict:
-    ``{"before": {...}, "after": {...}, "train": {...}, "data": {...}}`` where before/after
-    hold ``perplexity``, ``masked_accuracy``, ``loss`` and ``masked_tokens``.
+    gradients then never reach the encoder. Writes the best model (by held-out loss; with its
+    MLM head, HF ``BertForMaskedLM`` format), the tokenizer and ``metrics.json`` into ``out``;
+    returns the metrics dict: ``{"before": {...}, "after": {...}, "train": {...}, "data":
+    {...}}`` where before/after hold ``perplexity``, ``masked_accuracy``, ``loss`` and
+    ``masked_tokens``.
     """
     o = PretrainOptions(**options)
     if o.freeze != "none" and o.nsp:
@@ -124,11 +121,16 @@ def pretrain(**options: Any) -> dict:
             "data": {"passages": len(passages), "sequences": len(train_seqs), "tokens": tokens,
                      "eval_passages": len(eval_passages), "eval_seed": o.eval_seed},
         }
-        write_metrics(out_dir, metrics)
-    keys = ("perplexity", "masked_accuracy", "loss")
+        return _written(out_dir, metrics, ("perplexity", "masked_accuracy", "loss"),
+                        "model (with MLM head)")
+
+
+def _written(out_dir: Path, metrics: dict, keys: tuple, model: str) -> dict:
+    """Write ``metrics.json``; print the held-out scores before and after, and what was written."""
+    write_metrics(out_dir, metrics)
     print(format_table([{"held-out": when, **{k: metrics[when][k] for k in keys}}
                         for when in ("before", "after")]))
-    print(f"model (with MLM head), tokenizer, metrics.json and log.jsonl written to {out_dir}")
+    print(f"{model}, tokenizer, metrics.json and log.jsonl written to {out_dir}")
     return metrics
 
 
@@ -195,9 +197,5 @@ def _pretrain_nsp(o: PretrainOptions, files: list, folder: Path, config) -> dict
                      "random_share": share, "eval_documents": len(eval_documents),
                      "eval_pairs": len(eval_pairs), "eval_seed": o.eval_seed},
         }
-        write_metrics(out_dir, metrics)
-    keys = ("perplexity", "masked_accuracy", "nsp_accuracy", "loss")
-    print(format_table([{"held-out": when, **{k: metrics[when][k] for k in keys}}
-                        for when in ("before", "after")]))
-    print(f"model (MLM and NSP heads), tokenizer, metrics.json and log.jsonl written to {out_dir}")
-    return metrics
+        return _written(out_dir, metrics, ("perplexity", "masked_accuracy", "nsp_accuracy", "loss"),
+                        "model (MLM and NSP heads)")

@@ -26,11 +26,8 @@ from minift.run.recipes.prepare import is_main, pick_device
 
 def train_config(options: Any, **settings: Any) -> TrainConfig:
     """The ``TrainConfig`` of a recipe's options: every TrainConfig field the options hold, then
-    ``settings`` (the recipe's metric and the like). The options were checked when made.
-
-    The loop keeps ``resume.pt`` (``keep_resume``): ``run_recipe`` removes it itself once the
-    final model is saved, so that a crash during that save still leaves the run resumable.
-    """
+    ``settings`` (the recipe's metric and the like). The loop keeps ``resume.pt``: ``run_recipe``
+    removes it once the final model is saved, so a crash during that save leaves it resumable."""
     taken = {name: getattr(options, name) for name in loop_fields()
              if name in LOOP and hasattr(options, name)}
     return TrainConfig(**taken | {"out_dir": Path(options.out), **settings, "keep_resume": True})
@@ -39,10 +36,8 @@ def train_config(options: Any, **settings: Any) -> TrainConfig:
 @dataclass
 class Recipe:
     """What one recipe hands to ``run_recipe``; the rest of a run is the same for all of them.
-
     ``evaluate(model, device)`` returns the full scores on the held-out set (its numbers drive
-    the best checkpoint and early stopping; other entries, such as predictions, ride along).
-    """
+    the best checkpoint and early stopping; other entries, such as predictions, ride along)."""
     config: TrainConfig  # its out_dir is the output folder
     build: Callable[[], Any]  # load the model to train
     load: Callable[[Path], Any]  # reload a saved model (the best one): a head's from_pretrained
@@ -84,11 +79,8 @@ def _promote_best(best_dir: Path, out: Path) -> None:
 
 def run_recipe(recipe: Recipe) -> Outcome | None:
     """Load, score before, train, take the best weights, score them, save; None on the ranks of
-    a torchrun job other than 0 (rank 0 writes the results).
-
-    No held-out set is scored twice on the same weights: when the best step is the last, the
-    final evaluation of the training loop is the "after" score.
-    """
+    a torchrun job other than 0 (rank 0 writes the results). No held-out set is scored twice on
+    the same weights: when the best step is the last, the loop's last evaluation is "after"."""
     options = recipe.options
     out = Path(recipe.config.out_dir)
     device = pick_device(options.device)
@@ -97,10 +89,8 @@ def run_recipe(recipe: Recipe) -> Outcome | None:
         set_activation_checkpointing(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    main = is_main()
-
     before = {}
-    if recipe.before is not None and main:  # under torchrun rank 0 evaluates
+    if recipe.before is not None and is_main():  # under torchrun rank 0 evaluates
         before = recipe.evaluate(model, device)
         print(recipe.before(before))
 
@@ -115,7 +105,7 @@ def run_recipe(recipe: Recipe) -> Outcome | None:
     result = train(model, recipe.train_batches, recipe.config, evaluate=numbers, device=device,
                    resume=options.resume)
     seconds = time.perf_counter() - start
-    if not main:
+    if not is_main():
         return None
 
     best_dir = out / "best"
@@ -140,10 +130,9 @@ def run_recipe(recipe: Recipe) -> Outcome | None:
 
 def head_builder(head: type, folder: Path, labels: list[str], options: Any) -> Callable[[], Any]:
     """``build`` for a classifier head (``SequenceClassifier`` / ``TokenClassifier``) on the
-    encoder in ``folder``: a fresh head seeded with ``options.seed``, frozen as
-    ``options.freeze`` says, its dropout ``options.dropout`` (transformers'
-    ``classifier_dropout``, saved in ``config.json``; the encoder keeps its own; None: the
-    encoder's). ``init="random"``: the same architecture from BERT's random initialisation."""
+    encoder in ``folder``: a fresh head seeded with ``options.seed``, frozen as ``options.freeze``
+    says, its dropout ``options.dropout`` (transformers' ``classifier_dropout``, saved in
+    ``config.json``; the encoder keeps its own); ``init="random"``: BERT's random weights."""
     init, freeze = options.init, options.freeze
 
     def build():

@@ -15,21 +15,12 @@ from minift.data.tokenizer import Tokenizer
 from minift.fast.unpad import speed_up
 from minift.hf.checkpoint import read_config_json, resolve_model_dir
 from minift.run.options import AnswerOptions, OptionError, QaOptions, SpanOptions
-from minift.run.recipes import skeleton
-from minift.run.recipes.prepare import (
-    check_device,
-    check_max_length,
-    claim_folder,
-    epoch_batches,
-    subset,
-    write_metrics,
-)
+from minift.run.recipes import prepare, skeleton
 from minift.tasks import qa as squad_qa
-from minift.tasks.qa import qa_predictions, qa_scores
 
 
 def _check_lengths(folder: Path, o: SpanOptions) -> None:
-    check_max_length(folder, o.max_length, minimum=4)
+    prepare.check_max_length(folder, o.max_length, minimum=4)
     if not o.doc_stride < o.max_length:
         raise OptionError(f"`doc_stride` must be between 0 and `max_length` - 1 "
                           f"({o.max_length - 1}), got {o.doc_stride}")
@@ -68,8 +59,8 @@ def score_saved(folder: Path, test: list, options: dict, device) -> dict[str, fl
     windows = squad_qa.make_windows(test, tokenizer, max_length=o.max_length,
                                     doc_stride=o.doc_stride)
     dataset = squad_qa.WindowDataset(windows, tokenizer.pad_token_id, labels=False)
-    scores = qa_scores(model, test, windows, dataset, o.batch_size, device, n_best=o.n_best,
-                       max_answer_length=o.max_answer_length)
+    scores = squad_qa.qa_scores(model, test, windows, dataset, o.batch_size, device,
+                                n_best=o.n_best, max_answer_length=o.max_answer_length)
     return {k: v for k, v in scores.items() if k != "predictions"}
 
 
@@ -87,17 +78,17 @@ def qa(**options: Any) -> dict:
     """
     o = QaOptions(**options)
     config = skeleton.train_config(o, metric="f1", greater_is_better=True)
-    check_device(o.device)
+    prepare.check_device(o.device)
     folder = resolve_model_dir(o.model)
     _check_lengths(folder, o)
     train_questions, dev_questions, split = _questions(o)
-    train_questions = subset(train_questions, o.limit_train, o.seed)
+    train_questions = prepare.subset(train_questions, o.limit_train, o.seed)
     tokenizer = Tokenizer.from_pretrained(folder)
     train_windows, train_set, dev_windows, dev_set = squad_qa.train_and_dev_windows(
         train_questions, dev_questions, tokenizer, max_length=o.max_length,
         doc_stride=o.doc_stride)
 
-    with claim_folder(o.out, resume=o.resume) as out_dir:
+    with prepare.claim_folder(o.out, resume=o.resume) as out_dir:
         print(f"data: {len(train_questions)} train questions -> {len(train_windows)} windows, "
               f"{len(dev_questions)} dev questions -> {len(dev_windows)} windows (max length "
               f"{o.max_length}, stride {o.doc_stride})")
@@ -109,8 +100,8 @@ def qa(**options: Any) -> dict:
 
         outcome = skeleton.run_recipe(skeleton.Recipe(
             config=config, build=build, load=squad_qa.QuestionAnswering.from_pretrained,
-            train_batches=epoch_batches(train_set, o.batch_size, o.seed),
-            evaluate=lambda m, device: qa_scores(
+            train_batches=prepare.epoch_batches(train_set, o.batch_size, o.seed),
+            evaluate=lambda m, device: squad_qa.qa_scores(
                 m, dev_questions, dev_windows, dev_set, o.batch_size, device,
                 progress=o.progress, n_best=o.n_best, max_answer_length=o.max_answer_length),
             tokenizer=tokenizer, options=o,
@@ -129,7 +120,7 @@ def qa(**options: Any) -> dict:
             "data": split | {"max_length": o.max_length, "doc_stride": o.doc_stride,
                              "dev_windows": len(dev_windows)},
         }
-        write_metrics(out_dir, metrics)
+        prepare.write_metrics(out_dir, metrics)
     dev_scores = metrics["dev"]
     print(f"dev: exact match {dev_scores['exact_match']:.2f}  F1 {dev_scores['f1']:.2f} "
           f"({dev_scores['questions']} questions, SQuAD v1.1 scoring, points)")
@@ -158,7 +149,7 @@ def answer(**options: Any) -> list:
             raise OptionError(f"`context_file` {path}: not UTF-8 ({err.reason})") from None
     if not context.strip():
         raise ValueError("the context is empty")
-    check_device(o.device)
+    prepare.check_device(o.device)
     folder = resolve_model_dir(o.model)
     architectures = read_config_json(folder).get("architectures") or []
     if "BertForQuestionAnswering" not in architectures:
@@ -172,8 +163,9 @@ def answer(**options: Any) -> list:
     device = torch.device(o.device or "cpu")
     span_model = speed_up(squad_qa.QuestionAnswering.from_pretrained(folder)).to(device)
     dataset = squad_qa.WindowDataset(windows, tokenizer.pad_token_id, labels=False)
-    spans = qa_predictions(span_model, [asked], windows, dataset, 8, device, n_best=o.n_best,
-                           max_answer_length=o.max_answer_length)["question"]
+    spans = squad_qa.qa_predictions(span_model, [asked], windows, dataset, 8, device,
+                                    n_best=o.n_best,
+                                    max_answer_length=o.max_answer_length)["question"]
     for rank, span in enumerate(spans[:o.show], 1):
         print(f"{rank}. answer: {span.text!r}  score {span.score:.3f}  probability "
               f"{span.probability:.3f}  characters [{span.start}, {span.end})")

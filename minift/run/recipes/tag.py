@@ -3,39 +3,18 @@ files; and the scoring of a saved one on a test file, which ``minift.run.search`
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from minift.core.labels import LabelVocab
-from minift.data.readers import (
-    apply_scheme,
-    encode_tags,
-    entity_label_set,
-    is_bio,
-    read_conll,
-    write_conll,
-)
+from minift.data import readers
 from minift.data.tokenizer import Tokenizer
 from minift.fast.unpad import speed_up
 from minift.hf.checkpoint import read_config_json, resolve_model_dir
 from minift.run.options import NerOptions
-from minift.run.recipes import skeleton
-from minift.run.recipes.prepare import (
-    check_device,
-    check_freeze,
-    check_max_length,
-    claim_folder,
-    epoch_batches,
-    subset,
-    write_metrics,
-)
-from minift.tasks.tag import (
-    TokenClassificationDataset,
-    TokenClassifier,
-    predict_tags,
-    scores_table,
-    tagging_scores,
-)
+from minift.run.recipes import prepare, skeleton
+from minift.tasks import tag as tagging
 
 
 def tag_set(o: NerOptions, folder: Path, splits: dict, task: str) -> LabelVocab:
@@ -43,7 +22,7 @@ def tag_set(o: NerOptions, folder: Path, splits: dict, task: str) -> LabelVocab:
     lacks a rare tag, POS's "WP$", does not make that tag an error in dev and test); a token
     classifier's own, in its order, when training continues from one."""
     if task == "ner":
-        labels = entity_label_set(splits["train"])
+        labels = readers.entity_label_set(splits["train"])
     else:
         labels = LabelVocab.from_sequences([s.tags for s in splits["train"]])
     saved = read_config_json(folder)
@@ -59,16 +38,16 @@ def tag_set(o: NerOptions, folder: Path, splits: dict, task: str) -> LabelVocab:
 
 
 def tag_dataset(sentences: list, labels: LabelVocab, tokenizer, o: NerOptions,
-                train: bool = False) -> TokenClassificationDataset:
+                train: bool = False) -> tagging.TokenClassificationDataset:
     """Sentences as windows of whole words, with their tag ids (``train``: the training
     options, ``label_all_subwords``)."""
     options = {}
     if train:
         options = dict(label_all_subwords=o.label_all_subwords,
                        b_to_i=labels.b_to_i() if o.label_all_subwords else None)
-    return TokenClassificationDataset(
+    return tagging.TokenClassificationDataset(
         [s.words for s in sentences], tokenizer, max_length=o.max_length,
-        label_ids=encode_tags(sentences, labels), stride_words=o.stride_words,
+        label_ids=readers.encode_tags(sentences, labels), stride_words=o.stride_words,
         where=[s.where for s in sentences], **options)
 
 
@@ -76,29 +55,27 @@ def scores(model, dataset, sentences: list, labels: LabelVocab, task: str, o: Ne
            device, name: str) -> dict:
     """The tagger's scores on ``dataset`` (entity or token scores, the loss), with the
     predicted tags riding along (``predicted``)."""
-    predicted, loss = predict_tags(model, dataset, o.batch_size, device, progress=o.progress,
-                                   desc=name)
+    predicted, loss = tagging.predict_tags(model, dataset, o.batch_size, device,
+                                           progress=o.progress, desc=name)
     tags = [labels.decode(p) for p in predicted]
-    result = tagging_scores([s.tags for s in sentences], tags, task)
+    result = tagging.tagging_scores([s.tags for s in sentences], tags, task)
     return result | ({"loss": loss} if loss is not None else {}) | {"predicted": tags}
 
 
 def read_test(path: str, options: dict) -> list:
     """A CoNLL test file, its tags in the options' column."""
-    return read_conll(path, column=options.get("column", -1))
+    return readers.read_conll(path, column=options.get("column", -1))
 
 
 def score_saved(folder: Path, test: list, options: dict, device) -> dict[str, float]:
     """The scores on ``test`` (``read_test``) of the tagger saved in ``folder`` (its task and
     scheme from its ``metrics.json``)."""
-    import json
-
     o = NerOptions(**{"out": str(folder), "train": "", "dev": ""} | options | {"progress": False})
     metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
     task = metrics["task"]
-    sentences = apply_scheme(test, metrics["scheme"]) if task == "ner" else test
+    sentences = readers.apply_scheme(test, metrics["scheme"]) if task == "ner" else test
     labels = LabelVocab.from_dict(read_config_json(folder))
-    model = speed_up(TokenClassifier.from_pretrained(folder)).to(device)
+    model = speed_up(tagging.TokenClassifier.from_pretrained(folder)).to(device)
     dataset = tag_dataset(sentences, labels, Tokenizer.from_pretrained(folder), o)
     result = scores(model, dataset, sentences, labels, task, o, device, "test")
     return {k: v for k, v in result.items() if isinstance(v, int | float)}
@@ -108,34 +85,31 @@ def ner(**options: Any) -> dict:
     """Fine-tune a token classifier on CoNLL column files; write the best model, the tokenizer,
     ``metrics.json`` and ``{dev,test}_predictions.txt`` (``word gold predicted``) into ``out``.
 
-    The options are ``minift.run.options.NerOptions``'s fields. ``column`` (0-based, negative
-    from the end) picks the tags. ``task`` "ner" scores entities (micro F1, seqeval's default
-    mode; the tags are checked as strict IOB2, or converted with ``scheme="iob1"``); "pos"
-    scores token accuracy; "auto" takes "ner" when every training tag reads as O/B-X/I-X. A dev
-    or test tag outside the training file's tag set is an error naming its file:line.
-    Sentences longer than ``max_length`` tokens are windowed, never truncated. A training set
-    in which no word gets a token is refused. ``head_lr`` and ``init`` as in ``finetune``.
+    The options are ``minift.run.options.NerOptions``'s fields. ``task`` "ner" scores entities
+    (micro F1, seqeval's default mode); "pos" token accuracy. A dev or test tag outside the
+    training file's tag set is an error naming its file:line. Sentences longer than
+    ``max_length`` tokens are windowed, never truncated.
     Returns the metrics dict that is written: ``{"dev": ..., "test": ..., "train": ...}``.
     """
     o = NerOptions(**options)
-    check_device(o.device)
+    prepare.check_device(o.device)
     folder = resolve_model_dir(o.model)
-    check_max_length(folder, o.max_length)
-    check_freeze(folder, o.freeze)
+    prepare.check_max_length(folder, o.max_length)
+    prepare.check_freeze(folder, o.freeze)
     files = {"train": o.train, "dev": o.dev} | ({"test": o.test} if o.test else {})
-    splits = {name: read_conll(path, column=o.column) for name, path in files.items()}
-    task = o.task if o.task != "auto" else "ner" if is_bio(splits["train"]) else "pos"
+    splits = {name: readers.read_conll(path, column=o.column) for name, path in files.items()}
+    task = o.task if o.task != "auto" else "ner" if readers.is_bio(splits["train"]) else "pos"
     config = skeleton.train_config(o, lr_by_prefix=skeleton.head_lrs(o.head_lr),
                                    metric="f1" if task == "ner" else "accuracy",
                                    greater_is_better=True)
     if task == "ner":
-        splits = {name: apply_scheme(sentences, o.scheme) for name, sentences in splits.items()}
+        splits = {name: readers.apply_scheme(part, o.scheme) for name, part in splits.items()}
     labels = tag_set(o, folder, splits, task)
-    splits["train"] = subset(splits["train"], o.limit_train, o.seed)
+    splits["train"] = prepare.subset(splits["train"], o.limit_train, o.seed)
     for sentences in splits.values():
-        encode_tags(sentences, labels)  # a tag outside the set stops here, before loading
+        readers.encode_tags(sentences, labels)  # a tag outside the set stops here, before loading
 
-    with claim_folder(o.out, resume=o.resume) as out_dir:
+    with prepare.claim_folder(o.out, resume=o.resume) as out_dir:
         print(f"data: {task} tags from column {o.column} ({len(labels)} tags: "
               f"{' '.join(labels.labels)}); tokenizing")
         tokenizer = Tokenizer.from_pretrained(folder)
@@ -155,9 +129,9 @@ def ner(**options: Any) -> dict:
 
         outcome = skeleton.run_recipe(skeleton.Recipe(
             config=config,
-            build=skeleton.head_builder(TokenClassifier, folder, labels.labels, o),
-            load=TokenClassifier.from_pretrained,
-            train_batches=epoch_batches(datasets["train"], o.batch_size, o.seed),
+            build=skeleton.head_builder(tagging.TokenClassifier, folder, labels.labels, o),
+            load=tagging.TokenClassifier.from_pretrained,
+            train_batches=prepare.epoch_batches(datasets["train"], o.batch_size, o.seed),
             evaluate=evaluate, tokenizer=tokenizer, options=o,
         ))
         if outcome is None:
@@ -169,8 +143,9 @@ def ner(**options: Any) -> dict:
                                       "test")
         metrics: dict = {}
         for name, result in scored.items():
-            write_conll(out_dir / f"{name}_predictions.txt", [s.words for s in splits[name]],
-                        [s.tags for s in splits[name]], result["predicted"])
+            readers.write_conll(out_dir / f"{name}_predictions.txt",
+                                [s.words for s in splits[name]], [s.tags for s in splits[name]],
+                                result["predicted"])
             metrics[name] = {k: v for k, v in result.items() if k != "predicted"}
         metrics["train"] = outcome.facts() | {"sentences": len(splits["train"]),
                                               "windows": len(datasets["train"]),
@@ -178,13 +153,13 @@ def ner(**options: Any) -> dict:
         metrics |= {"task": task, "column": o.column,
                     "scheme": o.scheme if task == "ner" else None, "labels": labels.labels,
                     "max_length": o.max_length}
-        write_metrics(out_dir, metrics)
+        prepare.write_metrics(out_dir, metrics)
     for name in ("dev", "test"):
         if name in metrics:
             main_score = (f"entity F1 {metrics[name]['f1']:.4f} (seqeval default mode, micro; "
                           f"strict IOB2 {metrics[name]['strict']['f1']:.4f})" if task == "ner"
                           else f"token accuracy {metrics[name]['accuracy']:.4f}")
             print(f"\n{name}: {main_score}")
-            print(scores_table(metrics[name], task, name))
+            print(tagging.scores_table(metrics[name], task, name))
     print(f"model, tokenizer, metrics.json, log.jsonl and predictions written to {out_dir}")
     return metrics
