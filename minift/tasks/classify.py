@@ -144,12 +144,8 @@ class SequenceClassifier(_Classifier):
 
 
 class ClassificationDataset(PaddedRows):
-    """A split tokenized once, which hands out padded batches.
-
-    Each example is tokenized a single time (in chunks of `chunk_size`), without padding, so its
-    length is known once and for all; `batch(indices)` pads the chosen rows to the longest of them
-    (the same tensors `collate` gives for those examples, which a test holds) and `batches(...)`
-    does it for every batch of `length_grouped_batches`.
+    """A split tokenized once (in chunks of `chunk_size`, unpadded), which hands out padded
+    batches: the same tensors `collate` gives for those examples (a test holds them equal).
 
     Batch contract: a dict of LongTensors on the CPU, `input_ids`, `attention_mask`,
     `token_type_ids` of shape (batch, seq) where seq is the longest example of the batch
