@@ -80,8 +80,6 @@ class _Classifier(nn.Module):
                                    labels.reshape(-1), ignore_index=IGNORE_INDEX)
         return ClassifierOutput(loss=loss, logits=logits)
 
-    # ---- HF-format checkpoints ----
-
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, num_labels: int | None = None,
                         id2label: dict[int, str] | None = None):
@@ -106,13 +104,10 @@ class _Classifier(nn.Module):
     @classmethod
     def from_config(cls, path: str | os.PathLike, num_labels: int = 2,
                     id2label: dict[int, str] | None = None):
-        """The architecture of the checkpoint in ``path``, from random weights: no pretraining.
-
-        Only ``config.json`` is read. Every weight gets BERT's initialisation
-        (``model.init_weights``, what transformers' ``from_config`` gives), drawn from torch's
-        global generator: seed it first. What pretraining is worth is ``from_pretrained``
-        against this, trained the same way (``benchmarks/claims_transfer.py``).
-        """
+        """The architecture of the checkpoint in ``path`` (its ``config.json``) with BERT's random
+        initialisation, what transformers' ``from_config`` gives, drawn from torch's global
+        generator: seed it first. What pretraining is worth is ``from_pretrained`` against this,
+        trained the same way (``benchmarks/claims_transfer.py``)."""
         raw = read_config_json(path)
         return cls(read_config(path, raw), num_labels, id2label, raw.get("classifier_dropout"))
 

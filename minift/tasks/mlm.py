@@ -319,10 +319,9 @@ class MaskedLM(nn.Module):
 
     The head is a transform (dense, GELU, LayerNorm) and a decoder back to the vocabulary whose
     weight IS the word-embedding matrix (one ``nn.Parameter``, so a step on one is a step on the
-    other), plus an output bias per token. The encoder has no pooler (``add_pooling_layer=False``,
-    as the reference). Checkpoint names: ``cls.predictions.transform.dense.*``,
-    ``cls.predictions.transform.LayerNorm.*`` and ``cls.predictions.bias``; the decoder weight is
-    not stored (the reference drops tied copies too).
+    other), plus an output bias per token. The encoder has no pooler, as the reference.
+    Checkpoint names: ``MLM_HEAD_KEYS``; the decoder weight is not stored (the reference drops
+    tied copies too).
 
     Sparse head: with ``labels``, the transform and the decoder run only at the positions whose
     label is not -100 (about 15% of the tokens), so the largest matmul of pretraining,

@@ -18,9 +18,7 @@ here is the bookkeeping around those two positions. Read in this order:
 This is transformers' question-answering recipe (``prepare_train_features`` and
 ``postprocess_qa_predictions`` of its ``run_qa.py`` example) written out; the tests hold the
 windows, positions and answers equal to it on real SQuAD questions. SQuAD 2.0's unanswerable
-questions (``is_impossible``) are refused with an error that says so. Nothing here knows the
-model; the tokenizer is ``minift.data.tokenizer.Tokenizer`` (its ``backend`` gives the tokens and
-their character offsets).
+questions (``is_impossible``) are refused with an error that says so.
 """
 
 from __future__ import annotations
@@ -265,9 +263,8 @@ def make_windows(questions: Sequence[Question], tokenizer, *, max_length: int = 
 
 
 class WindowDataset(PaddedRows):
-    """Windows as padded batches (``PaddedRows``: length-grouped, each batch padded to its
-    longest window), with ``start_positions`` / ``end_positions`` when ``labels`` (the
-    names of ``BertForQuestionAnswering``'s arguments)."""
+    """Windows as padded batches (``PaddedRows``), with ``start_positions`` / ``end_positions``
+    when ``labels`` (the names of ``BertForQuestionAnswering``'s arguments)."""
 
     def __init__(self, windows: Sequence[Window], pad_token_id: int, *, labels: bool = True):
         self.windows, self.labels, self.pad_token_id = list(windows), labels, pad_token_id

@@ -133,10 +133,8 @@ def sample_shots(labels: Sequence, shots: int, generator: torch.Generator) -> li
     for label in sorted(by_class, key=str):
         members = by_class[label]
         if len(members) < shots:
-            raise ValueError(
-                f"class {label!r} has {len(members)} examples, fewer than the "
-                f"{shots} shots asked for"
-            )
+            raise ValueError(f"class {label!r} has {len(members)} examples, fewer than the "
+                             f"{shots} shots asked for")
         order = torch.randperm(len(members), generator=generator)[:shots].tolist()
         chosen += [members[k] for k in order]
     return sorted(chosen)
@@ -265,15 +263,13 @@ def fit_logistic_regression(head: LinearHead, embeddings: torch.Tensor, label_id
     """
     X = embeddings.detach().to(torch.float64)
     if not bool(torch.isfinite(X).all()):
-        raise NonFiniteLossError(
-            "fit_logistic_regression: the embeddings hold nan or inf (the encoder's training "
-            "diverged?); lower the learning rate, or train with amp='off'"
-        )
+        raise NonFiniteLossError("fit_logistic_regression: the embeddings hold nan or inf (the "
+                                 "encoder's training diverged?); lower the learning rate, or "
+                                 "train with amp='off'")
     y = torch.as_tensor(label_ids, device=X.device)
     if y.min() < 0 or y.max() >= head.num_labels:
-        raise ValueError(
-            f"label ids must be in 0..{head.num_labels - 1}, found {y.unique().tolist()}"
-        )
+        raise ValueError(f"label ids must be in 0..{head.num_labels - 1}, found "
+                         f"{y.unique().tolist()}")
     weight, bias = (torch.zeros_like(p, dtype=torch.float64, device=X.device).requires_grad_()
                     for p in (head.linear.weight, head.linear.bias))
     optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter, history_size=20,
@@ -298,10 +294,8 @@ def fit_logistic_regression(head: LinearHead, embeddings: torch.Tensor, label_id
     finally:
         torch.set_num_threads(threads)
     if not all(bool(torch.isfinite(p).all()) for p in (weight, bias)):
-        raise NonFiniteLossError(
-            f"fit_logistic_regression: L-BFGS ended on nan or inf weights (C={C}); the embeddings "
-            "may be too large to fit"
-        )
+        raise NonFiniteLossError(f"fit_logistic_regression: L-BFGS ended on nan or inf weights "
+                                 f"(C={C}); the embeddings may be too large to fit")
     with torch.no_grad():
         head.linear.weight.copy_(weight)
         head.linear.bias.copy_(bias)
@@ -342,11 +336,10 @@ def train_head(
                 embeddings = frozen[rows.to(device)]
             loss = F.cross_entropy(model.head(embeddings), labels[rows].to(device))
             if not bool(torch.isfinite(loss)):
-                raise NonFiniteLossError(
-                    f"the head's loss is {loss.item()} at epoch {epoch}, batch "
-                    f"{start // config.head_batch_size}; training stopped before the update. "
-                    "Lower head_lr (and head_body_lr)"
-                )
+                raise NonFiniteLossError(f"the head's loss is {loss.item()} at epoch {epoch}, "
+                                         f"batch {start // config.head_batch_size}; training "
+                                         "stopped before the update. Lower head_lr (and "
+                                         "head_body_lr)")
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
