@@ -1,4 +1,9 @@
-"""CONTRASTIVE_DOC
+"""SetFit's contrastive phase: pairs of sentences, their losses, and the module that trains on them.
+
+A pair of sentences of the same class should embed close together (cosine similarity 1), a pair
+of different classes far apart (0). `contrastive_pairs` builds the pairs as the setfit library
+does; `cosine_similarity_loss` (setfit's default) and `contrastive_loss` score a batch of them;
+`PairLoss` is the module `minift.core.loop.train` runs (`minift.tasks.setfit` uses it).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minift.core.model import BertModel
-from minift.core.sentence import embed_batch
+from minift.core.sentence import embed_rows
 
 SAMPLING_STRATEGIES = ("oversampling", "undersampling", "unique")
 
@@ -29,13 +34,9 @@ def shuffled_combinations(n: int, seed: int) -> list[tuple[int, int]]:
     return [(int(first[k]), int(second[k])) for k in order]
 
 
-def contrastive_pairs(
-    labels: Sequence,
-    *,
-    sampling: str = "oversampling",
-    num_iterations: int | None = None,
-    seed: int = 42,
-) -> list[tuple[int, int, float]]:
+def contrastive_pairs(labels: Sequence, *, sampling: str = "oversampling",
+                      num_iterations: int | None = None,
+                      seed: int = 42) -> list[tuple[int, int, float]]:
     """SetFit's training pairs over `labels`: `(i, j, 1.0)` same class, `(i, j, 0.0)` not.
 
     All n (n + 1) / 2 pairs are split into positives and negatives; then as many of each are
@@ -83,9 +84,8 @@ def contrastive_pairs(
     return pairs
 
 
-def cosine_similarity_loss(
-    first: torch.Tensor, second: torch.Tensor, labels: torch.Tensor
-) -> torch.Tensor:
+def cosine_similarity_loss(first: torch.Tensor, second: torch.Tensor,
+                           labels: torch.Tensor) -> torch.Tensor:
     """Mean squared error between cos(first, second) and the 1/0 label, over the batch.
 
     sentence-transformers' `CosineSimilarityLoss` (setfit's default). first, second: (pairs,
@@ -94,9 +94,8 @@ def cosine_similarity_loss(
     return F.mse_loss(F.cosine_similarity(first, second), labels.float())
 
 
-def contrastive_loss(
-    first: torch.Tensor, second: torch.Tensor, labels: torch.Tensor, margin: float = 0.5
-) -> torch.Tensor:
+def contrastive_loss(first: torch.Tensor, second: torch.Tensor, labels: torch.Tensor,
+                     margin: float = 0.5) -> torch.Tensor:
     """Hadsell et al.'s contrastive loss on the cosine distance d = 1 - cos:
     mean of 0.5 (y d^2 + (1 - y) max(0, margin - d)^2).
 
@@ -110,15 +109,12 @@ def contrastive_loss(
     return 0.5 * losses.mean()
 
 
-LOSSES: dict[str, Callable[..., torch.Tensor]] = {
-    "cosine": cosine_similarity_loss,
-    "contrastive": contrastive_loss,
-}
+LOSSES: dict[str, Callable[..., torch.Tensor]] = {"cosine": cosine_similarity_loss,
+                                                  "contrastive": contrastive_loss}
 
 
-def embed_pairs(
-    encoder: BertModel, tokens, first: torch.Tensor, second: torch.Tensor, *, dedupe: bool = True
-) -> tuple[torch.Tensor, torch.Tensor]:
+def embed_pairs(encoder: BertModel, tokens, first: torch.Tensor, second: torch.Tensor, *,
+                dedupe: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean-pooled embeddings of both sides of a batch of pairs: two (pairs, hidden) tensors.
 
     `tokens` holds every training sentence tokenized once (an `Encoding`, padded to the longest);
@@ -130,17 +126,9 @@ def embed_pairs(
     """
     both = torch.cat([first, second]).to(tokens.input_ids.device)
     rows, inverse = torch.unique(both, return_inverse=True) if dedupe else (both, None)
-    mask = tokens.attention_mask[rows]
-    width = int(mask.sum(dim=1).max())  # cut the padding no row of this batch needs
-    device = next(encoder.parameters()).device
-    embeddings = embed_batch(
-        encoder,
-        tokens.input_ids[rows, :width].to(device),
-        mask[:, :width].to(device),
-        tokens.token_type_ids[rows, :width].to(device),
-    )  # (rows, hidden)
+    embeddings = embed_rows(encoder, tokens, rows)  # (rows, hidden)
     if inverse is not None:
-        embeddings = embeddings[inverse.to(device)]  # (2 * pairs, hidden)
+        embeddings = embeddings[inverse.to(embeddings.device)]  # (2 * pairs, hidden)
     return embeddings[: len(first)], embeddings[len(first) :]
 
 

@@ -1,5 +1,5 @@
-"""FREEZE_DOC
-"""
+"""Freezing: which parameters of a fine-tuned model train (the whole model, the head, or the last
+N blocks), for the comparison of lesson 03 and `--freeze`."""
 
 from __future__ import annotations
 

@@ -36,6 +36,16 @@ def embed_batch(model: BertModel, input_ids: torch.Tensor, attention_mask: torch
     return F.normalize(pooled, p=2, dim=-1) if normalize else pooled
 
 
+def embed_rows(model: BertModel, tokens, rows: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    """`embed_batch` of the rows `rows` of `tokens` (every sentence tokenized once, padded to the
+    longest), cut to the widest of those rows and moved to the model's device."""
+    mask = tokens.attention_mask[rows]
+    width = int(mask.sum(dim=1).max())  # cut the padding no row of this batch needs
+    device = next(model.parameters()).device
+    return embed_batch(model, tokens.input_ids[rows, :width].to(device), mask[:, :width].to(device),
+                       tokens.token_type_ids[rows, :width].to(device), normalize=normalize)
+
+
 @torch.no_grad()
 def encode(model: BertModel, tokenizer, texts: Sequence[str], *, batch_size: int = 32,
            max_length: int = 256, normalize: bool = True) -> torch.Tensor:

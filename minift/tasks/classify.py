@@ -80,8 +80,6 @@ class _Classifier(nn.Module):
                                    labels.reshape(-1), ignore_index=IGNORE_INDEX)
         return ClassifierOutput(loss=loss, logits=logits)
 
-    # ---- HF-format checkpoints ----
-
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, num_labels: int | None = None,
                         id2label: dict[int, str] | None = None):
@@ -106,13 +104,10 @@ class _Classifier(nn.Module):
     @classmethod
     def from_config(cls, path: str | os.PathLike, num_labels: int = 2,
                     id2label: dict[int, str] | None = None):
-        """The architecture of the checkpoint in ``path``, from random weights: no pretraining.
-
-        Only ``config.json`` is read. Every weight gets BERT's initialisation
-        (``model.init_weights``, what transformers' ``from_config`` gives), drawn from torch's
-        global generator: seed it first. What pretraining is worth is ``from_pretrained``
-        against this, trained the same way (``benchmarks/claims_transfer.py``).
-        """
+        """The architecture of the checkpoint in ``path`` (its ``config.json``) with BERT's random
+        initialisation, what transformers' ``from_config`` gives, drawn from torch's global
+        generator: seed it first. What pretraining is worth is ``from_pretrained`` against this,
+        trained the same way (``benchmarks/claims_transfer.py``)."""
         raw = read_config_json(path)
         return cls(read_config(path, raw), num_labels, id2label, raw.get("classifier_dropout"))
 
@@ -144,12 +139,8 @@ class SequenceClassifier(_Classifier):
 
 
 class ClassificationDataset(PaddedRows):
-    """A split tokenized once, which hands out padded batches.
-
-    Each example is tokenized a single time (in chunks of `chunk_size`), without padding, so its
-    length is known once and for all; `batch(indices)` pads the chosen rows to the longest of them
-    (the same tensors `collate` gives for those examples, which a test holds) and `batches(...)`
-    does it for every batch of `length_grouped_batches`.
+    """A split tokenized once (in chunks of `chunk_size`, unpadded), which hands out padded
+    batches: the same tensors `collate` gives for those examples (a test holds them equal).
 
     Batch contract: a dict of LongTensors on the CPU, `input_ids`, `attention_mask`,
     `token_type_ids` of shape (batch, seq) where seq is the longest example of the batch

@@ -1,12 +1,10 @@
-"""Text for masked-language modelling: lines of text in, masked batches out.
+"""Masked-language modelling: lines of text in, masked batches out, the MLM head and its scores.
 
 Reading order:
 
-1. `read_text_lines` reads passages, one a line, from UTF-8 text files; `held_out_split` sets a
-   seeded share of them aside for evaluation.
-2. `TextSequences` tokenizes the passages once and builds the model's sequences: one passage a
-   sequence (`[CLS] passage [SEP]`, cut at `max_length`) or, with `pack=True`, consecutive
-   passages packed into full-length sequences (`[CLS] a [SEP] b [SEP] ...`), as RoBERTa's
+1. `read_text_lines` reads passages, one a line; `held_out_split` sets a seeded share aside.
+2. `TextSequences` tokenizes the passages once into the model's sequences, one passage a sequence
+   or, with `pack=True`, consecutive passages packed into full-length sequences, as RoBERTa's
    FULL-SENTENCES and SpanBERT do: no compute is spent on padding, and span masking, whose last
    span overshoots the budget by about half a span per sequence, gets long sequences where that
    half span is small (see `minift.core.masking.span_mask`).
@@ -16,12 +14,7 @@ Reading order:
    asked for, so a resumed run sees exactly the masks of an uninterrupted one (the training loop
    rebuilds the epoch it resumes in), and an evaluation set masked once with a fixed seed gives
    before/after numbers on the very same masks.
-
-5. `MaskedLM` is the encoder with BERT's MLM head (tied to the word embeddings; the sparse head
-   computes the logits of the masked positions only), and `mlm_metrics` scores it.
-
-The tokenizer is `minift.data.tokenizer.Tokenizer` (its `backend` gives the ids and word ids of a
-passage without special tokens; the special-token ids come from the tokenizer).
+5. `MaskedLM` is the encoder with BERT's MLM head, and `mlm_metrics` scores it.
 """
 
 from __future__ import annotations
@@ -88,7 +81,8 @@ def held_out_split(passages: Sequence[str], fraction: float, seed: int,
 
 
 class TextSequences:
-    """Passages tokenized once and laid out as the model's sequences (unpadded, on the CPU).
+    """Passages tokenized once (by the tokenizer's `backend`, without special tokens) and laid out
+    as the model's sequences (unpadded, on the CPU).
 
     `input_ids[i]` and `word_ids[i]` are LongTensors of one sequence: `[CLS] ... [SEP]` with
     `[SEP]` after every passage when packed. Word ids number the words of a sequence 0, 1, 2, ...
@@ -325,10 +319,9 @@ class MaskedLM(nn.Module):
 
     The head is a transform (dense, GELU, LayerNorm) and a decoder back to the vocabulary whose
     weight IS the word-embedding matrix (one ``nn.Parameter``, so a step on one is a step on the
-    other), plus an output bias per token. The encoder has no pooler (``add_pooling_layer=False``,
-    as the reference). Checkpoint names: ``cls.predictions.transform.dense.*``,
-    ``cls.predictions.transform.LayerNorm.*`` and ``cls.predictions.bias``; the decoder weight is
-    not stored (the reference drops tied copies too).
+    other), plus an output bias per token. The encoder has no pooler, as the reference.
+    Checkpoint names: ``MLM_HEAD_KEYS``; the decoder weight is not stored (the reference drops
+    tied copies too).
 
     Sparse head: with ``labels``, the transform and the decoder run only at the positions whose
     label is not -100 (about 15% of the tokens), so the largest matmul of pretraining,
@@ -365,9 +358,8 @@ class MaskedLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None) -> MaskedLMOutput:
-        """Logits at every position without labels; with labels, the loss and the logits of the
-        target positions only (see ``MaskedLMOutput``). No target at all gives a nan loss, as the
-        reference (the training loop skips such batches)."""
+        """See ``MaskedLMOutput``. No target at all gives a nan loss, as the reference (the
+        training loop skips such batches)."""
         hidden = self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state
         if labels is None:
             return MaskedLMOutput(loss=None, logits=self.head(hidden))  # (batch, seq, vocab)
@@ -379,8 +371,8 @@ class MaskedLM(nn.Module):
 
     def sparse_head(self, hidden: torch.Tensor,
                     labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The logits of the target positions only (labels not -100), (targets, vocab), in the
-        row-major order of ``labels[labels != -100]``, and their mean cross-entropy."""
+        """The logits of the target positions only (see ``MaskedLMOutput``) and their mean
+        cross-entropy."""
         targets = labels != IGNORE_INDEX
         logits = self.head(hidden[targets])
         return logits, F.cross_entropy(logits.float(), labels[targets])
@@ -412,8 +404,7 @@ class MaskedLM(nn.Module):
         with torch.no_grad():
             for ours, tensor in found.items():
                 params[ours].copy_(tensor)
-        if found:
-            self.head_loaded = True
+        self.head_loaded = self.head_loaded or bool(found)
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write an HF folder that ``transformers.BertForMaskedLM`` loads with the same logits."""
@@ -424,7 +415,6 @@ class MaskedLM(nn.Module):
         """The head's weights under their HF names (the tied decoder is not stored)."""
         params = dict(self.named_parameters())
         return {hf: params[ours] for hf, ours in MLM_HEAD_KEYS.items()}
-
 
 
 def mlm_metrics(model, batches, device, *, progress: bool = False) -> dict[str, float]:

@@ -3,26 +3,14 @@
 BERT's second pretraining objective: given ``[CLS] A [SEP] B [SEP]``, did B follow A in the
 document (label 0), or was it taken from another document (label 1)? Reading order:
 
-1. ``read_documents``  documents as lists of sentences: a text file with one sentence a line and
-                       a blank line between documents, or JSONL with a ``sentences`` list a line
-                       (CSAbstruct's format);
-2. ``nsp_pairs``       the pairs of one pass over the documents, from the tokenized sentences,
-                       as ``create_instances_from_document`` of BERT's
-                       ``create_pretraining_data.py``: sentences are gathered into a chunk until
-                       it reaches the target length; a random cut splits the chunk into A and B;
-                       half of the time B is replaced by sentences from a random other document
-                       (the sentences of the chunk that B did not use go back to the queue), and
-                       the pair is trimmed to fit, longest side first, one token from the front
-                       or the back at random. A chunk of a single sentence always gets a random
-                       B (there is no cut to make), so the share of random pairs is a little
-                       over one half; ``nsp_pairs`` returns the pairs and the caller can count.
-3. ``PairSequences``   the pairs as unpadded rows with their token types and labels, batched
-                       like ``minift.tasks.mlm.TextSequences`` so the MLM masking collator masks
-                       them (``NSPMaskedBatches`` adds ``next_sentence_label``);
-4. the heads           ``NextSentencePrediction`` (the NSP head alone) and ``PreTraining`` (MLM
-                       and NSP at once, as BERT was pretrained), and ``pretraining_metrics``.
-
-Randomness comes from one ``torch.Generator``: the same generator, the same pairs.
+1. ``read_documents``: documents as lists of sentences (text with a blank line between
+   documents, or CSAbstruct's JSONL);
+2. ``nsp_pairs``: the pairs of one pass over the tokenized documents, as BERT's
+   ``create_pretraining_data.py`` makes them, drawn from one ``torch.Generator``;
+3. ``PairSequences``: the pairs as unpadded rows, batched like ``minift.tasks.mlm.TextSequences``
+   so the MLM masking collator masks them (``NSPMaskedBatches`` adds ``next_sentence_label``);
+4. the heads: ``NextSentencePrediction`` (the NSP head alone) and ``PreTraining`` (MLM and NSP at
+   once, as BERT was pretrained), and ``pretraining_metrics``.
 """
 
 from __future__ import annotations
@@ -132,9 +120,14 @@ def _trim(a: list[int], b: list[int], max_tokens: int, generator: torch.Generato
 def nsp_pairs(documents: Sequence[Sequence[list[int]]], max_length: int,
               generator: torch.Generator, *, short_seq_prob: float = 0.1) -> list[SentencePair]:
     """The NSP pairs of one pass over tokenized documents (each a list of sentences, each a list
-    of token ids), BERT's way (see the module docstring).
+    of token ids), as ``create_instances_from_document`` of BERT's ``create_pretraining_data.py``.
 
-    Pairs fit ``max_length`` with [CLS] and two [SEP]. With probability ``short_seq_prob`` a
+    Sentences are gathered into a chunk until it reaches the target length; a random cut splits
+    the chunk into A and B; half of the time B is replaced by sentences from a random other
+    document (the sentences of the chunk that B did not use go back to the queue), and the pair
+    is trimmed to fit, longest side first, one token from the front or the back at random. A
+    chunk of a single sentence always gets a random B (there is no cut to make), so the share of
+    random pairs is a little over one half. Pairs fit ``max_length`` with [CLS] and two [SEP]. With probability ``short_seq_prob`` a
     chunk aims at a random shorter length (BERT's 0.1), so the model also sees short inputs.
     """
     if max_length < 5:
@@ -315,8 +308,5 @@ class PreTraining(MaskedLM):
                                                        "cls.seq_relationship")
 
 
-def pretraining_metrics(model, batches, device, *, progress: bool = False) -> dict[str, float]:
-    """``mlm_metrics`` of a ``PreTraining`` model on ``NSPMaskedBatches``: the masked-token
-    scores plus ``nsp_accuracy`` and ``nsp_loss`` over the pairs, and ``loss`` = masked-token
-    loss + NSP loss (the sum ``BertForPreTraining`` trains on)."""
-    return mlm_metrics(model, batches, device, progress=progress)
+# A ``PreTraining`` model on ``NSPMaskedBatches``: ``mlm_metrics`` adds the NSP scores itself.
+pretraining_metrics = mlm_metrics

@@ -6,24 +6,19 @@ predicts two positions: the token where the answer starts and the token where it
 model sees ``[CLS] question [SEP] context [SEP]``, at most ``max_length`` tokens; everything else
 here is the bookkeeping around those two positions. Read in this order:
 
-1. ``read_squad``     the SQuAD JSON file into ``Question``s, every answer checked against its
-                      context (``split_by_article`` holds some articles out);
-2. ``make_windows``   question + context into windows of ``max_length`` tokens: only the context is
-                      cut, and consecutive windows overlap by ``doc_stride`` tokens, so an answer
-                      cut by one window edge lies whole in the next. Each ``Window`` keeps the
-                      character span of every context token (``offsets``) and the token positions
-                      of its answer, or [CLS] (position 0) when the answer is not inside;
-                      ``WindowDataset`` batches them;
-3. ``best_answers``   the n-best (start, end) pairs over all windows of a question, mapped back to
-                      the context's characters;
-4. ``squad_scores``   the official SQuAD v1.1 exact match and token F1.
+1. ``read_squad``: the SQuAD JSON file into ``Question``s, every answer checked against its context;
+2. ``make_windows``: question + context into windows of ``max_length`` tokens; only the context is
+   cut, with consecutive windows overlapping by ``doc_stride`` tokens, so an answer cut by one
+   window edge lies whole in the next (``WindowDataset`` batches them);
+3. ``best_answers``: the n-best (start, end) pairs over all windows of a question, mapped back to
+   the context's characters;
+4. ``squad_scores``: the official SQuAD v1.1 exact match and token F1; then the model,
+   ``QuestionAnswering``, and ``qa_scores``.
 
 This is transformers' question-answering recipe (``prepare_train_features`` and
 ``postprocess_qa_predictions`` of its ``run_qa.py`` example) written out; the tests hold the
 windows, positions and answers equal to it on real SQuAD questions. SQuAD 2.0's unanswerable
-questions (``is_impossible``) are refused with an error that says so. Nothing here knows the
-model; the tokenizer is ``minift.data.tokenizer.Tokenizer`` (its ``backend`` gives the tokens and
-their character offsets).
+questions (``is_impossible``) are refused with an error that says so.
 """
 
 from __future__ import annotations
@@ -35,7 +30,7 @@ import re
 import string
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -242,8 +237,7 @@ def make_windows(questions: Sequence[Question], tokenizer, *, max_length: int = 
         raise ValueError(f"max_length must be at least 4, got {max_length}")
     if doc_stride < 0:
         raise ValueError(f"doc_stride must be >= 0, got {doc_stride}")
-    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
-    backend = tokenizer.backend
+    cls, sep, backend = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.backend
     asked = backend.encode_batch([q.question.lstrip() for q in questions], add_special_tokens=False)
     contexts = backend.encode_batch([q.context for q in questions], add_special_tokens=False)
     windows = []
@@ -269,9 +263,8 @@ def make_windows(questions: Sequence[Question], tokenizer, *, max_length: int = 
 
 
 class WindowDataset(PaddedRows):
-    """Windows as padded batches (``PaddedRows``: length-grouped, each batch padded to its
-    longest window), with ``start_positions`` / ``end_positions`` when ``labels`` (the
-    names of ``BertForQuestionAnswering``'s arguments)."""
+    """Windows as padded batches (``PaddedRows``), with ``start_positions`` / ``end_positions``
+    when ``labels`` (the names of ``BertForQuestionAnswering``'s arguments)."""
 
     def __init__(self, windows: Sequence[Window], pad_token_id: int, *, labels: bool = True):
         self.windows, self.labels, self.pad_token_id = list(windows), labels, pad_token_id
@@ -303,7 +296,7 @@ class Span:
     score: float
     start_logit: float
     end_logit: float
-    probability: float = field(default=0.0)
+    probability: float = 0.0
 
 
 def train_and_dev_windows(train: Sequence[Question], dev: Sequence[Question], tokenizer, *,
@@ -311,9 +304,8 @@ def train_and_dev_windows(train: Sequence[Question], dev: Sequence[Question], to
     """The windows of a train/dev split and their datasets (the dev set carries no answer
     positions): ``(train_windows, train_set, dev_windows, dev_set)``, what ``minift qa`` and
     ``benchmarks/qa_squad.py`` both train and score on."""
-    shape = dict(max_length=max_length, doc_stride=doc_stride)
-    train_windows = make_windows(train, tokenizer, **shape)
-    dev_windows = make_windows(dev, tokenizer, **shape)
+    train_windows, dev_windows = (make_windows(split, tokenizer, max_length=max_length,
+                                               doc_stride=doc_stride) for split in (train, dev))
     return (train_windows, WindowDataset(train_windows, tokenizer.pad_token_id),
             dev_windows, WindowDataset(dev_windows, tokenizer.pad_token_id, labels=False))
 
@@ -338,9 +330,8 @@ def best_answers(context: str, windows: Sequence[Window], start_logits: Sequence
         top_ends = ends.topk(min(n_best, n)).indices.tolist()
         for s in top_starts:
             for e in top_ends:
-                if window.offsets[s] is None or window.offsets[e] is None:
-                    continue
-                if e < s or e - s + 1 > max_answer_length:
+                if (window.offsets[s] is None or window.offsets[e] is None or e < s
+                        or e - s + 1 > max_answer_length):
                     continue
                 begin, stop = window.offsets[s][0], window.offsets[e][1]
                 candidates.append(Span(context[begin:stop], begin, stop, float(starts[s] + ends[e]),

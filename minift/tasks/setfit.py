@@ -5,18 +5,14 @@ sentence encoder on *pairs* built from them: a pair of sentences of the same cla
 close together (cosine similarity 1), a pair of different classes far apart (0). Then it trains a
 light classifier on the embeddings of the few examples. Read in order:
 
-1. `contrastive_pairs`: the pairs, built as the setfit library builds them (its sampling
-   strategies "oversampling", "undersampling", "unique", and the legacy `num_iterations`).
-2. The pair losses: `cosine_similarity_loss` (setfit's default, sentence-transformers'
-   `CosineSimilarityLoss`) and `contrastive_loss` (a margin on the cosine distance).
-3. `train_body`: contrastive fine-tuning of the encoder (mean pooling, AdamW, warmup), run by
-   `minift.core.loop.train` on `PairLoss`, a module whose forward returns the mean loss over a batch
-   of pairs: the one training loop, with its mixed precision, data parallelism, resume, progress
-   bar and non-finite checks.
-4. The head: `LinearHead`, fitted either as scikit-learn's `LogisticRegression` on frozen
-   embeddings (`fit_logistic_regression`, full-batch L-BFGS on the same objective) or by gradient
-   descent, optionally end to end through the encoder (`train_head`).
-5. `SetFitModel`: encoder + tokenizer + head, with `predict`, `predict_proba`, save and load;
+1. `sample_shots` draws the few examples; the pairs and their losses are the textbook's
+   (`minift.core.contrastive`).
+2. `train_body`: contrastive fine-tuning of the encoder, run by `minift.core.loop.train` on a
+   `PairLoss` (the one training loop: mixed precision, data parallelism, resume, progress bar,
+   non-finite checks).
+3. The head: `LinearHead`, fitted as scikit-learn's `LogisticRegression` on frozen embeddings
+   (`fit_logistic_regression`) or by gradient descent, optionally end to end (`train_head`).
+4. `SetFitModel`: encoder + tokenizer + head, with `predict`, `predict_proba`, save and load;
    `train_setfit` runs both phases.
 
 The defaults are setfit 1.2's (`SetFitConfig`). The names follow the setfit library's where a
@@ -51,7 +47,7 @@ from minift.core.files import atomic_write
 from minift.core.loop import AMP_DTYPES, NonFiniteLossError, TrainConfig, train
 from minift.core.model import BertModel
 from minift.core.optim import AdamW
-from minift.core.sentence import embed_batch, encode
+from minift.core.sentence import embed_rows, encode
 from minift.data.tokenizer import Tokenizer
 from minift.hf.checkpoint import load_bert, save_bert
 from minift.hf.safetensors import read_safetensors, write_safetensors
@@ -68,8 +64,8 @@ class SetFitConfig:
     clipped at `max_grad_norm` (transformers' Trainer default). `max_steps` caps the phase: the
     pairs grow with the square of the shots (64 of 6 classes give 122,880 oversampled pairs), so
     a run with many shots stops after `max_steps` steps, its schedule spanning them (unlike
-    setfit's `max_steps`, which replaces the epochs, this only ever shortens a run). Head phase: `head` "logistic"
-    (scikit-learn's LogisticRegression with inverse regularisation `C`) or "linear" (setfit's
+    setfit's `max_steps`, which replaces the epochs, this only ever shortens a run).
+    Head phase: `head` "logistic" (scikit-learn's LogisticRegression with inverse regularisation `C`) or "linear" (setfit's
     differentiable `SetFitHead`: `head_epochs` epochs of batches of `head_batch_size`, AdamW at
     `head_lr`, the encoder at `head_body_lr` when `end_to_end`). `seed` drives the pairs, the
     shuffling and the head's batches. `amp` ("off", "bf16", "fp16") is the contrastive phase's
@@ -101,14 +97,11 @@ class SetFitConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.sampling not in SAMPLING_STRATEGIES:
-            raise ValueError(
-                f"sampling must be one of {SAMPLING_STRATEGIES}, got {self.sampling!r}"
-            )
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {tuple(LOSSES)}, got {self.loss!r}")
-        if self.head not in ("logistic", "linear"):
-            raise ValueError(f"head must be 'logistic' or 'linear', got {self.head!r}")
+        choices = {"sampling": SAMPLING_STRATEGIES, "loss": tuple(LOSSES),
+                   "head": ("logistic", "linear"), "amp": tuple(AMP_DTYPES)}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("num_iterations", "max_steps"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)
@@ -122,17 +115,13 @@ class SetFitConfig:
                 raise ValueError(f"{name} must be positive and finite, got {getattr(self, name)}")
         if not 0 <= self.weight_decay < math.inf:
             raise ValueError(f"weight_decay must be >= 0 and finite, got {self.weight_decay}")
-        if self.amp not in AMP_DTYPES:
-            raise ValueError(f"amp must be one of {tuple(AMP_DTYPES)}, got {self.amp!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
         if not 0.0 <= self.warmup_ratio <= 1.0:
             raise ValueError(f"warmup_ratio must be in [0, 1], got {self.warmup_ratio}")
 
 
-# --------------------------------------------------------------------------------------------
-# 1. Pairs
-# --------------------------------------------------------------------------------------------
+# --- 1. The shots ---------------------------------------------------------------------------------
 
 
 def sample_shots(labels: Sequence, shots: int, generator: torch.Generator) -> list[int]:
@@ -144,23 +133,14 @@ def sample_shots(labels: Sequence, shots: int, generator: torch.Generator) -> li
     for label in sorted(by_class, key=str):
         members = by_class[label]
         if len(members) < shots:
-            raise ValueError(
-                f"class {label!r} has {len(members)} examples, fewer than the "
-                f"{shots} shots asked for"
-            )
+            raise ValueError(f"class {label!r} has {len(members)} examples, fewer than the "
+                             f"{shots} shots asked for")
         order = torch.randperm(len(members), generator=generator)[:shots].tolist()
         chosen += [members[k] for k in order]
     return sorted(chosen)
 
 
-# --------------------------------------------------------------------------------------------
-# 2. Pair losses
-# --------------------------------------------------------------------------------------------
-
-
-# --------------------------------------------------------------------------------------------
-# 3. Contrastive fine-tuning of the encoder
-# --------------------------------------------------------------------------------------------
+# --- 2. Contrastive fine-tuning of the encoder ----------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -178,17 +158,9 @@ def _pooler_frozen(encoder: BertModel):
             param.requires_grad_(flag)
 
 
-def train_body(
-    encoder: BertModel,
-    tokenizer: Tokenizer,
-    texts: Sequence[str],
-    labels: Sequence,
-    config: SetFitConfig,
-    *,
-    log: Callable[[str], None] | None = print,
-    out_dir: str | os.PathLike | None = None,
-    resume: bool = False,
-) -> dict:
+def train_body(encoder: BertModel, tokenizer: Tokenizer, texts: Sequence[str], labels: Sequence,
+               config: SetFitConfig, *, log: Callable[[str], None] | None = print,
+               out_dir: str | os.PathLike | None = None, resume: bool = False) -> dict:
     """Fine-tune `encoder` in place on SetFit's pairs of `texts`; return what happened.
 
     The recipe of setfit (through sentence-transformers' trainer): pairs shuffled every epoch,
@@ -205,80 +177,56 @@ def train_body(
     """
     if len(texts) != len(labels):
         raise ValueError(f"got {len(texts)} texts but {len(labels)} labels")
-    pairs = contrastive_pairs(
-        labels, sampling=config.sampling, num_iterations=config.num_iterations, seed=config.seed
-    )
+    pairs = contrastive_pairs(labels, sampling=config.sampling,
+                              num_iterations=config.num_iterations, seed=config.seed)
     n_pos = sum(1 for p in pairs if p[2] == 1.0)
     steps = config.epochs * math.ceil(len(pairs) / config.batch_size)
     if config.max_steps is not None:
         steps = min(steps, config.max_steps)  # the first steps of the shuffled pairs
     if log:
-        how = (
-            f"num_iterations={config.num_iterations}"
-            if config.num_iterations
-            else f"sampling={config.sampling}"
-        )
-        log(
-            f"contrastive pairs: {len(pairs)} ({n_pos} positive, {len(pairs) - n_pos} negative) "
+        how = (f"num_iterations={config.num_iterations}" if config.num_iterations
+               else f"sampling={config.sampling}")
+        log(f"contrastive pairs: {len(pairs)} ({n_pos} positive, {len(pairs) - n_pos} negative) "
             f"from {len(texts)} examples, {how}; {steps} steps of {config.batch_size} pairs"
-            + (f" (capped at max_steps={config.max_steps})" if steps == config.max_steps else "")
-        )
+            + (f" (capped at max_steps={config.max_steps})" if steps == config.max_steps else ""))
     tokens = tokenizer(list(texts), max_length=config.max_length)  # once, padded to the longest
-    first = torch.tensor([p[0] for p in pairs])
-    second = torch.tensor([p[1] for p in pairs])
-    targets = torch.tensor([p[2] for p in pairs])
+    first, second, targets = (torch.tensor(column) for column in zip(*pairs, strict=True))
 
     def pair_batches(epoch: int) -> list[dict[str, torch.Tensor]]:
         # setfit's order: one generator seeded once, a permutation per epoch.
         generator = torch.Generator().manual_seed(config.seed)
         for _ in range(epoch + 1):
             order = torch.randperm(len(pairs), generator=generator)
-        return [
-            {"first": first[rows], "second": second[rows], "labels": targets[rows]}
-            for rows in order.split(config.batch_size)
-        ]
+        return [{"first": first[rows], "second": second[rows], "labels": targets[rows]}
+                for rows in order.split(config.batch_size)]
 
     loss_fn = LOSSES[config.loss]
     if config.loss == "contrastive":
         loss_fn = functools.partial(contrastive_loss, margin=config.margin)
     folder = tempfile.TemporaryDirectory(prefix="setfit-body-") if out_dir is None else None
+    same = ("epochs", "lr", "weight_decay", "warmup_ratio", "max_grad_norm", "amp", "seed",
+            "progress")
     train_config = TrainConfig(
-        out_dir=folder.name if folder else out_dir,
-        epochs=config.epochs,
+        out_dir=folder.name if folder else out_dir, log_every=1,
         max_steps=steps if config.max_steps is not None else None,
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-        warmup_ratio=config.warmup_ratio,
-        max_grad_norm=config.max_grad_norm,
-        amp=config.amp,
-        seed=config.seed,
-        progress=config.progress,
-        log_every=1,
         save_every=steps + 1 if folder else None,  # a temporary folder: nothing to resume from
-    )
+        **{name: getattr(config, name) for name in same})
     try:
         with _pooler_frozen(encoder):
             result = train(PairLoss(encoder, tokens, loss_fn), pair_batches, train_config,
-                           resume=resume)  # fmt: skip
+                           resume=resume)
     finally:
         if folder:
             folder.cleanup()
     encoder.eval()
     losses = [record["loss"] for record in result.history if "loss" in record]
-    return {
-        "pairs": len(pairs),
-        "positive_pairs": n_pos,
-        "negative_pairs": len(pairs) - n_pos,
-        "steps": steps,
-        "pairs_trained": min(len(pairs) * config.epochs, steps * config.batch_size),
-        "first_loss": losses[0],
-        "last_loss": losses[-1],
-    }
+    return {"pairs": len(pairs), "positive_pairs": n_pos, "negative_pairs": len(pairs) - n_pos,
+            "steps": steps,
+            "pairs_trained": min(len(pairs) * config.epochs, steps * config.batch_size),
+            "first_loss": losses[0], "last_loss": losses[-1]}
 
 
-# --------------------------------------------------------------------------------------------
-# 4. The classification head
-# --------------------------------------------------------------------------------------------
+# --- 3. The classification head ------------------------------------------------------------------
 
 
 class LinearHead(nn.Module):
@@ -303,13 +251,8 @@ class LinearHead(nn.Module):
         return torch.cat([torch.zeros_like(z), z], dim=-1) if self.binary else z
 
 
-def fit_logistic_regression(
-    head: LinearHead,
-    embeddings: torch.Tensor,
-    label_ids: torch.Tensor,
-    C: float = 1.0,
-    max_iter: int = 1000,
-) -> LinearHead:
+def fit_logistic_regression(head: LinearHead, embeddings: torch.Tensor, label_ids: torch.Tensor,
+                            C: float = 1.0, max_iter: int = 1000) -> LinearHead:
     """Fit `head` as scikit-learn's `LogisticRegression()` would: return it, fitted in place.
 
     The objective is scikit-learn's: C * sum_i cross_entropy_i + 0.5 * ||W||^2, the intercept not
@@ -320,28 +263,18 @@ def fit_logistic_regression(
     """
     X = embeddings.detach().to(torch.float64)
     if not bool(torch.isfinite(X).all()):
-        raise NonFiniteLossError(
-            "fit_logistic_regression: the embeddings hold nan or inf (the encoder's training "
-            "diverged?); lower the learning rate, or train with amp='off'"
-        )
+        raise NonFiniteLossError("fit_logistic_regression: the embeddings hold nan or inf (the "
+                                 "encoder's training diverged?); lower the learning rate, or "
+                                 "train with amp='off'")
     y = torch.as_tensor(label_ids, device=X.device)
     if y.min() < 0 or y.max() >= head.num_labels:
-        raise ValueError(
-            f"label ids must be in 0..{head.num_labels - 1}, found {y.unique().tolist()}"
-        )
-    weight = torch.zeros_like(head.linear.weight, dtype=torch.float64, device=X.device)
-    bias = torch.zeros_like(head.linear.bias, dtype=torch.float64, device=X.device)
-    weight.requires_grad_(True)
-    bias.requires_grad_(True)
-    optimizer = torch.optim.LBFGS(
-        [weight, bias],
-        lr=1,
-        max_iter=max_iter,
-        history_size=20,
-        tolerance_grad=1e-10,
-        tolerance_change=1e-14,
-        line_search_fn="strong_wolfe",
-    )
+        raise ValueError(f"label ids must be in 0..{head.num_labels - 1}, found "
+                         f"{y.unique().tolist()}")
+    weight, bias = (torch.zeros_like(p, dtype=torch.float64, device=X.device).requires_grad_()
+                    for p in (head.linear.weight, head.linear.bias))
+    optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter, history_size=20,
+                                  tolerance_grad=1e-10, tolerance_change=1e-14,
+                                  line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
@@ -360,11 +293,9 @@ def fit_logistic_regression(
         optimizer.step(closure)
     finally:
         torch.set_num_threads(threads)
-    if not (bool(torch.isfinite(weight).all()) and bool(torch.isfinite(bias).all())):
-        raise NonFiniteLossError(
-            f"fit_logistic_regression: L-BFGS ended on nan or inf weights (C={C}); the embeddings "
-            "may be too large to fit"
-        )
+    if not all(bool(torch.isfinite(p).all()) for p in (weight, bias)):
+        raise NonFiniteLossError(f"fit_logistic_regression: L-BFGS ended on nan or inf weights "
+                                 f"(C={C}); the embeddings may be too large to fit")
     with torch.no_grad():
         head.linear.weight.copy_(weight)
         head.linear.bias.copy_(bias)
@@ -400,24 +331,15 @@ def train_head(
         for start in range(0, len(labels), config.head_batch_size):
             rows = order[start : start + config.head_batch_size]
             if config.end_to_end:
-                mask = tokens.attention_mask[rows]
-                width = int(mask.sum(dim=1).max())
-                embeddings = embed_batch(
-                    model.encoder,
-                    tokens.input_ids[rows, :width].to(device),
-                    mask[:, :width].to(device),
-                    tokens.token_type_ids[rows, :width].to(device),
-                    normalize=model.normalize,
-                )
+                embeddings = embed_rows(model.encoder, tokens, rows, normalize=model.normalize)
             else:
                 embeddings = frozen[rows.to(device)]
             loss = F.cross_entropy(model.head(embeddings), labels[rows].to(device))
             if not bool(torch.isfinite(loss)):
-                raise NonFiniteLossError(
-                    f"the head's loss is {loss.item()} at epoch {epoch}, batch "
-                    f"{start // config.head_batch_size}; training stopped before the update. "
-                    "Lower head_lr (and head_body_lr)"
-                )
+                raise NonFiniteLossError(f"the head's loss is {loss.item()} at epoch {epoch}, "
+                                         f"batch {start // config.head_batch_size}; training "
+                                         "stopped before the update. Lower head_lr (and "
+                                         "head_body_lr)")
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -426,9 +348,7 @@ def train_head(
     return model
 
 
-# --------------------------------------------------------------------------------------------
-# 5. The model, its training, saving and loading
-# --------------------------------------------------------------------------------------------
+# --- 4. The model, its training, saving and loading -----------------------------------------------
 
 HEAD_WEIGHTS = "setfit_head.safetensors"
 HEAD_CONFIG = "setfit_head.json"
@@ -441,16 +361,8 @@ class SetFitModel(nn.Module):
     sentence-transformers pipeline does (its `Normalize` module), which is what setfit's head sees.
     """
 
-    def __init__(
-        self,
-        encoder: BertModel,
-        tokenizer: Tokenizer,
-        head: LinearHead,
-        labels: Sequence[str],
-        *,
-        max_length: int = 256,
-        normalize: bool = True,
-    ):
+    def __init__(self, encoder: BertModel, tokenizer: Tokenizer, head: LinearHead,
+                 labels: Sequence[str], *, max_length: int = 256, normalize: bool = True):
         super().__init__()
         if len(labels) != head.num_labels:
             raise ValueError(f"got {len(labels)} label names for a head of {head.num_labels}")
@@ -460,14 +372,8 @@ class SetFitModel(nn.Module):
 
     def embed(self, texts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
         """Sentence embeddings (len(texts), hidden), without gradients."""
-        return encode(
-            self.encoder,
-            self.tokenizer,
-            list(texts),
-            batch_size=batch_size,
-            max_length=self.max_length,
-            normalize=self.normalize,
-        )
+        return encode(self.encoder, self.tokenizer, list(texts), batch_size=batch_size,
+                      max_length=self.max_length, normalize=self.normalize)
 
     @torch.no_grad()
     def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
@@ -486,15 +392,10 @@ class SetFitModel(nn.Module):
         folder = Path(path)
         save_bert(self.encoder, folder)
         self.tokenizer.save_pretrained(folder)
-        write_safetensors(
-            {k: v.detach() for k, v in self.head.state_dict().items()}, folder / HEAD_WEIGHTS
-        )
-        config = {
-            "labels": self.labels,
-            "binary": self.head.binary,
-            "max_length": self.max_length,
-            "normalize": self.normalize,
-        }
+        write_safetensors({k: v.detach() for k, v in self.head.state_dict().items()},
+                          folder / HEAD_WEIGHTS)
+        config = {"labels": self.labels, "binary": self.head.binary,
+                  "max_length": self.max_length, "normalize": self.normalize}
         atomic_write(folder / HEAD_CONFIG, (json.dumps(config, indent=2) + "\n").encode())
 
     @classmethod
@@ -514,26 +415,14 @@ class SetFitModel(nn.Module):
         encoder = load_bert(folder)
         head = LinearHead(encoder.config.hidden_size, len(config["labels"]), config["binary"])
         head.load_state_dict(read_safetensors(folder / HEAD_WEIGHTS))
-        return cls(
-            encoder,
-            Tokenizer.from_pretrained(folder),
-            head.eval(),
-            config["labels"],
-            max_length=config["max_length"],
-            normalize=config["normalize"],
-        ).eval()
+        return cls(encoder, Tokenizer.from_pretrained(folder), head.eval(), config["labels"],
+                   max_length=config["max_length"], normalize=config["normalize"]).eval()
 
 
-def train_setfit(
-    encoder: BertModel,
-    tokenizer: Tokenizer,
-    texts: Sequence[str],
-    labels: Sequence[str],
-    config: SetFitConfig | None = None,
-    *,
-    label_names: Sequence[str] | None = None,
-    log: Callable[[str], None] | None = print,
-) -> tuple[SetFitModel, dict]:
+def train_setfit(encoder: BertModel, tokenizer: Tokenizer, texts: Sequence[str],
+                 labels: Sequence[str], config: SetFitConfig | None = None, *,
+                 label_names: Sequence[str] | None = None,
+                 log: Callable[[str], None] | None = print) -> tuple[SetFitModel, dict]:
     """SetFit's two phases: contrastive fine-tuning of `encoder` (in place), then the head.
 
     `label_names` fixes the class order (default: the sorted distinct labels). Dropout and the

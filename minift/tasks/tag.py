@@ -99,21 +99,15 @@ class TokenClassificationDataset(PaddedRows):
 
     Each sentence is tokenized whole (`is_split_into_words`, no truncation). One that does not fit
     `max_length` tokens (special tokens included) is cut into windows of whole words that overlap
-    by `stride_words` words (`minift.core.align.plan_windows`), and each window is tokenized as a
-    sentence of its own: no word is ever truncated away. `plan.num_windowed` says how many were
-    cut. The examples handed out are the windows ("pieces"), in sentence order.
+    by `stride_words` words (`minift.core.align.plan_windows`), each tokenized as a sentence of its
+    own: no word is ever truncated away. The examples handed out are these windows ("pieces"), in
+    sentence order; `plan.num_windowed` says how many sentences were cut. `where` (optional) holds
+    every word's file:line (`TaggedSentence.where`) for the errors.
 
-    `where` (optional) holds the place of every word, its file:line as `TaggedSentence.where`
-    gives it, for the errors: a word too long for any window, and a set in which no word at all
-    produced a sub-word token (every word made of characters the tokenizer drops, such as U+200B),
-    which leaves nothing to train on and is refused (`DataError`).
-
-    Batch contract: `input_ids`, `attention_mask`, `token_type_ids` (batch, seq) padded on the
-    right as in `ClassificationDataset`, plus `labels` (batch, seq) when `label_ids` (one list of
+    Batches are `ClassificationDataset`'s plus `labels` (batch, seq) when `label_ids` (one list of
     tag ids per sentence) are given: the word's label at its first sub-word and `IGNORE_INDEX` at
     the other sub-words, special and pad tokens (`minift.core.align.align_labels`; with
     `label_all_subwords` continuations get the word's label, `B-X` turned into `I-X` by `b_to_i`).
-    `word_predictions` folds per-token predictions of the pieces back into one per word.
     """
 
     def __init__(self, sentences: Sequence[Sequence[str]], tokenizer, *, max_length: int,
@@ -196,6 +190,7 @@ class TokenClassificationDataset(PaddedRows):
             per_piece.append(decode_word_predictions(row[: len(word_ids)], word_ids,
                                                      num_words=end - start, fill=fill))
         return self.plan.merge(per_piece)
+
 
 def predict_tags(model, dataset, batch_size: int, device, *, progress: bool = False,
                  desc: str = "tagging") -> tuple[list[list[int]], float | None]:
