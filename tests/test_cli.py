@@ -31,9 +31,9 @@ import transformers
 
 import minift.core.loop
 import minift.run.recipes
-from minift.core import files as lock
 from minift.core.model import BertConfig, BertModel
 from minift.data.tokenizer import Tokenizer
+from minift.run import lock
 from minift.run.cli import build_parser, main
 from minift.run.recipes import finetune
 

@@ -18,9 +18,10 @@ from pathlib import Path
 import torch
 
 from minift.core import ddp as distributed
-from minift.core.files import acquire, atomic_write, release
+from minift.core.files import atomic_write
 from minift.data.readers import read_examples, read_semicolon_examples
 from minift.hf.checkpoint import read_config
+from minift.run.lock import acquire, release
 from minift.run.options import OptionError
 
 

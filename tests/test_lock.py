@@ -1,4 +1,4 @@
-"""minift.core.files: the output folder's lock (one writer per folder, stale locks taken over)."""
+"""minift.run.lock: the output folder's lock (one writer per folder, stale locks taken over)."""
 
 import json
 import os
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from minift.core import files as lock
+from minift.run import lock
 
 
 def _write_lock(folder: Path, pid: int, host: str | None = None) -> Path:
