@@ -39,7 +39,7 @@ IGNORE_INDEX = -100
 
 
 def special_tokens_mask_from(input_ids: torch.Tensor, special_ids: Iterable[int]) -> torch.Tensor:
-    """Bool mask, True where ``input_ids`` holds one of ``special_ids`` (e.g. [CLS], [SEP], [PAD])."""
+    """Bool mask, True where ``input_ids`` holds one of ``special_ids`` ([CLS], [SEP], [PAD])."""
     special = torch.as_tensor(list(special_ids), dtype=input_ids.dtype, device=input_ids.device)
     return torch.isin(input_ids, special)
 

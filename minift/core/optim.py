@@ -2,9 +2,10 @@
 
 Read in this order: `AdamW` (the update rule written out, the reference for the fast torch
 kernels), `param_groups` (which parameters are decayed, which train at a rate of their own),
-`make_optimizer` (chooses the kernel), then `lr_schedule` and `make_scheduler` (the multiplier applied to the learning rate each step).
-Defaults are those of BERT fine-tuning and of transformers' Trainer: betas (0.9, 0.999), eps 1e-8,
-weight decay 0.01, linear warmup then linear decay to 0.
+`make_optimizer` (chooses the kernel), then `lr_schedule` and `make_scheduler` (the multiplier
+applied to the learning rate each step). Defaults are those of BERT fine-tuning and of
+transformers' Trainer: betas (0.9, 0.999), eps 1e-8, weight decay 0.01, linear warmup then
+linear decay to 0.
 """
 
 import functools
@@ -19,7 +20,7 @@ from torch import nn
 
 def _check_hyperparameters(*, lr: float, betas: tuple[float, float], eps: float,
                            weight_decay: float) -> None:
-    """Raise ValueError naming the first hyperparameter outside its range (the ranges torch uses)."""
+    """Raise ValueError naming the first hyperparameter outside the range torch allows."""
     if not lr >= 0.0:
         raise ValueError(f"AdamW: lr must be >= 0, got {lr}")
     if len(betas) != 2:
