@@ -24,8 +24,7 @@ from typing import Any
 
 import torch
 
-# The label cross-entropy skips (its default ignore_index, -100 in the whole ecosystem): special
-# tokens, continuation sub-words, unmasked tokens of MLM, padding.
+# The label cross-entropy skips (its default ignore_index, -100 in the whole ecosystem).
 IGNORE_INDEX = -100
 
 
@@ -92,11 +91,8 @@ def word_id_rows(encoding: Any, batch_size: int) -> list[list[int | None]]:
 def align_batch(word_labels: Sequence[Sequence[int]], encoding: Any, *,
                 label_all_subwords: bool = False,
                 b_to_i: dict[int, int] | None = None) -> torch.Tensor:
-    """`align_labels` for each sentence of a batch: a (batch, seq) `torch.long` tensor of labels.
-
-    `encoding` is a tokenized batch with `word_ids` (minift's `Encoding`, or a transformers
-    BatchEncoding); rows of different lengths are padded with `IGNORE_INDEX`.
-    """
+    """`align_labels` for each sentence of a batch (an `Encoding` or a transformers
+    BatchEncoding): a (batch, seq) `torch.long` tensor, padded with `IGNORE_INDEX`."""
     rows = zip(word_labels, word_id_rows(encoding, len(word_labels)), strict=True)
     aligned = _each_sentence(lambda labels, word_ids: align_labels(
         labels, word_ids, label_all_subwords=label_all_subwords, b_to_i=b_to_i), rows)
@@ -122,10 +118,9 @@ def decode_word_predictions(token_predictions: Sequence[int] | torch.Tensor,
                             fill: int | None = None) -> list[int]:
     """One prediction per word: the prediction at the word's first sub-word.
 
-    `token_predictions` (a list or 1-D tensor, e.g. `logits.argmax(-1)[b]`) lines up with
-    `word_ids`. `num_words` defaults to the largest word id + 1. A word with no token at all
-    (a word of characters the tokenizer deletes, such as U+FFFD) gets `fill`, or is an error
-    when `fill` is None.
+    `token_predictions` (e.g. `logits.argmax(-1)[b]`) lines up with `word_ids`; `num_words`
+    defaults to the largest word id + 1. A word with no token (characters the tokenizer deletes,
+    such as U+FFFD) gets `fill`, or is an error when `fill` is None.
     """
     if isinstance(token_predictions, torch.Tensor):
         token_predictions = token_predictions.tolist()
@@ -173,14 +168,11 @@ def split_windows(n_tokens_per_word: Sequence[int], max_tokens: int, stride_word
                   where: str | Sequence[str] = "sentence") -> list[tuple[int, int]]:
     """Cut a sentence into windows of whole words, (word_start, word_end) with `end` exclusive.
 
-    Each window holds at most `max_tokens` sub-word tokens (the model's maximum length less its
-    special tokens, e.g. 512 - 2 for BERT). A sentence that fits is one window, (0, n). Otherwise
-    each window is filled greedily, and the next one starts `stride_words` words before the end
-    of the previous (fewer when the overlap would not leave room for a new word), so the words
-    near a cut are seen with context on both sides. Every word is in at least one window; a
-    word longer than `max_tokens` alone is an error rather than a truncation; `where` names its
-    place: a prefix ("sentence 3" gives "sentence 3, word 1"), or one string per word (such as
-    the "file:line" of each word of a column file).
+    Each window holds at most `max_tokens` sub-word tokens (e.g. 512 - 2 for BERT). Windows are
+    filled greedily, and the next starts `stride_words` words before the end of the previous
+    (fewer when that leaves no room for a new word), so words near a cut have context on both
+    sides. A word longer than `max_tokens` is an error, not a truncation; `where` names its
+    place: a prefix ("sentence 3" gives "sentence 3, word 1") or one string per word.
     """
     if not (isinstance(max_tokens, int) and max_tokens >= 1):
         raise ValueError(f"max_tokens must be a positive integer, found {max_tokens!r}")
@@ -216,11 +208,9 @@ def split_windows(n_tokens_per_word: Sequence[int], max_tokens: int, stride_word
 def window_owners(windows: Sequence[tuple[int, int]]) -> list[int]:
     """For each word of the sentence, the index of the window whose prediction it keeps.
 
-    The rule: a word belongs to the window where it has the most context, the context being the
-    smaller of the words before it and after it inside the window, a side that reaches the
-    sentence's own edge counting as unlimited; ties go to the earlier window. For two windows
-    that overlap this cuts the overlap in the middle, so a word near a cut is predicted from the
-    window where it is far from the edge. The sentence ends at the largest window end.
+    A word belongs to the window where it has the most context: the smaller of the words before
+    and after it inside the window, a side at the sentence's own edge counting as unlimited;
+    ties go to the earlier window. Two overlapping windows thus split the overlap in the middle.
     """
     if not windows:
         raise ValueError("expected at least one window, found none")
@@ -246,11 +236,8 @@ def window_owners(windows: Sequence[tuple[int, int]]) -> list[int]:
 
 def merge_window_predictions(window_predictions: Sequence[Sequence[Any]],
                              windows: Sequence[tuple[int, int]]) -> list[Any]:
-    """One prediction per word of the sentence from the predictions of its windows.
-
-    `window_predictions[k]` holds one prediction (a label id, a vector of logits, ...) per word
-    of `windows[k]`; each word keeps the one of its owner (see `window_owners`).
-    """
+    """One prediction per word from `window_predictions[k]` (one per word of `windows[k]`):
+    each word keeps its owner's (see `window_owners`)."""
     if len(window_predictions) != len(windows):
         raise ValueError(f"got predictions for {len(window_predictions)} windows, expected "
                          f"{len(windows)}")
@@ -264,12 +251,8 @@ def merge_window_predictions(window_predictions: Sequence[Sequence[Any]],
 
 @dataclass
 class WindowPlan:
-    """The windows of every sentence of a data set, from `plan_windows`.
-
-    `pieces()` lists the windows to encode, in order; `merge` folds their per-word predictions
-    back into one list per sentence. `num_windowed` is what a user should be told: how many
-    sentences were too long for the model and were split rather than truncated.
-    """
+    """The windows of every sentence of a data set, from `plan_windows`: `pieces()` to encode,
+    `merge` to fold their per-word predictions back into one list per sentence."""
 
     windows: list[list[tuple[int, int]]]
 
@@ -280,7 +263,7 @@ class WindowPlan:
 
     @property
     def num_windowed(self) -> int:
-        """Number of sentences split into more than one window."""
+        """Number of sentences too long for the model, split rather than truncated."""
         return sum(len(w) > 1 for w in self.windows)
 
     @property

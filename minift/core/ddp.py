@@ -5,27 +5,19 @@ tells each which one it is through environment variables (RANK, WORLD_SIZE, LOCA
 MASTER_ADDR, MASTER_PORT). This module is the little that minift adds on top:
 
 - `setup` reads those variables and joins the process group (gloo on CPU, NCCL on CUDA);
-  without them it does nothing and everything runs as one process.
-- `shard` is how the data is split. Every rank builds the same global batches (same data, same
-  epoch-seeded order: the same seed gives the same order on every rank), and each keeps rows
-  `rank, rank + N, rank + 2N, ...` of each batch. That is what `DistributedSampler` does, one
-  batch at a time: the shards are disjoint and together they are the global batch, so N
-  processes with a global batch of B take the same steps as one process with batch B (the test
-  checks the weights to 1e-5). Keeping the split inside the loop also keeps the batch count, the
-  data position and therefore resume identical on every rank.
-- `all_sum` and `broadcast` are the two collectives the loop needs besides DDP's own gradient
-  all-reduce: the training loss summed over ranks, and evaluation results sent from rank 0.
+  without them everything runs as one process.
+- `shard` splits the data. Every rank builds the same global batches (same seed, same order)
+  and keeps rows `rank, rank + N, ...` of each, as `DistributedSampler` does, one batch at a
+  time: N processes with a global batch of B take the steps of one process with batch B, and
+  the batch count, data position and resume stay identical on every rank.
+- `all_sum`, `broadcast` and `gather`: the collectives the loop needs besides DDP's gradient
+  all-reduce (the summed loss, rank 0's evaluation, every rank's RNG state).
 
-The training loop (`minift.core.loop`) does the rest: wrap the model in
-`DistributedDataParallel`, skip the gradient sync on accumulation micro-steps (`no_sync`), and
-let only rank 0 evaluate, log, show progress and write files. A script of your own that calls
-`train` under torchrun should end with `teardown()` (the CLI does), not a bare
-`destroy_process_group`: see its docstring for why.
-
-A rank that raises (bad data on its shard, out of memory) exits; torchrun's agent sees the
-failed process, stops the others and exits non-zero with that rank's error, so a job never
-waits on a dead rank. Outside torchrun, the process-group timeout (`MINIFT_DIST_TIMEOUT`,
-seconds, default 600) bounds the wait in a collective.
+The training loop (`minift.core.loop`) wraps the model in `DistributedDataParallel`, skips the
+gradient sync on accumulation micro-steps (`no_sync`) and lets only rank 0 evaluate, log and
+write files. A script that calls `train` under torchrun should end with `teardown()`. A rank
+that raises exits, and torchrun stops the others; outside torchrun the process-group timeout
+(`MINIFT_DIST_TIMEOUT`, seconds, default 600) bounds the wait in a collective.
 """
 
 import datetime
@@ -68,26 +60,21 @@ def launched() -> bool:
 def context() -> Context:
     """This process's rank and world size (0 of 1 unless a process group is running)."""
     if dist.is_available() and dist.is_initialized():
-        return Context(
-            dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
-        )
+        return Context(dist.get_rank(), dist.get_world_size(),
+                       int(os.environ.get("LOCAL_RANK", "0")))
     return Context()
 
 
 def setup(device_type: str = "cpu") -> Context:
-    """Join the process group torchrun announced (gloo for CPU, NCCL for CUDA); idempotent.
-
-    Does nothing when the process was not launched with several ranks. On CUDA each process
-    takes the GPU numbered by its LOCAL_RANK.
-    """
+    """Join the process group torchrun announced (gloo for CPU, NCCL for CUDA, each process on
+    the GPU of its LOCAL_RANK); idempotent, and nothing without several ranks."""
     if not launched() or (dist.is_available() and dist.is_initialized()):
         return context()
     missing = [name for name in _LAUNCH_VARIABLES if name not in os.environ]
     if missing:
-        raise ValueError(
-            f"WORLD_SIZE={os.environ['WORLD_SIZE']} asks for distributed training but the "
-            f"environment lacks {', '.join(missing)}; launch with torchrun --nproc_per_node=N"
-        )
+        raise ValueError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} asks for distributed training but "
+                         f"the environment lacks {', '.join(missing)}; launch with torchrun "
+                         "--nproc_per_node=N")
     if not dist.is_available():
         raise ValueError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
     backend = "nccl" if device_type == "cuda" else "gloo"
@@ -124,20 +111,16 @@ def local_device(device: torch.device) -> torch.device:
 def shard(batch: Mapping[str, object], ctx: Context) -> dict[str, object]:
     """This rank's rows of a global batch: rows `rank, rank + world_size, ...` of every tensor.
 
-    Tensors whose first dimension is not the batch's (and anything that is not a tensor) are
-    shared by all ranks and pass through whole. A rank can get zero rows (a last batch smaller
-    than the world); the loop handles that.
+    Tensors whose first dimension is not the batch's, and non-tensors, pass through whole. A
+    rank can get zero rows (a last batch smaller than the world); the loop handles that.
     """
     sizes = [v.shape[0] for v in batch.values() if isinstance(v, Tensor) and v.ndim > 0]
     if not ctx.enabled or not sizes:
         return dict(batch)
     size = sizes[0]
-    return {
-        key: value[ctx.rank :: ctx.world_size]
-        if isinstance(value, Tensor) and value.ndim > 0 and value.shape[0] == size
-        else value
-        for key, value in batch.items()
-    }
+    return {key: value[ctx.rank :: ctx.world_size]
+            if isinstance(value, Tensor) and value.ndim > 0 and value.shape[0] == size else value
+            for key, value in batch.items()}
 
 
 def all_sum(values: Tensor) -> Tensor:

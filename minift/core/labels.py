@@ -46,11 +46,8 @@ class TagError(DataError):
 
 
 def _place(where: str | Sequence[str] | None, position: int, length: int) -> str:
-    """Where tag `position` is, for an error message.
-
-    `where` is None (the position alone), a string such as "train.txt:120" put in front of the
-    position, or one string per tag ("train.txt:123" for each line of a column file).
-    """
+    """Where tag `position` is, for an error message: `where` is None, a prefix such as
+    "train.txt:120", or one string per tag (the "file:line" of each line of a column file)."""
     if where is None:
         return f"tag {position}"
     if isinstance(where, str):
@@ -80,12 +77,10 @@ def _parse(tags: Sequence[str], where: str | Sequence[str] | None) -> list[tuple
 
 def validate_tags(tags: Sequence[str], scheme: str = "iob2",
                   where: str | Sequence[str] | None = None) -> None:
-    """Raise a TagError naming the first bad tag of `tags`; return None when all are good.
+    """Raise a TagError naming the first bad tag of `tags` (its place from `where`, see `_place`).
 
     Every scheme requires well-formed tags ("O", "B-X", "I-X"). "iob2" also requires that an
     entity opens with `B-`: an `I-X` must follow `B-X` or `I-X`. "iob1" allows `I-X` anywhere.
-    `where` names the place in the error: a prefix such as "train.txt:120", or one string per
-    tag (the "file:line" of each line of a column file).
     """
     if scheme not in SCHEMES:
         raise ValueError(f"scheme must be one of {SCHEMES}, found {scheme!r}")
@@ -168,15 +163,11 @@ def _label_of(labels: Sequence[str], id_: Any, what: str, place: str = "") -> st
 class LabelVocab:
     """The labels of a task and their ids 0..n-1 (the model's output classes).
 
-    One vocabulary for both kinds of task, built by one of two constructors:
-    - `from_examples`, for sentence classification: the labels of the training examples, sorted,
-      except that labels which are all integers sort as numbers, so SST-2's "0", "1" get ids 0, 1
-      and RTE's "entailment", "not_entailment" get 0, 1 (GLUE's own order for both);
-    - `from_sequences`, for token classification (NER, POS): the tags of the training sentences,
-      "O" first (id 0) when present, the others sorted.
-    `encode` takes one label (giving an id) or a sentence's tags (giving a list of ids), `decode`
-    the reverse. `to_dict` gives the `id2label` / `label2id` entries of a Hugging Face
-    `config.json` (what transformers reads back), `from_dict` reads them.
+    `from_examples` (sentence classification) sorts the training labels, as numbers when all are
+    integers, so SST-2's "0", "1" and RTE's "entailment", "not_entailment" get GLUE's ids 0, 1;
+    `from_sequences` (NER, POS) puts "O" first, the other tags sorted. `encode` takes a label or
+    a sentence's tags, `decode` the reverse; `to_dict` / `from_dict` are HF's `id2label` and
+    `label2id`.
     """
 
     labels: list[str]
@@ -221,11 +212,8 @@ class LabelVocab:
 
     def encode(self, labels: str | Sequence[str] | None,
                where: str | Sequence[str] | None = None) -> int | list[int]:
-        """The id of one label, or the ids of a sentence's tags (a list of them).
-
-        `where` names the place in the error: for one label a "file:line" put in front of the
-        message; for tags, as in `validate_tags` (a prefix, or one string per tag).
-        """
+        """The id of one label, or the ids of a sentence's tags; `where` names the place in the
+        error (for tags, as in `validate_tags`)."""
         if isinstance(labels, str) or labels is None:
             prefix = f"{where}: " if where else ""
             if labels is None:
@@ -263,8 +251,7 @@ class LabelVocab:
                 if label.startswith("B-") and "I-" + label[2:] in self._ids}
 
     def to_dict(self) -> dict[str, dict]:
-        """`{"id2label": {"0": ..., ...}, "label2id": {...: 0, ...}}`, as in HF's config.json
-        (JSON object keys are strings, so the ids of `id2label` are too)."""
+        """`{"id2label": {"0": ..., ...}, "label2id": {...: 0, ...}}`, as in HF's config.json."""
         return {"id2label": {str(i): label for i, label in enumerate(self.labels)},
                 "label2id": dict(self._ids)}
 

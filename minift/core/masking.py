@@ -35,20 +35,17 @@ import torch
 # ecosystem (defined here too, so this file stands alone).
 IGNORE_INDEX = -100
 
-# ---------------------------------------------------------------------------------------------
-# Helpers: which tokens are special, which tokens form a word
-# ---------------------------------------------------------------------------------------------
+# --- Helpers: which tokens are special, which tokens form a word ----------------------------------
 
 
 def special_tokens_mask_from(input_ids: torch.Tensor, special_ids: Iterable[int]) -> torch.Tensor:
-    """Bool mask, True where ``input_ids`` holds one of ``special_ids`` (e.g. [CLS], [SEP], [PAD])."""
+    """Bool mask, True where ``input_ids`` holds one of ``special_ids`` ([CLS], [SEP], [PAD])."""
     special = torch.as_tensor(list(special_ids), dtype=input_ids.dtype, device=input_ids.device)
     return torch.isin(input_ids, special)
 
 
-def word_ids_from_tokens(
-    tokens: Sequence[Sequence[str]], special_tokens_mask: torch.Tensor | None = None
-) -> torch.Tensor:
+def word_ids_from_tokens(tokens: Sequence[Sequence[str]],
+                         special_tokens_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Word ids (batch, seq) from WordPiece tokens: a token starting with ``##`` continues a word.
 
     ``tokens`` is a batch of token lists (rows may differ in length; the short ones are padded with
@@ -70,17 +67,14 @@ def word_ids_from_tokens(
             word_ids[b, t] = word
     if special_tokens_mask is not None:
         if special_tokens_mask.shape != word_ids.shape:
-            raise ValueError(
-                f"special_tokens_mask: expected shape {tuple(word_ids.shape)} (the padded tokens), "
-                f"got {tuple(special_tokens_mask.shape)}"
-            )
+            raise ValueError(f"special_tokens_mask: expected shape {tuple(word_ids.shape)} (the "
+                             f"padded tokens), got {tuple(special_tokens_mask.shape)}")
         word_ids = word_ids.masked_fill(special_tokens_mask.cpu(), -1)
     return word_ids
 
 
-def _words(
-    word_ids: torch.Tensor, special_tokens_mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _words(word_ids: torch.Tensor, special_tokens_mask: torch.Tensor
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Where the words are: ``(in_word, word_start, leader)``, each (batch, seq).
 
     ``in_word``: the token belongs to a word (word id >= 0 and not special). ``word_start``: it is
@@ -97,9 +91,7 @@ def _words(
     return in_word, word_start, leader
 
 
-# ---------------------------------------------------------------------------------------------
-# Checks shared by the three strategies
-# ---------------------------------------------------------------------------------------------
+# --- Checks shared by the three strategies --------------------------------------------------------
 
 
 def _check_probability(name: str, value: float) -> None:
@@ -107,30 +99,19 @@ def _check_probability(name: str, value: float) -> None:
         raise ValueError(f"{name}: expected a probability in [0, 1], got {value}")
 
 
-def _check_inputs(
-    input_ids: torch.Tensor,
-    special_tokens_mask: torch.Tensor,
-    word_ids: torch.Tensor | None,
-    *,
-    mask_token_id: int,
-    vocab_size: int,
-    mask_replace_prob: float,
-    random_replace_prob: float,
-) -> None:
+def _check_inputs(input_ids: torch.Tensor, special_tokens_mask: torch.Tensor,
+                  word_ids: torch.Tensor | None, *, mask_token_id: int, vocab_size: int,
+                  mask_replace_prob: float, random_replace_prob: float) -> None:
     if input_ids.ndim != 2 or input_ids.dtype != torch.long:
-        raise ValueError(
-            f"input_ids: expected a (batch, seq) LongTensor, got {input_ids.dtype} "
-            f"of shape {tuple(input_ids.shape)}"
-        )
+        raise ValueError(f"input_ids: expected a (batch, seq) LongTensor, got {input_ids.dtype} "
+                         f"of shape {tuple(input_ids.shape)}")
     named = [("special_tokens_mask", special_tokens_mask, torch.bool)]
     if word_ids is not None:
         named.append(("word_ids", word_ids, torch.long))
     for name, tensor, dtype in named:
         if tensor.shape != input_ids.shape:
-            raise ValueError(
-                f"{name}: expected the shape of input_ids {tuple(input_ids.shape)}, "
-                f"got {tuple(tensor.shape)}"
-            )
+            raise ValueError(f"{name}: expected the shape of input_ids "
+                             f"{tuple(input_ids.shape)}, got {tuple(tensor.shape)}")
         if tensor.dtype != dtype:
             raise ValueError(f"{name}: expected dtype {dtype}, got {tensor.dtype}")
     if vocab_size < 1:
@@ -140,28 +121,17 @@ def _check_inputs(
     _check_probability("mask_replace_prob", mask_replace_prob)
     _check_probability("random_replace_prob", random_replace_prob)
     if mask_replace_prob + random_replace_prob > 1.0:
-        raise ValueError(
-            "mask_replace_prob + random_replace_prob: expected at most 1, got "
-            f"{mask_replace_prob} + {random_replace_prob}"
-        )
+        raise ValueError("mask_replace_prob + random_replace_prob: expected at most 1, got "
+                         f"{mask_replace_prob} + {random_replace_prob}")
 
 
-# ---------------------------------------------------------------------------------------------
-# The 80/10/10 step: what happens to the selected tokens
-# ---------------------------------------------------------------------------------------------
+# --- The 80/10/10 step: what happens to the selected tokens ---------------------------------------
 
 
-def _replace(
-    input_ids: torch.Tensor,
-    selected: torch.Tensor,
-    leader: torch.Tensor | None,
-    *,
-    mask_token_id: int,
-    vocab_size: int,
-    generator: torch.Generator,
-    mask_replace_prob: float,
-    random_replace_prob: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _replace(input_ids: torch.Tensor, selected: torch.Tensor, leader: torch.Tensor | None, *,
+             mask_token_id: int, vocab_size: int, generator: torch.Generator,
+             mask_replace_prob: float, random_replace_prob: float
+             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Replace the ``selected`` tokens: [MASK], a random id, or unchanged; return (ids, labels).
 
     The draws are made for every position, in transformers' order (Bernoulli for [MASK], then
@@ -191,22 +161,13 @@ def _replace(
     return masked_ids, labels
 
 
-# ---------------------------------------------------------------------------------------------
-# BERT: each token on its own
-# ---------------------------------------------------------------------------------------------
+# --- BERT: each token on its own ------------------------------------------------------------------
 
 
-def mlm(
-    input_ids: torch.Tensor,
-    special_tokens_mask: torch.Tensor,
-    *,
-    mask_token_id: int,
-    vocab_size: int,
-    generator: torch.Generator,
-    mlm_probability: float = 0.15,
-    mask_replace_prob: float = 0.8,
-    random_replace_prob: float = 0.1,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def mlm(input_ids: torch.Tensor, special_tokens_mask: torch.Tensor, *, mask_token_id: int,
+        vocab_size: int, generator: torch.Generator, mlm_probability: float = 0.15,
+        mask_replace_prob: float = 0.8, random_replace_prob: float = 0.1
+        ) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT's masking: each non-special token is selected with probability ``mlm_probability``.
 
     Selection is a Bernoulli draw per token (not an exact count), then 80/10/10 per token. The
@@ -214,50 +175,25 @@ def mlm(
     (``torch_mask_tokens``), and so is the naming of the probabilities: with the same generator
     state the output is identical. Returns ``(masked_input_ids, labels)``, both (batch, seq).
     """
-    _check_inputs(
-        input_ids,
-        special_tokens_mask,
-        None,
-        mask_token_id=mask_token_id,
-        vocab_size=vocab_size,
-        mask_replace_prob=mask_replace_prob,
-        random_replace_prob=random_replace_prob,
-    )
+    recipe = dict(mask_token_id=mask_token_id, vocab_size=vocab_size,
+                  mask_replace_prob=mask_replace_prob, random_replace_prob=random_replace_prob)
+    _check_inputs(input_ids, special_tokens_mask, None, **recipe)
     _check_probability("mlm_probability", mlm_probability)
-    probability = torch.full(
-        input_ids.shape, mlm_probability, dtype=torch.float32, device=input_ids.device
-    )
+    probability = torch.full(input_ids.shape, mlm_probability, dtype=torch.float32,
+                             device=input_ids.device)
     probability = probability.masked_fill(special_tokens_mask, 0.0)
     selected = torch.bernoulli(probability, generator=generator).bool()
-    return _replace(
-        input_ids,
-        selected,
-        None,
-        mask_token_id=mask_token_id,
-        vocab_size=vocab_size,
-        generator=generator,
-        mask_replace_prob=mask_replace_prob,
-        random_replace_prob=random_replace_prob,
-    )
+    return _replace(input_ids, selected, None, generator=generator, **recipe)
 
 
-# ---------------------------------------------------------------------------------------------
-# Whole-word masking: a word is selected with all of its sub-words
-# ---------------------------------------------------------------------------------------------
+# --- Whole-word masking: a word is selected with all of its sub-words -----------------------------
 
 
-def whole_word_mask(
-    input_ids: torch.Tensor,
-    special_tokens_mask: torch.Tensor,
-    word_ids: torch.Tensor,
-    *,
-    mask_token_id: int,
-    vocab_size: int,
-    generator: torch.Generator,
-    mlm_probability: float = 0.15,
-    mask_replace_prob: float = 0.8,
-    random_replace_prob: float = 0.1,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def whole_word_mask(input_ids: torch.Tensor, special_tokens_mask: torch.Tensor,
+                    word_ids: torch.Tensor, *, mask_token_id: int, vocab_size: int,
+                    generator: torch.Generator, mlm_probability: float = 0.15,
+                    mask_replace_prob: float = 0.8, random_replace_prob: float = 0.1
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Whole-word masking: each word is selected with probability ``mlm_probability``, whole.
 
     Selection is a Bernoulli draw per word (made at the word's first token), as transformers 5.x
@@ -272,38 +208,20 @@ def whole_word_mask(
     bit for bit with the same generator and the same words. Tokens with word id -1 are never
     selected. Returns ``(masked_input_ids, labels)``.
     """
-    _check_inputs(
-        input_ids,
-        special_tokens_mask,
-        word_ids,
-        mask_token_id=mask_token_id,
-        vocab_size=vocab_size,
-        mask_replace_prob=mask_replace_prob,
-        random_replace_prob=random_replace_prob,
-    )
+    recipe = dict(mask_token_id=mask_token_id, vocab_size=vocab_size,
+                  mask_replace_prob=mask_replace_prob, random_replace_prob=random_replace_prob)
+    _check_inputs(input_ids, special_tokens_mask, word_ids, **recipe)
     _check_probability("mlm_probability", mlm_probability)
     in_word, word_start, leader = _words(word_ids, special_tokens_mask)
-    probability = torch.full(
-        input_ids.shape, mlm_probability, dtype=torch.float32, device=input_ids.device
-    )
+    probability = torch.full(input_ids.shape, mlm_probability, dtype=torch.float32,
+                             device=input_ids.device)
     probability = probability.masked_fill(~word_start, 0.0)  # one draw per word, at its start
     chosen = torch.bernoulli(probability, generator=generator).bool()
     selected = chosen.gather(1, leader) & in_word  # every sub-word follows its word's first token
-    return _replace(
-        input_ids,
-        selected,
-        leader,
-        mask_token_id=mask_token_id,
-        vocab_size=vocab_size,
-        generator=generator,
-        mask_replace_prob=mask_replace_prob,
-        random_replace_prob=random_replace_prob,
-    )
+    return _replace(input_ids, selected, leader, generator=generator, **recipe)
 
 
-# ---------------------------------------------------------------------------------------------
-# SpanBERT: spans of whole words with geometric lengths, up to a budget
-# ---------------------------------------------------------------------------------------------
+# --- SpanBERT: spans of whole words with geometric lengths, up to a budget ------------------------
 
 
 def span_length_probs(geometric_p: float = 0.2, max_span: int = 10) -> torch.Tensor:
@@ -329,13 +247,8 @@ def span_budget(num_tokens: int, budget: float) -> int:
     return math.ceil(round(budget * num_tokens, 9))
 
 
-def _sample_spans(
-    word_sizes: list[int],
-    touching: list[bool],
-    target: int,
-    probs: torch.Tensor,
-    generator: torch.Generator,
-) -> list[tuple[int, int]]:
+def _sample_spans(word_sizes: list[int], touching: list[bool], target: int, probs: torch.Tensor,
+                  generator: torch.Generator) -> list[tuple[int, int]]:
     """Spans ``(first_word, num_words)`` for one sequence, until ``target`` tokens are selected.
 
     ``word_sizes[i]``: tokens in word i; ``touching[i]``: word i+1 starts right where word i ends
@@ -347,12 +260,9 @@ def _sample_spans(
     selected = [False] * num_words
     spans, count = [], 0
     while count < target:
-        free = [
-            not selected[i]
-            and not (i > 0 and touching[i - 1] and selected[i - 1])
-            and not (i + 1 < num_words and touching[i] and selected[i + 1])
-            for i in range(num_words)
-        ]
+        free = [not selected[i] and not (i > 0 and touching[i - 1] and selected[i - 1])
+                and not (i + 1 < num_words and touching[i] and selected[i + 1])
+                for i in range(num_words)]
         room = [0] * (num_words + 1)  # room[i]: free touching words from word i on
         for i in reversed(range(num_words)):
             if free[i]:
@@ -372,20 +282,11 @@ def _sample_spans(
     return spans
 
 
-def span_mask(
-    input_ids: torch.Tensor,
-    special_tokens_mask: torch.Tensor,
-    word_ids: torch.Tensor,
-    *,
-    mask_token_id: int,
-    vocab_size: int,
-    generator: torch.Generator,
-    budget: float = 0.15,
-    geometric_p: float = 0.2,
-    max_span: int = 10,
-    mask_replace_prob: float = 0.8,
-    random_replace_prob: float = 0.1,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def span_mask(input_ids: torch.Tensor, special_tokens_mask: torch.Tensor, word_ids: torch.Tensor,
+              *, mask_token_id: int, vocab_size: int, generator: torch.Generator,
+              budget: float = 0.15, geometric_p: float = 0.2, max_span: int = 10,
+              mask_replace_prob: float = 0.8, random_replace_prob: float = 0.1
+              ) -> tuple[torch.Tensor, torch.Tensor]:
     """SpanBERT masking (Joshi et al. 2020): spans of whole words until a token budget is met.
 
     Per sequence, with n maskable tokens (non-special tokens that belong to a word):
@@ -408,15 +309,9 @@ def span_mask(
     The spans are sampled by a loop over sequences (the selection is sequential by nature); the
     80/10/10 step is vectorised. Returns ``(masked_input_ids, labels)``.
     """
-    _check_inputs(
-        input_ids,
-        special_tokens_mask,
-        word_ids,
-        mask_token_id=mask_token_id,
-        vocab_size=vocab_size,
-        mask_replace_prob=mask_replace_prob,
-        random_replace_prob=random_replace_prob,
-    )
+    recipe = dict(mask_token_id=mask_token_id, vocab_size=vocab_size,
+                  mask_replace_prob=mask_replace_prob, random_replace_prob=random_replace_prob)
+    _check_inputs(input_ids, special_tokens_mask, word_ids, **recipe)
     _check_probability("budget", budget)
     probs = span_length_probs(geometric_p, max_span)
     in_word, word_start, _ = _words(word_ids, special_tokens_mask)
@@ -425,26 +320,14 @@ def span_mask(
     leader = torch.arange(input_ids.shape[1], device=input_ids.device).repeat(len(input_ids), 1)
     for b in range(len(input_ids)):
         first_tokens = word_start[b].nonzero().flatten().tolist()
-        word_sizes = torch.bincount(
-            word_start[b].cumsum(0)[in_word[b]] - 1, minlength=len(first_tokens)
-        ).tolist()
-        touching = [
-            first_tokens[i] + word_sizes[i] == first_tokens[i + 1]
-            for i in range(len(first_tokens) - 1)
-        ] + [False]
+        word_sizes = torch.bincount(word_start[b].cumsum(0)[in_word[b]] - 1,
+                                    minlength=len(first_tokens)).tolist()
+        touching = [first_tokens[i] + word_sizes[i] == first_tokens[i + 1]
+                    for i in range(len(first_tokens) - 1)] + [False]
         target = span_budget(sum(word_sizes), budget)
         for first, length in _sample_spans(word_sizes, touching, target, probs, generator):
             last = first + length - 1
             start, end = first_tokens[first], first_tokens[last] + word_sizes[last]
             selected[b, start:end] = True
             leader[b, start:end] = start  # the span decides at its first token
-    return _replace(
-        input_ids,
-        selected,
-        leader,
-        mask_token_id=mask_token_id,
-        vocab_size=vocab_size,
-        generator=generator,
-        mask_replace_prob=mask_replace_prob,
-        random_replace_prob=random_replace_prob,
-    )
+    return _replace(input_ids, selected, leader, generator=generator, **recipe)

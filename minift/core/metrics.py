@@ -100,11 +100,8 @@ def _scores(true_positives: int, predicted: int, gold: int) -> dict[str, float]:
 
 def per_class_scores(y_true: Sequence, y_pred: Sequence,
                      labels: Sequence | None = None) -> dict[Hashable, dict[str, float]]:
-    """Precision, recall, F1 and support (count in y_true) for each label, in label order.
-
-    Like `classification_report(..., output_dict=True)` without the averages. `labels` defaults
-    to the sorted labels seen in y_true or y_pred; a label seen in neither scores 0.0.
-    """
+    """Precision, recall, F1 and support (count in y_true) for each label, in label order: sklearn's
+    `classification_report(..., output_dict=True)` without the averages."""
     y_true, y_pred = _check_pair(y_true, y_pred)
     labels = _check_labels(labels, y_true, y_pred)
     return {label: {**_scores(tp, predicted, gold), "support": gold}
@@ -154,13 +151,9 @@ def precision_recall_f1(y_true: Sequence, y_pred: Sequence, average: str = "bina
 
 def confusion_matrix(y_true: Sequence, y_pred: Sequence,
                      labels: Sequence | None = None) -> list[list[int]]:
-    """Counts `matrix[i][j]` of examples with gold `labels[i]` predicted as `labels[j]`.
-
-    Rows are true labels, columns predicted ones, both in the order of `labels` (default: the
-    sorted labels in y_true or y_pred), as in sklearn. Pairs with a label outside `labels` are
-    not counted. (sklearn also refuses `labels` that share nothing with y_true; this returns a
-    matrix of zeros for them.)
-    """
+    """Counts `matrix[i][j]` of examples with gold `labels[i]` predicted as `labels[j]`, as in
+    sklearn; pairs with a label outside `labels` are not counted (sklearn refuses `labels` that
+    share nothing with y_true; this returns zeros)."""
     y_true, y_pred = _check_pair(y_true, y_pred)
     labels = _check_labels(labels, y_true, y_pred)
     index = {label: i for i, label in enumerate(labels)}
@@ -184,12 +177,9 @@ def _cell(value: Any, float_format: str) -> str:
 
 def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None,
                  float_format: str = ".4f") -> str:
-    """A markdown table of `rows` (one dict per row) with the given `columns` (keys, in order).
-
-    `columns` defaults to the keys of the first row. Cells are padded so the table also reads as
-    plain text; a column whose values are all numbers is right-aligned. Floats are written with
-    `float_format` (e.g. ".4f", ".2e"), None as an empty cell. A row missing one of the columns
-    is an error, not a blank.
+    """A markdown table of `rows` (one dict per row) with the given `columns` (keys, in order;
+    default the first row's). Cells are padded so it also reads as plain text, numeric columns
+    right-aligned, floats written with `float_format`, None empty; a missing column is an error.
     """
     if columns is None:
         if not rows:
@@ -223,11 +213,8 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | Non
 
 
 # --- Sequence labelling: entity-level scores (NER) and token accuracy (POS tagging) ---------------
-#
 # NER is scored on entities, not tags: a predicted entity counts only when its type, first word
-# and last word all match a gold entity. Tags are read into entities by
-# `minift.core.labels.entities`, in the two modes of seqeval (the library the transformers
-# examples report).
+# and last word all match a gold entity (seqeval, which the transformers examples report).
 
 
 def _check_sentences(gold: Any, pred: Any) -> None:
@@ -252,15 +239,12 @@ def entity_scores(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]],
                   mode: str = "default") -> dict[str, Any]:
     """Entity-level precision, recall and F1 of predicted tags against gold tags.
 
-    `gold` and `pred` hold one list of tags per sentence ("O", "B-PER", "I-PER", ...). `mode` is
-    "default" (seqeval's default, conlleval-compatible: `I-PER` after `O` opens an entity) or
-    "strict" (seqeval's `mode="strict", scheme=IOB2`: only `B-` opens one). Returns
+    `gold` and `pred` hold one list of tags per sentence; `mode` as in `labels.entities`. Returns
     `{"mode", "precision", "recall", "f1", "support", "per_type", "micro", "macro", "weighted"}`:
     the top-level scores are the micro averages (how CoNLL-2003 is reported), `support` counts
-    gold entities, `per_type` maps each entity type (sorted) to its precision, recall, F1 and
-    support. Equal to seqeval's `classification_report(..., output_dict=True)` with
-    "f1-score" named "f1", except that with no entity at all, in gold or pred, the macro average
-    is 0.0 here where seqeval's is NaN.
+    gold entities, `per_type` scores each entity type (sorted). Equal to seqeval's
+    `classification_report(..., output_dict=True)` ("f1-score" named "f1"), except that with no
+    entity at all the macro average is 0.0 here where seqeval's is NaN.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, found {mode!r}")

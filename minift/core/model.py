@@ -7,15 +7,12 @@ pooler (``Pooler``), BERT's initialisation (``init_weights``), and the model tha
 (``BertOutput``, ``BertModel``). Every layer is a plain ``nn.Linear``, ``nn.Dropout``,
 ``nn.LayerNorm`` or ``nn.Embedding``, and attention is ``F.scaled_dot_product_attention``. The
 parameter names follow the math (``query``, ``attention_norm``, ``ffn.up``);
-``minift/hf/checkpoint.py`` holds the one table that maps them to the names in published HF
-checkpoints. Numbers agree with ``transformers.BertModel`` to about 1e-6 in
-fp32 (tests/test_model.py holds the two together, outputs and gradients).
+``minift/hf/checkpoint.py`` maps them to the names of published HF checkpoints. Numbers agree
+with ``transformers.BertModel`` to about 1e-6 in fp32 (tests/test_model.py, outputs and gradients).
 
-Speed lives beside this file, not in it: ``minift/fast/unpad.py`` (drop the padding once after
-the embeddings, restore it once at the output) and ``minift/fast/cpu_kernels.py`` (a CPU matrix
-library, a faster dropout mask) enter a built model through one visible door,
-``speed_up(model)``, which swaps these modules for faster subclasses holding the same
-parameters. ``load_bert`` and a ``BertModel(config)`` built here give the textbook form.
+Speed lives beside this file, not in it: ``minift/fast/unpad.py`` (no padding between the
+embeddings and the output) and ``minift/fast/cpu_kernels.py`` enter a built model through one
+visible door, ``speed_up(model)``, which swaps these modules for faster subclasses.
 
 This file imports nothing from minift and does no tensor work at import: lift it into your own
 project as it is.
@@ -61,10 +58,8 @@ _RULES = (
 
 @dataclass
 class BertConfig:
-    """Shape and numerics of a BERT encoder; the defaults are bert-base-uncased's.
-
-    Field names are those of HF's ``config.json`` so the two can be read side by side.
-    """
+    """Shape and numerics of a BERT encoder; the defaults are bert-base-uncased's, the field names
+    those of HF's ``config.json``."""
 
     vocab_size: int = 30522
     hidden_size: int = 768
@@ -97,11 +92,8 @@ class BertConfig:
 
     @classmethod
     def from_dict(cls, config: dict[str, Any], source: str = "config") -> BertConfig:
-        """Read an HF BERT ``config.json`` dict; refuse what minift does not implement.
-
-        Keys that do not change the encoder's numbers (``architectures``, ``id2label``,
-        ``transformers_version``, ...) are ignored; settings that would change them and that
-        minift does not implement are refused by name.
+        """Read an HF BERT ``config.json`` dict. Keys that do not change the encoder's numbers
+        (``id2label``, ...) are ignored; settings minift does not implement are refused by name.
         """
         if config.get("model_type", "bert") != "bert":
             raise ConfigError(f"{source}: model_type {config['model_type']!r} is not 'bert'")
@@ -270,10 +262,8 @@ class Pooler(nn.Module):
 def init_weights(module: nn.Module, std: float = 0.02) -> None:
     """BERT's initialisation of one module; ``model.apply(lambda m: init_weights(m, std))`` for all.
 
-    As transformers' ``BertPreTrainedModel._init_weights``: Linear and Embedding weights drawn
-    from N(0, std) (``std`` is the config's ``initializer_range``), zero biases, a zero padding
-    row in an embedding that has one, LayerNorm weight 1 and bias 0. A ``BertModel`` is built this
-    way; a checkpoint's weights then replace these (or do not, to train from scratch).
+    As transformers' ``_init_weights``: Linear and Embedding weights from N(0, std) (the config's
+    ``initializer_range``), zero biases and padding row, LayerNorm weight 1 and bias 0.
     """
     if isinstance(module, nn.Linear):
         nn.init.normal_(module.weight, std=std)
@@ -330,10 +320,9 @@ class BertModel(nn.Module):
                 first_token_only: bool = False) -> BertOutput:
         """input_ids, attention_mask (1 real, 0 padding), token_type_ids: (batch, seq) integers.
 
-        ``first_token_only=True`` is for heads that read the first token alone (the pooler, so
-        sequence classification): ``last_hidden_state`` is then (batch, 1, hidden). Here it is
-        a slice of the full pass; the fast model (``minift/fast/unpad.py``) computes that token
-        alone in the last block, with the same numbers.
+        ``first_token_only=True`` is for heads that read the first token alone (the pooler):
+        ``last_hidden_state`` is then (batch, 1, hidden), here a slice of the full pass; the fast
+        model computes that token alone in the last block.
         """
         self.check_input(input_ids)
         if token_type_ids is None:
@@ -358,11 +347,8 @@ class BertModel(nn.Module):
 
 
 def set_activation_checkpointing(model: nn.Module, enabled: bool = True) -> int:
-    """Turn activation checkpointing on (or off) in every ``BertModel`` inside ``model``.
-
-    Returns how many encoders were changed, and raises ValueError when there is none (the
-    option would silently do nothing).
-    """
+    """Turn activation checkpointing on (or off) in every ``BertModel`` inside ``model``; return
+    how many, and raise ValueError when there is none (the option would do nothing)."""
     encoders = [m for m in model.modules() if isinstance(m, BertModel)]
     if not encoders:
         raise ValueError(f"{type(model).__name__} holds no minift BertModel to checkpoint")

@@ -1,10 +1,11 @@
 """The optimizer and the learning-rate schedule: AdamW, weight-decay groups, warmup then decay.
 
 Read in this order: `AdamW` (the update rule written out, the reference for the fast torch
-kernels), `param_groups` (which parameters are decayed, which train at a rate of their own), `make_optimizer` (chooses the kernel),
-then `lr_schedule` and `make_scheduler` (the multiplier applied to the learning rate each step).
-Defaults are those of BERT fine-tuning and of transformers' Trainer: betas (0.9, 0.999), eps 1e-8,
-weight decay 0.01, linear warmup then linear decay to 0.
+kernels), `param_groups` (which parameters are decayed, which train at a rate of their own),
+`make_optimizer` (chooses the kernel), then `lr_schedule` and `make_scheduler` (the multiplier
+applied to the learning rate each step). Defaults are those of BERT fine-tuning and of
+transformers' Trainer: betas (0.9, 0.999), eps 1e-8, weight decay 0.01, linear warmup then
+linear decay to 0.
 """
 
 import functools
@@ -14,15 +15,12 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-# ---------------------------------------------------------------------------------------------
-# AdamW, written out
-# ---------------------------------------------------------------------------------------------
+# --- AdamW, written out ---------------------------------------------------------------------------
 
 
-def _check_hyperparameters(
-    *, lr: float, betas: tuple[float, float], eps: float, weight_decay: float
-) -> None:
-    """Raise ValueError naming the first hyperparameter outside its range (the ranges torch uses)."""
+def _check_hyperparameters(*, lr: float, betas: tuple[float, float], eps: float,
+                           weight_decay: float) -> None:
+    """Raise ValueError naming the first hyperparameter outside the range torch allows."""
     if not lr >= 0.0:
         raise ValueError(f"AdamW: lr must be >= 0, got {lr}")
     if len(betas) != 2:
@@ -54,14 +52,9 @@ class AdamW(torch.optim.Optimizer):
     are skipped. No amsgrad, no maximize.
     """
 
-    def __init__(
-        self,
-        params: Iterable[torch.Tensor] | Iterable[dict],
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.01,
-    ) -> None:
+    def __init__(self, params: Iterable[torch.Tensor] | Iterable[dict], lr: float = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.01) -> None:
         _check_hyperparameters(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}
         super().__init__(params, defaults)
@@ -73,7 +66,6 @@ class AdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-
         for group in self.param_groups:
             lr, (beta1, beta2) = group["lr"], group["betas"]
             eps, weight_decay = group["eps"], group["weight_decay"]
@@ -111,14 +103,11 @@ class AdamW(torch.optim.Optimizer):
         return loss
 
 
-# ---------------------------------------------------------------------------------------------
-# Which parameters are decayed
-# ---------------------------------------------------------------------------------------------
+# --- Which parameters are decayed -----------------------------------------------------------------
 
 
-def param_groups(
-    model: nn.Module, weight_decay: float, lr_by_prefix: dict[str, float] | None = None
-) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float,
+                 lr_by_prefix: dict[str, float] | None = None) -> list[dict]:
     """Split the trainable parameters into a decayed group and a group without weight decay.
 
     Biases (a parameter whose own name is `bias`) and every parameter of an `nn.LayerNorm` get
@@ -172,9 +161,7 @@ def param_groups(
     return groups
 
 
-# ---------------------------------------------------------------------------------------------
-# Choosing the kernel
-# ---------------------------------------------------------------------------------------------
+# --- Choosing the kernel --------------------------------------------------------------------------
 
 IMPLEMENTATIONS = ("auto", "fused", "foreach", "hand")
 
@@ -182,15 +169,10 @@ IMPLEMENTATIONS = ("auto", "fused", "foreach", "hand")
 FUSED_DEVICE_TYPES = ("cuda", "cpu")
 
 
-def make_optimizer(
-    model: nn.Module,
-    lr: float,
-    weight_decay: float = 0.01,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-8,
-    impl: str = "auto",
-    lr_by_prefix: dict[str, float] | None = None,
-) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.01,
+                   betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                   impl: str = "auto", lr_by_prefix: dict[str, float] | None = None
+                   ) -> torch.optim.Optimizer:
     """AdamW over `param_groups(model, weight_decay, lr_by_prefix)`, with the kernel chosen by
     `impl`; `lr` is the rate of every parameter that `lr_by_prefix` does not name.
 
@@ -208,33 +190,19 @@ def make_optimizer(
     groups = param_groups(model, weight_decay, lr_by_prefix)
     params = [p for group in groups for p in group["params"]]
     if not params:
-        raise ValueError(
-            f"make_optimizer: {type(model).__name__} has no trainable parameters "
-            "(every parameter has requires_grad=False)"
-        )
-
+        raise ValueError(f"make_optimizer: {type(model).__name__} has no trainable parameters "
+                         "(every parameter has requires_grad=False)")
     if impl == "auto":
-        fused_ok = all(
-            p.device.type in FUSED_DEVICE_TYPES and p.is_floating_point() for p in params
-        )
+        fused_ok = all(p.device.type in FUSED_DEVICE_TYPES and p.is_floating_point()
+                       for p in params)
         impl = "fused" if fused_ok else "foreach"
-
     if impl == "hand":
         return AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-    return torch.optim.AdamW(
-        groups,
-        lr=lr,
-        betas=betas,
-        eps=eps,
-        weight_decay=weight_decay,
-        fused=impl == "fused",
-        foreach=impl == "foreach",
-    )
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                             fused=impl == "fused", foreach=impl == "foreach")
 
 
-# ---------------------------------------------------------------------------------------------
-# Learning-rate schedule
-# ---------------------------------------------------------------------------------------------
+# --- Learning-rate schedule -----------------------------------------------------------------------
 
 SCHEDULES = ("linear", "cosine", "constant")
 
@@ -276,21 +244,17 @@ def _check_schedule(*, total_steps: int, warmup_steps: int, kind: str) -> None:
     if total_steps < 1:
         raise ValueError(f"lr schedule: total_steps must be >= 1, got {total_steps}")
     if not 0 <= warmup_steps <= total_steps:
-        raise ValueError(
-            f"lr schedule: warmup_steps must be in [0, total_steps={total_steps}], "
-            f"got {warmup_steps}"
-        )
+        raise ValueError(f"lr schedule: warmup_steps must be in [0, total_steps={total_steps}], "
+                         f"got {warmup_steps}")
 
 
-def make_scheduler(
-    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, kind: str = "linear"
-) -> torch.optim.lr_scheduler.LambdaLR:
+def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int,
+                   kind: str = "linear") -> torch.optim.lr_scheduler.LambdaLR:
     """A `LambdaLR` that multiplies each group's learning rate by `lr_schedule(step, ...)`.
 
     Call `scheduler.step()` once after each `optimizer.step()`.
     """
     _check_schedule(total_steps=total_steps, warmup_steps=warmup_steps, kind=kind)
-    multiplier = functools.partial(
-        lr_schedule, total_steps=total_steps, warmup_steps=warmup_steps, kind=kind
-    )
+    multiplier = functools.partial(lr_schedule, total_steps=total_steps,
+                                   warmup_steps=warmup_steps, kind=kind)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)

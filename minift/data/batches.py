@@ -1,25 +1,14 @@
 """Examples in, padded batches out: the length-grouped sampler, padding, collation.
 
-Reading order:
+Reading order: `length_grouped_batches`, the "bucket by length" sampler (batches of similar
+lengths, so dynamic padding wastes little); `collate`, which lets the tokenizer pad one batch (the
+obvious form); `pad_batch` and `PaddedRows`, which keep a split's rows unpadded and pad each batch
+once, to its own longest example (the tasks' datasets are `PaddedRows`; a test holds their
+batches equal to `collate`'s). A batch is padded once, here, and unpadded once, in the model.
 
-1. `length_grouped_batches` is the "bucket by length" sampler: batches of similar lengths, so
-   dynamic padding wastes little.
-2. `collate` tokenizes one batch and lets the tokenizer pad it (the obvious form).
-3. `pad_batch` pads unpadded rows into a batch; `PaddedRows` keeps a split's rows and pads each
-   batch once, to its own longest example. The datasets of the tasks are `PaddedRows`:
-   `minift.tasks.classify.ClassificationDataset` (a test holds its batches equal to `collate`'s
-   and to the tokenizer's own padding), `minift.tasks.tag.TokenClassificationDataset` and
-   `minift.tasks.qa.WindowDataset`.
-
-A batch is padded once, here, and unpadded once, in the model.
-
-The tokenizer is duck-typed: any callable `tokenizer(texts, pairs, *, max_length, padding,
-truncation, is_split_into_words)` whose result can be indexed by `"input_ids"`,
-`"attention_mask"` and `"token_type_ids"` (with `padding=False` one row per example, a list or
-1-D tensor of its own length; with `padding=True` (batch, seq), padded on the right), that has a
-`pad_token_id` and, for token classification, `word_ids`. Both `minift.data.tokenizer.Tokenizer`
-and a Hugging Face fast tokenizer qualify; one set to pad on the left is refused, since the
-batches here are padded on the right.
+The tokenizer is duck-typed: `minift.data.tokenizer.Tokenizer` or a Hugging Face fast tokenizer
+(`tokenizer(texts, pairs, *, max_length, padding, truncation, is_split_into_words)` indexed by
+`"input_ids"`, ..., with a `pad_token_id`); one set to pad on the left is refused.
 """
 
 from __future__ import annotations
@@ -40,15 +29,11 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, *,
                            drop_last: bool = False) -> list[list[int]]:
     """Batches of indices into `lengths` whose members have similar lengths.
 
-    With `shuffle` (the training order): shuffle the indices with `generator`, cut them into
-    mega-batches of `batch_size * group_size_multiplier`, sort each mega-batch by length (longest
-    first), cut it into batches and shuffle the order of all the batches. Only the last batch of
-    the last mega-batch can be short; `drop_last` drops it. The same generator state gives the
-    same batches. (This is the sampler of HF's `group_by_length`, minus its rule that the longest
-    batch goes first.)
-
-    Without `shuffle` (evaluation): all indices sorted by length, longest first, ties in index
-    order, cut into batches; `generator` is not used.
+    With `shuffle` (training): shuffle the indices with `generator`, cut them into mega-batches
+    of `batch_size * group_size_multiplier`, sort each by length (longest first), cut it into
+    batches and shuffle the order of all the batches; `drop_last` drops a short last batch. (HF's
+    `group_by_length` sampler, minus its rule that the longest batch goes first.) Without
+    `shuffle` (evaluation): all indices sorted by length, longest first, ties in index order.
     """
     if batch_size < 1:
         raise ValueError(f"expected batch_size >= 1, found {batch_size}")
@@ -94,11 +79,8 @@ def texts_and_pairs(items: Sequence[Example | str]) -> tuple[list[str], list[str
 
 def collate(examples_or_texts: Sequence[Example | str], tokenizer, max_length: int | None,
             labels: Sequence[int] | Tensor | None = None) -> dict[str, Tensor]:
-    """Tokenize one batch and pad it to its longest member (dynamic padding).
-
-    Returns `input_ids`, `attention_mask`, `token_type_ids`, each a LongTensor (batch, seq), and
-    `labels` (batch,) when given. Examples with a `pair` are encoded as pairs.
-    """
+    """Tokenize one batch and pad it to its longest member: `input_ids`, `attention_mask`,
+    `token_type_ids` (batch, seq), and `labels` (batch,) when given."""
     texts, pairs = texts_and_pairs(examples_or_texts)
     encoding = tokenizer(texts, pairs, max_length=max_length, padding=True, truncation=True)
     names = ("input_ids", "attention_mask", "token_type_ids")
@@ -125,8 +107,7 @@ def pad_rows(rows: Sequence[Tensor], value: int) -> Tensor:
 def pad_batch(input_ids: Sequence[Tensor], token_type_ids: Sequence[Tensor] | None,
               pad_token_id: int) -> dict[str, Tensor]:
     """`input_ids`, `attention_mask`, `token_type_ids` (batch, seq) from unpadded rows, padded on
-    the right to the longest row as a tokenizer pads: `pad_token_id`, mask 0, token type 0.
-    `token_type_ids` None means all 0 (one segment)."""
+    the right as a tokenizer pads; `token_type_ids` None means one segment."""
     ids = pad_rows(input_ids, pad_token_id)
     lengths = torch.tensor([len(row) for row in input_ids])
     mask = (torch.arange(ids.shape[1]) < lengths[:, None]).long()
@@ -167,8 +148,7 @@ class PaddedRows:
 
     def batch_indices(self, batch_size: int, *, generator: torch.Generator | None,
                       shuffle: bool = True, drop_last: bool = False) -> list[list[int]]:
-        """The example indices of each batch of `batches(...)` (to put predictions back in
-        place)."""
+        """The example indices of each batch of `batches(...)`, to put predictions back."""
         return length_grouped_batches(self.lengths, batch_size, generator=generator,
                                       shuffle=shuffle, drop_last=drop_last)
 

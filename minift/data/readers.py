@@ -1,20 +1,11 @@
 """Data files in, checked examples out: the readers of classification and tagging files.
 
-Reading order:
-
-1. `read_examples` reads a TSV (GLUE style), CSV or JSON-lines file into `Example`s, and says
-   exactly where and why when a file is not what it should be (`DataError`, defined beside the
-   label vocabulary in `minift.core.labels`, which raises it too); `read_semicolon_examples`
-   reads the `text;label` files of the Emotion data set; `read_utf8_lines` gives the lines of any
-   UTF-8 file.
-2. `encode_labels` maps the labels of a split to ids with a `minift.core.labels.LabelVocab` and
-   names the first row whose label the training set lacks.
-3. `TASKS` / `task_files` name the files and columns of the GLUE tasks in `MINIFT_DATA`.
-4. For token classification (NER, POS): `read_conll` reads a column file into `TaggedSentence`s
-   (`apply_scheme` checks or converts NER tags), `entity_label_set` gives the tags of a training
-   set, `encode_tags` maps the tags to ids, and `write_conll` writes sentences back.
-
-`minift.data.batches` turns what these return into padded batches.
+Reading order: `read_examples` (TSV as GLUE writes it, CSV or JSON lines into `Example`s; a
+file that is not what it should be is a `DataError` saying where and why),
+`read_semicolon_examples` (the Emotion data set), `encode_labels` (labels to ids, naming the first
+row the training set lacks), `TASKS` / `task_files` (the GLUE tasks in `MINIFT_DATA`), then for
+token classification `read_conll` into `TaggedSentence`s (`apply_scheme` checks or converts NER
+tags), `entity_label_set`, `encode_tags` and `write_conll`. `minift.data.batches` pads the result.
 """
 
 from __future__ import annotations
@@ -45,12 +36,8 @@ from minift.core.labels import (
 
 @dataclass
 class Example:
-    """One row of a classification file.
-
-    `label` is the raw string from the file (None when the file has no label column); `line` is
-    the 1-based line the row starts on (the header is line 1); `path` is the file it came from,
-    so that errors found later (an unknown label) can still point at it.
-    """
+    """One row of a classification file: `label` as written (None without a label column), the
+    1-based `line` it starts on (the header is line 1) and its `path`, for errors found later."""
 
     text: str
     pair: str | None
@@ -99,9 +86,8 @@ def _lines(text: str) -> list[str]:
 
 
 def read_utf8_lines(path: str | os.PathLike) -> list[str]:
-    """The lines of a UTF-8 text file without their line ends: line n of the file is element
-    n - 1. A byte-order mark is dropped; a missing file, a folder or bytes that are not UTF-8 are
-    a `DataError` naming the file (and the line of the bad byte)."""
+    """The lines of a UTF-8 file without their line ends (a byte-order mark dropped); a missing
+    file, a folder or bytes that are not UTF-8 are a `DataError` naming the file (and line)."""
     return _lines(_read_text(Path(path)))
 
 
@@ -202,12 +188,10 @@ def read_examples(path: str | os.PathLike, *, text_col: str, pair_col: str | Non
                   label_col: str | None = None, format: str | None = None) -> list[Example]:
     """Read a classification file into `Example`s, in file order.
 
-    `format` is "tsv", "csv" or "jsonl", taken from the suffix (.tsv, .csv, .jsonl or .json) when
-    None. TSV is GLUE's: a header line, fields split on tabs with no quote processing (MRPC's
-    sentences hold literal `"` characters). CSV follows the csv module's usual quoting. JSONL holds
-    one object a line, its keys the column names. All three are read as UTF-8; a byte-order mark
-    is dropped; blank lines are skipped. Texts, pairs and labels are kept exactly as written
-    (not stripped), but an empty or whitespace-only one is an error.
+    `format` is "tsv", "csv" or "jsonl", taken from the suffix when None. TSV is GLUE's: fields
+    split on tabs with no quote processing (MRPC's sentences hold literal `"`). JSONL holds one
+    object a line, its keys the column names. Blank lines are skipped; texts and labels are kept
+    as written (not stripped), but an empty or whitespace-only one is an error.
     """
     path = Path(path)
     if format is None:
@@ -230,10 +214,8 @@ def read_examples(path: str | os.PathLike, *, text_col: str, pair_col: str | Non
 
 def read_semicolon_examples(path: str | os.PathLike, *, text_col: str = "text",
                             label_col: str = "label_name") -> list[Example]:
-    """Read a file of `text;label` lines under a header line, as the Emotion data set ships
-    (header `text;label_name`). Fields are split on `;` with no quote processing, like GLUE's TSV;
-    a line with another number of fields than the header is an error naming its line.
-    """
+    """Read the `text;label` lines under a header (`text;label_name`) of the Emotion data set:
+    fields split on `;` with no quote processing, as many on each line as in the header."""
     path = Path(path)
     lines = read_utf8_lines(path)
     rows = [(n, line.split(";")) for n, line in enumerate(lines, start=1) if line != ""]
@@ -263,8 +245,7 @@ def encode_labels(examples: Sequence[Example], vocab: LabelVocab) -> list[int]:
 
 @dataclass(frozen=True)
 class Task:
-    """Where a task's files are (a folder of MINIFT_DATA holding train.tsv and dev.tsv) and
-    which of their columns hold the text, the second text of a pair and the label."""
+    """A task's folder in MINIFT_DATA (train.tsv, dev.tsv) and its columns."""
 
     folder: str
     text_col: str
@@ -281,10 +262,8 @@ TASKS: dict[str, Task] = {
 
 def task_files(name: str, data_dir: str | os.PathLike | None = None
                ) -> tuple[Path, Path, str, str | None, str]:
-    """`(train_path, dev_path, text_col, pair_col, label_col)` of a GLUE task in `TASKS`.
-
-    `data_dir` defaults to the environment variable MINIFT_DATA. The two files must exist.
-    """
+    """`(train_path, dev_path, text_col, pair_col, label_col)` of a GLUE task in `TASKS`;
+    `data_dir` defaults to the environment variable MINIFT_DATA."""
     if name not in TASKS:
         raise ValueError(f"expected a task name among {', '.join(TASKS)}, found {name!r}")
     task = TASKS[name]
@@ -303,12 +282,8 @@ def task_files(name: str, data_dir: str | os.PathLike | None = None
 
 
 # --- CoNLL column files ---------------------------------------------------------------------------
-#
-# NER and part-of-speech data come as column files: one word a line, its tags in further columns
-# (CoNLL-2003 here: `word POS NER`), a blank line between sentences, `-DOCSTART-` lines between
-# documents. `read_conll` reads one column of tags (`apply_scheme` checks or converts NER tags),
-# and `encode_tags` turns them into ids and names the file:line of a tag the training set lacks
-# (`minift.tasks.tag.TokenClassificationDataset` then aligns them to the sub-words).
+# One word a line, its tags in further columns (CoNLL-2003: `word POS NER`), a blank line between
+# sentences, `-DOCSTART-` lines between documents.
 
 DOCSTART = "-DOCSTART-"
 _COLUMNS = re.compile(r"[ \t]+")  # CoNLL files separate columns by spaces (some by tabs)
@@ -316,11 +291,8 @@ _COLUMNS = re.compile(r"[ \t]+")  # CoNLL files separate columns by spaces (some
 
 @dataclass
 class TaggedSentence:
-    """One sentence of a column file: its words, one tag per word, and the line of each word.
-
-    `lines[i]` is the 1-based line of word i in `path`, so a problem found later (an unknown tag,
-    a bad I- tag) can still be reported at its place.
-    """
+    """One sentence of a column file: its words, one tag per word, and the 1-based line of each
+    word in `path` (for problems found later, such as an unknown tag)."""
 
     words: list[str]
     tags: list[str]
@@ -362,12 +334,10 @@ def read_conll(path: str | os.PathLike, *, column: int = -1,
                scheme: str | None = None) -> list[TaggedSentence]:
     """Read a CoNLL column file into `TaggedSentence`s, in file order.
 
-    Columns are separated by spaces or tabs; column 0 is the word and `column` (0-based, negative
-    counts from the end as in Python: -1, the default, is the last column) holds the tags, e.g. 1
-    for POS and 2 for NER in CoNLL-2003's `word POS NER`. A blank line ends a sentence; a line
-    whose first column is `-DOCSTART-` marks a new document and is skipped. Every line must have
-    as many columns as the first one, or the error names the file and line.
-    `scheme`: None keeps the tags as written (POS tags); "iob2" or "iob1" applies `apply_scheme`.
+    Column 0 (columns split on spaces or tabs) is the word and `column` (0-based; -1, the last,
+    by default) the tags: 1 for POS and 2 for NER in CoNLL-2003. Every line must have as many
+    columns as the first. `scheme`: None keeps the tags as written (POS); "iob2" or "iob1"
+    applies `apply_scheme`.
     """
     path = Path(path)
     sentences: list[TaggedSentence] = []

@@ -9,13 +9,11 @@ A BERT tokenizer is a pipeline of four steps, and `tokenizers` (Rust) runs all o
 4. post-process  add the special tokens: "[CLS] A [SEP]" or "[CLS] A [SEP] B [SEP]", with
                token type 0 for the first segment and 1 for the second.
 
-This file loads that pipeline from a checkpoint folder (`tokenizer.json`, or `vocab.txt` plus
-`tokenizer_config.json`), and turns texts into padded `torch.long` tensors, or with
-`padding=False` into one unpadded row per example (what `minift.data.batches` stores, to pad
-each batch once, to its own longest example). Truncation and padding are applied per call, never
-taken from the checkpoint's `tokenizer.json` (which may carry its own, such as
-all-MiniLM-L6-v2's fixed padding to 128). The defaults and results follow the reference,
-transformers' fast `BertTokenizer`; the tests hold the two equal.
+This file loads that pipeline from a checkpoint folder and turns texts into padded `torch.long`
+tensors, or with `padding=False` into one row per example (what `minift.data.batches` stores).
+Truncation and padding are set per call, never taken from the checkpoint's `tokenizer.json`
+(all-MiniLM-L6-v2's pads to 128). The results follow the reference, transformers' fast
+`BertTokenizer`; the tests hold the two equal.
 """
 
 from __future__ import annotations
@@ -48,16 +46,12 @@ _TENSOR_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 class Encoding:
     """A tokenized batch: three (batch, seq) `torch.long` tensors and per-token alignment lists.
 
-    Unpadded (`padding=False`), each of the three is instead a list of 1-D `torch.long` tensors,
-    one per example, of its own length; `encoding["input_ids"][b]` is example b's ids either way.
-
-    `word_ids[b][t]` is the index of the word that token t of example b came from (counted within
-    its own segment for pairs), None for special and pad tokens. `offsets[b][t]` is the (start,
-    end) character span of the token in the original text of its segment, (0, 0) for special and
-    pad tokens; with `is_split_into_words` the span is inside the word. `sequence_ids[b][t]` is 0
-    for the first text, 1 for the pair text, None for special and pad tokens. The names are the
-    reference's. `encoding["input_ids"]` and `model(**encoding)` work: the mapping holds the three
-    tensors.
+    Unpadded (`padding=False`), each of the three is a list of 1-D tensors, one per example.
+    For token t of example b (names as in the reference): `word_ids[b][t]` is the index of its
+    word (within its own segment for pairs), `offsets[b][t]` its (start, end) character span in
+    its segment's text (inside the word with `is_split_into_words`), `sequence_ids[b][t]` 0 or 1
+    for the first or pair text; special and pad tokens get None, (0, 0), None.
+    `encoding["input_ids"]` and `model(**encoding)` work: the mapping holds the three tensors.
     """
 
     input_ids: torch.Tensor | list[torch.Tensor]
@@ -68,7 +62,7 @@ class Encoding:
     sequence_ids: list[list[int | None]]
 
     def keys(self) -> tuple[str, ...]:
-        """The names of the three tensors, so that `**encoding` passes them as arguments."""
+        """The names of the three tensors (what `**encoding` passes)."""
         return _TENSOR_KEYS
 
     def __getitem__(self, key: str) -> torch.Tensor | list[torch.Tensor]:
@@ -296,12 +290,9 @@ def _files_to_save(tokenizer: Tokenizer) -> dict[str, bytes]:
 
 
 class TokenVocabulary:
-    """The token side of a `Tokenizer`: the ids of its tokens and special tokens, and the way back
-    from ids to tokens and text. `Tokenizer` adds loading, encoding texts and saving.
-
-    `backend` is the `tokenizers.Tokenizer`; `special_tokens` maps the keys of
-    `BERT_SPECIAL_TOKENS` to the checkpoint's tokens (None for one it lacks).
-    """
+    """The token side of a `Tokenizer`: ids of tokens and special tokens, and the way back to
+    text. `special_tokens` maps the keys of `BERT_SPECIAL_TOKENS` to the checkpoint's tokens
+    (None for one it lacks); `backend` is the `tokenizers.Tokenizer`."""
 
     backend: tokenizers.Tokenizer
     special_tokens: dict[str, str | None]
@@ -315,30 +306,16 @@ class TokenVocabulary:
         token = self.special_tokens.get(key)
         return None if token is None else self.backend.token_to_id(token)
 
-    @property
-    def pad_token_id(self) -> int | None:
-        """Id of `[PAD]`."""
-        return self._special_id("pad_token")
-
-    @property
-    def cls_token_id(self) -> int | None:
-        """Id of `[CLS]`, the first token of every sequence."""
-        return self._special_id("cls_token")
-
-    @property
-    def sep_token_id(self) -> int | None:
-        """Id of `[SEP]`, which closes each segment."""
-        return self._special_id("sep_token")
-
-    @property
-    def mask_token_id(self) -> int | None:
-        """Id of `[MASK]`, the token masked language modelling puts in place of hidden tokens."""
-        return self._special_id("mask_token")
-
-    @property
-    def unk_token_id(self) -> int | None:
-        """Id of `[UNK]`, for words WordPiece cannot spell with its vocabulary."""
-        return self._special_id("unk_token")
+    # The ids of the five named special tokens (int, or None where the checkpoint has none).
+    pad_token_id = property(lambda self: self._special_id("pad_token"), doc="Id of `[PAD]`.")
+    cls_token_id = property(lambda self: self._special_id("cls_token"),
+                            doc="Id of `[CLS]`, the first token of every sequence.")
+    sep_token_id = property(lambda self: self._special_id("sep_token"),
+                            doc="Id of `[SEP]`, which closes each segment.")
+    mask_token_id = property(lambda self: self._special_id("mask_token"),
+                             doc="Id of `[MASK]`, which MLM puts in place of hidden tokens.")
+    unk_token_id = property(lambda self: self._special_id("unk_token"),
+                            doc="Id of `[UNK]`, for words WordPiece cannot spell.")
 
     @property
     def special_token_ids(self) -> frozenset[int]:
@@ -389,10 +366,8 @@ class TokenVocabulary:
 class Tokenizer(TokenVocabulary):
     """A tokenizer loaded from a checkpoint folder; calling it returns an `Encoding`.
 
-    Wraps a `tokenizers.Tokenizer` (the `backend`, whose own truncation and padding are switched
-    off: each call sets its own) and the special tokens and length limit from
-    `tokenizer_config.json`. Not safe to call from several threads at once, as the reference.
-    The ids of tokens and the way back to text are `TokenVocabulary`'s.
+    The `backend`'s own truncation and padding are switched off: each call sets its own. Not
+    safe to call from several threads at once, as the reference.
     """
 
     def __init__(self, backend: tokenizers.Tokenizer, special_tokens: dict[str, str | None],
@@ -408,11 +383,8 @@ class Tokenizer(TokenVocabulary):
     def from_pretrained(cls, path: str | Path) -> Tokenizer:
         """Load `tokenizer.json` from a folder, or else build BERT's pipeline from `vocab.txt`.
 
-        `tokenizer_config.json` (optional) gives `model_max_length` and the special tokens (BERT's
-        when absent); for a BERT normalizer its `do_lower_case`, `strip_accents` and
-        `tokenize_chinese_chars` win over `tokenizer.json`'s, as in the reference. A `config.json`
-        beside them must have a `vocab_size` at least the tokenizer's, or token ids would index
-        past the embedding table.
+        `tokenizer_config.json` (optional) gives `model_max_length` and the special tokens; its
+        normalizer keys (`do_lower_case`, ...) win over `tokenizer.json`'s, as in the reference.
         """
         folder = Path(path)
         if not folder.is_dir():
@@ -464,11 +436,8 @@ class Tokenizer(TokenVocabulary):
         return _padded(encoded, length, self.pad_token_id)
 
     def save_pretrained(self, path: str | Path) -> None:
-        """Write `tokenizer.json`, `tokenizer_config.json` and, for WordPiece, `vocab.txt`.
-
-        The folder loads back here and in the reference's `AutoTokenizer`. Each file is written
-        through `atomic_write`: a crash or a full disk leaves the previous file or none, never a
-        truncated tokenizer.json beside a complete model.
+        """Write `tokenizer.json`, `tokenizer_config.json` and, for WordPiece, `vocab.txt`, each
+        through `atomic_write`; the folder loads back here and in the reference's `AutoTokenizer`.
         """
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)

@@ -3,13 +3,12 @@
 Read in order: ``dropout`` and ``keep_mask`` (the same distribution as ``F.dropout``, drawn with
 a cheaper call on a CPU) and ``Dropout``; then ``linear`` (``F.linear`` through oneDNN where that
 applies), the ``onednn_linear`` custom op it calls, the measurement, once per machine, that
-decides whether to use it (``onednn_is_faster``), and ``Linear``. ``Linear`` and ``Dropout`` are subclasses of
-``nn.Linear`` and ``nn.Dropout`` with the same parameters, so ``padding.speed_up`` can swap them
-into a textbook model (``model.py``) without touching its state dict.
+decides whether to use it (``onednn_is_faster``), and ``Linear``. ``Linear`` and ``Dropout``
+subclass ``nn.Linear`` and ``nn.Dropout`` with the same parameters, so ``unpad.speed_up`` swaps
+them into a textbook model without touching its state dict.
 
 What each buys depends on the CPU: ``benchmarks/dropout.py`` and ``benchmarks/linear_speed.py``
-measure it on yours; ``benchmarks/results`` and the README hold the numbers measured so far,
-with the CPU named. Importing this file registers the custom op and runs no tensor operation.
+measure it on yours. Importing this file registers the custom op and runs no tensor operation.
 """
 
 from __future__ import annotations
@@ -25,20 +24,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# --------------------------------------------------------------------------------------------
-# Dropout
-# --------------------------------------------------------------------------------------------
+# --- Dropout --------------------------------------------------------------------------------------
 
 
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     """Zero each element with probability ``p`` and scale the rest by 1 / (1 - p): F.dropout.
 
-    The same distribution as ``F.dropout``, drawn differently on a CPU: the keep mask is a
-    uniform draw compared with ``p``, where torch's CPU dropout calls ``bernoulli_``, which
-    can be slower (benchmarks/dropout.py). Masks of attention probabilities are large,
-    (heads, seq, seq) per sequence, so this can be a visible share of a training step. Off the
-    CPU, ``F.dropout`` is one fused kernel and stays.
-    Autograd keeps the boolean mask alone for the backward pass, as ``F.dropout`` does.
+    The same distribution, drawn differently on a CPU: the keep mask is a uniform draw compared
+    with ``p``, where torch's CPU dropout calls ``bernoulli_``, which can be slower; masks of
+    attention probabilities, (heads, seq, seq) per sequence, are large. Off the CPU,
+    ``F.dropout`` is one fused kernel and stays.
     """
     if not training or p == 0.0:
         return x
@@ -59,9 +54,7 @@ class Dropout(nn.Dropout):
         return dropout(x, self.p, self.training)
 
 
-# --------------------------------------------------------------------------------------------
-# Linear layers: F.linear, or the same product through oneDNN on a CPU
-# --------------------------------------------------------------------------------------------
+# --- Linear layers: F.linear, or the same product through oneDNN on a CPU -------------------------
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
@@ -71,23 +64,18 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     PyTorch's CPU build ships two matrix libraries: MKL, which ``F.linear`` and ``torch.mm``
     call for float32, and oneDNN, which they call for bf16. On some CPUs MKL's float32 kernels
     run well below oneDNN's; on others the two are level. So float32 products on a CPU go
-    through ``onednn_linear``, the same arithmetic in another library (fp32 both; they agree to
-    rounding, and tests hold them together), and ``speed_up`` swaps this in only where
-    ``onednn_is_faster`` measured it faster. Everything else (GPU, bf16,
-    autocast, a CPU other than x86-64, a build without oneDNN or with
-    ``torch.backends.mkldnn.enabled`` off) takes ``F.linear``.
+    through ``onednn_linear``, the same arithmetic in another library (they agree to rounding),
+    and ``speed_up`` swaps this in only where ``onednn_is_faster`` measured it faster. Everything
+    else (GPU, bf16, autocast, not x86-64, no oneDNN or ``torch.backends.mkldnn.enabled`` off)
+    takes ``F.linear``.
     """
-    if _onednn_applies(x, weight):
+    if (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and x.numel() > 0
+            and not torch.is_autocast_enabled("cpu") and torch.backends.mkldnn.enabled
+            and onednn_available()):
         shape = x.shape
         y = onednn_linear(x.reshape(-1, shape[-1]), weight, bias)
         return y.view(*shape[:-1], weight.shape[0])
     return F.linear(x, weight, bias)
-
-
-def _onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
-            and x.numel() > 0 and not torch.is_autocast_enabled("cpu")
-            and torch.backends.mkldnn.enabled and onednn_available())
 
 
 @torch.library.custom_op("minift::onednn_linear", mutates_args=())
@@ -95,11 +83,9 @@ def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
                   ) -> torch.Tensor:
     """x @ weight.T (+ bias) through oneDNN: x (m, k), weight (n, k); strided views are fine.
 
-    A custom op rather than a plain function so that ``torch.compile`` calls it as it is (it
-    would otherwise try to lower oneDNN's kernel itself, which it does only for weights it has
-    prepacked). Its backward, registered below, is the textbook one: dx = dy @ W,
-    dW = dy.T @ x, db = dy summed over rows, each product through this op again, on strided
-    views (no transposed copies).
+    A custom op so that ``torch.compile`` calls it as it is (it would otherwise try to lower
+    oneDNN's kernel itself, which it does only for prepacked weights). Its backward, registered
+    below: dx = dy @ W, dW = dy.T @ x, db = dy summed over rows, through this op on strided views.
     """
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
@@ -170,11 +156,9 @@ CHOICE_FILE = "linear.json"
 def onednn_is_faster(repeats: int = 5) -> bool:
     """Whether ``speed_up`` should run float32 linear layers through oneDNN on this CPU.
 
-    ``MINIFT_ONEDNN=1`` or ``0`` decides. Otherwise the answer is a measurement (``_measure``),
-    made the first time on a machine and kept in ``$MINIFT_CACHE_DIR/linear.json`` (default
-    ``~/.cache/minift``), keyed by CPU model, torch version and thread count: every later run
-    there reuses it, so the same command gives the same numbers. Delete the file to measure
-    again. Remembered for the process. False wherever oneDNN is not available.
+    ``MINIFT_ONEDNN=1`` or ``0`` decides; otherwise a measurement (``_measure``) made once per
+    machine and kept in ``$MINIFT_CACHE_DIR/linear.json`` keyed by CPU model, torch version and
+    thread count (delete it to measure again). False wherever oneDNN is not available.
     """
     forced = os.environ.get(FORCE_VARIABLE)
     if forced not in (None, "", "0", "1"):
@@ -183,7 +167,7 @@ def onednn_is_faster(repeats: int = 5) -> bool:
         return False
     if forced:
         return forced == "1"
-    path = _cache_dir() / CHOICE_FILE
+    path = Path(os.environ.get(CACHE_VARIABLE) or Path.home() / ".cache" / "minift") / CHOICE_FILE
     key = (f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads | "
            f"probe {len(PROBE_SHAPES)} shapes, margin {MARGIN}")
     try:
@@ -200,10 +184,6 @@ def onednn_is_faster(repeats: int = 5) -> bool:
     except OSError:
         pass
     return faster
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_VARIABLE) or Path.home() / ".cache" / "minift")
 
 
 def cpu_model() -> str:

@@ -35,22 +35,16 @@ from minift.core.model import (
 )
 from minift.fast import cpu_kernels as kernels
 
-# --------------------------------------------------------------------------------------------
-# Unpadding: where the real tokens sit, and when to drop the padding
-# --------------------------------------------------------------------------------------------
+# --- Unpadding: where the real tokens sit, and when to drop the padding ---------------------------
 
 
 @dataclass
 class Unpadding:
     """Where the real tokens of a padded (batch, seq) batch sit.
 
-    LayerNorm, the projections and the feed-forward treat every token alike, so they can run on
-    the real tokens alone, packed as (tokens, hidden): a batch that is 40% padding then costs 40%
-    less there. Only attention needs to know which token belongs to which sequence. The packed
-    tokens come sequence after sequence, so ``lengths`` splits them into sequences, and
-    attention runs on each sequence alone (``varlen_attention``: no padding at all). Where many
-    small calls would cost more than the padding (``per_sequence=False``, the choice on a GPU),
-    attention puts the padding back for itself instead, as MosaicBERT does.
+    The packed tokens come sequence after sequence, so ``lengths`` splits them into sequences
+    for attention (``varlen_attention``). With ``per_sequence=False`` (the choice on a GPU, where
+    many small calls cost more than the padding) attention re-pads for itself, as MosaicBERT does.
     """
 
     indices: torch.Tensor  # (tokens,) positions of the real tokens in the flattened batch
@@ -94,22 +88,17 @@ def unpads_by_default(input_ids: torch.Tensor) -> bool:
     """Whether a padded (batch, seq) batch takes the unpadded path when nobody says otherwise.
 
     On a CPU, always: the arithmetic is the cost, and skipping the padding pays about what the
-    padding fraction says (benchmarks/inference_throughput.py, "minift" against "minift
-    padded"). On a GPU, small batches cost the time to launch their kernels more than their
-    arithmetic; unpadding adds gathers, scatters and host synchronisations, and loses there.
+    padding fraction says. On a GPU, small batches cost the time to launch their kernels more
+    than their arithmetic, and unpadding's gathers, scatters and host synchronisations lose.
     ``UNPAD_MIN_POSITIONS`` sits between the batches that ``benchmarks/inference_throughput.py
-    --device cuda`` measured faster padded (batch 32, ``benchmarks/results/
-    inference_throughput_cuda.md``: "minift padded" against "minift unpadded") and those it
-    measured faster unpadded (batch 128, ``inference_throughput_cuda_bs128.md``), with MiniLM;
-    those files name the GPU. Another GPU or a larger model (more arithmetic per token, so it
-    gains sooner) may place it elsewhere: ``speed_up(model, unpad=True)`` forces the choice.
+    --device cuda`` measured faster padded (batch 32) and unpadded (batch 128) with MiniLM
+    (``benchmarks/results/inference_throughput_cuda*.md`` name the GPU). Another GPU or a larger
+    model may place it elsewhere: ``speed_up(model, unpad=True)`` forces the choice.
     """
     return input_ids.device.type == "cpu" or input_ids.numel() >= UNPAD_MIN_POSITIONS
 
 
-# --------------------------------------------------------------------------------------------
-# Attention per packed sequence
-# --------------------------------------------------------------------------------------------
+# --- Attention per packed sequence ----------------------------------------------------------------
 
 
 def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: list[int],
@@ -118,15 +107,11 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths:
 
     q, k, v: (tokens, heads, head_dim), the tokens of sequence 0, then of sequence 1, ...;
     returns (tokens, heads, head_dim), or with ``first_only`` the output of each non-empty
-    sequence's first token alone, (sequences, heads, head_dim). No position is padding, so no
-    mask and no wasted work: a sequence half as long as the batch's longest wastes three
-    quarters of its padded attention, and here wastes nothing. One SDPA call per sequence:
-    cheap on a CPU, where the loop costs microseconds against milliseconds of matmul; on a GPU
-    the many small launches would cost more than the padding they skip, which is why
-    ``Unpadding`` re-pads there (FlashAttention's varlen kernel does this in one launch).
-
-    With ``dropout_p`` (training), ``DropoutAttentionPerSequence`` below runs the plain formula
-    instead, with its backward written out.
+    sequence's first token alone, (sequences, heads, head_dim). No mask and no wasted work: a
+    sequence half as long as the batch's longest wastes three quarters of its padded attention.
+    One SDPA call per sequence: cheap on a CPU, where the loop costs microseconds against
+    milliseconds of matmul (FlashAttention's varlen kernel does it in one launch on a GPU).
+    With ``dropout_p`` (training), ``DropoutAttentionPerSequence`` runs the plain formula.
     """
     if dropout_p > 0.0:
         # SDPA's CPU kernels have no dropout: SDPA falls back to the plain formula in float32,
@@ -219,9 +204,7 @@ class DropoutAttentionPerSequence(torch.autograd.Function):
         return dq / math.sqrt(q.size(-1)), dk, dv / (1.0 - ctx.p), None, None, None
 
 
-# --------------------------------------------------------------------------------------------
-# The fast modules: the textbook ones, taught to run unpadded
-# --------------------------------------------------------------------------------------------
+# --- The fast modules: the textbook ones, taught to run unpadded ----------------------------------
 
 
 class FastSelfAttention(SelfAttention):
@@ -269,12 +252,9 @@ class FastSelfAttention(SelfAttention):
 class FastFeedForward(FeedForward):
     """``FeedForward`` with GELU in place where no gradient will flow through it.
 
-    The intermediate, (tokens, 4 * hidden), is the largest activation of the model. In
-    inference, or in a frozen block, the plain ``F.gelu`` would allocate a second tensor of that
-    size for every block; on a CPU that allocation costs beyond its bytes, as memory freshly
-    mapped from the system is zeroed page by page on first touch (benchmarks/
-    inference_throughput.py counts these page faults). Training needs GELU's input for the
-    backward pass, so there the textbook form runs; tests hold the two equal.
+    The intermediate, (tokens, 4 * hidden), is the largest activation of the model; in inference
+    or a frozen block, ``F.gelu`` would allocate a second one per block, and on a CPU fresh memory
+    is zeroed page by page on first touch (benchmarks/inference_throughput.py counts the faults).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -311,9 +291,8 @@ class FastBertModel(BertModel):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, *, unpad: bool | None = None,
                 first_token_only: bool = False) -> BertOutput:
-        """As ``BertModel.forward``: the same numbers at real positions (tests hold them
-        together). At padding positions the unpadded path returns zeros where the padded one
-        returns whatever the padding computed; nothing should read those.
+        """As ``BertModel.forward``: the same numbers at real positions. At padding positions the
+        unpadded path returns zeros where the padded one returns what the padding computed.
 
         ``first_token_only=True``: the last block computes the first token of each sequence
         alone. Its keys and values still come from every token, but its query, output
@@ -361,9 +340,7 @@ class FastBertModel(BertModel):
         return layer(x, mask, unpadding, first_only)
 
 
-# --------------------------------------------------------------------------------------------
-# The one door: swap the fast modules into a built model
-# --------------------------------------------------------------------------------------------
+# --- The one door: swap the fast modules into a built model ---------------------------------------
 
 
 def speed_up(model: nn.Module, *, onednn: bool | None = None, unpad: bool | None = None,
@@ -376,9 +353,8 @@ def speed_up(model: nn.Module, *, onednn: bool | None = None, unpad: bool | None
     subclasses add no state): the parameters are the same tensors, the state dict is unchanged,
     and a head around the encoder (its classifier, a tied MLM decoder) is swapped with it.
 
-    ``onednn``: ``nn.Linear`` becomes ``kernels.Linear`` (oneDNN's float32 product on a CPU).
-    None, the default, decides by ``kernels.onednn_is_faster()``, a timing made once per
-    machine (its gain depends on the CPU; ``MINIFT_ONEDNN=1`` or ``0`` forces it); False puts
+    ``onednn``: ``nn.Linear`` becomes ``kernels.Linear`` (oneDNN's float32 product on a CPU);
+    None decides by ``kernels.onednn_is_faster()``, a timing made once per machine; False puts
     ``nn.Linear`` back.
     ``unpad`` and ``per_sequence``: see ``FastBertModel``. Calling it again changes the options.
     """

@@ -7,9 +7,8 @@ Two parts, in reading order (the file format itself is ``safetensors.py``):
    ``read_checkpoint`` (config.json and the weights, each read once and checked), and the
    one-line entry points ``load_bert(path)`` and ``save_bert(model, path)``.
 
-``model.py`` knows nothing of files; this module builds the textbook ``BertModel`` from a folder
-(the fast modules enter by one visible call, ``minift.fast.unpad.speed_up(model)``). The
-heads' own linear layers are read and initialised here too (``load_linear``, ``fresh_linear``).
+``model.py`` knows nothing of files; this module builds the textbook ``BertModel`` from a folder,
+and reads and initialises the heads' linear layers (``load_linear``, ``fresh_linear``).
 """
 
 from __future__ import annotations
@@ -119,9 +118,8 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
     """``"minilm"`` -> the installed all-MiniLM-L6-v2 folder; a folder path -> itself.
 
-    ``"hf:org/name"`` downloads from the Hugging Face hub through ``huggingface_hub`` (optional,
-    needs the network; never exercised by the tests, which run offline). The prefix is explicit
-    so that a mistyped local path is an error, not a network request.
+    ``"hf:org/name"`` downloads through the optional ``huggingface_hub`` (untested: the tests run
+    offline); the explicit prefix keeps a mistyped local path from becoming a network request.
     """
     name = str(name_or_path)
     if name == "minilm":
@@ -199,12 +197,9 @@ def check_fits_in_memory(config: BertConfig, source: str = "config") -> None:
 
 
 def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str]:
-    """All tensors of a checkpoint folder, and the file(s) they came from.
-
-    Prefers ``model.safetensors``; falls back to ``pytorch_model.bin`` loaded with
-    ``torch.load(weights_only=True)`` so no pickled code runs. Sharded safetensors
-    (``model.safetensors.index.json``) are read shard by shard.
-    """
+    """All tensors of a checkpoint folder, and the file(s) they came from: ``model.safetensors``,
+    its shards (``model.safetensors.index.json``), or else ``pytorch_model.bin`` loaded with
+    ``torch.load(weights_only=True)`` so no pickled code runs."""
     folder = Path(path)
     if not folder.is_dir():
         raise CheckpointError(f"model folder {str(folder)!r} does not exist")
@@ -266,10 +261,7 @@ class Checkpoint:
 
 def read_checkpoint(path: str | os.PathLike, *, allow_unexpected: bool = False) -> Checkpoint:
     """Read config.json and the weights of a folder (or ``"minilm"``), each once; nothing built.
-
-    Keys that are neither encoder nor known head weights are an error listing them, unless
-    ``allow_unexpected``.
-    """
+    Keys neither encoder nor known head weights are an error unless ``allow_unexpected``."""
     folder = resolve_model_dir(path)
     raw = read_config_json(folder)
     config = read_config(folder, raw)
@@ -286,10 +278,9 @@ def load_encoder_weights(model: BertModel, checkpoint: Checkpoint, *,
     """Copy the checkpoint's encoder weights into ``model``; missing keys and shape mismatches
     are errors, listed.
 
-    A model without a pooler drops pooler weights (token-level heads have none; transformers
-    saves them without one). ``init_missing_pooler=True`` accepts a checkpoint without pooler
-    weights (an MLM or token classification checkpoint) and keeps the model's freshly
-    initialised pooler, saying so, as transformers does; any other missing key is an error.
+    A model without a pooler drops pooler weights. ``init_missing_pooler=True`` accepts a
+    checkpoint without them (MLM, token classification) and keeps the fresh pooler, saying so,
+    as transformers does.
     """
     encoder, source = checkpoint.encoder, checkpoint.source
     expected = model.state_dict()
@@ -316,13 +307,9 @@ def load_encoder_weights(model: BertModel, checkpoint: Checkpoint, *,
 
 def load_bert(path: str | os.PathLike, *, add_pooling_layer: bool = True,
               allow_unexpected: bool = False) -> BertModel:
-    """Load an HF BERT checkpoint folder (or ``"minilm"``) into a minift ``BertModel``, in eval
-    mode.
-
-    ``add_pooling_layer=False`` builds it without a pooler and drops pooler weights.
-    Returns the textbook ``minift.core.model.BertModel``; ``minift.fast.unpad.speed_up(model)``
-    swaps in the fast modules (same weights, same numbers).
-    """
+    """Load an HF BERT checkpoint folder (or ``"minilm"``) into the textbook ``BertModel``, in
+    eval mode (``add_pooling_layer=False``: without a pooler); ``minift.fast.unpad.speed_up``
+    swaps in the fast modules."""
     checkpoint = read_checkpoint(path, allow_unexpected=allow_unexpected)
     model = BertModel(checkpoint.config, add_pooling_layer=add_pooling_layer)
     load_encoder_weights(model, checkpoint)
@@ -332,11 +319,9 @@ def load_bert(path: str | os.PathLike, *, add_pooling_layer: bool = True,
 def save_bert(model: BertModel, path: str | os.PathLike,
               heads: dict[str, torch.Tensor] | None = None, config_extra: dict | None = None,
               prefix: str = "") -> None:
-    """Write ``config.json`` and ``model.safetensors`` in HF layout.
-
-    ``heads`` (HF names) and ``config_extra`` let a task model add its head and settings; with
-    ``prefix="bert."`` the encoder is stored as task checkpoints store it.
-    """
+    """Write ``config.json`` and ``model.safetensors`` in HF layout. ``heads`` (HF names) and
+    ``config_extra`` add a task's head and settings; ``prefix="bert."`` stores the encoder as
+    task checkpoints do."""
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = to_hf_state_dict(model.state_dict(), prefix=prefix)

@@ -36,10 +36,8 @@ def _parse_header(data: bytes | memoryview, source: str) -> tuple[dict, int]:
     if header_len > MAX_HEADER_BYTES:
         raise CheckpointError(f"{source}: header length {header_len} exceeds {MAX_HEADER_BYTES}")
     if 8 + header_len > len(data):
-        raise CheckpointError(
-            f"{source}: header length {header_len} runs past the end of the file "
-            f"({len(data)} bytes): the file is truncated or not safetensors"
-        )
+        raise CheckpointError(f"{source}: header length {header_len} runs past the end of the "
+                              f"file ({len(data)} bytes): the file is truncated or not safetensors")
     try:
         header = json.loads(bytes(data[8 : 8 + header_len]).decode("utf-8"))
     except (ValueError, RecursionError) as err:  # bad UTF-8/JSON, huge int literals, deep nesting
@@ -75,10 +73,9 @@ def _check_entry(name: str, entry: object, source: str) -> tuple[torch.dtype, li
                                   "large for torch (more than 2**63 bytes)")
     nbytes = numel * dtype.itemsize
     if offsets[1] - offsets[0] != nbytes:
-        raise CheckpointError(
-            f"{source}: tensor {name!r}: shape {shape} of {dtype_name} needs {nbytes} bytes but "
-            f"data_offsets {offsets} span {offsets[1] - offsets[0]}"
-        )
+        raise CheckpointError(f"{source}: tensor {name!r}: shape {shape} of {dtype_name} needs "
+                              f"{nbytes} bytes but data_offsets {offsets} span "
+                              f"{offsets[1] - offsets[0]}")
     return dtype, shape, offsets[0], offsets[1]
 
 
@@ -89,18 +86,18 @@ def parse_safetensors(data: bytes | bytearray | memoryview,
     header, start = _parse_header(data, source)
     buffer_len = len(data) - start
     metadata = header.pop("__metadata__", None)
-    if metadata is not None and not (
-        isinstance(metadata, dict)
-        and all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
-    ):
+    if metadata is not None and not (isinstance(metadata, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())):
         raise CheckpointError(f"{source}: __metadata__ must map strings to strings")
     entries = {name: _check_entry(name, entry, source) for name, entry in header.items()}
     # The tensors must tile the data buffer: in range, no overlaps, no holes.
     end = 0
     for name, (_, _, begin, stop) in sorted(entries.items(), key=lambda item: item[1][2:]):
         if begin != end:
-            what = "overlaps the previous tensor" if begin < end else f"leaves bytes {end}..{begin} unused"
-            raise CheckpointError(f"{source}: tensor {name!r} at data_offsets [{begin}, {stop}] {what}")
+            what = ("overlaps the previous tensor" if begin < end
+                    else f"leaves bytes {end}..{begin} unused")
+            raise CheckpointError(f"{source}: tensor {name!r} at data_offsets [{begin}, {stop}] "
+                                  f"{what}")
         end = stop
     if end != buffer_len:
         what = "out of range of" if end > buffer_len else "shorter than"
