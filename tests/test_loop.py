@@ -811,3 +811,19 @@ def test_the_bar_shows_each_step_own_loss_and_rate_and_closes_before_the_last_ev
     assert kinds[:5] == ["update", "update", "write", "update", "update"]
     assert kinds[5] == "close"  # before the final evaluation is written
     assert kinds[6] == "write"
+
+
+def test_a_resume_with_another_lr_or_more_steps_rebuilds_the_schedule(tmp_path):
+    """The lr of a resume is honoured (issue #31 row 12): from the restored step on, the logged
+    learning rates are those of an uninterrupted run with the new lr and length, and the warning
+    says the schedule is rebuilt."""
+    train(Toy(), epochs_of(2), config(tmp_path, "cut", epochs=1, warmup_ratio=0.0))
+    with pytest.warns(UserWarning, match=r"lr: 0.05 -> 0.001.*rebuilt at the restored step"):
+        resumed = train(Toy(), epochs_of(2), config(tmp_path, "cut", epochs=2, lr=1e-3,
+                                                      warmup_ratio=0.0), resume=True)
+    fresh = train(Toy(), epochs_of(2), config(tmp_path, "fresh", epochs=2, lr=1e-3,
+                                              warmup_ratio=0.0))
+    lrs = [(r["step"], r["lr"]) for r in resumed.history if "lr" in r]
+    expected = [(r["step"], r["lr"]) for r in fresh.history if "lr" in r]
+    assert lrs[2:] == expected[2:] and [step for step, _ in lrs] == [1, 2, 3, 4]
+    assert lrs[2][1] < 1e-3 != lrs[0][1]  # the new lr, decayed; not the old one

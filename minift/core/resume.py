@@ -6,7 +6,8 @@ and the RNG states of every rank, so a resumed run ends with exactly the weights
 an uninterrupted one. It lives while the run is unfinished: a run that completes deletes it
 (unless `keep_resume`). Resuming without it raises `ValueError` (`check_resume` asks the same
 before a model is loaded); a file written for another model is refused, naming the keys and
-shapes that differ; a resume whose configuration changes the run warns and names the differences.
+shapes that differ; a resume whose configuration changes the run warns and names the differences,
+and one that changes the length of the run or the learning rates gets them (`SCHEDULE_KEYS`).
 
 The file is replaced atomically (a temporary file, fsync, `os.replace`: `minift.core.files`),
 and the next start removes what a process killed mid-write left.
@@ -180,26 +181,61 @@ def save_resume(out_dir: Path, parts: Parts, progress: Progress, run: dict, star
         atomic_write(out_dir / RESUME_FILE, functools.partial(_torch_save, checkpoint))
 
 
-def _warn_if_run_differs(saved: dict, current: dict, path: Path) -> None:
-    """Warn, naming each setting, when a resume changes what the run computes."""
-    differences = [f"{key}: {saved.get(key)!r} -> {current[key]!r}"
-                   for key in current if saved.get(key) != current[key]]
+# Settings a resume honours by rebuilding the optimizer's hyperparameters and the schedule at
+# the restored step (the optimizer's moments are kept): a longer run, another learning rate.
+SCHEDULE_KEYS = ("epochs", "max_steps", "total_steps", "lr", "lr_by_prefix", "weight_decay",
+                 "warmup_ratio", "schedule")
+
+
+def _warn_if_run_differs(saved: dict, current: dict, path: Path) -> list[str]:
+    """Warn, naming each setting, when a resume changes what the run computes; return the
+    keys that differ."""
+    changed = [key for key in current if saved.get(key) != current[key]]
+    differences = [f"{key}: {saved.get(key)!r} -> {current[key]!r}" for key in changed]
     if differences:
+        rebuilt = [key for key in changed if key in SCHEDULE_KEYS]
+        how = (f"; the learning rates and schedule are rebuilt at the restored step for "
+               f"{', '.join(rebuilt)}" if rebuilt else "")
         warnings.warn(
             f"resuming from {path} with settings that differ from the interrupted run "
-            f"({'; '.join(differences)}): the result will not match an uninterrupted run",
+            f"({'; '.join(differences)}): the result will not match an uninterrupted run{how}",
             UserWarning,
             stacklevel=4,  # the caller of train
         )
+    return changed
+
+
+def _rebuild_schedule(parts: Parts, fresh: list[dict], base_lrs: list[float]) -> None:
+    """Give the restored optimizer this run's hyperparameters (`fresh`: its groups as built) and
+    put each group's learning rate where this run's schedule has it at the restored step."""
+    optimizer, scheduler = parts.optimizer, parts.scheduler
+    for group, hyper in zip(optimizer.param_groups, fresh, strict=True):
+        group.update(hyper)
+    scheduler.base_lrs = list(base_lrs)
+    step = scheduler.last_epoch
+    lrs = [base * factor(step) for base, factor in zip(base_lrs, scheduler.lr_lambdas, strict=True)]
+    for group, lr in zip(optimizer.param_groups, lrs, strict=True):
+        group["lr"] = lr
+    scheduler._last_lr = lrs
 
 
 def restore(checkpoint: dict, parts: Parts, run: dict, out_dir: Path,
             ctx: distributed.Context) -> Progress:
-    """Put the run back where resume.pt left it; return its progress."""
-    _warn_if_run_differs(checkpoint["run"], run, out_dir / RESUME_FILE)
+    """Put the run back where resume.pt left it; return its progress. A changed setting of
+    `SCHEDULE_KEYS` is honoured: the hyperparameters and schedule are this run's."""
+    changed = _warn_if_run_differs(checkpoint["run"], run, out_dir / RESUME_FILE)
+    fresh = [{k: v for k, v in group.items() if k != "params"}
+             for group in parts.optimizer.param_groups]
+    base_lrs = list(parts.scheduler.base_lrs)
+    if len(checkpoint["optimizer"]["param_groups"]) != len(fresh):
+        raise ValueError(f"{out_dir / RESUME_FILE}: its optimizer has "
+                         f"{len(checkpoint['optimizer']['param_groups'])} parameter groups, this "
+                         f"run {len(fresh)} (`lr_by_prefix` changed): train without resume")
     parts.model.load_state_dict(checkpoint["model"])
     parts.optimizer.load_state_dict(checkpoint["optimizer"])
     parts.scheduler.load_state_dict(checkpoint["scheduler"])
+    if any(key in SCHEDULE_KEYS for key in changed):
+        _rebuild_schedule(parts, fresh, base_lrs)
     if parts.scaler.is_enabled() and checkpoint["scaler"]:
         parts.scaler.load_state_dict(checkpoint["scaler"])
     rng = checkpoint.get("rng_ranks") or [checkpoint["rng"]]

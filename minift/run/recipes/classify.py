@@ -91,7 +91,9 @@ def finetune(**options: Any) -> dict:
     dev_labels = encode_labels(dev_examples, vocab)  # a dev label unseen in train stops here
     test_labels = encode_labels(test_examples, vocab)
 
-    with prepare.claim_folder(o.out, resume=o.resume) as out_dir:
+    with prepare.claim_folder(o.out, resume=o.resume, model=folder,
+                               check_files=True,
+                               keep_resume=o.keep_resume) as out_dir:
         print(f"data: {len(train_examples)} train / {len(dev_examples)} dev examples, "
               f"labels {vocab.labels}; tokenizing")
         tokenizer = Tokenizer.from_pretrained(folder)

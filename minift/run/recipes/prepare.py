@@ -12,16 +12,19 @@ import contextlib
 import json
 import os
 import random
+import shutil
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 
 from minift.core import ddp as distributed
-from minift.core.files import atomic_write
+from minift.core.files import atomic_write, fsync_dir
 from minift.data.readers import read_examples, read_semicolon_examples
 from minift.hf.checkpoint import read_config
-from minift.run.lock import acquire, release
+from minift.run.lock import LOCK_NAME, acquire, release
 from minift.run.options import OptionError
 
 
@@ -87,29 +90,136 @@ def data_folder(data_dir: str | os.PathLike | None = None) -> Path:
     return folder
 
 
-@contextlib.contextmanager
-def claim_folder(out: str | os.PathLike, *, resume: bool = False) -> Iterator[Path]:
-    """Create the output folder (or check it) and hold its lock (``minift.core.files``) for
-    the block. Checks, before anything is loaded, that the folder can be created and written,
-    and that ``resume.pt`` is there when resuming. Under torchrun only rank 0, which writes."""
+# What a minift run leaves in its output folder (and a search in a trial's): a folder holding
+# anything else is the user's, and is never written into.
+RUN_FILES = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+             "vocab.txt", "special_tokens_map.json", "metrics.json", "log.jsonl", "resume.pt",
+             "predictions.json", "dev_predictions.txt", "test_predictions.txt", "trial.log",
+             "setfit_head.safetensors", "setfit_head.json", LOCK_NAME}
+RUN_FOLDERS = {"best", "best.new", "best.old", "model"}  # holding model files only
+
+
+def _is_run_file(path: Path) -> bool:
+    """A file a minift run writes: its outputs, a plot, a temporary file of an atomic write."""
+    name = path.name
+    return (name in RUN_FILES or name.endswith(".png")
+            or (name.startswith(".") and name.endswith(".tmp")))
+
+
+def _foreign(folder: Path) -> list[str]:
+    """The entries of ``folder`` that no minift run writes (at most 3), links not followed."""
+    found = []
+    for entry in sorted(folder.iterdir()):
+        if entry.is_symlink():
+            found.append(entry.name)
+        elif entry.is_dir() and entry.name in RUN_FOLDERS:
+            found += [f"{entry.name}/{inner.name}" for inner in sorted(entry.iterdir())
+                      if inner.is_symlink() or not inner.is_file() or not _is_run_file(inner)]
+        elif not entry.is_file() or not _is_run_file(entry):
+            found.append(entry.name)
+        if len(found) >= 3:
+            break
+    return found[:3]
+
+
+def check_out(out: str | os.PathLike, *, resume: bool = False,
+              model: str | os.PathLike | None = None, check_files: bool = True) -> Path:
+    """Refuse an output folder that would overwrite what the user gave, before anything is
+    created: the model folder or a folder inside it (links resolved), a file, a folder holding
+    files no minift run writes (unless ``resume``), ``resume`` without ``resume.pt``."""
     folder = Path(out)
+    where = folder.resolve()
+    if model is not None:
+        source = Path(model).resolve()
+        if where == source or source in where.parents:
+            raise OptionError(f"`out` {folder}: is {'' if where == source else 'inside '}the "
+                              f"model folder {model}; the model the run starts from is never "
+                              "written to: give another `out`")
+    if folder.exists() and not folder.is_dir():
+        raise OptionError(f"`out` {folder}: exists and is not a folder")
+    if resume:
+        if not (folder / "resume.pt").is_file():
+            raise OptionError(f"`resume`: {folder / 'resume.pt'} does not exist, nothing to "
+                              "resume (run without `resume` to start afresh)")
+    elif check_files and folder.is_dir():
+        try:
+            foreign = _foreign(folder)
+        except OSError as err:
+            raise OptionError(f"`out` {folder}: cannot read it ({err.strerror or err})") from None
+        if foreign:
+            raise OptionError(f"`out` {folder}: holds files no minift run writes "
+                              f"({', '.join(foreign)}); they are never overwritten: give an "
+                              "empty or new folder")
+    return folder
+
+
+@contextlib.contextmanager
+def claim_folder(out: str | os.PathLike, *, resume: bool = False,
+                 model: str | os.PathLike | None = None, check_files: bool = False,
+                 keep_resume: bool | None = None) -> Iterator[Path]:
+    """Check the output folder (``check_out``), create it and hold its lock (``minift.run.lock``)
+    for the block (``check_files``: refuse a folder holding the user's files, as every recipe
+    does); SIGTERM stops the block as Ctrl-C does (``KeyboardInterrupt``: the lock is
+    released, the command prints one line). A folder this call created and nothing filled is
+    removed when the block fails. A training run (``keep_resume`` not None) ends, once the block
+    has written everything, with ``finish_run``. Under torchrun only rank 0, which writes."""
+    folder = check_out(out, resume=resume, model=model, check_files=check_files)
     if os.environ.get("RANK", "0") != "0":
         yield folder
         return
-    if folder.exists() and not folder.is_dir():
-        raise OptionError(f"`out` {folder}: exists and is not a folder")
+    created = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
         lock = acquire(folder)
     except OSError as err:
         raise OptionError(f"`out` {folder}: cannot write there ({err.strerror or err})") from None
     try:
-        if resume and not (folder / "resume.pt").is_file():
-            raise OptionError(f"`resume`: {folder / 'resume.pt'} does not exist, nothing to "
-                              "resume (run without `resume` to start afresh)")
-        yield folder
+        with terminate_as_interrupt():
+            yield folder
+            if keep_resume is not None:
+                finish_run(folder, keep_resume)
     finally:
         release(lock)
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty: a failed check left nothing in it
+
+
+def finish_run(folder: Path, keep_resume: bool) -> None:
+    """The last step of a training run, once its model, tokenizer and metrics.json are written:
+    remove resume.pt (unless ``keep_resume``), then ``best/`` (renamed to ``best.new`` first, which
+    the next start removes, so that a kill here never leaves a half-removed best/). Until then a
+    kill leaves a folder that ``resume`` completes into the uninterrupted result."""
+    if not keep_resume:
+        (folder / "resume.pt").unlink(missing_ok=True)
+    best, doomed = folder / "best", folder / "best.new"
+    if best.is_dir():
+        shutil.rmtree(doomed, ignore_errors=True)
+        os.rename(best, doomed)
+        fsync_dir(folder)
+        shutil.rmtree(doomed)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: the run stops as on Ctrl-C."""
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Within the block SIGTERM raises ``Terminated`` (a KeyboardInterrupt), so that a killed
+    run releases its lock and says what it left; the previous handler comes back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Terminated("terminated (SIGTERM)")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def write_metrics(out: Path, metrics: dict) -> None:

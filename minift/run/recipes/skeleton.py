@@ -5,7 +5,6 @@ build it from (the ``TrainConfig`` of their options, a fresh classifier head, th
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -15,7 +14,7 @@ from typing import Any
 
 import torch
 
-from minift.core.files import fsync_dir
+from minift.core.files import atomic_write
 from minift.core.freeze import freeze as apply_freeze
 from minift.core.loop import TrainConfig, train
 from minift.core.model import set_activation_checkpointing
@@ -26,8 +25,9 @@ from minift.run.recipes.prepare import is_main, pick_device
 
 def train_config(options: Any, **settings: Any) -> TrainConfig:
     """The ``TrainConfig`` of a recipe's options: every TrainConfig field the options hold, then
-    ``settings`` (the recipe's metric and the like). The loop keeps ``resume.pt``: ``run_recipe``
-    removes it once the final model is saved, so a crash during that save leaves it resumable."""
+    ``settings`` (the recipe's metric and the like). The loop keeps ``resume.pt``: the recipe
+    removes it once the final model and metrics.json are saved (``prepare.finish_run``), so a
+    kill during that save leaves the folder resumable."""
     taken = {name: getattr(options, name) for name in loop_fields()
              if name in LOOP and hasattr(options, name)}
     return TrainConfig(**taken | {"out_dir": Path(options.out), **settings, "keep_resume": True})
@@ -68,13 +68,13 @@ class Outcome:
                 "trainable_parameters": self.trainable, "total_parameters": self.total}
 
 
-def _promote_best(best_dir: Path, out: Path) -> None:
-    """Move the files of ``best/`` into ``out`` (each rename atomic) and remove ``best/``."""
+def _copy_best(best_dir: Path, out: Path) -> None:
+    """Copy the files of ``best/`` into ``out``, each atomically; ``best/`` stays whole until the
+    run is finished (``prepare.finish_run``), so a kill here leaves a folder that resumes."""
     for file in sorted(best_dir.iterdir()):
         if file.is_file():
-            os.replace(file, out / file.name)
-    fsync_dir(out)
-    shutil.rmtree(best_dir)
+            with open(file, "rb") as source:
+                atomic_write(out / file.name, lambda f, source=source: shutil.copyfileobj(source, f))
 
 
 def run_recipe(recipe: Recipe) -> Outcome | None:
@@ -109,21 +109,23 @@ def run_recipe(recipe: Recipe) -> Outcome | None:
         return None
 
     best_dir = out / "best"
+    # A run resumed after it completed with keep_resume: its best model is out's own (copied
+    # there, and best/ removed, at its end), unless a later step replaced it in best/.
+    saved = best_dir if best_dir.is_dir() or not options.resume else out
     if result.best_step == result.steps and "scores" in last:
         best, after = model, last["scores"]  # the loop's last evaluation scored these weights
     elif result.best_step is not None:
         print(f"scoring the best model (step {result.best_step} of {result.steps})")
-        best = speed_up(recipe.load(best_dir)).to(device)
+        best = speed_up(recipe.load(saved)).to(device)
         after = recipe.evaluate(best, device)
     else:  # no evaluation gave a number to compare: keep the last weights
         best, after = model, last.get("scores") or recipe.evaluate(model, device)
     if best_dir.is_dir():
-        _promote_best(best_dir, out)
-    else:
+        _copy_best(best_dir, out)
+    elif saved is not out or best is model:
         best.save_pretrained(out)
     recipe.tokenizer.save_pretrained(out)
-    if not options.keep_resume:
-        (out / "resume.pt").unlink(missing_ok=True)
+    # Then the recipe writes metrics.json, and prepare.finish_run removes best/ and resume.pt.
     return Outcome(model=model, best=best, before=before, after=after, result=result,
                    seconds=seconds, trainable=trainable, total=total)
 
