@@ -8,6 +8,7 @@ real SQuAD dev questions.
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -264,3 +265,105 @@ def test_bad_init_or_head_lr_stops_before_loading(tmp_path, files, monkeypatch, 
                   progress=False) | change
     with pytest.raises(ValueError, match=message):
         (finetune if recipe == "finetune" else ner)(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# The output folder: never the model's, never the user's (issue #31 rows 1, 2, 5)
+# ---------------------------------------------------------------------------------------------
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder`, by relative path: its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def finetune_command(model, files, out, *extra) -> list[str]:
+    train, dev = files
+    return ["finetune", "--model", str(model), "--train", str(train), "--dev", str(dev),
+            "--max-length", "16", "--batch-size", "8", "--max-steps", "2", "--no-progress",
+            "--out", str(out), *extra]
+
+
+def test_out_may_not_be_the_model_folder_or_inside_it(tiny, files, tmp_path, capsys):
+    model = tmp_path / "m1"
+    shutil.copytree(tiny, model)
+    (tmp_path / "link").symlink_to(model, target_is_directory=True)
+    before = snapshot(model)
+    for out in (model, model / "run", tmp_path / "link", tmp_path / "link" / "run"):
+        code, _, err = run(capsys, *finetune_command(model, files, out))
+        assert code == 2 and "the model folder" in err and "--out" in err, err
+        code, _, err = run(capsys, *finetune_command(model, files, out, "--resume"))
+        assert code == 2 and "the model folder" in err, err
+    assert snapshot(model) == before  # byte-identical: weights, config, tokenizer
+    assert not (model / "run").exists()
+
+
+def test_a_folder_holding_the_users_files_is_refused(tiny, files, tmp_path, capsys):
+    """`mkdir -p u/best && echo x > u/best/important.txt && finetune --out u`: refused, before
+    anything is written, and the user's files stay byte-identical. A folder a run wrote is
+    taken again; `--resume` without resume.pt creates nothing."""
+    for user_file in ("best/important.txt", "notes.txt", "best.old/model.safetensors/x",
+                      "model/data.csv"):
+        folder = tmp_path / user_file.replace("/", "_")
+        (folder / user_file).parent.mkdir(parents=True)
+        (folder / user_file).write_text("x\n")
+        (folder / "metrics.json").write_text("{}\n")
+        before = snapshot(folder)
+        code, _, err = run(capsys, *finetune_command(tiny, files, folder))
+        assert code == 2 and "holds files no minift run writes" in err, err
+        assert user_file.split("/")[0] in err and "--out" in err
+        assert snapshot(folder) == before and not (folder / ".minift.lock").exists()
+
+    out = tmp_path / "out"
+    assert run(capsys, *finetune_command(tiny, files, out))[0] == 0
+    assert run(capsys, *finetune_command(tiny, files, out))[0] == 0  # a run's folder: taken again
+    code, _, err = run(capsys, *finetune_command(tiny, files, tmp_path / "new", "--resume"))
+    assert code == 2 and "nothing to resume" in err and not (tmp_path / "new").exists()
+
+
+def test_a_failed_run_leaves_no_folder_it_created(tiny, files, tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise ValueError("no")
+
+    monkeypatch.setattr(minift.run.recipes.skeleton, "run_recipe", fail)
+    train, dev = files
+    with pytest.raises(ValueError, match="no"):
+        finetune(model=str(tiny), train=str(train), dev=str(dev), out=str(tmp_path / "out"),
+                 max_length=16, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_keep_resume_then_resume_with_more_steps_trains_further(tiny, files, tmp_path, capsys,
+                                                                 monkeypatch):
+    """`--keep-resume`, then `--resume --max-steps 4` (row 5): the best model stays step 2's
+    (step 4 scores worse), is found in the folder, and every later resume works the same."""
+    real = minift.run.recipes.classify.classification_metrics
+    accuracies = iter([0.5, 0.9,  # before, step 2
+                       0.5, 0.1, None,  # before, step 4, the best (step 2) rescored
+                       0.5, 0.2, None])  # before, step 6, the best rescored
+
+    def scored(*args, **kwargs):
+        result = real(*args, **kwargs)
+        accuracy = next(accuracies)
+        return result if accuracy is None else result | {"accuracy": accuracy}
+
+    monkeypatch.setattr(minift.run.recipes.classify, "classification_metrics", scored)
+    out = tmp_path / "r"
+    code, _, err = run(capsys, *finetune_command(tiny, files, out, "--keep-resume"))
+    assert code == 0, err
+    first = json.loads((out / "metrics.json").read_text())
+    model = (out / "model.safetensors").read_bytes()
+    for steps in (4, 6):
+        code, _, err = run(capsys, *finetune_command(tiny, files, out, "--max-steps", str(steps),
+                                                     "--keep-resume", "--resume"))
+        assert code == 0, err
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["train"]["steps"] == steps and metrics["train"]["best_step"] == 2
+        assert metrics["dev"]["loss"] == first["dev"]["loss"]  # step 2's weights, rescored
+        assert (out / "model.safetensors").read_bytes() == model
+        steps_logged = [json.loads(line).get("step") for line in
+                        (out / "log.jsonl").read_text().splitlines()]
+        assert max(s for s in steps_logged if s is not None) == steps
+        assert torch.load(out / "resume.pt", weights_only=True)["progress"]["step"] == steps
+        assert not (out / "best").exists()
