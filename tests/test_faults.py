@@ -301,3 +301,108 @@ def test_a_full_disk_never_leaves_a_folder_that_does_not_load(tmp_path, monkeypa
         assert outcomes.count("full") == len(budgets), outcomes
     finally:
         torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------------------------
+# SIGTERM and SIGKILL at every file of a recipe's final save
+# ---------------------------------------------------------------------------------------------
+
+FILE_EVENTS = ("replace", "rename", "unlink", "rmdir")  # how every file of the final save lands
+
+
+def _final_save_run(argv: list[str], kill_at: int | None, signum: int, events: str) -> None:
+    """Run the `minift` command `argv` in this process; once its training has returned, send
+    `signum` to this process at its `kill_at`-th file event (each os.replace, rename, unlink
+    and rmdir but the lock's: every file of the final save). Exit with the command's code;
+    write the number of events to `events`."""
+    import sys
+
+    import minift.run.recipes.skeleton as skeleton
+    from minift.run.cli import main
+    from minift.run.lock import LOCK_NAME
+
+    torch.set_num_threads(1)
+    count, trained, real_train = [0], [False], skeleton.train
+
+    def train(*args, **kwargs):
+        result = real_train(*args, **kwargs)
+        trained[0] = True
+        return result
+
+    def hooked(function):
+        def call(path, *args, **kwargs):
+            if trained[0] and not str(path).endswith(LOCK_NAME):
+                count[0] += 1
+                if count[0] == kill_at:
+                    os.kill(os.getpid(), signum)
+            return function(path, *args, **kwargs)
+
+        return call
+
+    skeleton.train = train
+    for name in FILE_EVENTS:
+        setattr(os, name, hooked(getattr(os, name)))
+    code = main(argv)
+    Path(events).write_text(str(count[0]))
+    sys.exit(code)
+
+
+@pytest.fixture(scope="module")
+def command_server():
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "minift.run.cli", "pytest"])
+    return context
+
+
+def _run_command(context, argv: list[str], kill_at: int | None, signum: int,
+                 events: Path) -> int:
+    process = context.Process(target=_final_save_run, args=(argv, kill_at, signum, str(events)))
+    process.start()
+    process.join(300)
+    assert process.exitcode is not None, "a run hung"
+    return process.exitcode
+
+
+def _finished(out: Path) -> dict:
+    """What a finished run leaves, timings aside: each file's bytes, metrics.json parsed."""
+    files = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    metrics = json.loads(files.pop("metrics.json"))
+    metrics["train"].pop("seconds")
+    log = [{k: v for k, v in json.loads(line).items() if k not in ("time", "examples_per_s")}
+           for line in files.pop("log.jsonl").decode().splitlines()]
+    return {"files": files, "metrics": metrics, "log": log,
+            "names": sorted(p.name for p in out.iterdir())}
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+def test_a_kill_at_every_file_of_the_final_save_leaves_a_folder_that_loads_or_resumes(
+        tiny, tmp_path, command_server, signum):
+    """SIGTERM (handled as Ctrl-C: exit 130, the lock released) or SIGKILL at each file event
+    of `minift finetune`'s final save (the best model copied in, the tokenizer, metrics.json,
+    then resume.pt and best/ removed) leaves a folder that is either the finished one or one
+    that `--resume` completes into exactly the uninterrupted result (issue #31 row 4)."""
+    rows = "".join(f"{text}\t{label}\n" for text, label in [
+        ("a gripping , beautifully acted film", 1), ("dull , lifeless and far too long", 0),
+        ("funny , warm and wise", 1), ("i wanted my two hours back", 0)] * 3)
+    for name in ("train", "dev"):
+        (tmp_path / f"{name}.tsv").write_text("text\tlabel\n" + rows, encoding="utf-8")
+
+    def argv(out: Path, *extra: str) -> list[str]:
+        return ["finetune", "--model", str(tiny), "--train", str(tmp_path / "train.tsv"),
+                "--dev", str(tmp_path / "dev.tsv"), "--max-length", "16", "--batch-size", "4",
+                "--max-steps", "3", "--eval-every", "1", "--no-progress", "--out", str(out),
+                *extra]
+
+    events = tmp_path / "events"
+    assert _run_command(command_server, argv(tmp_path / "full"), None, signum, events) == 0
+    full, total = _finished(tmp_path / "full"), int(events.read_text())
+    assert total >= 6, total  # model and config, 3 tokenizer files, metrics.json, resume.pt ...
+    for kill_at in range(1, total + 1):
+        out = tmp_path / f"killed{kill_at}"
+        code = _run_command(command_server, argv(out), kill_at, signum, events)
+        assert code == (130 if signum == signal.SIGTERM else -signal.SIGKILL), (kill_at, code)
+        if signum == signal.SIGTERM:
+            assert not (out / ".minift.lock").exists()  # released, as on Ctrl-C
+        if (out / "resume.pt").exists():
+            assert _run_command(command_server, argv(out, "--resume"), None, signum, events) == 0
+        assert _finished(out) == full, f"killed at file event {kill_at} of {total}"

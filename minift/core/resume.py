@@ -15,6 +15,7 @@ and the next start removes what a process killed mid-write left.
 
 import functools
 import random
+import re
 import time
 import warnings
 from collections.abc import Mapping
@@ -29,6 +30,8 @@ from minift.core.best import recover_best
 from minift.core.files import atomic_write, fsync_dir
 
 RESUME_FILE = "resume.pt"
+# The temporary file of `atomic_write` (`tempfile.mkstemp`: 8 random characters).
+_ATOMIC_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 
 
 @dataclass
@@ -127,13 +130,13 @@ def load_resume(out_dir: Path, model: nn.Module) -> dict:
 
 
 def prepare_folder(out_dir: Path, is_main: bool) -> None:
-    """Create `out_dir`; rank 0 removes what a process killed mid-write left there (temporary
-    files, a half-swapped best/)."""
+    """Create `out_dir`; rank 0 removes what a process killed mid-write left there (the
+    temporary files of `atomic_write`, a half-swapped best/)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if is_main:
         recover_best(out_dir / "best")
-        for pattern in (f".{RESUME_FILE}.*.tmp", ".log.jsonl.*.tmp"):
-            for leftover in out_dir.glob(pattern):
+        for leftover in out_dir.glob(".*.tmp"):  # resume.pt's, log.jsonl's, the final save's
+            if _ATOMIC_TEMPORARY.fullmatch(leftover.name) and leftover.is_file():
                 leftover.unlink(missing_ok=True)
 
 

@@ -173,31 +173,32 @@ def claim_folder(out: str | os.PathLike, *, resume: bool = False,
         lock = acquire(folder)
     except OSError as err:
         raise OptionError(f"`out` {folder}: cannot write there ({err.strerror or err})") from None
-    try:
-        with terminate_as_interrupt():
+    with terminate_as_interrupt():  # until the lock is released
+        try:
             yield folder
             if keep_resume is not None:
                 finish_run(folder, keep_resume)
-    finally:
-        release(lock)
-        if created:
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # only when empty: a failed check left nothing in it
+        finally:
+            release(lock)
+            if created:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only when empty: a failed check left nothing in it
 
 
 def finish_run(folder: Path, keep_resume: bool) -> None:
     """The last step of a training run, once its model, tokenizer and metrics.json are written:
-    remove resume.pt (unless ``keep_resume``), then ``best/`` (renamed to ``best.new`` first, which
-    the next start removes, so that a kill here never leaves a half-removed best/). Until then a
-    kill leaves a folder that ``resume`` completes into the uninterrupted result."""
-    if not keep_resume:
-        (folder / "resume.pt").unlink(missing_ok=True)
+    remove ``best/`` (renamed to ``best.new`` first, which the next start removes: no half-removed
+    best/), then resume.pt (unless ``keep_resume``). A kill before that leaves a folder that
+    ``resume`` completes into the uninterrupted result; after it, the finished folder."""
     best, doomed = folder / "best", folder / "best.new"
     if best.is_dir():
         shutil.rmtree(doomed, ignore_errors=True)
         os.rename(best, doomed)
         fsync_dir(folder)
         shutil.rmtree(doomed)
+    if not keep_resume:
+        (folder / "resume.pt").unlink(missing_ok=True)
+        fsync_dir(folder)
 
 
 class Terminated(KeyboardInterrupt):
