@@ -367,3 +367,31 @@ def test_keep_resume_then_resume_with_more_steps_trains_further(tiny, files, tmp
         assert max(s for s in steps_logged if s is not None) == steps
         assert torch.load(out / "resume.pt", weights_only=True)["progress"]["step"] == steps
         assert not (out / "best").exists()
+
+
+def test_a_resume_of_other_data_or_options_is_refused_naming_them(tiny, files, tmp_path, capsys):
+    """Row 3: a resume with another data file, another step-changing option or another command
+    is refused, each difference named; more steps and another lr are taken."""
+    out = tmp_path / "r"
+    assert run(capsys, *finetune_command(tiny, files, out, "--keep-resume"))[0] == 0
+    record = (out / ".minift-run.json").read_bytes()
+    other = tmp_path / "other.tsv"
+    other.write_text(files[0].read_text(encoding="utf-8").replace("film", "book"), "utf-8")
+    for extra, message in [
+        (["--train", str(other)], "(the file of --train (content differs: 515 -> 515 bytes))"),
+        (["--batch-size", "4"], "(--batch-size 8 -> 4)"),
+        (["--seed", "1"], "(--seed 0 -> 1)"),
+    ]:
+        code, _, err = run(capsys, *finetune_command(tiny, files, out, "--resume", *extra))
+        assert code == 2 and message in err and "--max-steps" in err, err
+    assert (out / ".minift-run.json").read_bytes() == record  # nothing written
+    (tmp_path / "t.txt").write_text("EU B-ORG\nrejects O\n\n" * 4, encoding="utf-8")
+    code, _, err = run(capsys, "ner", "--model", tiny, "--train", tmp_path / "t.txt", "--dev",
+                       tmp_path / "t.txt", "--max-length", "16", "--no-progress", "--resume",
+                       "--out", out)
+    assert code == 2 and "holds a `minift finetune` run" in err, err
+    code, _, err = run(capsys, *finetune_command(tiny, files, out, "--resume", "--max-steps", "3",
+                                                 "--lr", "1e-4"))
+    assert code == 0, err
+    assert json.loads((out / "metrics.json").read_text())["train"]["steps"] == 3
+    assert not (out / ".minift-run.json").exists() and not (out / "resume.pt").exists()

@@ -93,7 +93,9 @@ def finetune(**options: Any) -> dict:
 
     with prepare.claim_folder(o.out, resume=o.resume, model=folder,
                                check_files=True,
-                               keep_resume=o.keep_resume) as out_dir:
+                               keep_resume=o.keep_resume, record=prepare.run_record(
+                                   "finetune", o, {"train": train, "dev": dev, "test": o.test},
+                                   labels=vocab.labels)) as out_dir:
         print(f"data: {len(train_examples)} train / {len(dev_examples)} dev examples, "
               f"labels {vocab.labels}; tokenizing")
         tokenizer = Tokenizer.from_pretrained(folder)

@@ -14,7 +14,13 @@ from minift.data.tokenizer import Tokenizer
 from minift.hf.checkpoint import resolve_model_dir
 from minift.run.options import OptionError, PretrainOptions
 from minift.run.recipes import skeleton
-from minift.run.recipes.prepare import check_device, check_max_length, claim_folder, write_metrics
+from minift.run.recipes.prepare import (
+    check_device,
+    check_max_length,
+    claim_folder,
+    run_record,
+    write_metrics,
+)
 from minift.tasks import nsp as nsp_data
 from minift.tasks.mlm import (
     MaskedBatches,
@@ -70,8 +76,9 @@ def pretrain(**options: Any) -> dict:
         passages, eval_passages = held_out_split(passages, o.eval_fraction, o.eval_seed,
                                                  o.max_eval_passages)
 
+    record = run_record("pretrain", o, {"text": files, "eval_text": o.eval_text})
     with claim_folder(o.out, resume=o.resume, model=folder, check_files=True,
-                      keep_resume=o.keep_resume) as out_dir:
+                      keep_resume=o.keep_resume, record=record) as out_dir:
         print(f"data: {len(passages)} passages, {len(eval_passages)} held out; tokenizing")
         tokenizer = Tokenizer.from_pretrained(folder)
         collator = MaskingCollator.from_tokenizer(tokenizer, o.masking, o.mlm_probability)
@@ -160,8 +167,9 @@ def _pretrain_nsp(o: PretrainOptions, files: list, folder: Path, config) -> dict
     eval_seqs = nsp_data.PairSequences(eval_pairs, tokenizer)
     eval_batches = list(nsp_data.NSPMaskedBatches(eval_seqs, collator, o.batch_size,
                                                   seed=o.eval_seed, shuffle=False))
+    record = run_record("pretrain", o, {"text": files, "eval_text": o.eval_text})
     with claim_folder(o.out, resume=o.resume, model=folder, check_files=True,
-                      keep_resume=o.keep_resume) as out_dir:
+                      keep_resume=o.keep_resume, record=record) as out_dir:
         share = sum(p.label for p in train_pairs) / len(train_pairs)
         print(f"data: {len(documents)} documents -> {len(train_pairs)} sentence pairs "
               f"({share:.1%} with a random B); held out: {len(eval_documents)} documents -> "

@@ -9,6 +9,8 @@ command line prints the flag instead (``minift.run.options``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
 import os
 import random
@@ -17,6 +19,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -95,7 +98,7 @@ def data_folder(data_dir: str | os.PathLike | None = None) -> Path:
 RUN_FILES = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
              "vocab.txt", "special_tokens_map.json", "metrics.json", "log.jsonl", "resume.pt",
              "predictions.json", "dev_predictions.txt", "test_predictions.txt", "trial.log",
-             "setfit_head.safetensors", "setfit_head.json", LOCK_NAME}
+             "setfit_head.safetensors", "setfit_head.json", ".minift-run.json", LOCK_NAME}
 RUN_FOLDERS = {"best", "best.new", "best.old", "model"}  # holding model files only
 
 
@@ -156,14 +159,18 @@ def check_out(out: str | os.PathLike, *, resume: bool = False,
 @contextlib.contextmanager
 def claim_folder(out: str | os.PathLike, *, resume: bool = False,
                  model: str | os.PathLike | None = None, check_files: bool = False,
-                 keep_resume: bool | None = None) -> Iterator[Path]:
+                 keep_resume: bool | None = None, record: dict | None = None) -> Iterator[Path]:
     """Check the output folder (``check_out``), create it and hold its lock (``minift.run.lock``)
     for the block (``check_files``: refuse a folder holding the user's files, as every recipe
     does); SIGTERM stops the block as Ctrl-C does (``KeyboardInterrupt``: the lock is
     released, the command prints one line). A folder this call created and nothing filled is
     removed when the block fails. A training run (``keep_resume`` not None) ends, once the block
-    has written everything, with ``finish_run``. Under torchrun only rank 0, which writes."""
+    has written everything, with ``finish_run``. ``record`` (``run_record``): a resume is checked
+    against the interrupted run's (``check_record``), then it is kept in the folder while the run
+    is resumable. Under torchrun only rank 0, which writes."""
     folder = check_out(out, resume=resume, model=model, check_files=check_files)
+    if resume and record is not None:
+        check_record(folder, record)
     if os.environ.get("RANK", "0") != "0":
         yield folder
         return
@@ -175,14 +182,19 @@ def claim_folder(out: str | os.PathLike, *, resume: bool = False,
         raise OptionError(f"`out` {folder}: cannot write there ({err.strerror or err})") from None
     with terminate_as_interrupt():  # until the lock is released
         try:
+            if record is not None:
+                atomic_write(folder / RUN_RECORD,
+                             (json.dumps(record, indent=2) + "\n").encode("utf-8"))
             yield folder
             if keep_resume is not None:
                 finish_run(folder, keep_resume)
         finally:
             release(lock)
+            if created and [p.name for p in folder.iterdir()] == [RUN_RECORD]:
+                (folder / RUN_RECORD).unlink()  # a failed check left nothing else in it
             if created:
                 with contextlib.suppress(OSError):
-                    folder.rmdir()  # only when empty: a failed check left nothing in it
+                    folder.rmdir()  # only when empty
 
 
 def finish_run(folder: Path, keep_resume: bool) -> None:
@@ -198,6 +210,7 @@ def finish_run(folder: Path, keep_resume: bool) -> None:
         shutil.rmtree(doomed)
     if not keep_resume:
         (folder / "resume.pt").unlink(missing_ok=True)
+        (folder / RUN_RECORD).unlink(missing_ok=True)
         fsync_dir(folder)
 
 
@@ -221,6 +234,81 @@ def terminate_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+# What a run records of itself for a resume to compare (``run_record``): kept while resume.pt is.
+RUN_RECORD = ".minift-run.json"
+# The options a resume may change (the rest change what a step computes, so the result would
+# be another run's): a longer run and the learning rates (the schedule is rebuilt at the
+# restored step: ``minift.core.resume``), the evaluation and saving intervals, the test file
+# (scored once at the end), and how and where it runs.
+RESUMABLE = {"out", "resume", "keep_resume", "epochs", "max_steps", "lr", "head_lr",
+             "warmup_ratio", "schedule", "weight_decay", "eval_every", "save_every", "log_every",
+             "patience", "test", "progress", "device", "compile", "activation_checkpointing",
+             "data_dir"}
+
+
+def _digest(path: Path) -> dict:
+    """A data file's identity: its size and the sha256 of its contents (read in blocks)."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            sha.update(block)
+    return {"size": path.stat().st_size, "sha256": sha.hexdigest()}
+
+
+def _paths(files: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """``(name, path)`` of each file given (a list under ``name[i]``), skipping None."""
+    for name, value in files.items():
+        many = isinstance(value, list | tuple)
+        for i, path in enumerate(value if many else [value]):
+            if path is not None and Path(path).is_file():
+                yield (f"{name}[{i}]" if many else name), str(path)
+
+
+def run_record(command: str, options: Any, files: dict[str, Any], **facts: Any) -> dict:
+    """What a resume of this run must find unchanged: the command, the options (as JSON), each
+    data file's size and hash (``files``: name -> path, None for none), ``facts`` (the labels)."""
+    values = {spec.name: getattr(options, spec.name) for spec in dataclasses.fields(options)}
+    return {"command": command,
+            "options": json.loads(json.dumps(values, default=str)),
+            "files": {name: _digest(Path(path)) for name, path in _paths(files)},
+            "facts": json.loads(json.dumps(facts, default=str))}
+
+
+def check_record(folder: Path, record: dict) -> None:
+    """Refuse a resume whose command, data files, labels or step-changing options differ from
+    what the interrupted run recorded, naming each difference (no record: nothing to compare)."""
+    try:
+        saved = json.loads((folder / RUN_RECORD).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as err:
+        raise OptionError(f"`resume`: cannot read {folder / RUN_RECORD} ({err})") from None
+    if saved.get("command") != record["command"]:
+        raise OptionError(f"`resume`: {folder} holds a `minift {saved.get('command')}` run, not "
+                          f"`minift {record['command']}`; give another `out`")
+    differences = []
+    by_content = {name.split("[")[0] for name in (*saved.get("files", {}), *record["files"])}
+    for key in sorted(set(saved.get("options", {})) | set(record["options"])):
+        old, new = saved.get("options", {}).get(key), record["options"].get(key)
+        if key not in RESUMABLE and key not in by_content and old != new:  # files: by content
+            differences.append(f"`{key}` {old!r} -> {new!r}")
+    for name in sorted(set(saved.get("files", {})) | set(record["files"])):
+        old, new = saved.get("files", {}).get(name), record["files"].get(name)
+        if name.split("[")[0] not in RESUMABLE and old != new:
+            what = "content" if old and new and old["size"] == new["size"] else "size"
+            differences.append(f"the file of `{name}` ({what} differs: "
+                               f"{(old or {}).get('size')} -> {(new or {}).get('size')} bytes)")
+    for key in sorted(set(saved.get("facts", {})) | set(record["facts"])):
+        old, new = saved.get("facts", {}).get(key), record["facts"].get(key)
+        if old != new:
+            differences.append(f"{key} {old!r} -> {new!r}")
+    if differences:
+        raise OptionError(f"`resume`: the run in {folder} was started with other data or "
+                          f"options ({'; '.join(differences)}); a resume may change only "
+                          f"{', '.join(f'`{k}`' for k in sorted(RESUMABLE - {'out', 'resume'}))}: "
+                          "resume with the same ones, or train afresh into another `out`")
 
 
 def write_metrics(out: Path, metrics: dict) -> None:
