@@ -17,9 +17,12 @@ the output folder. A bad value raises ``ValueError`` (the command prints it as o
 (HF format), ``metrics.json`` and ``log.jsonl`` (the training log); ``ner`` adds
 ``{dev,test}_predictions.txt``, ``qa`` adds ``predictions.json``, ``setfit`` writes
 ``metrics.json`` and the seed-0 model in ``out/model``. While a run is unfinished the folder also
-holds ``resume.pt`` (what ``resume`` continues from) and ``best/`` (the best model so far); at
-the end the files of ``best/`` are moved (not copied) into ``out`` and ``resume.pt`` is removed,
-unless ``keep_resume``. ``.minift.lock`` marks the one run writing there (``minift.core.files``).
+holds ``resume.pt`` (what ``resume`` continues from), ``.minift-run.json`` (what a resume must
+find unchanged: ``prepare.run_record``) and ``best/`` (the best model so far); at the end the files
+of ``best/`` are copied into ``out``, and once ``metrics.json`` is written ``best/`` is removed,
+then ``resume.pt`` and the record, which ``keep_resume`` keeps (``prepare.finish_run``).
+``.minift.lock`` marks the one run writing there (``minift.run.lock``). ``out`` is never the model
+folder nor a folder holding files no run writes (``prepare.check_out``).
 """
 
 from minift.run.recipes.classify import finetune

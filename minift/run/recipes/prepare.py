@@ -93,12 +93,14 @@ def data_folder(data_dir: str | os.PathLike | None = None) -> Path:
     return folder
 
 
+# What a run records of itself for a resume to compare (``run_record``): kept while resume.pt is.
+RUN_RECORD = ".minift-run.json"
 # What a minift run leaves in its output folder (and a search in a trial's): a folder holding
 # anything else is the user's, and is never written into.
 RUN_FILES = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
              "vocab.txt", "special_tokens_map.json", "metrics.json", "log.jsonl", "resume.pt",
              "predictions.json", "dev_predictions.txt", "test_predictions.txt", "trial.log",
-             "setfit_head.safetensors", "setfit_head.json", ".minift-run.json", LOCK_NAME}
+             "setfit_head.safetensors", "setfit_head.json", RUN_RECORD, LOCK_NAME}
 RUN_FOLDERS = {"best", "best.new", "best.old", "model"}  # holding model files only
 
 
@@ -200,8 +202,9 @@ def claim_folder(out: str | os.PathLike, *, resume: bool = False,
 def finish_run(folder: Path, keep_resume: bool) -> None:
     """The last step of a training run, once its model, tokenizer and metrics.json are written:
     remove ``best/`` (renamed to ``best.new`` first, which the next start removes: no half-removed
-    best/), then resume.pt (unless ``keep_resume``). A kill before that leaves a folder that
-    ``resume`` completes into the uninterrupted result; after it, the finished folder."""
+    best/), then the run's record and resume.pt (unless ``keep_resume``). A kill before that
+    leaves a folder that ``resume`` completes into the uninterrupted result; after it, the
+    finished folder."""
     best, doomed = folder / "best", folder / "best.new"
     if best.is_dir():
         shutil.rmtree(doomed, ignore_errors=True)
@@ -209,8 +212,8 @@ def finish_run(folder: Path, keep_resume: bool) -> None:
         fsync_dir(folder)
         shutil.rmtree(doomed)
     if not keep_resume:
+        (folder / RUN_RECORD).unlink(missing_ok=True)  # first: a resume.pt without one resumes
         (folder / "resume.pt").unlink(missing_ok=True)
-        (folder / RUN_RECORD).unlink(missing_ok=True)
         fsync_dir(folder)
 
 
@@ -236,8 +239,6 @@ def terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-# What a run records of itself for a resume to compare (``run_record``): kept while resume.pt is.
-RUN_RECORD = ".minift-run.json"
 # The options a resume may change (the rest change what a step computes, so the result would
 # be another run's): a longer run and the learning rates (the schedule is rebuilt at the
 # restored step: ``minift.core.resume``), the evaluation and saving intervals, the test file
