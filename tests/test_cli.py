@@ -452,6 +452,11 @@ def commands(parser: argparse.ArgumentParser, prefix: str = "") -> dict:
     return found
 
 
+def record() -> None:
+    """Rewrite the record from the live parser (a change to the command line made on purpose)."""
+    RECORD.write_text(json.dumps(commands(build_parser()), indent=1, sort_keys=True))
+
+
 RECORDED = json.loads(RECORD.read_text())
 
 

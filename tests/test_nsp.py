@@ -123,7 +123,7 @@ def test_pretrain_nsp_reports_nsp_accuracy(minilm_dir, data_dir, tmp_path, capsy
     docs.write_text("\n".join(lines[:40]) + "\n", encoding="utf-8")
     out = tmp_path / "run"
     code = main(["pretrain", "--model", str(model_dir), "--text", str(docs), "--nsp",
-                 "--eval-fraction", "0.2", "--steps", "3", "--batch-size", "8",
+                 "--eval-fraction", "0.2", "--max-steps", "3", "--batch-size", "8",
                  "--max-length", "64", "--no-progress", "--out", str(out)])
     printed = capsys.readouterr()
     assert code == 0, printed.err
