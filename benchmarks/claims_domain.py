@@ -505,6 +505,9 @@ def main() -> None:
     results = {"settings": config, "seeds": seeds, "cells": {}}
     if path.is_file():
         old = json.loads(path.read_text())
+        for phase in ("phase1", "phase2"):  # recorded before pretrain's steps became max_steps
+            if "steps" in old.get("settings", {}).get(phase, {}):
+                old["settings"][phase]["max_steps"] = old["settings"][phase].pop("steps")
         if old.get("settings") == json.loads(json.dumps(config)):
             results["cells"] = old["cells"]  # resume: the finished cells and seeds stay
             print(f"resuming from {path}: {', '.join(old['cells'])}")

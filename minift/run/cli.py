@@ -337,7 +337,7 @@ def set_threads(args: argparse.Namespace) -> None:
     """Set torch's CPU threads once, before any work (commands without ``--threads``: none)."""
     if not hasattr(args, "threads"):
         return
-    threads, notice = choose_threads(args.threads)
+    threads, notice = choose_threads(options.ProcessOptions(threads=args.threads).threads)
     if notice:
         print(notice, file=sys.stderr)
     if threads is not None:
