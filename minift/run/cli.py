@@ -292,7 +292,7 @@ def check_text(argv: list[str]) -> None:
     ``$'caf\\xe9'``), naming it and its flag, before anything reads it as text."""
     for i, arg in enumerate(argv):
         try:
-            arg.encode("utf-8")
+            str(arg).encode("utf-8")
         except UnicodeEncodeError:
             flag = argv[i - 1] if i and argv[i - 1].startswith("--") and "=" not in arg else ""
             raise ValueError(f"{flag} {os.fsencode(arg)!r}".strip() + " is not UTF-8 text "
