@@ -131,8 +131,9 @@ def report(payload: dict) -> str:
     notices = sorted({r["notice"] for arms in payload["runs"].values()
                       for runs in arms.values() for r in runs if r["notice"]})
     return (f"# Threads on a shared CPU\n\n`{payload['command']}` on {m['cpu']} ({m['cpu_count']} "
-            f"CPUs, load average {m['load_before']:.1f} before), {payload['repeats']} runs an "
-            f"arm (medians); under load: {payload['load']} busy processes. Job: `minift "
+            f"CPUs; load average at the start: idle {payload['load_average_at_start']['idle']:.1f}, "
+            f"loaded {payload['load_average_at_start']['loaded']:.1f}), {payload['repeats']} "
+            f"run(s) an arm (medians); under load: {payload['load']} busy processes. Job: `minift "
             f"finetune {' '.join(payload['job'])}`.\n\n" + "\n".join(rows) + "\n\nSame dev "
             f"metrics in every arm: {payload['summary']['same_dev_metrics']}.\n"
             + (f"\nminift's notice under load: `{notices[0]}`\n" if notices else ""))
@@ -160,13 +161,14 @@ def main() -> None:
                "load_before": os.getloadavg()[0]}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="minift-threads-") as work:
-        runs = {}
+        runs, loads = {}, {}
         for cond, busy in (("idle", 0), ("loaded", load)):
             print(f"{cond} ({busy} busy processes)", flush=True)
+            loads[cond] = os.getloadavg()[0]  # "idle" is only as idle as the machine is
             runs[cond] = measure(arms, busy, repeats, job, Path(work), settle if busy else 0)
     payload = {"machine": machine, "command": "python benchmarks/threads.py"
                + (" --smoke" if args.smoke else ""), "job": job, "load": load,
-               "repeats": repeats, "runs": runs, "summary": summary(runs),
+               "repeats": repeats, "load_average_at_start": loads, "runs": runs, "summary": summary(runs),
                "total_seconds": time.perf_counter() - start}
     results.mkdir(parents=True, exist_ok=True)
     (results / "threads.json").write_text(json.dumps(payload, indent=2) + "\n")
