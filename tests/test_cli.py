@@ -566,7 +566,7 @@ def test_non_utf8_arguments_are_named_not_a_traceback():
 def test_a_command_refuses_prefixes_and_renamed_flags_with_its_own_usage(capsys, tmp_path):
     files = ["--train", "t.tsv", "--dev", "d.tsv", "--out", str(tmp_path / "o")]
     for argv, expected in [
-        (["setfit", *files, "--seed", "3"], "did you mean --seeds (for --seed)?"),  # row 7
+        (["ner", *files, "--seeds", "3"], "did you mean --seed (for --seeds)?"),
         (["pretrain", "--text", "a", "--out", "o", "--steps", "5"], "--steps is now --max-steps"),
         (["setfit", *files, "--max-dev", "5"], "--max-dev is now --limit-dev"),
         (["finetune", *files, "--max-step", "5"], "did you mean --max-steps"),
@@ -575,6 +575,8 @@ def test_a_command_refuses_prefixes_and_renamed_flags_with_its_own_usage(capsys,
         code, err = _exit(capsys, *argv)
         assert code == 2 and expected in err, err
         assert f"usage: minift {argv[0]}" in err and f"minift {argv[0]}: error:" in err
+    args = build_parser().parse_args(["setfit", *files, "--seed", "3"])  # row 7: not --seeds
+    assert (args.seed, args.seeds) == (3, 5)
 
 
 def test_huge_numbers_are_named_errors_not_hangs(tiny, tsv_files, tmp_path, capsys, no_loading):

@@ -329,7 +329,8 @@ class SetfitOptions(RunOptions):
                                 choices=("tsv", "csv", "jsonl", "semicolon"))
     shots: int = option(8, "training examples per class", group=DATA, check=at_least(1))
     limit_dev: int | None = option(None, LIMIT_DEV_HELP, group=DATA, check=at_least(1))
-    seeds: int = option(5, "runs, with seeds 0..N-1", check=at_least(1, MAX_SEEDS))
+    seeds: int = option(5, "runs, with seeds --seed, --seed + 1, ...",
+                        check=at_least(1, MAX_SEEDS))
     loss: str = option("cosine", "loss of the contrastive phase", search=True,
                        choices=("cosine", "contrastive"))
     sampling: str = option("oversampling", "how positive and negative pairs are balanced",
@@ -348,7 +349,7 @@ class SetfitOptions(RunOptions):
     end_to_end: bool = option(False, "with --head linear: train the encoder with the head")
     max_length: int = option(256, "tokens a text keeps", check=at_least(1), search=True)
     progress: bool = option(True, "no progress bars", group=RUN)
-    seed: int = option(0, "the first seed", check=seed_check, cli=False)
+    seed: int = option(0, LOOP["seed"]["help"], check=seed_check)  # the first run's
 
     def __post_init__(self) -> None:
         super().__post_init__()
