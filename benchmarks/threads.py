@@ -9,7 +9,8 @@ chooses from the load average). "Under load" is ``--load`` busy Python processes
 per core) spinning beside it, started before the run and stopped after. Every arm runs
 ``--repeats`` times, interleaved; the report gives the median wall time of the process and of
 training (``metrics.json``'s ``train.seconds``), the ratios, and whether every arm wrote the same
-dev metrics (threads split the work, not the arithmetic, where the kernels allow it).
+dev metrics (another thread count can change the order of a sum: on a 2-core Xeon, 6 steps at
+1 and 2 threads gave the same accuracy and F1 and a dev loss differing at the 8th digit).
 
     python benchmarks/threads.py            # about 5-15 minutes on 2 cores: run it on a quiet machine
     python benchmarks/threads.py --smoke    # a 1-step check of the wiring (writes to a temp folder)

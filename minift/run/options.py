@@ -450,7 +450,9 @@ class ProcessOptions(Options):
     command line alone (``minift.run.cli.choose_threads``), not by the recipes."""
     threads: int | None = option(None, "CPU threads of torch (default: $MINIFT_THREADS, else "
                                  "fewer when the load average says other jobs hold the cores, "
-                                 "with a notice, else torch's default)", group=RUN,
+                                 "with a notice, else torch's default); another count can move "
+                                 "the last digits of a loss: give it to repeat a run bit for "
+                                 "bit", group=RUN,
                                  check=at_least(1, 4096))
 
 
