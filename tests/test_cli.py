@@ -499,8 +499,13 @@ def broken(tmp_path) -> dict[str, Path]:
     (tmp_path / "latin1.tsv").write_bytes(b"text\tlabel\ncaf\xe9\t1\nthe\t0\n")
     (tmp_path / "list.json").write_text("[1, 2]")
     (tmp_path / "a-folder").mkdir()
+    run = tmp_path / "odd-run"  # what plot reads, not as it expects it (issue #31, row 10)
+    run.mkdir()
+    (run / "log.jsonl").write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "eval": {}}\n[]\n')
+    (run / "metrics.json").write_text("[1, 2]")
     return {name: tmp_path / name for name in ("binary.tsv", "empty.tsv", "latin1.tsv",
-                                               "list.json", "a-folder", "missing.tsv")}
+                                               "list.json", "a-folder", "missing.tsv",
+                                               "odd-run")}
 
 
 def test_no_command_answers_broken_input_with_a_traceback(tiny, tsv_files, tmp_path, capsys,
@@ -525,7 +530,10 @@ def test_no_command_answers_broken_input_with_a_traceback(tiny, tsv_files, tmp_p
               [*flags, "--batch-size", "1e3"], [*flags, "--steps", 5],
               ["setfit", "--train", good, "--dev", good, *common, "--seeds", 2**64],
               ["setfit", "--train", good, "--dev", good, *common, "--seed", 2**64],
-              ["similarity", "--pair", "no separator"], ["search", "finetune", "--train", good,
+              ["similarity", "--pair", "no separator"],
+              ["similarity", "--pair", "caf\udce9 ||| coffee"],  # the shell's b'caf\xe9'
+              ["qa", "--model", tiny, "--question", "caf\udce9?", "--context", "x"],
+              ["search", "finetune", "--train", good,
                                                           "--dev", good, *common, "--grid", "lr=x"]]
     for argv in cases:
         code, err = _exit(capsys, *argv)
