@@ -426,13 +426,21 @@ def test_readme_counts_are_computed():
     found = collected_tests()
     assert abs(found - tests) <= 0.1 * found, (
         f"README.md says about {tests} tests; `python -m pytest` collects {found}")
+    from dataclasses import fields
+
     from minift.run.options import FinetuneOptions
 
     limit = int(re.search(r"fixed ([\d,]+)-sentence subset", text).group(1).replace(",", ""))
     steps = int(re.search(r"one epoch, (\d+) steps", text).group(1))
-    assert steps == -(-limit // FinetuneOptions(task="sst2").batch_size), text[:600]
+    batch_size = next(f.default for f in fields(FinetuneOptions) if f.name == "batch_size")
+    assert steps == -(-limit // batch_size), text[:600]
     pieces = int(re.search(r"\(([\d,]+) pieces\)", text).group(1).replace(",", ""))
     assert pieces == vocabulary_size()
+    lessons = len(list((REPO / "lessons").glob("[0-9][0-9]_*.py")))
+    words = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+             "eleven", "twelve"]
+    said = re.search(r"(\w+) lessons teach it", text).group(1)
+    assert said == words[lessons - 1], f"README.md says {said} lessons; lessons/ holds {lessons}"
     millions = float(re.search(r"\(([\d.]+) M parameters\)", text).group(1))
     assert millions == round(minilm_classifier_parameters(), 1)
 
