@@ -163,6 +163,12 @@ def _read_text(path: Path) -> str:
                         "Latin-1") from None
 
 
+def read_utf8_text(path: str | os.PathLike) -> str:
+    """The text of a UTF-8 file (a byte-order mark dropped), read by `read_file_bytes`: a missing
+    file, a folder, a device, a file over the cap or bytes that are not UTF-8 are a `DataError`."""
+    return _read_text(Path(path))
+
+
 def _lines(text: str) -> list[str]:
     """Physical lines without their line ends; line i+1 of the file is element i."""
     lines = _LINE_END.split(text)
