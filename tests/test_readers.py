@@ -424,3 +424,10 @@ def test_duplicate_column_names_are_refused(tmp_path, name, content):
     message = _read_error(path, text_col="sentence", label_col="label")
     assert message == (f"{path}:1: expected each column named once in the header, found the "
                        "column 'sentence' twice (fields 1 and 3); rename one of them")
+
+
+def test_duplicate_keys_in_a_json_line_are_refused(tmp_path):
+    path = _write(tmp_path, "dup.jsonl", '{"text": "a", "label": "pos"}\n'
+                  '{"text": "b", "label": "pos", "text": "c"}\n')
+    assert _read_error(path, label_col="label") == (
+        f"{path}:2: expected each key once in the JSON object, found 'text' twice")

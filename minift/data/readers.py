@@ -1,7 +1,10 @@
 """Data files in, checked examples out: the readers of classification and tagging files.
 
-Reading order: `read_examples` (TSV as GLUE writes it, CSV or JSON lines into `Example`s; a
-file that is not what it should be is a `DataError` saying where and why),
+Reading order: `read_file_bytes` (every data file is checked by `stat` and read in chunks up to
+`MAX_FILE_MB`: a device, a FIFO or a file over the cap is a `DataError`, not a MemoryError;
+error messages quote at most an `excerpt` of the file), `read_examples` (TSV as GLUE writes it,
+CSV or JSON lines into `Example`s; a file that is not what it should be, a header that names a
+column twice included, is a `DataError` saying where and why),
 `read_semicolon_examples` (the Emotion data set), `encode_labels` (labels to ids, naming the first
 row the training set lacks), `TASKS` / `task_files` (the GLUE tasks in `MINIFT_DATA`), then for
 token classification `read_conll` into `TaggedSentence`s (`apply_scheme` checks or converts NER
@@ -267,16 +270,34 @@ def _json_value(obj: dict, key: str, path: Path, line: int, *, label: bool = Fal
     return _check_text(value, "label" if label else f"text in {key!r}", path, line)
 
 
+class _DuplicateKey(Exception):
+    """A JSON object with a key twice (json keeps the last one without a word)."""
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
 def _read_jsonl(path, text, *, text_col, pair_col, label_col) -> list[Example]:
     examples = []
     for line, content in enumerate(_lines(text), start=1):
         if content.strip() == "":
             continue
         try:
-            obj = json.loads(content)
+            obj = json.loads(content, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{line}: expected a JSON object, found invalid JSON ({e})"
                             ) from None
+        except _DuplicateKey as e:
+            raise DataError(f"{path}:{line}: expected each key once in the JSON object, found "
+                            f"{excerpt(e.args[0], 40)} twice") from None
         if not isinstance(obj, dict):
             raise DataError(f"{path}:{line}: expected a JSON object, found {type(obj).__name__}")
         text = _json_value(obj, text_col, path, line)
