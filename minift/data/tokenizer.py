@@ -291,7 +291,24 @@ def _padded(encoded: list[tokenizers.Encoding], length: int, pad_id: int | None)
         sequence_ids=[e.sequence_ids + [None] * n for e, n in pads])
 
 
-def _files_to_save(tokenizer: Tokenizer) -> dict[str, bytes]:
+def _vocab_txt(vocab: dict[str, int], path: Path) -> bytes:
+    """`vocab.txt`: one token a line, the line number its id. A token that holds a line break, or
+    ids with a gap, cannot be written so (every later id would shift): a ValueError naming it."""
+    tokens = sorted(vocab, key=vocab.__getitem__)
+    for line, token in enumerate(tokens):
+        shown = repr(token[:60]) + ("..." if len(token) > 60 else "")
+        if vocab[token] != line:
+            raise ValueError(f"{path}: cannot write the token {shown} (id {vocab[token]}) on "
+                             f"line {line + 1}: the vocabulary has no id {line}, and vocab.txt "
+                             "gives each token the id of its line; nothing was written")
+        if "\n" in token or "\r" in token:
+            raise ValueError(f"{path}: cannot write the token {shown} (id {line}), which holds a "
+                             "line break: vocab.txt has one token a line, so every later id "
+                             "would shift by one; nothing was written")
+    return "".join(t + "\n" for t in tokens).encode("utf-8")
+
+
+def _files_to_save(tokenizer: Tokenizer, folder: Path) -> dict[str, bytes]:
     """The files of `Tokenizer.save_pretrained`, name -> bytes, in the order they are written."""
     backend = tokenizer.backend
     files = {"tokenizer.json": backend.to_str(pretty=True).encode("utf-8")}
@@ -306,8 +323,7 @@ def _files_to_save(tokenizer: Tokenizer) -> dict[str, bytes]:
     if isinstance(backend.model, models.WordPiece):
         config.setdefault("tokenizer_class", "BertTokenizer")
         vocab = backend.get_vocab(with_added_tokens=False)
-        tokens = sorted(vocab, key=vocab.__getitem__)  # line number = id
-        files["vocab.txt"] = "".join(t + "\n" for t in tokens).encode("utf-8")
+        files["vocab.txt"] = _vocab_txt(vocab, folder / "vocab.txt")
     text = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
     return files | {"tokenizer_config.json": text.encode("utf-8")}
 
@@ -464,8 +480,9 @@ class Tokenizer(TokenVocabulary):
         through `atomic_write`; the folder loads back here and in the reference's `AutoTokenizer`.
         """
         folder = Path(path)
+        files = _files_to_save(self, folder)  # checked before the folder is made
         folder.mkdir(parents=True, exist_ok=True)
-        for name, data in _files_to_save(self).items():
+        for name, data in files.items():
             atomic_write(folder / name, data)
 
     def __repr__(self) -> str:
