@@ -590,3 +590,21 @@ def test_bad_arguments(tokenizer):
         MaskingCollator.from_tokenizer(tokenizer, "random")
     with pytest.raises(DataError, match="at least 2 passages"):
         held_out_split(["only one"], 0.1, 0)
+
+
+def test_pretrain_on_a_device_or_an_oversized_file_is_one_line(minilm_dir, tmp_path, capsys,
+                                                               monkeypatch):
+    """Issue 31, row 8: `pretrain --text /dev/zero` was a MemoryError traceback; now the text is
+    refused by stat, and a file over the cap by its size, before --out exists."""
+    big = tmp_path / "big.txt"
+    with open(big, "wb") as f:
+        f.truncate(3 << 20)
+    monkeypatch.setenv("MINIFT_MAX_FILE_MB", "2")
+    for text, expected in (("/dev/zero", "found a character device"),
+                           (str(big), "expected a data file of at most 2 MiB")):
+        out = tmp_path / "out"
+        assert main(["pretrain", "--model", str(minilm_dir), "--text", text,
+                     "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"minift: error: {text}: ") and expected in err
+        assert err.count("\n") == 1 and not out.exists()

@@ -205,3 +205,15 @@ def test_pretraining_loss_matches_bert_for_pretraining(seed, batch, seq):
         ours.save_pretrained(tmp)
         back = transformers.BertForPreTraining.from_pretrained(tmp).eval()
     torch.testing.assert_close(back(**data).loss, out.loss, atol=1e-5, rtol=0)
+
+
+def test_documents_from_a_device_or_fifo_are_refused(tmp_path):
+    """Issue 31, row 8: a file that may never end is refused by stat, before it is opened."""
+    import os
+    import re
+
+    fifo = tmp_path / "docs.txt"
+    os.mkfifo(fifo)
+    for path, kind in (("/dev/zero", "a character device"), (fifo, "a FIFO (named pipe)")):
+        with pytest.raises(DataError, match=re.escape(f"a regular data file, found {kind}")):
+            read_documents(path)
