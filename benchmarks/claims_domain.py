@@ -154,9 +154,9 @@ def settings(quick: bool) -> dict:
         # frozen encoder, not because the rate decayed (1e-3 with linear decay was still falling
         # at 300 steps; 5e-2 was barely faster than 1e-2 in a 100-step probe)
         "phase1": mlm | dict(freeze="head", lr=1e-2, schedule="constant", warmup_ratio=0.0,
-                             steps=6 if quick else 400, eval_every=3 if quick else 25,
+                             max_steps=6 if quick else 400, eval_every=3 if quick else 25,
                              patience=2),
-        "phase2": mlm | dict(lr=2e-5, steps=4 if quick else 150, eval_every=2 if quick else 25,
+        "phase2": mlm | dict(lr=2e-5, max_steps=4 if quick else 150, eval_every=2 if quick else 25,
                              patience=2, warmup_ratio=0.06),
         "low": dict(labelled=32 if quick else 256, epochs=2 if quick else 5, lr=5e-5,
                     batch_size=16, max_length=128),
@@ -450,11 +450,11 @@ def write(results: dict, device: torch.device, quick: bool) -> None:
         f"splits: Financial PhraseBank AllAgree shuffled with seed {SPLIT_SEED}, 20% test, 5% "
         "dev; MLM on 50Agree minus those; CSAbstruct test.jsonl; a seeded 10% of the MLM text "
         f"held out, seed {MLM_SPLIT_SEED}). Phase 1: the MLM head alone, lr "
-        f"{s['phase1']['lr']:g} constant, at most {s['phase1']['steps']} steps of "
+        f"{s['phase1']['lr']:g} constant, at most {s['phase1']['max_steps']} steps of "
         f"{s['phase1']['batch_size']} packed sequences of {s['phase1']['max_length']} tokens, "
         f"held-out loss every {s['phase1']['eval_every']} steps, patience "
         f"{s['phase1']['patience']}. Phase 2: the whole model, lr {s['phase2']['lr']:g}, at "
-        f"most {s['phase2']['steps']} steps, evaluated every {s['phase2']['eval_every']}, "
+        f"most {s['phase2']['max_steps']} steps, evaluated every {s['phase2']['eval_every']}, "
         f"patience {s['phase2']['patience']}, best step kept.\n\n"
         "**Downstream** (test split; no model selection: fixed epochs, the last model): "
         f"low-label {s['low']['labelled']} examples x {s['low']['epochs']} epochs, full-label "
@@ -505,6 +505,9 @@ def main() -> None:
     results = {"settings": config, "seeds": seeds, "cells": {}}
     if path.is_file():
         old = json.loads(path.read_text())
+        for phase in ("phase1", "phase2"):  # recorded before pretrain's steps became max_steps
+            if "steps" in old.get("settings", {}).get(phase, {}):
+                old["settings"][phase]["max_steps"] = old["settings"][phase].pop("steps")
         if old.get("settings") == json.loads(json.dumps(config)):
             results["cells"] = old["cells"]  # resume: the finished cells and seeds stay
             print(f"resuming from {path}: {', '.join(old['cells'])}")

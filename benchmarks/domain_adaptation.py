@@ -133,7 +133,7 @@ def main() -> None:
     settings = {
         "masking": args.masking,
         "pretrain": dict(
-            steps=args.pretrain_steps or (4 if q else 160),
+            max_steps=args.pretrain_steps or (4 if q else 160),
             lr=1e-4,
             batch_size=4,
             max_length=128,
@@ -297,7 +297,7 @@ def main() -> None:
         f"all ({cpu_s / 60:.1f} CPU-min of this process; load average at the end "
         f"{machine['load_average'][0]:.1f} on {machine['cpu_count']} cores).\n\nFinancial PhraseBank AllAgree, fixed split (seed {SPLIT_SEED}): "
         f"{len(train_pairs)} train / {len(dev_pairs)} dev sentences. Continued pretraining: "
-        f"{args.masking} masking, {p['steps']} steps of {p['batch_size']} packed sequences of "
+        f"{args.masking} masking, {p['max_steps']} steps of {p['batch_size']} packed sequences of "
         f"{p['max_length']} tokens, lr {p['lr']}, on the train sentences' text only "
         f"({pretrain_s / 60:.1f} min). Fine-tuning (both arms alike): {f['labelled']} labelled "
         f"train examples, {f['epochs']} epochs, lr {f['lr']}, batch {f['batch_size']}, seeds "

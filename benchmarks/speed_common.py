@@ -1,6 +1,6 @@
 """Shared pieces of the speed benchmarks: the models, the batches, honest timing, the report.
 
-Timing rules, the same in every speed benchmark (the README's "Speed" section reads its tables
+Timing rules, the same in every speed benchmark (the "Speed" section of benchmarks/RESULTS.md reads its tables
 by them): the same weights and the same batches for every implementation; warm-up first; then
 several rounds in which the implementations take turns (interleaved, so a slow moment of a
 shared machine hits all of them alike); the median round is reported with its spread; ratios

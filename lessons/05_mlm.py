@@ -316,10 +316,10 @@ del mlm, dense
 #
 # ```bash
 # minift pretrain --model minilm --text train.txt --eval-text held_out.txt --masking wwm --pack \
-#     --freeze head --lr 1e-2 --schedule constant --warmup-ratio 0 --steps 400 \
+#     --freeze head --lr 1e-2 --schedule constant --warmup-ratio 0 --max-steps 400 \
 #     --eval-every 25 --patience 2 --batch-size 16 --out head/
 # minift pretrain --model head/ --text train.txt --eval-text held_out.txt --masking wwm --pack \
-#     --lr 2e-5 --steps 150 --eval-every 25 --patience 2 --batch-size 16 --out adapted/
+#     --lr 2e-5 --max-steps 150 --eval-every 25 --patience 2 --batch-size 16 --out adapted/
 # ```
 
 # %%
@@ -329,9 +329,9 @@ mlm_options = dict(text=str(WORK / "train.txt"), eval_text=str(WORK / "held_out.
                    masking="wwm", pack=True, batch_size=MLM_BATCH, max_length=128, seed=0,
                    eval_every=EVAL_EVERY, patience=2, progress=False)
 head_metrics = pretrain(model="minilm", out=str(WORK / "head"), freeze="head", lr=1e-2,
-                        schedule="constant", warmup_ratio=0.0, steps=HEAD_STEPS, **mlm_options)
+                        schedule="constant", warmup_ratio=0.0, max_steps=HEAD_STEPS, **mlm_options)
 whole_metrics = pretrain(model=str(WORK / "head"), out=str(WORK / "adapted"), lr=2e-5,
-                         steps=WHOLE_STEPS, **mlm_options)
+                         max_steps=WHOLE_STEPS, **mlm_options)
 
 # %% [markdown]
 # How good is that? A yardstick that needs no model at all: guess every masked token from its

@@ -528,7 +528,7 @@ print(f"lesson ran in {time.perf_counter() - START:.1f} s")
 # - On a GPU the padding tax turns around for small batches: MiniLM at batch 32 is bound by the
 #   time to launch kernels, not by arithmetic, and the padded path wins there; from about 4,096
 #   padded positions the unpadded one does (`unpads_by_default` in `minift/fast/unpad.py`, and the
-#   "On a GPU" part of the README). Run `python benchmarks/inference_throughput.py --device cuda
+#   "On a GPU" part of `benchmarks/RESULTS.md`). Run `python benchmarks/inference_throughput.py --device cuda
 #   --batch-size 128` to see both paths side by side.
 # - Pack several short examples into one row (sequence packing) and compare its padding with
 #   length grouping.

@@ -13,6 +13,8 @@ _DEFAULT_DATA = _REPO.parent / "shared" / "data"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# the commands run in-process keep this session's threads (no load-average notice on stderr)
+os.environ.setdefault("MINIFT_THREADS", str(torch.get_num_threads()))
 if "MINIFT_DATA" not in os.environ and _DEFAULT_DATA.is_dir():
     os.environ["MINIFT_DATA"] = str(_DEFAULT_DATA)
 

@@ -452,6 +452,11 @@ def commands(parser: argparse.ArgumentParser, prefix: str = "") -> dict:
     return found
 
 
+def record() -> None:
+    """Rewrite the record from the live parser (a change to the command line made on purpose)."""
+    RECORD.write_text(json.dumps(commands(build_parser()), indent=1, sort_keys=True))
+
+
 RECORDED = json.loads(RECORD.read_text())
 
 
@@ -471,3 +476,167 @@ def test_a_command_offers_the_recorded_options(command):
     for flag, was in recorded.items():
         now = {key: live[flag][key] for key in COMPARED}
         assert now == {key: was[key] for key in COMPARED}, f"{command} {flag}"
+
+
+# --- One error path, one vocabulary (issues #31 and #32) -------------------------------------------
+
+
+def _exit(capsys, *argv) -> tuple[int, str]:
+    """Exit status and stderr of ``minift argv``; any exception escaping ``main`` fails the test
+    (in a shell it would be a traceback)."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as stop:  # argparse: usage and one error line
+        code = stop.code
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture()
+def broken(tmp_path) -> dict[str, Path]:
+    """Inputs a careless or unlucky user gives: each must be refused in one line."""
+    (tmp_path / "binary.tsv").write_bytes(bytes(range(256)) * 40)
+    (tmp_path / "empty.tsv").write_bytes(b"")
+    (tmp_path / "latin1.tsv").write_bytes(b"text\tlabel\ncaf\xe9\t1\nthe\t0\n")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "a-folder").mkdir()
+    run = tmp_path / "odd-run"  # what plot reads, not as it expects it (issue #31, row 10)
+    run.mkdir()
+    (run / "log.jsonl").write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "eval": {}}\n[]\n')
+    (run / "metrics.json").write_text("[1, 2]")
+    return {name: tmp_path / name for name in ("binary.tsv", "empty.tsv", "latin1.tsv",
+                                               "list.json", "a-folder", "missing.tsv",
+                                               "odd-run")}
+
+
+def test_no_command_answers_broken_input_with_a_traceback(tiny, tsv_files, tmp_path, capsys,
+                                                          broken):
+    good = tsv_files["dev"]
+    common = ["--model", tiny, "--no-progress", "--out", tmp_path / "out"]
+    cases = []
+    for bad in broken.values():
+        cases += [["finetune", "--train", bad, "--dev", good, *common],
+                  ["finetune", "--train", good, "--dev", bad, *common],
+                  ["ner", "--train", bad, "--dev", bad, *common],
+                  ["pretrain", "--text", bad, *common],
+                  ["setfit", "--train", bad, "--dev", good, "--shots", "2", *common],
+                  ["qa", "--train", bad, "--dev", bad, *common],
+                  ["qa", "--model", tiny, "--question", "Who?", "--context-file", bad],
+                  ["similarity", "--model", bad],
+                  ["plot", bad],
+                  ["search", "finetune", "--train", bad, "--dev", good, *common]]
+    flags = ["finetune", "--train", good, "--dev", good, *common]
+    cases += [[*flags, "--max-steps", 10**30], [*flags, "--seed", 2**64], [*flags, "--seed", -1],
+              [*flags, "--limit-dev", 0], [*flags, "--threads", 0], [*flags, "--lr", "inf"],
+              [*flags, "--batch-size", "1e3"], [*flags, "--steps", 5],
+              ["setfit", "--train", good, "--dev", good, *common, "--seeds", 2**64],
+              ["setfit", "--train", good, "--dev", good, *common, "--seed", 2**64],
+              ["similarity", "--pair", "no separator"],
+              ["similarity", "--pair", "caf\udce9 ||| coffee"],  # the shell's b'caf\xe9'
+              ["qa", "--model", tiny, "--question", "caf\udce9?", "--context", "x"],
+              ["search", "finetune", "--train", good,
+                                                          "--dev", good, *common, "--grid", "lr=x"]]
+    for argv in cases:
+        code, err = _exit(capsys, *argv)
+        shown = " ".join(map(str, argv))
+        assert code in (1, 2), (shown, code, err)
+        assert "Traceback" not in err, (shown, err)
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("minift") and ": error" in last, (shown, err)
+        assert len(err) < 2000, (shown, err)
+
+
+def test_an_unforeseen_error_is_one_line_and_a_debug_switch_shows_it(tiny, tsv_files, tmp_path,
+                                                                      capsys, monkeypatch):
+    def crash(*args, **kwargs):
+        raise TypeError("an internal slip " + "x" * 5000)
+
+    monkeypatch.setattr(minift.run.recipes.skeleton, "train", crash)
+    argv = finetune_args(str(tiny), tsv_files, str(tmp_path / "out"))
+    code, err = _exit(capsys, *argv)
+    assert code == 1 and err.startswith("minift: error: TypeError: an internal slip")
+    assert len(err.strip().splitlines()) == 1 and len(err) < 1000 and "MINIFT_DEBUG=1" in err
+    monkeypatch.setenv("MINIFT_DEBUG", "1")
+    with pytest.raises(TypeError):
+        main(argv)
+
+
+def test_non_utf8_arguments_are_named_not_a_traceback():
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    for argv in ([b"similarity", b"--pair", b"caf\xe9 ||| coffee"],
+                 [b"qa", b"--question", b"caf\xe9?", b"--context", b"x"]):
+        done = subprocess.run([sys.executable, "-m", "minift", *argv], capture_output=True,
+                              env=env, cwd=REPO, timeout=120)
+        err = done.stderr.decode()
+        assert done.returncode == 2 and "Traceback" not in err, err
+        assert f"{argv[1].decode()} b'caf\\xe9" in err and "is not UTF-8 text" in err, err
+
+
+def test_a_command_refuses_prefixes_and_renamed_flags_with_its_own_usage(capsys, tmp_path):
+    files = ["--train", "t.tsv", "--dev", "d.tsv", "--out", str(tmp_path / "o")]
+    for argv, expected in [
+        (["ner", *files, "--seeds", "3"], "did you mean --seed (for --seeds)?"),
+        (["pretrain", "--text", "a", "--out", "o", "--steps", "5"], "--steps is now --max-steps"),
+        (["setfit", *files, "--max-dev", "5"], "--max-dev is now --limit-dev"),
+        (["finetune", *files, "--max-step", "5"], "did you mean --max-steps"),
+        (["finetune", *files, "--lim", "5"], "unrecognized arguments: --lim 5"),  # no prefixes
+    ]:
+        code, err = _exit(capsys, *argv)
+        assert code == 2 and expected in err, err
+        assert f"usage: minift {argv[0]}" in err and f"minift {argv[0]}: error:" in err
+    args = build_parser().parse_args(["setfit", *files, "--seed", "3"])  # row 7: not --seeds
+    assert (args.seed, args.seeds) == (3, 5)
+
+
+def test_huge_numbers_are_named_errors_not_hangs(tiny, tsv_files, tmp_path, capsys, no_loading):
+    files = ["--model", tiny, "--train", tsv_files["train"], "--dev", tsv_files["dev"],
+             "--shots", "2", "--no-progress", "--out", tmp_path / "out"]
+    code, err = _exit(capsys, "setfit", *files, "--seeds", 2**64)  # row 7: no 10-minute hang
+    assert code == 2 and "--seeds 18446744073709551616 is too large" in err, err
+    code, err = _exit(capsys, "setfit", *files, "--seeds", 5000)
+    assert code == 2 and "--seeds must be at most 1000, got 5000" in err, err
+    code, err = _exit(capsys, *finetune_args(tiny, tsv_files, str(tmp_path / "o"), "--seed",
+                                             str(2**32)))
+    assert code == 2 and "--seed must be at most 4294967295" in err, err
+
+
+def test_setfit_end_to_end_needs_the_linear_head(tiny, tsv_files, tmp_path, capsys, no_loading):
+    args = ["setfit", "--model", tiny, "--train", tsv_files["train"], "--dev", tsv_files["dev"],
+            "--shots", "2", "--end-to-end", "--no-progress", "--out", tmp_path / "out"]
+    code, err = _exit(capsys, *args)  # row 13: no more end_to_end: true on a frozen encoder
+    assert code == 2 and "--end-to-end trains the encoder" in err and "--head linear" in err
+    assert not (tmp_path / "out").exists()
+    from minift.run.options import SetfitOptions
+
+    assert SetfitOptions(out="o", train="t", dev="d", head="linear", end_to_end=True).end_to_end
+
+
+@pytest.mark.parametrize("command", ["finetune", "ner", "qa", "setfit"])
+def test_limit_dev_scores_a_fixed_subset_of_the_dev_set(command, tiny, tmp_path, capsys,
+                                                        monkeypatch, no_loading):
+    taken = []
+    real = minift.run.recipes.prepare.subset
+
+    def subset(examples, limit, seed):
+        taken.append((len(examples), limit, seed))
+        return real(examples, limit, seed)
+
+    monkeypatch.setattr(minift.run.recipes.prepare, "subset", subset)
+    rows = "".join(f"w{i} x\t{i % 2}\n" for i in range(12))
+    tsv = tmp_path / "d.tsv"
+    tsv.write_text("text\tlabel\n" + rows, encoding="utf-8")
+    conll = tmp_path / "d.txt"
+    conll.write_text("".join(f"Paris{i} B-LOC\nis O\n\n" for i in range(12)), encoding="utf-8")
+    squad = tmp_path / "d.json"
+    contexts = [f"Paris {i} is in France." for i in range(12)]
+    paragraphs = [{"context": text, "qas": [{"id": str(i), "question": "Where?", "answers": [
+        {"text": "France", "answer_start": text.index("France")}]}]}
+        for i, text in enumerate(contexts)]
+    squad.write_text(json.dumps({"data": [{"title": "t", "paragraphs": paragraphs}]}))
+    data = {"finetune": tsv, "ner": conll, "qa": squad, "setfit": tsv}[command]
+    extra = ["--shots", "2"] if command == "setfit" else []
+    extra += ["--doc-stride", "8"] if command == "qa" else []
+    code, err = _exit(capsys, command, "--model", tiny, "--train", data, "--dev", data,
+                      "--limit-dev", 3, "--max-length", 32, "--no-progress", "--out",
+                      tmp_path / "o", *extra)
+    assert "a model was loaded despite bad input" in err, err  # the data were read, subset
+    assert (12, 3, 0) in taken, taken  # the dev set: 3 of 12, drawn with seed 0 whatever --seed

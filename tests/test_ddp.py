@@ -240,7 +240,7 @@ def test_torchrun_minift_ner_and_pretrain(tmp_path, minilm_dir, data_dir, comman
         lines = (data_dir / "sst2" / "train.tsv").read_text(encoding="utf-8").splitlines()[1:41]
         (tmp_path / "text.txt").write_text("".join(line.split("\t")[0] + "\n" for line in lines),
                                            encoding="utf-8")
-        args = ["pretrain", "--text", str(tmp_path / "text.txt"), "--steps", "2", *common]
+        args = ["pretrain", "--text", str(tmp_path / "text.txt"), "--max-steps", "2", *common]
     process = torchrun("minift", *args, module=True)
     check(process)
     assert "2 processes (DistributedDataParallel)" in process.stdout

@@ -280,7 +280,7 @@ def test_pretrain_end_to_end_writes_a_folder_transformers_loads(
             "--masking",
             "wwm",
             "--pack",
-            "--steps",
+            "--max-steps",
             "3",
             "--batch-size",
             "4",
@@ -334,7 +334,7 @@ def test_pretrain_freeze_head_trains_the_head_alone_then_the_whole_model_continu
     head loaded, and moves the encoder."""
     common = dict(text=str(finance_text), masking="wwm", batch_size=4, max_length=32,
                   progress=False)
-    first = pretrain(model=str(tiny_model_dir), out=str(tmp_path / "head"), steps=4, lr=1e-2,
+    first = pretrain(model=str(tiny_model_dir), out=str(tmp_path / "head"), max_steps=4, lr=1e-2,
                      freeze="head", schedule="constant", **common)
     assert first["train"]["freeze"] == "head"
     assert first["after"]["loss"] < first["before"]["loss"]  # the head learned something
@@ -344,7 +344,7 @@ def test_pretrain_freeze_head_trains_the_head_alone_then_the_whole_model_continu
         assert torch.equal(weight, encoder[name]), name
     assert adapted.transform.weight.std() > 0 and adapted.bias.abs().sum() > 0
 
-    second = pretrain(model=str(tmp_path / "head"), out=str(tmp_path / "all"), steps=2, lr=1e-3,
+    second = pretrain(model=str(tmp_path / "head"), out=str(tmp_path / "all"), max_steps=2, lr=1e-3,
                       **common)
     assert second["train"]["head_loaded"]
     assert second["before"]["loss"] == pytest.approx(first["after"]["loss"], rel=1e-5)
@@ -357,7 +357,7 @@ def test_pretrain_patience_stops_when_held_out_loss_stops_falling(tiny_model_dir
     """A learning rate far too high makes the held-out loss climb: patience 1 ends the run at
     the first evaluation that is no better than the best, long before ``steps``."""
     metrics = pretrain(model=str(tiny_model_dir), text=str(finance_text), out=str(tmp_path / "o"),
-                       steps=40, lr=3.0, batch_size=4, max_length=32, eval_every=1, patience=1,
+                       max_steps=40, lr=3.0, batch_size=4, max_length=32, eval_every=1, patience=1,
                        warmup_ratio=0.0, progress=False)
     assert metrics["train"]["stopped_early"] and metrics["train"]["steps"] < 40
 
@@ -371,7 +371,7 @@ def test_pretrain_bad_input_fails_before_training(problem, tiny_model_dir, finan
         model=str(tiny_model_dir),
         text=str(finance_text),
         out=str(tmp_path / "out"),
-        steps=2,
+        max_steps=2,
         batch_size=4,
         max_length=32,
         progress=False,
@@ -400,7 +400,7 @@ def test_pretrain_bad_input_fails_before_training(problem, tiny_model_dir, finan
 
 def test_pretrain_cli_reports_a_missing_file_by_name(tmp_path, capsys):
     missing = tmp_path / "missing.txt"
-    code = main(["pretrain", "--text", str(missing), "--steps", "1", "--out", str(tmp_path / "o")])
+    code = main(["pretrain", "--text", str(missing), "--max-steps", "1", "--out", str(tmp_path / "o")])
     assert code == 2
     assert str(missing) in capsys.readouterr().err
 
@@ -590,3 +590,21 @@ def test_bad_arguments(tokenizer):
         MaskingCollator.from_tokenizer(tokenizer, "random")
     with pytest.raises(DataError, match="at least 2 passages"):
         held_out_split(["only one"], 0.1, 0)
+
+
+def test_pretrain_on_a_device_or_an_oversized_file_is_one_line(minilm_dir, tmp_path, capsys,
+                                                               monkeypatch):
+    """Issue 31, row 8: `pretrain --text /dev/zero` was a MemoryError traceback; now the text is
+    refused by stat, and a file over the cap by its size, before --out exists."""
+    big = tmp_path / "big.txt"
+    with open(big, "wb") as f:
+        f.truncate(3 << 20)
+    monkeypatch.setenv("MINIFT_MAX_FILE_MB", "2")
+    for text, expected in (("/dev/zero", "found a character device"),
+                           (str(big), "expected a data file of at most 2 MiB")):
+        out = tmp_path / "out"
+        assert main(["pretrain", "--model", str(minilm_dir), "--text", text,
+                     "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"minift: error: {text}: ") and expected in err
+        assert err.count("\n") == 1 and not out.exists()

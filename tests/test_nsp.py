@@ -123,7 +123,7 @@ def test_pretrain_nsp_reports_nsp_accuracy(minilm_dir, data_dir, tmp_path, capsy
     docs.write_text("\n".join(lines[:40]) + "\n", encoding="utf-8")
     out = tmp_path / "run"
     code = main(["pretrain", "--model", str(model_dir), "--text", str(docs), "--nsp",
-                 "--eval-fraction", "0.2", "--steps", "3", "--batch-size", "8",
+                 "--eval-fraction", "0.2", "--max-steps", "3", "--batch-size", "8",
                  "--max-length", "64", "--no-progress", "--out", str(out)])
     printed = capsys.readouterr()
     assert code == 0, printed.err
@@ -205,3 +205,15 @@ def test_pretraining_loss_matches_bert_for_pretraining(seed, batch, seq):
         ours.save_pretrained(tmp)
         back = transformers.BertForPreTraining.from_pretrained(tmp).eval()
     torch.testing.assert_close(back(**data).loss, out.loss, atol=1e-5, rtol=0)
+
+
+def test_documents_from_a_device_or_fifo_are_refused(tmp_path):
+    """Issue 31, row 8: a file that may never end is refused by stat, before it is opened."""
+    import os
+    import re
+
+    fifo = tmp_path / "docs.txt"
+    os.mkfifo(fifo)
+    for path, kind in (("/dev/zero", "a character device"), (fifo, "a FIFO (named pipe)")):
+        with pytest.raises(DataError, match=re.escape(f"a regular data file, found {kind}")):
+            read_documents(path)

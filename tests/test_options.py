@@ -1,12 +1,14 @@
 """minift.run.options: every option defined once, read the same way by the recipe's call, the
 command line and the search grid."""
 
+import argparse
 import dataclasses
+import os
 
 import pytest
 
 from minift.core.loop import TrainConfig
-from minift.run import options, recipes
+from minift.run import cli, options, recipes
 from minift.run.cli import build_parser
 from minift.run.search import HYPERPARAMETERS
 
@@ -46,3 +48,112 @@ def test_the_parser_and_the_grid_come_from_the_fields():
     assert HYPERPARAMETERS["finetune"]["schedule"]("cosine") == "cosine"
     with pytest.raises(ValueError, match="is not one of"):
         HYPERPARAMETERS["finetune"]["schedule"]("step")
+
+
+# --- One vocabulary: a name means the same thing in every command (issue #32) --------------------
+
+# The shared flags whose default, help or choices differ between commands, on purpose: each one's
+# reason. A new difference fails the test below, and so does one that no longer differs.
+OWN_MEANING = {
+    "--batch-size": "setfit's step is a batch of pairs (16), the others' of examples",
+    "--dev": "each command reads its own format (finetune and qa can do without: --task, --squad)",
+    "--train": "each command reads its own format (finetune and qa can do without)",
+    "--epochs": "setfit's are contrastive epochs (1); qa trains 2 (SQuAD's usual)",
+    "--eval-every": "pretrain evaluates held-out loss, at the end by default",
+    "--freeze": "pretrain freezes the encoder to train the MLM head; classifiers freeze blocks",
+    "--limit-train": "qa counts questions",
+    "--lr": "setfit's is the encoder's contrastive rate (2e-5)",
+    "--max-length": "each task's usual input length (a window for qa and ner, a text for setfit)",
+    "--max-steps": "pretrain has no epochs, so 1000 steps by default; setfit's contrastive phase",
+    "--out": "plot's --out is the folder of the curves; qa answers a --question without one",
+    "--patience": "pretrain waits on the held-out loss",
+    "--schedule": "pretrain's help names --patience's constant schedule",
+    "--split-seed": "finetune splits examples, qa articles",
+    "--task": "finetune: a GLUE task; ner: ner or pos (one name, two meanings: still to rename)",
+    "--warmup-ratio": "pretrain warms up over 6% (RoBERTa's), fine-tuning 10%",
+}
+
+
+def _flags_by_command() -> dict[str, dict[str, argparse.Action]]:
+    commands = {}
+    [sub] = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    for name, parser in sub.choices.items():
+        if name != "search":  # search TASK offers TASK's options, the same actions
+            commands[name] = {a.option_strings[0]: a for a in parser._actions if a.option_strings
+                              and not isinstance(a, argparse._HelpAction)}
+    return commands
+
+
+def test_a_shared_name_means_the_same_thing_in_every_command():
+    commands = _flags_by_command()
+    shared = {flag for flags in commands.values() for flag in flags
+              if sum(flag in flags for flags in commands.values()) > 1}
+    differ = set()
+    for flag in sorted(shared):
+        actions = {name: flags[flag] for name, flags in commands.items() if flag in flags}
+        for key in ("type", "nargs", "dest"):  # always the same
+            assert len({repr(getattr(a, key)) for a in actions.values()}) == 1, (flag, key)
+        assert len({type(a) for a in actions.values()}) == 1, flag
+        if any(len({repr(getattr(a, key)) for a in actions.values()}) > 1
+               for key in ("default", "help", "choices", "required")):
+            differ.add(flag)
+    assert differ == set(OWN_MEANING)
+    for flag in ("--device", "--threads", "--model", "--limit-dev", "--seed", "--no-progress"):
+        assert flag not in differ and sum(flag in f for f in commands.values()) > 1, flag
+
+
+def test_one_vocabulary_for_steps_dev_subsets_threads_and_device():
+    commands = _flags_by_command()
+    for name, flags in commands.items():
+        if "--dev" in flags:
+            assert "--limit-dev" in flags and "--max-dev" not in flags, name
+        if name != "plot":  # plot draws PNGs and runs no torch
+            assert "--threads" in flags, name
+        if name in options.RECIPES:
+            assert "--max-steps" in flags and "--steps" not in flags, name
+    assert commands["similarity"]["--device"].default is None  # cuda when available, as training
+    assert "cuda when available" in commands["similarity"]["--device"].help
+
+
+# --- Threads that suit the machine (issue #32) ----------------------------------------------------
+
+
+def test_threads_come_from_the_flag_the_environment_or_the_load():
+    choose = cli.choose_threads
+    idle, busy = dict(load=0.2, cpus=2, default=2), dict(load=3.7, cpus=2, default=2)
+    assert choose(3, environ={}, **busy) == (3, "")  # --threads wins
+    assert choose(None, environ={"MINIFT_THREADS": "2"}, **busy) == (2, "")
+    assert choose(None, environ={"OMP_NUM_THREADS": "2"}, **busy) == (None, "")  # the user's
+    assert choose(None, environ={}, **idle) == (None, "")  # torch's default, no word
+    threads, notice = choose(None, environ={}, **busy)
+    assert threads == 1 and "load average is 3.7 on 2 cores: 1 thread" in notice
+    assert "--threads" in notice and "\n" not in notice
+    assert choose(None, environ={}, load=6.2, cpus=16, default=16)[0] == 10  # the free cores
+    for bad in ("0", "two", "-1", "99999"):
+        with pytest.raises(ValueError, match=f"MINIFT_THREADS='{bad}'"):
+            choose(None, environ={"MINIFT_THREADS": bad}, **idle)
+
+
+def test_the_command_sets_torchs_threads_once_before_any_work(monkeypatch, capsys):
+    import torch
+
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MINIFT_THREADS", raising=False)
+    broken = ["similarity", "--pair", "no separator"]  # fails after the threads are set
+    assert cli.main([*broken, "--threads", "3"]) == 2 and calls == [3]
+    monkeypatch.setenv("MINIFT_THREADS", "2")
+    assert cli.main(broken) == 2 and calls == [3, 2]
+    monkeypatch.delenv("MINIFT_THREADS")
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.7, 3.0, 2.0))
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert cli.main(broken) == 2 and calls == [3, 2, 1]
+    err = capsys.readouterr().err
+    assert err.count("minift: the load average is 3.7 on 2 cores: 1 thread") == 1
+    monkeypatch.setenv("MINIFT_THREADS", "lots")
+    assert cli.main(broken) == 2 and "MINIFT_THREADS='lots'" in capsys.readouterr().err
+    assert cli.main([*broken, "--threads", "0"]) == 2
+    assert "--threads must be at least 1, got 0" in capsys.readouterr().err
+    assert calls == [3, 2, 1]

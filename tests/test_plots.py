@@ -95,3 +95,72 @@ def test_figures_folder_is_emptied_and_holds_what_was_saved(tmp_path):
     figures.save(fig, "line.png")
     assert [p.name for p in (tmp_path / "figures").iterdir()] == ["line.png"]
     assert_picture(tmp_path / "figures" / "line.png", (400, 300))
+
+
+# Issue 31, row 10: odd inputs are skipped with a note (or a named error), never a traceback.
+
+TRAIN = {"step": 1, "epoch": 0.1, "loss": 0.7, "lr": 1e-5}
+EVAL = {"step": 2, "eval": {"accuracy": 0.5, "loss": 0.69}}
+
+
+def _odd_run(folder, records, metrics=None):
+    folder.mkdir(exist_ok=True)
+    (folder / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    if metrics is not None:
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+    return folder
+
+
+def _plot(capsys, folder) -> tuple[set[str], str]:
+    assert main(["plot", str(folder)]) == 0
+    out = capsys.readouterr().out
+    return {p.name for p in folder.glob("*.png")}, out
+
+
+def test_a_log_without_lr_skips_the_lr_figure(tmp_path, capsys):
+    lr_less = {k: v for k, v in TRAIN.items() if k != "lr"}
+    run = _odd_run(tmp_path / "run", [lr_less, {**lr_less, "step": 2}, EVAL])
+    written, out = _plot(capsys, run)
+    assert {"loss.png", "dev_accuracy.png"} <= written and "lr.png" not in written
+    assert "note: no training record logs an 'lr': lr.png skipped" in out
+    run = _odd_run(tmp_path / "mixed", [lr_less, {**TRAIN, "step": 2}])  # one record with lr
+    assert "lr.png" in _plot(capsys, run)[0]
+
+
+def test_metrics_json_that_is_a_list_is_skipped(tmp_path, capsys):
+    run = _odd_run(tmp_path / "run", [TRAIN, EVAL], metrics=[1, 2, 3])
+    written, out = _plot(capsys, run)
+    assert "loss.png" in written and "confusion.png" not in written
+    assert f"note: {run / 'metrics.json'} holds a JSON list, not an object" in out
+
+
+def test_a_confusion_matrix_without_accuracy_is_drawn(tmp_path, capsys):
+    metrics = {"labels": ["neg", "pos"], "dev": {"confusion": [[3, 1], [0, 2]]}}
+    written, _ = _plot(capsys, _odd_run(tmp_path / "run", [TRAIN, EVAL], metrics))
+    assert "confusion.png" in written
+    assert_picture(tmp_path / "run" / "confusion.png", (600, 500))
+
+
+@pytest.mark.parametrize("dev, skipped", [
+    ({"confusion": [[3, 1]]}, "dev.confusion is not a square table"),
+    ({"confusion": "3 1 0 2"}, "dev.confusion is not a square table"),
+    ({"per_type": {"PER": {"f1": 0.5}}}, "dev.per_type is not a table of precision, recall"),
+    ({"per_tag": [1, 2]}, "dev.per_tag is not a table"),
+])
+def test_odd_metrics_are_skipped_with_a_note(tmp_path, capsys, dev, skipped):
+    metrics = {"labels": ["neg", "pos"], "dev": dev}
+    written, out = _plot(capsys, _odd_run(tmp_path / "run", [TRAIN], metrics))
+    assert written == {"loss.png", "lr.png"}
+    assert skipped in out
+
+
+def test_odd_log_values_are_skipped_or_named(tmp_path, capsys):
+    odd_eval = {"step": 3, "eval": {"a/b": 0.5, "flag": True, "name": "x", "accuracy": 0.6}}
+    written, out = _plot(capsys, _odd_run(tmp_path / "run", [TRAIN, odd_eval]))
+    assert written == {"loss.png", "lr.png", "dev_accuracy.png"}
+    assert "the metric 'a/b' is not a file name" in out
+    _odd_run(tmp_path / "bad", [{"step": True, "loss": 0.5}])
+    assert "log.jsonl:1: expected a JSON object with an integer 'step'" in _error(
+        capsys, tmp_path / "bad")
+    (tmp_path / "bad" / "log.jsonl").write_bytes(b'{"step": 1, "loss": 0.5}\n\xff\n')
+    assert "log.jsonl:2: expected UTF-8 text" in _error(capsys, tmp_path / "bad")

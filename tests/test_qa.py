@@ -8,6 +8,7 @@ with the HF fast tokenizer of the MiniLM folder, and run on real SQuAD v1.1 dev 
 
 import json
 import random
+import re
 import tempfile
 from dataclasses import replace
 
@@ -205,6 +206,37 @@ def test_read_squad_small_file(tmp_path):
 def test_bad_files_get_named_errors(tmp_path, data, message):
     with pytest.raises(DataError, match=message):
         read_squad(write(tmp_path, data))
+
+
+@pytest.mark.parametrize("answer, message", [
+    ({"text": "", "answer_start": 1000000}, r"answer 1: expected the answer's text, found ''"),
+    ({"text": "Paris", "answer_start": 1000000},
+     r"answer 1 'Paris': answer_start 1000000 is outside the context \(26 characters\)"),
+    ({"text": "Paris.!", "answer_start": 20}, r"answer_start 20 is outside the context"),
+    ({"text": "Paris", "answer_start": -3}, r"answer_start -3 is outside the context"),
+    ({"text": " ", "answer_start": 3}, r"expected the answer's text, found ' '"),
+    ({"text": "T", "answer_start": False}, r"expected an integer answer_start, found False"),
+])
+def test_answers_past_the_context_are_refused(tmp_path, answer, message):
+    """Issue 31, row 11: an answer that is not a span of its context would be trained on as
+    "no answer"; the error names the file and the question id."""
+    path = write(tmp_path, squad_file([{"text": "Paris", "answer_start": 20}, answer]))
+    with pytest.raises(DataError, match=f"^{re.escape(str(path))}: question q1 "
+                       rf"\(data\[0\].paragraphs\[0\].qas\[0\]\): answer 1"):
+        read_squad(path)
+    with pytest.raises(DataError, match=message):
+        read_squad(path)
+
+
+def test_a_squad_file_over_the_cap_is_refused_unread(tmp_path, monkeypatch):
+    path = write(tmp_path, squad_file())
+    monkeypatch.setenv("MINIFT_MAX_FILE_MB", "1")
+    with open(path, "r+b") as f:
+        f.truncate(3 << 20)
+    with pytest.raises(DataError, match="expected a data file of at most 1 MiB"):
+        read_squad(path)
+    with pytest.raises(DataError, match="found a character device"):
+        read_squad("/dev/zero")
 
 
 def test_not_json_and_missing_file(tmp_path):

@@ -333,3 +333,101 @@ def test_csv_and_jsonl_round_trip(tmp_path, rows):
         path = _write(tmp_path, "round.jsonl", "\n".join(lines))
         examples = read_examples(path, text_col="text", label_col="label")
         assert [(ex.text, ex.label) for ex in examples] == rows
+
+
+# ----------------------------------------------------------------------------------------------
+# Bounded reads (issue 31, row 8) and duplicate columns (row 14)
+
+
+def test_a_file_over_the_cap_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    """A 2 GB sparse file is refused by its size (no MemoryError); the cap is named and can move."""
+    import tracemalloc
+
+    from minift.data import readers
+
+    big = tmp_path / "big.tsv"
+    with open(big, "wb") as f:
+        f.truncate(2 << 30)  # sparse: no disk used
+    tracemalloc.start()
+    message = _read_error(big)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 1 << 20  # nothing of the file was read
+    assert "big.tsv: expected a data file of at most 1024 MiB, found 2,147,483,648 bytes" in message
+    assert "MAX_FILE_MB" in message and readers.MAX_FILE_VARIABLE in message
+    small = _write(tmp_path, "small.tsv", "text\n" + "a\n" * 600_000)  # 1.2 MB
+    monkeypatch.setenv(readers.MAX_FILE_VARIABLE, "1")
+    assert "at most 1 MiB, found 1,200,005 bytes" in _read_error(small)
+    monkeypatch.setenv(readers.MAX_FILE_VARIABLE, "2")
+    assert len(read_examples(small, text_col="text")) == 600_000
+    monkeypatch.setenv(readers.MAX_FILE_VARIABLE, "lots")
+    assert "MINIFT_MAX_FILE_MB: expected a whole number of MiB" in _read_error(small)
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "fifo", "link"])
+def test_devices_and_fifos_are_refused_by_stat(tmp_path, special):
+    """/dev/zero (also behind a symbolic link) and a FIFO would never end: refused unread."""
+    import os
+
+    from minift.data.readers import read_utf8_lines
+    from minift.tasks.mlm import read_text_lines
+
+    if special == "fifo":
+        path = tmp_path / "pipe.tsv"
+        os.mkfifo(path)  # opening it to read would block forever
+        kind = "a FIFO (named pipe)"
+    else:
+        path = Path("/dev/zero")
+        if special == "link":
+            path = tmp_path / "zero.tsv"
+            path.symlink_to("/dev/zero")
+        kind = "a character device"
+    expected = f"{path}: expected a regular data file, found {kind} (not read: it may never end)"
+    assert _read_error(path, format="tsv") == expected
+    for reader in (read_utf8_lines, read_text_lines):
+        with pytest.raises(DataError, match=re.escape(expected)):
+            reader(path)
+
+
+def test_error_messages_quote_a_short_excerpt(tmp_path):
+    """A 20 MB single line (here: NUL bytes, what `truncate` makes) gives a short message."""
+    nul = tmp_path / "nul.tsv"
+    with open(nul, "wb") as f:
+        f.truncate(20 << 20)
+    message = _read_error(nul)
+    assert len(message) < 400
+    assert "nul.tsv:1: expected a column 'text' in the header, found '\\x00" in message
+    assert "(20,971,520 characters)" in message
+    cases = {
+        "spaces.tsv": ("text\tlabel\n" + " " * 5_000_000 + "\tpos\n", ":2: expected a non-empty"),
+        "keys.jsonl": (json.dumps({"x" * 3_000_000: 1, **{f"k{i}": i for i in range(5000)}}),
+                       ":1: expected a key 'text', found the keys 'xxx"),
+        "cols.tsv": ("\t".join(f"c{i}" for i in range(100_000)) + "\n", "and 99990 more"),
+    }
+    for name, (content, expected) in cases.items():
+        message = _read_error(_write(tmp_path, name, content), label_col="label")
+        assert expected in message and len(message) < 700, (name, message[:200])
+    dev = [ex for ex in read_examples(_write(tmp_path, "dev.tsv", "text\tlabel\na\t"
+                                            + "z" * 1_000_000 + "\n"),
+                                      text_col="text", label_col="label")]
+    with pytest.raises(DataError, match="found the label 'zzz") as info:
+        encode_labels(dev, LabelVocab(["neg", "pos"]))
+    assert len(str(info.value)) < 400
+
+
+@pytest.mark.parametrize("name, content", [
+    ("dup.csv", "sentence,label,sentence\na,pos,b\n"),
+    ("dup.tsv", "sentence\tlabel\tsentence\na\tpos\tb\n"),
+])
+def test_duplicate_column_names_are_refused(tmp_path, name, content):
+    path = _write(tmp_path, name, content)
+    message = _read_error(path, text_col="sentence", label_col="label")
+    assert message == (f"{path}:1: expected each column named once in the header, found the "
+                       "column 'sentence' twice (fields 1 and 3); rename one of them")
+
+
+def test_duplicate_keys_in_a_json_line_are_refused(tmp_path):
+    path = _write(tmp_path, "dup.jsonl", '{"text": "a", "label": "pos"}\n'
+                  '{"text": "b", "label": "pos", "text": "c"}\n')
+    assert _read_error(path, label_col="label") == (
+        f"{path}:2: expected each key once in the JSON object, found 'text' twice")

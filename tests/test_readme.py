@@ -12,7 +12,13 @@ its main command, run on a small budget, prints the table and leaves the folder 
 - The README's ``minift finetune --task sst2 ...`` runs as written except for its budget (64
   training sentences, a 64-sentence copy of the dev set through ``--data-dir``) and its
   ``--out``; what it prints has the README's table header and its ``before`` / ``after`` rows,
-  and the output folder holds exactly the files of the README's output-folder table.
+  and the output folder holds exactly the files of the README's output-folder table, of the
+  sizes it states.
+- The README's Python example (its ``## From Python`` block) runs on the same small budget; the
+  README is short (at most 2,000 words), shows the bare ``minift ...`` line that reruns the job
+  without reinstalling, and its counts (tests, steps, vocabulary, parameters) are computed here.
+- Every relative link of README.md, lessons/README.md and benchmarks/RESULTS.md names a file
+  that is there, and the lessons' shell loops reach every lesson.
 """
 
 import importlib
@@ -27,8 +33,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DOCUMENTS = [REPO / "README.md", REPO / "lessons" / "README.md"]
-# Where minift's modules are cited: the READMEs and the lessons' prose and code.
-CITING = [*DOCUMENTS, *sorted((REPO / "lessons").glob("[0-9][0-9]_*.py"))]
+RESULTS = REPO / "benchmarks" / "RESULTS.md"  # the claims, results and speed tables
+# Where minift's modules are cited: the READMEs, the results page and the lessons' prose and code.
+CITING = [*DOCUMENTS, RESULTS, *sorted((REPO / "lessons").glob("[0-9][0-9]_*.py"))]
 # A citation of minift: `minift.core.loop.train` (a module, then names in it) or
 # `minift/fast/unpad.py` (a file or folder). Not `~/.cache/minift/...` or `.minift.lock`.
 CITATION = re.compile(r"(?<![\w/.-])minift(?:[./][A-Za-z_]\w*)+(?:\.py)?")
@@ -36,6 +43,7 @@ PLACEHOLDER = "path/to/"  # the reader's own checkpoint folder
 # A path: $MINIFT_DATA/..., an absolute path, or a relative one with at least one slash.
 PATH = re.compile(r"^(\$\{?MINIFT_DATA\}?|/?[\w.-]+)(/[\w.@-]+)+/?$")
 TIMEOUT_S = 300
+MAX_WORDS = 2000  # a README a newcomer reads in five minutes
 
 
 def _read(document: Path) -> str:
@@ -266,22 +274,80 @@ def _with(command: list[str], option: str, value: str) -> list[str]:
     return command + [option, value]
 
 
-def test_readme_main_command_prints_its_table_and_leaves_its_folder(tmp_path, data_dir):
+def readme_output_sizes() -> dict[str, tuple[float, str, str]]:
+    """The size column of the output-folder table: file -> (number, unit, the cell as written)."""
+    text = _read(REPO / "README.md")
+    section = re.search(r"^## The output folder\n(.*?)(?=^## )", text, re.S | re.M).group(1)
+    sizes = {}
+    for name, cell in re.findall(r"^\| `([^`]+)` \|.*\| ([^|]+) \|$", section, re.M):
+        match = re.fullmatch(r"([\d.]+) (B|kB|MB)( a line)?", cell.strip())
+        assert match, f"README.md: the size of {name} is {cell!r}, not 'N B|kB|MB [a line]'"
+        sizes[name] = (float(match.group(1)), match.group(2), cell.strip())
+    return sizes
+
+
+UNITS = {"B": 1, "kB": 1000, "MB": 1000 ** 2}
+# Sizes that depend on the run: the small run's metrics.json holds other numbers than the
+# README's 125-step run (a few digits more or less), so it is held to 25% instead of rounding.
+RUN_DEPENDENT = {"metrics.json": 0.25}
+
+
+def check_sizes(out: Path, sizes: dict[str, tuple[float, str, str]]) -> list[str]:
+    """What of ``sizes`` the folder ``out`` contradicts: each size, rounded as the README writes
+    it, is the file's (per line for "a line")."""
+    wrong = []
+    for name, (number, unit, cell) in sizes.items():
+        file = out / name
+        size = file.stat().st_size
+        if cell.endswith("a line"):
+            size /= max(1, len(file.read_bytes().splitlines()))
+        decimals = len(cell.split()[0].partition(".")[2])
+        measured = size / UNITS[unit]
+        tolerance = RUN_DEPENDENT.get(name)
+        if tolerance is not None:
+            ok = abs(measured - number) <= tolerance * number
+        else:
+            ok = round(measured, decimals) == number
+        if not ok:
+            wrong.append(f"{name}: README says {cell}, the run left {size:.0f} B")
+    return wrong
+
+
+def test_the_size_rules_see_sizes(tmp_path):
+    """The size check finds a wrong size (a test of the test, so it can fail)."""
+    (tmp_path / "a.json").write_bytes(b"x" * 640)
+    (tmp_path / "log.jsonl").write_bytes(b"y" * 99 + b"\n" + b"z" * 99 + b"\n")
+    assert not check_sizes(tmp_path, {"a.json": (0.6, "kB", "0.6 kB"),
+                                      "log.jsonl": (0.1, "kB", "0.1 kB a line")})
+    assert check_sizes(tmp_path, {"a.json": (0.7, "kB", "0.7 kB")})
+    assert check_sizes(tmp_path, {"log.jsonl": (0.2, "kB", "0.2 kB a line")})
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory, data_dir) -> Path:
+    """A data folder with SST-2's train.tsv and the first 64 sentences of its dev.tsv."""
+    folder = tmp_path_factory.mktemp("data")
+    (folder / "sst2").mkdir()
+    (folder / "sst2" / "train.tsv").symlink_to(data_dir / "sst2" / "train.tsv")
+    dev_lines = (data_dir / "sst2" / "dev.tsv").read_text(encoding="utf-8").splitlines(True)
+    (folder / "sst2" / "dev.tsv").write_text("".join(dev_lines[:65]), encoding="utf-8")
+    return folder
+
+
+def _env(**extra: str) -> dict[str, str]:
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return dict(os.environ, PYTHONPATH=path, **extra)
+
+
+def test_readme_main_command_prints_its_table_and_leaves_its_folder(tmp_path, small_data):
     command = readme_main_command()
     assert "--out" in command and "--limit-train" in command, shlex.join(command)
     # A small budget: 64 training sentences (2 steps) and the first 64 dev sentences.
-    small_data = tmp_path / "data"
-    (small_data / "sst2").mkdir(parents=True)
-    (small_data / "sst2" / "train.tsv").symlink_to(data_dir / "sst2" / "train.tsv")
-    dev_lines = (data_dir / "sst2" / "dev.tsv").read_text(encoding="utf-8").splitlines(True)
-    (small_data / "sst2" / "dev.tsv").write_text("".join(dev_lines[:65]), encoding="utf-8")
     out = tmp_path / "sst2"
     command = _with(command, "--limit-train", "64")
     command = _with(_with(command, "--out", str(out)), "--data-dir", str(small_data))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO),
-                                                                     os.environ.get("PYTHONPATH")])))
     result = subprocess.run([sys.executable, "-m", "minift", *command[1:], "--no-progress"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True,
+                            cwd=tmp_path, env=_env(), capture_output=True, text=True,
                             timeout=TIMEOUT_S)
     assert result.returncode == 0, f"{shlex.join(command)} failed:\n{result.stderr[-4000:]}"
 
@@ -304,3 +370,153 @@ def test_readme_main_command_prints_its_table_and_leaves_its_folder(tmp_path, da
         f"{out} holds {sorted(left)}; the README's output-folder table lists "
         f"{sorted(documented)} (left but not documented: {sorted(left - documented)}; "
         f"documented but not left: {sorted(documented - left)})")
+    # Of the sizes the README states.
+    sizes = readme_output_sizes()
+    assert set(sizes) == documented, f"README.md: the output-folder table lacks sizes: {sizes}"
+    wrong = check_sizes(out, sizes)
+    assert not wrong, "README.md's output-folder sizes are not the run's:\n" + "\n".join(wrong)
+
+
+# ---- the README itself: short, its rerun line, its counts, its Python example ----------------
+
+
+def test_readme_is_short():
+    words = len(_read(REPO / "README.md").split())
+    assert words <= MAX_WORDS, (f"README.md has {words} words; at most {MAX_WORDS} (the results "
+                                f"go to {RESULTS.relative_to(REPO)})")
+
+
+def test_readme_shows_the_bare_rerun_line():
+    """The install line runs the job once; a block of its own reruns it without ``pip install``."""
+    main = readme_main_command()
+    bare = [block for _, block in bash_blocks(_read(REPO / "README.md"))
+            if main in commands(block) and not any(c[:1] == ["pip"] for c in commands(block))]
+    assert bare, f"README.md: no bash block reruns `{shlex.join(main)}` without pip install"
+    assert any(c[0] == "export" and c[1].startswith("MINIFT_DATA=") for c in commands(bare[0])), \
+        "README.md: the rerun block does not set MINIFT_DATA"
+
+
+def collected_tests() -> int:
+    """How many tests ``python -m pytest`` runs (the slow ones left out, as pyproject says)."""
+    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q",
+                           "-p", "no:cacheprovider"], cwd=REPO, env=_env(), capture_output=True,
+                          text=True, timeout=TIMEOUT_S)
+    match = re.search(r"^(\d+)(?:/\d+)? tests? collected", done.stdout, re.M)
+    assert match, f"pytest --collect-only printed no count:\n{done.stdout[-2000:]}{done.stderr}"
+    return int(match.group(1))
+
+
+def vocabulary_size() -> int:
+    from minift.data.tokenizer import named_checkpoint
+
+    return len((named_checkpoint("minilm") / "vocab.txt").read_text(encoding="utf-8").splitlines())
+
+
+def minilm_classifier_parameters() -> float:
+    """MiniLM's parameters with a 2-label head, in millions (what the README's table says)."""
+    from minift.hf.checkpoint import load_bert
+
+    model = load_bert("minilm")
+    return (sum(p.numel() for p in model.parameters()) + 2 * model.config.hidden_size + 2) / 1e6
+
+
+def test_readme_counts_are_computed():
+    text = " ".join(_read(REPO / "README.md").split())
+    tests = int(re.search(r"about ([\d,]+) tests", text).group(1).replace(",", ""))
+    found = collected_tests()
+    assert abs(found - tests) <= 0.1 * found, (
+        f"README.md says about {tests} tests; `python -m pytest` collects {found}")
+    from dataclasses import fields
+
+    from minift.run.options import FinetuneOptions
+
+    limit = int(re.search(r"fixed ([\d,]+)-sentence subset", text).group(1).replace(",", ""))
+    steps = int(re.search(r"one epoch, (\d+) steps", text).group(1))
+    batch_size = next(f.default for f in fields(FinetuneOptions) if f.name == "batch_size")
+    assert steps == -(-limit // batch_size), text[:600]
+    pieces = int(re.search(r"\(([\d,]+) pieces\)", text).group(1).replace(",", ""))
+    assert pieces == vocabulary_size()
+    lessons = len(list((REPO / "lessons").glob("[0-9][0-9]_*.py")))
+    words = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+             "eleven", "twelve"]
+    said = re.search(r"(\w+) lessons teach it", text).group(1)
+    assert said == words[lessons - 1], f"README.md says {said} lessons; lessons/ holds {lessons}"
+    millions = float(re.search(r"\(([\d.]+) M parameters\)", text).group(1))
+    assert millions == round(minilm_classifier_parameters(), 1)
+
+
+def readme_python_example() -> str:
+    text = _read(REPO / "README.md")
+    match = re.search(r"^## From Python\n.*?```python\n(.*?)```", text, re.S | re.M)
+    assert match, "README.md: no ```python block in a '## From Python' section"
+    return match.group(1)
+
+
+def test_readme_python_example_runs(tmp_path, small_data):
+    example = readme_python_example()
+    lines = [line for line in example.splitlines() if line.strip()]
+    assert len(lines) <= 10, f"README.md's Python example has {len(lines)} lines; at most 10"
+    assert "limit_train=4000" in example and 'out="' in example, example
+    small = example.replace("limit_train=4000", "limit_train=64")
+    small = re.sub(r'out="[^"]*"', f"out={str(tmp_path / 'run')!r}", small)
+    result = subprocess.run([sys.executable, "-c", small], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=TIMEOUT_S,
+                            env=_env(MINIFT_DATA=str(small_data)))
+    assert result.returncode == 0, f"README.md's Python example failed:\n{result.stderr[-4000:]}"
+    # What its comments promise: (2 texts, 7 tokens, 384), a similarity, an accuracy.
+    shape = re.search(r"# \((\d+) texts, (\d+) tokens, (\d+)\)", example).groups()
+    assert f"torch.Size([{', '.join(shape)}])" in result.stdout, result.stdout
+    assert re.search(r"cosine similarity 0\.\d\d", result.stdout), result.stdout
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def test_front_door_names_take_minilm_and_import_no_torch():
+    script = ("import sys, minift\n"
+              "assert 'torch' not in sys.modules, 'import minift imported torch'\n"
+              "missing = [n for n in minift.__all__ if not hasattr(minift, n)]\n"
+              "assert not missing, missing\n"
+              "from minift.data.tokenizer import Tokenizer, named_checkpoint\n"
+              "a = minift.Tokenizer.from_pretrained('minilm')\n"
+              "b = Tokenizer.from_pretrained(named_checkpoint('minilm'))\n"
+              "assert a(['a cat sat']).input_ids.tolist() == b(['a cat sat']).input_ids.tolist()\n"
+              "for name in ('finetune', 'ner', 'pretrain', 'setfit', 'qa'):\n"
+              "    assert callable(getattr(minift, name))\n"
+              "v = minift.encode(['a cat sat', 'a dog ran'], 'minilm')\n"
+              "assert tuple(v.shape) == (2, 384) and abs(float(v[0].norm()) - 1) < 1e-5\n"
+              "model = minift.load_bert(named_checkpoint('minilm'))\n"
+              "assert (minift.encode(['a cat sat'], model, a) - v[:1]).abs().max() < 1e-6\n"
+              "try:\n"
+              "    minift.encode(['a'], model)\n"
+              "except ValueError as error:\n"
+              "    assert 'tokenizer' in str(error)\n"
+              "else:\n"
+              "    raise AssertionError('a loaded model without its tokenizer was accepted')\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert done.returncode == 0, done.stderr[-4000:]
+
+
+# ---- links and loops -------------------------------------------------------------------------
+
+
+LINK = re.compile(r"\]\(([^)\s#]+)(?:#[^)]*)?\)|src=\"([^\"]+)\"")
+
+
+@pytest.mark.parametrize("document", [*DOCUMENTS, RESULTS],
+                         ids=[str(d.relative_to(REPO)) for d in [*DOCUMENTS, RESULTS]])
+def test_every_relative_link_names_a_file(document: Path):
+    broken = [f"{document.relative_to(REPO)}:{number}: {target}"
+              for number, line in enumerate(_read(document).splitlines(), start=1)
+              for target in (a or b for a, b in LINK.findall(line))
+              if "://" not in target and not (document.parent / target).exists()]
+    assert not broken, "links to files that are not there:\n" + "\n".join(broken)
+
+
+def test_lesson_loops_reach_every_lesson():
+    """A ``for x in lessons/GLOB`` loop of lessons/README.md runs every lesson (not 01-08 of 10)."""
+    lessons = sorted(p.relative_to(REPO) for p in (REPO / "lessons").glob("[0-9][0-9]_*.py"))
+    loops = re.findall(r"\bfor \w+ in (lessons/\S+);", _read(REPO / "lessons" / "README.md"))
+    assert loops, "lessons/README.md: no `for lesson in lessons/...;` loop found"
+    for glob in loops:
+        reached = sorted(p.relative_to(REPO) for p in REPO.glob(glob))
+        assert reached == lessons, f"lessons/README.md: `{glob}` reaches {reached}, not {lessons}"

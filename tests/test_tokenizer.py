@@ -285,6 +285,32 @@ def test_save_pretrained_round_trip(ours, from_vocab, cased_pairs, tmp_path_fact
         assert saved_reference.model_max_length == source.model_max_length
 
 
+@pytest.mark.parametrize("change", ["newline", "carriage return", "gap"])
+def test_a_vocab_txt_that_would_shift_the_ids_is_refused(minilm_dir, tmp_path, change):
+    """Issue 31, row 6: a token holding a line break in tokenizer.json would take two lines of
+    vocab.txt, shifting every later id; ids with a gap shift them too. Refused, nothing written."""
+    data = json.loads((minilm_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab = data["model"]["vocab"]
+    token = next(t for t, i in vocab.items() if i == 2000)
+    if change == "gap":
+        vocab[token] = len(vocab) + 5
+        after = next(t for t, i in vocab.items() if i == 2001)
+        expected = f"cannot write the token {after!r} (id 2001) on line 2001: the vocabulary has no id 2000"
+    else:
+        broken = "a" + {"newline": "\n", "carriage return": "\r"}[change] + "b"
+        vocab[broken] = vocab.pop(token)
+        expected = f"cannot write the token {broken!r} (id 2000), which holds a line break"
+    source = tmp_path / "source"
+    source.mkdir()
+    shutil.copy(minilm_dir / "tokenizer_config.json", source)
+    (source / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
+    tokenizer = Tokenizer.from_pretrained(source)
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'saved' / 'vocab.txt'}: "
+                                                   f"{expected}")):
+        tokenizer.save_pretrained(tmp_path / "saved")
+    assert not (tmp_path / "saved").exists()
+
+
 def test_missing_or_empty_folder(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         Tokenizer.from_pretrained(tmp_path / "nowhere")

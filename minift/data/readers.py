@@ -1,7 +1,10 @@
 """Data files in, checked examples out: the readers of classification and tagging files.
 
-Reading order: `read_examples` (TSV as GLUE writes it, CSV or JSON lines into `Example`s; a
-file that is not what it should be is a `DataError` saying where and why),
+Reading order: `read_file_bytes` (every data file is checked by `stat` and read in chunks up to
+`MAX_FILE_MB`: a device, a FIFO or a file over the cap is a `DataError`, not a MemoryError;
+error messages quote at most an `excerpt` of the file), `read_examples` (TSV as GLUE writes it,
+CSV or JSON lines into `Example`s; a file that is not what it should be, a header that names a
+column twice included, is a `DataError` saying where and why),
 `read_semicolon_examples` (the Emotion data set), `encode_labels` (labels to ids, naming the first
 row the training set lacks), `TASKS` / `task_files` (the GLUE tasks in `MINIFT_DATA`), then for
 token classification `read_conll` into `TaggedSentence`s (`apply_scheme` checks or converts NER
@@ -16,6 +19,7 @@ import io
 import json
 import os
 import re
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,13 +62,98 @@ _FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
 _LINE_END = re.compile(r"\r\n|\r|\n")
 
 
-def _read_text(path: Path) -> str:
-    """The whole file decoded as UTF-8 (a leading byte-order mark dropped)."""
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
-    if path.is_dir():
+# --- Bounded reading ------------------------------------------------------------------------------
+# A data file is decoded whole, so its size is checked first: a file larger than the cap, a sparse
+# file of 2 GB, or /dev/zero would otherwise exhaust the memory before any error could be said.
+
+MAX_FILE_MB = 1024  # the largest data file read, in MiB; MINIFT_MAX_FILE_MB overrides it
+MAX_FILE_VARIABLE = "MINIFT_MAX_FILE_MB"
+_CHUNK = 1 << 20  # bytes read at a time
+EXCERPT = 80  # characters of a file's text quoted in an error message, at most
+
+
+def excerpt(text: str, limit: int = EXCERPT) -> str:
+    """`text` quoted (its repr) for an error message: at most `limit` characters of it, and its
+    length when it is longer, so a 20 MB line does not become a 20 MB message."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text):,} characters)"
+
+
+def _excerpts(values, limit: int = 10) -> str:
+    """The first `limit` of `values`, each an `excerpt`, joined by commas (and how many more)."""
+    values = list(values)
+    shown = ", ".join(excerpt(v, 40) if isinstance(v, str) else repr(v) for v in values[:limit])
+    return shown + (f" and {len(values) - limit} more" if len(values) > limit else "")
+
+
+def max_file_bytes() -> int:
+    """The cap on a data file's size in bytes: `MAX_FILE_MB` MiB, or `MINIFT_MAX_FILE_MB`."""
+    value = os.environ.get(MAX_FILE_VARIABLE)
+    if value is None or value.strip() == "":
+        return MAX_FILE_MB << 20
+    try:
+        megabytes = int(value)
+    except ValueError:
+        megabytes = 0
+    if not 1 <= megabytes <= 1 << 30:
+        raise DataError(f"{MAX_FILE_VARIABLE}: expected a whole number of MiB (1 or more), "
+                        f"found {excerpt(value, 40)}")
+    return megabytes << 20
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "a special file"
+
+
+def _too_big(path: Path, size: str, limit: int) -> DataError:
+    return DataError(f"{path}: expected a data file of at most {limit >> 20} MiB, found {size}; "
+                     f"the cap is MAX_FILE_MB in minift.data.readers (set {MAX_FILE_VARIABLE} to "
+                     "the MiB to allow, if the memory holds it)")
+
+
+def read_file_bytes(path: str | os.PathLike) -> bytes:
+    """The bytes of a regular file, read in chunks and at most `max_file_bytes()` of them.
+
+    Checked by `stat` before anything is read: a missing file, a folder, a device, FIFO or socket
+    (which may never end: /dev/zero) and a file over the cap are a `DataError` naming the file.
+    """
+    path = Path(path)
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if stat.S_ISDIR(info.st_mode):
         raise DataError(f"{path}: expected a data file, found a directory")
-    raw = path.read_bytes()
+    if not stat.S_ISREG(info.st_mode):
+        raise DataError(f"{path}: expected a regular data file, found {_kind(info.st_mode)} "
+                        "(not read: it may never end)")
+    limit = max_file_bytes()
+    if info.st_size > limit:
+        raise _too_big(path, f"{info.st_size:,} bytes", limit)
+    chunks, total = [], 0
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                total += len(chunk)
+                if total > limit:  # the file grew after the stat
+                    raise _too_big(path, f"more than {limit:,} bytes", limit)
+                chunks.append(chunk)
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
+    return b"".join(chunks)
+
+
+def _read_text(path: Path) -> str:
+    """The whole file decoded as UTF-8 (a leading byte-order mark dropped), read by
+    `read_file_bytes`."""
+    raw = read_file_bytes(path)
     start = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
     try:
         return raw[start:].decode("utf-8")
@@ -75,6 +164,12 @@ def _read_text(path: Path) -> str:
                         f"byte position {position} that is not valid UTF-8 ({e.reason}); convert "
                         "the file to UTF-8 first, e.g. `iconv -f latin1 -t utf-8` if it is "
                         "Latin-1") from None
+
+
+def read_utf8_text(path: str | os.PathLike) -> str:
+    """The text of a UTF-8 file (a byte-order mark dropped), read by `read_file_bytes`: a missing
+    file, a folder, a device, a file over the cap or bytes that are not UTF-8 are a `DataError`."""
+    return _read_text(Path(path))
 
 
 def _lines(text: str) -> list[str]:
@@ -93,9 +188,20 @@ def read_utf8_lines(path: str | os.PathLike) -> list[str]:
 
 def _column_index(header: list[str], column: str, path: Path) -> int:
     if column not in header:
-        found = ", ".join(repr(c) for c in header)
-        raise DataError(f"{path}:1: expected a column {column!r} in the header, found {found}")
+        raise DataError(f"{path}:1: expected a column {column!r} in the header, found "
+                        f"{_excerpts(header)}")
     return header.index(column)
+
+
+def _check_header(header: list[str], path: Path) -> None:
+    """Each column named once: with two of a name, which one a column option means is a guess."""
+    seen: dict[str, int] = {}
+    for number, name in enumerate(header, start=1):
+        if name in seen:
+            raise DataError(f"{path}:1: expected each column named once in the header, found "
+                            f"the column {excerpt(name, 40)} twice (fields {seen[name]} and "
+                            f"{number}); rename one of them")
+        seen[name] = number
 
 
 def _rows_tsv(text: str) -> list[tuple[int, list[str]]]:
@@ -122,7 +228,7 @@ def _check_text(value: str, what: str, path: Path, line: int) -> str:
     """`value`, unless it is empty or only whitespace: `what` is "label" or names the text."""
     if value.strip() == "":
         what = "a label" if what == "label" else f"a non-empty {what}"
-        raise DataError(f"{path}:{line}: expected {what}, found {value!r}")
+        raise DataError(f"{path}:{line}: expected {what}, found {excerpt(value)}")
     return value
 
 
@@ -131,6 +237,7 @@ def _read_table(path, rows, *, text_col, pair_col, label_col) -> list[Example]:
     if not rows:
         raise DataError(f"{path}:1: expected a header line, found an empty file")
     _, header = rows[0]
+    _check_header(header, path)
     index = [None if c is None else _column_index(header, c, path)
              for c in (text_col, pair_col, label_col)]
     whats = (f"text in column {text_col!r}", f"text in column {pair_col!r}", "label")
@@ -150,8 +257,8 @@ def _read_table(path, rows, *, text_col, pair_col, label_col) -> list[Example]:
 def _json_value(obj: dict, key: str, path: Path, line: int, *, label: bool = False) -> str:
     """The text (or with `label`, the label) under `key` of one JSON line, checked."""
     if key not in obj:
-        found = ", ".join(repr(k) for k in obj)
-        raise DataError(f"{path}:{line}: expected a key {key!r}, found the keys {found}")
+        raise DataError(f"{path}:{line}: expected a key {key!r}, found the keys "
+                        f"{_excerpts(obj)}")
     value = obj[key]
     # An integer label is kept as its decimal string, the same as a TSV file would give.
     if label and isinstance(value, int) and not isinstance(value, bool):
@@ -163,16 +270,34 @@ def _json_value(obj: dict, key: str, path: Path, line: int, *, label: bool = Fal
     return _check_text(value, "label" if label else f"text in {key!r}", path, line)
 
 
+class _DuplicateKey(Exception):
+    """A JSON object with a key twice (json keeps the last one without a word)."""
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
 def _read_jsonl(path, text, *, text_col, pair_col, label_col) -> list[Example]:
     examples = []
     for line, content in enumerate(_lines(text), start=1):
         if content.strip() == "":
             continue
         try:
-            obj = json.loads(content)
+            obj = json.loads(content, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{line}: expected a JSON object, found invalid JSON ({e})"
                             ) from None
+        except _DuplicateKey as e:
+            raise DataError(f"{path}:{line}: expected each key once in the JSON object, found "
+                            f"{excerpt(e.args[0], 40)} twice") from None
         if not isinstance(obj, dict):
             raise DataError(f"{path}:{line}: expected a JSON object, found {type(obj).__name__}")
         text = _json_value(obj, text_col, path, line)
@@ -231,12 +356,13 @@ def encode_labels(examples: Sequence[Example], vocab: LabelVocab) -> list[int]:
     bad = [ex for ex in examples if ex.label not in vocab]
     if bad:
         first = bad[0]
-        unknown = sorted({repr(ex.label) for ex in bad})
-        more = f" ({len(bad)} rows in all, with {', '.join(unknown)})" if len(bad) > 1 else ""
-        try:
-            vocab.encode(first.label, where=first.where)
-        except DataError as e:
-            raise DataError(f"{e}{more}") from None
+        unknown = sorted({ex.label for ex in bad}, key=repr)
+        more = f" ({len(bad)} rows in all, with {_excerpts(unknown)})" if len(bad) > 1 else ""
+        if first.label is None:
+            raise DataError(f"{first.where}: expected a label, found none{more}")
+        raise DataError(f"{first.where}: found the label {excerpt(first.label)}, which the "
+                        "training labels do not include; expected one of "
+                        f"{_excerpts(vocab.labels, 50)}{more}")
     return [vocab.encode(ex.label) for ex in examples]
 
 
@@ -364,10 +490,10 @@ def read_conll(path: str | os.PathLike, *, column: int = -1,
             if not (-width <= column < width) or column % width == 0:
                 raise DataError(f"{path}:{number}: expected a tag column in 1..{width - 1} "
                                 f"(0-based; column 0 is the word), found column={column} for "
-                                f"lines of {width} columns: {content!r:.80}")
+                                f"lines of {width} columns: {excerpt(content)}")
         if len(fields) != width:
             raise DataError(f"{path}:{number}: expected {width} columns separated by spaces (as "
-                            f"on line {first}), found {len(fields)}: {content!r:.80}")
+                            f"on line {first}), found {len(fields)}: {excerpt(content)}")
         words.append(fields[0])
         tags.append(fields[column])
         lines.append(number)
@@ -420,8 +546,8 @@ def encode_tags(sentences: Sequence[TaggedSentence], labels: LabelVocab) -> list
                for where, tag in zip(sentence.where, sentence.tags, strict=True)
                if tag not in labels]
     if unknown:
-        found = sorted({repr(t) for _, t in unknown})
-        more = f" ({len(unknown)} tags in all: {', '.join(found)})" if len(unknown) > 1 else ""
+        found = sorted({t for _, t in unknown}, key=repr)
+        more = f" ({len(unknown)} tags in all: {_excerpts(found)})" if len(unknown) > 1 else ""
         try:
             labels.encode_tag(unknown[0][1], unknown[0][0])
         except TagError as e:

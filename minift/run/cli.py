@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
+import math
 import os
 import sys
 from dataclasses import fields
@@ -32,8 +34,11 @@ conventions shared by every command:
   --out          one run at a time per folder; a finished run leaves the best model (HF
                  format), metrics.json and log.jsonl; resume.pt and best/ exist only while
                  the run is unfinished (or with --keep-resume)
+  --threads      CPU threads (also $MINIFT_THREADS); by default fewer, with a notice, when
+                 the load average says other jobs hold the cores
   exit status    0 done; 2 bad input (one line 'minift: error: ...', nothing trained);
-                 1 a failure during the run (full disk, out of memory); 130 Ctrl-C: the folder
+                 1 a failure during the run (full disk, out of memory; any other error is one
+                 line too: MINIFT_DEBUG=1 shows its traceback); 130 Ctrl-C: the folder
                  is left as --resume continues it
 
 run 'minift COMMAND --help' for the options of a command."""
@@ -58,6 +63,8 @@ def parse_pairs(texts: list[str] | None) -> list[tuple[str, str]]:
 
 def cmd_similarity(args: argparse.Namespace) -> int:
     pairs = parse_pairs(args.pair)  # checked before the model is loaded
+    import torch
+
     from minift.core.sentence import encode
     from minift.data.tokenizer import Tokenizer
     from minift.fast.unpad import speed_up
@@ -67,8 +74,7 @@ def cmd_similarity(args: argparse.Namespace) -> int:
     check_device(args.device)
     folder = resolve_model_dir(args.model)
     model, tokenizer = speed_up(load_bert(folder)), Tokenizer.from_pretrained(folder)
-    if args.device:
-        model.to(args.device)
+    model.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))  # as training's
     n = sum(p.numel() for p in model.parameters())
     print(f"model: {folder} ({model.config.num_hidden_layers} layers, hidden "
           f"{model.config.hidden_size}, {n / 1e6:.1f}M parameters)")
@@ -125,6 +131,38 @@ def cmd_search(task: str, args: argparse.Namespace) -> int:
 # --- Parsers, generated from the option dataclasses (minift.run.options) --------------------------
 
 
+# Flags that were renamed so that one name means one thing in every command.
+RENAMED = {"--steps": "--max-steps", "--max-dev": "--limit-dev"}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse without prefix matching (``setfit --seed`` is not ``--seeds``), whose commands
+    refuse an unknown flag with their own usage and the nearest flags they do have."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **{"allow_abbrev": False, **kwargs})
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras and not any(isinstance(a, argparse._SubParsersAction) for a in self._actions):
+            self.error(f"unrecognized arguments: {' '.join(extras)}{self.hint(extras)}")
+        return namespace, extras
+
+    def hint(self, extras: list[str]) -> str:
+        """'; --steps is now --max-steps' or '; did you mean --seeds?' for the unknown flags."""
+        known = [flag for action in self._actions for flag in action.option_strings]
+        hints = []
+        for word in extras:
+            name = word.split("=", 1)[0]
+            if not name.startswith("--"):
+                continue
+            if RENAMED.get(name) in known:
+                hints.append(f"{name} is now {RENAMED[name]}")
+            elif close := difflib.get_close_matches(name, known, n=1, cutoff=0.75):
+                hints.append(f"did you mean {close[0]} (for {name})?")
+        return "".join(f"; {hint}" for hint in hints)
+
+
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Shows each option's default after its help (not the None / False of optional flags)."""
 
@@ -163,6 +201,7 @@ def add_recipe_parser(sub, name: str) -> argparse.ArgumentParser:
         options.add_options(p, options.QaOptions, skip=set(asked))
     else:
         options.add_options(p, options.RECIPES[name])
+    options.add_options(p, options.ProcessOptions)
     if name != "setfit":  # the runs on minift.core.loop, which write log.jsonl
         [run] = [g for g in p._action_groups if g.title == options.RUN]
         run.add_argument("--plot", action="store_true",
@@ -177,6 +216,7 @@ def add_similarity_parser(sub) -> None:
                        description="cosine similarity of sentence pairs",
                        formatter_class=_HelpFormatter)
     options.add_options(p, options.SimilarityOptions)
+    options.add_options(p, options.ProcessOptions)
     p.set_defaults(func=cmd_similarity)
 
 
@@ -222,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``minift`` parser and its subcommands."""
     from minift import __version__
 
-    parser = argparse.ArgumentParser(prog="minift", description=DESCRIPTION, epilog=EPILOG,
+    parser = Parser(prog="minift", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"minift {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -247,8 +287,80 @@ def _kept(args: argparse.Namespace) -> str:
     return f"{out} keeps what was written before"
 
 
+def check_text(argv: list[str]) -> None:
+    """Refuse an argument that is not UTF-8 (the shell passed bytes Python could not decode: a
+    ``$'caf\\xe9'``), naming it and its flag, before anything reads it as text."""
+    for i, arg in enumerate(argv):
+        try:
+            str(arg).encode("utf-8")
+        except UnicodeEncodeError:
+            flag = argv[i - 1] if i and argv[i - 1].startswith("--") and "=" not in arg else ""
+            raise ValueError(f"{flag} {os.fsencode(arg)!r}".strip() + " is not UTF-8 text "
+                             "(minift reads its arguments as UTF-8)") from None
+
+
+def choose_threads(requested: int | None, environ=os.environ, load: float | None = None,
+                   cpus: int | None = None, default: int | None = None) -> tuple[int | None, str]:
+    """The CPU threads of this run and a notice (or ""): ``--threads``, else ``MINIFT_THREADS``,
+    else torch's default (None: leave it), but ``OMP_NUM_THREADS`` given or not, when the load
+    average says other jobs hold k of the cores, ``cpus - k`` threads at most (at least 1):
+    threads that wait on a busy core slow every step down (issue #32: 10x on 2 shared cores)."""
+    if requested is not None:
+        return requested, ""
+    if text := environ.get("MINIFT_THREADS", "").strip():
+        if not text.isdigit() or int(text) < 1 or int(text) > 4096:
+            raise ValueError(f"MINIFT_THREADS={text[:20]!r} is not a number of threads "
+                             "(1 to 4096)")
+        return int(text), ""
+    if environ.get("OMP_NUM_THREADS"):
+        return None, ""  # chosen by the user; torch reads it
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except OSError:  # no load average on this system
+            return None, ""
+    cpus = cpus or os.cpu_count() or 1
+    busy = min(cpus, math.floor(load + 0.5))  # cores the other jobs hold, on average
+    if default is None:
+        import torch
+
+        default = torch.get_num_threads()
+    threads = max(1, min(default, cpus - busy))
+    if threads >= default:
+        return None, ""
+    return threads, (f"minift: the load average is {load:.1f} on {cpus} cores: {threads} "
+                     f"thread{'s' if threads > 1 else ''} (--threads N or MINIFT_THREADS "
+                     "to choose)")
+
+
+def set_threads(args: argparse.Namespace) -> None:
+    """Set torch's CPU threads once, before any work (commands without ``--threads``: none)."""
+    if not hasattr(args, "threads"):
+        return
+    threads, notice = choose_threads(options.ProcessOptions(threads=args.threads).threads)
+    if notice:
+        print(notice, file=sys.stderr)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _short(text: object, limit: int = 600) -> str:
+    """An error message cut to ``limit`` characters (a message may quote a whole bad line)."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit - 160]} [...] {text[-150:]}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``minift`` console script and ``python -m minift``."""
+    """Entry point of the ``minift`` console script and ``python -m minift``. Every error is one
+    line: 2 for bad input, 1 for a failure during the run, 130 for Ctrl-C."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        check_text(argv)
+    except ValueError as err:
+        print(f"minift: error: {err}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     # Under torchrun every rank runs this command; only rank 0 prints (errors show from all).
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -256,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     where = f" (rank {os.environ.get('RANK', '0')})" if launched else ""
     clean = False
     try:
+        set_threads(args)
         with open(os.devnull, "w") if helper_rank else contextlib.nullcontext() as quiet:
             with contextlib.redirect_stdout(quiet) if helper_rank else contextlib.nullcontext():
                 status = args.func(args)
@@ -263,19 +376,24 @@ def main(argv: list[str] | None = None) -> int:
         return status
     except ValueError as err:  # bad input: one clear line, no traceback; options as flags
         text = err.render(options.flag) if isinstance(err, options.OptionError) else err
-        print(f"minift: error{where}: {text}", file=sys.stderr)
+        print(f"minift: error{where}: {_short(text)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\nminift: interrupted{where}; {_kept(args)}", file=sys.stderr)
         return 130
     except OSError as err:  # a full disk, a vanished folder: say what happened and what is kept
-        print(f"minift: error{where}: {err}; {_kept(args)}", file=sys.stderr)
+        print(f"minift: error{where}: {_short(err)}; {_kept(args)}", file=sys.stderr)
         return 1
-    except RuntimeError as err:
-        if type(err).__name__ != "OutOfMemoryError":  # torch.OutOfMemoryError
+    except Exception as err:  # noqa: BLE001 - whatever else: one line, never a traceback
+        if os.environ.get("MINIFT_DEBUG"):
             raise
-        print(f"minift: error{where}: out of memory ({str(err).splitlines()[0]}); a smaller "
-              f"--batch-size or --max-length needs less; {_kept(args)}", file=sys.stderr)
+        if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
+            text = (f"out of memory ({_short(str(err).splitlines()[0] if str(err) else '')}); "
+                    "a smaller --batch-size or --max-length needs less")
+        else:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            text = f"{type(err).__name__}: {_short(first)} (MINIFT_DEBUG=1 shows where)"
+        print(f"minift: error{where}: {text}; {_kept(args)}", file=sys.stderr)
         return 1
     finally:
         if "minift.core.ddp" in sys.modules:  # only a command that trained joined a group

@@ -63,14 +63,20 @@ share = _in_range(lambda v: 0 <= v <= 1, "must be in [0, 1]")  # the warmup's sh
 kept_share = _in_range(lambda v: 0 < v <= 1, "must be in (0, 1]")  # what a halving rung keeps
 
 
-def at_least(minimum: int) -> Callable[[Any], None]:
-    """A whole number >= ``minimum``."""
+def at_least(minimum: int, maximum: int | None = None) -> Callable[[Any], None]:
+    """A whole number >= ``minimum`` (and <= ``maximum``, where a huge value means a hang)."""
     def check(value: Any) -> None:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError("is not a whole number")
         if value < minimum:
             raise ValueError(f"must be at least {minimum}")
+        if maximum is not None and value > maximum:
+            raise ValueError(f"must be at most {maximum}")
     return check
+
+
+LARGEST = 2**63 - 1  # what torch's integers hold: a larger whole number is refused by name
+seed_check = at_least(0, 2**32 - 1)  # a seed: numpy's range, and torch's with room for seed + k
 
 
 def freeze_mode(value: Any) -> None:
@@ -85,6 +91,8 @@ def check_field(spec: Field, value: Any) -> None:
     (None passes where None is the default: the option is not given)."""
     if value is None and spec.default is None:
         return
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > LARGEST:
+        raise OptionError(f"`{spec.name}` {value} is too large (at most {LARGEST})")
     choices, check = spec.metadata.get("choices"), spec.metadata.get("check")
     if choices and value not in choices:
         raise OptionError(f"`{spec.name}` must be one of {', '.join(choices)}, got {value!r}")
@@ -98,6 +106,7 @@ def check_field(spec: Field, value: Any) -> None:
 # --- 2. Fields, and the training loop's own (read from TrainConfig) -------------------------------
 
 DATA, TRAINING, RUN = "model and data", "training", "run"
+MAX_SEEDS = 1000  # runs a command makes, one per seed: more is a typo, not a plan
 
 
 def option(default: Any = MISSING, help: str = "", *, group: str | None = TRAINING,
@@ -121,7 +130,7 @@ LOOP: dict[str, dict] = {
                      choices=("linear", "cosine", "constant")),
     "amp": dict(help="mixed precision", choices=("off", "bf16", "fp16")),
     "optimizer": dict(help="AdamW implementation", choices=("auto", "fused", "foreach", "hand")),
-    "seed": dict(help="seed of everything random", check=at_least(0)),
+    "seed": dict(help="seed of everything random", check=seed_check),
     "compile": dict(help="torch.compile the model"),
     "eval_every": dict(help="steps between evaluations on dev (default: every epoch)",
                        check=at_least(1)),
@@ -186,6 +195,8 @@ class Options:
 # --- 3. The options of each command ---------------------------------------------------------------
 
 MODEL_HELP = "'minilm' (the installed all-MiniLM-L6-v2) or a checkpoint folder"
+DEVICE_HELP = "cpu, cuda, cuda:1 or mps (default: cuda when available)"
+LIMIT_DEV_HELP = "score only a fixed seeded subset of N dev examples (a quick trial)"
 CLASSIFIER_LOOP = ("epochs", "max_steps", "lr", "grad_accum", "warmup_ratio", "weight_decay",
                    "schedule", "amp", "optimizer", "seed", "compile", "eval_every", "patience",
                    "keep_resume", "progress")
@@ -195,8 +206,7 @@ CLASSIFIER_LOOP = ("epochs", "max_steps", "lr", "grad_accum", "warmup_ratio", "w
 class RunOptions(Options):
     """Where a run writes and on what device (every command that writes)."""
     out: str = option(help="output folder (one run at a time)", group=RUN, metavar="DIR")
-    device: str | None = option(None, "cpu, cuda, cuda:1 or mps (default: cuda when available)",
-                                group=RUN)
+    device: str | None = option(None, DEVICE_HELP, group=RUN)
 
 
 @dataclass(kw_only=True)
@@ -226,6 +236,7 @@ class ClassifierOptions(LoopRunOptions):
                                    "hidden dropout)", check=fraction, search=True)
     limit_train: int | None = option(None, "train on a seeded random subset of N", group=DATA,
                                      check=at_least(1))
+    limit_dev: int | None = option(None, LIMIT_DEV_HELP, group=DATA, check=at_least(1))
     test: str | None = option(None, "test file, same format: scored once, by the best model, "
                               "at the end", group=DATA, metavar="FILE")
 
@@ -274,10 +285,11 @@ class NerOptions(ClassifierOptions):
                              "windows of whole words", check=at_least(1), search=True)
 
 
-@with_loop("lr", "grad_accum", "schedule", "amp", "optimizer", "seed", "compile", "eval_every",
-           "patience", "save_every", "weight_decay", "warmup_ratio", "keep_resume", "progress",
-           warmup_ratio=0.06,
-           helps={"eval_every": "steps between held-out evaluations (default: at the end)",
+@with_loop("max_steps", "lr", "grad_accum", "schedule", "amp", "optimizer", "seed", "compile",
+           "eval_every", "patience", "save_every", "weight_decay", "warmup_ratio", "keep_resume",
+           "progress", warmup_ratio=0.06, max_steps=1000,
+           helps={"max_steps": "optimizer steps",
+                  "eval_every": "steps between held-out evaluations (default: at the end)",
                   "patience": "stop early after N evaluations without a better held-out loss",
                   "schedule": "learning-rate decay after warmup (constant: for --patience)"})
 @dataclass(kw_only=True)
@@ -299,7 +311,6 @@ class PretrainOptions(LoopRunOptions):
     nsp: bool = option(False, "also next-sentence prediction (BERT's pair objective): --text "
                        "holds documents, a blank line between them, or JSONL with a 'sentences' "
                        "list a line", group=DATA)
-    steps: int = option(1000, "optimizer steps", check=at_least(1))
     max_length: int = option(128, "tokens a sequence holds", check=at_least(1))
     freeze: str = option("none", "head: train only the MLM head, the encoder frozen (first, for "
                          "a checkpoint shipped without one)", choices=("none", "head"))
@@ -317,9 +328,9 @@ class SetfitOptions(RunOptions):
     format: str | None = option(None, "file format (default: from the suffix)", group=DATA,
                                 choices=("tsv", "csv", "jsonl", "semicolon"))
     shots: int = option(8, "training examples per class", group=DATA, check=at_least(1))
-    max_dev: int | None = option(None, "evaluate on a fixed seeded subset of N", group=DATA,
-                                 check=at_least(1))
-    seeds: int = option(5, "runs, with seeds 0..N-1", check=at_least(1))
+    limit_dev: int | None = option(None, LIMIT_DEV_HELP, group=DATA, check=at_least(1))
+    seeds: int = option(5, "runs, with seeds --seed, --seed + 1, ...",
+                        check=at_least(1, MAX_SEEDS))
     loss: str = option("cosine", "loss of the contrastive phase", search=True,
                        choices=("cosine", "contrastive"))
     sampling: str = option("oversampling", "how positive and negative pairs are balanced",
@@ -338,7 +349,13 @@ class SetfitOptions(RunOptions):
     end_to_end: bool = option(False, "with --head linear: train the encoder with the head")
     max_length: int = option(256, "tokens a text keeps", check=at_least(1), search=True)
     progress: bool = option(True, "no progress bars", group=RUN)
-    seed: int = option(0, "the first seed", check=at_least(0), cli=False)
+    seed: int = option(0, LOOP["seed"]["help"], check=seed_check)  # the first run's
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.end_to_end and self.head != "linear":  # the logistic head is fitted on frozen
+            raise OptionError(f"`end_to_end` trains the encoder through a head trained by "
+                              f"gradient: give `head` linear (got {self.head})")  # embeddings
 
 
 @dataclass(kw_only=True)
@@ -352,8 +369,7 @@ class SpanOptions(Options):
     n_best: int = option(20, "start and end candidates a window, and answers kept",
                          check=at_least(1))
     max_answer_length: int = option(30, "tokens an answer spans", check=at_least(1))
-    device: str | None = option(None, "cpu, cuda, cuda:1 or mps (default: cuda when available)",
-                                group=RUN)
+    device: str | None = option(None, DEVICE_HELP, group=RUN)
 
 
 @with_loop("epochs", "max_steps", "lr", "grad_accum", "warmup_ratio", "weight_decay", "amp",
@@ -372,6 +388,7 @@ class QaOptions(SpanOptions, LoopRunOptions):
     split_seed: int = option(0, "seed of the article split", group=DATA)
     limit_train: int | None = option(None, "train on a seeded random subset of N questions",
                                      group=DATA, check=at_least(1))
+    limit_dev: int | None = option(None, LIMIT_DEV_HELP, group=DATA, check=at_least(1))
 
 
 ASK = "answering one question (with a trained --model)"
@@ -393,7 +410,7 @@ class SimilarityOptions(Options):
     model: str = option("minilm", MODEL_HELP, group=None)
     pair: list[str] | None = option(None, "a sentence pair (repeatable); default: a few built-in "
                                     "pairs", group=None, action="append", metavar="'A ||| B'")
-    device: str | None = option(None, "cpu, cuda, cuda:1 or mps (default: cpu)", group=None)
+    device: str | None = option(None, DEVICE_HELP, group=None)
     progress: bool = option(True, "no progress bars", group=None)
 
 
@@ -407,7 +424,7 @@ class SearchOptions(Options):
         "(lr 5e-5,3e-5,2e-5; batch_size 16,32; epochs 2,3,4)", group="search", action="append",
         metavar="NAME=V1,V2,...")
     seeds: int = option(3, "seeds a configuration: --seed, --seed + 1, ...", group="search",
-                        check=at_least(1))
+                        check=at_least(1, MAX_SEEDS))
     metric: str | None = option(None, "the dev metric the choice is made on (finetune: accuracy, "
                                 "f1, loss; ner: entity_f1, precision, recall, token_accuracy, "
                                 "accuracy (POS), loss; qa: f1, exact_match; setfit: accuracy); "
@@ -427,6 +444,18 @@ class SearchOptions(Options):
                                      check=at_least(1))
 
 
+@dataclass(kw_only=True)
+class ProcessOptions(Options):
+    """How the ``minift`` process runs: an option of every command that computes, read by the
+    command line alone (``minift.run.cli.choose_threads``), not by the recipes."""
+    threads: int | None = option(None, "CPU threads of torch (default: $MINIFT_THREADS, else "
+                                 "fewer when the load average says other jobs hold the cores, "
+                                 "with a notice, else torch's default); another count can move "
+                                 "the last digits of a loss: give it to repeat a run bit for "
+                                 "bit", group=RUN,
+                                 check=at_least(1, 4096))
+
+
 RECIPES: dict[str, type] = {"finetune": FinetuneOptions, "ner": NerOptions,
                             "pretrain": PretrainOptions, "setfit": SetfitOptions,
                             "qa": QaOptions, "answer": AnswerOptions}
@@ -443,7 +472,7 @@ def kind(spec: Field) -> type:
 
 def flag(name: str) -> str:
     """The command-line flag of the field ``name`` (``--max-length``; its ``flag`` if set)."""
-    for cls in (*RECIPES.values(), SimilarityOptions, SearchOptions):
+    for cls in (*RECIPES.values(), SimilarityOptions, SearchOptions, ProcessOptions):
         for spec in fields(cls):
             if spec.name == name:
                 return _flag(spec)

@@ -16,12 +16,14 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from minift.core.files import atomic_write
+from minift.data.readers import read_utf8_lines, read_utf8_text
 
 # --- 1. Style and saving --------------------------------------------------------------------------
 
@@ -75,6 +77,17 @@ def save(fig, path: str | os.PathLike) -> Path:
 # --- 2. Reading a run -----------------------------------------------------------------------------
 
 
+def _is_number(value: object, whole: bool = False) -> bool:
+    """A JSON number (an int when ``whole``), not a boolean."""
+    kind = int if whole else int | float
+    return isinstance(value, kind) and not isinstance(value, bool)
+
+
+def note(text: str) -> None:
+    """Say what ``minift plot`` skipped, and why (a figure it cannot draw is no error)."""
+    print(f"note: {text}")
+
+
 def read_log(run: str | os.PathLike) -> tuple[list[dict], list[dict]]:
     """The training records (``step``, ``loss``, ``lr``, ...) and the evaluation records
     (``step``, ``eval``: {metric: value}) of ``run/log.jsonl``, each in the order written.
@@ -90,39 +103,44 @@ def read_log(run: str | os.PathLike) -> tuple[list[dict], list[dict]]:
         raise ValueError(f"{folder}: no log.jsonl (the folder of a finetune, ner or pretrain "
                          "run holds one)")
     training, evaluations = [], []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not a JSON record ({err.msg}): "
-                                 f"{line.strip()[:60]!r}") from None
-            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-                raise ValueError(f"{path}:{number}: expected a JSON object with an integer "
-                                 f"'step', found {line.strip()[:60]!r}")
-            if isinstance(record.get("eval"), dict):
-                evaluations.append(record)
-            elif isinstance(record.get("loss"), int | float):
-                training.append(record)
-            else:
-                raise ValueError(f"{path}:{number}: expected a training record ('loss') or an "
-                                 f"evaluation record ('eval'), found keys {sorted(record)}")
+    for number, line in enumerate(read_utf8_lines(path), start=1):  # bounded, like a data file
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{number}: not a JSON record ({err.msg}): "
+                             f"{line.strip()[:60]!r}") from None
+        if not isinstance(record, dict) or not _is_number(record.get("step"), whole=True):
+            raise ValueError(f"{path}:{number}: expected a JSON object with an integer "
+                             f"'step', found {line.strip()[:60]!r}")
+        if isinstance(record.get("eval"), dict):
+            evaluations.append(record)
+        elif _is_number(record.get("loss")):
+            training.append(record)
+        else:
+            raise ValueError(f"{path}:{number}: expected a training record ('loss') or an "
+                             f"evaluation record ('eval'), found keys {sorted(record)[:20]}")
     if not training and not evaluations:
         raise ValueError(f"{path}: the log is empty (the run logged no step)")
     return training, evaluations
 
 
 def read_metrics(run: str | os.PathLike) -> dict | None:
-    """``run/metrics.json`` (None when the run has none: it is unfinished)."""
+    """``run/metrics.json`` (None when the run has none: it is unfinished; and, with a note,
+    when it holds no JSON object)."""
     path = Path(run) / "metrics.json"
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        metrics = json.loads(read_utf8_text(path))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}:{err.lineno}: not JSON ({err.msg})") from None
+    if not isinstance(metrics, dict):
+        note(f"{path} holds a JSON {type(metrics).__name__}, not an object: its figures skipped")
+        return None
+    return metrics
+
 
 
 # --- 3. The drawings ------------------------------------------------------------------------------
@@ -167,10 +185,13 @@ def draw_loss(ax, logs: dict[str, list[dict]]) -> None:
 
 
 def draw_lr(ax, logs: dict[str, list[dict]]) -> None:
-    """The learning rate of each run against the step (warmup, then the decay)."""
+    """The learning rate of each run against the step (warmup, then the decay); the records
+    without an ``lr`` are left out."""
     for i, (name, records) in enumerate(logs.items()):
-        ax.plot([r["step"] for r in records], [r["lr"] for r in records], color=f"C{i}",
-                linewidth=2, marker=".", label=name)
+        points = [(r["step"], r["lr"]) for r in records if _is_number(r.get("lr"))]
+        if points:
+            ax.plot(*zip(*points, strict=True), color=f"C{i}", linewidth=2, marker=".",
+                    label=name)
     ax.set(title="learning rate (schedule)", xlabel="optimizer step",
            ylabel="learning rate (AdamW step size)")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
@@ -222,6 +243,22 @@ def draw_class_scores(ax, per_class: dict[str, dict], title: str) -> None:
 # --- 4. What the command draws, and the lessons' figure folder ------------------------------------
 
 
+def _is_square(matrix: object, labels: object) -> bool:
+    """Whether ``matrix`` is a confusion matrix over ``labels``: a row of counts per label."""
+    return (isinstance(labels, list) and len(labels) > 0 and isinstance(matrix, list)
+            and len(matrix) == len(labels)
+            and all(isinstance(row, list) and len(row) == len(labels)
+                    and all(_is_number(n, whole=True) for n in row) for row in matrix))
+
+
+def _are_scores(per: object) -> bool:
+    """Whether ``per`` maps names to their precision, recall and f1 (numbers)."""
+    return isinstance(per, dict) and all(
+        isinstance(scores, dict) and all(_is_number(scores.get(key))
+                                         for key in ("precision", "recall", "f1"))
+        for scores in per.values())
+
+
 def _metrics_figures(run: Path, metrics: dict) -> list[Path]:
     """The confusion matrix (a classification run) or the per-type scores (an NER / POS run)
     of the run's ``metrics.json``, written into ``run``."""
@@ -229,13 +266,23 @@ def _metrics_figures(run: Path, metrics: dict) -> list[Path]:
     dev = metrics.get("dev")
     if not isinstance(dev, dict):
         return written
+    where = run / "metrics.json"
     if "confusion" in dev and "labels" in metrics:
-        fig, ax = figure(6.0, 5.0)
-        draw_confusion(ax, dev["confusion"], metrics["labels"],
-                       f"{run.name}: dev confusion matrix (accuracy {dev['accuracy']:.3f})")
-        written.append(save(fig, run / "confusion.png"))
+        matrix, labels = dev["confusion"], metrics["labels"]
+        if _is_square(matrix, labels):
+            accuracy = dev.get("accuracy")
+            shown = f" (accuracy {accuracy:.3f})" if _is_number(accuracy) else ""
+            fig, ax = figure(6.0, 5.0)
+            draw_confusion(ax, matrix, labels, f"{run.name}: dev confusion matrix{shown}")
+            written.append(save(fig, run / "confusion.png"))
+        else:
+            note(f"{where}: dev.confusion is not a square table of counts, one row per label of "
+                 "'labels': confusion.png skipped")
     per = dev.get("per_type") or dev.get("per_tag")
-    if per:
+    if per and not _are_scores(per):
+        note(f"{where}: dev.{'per_type' if 'per_type' in dev else 'per_tag'} is not a table of "
+             "precision, recall and f1 per name: its figure skipped")
+    elif per:
         what = "entity type" if "per_type" in dev else "tag"
         fig, ax = figure(max(6.0, 1.0 + 0.7 * len(per)), 4.5)
         draw_class_scores(ax, per, f"{run.name}: dev scores per {what}")
@@ -268,16 +315,21 @@ def plot_runs(runs: Sequence[str | os.PathLike], out: str | os.PathLike | None =
         fig, ax = figure()
         draw_loss(ax, training)
         written.append(save(fig, target / "loss.png"))
-        fig, ax = figure(8.0, 3.5)
-        draw_lr(ax, training)
-        written.append(save(fig, target / "lr.png"))
+        if any(_is_number(r.get("lr")) for records in training.values() for r in records):
+            fig, ax = figure(8.0, 3.5)
+            draw_lr(ax, training)
+            written.append(save(fig, target / "lr.png"))
+        else:
+            note("no training record logs an 'lr': lr.png skipped")
     evaluations = {name: e for name, (_, e) in logs.items() if e}
     names = [name for records in evaluations.values() for r in records for name in r["eval"]]
     for metric in dict.fromkeys(names):  # in first-seen order, once each
         values = [r["eval"][metric] for records in evaluations.values() for r in records
                   if metric in r["eval"]]
-        if metric in COUNTS or not all(isinstance(v, int | float) and math.isfinite(v)
-                                       for v in values):
+        if metric in COUNTS or not all(_is_number(v) and math.isfinite(v) for v in values):
+            continue
+        if not re.fullmatch(r"\w[\w.-]{0,99}", metric):
+            note(f"the metric {metric[:60]!r} is not a file name: dev_<metric>.png skipped")
             continue
         fig, ax = figure()
         draw_metric(ax, metric, evaluations)

@@ -41,6 +41,7 @@ from tqdm import tqdm
 from minift.core.labels import DataError
 from minift.core.model import BertConfig, BertModel
 from minift.data.batches import PaddedRows
+from minift.data.readers import excerpt, read_utf8_text
 from minift.hf.checkpoint import (
     fresh_linear,
     linear_tensors,
@@ -92,6 +93,25 @@ def _field(obj: object, key: str, kind: type, where: str, path: Path):
     return value
 
 
+def _check_answer(answer: Answer, context: str, here: str) -> None:
+    """An answer is a non-empty span of its context at ``answer_start``; anything else (an empty
+    text, a start past the context's end) would be trained on as "no answer", which SQuAD v1.1's
+    answerable questions never are."""
+    if isinstance(answer.start, bool):
+        raise DataError(f"{here}: expected an integer answer_start, found {answer.start}")
+    if answer.text.strip() == "":
+        raise DataError(f"{here}: expected the answer's text, found {answer.text!r}; minift "
+                        "supports answerable questions only (SQuAD v1.1), each answer a "
+                        "non-empty span of the context")
+    if not 0 <= answer.start <= len(context) - len(answer.text):
+        raise DataError(f"{here} {excerpt(answer.text)}: answer_start {answer.start} is outside "
+                        f"the context ({len(context):,} characters): the answer must lie in it")
+    found = context[answer.start:answer.end]
+    if found != answer.text:
+        raise DataError(f"{here} {excerpt(answer.text)} is not at answer_start {answer.start} of "
+                        f"the context (found {excerpt(found)} there)")
+
+
 def read_squad(path: str | os.PathLike, *, require_answers: bool = True) -> list[Question]:
     """The questions of a SQuAD v1.1 JSON file, in file order.
 
@@ -103,13 +123,7 @@ def read_squad(path: str | os.PathLike, *, require_answers: bool = True) -> list
     """
     path = Path(path)
     try:
-        raw = json.loads(path.read_text(encoding="utf-8-sig"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a folder, expected a SQuAD JSON file") from None
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 ({err.reason} at byte {err.start})") from None
+        raw = json.loads(read_utf8_text(path))  # bounded: a file over the cap is refused unread
     except json.JSONDecodeError as err:
         raise DataError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
     questions: list[Question] = []
@@ -122,7 +136,7 @@ def read_squad(path: str | os.PathLike, *, require_answers: bool = True) -> list
             context = _field(paragraph, "context", str, where, path)
             for q, qa in enumerate(_field(paragraph, "qas", list, where, path)):
                 qid = str(_field(qa, "id", (str, int), f"{where}.qas[{q}]", path))
-                here = f"{path}: question {qid} ({where}.qas[{q}])"
+                here = f"{path}: question {qid[:80]} ({where}.qas[{q}])"
                 if qa.get("is_impossible"):
                     raise DataError(f"{here}: is_impossible is true, a SQuAD 2.0 unanswerable "
                                     "question; minift supports SQuAD v1.1 (answerable questions "
@@ -136,11 +150,7 @@ def read_squad(path: str | os.PathLike, *, require_answers: bool = True) -> list
                     spot = f"{where}.qas[{q}].answers[{n}]"
                     answer = Answer(_field(ans, "text", str, spot, path),
                                     _field(ans, "answer_start", int, spot, path))
-                    found = context[answer.start:answer.end]
-                    if answer.start < 0 or found != answer.text:
-                        raise DataError(f"{here}: answer {n} {answer.text!r} is not at "
-                                        f"answer_start {answer.start} of the context (found "
-                                        f"{found!r} there)")
+                    _check_answer(answer, context, f"{here}: answer {n}")
                     answers.append(answer)
                 if require_answers and not answers:
                     raise DataError(f"{here}: no answers; every training question needs one")

@@ -83,6 +83,7 @@ def finetune(**options: Any) -> dict:
     else:
         train_examples = prepare.subset(read_examples(train, **columns), o.limit_train, o.seed)
         dev_examples = read_examples(dev, **columns)
+    dev_examples = prepare.subset(dev_examples, o.limit_dev, 0)
     test_examples = read_examples(o.test, **columns) if o.test else []
     vocab = LabelVocab.from_examples(train_examples)
     if len(vocab) < 2:

@@ -46,7 +46,7 @@ def setfit(**options: Any) -> dict:
 
     For each seed s: draw ``shots`` training examples of every class (a generator seeded with s),
     train SetFit with seed s from the same base model, and measure accuracy on dev (all of it, or
-    a fixed seeded subset of ``max_dev``). Prints and returns
+    a fixed seeded subset of ``limit_dev``). Prints and returns
     ``{"dev": {"accuracy_mean", "accuracy_std", "per_seed": [...]}, "train": ..., "config": ...,
     "labels": ...}``; the standard deviation is the sample one (n - 1), 0 for a single seed. The
     model of the first seed is saved in ``out/model`` (``SetFitModel.from_pretrained``).
@@ -59,7 +59,7 @@ def setfit(**options: Any) -> dict:
     prepare.check_max_length(folder, o.max_length)
     train_examples, dev_examples = (prepare.read_labelled(path, o.text_col, o.label_col, o.format)
                                     for path in (o.train, o.dev))
-    dev_examples = prepare.subset(dev_examples, o.max_dev, 0)
+    dev_examples = prepare.subset(dev_examples, o.limit_dev, 0)
     vocab = LabelVocab.from_examples(train_examples)
     if len(vocab) < 2:
         raise ValueError(f"{o.train}: found a single label {vocab.labels}; SetFit needs two")

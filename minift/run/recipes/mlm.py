@@ -61,7 +61,7 @@ def pretrain(**options: Any) -> dict:
     o = PretrainOptions(**options)
     if o.freeze != "none" and o.nsp:
         raise OptionError("`freeze` head trains the MLM head alone: it does not take `nsp`")
-    config = skeleton.train_config(o, max_steps=o.steps, eval_every=o.eval_every or o.steps,
+    config = skeleton.train_config(o, eval_every=o.eval_every or o.max_steps,
                                    metric="loss", greater_is_better=False)
     check_device(o.device)
     folder = resolve_model_dir(o.model)

@@ -71,8 +71,9 @@ def qa(**options: Any) -> dict:
     The options are ``minift.run.options.QaOptions``'s fields. Data: ``train`` and ``dev``
     files, or one ``squad`` file split by article: ``dev_articles`` whole articles (drawn with
     ``split_seed``) are dev, the rest train, so no paragraph is in both. ``limit_train`` keeps a
-    seeded random subset of the training questions. Contexts longer than ``max_length`` are cut
-    into windows overlapping by ``doc_stride`` tokens (``minift.tasks.qa.make_windows``).
+    seeded random subset of the training questions, ``limit_dev`` a fixed one of the dev's.
+    Contexts longer than ``max_length`` are cut into windows overlapping by ``doc_stride``
+    tokens (``minift.tasks.qa.make_windows``).
     Returns the metrics written: ``{"dev": {"exact_match", "f1", "questions"}, "train": ...,
     "data": ...}``, scores in points (0-100) as the official script.
     """
@@ -83,6 +84,7 @@ def qa(**options: Any) -> dict:
     _check_lengths(folder, o)
     train_questions, dev_questions, split = _questions(o)
     train_questions = prepare.subset(train_questions, o.limit_train, o.seed)
+    dev_questions = prepare.subset(dev_questions, o.limit_dev, 0)
     tokenizer = Tokenizer.from_pretrained(folder)
     train_windows, train_set, dev_windows, dev_set = squad_qa.train_and_dev_windows(
         train_questions, dev_questions, tokenizer, max_length=o.max_length,

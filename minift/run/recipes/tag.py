@@ -106,6 +106,7 @@ def ner(**options: Any) -> dict:
         splits = {name: readers.apply_scheme(part, o.scheme) for name, part in splits.items()}
     labels = tag_set(o, folder, splits, task)
     splits["train"] = prepare.subset(splits["train"], o.limit_train, o.seed)
+    splits["dev"] = prepare.subset(splits["dev"], o.limit_dev, 0)
     for sentences in splits.values():
         readers.encode_tags(sentences, labels)  # a tag outside the set stops here, before loading
 
