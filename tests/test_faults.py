@@ -374,6 +374,7 @@ def _finished(out: Path) -> dict:
             "names": sorted(p.name for p in out.iterdir())}
 
 
+@pytest.mark.slow  # 13 kills and resumes of a real finetune, twice: about 2 minutes on 2 cores
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
 def test_a_kill_at_every_file_of_the_final_save_leaves_a_folder_that_loads_or_resumes(
         tiny, tmp_path, command_server, signum):

@@ -107,6 +107,9 @@ def test_answer_mode_checks_before_loading(tiny, tmp_path, capsys, no_loading):
     code, _, err = run(capsys, "qa", "--model", tiny, "--question", "Who?", "--context-file",
                        tmp_path / "missing.txt")
     assert code == 2 and "no such file" in err
+    code, _, err = run(capsys, "qa", "--model", tiny, "--question", "Who?", "--context-file",
+                       "/dev/zero")  # read with the readers' bounds, never to the end
+    assert code == 2 and "character device" in err
 
 
 def test_train_then_answer(tiny, small_squad, tmp_path, capsys):

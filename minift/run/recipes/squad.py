@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from minift.core.files import atomic_write
+from minift.data.readers import DataError, read_utf8_text
 from minift.data.tokenizer import Tokenizer
 from minift.fast.unpad import speed_up
 from minift.hf.checkpoint import read_config_json, resolve_model_dir
@@ -146,13 +147,10 @@ def answer(**options: Any) -> list:
         raise OptionError("give the context as `context` TEXT or `context_file` FILE (one)")
     context = o.context
     if o.context_file is not None:
-        path = Path(o.context_file)
-        if not path.is_file():
-            raise OptionError(f"`context_file` {path}: no such file")
-        try:
-            context = path.read_text(encoding="utf-8-sig")
-        except UnicodeDecodeError as err:
-            raise OptionError(f"`context_file` {path}: not UTF-8 ({err.reason})") from None
+        try:  # read with the readers' bounds: no device, FIFO or oversized file
+            context = read_utf8_text(o.context_file)
+        except DataError as err:
+            raise OptionError(f"`context_file` {err}") from None
     if not context.strip():
         raise ValueError("the context is empty")
     prepare.check_device(o.device)
