@@ -174,6 +174,7 @@ def _launch(context, out: Path, result: Path, kill_at: int | None) -> int:
     return process.exitcode
 
 
+@pytest.mark.slow  # 20 seeded SIGKILLs and resumes (about 35 s)
 def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_run(tmp_path, forkserver):
     assert _launch(forkserver, tmp_path / "full", tmp_path / "full.safetensors", None) == 0
     events = int((tmp_path / "full.safetensors.events").read_text())

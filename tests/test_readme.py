@@ -420,6 +420,7 @@ def minilm_classifier_parameters() -> float:
     return (sum(p.numel() for p in model.parameters()) + 2 * model.config.hidden_size + 2) / 1e6
 
 
+@pytest.mark.slow  # collects the whole suite in a subprocess (about 15 s)
 def test_readme_counts_are_computed():
     text = " ".join(_read(REPO / "README.md").split())
     tests = int(re.search(r"about ([\d,]+) tests", text).group(1).replace(",", ""))
