@@ -154,3 +154,15 @@ def test_no_definition_is_too_long(path):
             if size > MAX_DEFINITION_LINES and (relative, node.name) not in LONG_DEFINITIONS_ALLOWED:
                 long.append(f"{node.name} ({size} lines)")
     assert not long, f"{relative}: {', '.join(long)}"
+
+
+def test_every_folder_of_the_package_is_installed():
+    """pyproject.toml lists the packages by hand: a new folder missing there is left out of a
+    wheel (an editable install hides it)."""
+    import tomllib
+
+    listed = set(tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())
+                 ["tool"]["setuptools"]["packages"])
+    folders = {".".join(p.parent.relative_to(PACKAGE.parent).parts)
+               for p in PACKAGE.rglob("__init__.py")}
+    assert folders == listed
