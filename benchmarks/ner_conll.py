@@ -224,7 +224,7 @@ def minift_run(*, data, task, limit_train, epochs, lr, batch_size, max_length, s
             dev=str(data / "dev.txt"),
             test=str(data / "test.txt"),
             column=COLUMNS[task],
-            task=task,
+            tags=task,
             limit_train=limit_train,
             epochs=epochs,
             lr=lr,

@@ -69,7 +69,6 @@ OWN_MEANING = {
     "--patience": "pretrain waits on the held-out loss",
     "--schedule": "pretrain's help names --patience's constant schedule",
     "--split-seed": "finetune splits examples, qa articles",
-    "--task": "finetune: a GLUE task; ner: ner or pos (one name, two meanings: still to rename)",
     "--warmup-ratio": "pretrain warms up over 6% (RoBERTa's), fine-tuning 10%",
 }
 

@@ -478,7 +478,7 @@ def test_a_too_long_max_length_and_unknown_options_are_refused(tiny_model, small
     files = dict(model=tiny_model, train=small_files["train"], dev=small_files["dev"], out="x")
     code, _, stderr = _run(capsys, **files, max_length=65)
     assert code == 2 and "--max-length 65 is more than the model's 64 positions" in stderr
-    code, _, stderr = _run(capsys, **files, task="pos", stride_words=-1)
+    code, _, stderr = _run(capsys, **files, tags="pos", stride_words=-1)
     assert code == 2 and "--stride-words must be at least 0, got -1" in stderr
 
 

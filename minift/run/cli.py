@@ -132,7 +132,7 @@ def cmd_search(task: str, args: argparse.Namespace) -> int:
 
 
 # Flags that were renamed so that one name means one thing in every command.
-RENAMED = {"--steps": "--max-steps", "--max-dev": "--limit-dev"}
+RENAMED = {"--steps": "--max-steps", "--max-dev": "--limit-dev", "--task": "--tags"}  # ner: --tags
 
 
 class Parser(argparse.ArgumentParser):

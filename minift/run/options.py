@@ -275,7 +275,7 @@ class NerOptions(ClassifierOptions):
                          group=DATA)
     scheme: str = option("iob2", "NER tags: iob2 checks strict IOB2, iob1 converts to it",
                          group=DATA, choices=("iob1", "iob2"))
-    task: str = option("auto", "ner: entity F1; pos: token accuracy; auto: ner when tags are "
+    tags: str = option("auto", "ner: entity F1; pos: token accuracy; auto: ner when tags are "
                        "O/B-/I-", group=DATA, choices=("auto", "ner", "pos"))
     stride_words: int = option(16, "overlap of the windows of a long sentence, in words",
                                group=DATA, check=at_least(0))

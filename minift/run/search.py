@@ -476,7 +476,7 @@ def _check_metric(task: str, metric: str, fixed: dict) -> tuple[str, bool]:
     if task == "ner":
         from minift.data.readers import is_bio, read_conll
 
-        kind = fixed.get("task", "auto")
+        kind = fixed.get("tags", "auto")
         if kind == "auto" and fixed.get("train"):
             kind = "ner" if is_bio(read_conll(fixed["train"], column=fixed.get("column", -1))) \
                 else "pos"
