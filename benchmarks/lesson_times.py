@@ -30,6 +30,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from minift.fast.cpu_kernels import cpu_model  # the package's one reading of /proc/cpuinfo
+
 REPO = Path(__file__).resolve().parents[1]
 LESSONS = sorted((REPO / "lessons").glob("[0-9][0-9]_*.py"))
 RESULTS = REPO / "benchmarks" / "results"
@@ -51,16 +53,6 @@ def lesson_env(threads: int | None) -> dict[str, str]:
         env["OMP_NUM_THREADS"] = str(threads)
     return env
 
-
-def cpu_model() -> str:
-    """The CPU's model name, from /proc/cpuinfo (the platform's answer where there is none)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine(env: dict[str, str]) -> dict:

@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from minift.fast.cpu_kernels import cpu_model  # the package's one reading of /proc/cpuinfo
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 JOB = ["--task", "sst2", "--max-steps", "6", "--limit-train", "200", "--limit-dev", "200",
@@ -38,16 +40,6 @@ JOB = ["--task", "sst2", "--max-steps", "6", "--limit-train", "200", "--limit-de
 SMOKE_JOB = ["--task", "sst2", "--max-steps", "1", "--limit-train", "16", "--limit-dev", "8",
              "--max-length", "16", "--batch-size", "8"]
 
-
-def cpu_name() -> str:
-    """The processor's model name, from /proc/cpuinfo (or what platform knows)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def spin(n: int) -> list[subprocess.Popen]:
@@ -158,7 +150,7 @@ def main() -> None:
     results = args.results or (Path(tempfile.mkdtemp(prefix="threads-")) if args.smoke
                                else RESULTS)
     arms = [1, 2, None]
-    machine = {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
+    machine = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
                "load_before": os.getloadavg()[0]}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="minift-threads-") as work:
