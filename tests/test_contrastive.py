@@ -18,49 +18,10 @@ from minift.core.contrastive import (
     cosine_similarity_loss,
     embed_pairs,
 )
-from minift.core.model import BertConfig, BertModel
-from minift.data.readers import read_examples
 from minift.data.tokenizer import Tokenizer
-from minift.hf.checkpoint import load_bert, save_bert
+from minift.hf.checkpoint import load_bert
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread for this module: the sizes are tiny, and on a shared 2-core machine a
-    second thread stalls whenever another process holds a core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def minilm(minilm_dir):
-    return load_bert(minilm_dir), Tokenizer.from_pretrained(minilm_dir)
-
-
-@pytest.fixture(scope="module")
-def sst2(data_dir):
-    train = read_examples(data_dir / "sst2" / "train.tsv", text_col="sentence", label_col="label")
-    dev = read_examples(data_dir / "sst2" / "dev.tsv", text_col="sentence", label_col="label")
-    return train, dev
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, minilm_dir):
-    """A tiny random BERT in HF format, with the MiniLM tokenizer."""
-    folder = tmp_path_factory.mktemp("tiny")
-    torch.manual_seed(0)
-    config = BertConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    save_bert(BertModel(config), folder)
-    Tokenizer.from_pretrained(minilm_dir).save_pretrained(folder)
-    return folder
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _setfit_pairs(labels, sampling, num_iterations):

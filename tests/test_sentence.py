@@ -7,8 +7,6 @@ import pytest
 import torch
 
 from minift.core.sentence import encode
-from minift.data.tokenizer import Tokenizer
-from minift.hf.checkpoint import load_bert
 
 
 @pytest.fixture(scope="module")
@@ -16,11 +14,6 @@ def sst2_sentences(data_dir):
     with open(data_dir / "sst2" / "dev.tsv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
     return [row["sentence"] for row in rows[:300]]
-
-
-@pytest.fixture(scope="module")
-def minilm(minilm_dir):
-    return load_bert(minilm_dir), Tokenizer.from_pretrained(minilm_dir)
 
 
 def test_sentence_embeddings_match_sentence_transformers(minilm, minilm_dir, sst2_sentences):
