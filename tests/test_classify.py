@@ -10,6 +10,7 @@ import torch
 import transformers
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tiny_heads import TINY, hf_to_minift, random_batch
 
 from minift.core.model import BertModel
 from minift.fast.unpad import FastBertModel, speed_up
@@ -20,35 +21,10 @@ from minift.tasks.classify import SequenceClassifier
 from minift.tasks.mlm import MaskedLM
 from minift.tasks.tag import TokenClassifier
 
-TINY = dict(vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-            intermediate_size=24, max_position_embeddings=32)
 PAIRS = [
     (SequenceClassifier, transformers.BertForSequenceClassification),
     (TokenClassifier, transformers.BertForTokenClassification),
 ]
-
-
-def random_batch(gen, batch, seq, num_labels, token_level):
-    ids = torch.randint(1, TINY["vocab_size"], (batch, seq), generator=gen)
-    mask = torch.ones(batch, seq, dtype=torch.long)
-    # At least two real tokens: position 0 ([CLS]) is ignored, so one label always counts.
-    lengths = torch.randint(2, seq + 1, (batch,), generator=gen)
-    for row, n in enumerate(lengths.tolist()):
-        mask[row, n:] = 0
-    types = torch.randint(0, 2, (batch, seq), generator=gen)
-    if token_level:
-        labels = torch.randint(0, num_labels, (batch, seq), generator=gen)
-        labels[mask == 0] = -100
-        labels[:, 0] = -100
-    else:
-        labels = torch.randint(0, num_labels, (batch,), generator=gen)
-    return dict(input_ids=ids, attention_mask=mask, token_type_ids=types, labels=labels)
-
-
-def hf_to_minift(hf_model, ours_cls):
-    with tempfile.TemporaryDirectory() as tmp:
-        hf_model.save_pretrained(tmp)
-        return ours_cls.from_pretrained(tmp).eval()
 
 
 @settings(deadline=None, max_examples=15)
@@ -174,11 +150,6 @@ def test_from_pretrained_builds_the_encoder_once_and_reads_the_config_once(tmp_p
 # --------------------------------------------------------------------------------------------
 # Question answering, next-sentence prediction, BERT's joint pretraining
 # --------------------------------------------------------------------------------------------
-
-
-def saved(hf_model, tmp_dir):
-    hf_model.save_pretrained(tmp_dir)
-    return tmp_dir
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import torch
 import transformers
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tiny_heads import TINY, random_batch, saved
 
 from minift.core.labels import DataError
 from minift.core.model import BertConfig, BertModel
@@ -135,32 +136,6 @@ def test_pretrain_nsp_reports_nsp_accuracy(minilm_dir, data_dir, tmp_path, capsy
         "BertForPreTraining"]
     assert main(["pretrain", "--model", str(model_dir), "--text", str(docs), "--nsp",
                  "--masking", "wwm", "--out", str(tmp_path / "bad")]) == 2
-
-
-TINY = dict(vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-            intermediate_size=24, max_position_embeddings=32)
-
-
-def random_batch(gen, batch, seq, num_labels, token_level):
-    ids = torch.randint(1, TINY["vocab_size"], (batch, seq), generator=gen)
-    mask = torch.ones(batch, seq, dtype=torch.long)
-    # At least two real tokens: position 0 ([CLS]) is ignored, so one label always counts.
-    lengths = torch.randint(2, seq + 1, (batch,), generator=gen)
-    for row, n in enumerate(lengths.tolist()):
-        mask[row, n:] = 0
-    types = torch.randint(0, 2, (batch, seq), generator=gen)
-    if token_level:
-        labels = torch.randint(0, num_labels, (batch, seq), generator=gen)
-        labels[mask == 0] = -100
-        labels[:, 0] = -100
-    else:
-        labels = torch.randint(0, num_labels, (batch,), generator=gen)
-    return dict(input_ids=ids, attention_mask=mask, token_type_ids=types, labels=labels)
-
-
-def saved(hf_model, tmp_dir):
-    hf_model.save_pretrained(tmp_dir)
-    return tmp_dir
 
 
 @settings(deadline=None, max_examples=8)
