@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from seqeval.metrics.sequence_labeling import get_entities
 from seqeval.scheme import IOB2, Tokens
+from tag_strategies import TYPES, iob2_tags
 from transformers import AutoTokenizer
 
 from minift.core.align import (
@@ -25,9 +26,6 @@ from minift.core.align import (
 )
 from minift.core.labels import LabelVocab, entities
 from minift.data.tokenizer import Tokenizer
-
-TYPES = ["PER", "LOC", "ORG", "MISC"]
-
 
 LABELS = LabelVocab.from_sequences([["O"] + [f"{p}-{t}" for t in TYPES for p in "BI"]])
 
@@ -75,17 +73,6 @@ WORDS = (
     | st.text(CHARS, min_size=1, max_size=8)
     | st.text("abcdefghijklmnopqrstuvwxyzéüñçø0123456789", min_size=1, max_size=30)
 )
-
-
-@st.composite
-def iob2_tags(draw, n: int) -> list[str]:
-    """A valid IOB2 sequence: I-X only after B-X or I-X."""
-    tags: list[str] = []
-    for _ in range(n):
-        current = tags[-1][2:] if tags and tags[-1] != "O" else None
-        options = ["O", "O"] + [f"B-{t}" for t in TYPES] + [f"I-{current}"] * 3 * bool(current)
-        tags.append(draw(st.sampled_from(options)))
-    return tags
 
 
 @st.composite

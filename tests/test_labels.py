@@ -10,25 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from seqeval.metrics.sequence_labeling import get_entities
 from seqeval.scheme import IOB2, Tokens
+from tag_strategies import TYPES, iob2_tags
 from transformers import BertConfig
 
 from minift.core.labels import LabelVocab, TagError, entities, iob1_to_iob2, validate_tags
 from minift.data.readers import DataError, Example, encode_labels
 from minift.data.tokenizer import Tokenizer
-
-TYPES = ["PER", "LOC", "ORG", "MISC"]
-
-
-@st.composite
-def iob2_tags(draw, n: int) -> list[str]:
-    """A valid IOB2 sequence: I-X only after B-X or I-X."""
-    tags: list[str] = []
-    for _ in range(n):
-        current = tags[-1][2:] if tags and tags[-1] != "O" else None
-        options = ["O", "O"] + [f"B-{t}" for t in TYPES] + [f"I-{current}"] * 3 * bool(current)
-        tags.append(draw(st.sampled_from(options)))
-    return tags
-
 
 ANY_TAGS = st.lists(st.sampled_from(["O"] + [f"{p}-{t}" for t in TYPES[:3] for p in "BI"]))
 
