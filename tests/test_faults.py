@@ -369,9 +369,12 @@ def _finished(out: Path) -> dict:
     files = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     metrics = json.loads(files.pop("metrics.json"))
     metrics["train"].pop("seconds")
+    record = json.loads(files.pop(".minift-run.json"))  # the command line, which names `out`
+    for varying in ("out", "resume"):
+        record["options"].pop(varying)
     log = [{k: v for k, v in json.loads(line).items() if k not in ("time", "examples_per_s")}
            for line in files.pop("log.jsonl").decode().splitlines()]
-    return {"files": files, "metrics": metrics, "log": log,
+    return {"files": files, "metrics": metrics, "log": log, "record": record,
             "names": sorted(p.name for p in out.iterdir())}
 
 
@@ -381,7 +384,7 @@ def test_a_kill_at_every_file_of_the_final_save_leaves_a_folder_that_loads_or_re
         tiny, tmp_path, command_server, signum):
     """SIGTERM (handled as Ctrl-C: exit 130, the lock released) or SIGKILL at each file event
     of `minift finetune`'s final save (the best model copied in, the tokenizer, metrics.json,
-    then resume.pt and best/ removed) leaves a folder that is either the finished one or one
+    then the light final resume.pt and best/ removed) leaves a folder that is either the finished one or one
     that `--resume` completes into exactly the uninterrupted result (issue #31 row 4)."""
     rows = "".join(f"{text}\t{label}\n" for text, label in [
         ("a gripping , beautifully acted film", 1), ("dull , lifeless and far too long", 0),
@@ -406,5 +409,7 @@ def test_a_kill_at_every_file_of_the_final_save_leaves_a_folder_that_loads_or_re
         if signum == signal.SIGTERM:
             assert not (out / ".minift.lock").exists()  # released, as on Ctrl-C
         if (out / "resume.pt").exists():
+            # the final one is light (no optimizer state): finishing the save needs no more
+            assert torch.load(out / "resume.pt", weights_only=True)["optimizer"] is None
             assert _run_command(command_server, argv(out, "--resume"), None, signum, events) == 0
         assert _finished(out) == full, f"killed at file event {kill_at} of {total}"

@@ -543,6 +543,7 @@ BAD_CONFIGS = [
     ({"seed": -1}, "seed"),
     ({"max_grad_norm": math.inf}, "max_grad_norm"),
     ({"keep_resume": "yes"}, "keep_resume"),
+    ({"light_final_resume": 1}, "light_final_resume"),
 ]
 
 
@@ -717,6 +718,27 @@ def test_a_finished_run_deletes_resume_pt_unless_kept(tmp_path):
     kept = config(tmp_path, "kept", max_steps=3, keep_resume=True)
     train(Toy(), epochs_of(4), kept)
     assert torch.load(check_resume(tmp_path / "kept"), weights_only=True)["progress"]["step"] == 3
+
+
+def test_a_light_final_resume_finishes_a_run_but_cannot_train_on(tmp_path):
+    """light_final_resume: the last resume.pt holds the weights and progress, no optimizer
+    state; a resume from it reproduces the finished weights and refuses to train further."""
+    full = train(model := Toy(), epochs_of(4), config(tmp_path, "full", max_steps=3))
+    light_cfg = config(tmp_path, "light", max_steps=3, light_final_resume=True)
+    train(light := Toy(), epochs_of(4), light_cfg)
+    assert_same(params_of(light), params_of(model))
+    saved = torch.load(tmp_path / "light" / "resume.pt", weights_only=True)
+    assert saved["light"] and saved["optimizer"] is None and saved["progress"]["step"] == 3
+    kept = torch.load(tmp_path / "full" / "resume.pt", weights_only=True)
+    assert not kept["light"] and kept["optimizer"]["state"]  # the full one: AdamW's moments
+
+    again = train(restored := Toy(), epochs_of(4), light_cfg, resume=True)
+    assert again.steps == full.steps == 3
+    assert_same(params_of(restored), params_of(model))
+    longer = config(tmp_path, "light", max_steps=5, light_final_resume=True)
+    with pytest.raises(ValueError, match=r"light/resume.pt holds the end of a finished run "
+                                         r"\(step 3\) without its optimizer state"):
+        train(Toy(), epochs_of(4), longer, resume=True)
 
 
 def test_resume_of_another_model_names_the_keys_before_training(tmp_path):

@@ -325,6 +325,32 @@ def test_a_folder_holding_the_users_files_is_refused(tiny, files, tmp_path, caps
     assert code == 2 and "nothing to resume" in err and not (tmp_path / "new").exists()
 
 
+def test_another_commands_run_or_the_users_files_need_overwrite(tiny, files, tmp_path, capsys):
+    """A finished `finetune` folder is not taken by `ner` (nor a user's folder by any command)
+    unless `--overwrite`; with it the run writes beside the user's files, which stay as they
+    were. The model folder stays refused, `--overwrite` or not."""
+    out = tmp_path / "run"
+    assert run(capsys, *finetune_command(tiny, files, out))[0] == 0
+    (tmp_path / "t.txt").write_text("EU B-ORG\nrejects O\n\n" * 4, encoding="utf-8")
+    ner = ["ner", "--model", tiny, "--train", tmp_path / "t.txt", "--dev", tmp_path / "t.txt",
+           "--max-length", "16", "--max-steps", "1", "--no-progress", "--out", out]
+    before = snapshot(out)
+    code, _, err = run(capsys, *ner)
+    assert code == 2 and "holds a `minift finetune` run" in err and "--overwrite" in err, err
+    assert snapshot(out) == before
+    assert run(capsys, *ner, "--overwrite")[0] == 0
+    assert json.loads((out / ".minift-run.json").read_text())["command"] == "ner"
+
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine\n")
+    assert run(capsys, *finetune_command(tiny, files, user))[0] == 2
+    assert run(capsys, *finetune_command(tiny, files, user, "--overwrite"))[0] == 0
+    assert (user / "notes.txt").read_text() == "mine\n" and (user / "metrics.json").is_file()
+    code, _, err = run(capsys, *finetune_command(tiny, files, tiny, "--overwrite"))
+    assert code == 2 and "the model folder" in err, err
+
+
 def test_a_failed_run_leaves_no_folder_it_created(tiny, files, tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise ValueError("no")
@@ -397,4 +423,5 @@ def test_a_resume_of_other_data_or_options_is_refused_naming_them(tiny, files, t
                                                  "--lr", "1e-4"))
     assert code == 0, err
     assert json.loads((out / "metrics.json").read_text())["train"]["steps"] == 3
-    assert not (out / ".minift-run.json").exists() and not (out / "resume.pt").exists()
+    assert not (out / "resume.pt").exists()  # the record stays: the next run reads its command
+    assert json.loads((out / ".minift-run.json").read_text())["command"] == "finetune"

@@ -287,6 +287,25 @@ def test_bad_input_stops_before_any_trial(tiny, files, tmp_path, monkeypatch, ta
     assert not (tmp_path / "s").exists()
 
 
+def test_the_search_folder_is_checked_like_a_runs(tiny, files, tmp_path, monkeypatch):
+    """A search never writes into the model folder, a folder holding the user's files or
+    another command's run (unless `overwrite`); the user's files stay as they were."""
+    monkeypatch.setattr(minift.run.search, "run_trial", lambda *a, **k: pytest.fail("trial ran"))
+    user, run_folder = tmp_path / "user", tmp_path / "run"
+    (user / "trials" / "mine").mkdir(parents=True)
+    (user / "trials" / "mine" / "notes.txt").write_text("x\n")
+    run_folder.mkdir()
+    (run_folder / ".minift-run.json").write_text('{"command": "finetune"}\n')
+    for out, message in [(tiny, "the model folder"), (user, "trials/mine/notes.txt"),
+                         (run_folder, "holds a `minift finetune` run")]:
+        with pytest.raises(ValueError, match=message):
+            search("finetune", out=str(out), options=options(tiny, files), grid=["lr=1e-4"])
+    assert (user / "trials" / "mine" / "notes.txt").read_text() == "x\n"
+    with pytest.raises(ValueError, match="the model folder"):
+        search("finetune", out=str(tiny), options=options(tiny, files, overwrite=True),
+               grid=["lr=1e-4"])
+
+
 def test_ner_metric_must_match_the_tags(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(minift.run.search, "run_trial", lambda *a, **k: pytest.fail("trial ran"))
     conll = tmp_path / "pos.txt"

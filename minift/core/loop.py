@@ -127,6 +127,9 @@ class TrainConfig:
     progress: bool = True  # tqdm bar with loss, lr, examples/s
     log_every: int = 10  # steps between JSONL training-loss records
     keep_resume: bool = False  # keep resume.pt when the run completes (it goes otherwise)
+    # with keep_resume: the last resume.pt holds the weights and the progress, not the optimizer
+    # (a third of the size): enough to finish a save the run was killed in, not to train on
+    light_final_resume: bool = False
 
     def __post_init__(self) -> None:
         self.check()
@@ -181,7 +184,8 @@ class TrainConfig:
             fail("optimizer", f"one of {IMPLEMENTATIONS}")
         if not isinstance(self.metric, str) or not self.metric:
             fail("metric", "the name of a key of evaluate()'s dict")
-        for name in ("greater_is_better", "compile", "progress", "keep_resume"):
+        for name in ("greater_is_better", "compile", "progress", "keep_resume",
+                     "light_final_resume"):
             if not isinstance(getattr(self, name), bool):
                 fail(name, "True or False")
 
@@ -633,7 +637,8 @@ def train(model: nn.Module, train_batches: Callable[[int], Sequence[dict[str, Te
                               log, ctx)
                 done = finished or progress.stopped_early
                 if (save_due or done) and (config.keep_resume or not done):
-                    save_resume(out_dir, parts, progress, run, log.start, ctx)
+                    save_resume(out_dir, parts, progress, run, log.start, ctx,
+                                light=done and config.light_final_resume)
                 if done:
                     break
                 log.bar.unpause()  # the time spent evaluating and saving is not training time

@@ -165,17 +165,20 @@ def _torch_save(obj: object, f) -> None:
 
 
 def save_resume(out_dir: Path, parts: Parts, progress: Progress, run: dict, start: float,
-                ctx: distributed.Context) -> None:
+                ctx: distributed.Context, light: bool = False) -> None:
     """Write resume.pt (rank 0, atomically) with every rank's RNG states; `start` is when the
-    run began by `time.perf_counter()` (a resumed run's earlier time included)."""
+    run began by `time.perf_counter()` (a resumed run's earlier time included). `light`: at the
+    end of a run, without the optimizer, schedule and scaler (AdamW's two moments make the full
+    file three times the weights): what finishing an interrupted final save needs, no more."""
     progress.elapsed = time.perf_counter() - start
     rng = distributed.gather(_rng_states())  # every rank's, in rank order
     if ctx.is_main:
         checkpoint = {
             "model": parts.model.state_dict(),
-            "optimizer": parts.optimizer.state_dict(),
-            "scheduler": parts.scheduler.state_dict(),
-            "scaler": parts.scaler.state_dict(),
+            "light": light,
+            "optimizer": None if light else parts.optimizer.state_dict(),
+            "scheduler": None if light else parts.scheduler.state_dict(),
+            "scaler": None if light else parts.scaler.state_dict(),
             "progress": asdict(progress),
             "run": run,
             "rng": rng[0],
@@ -226,6 +229,8 @@ def restore(checkpoint: dict, parts: Parts, run: dict, out_dir: Path,
             ctx: distributed.Context) -> Progress:
     """Put the run back where resume.pt left it; return its progress. A changed setting of
     `SCHEDULE_KEYS` is honoured: the hyperparameters and schedule are this run's."""
+    if checkpoint.get("light"):
+        return _restore_end(checkpoint, parts, run, out_dir, ctx)
     changed = _warn_if_run_differs(checkpoint["run"], run, out_dir / RESUME_FILE)
     fresh = [{k: v for k, v in group.items() if k != "params"}
              for group in parts.optimizer.param_groups]
@@ -244,6 +249,23 @@ def restore(checkpoint: dict, parts: Parts, run: dict, out_dir: Path,
     rng = checkpoint.get("rng_ranks") or [checkpoint["rng"]]
     _set_rng_states(rng[ctx.rank % len(rng)])  # last, so nothing above draws from them
     return Progress(**checkpoint["progress"])
+
+
+def _restore_end(checkpoint: dict, parts: Parts, run: dict, out_dir: Path,
+                 ctx: distributed.Context) -> Progress:
+    """Restore a light resume.pt (`save_resume(light=True)`): the weights and progress of a run
+    that ended, so that its final save can be done again. It has no optimizer to train on."""
+    progress = Progress(**checkpoint["progress"])
+    if run["total_steps"] > progress.step and not progress.stopped_early:
+        raise ValueError(
+            f"{out_dir / RESUME_FILE} holds the end of a finished run (step {progress.step}) "
+            f"without its optimizer state, so it cannot train on to step {run['total_steps']}: "
+            "keep_resume keeps the full state; or start a new run from the saved model"
+        )
+    parts.model.load_state_dict(checkpoint["model"])
+    rng = checkpoint.get("rng_ranks") or [checkpoint["rng"]]
+    _set_rng_states(rng[ctx.rank % len(rng)])
+    return progress
 
 
 def finish(out_dir: Path) -> None:

@@ -207,6 +207,8 @@ class RunOptions(Options):
     """Where a run writes and on what device (every command that writes)."""
     out: str = option(help="output folder (one run at a time)", group=RUN, metavar="DIR")
     device: str | None = option(None, DEVICE_HELP, group=RUN)
+    overwrite: bool = option(False, "write into OUT although it holds other files or another "
+                             "command's run (never into the model folder)", group=RUN)
 
 
 @dataclass(kw_only=True)

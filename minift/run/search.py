@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from minift.core.files import atomic_write
+from minift.hf.checkpoint import resolve_model_dir
 from minift.run.options import RECIPES, OptionError, SearchOptions, grid_parsers
 from minift.run.trials import TrialLog, model_folder, run_trial, trial_folder_name, trial_key
 
@@ -439,7 +440,7 @@ def draw(result: dict, path: Path) -> Path | None:
 
 # Options of a command that are the search's own, not the trials': where the search writes,
 # how runs resume (a search resumes by itself), the test set (scored once, by the search).
-_NOT_FIXED = {"out", "resume", "keep_resume", "plot", "test", "seed", "seeds", "progress",
+_NOT_FIXED = {"out", "overwrite", "resume", "keep_resume", "plot", "test", "seed", "seeds", "progress",
               "question", "context", "context_file", "show"}
 
 
@@ -538,7 +539,10 @@ def search(task: str, *, out: str, options: dict,
     base = options.get("seed") or 0
     seed_list = list(range(base, base + o.seeds))
 
-    with claim_folder(out) as folder:
+    model = resolve_model_dir(fixed.get("model", "minilm"))
+    with claim_folder(out, model=model, check_files=True,
+                      overwrite=bool(options.get("overwrite")),
+                      record={"command": f"search {task}"}) as folder:
         _check_same_search(folder, fixed, seed_list)
         trials = folder / "trials"
         log = TrialLog(folder / "trials.jsonl")

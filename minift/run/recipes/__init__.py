@@ -16,13 +16,16 @@ the output folder. A bad value raises ``ValueError`` (the command prints it as o
 **The output folder** (``out``) of a finished run holds the model with the best held-out score
 (HF format), ``metrics.json`` and ``log.jsonl`` (the training log); ``ner`` adds
 ``{dev,test}_predictions.txt``, ``qa`` adds ``predictions.json``, ``setfit`` writes
-``metrics.json`` and the seed-0 model in ``out/model``. While a run is unfinished the folder also
-holds ``resume.pt`` (what ``resume`` continues from), ``.minift-run.json`` (what a resume must
-find unchanged: ``prepare.run_record``) and ``best/`` (the best model so far); at the end the files
-of ``best/`` are copied into ``out``, and once ``metrics.json`` is written ``best/`` is removed,
-then ``resume.pt`` and the record, which ``keep_resume`` keeps (``prepare.finish_run``).
+``metrics.json`` and the seed-0 model in ``out/model``. ``.minift-run.json`` records the
+command, its options and the data files' hashes (``prepare.run_record``): what a resume must find
+unchanged, and which command the folder belongs to. While a run is unfinished the folder also
+holds ``resume.pt`` (what ``resume`` continues from) and ``best/`` (the best model so far); at
+the end the files of ``best/`` are copied into ``out``, and once ``metrics.json`` is written
+``best/`` is removed, then ``resume.pt``, which ``keep_resume`` keeps (``prepare.finish_run``;
+the last one holds no optimizer state unless ``keep_resume``: it only finishes that save).
 ``.minift.lock`` marks the one run writing there (``minift.run.lock``). ``out`` is never the model
-folder nor a folder holding files no run writes (``prepare.check_out``).
+folder, nor, unless ``overwrite``, a folder holding files no run writes or another command's
+run (``prepare.check_out``).
 """
 
 from minift.run.recipes.classify import finetune

@@ -94,7 +94,7 @@ def finetune(**options: Any) -> dict:
 
     with prepare.claim_folder(o.out, resume=o.resume, model=folder,
                                check_files=True,
-                               keep_resume=o.keep_resume, record=prepare.run_record(
+                               keep_resume=o.keep_resume, overwrite=o.overwrite, record=prepare.run_record(
                                    "finetune", o, {"train": train, "dev": dev, "test": o.test},
                                    labels=vocab.labels)) as out_dir:
         print(f"data: {len(train_examples)} train / {len(dev_examples)} dev examples, "

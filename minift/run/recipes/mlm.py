@@ -78,7 +78,7 @@ def pretrain(**options: Any) -> dict:
 
     record = run_record("pretrain", o, {"text": files, "eval_text": o.eval_text})
     with claim_folder(o.out, resume=o.resume, model=folder, check_files=True,
-                      keep_resume=o.keep_resume, record=record) as out_dir:
+                      keep_resume=o.keep_resume, overwrite=o.overwrite, record=record) as out_dir:
         print(f"data: {len(passages)} passages, {len(eval_passages)} held out; tokenizing")
         tokenizer = Tokenizer.from_pretrained(folder)
         collator = MaskingCollator.from_tokenizer(tokenizer, o.masking, o.mlm_probability)
@@ -169,7 +169,7 @@ def _pretrain_nsp(o: PretrainOptions, files: list, folder: Path, config) -> dict
                                                   seed=o.eval_seed, shuffle=False))
     record = run_record("pretrain", o, {"text": files, "eval_text": o.eval_text})
     with claim_folder(o.out, resume=o.resume, model=folder, check_files=True,
-                      keep_resume=o.keep_resume, record=record) as out_dir:
+                      keep_resume=o.keep_resume, overwrite=o.overwrite, record=record) as out_dir:
         share = sum(p.label for p in train_pairs) / len(train_pairs)
         print(f"data: {len(documents)} documents -> {len(train_pairs)} sentence pairs "
               f"({share:.1%} with a random B); held out: {len(eval_documents)} documents -> "

@@ -95,13 +95,15 @@ def data_folder(data_dir: str | os.PathLike | None = None) -> Path:
 
 # What a run records of itself for a resume to compare (``run_record``): kept while resume.pt is.
 RUN_RECORD = ".minift-run.json"
-# What a minift run leaves in its output folder (and a search in a trial's): a folder holding
-# anything else is the user's, and is never written into.
+# What a minift run leaves in its output folder (and a search in its own and a trial's): a
+# folder holding anything else is the user's, and is never written into without `overwrite`.
 RUN_FILES = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
              "vocab.txt", "special_tokens_map.json", "metrics.json", "log.jsonl", "resume.pt",
              "predictions.json", "dev_predictions.txt", "test_predictions.txt", "trial.log",
-             "setfit_head.safetensors", "setfit_head.json", RUN_RECORD, LOCK_NAME}
+             "setfit_head.safetensors", "setfit_head.json", "trials.jsonl", "search.json",
+             "search.md", "options.json", RUN_RECORD, LOCK_NAME}
 RUN_FOLDERS = {"best", "best.new", "best.old", "model"}  # holding model files only
+RUNS_FOLDER = "trials"  # a search's: one run folder a trial
 
 
 def _is_run_file(path: Path) -> bool:
@@ -111,7 +113,7 @@ def _is_run_file(path: Path) -> bool:
             or (name.startswith(".") and name.endswith(".tmp")))
 
 
-def _foreign(folder: Path) -> list[str]:
+def _foreign(folder: Path, depth: int = 0) -> list[str]:
     """The entries of ``folder`` that no minift run writes (at most 3), links not followed."""
     found = []
     for entry in sorted(folder.iterdir()):
@@ -120,6 +122,11 @@ def _foreign(folder: Path) -> list[str]:
         elif entry.is_dir() and entry.name in RUN_FOLDERS:
             found += [f"{entry.name}/{inner.name}" for inner in sorted(entry.iterdir())
                       if inner.is_symlink() or not inner.is_file() or not _is_run_file(inner)]
+        elif entry.is_dir() and entry.name == RUNS_FOLDER and depth == 0:
+            found += [f"{entry.name}/{inner.name}" + (f"/{name}" if name else "")
+                      for inner in sorted(entry.iterdir())
+                      for name in ([""] if inner.is_symlink() or not inner.is_dir()
+                                   else _foreign(inner, depth=1))]
         elif not entry.is_file() or not _is_run_file(entry):
             found.append(entry.name)
         if len(found) >= 3:
@@ -127,11 +134,21 @@ def _foreign(folder: Path) -> list[str]:
     return found[:3]
 
 
+def _recorded_command(folder: Path) -> str | None:
+    """The command a run in ``folder`` recorded (``run_record``), None for none or unreadable."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        return json.loads((folder / RUN_RECORD).read_text(encoding="utf-8")).get("command")
+    return None
+
+
 def check_out(out: str | os.PathLike, *, resume: bool = False,
-              model: str | os.PathLike | None = None, check_files: bool = True) -> Path:
+              model: str | os.PathLike | None = None, check_files: bool = True,
+              command: str | None = None, overwrite: bool = False) -> Path:
     """Refuse an output folder that would overwrite what the user gave, before anything is
-    created: the model folder or a folder inside it (links resolved), a file, a folder holding
-    files no minift run writes (unless ``resume``), ``resume`` without ``resume.pt``."""
+    created: the model folder or a folder inside it (links resolved: always), a file; unless
+    ``resume`` or ``overwrite``: a folder holding files no minift run writes, or another
+    command's run (``command``: this one's, as ``run_record`` records it); ``resume`` without
+    ``resume.pt``."""
     folder = Path(out)
     where = folder.resolve()
     if model is not None:
@@ -146,7 +163,7 @@ def check_out(out: str | os.PathLike, *, resume: bool = False,
         if not (folder / "resume.pt").is_file():
             raise OptionError(f"`resume`: {folder / 'resume.pt'} does not exist, nothing to "
                               "resume (run without `resume` to start afresh)")
-    elif check_files and folder.is_dir():
+    elif check_files and folder.is_dir() and not overwrite:
         try:
             foreign = _foreign(folder)
         except OSError as err:
@@ -154,23 +171,29 @@ def check_out(out: str | os.PathLike, *, resume: bool = False,
         if foreign:
             raise OptionError(f"`out` {folder}: holds files no minift run writes "
                               f"({', '.join(foreign)}); they are never overwritten: give an "
-                              "empty or new folder")
+                              "empty or new folder (or `overwrite`, to write beside them)")
+        other = _recorded_command(folder)
+        if command is not None and other is not None and other != command:
+            raise OptionError(f"`out` {folder}: holds a `minift {other}` run, not `minift "
+                              f"{command}`; give another folder (or `overwrite`, to replace it)")
     return folder
 
 
 @contextlib.contextmanager
 def claim_folder(out: str | os.PathLike, *, resume: bool = False,
                  model: str | os.PathLike | None = None, check_files: bool = False,
-                 keep_resume: bool | None = None, record: dict | None = None) -> Iterator[Path]:
+                 keep_resume: bool | None = None, record: dict | None = None,
+                 overwrite: bool = False) -> Iterator[Path]:
     """Check the output folder (``check_out``), create it and hold its lock (``minift.run.lock``)
-    for the block (``check_files``: refuse a folder holding the user's files, as every recipe
-    does); SIGTERM stops the block as Ctrl-C does (``KeyboardInterrupt``: the lock is
+    for the block (``check_files``: refuse a folder holding the user's files or another
+    command's run, as every recipe does, unless ``overwrite``); SIGTERM stops the block as Ctrl-C does (``KeyboardInterrupt``: the lock is
     released, the command prints one line). A folder this call created and nothing filled is
     removed when the block fails. A training run (``keep_resume`` not None) ends, once the block
     has written everything, with ``finish_run``. ``record`` (``run_record``): a resume is checked
-    against the interrupted run's (``check_record``), then it is kept in the folder while the run
-    is resumable. Under torchrun only rank 0, which writes."""
-    folder = check_out(out, resume=resume, model=model, check_files=check_files)
+    against the interrupted run's (``check_record``), then it is kept in the folder (the next
+    run there reads its command). Under torchrun only rank 0, which writes."""
+    folder = check_out(out, resume=resume, model=model, check_files=check_files,
+                       command=None if record is None else record["command"], overwrite=overwrite)
     if resume and record is not None:
         check_record(folder, record)
     if os.environ.get("RANK", "0") != "0":
@@ -202,7 +225,7 @@ def claim_folder(out: str | os.PathLike, *, resume: bool = False,
 def finish_run(folder: Path, keep_resume: bool) -> None:
     """The last step of a training run, once its model, tokenizer and metrics.json are written:
     remove ``best/`` (renamed to ``best.new`` first, which the next start removes: no half-removed
-    best/), then the run's record and resume.pt (unless ``keep_resume``). A kill before that
+    best/), then resume.pt (unless ``keep_resume``). A kill before that
     leaves a folder that ``resume`` completes into the uninterrupted result; after it, the
     finished folder."""
     best, doomed = folder / "best", folder / "best.new"
@@ -212,7 +235,6 @@ def finish_run(folder: Path, keep_resume: bool) -> None:
         fsync_dir(folder)
         shutil.rmtree(doomed)
     if not keep_resume:
-        (folder / RUN_RECORD).unlink(missing_ok=True)  # first: a resume.pt without one resumes
         (folder / "resume.pt").unlink(missing_ok=True)
         fsync_dir(folder)
 

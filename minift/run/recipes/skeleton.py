@@ -27,10 +27,12 @@ def train_config(options: Any, **settings: Any) -> TrainConfig:
     """The ``TrainConfig`` of a recipe's options: every TrainConfig field the options hold, then
     ``settings`` (the recipe's metric and the like). The loop keeps ``resume.pt``: the recipe
     removes it once the final model and metrics.json are saved (``prepare.finish_run``), so a
-    kill during that save leaves the folder resumable."""
+    kill during that save leaves the folder resumable; without ``keep_resume`` the final one is
+    light (weights and progress: enough to finish that save)."""
     taken = {name: getattr(options, name) for name in loop_fields()
              if name in LOOP and hasattr(options, name)}
-    return TrainConfig(**taken | {"out_dir": Path(options.out), **settings, "keep_resume": True})
+    return TrainConfig(**taken | {"out_dir": Path(options.out), **settings, "keep_resume": True,
+                                  "light_final_resume": not options.keep_resume})
 
 
 @dataclass

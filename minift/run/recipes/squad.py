@@ -93,7 +93,7 @@ def qa(**options: Any) -> dict:
 
     with prepare.claim_folder(o.out, resume=o.resume, model=folder,
                                check_files=True,
-                               keep_resume=o.keep_resume, record=prepare.run_record(
+                               keep_resume=o.keep_resume, overwrite=o.overwrite, record=prepare.run_record(
                                    "qa", o, {"squad": o.squad, "train": o.train, "dev": o.dev})
                                ) as out_dir:
         print(f"data: {len(train_questions)} train questions -> {len(train_windows)} windows, "

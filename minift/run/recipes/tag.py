@@ -112,7 +112,7 @@ def ner(**options: Any) -> dict:
 
     with prepare.claim_folder(o.out, resume=o.resume, model=folder,
                                check_files=True,
-                               keep_resume=o.keep_resume, record=prepare.run_record(
+                               keep_resume=o.keep_resume, overwrite=o.overwrite, record=prepare.run_record(
                                    "ner", o, files, task=task, labels=labels.labels)) as out_dir:
         print(f"data: {task} tags from column {o.column} ({len(labels)} tags: "
               f"{' '.join(labels.labels)}); tokenizing")
