@@ -5,8 +5,10 @@ on, one at a time), so that lessons/figures/NN/ holds their figures, then:
 
     python lessons/make_thumbnails.py
 
-It needs Pillow, which matplotlib installs. A thumbnail is at most 320 x 200 pixels and, as a
-palette PNG, a few tens of kilobytes; the script refuses to write one over MAX_BYTES.
+It needs Pillow, which matplotlib installs. A thumbnail is at most 480 x 300 pixels (wide enough
+for its labels to be read) and, as a palette PNG, a few tens of kilobytes; the script refuses to
+write one over MAX_BYTES. The slow lesson tests fail when a thumbnail no longer matches the figure
+its lesson draws: rerun this script after changing a lesson's figures.
 """
 
 import io
@@ -18,8 +20,8 @@ from PIL import Image
 LESSONS = Path(__file__).resolve().parent
 FIGURES = LESSONS / "figures"
 THUMBNAILS = LESSONS / "thumbnails"
-SIZE = (320, 200)  # the largest width and height; the aspect ratio is kept
-MAX_BYTES = 60_000
+SIZE = (480, 300)  # the largest width and height; the aspect ratio is kept
+MAX_BYTES = 120_000
 # The figure of each lesson that shows where it goes.
 CHOSEN = {
     "01": "attention_heads.png",

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from png import assert_picture
+from png import assert_picture, grey_difference
 
 REPO = Path(__file__).resolve().parents[1]
 LESSONS_DIR = REPO / "lessons"
@@ -34,6 +34,19 @@ FIGURES = {
     "09": {"windows.png": (1000, 300)},
     "10": {"benchmark_search.png": (800, 450), "lesson_search.png": (800, 450)},
 }
+
+
+def _thumbnails_module():
+    """lessons/make_thumbnails.py, imported from its file (lessons/ is no package)."""
+    spec = importlib.util.spec_from_file_location("make_thumbnails",
+                                                  LESSONS_DIR / "make_thumbnails.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # Pillow: a dev dependency (matplotlib's)
+    return module
+
+
+THUMBNAILS = _thumbnails_module()
+THUMBNAIL_TOLERANCE = 3.0  # mean grey-level difference, 0-255
 
 
 def test_there_are_lessons():
@@ -82,6 +95,16 @@ def test_lesson_runs_in_quick_mode(lesson: Path):
     assert written == sorted(expected), f"{lesson.name}: wrote {written}, expected {sorted(expected)}"
     for name, size in expected.items():
         assert_picture(folder / name, size)
+    # The README's thumbnail is this run's figure, shrunk (lessons/make_thumbnails.py): it fails
+    # once a lesson draws another picture. The tolerance leaves room for the last digits of the
+    # numbers drawn, which move from CPU to CPU.
+    number = lesson.name[:2]
+    made = THUMBNAILS.thumbnail(folder / THUMBNAILS.CHOSEN[number])
+    difference = grey_difference(made, THUMBNAILS.THUMBNAILS / f"{number}.png")
+    assert difference <= THUMBNAIL_TOLERANCE, (
+        f"lessons/thumbnails/{number}.png differs from {number}/{THUMBNAILS.CHOSEN[number]} by "
+        f"{difference:.2f} grey levels on average (> {THUMBNAIL_TOLERANCE}): run python "
+        "lessons/make_thumbnails.py after the lessons")
 
 
 @pytest.mark.parametrize("lesson", LESSONS, ids=[path.name for path in LESSONS])
@@ -125,7 +148,8 @@ def test_lesson_has_a_small_thumbnail_in_the_readme(lesson: Path):
     """lessons/thumbnails/NN.png (made by lessons/make_thumbnails.py) is small and shown."""
     thumbnail = LESSONS_DIR / "thumbnails" / f"{lesson.name[:2]}.png"
     assert thumbnail.is_file(), f"{thumbnail} is missing: run python lessons/make_thumbnails.py"
-    assert thumbnail.stat().st_size < 60_000, f"{thumbnail}: {thumbnail.stat().st_size:,} bytes"
+    size = thumbnail.stat().st_size
+    assert size <= THUMBNAILS.MAX_BYTES, f"{thumbnail}: {size:,} bytes"
     assert_picture(thumbnail)
     readme = (LESSONS_DIR / "README.md").read_text(encoding="utf-8")
     assert f"(thumbnails/{thumbnail.name})" in readme, f"lessons/README.md does not show {thumbnail}"
