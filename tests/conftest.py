@@ -103,3 +103,15 @@ def tiny_dir(tmp_path_factory, minilm_dir):
     save_bert(BertModel(config), folder)
     Tokenizer.from_pretrained(minilm_dir).save_pretrained(folder)
     return folder
+
+
+# CPU seconds of each lesson's quick-mode run (tests/test_lessons.py), printed after the tests.
+LESSON_CPU_SECONDS: dict[str, float] = {}
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if LESSON_CPU_SECONDS:
+        terminalreporter.write_sep("-", "lessons in quick mode: CPU seconds (user + system, "
+                                   "the lesson's process and its children)")
+        for name, seconds in sorted(LESSON_CPU_SECONDS.items()):
+            terminalreporter.write_line(f"{name}: {seconds:.0f} CPU-s")

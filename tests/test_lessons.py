@@ -1,18 +1,20 @@
 """Every lesson runs to the end in quick mode, starts with prose, and is listed in the README.
 
 Each `lessons/NN_*.py` runs as its own test, in a fresh interpreter (as a reader would run it),
-with MINIFT_QUICK=1. A lesson checks its own claims (it raises when the numbers it prints stop
+with MINIFT_QUICK=1; the CPU seconds each took are printed at the end (conftest.py). A lesson checks its own claims (it raises when the numbers it prints stop
 agreeing with the reference), so a passing run means more than "no syntax error".
 """
 
 import importlib.util
 import os
 import re
+import resource
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import LESSON_CPU_SECONDS
 from png import assert_picture, grey_difference
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,6 +68,7 @@ def _lesson_env() -> dict[str, str]:
 @pytest.mark.slow  # a minute or two each: CI runs them in its second step (`pytest -m slow`)
 @pytest.mark.parametrize("lesson", LESSONS, ids=[path.name for path in LESSONS])
 def test_lesson_runs_in_quick_mode(lesson: Path):
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         result = subprocess.run(
             [sys.executable, str(lesson.relative_to(REPO))],
@@ -79,6 +82,9 @@ def test_lesson_runs_in_quick_mode(lesson: Path):
         out = err.stdout or b""  # bytes even with text=True
         out = out.decode("utf-8", "replace") if isinstance(out, bytes) else out
         pytest.fail(f"{lesson.name} ran past {TIMEOUT_S} s; stdout (tail):\n{out[-TAIL_CHARS:]}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    LESSON_CPU_SECONDS[lesson.name] = (after.ru_utime - before.ru_utime
+                                       + after.ru_stime - before.ru_stime)
     assert result.returncode == 0, (
         f"{lesson.name} exited with {result.returncode}\n"
         f"--- stdout (tail) ---\n{result.stdout[-TAIL_CHARS:]}\n"
