@@ -9,25 +9,13 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from manifest import manifest_row, numbers
 
 from minift.core.labels import LabelVocab
 from minift.data.readers import TASKS, DataError, encode_labels, read_examples, task_files
 
 # ----------------------------------------------------------------------------------------------
 # Helpers
-
-
-def _manifest_row(data_dir: Path, folder: str) -> str:
-    """The `rows` cell of MANIFEST.md's table for the data set in `folder`."""
-    for line in (data_dir / "MANIFEST.md").read_text(encoding="utf-8").splitlines():
-        cells = [c.strip() for c in line.split("|")]
-        if len(cells) > 4 and cells[2] == f"{folder}/":
-            return cells[4]
-    raise AssertionError(f"MANIFEST.md has no row for {folder}/")
-
-
-def _numbers(text: str) -> list[int]:
-    return [int(n.replace(",", "")) for n in re.findall(r"\d[\d,]*", text)]
 
 
 def _write(tmp_path: Path, name: str, content: str | bytes) -> Path:
@@ -59,8 +47,8 @@ def _read_task(name: str, data_dir: Path):
 def test_sst2_counts_match_manifest(data_dir):
     train, dev = _read_task("sst2", data_dir)
     # "67,349 / 872 (official; train 37,569 pos / 29,780 neg, dev 444 / 428)"
-    n_train, n_dev, train_pos, train_neg, dev_pos, dev_neg = _numbers(
-        _manifest_row(data_dir, "sst2")
+    n_train, n_dev, train_pos, train_neg, dev_pos, dev_neg = numbers(
+        manifest_row(data_dir, "sst2")
     )
     assert (len(train), len(dev)) == (n_train, n_dev)
     assert [sum(ex.label == lab for ex in train) for lab in "10"] == [train_pos, train_neg]
@@ -73,8 +61,8 @@ def test_sst2_counts_match_manifest(data_dir):
 def test_mrpc_counts_bom_and_literal_quotes(data_dir):
     train, dev = _read_task("mrpc", data_dir)
     # "3,668 / 408 (official; train 2,474 paraphrase / 1,194 not, dev 279 / 129)"
-    n_train, n_dev, train_pos, train_neg, dev_pos, dev_neg = _numbers(
-        _manifest_row(data_dir, "mrpc")
+    n_train, n_dev, train_pos, train_neg, dev_pos, dev_neg = numbers(
+        manifest_row(data_dir, "mrpc")
     )
     assert (len(train), len(dev)) == (n_train, n_dev)
     assert [sum(ex.label == lab for ex in train) for lab in "10"] == [train_pos, train_neg]
@@ -97,7 +85,7 @@ def test_mrpc_counts_bom_and_literal_quotes(data_dir):
 
 def test_rte_counts_and_label_order(data_dir):
     train, dev = _read_task("rte", data_dir)
-    n_train, n_dev = _numbers(_manifest_row(data_dir, "rte"))[:2]
+    n_train, n_dev = numbers(manifest_row(data_dir, "rte"))[:2]
     assert (len(train), len(dev)) == (n_train, n_dev)
     vocab = LabelVocab.from_examples(train)
     assert vocab.labels == ["entailment", "not_entailment"]
@@ -106,7 +94,7 @@ def test_rte_counts_and_label_order(data_dir):
 
 def test_sst5_jsonl_counts_match_manifest(data_dir):
     examples = read_examples(data_dir / "sst5" / "train.jsonl", text_col="text", label_col="label")
-    assert len(examples) == _numbers(_manifest_row(data_dir, "sst5"))[0]
+    assert len(examples) == numbers(manifest_row(data_dir, "sst5"))[0]
     assert LabelVocab.from_examples(examples).labels == ["0", "1", "2", "3", "4"]
 
 

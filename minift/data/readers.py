@@ -6,9 +6,10 @@ error messages quote at most an `excerpt` of the file), `read_examples` (TSV as 
 CSV or JSON lines into `Example`s; a file that is not what it should be, a header that names a
 column twice included, is a `DataError` saying where and why),
 `read_semicolon_examples` (the Emotion data set), `encode_labels` (labels to ids, naming the first
-row the training set lacks), `TASKS` / `task_files` (the GLUE tasks in `MINIFT_DATA`), then for
-token classification `read_conll` into `TaggedSentence`s (`apply_scheme` checks or converts NER
-tags), `entity_label_set`, `encode_tags` and `write_conll`. `minift.data.batches` pads the result.
+row the training set lacks), `data_folder` (MINIFT_DATA), `TASKS` / `task_files` (the GLUE tasks
+in it), then for token classification `read_conll` into `TaggedSentence`s (`apply_scheme` checks
+or converts NER tags), `entity_label_set`, `encode_tags` and `write_conll`. `minift.data.batches`
+pads the result; `minift.data.text_pairs` reads generation files through `read_examples`.
 """
 
 from __future__ import annotations
@@ -386,6 +387,16 @@ TASKS: dict[str, Task] = {
 }
 
 
+def data_folder(data_dir: str | os.PathLike | None = None) -> Path:
+    """The folder of the data sets: `data_dir`, or the environment variable MINIFT_DATA."""
+    if data_dir is None:
+        data_dir = os.environ.get("MINIFT_DATA")
+        if not data_dir:
+            raise DataError("expected the environment variable MINIFT_DATA to name the folder of "
+                            "the data sets (or pass data_dir=), found it unset")
+    return Path(data_dir)
+
+
 def task_files(name: str, data_dir: str | os.PathLike | None = None
                ) -> tuple[Path, Path, str, str | None, str]:
     """`(train_path, dev_path, text_col, pair_col, label_col)` of a GLUE task in `TASKS`;
@@ -393,12 +404,7 @@ def task_files(name: str, data_dir: str | os.PathLike | None = None
     if name not in TASKS:
         raise ValueError(f"expected a task name among {', '.join(TASKS)}, found {name!r}")
     task = TASKS[name]
-    if data_dir is None:
-        data_dir = os.environ.get("MINIFT_DATA")
-        if not data_dir:
-            raise DataError("expected the environment variable MINIFT_DATA to name the folder of "
-                            "the data sets (or pass data_dir=), found it unset")
-    folder = Path(data_dir) / task.folder
+    folder = data_folder(data_dir) / task.folder
     train, dev = folder / "train.tsv", folder / "dev.tsv"
     missing = [str(p) for p in (train, dev) if not p.is_file()]
     if missing:
