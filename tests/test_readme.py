@@ -15,8 +15,10 @@ its main command, run on a small budget, prints the table and leaves the folder 
   and the output folder holds exactly the files of the README's output-folder table, of the
   sizes it states.
 - The README's Python example (its ``## From Python`` block) runs on the same small budget; the
-  README is short (at most 2,000 words), shows the bare ``minift ...`` line that reruns the job
-  without reinstalling, and its counts (tests, steps, vocabulary, parameters) are computed here.
+  README is short (at most 2,000 words) and shows the bare ``minift ...`` line that reruns the
+  job without reinstalling. Its other commands run in test_readme_commands.py, and every number
+  it states is checked in test_readme_numbers.py (the counts computed there: tests, steps,
+  vocabulary, parameters).
 - Every relative link of README.md, lessons/README.md and benchmarks/RESULTS.md names a file
   that is there, and the lessons' shell loops reach every lesson.
 """
@@ -418,32 +420,6 @@ def minilm_classifier_parameters() -> float:
 
     model = load_bert("minilm")
     return (sum(p.numel() for p in model.parameters()) + 2 * model.config.hidden_size + 2) / 1e6
-
-
-@pytest.mark.slow  # collects the whole suite in a subprocess (about 15 s)
-def test_readme_counts_are_computed():
-    text = " ".join(_read(REPO / "README.md").split())
-    tests = int(re.search(r"about ([\d,]+) tests", text).group(1).replace(",", ""))
-    found = collected_tests()
-    assert abs(found - tests) <= 0.1 * found, (
-        f"README.md says about {tests} tests; `python -m pytest` collects {found}")
-    from dataclasses import fields
-
-    from minift.run.options import FinetuneOptions
-
-    limit = int(re.search(r"fixed ([\d,]+)-sentence subset", text).group(1).replace(",", ""))
-    steps = int(re.search(r"one epoch, (\d+) steps", text).group(1))
-    batch_size = next(f.default for f in fields(FinetuneOptions) if f.name == "batch_size")
-    assert steps == -(-limit // batch_size), text[:600]
-    pieces = int(re.search(r"\(([\d,]+) pieces\)", text).group(1).replace(",", ""))
-    assert pieces == vocabulary_size()
-    lessons = len(list((REPO / "lessons").glob("[0-9][0-9]_*.py")))
-    words = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-             "eleven", "twelve"]
-    said = re.search(r"(\w+) lessons teach it", text).group(1)
-    assert said == words[lessons - 1], f"README.md says {said} lessons; lessons/ holds {lessons}"
-    millions = float(re.search(r"\(([\d.]+) M parameters\)", text).group(1))
-    assert millions == round(minilm_classifier_parameters(), 1)
 
 
 def readme_python_example() -> str:

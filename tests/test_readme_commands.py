@@ -23,7 +23,6 @@ first, is ``slow`` (a minute or more on 2 cores); the others run in the default 
 
 import contextlib
 import io
-import os
 import re
 import shlex
 import subprocess
@@ -31,8 +30,19 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_readme import (REPO, TIMEOUT_S, _env, _read, bash_blocks, commands, created_paths,
-                         data_dir, named_paths, readme_main_command, readme_output_files)
+from test_readme import (
+    REPO,
+    TIMEOUT_S,
+    _env,
+    _read,
+    bash_blocks,
+    commands,
+    created_paths,
+    data_dir,
+    named_paths,
+    readme_main_command,
+    readme_output_files,
+)
 
 README = REPO / "README.md"
 # The small budget: the option -> its value in every README command that has it.
@@ -171,9 +181,7 @@ def documented_files(command: list[str]) -> tuple[set[str], bool]:
     sentence after it, "`ner` adds `a` and `b`" (the table's files and those) or "`setfit`
     writes `a` and `b`" (those, at least)."""
     table = readme_output_files()
-    name = command[2] if command[1] == "search" else command[1]
-    if command[1] == "search":
-        name = "search"
+    name = command[1]  # finetune, ner, ..., search (whatever TASK it searches)
     if name == "finetune":
         return table, True
     text = " ".join(_read(README).split())
@@ -220,8 +228,7 @@ def test_every_command_of_the_table_has_an_example():
     section = re.search(r"^## The commands\n(.*?)(?=^## )", text, re.S | re.M).group(1)
     listed = re.findall(r"^\| `minift (\w+)", section, re.M)
     assert len(listed) >= 8, listed
-    run = {c[2] if c[1] == "search" else c[1] for _, c in readme_lines() if c[0] == "minift"}
-    run |= {"search"} if any(c[1:2] == ["search"] for _, c in readme_lines()) else set()
+    run = {c[1] for _, c in readme_lines() if c[0] == "minift"}
     assert set(listed) <= run, f"README.md: no example runs {sorted(set(listed) - run)}"
 
 
