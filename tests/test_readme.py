@@ -436,6 +436,13 @@ def test_readme_python_example_runs(tmp_path, small_data):
     assert "limit_train=4000" in example and 'out="' in example, example
     small = example.replace("limit_train=4000", "limit_train=64")
     small = re.sub(r'out="[^"]*"', f"out={str(tmp_path / 'run')!r}", small)
+    # Its budget is the main command's (the same job, from Python).
+    main = readme_main_command()
+    for name in ("limit_train", "epochs", "max_length"):
+        value = main[main.index("--" + name.replace("_", "-")) + 1]
+        assert f"{name}={value}," in example, f"README.md's example: {name} is not {value}"
+    # What encode's comment says: its shape and each vector's length, printed to be checked.
+    small += "\nprint('vectors', tuple(vectors.shape), round(float(vectors[0].norm()), 4))\n"
     result = subprocess.run([sys.executable, "-c", small], cwd=tmp_path, capture_output=True,
                             text=True, timeout=TIMEOUT_S,
                             env=_env(MINIFT_DATA=str(small_data)))
@@ -444,6 +451,8 @@ def test_readme_python_example_runs(tmp_path, small_data):
     shape = re.search(r"# \((\d+) texts, (\d+) tokens, (\d+)\)", example).groups()
     assert f"torch.Size([{', '.join(shape)}])" in result.stdout, result.stdout
     assert re.search(r"cosine similarity 0\.\d\d", result.stdout), result.stdout
+    rows, width, length = re.search(r"# \((\d+), (\d+)\), length (\d+)", example).groups()
+    assert f"vectors ({rows}, {width}) {float(length)}" in result.stdout, result.stdout
     assert (tmp_path / "run" / "model.safetensors").is_file()
 
 
