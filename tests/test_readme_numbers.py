@@ -2,22 +2,25 @@
 the benchmarks/ script that measured it (so a number changes by rerunning the script, not by
 typing).
 
-``test_every_number_of_the_readme_is_claimed`` takes the README's prose (code blocks and inline
-`code` left out: test_readme_commands.py runs the bash blocks and parses every ``minift`` line,
-test_readme.py runs the Python example; the example table stays in), removes what each CLAIM
-below matches, and fails on any number left: a new number needs a claim, and a claim its check.
-Each claim's check then runs as one test:
+``test_every_number_of_the_readme_is_claimed`` takes the README's text without its fenced code
+blocks (test_readme_commands.py runs the bash blocks and parses every ``minift`` line;
+test_readme.py runs the Python example and checks the numbers of its comments; the example table
+stays in), removes what each CLAIM below matches, and fails on any number left: a new number
+needs a claim, and a claim its check. Digits inside a name (all-MiniLM-L6-v2, SST-2, v1.1,
+``--nproc_per_node=2``, ``torch==2.13.0``) are not numbers here; the pin is checked with the
+lowest torch. Each claim's check then runs as one test:
 
 - counted here: the lessons, the main job's steps, the labels, the vocabulary, the parameters,
-  the log interval, the seed default, /proc/stat's sample, torch's versions, the test count
-  (``slow``: it collects the suite, as before in test_readme.py);
+  the log interval, the seed default, /proc/stat's sample, torch's versions, CoNLL's columns,
+  SetFit's defaults, the grid's syntax, MINIFT_ONEDNN's values, the test count (``slow``: it
+  collects the suite);
 - from benchmarks/results/: the job's and the suite's times and the job's table
   (``readme_commands.json``, by ``python benchmarks/readme_commands.py``), the cost of load
   (``threads.json``, by ``python benchmarks/threads.py``), the lessons' times
   (``lesson_times.json``, by ``python benchmarks/lesson_times.py``): the README's figure is the
   file's, rounded as the README writes it ("about": within 10%), on the machine the README
-  names, and "idle" means
-  under half a core kept busy by other jobs when it was measured (minift's own reading);
+  names, and "idle" means under half a core kept busy by other jobs when it was measured
+  (minift's own reading);
 - the output folder's sizes: test_readme.py's main-command test measures them.
 
 Where a results file is not there yet, its claims are strict xfails (the test fails until the
@@ -56,8 +59,8 @@ WORDS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
 
 
 def prose() -> str:
-    """README.md without its code: fenced blocks (except the example table, a block of | rows)
-    and inline `code` (shown as [code]); whitespace collapsed to single spaces."""
+    """README.md without its fenced code blocks (except the example table, a block of | rows),
+    inline `code` shown as [code:...], whitespace collapsed to single spaces."""
     kept, block = [], None
     for line in _read(REPO / "README.md").splitlines():
         if line.startswith("```"):
@@ -68,7 +71,7 @@ def prose() -> str:
             block.append(line)
         else:
             kept.append(line)
-    text = re.sub(r"`[^`\n]+`", "[code]", "\n".join(kept))
+    text = re.sub(r"`([^`\n]+)`", r"[code:\1]", "\n".join(kept))
     return " ".join(text.split())
 
 
@@ -220,6 +223,51 @@ def log_interval(steps: str) -> None:
     assert int(steps) == next(f.default for f in fields(TrainConfig) if f.name == "log_every")
 
 
+def conll_columns(ner: str, pos: str) -> None:
+    words = next(line.split() for line in (data_dir() / "conll2003" / "train.txt")
+                 .read_text(encoding="utf-8").splitlines() if line.strip())
+    assert re.fullmatch(r"O|[BI]-[A-Z]+", words[int(ner)]), words  # an IOB2 entity tag
+    assert re.fullmatch(r"[A-Z$().,:\"']+", words[int(pos)]) and words[int(pos)] != "O", words
+
+
+def setfit_defaults(shots: str, seeds: str) -> None:
+    from minift.run.options import SetfitOptions
+
+    default = {f.name: f.default for f in fields(SetfitOptions)}
+    assert (int(shots), int(seeds)) == (default["shots"], default["seeds"]), default
+
+
+def grid_syntax(grid: str) -> None:
+    from minift.run.cli import build_parser
+
+    args = build_parser().parse_args(["search", "finetune", "--task", "sst2", "--out", "x",
+                                      "--grid", grid])
+    assert args.grid == [grid] and all(float(v) > 0 for v in grid.split("=")[1].split(","))
+
+
+def onednn_values(on: str, off: str) -> None:
+    """The two values cpu_kernels takes, and a third it refuses (no timing is run)."""
+    import os
+
+    from minift.fast import cpu_kernels
+
+    saved = os.environ.get(cpu_kernels.FORCE_VARIABLE)
+    try:
+        for value, takes in ((on, True), (off, True), ("2", False)):
+            os.environ[cpu_kernels.FORCE_VARIABLE] = value
+            try:
+                cpu_kernels.onednn_is_faster.__wrapped__()
+            except ValueError:
+                assert not takes, f"MINIFT_ONEDNN={value} is refused"
+            else:
+                assert takes, f"MINIFT_ONEDNN={value} is taken"
+    finally:
+        if saved is None:
+            os.environ.pop(cpu_kernels.FORCE_VARIABLE)
+        else:
+            os.environ[cpu_kernels.FORCE_VARIABLE] = saved
+
+
 @dataclass(frozen=True)
 class Claim:
     pattern: str  # over prose(); its groups are the check's arguments
@@ -237,10 +285,10 @@ CLAIMS = [
           job_time, needs=JOB_TIMES.name),
     Claim(r"on that Xeon, beside (\d+) busy processes, (\d+) training steps took ([\d.]+) times "
           r"as long as idle with (\d+) threads and ([\d.]+) times with one", load_cost),
-    Claim(r"\(([\d.]+) s of \[code\]\)", proc_stat_sample),
+    Claim(r"\(([\d.]+) s of \[code:/proc/stat\]\)", proc_stat_sample),
     Claim(r"It ends with this table \(on a (\d+)-core ([A-Z][\w ]+?)\): ``` (.*?) ```", job_table,
           needs=JOB_TIMES.name),
-    Claim(r"\(\[code\], (\d+) by default\)", seed_default),
+    Claim(r"\(\[code:--seed\], (\d+) by default\)", seed_default),
     Claim(r"That is about ([\d,]+) tests", count_of_tests, slow=True),
     Claim(r"they took (\d+) minutes (\d+) seconds on an idle (\d+)-core ([A-Z][\w ]+?) with "
           r"(\d+) threads", suite_time, needs=JOB_TIMES.name),
@@ -253,6 +301,11 @@ CLAIMS = [
     Claim(r"\(([\d.]+) M parameters\)", model_counts),
     Claim(r"WordPiece vocabulary \(([\d,]+) pieces\)", vocabulary),
     Claim(r"one JSON line every (\d+) steps", log_interval),
+    Claim(r"\[code:--column (\d)\] NER, scored by entity F1; \[code:--column (\d)\] POS",
+          conll_columns),
+    Claim(r"\[code:--shots (\d+) --seeds (\d+)\]", setfit_defaults),
+    Claim(r"\[code:--grid (lr=[\de.,+-]+)\]", grid_syntax),
+    Claim(r"\[code:MINIFT_ONEDNN=(\d)\] or \[code:(\d)\] skips the timing", onednn_values),
 ]
 
 
