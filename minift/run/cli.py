@@ -14,6 +14,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
@@ -301,7 +302,8 @@ def check_text(argv: list[str]) -> None:
                              "(minift reads its arguments as UTF-8)") from None
 
 
-def busy_cores(read=None, wait=time.sleep, interval: float = 0.2) -> tuple[float, str] | None:
+def busy_cores(read: Callable[[], str] | None = None, wait: Callable[[float], object] = time.sleep,
+               interval: float = 0.2) -> tuple[float, str] | None:
     """How many cores other jobs keep busy now, and what measured it (for the notice), or None.
 
     Linux: two reads of ``/proc/stat`` ``interval`` seconds apart. Its first line sums, over every
@@ -325,7 +327,7 @@ def busy_cores(read=None, wait=time.sleep, interval: float = 0.2) -> tuple[float
     except (OSError, ValueError, IndexError):
         try:
             return os.getloadavg()[0], "the load average is {:.1f} on {} cores"
-        except OSError:  # no load average on this system either
+        except (OSError, AttributeError):  # no load average either (Windows has none)
             return None
     if total2 <= total:  # no tick passed (a clock this coarse is not worth reading)
         return None
@@ -333,7 +335,8 @@ def busy_cores(read=None, wait=time.sleep, interval: float = 0.2) -> tuple[float
     return busy, f"other jobs keep {{:.1f}} of {{}} cores busy ({interval:g} s of /proc/stat)"
 
 
-def choose_threads(requested: int | None, environ=os.environ, measure=None,
+def choose_threads(requested: int | None, environ=os.environ,
+                   measure: Callable[[], tuple[float, str] | None] | None = None,
                    cpus: int | None = None, default: int | None = None) -> tuple[int | None, str]:
     """The CPU threads of this run and a notice (or ""): ``--threads``, else ``MINIFT_THREADS``,
     else torch's default (None: leave it), but ``OMP_NUM_THREADS`` given or not, when other jobs
