@@ -1,16 +1,17 @@
 """CPU threads on a shared machine: the same short fine-tune at 1 and 2 threads, idle and under load.
 
-Question (issue #32): how much does a busy CPU cost minift at torch's default threads, and does
-one thread (what ``minift`` now picks by itself when the load average says the cores are taken,
-with a notice) win it back? Each arm runs ``minift finetune`` as a user would, in a fresh process
-(``--task sst2 --max-steps 6 --limit-train 200 --limit-dev 200 --max-length 32``, the installed
-MiniLM), with ``--threads N`` or, in the "minift's choice" arm, without it (what the command
-chooses from the load average). "Under load" is ``--load`` busy Python processes (default: one
-per core) spinning beside it, started before the run and stopped after. Every arm runs
-``--repeats`` times, interleaved; the report gives the median wall time of the process and of
-training (``metrics.json``'s ``train.seconds``), the ratios, and whether every arm wrote the same
-dev metrics (another thread count can change the order of a sum: on a 2-core Xeon, 6 steps at
-1 and 2 threads gave the same accuracy and F1 and a dev loss differing at the 8th digit).
+Question (issue #32): how much does a busy CPU cost minift at torch's default threads, and does one
+thread (what ``minift`` now picks by itself when a 0.2 s sample of /proc/stat says other jobs keep
+the cores busy, with a notice) win it back? Each arm runs ``minift finetune`` as a user would, in a
+fresh process (``--task sst2 --max-steps 6 --limit-train 200 --limit-dev 200 --max-length 32``, the
+installed MiniLM), with ``--threads N`` or, in the "minift's choice" arm, without it (what the
+command chooses from /proc/stat, or the load average without it). "Under load" is ``--load`` busy
+Python processes (default: one per core) spinning beside it, started before the run and stopped
+after. Every arm runs ``--repeats`` times, interleaved; the report gives the median wall time of
+the process and of training (``metrics.json``'s ``train.seconds``), the ratios, and whether every
+arm wrote the same dev metrics (another thread count can change the order of a sum: on a 2-core
+Xeon, 6 steps at 1 and 2 threads gave the same accuracy and F1 and a dev loss differing at the 8th
+digit).
 
     python benchmarks/threads.py            # about 5-15 minutes on 2 cores: run it on a quiet machine
     python benchmarks/threads.py --smoke    # a 1-step check of the wiring (writes to a temp folder)
@@ -67,7 +68,8 @@ def run_arm(threads: int | None, job: list[str], work: Path) -> dict:
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
     metrics = json.loads((out / "metrics.json").read_text())
-    notice = [line for line in done.stderr.splitlines() if "load average" in line]
+    notice = [line for line in done.stderr.splitlines()
+              if line.startswith("minift: ") and " thread" in line]  # the choice's notice
     return {"wall_s": wall, "train_s": metrics["train"]["seconds"],
             "dev": {k: v for k, v in metrics["dev"].items() if isinstance(v, float)},
             "notice": notice[0] if notice else ""}
@@ -78,7 +80,7 @@ def measure(arms: list[int | None], load: int, repeats: int, job: list[str], wor
     """Every arm ``repeats`` times, interleaved, under ``load`` busy processes (0: idle)."""
     spinning = spin(load)
     try:
-        time.sleep(settle)  # let the load average see the load (the choice arm reads it)
+        time.sleep(settle)  # let the busy processes start (the choice arm samples /proc/stat)
         runs: dict[str, list[dict]] = {name(a): [] for a in arms}
         for _ in range(repeats):
             for arm in arms:
@@ -140,13 +142,13 @@ def main() -> None:
                         "condition (default: one per core; --smoke: 1)")
     parser.add_argument("--repeats", type=int, default=None, help="runs an arm (default 3)")
     parser.add_argument("--settle", type=float, default=None,
-                        help="seconds between starting the load and the first run (default 30)")
+                        help="seconds between starting the load and the first run (default 2)")
     parser.add_argument("--results", type=Path, default=None, help="folder of threads.json/.md")
     args = parser.parse_args()
     job = SMOKE_JOB if args.smoke else JOB
     load = args.load if args.load is not None else (1 if args.smoke else os.cpu_count() or 1)
     repeats = args.repeats or (1 if args.smoke else 3)
-    settle = args.settle if args.settle is not None else (1.0 if args.smoke else 30.0)
+    settle = args.settle if args.settle is not None else (1.0 if args.smoke else 2.0)
     results = args.results or (Path(tempfile.mkdtemp(prefix="threads-")) if args.smoke
                                else RESULTS)
     arms = [1, 2, None]

@@ -117,9 +117,14 @@ def test_one_vocabulary_for_steps_dev_subsets_threads_and_device():
 # --- Threads that suit the machine (issue #32) ----------------------------------------------------
 
 
+def _measured(cores: float, how: str = "the load average is {:.1f} on {} cores"):
+    return lambda: (cores, how)
+
+
 def test_threads_come_from_the_flag_the_environment_or_the_load():
     choose = cli.choose_threads
-    idle, busy = dict(load=0.2, cpus=2, default=2), dict(load=3.7, cpus=2, default=2)
+    idle = dict(measure=_measured(0.2), cpus=2, default=2)
+    busy = dict(measure=_measured(3.7), cpus=2, default=2)
     assert choose(3, environ={}, **busy) == (3, "")  # --threads wins
     assert choose(None, environ={"MINIFT_THREADS": "2"}, **busy) == (2, "")
     assert choose(None, environ={"OMP_NUM_THREADS": "2"}, **busy) == (None, "")  # the user's
@@ -127,10 +132,58 @@ def test_threads_come_from_the_flag_the_environment_or_the_load():
     threads, notice = choose(None, environ={}, **busy)
     assert threads == 1 and "load average is 3.7 on 2 cores: 1 thread" in notice
     assert "--threads" in notice and "\n" not in notice
-    assert choose(None, environ={}, load=6.2, cpus=16, default=16)[0] == 10  # the free cores
+    assert choose(None, environ={}, measure=_measured(6.2), cpus=16, default=16)[0] == 10
+    assert choose(None, environ={}, measure=lambda: None, cpus=2, default=2) == (None, "")
     for bad in ("0", "two", "-1", "99999"):
         with pytest.raises(ValueError, match=f"MINIFT_THREADS='{bad}'"):
             choose(None, environ={"MINIFT_THREADS": bad}, **idle)
+
+
+def _proc_stat(*samples: tuple[int, int, int]):
+    """A fake /proc/stat reader: each call returns the next sample's text, (busy, idle, iowait)
+    ticks summed over two cores (user holds the busy ticks, the rest of the fields are 0)."""
+    texts = iter(f"cpu  {busy} 0 0 {idle} {iowait} 0 0 0 0 0\ncpu0 1 0 0 1 0 0 0 0 0 0\n"
+                 f"cpu1 1 0 0 1 0 0 0 0 0 0\nintr 12345 0\nctxt 678\n"
+                 for busy, idle, iowait in samples)
+    return lambda: next(texts)
+
+
+def test_busy_cores_reads_the_last_moment_of_proc_stat_not_the_load_average(monkeypatch):
+    """The cores in use are the non-idle share of the ticks between two reads, times the cores;
+    iowait counts as idle; the 1-minute load average is not read when /proc/stat answers."""
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.7, 3.0, 2.0))  # a lagging average: unused
+    waited = []
+    # 1,000 ticks pass: 900 busy, 60 idle, 40 waiting on a disk: 0.9 of the 2 cores, 1.8 cores.
+    busy, how = cli.busy_cores(_proc_stat((5000, 7000, 100), (5900, 7060, 140)), waited.append)
+    assert busy == pytest.approx(1.8, abs=1e-9) and "/proc/stat" in how and waited == [0.2]
+    # Every tick idle: the machine is idle now, whatever the load average says.
+    busy, _ = cli.busy_cores(_proc_stat((5000, 7000, 100), (5000, 8000, 100)), waited.append)
+    assert busy == 0
+    threads, notice = cli.choose_threads(
+        None, environ={}, cpus=2, default=2,
+        measure=lambda: cli.busy_cores(_proc_stat((0, 0, 0), (950, 50, 0)), lambda s: None))
+    assert threads == 1 and notice.startswith("minift: other jobs keep 1.9 of 2 cores busy")
+    assert "\n" not in notice and "--threads N" in notice
+    # No tick between the reads: nothing measured (torch's default, no notice).
+    assert cli.busy_cores(_proc_stat((5, 5, 0), (5, 5, 0)), lambda s: None) is None
+
+
+def test_busy_cores_falls_back_to_the_load_average_without_proc(monkeypatch):
+    """Where there is no /proc/stat (macOS) or it is not what Linux writes, the load average;
+    without either, nothing (the caller keeps torch's default)."""
+    def missing():
+        raise FileNotFoundError("/proc/stat")
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.7, 3.0, 2.0))
+    for reader in (missing, lambda: "something else\n", lambda: ""):
+        load, how = cli.busy_cores(reader, lambda s: None)
+        assert load == 3.7 and how.format(load, 2) == "the load average is 3.7 on 2 cores"
+
+    def no_average():
+        raise OSError("no load average")
+
+    monkeypatch.setattr(os, "getloadavg", no_average)
+    assert cli.busy_cores(missing, lambda s: None) is None
 
 
 def test_the_command_sets_torchs_threads_once_before_any_work(monkeypatch, capsys):
@@ -146,7 +199,7 @@ def test_the_command_sets_torchs_threads_once_before_any_work(monkeypatch, capsy
     monkeypatch.setenv("MINIFT_THREADS", "2")
     assert cli.main(broken) == 2 and calls == [3, 2]
     monkeypatch.delenv("MINIFT_THREADS")
-    monkeypatch.setattr(os, "getloadavg", lambda: (3.7, 3.0, 2.0))
+    monkeypatch.setattr(cli, "busy_cores", _measured(3.7))
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     assert cli.main(broken) == 2 and calls == [3, 2, 1]
     err = capsys.readouterr().err

@@ -15,8 +15,10 @@ its main command, run on a small budget, prints the table and leaves the folder 
   and the output folder holds exactly the files of the README's output-folder table, of the
   sizes it states.
 - The README's Python example (its ``## From Python`` block) runs on the same small budget; the
-  README is short (at most 2,000 words), shows the bare ``minift ...`` line that reruns the job
-  without reinstalling, and its counts (tests, steps, vocabulary, parameters) are computed here.
+  README is short (at most 2,000 words) and shows the bare ``minift ...`` line that reruns the
+  job without reinstalling. Its other commands run in test_readme_commands.py, and every number
+  it states is checked in test_readme_numbers.py (the counts computed there: tests, steps,
+  vocabulary, parameters).
 - Every relative link of README.md, lessons/README.md and benchmarks/RESULTS.md names a file
   that is there, and the lessons' shell loops reach every lesson.
 """
@@ -420,32 +422,6 @@ def minilm_classifier_parameters() -> float:
     return (sum(p.numel() for p in model.parameters()) + 2 * model.config.hidden_size + 2) / 1e6
 
 
-@pytest.mark.slow  # collects the whole suite in a subprocess (about 15 s)
-def test_readme_counts_are_computed():
-    text = " ".join(_read(REPO / "README.md").split())
-    tests = int(re.search(r"about ([\d,]+) tests", text).group(1).replace(",", ""))
-    found = collected_tests()
-    assert abs(found - tests) <= 0.1 * found, (
-        f"README.md says about {tests} tests; `python -m pytest` collects {found}")
-    from dataclasses import fields
-
-    from minift.run.options import FinetuneOptions
-
-    limit = int(re.search(r"fixed ([\d,]+)-sentence subset", text).group(1).replace(",", ""))
-    steps = int(re.search(r"one epoch, (\d+) steps", text).group(1))
-    batch_size = next(f.default for f in fields(FinetuneOptions) if f.name == "batch_size")
-    assert steps == -(-limit // batch_size), text[:600]
-    pieces = int(re.search(r"\(([\d,]+) pieces\)", text).group(1).replace(",", ""))
-    assert pieces == vocabulary_size()
-    lessons = len(list((REPO / "lessons").glob("[0-9][0-9]_*.py")))
-    words = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-             "eleven", "twelve"]
-    said = re.search(r"(\w+) lessons teach it", text).group(1)
-    assert said == words[lessons - 1], f"README.md says {said} lessons; lessons/ holds {lessons}"
-    millions = float(re.search(r"\(([\d.]+) M parameters\)", text).group(1))
-    assert millions == round(minilm_classifier_parameters(), 1)
-
-
 def readme_python_example() -> str:
     text = _read(REPO / "README.md")
     match = re.search(r"^## From Python\n.*?```python\n(.*?)```", text, re.S | re.M)
@@ -460,6 +436,13 @@ def test_readme_python_example_runs(tmp_path, small_data):
     assert "limit_train=4000" in example and 'out="' in example, example
     small = example.replace("limit_train=4000", "limit_train=64")
     small = re.sub(r'out="[^"]*"', f"out={str(tmp_path / 'run')!r}", small)
+    # Its budget is the main command's (the same job, from Python).
+    main = readme_main_command()
+    for name in ("limit_train", "epochs", "max_length"):
+        value = main[main.index("--" + name.replace("_", "-")) + 1]
+        assert f"{name}={value}," in example, f"README.md's example: {name} is not {value}"
+    # What encode's comment says: its shape and each vector's length, printed to be checked.
+    small += "\nprint('vectors', tuple(vectors.shape), round(float(vectors[0].norm()), 4))\n"
     result = subprocess.run([sys.executable, "-c", small], cwd=tmp_path, capture_output=True,
                             text=True, timeout=TIMEOUT_S,
                             env=_env(MINIFT_DATA=str(small_data)))
@@ -468,6 +451,8 @@ def test_readme_python_example_runs(tmp_path, small_data):
     shape = re.search(r"# \((\d+) texts, (\d+) tokens, (\d+)\)", example).groups()
     assert f"torch.Size([{', '.join(shape)}])" in result.stdout, result.stdout
     assert re.search(r"cosine similarity 0\.\d\d", result.stdout), result.stdout
+    rows, width, length = re.search(r"# \((\d+), (\d+)\), length (\d+)", example).groups()
+    assert f"vectors ({rows}, {width}) {float(length)}" in result.stdout, result.stdout
     assert (tmp_path / "run" / "model.safetensors").is_file()
 
 

@@ -11,7 +11,10 @@ import contextlib
 import difflib
 import math
 import os
+import re
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
@@ -35,7 +38,7 @@ conventions shared by every command:
                  format), metrics.json and log.jsonl; resume.pt and best/ exist only while
                  the run is unfinished (or with --keep-resume)
   --threads      CPU threads (also $MINIFT_THREADS); by default fewer, with a notice, when
-                 the load average says other jobs hold the cores
+                 other jobs keep cores busy (a 0.2 s sample of /proc/stat)
   exit status    0 done; 2 bad input (one line 'minift: error: ...', nothing trained);
                  1 a failure during the run (full disk, out of memory; any other error is one
                  line too: MINIFT_DEBUG=1 shows its traceback); 130 Ctrl-C: the folder
@@ -299,12 +302,47 @@ def check_text(argv: list[str]) -> None:
                              "(minift reads its arguments as UTF-8)") from None
 
 
-def choose_threads(requested: int | None, environ=os.environ, load: float | None = None,
+def busy_cores(read: Callable[[], str] | None = None, wait: Callable[[float], object] = time.sleep,
+               interval: float = 0.2) -> tuple[float, str] | None:
+    """How many cores other jobs keep busy now, and what measured it (for the notice), or None.
+
+    Linux: two reads of ``/proc/stat`` ``interval`` seconds apart. Its first line sums, over every
+    core, the clock ticks spent so far as ``user nice system idle iowait irq softirq steal``; the
+    share of the ticks between the reads that were not ``idle`` or ``iowait``, times the cores
+    (its ``cpuN`` lines), is the cores in use now. This process sleeps meanwhile, so they are the
+    others'. Elsewhere (macOS): the 1-minute load average, which lags: a machine that just became
+    idle still looks busy for a minute or more (issue #32). ``read`` returns /proc/stat's text."""
+    def ticks() -> tuple[int, int, int]:  # (all ticks, idle ticks, cores)
+        text = read() if read else Path("/proc/stat").read_text(encoding="ascii")
+        lines = text.splitlines()
+        counts = [int(n) for n in lines[0].split()[1:9]]  # the "cpu" line: every core summed
+        cores = sum(1 for line in lines if re.match(r"cpu\d+ ", line))
+        if not lines[0].startswith("cpu ") or len(counts) < 5 or not cores:
+            raise ValueError("not /proc/stat")
+        return sum(counts), counts[3] + counts[4], cores
+    try:
+        total, idle, cores = ticks()
+        wait(interval)
+        total2, idle2, _ = ticks()
+    except (OSError, ValueError, IndexError):
+        try:
+            return os.getloadavg()[0], "the load average is {:.1f} on {} cores"
+        except (OSError, AttributeError):  # no load average either (Windows has none)
+            return None
+    if total2 <= total:  # no tick passed (a clock this coarse is not worth reading)
+        return None
+    busy = (1 - (idle2 - idle) / (total2 - total)) * cores
+    return busy, f"other jobs keep {{:.1f}} of {{}} cores busy ({interval:g} s of /proc/stat)"
+
+
+def choose_threads(requested: int | None, environ=os.environ,
+                   measure: Callable[[], tuple[float, str] | None] | None = None,
                    cpus: int | None = None, default: int | None = None) -> tuple[int | None, str]:
     """The CPU threads of this run and a notice (or ""): ``--threads``, else ``MINIFT_THREADS``,
-    else torch's default (None: leave it), but ``OMP_NUM_THREADS`` given or not, when the load
-    average says other jobs hold k of the cores, ``cpus - k`` threads at most (at least 1):
-    threads that wait on a busy core slow every step down (issue #32: 10x on 2 shared cores)."""
+    else torch's default (None: leave it), but ``OMP_NUM_THREADS`` given or not, when other jobs
+    keep k of the cores busy now (``measure``, by default ``busy_cores``), ``cpus - k`` threads
+    at most (at least 1): threads that wait on a busy core slow every step down (issue #32: 10x
+    on 2 shared cores)."""
     if requested is not None:
         return requested, ""
     if text := environ.get("MINIFT_THREADS", "").strip():
@@ -314,13 +352,12 @@ def choose_threads(requested: int | None, environ=os.environ, load: float | None
         return int(text), ""
     if environ.get("OMP_NUM_THREADS"):
         return None, ""  # chosen by the user; torch reads it
-    if load is None:
-        try:
-            load = os.getloadavg()[0]
-        except OSError:  # no load average on this system
-            return None, ""
+    measured = (measure or busy_cores)()
+    if measured is None:
+        return None, ""
+    load, how = measured
     cpus = cpus or os.cpu_count() or 1
-    busy = min(cpus, math.floor(load + 0.5))  # cores the other jobs hold, on average
+    busy = min(cpus, math.floor(load + 0.5))  # cores the other jobs hold
     if default is None:
         import torch
 
@@ -328,7 +365,7 @@ def choose_threads(requested: int | None, environ=os.environ, load: float | None
     threads = max(1, min(default, cpus - busy))
     if threads >= default:
         return None, ""
-    return threads, (f"minift: the load average is {load:.1f} on {cpus} cores: {threads} "
+    return threads, (f"minift: {how.format(load, cpus)}: {threads} "
                      f"thread{'s' if threads > 1 else ''} (--threads N or MINIFT_THREADS "
                      "to choose)")
 

@@ -451,7 +451,7 @@ class ProcessOptions(Options):
     """How the ``minift`` process runs: an option of every command that computes, read by the
     command line alone (``minift.run.cli.choose_threads``), not by the recipes."""
     threads: int | None = option(None, "CPU threads of torch (default: $MINIFT_THREADS, else "
-                                 "fewer when the load average says other jobs hold the cores, "
+                                 "fewer when other jobs keep the cores busy, "
                                  "with a notice, else torch's default); another count can move "
                                  "the last digits of a loss: give it to repeat a run bit for "
                                  "bit", group=RUN,
