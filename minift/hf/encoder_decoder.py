@@ -99,11 +99,13 @@ def decoder_from_hf(state_dict: dict[str, torch.Tensor], source: str) -> dict[st
     return {renamed[name]: tensor for name, tensor in kept.items()}
 
 
-def decoder_to_hf(model: CausalLM, prefix: str = "") -> dict[str, torch.Tensor]:
-    """A ``CausalLM``'s weights under ``BertLMHeadModel`` names (with ``prefix``), without the
-    tied output matrix (``head.decoder.weight`` is the word embedding)."""
+def decoder_to_hf(state_dict: dict[str, torch.Tensor],
+                  prefix: str = "") -> dict[str, torch.Tensor]:
+    """A ``CausalLM``'s tensors (its state dict, or its gradients by name) under
+    ``BertLMHeadModel`` names (with ``prefix``), without the tied output matrix
+    (``head.decoder.weight`` is the word embedding)."""
     out = {}
-    for name, tensor in model.state_dict().items():
+    for name, tensor in state_dict.items():
         if name == "head.decoder.weight":
             continue
         hf = rename(name, _TO_HF)
@@ -182,7 +184,7 @@ def save_causal_lm(model: CausalLM, path: str | os.PathLike) -> None:
     """Write a ``CausalLM`` as transformers' ``BertLMHeadModel`` folder (config.json and
     model.safetensors)."""
     cross = model.bert.layers[0].cross_attention is not None if len(model.bert.layers) else False
-    _write_folder(path, decoder_to_hf(model),
+    _write_folder(path, decoder_to_hf(model.state_dict()),
                   causal_lm_config_dict(model.config, cross_attention=cross))
 
 
@@ -191,7 +193,7 @@ def save_encoder_decoder(model: EncoderDecoder, path: str | os.PathLike) -> None
     config.json with ``encoder`` and ``decoder`` sub-configs and the token ids, and the weights
     under ``encoder.*`` (``BertModel`` names) and ``decoder.*`` (``BertLMHeadModel`` names)."""
     tensors = to_hf_state_dict(model.encoder.state_dict(), prefix="encoder.")
-    tensors |= decoder_to_hf(model.decoder, prefix="decoder.")
+    tensors |= decoder_to_hf(model.decoder.state_dict(), prefix="decoder.")
     encoder = model.encoder.config.to_dict() | {"is_decoder": False, "add_cross_attention": False}
     config = {
         "architectures": ["EncoderDecoderModel"],
