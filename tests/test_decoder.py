@@ -15,6 +15,7 @@ import torch
 import transformers
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tiny_heads import randomize_
 from transformers.models.encoder_decoder.modeling_encoder_decoder import shift_tokens_right
 
 from minift.core.decoder import (
@@ -62,15 +63,6 @@ def source_mask(gen: torch.Generator, batch: int, seq: int) -> torch.Tensor:
     mask = torch.randint(0, 2, (batch, seq), generator=gen)
     mask[torch.arange(batch), torch.randint(0, seq, (batch,), generator=gen)] = 1
     return mask
-
-
-def randomize_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Every parameter random, std 0.2 (tied parameters are one tensor, drawn once)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in module.parameters():
-            param.copy_(torch.randn(param.shape, generator=gen) * 0.2)
-    return module.eval()
 
 
 def hf_causal_lm(config: dict, seed: int, attn: str = "sdpa", cross: bool = False):
