@@ -18,12 +18,7 @@ from hypothesis import strategies as st
 from tiny_heads import randomize_
 from transformers.models.encoder_decoder.modeling_encoder_decoder import shift_tokens_right
 
-from minift.core.decoder import (
-    CausalLM,
-    EncoderDecoder,
-    causal_mask,
-    shift_right,
-)
+from minift.core.decoder import CausalLM, EncoderDecoder, causal_mask, shift_right
 from minift.core.model import BertConfig, ConfigError
 from minift.hf.checkpoint import to_hf_state_dict
 from minift.hf.encoder_decoder import decoder_to_hf, load_causal_lm, load_encoder_decoder
