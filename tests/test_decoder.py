@@ -8,6 +8,7 @@ pair shows), models in eval mode (dropout off), fp32. Tolerance: atol 1e-5 (rtol
 gradients), as the encoder's parity tests in test_model.py; the agreement found is about 1e-6.
 """
 
+import copy
 import tempfile
 
 import pytest
@@ -20,6 +21,7 @@ from transformers.models.encoder_decoder.modeling_encoder_decoder import shift_t
 
 from minift.core.decoder import CausalLM, EncoderDecoder, causal_mask, shift_right
 from minift.core.model import BertConfig, ConfigError
+from minift.fast.unpad import speed_up
 from minift.hf.checkpoint import to_hf_state_dict
 from minift.hf.encoder_decoder import decoder_to_hf, load_causal_lm, load_encoder_decoder
 
@@ -247,3 +249,23 @@ def test_errors_name_what_is_wrong():
                            pad_token_id=0)
     with pytest.raises(ValueError, match="give decoder_input_ids or labels"):
         model(ids)
+
+
+def test_speed_up_swaps_the_encoder_and_leaves_the_decoder_exact():
+    """``minift.fast.unpad.speed_up`` swaps exact textbook types only: the encoder becomes the
+    fast one, the decoder's own subclasses (cached self-attention, cross-attention) stay, and
+    the logits are those of the textbook model (atol 1e-5)."""
+    config = BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=24, max_position_embeddings=20, initializer_range=0.3)
+    torch.manual_seed(0)
+    model = EncoderDecoder(config, config, decoder_start_token_id=1, pad_token_id=0).eval()
+    gen = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(1, 30, (3, 7), generator=gen)
+    mask = source_mask(gen, 3, 7)
+    labels = torch.randint(2, 30, (3, 5), generator=gen)
+    fast = speed_up(copy.deepcopy(model), onednn=False)
+    kinds = {type(m).__name__ for m in fast.modules()}
+    assert {"FastBertModel", "CachedSelfAttention", "CrossAttention"} <= kinds
+    with torch.no_grad():
+        want, got = model(input_ids, mask, labels=labels), fast(input_ids, mask, labels=labels)
+    torch.testing.assert_close(got.logits, want.logits, atol=ATOL, rtol=0)
