@@ -89,6 +89,19 @@ def test_minift_causal_lm_loads_in_transformers(tmp_path):
     assert torch.equal(load_causal_lm(tmp_path).head.transform.weight, ours.head.transform.weight)
 
 
+def test_a_decoder_with_cross_attention_round_trips(tmp_path):
+    ours = randomize_(CausalLM(BertConfig(**SMALL), cross_attention=True), 3)
+    save_causal_lm(ours, tmp_path)
+    hf, info = transformers.BertLMHeadModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert hf.config.add_cross_attention
+    again = load_causal_lm(tmp_path)
+    assert again.bert.cross_attention
+    for (name, a), (_, b) in zip(ours.state_dict().items(), again.state_dict().items(),
+                                 strict=True):
+        assert torch.equal(a, b), name
+
+
 # --- The published checkpoint ---------------------------------------------------------------------
 
 

@@ -172,6 +172,7 @@ class BertDecoder(nn.Module):
     def __init__(self, config: BertConfig, cross_attention: bool = False):
         super().__init__()
         self.config = config
+        self.cross_attention = cross_attention
         self.embeddings = Embeddings(config)
         self.layers = nn.ModuleList(DecoderBlock(config, cross_attention)
                                     for _ in range(config.num_hidden_layers))

@@ -170,12 +170,14 @@ def _write_folder(folder: str | os.PathLike, tensors: dict[str, torch.Tensor], c
 
 
 def load_causal_lm(path: str | os.PathLike) -> CausalLM:
-    """A ``BertLMHeadModel(is_decoder=True)`` folder -> ``CausalLM``, in eval mode."""
+    """A ``BertLMHeadModel(is_decoder=True)`` folder -> ``CausalLM`` (with cross-attention when
+    its config says ``add_cross_attention``), in eval mode."""
     folder = resolve_model_dir(path)
-    source = str(folder / "config.json")
-    config = decoder_config(read_config_json(folder), source, cross_attention=False)
+    source, raw = str(folder / "config.json"), read_config_json(folder)
+    cross = bool(raw.get("add_cross_attention"))
+    config = decoder_config(raw, source, cross_attention=cross)
     state, source = read_state_dict(folder)
-    model = CausalLM(config)
+    model = CausalLM(config, cross_attention=cross)
     load_decoder_weights(model, decoder_from_hf(state, source), source)
     return model.eval()
 
@@ -183,9 +185,8 @@ def load_causal_lm(path: str | os.PathLike) -> CausalLM:
 def save_causal_lm(model: CausalLM, path: str | os.PathLike) -> None:
     """Write a ``CausalLM`` as transformers' ``BertLMHeadModel`` folder (config.json and
     model.safetensors)."""
-    cross = model.bert.layers[0].cross_attention is not None if len(model.bert.layers) else False
     _write_folder(path, decoder_to_hf(model.state_dict()),
-                  causal_lm_config_dict(model.config, cross_attention=cross))
+                  causal_lm_config_dict(model.config, cross_attention=model.bert.cross_attention))
 
 
 def save_encoder_decoder(model: EncoderDecoder, path: str | os.PathLike) -> None:
