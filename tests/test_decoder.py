@@ -233,6 +233,8 @@ def test_errors_name_what_is_wrong():
                  intermediate_size=8, max_position_embeddings=6)
     decoder = CausalLM(BertConfig(**small)).eval()
     ids = torch.zeros(1, 3, dtype=torch.long)
+    with pytest.raises(ValueError, match="input_ids must be \\(batch, seq\\), got shape \\(3,\\)"):
+        decoder(ids[0])
     with pytest.raises(ValueError, match="no cross-attention"):
         decoder(ids, memory=torch.zeros(1, 2, 8))
     with pytest.raises(ValueError, match="attention_mask covers 2 tokens; .* 0 cached \\+ 3 new"):

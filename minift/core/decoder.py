@@ -183,6 +183,8 @@ class BertDecoder(nn.Module):
         """input_ids: (batch, new) -> (batch, new, hidden). With a ``cache`` (one ``LayerCache``
         a block), the new tokens continue the cached ones: their positions start at the cache's
         length, and ``attention_mask`` (if any) covers the cached and the new tokens."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
         batch, new = input_ids.shape
         past = cache[0].length if cache is not None else 0
         if past + new > self.config.max_position_embeddings:
