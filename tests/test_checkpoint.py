@@ -26,6 +26,7 @@ import torch
 import transformers
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from tiny_heads import randomize_
 
 from minift.core.model import BertConfig, BertModel, ConfigError
 from minift.hf import checkpoint
@@ -459,15 +460,6 @@ TINY = dict(
     max_position_embeddings=64,
     type_vocab_size=2,
 )
-
-
-def randomize_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Every parameter random (norm weights and biases too, so a swapped pair shows)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in module.parameters():
-            param.copy_(torch.randn(param.shape, generator=gen) * 0.2)
-    return module.eval()
 
 
 def hf_model(cls=transformers.BertModel, seed: int = 0, **kwargs):

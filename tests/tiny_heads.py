@@ -1,6 +1,7 @@
 """Tiny random heads shared by the head parity tests (test_classify, test_nsp, test_qa): a BERT
 config small enough for hypothesis, a random batch with padding and labels, and the two ways of
-bringing a transformers model to minift (through a saved folder)."""
+bringing a transformers model to minift (through a saved folder); ``randomize_`` for every
+parity test that wants no weight left at its initial value (test_checkpoint, test_decoder)."""
 
 import tempfile
 
@@ -36,3 +37,13 @@ def hf_to_minift(hf_model, ours_cls):
 def saved(hf_model, tmp_dir):
     hf_model.save_pretrained(tmp_dir)
     return tmp_dir
+
+
+def randomize_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Every parameter random, std 0.2 (norm weights and biases too, so a swapped pair shows;
+    tied parameters are one tensor, drawn once); returned in eval mode."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in module.parameters():
+            param.copy_(torch.randn(param.shape, generator=gen) * 0.2)
+    return module.eval()

@@ -62,13 +62,22 @@ IGNORED_KEYS = {"embeddings.position_ids"}
 # Task heads stored beside the encoder; returned to the caller for a head to claim.
 HEAD_PREFIXES = ("cls.", "classifier.", "qa_outputs.")
 
-_FROM_HF = [(re.compile("^" + re.escape(hf).replace(r"\{\}", r"(\d+)") + "$"), ours)
-            for hf, ours in KEY_MAP.items()]
-_TO_HF = [(re.compile("^" + re.escape(ours).replace(r"\{\}", r"(\d+)") + "$"), hf)
-          for hf, ours in KEY_MAP.items()]
+
+def rename_tables(key_map: dict[str, str]) -> tuple[list, list]:
+    """A key map -> the (pattern, target) tables that ``rename`` reads: HF -> ours, ours -> HF."""
+    def table(pairs):
+        return [(re.compile("^" + re.escape(src).replace(r"\{\}", r"(\d+)") + "$"), dst)
+                for src, dst in pairs]
+
+    return table(key_map.items()), table((ours, hf) for hf, ours in key_map.items())
 
 
-def _rename(name: str, table: list[tuple[re.Pattern, str]]) -> str | None:
+_FROM_HF, _TO_HF = rename_tables(KEY_MAP)
+
+
+def rename(name: str, table: list[tuple[re.Pattern, str]]) -> str | None:
+    """``name`` under the first matching pattern of ``table`` ("{}" carries the layer index);
+    None when no pattern matches."""
     for pattern, target in table:
         match = pattern.match(name)
         if match:
@@ -91,7 +100,7 @@ def split_hf_state_dict(state_dict: dict[str, torch.Tensor]
         bare = re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", bare)
         if bare in IGNORED_KEYS:
             continue
-        ours = _rename(bare, _FROM_HF)
+        ours = rename(bare, _FROM_HF)
         if ours is None:
             unknown.append(name)
         else:
@@ -104,7 +113,7 @@ def to_hf_state_dict(state_dict: dict[str, torch.Tensor],
     """minift encoder names -> HF ``BertModel`` names (with ``prefix``, e.g. ``"bert."``)."""
     out = {}
     for name, tensor in state_dict.items():
-        hf = _rename(name, _TO_HF)
+        hf = rename(name, _TO_HF)
         if hf is None:
             raise CheckpointError(f"no HF name for minift parameter {name!r}")
         out[prefix + hf] = tensor
@@ -290,19 +299,26 @@ def load_encoder_weights(model: BertModel, checkpoint: Checkpoint, *,
     elif init_missing_pooler and not any(k.startswith("pooler.") for k in encoder):
         print(f"{source}: no pooler weights; the pooler is freshly initialised")
         encoder = encoder | {k: v for k, v in expected.items() if k.startswith("pooler.")}
-    missing = sorted(set(expected) - set(encoder))
+    copy_weights(expected, encoder, source)
+
+
+def copy_weights(expected: dict[str, torch.Tensor], weights: dict[str, torch.Tensor],
+                 source: str) -> None:
+    """Copy ``weights`` into the model tensors ``expected`` (both under minift names): missing
+    keys, keys the model lacks and shapes that disagree are errors, listed by name."""
+    missing = sorted(set(expected) - set(weights))
     if missing:
         raise CheckpointError(f"{source}: missing keys (minift names): {', '.join(missing)}")
-    extra = sorted(set(encoder) - set(expected))  # e.g. more layers than num_hidden_layers
+    extra = sorted(set(weights) - set(expected))  # e.g. more layers than num_hidden_layers
     if extra:
         raise CheckpointError(f"{source}: keys the model built from config.json does not have "
                               f"(minift names): {', '.join(extra)}")
     wrong = [f"{name}: checkpoint {tuple(t.shape)} vs config {tuple(expected[name].shape)}"
-             for name, t in encoder.items() if t.shape != expected[name].shape]
+             for name, t in weights.items() if t.shape != expected[name].shape]
     if wrong:
         raise CheckpointError(f"{source}: shapes disagree with config.json: " + "; ".join(wrong))
     with torch.no_grad():
-        for name, tensor in encoder.items():
+        for name, tensor in weights.items():
             expected[name].copy_(tensor)
 
 
