@@ -376,6 +376,8 @@ print(f"block 0 by its parts vs block 0: max abs difference {block_diff:.1e}")
 #
 # ```python
 # # minift/core/model.py
+# class BertModel(nn.Module):
+#     # ...
 #     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
 #                 token_type_ids: torch.Tensor | None = None, *,
 #                 first_token_only: bool = False) -> BertOutput:
