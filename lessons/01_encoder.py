@@ -19,18 +19,15 @@
 # fine-tuning.
 
 # %%
-import inspect
 import json
 import os
 import struct
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from common import DATA, MINIFT_QUICK, START, check, figures
 
-from minift.core import model as model_py
 from minift.core.model import additive_mask, attention
 from minift.core.sentence import encode, mean_pooling
 from minift.data.readers import read_examples
@@ -46,17 +43,6 @@ NUM_POOL = 32 if MINIFT_QUICK else 200  # sentences searched in the similarity d
 
 FIGURES = figures("01")  # lessons/figures/01/ (git-ignored); None without matplotlib
 torch.set_printoptions(precision=4, sci_mode=False, linewidth=100)
-
-
-SHOWN = []  # the first line in model.py of each piece shown, to check the reading order
-
-
-def show(piece) -> None:
-    """Print a piece of minift/core/model.py as it stands in the file, with its line numbers."""
-    lines, first = inspect.getsourcelines(piece)
-    SHOWN.append(first)
-    print(f"--- {Path(inspect.getsourcefile(piece)).name}, lines {first}-{first + len(lines) - 1}")
-    print("".join(lines).rstrip())
 
 
 print(f"quick mode: {MINIFT_QUICK}; data: {DATA}")
@@ -158,16 +144,43 @@ print(f"\ninput_ids, attention_mask, token_type_ids: {tuple(enc.input_ids.shape)
 # %% [markdown]
 # ## model.py, piece by piece
 #
-# The file reads top to bottom, small pieces first. After the configuration (`BertConfig`, the
-# dataclass printed above, with the checks that refuse what minift does not implement) comes
-# attention as a pure function: `softmax(q k^T / sqrt(d) + mask) v`, with dropout on the
+# The file reads top to bottom, small pieces first. The listings below are quoted from it, in
+# its order, each headed by its file's path (`# ...` marks a docstring left out);
+# `tests/test_lessons.py` fails when a listing no longer matches the file, so what you read here
+# is the code that runs. After the configuration (`BertConfig`, the dataclass printed above,
+# with the checks that refuse what minift does not implement) comes attention as a pure function: `softmax(q k^T / sqrt(d) + mask) v`, with dropout on the
 # probabilities in training. The mask is additive: the 0/1 attention mask becomes
 # `(batch, 1, 1, seq)`, 0 where a key may be attended and the most negative float where it may
 # not, so softmax gives padding a weight of exactly zero.
+#
+# ```python
+# # minift/core/model.py
+# def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+#               mask: torch.Tensor | None = None, dropout_p: float = 0.0) -> torch.Tensor:
+#     """dropout(softmax(q k^T / sqrt(d) + mask)) v, the plain form that SDPA must equal.
+#
+#     q, k, v: (batch, heads, seq, head_dim); mask: additive, broadcastable to
+#     (batch, heads, seq, seq), 0 where a key may be attended and a very negative number where not.
+#     ``dropout_p`` drops attention probabilities (training), as SDPA's ``dropout_p`` does.
+#     """
+#     scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (batch, heads, seq, seq)
+#     if mask is not None:
+#         scores = scores + mask
+#     return F.dropout(scores.softmax(dim=-1), dropout_p) @ v
+#
+#
+# def additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+#     """(batch, seq) 1/0 mask -> (batch, 1, 1, seq) additive mask: 0 keep, dtype's minimum drop.
+#
+#     Adding the most negative value (as transformers does) rather than -inf keeps a row with no
+#     real key at all finite: it then attends uniformly instead of producing NaN.
+#     """
+#     keep = attention_mask[:, None, None, :].to(torch.bool)
+#     zeros = torch.zeros(keep.shape, dtype=dtype, device=keep.device)
+#     return zeros.masked_fill(~keep, torch.finfo(dtype).min)
+# ```
 
 # %%
-show(attention)
-show(additive_mask)
 ids, mask, types = enc.input_ids, enc.attention_mask, enc.token_type_ids
 batch, seq = ids.shape
 extended = additive_mask(mask, torch.float32)
@@ -176,9 +189,31 @@ print(f"additive mask {tuple(extended.shape)}  (batch, 1, 1, seq); row 1: {exten
 # %% [markdown]
 # The embeddings add a word vector, a position vector and a token-type vector for each token,
 # then apply LayerNorm (and dropout, which does nothing in eval mode).
+#
+# ```python
+# # minift/core/model.py
+# class Embeddings(nn.Module):
+#     """Word + position + token-type embeddings, then LayerNorm and dropout."""
+#
+#     def __init__(self, config: BertConfig):
+#         super().__init__()
+#         # padding_idx keeps the pad row's gradient at zero, as in transformers.
+#         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size,
+#                                             padding_idx=config.pad_token_id)
+#         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+#         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+#         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+#         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+#
+#     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor,
+#                 position_ids: torch.Tensor) -> torch.Tensor:
+#         """Any leading shape, (batch, seq) here, -> (..., hidden)."""
+#         x = (self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
+#              + self.token_type_embeddings(token_type_ids))
+#         return self.dropout(self.norm(x))
+# ```
 
 # %%
-show(model_py.Embeddings)
 positions = torch.arange(seq).expand(batch, seq)  # (batch, seq): 0, 1, 2, ... on every row
 with torch.no_grad():
     x = x_emb = model.embeddings(ids, types, positions)
@@ -189,9 +224,49 @@ print(f"embeddings {tuple(x.shape)}  (batch, seq, hidden)")
 # attends, and joins the heads again. The model calls PyTorch's fused
 # `F.scaled_dot_product_attention` (SDPA); the plain `attention` above is the reference it must
 # equal. Here are both, on the real queries, keys and values of block 0.
+#
+# ```python
+# # minift/core/model.py
+# class SelfAttention(nn.Module):
+#     """Multi-head self-attention: project to queries, keys and values, split into heads, attend,
+#     merge the heads, project out.
+#
+#     ``F.scaled_dot_product_attention`` computes ``attention`` above in one fused call (a test
+#     holds the two equal). The projections stay three ``nn.Linear``, named as in the checkpoint.
+#     """
+#
+#     def __init__(self, config: BertConfig):
+#         super().__init__()
+#         self.num_heads = config.num_attention_heads
+#         self.head_dim = config.hidden_size // config.num_attention_heads
+#         self.query = nn.Linear(config.hidden_size, config.hidden_size)
+#         self.key = nn.Linear(config.hidden_size, config.hidden_size)
+#         self.value = nn.Linear(config.hidden_size, config.hidden_size)
+#         self.out = nn.Linear(config.hidden_size, config.hidden_size)
+#         self.dropout_p = config.attention_probs_dropout_prob
+#
+#     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+#         """(batch, seq, hidden) -> (batch, heads, seq, head_dim)."""
+#         batch, seq, _ = x.shape
+#         return x.view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)
+#
+#     def sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+#              mask: torch.Tensor | None) -> torch.Tensor:
+#         """``attention(q, k, v, mask, dropout_p)`` through SDPA; dropout only in training."""
+#         if mask is not None and mask.dtype != q.dtype:  # autocast made q bf16 or fp16
+#             mask = mask.clamp(min=torch.finfo(q.dtype).min).to(q.dtype)
+#         return F.scaled_dot_product_attention(
+#             q, k, v, attn_mask=mask, dropout_p=self.dropout_p if self.training else 0.0
+#         )
+#
+#     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+#         """x: (batch, seq, hidden); mask: additive (batch, 1, 1, seq) or None."""
+#         q, k, v = (self.split_heads(proj(x)) for proj in (self.query, self.key, self.value))
+#         y = self.sdpa(q, k, v, mask)  # (batch, heads, seq, head_dim)
+#         return self.out(y.transpose(1, 2).flatten(2))  # (batch, seq, hidden)
+# ```
 
 # %%
-show(model_py.SelfAttention)
 block = model.layers[0]
 att = block.attention
 with torch.no_grad():
@@ -243,10 +318,38 @@ if FIGURES:
 # The feed-forward layer widens each token to the intermediate size (4x hidden), applies the exact
 # GELU, and narrows it back. A block puts the two sublayers together, each followed by a residual
 # and LayerNorm (BERT normalises after the residual, "post-LN").
+#
+# ```python
+# # minift/core/model.py
+# class FeedForward(nn.Module):
+#     """hidden -> intermediate (exact erf GELU) -> hidden, the same for every token."""
+#
+#     def __init__(self, config: BertConfig):
+#         super().__init__()
+#         self.up = nn.Linear(config.hidden_size, config.intermediate_size)
+#         self.down = nn.Linear(config.intermediate_size, config.hidden_size)
+#
+#     def forward(self, x: torch.Tensor) -> torch.Tensor:
+#         return self.down(F.gelu(self.up(x)))
+#
+#
+# class Block(nn.Module):
+#     """One encoder block: attention and feed-forward, each with a post-LayerNorm residual."""
+#
+#     def __init__(self, config: BertConfig):
+#         super().__init__()
+#         self.attention = SelfAttention(config)
+#         self.attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+#         self.ffn = FeedForward(config)
+#         self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+#         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+#
+#     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+#         x = self.attention_norm(x + self.dropout(self.attention(x, mask)))
+#         return self.ffn_norm(x + self.dropout(self.ffn(x)))
+# ```
 
 # %%
-show(model_py.FeedForward)
-show(model_py.Block)
 with torch.no_grad():
     heads_joined = fused.transpose(1, 2).reshape(x_emb.shape)  # (batch, seq, hidden)
     parts = block.attention_norm(x_emb + att.out(heads_joined))
@@ -257,10 +360,51 @@ print(f"block 0 by its parts vs block 0: max abs difference {block_diff:.1e}")
 # %% [markdown]
 # The pooler reads the first row, `[CLS]`. The model stacks it all: embeddings, the blocks, the
 # pooler. Its `forward` is the walk below, one module at a time.
+#
+# ```python
+# # minift/core/model.py
+# class Pooler(nn.Module):
+#     """tanh(dense(hidden state of the first token)): BERT's sentence-level output."""
+#
+#     def __init__(self, config: BertConfig):
+#         super().__init__()
+#         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+#
+#     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+#         return torch.tanh(self.dense(hidden[:, 0]))
+# ```
+#
+# ```python
+# # minift/core/model.py
+# class BertModel(nn.Module):
+#     # ...
+#     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+#                 token_type_ids: torch.Tensor | None = None, *,
+#                 first_token_only: bool = False) -> BertOutput:
+#         # ...
+#         self.check_input(input_ids)
+#         if token_type_ids is None:
+#             token_type_ids = torch.zeros_like(input_ids)
+#         batch, seq = input_ids.shape
+#         positions = torch.arange(seq, device=input_ids.device).expand(batch, seq)
+#         mask = None
+#         if attention_mask is not None:
+#             mask = additive_mask(attention_mask, self.embeddings.norm.weight.dtype)
+#         x = self.embeddings(input_ids, token_type_ids, positions)  # (batch, seq, hidden)
+#         for layer in self.layers:
+#             if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+#                 # Keep the block's input only; run the block again in backward (the RNG state
+#                 # is saved with it, so the re-run draws the same dropout masks).
+#                 x = torch.utils.checkpoint.checkpoint(layer, x, mask, use_reentrant=False)
+#             else:
+#                 x = layer(x, mask)
+#         if first_token_only:
+#             x = x[:, :1]
+#         pooled = self.pooler(x) if self.pooler is not None else None
+#         return BertOutput(last_hidden_state=x, pooler_output=pooled)
+# ```
 
 # %%
-show(model_py.Pooler)
-show(model_py.BertModel.forward)
 with torch.no_grad():
     for i, layer in enumerate(model.layers):
         x = layer(x, extended)
@@ -275,7 +419,6 @@ print(
     f"(hidden states), {pooled_diff:.1e} (pooler)"
 )
 check(hidden_diff == 0.0 and pooled_diff == 0.0, "the step-by-step pass differs from model()")
-check(SHOWN == sorted(SHOWN), "the pieces were not shown in the file's order")
 
 # %% [markdown]
 # ## The same numbers, faster
@@ -289,9 +432,26 @@ check(SHOWN == sorted(SHOWN), "the pieces were not shown in the file's order")
 # re-pads for itself instead), and the output is re-padded once at the end. `cpu_kernels.py` adds a
 # CPU matrix library where a timing says it is faster here. The recipes call `speed_up` on the
 # model they train; `load_bert` alone never does.
+#
+# ```python
+# # minift/fast/unpad.py
+# def speed_up(model: nn.Module, *, onednn: bool | None = None, unpad: bool | None = None,
+#              per_sequence: bool | None = None) -> nn.Module:
+#     # ...
+#     if onednn is None:
+#         onednn = kernels.onednn_is_faster()
+#     linear = kernels.Linear if onednn else nn.Linear
+#     swaps = {BertModel: FastBertModel, Block: FastBlock, SelfAttention: FastSelfAttention,
+#              FeedForward: FastFeedForward, nn.Dropout: kernels.Dropout,
+#              nn.Linear: linear, kernels.Linear: linear}
+#     for module in model.modules():
+#         module.__class__ = swaps.get(type(module), type(module))
+#         if isinstance(module, FastBertModel):
+#             module.unpad, module.per_sequence_attention = unpad, per_sequence
+#     return model
+# ```
 
 # %%
-show(unpad.speed_up)
 fast_model = unpad.speed_up(load_bert(model_dir))
 print(f"{type(model).__name__} -> {type(fast_model).__name__}, "
       f"{type(model.layers[0]).__name__} -> {type(fast_model.layers[0]).__name__}")

@@ -60,10 +60,13 @@ print(f"batch size {BATCH_SIZE}, max_length {MAX_LENGTH}, seed {SEED}")
 # Each training set is tokenized once (`ClassificationDataset`, and `TokenClassificationDataset`
 # for CoNLL-2003's word lists, which splits the rare sentence longer than `max_length` into
 # windows), so the length of every example is known. A batch is padded to its longest member
-# ("dynamic padding"), so it computes `len(batch) * max(lengths)` tokens. Random batches come
-# from `length_grouped_batches(..., group_size_multiplier=1)` (each sorted chunk is one batch, so
-# nothing is grouped); length-grouped batches from the default (chunks of 50 batches sorted by
-# length). Padding to `max_length` is shown too: some scripts do that.
+# ("dynamic padding"), so it computes `len(batch) * max(lengths)` tokens. Length-grouped
+# batches come from `length_grouped_batches` with its defaults: it shuffles the examples, cuts
+# the shuffled order into chunks of 50 batches, sorts each chunk by length, cuts it into batches
+# and shuffles the batches, so the members of a batch have similar lengths while the order of
+# training stays random. With `group_size_multiplier=1` each sorted chunk is one batch, so
+# nothing is grouped: plain random batches. Padding to `max_length` is shown too: some scripts
+# do that.
 
 # %%
 tokenizer = Tokenizer.from_pretrained(resolve_model_dir("minilm"))
@@ -130,6 +133,13 @@ for name, dataset in datasets.items():
 print(format_table(padding_rows, float_format=".3f"))
 for name, s in stats.items():
     check(s["real"] <= s["grouped"] <= s["random"], f"{name}: grouping added padding")
+
+# Grouped, yet in random order: the shortest and longest member of the first SST-2 batches.
+sst2_lengths = datasets["SST-2"].lengths
+first = [sorted(sst2_lengths[i] for i in b) for b in batches_of(sst2_lengths, grouped=True)[:8]]
+print("first length-grouped SST-2 batches, shortest-longest member (tokens):",
+      ", ".join(f"{b[0]}-{b[-1]}" for b in first))
+check([b[-1] for b in first] != sorted(b[-1] for b in first), "grouped batches come sorted")
 
 # %% [markdown]
 # Where the padding comes from, per dataset: the lengths of the examples (a batch is padded to

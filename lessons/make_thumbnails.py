@@ -3,7 +3,8 @@
 Run the lessons first (quick mode is enough: `MINIFT_QUICK=1 python lessons/01_encoder.py`, and so
 on, one at a time), so that lessons/figures/NN/ holds their figures, then:
 
-    python lessons/make_thumbnails.py
+    python lessons/make_thumbnails.py          # every lesson's thumbnail
+    python lessons/make_thumbnails.py 02 07    # only these lessons' (the others' figures unread)
 
 It needs Pillow, which matplotlib installs. A thumbnail is at most 480 x 300 pixels (wide enough
 for its labels to be read) and, as a palette PNG, a few tens of kilobytes; the script refuses to
@@ -25,7 +26,7 @@ MAX_BYTES = 120_000
 # The figure of each lesson that shows where it goes.
 CHOSEN = {
     "01": "attention_heads.png",
-    "02": "loss_and_accuracy.png",
+    "02": "loss_curves.png",
     "03": "freezing.png",
     "04": "subword_labels.png",
     "05": "masking_map.png",
@@ -47,14 +48,20 @@ def thumbnail(source: Path) -> bytes:
     return buffer.getvalue()
 
 
-def main() -> int:
-    missing = [f"{FIGURES / n / name}" for n, name in CHOSEN.items()
+def main(numbers: list[str]) -> int:
+    unknown = sorted(set(numbers) - set(CHOSEN))
+    if unknown:
+        print(f"no lesson numbered {', '.join(unknown)}; lessons: {', '.join(CHOSEN)}",
+              file=sys.stderr)
+        return 1
+    chosen = {n: name for n, name in CHOSEN.items() if not numbers or n in numbers}
+    missing = [f"{FIGURES / n / name}" for n, name in chosen.items()
                if not (FIGURES / n / name).is_file()]
     if missing:
         print("run the lessons first; missing:\n  " + "\n  ".join(missing), file=sys.stderr)
         return 1
     THUMBNAILS.mkdir(exist_ok=True)
-    for number, name in CHOSEN.items():
+    for number, name in chosen.items():
         data = thumbnail(FIGURES / number / name)
         if len(data) > MAX_BYTES:
             print(f"{number}/{name}: thumbnail of {len(data):,} bytes > {MAX_BYTES:,}",
@@ -66,4 +73,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -1,4 +1,5 @@
-"""Every lesson runs to the end in quick mode, starts with prose, and is listed in the README.
+"""Every lesson runs to the end in quick mode, starts with prose, and is listed in the README;
+the code a lesson quotes from minift in its prose is the code in minift.
 
 Each `lessons/NN_*.py` runs as its own test, in a fresh interpreter (as a reader would run it),
 with MINIFT_QUICK=1; the CPU seconds each took are printed at the end (conftest.py). A lesson checks its own claims (it raises when the numbers it prints stop
@@ -26,7 +27,7 @@ FIGURES_DIR = LESSONS_DIR / "figures"
 # The figures each lesson saves under lessons/figures/NN/, with their size in pixels.
 FIGURES = {
     "01": {"attention_heads.png": (1200, 960), "embeddings_pca.png": (700, 550)},
-    "02": {"loss_and_accuracy.png": (1100, 420), "confusion_matrix.png": (600, 500)},
+    "02": {"loss_curves.png": (1100, 420), "confusion_matrix.png": (600, 500)},
     "03": {"freezing.png": (1100, 420)},
     "04": {"subword_labels.png": (1300, 340), "f1_per_type.png": (800, 420)},
     "05": {"masking_map.png": (1300, 560), "perplexity.png": (1100, 420)},
@@ -159,3 +160,91 @@ def test_lesson_has_a_small_thumbnail_in_the_readme(lesson: Path):
     assert_picture(thumbnail)
     readme = (LESSONS_DIR / "README.md").read_text(encoding="utf-8")
     assert f"(thumbnails/{thumbnail.name})" in readme, f"lessons/README.md does not show {thumbnail}"
+
+
+# A listing: a ```python fence in a markdown cell whose first line names the file it quotes.
+LISTING_SOURCE = re.compile(r"^# (minift/[\w/]+\.py)$")
+ELISION = "# ..."  # a line of a listing that stands for lines left out (a docstring, say)
+
+
+def listings(lesson: Path) -> list[tuple[int, str, list[str]]]:
+    """The source listings of a lesson's markdown cells: (line of the fence, quoted file, the
+    listing's lines without their ``# `` prefix). Fences that name no minift file are not
+    listings (an example command, a sketch)."""
+    found, block, start, in_markdown = [], None, 0, False
+    for number, line in enumerate(lesson.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.startswith("# %%"):
+            in_markdown, block = line == "# %% [markdown]", None
+        elif in_markdown and block is None and line == "# ```python":
+            block, start = [], number
+        elif in_markdown and block is not None and line == "# ```":
+            if block and LISTING_SOURCE.match(block[0]):
+                found.append((start, LISTING_SOURCE.match(block[0])[1], block[1:]))
+            block = None
+        elif block is not None:
+            block.append(line[2:])  # "# code" -> "code", "#" -> ""
+    return found
+
+
+def find_listing(listing: list[str], source: list[str], start: int = 0) -> int | None:
+    """Where ``listing`` stands in ``source`` (both lists of lines), at or after line index
+    ``start``: the index of its first line, or None. Its pieces between ``# ...`` lines must each
+    stand there whole, line for line and indentation included, in the listing's order."""
+    pieces, piece = [], []
+    for line in [*listing, ELISION]:
+        if line.strip() == ELISION:
+            if piece:
+                pieces.append(piece)
+            piece = []
+        else:
+            piece.append(line)
+    first, at = None, start
+    for piece in pieces:
+        at = next((i for i in range(at, len(source) - len(piece) + 1)
+                   if source[i:i + len(piece)] == piece), None)
+        if at is None:
+            return None
+        first = at if first is None else first
+        at += len(piece)
+    return first
+
+
+LISTINGS = [(lesson, *item) for lesson in LESSONS for item in listings(lesson)]
+
+
+@pytest.mark.parametrize("lesson, line, path, listing", LISTINGS,
+                         ids=[f"{lesson.name}:{line}" for lesson, line, *_ in LISTINGS])
+def test_lesson_listings_are_the_source(lesson: Path, line: int, path: str, listing: list[str]):
+    """A listing is the file's text, so the lesson cannot drift from the code it teaches."""
+    source = (REPO / path).read_text(encoding="utf-8").splitlines()
+    assert listing and find_listing(listing, source) is not None, (
+        f"{lesson.name}:{line}: the listing no longer matches {path}; copy the current code "
+        "into the lesson (and fix the prose around it if the code changed its meaning)")
+
+
+def test_lesson_01_quotes_model_py_in_the_files_order():
+    """Lesson 01 reads the textbook model top to bottom: its listings of model.py follow the
+    file's order and cover every piece of the forward pass."""
+    lesson = LESSONS_DIR / "01_encoder.py"
+    source = (REPO / "minift" / "core" / "model.py").read_text(encoding="utf-8").splitlines()
+    quoted = [listing for _, path, listing in listings(lesson) if path == "minift/core/model.py"]
+    at = 0
+    for listing in quoted:
+        found = find_listing(listing, source, at)
+        assert found is not None, f"listing {listing[0]!r} is out of model.py's order"
+        at = found + 1
+    text = "\n".join(line for listing in quoted for line in listing)
+    for piece in ("def attention(", "def additive_mask(", "class Embeddings(",
+                  "class SelfAttention(", "class FeedForward(", "class Block(", "class Pooler(",
+                  "    def forward(self, input_ids"):
+        assert piece in text, f"lesson 01 does not quote {piece!r} from model.py"
+
+
+def test_a_changed_listing_is_not_found():
+    """The matcher itself: an edited line, a piece out of order, or a lost indentation fails."""
+    source = ["def f(x):", '    """Doc."""', "    y = x + 1", "    return y", "", "z = 2"]
+    assert find_listing(["def f(x):", "    # ...", "    y = x + 1", "    return y"], source) == 0
+    assert find_listing(["z = 2"], source) == 5
+    assert find_listing(["def f(x):", "    # ...", "    y = x + 2"], source) is None
+    assert find_listing(["    return y", "# ...", "def f(x):"], source) is None
+    assert find_listing(["def f(x):", "y = x + 1"], source) is None
