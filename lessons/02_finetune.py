@@ -29,6 +29,7 @@ from collections import Counter
 import torch
 from common import DATA, MINIFT_QUICK, START, check, figures, seeded_subset, work_folder
 
+from minift.core.checkpointing import Checkpoints
 from minift.core.labels import LabelVocab
 from minift.core.loop import TrainConfig, train
 from minift.core.metrics import accuracy, confusion_matrix, format_table, precision_recall_f1
@@ -397,7 +398,8 @@ def train_batches(epoch: int) -> list[dict[str, torch.Tensor]]:
     return train_set.batches(BATCH_SIZE, generator=torch.Generator().manual_seed(SEED + epoch))
 
 
-result = train(model, train_batches, config, evaluate=dev_scores, device=DEVICE)
+result = train(model, train_batches, config, evaluate=dev_scores, device=DEVICE,
+               recorder=Checkpoints())  # run/: log.jsonl, best/, resume.pt
 train_log = [r for r in result.history if "loss" in r]
 eval_log = [{"step": r["step"], **r["eval"]} for r in result.history if "eval" in r]
 print(format_table(train_log, ["step", "epoch", "loss", "lr", "examples_per_s"], ".3g"))
