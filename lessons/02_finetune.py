@@ -29,7 +29,7 @@ from collections import Counter
 import torch
 from common import DATA, MINIFT_QUICK, START, check, figures, seeded_subset, work_folder
 
-from minift.core.checkpointing import Checkpoints
+from minift.core.checkpoints import Checkpoints
 from minift.core.labels import LabelVocab
 from minift.core.loop import TrainConfig, train
 from minift.core.metrics import accuracy, confusion_matrix, format_table, precision_recall_f1

@@ -28,7 +28,7 @@ import time
 import torch
 from common import DATA, MINIFT_QUICK, START, check, figures, sst2_datasets, work_folder
 
-from minift.core.checkpointing import Checkpoints
+from minift.core.checkpoints import Checkpoints
 from minift.core.freeze import freeze
 from minift.core.loop import TrainConfig, train
 from minift.core.metrics import accuracy, format_table, precision_recall_f1

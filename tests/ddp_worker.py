@@ -20,7 +20,7 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from minift.core import ddp as distributed
-from minift.core.checkpointing import Checkpoints
+from minift.core.checkpoints import Checkpoints
 from minift.core.loop import TrainConfig, train
 from minift.core.model import BertConfig
 from minift.hf.safetensors import write_safetensors

@@ -32,7 +32,7 @@ import minift.core.best as best_module
 import minift.core.files as files_module
 import minift.core.logbook as logbook_module
 import minift.core.resume as resume_module
-from minift.core.checkpointing import Checkpoints
+from minift.core.checkpoints import Checkpoints
 from minift.core.loop import TrainConfig, train
 from minift.hf.safetensors import read_safetensors, write_safetensors
 

@@ -14,7 +14,7 @@ from torch import nn
 import minift.core.best as best_module
 import minift.core.logbook as logbook_module
 import minift.core.loop as train_module
-from minift.core.checkpointing import Checkpoints
+from minift.core.checkpoints import Checkpoints
 from minift.core.loop import (
     NonFiniteLossError,
     NonFiniteWeightsError,

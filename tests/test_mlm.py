@@ -14,7 +14,7 @@ import transformers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minift.core.checkpointing import Checkpoints
+from minift.core.checkpoints import Checkpoints
 from minift.core.loop import TrainConfig, train
 from minift.core.masking import word_ids_from_tokens
 from minift.core.model import BertConfig, BertModel

@@ -2,7 +2,7 @@
 
 The training loop builds the records and keeps them in `progress.history` on every rank
 (resume.pt carries them, and `train` returns them); rank 0 alone writes the file and draws the
-bar, through `minift.core.checkpointing.Checkpoints`. A training record holds the mean loss of
+bar, through `minift.core.checkpoints.Checkpoints`. A training record holds the mean loss of
 the steps since the previous one, the learning rate, examples/s and seconds since the start (fp16
 adds the skipped steps and the loss scale); an evaluation record holds `{"step", "eval"}`.
 

@@ -31,7 +31,7 @@ Decisions a reader should know about:
   `torch.Generator` with seed + epoch), which drives dropout and is saved by a resume point.
 - **No file I/O here.** The loop keeps its log in memory (`TrainResult.history`) and tells a
   `Recorder` what happened; the default records nothing. The recipes hand in
-  `minift.core.checkpointing.Checkpoints`: resume.pt for an exact resume, log.jsonl and the
+  `minift.core.checkpoints.Checkpoints`: resume.pt for an exact resume, log.jsonl and the
   progress bar, the best model swapped in whole.
 - **Data parallel through one door.** Under `torchrun` the caller hands in
   `parallel=minift.core.ddp.setup(device.type)`: each rank trains on its rows of every global
@@ -210,7 +210,7 @@ class Recorder:
     each optimizer step; `logged` after a training record and `evaluated` after an evaluation
     (both already in `progress.history`; `improved`: the metric beat the best so far);
     `resume_point` when one is due (`progress.elapsed` up to date); `end` however the loop ends
-    (`completed`: it ran to its end). `minift.core.checkpointing.Checkpoints` has the same six
+    (`completed`: it ran to its end). `minift.core.checkpoints.Checkpoints` has the same six
     methods and writes them to `out_dir`.
     """
 
@@ -598,7 +598,7 @@ def train(model: nn.Module, train_batches: Callable[[int], Sequence[dict[str, Te
       epoch) and at the end, in eval mode under `torch.no_grad()`; `metric` decides the best
       evaluation and early stopping.
     - `device`: where the batches and the model go (default: the model's). `recorder`: what the
-      run leaves behind (default: nothing; `minift.core.checkpointing.Checkpoints(resume=...)`
+      run leaves behind (default: nothing; `minift.core.checkpoints.Checkpoints(resume=...)`
       writes `out_dir` and continues a run from it). `parallel`: under torchrun, the
       `minift.core.ddp.setup()` context, every rank calling `train` with the same arguments.
     """

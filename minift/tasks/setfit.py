@@ -37,7 +37,7 @@ from torch import nn
 from tqdm import tqdm
 
 from minift.core import ddp as distributed
-from minift.core.checkpointing import Checkpoints
+from minift.core.checkpoints import Checkpoints
 from minift.core.contrastive import (
     LOSSES,
     SAMPLING_STRATEGIES,

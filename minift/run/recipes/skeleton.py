@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from minift.core import ddp as distributed
-from minift.core.checkpointing import Checkpoints
+from minift.core.checkpoints import Checkpoints
 from minift.core.files import atomic_write
 from minift.core.freeze import freeze as apply_freeze
 from minift.core.loop import TrainConfig, train
