@@ -61,11 +61,8 @@ from minift.core.state import Parts, Progress
 # The label of targets that carry no loss (cross-entropy's default ignore_index, -100 everywhere).
 IGNORE_INDEX = -100
 
-AMP_DTYPES: dict[str, torch.dtype | None] = {
-    "off": None,
-    "bf16": torch.bfloat16,
-    "fp16": torch.float16,
-}
+AMP_DTYPES: dict[str, torch.dtype | None] = {"off": None, "bf16": torch.bfloat16,
+                                              "fp16": torch.float16}
 
 # ---------------------------------------------------------------------------------------------
 # Configuration and result
@@ -170,7 +167,8 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """What a run did. `history` holds every record of `out_dir/log.jsonl`, in order."""
+    """What a run did. `history`: every training and evaluation record, in order (what
+    `minift.core.checkpoints.Checkpoints` writes to `out_dir/log.jsonl`)."""
 
     steps: int
     epochs_completed: float
