@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from common import DATA, MINIFT_QUICK, START, check, figures, work_folder
 
+from minift.core.checkpoints import Checkpoints
 from minift.core.labels import LabelVocab
 from minift.core.loop import TrainConfig, train
 from minift.core.metrics import accuracy, confusion_matrix, format_table, precision_recall_f1
@@ -392,7 +393,8 @@ def train_batches(epoch: int) -> list[dict[str, torch.Tensor]]:
     return train_set.batches(BATCH_SIZE, generator=torch.Generator().manual_seed(SEED + epoch))
 
 
-result = train(model, train_batches, config, evaluate=validate, device=DEVICE)
+result = train(model, train_batches, config, evaluate=validate, device=DEVICE,
+               recorder=Checkpoints())  # the files: log.jsonl, best/, resume.pt
 step_losses = {r["step"]: r["loss"] for r in result.history if "loss" in r}
 curve, previous = [], 0
 for record in (r for r in result.history if "eval" in r):

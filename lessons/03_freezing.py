@@ -28,6 +28,7 @@ import time
 import torch
 from common import DATA, MINIFT_QUICK, START, check, figures, sst2_datasets, work_folder
 
+from minift.core.checkpoints import Checkpoints
 from minift.core.freeze import freeze
 from minift.core.loop import TrainConfig, train
 from minift.core.metrics import accuracy, format_table, precision_recall_f1
@@ -223,7 +224,8 @@ def run(mode: str, lr: float) -> dict:
         out_dir=WORK / f"{mode}-{lr:g}", epochs=EPOCHS, lr=lr, metric="accuracy",
         greater_is_better=True, seed=SEED, progress=False,
     )  # fmt: skip
-    result = train(model, train_batches, config, evaluate=dev_scores, device=DEVICE)
+    result = train(model, train_batches, config, evaluate=dev_scores, device=DEVICE,
+                   recorder=Checkpoints())
     seconds = [r for r in result.history if "loss" in r][-1]["time"]
     head_change = (model.classifier.weight.detach() - head_start).abs().max().item()
     shutil.rmtree(config.out_dir)  # the best model and resume checkpoint are not needed here

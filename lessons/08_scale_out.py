@@ -43,6 +43,7 @@ from pathlib import Path
 import torch
 from common import DATA, MINIFT_QUICK, REPO, START, check, figures, work_folder
 
+import minift.core.checkpoints
 import minift.core.loop
 import minift.core.resume
 import minift.run.recipes
@@ -160,7 +161,7 @@ check(torch.equal(together, first_batch["input_ids"][order]), "the shards are no
 
 # %%
 show_source(minift.run.recipes._epoch_batches, "dataset.batches(batch_size")
-show_source(minift.core.loop._backward_window, "distributed.shard(batch, ctx)")
+show_source(minift.core.loop._backward_window, "parallel.shard(batch)")
 
 # %% [markdown]
 # ## Why each shard's loss is weighted, and by what
@@ -552,11 +553,8 @@ print(format_table(scaling, float_format=".3g"))
 # a shared filesystem. The lines that do it:
 
 # %%
-show_source(
-    minift.core.loop.train,
-    "checkpoint = load_resume(out_dir, model) if resume",
-    '"world_size": ctx.world_size',
-)
+show_source(minift.core.checkpoints.Checkpoints.start, "checkpoint = load_resume(")
+show_source(minift.core.loop.train, '"world_size": parallel.world_size')
 show_source(minift.core.resume.save_resume, "rng = distributed.gather(_rng_states())")
 show_source(minift.core.resume.restore, "_set_rng_states(rng[ctx.rank % len(rng)])")
 
@@ -583,7 +581,7 @@ for node in (0, 1):
 # %%
 show_source(distributed.setup, 'backend = "nccl"', "torch.cuda.set_device")
 show_source(distributed.local_device, 'torch.device("cuda", int(os.environ')
-show_source(minift.core.loop._wrap, "device_ids=[device.index]")  # DDP wraps the model there
+show_source(distributed.Context.wrap, "device_ids=[device.index]")  # DDP wraps the model there
 
 # %% [markdown]
 # **Failures.** A rank that raises (bad data in its shard, out of memory) exits; the others

@@ -20,6 +20,7 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from minift.core import ddp as distributed
+from minift.core.checkpoints import Checkpoints
 from minift.core.loop import TrainConfig, train
 from minift.core.model import BertConfig
 from minift.hf.safetensors import write_safetensors
@@ -123,7 +124,8 @@ def run(out: str, task: str, steps: int, batch_size: int, grad_accum: int, resum
                          grad_accum=grad_accum, eval_every=2, progress=False, log_every=1,
                          optimizer="foreach", seed=3, keep_resume=True)
     with recording_grads(grads):
-        train(model, train_batches, config, evaluate=evaluate, device="cpu", resume=resume)
+        train(model, train_batches, config, evaluate=evaluate, device="cpu",
+              recorder=Checkpoints(resume=resume), parallel=distributed.setup("cpu"))
     return model
 
 

@@ -193,6 +193,34 @@ def test_shard_splits_rows_round_robin():
     assert distributed.shard(batch, distributed.Context())["labels"] is batch["labels"]
 
 
+def test_one_process_through_the_ddp_door_trains_as_the_loop_default(tmp_path):
+    """`setup()` without torchrun gives a one-rank `Context`; handed to the loop as `parallel`,
+    it must change nothing: the same weights (torch.equal) as the loop's own `OneProcess`."""
+    from minift.core.loop import TrainConfig, train
+
+    gen = torch.Generator().manual_seed(0)
+    batches = [{"x": torch.randn(4, 3, generator=gen), "labels": torch.randn(4, generator=gen)}
+               for _ in range(3)]
+
+    class Linear(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.lin = torch.nn.Linear(3, 1)
+
+        def forward(self, x, labels):
+            return {"loss": torch.nn.functional.mse_loss(self.lin(x).squeeze(-1), labels)}
+
+    config = TrainConfig(out_dir=tmp_path, epochs=2, grad_accum=2, lr=1e-2, progress=False)
+    door, default = Linear(), Linear()
+    context = distributed.setup("cpu")
+    assert (context.rank, context.world_size, context.is_main) == (0, 1, True)
+    train(door, lambda epoch: batches, config, parallel=context)
+    train(default, lambda epoch: batches, config)
+    for key, value in door.state_dict().items():
+        assert torch.equal(value, default.state_dict()[key]), key
+
+
 def test_setup_names_missing_launch_variables(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     for name in ("RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK"):

@@ -32,6 +32,7 @@ import minift.core.best as best_module
 import minift.core.files as files_module
 import minift.core.logbook as logbook_module
 import minift.core.resume as resume_module
+from minift.core.checkpoints import Checkpoints
 from minift.core.loop import TrainConfig, train
 from minift.hf.safetensors import read_safetensors, write_safetensors
 
@@ -152,7 +153,7 @@ def _killed_run(out: str, result: str, kill_at: int | None) -> None:
     model = Tiny()
     resume = (Path(out) / "resume.pt").exists()
     train(model, lambda e: Batches(batches_of(e)), run_config(Path(out)), evaluate=evaluate,
-          resume=resume)  # fmt: skip
+          recorder=Checkpoints(resume=resume))  # fmt: skip
     write_safetensors(model.state_dict(), result)
     Path(result + ".events").write_text(str(count[0]))
 
@@ -260,7 +261,8 @@ def _train_on(disk: _Disk, out: Path, monkeypatch, resume: bool = False) -> nn.M
         patch.setattr(logbook_module, "open", lambda *a, **k: disk.open(builtins.open(*a, **k), "log"),
                       raising=False)  # fmt: skip
         model = Tiny()
-        train(model, batches_of, run_config(out), evaluate=evaluate, resume=resume)
+        train(model, batches_of, run_config(out), evaluate=evaluate,
+              recorder=Checkpoints(resume=resume))
     return model
 
 

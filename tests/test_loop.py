@@ -14,12 +14,13 @@ from torch import nn
 import minift.core.best as best_module
 import minift.core.logbook as logbook_module
 import minift.core.loop as train_module
+from minift.core.checkpoints import Checkpoints
 from minift.core.loop import (
     NonFiniteLossError,
     NonFiniteWeightsError,
+    Recorder,
     TrainConfig,
     TrainResult,
-    train,
 )
 from minift.core.optim import AdamW, lr_schedule
 from minift.core.resume import check_resume
@@ -86,6 +87,13 @@ def mean_loss(model: nn.Module, batches) -> float:
         return sum(
             model(**{k: v.to(device) for k, v in batch.items()})["loss"].item() for batch in batches
         ) / len(batches)
+
+
+def train(model, batches, cfg, *, resume=False, save_best=None, **kwargs) -> TrainResult:
+    """The loop with its files in `cfg.out_dir` (resume.pt, log.jsonl, best/), as the recipes
+    run it: most tests here are about those files."""
+    return train_module.train(model, batches, cfg, **kwargs,
+                              recorder=Checkpoints(resume=resume, save_best=save_best))
 
 
 def config(tmp_path, name: str = "run", **overrides) -> TrainConfig:
@@ -849,3 +857,90 @@ def test_a_resume_with_another_lr_or_more_steps_rebuilds_the_schedule(tmp_path):
     expected = [(r["step"], r["lr"]) for r in fresh.history if "lr" in r]
     assert lrs[2:] == expected[2:] and [step for step, _ in lrs] == [1, 2, 3, 4]
     assert lrs[2][1] < 1e-3 != lrs[0][1]  # the new lr, decayed; not the old one
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop alone: no file I/O; what it tells a recorder; torchrun needs its door
+# ---------------------------------------------------------------------------------------------
+
+
+class Calls(Recorder):
+    """A recorder that notes each call (and the arguments that say what happened)."""
+
+    def __init__(self) -> None:
+        self.calls = []
+
+    def start(self, config, parts, run, parallel):
+        self.calls.append(("start", run["total_steps"]))
+
+    def stepped(self, progress, loss, lr, examples, seconds):
+        self.calls.append(("stepped", progress.step))
+
+    def logged(self, record):
+        self.calls.append(("logged", record["step"]))
+
+    def evaluated(self, model, progress, record, improved):
+        self.calls.append(("evaluated", record["step"], improved))
+
+    def resume_point(self, parts, progress, run, light):
+        self.calls.append(("resume_point", progress.step, light))
+
+    def end(self, progress, completed):
+        self.calls.append(("end", completed))
+
+
+def test_the_loop_alone_writes_nothing_and_trains_as_with_its_files(tmp_path):
+    """The textbook loop does no file I/O (out_dir is not even created), and the recorder that
+    writes the files changes no number: the same weights (torch.equal) and the same records
+    but for the timings."""
+    cfg = config(tmp_path, "alone", epochs=2, eval_every=2, keep_resume=False)
+    evaluate = lambda m: {"loss": mean_loss(m, epochs_of(2, seed=50)(0))}  # noqa: E731
+    alone = Toy()
+    quiet = train_module.train(alone, epochs_of(3), cfg, evaluate=evaluate)
+    assert list(tmp_path.iterdir()) == []
+    filed = Toy()
+    loud = train(filed, epochs_of(3), config(tmp_path, "filed", epochs=2, eval_every=2),
+                 evaluate=evaluate)
+    assert_same(params_of(alone), params_of(filed))
+    untimed = [{k: v for k, v in r.items() if k not in ("time", "examples_per_s")}
+               for r in quiet.history]
+    assert untimed == [{k: v for k, v in r.items() if k not in ("time", "examples_per_s")}
+                       for r in loud.history]
+    assert (quiet.best_metric, quiet.best_step) == (loud.best_metric, loud.best_step)
+
+
+def test_a_recorder_hears_each_step_record_evaluation_and_resume_point_in_order(tmp_path):
+    """Four steps, a record every 2, an evaluation every 2 (the second worse: patience 1 stops
+    the run there), resume points at the evaluations; the last one light."""
+    recorder = Calls()
+    values = iter([1.0, 2.0])
+    cfg = config(tmp_path, max_steps=6, log_every=2, eval_every=2, patience=1,
+                 light_final_resume=True)
+    result = train_module.train(Toy(), epochs_of(4), cfg, evaluate=lambda m: {"loss": next(values)},
+                                recorder=recorder)
+    assert result.stopped_early and result.steps == 4
+    assert recorder.calls == [
+        ("start", 6), ("stepped", 1), ("stepped", 2), ("logged", 2), ("evaluated", 2, True),
+        ("resume_point", 2, False), ("stepped", 3), ("stepped", 4), ("logged", 4),
+        ("evaluated", 4, False), ("resume_point", 4, True), ("end", True),
+    ]
+
+
+def test_a_failing_run_tells_the_recorder_it_did_not_complete(tmp_path):
+    recorder = Calls()
+    poisoned = epochs_of(2)(0)
+    poisoned[1]["poison"] = torch.tensor(float("nan"))
+    with pytest.raises(NonFiniteLossError):
+        train_module.train(Toy(), lambda e: poisoned, config(tmp_path), recorder=recorder)
+    assert recorder.calls[-1] == ("end", False)
+
+
+def test_a_torchrun_launch_needs_the_parallel_door(tmp_path, monkeypatch):
+    """Under torchrun (WORLD_SIZE > 1) a loop given no parallel context would train each rank
+    alone on every batch: refused before anything trains."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    model = Toy()
+    before = params_of(model)
+    with pytest.raises(ValueError, match=r"torchrun started 2 processes.*parallel="):
+        train_module.train(model, epochs_of(2), config(tmp_path))
+    assert_same(params_of(model), before)

@@ -14,6 +14,7 @@ import transformers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from minift.core.checkpoints import Checkpoints
 from minift.core.loop import TrainConfig, train
 from minift.core.masking import word_ids_from_tokens
 from minift.core.model import BertConfig, BertModel
@@ -436,7 +437,7 @@ def test_resumed_mlm_training_equals_an_uninterrupted_run(tiny_model_dir, financ
 
         config = TrainConfig(out_dir=folder, max_steps=steps, lr=1e-3, save_every=2, progress=False)
         try:
-            train(model, batches, config, resume=resume)
+            train(model, batches, config, recorder=Checkpoints(resume=resume))
         except Stop:
             return None
         return model

@@ -13,13 +13,17 @@ MASTER_ADDR, MASTER_PORT). This module is the little that minift adds on top:
 - `all_sum`, `broadcast` and `gather`: the collectives the loop needs besides DDP's gradient
   all-reduce (the summed loss, rank 0's evaluation, every rank's RNG state).
 
-The training loop (`minift.core.loop`) wraps the model in `DistributedDataParallel`, skips the
-gradient sync on accumulation micro-steps (`no_sync`) and lets only rank 0 evaluate, log and
-write files. A script that calls `train` under torchrun should end with `teardown()`. A rank
+The training loop (`minift.core.loop`) does not import this file: the caller hands it the
+`Context` that `setup` returns (`train(..., parallel=setup(device.type))`), whose methods are the
+loop's one door to the other ranks: `shard` each batch, `wrap` the model in
+`DistributedDataParallel` (with `no_sync` for accumulation micro-steps), `all_sum` the loss and
+`broadcast` rank 0's evaluation. Only rank 0 evaluates, logs and writes files. A script that
+calls `train` under torchrun should end with `teardown()`. A rank
 that raises exits, and torchrun stops the others; outside torchrun the process-group timeout
 (`MINIFT_DIST_TIMEOUT`, seconds, default 600) bounds the wait in a collective.
 """
 
+import contextlib
 import datetime
 import gc
 import os
@@ -28,7 +32,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 _LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -50,6 +55,29 @@ class Context:
     def is_main(self) -> bool:
         """Rank 0 evaluates, logs, shows progress and writes files."""
         return self.rank == 0
+
+    # What the training loop calls (its default, `minift.core.loop.OneProcess`, has the same).
+    def shard(self, batch: Mapping[str, object]) -> dict[str, object]:
+        """This rank's rows of a global batch (`shard` below)."""
+        return shard(batch, self)
+
+    def wrap(self, model: nn.Module, device: torch.device):
+        """The module the loop calls and its `no_sync`: under several ranks, DDP around `model`
+        (it copies rank 0's weights to every rank, then all-reduces the gradients)."""
+        if not self.enabled:
+            return model, contextlib.nullcontext
+        ddp = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+        return ddp, ddp.no_sync
+
+    def all_sum(self, values: Tensor) -> Tensor:
+        """`all_sum` below: the element-wise sum over the ranks."""
+        return all_sum(values)
+
+    def broadcast(self, obj: object) -> object:
+        """`broadcast` below: rank 0's `obj` on every rank."""
+        return broadcast(obj)
 
 
 def launched() -> bool:

@@ -1,10 +1,11 @@
-"""The training loop: any module that returns a loss, AdamW, warmup then decay, evaluation, resume.
+"""The training loop: any module that returns a loss, AdamW, warmup then decay, evaluation.
 
 `train` is one loop you can read top to bottom (nanoGPT's `train.py` is the model). It knows
 nothing about BERT: the model is any `nn.Module` whose `forward(**batch)` returns a dict with key
 "loss" or an object with a `.loss` attribute, the MEAN loss over the batch's targets. Read in
-this order: `TrainConfig` and `TrainResult`; the small pieces (batches and losses, one optimizer
-step, evaluation); then `train`, the loop that puts them together.
+this order: `TrainConfig` and `TrainResult`; the loop's two doors (`Recorder`, `OneProcess`);
+the small pieces (batches and losses, one optimizer step, evaluation); then `train`. With
+`minift.core.optim` and `minift.core.state` it is all a reader needs to copy out.
 
 Decisions a reader should know about:
 
@@ -15,40 +16,30 @@ Decisions a reader should know about:
   is right only when every micro-batch has as many targets; token-level losses (NER, MLM) break
   it, and transformers' Trainer has shipped that bug more than once. A micro-batch with no
   target at all is skipped (its mean would be 0/0).
-- **Mixed precision.** bf16 runs under `torch.autocast` and needs nothing else. fp16 also uses a
-  `GradScaler`: `scaler.step(optimizer)` finds inf/nan gradients and skips the update (the fused
-  AdamW kernel receives the found-inf flag and skips inside). A skipped step still counts as a
-  step and the learning-rate schedule still advances: the schedule is a function of the step
-  counter, as torch's documented pattern (`scaler.step`, `scaler.update`, then
-  `scheduler.step()` every iteration) has it, so the logged learning rates, `max_steps` and
-  resume all line up. (transformers' Trainer holds the schedule back on a skipped step instead;
-  the two differ by the number of skipped steps, a handful while the scale settles.)
-- **Non-finite numbers stop the run.** In fp32 and bf16 a nan/inf loss stops training at once
-  with `NonFiniteLossError` naming the step, epoch and batch, before the parameters are touched.
-  Under fp16 an overflow is routine: the scaler skips the step and the log counts it. Whatever
-  the precision, the weights are checked at every log, evaluation and checkpoint step (one
-  reduction per parameter tensor): a nan/inf weight stops training with `NonFiniteWeightsError`,
-  so no checkpoint ever holds one.
-- **Determinism.** `torch.manual_seed(seed)` and `random.seed(seed)` at the start; the data order
-  is the caller's: `train_batches(epoch)` must return the same batches for the same epoch, and
-  must not draw from the global RNG (seed a `torch.Generator` with seed + epoch), since the
-  global RNG drives dropout and is saved and restored on resume.
-- **Resume.** `out_dir/resume.pt` holds everything that decides the rest of the run, so a
-  resumed run ends with exactly the weights and the log of an uninterrupted one; it lives while
-  the run is unfinished (unless `keep_resume`). See `minift.core.resume`.
-- **Data parallel.** Launched by `torchrun --nproc_per_node=N`, the loop joins the process group
-  (`minift.core.ddp`), wraps the model in `DistributedDataParallel`, and each rank trains on
-  its rows of every global batch, each micro-batch weighted by its share of the window's targets
-  times N (DDP averages the ranks' gradients), so N processes take the steps one process takes
-  with the same global batch. Gradients sync once per optimizer step (`no_sync` on the other
-  micro-steps). The logged loss is summed over ranks; only rank 0 evaluates (the metrics are
-  broadcast, so early stopping is decided alike everywhere), logs, shows progress and writes
-  files, and resume.pt carries every rank's RNG states. Dropout draws from seed + rank.
-- **No file I/O here.** The loop calls three modules beside it that own `out_dir`:
-  `minift.core.resume` (resume.pt, the RNG states, what a killed process left),
-  `minift.core.logbook` (log.jsonl and the progress bar) and `minift.core.best` (the best model,
-  swapped in whole). Each replaces its files atomically, so a kill or a full disk at any moment
-  leaves the previous version loadable.
+- **Mixed precision.** bf16 runs under `torch.autocast` alone. fp16 adds a `GradScaler`, which
+  skips the update when a gradient is inf/nan; the skipped step still counts and the schedule
+  still advances (torch's documented pattern: `scaler.step`, `scaler.update`, then
+  `scheduler.step()` every iteration), so the logged learning rates, `max_steps` and resume line
+  up. (transformers' Trainer holds the schedule back on a skipped step instead.)
+- **Non-finite numbers stop the run.** In fp32 and bf16 a nan/inf loss raises
+  `NonFiniteLossError` naming the step, epoch and batch, before the update (under fp16 the
+  scaler skips the step and the log counts it). The weights are checked at every log,
+  evaluation and resume point: a nan/inf weight raises `NonFiniteWeightsError`, so no
+  checkpoint ever holds one.
+- **Determinism.** `torch.manual_seed` and `random.seed` at the start; `train_batches(epoch)`
+  must return the same batches for the same epoch without drawing from the global RNG (seed a
+  `torch.Generator` with seed + epoch), which drives dropout and is saved by a resume point.
+- **No file I/O here.** The loop keeps its log in memory (`TrainResult.history`) and tells a
+  `Recorder` what happened; the default records nothing. The recipes hand in
+  `minift.core.checkpoints.Checkpoints`: resume.pt for an exact resume, log.jsonl and the
+  progress bar, the best model swapped in whole.
+- **Data parallel through one door.** Under `torchrun` the caller hands in
+  `parallel=minift.core.ddp.setup(device.type)`: each rank trains on its rows of every global
+  batch, each micro-batch weighted by its share of the window's targets times N (DDP averages
+  the ranks' gradients), so N processes take the steps one process takes; gradients sync once
+  per optimizer step (`no_sync` before); the loss is summed over the ranks; rank 0 evaluates and
+  broadcasts the metrics, so early stopping is decided alike everywhere. Dropout draws from
+  seed + rank.
 """
 
 import contextlib
@@ -63,31 +54,15 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
 
-from minift.core import ddp as distributed
-from minift.core.best import default_save_best, save_best_atomically
-from minift.core.logbook import Logbook
 from minift.core.optim import IMPLEMENTATIONS, SCHEDULES, make_optimizer, make_scheduler
-from minift.core.resume import (
-    Parts,
-    Progress,
-    check_resume,
-    finish,
-    load_resume,
-    prepare_folder,
-    restore,
-    save_resume,
-)
+from minift.core.state import Parts, Progress
 
 # The label of targets that carry no loss (cross-entropy's default ignore_index, -100 everywhere).
 IGNORE_INDEX = -100
 
-AMP_DTYPES: dict[str, torch.dtype | None] = {
-    "off": None,
-    "bf16": torch.bfloat16,
-    "fp16": torch.float16,
-}
+AMP_DTYPES: dict[str, torch.dtype | None] = {"off": None, "bf16": torch.bfloat16,
+                                              "fp16": torch.float16}
 
 # ---------------------------------------------------------------------------------------------
 # Configuration and result
@@ -103,7 +78,7 @@ class TrainConfig:
     needs no model, so a command can call it before loading one.
     """
 
-    out_dir: str | Path  # resume checkpoint, log.jsonl, best/ go here
+    out_dir: str | Path  # resume checkpoint, log.jsonl, best/ go here (by the recorder)
     epochs: int = 3
     max_steps: int | None = None  # optimizer steps in total; overrides epochs when set
     lr: float = 5e-5
@@ -192,7 +167,8 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """What a run did. `history` holds every record of `out_dir/log.jsonl`, in order."""
+    """What a run did. `history`: every training and evaluation record, in order (what
+    `minift.core.checkpoints.Checkpoints` writes to `out_dir/log.jsonl`)."""
 
     steps: int
     epochs_completed: float
@@ -217,6 +193,63 @@ _RUN_KEYS = (
     "max_grad_norm", "amp", "optimizer", "eval_every", "save_every", "metric",
     "greater_is_better", "patience", "seed",
 )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# The two doors: what a run leaves behind, and how many processes run it
+# ---------------------------------------------------------------------------------------------
+
+
+class Recorder:
+    """What a run leaves besides the trained model; this default keeps nothing and does no I/O.
+
+    The loop calls a recorder on every rank: `start` once, before the first step (it may put
+    `parts` where an earlier run left them and return that run's `Progress`); `stepped` after
+    each optimizer step; `logged` after a training record and `evaluated` after an evaluation
+    (both already in `progress.history`; `improved`: the metric beat the best so far);
+    `resume_point` when one is due (`progress.elapsed` up to date); `end` however the loop ends
+    (`completed`: it ran to its end). `minift.core.checkpoints.Checkpoints` has the same six
+    methods and writes them to `out_dir`.
+    """
+
+    def start(self, config: TrainConfig, parts: Parts, run: dict, parallel) -> Progress | None:
+        return None  # a fresh run
+
+    def stepped(self, progress: Progress, loss: float, lr: float, examples: int, seconds: float):
+        pass
+
+    def logged(self, record: dict) -> None:
+        pass
+
+    def evaluated(self, model: nn.Module, progress: Progress, record: dict, improved: bool):
+        pass
+
+    def resume_point(self, parts: Parts, progress: Progress, run: dict, light: bool) -> None:
+        pass
+
+    def end(self, progress: Progress, completed: bool) -> None:
+        pass
+
+
+class OneProcess:
+    """How the loop runs by default: one process, nothing to split, sum or share. Under
+    torchrun the caller hands in `minift.core.ddp.setup(device.type)`, a `Context` with the same
+    members that splits each global batch between the ranks, wraps the model in
+    `DistributedDataParallel` and sums and broadcasts across the ranks."""
+
+    rank, world_size, enabled, is_main = 0, 1, False, True
+
+    def shard(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return dict(batch)  # this rank's rows of a global batch: all of them
+
+    def wrap(self, model: nn.Module, device: torch.device):
+        return model, contextlib.nullcontext  # the module to call, and its `no_sync`
+
+    def all_sum(self, values: Tensor) -> Tensor:
+        return values
+
+    def broadcast(self, obj: object) -> object:
+        return obj
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,14 +285,9 @@ def _count_targets(batch: Mapping[str, Tensor]) -> int:
 
 def _loss_of(output: object) -> Tensor:
     """The scalar loss of a model output: `output["loss"]` or `output.loss`."""
-    if isinstance(output, Mapping):
-        loss = output.get("loss")
-    else:
-        loss = getattr(output, "loss", None)
+    loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
     if not isinstance(loss, Tensor) or loss.ndim != 0:
-        found = (
-            type(loss).__name__ if not isinstance(loss, Tensor) else f"shape {tuple(loss.shape)}"
-        )
+        found = type(loss).__name__ if not isinstance(loss, Tensor) else f"shape {tuple(loss.shape)}"
         raise ValueError(
             "the model's forward(**batch) must return a dict with key 'loss' or an object with "
             f"a .loss attribute holding the scalar mean loss; found {found}"
@@ -283,15 +311,10 @@ def _stand_in(window: list[dict[str, Tensor]]) -> dict[str, Tensor]:
     raise AssertionError("_stand_in is only called for a window with targets")
 
 
-def _backward_window(
-    forward_model: nn.Module,
-    window: list[dict[str, Tensor]],
-    device: torch.device,
-    amp_dtype: torch.dtype | None,
-    scaler: torch.amp.GradScaler,
-    ctx: distributed.Context,
-    no_sync: Callable[[], contextlib.AbstractContextManager],
-) -> Tensor:
+def _backward_window(forward_model: nn.Module, window: list[dict[str, Tensor]],
+                     device: torch.device, amp_dtype: torch.dtype | None,
+                     scaler: torch.amp.GradScaler, parallel: OneProcess,
+                     no_sync: Callable[[], contextlib.AbstractContextManager]) -> Tensor:
     """Forward and backward this rank's part of every micro-batch of one optimizer step's window.
 
     Each micro-batch's mean loss is weighted by its share of the window's targets, so the summed
@@ -299,7 +322,7 @@ def _backward_window(
     is skipped (its mean would be 0/0). Returns the weighted losses: they add up to that mean
     (under DDP, once summed over the ranks).
 
-    Under DDP each rank runs its shard (`distributed.shard`) weighted by its share of the
+    Under DDP each rank runs its shard (`parallel.shard`) weighted by its share of the
     window's targets times the world size, since DDP averages the ranks' gradients. They sync
     on the window's last backward only (`no_sync` before it); a rank whose last shard has no
     target runs that backward on a stand-in row at weight 0, so every rank joins the all-reduce.
@@ -308,20 +331,17 @@ def _backward_window(
     losses = torch.zeros(len(window), device=device)
     if window_targets == 0:  # nothing to learn from, on any rank
         return losses
-    shards = [distributed.shard(batch, ctx) for batch in window]
+    shards = [parallel.shard(batch) for batch in window]
     for i, part in enumerate(shards):
         n_targets = _count_targets(part)
         last = i == len(window) - 1
-        if n_targets == 0 and not (last and ctx.enabled):
+        if n_targets == 0 and not (last and parallel.enabled):
             continue
         batch = part if n_targets > 0 else _stand_in(window)
-        weight = n_targets * ctx.world_size / window_targets
-        autocast = (
-            torch.autocast(device_type=device.type, dtype=amp_dtype)
-            if amp_dtype is not None
-            else contextlib.nullcontext()
-        )
-        with no_sync() if ctx.enabled and not last else contextlib.nullcontext():
+        weight = n_targets * parallel.world_size / window_targets
+        autocast = (torch.autocast(device_type=device.type, dtype=amp_dtype)
+                    if amp_dtype is not None else contextlib.nullcontext())
+        with no_sync() if parallel.enabled and not last else contextlib.nullcontext():
             with autocast:
                 loss = _loss_of(forward_model(**_to_device(batch, device))).float()
             scaler.scale(loss * weight).backward()  # fp16: the scaled loss; else the loss itself
@@ -393,9 +413,8 @@ def _check_weights(model: nn.Module, step: int) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _run_evaluation(
-    model: nn.Module, evaluate: Callable[[nn.Module], dict[str, float]], metric: str
-) -> dict[str, float]:
+def _run_evaluation(model: nn.Module, evaluate: Callable[[nn.Module], dict[str, float]],
+                    metric: str) -> dict[str, float]:
     """Call `evaluate(model)` in eval mode under no_grad, restore train mode, check the dict."""
     model.eval()
     try:
@@ -430,35 +449,28 @@ def _improved(value: float, best: float | None, greater_is_better: bool) -> bool
     return value > best if greater_is_better else value < best
 
 
-def _evaluate(
-    model: nn.Module,
-    evaluate: Callable[[nn.Module], dict[str, float]],
-    save_best: Callable[[nn.Module, Path], None],
-    config: TrainConfig,
-    progress: Progress,
-    log: Logbook,
-    ctx: distributed.Context,
-) -> None:
-    """Evaluate, log the metrics, keep the best model in `out_dir/best`, decide early stopping.
-
-    Rank 0 evaluates; every rank gets its metrics and decides alike.
+def _evaluate(model: nn.Module, evaluate: Callable[[nn.Module], dict[str, float]],
+              config: TrainConfig, progress: Progress, recorder: Recorder,
+              parallel: OneProcess) -> None:
+    """Evaluate, record the metrics, tell the recorder whether they improved (it keeps the best
+    model), decide early stopping. Rank 0 evaluates; every rank gets its metrics and decides alike.
     """
-    metrics = distributed.broadcast(
-        _run_evaluation(model, evaluate, config.metric) if ctx.is_main else None
+    metrics = parallel.broadcast(
+        _run_evaluation(model, evaluate, config.metric) if parallel.is_main else None
     )
-    log.record({"step": progress.step, "eval": metrics})
+    record = {"step": progress.step, "eval": metrics}
+    progress.history.append(record)
     progress.last_eval = metrics
     value = metrics[config.metric]
-    if _improved(value, progress.best_metric, config.greater_is_better):
+    improved = _improved(value, progress.best_metric, config.greater_is_better)
+    if improved:
         progress.best_metric, progress.best_step, progress.bad_evals = value, progress.step, 0
-        if ctx.is_main:
-            save_best_atomically(save_best, model, Path(config.out_dir) / "best")
     else:
         progress.bad_evals += 1
         progress.stopped_early = (
             config.patience is not None and progress.bad_evals >= config.patience
         )
-    log.show_eval(metrics)
+    recorder.evaluated(model, progress, record, improved)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -487,15 +499,17 @@ def _check_device(config: TrainConfig, model: nn.Module, device: torch.device) -
             )
 
 
-def _place(model: nn.Module, device: torch.device | str | None):
-    """Join the process group if torchrun started us; the device this rank trains on."""
+def _place(model: nn.Module, device: torch.device | str | None, parallel: OneProcess):
+    """The device to train on (default: the model's); refuse a torchrun launch without DDP."""
+    if int(os.environ.get("WORLD_SIZE", "1")) != parallel.world_size:
+        raise ValueError(f"torchrun started {os.environ['WORLD_SIZE']} processes: pass "
+                         "train(parallel=minift.core.ddp.setup(device.type)), or each trains alone")
     if device is None:
         first_param = next(model.parameters(), None)
         if first_param is None:
             raise ValueError(f"{type(model).__name__} has no parameters to train")
         device = first_param.device
-    ctx = distributed.setup(torch.device(device).type)  # one process unless torchrun says so
-    return ctx, distributed.local_device(torch.device(device))
+    return torch.device(device)
 
 
 def _epoch_batches(train_batches: Callable[[int], Sequence], epoch: int) -> Sequence:
@@ -504,19 +518,6 @@ def _epoch_batches(train_batches: Callable[[int], Sequence], epoch: int) -> Sequ
     if len(batches) == 0:
         raise ValueError(f"train_batches({epoch}) returned no batches")
     return batches
-
-
-def _wrap(model: nn.Module, device: torch.device, ctx: distributed.Context, compile: bool):
-    """The module the loop calls (DDP and/or torch.compile around `model`) and its `no_sync`."""
-    # Under torchrun: DDP all-reduces the gradients (and first copies rank 0's weights to all).
-    ddp = None
-    if ctx.enabled:
-        ddp = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    forward_model = ddp or model
-    forward_model = torch.compile(forward_model) if compile else forward_model
-    return forward_model, (ddp.no_sync if ddp is not None else contextlib.nullcontext)
 
 
 def _make_parts(model: nn.Module, config: TrainConfig, total_steps: int,
@@ -531,13 +532,14 @@ def _make_parts(model: nn.Module, config: TrainConfig, total_steps: int,
     return Parts(model, optimizer, scheduler, scaler)
 
 
-def _announce(model: nn.Module, trainable: list[Tensor], ctx: distributed.Context) -> None:
+def _announce(model: nn.Module, trainable: list[Tensor], parallel: OneProcess) -> None:
     """Print (rank 0) what trains: the parameter counts, and the processes under torchrun."""
-    if ctx.is_main:
+    if parallel.is_main:
         n_total = sum(param.numel() for param in model.parameters())
         print(f"train: {sum(p.numel() for p in trainable):,} trainable parameters of {n_total:,}")
-        if ctx.enabled:
-            print(f"train: {ctx.world_size} processes (DistributedDataParallel), each batch split")
+        if parallel.enabled:
+            print(f"train: {parallel.world_size} processes (DistributedDataParallel), each batch "
+                  "split")
 
 
 def _due(config: TrainConfig, step: int, epoch_done: bool, finished: bool) -> tuple[bool, ...]:
@@ -550,10 +552,39 @@ def _due(config: TrainConfig, step: int, epoch_done: bool, finished: bool) -> tu
     return log, evaluate, save
 
 
+@dataclass
+class _Clock:
+    """The run's timings, for the log (nothing here changes a number the run computes)."""
+
+    start: float  # `time.perf_counter()` when the run began, a resumed run's earlier time included
+    last_log: float  # ... and at the last training record
+    examples: int = 0  # examples trained on since the last training record
+
+
+def _training_record(progress: Progress, epoch: float, lr: float, scaler: torch.amp.GradScaler,
+                     clock: _Clock) -> dict:
+    """The mean loss of the steps since the last record, the learning rate and the speed (fp16:
+    the skipped steps and the loss scale too); the window of losses starts again."""
+    now = time.perf_counter()
+    record = {
+        "step": progress.step,
+        "epoch": epoch,
+        "loss": sum(progress.window_losses) / len(progress.window_losses),
+        "lr": lr,
+        "examples_per_s": clock.examples / max(now - clock.last_log, 1e-9),
+        "time": now - clock.start,
+    }
+    if scaler.is_enabled():
+        record |= {"skipped_steps": progress.skipped_steps, "loss_scale": scaler.get_scale()}
+    progress.window_losses = []
+    clock.last_log, clock.examples = now, 0
+    return record
+
+
 def train(model: nn.Module, train_batches: Callable[[int], Sequence[dict[str, Tensor]]],
           config: TrainConfig, *, evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
-          save_best: Callable[[nn.Module, Path], None] | None = None,
-          device: torch.device | str | None = None, resume: bool = False) -> TrainResult:
+          device: torch.device | str | None = None, recorder: Recorder | None = None,
+          parallel: OneProcess | None = None) -> TrainResult:
     """Train `model` with AdamW on the batches `train_batches(epoch)` returns; see the module doc.
 
     - `model(**batch)` returns the mean loss (dict key "loss" or attribute `.loss`). The model
@@ -562,45 +593,42 @@ def train(model: nn.Module, train_batches: Callable[[int], Sequence[dict[str, Te
       epoch and as many as epoch 0's. Total steps: `max_steps`, else
       `ceil(len(batches) / grad_accum) * epochs`.
     - `evaluate(model) -> {name: number}` runs every `eval_every` steps (else at the end of each
-      epoch) and at the end, in eval mode under `torch.no_grad()`. When `metric` improves,
-      `save_best(model, folder)` fills an empty folder that then replaces `out_dir/best`
-      (default: `model.save_pretrained`, else model.safetensors).
-    - `device`: where the batches and the model go (default: the model's; a bare "cuda" under
-      torchrun: the rank's own GPU). `resume=True` continues from `out_dir/resume.pt`
-      (ValueError if there is none, or if it holds another model's weights). Under torchrun
-      every rank calls `train` with the same arguments and the same batches.
+      epoch) and at the end, in eval mode under `torch.no_grad()`; `metric` decides the best
+      evaluation and early stopping.
+    - `device`: where the batches and the model go (default: the model's). `recorder`: what the
+      run leaves behind (default: nothing; `minift.core.checkpoints.Checkpoints(resume=...)`
+      writes `out_dir` and continues a run from it). `parallel`: under torchrun, the
+      `minift.core.ddp.setup()` context, every rank calling `train` with the same arguments.
     """
     # ---- check everything before anything runs ---------------------------------------------
     config.check()
     if config.patience is not None and evaluate is None:
         raise ValueError("TrainConfig.patience is set but no evaluate function was given")
-    ctx, device = _place(model, device)
+    recorder, parallel = recorder or Recorder(), parallel or OneProcess()
+    device = _place(model, device, parallel)
     _check_device(config, model, device)
-    out_dir = Path(config.out_dir)
-    checkpoint = load_resume(out_dir, model) if resume else None
-    prepare_folder(out_dir, ctx.is_main)
 
-    # ---- the pieces: model, data, optimizer, schedule, scaler, log -------------------------
-    random.seed(config.seed + ctx.rank)
-    torch.manual_seed(config.seed + ctx.rank)
+    # ---- the pieces: model, data, optimizer, schedule, scaler, where the run stands ----------
+    random.seed(config.seed + parallel.rank)
+    torch.manual_seed(config.seed + parallel.rank)
     model.to(device)
     model.train()
     trainable = [param for param in model.parameters() if param.requires_grad]
-    _announce(model, trainable, ctx)
+    _announce(model, trainable, parallel)
     first_batches = _epoch_batches(train_batches, 0)
     total_steps = config.max_steps or math.ceil(len(first_batches) / config.grad_accum) * config.epochs
     parts = _make_parts(model, config, total_steps, device)
     run = {key: getattr(config, key) for key in _RUN_KEYS}
     run |= {"batches_per_epoch": len(first_batches), "total_steps": total_steps,
-            "world_size": ctx.world_size}
-    progress = Progress() if checkpoint is None else restore(checkpoint, parts, run, out_dir, ctx)
-    if checkpoint is not None and ctx.is_main:
-        print(f"train: resumed from {check_resume(out_dir)} at step {progress.step}")
-    log = Logbook(out_dir, progress, total_steps, show=config.progress and ctx.is_main,
-                  is_main=ctx.is_main)
-    forward_model, no_sync = _wrap(model, device, ctx, config.compile)
+            "world_size": parallel.world_size}
+    progress = recorder.start(config, parts, run, parallel) or Progress()
+    now = time.perf_counter()
+    clock = _Clock(start=now - progress.elapsed, last_log=now)
+    forward_model, no_sync = parallel.wrap(model, device)
+    forward_model = torch.compile(forward_model) if config.compile else forward_model
 
     # ---- the loop ----------------------------------------------------------------------------
+    completed = False
     try:
         while not (progress.step >= total_steps or progress.stopped_early
                    or (config.max_steps is None and progress.epoch >= config.epochs)):
@@ -612,44 +640,46 @@ def train(model: nn.Module, train_batches: Callable[[int], Sequence[dict[str, Te
                 indices = range(first, min(first + config.grad_accum, len(batches)))
                 window = [batches[i] for i in indices]
                 losses = _backward_window(forward_model, window, device, AMP_DTYPES[config.amp],
-                                          parts.scaler, ctx, no_sync)
-                micro_losses = distributed.all_sum(losses).tolist()  # one device sync per step
+                                          parts.scaler, parallel, no_sync)
+                micro_losses = parallel.all_sum(losses).tolist()  # one device sync per step
                 _check_loss(micro_losses, indices, progress, config.amp)
                 lr, skipped = _optimizer_step(parts, trainable, config.max_grad_norm)
                 progress.step, progress.position = progress.step + 1, first + len(window)
                 progress.skipped_steps += int(skipped)
                 progress.window_losses.append(sum(micro_losses))  # the window's mean loss
-                log.show_step(sum(micro_losses), lr, sum(map(_batch_size, window)), step_start)
+                examples = sum(map(_batch_size, window))
+                clock.examples += examples
+                recorder.stepped(progress, sum(micro_losses), lr, examples,
+                                 time.perf_counter() - step_start)
 
-                # Then, when due: check the weights, log, evaluate, save the resume checkpoint.
+                # Then, when due: check the weights, log, evaluate, save a resume point.
                 epoch_done = progress.position >= len(batches)
                 finished = progress.step >= total_steps or (
                     config.max_steps is None and epoch_done and epoch + 1 >= config.epochs)
-                if finished:
-                    log.bar.close()  # now: the final evaluation is no part of the training rate
                 log_due, eval_due, save_due = _due(config, progress.step, epoch_done, finished)
                 if log_due or eval_due or save_due:
                     _check_weights(model, progress.step)
                 if log_due:
-                    log.log_training(epoch + progress.position / len(batches), lr, parts.scaler)
+                    record = _training_record(progress, epoch + progress.position / len(batches),
+                                              lr, parts.scaler, clock)
+                    progress.history.append(record)
+                    recorder.logged(record)
                 if eval_due and evaluate is not None:
-                    _evaluate(model, evaluate, save_best or default_save_best, config, progress,
-                              log, ctx)
+                    _evaluate(model, evaluate, config, progress, recorder, parallel)
                 done = finished or progress.stopped_early
                 if (save_due or done) and (config.keep_resume or not done):
-                    save_resume(out_dir, parts, progress, run, log.start, ctx,
-                                light=done and config.light_final_resume)
+                    progress.elapsed = time.perf_counter() - clock.start
+                    recorder.resume_point(parts, progress, run,
+                                          light=done and config.light_final_resume)
                 if done:
                     break
-                log.bar.unpause()  # the time spent evaluating and saving is not training time
             if progress.position >= len(batches):
                 progress.epoch, progress.position = progress.epoch + 1, 0
+        completed = True
     finally:
-        log.bar.close()
+        recorder.end(progress, completed)
 
-    if ctx.is_main and not config.keep_resume:  # a finished run keeps no resume state
-        finish(out_dir)
-    if progress.stopped_early and ctx.is_main:
+    if progress.stopped_early and parallel.is_main:
         print(f"train: stopped early at step {progress.step}: {config.metric} has not improved "
               f"in {progress.bad_evals} evaluations (best {progress.best_metric} at step "
               f"{progress.best_step})")

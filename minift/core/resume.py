@@ -16,10 +16,9 @@ and the next start removes what a process killed mid-write left.
 import functools
 import random
 import re
-import time
 import warnings
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -28,38 +27,11 @@ from torch import Tensor, nn
 from minift.core import ddp as distributed
 from minift.core.best import recover_best
 from minift.core.files import atomic_write, fsync_dir
+from minift.core.state import Parts, Progress
 
 RESUME_FILE = "resume.pt"
 # The temporary file of `atomic_write` (`tempfile.mkstemp`: 8 random characters).
 _ATOMIC_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
-
-
-@dataclass
-class Progress:
-    """Everything about the run's progress that resume.pt carries, besides the tensors."""
-
-    step: int = 0  # optimizer steps taken (skipped fp16 steps included)
-    epoch: int = 0
-    position: int = 0  # batches of this epoch consumed
-    best_metric: float | None = None
-    best_step: int | None = None
-    bad_evals: int = 0  # evaluations since the last improvement
-    stopped_early: bool = False
-    skipped_steps: int = 0  # fp16 steps the scaler skipped
-    last_eval: dict | None = None
-    elapsed: float = 0.0  # seconds of training before this process started
-    history: list[dict] = field(default_factory=list)
-    window_losses: list[float] = field(default_factory=list)  # step losses not yet logged
-
-
-@dataclass
-class Parts:
-    """The stateful pieces resume.pt saves and restores, besides `Progress`."""
-
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler
 
 
 def _rng_states() -> dict:
@@ -164,13 +136,11 @@ def _torch_save(obj: object, f) -> None:
         raise
 
 
-def save_resume(out_dir: Path, parts: Parts, progress: Progress, run: dict, start: float,
+def save_resume(out_dir: Path, parts: Parts, progress: Progress, run: dict,
                 ctx: distributed.Context, light: bool = False) -> None:
-    """Write resume.pt (rank 0, atomically) with every rank's RNG states; `start` is when the
-    run began by `time.perf_counter()` (a resumed run's earlier time included). `light`: at the
+    """Write resume.pt (rank 0, atomically) with every rank's RNG states. `light`: at the
     end of a run, without the optimizer, schedule and scaler (AdamW's two moments make the full
     file three times the weights): what finishing an interrupted final save needs, no more."""
-    progress.elapsed = time.perf_counter() - start
     rng = distributed.gather(_rng_states())  # every rank's, in rank order
     if ctx.is_main:
         checkpoint = {
@@ -206,7 +176,7 @@ def _warn_if_run_differs(saved: dict, current: dict, path: Path) -> list[str]:
             f"resuming from {path} with settings that differ from the interrupted run "
             f"({'; '.join(differences)}): the result will not match an uninterrupted run{how}",
             UserWarning,
-            stacklevel=4,  # the caller of train
+            stacklevel=5,  # the caller of train (through Checkpoints.start and restore)
         )
     return changed
 

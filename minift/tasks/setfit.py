@@ -36,6 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from minift.core import ddp as distributed
+from minift.core.checkpoints import Checkpoints
 from minift.core.contrastive import (
     LOSSES,
     SAMPLING_STRATEGIES,
@@ -213,8 +215,10 @@ def train_body(encoder: BertModel, tokenizer: Tokenizer, texts: Sequence[str], l
         **{name: getattr(config, name) for name in same})
     try:
         with _pooler_frozen(encoder):
+            # under torchrun: join the process group (once), so the ranks split each batch
+            parallel = distributed.setup(next(encoder.parameters()).device.type)
             result = train(PairLoss(encoder, tokens, loss_fn), pair_batches, train_config,
-                           resume=resume)
+                           recorder=Checkpoints(resume=resume), parallel=parallel)
     finally:
         if folder:
             folder.cleanup()

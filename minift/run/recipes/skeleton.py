@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from minift.core import ddp as distributed
+from minift.core.checkpoints import Checkpoints
 from minift.core.files import atomic_write
 from minift.core.freeze import freeze as apply_freeze
 from minift.core.loop import TrainConfig, train
@@ -105,7 +107,8 @@ def run_recipe(recipe: Recipe) -> Outcome | None:
 
     start = time.perf_counter()
     result = train(model, recipe.train_batches, recipe.config, evaluate=numbers, device=device,
-                   resume=options.resume)
+                   recorder=Checkpoints(resume=options.resume),  # out_dir's files
+                   parallel=distributed.setup(device.type))  # under torchrun: the ranks' door
     seconds = time.perf_counter() - start
     if not is_main():
         return None
