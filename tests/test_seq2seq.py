@@ -1,6 +1,6 @@
-"""minift.tasks.seq2seq and minift.tasks.lm: the batches held to what transformers' tokenizer and
-``EncoderDecoderModel`` / ``BertLMHeadModel`` compute from the same texts, generation in input
-order, and the dev scores held to sacrebleu and rouge-score on the texts the model wrote.
+"""minift.tasks.seq2seq: the batches held to what transformers' tokenizer and
+``EncoderDecoderModel`` compute from the same texts, generation in input order, and the dev scores
+held to sacrebleu and rouge-score on the texts the model wrote.
 
 The model is the tiny random BERT of conftest (2 layers, hidden 32, 64 positions, MiniLM's
 tokenizer) warm-started into an encoder-decoder; the real weights do not matter here.
@@ -20,8 +20,6 @@ from transformers.models.encoder_decoder.modeling_encoder_decoder import shift_t
 
 from minift.data.text_pairs import TextPair, group_by_source
 from minift.data.tokenizer import Tokenizer
-from minift.tasks.lm import LanguageModel, LMBatches, lm_metrics
-from minift.tasks.mlm import TextSequences
 from minift.tasks.seq2seq import (
     Seq2SeqDataset,
     Seq2SeqModel,
@@ -154,33 +152,3 @@ def test_dev_scores_are_sacrebleu_and_rouge_score_on_the_written_texts(model, to
     token_mean = sum(model(**b).loss.item() * int((b["labels"] != -100).sum()) for b in batches)
     assert math.isclose(scores["loss"], token_mean / sum(len(r) for r in data.labels),
                         rel_tol=1e-6)
-
-
-def test_a_language_model_from_an_encoder_is_bert_lm_head_models_and_scores_perplexity(
-        tiny, tokenizer, tmp_path):
-    """An encoder checkpoint warm-started as a decoder keeps its body's weights; saved, it is a
-    BertLMHeadModel with the same logits (1e-5); lm_metrics' loss is the token-weighted mean
-    of transformers' loss over each batch, and perplexity its exp (rel 1e-6)."""
-    from minift.hf.checkpoint import read_checkpoint
-
-    lm = LanguageModel.from_pretrained(tiny, seed=3).eval()
-    body = read_checkpoint(tiny).encoder
-    assert torch.equal(lm.bert.embeddings.word_embeddings.weight,
-                       body["embeddings.word_embeddings.weight"])
-    lm.save_pretrained(tmp_path)
-    hf = transformers.BertLMHeadModel.from_pretrained(tmp_path).eval()
-    passages = ["the golden palace serves thai food", "a café", "near the river, cheap food"]
-    batches = list(LMBatches(TextSequences(passages, tokenizer, max_length=16), 2, seed=0,
-                             shuffle=False))
-    total = count = 0
-    with torch.no_grad():
-        for b in batches:
-            want = hf(**b)
-            torch.testing.assert_close(lm(**b).logits, want.logits, atol=1e-5, rtol=0)
-            n = int((b["labels"][:, 1:] != -100).sum())
-            total, count = total + want.loss.item() * n, count + n
-        scores = lm_metrics(lm, batches, "cpu")
-    assert scores["tokens"] == count
-    assert math.isclose(scores["loss"], total / count, rel_tol=1e-6)
-    assert math.isclose(scores["perplexity"], math.exp(total / count), rel_tol=1e-6)
-    assert type(LanguageModel.from_pretrained(tmp_path)) is LanguageModel  # a decoder folder
