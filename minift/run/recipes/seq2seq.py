@@ -54,6 +54,23 @@ def data_files(o: Seq2seqOptions) -> tuple[str, str, str, str]:
     return o.train, o.dev, o.source_col, o.target_col
 
 
+def decoder_kind(folder: Path, needed: bool = True) -> str | None:
+    """``"seq2seq"`` for an encoder-decoder folder, ``"lm"`` for a decoder alone; a folder with
+    no decoder (an encoder, a classifier) is None, or with ``needed`` an ``OptionError`` naming
+    what it holds."""
+    raw = read_config_json(folder)
+    if raw.get("model_type") == "encoder-decoder":
+        return "seq2seq"
+    if raw.get("is_decoder") is True and not raw.get("add_cross_attention"):
+        return "lm"
+    if not needed:
+        return None
+    found = raw.get("architectures") or [raw.get("model_type")]
+    raise OptionError(f"`model` {folder} holds no decoder (its config.json: {found}, is_decoder "
+                      f"{raw.get('is_decoder')!r}): give the folder of a 'minift seq2seq' or "
+                      "'minift lm' run (an EncoderDecoderModel or BertLMHeadModel folder)")
+
+
 def model_positions(folder: Path) -> tuple[int | None, int | None]:
     """``(encoder, decoder)`` positions of an encoder checkpoint (both halves start from it), an
     encoder-decoder folder or a decoder folder (no encoder: None); None where config.json does
@@ -184,23 +201,6 @@ def seq2seq(**options: Any) -> dict:
 
 
 # --- generate -------------------------------------------------------------------------------------
-
-
-def decoder_kind(folder: Path, needed: bool = True) -> str | None:
-    """``"seq2seq"`` for an encoder-decoder folder, ``"lm"`` for a decoder alone; a folder with
-    no decoder (an encoder, a classifier) is None, or with ``needed`` an ``OptionError`` naming
-    what it holds."""
-    raw = read_config_json(folder)
-    if raw.get("model_type") == "encoder-decoder":
-        return "seq2seq"
-    if raw.get("is_decoder") is True and not raw.get("add_cross_attention"):
-        return "lm"
-    if not needed:
-        return None
-    found = raw.get("architectures") or [raw.get("model_type")]
-    raise OptionError(f"`model` {folder} holds no decoder (its config.json: {found}, is_decoder "
-                      f"{raw.get('is_decoder')!r}): give the folder of a 'minift seq2seq' or "
-                      "'minift lm' run (an EncoderDecoderModel or BertLMHeadModel folder)")
 
 
 def read_inputs(path: str) -> list[str]:
