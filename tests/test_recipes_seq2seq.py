@@ -5,6 +5,7 @@ same logits, an exact resume, and generation one line a source, in input order.
 The model is conftest's tiny random BERT (64 positions, MiniLM's tokenizer); the data a few rows.
 """
 
+import io
 import json
 
 import pytest
@@ -60,7 +61,19 @@ def seq2seq_args(model, files, out, *extra):
             "--no-progress", "--out", out, *extra]
 
 
-def test_bad_input_is_a_named_error_before_any_model_loads(tiny, files, tmp_path, capsys,
+@pytest.fixture(scope="module")
+def folders(tiny, tmp_path_factory):
+    """An encoder-decoder folder and a language-model folder, warm-started from ``tiny``."""
+    from minift.hf.encoder_decoder import save_causal_lm, save_encoder_decoder, warm_start
+    from minift.tasks.lm import LanguageModel
+
+    root = tmp_path_factory.mktemp("folders")
+    save_encoder_decoder(warm_start(tiny), root / "seq2seq")
+    save_causal_lm(LanguageModel.from_pretrained(tiny), root / "lm")
+    return root
+
+
+def test_bad_input_is_a_named_error_before_any_model_loads(tiny, files, folders, tmp_path, capsys,
                                                            no_loading):
     out = tmp_path / "out"
     empty = csv(tmp_path / "empty.csv", [("name[Aromi]", "Aromi."), ("name[Cotto]", " ")])
@@ -84,7 +97,15 @@ def test_bad_input_is_a_named_error_before_any_model_loads(tiny, files, tmp_path
          "missing.txt"),
         (["lm", "--model", tiny, "--text", files["train"], "--max-length", 65, "--out", out],
          "--max-length 65 is more than the model's 64 positions"),
+        (seq2seq_args(folders / "lm", files, out), "is a language model (a decoder alone)"),
+        (["lm", "--model", folders / "seq2seq", "--text", files["train"], "--max-length", 32,
+          "--out", out], "is an encoder-decoder: lm trains a decoder alone"),
+        (["generate", "--model", folders / "seq2seq", "--input", tmp_path / "source.txt",
+          "--max-new-tokens", 65], "--max-new-tokens 65 does not fit the decoder"),
+        (["generate", "--model", folders / "seq2seq", "--input", tmp_path / "empty.txt",
+          "--max-length", 32], "expected one input a line, found none"),
     ]
+    (tmp_path / "empty.txt").write_bytes(b"")
     for argv, expected in cases:
         code, _, err = run(capsys, *argv)
         assert code == 2 and expected in err and "Traceback" not in err, (argv, err)
@@ -189,7 +210,7 @@ def test_a_resumed_run_ends_with_the_uninterrupted_model(tiny, files, tmp_path, 
     capsys.readouterr()
 
 
-def test_lm_trains_two_steps_and_transformers_loads_it(tiny, tmp_path, capsys):
+def test_lm_trains_two_steps_and_transformers_loads_it(tiny, tmp_path, capsys, monkeypatch):
     text = tmp_path / "text.txt"
     text.write_text("".join(f"the aromi serves thai food number {i}\n" for i in range(20)),
                     encoding="utf-8")
@@ -210,8 +231,22 @@ def test_lm_trains_two_steps_and_transformers_loads_it(tiny, tmp_path, capsys):
     ids = torch.tensor([[101, 1996, 2012, 2072, 102]])
     with torch.no_grad():
         torch.testing.assert_close(ours(ids).logits, hf(ids).logits, atol=1e-5, rtol=0)
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("the aromi\nthe\nthe aromi serves\n", encoding="utf-8")
-    code, stdout, err = run(capsys, "generate", "--model", out, "--input", prompts,
-                            "--max-new-tokens", 3, "--max-length", 16, "--no-progress")
-    assert code == 0 and len(stdout.splitlines()) == 3, err
+    # generate continues each prompt (stdin, "-"): one line each, in input order, each what
+    # transformers' greedy generate writes after that prompt alone (stopping at [SEP])
+    from minift.data.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.from_pretrained(out)
+    prompts = ["the aromi", "the", "the aromi serves", "thai"]
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(prompts) + "\n"))
+    code, stdout, err = run(capsys, "generate", "--model", out, "--input", "-",
+                            "--max-new-tokens", 3, "--max-length", 16, "--batch-size", 2,
+                            "--no-progress")
+    assert code == 0, err
+    want = []
+    for prompt in prompts:
+        ids = tokenizer([prompt])["input_ids"][:, :-1]  # [CLS] prompt, no [SEP]
+        written = hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), num_beams=1,
+                              do_sample=False, max_new_tokens=3, eos_token_id=102,
+                              pad_token_id=0)
+        want.append(tokenizer.decode(written[0, ids.size(1):]))
+    assert stdout.splitlines() == want

@@ -504,8 +504,10 @@ class GenerateOptions(Options):
                         "order", group=DATA, metavar="FILE")
     max_new_tokens: int = option(64, MAX_NEW_TOKENS_HELP, group=GENERATION,
                                 check=at_least(1))
-    max_length: int = option(128, "tokens a source keeps (longer ones are truncated, with a "
-                             "warning)", group=GENERATION, check=at_least(2))
+    max_length: int | None = option(None, "tokens a source (or a prompt) keeps; longer ones are "
+                                    "truncated, with a warning (default: all the model's "
+                                    "positions; a prompt's: those its continuation leaves)",
+                                    group=GENERATION, check=at_least(2))
     batch_size: int = option(32, "sources generated at once", group=GENERATION,
                             check=at_least(1))
     device: str | None = option(None, DEVICE_HELP, group=RUN)

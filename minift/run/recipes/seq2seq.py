@@ -11,6 +11,7 @@ folder holds a decoder at all.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -248,10 +249,18 @@ def generate(**options: Any) -> list[str]:
     prepare.check_device(o.device)
     folder = resolve_model_dir(o.model)
     kind = decoder_kind(folder)
+    encoder, decoder = model_positions(folder)
     if kind == "seq2seq":
-        check_lengths(folder, source=o.max_length, new_tokens=o.max_new_tokens)
+        max_length = o.max_length or encoder or 512  # (None: the load names the bad config)
+        check_lengths(folder, source=max_length, new_tokens=o.max_new_tokens)
     else:  # a prompt and its continuation share the positions
-        check_lengths(folder, new_tokens=o.max_length + o.max_new_tokens - 1)
+        positions = decoder or 512
+        max_length = o.max_length or max(2, positions - o.max_new_tokens + 1)
+        if max_length + o.max_new_tokens - 1 > positions:  # the last token is never read
+            raise OptionError(f"a prompt of `max_length` {max_length} and `max_new_tokens` "
+                              f"{o.max_new_tokens} need {max_length + o.max_new_tokens - 1} "
+                              f"positions, the model has {positions}")
+    o = dataclasses.replace(o, max_length=max_length)
     lines = read_inputs(o.input)
     device = prepare.pick_device(o.device)
     tokenizer = Tokenizer.from_pretrained(folder)
