@@ -93,7 +93,7 @@ def test_a_batch_is_what_transformers_tokenizer_and_shift_give(pairs, max_length
     cut = sum(len(hf_tokenizer(s)["input_ids"]) > max_length for s, _ in pairs)
     assert data.truncated_sources == cut
     messages = [str(w.message) for w in caught]
-    assert (f"{cut} of {len(rows)} sources are longer than max_length {max_length} tokens"
+    assert (f"{cut} of {len(rows)} sources are longer than `max_length` {max_length} tokens"
             in " ".join(messages)) == (cut > 0)
 
 

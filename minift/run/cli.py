@@ -419,6 +419,24 @@ def _short(text: object, limit: int = 600) -> str:
     return text if len(text) <= limit else f"{text[:limit - 160]} [...] {text[-150:]}"
 
 
+@contextlib.contextmanager
+def one_line_warnings():
+    """Within the block a warning shows as one line, ``minift: warning: ...`` (a truncated
+    source, a lock taken over), not Python's file, line and source line; an option it marks
+    as ```name``` shows as its flag, as errors do."""
+    import warnings
+
+    def one_line(message, *args, **kwargs) -> str:
+        return f"minift: warning: {options.OptionError(str(message)).render(options.flag)}\n"
+
+    shown = warnings.formatwarning
+    warnings.formatwarning = one_line
+    try:
+        yield
+    finally:
+        warnings.formatwarning = shown
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``minift`` console script and ``python -m minift``. Every error is one
     line: 2 for bad input, 1 for a failure during the run, 130 for Ctrl-C."""
@@ -437,7 +455,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         set_threads(args)
         with open(os.devnull, "w") if helper_rank else contextlib.nullcontext() as quiet:
-            with contextlib.redirect_stdout(quiet) if helper_rank else contextlib.nullcontext():
+            with (contextlib.redirect_stdout(quiet) if helper_rank else contextlib.nullcontext(),
+                  one_line_warnings()):
                 status = args.func(args)
         clean = True
         return status

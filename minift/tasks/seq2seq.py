@@ -82,9 +82,10 @@ def _bodies(texts: Sequence[str], tokenizer, chunk_size: int = 1024) -> list[lis
 
 
 def warn_truncated(count: int, total: int, what: str, option: str, limit: int) -> None:
-    """A ``UserWarning`` that ``count`` of ``total`` texts were cut to ``limit`` tokens."""
+    """A ``UserWarning`` that ``count`` of ``total`` texts were cut to ``limit`` tokens (the
+    option marked ```option```, which the command line shows as its flag)."""
     if count:
-        warnings.warn(f"{count} of {total} {what} are longer than {option} {limit} tokens: "
+        warnings.warn(f"{count} of {total} {what} are longer than `{option}` {limit} tokens: "
                       "truncated (the rest is not read)", UserWarning, stacklevel=3)
 
 
