@@ -142,10 +142,10 @@ def seq2seq(**options: Any) -> dict:
     train, dev, source_col, target_col = data_files(o)
     columns = dict(source_col=source_col, target_col=target_col)
     train_pairs = prepare.subset(read_text_pairs(train, **columns), o.limit_train, o.seed)
-    dev_examples = prepare.subset(group_by_source(read_text_pairs(dev, **columns)),
-                                  o.limit_dev, 0)
+    dev_rows = read_text_pairs(dev, **columns)
+    dev_examples = prepare.subset(group_by_source(dev_rows), o.limit_dev, 0)  # by source
     kept = {e.source for e in dev_examples}
-    dev_pairs = [p for p in read_text_pairs(dev, **columns) if p.source in kept]
+    dev_pairs = [p for p in dev_rows if p.source in kept]
 
     record = prepare.run_record("seq2seq", o, {"train": train, "dev": dev})
     with prepare.claim_folder(o.out, resume=o.resume, model=folder, check_files=True,
