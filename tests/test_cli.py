@@ -518,6 +518,9 @@ def test_no_command_answers_broken_input_with_a_traceback(tiny, tsv_files, tmp_p
                   ["finetune", "--train", good, "--dev", bad, *common],
                   ["ner", "--train", bad, "--dev", bad, *common],
                   ["pretrain", "--text", bad, *common],
+                  ["seq2seq", "--train", bad, "--dev", bad, "--max-length", 32, *common],
+                  ["lm", "--text", bad, "--max-length", 32, *common],
+                  ["generate", "--model", bad, "--input", good],
                   ["setfit", "--train", bad, "--dev", good, "--shots", "2", *common],
                   ["qa", "--train", bad, "--dev", bad, *common],
                   ["qa", "--model", tiny, "--question", "Who?", "--context-file", bad],
@@ -530,6 +533,8 @@ def test_no_command_answers_broken_input_with_a_traceback(tiny, tsv_files, tmp_p
               [*flags, "--batch-size", "1e3"], [*flags, "--steps", 5],
               ["setfit", "--train", good, "--dev", good, *common, "--seeds", 2**64],
               ["setfit", "--train", good, "--dev", good, *common, "--seed", 2**64],
+              ["seq2seq", "--train", good, "--dev", good, *common, "--max-new-tokens", 0],
+              ["generate", "--model", tiny, "--input", good],  # an encoder: no decoder
               ["similarity", "--pair", "no separator"],
               ["similarity", "--pair", "caf\udce9 ||| coffee"],  # the shell's b'caf\xe9'
               ["qa", "--model", tiny, "--question", "caf\udce9?", "--context", "x"],

@@ -59,7 +59,7 @@ OWN_MEANING = {
     "--dev": "each command reads its own format (finetune and qa can do without: --task, --squad)",
     "--train": "each command reads its own format (finetune and qa can do without)",
     "--epochs": "setfit's are contrastive epochs (1); qa trains 2 (SQuAD's usual)",
-    "--eval-every": "pretrain evaluates held-out loss, at the end by default",
+    "--eval-every": "pretrain evaluates held-out loss, at the end by default; seq2seq generates",
     "--freeze": "pretrain freezes the encoder to train the MLM head; classifiers freeze blocks",
     "--limit-train": "qa counts questions",
     "--lr": "setfit's is the encoder's contrastive rate (2e-5)",
@@ -69,6 +69,7 @@ OWN_MEANING = {
     "--patience": "pretrain waits on the held-out loss",
     "--schedule": "pretrain's help names --patience's constant schedule",
     "--split-seed": "finetune splits examples, qa articles",
+    "--task": "finetune's are GLUE tasks, seq2seq's E2E NLG (ner's --task is now --tags)",
     "--warmup-ratio": "pretrain warms up over 6% (RoBERTa's), fine-tuning 10%",
 }
 

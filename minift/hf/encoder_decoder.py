@@ -289,10 +289,30 @@ def warm_start(path: str | os.PathLike = "minilm", *, seed: int = 0,
         model = EncoderDecoder(config, config, decoder_start_token_id=decoder_start_token_id,
                                pad_token_id=config.pad_token_id, eos_token_id=eos_token_id)
     load_encoder_weights(model.encoder, checkpoint, init_missing_pooler=True)
+    _warm_decoder(model.decoder, checkpoint)
+    return model.train()
+
+
+def _warm_decoder(decoder: CausalLM, checkpoint: Checkpoint) -> None:
+    """Copy an encoder checkpoint into a decoder: the body (no pooler) and, where the checkpoint
+    has one, BERT's MLM head (``cls.predictions``); the rest keeps its fresh initialisation."""
     warm = {f"bert.{k}": v for k, v in checkpoint.encoder.items() if not k.startswith("pooler.")}
     head = {LM_HEAD_KEYS[k]: v for k, v in checkpoint.heads.items() if k in LM_HEAD_KEYS}
-    fresh = {k: v for k, v in model.decoder.state_dict().items()
+    fresh = {k: v for k, v in decoder.state_dict().items()
              if (k.startswith("head.") or ".cross_attention" in k) and k != "head.decoder.weight"}
-    load_decoder_weights(model.decoder, fresh | warm | head, checkpoint.source)
+    load_decoder_weights(decoder, fresh | warm | head, checkpoint.source)
+
+
+def warm_start_causal_lm(path: str | os.PathLike = "minilm", *, seed: int = 0) -> CausalLM:
+    """A ``CausalLM`` (no cross-attention) from one encoder checkpoint (a folder or
+    ``"minilm"``): what ``BertLMHeadModel.from_pretrained(path, is_decoder=True)`` builds. The
+    body is the checkpoint's, its attention now causal; the LM head is the checkpoint's
+    ``cls.predictions`` or, where it has none, fresh from ``seed`` (in a forked RNG) and tied
+    to the word embeddings. Returned in train mode."""
+    checkpoint = read_checkpoint(path)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CausalLM(checkpoint.config)
+    _warm_decoder(model, checkpoint)
     return model.train()
 

@@ -184,6 +184,16 @@ RECIPE_COMMANDS = {
     "ner": ("fine-tune a token classifier (NER or POS) on CoNLL files", ""),
     "pretrain": ("continue masked-language-model pretraining on domain text", ""),
     "setfit": ("few-shot classification with SetFit, over several seeds", ""),
+    "seq2seq": ("fine-tune a BERT2BERT encoder-decoder (translation, data-to-text)",
+                "Fine-tune an encoder-decoder warm-started from one encoder checkpoint "
+                "(BERT2BERT) on (source, target) rows of a CSV, TSV or JSONL file; dev is scored "
+                "by generating: BLEU and ROUGE-L, rows that share a source being one example "
+                "with several references. --task e2e: E2E NLG, trained on its official dev set "
+                "(the train set could not be had), scored on its test set."),
+    "lm": ("fine-tune the decoder alone as a left-to-right language model",
+           "Fine-tune an encoder checkpoint, its self-attention made causal, as a GPT-style "
+           "language model on plain text (one passage a line); held-out perplexity before and "
+           "after."),
     "qa": ("extractive question answering: train on SQuAD files, or answer",
            "Train a span head on SQuAD v1.1 JSON files (--train/--dev, or --squad FILE "
            "--dev-articles N), or answer one question with a trained model (--model RUN "
@@ -221,6 +231,25 @@ def add_similarity_parser(sub) -> None:
     options.add_options(p, options.SimilarityOptions)
     options.add_options(p, options.ProcessOptions)
     p.set_defaults(func=cmd_similarity)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from minift.run import recipes
+
+    recipes.generate(**options.from_namespace(options.GenerateOptions, args))
+    return 0
+
+
+def add_generate_parser(sub) -> None:
+    description = ("Write a text for each line of --input (- reads stdin) with a trained model: "
+                   "a seq2seq run's encoder-decoder (each line a source) or an lm run's "
+                   "language model (each line a prompt, continued). One output a line on "
+                   "stdout, in input order; greedy decoding.")
+    p = sub.add_parser("generate", help="write text with a trained seq2seq or lm model",
+                       description=description, formatter_class=_HelpFormatter)
+    options.add_options(p, options.GenerateOptions)
+    options.add_options(p, options.ProcessOptions)
+    p.set_defaults(func=cmd_generate)
 
 
 def add_plot_parser(sub) -> None:
@@ -271,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in RECIPE_COMMANDS:
         add_recipe_parser(sub, name)
+    add_generate_parser(sub)
     add_similarity_parser(sub)
     add_plot_parser(sub)
     add_search_parser(sub)
@@ -389,6 +419,24 @@ def _short(text: object, limit: int = 600) -> str:
     return text if len(text) <= limit else f"{text[:limit - 160]} [...] {text[-150:]}"
 
 
+@contextlib.contextmanager
+def one_line_warnings():
+    """Within the block a warning shows as one line, ``minift: warning: ...`` (a truncated
+    source, a lock taken over), not Python's file, line and source line; an option it marks
+    as ```name``` shows as its flag, as errors do."""
+    import warnings
+
+    def one_line(message, *args, **kwargs) -> str:
+        return f"minift: warning: {options.OptionError(str(message)).render(options.flag)}\n"
+
+    shown = warnings.formatwarning
+    warnings.formatwarning = one_line
+    try:
+        yield
+    finally:
+        warnings.formatwarning = shown
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``minift`` console script and ``python -m minift``. Every error is one
     line: 2 for bad input, 1 for a failure during the run, 130 for Ctrl-C."""
@@ -407,7 +455,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         set_threads(args)
         with open(os.devnull, "w") if helper_rank else contextlib.nullcontext() as quiet:
-            with contextlib.redirect_stdout(quiet) if helper_rank else contextlib.nullcontext():
+            with (contextlib.redirect_stdout(quiet) if helper_rank else contextlib.nullcontext(),
+                  one_line_warnings()):
                 status = args.func(args)
         clean = True
         return status

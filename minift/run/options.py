@@ -197,6 +197,7 @@ class Options:
 MODEL_HELP = "'minilm' (the installed all-MiniLM-L6-v2) or a checkpoint folder"
 DEVICE_HELP = "cpu, cuda, cuda:1 or mps (default: cuda when available)"
 LIMIT_DEV_HELP = "score only a fixed seeded subset of N dev examples (a quick trial)"
+MAX_NEW_TOKENS_HELP = "tokens a generated text holds at most (greedy decoding)"
 CLASSIFIER_LOOP = ("epochs", "max_steps", "lr", "grad_accum", "warmup_ratio", "weight_decay",
                    "schedule", "amp", "optimizer", "seed", "compile", "eval_every", "patience",
                    "keep_resume", "progress")
@@ -287,6 +288,23 @@ class NerOptions(ClassifierOptions):
                              "windows of whole words", check=at_least(1), search=True)
 
 
+@dataclass(kw_only=True)
+class TextOptions(LoopRunOptions):
+    """What ``pretrain`` and ``lm`` share: plain text, one passage a line, and held-out text."""
+    text: str | list[str] = option(help="text file(s), one passage a line", group=DATA,
+                                   nargs="+", metavar="FILE")
+    eval_text: str | None = option(None, "held-out text (default: a seeded slice of --text, "
+                                   "left out of training)", group=DATA, metavar="FILE")
+    eval_fraction: float = option(0.05, "share of the passages held out when there is no "
+                                  "--eval-text", group=DATA)
+    eval_seed: int = option(0, "seed of the held-out slice (pretrain: and of its fixed "
+                                   "masks)", group=DATA)
+    max_eval_passages: int = option(2000, "passages held out at most", cli=False)
+    pack: bool = option(False, "pack consecutive passages into full-length sequences",
+                        group=DATA)
+    max_length: int = option(128, "tokens a sequence holds", check=at_least(1))
+
+
 @with_loop("max_steps", "lr", "grad_accum", "schedule", "amp", "optimizer", "seed", "compile",
            "eval_every", "patience", "save_every", "weight_decay", "warmup_ratio", "keep_resume",
            "progress", warmup_ratio=0.06, max_steps=1000,
@@ -295,27 +313,55 @@ class NerOptions(ClassifierOptions):
                   "patience": "stop early after N evaluations without a better held-out loss",
                   "schedule": "learning-rate decay after warmup (constant: for --patience)"})
 @dataclass(kw_only=True)
-class PretrainOptions(LoopRunOptions):
+class PretrainOptions(TextOptions):
     """``minift pretrain``: continued masked-language-model pretraining on domain text."""
-    text: str | list[str] = option(help="text file(s), one passage a line", group=DATA,
-                                   nargs="+", metavar="FILE")
-    eval_text: str | None = option(None, "held-out text (default: a seeded slice of --text, "
-                                   "left out of training)", group=DATA, metavar="FILE")
-    eval_fraction: float = option(0.05, "share of the passages held out when there is no "
-                                  "--eval-text", group=DATA)
-    eval_seed: int = option(0, "seed of the held-out slice and of its (fixed) masks", group=DATA)
-    max_eval_passages: int = option(2000, "passages held out at most", cli=False)
     masking: str = option("mlm", "mlm: BERT tokens; wwm: whole words; span: SpanBERT spans",
                           group=DATA, choices=("mlm", "wwm", "span"))
     mlm_probability: float = option(0.15, "masking rate (budget)", group=DATA)
-    pack: bool = option(False, "pack consecutive passages into full-length sequences",
-                        group=DATA)
     nsp: bool = option(False, "also next-sentence prediction (BERT's pair objective): --text "
                        "holds documents, a blank line between them, or JSONL with a 'sentences' "
                        "list a line", group=DATA)
-    max_length: int = option(128, "tokens a sequence holds", check=at_least(1))
     freeze: str = option("none", "head: train only the MLM head, the encoder frozen (first, for "
                          "a checkpoint shipped without one)", choices=("none", "head"))
+
+
+@with_loop(*CLASSIFIER_LOOP, "save_every",
+           helps={"eval_every": "steps between held-out evaluations (default: every epoch)",
+                  "patience": "stop early after N evaluations without a better held-out loss"})
+@dataclass(kw_only=True)
+class LmOptions(TextOptions):
+    """``minift lm``: the decoder alone fine-tuned as a left-to-right language model."""
+
+
+@with_loop(*CLASSIFIER_LOOP, helps={
+    "eval_every": "steps between dev evaluations, each generating for every dev source "
+                  "(default: every epoch)",
+    "patience": "stop early after N evaluations without a better dev BLEU"})
+@dataclass(kw_only=True)
+class Seq2seqOptions(LoopRunOptions):
+    """``minift seq2seq``: a BERT2BERT encoder-decoder, warm-started from one checkpoint."""
+    task: str | None = option(None, "e2e: E2E NLG from the data folder (train: its official "
+                              "dev set devset.csv, the train set could not be had; dev: "
+                              "testset_w_refs.csv), instead of --train/--dev and the columns",
+                              group=DATA, choices=("e2e",))
+    data_dir: str | None = option(None, "folder of the data sets, for --task (default: "
+                                  "$MINIFT_DATA, else ../shared/data beside the repository)",
+                                  group=DATA, metavar="DIR")
+    train: str | None = option(None, "training file (.tsv, .csv or .jsonl), a (source, target) "
+                               "row each", group=DATA, metavar="FILE")
+    dev: str | None = option(None, "development file, same format; rows that share a source "
+                             "are one example with several references", group=DATA,
+                             metavar="FILE")
+    source_col: str = option("source", "column of the source text", group=DATA)
+    target_col: str = option("target", "column of the target text", group=DATA)
+    limit_train: int | None = option(None, "train on a seeded random subset of N", group=DATA,
+                                     check=at_least(1))
+    limit_dev: int | None = option(None, LIMIT_DEV_HELP, group=DATA, check=at_least(1))
+    max_length: int = option(128, "tokens a source keeps (longer ones are truncated, with a "
+                             "warning)", check=at_least(2))
+    max_target_length: int = option(64, "tokens a target keeps, [SEP] included (longer ones are "
+                                    "truncated, with a warning)", check=at_least(2))
+    max_new_tokens: int = option(64, MAX_NEW_TOKENS_HELP, check=at_least(1))
 
 
 @dataclass(kw_only=True)
@@ -446,6 +492,28 @@ class SearchOptions(Options):
                                      check=at_least(1))
 
 
+GENERATION = "generation"
+
+
+@dataclass(kw_only=True)
+class GenerateOptions(Options):
+    """``minift generate``: a text for each line of a file, with a trained model."""
+    model: str = option("minilm", MODEL_HELP, group=DATA)
+    input: str = option(help="one source a line (an encoder-decoder) or one prompt a line (a "
+                        "language model); - reads stdin; one output a line on stdout, in input "
+                        "order", group=DATA, metavar="FILE")
+    max_new_tokens: int = option(64, MAX_NEW_TOKENS_HELP, group=GENERATION,
+                                check=at_least(1))
+    max_length: int | None = option(None, "tokens a source (or a prompt) keeps; longer ones are "
+                                    "truncated, with a warning (default: all the model's "
+                                    "positions; a prompt's: those its continuation leaves)",
+                                    group=GENERATION, check=at_least(2))
+    batch_size: int = option(32, "sources generated at once", group=GENERATION,
+                            check=at_least(1))
+    device: str | None = option(None, DEVICE_HELP, group=RUN)
+    progress: bool = option(True, "no progress bars", group=RUN)
+
+
 @dataclass(kw_only=True)
 class ProcessOptions(Options):
     """How the ``minift`` process runs: an option of every command that computes, read by the
@@ -460,7 +528,8 @@ class ProcessOptions(Options):
 
 RECIPES: dict[str, type] = {"finetune": FinetuneOptions, "ner": NerOptions,
                             "pretrain": PretrainOptions, "setfit": SetfitOptions,
-                            "qa": QaOptions, "answer": AnswerOptions}
+                            "qa": QaOptions, "answer": AnswerOptions, "lm": LmOptions,
+                            "seq2seq": Seq2seqOptions}
 
 
 # --- 4. The command line and the grid, derived from the fields ------------------------------------
@@ -474,7 +543,8 @@ def kind(spec: Field) -> type:
 
 def flag(name: str) -> str:
     """The command-line flag of the field ``name`` (``--max-length``; its ``flag`` if set)."""
-    for cls in (*RECIPES.values(), SimilarityOptions, SearchOptions, ProcessOptions):
+    for cls in (*RECIPES.values(), GenerateOptions, SimilarityOptions, SearchOptions,
+                ProcessOptions):
         for spec in fields(cls):
             if spec.name == name:
                 return _flag(spec)

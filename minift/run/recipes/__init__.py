@@ -1,22 +1,23 @@
 """The recipes: fine-tune a classifier, fine-tune a tagger (NER / POS), continue MLM pretraining,
-few-shot SetFit, extractive question answering (SQuAD). What the ``minift`` commands run, and what
-lessons and benchmarks call: ``recipes.finetune(task="sst2", epochs=1, out=...)``.
+few-shot SetFit, extractive question answering (SQuAD), sequence to sequence (BERT2BERT),
+causal language modelling. What the ``minift`` commands run, and what lessons and benchmarks call: ``recipes.finetune(task="sst2", epochs=1, out=...)``.
 
 Each recipe takes its options as keywords, the fields of its dataclass in
 ``minift.run.options`` (``FinetuneOptions`` ...), which checks them when it is made. Read
 ``prepare`` (the checks that need the model or the files, the data and output folders),
 ``skeleton`` (``run_recipe``: load, score before, train, take the best weights, score them,
 save), then one file a recipe: ``classify``, ``tag``, ``mlm``, ``fewshot`` (which trains once per
-seed) and ``squad``; each also scores a saved model on a test file (``read_test``,
-``score_saved``), as ``minift.run.search`` does once it has chosen.
+seed) and ``squad``, each of which also scores a saved model on a test file (``read_test``,
+``score_saved``), as ``minift.run.search`` does once it has chosen; then ``seq2seq`` (with
+``generate``, which writes text with a trained model) and ``lm``.
 
 **Everything is checked before a model is loaded**: numbers, files, columns, labels, the device,
 the output folder. A bad value raises ``ValueError`` (the command prints it as one line).
 
 **The output folder** (``out``) of a finished run holds the model with the best held-out score
 (HF format), ``metrics.json`` and ``log.jsonl`` (the training log); ``ner`` adds
-``{dev,test}_predictions.txt``, ``qa`` adds ``predictions.json``, ``setfit`` writes
-``metrics.json`` and the seed-0 model in ``out/model``. ``.minift-run.json`` records the
+``{dev,test}_predictions.txt``, ``seq2seq`` ``dev_predictions.txt``, ``qa``
+``predictions.json``, ``setfit`` writes ``metrics.json`` and the seed-0 model in ``out/model``. ``.minift-run.json`` records the
 command, its options and the data files' hashes (``prepare.run_record``): what a resume must find
 unchanged, and which command the folder belongs to. While a run is unfinished the folder also
 holds ``resume.pt`` (what ``resume`` continues from) and ``best/`` (the best model so far); at
@@ -30,6 +31,7 @@ run (``prepare.check_out``).
 
 from minift.run.recipes.classify import finetune
 from minift.run.recipes.fewshot import setfit
+from minift.run.recipes.lm import lm
 from minift.run.recipes.mlm import pretrain
 from minift.run.recipes.prepare import (
     check_device,
@@ -40,10 +42,11 @@ from minift.run.recipes.prepare import (
     read_labelled,
 )
 from minift.run.recipes.prepare import epoch_batches as _epoch_batches
+from minift.run.recipes.seq2seq import generate, seq2seq
 from minift.run.recipes.skeleton import Outcome, Recipe, run_recipe
 from minift.run.recipes.squad import answer, qa
 from minift.run.recipes.tag import ner
 
 __all__ = ["Outcome", "Recipe", "_epoch_batches", "answer", "check_device", "check_freeze",
-           "check_max_length", "claim_folder", "data_folder", "finetune", "ner", "pretrain", "qa",
-           "read_labelled", "run_recipe", "setfit"]
+           "check_max_length", "claim_folder", "data_folder", "finetune", "generate", "lm", "ner",
+           "pretrain", "qa", "read_labelled", "run_recipe", "seq2seq", "setfit"]

@@ -12,7 +12,7 @@ from minift.core.freeze import freeze as apply_freeze
 from minift.core.metrics import format_table
 from minift.data.tokenizer import Tokenizer
 from minift.hf.checkpoint import resolve_model_dir
-from minift.run.options import OptionError, PretrainOptions
+from minift.run.options import OptionError, PretrainOptions, TextOptions
 from minift.run.recipes import skeleton
 from minift.run.recipes.prepare import (
     check_device,
@@ -32,6 +32,14 @@ from minift.tasks.mlm import (
     read_text_lines,
 )
 from minift.tasks.nsp import pretraining_metrics
+
+
+def read_passages(o: TextOptions, files: list) -> tuple[list[str], list[str]]:
+    """(training, held-out) passages: ``eval_text``'s, else a seeded slice of ``text``'s."""
+    passages = read_text_lines(files)
+    if o.eval_text is not None:
+        return passages, read_text_lines(o.eval_text)
+    return held_out_split(passages, o.eval_fraction, o.eval_seed, o.max_eval_passages)
 
 
 def pretrain(**options: Any) -> dict:
@@ -69,12 +77,7 @@ def pretrain(**options: Any) -> dict:
     files = [o.text] if isinstance(o.text, str | Path) else list(o.text)
     if o.nsp:
         return _pretrain_nsp(o, files, folder, config)
-    passages = read_text_lines(files)
-    if o.eval_text is not None:
-        eval_passages = read_text_lines(o.eval_text)
-    else:
-        passages, eval_passages = held_out_split(passages, o.eval_fraction, o.eval_seed,
-                                                 o.max_eval_passages)
+    passages, eval_passages = read_passages(o, files)
 
     record = run_record("pretrain", o, {"text": files, "eval_text": o.eval_text})
     with claim_folder(o.out, resume=o.resume, model=folder, check_files=True,
@@ -129,11 +132,11 @@ def pretrain(**options: Any) -> dict:
             "data": {"passages": len(passages), "sequences": len(train_seqs), "tokens": tokens,
                      "eval_passages": len(eval_passages), "eval_seed": o.eval_seed},
         }
-        return _written(out_dir, metrics, ("perplexity", "masked_accuracy", "loss"),
+        return written(out_dir, metrics, ("perplexity", "masked_accuracy", "loss"),
                         "model (with MLM head)")
 
 
-def _written(out_dir: Path, metrics: dict, keys: tuple, model: str) -> dict:
+def written(out_dir: Path, metrics: dict, keys: tuple, model: str) -> dict:
     """Write ``metrics.json``; print the held-out scores before and after, and what was written."""
     write_metrics(out_dir, metrics)
     print(format_table([{"held-out": when, **{k: metrics[when][k] for k in keys}}
@@ -207,5 +210,5 @@ def _pretrain_nsp(o: PretrainOptions, files: list, folder: Path, config) -> dict
                      "random_share": share, "eval_documents": len(eval_documents),
                      "eval_pairs": len(eval_pairs), "eval_seed": o.eval_seed},
         }
-        return _written(out_dir, metrics, ("perplexity", "masked_accuracy", "nsp_accuracy", "loss"),
+        return written(out_dir, metrics, ("perplexity", "masked_accuracy", "nsp_accuracy", "loss"),
                         "model (MLM and NSP heads)")
