@@ -241,10 +241,27 @@ class ClassifierOptions(LoopRunOptions):
                               "at the end", group=DATA, metavar="FILE")
 
 
-@with_loop(*CLASSIFIER_LOOP)
+# The learning rate of a classifier head trained alone on a frozen encoder (``freeze`` head,
+# ``lr`` not given): the head is a logistic regression on fixed features, a convex problem that
+# takes rates far above full fine-tuning's. Chosen by benchmarks/frozen_head_lr.py (its results
+# file holds the sweep): the best held-out accuracy over budgets and tasks, mean pooling.
+FROZEN_HEAD_LR = 3e-2
+POOLINGS = ("cls", "mean", "pooler")  # minift.tasks.classify.POOLINGS (a test holds them equal)
+
+
+@with_loop(*CLASSIFIER_LOOP, lr=None, helps={
+    "lr": f"peak learning rate (AdamW); default {loop_fields()['lr'][1]:g}, BERT's range for "
+          f"full fine-tuning, and {FROZEN_HEAD_LR:g} with --freeze head (the head alone on a "
+          "frozen encoder)"})
 @dataclass(kw_only=True)
 class FinetuneOptions(ClassifierOptions):
-    """``minift finetune``: a sequence (or pair) classifier."""
+    """``minift finetune``: a sequence (or pair) classifier. ``lr`` None (not given) becomes
+    full fine-tuning's rate, or ``FROZEN_HEAD_LR`` when ``freeze`` is head."""
+    pooling: str | None = option(
+        None, "what the classifier reads: pooler (BERT's tanh(dense(h_[CLS])), the only one "
+        "transformers loads with the same logits), cls (h_[CLS]) or mean (the mean of the "
+        "tokens' states). Default: the checkpoint's own (a sentence-transformers pooling "
+        "config: all-MiniLM-L6-v2 says mean), else pooler", choices=POOLINGS, search=True)
     task: str | None = option(None, "a GLUE task from the data folder (instead of --train/--dev)",
                               group=DATA, choices=("sst2", "mrpc", "rte"))
     data_dir: str | None = option(None, "folder of the data sets, for --task (default: "
@@ -262,6 +279,11 @@ class FinetuneOptions(ClassifierOptions):
         "the same for every --seed, which also draws --limit-train); the dev file is not read: "
         "give it as --test", group=DATA, metavar="N", check=at_least(1))
     split_seed: int = option(0, "seed of --dev-from-train", group=DATA)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.lr is None:  # not given: full fine-tuning's rate, or a frozen encoder's head's
+            self.lr = FROZEN_HEAD_LR if self.freeze == "head" else loop_fields()["lr"][1]
 
 
 @with_loop(*CLASSIFIER_LOOP)
