@@ -228,8 +228,8 @@ class ClassifierOptions(LoopRunOptions):
                          "or last-N (only the last N blocks and the classifier train)",
                          check=freeze_mode, search=True)
     head_lr: float | None = option(None, "the classifier's own peak learning rate (default: "
-                                   "--lr); a frozen encoder's head needs a far higher one "
-                                   "(lesson 03)", check=positive)
+                                   "--lr); a head on a frozen or partly frozen encoder takes a "
+                                   "far higher one (lesson 03)", check=positive)
     init: str = option("pretrained", "random: the model's architecture from random weights, to "
                        "measure what pretraining is worth", choices=("pretrained", "random"))
     dropout: float | None = option(None, "the classifier's dropout (default: the encoder's "
