@@ -325,7 +325,8 @@ def fine_tune(domain: Domain, model: str, recipe: dict, seed: int, device: str) 
                            epochs=recipe["epochs"], lr=recipe["lr"],
                            batch_size=recipe["batch_size"], max_length=recipe["max_length"],
                            eval_every=10**9,  # dev once, at the end: the last model is scored
-                           seed=seed, device=device, progress=False)
+                           pooling="pooler",  # the same head on both encoders (the adapted
+                           seed=seed, device=device, progress=False)  # folder states none)
     return {"accuracy": 100 * metrics["test"]["accuracy"], "macro_f1": 100 * metrics["test"]["f1"],
             "examples": metrics["train"]["examples"], "steps": metrics["train"]["steps"],
             "best_step": metrics["train"]["best_step"],

@@ -81,7 +81,8 @@ def split_files(folder: Path) -> tuple[Path, Path]:
 def adamw_state_bytes(mode: str) -> tuple[int, int]:
     """(trainable parameters, bytes of AdamW's state) of ``freeze=mode``, measured: one step of
     minift's optimizer on zero gradients, then the size of every tensor it keeps."""
-    model = speed_up(SequenceClassifier.from_pretrained(resolve_model_dir("minilm"), num_labels=2))
+    model = speed_up(SequenceClassifier.from_pretrained(resolve_model_dir("minilm"), num_labels=2,
+                                                        pooling="pooler"))
     trainable, _ = freeze(model, mode)
     optimizer = make_optimizer(model, lr=1e-3)
     for p in model.parameters():
@@ -101,6 +102,7 @@ def run(mode: str, lr: float, seed: int, train: Path, dev: Path, limit: int,
         metrics = finetune(model="minilm", out=out, train=str(train), dev=str(dev),
                            text_col="sentence", label_col="label", limit_train=limit, epochs=1,
                            lr=lr, batch_size=32, max_length=64, freeze=mode, seed=seed,
+                           pooling="pooler",  # the head its results were measured with
                            progress=False, device=device)
     return {"freeze": mode, "lr": lr, "seed": seed,
             "scored_on": "held-out" if dev.name == "heldout.tsv" else "dev",

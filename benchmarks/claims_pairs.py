@@ -63,7 +63,7 @@ def held_out_curve(task: str, lr: float, quick: bool, device: str) -> dict:
     spec = TASKS[task]
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        finetune(model="minilm", task=task, out=out, lr=lr,
+        finetune(model="minilm", task=task, out=out, lr=lr, pooling="pooler",
                  epochs=QUICK["max_epochs"] if quick else MAX_EPOCHS, batch_size=BATCH_SIZE,
                  max_length=spec["max_length"],
                  dev_from_train=QUICK["held_out"] if quick else spec["held_out"], split_seed=0,
@@ -93,7 +93,8 @@ def final_run(task: str, library: str, recipe: dict, seed: int, quick: bool,
     if library == "minift":
         with tempfile.TemporaryDirectory() as out:
             dev = finetune(model="minilm", out=out, progress=False, device=device,
-                           eval_every=10**9, **common)["dev"]  # one evaluation: at the end
+                           eval_every=10**9,  # one evaluation: at the end
+                           pooling="pooler", **common)["dev"]  # transformers' head
     else:
         dev, _ = reference_finetune(freeze="none", keep="last", **common)
     return {"task": task, "library": library, "seed": seed, "accuracy": 100 * dev["accuracy"],

@@ -173,7 +173,7 @@ def run_finetune(examples: list, full: bool, seed: int, folder: Path, s: dict,
     with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(io.StringIO()):
         metrics = finetune(model="minilm", out=out, train=str(train), dev=str(own),
                            test=str(folder / "eval.tsv"), max_steps=steps, eval_every=steps,
-                           seed=seed, progress=False, device=device, **FT)
+                           seed=seed, progress=False, device=device, pooling="pooler", **FT)
     if metrics["train"]["best_step"] != steps:
         raise RuntimeError(f"the recipe kept step {metrics['train']['best_step']}, not the last")
     return {"accuracy": 100 * metrics["test"]["accuracy"], "steps": steps,

@@ -62,6 +62,7 @@ def run(task: str, arm: tuple, seed: int, recipe: dict, device: str) -> dict:
         start = time.perf_counter()
         if task == "sst2":
             metrics = finetune(model="minilm", task="sst2", out=out, init=init, seed=seed,
+                               pooling="pooler",  # the head its results were measured with
                                progress=False, device=device, **recipe)
             score = 100 * metrics["dev"]["accuracy"]
         else:

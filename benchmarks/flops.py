@@ -171,7 +171,8 @@ def classifiers(device: torch.device) -> dict[str, torch.nn.Module]:
     """minift's SequenceClassifier and transformers' with SDPA, the same weights and head."""
     folder = resolve_model_dir("minilm")
     torch.manual_seed(0)
-    ours = speed_up(SequenceClassifier.from_pretrained(folder, num_labels=2)).to(device).train()
+    ours = speed_up(SequenceClassifier.from_pretrained(folder, num_labels=2, pooling="pooler")
+                    ).to(device).train()  # transformers' head: the pooler
     ref = (
         transformers.BertForSequenceClassification.from_pretrained(
             folder, num_labels=2, attn_implementation="sdpa"

@@ -88,7 +88,8 @@ def main() -> None:
     test = str(data_folder() / "sst2" / "dev.tsv")
     options = {"model": "minilm", "task": "sst2", "dev_from_train": n_dev, "split_seed": 0,
                "limit_train": n_train, "max_length": 64, "epochs": 2 if q else 3,
-               "eval_every": 10_000, "device": "cpu"}  # one evaluation, at the end
+               "eval_every": 10_000, "device": "cpu",  # one evaluation, at the end
+               "pooling": "pooler"}  # the head its results were measured with
     info = machine(torch.device("cpu"))
     started = time.perf_counter()
     configs = searching.configurations(searching.parse_grid("finetune", grid))

@@ -97,7 +97,8 @@ def main() -> None:
     folder = resolve_model_dir("minilm")
     tokenizer = Tokenizer.from_pretrained(folder)
     torch.manual_seed(0)
-    ours = speed_up(SequenceClassifier.from_pretrained(folder, num_labels=2)).to(device).train()
+    ours = speed_up(SequenceClassifier.from_pretrained(folder, num_labels=2, pooling="pooler")
+                    ).to(device).train()  # transformers' head: the pooler
     ref = transformers.BertForSequenceClassification.from_pretrained(
         folder, num_labels=2, attn_implementation="sdpa").to(device).train()
     with torch.no_grad():  # the same head on both sides

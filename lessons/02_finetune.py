@@ -157,15 +157,19 @@ print("one batch:", {name: tuple(tensor.shape) for name, tensor in batch.items()
 # ## The model
 #
 # `SequenceClassifier` is the encoder, dropout, and one linear layer that reads the pooled output
-# (`tanh(dense(h_[CLS]))`, BERT's pooler), exactly as transformers' `BertForSequenceClassification`,
+# (`tanh(dense(h_[CLS]))`, BERT's pooler: `pooling="pooler"`), exactly as transformers' `BertForSequenceClassification`,
 # down to the parameter names. The encoder comes from the checkpoint; the checkpoint has no
 # classifier, so the linear layer starts fresh: small random weights (normal, standard deviation
 # `initializer_range`), zero bias. The seed makes that draw repeatable.
+# Left to itself, `SequenceClassifier` reads what the checkpoint was trained for: all-MiniLM-L6-v2's
+# sentence-transformers config says the mean of the token states (`pooling="mean"`), and its pooler
+# was never trained. This lesson asks for the pooler because transformers has no other, and the
+# end of the lesson checks transformers' logits against ours.
 
 # %%
 torch.manual_seed(SEED)  # the fresh head's initialisation
 model = speed_up(SequenceClassifier.from_pretrained(
-    model_dir, num_labels=len(vocab), id2label=dict(enumerate(vocab.labels))
+    model_dir, num_labels=len(vocab), id2label=dict(enumerate(vocab.labels)), pooling="pooler"
 )).to(DEVICE)
 print("dropout:", model.dropout, "  classifier:", model.classifier)
 
@@ -596,6 +600,8 @@ shutil.rmtree(WORK)  # keep the saved folder instead if you want to use the mode
 #   runs/sst2`.
 # - Put `weight_decay` on every parameter (`[{"params": model.parameters(), "weight_decay":
 #   0.01}]`) and compare the LayerNorm weights after training.
+# - all-MiniLM-L6-v2 was trained for mean pooling, not for the pooler: build the model with
+#   `pooling="mean"` (the default for this checkpoint) and compare the accuracy.
 # - Sentence pairs go through the same classifier (`minift finetune --task mrpc`):
 #   `benchmarks/claims_pairs.py` measures MRPC and RTE on their full training sets.
 # - Lesson 03 freezes parts of the encoder and measures what that costs.

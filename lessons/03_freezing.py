@@ -99,8 +99,8 @@ def dev_scores(model: torch.nn.Module) -> dict[str, float]:
 def new_model() -> SequenceClassifier:
     """The pretrained encoder with a fresh head; the seed makes every setup's head the same."""
     torch.manual_seed(SEED)
-    return speed_up(SequenceClassifier.from_pretrained(
-        model_dir, num_labels=len(vocab), id2label=dict(enumerate(vocab.labels))
+    return speed_up(SequenceClassifier.from_pretrained(  # BERT's pooler, which this lesson reads
+        model_dir, num_labels=len(vocab), id2label=dict(enumerate(vocab.labels)), pooling="pooler"
     )).to(DEVICE)
 
 
@@ -367,8 +367,8 @@ print(f"\nlesson ran in {time.perf_counter() - START:.1f} s")
 # - Give the head-only run more steps (`EPOCHS = 5`): it is cheap, and it is far from done.
 # - Try `HEAD_LR` at `1e-3` and `1e-1`, and `TOP_LR` at `2e-3`: the fewer weights train, the
 #   higher the learning rate they tolerate, up to a point.
-# - Swap the pooler for mean pooling (what all-MiniLM-L6-v2 was trained with) in a subclass of
-#   `SequenceClassifier` and rerun the head-only row.
+# - Swap the pooler for mean pooling (what all-MiniLM-L6-v2 was trained with, and the default
+#   for it): `pooling="mean"` in `new_model`, and rerun the head-only row.
 # - From the command line: `minift finetune --task sst2 --limit-train 2000 --max-length 64
 #   --epochs 1 --freeze last-2 --lr 5e-4 --out runs/last2`. `--head-lr 1e-2` gives the
 #   classifier a rate of its own beside the blocks' `--lr` (`TrainConfig.lr_by_prefix`, one

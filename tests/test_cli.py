@@ -60,11 +60,14 @@ def files(tmp_path):
 
 
 def test_tiny_finetune_writes_a_model_transformers_loads(files, tmp_path, minilm_dir):
+    """With ``--pooling pooler`` (BERT's, the one transformers has) the folder loads in
+    transformers with the same logits. MiniLM's own pooling, mean, is the default (recorded in
+    config.json; tests/test_classify.py shows what transformers makes of it)."""
     train, dev = files
     out = tmp_path / "out"
     code = main(["finetune", "--model", str(minilm_dir), "--train", str(train), "--dev", str(dev),
                  "--max-steps", "2", "--batch-size", "8", "--max-length", "32",
-                 "--no-progress", "--out", str(out)])
+                 "--pooling", "pooler", "--no-progress", "--out", str(out)])
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["dev"]) >= {"accuracy", "f1", "loss"}

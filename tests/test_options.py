@@ -38,8 +38,9 @@ def test_the_parser_and_the_grid_come_from_the_fields():
     assert options.from_namespace(options.AnswerOptions, args)["question"] == "Who?"
     args = parser.parse_args(["finetune", "--out", "o", "--no-progress"])
     called = options.from_namespace(options.FinetuneOptions, args)
-    assert called["progress"] is False and called["lr"] == 5e-5
+    assert called["progress"] is False and called["lr"] is None  # not given
     assert options.FinetuneOptions(**called) == options.FinetuneOptions(out="o", progress=False)
+    assert options.FinetuneOptions(**called).lr == 5e-5  # TrainConfig's default
     assert options.flag("random_draws") == "--random" and options.flag("progress") == "--no-progress"
     for task, parsers in HYPERPARAMETERS.items():
         searchable = {spec.name for spec in dataclasses.fields(options.RECIPES[task])
@@ -48,6 +49,19 @@ def test_the_parser_and_the_grid_come_from_the_fields():
     assert HYPERPARAMETERS["finetune"]["schedule"]("cosine") == "cosine"
     with pytest.raises(ValueError, match="is not one of"):
         HYPERPARAMETERS["finetune"]["schedule"]("step")
+
+
+def test_finetune_lr_not_given_follows_what_trains():
+    """No ``lr``: full fine-tuning's rate (TrainConfig's), or the frozen head's own with
+    ``freeze`` head; a rate given is kept, whatever trains."""
+    make = options.FinetuneOptions
+    assert make(out="o").lr == options.loop_fields()["lr"][1] == 5e-5
+    assert make(out="o", freeze="last-2").lr == 5e-5
+    assert make(out="o", freeze="head").lr == options.FROZEN_HEAD_LR
+    assert options.FROZEN_HEAD_LR > 100 * 5e-5  # a convex head on fixed features: far higher
+    assert make(out="o", freeze="head", lr=3e-4).lr == 3e-4
+    with pytest.raises(options.OptionError, match="lr must be positive"):
+        make(out="o", freeze="head", lr=0.0)
 
 
 # --- One vocabulary: a name means the same thing in every command (issue #32) --------------------

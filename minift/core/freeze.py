@@ -13,7 +13,8 @@ def freeze(model: nn.Module, mode: str) -> tuple[int, int]:
     - ``"head"``: only the head trains, every parameter outside the encoder ``model.bert``: the
       classifier, or ``MaskedLM``'s transform and output bias (its decoder weight IS the word
       embeddings, so it stays frozen with them). The encoder is a frozen feature extractor
-      (pooler included).
+      (pooler included); the classifiers keep it in eval mode while they train
+      (``minift.tasks.classify``), so its features are fixed and can be computed once.
     - ``"last-N"`` (classifiers): the last N encoder blocks, the pooler and the classifier train;
       embeddings and the earlier blocks are frozen.
     """

@@ -4,8 +4,9 @@ Two parts, in reading order (the file format itself is ``safetensors.py``):
 1. The key map: one table from HF BERT names to minift's, read by a short loop. Head weights
    (``cls.*``, ``classifier.*``, ...) are handed back for the heads to claim.
 2. Folders: ``resolve_model_dir`` (``"minilm"`` -> the installed checkpoint folder),
-   ``read_checkpoint`` (config.json and the weights, each read once and checked), and the
-   one-line entry points ``load_bert(path)`` and ``save_bert(model, path)``.
+   ``read_checkpoint`` (config.json and the weights, each read once and checked), the pooling a
+   sentence-transformers folder states (``read_pooling``), and the one-line entry points
+   ``load_bert(path)`` and ``save_bert(model, path)``.
 
 ``model.py`` knows nothing of files; this module builds the textbook ``BertModel`` from a folder,
 and reads and initialises the heads' linear layers (``load_linear``, ``fresh_linear``).
@@ -176,6 +177,52 @@ def read_config(path: str | os.PathLike, raw: dict | None = None) -> BertConfig:
     config = BertConfig.from_dict(read_config_json(path) if raw is None else raw, source=source)
     check_fits_in_memory(config, source)
     return config
+
+
+# sentence-transformers' pooling modes -> the pooling minift's classifier has for them: the
+# flags of its older config files (pooling_mode_mean_tokens: true) and the names of its newer
+# ones ("pooling_mode": "mean").
+ST_POOLING_MODES = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls",
+                    "mean": "mean", "cls": "cls"}
+
+
+def read_pooling(path: str | os.PathLike) -> str | None:
+    """The pooling a sentence-transformers folder states for its sentence embeddings: ``"mean"``
+    or ``"cls"``; None when the folder states none that minift has.
+
+    sentence-transformers lists its modules in ``modules.json``; the ``Pooling`` module's folder
+    (``1_Pooling`` in all-MiniLM-L6-v2) holds a ``config.json`` that names one mode: a
+    ``pooling_mode_*`` flag set to true in the files of sentence-transformers 2 to 5
+    (``pooling_mode_mean_tokens`` for all-MiniLM-L6-v2: it was trained on the mean of its token
+    states, never on BERT's pooler), a ``pooling_mode`` name in newer ones. Several modes at once
+    (concatenated) or one minift has no head for (max, mean-sqrt-len, weighted mean, last token)
+    give None, with a printed notice: the caller then falls back to BERT's pooler. A plain HF
+    folder (no ``modules.json``) gives None in silence.
+    """
+    folder = Path(path)
+    modules_file = folder / "modules.json"
+    if not modules_file.is_file():
+        return None
+    try:
+        modules = json.loads(modules_file.read_text(encoding="utf-8"))
+        pooling = next((m for m in modules if str(m.get("type", "")).endswith(".Pooling")), None)
+        if pooling is None:
+            return None
+        config_file = folder / str(pooling.get("path", "")) / "config.json"
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        named = config.get("pooling_mode", [])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError) as err:
+        print(f"{modules_file}: the sentence-transformers pooling could not be read ({err!r}); "
+              "using BERT's pooler")
+        return None
+    modes = sorted({key for key, value in config.items()
+                    if key.startswith("pooling_mode_") and value is True}
+                   | set([named] if isinstance(named, str) else map(str, named)))
+    if len(modes) == 1 and modes[0] in ST_POOLING_MODES:
+        return ST_POOLING_MODES[modes[0]]
+    print(f"{config_file}: pooling {', '.join(modes) or 'none'} has no minift head (mean or cls); "
+          "using BERT's pooler")
+    return None
 
 
 def physical_memory() -> int | None:

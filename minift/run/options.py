@@ -231,8 +231,8 @@ class ClassifierOptions(LoopRunOptions):
                          "or last-N (only the last N blocks and the classifier train)",
                          check=freeze_mode, search=True)
     head_lr: float | None = option(None, "the classifier's own peak learning rate (default: "
-                                   "--lr); a frozen encoder's head needs a far higher one "
-                                   "(lesson 03)", check=positive)
+                                   "--lr); a head on a frozen or partly frozen encoder takes a "
+                                   "far higher one (lesson 03)", check=positive)
     init: str = option("pretrained", "random: the model's architecture from random weights, to "
                        "measure what pretraining is worth", choices=("pretrained", "random"))
     dropout: float | None = option(None, "the classifier's dropout (default: the encoder's "
@@ -244,10 +244,30 @@ class ClassifierOptions(LoopRunOptions):
                               "at the end", group=DATA, metavar="FILE")
 
 
-@with_loop(*CLASSIFIER_LOOP)
+# The learning rate of a classifier head trained alone on a frozen encoder (``freeze`` head,
+# ``lr`` not given): the head is a logistic regression on fixed features, a convex problem that
+# takes rates far above full fine-tuning's. Chosen by benchmarks/frozen_head_lr.py (its results
+# file holds the sweep: MiniLM's mean features, Emotion and Financial PhraseBank, 256 to 3,000
+# examples, 1 or 3 epochs): the rate of smallest mean regret, each setting's best held-out
+# accuracy minus its own (0.28 points; 0.1: 0.80, 0.01: 2.19). benchmarks/claims_frozen.py then
+# tests it on SST-2, which the choice did not see.
+FROZEN_HEAD_LR = 3e-2
+POOLINGS = ("cls", "mean", "pooler")  # minift.tasks.classify.POOLINGS (a test holds them equal)
+
+
+@with_loop(*CLASSIFIER_LOOP, lr=None, helps={
+    "lr": f"peak learning rate (AdamW); default {loop_fields()['lr'][1]:g}, BERT's range for "
+          f"full fine-tuning, and {FROZEN_HEAD_LR:g} with --freeze head (the head alone on a "
+          "frozen encoder)"})
 @dataclass(kw_only=True)
 class FinetuneOptions(ClassifierOptions):
-    """``minift finetune``: a sequence (or pair) classifier."""
+    """``minift finetune``: a sequence (or pair) classifier. ``lr`` None (not given) becomes
+    full fine-tuning's rate, or ``FROZEN_HEAD_LR`` when ``freeze`` is head."""
+    pooling: str | None = option(
+        None, "what the classifier reads: pooler (BERT's tanh(dense(h_[CLS])), the only one "
+        "transformers loads with the same logits), cls (h_[CLS]) or mean (the mean of the "
+        "tokens' states). Default: the checkpoint's own (a sentence-transformers pooling "
+        "config: all-MiniLM-L6-v2 says mean), else pooler", choices=POOLINGS, search=True)
     task: str | None = option(None, "a GLUE task from the data folder (instead of --train/--dev)",
                               group=DATA, choices=("sst2", "mrpc", "rte"))
     data_dir: str | None = option(None, "folder of the data sets, for --task (default: "
@@ -265,6 +285,11 @@ class FinetuneOptions(ClassifierOptions):
         "the same for every --seed, which also draws --limit-train); the dev file is not read: "
         "give it as --test", group=DATA, metavar="N", check=at_least(1))
     split_seed: int = option(0, "seed of --dev-from-train", group=DATA)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.lr is None:  # not given: full fine-tuning's rate, or a frozen encoder's head's
+            self.lr = FROZEN_HEAD_LR if self.freeze == "head" else loop_fields()["lr"][1]
 
 
 @with_loop(*CLASSIFIER_LOOP)

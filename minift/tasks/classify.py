@@ -1,11 +1,27 @@
-"""Sequence classification (SST-2, MRPC, RTE, ...): the head, the dataset, the evaluation.
+"""Sequence classification (SST-2, MRPC, RTE, ...): the head, the dataset, the evaluation, and
+the features of a frozen encoder, computed once.
 
-The head is the encoder plus dropout plus one linear layer, exactly as transformers'
+The head is the encoder plus dropout plus one linear layer, as transformers'
 ``BertForSequenceClassification`` (same parameter names for the head, ``classifier.weight`` /
-``classifier.bias``, and the encoder stored under ``bert.``), so a checkpoint saved here loads
-there with identical logits, and the other way round. ``_Classifier`` is shared with the token
-classifier of ``minift.tasks.tag``. ``ClassificationDataset`` tokenizes a split once into rows
-padded batch by batch; ``classification_metrics`` scores a model on its batches.
+``classifier.bias``, and the encoder stored under ``bert.``). What the linear layer reads is the
+``pooling``:
+
+- ``pooler``: BERT's pooler, ``tanh(dense(h_[CLS]))``, trained by BERT's next-sentence
+  objective. transformers' only choice: with it a checkpoint saved here loads there with
+  identical logits, and the other way round.
+- ``cls``: the last hidden state of [CLS] itself, no pooler.
+- ``mean``: the mean of the last hidden states of the real tokens (``minift.core.sentence``),
+  what sentence-transformers trains its embedding models on.
+
+Its default is the checkpoint's own convention: a minift classifier's ``config.json`` records
+its pooling; a sentence-transformers folder states one (``minift.hf.checkpoint.read_pooling``:
+all-MiniLM-L6-v2 says mean, and its pooler was never trained); else BERT's pooler.
+
+``_Classifier`` is shared with the token classifier of ``minift.tasks.tag``.
+``ClassificationDataset`` tokenizes a split once into rows padded batch by batch;
+``encode_features`` runs a frozen encoder once over a dataset, so a head trained on a frozen
+encoder (``--freeze head``) costs one encoder pass per example, not one per epoch;
+``classification_metrics`` scores a model on its batches (token batches or feature batches).
 """
 
 from __future__ import annotations
@@ -13,6 +29,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +39,7 @@ from tqdm import tqdm
 from minift.core.align import IGNORE_INDEX
 from minift.core.metrics import accuracy, confusion_matrix, precision_recall_f1
 from minift.core.model import BertConfig, BertModel
+from minift.core.sentence import mean_pooling
 from minift.data.batches import PaddedRows, as_rows, check_pads_right, texts_and_pairs
 from minift.data.readers import Example
 from minift.hf.checkpoint import (
@@ -32,8 +50,11 @@ from minift.hf.checkpoint import (
     read_checkpoint,
     read_config,
     read_config_json,
+    read_pooling,
     save_bert,
 )
+
+POOLINGS = ("cls", "mean", "pooler")  # what a sequence classifier's linear layer can read
 
 
 @dataclass
@@ -51,11 +72,12 @@ class _Classifier(nn.Module):
     add_pooling_layer = True
 
     def __init__(self, config: BertConfig, num_labels: int, id2label: dict[int, str] | None = None,
-                 classifier_dropout: float | None = None):
+                 classifier_dropout: float | None = None, *, add_pooling_layer: bool | None = None):
         super().__init__()
         if num_labels < 2:
             raise ValueError(f"a classifier needs at least 2 labels, got num_labels={num_labels}")
-        self.bert = BertModel(config, add_pooling_layer=self.add_pooling_layer)
+        pooler = self.add_pooling_layer if add_pooling_layer is None else add_pooling_layer
+        self.bert = BertModel(config, add_pooling_layer=pooler)
         self.num_labels = num_labels
         self.id2label = id2label or {i: f"LABEL_{i}" for i in range(num_labels)}
         if len(self.id2label) != num_labels:
@@ -68,25 +90,50 @@ class _Classifier(nn.Module):
     def features(self, input_ids, attention_mask, token_type_ids) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None) -> ClassifierOutput:
-        """Logits, and the mean cross-entropy over labels that are not -100 when given."""
-        logits = self.classifier(self.dropout(self.features(input_ids, attention_mask,
-                                                             token_type_ids)))
+    def forward(self, input_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                *, features: torch.Tensor | None = None) -> ClassifierOutput:
+        """Logits, and the mean cross-entropy over labels that are not -100 when given.
+
+        ``features``: what ``self.features`` returns, computed earlier by a frozen encoder
+        (``encode_features``); the encoder is then skipped and only the head runs.
+        """
+        if features is None:
+            features = self.features(input_ids, attention_mask, token_type_ids)
+        logits = self.classifier(self.dropout(features))
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.reshape(-1, self.num_labels).float(),
                                    labels.reshape(-1), ignore_index=IGNORE_INDEX)
         return ClassifierOutput(loss=loss, logits=logits)
 
+    def train(self, mode: bool = True):
+        """``nn.Module.train``, except that a frozen encoder (no parameter of ``bert`` trains,
+        ``--freeze head``) stays in eval mode: a fixed feature extractor, dropout off, so its
+        features are the same every epoch and can be computed once (``encode_features``)."""
+        super().train(mode)
+        if mode and not any(p.requires_grad for p in self.bert.parameters()):
+            self.bert.eval()
+        return self
+
+    @classmethod
+    def _settings(cls, folder: Path, raw_config: dict, **settings) -> dict:
+        """The head's own keywords for ``__init__`` from a checkpoint (none here)."""
+        return settings
+
+    def _config_extra(self) -> dict:
+        """The head's own keys for ``config.json`` (none here)."""
+        return {}
+
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, num_labels: int | None = None,
-                        id2label: dict[int, str] | None = None):
+                        id2label: dict[int, str] | None = None, **settings):
         """Load an encoder (and the ``classifier.*`` head when the checkpoint has one).
 
         With no head in the checkpoint (a plain encoder such as MiniLM), the head is freshly
         initialised as transformers does: N(0, initializer_range) weights, zero bias.
+        ``settings``: the head's own (``SequenceClassifier``: ``pooling``).
         """
         checkpoint = read_checkpoint(path)
         raw_id2label = _read_id2label(checkpoint.raw_config)
@@ -96,20 +143,22 @@ class _Classifier(nn.Module):
             num_labels = len(id2label) if id2label else 2
         # transformers' classifier_dropout (None: the encoder's hidden_dropout_prob).
         classifier_dropout = checkpoint.raw_config.get("classifier_dropout")
-        model = cls(checkpoint.config, num_labels, id2label, classifier_dropout)
+        model = cls(checkpoint.config, num_labels, id2label, classifier_dropout,
+                    **cls._settings(checkpoint.folder, checkpoint.raw_config, **settings))
         load_encoder_weights(model.bert, checkpoint, init_missing_pooler=True)
         load_linear(model.classifier, checkpoint, "classifier")
         return model
 
     @classmethod
     def from_config(cls, path: str | os.PathLike, num_labels: int = 2,
-                    id2label: dict[int, str] | None = None):
+                    id2label: dict[int, str] | None = None, **settings):
         """The architecture of the checkpoint in ``path`` (its ``config.json``) with BERT's random
         initialisation, what transformers' ``from_config`` gives, drawn from torch's global
         generator: seed it first. What pretraining is worth is ``from_pretrained`` against this,
         trained the same way (``benchmarks/claims_transfer.py``)."""
         raw = read_config_json(path)
-        return cls(read_config(path, raw), num_labels, id2label, raw.get("classifier_dropout"))
+        return cls(read_config(path, raw), num_labels, id2label, raw.get("classifier_dropout"),
+                   **cls._settings(Path(path), raw, **settings))
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write an HF folder that ``transformers.AutoModelFor...`` loads with the same logits."""
@@ -118,6 +167,7 @@ class _Classifier(nn.Module):
                  "label2id": {label: i for i, label in self.id2label.items()}}
         if self.classifier_dropout is not None:
             extra["classifier_dropout"] = self.classifier_dropout
+        extra |= self._config_extra()
         save_bert(self.bert, path, heads=linear_tensors(self.classifier, "classifier"),
                   config_extra=extra, prefix="bert.")
 
@@ -128,13 +178,46 @@ def _read_id2label(config: dict) -> dict[int, str] | None:
 
 
 class SequenceClassifier(_Classifier):
-    """Classifies a sentence or a sentence pair from the pooled [CLS] output."""
+    """Classifies a sentence or a sentence pair from its ``pooling`` (the module's docstring):
+    ``pooler``, ``cls`` or ``mean``. Only ``pooler`` builds BERT's pooler; ``cls`` and ``mean``
+    have none, so their ``save_pretrained`` folder holds no pooler weights.
+
+    transformers reads ``config.json``'s ``pooling`` key as an unknown attribute and ignores it:
+    ``BertForSequenceClassification`` always classifies the pooler output, so a ``cls`` or
+    ``mean`` folder loads there with a freshly drawn pooler (its loading info lists
+    ``bert.pooler.dense.*`` as missing) and other logits. minift reloads it exactly.
+    """
 
     architecture = "BertForSequenceClassification"
 
+    def __init__(self, config: BertConfig, num_labels: int, id2label: dict[int, str] | None = None,
+                 classifier_dropout: float | None = None, pooling: str = "pooler"):
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        super().__init__(config, num_labels, id2label, classifier_dropout,
+                         add_pooling_layer=pooling == "pooler")
+        self.pooling = pooling
+
+    @classmethod
+    def _settings(cls, folder: Path, raw_config: dict, pooling: str | None = None) -> dict:
+        """``pooling``: as given, else the one the folder's ``config.json`` records (a minift
+        classifier), else the one its sentence-transformers files state, else ``pooler``."""
+        return {"pooling": pooling or raw_config.get("pooling") or read_pooling(folder)
+                or "pooler"}
+
+    def _config_extra(self) -> dict:
+        return {"pooling": self.pooling}
+
     def features(self, input_ids, attention_mask, token_type_ids):
-        # The pooler reads [CLS] alone, so the last block computes [CLS] alone (see BertModel).
+        if self.pooling == "mean":
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            hidden = self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state
+            return mean_pooling(hidden, attention_mask)  # (batch, hidden)
+        # The pooler and cls read [CLS] alone, so the last block computes [CLS] alone.
         out = self.bert(input_ids, attention_mask, token_type_ids, first_token_only=True)
+        if self.pooling == "cls":
+            return out.last_hidden_state[:, 0]  # (batch, hidden)
         return out.pooler_output  # (batch, hidden)
 
 
@@ -185,6 +268,60 @@ def make_batches(examples: Sequence[Example | str], label_ids: Sequence[int] | N
     """
     dataset = ClassificationDataset(examples, tokenizer, max_length=max_length, label_ids=label_ids)
     return dataset.batches(batch_size, generator=generator, shuffle=shuffle)
+
+
+@torch.no_grad()
+def encode_features(model: _Classifier, dataset: PaddedRows, *, batch_size: int,
+                    device: torch.device | str) -> Tensor:
+    """``model.features`` of every example of ``dataset``, in the dataset's order, float32 on
+    the CPU: (examples, hidden) for a sequence classifier.
+
+    One pass in eval mode (dropout off) without gradients, batched by length so little padding
+    is computed. A frozen encoder gives the same features every epoch, so training its head on
+    these (``FeatureRows``) is training it on the encoder's outputs, at one encoder pass per
+    example instead of one per epoch: the linear probe of the transfer-learning literature.
+    """
+    was_training = model.training
+    model.eval()
+    parts, order = [], []
+    for indices in dataset.batch_indices(batch_size, generator=None, shuffle=False):
+        batch = {k: v.to(device) for k, v in dataset.batch(indices).items() if k != "labels"}
+        parts.append(model.features(batch["input_ids"], batch["attention_mask"],
+                                    batch["token_type_ids"]).float().cpu())
+        order += indices
+    model.train(was_training)
+    features = torch.cat(parts)
+    features[torch.as_tensor(order)] = features.clone()  # row k -> the example it belongs to
+    return features
+
+
+class FeatureRows:
+    """A ``ClassificationDataset`` whose examples are fixed features (``encode_features``):
+    batches of the same examples, drawn in the same order as the dataset's own, holding
+    ``features`` (batch, hidden) and ``labels`` for ``model(**batch)`` to skip the encoder."""
+
+    def __init__(self, dataset: ClassificationDataset, features: Tensor) -> None:
+        if len(features) != len(dataset):
+            raise ValueError(f"expected one feature row per example ({len(dataset)}), "
+                             f"found {len(features)}")
+        self.dataset, self.features = dataset, features
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def batch(self, indices: Sequence[int]) -> dict[str, Tensor]:
+        """The features (and labels) of the examples at `indices`, in that order."""
+        rows = list(indices)
+        batch = {"features": self.features[rows]}
+        if self.dataset.labels is not None:
+            batch["labels"] = self.dataset.labels[rows]
+        return batch
+
+    def batches(self, batch_size: int, *, generator: torch.Generator | None,
+                shuffle: bool = True, drop_last: bool = False) -> list[dict[str, Tensor]]:
+        """The batches of ``dataset.batches(...)`` with the same arguments, as features."""
+        return [self.batch(indices) for indices in self.dataset.batch_indices(
+            batch_size, generator=generator, shuffle=shuffle, drop_last=drop_last)]
 
 
 def classification_metrics(model, batches, num_labels: int, device, *,

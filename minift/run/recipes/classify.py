@@ -14,7 +14,13 @@ from minift.fast.unpad import speed_up
 from minift.hf.checkpoint import read_config_json, resolve_model_dir
 from minift.run.options import FinetuneOptions, OptionError
 from minift.run.recipes import prepare, skeleton
-from minift.tasks.classify import ClassificationDataset, SequenceClassifier, classification_metrics
+from minift.tasks.classify import (
+    ClassificationDataset,
+    FeatureRows,
+    SequenceClassifier,
+    classification_metrics,
+    encode_features,
+)
 
 
 def data_files(o: FinetuneOptions) -> tuple[str | None, str | None, dict]:
@@ -54,6 +60,20 @@ def score_saved(folder: Path, test: list, options: dict, device) -> dict[str, fl
     result = scores(model, test, encode_labels(test, vocab), Tokenizer.from_pretrained(folder),
                     len(vocab), o, device)
     return {k: v for k, v in result.items() if k != "confusion"}
+
+
+def frozen_rows(model: SequenceClassifier, datasets: list[ClassificationDataset],
+                o: FinetuneOptions) -> list[FeatureRows]:
+    """``datasets`` as the features of ``model``'s frozen encoder, each example encoded once
+    (``encode_features``, on the run's device): what ``freeze`` head trains its head on, so an
+    epoch costs the head alone. Training on them gives the head the run on the examples would
+    (a test holds the two to float rounding): the encoder is fixed and, frozen, in eval mode."""
+    device = prepare.pick_device(o.device)
+    speed_up(model).to(device)
+    print(f"freeze=head: the frozen encoder's {model.pooling} features of "
+          f"{sum(len(d) for d in datasets)} examples, computed once")
+    return [FeatureRows(d, encode_features(model, d, batch_size=o.batch_size, device=device))
+            for d in datasets]
 
 
 def finetune(**options: Any) -> dict:
@@ -104,12 +124,19 @@ def finetune(**options: Any) -> dict:
                                           label_ids=train_labels)
         dev_set = ClassificationDataset(dev_examples, tokenizer, max_length=o.max_length,
                                         label_ids=dev_labels)
-        dev_batches = dev_set.batches(o.batch_size, generator=None, shuffle=False)
+        build = skeleton.head_builder(SequenceClassifier, folder, vocab.labels, o,
+                                      pooling=o.pooling)
+        train_rows, dev_rows = train_set, dev_set
+        if o.freeze == "head":  # a fixed feature extractor: its features once, not every epoch
+            model = build()
+            train_rows, dev_rows = frozen_rows(model, [train_set, dev_set], o)
+            build = lambda: model  # noqa: E731  (the model whose features these are)
+        dev_batches = dev_rows.batches(o.batch_size, generator=None, shuffle=False)
         outcome = skeleton.run_recipe(skeleton.Recipe(
             config=config,
-            build=skeleton.head_builder(SequenceClassifier, folder, vocab.labels, o),
+            build=build,
             load=SequenceClassifier.from_pretrained,
-            train_batches=prepare.epoch_batches(train_set, o.batch_size, o.seed),
+            train_batches=prepare.epoch_batches(train_rows, o.batch_size, o.seed),
             evaluate=lambda m, device: scores(m, dev_examples, dev_labels, tokenizer, len(vocab),
                                               o, device, dev_batches),
             tokenizer=tokenizer, options=o,
@@ -122,7 +149,9 @@ def finetune(**options: Any) -> dict:
             "before": outcome.before,
             "dev": outcome.after,
             "train": outcome.facts() | {"examples": len(train_examples), "init": o.init,
-                                        "head_lr": o.head_lr},
+                                        "lr": o.lr, "head_lr": o.head_lr,
+                                        "pooling": outcome.model.pooling,
+                                        "cached_features": o.freeze == "head"},
             "labels": vocab.labels,
         }
         if test_examples:

@@ -135,11 +135,13 @@ def run_recipe(recipe: Recipe) -> Outcome | None:
                    seconds=seconds, trainable=trainable, total=total)
 
 
-def head_builder(head: type, folder: Path, labels: list[str], options: Any) -> Callable[[], Any]:
+def head_builder(head: type, folder: Path, labels: list[str], options: Any,
+                 **settings: Any) -> Callable[[], Any]:
     """``build`` for a classifier head (``SequenceClassifier`` / ``TokenClassifier``) on the
     encoder in ``folder``: a fresh head seeded with ``options.seed``, frozen as ``options.freeze``
     says, its dropout ``options.dropout`` (transformers' ``classifier_dropout``, saved in
-    ``config.json``; the encoder keeps its own); ``init="random"``: BERT's random weights."""
+    ``config.json``; the encoder keeps its own); ``init="random"``: BERT's random weights.
+    ``settings``: the head's own keywords (``SequenceClassifier``'s ``pooling``)."""
     init, freeze = options.init, options.freeze
 
     def build():
@@ -147,7 +149,8 @@ def head_builder(head: type, folder: Path, labels: list[str], options: Any) -> C
               f"building {folder}'s architecture from random weights (init=random)")
         torch.manual_seed(options.seed)  # the fresh head's initialisation (and the encoder's)
         load = head.from_pretrained if init == "pretrained" else head.from_config
-        model = load(folder, num_labels=len(labels), id2label=dict(enumerate(labels)))
+        model = load(folder, num_labels=len(labels), id2label=dict(enumerate(labels)),
+                     **settings)
         trainable, total = apply_freeze(model, freeze)
         print(f"freeze={freeze}: {trainable:,} of {total:,} parameters train")
         if options.dropout is not None:
