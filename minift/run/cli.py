@@ -423,18 +423,18 @@ def _short(text: object, limit: int = 600) -> str:
 def one_line_warnings():
     """Within the block a warning shows as one line, ``minift: warning: ...`` (a truncated
     source, a lock taken over), not Python's file, line and source line; an option it marks
-    as ```name``` shows as its flag, as errors do."""
+    as ```name``` shows as its flag, as errors do. Each command shows its own warnings, even
+    one an earlier command in the same process showed (``main`` called twice)."""
     import warnings
 
-    def one_line(message, *args, **kwargs) -> str:
-        return f"minift: warning: {options.OptionError(str(message)).render(options.flag)}\n"
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = options.OptionError(str(message)).render(options.flag)
+        print(f"minift: warning: {text}", file=sys.stderr if file is None else file)
 
-    shown = warnings.formatwarning
-    warnings.formatwarning = one_line
-    try:
+    with warnings.catch_warnings():  # the filters and showwarning come back after
+        warnings.simplefilter("always", UserWarning)
+        warnings.showwarning = show
         yield
-    finally:
-        warnings.formatwarning = shown
 
 
 def main(argv: list[str] | None = None) -> int:
