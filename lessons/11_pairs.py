@@ -19,6 +19,7 @@
 
 # %%
 import json
+import math
 import random
 import shutil
 import statistics
@@ -166,11 +167,15 @@ print(f"published MiniLM, final hidden states, real vs zero segment ids: mean co
       f"(lowest {cosine.min():.4f})")
 check(published_change[1] < published_change[0],
       "zeroing the segment ids should move B's tokens more than A's")
+word_norm = embeddings.word_embeddings.weight.norm(dim=1).mean()
+check((rows[1] - rows[0]).norm() < 0.4 * min(rows.norm(dim=1)) and
+      (rows[1] - rows[0]).norm() < 0.2 * word_norm and min(published_change.values()) > 0.99,
+      "MiniLM's two segment rows were expected to be close, and zeroing to change little")
 
 # %% [markdown]
-# The two rows of all-MiniLM-L6-v2's table are close (their difference is a third of a row's
-# norm, a small fraction of a word embedding's), and zeroing the segment ids leaves the hidden
-# states almost where they were, B's a little more than A's. That is what its last training
+# The two rows of all-MiniLM-L6-v2's table are close (their difference is under 0.4 of a row's
+# norm and under a fifth of a word embedding's), and zeroing the segment ids leaves the hidden
+# states almost where they were (every mean cosine above 0.99), B's a little more than A's. That is what its last training
 # would leave: sentence-transformers trained it on one sentence at a time, where every token has
 # segment 0, so row 1 got no gradient then. The `[SEP]` between the texts still marks the
 # boundary. Fine-tuning on pairs can teach the model to use the segment again; the MRPC run
@@ -263,8 +268,8 @@ tuned_change = {s: float(cosine_tuned[segment_tuned == s].mean()) for s in (0, 1
 mrpc_rows = [
     {"MRPC dev (408 pairs)": f"always {majority_label!r}", "accuracy %": 100 * majority},
     {"MRPC dev (408 pairs)": "untrained head", "accuracy %": 100 * result["before"]["accuracy"]},
-    {"MRPC dev (408 pairs)": "fine-tuned", "accuracy %": 100 * dev_accuracy},
-    {"MRPC dev (408 pairs)": "fine-tuned, segment ids all 0", "accuracy %": 100 * zeroed["accuracy"]},
+    {"MRPC dev (408 pairs)": "fine-tuned (this run)", "accuracy %": 100 * dev_accuracy},
+    {"MRPC dev (408 pairs)": "this run, segment ids all 0", "accuracy %": 100 * zeroed["accuracy"]},
 ]
 trained_on = MRPC_TRAIN or len(mrpc_train)
 print(f"\n{trained_on} training pairs, {MRPC_EPOCHS} epoch(s) at lr {MRPC_LR:g}, one seed:")
@@ -354,8 +359,7 @@ check(0.3 < random_share < 0.85, "about half the pairs should have a random B")
 
 # %% [markdown]
 # A single-sentence chunk has no cut to make, so its B is always random: that is why the share
-# printed is a little over one half, and why the rate to beat is the larger of the two shares,
-# not 50%. Now train both objectives on the training abstracts and score NSP on the held-out
+# printed is over one half, and why the rate to beat is the larger of the two shares, not 50%. Now train both objectives on the training abstracts and score NSP on the held-out
 # pairs above, before and after. The command-line equivalent:
 #
 # ```bash
@@ -377,22 +381,31 @@ nsp_rows = [
      "accuracy %": 100 * nsp["after"]["nsp_accuracy"]},
 ]
 print(format_table(nsp_rows, float_format=".2f"))
-# Quick mode's few steps only reach the larger share (the fresh head scores below it); the full
-# run must beat that share by NSP_MARGIN.
-NSP_MARGIN = -0.02 if MINIFT_QUICK else 0.05
-check(nsp["after"]["nsp_accuracy"] > nsp_majority + NSP_MARGIN,
-      f"NSP should score more than the larger share of the held-out pairs {NSP_MARGIN:+.0%}")
+# The larger share's entropy: the held-out NSP loss of a model that knows the label frequencies
+# and nothing about the pairs.
+prior_loss = -(nsp_majority * math.log(nsp_majority)
+               + (1 - nsp_majority) * math.log(1 - nsp_majority))
+print(f"held-out NSP loss after training {nsp['after']['nsp_loss']:.4f}; the entropy of the "
+      f"larger share {prior_loss:.4f} nats")
 check(nsp["before"]["nsp_accuracy"] < nsp_majority, "a fresh NSP head should not beat the share")
+check(abs(nsp["after"]["nsp_accuracy"] - nsp_majority) < 0.02,
+      "NSP was expected to end within 2 points of the larger share")
+check(abs(nsp["after"]["nsp_loss"] - prior_loss) < 0.03,
+      "the NSP loss was expected to end within 0.03 nats of the share's entropy")
 
 # %% [markdown]
-# A fresh NSP head guesses, below the larger share. The first thing training teaches it is that
-# share: answer "random" always. That is all quick mode's few dozen steps reach; the full run
-# (all 1,668 training abstracts, 300 steps) must then beat the share by the margin the check
-# holds, telling a continuation from another abstract's sentences on pairs it never saw. On
-# CSAbstruct the signal is mostly topic: a random B comes from another paper, usually on another
-# subject. That is what RoBERTa (Liu et al. 2019) held against NSP, whose removal did not hurt
-# the downstream tasks; ALBERT replaced it with sentence-order prediction, whose negatives are
-# the same two segments swapped, so that topic gives nothing away.
+# A fresh NSP head guesses, below the larger share. Training first teaches it that share, to
+# answer "B is random" every time, and in this lesson's budget (quick mode's 30 steps, the full
+# run's 300 on every training abstract) that is where it ends: within two points of the share,
+# with a held-out loss equal to the share's entropy, the loss of a model that knows how often
+# each label occurs and nothing about the pairs. It beats a coin flip only by knowing the
+# labels' frequencies. The signal is there (a random B comes from another paper, usually on
+# another subject), but the pooled `[CLS]` of a checkpoint trained for mean-pooled sentence
+# embeddings has to be retrained to carry it, and a few hundred steps do not do that, here,
+# while the fresh MLM head's loss is summed in. BERT trained NSP for a million steps; RoBERTa
+# (Liu et al. 2019) found that dropping it did not hurt the downstream tasks, and ALBERT
+# replaced it with sentence-order prediction, whose negatives are the same two segments
+# swapped, so that topic gives nothing away.
 
 # %% [markdown]
 # The pictures: the segment ids of the pair above, and how far zeroing them moves each token's
@@ -433,8 +446,10 @@ if FIGURES:
         names = [row[key] for row in table]
         values = [row["accuracy %"] for row in table]
         ax.barh(names, values, color=["0.6"] * n_baselines + ["C0"] * (len(values) - n_baselines))
+        spread = statistics.stdev(seeds) if ax is ax_mrpc else 0.0  # the benchmark's error bar
         for y, value in enumerate(values):
-            ax.text(value + 0.3, y, f"{value:.1f}", va="center")
+            ax.text(value + 0.5 + (spread if y == len(values) - 1 else 0), y, f"{value:.1f}",
+                    va="center")
         ax.axvline(100 * baseline, color="grey", linestyle=":")
         ax.set_xlim(max(0, min(values) - 10), 100)
         if ax is ax_mrpc:  # the benchmark's spread over its seeds
@@ -459,7 +474,8 @@ print(f"\nlesson ran in {time.perf_counter() - START:.1f} s")
 # - A bi-encoder on the same pairs: embed A and B apart (`minift.core.sentence.encode`) and
 #   classify their cosine. Faster at search time (each text is embedded once), usually less
 #   accurate than the cross-encoder above.
-# - Train NSP on Financial PhraseBank sentences (no documents: what would a "document" be?), or
-#   replace it with sentence-order prediction (swap A and B for the negatives) and see whether the
-#   accuracy survives when topic gives nothing away.
+# - Make NSP learn: more steps, the NSP head alone (`minift.tasks.nsp.NextSentencePrediction`
+#   on `PairSequences`, without the MLM loss), or balanced pairs; watch when the held-out
+#   accuracy leaves the share. Then try sentence-order prediction (A and B swapped for the
+#   negatives) and see whether the accuracy survives when topic gives nothing away.
 # - Any of your own pair data: a file with two text columns and `--pair-col`.
