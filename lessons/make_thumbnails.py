@@ -35,6 +35,8 @@ CHOSEN = {
     "08": "gradient_agreement.png",
     "09": "windows.png",
     "10": "benchmark_search.png",
+    "11": "segment_ids.png",
+    "12": "perplexity.png",
 }
 
 

@@ -30,12 +30,14 @@ FIGURES = {
     "02": {"loss_curves.png": (1100, 420), "confusion_matrix.png": (600, 500)},
     "03": {"freezing.png": (1100, 420)},
     "04": {"subword_labels.png": (1300, 340), "f1_per_type.png": (800, 420)},
-    "05": {"masking_map.png": (1300, 560), "perplexity.png": (1100, 420)},
+    "05": {"masking_map.png": (1300, 560)},
     "06": {"embeddings_before_after.png": (1200, 540), "accuracy.png": (700, 360)},
     "07": {"padding.png": (1300, 420), "speed.png": (800, 420)},
     "08": {"gradient_agreement.png": (650, 550), "checkpointing.png": (1100, 420)},
     "09": {"windows.png": (1000, 300)},
     "10": {"benchmark_search.png": (800, 450), "lesson_search.png": (800, 450)},
+    "11": {"segment_ids.png": (1200, 480), "accuracy.png": (1100, 420)},
+    "12": {"perplexity.png": (1100, 420)},
 }
 
 
