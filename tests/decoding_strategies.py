@@ -50,3 +50,14 @@ def written_eos(data, generated: torch.Tensor, given: int, exclude: set[int]) ->
     written = sorted(set(generated[:, given:].flatten().tolist()) - exclude)
     assume(written)
     return data.draw(st.sampled_from(written))
+
+
+def left_padded(data, vocab_size: int, batch: int, prompt: int, seed: int, pad: int):
+    """Prompts (batch, prompt) of random lengths 1..prompt, padded on the left with ``pad``,
+    and their 1/0 mask; at least one row is full length."""
+    gen = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(0, vocab_size, (batch, prompt), generator=gen)
+    lengths = data.draw(st.lists(st.integers(1, prompt), min_size=batch, max_size=batch))
+    lengths[0] = prompt
+    mask = (torch.arange(prompt)[None, :] >= prompt - torch.tensor(lengths)[:, None]).long()
+    return input_ids.masked_fill(mask == 0, pad), mask

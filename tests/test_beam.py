@@ -27,7 +27,7 @@ import tempfile
 import pytest
 import torch
 import transformers
-from decoding_strategies import encoder_decoders, small_configs, written_eos
+from decoding_strategies import encoder_decoders, left_padded, small_configs, written_eos
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -68,24 +68,38 @@ def as_padding(sequences: torch.Tensor, given: int, eos: int, pad: int) -> torch
     return out
 
 
-def assume_stable(make, **search) -> None:
+def assume_stable(make, **search) -> int:
     """Discard the draw when noise of ``NOISE`` on the logits changes what the search returns
-    (a near-tie). ``make()`` gives a fresh (step, cache, prefix) for each search."""
+    (a near-tie). ``make()`` gives a fresh (step, cache, prefix) for each search. Returns how
+    many steps the search took (when it stopped is early stopping's business)."""
+    calls = 0
+
     def searched(noise: torch.Generator | None) -> torch.Tensor:
         step, cache, prefix = make()
+
+        def counted(new: torch.Tensor) -> torch.Tensor:
+            nonlocal calls
+            calls += 1
+            return step(new)
 
         def noisy(new: torch.Tensor) -> torch.Tensor:
             logits = step(new)
             return logits + (torch.rand(logits.shape, generator=noise) * 2 - 1) * NOISE
 
-        return beam_loop(step if noise is None else noisy, cache, prefix, **search).sequences
+        return beam_loop(counted if noise is None else noisy, cache, prefix, **search).sequences
 
     exact, noise = searched(None), torch.Generator().manual_seed(0)
     for _ in range(2):
         assume(torch.equal(searched(noise), exact))
+    return calls
 
 
-def assert_same(got: BeamOutput, want, given: int, eos: int, pad: int) -> None:
+def assert_same(got: BeamOutput, want, given: int, eos: int, pad: int,
+                steps: int | None = None) -> None:
+    """Same sequences, scores within ``SCORE_TOLERANCE``, and (given ``steps``) the search
+    stopped after as many steps as transformers' (one score tensor a step)."""
+    if steps is not None:
+        assert steps == len(want.scores), (steps, len(want.scores))
     expected = as_padding(want.sequences, given, eos, pad)
     assert torch.equal(got.sequences, expected), (got.sequences, expected)
     torch.testing.assert_close(got.sequences_scores, want.sequences_scores,
@@ -99,15 +113,16 @@ def test_beam_generate_is_transformers_generate(drawn, search, data):
     start, pad = ours.decoder_start_token_id, ours.pad_token_id
     free = beam_generate(ours, input_ids, mask, **search)
     ours.eos_token_id = eos = written_eos(data, free.sequences, 1, {start, pad})
-    assume_stable(lambda: encoder_decoder_step(ours, input_ids, mask, search["num_beams"]),
-                  eos_token_id=eos, pad_token_id=pad, **search)
+    steps = assume_stable(lambda: encoder_decoder_step(ours, input_ids, mask,
+                                                       search["num_beams"]),
+                          eos_token_id=eos, pad_token_id=pad, **search)
     with tempfile.TemporaryDirectory() as tmp:
         save_encoder_decoder(ours, tmp)
         hf = transformers.EncoderDecoderModel.from_pretrained(tmp).eval()
     want = hf.generate(input_ids=input_ids, attention_mask=mask, do_sample=False,
                        decoder_start_token_id=start, pad_token_id=pad, eos_token_id=eos,
                        output_scores=True, return_dict_in_generate=True, **search)
-    assert_same(beam_generate(ours, input_ids, mask, **search), want, 1, eos, pad)
+    assert_same(beam_generate(ours, input_ids, mask, **search), want, 1, eos, pad, steps)
 
 
 @settings(deadline=None, max_examples=12)
@@ -121,8 +136,8 @@ def test_beam_continue_is_transformers_generate(config, batch, prompt, search, s
     pad = config.pad_token_id
     free = beam_continue(ours, input_ids, **search)
     eos = written_eos(data, free.sequences, prompt, {pad})
-    assume_stable(lambda: (*causal_lm_step(ours), input_ids), eos_token_id=eos,
-                  pad_token_id=pad, **search)
+    steps = assume_stable(lambda: (*causal_lm_step(ours), input_ids), eos_token_id=eos,
+                          pad_token_id=pad, **search)
     with tempfile.TemporaryDirectory() as tmp:
         save_causal_lm(ours, tmp)
         hf = transformers.BertLMHeadModel.from_pretrained(tmp).eval()
@@ -130,7 +145,7 @@ def test_beam_continue_is_transformers_generate(config, batch, prompt, search, s
                        do_sample=False, pad_token_id=pad, eos_token_id=eos, output_scores=True,
                        return_dict_in_generate=True, **search)
     got = beam_continue(ours, input_ids, eos_token_id=eos, **search)
-    assert_same(got, want, prompt, eos, pad)
+    assert_same(got, want, prompt, eos, pad, steps)
 
 
 # --- The published checkpoint on real sources -----------------------------------------------------
@@ -184,3 +199,28 @@ def test_minilm_warm_start_beams_are_transformers_on_e2e(minilm_pair, minilm_dir
     if eos_written:
         assert (got.sequences[:, 1:] == eos).any()  # some hypothesis did end
     assert_same(got, want, 1, eos, ours.pad_token_id)
+
+
+@settings(deadline=None, max_examples=8)
+@given(config=small_configs(min_vocab=10), batch=st.integers(2, 3), prompt=st.integers(2, 5),
+       search=search_settings(), seed=st.integers(0, 2**31), data=st.data())
+def test_beams_continue_left_padded_prompts_as_transformers(config, batch, prompt, search, seed,
+                                                            data):
+    """Prompts of different lengths, padded on the left: the positions come from the mask
+    (core/steps.py), as in transformers, and every beam of a prompt shares its row's mask."""
+    torch.manual_seed(seed)
+    ours = CausalLM(config).eval()
+    pad = config.pad_token_id
+    input_ids, mask = left_padded(data, config.vocab_size, batch, prompt, seed, pad)
+    free = beam_continue(ours, input_ids, attention_mask=mask, **search)
+    eos = written_eos(data, free.sequences, prompt, {pad})
+    steps = assume_stable(lambda: (*causal_lm_step(ours, mask, search["num_beams"]), input_ids),
+                          eos_token_id=eos, pad_token_id=pad, **search)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_causal_lm(ours, tmp)
+        hf = transformers.BertLMHeadModel.from_pretrained(tmp).eval()
+    want = hf.generate(input_ids=input_ids, attention_mask=mask, do_sample=False,
+                       pad_token_id=pad, eos_token_id=eos, output_scores=True,
+                       return_dict_in_generate=True, **search)
+    got = beam_continue(ours, input_ids, eos_token_id=eos, attention_mask=mask, **search)
+    assert_same(got, want, prompt, eos, pad, steps)

@@ -16,7 +16,7 @@ import tempfile
 import pytest
 import torch
 import transformers
-from decoding_strategies import encoder_decoders, small_configs, written_eos
+from decoding_strategies import encoder_decoders, left_padded, small_configs, written_eos
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -239,10 +239,38 @@ def test_greedy_with_no_repeat_ngrams_is_transformers_generate(config, batch, pr
     (dict(num_return_sequences=2), "num_return_sequences=2 with greedy"),
     (dict(num_beams=2, early_stopping="sometimes"), "early_stopping"),
     (dict(no_repeat_ngram_size=-1), "no_repeat_ngram_size"),
-    (dict(attention_mask=torch.tensor([[0, 1, 1]])), "attention_mask"),
+    (dict(attention_mask=torch.tensor([[1, 1, 0]])), "attention_mask: .* padded on the left"),
 ])
 def test_generate_refuses_bad_settings_by_name(bad, match):
     _, lm = tiny_models()
     settings_ = dict(max_new_tokens=4) | bad
     with pytest.raises(ValueError, match=match):
         generate(lm, torch.ones(1, 3, dtype=torch.long), **settings_)
+
+
+@settings(deadline=None, max_examples=10)
+@given(config=small_configs(), batch=st.integers(2, 3), prompt=st.integers(2, 6),
+       max_new_tokens=st.integers(1, 6), seed=st.integers(0, 2**31), data=st.data())
+def test_left_padded_prompts_continue_as_in_transformers(config, batch, prompt, max_new_tokens,
+                                                         seed, data):
+    """Prompts of different lengths padded on the left: positions counted from the first real
+    token, as transformers derives them from the mask; the same tokens, greedy and sampled."""
+    torch.manual_seed(seed)
+    ours = CausalLM(config).eval()
+    pad = config.pad_token_id
+    input_ids, mask = left_padded(data, config.vocab_size, batch, prompt, seed, pad)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_causal_lm(ours, tmp)
+        hf = transformers.BertLMHeadModel.from_pretrained(tmp).eval()
+    want = hf.generate(input_ids=input_ids, attention_mask=mask, num_beams=1, do_sample=False,
+                       max_new_tokens=max_new_tokens, pad_token_id=pad, output_scores=True,
+                       return_dict_in_generate=True)
+    assume(smallest_margin(want.scores) > MARGIN)
+    got = greedy_continue(ours, input_ids, max_new_tokens=max_new_tokens, attention_mask=mask)
+    assert torch.equal(got, want.sequences), (got, want.sequences)
+    torch.manual_seed(seed)
+    want = hf.generate(input_ids=input_ids, attention_mask=mask, do_sample=True, top_k=0,
+                       max_new_tokens=max_new_tokens, pad_token_id=pad)
+    got = generate(ours, input_ids, mask, do_sample=True, max_new_tokens=max_new_tokens,
+                   generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(got, want), (got, want)

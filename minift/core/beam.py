@@ -182,10 +182,13 @@ def beam_generate(model: nn.Module, input_ids: torch.Tensor,
 
 def beam_continue(model: nn.Module, input_ids: torch.Tensor, *, num_beams: int,
                   max_new_tokens: int, eos_token_id: int | None = None,
-                  pad_token_id: int | None = None, **settings) -> BeamOutput:
-    """Beam search continuing prompts (batch, prompt) of one length, without padding, with a
-    ``CausalLM``; ``pad_token_id`` defaults to the config's; ``settings`` as ``beam_generate``."""
-    step, cache = causal_lm_step(model)
+                  pad_token_id: int | None = None, attention_mask: torch.Tensor | None = None,
+                  **settings) -> BeamOutput:
+    """Beam search continuing prompts (batch, prompt) with a ``CausalLM``; prompts of different
+    lengths are padded on the left, with their 1/0 ``attention_mask`` (``core/steps.py``).
+    ``pad_token_id`` defaults to the config's; ``settings`` as ``beam_generate``'s."""
+    check_at_least("num_beams", num_beams, 1)
+    step, cache = causal_lm_step(model, attention_mask, num_beams)
     pad = model.config.pad_token_id if pad_token_id is None else pad_token_id
     return beam_loop(step, cache, input_ids, num_beams=num_beams, max_new_tokens=max_new_tokens,
                      eos_token_id=eos_token_id, pad_token_id=pad, **settings)

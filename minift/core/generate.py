@@ -113,11 +113,12 @@ def greedy_generate(model: nn.Module, input_ids: torch.Tensor,
 
 @torch.no_grad()
 def greedy_continue(model: nn.Module, input_ids: torch.Tensor, *, max_new_tokens: int,
-                    eos_token_id: int | None = None,
-                    pad_token_id: int | None = None) -> torch.Tensor:
-    """Greedy continuation by a ``CausalLM`` of prompts (batch, prompt) of one length, without
-    padding: (batch, prompt + generated). ``pad_token_id`` defaults to the config's."""
-    step, _ = causal_lm_step(model)
+                    eos_token_id: int | None = None, pad_token_id: int | None = None,
+                    attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Greedy continuation by a ``CausalLM`` of prompts (batch, prompt): (batch, prompt +
+    generated). Prompts of different lengths are padded on the left, with their 1/0
+    ``attention_mask`` (``core/steps.py``). ``pad_token_id`` defaults to the config's."""
+    step, _ = causal_lm_step(model, attention_mask)
     pad = model.config.pad_token_id if pad_token_id is None else pad_token_id
     return greedy_loop(step, input_ids, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
                        pad_token_id=pad)
@@ -146,7 +147,7 @@ def generate(model: nn.Module, input_ids: torch.Tensor,
              num_return_sequences: int = 1, eos_token_id: int | None = None,
              pad_token_id: int | None = None) -> torch.Tensor:
     """Decode with an ``EncoderDecoder`` (sources (batch, source) and their mask) or a
-    ``CausalLM`` (prompts (batch, prompt) of one length, no padding), as transformers'
+    ``CausalLM`` (prompts (batch, prompt), padded on the left with their mask), as transformers'
     ``generate`` with the same arguments: greedy (``num_beams=1, do_sample=False``), sampling
     (``do_sample=True``) or beam search (``num_beams > 1``; ``core/beam.py``).
 
@@ -175,10 +176,7 @@ def generate(model: nn.Module, input_ids: torch.Tensor,
         eos = model.eos_token_id if eos_token_id is None else eos_token_id
         pad = model.pad_token_id if pad_token_id is None else pad_token_id
     else:
-        if attention_mask is not None and not bool(attention_mask.all()):
-            raise ValueError("attention_mask: padded prompts are not supported for a CausalLM; "
-                             "give prompts of one length (or one at a time)")
-        (step, cache), prefix = causal_lm_step(model), input_ids
+        (step, cache), prefix = causal_lm_step(model, attention_mask, copies), input_ids
         eos, pad = eos_token_id, model.config.pad_token_id if pad_token_id is None else pad_token_id
     lengths = dict(max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad)
     if num_beams > 1:
