@@ -125,26 +125,32 @@ def test_beam_generate_is_transformers_generate(drawn, search, data):
     assert_same(beam_generate(ours, input_ids, mask, **search), want, 1, eos, pad, steps)
 
 
-@settings(deadline=None, max_examples=12)
-@given(config=small_configs(min_vocab=10), batch=st.integers(1, 3), prompt=st.integers(1, 4),
-       search=search_settings(), seed=st.integers(0, 2**31), data=st.data())
-def test_beam_continue_is_transformers_generate(config, batch, prompt, search, seed, data):
+@settings(deadline=None, max_examples=15)
+@given(config=small_configs(min_vocab=10), batch=st.integers(1, 3), prompt=st.integers(1, 5),
+       padded=st.booleans(), search=search_settings(), seed=st.integers(0, 2**31),
+       data=st.data())
+def test_beam_continue_is_transformers_generate(config, batch, prompt, padded, search, seed,
+                                                data):
+    """Prompts of one length, or (``padded``) of different lengths padded on the left: then the
+    positions come from the mask (core/steps.py), as in transformers, and every beam of a
+    prompt shares its row's mask."""
     torch.manual_seed(seed)
     ours = CausalLM(config).eval()
-    gen = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(0, config.vocab_size, (batch, prompt), generator=gen)
     pad = config.pad_token_id
-    free = beam_continue(ours, input_ids, **search)
+    input_ids, mask = left_padded(data, config.vocab_size, batch, prompt, seed, pad)
+    mask = mask if padded else None
+    free = beam_continue(ours, input_ids, attention_mask=mask, **search)
     eos = written_eos(data, free.sequences, prompt, {pad})
-    steps = assume_stable(lambda: (*causal_lm_step(ours), input_ids), eos_token_id=eos,
-                          pad_token_id=pad, **search)
+    steps = assume_stable(lambda: (*causal_lm_step(ours, mask, search["num_beams"]), input_ids),
+                          eos_token_id=eos, pad_token_id=pad, **search)
     with tempfile.TemporaryDirectory() as tmp:
         save_causal_lm(ours, tmp)
         hf = transformers.BertLMHeadModel.from_pretrained(tmp).eval()
-    want = hf.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+    want = hf.generate(input_ids=input_ids,
+                       attention_mask=torch.ones_like(input_ids) if mask is None else mask,
                        do_sample=False, pad_token_id=pad, eos_token_id=eos, output_scores=True,
                        return_dict_in_generate=True, **search)
-    got = beam_continue(ours, input_ids, eos_token_id=eos, **search)
+    got = beam_continue(ours, input_ids, eos_token_id=eos, attention_mask=mask, **search)
     assert_same(got, want, prompt, eos, pad, steps)
 
 
@@ -200,27 +206,3 @@ def test_minilm_warm_start_beams_are_transformers_on_e2e(minilm_pair, minilm_dir
         assert (got.sequences[:, 1:] == eos).any()  # some hypothesis did end
     assert_same(got, want, 1, eos, ours.pad_token_id)
 
-
-@settings(deadline=None, max_examples=8)
-@given(config=small_configs(min_vocab=10), batch=st.integers(2, 3), prompt=st.integers(2, 5),
-       search=search_settings(), seed=st.integers(0, 2**31), data=st.data())
-def test_beams_continue_left_padded_prompts_as_transformers(config, batch, prompt, search, seed,
-                                                            data):
-    """Prompts of different lengths, padded on the left: the positions come from the mask
-    (core/steps.py), as in transformers, and every beam of a prompt shares its row's mask."""
-    torch.manual_seed(seed)
-    ours = CausalLM(config).eval()
-    pad = config.pad_token_id
-    input_ids, mask = left_padded(data, config.vocab_size, batch, prompt, seed, pad)
-    free = beam_continue(ours, input_ids, attention_mask=mask, **search)
-    eos = written_eos(data, free.sequences, prompt, {pad})
-    steps = assume_stable(lambda: (*causal_lm_step(ours, mask, search["num_beams"]), input_ids),
-                          eos_token_id=eos, pad_token_id=pad, **search)
-    with tempfile.TemporaryDirectory() as tmp:
-        save_causal_lm(ours, tmp)
-        hf = transformers.BertLMHeadModel.from_pretrained(tmp).eval()
-    want = hf.generate(input_ids=input_ids, attention_mask=mask, do_sample=False,
-                       pad_token_id=pad, eos_token_id=eos, output_scores=True,
-                       return_dict_in_generate=True, **search)
-    got = beam_continue(ours, input_ids, eos_token_id=eos, attention_mask=mask, **search)
-    assert_same(got, want, prompt, eos, pad, steps)
