@@ -26,7 +26,7 @@ def small_configs(draw, min_vocab: int = 6):
 
 
 @st.composite
-def encoder_decoders(draw, min_vocab: int = 6):
+def encoder_decoders(draw, min_vocab: int = 6, min_batch: int = 1):
     """(model in eval mode without an EOS, sources (batch, source), their 1/0 mask): distinct
     random start and pad ids, a random mask whose first token is real."""
     encoder, decoder = draw(small_configs(min_vocab)), draw(small_configs(min_vocab))
@@ -37,7 +37,7 @@ def encoder_decoders(draw, min_vocab: int = 6):
     torch.manual_seed(seed)
     model = EncoderDecoder(encoder, decoder, decoder_start_token_id=start, pad_token_id=pad)
     gen = torch.Generator().manual_seed(seed)
-    shape = (draw(st.integers(1, 3)), draw(st.integers(1, 8)))  # (batch, source)
+    shape = (draw(st.integers(min_batch, 3)), draw(st.integers(1, 8)))  # (batch, source)
     input_ids = torch.randint(0, encoder.vocab_size, shape, generator=gen)
     mask = torch.randint(0, 2, shape, generator=gen)
     mask[:, 0] = 1

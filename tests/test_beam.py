@@ -28,7 +28,7 @@ import pytest
 import torch
 import transformers
 from decoding_strategies import encoder_decoders, left_padded, small_configs, written_eos
-from hypothesis import assume, given, settings
+from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
 
 from minift.core.beam import BeamOutput, beam_continue, beam_generate, beam_loop
@@ -43,15 +43,16 @@ NOISE = 1e-4
 
 
 @st.composite
-def search_settings(draw):
+def search_settings(draw, early_stopping=(True, False, "never"), penalties=(-0.5, 0.0, 1.0, 2.0),
+                    shortest: int = 1):
     """num_beams 2-3 (transformers decodes num_beams=1 greedily), and the rest of the search."""
     num_beams = draw(st.integers(2, 3))
     return dict(num_beams=num_beams,
                 num_return_sequences=draw(st.integers(1, num_beams)),
-                length_penalty=draw(st.sampled_from([-0.5, 0.0, 1.0, 2.0])),
-                early_stopping=draw(st.sampled_from([True, False, "never"])),
+                length_penalty=draw(st.sampled_from(penalties)),
+                early_stopping=draw(st.sampled_from(early_stopping)),
                 no_repeat_ngram_size=draw(st.sampled_from([0, 2, 3])),
-                max_new_tokens=draw(st.integers(1, 8)))
+                max_new_tokens=draw(st.integers(shortest, 10)))
 
 
 def as_padding(sequences: torch.Tensor, given: int, eos: int, pad: int) -> torch.Tensor:
@@ -94,6 +95,14 @@ def assume_stable(make, **search) -> int:
     return calls
 
 
+def favour(decoder: CausalLM, eos: int, data, boosts=(0.0, 1.0, 2.5)) -> None:
+    """Raise the EOS logit by one of ``boosts`` everywhere (the LM head's bias), so that
+    hypotheses end at many steps and early stopping, not the length limit, often ends the
+    search."""
+    with torch.no_grad():
+        decoder.head.bias[eos] += data.draw(st.sampled_from(boosts))
+
+
 def assert_same(got: BeamOutput, want, given: int, eos: int, pad: int,
                 steps: int | None = None) -> None:
     """Same sequences, scores within ``SCORE_TOLERANCE``, and (given ``steps``) the search
@@ -106,16 +115,18 @@ def assert_same(got: BeamOutput, want, given: int, eos: int, pad: int,
                                atol=SCORE_TOLERANCE, rtol=0)
 
 
-@settings(deadline=None, max_examples=15)
-@given(drawn=encoder_decoders(min_vocab=10), search=search_settings(), data=st.data())
-def test_beam_generate_is_transformers_generate(drawn, search, data):
+def check_encoder_decoder(drawn, search: dict, data, boosts=(0.0, 1.0, 2.5)) -> None:
+    """``beam_generate`` against ``EncoderDecoderModel.generate`` on a drawn model and sources,
+    with an EOS that the search writes, favoured by one of ``boosts``."""
     ours, input_ids, mask = drawn
     start, pad = ours.decoder_start_token_id, ours.pad_token_id
     free = beam_generate(ours, input_ids, mask, **search)
     ours.eos_token_id = eos = written_eos(data, free.sequences, 1, {start, pad})
+    favour(ours.decoder, eos, data, boosts)
     steps = assume_stable(lambda: encoder_decoder_step(ours, input_ids, mask,
                                                        search["num_beams"]),
                           eos_token_id=eos, pad_token_id=pad, **search)
+    event(f"stopped early: {steps < search['max_new_tokens']}")
     with tempfile.TemporaryDirectory() as tmp:
         save_encoder_decoder(ours, tmp)
         hf = transformers.EncoderDecoderModel.from_pretrained(tmp).eval()
@@ -123,6 +134,24 @@ def test_beam_generate_is_transformers_generate(drawn, search, data):
                        decoder_start_token_id=start, pad_token_id=pad, eos_token_id=eos,
                        output_scores=True, return_dict_in_generate=True, **search)
     assert_same(beam_generate(ours, input_ids, mask, **search), want, 1, eos, pad, steps)
+
+
+@settings(deadline=None, max_examples=15)
+@given(drawn=encoder_decoders(min_vocab=10), search=search_settings(), data=st.data())
+def test_beam_generate_is_transformers_generate(drawn, search, data):
+    check_encoder_decoder(drawn, search, data)
+
+
+@settings(deadline=None, max_examples=15)
+@given(drawn=encoder_decoders(min_vocab=10, min_batch=2),
+       search=search_settings(early_stopping=(True, "never"), penalties=(0.5, 1.0, 2.0),
+                              shortest=4), data=st.data())
+def test_early_stopping_over_sources_that_finish_apart_is_transformers(drawn, search, data):
+    """The stopping rules where they decide most: several sources, EOS favoured so that one
+    source has its k hypotheses while another goes on (early_stopping=True must then keep the
+    first source's, not take better ones), and a positive length penalty, which "never" judges
+    at the length limit."""
+    check_encoder_decoder(drawn, search, data, boosts=(1.0, 2.5))
 
 
 @settings(deadline=None, max_examples=15)
@@ -141,8 +170,10 @@ def test_beam_continue_is_transformers_generate(config, batch, prompt, padded, s
     mask = mask if padded else None
     free = beam_continue(ours, input_ids, attention_mask=mask, **search)
     eos = written_eos(data, free.sequences, prompt, {pad})
+    favour(ours, eos, data)
     steps = assume_stable(lambda: (*causal_lm_step(ours, mask, search["num_beams"]), input_ids),
                           eos_token_id=eos, pad_token_id=pad, **search)
+    event(f"stopped early: {steps < search['max_new_tokens']}")
     with tempfile.TemporaryDirectory() as tmp:
         save_causal_lm(ours, tmp)
         hf = transformers.BertLMHeadModel.from_pretrained(tmp).eval()

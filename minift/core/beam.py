@@ -117,7 +117,9 @@ def beam_loop(step: Step, cache: list, prefix: torch.Tensor, *, num_beams: int,
     finished_lengths = torch.zeros(batch, k, dtype=torch.long, device=device)
     is_finished = torch.zeros(batch, k, dtype=torch.bool, device=device)
     can_improve = torch.ones(batch, 1, dtype=torch.bool, device=device)  # per source
-    first_k = torch.arange(2 * k, device=device) < k  # (2k,): only these may finish
+    # Of the 2k candidates only the best k may finish: the other k are spares, there so that k
+    # beams stay running however many of the best end at once.
+    first_k = torch.arange(2 * k, device=device) < k  # (2k,)
     new = running.flatten(0, 1)  # (batch * k, given): the first step reads the whole prefix
 
     for t in range(max_new_tokens):
@@ -141,7 +143,7 @@ def beam_loop(step: Step, cache: list, prefix: torch.Tensor, *, num_beams: int,
         ranked = scores / (t + 1) ** length_penalty
         full = is_finished.all(dim=-1, keepdim=True) & (early_stopping is True)
         may_finish = ends & first_k & can_improve & ~full
-        ranked = ranked.masked_fill(~may_finish, EXCLUDED * 3)
+        ranked = ranked.masked_fill(~may_finish, EXCLUDED * 3)  # below every kept slot
         padded = F.pad(candidates, (0, finished.size(2) - candidates.size(2)), value=pad_token_id)
         best = torch.cat([finished_scores, ranked], dim=1).topk(k, dim=-1).indices
         finished = _take(torch.cat([finished, padded], dim=1), best)
@@ -149,8 +151,10 @@ def beam_loop(step: Step, cache: list, prefix: torch.Tensor, *, num_beams: int,
         new_lengths = torch.full_like(tokens, t + 1)
         finished_lengths = _take(torch.cat([finished_lengths, new_lengths], dim=1), best)
         is_finished = _take(torch.cat([is_finished, may_finish], dim=1), best)
-        # 4. stop when no source can improve, or (early_stopping=True) every source is full
-        select_beams(cache, rows)
+        select_beams(cache, rows)  # each next beam continues its parent's keys and values
+        # 4. stop when no source can improve, or (early_stopping=True) every source is full.
+        # A source can improve while its best running beam, ranked at the hoped length, beats
+        # its worst finished hypothesis; a source with an empty slot always can.
         hoped_length = max_new_tokens if early_stopping == "never" and length_penalty > 0 else t + 1
         best_hope = running_scores[:, :1] / hoped_length ** length_penalty  # (batch, 1)
         worst_kept = torch.where(is_finished, finished_scores.min(dim=-1, keepdim=True).values,
@@ -166,6 +170,7 @@ def beam_loop(step: Step, cache: list, prefix: torch.Tensor, *, num_beams: int,
                       sequences_scores=finished_scores[:, :n].flatten())
 
 
+@torch.no_grad()
 def beam_generate(model: nn.Module, input_ids: torch.Tensor,
                   attention_mask: torch.Tensor | None = None, *, num_beams: int,
                   max_new_tokens: int, **settings) -> BeamOutput:
@@ -180,6 +185,7 @@ def beam_generate(model: nn.Module, input_ids: torch.Tensor,
                      pad_token_id=model.pad_token_id, **settings)
 
 
+@torch.no_grad()
 def beam_continue(model: nn.Module, input_ids: torch.Tensor, *, num_beams: int,
                   max_new_tokens: int, eos_token_id: int | None = None,
                   pad_token_id: int | None = None, attention_mask: torch.Tensor | None = None,
