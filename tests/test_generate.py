@@ -134,6 +134,27 @@ def test_sampling_draws_what_transformers_draws_from_the_same_seed(
     assert torch.equal(got, want), (got, want)
 
 
+@settings(deadline=None, max_examples=8)
+@given(drawn=encoder_decoders(), max_new_tokens=st.integers(1, 6),
+       top_k=st.sampled_from([None, 3]), top_p=st.sampled_from([1.0, 0.8]),
+       returns=st.integers(1, 2), seed=st.integers(0, 2**31))
+def test_encoder_decoder_sampling_draws_what_transformers_draws(drawn, max_new_tokens, top_k,
+                                                                top_p, returns, seed):
+    """The same for the encoder-decoder: the source read once, its returns side by side."""
+    ours, input_ids, mask = drawn
+    with tempfile.TemporaryDirectory() as tmp:
+        save_encoder_decoder(ours, tmp)
+        hf = transformers.EncoderDecoderModel.from_pretrained(tmp).eval()
+    settings_ = dict(max_new_tokens=max_new_tokens, top_p=top_p, num_return_sequences=returns)
+    torch.manual_seed(seed)
+    want = hf.generate(input_ids=input_ids, attention_mask=mask, do_sample=True, top_k=top_k or 0,
+                       decoder_start_token_id=ours.decoder_start_token_id,
+                       pad_token_id=ours.pad_token_id, **settings_)
+    got = generate(ours, input_ids, mask, do_sample=True, top_k=top_k,
+                   generator=torch.Generator().manual_seed(seed), **settings_)
+    assert torch.equal(got, want), (got, want)
+
+
 def test_sampling_is_reproducible_and_leaves_the_global_generator_alone():
     config = BertConfig(vocab_size=12, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
                         intermediate_size=8, initializer_range=0.5)

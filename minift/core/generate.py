@@ -10,8 +10,9 @@ runs it for an ``EncoderDecoder``: the source read once, the target begun with
 from a ``torch.Generator``, so the same seed writes the same text. ``generate`` checks its
 arguments and picks one of them.
 
-The conventions are transformers' ``generate(num_beams=1, do_sample=False, max_new_tokens=N)``,
-so the outputs are the same token for token (tests/test_generate.py): the returned sequences
+The conventions are transformers' ``generate(num_beams=1, do_sample=False or True, ...)``, so
+the outputs are the same token for token (tests/test_generate.py; sampling too: a generator
+seeded s draws what torch's global one draws after ``manual_seed(s)``): the returned sequences
 start with what the model was given (the start token, or the prompt); a row that has written
 ``eos_token_id`` is finished and is padded with ``pad_token_id`` from then on while the others
 go on; decoding stops when every row is finished or after ``max_new_tokens`` new tokens.
