@@ -179,10 +179,13 @@ class BertDecoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 memory: torch.Tensor | None = None, memory_mask: torch.Tensor | None = None,
-                cache: list[LayerCache] | None = None) -> torch.Tensor:
+                cache: list[LayerCache] | None = None,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids: (batch, new) -> (batch, new, hidden). With a ``cache`` (one ``LayerCache``
         a block), the new tokens continue the cached ones: their positions start at the cache's
-        length, and ``attention_mask`` (if any) covers the cached and the new tokens."""
+        length, and ``attention_mask`` (if any) covers the cached and the new tokens.
+        ``position_ids`` (batch, new) replaces those positions (left-padded prompts count their
+        positions from their first real token, ``core/steps.py``)."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
         batch, new = input_ids.shape
@@ -191,7 +194,8 @@ class BertDecoder(nn.Module):
             raise ValueError(f"decoder length {past + new} exceeds max_position_embeddings "
                              f"({self.config.max_position_embeddings})")
         dtype, device = self.embeddings.norm.weight.dtype, input_ids.device
-        positions = torch.arange(past, past + new, device=device).expand(batch, new)
+        positions = (torch.arange(past, past + new, device=device).expand(batch, new)
+                     if position_ids is None else position_ids)
         x = self.embeddings(input_ids, torch.zeros_like(input_ids), positions)
         mask = causal_mask(attention_mask, new, past, dtype, device)
         if memory_mask is not None:
@@ -270,10 +274,11 @@ class CausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, *, memory: torch.Tensor | None = None,
                 memory_mask: torch.Tensor | None = None,
-                cache: list[LayerCache] | None = None) -> LMOutput:
+                cache: list[LayerCache] | None = None,
+                position_ids: torch.Tensor | None = None) -> LMOutput:
         """input_ids (batch, new); ``memory``/``memory_mask``: the encoder's output and its 1/0
-        mask, for cross-attention; ``cache``: see ``BertDecoder.forward``."""
-        hidden = self.bert(input_ids, attention_mask, memory, memory_mask, cache)
+        mask, for cross-attention; ``cache``, ``position_ids``: see ``BertDecoder.forward``."""
+        hidden = self.bert(input_ids, attention_mask, memory, memory_mask, cache, position_ids)
         logits = self.head(hidden)  # (batch, new, vocab)
         loss = None
         if labels is not None:

@@ -1,13 +1,18 @@
-"""Greedy decoding with the key/value cache: write a sequence one token at a time, each time the
-most likely next token, feeding only the newest token back in.
+"""Decoding one token at a time with the key/value cache, greedy or sampled, and ``generate``,
+the front door to every way of decoding (greedy, sampling, and beam search in ``core/beam.py``).
 
-Reading order: ``greedy_loop`` is the loop itself, for any model that maps the newest tokens to
-next-token logits while remembering the earlier ones (its cache); ``greedy_generate`` runs it
-for an ``EncoderDecoder`` (the source read once, the target begun with
-``decoder_start_token_id``), ``greedy_continue`` for a ``CausalLM`` (a prompt continued).
+Reading order: ``token_loop`` is the loop itself, for any model that maps the newest tokens to
+next-token logits while remembering the earlier ones (its cache, ``core/steps.py``), and a rule
+that picks the next token from them; ``greedy_loop`` picks the most likely (``greedy_generate``
+runs it for an ``EncoderDecoder``: the source read once, the target begun with
+``decoder_start_token_id``; ``greedy_continue`` for a ``CausalLM``: a prompt continued);
+``sample_loop`` draws from the filtered softmax (``core/logits.py``: temperature, top-k, top-p),
+from a ``torch.Generator``, so the same seed writes the same text. ``generate`` checks its
+arguments and picks one of them.
 
-The conventions are transformers' ``generate(num_beams=1, do_sample=False, max_new_tokens=N)``,
-so the outputs are the same token for token (tests/test_generate.py): the returned sequences
+The conventions are transformers' ``generate(num_beams=1, do_sample=False or True, ...)``, so
+the outputs are the same token for token (tests/test_generate.py; sampling too: a generator
+seeded s draws what torch's global one draws after ``manual_seed(s)``): the returned sequences
 start with what the model was given (the start token, or the prompt); a row that has written
 ``eos_token_id`` is finished and is padded with ``pad_token_id`` from then on while the others
 go on; decoding stops when every row is finished or after ``max_new_tokens`` new tokens.
@@ -22,29 +27,36 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from torch import nn
 
-from minift.core.decoder import CausalLM, EncoderDecoder
+from minift.core.beam import beam_loop, check_beam_settings
+from minift.core.logits import (
+    ban_repeated_ngrams,
+    check_max_new_tokens,
+    check_sampling,
+    sampling_filter,
+)
+from minift.core.steps import Step, causal_lm_step, encoder_decoder_step
 
+__all__ = ["check_max_new_tokens", "generate", "greedy_continue", "greedy_generate",
+           "greedy_loop", "sample_loop", "token_loop"]
 
-def check_max_new_tokens(max_new_tokens: int) -> None:
-    """A generation length below 1 is refused (it would return the input as if generated)."""
-    integer = isinstance(max_new_tokens, int) and not isinstance(max_new_tokens, bool)
-    if not integer or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+# choose(tokens written so far (batch, written), next-token logits (batch, vocab)) -> (batch,)
+Choose = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @torch.no_grad()
-def greedy_loop(step: Callable[[torch.Tensor], torch.Tensor], prefix: torch.Tensor, *,
-                max_new_tokens: int, eos_token_id: int | None,
-                pad_token_id: int) -> torch.Tensor:
-    """The greedy loop. ``step(new_tokens)`` (batch, new) returns the logits of the next token,
+def token_loop(step: Step, prefix: torch.Tensor, choose: Choose, *, max_new_tokens: int,
+               eos_token_id: int | None, pad_token_id: int) -> torch.Tensor:
+    """The loop. ``step(new_tokens)`` (batch, new) returns the logits of the next token,
     (batch, vocab), keeping its own cache of what it was fed before; ``prefix`` (batch, given) is
-    fed first. Returns (batch, given + generated), generated <= ``max_new_tokens``."""
+    fed first; ``choose`` picks each row's next token. Returns (batch, given + generated),
+    generated <= ``max_new_tokens``."""
     check_max_new_tokens(max_new_tokens)
     tokens, new = prefix, prefix
     finished = torch.zeros(prefix.size(0), dtype=torch.bool, device=prefix.device)
     for _ in range(max_new_tokens):
-        next_token = step(new).argmax(dim=-1)  # (batch,): ties go to the lowest id, as torch's
+        next_token = choose(tokens, step(new).float())  # (batch,)
         next_token = next_token.masked_fill(finished, pad_token_id)  # finished rows: padding
         tokens = torch.cat([tokens, next_token[:, None]], dim=1)
         if eos_token_id is not None:
@@ -55,39 +67,126 @@ def greedy_loop(step: Callable[[torch.Tensor], torch.Tensor], prefix: torch.Tens
     return tokens
 
 
+def greedy_loop(step: Step, prefix: torch.Tensor, *, max_new_tokens: int,
+                eos_token_id: int | None, pad_token_id: int,
+                no_repeat_ngram_size: int = 0) -> torch.Tensor:
+    """Greedy decoding: each row's most likely next token (ties go to the lowest id, as
+    torch's ``argmax``), after the no-repeat n-gram ban. Arguments as ``token_loop``'s."""
+    def choose(tokens: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        return ban_repeated_ngrams(tokens, logits, no_repeat_ngram_size).argmax(dim=-1)
+
+    return token_loop(step, prefix, choose, max_new_tokens=max_new_tokens,
+                      eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+
+
+def sample_loop(step: Step, prefix: torch.Tensor, *, generator: torch.Generator | None,
+                max_new_tokens: int, eos_token_id: int | None, pad_token_id: int,
+                temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0,
+                no_repeat_ngram_size: int = 0) -> torch.Tensor:
+    """Sampling: each row's next token drawn from ``softmax`` of its logits after the ban and
+    the filters (``core/logits.py``), one ``torch.multinomial`` draw a step from ``generator``
+    (None: torch's global generator, as transformers draws). Arguments as ``token_loop``'s."""
+    check_sampling(temperature, top_k, top_p)
+
+    def choose(tokens: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        scores = ban_repeated_ngrams(tokens, logits, no_repeat_ngram_size)
+        scores = sampling_filter(scores, temperature=temperature, top_k=top_k, top_p=top_p)
+        return torch.multinomial(scores.softmax(dim=-1), 1, generator=generator)[:, 0]
+
+    return token_loop(step, prefix, choose, max_new_tokens=max_new_tokens,
+                      eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+
+
 @torch.no_grad()
-def greedy_generate(model: EncoderDecoder, input_ids: torch.Tensor,
+def greedy_generate(model: nn.Module, input_ids: torch.Tensor,
                     attention_mask: torch.Tensor | None = None, *,
                     max_new_tokens: int) -> torch.Tensor:
-    """Greedy targets for a batch of sources (batch, source) with their 1/0 mask: (batch,
-    1 + generated), each row starting with ``model.decoder_start_token_id`` and stopping at
-    ``model.eos_token_id``. The source is encoded once; the model is used as it is (call
-    ``model.eval()`` first to switch dropout off, as transformers' loaders do)."""
+    """Greedy targets of an ``EncoderDecoder`` for a batch of sources (batch, source) with
+    their 1/0 mask: (batch, 1 + generated), each row starting with
+    ``model.decoder_start_token_id`` and stopping at ``model.eos_token_id``. The source is
+    encoded once; the model is used as it is (call ``model.eval()`` first to switch dropout off,
+    as transformers' loaders do)."""
     check_max_new_tokens(max_new_tokens)
-    memory = model.encode(input_ids, attention_mask)  # (batch, source, hidden), read once
-    cache = model.decoder.new_cache()
-
-    def step(new: torch.Tensor) -> torch.Tensor:
-        return model.decoder(new, memory=memory, memory_mask=attention_mask,
-                             cache=cache).logits[:, -1]
-
-    start = torch.full((input_ids.size(0), 1), model.decoder_start_token_id,
-                       dtype=input_ids.dtype, device=input_ids.device)
+    step, _, start = encoder_decoder_step(model, input_ids, attention_mask)
     return greedy_loop(step, start, max_new_tokens=max_new_tokens,
                        eos_token_id=model.eos_token_id, pad_token_id=model.pad_token_id)
 
 
 @torch.no_grad()
-def greedy_continue(model: CausalLM, input_ids: torch.Tensor, *, max_new_tokens: int,
-                    eos_token_id: int | None = None,
-                    pad_token_id: int | None = None) -> torch.Tensor:
-    """Greedy continuation of prompts (batch, prompt) of one length, without padding: (batch,
-    prompt + generated). ``pad_token_id`` defaults to the config's."""
-    cache = model.new_cache()
-
-    def step(new: torch.Tensor) -> torch.Tensor:
-        return model(new, cache=cache).logits[:, -1]
-
+def greedy_continue(model: nn.Module, input_ids: torch.Tensor, *, max_new_tokens: int,
+                    eos_token_id: int | None = None, pad_token_id: int | None = None,
+                    attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Greedy continuation by a ``CausalLM`` of prompts (batch, prompt): (batch, prompt +
+    generated). Prompts of different lengths are padded on the left, with their 1/0
+    ``attention_mask`` (``core/steps.py``). ``pad_token_id`` defaults to the config's."""
+    step, _ = causal_lm_step(model, attention_mask)
     pad = model.config.pad_token_id if pad_token_id is None else pad_token_id
     return greedy_loop(step, input_ids, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
                        pad_token_id=pad)
+
+
+def resolve_length(max_new_tokens: int | None, max_length: int | None, given: int) -> int:
+    """``max_new_tokens``, or ``max_length`` (given + generated, transformers' older limit)
+    less the ``given`` tokens; exactly one of the two."""
+    if (max_new_tokens is None) == (max_length is None):
+        raise ValueError("give exactly one of max_new_tokens and max_length, got "
+                         f"max_new_tokens={max_new_tokens!r}, max_length={max_length!r}")
+    if max_length is not None:
+        check_max_new_tokens(max_length - given if isinstance(max_length, int) else max_length)
+        return max_length - given
+    check_max_new_tokens(max_new_tokens)
+    return max_new_tokens
+
+
+@torch.no_grad()
+def generate(model: nn.Module, input_ids: torch.Tensor,
+             attention_mask: torch.Tensor | None = None, *, max_new_tokens: int | None = None,
+             max_length: int | None = None, num_beams: int = 1, do_sample: bool = False,
+             temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0,
+             generator: torch.Generator | None = None, length_penalty: float = 1.0,
+             early_stopping: bool | str = False, no_repeat_ngram_size: int = 0,
+             num_return_sequences: int = 1, eos_token_id: int | None = None,
+             pad_token_id: int | None = None) -> torch.Tensor:
+    """Decode with an ``EncoderDecoder`` (sources (batch, source) and their mask) or a
+    ``CausalLM`` (prompts (batch, prompt), padded on the left with their mask), as transformers'
+    ``generate`` with the same arguments: greedy (``num_beams=1, do_sample=False``), sampling
+    (``do_sample=True``) or beam search (``num_beams > 1``; ``core/beam.py``).
+
+    Returns (batch * num_return_sequences, given + generated): each row begins with what the
+    model was given (the start token, or the prompt) and a row's returns sit side by side.
+    ``eos_token_id`` and ``pad_token_id`` default to the model's (an ``EncoderDecoder``'s own, a
+    ``CausalLM``'s config pad and no EOS). Unlike transformers, sampling filters nothing unless
+    asked (its ``top_k`` defaults to 50) and draws from ``generator``. Bad settings raise a
+    ``ValueError`` naming the argument.
+    """
+    seq2seq = hasattr(model, "encode")
+    given = 1 if seq2seq else input_ids.size(1)
+    max_new_tokens = resolve_length(max_new_tokens, max_length, given)
+    check_beam_settings(num_beams, num_return_sequences, early_stopping, no_repeat_ngram_size,
+                        max_new_tokens)
+    check_sampling(temperature, top_k, top_p)
+    if do_sample and num_beams > 1:
+        raise ValueError(f"do_sample=True with num_beams={num_beams}: beam sampling is not "
+                         "implemented; sample with num_beams=1 or search with do_sample=False")
+    if num_beams == 1 and not do_sample and num_return_sequences > 1:
+        raise ValueError(f"num_return_sequences={num_return_sequences} with greedy decoding "
+                         "would return the same sequence again; use beams or sampling")
+    copies = num_beams if num_beams > 1 else num_return_sequences
+    if seq2seq:
+        step, cache, prefix = encoder_decoder_step(model, input_ids, attention_mask, copies)
+        eos = model.eos_token_id if eos_token_id is None else eos_token_id
+        pad = model.pad_token_id if pad_token_id is None else pad_token_id
+    else:
+        (step, cache), prefix = causal_lm_step(model, attention_mask, copies), input_ids
+        eos, pad = eos_token_id, model.config.pad_token_id if pad_token_id is None else pad_token_id
+    lengths = dict(max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad)
+    if num_beams > 1:
+        return beam_loop(step, cache, prefix, num_beams=num_beams, length_penalty=length_penalty,
+                         early_stopping=early_stopping, no_repeat_ngram_size=no_repeat_ngram_size,
+                         num_return_sequences=num_return_sequences, **lengths).sequences
+    prefix = prefix.repeat_interleave(copies, dim=0)  # sampling: the returns of a row, side by side
+    if do_sample:
+        return sample_loop(step, prefix, generator=generator, temperature=temperature,
+                           top_k=top_k, top_p=top_p, no_repeat_ngram_size=no_repeat_ngram_size,
+                           **lengths)
+    return greedy_loop(step, prefix, no_repeat_ngram_size=no_repeat_ngram_size, **lengths)
