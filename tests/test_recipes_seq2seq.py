@@ -161,6 +161,26 @@ def test_train_two_steps_then_transformers_loads_it_and_generate_writes_a_line_a
                                 num_beams=1, do_sample=False, max_new_tokens=5)
     assert tokenizer.decode(hf_ids[0, 1:]) == alone[0]
 
+    # Beam search through the command: transformers' generate(num_beams=3) on every source.
+    code, stdout, err = run(capsys, "generate", "--model", out, "--input", tmp_path / "in.txt",
+                            "--max-new-tokens", 5, "--max-length", 32, "--num-beams", 3,
+                            "--no-repeat-ngram-size", 2, "--no-progress")
+    assert code == 0, err
+    for source, line in zip(sources, stdout.splitlines(), strict=True):
+        ids = tokenizer([source], max_length=32)
+        hf_ids = hf.generate(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"],
+                             num_beams=3, no_repeat_ngram_size=2, do_sample=False,
+                             max_new_tokens=5)
+        assert tokenizer.decode(hf_ids[0, 1:], skip_special_tokens=True) == line, source
+    # Sampling: seeded (the same lines again), and a bad combination named before loading.
+    sample = ["generate", "--model", out, "--input", tmp_path / "in.txt", "--max-new-tokens", 5,
+              "--max-length", 32, "--sample", "--top-k", 20, "--temperature", 1.5,
+              "--no-progress"]
+    first, again = run(capsys, *sample, "--seed", 7), run(capsys, *sample, "--seed", 7)
+    assert first[0] == 0 and first[1] == again[1] and len(first[1].splitlines()) == 3
+    code, _, err = run(capsys, *sample, "--num-beams", 2)
+    assert code == 2 and "--sample with --num-beams 2" in err, err
+
 
 def test_a_resumed_run_ends_with_the_uninterrupted_model(tiny, files, tmp_path, capsys,
                                                          monkeypatch):

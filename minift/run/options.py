@@ -535,8 +535,33 @@ class GenerateOptions(Options):
                                     group=GENERATION, check=at_least(2))
     batch_size: int = option(32, "sources generated at once", group=GENERATION,
                             check=at_least(1))
+    num_beams: int = option(1, "beam search with N beams (1: greedy, or sampling with --sample)",
+                            group=GENERATION, check=at_least(1, 64))
+    length_penalty: float = option(1.0, "beam search ranks a text by its score / length ** this "
+                                   "(above 0 favours longer texts)", group=GENERATION,
+                                   check=_in_range(lambda v: True, "must be a finite number"))
+    no_repeat_ngram_size: int = option(0, "never repeat an n-gram of this size (0: allowed)",
+                                       group=GENERATION, check=at_least(0))
+    sample: bool = option(False, "sample each next token instead of taking the likeliest "
+                          "(with --temperature, --top-k, --top-p, --seed)", group=GENERATION)
+    temperature: float = option(1.0, "sampling: divide the scores by this first", group=GENERATION,
+                                check=positive)
+    top_k: int | None = option(None, "sampling: only from the K likeliest tokens",
+                               group=GENERATION, check=at_least(1))
+    top_p: float = option(1.0, "sampling: only from the likeliest tokens whose probabilities sum "
+                          "to P (nucleus sampling)", group=GENERATION, check=kept_share)
+    seed: int = option(0, LOOP["seed"]["help"], group=GENERATION, check=seed_check)  # sampling's
     device: str | None = option(None, DEVICE_HELP, group=RUN)
     progress: bool = option(True, "no progress bars", group=RUN)
+
+    def decoding(self) -> dict[str, Any]:
+        """The keywords of ``minift.core.generate.generate`` these options give (no generator)."""
+        if self.sample and self.num_beams > 1:
+            raise OptionError(f"`sample` with `num_beams` {self.num_beams}: beam sampling is not "
+                              "implemented; sample with one beam or search without `sample`")
+        return dict(num_beams=self.num_beams, length_penalty=self.length_penalty,
+                    no_repeat_ngram_size=self.no_repeat_ngram_size, do_sample=self.sample,
+                    temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
 
 
 @dataclass(kw_only=True)

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from minift.core.bleu import corpus_bleu
 from minift.core.decoder import IGNORE_INDEX, EncoderDecoder, shift_right
-from minift.core.generate import greedy_generate
+from minift.core.generate import generate
 from minift.core.rouge import corpus_rouge_l
 from minift.data.batches import PaddedRows, length_grouped_batches, pad_batch, pad_rows
 from minift.data.text_pairs import SourceReferences, TextPair
@@ -164,18 +164,20 @@ class Seq2SeqDataset(PaddedRows):
 
 def generate_texts(model: EncoderDecoder, tokenizer, sources: Sequence[Tensor], *,
                    batch_size: int, max_new_tokens: int, device,
-                   progress: bool = False) -> list[str]:
-    """The greedy text of each source row (``source_rows``), in the order given: batches of
-    similar lengths (``length_grouped_batches``, longest first), put back in order."""
+                   progress: bool = False, **decoding) -> list[str]:
+    """The text of each source row (``source_rows``), in the order given: batches of similar
+    lengths (``length_grouped_batches``, longest first), put back in order. Greedy, unless
+    ``decoding`` (the keywords of ``minift.core.generate.generate``: beams, sampling) says
+    otherwise."""
     model.eval()
     texts: list[str | None] = [None] * len(sources)
     groups = length_grouped_batches([len(s) for s in sources], batch_size, generator=None,
                                     shuffle=False)
     for group in tqdm(groups, desc="generate", leave=False, disable=not progress):
         batch = pad_batch([sources[i] for i in group], None, tokenizer.pad_token_id)
-        written = greedy_generate(model, batch["input_ids"].to(device),
-                                  batch["attention_mask"].to(device),
-                                  max_new_tokens=max_new_tokens)
+        written = generate(model, batch["input_ids"].to(device),
+                           batch["attention_mask"].to(device), max_new_tokens=max_new_tokens,
+                           **decoding)
         for i, row in zip(group, written[:, 1:].tolist(), strict=True):  # drop the start token
             texts[i] = tokenizer.decode(row, skip_special_tokens=True)
     return texts

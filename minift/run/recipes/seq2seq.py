@@ -20,7 +20,7 @@ import torch
 
 from minift.core.decoder import CausalLM
 from minift.core.files import atomic_write
-from minift.core.generate import greedy_continue
+from minift.core.generate import generate as decode
 from minift.core.labels import DataError
 from minift.core.metrics import format_table
 from minift.data.readers import read_utf8_lines
@@ -218,9 +218,10 @@ def read_inputs(path: str) -> list[str]:
 
 
 def continue_prompts(model: CausalLM, tokenizer, lines: list[str], o: GenerateOptions,
-                     device) -> list[str]:
-    """A language model's greedy continuation of each line (``[CLS]`` + its tokens, cut to
-    ``max_length``), stopping at ``[SEP]``; prompts of one length are continued together."""
+                     device, **decoding) -> list[str]:
+    """A language model's continuation of each line (``[CLS]`` + its tokens, cut to
+    ``max_length``), stopping at ``[SEP]``; prompts of one length are continued together;
+    ``decoding``: greedy, beams or sampling (``minift.core.generate.generate``'s keywords)."""
     rows, cut = source_rows(lines, tokenizer, o.max_length + 1)  # [CLS] text (no [SEP])
     warn_truncated(cut, len(lines), "prompts", "max_length", o.max_length)
     prompts = [row[:-1] for row in rows]
@@ -232,20 +233,22 @@ def continue_prompts(model: CausalLM, tokenizer, lines: list[str], o: GenerateOp
         for start in range(0, len(group), o.batch_size):
             part = group[start : start + o.batch_size]
             ids = torch.stack([prompts[i] for i in part]).to(device)
-            written = greedy_continue(model, ids, max_new_tokens=o.max_new_tokens,
-                                      eos_token_id=tokenizer.sep_token_id,
-                                      pad_token_id=tokenizer.pad_token_id)
+            written = decode(model, ids, max_new_tokens=o.max_new_tokens,
+                             eos_token_id=tokenizer.sep_token_id,
+                             pad_token_id=tokenizer.pad_token_id, **decoding)
             for i, row in zip(part, written[:, ids.size(1):].tolist(), strict=True):
                 texts[i] = tokenizer.decode(row, skip_special_tokens=True)
     return texts
 
 
 def generate(**options: Any) -> list[str]:
-    """A greedy text for each line of ``input`` with the model in ``model``: for an
-    encoder-decoder each line is a source, for a language model a prompt (its continuation is
-    returned). Printed one a line on stdout, in input order, and returned. The options are
+    """A text for each line of ``input`` with the model in ``model``: for an encoder-decoder
+    each line is a source, for a language model a prompt (its continuation is returned).
+    Greedy, beam search (``num_beams``) or sampling (``sample``, seeded). Printed one a line on
+    stdout, in input order, and returned. The options are
     ``minift.run.options.GenerateOptions``'s fields."""
     o = GenerateOptions(**options)
+    decoding = o.decoding()  # a bad combination stops here, before anything loads
     prepare.check_device(o.device)
     folder = resolve_model_dir(o.model)
     kind = decoder_kind(folder)
@@ -263,6 +266,8 @@ def generate(**options: Any) -> list[str]:
     o = dataclasses.replace(o, max_length=max_length)
     lines = read_inputs(o.input)
     device = prepare.pick_device(o.device)
+    if o.sample:  # one stream of draws for the whole file, in its batches' order
+        decoding["generator"] = torch.Generator(device).manual_seed(o.seed)
     tokenizer = Tokenizer.from_pretrained(folder)
     with torch.no_grad():
         if kind == "seq2seq":
@@ -271,10 +276,10 @@ def generate(**options: Any) -> list[str]:
             warn_truncated(cut, len(lines), "sources", "max_length", o.max_length)
             texts = generate_texts(model, tokenizer, rows, batch_size=o.batch_size,
                                    max_new_tokens=o.max_new_tokens, device=device,
-                                   progress=o.progress)
+                                   progress=o.progress, **decoding)
         else:
             model = LanguageModel.from_pretrained(folder).to(device).eval()
-            texts = continue_prompts(model, tokenizer, lines, o, device)
+            texts = continue_prompts(model, tokenizer, lines, o, device, **decoding)
     for text in texts:
         print(text)
     return texts
