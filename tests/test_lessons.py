@@ -28,7 +28,7 @@ FIGURES_DIR = LESSONS_DIR / "figures"
 FIGURES = {
     "01": {"attention_heads.png": (1200, 960), "embeddings_pca.png": (700, 550)},
     "02": {"loss_curves.png": (1100, 420), "confusion_matrix.png": (600, 500)},
-    "03": {"freezing.png": (1100, 420)},
+    "03": {"freezing.png": (1000, 420)},
     "04": {"subword_labels.png": (1300, 340), "f1_per_type.png": (800, 420)},
     "05": {"masking_map.png": (1300, 560)},
     "06": {"embeddings_before_after.png": (1200, 540), "accuracy.png": (700, 360)},
