@@ -85,6 +85,14 @@ def test_top_p_is_transformers(scores, p, keep):
     assert torch.equal(keep_top_p(scores, p, keep), want)
 
 
+def test_top_p_keeps_every_token_when_asked_to_keep_more_than_there_are():
+    """``keep_at_least`` above the vocabulary keeps all of it, as transformers does (the case
+    hypothesis found: two tokens, keep 3, p 0.5)."""
+    scores = torch.tensor([[0.7705, -0.1467]])
+    assert torch.equal(keep_top_p(scores, 0.5, 3), scores)
+    assert torch.equal(TopPLogitsWarper(0.5, min_tokens_to_keep=3)(None, scores.clone()), scores)
+
+
 @settings(deadline=None, max_examples=25)
 @given(scores=random_scores(), temperature=st.floats(0.1, 3.0), k=st.integers(1, 25),
        p=st.floats(0.01, 0.99))

@@ -106,7 +106,7 @@ def keep_top_p(scores: torch.Tensor, p: float, keep_at_least: int = 1) -> torch.
     ascending, order = scores.sort(dim=-1)
     cumulative = ascending.softmax(dim=-1).cumsum(dim=-1)  # (rows, vocab), up to the token
     drop_sorted = cumulative <= 1 - p
-    drop_sorted[..., scores.size(-1) - keep_at_least:] = False  # the likeliest always stay
+    drop_sorted[..., max(0, scores.size(-1) - keep_at_least):] = False  # the likeliest stay
     drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)  # back to vocab order
     return scores.masked_fill(drop, float("-inf"))
 
