@@ -1,0 +1,103 @@
+"""The GPU round (benchmarks/gpu_round.py), rehearsed on the CPU so that a lent GPU's 15 minutes
+are never spent on a typo: the whole round with ``--smoke`` (every section's command built,
+parsed and run on a tiny model), the time limit that kills a section, and the deadline guard that
+skips one."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "gpu_round.py"
+
+
+def load_round():
+    spec = importlib.util.spec_from_file_location("gpu_round", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_round"] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def statuses_are_accounted(sections: list[dict]) -> list[str]:
+    """The sections that neither ran cleanly nor said why they were skipped."""
+    return [f"{s['name']}: {s['status']}" for s in sections
+            if not (s["status"].startswith("ok") or s["status"].startswith("skipped: "))]
+
+
+@pytest.mark.slow  # about 90 s of one CPU core: nine processes, each importing torch
+def test_smoke_round_runs_every_section_and_writes_at_most_8_files(tmp_path):
+    """``--smoke`` runs the round end to end on the CPU: exit 0; at most 8 files (the device
+    call's limit), round.json and summary.md among them; every section of the plan either ran
+    ("ok ...") or says why it was skipped, none failed; test_cuda says "skipped: no CUDA"; the
+    benchmarks ran with the GPU round's own flags (device swapped for cpu); the summary table is
+    the last thing on stdout, one row per section in the plan's order."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    env.pop("OUT", None)
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out", str(out)], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    files = sorted(p.name for p in out.rglob("*") if p.is_file())
+    assert len(files) <= 8 and {"round.json", "summary.md", "round.log"} <= set(files), files
+    record = json.loads((out / "round.json").read_text())
+    sections = record["sections"]
+    names = [s["name"] for s in sections]
+    assert names == ["env", "matmul", "test_cuda", "inference_fp32", "inference_bf16",
+                     "inference_bf16_bs128", "train_step", "finetune", "flops"]
+    assert statuses_are_accounted(sections) == []
+    by_name = {s["name"]: s for s in sections}
+    if not by_name["env"]["files"]["env.json"]["cuda_available"]:
+        assert by_name["test_cuda"]["status"].startswith("skipped: no CUDA")
+    assert all(f"{k} " in by_name["matmul"]["result"] for k in ("bf16", "fp32"))
+    for name in ("inference_fp32", "inference_bf16", "train_step", "flops"):
+        assert by_name[name]["status"].startswith("ok"), by_name[name]
+        assert by_name[name]["files"], f"{name} wrote no result file"
+    assert "--bf16" in by_name["inference_bf16"]["command"]
+    assert by_name["finetune"]["result"].startswith("dev accuracy ")
+    assert ["--amp", "bf16"] == by_name["finetune"]["command"][
+        by_name["finetune"]["command"].index("--amp"):][:2]
+    rows = [line for line in done.stdout.strip().splitlines()[-len(names):]]
+    assert [row.split("|")[1].strip() for row in rows] == names, done.stdout[-2000:]
+
+
+def test_a_section_is_killed_at_its_limit(tmp_path):
+    """A section that outlives its limit is killed, its whole process group with it (a child
+    that sleeps 60 s is gone within 10 s of a 1 s limit), and reported as timed out."""
+    gpu_round = load_round()
+    section = gpu_round.Section("sleeper", [sys.executable, "-c", (
+        "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', "
+        "'import time; time.sleep(60)']); print('started', flush=True); time.sleep(60)")],
+        limit_s=1, floor_s=0)
+    start = time.monotonic()
+    with open(tmp_path / "log", "w") as log:
+        code, output = gpu_round.run_section(section, 1, dict(os.environ), log)
+    assert code is None and time.monotonic() - start < 10
+    section.seconds = 1.0
+    gpu_round.describe(section, code, output, tmp_path, cuda=False)
+    assert section.status.startswith("timed out")
+
+
+def test_the_deadline_guard_skips_what_no_longer_fits(tmp_path, monkeypatch):
+    """With a 30 s budget, a section whose floor is 1,000 s is skipped, saying how much was
+    left and how much it needs; the round goes on to the next, which runs; the summary names
+    both."""
+    gpu_round = load_round()
+    quick = [sys.executable, "-c", "print('done')"]
+    sections = [gpu_round.Section("big", quick, limit_s=2000, floor_s=1000, needs_cuda=False),
+                gpu_round.Section("small", quick, limit_s=20, floor_s=1, needs_cuda=False)]
+    monkeypatch.setattr(gpu_round, "plan", lambda args, work: sections)
+    args = Namespace(out=str(tmp_path / "out"), carry=str(tmp_path / "none"), smoke=False,
+                     device="cpu", budget_s=30)
+    gpu_round.run_round(args)
+    assert sections[0].status.startswith("skipped: ") and "needs 1000" in sections[0].status
+    assert sections[1].status == "ok"
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "big" in summary and "small" in summary
