@@ -14,6 +14,9 @@ runs a fixed list of sections in order, each in its own process under its own ti
    under bf16 autocast, and under bf16 at batch 128; ``train_step.py``; ``flops.py``.
 5. ``finetune``: one real SST-2 fine-tune, ``--device cuda --amp bf16``, with README's quick-start
    settings, so its dev accuracy sits beside the CPU run's.
+6. The BERT-base shape (``--config bert-base``: random weights, 12 layers, hidden 768), the size
+   where the GPU's arithmetic, not kernel launches, should set the pace: the training step and
+   bf16 inference. ``--smoke`` skips these two, saying so: BERT-base takes minutes on a CPU.
 
 The deadline guard: the round has ``--budget-s`` seconds in all. Before a section starts, it is
 skipped, saying so, if fewer seconds are left than its floor; otherwise it runs with a time
@@ -68,6 +71,7 @@ class Section:
     limit_s: float
     floor_s: float
     needs_cuda: bool = True
+    cpu_too: bool = True  # whether --smoke runs it on the CPU (BERT-base there takes minutes)
     status: str = "not run"
     seconds: float = 0.0
     result: str = ""
@@ -185,6 +189,11 @@ def plan(args: argparse.Namespace, work: Path) -> list[Section]:
                                               "--batch-size", "128"), 75, 30),
         Section("train_step", bench("train_step.py"), 120, 45),
         Section("finetune", finetune, 150, 60),
+        Section("train_step_bert_base", bench("train_step.py", "--config", "bert-base"),
+                120, 60, cpu_too=False),
+        Section("inference_bert_base_bf16", bench("inference_throughput.py", "--bf16",
+                                                  "--config", "bert-base"), 90, 45,
+                cpu_too=False),
         Section("flops", bench("flops.py"), 120, 45),
     ]
 
@@ -310,8 +319,10 @@ def run_round(args: argparse.Namespace) -> list[Section]:
                                   f"{section.floor_s:.0f}")
                 print(f"[{section.name}] {section.status}", flush=True)
                 continue
-            if section.needs_cuda and not cuda and not args.smoke:
-                section.status = "skipped: no CUDA"
+            if section.needs_cuda and not cuda and not (args.smoke and section.cpu_too):
+                section.status = ("skipped: no CUDA" if section.cpu_too else
+                                  "skipped: no CUDA (and too slow to rehearse on a CPU)")
+                print(f"[{section.name}] {section.status}", flush=True)
                 continue
             started, wall = time.time(), time.monotonic()
             print(f"[{section.name}] running, limit {min(section.limit_s, left):.0f} s", flush=True)

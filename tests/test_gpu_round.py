@@ -51,9 +51,13 @@ def test_smoke_round_runs_every_section_and_writes_at_most_8_files(tmp_path):
     sections = record["sections"]
     names = [s["name"] for s in sections]
     assert names == ["env", "matmul", "test_cuda", "inference_fp32", "inference_bf16",
-                     "inference_bf16_bs128", "train_step", "finetune", "flops"]
+                     "inference_bf16_bs128", "train_step", "finetune", "train_step_bert_base",
+                     "inference_bert_base_bf16", "flops"]
     assert statuses_are_accounted(sections) == []
     by_name = {s["name"]: s for s in sections}
+    for name in ("train_step_bert_base", "inference_bert_base_bf16"):
+        assert by_name[name]["status"].startswith("skipped: no CUDA"), by_name[name]
+        assert "--config" in by_name[name]["command"]
     if not by_name["env"]["files"]["env.json"]["cuda_available"]:
         assert by_name["test_cuda"]["status"].startswith("skipped: no CUDA")
     assert all(f"{k} " in by_name["matmul"]["result"] for k in ("bf16", "fp32"))
@@ -101,3 +105,38 @@ def test_the_deadline_guard_skips_what_no_longer_fits(tmp_path, monkeypatch):
     assert sections[1].status == "ok"
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert "big" in summary and "small" in summary
+
+
+def test_bert_base_config_is_bert_base_and_its_folder_loads_alike(tmp_path, monkeypatch):
+    """``--config bert-base`` is BERT-base's shape: the sizes in ``CONFIGS`` equal the defaults of
+    transformers' ``BertConfig`` (which are bert-base-uncased's). ``model_folder`` writes a random
+    checkpoint of a shape once, in a folder named for the shape (here a tiny one, so the test
+    stays fast): minift and transformers load the same weights from it (last hidden states
+    equal, fp32, atol 1e-5), and a second call reuses the folder without writing it again."""
+    import torch
+    import transformers
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import speed_common
+
+    reference = transformers.BertConfig()
+    for key, value in speed_common.CONFIGS["bert-base"].items():
+        assert getattr(reference, key) == value, key
+    tiny = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48)
+    monkeypatch.setitem(speed_common.CONFIGS, "bert-base", tiny)
+    monkeypatch.setattr(speed_common, "RANDOM_CACHE", tmp_path)
+    folder = speed_common.model_folder("bert-base")
+    assert folder.parent == tmp_path and "hidden_size32" in folder.name
+    written = (folder / "model.safetensors").stat().st_mtime_ns
+    assert speed_common.model_folder("bert-base") == folder
+    assert (folder / "model.safetensors").stat().st_mtime_ns == written
+    models = speed_common.load_models(torch.device("cpu"), config="bert-base")
+    assert models["hf_sdpa"].config.num_hidden_layers == 2
+    assert next(models["hf_sdpa"].parameters()).dtype == torch.float32
+    ids = torch.randint(1000, 30522, (2, 9), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+             "token_type_ids": torch.zeros_like(ids)}
+    with torch.no_grad():
+        ours = speed_common.call("minift", models["minift"], batch).last_hidden_state
+        theirs = speed_common.call("hf_sdpa", models["hf_sdpa"], batch).last_hidden_state
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
