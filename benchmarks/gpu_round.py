@@ -381,6 +381,7 @@ def main() -> None:
     parser.add_argument("--probe", choices=("env", "matmul"), help=argparse.SUPPRESS)
     parser.add_argument("--probe-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    sys.path.insert(0, str(REPO))  # minift from this tree, as the device's command sets no path
     if args.probe:
         sys.path.insert(0, str(BENCHMARKS))
         result = probe_env() if args.probe == "env" else probe_matmul(args.device)

@@ -39,8 +39,9 @@ def test_smoke_round_runs_every_section_and_writes_at_most_8_files(tmp_path):
     ("ok ...") or says why it was skipped, none failed; test_cuda says "skipped: no CUDA"; the
     benchmarks ran with the GPU round's own flags (device swapped for cpu); the summary table is
     the last thing on stdout, one row per section in the plan's order."""
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    env.pop("OUT", None)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for name in ("OUT", "PYTHONPATH"):  # as on the device: the script finds its own tree
+        env.pop(name, None)
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out", str(out)], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=400)
