@@ -141,3 +141,29 @@ def test_bert_base_config_is_bert_base_and_its_folder_loads_alike(tmp_path, monk
         ours = speed_common.call("minift", models["minift"], batch).last_hidden_state
         theirs = speed_common.call("hf_sdpa", models["hf_sdpa"], batch).last_hidden_state
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+
+
+def test_packed_minilm_is_fp16_rounded_and_loads_as_float32(tmp_path, minilm_dir):
+    """The packer's copy of MiniLM (benchmarks/gpu_pack.py): every weight within float16's
+    rounding of the original (relative 2**-11, half a unit in the last place; absolute 1e-7 for
+    values float16 holds as subnormals), in a package of the name ``"minilm"`` resolves to,
+    loaded by transformers 5 as float32 (its ``dtype="auto"`` reads the
+    carried config.json's "torch_dtype", not the file's float16)."""
+    import torch
+    import transformers
+
+    from minift.hf.checkpoint import load_bert
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import gpu_pack
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    worst = gpu_pack.copy_checkpoint(minilm_dir, tmp_path)
+    assert worst <= 2**-11
+    folder = tmp_path / "site" / gpu_pack.PACKAGE / "model"
+    original = dict(load_bert(minilm_dir).named_parameters())
+    for name, param in load_bert(folder).named_parameters():
+        assert param.dtype == torch.float32
+        torch.testing.assert_close(param, original[name], rtol=2**-11, atol=1e-7)
+    assert transformers.BertModel.from_pretrained(folder).dtype == torch.float32
