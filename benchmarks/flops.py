@@ -34,6 +34,7 @@ minift none on a CPU and all of it on a GPU.
     python benchmarks/flops.py            # several minutes on 2 CPU cores
     python benchmarks/flops.py --quick    # a smoke run
     python benchmarks/flops.py --device cuda
+    python benchmarks/flops.py --device cuda --config bert-base   # random BERT-base weights
 """
 
 from __future__ import annotations
@@ -43,11 +44,13 @@ import contextlib
 import torch
 import transformers
 from speed_common import (
+    add_config_option,
     call,
     fixed_batches,
     interleaved,
     load_models,
     machine,
+    model_folder,
     real_batches,
     result_name,
     speed_parser,
@@ -63,7 +66,6 @@ from minift.core.optim import make_optimizer
 from minift.data.tokenizer import Tokenizer
 from minift.fast import cpu_kernels as kernels
 from minift.fast.unpad import speed_up
-from minift.hf.checkpoint import resolve_model_dir
 from minift.tasks.classify import SequenceClassifier
 
 # Dense (no sparsity) tensor-core bf16 and plain fp32 (not TF32) peaks in TFLOP/s, from NVIDIA's
@@ -167,15 +169,16 @@ def datasheet_peak(device: torch.device) -> tuple[str | None, dict | None]:
 # ---- the runs ----------------------------------------------------------------------------------
 
 
-def classifiers(device: torch.device) -> dict[str, torch.nn.Module]:
-    """minift's SequenceClassifier and transformers' with SDPA, the same weights and head."""
-    folder = resolve_model_dir("minilm")
+def classifiers(device: torch.device, config: str = "minilm") -> dict[str, torch.nn.Module]:
+    """minift's SequenceClassifier and transformers' with SDPA (in float32 by name), the same
+    weights and head."""
+    folder = model_folder(config)
     torch.manual_seed(0)
     ours = speed_up(SequenceClassifier.from_pretrained(folder, num_labels=2, pooling="pooler")
                     ).to(device).train()  # transformers' head: the pooler
     ref = (
         transformers.BertForSequenceClassification.from_pretrained(
-            folder, num_labels=2, attn_implementation="sdpa"
+            folder, num_labels=2, attn_implementation="sdpa", dtype=torch.float32
         )
         .to(device)
         .train()
@@ -228,6 +231,7 @@ def pct(flops: float, seconds: float, peak: float | None) -> float | str:
 
 def main() -> None:
     parser = speed_parser(__doc__)
+    add_config_option(parser)
     args = parser.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -237,11 +241,11 @@ def main() -> None:
     repeats = 3 if args.quick else 5
 
     peaks_before = {amp: matmul_peak(device, dt, sizes, repeats) for amp, dt in DTYPES.items()}
-    encoders = load_models(device)
+    encoders = load_models(device, config=args.config)
     encoders = {"minift": encoders["minift"], "hf sdpa": encoders["hf_sdpa"]}
-    trainers = classifiers(device)
+    trainers = classifiers(device, args.config)
     config = encoders["minift"].config
-    tokenizer = Tokenizer.from_pretrained(resolve_model_dir("minilm"))
+    tokenizer = Tokenizer.from_pretrained(model_folder(args.config))
     workloads = {
         "fixed 128": fixed_batches(config.vocab_size, 128, 8 if args.quick else 16, n),
         "SST-2 (real)": real_batches(tokenizer, "sst2", 32, n),
@@ -379,20 +383,24 @@ def main() -> None:
         "datasheet_card": card,
         "datasheet_tflops": sheet,
         "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32 if cuda else None,
+        "config": args.config,
         "runs": records,
     }
-    name = result_name("flops", device, args.quick)
+    other = args.config != "minilm"
+    name = result_name("flops", device, args.quick, f"_{args.config}" if other else "")
     command = (
         "python benchmarks/flops.py"
         + (" --quick" if args.quick else "")
         + (f" --device {args.device}" if cuda else "")
+        + (f" --config {args.config}" if other else "")
     )
     write_report(
         name,
         payload,
         text,
         "Achieved FLOP/s against the matmul peak: minift vs transformers SDPA, "
-        "all-MiniLM-L6-v2, inference and training step",
+        + ("BERT-base shape, random weights" if other else "all-MiniLM-L6-v2")
+        + ", inference and training step",
         command,
     )
 

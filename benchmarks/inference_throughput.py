@@ -16,6 +16,7 @@ memory the system handed out fresh and zeroed on first touch: allocation cost be
     python benchmarks/inference_throughput.py --quick    # a smoke run
     python benchmarks/inference_throughput.py --device cuda --bf16
     python benchmarks/inference_throughput.py --device cuda --batch-size 128   # larger batches
+    python benchmarks/inference_throughput.py --device cuda --bf16 --config bert-base
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ import contextlib
 
 import torch
 from speed_common import (
+    add_config_option,
     call,
     f_linear,
     fixed_batches,
     interleaved,
     load_models,
     machine,
+    model_folder,
     real_batches,
     result_name,
     speed_parser,
@@ -39,20 +42,20 @@ from speed_common import (
 
 from minift.core.metrics import format_table
 from minift.data.tokenizer import Tokenizer
-from minift.hf.checkpoint import resolve_model_dir
 
 
 def main() -> None:
     parser = speed_parser(__doc__)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for every model")
     parser.add_argument("--batch-size", type=int, default=32, help="of the real workloads")
+    add_config_option(parser)
     args = parser.parse_args()
     device = torch.device(args.device)
     rounds = args.rounds or (2 if args.quick else 5)
     n = 2 if args.quick else 6
     bs = args.batch_size
-    models = load_models(device)
-    tokenizer = Tokenizer.from_pretrained(resolve_model_dir("minilm"))
+    models = load_models(device, config=args.config)
+    tokenizer = Tokenizer.from_pretrained(model_folder(args.config))
     workloads = {
         "fixed 32": fixed_batches(30522, 32, 32, n),
         "fixed 128": fixed_batches(30522, 128, 16, n),
@@ -101,15 +104,19 @@ def main() -> None:
         print(format_table(rows[-1:], float_format=".2f"), flush=True)
     table = format_table(rows, float_format=".2f")
     payload = {"machine": machine(device), "bf16": args.bf16, "rounds": rounds,
-               "quick": args.quick, "batch_size": bs, "workloads": records}
+               "quick": args.quick, "batch_size": bs, "config": args.config,
+               "workloads": records}
+    other = args.config != "minilm"
     name = result_name("inference_throughput", device, args.quick, "_bf16" if args.bf16 else "",
-                       f"_bs{bs}" if bs != 32 else "")
+                       f"_bs{bs}" if bs != 32 else "", f"_{args.config}" if other else "")
     command = "python benchmarks/inference_throughput.py" + " ".join(
         [""] + (["--quick"] if args.quick else []) + (["--bf16"] if args.bf16 else [])
         + ([f"--device {args.device}"] if device.type != "cpu" else [])
-        + ([f"--batch-size {bs}"] if bs != 32 else []))
+        + ([f"--batch-size {bs}"] if bs != 32 else [])
+        + ([f"--config {args.config}"] if other else []))
+    model = "BERT-base shape, random weights" if other else "all-MiniLM-L6-v2"
     write_report(name, payload, table,
-                 "Inference throughput (real tokens/s), all-MiniLM-L6-v2, fp32" +
+                 f"Inference throughput (real tokens/s), {model}, fp32" +
                  (" + bf16 autocast" if args.bf16 else ""), command)
 
 

@@ -17,6 +17,7 @@ import os
 import platform
 import random
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -73,11 +74,52 @@ def machine(device: torch.device) -> dict:
     return info
 
 
-def load_models(device: torch.device, dtype: torch.dtype = torch.float32) -> dict[str, object]:
-    """The published MiniLM in minift and in transformers (SDPA and eager attention)."""
-    folder = resolve_model_dir("minilm")
+# The model shapes a benchmark can take (``--config``): the published MiniLM, or random weights of
+# BERT-base's shape (Devlin et al. 2019: 12 layers, hidden 768, 12 heads, feed-forward 3072; the
+# defaults of transformers' BertConfig and minift's), the size the GPU goals of issue 35 are about.
+CONFIGS = {"minilm": None,
+           "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                             intermediate_size=3072)}
+
+
+RANDOM_CACHE = Path(tempfile.gettempdir())  # where ``model_folder`` writes random checkpoints
+
+
+def add_config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="minilm",
+                        help="minilm (the published weights) or bert-base (random weights)")
+
+
+def model_folder(config: str = "minilm") -> Path:
+    """The checkpoint folder of ``config``: MiniLM's own; for a random shape, a folder written
+    once (seed 0, MiniLM's tokenizer: the same uncased WordPiece vocabulary of 30,522) under
+    ``RANDOM_CACHE``, named for the shape, and reused by later processes. Both implementations
+    then load the same file, as they do MiniLM's."""
+    from minift.core.model import BertConfig, BertModel
+    from minift.hf.checkpoint import save_bert
+
+    if CONFIGS[config] is None:
+        return resolve_model_dir(config)
+    shape = "_".join(f"{k}{v}" for k, v in sorted(CONFIGS[config].items()))
+    folder = RANDOM_CACHE / f"minift_random_{config}_{shape}_seed0"
+    if (folder / "done").is_file():
+        return folder
+    torch.manual_seed(0)
+    save_bert(BertModel(BertConfig(**CONFIGS[config])), folder)
+    Tokenizer.from_pretrained(resolve_model_dir("minilm")).save_pretrained(folder)
+    (folder / "done").write_text("written whole\n")  # a folder cut off midway is rewritten
+    return folder
+
+
+def load_models(device: torch.device, dtype: torch.dtype = torch.float32,
+                config: str = "minilm") -> dict[str, object]:
+    """One checkpoint (see ``model_folder``) in minift and in transformers (SDPA and eager
+    attention), transformers loaded in float32 by name: its ``dtype="auto"`` would take the
+    file's dtype."""
+    folder = model_folder(config)
     ours = speed_up(load_bert(folder)).to(device, dtype).eval()
-    ref = {attn: transformers.BertModel.from_pretrained(folder, attn_implementation=attn)
+    ref = {attn: transformers.BertModel.from_pretrained(folder, attn_implementation=attn,
+                                                        dtype=torch.float32)
            .to(device, dtype).eval() for attn in ("sdpa", "eager")}
     return {"minift": ours, "hf_sdpa": ref["sdpa"], "hf_eager": ref["eager"]}
 

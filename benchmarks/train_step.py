@@ -12,6 +12,7 @@ F.linear" minift with ``F.linear`` (MKL) in its linear layers in place of oneDNN
 
     python benchmarks/train_step.py            # a few minutes on 2 CPU cores
     python benchmarks/train_step.py --quick
+    python benchmarks/train_step.py --device cuda --config bert-base   # random BERT-base weights
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ import torch
 import torch.nn.functional as F
 import transformers
 from speed_common import (
+    add_config_option,
     f_linear,
     fixed_batches,
     interleaved,
     machine,
+    model_folder,
     real_batches,
     result_name,
     speed_parser,
@@ -38,7 +41,6 @@ from minift.core.optim import make_optimizer
 from minift.data.tokenizer import Tokenizer
 from minift.fast import cpu_kernels as kernels
 from minift.fast.unpad import speed_up
-from minift.hf.checkpoint import resolve_model_dir
 from minift.tasks.classify import SequenceClassifier
 
 
@@ -90,17 +92,19 @@ def unpadded(fn, model):
 
 def main() -> None:
     parser = speed_parser(__doc__)
+    add_config_option(parser)
     args = parser.parse_args()
     device = torch.device(args.device)
     rounds = args.rounds or (2 if args.quick else 4)
     n = 2 if args.quick else 4
-    folder = resolve_model_dir("minilm")
+    folder = model_folder(args.config)
     tokenizer = Tokenizer.from_pretrained(folder)
     torch.manual_seed(0)
     ours = speed_up(SequenceClassifier.from_pretrained(folder, num_labels=2, pooling="pooler")
                     ).to(device).train()  # transformers' head: the pooler
     ref = transformers.BertForSequenceClassification.from_pretrained(
-        folder, num_labels=2, attn_implementation="sdpa").to(device).train()
+        folder, num_labels=2, attn_implementation="sdpa", dtype=torch.float32  # not "auto"
+    ).to(device).train()
     with torch.no_grad():  # the same head on both sides
         ref.classifier.weight.copy_(ours.classifier.weight)
         ref.classifier.bias.copy_(ours.classifier.bias)
@@ -153,13 +157,16 @@ def main() -> None:
             print(format_table(rows[-1:], float_format=".2f"), flush=True)
     table = format_table(rows, float_format=".2f")
     payload = {"machine": machine(device), "rounds": rounds, "quick": args.quick,
-               "runs": records}
-    name = result_name("train_step", device, args.quick)
+               "config": args.config, "runs": records}
+    other = args.config != "minilm"
+    name = result_name("train_step", device, args.quick, f"_{args.config}" if other else "")
     write_report(name, payload, table,
                  "Training-step throughput (real tokens/s): forward + backward + AdamW step, "
-                 "sequence classifier on all-MiniLM-L6-v2",
+                 "sequence classifier on "
+                 + ("BERT-base shape, random weights" if other else "all-MiniLM-L6-v2"),
                  "python benchmarks/train_step.py" + (" --quick" if args.quick else "")
-                 + (f" --device {args.device}" if device.type != "cpu" else ""))
+                 + (f" --device {args.device}" if device.type != "cpu" else "")
+                 + (f" --config {args.config}" if other else ""))
 
 
 if __name__ == "__main__":
