@@ -133,8 +133,10 @@ if FIGURES:
 # norms) from the very same tensors. What MiniLM never had stays freshly initialised: each
 # decoder block's cross-attention (and its LayerNorm), and the LM head's transform and bias
 # (all-MiniLM-L6-v2 ships no `cls.predictions`); the head's output matrix is tied to the word
-# embeddings, so it is pretrained. A clean way to tell the two apart: warm-start twice with two
-# seeds. What came from the checkpoint is equal; what is fresh differs.
+# embeddings, so it is pretrained (counted once, with the decoder's embeddings). A clean way
+# to tell the two apart: warm-start twice with two seeds. What came from the checkpoint is
+# equal; fresh random weights differ. Fresh biases and LayerNorm gains start at the constants
+# 0 and 1, equal under any seed, so inside the fresh parts they are counted on their own.
 
 # %%
 model_a, model_b = warm_start("minilm", seed=0), warm_start("minilm", seed=1)
@@ -146,13 +148,17 @@ for name, param in model_a.named_parameters():
     part = ("encoder" if name.startswith("encoder.") else
             "decoder cross-attention" if ".cross_attention" in name else
             "decoder LM head" if name.startswith("decoder.head.") else "decoder body")
-    groups[part, "from MiniLM" if same else "fresh"] += param.numel()
+    constant = same and part in ("decoder cross-attention", "decoder LM head")
+    if constant:  # fresh too, but a bias (0) or a LayerNorm gain (1): equal under any seed
+        check(bool((param == 0).all() or (param == 1).all()), f"{name} should start at 0 or 1")
+    origin = "fresh, random" if not same else "fresh, 0 or 1" if constant else "from MiniLM"
+    groups[part, origin] += param.numel()
     if not same:
         fresh_names.append(name)
 for (part, origin), count in sorted(groups.items()):
     print(f"{part:24} {origin:12} {count:>11,} weights")
 warm_total = sum(c for (_, origin), c in groups.items() if origin == "from MiniLM")
-fresh_total = sum(c for (_, origin), c in groups.items() if origin == "fresh")
+fresh_total = sum(c for (_, origin), c in groups.items() if origin != "from MiniLM")
 print(f"total: {warm_total:,} from MiniLM, {fresh_total:,} fresh "
       f"({100 * fresh_total / (warm_total + fresh_total):.1f}%)")
 check(all(".cross_attention" in n or n.startswith("decoder.head.") for n in fresh_names),
@@ -162,6 +168,8 @@ shared = [k for k in body_state if k in encoder_state]
 check(shared and all(torch.equal(body_state[k], encoder_state[k]) for k in shared),
       "the decoder's body should start as the encoder's very weights")
 print(f"{len(shared)} decoder tensors equal to the encoder's, name for name")
+check(model_a.decoder.head.decoder.weight is model_a.decoder.bert.embeddings.word_embeddings.weight,
+      "the LM head's output matrix should be the word embeddings themselves (tied)")
 del model_a, model_b
 
 # %% [markdown]
@@ -215,13 +223,17 @@ before, after = metrics["before"], metrics["dev"]
 for when, scores_at in (("before", before), (f"after {STEPS} steps", after)):
     print(f"{when}: BLEU {scores_at['bleu']:.2f}  ROUGE-L {scores_at['rouge_l']:.2f}  "
           f"loss {scores_at['loss']:.3f}")
+uniform_loss = math.log(tokenizer.vocab_size)
+print(f"a uniform guess over {tokenizer.vocab_size:,} tokens: loss ln {tokenizer.vocab_size} = "
+      f"{uniform_loss:.2f}")
+check(abs(before["loss"] - uniform_loss) < 1.5, "before training the loss should be near a uniform guess's")
 check(after["loss"] < before["loss"] - 2, "training should cut the test loss by over 2 nats")
 check(after["bleu"] > before["bleu"] + 2, "training should raise BLEU by over 2 points")
 check(after["rouge_l"] > before["rouge_l"] + 15, "training should raise ROUGE-L by over 15")
 
 # %% [markdown]
 # Before training the fresh cross-attention and head make the decoder write noise (BLEU near
-# 0, loss near that of a uniform guess over 30,522 tokens, ln 30522 = 10.3). After a few
+# 0, the loss near a uniform guess's over the whole vocabulary, printed above). After a few
 # steps it writes restaurant sentences (section 6 prints some), with the shape right and the
 # facts wrong: it has not yet learnt to read the source. ROUGE-L (the longest common
 # subsequence with the best reference) rises faster than BLEU, which needs exact 4-grams.
@@ -340,6 +352,8 @@ check(torch.allclose(heat.sum(-1), torch.ones(len(out_tokens)), atol=1e-5),
       "each row of cross-attention should sum to 1")
 uniform = 1 / len(source_tokens)
 print(f"largest weight {heat.max():.3f} against a uniform 1/{len(source_tokens)} = {uniform:.3f}")
+if MINIFT_QUICK:
+    check(heat.max() < 3 * uniform, "after quick mode's steps cross-attention should be near flat")
 for t in range(min(8, len(out_tokens))):
     print(f"{out_tokens[t]:>12} reads most: {source_tokens[int(heat[t].argmax())]}"
           f" ({heat[t].max():.2f})")
