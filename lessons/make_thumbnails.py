@@ -37,6 +37,7 @@ CHOSEN = {
     "10": "benchmark_search.png",
     "11": "segment_ids.png",
     "12": "perplexity.png",
+    "13": "cross_attention.png",
 }
 
 

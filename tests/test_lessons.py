@@ -38,6 +38,8 @@ FIGURES = {
     "10": {"benchmark_search.png": (800, 450), "lesson_search.png": (800, 450)},
     "11": {"segment_ids.png": (1200, 480), "accuracy.png": (1100, 420)},
     "12": {"perplexity.png": (1100, 420)},
+    "13": {"causal_mask.png": (1100, 480), "cross_attention.png": (1100, 550),
+           "bleu_beams.png": (700, 420)},
 }
 
 

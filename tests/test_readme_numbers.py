@@ -55,7 +55,7 @@ JOB_TIMES = RESULTS / "readme_commands.json"
 IDLE_CORES = 0.5  # benchmarks/readme_commands.py's bound for "idle"
 NUMBER = re.compile(r"(?<![\w#.\-/=])\d+(?:[,.]\d+)*")  # not inside a name (L6, v1.1, SST-2)
 WORDS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
-         "twelve"]
+         "twelve", "thirteen"]
 
 
 def prose() -> str:
