@@ -14,8 +14,9 @@ One run, for each seed:
    batches, shuffled by the seed): AdamW with transformers' decay grouping, the same peak rate,
    linear warmup and decay over the same steps, gradients clipped at norm 1. minift's optimizer is
    ``minift.core.optim``'s; the reference's is torch's ``AdamW`` with
-   ``get_linear_schedule_with_warmup``. Dropout draws differ, so the two runs are not equal step
-   for step; their gap is compared with the spread over seeds.
+   ``get_linear_schedule_with_warmup``. Both draw their dropout masks after the same
+   ``torch.manual_seed``: where minift draws them in transformers' order and shapes, the two
+   runs coincide up to float rounding; any gap left is read against the spread over seeds.
 3. Each writes one text per distinct test source, greedy and with 4 beams (same settings:
    ``max_new_tokens``, length penalty 1, no early stopping, stop at [SEP]), over the same
    length-grouped batches; corpus BLEU (sacrebleu's 13a, lowercased: MiniLM is uncased) and
