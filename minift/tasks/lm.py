@@ -93,19 +93,28 @@ class LMBatches(Sequence):
 # --- 3. Perplexity --------------------------------------------------------------------------------
 
 
-def lm_metrics(model, batches, device, *, progress: bool = False) -> dict[str, float]:
-    """``loss`` (mean next-token cross-entropy over every predicted token: each sequence's
-    tokens after the first), ``perplexity`` = exp(loss), and ``tokens``, the count."""
+def held_out_loss(model, batches, device, *, shifted: bool, desc: str = "held-out",
+                  progress: bool = False) -> tuple[float, int]:
+    """The mean next-token cross-entropy over every target of ``batches`` and their count:
+    a label that is not -100 (``shifted``: the labels after each row's first, those a causal LM
+    predicts from its own inputs). The model's loss is a mean per batch: weighted by targets."""
     model.eval()
     total, count = 0.0, 0
     with torch.no_grad():
-        for batch in tqdm(batches, desc="held-out", leave=False, disable=not progress):
+        for batch in tqdm(batches, desc=desc, leave=False, disable=not progress):
             batch = {k: v.to(device) for k, v in batch.items()}
-            targets = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+            labels = batch["labels"][:, 1:] if shifted else batch["labels"]
+            targets = int((labels != IGNORE_INDEX).sum())
             if targets:
                 total += model(**batch).loss.item() * targets
                 count += targets
+    return (total / count if count else float("nan")), count
+
+
+def lm_metrics(model, batches, device, *, progress: bool = False) -> dict[str, float]:
+    """``loss`` (mean next-token cross-entropy over every predicted token: each sequence's
+    tokens after the first), ``perplexity`` = exp(loss), and ``tokens``, the count."""
+    loss, count = held_out_loss(model, batches, device, shifted=True, progress=progress)
     if count == 0:
         raise ValueError("the held-out text has no token to predict: give more held-out text")
-    loss = total / count
     return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": count}

@@ -38,6 +38,7 @@ from minift.core.rouge import corpus_rouge_l
 from minift.data.batches import PaddedRows, length_grouped_batches, pad_batch, pad_rows
 from minift.data.text_pairs import SourceReferences, TextPair
 from minift.hf.encoder_decoder import load_encoder_decoder, save_encoder_decoder, warm_start
+from minift.tasks.lm import held_out_loss
 
 # --- 1. The model ---------------------------------------------------------------------------------
 
@@ -191,15 +192,8 @@ def is_uncased(tokenizer) -> bool:
 
 def teacher_forced_loss(model, batches, device, *, progress: bool = False) -> float:
     """The mean next-token cross-entropy over every label of ``batches`` (not -100)."""
-    model.eval()
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for batch in tqdm(batches, desc="dev loss", leave=False, disable=not progress):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            targets = int((batch["labels"] != IGNORE_INDEX).sum())
-            total += model(**batch).loss.item() * targets
-            count += targets
-    return total / count
+    return held_out_loss(model, batches, device, shifted=False, desc="dev loss",
+                         progress=progress)[0]
 
 
 def seq2seq_metrics(model, loss_batches, examples: Sequence[SourceReferences], tokenizer, *,
