@@ -1,7 +1,9 @@
-"""How long each lesson takes in quick mode, on this machine: the times the README quotes.
+"""How long each lesson takes in quick mode (or, with --full, its full run) on this machine: the
+times the README quotes.
 
 Each `lessons/NN_*.py` runs as tests/test_lessons.py runs it: in a fresh interpreter, from the
-repository root, with MINIFT_QUICK=1, HF_HUB_OFFLINE=1 and the repository first on PYTHONPATH.
+repository root, with MINIFT_QUICK=1 (not with --full), HF_HUB_OFFLINE=1 and the repository first
+on PYTHONPATH.
 The wall-clock seconds and the CPU seconds of the lesson's process (and its children) are
 recorded with the machine: the CPU model (from /proc/cpuinfo), the torch threads a lesson gets,
 the GPU if a lesson would use one, and the load average before the lesson started (a busy machine
@@ -10,11 +12,13 @@ makes every time longer; run this on an idle one).
 `benchmarks/results/lesson_times.json` keeps one entry per machine (CPU model, threads, GPU): a
 run replaces its own machine's times and keeps the others', so that the markdown table beside it
 gives each lesson's time on every machine measured and the range over them. `--only 01 03` runs
-some lessons and updates only those.
+some lessons and updates only those. `--full` runs the lessons' full modes and keeps their times
+apart, in `lesson_times_full.json` and `.md`, written after every lesson (full runs are long).
 
     python benchmarks/lesson_times.py                  # every lesson, torch's default threads
     python benchmarks/lesson_times.py --threads 2      # OMP_NUM_THREADS=2 for every lesson
     python benchmarks/lesson_times.py --only 01 04     # lessons 01 and 04 only
+    python benchmarks/lesson_times.py --full --threads 1 --only 13 12 11   # full runs, in that order
 """
 
 from __future__ import annotations
@@ -43,10 +47,13 @@ PROBE = ("import json, torch; print(json.dumps({'torch': torch.__version__, "
          "if torch.cuda.is_available() else None}))")
 
 
-def lesson_env(threads: int | None) -> dict[str, str]:
-    """The environment tests/test_lessons.py gives a lesson, with OMP_NUM_THREADS if asked."""
+def lesson_env(threads: int | None, full: bool = False) -> dict[str, str]:
+    """The environment tests/test_lessons.py gives a lesson (without MINIFT_QUICK for a full
+    run), with OMP_NUM_THREADS if asked."""
     env = dict(os.environ)
-    env["MINIFT_QUICK"] = "1"
+    env.pop("MINIFT_QUICK", None)
+    if not full:
+        env["MINIFT_QUICK"] = "1"
     env.setdefault("HF_HUB_OFFLINE", "1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     if threads is not None:
@@ -109,7 +116,7 @@ def time_lesson(lesson: Path, env: dict[str, str], timeout: float) -> dict:
 def table(runs: list[dict]) -> str:
     """Lessons down, machines across, then the range over the machines (passed runs only)."""
     names = sorted({name for run in runs for name in run["lessons"]})
-    header = ["lesson", *(f"machine {i + 1}" for i in range(len(runs))), "range (s)"]
+    header = ["lesson", *(f"machine {i + 1}" for i in range(len(runs))), "range (s, wall)"]
     rows = [header, ["---"] + ["---:"] * (len(header) - 1)]
     for name in names:
         cells, times = [name], []
@@ -120,7 +127,7 @@ def table(runs: list[dict]) -> str:
             elif not record["passed"]:
                 cells.append("failed")
             else:
-                cells.append(f"{record['wall_s']:.0f} s")
+                cells.append(f"{record['wall_s']:.0f} s ({record['cpu_s']:.0f} CPU-s)")
                 times.append(record["wall_s"])
         span = f"{min(times):.0f}-{max(times):.0f}" if len(times) > 1 else (
             f"{times[0]:.0f}" if times else "")
@@ -128,9 +135,11 @@ def table(runs: list[dict]) -> str:
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
 
-def report(runs: list[dict]) -> str:
-    lines = ["# Lessons in quick mode: wall-clock seconds per lesson", "",
-             "`python benchmarks/lesson_times.py` (MINIFT_QUICK=1, each lesson in a fresh "
+def report(runs: list[dict], full: bool = False) -> str:
+    command, mode = (("python benchmarks/lesson_times.py --full", "MINIFT_QUICK unset")
+                     if full else ("python benchmarks/lesson_times.py", "MINIFT_QUICK=1"))
+    lines = [f"# Lessons in {'full' if full else 'quick'} mode: wall-clock seconds per lesson", "",
+             f"`{command}` ({mode}, each lesson in a fresh "
              "interpreter, as tests/test_lessons.py runs them). The machines:", ""]
     for i, run in enumerate(runs):
         info = run["machine"]
@@ -143,8 +152,8 @@ def report(runs: list[dict]) -> str:
             f"lesson {min(loads):.2f}-{max(loads):.2f}"
         )
     lines += ["", table(runs), "",
-              "CPU seconds (the lesson's process and its children) are in "
-              "`lesson_times.json`. A machine that other jobs share makes these times longer.",
+              "CPU seconds: the lesson's process and its children (with one torch thread, about "
+              "the wall time on an idle machine). A machine that other jobs share makes these times longer.",
               ""]
     return "\n".join(lines)
 
@@ -156,20 +165,23 @@ def main(argv: list[str] | None = None) -> int:
                         help="OMP_NUM_THREADS for every lesson (default: torch's own choice)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds a lesson may take")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the result files")
+    parser.add_argument("--full", action="store_true",
+                        help="the lessons' full runs (MINIFT_QUICK unset), kept in lesson_times_full.*")
     args = parser.parse_args(argv)
 
     lessons = LESSONS
-    if args.only:
-        lessons = [p for p in LESSONS if p.name[:2] in args.only]
+    if args.only:  # in the order given
+        lessons = [p for n in args.only for p in LESSONS if p.name[:2] == n]
         unknown = sorted(set(args.only) - {p.name[:2] for p in lessons})
         if unknown:
             parser.error(f"no lesson numbered {', '.join(unknown)} in {REPO / 'lessons'}")
-    env = lesson_env(args.threads)
+    env = lesson_env(args.threads, args.full)
     info = machine(env)
     key = machine_key(info)
-    print(f"{key}; {len(lessons)} lessons in quick mode")
+    print(f"{key}; {len(lessons)} lessons in {'full' if args.full else 'quick'} mode")
 
-    path = args.out / f"{NAME}.json"
+    name = NAME + ("_full" if args.full else "")
+    path = args.out / f"{name}.json"
     runs = json.loads(path.read_text())["runs"] if path.is_file() else []
     run = next((r for r in runs if machine_key(r["machine"]) == key), None)
     if run is None:
@@ -187,10 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         if not record["passed"]:
             failed.append(lesson.name)
             print(record["error"], file=sys.stderr)
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
-    (args.out / f"{NAME}.md").write_text(report(runs))
+        args.out.mkdir(parents=True, exist_ok=True)  # after every lesson: full runs are long
+        path.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
+        (args.out / f"{name}.md").write_text(report(runs, args.full))
     print(f"wrote {path} and {path.with_suffix('.md')}")
     return 1 if failed else 0
 
