@@ -99,7 +99,7 @@ def _run_recipe(name: str, args: argparse.Namespace) -> int:
         require_matplotlib("--plot")
     getattr(recipes, name)(**options.from_namespace(options.RECIPES[name], args))
     if getattr(args, "plot", False) and os.environ.get("RANK", "0") == "0":
-        cmd_plot(argparse.Namespace(runs=[args.out], out=None))
+        cmd_plot(argparse.Namespace(runs=[args.out], out=None))  # PlotOptions' fields
     return 0
 
 
@@ -118,7 +118,7 @@ def cmd_qa(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from minift.run.plots import plot_runs
 
-    for path in plot_runs(args.runs, args.out):
+    for path in plot_runs(**options.from_namespace(options.PlotOptions, args)):
         print(f"wrote {path}")
     return 0
 
@@ -216,10 +216,7 @@ def add_recipe_parser(sub, name: str) -> argparse.ArgumentParser:
         options.add_options(p, options.RECIPES[name])
     options.add_options(p, options.ProcessOptions)
     if name != "setfit":  # the runs on minift.core.loop, which write log.jsonl
-        [run] = [g for g in p._action_groups if g.title == options.RUN]
-        run.add_argument("--plot", action="store_true",
-                         help="when the run ends, draw its curves into OUT (as 'minift plot "
-                              "OUT'; needs matplotlib)")
+        options.add_options(p, options.AfterRunOptions)
     p.set_defaults(func=cmd_qa if name == "qa" else lambda args: _run_recipe(name, args))
     return p
 
@@ -261,9 +258,7 @@ def add_plot_parser(sub) -> None:
                            "The curves go into --out, by default the first RUN; each run's "
                            "confusion.png (classification) or f1_per_type.png (NER), from its "
                            "metrics.json, goes into its own folder."))
-    p.add_argument("runs", nargs="+", metavar="RUN", help="folder of a finetune, ner or "
-                   "pretrain run (holding log.jsonl)")
-    p.add_argument("--out", metavar="DIR", help="folder of the curves (default: the first RUN)")
+    options.add_options(p, options.PlotOptions)
     p.set_defaults(func=cmd_plot)
 
 

@@ -576,6 +576,22 @@ class ProcessOptions(Options):
                                  check=at_least(1, 4096))
 
 
+@dataclass(kw_only=True)
+class PlotOptions(Options):
+    """``minift plot``: draw the curves of finished runs (``minift.run.plots.plot_runs``)."""
+    runs: list[str] = option(help="folder of a finetune, ner or pretrain run (holding log.jsonl)",
+                             group=None, flag="runs", nargs="+", metavar="RUN")
+    out: str | None = option(None, "folder of the curves (default: the first RUN)", group=None,
+                             metavar="DIR")
+
+
+@dataclass(kw_only=True)
+class AfterRunOptions(Options):
+    """What the command line does when a run on the loop has ended (read by it alone)."""
+    plot: bool = option(False, "when the run ends, draw its curves into OUT (as 'minift plot "
+                        "OUT'; needs matplotlib)", group=RUN)
+
+
 RECIPES: dict[str, type] = {"finetune": FinetuneOptions, "ner": NerOptions,
                             "pretrain": PretrainOptions, "setfit": SetfitOptions,
                             "qa": QaOptions, "answer": AnswerOptions, "lm": LmOptions,
@@ -634,6 +650,8 @@ def add_options(parser, cls: type, skip: set[str] | frozenset = frozenset()) -> 
                          if key in meta}
             if kind(spec) is not str:
                 settings["type"] = kind(spec)
+        if not _flag(spec).startswith("-"):  # a positional argument: its name is its dest
+            del settings["dest"], settings["required"]
         target.add_argument(_flag(spec), **settings)
         added.append(spec.name)
     return added
