@@ -183,6 +183,24 @@ def lesson_times(low: str, high: str, machines: str) -> None:
     assert (low, high) == (f"{min(times):.0f}", f"{max(times):.0f}"), sorted(times)
 
 
+def generation(rows: str, seeds: str, bleu: str, ours: str, theirs: str, threads: str,
+               cores: str, cpu: str) -> None:
+    """The E2E sentence: generation_e2e.json's settings, beam-4 BLEU (the same for both: the
+    paired difference is zero) and greedy tokens/s, on the machine named."""
+    results = _results("generation_e2e.json")
+    settings, summary, info = results["settings"], results["summary"], results["machine"]
+    assert (int(rows.replace(",", "")), int(seeds)) == (settings["train_rows"],
+                                                        len(settings["seeds"])), settings
+    scores = summary["scores"]
+    assert bleu == f"{scores['minift/beam4/bleu']['mean']:.2f}", scores["minift/beam4/bleu"]
+    assert bleu == f"{scores['transformers/beam4/bleu']['mean']:.2f}"
+    speed = summary["speed"]
+    assert (ours, theirs) == (f"{speed['minift/greedy']['mean']:.0f}",
+                              f"{speed['transformers/greedy']['mean']:.0f}"), speed
+    assert (WORDS.index(threads) + 1, int(cores)) == (info["torch_threads"], info["cpu_count"])
+    assert _cpu_words(info["cpu_model"]) == cpu, info
+
+
 def torch_versions(lowest: str) -> None:
     import torch
 
@@ -294,6 +312,10 @@ CLAIMS = [
           r"(\d+) threads", suite_time, needs=JOB_TIMES.name),
     Claim(r"Each lesson takes (\d+) s to (\d+) s in quick mode on that Xeon \((\w+) machines? "
           r"measured so far", lesson_times),
+    Claim(r"trained on ([\d,]+) rows of its official dev set .*? over (\d+) seeds, .*? \(test "
+          r"BLEU ([\d.]+) with 4 beams for both\), and minift's cached greedy decoding wrote "
+          r"(\d+) tokens/s to \[code:generate\]'s (\d+) with (\w+) threads? of a (\d+)-core "
+          r"([A-Z][\w ]+?) that", generation, needs="generation_e2e.json"),
     Claim(r"any torch >= ([\d.]+) works", torch_versions),
     Claim(r"rank (\d+) writes, lesson (\d+) explains", lesson_on_torchrun),
     Claim(r"MiniLM with a (\d+)-label classifier", labels),
