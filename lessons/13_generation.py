@@ -27,6 +27,7 @@
 # claim.
 
 # %%
+import json
 import math
 import shutil
 import time
@@ -34,7 +35,7 @@ from collections import Counter
 
 import sacrebleu
 import torch
-from common import DATA, MINIFT_QUICK, START, check, figures, work_folder
+from common import DATA, MINIFT_QUICK, REPO, START, check, figures, work_folder
 
 from minift.core.bleu import corpus_bleu, tokenize_13a
 from minift.core.decoder import IGNORE_INDEX, causal_mask, shift_right
@@ -433,6 +434,39 @@ check(abs(by_hand - ours) < 1e-9 and abs(ours - theirs) < 1e-9,
 # n-gram counts and the lengths are summed over all outputs first, then combined once. With
 # several references (section 1 printed how many a test source has on average) an output has
 # more ways to match, which is why E2E scores run higher than translation's.
+
+# %% [markdown]
+# ## Beside transformers
+#
+# Is this encoder-decoder the one transformers builds? `benchmarks/generation_e2e.py` trains
+# minift's and transformers' `EncoderDecoderModel` from one warm start, on the same batches with
+# the same AdamW settings, over three seeds, and decodes the same test sources with both. Its
+# committed result (trained, like this lesson, on E2E's official dev set):
+
+# %%
+BENCH = json.loads((REPO / "benchmarks" / "results" / "generation_e2e.json").read_text())
+print(f"`{BENCH['command']}` on {BENCH['machine']['cpu_model']} "
+      f"({BENCH['machine']['torch_threads']} thread), seeds {BENCH['settings']['seeds']}:")
+print(f"train: {BENCH['settings']['train_rows']:,} rows of E2E's official dev set; test: "
+      f"{BENCH['settings']['test_sources']} sources of the official test set")
+scores, speed = BENCH["summary"]["scores"], BENCH["summary"]["speed"]
+for way in ("greedy", "beam4"):
+    for metric in ("bleu", "rouge_l"):
+        ours, theirs = scores[f"minift/{way}/{metric}"], scores[f"transformers/{way}/{metric}"]
+        print(f"{way:>6} {metric:>7}: minift {ours['mean']:.2f} ± {ours['std']:.2f}, "
+              f"transformers {theirs['mean']:.2f} ± {theirs['std']:.2f}")
+        check(ours["values"] == theirs["values"], "the benchmark's two models should write "
+              "the same texts from the same start, seed for seed")
+    print(f"{way:>6} tokens/s: minift {speed[f'minift/{way}']['mean']:.0f} with the cache, "
+          f"{speed[f'minift_no_cache/{way}']['mean']:.0f} without; transformers' generate "
+          f"{speed[f'transformers/{way}']['mean']:.0f}")
+
+# %% [markdown]
+# Seed for seed the two libraries score the same, because they wrote the same texts: the same
+# weights, batches and arithmetic give the same model, and greedy and beam search pick the same
+# tokens (tests/test_generate.py holds them to `generate` token for token). The cache is what
+# makes decoding fast: without it the decoder reruns every earlier position at each step. The
+# timings come from a machine shared with other jobs, so read their ratios, not their values.
 #
 # ## What to try next
 #
