@@ -1,8 +1,8 @@
 """Hyperparameter search: what ``minift search TASK`` runs, honest by construction.
 
-A search runs one recipe (``minift.run.recipes.finetune``, ``ner``, ``qa`` or ``setfit``) many times:
-every configuration of a grid, each with several seeds, then picks the configuration whose mean
-dev score is best. Four habits keep it honest:
+A search runs one recipe (``minift.run.recipes.finetune``, ``ner``, ``qa``, ``setfit``,
+``seq2seq`` or ``lm``) many times: every configuration of a grid, each with several seeds, then
+picks the configuration whose mean dev score is best. Four habits keep it honest:
 
 - **every trial starts from the same checkpoint, loaded afresh**: a trial is an ordinary run of
   the recipe into its own folder, so nothing a previous trial trained leaks into the next;
@@ -38,7 +38,7 @@ from typing import Any
 
 from minift.core.files import atomic_write
 from minift.hf.checkpoint import resolve_model_dir
-from minift.run.options import RECIPES, OptionError, SearchOptions, grid_parsers
+from minift.run.options import RECIPES, SEARCHED, OptionError, SearchOptions, grid_parsers
 from minift.run.trials import TrialLog, model_folder, run_trial, trial_folder_name, trial_key
 
 
@@ -55,10 +55,12 @@ class MetricError(OptionError):
 # The hyperparameters a search may vary, by task: the recipe's keyword -> its value parser (the
 # fields of the recipe's options marked ``search``, minift.run.options).
 HYPERPARAMETERS: dict[str, dict[str, Callable[[str], Any]]] = {
-    task: grid_parsers(task) for task in ("finetune", "ner", "qa", "setfit")}
+    task: grid_parsers(task) for task in SEARCHED}
 
 # The dev metrics a search can choose on, by task: name -> (key in the recipe's dev scores,
-# greater is better). finetune's f1 is binary (label 1) for two labels, macro for more.
+# greater is better). finetune's f1 is binary (label 1) for two labels, macro for more. seq2seq's
+# BLEU is the one its runs pick their best checkpoint by (texts written with the decoding options,
+# beams included); lm's perplexity is exp(loss): the two rank configurations alike.
 METRICS: dict[str, dict[str, tuple[str, bool]]] = {
     "finetune": {"accuracy": ("accuracy", True), "f1": ("f1", True), "loss": ("loss", False)},
     "ner": {"entity_f1": ("f1", True), "f1": ("f1", True), "precision": ("precision", True),
@@ -66,15 +68,20 @@ METRICS: dict[str, dict[str, tuple[str, bool]]] = {
             "accuracy": ("accuracy", True), "loss": ("loss", False)},
     "qa": {"f1": ("f1", True), "exact_match": ("exact_match", True)},
     "setfit": {"accuracy": ("accuracy", True)},
+    "seq2seq": {"bleu": ("bleu", True), "rouge_l": ("rouge_l", True), "loss": ("loss", False)},
+    "lm": {"perplexity": ("perplexity", False), "loss": ("loss", False)},
 }
-DEFAULT_METRIC = {"finetune": "accuracy", "ner": "entity_f1", "qa": "f1", "setfit": "accuracy"}
+DEFAULT_METRIC = {"finetune": "accuracy", "ner": "entity_f1", "qa": "f1", "setfit": "accuracy",
+                  "seq2seq": "bleu", "lm": "perplexity"}
 # ner's metrics that only a NER (entity) or a POS (token) tag set reports.
 _ENTITY_ONLY, _POS_ONLY = {"entity_f1", "f1", "precision", "recall"}, {"accuracy"}
 
-# The BERT paper's fine-tuning grid (Devlin et al. 2019, appendix A.3).
+# The BERT paper's fine-tuning grid (Devlin et al. 2019, appendix A.3); seq2seq and lm fine-tune
+# the same BERT body, so they start from it too (a grid to begin with, not one tuned for them).
 BERT_GRID = ["lr=5e-5,3e-5,2e-5", "batch_size=16,32", "epochs=2,3,4"]
 DEFAULT_GRID = {"finetune": BERT_GRID, "ner": BERT_GRID, "qa": BERT_GRID,
-                "setfit": ["lr=1e-5,2e-5,5e-5", "batch_size=16,32"]}
+                "setfit": ["lr=1e-5,2e-5,5e-5", "batch_size=16,32"], "seq2seq": BERT_GRID,
+                "lm": BERT_GRID}
 
 
 @dataclass(frozen=True)
@@ -310,10 +317,12 @@ def halving_cost(configs: list[dict], used: list[dict], log: TrialLog, seeds: Se
 
 
 def _recipe_module(task: str):
-    """The module of the task's recipe: its ``read_test`` and ``score_saved``."""
-    from minift.run.recipes import classify, fewshot, squad, tag
+    """The module of the task's recipe: its ``read_test`` and ``score_saved`` (seq2seq and lm:
+    their ``check_model`` too)."""
+    from minift.run.recipes import classify, fewshot, lm, seq2seq, squad, tag
 
-    return {"finetune": classify, "ner": tag, "qa": squad, "setfit": fewshot}[task]
+    return {"finetune": classify, "ner": tag, "qa": squad, "setfit": fewshot, "seq2seq": seq2seq,
+            "lm": lm}[task]
 
 
 def read_test(task: str, fixed: dict, path: str) -> Any:
@@ -326,18 +335,25 @@ def read_test(task: str, fixed: dict, path: str) -> Any:
 
 def check_test_is_not_dev(task: str, fixed: dict, test: str) -> None:
     """Refuse a test file that is the dev file the choice is made on (its score would be the
-    dev score again, not a test of the choice)."""
+    dev score again, not a test of the choice); lm: also a file of the training text, whose
+    slice is the held-out text when there is no ``eval_text``."""
     from minift.data.readers import task_files
     from minift.run.recipes import data_folder
 
-    dev = fixed.get("dev")
+    dev = [fixed.get("dev")]
     if task == "finetune" and fixed.get("dev_from_train"):
-        dev = None  # the dev set is a slice of the training file
+        dev = []  # the dev set is a slice of the training file
     elif task == "finetune" and fixed.get("task"):
-        dev = task_files(fixed["task"], data_folder(fixed.get("data_dir")))[1]
-    if dev is not None and Path(dev).resolve() == Path(test).resolve():
+        dev = [task_files(fixed["task"], data_folder(fixed.get("data_dir")))[1]]
+    elif task == "seq2seq":  # the recipe's own files: E2E's with `task`
+        dev = [_recipe_module(task).data_files(RECIPES[task](**{"out": ""} | fixed))[1]]
+    elif task == "lm":  # the held-out text: `eval_text`, else a slice of `text`
+        text = fixed.get("text", [])
+        dev = [fixed.get("eval_text"), *([text] if isinstance(text, str | Path) else text)]
+    if any(path is not None and Path(path).resolve() == Path(test).resolve() for path in dev):
         raise OptionError(f"`test` {test} is the dev file the choice is made on; give another "
-                         "file (finetune: `dev_from_train` N makes dev a slice of train)")
+                         "file (finetune: `dev_from_train` N makes dev a slice of train; lm: "
+                         "the held-out text is `eval_text`, else a slice of `text`)")
 
 
 def test_scores(task: str, fixed: dict, test: Any, trials: Path, row: dict, key: str) -> dict:
@@ -347,8 +363,8 @@ def test_scores(task: str, fixed: dict, test: Any, trials: Path, row: dict, key:
 
     device = torch.device(fixed.get("device") or ("cuda" if torch.cuda.is_available()
                                                   else "cpu"))
-    # the options of the configuration that scoring needs too: the length of the inputs
-    options = fixed | {k: v for k, v in row["config"].items() if k in ("max_length", "doc_stride")}
+    # the configuration's options too: the length of the inputs, seq2seq's decoding
+    options = fixed | row["config"]
     per_seed = []
     for name in row["trials"]:
         scores = _recipe_module(task).score_saved(model_folder(task, trials / name), test,
@@ -452,7 +468,8 @@ def fixed_options(task: str, options: dict) -> dict:
 
 
 def _check_against_model(task: str, fixed: dict, configs: list[dict]) -> None:
-    """Values that are valid only for this model: the freeze depth and the maximum length."""
+    """Values that are valid only for this model: the freeze depth and the maximum length
+    (seq2seq and lm: every check their recipe makes against the model, ``check_model``)."""
     from minift.hf.checkpoint import resolve_model_dir
     from minift.run.recipes import check_device, check_freeze, check_max_length
 
@@ -461,6 +478,8 @@ def _check_against_model(task: str, fixed: dict, configs: list[dict]) -> None:
     for config in configs:
         options = fixed | config
         try:
+            if task in ("seq2seq", "lm"):
+                _recipe_module(task).check_model(folder, RECIPES[task](**{"out": ""} | options))
             if "freeze" in options:
                 check_freeze(folder, options["freeze"])
             if "max_length" in config:
@@ -505,7 +524,8 @@ def _check_same_search(out: Path, fixed: dict, seeds: list[int]) -> None:
 
 def search(task: str, *, out: str, options: dict,
            on_trial: Callable[[dict], None] | None = None, **settings: Any) -> dict:
-    """Search the hyperparameters of ``task`` (finetune, ner, qa, setfit); write ``out``.
+    """Search the hyperparameters of ``task`` (finetune, ner, qa, setfit, seq2seq, lm); write
+    ``out``.
 
     ``options``: the command's options (the recipe's keywords); those the recipe takes are fixed
     for every trial (``seed`` is the first seed: the seeds are seed .. seed + seeds - 1).
