@@ -318,11 +318,12 @@ def halving_cost(configs: list[dict], used: list[dict], log: TrialLog, seeds: Se
 
 def _recipe_module(task: str):
     """The module of the task's recipe: its ``read_test`` and ``score_saved`` (seq2seq and lm:
-    their ``check_model`` too)."""
-    from minift.run.recipes import classify, fewshot, lm, seq2seq, squad, tag
+    their ``check_model`` too). Imported by name: ``minift.run.recipes.lm`` is also the name of
+    the ``lm`` function the package exports."""
+    from importlib import import_module
 
-    return {"finetune": classify, "ner": tag, "qa": squad, "setfit": fewshot, "seq2seq": seq2seq,
-            "lm": lm}[task]
+    module = {"finetune": "classify", "ner": "tag", "qa": "squad", "setfit": "fewshot"}
+    return import_module(f"minift.run.recipes.{module.get(task, task)}")
 
 
 def read_test(task: str, fixed: dict, path: str) -> Any:
@@ -475,10 +476,13 @@ def _check_against_model(task: str, fixed: dict, configs: list[dict]) -> None:
 
     check_device(fixed.get("device"))
     folder = resolve_model_dir(fixed.get("model", "minilm"))
+    checked = task in ("seq2seq", "lm")
+    if checked:  # the fixed options alone first: what fails there is not the grid's doing
+        _recipe_module(task).check_model(folder, RECIPES[task](**{"out": ""} | fixed))
     for config in configs:
         options = fixed | config
         try:
-            if task in ("seq2seq", "lm"):
+            if checked:
                 _recipe_module(task).check_model(folder, RECIPES[task](**{"out": ""} | options))
             if "freeze" in options:
                 check_freeze(folder, options["freeze"])
