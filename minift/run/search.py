@@ -9,8 +9,10 @@ picks the configuration whose mean dev score is best. Four habits keep it honest
 - **several seeds a configuration** (3 by default): the seeds of one configuration often differ
   by as much as two configurations do, so one seed a configuration picks noise;
 - **the choice is made on dev, on one named metric with its direction** (never a sum of
-  unrelated metrics), and the test set, when given, is read once before the first trial and
-  scored once, at the end, for the chosen configuration only;
+  unrelated metrics; seq2seq: BLEU, higher, of texts written with its decoding options, the
+  metric each of its runs keeps its best checkpoint by; lm: held-out perplexity, lower), and the
+  test set, when given, is read once before the first trial and scored once, at the end, for
+  the chosen configuration only, by the recipe's own ``read_test`` and ``score_saved``;
 - **resumable**: each finished trial is one line of ``trials.jsonl`` (its configuration, seed,
   every dev metric, seconds and steps); after a kill, the same command skips what is done.
 

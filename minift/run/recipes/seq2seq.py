@@ -1,6 +1,8 @@
 """``seq2seq``: fine-tune a BERT2BERT encoder-decoder on (source, target) rows, scored on dev by
-generating (BLEU, ROUGE-L); and ``generate``: a text for each line of a file with a trained model
-(an encoder-decoder from ``seq2seq``, or a language model from ``lm``).
+generating (BLEU, ROUGE-L; ``scoring``); and ``generate``: a text for each line of a file with a
+trained model (an encoder-decoder from ``seq2seq``, or a language model from ``lm``). Both
+decode with the same fields (``minift.run.options.DecodingOptions``: greedy or beam search), so
+a run's dev texts are what ``generate`` writes with the same values.
 
 What only the model or the files can tell is checked before a model loads: the lengths against
 the model's positions (``max_length`` may not exceed the encoder's; a source longer than it is
