@@ -187,8 +187,9 @@ RECIPE_COMMANDS = {
     "seq2seq": ("fine-tune a BERT2BERT encoder-decoder (translation, data-to-text)",
                 "Fine-tune an encoder-decoder warm-started from one encoder checkpoint "
                 "(BERT2BERT) on (source, target) rows of a CSV, TSV or JSONL file; dev is scored "
-                "by generating: BLEU and ROUGE-L, rows that share a source being one example "
-                "with several references. --task e2e: E2E NLG, trained on its official dev set "
+                "by generating (the generation options, as 'minift generate' has them): BLEU "
+                "and ROUGE-L, rows that share a source being one example with several "
+                "references; the model kept is the one of best dev BLEU. --task e2e: E2E NLG, trained on its official dev set "
                 "(the train set could not be had), scored on its test set."),
     "lm": ("fine-tune the decoder alone as a left-to-right language model",
            "Fine-tune an encoder checkpoint, its self-attention made causal, as a GPT-style "
