@@ -7,6 +7,7 @@ The model is conftest's tiny random BERT (64 positions, MiniLM's tokenizer); the
 
 import io
 import json
+import math
 
 import pytest
 import torch
@@ -180,6 +181,68 @@ def test_train_two_steps_then_transformers_loads_it_and_generate_writes_a_line_a
     assert first[0] == 0 and first[1] == again[1] and len(first[1].splitlines()) == 3
     code, _, err = run(capsys, *sample, "--num-beams", 2)
     assert code == 2 and "--sample with --num-beams 2" in err, err
+
+
+def reference_scores(texts, examples):
+    """BLEU by sacrebleu (lowercased: MiniLM is uncased; one stream a reference slot, None where
+    a source has fewer references) and ROUGE-L by rouge-score (best reference, mean, times 100)
+    of ``texts``, one a distinct source of ``examples``: how the dev set is scored."""
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    references = [list(e.references) for e in examples]
+    width = max(len(r) for r in references)
+    streams = [[r[i] if i < len(r) else None for r in references] for i in range(width)]
+    bleu = sacrebleu.corpus_bleu(texts, streams, lowercase=True).score
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    best = [max(scorer.score(ref, text)["rougeL"].fmeasure for ref in refs)
+            for text, refs in zip(texts, references, strict=True)]
+    return bleu, 100 * sum(best) / len(best)
+
+
+def generate_lines(capsys, model, sources, path, *flags):
+    """What ``minift generate`` writes for ``sources`` (one a line in ``path``) with ``flags``."""
+    capsys.readouterr()  # what was printed before is not generate's
+    path.write_text("".join(f"{s}\n" for s in sources), encoding="utf-8")
+    code, stdout, err = run(capsys, "generate", "--model", model, "--input", path,
+                            "--max-length", 32, "--batch-size", 4, "--no-progress", *flags)
+    assert code == 0, err
+    return stdout.splitlines()
+
+
+BEAMS = ["--num-beams", 3, "--length-penalty", 2.0, "--no-repeat-ngram-size", 2,
+         "--max-new-tokens", 8]
+
+
+def test_dev_is_scored_on_what_generate_writes_with_the_same_decoding_flags(tiny, files, tmp_path,
+                                                                         capsys):
+    """``seq2seq`` with beam-search flags scores dev on the texts ``generate`` writes from the
+    saved model with the same flags (one field each in ``DecodingOptions``): its
+    dev_predictions.txt is generate's output line for line, one a distinct dev source, and its
+    dev BLEU and ROUGE-L are sacrebleu's and rouge-score's on generate's lines (abs 1e-9). Twenty
+    steps at a high rate teach the tiny model words of the references (BLEU above 0, so the
+    comparison is not of zeros), and the flags change its texts (greedy writes others), so a dev
+    scoring that ignored them would fail here."""
+    from minift.data.text_pairs import group_by_source, read_text_pairs
+
+    out = tmp_path / "run"
+    code, _, err = run(capsys, *seq2seq_args(tiny, files, out, "--max-steps", 20, "--eval-every",
+                                             20, "--lr", 3e-2, *BEAMS))
+    assert code == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    predictions = (out / "dev_predictions.txt").read_text(encoding="utf-8").splitlines()
+    examples = group_by_source(read_text_pairs(files["dev"], source_col="mr", target_col="ref"))
+    sources = [e.source for e in examples]
+    beams = generate_lines(capsys, out, sources, tmp_path / "dev_sources.txt", *BEAMS)
+    assert beams == predictions and len(beams) == metrics["dev"]["sources"] == 3
+    greedy = generate_lines(capsys, out, sources, tmp_path / "dev_sources.txt",
+                            "--max-new-tokens", 8)
+    assert greedy != beams, "the flags must change the texts for this test to prove anything"
+    bleu, rouge_l = reference_scores(beams, examples)
+    assert bleu > 0 and rouge_l > 0
+    assert math.isclose(metrics["dev"]["bleu"], bleu, abs_tol=1e-9)
+    assert math.isclose(metrics["dev"]["rouge_l"], rouge_l, abs_tol=1e-9)
+    assert json.loads((out / ".minift-run.json").read_text())["options"]["num_beams"] == 3
 
 
 def test_a_resumed_run_ends_with_the_uninterrupted_model(tiny, files, tmp_path, capsys,

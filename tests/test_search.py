@@ -8,11 +8,13 @@ bookkeeping and the independence of the runs, not the scores.
 import copy
 import dataclasses
 import json
+import math
 import os
 from pathlib import Path
 
 import pytest
 from test_cli import SENTENCES, write_tsv
+from test_recipes_seq2seq import ROWS, csv, generate_lines, reference_scores
 
 import minift.data.readers
 import minift.run.recipes
@@ -273,6 +275,12 @@ def test_grid_parsing_and_random_draws():
      "halving_keep"),
     ("finetune", ["lr=1e-5"], {"test": "/no/such/test.tsv"}, ValueError, "no such file"),
     ("finetune", ["lr=1e-5"], {"test": "DEV"}, ValueError, "is the dev file the choice is made on"),
+    ("seq2seq", ["lr=1e-5"], {"metric": "accuracy"}, MetricError,
+     "seq2seq reports bleu, rouge_l, loss"),
+    ("seq2seq", ["num_beams=0"], {}, GridError, "num_beams=0 must be at least 1"),
+    ("seq2seq", ["lr=1e-5"], {"test": "DEV"}, ValueError, "is the dev file the choice is made on"),
+    ("lm", ["num_beams=2"], {}, GridError, "lm has no hyperparameter 'num_beams'"),
+    ("lm", ["lr=1e-5"], {"metric": "bleu"}, MetricError, "lm reports perplexity, loss"),
 ])
 def test_bad_input_stops_before_any_trial(tiny, files, tmp_path, monkeypatch, task, grid, extra,
                                           error, message):
@@ -396,3 +404,131 @@ def test_every_searchable_hyperparameter_is_an_option_of_its_recipe():
     for task, names in minift.run.search.HYPERPARAMETERS.items():
         accepted = {spec.name for spec in dataclasses.fields(RECIPES[task])}
         assert set(names) <= accepted, (task, sorted(set(names) - accepted))
+
+
+# --------------------------------------------------------------------------------------------
+# Generation: seq2seq chosen on dev BLEU, lm on held-out perplexity, their test sets scored as
+# their recipes score dev
+# --------------------------------------------------------------------------------------------
+
+TEST_ROWS = [("name[Aromi]", "Aromi is a Thai place."), ("name[Cotto], food[Thai]", "Cotto serves "
+             "Thai food."), ("name[Cotto], food[Thai]", "Thai food at the Cotto.")]
+
+
+def seq2seq_options(tiny, tmp_path, **more):
+    """A seq2seq command's options: the tiny model, E2E-like rows, beam search on dev; twenty
+    steps at 3e-2 teach the tiny model words of the references (dev BLEU above 0)."""
+    return {"model": str(tiny), "train": str(csv(tmp_path / "train.csv", ROWS)),
+            "dev": str(csv(tmp_path / "dev.csv", ROWS[:4])), "source_col": "mr",
+            "target_col": "ref", "max_length": 32, "max_target_length": 16, "max_new_tokens": 8,
+            "batch_size": 4, "max_steps": 20, "eval_every": 20, "num_beams": 3,
+            "length_penalty": 2.0, "no_repeat_ngram_size": 2, "device": "cpu"} | more
+
+
+def test_seq2seq_search_chooses_on_dev_bleu_and_scores_test_as_generate_writes_it(
+        tiny, tmp_path, capsys, monkeypatch):
+    """A seq2seq search ranks configurations by dev BLEU, higher first: each trial's value is its
+    run's own dev BLEU (metrics.json) and the chosen one has the highest (the grid lists the
+    better rate second, so a search that minimised would pick the other). The test file is read
+    once, and the chosen model's test BLEU and ROUGE-L are sacrebleu's and rouge-score's on what
+    ``minift generate`` writes from ``model/`` with the same decoding flags, one text a distinct
+    test source (abs 1e-9)."""
+    test = csv(tmp_path / "test.csv", TEST_ROWS)
+    reads = count_reads(monkeypatch, str(test))
+    out = tmp_path / "s"
+    result = search("seq2seq", out=str(out), options=seq2seq_options(tiny, tmp_path),
+                    grid=["lr=1e-4,3e-2"], seeds=1, test=str(test))
+    assert len(reads) == 1, "the test file is read once"
+    assert (result["metric"], result["greater_is_better"]) == ("bleu", True)
+    for row in result["configs"]:
+        run = json.loads((out / "trials" / row["trials"][0] / "metrics.json").read_text())
+        assert row["per_seed"][0]["value"] == run["dev"]["bleu"] == row["mean"]
+    means = [row["mean"] for row in result["configs"]]
+    assert means[1] > means[0] and result["chosen"]["config"] == {"lr": 3e-2}
+
+    from minift.data.text_pairs import group_by_source, read_text_pairs
+
+    examples = group_by_source(read_text_pairs(test, source_col="mr", target_col="ref"))
+    lines = generate_lines(capsys, out / "model", [e.source for e in examples],
+                           tmp_path / "sources.txt", "--num-beams", 3, "--length-penalty", 2.0,
+                           "--no-repeat-ngram-size", 2, "--max-new-tokens", 8)
+    bleu, rouge_l = reference_scores(lines, examples)
+    [scored] = result["chosen"]["test"]["per_seed"]
+    assert result["chosen"]["test"]["examples"] == len(TEST_ROWS)
+    assert math.isclose(scored["bleu"], bleu, abs_tol=1e-9) and bleu > 0
+    assert math.isclose(scored["rouge_l"], rouge_l, abs_tol=1e-9)
+    assert scored["sources"] == 2 and math.isfinite(scored["loss"])
+
+
+def test_lm_search_from_the_command_line_minimises_held_out_perplexity(tiny, tmp_path, capsys):
+    """``minift search lm`` ranks configurations by held-out perplexity, lower first (the
+    chosen mean is the smallest, of two that differ), each trial's value its run's own; the
+    test file's perplexity of the chosen model is exp of the token-weighted mean of transformers'
+    ``BertLMHeadModel`` loss over its passages, each ``[CLS] passage [SEP]`` as transformers'
+    tokenizer cuts it (rel 1e-5)."""
+    import torch
+    import transformers
+
+    def lines(name, texts):
+        path = tmp_path / name
+        path.write_text("".join(f"{t}\n" for t in texts), encoding="utf-8")
+        return path
+
+    text = lines("text.txt", [f"the aromi serves thai food number {i}" for i in range(16)])
+    held = lines("held.txt", ["the cotto serves thai food", "the aromi is by the river"])
+    test = lines("test.txt", ["thai food at the aromi", "the cotto is a coffee shop near the "
+                              "river , serving cheap thai food all day"])
+    out = tmp_path / "s"
+    code = main(["search", "lm", "--model", str(tiny), "--text", str(text), "--eval-text",
+                 str(held), "--max-length", "12", "--batch-size", "4", "--max-steps", "3",
+                 "--grid", "lr=1e-4,3e-2", "--seeds", "1", "--test", str(test), "--device",
+                 "cpu", "--no-progress", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads((out / "search.json").read_text())
+    assert (result["metric"], result["greater_is_better"]) == ("perplexity", False)
+    for row in result["configs"]:
+        run = json.loads((out / "trials" / row["trials"][0] / "metrics.json").read_text())
+        assert row["mean"] == run["after"]["perplexity"]
+    means = [row["mean"] for row in result["configs"]]
+    assert means[0] != means[1] and result["chosen"]["mean"] == min(means)
+
+    hf = transformers.BertLMHeadModel.from_pretrained(out / "model").eval()
+    tokenizer = transformers.BertTokenizerFast.from_pretrained(out / "model")
+    total = count = 0.0
+    with torch.no_grad():
+        for passage in ["thai food at the aromi", "the cotto is a coffee shop near the river , "
+                        "serving cheap thai food all day"]:
+            ids = tokenizer(passage, truncation=True, max_length=12,
+                            return_tensors="pt")["input_ids"]
+            targets = ids.size(1) - 1
+            total += hf(input_ids=ids, labels=ids).loss.item() * targets
+            count += targets
+    [scored] = result["chosen"]["test"]["per_seed"]
+    assert scored["tokens"] == count
+    assert math.isclose(scored["perplexity"], math.exp(total / count), rel_tol=1e-5)
+
+
+def test_seq2seq_and_lm_searches_check_the_model_before_any_trial(tiny, tmp_path, monkeypatch):
+    """What the recipes check against the model (a decoder alone given to seq2seq, lengths the
+    positions cannot hold) stops a search before its first trial and before its folder."""
+    from minift.tasks.lm import LanguageModel
+
+    monkeypatch.setattr(minift.run.search, "run_trial", lambda *a, **k: pytest.fail("trial ran"))
+    LanguageModel.from_pretrained(tiny).save_pretrained(tmp_path / "lm")
+    text = tmp_path / "text.txt"
+    text.write_text("the aromi serves thai food\n" * 4, encoding="utf-8")
+    out = tmp_path / "s"
+    cases = [("seq2seq", seq2seq_options(tmp_path / "lm", tmp_path), "is a language model"),
+             ("seq2seq", seq2seq_options(tiny, tmp_path, max_target_length=65),
+              "max_target_length 65 does not fit the decoder"),
+             ("lm", {"model": str(tiny), "text": [str(text)], "max_length": 65},
+              "max_length 65 is more than the model's 64 positions"),
+             ("lm", {"model": str(tmp_path / "lm"), "text": [str(text)], "max_length": 16},
+              None)]
+    for task, fixed, message in cases:
+        if message is None:  # a language model's folder is a good start for lm
+            minift.run.search._check_against_model(task, fixed, [{"lr": 1e-4}])
+            continue
+        with pytest.raises(ValueError, match=message):
+            search(task, out=str(out), options=fixed, grid=["lr=1e-4"], seeds=1)
+        assert not out.exists()

@@ -187,8 +187,9 @@ RECIPE_COMMANDS = {
     "seq2seq": ("fine-tune a BERT2BERT encoder-decoder (translation, data-to-text)",
                 "Fine-tune an encoder-decoder warm-started from one encoder checkpoint "
                 "(BERT2BERT) on (source, target) rows of a CSV, TSV or JSONL file; dev is scored "
-                "by generating: BLEU and ROUGE-L, rows that share a source being one example "
-                "with several references. --task e2e: E2E NLG, trained on its official dev set "
+                "by generating (the generation options, as 'minift generate' has them): BLEU "
+                "and ROUGE-L, rows that share a source being one example with several "
+                "references; the model kept is the one of best dev BLEU. --task e2e: E2E NLG, trained on its official dev set "
                 "(the train set could not be had), scored on its test set."),
     "lm": ("fine-tune the decoder alone as a left-to-right language model",
            "Fine-tune an encoder checkpoint, its self-attention made causal, as a GPT-style "
@@ -241,7 +242,8 @@ def add_generate_parser(sub) -> None:
     description = ("Write a text for each line of --input (- reads stdin) with a trained model: "
                    "a seq2seq run's encoder-decoder (each line a source) or an lm run's "
                    "language model (each line a prompt, continued). One output a line on "
-                   "stdout, in input order; greedy decoding.")
+                   "stdout, in input order; greedy, beam search (--num-beams) or sampling "
+                   "(--sample).")
     p = sub.add_parser("generate", help="write text with a trained seq2seq or lm model",
                        description=description, formatter_class=_HelpFormatter)
     options.add_options(p, options.GenerateOptions)
@@ -275,7 +277,7 @@ def add_search_parser(sub) -> None:
             "finished ones). Writes OUT/search.json, search.md, search.png and model/. "
             "Run 'minift search TASK --help' for TASK's options."))
     tasks = p.add_subparsers(dest="search_task", required=True, metavar="TASK")
-    for name in ("finetune", "ner", "qa", "setfit"):
+    for name in options.SEARCHED:
         task = add_recipe_parser(tasks, name)
         # the task's own --test and setfit's own --seeds (seeds a configuration) serve the search
         have = {spec.name for spec in fields(options.RECIPES[name])} & {"test", "seeds"}

@@ -4,7 +4,7 @@ A field holds the option's name, type, default and, in its metadata, its help, i
 choices, its flag when that is not ``--field-name``, and ``search=True`` when ``minift search``
 may vary it. From these fields come the recipe's call (``recipes.finetune(**options)`` builds
 ``FinetuneOptions(**options)``, which checks every value), the command line (``add_options``,
-the way ``HfArgumentParser`` reads a dataclass) and the search grid (``grid_parsers``).
+the way ``HfArgumentParser`` reads a dataclass) and the search grid (``minift.run.grid``).
 
 The training loop's options are ``minift.core.loop.TrainConfig``'s fields: their names, types and
 defaults are read from it (``loop_fields``), never written here; what this file adds is how the
@@ -61,6 +61,7 @@ non_negative = _in_range(lambda v: v >= 0, "must be 0 or more")
 fraction = _in_range(lambda v: 0 <= v < 1, "must be in [0, 1)")  # a dropout
 share = _in_range(lambda v: 0 <= v <= 1, "must be in [0, 1]")  # the warmup's share of the steps
 kept_share = _in_range(lambda v: 0 < v <= 1, "must be in (0, 1]")  # what a halving rung keeps
+finite = _in_range(lambda v: True, "must be a finite number")
 
 
 def at_least(minimum: int, maximum: int | None = None) -> Callable[[Any], None]:
@@ -105,7 +106,7 @@ def check_field(spec: Field, value: Any) -> None:
 
 # --- 2. Fields, and the training loop's own (read from TrainConfig) -------------------------------
 
-DATA, TRAINING, RUN = "model and data", "training", "run"
+DATA, TRAINING, RUN, GENERATION = "model and data", "training", "run", "generation"
 MAX_SEEDS = 1000  # runs a command makes, one per seed: more is a typo, not a plan
 
 
@@ -197,7 +198,6 @@ class Options:
 MODEL_HELP = "'minilm' (the installed all-MiniLM-L6-v2) or a checkpoint folder"
 DEVICE_HELP = "cpu, cuda, cuda:1 or mps (default: cuda when available)"
 LIMIT_DEV_HELP = "score only a fixed seeded subset of N dev examples (a quick trial)"
-MAX_NEW_TOKENS_HELP = "tokens a generated text holds at most (greedy decoding)"
 CLASSIFIER_LOOP = ("epochs", "max_steps", "lr", "grad_accum", "warmup_ratio", "weight_decay",
                    "schedule", "amp", "optimizer", "seed", "compile", "eval_every", "patience",
                    "keep_resume", "progress")
@@ -358,12 +358,33 @@ class LmOptions(TextOptions):
     """``minift lm``: the decoder alone fine-tuned as a left-to-right language model."""
 
 
+@dataclass(kw_only=True)
+class DecodingOptions(Options):
+    """Greedy or beam search, in transformers' ``generate``'s names (``minift.core.generate``):
+    ``minift generate``'s, and those ``seq2seq`` writes its dev texts with (its BLEU is that of
+    ``generate`` with the same values)."""
+    max_new_tokens: int = option(64, "tokens a generated text holds at most", group=GENERATION,
+                                 check=at_least(1))
+    num_beams: int = option(1, "beam search with N beams (1: greedy)",
+                            group=GENERATION, check=at_least(1, 64), search=True)
+    length_penalty: float = option(1.0, "beam search ranks a text by its score / length ** this "
+                                   "(above 0 favours longer texts)", group=GENERATION,
+                                   check=finite, search=True)
+    no_repeat_ngram_size: int = option(0, "never repeat an n-gram of this size (0: allowed)",
+                                       group=GENERATION, check=at_least(0), search=True)
+
+    def decoding(self) -> dict[str, Any]:
+        """The keywords of ``minift.core.generate.generate`` these options give."""
+        return dict(num_beams=self.num_beams, length_penalty=self.length_penalty,
+                    no_repeat_ngram_size=self.no_repeat_ngram_size)
+
+
 @with_loop(*CLASSIFIER_LOOP, helps={
     "eval_every": "steps between dev evaluations, each generating for every dev source "
                   "(default: every epoch)",
     "patience": "stop early after N evaluations without a better dev BLEU"})
 @dataclass(kw_only=True)
-class Seq2seqOptions(LoopRunOptions):
+class Seq2seqOptions(DecodingOptions, LoopRunOptions):
     """``minift seq2seq``: a BERT2BERT encoder-decoder, warm-started from one checkpoint."""
     task: str | None = option(None, "e2e: E2E NLG from the data folder (train: its official "
                               "dev set devset.csv, the train set could not be had; dev: "
@@ -386,7 +407,6 @@ class Seq2seqOptions(LoopRunOptions):
                              "warning)", check=at_least(2))
     max_target_length: int = option(64, "tokens a target keeps, [SEP] included (longer ones are "
                                     "truncated, with a warning)", check=at_least(2))
-    max_new_tokens: int = option(64, MAX_NEW_TOKENS_HELP, check=at_least(1))
 
 
 @dataclass(kw_only=True)
@@ -493,15 +513,17 @@ class SearchOptions(Options):
     grid: list[str] | None = option(
         None, "a hyperparameter to vary (repeatable): lr, batch_size, epochs, freeze, "
         "warmup_ratio, weight_decay, dropout, max_length (setfit: also sampling, num_iterations, "
-        "head, loss); lr=log:1e-5:1e-4 is a range for --random. Default: the BERT paper's grid "
+        "head, loss; seq2seq: also num_beams, length_penalty, no_repeat_ngram_size, each trial "
+        "trained afresh); lr=log:1e-5:1e-4 is a range for --random. Default: the BERT paper's grid "
         "(lr 5e-5,3e-5,2e-5; batch_size 16,32; epochs 2,3,4)", group="search", action="append",
         metavar="NAME=V1,V2,...")
     seeds: int = option(3, "seeds a configuration: --seed, --seed + 1, ...", group="search",
                         check=at_least(1, MAX_SEEDS))
     metric: str | None = option(None, "the dev metric the choice is made on (finetune: accuracy, "
                                 "f1, loss; ner: entity_f1, precision, recall, token_accuracy, "
-                                "accuracy (POS), loss; qa: f1, exact_match; setfit: accuracy); "
-                                "default: the first", group="search")
+                                "accuracy (POS), loss; qa: f1, exact_match; setfit: accuracy; "
+                                "seq2seq: bleu, rouge_l, loss; lm: perplexity, loss); default: "
+                                "the first", group="search")
     random_draws: int | None = option(None, "draw N configurations from the grid instead of "
                                       "running all", group="search", flag="--random",
                                       metavar="N", check=at_least(1))
@@ -517,31 +539,19 @@ class SearchOptions(Options):
                                      check=at_least(1))
 
 
-GENERATION = "generation"
-
-
 @dataclass(kw_only=True)
-class GenerateOptions(Options):
+class GenerateOptions(DecodingOptions):
     """``minift generate``: a text for each line of a file, with a trained model."""
     model: str = option("minilm", MODEL_HELP, group=DATA)
     input: str = option(help="one source a line (an encoder-decoder) or one prompt a line (a "
                         "language model); - reads stdin; one output a line on stdout, in input "
                         "order", group=DATA, metavar="FILE")
-    max_new_tokens: int = option(64, MAX_NEW_TOKENS_HELP, group=GENERATION,
-                                check=at_least(1))
     max_length: int | None = option(None, "tokens a source (or a prompt) keeps; longer ones are "
                                     "truncated, with a warning (default: all the model's "
                                     "positions; a prompt's: those its continuation leaves)",
                                     group=GENERATION, check=at_least(2))
     batch_size: int = option(32, "sources generated at once", group=GENERATION,
                             check=at_least(1))
-    num_beams: int = option(1, "beam search with N beams (1: greedy, or sampling with --sample)",
-                            group=GENERATION, check=at_least(1, 64))
-    length_penalty: float = option(1.0, "beam search ranks a text by its score / length ** this "
-                                   "(above 0 favours longer texts)", group=GENERATION,
-                                   check=_in_range(lambda v: True, "must be a finite number"))
-    no_repeat_ngram_size: int = option(0, "never repeat an n-gram of this size (0: allowed)",
-                                       group=GENERATION, check=at_least(0))
     sample: bool = option(False, "sample each next token instead of taking the likeliest "
                           "(with --temperature, --top-k, --top-p, --seed)", group=GENERATION)
     temperature: float = option(1.0, "sampling: divide the scores by this first", group=GENERATION,
@@ -555,13 +565,12 @@ class GenerateOptions(Options):
     progress: bool = option(True, "no progress bars", group=RUN)
 
     def decoding(self) -> dict[str, Any]:
-        """The keywords of ``minift.core.generate.generate`` these options give (no generator)."""
+        """``DecodingOptions.decoding`` and the sampling keywords (no generator)."""
         if self.sample and self.num_beams > 1:
             raise OptionError(f"`sample` with `num_beams` {self.num_beams}: beam sampling is not "
                               "implemented; sample with one beam or search without `sample`")
-        return dict(num_beams=self.num_beams, length_penalty=self.length_penalty,
-                    no_repeat_ngram_size=self.no_repeat_ngram_size, do_sample=self.sample,
-                    temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+        return super().decoding() | dict(do_sample=self.sample, temperature=self.temperature,
+                                         top_k=self.top_k, top_p=self.top_p)
 
 
 @dataclass(kw_only=True)
@@ -592,6 +601,7 @@ class AfterRunOptions(Options):
                         "OUT'; needs matplotlib)", group=RUN)
 
 
+SEARCHED = ("finetune", "ner", "qa", "setfit", "seq2seq", "lm")  # what `minift search` runs
 RECIPES: dict[str, type] = {"finetune": FinetuneOptions, "ner": NerOptions,
                             "pretrain": PretrainOptions, "setfit": SetfitOptions,
                             "qa": QaOptions, "answer": AnswerOptions, "lm": LmOptions,
@@ -667,40 +677,3 @@ def from_namespace(cls: type, namespace: Any) -> dict[str, Any]:
         elif f"no_{spec.name}" in values:
             options[spec.name] = not values[f"no_{spec.name}"]
     return options
-
-
-def _parse_number(convert: type) -> Callable[[str], Any]:
-    """A ``--grid`` value as ``convert`` (int or float): a finite number, or a ValueError."""
-    def parse(text: str) -> Any:
-        try:
-            value = convert(text)
-        except ValueError:
-            raise ValueError("is not " + ("a whole number" if convert is int
-                                          else "a number")) from None
-        if not math.isfinite(value):
-            raise ValueError("is not a finite number")
-        return value
-    return parse
-
-
-def grid_parser(spec: Field) -> Callable[[str], Any]:
-    """The parser of one ``--grid`` value of a searchable field: its type, choices and check."""
-    convert = _parse_number(kind(spec)) if kind(spec) in (int, float) else str
-
-    def parse(text: str) -> Any:
-        value = convert(text)
-        choices, check = spec.metadata.get("choices"), spec.metadata.get("check")
-        if choices and value not in choices:
-            raise ValueError(f"is not one of {', '.join(choices)}")
-        if check is not None:
-            check(value)
-        return value
-
-    parse.log_range = spec.metadata.get("check") is positive  # name=log:LOW:HIGH is allowed
-    return parse
-
-
-def grid_parsers(task: str) -> dict[str, Callable[[str], Any]]:
-    """The hyperparameters ``minift search TASK`` may vary: field name -> its value parser."""
-    return {spec.name: grid_parser(spec) for spec in fields(RECIPES[task])
-            if spec.metadata.get("search")}

@@ -1,21 +1,23 @@
 """Hyperparameter search: what ``minift search TASK`` runs, honest by construction.
 
-A search runs one recipe (``minift.run.recipes.finetune``, ``ner``, ``qa`` or ``setfit``) many times:
-every configuration of a grid, each with several seeds, then picks the configuration whose mean
-dev score is best. Four habits keep it honest:
+A search runs one recipe (``minift.run.recipes.finetune``, ``ner``, ``qa``, ``setfit``,
+``seq2seq`` or ``lm``) many times: every configuration of a grid, each with several seeds, then
+picks the configuration whose mean dev score is best. Four habits keep it honest:
 
 - **every trial starts from the same checkpoint, loaded afresh**: a trial is an ordinary run of
   the recipe into its own folder, so nothing a previous trial trained leaks into the next;
 - **several seeds a configuration** (3 by default): the seeds of one configuration often differ
   by as much as two configurations do, so one seed a configuration picks noise;
 - **the choice is made on dev, on one named metric with its direction** (never a sum of
-  unrelated metrics), and the test set, when given, is read once before the first trial and
-  scored once, at the end, for the chosen configuration only;
+  unrelated metrics; seq2seq: BLEU, higher, of texts written with its decoding options, the
+  metric each of its runs keeps its best checkpoint by; lm: held-out perplexity, lower), and the
+  test set, when given, is read once before the first trial and scored once, at the end, for
+  the chosen configuration only, by the recipe's own ``read_test`` and ``score_saved``;
 - **resumable**: each finished trial is one line of ``trials.jsonl`` (its configuration, seed,
   every dev metric, seconds and steps); after a kill, the same command skips what is done.
 
-Read in this order: the grid (what each task can vary and report, ``parse_grid``,
-``configurations``); the trials (``minift.run.trials``); the summaries and the choice;
+Read in this order: the grid (what each task can vary, ``minift.run.grid``), the metrics each
+task reports; the trials (``minift.run.trials``); the summaries and the choice;
 successive halving; the test set and the outputs; ``search``, which checks everything before
 the first trial, then runs the rest.
 
@@ -25,40 +27,40 @@ its cores (and make every time in the report wrong).
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
-import random
 import shutil
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from minift.core.files import atomic_write
 from minift.hf.checkpoint import resolve_model_dir
-from minift.run.options import RECIPES, OptionError, SearchOptions, grid_parsers
+from minift.run.grid import (
+    DEFAULT_GRID,
+    HYPERPARAMETERS,
+    GridError,
+    LogRange,
+    configurations,
+    describe,
+    parse_grid,
+)
+from minift.run.options import RECIPES, OptionError, SearchOptions
 from minift.run.trials import TrialLog, model_folder, run_trial, trial_folder_name, trial_key
-
-
-class GridError(OptionError):
-    """A ``grid`` (or ``random_draws``) that cannot be searched: names the value."""
 
 
 class MetricError(OptionError):
     """A ``metric`` the task does not report."""
 
 
-# --- 1. Hyperparameters, metrics and the grid -----------------------------------------------------
-
-# The hyperparameters a search may vary, by task: the recipe's keyword -> its value parser (the
-# fields of the recipe's options marked ``search``, minift.run.options).
-HYPERPARAMETERS: dict[str, dict[str, Callable[[str], Any]]] = {
-    task: grid_parsers(task) for task in ("finetune", "ner", "qa", "setfit")}
+# --- 1. The metrics a search chooses on --------------------------------------------------------
 
 # The dev metrics a search can choose on, by task: name -> (key in the recipe's dev scores,
-# greater is better). finetune's f1 is binary (label 1) for two labels, macro for more.
+# greater is better). finetune's f1 is binary (label 1) for two labels, macro for more. seq2seq's
+# BLEU is the one its runs pick their best checkpoint by (texts written with the decoding options,
+# beams included); lm's perplexity is exp(loss): the two rank configurations alike.
 METRICS: dict[str, dict[str, tuple[str, bool]]] = {
     "finetune": {"accuracy": ("accuracy", True), "f1": ("f1", True), "loss": ("loss", False)},
     "ner": {"entity_f1": ("f1", True), "f1": ("f1", True), "precision": ("precision", True),
@@ -66,116 +68,13 @@ METRICS: dict[str, dict[str, tuple[str, bool]]] = {
             "accuracy": ("accuracy", True), "loss": ("loss", False)},
     "qa": {"f1": ("f1", True), "exact_match": ("exact_match", True)},
     "setfit": {"accuracy": ("accuracy", True)},
+    "seq2seq": {"bleu": ("bleu", True), "rouge_l": ("rouge_l", True), "loss": ("loss", False)},
+    "lm": {"perplexity": ("perplexity", False), "loss": ("loss", False)},
 }
-DEFAULT_METRIC = {"finetune": "accuracy", "ner": "entity_f1", "qa": "f1", "setfit": "accuracy"}
+DEFAULT_METRIC = {"finetune": "accuracy", "ner": "entity_f1", "qa": "f1", "setfit": "accuracy",
+                  "seq2seq": "bleu", "lm": "perplexity"}
 # ner's metrics that only a NER (entity) or a POS (token) tag set reports.
 _ENTITY_ONLY, _POS_ONLY = {"entity_f1", "f1", "precision", "recall"}, {"accuracy"}
-
-# The BERT paper's fine-tuning grid (Devlin et al. 2019, appendix A.3).
-BERT_GRID = ["lr=5e-5,3e-5,2e-5", "batch_size=16,32", "epochs=2,3,4"]
-DEFAULT_GRID = {"finetune": BERT_GRID, "ner": BERT_GRID, "qa": BERT_GRID,
-                "setfit": ["lr=1e-5,2e-5,5e-5", "batch_size=16,32"]}
-
-
-@dataclass(frozen=True)
-class LogRange:
-    """``name=log:low:high``: a value drawn log-uniformly from [low, high] (``--random`` only),
-    rounded to three significant digits so that it reads well in a table."""
-    low: float
-    high: float
-
-    def draw(self, rng: random.Random) -> float:
-        return float(f"{math.exp(rng.uniform(math.log(self.low), math.log(self.high))):.3g}")
-
-    def __str__(self) -> str:
-        return f"log:{self.low:g}:{self.high:g}"
-
-
-def parse_grid(task: str, specs: Sequence[str]) -> dict[str, list | LogRange]:
-    """``--grid`` options -> {hyperparameter: values, or a ``LogRange``}, in the order given.
-
-    Names are the recipe's keywords (``lr``, ``batch_size``; ``batch-size`` works too). Raises
-    ``GridError`` for an unknown name, a name given twice, an empty list, a value that does not
-    parse or is out of range, and a log range that is not positive or not increasing.
-    """
-    allowed = HYPERPARAMETERS[task]
-    if not specs:
-        raise GridError("the grid is empty: give at least one `grid` name=v1,v2,...")
-    grid: dict[str, list | LogRange] = {}
-    for spec in specs:
-        name, sep, text = spec.partition("=")
-        name = name.strip().replace("-", "_")
-        if not sep or not name:
-            raise GridError(f"`grid` {spec!r}: expected name=v1,v2,... (or name=log:low:high)")
-        if name not in allowed:
-            raise GridError(f"`grid` {spec!r}: {task} has no hyperparameter {name!r}; a search "
-                            f"can vary {', '.join(allowed)}")
-        if name in grid:
-            raise GridError(f"`grid` {spec!r}: {name} is given twice")
-        parse = allowed[name]
-        if text.startswith("log:"):
-            bounds = text[4:].split(":")
-            if not getattr(parse, "log_range", False) or len(bounds) != 2:
-                raise GridError(f"`grid` {spec!r}: a log range is name=log:LOW:HIGH, for a "
-                                "positive real hyperparameter such as lr")
-            try:
-                low, high = (parse(bound) for bound in bounds)
-            except ValueError as err:
-                raise GridError(f"`grid` {spec!r}: a bound {err}") from None
-            if not low < high:
-                raise GridError(f"`grid` {spec!r}: LOW must be less than HIGH")
-            grid[name] = LogRange(low, high)
-            continue
-        items = [item.strip() for item in text.split(",")]
-        if not text.strip() or "" in items:
-            raise GridError(f"`grid` {spec!r}: an empty value (expected {name}=v1,v2,...)")
-        values = []
-        for item in items:
-            try:
-                values.append(parse(item))
-            except ValueError as err:
-                raise GridError(f"`grid` {spec!r}: {name}={item} {err}") from None
-        if len(set(values)) < len(values):
-            raise GridError(f"`grid` {spec!r}: a value is listed twice")
-        grid[name] = values
-    return grid
-
-
-def configurations(grid: dict[str, list | LogRange], random_draws: int | None = None,
-                   seed: int = 0) -> list[dict]:
-    """The configurations to try: every combination of the grid, in order (the last name
-    varies fastest), or ``random_draws`` distinct ones drawn with a generator seeded by
-    ``seed`` (a list: one of its values, uniformly; a ``LogRange``: log-uniformly)."""
-    names = list(grid)
-    if random_draws is None:
-        ranges = [name for name in names if isinstance(grid[name], LogRange)]
-        if ranges:
-            raise GridError(f"`grid` {ranges[0]}={grid[ranges[0]]}: a range is drawn from; "
-                            "it needs `random_draws` N")
-        return [dict(zip(names, values, strict=True))
-                for values in itertools.product(*(grid[name] for name in names))]
-    if random_draws < 1:
-        raise GridError(f"`random_draws` must be at least 1, got {random_draws}")
-    if not any(isinstance(values, LogRange) for values in grid.values()):
-        size = math.prod(len(values) for values in grid.values())
-        if random_draws > size:
-            raise GridError(f"`random_draws` {random_draws}: the grid holds only {size} "
-                            "configurations (drop `random_draws` to run them all)")
-    rng = random.Random(seed)
-    drawn: list[dict] = []
-    while len(drawn) < random_draws:
-        config = {name: values.draw(rng) if isinstance(values, LogRange) else rng.choice(values)
-                  for name, values in grid.items()}
-        if config not in drawn:
-            drawn.append(config)
-    return drawn
-
-
-def describe(config: dict) -> str:
-    """``lr=3e-05 batch_size=16``: a configuration on one line."""
-    return " ".join(f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}"
-                    for name, value in config.items()) or "(the fixed options)"
-
 
 # --- 2. Summaries and the choice ------------------------------------------------------------------
 
@@ -310,10 +209,13 @@ def halving_cost(configs: list[dict], used: list[dict], log: TrialLog, seeds: Se
 
 
 def _recipe_module(task: str):
-    """The module of the task's recipe: its ``read_test`` and ``score_saved``."""
-    from minift.run.recipes import classify, fewshot, squad, tag
+    """The module of the task's recipe: its ``read_test`` and ``score_saved`` (seq2seq and lm:
+    their ``check_model`` too). Imported by name: ``minift.run.recipes.lm`` is also the name of
+    the ``lm`` function the package exports."""
+    from importlib import import_module
 
-    return {"finetune": classify, "ner": tag, "qa": squad, "setfit": fewshot}[task]
+    module = {"finetune": "classify", "ner": "tag", "qa": "squad", "setfit": "fewshot"}
+    return import_module(f"minift.run.recipes.{module.get(task, task)}")
 
 
 def read_test(task: str, fixed: dict, path: str) -> Any:
@@ -326,18 +228,25 @@ def read_test(task: str, fixed: dict, path: str) -> Any:
 
 def check_test_is_not_dev(task: str, fixed: dict, test: str) -> None:
     """Refuse a test file that is the dev file the choice is made on (its score would be the
-    dev score again, not a test of the choice)."""
+    dev score again, not a test of the choice); lm: also a file of the training text, whose
+    slice is the held-out text when there is no ``eval_text``."""
     from minift.data.readers import task_files
     from minift.run.recipes import data_folder
 
-    dev = fixed.get("dev")
+    dev = [fixed.get("dev")]
     if task == "finetune" and fixed.get("dev_from_train"):
-        dev = None  # the dev set is a slice of the training file
+        dev = []  # the dev set is a slice of the training file
     elif task == "finetune" and fixed.get("task"):
-        dev = task_files(fixed["task"], data_folder(fixed.get("data_dir")))[1]
-    if dev is not None and Path(dev).resolve() == Path(test).resolve():
+        dev = [task_files(fixed["task"], data_folder(fixed.get("data_dir")))[1]]
+    elif task == "seq2seq":  # the recipe's own files: E2E's with `task`
+        dev = [_recipe_module(task).data_files(RECIPES[task](**{"out": ""} | fixed))[1]]
+    elif task == "lm":  # the held-out text: `eval_text`, else a slice of `text`
+        text = fixed.get("text", [])
+        dev = [fixed.get("eval_text"), *([text] if isinstance(text, str | Path) else text)]
+    if any(path is not None and Path(path).resolve() == Path(test).resolve() for path in dev):
         raise OptionError(f"`test` {test} is the dev file the choice is made on; give another "
-                         "file (finetune: `dev_from_train` N makes dev a slice of train)")
+                         "file (finetune: `dev_from_train` N makes dev a slice of train; lm: "
+                         "the held-out text is `eval_text`, else a slice of `text`)")
 
 
 def test_scores(task: str, fixed: dict, test: Any, trials: Path, row: dict, key: str) -> dict:
@@ -347,8 +256,8 @@ def test_scores(task: str, fixed: dict, test: Any, trials: Path, row: dict, key:
 
     device = torch.device(fixed.get("device") or ("cuda" if torch.cuda.is_available()
                                                   else "cpu"))
-    # the options of the configuration that scoring needs too: the length of the inputs
-    options = fixed | {k: v for k, v in row["config"].items() if k in ("max_length", "doc_stride")}
+    # the configuration's options too: the length of the inputs, seq2seq's decoding
+    options = fixed | row["config"]
     per_seed = []
     for name in row["trials"]:
         scores = _recipe_module(task).score_saved(model_folder(task, trials / name), test,
@@ -452,15 +361,21 @@ def fixed_options(task: str, options: dict) -> dict:
 
 
 def _check_against_model(task: str, fixed: dict, configs: list[dict]) -> None:
-    """Values that are valid only for this model: the freeze depth and the maximum length."""
+    """Values that are valid only for this model: the freeze depth and the maximum length
+    (seq2seq and lm: every check their recipe makes against the model, ``check_model``)."""
     from minift.hf.checkpoint import resolve_model_dir
     from minift.run.recipes import check_device, check_freeze, check_max_length
 
     check_device(fixed.get("device"))
     folder = resolve_model_dir(fixed.get("model", "minilm"))
+    checked = task in ("seq2seq", "lm")
+    if checked:  # the fixed options alone first: what fails there is not the grid's doing
+        _recipe_module(task).check_model(folder, RECIPES[task](**{"out": ""} | fixed))
     for config in configs:
         options = fixed | config
         try:
+            if checked:
+                _recipe_module(task).check_model(folder, RECIPES[task](**{"out": ""} | options))
             if "freeze" in options:
                 check_freeze(folder, options["freeze"])
             if "max_length" in config:
@@ -505,7 +420,8 @@ def _check_same_search(out: Path, fixed: dict, seeds: list[int]) -> None:
 
 def search(task: str, *, out: str, options: dict,
            on_trial: Callable[[dict], None] | None = None, **settings: Any) -> dict:
-    """Search the hyperparameters of ``task`` (finetune, ner, qa, setfit); write ``out``.
+    """Search the hyperparameters of ``task`` (finetune, ner, qa, setfit, seq2seq, lm); write
+    ``out``.
 
     ``options``: the command's options (the recipe's keywords); those the recipe takes are fixed
     for every trial (``seed`` is the first seed: the seeds are seed .. seed + seeds - 1).

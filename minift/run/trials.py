@@ -67,7 +67,7 @@ def dev_numbers(task: str, metrics: dict) -> dict[str, float]:
     stay in the trial's own ``metrics.json``)."""
     if task == "setfit":
         return {"accuracy": metrics["dev"]["per_seed"][0]["accuracy"]}
-    dev = metrics["dev"]
+    dev = metrics["after" if task == "lm" else "dev"]  # lm, as pretrain: held-out before/after
     numbers = {key: value for key, value in dev.items()
                if isinstance(value, int | float) and not isinstance(value, bool)}
     if isinstance(dev.get("strict"), dict):  # ner: the strict IOB2 mode's F1

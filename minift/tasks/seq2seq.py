@@ -15,10 +15,11 @@ Reading order:
    padded batches: ``input_ids``/``attention_mask`` (the sources), ``labels`` (-100 at padding),
    and the decoder's input, ``labels`` shifted right behind [CLS] (``shift_right``: teacher
    forcing), with its mask.
-4. ``generate_texts`` writes a text for each source (greedy, with the cache), in input order;
-   ``seq2seq_metrics`` scores a model on a dev file: the teacher-forced loss over every row, and
-   corpus BLEU and ROUGE-L of one generated text per *distinct* source against every reference
-   written for it (``minift.data.text_pairs.group_by_source``), as E2E NLG is scored.
+4. ``generate_texts`` writes a text for each source (greedy or beam search, with the cache), in
+   input order; ``seq2seq_metrics`` scores a model on a dev file: the teacher-forced loss over
+   every row, and corpus BLEU and ROUGE-L of one generated text per *distinct* source against
+   every reference written for it (``minift.data.text_pairs.group_by_source``), as E2E NLG is
+   scored.
 """
 
 from __future__ import annotations
@@ -198,15 +199,19 @@ def teacher_forced_loss(model, batches, device, *, progress: bool = False) -> fl
 
 def seq2seq_metrics(model, loss_batches, examples: Sequence[SourceReferences], tokenizer, *,
                     max_length: int, max_new_tokens: int, batch_size: int, device,
-                    progress: bool = False) -> dict:
-    """A model's dev scores: ``loss`` (teacher forcing, every row), and for one greedy text per
-    distinct source, ``bleu`` (corpus BLEU, 0..100, sacrebleu's 13a tokenisation, lowercased for
-    an uncased tokenizer) and ``rouge_l`` (the mean best-reference ROUGE-L F-measure, times 100
-    as papers report it), against all of that source's references; ``sources`` counts them.
-    ``predictions`` (the texts, in source order) ride along for the recipe to write."""
+                    progress: bool = False, **decoding) -> dict:
+    """A model's dev scores: ``loss`` (teacher forcing, every row), and for one text per distinct
+    source, written as ``decoding`` says (the keywords of ``minift.core.generate.generate``:
+    greedy when none, else beam search with ``num_beams``, ``length_penalty``,
+    ``no_repeat_ngram_size``), ``bleu`` (corpus BLEU, 0..100, sacrebleu's 13a tokenisation,
+    lowercased for an uncased tokenizer) and ``rouge_l`` (the mean best-reference ROUGE-L
+    F-measure, times 100 as papers report it), against all of that source's references;
+    ``sources`` counts them. ``predictions`` (the texts, in source order) ride along for the
+    recipe to write."""
     rows, _ = source_rows([e.source for e in examples], tokenizer, max_length)
     texts = generate_texts(model, tokenizer, rows, batch_size=batch_size,
-                           max_new_tokens=max_new_tokens, device=device, progress=progress)
+                           max_new_tokens=max_new_tokens, device=device, progress=progress,
+                           **decoding)
     references = [list(e.references) for e in examples]
     bleu = corpus_bleu(texts, references, lowercase=is_uncased(tokenizer))
     rouge = corpus_rouge_l(texts, references)

@@ -7,9 +7,9 @@ Each recipe takes its options as keywords, the fields of its dataclass in
 ``prepare`` (the checks that need the model or the files, the data and output folders),
 ``skeleton`` (``run_recipe``: load, score before, train, take the best weights, score them,
 save), then one file a recipe: ``classify``, ``tag``, ``mlm``, ``fewshot`` (which trains once per
-seed) and ``squad``, each of which also scores a saved model on a test file (``read_test``,
-``score_saved``), as ``minift.run.search`` does once it has chosen; then ``seq2seq`` (with
-``generate``, which writes text with a trained model) and ``lm``.
+seed), ``squad``, ``seq2seq`` (with ``generate``, which writes text with a trained model) and
+``lm``; all but ``mlm`` also score a saved model on a test file (``read_test``,
+``score_saved``), as ``minift.run.search`` does once it has chosen.
 
 **Everything is checked before a model is loaded**: numbers, files, columns, labels, the device,
 the output folder. A bad value raises ``ValueError`` (the command prints it as one line).

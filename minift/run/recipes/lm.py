@@ -14,7 +14,43 @@ from minift.run.recipes.mlm import read_passages, written
 from minift.run.recipes.prepare import check_device, claim_folder, run_record
 from minift.run.recipes.seq2seq import decoder_kind, model_positions
 from minift.tasks.lm import LanguageModel, LMBatches, lm_metrics
-from minift.tasks.mlm import TextSequences
+from minift.tasks.mlm import TextSequences, read_text_lines
+
+
+def check_model(folder: Path, o: LmOptions) -> None:
+    """What ``lm`` checks against the model before it loads one (and ``minift search lm``
+    before its first trial): a model without an encoder to read, and the length."""
+    if decoder_kind(folder, needed=False) == "seq2seq":
+        raise OptionError(f"`model` {folder} is an encoder-decoder: lm trains a decoder alone "
+                          "(give an encoder checkpoint or an lm run's folder)")
+    if o.max_length < 3:
+        raise OptionError(f"`max_length` must be at least 3 ([CLS], a token, [SEP]), got "
+                          f"{o.max_length}")
+    positions = model_positions(folder)[1]
+    if positions is not None and o.max_length > positions:
+        raise OptionError(f"`max_length` {o.max_length} is more than the model's {positions} "
+                          "positions")
+
+
+def held_out_batches(passages: list[str], tokenizer, o: LmOptions) -> list:
+    """The batches held-out ``passages`` are scored in (the run's held-out text, or a search's
+    test file): sequences as training makes them (``max_length``, ``pack``), longest first."""
+    sequences = TextSequences(passages, tokenizer, max_length=o.max_length, pack=o.pack)
+    return list(LMBatches(sequences, o.batch_size, seed=o.eval_seed, shuffle=False))
+
+
+def read_test(path: str, options: dict) -> list[str]:
+    """The passages of a test text file, one a line (as ``text`` and ``eval_text`` are read)."""
+    return read_text_lines(path)
+
+
+def score_saved(folder: Path, test: list[str], options: dict, device) -> dict[str, float]:
+    """Perplexity, loss and tokens on ``test`` (``read_test``) of the language model saved in
+    ``folder``, scored as the run scored its held-out text."""
+    o = LmOptions(**{"out": str(folder), "text": ""} | options | {"progress": False})
+    model = LanguageModel.from_pretrained(folder).to(device)
+    batches = held_out_batches(test, Tokenizer.from_pretrained(folder), o)
+    return lm_metrics(model, batches, device)
 
 
 def lm(**options: Any) -> dict:
@@ -33,16 +69,7 @@ def lm(**options: Any) -> dict:
     config = skeleton.train_config(o, metric="loss", greater_is_better=False)
     check_device(o.device)
     folder = resolve_model_dir(o.model)
-    if decoder_kind(folder, needed=False) == "seq2seq":
-        raise OptionError(f"`model` {folder} is an encoder-decoder: lm trains a decoder alone "
-                          "(give an encoder checkpoint or an lm run's folder)")
-    if o.max_length < 3:
-        raise OptionError(f"`max_length` must be at least 3 ([CLS], a token, [SEP]), got "
-                          f"{o.max_length}")
-    positions = model_positions(folder)[1]
-    if positions is not None and o.max_length > positions:
-        raise OptionError(f"`max_length` {o.max_length} is more than the model's {positions} "
-                          "positions")
+    check_model(folder, o)
     files = [o.text] if isinstance(o.text, str | Path) else list(o.text)
     passages, eval_passages = read_passages(o, files)
 
@@ -51,8 +78,7 @@ def lm(**options: Any) -> dict:
                       keep_resume=o.keep_resume, overwrite=o.overwrite, record=record) as out_dir:
         tokenizer = Tokenizer.from_pretrained(folder)
         train_seqs = TextSequences(passages, tokenizer, max_length=o.max_length, pack=o.pack)
-        eval_seqs = TextSequences(eval_passages, tokenizer, max_length=o.max_length, pack=o.pack)
-        eval_batches = list(LMBatches(eval_seqs, o.batch_size, seed=o.eval_seed, shuffle=False))
+        eval_batches = held_out_batches(eval_passages, tokenizer, o)
         tokens = sum(train_seqs.lengths)
         print(f"data: {len(passages)} passages -> {len(train_seqs)} sequences, {tokens:,} tokens "
               f"({'packed' if o.pack else 'one passage a sequence'}); held out: "

@@ -1,6 +1,8 @@
 """``seq2seq``: fine-tune a BERT2BERT encoder-decoder on (source, target) rows, scored on dev by
-generating (BLEU, ROUGE-L); and ``generate``: a text for each line of a file with a trained model
-(an encoder-decoder from ``seq2seq``, or a language model from ``lm``).
+generating (BLEU, ROUGE-L; ``scoring``); and ``generate``: a text for each line of a file with a
+trained model (an encoder-decoder from ``seq2seq``, or a language model from ``lm``). Both
+decode with the same fields (``minift.run.options.DecodingOptions``: greedy or beam search), so
+a run's dev texts are what ``generate`` writes with the same values.
 
 What only the model or the files can tell is checked before a model loads: the lengths against
 the model's positions (``max_length`` may not exceed the encoder's; a source longer than it is
@@ -24,7 +26,7 @@ from minift.core.generate import generate as decode
 from minift.core.labels import DataError
 from minift.core.metrics import format_table
 from minift.data.readers import read_utf8_lines
-from minift.data.text_pairs import e2e_files, group_by_source, read_text_pairs
+from minift.data.text_pairs import TextPair, e2e_files, group_by_source, read_text_pairs
 from minift.data.tokenizer import Tokenizer
 from minift.hf.checkpoint import read_config, read_config_json, resolve_model_dir
 from minift.run.options import GenerateOptions, OptionError, Seq2seqOptions
@@ -108,6 +110,50 @@ def check_lengths(folder: Path, *, source: int | None = None, target: int | None
                               f"model has {decoder}")
 
 
+def check_model(folder: Path, o: Seq2seqOptions) -> None:
+    """What ``seq2seq`` checks against the model before it loads one (and ``minift search
+    seq2seq`` before its first trial): a starting point with an encoder, and the lengths."""
+    if decoder_kind(folder, needed=False) == "lm":
+        raise OptionError(f"`model` {folder} is a language model (a decoder alone): seq2seq "
+                          "starts from an encoder checkpoint or an encoder-decoder folder")
+    check_lengths(folder, source=o.max_length, target=o.max_target_length,
+                  new_tokens=o.max_new_tokens)
+
+
+def scoring(pairs: list[TextPair], tokenizer, o: Seq2seqOptions):
+    """``evaluate(model, device)``: the scores of a model on the rows ``pairs`` (the dev file's,
+    or a search's test file's): the teacher-forced loss over every row, BLEU and ROUGE-L of one
+    text per distinct source written with the decoding options (``DecodingOptions``: greedy, or
+    ``num_beams`` beams), as ``minift generate`` with the same options writes it
+    (``minift.tasks.seq2seq.seq2seq_metrics``)."""
+    examples = group_by_source(pairs)
+    dataset = Seq2SeqDataset(pairs, tokenizer, max_length=o.max_length,
+                             max_target_length=o.max_target_length)
+    batches = dataset.batches(o.batch_size, generator=None, shuffle=False)
+    decoding = o.decoding()
+
+    def evaluate(model, device) -> dict:
+        return seq2seq_metrics(model, batches, examples, tokenizer, max_length=o.max_length,
+                               max_new_tokens=o.max_new_tokens, batch_size=o.batch_size,
+                               device=device, progress=o.progress, **decoding)
+    return evaluate
+
+
+def read_test(path: str, options: dict) -> list[TextPair]:
+    """The rows of a test file, in the columns of the options (E2E's with ``task``)."""
+    source_col, target_col = data_files(Seq2seqOptions(**{"out": ""} | options))[2:]
+    return read_text_pairs(path, source_col=source_col, target_col=target_col)
+
+
+def score_saved(folder: Path, test: list[TextPair], options: dict, device) -> dict[str, float]:
+    """The scores on ``test`` (``read_test``) of the encoder-decoder saved in ``folder``, as the
+    run scored its dev set (``scoring``)."""
+    o = Seq2seqOptions(**{"out": str(folder)} | options | {"progress": False})
+    model = Seq2SeqModel.from_pretrained(folder).to(device)
+    scores = scoring(test, Tokenizer.from_pretrained(folder), o)(model, device)
+    return {k: v for k, v in scores.items() if k != "predictions"}
+
+
 def _build(folder: Path, o: Seq2seqOptions):
     """``build``: an encoder-decoder folder as it is, else a warm start from an encoder."""
     def build():
@@ -121,24 +167,27 @@ def _build(folder: Path, o: Seq2seqOptions):
 
 
 def seq2seq(**options: Any) -> dict:
-    """Fine-tune an encoder-decoder; write the best model (by dev BLEU, HF
-    ``EncoderDecoderModel`` format), ``dev_predictions.txt`` and ``metrics.json`` into ``out``.
+    """Fine-tune an encoder-decoder; write the best model (HF ``EncoderDecoderModel`` format),
+    ``dev_predictions.txt`` and ``metrics.json`` into ``out``.
 
     The options are ``minift.run.options.Seq2seqOptions``'s fields. Training reads every row of
     ``train`` (teacher forcing); dev is scored by the teacher-forced loss over its rows and by
-    BLEU and ROUGE-L of one greedy text per distinct source against all its references
-    (``minift.tasks.seq2seq.seq2seq_metrics``). Returns the metrics dict that is written:
-    ``{"before": ..., "dev": ..., "train": ..., "data": ...}``.
+    BLEU and ROUGE-L of one text per distinct source against all its references (``scoring``).
+    The dev texts are written with the decoding options (``num_beams``, ``length_penalty``,
+    ``no_repeat_ngram_size``, ``max_new_tokens``: the fields ``minift generate`` has), so that
+    ``dev_predictions.txt`` is what ``generate`` writes with the same values.
+
+    **The best checkpoint is the one of highest dev BLEU** (of these texts), not of lowest dev
+    loss: the loss scores teacher forcing, one next token given the reference's previous ones,
+    while BLEU scores what the model writes alone, the thing it is for, and the two need not
+    peak together. ``patience`` waits on BLEU too. Returns the metrics dict that is
+    written: ``{"before": ..., "dev": ..., "train": ..., "data": ...}``.
     """
     o = Seq2seqOptions(**options)
     config = skeleton.train_config(o, metric="bleu", greater_is_better=True)
     prepare.check_device(o.device)
     folder = resolve_model_dir(o.model)
-    if decoder_kind(folder, needed=False) == "lm":
-        raise OptionError(f"`model` {folder} is a language model (a decoder alone): seq2seq "
-                          "starts from an encoder checkpoint or an encoder-decoder folder")
-    check_lengths(folder, source=o.max_length, target=o.max_target_length,
-                  new_tokens=o.max_new_tokens)
+    check_model(folder, o)
     train, dev, source_col, target_col = data_files(o)
     columns = dict(source_col=source_col, target_col=target_col)
     train_pairs = prepare.subset(read_text_pairs(train, **columns), o.limit_train, o.seed)
@@ -156,16 +205,9 @@ def seq2seq(**options: Any) -> dict:
         print(f"data: {len(train_pairs)} train rows / {len(dev_pairs)} dev rows "
               f"({len(dev_examples)} distinct dev sources); tokenizing")
         tokenizer = Tokenizer.from_pretrained(folder)
-        lengths = dict(max_length=o.max_length, max_target_length=o.max_target_length)
-        train_set = Seq2SeqDataset(train_pairs, tokenizer, **lengths)
-        dev_set = Seq2SeqDataset(dev_pairs, tokenizer, **lengths)
-        dev_batches = dev_set.batches(o.batch_size, generator=None, shuffle=False)
-
-        def evaluate(model, device) -> dict:
-            return seq2seq_metrics(model, dev_batches, dev_examples, tokenizer,
-                                   max_length=o.max_length, max_new_tokens=o.max_new_tokens,
-                                   batch_size=o.batch_size, device=device, progress=o.progress)
-
+        train_set = Seq2SeqDataset(train_pairs, tokenizer, max_length=o.max_length,
+                                   max_target_length=o.max_target_length)
+        evaluate = scoring(dev_pairs, tokenizer, o)
         outcome = skeleton.run_recipe(skeleton.Recipe(
             config=config, build=_build(folder, o), load=Seq2SeqModel.from_pretrained,
             train_batches=prepare.epoch_batches(train_set, o.batch_size, o.seed),
