@@ -7,8 +7,10 @@ batch: outputs at the real positions and the gradients of q, k and v, for random
 and for the first token alone. Tolerances: float32, atol and rtol 1e-5; bfloat16 inputs against
 the float32 formula on the same (rounded) inputs, atol and rtol 1.5e-2 on outputs and 3e-2 on
 gradients (bfloat16 keeps 8 bits of mantissa: 2**-8 = 3.9e-3 relative per rounding, and a
-gradient passes through several roundings; 150 random cases used at most 35% of either). The varlen path needs CUDA: tests/test_cuda.py holds
-it (and the others) there with the same helpers.
+gradient passes through several roundings; 150 random cases used at most 35% of either).
+The varlen path's kernel needs CUDA; its plumbing is checked here against a CPU stand-in that
+follows torch's documentation, and tests/test_cuda.py holds every path, varlen included, to
+the textbook on a GPU with the same helpers.
 
 Then the choice: ``choose_path`` picks the documented path for each device, dtype, dropout and
 torch (availability monkeypatched), forcing a path that cannot run says why, the per-batch
@@ -21,6 +23,7 @@ import importlib.util
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_model import tiny_setups
@@ -166,6 +169,38 @@ def test_fast_model_on_each_cpu_path_equals_textbook_model(setup, path, first_on
     assert got_grads.keys() == want_grads.keys()
     for name, grad in want_grads.items():
         torch.testing.assert_close(got_grads[name], grad, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def documented_varlen_attn(q, k, v, cu_seq_q, cu_seq_k, max_q, max_k):
+    """``torch.nn.attention.varlen.varlen_attn`` as its documentation states it, for a CPU:
+    int32 offsets (sequences + 1,) that end at the token counts, the longest lengths, and
+    attention of each query sequence over its key sequence, scale 1/sqrt(head_dim)."""
+    assert cu_seq_q.dtype == cu_seq_k.dtype == torch.int32 and len(cu_seq_q) == len(cu_seq_k)
+    bq, bk = cu_seq_q.tolist(), cu_seq_k.tolist()
+    assert bq[0] == bk[0] == 0 and bq[-1] == len(q) and bk[-1] == len(k) == len(v)
+    assert max_q == max(b - a for a, b in zip(bq, bq[1:], strict=False))
+    assert max_k == max(b - a for a, b in zip(bk, bk[1:], strict=False))
+    outputs = []
+    for a, b, c, d in zip(bq, bq[1:], bk, bk[1:], strict=False):
+        qi, ki, vi = (t.transpose(0, 1) for t in (q[a:b], k[c:d], v[c:d]))  # (heads, len, d)
+        outputs.append(F.scaled_dot_product_attention(qi, ki, vi).transpose(0, 1))
+    return torch.cat(outputs)
+
+
+@settings(deadline=None, max_examples=15)
+@given(mask=padding_patterns(), first_only=st.booleans(), seed=st.integers(0, 2**31))
+def test_varlen_path_calls_the_kernel_as_documented(mask, first_only, seed):
+    """The varlen path's plumbing on a CPU: with ``documented_varlen_attn`` in place of torch's
+    CUDA kernel, the offsets, lengths and first-token queries it passes (by position) give the
+    textbook's outputs and gradients (float32, atol and rtol 1e-5). The kernel itself is held
+    to the textbook on a GPU, in tests/test_cuda.py."""
+    why_not = packed.why_not
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(packed, "varlen_kernel", lambda: documented_varlen_attn)
+        patch.setattr(packed, "why_not",
+                      lambda path, *args: None if path == "varlen" else why_not(path, *args))
+        check_path("varlen", mask, 2, 8, seed, first_only, torch.float32, "cpu", FP32_TOL,
+                   FP32_TOL)
 
 
 # --- the choice ---------------------------------------------------------------------------------

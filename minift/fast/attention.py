@@ -35,7 +35,6 @@ path is held to the textbook attention by tests/test_attention.py (CPU) and test
 from __future__ import annotations
 
 import importlib
-from functools import cached_property
 from typing import TYPE_CHECKING
 
 import torch
@@ -118,59 +117,65 @@ class PackedLayout:
     """Where each sequence's tokens sit among the packed tokens, in the forms the paths take.
 
     Computed from ``Unpadding.lengths`` (a host list) without reading anything back from the
-    device, each form once, on first use. Sequences with no real token are left out (they own
-    no packed token, and the kernels need not see empty sequences).
+    device. Sequences with no real token are left out (they own no packed token, and the
+    kernels need not see empty sequences). What every layer uses (the offsets, the mask) is
+    built on first use and kept in ``built``; what only the last layer's first-token shortcut
+    uses is built when asked. (A plain dict, not ``functools.cached_property``: its lock, in
+    Python 3.11, stops ``torch.compile`` from tracing through it.)
     """
 
     def __init__(self, unpadding: Unpadding):
         self.unpadding = unpadding
         self.device = unpadding.indices.device
         self.lengths = [n for n in unpadding.lengths if n > 0]
-        self.max_length = max(self.lengths, default=0)
-        self.min_length = min(self.lengths, default=0)
+        # not max(..., default=0): torch.compile cannot trace the keyword
+        self.max_length = max(self.lengths) if self.lengths else 0
+        self.min_length = min(self.lengths) if self.lengths else 0
+        self.built: dict[str, torch.Tensor] = {}
 
     def _on_device(self, values: list[int], dtype: torch.dtype) -> torch.Tensor:
         return torch.tensor(values, dtype=dtype).to(self.device, non_blocking=True)
 
-    @cached_property
+    @property
     def offsets(self) -> torch.Tensor:
         """(sequences + 1,) int64: where each sequence starts, then the number of tokens."""
-        starts = [0]
-        for n in self.lengths:
-            starts.append(starts[-1] + n)
-        return self._on_device(starts, torch.int64)
+        if "offsets" not in self.built:
+            starts = [0]
+            for n in self.lengths:
+                starts.append(starts[-1] + n)
+            self.built["offsets"] = self._on_device(starts, torch.int64)
+        return self.built["offsets"]
 
-    @cached_property
+    @property
     def cu_seqlens(self) -> torch.Tensor:
         """``offsets`` as int32, the form FlashAttention's varlen kernel takes."""
-        return self.offsets.to(torch.int32)
+        if "cu_seqlens" not in self.built:
+            self.built["cu_seqlens"] = self.offsets.to(torch.int32)
+        return self.built["cu_seqlens"]
 
-    @cached_property
-    def first_rows(self) -> torch.Tensor:
-        """(sequences,) the packed row of each sequence's first token."""
-        return self.offsets[:-1]
-
-    @cached_property
-    def first_offsets(self) -> torch.Tensor:
-        """(sequences + 1,) int64 offsets of one query per sequence: 0, 1, 2, ..."""
-        return torch.arange(len(self.lengths) + 1, device=self.device)
-
-    @cached_property
-    def first_cu_seqlens(self) -> torch.Tensor:
-        """``first_offsets`` as int32."""
-        return self.first_offsets.to(torch.int32)
-
-    @cached_property
+    @property
     def keep(self) -> torch.Tensor:
         """(batch, 1, 1, seq) boolean: True at the real keys of each row. A row without any
         real token keeps every key, as the additive mask's uniform attention does, so that
         the padded path computes no NaN (its outputs are dropped at the re-unpadding)."""
-        u = self.unpadding
-        keep = torch.zeros(u.batch * u.seq, dtype=torch.bool, device=self.device)
-        keep = keep.index_fill(0, u.indices, True).view(u.batch, 1, 1, u.seq)
-        return keep | ~keep.any(dim=-1, keepdim=True)
+        if "keep" not in self.built:
+            u = self.unpadding
+            keep = torch.zeros(u.batch * u.seq, dtype=torch.bool, device=self.device)
+            keep = keep.index_fill(0, u.indices, True).view(u.batch, 1, 1, u.seq)
+            self.built["keep"] = keep | ~keep.any(dim=-1, keepdim=True)
+        return self.built["keep"]
 
-    @cached_property
+    @property
+    def first_rows(self) -> torch.Tensor:
+        """(sequences,) the packed row of each sequence's first token."""
+        return self.offsets[:-1]
+
+    @property
+    def first_offsets(self) -> torch.Tensor:
+        """(sequences + 1,) int64 offsets of one query per sequence: 0, 1, 2, ..."""
+        return torch.arange(len(self.lengths) + 1, device=self.device)
+
+    @property
     def nonempty_rows(self) -> torch.Tensor:
         """(sequences,) the batch rows that hold at least one real token."""
         rows = [i for i, n in enumerate(self.unpadding.lengths) if n > 0]
@@ -196,8 +201,8 @@ def varlen_path(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Packe
     2.11, and the defaults (no causal mask, scale 1/sqrt(head_dim)) are what BERT wants."""
     kernel = varlen_kernel()
     if first_only:  # one query per sequence, attending to all of its keys
-        return kernel(q[layout.first_rows], k, v, layout.first_cu_seqlens, layout.cu_seqlens,
-                      1, layout.max_length)
+        first = layout.first_offsets.to(torch.int32)
+        return kernel(q[layout.first_rows], k, v, first, layout.cu_seqlens, 1, layout.max_length)
     return kernel(q, k, v, layout.cu_seqlens, layout.cu_seqlens, layout.max_length,
                   layout.max_length)
 
