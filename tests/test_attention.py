@@ -230,8 +230,8 @@ CHOICES = [
                                        for c in CHOICES])
 def test_choose_path_picks_the_documented_path(monkeypatch, torch_has, device, dtype,
                                                dropout_p, head_dim, per_sequence, path):
-    """``choose_path`` for each (torch, device, dtype, dropout, head size) in ``CHOICES``, the
-    table of its docstring, with what torch and the GPU offer monkeypatched."""
+    """``choose_path`` for each (torch, device, dtype, dropout, head size) in ``CHOICES``: the
+    table of its docstring, row by row, with what torch and the GPU offer monkeypatched."""
     kernel = (lambda *args: None) if torch_has in ("2.11", "sm75") else None
     monkeypatch.setattr(packed, "varlen_kernel", lambda: kernel)
     monkeypatch.setattr(packed, "nested_available", lambda: torch_has != "2.2")

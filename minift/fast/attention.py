@@ -9,7 +9,7 @@ attention dropout is on:
   each call takes SDPA's fused flash kernel and the Python loop costs microseconds against
   milliseconds of arithmetic: the CPU default.
 - ``"varlen"``: ``torch.nn.attention.varlen.varlen_attn``, FlashAttention's variable-length
-  kernel (Dao 2023, "FlashAttention-2", section 3.3): the whole packed batch in one launch,
+  kernel (Dao et al. 2022; Dao 2023, FlashAttention-2): the whole packed batch in one launch,
   sequences told apart by their cumulative offsets ``cu_seqlens``. CUDA only, bf16/fp16 only,
   and no dropout (torch passes ``dropout_p=0`` to the kernel), so: inference, or training with
   ``attention_probs_dropout_prob=0``.
@@ -21,7 +21,7 @@ attention dropout is on:
   CPU choice.
 - ``"padded"``: re-pad q, k, v to (batch, heads, seq, head_dim) and call SDPA with a boolean mask
   of the real keys, built once per batch. It works everywhere; it pays for the padding again in
-  every layer (MosaicBERT's first GPU form did this). No mask of any kind lets SDPA take its
+  every layer (MosaicBERT re-pads this way around its Triton kernel). No mask lets SDPA take its
   flash kernel; the memory-efficient kernel takes a mask (a boolean one it turns into an additive
   one of q's dtype inside the call).
 
@@ -99,7 +99,17 @@ def choose_path(device: torch.device, dtype: torch.dtype, dropout_p: float, head
     ``per_sequence`` (``Unpadding.per_sequence``: True on a CPU outside ``torch.compile``) keeps
     the per-sequence loop. Otherwise, on CUDA: ``varlen`` where it can run (bf16/fp16, no
     dropout, a torch that has it), else ``nested``; elsewhere (a CPU under ``torch.compile``, or
-    a torch without nested tensors) ``padded``, which runs everywhere.
+    a torch without nested tensors) ``padded``, which runs everywhere:
+
+        device  dtype       dropout  torch, GPU                          path
+        cpu     any         any      any (not compiling)                 per_sequence
+        cpu     any         any      under torch.compile                 padded
+        cuda    bf16, fp16  0        varlen (2.10+), capability 8.0+     varlen
+        cuda    bf16, fp16  > 0      nested tensors (2.3+)               nested
+        cuda    fp32        any      nested tensors (2.3+)               nested
+        cuda    any         any      no varlen, no nested tensors        padded
+
+    (varlen also needs a head size of 8, 16, ... 256; others go to nested.)
     """
     if per_sequence:
         return "per_sequence"
