@@ -213,7 +213,7 @@ class FastSelfAttention(SelfAttention):
     """``SelfAttention`` on packed tokens too, and able to answer for the first token alone.
 
     ``attention_path`` forces how packed tokens attend (one of ``attention.PATHS``); None (the
-    default) chooses per batch. ``speed_up(model, attention=...)`` sets it.
+    default) chooses per batch. ``speed_up(model, attention_path=...)`` sets it.
     """
 
     attention_path: str | None = None
