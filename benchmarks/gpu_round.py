@@ -11,12 +11,17 @@ runs a fixed list of sections in order, each in its own process under its own ti
    square product of ``flops.matmul_peak``): the denominators of every MFU figure.
 3. ``test_cuda``: ``pytest tests/test_cuda.py``, the CUDA twins of the CPU parity tests.
 4. The speed benchmarks on MiniLM, each with its own flags: ``inference_throughput.py`` in fp32,
-   under bf16 autocast, and under bf16 at batch 128; ``train_step.py``; ``flops.py``.
+   under bf16 autocast, and under bf16 at batch 128; ``train_step.py``; ``flops.py``. The
+   bf16 batch-128 inference and the training step also measure each packed attention path of
+   ``minift.fast.attention`` (``--attention varlen,nested,padded``: FlashAttention's varlen
+   kernel, SDPA on nested tensors, the re-padded batch with a boolean mask), one column each,
+   beside the path ``choose_path`` takes by default; a path that cannot run (varlen in fp32 or
+   with attention dropout, or on a torch without it) is named in the JSON with the reason.
 5. ``finetune``: one real SST-2 fine-tune, ``--device cuda --amp bf16``, with README's quick-start
    settings, so its dev accuracy sits beside the CPU run's.
 6. The BERT-base shape (``--config bert-base``: random weights, 12 layers, hidden 768), the size
    where the GPU's arithmetic, not kernel launches, should set the pace: the training step and
-   bf16 inference. ``--smoke`` skips these two, saying so: BERT-base takes minutes on a CPU.
+   bf16 inference, with the attention paths as in 4. ``--smoke`` skips these two, saying so: BERT-base takes minutes on a CPU.
 
 The deadline guard: the round has ``--budget-s`` seconds in all. Before a section starts, it is
 skipped, saying so, if fewer seconds are left than its floor; otherwise it runs with a time
@@ -101,6 +106,19 @@ def has_module(name: str) -> bool:
         return False
 
 
+def attention_defaults(torch) -> dict:
+    """The attention path ``minift.fast.attention.choose_path`` takes for packed tokens here,
+    for a head size of 64 (BERT-base's; MiniLM's is 32), in inference and in training with
+    attention dropout: which path the benchmarks' default columns ran."""
+    from minift.fast import attention
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    per_sequence = device.type == "cpu"
+    return {f"{name} {mode}": attention.choose_path(device, dtype, p, 64, per_sequence)
+            for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))
+            for mode, p in (("inference", 0.0), ("training", 0.1))}
+
+
 def probe_env() -> dict:
     import tokenizers
     import torch
@@ -116,6 +134,7 @@ def probe_env() -> dict:
     commit = REPO / "gpu_carry" / "commit.txt"
     if commit.is_file():
         info["commit"] = commit.read_text().strip()
+    info["attention_paths"] = attention_defaults(torch)
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         info |= {"gpu": props.name, "capability": f"{props.major}.{props.minor}",
@@ -168,6 +187,8 @@ def plan(args: argparse.Namespace, work: Path) -> list[Section]:
     def bench(script: str, *flags: str) -> list[str]:
         return [py, str(BENCHMARKS / script), "--device", device, *flags, *small]
 
+    paths = ["--attention", "varlen,nested,padded"]  # minift.fast.attention's packed paths
+
     if args.smoke:
         length = ["--limit-train", "64", "--limit-dev", "64", "--max-steps", "4",
                   "--batch-size", "16"]
@@ -186,13 +207,13 @@ def plan(args: argparse.Namespace, work: Path) -> list[Section]:
         Section("inference_fp32", bench("inference_throughput.py"), 75, 30),
         Section("inference_bf16", bench("inference_throughput.py", "--bf16"), 75, 30),
         Section("inference_bf16_bs128", bench("inference_throughput.py", "--bf16",
-                                              "--batch-size", "128"), 75, 30),
-        Section("train_step", bench("train_step.py"), 120, 45),
+                                              "--batch-size", "128", *paths), 90, 30),
+        Section("train_step", bench("train_step.py", *paths), 150, 45),
         Section("finetune", finetune, 150, 60),
-        Section("train_step_bert_base", bench("train_step.py", "--config", "bert-base"),
-                120, 60, cpu_too=False),
+        Section("train_step_bert_base", bench("train_step.py", "--config", "bert-base", *paths),
+                150, 60, cpu_too=False),
         Section("inference_bert_base_bf16", bench("inference_throughput.py", "--bf16",
-                                                  "--config", "bert-base"), 90, 45,
+                                                  "--config", "bert-base", *paths), 100, 45,
                 cpu_too=False),
         Section("flops", bench("flops.py"), 120, 45),
     ]

@@ -17,6 +17,11 @@ memory the system handed out fresh and zeroed on first touch: allocation cost be
     python benchmarks/inference_throughput.py --device cuda --bf16
     python benchmarks/inference_throughput.py --device cuda --batch-size 128   # larger batches
     python benchmarks/inference_throughput.py --device cuda --bf16 --config bert-base
+    python benchmarks/inference_throughput.py --device cuda --bf16 --attention varlen,nested,padded
+
+``--attention`` adds one column per attention path of ``minift.fast.attention`` ("minift
+unpadded, varlen", ...): the unpadded path forced on, its attention forced onto that path; a
+path that cannot run here (varlen on a CPU, or in fp32) is named with the reason and left out.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ import contextlib
 
 import torch
 from speed_common import (
+    add_attention_option,
     add_config_option,
+    attention_path,
     call,
     f_linear,
     fixed_batches,
@@ -35,6 +42,7 @@ from speed_common import (
     model_folder,
     real_batches,
     result_name,
+    runnable_paths,
     speed_parser,
     to_device,
     write_report,
@@ -49,6 +57,7 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for every model")
     parser.add_argument("--batch-size", type=int, default=32, help="of the real workloads")
     add_config_option(parser)
+    add_attention_option(parser)
     args = parser.parse_args()
     device = torch.device(args.device)
     rounds = args.rounds or (2 if args.quick else 5)
@@ -69,6 +78,10 @@ def main() -> None:
         runs_of["minift, F.linear"] = dict()
     else:  # on a CPU the default is the unpadded path
         runs_of["minift unpadded"] = dict(unpad=True)
+    not_run = runnable_paths(args.attention, models["minift"], device,
+                             torch.bfloat16 if args.bf16 else torch.float32, training=False)
+    path_of = {f"minift unpadded, {path}": path for path, why in not_run.items() if why is None}
+    runs_of |= {name: dict(unpad=True) for name in path_of}
     model_of = {name: models["minift"] for name in runs_of}
     model_of |= {"hf sdpa": models["hf_sdpa"], "hf eager": models["hf_eager"]}
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.bf16
@@ -83,7 +96,9 @@ def main() -> None:
             def fn():
                 library = (f_linear(model_of[name]) if name == "minift, F.linear"
                            else contextlib.nullcontext())
-                with torch.inference_mode(), autocast, library:
+                path = (attention_path(model_of[name], path_of[name]) if name in path_of
+                        else contextlib.nullcontext())
+                with torch.inference_mode(), autocast, library, path:
                     for b in batches:
                         call(name, model_of[name], b, **runs_of.get(name, {}))
             return fn
@@ -99,12 +114,15 @@ def main() -> None:
                      "minift / hf eager": tps["minift"] / tps["hf eager"],
                      **({"minift, F.linear / hf sdpa": tps["minift, F.linear"] / tps["hf sdpa"]}
                         if "minift, F.linear" in tps else {}),
+                     **{f"{name} / hf sdpa": tps[name] / tps["hf sdpa"] for name in path_of},
                      **{f"{name} page faults (k)": timings[name]["median_page_faults"] / 1000
                         for name in ("minift", "hf sdpa")}})
         print(format_table(rows[-1:], float_format=".2f"), flush=True)
     table = format_table(rows, float_format=".2f")
     payload = {"machine": machine(device), "bf16": args.bf16, "rounds": rounds,
                "quick": args.quick, "batch_size": bs, "config": args.config,
+               "attention": args.attention,
+               "attention_not_measured": {k: v for k, v in not_run.items() if v is not None},
                "workloads": records}
     other = args.config != "minilm"
     name = result_name("inference_throughput", device, args.quick, "_bf16" if args.bf16 else "",
@@ -113,7 +131,8 @@ def main() -> None:
         [""] + (["--quick"] if args.quick else []) + (["--bf16"] if args.bf16 else [])
         + ([f"--device {args.device}"] if device.type != "cpu" else [])
         + ([f"--batch-size {bs}"] if bs != 32 else [])
-        + ([f"--config {args.config}"] if other else []))
+        + ([f"--config {args.config}"] if other else [])
+        + ([f"--attention {','.join(args.attention)}"] if args.attention else []))
     model = "BERT-base shape, random weights" if other else "all-MiniLM-L6-v2"
     write_report(name, payload, table,
                  f"Inference throughput (real tokens/s), {model}, fp32" +

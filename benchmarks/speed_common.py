@@ -26,8 +26,9 @@ import torch
 import transformers
 
 from minift.data.tokenizer import Tokenizer
+from minift.fast import attention
 from minift.fast import cpu_kernels as kernels
-from minift.fast.unpad import FastBertModel, speed_up
+from minift.fast.unpad import FastBertModel, FastSelfAttention, speed_up
 from minift.hf.checkpoint import load_bert, resolve_model_dir
 
 try:
@@ -132,12 +133,66 @@ def f_linear(model: torch.nn.Module):
     chose ``F.linear``, this changes nothing."""
     onednn = any(type(m) is kernels.Linear for m in model.modules())
     encoder = next(m for m in model.modules() if isinstance(m, FastBertModel))
-    options = dict(unpad=encoder.unpad, per_sequence=encoder.per_sequence_attention)
+    layer = next(m for m in model.modules() if isinstance(m, FastSelfAttention))
+    options = dict(unpad=encoder.unpad, per_sequence=encoder.per_sequence_attention,
+                   attention_path=layer.attention_path)
     speed_up(model, onednn=False, **options)
     try:
         yield
     finally:
         speed_up(model, onednn=onednn, **options)
+
+
+def add_attention_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--attention", default="auto", type=attention_paths,
+        help="how minift's unpadded runs attend: auto (chosen per batch, see "
+             "minift.fast.attention.choose_path), or a comma-separated list of "
+             f"{', '.join(attention.PATHS)} (or all): one more column per path, the "
+             "unpadded path forced on with that attention")
+
+
+def attention_paths(text: str) -> list[str]:
+    """``--attention``'s value: [] for auto, else the named paths (all: every one)."""
+    if text == "auto":
+        return []
+    if text == "all":
+        return list(attention.PATHS)
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in attention.PATHS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected auto, all or a comma-separated list of {', '.join(attention.PATHS)}")
+    return names
+
+
+def runnable_paths(paths: list[str], model: torch.nn.Module, device: torch.device,
+                   dtype: torch.dtype, training: bool) -> dict[str, str | None]:
+    """Each of ``paths`` with None where it can run ``model`` on this device in ``dtype`` (its
+    attention dropout counted in ``training``), else why it cannot (printed once)."""
+    layer = next(m for m in model.modules() if isinstance(m, FastSelfAttention))
+    dropout_p = layer.dropout_p if training else 0.0
+    why = {path: attention.why_not(path, device, dtype, dropout_p, layer.head_dim)
+           for path in paths}
+    for path, problem in why.items():
+        if problem is not None:
+            print(f"attention path {path!r} not measured: {problem}", flush=True)
+    return why
+
+
+@contextlib.contextmanager
+def attention_path(model: torch.nn.Module, path: str | None):
+    """``model``'s fast attention layers forced onto ``path`` (None: chosen per batch), their
+    own setting put back after."""
+    layers = [m for m in model.modules() if isinstance(m, FastSelfAttention)]
+    own = [m.attention_path for m in layers]
+    for m in layers:
+        m.attention_path = path
+    try:
+        yield
+    finally:
+        for m, path_before in zip(layers, own, strict=True):
+            m.attention_path = path_before
 
 
 def call(name: str, model, batch: dict, **kwargs):

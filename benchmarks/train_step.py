@@ -13,6 +13,12 @@ F.linear" minift with ``F.linear`` (MKL) in its linear layers in place of oneDNN
     python benchmarks/train_step.py            # a few minutes on 2 CPU cores
     python benchmarks/train_step.py --quick
     python benchmarks/train_step.py --device cuda --config bert-base   # random BERT-base weights
+    python benchmarks/train_step.py --device cuda --attention nested,padded
+
+``--attention`` adds one column per attention path of ``minift.fast.attention`` ("minift
+unpadded, nested", ...): the unpadded path forced on, its attention forced onto that path, in
+the rows (fp32 or bf16) where it can run with the model's attention dropout; elsewhere (varlen
+has no dropout; it takes no fp32) the cell is empty and the reason is printed.
 """
 
 from __future__ import annotations
@@ -23,7 +29,9 @@ import torch
 import torch.nn.functional as F
 import transformers
 from speed_common import (
+    add_attention_option,
     add_config_option,
+    attention_path,
     f_linear,
     fixed_batches,
     interleaved,
@@ -31,6 +39,7 @@ from speed_common import (
     model_folder,
     real_batches,
     result_name,
+    runnable_paths,
     speed_parser,
     to_device,
     write_report,
@@ -79,12 +88,14 @@ def with_f_linear(fn, model):
     return run
 
 
-def unpadded(fn, model):
-    """``fn`` with ``model``'s encoder forced onto the unpadded path."""
+def unpadded(fn, model, path: str | None = None):
+    """``fn`` with ``model``'s encoder forced onto the unpadded path, and its attention onto
+    ``path`` (None: chosen per batch)."""
     def run():
         own, model.bert.unpad = model.bert.unpad, True
         try:
-            fn()
+            with attention_path(model, path):
+                fn()
         finally:
             model.bert.unpad = own
     return run
@@ -93,6 +104,7 @@ def unpadded(fn, model):
 def main() -> None:
     parser = speed_parser(__doc__)
     add_config_option(parser)
+    add_attention_option(parser)
     args = parser.parse_args()
     device = torch.device(args.device)
     rounds = args.rounds or (2 if args.quick else 4)
@@ -117,6 +129,10 @@ def main() -> None:
     if args.quick:
         variants = [("fp32", "fused"), ("bf16", "fused")]
     rows, records = [], []
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    not_run = {amp: runnable_paths(args.attention, ours, device, dtypes[amp], training=True)
+               for amp in sorted({amp for amp, _ in variants})}
+    all_paths = [f"minift unpadded, {path}" for path in args.attention]
     for workload, batches in workloads.items():
         batches = to_device(with_labels(batches), device)
         real = sum(int(b["attention_mask"].sum()) for b in batches)
@@ -125,10 +141,14 @@ def main() -> None:
                           "hf sdpa": make_optimizer(ref, lr=1e-5, impl=impl)}
             others = (["minift, F.dropout", "minift, F.linear"] if device.type == "cpu"
                       else ["minift unpadded"])
+            path_of = {f"minift unpadded, {path}": path for path, why in not_run[amp].items()
+                       if why is None}
+            others += list(path_of)
             models = {"minift": ours, **{name: ours for name in others}, "hf sdpa": ref}
             optimizers |= {name: optimizers["minift"] for name in others}
 
-            def step_fn(name, batches=batches, amp=amp, optimizers=optimizers, models=models):
+            def step_fn(name, batches=batches, amp=amp, optimizers=optimizers, models=models,
+                        path_of=path_of):
                 def fn():
                     model, opt = models[name], optimizers[name]
                     for b in batches:
@@ -143,6 +163,8 @@ def main() -> None:
                     return with_torch_dropout(fn)
                 if name == "minift, F.linear":
                     return with_f_linear(fn, ours)
+                if name in path_of:
+                    return unpadded(fn, ours, path_of[name])
                 return unpadded(fn, ours) if name == "minift unpadded" else fn
 
             timings = interleaved({name: step_fn(name) for name in models}, device, rounds)
@@ -150,14 +172,17 @@ def main() -> None:
             records.append({"workload": workload, "amp": amp, "optimizer": impl,
                             "real_tokens": real, "timings": timings, "real_tokens_per_s": tps})
             rows.append({"workload": workload, "amp": amp, "AdamW": impl,
-                         **{f"{name} tok/s": tps[name] for name in models},
+                         **{f"{name} tok/s": tps.get(name) for name in [*models, *all_paths]},
                          "minift / hf sdpa": tps["minift"] / tps["hf sdpa"],
-                         **{f"{name} / hf sdpa": tps[name] / tps["hf sdpa"]
-                            for name in others}})
+                         **{f"{name} / hf sdpa": tps[name] / tps["hf sdpa"] if name in tps
+                            else None for name in dict.fromkeys([*others, *all_paths])}})
             print(format_table(rows[-1:], float_format=".2f"), flush=True)
     table = format_table(rows, float_format=".2f")
     payload = {"machine": machine(device), "rounds": rounds, "quick": args.quick,
-               "config": args.config, "runs": records}
+               "config": args.config, "attention": args.attention,
+               "attention_not_measured": {amp: {k: v for k, v in why.items() if v is not None}
+                                          for amp, why in not_run.items()},
+               "runs": records}
     other = args.config != "minilm"
     name = result_name("train_step", device, args.quick, f"_{args.config}" if other else "")
     write_report(name, payload, table,
@@ -166,7 +191,8 @@ def main() -> None:
                  + ("BERT-base shape, random weights" if other else "all-MiniLM-L6-v2"),
                  "python benchmarks/train_step.py" + (" --quick" if args.quick else "")
                  + (f" --device {args.device}" if device.type != "cpu" else "")
-                 + (f" --config {args.config}" if other else ""))
+                 + (f" --config {args.config}" if other else "")
+                 + (f" --attention {','.join(args.attention)}" if args.attention else ""))
 
 
 if __name__ == "__main__":

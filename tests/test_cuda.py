@@ -2,7 +2,8 @@
 
 These tests need a CUDA device, so on a CPU-only machine (CI) pytest reports them as skipped,
 never as passed. They run where a GPU is: `python -m pytest tests/test_cuda.py`. The CPU twins
-of each claim live in test_model.py, test_unpad.py, test_optim.py and test_loop.py and run everywhere.
+of each claim live in test_model.py, test_unpad.py, test_attention.py, test_optim.py and
+test_loop.py and run everywhere.
 
 TF32 stays off (torch's default for matmuls), so fp32 on the GPU is fp32 and the tolerances are
 the CPU's: atol 1e-5 on random tiny models, 1e-4 on the published checkpoint.
@@ -13,11 +14,13 @@ import torch
 import transformers
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_attention import BF16_GRAD_TOL, BF16_TOL, FP32_TOL, check_path, padding_patterns
 from test_model import build_pair, tiny_setups
 
 from minift.core.model import BertConfig, BertModel
 from minift.core.optim import AdamW
 from minift.data.tokenizer import Tokenizer
+from minift.fast import attention as packed
 from minift.fast.unpad import UNPAD_MIN_POSITIONS, speed_up, varlen_attention
 from minift.hf.checkpoint import load_bert, split_hf_state_dict
 
@@ -171,3 +174,91 @@ def test_default_path_on_cuda_follows_the_batch_size(shape):
     speed_up(model, unpad=not torch.equal(expected, unpadded))
     assert torch.equal(model(ids, mask).last_hidden_state,
                        unpadded if model.unpad else padded)
+
+
+# Every attention path with the dtypes it takes: varlen bf16/fp16 only, the others fp32 and bf16.
+CUDA_PATHS = [("per_sequence", torch.float32), ("nested", torch.float32),
+              ("padded", torch.float32), ("per_sequence", torch.bfloat16),
+              ("nested", torch.bfloat16), ("padded", torch.bfloat16),
+              ("varlen", torch.bfloat16), ("varlen", torch.float16)]
+
+
+def skip_unless_it_runs(path: str, dtype: torch.dtype, head_dim: int = 16) -> None:
+    """Skip, saying why, where this torch or this GPU has no such path (varlen before torch
+    2.10, or before compute capability 8.0): a skip, never a pass."""
+    problem = packed.why_not(path, CUDA, dtype, 0.0, head_dim)
+    if problem is not None:
+        pytest.skip(problem)
+
+
+@pytest.mark.parametrize("path, dtype", CUDA_PATHS, ids=[f"{p}-{d}" for p, d in CUDA_PATHS])
+@settings(deadline=None, max_examples=15)
+@given(mask=padding_patterns(), heads=st.integers(1, 3), head_dim=st.sampled_from([8, 16, 32]),
+       first_only=st.booleans(), seed=st.integers(0, 2**31))
+def test_attention_paths_on_cuda_equal_textbook(path, dtype, mask, heads, head_dim, first_only,
+                                                seed):
+    """Each attention path on the GPU against the textbook formula in float32 on the same
+    inputs: outputs and q, k, v gradients, every token or the first alone, rows of 0, 1 or many
+    tokens; float32 atol/rtol 1e-5, bf16 and fp16 1.5e-2 (gradients 3e-2), as on the CPU."""
+    skip_unless_it_runs(path, dtype, head_dim)
+    half = dtype != torch.float32
+    check_path(path, mask, heads, head_dim, seed, first_only, dtype, CUDA.type,
+               BF16_TOL if half else FP32_TOL, BF16_GRAD_TOL if half else FP32_TOL)
+
+
+@pytest.mark.parametrize("path", [None, *packed.PATHS])
+@settings(deadline=None, max_examples=10)
+@given(mask=padding_patterns(max_len=12), seed=st.integers(0, 2**31))
+def test_fast_model_on_each_attention_path_on_cuda(path, mask, seed):
+    """The fast model, unpadded, its attention on each path (None: chosen per batch), against
+    the textbook model on the GPU: float32 outputs and gradients within 1e-5 where the path
+    takes float32 (all but varlen); under bf16 autocast (inference) outputs within 5e-2 of the
+    float32 textbook, the published checkpoint's bound above."""
+    if path == "varlen":
+        skip_unless_it_runs(path, torch.bfloat16)
+    config = BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=48, max_position_embeddings=16,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(seed)
+    slow = BertModel(config).to(CUDA)
+    fast = speed_up(BertModel(config), unpad=True, attention_path=path).to(CUDA)
+    fast.load_state_dict(slow.state_dict())
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 60, mask.shape, generator=gen).to(CUDA)
+    mask = mask.to(CUDA)
+    real = mask.bool()
+    want = slow(ids, mask).last_hidden_state
+    if path != "varlen":
+        got = fast(ids, mask).last_hidden_state
+        torch.testing.assert_close(got[real], want[real], atol=1e-5, rtol=0)
+        w = torch.randn(want.shape, generator=gen).to(CUDA)
+        (want * w)[real].sum().backward()
+        (got * w)[real].sum().backward()
+        for (name, a), b in zip(slow.named_parameters(), fast.parameters(), strict=True):
+            if a.grad is not None:
+                torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-5, msg=name)
+    with torch.no_grad(), torch.autocast(CUDA.type, dtype=torch.bfloat16):
+        half = fast.eval()(ids, mask).last_hidden_state.float()
+    assert (half - want.detach())[real].abs().max().item() <= 5e-2
+
+
+def test_bf16_inference_on_cuda_takes_the_varlen_kernel(monkeypatch):
+    """Unpadded bf16 inference with no path forced calls torch's varlen kernel once per layer
+    where this torch and GPU have it (``choose_path``'s first choice on a GPU)."""
+    skip_unless_it_runs("varlen", torch.bfloat16, 16)
+    kernel, calls = packed.varlen_kernel(), []
+
+    def counted(*args):
+        calls.append(len(args))
+        return kernel(*args)
+
+    monkeypatch.setattr(packed, "varlen_kernel", lambda: counted)
+    model = speed_up(BertModel(BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=3,
+                                          num_attention_heads=2, intermediate_size=48)),
+                     unpad=True).to(CUDA).eval()
+    ids = torch.randint(0, 60, (4, 10), device=CUDA)
+    mask = torch.ones_like(ids)
+    mask[1, 3:] = 0
+    with torch.no_grad(), torch.autocast(CUDA.type, dtype=torch.bfloat16):
+        model(ids, mask)
+    assert calls == [7, 7, 7]  # by position: q, k, v, cu_seq_q, cu_seq_k, max_q, max_k

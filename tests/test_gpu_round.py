@@ -66,6 +66,20 @@ def test_smoke_round_runs_every_section_and_writes_at_most_8_files(tmp_path):
         assert by_name[name]["status"].startswith("ok"), by_name[name]
         assert by_name[name]["files"], f"{name} wrote no result file"
     assert "--bf16" in by_name["inference_bf16"]["command"]
+    # the packed attention paths: nested and padded measured on the CPU, varlen named with
+    # the reason it was not (CUDA only), in the inference and the training benchmarks alike
+    assert set(by_name["env"]["files"]["env.json"]["attention_paths"].values()) <= {
+        "per_sequence", "varlen", "nested", "padded"}
+    for name, result in (("inference_bf16_bs128", "inference_throughput_bf16_bs128_quick.json"),
+                         ("train_step", "train_step_quick.json")):
+        assert "varlen,nested,padded" in by_name[name]["command"]
+        payload = by_name[name]["files"][result]
+        assert payload["attention"] == ["varlen", "nested", "padded"]
+        runs = payload.get("workloads") or payload["runs"]
+        assert {"minift unpadded, nested", "minift unpadded, padded"} <= set(
+            runs[0]["real_tokens_per_s"]), runs[0]["real_tokens_per_s"].keys()
+        if not by_name["env"]["files"]["env.json"]["cuda_available"]:
+            assert "CUDA" in str(payload["attention_not_measured"]), payload
     assert by_name["finetune"]["result"].startswith("dev accuracy ")
     assert ["--amp", "bf16"] == by_name["finetune"]["command"][
         by_name["finetune"]["command"].index("--amp"):][:2]

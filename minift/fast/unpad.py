@@ -3,8 +3,9 @@
 The textbook model (``model.py``) runs a padded batch as it is: every block computes every pad
 position, and attention masks them out. Here LayerNorm, the projections and the feed-forward run
 on the real tokens alone, packed as (tokens, hidden), and attention runs on each sequence alone
-(``varlen_attention``), or on the re-padded batch where many small calls would cost more than
-the padding (a GPU). MosaicBERT and ModernBERT do the same.
+(``varlen_attention``), or, where many small calls would cost more than they save (a GPU), by
+one of the packed paths of ``attention.py`` (FlashAttention's varlen kernel, SDPA on nested
+tensors, or the re-padded batch). MosaicBERT and ModernBERT do the same.
 
 Read in order: ``Unpadding`` (where the real tokens sit), ``unpads_by_default`` (when to use it),
 ``varlen_attention`` and ``DropoutAttentionPerSequence`` (attention per packed sequence, with its
@@ -33,6 +34,7 @@ from minift.core.model import (
     SelfAttention,
     additive_mask,
 )
+from minift.fast import attention
 from minift.fast import cpu_kernels as kernels
 
 # --- Unpadding: where the real tokens sit, and when to drop the padding ---------------------------
@@ -208,7 +210,13 @@ class DropoutAttentionPerSequence(torch.autograd.Function):
 
 
 class FastSelfAttention(SelfAttention):
-    """``SelfAttention`` on packed tokens too, and able to answer for the first token alone."""
+    """``SelfAttention`` on packed tokens too, and able to answer for the first token alone.
+
+    ``attention_path`` forces how packed tokens attend (one of ``attention.PATHS``); None (the
+    default) chooses per batch. ``speed_up(model, attention_path=...)`` sets it.
+    """
+
+    attention_path: str | None = None
 
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(tokens, hidden) -> q, k, v, each (tokens, heads, head_dim): three matmuls.
@@ -237,16 +245,15 @@ class FastSelfAttention(SelfAttention):
     def _unpadded(self, x: torch.Tensor, mask: torch.Tensor | None,
                   unpadding: Unpadding, first_only: bool) -> torch.Tensor:
         """(tokens, hidden) -> (tokens, hidden), or (batch, hidden) with ``first_only``, before
-        the output projection: attention per sequence or on the re-padded batch."""
+        the output projection: attention by the path ``attention_path`` forces, else by
+        ``attention.choose_path`` (per sequence on a CPU; on a GPU varlen, nested or padded)."""
         q, k, v = self.project(x)
-        if unpadding.per_sequence:
-            dropout_p = self.dropout_p if self.training else 0.0
+        dropout_p = self.dropout_p if self.training else 0.0
+        path = self.attention_path or attention.choose_path(
+            q.device, q.dtype, dropout_p, self.head_dim, unpadding.per_sequence)
+        if path == "per_sequence":
             return varlen_attention(q, k, v, unpadding.lengths, dropout_p, first_only).flatten(1)
-        q, k, v = (unpadding.pad(t).transpose(1, 2) for t in (q, k, v))  # (b, heads, s, d)
-        if first_only:
-            q = q[:, :, :1]
-        y = self.sdpa(q, k, v, mask).transpose(1, 2).flatten(2)  # (batch, seq or 1, hidden)
-        return y[:, 0] if first_only else unpadding.unpad(y)
+        return attention.attend(path, q, k, v, unpadding, dropout_p, first_only).flatten(1)
 
 
 class FastFeedForward(FeedForward):
@@ -306,7 +313,8 @@ class FastBertModel(BertModel):
         positions = torch.arange(seq, device=input_ids.device).expand(batch, seq)
         padded = attention_mask is not None and not bool(attention_mask.all())
         # No mask at all when nothing is padded: SDPA can then take its fastest kernel.
-        mask = additive_mask(attention_mask, self.embeddings.norm.weight.dtype) if padded else None
+        dtype = attention.compute_dtype(input_ids.device.type, self.embeddings.norm.weight.dtype)
+        mask = additive_mask(attention_mask, dtype) if padded else None  # no cast in the layers
         # Only the last block shortcuts; and only where every row starts with a real token (the
         # pooler reads position 0; a row padded on the left has no real token there).
         first_only = first_token_only and (not padded or bool(attention_mask[:, 0].all()))
@@ -344,7 +352,7 @@ class FastBertModel(BertModel):
 
 
 def speed_up(model: nn.Module, *, onednn: bool | None = None, unpad: bool | None = None,
-             per_sequence: bool | None = None) -> nn.Module:
+             per_sequence: bool | None = None, attention_path: str | None = None) -> nn.Module:
     """Make every textbook module inside ``model`` its fast subclass, in place; return ``model``.
 
     A module swap, as gpt-fast's ``quantize.py`` swaps the linear layers of a built model: each
@@ -356,8 +364,13 @@ def speed_up(model: nn.Module, *, onednn: bool | None = None, unpad: bool | None
     ``onednn``: ``nn.Linear`` becomes ``kernels.Linear`` (oneDNN's float32 product on a CPU);
     None decides by ``kernels.onednn_is_faster()``, a timing made once per machine; False puts
     ``nn.Linear`` back.
-    ``unpad`` and ``per_sequence``: see ``FastBertModel``. Calling it again changes the options.
+    ``unpad`` and ``per_sequence``: see ``FastBertModel``. ``attention_path``: how packed tokens
+    attend, one of ``attention.PATHS`` or None to choose per batch (see ``FastSelfAttention``).
+    Calling it again changes the options.
     """
+    if attention_path is not None and attention_path not in attention.PATHS:
+        raise ValueError(f"attention_path {attention_path!r} is not one of "
+                         f"{', '.join(attention.PATHS)} (or None: chosen per batch)")
     if onednn is None:
         onednn = kernels.onednn_is_faster()
     linear = kernels.Linear if onednn else nn.Linear
@@ -368,4 +381,6 @@ def speed_up(model: nn.Module, *, onednn: bool | None = None, unpad: bool | None
         module.__class__ = swaps.get(type(module), type(module))
         if isinstance(module, FastBertModel):
             module.unpad, module.per_sequence_attention = unpad, per_sequence
+        if isinstance(module, FastSelfAttention):
+            module.attention_path = attention_path
     return model
