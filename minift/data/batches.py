@@ -115,6 +115,29 @@ def pad_batch(input_ids: Sequence[Tensor], token_type_ids: Sequence[Tensor] | No
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
 
+def with_lengths(batch: dict[str, Tensor]) -> dict[str, Tensor | list[int]]:
+    """The batch and its `lengths`: the real tokens of each row, counted here, on the host.
+
+    A padding-free model must know how many real tokens a batch holds before it can pack them,
+    and a number the device holds costs a host synchronisation to read: the GPU drains its
+    queue while Python waits. Counted where the batch is built, from the host's own copy of
+    the mask, the number costs nothing (HF's `DataCollatorWithFlattening` hands `cu_seq_lens`
+    and `max_length` to the model for the same reason). `lengths` is a list of ints, so the
+    training loop passes it to `model(**batch)` as it is, where tensors go to the device; the
+    heads of `minift.tasks.classify` and `minift.tasks.tag` hand it to the encoder, and
+    `minift.fast.unpad.FastBertModel` unpads with it. Rows must be padded on the right.
+    """
+    mask = batch["attention_mask"]
+    if mask.device.type != "cpu":
+        raise ValueError(f"with_lengths counts on the host: expected the batch on the CPU, as "
+                         f"it is built, found its attention_mask on {mask.device}")
+    lengths = mask.sum(dim=1)
+    if not torch.equal(mask != 0, torch.arange(mask.shape[1]) < lengths[:, None]):
+        raise ValueError("with_lengths expects rows padded on the right (real tokens first), "
+                         "found an attention_mask with padding before a real token")
+    return {**batch, "lengths": lengths.tolist()}
+
+
 def check_pads_right(tokenizer) -> None:
     """Refuse a tokenizer set to pad on the left: `collate` (its padding) and the datasets here
     (right padding) would then give different batches."""

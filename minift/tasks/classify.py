@@ -87,20 +87,22 @@ class _Classifier(nn.Module):
         self.dropout = nn.Dropout(p)
         self.classifier = fresh_linear(config, num_labels)  # initialised as transformers does
 
-    def features(self, input_ids, attention_mask, token_type_ids) -> torch.Tensor:
+    def features(self, input_ids, attention_mask, token_type_ids, lengths=None) -> torch.Tensor:
         raise NotImplementedError
 
     def forward(self, input_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                *, features: torch.Tensor | None = None) -> ClassifierOutput:
+                *, features: torch.Tensor | None = None,
+                lengths: list[int] | None = None) -> ClassifierOutput:
         """Logits, and the mean cross-entropy over labels that are not -100 when given.
 
         ``features``: what ``self.features`` returns, computed earlier by a frozen encoder
         (``encode_features``); the encoder is then skipped and only the head runs.
+        ``lengths``: handed to the encoder (see ``minift.data.batches.with_lengths``).
         """
         if features is None:
-            features = self.features(input_ids, attention_mask, token_type_ids)
+            features = self.features(input_ids, attention_mask, token_type_ids, lengths)
         logits = self.classifier(self.dropout(features))
         loss = None
         if labels is not None:
@@ -208,14 +210,16 @@ class SequenceClassifier(_Classifier):
     def _config_extra(self) -> dict:
         return {"pooling": self.pooling}
 
-    def features(self, input_ids, attention_mask, token_type_ids):
+    def features(self, input_ids, attention_mask, token_type_ids, lengths=None):
         if self.pooling == "mean":
             if attention_mask is None:
                 attention_mask = torch.ones_like(input_ids)
-            hidden = self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state
+            hidden = self.bert(input_ids, attention_mask, token_type_ids,
+                               lengths=lengths).last_hidden_state
             return mean_pooling(hidden, attention_mask)  # (batch, hidden)
         # The pooler and cls read [CLS] alone, so the last block computes [CLS] alone.
-        out = self.bert(input_ids, attention_mask, token_type_ids, first_token_only=True)
+        out = self.bert(input_ids, attention_mask, token_type_ids, first_token_only=True,
+                        lengths=lengths)
         if self.pooling == "cls":
             return out.last_hidden_state[:, 0]  # (batch, hidden)
         return out.pooler_output  # (batch, hidden)

@@ -42,8 +42,9 @@ class TokenClassifier(_Classifier):
     architecture = "BertForTokenClassification"
     add_pooling_layer = False  # as transformers: the pooler has no use for token labels
 
-    def features(self, input_ids, attention_mask, token_type_ids):
-        return self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state
+    def features(self, input_ids, attention_mask, token_type_ids, lengths=None):
+        return self.bert(input_ids, attention_mask, token_type_ids,
+                         lengths=lengths).last_hidden_state
 
 
 def _short(word: str, limit: int = 30) -> str:
