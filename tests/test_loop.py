@@ -477,6 +477,20 @@ def test_non_finite_loss_stops_naming_the_step(tmp_path, amp, poison):
     assert_same(saved["model"], snapshots[1])  # the last checkpoint: before the bad step
 
 
+def test_a_non_finite_loss_is_named_where_the_losses_are_read(tmp_path):
+    """Between two log points the step reads nothing from the device: a nan loss at step 2 is
+    found when the losses are read, at step 4 (log_every 4), naming step 2 and its batch; no
+    resume point after step 2 was written (the first was due at step 4)."""
+    batches = epochs_of(8)(0)
+    batches[1]["poison"] = torch.tensor(math.nan)  # step 2
+    cfg = config(tmp_path, log_every=4, save_every=4, warmup_ratio=0.0, amp="off")
+    with pytest.raises(NonFiniteLossError, match=r"at step 2 \(epoch 0, batch 1\).*stopped at "
+                                                 r"step 4") as error:
+        train(Toy(), lambda e: batches, cfg)
+    assert not isinstance(error.value, NonFiniteWeightsError)  # the loss is named first
+    assert not (tmp_path / "run" / "resume.pt").exists()
+
+
 def test_bf16_autocast_on_cpu_trains(tmp_path):
     model = Toy(dropout=0.0)
     held_out = epochs_of(4, seed=100)(0)

@@ -260,7 +260,7 @@ class OneProcess:
 # ---------------------------------------------------------------------------------------------
 
 
-def _to_device(batch: Mapping[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+def to_device(batch: Mapping[str, Tensor], device: torch.device) -> dict[str, Tensor]:
     """Move every tensor of the batch to `device`; anything else passes through."""
     return {
         key: value.to(device, non_blocking=True) if isinstance(value, Tensor) else value
@@ -346,7 +346,7 @@ def _backward_window(forward_model: nn.Module, window: list[dict[str, Tensor]],
                     if amp_dtype is not None else contextlib.nullcontext())
         with no_sync() if parallel.enabled and not last else contextlib.nullcontext():
             with autocast:
-                loss = _loss_of(forward_model(**_to_device(batch, device))).float()
+                loss = _loss_of(forward_model(**to_device(batch, device))).float()
             scaler.scale(loss * weight).backward()  # fp16: the scaled loss; else the loss itself
         losses[i] = loss.detach() * (n_targets / window_targets)
     return losses

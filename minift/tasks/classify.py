@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from minift.core.align import IGNORE_INDEX
+from minift.core.loop import to_device
 from minift.core.metrics import accuracy, confusion_matrix, precision_recall_f1
 from minift.core.model import BertConfig, BertModel
 from minift.core.sentence import mean_pooling
@@ -333,14 +334,17 @@ def classification_metrics(model, batches, num_labels: int, device, *,
     """Dev loss, accuracy, F1 (binary on label 1 for two labels, else macro) and the confusion
     matrix (``confusion[gold][predicted]``, counts, in label-id order)."""
     model.eval()
-    gold, pred, loss_sum = [], [], 0.0
+    gold, sizes, losses, predicted = [], [], [], []  # the last two stay on the device
     with torch.no_grad():
         for batch in tqdm(batches, desc="dev", leave=False, disable=not progress):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            out = model(**batch)
-            loss_sum += out.loss.item() * len(batch["labels"])
-            gold += batch["labels"].tolist()
-            pred += out.logits.argmax(-1).tolist()
+            gold += batch["labels"].tolist()  # the host's copy: no wait for the device
+            sizes.append(len(batch["labels"]))
+            out = model(**to_device(batch, device))
+            losses.append(out.loss.float())
+            predicted.append(out.logits.argmax(-1))
+    # The device is read here, at the end: once for the losses, once for the predictions.
+    loss_sum = sum(loss * n for loss, n in zip(torch.stack(losses).tolist(), sizes, strict=True))
+    pred = torch.cat(predicted).tolist()
     if num_labels == 2:
         scores = precision_recall_f1(gold, pred, average="binary", pos_label=1)
     else:
