@@ -119,7 +119,8 @@ class SyncCounter(TorchDispatchMode):
         return self.mark(out) if host else out
 
     def __enter__(self):
-        self.saved = {name: getattr(torch.Tensor, name) for name in ("tolist", "numpy", "cpu", "to")}
+        self.saved = {name: getattr(torch.Tensor, name)
+                      for name in ("tolist", "numpy", "cpu", "to")}
         self.saved_tensor = torch.tensor
         counter, saved = self, self.saved
 

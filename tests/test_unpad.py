@@ -187,6 +187,9 @@ def test_fast_model_with_host_lengths_equals_the_textbook(setup, data, per_seque
     torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=0)
     for name, grad in got_grads.items():
         torch.testing.assert_close(grad, expected_grads[name], atol=1e-5, rtol=1e-5, msg=name)
+    for unpad in (True, False):  # lengths of another batch: refused on either path
+        with pytest.raises(ValueError, match="lengths must give"):
+            ours(input_ids, mask, token_type_ids, unpad=unpad, lengths=lengths + [1])
 
 
 @settings(deadline=None, max_examples=40)

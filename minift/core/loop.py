@@ -182,7 +182,8 @@ class TrainResult:
 
 
 class NonFiniteLossError(ValueError):
-    """The loss became nan or inf (fp32 or bf16): training stopped before the update."""
+    """The loss became nan or inf (fp32 or bf16): training stopped where the losses were read,
+    before any evaluation or resume point after that step."""
 
 
 class NonFiniteWeightsError(NonFiniteLossError):
@@ -207,18 +208,17 @@ class Recorder:
 
     The loop calls a recorder on every rank: `start` once, before the first step (it may put
     `parts` where an earlier run left them and return that run's `Progress`); `stepped` after
-    each optimizer step (`loss`: the step's loss where the loop read it, else None); `logged` after a training record and `evaluated` after an evaluation
-    (both already in `progress.history`; `improved`: the metric beat the best so far);
-    `resume_point` when one is due (`progress.elapsed` up to date); `end` however the loop ends
-    (`completed`: it ran to its end). `minift.core.checkpoints.Checkpoints` has the same six
-    methods and writes them to `out_dir`.
+    each optimizer step (`loss`: None where the loop did not read it); `logged` after a
+    training record and `evaluated` after an evaluation (both already in `progress.history`;
+    `improved`: the metric beat the best so far); `resume_point` when one is due
+    (`progress.elapsed` up to date); `end` however the loop ends (`completed`: it ran to its
+    end). `minift.core.checkpoints.Checkpoints` has the same six methods and writes them.
     """
 
     def start(self, config: TrainConfig, parts: Parts, run: dict, parallel) -> Progress | None:
         return None  # a fresh run
 
-    def stepped(self, progress: Progress, loss: float | None, lr: float, examples: int,
-                seconds: float):
+    def stepped(self, progress: Progress, loss: float | None, lr: float, examples: int, seconds):
         pass
 
     def logged(self, record: dict) -> None:
@@ -380,10 +380,9 @@ def _optimizer_step(parts: Parts, trainable: list[Tensor], max_grad_norm: float 
 
 def _read_losses(pending: list[tuple[int, int, range, Tensor]], progress: Progress, amp: str,
                  parallel: OneProcess) -> float:
-    """Read the losses of the steps since the last read, (step, epoch, batch indices, the
-    window's weighted losses on the device) each, add each step's loss to the log window and
-    return the last one. Raise NonFiniteLossError naming the first step whose loss is nan or
-    inf; under fp16 an overflow is the scaler's to handle: it skips the step."""
+    """Read the pending steps' (step, epoch, batches, weighted losses on the device), add each
+    step's loss to the log window, return the last. Raise NonFiniteLossError naming the first
+    nan/inf loss's step; under fp16 an overflow is the scaler's to handle: it skips the step."""
     values = parallel.all_sum(torch.cat([losses for *_, losses in pending])).tolist()  # 1 sync
     for step, epoch, indices, losses in pending:
         micro, values = values[: len(losses)], values[len(losses) :]

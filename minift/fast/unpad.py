@@ -78,6 +78,14 @@ class Unpadding:
         return cls(attention_mask.flatten().nonzero().squeeze(1), batch, seq,
                    attention_mask.sum(dim=1).tolist(), per_sequence)
 
+    @staticmethod
+    def check_lengths(lengths: Sequence[int], batch: int, seq: int) -> None:
+        """Refuse host lengths that cannot be those of a (batch, seq) batch (a batch sliced
+        without its lengths, say): wrong ones would place the real tokens wrongly in silence."""
+        if len(lengths) != batch or any(not 0 <= n <= seq for n in lengths):
+            raise ValueError(f"lengths must give 0 to {seq} real tokens for each of the {batch} "
+                             f"rows of the batch, got {list(lengths)}")
+
     @classmethod
     def from_lengths(cls, attention_mask: torch.Tensor, lengths: Sequence[int],
                      per_sequence: bool | None = None) -> Unpadding:
@@ -92,9 +100,7 @@ class Unpadding:
         The lengths are trusted: they must be the mask's (a test holds the two paths equal).
         """
         batch, seq = attention_mask.shape
-        if len(lengths) != batch or any(not 0 <= n <= seq for n in lengths):
-            raise ValueError(f"lengths must give 0 to {seq} real tokens for each of the {batch} "
-                             f"rows of the batch, got {list(lengths)}")
+        cls.check_lengths(lengths, batch, seq)
         if per_sequence is None:
             per_sequence = cls.default_per_sequence(attention_mask.device)
         device, total = attention_mask.device, sum(lengths)
@@ -357,6 +363,7 @@ class FastBertModel(BertModel):
         if attention_mask is None:
             padded, starts_real = False, True
         elif lengths is not None:  # counted on the host: nothing to read back
+            Unpadding.check_lengths(lengths, batch, seq)
             padded = any(n < seq for n in lengths)
             starts_real = all(n > 0 for n in lengths)  # padded on the right
         else:  # from the mask alone: two reads of the device
@@ -371,9 +378,9 @@ class FastBertModel(BertModel):
         if unpad is None:
             unpad = self.unpad if self.unpad is not None else unpads_by_default(input_ids)
         if padded and unpad:
-            unpadding = (Unpadding.from_mask(attention_mask, self.per_sequence_attention)
-                         if lengths is None else
-                         Unpadding.from_lengths(attention_mask, lengths, self.per_sequence_attention))
+            per_sequence = self.per_sequence_attention
+            unpadding = (Unpadding.from_mask(attention_mask, per_sequence) if lengths is None
+                         else Unpadding.from_lengths(attention_mask, lengths, per_sequence))
             x = self.embeddings(unpadding.unpad(input_ids), unpadding.unpad(token_type_ids),
                                 unpadding.unpad(positions))  # (tokens, hidden)
             for i, layer in enumerate(self.layers):
