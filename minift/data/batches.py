@@ -4,7 +4,9 @@ Reading order: `length_grouped_batches`, the "bucket by length" sampler (batches
 lengths, so dynamic padding wastes little); `collate`, which lets the tokenizer pad one batch (the
 obvious form); `pad_batch` and `PaddedRows`, which keep a split's rows unpadded and pad each batch
 once, to its own longest example (the tasks' datasets are `PaddedRows`; a test holds their
-batches equal to `collate`'s). A batch is padded once, here, and unpadded once, in the model.
+batches equal to `collate`'s). A batch is padded once, here, and unpadded once, in the model;
+`with_lengths` adds each row's length, counted here on the host, so that the fast model can
+unpad without reading the mask back from a GPU.
 
 The tokenizer is duck-typed: `minift.data.tokenizer.Tokenizer` or a Hugging Face fast tokenizer
 (`tokenizer(texts, pairs, *, max_length, padding, truncation, is_split_into_words)` indexed by

@@ -44,7 +44,8 @@ def scores(model, examples: list, label_ids: list[int], tokenizer, labels: int,
     if batches is None:
         dataset = ClassificationDataset(examples, tokenizer, max_length=o.max_length,
                                         label_ids=label_ids)
-        batches = dataset.batches(o.batch_size, generator=None, shuffle=False)
+        batches = [with_lengths(batch)
+                   for batch in dataset.batches(o.batch_size, generator=None, shuffle=False)]
     return classification_metrics(model, batches, labels, device, progress=o.progress)
 
 
