@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
-from minift.data.batches import collate, length_grouped_batches, pad_batch
+from minift.data.batches import collate, length_grouped_batches, pad_batch, with_lengths
 from minift.data.readers import read_conll, read_examples
 from minift.data.tokenizer import Tokenizer
 from minift.tasks.classify import ClassificationDataset, make_batches
@@ -305,3 +305,21 @@ def test_batches_refuse_mixed_pairs_left_padding_and_bad_labels(
     left = AutoTokenizer.from_pretrained(minilm_dir, padding_side="left")
     with pytest.raises(ValueError, match="pads on the right"):
         ClassificationDataset(sst2_dev[:8], left, max_length=32)
+
+
+@settings(deadline=None, max_examples=20)
+@given(row_lengths=st.lists(st.integers(0, 12), min_size=1, max_size=8))
+def test_with_lengths_counts_each_rows_real_tokens_on_the_host(row_lengths):
+    """`lengths` is each row's own length (what the unpadded rows held), a list of ints, and
+    the batch's tensors are the same objects; a mask with padding before a real token (left
+    padding) is refused, since the fast model would place the real tokens first."""
+    rows = [torch.arange(1, n + 1) for n in row_lengths]
+    batch = pad_batch(rows, None, 0)
+    counted = with_lengths(batch)
+    assert counted["lengths"] == row_lengths
+    assert all(type(n) is int for n in counted["lengths"])
+    assert all(counted[k] is batch[k] for k in batch)
+    if any(0 < n < max(row_lengths) for n in row_lengths):  # flipped, a row pads on the left
+        flipped = dict(batch, attention_mask=batch["attention_mask"].flip(1))
+        with pytest.raises(ValueError, match="padded on the right"):
+            with_lengths(flipped)

@@ -185,11 +185,14 @@ def test_setfit_body_under_ddp_equals_one_process(tmp_path):
 
 def test_shard_splits_rows_round_robin():
     batch = {"input_ids": torch.arange(10).reshape(5, 2), "labels": torch.arange(5),
-             "scale": torch.tensor(2.0), "name": "x"}
+             "scale": torch.tensor(2.0), "name": "x", "lengths": [2, 1, 2, 0, 1], "pair": [1, 2]}
     shards = [distributed.shard(batch, distributed.Context(rank, 2)) for rank in (0, 1)]
     assert shards[0]["labels"].tolist() == [0, 2, 4] and shards[1]["labels"].tolist() == [1, 3]
     assert torch.equal(shards[1]["input_ids"], batch["input_ids"][1::2])
     assert shards[1]["scale"] is batch["scale"] and shards[1]["name"] == "x"
+    # a list with one entry per row (host-counted lengths) is split with the rows; others not
+    assert shards[0]["lengths"] == [2, 2, 1] and shards[1]["lengths"] == [1, 0]
+    assert shards[1]["pair"] == [1, 2]
     assert distributed.shard(batch, distributed.Context())["labels"] is batch["labels"]
 
 

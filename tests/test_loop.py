@@ -456,6 +456,8 @@ def test_early_stopping_and_best_checkpoint(tmp_path_factory, values, patience, 
 @pytest.mark.parametrize("amp", ["off", "bf16"])
 @pytest.mark.parametrize("poison", [math.nan, math.inf])
 def test_non_finite_loss_stops_naming_the_step(tmp_path, amp, poison):
+    """The losses are read at each log, evaluation and resume point (here every step): the error
+    names the bad step, and no evaluation or resume point saw the weights it updated."""
     batches = epochs_of(6)(0)
     batches[4]["poison"] = torch.tensor(poison)  # step 3 of (0,1) (2,3) (4,5) with grad_accum 2
     snapshots = []
@@ -469,8 +471,24 @@ def test_non_finite_loss_stops_naming_the_step(tmp_path, amp, poison):
     with pytest.raises(NonFiniteLossError, match=r"at step 3 \(epoch 0, batch 4\)") as error:
         train(model, lambda e: batches, cfg, evaluate=evaluate)
     assert isinstance(error.value, ValueError)
-    assert len(snapshots) == 2
-    assert_same(params_of(model), snapshots[1])  # the bad step changed nothing
+    assert len(snapshots) == 2  # steps 1 and 2 evaluated, step 3 not
+    saved = torch.load(tmp_path / "run" / "resume.pt", weights_only=True)
+    assert saved["progress"]["step"] == 2
+    assert_same(saved["model"], snapshots[1])  # the last checkpoint: before the bad step
+
+
+def test_a_non_finite_loss_is_named_where_the_losses_are_read(tmp_path):
+    """Between two log points the step reads nothing from the device: a nan loss at step 2 is
+    found when the losses are read, at step 4 (log_every 4), naming step 2 and its batch; no
+    resume point after step 2 was written (the first was due at step 4)."""
+    batches = epochs_of(8)(0)
+    batches[1]["poison"] = torch.tensor(math.nan)  # step 2
+    cfg = config(tmp_path, log_every=4, save_every=4, warmup_ratio=0.0, amp="off")
+    with pytest.raises(NonFiniteLossError, match=r"at step 2 \(epoch 0, batch 1\).*stopped at "
+                                                 r"step 4") as error:
+        train(Toy(), lambda e: batches, cfg)
+    assert not isinstance(error.value, NonFiniteWeightsError)  # the loss is named first
+    assert not (tmp_path / "run" / "resume.pt").exists()
 
 
 def test_bf16_autocast_on_cpu_trains(tmp_path):

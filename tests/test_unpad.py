@@ -24,6 +24,7 @@ from minift.fast.unpad import (
     FastBlock,
     FastFeedForward,
     FastSelfAttention,
+    Unpadding,
     speed_up,
     varlen_attention,
 )
@@ -137,6 +138,58 @@ def test_no_gradient_forms_match(setup, unpad):
     assert set(partial) == set(expected)
     for name, grad in partial.items():
         torch.testing.assert_close(grad, expected[name], atol=0, rtol=0, msg=name)
+
+
+@settings(deadline=None, max_examples=25)
+@given(data=st.data(), seq=st.integers(1, 12), per_sequence=st.booleans())
+def test_unpadding_from_host_lengths_equals_from_the_mask(data, seq, per_sequence):
+    """Positions, lengths and offsets built from host lengths on the device (no read) are those
+    the mask alone gives (nonzero, tolist): exactly equal, rows of 0 and of seq tokens included.
+    Lengths that do not fit the batch are refused."""
+    lengths = data.draw(st.lists(st.integers(0, seq), min_size=1, max_size=5))
+    mask = (torch.arange(seq) < torch.tensor(lengths)[:, None]).long()
+    ours = Unpadding.from_lengths(mask, lengths, per_sequence)
+    reference = Unpadding.from_mask(mask, per_sequence)
+    assert torch.equal(ours.indices, reference.indices)
+    assert (ours.batch, ours.seq, ours.lengths, ours.per_sequence) == (
+        reference.batch, reference.seq, reference.lengths, reference.per_sequence)
+    assert torch.equal(ours.starts(), reference.starts())
+    for bad in (lengths + [0], [seq + 1] * len(lengths)):
+        with pytest.raises(ValueError, match="lengths must give"):
+            Unpadding.from_lengths(mask, bad)
+
+
+@settings(deadline=None, max_examples=20)
+@given(setup=tiny_setups(), data=st.data(), per_sequence=st.booleans(),
+       first_token_only=st.booleans())
+def test_fast_model_with_host_lengths_equals_the_textbook(setup, data, per_sequence,
+                                                           first_token_only):
+    """Right-padded rows with their host-counted ``lengths``: outputs and gradients equal the
+    textbook model's at real positions (fp32, atol 1e-5); dropout off."""
+    config, input_ids, _, token_type_ids, seed = setup
+    batch, seq = input_ids.shape
+    lengths = data.draw(st.lists(st.integers(0, seq), min_size=batch, max_size=batch))
+    mask = (torch.arange(seq) < torch.tensor(lengths)[:, None]).long()
+    config = BertConfig(**config, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(seed)
+    textbook = BertModel(config)
+    ours = fast(copy.deepcopy(textbook), unpad=True, per_sequence=per_sequence)
+    real = mask.bool()[:, :1] if first_token_only else mask.bool()
+    results = []
+    for model, extra in ((textbook, {}), (ours, {"lengths": lengths})):
+        out = model(input_ids, mask, token_type_ids, first_token_only=first_token_only, **extra)
+        w = torch.randn(out.last_hidden_state.shape, generator=torch.Generator().manual_seed(seed))
+        (out.last_hidden_state * w)[real].sum().backward()
+        results.append((out.last_hidden_state.detach(), {
+            n: torch.zeros_like(p) if p.grad is None else p.grad for n, p in model.named_parameters()
+        }))
+    (expected, expected_grads), (got, got_grads) = results
+    torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=0)
+    for name, grad in got_grads.items():
+        torch.testing.assert_close(grad, expected_grads[name], atol=1e-5, rtol=1e-5, msg=name)
+    for unpad in (True, False):  # lengths of another batch: refused on either path
+        with pytest.raises(ValueError, match="lengths must give"):
+            ours(input_ids, mask, token_type_ids, unpad=unpad, lengths=lengths + [1])
 
 
 @settings(deadline=None, max_examples=40)

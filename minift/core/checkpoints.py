@@ -64,7 +64,7 @@ class Checkpoints:
                            show=config.progress and parallel.is_main, is_main=parallel.is_main)
         return progress
 
-    def stepped(self, progress: Progress, loss: float, lr: float, examples: int,
+    def stepped(self, progress: Progress, loss: float | None, lr: float, examples: int,
                 seconds: float) -> None:
         """Advance the bar; close it after the last step, so the final evaluation is no part of
         the training rate."""

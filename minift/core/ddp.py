@@ -137,9 +137,10 @@ def local_device(device: torch.device) -> torch.device:
 
 
 def shard(batch: Mapping[str, object], ctx: Context) -> dict[str, object]:
-    """This rank's rows of a global batch: rows `rank, rank + world_size, ...` of every tensor.
+    """This rank's rows of a global batch: rows `rank, rank + world_size, ...` of every tensor,
+    and of every list with one entry per row (a batch's host-counted `lengths`).
 
-    Tensors whose first dimension is not the batch's, and non-tensors, pass through whole. A
+    Tensors whose first dimension is not the batch's, and anything else, pass through whole. A
     rank can get zero rows (a last batch smaller than the world); the loop handles that.
     """
     sizes = [v.shape[0] for v in batch.values() if isinstance(v, Tensor) and v.ndim > 0]
@@ -147,7 +148,8 @@ def shard(batch: Mapping[str, object], ctx: Context) -> dict[str, object]:
         return dict(batch)
     size = sizes[0]
     return {key: value[ctx.rank :: ctx.world_size]
-            if isinstance(value, Tensor) and value.ndim > 0 and value.shape[0] == size else value
+            if (isinstance(value, Tensor) and value.ndim > 0 and value.shape[0] == size)
+            or (isinstance(value, list) and len(value) == size) else value
             for key, value in batch.items()}
 
 

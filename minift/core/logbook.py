@@ -45,19 +45,24 @@ class Logbook:
             lines = "".join(json.dumps(record) + "\n" for record in history)
             atomic_write(self.path, lines.encode("utf-8"))
         self.bar = tqdm(total=total_steps, initial=step, desc="train", disable=not show)
+        self.shown_loss = "-"  # no loss read yet
 
     def write(self, record: dict) -> None:
         """Append a record to log.jsonl (rank 0)."""
         if self.is_main:
             append_log(self.path, record)
 
-    def show_step(self, loss: float, lr: float, examples: int, seconds: float) -> None:
-        """Advance the bar by one step, showing that step's loss, learning rate and speed.
+    def show_step(self, loss: float | None, lr: float, examples: int, seconds: float) -> None:
+        """Advance the bar by one step, showing its learning rate and speed, and its loss where
+        the loop read it (None: the last loss read stays; reading every step's would make the
+        host wait for the device every step).
 
         The postfix is set before `update`, which draws it: set after, it would show a step late.
         """
-        self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", ex_s=f"{examples / seconds:.0f}",
-                             refresh=False)
+        if loss is not None:
+            self.shown_loss = f"{loss:.4f}"
+        self.bar.set_postfix(loss=self.shown_loss, lr=f"{lr:.2e}",
+                             ex_s=f"{examples / seconds:.0f}", refresh=False)
         self.bar.update(1)
 
     def show_eval(self, step: int, metrics: dict[str, float], best: bool) -> None:

@@ -21,11 +21,13 @@ Decisions a reader should know about:
   still advances (torch's documented pattern: `scaler.step`, `scaler.update`, then
   `scheduler.step()` every iteration), so the logged learning rates, `max_steps` and resume line
   up. (transformers' Trainer holds the schedule back on a skipped step instead.)
-- **Non-finite numbers stop the run.** In fp32 and bf16 a nan/inf loss raises
-  `NonFiniteLossError` naming the step, epoch and batch, before the update (under fp16 the
-  scaler skips the step and the log counts it). The weights are checked at every log,
-  evaluation and resume point: a nan/inf weight raises `NonFiniteWeightsError`, so no
-  checkpoint ever holds one.
+- **The step reads nothing from the device.** A GPU runs ahead of the Python that feeds it
+  only while Python asks it for no number (an `.item()` or `bool(tensor)` drains its queue), so
+  the losses stay on the device and are read in one go at each log, evaluation and resume
+  point, where the weights are checked too. There a nan/inf loss (fp32, bf16) raises
+  `NonFiniteLossError` naming its step, epoch and batch (under fp16 the scaler skips the step
+  and the log counts it), and a nan/inf weight `NonFiniteWeightsError`: before any evaluation
+  or resume point, so no checkpoint ever holds a weight updated from a non-finite loss.
 - **Determinism.** `torch.manual_seed` and `random.seed` at the start; `train_batches(epoch)`
   must return the same batches for the same epoch without drawing from the global RNG (seed a
   `torch.Generator` with seed + epoch), which drives dropout and is saved by a resume point.
@@ -180,7 +182,8 @@ class TrainResult:
 
 
 class NonFiniteLossError(ValueError):
-    """The loss became nan or inf (fp32 or bf16): training stopped before the update."""
+    """The loss became nan or inf (fp32 or bf16): training stopped where the losses were read,
+    before any evaluation or resume point after that step."""
 
 
 class NonFiniteWeightsError(NonFiniteLossError):
@@ -205,17 +208,17 @@ class Recorder:
 
     The loop calls a recorder on every rank: `start` once, before the first step (it may put
     `parts` where an earlier run left them and return that run's `Progress`); `stepped` after
-    each optimizer step; `logged` after a training record and `evaluated` after an evaluation
-    (both already in `progress.history`; `improved`: the metric beat the best so far);
-    `resume_point` when one is due (`progress.elapsed` up to date); `end` however the loop ends
-    (`completed`: it ran to its end). `minift.core.checkpoints.Checkpoints` has the same six
-    methods and writes them to `out_dir`.
+    each optimizer step (`loss`: None where the loop did not read it); `logged` after a
+    training record and `evaluated` after an evaluation (both already in `progress.history`;
+    `improved`: the metric beat the best so far); `resume_point` when one is due
+    (`progress.elapsed` up to date); `end` however the loop ends (`completed`: it ran to its
+    end). `minift.core.checkpoints.Checkpoints` has the same six methods and writes them.
     """
 
     def start(self, config: TrainConfig, parts: Parts, run: dict, parallel) -> Progress | None:
         return None  # a fresh run
 
-    def stepped(self, progress: Progress, loss: float, lr: float, examples: int, seconds: float):
+    def stepped(self, progress: Progress, loss: float | None, lr: float, examples: int, seconds):
         pass
 
     def logged(self, record: dict) -> None:
@@ -257,7 +260,7 @@ class OneProcess:
 # ---------------------------------------------------------------------------------------------
 
 
-def _to_device(batch: Mapping[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+def to_device(batch: Mapping[str, Tensor], device: torch.device) -> dict[str, Tensor]:
     """Move every tensor of the batch to `device`; anything else passes through."""
     return {
         key: value.to(device, non_blocking=True) if isinstance(value, Tensor) else value
@@ -304,8 +307,8 @@ def _stand_in(window: list[dict[str, Tensor]]) -> dict[str, Tensor]:
             if not isinstance(labels, Tensor) or bool((labels[row] != IGNORE_INDEX).any()):
                 return {
                     key: value[row : row + 1]
-                    if isinstance(value, Tensor) and value.ndim > 0 and value.shape[0] == size
-                    else value
+                    if (isinstance(value, Tensor) and value.ndim > 0 and value.shape[0] == size)
+                    or (isinstance(value, list) and len(value) == size) else value
                     for key, value in batch.items()
                 }
     raise AssertionError("_stand_in is only called for a window with targets")
@@ -343,7 +346,7 @@ def _backward_window(forward_model: nn.Module, window: list[dict[str, Tensor]],
                     if amp_dtype is not None else contextlib.nullcontext())
         with no_sync() if parallel.enabled and not last else contextlib.nullcontext():
             with autocast:
-                loss = _loss_of(forward_model(**_to_device(batch, device))).float()
+                loss = _loss_of(forward_model(**to_device(batch, device))).float()
             scaler.scale(loss * weight).backward()  # fp16: the scaled loss; else the loss itself
         losses[i] = loss.detach() * (n_targets / window_targets)
     return losses
@@ -355,10 +358,8 @@ def _backward_window(forward_model: nn.Module, window: list[dict[str, Tensor]],
 
 
 def _optimizer_step(parts: Parts, trainable: list[Tensor], max_grad_norm: float | None):
-    """Clip, step (fp16: unless a gradient is inf/nan), zero the gradients, advance the schedule.
-
-    Returns the learning rate the step ran at and whether the fp16 scaler skipped it.
-    """
+    """Clip, step (fp16: unless a gradient is inf/nan), zero the gradients, advance the schedule;
+    return the learning rate the step ran at and whether the fp16 scaler skipped it."""
     optimizer, scheduler, scaler = parts.optimizer, parts.scheduler, parts.scaler
     lr = scheduler.get_last_lr()[0]
     if max_grad_norm is not None:
@@ -377,29 +378,36 @@ def _optimizer_step(parts: Parts, trainable: list[Tensor], max_grad_norm: float 
     return lr, skipped
 
 
-def _check_loss(micro_losses: list[float], indices: range, progress: Progress, amp: str) -> None:
-    """Raise NonFiniteLossError (before the update) when the window's loss is nan or inf.
-
-    Under fp16 an overflow is the scaler's to handle: it skips the step.
-    """
-    step_loss = sum(micro_losses)
-    if amp == "fp16" or math.isfinite(step_loss):
-        return
-    bad = next(i for i, x in zip(indices, micro_losses, strict=True) if not math.isfinite(x))
-    raise NonFiniteLossError(
-        f"the loss is {step_loss} at step {progress.step + 1} (epoch {progress.epoch}, batch "
-        f"{bad}); training stopped before updating the parameters. Check that batch, lower the "
-        "learning rate, or use amp='off'"
-    )
+def _read_losses(pending: list[tuple[int, int, range, Tensor]], progress: Progress, amp: str,
+                 parallel: OneProcess) -> float:
+    """Read the pending steps' (step, epoch, batches, weighted losses on the device), add each
+    step's loss to the log window, return the last. Raise NonFiniteLossError naming the first
+    nan/inf loss's step; under fp16 an overflow is the scaler's to handle: it skips the step."""
+    values = parallel.all_sum(torch.cat([losses for *_, losses in pending])).tolist()  # 1 sync
+    for step, epoch, indices, losses in pending:
+        micro, values = values[: len(losses)], values[len(losses) :]
+        step_loss = sum(micro)
+        if amp != "fp16" and not math.isfinite(step_loss):
+            bad = next(i for i, x in zip(indices, micro, strict=True) if not math.isfinite(x))
+            raise NonFiniteLossError(
+                f"the loss is {step_loss} at step {step} (epoch {epoch}, batch {bad}); training "
+                f"stopped at step {progress.step}, where the losses were read, before any "
+                "evaluation or resume point saw the weights it updated. Check that batch, lower "
+                "the learning rate, or use amp='off'")
+        progress.window_losses.append(step_loss)  # the window's mean loss
+    pending.clear()
+    return progress.window_losses[-1]
 
 
 def _check_weights(model: nn.Module, step: int) -> None:
-    """Raise NonFiniteWeightsError naming the parameters that hold a nan or inf after `step`."""
+    """Raise NonFiniteWeightsError naming the parameters that hold a nan or inf after `step`:
+    one fused reduction (each weight's largest |value|, inf or nan where any is) and one read."""
     named = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
-    finite = torch.stack([torch.isfinite(param).all() for _, param in named])
-    if bool(finite.all()):  # one device sync
-        return
+    with torch.no_grad():
+        finite = torch.stack(torch._foreach_norm([p for _, p in named], math.inf)).isfinite()
     bad = [name for (name, _), ok in zip(named, finite.tolist(), strict=True) if not ok]
+    if not bad:
+        return
     more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
     raise NonFiniteWeightsError(
         f"the weights hold nan or inf after step {step} ({bad[0]}{more}): the updates diverged "
@@ -628,7 +636,7 @@ def train(model: nn.Module, train_batches: Callable[[int], Sequence[dict[str, Te
     forward_model = torch.compile(forward_model) if config.compile else forward_model
 
     # ---- the loop ----------------------------------------------------------------------------
-    completed = False
+    completed, pending = False, []  # pending: the steps whose losses are not read yet
     try:
         while not (progress.step >= total_steps or progress.stopped_early
                    or (config.max_steps is None and progress.epoch >= config.epochs)):
@@ -641,24 +649,23 @@ def train(model: nn.Module, train_batches: Callable[[int], Sequence[dict[str, Te
                 window = [batches[i] for i in indices]
                 losses = _backward_window(forward_model, window, device, AMP_DTYPES[config.amp],
                                           parts.scaler, parallel, no_sync)
-                micro_losses = parallel.all_sum(losses).tolist()  # one device sync per step
-                _check_loss(micro_losses, indices, progress, config.amp)
                 lr, skipped = _optimizer_step(parts, trainable, config.max_grad_norm)
                 progress.step, progress.position = progress.step + 1, first + len(window)
                 progress.skipped_steps += int(skipped)
-                progress.window_losses.append(sum(micro_losses))  # the window's mean loss
+                pending.append((progress.step, epoch, indices, losses))  # on the device, unread
                 examples = sum(map(_batch_size, window))
                 clock.examples += examples
-                recorder.stepped(progress, sum(micro_losses), lr, examples,
-                                 time.perf_counter() - step_start)
 
-                # Then, when due: check the weights, log, evaluate, save a resume point.
+                # Then, when due: read the losses, check the weights, log, evaluate, save.
                 epoch_done = progress.position >= len(batches)
                 finished = progress.step >= total_steps or (
                     config.max_steps is None and epoch_done and epoch + 1 >= config.epochs)
                 log_due, eval_due, save_due = _due(config, progress.step, epoch_done, finished)
+                loss = None  # the host reads the device here only
                 if log_due or eval_due or save_due:
+                    loss = _read_losses(pending, progress, config.amp, parallel)
                     _check_weights(model, progress.step)
+                recorder.stepped(progress, loss, lr, examples, time.perf_counter() - step_start)
                 if log_due:
                     record = _training_record(progress, epoch + progress.position / len(batches),
                                               lr, parts.scaler, clock)

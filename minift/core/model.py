@@ -317,12 +317,15 @@ class BertModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, *,
-                first_token_only: bool = False) -> BertOutput:
+                first_token_only: bool = False, lengths: list[int] | None = None) -> BertOutput:
         """input_ids, attention_mask (1 real, 0 padding), token_type_ids: (batch, seq) integers.
 
         ``first_token_only=True`` is for heads that read the first token alone (the pooler):
         ``last_hidden_state`` is then (batch, 1, hidden), here a slice of the full pass; the fast
         model computes that token alone in the last block.
+        ``lengths``: the real tokens of each row, when the batch builder counted them. The
+        padded computation here needs only the mask; the fast model uses them to drop the
+        padding without reading the mask back from a GPU.
         """
         self.check_input(input_ids)
         if token_type_ids is None:

@@ -4,7 +4,9 @@ Reading order: `length_grouped_batches`, the "bucket by length" sampler (batches
 lengths, so dynamic padding wastes little); `collate`, which lets the tokenizer pad one batch (the
 obvious form); `pad_batch` and `PaddedRows`, which keep a split's rows unpadded and pad each batch
 once, to its own longest example (the tasks' datasets are `PaddedRows`; a test holds their
-batches equal to `collate`'s). A batch is padded once, here, and unpadded once, in the model.
+batches equal to `collate`'s). A batch is padded once, here, and unpadded once, in the model;
+`with_lengths` adds each row's length, counted here on the host, so that the fast model can
+unpad without reading the mask back from a GPU.
 
 The tokenizer is duck-typed: `minift.data.tokenizer.Tokenizer` or a Hugging Face fast tokenizer
 (`tokenizer(texts, pairs, *, max_length, padding, truncation, is_split_into_words)` indexed by
@@ -113,6 +115,29 @@ def pad_batch(input_ids: Sequence[Tensor], token_type_ids: Sequence[Tensor] | No
     mask = (torch.arange(ids.shape[1]) < lengths[:, None]).long()
     types = torch.zeros_like(ids) if token_type_ids is None else pad_rows(token_type_ids, 0)
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+def with_lengths(batch: dict[str, Tensor]) -> dict[str, Tensor | list[int]]:
+    """The batch and its `lengths`: the real tokens of each row, counted here, on the host.
+
+    A padding-free model must know how many real tokens a batch holds before it can pack them,
+    and a number the device holds costs a host synchronisation to read: the GPU drains its
+    queue while Python waits. Counted where the batch is built, from the host's own copy of
+    the mask, the number costs nothing (HF's `DataCollatorWithFlattening` hands `cu_seq_lens`
+    and `max_length` to the model for the same reason). `lengths` is a list of ints, so the
+    training loop passes it to `model(**batch)` as it is, where tensors go to the device; the
+    heads of `minift.tasks.classify` and `minift.tasks.tag` hand it to the encoder, and
+    `minift.fast.unpad.FastBertModel` unpads with it. Rows must be padded on the right.
+    """
+    mask = batch["attention_mask"]
+    if mask.device.type != "cpu":
+        raise ValueError(f"with_lengths counts on the host: expected the batch on the CPU, as "
+                         f"it is built, found its attention_mask on {mask.device}")
+    real = mask != 0
+    if bool((real[:, 1:] & ~real[:, :-1]).any()):  # a real token right after a pad
+        raise ValueError("with_lengths expects rows padded on the right (real tokens first), "
+                         "found an attention_mask with padding before a real token")
+    return {**batch, "lengths": real.sum(dim=1).tolist()}
 
 
 def check_pads_right(tokenizer) -> None:

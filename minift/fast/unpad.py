@@ -19,6 +19,7 @@ backward written out for training), then the fast subclasses of the textbook mod
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -47,6 +48,12 @@ class Unpadding:
     The packed tokens come sequence after sequence, so ``lengths`` splits them into sequences
     for attention (``varlen_attention``). With ``per_sequence=False`` (the choice on a GPU, where
     many small calls cost more than the padding) attention re-pads for itself, as MosaicBERT does.
+
+    Two ways to build one. ``from_lengths`` takes the lengths the batch builder counted on the
+    host (``minift.data.batches.with_lengths``) and reads nothing back from the device: what a
+    training step wants, since a GPU runs ahead of the Python that feeds it only as long as
+    Python never waits for a number. ``from_mask`` finds them in the mask alone (a user calling
+    the model with ``input_ids`` and ``attention_mask``), at the price of two reads.
     """
 
     indices: torch.Tensor  # (tokens,) positions of the real tokens in the flattened batch
@@ -54,21 +61,62 @@ class Unpadding:
     seq: int
     lengths: list[int]  # real tokens of each sequence, in batch order
     per_sequence: bool = True  # attention per sequence (True) or on the re-padded batch
+    offsets: torch.Tensor | None = None  # (batch,) each sequence's first packed token; see starts
+
+    @staticmethod
+    def default_per_sequence(device: torch.device) -> bool:
+        """True on CPU, False elsewhere (see ``varlen_attention``) and under ``torch.compile``,
+        whose graphs would be specialised to each batch's lengths."""
+        return device.type == "cpu" and not torch.compiler.is_compiling()
 
     @classmethod
     def from_mask(cls, attention_mask: torch.Tensor, per_sequence: bool | None = None
                   ) -> Unpadding:
-        """``per_sequence`` defaults to True on CPU, False elsewhere (see ``varlen_attention``)
-        and under ``torch.compile``, whose graphs would be specialised to each batch's lengths."""
+        """From the (batch, seq) mask alone: ``nonzero`` and ``tolist`` each wait for the device
+        (on a GPU, two host synchronisations). ``per_sequence``: None chooses by device."""
         batch, seq = attention_mask.shape
         if per_sequence is None:
-            per_sequence = (attention_mask.device.type == "cpu"
-                            and not torch.compiler.is_compiling())
+            per_sequence = cls.default_per_sequence(attention_mask.device)
         return cls(attention_mask.flatten().nonzero().squeeze(1), batch, seq,
                    attention_mask.sum(dim=1).tolist(), per_sequence)
 
+    @staticmethod
+    def check_lengths(lengths: Sequence[int], batch: int, seq: int) -> None:
+        """Refuse host lengths that cannot be those of a (batch, seq) batch (a batch sliced
+        without its lengths, say): wrong ones would place the real tokens wrongly in silence."""
+        if len(lengths) != batch or any(not 0 <= n <= seq for n in lengths):
+            raise ValueError(f"lengths must give 0 to {seq} real tokens for each of the {batch} "
+                             f"rows of the batch, got {list(lengths)}")
+
+    @classmethod
+    def from_lengths(cls, attention_mask: torch.Tensor, lengths: Sequence[int],
+                     per_sequence: bool | None = None) -> Unpadding:
+        """From ``lengths``, the real tokens of each row of a batch padded on the right, counted
+        on the host when the batch was built; nothing is read back from the device.
+
+        Only the sizes come from the host: the number of packed tokens, ``sum(lengths)``, which
+        ``nonzero`` would have to wait for, and the split of ``varlen_attention``. The positions
+        are computed on the device from the mask: row r holds packed tokens ``offsets[r]`` to
+        ``offsets[r] + counts[r] - 1``, at positions ``r * seq + 0, 1, ...``. ``repeat_interleave``
+        told its output size does not wait for the device either (its documentation says so).
+        The lengths are trusted: they must be the mask's (a test holds the two paths equal).
+        """
+        batch, seq = attention_mask.shape
+        cls.check_lengths(lengths, batch, seq)
+        if per_sequence is None:
+            per_sequence = cls.default_per_sequence(attention_mask.device)
+        device, total = attention_mask.device, sum(lengths)
+        counts = attention_mask.sum(dim=1)  # (batch,) on the device: the same numbers as lengths
+        offsets = counts.cumsum(0) - counts  # (batch,)
+        rows = torch.repeat_interleave(torch.arange(batch, device=device), counts,
+                                       output_size=total)  # (tokens,) the row of each token
+        indices = rows * seq + torch.arange(total, device=device) - offsets[rows]
+        return cls(indices, batch, seq, [int(n) for n in lengths], per_sequence, offsets)
+
     def starts(self) -> torch.Tensor:
         """(batch,) where each sequence's first token sits among the packed tokens."""
+        if self.offsets is not None:
+            return self.offsets
         lengths = torch.tensor(self.lengths, device=self.indices.device)
         return lengths.cumsum(0) - lengths
 
@@ -297,7 +345,8 @@ class FastBertModel(BertModel):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, *, unpad: bool | None = None,
-                first_token_only: bool = False) -> BertOutput:
+                first_token_only: bool = False, lengths: Sequence[int] | None = None
+                ) -> BertOutput:
         """As ``BertModel.forward``: the same numbers at real positions. At padding positions the
         unpadded path returns zeros where the padded one returns what the padding computed.
 
@@ -305,24 +354,41 @@ class FastBertModel(BertModel):
         alone. Its keys and values still come from every token, but its query, output
         projection and feed-forward run on one token per sequence instead of all, about 5/6 of
         the last block's work saved (MosaicBERT does the same).
+
+        ``lengths``: the real tokens of each row, counted on the host when the batch was padded
+        (on the right; ``minift.data.batches.with_lengths``). Given them, nothing here reads the
+        device back: whether anything is padded, whether every row starts with a real token and
+        where the real tokens sit are known on the host (``Unpadding.from_lengths``). Without
+        them, as from a user's own call, the mask is read: ``bool(...)`` twice and
+        ``Unpadding.from_mask``, each a host synchronisation on a GPU.
         """
         self.check_input(input_ids)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         batch, seq = input_ids.shape
         positions = torch.arange(seq, device=input_ids.device).expand(batch, seq)
-        padded = attention_mask is not None and not bool(attention_mask.all())
+        if attention_mask is None:
+            padded, starts_real = False, True
+        elif lengths is not None:  # counted on the host: nothing to read back
+            Unpadding.check_lengths(lengths, batch, seq)
+            padded = any(n < seq for n in lengths)
+            starts_real = all(n > 0 for n in lengths)  # padded on the right
+        else:  # from the mask alone: two reads of the device
+            padded = not bool(attention_mask.all())
+            starts_real = not padded or bool(attention_mask[:, 0].all())
         # No mask at all when nothing is padded: SDPA can then take its fastest kernel.
         dtype = attention.compute_dtype(input_ids.device.type, self.embeddings.norm.weight.dtype)
         mask = additive_mask(attention_mask, dtype) if padded else None  # no cast in the layers
         # Only the last block shortcuts; and only where every row starts with a real token (the
         # pooler reads position 0; a row padded on the left has no real token there).
-        first_only = first_token_only and (not padded or bool(attention_mask[:, 0].all()))
+        first_only = first_token_only and starts_real
         last = len(self.layers) - 1
         if unpad is None:
             unpad = self.unpad if self.unpad is not None else unpads_by_default(input_ids)
         if padded and unpad:
-            unpadding = Unpadding.from_mask(attention_mask, self.per_sequence_attention)
+            per_sequence = self.per_sequence_attention
+            unpadding = (Unpadding.from_mask(attention_mask, per_sequence) if lengths is None
+                         else Unpadding.from_lengths(attention_mask, lengths, per_sequence))
             x = self.embeddings(unpadding.unpad(input_ids), unpadding.unpad(token_type_ids),
                                 unpadding.unpad(positions))  # (tokens, hidden)
             for i, layer in enumerate(self.layers):

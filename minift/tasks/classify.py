@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from minift.core.align import IGNORE_INDEX
+from minift.core.loop import to_device
 from minift.core.metrics import accuracy, confusion_matrix, precision_recall_f1
 from minift.core.model import BertConfig, BertModel
 from minift.core.sentence import mean_pooling
@@ -87,20 +88,22 @@ class _Classifier(nn.Module):
         self.dropout = nn.Dropout(p)
         self.classifier = fresh_linear(config, num_labels)  # initialised as transformers does
 
-    def features(self, input_ids, attention_mask, token_type_ids) -> torch.Tensor:
+    def features(self, input_ids, attention_mask, token_type_ids, lengths=None) -> torch.Tensor:
         raise NotImplementedError
 
     def forward(self, input_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                *, features: torch.Tensor | None = None) -> ClassifierOutput:
+                *, features: torch.Tensor | None = None,
+                lengths: list[int] | None = None) -> ClassifierOutput:
         """Logits, and the mean cross-entropy over labels that are not -100 when given.
 
         ``features``: what ``self.features`` returns, computed earlier by a frozen encoder
         (``encode_features``); the encoder is then skipped and only the head runs.
+        ``lengths``: handed to the encoder (see ``minift.data.batches.with_lengths``).
         """
         if features is None:
-            features = self.features(input_ids, attention_mask, token_type_ids)
+            features = self.features(input_ids, attention_mask, token_type_ids, lengths)
         logits = self.classifier(self.dropout(features))
         loss = None
         if labels is not None:
@@ -208,14 +211,16 @@ class SequenceClassifier(_Classifier):
     def _config_extra(self) -> dict:
         return {"pooling": self.pooling}
 
-    def features(self, input_ids, attention_mask, token_type_ids):
+    def features(self, input_ids, attention_mask, token_type_ids, lengths=None):
         if self.pooling == "mean":
             if attention_mask is None:
                 attention_mask = torch.ones_like(input_ids)
-            hidden = self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state
+            hidden = self.bert(input_ids, attention_mask, token_type_ids,
+                               lengths=lengths).last_hidden_state
             return mean_pooling(hidden, attention_mask)  # (batch, hidden)
         # The pooler and cls read [CLS] alone, so the last block computes [CLS] alone.
-        out = self.bert(input_ids, attention_mask, token_type_ids, first_token_only=True)
+        out = self.bert(input_ids, attention_mask, token_type_ids, first_token_only=True,
+                        lengths=lengths)
         if self.pooling == "cls":
             return out.last_hidden_state[:, 0]  # (batch, hidden)
         return out.pooler_output  # (batch, hidden)
@@ -329,14 +334,17 @@ def classification_metrics(model, batches, num_labels: int, device, *,
     """Dev loss, accuracy, F1 (binary on label 1 for two labels, else macro) and the confusion
     matrix (``confusion[gold][predicted]``, counts, in label-id order)."""
     model.eval()
-    gold, pred, loss_sum = [], [], 0.0
+    gold, sizes, losses, predicted = [], [], [], []  # the last two stay on the device
     with torch.no_grad():
         for batch in tqdm(batches, desc="dev", leave=False, disable=not progress):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            out = model(**batch)
-            loss_sum += out.loss.item() * len(batch["labels"])
-            gold += batch["labels"].tolist()
-            pred += out.logits.argmax(-1).tolist()
+            gold += batch["labels"].tolist()  # the host's copy: no wait for the device
+            sizes.append(len(batch["labels"]))
+            out = model(**to_device(batch, device))
+            losses.append(out.loss.float())
+            predicted.append(out.logits.argmax(-1))
+    # The device is read here, at the end: once for the losses, once for the predictions.
+    loss_sum = sum(loss * n for loss, n in zip(torch.stack(losses).tolist(), sizes, strict=True))
+    pred = torch.cat(predicted).tolist()
     if num_labels == 2:
         scores = precision_recall_f1(gold, pred, average="binary", pos_label=1)
     else:

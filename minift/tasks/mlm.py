@@ -34,6 +34,7 @@ from tqdm import tqdm
 from minift.core import masking
 from minift.core.align import IGNORE_INDEX
 from minift.core.labels import DataError
+from minift.core.loop import to_device
 from minift.core.model import BertConfig, BertModel
 from minift.data.batches import length_grouped_batches, pad_batch, pad_rows
 from minift.data.readers import read_utf8_lines
@@ -426,24 +427,35 @@ def mlm_metrics(model, batches, device, *, progress: bool = False) -> dict[str, 
     loss and ``loss`` the sum of the two (what ``BertForPreTraining`` trains on).
     """
     model.eval()
-    loss_sum, correct, count, nsp_sum, right, pairs = 0.0, 0, 0, 0.0, 0, 0
+    # Per batch, on the device until the end: (mlm loss, right tokens) and (nsp loss sum, right
+    # pairs), as float32 (whole numbers below 2**24 are exact there); the counts on the host.
+    masked_sums, pair_sums, sizes, pair_counts = [], [], [], []
     with torch.no_grad():
         for batch in tqdm(batches, desc="held-out", leave=False, disable=not progress):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            targets = batch["labels"][batch["labels"] != IGNORE_INDEX]
-            gold = batch.get("next_sentence_label")
-            if targets.numel() == 0 and gold is None:
+            targets = batch["labels"][batch["labels"] != IGNORE_INDEX]  # the host's copy
+            if targets.numel() == 0 and batch.get("next_sentence_label") is None:
                 continue
+            batch = to_device(batch, device)
+            gold = batch.get("next_sentence_label")
             out = model(**batch)  # the sparse head: logits of the targets only
             if targets.numel():
-                loss_sum += getattr(out, "mlm_loss", out.loss).item() * targets.numel()
-                correct += int((out.logits.argmax(-1) == targets).sum())
-                count += targets.numel()
+                targets = targets.to(device, non_blocking=True)
+                masked_sums.append(torch.stack([getattr(out, "mlm_loss", out.loss).float(),
+                                                (out.logits.argmax(-1) == targets).sum().float()]))
+                sizes.append(targets.numel())
             if gold is not None:
                 logits = out.seq_relationship_logits
-                nsp_sum += F.cross_entropy(logits.float(), gold, reduction="sum").item()
-                right += int((logits.argmax(-1) == gold).sum())
-                pairs += len(gold)
+                pair_sums.append(torch.stack([
+                    F.cross_entropy(logits.float(), gold, reduction="sum"),
+                    (logits.argmax(-1) == gold).sum().float()]))
+                pair_counts.append(len(gold))
+    # The device is read here, once, at the end.
+    read = torch.stack(masked_sums + pair_sums).tolist() if sizes or pair_counts else []
+    tokens_read, pairs_read = read[: len(sizes)], read[len(sizes) :]
+    loss_sum = sum(x * n for (x, _), n in zip(tokens_read, sizes, strict=True))
+    correct, count = sum(int(c) for _, c in tokens_read), sum(sizes)
+    nsp_sum, right = sum(x for x, _ in pairs_read), sum(int(r) for _, r in pairs_read)
+    pairs = sum(pair_counts)
     if count == 0:
         raise ValueError("the evaluation text got no masked token: give more held-out text")
     loss = loss_sum / count

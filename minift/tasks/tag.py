@@ -31,8 +31,9 @@ from minift.core.align import (
     word_id_rows,
 )
 from minift.core.labels import DataError
+from minift.core.loop import to_device
 from minift.core.metrics import entity_scores, format_table, per_class_scores, token_accuracy
-from minift.data.batches import PaddedRows, as_rows, check_pads_right, pad_rows
+from minift.data.batches import PaddedRows, as_rows, check_pads_right, pad_rows, with_lengths
 from minift.tasks.classify import _Classifier
 
 
@@ -42,8 +43,9 @@ class TokenClassifier(_Classifier):
     architecture = "BertForTokenClassification"
     add_pooling_layer = False  # as transformers: the pooler has no use for token labels
 
-    def features(self, input_ids, attention_mask, token_type_ids):
-        return self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state
+    def features(self, input_ids, attention_mask, token_type_ids, lengths=None):
+        return self.bert(input_ids, attention_mask, token_type_ids,
+                         lengths=lengths).last_hidden_state
 
 
 def _short(word: str, limit: int = 30) -> str:
@@ -202,18 +204,29 @@ def predict_tags(model, dataset, batch_size: int, device, *, progress: bool = Fa
     """
     model.eval()
     piece_predictions: list = [None] * len(dataset)
-    loss_sum, targets = 0.0, 0
+    counts, widths, losses, predicted = [], [], [], []  # the last two stay on the device
     with torch.no_grad():
         batches = dataset.batch_indices(batch_size, generator=None, shuffle=False)
         for indices in tqdm(batches, desc=desc, leave=False, disable=not progress):
-            batch = {k: v.to(device) for k, v in dataset.batch(indices).items()}
-            out = model(**batch)
-            if "labels" in batch:
+            batch = dataset.batch(indices)
+            if isinstance(model, TokenClassifier):  # ours takes host-counted lengths
+                batch = with_lengths(batch)
+            out = model(**to_device(batch, device))
+            if "labels" in batch:  # counted on the host's copy: no wait for the device
                 n = int((batch["labels"] != IGNORE_INDEX).sum())
                 if n:  # a batch without targets has a nan mean loss
-                    loss_sum, targets = loss_sum + out.loss.item() * n, targets + n
-            for i, row in zip(indices, out.logits.argmax(-1).cpu(), strict=True):
-                piece_predictions[i] = row
+                    counts.append(n)
+                    losses.append(out.loss.float())
+            predicted.append(out.logits.argmax(-1).flatten())  # (batch * seq,)
+            widths.append(batch["input_ids"].shape[1])
+    # The device is read here, at the end: once for the losses, once for the predictions.
+    loss_sum = sum(x * n for x, n in zip(torch.stack(losses).tolist() if losses else [], counts,
+                                         strict=True))
+    flat, start = torch.cat(predicted).tolist() if predicted else [], 0
+    for indices, seq in zip(batches, widths, strict=True):  # back in the dataset's order
+        for i in indices:
+            piece_predictions[i], start = flat[start : start + seq], start + seq
+    targets = sum(counts)
     return dataset.word_predictions(piece_predictions), (loss_sum / targets if targets else None)
 
 

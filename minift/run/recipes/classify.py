@@ -8,6 +8,7 @@ from typing import Any
 
 from minift.core.labels import LabelVocab
 from minift.core.metrics import format_table
+from minift.data.batches import with_lengths
 from minift.data.readers import encode_labels, read_examples, task_files
 from minift.data.tokenizer import Tokenizer
 from minift.fast.unpad import speed_up
@@ -43,7 +44,8 @@ def scores(model, examples: list, label_ids: list[int], tokenizer, labels: int,
     if batches is None:
         dataset = ClassificationDataset(examples, tokenizer, max_length=o.max_length,
                                         label_ids=label_ids)
-        batches = dataset.batches(o.batch_size, generator=None, shuffle=False)
+        batches = [with_lengths(batch)
+                   for batch in dataset.batches(o.batch_size, generator=None, shuffle=False)]
     return classification_metrics(model, batches, labels, device, progress=o.progress)
 
 
@@ -132,11 +134,15 @@ def finetune(**options: Any) -> dict:
             train_rows, dev_rows = frozen_rows(model, [train_set, dev_set], o)
             build = lambda: model  # noqa: E731  (the model whose features these are)
         dev_batches = dev_rows.batches(o.batch_size, generator=None, shuffle=False)
+        encoded = train_rows is train_set  # token batches, not a frozen encoder's features
+        if encoded:  # host-counted lengths: the fast model unpads without reading the device
+            dev_batches = [with_lengths(batch) for batch in dev_batches]
         outcome = skeleton.run_recipe(skeleton.Recipe(
             config=config,
             build=build,
             load=SequenceClassifier.from_pretrained,
-            train_batches=prepare.epoch_batches(train_rows, o.batch_size, o.seed),
+            train_batches=prepare.epoch_batches(train_rows, o.batch_size, o.seed,
+                                                lengths=encoded),
             evaluate=lambda m, device: scores(m, dev_examples, dev_labels, tokenizer, len(vocab),
                                               o, device, dev_batches),
             tokenizer=tokenizer, options=o,

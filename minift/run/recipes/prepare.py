@@ -25,6 +25,7 @@ import torch
 
 from minift.core import ddp as distributed
 from minift.core.files import atomic_write, fsync_dir
+from minift.data.batches import with_lengths
 from minift.data.readers import read_examples, read_semicolon_examples
 from minift.hf.checkpoint import read_config
 from minift.run.lock import LOCK_NAME, acquire, release
@@ -381,7 +382,16 @@ def read_labelled(path: str, text_col: str, label_col: str, format: str | None =
     return read_examples(path, text_col=text_col, label_col=label_col, format=format)
 
 
-def epoch_batches(dataset, batch_size: int, seed: int) -> Callable[[int], list]:
-    """``train_batches`` of a dataset: epoch e shuffled by a generator seeded with seed + e."""
-    return lambda epoch: dataset.batches(batch_size,
-                                         generator=torch.Generator().manual_seed(seed + epoch))
+def epoch_batches(dataset, batch_size: int, seed: int, *,
+                  lengths: bool = False) -> Callable[[int], list]:
+    """``train_batches`` of a dataset: epoch e shuffled by a generator seeded with seed + e.
+
+    ``lengths``: each batch carries its rows' lengths, counted on the host
+    (``data.batches.with_lengths``), for heads that hand them to the encoder (classify, tag):
+    the fast model then unpads without reading the mask back from a GPU.
+    """
+    def batches(epoch: int) -> list:
+        made = dataset.batches(batch_size, generator=torch.Generator().manual_seed(seed + epoch))
+        return [with_lengths(batch) for batch in made] if lengths else made
+
+    return batches

@@ -135,7 +135,8 @@ def ner(**options: Any) -> dict:
             config=config,
             build=skeleton.head_builder(tagging.TokenClassifier, folder, labels.labels, o),
             load=tagging.TokenClassifier.from_pretrained,
-            train_batches=prepare.epoch_batches(datasets["train"], o.batch_size, o.seed),
+            train_batches=prepare.epoch_batches(datasets["train"], o.batch_size, o.seed,
+                                                lengths=True),
             evaluate=evaluate, tokenizer=tokenizer, options=o,
         ))
         if outcome is None:
