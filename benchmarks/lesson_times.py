@@ -14,11 +14,15 @@ run replaces its own machine's times and keeps the others', so that the markdown
 gives each lesson's time on every machine measured and the range over them. `--only 01 03` runs
 some lessons and updates only those. `--full` runs the lessons' full modes and keeps their times
 apart, in `lesson_times_full.json` and `.md`, written after every lesson (full runs are long).
+`--merge DIR ...` gathers the lessons that runs with `--out DIR` timed side by side (groups of
+long full runs at once, one thread each) into one machine's entry, and says so: such wall times
+are not an idle machine's, the CPU seconds nearly are.
 
     python benchmarks/lesson_times.py                  # every lesson, torch's default threads
     python benchmarks/lesson_times.py --threads 2      # OMP_NUM_THREADS=2 for every lesson
     python benchmarks/lesson_times.py --only 01 04     # lessons 01 and 04 only
     python benchmarks/lesson_times.py --full --threads 1 --only 13 12 11   # full runs, in that order
+    python benchmarks/lesson_times.py --full --merge /tmp/a /tmp/b      # gather runs made apart
 """
 
 from __future__ import annotations
@@ -149,13 +153,37 @@ def report(runs: list[dict], full: bool = False) -> str:
             f"{threads(info['threads'])}{', ' + info['gpu'] if info['gpu'] else ''}), "
             f"torch {info['torch']}, Python "
             f"{info['python']}; code {run['commit']}, {run['date']}; load average before each "
-            f"lesson {min(loads):.2f}-{max(loads):.2f}"
+            f"lesson {min(loads):.2f}-{max(loads):.2f}" + (f"; {run['note']}" if "note" in run else "")
         )
     lines += ["", table(runs), "",
               "CPU seconds: the lesson's process and its children (with one torch thread, about "
               "the wall time on an idle machine). A machine that other jobs share makes these times longer.",
               ""]
     return "\n".join(lines)
+
+
+def merge(folders: list[Path], out: Path, full: bool) -> int:
+    """One entry per machine from the result files of runs made side by side in ``folders``."""
+    name = NAME + ("_full" if full else "")
+    path = out / f"{name}.json"
+    runs = json.loads(path.read_text())["runs"] if path.is_file() else []
+    parts = [run for folder in folders for run in json.loads((folder / f"{name}.json").read_text())
+             ["runs"]]
+    for key in dict.fromkeys(machine_key(part["machine"]) for part in parts):
+        group = [part for part in parts if machine_key(part["machine"]) == key]
+        runs = [run for run in runs if machine_key(run["machine"]) != key]
+        runs.append({"lessons": dict(sorted({k: v for part in group
+                                             for k, v in part["lessons"].items()}.items())),
+                     "machine": group[0]["machine"],
+                     "commit": ", ".join(sorted({part["commit"] for part in group})),
+                     "date": min(part["date"] for part in group),
+                     "note": f"the lessons ran in {len(group)} groups side by side, so the "
+                             "wall times are not an idle machine's (the CPU seconds nearly are)"})
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
+    (out / f"{name}.md").write_text(report(runs, full))
+    print(f"wrote {path} and {path.with_suffix('.md')}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,7 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the result files")
     parser.add_argument("--full", action="store_true",
                         help="the lessons' full runs (MINIFT_QUICK unset), kept in lesson_times_full.*")
+    parser.add_argument("--merge", nargs="+", type=Path, metavar="DIR",
+                        help="gather the runs that --out DIR wrote, run side by side, into --out")
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out, args.full)
 
     lessons = LESSONS
     if args.only:  # in the order given
