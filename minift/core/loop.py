@@ -98,7 +98,10 @@ class TrainConfig:
     greater_is_better: bool = False
     patience: int | None = None  # evaluations without improvement before stopping early
     seed: int = 0
+    # torch.compile the forward for static shapes: give it batches of a few shapes (the commands
+    # pad them to buckets: minift.data.batches.BucketedBatches); compile_dynamic: for any shape
     compile: bool = False
+    compile_dynamic: bool = False
     progress: bool = True  # tqdm bar with loss, lr, examples/s
     log_every: int = 10  # steps between JSONL training-loss records
     keep_resume: bool = False  # keep resume.pt when the run completes (it goes otherwise)
@@ -159,7 +162,7 @@ class TrainConfig:
             fail("optimizer", f"one of {IMPLEMENTATIONS}")
         if not isinstance(self.metric, str) or not self.metric:
             fail("metric", "the name of a key of evaluate()'s dict")
-        for name in ("greater_is_better", "compile", "progress", "keep_resume",
+        for name in ("greater_is_better", "compile", "compile_dynamic", "progress", "keep_resume",
                      "light_final_resume"):
             if not isinstance(getattr(self, name), bool):
                 fail(name, "True or False")
@@ -625,7 +628,8 @@ def train(model: nn.Module, train_batches: Callable[[int], Sequence[dict[str, Te
     now = time.perf_counter()
     clock = _Clock(start=now - progress.elapsed, last_log=now)
     forward_model, no_sync = parallel.wrap(model, device)
-    forward_model = torch.compile(forward_model) if config.compile else forward_model
+    if config.compile:
+        forward_model = torch.compile(forward_model, dynamic=config.compile_dynamic)
 
     # ---- the loop ----------------------------------------------------------------------------
     completed = False
