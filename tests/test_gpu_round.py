@@ -32,7 +32,7 @@ def statuses_are_accounted(sections: list[dict]) -> list[str]:
             if not (s["status"].startswith("ok") or s["status"].startswith("skipped: "))]
 
 
-@pytest.mark.slow  # about 90 s of one CPU core: nine processes, each importing torch
+@pytest.mark.slow  # about 2 minutes of one CPU core: ten processes, each importing torch
 def test_smoke_round_runs_every_section_and_writes_at_most_8_files(tmp_path):
     """``--smoke`` runs the round end to end on the CPU: exit 0; at most 8 files (the device
     call's limit), round.json and summary.md among them; every section of the plan either ran
