@@ -110,7 +110,8 @@ def main() -> None:
         real = sum(int(b["attention_mask"].sum()) for b in batches)
         total = sum(b["attention_mask"].numel() for b in batches)
 
-        bucketed = [pad_to_bucket(b, GRAPH_BUCKETS, tokenizer.pad_token_id) for b in batches]
+        bucketed = ([pad_to_bucket(b, GRAPH_BUCKETS, tokenizer.pad_token_id) for b in batches]
+                    if GRAPHS in model_of else [])
 
         def run(name, batches=batches, bucketed=bucketed):
             def fn():
