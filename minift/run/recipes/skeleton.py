@@ -86,8 +86,9 @@ def static_shapes(model: Any, train_batches: Callable[[int], Sequence[dict]], op
                   pad_token_id: int) -> Callable[[int], Sequence[dict]]:
     """What ``--compile`` trains on: batches padded up to one of four bucket lengths (from the
     options' longest ``max_length`` / ``max_target_length``), through the encoder's padded path
-    (the unpadded path's token count changes with every batch). torch.compile, compiling for
-    static shapes, then sees eight shapes at most (``minift.data.batches.bucket_lengths``).
+    (the unpadded path's token count changes with every batch; evaluation takes it too, as
+    small batches on a GPU do anyway). torch.compile, compiling for static shapes, then sees
+    eight shapes at most (``minift.data.batches.bucket_lengths``).
     The extra padding is masked, so the losses are the unbucketed batches'; dropout draws its
     masks over the padded shape, another draw of the same distribution (compiled code draws
     from a random stream of its own anyway)."""
