@@ -84,16 +84,19 @@ def _copy_best(best_dir: Path, out: Path) -> None:
 
 def static_shapes(model: Any, train_batches: Callable[[int], Sequence[dict]], options: Any,
                   pad_token_id: int) -> Callable[[int], Sequence[dict]]:
-    """What ``--compile`` trains on: batches padded up to one of four bucket lengths (from the
-    options' longest ``max_length`` / ``max_target_length``), through the encoder's padded path
-    (the unpadded path's token count changes with every batch; evaluation takes it too, as
-    small batches on a GPU do anyway). torch.compile, compiling for static shapes, then sees
-    eight shapes at most (``minift.data.batches.bucket_lengths``).
+    """What ``--compile`` trains on: batches padded up to one of four bucket lengths (two a
+    side for seq2seq; from the options' longest ``max_length`` / ``max_target_length``), through
+    the encoder's padded path (the unpadded path's token count changes with every batch;
+    evaluation takes it too, as small batches on a GPU do anyway). torch.compile, compiling for
+    static shapes, then sees eight shapes at most (``minift.data.batches.bucket_lengths``).
     The extra padding is masked, so the losses are the unbucketed batches'; dropout draws its
     masks over the padded shape, another draw of the same distribution (compiled code draws
     from a random stream of its own anyway)."""
     longest = max(getattr(options, name, 0) or 0 for name in ("max_length", "max_target_length"))
-    buckets = bucket_lengths(longest)
+    # seq2seq pads sources and targets each to a bucket: two buckets a side keep the pairs of
+    # shapes, times two batch sizes, at eight
+    pairs = getattr(options, "max_target_length", None) is not None
+    buckets = bucket_lengths(longest, count=2 if pairs else 4)
     speed_up(model, unpad=False)
     if is_main():
         print(f"compile: batches padded to {buckets} tokens, the encoder on its padded path")
