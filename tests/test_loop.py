@@ -664,6 +664,11 @@ def test_compile_trains_the_wrapper_and_saves_the_eager_module(tmp_path, monkeyp
     assert_same(saved, params_of(model))  # names without the wrapper's "_orig_mod." prefix
     resume = torch.load(tmp_path / "run" / "resume.pt", weights_only=True)
     assert resume["model"].keys() == model.state_dict().keys()
+    cfg = config(tmp_path / "dynamic", epochs=1, compile=True, compile_dynamic=True)
+    train(Toy(), epochs_of(1), cfg)
+    assert options[-1] == {"dynamic": True}
+    with pytest.raises(ValueError, match="TrainConfig.compile_dynamic: expected True or False"):
+        config(tmp_path, compile=True, compile_dynamic=1)
 
 
 def test_model_interface_loss_attribute_save_pretrained_and_bad_outputs(tmp_path):
