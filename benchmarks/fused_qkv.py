@@ -26,6 +26,7 @@ from speed_common import (
     result_name,
     speed_parser,
     to_device,
+    training_steps,
     write_report,
 )
 from train_step import with_labels
@@ -86,12 +87,7 @@ def main() -> None:
                             model(b["input_ids"], b["attention_mask"], b["token_type_ids"])
                     return
                 model.train()
-                for b in batches:
-                    with autocast:
-                        loss = model(**b).loss
-                    loss.backward()
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
+                training_steps(model, batches, optimizer, autocast)
 
             timings = interleaved({"minift": fn, "minift, fused QKV": with_fused_qkv(fn)},
                                   device, rounds)

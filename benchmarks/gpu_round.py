@@ -11,8 +11,9 @@ runs a fixed list of sections in order, each in its own process under its own ti
    square product of ``flops.matmul_peak``): the denominators of every MFU figure.
 3. ``test_cuda``: ``pytest tests/test_cuda.py``, the CUDA twins of the CPU parity tests.
 4. The speed benchmarks on MiniLM, each with its own flags: ``inference_throughput.py`` in fp32,
-   under bf16 autocast, and under bf16 at batch 128; ``train_step.py``; ``flops.py``. The
-   bf16 batch-128 inference and the training step also measure each packed attention path of
+   under bf16 autocast (both with ``--cuda-graphs``: the forward replayed from CUDA graphs, a
+   column beside the eager ones), and under bf16 at batch 128; ``train_step.py``; ``flops.py``.
+   The bf16 batch-128 inference and the training step also measure each packed attention path of
    ``minift.fast.attention`` (``--attention varlen,nested,padded``: FlashAttention's varlen
    kernel, SDPA on nested tensors, the re-padded batch with a boolean mask), one column each,
    beside the path ``choose_path`` takes by default; a path that cannot run (varlen in fp32 or
@@ -21,7 +22,13 @@ runs a fixed list of sections in order, each in its own process under its own ti
    settings, so its dev accuracy sits beside the CPU run's.
 6. The BERT-base shape (``--config bert-base``: random weights, 12 layers, hidden 768), the size
    where the GPU's arithmetic, not kernel launches, should set the pace: the training step and
-   bf16 inference, with the attention paths as in 4. ``--smoke`` skips these two, saying so: BERT-base takes minutes on a CPU.
+   bf16 inference, with the attention paths as in 4. ``--smoke`` skips these two, saying so:
+   BERT-base takes minutes on a CPU.
+7. ``compile_train``: ``compile_buckets.py --bf16``, the MiniLM training step eager, compiled
+   for dynamic shapes, compiled on length buckets (``--compile``) and with CUDA graphs on top;
+   last, so that it runs on what the budget leaves (compilation takes a minute or two).
+   ``--smoke`` runs it with the ``eager`` backend: dynamo's graphs and counts without
+   inductor's code generation, which takes minutes on a CPU.
 
 The deadline guard: the round has ``--budget-s`` seconds in all. Before a section starts, it is
 skipped, saying so, if fewer seconds are left than its floor; otherwise it runs with a time
@@ -204,8 +211,9 @@ def plan(args: argparse.Namespace, work: Path) -> list[Section]:
                            "--probe-out", str(work / "matmul.json")], 60, 20),
         Section("test_cuda", [py, "-m", "pytest", str(REPO / "tests" / "test_cuda.py"), "-q",
                               "-rs", "-p", "no:cacheprovider"], 150, 45),
-        Section("inference_fp32", bench("inference_throughput.py"), 75, 30),
-        Section("inference_bf16", bench("inference_throughput.py", "--bf16"), 75, 30),
+        Section("inference_fp32", bench("inference_throughput.py", "--cuda-graphs"), 75, 30),
+        Section("inference_bf16", bench("inference_throughput.py", "--bf16", "--cuda-graphs"),
+                75, 30),
         Section("inference_bf16_bs128", bench("inference_throughput.py", "--bf16",
                                               "--batch-size", "128", *paths), 90, 30),
         Section("train_step", bench("train_step.py", *paths), 150, 45),
@@ -216,6 +224,9 @@ def plan(args: argparse.Namespace, work: Path) -> list[Section]:
                                                   "--config", "bert-base", *paths), 100, 45,
                 cpu_too=False),
         Section("flops", bench("flops.py"), 120, 45),
+        Section("compile_train", bench("compile_buckets.py", "--bf16",
+                                       *(["--backend", "eager"] if args.smoke else [])),
+                150, 75),
     ]
 
 

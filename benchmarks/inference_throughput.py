@@ -18,10 +18,16 @@ memory the system handed out fresh and zeroed on first touch: allocation cost be
     python benchmarks/inference_throughput.py --device cuda --batch-size 128   # larger batches
     python benchmarks/inference_throughput.py --device cuda --bf16 --config bert-base
     python benchmarks/inference_throughput.py --device cuda --bf16 --attention varlen,nested,padded
+    python benchmarks/inference_throughput.py --device cuda --cuda-graphs   # + CUDA graphs
 
 ``--attention`` adds one column per attention path of ``minift.fast.attention`` ("minift
 unpadded, varlen", ...): the unpadded path forced on, its attention forced onto that path; a
 path that cannot run here (varlen on a CPU, or in fp32) is named with the reason and left out.
+
+``--cuda-graphs`` adds "minift cuda graphs": the padded path replayed from one CUDA graph per
+shape (``minift.fast.cuda_graphs.GraphedEncoder``), the real batches padded up to bucket lengths
+(``minift.data.batches.pad_to_bucket``) so that a few graphs serve them all; that padding is
+work it pays for, as throughput counts real tokens. On a CPU the flag is a no-op that says so.
 """
 
 from __future__ import annotations
@@ -49,13 +55,36 @@ from speed_common import (
 )
 
 from minift.core.metrics import format_table
+from minift.data.batches import bucket_lengths, pad_to_bucket
 from minift.data.tokenizer import Tokenizer
+
+GRAPHS = "minift cuda graphs"
+# The graphs' lengths: the real workloads' buckets (max_length 128) and the fixed lengths.
+GRAPH_BUCKETS = sorted({*bucket_lengths(128), 32, 128, 512})
+
+
+def ratio(tps: dict, a: str, b: str) -> float | None:
+    """tps[a] / tps[b], None where ``a`` did not run."""
+    return tps[a] / tps[b] if a in tps else None
+
+
+def cuda_graph_runs(device: torch.device, models: dict) -> dict:
+    """``{GRAPHS: the graphed encoder}`` on a GPU; on a CPU nothing, saying so."""
+    if device.type != "cuda":
+        print("--cuda-graphs: no CUDA device, so no CUDA-graph column (a CPU launches no "
+              "kernels to save)", flush=True)
+        return {}
+    from minift.fast.cuda_graphs import GraphedEncoder
+
+    return {GRAPHS: GraphedEncoder(models["minift"])}
 
 
 def main() -> None:
     parser = speed_parser(__doc__)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for every model")
     parser.add_argument("--batch-size", type=int, default=32, help="of the real workloads")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="add minift replayed from CUDA graphs (a GPU only)")
     add_config_option(parser)
     add_attention_option(parser)
     args = parser.parse_args()
@@ -84,6 +113,8 @@ def main() -> None:
     runs_of |= {name: dict(unpad=True) for name in path_of}
     model_of = {name: models["minift"] for name in runs_of}
     model_of |= {"hf sdpa": models["hf_sdpa"], "hf eager": models["hf_eager"]}
+    if args.cuda_graphs:
+        model_of |= cuda_graph_runs(device, models)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.bf16
                 else contextlib.nullcontext())
     rows, records = [], []
@@ -92,29 +123,42 @@ def main() -> None:
         real = sum(int(b["attention_mask"].sum()) for b in batches)
         total = sum(b["attention_mask"].numel() for b in batches)
 
-        def run(name, batches=batches):
+        bucketed = ([pad_to_bucket(b, GRAPH_BUCKETS, tokenizer.pad_token_id) for b in batches]
+                    if GRAPHS in model_of else [])
+
+        def run(name, batches=batches, bucketed=bucketed):
             def fn():
                 library = (f_linear(model_of[name]) if name == "minift, F.linear"
                            else contextlib.nullcontext())
                 path = (attention_path(model_of[name], path_of[name]) if name in path_of
                         else contextlib.nullcontext())
                 with torch.inference_mode(), autocast, library, path:
-                    for b in batches:
+                    for b in bucketed if name == GRAPHS else batches:
                         call(name, model_of[name], b, **runs_of.get(name, {}))
             return fn
 
-        timings = interleaved({name: run(name) for name in model_of}, device, rounds)
+        names = list(model_of)
+        if GRAPHS in names:  # records this workload's graphs; a failure empties their cells
+            try:
+                run(GRAPHS)()
+            except Exception as error:  # noqa: BLE001 -- reported, and the rest still runs
+                print(f"--cuda-graphs failed on {workload}: {error!r}", flush=True)
+                names.remove(GRAPHS)
+        timings = interleaved({name: run(name) for name in names}, device, rounds)
         tps = {name: real / t["median_s"] for name, t in timings.items()}
         records.append({"workload": workload, "real_tokens": real, "padded_tokens": total,
                         "padding_fraction": 1 - real / total, "timings": timings,
                         "real_tokens_per_s": tps})
         rows.append({"workload": workload, "padding %": 100 * (1 - real / total),
-                     **{f"{name} tok/s": tps[name] for name in model_of},
+                     **{f"{name} tok/s": tps.get(name) for name in model_of},
                      "minift / hf sdpa": tps["minift"] / tps["hf sdpa"],
                      "minift / hf eager": tps["minift"] / tps["hf eager"],
                      **({"minift, F.linear / hf sdpa": tps["minift, F.linear"] / tps["hf sdpa"]}
                         if "minift, F.linear" in tps else {}),
                      **{f"{name} / hf sdpa": tps[name] / tps["hf sdpa"] for name in path_of},
+                     **({"cuda graphs / minift": ratio(tps, GRAPHS, "minift"),
+                         "cuda graphs / minift padded": ratio(tps, GRAPHS, "minift padded")}
+                        if GRAPHS in model_of else {}),
                      **{f"{name} page faults (k)": timings[name]["median_page_faults"] / 1000
                         for name in ("minift", "hf sdpa")}})
         print(format_table(rows[-1:], float_format=".2f"), flush=True)
@@ -123,6 +167,7 @@ def main() -> None:
                "quick": args.quick, "batch_size": bs, "config": args.config,
                "attention": args.attention,
                "attention_not_measured": {k: v for k, v in not_run.items() if v is not None},
+               "cuda_graphs": GRAPHS in model_of, "graph_buckets": GRAPH_BUCKETS,
                "workloads": records}
     other = args.config != "minilm"
     name = result_name("inference_throughput", device, args.quick, "_bf16" if args.bf16 else "",
@@ -132,7 +177,8 @@ def main() -> None:
         + ([f"--device {args.device}"] if device.type != "cpu" else [])
         + ([f"--batch-size {bs}"] if bs != 32 else [])
         + ([f"--config {args.config}"] if other else [])
-        + ([f"--attention {','.join(args.attention)}"] if args.attention else []))
+        + ([f"--attention {','.join(args.attention)}"] if args.attention else [])
+        + (["--cuda-graphs"] if GRAPHS in model_of else []))
     model = "BERT-base shape, random weights" if other else "all-MiniLM-L6-v2"
     write_report(name, payload, table,
                  f"Inference throughput (real tokens/s), {model}, fp32" +

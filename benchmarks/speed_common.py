@@ -266,6 +266,18 @@ def to_device(batches: list[dict], device: torch.device) -> list[dict]:
     return [{k: v.to(device) for k, v in b.items()} for b in batches]
 
 
+def training_steps(model: Callable, batches, optimizer: torch.optim.Optimizer,
+                   autocast: contextlib.AbstractContextManager) -> None:
+    """One training step a batch: the loss's backward (the forward under ``autocast``), the
+    optimizer's step, the gradients dropped. ``autocast`` is entered once a batch."""
+    for batch in batches:
+        with autocast:
+            loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
 # ---- timing --------------------------------------------------------------------------------------
 
 

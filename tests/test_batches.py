@@ -1,6 +1,7 @@
 """Tests of minift/data/batches.py: a batch is padded once, by `pad_batch`, and equals the tokenizer's
 own padded encoding of the same examples, tensor for tensor; the length-grouped sampler; `collate`
-and the classification datasets' batches against transformers' padding."""
+and the classification datasets' batches against transformers' padding; the length buckets that
+give torch.compile a few shapes, with the losses of the unbucketed batches."""
 
 import pytest
 import torch
@@ -8,11 +9,22 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
-from minift.data.batches import collate, length_grouped_batches, pad_batch, with_lengths
+from minift.core.model import BertConfig
+from minift.data.batches import (
+    BucketedBatches,
+    bucket_length,
+    bucket_lengths,
+    collate,
+    length_grouped_batches,
+    pad_batch,
+    pad_to_bucket,
+    with_lengths,
+)
 from minift.data.readers import read_conll, read_examples
 from minift.data.tokenizer import Tokenizer
-from minift.tasks.classify import ClassificationDataset, make_batches
-from minift.tasks.tag import TokenClassificationDataset
+from minift.fast.unpad import speed_up
+from minift.tasks.classify import ClassificationDataset, SequenceClassifier, make_batches
+from minift.tasks.tag import TokenClassificationDataset, TokenClassifier
 
 KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -323,3 +335,165 @@ def test_with_lengths_counts_each_rows_real_tokens_on_the_host(row_lengths):
         flipped = dict(batch, attention_mask=batch["attention_mask"].flip(1))
         with pytest.raises(ValueError, match="padded on the right"):
             with_lengths(flipped)
+
+
+# --- Buckets: a few shapes for torch.compile, the same losses ---------------------------------------
+
+
+@settings(deadline=None, max_examples=25)
+@given(longest=st.integers(1, 2048), count=st.integers(1, 6))
+def test_bucket_lengths_end_at_the_longest_and_pad_less_than_twice(longest, count):
+    """At most ``count`` buckets, the last ``longest``, each at most twice the one before; so
+    every length above the smallest bucket pads to less than twice itself, and every length
+    up to ``longest`` has a bucket."""
+    buckets = bucket_lengths(longest, count)
+    assert buckets[-1] == longest and len(buckets) <= count and buckets == sorted(set(buckets))
+    assert all(b <= 2 * a for a, b in zip(buckets, buckets[1:], strict=False))
+    for length in range(1, longest + 1):
+        bucket = bucket_length(length, buckets)
+        assert bucket >= length and bucket in buckets
+        assert length <= buckets[0] or bucket < 2 * length
+    assert bucket_lengths(128) == [16, 32, 64, 128]
+
+
+def test_pad_to_bucket_pads_each_key_with_its_own_value_and_refuses_the_unknown():
+    """Each (batch, seq) tensor goes to the bucket of its own width, padded with the pad id
+    (ids), 0 (masks, token types) or -100 (labels); other tensors pass unchanged. A decoder's
+    tensors (a width of their own) get their own bucket. An unknown 2-D key, or a width past
+    the largest bucket, is refused by name."""
+    ids = torch.tensor([[101, 7, 102], [101, 102, 0]])
+    batch = {"input_ids": ids, "attention_mask": (ids != 0).long(),
+             "token_type_ids": torch.zeros_like(ids), "labels": torch.tensor([1, 0]),
+             "decoder_input_ids": torch.tensor([[5], [5]]),
+             "decoder_attention_mask": torch.ones(2, 1, dtype=torch.long),
+             "start_positions": torch.tensor([0, 1])}
+    out = pad_to_bucket(batch, [1, 4, 8], pad_token_id=0)
+    assert out["input_ids"].tolist() == [[101, 7, 102, 0], [101, 102, 0, 0]]
+    assert out["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 1, 0, 0]]
+    assert out["token_type_ids"].tolist() == [[0] * 4] * 2
+    assert out["labels"] is batch["labels"] and out["start_positions"] is batch["start_positions"]
+    assert out["decoder_input_ids"].shape == (2, 1)  # its own width, already a bucket
+    token_labels = pad_to_bucket({"input_ids": ids, "labels": torch.ones_like(ids)}, [4], 9)
+    assert token_labels["labels"].tolist() == [[1, 1, 1, -100]] * 2
+    assert token_labels["input_ids"][:, 3].tolist() == [9, 9]
+    with pytest.raises(ValueError, match="'word_ids'"):
+        pad_to_bucket({"input_ids": ids, "word_ids": ids}, [4], 0)
+    with pytest.raises(ValueError, match="largest bucket \\(2\\)"):
+        pad_to_bucket(batch, [1, 2], 0)
+    lazy = BucketedBatches([batch, batch], [4, 8], 0)
+    assert len(lazy) == 2 and torch.equal(lazy[1]["input_ids"], out["input_ids"])
+
+
+def tiny_heads(seed: int) -> dict:
+    """A sentence and a token classifier on one tiny random encoder, without dropout (so that
+    training steps compare exactly: compiled code draws dropout masks of its own)."""
+    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=48, max_position_embeddings=64,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(seed)
+    sentence = speed_up(SequenceClassifier(config, 3, pooling="mean")).eval()
+    token = speed_up(TokenClassifier(config, 4)).eval()
+    token.bert.load_state_dict(sentence.bert.state_dict())
+    return {"sentence": sentence, "token": token}
+
+
+@settings(deadline=None, max_examples=15)
+@given(lengths=st.lists(st.integers(1, 24), min_size=1, max_size=5), seed=st.integers(0, 99),
+       unpad=st.booleans())
+def test_a_bucketed_batch_gives_the_unbucketed_loss(lengths, seed, unpad):
+    """Padding a batch up to its bucket changes no number: the loss (a label per sentence, and a
+    label per token with -100 at the padding) and the logits at real positions equal the
+    unbucketed batch's, on the padded and the unpadded path (no dropout; fp32, atol 1e-6 and rtol 1e-5:
+    the padded path's attention sums over more masked keys, in another order)."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = [torch.randint(1000, 30000, (n,), generator=gen) for n in lengths]
+    batch = pad_batch(rows, None, pad_token_id=0)
+    real = batch["attention_mask"].bool()
+    token_labels = torch.randint(0, 4, real.shape, generator=gen).masked_fill(~real, -100)
+    sentence_labels = torch.randint(0, 3, (len(rows),), generator=gen)
+    buckets = bucket_lengths(32)
+    for name, model in tiny_heads(seed).items():
+        model.bert.unpad = unpad
+        labelled = {**batch, "labels": token_labels if name == "token" else sentence_labels}
+        bucketed = pad_to_bucket(labelled, buckets, pad_token_id=0)
+        assert bucketed["input_ids"].shape[1] == bucket_length(max(lengths), buckets)
+        with torch.no_grad():
+            plain, padded = model(**labelled), model(**bucketed)
+        torch.testing.assert_close(padded.loss, plain.loss, atol=1e-6, rtol=1e-5)
+        logits = padded.logits[:, : real.shape[1]][real] if name == "token" else padded.logits
+        want = plain.logits[real] if name == "token" else plain.logits
+        torch.testing.assert_close(logits, want, atol=1e-6, rtol=1e-5)
+
+
+def length_batches(lengths, buckets=None, seed=0) -> list[dict]:
+    """One batch of three sentences a longest length, labelled; padded to ``buckets`` if given."""
+    gen = torch.Generator().manual_seed(seed)
+    batches = []
+    for longest in lengths:
+        rows = [torch.randint(1000, 30000, (n,), generator=gen) for n in (longest, 3, 4)]
+        batch = {**pad_batch(rows, None, 0), "labels": torch.tensor([0, 1, 2])}
+        batches.append(batch if buckets is None else pad_to_bucket(batch, buckets, 0))
+    return batches
+
+
+def graphs_compiled(model, batches, **options) -> list[int]:
+    """How many graphs torch._dynamo compiled at each training step of ``model`` compiled with
+    ``options`` for static shapes."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(model, dynamic=False, **options)
+    seen = [0]
+    for batch in batches:
+        compiled(**batch).loss.backward()
+        seen.append(counters["stats"]["unique_graphs"])
+    return [after - before for before, after in zip(seen, seen[1:], strict=False)]
+
+
+def test_buckets_compile_once_a_shape_where_lengths_compile_once_each():
+    """Compiled for static shapes, five batches of five lengths compile new graphs at every
+    step; padded into two buckets, only at the steps that bring a new bucket (dynamo's graph
+    count; the ``eager`` backend traces as inductor does but runs the graphs as they are, which
+    keeps the test fast)."""
+    model = tiny_heads(0)["sentence"].train()
+    model.bert.unpad = False  # --compile's path (minift.run.recipes.skeleton.static_shapes)
+    lengths = (5, 12, 20, 9, 31)
+    plain = graphs_compiled(model, length_batches(lengths), backend="eager")
+    bucketed = graphs_compiled(model, length_batches(lengths, [16, 32]), backend="eager")
+    assert all(n > 0 for n in plain), plain
+    assert [n > 0 for n in bucketed] == [True, False, True, False, False], bucketed  # 16, 32
+    assert sum(bucketed) < sum(plain)
+
+
+@pytest.mark.slow  # inductor generates and builds C++ for the forward and backward graphs
+def test_compiled_step_on_buckets_equals_eager():
+    """torch.compile for static shapes (inductor, as ``--compile`` runs it) on batches of three
+    lengths padded into one bucket: it compiles once, and the loss and every gradient equal
+    eager's on each batch (fp32, atol 1e-5, rtol 1e-4: inductor fuses and reorders sums)."""
+    model = tiny_heads(0)["sentence"].train()
+    model.bert.unpad = False
+    batches = length_batches((5, 12, 16), [16, 32])
+
+    def step(fn, batch):
+        model.zero_grad(set_to_none=True)
+        loss = fn(**batch).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                               if p.grad is not None}
+
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(model, dynamic=False)
+    graphs = []
+    for batch in batches:
+        (loss, grads), (want, want_grads) = step(compiled, batch), step(model, batch)
+        graphs.append(counters["stats"]["unique_graphs"])
+        torch.testing.assert_close(loss, want, atol=1e-5, rtol=1e-4)
+        assert grads.keys() == want_grads.keys()
+        for name in want_grads:
+            torch.testing.assert_close(grads[name], want_grads[name], atol=1e-5, rtol=1e-4,
+                                       msg=name)
+    assert graphs[0] >= 1 and graphs == [graphs[0]] * 3  # one bucket: no recompilation

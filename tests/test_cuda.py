@@ -19,8 +19,10 @@ from test_model import build_pair, tiny_setups
 
 from minift.core.model import BertConfig, BertModel
 from minift.core.optim import AdamW
+from minift.data.batches import pad_to_bucket
 from minift.data.tokenizer import Tokenizer
 from minift.fast import attention as packed
+from minift.fast.cuda_graphs import GraphedEncoder
 from minift.fast.unpad import UNPAD_MIN_POSITIONS, speed_up, varlen_attention
 from minift.hf.checkpoint import load_bert, split_hf_state_dict
 
@@ -262,3 +264,40 @@ def test_bf16_inference_on_cuda_takes_the_varlen_kernel(monkeypatch):
     with torch.no_grad(), torch.autocast(CUDA.type, dtype=torch.bfloat16):
         model(ids, mask)
     assert calls == [7, 7, 7]  # by position: q, k, v, cu_seq_q, cu_seq_k, max_q, max_k
+@torch.no_grad()
+@pytest.mark.parametrize("autocast", [None, torch.bfloat16], ids=["fp32", "bf16"])
+def test_cuda_graph_replays_equal_the_eager_forward(minilm_dir, data_dir, autocast):
+    """``GraphedEncoder`` (minift/fast/cuda_graphs.py) on the fast published MiniLM: SST-2
+    batches of two shapes, each shape seen twice with other sentences (so the second call
+    replays the graph on new inputs): the real positions and the pooler equal the model's own
+    eager forward (fp32: atol 1e-5; bf16 autocast: atol 2e-2, two roundings of bf16), one
+    graph a shape, and a returned output survives the next replay."""
+    import csv
+
+    with open(data_dir / "sst2" / "dev.tsv", encoding="utf-8") as f:
+        sentences = [r["sentence"] for r in csv.DictReader(f, delimiter="\t",
+                                                           quoting=csv.QUOTE_NONE)][:64]
+    tokenizer = Tokenizer.from_pretrained(minilm_dir)
+    model = speed_up(load_bert(minilm_dir)).to(CUDA).eval()
+    graphed = GraphedEncoder(model)
+    atol = 1e-5 if autocast is None else 2e-2
+    kept = []
+    for start, size in ((0, 16), (16, 16), (32, 8), (40, 8)):
+        enc = tokenizer(sentences[start : start + size], max_length=128)
+        batch = pad_to_bucket({"input_ids": enc.input_ids, "attention_mask": enc.attention_mask,
+                               "token_type_ids": enc.token_type_ids}, [128],
+                              tokenizer.pad_token_id)
+        ids, mask, types = on_cuda(batch["input_ids"], batch["attention_mask"],
+                                   batch["token_type_ids"])
+        real = mask.bool()
+        with torch.autocast("cuda", dtype=autocast or torch.float32, enabled=autocast is not None):
+            want = model(ids, mask, types)
+            got = graphed(ids, mask, types)
+        torch.testing.assert_close(got.last_hidden_state[real].float(),
+                                   want.last_hidden_state[real].float(), atol=atol, rtol=0)
+        torch.testing.assert_close(got.pooler_output.float(), want.pooler_output.float(),
+                                   atol=atol, rtol=0)
+        kept.append((got.last_hidden_state, want.last_hidden_state, real))
+    assert len(graphed.graphs) == len({tuple(k[0].shape) for k in kept}) >= 2
+    first, first_want, real = kept[0]
+    torch.testing.assert_close(first[real].float(), first_want[real].float(), atol=atol, rtol=0)

@@ -32,7 +32,7 @@ def statuses_are_accounted(sections: list[dict]) -> list[str]:
             if not (s["status"].startswith("ok") or s["status"].startswith("skipped: "))]
 
 
-@pytest.mark.slow  # about 90 s of one CPU core: nine processes, each importing torch
+@pytest.mark.slow  # about 2 minutes of one CPU core: ten processes, each importing torch
 def test_smoke_round_runs_every_section_and_writes_at_most_8_files(tmp_path):
     """``--smoke`` runs the round end to end on the CPU: exit 0; at most 8 files (the device
     call's limit), round.json and summary.md among them; every section of the plan either ran
@@ -53,7 +53,7 @@ def test_smoke_round_runs_every_section_and_writes_at_most_8_files(tmp_path):
     names = [s["name"] for s in sections]
     assert names == ["env", "matmul", "test_cuda", "inference_fp32", "inference_bf16",
                      "inference_bf16_bs128", "train_step", "finetune", "train_step_bert_base",
-                     "inference_bert_base_bf16", "flops"]
+                     "inference_bert_base_bf16", "flops", "compile_train"]
     assert statuses_are_accounted(sections) == []
     by_name = {s["name"]: s for s in sections}
     for name in ("train_step_bert_base", "inference_bert_base_bf16"):
@@ -62,7 +62,7 @@ def test_smoke_round_runs_every_section_and_writes_at_most_8_files(tmp_path):
     if not by_name["env"]["files"]["env.json"]["cuda_available"]:
         assert by_name["test_cuda"]["status"].startswith("skipped: no CUDA")
     assert all(f"{k} " in by_name["matmul"]["result"] for k in ("bf16", "fp32"))
-    for name in ("inference_fp32", "inference_bf16", "train_step", "flops"):
+    for name in ("inference_fp32", "inference_bf16", "train_step", "flops", "compile_train"):
         assert by_name[name]["status"].startswith("ok"), by_name[name]
         assert by_name[name]["files"], f"{name} wrote no result file"
     assert "--bf16" in by_name["inference_bf16"]["command"]
@@ -80,6 +80,13 @@ def test_smoke_round_runs_every_section_and_writes_at_most_8_files(tmp_path):
             runs[0]["real_tokens_per_s"]), runs[0]["real_tokens_per_s"].keys()
         if not by_name["env"]["files"]["env.json"]["cuda_available"]:
             assert "CUDA" in str(payload["attention_not_measured"]), payload
+    for name in ("inference_fp32", "inference_bf16"):  # on a CPU the flag says it does nothing
+        assert "--cuda-graphs" in by_name[name]["command"]
+    assert "no CUDA-graph column" in (out / "round.log").read_text()
+    compiled = by_name["compile_train"]["files"]["compile_buckets_bf16_eager_quick.json"]
+    variants = {run["variant"]: run for run in compiled["runs"]}
+    assert {"eager", "compiled, dynamic", "compiled, buckets"} <= set(variants)
+    assert variants["compiled, buckets"]["graphs"] > 0 and "failed" not in str(variants)
     assert by_name["finetune"]["result"].startswith("dev accuracy ")
     assert ["--amp", "bf16"] == by_name["finetune"]["command"][
         by_name["finetune"]["command"].index("--amp"):][:2]

@@ -665,16 +665,28 @@ def test_compile_trains_the_wrapper_and_saves_the_eager_module(tmp_path, monkeyp
             self.calls += 1
             return self._orig_mod(**batch)
 
-    wrappers, evaluated = [], []
-    monkeypatch.setattr(torch, "compile", lambda m: wrappers.append(Wrapper(m)) or wrappers[-1])
+    wrappers, evaluated, options = [], [], []
+
+    def compile(module, **given):
+        options.append(given)
+        wrappers.append(Wrapper(module))
+        return wrappers[-1]
+
+    monkeypatch.setattr(torch, "compile", compile)
     model = Toy()
     cfg = config(tmp_path, epochs=1, compile=True)
     train(model, epochs_of(3), cfg, evaluate=lambda m: evaluated.append(m) or {"loss": 0.0})
     assert wrappers[0].calls == 3 and evaluated == [model]
+    assert options == [{"dynamic": False}]  # static shapes unless compile_dynamic says otherwise
     saved = read_safetensors(tmp_path / "run" / "best" / "model.safetensors")
     assert_same(saved, params_of(model))  # names without the wrapper's "_orig_mod." prefix
     resume = torch.load(tmp_path / "run" / "resume.pt", weights_only=True)
     assert resume["model"].keys() == model.state_dict().keys()
+    cfg = config(tmp_path / "dynamic", epochs=1, compile=True, compile_dynamic=True)
+    train(Toy(), epochs_of(1), cfg)
+    assert options[-1] == {"dynamic": True}
+    with pytest.raises(ValueError, match="TrainConfig.compile_dynamic: expected True or False"):
+        config(tmp_path, compile=True, compile_dynamic=1)
 
 
 def test_model_interface_loss_attribute_save_pretrained_and_bad_outputs(tmp_path):

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import minift.run.recipes
+from minift.data.batches import bucket_lengths
 from minift.hf.checkpoint import read_state_dict
 from minift.run.cli import main
 from minift.run.recipes import finetune, ner
@@ -498,3 +499,46 @@ def test_the_frozen_head_scores_as_logistic_regression_on_the_same_features(tmp_
     reference = probe.score(dev_x.numpy(), dev_y.numpy())
     assert reference > 0.8  # the features carry the task (the majority label scores 0.61)
     assert abs(metrics["dev"]["accuracy"] - reference) <= 0.01, (metrics["dev"], reference)
+
+
+def test_compile_trains_on_bucketed_padded_batches_to_the_same_model(tmp_path, tiny,
+                                                                   monkeypatch):
+    """``--compile`` (here a recording stand-in for torch.compile, so the test stays fast; the
+    real one is held to eager in tests/test_batches.py) trains ``ner`` on batches padded to
+    ``bucket_lengths(max_length)`` through the encoder's padded path, with static shapes
+    (``dynamic=False``); without dropout, the trained weights equal those of the run without
+    ``--compile`` (unbucketed, the CPU's unpadded path): fp32, atol 1e-5 after four steps."""
+    quiet = tmp_path / "quiet"  # the tiny model without dropout: the two runs compare exactly
+    shutil.copytree(tiny, quiet)
+    config = json.loads((quiet / "config.json").read_text())
+    config |= {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    (quiet / "config.json").write_text(json.dumps(config))
+    for name in ("train", "dev"):
+        (tmp_path / f"{name}.txt").write_text(CONLL + "A O\n\n", encoding="utf-8")
+    seen = []
+
+    def record(module, **options):
+        def forward(**batch):
+            seen.append((options, batch["input_ids"].shape[1], module.bert.unpad,
+                         batch["labels"].shape == batch["input_ids"].shape))
+            return module(**batch)
+        return forward
+
+    monkeypatch.setattr(torch, "compile", record)
+    common = dict(model=str(quiet), train=str(tmp_path / "train.txt"),
+                  dev=str(tmp_path / "dev.txt"), max_steps=4, batch_size=4, max_length=16,
+                  lr=1e-3, seed=0, progress=False)
+    ner(out=str(tmp_path / "compiled"), compile=True, **common)
+    ner(out=str(tmp_path / "eager"), **common)
+    assert len(seen) == 4
+    assert {options["dynamic"] for options, *_ in seen} == {False}
+    assert {width for _, width, *_ in seen} <= set(bucket_lengths(16))
+    assert all(unpad is False and same for _, _, unpad, same in seen)
+    compiled = TokenClassifier.from_pretrained(tmp_path / "compiled")
+    eager = TokenClassifier.from_pretrained(tmp_path / "eager")
+    moved = changes(TokenClassifier.from_pretrained(quiet, num_labels=len(compiled.id2label)),
+                    eager)
+    assert max(v for k, v in moved.items() if k.startswith("bert.")) > 1e-4  # it trained
+    for name, param in eager.named_parameters():
+        torch.testing.assert_close(dict(compiled.named_parameters())[name], param, atol=1e-5,
+                                   rtol=0, msg=name)

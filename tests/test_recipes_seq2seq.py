@@ -334,3 +334,38 @@ def test_lm_trains_two_steps_and_transformers_loads_it(tiny, tmp_path, capsys, m
                               pad_token_id=0)
         want.append(tokenizer.decode(written[0, ids.size(1):]))
     assert stdout.splitlines() == want
+
+
+def test_compile_pads_sources_and_targets_each_to_two_buckets(tiny, files, tmp_path,
+                                                              monkeypatch):
+    """``--compile`` on seq2seq (a recording stand-in for torch.compile): sources and targets
+    each padded to one of two bucket lengths of the longer limit (``bucket_lengths(32, 2)``:
+    16 or 32), the decoder's tensors to one width, labels -100 in the padding: at most four
+    pairs of shapes a batch size, within torch's recompile limit of eight for two sizes."""
+    from minift.data.batches import bucket_lengths
+
+    seen = []
+
+    def record(module, **options):
+        def forward(**batch):
+            seen.append(batch)
+            return module(**batch)
+        return forward
+
+    monkeypatch.setattr(torch, "compile", record)
+    minift.run.recipes.seq2seq(model=str(tiny), train=str(files["train"]), dev=str(files["dev"]),
+                               source_col="mr", target_col="ref", max_length=32,
+                               max_target_length=16, max_new_tokens=4, batch_size=3,
+                               max_steps=3, lr=1e-3, progress=False, compile=True,
+                               out=str(tmp_path / "out"))
+    assert len(seen) == 3
+    buckets = bucket_lengths(32, count=2)
+    assert buckets == [16, 32]
+    for batch in seen:
+        assert batch["input_ids"].shape[1] in buckets
+        assert batch["attention_mask"].shape == batch["input_ids"].shape
+        width = batch["labels"].shape[1]
+        assert width in buckets and batch["decoder_input_ids"].shape[1] == width
+        assert batch["decoder_attention_mask"].shape[1] == width
+        padding = batch["decoder_attention_mask"] == 0
+        assert (batch["labels"][padding] == -100).all()

@@ -21,13 +21,13 @@ Decisions a reader should know about:
   still advances (torch's documented pattern: `scaler.step`, `scaler.update`, then
   `scheduler.step()` every iteration), so the logged learning rates, `max_steps` and resume line
   up. (transformers' Trainer holds the schedule back on a skipped step instead.)
-- **The step reads nothing from the device.** A GPU runs ahead of the Python that feeds it
-  only while Python asks it for no number (an `.item()` or `bool(tensor)` drains its queue), so
-  the losses stay on the device and are read in one go at each log, evaluation and resume
-  point, where the weights are checked too. There a nan/inf loss (fp32, bf16) raises
-  `NonFiniteLossError` naming its step, epoch and batch (under fp16 the scaler skips the step
-  and the log counts it), and a nan/inf weight `NonFiniteWeightsError`: before any evaluation
-  or resume point, so no checkpoint ever holds a weight updated from a non-finite loss.
+- **The step reads nothing from the device.** A GPU runs ahead of the Python that feeds it only
+  while Python asks it for no number (an `.item()` or `bool(tensor)` drains its queue), so the
+  losses stay on the device and are read in one go at each log, evaluation and resume point, where
+  the weights are checked too. There a nan/inf loss (fp32, bf16) raises `NonFiniteLossError` naming
+  its step, epoch and batch (under fp16 the scaler skips the step and the log counts it), and a
+  nan/inf weight `NonFiniteWeightsError`: before any evaluation or resume point, so no checkpoint
+  ever holds a weight updated from a non-finite loss.
 - **Determinism.** `torch.manual_seed` and `random.seed` at the start; `train_batches(epoch)`
   must return the same batches for the same epoch without drawing from the global RNG (seed a
   `torch.Generator` with seed + epoch), which drives dropout and is saved by a resume point.
@@ -36,12 +36,11 @@ Decisions a reader should know about:
   `minift.core.checkpoints.Checkpoints`: resume.pt for an exact resume, log.jsonl and the
   progress bar, the best model swapped in whole.
 - **Data parallel through one door.** Under `torchrun` the caller hands in
-  `parallel=minift.core.ddp.setup(device.type)`: each rank trains on its rows of every global
-  batch, each micro-batch weighted by its share of the window's targets times N (DDP averages
-  the ranks' gradients), so N processes take the steps one process takes; gradients sync once
-  per optimizer step (`no_sync` before); the loss is summed over the ranks; rank 0 evaluates and
-  broadcasts the metrics, so early stopping is decided alike everywhere. Dropout draws from
-  seed + rank.
+  `parallel=minift.core.ddp.setup(device.type)`: each rank trains on its rows of every global batch,
+  each micro-batch weighted by its share of the window's targets times N (DDP averages the ranks'
+  gradients), so N processes take the steps one process takes; gradients sync once per optimizer
+  step; the loss is summed over the ranks; rank 0 evaluates and broadcasts the metrics, so early
+  stopping is decided alike everywhere. Dropout draws from seed + rank.
 """
 
 import contextlib
@@ -100,7 +99,8 @@ class TrainConfig:
     greater_is_better: bool = False
     patience: int | None = None  # evaluations without improvement before stopping early
     seed: int = 0
-    compile: bool = False
+    compile: bool = False  # torch.compile, static shapes: the commands pad batches to buckets
+    compile_dynamic: bool = False  # torch.compile for any shape (dynamic=True)
     progress: bool = True  # tqdm bar with loss, lr, examples/s
     log_every: int = 10  # steps between JSONL training-loss records
     keep_resume: bool = False  # keep resume.pt when the run completes (it goes otherwise)
@@ -161,7 +161,7 @@ class TrainConfig:
             fail("optimizer", f"one of {IMPLEMENTATIONS}")
         if not isinstance(self.metric, str) or not self.metric:
             fail("metric", "the name of a key of evaluate()'s dict")
-        for name in ("greater_is_better", "compile", "progress", "keep_resume",
+        for name in ("greater_is_better", "compile", "compile_dynamic", "progress", "keep_resume",
                      "light_final_resume"):
             if not isinstance(getattr(self, name), bool):
                 fail(name, "True or False")
@@ -633,7 +633,8 @@ def train(model: nn.Module, train_batches: Callable[[int], Sequence[dict[str, Te
     now = time.perf_counter()
     clock = _Clock(start=now - progress.elapsed, last_log=now)
     forward_model, no_sync = parallel.wrap(model, device)
-    forward_model = torch.compile(forward_model) if config.compile else forward_model
+    if config.compile:
+        forward_model = torch.compile(forward_model, dynamic=config.compile_dynamic)
 
     # ---- the loop ----------------------------------------------------------------------------
     completed, pending = False, []  # pending: the steps whose losses are not read yet

@@ -6,7 +6,9 @@ obvious form); `pad_batch` and `PaddedRows`, which keep a split's rows unpadded 
 once, to its own longest example (the tasks' datasets are `PaddedRows`; a test holds their
 batches equal to `collate`'s). A batch is padded once, here, and unpadded once, in the model;
 `with_lengths` adds each row's length, counted here on the host, so that the fast model can
-unpad without reading the mask back from a GPU.
+unpad without reading the mask back from a GPU. Last, `BucketedBatches`: batches padded further,
+up to one of a few bucket lengths, so that `torch.compile` sees a handful of shapes instead of
+one per batch.
 
 The tokenizer is duck-typed: `minift.data.tokenizer.Tokenizer` or a Hugging Face fast tokenizer
 (`tokenizer(texts, pairs, *, max_length, padding, truncation, is_split_into_words)` indexed by
@@ -18,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from minift.data.readers import Example
@@ -184,3 +187,79 @@ class PaddedRows:
                                     drop_last=drop_last)
         return [self.batch(indices) for indices in groups]
 
+
+
+# --- A few shapes for torch.compile: padding up to a bucket length --------------------------------
+
+# The padding of each key a bucket extends (every other 2-D tensor is refused): pad tokens where the
+# model reads ids (the pad id is the caller's), 0 where a mask says "no token", and -100 where a
+# label says "no target", so that the extended positions change no loss.
+BUCKET_PAD_VALUES: dict[str, int | None] = {
+    "input_ids": None, "decoder_input_ids": None,  # None: the tokenizer's pad id
+    "attention_mask": 0, "decoder_attention_mask": 0, "token_type_ids": 0, "labels": -100,
+}
+
+
+def bucket_lengths(longest: int, count: int = 4) -> list[int]:
+    """`count` lengths, each half the next, the last `longest`: [16, 32, 64, 128] for 128.
+
+    Why buckets: `torch.compile` specialises its code to the shapes it sees, and a stream of
+    length-grouped batches has a new length almost every batch. Compiled for static shapes
+    (`dynamic=False`), each new shape costs a compilation, and after torch's
+    `torch._dynamo.config.recompile_limit` (8) of them the function runs uncompiled; compiled
+    for dynamic shapes, the kernels are generic in the length. Padding every batch up to one
+    of a few lengths keeps the shapes few and static: four lengths times two batch sizes (the
+    full batch and an epoch's short last one) is eight graphs at most. The price is the padding:
+    a batch pads to less than twice its own longest example (XLA users bucket the same way, and
+    transformers' collators offer `pad_to_multiple_of` for the same reason).
+    """
+    if longest < 1 or count < 1:
+        raise ValueError(f"expected longest >= 1 and count >= 1, found {longest} and {count}")
+    return sorted({-(-longest // 2**i) for i in range(count)})  # ceil(longest / 2**i)
+
+
+def bucket_length(length: int, buckets: Sequence[int]) -> int:
+    """The smallest of `buckets` that holds `length` tokens."""
+    fits = [b for b in buckets if b >= length]
+    if not fits:
+        raise ValueError(f"expected a length of at most the largest bucket ({max(buckets)}), "
+                         f"found {length}: make the buckets from the longest a batch can be")
+    return min(fits)
+
+
+def pad_to_bucket(batch: dict[str, Tensor], buckets: Sequence[int],
+                  pad_token_id: int) -> dict[str, Tensor]:
+    """`batch` with every (batch, seq) tensor padded on the right to `bucket_length(seq)`.
+
+    Each 2-D tensor is padded to the bucket of its own width, so an encoder's and a decoder's
+    tensors (seq2seq) each keep their widths equal; the padding is `BUCKET_PAD_VALUES`' (masked
+    out, no target), so the loss is the batch's own. Other tensors (a label per example, answer
+    positions) pass unchanged.
+    """
+    out = {}
+    for name, value in batch.items():
+        if not (isinstance(value, Tensor) and value.dim() == 2):
+            out[name] = value
+            continue
+        if name not in BUCKET_PAD_VALUES:
+            raise ValueError(f"expected the (batch, seq) tensors of a batch to be among "
+                             f"{sorted(BUCKET_PAD_VALUES)}, found {name!r}: its padding is unknown")
+        fill = BUCKET_PAD_VALUES[name]
+        extra = bucket_length(value.shape[1], buckets) - value.shape[1]
+        out[name] = F.pad(value, (0, extra), value=pad_token_id if fill is None else fill)
+    return out
+
+
+class BucketedBatches(Sequence):
+    """The batches of `batches` (a list or a lazy sequence: the loop's `train_batches(epoch)`),
+    each padded up to a bucket length by `pad_to_bucket` when it is read."""
+
+    def __init__(self, batches: Sequence[dict[str, Tensor]], buckets: Sequence[int],
+                 pad_token_id: int) -> None:
+        self.batches, self.buckets, self.pad_token_id = batches, list(buckets), pad_token_id
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        return pad_to_bucket(self.batches[index], self.buckets, self.pad_token_id)

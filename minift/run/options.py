@@ -132,7 +132,8 @@ LOOP: dict[str, dict] = {
     "amp": dict(help="mixed precision", choices=("off", "bf16", "fp16")),
     "optimizer": dict(help="AdamW implementation", choices=("auto", "fused", "foreach", "hand")),
     "seed": dict(help="seed of everything random", check=seed_check),
-    "compile": dict(help="torch.compile the model"),
+    "compile": dict(help="torch.compile the model, for static shapes: each batch padded up to "
+                         "one of 4 bucket lengths, the encoder on its padded path"),
     "eval_every": dict(help="steps between evaluations on dev (default: every epoch)",
                        check=at_least(1)),
     "patience": dict(help="stop early after N evaluations without improvement",

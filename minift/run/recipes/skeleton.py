@@ -20,6 +20,7 @@ from minift.core.files import atomic_write
 from minift.core.freeze import freeze as apply_freeze
 from minift.core.loop import TrainConfig, train
 from minift.core.model import set_activation_checkpointing
+from minift.data.batches import BucketedBatches, bucket_lengths
 from minift.fast.unpad import speed_up
 from minift.run.options import LOOP, loop_fields
 from minift.run.recipes.prepare import is_main, pick_device
@@ -81,6 +82,27 @@ def _copy_best(best_dir: Path, out: Path) -> None:
                 atomic_write(out / file.name, lambda f, source=source: shutil.copyfileobj(source, f))
 
 
+def static_shapes(model: Any, train_batches: Callable[[int], Sequence[dict]], options: Any,
+                  pad_token_id: int) -> Callable[[int], Sequence[dict]]:
+    """What ``--compile`` trains on: batches padded up to one of four bucket lengths (two a
+    side for seq2seq; from the options' longest ``max_length`` / ``max_target_length``), through
+    the encoder's padded path (the unpadded path's token count changes with every batch;
+    evaluation takes it too, as small batches on a GPU do anyway). torch.compile, compiling for
+    static shapes, then sees eight shapes at most (``minift.data.batches.bucket_lengths``).
+    The extra padding is masked, so the losses are the unbucketed batches'; dropout draws its
+    masks over the padded shape, another draw of the same distribution (compiled code draws
+    from a random stream of its own anyway)."""
+    longest = max(getattr(options, name, 0) or 0 for name in ("max_length", "max_target_length"))
+    # seq2seq pads sources and targets each to a bucket: two buckets a side keep the pairs of
+    # shapes, times two batch sizes, at eight
+    pairs = getattr(options, "max_target_length", None) is not None
+    buckets = bucket_lengths(longest, count=2 if pairs else 4)
+    speed_up(model, unpad=False)
+    if is_main():
+        print(f"compile: batches padded to {buckets} tokens, the encoder on its padded path")
+    return lambda epoch: BucketedBatches(train_batches(epoch), buckets, pad_token_id)
+
+
 def run_recipe(recipe: Recipe) -> Outcome | None:
     """Load, score before, train, take the best weights, score them, save; None on the ranks of
     a torchrun job other than 0 (rank 0 writes the results). No held-out set is scored twice on
@@ -89,6 +111,9 @@ def run_recipe(recipe: Recipe) -> Outcome | None:
     out = Path(recipe.config.out_dir)
     device = pick_device(options.device)
     model = speed_up(recipe.build()).to(device)  # the fast modules: one visible door
+    train_batches = recipe.train_batches
+    if recipe.config.compile and not recipe.config.compile_dynamic:
+        train_batches = static_shapes(model, train_batches, options, recipe.tokenizer.pad_token_id)
     if options.activation_checkpointing:  # recompute each block in backward: less memory
         set_activation_checkpointing(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -106,7 +131,7 @@ def run_recipe(recipe: Recipe) -> Outcome | None:
                 if isinstance(v, int | float) and not isinstance(v, bool)}
 
     start = time.perf_counter()
-    result = train(model, recipe.train_batches, recipe.config, evaluate=numbers, device=device,
+    result = train(model, train_batches, recipe.config, evaluate=numbers, device=device,
                    recorder=Checkpoints(resume=options.resume),  # out_dir's files
                    parallel=distributed.setup(device.type))  # under torchrun: the ranks' door
     seconds = time.perf_counter() - start
