@@ -380,7 +380,7 @@ print(f"block 0 by its parts vs block 0: max abs difference {block_diff:.1e}")
 #     # ...
 #     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
 #                 token_type_ids: torch.Tensor | None = None, *,
-#                 first_token_only: bool = False) -> BertOutput:
+#                 first_token_only: bool = False, lengths: list[int] | None = None) -> BertOutput:
 #         # ...
 #         self.check_input(input_ids)
 #         if token_type_ids is None:
@@ -436,8 +436,11 @@ check(hidden_diff == 0.0 and pooled_diff == 0.0, "the step-by-step pass differs 
 # ```python
 # # minift/fast/unpad.py
 # def speed_up(model: nn.Module, *, onednn: bool | None = None, unpad: bool | None = None,
-#              per_sequence: bool | None = None) -> nn.Module:
+#              per_sequence: bool | None = None, attention_path: str | None = None) -> nn.Module:
 #     # ...
+#     if attention_path is not None and attention_path not in attention.PATHS:
+#         raise ValueError(f"attention_path {attention_path!r} is not one of "
+#                          f"{', '.join(attention.PATHS)} (or None: chosen per batch)")
 #     if onednn is None:
 #         onednn = kernels.onednn_is_faster()
 #     linear = kernels.Linear if onednn else nn.Linear
@@ -448,6 +451,8 @@ check(hidden_diff == 0.0 and pooled_diff == 0.0, "the step-by-step pass differs 
 #         module.__class__ = swaps.get(type(module), type(module))
 #         if isinstance(module, FastBertModel):
 #             module.unpad, module.per_sequence_attention = unpad, per_sequence
+#         if isinstance(module, FastSelfAttention):
+#             module.attention_path = attention_path
 #     return model
 # ```
 
