@@ -96,8 +96,10 @@ def commit() -> str:
     return out.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
 
 
-def time_lesson(lesson: Path, env: dict[str, str], timeout: float) -> dict:
-    """Run one lesson in quick mode; its wall and CPU seconds, and whether it passed."""
+def time_lesson(lesson: Path, env: dict[str, str], timeout: float,
+                keep: Path | None = None) -> dict:
+    """Run one lesson; its wall and CPU seconds, and whether it passed (its output into
+    ``keep``/NN_topic.txt when given: what it printed, to read its numbers afterwards)."""
     load = os.getloadavg()[0]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
@@ -105,6 +107,9 @@ def time_lesson(lesson: Path, env: dict[str, str], timeout: float) -> dict:
         done = subprocess.run([sys.executable, str(lesson.relative_to(REPO))], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=timeout)
         returncode, stderr = done.returncode, done.stderr
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+            (keep / f"{lesson.stem}.txt").write_text(done.stdout + done.stderr)
     except subprocess.TimeoutExpired:
         returncode, stderr = None, f"ran past {timeout:.0f} s"
     wall = time.perf_counter() - start
@@ -195,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the result files")
     parser.add_argument("--full", action="store_true",
                         help="the lessons' full runs (MINIFT_QUICK unset), kept in lesson_times_full.*")
+    parser.add_argument("--keep-output", type=Path, metavar="DIR",
+                        help="write what each lesson printed into DIR/NN_topic.txt")
     parser.add_argument("--merge", nargs="+", type=Path, metavar="DIR",
                         help="gather the runs that --out DIR wrote, run side by side, into --out")
     args = parser.parse_args(argv)
@@ -223,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
     failed = []
     for lesson in lessons:
-        record = time_lesson(lesson, env, args.timeout)
+        record = time_lesson(lesson, env, args.timeout, args.keep_output)
         run["lessons"][lesson.name] = record
         status = "ok" if record["passed"] else "FAILED"
         print(f"  {lesson.name:<28} {record['wall_s']:7.1f} s wall {record['cpu_s']:7.1f} s CPU "

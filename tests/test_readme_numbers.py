@@ -52,6 +52,7 @@ from test_readme import (
 
 RESULTS = REPO / "benchmarks" / "results"
 JOB_TIMES = RESULTS / "readme_commands.json"
+SCRIPTS = {"lesson_times_full.json": "lesson_times.py --full"}  # a results file's script, if not its name
 IDLE_CORES = 0.5  # benchmarks/readme_commands.py's bound for "idle"
 NUMBER = re.compile(r"(?<![\w#.\-/=])\d+(?:[,.]\d+)*")  # not inside a name (L6, v1.1, SST-2)
 WORDS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
@@ -201,6 +202,17 @@ def generation(rows: str, seeds: str, bleu: str, ours: str, theirs: str, threads
     assert _cpu_words(info["cpu_model"]) == cpu, info
 
 
+def lesson_full_times(low: str, high: str) -> None:
+    """Full mode's CPU minutes (one thread) from lesson_times_full.json: every lesson passed."""
+    [run] = [r for r in _results("lesson_times_full.json")["runs"]
+             if "Xeon" in r["machine"]["cpu"] and r["machine"]["threads"] == 1]
+    lessons = {p.name for p in (REPO / "lessons").glob("[0-9][0-9]_*.py")}
+    assert set(run["lessons"]) == lessons, sorted(lessons ^ set(run["lessons"]))
+    assert all(r["passed"] for r in run["lessons"].values()), "a full run failed"
+    minutes = [r["cpu_s"] / 60 for r in run["lessons"].values()]
+    assert (low, high) == (f"{min(minutes):.0f}", f"{max(minutes):.0f}"), sorted(minutes)
+
+
 def torch_versions(lowest: str) -> None:
     import torch
 
@@ -316,6 +328,8 @@ CLAIMS = [
           r"BLEU ([\d.]+) with 4 beams for both\), and minift's cached greedy decoding wrote "
           r"(\d+) tokens/s to \[code:generate\]'s (\d+) with (\w+) threads? of a (\d+)-core "
           r"([A-Z][\w ]+?) that", generation, needs="generation_e2e.json"),
+    Claim(r"in full mode from (\d+) to (\d+) CPU-minutes with one thread", lesson_full_times,
+          needs="lesson_times_full.json"),
     Claim(r"any torch >= ([\d.]+) works", torch_versions),
     Claim(r"rank (\d+) writes, lesson (\d+) explains", lesson_on_torchrun),
     Claim(r"MiniLM with a (\d+)-label classifier", labels),
@@ -360,7 +374,8 @@ def _params() -> list:
         if claim.needs and not (RESULTS / claim.needs).is_file():
             marks.append(pytest.mark.xfail(strict=True, reason=(
                 f"benchmarks/results/{claim.needs} is not there yet: run "
-                f"`python benchmarks/{Path(claim.needs).stem}.py` on an idle machine")))
+                f"`python benchmarks/{SCRIPTS.get(claim.needs, Path(claim.needs).stem + '.py')}` "
+                "on an idle machine")))
         params.append(pytest.param(claim, id=claim.check.__name__, marks=marks))
     return params
 
