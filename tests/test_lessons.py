@@ -7,6 +7,7 @@ agreeing with the reference), so a passing run means more than "no syntax error"
 """
 
 import importlib.util
+import json
 import os
 import re
 import resource
@@ -252,3 +253,26 @@ def test_a_changed_listing_is_not_found():
     assert find_listing(["def f(x):", "    # ...", "    y = x + 2"], source) is None
     assert find_listing(["    return y", "# ...", "def f(x):"], source) is None
     assert find_listing(["def f(x):", "y = x + 1"], source) is None
+
+
+def test_readme_times_are_the_measured_ones():
+    """lessons/README.md's time table: quick mode's wall seconds from lesson_times.json (the
+    2-thread run on the Xeon), full mode's CPU minutes from lesson_times_full.json (one thread);
+    every lesson has a row, and a number only changes by rerunning benchmarks/lesson_times.py."""
+    results = REPO / "benchmarks" / "results"
+    quick = [r for r in json.loads((results / "lesson_times.json").read_text())["runs"]
+             if "Xeon" in r["machine"]["cpu"] and r["machine"]["threads"] == 2]
+    full = [r for r in json.loads((results / "lesson_times_full.json").read_text())["runs"]
+            if "Xeon" in r["machine"]["cpu"] and r["machine"]["threads"] == 1]
+    assert len(quick) == 1 and len(full) == 1, "one Xeon run of each mode"
+    rows = re.findall(r"^\| (\d\d) \| (\d+) s \| ([\d.]+|not run) \|",
+                      (LESSONS_DIR / "README.md").read_text(encoding="utf-8"), re.MULTILINE)
+    assert [number for number, _, _ in rows] == [p.name[:2] for p in LESSONS], rows
+    for (_, seconds, minutes), lesson in zip(rows, LESSONS, strict=True):
+        assert seconds == f"{quick[0]['lessons'][lesson.name]['wall_s']:.0f}", lesson.name
+        record = full[0]["lessons"].get(lesson.name)
+        if minutes == "not run":
+            assert record is None or not record["passed"], f"{lesson.name}: its full run is there"
+        else:
+            assert record["passed"], f"{lesson.name}: its full run failed"
+            assert minutes == f"{record['cpu_s'] / 60:.1f}", lesson.name
