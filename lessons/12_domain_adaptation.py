@@ -39,7 +39,7 @@ from minift.tasks.mlm import MaskedBatches, MaskedLM, MaskingCollator, TextSeque
 
 # MINIFT_QUICK=1 (what CI sets) shrinks the data and the steps; the steps of the lesson are the same.
 # The recipe of benchmarks/claims_domain.py; quick mode takes fewer steps and sentences.
-HEAD_STEPS = 30 if MINIFT_QUICK else 400  # phase 1 (the MLM head alone): at most this many
+HEAD_STEPS = 15 if MINIFT_QUICK else 400  # phase 1 (the MLM head alone): at most this many
 WHOLE_STEPS = 30 if MINIFT_QUICK else 150  # phase 2 (the whole model at 2e-5): at most this many
 MLM_BATCH = 16  # packed sequences of 128 tokens a step
 EVAL_EVERY = 5 if MINIFT_QUICK else 25  # held-out perplexity every EVAL_EVERY steps
