@@ -47,7 +47,8 @@ class Unpadding:
 
     The packed tokens come sequence after sequence, so ``lengths`` splits them into sequences
     for attention (``varlen_attention``). With ``per_sequence=False`` (the choice on a GPU, where
-    many small calls cost more than the padding) attention re-pads for itself, as MosaicBERT does.
+    many small calls cost more than the padding) attention takes one of the packed paths of
+    ``minift.fast.attention`` (varlen, nested, or re-padded with a boolean mask).
 
     Two ways to build one. ``from_lengths`` takes the lengths the batch builder counted on the
     host (``minift.data.batches.with_lengths``) and reads nothing back from the device: what a
