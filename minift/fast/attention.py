@@ -35,6 +35,7 @@ path is held to the textbook attention by tests/test_attention.py (CPU) and test
 from __future__ import annotations
 
 import importlib
+from functools import cache
 from typing import TYPE_CHECKING
 
 import torch
@@ -49,6 +50,7 @@ HALF = (torch.bfloat16, torch.float16)
 # --- What this torch and this device can run -----------------------------------------------------
 
 
+@cache  # asked by every layer of every forward (choose_path): found once per process
 def varlen_kernel():
     """torch's ``varlen_attn`` function, or None where this torch has none (before 2.10)."""
     try:
@@ -63,6 +65,7 @@ def nested_available() -> bool:
     return hasattr(torch.nested, "nested_tensor_from_jagged")
 
 
+@cache  # a GPU's compute capability does not change while the process runs
 def flash_capable(device: torch.device) -> bool:
     """Whether the GPU runs FlashAttention-2: compute capability 8.0 (A100) or later."""
     return torch.cuda.get_device_capability(device) >= (8, 0)
