@@ -3,12 +3,10 @@
 Reading order: `length_grouped_batches`, the "bucket by length" sampler (batches of similar
 lengths, so dynamic padding wastes little); `collate`, which lets the tokenizer pad one batch (the
 obvious form); `pad_batch` and `PaddedRows`, which keep a split's rows unpadded and pad each batch
-once, to its own longest example (the tasks' datasets are `PaddedRows`; a test holds their
-batches equal to `collate`'s). A batch is padded once, here, and unpadded once, in the model;
-`with_lengths` adds each row's length, counted here on the host, so that the fast model can
-unpad without reading the mask back from a GPU. Last, `BucketedBatches`: batches padded further,
-up to one of a few bucket lengths, so that `torch.compile` sees a handful of shapes instead of
-one per batch.
+once, to its own longest example (the tasks' datasets; their batches equal `collate`'s). A batch
+is padded once, here, and unpadded once, in the model, with the lengths `with_lengths` counts on
+the host. Last, `BucketedBatches`: batches padded up to one of a few lengths, so that
+`torch.compile` sees a handful of shapes instead of one per batch.
 
 The tokenizer is duck-typed: `minift.data.tokenizer.Tokenizer` or a Hugging Face fast tokenizer
 (`tokenizer(texts, pairs, *, max_length, padding, truncation, is_split_into_words)` indexed by
@@ -123,14 +121,12 @@ def pad_batch(input_ids: Sequence[Tensor], token_type_ids: Sequence[Tensor] | No
 def with_lengths(batch: dict[str, Tensor]) -> dict[str, Tensor | list[int]]:
     """The batch and its `lengths`: the real tokens of each row, counted here, on the host.
 
-    A padding-free model must know how many real tokens a batch holds before it can pack them,
-    and a number the device holds costs a host synchronisation to read: the GPU drains its
-    queue while Python waits. Counted where the batch is built, from the host's own copy of
-    the mask, the number costs nothing (HF's `DataCollatorWithFlattening` hands `cu_seq_lens`
-    and `max_length` to the model for the same reason). `lengths` is a list of ints, so the
-    training loop passes it to `model(**batch)` as it is, where tensors go to the device; the
-    heads of `minift.tasks.classify` and `minift.tasks.tag` hand it to the encoder, and
-    `minift.fast.unpad.FastBertModel` unpads with it. Rows must be padded on the right.
+    A padding-free model must know how many real tokens a batch holds before it packs them, and
+    reading a number the GPU holds makes Python wait while the GPU drains its queue; counted
+    from the host's mask where the batch is built, it costs nothing (HF's
+    `DataCollatorWithFlattening` hands the model `cu_seq_lens` for the same reason). `lengths`
+    is a list of ints, so the loop passes it to `model(**batch)` as it is (tensors go to the
+    device) and `minift.fast.unpad.FastBertModel` unpads with it. Rows must be padded on the right.
     """
     mask = batch["attention_mask"]
     if mask.device.type != "cpu":
@@ -188,7 +184,6 @@ class PaddedRows:
         return [self.batch(indices) for indices in groups]
 
 
-
 # --- A few shapes for torch.compile: padding up to a bucket length --------------------------------
 
 # The padding of each key a bucket extends (every other 2-D tensor is refused): pad tokens where the
@@ -203,15 +198,14 @@ BUCKET_PAD_VALUES: dict[str, int | None] = {
 def bucket_lengths(longest: int, count: int = 4) -> list[int]:
     """`count` lengths, each half the next, the last `longest`: [16, 32, 64, 128] for 128.
 
-    Why buckets: `torch.compile` specialises its code to the shapes it sees, and a stream of
-    length-grouped batches has a new length almost every batch. Compiled for static shapes
-    (`dynamic=False`), each new shape costs a compilation, and after torch's
-    `torch._dynamo.config.recompile_limit` (8) of them the function runs uncompiled; compiled
-    for dynamic shapes, the kernels are generic in the length. Padding every batch up to one
-    of a few lengths keeps the shapes few and static: four lengths times two batch sizes (the
-    full batch and an epoch's short last one) is eight graphs at most. The price is the padding:
-    a batch pads to less than twice its own longest example (XLA users bucket the same way, and
-    transformers' collators offer `pad_to_multiple_of` for the same reason).
+    Why buckets: `torch.compile` specialises its code to the shapes it sees, and length-grouped
+    batches bring a new length almost every batch. Compiled for static shapes (`dynamic=False`),
+    each new shape costs a compilation, and after `torch._dynamo.config.recompile_limit` (8) of
+    them the function runs uncompiled; compiled for dynamic shapes, the kernels are generic in
+    the length. A few lengths keep the shapes few and static: four lengths times two batch sizes
+    (the full batch and an epoch's short last one) is eight graphs. The price: a batch pads to
+    less than twice its longest example (XLA users bucket the same way; transformers' collators
+    offer `pad_to_multiple_of` for the same reason).
     """
     if longest < 1 or count < 1:
         raise ValueError(f"expected longest >= 1 and count >= 1, found {longest} and {count}")
@@ -231,10 +225,9 @@ def pad_to_bucket(batch: dict[str, Tensor], buckets: Sequence[int],
                   pad_token_id: int) -> dict[str, Tensor]:
     """`batch` with every (batch, seq) tensor padded on the right to `bucket_length(seq)`.
 
-    Each 2-D tensor is padded to the bucket of its own width, so an encoder's and a decoder's
-    tensors (seq2seq) each keep their widths equal; the padding is `BUCKET_PAD_VALUES`' (masked
-    out, no target), so the loss is the batch's own. Other tensors (a label per example, answer
-    positions) pass unchanged.
+    Each 2-D tensor pads to the bucket of its own width (a seq2seq batch's encoder and decoder
+    widths differ), with `BUCKET_PAD_VALUES` (masked out, no target), so the loss is the batch's
+    own. Other tensors (a label per example, answer positions) pass unchanged.
     """
     out = {}
     for name, value in batch.items():

@@ -1,20 +1,17 @@
 """Source and target texts for generation (translation, summarisation, data-to-text), read from
 CSV, TSV or JSON lines.
 
-A generation data set is a table of (source, target) rows. Training wants every row: each
-target is one more sentence the decoder learns to write from its source (teacher forcing). Scoring
-wants one example per *source*: data-to-text and translation test sets give several human
-references for one input (E2E NLG gives up to 45 descriptions of one meaning representation),
-and BLEU and ROUGE compare one generated text with all of them at once. So the same file is read
-in two shapes: `read_text_pairs` gives the rows, `group_by_source` gathers the rows that share a
-source (the same text, character for character) into one `SourceReferences`, in the order the
-sources first appear; `read_references` does both.
+A generation data set is a table of (source, target) rows. Training wants every row (teacher
+forcing); scoring wants one example per *source*: data-to-text and translation test sets give
+several human references for one input (E2E NLG up to 45 descriptions of one meaning
+representation), and BLEU and ROUGE compare one generated text with all of them at once. So
+`read_text_pairs` gives the rows, `group_by_source` gathers the rows that share a source (the
+same text, character for character) into one `SourceReferences`, in the order the sources first
+appear; `read_references` does both.
 
 The file is read by `minift.data.readers.read_examples`, so it is bounded, checked and reported
-the same way as a classification file: a missing column or JSON key, an empty or
-whitespace-only source or target, a header that names a column twice, a row with too many
-fields are a `DataError` naming the file, the line and the column. Texts are kept as written
-(not stripped).
+as a classification file is (a `DataError` naming the file, the line and the column); texts are
+kept as written (not stripped).
 
 `e2e_files` finds the E2E NLG files in MINIFT_DATA. The official E2E training set (42,061 pairs)
 is not among them: train on `devset.csv` and score on `testset_w_refs.csv`, and say so.

@@ -179,9 +179,8 @@ def read_config(path: str | os.PathLike, raw: dict | None = None) -> BertConfig:
     return config
 
 
-# sentence-transformers' pooling modes -> the pooling minift's classifier has for them: the
-# flags of its older config files (pooling_mode_mean_tokens: true) and the names of its newer
-# ones ("pooling_mode": "mean").
+# sentence-transformers' pooling modes -> minift's pooling: the flags of its older config files
+# (pooling_mode_mean_tokens: true) and the names of its newer ones ("pooling_mode": "mean").
 ST_POOLING_MODES = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls",
                     "mean": "mean", "cls": "cls"}
 
@@ -190,14 +189,12 @@ def read_pooling(path: str | os.PathLike) -> str | None:
     """The pooling a sentence-transformers folder states for its sentence embeddings: ``"mean"``
     or ``"cls"``; None when the folder states none that minift has.
 
-    sentence-transformers lists its modules in ``modules.json``; the ``Pooling`` module's folder
-    (``1_Pooling`` in all-MiniLM-L6-v2) holds a ``config.json`` that names one mode: a
-    ``pooling_mode_*`` flag set to true in the files of sentence-transformers 2 to 5
-    (``pooling_mode_mean_tokens`` for all-MiniLM-L6-v2: it was trained on the mean of its token
-    states, never on BERT's pooler), a ``pooling_mode`` name in newer ones. Several modes at once
-    (concatenated) or one minift has no head for (max, mean-sqrt-len, weighted mean, last token)
-    give None, with a printed notice: the caller then falls back to BERT's pooler. A plain HF
-    folder (no ``modules.json``) gives None in silence.
+    ``modules.json`` lists the modules; the ``Pooling`` one's folder (``1_Pooling``) holds a
+    ``config.json`` naming the mode: a ``pooling_mode_*`` flag set to true (sentence-transformers
+    2 to 5; ``pooling_mode_mean_tokens`` for all-MiniLM-L6-v2, trained on the mean of its token
+    states, never on BERT's pooler) or a ``pooling_mode`` name (newer). Several modes at once or
+    one minift has no head for (max, weighted mean, ...) give None with a printed notice, and the
+    caller falls back to BERT's pooler; a plain HF folder (no ``modules.json``) gives None.
     """
     folder = Path(path)
     modules_file = folder / "modules.json"
@@ -332,13 +329,10 @@ def read_checkpoint(path: str | os.PathLike, *, allow_unexpected: bool = False) 
 
 def load_encoder_weights(model: BertModel, checkpoint: Checkpoint, *,
                          init_missing_pooler: bool = False) -> None:
-    """Copy the checkpoint's encoder weights into ``model``; missing keys and shape mismatches
-    are errors, listed.
-
-    A model without a pooler drops pooler weights. ``init_missing_pooler=True`` accepts a
-    checkpoint without them (MLM, token classification) and keeps the fresh pooler, saying so,
-    as transformers does.
-    """
+    """Copy the checkpoint's encoder weights into ``model`` (see ``copy_weights``). A model
+    without a pooler drops pooler weights; ``init_missing_pooler=True`` accepts a checkpoint
+    without them (MLM, token classification) and keeps the fresh pooler, saying so, as
+    transformers does."""
     encoder, source = checkpoint.encoder, checkpoint.source
     expected = model.state_dict()
     if model.pooler is None:
