@@ -330,9 +330,6 @@ def read_examples(path: str | os.PathLike, *, text_col: str, pair_col: str | Non
     return _read_table(path, rows, **columns)
 
 
-# --- Semicolon-separated files (the Emotion data set) ---------------------------------------------
-
-
 def read_semicolon_examples(path: str | os.PathLike, *, text_col: str = "text",
                             label_col: str = "label_name") -> list[Example]:
     """Read the `text;label` lines under a header (`text;label_name`) of the Emotion data set:
@@ -478,11 +475,8 @@ def read_conll(path: str | os.PathLike, *, column: int = -1,
 
     for number, line in enumerate(read_utf8_lines(path), start=1):
         content = line.strip(" \t")
-        if content == "":
-            close()
-            continue
         fields = _COLUMNS.split(content)
-        if fields[0] == DOCSTART:
+        if content == "" or fields[0] == DOCSTART:  # a sentence or a document ends
             close()
             continue
         if width is None:
