@@ -217,6 +217,8 @@ def _read_tokenizer_config(folder: Path) -> tuple[dict, dict[str, str | None], i
 def _load_backend(folder: Path, config: dict, special: dict) -> tokenizers.Tokenizer:
     """The pipeline of a checkpoint folder (see `Tokenizer.from_pretrained`), checked against the
     `vocab_size` of a `config.json` beside it."""
+    settings = {attribute: config[key] for key, attribute in _NORMALIZER_KEYS.items()
+                if key in config}
     if (folder / "tokenizer.json").is_file():
         source = folder / "tokenizer.json"
         try:
@@ -224,15 +226,11 @@ def _load_backend(folder: Path, config: dict, special: dict) -> tokenizers.Token
         except Exception as error:
             raise ValueError(f"{source}: cannot be read by tokenizers: {error}") from None
         if isinstance(backend.normalizer, normalizers.BertNormalizer):
-            for key, attribute in _NORMALIZER_KEYS.items():
-                if key in config:
-                    setattr(backend.normalizer, attribute, config[key])
+            for attribute, value in settings.items():
+                setattr(backend.normalizer, attribute, value)
     elif (folder / "vocab.txt").is_file():
         source = folder / "vocab.txt"
-        backend = bert_wordpiece(source, lowercase=config.get("do_lower_case", True),
-                                 strip_accents=config.get("strip_accents"),
-                                 handle_chinese_chars=config.get("tokenize_chinese_chars", True),
-                                 special_tokens=special)
+        backend = bert_wordpiece(source, special_tokens=special, **settings)
     else:
         raise ValueError(f"{folder} holds neither tokenizer.json nor vocab.txt")
     model_config = folder / "config.json"
