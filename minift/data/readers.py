@@ -117,11 +117,9 @@ def _too_big(path: Path, size: str, limit: int) -> DataError:
 
 
 def read_file_bytes(path: str | os.PathLike) -> bytes:
-    """The bytes of a regular file, read in chunks and at most `max_file_bytes()` of them.
-
-    Checked by `stat` before anything is read: a missing file, a folder, a device, FIFO or socket
-    (which may never end: /dev/zero) and a file over the cap are a `DataError` naming the file.
-    """
+    """The bytes of a regular file, read in chunks and at most `max_file_bytes()` of them; a
+    missing file, a folder, a device, FIFO or socket (which may never end: /dev/zero) or a file
+    over the cap is a `DataError` naming the file, found by `stat` before anything is read."""
     path = Path(path)
     try:
         info = path.stat()
