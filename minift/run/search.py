@@ -122,12 +122,6 @@ def halving_budgets(max_epochs: int, keep: float, min_epochs: int) -> list[int]:
     return budgets
 
 
-def at_budget(config: dict, epochs: int, full_epochs: int) -> dict:
-    """``config`` trained for ``epochs`` (itself when that is its full budget, so that the
-    trial is the full grid's, shared)."""
-    return config if epochs >= full_epochs else config | {"epochs": epochs}
-
-
 def run_halving(configs: list[dict], run: Callable[[list[dict]], None], log: TrialLog,
                 seeds: Sequence[int], key: str, greater_is_better: bool, fixed_epochs: int,
                 keep: float, min_epochs: int) -> tuple[list[dict], list[dict], list[dict]]:
@@ -147,7 +141,9 @@ def run_halving(configs: list[dict], run: Callable[[list[dict]], None], log: Tri
     for budget in halving_budgets(max(full), keep, min_epochs):
         if len(alive) == 1:
             break
-        short = [at_budget(configs[i], budget, full[i]) for i in alive]
+        # each for ``budget`` epochs; one whose full budget that is is itself, its trial shared
+        short = [configs[i] if budget >= full[i] else configs[i] | {"epochs": budget}
+                 for i in alive]
         print(f"halving: {len(alive)} configurations at {budget} epoch(s)", flush=True)
         run(short)
         rows = dict(zip(alive, summarise(short, log, seeds, key), strict=True))
@@ -270,8 +266,8 @@ def search_markdown(result: dict) -> str:
     names = list(result["grid"])
     lines = [f"# minift search {result['task']}: {len(result['configs'])} configurations x "
              f"{len(result['seeds'])} seeds", "",
-             f"Chosen on the mean dev {metric} ({better} is better) over the seeds; the test set, when given, is scored once, for the "
-             "chosen configuration only.", "",
+             f"Chosen on the mean dev {metric} ({better} is better) over the seeds; the test "
+             "set, when given, is scored once, for the chosen configuration only.", "",
              "| " + " | ".join(names) + f" | dev {metric} mean ± std | per seed | seconds |",
              "|" + "---|" * len(names) + "---:|---|---:|"]
     ranked = rank(result["configs"], result["greater_is_better"])
@@ -353,7 +349,6 @@ def fixed_options(task: str, options: dict) -> dict:
 def _check_against_model(task: str, fixed: dict, configs: list[dict]) -> None:
     """Values that are valid only for this model: the freeze depth and the maximum length
     (seq2seq and lm: every check their recipe makes against the model, ``check_model``)."""
-    from minift.hf.checkpoint import resolve_model_dir
     from minift.run.recipes import check_device, check_freeze, check_max_length
 
     check_device(fixed.get("device"))
@@ -508,15 +503,15 @@ def search(task: str, *, out: str, options: dict,
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(model_folder(task, trials / best_seed), target,
                         ignore=shutil.ignore_patterns(".minift.lock", "trial.log"))
-        result["chosen"] = {key: chosen_row[key] for key in ("config", "mean", "std", "per_seed")}
+        result["chosen"] = {name: chosen_row[name]
+                            for name in ("config", "mean", "std", "per_seed")}
         result["chosen"] |= {"model": "model", "model_trial": best_seed, "test": None}
         if test_set is not None:
             print(f"scoring the chosen configuration's {len(chosen_row['trials'])} models on "
                   f"the test set ({o.test}), once")
-            result["chosen"]["test"] = test_scores(task, fixed, test_set, trials, chosen_row,
-                                                   key)
-            print(f"test {metric}: {result['chosen']['test']['mean']:.4f} ± "
-                  f"{result['chosen']['test']['std']:.4f}")
+            test = test_scores(task, fixed, test_set, trials, chosen_row, key)
+            result["chosen"]["test"] = test
+            print(f"test {metric}: {test['mean']:.4f} ± {test['std']:.4f}")
         atomic_write(folder / "search.json", (json.dumps(result, indent=2) + "\n").encode())
         atomic_write(folder / "search.md", search_markdown(result).encode("utf-8"))
         picture = draw(result, folder / "search.png")
