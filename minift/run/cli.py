@@ -251,7 +251,7 @@ def add_recipe_parser(sub, name: str, *extra: type,
     """The parser of a recipe command (qa: and ``answer``'s options), ``extra`` after."""
     qa = name == "qa"
     recipe = (options.AnswerOptions, options.QaOptions) if qa else (options.RECIPES[name],)
-    after_run = () if name == "setfit" else (options.AfterRunOptions,)  # the runs on the loop
+    after_run = () if name == "setfit" else (options.AfterRunOptions,)  # setfit: no log.jsonl
     return add_command(sub, name, (*recipe, options.ProcessOptions, *after_run, *extra),
                        func or (cmd_qa if qa else lambda args: _run_recipe(name, args)),
                        groups=(options.DATA, options.TRAINING, *([options.ASK] if qa else [])))
