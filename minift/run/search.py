@@ -141,7 +141,8 @@ def run_halving(configs: list[dict], run: Callable[[list[dict]], None], log: Tri
     for budget in halving_budgets(max(full), keep, min_epochs):
         if len(alive) == 1:
             break
-        # each for ``budget`` epochs; one whose full budget that is is itself, its trial shared
+        # each for ``budget`` epochs, but one whose full budget that is stays itself, so that
+        # its trial is the full grid's, shared
         short = [configs[i] if budget >= full[i] else configs[i] | {"epochs": budget}
                  for i in alive]
         print(f"halving: {len(alive)} configurations at {budget} epoch(s)", flush=True)
