@@ -15,7 +15,6 @@ import re
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import fields
 from pathlib import Path
 
 from minift.run import options
@@ -123,6 +122,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from minift.run import recipes
+
+    recipes.generate(**options.from_namespace(options.GenerateOptions, args))
+    return 0
+
+
 def cmd_search(task: str, args: argparse.Namespace) -> int:
     from minift.run.search import search
 
@@ -178,8 +184,8 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return text
 
 
-# The recipe commands: name -> (help, description, what runs it).
-RECIPE_COMMANDS = {
+# The commands, in the order --help lists them: name -> (help, description; "": the help).
+COMMANDS = {
     "finetune": ("fine-tune a sequence / pair classifier", ""),
     "ner": ("fine-tune a token classifier (NER or POS) on CoNLL files", ""),
     "pretrain": ("continue masked-language-model pretraining on domain text", ""),
@@ -189,8 +195,9 @@ RECIPE_COMMANDS = {
                 "(BERT2BERT) on (source, target) rows of a CSV, TSV or JSONL file; dev is scored "
                 "by generating (the generation options, as 'minift generate' has them): BLEU "
                 "and ROUGE-L, rows that share a source being one example with several "
-                "references; the model kept is the one of best dev BLEU. --task e2e: E2E NLG, trained on its official dev set "
-                "(the train set could not be had), scored on its test set."),
+                "references; the model kept is the one of best dev BLEU. --task e2e: E2E NLG, "
+                "trained on its official dev set (the train set could not be had), scored on its "
+                "test set."),
     "lm": ("fine-tune the decoder alone as a left-to-right language model",
            "Fine-tune an encoder checkpoint, its self-attention made causal, as a GPT-style "
            "language model on plain text (one passage a line); held-out perplexity before and "
@@ -199,92 +206,69 @@ RECIPE_COMMANDS = {
            "Train a span head on SQuAD v1.1 JSON files (--train/--dev, or --squad FILE "
            "--dev-articles N), or answer one question with a trained model (--model RUN "
            "--question ... --context ...)."),
+    "generate": ("write text with a trained seq2seq or lm model",
+                 "Write a text for each line of --input (- reads stdin) with a trained model: a "
+                 "seq2seq run's encoder-decoder (each line a source) or an lm run's language "
+                 "model (each line a prompt, continued). One output a line on stdout, in input "
+                 "order; greedy, beam search (--num-beams) or sampling (--sample)."),
+    "similarity": ("cosine similarity of sentence pairs", ""),
+    "plot": ("draw the curves of runs into PNG files",
+             "Draw the training loss (smoothed, the logged values faint), the learning rate and "
+             "every held-out metric against the step from each RUN/log.jsonl, several runs on "
+             "the same axes (labelled by folder). The curves go into --out, by default the "
+             "first RUN; each run's confusion.png (classification) or f1_per_type.png (NER), "
+             "from its metrics.json, goes into its own folder."),
+    "search": ("hyperparameter search: a grid, several seeds a configuration",
+               "Run TASK's recipe for every configuration of a grid (or --random N of them), "
+               "each with --seeds K seeds, every trial a fresh run from the same checkpoint into "
+               "OUT/trials/; choose the configuration with the best mean dev --metric; score "
+               "--test once, for the chosen configuration only. Every option of TASK is accepted "
+               "and fixed; --grid varies the ones it names. Trials run one after another; rerun "
+               "the same command to resume (OUT/trials.jsonl holds the finished ones). Writes "
+               "OUT/search.json, search.md, search.png and model/. Run 'minift search TASK "
+               "--help' for TASK's options."),
 }
 
 
-def add_recipe_parser(sub, name: str) -> argparse.ArgumentParser:
-    """The parser of a recipe command: its dataclass's fields (qa: and ``answer``'s)."""
-    help, description = RECIPE_COMMANDS[name]
+def add_command(sub, name: str, classes: tuple[type, ...], func: Callable,
+                groups: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+    """The parser of ``name``: its argument ``groups`` in that order, then the fields of
+    ``classes`` in order (a name an earlier class gave is not added twice); run by ``func``."""
+    help, description = COMMANDS[name]
     p = sub.add_parser(name, help=help, description=description or help,
                        formatter_class=_HelpFormatter)
-    for title in (options.DATA, options.TRAINING):
+    for title in groups:
         p.add_argument_group(title)
-    if name == "qa":
-        p.add_argument_group(options.ASK)
-        asked = options.add_options(p, options.AnswerOptions)
-        options.add_options(p, options.QaOptions, skip=set(asked))
-    else:
-        options.add_options(p, options.RECIPES[name])
-    options.add_options(p, options.ProcessOptions)
-    if name != "setfit":  # the runs on minift.core.loop, which write log.jsonl
-        options.add_options(p, options.AfterRunOptions)
-    p.set_defaults(func=cmd_qa if name == "qa" else lambda args: _run_recipe(name, args))
+    added: set[str] = set()
+    for cls in classes:
+        added.update(options.add_options(p, cls, skip=added))
+    p.set_defaults(func=func)
     return p
 
 
-def add_similarity_parser(sub) -> None:
-    p = sub.add_parser("similarity", help="cosine similarity of sentence pairs",
-                       description="cosine similarity of sentence pairs",
-                       formatter_class=_HelpFormatter)
-    options.add_options(p, options.SimilarityOptions)
-    options.add_options(p, options.ProcessOptions)
-    p.set_defaults(func=cmd_similarity)
-
-
-def cmd_generate(args: argparse.Namespace) -> int:
-    from minift.run import recipes
-
-    recipes.generate(**options.from_namespace(options.GenerateOptions, args))
-    return 0
-
-
-def add_generate_parser(sub) -> None:
-    description = ("Write a text for each line of --input (- reads stdin) with a trained model: "
-                   "a seq2seq run's encoder-decoder (each line a source) or an lm run's "
-                   "language model (each line a prompt, continued). One output a line on "
-                   "stdout, in input order; greedy, beam search (--num-beams) or sampling "
-                   "(--sample).")
-    p = sub.add_parser("generate", help="write text with a trained seq2seq or lm model",
-                       description=description, formatter_class=_HelpFormatter)
-    options.add_options(p, options.GenerateOptions)
-    options.add_options(p, options.ProcessOptions)
-    p.set_defaults(func=cmd_generate)
-
-
-def add_plot_parser(sub) -> None:
-    p = sub.add_parser("plot", help="draw the curves of runs into PNG files",
-                       formatter_class=_HelpFormatter, description=(
-                           "Draw the training loss (smoothed, the logged values faint), the "
-                           "learning rate and every held-out metric against the step from each "
-                           "RUN/log.jsonl, several runs on the same axes (labelled by folder). "
-                           "The curves go into --out, by default the first RUN; each run's "
-                           "confusion.png (classification) or f1_per_type.png (NER), from its "
-                           "metrics.json, goes into its own folder."))
-    options.add_options(p, options.PlotOptions)
-    p.set_defaults(func=cmd_plot)
+def add_recipe_parser(sub, name: str, *extra: type,
+                      func: Callable | None = None) -> argparse.ArgumentParser:
+    """The parser of a recipe command (qa: and ``answer``'s options), ``extra`` after."""
+    qa = name == "qa"
+    recipe = (options.AnswerOptions, options.QaOptions) if qa else (options.RECIPES[name],)
+    after_run = () if name == "setfit" else (options.AfterRunOptions,)  # setfit: no log.jsonl
+    return add_command(sub, name, (*recipe, options.ProcessOptions, *after_run, *extra),
+                       func or (cmd_qa if qa else lambda args: _run_recipe(name, args)),
+                       groups=(options.DATA, options.TRAINING, *([options.ASK] if qa else [])))
 
 
 def add_search_parser(sub) -> None:
-    p = sub.add_parser(
-        "search", help="hyperparameter search: a grid, several seeds a configuration",
-        formatter_class=_HelpFormatter, description=(
-            "Run TASK's recipe for every configuration of a grid (or --random N of them), "
-            "each with --seeds K seeds, every trial a fresh run from the same checkpoint "
-            "into OUT/trials/; choose the configuration with the best mean dev --metric; "
-            "score --test once, for the chosen configuration only. Every option of TASK is "
-            "accepted and fixed; --grid varies the ones it names. Trials run one after "
-            "another; rerun the same command to resume (OUT/trials.jsonl holds the "
-            "finished ones). Writes OUT/search.json, search.md, search.png and model/. "
-            "Run 'minift search TASK --help' for TASK's options."))
+    """``minift search TASK``: TASK's options, then the search's (the task's own ``test``, and
+    setfit's own ``seeds``, seeds a configuration, serve the search)."""
+    help, description = COMMANDS["search"]
+    p = sub.add_parser("search", help=help, description=description,
+                       formatter_class=_HelpFormatter)
     tasks = p.add_subparsers(dest="search_task", required=True, metavar="TASK")
     for name in options.SEARCHED:
-        task = add_recipe_parser(tasks, name)
-        # the task's own --test and setfit's own --seeds (seeds a configuration) serve the search
-        have = {spec.name for spec in fields(options.RECIPES[name])} & {"test", "seeds"}
-        options.add_options(task, options.SearchOptions, skip=have)
+        task = add_recipe_parser(tasks, name, options.SearchOptions,
+                                 func=lambda args, task=name: cmd_search(task, args))
         if name == "setfit":
             task.set_defaults(seeds=3)
-        task.set_defaults(func=lambda args, task=name: cmd_search(task, args))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -292,14 +276,15 @@ def build_parser() -> argparse.ArgumentParser:
     from minift import __version__
 
     parser = Parser(prog="minift", description=DESCRIPTION, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"minift {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in RECIPE_COMMANDS:
+    for name in ("finetune", "ner", "pretrain", "setfit", "seq2seq", "lm", "qa"):
         add_recipe_parser(sub, name)
-    add_generate_parser(sub)
-    add_similarity_parser(sub)
-    add_plot_parser(sub)
+    add_command(sub, "generate", (options.GenerateOptions, options.ProcessOptions), cmd_generate)
+    add_command(sub, "similarity", (options.SimilarityOptions, options.ProcessOptions),
+                cmd_similarity)
+    add_command(sub, "plot", (options.PlotOptions,), cmd_plot)
     add_search_parser(sub)
     return parser
 
@@ -333,12 +318,12 @@ def busy_cores(read: Callable[[], str] | None = None, wait: Callable[[float], ob
                interval: float = 0.2) -> tuple[float, str] | None:
     """How many cores other jobs keep busy now, and what measured it (for the notice), or None.
 
-    Linux: two reads of ``/proc/stat`` ``interval`` seconds apart. Its first line sums, over every
-    core, the clock ticks spent so far as ``user nice system idle iowait irq softirq steal``; the
-    share of the ticks between the reads that were not ``idle`` or ``iowait``, times the cores
-    (its ``cpuN`` lines), is the cores in use now. This process sleeps meanwhile, so they are the
-    others'. Elsewhere (macOS): the 1-minute load average, which lags: a machine that just became
-    idle still looks busy for a minute or more (issue #32). ``read`` returns /proc/stat's text."""
+    Linux: two reads of ``/proc/stat`` (``read`` returns its text) ``interval`` seconds apart. Its
+    first line sums, over every core, the clock ticks spent so far as ``user nice system idle
+    iowait irq softirq steal``; the share of the ticks between the reads that were not ``idle``
+    or ``iowait``, times the cores (its ``cpuN`` lines), is the cores in use now: the others',
+    as this process sleeps meanwhile. Elsewhere (macOS): the 1-minute load average, which lags a
+    minute or more behind a machine that just became idle."""
     def ticks() -> tuple[int, int, int]:  # (all ticks, idle ticks, cores)
         text = read() if read else Path("/proc/stat").read_text(encoding="ascii")
         lines = text.splitlines()
@@ -368,8 +353,8 @@ def choose_threads(requested: int | None, environ=os.environ,
     """The CPU threads of this run and a notice (or ""): ``--threads``, else ``MINIFT_THREADS``,
     else torch's default (None: leave it), but ``OMP_NUM_THREADS`` given or not, when other jobs
     keep k of the cores busy now (``measure``, by default ``busy_cores``), ``cpus - k`` threads
-    at most (at least 1): threads that wait on a busy core slow every step down (issue #32: 10x
-    on 2 shared cores)."""
+    at most (at least 1): threads that wait on a busy core slow every step down (10x on 2 shared
+    cores)."""
     if requested is not None:
         return requested, ""
     if text := environ.get("MINIFT_THREADS", "").strip():

@@ -23,26 +23,19 @@ class GridError(OptionError):
     """A ``grid`` (or ``random_draws``) that cannot be searched: names the value."""
 
 
-def _parse_number(convert: type) -> Callable[[str], Any]:
-    """A ``--grid`` value as ``convert`` (int or float): a finite number, or a ValueError."""
+def grid_parser(spec: Field) -> Callable[[str], Any]:
+    """The parser of one ``--grid`` value of a searchable field: its type (int and float: a
+    finite number), choices and check."""
+    convert = kind(spec) if kind(spec) in (int, float) else str
+
     def parse(text: str) -> Any:
         try:
             value = convert(text)
         except ValueError:
             raise ValueError("is not " + ("a whole number" if convert is int
                                           else "a number")) from None
-        if not math.isfinite(value):
+        if convert is not str and not math.isfinite(value):
             raise ValueError("is not a finite number")
-        return value
-    return parse
-
-
-def grid_parser(spec: Field) -> Callable[[str], Any]:
-    """The parser of one ``--grid`` value of a searchable field: its type, choices and check."""
-    convert = _parse_number(kind(spec)) if kind(spec) in (int, float) else str
-
-    def parse(text: str) -> Any:
-        value = convert(text)
         choices, check = spec.metadata.get("choices"), spec.metadata.get("check")
         if choices and value not in choices:
             raise ValueError(f"is not one of {', '.join(choices)}")
@@ -54,16 +47,12 @@ def grid_parser(spec: Field) -> Callable[[str], Any]:
     return parse
 
 
-def grid_parsers(task: str) -> dict[str, Callable[[str], Any]]:
-    """The hyperparameters ``minift search TASK`` may vary: field name -> its value parser."""
-    return {spec.name: grid_parser(spec) for spec in fields(RECIPES[task])
-            if spec.metadata.get("search")}
-
-
 # The hyperparameters a search may vary, by task: the recipe's keyword -> its value parser (the
 # fields of the recipe's options marked ``search``, minift.run.options).
 HYPERPARAMETERS: dict[str, dict[str, Callable[[str], Any]]] = {
-    task: grid_parsers(task) for task in SEARCHED}
+    task: {spec.name: grid_parser(spec) for spec in fields(RECIPES[task])
+           if spec.metadata.get("search")}
+    for task in SEARCHED}
 
 # The BERT paper's fine-tuning grid (Devlin et al. 2019, appendix A.3); seq2seq and lm fine-tune
 # the same BERT body, so they start from it too (a grid to begin with, not one tuned for them).

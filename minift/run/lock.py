@@ -83,30 +83,24 @@ def acquire(folder: str | os.PathLike) -> Path:
         if owner is None:  # released between our two looks
             continue
         if not owner:
-            raise FolderLockedError(
-                f"{folder} is locked by {path}, which names no owner; if no run is writing "
-                f"into {folder}, remove {path}"
-            )
+            raise FolderLockedError(f"{folder} is locked by {path}, which names no owner; if no "
+                                    f"run is writing into {folder}, remove {path}")
         if owner.get("host") != me["host"]:
-            raise FolderLockedError(
-                f"{folder} is in use by process {owner['pid']} on host {owner.get('host')} "
-                f"({path}); give another --out, or remove {path} if that run is over"
-            )
+            raise FolderLockedError(f"{folder} is in use by process {owner['pid']} on host "
+                                    f"{owner.get('host')} ({path}); give another --out, or "
+                                    f"remove {path} if that run is over")
         if owner["pid"] == me["pid"]:
             raise FolderLockedError(f"{folder} is already in use by this process ({path})")
         if _pid_running(owner["pid"]):
-            raise FolderLockedError(
-                f"{folder} is in use by process {owner['pid']} on this machine ({path}); wait "
-                "for it to finish or give another --out"
-            )
-        warnings.warn(
-            f"{path}: taking over the lock of process {owner['pid']}, which is no longer running",
-            UserWarning,
-            stacklevel=2,
-        )
+            raise FolderLockedError(f"{folder} is in use by process {owner['pid']} on this "
+                                    f"machine ({path}); wait for it to finish or give another "
+                                    "--out")
+        warnings.warn(f"{path}: taking over the lock of process {owner['pid']}, which is no "
+                      "longer running", UserWarning, stacklevel=2)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-    raise FolderLockedError(f"{folder}: could not take the lock {path}; another run keeps taking it")
+    raise FolderLockedError(f"{folder}: could not take the lock {path}; another run keeps "
+                            "taking it")
 
 
 def release(path: Path) -> None:

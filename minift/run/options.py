@@ -614,18 +614,16 @@ RECIPES: dict[str, type] = {"finetune": FinetuneOptions, "ner": NerOptions,
 
 def kind(spec: Field) -> type:
     """The scalar type of a field (``int | None`` -> int, ``str | list[str]`` -> str)."""
-    text = spec.type if isinstance(spec.type, str) else str(spec.type)
-    return next((t for t in (bool, int, float) if re.search(rf"\b{t.__name__}\b", text)), str)
+    return next((t for t in (bool, int, float)
+                 if re.search(rf"\b{t.__name__}\b", str(spec.type))), str)
 
 
 def flag(name: str) -> str:
     """The command-line flag of the field ``name`` (``--max-length``; its ``flag`` if set)."""
-    for cls in (*RECIPES.values(), GenerateOptions, SimilarityOptions, SearchOptions,
-                ProcessOptions):
-        for spec in fields(cls):
-            if spec.name == name:
-                return _flag(spec)
-    return "--" + name.replace("_", "-")
+    specs = (spec for cls in (*RECIPES.values(), GenerateOptions, SimilarityOptions,
+                              SearchOptions, ProcessOptions) for spec in fields(cls))
+    return next((_flag(spec) for spec in specs if spec.name == name),
+                "--" + name.replace("_", "-"))
 
 
 def _negated(spec: Field) -> bool:
@@ -633,9 +631,8 @@ def _negated(spec: Field) -> bool:
 
 
 def _flag(spec: Field) -> str:
-    if "flag" in spec.metadata:
-        return spec.metadata["flag"]
-    return "--" + ("no-" if _negated(spec) else "") + spec.name.replace("_", "-")
+    negated = "no-" if _negated(spec) else ""
+    return spec.metadata.get("flag", f"--{negated}{spec.name.replace('_', '-')}")
 
 
 def add_options(parser, cls: type, skip: set[str] | frozenset = frozenset()) -> list[str]:

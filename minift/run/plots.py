@@ -142,7 +142,6 @@ def read_metrics(run: str | os.PathLike) -> dict | None:
     return metrics
 
 
-
 # --- 3. The drawings ------------------------------------------------------------------------------
 
 # What each logged metric measures, for the y axis.

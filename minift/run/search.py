@@ -9,20 +9,17 @@ picks the configuration whose mean dev score is best. Four habits keep it honest
 - **several seeds a configuration** (3 by default): the seeds of one configuration often differ
   by as much as two configurations do, so one seed a configuration picks noise;
 - **the choice is made on dev, on one named metric with its direction** (never a sum of
-  unrelated metrics; seq2seq: BLEU, higher, of texts written with its decoding options, the
-  metric each of its runs keeps its best checkpoint by; lm: held-out perplexity, lower), and the
-  test set, when given, is read once before the first trial and scored once, at the end, for
-  the chosen configuration only, by the recipe's own ``read_test`` and ``score_saved``;
+  unrelated metrics), and the test set, when given, is read once before the first trial and
+  scored once, at the end, for the chosen configuration only, by the recipe's own ``read_test``
+  and ``score_saved``;
 - **resumable**: each finished trial is one line of ``trials.jsonl`` (its configuration, seed,
   every dev metric, seconds and steps); after a kill, the same command skips what is done.
 
-Read in this order: the grid (what each task can vary, ``minift.run.grid``), the metrics each
-task reports; the trials (``minift.run.trials``); the summaries and the choice;
-successive halving; the test set and the outputs; ``search``, which checks everything before
-the first trial, then runs the rest.
-
-Trials run one after another, never side by side: on a CPU two trials at once would only share
-its cores (and make every time in the report wrong).
+Read in this order: the metrics; the summaries and the choice; successive halving; the test set
+and the outputs; ``search``, which checks everything before the first trial, then runs the rest
+(the grid is ``minift.run.grid``'s, the trials ``minift.run.trials``'). Trials run one after
+another, never side by side: on a CPU two trials at once would only share its cores (and make
+every time in the report wrong).
 """
 
 from __future__ import annotations
@@ -57,22 +54,16 @@ class MetricError(OptionError):
 
 # --- 1. The metrics a search chooses on --------------------------------------------------------
 
-# The dev metrics a search can choose on, by task: name -> (key in the recipe's dev scores,
-# greater is better). finetune's f1 is binary (label 1) for two labels, macro for more. seq2seq's
-# BLEU is the one its runs pick their best checkpoint by (texts written with the decoding options,
-# beams included); lm's perplexity is exp(loss): the two rank configurations alike.
-METRICS: dict[str, dict[str, tuple[str, bool]]] = {
-    "finetune": {"accuracy": ("accuracy", True), "f1": ("f1", True), "loss": ("loss", False)},
-    "ner": {"entity_f1": ("f1", True), "f1": ("f1", True), "precision": ("precision", True),
-            "recall": ("recall", True), "token_accuracy": ("token_accuracy", True),
-            "accuracy": ("accuracy", True), "loss": ("loss", False)},
-    "qa": {"f1": ("f1", True), "exact_match": ("exact_match", True)},
-    "setfit": {"accuracy": ("accuracy", True)},
-    "seq2seq": {"bleu": ("bleu", True), "rouge_l": ("rouge_l", True), "loss": ("loss", False)},
-    "lm": {"perplexity": ("perplexity", False), "loss": ("loss", False)},
-}
-DEFAULT_METRIC = {"finetune": "accuracy", "ner": "entity_f1", "qa": "f1", "setfit": "accuracy",
-                  "seq2seq": "bleu", "lm": "perplexity"}
+# The dev metrics a search can choose on, by task, the default first. finetune's f1 is binary
+# (label 1) for two labels, macro for more. seq2seq's BLEU is the one its runs pick their best
+# checkpoint by (texts written with the decoding options, beams included); lm's perplexity is
+# exp(loss): the two rank configurations alike.
+METRICS = {"finetune": ("accuracy", "f1", "loss"),
+           "ner": ("entity_f1", "f1", "precision", "recall", "token_accuracy", "accuracy", "loss"),
+           "qa": ("f1", "exact_match"), "setfit": ("accuracy",),
+           "seq2seq": ("bleu", "rouge_l", "loss"), "lm": ("perplexity", "loss")}
+METRIC_KEYS = {"entity_f1": "f1"}  # the key in the recipe's dev scores, where it is another
+LOWER_IS_BETTER = {"loss", "perplexity"}
 # ner's metrics that only a NER (entity) or a POS (token) tag set reports.
 _ENTITY_ONLY, _POS_ONLY = {"entity_f1", "f1", "precision", "recall"}, {"accuracy"}
 
@@ -131,12 +122,6 @@ def halving_budgets(max_epochs: int, keep: float, min_epochs: int) -> list[int]:
     return budgets
 
 
-def at_budget(config: dict, epochs: int, full_epochs: int) -> dict:
-    """``config`` trained for ``epochs`` (itself when that is its full budget, so that the
-    trial is the full grid's, shared)."""
-    return config if epochs >= full_epochs else config | {"epochs": epochs}
-
-
 def run_halving(configs: list[dict], run: Callable[[list[dict]], None], log: TrialLog,
                 seeds: Sequence[int], key: str, greater_is_better: bool, fixed_epochs: int,
                 keep: float, min_epochs: int) -> tuple[list[dict], list[dict], list[dict]]:
@@ -156,7 +141,10 @@ def run_halving(configs: list[dict], run: Callable[[list[dict]], None], log: Tri
     for budget in halving_budgets(max(full), keep, min_epochs):
         if len(alive) == 1:
             break
-        short = [at_budget(configs[i], budget, full[i]) for i in alive]
+        # each for ``budget`` epochs, but one whose full budget that is stays itself, so that
+        # its trial is the full grid's, shared
+        short = [configs[i] if budget >= full[i] else configs[i] | {"epochs": budget}
+                 for i in alive]
         print(f"halving: {len(alive)} configurations at {budget} epoch(s)", flush=True)
         run(short)
         rows = dict(zip(alive, summarise(short, log, seeds, key), strict=True))
@@ -183,8 +171,8 @@ def halving_cost(configs: list[dict], used: list[dict], log: TrialLog, seeds: Se
     """Optimizer steps and seconds the halving used, against the full grid's: taken from
     ``trials.jsonl`` where the full grid's trials ran, else scaled from a shorter trial of the
     configuration (steps grow with the epochs); ``estimated`` says whether any was scaled."""
-    spent = {"steps": sum(r["steps"] or 0 for r in used), "seconds": sum(r["seconds"]
-                                                                          for r in used)}
+    spent = {"steps": sum(r["steps"] or 0 for r in used),
+             "seconds": sum(r["seconds"] for r in used)}
     grid = {"steps": 0.0, "seconds": 0.0}
     estimated = False
     for config in configs:
@@ -275,13 +263,12 @@ def _fmt(value: Any) -> str:
 
 def search_markdown(result: dict) -> str:
     """``search.md``: the configurations best first, the chosen one, the test score, halving."""
-    metric = result["metric"]
+    metric, better = result["metric"], "higher" if result["greater_is_better"] else "lower"
     names = list(result["grid"])
     lines = [f"# minift search {result['task']}: {len(result['configs'])} configurations x "
              f"{len(result['seeds'])} seeds", "",
-             f"Chosen on the mean dev {metric} ({'higher' if result['greater_is_better'] else 'lower'}"
-             " is better) over the seeds; the test set, when given, is scored once, for the "
-             "chosen configuration only.", "",
+             f"Chosen on the mean dev {metric} ({better} is better) over the seeds; the test "
+             "set, when given, is scored once, for the chosen configuration only.", "",
              "| " + " | ".join(names) + f" | dev {metric} mean ± std | per seed | seconds |",
              "|" + "---|" * len(names) + "---:|---|---:|"]
     ranked = rank(result["configs"], result["greater_is_better"])
@@ -349,8 +336,8 @@ def draw(result: dict, path: Path) -> Path | None:
 
 # Options of a command that are the search's own, not the trials': where the search writes,
 # how runs resume (a search resumes by itself), the test set (scored once, by the search).
-_NOT_FIXED = {"out", "overwrite", "resume", "keep_resume", "plot", "test", "seed", "seeds", "progress",
-              "question", "context", "context_file", "show"}
+_NOT_FIXED = {"out", "overwrite", "resume", "keep_resume", "plot", "test", "seed", "seeds",
+              "progress", "question", "context", "context_file", "show"}
 
 
 def fixed_options(task: str, options: dict) -> dict:
@@ -363,7 +350,6 @@ def fixed_options(task: str, options: dict) -> dict:
 def _check_against_model(task: str, fixed: dict, configs: list[dict]) -> None:
     """Values that are valid only for this model: the freeze depth and the maximum length
     (seq2seq and lm: every check their recipe makes against the model, ``check_model``)."""
-    from minift.hf.checkpoint import resolve_model_dir
     from minift.run.recipes import check_device, check_freeze, check_max_length
 
     check_device(fixed.get("device"))
@@ -399,7 +385,7 @@ def _check_metric(task: str, metric: str, fixed: dict) -> tuple[str, bool]:
         if (kind == "pos" and metric in _ENTITY_ONLY) or (kind == "ner" and metric in _POS_ONLY):
             raise MetricError(f"`metric` {metric}: the {kind} tags of {fixed.get('train')} do not "
                               f"report it (ner: entity_f1, precision, recall; pos: accuracy)")
-    return reported[metric]
+    return METRIC_KEYS.get(metric, metric), metric not in LOWER_IS_BETTER
 
 
 def _check_same_search(out: Path, fixed: dict, seeds: list[int]) -> None:
@@ -443,7 +429,7 @@ def search(task: str, *, out: str, options: dict,
     axes = parse_grid(task, DEFAULT_GRID[task] if o.grid is None else o.grid)
     configs = configurations(axes, o.random_draws, o.random_seed)
     fixed = fixed_options(task, options)
-    metric = o.metric or DEFAULT_METRIC[task]
+    metric = o.metric or METRICS[task][0]
     key, greater = _check_metric(task, metric, fixed)
     fixed_epochs = fixed.get("epochs", 1 if task == "setfit" else 3)
     if o.halving and fixed.get("max_steps") is not None:
@@ -462,7 +448,7 @@ def search(task: str, *, out: str, options: dict,
         _check_same_search(folder, fixed, seed_list)
         trials = folder / "trials"
         log = TrialLog(folder / "trials.jsonl")
-        used: list[dict] = []
+        used: dict[str, dict] = {}  # each trial once (a rung and the full grid can share one)
         count = {"run": 0}
         print(f"search {task}: {len(configs)} configurations x {len(seed_list)} seeds; "
               f"{len(log.records)} trials done before")
@@ -483,7 +469,7 @@ def search(task: str, *, out: str, options: dict,
                             on_trial(record)
                         print(f"  dev {metric} {record['dev'][key]:.4f} ({record['seconds']:.0f} "
                               f"s, {record['steps']} steps)", flush=True)
-                    used.append(record)
+                    used[trial_key(config, seed)] = record
 
         result: dict = {"task": task, "metric": metric, "metric_key": key,
                         "greater_is_better": greater, "seeds": seed_list,
@@ -500,7 +486,7 @@ def search(task: str, *, out: str, options: dict,
             result["configs"] = rows
             result["halving"] = {
                 "keep": o.halving_keep, "min_epochs": o.halving_min_epochs, "rungs": rungs,
-                "cost": halving_cost(configs, _unique(used), log, seed_list, fixed_epochs),
+                "cost": halving_cost(configs, list(used.values()), log, seed_list, fixed_epochs),
                 "same_as_full_grid": (None if full_choice is None
                                       else full_choice == chosen_row["config"]),
                 "full_grid_choice": full_choice}
@@ -518,24 +504,18 @@ def search(task: str, *, out: str, options: dict,
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(model_folder(task, trials / best_seed), target,
                         ignore=shutil.ignore_patterns(".minift.lock", "trial.log"))
-        result["chosen"] = {"config": chosen_row["config"], "mean": chosen_row["mean"],
-                            "std": chosen_row["std"], "per_seed": chosen_row["per_seed"],
-                            "model": "model", "model_trial": best_seed, "test": None}
+        result["chosen"] = {name: chosen_row[name]
+                            for name in ("config", "mean", "std", "per_seed")}
+        result["chosen"] |= {"model": "model", "model_trial": best_seed, "test": None}
         if test_set is not None:
             print(f"scoring the chosen configuration's {len(chosen_row['trials'])} models on "
                   f"the test set ({o.test}), once")
-            result["chosen"]["test"] = test_scores(task, fixed, test_set, trials, chosen_row,
-                                                   key)
-            print(f"test {metric}: {result['chosen']['test']['mean']:.4f} ± "
-                  f"{result['chosen']['test']['std']:.4f}")
+            test = test_scores(task, fixed, test_set, trials, chosen_row, key)
+            result["chosen"]["test"] = test
+            print(f"test {metric}: {test['mean']:.4f} ± {test['std']:.4f}")
         atomic_write(folder / "search.json", (json.dumps(result, indent=2) + "\n").encode())
         atomic_write(folder / "search.md", search_markdown(result).encode("utf-8"))
         picture = draw(result, folder / "search.png")
     print(f"search.json, search.md{', search.png' if picture else ''} and the chosen model "
           f"written to {folder}")
     return result
-
-
-def _unique(records: list[dict]) -> list[dict]:
-    """Each trial once (a rung and the full grid can share one)."""
-    return list({trial_key(r["config"], r["seed"]): r for r in records}.values())
