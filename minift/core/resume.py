@@ -198,43 +198,35 @@ def _rebuild_schedule(parts: Parts, fresh: list[dict], base_lrs: list[float]) ->
 def restore(checkpoint: dict, parts: Parts, run: dict, out_dir: Path,
             ctx: distributed.Context) -> Progress:
     """Put the run back where resume.pt left it; return its progress. A changed setting of
-    `SCHEDULE_KEYS` is honoured: the hyperparameters and schedule are this run's."""
+    `SCHEDULE_KEYS` is honoured: the hyperparameters and schedule are this run's. A light
+    resume.pt (`save_resume(light=True)`) holds the weights and progress of a run that ended, so
+    that its final save can be done again; it has no optimizer to train on."""
+    path, progress = out_dir / RESUME_FILE, Progress(**checkpoint["progress"])
     if checkpoint.get("light"):
-        return _restore_end(checkpoint, parts, run, out_dir, ctx)
-    changed = _warn_if_run_differs(checkpoint["run"], run, out_dir / RESUME_FILE)
-    fresh = [{k: v for k, v in group.items() if k != "params"}
-             for group in parts.optimizer.param_groups]
-    base_lrs = list(parts.scheduler.base_lrs)
-    if len(checkpoint["optimizer"]["param_groups"]) != len(fresh):
-        raise ValueError(f"{out_dir / RESUME_FILE}: its optimizer has "
-                         f"{len(checkpoint['optimizer']['param_groups'])} parameter groups, this "
-                         f"run {len(fresh)} (`lr_by_prefix` changed): train without resume")
-    parts.model.load_state_dict(checkpoint["model"])
-    parts.optimizer.load_state_dict(checkpoint["optimizer"])
-    parts.scheduler.load_state_dict(checkpoint["scheduler"])
-    if any(key in SCHEDULE_KEYS for key in changed):
-        _rebuild_schedule(parts, fresh, base_lrs)
-    if parts.scaler.is_enabled() and checkpoint["scaler"]:
-        parts.scaler.load_state_dict(checkpoint["scaler"])
+        if run["total_steps"] > progress.step and not progress.stopped_early:
+            raise ValueError(
+                f"{path} holds the end of a finished run (step {progress.step}) without its "
+                f"optimizer state, so it cannot train on to step {run['total_steps']}: "
+                "keep_resume keeps the full state; or start a new run from the saved model")
+        parts.model.load_state_dict(checkpoint["model"])
+    else:
+        changed = _warn_if_run_differs(checkpoint["run"], run, path)
+        fresh = [{k: v for k, v in group.items() if k != "params"}
+                 for group in parts.optimizer.param_groups]
+        base_lrs = list(parts.scheduler.base_lrs)
+        saved_groups = len(checkpoint["optimizer"]["param_groups"])
+        if saved_groups != len(fresh):
+            raise ValueError(f"{path}: its optimizer has {saved_groups} parameter groups, this "
+                             f"run {len(fresh)} (`lr_by_prefix` changed): train without resume")
+        parts.model.load_state_dict(checkpoint["model"])
+        parts.optimizer.load_state_dict(checkpoint["optimizer"])
+        parts.scheduler.load_state_dict(checkpoint["scheduler"])
+        if any(key in SCHEDULE_KEYS for key in changed):
+            _rebuild_schedule(parts, fresh, base_lrs)
+        if parts.scaler.is_enabled() and checkpoint["scaler"]:
+            parts.scaler.load_state_dict(checkpoint["scaler"])
     rng = checkpoint.get("rng_ranks") or [checkpoint["rng"]]
     _set_rng_states(rng[ctx.rank % len(rng)])  # last, so nothing above draws from them
-    return Progress(**checkpoint["progress"])
-
-
-def _restore_end(checkpoint: dict, parts: Parts, run: dict, out_dir: Path,
-                 ctx: distributed.Context) -> Progress:
-    """Restore a light resume.pt (`save_resume(light=True)`): the weights and progress of a run
-    that ended, so that its final save can be done again. It has no optimizer to train on."""
-    progress = Progress(**checkpoint["progress"])
-    if run["total_steps"] > progress.step and not progress.stopped_early:
-        raise ValueError(
-            f"{out_dir / RESUME_FILE} holds the end of a finished run (step {progress.step}) "
-            f"without its optimizer state, so it cannot train on to step {run['total_steps']}: "
-            "keep_resume keeps the full state; or start a new run from the saved model"
-        )
-    parts.model.load_state_dict(checkpoint["model"])
-    rng = checkpoint.get("rng_ranks") or [checkpoint["rng"]]
-    _set_rng_states(rng[ctx.rank % len(rng)])
     return progress
 
 
