@@ -1,16 +1,13 @@
 """The resume checkpoint, `out_dir/resume.pt`: everything that decides the rest of a run.
 
-It holds the weights, the optimizer, the schedule, the fp16 scaler, the position in the data,
-the early-stopping state, the log and the losses of the log window not yet written (`Progress`),
-and the RNG states of every rank, so a resumed run ends with exactly the weights and the log of
-an uninterrupted one. It lives while the run is unfinished: a run that completes deletes it
-(unless `keep_resume`). Resuming without it raises `ValueError` (`check_resume` asks the same
-before a model is loaded); a file written for another model is refused, naming the keys and
-shapes that differ; a resume whose configuration changes the run warns and names the differences,
-and one that changes the length of the run or the learning rates gets them (`SCHEDULE_KEYS`).
-
-The file is replaced atomically (a temporary file, fsync, `os.replace`: `minift.core.files`),
-and the next start removes what a process killed mid-write left.
+It holds the weights, the optimizer, the schedule, the fp16 scaler, the `Progress` (position in
+the data, early stopping, the log and the losses not yet logged) and every rank's RNG states, so
+a resumed run ends with exactly the weights and the log of an uninterrupted one. A completed run
+deletes it (unless `keep_resume`). Resuming without it raises `ValueError` (`check_resume` asks
+before a model is loaded); one written for another model is refused, naming the keys and shapes
+that differ; a resume whose configuration changes the run warns, naming the differences, and
+gets a changed length or learning rate (`SCHEDULE_KEYS`). It is replaced atomically
+(`minift.core.files`), and the next start removes what a process killed mid-write left.
 """
 
 import functools
