@@ -154,9 +154,8 @@ class TrainConfig:
         """Raise ValueError naming the first field whose value cannot make a run."""
         for name, expected, holds in _RULES:
             if not holds(getattr(self, name)):
-                raise ValueError(
-                    f"TrainConfig.{name}: expected {expected}, got {getattr(self, name)!r}"
-                )
+                raise ValueError(f"TrainConfig.{name}: expected {expected}, got "
+                                 f"{getattr(self, name)!r}")
 
 
 @dataclass
@@ -270,10 +269,9 @@ def _loss_of(output: object) -> Tensor:
     loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
     if not isinstance(loss, Tensor) or loss.ndim != 0:
         found = type(loss).__name__ if not isinstance(loss, Tensor) else f"shape {tuple(loss.shape)}"
-        raise ValueError(
-            "the model's forward(**batch) must return a dict with key 'loss' or an object with "
-            f"a .loss attribute holding the scalar mean loss; found {found}"
-        )
+        raise ValueError("the model's forward(**batch) must return a dict with key 'loss' or an "
+                         "object with a .loss attribute holding the scalar mean loss; found "
+                         f"{found}")
     return loss
 
 
@@ -407,8 +405,8 @@ def _run_evaluation(model: nn.Module, evaluate: Callable[[nn.Module], dict[str, 
         try:
             metrics[str(key)] = float(value)
         except (TypeError, ValueError):
-            raise ValueError(f"evaluate(model) returned {key!r}: {value!r}, expected a number"
-                             ) from None
+            message = f"evaluate(model) returned {key!r}: {value!r}, expected a number"
+            raise ValueError(message) from None
     if metric not in metrics:
         raise ValueError(f"TrainConfig.metric is {metric!r} but evaluate(model) returned the keys "
                          f"{sorted(metrics)}")
@@ -550,18 +548,16 @@ def train(model: nn.Module, train_batches: Callable[[int], Sequence[dict[str, Te
           parallel: OneProcess | None = None) -> TrainResult:
     """Train `model` with AdamW on the batches `train_batches(epoch)` returns; see the module doc.
 
-    - `model(**batch)` returns the mean loss (dict key "loss" or attribute `.loss`). The model
-      itself (not a compiled or DDP wrapper) is what `evaluate` receives and what gets saved.
+    - `model(**batch)` returns the mean loss; the model itself (not a compiled or DDP wrapper)
+      is what `evaluate` receives and what gets saved.
     - `train_batches(epoch)`: that epoch's batches (dicts of tensors), the same for the same
       epoch and as many as epoch 0's. Total steps: `max_steps`, else
       `ceil(len(batches) / grad_accum) * epochs`.
     - `evaluate(model) -> {name: number}` runs every `eval_every` steps (else at the end of each
       epoch) and at the end, in eval mode under `torch.no_grad()`; `metric` decides the best
       evaluation and early stopping.
-    - `device`: where the batches and the model go (default: the model's). `recorder`: what the
-      run leaves behind (default: nothing; `minift.core.checkpoints.Checkpoints(resume=...)`
-      writes `out_dir` and continues a run from it). `parallel`: under torchrun, the
-      `minift.core.ddp.setup()` context, every rank calling `train` with the same arguments.
+    - `device`: default the model's. `recorder`: what the run leaves behind (default: nothing).
+      `parallel`: under torchrun, `minift.core.ddp.setup()`, every rank calling `train` alike.
     """
     # ---- check everything before anything runs ---------------------------------------------
     config.check()

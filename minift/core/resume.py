@@ -57,10 +57,9 @@ def check_resume(out_dir: str | Path) -> Path:
     """
     path = Path(out_dir) / RESUME_FILE
     if not path.is_file():
-        raise ValueError(
-            f"resume=True but {path} does not exist: nothing to resume (a run that completed "
-            "deletes it unless keep_resume; train without resume to start from scratch)"
-        )
+        raise ValueError(f"resume=True but {path} does not exist: nothing to resume (a run that "
+                         "completed deletes it unless keep_resume; train without resume to start "
+                         "from scratch)")
     return path
 
 
@@ -80,10 +79,8 @@ def _check_fits(saved: Mapping[str, Tensor], model: nn.Module, path: Path) -> No
         if found
     ]
     if problems:
-        raise ValueError(
-            f"{path} was written for another model: {', '.join(problems)}. Resume with the model "
-            "the run started from, or train without resume"
-        )
+        raise ValueError(f"{path} was written for another model: {', '.join(problems)}. Resume "
+                         "with the model the run started from, or train without resume")
 
 
 def load_resume(out_dir: Path, model: nn.Module) -> dict:
