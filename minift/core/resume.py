@@ -34,11 +34,9 @@ _ATOMIC_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 def _rng_states() -> dict:
     """Every RNG the loop draws from: torch CPU, CUDA (if available), Python's `random`."""
     version, internal, gauss_next = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "python": [version, list(internal), gauss_next],
-    }
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "python": [version, list(internal), gauss_next]}
 
 
 def _set_rng_states(states: dict) -> None:
@@ -51,10 +49,8 @@ def _set_rng_states(states: dict) -> None:
 
 
 def check_resume(out_dir: str | Path) -> Path:
-    """The path of `out_dir/resume.pt`; ValueError naming it when it is not there.
-
-    Cheap (it reads nothing), so a caller can ask before loading a model.
-    """
+    """The path of `out_dir/resume.pt`; ValueError naming it when it is not there. Cheap (it
+    reads nothing), so a caller can ask before loading a model."""
     path = Path(out_dir) / RESUME_FILE
     if not path.is_file():
         raise ValueError(f"resume=True but {path} does not exist: nothing to resume (a run that "
@@ -71,13 +67,10 @@ def _check_fits(saved: Mapping[str, Tensor], model: nn.Module, path: Path) -> No
     shapes = [f"{key}: {tuple(saved[key].shape)} in the file, {tuple(value.shape)} in the model"
               for key, value in ours.items()
               if key in saved and tuple(saved[key].shape) != tuple(value.shape)]
-    problems = [
-        f"{len(found)} {what} ({'; '.join(found[:5])}{', ...' if len(found) > 5 else ''})"
-        for what, found in (("keys of the model missing from the file", missing),
-                            ("keys of the file not in the model", unexpected),
-                            ("shapes that differ", shapes))
-        if found
-    ]
+    problems = [f"{len(found)} {what} ({'; '.join(found[:5])}{', ...' if len(found) > 5 else ''})"
+                for what, found in (("keys of the model missing from the file", missing),
+                                    ("keys of the file not in the model", unexpected),
+                                    ("shapes that differ", shapes)) if found]
     if problems:
         raise ValueError(f"{path} was written for another model: {', '.join(problems)}. Resume "
                          "with the model the run started from, or train without resume")
