@@ -5,8 +5,8 @@ the data, early stopping, the log and the losses not yet logged) and every rank'
 a resumed run ends with exactly the weights and the log of an uninterrupted one. A completed run
 deletes it (unless `keep_resume`). Resuming without it raises `ValueError` (`check_resume` asks
 before a model is loaded); one written for another model is refused, naming the keys and shapes
-that differ; a resume whose configuration changes the run warns, naming the differences, and
-gets a changed length or learning rate (`SCHEDULE_KEYS`). It is replaced atomically
+that differ. A resume that changes the run warns, naming the differences; a new length or new
+learning rates are honoured (`SCHEDULE_KEYS`). The file is replaced atomically
 (`minift.core.files`), and the next start removes what a process killed mid-write left.
 """
 
