@@ -136,16 +136,11 @@ def decode_word_predictions(token_predictions: Sequence[int] | torch.Tensor,
     out_of_range = [w for w in first if not (isinstance(w, int) and 0 <= w < num_words)]
     if out_of_range:
         raise ValueError(f"word id {out_of_range[0]!r} is not in 0..{num_words - 1}")
-    words = []
-    for w in range(num_words):
-        if w in first:
-            words.append(first[w])
-        elif fill is not None:
-            words.append(fill)
-        else:
-            raise ValueError(f"word {w} has no token (the tokenizer dropped all its characters): "
-                             "pass fill= to give such words a prediction")
-    return words
+    missing = [w for w in range(num_words) if w not in first]
+    if missing and fill is None:
+        raise ValueError(f"word {missing[0]} has no token (the tokenizer dropped all its "
+                         "characters): pass fill= to give such words a prediction")
+    return [first.get(w, fill) for w in range(num_words)]
 
 
 def decode_batch(token_predictions: Sequence[Sequence[int]] | torch.Tensor,

@@ -1,18 +1,15 @@
 """The files a run keeps in `out_dir`: the recorder the recipes hand to the training loop.
 
 `minift.core.loop.train` does no file I/O of its own; it tells a recorder what happened. This
-one, `Checkpoints`, keeps everything a long run needs on disk, each part in a module of its own:
+one, `Checkpoints`, keeps what a long run needs on disk, each part in a module of its own:
 
-- `out_dir/resume.pt` at every resume point (`minift.core.resume`), so that a run killed at any
-  moment continues with `Checkpoints(resume=True)` and ends with exactly the weights and the
-  log of an uninterrupted one; a completed run removes it unless `keep_resume`.
-- `out_dir/log.jsonl` and the tqdm progress bar (`minift.core.logbook`).
-- `out_dir/best/`, the model of the best evaluation, replaced whole or not at all
-  (`minift.core.best`).
+- `out_dir/resume.pt` (`minift.core.resume`): a run killed at any moment continues with
+  `Checkpoints(resume=True)` and ends with the weights and log of an uninterrupted one;
+- `out_dir/log.jsonl` and the progress bar (`minift.core.logbook`);
+- `out_dir/best/`, the model of the best evaluation (`minift.core.best`).
 
-Under torchrun every rank calls it (the RNG states of every rank go into resume.pt); rank 0
-alone writes. Each file is replaced atomically, so a kill or a full disk leaves the previous
-version loadable, and `start` clears what a killed process left half-written.
+Every rank calls it; rank 0 alone writes, each file atomically, so a kill or a full disk leaves
+the previous version loadable; `start` clears what a killed process left half-written.
 
     train(model, batches, config, evaluate=evaluate, recorder=Checkpoints(resume=True))
 """
@@ -36,12 +33,10 @@ from minift.core.state import Parts, Progress
 
 
 class Checkpoints:
-    """The recorder that keeps a run's files in `config.out_dir` (see the module docstring).
-
-    `resume=True`: continue the run resume.pt holds (ValueError if there is none, or if it holds
-    another model's weights). `save_best(model, folder)` fills an empty folder that then
-    replaces `out_dir/best` (default: `model.save_pretrained`, else model.safetensors).
-    """
+    """The recorder that keeps a run's files in `config.out_dir`. `resume=True`: continue the
+    run resume.pt holds (ValueError if there is none, or if it holds another model's weights).
+    `save_best(model, folder)` fills an empty folder that then replaces `out_dir/best` (default:
+    `model.save_pretrained`, else model.safetensors)."""
 
     def __init__(self, *, resume: bool = False,
                  save_best: Callable[[nn.Module, Path], None] | None = None) -> None:

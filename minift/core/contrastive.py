@@ -134,11 +134,9 @@ def embed_pairs(encoder: BertModel, tokens, first: torch.Tensor, second: torch.T
 
 class PairLoss(nn.Module):
     """The contrastive phase as a module `minift.core.loop.train` trains: `forward(first, second,
-    labels)` returns `{"loss": mean pair loss}` over a batch of pairs.
-
-    `tokens` holds every training sentence tokenized once; `first` and `second` (pairs,) index
-    into it, `labels` (pairs,) are 1.0 (same class) or 0.0. Each pair is one target, so the loop
-    weights a batch by its number of pairs (under DDP, each rank's share of them).
+    labels)` returns `{"loss": mean pair loss}` over a batch of pairs (`tokens`, `first` and
+    `second` as in `embed_pairs`; `labels` (pairs,) 1.0 for the same class, else 0.0). Each pair
+    is one target, so the loop weights a batch by its number of pairs.
     """
 
     def __init__(self, encoder: BertModel, tokens, loss_fn: Callable[..., torch.Tensor]):

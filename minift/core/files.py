@@ -31,12 +31,6 @@ def fsync_dir(folder: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def atomic_write(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], None]) -> None:
     """Write ``data`` (bytes, or a function that writes into a binary file) to ``path`` atomically.
 
@@ -55,7 +49,9 @@ def atomic_write(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], Non
                 f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
+        umask = os.umask(0)  # read it: the only way is to set it, then put it back
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

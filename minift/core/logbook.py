@@ -1,15 +1,11 @@
 """What a run tells: `out_dir/log.jsonl` (one JSON record a line) and the tqdm progress bar.
 
-The training loop builds the records and keeps them in `progress.history` on every rank
-(resume.pt carries them, and `train` returns them); rank 0 alone writes the file and draws the
-bar, through `minift.core.checkpoints.Checkpoints`. A training record holds the mean loss of
-the steps since the previous one, the learning rate, examples/s and seconds since the start (fp16
-adds the skipped steps and the loss scale); an evaluation record holds `{"step", "eval"}`.
-
-The file is written whole at the start (empty, or a resumed run's history: records written after
-resume.pt are dropped, since the steps that wrote them run again), then one line at a time; a
-line that cannot be written whole (a full disk) is cut off again, so the log always ends with a
-complete line.
+The loop builds the records: the mean loss of the steps since the previous one, the learning
+rate, examples/s and seconds since the start (fp16 adds the skipped steps and the loss scale),
+or an evaluation's `{"step", "eval"}`. Rank 0 alone writes the file and draws the bar. The file
+is written whole at the start (empty, or a resumed run's history: records written after
+resume.pt are dropped, since their steps run again), then one line at a time; a line that
+cannot be written whole (a full disk) is cut off again, so the log ends with a complete line.
 """
 
 import contextlib
@@ -53,11 +49,9 @@ class Logbook:
             append_log(self.path, record)
 
     def show_step(self, loss: float | None, lr: float, examples: int, seconds: float) -> None:
-        """Advance the bar by one step, showing its learning rate and speed, and its loss where
-        the loop read it (None: the last loss read stays; reading every step's would make the
-        host wait for the device every step).
-
-        The postfix is set before `update`, which draws it: set after, it would show a step late.
+        """Advance the bar one step, showing its learning rate, its speed and its loss where the
+        loop read one (None: the last stays; reading every step's would make the host wait for
+        the device). The postfix is set before `update`, which draws it, or it shows a step late.
         """
         if loss is not None:
             self.shown_loss = f"{loss:.4f}"

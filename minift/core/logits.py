@@ -18,21 +18,16 @@ import torch
 EARLY_STOPPING = (True, False, "never")
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def check_at_least(name: str, value: int, least: int) -> None:
+    """An integer setting (``num_beams``, ``top_k``, ``no_repeat_ngram_size``...) below its least
+    value is refused, by name."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
 
 
 def check_max_new_tokens(max_new_tokens: int) -> None:
     """A generation length below 1 is refused (it would return the input as if generated)."""
-    if not _is_int(max_new_tokens) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
-
-
-def check_at_least(name: str, value: int, least: int) -> None:
-    """An integer setting (``num_beams``, ``top_k``, ``no_repeat_ngram_size``...) below its least
-    value is refused, by name."""
-    if not _is_int(value) or value < least:
-        raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    check_at_least("max_new_tokens", max_new_tokens, 1)
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float) -> None:

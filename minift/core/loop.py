@@ -21,20 +21,18 @@ Decisions a reader should know about:
   still advances (torch's documented pattern: `scaler.step`, `scaler.update`, then
   `scheduler.step()` every iteration), so the logged learning rates, `max_steps` and resume line
   up. (transformers' Trainer holds the schedule back on a skipped step instead.)
-- **The step reads nothing from the device.** A GPU runs ahead of the Python that feeds it only
-  while Python asks it for no number (an `.item()` or `bool(tensor)` drains its queue), so the
-  losses stay on the device and are read in one go at each log, evaluation and resume point, where
-  the weights are checked too. There a nan/inf loss (fp32, bf16) raises `NonFiniteLossError` naming
-  its step, epoch and batch (under fp16 the scaler skips the step and the log counts it), and a
-  nan/inf weight `NonFiniteWeightsError`: before any evaluation or resume point, so no checkpoint
-  ever holds a weight updated from a non-finite loss.
+- **The step reads nothing from the device.** An `.item()` or `bool(tensor)` would drain a GPU's
+  queue, so the losses stay on the device and are read in one go at each log, evaluation and
+  resume point, where the weights are checked too: a nan/inf loss (fp32, bf16) raises
+  `NonFiniteLossError` naming its step, epoch and batch (fp16: the scaler skips the step and the
+  log counts it), a nan/inf weight `NonFiniteWeightsError`, before any evaluation or resume
+  point, so no checkpoint ever holds a weight updated from a non-finite loss.
 - **Determinism.** `torch.manual_seed` and `random.seed` at the start; `train_batches(epoch)`
   must return the same batches for the same epoch without drawing from the global RNG (seed a
   `torch.Generator` with seed + epoch), which drives dropout and is saved by a resume point.
 - **No file I/O here.** The loop keeps its log in memory (`TrainResult.history`) and tells a
-  `Recorder` what happened; the default records nothing. The recipes hand in
-  `minift.core.checkpoints.Checkpoints`: resume.pt for an exact resume, log.jsonl and the
-  progress bar, the best model swapped in whole.
+  `Recorder` what happened; the default records nothing, the recipes hand in
+  `minift.core.checkpoints.Checkpoints` (resume.pt, log.jsonl, the bar, the best model).
 - **Data parallel through one door.** Under `torchrun` the caller hands in
   `parallel=minift.core.ddp.setup(device.type)`: each rank trains on its rows of every global batch,
   each micro-batch weighted by its share of the window's targets times N (DDP averages the ranks'
@@ -65,9 +63,50 @@ IGNORE_INDEX = -100
 AMP_DTYPES: dict[str, torch.dtype | None] = {"off": None, "bf16": torch.bfloat16,
                                               "fp16": torch.float16}
 
-# ---------------------------------------------------------------------------------------------
-# Configuration and result
-# ---------------------------------------------------------------------------------------------
+# --- Configuration and result ---------------------------------------------------------------------
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _integer(name: str, least: int, optional: bool = False) -> tuple:
+    """The rule of an integer field: at least `least`, or None where `optional`."""
+    expected = f"an integer >= {least}" + (" or None" if optional else "")
+    return name, expected, lambda v: (optional and v is None) or (_is_int(v) and v >= least)
+
+
+# What each field of a TrainConfig must be, checked in this order: the first failure is the error.
+_RULES = (
+    ("out_dir", "a folder path", lambda v: isinstance(v, str | os.PathLike) and str(v) != ""),
+    _integer("epochs", 1),
+    _integer("max_steps", 1, optional=True),
+    _integer("grad_accum", 1),
+    _integer("eval_every", 1, optional=True),
+    _integer("save_every", 1, optional=True),
+    _integer("patience", 1, optional=True),
+    _integer("log_every", 1),
+    _integer("seed", 0),
+    ("lr", "a finite learning rate > 0",
+     lambda v: isinstance(v, int | float) and math.isfinite(v) and v > 0),
+    ("lr_by_prefix", "None or a dict of name prefixes to finite learning rates > 0",
+     lambda v: v is None or (isinstance(v, dict) and all(
+         isinstance(prefix, str) and prefix and not isinstance(rate, bool)
+         and isinstance(rate, int | float) and math.isfinite(rate) and rate > 0
+         for prefix, rate in v.items()))),
+    ("weight_decay", "a finite number >= 0",
+     lambda v: isinstance(v, int | float) and 0 <= v < math.inf),
+    ("warmup_ratio", "a fraction in [0, 1]", lambda v: isinstance(v, int | float) and 0 <= v <= 1),
+    ("max_grad_norm", "a norm > 0 or None (no clipping)",
+     lambda v: v is None or (isinstance(v, int | float) and 0 < v < math.inf)),
+    ("schedule", f"one of {SCHEDULES}", lambda v: v in SCHEDULES),
+    ("amp", f"one of {tuple(AMP_DTYPES)}", lambda v: v in AMP_DTYPES),
+    ("optimizer", f"one of {IMPLEMENTATIONS}", lambda v: v in IMPLEMENTATIONS),
+    ("metric", "the name of a key of evaluate()'s dict", lambda v: isinstance(v, str) and v != ""),
+    *((name, "True or False", lambda v: isinstance(v, bool))
+      for name in ("greater_is_better", "compile", "compile_dynamic", "progress", "keep_resume",
+                   "light_final_resume")),
+)
 
 
 @dataclass
@@ -113,58 +152,10 @@ class TrainConfig:
 
     def check(self) -> None:
         """Raise ValueError naming the first field whose value cannot make a run."""
-
-        def fail(name: str, expected: str) -> None:
-            raise ValueError(
-                f"TrainConfig.{name}: expected {expected}, got {getattr(self, name)!r}"
-            )
-
-        def check_int(name: str, minimum: int, optional: bool = False) -> None:
-            value = getattr(self, name)
-            if value is None and optional:
-                return
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                fail(name, f"an integer >= {minimum}" + (" or None" if optional else ""))
-
-        if not isinstance(self.out_dir, str | os.PathLike) or str(self.out_dir) == "":
-            fail("out_dir", "a folder path")
-        check_int("epochs", 1)
-        check_int("max_steps", 1, optional=True)
-        check_int("grad_accum", 1)
-        check_int("eval_every", 1, optional=True)
-        check_int("save_every", 1, optional=True)
-        check_int("patience", 1, optional=True)
-        check_int("log_every", 1)
-        check_int("seed", 0)
-        if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
-            fail("lr", "a finite learning rate > 0")
-        if self.lr_by_prefix is not None and not (
-            isinstance(self.lr_by_prefix, dict)
-            and all(isinstance(k, str) and k and isinstance(v, int | float) and not
-                    isinstance(v, bool) and math.isfinite(v) and v > 0
-                    for k, v in self.lr_by_prefix.items())
-        ):
-            fail("lr_by_prefix", "None or a dict of name prefixes to finite learning rates > 0")
-        if not (isinstance(self.weight_decay, int | float) and 0 <= self.weight_decay < math.inf):
-            fail("weight_decay", "a finite number >= 0")
-        if not (isinstance(self.warmup_ratio, int | float) and 0 <= self.warmup_ratio <= 1):
-            fail("warmup_ratio", "a fraction in [0, 1]")
-        if self.max_grad_norm is not None and not (
-            isinstance(self.max_grad_norm, int | float) and 0 < self.max_grad_norm < math.inf
-        ):
-            fail("max_grad_norm", "a norm > 0 or None (no clipping)")
-        if self.schedule not in SCHEDULES:
-            fail("schedule", f"one of {SCHEDULES}")
-        if self.amp not in AMP_DTYPES:
-            fail("amp", f"one of {tuple(AMP_DTYPES)}")
-        if self.optimizer not in IMPLEMENTATIONS:
-            fail("optimizer", f"one of {IMPLEMENTATIONS}")
-        if not isinstance(self.metric, str) or not self.metric:
-            fail("metric", "the name of a key of evaluate()'s dict")
-        for name in ("greater_is_better", "compile", "compile_dynamic", "progress", "keep_resume",
-                     "light_final_resume"):
-            if not isinstance(getattr(self, name), bool):
-                fail(name, "True or False")
+        for name, expected, holds in _RULES:
+            if not holds(getattr(self, name)):
+                raise ValueError(f"TrainConfig.{name}: expected {expected}, got "
+                                 f"{getattr(self, name)!r}")
 
 
 @dataclass
@@ -198,40 +189,32 @@ _RUN_KEYS = (
 )  # fmt: skip
 
 
-# ---------------------------------------------------------------------------------------------
-# The two doors: what a run leaves behind, and how many processes run it
-# ---------------------------------------------------------------------------------------------
+# --- The two doors: what a run leaves behind, and how many processes run it -----------------------
 
 
 class Recorder:
-    """What a run leaves besides the trained model; this default keeps nothing and does no I/O.
-
-    The loop calls a recorder on every rank: `start` once, before the first step (it may put
-    `parts` where an earlier run left them and return that run's `Progress`); `stepped` after
-    each optimizer step (`loss`: None where the loop did not read it); `logged` after a
-    training record and `evaluated` after an evaluation (both already in `progress.history`;
-    `improved`: the metric beat the best so far); `resume_point` when one is due
-    (`progress.elapsed` up to date); `end` however the loop ends (`completed`: it ran to its
-    end). `minift.core.checkpoints.Checkpoints` has the same six methods and writes them.
-    """
+    """What a run leaves besides the trained model, told on every rank; this default keeps
+    nothing. `minift.core.checkpoints.Checkpoints` has the same six methods and writes files."""
 
     def start(self, config: TrainConfig, parts: Parts, run: dict, parallel) -> Progress | None:
-        return None  # a fresh run
+        """Once, before the first step: it may put `parts` where an earlier run left them and
+        return that run's `Progress` (None: a fresh run)."""
+        return None
 
     def stepped(self, progress: Progress, loss: float | None, lr: float, examples: int, seconds):
-        pass
+        """After each optimizer step (`loss`: None where the loop did not read it)."""
 
     def logged(self, record: dict) -> None:
-        pass
+        """After a training record (already in `progress.history`)."""
 
     def evaluated(self, model: nn.Module, progress: Progress, record: dict, improved: bool):
-        pass
+        """After an evaluation (already in `progress.history`); `improved`: it beat the best."""
 
     def resume_point(self, parts: Parts, progress: Progress, run: dict, light: bool) -> None:
-        pass
+        """When one is due (`progress.elapsed` up to date)."""
 
     def end(self, progress: Progress, completed: bool) -> None:
-        pass
+        """However the loop ends (`completed`: it ran to its end)."""
 
 
 class OneProcess:
@@ -255,17 +238,13 @@ class OneProcess:
         return obj
 
 
-# ---------------------------------------------------------------------------------------------
-# Batches and losses
-# ---------------------------------------------------------------------------------------------
+# --- Batches and losses ---------------------------------------------------------------------------
 
 
 def to_device(batch: Mapping[str, Tensor], device: torch.device) -> dict[str, Tensor]:
     """Move every tensor of the batch to `device`; anything else passes through."""
-    return {
-        key: value.to(device, non_blocking=True) if isinstance(value, Tensor) else value
-        for key, value in batch.items()
-    }
+    return {key: value.to(device, non_blocking=True) if isinstance(value, Tensor) else value
+            for key, value in batch.items()}
 
 
 def _batch_size(batch: Mapping[str, Tensor]) -> int:
@@ -273,9 +252,8 @@ def _batch_size(batch: Mapping[str, Tensor]) -> int:
     for value in batch.values():
         if isinstance(value, Tensor) and value.ndim > 0:
             return value.shape[0]
-    raise ValueError(
-        f"a batch needs at least one tensor with a batch dimension, got keys {list(batch)}"
-    )
+    raise ValueError(f"a batch needs at least one tensor with a batch dimension, got keys "
+                     f"{list(batch)}")
 
 
 def _count_targets(batch: Mapping[str, Tensor]) -> int:
@@ -291,10 +269,9 @@ def _loss_of(output: object) -> Tensor:
     loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
     if not isinstance(loss, Tensor) or loss.ndim != 0:
         found = type(loss).__name__ if not isinstance(loss, Tensor) else f"shape {tuple(loss.shape)}"
-        raise ValueError(
-            "the model's forward(**batch) must return a dict with key 'loss' or an object with "
-            f"a .loss attribute holding the scalar mean loss; found {found}"
-        )
+        raise ValueError("the model's forward(**batch) must return a dict with key 'loss' or an "
+                         "object with a .loss attribute holding the scalar mean loss; found "
+                         f"{found}")
     return loss
 
 
@@ -318,17 +295,13 @@ def _backward_window(forward_model: nn.Module, window: list[dict[str, Tensor]],
                      device: torch.device, amp_dtype: torch.dtype | None,
                      scaler: torch.amp.GradScaler, parallel: OneProcess,
                      no_sync: Callable[[], contextlib.AbstractContextManager]) -> Tensor:
-    """Forward and backward this rank's part of every micro-batch of one optimizer step's window.
+    """Forward and backward this rank's part of every micro-batch of one optimizer step's window,
+    each weighted as the module docstring says; return the weighted losses, which add up to the
+    window's mean loss (under DDP, once summed over the ranks).
 
-    Each micro-batch's mean loss is weighted by its share of the window's targets, so the summed
-    gradient is that of the mean over every target in the window. A micro-batch without targets
-    is skipped (its mean would be 0/0). Returns the weighted losses: they add up to that mean
-    (under DDP, once summed over the ranks).
-
-    Under DDP each rank runs its shard (`parallel.shard`) weighted by its share of the
-    window's targets times the world size, since DDP averages the ranks' gradients. They sync
-    on the window's last backward only (`no_sync` before it); a rank whose last shard has no
-    target runs that backward on a stand-in row at weight 0, so every rank joins the all-reduce.
+    Under DDP the ranks sync on the window's last backward only (`no_sync` before it); a rank
+    whose last shard has no target runs that backward on a stand-in row at weight 0, so every
+    rank joins the all-reduce.
     """
     window_targets = sum(_count_targets(batch) for batch in window)  # over the global batches
     losses = torch.zeros(len(window), device=device)
@@ -352,9 +325,7 @@ def _backward_window(forward_model: nn.Module, window: list[dict[str, Tensor]],
     return losses
 
 
-# ---------------------------------------------------------------------------------------------
-# One optimizer step, and the checks around it
-# ---------------------------------------------------------------------------------------------
+# --- One optimizer step, and the checks around it -------------------------------------------------
 
 
 def _optimizer_step(parts: Parts, trainable: list[Tensor], max_grad_norm: float | None):
@@ -412,13 +383,10 @@ def _check_weights(model: nn.Module, step: int) -> None:
     raise NonFiniteWeightsError(
         f"the weights hold nan or inf after step {step} ({bad[0]}{more}): the updates diverged "
         "and training stopped (the last resume checkpoint is from before). Lower the learning "
-        "rate, or train with amp='off'"
-    )
+        "rate, or train with amp='off'")
 
 
-# ---------------------------------------------------------------------------------------------
-# Evaluation and early stopping
-# ---------------------------------------------------------------------------------------------
+# --- Evaluation and early stopping ----------------------------------------------------------------
 
 
 def _run_evaluation(model: nn.Module, evaluate: Callable[[nn.Module], dict[str, float]],
@@ -437,14 +405,11 @@ def _run_evaluation(model: nn.Module, evaluate: Callable[[nn.Module], dict[str, 
         try:
             metrics[str(key)] = float(value)
         except (TypeError, ValueError):
-            raise ValueError(
-                f"evaluate(model) returned {key!r}: {value!r}, expected a number"
-            ) from None
+            message = f"evaluate(model) returned {key!r}: {value!r}, expected a number"
+            raise ValueError(message) from None
     if metric not in metrics:
-        raise ValueError(
-            f"TrainConfig.metric is {metric!r} but evaluate(model) returned the keys "
-            f"{sorted(metrics)}"
-        )
+        raise ValueError(f"TrainConfig.metric is {metric!r} but evaluate(model) returned the keys "
+                         f"{sorted(metrics)}")
     return metrics
 
 
@@ -463,9 +428,8 @@ def _evaluate(model: nn.Module, evaluate: Callable[[nn.Module], dict[str, float]
     """Evaluate, record the metrics, tell the recorder whether they improved (it keeps the best
     model), decide early stopping. Rank 0 evaluates; every rank gets its metrics and decides alike.
     """
-    metrics = parallel.broadcast(
-        _run_evaluation(model, evaluate, config.metric) if parallel.is_main else None
-    )
+    metrics = parallel.broadcast(_run_evaluation(model, evaluate, config.metric)
+                                 if parallel.is_main else None)
     record = {"step": progress.step, "eval": metrics}
     progress.history.append(record)
     progress.last_eval = metrics
@@ -475,15 +439,12 @@ def _evaluate(model: nn.Module, evaluate: Callable[[nn.Module], dict[str, float]
         progress.best_metric, progress.best_step, progress.bad_evals = value, progress.step, 0
     else:
         progress.bad_evals += 1
-        progress.stopped_early = (
-            config.patience is not None and progress.bad_evals >= config.patience
-        )
+        patience = config.patience
+        progress.stopped_early = patience is not None and progress.bad_evals >= patience
     recorder.evaluated(model, progress, record, improved)
 
 
-# ---------------------------------------------------------------------------------------------
-# The loop
-# ---------------------------------------------------------------------------------------------
+# --- The loop -------------------------------------------------------------------------------------
 
 
 def _check_device(config: TrainConfig, model: nn.Module, device: torch.device) -> None:
@@ -494,17 +455,13 @@ def _check_device(config: TrainConfig, model: nn.Module, device: torch.device) -
     if device.type == "cuda" and config.amp == "bf16" and not torch.cuda.is_bf16_supported():
         raise ValueError(f"TrainConfig.amp='bf16': {torch.cuda.get_device_name(device)} lacks bf16")
     if config.amp == "fp16":
-        half = [
-            name
-            for name, param in model.named_parameters()
-            if param.requires_grad and param.dtype == torch.float16
-        ]
+        half = [name for name, param in model.named_parameters()
+                if param.requires_grad and param.dtype == torch.float16]
         if half:
             raise ValueError(
                 "TrainConfig.amp='fp16' needs float32 weights (the GradScaler cannot unscale fp16 "
                 f"gradients), but {len(half)} trainable parameters are float16, e.g. {half[0]!r}; "
-                "keep the model in float32 and let autocast run the matmuls in fp16"
-            )
+                "keep the model in float32 and let autocast run the matmuls in fp16")
 
 
 def _place(model: nn.Module, device: torch.device | str | None, parallel: OneProcess):
@@ -574,14 +531,10 @@ def _training_record(progress: Progress, epoch: float, lr: float, scaler: torch.
     """The mean loss of the steps since the last record, the learning rate and the speed (fp16:
     the skipped steps and the loss scale too); the window of losses starts again."""
     now = time.perf_counter()
-    record = {
-        "step": progress.step,
-        "epoch": epoch,
-        "loss": sum(progress.window_losses) / len(progress.window_losses),
-        "lr": lr,
-        "examples_per_s": clock.examples / max(now - clock.last_log, 1e-9),
-        "time": now - clock.start,
-    }
+    record = {"step": progress.step, "epoch": epoch,
+              "loss": sum(progress.window_losses) / len(progress.window_losses), "lr": lr,
+              "examples_per_s": clock.examples / max(now - clock.last_log, 1e-9),
+              "time": now - clock.start}
     if scaler.is_enabled():
         record |= {"skipped_steps": progress.skipped_steps, "loss_scale": scaler.get_scale()}
     progress.window_losses = []
@@ -595,18 +548,16 @@ def train(model: nn.Module, train_batches: Callable[[int], Sequence[dict[str, Te
           parallel: OneProcess | None = None) -> TrainResult:
     """Train `model` with AdamW on the batches `train_batches(epoch)` returns; see the module doc.
 
-    - `model(**batch)` returns the mean loss (dict key "loss" or attribute `.loss`). The model
-      itself (not a compiled or DDP wrapper) is what `evaluate` receives and what gets saved.
+    - `model(**batch)` returns the mean loss; the model itself (not a compiled or DDP wrapper)
+      is what `evaluate` receives and what gets saved.
     - `train_batches(epoch)`: that epoch's batches (dicts of tensors), the same for the same
       epoch and as many as epoch 0's. Total steps: `max_steps`, else
       `ceil(len(batches) / grad_accum) * epochs`.
     - `evaluate(model) -> {name: number}` runs every `eval_every` steps (else at the end of each
       epoch) and at the end, in eval mode under `torch.no_grad()`; `metric` decides the best
       evaluation and early stopping.
-    - `device`: where the batches and the model go (default: the model's). `recorder`: what the
-      run leaves behind (default: nothing; `minift.core.checkpoints.Checkpoints(resume=...)`
-      writes `out_dir` and continues a run from it). `parallel`: under torchrun, the
-      `minift.core.ddp.setup()` context, every rank calling `train` with the same arguments.
+    - `device`: default the model's. `recorder`: what the run leaves behind (default: nothing).
+      `parallel`: under torchrun, `minift.core.ddp.setup()`, every rank calling `train` alike.
     """
     # ---- check everything before anything runs ---------------------------------------------
     config.check()

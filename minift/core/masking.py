@@ -170,10 +170,8 @@ def mlm(input_ids: torch.Tensor, special_tokens_mask: torch.Tensor, *, mask_toke
         ) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT's masking: each non-special token is selected with probability ``mlm_probability``.
 
-    Selection is a Bernoulli draw per token (not an exact count), then 80/10/10 per token. The
-    order of the random draws is that of transformers' ``DataCollatorForLanguageModeling``
-    (``torch_mask_tokens``), and so is the naming of the probabilities: with the same generator
-    state the output is identical. Returns ``(masked_input_ids, labels)``, both (batch, seq).
+    Selection is a Bernoulli draw per token (not an exact count), then 80/10/10 per token; the
+    draws and the probabilities' names are those of transformers' collator (module docstring).
     """
     recipe = dict(mask_token_id=mask_token_id, vocab_size=vocab_size,
                   mask_replace_prob=mask_replace_prob, random_replace_prob=random_replace_prob)
@@ -206,7 +204,7 @@ def whole_word_mask(input_ids: torch.Tensor, special_tokens_mask: torch.Tensor,
     transformers 5.x, whose whole-word option turns every selected word into [MASK]
     (no random or kept words); ``mask_replace_prob=1.0, random_replace_prob=0.0`` reproduces it
     bit for bit with the same generator and the same words. Tokens with word id -1 are never
-    selected. Returns ``(masked_input_ids, labels)``.
+    selected.
     """
     recipe = dict(mask_token_id=mask_token_id, vocab_size=vocab_size,
                   mask_replace_prob=mask_replace_prob, random_replace_prob=random_replace_prob)
@@ -307,7 +305,7 @@ def span_mask(input_ids: torch.Tensor, special_tokens_mask: torch.Tensor, word_i
     - the 80/10/10 decision is made once per span; random ids are drawn per token.
 
     The spans are sampled by a loop over sequences (the selection is sequential by nature); the
-    80/10/10 step is vectorised. Returns ``(masked_input_ids, labels)``.
+    80/10/10 step is vectorised.
     """
     recipe = dict(mask_token_id=mask_token_id, vocab_size=vocab_size,
                   mask_replace_prob=mask_replace_prob, random_replace_prob=random_replace_prob)

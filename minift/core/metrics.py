@@ -181,11 +181,9 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | Non
     default the first row's). Cells are padded so it also reads as plain text, numeric columns
     right-aligned, floats written with `float_format`, None empty; a missing column is an error.
     """
-    if columns is None:
-        if not rows:
-            raise ValueError("format_table: no rows and no columns: nothing to print")
-        columns = list(rows[0].keys())
-    columns = list(columns)
+    if columns is None and not rows:
+        raise ValueError("format_table: no rows and no columns: nothing to print")
+    columns = list(rows[0].keys() if columns is None else columns)
     if not columns:
         raise ValueError("format_table: columns is empty")
     for i, row in enumerate(rows):

@@ -1,16 +1,13 @@
 """The resume checkpoint, `out_dir/resume.pt`: everything that decides the rest of a run.
 
-It holds the weights, the optimizer, the schedule, the fp16 scaler, the position in the data,
-the early-stopping state, the log and the losses of the log window not yet written (`Progress`),
-and the RNG states of every rank, so a resumed run ends with exactly the weights and the log of
-an uninterrupted one. It lives while the run is unfinished: a run that completes deletes it
-(unless `keep_resume`). Resuming without it raises `ValueError` (`check_resume` asks the same
-before a model is loaded); a file written for another model is refused, naming the keys and
-shapes that differ; a resume whose configuration changes the run warns and names the differences,
-and one that changes the length of the run or the learning rates gets them (`SCHEDULE_KEYS`).
-
-The file is replaced atomically (a temporary file, fsync, `os.replace`: `minift.core.files`),
-and the next start removes what a process killed mid-write left.
+It holds the weights, the optimizer, the schedule, the fp16 scaler, the `Progress` (position in
+the data, early stopping, the log and the losses not yet logged) and every rank's RNG states, so
+a resumed run ends with exactly the weights and the log of an uninterrupted one. A completed run
+deletes it (unless `keep_resume`). Resuming without it raises `ValueError` (`check_resume` asks
+before a model is loaded); one written for another model is refused, naming the keys and shapes
+that differ. A resume that changes the run warns, naming the differences; a new length or new
+learning rates are honoured (`SCHEDULE_KEYS`). The file is replaced atomically
+(`minift.core.files`), and the next start removes what a process killed mid-write left.
 """
 
 import functools
@@ -37,11 +34,9 @@ _ATOMIC_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 def _rng_states() -> dict:
     """Every RNG the loop draws from: torch CPU, CUDA (if available), Python's `random`."""
     version, internal, gauss_next = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "python": [version, list(internal), gauss_next],
-    }
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "python": [version, list(internal), gauss_next]}
 
 
 def _set_rng_states(states: dict) -> None:
@@ -54,16 +49,13 @@ def _set_rng_states(states: dict) -> None:
 
 
 def check_resume(out_dir: str | Path) -> Path:
-    """The path of `out_dir/resume.pt`; ValueError naming it when it is not there.
-
-    Cheap (it reads nothing), so a caller can ask before loading a model.
-    """
+    """The path of `out_dir/resume.pt`; ValueError naming it when it is not there. Cheap (it
+    reads nothing), so a caller can ask before loading a model."""
     path = Path(out_dir) / RESUME_FILE
     if not path.is_file():
-        raise ValueError(
-            f"resume=True but {path} does not exist: nothing to resume (a run that completed "
-            "deletes it unless keep_resume; train without resume to start from scratch)"
-        )
+        raise ValueError(f"resume=True but {path} does not exist: nothing to resume (a run that "
+                         "completed deletes it unless keep_resume; train without resume to start "
+                         "from scratch)")
     return path
 
 
@@ -75,18 +67,13 @@ def _check_fits(saved: Mapping[str, Tensor], model: nn.Module, path: Path) -> No
     shapes = [f"{key}: {tuple(saved[key].shape)} in the file, {tuple(value.shape)} in the model"
               for key, value in ours.items()
               if key in saved and tuple(saved[key].shape) != tuple(value.shape)]
-    problems = [
-        f"{len(found)} {what} ({'; '.join(found[:5])}{', ...' if len(found) > 5 else ''})"
-        for what, found in (("keys of the model missing from the file", missing),
-                            ("keys of the file not in the model", unexpected),
-                            ("shapes that differ", shapes))
-        if found
-    ]
+    problems = [f"{len(found)} {what} ({'; '.join(found[:5])}{', ...' if len(found) > 5 else ''})"
+                for what, found in (("keys of the model missing from the file", missing),
+                                    ("keys of the file not in the model", unexpected),
+                                    ("shapes that differ", shapes)) if found]
     if problems:
-        raise ValueError(
-            f"{path} was written for another model: {', '.join(problems)}. Resume with the model "
-            "the run started from, or train without resume"
-        )
+        raise ValueError(f"{path} was written for another model: {', '.join(problems)}. Resume "
+                         "with the model the run started from, or train without resume")
 
 
 def load_resume(out_dir: Path, model: nn.Module) -> dict:
@@ -198,43 +185,35 @@ def _rebuild_schedule(parts: Parts, fresh: list[dict], base_lrs: list[float]) ->
 def restore(checkpoint: dict, parts: Parts, run: dict, out_dir: Path,
             ctx: distributed.Context) -> Progress:
     """Put the run back where resume.pt left it; return its progress. A changed setting of
-    `SCHEDULE_KEYS` is honoured: the hyperparameters and schedule are this run's."""
+    `SCHEDULE_KEYS` is honoured: the hyperparameters and schedule are this run's. A light
+    resume.pt (`save_resume(light=True)`) holds the weights and progress of a run that ended, so
+    that its final save can be done again; it has no optimizer to train on."""
+    path, progress = out_dir / RESUME_FILE, Progress(**checkpoint["progress"])
     if checkpoint.get("light"):
-        return _restore_end(checkpoint, parts, run, out_dir, ctx)
-    changed = _warn_if_run_differs(checkpoint["run"], run, out_dir / RESUME_FILE)
-    fresh = [{k: v for k, v in group.items() if k != "params"}
-             for group in parts.optimizer.param_groups]
-    base_lrs = list(parts.scheduler.base_lrs)
-    if len(checkpoint["optimizer"]["param_groups"]) != len(fresh):
-        raise ValueError(f"{out_dir / RESUME_FILE}: its optimizer has "
-                         f"{len(checkpoint['optimizer']['param_groups'])} parameter groups, this "
-                         f"run {len(fresh)} (`lr_by_prefix` changed): train without resume")
-    parts.model.load_state_dict(checkpoint["model"])
-    parts.optimizer.load_state_dict(checkpoint["optimizer"])
-    parts.scheduler.load_state_dict(checkpoint["scheduler"])
-    if any(key in SCHEDULE_KEYS for key in changed):
-        _rebuild_schedule(parts, fresh, base_lrs)
-    if parts.scaler.is_enabled() and checkpoint["scaler"]:
-        parts.scaler.load_state_dict(checkpoint["scaler"])
+        if run["total_steps"] > progress.step and not progress.stopped_early:
+            raise ValueError(
+                f"{path} holds the end of a finished run (step {progress.step}) without its "
+                f"optimizer state, so it cannot train on to step {run['total_steps']}: "
+                "keep_resume keeps the full state; or start a new run from the saved model")
+        parts.model.load_state_dict(checkpoint["model"])
+    else:
+        changed = _warn_if_run_differs(checkpoint["run"], run, path)
+        fresh = [{k: v for k, v in group.items() if k != "params"}
+                 for group in parts.optimizer.param_groups]
+        base_lrs = list(parts.scheduler.base_lrs)
+        saved_groups = len(checkpoint["optimizer"]["param_groups"])
+        if saved_groups != len(fresh):
+            raise ValueError(f"{path}: its optimizer has {saved_groups} parameter groups, this "
+                             f"run {len(fresh)} (`lr_by_prefix` changed): train without resume")
+        parts.model.load_state_dict(checkpoint["model"])
+        parts.optimizer.load_state_dict(checkpoint["optimizer"])
+        parts.scheduler.load_state_dict(checkpoint["scheduler"])
+        if any(key in SCHEDULE_KEYS for key in changed):
+            _rebuild_schedule(parts, fresh, base_lrs)
+        if parts.scaler.is_enabled() and checkpoint["scaler"]:
+            parts.scaler.load_state_dict(checkpoint["scaler"])
     rng = checkpoint.get("rng_ranks") or [checkpoint["rng"]]
     _set_rng_states(rng[ctx.rank % len(rng)])  # last, so nothing above draws from them
-    return Progress(**checkpoint["progress"])
-
-
-def _restore_end(checkpoint: dict, parts: Parts, run: dict, out_dir: Path,
-                 ctx: distributed.Context) -> Progress:
-    """Restore a light resume.pt (`save_resume(light=True)`): the weights and progress of a run
-    that ended, so that its final save can be done again. It has no optimizer to train on."""
-    progress = Progress(**checkpoint["progress"])
-    if run["total_steps"] > progress.step and not progress.stopped_early:
-        raise ValueError(
-            f"{out_dir / RESUME_FILE} holds the end of a finished run (step {progress.step}) "
-            f"without its optimizer state, so it cannot train on to step {run['total_steps']}: "
-            "keep_resume keeps the full state; or start a new run from the saved model"
-        )
-    parts.model.load_state_dict(checkpoint["model"])
-    rng = checkpoint.get("rng_ranks") or [checkpoint["rng"]]
-    _set_rng_states(rng[ctx.rank % len(rng)])
     return progress
 
 
