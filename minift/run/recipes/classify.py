@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from minift.core.labels import LabelVocab
-from minift.core.metrics import format_table
 from minift.data.batches import with_lengths
 from minift.data.readers import encode_labels, read_examples, task_files
 from minift.data.tokenizer import Tokenizer
@@ -114,11 +113,8 @@ def finetune(**options: Any) -> dict:
     dev_labels = encode_labels(dev_examples, vocab)  # a dev label unseen in train stops here
     test_labels = encode_labels(test_examples, vocab)
 
-    with prepare.claim_folder(o.out, resume=o.resume, model=folder,
-                               check_files=True,
-                               keep_resume=o.keep_resume, overwrite=o.overwrite, record=prepare.run_record(
-                                   "finetune", o, {"train": train, "dev": dev, "test": o.test},
-                                   labels=vocab.labels)) as out_dir:
+    with prepare.claim_run("finetune", o, folder, {"train": train, "dev": dev, "test": o.test},
+                           labels=vocab.labels) as out_dir:
         print(f"data: {len(train_examples)} train / {len(dev_examples)} dev examples, "
               f"labels {vocab.labels}; tokenizing")
         tokenizer = Tokenizer.from_pretrained(folder)
@@ -166,8 +162,6 @@ def finetune(**options: Any) -> dict:
                                      len(vocab), o, next(outcome.best.parameters()).device)
         prepare.write_metrics(out_dir, metrics)
 
-    keys = ("loss", "accuracy", "f1")
-    print(format_table([{"": "before", **{k: metrics["before"][k] for k in keys}},
-                        {"": "after", **{k: metrics["dev"][k] for k in keys}}]))
-    print(f"model, tokenizer, metrics.json and log.jsonl written to {out_dir}")
+    skeleton.report(metrics, ("loss", "accuracy", "f1"),
+                    "model, tokenizer, metrics.json and log.jsonl", out_dir, column="", after="dev")
     return metrics

@@ -24,7 +24,6 @@ from minift.core.decoder import CausalLM
 from minift.core.files import atomic_write
 from minift.core.generate import generate as decode
 from minift.core.labels import DataError
-from minift.core.metrics import format_table
 from minift.data.readers import read_utf8_lines
 from minift.data.text_pairs import TextPair, e2e_files, group_by_source, read_text_pairs
 from minift.data.tokenizer import Tokenizer
@@ -196,10 +195,7 @@ def seq2seq(**options: Any) -> dict:
     kept = {e.source for e in dev_examples}
     dev_pairs = [p for p in dev_rows if p.source in kept]
 
-    record = prepare.run_record("seq2seq", o, {"train": train, "dev": dev})
-    with prepare.claim_folder(o.out, resume=o.resume, model=folder, check_files=True,
-                              keep_resume=o.keep_resume, overwrite=o.overwrite,
-                              record=record) as out_dir:
+    with prepare.claim_run("seq2seq", o, folder, {"train": train, "dev": dev}) as out_dir:
         if o.task == "e2e":
             print(f"note: {E2E_NOTE}")
         print(f"data: {len(train_pairs)} train rows / {len(dev_pairs)} dev rows "
@@ -235,11 +231,9 @@ def seq2seq(**options: Any) -> dict:
         }
         prepare.write_metrics(out_dir, metrics)
 
-    keys = ("bleu", "rouge_l", "loss")
-    print(format_table([{"dev": when, **{k: metrics[name][k] for k in keys}}
-                        for when, name in (("before", "before"), ("after", "dev"))]))
-    print(f"model, tokenizer, dev_predictions.txt, metrics.json and log.jsonl written to "
-          f"{out_dir}")
+    skeleton.report(metrics, ("bleu", "rouge_l", "loss"),
+                    "model, tokenizer, dev_predictions.txt, metrics.json and log.jsonl", out_dir,
+                    column="dev", after="dev")
     return metrics
 
 

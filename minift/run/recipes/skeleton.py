@@ -19,6 +19,7 @@ from minift.core.checkpoints import Checkpoints
 from minift.core.files import atomic_write
 from minift.core.freeze import freeze as apply_freeze
 from minift.core.loop import TrainConfig, train
+from minift.core.metrics import format_table
 from minift.core.model import set_activation_checkpointing
 from minift.data.batches import BucketedBatches, bucket_lengths
 from minift.fast.unpad import speed_up
@@ -189,3 +190,12 @@ def head_builder(head: type, folder: Path, labels: list[str], options: Any,
 def head_lrs(head_lr: float | None) -> dict[str, float] | None:
     """``TrainConfig.lr_by_prefix`` for ``head_lr``: the classifier's own learning rate."""
     return None if head_lr is None else {"classifier.": head_lr}
+
+
+def report(metrics: dict, keys: tuple[str, ...], written: str, out: Path, *,
+           column: str = "held-out", after: str = "after") -> None:
+    """Print the scores ``keys`` before and after training (``metrics[after]``) as a table, then
+    what was written into ``out``."""
+    print(format_table([{column: when, **{k: metrics[name][k] for k in keys}}
+                        for when, name in (("before", "before"), ("after", after))]))
+    print(f"{written} written to {out}")

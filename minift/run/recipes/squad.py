@@ -91,11 +91,8 @@ def qa(**options: Any) -> dict:
         train_questions, dev_questions, tokenizer, max_length=o.max_length,
         doc_stride=o.doc_stride)
 
-    with prepare.claim_folder(o.out, resume=o.resume, model=folder,
-                               check_files=True,
-                               keep_resume=o.keep_resume, overwrite=o.overwrite, record=prepare.run_record(
-                                   "qa", o, {"squad": o.squad, "train": o.train, "dev": o.dev})
-                               ) as out_dir:
+    files = {"squad": o.squad, "train": o.train, "dev": o.dev}
+    with prepare.claim_run("qa", o, folder, files) as out_dir:
         print(f"data: {len(train_questions)} train questions -> {len(train_windows)} windows, "
               f"{len(dev_questions)} dev questions -> {len(dev_windows)} windows (max length "
               f"{o.max_length}, stride {o.doc_stride})")

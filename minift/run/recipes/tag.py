@@ -110,10 +110,7 @@ def ner(**options: Any) -> dict:
     for sentences in splits.values():
         readers.encode_tags(sentences, labels)  # a tag outside the set stops here, before loading
 
-    with prepare.claim_folder(o.out, resume=o.resume, model=folder,
-                               check_files=True,
-                               keep_resume=o.keep_resume, overwrite=o.overwrite, record=prepare.run_record(
-                                   "ner", o, files, task=task, labels=labels.labels)) as out_dir:
+    with prepare.claim_run("ner", o, folder, files, task=task, labels=labels.labels) as out_dir:
         print(f"data: {task} tags from column {o.column} ({len(labels)} tags: "
               f"{' '.join(labels.labels)}); tokenizing")
         tokenizer = Tokenizer.from_pretrained(folder)
