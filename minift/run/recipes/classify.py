@@ -147,15 +147,10 @@ def finetune(**options: Any) -> dict:
         ))
         if outcome is None:
             return {}  # the other ranks of a torchrun job are done: rank 0 writes the results
-        metrics = {
-            "before": outcome.before,
-            "dev": outcome.after,
-            "train": outcome.facts() | {"examples": len(train_examples), "init": o.init,
-                                        "lr": o.lr, "head_lr": o.head_lr,
-                                        "pooling": outcome.model.pooling,
-                                        "cached_features": o.freeze == "head"},
-            "labels": vocab.labels,
-        }
+        metrics = outcome.metrics("dev", examples=len(train_examples), init=o.init, lr=o.lr,
+                                  head_lr=o.head_lr, pooling=outcome.model.pooling,
+                                  cached_features=o.freeze == "head")
+        metrics["labels"] = vocab.labels
         if test_examples:
             print(f"scoring the best model on {len(test_examples)} test examples ({o.test})")
             metrics["test"] = scores(outcome.best, test_examples, test_labels, tokenizer,

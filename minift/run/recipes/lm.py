@@ -97,13 +97,10 @@ def lm(**options: Any) -> dict:
         ))
         if outcome is None:
             return {}  # the other ranks of a torchrun job are done: rank 0 writes the results
-        metrics = {
-            "before": outcome.before,
-            "after": outcome.after,
-            "train": outcome.facts() | {"epochs": outcome.result.epochs_completed,
-                                        "pack": o.pack, "lr": o.lr, "batch_size": o.batch_size,
-                                        "max_length": o.max_length, "seed": o.seed},
-            "data": {"passages": len(passages), "sequences": len(train_seqs), "tokens": tokens,
-                     "eval_passages": len(eval_passages), "eval_seed": o.eval_seed},
-        }
+        metrics = outcome.metrics(epochs=outcome.result.epochs_completed, pack=o.pack,
+                                  lr=o.lr, batch_size=o.batch_size, max_length=o.max_length,
+                                  seed=o.seed)
+        metrics["data"] = {"passages": len(passages), "sequences": len(train_seqs),
+                           "tokens": tokens, "eval_passages": len(eval_passages),
+                           "eval_seed": o.eval_seed}
         return written(out_dir, metrics, ("perplexity", "loss"), "language model")

@@ -113,16 +113,13 @@ def pretrain(**options: Any) -> dict:
         ))
         if outcome is None:
             return {}  # the other ranks of a torchrun job are done: rank 0 writes the results
-        metrics = {
-            "before": outcome.before,
-            "after": outcome.after,
-            "train": outcome.facts() | {
-                "epochs": outcome.result.epochs_completed, "masking": o.masking, "pack": o.pack,
-                "lr": o.lr, "batch_size": o.batch_size, "max_length": o.max_length,
-                "seed": o.seed, "freeze": o.freeze, "head_loaded": outcome.model.head_loaded},
-            "data": {"passages": len(passages), "sequences": len(train_seqs), "tokens": tokens,
-                     "eval_passages": len(eval_passages), "eval_seed": o.eval_seed},
-        }
+        metrics = outcome.metrics(
+            epochs=outcome.result.epochs_completed, masking=o.masking, pack=o.pack, lr=o.lr,
+            batch_size=o.batch_size, max_length=o.max_length, seed=o.seed, freeze=o.freeze,
+            head_loaded=outcome.model.head_loaded)
+        metrics["data"] = {"passages": len(passages), "sequences": len(train_seqs),
+                           "tokens": tokens, "eval_passages": len(eval_passages),
+                           "eval_seed": o.eval_seed}
         return written(out_dir, metrics, ("perplexity", "masked_accuracy", "loss"),
                         "model (with MLM head)")
 
@@ -187,15 +184,11 @@ def _pretrain_nsp(o: PretrainOptions, files: list, folder: Path, config) -> dict
         ))
         if outcome is None:
             return {}
-        metrics = {
-            "before": outcome.before, "after": outcome.after,
-            "train": outcome.facts() | {"epochs": outcome.result.epochs_completed,
-                                        "masking": "mlm", "nsp": True,
-                                        "batch_size": o.batch_size, "max_length": o.max_length,
-                                        "seed": o.seed},
-            "data": {"documents": len(documents), "pairs": len(train_pairs),
-                     "random_share": share, "eval_documents": len(eval_documents),
-                     "eval_pairs": len(eval_pairs), "eval_seed": o.eval_seed},
-        }
+        metrics = outcome.metrics(epochs=outcome.result.epochs_completed, masking="mlm",
+                                  nsp=True, batch_size=o.batch_size, max_length=o.max_length,
+                                  seed=o.seed)
+        metrics["data"] = {"documents": len(documents), "pairs": len(train_pairs),
+                           "random_share": share, "eval_documents": len(eval_documents),
+                           "eval_pairs": len(eval_pairs), "eval_seed": o.eval_seed}
         return written(out_dir, metrics, ("perplexity", "masked_accuracy", "nsp_accuracy", "loss"),
                         "model (MLM and NSP heads)")

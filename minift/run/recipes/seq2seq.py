@@ -2,13 +2,9 @@
 generating (BLEU, ROUGE-L; ``scoring``); and ``generate``: a text for each line of a file with a
 trained model (an encoder-decoder from ``seq2seq``, or a language model from ``lm``). Both
 decode with the same fields (``minift.run.options.DecodingOptions``: greedy or beam search), so
-a run's dev texts are what ``generate`` writes with the same values.
-
-What only the model or the files can tell is checked before a model loads: the lengths against
-the model's positions (``max_length`` may not exceed the encoder's; a source longer than it is
-truncated, with a warning; a target or a generated text, behind the start token, must fit the
-decoder's), the columns and empty texts (``read_text_pairs``), and for ``generate`` that the
-folder holds a decoder at all.
+a run's dev texts are what ``generate`` writes with the same values. Before a model loads, the
+lengths are checked against its positions (``check_lengths``; a source longer than
+``max_length`` is truncated, with a warning), and for ``generate`` that it has a decoder.
 """
 
 from __future__ import annotations
@@ -170,11 +166,8 @@ def seq2seq(**options: Any) -> dict:
     ``dev_predictions.txt`` and ``metrics.json`` into ``out``.
 
     The options are ``minift.run.options.Seq2seqOptions``'s fields. Training reads every row of
-    ``train`` (teacher forcing); dev is scored by the teacher-forced loss over its rows and by
-    BLEU and ROUGE-L of one text per distinct source against all its references (``scoring``).
-    The dev texts are written with the decoding options (``num_beams``, ``length_penalty``,
-    ``no_repeat_ngram_size``, ``max_new_tokens``: the fields ``minift generate`` has), so that
-    ``dev_predictions.txt`` is what ``generate`` writes with the same values.
+    ``train`` (teacher forcing); dev is scored by ``scoring``, its texts written with the
+    decoding options, so that ``dev_predictions.txt`` is what ``generate`` writes with them.
 
     **The best checkpoint is the one of highest dev BLEU** (of these texts), not of lowest dev
     loss: the loss scores teacher forcing, one next token given the reference's previous ones,
@@ -217,18 +210,13 @@ def seq2seq(**options: Any) -> dict:
         outcome.before.pop("predictions", None)
         atomic_write(out_dir / "dev_predictions.txt",
                      "".join(f"{text}\n" for text in predictions).encode("utf-8"))
-        metrics = {
-            "before": outcome.before,
-            "dev": outcome.after,
-            "train": outcome.facts() | {"epochs": outcome.result.epochs_completed,
-                                        "lr": o.lr, "batch_size": o.batch_size,
-                                        "seed": o.seed},
-            "data": {"train_rows": len(train_pairs), "dev_rows": len(dev_pairs),
-                     "dev_sources": len(dev_examples),
-                     "truncated_train_sources": train_set.truncated_sources,
-                     "truncated_train_targets": train_set.truncated_targets,
-                     **({"note": E2E_NOTE} if o.task == "e2e" else {})},
-        }
+        metrics = outcome.metrics("dev", epochs=outcome.result.epochs_completed, lr=o.lr,
+                                  batch_size=o.batch_size, seed=o.seed)
+        metrics["data"] = {"train_rows": len(train_pairs), "dev_rows": len(dev_pairs),
+                           "dev_sources": len(dev_examples),
+                           "truncated_train_sources": train_set.truncated_sources,
+                           "truncated_train_targets": train_set.truncated_targets,
+                           **({"note": E2E_NOTE} if o.task == "e2e" else {})}
         prepare.write_metrics(out_dir, metrics)
 
     skeleton.report(metrics, ("bleu", "rouge_l", "loss"),
@@ -243,10 +231,7 @@ def seq2seq(**options: Any) -> dict:
 def read_inputs(path: str) -> list[str]:
     """The lines of ``path`` (``-``: stdin), every line one input, blank ones too, so that output
     line i answers input line i."""
-    if path == "-":
-        lines = sys.stdin.read().splitlines()
-    else:
-        lines = read_utf8_lines(path)
+    lines = sys.stdin.read().splitlines() if path == "-" else read_utf8_lines(path)
     if not lines:
         raise DataError(f"{'stdin' if path == '-' else path}: expected one input a line, found "
                         "none")

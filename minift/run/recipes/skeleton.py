@@ -66,6 +66,12 @@ class Outcome:
     trainable: int
     total: int
 
+    def metrics(self, after: str = "after", **train: Any) -> dict:
+        """What a recipe's metrics.json starts with: the held-out scores before (when scored)
+        and after (named ``after``), and "train": the run's ``facts``, then ``train``."""
+        before = {"before": self.before} if self.before else {}
+        return before | {after: self.after, "train": self.facts() | train}
+
     def facts(self) -> dict:
         """The facts of a run every recipe's metrics.json records."""
         result = self.result

@@ -115,15 +115,11 @@ def qa(**options: Any) -> dict:
         predictions = outcome.after.pop("predictions")
         atomic_write(out_dir / "predictions.json",
                      (json.dumps(predictions, indent=1, ensure_ascii=False) + "\n").encode())
-        metrics = {
-            "dev": outcome.after,
-            "train": outcome.facts() | {"questions": len(train_questions),
-                                        "windows": len(train_windows), "lr": o.lr,
-                                        "batch_size": o.batch_size, "epochs": o.epochs,
-                                        "seed": o.seed},
-            "data": split | {"max_length": o.max_length, "doc_stride": o.doc_stride,
-                             "dev_windows": len(dev_windows)},
-        }
+        metrics = outcome.metrics("dev", questions=len(train_questions),
+                                  windows=len(train_windows), lr=o.lr, batch_size=o.batch_size,
+                                  epochs=o.epochs, seed=o.seed)
+        metrics["data"] = split | {"max_length": o.max_length, "doc_stride": o.doc_stride,
+                                   "dev_windows": len(dev_windows)}
         prepare.write_metrics(out_dir, metrics)
     dev_scores = metrics["dev"]
     print(f"dev: exact match {dev_scores['exact_match']:.2f}  F1 {dev_scores['f1']:.2f} "
