@@ -90,8 +90,7 @@ def finetune(**options: Any) -> dict:
     o = FinetuneOptions(**options)
     if o.dev_from_train is not None and o.dev:
         raise OptionError("give `dev` FILE or `dev_from_train` N, not both")
-    config = skeleton.train_config(o, lr_by_prefix=skeleton.head_lrs(o.head_lr),
-                                   metric="accuracy", greater_is_better=True)
+    config = skeleton.train_config(o, metric="accuracy", greater_is_better=True)
     prepare.check_device(o.device)
     folder = resolve_model_dir(o.model)
     prepare.check_max_length(folder, o.max_length)

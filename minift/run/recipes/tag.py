@@ -99,8 +99,7 @@ def ner(**options: Any) -> dict:
     files = {"train": o.train, "dev": o.dev} | ({"test": o.test} if o.test else {})
     splits = {name: readers.read_conll(path, column=o.column) for name, path in files.items()}
     task = o.tags if o.tags != "auto" else "ner" if readers.is_bio(splits["train"]) else "pos"
-    config = skeleton.train_config(o, lr_by_prefix=skeleton.head_lrs(o.head_lr),
-                                   metric="f1" if task == "ner" else "accuracy",
+    config = skeleton.train_config(o, metric="f1" if task == "ner" else "accuracy",
                                    greater_is_better=True)
     if task == "ner":
         splits = {name: readers.apply_scheme(part, o.scheme) for name, part in splits.items()}
