@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from minift.core.labels import LabelVocab
-from minift.core.metrics import format_table
 from minift.data.batches import with_lengths
 from minift.data.readers import encode_labels, read_examples, task_files
 from minift.data.tokenizer import Tokenizer
@@ -91,8 +90,7 @@ def finetune(**options: Any) -> dict:
     o = FinetuneOptions(**options)
     if o.dev_from_train is not None and o.dev:
         raise OptionError("give `dev` FILE or `dev_from_train` N, not both")
-    config = skeleton.train_config(o, lr_by_prefix=skeleton.head_lrs(o.head_lr),
-                                   metric="accuracy", greater_is_better=True)
+    config = skeleton.train_config(o, metric="accuracy", greater_is_better=True)
     prepare.check_device(o.device)
     folder = resolve_model_dir(o.model)
     prepare.check_max_length(folder, o.max_length)
@@ -114,11 +112,8 @@ def finetune(**options: Any) -> dict:
     dev_labels = encode_labels(dev_examples, vocab)  # a dev label unseen in train stops here
     test_labels = encode_labels(test_examples, vocab)
 
-    with prepare.claim_folder(o.out, resume=o.resume, model=folder,
-                               check_files=True,
-                               keep_resume=o.keep_resume, overwrite=o.overwrite, record=prepare.run_record(
-                                   "finetune", o, {"train": train, "dev": dev, "test": o.test},
-                                   labels=vocab.labels)) as out_dir:
+    with prepare.claim_run("finetune", o, folder, {"train": train, "dev": dev, "test": o.test},
+                           labels=vocab.labels) as out_dir:
         print(f"data: {len(train_examples)} train / {len(dev_examples)} dev examples, "
               f"labels {vocab.labels}; tokenizing")
         tokenizer = Tokenizer.from_pretrained(folder)
@@ -151,23 +146,16 @@ def finetune(**options: Any) -> dict:
         ))
         if outcome is None:
             return {}  # the other ranks of a torchrun job are done: rank 0 writes the results
-        metrics = {
-            "before": outcome.before,
-            "dev": outcome.after,
-            "train": outcome.facts() | {"examples": len(train_examples), "init": o.init,
-                                        "lr": o.lr, "head_lr": o.head_lr,
-                                        "pooling": outcome.model.pooling,
-                                        "cached_features": o.freeze == "head"},
-            "labels": vocab.labels,
-        }
+        metrics = outcome.metrics("dev", examples=len(train_examples), init=o.init, lr=o.lr,
+                                  head_lr=o.head_lr, pooling=outcome.model.pooling,
+                                  cached_features=o.freeze == "head")
+        metrics["labels"] = vocab.labels
         if test_examples:
             print(f"scoring the best model on {len(test_examples)} test examples ({o.test})")
             metrics["test"] = scores(outcome.best, test_examples, test_labels, tokenizer,
                                      len(vocab), o, next(outcome.best.parameters()).device)
         prepare.write_metrics(out_dir, metrics)
 
-    keys = ("loss", "accuracy", "f1")
-    print(format_table([{"": "before", **{k: metrics["before"][k] for k in keys}},
-                        {"": "after", **{k: metrics["dev"][k] for k in keys}}]))
-    print(f"model, tokenizer, metrics.json and log.jsonl written to {out_dir}")
+    skeleton.report(metrics, ("loss", "accuracy", "f1"),
+                    "model, tokenizer, metrics.json and log.jsonl", out_dir, column="", after="dev")
     return metrics

@@ -70,9 +70,7 @@ def setfit(**options: Any) -> dict:
     dev_texts = [ex.text for ex in dev_examples]
     dev_gold = [ex.label for ex in dev_examples]
 
-    with prepare.claim_folder(o.out, model=folder, check_files=True, overwrite=o.overwrite,
-                              record=prepare.run_record("setfit", o, {"train": o.train,
-                                                                      "dev": o.dev})) as out_dir:
+    with prepare.claim_run("setfit", o, folder, {"train": o.train, "dev": o.dev}) as out_dir:
         tokenizer = Tokenizer.from_pretrained(folder)
         device = prepare.pick_device(o.device)
         print(f"data: {len(train_examples)} train / {len(dev_examples)} dev examples, labels "

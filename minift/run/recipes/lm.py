@@ -11,7 +11,7 @@ from minift.hf.checkpoint import resolve_model_dir
 from minift.run.options import LmOptions, OptionError
 from minift.run.recipes import skeleton
 from minift.run.recipes.mlm import read_passages, written
-from minift.run.recipes.prepare import check_device, claim_folder, run_record
+from minift.run.recipes.prepare import check_device, claim_run
 from minift.run.recipes.seq2seq import decoder_kind, model_positions
 from minift.tasks.lm import LanguageModel, LMBatches, lm_metrics
 from minift.tasks.mlm import TextSequences, read_text_lines
@@ -73,9 +73,7 @@ def lm(**options: Any) -> dict:
     files = [o.text] if isinstance(o.text, str | Path) else list(o.text)
     passages, eval_passages = read_passages(o, files)
 
-    record = run_record("lm", o, {"text": files, "eval_text": o.eval_text})
-    with claim_folder(o.out, resume=o.resume, model=folder, check_files=True,
-                      keep_resume=o.keep_resume, overwrite=o.overwrite, record=record) as out_dir:
+    with claim_run("lm", o, folder, {"text": files, "eval_text": o.eval_text}) as out_dir:
         tokenizer = Tokenizer.from_pretrained(folder)
         train_seqs = TextSequences(passages, tokenizer, max_length=o.max_length, pack=o.pack)
         eval_batches = held_out_batches(eval_passages, tokenizer, o)
@@ -99,13 +97,10 @@ def lm(**options: Any) -> dict:
         ))
         if outcome is None:
             return {}  # the other ranks of a torchrun job are done: rank 0 writes the results
-        metrics = {
-            "before": outcome.before,
-            "after": outcome.after,
-            "train": outcome.facts() | {"epochs": outcome.result.epochs_completed,
-                                        "pack": o.pack, "lr": o.lr, "batch_size": o.batch_size,
-                                        "max_length": o.max_length, "seed": o.seed},
-            "data": {"passages": len(passages), "sequences": len(train_seqs), "tokens": tokens,
-                     "eval_passages": len(eval_passages), "eval_seed": o.eval_seed},
-        }
+        metrics = outcome.metrics(epochs=outcome.result.epochs_completed, pack=o.pack,
+                                  lr=o.lr, batch_size=o.batch_size, max_length=o.max_length,
+                                  seed=o.seed)
+        metrics["data"] = {"passages": len(passages), "sequences": len(train_seqs),
+                           "tokens": tokens, "eval_passages": len(eval_passages),
+                           "eval_seed": o.eval_seed}
         return written(out_dir, metrics, ("perplexity", "loss"), "language model")

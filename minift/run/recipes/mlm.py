@@ -9,18 +9,11 @@ from typing import Any
 import torch
 
 from minift.core.freeze import freeze as apply_freeze
-from minift.core.metrics import format_table
 from minift.data.tokenizer import Tokenizer
 from minift.hf.checkpoint import resolve_model_dir
 from minift.run.options import OptionError, PretrainOptions, TextOptions
 from minift.run.recipes import skeleton
-from minift.run.recipes.prepare import (
-    check_device,
-    check_max_length,
-    claim_folder,
-    run_record,
-    write_metrics,
-)
+from minift.run.recipes.prepare import check_device, check_max_length, claim_run, write_metrics
 from minift.tasks import nsp as nsp_data
 from minift.tasks.mlm import (
     MaskedBatches,
@@ -79,9 +72,7 @@ def pretrain(**options: Any) -> dict:
         return _pretrain_nsp(o, files, folder, config)
     passages, eval_passages = read_passages(o, files)
 
-    record = run_record("pretrain", o, {"text": files, "eval_text": o.eval_text})
-    with claim_folder(o.out, resume=o.resume, model=folder, check_files=True,
-                      keep_resume=o.keep_resume, overwrite=o.overwrite, record=record) as out_dir:
+    with claim_run("pretrain", o, folder, {"text": files, "eval_text": o.eval_text}) as out_dir:
         print(f"data: {len(passages)} passages, {len(eval_passages)} held out; tokenizing")
         tokenizer = Tokenizer.from_pretrained(folder)
         collator = MaskingCollator.from_tokenizer(tokenizer, o.masking, o.mlm_probability)
@@ -122,16 +113,13 @@ def pretrain(**options: Any) -> dict:
         ))
         if outcome is None:
             return {}  # the other ranks of a torchrun job are done: rank 0 writes the results
-        metrics = {
-            "before": outcome.before,
-            "after": outcome.after,
-            "train": outcome.facts() | {
-                "epochs": outcome.result.epochs_completed, "masking": o.masking, "pack": o.pack,
-                "lr": o.lr, "batch_size": o.batch_size, "max_length": o.max_length,
-                "seed": o.seed, "freeze": o.freeze, "head_loaded": outcome.model.head_loaded},
-            "data": {"passages": len(passages), "sequences": len(train_seqs), "tokens": tokens,
-                     "eval_passages": len(eval_passages), "eval_seed": o.eval_seed},
-        }
+        metrics = outcome.metrics(
+            epochs=outcome.result.epochs_completed, masking=o.masking, pack=o.pack, lr=o.lr,
+            batch_size=o.batch_size, max_length=o.max_length, seed=o.seed, freeze=o.freeze,
+            head_loaded=outcome.model.head_loaded)
+        metrics["data"] = {"passages": len(passages), "sequences": len(train_seqs),
+                           "tokens": tokens, "eval_passages": len(eval_passages),
+                           "eval_seed": o.eval_seed}
         return written(out_dir, metrics, ("perplexity", "masked_accuracy", "loss"),
                         "model (with MLM head)")
 
@@ -139,9 +127,7 @@ def pretrain(**options: Any) -> dict:
 def written(out_dir: Path, metrics: dict, keys: tuple, model: str) -> dict:
     """Write ``metrics.json``; print the held-out scores before and after, and what was written."""
     write_metrics(out_dir, metrics)
-    print(format_table([{"held-out": when, **{k: metrics[when][k] for k in keys}}
-                        for when in ("before", "after")]))
-    print(f"{model}, tokenizer, metrics.json and log.jsonl written to {out_dir}")
+    skeleton.report(metrics, keys, f"{model}, tokenizer, metrics.json and log.jsonl", out_dir)
     return metrics
 
 
@@ -170,9 +156,7 @@ def _pretrain_nsp(o: PretrainOptions, files: list, folder: Path, config) -> dict
     eval_seqs = nsp_data.PairSequences(eval_pairs, tokenizer)
     eval_batches = list(nsp_data.NSPMaskedBatches(eval_seqs, collator, o.batch_size,
                                                   seed=o.eval_seed, shuffle=False))
-    record = run_record("pretrain", o, {"text": files, "eval_text": o.eval_text})
-    with claim_folder(o.out, resume=o.resume, model=folder, check_files=True,
-                      keep_resume=o.keep_resume, overwrite=o.overwrite, record=record) as out_dir:
+    with claim_run("pretrain", o, folder, {"text": files, "eval_text": o.eval_text}) as out_dir:
         share = sum(p.label for p in train_pairs) / len(train_pairs)
         print(f"data: {len(documents)} documents -> {len(train_pairs)} sentence pairs "
               f"({share:.1%} with a random B); held out: {len(eval_documents)} documents -> "
@@ -200,15 +184,11 @@ def _pretrain_nsp(o: PretrainOptions, files: list, folder: Path, config) -> dict
         ))
         if outcome is None:
             return {}
-        metrics = {
-            "before": outcome.before, "after": outcome.after,
-            "train": outcome.facts() | {"epochs": outcome.result.epochs_completed,
-                                        "masking": "mlm", "nsp": True,
-                                        "batch_size": o.batch_size, "max_length": o.max_length,
-                                        "seed": o.seed},
-            "data": {"documents": len(documents), "pairs": len(train_pairs),
-                     "random_share": share, "eval_documents": len(eval_documents),
-                     "eval_pairs": len(eval_pairs), "eval_seed": o.eval_seed},
-        }
+        metrics = outcome.metrics(epochs=outcome.result.epochs_completed, masking="mlm",
+                                  nsp=True, batch_size=o.batch_size, max_length=o.max_length,
+                                  seed=o.seed)
+        metrics["data"] = {"documents": len(documents), "pairs": len(train_pairs),
+                           "random_share": share, "eval_documents": len(eval_documents),
+                           "eval_pairs": len(eval_pairs), "eval_seed": o.eval_seed}
         return written(out_dir, metrics, ("perplexity", "masked_accuracy", "nsp_accuracy", "loss"),
                         "model (MLM and NSP heads)")

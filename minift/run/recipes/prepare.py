@@ -185,14 +185,13 @@ def claim_folder(out: str | os.PathLike, *, resume: bool = False,
                  model: str | os.PathLike | None = None, check_files: bool = False,
                  keep_resume: bool | None = None, record: dict | None = None,
                  overwrite: bool = False) -> Iterator[Path]:
-    """Check the output folder (``check_out``), create it and hold its lock (``minift.run.lock``)
-    for the block (``check_files``: refuse a folder holding the user's files or another
-    command's run, as every recipe does, unless ``overwrite``); SIGTERM stops the block as Ctrl-C does (``KeyboardInterrupt``: the lock is
-    released, the command prints one line). A folder this call created and nothing filled is
-    removed when the block fails. A training run (``keep_resume`` not None) ends, once the block
-    has written everything, with ``finish_run``. ``record`` (``run_record``): a resume is checked
-    against the interrupted run's (``check_record``), then it is kept in the folder (the next
-    run there reads its command). Under torchrun only rank 0, which writes."""
+    """Check the output folder (``check_out``; ``check_files``: refuse the user's files or
+    another command's run, unless ``overwrite``), create it and hold its lock for the block,
+    in which SIGTERM stops as Ctrl-C does (the lock released, one line printed). A folder this
+    call created and nothing filled is removed when the block fails. A training run
+    (``keep_resume`` not None) ends with ``finish_run``. ``record`` (``run_record``): a resume
+    is checked against the interrupted run's (``check_record``), then it is kept in the folder
+    for the next run there. Under torchrun only rank 0 writes."""
     folder = check_out(out, resume=resume, model=model, check_files=check_files,
                        command=None if record is None else record["command"], overwrite=overwrite)
     if resume and record is not None:
@@ -223,12 +222,22 @@ def claim_folder(out: str | os.PathLike, *, resume: bool = False,
                     folder.rmdir()  # only when empty
 
 
+def claim_run(command: str, options: Any, model: Path, files: dict[str, Any],
+              **facts: Any) -> contextlib.AbstractContextManager[Path]:
+    """``claim_folder`` for a recipe's run of ``command`` into ``options.out``, as every recipe
+    claims it: the user's files refused, the ``run_record`` of ``files`` and ``facts`` kept; a
+    training run (options with ``keep_resume``) resumes and finishes as its options say."""
+    return claim_folder(options.out, resume=getattr(options, "resume", False), model=model,
+                        check_files=True, keep_resume=getattr(options, "keep_resume", None),
+                        overwrite=options.overwrite,
+                        record=run_record(command, options, files, **facts))
+
+
 def finish_run(folder: Path, keep_resume: bool) -> None:
     """The last step of a training run, once its model, tokenizer and metrics.json are written:
     remove ``best/`` (renamed to ``best.new`` first, which the next start removes: no half-removed
-    best/), then resume.pt (unless ``keep_resume``). A kill before that
-    leaves a folder that ``resume`` completes into the uninterrupted result; after it, the
-    finished folder."""
+    best/), then resume.pt (unless ``keep_resume``). A kill before that leaves a folder that
+    ``resume`` completes into the uninterrupted result; after it, the finished folder."""
     best, doomed = folder / "best", folder / "best.new"
     if best.is_dir():
         shutil.rmtree(doomed, ignore_errors=True)

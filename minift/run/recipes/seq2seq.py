@@ -2,13 +2,9 @@
 generating (BLEU, ROUGE-L; ``scoring``); and ``generate``: a text for each line of a file with a
 trained model (an encoder-decoder from ``seq2seq``, or a language model from ``lm``). Both
 decode with the same fields (``minift.run.options.DecodingOptions``: greedy or beam search), so
-a run's dev texts are what ``generate`` writes with the same values.
-
-What only the model or the files can tell is checked before a model loads: the lengths against
-the model's positions (``max_length`` may not exceed the encoder's; a source longer than it is
-truncated, with a warning; a target or a generated text, behind the start token, must fit the
-decoder's), the columns and empty texts (``read_text_pairs``), and for ``generate`` that the
-folder holds a decoder at all.
+a run's dev texts are what ``generate`` writes with the same values. Before a model loads, the
+lengths are checked against its positions (``check_lengths``; a source longer than
+``max_length`` is truncated, with a warning), and for ``generate`` that it has a decoder.
 """
 
 from __future__ import annotations
@@ -24,7 +20,6 @@ from minift.core.decoder import CausalLM
 from minift.core.files import atomic_write
 from minift.core.generate import generate as decode
 from minift.core.labels import DataError
-from minift.core.metrics import format_table
 from minift.data.readers import read_utf8_lines
 from minift.data.text_pairs import TextPair, e2e_files, group_by_source, read_text_pairs
 from minift.data.tokenizer import Tokenizer
@@ -171,11 +166,8 @@ def seq2seq(**options: Any) -> dict:
     ``dev_predictions.txt`` and ``metrics.json`` into ``out``.
 
     The options are ``minift.run.options.Seq2seqOptions``'s fields. Training reads every row of
-    ``train`` (teacher forcing); dev is scored by the teacher-forced loss over its rows and by
-    BLEU and ROUGE-L of one text per distinct source against all its references (``scoring``).
-    The dev texts are written with the decoding options (``num_beams``, ``length_penalty``,
-    ``no_repeat_ngram_size``, ``max_new_tokens``: the fields ``minift generate`` has), so that
-    ``dev_predictions.txt`` is what ``generate`` writes with the same values.
+    ``train`` (teacher forcing); dev is scored by ``scoring``, its texts written with the
+    decoding options, so that ``dev_predictions.txt`` is what ``generate`` writes with them.
 
     **The best checkpoint is the one of highest dev BLEU** (of these texts), not of lowest dev
     loss: the loss scores teacher forcing, one next token given the reference's previous ones,
@@ -196,10 +188,7 @@ def seq2seq(**options: Any) -> dict:
     kept = {e.source for e in dev_examples}
     dev_pairs = [p for p in dev_rows if p.source in kept]
 
-    record = prepare.run_record("seq2seq", o, {"train": train, "dev": dev})
-    with prepare.claim_folder(o.out, resume=o.resume, model=folder, check_files=True,
-                              keep_resume=o.keep_resume, overwrite=o.overwrite,
-                              record=record) as out_dir:
+    with prepare.claim_run("seq2seq", o, folder, {"train": train, "dev": dev}) as out_dir:
         if o.task == "e2e":
             print(f"note: {E2E_NOTE}")
         print(f"data: {len(train_pairs)} train rows / {len(dev_pairs)} dev rows "
@@ -221,25 +210,18 @@ def seq2seq(**options: Any) -> dict:
         outcome.before.pop("predictions", None)
         atomic_write(out_dir / "dev_predictions.txt",
                      "".join(f"{text}\n" for text in predictions).encode("utf-8"))
-        metrics = {
-            "before": outcome.before,
-            "dev": outcome.after,
-            "train": outcome.facts() | {"epochs": outcome.result.epochs_completed,
-                                        "lr": o.lr, "batch_size": o.batch_size,
-                                        "seed": o.seed},
-            "data": {"train_rows": len(train_pairs), "dev_rows": len(dev_pairs),
-                     "dev_sources": len(dev_examples),
-                     "truncated_train_sources": train_set.truncated_sources,
-                     "truncated_train_targets": train_set.truncated_targets,
-                     **({"note": E2E_NOTE} if o.task == "e2e" else {})},
-        }
+        metrics = outcome.metrics("dev", epochs=outcome.result.epochs_completed, lr=o.lr,
+                                  batch_size=o.batch_size, seed=o.seed)
+        metrics["data"] = {"train_rows": len(train_pairs), "dev_rows": len(dev_pairs),
+                           "dev_sources": len(dev_examples),
+                           "truncated_train_sources": train_set.truncated_sources,
+                           "truncated_train_targets": train_set.truncated_targets,
+                           **({"note": E2E_NOTE} if o.task == "e2e" else {})}
         prepare.write_metrics(out_dir, metrics)
 
-    keys = ("bleu", "rouge_l", "loss")
-    print(format_table([{"dev": when, **{k: metrics[name][k] for k in keys}}
-                        for when, name in (("before", "before"), ("after", "dev"))]))
-    print(f"model, tokenizer, dev_predictions.txt, metrics.json and log.jsonl written to "
-          f"{out_dir}")
+    skeleton.report(metrics, ("bleu", "rouge_l", "loss"),
+                    "model, tokenizer, dev_predictions.txt, metrics.json and log.jsonl", out_dir,
+                    column="dev", after="dev")
     return metrics
 
 
@@ -249,10 +231,7 @@ def seq2seq(**options: Any) -> dict:
 def read_inputs(path: str) -> list[str]:
     """The lines of ``path`` (``-``: stdin), every line one input, blank ones too, so that output
     line i answers input line i."""
-    if path == "-":
-        lines = sys.stdin.read().splitlines()
-    else:
-        lines = read_utf8_lines(path)
+    lines = sys.stdin.read().splitlines() if path == "-" else read_utf8_lines(path)
     if not lines:
         raise DataError(f"{'stdin' if path == '-' else path}: expected one input a line, found "
                         "none")

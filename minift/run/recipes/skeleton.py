@@ -1,6 +1,7 @@
 """The skeleton the recipes on ``minift.core.loop.train`` share: load the model, score it before,
 train, take the best weights, score them, save (``Recipe``, ``run_recipe``); and the pieces they
-build it from (the ``TrainConfig`` of their options, a fresh classifier head, the run's facts).
+build it from (the ``TrainConfig`` of their options, a fresh classifier head, the metrics, the
+table of scores).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from minift.core.checkpoints import Checkpoints
 from minift.core.files import atomic_write
 from minift.core.freeze import freeze as apply_freeze
 from minift.core.loop import TrainConfig, train
+from minift.core.metrics import format_table
 from minift.core.model import set_activation_checkpointing
 from minift.data.batches import BucketedBatches, bucket_lengths
 from minift.fast.unpad import speed_up
@@ -27,13 +29,16 @@ from minift.run.recipes.prepare import is_main, pick_device
 
 
 def train_config(options: Any, **settings: Any) -> TrainConfig:
-    """The ``TrainConfig`` of a recipe's options: every TrainConfig field the options hold, then
-    ``settings`` (the recipe's metric and the like). The loop keeps ``resume.pt``: the recipe
-    removes it once the final model and metrics.json are saved (``prepare.finish_run``), so a
-    kill during that save leaves the folder resumable; without ``keep_resume`` the final one is
-    light (weights and progress: enough to finish that save)."""
+    """The ``TrainConfig`` of a recipe's options: every TrainConfig field the options hold,
+    ``head_lr`` as the classifier's own rate (``lr_by_prefix``), then ``settings`` (the recipe's
+    metric and the like). The loop keeps ``resume.pt``: the recipe removes it once the final
+    model and metrics.json are saved (``prepare.finish_run``), so a kill during that save leaves
+    the folder resumable; without ``keep_resume`` the final one is light (weights and progress:
+    enough to finish that save)."""
     taken = {name: getattr(options, name) for name in loop_fields()
              if name in LOOP and hasattr(options, name)}
+    if getattr(options, "head_lr", None) is not None:
+        taken["lr_by_prefix"] = {"classifier.": options.head_lr}
     return TrainConfig(**taken | {"out_dir": Path(options.out), **settings, "keep_resume": True,
                                   "light_final_resume": not options.keep_resume})
 
@@ -65,6 +70,12 @@ class Outcome:
     trainable: int
     total: int
 
+    def metrics(self, after: str = "after", **train: Any) -> dict:
+        """What a recipe's metrics.json starts with: the held-out scores before (when scored)
+        and after (named ``after``), and "train": the run's ``facts``, then ``train``."""
+        before = {"before": self.before} if self.before else {}
+        return before | {after: self.after, "train": self.facts() | train}
+
     def facts(self) -> dict:
         """The facts of a run every recipe's metrics.json records."""
         result = self.result
@@ -84,17 +95,15 @@ def _copy_best(best_dir: Path, out: Path) -> None:
 
 def static_shapes(model: Any, train_batches: Callable[[int], Sequence[dict]], options: Any,
                   pad_token_id: int) -> Callable[[int], Sequence[dict]]:
-    """What ``--compile`` trains on: batches padded up to one of four bucket lengths (two a
-    side for seq2seq; from the options' longest ``max_length`` / ``max_target_length``), through
-    the encoder's padded path (the unpadded path's token count changes with every batch;
-    evaluation takes it too, as small batches on a GPU do anyway). torch.compile, compiling for
-    static shapes, then sees eight shapes at most (``minift.data.batches.bucket_lengths``).
-    The extra padding is masked, so the losses are the unbucketed batches'; dropout draws its
-    masks over the padded shape, another draw of the same distribution (compiled code draws
-    from a random stream of its own anyway)."""
+    """What ``--compile`` trains on: batches padded up to one of four bucket lengths (seq2seq:
+    two a side, its pairs of shapes four; from the options' longest ``max_length`` /
+    ``max_target_length``), through the encoder's padded path (the unpadded path's token count
+    changes with every batch; evaluation takes it too, as small batches on a GPU do anyway).
+    torch.compile, compiling for static shapes, then sees eight shapes at most (four, times two
+    batch sizes: ``minift.data.batches.bucket_lengths``). The extra padding is masked, so the
+    losses are the unbucketed batches'; dropout draws its masks over the padded shape, another
+    draw of the same distribution (compiled code draws from a random stream of its own anyway)."""
     longest = max(getattr(options, name, 0) or 0 for name in ("max_length", "max_target_length"))
-    # seq2seq pads sources and targets each to a bucket: two buckets a side keep the pairs of
-    # shapes, times two batch sizes, at eight
     pairs = getattr(options, "max_target_length", None) is not None
     buckets = bucket_lengths(longest, count=2 if pairs else 4)
     speed_up(model, unpad=False)
@@ -186,6 +195,10 @@ def head_builder(head: type, folder: Path, labels: list[str], options: Any,
     return build
 
 
-def head_lrs(head_lr: float | None) -> dict[str, float] | None:
-    """``TrainConfig.lr_by_prefix`` for ``head_lr``: the classifier's own learning rate."""
-    return None if head_lr is None else {"classifier.": head_lr}
+def report(metrics: dict, keys: tuple[str, ...], written: str, out: Path, *,
+           column: str = "held-out", after: str = "after") -> None:
+    """Print the scores ``keys`` before and after training (``metrics[after]``) as a table, then
+    what was written into ``out``."""
+    print(format_table([{column: when, **{k: metrics[name][k] for k in keys}}
+                        for when, name in (("before", "before"), ("after", after))]))
+    print(f"{written} written to {out}")

@@ -91,11 +91,8 @@ def qa(**options: Any) -> dict:
         train_questions, dev_questions, tokenizer, max_length=o.max_length,
         doc_stride=o.doc_stride)
 
-    with prepare.claim_folder(o.out, resume=o.resume, model=folder,
-                               check_files=True,
-                               keep_resume=o.keep_resume, overwrite=o.overwrite, record=prepare.run_record(
-                                   "qa", o, {"squad": o.squad, "train": o.train, "dev": o.dev})
-                               ) as out_dir:
+    files = {"squad": o.squad, "train": o.train, "dev": o.dev}
+    with prepare.claim_run("qa", o, folder, files) as out_dir:
         print(f"data: {len(train_questions)} train questions -> {len(train_windows)} windows, "
               f"{len(dev_questions)} dev questions -> {len(dev_windows)} windows (max length "
               f"{o.max_length}, stride {o.doc_stride})")
@@ -118,15 +115,11 @@ def qa(**options: Any) -> dict:
         predictions = outcome.after.pop("predictions")
         atomic_write(out_dir / "predictions.json",
                      (json.dumps(predictions, indent=1, ensure_ascii=False) + "\n").encode())
-        metrics = {
-            "dev": outcome.after,
-            "train": outcome.facts() | {"questions": len(train_questions),
-                                        "windows": len(train_windows), "lr": o.lr,
-                                        "batch_size": o.batch_size, "epochs": o.epochs,
-                                        "seed": o.seed},
-            "data": split | {"max_length": o.max_length, "doc_stride": o.doc_stride,
-                             "dev_windows": len(dev_windows)},
-        }
+        metrics = outcome.metrics("dev", questions=len(train_questions),
+                                  windows=len(train_windows), lr=o.lr, batch_size=o.batch_size,
+                                  epochs=o.epochs, seed=o.seed)
+        metrics["data"] = split | {"max_length": o.max_length, "doc_stride": o.doc_stride,
+                                   "dev_windows": len(dev_windows)}
         prepare.write_metrics(out_dir, metrics)
     dev_scores = metrics["dev"]
     print(f"dev: exact match {dev_scores['exact_match']:.2f}  F1 {dev_scores['f1']:.2f} "

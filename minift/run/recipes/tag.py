@@ -99,8 +99,7 @@ def ner(**options: Any) -> dict:
     files = {"train": o.train, "dev": o.dev} | ({"test": o.test} if o.test else {})
     splits = {name: readers.read_conll(path, column=o.column) for name, path in files.items()}
     task = o.tags if o.tags != "auto" else "ner" if readers.is_bio(splits["train"]) else "pos"
-    config = skeleton.train_config(o, lr_by_prefix=skeleton.head_lrs(o.head_lr),
-                                   metric="f1" if task == "ner" else "accuracy",
+    config = skeleton.train_config(o, metric="f1" if task == "ner" else "accuracy",
                                    greater_is_better=True)
     if task == "ner":
         splits = {name: readers.apply_scheme(part, o.scheme) for name, part in splits.items()}
@@ -110,10 +109,7 @@ def ner(**options: Any) -> dict:
     for sentences in splits.values():
         readers.encode_tags(sentences, labels)  # a tag outside the set stops here, before loading
 
-    with prepare.claim_folder(o.out, resume=o.resume, model=folder,
-                               check_files=True,
-                               keep_resume=o.keep_resume, overwrite=o.overwrite, record=prepare.run_record(
-                                   "ner", o, files, task=task, labels=labels.labels)) as out_dir:
+    with prepare.claim_run("ner", o, folder, files, task=task, labels=labels.labels) as out_dir:
         print(f"data: {task} tags from column {o.column} ({len(labels)} tags: "
               f"{' '.join(labels.labels)}); tokenizing")
         tokenizer = Tokenizer.from_pretrained(folder)
