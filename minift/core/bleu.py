@@ -111,8 +111,7 @@ def sentence_statistics(hypothesis: Sequence[str], references: Sequence[Sequence
     """
     allowed: Counter = Counter()  # the most times any one reference holds each n-gram
     for reference in references:
-        for ngram, count in ngram_counts(reference, max_order).items():
-            allowed[ngram] = max(allowed[ngram], count)
+        allowed |= ngram_counts(reference, max_order)  # a Counter's union keeps the larger count
     counts, totals = [0] * max_order, [0] * max_order
     for ngram, count in ngram_counts(hypothesis, max_order).items():
         totals[len(ngram) - 1] += count

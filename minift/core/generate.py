@@ -159,11 +159,9 @@ def generate(model: nn.Module, input_ids: torch.Tensor,
 def greedy_generate(model: nn.Module, input_ids: torch.Tensor,
                     attention_mask: torch.Tensor | None = None, *,
                     max_new_tokens: int) -> torch.Tensor:
-    """Greedy targets of an ``EncoderDecoder`` for a batch of sources (batch, source) with
-    their 1/0 mask: (batch, 1 + generated), each row starting with
-    ``model.decoder_start_token_id`` and stopping at ``model.eos_token_id``. The source is
-    encoded once; the model is used as it is (call ``model.eval()`` first to switch dropout off,
-    as transformers' loaders do)."""
+    """``generate``'s greedy targets of an ``EncoderDecoder`` for sources (batch, source) with
+    their 1/0 mask: (batch, 1 + generated). The model is used as it is (call ``model.eval()``
+    first to switch dropout off, as transformers' loaders do)."""
     check_max_new_tokens(max_new_tokens)
     return generate(model, input_ids, attention_mask, max_new_tokens=max_new_tokens)
 
@@ -171,8 +169,7 @@ def greedy_generate(model: nn.Module, input_ids: torch.Tensor,
 def greedy_continue(model: nn.Module, input_ids: torch.Tensor, *, max_new_tokens: int,
                     eos_token_id: int | None = None, pad_token_id: int | None = None,
                     attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Greedy continuation by a ``CausalLM`` of prompts (batch, prompt): (batch, prompt +
-    generated). Prompts of different lengths are padded on the left, with their 1/0
-    ``attention_mask`` (``core/steps.py``). ``pad_token_id`` defaults to the config's."""
+    """``generate``'s greedy continuation by a ``CausalLM`` of prompts (batch, prompt), padded on
+    the left with their 1/0 ``attention_mask``: (batch, prompt + generated)."""
     return generate(model, input_ids, attention_mask, max_new_tokens=max_new_tokens,
                     eos_token_id=eos_token_id, pad_token_id=pad_token_id)

@@ -273,27 +273,24 @@ class FastSelfAttention(SelfAttention):
         """x: (batch, seq, hidden), or (tokens, hidden) with the ``unpadding`` that placed them.
 
         ``first_only``: only the first token of each sequence asks (it still attends to every
-        token); the output is then (batch, 1, hidden), or (batch, hidden) unpadded.
+        token); the output is then (batch, 1, hidden), or (batch, hidden) unpadded. Packed tokens
+        attend by the path ``attention_path`` forces, else by ``attention.choose_path`` (per
+        sequence on a CPU; on a GPU varlen, nested or padded).
         """
         if unpadding is not None:
-            return self.out(self._unpadded(x, mask, unpadding, first_only))
+            q, k, v = self.project(x)
+            dropout_p = self.dropout_p if self.training else 0.0
+            path = self.attention_path or attention.choose_path(
+                q.device, q.dtype, dropout_p, self.head_dim, unpadding.per_sequence)
+            if path == "per_sequence":
+                y = varlen_attention(q, k, v, unpadding.lengths, dropout_p, first_only)
+            else:
+                y = attention.attend(path, q, k, v, unpadding, dropout_p, first_only)
+            return self.out(y.flatten(1))  # (tokens, hidden), or (batch, hidden) with first_only
         q = self.split_heads(self.query(x[:, :1] if first_only else x))
         k, v = self.split_heads(self.key(x)), self.split_heads(self.value(x))
         y = self.sdpa(q, k, v, mask)  # (batch, heads, seq, head_dim)
         return self.out(y.transpose(1, 2).flatten(2))  # (batch, seq, hidden)
-
-    def _unpadded(self, x: torch.Tensor, mask: torch.Tensor | None,
-                  unpadding: Unpadding, first_only: bool) -> torch.Tensor:
-        """(tokens, hidden) -> (tokens, hidden), or (batch, hidden) with ``first_only``, before
-        the output projection: attention by the path ``attention_path`` forces, else by
-        ``attention.choose_path`` (per sequence on a CPU; on a GPU varlen, nested or padded)."""
-        q, k, v = self.project(x)
-        dropout_p = self.dropout_p if self.training else 0.0
-        path = self.attention_path or attention.choose_path(
-            q.device, q.dtype, dropout_p, self.head_dim, unpadding.per_sequence)
-        if path == "per_sequence":
-            return varlen_attention(q, k, v, unpadding.lengths, dropout_p, first_only).flatten(1)
-        return attention.attend(path, q, k, v, unpadding, dropout_p, first_only).flatten(1)
 
 
 class FastFeedForward(FeedForward):
