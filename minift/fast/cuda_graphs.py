@@ -2,7 +2,8 @@
 
 A small model on a GPU spends its time launching kernels rather than running them: a MiniLM
 forward is a few hundred kernels of a few microseconds each, and the host's cost of launching
-each one sets the pace (on an H200 a bf16 forward took as long at 1,024 tokens as at 2,048). A CUDA graph records the kernels of one call and replays them all with one launch
+each one sets the pace (on an H200 a bf16 forward took as long at 1,024 tokens as at 2,048).
+A CUDA graph records the kernels of one call and replays them all with one launch
 (``torch.cuda.CUDAGraph``; ``torch.compile(mode="reduce-overhead")`` does the same under the
 hood). Three prices, each visible here:
 
