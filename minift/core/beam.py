@@ -27,7 +27,7 @@ by the raw sum, 1 (the default) by the mean log-probability a token, above 1 fav
 
 These are transformers' definitions; the whole search is its ``generate(num_beams=k,
 do_sample=False)`` step for step, on the same tensor layout, so the outputs are the same token
-for token and the scores to float noise (tests/test_beam.py). One difference: rows shorter than
+for token and the scores to float noise. One difference: rows shorter than
 the longest returned one are padded with ``pad_token_id`` (transformers pads with the EOS id
 when ``pad_token_id`` is 0, a quirk of its ``pad or eos``).
 """
@@ -170,7 +170,23 @@ def beam_loop(step: Step, cache: list, prefix: torch.Tensor, *, num_beams: int,
                       sequences_scores=finished_scores[:, :n].flatten())
 
 
-@torch.no_grad()
+def model_step(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+               copies: int, eos_token_id: int | None = None, pad_token_id: int | None = None
+               ) -> tuple[Step, list, torch.Tensor, dict]:
+    """Either model as a step (``core/steps.py``) over ``copies`` rows a source: (step, its cache,
+    the prefix every row begins with, the ``eos_token_id`` and ``pad_token_id`` to decode with).
+    An ``EncoderDecoder`` begins with its start token and defaults to its own ids; a ``CausalLM``
+    continues its prompt, with no EOS unless given and its config's pad."""
+    if hasattr(model, "encode"):
+        step, cache, prefix = encoder_decoder_step(model, input_ids, attention_mask, copies)
+        eos = model.eos_token_id if eos_token_id is None else eos_token_id
+        pad = model.pad_token_id if pad_token_id is None else pad_token_id
+    else:
+        (step, cache), prefix = causal_lm_step(model, attention_mask, copies), input_ids
+        eos, pad = eos_token_id, model.config.pad_token_id if pad_token_id is None else pad_token_id
+    return step, cache, prefix, dict(eos_token_id=eos, pad_token_id=pad)
+
+
 def beam_generate(model: nn.Module, input_ids: torch.Tensor,
                   attention_mask: torch.Tensor | None = None, *, num_beams: int,
                   max_new_tokens: int, **settings) -> BeamOutput:
@@ -178,11 +194,8 @@ def beam_generate(model: nn.Module, input_ids: torch.Tensor,
     1/0 mask; every hypothesis begins with ``model.decoder_start_token_id`` and ends at
     ``model.eos_token_id``. ``settings``: ``beam_loop``'s (length_penalty, early_stopping,
     no_repeat_ngram_size, num_return_sequences). Call ``model.eval()`` first."""
-    check_at_least("num_beams", num_beams, 1)
-    step, cache, start = encoder_decoder_step(model, input_ids, attention_mask, num_beams)
-    return beam_loop(step, cache, start, num_beams=num_beams,
-                     max_new_tokens=max_new_tokens, eos_token_id=model.eos_token_id,
-                     pad_token_id=model.pad_token_id, **settings)
+    return beam_continue(model, input_ids, attention_mask=attention_mask, num_beams=num_beams,
+                         max_new_tokens=max_new_tokens, **settings)
 
 
 @torch.no_grad()
@@ -194,7 +207,7 @@ def beam_continue(model: nn.Module, input_ids: torch.Tensor, *, num_beams: int,
     lengths are padded on the left, with their 1/0 ``attention_mask`` (``core/steps.py``).
     ``pad_token_id`` defaults to the config's; ``settings`` as ``beam_generate``'s."""
     check_at_least("num_beams", num_beams, 1)
-    step, cache = causal_lm_step(model, attention_mask, num_beams)
-    pad = model.config.pad_token_id if pad_token_id is None else pad_token_id
-    return beam_loop(step, cache, input_ids, num_beams=num_beams, max_new_tokens=max_new_tokens,
-                     eos_token_id=eos_token_id, pad_token_id=pad, **settings)
+    step, cache, prefix, ends = model_step(model, input_ids, attention_mask, num_beams,
+                                           eos_token_id, pad_token_id)
+    return beam_loop(step, cache, prefix, num_beams=num_beams, max_new_tokens=max_new_tokens,
+                     **ends, **settings)

@@ -12,17 +12,13 @@ the reference length closest to its own (the shorter on a tie), as the NIST scri
 Numbers are comparable with published ones only when the text is tokenised the same way, so the
 tokeniser is mteval-v13a's (WMT's, sacrebleu's default "13a"), and a corpus with a sentence that
 matches no 4-gram is smoothed as sacrebleu smooths it by default ("exp"). `corpus_bleu` equals
-`sacrebleu.corpus_bleu` with the same options (tests/test_bleu.py holds them to 1e-9).
+`sacrebleu.corpus_bleu` with the same options.
 
 One difference of layout: sacrebleu takes references as *streams* (`[refs_1, refs_2, ...]`, the
 k-th stream holding each hypothesis's k-th reference, padded with None where a source has fewer);
 here `references[i]` is the list of references of hypothesis i, of any length. A None in such a
 list is skipped (sacrebleu's padding); an empty string is a reference of length 0 and counts for
 the closest length, as it does in sacrebleu, so pad streams with None, not "", when converting.
-
-Read in this order: `tokenize_13a`, `ngram_counts`, `closest_reference_length`, the sufficient
-statistics of one sentence (`sentence_statistics`), `bleu_from_statistics` (smoothing, brevity
-penalty, geometric mean) and `corpus_bleu`, which puts them together.
 """
 
 from __future__ import annotations
@@ -115,8 +111,7 @@ def sentence_statistics(hypothesis: Sequence[str], references: Sequence[Sequence
     """
     allowed: Counter = Counter()  # the most times any one reference holds each n-gram
     for reference in references:
-        for ngram, count in ngram_counts(reference, max_order).items():
-            allowed[ngram] = max(allowed[ngram], count)
+        allowed |= ngram_counts(reference, max_order)  # a Counter's union keeps the larger count
     counts, totals = [0] * max_order, [0] * max_order
     for ngram, count in ngram_counts(hypothesis, max_order).items():
         totals[len(ngram) - 1] += count

@@ -15,12 +15,11 @@ MASTER_ADDR, MASTER_PORT). This module is the little that minift adds on top:
 
 The training loop (`minift.core.loop`) does not import this file: the caller hands it the
 `Context` that `setup` returns (`train(..., parallel=setup(device.type))`), whose methods are the
-loop's one door to the other ranks: `shard` each batch, `wrap` the model in
-`DistributedDataParallel` (with `no_sync` for accumulation micro-steps), `all_sum` the loss and
-`broadcast` rank 0's evaluation. Only rank 0 evaluates, logs and writes files. A script that
-calls `train` under torchrun should end with `teardown()`. A rank
-that raises exits, and torchrun stops the others; outside torchrun the process-group timeout
-(`MINIFT_DIST_TIMEOUT`, seconds, default 600) bounds the wait in a collective.
+loop's one door to the other ranks (`wrap` puts the model in `DistributedDataParallel`, with
+`no_sync` for accumulation micro-steps). Only rank 0 evaluates, logs and writes files. A script
+that calls `train` under torchrun should end with `teardown()`. A rank that raises exits, and
+torchrun stops the others; outside torchrun the process-group timeout (`MINIFT_DIST_TIMEOUT`,
+seconds, default 600) bounds the wait in a collective.
 """
 
 import contextlib

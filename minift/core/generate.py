@@ -3,23 +3,22 @@ the front door to every way of decoding (greedy, sampling, and beam search in ``
 
 Reading order: ``token_loop`` is the loop itself, for any model that maps the newest tokens to
 next-token logits while remembering the earlier ones (its cache, ``core/steps.py``), and a rule
-that picks the next token from them; ``greedy_loop`` picks the most likely (``greedy_generate``
-runs it for an ``EncoderDecoder``: the source read once, the target begun with
-``decoder_start_token_id``; ``greedy_continue`` for a ``CausalLM``: a prompt continued);
-``sample_loop`` draws from the filtered softmax (``core/logits.py``: temperature, top-k, top-p),
-from a ``torch.Generator``, so the same seed writes the same text. ``generate`` checks its
-arguments and picks one of them.
+that picks the next token from them; ``greedy_loop`` picks the most likely; ``sample_loop`` draws
+from the filtered softmax (``core/logits.py``: temperature, top-k, top-p), from a
+``torch.Generator``, so the same seed writes the same text. ``generate`` checks its arguments and
+picks one of them; ``greedy_generate`` (an ``EncoderDecoder``: the source read once, the target
+begun with ``decoder_start_token_id``) and ``greedy_continue`` (a ``CausalLM``: a prompt
+continued) are its greedy calls.
 
 The conventions are transformers' ``generate(num_beams=1, do_sample=False or True, ...)``, so
-the outputs are the same token for token (tests/test_generate.py; sampling too: a generator
-seeded s draws what torch's global one draws after ``manual_seed(s)``): the returned sequences
-start with what the model was given (the start token, or the prompt); a row that has written
-``eos_token_id`` is finished and is padded with ``pad_token_id`` from then on while the others
-go on; decoding stops when every row is finished or after ``max_new_tokens`` new tokens.
+the outputs are the same token for token (sampling too: a generator seeded s draws what torch's
+global one draws after ``manual_seed(s)``): the returned sequences start with what the model was
+given (the start token, or the prompt); a row that has written ``eos_token_id`` is finished and
+is padded with ``pad_token_id`` from then on while the others go on; decoding stops when every
+row is finished or after ``max_new_tokens`` new tokens.
 
 Why the cache matters: without it, step t runs the decoder over all t tokens again (quadratic
 work in the output length); with it, step t projects one token and attends over t cached keys.
-The cache is exactly the full forward (tests/test_decoder.py holds the two equal).
 """
 
 from __future__ import annotations
@@ -29,14 +28,14 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from minift.core.beam import beam_loop, check_beam_settings
+from minift.core.beam import beam_loop, check_beam_settings, model_step
 from minift.core.logits import (
     ban_repeated_ngrams,
     check_max_new_tokens,
     check_sampling,
     sampling_filter,
 )
-from minift.core.steps import Step, causal_lm_step, encoder_decoder_step
+from minift.core.steps import Step
 
 __all__ = ["check_max_new_tokens", "generate", "greedy_continue", "greedy_generate",
            "greedy_loop", "sample_loop", "token_loop"]
@@ -97,43 +96,14 @@ def sample_loop(step: Step, prefix: torch.Tensor, *, generator: torch.Generator 
                       eos_token_id=eos_token_id, pad_token_id=pad_token_id)
 
 
-@torch.no_grad()
-def greedy_generate(model: nn.Module, input_ids: torch.Tensor,
-                    attention_mask: torch.Tensor | None = None, *,
-                    max_new_tokens: int) -> torch.Tensor:
-    """Greedy targets of an ``EncoderDecoder`` for a batch of sources (batch, source) with
-    their 1/0 mask: (batch, 1 + generated), each row starting with
-    ``model.decoder_start_token_id`` and stopping at ``model.eos_token_id``. The source is
-    encoded once; the model is used as it is (call ``model.eval()`` first to switch dropout off,
-    as transformers' loaders do)."""
-    check_max_new_tokens(max_new_tokens)
-    step, _, start = encoder_decoder_step(model, input_ids, attention_mask)
-    return greedy_loop(step, start, max_new_tokens=max_new_tokens,
-                       eos_token_id=model.eos_token_id, pad_token_id=model.pad_token_id)
-
-
-@torch.no_grad()
-def greedy_continue(model: nn.Module, input_ids: torch.Tensor, *, max_new_tokens: int,
-                    eos_token_id: int | None = None, pad_token_id: int | None = None,
-                    attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Greedy continuation by a ``CausalLM`` of prompts (batch, prompt): (batch, prompt +
-    generated). Prompts of different lengths are padded on the left, with their 1/0
-    ``attention_mask`` (``core/steps.py``). ``pad_token_id`` defaults to the config's."""
-    step, _ = causal_lm_step(model, attention_mask)
-    pad = model.config.pad_token_id if pad_token_id is None else pad_token_id
-    return greedy_loop(step, input_ids, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
-                       pad_token_id=pad)
-
-
 def resolve_length(max_new_tokens: int | None, max_length: int | None, given: int) -> int:
     """``max_new_tokens``, or ``max_length`` (given + generated, transformers' older limit)
     less the ``given`` tokens; exactly one of the two."""
     if (max_new_tokens is None) == (max_length is None):
         raise ValueError("give exactly one of max_new_tokens and max_length, got "
                          f"max_new_tokens={max_new_tokens!r}, max_length={max_length!r}")
-    if max_length is not None:
-        check_max_new_tokens(max_length - given if isinstance(max_length, int) else max_length)
-        return max_length - given
+    if max_length is not None:  # anything but an integer is reported as it was given
+        max_new_tokens = max_length - given if isinstance(max_length, int) else max_length
     check_max_new_tokens(max_new_tokens)
     return max_new_tokens
 
@@ -159,8 +129,7 @@ def generate(model: nn.Module, input_ids: torch.Tensor,
     asked (its ``top_k`` defaults to 50) and draws from ``generator``. Bad settings raise a
     ``ValueError`` naming the argument.
     """
-    seq2seq = hasattr(model, "encode")
-    given = 1 if seq2seq else input_ids.size(1)
+    given = 1 if hasattr(model, "encode") else input_ids.size(1)  # the start token, or the prompt
     max_new_tokens = resolve_length(max_new_tokens, max_length, given)
     check_beam_settings(num_beams, num_return_sequences, early_stopping, no_repeat_ngram_size,
                         max_new_tokens)
@@ -172,14 +141,9 @@ def generate(model: nn.Module, input_ids: torch.Tensor,
         raise ValueError(f"num_return_sequences={num_return_sequences} with greedy decoding "
                          "would return the same sequence again; use beams or sampling")
     copies = num_beams if num_beams > 1 else num_return_sequences
-    if seq2seq:
-        step, cache, prefix = encoder_decoder_step(model, input_ids, attention_mask, copies)
-        eos = model.eos_token_id if eos_token_id is None else eos_token_id
-        pad = model.pad_token_id if pad_token_id is None else pad_token_id
-    else:
-        (step, cache), prefix = causal_lm_step(model, attention_mask, copies), input_ids
-        eos, pad = eos_token_id, model.config.pad_token_id if pad_token_id is None else pad_token_id
-    lengths = dict(max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad)
+    step, cache, prefix, ends = model_step(model, input_ids, attention_mask, copies,
+                                           eos_token_id, pad_token_id)
+    lengths = dict(max_new_tokens=max_new_tokens, **ends)
     if num_beams > 1:
         return beam_loop(step, cache, prefix, num_beams=num_beams, length_penalty=length_penalty,
                          early_stopping=early_stopping, no_repeat_ngram_size=no_repeat_ngram_size,
@@ -190,3 +154,22 @@ def generate(model: nn.Module, input_ids: torch.Tensor,
                            top_k=top_k, top_p=top_p, no_repeat_ngram_size=no_repeat_ngram_size,
                            **lengths)
     return greedy_loop(step, prefix, no_repeat_ngram_size=no_repeat_ngram_size, **lengths)
+
+
+def greedy_generate(model: nn.Module, input_ids: torch.Tensor,
+                    attention_mask: torch.Tensor | None = None, *,
+                    max_new_tokens: int) -> torch.Tensor:
+    """``generate``'s greedy targets of an ``EncoderDecoder`` for sources (batch, source) with
+    their 1/0 mask: (batch, 1 + generated). The model is used as it is (call ``model.eval()``
+    first to switch dropout off, as transformers' loaders do)."""
+    check_max_new_tokens(max_new_tokens)
+    return generate(model, input_ids, attention_mask, max_new_tokens=max_new_tokens)
+
+
+def greedy_continue(model: nn.Module, input_ids: torch.Tensor, *, max_new_tokens: int,
+                    eos_token_id: int | None = None, pad_token_id: int | None = None,
+                    attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``generate``'s greedy continuation by a ``CausalLM`` of prompts (batch, prompt), padded on
+    the left with their 1/0 ``attention_mask``: (batch, prompt + generated)."""
+    return generate(model, input_ids, attention_mask, max_new_tokens=max_new_tokens,
+                    eos_token_id=eos_token_id, pad_token_id=pad_token_id)

@@ -12,11 +12,7 @@ The tokeniser is rouge-score's default: lowercase, every run of characters other
 0-9 is a separator, so "Café" is the words "caf" and nothing of "é". rouge-score can also stem
 words (Porter, through nltk); minift does not, so compare with `use_stemmer=False`. With several
 references a hypothesis takes the scores of the reference with the best F-measure (the first on
-a tie), as `RougeScorer.score_multi` does. tests/test_rouge.py holds every number here equal to
-rouge-score's within 1e-12.
-
-Read in this order: `tokenize`, `lcs_length`, `RougeScore` and `rouge_l` (one reference),
-`rouge_l_multi` (several), `corpus_rouge_l` (the mean over a test set).
+a tie), as `RougeScorer.score_multi` does.
 """
 
 from __future__ import annotations

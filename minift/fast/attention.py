@@ -28,8 +28,7 @@ attention dropout is on:
 ``choose_path`` is the one choice; ``attend`` runs the chosen path (except the per-sequence loop,
 which stays in unpad.py beside its hand-written backward). The per-batch inputs the paths need
 (offsets, the longest length, the mask) come from ``PackedLayout``, built once per batch and
-kept with the batch's ``Unpadding``, so twelve layers do not build them twelve times. Every
-path is held to the textbook attention by tests/test_attention.py (CPU) and tests/test_cuda.py.
+kept with the batch's ``Unpadding``, so twelve layers do not build them twelve times.
 """
 
 from __future__ import annotations

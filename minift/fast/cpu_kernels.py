@@ -1,11 +1,10 @@
 """Two CPU kernels that a built model can swap in: oneDNN's float32 linear and a faster dropout.
 
-Read in order: ``dropout`` and ``keep_mask`` (the same distribution as ``F.dropout``, drawn with
-a cheaper call on a CPU) and ``Dropout``; then ``linear`` (``F.linear`` through oneDNN where that
-applies), the ``onednn_linear`` custom op it calls, the measurement, once per machine, that
-decides whether to use it (``onednn_is_faster``), and ``Linear``. ``Linear`` and ``Dropout``
-subclass ``nn.Linear`` and ``nn.Dropout`` with the same parameters, so ``unpad.speed_up`` swaps
-them into a textbook model without touching its state dict.
+Read in order: the dropout (``F.dropout``'s distribution, drawn with a cheaper call on a CPU),
+then the linear layer (``F.linear`` through oneDNN where that applies) and the measurement, once
+per machine, that decides whether to use it. ``Linear`` and ``Dropout`` subclass ``nn.Linear``
+and ``nn.Dropout`` with the same parameters, so ``unpad.speed_up`` swaps them into a textbook
+model without touching its state dict.
 
 What each buys depends on the CPU: ``benchmarks/dropout.py`` and ``benchmarks/linear_speed.py``
 measure it on yours. Importing this file registers the custom op and runs no tensor operation.

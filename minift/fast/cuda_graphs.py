@@ -2,8 +2,8 @@
 
 A small model on a GPU spends its time launching kernels rather than running them: a MiniLM
 forward is a few hundred kernels of a few microseconds each, and the host's cost of launching
-each one sets the pace (issue 35: on an H200 a bf16 forward took as long at 1,024 tokens as at
-2,048). A CUDA graph records the kernels of one call and replays them all with one launch
+each one sets the pace (on an H200 a bf16 forward took as long at 1,024 tokens as at 2,048).
+A CUDA graph records the kernels of one call and replays them all with one launch
 (``torch.cuda.CUDAGraph``; ``torch.compile(mode="reduce-overhead")`` does the same under the
 hood). Three prices, each visible here:
 
@@ -18,8 +18,7 @@ hood). Three prices, each visible here:
   forbids that. So what is recorded is the textbook forward, ``BertModel.forward``, which reads
   no tensor on the host: the padded path, with whatever modules ``speed_up`` swapped in.
 
-The model's numbers do not change: a test (tests/test_cuda.py) holds the replayed outputs to
-the eager forward's.
+The model's numbers do not change: the replayed outputs are the eager forward's.
 """
 
 from __future__ import annotations
@@ -79,24 +78,20 @@ class GraphedEncoder:
             return BertOutput(last_hidden_state=output.last_hidden_state.clone(),
                               pooler_output=None if pooled is None else pooled.clone())
 
-    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 token_type_ids: torch.Tensor) -> BertOutput:
-        """The textbook forward (no host synchronisation) over the model's own modules."""
-        return BertModel.forward(self.model, input_ids, attention_mask, token_type_ids)
-
     def _record(self, inputs: list[torch.Tensor]) -> tuple:
         """Warm up on a side stream (first calls allocate and choose kernels), then record one
-        forward on static copies of ``inputs``."""
+        forward on static copies of ``inputs``: the textbook forward (no host synchronisation)
+        over the model's own modules."""
         static = [t.clone() for t in inputs]
         side = torch.cuda.Stream(device=static[0].device)
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(WARMUP_CALLS):
-                self._forward(*static)
+                BertModel.forward(self.model, *static)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
-            output = self._forward(*static)
+            output = BertModel.forward(self.model, *static)
         if self.pool is None:
             self.pool = graph.pool()
         return graph, static, output

@@ -7,13 +7,10 @@ on the real tokens alone, packed as (tokens, hidden), and attention runs on each
 one of the packed paths of ``attention.py`` (FlashAttention's varlen kernel, SDPA on nested
 tensors, or the re-padded batch). MosaicBERT and ModernBERT do the same.
 
-Read in order: ``Unpadding`` (where the real tokens sit), ``unpads_by_default`` (when to use it),
-``varlen_attention`` and ``DropoutAttentionPerSequence`` (attention per packed sequence, with its
-backward written out for training), then the fast subclasses of the textbook modules
-(``FastSelfAttention``, ``FastFeedForward``, ``FastBlock``, ``FastBertModel``), and last
-``speed_up``, the one door through which all of this, and the CPU kernels of
-``cpu_kernels.py``, enter a built model. Tests hold the fast model to the textbook one
-(tests/test_unpad.py).
+Read in order: where the real tokens sit and when to drop the padding, attention per packed
+sequence (its backward written out for training), the fast subclasses of the textbook modules,
+and last ``speed_up``, the one door through which all of this, and the CPU kernels of
+``cpu_kernels.py``, enter a built model.
 """
 
 from __future__ import annotations
@@ -46,38 +43,34 @@ class Unpadding:
     """Where the real tokens of a padded (batch, seq) batch sit.
 
     The packed tokens come sequence after sequence, so ``lengths`` splits them into sequences
-    for attention (``varlen_attention``). With ``per_sequence=False`` (the choice on a GPU, where
-    many small calls cost more than the padding) attention takes one of the packed paths of
-    ``minift.fast.attention`` (varlen, nested, or re-padded with a boolean mask).
-
-    Two ways to build one. ``from_lengths`` takes the lengths the batch builder counted on the
-    host (``minift.data.batches.with_lengths``) and reads nothing back from the device: what a
-    training step wants, since a GPU runs ahead of the Python that feeds it only as long as
-    Python never waits for a number. ``from_mask`` finds them in the mask alone (a user calling
-    the model with ``input_ids`` and ``attention_mask``), at the price of two reads.
+    for attention. Two ways to build one. ``from_lengths`` takes the lengths the batch builder
+    counted on the host (``minift.data.batches.with_lengths``) and reads nothing back from the
+    device: what a training step wants, since a GPU runs ahead of the Python that feeds it only
+    as long as Python never waits for a number. ``from_mask`` finds them in the mask alone (a
+    user calling the model with ``input_ids`` and ``attention_mask``), at the price of two reads.
     """
 
     indices: torch.Tensor  # (tokens,) positions of the real tokens in the flattened batch
     batch: int
     seq: int
     lengths: list[int]  # real tokens of each sequence, in batch order
-    per_sequence: bool = True  # attention per sequence (True) or on the re-padded batch
+    # Attention per sequence (True) or by a packed path of minift.fast.attention (False, the
+    # choice on a GPU, where many small calls cost more than the padding). None: True on CPU,
+    # False elsewhere and under torch.compile, whose graphs would be specialised to the lengths.
+    per_sequence: bool | None = None
     offsets: torch.Tensor | None = None  # (batch,) each sequence's first packed token; see starts
 
-    @staticmethod
-    def default_per_sequence(device: torch.device) -> bool:
-        """True on CPU, False elsewhere (see ``varlen_attention``) and under ``torch.compile``,
-        whose graphs would be specialised to each batch's lengths."""
-        return device.type == "cpu" and not torch.compiler.is_compiling()
+    def __post_init__(self) -> None:
+        if self.per_sequence is None:
+            self.per_sequence = (self.indices.device.type == "cpu"
+                                 and not torch.compiler.is_compiling())
 
     @classmethod
     def from_mask(cls, attention_mask: torch.Tensor, per_sequence: bool | None = None
                   ) -> Unpadding:
         """From the (batch, seq) mask alone: ``nonzero`` and ``tolist`` each wait for the device
-        (on a GPU, two host synchronisations). ``per_sequence``: None chooses by device."""
+        (on a GPU, two host synchronisations)."""
         batch, seq = attention_mask.shape
-        if per_sequence is None:
-            per_sequence = cls.default_per_sequence(attention_mask.device)
         return cls(attention_mask.flatten().nonzero().squeeze(1), batch, seq,
                    attention_mask.sum(dim=1).tolist(), per_sequence)
 
@@ -104,8 +97,6 @@ class Unpadding:
         """
         batch, seq = attention_mask.shape
         cls.check_lengths(lengths, batch, seq)
-        if per_sequence is None:
-            per_sequence = cls.default_per_sequence(attention_mask.device)
         device, total = attention_mask.device, sum(lengths)
         counts = attention_mask.sum(dim=1)  # (batch,) on the device: the same numbers as lengths
         offsets = counts.cumsum(0) - counts  # (batch,)
@@ -282,27 +273,24 @@ class FastSelfAttention(SelfAttention):
         """x: (batch, seq, hidden), or (tokens, hidden) with the ``unpadding`` that placed them.
 
         ``first_only``: only the first token of each sequence asks (it still attends to every
-        token); the output is then (batch, 1, hidden), or (batch, hidden) unpadded.
+        token); the output is then (batch, 1, hidden), or (batch, hidden) unpadded. Packed tokens
+        attend by the path ``attention_path`` forces, else by ``attention.choose_path`` (per
+        sequence on a CPU; on a GPU varlen, nested or padded).
         """
         if unpadding is not None:
-            return self.out(self._unpadded(x, mask, unpadding, first_only))
+            q, k, v = self.project(x)
+            dropout_p = self.dropout_p if self.training else 0.0
+            path = self.attention_path or attention.choose_path(
+                q.device, q.dtype, dropout_p, self.head_dim, unpadding.per_sequence)
+            if path == "per_sequence":
+                y = varlen_attention(q, k, v, unpadding.lengths, dropout_p, first_only)
+            else:
+                y = attention.attend(path, q, k, v, unpadding, dropout_p, first_only)
+            return self.out(y.flatten(1))  # (tokens, hidden), or (batch, hidden) with first_only
         q = self.split_heads(self.query(x[:, :1] if first_only else x))
         k, v = self.split_heads(self.key(x)), self.split_heads(self.value(x))
         y = self.sdpa(q, k, v, mask)  # (batch, heads, seq, head_dim)
         return self.out(y.transpose(1, 2).flatten(2))  # (batch, seq, hidden)
-
-    def _unpadded(self, x: torch.Tensor, mask: torch.Tensor | None,
-                  unpadding: Unpadding, first_only: bool) -> torch.Tensor:
-        """(tokens, hidden) -> (tokens, hidden), or (batch, hidden) with ``first_only``, before
-        the output projection: attention by the path ``attention_path`` forces, else by
-        ``attention.choose_path`` (per sequence on a CPU; on a GPU varlen, nested or padded)."""
-        q, k, v = self.project(x)
-        dropout_p = self.dropout_p if self.training else 0.0
-        path = self.attention_path or attention.choose_path(
-            q.device, q.dtype, dropout_p, self.head_dim, unpadding.per_sequence)
-        if path == "per_sequence":
-            return varlen_attention(q, k, v, unpadding.lengths, dropout_p, first_only).flatten(1)
-        return attention.attend(path, q, k, v, unpadding, dropout_p, first_only).flatten(1)
 
 
 class FastFeedForward(FeedForward):
@@ -383,36 +371,29 @@ class FastBertModel(BertModel):
         # Only the last block shortcuts; and only where every row starts with a real token (the
         # pooler reads position 0; a row padded on the left has no real token there).
         first_only = first_token_only and starts_real
-        last = len(self.layers) - 1
         if unpad is None:
             unpad = self.unpad if self.unpad is not None else unpads_by_default(input_ids)
+        unpadding = None
         if padded and unpad:
             per_sequence = self.per_sequence_attention
             unpadding = (Unpadding.from_mask(attention_mask, per_sequence) if lengths is None
                          else Unpadding.from_lengths(attention_mask, lengths, per_sequence))
-            x = self.embeddings(unpadding.unpad(input_ids), unpadding.unpad(token_type_ids),
-                                unpadding.unpad(positions))  # (tokens, hidden)
-            for i, layer in enumerate(self.layers):
-                x = self._run_block(layer, x, mask, unpadding, first_only and i == last)
-            # (batch, seq, hidden); with first_only, (batch, hidden) -> (batch, 1, hidden)
+            input_ids, token_type_ids, positions = (  # (tokens,): the real tokens alone
+                unpadding.unpad(t) for t in (input_ids, token_type_ids, positions))
+        x = self.embeddings(input_ids, token_type_ids, positions)  # (batch, seq or tokens, hidden)
+        for i, layer in enumerate(self.layers):
+            inputs = (x, mask, unpadding, first_only and i == len(self.layers) - 1)
+            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+                # as in BertModel.forward: the block's activations recomputed in backward
+                x = torch.utils.checkpoint.checkpoint(layer, *inputs, use_reentrant=False)
+            else:
+                x = layer(*inputs)
+        if unpadding is not None:  # re-padded, (batch, seq, hidden); first_only: (batch, 1, hidden)
             x = x[:, None] if first_only else unpadding.pad(x)
-        else:
-            x = self.embeddings(input_ids, token_type_ids, positions)  # (batch, seq, hidden)
-            for i, layer in enumerate(self.layers):
-                x = self._run_block(layer, x, mask, None, first_only and i == last)
-        if first_token_only and x.size(1) > 1:  # the fallback above: the full pass, cut
+        if first_token_only and x.size(1) > 1:  # the full pass where the shortcut could not run
             x = x[:, :1]
         pooled = self.pooler(x) if self.pooler is not None else None
         return BertOutput(last_hidden_state=x, pooler_output=pooled)
-
-    def _run_block(self, layer: FastBlock, x: torch.Tensor, mask: torch.Tensor | None,
-                   unpadding: Unpadding | None, first_only: bool) -> torch.Tensor:
-        """One block; with activation checkpointing (training only) its activations are not
-        kept but recomputed in backward, as in ``BertModel.forward``."""
-        if self.activation_checkpointing and self.training and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(layer, x, mask, unpadding, first_only,
-                                                     use_reentrant=False)
-        return layer(x, mask, unpadding, first_only)
 
 
 # --- The one door: swap the fast modules into a built model ---------------------------------------

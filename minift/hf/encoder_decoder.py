@@ -18,8 +18,7 @@ Reading order:
    are fresh, initialised as transformers does: N(0, initializer_range) weights, zero biases,
    LayerNorm 1 and 0; the head's output matrix is the (warm) word embedding.
 
-Weights are read as ``checkpoint.read_state_dict`` reads them: safetensors, or a ``.bin`` through
-``torch.load(weights_only=True)``; no pickled code runs.
+Weights are read as ``checkpoint.read_state_dict`` reads them: no pickled code runs.
 """
 
 from __future__ import annotations
@@ -232,14 +231,9 @@ def load_encoder_decoder(path: str | os.PathLike) -> EncoderDecoder:
         eos_token_id=_token_id(raw, "eos_token_id", source, False),
     )
     state, weights = read_state_dict(folder)
-    parts = {"encoder.": {}, "decoder.": {}}
-    unknown = []
-    for name, tensor in state.items():
-        prefix = name[:8]
-        if prefix in parts:
-            parts[prefix][name[8:]] = tensor
-        else:
-            unknown.append(name)
+    parts = {prefix: {name[8:]: tensor for name, tensor in state.items() if name[:8] == prefix}
+             for prefix in ("encoder.", "decoder.")}
+    unknown = [name for name in state if name[:8] not in parts]
     if unknown:
         raise CheckpointError(f"{weights}: keys neither under encoder. nor decoder.: "
                               f"{', '.join(unknown)}")
