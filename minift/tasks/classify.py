@@ -149,9 +149,8 @@ class _Classifier(nn.Module):
     def from_config(cls, path: str | os.PathLike, num_labels: int = 2,
                     id2label: dict[int, str] | None = None, **settings):
         """The architecture of the checkpoint in ``path`` (its ``config.json``) with BERT's random
-        initialisation, what transformers' ``from_config`` gives, drawn from torch's global
-        generator: seed it first. What pretraining is worth is ``from_pretrained`` against this,
-        trained the same way (``benchmarks/claims_transfer.py``)."""
+        initialisation, drawn from torch's global generator (seed it first), as transformers'
+        ``from_config``: what pretraining is worth is ``from_pretrained`` against this."""
         raw = read_config_json(path)
         return cls(read_config(path, raw), num_labels, id2label, raw.get("classifier_dropout"),
                    **cls._settings(Path(path), raw, **settings))
@@ -192,8 +191,7 @@ class SequenceClassifier(_Classifier):
 
     @classmethod
     def _settings(cls, folder: Path, raw_config: dict, pooling: str | None = None) -> dict:
-        """``pooling``: as given, else the one the folder's ``config.json`` records (a minift
-        classifier), else the one its sentence-transformers files state, else ``pooler``."""
+        """``pooling``: as given, else the checkpoint's own (see the module's docstring)."""
         return {"pooling": pooling or raw_config.get("pooling") or read_pooling(folder)
                 or "pooler"}
 

@@ -233,13 +233,11 @@ def batch_seed(seed: int, epoch: int, index: int) -> int:
 
 class MaskedBatches(Sequence):
     """One epoch of masked batches, masked when asked for (batch i with `batch_seed(seed,
-    epoch, i)`). With `shuffle` the order is `length_grouped_batches` with a generator seeded
-    from (seed, epoch); without, sequences go longest first.
-
-    The same epoch gives the same batches whenever it is asked for, so a resumed run sees
-    exactly the masks of an uninterrupted one (the training loop rebuilds the epoch it resumes
-    in), and an evaluation set masked once with a fixed seed gives before/after numbers on the
-    very same masks."""
+    epoch, i)`): a resumed run sees exactly the masks of an uninterrupted one (the loop rebuilds
+    the epoch it resumes in), and an evaluation set masked once with a fixed seed gives
+    before/after numbers on the very same masks. With `shuffle` the order is
+    `length_grouped_batches` with a generator seeded from (seed, epoch); without, sequences go
+    longest first."""
 
     def __init__(self, sequences: TextSequences, collator: MaskingCollator, batch_size: int, *,
                  seed: int, epoch: int = 0, shuffle: bool = True) -> None:
@@ -272,6 +270,38 @@ MLM_HEAD_KEYS = {
     "cls.predictions.transform.LayerNorm.bias": "transform_norm.bias",
     "cls.predictions.bias": "bias",
 }
+
+
+def _mlm_head_weights(checkpoint, params: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The ``cls.predictions.*`` weights of ``checkpoint`` under the names of ``params`` (a
+    ``MaskedLM``'s named parameters), checked: all or none of them, shapes as the model's, and a
+    stored decoder weight equal to the word embeddings it is tied to."""
+    folder, found = checkpoint.folder, {}
+    for name, tensor in checkpoint.heads.items():
+        if not name.startswith("cls.predictions."):
+            continue
+        hf = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta",
+                                                                         "LayerNorm.bias")
+        hf = {"cls.predictions.decoder.bias": "cls.predictions.bias"}.get(hf, hf)
+        if hf == "cls.predictions.decoder.weight":
+            if not torch.equal(tensor, params["bert.embeddings.word_embeddings.weight"]):
+                raise CheckpointError(f"{folder}: {name} differs from bert.embeddings."
+                                      "word_embeddings.weight; minift's MaskedLM ties the decoder "
+                                      "to the embeddings")
+            continue
+        if hf not in MLM_HEAD_KEYS:
+            raise CheckpointError(f"{folder}: unknown MLM head weight {name!r} (known: "
+                                  f"{', '.join(MLM_HEAD_KEYS)})")
+        found[MLM_HEAD_KEYS[hf]] = (name, tensor)
+    missing = sorted(set(MLM_HEAD_KEYS.values()) - set(found))
+    if found and missing:
+        raise CheckpointError(f"{folder}: the MLM head is incomplete, missing (minift names): "
+                              f"{', '.join(missing)}")
+    for ours, (name, tensor) in found.items():
+        if tensor.shape != params[ours].shape:
+            raise CheckpointError(f"{folder}: {name} has shape {tuple(tensor.shape)}, the config "
+                                  f"needs {tuple(params[ours].shape)}")
+    return {ours: tensor for ours, (_, tensor) in found.items()}
 
 
 @dataclass
@@ -368,36 +398,11 @@ class MaskedLM(nn.Module):
         return model
 
     def load_heads(self, checkpoint) -> None:
-        """Copy the ``cls.predictions.*`` weights of ``checkpoint`` when it has them, checked: all
-        or none of them, shapes as the model's, a stored decoder weight equal to the word
-        embeddings it is tied to."""
-        params, folder, found = dict(self.named_parameters()), checkpoint.folder, {}
-        for name, tensor in checkpoint.heads.items():
-            if not name.startswith("cls.predictions."):
-                continue
-            hf = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta",
-                                                                             "LayerNorm.bias")
-            hf = {"cls.predictions.decoder.bias": "cls.predictions.bias"}.get(hf, hf)
-            if hf == "cls.predictions.decoder.weight":
-                if not torch.equal(tensor, params["bert.embeddings.word_embeddings.weight"]):
-                    raise CheckpointError(f"{folder}: {name} differs from bert.embeddings."
-                                          "word_embeddings.weight; minift's MaskedLM ties the "
-                                          "decoder to the embeddings")
-                continue
-            if hf not in MLM_HEAD_KEYS:
-                raise CheckpointError(f"{folder}: unknown MLM head weight {name!r} (known: "
-                                      f"{', '.join(MLM_HEAD_KEYS)})")
-            found[MLM_HEAD_KEYS[hf]] = (name, tensor)
-        missing = sorted(set(MLM_HEAD_KEYS.values()) - set(found))
-        if found and missing:
-            raise CheckpointError(f"{folder}: the MLM head is incomplete, missing (minift names): "
-                                  f"{', '.join(missing)}")
-        for ours, (name, tensor) in found.items():
-            if tensor.shape != params[ours].shape:
-                raise CheckpointError(f"{folder}: {name} has shape {tuple(tensor.shape)}, the "
-                                      f"config needs {tuple(params[ours].shape)}")
+        """Copy the ``cls.predictions.*`` weights of ``checkpoint`` (when it has them)."""
+        params = dict(self.named_parameters())
+        found = _mlm_head_weights(checkpoint, params)
         with torch.no_grad():
-            for ours, (_, tensor) in found.items():
+            for ours, tensor in found.items():
                 params[ours].copy_(tensor)
         self.head_loaded = self.head_loaded or bool(found)
 
