@@ -65,13 +65,13 @@ class Seq2SeqModel(EncoderDecoder):
 # --- 2. Texts to token rows -----------------------------------------------------------------------
 
 
-def _rows(texts: Sequence[str], tokenizer, prefix: list[int],
-          max_length: int) -> tuple[list[Tensor], int]:
+def _rows(texts: Sequence[str], tokenizer, prefix: list[int], max_length: int,
+          chunk_size: int = 1024) -> tuple[list[Tensor], int]:
     """``prefix`` + text + [SEP] of each text, the text's tokens (the tokenizer's ``backend``,
     no special tokens) cut so that the row holds ``max_length``; and how many were cut."""
     rows, cut, room = [], 0, max_length - len(prefix) - 1
-    for start in range(0, len(texts), 1024):
-        chunk = list(texts[start : start + 1024])
+    for start in range(0, len(texts), chunk_size):
+        chunk = list(texts[start : start + chunk_size])
         for e in tokenizer.backend.encode_batch(chunk, add_special_tokens=False):
             cut += len(e.ids) > room
             rows.append(torch.tensor([*prefix, *e.ids[:room], tokenizer.sep_token_id],
