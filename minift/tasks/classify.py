@@ -90,8 +90,8 @@ class _Classifier(nn.Module):
 
     def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
                 token_type_ids: Tensor | None = None, labels: Tensor | None = None, *,
-                features: Tensor | None = None, lengths: list[int] | None = None
-                ) -> ClassifierOutput:
+                features: Tensor | None = None,
+                lengths: list[int] | None = None) -> ClassifierOutput:
         """Logits, and the mean cross-entropy over labels that are not -100 when given.
 
         ``features``: what ``self.features`` returns, computed earlier by a frozen encoder
