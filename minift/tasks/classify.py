@@ -18,10 +18,6 @@ its pooling; a sentence-transformers folder states one (``minift.hf.checkpoint.r
 all-MiniLM-L6-v2 says mean, and its pooler was never trained); else BERT's pooler.
 
 ``_Classifier`` is shared with the token classifier of ``minift.tasks.tag``.
-``ClassificationDataset`` tokenizes a split once into rows padded batch by batch;
-``encode_features`` runs a frozen encoder once over a dataset, so a head trained on a frozen
-encoder (``--freeze head``) costs one encoder pass per example, not one per epoch;
-``classification_metrics`` scores a model on its batches (token batches or feature batches).
 """
 
 from __future__ import annotations
@@ -71,6 +67,7 @@ class _Classifier(nn.Module):
 
     architecture = ""
     add_pooling_layer = True
+    saved_settings: tuple[str, ...] = ()  # the head's own attributes, kept in config.json
 
     def __init__(self, config: BertConfig, num_labels: int, id2label: dict[int, str] | None = None,
                  classifier_dropout: float | None = None, *, add_pooling_layer: bool | None = None):
@@ -91,16 +88,15 @@ class _Classifier(nn.Module):
     def features(self, input_ids, attention_mask, token_type_ids, lengths=None) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, input_ids: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                *, features: torch.Tensor | None = None,
+    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
+                token_type_ids: Tensor | None = None, labels: Tensor | None = None, *,
+                features: Tensor | None = None,
                 lengths: list[int] | None = None) -> ClassifierOutput:
         """Logits, and the mean cross-entropy over labels that are not -100 when given.
 
         ``features``: what ``self.features`` returns, computed earlier by a frozen encoder
-        (``encode_features``); the encoder is then skipped and only the head runs.
-        ``lengths``: handed to the encoder (see ``minift.data.batches.with_lengths``).
+        (``encode_features``): only the head runs. ``lengths``: for the encoder
+        (``minift.data.batches.with_lengths``).
         """
         if features is None:
             features = self.features(input_ids, attention_mask, token_type_ids, lengths)
@@ -125,10 +121,6 @@ class _Classifier(nn.Module):
         """The head's own keywords for ``__init__`` from a checkpoint (none here)."""
         return settings
 
-    def _config_extra(self) -> dict:
-        """The head's own keys for ``config.json`` (none here)."""
-        return {}
-
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, num_labels: int | None = None,
                         id2label: dict[int, str] | None = None, **settings):
@@ -139,9 +131,10 @@ class _Classifier(nn.Module):
         ``settings``: the head's own (``SequenceClassifier``: ``pooling``).
         """
         checkpoint = read_checkpoint(path)
-        raw_id2label = _read_id2label(checkpoint.raw_config)
-        if id2label is None and num_labels is None and raw_id2label:
-            id2label = raw_id2label
+        raw = checkpoint.raw_config.get("id2label")
+        raw = {int(i): str(label) for i, label in raw.items()} if isinstance(raw, dict) else None
+        if id2label is None and num_labels is None and raw:
+            id2label = raw
         if num_labels is None:
             num_labels = len(id2label) if id2label else 2
         # transformers' classifier_dropout (None: the encoder's hidden_dropout_prob).
@@ -156,9 +149,8 @@ class _Classifier(nn.Module):
     def from_config(cls, path: str | os.PathLike, num_labels: int = 2,
                     id2label: dict[int, str] | None = None, **settings):
         """The architecture of the checkpoint in ``path`` (its ``config.json``) with BERT's random
-        initialisation, what transformers' ``from_config`` gives, drawn from torch's global
-        generator: seed it first. What pretraining is worth is ``from_pretrained`` against this,
-        trained the same way (``benchmarks/claims_transfer.py``)."""
+        initialisation, drawn from torch's global generator (seed it first), as transformers'
+        ``from_config``: what pretraining is worth is ``from_pretrained`` against this."""
         raw = read_config_json(path)
         return cls(read_config(path, raw), num_labels, id2label, raw.get("classifier_dropout"),
                    **cls._settings(Path(path), raw, **settings))
@@ -170,14 +162,9 @@ class _Classifier(nn.Module):
                  "label2id": {label: i for i, label in self.id2label.items()}}
         if self.classifier_dropout is not None:
             extra["classifier_dropout"] = self.classifier_dropout
-        extra |= self._config_extra()
+        extra |= {name: getattr(self, name) for name in self.saved_settings}
         save_bert(self.bert, path, heads=linear_tensors(self.classifier, "classifier"),
                   config_extra=extra, prefix="bert.")
-
-
-def _read_id2label(config: dict) -> dict[int, str] | None:
-    raw = config.get("id2label")
-    return {int(i): str(label) for i, label in raw.items()} if isinstance(raw, dict) else None
 
 
 class SequenceClassifier(_Classifier):
@@ -192,6 +179,7 @@ class SequenceClassifier(_Classifier):
     """
 
     architecture = "BertForSequenceClassification"
+    saved_settings = ("pooling",)
 
     def __init__(self, config: BertConfig, num_labels: int, id2label: dict[int, str] | None = None,
                  classifier_dropout: float | None = None, pooling: str = "pooler"):
@@ -203,13 +191,9 @@ class SequenceClassifier(_Classifier):
 
     @classmethod
     def _settings(cls, folder: Path, raw_config: dict, pooling: str | None = None) -> dict:
-        """``pooling``: as given, else the one the folder's ``config.json`` records (a minift
-        classifier), else the one its sentence-transformers files state, else ``pooler``."""
+        """``pooling``: as given, else the checkpoint's own (see the module's docstring)."""
         return {"pooling": pooling or raw_config.get("pooling") or read_pooling(folder)
                 or "pooler"}
-
-    def _config_extra(self) -> dict:
-        return {"pooling": self.pooling}
 
     def features(self, input_ids, attention_mask, token_type_ids, lengths=None):
         if self.pooling == "mean":
@@ -228,7 +212,7 @@ class SequenceClassifier(_Classifier):
 
 class ClassificationDataset(PaddedRows):
     """A split tokenized once (in chunks of `chunk_size`, unpadded), which hands out padded
-    batches: the same tensors `collate` gives for those examples (a test holds them equal).
+    batches: the same tensors `collate` gives for those examples.
 
     Batch contract: a dict of LongTensors on the CPU, `input_ids`, `attention_mask`,
     `token_type_ids` of shape (batch, seq) where seq is the longest example of the batch
@@ -266,11 +250,8 @@ class ClassificationDataset(PaddedRows):
 def make_batches(examples: Sequence[Example | str], label_ids: Sequence[int] | None, tokenizer, *,
                  batch_size: int, max_length: int | None, generator: torch.Generator | None,
                  shuffle: bool = True) -> list[dict[str, Tensor]]:
-    """One pass of padded, length-grouped batches: `ClassificationDataset(...).batches(...)`.
-
-    Tokenizes every time it is called; for several epochs build the dataset once and call its
-    `batches` once an epoch.
-    """
+    """One pass of padded, length-grouped batches: `ClassificationDataset(...).batches(...)`,
+    tokenized anew at every call (for several epochs, build the dataset once)."""
     dataset = ClassificationDataset(examples, tokenizer, max_length=max_length, label_ids=label_ids)
     return dataset.batches(batch_size, generator=generator, shuffle=shuffle)
 
@@ -300,16 +281,16 @@ def encode_features(model: _Classifier, dataset: PaddedRows, *, batch_size: int,
     return features
 
 
-class FeatureRows:
-    """A ``ClassificationDataset`` whose examples are fixed features (``encode_features``):
-    batches of the same examples, drawn in the same order as the dataset's own, holding
-    ``features`` (batch, hidden) and ``labels`` for ``model(**batch)`` to skip the encoder."""
+class FeatureRows(PaddedRows):
+    """A ``ClassificationDataset``'s examples as fixed features (``encode_features``): its
+    batches, in its order (the same lengths), of ``features`` (batch, hidden) and ``labels``,
+    for ``model(**batch)`` to skip the encoder."""
 
     def __init__(self, dataset: ClassificationDataset, features: Tensor) -> None:
         if len(features) != len(dataset):
             raise ValueError(f"expected one feature row per example ({len(dataset)}), "
                              f"found {len(features)}")
-        self.dataset, self.features = dataset, features
+        self.dataset, self.features, self.lengths = dataset, features, dataset.lengths
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -321,12 +302,6 @@ class FeatureRows:
         if self.dataset.labels is not None:
             batch["labels"] = self.dataset.labels[rows]
         return batch
-
-    def batches(self, batch_size: int, *, generator: torch.Generator | None,
-                shuffle: bool = True, drop_last: bool = False) -> list[dict[str, Tensor]]:
-        """The batches of ``dataset.batches(...)`` with the same arguments, as features."""
-        return [self.batch(indices) for indices in self.dataset.batch_indices(
-            batch_size, generator=generator, shuffle=shuffle, drop_last=drop_last)]
 
 
 def classification_metrics(model, batches, num_labels: int, device, *,

@@ -1,18 +1,14 @@
 """Causal language modelling: a BERT body made a left-to-right writer, fine-tuned on plain text
-(the "GPT-style" generation the BERT family can do), scored by perplexity.
+(the "GPT-style" generation the BERT family can do), scored by perplexity. Reading order:
 
-Reading order:
-
-1. ``LanguageModel`` is ``minift.core.decoder.CausalLM`` with the HF folder doors: from an
-   encoder checkpoint (its self-attention made causal, the LM head its MLM head or fresh, as
-   ``BertLMHeadModel.from_pretrained(path, is_decoder=True)``), or from a decoder folder this
-   task saved; saved as transformers' ``BertLMHeadModel``.
-2. The text is ``minift.tasks.mlm.TextSequences``: one passage a line, each its own
-   ``[CLS] ... [SEP]`` sequence or, with ``pack``, consecutive passages packed into full
-   sequences. ``LMBatches`` pads them: ``labels`` are the input ids (the model shifts them: the
-   logits at position t predict token t + 1) with -100 at padding.
-3. ``lm_metrics``: the mean next-token loss over every predicted token of held-out text, and its
-   exponential, the perplexity (the number of equally likely tokens the model hesitates between).
+1. ``LanguageModel``: ``minift.core.decoder.CausalLM`` with the HF folder doors (from an encoder
+   checkpoint, its self-attention made causal, the LM head its MLM head or fresh, as
+   ``BertLMHeadModel.from_pretrained(path, is_decoder=True)``; saved as ``BertLMHeadModel``).
+2. The text is ``minift.tasks.mlm.TextSequences`` (one passage a line, or passages packed);
+   ``LMBatches`` pads them, the labels the input ids (the model shifts them: the logits at
+   position t predict token t + 1).
+3. ``lm_metrics``: the mean next-token loss over held-out text, and its exponential, the
+   perplexity (the number of equally likely tokens the model hesitates between).
 """
 
 from __future__ import annotations
@@ -62,17 +58,9 @@ class LanguageModel(CausalLM):
 # --- 2. Batches -----------------------------------------------------------------------------------
 
 
-def lm_batch(sequences: TextSequences, indices: Sequence[int]) -> dict[str, Tensor]:
-    """``input_ids``, ``attention_mask`` and ``labels`` (the ids, -100 at padding), (batch, seq),
-    of the sequences at ``indices``."""
-    batch = pad_batch([sequences.input_ids[i] for i in indices], None, sequences.pad_token_id)
-    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
-    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
-            "labels": labels}
-
-
 class LMBatches(Sequence):
-    """One epoch of batches of ``sequences``: with ``shuffle``, ``length_grouped_batches`` with a
+    """One epoch of batches of ``sequences``: ``input_ids``, ``attention_mask`` and ``labels``
+    (the ids, -100 at padding), (batch, seq). With ``shuffle``, ``length_grouped_batches`` with a
     generator seeded from (seed, epoch), the same for the same epoch (so a resumed run sees the
     batches of an uninterrupted one); without, longest first."""
 
@@ -87,7 +75,11 @@ class LMBatches(Sequence):
         return len(self.groups)
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
-        return lm_batch(self.sequences, self.groups[index])
+        rows = [self.sequences.input_ids[i] for i in self.groups[index]]
+        batch = pad_batch(rows, None, self.sequences.pad_token_id)
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+                "labels": labels}
 
 
 # --- 3. Perplexity --------------------------------------------------------------------------------

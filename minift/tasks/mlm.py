@@ -1,5 +1,4 @@
 """Masked-language modelling: lines of text in, masked batches out, the MLM head and its scores.
-
 Reading order:
 
 1. `read_text_lines` reads passages, one a line; `held_out_split` sets a seeded share aside.
@@ -9,11 +8,8 @@ Reading order:
    span overshoots the budget by about half a span per sequence, gets long sequences where that
    half span is small (see `minift.core.masking.span_mask`).
 3. `MaskingCollator` masks one padded batch with `masking.mlm`, `whole_word_mask` or `span_mask`.
-4. `MaskedBatches` is one epoch of masked batches. Batch i of epoch e is masked with its own
-   `torch.Generator` seeded from (seed, e, i): the same epoch gives the same batches whenever it is
-   asked for, so a resumed run sees exactly the masks of an uninterrupted one (the training loop
-   rebuilds the epoch it resumes in), and an evaluation set masked once with a fixed seed gives
-   before/after numbers on the very same masks.
+4. `MaskedBatches` is one epoch of masked batches, each masked with its own generator, so that
+   the same epoch gives the same masks whenever it is asked for.
 5. `MaskedLM` is the encoder with BERT's MLM head, and `mlm_metrics` scores it.
 """
 
@@ -237,8 +233,11 @@ def batch_seed(seed: int, epoch: int, index: int) -> int:
 
 class MaskedBatches(Sequence):
     """One epoch of masked batches, masked when asked for (batch i with `batch_seed(seed,
-    epoch, i)`). With `shuffle` the order is `length_grouped_batches` with a generator seeded
-    from (seed, epoch) (the same for the same epoch); without, sequences go longest first."""
+    epoch, i)`): a resumed run sees exactly the masks of an uninterrupted one (the loop rebuilds
+    the epoch it resumes in), and an evaluation set masked once with a fixed seed gives
+    before/after numbers on the very same masks. With `shuffle` the order is
+    `length_grouped_batches` with a generator seeded from (seed, epoch); without, sequences go
+    longest first."""
 
     def __init__(self, sequences: TextSequences, collator: MaskingCollator, batch_size: int, *,
                  seed: int, epoch: int = 0, shuffle: bool = True) -> None:
@@ -327,7 +326,7 @@ class MaskedLM(nn.Module):
     Sparse head: with ``labels``, the transform and the decoder run only at the positions whose
     label is not -100 (about 15% of the tokens), so the largest matmul of pretraining,
     (tokens, hidden) x (hidden, vocab), shrinks about sixfold; the loss is the same as computing
-    every logit and ignoring the -100 positions (a test holds the two equal).
+    every logit and ignoring the -100 positions.
     """
 
     architecture = "BertForMaskedLM"

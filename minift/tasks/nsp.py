@@ -125,10 +125,10 @@ def nsp_pairs(documents: Sequence[Sequence[list[int]]], max_length: int,
     Sentences are gathered into a chunk until it reaches the target length; a random cut splits
     the chunk into A and B; half of the time B is replaced by sentences from a random other
     document (the sentences of the chunk that B did not use go back to the queue), and the pair
-    is trimmed to fit, longest side first, one token from the front or the back at random. A
-    chunk of a single sentence always gets a random B (there is no cut to make), so the share of
-    random pairs is a little over one half. Pairs fit ``max_length`` with [CLS] and two [SEP]. With probability ``short_seq_prob`` a
-    chunk aims at a random shorter length (BERT's 0.1), so the model also sees short inputs.
+    is trimmed to fit ``max_length`` with [CLS] and two [SEP] (``_trim``). A chunk of a single
+    sentence always gets a random B (there is no cut to make), so the share of random pairs is a
+    little over one half. With probability ``short_seq_prob`` a chunk aims at a random shorter
+    length (BERT's 0.1), so the model also sees short inputs.
     """
     if max_length < 5:
         raise ValueError(f"max_length must be at least 5 for a pair, got {max_length}")
@@ -185,9 +185,9 @@ def tokenize_documents(documents: Sequence[Sequence[str]], tokenizer) -> list[li
 
 
 class PairSequences(PaddedRows):
-    """Pairs as unpadded rows ``[CLS] A [SEP] B [SEP]`` (token types 0 then 1) with labels;
-    ``batch`` pads like ``TextSequences.batch`` and adds ``next_sentence_label``. Word ids are
-    not kept (all -1): only token-level masking (``"mlm"``) applies to pairs."""
+    """Pairs as unpadded rows ``[CLS] A [SEP] B [SEP]`` (token types 0 then 1) with labels,
+    batched as ``TextSequences``. Word ids are not kept (all -1): only token-level masking
+    (``"mlm"``) applies to pairs."""
 
     def __init__(self, pairs: Sequence[SentencePair], tokenizer):
         cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id

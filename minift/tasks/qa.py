@@ -7,18 +7,16 @@ model sees ``[CLS] question [SEP] context [SEP]``, at most ``max_length`` tokens
 here is the bookkeeping around those two positions. Read in this order:
 
 1. ``read_squad``: the SQuAD JSON file into ``Question``s, every answer checked against its context;
-2. ``make_windows``: question + context into windows of ``max_length`` tokens; only the context is
-   cut, with consecutive windows overlapping by ``doc_stride`` tokens, so an answer cut by one
-   window edge lies whole in the next (``WindowDataset`` batches them);
+2. ``make_windows``: question + context into windows; only the context is cut, consecutive
+   windows overlapping so that an answer cut by one window edge lies whole in the next;
 3. ``best_answers``: the n-best (start, end) pairs over all windows of a question, mapped back to
    the context's characters;
-4. ``squad_scores``: the official SQuAD v1.1 exact match and token F1; then the model,
+4. ``squad_scores``: the official exact match and token F1; then the model,
    ``QuestionAnswering``, and ``qa_scores``.
 
 This is transformers' question-answering recipe (``prepare_train_features`` and
-``postprocess_qa_predictions`` of its ``run_qa.py`` example) written out; the tests hold the
-windows, positions and answers equal to it on real SQuAD questions. SQuAD 2.0's unanswerable
-questions (``is_impossible``) are refused with an error that says so.
+``postprocess_qa_predictions`` of its ``run_qa.py`` example) written out, for SQuAD v1.1:
+unanswerable questions (SQuAD 2.0's ``is_impossible``) are refused with an error that says so.
 """
 
 from __future__ import annotations
@@ -292,6 +290,16 @@ class WindowDataset(PaddedRows):
         return batch
 
 
+def train_and_dev_windows(train: Sequence[Question], dev: Sequence[Question], tokenizer, *,
+                          max_length: int = 384, doc_stride: int = 128):
+    """``(train_windows, train_set, dev_windows, dev_set)``: the windows of a train/dev split and
+    their datasets (the dev set carries no answer positions)."""
+    train_windows, dev_windows = (make_windows(split, tokenizer, max_length=max_length,
+                                               doc_stride=doc_stride) for split in (train, dev))
+    return (train_windows, WindowDataset(train_windows, tokenizer.pad_token_id),
+            dev_windows, WindowDataset(dev_windows, tokenizer.pad_token_id, labels=False))
+
+
 # --- 3. Decoding: logits back to answer text ------------------------------------------------------
 
 
@@ -307,17 +315,6 @@ class Span:
     start_logit: float
     end_logit: float
     probability: float = 0.0
-
-
-def train_and_dev_windows(train: Sequence[Question], dev: Sequence[Question], tokenizer, *,
-                          max_length: int = 384, doc_stride: int = 128):
-    """The windows of a train/dev split and their datasets (the dev set carries no answer
-    positions): ``(train_windows, train_set, dev_windows, dev_set)``, what ``minift qa`` and
-    ``benchmarks/qa_squad.py`` both train and score on."""
-    train_windows, dev_windows = (make_windows(split, tokenizer, max_length=max_length,
-                                               doc_stride=doc_stride) for split in (train, dev))
-    return (train_windows, WindowDataset(train_windows, tokenizer.pad_token_id),
-            dev_windows, WindowDataset(dev_windows, tokenizer.pad_token_id, labels=False))
 
 
 def best_answers(context: str, windows: Sequence[Window], start_logits: Sequence[torch.Tensor],
@@ -447,8 +444,7 @@ class QuestionAnswering(nn.Module):
 
     One deliberate difference: the logits of padding positions are set to the dtype's lowest
     value, so no answer can start or end in the padding and the loss does not depend on how much
-    a batch is padded. transformers leaves them as computed; on a batch without padding the two
-    agree exactly (the tests hold both statements).
+    a batch is padded. transformers leaves them as computed; without padding the two agree.
     """
 
     architecture = "BertForQuestionAnswering"

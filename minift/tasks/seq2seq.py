@@ -1,25 +1,16 @@
 """Sequence to sequence (translation, summarisation, data-to-text): the model, the dataset, the
-evaluation by generating.
+evaluation by generating. Reading order:
 
-Reading order:
-
-1. ``Seq2SeqModel`` is ``minift.core.decoder.EncoderDecoder`` with the HF folder doors: warm
-   started from one encoder checkpoint (BERT2BERT, Rothe, Narayan and Severyn, TACL 2020), loaded
-   from and saved as transformers' ``EncoderDecoderModel`` folder.
-2. ``source_rows`` / ``target_rows`` tokenize texts once. A source is ``[CLS] text [SEP]``, cut to
-   ``max_length`` tokens; a target is ``text [SEP]`` (its labels: no leading [CLS], because the
-   decoder's start token is [CLS] and teacher forcing puts it there, as transformers'
-   ``EncoderDecoderModel`` expects), cut to ``max_target_length``. What is cut is counted and
-   reported with a warning: a source longer than the model's positions can only be read in part.
-3. ``Seq2SeqDataset`` holds the rows of a training (or dev) file and hands out length-grouped
-   padded batches: ``input_ids``/``attention_mask`` (the sources), ``labels`` (-100 at padding),
-   and the decoder's input, ``labels`` shifted right behind [CLS] (``shift_right``: teacher
-   forcing), with its mask.
-4. ``generate_texts`` writes a text for each source (greedy or beam search, with the cache), in
-   input order; ``seq2seq_metrics`` scores a model on a dev file: the teacher-forced loss over
-   every row, and corpus BLEU and ROUGE-L of one generated text per *distinct* source against
-   every reference written for it (``minift.data.text_pairs.group_by_source``), as E2E NLG is
-   scored.
+1. ``Seq2SeqModel``: ``minift.core.decoder.EncoderDecoder`` with the HF folder doors, warm
+   started from one encoder checkpoint (BERT2BERT, Rothe, Narayan and Severyn, TACL 2020).
+2. ``source_rows`` / ``target_rows`` tokenize texts once, cut to the maximum lengths; what is cut
+   is counted and reported with a warning (a source longer than the model's positions can only
+   be read in part).
+3. ``Seq2SeqDataset``: the rows of a file as length-grouped padded batches, with the decoder's
+   input for teacher forcing.
+4. ``generate_texts`` writes a text for each source (greedy or beam search, with the cache);
+   ``seq2seq_metrics`` scores one generated text per *distinct* source against every reference
+   written for it (``minift.data.text_pairs.group_by_source``), as E2E NLG is scored.
 """
 
 from __future__ import annotations
@@ -45,13 +36,13 @@ from minift.tasks.lm import held_out_loss
 
 
 class Seq2SeqModel(EncoderDecoder):
-    """An ``EncoderDecoder`` that loads and saves HF folders (what the recipes and the training
-    loop call: ``from_pretrained``, ``save_pretrained``). It adds no state: a loaded
-    ``EncoderDecoder`` becomes one by a change of class, as ``minift.fast.unpad.speed_up``
-    swaps modules."""
+    """An ``EncoderDecoder`` that loads and saves transformers' ``EncoderDecoderModel`` folders.
+    It adds no state: a loaded ``EncoderDecoder`` becomes one by a change of class (``adopt``),
+    as ``minift.fast.unpad.speed_up`` swaps modules."""
 
     @classmethod
     def adopt(cls, model: EncoderDecoder) -> Seq2SeqModel:
+        """``model`` itself, made a ``Seq2SeqModel``."""
         model.__class__ = cls
         return model
 
@@ -74,13 +65,18 @@ class Seq2SeqModel(EncoderDecoder):
 # --- 2. Texts to token rows -----------------------------------------------------------------------
 
 
-def _bodies(texts: Sequence[str], tokenizer, chunk_size: int = 1024) -> list[list[int]]:
-    """The token ids of each text without special tokens (the tokenizer's ``backend``)."""
-    out = []
+def _rows(texts: Sequence[str], tokenizer, prefix: list[int], max_length: int,
+          chunk_size: int = 1024) -> tuple[list[Tensor], int]:
+    """``prefix`` + text + [SEP] of each text, the text's tokens (the tokenizer's ``backend``,
+    no special tokens) cut so that the row holds ``max_length``; and how many were cut."""
+    rows, cut, room = [], 0, max_length - len(prefix) - 1
     for start in range(0, len(texts), chunk_size):
         chunk = list(texts[start : start + chunk_size])
-        out += [e.ids for e in tokenizer.backend.encode_batch(chunk, add_special_tokens=False)]
-    return out
+        for e in tokenizer.backend.encode_batch(chunk, add_special_tokens=False):
+            cut += len(e.ids) > room
+            rows.append(torch.tensor([*prefix, *e.ids[:room], tokenizer.sep_token_id],
+                                     dtype=torch.long))
+    return rows, cut
 
 
 def warn_truncated(count: int, total: int, what: str, option: str, limit: int) -> None:
@@ -96,26 +92,17 @@ def source_rows(texts: Sequence[str], tokenizer, max_length: int) -> tuple[list[
     truncation gives), and how many were cut."""
     if max_length < 2:
         raise ValueError(f"max_length: expected at least 2 ([CLS] and [SEP]), got {max_length}")
-    rows, cut = [], 0
-    for body in _bodies(texts, tokenizer):
-        cut += len(body) > max_length - 2
-        rows.append(torch.tensor([tokenizer.cls_token_id, *body[: max_length - 2],
-                                  tokenizer.sep_token_id], dtype=torch.long))
-    return rows, cut
+    return _rows(texts, tokenizer, [tokenizer.cls_token_id], max_length)
 
 
 def target_rows(texts: Sequence[str], tokenizer, max_length: int) -> tuple[list[Tensor], int]:
     """``text [SEP]`` of each target (its labels), cut to ``max_length`` tokens, the [SEP] kept
-    so that the decoder always learns to stop; and how many were cut."""
+    so that the decoder always learns to stop; and how many were cut. No leading [CLS]: it is
+    the decoder's start token, which teacher forcing puts there (as ``EncoderDecoderModel``)."""
     if max_length < 2:
         raise ValueError(f"max_target_length: expected at least 2 (a token and [SEP]), got "
                          f"{max_length}")
-    rows, cut = [], 0
-    for body in _bodies(texts, tokenizer):
-        cut += len(body) > max_length - 1
-        rows.append(torch.tensor([*body[: max_length - 1], tokenizer.sep_token_id],
-                                 dtype=torch.long))
-    return rows, cut
+    return _rows(texts, tokenizer, [], max_length)
 
 
 # --- 3. The dataset -------------------------------------------------------------------------------
@@ -128,9 +115,8 @@ class Seq2SeqDataset(PaddedRows):
     ``labels`` (batch, target), -100 at padding; ``decoder_input_ids`` = ``shift_right(labels)``
     (the start token, then the labels but the last, padding as [PAD]) and
     ``decoder_attention_mask``, both (batch, target): exactly ``EncoderDecoder.forward``'s
-    arguments. Length grouping uses the source and target lengths together. Texts cut to
-    ``max_length`` / ``max_target_length`` are counted (``truncated_sources``,
-    ``truncated_targets``) and reported with one warning each.
+    arguments. Length grouping uses the source and target lengths together. Cut texts are
+    counted (``truncated_sources``, ``truncated_targets``) and reported with one warning each.
     """
 
     def __init__(self, pairs: Sequence[TextPair], tokenizer, *, max_length: int,
@@ -191,23 +177,15 @@ def is_uncased(tokenizer) -> bool:
     return tokenizer.tokenize("A") == tokenizer.tokenize("a")
 
 
-def teacher_forced_loss(model, batches, device, *, progress: bool = False) -> float:
-    """The mean next-token cross-entropy over every label of ``batches`` (not -100)."""
-    return held_out_loss(model, batches, device, shifted=False, desc="dev loss",
-                         progress=progress)[0]
-
-
 def seq2seq_metrics(model, loss_batches, examples: Sequence[SourceReferences], tokenizer, *,
                     max_length: int, max_new_tokens: int, batch_size: int, device,
                     progress: bool = False, **decoding) -> dict:
     """A model's dev scores: ``loss`` (teacher forcing, every row), and for one text per distinct
-    source, written as ``decoding`` says (the keywords of ``minift.core.generate.generate``:
-    greedy when none, else beam search with ``num_beams``, ``length_penalty``,
-    ``no_repeat_ngram_size``), ``bleu`` (corpus BLEU, 0..100, sacrebleu's 13a tokenisation,
-    lowercased for an uncased tokenizer) and ``rouge_l`` (the mean best-reference ROUGE-L
-    F-measure, times 100 as papers report it), against all of that source's references;
-    ``sources`` counts them. ``predictions`` (the texts, in source order) ride along for the
-    recipe to write."""
+    source (written as ``decoding`` says, see ``generate_texts``), against all of that source's
+    references: ``bleu`` (corpus BLEU, 0..100, sacrebleu's 13a tokenisation, lowercased for an
+    uncased tokenizer) and ``rouge_l`` (the mean best-reference ROUGE-L F-measure, times 100 as
+    papers report it); ``sources`` counts them. ``predictions`` (the texts, in source order)
+    ride along for the recipe to write."""
     rows, _ = source_rows([e.source for e in examples], tokenizer, max_length)
     texts = generate_texts(model, tokenizer, rows, batch_size=batch_size,
                            max_new_tokens=max_new_tokens, device=device, progress=progress,
@@ -215,6 +193,7 @@ def seq2seq_metrics(model, loss_batches, examples: Sequence[SourceReferences], t
     references = [list(e.references) for e in examples]
     bleu = corpus_bleu(texts, references, lowercase=is_uncased(tokenizer))
     rouge = corpus_rouge_l(texts, references)
-    return {"loss": teacher_forced_loss(model, loss_batches, device, progress=progress),
-            "bleu": bleu.score, "rouge_l": 100 * rouge.fmeasure, "sources": len(examples),
-            "predictions": texts}
+    loss, _ = held_out_loss(model, loss_batches, device, shifted=False, desc="dev loss",
+                            progress=progress)
+    return {"loss": loss, "bleu": bleu.score, "rouge_l": 100 * rouge.fmeasure,
+            "sources": len(examples), "predictions": texts}

@@ -7,16 +7,13 @@ light classifier on the embeddings of the few examples. Read in order:
 
 1. `sample_shots` draws the few examples; the pairs and their losses are the textbook's
    (`minift.core.contrastive`).
-2. `train_body`: contrastive fine-tuning of the encoder, run by `minift.core.loop.train` on a
-   `PairLoss` (the one training loop: mixed precision, data parallelism, resume, progress bar,
-   non-finite checks).
+2. `train_body`: contrastive fine-tuning of the encoder, run by the one training loop.
 3. The head: `LinearHead`, fitted as scikit-learn's `LogisticRegression` on frozen embeddings
    (`fit_logistic_regression`) or by gradient descent, optionally end to end (`train_head`).
 4. `SetFitModel`: encoder + tokenizer + head, with `predict`, `predict_proba`, save and load;
    `train_setfit` runs both phases.
 
-The defaults are setfit 1.2's (`SetFitConfig`). The names follow the setfit library's where a
-reader will compare the two.
+The defaults are setfit 1.2's (`SetFitConfig`), and the names follow the setfit library's.
 """
 
 from __future__ import annotations
@@ -67,12 +64,11 @@ class SetFitConfig:
     pairs grow with the square of the shots (64 of 6 classes give 122,880 oversampled pairs), so
     a run with many shots stops after `max_steps` steps, its schedule spanning them (unlike
     setfit's `max_steps`, which replaces the epochs, this only ever shortens a run).
-    Head phase: `head` "logistic" (scikit-learn's LogisticRegression with inverse regularisation `C`) or "linear" (setfit's
-    differentiable `SetFitHead`: `head_epochs` epochs of batches of `head_batch_size`, AdamW at
-    `head_lr`, the encoder at `head_body_lr` when `end_to_end`). `seed` drives the pairs, the
-    shuffling and the head's batches. `amp` ("off", "bf16", "fp16") is the contrastive phase's
-    mixed precision (see `minift.core.loop`); `progress` shows tqdm bars for the encoder's training
-    and the head's.
+    Head phase: `head` "logistic" (scikit-learn's LogisticRegression with inverse
+    regularisation `C`) or "linear" (setfit's differentiable `SetFitHead`: `head_epochs` epochs of
+    batches of `head_batch_size`, AdamW at `head_lr`, the encoder at `head_body_lr` when
+    `end_to_end`). `seed` drives the pairs, the shuffling and the head's batches. `amp` is the
+    contrastive phase's mixed precision; `progress` shows tqdm bars for both phases.
     """
 
     sampling: str = "oversampling"
@@ -149,15 +145,15 @@ def sample_shots(labels: Sequence, shots: int, generator: torch.Generator) -> li
 def _pooler_frozen(encoder: BertModel):
     """Mean pooling never reads the pooler: it sits out the phase (its weights get no gradient
     and no update either way; frozen, DDP does not wait for its gradients)."""
-    params = list(encoder.pooler.parameters()) if encoder.pooler is not None else []
-    flags = [param.requires_grad for param in params]
-    for param in params:
+    pooler = encoder.pooler.parameters() if encoder.pooler is not None else []
+    trained = [param for param in pooler if param.requires_grad]
+    for param in trained:
         param.requires_grad_(False)
     try:
         yield
     finally:
-        for param, flag in zip(params, flags, strict=True):
-            param.requires_grad_(flag)
+        for param in trained:
+            param.requires_grad_(True)
 
 
 def train_body(encoder: BertModel, tokenizer: Tokenizer, texts: Sequence[str], labels: Sequence,
@@ -262,8 +258,7 @@ def fit_logistic_regression(head: LinearHead, embeddings: torch.Tensor, label_id
     The objective is scikit-learn's: C * sum_i cross_entropy_i + 0.5 * ||W||^2, the intercept not
     penalised (divided here by C n, which moves no minimum). Two classes are a binary logistic
     regression (a `binary` head), more a multinomial one. It is smooth and convex, so full-batch
-    L-BFGS in float64 reaches the minimum scikit-learn's lbfgs solver approaches (a test holds the
-    coefficients and the accuracy to scikit-learn's).
+    L-BFGS in float64 reaches the minimum scikit-learn's lbfgs solver approaches.
     """
     X = embeddings.detach().to(torch.float64)
     if not bool(torch.isfinite(X).all()):
@@ -306,9 +301,8 @@ def fit_logistic_regression(head: LinearHead, embeddings: torch.Tensor, label_id
     return head
 
 
-def train_head(
-    model: SetFitModel, texts: Sequence[str], label_ids: Sequence[int], config: SetFitConfig
-) -> SetFitModel:
+def train_head(model: SetFitModel, texts: Sequence[str], label_ids: Sequence[int],
+               config: SetFitConfig) -> SetFitModel:
     """Train the head by gradient descent on cross-entropy; with `config.end_to_end` the encoder
     trains too. setfit's recipe for its differentiable head: `head_epochs` epochs of shuffled
     batches of `head_batch_size`, AdamW (head at `head_lr`, encoder at `head_body_lr`, weight

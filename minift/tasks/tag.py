@@ -3,15 +3,15 @@
 Named-entity recognition and POS tagging label *words*, but the encoder sees sub-word tokens.
 Read in this order:
 
-1. ``TokenClassifier``  the encoder + dropout + a linear layer on every token's last hidden state,
-                        as transformers' ``BertForTokenClassification``;
-2. ``TokenClassificationDataset``  sentences of words tokenized once, their word labels aligned
-                        to the sub-words (``minift.core.align``), a sentence too long for the model
-                        cut into overlapping windows of whole words, never truncated;
-3. ``predict_tags``     one predicted tag per word, read at its first sub-word in the window where
-                        it has most context, and the mean loss;
-4. ``tagging_scores``   entity-level scores as seqeval computes them (NER) or token accuracy (POS),
-                        and ``scores_table`` to print them.
+1. ``TokenClassifier``: the encoder + dropout + a linear layer on every token's last hidden
+   state, as transformers' ``BertForTokenClassification``;
+2. ``TokenClassificationDataset``: sentences of words tokenized once, their word labels aligned
+   to the sub-words (``minift.core.align``), a sentence too long for the model cut into
+   overlapping windows of whole words, never truncated;
+3. ``predict_tags``: one predicted tag per word, read at its first sub-word in the window where
+   it has most context, and the mean loss;
+4. ``tagging_scores``: entity-level scores as seqeval computes them (NER) or token accuracy
+   (POS), and ``scores_table`` to print them.
 """
 
 from __future__ import annotations
