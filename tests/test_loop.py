@@ -1,20 +1,30 @@
-"""minift.core.loop on tiny models: learning, accumulation, exact resume, atomic files, AMP, logs."""
+"""minift.core.loop on a toy model: learning, accumulation, early stopping, non-finite losses and
+weights, AMP, bad configs, the optimizer choice, torch.compile, what it tells a recorder.
+
+Its files have their own test files: resume.pt (test_resume), best/ (test_best), log.jsonl and
+the bar (test_logbook), the recorder that writes them (test_checkpoints)."""
 
 import copy
-import json
 import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+from toy_loop import (
+    DEVICES,
+    Toy,
+    assert_same,
+    config,
+    epochs_of,
+    make_batch,
+    mean_loss,
+    params_of,
+    train,
+)
 
-import minift.core.best as best_module
-import minift.core.logbook as logbook_module
 import minift.core.loop as train_module
-from minift.core.checkpoints import Checkpoints
 from minift.core.loop import (
     NonFiniteLossError,
     NonFiniteWeightsError,
@@ -23,99 +33,7 @@ from minift.core.loop import (
     TrainResult,
 )
 from minift.core.optim import AdamW, lr_schedule
-from minift.core.resume import check_resume
 from minift.hf.safetensors import read_safetensors, write_safetensors
-
-VOCAB, CLASSES, SEQ = 12, 3, 5
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-# ---------------------------------------------------------------------------------------------
-# A toy token-classification task: the label of a token is its id modulo CLASSES
-# ---------------------------------------------------------------------------------------------
-
-
-class Toy(nn.Module):
-    """Embedding, LayerNorm, dropout, linear; mean cross-entropy over tokens whose label != -100.
-
-    `poison` (optional batch key) multiplies the loss, to inject a non-finite loss or gradient;
-    `poison_grad` multiplies the gradient of the logits only (the loss stays finite).
-    """
-
-    def __init__(self, dim: int = 8, dropout: float = 0.1, seed: int = 0) -> None:
-        super().__init__()
-        torch.manual_seed(seed)
-        self.embed = nn.Embedding(VOCAB, dim)
-        self.norm = nn.LayerNorm(dim)
-        self.drop = nn.Dropout(dropout)
-        self.out = nn.Linear(dim, CLASSES)
-        self.frozen = nn.Parameter(torch.zeros(7), requires_grad=False)
-        self.seen_dtypes: set[torch.dtype] = set()
-
-    def forward(self, input_ids, labels, poison=None, poison_grad=None):
-        logits = self.out(self.drop(self.norm(self.embed(input_ids))))  # (batch, seq, classes)
-        if poison_grad is not None and logits.requires_grad:  # a finite loss, a nan gradient
-            logits.register_hook(lambda grad: grad * poison_grad)
-        if self.training:
-            self.seen_dtypes.add(logits.dtype)
-        loss = F.cross_entropy(logits.float().reshape(-1, CLASSES), labels.reshape(-1))
-        if poison is not None:
-            loss = loss * poison
-        return {"loss": loss}
-
-
-def make_batch(gen: torch.Generator, size: int, ignore: float = 0.3) -> dict[str, torch.Tensor]:
-    """`size` sequences of SEQ tokens; each label is ignored (-100) with probability `ignore`."""
-    input_ids = torch.randint(0, VOCAB, (size, SEQ), generator=gen)
-    labels = input_ids % CLASSES
-    labels[torch.rand((size, SEQ), generator=gen) < ignore] = -100
-    return {"input_ids": input_ids, "labels": labels}
-
-
-def epochs_of(n_batches: int, batch_size: int = 4, seed: int = 0):
-    """`train_batches`: epoch e's batches are drawn from a generator seeded with seed + e."""
-
-    def train_batches(epoch: int) -> list[dict[str, torch.Tensor]]:
-        gen = torch.Generator().manual_seed(seed + epoch)
-        return [make_batch(gen, batch_size) for _ in range(n_batches)]
-
-    return train_batches
-
-
-def mean_loss(model: nn.Module, batches) -> float:
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        return sum(
-            model(**{k: v.to(device) for k, v in batch.items()})["loss"].item() for batch in batches
-        ) / len(batches)
-
-
-def train(model, batches, cfg, *, resume=False, save_best=None, **kwargs) -> TrainResult:
-    """The loop with its files in `cfg.out_dir` (resume.pt, log.jsonl, best/), as the recipes
-    run it: most tests here are about those files."""
-    return train_module.train(model, batches, cfg, **kwargs,
-                              recorder=Checkpoints(resume=resume, save_best=save_best))
-
-
-def config(tmp_path, name: str = "run", **overrides) -> TrainConfig:
-    """A quiet config in tmp_path/name with a learning rate a toy model learns with; resume.pt
-    is kept at the end, so tests can compare finished runs' states."""
-    values = {"lr": 5e-2, "progress": False, "log_every": 1, "keep_resume": True} | overrides
-    return TrainConfig(out_dir=tmp_path / name, **values)
-
-
-def params_of(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {name: value.detach().clone() for name, value in model.state_dict().items()}
-
-
-def assert_same(a: dict, b: dict, atol: float = 0.0) -> None:
-    """Every tensor equal (atol 0: torch.equal) in two dicts with the same keys."""
-    assert a.keys() == b.keys()
-    for key in a:
-        if atol == 0.0:
-            assert torch.equal(a[key], b[key]), key
-        else:
-            torch.testing.assert_close(a[key], b[key], atol=atol, rtol=0, msg=key)
-
 
 # ---------------------------------------------------------------------------------------------
 # It learns; it reports what it trains
@@ -206,200 +124,6 @@ def test_accumulated_micro_batches_equal_one_batch(tmp_path_factory, sizes, igno
             after_accumulated[name][stable], after_single[name][stable], atol=1e-6, rtol=0, msg=name
         )
     assert not torch.equal(after_accumulated["out.weight"], params_of(model)["out.weight"])
-
-
-# ---------------------------------------------------------------------------------------------
-# Exact resume
-# ---------------------------------------------------------------------------------------------
-
-
-class Crash(RuntimeError):
-    """Stands for the process dying."""
-
-
-class CrashingBatches(list):
-    """A list of batches whose item `crash_at` raises when it is read."""
-
-    def __init__(self, batches, crash_at):
-        super().__init__(batches)
-        self.crash_at = crash_at
-
-    def __getitem__(self, index):
-        if index == self.crash_at:
-            raise Crash(f"batch {index}")
-        return super().__getitem__(index)
-
-
-@pytest.mark.parametrize(
-    "interrupt, amp, optimizer",
-    [("batch", "off", "auto"), ("evaluate", "fp16", "hand"), ("batch", "bf16", "foreach")],
-)
-@pytest.mark.parametrize("device", DEVICES)
-def test_resume_gives_exactly_the_uninterrupted_weights(
-    tmp_path, interrupt, amp, optimizer, device
-):
-    batches = epochs_of(5, batch_size=3)  # 5 batches, grad_accum 2: 3 steps an epoch (2, 2, 1)
-    held_out = epochs_of(2, seed=50)(0)
-
-    def run_config(name):
-        # save_every 2 puts resume checkpoints in the middle of epochs (steps 2, 4, 6, 8, 9)
-        return config(
-            tmp_path, name, epochs=3, grad_accum=2, amp=amp, optimizer=optimizer, eval_every=3,
-            save_every=2, lr=1e-2,
-        )  # fmt: skip
-
-    def evaluate(model):
-        return {"loss": mean_loss(model, held_out)}
-
-    full_model = Toy(dropout=0.2)
-    full = train(full_model, batches, run_config("full"), evaluate=evaluate, device=device)
-
-    model = Toy(dropout=0.2)
-    if interrupt == "batch":
-        # epoch 1 (steps 4..6), batch 3: step 5 dies; the last checkpoint is step 4 (mid-epoch)
-        def crashing(epoch):
-            return CrashingBatches(batches(epoch), crash_at=3 if epoch == 1 else -1)
-
-        with pytest.raises(Crash):
-            train(model, crashing, run_config("resumed"), evaluate=evaluate, device=device)
-    else:
-        # the evaluation at step 6 dies; the last checkpoint is step 4 (mid-epoch)
-        def crashing_evaluate(m):
-            if len(calls) == 1:
-                raise Crash("evaluate")
-            calls.append(1)
-            return evaluate(m)
-
-        calls = []
-        with pytest.raises(Crash):
-            train(model, batches, run_config("resumed"), evaluate=crashing_evaluate, device=device)
-    saved = torch.load(tmp_path / "resumed" / "resume.pt", weights_only=True)
-    assert saved["progress"]["step"] == 4 and saved["progress"]["position"] == 2
-
-    fresh = Toy(dropout=0.2, seed=123)  # the checkpoint, not the initial weights, decides
-    resumed = train(
-        fresh, batches, run_config("resumed"), evaluate=evaluate, resume=True, device=device
-    )
-
-    assert_same(params_of(fresh), params_of(full_model))
-    final_full = torch.load(tmp_path / "full" / "resume.pt", weights_only=True)
-    final_resumed = torch.load(tmp_path / "resumed" / "resume.pt", weights_only=True)
-    for key in final_full["optimizer"]["state"]:
-        assert_same(final_full["optimizer"]["state"][key], final_resumed["optimizer"]["state"][key])
-    assert final_full["scheduler"] == final_resumed["scheduler"]
-    assert final_full["scaler"] == final_resumed["scaler"]
-    assert (resumed.steps, resumed.best_step, resumed.best_metric) == (
-        full.steps,
-        full.best_step,
-        full.best_metric,
-    )
-
-    def numbers(history):
-        return [{k: r[k] for k in r if k not in ("time", "examples_per_s")} for r in history]
-
-    assert numbers(resumed.history) == numbers(full.history)
-    logged = [
-        json.loads(line) for line in (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()
-    ]
-    assert logged == resumed.history
-
-
-def test_resume_without_checkpoint_and_with_changed_settings(tmp_path):
-    with pytest.raises(ValueError, match="nothing to resume"):
-        train(Toy(), epochs_of(2), config(tmp_path, epochs=1), resume=True)
-    train(Toy(), epochs_of(2), config(tmp_path, epochs=1))
-    with pytest.warns(UserWarning, match="lr: 0.05 -> 0.001"):
-        train(Toy(), epochs_of(2), config(tmp_path, epochs=1, lr=1e-3), resume=True)
-    with pytest.warns(UserWarning, match="batches_per_epoch: 2 -> 3"):
-        train(Toy(), epochs_of(3), config(tmp_path, epochs=1), resume=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# Crashes while writing files leave the previous version loadable
-# ---------------------------------------------------------------------------------------------
-
-
-def test_crash_while_writing_best_keeps_previous_best(tmp_path, monkeypatch):
-    snapshots, calls = [], []
-
-    def evaluate(model):
-        snapshots.append(params_of(model))
-        return {"loss": -float(len(snapshots))}  # improves every time
-
-    def save_best(model, folder):
-        calls.append(folder)
-        write_safetensors(model.state_dict(), folder / "model.safetensors")
-        if len(calls) == 2:
-            (folder / "half.bin").write_bytes(b"\0" * 10)
-            raise Crash("while writing best")
-
-    cfg = config(tmp_path, eval_every=1, max_steps=4)
-    with pytest.raises(Crash):
-        train(Toy(), epochs_of(4), cfg, evaluate=evaluate, save_best=save_best)
-    best = tmp_path / "run" / "best"
-    assert calls[1] != best  # written into a temporary folder, not into best/
-    assert sorted(p.name for p in best.iterdir()) == ["model.safetensors"]
-    assert_same(read_safetensors(best / "model.safetensors"), snapshots[0])
-
-    # A crash between the two renames: best/ is gone, best.old/ holds the previous best.
-    original_rename = best_module.os.rename
-
-    def rename(src, dst):
-        if str(dst).endswith("best"):
-            raise Crash("between renames")
-        original_rename(src, dst)
-
-    previous_best = snapshots[0]
-    snapshots.clear()
-    monkeypatch.setattr(best_module.os, "rename", rename)
-    with pytest.raises(Crash):
-        train(Toy(seed=1), epochs_of(4), cfg, evaluate=evaluate)  # default save_best
-    assert not best.exists() and (tmp_path / "run" / "best.old").is_dir()
-    monkeypatch.undo()
-
-    # The next start puts the previous best back, before anything else happens.
-    def crash_at_once(model):
-        raise Crash("first evaluation")
-
-    with pytest.raises(Crash):
-        train(Toy(), epochs_of(4), cfg, evaluate=crash_at_once)
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
-        "best",
-        "log.jsonl",
-        "resume.pt",
-    ]
-    assert_same(read_safetensors(best / "model.safetensors"), previous_best)
-    assert not torch.equal(previous_best["out.weight"], snapshots[0]["out.weight"])
-
-
-def test_crash_while_writing_resume_checkpoint_keeps_previous(tmp_path, monkeypatch):
-    original_save = torch.save
-    calls = []
-
-    def save(obj, f):
-        calls.append(1)
-        if len(calls) == 3:
-            f.write(b"PK\x03\x04 half a zip")
-            raise Crash("while writing resume.pt")
-        original_save(obj, f)
-
-    cfg = config(tmp_path, max_steps=5, save_every=1, grad_accum=2)
-    monkeypatch.setattr(torch, "save", save)
-    with pytest.raises(Crash):
-        train(Toy(), epochs_of(4), cfg)
-    monkeypatch.undo()
-    run = tmp_path / "run"
-    assert sorted(p.name for p in run.iterdir()) == ["log.jsonl", "resume.pt"]  # no temp file
-    saved = torch.load(run / "resume.pt", weights_only=True)
-    assert saved["progress"]["step"] == 2
-
-    full_model = Toy()
-    train(
-        full_model, epochs_of(4), config(tmp_path, "full", max_steps=5, save_every=1, grad_accum=2)
-    )
-    model = Toy()
-    train(model, epochs_of(4), cfg, resume=True)
-    assert_same(params_of(model), params_of(full_model))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -605,36 +329,8 @@ def test_patience_needs_evaluate_and_metric_must_exist(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# The log, the optimizer choice, torch.compile
+# The optimizer choice, torch.compile, the model's interface
 # ---------------------------------------------------------------------------------------------
-
-
-def test_jsonl_log_records(tmp_path):
-    cfg = config(tmp_path, max_steps=7, log_every=2, eval_every=3, warmup_ratio=0.3)
-    result = train(Toy(), epochs_of(3), cfg, evaluate=lambda m: {"loss": 1.0, "f1": 0.5})
-
-    lines = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
-    records = [json.loads(line) for line in lines]
-    assert records == result.history
-    shape = [(r["step"], "eval" in r) for r in records]
-    assert shape == [
-        (2, False),
-        (3, True),
-        (4, False),
-        (6, False),
-        (6, True),
-        (7, False),
-        (7, True),
-    ]
-    training = [r for r in records if "eval" not in r]
-    for record in training:
-        assert set(record) == {"step", "epoch", "loss", "lr", "examples_per_s", "time"}
-        expected_lr = cfg.lr * lr_schedule(record["step"] - 1, total_steps=7, warmup_steps=3)
-        assert record["lr"] == pytest.approx(expected_lr, rel=1e-12)
-        assert record["loss"] > 0 and record["examples_per_s"] > 0
-        assert record["epoch"] == pytest.approx(record["step"] / 3)  # 3 batches an epoch
-    assert [r["time"] for r in training] == sorted(r["time"] for r in training)
-    assert all(r["eval"] == {"loss": 1.0, "f1": 0.5} for r in records if "eval" in r)
 
 
 def test_hand_written_optimizer_is_selectable(tmp_path, monkeypatch):
@@ -722,7 +418,7 @@ def test_model_interface_loss_attribute_save_pretrained_and_bad_outputs(tmp_path
 
 
 # ---------------------------------------------------------------------------------------------
-# Non-finite weights, the resume file's life, a resume.pt of another model
+# Non-finite weights
 # ---------------------------------------------------------------------------------------------
 
 
@@ -738,159 +434,8 @@ def test_non_finite_weights_stop_and_no_checkpoint_holds_them(tmp_path):
     assert all(torch.isfinite(value).all() for value in saved["model"].values())
 
 
-def test_a_finished_run_deletes_resume_pt_unless_kept(tmp_path):
-    def crashing(epoch):
-        return CrashingBatches(epochs_of(4)(epoch), crash_at=2)
-
-    cfg = config(tmp_path, "crashed", max_steps=3, save_every=1, keep_resume=False)
-    with pytest.raises(Crash):
-        train(Toy(), crashing, cfg, evaluate=lambda m: {"loss": 0.0})
-    assert check_resume(tmp_path / "crashed") == tmp_path / "crashed" / "resume.pt"
-
-    result = train(Toy(), epochs_of(4), cfg, evaluate=lambda m: {"loss": 0.0}, resume=True)
-    assert result.steps == 3
-    assert sorted(p.name for p in (tmp_path / "crashed").iterdir()) == ["best", "log.jsonl"]
-    with pytest.raises(ValueError, match=r"crashed/resume.pt does not exist"):
-        check_resume(tmp_path / "crashed")
-
-    kept = config(tmp_path, "kept", max_steps=3, keep_resume=True)
-    train(Toy(), epochs_of(4), kept)
-    assert torch.load(check_resume(tmp_path / "kept"), weights_only=True)["progress"]["step"] == 3
-
-
-def test_a_light_final_resume_finishes_a_run_but_cannot_train_on(tmp_path):
-    """light_final_resume: the last resume.pt holds the weights and progress, no optimizer
-    state; a resume from it reproduces the finished weights and refuses to train further."""
-    full = train(model := Toy(), epochs_of(4), config(tmp_path, "full", max_steps=3))
-    light_cfg = config(tmp_path, "light", max_steps=3, light_final_resume=True)
-    train(light := Toy(), epochs_of(4), light_cfg)
-    assert_same(params_of(light), params_of(model))
-    saved = torch.load(tmp_path / "light" / "resume.pt", weights_only=True)
-    assert saved["light"] and saved["optimizer"] is None and saved["progress"]["step"] == 3
-    kept = torch.load(tmp_path / "full" / "resume.pt", weights_only=True)
-    assert not kept["light"] and kept["optimizer"]["state"]  # the full one: AdamW's moments
-
-    again = train(restored := Toy(), epochs_of(4), light_cfg, resume=True)
-    assert again.steps == full.steps == 3
-    assert_same(params_of(restored), params_of(model))
-    longer = config(tmp_path, "light", max_steps=5, light_final_resume=True)
-    with pytest.raises(ValueError, match=r"light/resume.pt holds the end of a finished run "
-                                         r"\(step 3\) without its optimizer state"):
-        train(Toy(), epochs_of(4), longer, resume=True)
-
-
-def test_resume_of_another_model_names_the_keys_before_training(tmp_path):
-    class Wider(Toy):
-        def __init__(self):
-            super().__init__(dim=16)
-            self.extra = nn.Linear(2, 2)
-
-    cfg = config(tmp_path, max_steps=2)
-    train(Toy(), epochs_of(2), cfg)
-    log_before = (tmp_path / "run" / "log.jsonl").read_text()
-    model = Wider()
-    initial = params_of(model)
-    with pytest.raises(ValueError, match=r"another model") as error:
-        train(model, epochs_of(2), cfg, resume=True)
-    message = str(error.value)
-    assert "embed.weight: (12, 8) in the file, (12, 16) in the model" in message
-    assert "keys of the model missing from the file (extra.weight; extra.bias)" in message
-    assert_same(params_of(model), initial)
-    assert (tmp_path / "run" / "log.jsonl").read_text() == log_before
-
-
-def test_first_logged_loss_after_a_resume_is_the_uninterrupted_one(tmp_path):
-    """The losses of the log window not yet written travel in resume.pt (log_every 3, a
-    checkpoint every 2 steps: the crash leaves a window of one step unlogged)."""
-
-    def run_config(name):
-        return config(tmp_path, name, max_steps=9, log_every=3, save_every=2)
-
-    full = train(Toy(), epochs_of(5), run_config("full"))
-
-    def crashing(epoch):
-        return CrashingBatches(epochs_of(5)(epoch), crash_at=1 if epoch == 1 else -1)
-
-    with pytest.raises(Crash):
-        train(Toy(), crashing, run_config("cut"))  # dies at step 7; checkpoint at step 6
-    assert len(torch.load(tmp_path / "cut" / "resume.pt")["progress"]["window_losses"]) == 0
-    with pytest.raises(Crash):
-        train(
-            Toy(),
-            lambda e: CrashingBatches(epochs_of(5)(e), crash_at=0 if e == 1 else -1),
-            run_config("cut2"),
-        )  # dies at step 6; checkpoint at step 4, window holds step 4
-    saved = torch.load(tmp_path / "cut2" / "resume.pt", weights_only=True)
-    assert saved["progress"]["step"] == 4 and len(saved["progress"]["window_losses"]) == 1
-    resumed = train(Toy(), epochs_of(5), run_config("cut2"), resume=True)
-
-    def numbers(history):
-        return [{k: r[k] for k in r if k not in ("time", "examples_per_s")} for r in history]
-
-    assert numbers(resumed.history) == numbers(full.history)
-
-
-class RecordingBar:
-    """Stands for tqdm: records what each `update` would draw, and the order of events."""
-
-    events: list = []
-
-    def __init__(self, *args, **kwargs):
-        self.postfix = None
-
-    def set_postfix(self, refresh=True, **values):
-        self.postfix = dict(values)
-
-    def update(self, n=1):
-        RecordingBar.events.append(("update", self.postfix))
-
-    def unpause(self):
-        pass
-
-    def close(self):
-        RecordingBar.events.append(("close", None))
-
-    @staticmethod
-    def write(text):
-        RecordingBar.events.append(("write", text))
-
-
-def test_the_bar_shows_each_step_own_loss_and_rate_and_closes_before_the_last_eval(
-    tmp_path, monkeypatch
-):
-    RecordingBar.events = []
-    monkeypatch.setattr(logbook_module, "tqdm", RecordingBar)
-    cfg = config(tmp_path, max_steps=4, eval_every=2, warmup_ratio=0.5, progress=True)
-    result = train(Toy(), epochs_of(4), cfg, evaluate=lambda m: {"loss": 0.0})
-    shown = [postfix for event, postfix in RecordingBar.events if event == "update"]
-    logged = [r for r in result.history if "eval" not in r]
-    assert [p["loss"] for p in shown] == [f"{r['loss']:.4f}" for r in logged]
-    assert [p["lr"] for p in shown] == [f"{r['lr']:.2e}" for r in logged]
-    assert all(float(p["ex_s"]) > 0 for p in shown)
-    kinds = [event for event, _ in RecordingBar.events]
-    assert kinds[:5] == ["update", "update", "write", "update", "update"]
-    assert kinds[5] == "close"  # before the final evaluation is written
-    assert kinds[6] == "write"
-
-
-def test_a_resume_with_another_lr_or_more_steps_rebuilds_the_schedule(tmp_path):
-    """The lr of a resume is honoured (issue #31 row 12): from the restored step on, the logged
-    learning rates are those of an uninterrupted run with the new lr and length, and the warning
-    says the schedule is rebuilt."""
-    train(Toy(), epochs_of(2), config(tmp_path, "cut", epochs=1, warmup_ratio=0.0))
-    with pytest.warns(UserWarning, match=r"lr: 0.05 -> 0.001.*rebuilt at the restored step"):
-        resumed = train(Toy(), epochs_of(2), config(tmp_path, "cut", epochs=2, lr=1e-3,
-                                                      warmup_ratio=0.0), resume=True)
-    fresh = train(Toy(), epochs_of(2), config(tmp_path, "fresh", epochs=2, lr=1e-3,
-                                              warmup_ratio=0.0))
-    lrs = [(r["step"], r["lr"]) for r in resumed.history if "lr" in r]
-    expected = [(r["step"], r["lr"]) for r in fresh.history if "lr" in r]
-    assert lrs[2:] == expected[2:] and [step for step, _ in lrs] == [1, 2, 3, 4]
-    assert lrs[2][1] < 1e-3 != lrs[0][1]  # the new lr, decayed; not the old one
-
-
 # ---------------------------------------------------------------------------------------------
-# The loop alone: no file I/O; what it tells a recorder; torchrun needs its door
+# What the loop tells a recorder; torchrun needs its door
 # ---------------------------------------------------------------------------------------------
 
 
@@ -917,26 +462,6 @@ class Calls(Recorder):
 
     def end(self, progress, completed):
         self.calls.append(("end", completed))
-
-
-def test_the_loop_alone_writes_nothing_and_trains_as_with_its_files(tmp_path):
-    """The textbook loop does no file I/O (out_dir is not even created), and the recorder that
-    writes the files changes no number: the same weights (torch.equal) and the same records
-    but for the timings."""
-    cfg = config(tmp_path, "alone", epochs=2, eval_every=2, keep_resume=False)
-    evaluate = lambda m: {"loss": mean_loss(m, epochs_of(2, seed=50)(0))}  # noqa: E731
-    alone = Toy()
-    quiet = train_module.train(alone, epochs_of(3), cfg, evaluate=evaluate)
-    assert list(tmp_path.iterdir()) == []
-    filed = Toy()
-    loud = train(filed, epochs_of(3), config(tmp_path, "filed", epochs=2, eval_every=2),
-                 evaluate=evaluate)
-    assert_same(params_of(alone), params_of(filed))
-    untimed = [{k: v for k, v in r.items() if k not in ("time", "examples_per_s")}
-               for r in quiet.history]
-    assert untimed == [{k: v for k, v in r.items() if k not in ("time", "examples_per_s")}
-                       for r in loud.history]
-    assert (quiet.best_metric, quiet.best_step) == (loud.best_metric, loud.best_step)
 
 
 def test_a_recorder_hears_each_step_record_evaluation_and_resume_point_in_order(tmp_path):
