@@ -1,8 +1,9 @@
-"""The one atomic write: the previous file or the new one, never a part; the mode open() gives.
+"""A run's final save (a classifier and its tokenizer, the files a finished ``minift finetune``
+leaves, written with ``write_safetensors`` through ``atomic_write``) under a disk that fills at
+seeded points: every file is the old one or the new one, and the folder loads.
 
-The safetensors format itself is tested in test_checkpoint.py (against the reference library).
-Here: ``atomic_write`` alone, then the final save of a run (a classifier and its tokenizer, the
-files a finished ``minift finetune`` leaves) under a disk that fills at seeded points.
+The safetensors format itself is tested in test_checkpoint.py (against the reference library);
+``atomic_write`` alone in test_files.py.
 """
 
 import errno
@@ -13,38 +14,9 @@ import pytest
 import torch
 
 import minift.core.files as files_module
-from minift.core.files import atomic_write
 from minift.core.model import BertConfig
 from minift.data.tokenizer import Tokenizer
 from minift.tasks.classify import SequenceClassifier
-
-
-def test_atomic_write_leaves_the_old_file_when_the_writer_fails(tmp_path):
-    path = tmp_path / "f.bin"
-    atomic_write(path, b"old")
-
-    def half_then_fail(f):
-        f.write(b"new, but only ha")
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    with pytest.raises(OSError):
-        atomic_write(path, half_then_fail)
-    assert path.read_bytes() == b"old"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]  # no temporary file left
-    atomic_write(path, lambda f: f.write(b"new"))
-    assert path.read_bytes() == b"new"
-
-
-@pytest.mark.parametrize("umask", [0o022, 0o077])
-def test_atomic_write_gives_the_mode_open_gives(tmp_path, umask):
-    old = os.umask(umask)
-    try:
-        atomic_write(tmp_path / "atomic", b"x")
-        (tmp_path / "plain").write_bytes(b"x")
-    finally:
-        os.umask(old)
-    mode = (tmp_path / "atomic").stat().st_mode & 0o777
-    assert mode == (tmp_path / "plain").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 class _FillingDisk:
