@@ -1,35 +1,30 @@
-"""minift.run.search: trials independent of each other, resume after a kill, the test set read once,
-halving that keeps everything equal to the full grid, bad input stopped before any trial.
+"""minift.run.search: resume refused with other fixed options, halving that keeps everything
+equal to the full grid, bad input stopped before any trial, the command line, search.json,
+finetune's test file and dropout, and the seq2seq and lm searches. (The grid is tested in
+test_grid.py; each trial's independence and a killed search's resume in test_trials.py.)
 
 The real trials train the ``tiny`` fixture a few steps on a few sentences: what is tested is the
 bookkeeping and the independence of the runs, not the scores.
 """
 
 import copy
-import dataclasses
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
-from test_cli import SENTENCES, write_tsv
+from search_runs import count_reads, options, search_files, without_time
+from test_cli import SENTENCES
 from test_recipes_seq2seq import ROWS, csv, generate_lines, reference_scores
 
 import minift.data.readers
 import minift.run.recipes
 import minift.run.search
-from minift.hf.checkpoint import to_hf_state_dict
-from minift.hf.safetensors import read_safetensors
 from minift.run.cli import main
-from minift.run.options import RECIPES
 from minift.run.search import (
     GridError,
-    LogRange,
     MetricError,
-    configurations,
     halving_budgets,
-    parse_grid,
     search,
 )
 
@@ -48,122 +43,12 @@ def one_thread():
 
 @pytest.fixture()
 def files(tmp_path):
-    return {"train": str(write_tsv(tmp_path / "train.tsv", SENTENCES * 2)),
-            "dev": str(write_tsv(tmp_path / "dev.tsv", SENTENCES)),
-            "test": str(write_tsv(tmp_path / "test.tsv", SENTENCES[:4]))}
-
-
-def options(tiny, files, **more):
-    """A finetune command's options: the tiny model, tiny files, short inputs."""
-    return {"model": str(tiny), "train": files["train"], "dev": files["dev"], "max_length": 16,
-            "batch_size": 6, "epochs": 1, "device": "cpu"} | more
-
-
-def without_time(value):
-    """``search.json`` without what the clock decides (seconds)."""
-    if isinstance(value, dict):
-        return {k: without_time(v) for k, v in value.items() if k != "seconds"}
-    if isinstance(value, list):
-        return [without_time(v) for v in value]
-    return value
+    return search_files(tmp_path)
 
 
 # --------------------------------------------------------------------------------------------
-# Every trial starts from the checkpoint, whatever ran before it
+# A search folder holds one search
 # --------------------------------------------------------------------------------------------
-
-
-def test_every_trial_starts_from_the_checkpoint_bit_for_bit(tiny, files, tmp_path, monkeypatch):
-    started = []
-    real_train = minift.run.recipes.skeleton.train
-
-    def recording_train(model, *args, **kwargs):  # the weights the loop receives
-        started.append({k: v.detach().clone() for k, v in model.state_dict().items()})
-        return real_train(model, *args, **kwargs)
-
-    monkeypatch.setattr(minift.run.recipes.skeleton, "train", recording_train)
-    # A wild learning rate first, so that a leak of its trained weights would show.
-    search("finetune", out=str(tmp_path / "s"), options=options(tiny, files),
-           grid=["lr=0.5,1e-4"], seeds=1)
-    assert len(started) == 2
-    checkpoint = read_safetensors(tiny / "model.safetensors")
-    for weights in started:
-        encoder = {k[len("bert."):]: v for k, v in weights.items() if k.startswith("bert.")}
-        hf = to_hf_state_dict(encoder)
-        assert hf.keys() == checkpoint.keys()
-        for name, tensor in checkpoint.items():
-            assert hf[name].dtype == tensor.dtype and hf[name].shape == tensor.shape, name
-            assert hf[name].view(-1).view(dtype=_int_of(tensor)).equal(
-                tensor.view(-1).view(dtype=_int_of(tensor))), name  # bit for bit
-    # The fresh head of a seed is the same in every configuration.
-    for name in ("classifier.weight", "classifier.bias"):
-        assert started[0][name].equal(started[1][name])
-
-
-def _int_of(tensor):
-    import torch
-
-    return {2: torch.int16, 4: torch.int32, 8: torch.int64}[tensor.element_size()]
-
-
-# --------------------------------------------------------------------------------------------
-# Resume after a kill; the test set read once
-# --------------------------------------------------------------------------------------------
-
-
-def count_reads(monkeypatch, path: str) -> list:
-    """Every read of ``path`` by ``minift.data.readers``'s readers (they all read through
-    ``_read_text``)."""
-    reads = []
-    real_read = minift.data.readers._read_text
-
-    def counting_read(file, *args, **kwargs):
-        if os.path.abspath(file) == os.path.abspath(path):
-            reads.append(file)
-        return real_read(file, *args, **kwargs)
-
-    monkeypatch.setattr(minift.data.readers, "_read_text", counting_read)
-    return reads
-
-
-def test_resume_after_a_kill_gives_the_same_search(tiny, files, tmp_path, monkeypatch):
-    grid = ["lr=1e-3,1e-4"]
-    common = dict(options=options(tiny, files), grid=grid, seeds=1, test=files["test"])
-
-    reads = count_reads(monkeypatch, files["test"])
-    whole = search("finetune", out=str(tmp_path / "whole"), **common)
-    assert len(reads) == 1, "the test file is read once"
-    assert whole["chosen"]["test"]["examples"] == 4
-    assert len(whole["chosen"]["test"]["per_seed"]) == 1
-
-    # A kill during the second trial, after one finished; and a line torn by the kill.
-    real_train, calls = minift.run.recipes.skeleton.train, []
-
-    def killed(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_train(*args, **kwargs)
-
-    monkeypatch.setattr(minift.run.recipes.skeleton, "train", killed)
-    out = tmp_path / "killed"
-    with pytest.raises(KeyboardInterrupt):
-        search("finetune", out=str(out), **common)
-    assert len((out / "trials.jsonl").read_text().splitlines()) == 1
-    assert not (out / "search.json").exists()
-    with open(out / "trials.jsonl", "a") as f:
-        f.write('{"config": {"lr": 0.0')  # half a record
-
-    calls.clear()  # the same command again: one trial left to run
-    resumed = search("finetune", out=str(out), **common)
-    assert len(calls) == 1, "the finished trial is not run again"
-    assert len((out / "trials.jsonl").read_text().splitlines()) == 2
-    assert without_time(resumed) == without_time(whole)
-    on_disk = json.loads((out / "search.json").read_text())
-    assert without_time(on_disk) == without_time(json.loads(
-        (tmp_path / "whole" / "search.json").read_text()))
-    assert (out / "model" / "model.safetensors").is_file()
-    assert "Chosen:" in (out / "search.md").read_text()
 
 
 def test_a_rerun_with_other_fixed_options_is_refused(tiny, files, tmp_path, monkeypatch):
@@ -231,21 +116,8 @@ def test_halving_keeps_the_best_and_reports_the_steps_it_saved(tiny, files, tmp_
 
 
 # --------------------------------------------------------------------------------------------
-# The grid, and bad input stopped before any trial
+# Bad input stopped before any trial
 # --------------------------------------------------------------------------------------------
-
-
-def test_grid_parsing_and_random_draws():
-    grid = parse_grid("finetune", ["lr=5e-5,3e-5", "batch-size=16,32", "freeze=none,last-2"])
-    assert grid == {"lr": [5e-5, 3e-5], "batch_size": [16, 32], "freeze": ["none", "last-2"]}
-    assert len(configurations(grid)) == 8
-    assert configurations(grid)[1] == {"lr": 5e-5, "batch_size": 16, "freeze": "last-2"}
-    ranged = parse_grid("finetune", ["lr=log:1e-5:1e-4", "batch_size=16,32"])
-    assert ranged["lr"] == LogRange(1e-5, 1e-4)
-    drawn = configurations(ranged, 5, seed=0)
-    assert drawn == configurations(ranged, 5, seed=0) != configurations(ranged, 5, seed=1)
-    assert all(1e-5 <= c["lr"] <= 1e-4 for c in drawn) and len({c["lr"] for c in drawn}) == 5
-    assert len(configurations(grid, 8)) == 8  # every configuration, in a seeded order
 
 
 @pytest.mark.parametrize("task, grid, extra, error, message", [
@@ -364,21 +236,8 @@ def test_search_json_is_plain_data(tiny, files, tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------------------------
-# What the search added to finetune: a dev set held out of train, a test file, the dropout
+# What the search added to finetune: a test file, the dropout
 # --------------------------------------------------------------------------------------------
-
-
-def test_dev_from_train_is_one_split_whatever_the_seed():
-    from minift.run.recipes.prepare import dev_from_train as _dev_from_train
-
-    examples = list(range(50))
-    train, dev = _dev_from_train(examples, 10, 20, split_seed=0, where="train.tsv")
-    assert len(dev) == 10 and len(train) == 20 and not set(train) & set(dev)
-    assert _dev_from_train(examples, 10, 20, split_seed=0, where="") == (train, dev)
-    assert _dev_from_train(examples, 10, None, split_seed=0, where="")[1] == dev
-    assert _dev_from_train(examples, 10, 20, split_seed=1, where="")[1] != dev
-    with pytest.raises(ValueError, match="dev_from_train 50: train.tsv has only 50"):
-        _dev_from_train(examples, 50, None, split_seed=0, where="train.tsv")
 
 
 def test_finetune_scores_its_test_file_once_with_the_dropout_it_was_given(tiny, files, tmp_path,
@@ -397,13 +256,6 @@ def test_finetune_scores_its_test_file_once_with_the_dropout_it_was_given(tiny, 
         finetune(**options(tiny, files), dev_from_train=4, out=str(tmp_path / "p"))
     with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\)"):
         finetune(**options(tiny, files), dropout=1.0, out=str(tmp_path / "p"), progress=False)
-
-
-def test_every_searchable_hyperparameter_is_an_option_of_its_recipe():
-    """A name the grid accepts reaches the recipe as a keyword (a typo here fails every trial)."""
-    for task, names in minift.run.search.HYPERPARAMETERS.items():
-        accepted = {spec.name for spec in dataclasses.fields(RECIPES[task])}
-        assert set(names) <= accepted, (task, sorted(set(names) - accepted))
 
 
 # --------------------------------------------------------------------------------------------
