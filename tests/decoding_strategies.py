@@ -1,6 +1,7 @@
-"""Hypothesis strategies shared by the decoding tests (test_generate.py, test_beam.py): random
-small BERT configs whose decoders write varied tokens, a random encoder-decoder with sources,
-and an EOS id that the model does write.
+"""Hypothesis strategies shared by the decoding tests (test_generate.py, test_beam.py,
+test_steps.py): random small BERT configs whose decoders write varied tokens, a random
+encoder-decoder with sources, an EOS id that the model does write, left-padded prompts; and the
+margin below which a greedy choice against transformers is discarded (``MARGIN``).
 
 Random small models in BERT's initialisation with initializer_range 0.3 or 0.5, not 0.02: at
 0.02 the random decoder writes one token over and over whatever it reads; at 0.3 the tokens
@@ -61,3 +62,13 @@ def left_padded(data, vocab_size: int, batch: int, prompt: int, seed: int, pad: 
     lengths[0] = prompt
     mask = (torch.arange(prompt)[None, :] >= prompt - torch.tensor(lengths)[:, None]).long()
     return input_ids.masked_fill(mask == 0, pad), mask
+
+
+MARGIN = 1e-4  # a hundred times the 1e-6 float noise between minift and transformers
+
+
+def smallest_margin(scores: tuple[torch.Tensor, ...]) -> float:
+    """The smallest gap between the best and second-best score over every step and row."""
+    return min((s.topk(2, dim=-1).values.diff(dim=-1).abs().min().item() for s in scores),
+               default=float("inf"))
+

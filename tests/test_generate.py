@@ -16,7 +16,13 @@ import tempfile
 import pytest
 import torch
 import transformers
-from decoding_strategies import encoder_decoders, left_padded, small_configs, written_eos
+from decoding_strategies import (
+    MARGIN,
+    encoder_decoders,
+    small_configs,
+    smallest_margin,
+    written_eos,
+)
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -28,13 +34,6 @@ from minift.core.model import BertConfig
 from minift.hf.encoder_decoder import save_causal_lm, save_encoder_decoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-MARGIN = 1e-4
-
-
-def smallest_margin(scores: tuple[torch.Tensor, ...]) -> float:
-    """The smallest gap between the best and second-best score over every step and row."""
-    return min((s.topk(2, dim=-1).values.diff(dim=-1).abs().min().item() for s in scores),
-               default=float("inf"))
 
 
 @settings(deadline=None, max_examples=15)
@@ -269,29 +268,3 @@ def test_generate_refuses_bad_settings_by_name(bad, match):
         generate(lm, torch.ones(1, 3, dtype=torch.long), **settings_)
 
 
-@settings(deadline=None, max_examples=10)
-@given(config=small_configs(), batch=st.integers(2, 3), prompt=st.integers(2, 6),
-       max_new_tokens=st.integers(1, 6), seed=st.integers(0, 2**31), data=st.data())
-def test_left_padded_prompts_continue_as_in_transformers(config, batch, prompt, max_new_tokens,
-                                                         seed, data):
-    """Prompts of different lengths padded on the left: positions counted from the first real
-    token, as transformers derives them from the mask; the same tokens, greedy and sampled."""
-    torch.manual_seed(seed)
-    ours = CausalLM(config).eval()
-    pad = config.pad_token_id
-    input_ids, mask = left_padded(data, config.vocab_size, batch, prompt, seed, pad)
-    with tempfile.TemporaryDirectory() as tmp:
-        save_causal_lm(ours, tmp)
-        hf = transformers.BertLMHeadModel.from_pretrained(tmp).eval()
-    want = hf.generate(input_ids=input_ids, attention_mask=mask, num_beams=1, do_sample=False,
-                       max_new_tokens=max_new_tokens, pad_token_id=pad, output_scores=True,
-                       return_dict_in_generate=True)
-    assume(smallest_margin(want.scores) > MARGIN)
-    got = greedy_continue(ours, input_ids, max_new_tokens=max_new_tokens, attention_mask=mask)
-    assert torch.equal(got, want.sequences), (got, want.sequences)
-    torch.manual_seed(seed)
-    want = hf.generate(input_ids=input_ids, attention_mask=mask, do_sample=True, top_k=0,
-                       max_new_tokens=max_new_tokens, pad_token_id=pad)
-    got = generate(ours, input_ids, mask, do_sample=True, max_new_tokens=max_new_tokens,
-                   generator=torch.Generator().manual_seed(seed))
-    assert torch.equal(got, want), (got, want)
