@@ -232,6 +232,7 @@ def test_setup_names_missing_launch_variables(monkeypatch):
         distributed.setup("cpu")
 
 
+@pytest.mark.slow  # 13 s: two processes that each import torch and load MiniLM
 def test_torchrun_minift_finetune(tmp_path, minilm_dir):
     """`torchrun -m minift finetune` trains on 2 ranks (with activation checkpointing); one set
     of results, one log."""
@@ -255,6 +256,7 @@ def test_torchrun_minift_finetune(tmp_path, minilm_dir):
     assert not {"resume.pt", "best", "run"} & names  # a finished run keeps no resume state
 
 
+@pytest.mark.slow  # 12-18 s each, as above
 @pytest.mark.parametrize("command", ["ner", "pretrain"])
 def test_torchrun_minift_ner_and_pretrain(tmp_path, minilm_dir, data_dir, command):
     """The other training commands run under torchrun too: rank 0 writes one set of results."""
