@@ -3,7 +3,7 @@
 These tests need a CUDA device, so on a CPU-only machine (CI) pytest reports them as skipped,
 never as passed. They run where a GPU is: `python -m pytest tests/test_cuda.py`. The CPU twins
 of each claim live in test_model.py, test_unpad.py, test_attention.py, test_optim.py and
-test_loop.py and run everywhere.
+test_cuda_graphs.py and run everywhere.
 
 TF32 stays off (torch's default for matmuls), so fp32 on the GPU is fp32 and the tolerances are
 the CPU's: atol 1e-5 on random tiny models, 1e-4 on the published checkpoint.
