@@ -46,7 +46,7 @@ from minift.core.logits import (
     check_at_least,
     check_max_new_tokens,
 )
-from minift.core.steps import Step, causal_lm_step, encoder_decoder_step
+from minift.core.steps import Step, model_step
 
 EXCLUDED = -1.0e9  # added to a candidate's score to rule it out, as transformers does
 
@@ -168,23 +168,6 @@ def beam_loop(step: Step, cache: list, prefix: torch.Tensor, *, num_beams: int,
     length = given + int(finished_lengths[:, :n].max())
     return BeamOutput(sequences=finished[:, :n, :length].flatten(0, 1),
                       sequences_scores=finished_scores[:, :n].flatten())
-
-
-def model_step(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-               copies: int, eos_token_id: int | None = None, pad_token_id: int | None = None
-               ) -> tuple[Step, list, torch.Tensor, dict]:
-    """Either model as a step (``core/steps.py``) over ``copies`` rows a source: (step, its cache,
-    the prefix every row begins with, the ``eos_token_id`` and ``pad_token_id`` to decode with).
-    An ``EncoderDecoder`` begins with its start token and defaults to its own ids; a ``CausalLM``
-    continues its prompt, with no EOS unless given and its config's pad."""
-    if hasattr(model, "encode"):
-        step, cache, prefix = encoder_decoder_step(model, input_ids, attention_mask, copies)
-        eos = model.eos_token_id if eos_token_id is None else eos_token_id
-        pad = model.pad_token_id if pad_token_id is None else pad_token_id
-    else:
-        (step, cache), prefix = causal_lm_step(model, attention_mask, copies), input_ids
-        eos, pad = eos_token_id, model.config.pad_token_id if pad_token_id is None else pad_token_id
-    return step, cache, prefix, dict(eos_token_id=eos, pad_token_id=pad)
 
 
 def beam_generate(model: nn.Module, input_ids: torch.Tensor,

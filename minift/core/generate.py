@@ -28,14 +28,14 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from minift.core.beam import beam_loop, check_beam_settings, model_step
+from minift.core.beam import beam_loop, check_beam_settings
 from minift.core.logits import (
     ban_repeated_ngrams,
     check_max_new_tokens,
     check_sampling,
     sampling_filter,
 )
-from minift.core.steps import Step
+from minift.core.steps import Step, model_step
 
 __all__ = ["check_max_new_tokens", "generate", "greedy_continue", "greedy_generate",
            "greedy_loop", "sample_loop", "token_loop"]

@@ -84,3 +84,20 @@ def causal_lm_step(model: nn.Module, attention_mask: torch.Tensor | None = None,
         return model(new, mask, cache=cache, position_ids=positions).logits[:, -1]
 
     return padded_step, cache
+
+
+def model_step(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+               copies: int, eos_token_id: int | None = None, pad_token_id: int | None = None
+               ) -> tuple[Step, list, torch.Tensor, dict]:
+    """Either model as a step over ``copies`` rows a source: (step, its cache,
+    the prefix every row begins with, the ``eos_token_id`` and ``pad_token_id`` to decode with).
+    An ``EncoderDecoder`` begins with its start token and defaults to its own ids; a ``CausalLM``
+    continues its prompt, with no EOS unless given and its config's pad."""
+    if hasattr(model, "encode"):
+        step, cache, prefix = encoder_decoder_step(model, input_ids, attention_mask, copies)
+        eos = model.eos_token_id if eos_token_id is None else eos_token_id
+        pad = model.pad_token_id if pad_token_id is None else pad_token_id
+    else:
+        (step, cache), prefix = causal_lm_step(model, attention_mask, copies), input_ids
+        eos, pad = eos_token_id, model.config.pad_token_id if pad_token_id is None else pad_token_id
+    return step, cache, prefix, dict(eos_token_id=eos, pad_token_id=pad)
