@@ -244,7 +244,7 @@ def _load_backend(folder: Path, config: dict, special: dict) -> tokenizers.Token
     return backend
 
 
-def _padded(encoded: list[tokenizers.Encoding], length: int | None,
+def _encoding(encoded: list[tokenizers.Encoding], length: int | None,
             pad_id: int | None) -> Encoding:
     """Every example padded on the right to `length` tokens, stacked into (batch, seq) tensors;
     with `length` None, unpadded: one 1-D tensor each, of its own length."""
@@ -438,13 +438,13 @@ class Tokenizer(TokenVocabulary):
         encoded = _encode(self.backend, inputs, is_pair, max_length if truncation else None,
                           is_split_into_words)
         if padding is False:
-            return _padded(encoded, None, self.pad_token_id)
+            return _encoding(encoded, None, self.pad_token_id)
         longest = max(len(e.ids) for e in encoded)
         length = max_length if padding == "max_length" else longest
         if longest > length:
             raise ValueError(f"an example has {longest} tokens, more than padding='max_length' "
                              f"pads to ({length}): use truncation=True or a larger max_length")
-        return _padded(encoded, length, self.pad_token_id)
+        return _encoding(encoded, length, self.pad_token_id)
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write `tokenizer.json`, `tokenizer_config.json` and, for WordPiece, `vocab.txt`, each
