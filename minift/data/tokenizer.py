@@ -245,7 +245,7 @@ def _load_backend(folder: Path, config: dict, special: dict) -> tokenizers.Token
 
 
 def _encoding(encoded: list[tokenizers.Encoding], length: int | None,
-            pad_id: int | None) -> Encoding:
+              pad_id: int | None) -> Encoding:
     """Every example padded on the right to `length` tokens, stacked into (batch, seq) tensors;
     with `length` None, unpadded: one 1-D tensor each, of its own length."""
     if length is not None and pad_id is None and any(len(e.ids) < length for e in encoded):
