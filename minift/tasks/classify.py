@@ -90,11 +90,8 @@ class _Classifier(nn.Module):
                 features: Tensor | None = None,
                 lengths: list[int] | None = None) -> ClassifierOutput:
         """Logits, and the mean cross-entropy over labels that are not -100 when given.
-
         ``features``: what ``self.features`` returns, computed earlier by a frozen encoder
-        (``encode_features``): only the head runs. ``lengths``: for the encoder
-        (``minift.data.batches.with_lengths``).
-        """
+        (``encode_features``): only the head runs."""
         if features is None:
             features = self.features(input_ids, attention_mask, token_type_ids, lengths)
         logits = self.classifier(self.dropout(features))

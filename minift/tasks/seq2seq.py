@@ -141,10 +141,9 @@ class Seq2SeqDataset(PaddedRows):
 def generate_texts(model: EncoderDecoder, tokenizer, sources: Sequence[Tensor], *,
                    batch_size: int, max_new_tokens: int, device,
                    progress: bool = False, **decoding) -> list[str]:
-    """The text of each source row (``source_rows``), in the order given: batches of similar
-    lengths (``length_grouped_batches``, longest first), put back in order. Greedy, unless
-    ``decoding`` (the keywords of ``minift.core.generate.generate``: beams, sampling) says
-    otherwise."""
+    """The text of each source row (``source_rows``), in the order given, generated in batches of
+    similar lengths; greedy unless ``decoding`` (``minift.core.generate.generate``'s keywords:
+    beams, sampling) says otherwise."""
     model.eval()
     texts: list[str | None] = [None] * len(sources)
     groups = length_grouped_batches([len(s) for s in sources], batch_size, generator=None,

@@ -408,8 +408,6 @@ def train_setfit(encoder: BertModel, tokenizer: Tokenizer, texts: Sequence[str],
 
     `label_names` fixes the class order (default: the sorted distinct labels). Dropout and the
     head's initialisation draw from torch's global generator, seeded here with `config.seed`.
-    Returns the model and the statistics of the contrastive phase (`train_body`'s dict, with the
-    config added).
     """
     config = config or SetFitConfig()
     names = [str(n) for n in (label_names if label_names is not None else sorted(set(labels)))]
