@@ -2,22 +2,18 @@
 the features of a frozen encoder, computed once.
 
 The head is the encoder plus dropout plus one linear layer, as transformers'
-``BertForSequenceClassification`` (same parameter names for the head, ``classifier.weight`` /
-``classifier.bias``, and the encoder stored under ``bert.``). What the linear layer reads is the
-``pooling``:
+``BertForSequenceClassification`` (the same names: ``classifier.*``, the encoder under
+``bert.``). What the linear layer reads is the ``pooling``:
 
 - ``pooler``: BERT's pooler, ``tanh(dense(h_[CLS]))``, trained by BERT's next-sentence
-  objective. transformers' only choice: with it a checkpoint saved here loads there with
-  identical logits, and the other way round.
+  objective. transformers' only choice: with it a checkpoint loads there with identical logits.
 - ``cls``: the last hidden state of [CLS] itself, no pooler.
-- ``mean``: the mean of the last hidden states of the real tokens (``minift.core.sentence``),
-  what sentence-transformers trains its embedding models on.
+- ``mean``: the mean of the last hidden states of the real tokens, what sentence-transformers
+  trains its embedding models on.
 
-Its default is the checkpoint's own convention: a minift classifier's ``config.json`` records
-its pooling; a sentence-transformers folder states one (``minift.hf.checkpoint.read_pooling``:
+Its default is the checkpoint's own: a minift classifier's ``config.json`` records it; a
+sentence-transformers folder states one (``minift.hf.checkpoint.read_pooling``:
 all-MiniLM-L6-v2 says mean, and its pooler was never trained); else BERT's pooler.
-
-``_Classifier`` is shared with the token classifier of ``minift.tasks.tag``.
 """
 
 from __future__ import annotations
@@ -63,7 +59,8 @@ class ClassifierOutput:
 
 
 class _Classifier(nn.Module):
-    """Encoder + dropout + linear; subclasses choose which hidden states are classified."""
+    """Encoder + dropout + linear; subclasses (here and ``minift.tasks.tag``) choose which hidden
+    states are classified."""
 
     architecture = ""
     add_pooling_layer = True
@@ -93,11 +90,8 @@ class _Classifier(nn.Module):
                 features: Tensor | None = None,
                 lengths: list[int] | None = None) -> ClassifierOutput:
         """Logits, and the mean cross-entropy over labels that are not -100 when given.
-
         ``features``: what ``self.features`` returns, computed earlier by a frozen encoder
-        (``encode_features``): only the head runs. ``lengths``: for the encoder
-        (``minift.data.batches.with_lengths``).
-        """
+        (``encode_features``): only the head runs."""
         if features is None:
             features = self.features(input_ids, attention_mask, token_type_ids, lengths)
         logits = self.classifier(self.dropout(features))
@@ -124,12 +118,9 @@ class _Classifier(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, num_labels: int | None = None,
                         id2label: dict[int, str] | None = None, **settings):
-        """Load an encoder (and the ``classifier.*`` head when the checkpoint has one).
-
-        With no head in the checkpoint (a plain encoder such as MiniLM), the head is freshly
-        initialised as transformers does: N(0, initializer_range) weights, zero bias.
-        ``settings``: the head's own (``SequenceClassifier``: ``pooling``).
-        """
+        """Load an encoder and the ``classifier.*`` head when the checkpoint has one (a plain
+        encoder such as MiniLM has none: fresh, as transformers initialises it). ``settings``:
+        the head's own (``SequenceClassifier``: ``pooling``)."""
         checkpoint = read_checkpoint(path)
         raw = checkpoint.raw_config.get("id2label")
         raw = {int(i): str(label) for i, label in raw.items()} if isinstance(raw, dict) else None
@@ -211,14 +202,9 @@ class SequenceClassifier(_Classifier):
 
 
 class ClassificationDataset(PaddedRows):
-    """A split tokenized once (in chunks of `chunk_size`, unpadded), which hands out padded
-    batches: the same tensors `collate` gives for those examples.
-
-    Batch contract: a dict of LongTensors on the CPU, `input_ids`, `attention_mask`,
-    `token_type_ids` of shape (batch, seq) where seq is the longest example of the batch
-    (truncated to `max_length`), padded on the right with `tokenizer.pad_token_id`, 0 and 0; plus
-    `labels` of shape (batch,) when `label_ids` were given.
-    """
+    """A split tokenized once (unpadded), which hands out padded batches: the same tensors
+    `collate` gives for those examples, (batch, seq) to the batch's longest example, plus
+    `labels` (batch,) when `label_ids` were given."""
 
     def __init__(self, examples: Sequence[Example | str], tokenizer, *, max_length: int | None,
                  label_ids: Sequence[int] | None = None, chunk_size: int = 1024) -> None:
@@ -260,12 +246,11 @@ def make_batches(examples: Sequence[Example | str], label_ids: Sequence[int] | N
 def encode_features(model: _Classifier, dataset: PaddedRows, *, batch_size: int,
                     device: torch.device | str) -> Tensor:
     """``model.features`` of every example of ``dataset``, in the dataset's order, float32 on
-    the CPU: (examples, hidden) for a sequence classifier.
+    the CPU: (examples, hidden) for a sequence classifier; one pass in eval mode.
 
-    One pass in eval mode (dropout off) without gradients, batched by length so little padding
-    is computed. A frozen encoder gives the same features every epoch, so training its head on
-    these (``FeatureRows``) is training it on the encoder's outputs, at one encoder pass per
-    example instead of one per epoch: the linear probe of the transfer-learning literature.
+    A frozen encoder gives the same features every epoch, so training its head on these
+    (``FeatureRows``) is training it on the encoder's outputs, at one encoder pass per example
+    instead of one per epoch: the linear probe of the transfer-learning literature.
     """
     was_training = model.training
     model.eval()

@@ -1,14 +1,6 @@
 """Causal language modelling: a BERT body made a left-to-right writer, fine-tuned on plain text
-(the "GPT-style" generation the BERT family can do), scored by perplexity. Reading order:
-
-1. ``LanguageModel``: ``minift.core.decoder.CausalLM`` with the HF folder doors (from an encoder
-   checkpoint, its self-attention made causal, the LM head its MLM head or fresh, as
-   ``BertLMHeadModel.from_pretrained(path, is_decoder=True)``; saved as ``BertLMHeadModel``).
-2. The text is ``minift.tasks.mlm.TextSequences`` (one passage a line, or passages packed);
-   ``LMBatches`` pads them, the labels the input ids (the model shifts them: the logits at
-   position t predict token t + 1).
-3. ``lm_metrics``: the mean next-token loss over held-out text, and its exponential, the
-   perplexity (the number of equally likely tokens the model hesitates between).
+(the "GPT-style" generation the BERT family can do), scored by perplexity (the number of equally
+likely tokens the model hesitates between). The text is ``minift.tasks.mlm.TextSequences``.
 """
 
 from __future__ import annotations
@@ -31,14 +23,15 @@ from minift.tasks.mlm import TextSequences, batch_seed
 
 
 class LanguageModel(CausalLM):
-    """A ``CausalLM`` that loads and saves HF folders. It adds no state: a loaded ``CausalLM``
-    becomes one by a change of class, as ``minift.fast.unpad.speed_up`` swaps modules."""
+    """A ``CausalLM`` that loads and saves HF folders (``BertLMHeadModel``). It adds no state: a
+    loaded ``CausalLM`` becomes one by a change of class, as ``minift.fast.unpad.speed_up`` swaps
+    modules."""
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, seed: int = 0) -> LanguageModel:
         """A decoder folder (``is_decoder`` in its config.json, as this task saves) as it is,
         in eval mode; an encoder checkpoint warm-started into a decoder (fresh parts drawn from
-        ``seed``), in train mode."""
+        ``seed``), in train mode, as ``BertLMHeadModel.from_pretrained(path, is_decoder=True)``."""
         folder = resolve_model_dir(path)
         if read_config_json(folder).get("is_decoder") is True:
             model = load_causal_lm(folder)
@@ -60,9 +53,8 @@ class LanguageModel(CausalLM):
 
 class LMBatches(Sequence):
     """One epoch of batches of ``sequences``: ``input_ids``, ``attention_mask`` and ``labels``
-    (the ids, -100 at padding), (batch, seq). With ``shuffle``, ``length_grouped_batches`` with a
-    generator seeded from (seed, epoch), the same for the same epoch (so a resumed run sees the
-    batches of an uninterrupted one); without, longest first."""
+    (the ids, -100 at padding; the model shifts them), (batch, seq). Shuffled with a generator
+    seeded from (seed, epoch), so a resumed run sees the batches of an uninterrupted one."""
 
     def __init__(self, sequences: TextSequences, batch_size: int, *, seed: int, epoch: int = 0,
                  shuffle: bool = True) -> None:

@@ -1,17 +1,4 @@
-"""Masked-language modelling: lines of text in, masked batches out, the MLM head and its scores.
-Reading order:
-
-1. `read_text_lines` reads passages, one a line; `held_out_split` sets a seeded share aside.
-2. `TextSequences` tokenizes the passages once into the model's sequences, one passage a sequence
-   or, with `pack=True`, consecutive passages packed into full-length sequences, as RoBERTa's
-   FULL-SENTENCES and SpanBERT do: no compute is spent on padding, and span masking, whose last
-   span overshoots the budget by about half a span per sequence, gets long sequences where that
-   half span is small (see `minift.core.masking.span_mask`).
-3. `MaskingCollator` masks one padded batch with `masking.mlm`, `whole_word_mask` or `span_mask`.
-4. `MaskedBatches` is one epoch of masked batches, each masked with its own generator, so that
-   the same epoch gives the same masks whenever it is asked for.
-5. `MaskedLM` is the encoder with BERT's MLM head, and `mlm_metrics` scores it.
-"""
+"""Masked-language modelling: lines of text in, masked batches out, the MLM head and its scores."""
 
 from __future__ import annotations
 
@@ -40,11 +27,8 @@ from minift.hf.checkpoint import CheckpointError, load_encoder_weights, read_che
 
 
 def read_text_lines(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
-    """The passages of one or more text files, one a line, in file order; blank lines skipped.
-
-    Files are read as UTF-8 (a byte-order mark dropped). A missing file, a folder, bytes that are
-    not UTF-8 or a file with no text at all raise `DataError` naming the file.
-    """
+    """The passages of one or more text files (UTF-8), one a line, in file order; blank lines
+    skipped."""
     if isinstance(paths, str | os.PathLike):
         paths = [paths]
     if len(paths) == 0:
@@ -87,9 +71,11 @@ class TextSequences:
     WordPiece pieces of one pre-tokenized word (split at whitespace and punctuation).
 
     Without `pack`, a passage longer than `max_length - 2` tokens is cut (the rest is dropped, as
-    truncation does). With `pack`, passages follow each other in order; one that does not fit in
-    what is left of a sequence starts the next, and a passage longer than a whole sequence is cut
-    into sequence-sized pieces, none dropped. Passages with no tokens at all are skipped.
+    truncation does). With `pack`, consecutive passages fill full-length sequences (RoBERTa's
+    FULL-SENTENCES, SpanBERT): no compute is spent on padding, and span masking, whose last span
+    overshoots the budget by about half a span per sequence, gets long sequences where that half
+    span is small. A passage longer than a whole sequence is then cut into sequence-sized
+    pieces, none dropped.
     """
 
     def __init__(self, passages: Sequence[str], tokenizer, *, max_length: int, pack: bool = False,
@@ -174,7 +160,6 @@ class MaskingCollator:
     `strategy`: "mlm" (BERT, token by token), "wwm" (whole words) or "span" (SpanBERT spans);
     `mlm_probability` is the selection rate (the budget for spans). Never selected: the
     `special_ids` ([CLS], [SEP], [PAD], [UNK], as the reference collator) and padding.
-    `vocab_size` bounds the random replacement ids.
     """
 
     strategy: str
@@ -384,8 +369,7 @@ class MaskedLM(nn.Module):
         Without them (the published all-MiniLM-L6-v2 has none: it was trained for sentence
         embeddings and shipped without its MLM head) the head is initialised as BERT does and
         ``head_loaded`` is False: its predictions are then near-uniform until it is trained.
-        A stored decoder weight must equal the word embeddings (minift always ties them); other
-        heads (``cls.seq_relationship.*``, ``classifier.*``) and a pooler are not used and dropped.
+        Other heads (``cls.seq_relationship.*``, ``classifier.*``) and a pooler are dropped.
         """
         checkpoint = read_checkpoint(path)
         if checkpoint.raw_config.get("tie_word_embeddings", True) is False:

@@ -1,16 +1,8 @@
 """Sentence pairs for next-sentence prediction (NSP), built from documents as BERT built them.
 
 BERT's second pretraining objective: given ``[CLS] A [SEP] B [SEP]``, did B follow A in the
-document (label 0), or was it taken from another document (label 1)? Reading order:
-
-1. ``read_documents``: documents as lists of sentences (text with a blank line between
-   documents, or CSAbstruct's JSONL);
-2. ``nsp_pairs``: the pairs of one pass over the tokenized documents, as BERT's
-   ``create_pretraining_data.py`` makes them, drawn from one ``torch.Generator``;
-3. ``PairSequences``: the pairs as unpadded rows, batched like ``minift.tasks.mlm.TextSequences``
-   so the MLM masking collator masks them (``NSPMaskedBatches`` adds ``next_sentence_label``);
-4. the heads: ``NextSentencePrediction`` (the NSP head alone) and ``PreTraining`` (MLM and NSP at
-   once, as BERT was pretrained), and ``pretraining_metrics``.
+document (label 0), or was it taken from another document (label 1)? The pairs are batched like
+``minift.tasks.mlm.TextSequences``, so the MLM masking collator masks them too.
 """
 
 from __future__ import annotations
@@ -47,9 +39,8 @@ def read_documents(path: str | os.PathLike) -> list[list[str]]:
     """The documents of a file, each a list of sentences (non-empty ones, in order).
 
     ``.jsonl``: one JSON object a line with a ``sentences`` list of strings. Otherwise text: one
-    sentence a line, documents separated by blank lines. A document needs at least one sentence;
-    the file needs at least two documents (NSP draws B from another document). Errors are
-    ``DataError`` naming the file and line.
+    sentence a line, documents separated by blank lines. The file needs at least two documents
+    (NSP draws B from another document).
     """
     path = Path(path)
     documents: list[list[str]] = []
@@ -123,12 +114,11 @@ def nsp_pairs(documents: Sequence[Sequence[list[int]]], max_length: int,
     of token ids), as ``create_instances_from_document`` of BERT's ``create_pretraining_data.py``.
 
     Sentences are gathered into a chunk until it reaches the target length; a random cut splits
-    the chunk into A and B; half of the time B is replaced by sentences from a random other
-    document (the sentences of the chunk that B did not use go back to the queue), and the pair
-    is trimmed to fit ``max_length`` with [CLS] and two [SEP] (``_trim``). A chunk of a single
-    sentence always gets a random B (there is no cut to make), so the share of random pairs is a
-    little over one half. With probability ``short_seq_prob`` a chunk aims at a random shorter
-    length (BERT's 0.1), so the model also sees short inputs.
+    it into A and B; half of the time B is replaced by sentences from a random other document
+    (the chunk's unused sentences go back to the queue). A chunk of a single sentence always
+    gets a random B (there is no cut to make), so the share of random pairs is a little over one
+    half. With probability ``short_seq_prob`` (BERT's 0.1) a chunk aims at a random shorter
+    length, so the model also sees short inputs.
     """
     if max_length < 5:
         raise ValueError(f"max_length must be at least 5 for a pair, got {max_length}")
@@ -207,8 +197,7 @@ class PairSequences(PaddedRows):
 
 
 class NSPMaskedBatches(MaskedBatches):
-    """``MaskedBatches`` over ``PairSequences``: each batch masked for MLM, with its
-    ``next_sentence_label`` (the input of ``PreTraining``)."""
+    """``MaskedBatches`` over ``PairSequences``, each batch with its ``next_sentence_label``."""
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         masked = super().__getitem__(index)

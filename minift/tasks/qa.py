@@ -1,22 +1,10 @@
 """Extractive question answering, SQuAD v1.1: read the questions, cut long contexts into
 windows, turn start/end logits back into answer text, score exact match and F1.
 
-A reader that answers "In what year did Tesla move to New York?" from a Wikipedia paragraph
-predicts two positions: the token where the answer starts and the token where it ends. The
-model sees ``[CLS] question [SEP] context [SEP]``, at most ``max_length`` tokens; everything else
-here is the bookkeeping around those two positions. Read in this order:
-
-1. ``read_squad``: the SQuAD JSON file into ``Question``s, every answer checked against its context;
-2. ``make_windows``: question + context into windows; only the context is cut, consecutive
-   windows overlapping so that an answer cut by one window edge lies whole in the next;
-3. ``best_answers``: the n-best (start, end) pairs over all windows of a question, mapped back to
-   the context's characters;
-4. ``squad_scores``: the official exact match and token F1; then the model,
-   ``QuestionAnswering``, and ``qa_scores``.
-
-This is transformers' question-answering recipe (``prepare_train_features`` and
-``postprocess_qa_predictions`` of its ``run_qa.py`` example) written out, for SQuAD v1.1:
-unanswerable questions (SQuAD 2.0's ``is_impossible``) are refused with an error that says so.
+The model sees ``[CLS] question [SEP] context [SEP]`` and predicts two positions, the tokens
+where the answer starts and ends; everything else here is the bookkeeping around them. It is
+transformers' recipe (``prepare_train_features`` and ``postprocess_qa_predictions`` of its
+``run_qa.py`` example) written out; unanswerable questions (SQuAD 2.0) are refused.
 """
 
 from __future__ import annotations
@@ -111,14 +99,9 @@ def _check_answer(answer: Answer, context: str, here: str) -> None:
 
 
 def read_squad(path: str | os.PathLike, *, require_answers: bool = True) -> list[Question]:
-    """The questions of a SQuAD v1.1 JSON file, in file order.
-
-    Every answer must sit in its context at ``answer_start`` (the error names the question id).
-    ``require_answers``: a question without answers is an error (a training file needs them; an
-    evaluation-only file may lack them). A SQuAD 2.0 question (``is_impossible``) is refused:
-    unanswerable questions are not supported. Errors are ``DataError`` naming the file and the
-    place in it.
-    """
+    """The questions of a SQuAD v1.1 JSON file, in file order, every answer checked to sit in
+    its context at ``answer_start``. ``require_answers``: a question without answers is an error
+    (a training file needs them; an evaluation-only file may lack them)."""
     path = Path(path)
     try:
         raw = json.loads(read_utf8_text(path))  # bounded: a file over the cap is refused unread
@@ -237,9 +220,8 @@ def make_windows(questions: Sequence[Question], tokenizer, *, max_length: int = 
 
     The question is left-stripped (some SQuAD questions start with spaces) and never cut; the
     context is cut into pieces of ``max_length - len(question) - 3`` tokens overlapping by
-    ``doc_stride`` (``context_spans``). Training positions use the first reference answer.
-    A question that leaves no room for the context, or too little for the stride, is a
-    ``DataError`` naming it.
+    ``doc_stride`` (``context_spans``), so that an answer cut by one window edge lies whole in
+    the next. Training positions use the first reference answer.
     """
     if max_length < 4:
         raise ValueError(f"max_length must be at least 4, got {max_length}")
@@ -271,8 +253,8 @@ def make_windows(questions: Sequence[Question], tokenizer, *, max_length: int = 
 
 
 class WindowDataset(PaddedRows):
-    """Windows as padded batches (``PaddedRows``), with ``start_positions`` / ``end_positions``
-    when ``labels`` (the names of ``BertForQuestionAnswering``'s arguments)."""
+    """Windows as padded batches, with ``start_positions`` / ``end_positions`` when ``labels``
+    (the names of ``BertForQuestionAnswering``'s arguments)."""
 
     def __init__(self, windows: Sequence[Window], pad_token_id: int, *, labels: bool = True):
         self.windows, self.labels, self.pad_token_id = list(windows), labels, pad_token_id
@@ -324,10 +306,9 @@ def best_answers(context: str, windows: Sequence[Window], start_logits: Sequence
 
     In each window, every pair of the ``n_best`` highest start and ``n_best`` highest end logits
     is a candidate when both tokens are context tokens, end >= start and the span is at most
-    ``max_answer_length`` tokens; its score is start logit + end logit. The best ``n_best`` over
-    all windows are kept (transformers' ``postprocess_qa_predictions``, SQuAD v1.1); with none
-    at all, one empty answer of score 0. Logits are 1-D over the window's tokens (padding after
-    the window is ignored).
+    ``max_answer_length`` tokens. The best ``n_best`` over all windows are kept (transformers'
+    ``postprocess_qa_predictions``, SQuAD v1.1); with none at all, one empty answer of score 0.
+    Logits are 1-D over the window's tokens (padding after the window is ignored).
     """
     candidates = []
     for window, starts, ends in zip(windows, start_logits, end_logits, strict=True):

@@ -1,16 +1,6 @@
 """Sequence to sequence (translation, summarisation, data-to-text): the model, the dataset, the
-evaluation by generating. Reading order:
-
-1. ``Seq2SeqModel``: ``minift.core.decoder.EncoderDecoder`` with the HF folder doors, warm
-   started from one encoder checkpoint (BERT2BERT, Rothe, Narayan and Severyn, TACL 2020).
-2. ``source_rows`` / ``target_rows`` tokenize texts once, cut to the maximum lengths; what is cut
-   is counted and reported with a warning (a source longer than the model's positions can only
-   be read in part).
-3. ``Seq2SeqDataset``: the rows of a file as length-grouped padded batches, with the decoder's
-   input for teacher forcing.
-4. ``generate_texts`` writes a text for each source (greedy or beam search, with the cache);
-   ``seq2seq_metrics`` scores one generated text per *distinct* source against every reference
-   written for it (``minift.data.text_pairs.group_by_source``), as E2E NLG is scored.
+evaluation by generating one text per *distinct* source, scored against every reference written
+for it (``minift.data.text_pairs.group_by_source``), as E2E NLG is scored.
 """
 
 from __future__ import annotations
@@ -37,8 +27,7 @@ from minift.tasks.lm import held_out_loss
 
 class Seq2SeqModel(EncoderDecoder):
     """An ``EncoderDecoder`` that loads and saves transformers' ``EncoderDecoderModel`` folders.
-    It adds no state: a loaded ``EncoderDecoder`` becomes one by a change of class (``adopt``),
-    as ``minift.fast.unpad.speed_up`` swaps modules."""
+    It adds no state: a loaded ``EncoderDecoder`` becomes one by a change of class (``adopt``)."""
 
     @classmethod
     def adopt(cls, model: EncoderDecoder) -> Seq2SeqModel:
@@ -48,8 +37,8 @@ class Seq2SeqModel(EncoderDecoder):
 
     @classmethod
     def warm_started(cls, path: str | os.PathLike, *, seed: int = 0) -> Seq2SeqModel:
-        """Both halves from one encoder checkpoint; cross-attention fresh, drawn from ``seed``
-        (``minift.hf.encoder_decoder.warm_start``)."""
+        """Both halves from one encoder checkpoint (BERT2BERT, Rothe, Narayan and Severyn, TACL
+        2020); cross-attention fresh, drawn from ``seed``."""
         return cls.adopt(warm_start(path, seed=seed))
 
     @classmethod
@@ -115,8 +104,7 @@ class Seq2SeqDataset(PaddedRows):
     ``labels`` (batch, target), -100 at padding; ``decoder_input_ids`` = ``shift_right(labels)``
     (the start token, then the labels but the last, padding as [PAD]) and
     ``decoder_attention_mask``, both (batch, target): exactly ``EncoderDecoder.forward``'s
-    arguments. Length grouping uses the source and target lengths together. Cut texts are
-    counted (``truncated_sources``, ``truncated_targets``) and reported with one warning each.
+    arguments. Length grouping uses the source and target lengths together.
     """
 
     def __init__(self, pairs: Sequence[TextPair], tokenizer, *, max_length: int,
@@ -135,7 +123,7 @@ class Seq2SeqDataset(PaddedRows):
         self.lengths = [len(s) + len(t) for s, t in zip(self.input_ids, self.labels, strict=True)]
 
     def batch(self, indices: Sequence[int]) -> dict[str, Tensor]:
-        """The padded batch of the rows at ``indices``, in that order (see the class doc)."""
+        """The padded batch of the rows at ``indices``, in that order."""
         sources = pad_batch([self.input_ids[i] for i in indices], None, self.pad_token_id)
         labels = pad_rows([self.labels[i] for i in indices], IGNORE_INDEX)
         decoder_input_ids = shift_right(labels, self.start_token_id, self.pad_token_id)
@@ -153,10 +141,9 @@ class Seq2SeqDataset(PaddedRows):
 def generate_texts(model: EncoderDecoder, tokenizer, sources: Sequence[Tensor], *,
                    batch_size: int, max_new_tokens: int, device,
                    progress: bool = False, **decoding) -> list[str]:
-    """The text of each source row (``source_rows``), in the order given: batches of similar
-    lengths (``length_grouped_batches``, longest first), put back in order. Greedy, unless
-    ``decoding`` (the keywords of ``minift.core.generate.generate``: beams, sampling) says
-    otherwise."""
+    """The text of each source row (``source_rows``), in the order given, generated in batches of
+    similar lengths; greedy unless ``decoding`` (``minift.core.generate.generate``'s keywords:
+    beams, sampling) says otherwise."""
     model.eval()
     texts: list[str | None] = [None] * len(sources)
     groups = length_grouped_batches([len(s) for s in sources], batch_size, generator=None,

@@ -1,19 +1,10 @@
 """SetFit: few-shot classification by contrastive fine-tuning of a sentence encoder.
 
 With 8 or 16 labelled sentences per class, SetFit (Tunstall et al. 2022) first fine-tunes the
-sentence encoder on *pairs* built from them: a pair of sentences of the same class should embed
-close together (cosine similarity 1), a pair of different classes far apart (0). Then it trains a
-light classifier on the embeddings of the few examples. Read in order:
-
-1. `sample_shots` draws the few examples; the pairs and their losses are the textbook's
-   (`minift.core.contrastive`).
-2. `train_body`: contrastive fine-tuning of the encoder, run by the one training loop.
-3. The head: `LinearHead`, fitted as scikit-learn's `LogisticRegression` on frozen embeddings
-   (`fit_logistic_regression`) or by gradient descent, optionally end to end (`train_head`).
-4. `SetFitModel`: encoder + tokenizer + head, with `predict`, `predict_proba`, save and load;
-   `train_setfit` runs both phases.
-
-The defaults are setfit 1.2's (`SetFitConfig`), and the names follow the setfit library's.
+sentence encoder on *pairs* built from them (`minift.core.contrastive`): a pair of sentences of
+the same class should embed close together (cosine similarity 1), a pair of different classes far
+apart (0). Then it trains a light classifier on the embeddings of the few examples. The defaults
+are setfit 1.2's (`SetFitConfig`), and the names follow the setfit library's.
 """
 
 from __future__ import annotations
@@ -56,19 +47,15 @@ from minift.hf.safetensors import read_safetensors, write_safetensors
 class SetFitConfig:
     """Every setting of a SetFit run; the defaults are setfit 1.2's `TrainingArguments`.
 
-    Contrastive phase: `sampling` / `num_iterations` choose the pairs, `loss` is "cosine" or
-    "contrastive" (with `margin` on the cosine distance, sentence-transformers' default 0.5),
-    `batch_size` pairs a step, `epochs` passes, AdamW at `lr` with `weight_decay` (setfit's
-    `l2_weight`), linear warmup over `warmup_ratio` of the steps then linear decay, gradients
-    clipped at `max_grad_norm` (transformers' Trainer default). `max_steps` caps the phase: the
-    pairs grow with the square of the shots (64 of 6 classes give 122,880 oversampled pairs), so
-    a run with many shots stops after `max_steps` steps, its schedule spanning them (unlike
-    setfit's `max_steps`, which replaces the epochs, this only ever shortens a run).
-    Head phase: `head` "logistic" (scikit-learn's LogisticRegression with inverse
-    regularisation `C`) or "linear" (setfit's differentiable `SetFitHead`: `head_epochs` epochs of
-    batches of `head_batch_size`, AdamW at `head_lr`, the encoder at `head_body_lr` when
-    `end_to_end`). `seed` drives the pairs, the shuffling and the head's batches. `amp` is the
-    contrastive phase's mixed precision; `progress` shows tqdm bars for both phases.
+    Contrastive phase: `margin` is the "contrastive" loss's, on the cosine distance
+    (sentence-transformers' default 0.5); `weight_decay` is setfit's `l2_weight`; `max_grad_norm`
+    is transformers' Trainer default. `max_steps` caps the phase: the pairs grow with the square
+    of the shots (64 of 6 classes give 122,880 oversampled pairs), so a run with many shots stops
+    after `max_steps` steps, its schedule spanning them (unlike setfit's `max_steps`, which
+    replaces the epochs, this only ever shortens a run). Head phase: `head` "logistic"
+    (scikit-learn's LogisticRegression, inverse regularisation `C`) or "linear" (setfit's
+    differentiable `SetFitHead`, trained at `head_lr`, the encoder at `head_body_lr` when
+    `end_to_end`). `amp` is the contrastive phase's mixed precision.
     """
 
     sampling: str = "oversampling"
@@ -162,16 +149,13 @@ def train_body(encoder: BertModel, tokenizer: Tokenizer, texts: Sequence[str], l
     """Fine-tune `encoder` in place on SetFit's pairs of `texts`; return what happened.
 
     The recipe of setfit (through sentence-transformers' trainer): pairs shuffled every epoch,
-    `batch_size` pairs a step, AdamW with weight decay on all but biases and LayerNorms, linear
-    warmup over ceil(warmup_ratio * steps) then linear decay, gradient norm clipped, dropout on.
-    The number of pairs is printed (through `log`) before training starts.
+    AdamW with weight decay on all but biases and LayerNorms, linear warmup over
+    ceil(warmup_ratio * steps) then linear decay, gradient norm clipped, dropout on.
 
-    The steps run in `minift.core.loop.train` on a `PairLoss`, so they have its mixed precision,
-    data parallelism (under torchrun every rank draws the same pairs and order and trains on its
-    rows of every batch of pairs), non-finite checks and progress bar. Its files (log.jsonl, and
-    resume.pt while the phase is unfinished) go to `out_dir`, from which `resume=True`
-    continues; without `out_dir` they go to a temporary folder, removed afterwards, and no
-    resume checkpoint is written.
+    The steps run in `minift.core.loop.train` on a `PairLoss` (under torchrun every rank draws
+    the same pairs and order and trains on its rows of every batch of pairs). Its files go to
+    `out_dir`, from which `resume=True` continues; without `out_dir` they go to a temporary
+    folder, removed afterwards, and no resume checkpoint is written.
     """
     if len(texts) != len(labels):
         raise ValueError(f"got {len(texts)} texts but {len(labels)} labels")
@@ -309,8 +293,7 @@ def train_head(model: SetFitModel, texts: Sequence[str], label_ids: Sequence[int
     decay `config.weight_decay` on everything), the learning rates halved every 5 epochs.
 
     Without `end_to_end` the encoder is frozen, so the embeddings are computed once, in eval mode
-    (setfit recomputes them every batch with dropout on). A nan or inf loss stops training with
-    `NonFiniteLossError` naming the epoch and batch, before the update.
+    (setfit recomputes them every batch with dropout on).
     """
     labels = torch.as_tensor(list(label_ids))
     device = next(model.encoder.parameters()).device
@@ -425,8 +408,6 @@ def train_setfit(encoder: BertModel, tokenizer: Tokenizer, texts: Sequence[str],
 
     `label_names` fixes the class order (default: the sorted distinct labels). Dropout and the
     head's initialisation draw from torch's global generator, seeded here with `config.seed`.
-    Returns the model and the statistics of the contrastive phase (`train_body`'s dict, with the
-    config added).
     """
     config = config or SetFitConfig()
     names = [str(n) for n in (label_names if label_names is not None else sorted(set(labels)))]

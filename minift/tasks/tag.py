@@ -1,17 +1,8 @@
 """Token classification (NER, part-of-speech tagging): the head, the dataset, the evaluation.
 
-Named-entity recognition and POS tagging label *words*, but the encoder sees sub-word tokens.
-Read in this order:
-
-1. ``TokenClassifier``: the encoder + dropout + a linear layer on every token's last hidden
-   state, as transformers' ``BertForTokenClassification``;
-2. ``TokenClassificationDataset``: sentences of words tokenized once, their word labels aligned
-   to the sub-words (``minift.core.align``), a sentence too long for the model cut into
-   overlapping windows of whole words, never truncated;
-3. ``predict_tags``: one predicted tag per word, read at its first sub-word in the window where
-   it has most context, and the mean loss;
-4. ``tagging_scores``: entity-level scores as seqeval computes them (NER) or token accuracy
-   (POS), and ``scores_table`` to print them.
+Named-entity recognition and POS tagging label *words*, but the encoder sees sub-word tokens:
+the word labels are aligned to the sub-words (``minift.core.align``), and a sentence too long for
+the model is cut into overlapping windows of whole words, never truncated.
 """
 
 from __future__ import annotations
@@ -38,7 +29,8 @@ from minift.tasks.classify import _Classifier
 
 
 class TokenClassifier(_Classifier):
-    """Classifies every token from its last hidden state (NER, POS tagging)."""
+    """Classifies every token from its last hidden state (NER, POS tagging), as transformers'
+    ``BertForTokenClassification``."""
 
     architecture = "BertForTokenClassification"
     add_pooling_layer = False  # as transformers: the pooler has no use for token labels
@@ -99,16 +91,14 @@ def _special_tokens(whole: list[tuple], counts: list[list[int]], where) -> int:
 class TokenClassificationDataset(PaddedRows):
     """Sentences of words tokenized once into padded batches of token labels, long ones windowed.
 
-    Each sentence is tokenized whole (`is_split_into_words`, no truncation). One that does not fit
-    `max_length` tokens (special tokens included) is cut into windows of whole words that overlap
-    by `stride_words` words (`minift.core.align.plan_windows`), each tokenized as a sentence of its
-    own: no word is ever truncated away. The examples handed out are these windows ("pieces"), in
-    sentence order; `plan.num_windowed` says how many sentences were cut. `where` (optional) holds
+    A sentence that does not fit `max_length` tokens (special tokens included) is cut into
+    windows of whole words that overlap by `stride_words` words (`minift.core.align.plan_windows`),
+    each tokenized as a sentence of its own. The examples handed out are these windows ("pieces"),
+    in sentence order; `plan.num_windowed` says how many sentences were cut. `where` (optional):
     every word's file:line (`TaggedSentence.where`) for the errors.
 
-    Batches are `ClassificationDataset`'s plus `labels` (batch, seq) when `label_ids` (one list of
-    tag ids per sentence) are given: the word's label at its first sub-word and `IGNORE_INDEX` at
-    the other sub-words, special and pad tokens (`minift.core.align.align_labels`; with
+    Batches are `ClassificationDataset`'s plus `labels` (batch, seq) when `label_ids` are given:
+    the word's label at its first sub-word, `IGNORE_INDEX` elsewhere (`align_labels`; with
     `label_all_subwords` continuations get the word's label, `B-X` turned into `I-X` by `b_to_i`).
     """
 
