@@ -1,18 +1,11 @@
 """Every option of the ``minift`` commands, defined once, as a dataclass field.
 
-A field holds the option's name, type, default and, in its metadata, its help, its check, its
-choices, its flag when that is not ``--field-name``, and ``search=True`` when ``minift search``
-may vary it. From these fields come the recipe's call (``recipes.finetune(**options)`` builds
-``FinetuneOptions(**options)``, which checks every value), the command line (``add_options``,
-the way ``HfArgumentParser`` reads a dataclass) and the search grid (``minift.run.grid``).
-
-The training loop's options are ``minift.core.loop.TrainConfig``'s fields: their names, types and
-defaults are read from it (``loop_fields``), never written here; what this file adds is how the
-command line shows them (``LOOP``: help, check, choices). Adding an option is one field.
-
-Errors name fields, not flags: an ``OptionError`` marks each option it names as ```name```; its
-``str`` shows the field's name (``max_length 65 is more than ...``), ``render(flag)`` the flag
-(``--max-length 65 is more than ...``, what the command prints).
+From the fields (``option``: help, check, choices, ``search``, ...) come the recipe's call
+(``recipes.finetune(**options)`` builds ``FinetuneOptions(**options)``, which checks every
+value), the command line (``add_options``, the way ``HfArgumentParser`` reads a dataclass) and the
+search grid (``minift.run.grid``). The training loop's options are ``TrainConfig``'s fields, read
+from it (``loop_fields``), never written here; this file adds how the command line shows them
+(``LOOP``). Errors name fields, not flags (``OptionError``); only the command line shows flags.
 """
 
 from __future__ import annotations
