@@ -363,11 +363,9 @@ def lesson_figures(folder: str | os.PathLike) -> Figures | None:
 
 
 def project_2d(points, fit=None) -> Any:
-    """``points`` (n, d) on their first two principal components: an (n, 2) numpy array, the
-    coordinates along the two directions in which the points vary most (PCA by the SVD of the
-    centred points; each axis's sign fixed so its largest coordinate is positive). With ``fit``
-    (m, d), the directions and the centre are those of ``fit``, and ``points`` are projected
-    on them."""
+    """``points`` (n, d) on their first two principal components, the directions in which they
+    vary most: an (n, 2) array (PCA by the SVD of the centred points; each axis's sign fixed so
+    its largest coordinate is positive). ``fit`` (m, d): project on its components and centre."""
     import numpy as np
 
     x = np.asarray(points, dtype=np.float64)
