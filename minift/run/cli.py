@@ -1,7 +1,7 @@
 """The ``minift`` command: argument parsing only; the recipes it runs live in ``minift.run.recipes``.
 
 Nothing heavy is imported until a command runs, so ``minift --help`` answers at once (a test
-holds it to importing no torch). ``main`` turns the errors a command can foresee into one line.
+holds it to importing no torch).
 """
 
 from __future__ import annotations
@@ -318,12 +318,10 @@ def busy_cores(read: Callable[[], str] | None = None, wait: Callable[[float], ob
                interval: float = 0.2) -> tuple[float, str] | None:
     """How many cores other jobs keep busy now, and what measured it (for the notice), or None.
 
-    Linux: two reads of ``/proc/stat`` (``read`` returns its text) ``interval`` seconds apart. Its
-    first line sums, over every core, the clock ticks spent so far as ``user nice system idle
-    iowait irq softirq steal``; the share of the ticks between the reads that were not ``idle``
-    or ``iowait``, times the cores (its ``cpuN`` lines), is the cores in use now: the others',
-    as this process sleeps meanwhile. Elsewhere (macOS): the 1-minute load average, which lags a
-    minute or more behind a machine that just became idle."""
+    Linux: the share of the ``/proc/stat`` ticks (its first line: every core's ``user nice system
+    idle iowait ...`` summed) that were not idle or iowait between two reads ``interval`` s apart,
+    times the cores; this process sleeps meanwhile, so those are the others'. Elsewhere (macOS):
+    the 1-minute load average, which lags a minute or more behind a machine just become idle."""
     def ticks() -> tuple[int, int, int]:  # (all ticks, idle ticks, cores)
         text = read() if read else Path("/proc/stat").read_text(encoding="ascii")
         lines = text.splitlines()
@@ -351,10 +349,9 @@ def choose_threads(requested: int | None, environ=os.environ,
                    measure: Callable[[], tuple[float, str] | None] | None = None,
                    cpus: int | None = None, default: int | None = None) -> tuple[int | None, str]:
     """The CPU threads of this run and a notice (or ""): ``--threads``, else ``MINIFT_THREADS``,
-    else torch's default (None: leave it), but ``OMP_NUM_THREADS`` given or not, when other jobs
-    keep k of the cores busy now (``measure``, by default ``busy_cores``), ``cpus - k`` threads
-    at most (at least 1): threads that wait on a busy core slow every step down (10x on 2 shared
-    cores)."""
+    else torch's default (None: leave it), but, unless ``OMP_NUM_THREADS`` is set, at most
+    ``cpus - k`` (at least 1) when other jobs keep k cores busy (``measure``): threads that wait
+    on a busy core slow every step down (10x on 2 shared cores)."""
     if requested is not None:
         return requested, ""
     if text := environ.get("MINIFT_THREADS", "").strip():
@@ -403,10 +400,8 @@ def _short(text: object, limit: int = 600) -> str:
 
 @contextlib.contextmanager
 def one_line_warnings():
-    """Within the block a warning shows as one line, ``minift: warning: ...`` (a truncated
-    source, a lock taken over), not Python's file, line and source line; an option it marks
-    as ```name``` shows as its flag, as errors do. Each command shows its own warnings, even
-    one an earlier command in the same process showed (``main`` called twice)."""
+    """Within the block a warning shows as one line, ``minift: warning: ...``, its options as
+    flags, as errors do; each command shows its own, even one an earlier ``main`` showed."""
     import warnings
 
     def show(message, category, filename, lineno, file=None, line=None) -> None:
@@ -455,12 +450,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - whatever else: one line, never a traceback
         if os.environ.get("MINIFT_DEBUG"):
             raise
+        first = _short((str(err).strip().splitlines() or [""])[0])
         if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
-            text = (f"out of memory ({_short(str(err).splitlines()[0] if str(err) else '')}); "
-                    "a smaller --batch-size or --max-length needs less")
+            text = f"out of memory ({first}); a smaller --batch-size or --max-length needs less"
         else:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            text = f"{type(err).__name__}: {_short(first)} (MINIFT_DEBUG=1 shows where)"
+            text = f"{type(err).__name__}: {first} (MINIFT_DEBUG=1 shows where)"
         print(f"minift: error{where}: {text}; {_kept(args)}", file=sys.stderr)
         return 1
     finally:

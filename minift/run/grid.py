@@ -2,9 +2,7 @@
 
 A hyperparameter a search may vary is a field of the recipe's options marked ``search=True``
 (``minift.run.options``); its values are parsed by the field's own type, choices and check, so a
-grid value is refused for the same reason the option would be. ``parse_grid`` reads the
-``--grid`` strings, ``configurations`` expands them (every combination, or ``--random N``
-draws), ``describe`` writes one on a line. ``minift.run.search`` runs them.
+grid value is refused for the same reason the option would be.
 """
 
 from __future__ import annotations
@@ -47,8 +45,7 @@ def grid_parser(spec: Field) -> Callable[[str], Any]:
     return parse
 
 
-# The hyperparameters a search may vary, by task: the recipe's keyword -> its value parser (the
-# fields of the recipe's options marked ``search``, minift.run.options).
+# task -> {the recipe's keyword: its value parser}, for the fields marked ``search``.
 HYPERPARAMETERS: dict[str, dict[str, Callable[[str], Any]]] = {
     task: {spec.name: grid_parser(spec) for spec in fields(RECIPES[task])
            if spec.metadata.get("search")}
@@ -77,12 +74,8 @@ class LogRange:
 
 
 def parse_grid(task: str, specs: Sequence[str]) -> dict[str, list | LogRange]:
-    """``--grid`` options -> {hyperparameter: values, or a ``LogRange``}, in the order given.
-
-    Names are the recipe's keywords (``lr``, ``batch_size``; ``batch-size`` works too). Raises
-    ``GridError`` for an unknown name, a name given twice, an empty list, a value that does not
-    parse or is out of range, and a log range that is not positive or not increasing.
-    """
+    """``--grid`` options -> {hyperparameter: values, or a ``LogRange``}, in the order given;
+    names are the recipe's keywords (``batch_size``; ``batch-size`` works too)."""
     allowed = HYPERPARAMETERS[task]
     if not specs:
         raise GridError("the grid is empty: give at least one `grid` name=v1,v2,...")

@@ -1,19 +1,11 @@
-"""One writer per output folder: the folder lock (``acquire``, ``release``, ``folder_lock``).
+"""One writer per output folder: the folder lock ``FOLDER/.minift.lock``.
 
 Two runs writing into one folder interleave their logs and swap each other's models without a
-word, so every command that writes a folder holds ``FOLDER/.minift.lock`` while it runs:
-
-- the file is created with ``O_CREAT | O_EXCL``, which the operating system makes atomic: of two
-  runs starting at once, exactly one creates it;
-- it holds ``{"pid": ..., "host": ...}``; a second run finds it and is refused with
-  ``FolderLockedError``, which names the owner;
-- a lock left by a run that died without cleaning up (SIGKILL, power loss) is *stale*: when its
-  host is this machine and its pid is no longer running, it is taken over with a warning. A lock
-  from another host is never taken over (its pid means nothing here): remove it by hand when no
-  run uses the folder;
-- it is removed when the run ends, also on an error or Ctrl-C.
-
-Standard library only, so that any project can lift this file.
+word. The lock is created with ``O_CREAT | O_EXCL``, which the operating system makes atomic (of
+two runs starting at once, exactly one creates it), and holds ``{"pid", "host"}``. A stale lock,
+left by a dead run (SIGKILL, power loss) of this host, is taken over with a warning; one from
+another host never is (its pid means nothing here). Standard library only, so that any project
+can lift this file.
 """
 
 from __future__ import annotations
@@ -70,10 +62,8 @@ def _create(path: Path, owner: dict) -> bool:
 
 def acquire(folder: str | os.PathLike) -> Path:
     """Take the lock of ``folder`` (which must exist) for this process; return the lock's path.
-
     Raises ``FolderLockedError`` when a live run holds it, ``PermissionError`` (an ``OSError``)
-    when the folder is not writable.
-    """
+    when the folder is not writable."""
     path = Path(folder) / LOCK_NAME
     me = {"pid": os.getpid(), "host": socket.gethostname()}
     for _ in range(3):  # a stale lock is removed, then created again: another run may win

@@ -1,18 +1,11 @@
 """Every option of the ``minift`` commands, defined once, as a dataclass field.
 
-A field holds the option's name, type, default and, in its metadata, its help, its check, its
-choices, its flag when that is not ``--field-name``, and ``search=True`` when ``minift search``
-may vary it. From these fields come the recipe's call (``recipes.finetune(**options)`` builds
-``FinetuneOptions(**options)``, which checks every value), the command line (``add_options``,
-the way ``HfArgumentParser`` reads a dataclass) and the search grid (``minift.run.grid``).
-
-The training loop's options are ``minift.core.loop.TrainConfig``'s fields: their names, types and
-defaults are read from it (``loop_fields``), never written here; what this file adds is how the
-command line shows them (``LOOP``: help, check, choices). Adding an option is one field.
-
-Errors name fields, not flags: an ``OptionError`` marks each option it names as ```name```; its
-``str`` shows the field's name (``max_length 65 is more than ...``), ``render(flag)`` the flag
-(``--max-length 65 is more than ...``, what the command prints).
+From the fields (``option``: help, check, choices, ``search``, ...) come the recipe's call
+(``recipes.finetune(**options)`` builds ``FinetuneOptions(**options)``, which checks every
+value), the command line (``add_options``, the way ``HfArgumentParser`` reads a dataclass) and the
+search grid (``minift.run.grid``). The training loop's options are ``TrainConfig``'s fields, read
+from it (``loop_fields``), never written here; this file adds how the command line shows them
+(``LOOP``). Errors name fields, not flags (``OptionError``); only the command line shows flags.
 """
 
 from __future__ import annotations
@@ -199,6 +192,8 @@ class Options:
 MODEL_HELP = "'minilm' (the installed all-MiniLM-L6-v2) or a checkpoint folder"
 DEVICE_HELP = "cpu, cuda, cuda:1 or mps (default: cuda when available)"
 LIMIT_DEV_HELP = "score only a fixed seeded subset of N dev examples (a quick trial)"
+DATA_DIR_HELP = ("folder of the data sets, for --task (default: $MINIFT_DATA, else "
+                 "../shared/data beside the repository)")
 CLASSIFIER_LOOP = ("epochs", "max_steps", "lr", "grad_accum", "warmup_ratio", "weight_decay",
                    "schedule", "amp", "optimizer", "seed", "compile", "eval_every", "patience",
                    "keep_resume", "progress")
@@ -271,9 +266,7 @@ class FinetuneOptions(ClassifierOptions):
         "config: all-MiniLM-L6-v2 says mean), else pooler", choices=POOLINGS, search=True)
     task: str | None = option(None, "a GLUE task from the data folder (instead of --train/--dev)",
                               group=DATA, choices=("sst2", "mrpc", "rte"))
-    data_dir: str | None = option(None, "folder of the data sets, for --task (default: "
-                                  "$MINIFT_DATA, else ../shared/data beside the repository)",
-                                  group=DATA, metavar="DIR")
+    data_dir: str | None = option(None, DATA_DIR_HELP, group=DATA, metavar="DIR")
     train: str | None = option(None, "training file (.tsv, .csv or .jsonl)", group=DATA,
                                metavar="FILE")
     dev: str | None = option(None, "development file, same format", group=DATA, metavar="FILE")
@@ -391,9 +384,7 @@ class Seq2seqOptions(DecodingOptions, LoopRunOptions):
                               "dev set devset.csv, the train set could not be had; dev: "
                               "testset_w_refs.csv), instead of --train/--dev and the columns",
                               group=DATA, choices=("e2e",))
-    data_dir: str | None = option(None, "folder of the data sets, for --task (default: "
-                                  "$MINIFT_DATA, else ../shared/data beside the repository)",
-                                  group=DATA, metavar="DIR")
+    data_dir: str | None = option(None, DATA_DIR_HELP, group=DATA, metavar="DIR")
     train: str | None = option(None, "training file (.tsv, .csv or .jsonl), a (source, target) "
                                "row each", group=DATA, metavar="FILE")
     dev: str | None = option(None, "development file, same format; rows that share a source "

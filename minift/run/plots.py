@@ -1,13 +1,8 @@
 """Pictures of runs: what ``minift plot RUN [RUN ...]`` draws, and the lessons' figure helpers.
 
-matplotlib is optional (``pip install -e ".[plots]"``). This module imports it only inside its
-functions, so ``import minift.run.plots`` works without it and a caller can ask ``available()``
-first; the model, the loop and the recipes never import it. Figures are
-``matplotlib.figure.Figure`` objects drawn without pyplot: no window, no global backend, and a
-PNG is rendered by the Agg canvas (``save``), the same on a laptop, a server or in CI.
-
-Read in this order: the style and ``save``; reading a run (``read_log``); the drawings;
-``plot_runs``, what the command calls, and ``Figures``, the folder a lesson saves into.
+matplotlib is optional (the ``plots`` extra) and imported only inside the functions, so this
+module imports without it. Figures are ``matplotlib.figure.Figure`` objects drawn without pyplot:
+no window, no global backend, and the Agg canvas renders the same PNG on a laptop, a server or CI.
 """
 
 from __future__ import annotations
@@ -90,11 +85,7 @@ def note(text: str) -> None:
 
 def read_log(run: str | os.PathLike) -> tuple[list[dict], list[dict]]:
     """The training records (``step``, ``loss``, ``lr``, ...) and the evaluation records
-    (``step``, ``eval``: {metric: value}) of ``run/log.jsonl``, each in the order written.
-
-    Raises ValueError for a missing folder or log, an empty log, and a line that is not a JSON
-    object with a ``step`` (named ``run/log.jsonl:N``).
-    """
+    (``step``, ``eval``: {metric: value}) of ``run/log.jsonl``, each in the order written."""
     folder = Path(run)
     path = folder / "log.jsonl"
     if not folder.is_dir():
@@ -291,14 +282,10 @@ def _metrics_figures(run: Path, metrics: dict) -> list[Path]:
 
 
 def plot_runs(runs: Sequence[str | os.PathLike], out: str | os.PathLike | None = None) -> list[Path]:
-    """Draw the logs of ``runs`` into PNG files; return the paths written.
-
-    The curves (``loss.png``, ``lr.png`` and ``dev_<metric>.png`` for each held-out metric) go
-    into ``out``, by default the first run's folder; with several runs each curve shows every
-    run, labelled by its folder's name. Each run's ``confusion.png`` (classification) or
-    ``f1_per_type.png`` (NER; ``f1_per_tag.png`` for POS), drawn from its ``metrics.json``, goes
-    into that run's own folder. Every log is read (and checked) before anything is drawn.
-    """
+    """Draw the logs of ``runs`` into PNG files; return the paths written. The curves
+    (``loss.png``, ``lr.png``, ``dev_<metric>.png``) go into ``out`` (default: the first run),
+    every run on the same axes; a run's ``confusion.png`` or ``f1_per_type.png`` (POS:
+    ``f1_per_tag.png``) into its own folder. Every log is checked before anything is drawn."""
     require_matplotlib("minift plot")
     folders = [Path(run) for run in runs]
     if not folders:
@@ -376,11 +363,9 @@ def lesson_figures(folder: str | os.PathLike) -> Figures | None:
 
 
 def project_2d(points, fit=None) -> Any:
-    """``points`` (n, d) on their first two principal components: an (n, 2) numpy array, the
-    coordinates along the two directions in which the points vary most (PCA by the SVD of the
-    centred points; each axis's sign fixed so its largest coordinate is positive). With ``fit``
-    (m, d), the directions and the centre are those of ``fit``, and ``points`` are projected
-    on them."""
+    """``points`` (n, d) on their first two principal components, the directions in which they
+    vary most: an (n, 2) array (PCA by the SVD of the centred points; each axis's sign fixed so
+    its largest coordinate is positive). ``fit`` (m, d): project on its components and centre."""
     import numpy as np
 
     x = np.asarray(points, dtype=np.float64)

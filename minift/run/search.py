@@ -1,25 +1,20 @@
 """Hyperparameter search: what ``minift search TASK`` runs, honest by construction.
 
-A search runs one recipe (``minift.run.recipes.finetune``, ``ner``, ``qa``, ``setfit``,
-``seq2seq`` or ``lm``) many times: every configuration of a grid, each with several seeds, then
-picks the configuration whose mean dev score is best. Four habits keep it honest:
+A search runs one recipe for every configuration of a grid (``minift.run.grid``), each with
+several seeds, and picks the configuration of best mean dev score. Four habits keep it honest:
 
-- **every trial starts from the same checkpoint, loaded afresh**: a trial is an ordinary run of
-  the recipe into its own folder, so nothing a previous trial trained leaks into the next;
+- **every trial starts from the same checkpoint, loaded afresh**, into its own folder
+  (``minift.run.trials``): nothing a previous trial trained leaks into the next;
 - **several seeds a configuration** (3 by default): the seeds of one configuration often differ
   by as much as two configurations do, so one seed a configuration picks noise;
 - **the choice is made on dev, on one named metric with its direction** (never a sum of
-  unrelated metrics), and the test set, when given, is read once before the first trial and
-  scored once, at the end, for the chosen configuration only, by the recipe's own ``read_test``
-  and ``score_saved``;
-- **resumable**: each finished trial is one line of ``trials.jsonl`` (its configuration, seed,
-  every dev metric, seconds and steps); after a kill, the same command skips what is done.
+  unrelated metrics); the test set, when given, is read before the first trial and scored once,
+  at the end, for the chosen configuration only;
+- **resumable**: each finished trial is one line of ``trials.jsonl``; after a kill, the same
+  command skips what is done.
 
-Read in this order: the metrics; the summaries and the choice; successive halving; the test set
-and the outputs; ``search``, which checks everything before the first trial, then runs the rest
-(the grid is ``minift.run.grid``'s, the trials ``minift.run.trials``'). Trials run one after
-another, never side by side: on a CPU two trials at once would only share its cores (and make
-every time in the report wrong).
+Trials run one after another, never side by side: on a CPU two trials at once would only share
+its cores (and make every time in the report wrong).
 """
 
 from __future__ import annotations
@@ -126,13 +121,10 @@ def run_halving(configs: list[dict], run: Callable[[list[dict]], None], log: Tri
                 seeds: Sequence[int], key: str, greater_is_better: bool, fixed_epochs: int,
                 keep: float, min_epochs: int) -> tuple[list[dict], list[dict], list[dict]]:
     """Successive halving over epochs: every configuration trains ``min_epochs`` (all seeds,
-    each trial a fresh run like any other), the best ``keep`` share (at least one) goes on to
-    the next budget, and so on; the last rung trains the survivors in full.
-
-    Returns ``(rows, final, rungs)``: one row a configuration in grid order (its last rung's
-    scores, with ``epochs_trained`` and ``stopped_early``), the rows of the last rung (the
-    choice is made among these), and a record of each rung. ``keep`` = 1 keeps everything:
-    the last rung is then the full grid.
+    each trial a fresh run), the best ``keep`` share (at least one) goes on to the next budget,
+    and so on; the last rung trains the survivors in full. Returns ``(rows, final, rungs)``: a
+    row a configuration in grid order (its last rung's, with ``epochs_trained`` and
+    ``stopped_early``), the last rung's rows (the choice is made among these), a record a rung.
     """
     full = [config.get("epochs", fixed_epochs) for config in configs]
     alive = list(range(len(configs)))
@@ -317,9 +309,7 @@ def _x_axis(grid: dict) -> str | None:
 
 
 def draw(result: dict, path: Path) -> Path | None:
-    """The picture: the dev metric against the learning rate (or the first numeric
-    hyperparameter), one line per value of the others, each seed a dot; None without
-    matplotlib."""
+    """``search.png`` (``plots.draw_search``); None without matplotlib or a numeric axis."""
     from minift.run import plots
 
     x = _x_axis(result["grid"])
@@ -406,18 +396,13 @@ def _check_same_search(out: Path, fixed: dict, seeds: list[int]) -> None:
 
 def search(task: str, *, out: str, options: dict,
            on_trial: Callable[[dict], None] | None = None, **settings: Any) -> dict:
-    """Search the hyperparameters of ``task`` (finetune, ner, qa, setfit, seq2seq, lm); write
-    ``out``.
+    """Search the hyperparameters of ``task``; write ``trials/``, ``trials.jsonl``,
+    ``search.json``, ``search.md``, ``search.png`` and ``model/`` (the chosen configuration's
+    best seed) into ``out``; return what ``search.json`` holds. All is checked before a trial.
 
-    ``options``: the command's options (the recipe's keywords); those the recipe takes are fixed
-    for every trial (``seed`` is the first seed: the seeds are seed .. seed + seeds - 1).
-    ``settings``: the fields of ``minift.run.options.SearchOptions``. ``on_trial``: called with
-    each trial's record once it is in ``trials.jsonl`` (a benchmark writes its results there).
-
-    Writes into ``out``: ``trials/`` (one folder a trial), ``trials.jsonl``, ``search.json``,
-    ``search.md``, ``search.png`` (with matplotlib) and ``model/`` (the chosen configuration's
-    seed with the best dev score). Returns what ``search.json`` holds.
-    Everything is checked before the first trial: a bad value raises ``ValueError``.
+    ``options``: the command's (the recipe's keywords); those the recipe takes are fixed for
+    every trial, ``seed`` being the first seed. ``settings``: ``SearchOptions``' fields.
+    ``on_trial``: called with each trial's record once it is in ``trials.jsonl`` (benchmarks).
     """
     from minift.run.recipes import claim_folder
 

@@ -25,12 +25,9 @@ def trial_folder_name(config: dict, seed: int) -> str:
 
 
 class TrialLog:
-    """``trials.jsonl``: one finished trial a line, appended when the trial is done.
-
-    Each record is written by one ``write`` on a file opened for appending, then fsynced; a kill
-    during that write can leave a torn last line, which reading drops (the trial runs again).
-    A corrupt line anywhere else is an error naming ``path:line``.
-    """
+    """``trials.jsonl``: one finished trial a line, appended by one ``write`` and fsynced. A kill
+    during that write can leave a torn last line, which reading drops (the trial runs again); a
+    corrupt line anywhere else is an error naming ``path:line``."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)

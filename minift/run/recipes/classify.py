@@ -65,10 +65,10 @@ def score_saved(folder: Path, test: list, options: dict, device) -> dict[str, fl
 
 def frozen_rows(model: SequenceClassifier, datasets: list[ClassificationDataset],
                 o: FinetuneOptions) -> list[FeatureRows]:
-    """``datasets`` as the features of ``model``'s frozen encoder, each example encoded once
-    (``encode_features``, on the run's device): what ``freeze`` head trains its head on, so an
-    epoch costs the head alone. Training on them gives the head the run on the examples would
-    (a test holds the two to float rounding): the encoder is fixed and, frozen, in eval mode."""
+    """``datasets`` as the features of ``model``'s frozen encoder, each example encoded once on
+    the run's device: what ``freeze`` head trains its head on, so an epoch costs the head alone.
+    The head trains as on the examples (a test holds the two to float rounding): the encoder is
+    fixed and, frozen, in eval mode."""
     device = prepare.pick_device(o.device)
     speed_up(model).to(device)
     print(f"freeze=head: the frozen encoder's {model.pooling} features of "
@@ -78,15 +78,9 @@ def frozen_rows(model: SequenceClassifier, datasets: list[ClassificationDataset]
 
 
 def finetune(**options: Any) -> dict:
-    """Fine-tune a sequence classifier; write the best model and ``metrics.json`` into ``out``.
-
-    The options are ``minift.run.options.FinetuneOptions``'s fields (their help says what each
-    does). ``dev_from_train`` N holds N examples of the training file out as dev
-    (``prepare.dev_from_train``) and leaves the dev file unread, so that a task with no test
-    set of its own (SST-2) can give its dev file as ``test``, scored once, by the best model.
-    Returns the metrics dict that is written: ``{"before": ..., "dev": ..., "test": ...,
-    "train": ..., "labels": ...}`` (``test`` only when given).
-    """
+    """Fine-tune a sequence classifier (options: ``FinetuneOptions``' fields); write the best
+    model and ``metrics.json`` into ``out``; return the metrics. ``dev_from_train`` leaves the dev
+    file unread, so that a task with no test set of its own (SST-2) can give it as ``test``."""
     o = FinetuneOptions(**options)
     if o.dev_from_train is not None and o.dev:
         raise OptionError("give `dev` FILE or `dev_from_train` N, not both")

@@ -41,16 +41,10 @@ def score_saved(folder: Path, test: list, options: dict, device) -> dict[str, fl
 
 
 def setfit(**options: Any) -> dict:
-    """Few-shot SetFit over seeds ``seed``..``seed + seeds - 1``; write ``metrics.json`` into
-    ``out``. The options are ``minift.run.options.SetfitOptions``'s fields.
-
-    For each seed s: draw ``shots`` training examples of every class (a generator seeded with s),
-    train SetFit with seed s from the same base model, and measure accuracy on dev (all of it, or
-    a fixed seeded subset of ``limit_dev``). Prints and returns
-    ``{"dev": {"accuracy_mean", "accuracy_std", "per_seed": [...]}, "train": ..., "config": ...,
-    "labels": ...}``; the standard deviation is the sample one (n - 1), 0 for a single seed. The
-    model of the first seed is saved in ``out/model`` (``SetFitModel.from_pretrained``).
-    """
+    """Few-shot SetFit over seeds ``seed``..``seed + seeds - 1`` (options: ``SetfitOptions``'
+    fields); write ``metrics.json`` and the first seed's model (``out/model``) into ``out``.
+    Seed s draws ``shots`` examples of every class with a generator seeded with s and trains from
+    the same base model; the spread over the seeds is the sample standard deviation (n - 1)."""
     o = SetfitOptions(**options)
     shared = {f.name for f in fields(SetFitConfig)} & {f.name for f in fields(o)} - {"seed"}
     config = SetFitConfig(**{name: getattr(o, name) for name in shared})  # the seed: per run

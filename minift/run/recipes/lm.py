@@ -54,17 +54,10 @@ def score_saved(folder: Path, test: list[str], options: dict, device) -> dict[st
 
 
 def lm(**options: Any) -> dict:
-    """Fine-tune a causal language model on ``text`` (one passage a line; ``pack`` packs them).
-
-    The options are ``minift.run.options.LmOptions``'s fields. ``model`` is an encoder
-    checkpoint (its self-attention made causal: ``BertLMHeadModel(is_decoder=True)``; its MLM
-    head, or a fresh one, as the LM head) or the folder of an earlier ``lm`` run. The held-out
-    text (``eval_text``, else a seeded slice of ``text`` left out of training) is scored before,
-    during and after; the best model by held-out loss is written to ``out`` (HF
-    ``BertLMHeadModel`` format) with ``metrics.json``. Returns the metrics dict:
-    ``{"before": ..., "after": ..., "train": ..., "data": ...}``, before/after holding
-    ``loss``, ``perplexity`` and ``tokens``.
-    """
+    """Fine-tune a causal language model on ``text`` (options: ``LmOptions``' fields); write the
+    best model by held-out loss (HF ``BertLMHeadModel``) and ``metrics.json`` into ``out``.
+    ``model`` is an encoder checkpoint (its self-attention made causal, its MLM head or a fresh
+    one as the LM head) or an earlier ``lm`` run's folder."""
     o = LmOptions(**options)
     config = skeleton.train_config(o, metric="loss", greater_is_better=False)
     check_device(o.device)

@@ -36,28 +36,19 @@ def read_passages(o: TextOptions, files: list) -> tuple[list[str], list[str]]:
 
 
 def pretrain(**options: Any) -> dict:
-    """Continue pretraining an encoder with masked-language modelling on domain text.
+    """Continue pretraining an encoder with masked-language modelling on domain text (options:
+    ``PretrainOptions``' fields); write the best model by held-out loss (HF ``BertForMaskedLM``),
+    the tokenizer and ``metrics.json`` into ``out``.
 
-    The options are ``minift.run.options.PretrainOptions``'s fields. The held-out text
-    (``eval_text``, else a seeded slice of ``text`` left out of training) is masked ONCE, with
-    ``eval_seed``, by the same strategy as training, so every evaluation (before, during, after)
-    scores the very same masked tokens. Training batches are masked afresh every epoch (dynamic
-    masking), each from its own seeded generator, so ``resume`` continues exactly.
-
-    ``nsp``: BERT's two objectives at once (``nsp_data.PreTraining``). ``text`` is then read as
-    documents (``minift.tasks.nsp.read_documents``); documents, not passages, are held out;
-    sentence pairs are built once from seeded generators (``nsp_data.nsp_pairs``), and
-    before/after also report ``nsp_accuracy`` on the held-out pairs.
+    The held-out text is masked ONCE, with ``eval_seed``, by the training strategy, so every
+    evaluation scores the very same masked tokens; training batches are masked afresh every epoch
+    (dynamic masking), each from its own seeded generator, so ``resume`` continues exactly.
 
     ``freeze="head"``: only the MLM head's own weights train (transform and output bias; the
-    decoder is the frozen word embeddings), the encoder stays as it is. A checkpoint published
-    without its MLM head (all-MiniLM-L6-v2) gets one this way before the whole model is trained
-    (a second run, from this one's output, at a low rate): the fresh head's large early
-    gradients then never reach the encoder. Writes the best model (by held-out loss; with its
-    MLM head, HF ``BertForMaskedLM`` format), the tokenizer and ``metrics.json`` into ``out``;
-    returns the metrics dict: ``{"before": {...}, "after": {...}, "train": {...}, "data":
-    {...}}`` where before/after hold ``perplexity``, ``masked_accuracy``, ``loss`` and
-    ``masked_tokens``.
+    decoder is the frozen word embeddings). A checkpoint published without its MLM head
+    (all-MiniLM-L6-v2) gets one this way before the whole model is trained (a second run, from
+    this one's output, at a low rate): the fresh head's large early gradients never reach the
+    encoder.
     """
     o = PretrainOptions(**options)
     if o.freeze != "none" and o.nsp:
@@ -132,7 +123,8 @@ def written(out_dir: Path, metrics: dict, keys: tuple, model: str) -> dict:
 
 
 def _pretrain_nsp(o: PretrainOptions, files: list, folder: Path, config) -> dict:
-    """``pretrain(nsp=True)``: MLM + next-sentence prediction on documents (see ``pretrain``)."""
+    """``pretrain(nsp=True)``: MLM and next-sentence prediction, BERT's two objectives; ``text``
+    holds documents, held out whole, their sentence pairs built once from seeded generators."""
     if o.masking != "mlm" or o.pack:
         raise OptionError("`nsp` builds sentence pairs: it takes `masking` mlm and no `pack`")
     check_max_length(folder, o.max_length, minimum=5)

@@ -1,9 +1,6 @@
 """What every recipe does before it loads a model: check what only the model or the files can
-tell (the device, the lengths, the freeze depth), find the data folder, claim the output folder;
-and the small data helpers the recipes share (a seeded subset, a dev set held out of train).
-
-Every check raises ``OptionError`` (a ``ValueError``) naming the option as its field: the
-command line prints the flag instead (``minift.run.options``).
+tell, find the data folder, claim the output folder; and the small data helpers they share.
+Every check raises ``OptionError`` naming the option as its field.
 """
 
 from __future__ import annotations
@@ -393,12 +390,9 @@ def read_labelled(path: str, text_col: str, label_col: str, format: str | None =
 
 def epoch_batches(dataset, batch_size: int, seed: int, *,
                   lengths: bool = False) -> Callable[[int], list]:
-    """``train_batches`` of a dataset: epoch e shuffled by a generator seeded with seed + e.
-
-    ``lengths``: each batch carries its rows' lengths, counted on the host
-    (``data.batches.with_lengths``), for heads that hand them to the encoder (classify, tag):
-    the fast model then unpads without reading the mask back from a GPU.
-    """
+    """``train_batches`` of a dataset: epoch e shuffled by a generator seeded with seed + e;
+    ``lengths``: each batch carries its rows' host-counted lengths (``with_lengths``), so that
+    the fast model unpads without reading the mask back from a GPU."""
     def batches(epoch: int) -> list:
         made = dataset.batches(batch_size, generator=torch.Generator().manual_seed(seed + epoch))
         return [with_lengths(batch) for batch in made] if lengths else made

@@ -1,10 +1,7 @@
 """``seq2seq``: fine-tune a BERT2BERT encoder-decoder on (source, target) rows, scored on dev by
-generating (BLEU, ROUGE-L; ``scoring``); and ``generate``: a text for each line of a file with a
-trained model (an encoder-decoder from ``seq2seq``, or a language model from ``lm``). Both
-decode with the same fields (``minift.run.options.DecodingOptions``: greedy or beam search), so
-a run's dev texts are what ``generate`` writes with the same values. Before a model loads, the
-lengths are checked against its positions (``check_lengths``; a source longer than
-``max_length`` is truncated, with a warning), and for ``generate`` that it has a decoder.
+generating (BLEU, ROUGE-L); and ``generate``: a text for each line of a file with a trained
+``seq2seq`` or ``lm`` model. Both decode with ``DecodingOptions``' fields, so a run's dev texts
+are what ``generate`` writes with the same values.
 """
 
 from __future__ import annotations
@@ -116,11 +113,9 @@ def check_model(folder: Path, o: Seq2seqOptions) -> None:
 
 
 def scoring(pairs: list[TextPair], tokenizer, o: Seq2seqOptions):
-    """``evaluate(model, device)``: the scores of a model on the rows ``pairs`` (the dev file's,
-    or a search's test file's): the teacher-forced loss over every row, BLEU and ROUGE-L of one
-    text per distinct source written with the decoding options (``DecodingOptions``: greedy, or
-    ``num_beams`` beams), as ``minift generate`` with the same options writes it
-    (``minift.tasks.seq2seq.seq2seq_metrics``)."""
+    """``evaluate(model, device)`` on the rows ``pairs``: the teacher-forced loss over every row,
+    BLEU and ROUGE-L of one text per distinct source written with the decoding options, as
+    ``minift generate`` with the same options writes it."""
     examples = group_by_source(pairs)
     dataset = Seq2SeqDataset(pairs, tokenizer, max_length=o.max_length,
                              max_target_length=o.max_target_length)
@@ -162,18 +157,13 @@ def _build(folder: Path, o: Seq2seqOptions):
 
 
 def seq2seq(**options: Any) -> dict:
-    """Fine-tune an encoder-decoder; write the best model (HF ``EncoderDecoderModel`` format),
-    ``dev_predictions.txt`` and ``metrics.json`` into ``out``.
+    """Fine-tune an encoder-decoder (options: ``Seq2seqOptions``' fields); write the best model
+    (HF ``EncoderDecoderModel``), ``dev_predictions.txt`` and ``metrics.json`` into ``out``.
 
-    The options are ``minift.run.options.Seq2seqOptions``'s fields. Training reads every row of
-    ``train`` (teacher forcing); dev is scored by ``scoring``, its texts written with the
-    decoding options, so that ``dev_predictions.txt`` is what ``generate`` writes with them.
-
-    **The best checkpoint is the one of highest dev BLEU** (of these texts), not of lowest dev
-    loss: the loss scores teacher forcing, one next token given the reference's previous ones,
-    while BLEU scores what the model writes alone, the thing it is for, and the two need not
-    peak together. ``patience`` waits on BLEU too. Returns the metrics dict that is
-    written: ``{"before": ..., "dev": ..., "train": ..., "data": ...}``.
+    **The best checkpoint is the one of highest dev BLEU**, not of lowest dev loss: the loss
+    scores teacher forcing, one next token given the reference's previous ones, while BLEU scores
+    what the model writes alone, the thing it is for, and the two need not peak together.
+    ``patience`` waits on BLEU too.
     """
     o = Seq2seqOptions(**options)
     config = skeleton.train_config(o, metric="bleu", greater_is_better=True)
@@ -263,11 +253,9 @@ def continue_prompts(model: CausalLM, tokenizer, lines: list[str], o: GenerateOp
 
 
 def generate(**options: Any) -> list[str]:
-    """A text for each line of ``input`` with the model in ``model``: for an encoder-decoder
-    each line is a source, for a language model a prompt (its continuation is returned).
-    Greedy, beam search (``num_beams``) or sampling (``sample``, seeded). Printed one a line on
-    stdout, in input order, and returned. The options are
-    ``minift.run.options.GenerateOptions``'s fields."""
+    """A text for each line of ``input`` (options: ``GenerateOptions``' fields): an
+    encoder-decoder's output for a source, a language model's continuation of a prompt; printed
+    one a line, in input order, and returned."""
     o = GenerateOptions(**options)
     decoding = o.decoding()  # a bad combination stops here, before anything loads
     prepare.check_device(o.device)

@@ -1,7 +1,5 @@
-"""The skeleton the recipes on ``minift.core.loop.train`` share: load the model, score it before,
-train, take the best weights, score them, save (``Recipe``, ``run_recipe``); and the pieces they
-build it from (the ``TrainConfig`` of their options, a fresh classifier head, the metrics, the
-table of scores).
+"""The skeleton the recipes on ``minift.core.loop.train`` share (``Recipe``, ``run_recipe``), and
+the pieces they build it from.
 """
 
 from __future__ import annotations
@@ -29,12 +27,10 @@ from minift.run.recipes.prepare import is_main, pick_device
 
 
 def train_config(options: Any, **settings: Any) -> TrainConfig:
-    """The ``TrainConfig`` of a recipe's options: every TrainConfig field the options hold,
-    ``head_lr`` as the classifier's own rate (``lr_by_prefix``), then ``settings`` (the recipe's
-    metric and the like). The loop keeps ``resume.pt``: the recipe removes it once the final
-    model and metrics.json are saved (``prepare.finish_run``), so a kill during that save leaves
-    the folder resumable; without ``keep_resume`` the final one is light (weights and progress:
-    enough to finish that save)."""
+    """The ``TrainConfig`` of a recipe's options (``head_lr``: the classifier's own rate), then
+    ``settings``. The loop keeps ``resume.pt``: the recipe removes it once the final model and
+    metrics.json are saved (``prepare.finish_run``), so a kill during that save leaves the folder
+    resumable; without ``keep_resume`` that last one is light (weights and progress)."""
     taken = {name: getattr(options, name) for name in loop_fields()
              if name in LOOP and hasattr(options, name)}
     if getattr(options, "head_lr", None) is not None:

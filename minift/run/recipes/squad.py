@@ -66,18 +66,10 @@ def score_saved(folder: Path, test: list, options: dict, device) -> dict[str, fl
 
 
 def qa(**options: Any) -> dict:
-    """Fine-tune a span head (``squad_qa.QuestionAnswering``) on SQuAD v1.1 files; write the best
-    model (by dev F1), the tokenizer, ``predictions.json`` and ``metrics.json`` into ``out``.
-
-    The options are ``minift.run.options.QaOptions``'s fields. Data: ``train`` and ``dev``
-    files, or one ``squad`` file split by article: ``dev_articles`` whole articles (drawn with
-    ``split_seed``) are dev, the rest train, so no paragraph is in both. ``limit_train`` keeps a
-    seeded random subset of the training questions, ``limit_dev`` a fixed one of the dev's.
-    Contexts longer than ``max_length`` are cut into windows overlapping by ``doc_stride``
-    tokens (``minift.tasks.qa.make_windows``).
-    Returns the metrics written: ``{"dev": {"exact_match", "f1", "questions"}, "train": ...,
-    "data": ...}``, scores in points (0-100) as the official script.
-    """
+    """Fine-tune a span head on SQuAD v1.1 files (options: ``QaOptions``' fields); write the best
+    model (by dev F1), the tokenizer, ``predictions.json`` and ``metrics.json`` into ``out``. One
+    ``squad`` file is split by whole articles, so that no paragraph is in both train and dev;
+    the scores are in points (0-100), as the official script's."""
     o = QaOptions(**options)
     config = skeleton.train_config(o, metric="f1", greater_is_better=True)
     prepare.check_device(o.device)

@@ -82,15 +82,10 @@ def score_saved(folder: Path, test: list, options: dict, device) -> dict[str, fl
 
 
 def ner(**options: Any) -> dict:
-    """Fine-tune a token classifier on CoNLL column files; write the best model, the tokenizer,
-    ``metrics.json`` and ``{dev,test}_predictions.txt`` (``word gold predicted``) into ``out``.
-
-    The options are ``minift.run.options.NerOptions``'s fields. ``task`` "ner" scores entities
-    (micro F1, seqeval's default mode); "pos" token accuracy. A dev or test tag outside the
-    training file's tag set is an error naming its file:line. Sentences longer than
-    ``max_length`` tokens are windowed, never truncated.
-    Returns the metrics dict that is written: ``{"dev": ..., "test": ..., "train": ...}``.
-    """
+    """Fine-tune a token classifier on CoNLL column files (options: ``NerOptions``' fields);
+    write the best model, the tokenizer, ``metrics.json`` and ``{dev,test}_predictions.txt``
+    (``word gold predicted``) into ``out``. NER scores entities (micro F1, seqeval's default
+    mode), POS token accuracy; sentences longer than ``max_length`` are windowed, not cut."""
     o = NerOptions(**options)
     prepare.check_device(o.device)
     folder = resolve_model_dir(o.model)
