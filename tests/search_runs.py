@@ -32,15 +32,15 @@ def without_time(value):
 
 def count_reads(monkeypatch, path: str) -> list:
     """Every read of ``path`` by ``minift.data.readers``'s readers (they all read through
-    ``_read_text``)."""
+    ``read_utf8_text``)."""
     reads = []
-    real_read = minift.data.readers._read_text
+    real_read = minift.data.readers.read_utf8_text
 
     def counting_read(file, *args, **kwargs):
         if os.path.abspath(file) == os.path.abspath(path):
             reads.append(file)
         return real_read(file, *args, **kwargs)
 
-    monkeypatch.setattr(minift.data.readers, "_read_text", counting_read)
+    monkeypatch.setattr(minift.data.readers, "read_utf8_text", counting_read)
     return reads
 
