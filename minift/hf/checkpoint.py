@@ -109,12 +109,13 @@ def split_hf_state_dict(state_dict: dict[str, torch.Tensor]
     return encoder, heads, unknown
 
 
-def to_hf_state_dict(state_dict: dict[str, torch.Tensor],
-                     prefix: str = "") -> dict[str, torch.Tensor]:
-    """minift encoder names -> HF ``BertModel`` names (with ``prefix``, e.g. ``"bert."``)."""
+def to_hf_state_dict(state_dict: dict[str, torch.Tensor], prefix: str = "", *,
+                     table: list[tuple[re.Pattern, str]] = _TO_HF) -> dict[str, torch.Tensor]:
+    """minift encoder names -> HF ``BertModel`` names (with ``prefix``, e.g. ``"bert."``);
+    ``table``: another ``rename_tables`` map's ours -> HF side."""
     out = {}
     for name, tensor in state_dict.items():
-        hf = rename(name, _TO_HF)
+        hf = rename(name, table)
         if hf is None:
             raise CheckpointError(f"no HF name for minift parameter {name!r}")
         out[prefix + hf] = tensor

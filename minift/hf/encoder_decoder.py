@@ -103,15 +103,8 @@ def decoder_to_hf(state_dict: dict[str, torch.Tensor],
     """A ``CausalLM``'s tensors (its state dict, or its gradients by name) under
     ``BertLMHeadModel`` names (with ``prefix``), without the tied output matrix
     (``head.decoder.weight`` is the word embedding)."""
-    out = {}
-    for name, tensor in state_dict.items():
-        if name == "head.decoder.weight":
-            continue
-        hf = rename(name, _TO_HF)
-        if hf is None:
-            raise CheckpointError(f"no HF name for minift parameter {name!r}")
-        out[prefix + hf] = tensor
-    return out
+    untied = {k: v for k, v in state_dict.items() if k != "head.decoder.weight"}
+    return to_hf_state_dict(untied, prefix, table=_TO_HF)
 
 
 def load_decoder_weights(model: CausalLM, weights: dict[str, torch.Tensor], source: str) -> None:
