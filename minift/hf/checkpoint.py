@@ -1,15 +1,9 @@
 """Reading and writing BERT checkpoints in HF format, with no pickled code ever executed.
 
-Two parts, in reading order (the file format itself is ``safetensors.py``):
-1. The key map: one table from HF BERT names to minift's, read by a short loop. Head weights
-   (``cls.*``, ``classifier.*``, ...) are handed back for the heads to claim.
-2. Folders: ``resolve_model_dir`` (``"minilm"`` -> the installed checkpoint folder),
-   ``read_checkpoint`` (config.json and the weights, each read once and checked), the pooling a
-   sentence-transformers folder states (``read_pooling``), and the one-line entry points
-   ``load_bert(path)`` and ``save_bert(model, path)``.
-
-``model.py`` knows nothing of files; this module builds the textbook ``BertModel`` from a folder,
-and reads and initialises the heads' linear layers (``load_linear``, ``fresh_linear``).
+Two parts (the file format itself is ``safetensors.py``): the key map, one table from HF BERT
+names to minift's read by a short loop, with head weights (``cls.*``, ``classifier.*``, ...)
+handed back for the heads to claim; then folders, read once and checked, and the one-line entry
+points ``load_bert(path)`` and ``save_bert(model, path)``. ``model.py`` knows nothing of files.
 """
 
 from __future__ import annotations
@@ -180,22 +174,20 @@ def read_config(path: str | os.PathLike, raw: dict | None = None) -> BertConfig:
     return config
 
 
-# sentence-transformers' pooling modes -> minift's pooling: the flags of its older config files
-# (pooling_mode_mean_tokens: true) and the names of its newer ones ("pooling_mode": "mean").
+# sentence-transformers' pooling modes -> minift's pooling: older flags, newer names (read_pooling).
 ST_POOLING_MODES = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls",
                     "mean": "mean", "cls": "cls"}
 
 
 def read_pooling(path: str | os.PathLike) -> str | None:
     """The pooling a sentence-transformers folder states for its sentence embeddings: ``"mean"``
-    or ``"cls"``; None when the folder states none that minift has.
+    or ``"cls"``; else None, and the caller falls back to BERT's pooler (a notice is printed for
+    several modes at once or one minift has no head for: max, weighted mean, ...).
 
     ``modules.json`` lists the modules; the ``Pooling`` one's folder (``1_Pooling``) holds a
     ``config.json`` naming the mode: a ``pooling_mode_*`` flag set to true (sentence-transformers
     2 to 5; ``pooling_mode_mean_tokens`` for all-MiniLM-L6-v2, trained on the mean of its token
-    states, never on BERT's pooler) or a ``pooling_mode`` name (newer). Several modes at once or
-    one minift has no head for (max, weighted mean, ...) give None with a printed notice, and the
-    caller falls back to BERT's pooler; a plain HF folder (no ``modules.json``) gives None.
+    states, never on BERT's pooler) or a ``pooling_mode`` name (newer).
     """
     folder = Path(path)
     modules_file = folder / "modules.json"

@@ -1,24 +1,12 @@
 """Decoders in HF format: ``BertLMHeadModel`` and ``EncoderDecoderModel`` folders, and warm
-starting an encoder-decoder from one published encoder checkpoint.
+starting an encoder-decoder from one published encoder checkpoint (Rothe, Narayan and Severyn,
+TACL 2020).
 
-Reading order:
-
-1. The key map of a decoder: the encoder's (``checkpoint.KEY_MAP``) under ``bert.``, plus the
-   cross-attention sub-layer and the LM head (``cls.predictions``). The head's output matrix is
-   the word embedding and its output bias is ``cls.predictions.bias``: transformers ties both
-   and does not store them, and neither does minift; a stored copy must equal what it is tied to.
-2. Configs: a decoder's ``config.json`` says ``is_decoder`` (and ``add_cross_attention`` for an
-   encoder-decoder's); an ``EncoderDecoderModel``'s holds an ``encoder`` and a ``decoder`` sub-config
-   and the token ids that generation needs.
-3. Folders: ``load_causal_lm``/``save_causal_lm``, ``load_encoder_decoder``/
-   ``save_encoder_decoder`` (weights under ``encoder.*`` and ``decoder.*``, as transformers saves).
-4. ``warm_start``: both halves from one encoder checkpoint (Rothe, Narayan and Severyn, TACL
-   2020). The decoder's self-attention, feed-forward and embeddings are the checkpoint's; the
-   cross-attention and (where the checkpoint has no ``cls.predictions``) the LM head's transform
-   are fresh, initialised as transformers does: N(0, initializer_range) weights, zero biases,
-   LayerNorm 1 and 0; the head's output matrix is the (warm) word embedding.
-
-Weights are read as ``checkpoint.read_state_dict`` reads them: no pickled code runs.
+A decoder's key map is the encoder's (``checkpoint.KEY_MAP``) under ``bert.``, plus the
+cross-attention sub-layer and the LM head (``cls.predictions``). The head's output matrix is the
+word embedding and its output bias is ``cls.predictions.bias``: transformers ties both and does
+not store them, and neither does minift. Weights are read by ``checkpoint.read_state_dict``: no
+pickled code runs.
 """
 
 from __future__ import annotations
@@ -261,8 +249,9 @@ def warm_start(path: str | os.PathLike = "minilm", *, seed: int = 0,
     path)``; returned in train mode, ready to fine-tune.
 
     The fresh parts (every block's cross-attention; the LM head's transform and bias unless the
-    checkpoint has ``cls.predictions``) are initialised from ``seed``, in a forked RNG so the
-    caller's global state is left as it was. The start and end ids default to the folder
+    checkpoint has ``cls.predictions``) are initialised as transformers does (N(0,
+    initializer_range) weights, zero biases, LayerNorm 1 and 0) from ``seed``, in a forked RNG
+    so the caller's global state is left as it was. The start and end ids default to the folder
     tokenizer's [CLS] and [SEP]; padding is the config's ``pad_token_id``.
     """
     checkpoint = read_checkpoint(path)
