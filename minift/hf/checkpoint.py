@@ -367,19 +367,23 @@ def load_bert(path: str | os.PathLike, *, add_pooling_layer: bool = True,
     return model.eval()
 
 
+def write_hf_folder(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
+                    config: dict) -> None:
+    """Write ``model.safetensors`` and ``config.json`` (HF names, HF keys) in a folder made here."""
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_safetensors(tensors, folder / "model.safetensors")
+    atomic_write(folder / "config.json", (json.dumps(config, indent=2) + "\n").encode())
+
+
 def save_bert(model: BertModel, path: str | os.PathLike,
               heads: dict[str, torch.Tensor] | None = None, config_extra: dict | None = None,
               prefix: str = "") -> None:
     """Write ``config.json`` and ``model.safetensors`` in HF layout. ``heads`` (HF names) and
     ``config_extra`` add a task's head and settings; ``prefix="bert."`` stores the encoder as
     task checkpoints do."""
-    folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = to_hf_state_dict(model.state_dict(), prefix=prefix)
-    tensors.update(heads or {})
-    write_safetensors(tensors, folder / "model.safetensors")
-    config = model.config.to_dict() | (config_extra or {})
-    atomic_write(folder / "config.json", (json.dumps(config, indent=2) + "\n").encode())
+    tensors = to_hf_state_dict(model.state_dict(), prefix=prefix) | (heads or {})
+    write_hf_folder(path, tensors, model.config.to_dict() | (config_extra or {}))
 
 
 def load_linear(linear: nn.Linear, checkpoint, name: str) -> bool:

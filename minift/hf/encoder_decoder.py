@@ -11,14 +11,12 @@ pickled code runs.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
 
 from minift.core.decoder import CausalLM, EncoderDecoder
-from minift.core.files import atomic_write
 from minift.core.model import BertConfig, ConfigError
 from minift.data.tokenizer import Tokenizer
 from minift.hf.checkpoint import (
@@ -36,8 +34,8 @@ from minift.hf.checkpoint import (
     resolve_model_dir,
     split_hf_state_dict,
     to_hf_state_dict,
+    write_hf_folder,
 )
-from minift.hf.safetensors import write_safetensors
 
 # --- 1. The key map of a decoder: HF BertLMHeadModel names -> minift CausalLM names ---------------
 
@@ -142,13 +140,6 @@ def _token_id(raw: dict, key: str, source: str, required: bool) -> int | None:
 # --- 3. Folders -----------------------------------------------------------------------------------
 
 
-def _write_folder(folder: str | os.PathLike, tensors: dict[str, torch.Tensor], config: dict) -> None:
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    write_safetensors({k: v.contiguous() for k, v in tensors.items()}, folder / "model.safetensors")
-    atomic_write(folder / "config.json", (json.dumps(config, indent=2) + "\n").encode())
-
-
 def load_causal_lm(path: str | os.PathLike) -> CausalLM:
     """A ``BertLMHeadModel(is_decoder=True)`` folder -> ``CausalLM`` (with cross-attention when
     its config says ``add_cross_attention``), in eval mode."""
@@ -165,8 +156,8 @@ def load_causal_lm(path: str | os.PathLike) -> CausalLM:
 def save_causal_lm(model: CausalLM, path: str | os.PathLike) -> None:
     """Write a ``CausalLM`` as transformers' ``BertLMHeadModel`` folder (config.json and
     model.safetensors)."""
-    _write_folder(path, decoder_to_hf(model.state_dict()),
-                  causal_lm_config_dict(model.config, cross_attention=model.bert.cross_attention))
+    write_hf_folder(path, decoder_to_hf(model.state_dict()),
+                    causal_lm_config_dict(model.config, cross_attention=model.bert.cross_attention))
 
 
 def save_encoder_decoder(model: EncoderDecoder, path: str | os.PathLike) -> None:
@@ -186,7 +177,7 @@ def save_encoder_decoder(model: EncoderDecoder, path: str | os.PathLike) -> None
         "pad_token_id": model.pad_token_id,
         "eos_token_id": model.eos_token_id,
     }
-    _write_folder(path, tensors, config)
+    write_hf_folder(path, tensors, config)
 
 
 def load_encoder_decoder(path: str | os.PathLike) -> EncoderDecoder:
