@@ -376,8 +376,7 @@ def data_folder(data_dir: str | os.PathLike | None = None) -> Path:
 
 def task_files(name: str, data_dir: str | os.PathLike | None = None
                ) -> tuple[Path, Path, str, str | None, str]:
-    """`(train_path, dev_path, text_col, pair_col, label_col)` of a GLUE task in `TASKS`;
-    `data_dir` defaults to the environment variable MINIFT_DATA."""
+    """`(train_path, dev_path, text_col, pair_col, label_col)` of a GLUE task in `TASKS`."""
     if name not in TASKS:
         raise ValueError(f"expected a task name among {', '.join(TASKS)}, found {name!r}")
     task = TASKS[name]

@@ -9,8 +9,7 @@ A BERT tokenizer is a pipeline of four steps, and `tokenizers` (Rust) runs all o
 4. post-process  add the special tokens: "[CLS] A [SEP]" or "[CLS] A [SEP] B [SEP]", with
                token type 0 for the first segment and 1 for the second.
 
-This file loads that pipeline from a checkpoint folder and turns texts into padded `torch.long`
-tensors, or with `padding=False` into one row per example (what `minift.data.batches` stores).
+This file loads that pipeline from a checkpoint folder and turns texts into `torch.long` tensors.
 Truncation and padding are set per call, never taken from the checkpoint's `tokenizer.json`
 (all-MiniLM-L6-v2's pads to 128). The results follow the reference, transformers' fast
 `BertTokenizer`; the tests hold the two equal.
