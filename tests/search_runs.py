@@ -31,16 +31,16 @@ def without_time(value):
 
 
 def count_reads(monkeypatch, path: str) -> list:
-    """Every read of ``path`` by ``minift.data.readers``'s readers (they all read through
-    ``_read_text``)."""
+    """Every read of ``path`` through ``minift.data.readers`` (every text reader, and
+    ``read_utf8_text`` wherever it is imported, reads the bytes with ``read_file_bytes``)."""
     reads = []
-    real_read = minift.data.readers._read_text
+    real_read = minift.data.readers.read_file_bytes
 
     def counting_read(file, *args, **kwargs):
         if os.path.abspath(file) == os.path.abspath(path):
             reads.append(file)
         return real_read(file, *args, **kwargs)
 
-    monkeypatch.setattr(minift.data.readers, "_read_text", counting_read)
+    monkeypatch.setattr(minift.data.readers, "read_file_bytes", counting_read)
     return reads
 

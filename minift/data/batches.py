@@ -1,12 +1,8 @@
 """Examples in, padded batches out: the length-grouped sampler, padding, collation.
 
-Reading order: `length_grouped_batches`, the "bucket by length" sampler (batches of similar
-lengths, so dynamic padding wastes little); `collate`, which lets the tokenizer pad one batch (the
-obvious form); `pad_batch` and `PaddedRows`, which keep a split's rows unpadded and pad each batch
-once, to its own longest example (the tasks' datasets; their batches equal `collate`'s). A batch
-is padded once, here, and unpadded once, in the model, with the lengths `with_lengths` counts on
-the host. Last, `BucketedBatches`: batches padded up to one of a few lengths, so that
-`torch.compile` sees a handful of shapes instead of one per batch.
+A batch is padded once, here, to its own longest example, and unpadded once, in the model, with
+the lengths `with_lengths` counts on the host. `collate` (the tokenizer pads) is the obvious
+form; `PaddedRows` (the tasks' datasets) keeps rows unpadded and gives the same batches.
 
 The tokenizer is duck-typed: `minift.data.tokenizer.Tokenizer` or a Hugging Face fast tokenizer
 (`tokenizer(texts, pairs, *, max_length, padding, truncation, is_split_into_words)` indexed by
@@ -119,14 +115,13 @@ def pad_batch(input_ids: Sequence[Tensor], token_type_ids: Sequence[Tensor] | No
 
 
 def with_lengths(batch: dict[str, Tensor]) -> dict[str, Tensor | list[int]]:
-    """The batch and its `lengths`: the real tokens of each row, counted here, on the host.
+    """The batch and its `lengths`: the real tokens of each row, counted on the host.
 
     A padding-free model must know how many real tokens a batch holds before it packs them, and
     reading a number the GPU holds makes Python wait while the GPU drains its queue; counted
     from the host's mask where the batch is built, it costs nothing (HF's
-    `DataCollatorWithFlattening` hands the model `cu_seq_lens` for the same reason). `lengths`
-    is a list of ints, so the loop passes it to `model(**batch)` as it is (tensors go to the
-    device) and `minift.fast.unpad.FastBertModel` unpads with it. Rows must be padded on the right.
+    `DataCollatorWithFlattening` hands the model `cu_seq_lens` for the same reason). A list of
+    ints, it stays on the host when the loop moves the tensors. Rows must be padded on the right.
     """
     mask = batch["attention_mask"]
     if mask.device.type != "cpu":
@@ -223,12 +218,9 @@ def bucket_length(length: int, buckets: Sequence[int]) -> int:
 
 def pad_to_bucket(batch: dict[str, Tensor], buckets: Sequence[int],
                   pad_token_id: int) -> dict[str, Tensor]:
-    """`batch` with every (batch, seq) tensor padded on the right to `bucket_length(seq)`.
-
-    Each 2-D tensor pads to the bucket of its own width (a seq2seq batch's encoder and decoder
-    widths differ), with `BUCKET_PAD_VALUES` (masked out, no target), so the loss is the batch's
-    own. Other tensors (a label per example, answer positions) pass unchanged.
-    """
+    """`batch` with every (batch, seq) tensor padded on the right with `BUCKET_PAD_VALUES` to the
+    bucket of its own width (a seq2seq batch's encoder and decoder widths differ); other tensors
+    (a label per example, answer positions) pass unchanged."""
     out = {}
     for name, value in batch.items():
         if not (isinstance(value, Tensor) and value.dim() == 2):

@@ -1,14 +1,7 @@
 """Data files in, checked examples out: the readers of classification and tagging files.
 
-Reading order: `read_file_bytes` (every data file is checked by `stat` and read in chunks up to
-`MAX_FILE_MB`: a device, a FIFO or a file over the cap is a `DataError`, not a MemoryError;
-error messages quote at most an `excerpt` of the file), `read_examples` (TSV as GLUE writes it,
-CSV or JSON lines into `Example`s; a bad file is a `DataError` saying where and why),
-`read_semicolon_examples` (the Emotion data set), `encode_labels`, `data_folder` (MINIFT_DATA),
-`TASKS` / `task_files` (the GLUE tasks in it), then for token classification `read_conll` into
-`TaggedSentence`s (`apply_scheme` checks or converts NER tags), `entity_label_set`, `encode_tags`
-and `write_conll`. `minift.data.batches` pads the result; `minift.data.text_pairs` reads
-generation files through `read_examples`.
+Every file is read through `read_utf8_text`, bounded by `MAX_FILE_MB`; a bad file is a
+`DataError` saying where (file:line) and why, quoting at most an `excerpt` of it.
 """
 
 from __future__ import annotations
@@ -148,8 +141,10 @@ def read_file_bytes(path: str | os.PathLike) -> bytes:
     return b"".join(chunks)
 
 
-def _read_text(path: Path) -> str:
-    """The text of a UTF-8 file (see `read_utf8_text`): every reader here reads through it."""
+def read_utf8_text(path: str | os.PathLike) -> str:
+    """The text of a UTF-8 file (a byte-order mark dropped), read by `read_file_bytes`: a missing
+    file, a folder, a device, a file over the cap or bytes that are not UTF-8 are a `DataError`."""
+    path = Path(path)
     raw = read_file_bytes(path)
     start = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
     try:
@@ -163,12 +158,6 @@ def _read_text(path: Path) -> str:
                         "Latin-1") from None
 
 
-def read_utf8_text(path: str | os.PathLike) -> str:
-    """The text of a UTF-8 file (a byte-order mark dropped), read by `read_file_bytes`: a missing
-    file, a folder, a device, a file over the cap or bytes that are not UTF-8 are a `DataError`."""
-    return _read_text(Path(path))
-
-
 def _lines(text: str) -> list[str]:
     """Physical lines without their line ends; line i+1 of the file is element i."""
     lines = _LINE_END.split(text)
@@ -178,9 +167,8 @@ def _lines(text: str) -> list[str]:
 
 
 def read_utf8_lines(path: str | os.PathLike) -> list[str]:
-    """The lines of a UTF-8 file without their line ends (a byte-order mark dropped); a missing
-    file, a folder or bytes that are not UTF-8 are a `DataError` naming the file (and line)."""
-    return _lines(_read_text(Path(path)))
+    """The lines of `read_utf8_text(path)`, without their line ends."""
+    return _lines(read_utf8_text(path))
 
 
 def _column_indices(header: list[str], columns: Sequence[str | None], path: Path) -> list:
@@ -320,7 +308,7 @@ def read_examples(path: str | os.PathLike, *, text_col: str, pair_col: str | Non
         format = _FORMATS[path.suffix.lower()]
     if format not in ("tsv", "csv", "jsonl"):
         raise DataError(f"{path}: expected format 'tsv', 'csv' or 'jsonl', found {format!r}")
-    text = _read_text(path)
+    text = read_utf8_text(path)
     columns = dict(text_col=text_col, pair_col=pair_col, label_col=label_col)
     if format == "jsonl":
         return _read_jsonl(path, text, **columns)
@@ -333,7 +321,7 @@ def read_semicolon_examples(path: str | os.PathLike, *, text_col: str = "text",
     """Read the `text;label` lines under a header (`text;label_name`) of the Emotion data set:
     fields split on `;` with no quote processing, as many on each line as in the header."""
     path = Path(path)
-    rows = _split_rows(_read_text(path), ";")
+    rows = _split_rows(read_utf8_text(path), ";")
     return _read_table(path, rows, text_col=text_col, pair_col=None, label_col=label_col)
 
 
@@ -388,8 +376,7 @@ def data_folder(data_dir: str | os.PathLike | None = None) -> Path:
 
 def task_files(name: str, data_dir: str | os.PathLike | None = None
                ) -> tuple[Path, Path, str, str | None, str]:
-    """`(train_path, dev_path, text_col, pair_col, label_col)` of a GLUE task in `TASKS`;
-    `data_dir` defaults to the environment variable MINIFT_DATA."""
+    """`(train_path, dev_path, text_col, pair_col, label_col)` of a GLUE task in `TASKS`."""
     if name not in TASKS:
         raise ValueError(f"expected a task name among {', '.join(TASKS)}, found {name!r}")
     task = TASKS[name]

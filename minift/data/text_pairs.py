@@ -1,20 +1,12 @@
 """Source and target texts for generation (translation, summarisation, data-to-text), read from
-CSV, TSV or JSON lines.
+CSV, TSV or JSON lines by `minift.data.readers.read_examples`, so checked as a classification
+file is.
 
-A generation data set is a table of (source, target) rows. Training wants every row (teacher
-forcing); scoring wants one example per *source*: data-to-text and translation test sets give
-several human references for one input (E2E NLG up to 45 descriptions of one meaning
-representation), and BLEU and ROUGE compare one generated text with all of them at once. So
-`read_text_pairs` gives the rows, `group_by_source` gathers the rows that share a source (the
-same text, character for character) into one `SourceReferences`, in the order the sources first
-appear; `read_references` does both.
-
-The file is read by `minift.data.readers.read_examples`, so it is bounded, checked and reported
-as a classification file is (a `DataError` naming the file, the line and the column); texts are
-kept as written (not stripped).
-
-`e2e_files` finds the E2E NLG files in MINIFT_DATA. The official E2E training set (42,061 pairs)
-is not among them: train on `devset.csv` and score on `testset_w_refs.csv`, and say so.
+Training wants every (source, target) row (teacher forcing); scoring wants one example per
+*source*: data-to-text and translation test sets give several human references for one input
+(E2E NLG up to 45 descriptions of one meaning representation), and BLEU and ROUGE compare one
+generated text with all of them at once. Hence `read_text_pairs` (the rows) and
+`read_references` (the rows grouped by source).
 """
 
 from __future__ import annotations
@@ -102,7 +94,8 @@ E2E_SOURCE_COL, E2E_TARGET_COL = "mr", "ref"  # meaning representation, referenc
 def e2e_files(data_dir: str | os.PathLike | None = None) -> tuple[Path, Path, str, str]:
     """`(train_path, test_path, source_col, target_col)` of E2E NLG (Novikova, Dušek and Rieser,
     SIGDIAL 2017) in `data_dir` (default: the environment variable MINIFT_DATA). The train path
-    is the official *dev* set, devset.csv: the official train set could not be had."""
+    is the official *dev* set, devset.csv: the official train set (42,061 pairs) could not be
+    had, so say so beside any result."""
     folder = data_folder(data_dir) / "e2e"
     train, test = folder / "devset.csv", folder / "testset_w_refs.csv"
     missing = [str(p) for p in (train, test) if not p.is_file()]

@@ -9,8 +9,7 @@ A BERT tokenizer is a pipeline of four steps, and `tokenizers` (Rust) runs all o
 4. post-process  add the special tokens: "[CLS] A [SEP]" or "[CLS] A [SEP] B [SEP]", with
                token type 0 for the first segment and 1 for the second.
 
-This file loads that pipeline from a checkpoint folder and turns texts into padded `torch.long`
-tensors, or with `padding=False` into one row per example (what `minift.data.batches` stores).
+This file loads that pipeline from a checkpoint folder and turns texts into `torch.long` tensors.
 Truncation and padding are set per call, never taken from the checkpoint's `tokenizer.json`
 (all-MiniLM-L6-v2's pads to 128). The results follow the reference, transformers' fast
 `BertTokenizer`; the tests hold the two equal.
@@ -381,8 +380,7 @@ class Tokenizer(TokenVocabulary):
     """A tokenizer loaded from a checkpoint folder; calling it returns an `Encoding`.
 
     `model_max_length` is the longest input the model takes (512 for BERT), None when the
-    checkpoint sets no limit. The `backend`'s own truncation and padding are switched off: each
-    call sets its own. Not safe to call from several threads at once, as the reference.
+    checkpoint sets no limit. Not safe to call from several threads at once, as the reference.
     """
 
     def __init__(self, backend: tokenizers.Tokenizer, special_tokens: dict[str, str | None],
@@ -419,13 +417,12 @@ class Tokenizer(TokenVocabulary):
         """Tokenize a text or a batch (with optional pair texts) into padded (batch, seq) tensors.
 
         `padding`: True or "longest" pads to the longest example, "max_length" to `max_length`;
-        False pads nothing: each example is a 1-D tensor of its own length (see `Encoding`), the
-        rows the padded forms hold before their pads. `truncation` cuts each example to
-        `max_length` tokens, special tokens included, taking one token at a time from the longer
-        of a pair ("longest_first", the reference's default). `max_length` defaults to
-        `model_max_length`. With `is_split_into_words` a text is a list of words (each still split
-        into sub-words). Pads get id `pad_token_id`, token type 0 and attention mask 0, on the
-        right.
+        False pads nothing: each example is a 1-D tensor of its own length (see `Encoding`).
+        `truncation` cuts each example to `max_length` (default `model_max_length`) tokens,
+        special tokens included, taking one token at a time from the longer of a pair
+        ("longest_first", the reference's default). With `is_split_into_words` a text is a list
+        of words (each still split into sub-words). Pads go on the right: id `pad_token_id`,
+        token type 0, attention mask 0.
         """
         inputs, is_pair = _inputs(texts, pairs, is_split_into_words)
         if not (isinstance(padding, bool) or padding in ("longest", "max_length")):

@@ -1,15 +1,9 @@
 """Reading and writing BERT checkpoints in HF format, with no pickled code ever executed.
 
-Two parts, in reading order (the file format itself is ``safetensors.py``):
-1. The key map: one table from HF BERT names to minift's, read by a short loop. Head weights
-   (``cls.*``, ``classifier.*``, ...) are handed back for the heads to claim.
-2. Folders: ``resolve_model_dir`` (``"minilm"`` -> the installed checkpoint folder),
-   ``read_checkpoint`` (config.json and the weights, each read once and checked), the pooling a
-   sentence-transformers folder states (``read_pooling``), and the one-line entry points
-   ``load_bert(path)`` and ``save_bert(model, path)``.
-
-``model.py`` knows nothing of files; this module builds the textbook ``BertModel`` from a folder,
-and reads and initialises the heads' linear layers (``load_linear``, ``fresh_linear``).
+Two parts (the file format itself is ``safetensors.py``): the key map, one table from HF BERT
+names to minift's read by a short loop, with head weights (``cls.*``, ``classifier.*``, ...)
+handed back for the heads to claim; then folders, read once and checked, and the one-line entry
+points ``load_bert(path)`` and ``save_bert(model, path)``. ``model.py`` knows nothing of files.
 """
 
 from __future__ import annotations
@@ -109,12 +103,13 @@ def split_hf_state_dict(state_dict: dict[str, torch.Tensor]
     return encoder, heads, unknown
 
 
-def to_hf_state_dict(state_dict: dict[str, torch.Tensor],
-                     prefix: str = "") -> dict[str, torch.Tensor]:
-    """minift encoder names -> HF ``BertModel`` names (with ``prefix``, e.g. ``"bert."``)."""
+def to_hf_state_dict(state_dict: dict[str, torch.Tensor], prefix: str = "", *,
+                     table: list[tuple[re.Pattern, str]] = _TO_HF) -> dict[str, torch.Tensor]:
+    """minift encoder names -> HF ``BertModel`` names (with ``prefix``, e.g. ``"bert."``);
+    ``table``: another ``rename_tables`` map's ours -> HF side."""
     out = {}
     for name, tensor in state_dict.items():
-        hf = rename(name, _TO_HF)
+        hf = rename(name, table)
         if hf is None:
             raise CheckpointError(f"no HF name for minift parameter {name!r}")
         out[prefix + hf] = tensor
@@ -179,22 +174,20 @@ def read_config(path: str | os.PathLike, raw: dict | None = None) -> BertConfig:
     return config
 
 
-# sentence-transformers' pooling modes -> minift's pooling: the flags of its older config files
-# (pooling_mode_mean_tokens: true) and the names of its newer ones ("pooling_mode": "mean").
+# sentence-transformers' pooling modes -> minift's pooling: older flags, newer names (read_pooling).
 ST_POOLING_MODES = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls",
                     "mean": "mean", "cls": "cls"}
 
 
 def read_pooling(path: str | os.PathLike) -> str | None:
     """The pooling a sentence-transformers folder states for its sentence embeddings: ``"mean"``
-    or ``"cls"``; None when the folder states none that minift has.
+    or ``"cls"``; else None, and the caller falls back to BERT's pooler (a notice is printed for
+    several modes at once or one minift has no head for: max, weighted mean, ...).
 
     ``modules.json`` lists the modules; the ``Pooling`` one's folder (``1_Pooling``) holds a
     ``config.json`` naming the mode: a ``pooling_mode_*`` flag set to true (sentence-transformers
     2 to 5; ``pooling_mode_mean_tokens`` for all-MiniLM-L6-v2, trained on the mean of its token
-    states, never on BERT's pooler) or a ``pooling_mode`` name (newer). Several modes at once or
-    one minift has no head for (max, weighted mean, ...) give None with a printed notice, and the
-    caller falls back to BERT's pooler; a plain HF folder (no ``modules.json``) gives None.
+    states, never on BERT's pooler) or a ``pooling_mode`` name (newer).
     """
     folder = Path(path)
     modules_file = folder / "modules.json"
@@ -374,19 +367,23 @@ def load_bert(path: str | os.PathLike, *, add_pooling_layer: bool = True,
     return model.eval()
 
 
+def write_hf_folder(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
+                    config: dict) -> None:
+    """Write ``model.safetensors`` and ``config.json`` (HF names, HF keys) in a folder made here."""
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_safetensors(tensors, folder / "model.safetensors")
+    atomic_write(folder / "config.json", (json.dumps(config, indent=2) + "\n").encode())
+
+
 def save_bert(model: BertModel, path: str | os.PathLike,
               heads: dict[str, torch.Tensor] | None = None, config_extra: dict | None = None,
               prefix: str = "") -> None:
     """Write ``config.json`` and ``model.safetensors`` in HF layout. ``heads`` (HF names) and
     ``config_extra`` add a task's head and settings; ``prefix="bert."`` stores the encoder as
     task checkpoints do."""
-    folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = to_hf_state_dict(model.state_dict(), prefix=prefix)
-    tensors.update(heads or {})
-    write_safetensors(tensors, folder / "model.safetensors")
-    config = model.config.to_dict() | (config_extra or {})
-    atomic_write(folder / "config.json", (json.dumps(config, indent=2) + "\n").encode())
+    tensors = to_hf_state_dict(model.state_dict(), prefix=prefix) | (heads or {})
+    write_hf_folder(path, tensors, model.config.to_dict() | (config_extra or {}))
 
 
 def load_linear(linear: nn.Linear, checkpoint, name: str) -> bool:

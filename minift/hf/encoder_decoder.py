@@ -1,36 +1,22 @@
 """Decoders in HF format: ``BertLMHeadModel`` and ``EncoderDecoderModel`` folders, and warm
-starting an encoder-decoder from one published encoder checkpoint.
+starting an encoder-decoder from one published encoder checkpoint (Rothe, Narayan and Severyn,
+TACL 2020).
 
-Reading order:
-
-1. The key map of a decoder: the encoder's (``checkpoint.KEY_MAP``) under ``bert.``, plus the
-   cross-attention sub-layer and the LM head (``cls.predictions``). The head's output matrix is
-   the word embedding and its output bias is ``cls.predictions.bias``: transformers ties both
-   and does not store them, and neither does minift; a stored copy must equal what it is tied to.
-2. Configs: a decoder's ``config.json`` says ``is_decoder`` (and ``add_cross_attention`` for an
-   encoder-decoder's); an ``EncoderDecoderModel``'s holds an ``encoder`` and a ``decoder`` sub-config
-   and the token ids that generation needs.
-3. Folders: ``load_causal_lm``/``save_causal_lm``, ``load_encoder_decoder``/
-   ``save_encoder_decoder`` (weights under ``encoder.*`` and ``decoder.*``, as transformers saves).
-4. ``warm_start``: both halves from one encoder checkpoint (Rothe, Narayan and Severyn, TACL
-   2020). The decoder's self-attention, feed-forward and embeddings are the checkpoint's; the
-   cross-attention and (where the checkpoint has no ``cls.predictions``) the LM head's transform
-   are fresh, initialised as transformers does: N(0, initializer_range) weights, zero biases,
-   LayerNorm 1 and 0; the head's output matrix is the (warm) word embedding.
-
-Weights are read as ``checkpoint.read_state_dict`` reads them: no pickled code runs.
+A decoder's key map is the encoder's (``checkpoint.KEY_MAP``) under ``bert.``, plus the
+cross-attention sub-layer and the LM head (``cls.predictions``). The head's output matrix is the
+word embedding and its output bias is ``cls.predictions.bias``: transformers ties both and does
+not store them, and neither does minift. Weights are read by ``checkpoint.read_state_dict``: no
+pickled code runs.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
 
 from minift.core.decoder import CausalLM, EncoderDecoder
-from minift.core.files import atomic_write
 from minift.core.model import BertConfig, ConfigError
 from minift.data.tokenizer import Tokenizer
 from minift.hf.checkpoint import (
@@ -48,8 +34,8 @@ from minift.hf.checkpoint import (
     resolve_model_dir,
     split_hf_state_dict,
     to_hf_state_dict,
+    write_hf_folder,
 )
-from minift.hf.safetensors import write_safetensors
 
 # --- 1. The key map of a decoder: HF BertLMHeadModel names -> minift CausalLM names ---------------
 
@@ -103,15 +89,8 @@ def decoder_to_hf(state_dict: dict[str, torch.Tensor],
     """A ``CausalLM``'s tensors (its state dict, or its gradients by name) under
     ``BertLMHeadModel`` names (with ``prefix``), without the tied output matrix
     (``head.decoder.weight`` is the word embedding)."""
-    out = {}
-    for name, tensor in state_dict.items():
-        if name == "head.decoder.weight":
-            continue
-        hf = rename(name, _TO_HF)
-        if hf is None:
-            raise CheckpointError(f"no HF name for minift parameter {name!r}")
-        out[prefix + hf] = tensor
-    return out
+    untied = {k: v for k, v in state_dict.items() if k != "head.decoder.weight"}
+    return to_hf_state_dict(untied, prefix, table=_TO_HF)
 
 
 def load_decoder_weights(model: CausalLM, weights: dict[str, torch.Tensor], source: str) -> None:
@@ -161,13 +140,6 @@ def _token_id(raw: dict, key: str, source: str, required: bool) -> int | None:
 # --- 3. Folders -----------------------------------------------------------------------------------
 
 
-def _write_folder(folder: str | os.PathLike, tensors: dict[str, torch.Tensor], config: dict) -> None:
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    write_safetensors({k: v.contiguous() for k, v in tensors.items()}, folder / "model.safetensors")
-    atomic_write(folder / "config.json", (json.dumps(config, indent=2) + "\n").encode())
-
-
 def load_causal_lm(path: str | os.PathLike) -> CausalLM:
     """A ``BertLMHeadModel(is_decoder=True)`` folder -> ``CausalLM`` (with cross-attention when
     its config says ``add_cross_attention``), in eval mode."""
@@ -184,8 +156,8 @@ def load_causal_lm(path: str | os.PathLike) -> CausalLM:
 def save_causal_lm(model: CausalLM, path: str | os.PathLike) -> None:
     """Write a ``CausalLM`` as transformers' ``BertLMHeadModel`` folder (config.json and
     model.safetensors)."""
-    _write_folder(path, decoder_to_hf(model.state_dict()),
-                  causal_lm_config_dict(model.config, cross_attention=model.bert.cross_attention))
+    write_hf_folder(path, decoder_to_hf(model.state_dict()),
+                    causal_lm_config_dict(model.config, cross_attention=model.bert.cross_attention))
 
 
 def save_encoder_decoder(model: EncoderDecoder, path: str | os.PathLike) -> None:
@@ -205,7 +177,7 @@ def save_encoder_decoder(model: EncoderDecoder, path: str | os.PathLike) -> None
         "pad_token_id": model.pad_token_id,
         "eos_token_id": model.eos_token_id,
     }
-    _write_folder(path, tensors, config)
+    write_hf_folder(path, tensors, config)
 
 
 def load_encoder_decoder(path: str | os.PathLike) -> EncoderDecoder:
@@ -268,8 +240,9 @@ def warm_start(path: str | os.PathLike = "minilm", *, seed: int = 0,
     path)``; returned in train mode, ready to fine-tune.
 
     The fresh parts (every block's cross-attention; the LM head's transform and bias unless the
-    checkpoint has ``cls.predictions``) are initialised from ``seed``, in a forked RNG so the
-    caller's global state is left as it was. The start and end ids default to the folder
+    checkpoint has ``cls.predictions``) are initialised as transformers does (N(0,
+    initializer_range) weights, zero biases, LayerNorm 1 and 0) from ``seed``, in a forked RNG
+    so the caller's global state is left as it was. The start and end ids default to the folder
     tokenizer's [CLS] and [SEP]; padding is the config's ``pad_token_id``.
     """
     checkpoint = read_checkpoint(path)

@@ -6,8 +6,8 @@ byte is read, so a damaged file gives a ``CheckpointError`` (a ``ValueError``) t
 wrong, never a crash or a silently wrong tensor. No pickled code is involved at any point.
 
 The encoder lives in ``minift.core.safetensors`` (the training loop saves with it); this file
-adds the reader and ``write_safetensors`` (through ``minift.core.files.atomic_write``: a crash
-or a full disk leaves the previous file, never a half-written one), and re-exports the rest.
+adds the reader and ``write_safetensors`` (atomic: a crash leaves the previous file, never half
+of one), and re-exports the rest.
 """
 
 from __future__ import annotations
