@@ -1,13 +1,9 @@
 """The resume checkpoint, `out_dir/resume.pt`: everything that decides the rest of a run.
 
-It holds the weights, the optimizer, the schedule, the fp16 scaler, the `Progress` (position in
-the data, early stopping, the log and the losses not yet logged) and every rank's RNG states, so
-a resumed run ends with exactly the weights and the log of an uninterrupted one. A completed run
-deletes it (unless `keep_resume`). Resuming without it raises `ValueError` (`check_resume` asks
-before a model is loaded); one written for another model is refused, naming the keys and shapes
-that differ. A resume that changes the run warns, naming the differences; a new length or new
-learning rates are honoured (`SCHEDULE_KEYS`). The file is replaced atomically
-(`minift.core.files`), and the next start removes what a process killed mid-write left.
+It holds the weights, the optimizer, the schedule, the fp16 scaler, the `Progress` and every
+rank's RNG states, so a resumed run ends with exactly the weights and the log of an
+uninterrupted one. A resume that changes the run warns, naming the differences; a new length or
+new learning rates are honoured (`SCHEDULE_KEYS`).
 """
 
 import functools
