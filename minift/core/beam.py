@@ -173,8 +173,7 @@ def beam_generate(model: nn.Module, input_ids: torch.Tensor,
                   max_new_tokens: int, **settings) -> BeamOutput:
     """Beam search for an ``EncoderDecoder`` over a batch of sources (batch, source) with their
     1/0 mask; every hypothesis begins with ``model.decoder_start_token_id`` and ends at
-    ``model.eos_token_id``. ``settings``: ``beam_loop``'s (length_penalty, early_stopping,
-    no_repeat_ngram_size, num_return_sequences). Call ``model.eval()`` first."""
+    ``model.eos_token_id``. ``settings``: ``beam_loop``'s. Call ``model.eval()`` first."""
     return beam_continue(model, input_ids, attention_mask=attention_mask, num_beams=num_beams,
                          max_new_tokens=max_new_tokens, **settings)
 

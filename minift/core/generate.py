@@ -115,12 +115,10 @@ def generate(model: nn.Module, input_ids: torch.Tensor,
     ``generate`` with the same arguments: greedy (``num_beams=1, do_sample=False``), sampling
     (``do_sample=True``) or beam search (``num_beams > 1``; ``core/beam.py``).
 
-    Returns (batch * num_return_sequences, given + generated): each row begins with what the
-    model was given (the start token, or the prompt) and a row's returns sit side by side.
+    Returns (batch * num_return_sequences, given + generated), a row's returns side by side.
     ``eos_token_id`` and ``pad_token_id`` default to the model's (an ``EncoderDecoder``'s own, a
     ``CausalLM``'s config pad and no EOS). Unlike transformers, sampling filters nothing unless
-    asked (its ``top_k`` defaults to 50) and draws from ``generator``. Bad settings raise a
-    ``ValueError`` naming the argument.
+    asked (its ``top_k`` defaults to 50) and draws from ``generator``.
     """
     given = 1 if hasattr(model, "encode") else input_ids.size(1)  # the start token, or the prompt
     max_new_tokens = resolve_length(max_new_tokens, max_length, given)

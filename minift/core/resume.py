@@ -180,10 +180,9 @@ def _rebuild_schedule(parts: Parts, fresh: list[dict], base_lrs: list[float]) ->
 
 def restore(checkpoint: dict, parts: Parts, run: dict, out_dir: Path,
             ctx: distributed.Context) -> Progress:
-    """Put the run back where resume.pt left it; return its progress. A changed setting of
-    `SCHEDULE_KEYS` is honoured: the hyperparameters and schedule are this run's. A light
-    resume.pt (`save_resume(light=True)`) holds the weights and progress of a run that ended, so
-    that its final save can be done again; it has no optimizer to train on."""
+    """Put the run back where resume.pt left it; return its progress. A light resume.pt
+    (`save_resume(light=True)`) holds the weights and progress of a run that ended, so that its
+    final save can be done again; it has no optimizer to train on."""
     path, progress = out_dir / RESUME_FILE, Progress(**checkpoint["progress"])
     if checkpoint.get("light"):
         if run["total_steps"] > progress.step and not progress.stopped_early:
