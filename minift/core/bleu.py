@@ -62,8 +62,7 @@ def tokenize_13a(line: str) -> str:
 
 
 def _preprocess(text: str, *, lowercase: bool, tokenize: str) -> list[str]:
-    """The words of `text` as BLEU counts them: lowercased if asked, trailing space dropped,
-    tokenised ("13a" or "none": split on whitespace only)."""
+    """The words of `text` as BLEU counts them, preprocessed as sacrebleu does."""
     if lowercase:
         text = text.lower()
     text = text.rstrip()

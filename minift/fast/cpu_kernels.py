@@ -61,9 +61,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     call for float32, and oneDNN, which they call for bf16. On some CPUs MKL's float32 kernels
     run well below oneDNN's; on others the two are level. So float32 products on a CPU go
     through ``onednn_linear``, the same arithmetic in another library (they agree to rounding),
-    and ``speed_up`` swaps this in only where ``onednn_is_faster`` measured it faster. Everything
-    else (GPU, bf16, autocast, not x86-64, no oneDNN or ``torch.backends.mkldnn.enabled`` off)
-    takes ``F.linear``.
+    and ``speed_up`` swaps this in only where ``onednn_is_faster`` measured it faster.
     """
     if (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and x.numel() > 0
             and not torch.is_autocast_enabled("cpu") and torch.backends.mkldnn.enabled
