@@ -64,9 +64,8 @@ class BeamOutput:
 
 def select_beams(cache: list, rows: torch.Tensor) -> None:
     """Reorder a cache (one ``LayerCache`` a block) in place: row i of every cached tensor
-    becomes row ``rows[i]`` of the old one, so each beam continues with its parent's keys and
-    values. (The source's cross-attention keys are the same for every beam of a source; taking
-    them along is harmless.)"""
+    becomes row ``rows[i]`` of the old one. (The source's cross-attention keys are the same for
+    every beam of a source; taking them along is harmless.)"""
     for layer in cache:
         for field in fields(layer):
             tensor = getattr(layer, field.name)
@@ -117,8 +116,7 @@ def beam_loop(step: Step, cache: list, prefix: torch.Tensor, *, num_beams: int,
     finished_lengths = torch.zeros(batch, k, dtype=torch.long, device=device)
     is_finished = torch.zeros(batch, k, dtype=torch.bool, device=device)
     can_improve = torch.ones(batch, 1, dtype=torch.bool, device=device)  # per source
-    # Of the 2k candidates only the best k may finish: the other k are spares, there so that k
-    # beams stay running however many of the best end at once.
+    # Of the 2k candidates only the best k may finish: the other k are spares (module docstring).
     first_k = torch.arange(2 * k, device=device) < k  # (2k,)
     new = running.flatten(0, 1)  # (batch * k, given): the first step reads the whole prefix
 
@@ -175,8 +173,7 @@ def beam_generate(model: nn.Module, input_ids: torch.Tensor,
                   max_new_tokens: int, **settings) -> BeamOutput:
     """Beam search for an ``EncoderDecoder`` over a batch of sources (batch, source) with their
     1/0 mask; every hypothesis begins with ``model.decoder_start_token_id`` and ends at
-    ``model.eos_token_id``. ``settings``: ``beam_loop``'s (length_penalty, early_stopping,
-    no_repeat_ngram_size, num_return_sequences). Call ``model.eval()`` first."""
+    ``model.eos_token_id``. ``settings``: ``beam_loop``'s. Call ``model.eval()`` first."""
     return beam_continue(model, input_ids, attention_mask=attention_mask, num_beams=num_beams,
                          max_new_tokens=max_new_tokens, **settings)
 

@@ -11,8 +11,7 @@ the reference length closest to its own (the shorter on a tie), as the NIST scri
 
 Numbers are comparable with published ones only when the text is tokenised the same way, so the
 tokeniser is mteval-v13a's (WMT's, sacrebleu's default "13a"), and a corpus with a sentence that
-matches no 4-gram is smoothed as sacrebleu smooths it by default ("exp"). `corpus_bleu` equals
-`sacrebleu.corpus_bleu` with the same options.
+matches no 4-gram is smoothed as sacrebleu smooths it by default ("exp").
 
 One difference of layout: sacrebleu takes references as *streams* (`[refs_1, refs_2, ...]`, the
 k-th stream holding each hypothesis's k-th reference, padded with None where a source has fewer);
@@ -63,8 +62,7 @@ def tokenize_13a(line: str) -> str:
 
 
 def _preprocess(text: str, *, lowercase: bool, tokenize: str) -> list[str]:
-    """The words of `text` as BLEU counts them: lowercased if asked, trailing space dropped,
-    tokenised ("13a" or "none": split on whitespace only)."""
+    """The words of `text` as BLEU counts them, preprocessed as sacrebleu does."""
     if lowercase:
         text = text.lower()
     text = text.rstrip()
@@ -104,11 +102,8 @@ class SentenceStatistics:
 
 def sentence_statistics(hypothesis: Sequence[str], references: Sequence[Sequence[str]],
                         max_order: int = MAX_NGRAM_ORDER) -> SentenceStatistics:
-    """BLEU's sufficient statistics of one tokenised hypothesis against its tokenised references.
-
-    Clipping: each reference n-gram may be matched at most as often as the reference holding it
-    most often holds it (Papineni et al., section 2.1: "modified n-gram precision").
-    """
+    """BLEU's sufficient statistics of one tokenised hypothesis against its tokenised references,
+    matches clipped (Papineni et al., section 2.1: "modified n-gram precision")."""
     allowed: Counter = Counter()  # the most times any one reference holds each n-gram
     for reference in references:
         allowed |= ngram_counts(reference, max_order)  # a Counter's union keeps the larger count

@@ -8,8 +8,7 @@ one, `Checkpoints`, keeps what a long run needs on disk, each part in a module o
 - `out_dir/log.jsonl` and the progress bar (`minift.core.logbook`);
 - `out_dir/best/`, the model of the best evaluation (`minift.core.best`).
 
-Every rank calls it; rank 0 alone writes, each file atomically, so a kill or a full disk leaves
-the previous version loadable; `start` clears what a killed process left half-written.
+Every rank calls it; rank 0 alone writes, each file atomically (`minift.core.files`).
 
     train(model, batches, config, evaluate=evaluate, recorder=Checkpoints(resume=True))
 """
@@ -34,9 +33,8 @@ from minift.core.state import Parts, Progress
 
 class Checkpoints:
     """The recorder that keeps a run's files in `config.out_dir`. `resume=True`: continue the
-    run resume.pt holds (ValueError if there is none, or if it holds another model's weights).
-    `save_best(model, folder)` fills an empty folder that then replaces `out_dir/best` (default:
-    `model.save_pretrained`, else model.safetensors)."""
+    run resume.pt holds. `save_best(model, folder)` fills an empty folder that then replaces
+    `out_dir/best` (default: `best.default_save_best`)."""
 
     def __init__(self, *, resume: bool = False,
                  save_best: Callable[[nn.Module, Path], None] | None = None) -> None:
@@ -53,7 +51,6 @@ class Checkpoints:
             progress = restore(checkpoint, parts, run, self.out_dir, parallel)
             if parallel.is_main:
                 print(f"train: resumed from {check_resume(self.out_dir)} at step {progress.step}")
-        # A resumed log is written back whole: records after resume.pt go, their steps run again.
         self.log = Logbook(self.out_dir, progress.history if progress else [], self.total_steps,
                            progress.step if progress else 0,
                            show=config.progress and parallel.is_main, is_main=parallel.is_main)

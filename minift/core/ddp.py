@@ -4,8 +4,7 @@
 tells each which one it is through environment variables (RANK, WORLD_SIZE, LOCAL_RANK,
 MASTER_ADDR, MASTER_PORT). This module is the little that minift adds on top:
 
-- `setup` reads those variables and joins the process group (gloo on CPU, NCCL on CUDA);
-  without them everything runs as one process.
+- `setup` joins the process group they announce; without them everything runs as one process.
 - `shard` splits the data. Every rank builds the same global batches (same seed, same order)
   and keeps rows `rank, rank + N, ...` of each, as `DistributedSampler` does, one batch at a
   time: N processes with a global batch of B take the steps of one process with batch B, and
@@ -15,11 +14,10 @@ MASTER_ADDR, MASTER_PORT). This module is the little that minift adds on top:
 
 The training loop (`minift.core.loop`) does not import this file: the caller hands it the
 `Context` that `setup` returns (`train(..., parallel=setup(device.type))`), whose methods are the
-loop's one door to the other ranks (`wrap` puts the model in `DistributedDataParallel`, with
-`no_sync` for accumulation micro-steps). Only rank 0 evaluates, logs and writes files. A script
-that calls `train` under torchrun should end with `teardown()`. A rank that raises exits, and
-torchrun stops the others; outside torchrun the process-group timeout (`MINIFT_DIST_TIMEOUT`,
-seconds, default 600) bounds the wait in a collective.
+loop's one door to the other ranks. A script that calls `train` under torchrun should end with
+`teardown()`. A rank that raises exits, and torchrun stops the others; outside torchrun the
+process-group timeout (`MINIFT_DIST_TIMEOUT`, seconds, default 600) bounds the wait in a
+collective.
 """
 
 import contextlib

@@ -1,11 +1,8 @@
 """Files that are never half-written: atomic replacement and fsync.
 
-**Atomic writes** (``atomic_write``): a file is written to a temporary sibling, flushed, fsynced
-and renamed over its target (``os.replace``), then the folder is fsynced; a kill or a full disk
-at any moment leaves the previous version whole. Every file minift saves goes through it. (One
-writer per output folder, the lock, is the application's: ``minift.run.lock``.)
-
-Standard library only, so that any project can lift this file.
+Every file minift saves goes through ``atomic_write``. (One writer per output folder, the lock,
+is the application's: ``minift.run.lock``.) Standard library only, so that any project can lift
+this file.
 """
 
 from __future__ import annotations

@@ -1,14 +1,9 @@
 """Decoding one token at a time with the key/value cache, greedy or sampled, and ``generate``,
 the front door to every way of decoding (greedy, sampling, and beam search in ``core/beam.py``).
 
-Reading order: ``token_loop`` is the loop itself, for any model that maps the newest tokens to
-next-token logits while remembering the earlier ones (its cache, ``core/steps.py``), and a rule
-that picks the next token from them; ``greedy_loop`` picks the most likely; ``sample_loop`` draws
-from the filtered softmax (``core/logits.py``: temperature, top-k, top-p), from a
-``torch.Generator``, so the same seed writes the same text. ``generate`` checks its arguments and
-picks one of them; ``greedy_generate`` (an ``EncoderDecoder``: the source read once, the target
-begun with ``decoder_start_token_id``) and ``greedy_continue`` (a ``CausalLM``: a prompt
-continued) are its greedy calls.
+``token_loop`` runs a step (``core/steps.py``) with a rule that picks the next token:
+``greedy_loop`` the most likely, ``sample_loop`` a draw from the filtered softmax
+(``core/logits.py``) from a ``torch.Generator``, so the same seed writes the same text.
 
 The conventions are transformers' ``generate(num_beams=1, do_sample=False or True, ...)``, so
 the outputs are the same token for token (sampling too: a generator seeded s draws what torch's
@@ -47,10 +42,8 @@ Choose = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 @torch.no_grad()
 def token_loop(step: Step, prefix: torch.Tensor, choose: Choose, *, max_new_tokens: int,
                eos_token_id: int | None, pad_token_id: int) -> torch.Tensor:
-    """The loop. ``step(new_tokens)`` (batch, new) returns the logits of the next token,
-    (batch, vocab), keeping its own cache of what it was fed before; ``prefix`` (batch, given) is
-    fed first; ``choose`` picks each row's next token. Returns (batch, given + generated),
-    generated <= ``max_new_tokens``."""
+    """The loop: ``prefix`` (batch, given) is fed to ``step`` first; ``choose`` picks each row's
+    next token. Returns (batch, given + generated), generated <= ``max_new_tokens``."""
     check_max_new_tokens(max_new_tokens)
     tokens, new = prefix, prefix
     finished = torch.zeros(prefix.size(0), dtype=torch.bool, device=prefix.device)
@@ -122,12 +115,10 @@ def generate(model: nn.Module, input_ids: torch.Tensor,
     ``generate`` with the same arguments: greedy (``num_beams=1, do_sample=False``), sampling
     (``do_sample=True``) or beam search (``num_beams > 1``; ``core/beam.py``).
 
-    Returns (batch * num_return_sequences, given + generated): each row begins with what the
-    model was given (the start token, or the prompt) and a row's returns sit side by side.
+    Returns (batch * num_return_sequences, given + generated), a row's returns side by side.
     ``eos_token_id`` and ``pad_token_id`` default to the model's (an ``EncoderDecoder``'s own, a
     ``CausalLM``'s config pad and no EOS). Unlike transformers, sampling filters nothing unless
-    asked (its ``top_k`` defaults to 50) and draws from ``generator``. Bad settings raise a
-    ``ValueError`` naming the argument.
+    asked (its ``top_k`` defaults to 50) and draws from ``generator``.
     """
     given = 1 if hasattr(model, "encode") else input_ids.size(1)  # the start token, or the prompt
     max_new_tokens = resolve_length(max_new_tokens, max_length, given)

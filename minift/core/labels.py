@@ -2,17 +2,11 @@
 
 A classifier predicts ids 0..n-1; `LabelVocab` is the one table between them and the label strings
 of a task, for sentence classification (SST-2's "0"/"1") and token classification (NER's "O",
-"B-PER", ...) alike. Read in this order:
-
-1. tags   `O`, `B-X` (begins an entity of type X), `I-X` (inside one). IOB2, the strict scheme,
-          opens every entity with `B-`; IOB1 (the original CoNLL-2003 files) writes `I-` and uses
-          `B-` only between two adjacent entities of the same type. `validate_tags`,
-          `iob1_to_iob2`, `entities` (the spans, read as seqeval reads them; `minift.core.metrics`
-          scores NER with them);
-2. ids    `LabelVocab`, the label vocabulary (tags: "O" first, then the others sorted).
+"B-PER", ...) alike. Tags are `O`, `B-X` (begins an entity of type X) and `I-X` (inside one).
+IOB2, the strict scheme, opens every entity with `B-`; IOB1 (the original CoNLL-2003 files)
+writes `I-` and uses `B-` only between two adjacent entities of the same type.
 
 The word labels' way onto sub-word tokens (alignment, windows, decoding) is `minift.core.align`.
-The errors are `DataError` (bad data: the message names file and line) and its `TagError`.
 """
 
 from __future__ import annotations
@@ -165,9 +159,7 @@ class LabelVocab:
 
     `from_examples` (sentence classification) sorts the training labels, as numbers when all are
     integers, so SST-2's "0", "1" and RTE's "entailment", "not_entailment" get GLUE's ids 0, 1;
-    `from_sequences` (NER, POS) puts "O" first, the other tags sorted. `encode` takes a label or
-    a sentence's tags, `decode` the reverse; `to_dict` / `from_dict` are HF's `id2label` and
-    `label2id`.
+    `from_sequences` (NER, POS) puts "O" first, the other tags sorted.
     """
 
     labels: list[str]

@@ -19,8 +19,7 @@ EARLY_STOPPING = (True, False, "never")
 
 
 def check_at_least(name: str, value: int, least: int) -> None:
-    """An integer setting (``num_beams``, ``top_k``, ``no_repeat_ngram_size``...) below its least
-    value is refused, by name."""
+    """Refuse, by ``name``, an integer setting below ``least`` (or not an integer)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
         raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
 

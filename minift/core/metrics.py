@@ -4,12 +4,8 @@ Labels are ints or strings (lists, tuples, 1-D numpy arrays or torch tensors all
 definitions and conventions are scikit-learn's, so numbers can be compared with it directly:
 labels are sorted, the confusion matrix has true labels as rows and predictions as columns, and
 a ratio whose denominator is 0 (precision of a class never predicted, recall of a class never
-seen) is 0.0. Unlike scikit-learn, no warning is raised for it.
-
-Read in this order: `accuracy`, the per-label counts everything else is built on,
-`per_class_scores`, `precision_recall_f1`, `confusion_matrix`, `format_table`; then, for
-sequence labelling (lists of tags per sentence), `entity_scores` (seqeval's entity-level scores,
-over the entities `minift.core.labels.entities` reads) and `token_accuracy`.
+seen) is 0.0. Unlike scikit-learn, no warning is raised for it. Sequence labelling (NER, POS)
+is scored as seqeval scores it.
 """
 
 from collections.abc import Hashable, Mapping, Sequence

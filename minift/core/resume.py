@@ -1,13 +1,9 @@
 """The resume checkpoint, `out_dir/resume.pt`: everything that decides the rest of a run.
 
-It holds the weights, the optimizer, the schedule, the fp16 scaler, the `Progress` (position in
-the data, early stopping, the log and the losses not yet logged) and every rank's RNG states, so
-a resumed run ends with exactly the weights and the log of an uninterrupted one. A completed run
-deletes it (unless `keep_resume`). Resuming without it raises `ValueError` (`check_resume` asks
-before a model is loaded); one written for another model is refused, naming the keys and shapes
-that differ. A resume that changes the run warns, naming the differences; a new length or new
-learning rates are honoured (`SCHEDULE_KEYS`). The file is replaced atomically
-(`minift.core.files`), and the next start removes what a process killed mid-write left.
+It holds the weights, the optimizer, the schedule, the fp16 scaler, the `Progress` and every
+rank's RNG states, so a resumed run ends with exactly the weights and the log of an
+uninterrupted one. A resume that changes the run warns, naming the differences; a new length or
+new learning rates are honoured (`SCHEDULE_KEYS`).
 """
 
 import functools
@@ -184,10 +180,9 @@ def _rebuild_schedule(parts: Parts, fresh: list[dict], base_lrs: list[float]) ->
 
 def restore(checkpoint: dict, parts: Parts, run: dict, out_dir: Path,
             ctx: distributed.Context) -> Progress:
-    """Put the run back where resume.pt left it; return its progress. A changed setting of
-    `SCHEDULE_KEYS` is honoured: the hyperparameters and schedule are this run's. A light
-    resume.pt (`save_resume(light=True)`) holds the weights and progress of a run that ended, so
-    that its final save can be done again; it has no optimizer to train on."""
+    """Put the run back where resume.pt left it; return its progress. A light resume.pt
+    (`save_resume(light=True)`) holds the weights and progress of a run that ended, so that its
+    final save can be done again; it has no optimizer to train on."""
     path, progress = out_dir / RESUME_FILE, Progress(**checkpoint["progress"])
     if checkpoint.get("light"):
         if run["total_steps"] > progress.step and not progress.stopped_early:

@@ -27,10 +27,8 @@ def mean_pooling(last_hidden_state: torch.Tensor, attention_mask: torch.Tensor) 
 
 def embed_batch(model: BertModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None, normalize: bool = True) -> torch.Tensor:
-    """Mean-pooled (and by default L2-normalised) embeddings of one tokenised batch.
-
-    Differentiable: SetFit's contrastive training calls it with gradients on.
-    """
+    """Mean-pooled (and by default L2-normalised) embeddings of one tokenised batch;
+    differentiable, as SetFit's contrastive training needs."""
     hidden = model(input_ids, attention_mask, token_type_ids).last_hidden_state
     pooled = mean_pooling(hidden, attention_mask)
     return F.normalize(pooled, p=2, dim=-1) if normalize else pooled

@@ -1,9 +1,6 @@
-"""Where a run stands: what the training loop carries from step to step, and what a resume
-point saves (`minift.core.loop` fills it; `minift.core.resume` writes and reads it back).
-
-`Progress` holds the plain numbers (steps, position in the data, the early-stopping state, the
-log so far); `Parts` the stateful torch objects a step updates. Together with the RNG states they
-decide the rest of a run, which is why an exact resume saves exactly these.
+"""Where a run stands: what the training loop carries from step to step and a resume point saves
+(`minift.core.loop` fills it; `minift.core.resume` writes and reads it back). With the RNG
+states, `Progress` and `Parts` decide the rest of a run: an exact resume saves exactly these.
 """
 
 from dataclasses import dataclass, field

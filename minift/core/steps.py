@@ -89,10 +89,8 @@ def causal_lm_step(model: nn.Module, attention_mask: torch.Tensor | None = None,
 def model_step(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                copies: int, eos_token_id: int | None = None, pad_token_id: int | None = None
                ) -> tuple[Step, list, torch.Tensor, dict]:
-    """Either model as a step over ``copies`` rows a source: (step, its cache,
-    the prefix every row begins with, the ``eos_token_id`` and ``pad_token_id`` to decode with).
-    An ``EncoderDecoder`` begins with its start token and defaults to its own ids; a ``CausalLM``
-    continues its prompt, with no EOS unless given and its config's pad."""
+    """Either model as a step over ``copies`` rows a source: (step, its cache, the prefix every
+    row begins with, the ``eos_token_id`` and ``pad_token_id`` to decode with)."""
     if hasattr(model, "encode"):
         step, cache, prefix = encoder_decoder_step(model, input_ids, attention_mask, copies)
         eos = model.eos_token_id if eos_token_id is None else eos_token_id

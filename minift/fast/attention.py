@@ -25,10 +25,9 @@ attention dropout is on:
   flash kernel; the memory-efficient kernel takes a mask (a boolean one it turns into an additive
   one of q's dtype inside the call).
 
-``choose_path`` is the one choice; ``attend`` runs the chosen path (except the per-sequence loop,
-which stays in unpad.py beside its hand-written backward). The per-batch inputs the paths need
-(offsets, the longest length, the mask) come from ``PackedLayout``, built once per batch and
-kept with the batch's ``Unpadding``, so twelve layers do not build them twelve times.
+``choose_path`` chooses; ``attend`` runs the choice (the per-sequence loop stays in unpad.py
+beside its hand-written backward). ``PackedLayout`` holds what the paths need per batch (offsets,
+longest length, mask), built once per batch, not once per layer.
 """
 
 from __future__ import annotations
@@ -72,8 +71,7 @@ def flash_capable(device: torch.device) -> bool:
 
 def why_not(path: str, device: torch.device, dtype: torch.dtype, dropout_p: float,
             head_dim: int) -> str | None:
-    """Why ``path`` cannot attend q, k, v of this device, dtype and head size with this dropout
-    here, or None when it can."""
+    """Why ``path`` cannot run with these inputs here, or None when it can."""
     if path not in PATHS:
         return f"unknown attention path {path!r}: choose one of {', '.join(PATHS)}"
     if path == "varlen":
@@ -96,12 +94,8 @@ def why_not(path: str, device: torch.device, dtype: torch.dtype, dropout_p: floa
 
 def choose_path(device: torch.device, dtype: torch.dtype, dropout_p: float, head_dim: int,
                 per_sequence: bool) -> str:
-    """The attention path for packed tokens, when nobody forces one.
-
-    ``per_sequence`` (``Unpadding.per_sequence``: True on a CPU outside ``torch.compile``) keeps
-    the per-sequence loop. Otherwise, on CUDA: ``varlen`` where it can run (bf16/fp16, no
-    dropout, a torch that has it), else ``nested``; elsewhere (a CPU under ``torch.compile``, or
-    a torch without nested tensors) ``padded``, which runs everywhere:
+    """The attention path for packed tokens, when nobody forces one (``per_sequence``:
+    ``Unpadding.per_sequence``):
 
         device  dtype       dropout  torch, GPU                          path
         cpu     any         any      any (not compiling)                 per_sequence
@@ -195,8 +189,7 @@ class PackedLayout:
 
 
 def layout_of(unpadding: Unpadding) -> PackedLayout:
-    """The batch's ``PackedLayout``, built by the first layer that asks and kept with the
-    batch's ``Unpadding`` for the next ones: once per batch, not once per layer."""
+    """The batch's ``PackedLayout``, built by the first layer that asks, kept on ``unpadding``."""
     layout = unpadding.__dict__.get("_packed_layout")
     if layout is None:
         layout = unpadding.__dict__["_packed_layout"] = PackedLayout(unpadding)

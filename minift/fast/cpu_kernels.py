@@ -1,10 +1,7 @@
 """Two CPU kernels that a built model can swap in: oneDNN's float32 linear and a faster dropout.
 
-Read in order: the dropout (``F.dropout``'s distribution, drawn with a cheaper call on a CPU),
-then the linear layer (``F.linear`` through oneDNN where that applies) and the measurement, once
-per machine, that decides whether to use it. ``Linear`` and ``Dropout`` subclass ``nn.Linear``
-and ``nn.Dropout`` with the same parameters, so ``unpad.speed_up`` swaps them into a textbook
-model without touching its state dict.
+``Linear`` and ``Dropout`` subclass ``nn.Linear`` and ``nn.Dropout`` with the same parameters,
+so ``unpad.speed_up`` swaps them into a textbook model without touching its state dict.
 
 What each buys depends on the CPU: ``benchmarks/dropout.py`` and ``benchmarks/linear_speed.py``
 measure it on yours. Importing this file registers the custom op and runs no tensor operation.
@@ -47,7 +44,7 @@ def keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
 
 
 class Dropout(nn.Dropout):
-    """``nn.Dropout`` through ``dropout`` above (same ``p``, same state dict: none)."""
+    """``nn.Dropout`` through ``dropout`` above."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return dropout(x, self.p, self.training)
@@ -64,9 +61,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     call for float32, and oneDNN, which they call for bf16. On some CPUs MKL's float32 kernels
     run well below oneDNN's; on others the two are level. So float32 products on a CPU go
     through ``onednn_linear``, the same arithmetic in another library (they agree to rounding),
-    and ``speed_up`` swaps this in only where ``onednn_is_faster`` measured it faster. Everything
-    else (GPU, bf16, autocast, not x86-64, no oneDNN or ``torch.backends.mkldnn.enabled`` off)
-    takes ``F.linear``.
+    and ``speed_up`` swaps this in only where ``onednn_is_faster`` measured it faster.
     """
     if (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and x.numel() > 0
             and not torch.is_autocast_enabled("cpu") and torch.backends.mkldnn.enabled
@@ -143,9 +138,6 @@ PROBE_SHAPES = ((256, 384, 1536), (2048, 384, 1536))
 # close, MKL's F.linear (torch's own choice) stays, and a noisy timing cannot flip the choice.
 MARGIN = 1.1
 
-# MINIFT_ONEDNN=1 or 0 forces the choice; otherwise it is measured once per machine and kept in
-# CHOICE_FILE, so that every run on one machine takes the same library (the two round
-# differently, and the last digits of a trained model follow the rounding).
 FORCE_VARIABLE = "MINIFT_ONEDNN"
 CACHE_VARIABLE = "MINIFT_CACHE_DIR"  # default ~/.cache/minift
 CHOICE_FILE = "linear.json"
@@ -157,7 +149,9 @@ def onednn_is_faster(repeats: int = 5) -> bool:
 
     ``MINIFT_ONEDNN=1`` or ``0`` decides; otherwise a measurement (``_measure``) made once per
     machine and kept in ``$MINIFT_CACHE_DIR/linear.json`` keyed by CPU model, torch version and
-    thread count (delete it to measure again). False wherever oneDNN is not available.
+    thread count (delete it to measure again), so that every run on one machine takes the same
+    library: the two round differently, and a trained model's last digits follow the rounding.
+    False wherever oneDNN is not available.
     """
     forced = os.environ.get(FORCE_VARIABLE)
     if forced not in (None, "", "0", "1"):
@@ -224,7 +218,7 @@ def _measure(repeats: int) -> bool:
 
 
 class Linear(nn.Linear):
-    """``nn.Linear`` through ``linear`` above (same parameters, same state dict)."""
+    """``nn.Linear`` through ``linear`` above."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.bias)

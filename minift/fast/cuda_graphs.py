@@ -33,11 +33,9 @@ WARMUP_CALLS = 3  # eager calls on a side stream before recording, as torch's CU
 class GraphedEncoder:
     """``model``'s inference forward, one CUDA graph per input shape (and autocast setting).
 
-    ``model``: a ``BertModel`` (textbook or fast) on a CUDA device, in eval mode (a graph would
-    freeze dropout's draws). Call it as the model: ``encoder(input_ids, attention_mask,
-    token_type_ids)`` -> ``BertOutput``. The first call at a shape records its graph (warm-up
-    calls first); later calls at that shape copy the inputs in and replay it. All graphs share
-    one memory pool, so their activations take the memory of one forward, not one each.
+    ``model``: a ``BertModel`` (textbook or fast) on a CUDA device, in eval mode; called as the
+    model is. All graphs share one memory pool, so their activations take the memory of one
+    forward, not one each.
     """
 
     def __init__(self, model: BertModel) -> None:
@@ -79,9 +77,8 @@ class GraphedEncoder:
                               pooler_output=None if pooled is None else pooled.clone())
 
     def _record(self, inputs: list[torch.Tensor]) -> tuple:
-        """Warm up on a side stream (first calls allocate and choose kernels), then record one
-        forward on static copies of ``inputs``: the textbook forward (no host synchronisation)
-        over the model's own modules."""
+        """Warm up on a side stream (first calls allocate and choose kernels), then record the
+        textbook forward over the model's own modules on static copies of ``inputs``."""
         static = [t.clone() for t in inputs]
         side = torch.cuda.Stream(device=static[0].device)
         side.wait_stream(torch.cuda.current_stream())

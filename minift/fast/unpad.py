@@ -3,13 +3,8 @@
 The textbook model (``model.py``) runs a padded batch as it is: every block computes every pad
 position, and attention masks them out. Here LayerNorm, the projections and the feed-forward run
 on the real tokens alone, packed as (tokens, hidden), and attention runs on each sequence alone
-(``varlen_attention``), or, where many small calls would cost more than they save (a GPU), by
-one of the packed paths of ``attention.py`` (FlashAttention's varlen kernel, SDPA on nested
-tensors, or the re-padded batch). MosaicBERT and ModernBERT do the same.
-
-Read in order: where the real tokens sit and when to drop the padding, attention per packed
-sequence (its backward written out for training), the fast subclasses of the textbook modules,
-and last ``speed_up``, the one door through which all of this, and the CPU kernels of
+(``varlen_attention``) or by a packed path of ``attention.py``. MosaicBERT and ModernBERT do the
+same. ``speed_up``, last, is the one door through which all of this, and the CPU kernels of
 ``cpu_kernels.py``, enter a built model.
 """
 
@@ -151,9 +146,7 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths:
     returns (tokens, heads, head_dim), or with ``first_only`` the output of each non-empty
     sequence's first token alone, (sequences, heads, head_dim). No mask and no wasted work: a
     sequence half as long as the batch's longest wastes three quarters of its padded attention.
-    One SDPA call per sequence: cheap on a CPU, where the loop costs microseconds against
-    milliseconds of matmul (FlashAttention's varlen kernel does it in one launch on a GPU).
-    With ``dropout_p`` (training), ``DropoutAttentionPerSequence`` runs the plain formula.
+    One SDPA call per sequence (why that pays on a CPU: ``attention.py``).
     """
     if dropout_p > 0.0:
         # SDPA's CPU kernels have no dropout: SDPA falls back to the plain formula in float32,
@@ -273,9 +266,7 @@ class FastSelfAttention(SelfAttention):
         """x: (batch, seq, hidden), or (tokens, hidden) with the ``unpadding`` that placed them.
 
         ``first_only``: only the first token of each sequence asks (it still attends to every
-        token); the output is then (batch, 1, hidden), or (batch, hidden) unpadded. Packed tokens
-        attend by the path ``attention_path`` forces, else by ``attention.choose_path`` (per
-        sequence on a CPU; on a GPU varlen, nested or padded).
+        token); the output is then (batch, 1, hidden), or (batch, hidden) unpadded.
         """
         if unpadding is not None:
             q, k, v = self.project(x)
@@ -323,10 +314,9 @@ class FastBlock(Block):
 class FastBertModel(BertModel):
     """``BertModel`` that drops the padding after the embeddings and restores it at the output.
 
-    ``unpad`` picks the path for padded batches: None (the default) decides per batch with
-    ``unpads_by_default``; True or False forces one (``forward``'s own ``unpad`` overrides it).
-    ``per_sequence_attention`` picks how the unpadded path attends (see ``Unpadding``): None
-    chooses per device; True or False forces one way. ``speed_up`` sets both.
+    ``unpad``: None (the default) decides per batch by ``unpads_by_default``, True or False forces
+    it (``forward``'s ``unpad`` overrides it). ``per_sequence_attention``: as
+    ``Unpadding.per_sequence``. ``speed_up`` sets both.
     """
 
     unpad: bool | None = None
@@ -344,12 +334,9 @@ class FastBertModel(BertModel):
         projection and feed-forward run on one token per sequence instead of all, about 5/6 of
         the last block's work saved (MosaicBERT does the same).
 
-        ``lengths``: the real tokens of each row, counted on the host when the batch was padded
-        (on the right; ``minift.data.batches.with_lengths``). Given them, nothing here reads the
-        device back: whether anything is padded, whether every row starts with a real token and
-        where the real tokens sit are known on the host (``Unpadding.from_lengths``). Without
-        them, as from a user's own call, the mask is read: ``bool(...)`` twice and
-        ``Unpadding.from_mask``, each a host synchronisation on a GPU.
+        ``lengths``: the real tokens of each row, counted on the host (``Unpadding``): given them,
+        nothing here reads the device back. Without them the mask is read: ``bool(...)`` twice
+        and ``Unpadding.from_mask``, each a host synchronisation on a GPU.
         """
         self.check_input(input_ids)
         if token_type_ids is None:
@@ -403,18 +390,16 @@ def speed_up(model: nn.Module, *, onednn: bool | None = None, unpad: bool | None
              per_sequence: bool | None = None, attention_path: str | None = None) -> nn.Module:
     """Make every textbook module inside ``model`` its fast subclass, in place; return ``model``.
 
-    A module swap, as gpt-fast's ``quantize.py`` swaps the linear layers of a built model: each
-    ``BertModel``, ``Block``, ``SelfAttention``, ``FeedForward`` and ``nn.Dropout`` becomes
-    ``FastBertModel``, ``FastBlock``, ... and ``kernels.Dropout``. Only the class changes (the
-    subclasses add no state): the parameters are the same tensors, the state dict is unchanged,
-    and a head around the encoder (its classifier, a tied MLM decoder) is swapped with it.
+    A module swap (``swaps``), as gpt-fast's ``quantize.py`` swaps the linear layers of a built
+    model. Only the class changes (the subclasses add no state): the parameters are the same
+    tensors, the state dict is unchanged, and a head around the encoder (its classifier, a tied
+    MLM decoder) is swapped with it.
 
     ``onednn``: ``nn.Linear`` becomes ``kernels.Linear`` (oneDNN's float32 product on a CPU);
     None decides by ``kernels.onednn_is_faster()``, a timing made once per machine; False puts
     ``nn.Linear`` back.
-    ``unpad`` and ``per_sequence``: see ``FastBertModel``. ``attention_path``: how packed tokens
-    attend, one of ``attention.PATHS`` or None to choose per batch (see ``FastSelfAttention``).
-    Calling it again changes the options.
+    ``unpad`` and ``per_sequence``: see ``FastBertModel``; ``attention_path``: see
+    ``FastSelfAttention``. Calling it again changes the options.
     """
     if attention_path is not None and attention_path not in attention.PATHS:
         raise ValueError(f"attention_path {attention_path!r} is not one of "
