@@ -32,7 +32,8 @@ from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
 
 from minift.core.beam import BeamOutput, beam_continue, beam_generate, beam_loop
-from minift.core.decoder import CausalLM
+from minift.core.decoder import CausalLM, EncoderDecoder
+from minift.core.model import BertConfig
 from minift.core.steps import causal_lm_step, encoder_decoder_step
 from minift.data.tokenizer import Tokenizer
 from minift.hf.encoder_decoder import save_causal_lm, save_encoder_decoder, warm_start
@@ -152,6 +153,37 @@ def test_early_stopping_over_sources_that_finish_apart_is_transformers(drawn, se
     first source's, not take better ones), and a positive length penalty, which "never" judges
     at the length limit."""
     check_encoder_decoder(drawn, search, data, boosts=(1.0, 2.5))
+
+
+def test_early_stopping_keeps_a_full_sources_first_hypotheses_as_transformers():
+    """A fixed case of the rule the test above states: early_stopping=True, length_penalty 2, two
+    sources. Source 1 has its 2 hypotheses after 2 steps while source 0 goes on; at step 3 a beam
+    of source 1 ends with a better length-normalised score, which must not replace the two
+    (transformers' ``beams_in_batch_are_full``). Random draws reach this about one time in ten
+    with length_penalty 2, so the 15 draws above often miss it."""
+    config = BertConfig(vocab_size=12, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
+                        intermediate_size=8, max_position_embeddings=24, initializer_range=0.3)
+    torch.manual_seed(4)
+    ours = EncoderDecoder(config, config, decoder_start_token_id=1, pad_token_id=0,
+                          eos_token_id=2).eval()
+    with torch.no_grad():
+        ours.decoder.head.bias[2] += 2.5  # EOS favoured: hypotheses end early
+    input_ids, mask = torch.tensor([[3, 4, 5], [6, 7, 8]]), torch.ones(2, 3, dtype=torch.long)
+    search = dict(num_beams=2, num_return_sequences=2, length_penalty=2.0, early_stopping=True,
+                  max_new_tokens=6)
+    steps = assume_stable(lambda: encoder_decoder_step(ours, input_ids, mask, 2),
+                          eos_token_id=2, pad_token_id=0, **search)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_encoder_decoder(ours, tmp)
+        hf = transformers.EncoderDecoderModel.from_pretrained(tmp).eval()
+    want = hf.generate(input_ids=input_ids, attention_mask=mask, do_sample=False,
+                       decoder_start_token_id=1, pad_token_id=0, eos_token_id=2,
+                       output_scores=True, return_dict_in_generate=True, **search)
+    got = beam_generate(ours, input_ids, mask, **search)
+    assert_same(got, want, 1, 2, 0, steps)
+    # the case is the one described: source 1's hypotheses ended well before the search did
+    source_1_lengths = (got.sequences[2:, 1:] != 0).sum(dim=1)
+    assert int(source_1_lengths.max()) < steps, (got.sequences, steps)
 
 
 @settings(deadline=None, max_examples=15)
