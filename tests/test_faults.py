@@ -317,6 +317,7 @@ def test_a_full_disk_never_leaves_a_folder_that_does_not_load(tmp_path, monkeypa
             # What is left resumes (or restarts) into exactly the uninterrupted run.
             model = _train_on(unlimited, out, monkeypatch, resume="resume.pt" in names)
             assert all(torch.equal(full[key], model.state_dict()[key]) for key in full)
+            assert numbers(out / "log.jsonl") == numbers(tmp_path / "full" / "log.jsonl")
         assert outcomes.count("full") == len(budgets), outcomes
     finally:
         torch.set_num_threads(threads)
