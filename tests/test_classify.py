@@ -12,7 +12,7 @@ import torch
 import transformers
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tiny_heads import TINY, hf_to_minift, random_batch
+from tiny_heads import TINY, hf_to_minift, random_batch, randomize_
 
 from minift.core.freeze import freeze
 from minift.core.model import BertModel
@@ -42,8 +42,9 @@ PAIRS = [
        batch=st.integers(1, 4), seq=st.integers(2, 10))
 def test_logits_and_loss_match_transformers_both_ways(pair, num_labels, seed, batch, seq):
     ours_cls, hf_cls = pair
-    torch.manual_seed(seed)
-    hf = hf_cls(transformers.BertConfig(**TINY, num_labels=num_labels)).eval()
+    # every weight random, the head's bias and the norms too (transformers starts them at 0 and 1,
+    # where a bias that is never loaded, or a swapped pair, would not show)
+    hf = randomize_(hf_cls(transformers.BertConfig(**TINY, num_labels=num_labels)), seed)
     data = random_batch(torch.Generator().manual_seed(seed), batch, seq, num_labels,
                         ours_cls is TokenClassifier)
     ref = hf(**data)
