@@ -269,6 +269,9 @@ def test_windows_cover_every_word_and_respect_max_tokens(problem):
     # merging per-word values keyed by the word itself gives the sentence back
     merged = merge_window_predictions([list(range(s, e)) for s, e in windows], windows)
     assert merged == list(range(n))
+    # ... each word's value taken from its owner's window
+    labelled = [[(k, i) for i in range(s, e)] for k, (s, e) in enumerate(windows)]
+    assert merge_window_predictions(labelled, windows) == [(k, i) for i, k in enumerate(owners)]
 
 
 def test_overlap_is_cut_in_the_middle():

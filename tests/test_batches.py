@@ -178,6 +178,24 @@ def test_grouped_batches_cover_every_index_once(lengths, batch_size, multiplier,
     assert run() == batches  # same seed, same batches
 
 
+def test_grouped_batches_draw_both_their_members_and_their_order():
+    """With ``shuffle`` the generator draws the indices before they are cut into mega-batches,
+    and the order of the batches after. 64 sentences of lengths 0..63, batches of 4: with one
+    mega-batch, batches in the order they were cut would come longest first (a random order of
+    16 batches is that one with probability 1/16!); with mega-batches of 8, undrawn indices
+    would put indices 0-7, 8-15, ... in the same mega-batch, so no batch would mix two such
+    blocks (with drawn indices every batch is unmixed with probability well below 1e-6)."""
+    lengths = list(range(64))
+    for seed in range(3):
+        whole = length_grouped_batches(lengths, 4, generator=torch.Generator().manual_seed(seed),
+                                       group_size_multiplier=16)
+        longest = [max(lengths[i] for i in b) for b in whole]
+        assert longest != sorted(longest, reverse=True), seed
+        cut = length_grouped_batches(lengths, 4, generator=torch.Generator().manual_seed(seed),
+                                     group_size_multiplier=2)
+        assert any(len({i // 8 for i in b}) > 1 for b in cut), seed
+
+
 @settings(deadline=None, max_examples=100)
 @given(
     data=st.data(),

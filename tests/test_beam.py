@@ -32,7 +32,8 @@ from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
 
 from minift.core.beam import BeamOutput, beam_continue, beam_generate, beam_loop
-from minift.core.decoder import CausalLM
+from minift.core.decoder import CausalLM, EncoderDecoder
+from minift.core.model import BertConfig
 from minift.core.steps import causal_lm_step, encoder_decoder_step
 from minift.data.tokenizer import Tokenizer
 from minift.hf.encoder_decoder import save_causal_lm, save_encoder_decoder, warm_start
@@ -73,6 +74,14 @@ def assume_stable(make, **search) -> int:
     """Discard the draw when noise of ``NOISE`` on the logits changes what the search returns
     (a near-tie). ``make()`` gives a fresh (step, cache, prefix) for each search. Returns how
     many steps the search took (when it stopped is early stopping's business)."""
+    stable, calls = stability(make, **search)
+    assume(stable)
+    return calls
+
+
+def stability(make, **search) -> tuple[bool, int]:
+    """Whether noise of ``NOISE`` on the logits leaves what the search returns unchanged (no
+    near-tie), twice; and how many steps the search took."""
     calls = 0
 
     def searched(noise: torch.Generator | None) -> torch.Tensor:
@@ -90,9 +99,7 @@ def assume_stable(make, **search) -> int:
         return beam_loop(counted if noise is None else noisy, cache, prefix, **search).sequences
 
     exact, noise = searched(None), torch.Generator().manual_seed(0)
-    for _ in range(2):
-        assume(torch.equal(searched(noise), exact))
-    return calls
+    return all(torch.equal(searched(noise), exact) for _ in range(2)), calls
 
 
 def favour(decoder: CausalLM, eos: int, data, boosts=(0.0, 1.0, 2.5)) -> None:
@@ -152,6 +159,56 @@ def test_early_stopping_over_sources_that_finish_apart_is_transformers(drawn, se
     first source's, not take better ones), and a positive length penalty, which "never" judges
     at the length limit."""
     check_encoder_decoder(drawn, search, data, boosts=(1.0, 2.5))
+
+
+def fixed_case(seed: int, sources: list[list[int]], **search) -> tuple[BeamOutput, int]:
+    """Beam search on a fixed random model (vocabulary 12, start 1, pad 0, EOS 2 favoured by
+    2.5) and fixed sources, held to transformers' ``generate``; returns minift's output and how
+    many steps it took."""
+    config = BertConfig(vocab_size=12, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
+                        intermediate_size=8, max_position_embeddings=24, initializer_range=0.3)
+    torch.manual_seed(seed)
+    ours = EncoderDecoder(config, config, decoder_start_token_id=1, pad_token_id=0,
+                          eos_token_id=2).eval()
+    with torch.no_grad():
+        ours.decoder.head.bias[2] += 2.5  # EOS favoured: hypotheses end early
+    input_ids = torch.tensor(sources)
+    mask = torch.ones_like(input_ids)
+    stable, steps = stability(lambda: encoder_decoder_step(ours, input_ids, mask,
+                                                          search["num_beams"]),
+                              eos_token_id=2, pad_token_id=0, **search)
+    assert stable  # no near-tie: the case is the same on both sides
+    with tempfile.TemporaryDirectory() as tmp:
+        save_encoder_decoder(ours, tmp)
+        hf = transformers.EncoderDecoderModel.from_pretrained(tmp).eval()
+    want = hf.generate(input_ids=input_ids, attention_mask=mask, do_sample=False,
+                       decoder_start_token_id=1, pad_token_id=0, eos_token_id=2,
+                       output_scores=True, return_dict_in_generate=True, **search)
+    got = beam_generate(ours, input_ids, mask, **search)
+    assert_same(got, want, 1, 2, 0, steps)
+    return got, steps
+
+
+def test_early_stopping_keeps_a_full_sources_first_hypotheses_as_transformers():
+    """A fixed case of the rule the test above states: early_stopping=True, length_penalty 2, two
+    sources. Source 1 has its 2 hypotheses after 2 steps while source 0 goes on; at step 3 a beam
+    of source 1 ends with a better length-normalised score, which must not replace the two
+    (transformers' ``beams_in_batch_are_full``). Random draws reach this about one time in ten
+    with length_penalty 2, so the 15 draws above often miss it."""
+    got, steps = fixed_case(4, [[3, 4, 5], [6, 7, 8]], num_beams=2, num_return_sequences=2,
+                            length_penalty=2.0, early_stopping=True, max_new_tokens=6)
+    # the case is the one described: source 1's hypotheses ended before the search did
+    source_1_lengths = (got.sequences[2:, 1:] != 0).sum(dim=1)
+    assert int(source_1_lengths.max()) < steps, (got.sequences, steps)
+
+
+def test_a_source_that_cannot_improve_stays_done_as_transformers():
+    """early_stopping=False, three sources: once a source's best running beam cannot beat its
+    worst finished hypothesis, no hypothesis of it finishes any more, even where a later step's
+    ratio would pass (transformers' flag is and-ed step after step). A fixed case: random draws
+    reach it about one time in a hundred."""
+    fixed_case(37, [[3, 4, 5], [6, 7, 8], [9, 10, 11]], num_beams=2, num_return_sequences=2,
+               length_penalty=1.0, early_stopping=False, max_new_tokens=8)
 
 
 @settings(deadline=None, max_examples=15)

@@ -28,6 +28,7 @@ def test_crash_while_writing_best_keeps_previous_best(tmp_path, monkeypatch):
         train(Toy(), epochs_of(4), cfg, evaluate=evaluate, save_best=save_best)
     best = tmp_path / "run" / "best"
     assert calls[1] != best  # written into a temporary folder, not into best/
+    assert not calls[1].exists()  # and the half-written folder removed, not left beside it
     assert sorted(p.name for p in best.iterdir()) == ["model.safetensors"]
     assert_same(read_safetensors(best / "model.safetensors"), snapshots[0])
 
@@ -61,3 +62,16 @@ def test_crash_while_writing_best_keeps_previous_best(tmp_path, monkeypatch):
     assert_same(read_safetensors(best / "model.safetensors"), previous_best)
     assert not torch.equal(previous_best["out.weight"], snapshots[0]["out.weight"])
 
+
+
+def test_a_crash_after_the_swap_keeps_the_new_best(tmp_path):
+    """A crash after best.new/ became best/ but before best.old/ was removed: best/ is the new
+    model and stays; the stale best.old/ (and any best.new/ left) is removed at the next start."""
+    best = tmp_path / "best"
+    for folder, text in ((best, "new"), (tmp_path / "best.old", "old"),
+                         (tmp_path / "best.new", "half")):
+        folder.mkdir()
+        (folder / "model.safetensors").write_text(text)
+    best_module.recover_best(best)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
+    assert (best / "model.safetensors").read_text() == "new"

@@ -144,11 +144,28 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys, minilm_dir):
 
 
 def test_similarity_command_prints_scores(capsys, minilm_dir):
+    """Each pair's cosine is that of the model card's recipe for all-MiniLM-L6-v2 (transformers'
+    BertModel, mean pooling over the mask, L2 normalisation), to the 3 decimals printed (within
+    5e-4 of rounding, plus 1e-5 of float noise)."""
+    pairs = [("A cat sat on the mat.", "A cat was sitting on a rug."),
+             ("The stock market fell sharply today.", "A cat was sitting on a rug.")]
     assert main(["similarity", "--model", str(minilm_dir),
-                 "--pair", "A cat sat on the mat. ||| A cat was sitting on a rug."]) == 0
+                 *(arg for a, b in pairs for arg in ("--pair", f"{a} ||| {b}"))]) == 0
     out = capsys.readouterr().out
-    score = float(out.strip().splitlines()[-1].split()[0])
-    assert 0.5 < score <= 1.0  # two paraphrases: clearly similar
+    scores = [float(line.split()[0]) for line in out.strip().splitlines()[-len(pairs):]]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_dir)
+    reference = transformers.BertModel.from_pretrained(minilm_dir).eval()
+
+    def embed(texts: list[str]) -> torch.Tensor:
+        batch = tokenizer(texts, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            hidden = reference(**batch).last_hidden_state
+        mask = batch["attention_mask"][..., None].float()
+        return torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+
+    expected = (embed([a for a, _ in pairs]) * embed([b for _, b in pairs])).sum(-1).tolist()
+    assert scores == pytest.approx(expected, abs=5e-4 + 1e-5), (scores, expected)
+    assert scores[0] > 0.5 > scores[1]  # the paraphrases clearly similar, the others not
 
 
 REPO = Path(__file__).resolve().parents[1]

@@ -104,6 +104,8 @@ def test_pair_losses_equal_sentence_transformers(n, dim, seed, margin):
     torch.testing.assert_close(cosine_similarity_loss(a, b, y), reference, rtol=1e-6, atol=1e-7)
     reference = ContrastiveLoss(None, margin=margin).compute_loss_from_embeddings([a, b], y)
     torch.testing.assert_close(contrastive_loss(a, b, y, margin), reference, rtol=1e-6, atol=1e-7)
+    reference = ContrastiveLoss(None).compute_loss_from_embeddings([a, b], y)  # the defaults
+    torch.testing.assert_close(contrastive_loss(a, b, y), reference, rtol=1e-6, atol=1e-7)
 
 
 def test_loss_on_a_real_batch_equals_sentence_transformers(minilm, minilm_dir, sst2):

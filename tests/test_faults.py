@@ -21,6 +21,7 @@ import multiprocessing
 import os
 import random
 import signal
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -212,22 +213,24 @@ def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_run(tmp_pa
 
 class _Disk:
     """A simulated disk: files opened through it raise ENOSPC once `budget` bytes are written.
-    `writes` records (bytes written before, size, kind) of every write call."""
+    `writes` records (bytes written before, size, kind, file) of every write call: `kind` is
+    "log" or "atomic:" and the name written, `file` the number of the opening it went through."""
 
     def __init__(self, budget: float = math.inf):
-        self.budget, self.used, self.writes = budget, 0, []
+        self.budget, self.used, self.writes, self.opened = budget, 0, [], 0
 
     def open(self, f, kind: str):
-        return _LimitedFile(f, self, kind)
+        self.opened += 1
+        return _LimitedFile(f, self, kind, self.opened)
 
 
 class _LimitedFile:
-    def __init__(self, f, disk: _Disk, kind: str):
-        self.f, self.disk, self.kind = f, disk, kind
+    def __init__(self, f, disk: _Disk, kind: str, number: int):
+        self.f, self.disk, self.kind, self.number = f, disk, kind, number
 
     def write(self, data):
         disk = self.disk
-        disk.writes.append((disk.used, len(data), self.kind))
+        disk.writes.append((disk.used, len(data), self.kind, self.number))
         if disk.used + len(data) > disk.budget:
             self.f.write(data[: int(disk.budget - disk.used)])
             disk.used = disk.budget
@@ -248,15 +251,25 @@ class _LimitedFile:
 def _train_on(disk: _Disk, out: Path, monkeypatch, resume: bool = False) -> nn.Module:
     """Train in this process, every file write of minift.core.loop going through `disk`."""
 
+    names = {}  # the temporary file of each atomic write -> the name it replaces
+
+    class TempfileOnDisk:  # minift.core.files' `tempfile`, which remembers what each file is for
+        @staticmethod
+        def mkstemp(*, dir, prefix, suffix):
+            fd, tmp = tempfile.mkstemp(dir=dir, prefix=prefix, suffix=suffix)
+            names[fd] = prefix[1:-1]  # ".resume.pt." -> "resume.pt"
+            return fd, tmp
+
     class OsOnDisk:  # minift.core.files' `os`, whose fdopen hands out limited files
         def __getattr__(self, name):
             return getattr(os, name)
 
         @staticmethod
         def fdopen(fd, *args, **kwargs):
-            return disk.open(os.fdopen(fd, *args, **kwargs), "atomic")
+            return disk.open(os.fdopen(fd, *args, **kwargs), "atomic:" + names.pop(fd))
 
     with monkeypatch.context() as patch:
+        patch.setattr(files_module, "tempfile", TempfileOnDisk())
         patch.setattr(files_module, "os", OsOnDisk())
         patch.setattr(logbook_module, "open", lambda *a, **k: disk.open(builtins.open(*a, **k), "log"),
                       raising=False)  # fmt: skip
@@ -272,13 +285,16 @@ def test_a_full_disk_never_leaves_a_folder_that_does_not_load(tmp_path, monkeypa
     try:
         unlimited = _Disk()
         full = _train_on(unlimited, tmp_path / "full", monkeypatch).state_dict()
-        # The disk fills in the middle of seeded writes: 8 atomic files (resume.pt, best/'s
-        # model), 5 log lines, and before the first byte.
+        # The disk fills in the middle of seeded files: 4 resume.pt, 4 of best/'s model (written
+        # in best.new/ before the swap), 5 log lines, and before the first byte. Files, not
+        # write calls, are drawn: torch.save writes resume.pt in hundreds of calls, the best
+        # model in one, so drawn calls would all but never land in the best model.
         rng = random.Random(23)
         budgets = [0]
-        for kind, n in (("atomic", 8), ("log", 5)):
+        for kind, n in (("atomic:resume.pt", 4), ("atomic:model.safetensors", 4), ("log", 5)):
             writes = [w for w in unlimited.writes if w[2] == kind and w[1] > 1]
-            for start, size, _ in rng.sample(writes, n):
+            for file in rng.sample(sorted({w[3] for w in writes}), n):
+                start, size, _, _ = rng.choice([w for w in writes if w[3] == file])
                 budgets.append(start + rng.randrange(1, size))
         outcomes = []
         for i, budget in enumerate(budgets):
@@ -301,6 +317,7 @@ def test_a_full_disk_never_leaves_a_folder_that_does_not_load(tmp_path, monkeypa
             # What is left resumes (or restarts) into exactly the uninterrupted run.
             model = _train_on(unlimited, out, monkeypatch, resume="resume.pt" in names)
             assert all(torch.equal(full[key], model.state_dict()[key]) for key in full)
+            assert numbers(out / "log.jsonl") == numbers(tmp_path / "full" / "log.jsonl")
         assert outcomes.count("full") == len(budgets), outcomes
     finally:
         torch.set_num_threads(threads)
