@@ -3,6 +3,7 @@ optimizer state; resume.pt is replaced atomically, deleted at the end unless kep
 refused for another model, and a resume with a new lr or length rebuilds the schedule."""
 
 import json
+import random
 
 import pytest
 import torch
@@ -244,3 +245,41 @@ def test_a_resume_with_another_lr_or_more_steps_rebuilds_the_schedule(tmp_path):
     assert lrs[2:] == expected[2:] and [step for step, _ in lrs] == [1, 2, 3, 4]
     assert lrs[2][1] < 1e-3 != lrs[0][1]  # the new lr, decayed; not the old one
 
+
+
+def test_resume_restores_python_random_for_a_model_that_draws_from_it(tmp_path):
+    """resume.pt holds Python's `random` state as well as torch's: a model whose training
+    forward draws from `random` (here a random loss weight) resumes mid-epoch to exactly the
+    uninterrupted weights."""
+    class Drawing(Toy):
+        def forward(self, input_ids, labels, **kwargs):
+            loss = super().forward(input_ids, labels, **kwargs)["loss"]
+            return {"loss": loss * (0.5 + random.random()) if self.training else loss}
+
+    def run_config(name):
+        return config(tmp_path, name, max_steps=6, save_every=2)
+
+    train(full := Drawing(), epochs_of(4), run_config("full"))
+    with pytest.raises(Crash):  # dies at step 6; the checkpoint is step 4, mid-epoch 1
+        train(Drawing(), lambda e: CrashingBatches(epochs_of(4)(e), crash_at=1 if e == 1 else -1),
+              run_config("cut"))
+    assert torch.load(tmp_path / "cut" / "resume.pt", weights_only=True)["progress"]["step"] == 4
+    random.seed(12345)  # what a resume finds in `random` must not matter
+    train(resumed := Drawing(), epochs_of(4), run_config("cut"), resume=True)
+    assert_same(params_of(resumed), params_of(full))
+
+
+def test_a_resume_with_another_weight_decay_gives_the_optimizer_the_new_one(tmp_path):
+    """weight_decay is a schedule key: the restored optimizer keeps its moments but takes this
+    run's weight decay, group by group, as a fresh run with it has."""
+    train(Toy(), epochs_of(2), config(tmp_path, "cut", epochs=1, weight_decay=0.01))
+    with pytest.warns(UserWarning, match=r"weight_decay: 0.01 -> 0.3"):
+        train(Toy(), epochs_of(2), config(tmp_path, "cut", epochs=2, weight_decay=0.3),
+              resume=True)
+    train(Toy(), epochs_of(2), config(tmp_path, "fresh", epochs=2, weight_decay=0.3))
+
+    def decays(name):
+        saved = torch.load(tmp_path / name / "resume.pt", weights_only=True)
+        return [group["weight_decay"] for group in saved["optimizer"]["param_groups"]]
+
+    assert decays("cut") == decays("fresh") and 0.3 in decays("fresh")
