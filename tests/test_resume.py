@@ -283,3 +283,20 @@ def test_a_resume_with_another_weight_decay_gives_the_optimizer_the_new_one(tmp_
         return [group["weight_decay"] for group in saved["optimizer"]["param_groups"]]
 
     assert decays("cut") == decays("fresh") and 0.3 in decays("fresh")
+
+
+def test_a_resume_removes_the_temporary_files_a_killed_write_left(tmp_path):
+    """A process killed inside `atomic_write` (SIGKILL: no cleanup runs) leaves its temporary
+    file, `.<name>.<8 characters of mkstemp>.tmp`, beside the file; the next start removes
+    those and nothing else of the folder's."""
+    cfg = config(tmp_path, max_steps=4, save_every=1)
+    with pytest.raises(Crash):
+        train(Toy(), lambda e: CrashingBatches(epochs_of(4)(e), crash_at=2), cfg)
+    run = tmp_path / "run"
+    leftovers = [".resume.pt.k3_x9q2a.tmp", ".log.jsonl.abcd1234.tmp",
+                 ".model.safetensors.zz_9y8x7.tmp"]
+    kept = [".notes.tmp", "notes.k3_x9q2a.tmp", ".resume.pt.short.tmp"]  # not mkstemp's names
+    for name in leftovers + kept:
+        (run / name).write_bytes(b"half")
+    train(Toy(), epochs_of(4), cfg, resume=True)
+    assert sorted(p.name for p in run.iterdir()) == sorted(["log.jsonl", "resume.pt", *kept])
