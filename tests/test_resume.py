@@ -179,6 +179,23 @@ def test_a_light_final_resume_finishes_a_run_but_cannot_train_on(tmp_path):
         train(Toy(), epochs_of(4), longer, resume=True)
 
 
+def test_a_light_final_resume_of_a_run_that_stopped_early_finishes_it(tmp_path):
+    """A run stopped early ends before its last step; its light resume.pt still finishes it
+    (no training is left to do, so no optimizer state is needed): same steps, same weights."""
+    worse = iter(range(100))  # every evaluation worse than the first: patience 2 stops at step 3
+
+    def evaluate(model):
+        return {"loss": float(next(worse))}
+
+    cfg = config(tmp_path, "early", max_steps=8, eval_every=1, patience=2,
+                 light_final_resume=True)
+    first = train(model := Toy(), epochs_of(4), cfg, evaluate=evaluate)
+    assert first.stopped_early and first.steps == 3 < 8
+    again = train(restored := Toy(seed=5), epochs_of(4), cfg, evaluate=evaluate, resume=True)
+    assert again.stopped_early and again.steps == 3
+    assert_same(params_of(restored), params_of(model))
+
+
 def test_resume_of_another_model_names_the_keys_before_training(tmp_path):
     class Wider(Toy):
         def __init__(self):
