@@ -194,7 +194,7 @@ def reference_scores(texts, examples):
     width = max(len(r) for r in references)
     streams = [[r[i] if i < len(r) else None for r in references] for i in range(width)]
     bleu = sacrebleu.corpus_bleu(texts, streams, lowercase=True).score
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)  # minift does not stem
     best = [max(scorer.score(ref, text)["rougeL"].fmeasure for ref in refs)
             for text, refs in zip(texts, references, strict=True)]
     return bleu, 100 * sum(best) / len(best)

@@ -3,6 +3,7 @@ optimizer state; resume.pt is replaced atomically, deleted at the end unless kep
 refused for another model, and a resume with a new lr or length rebuilds the schedule."""
 
 import json
+import random
 
 import pytest
 import torch
@@ -178,6 +179,23 @@ def test_a_light_final_resume_finishes_a_run_but_cannot_train_on(tmp_path):
         train(Toy(), epochs_of(4), longer, resume=True)
 
 
+def test_a_light_final_resume_of_a_run_that_stopped_early_finishes_it(tmp_path):
+    """A run stopped early ends before its last step; its light resume.pt still finishes it
+    (no training is left to do, so no optimizer state is needed): same steps, same weights."""
+    worse = iter(range(100))  # every evaluation worse than the first: patience 2 stops at step 3
+
+    def evaluate(model):
+        return {"loss": float(next(worse))}
+
+    cfg = config(tmp_path, "early", max_steps=8, eval_every=1, patience=2,
+                 light_final_resume=True)
+    first = train(model := Toy(), epochs_of(4), cfg, evaluate=evaluate)
+    assert first.stopped_early and first.steps == 3 < 8
+    again = train(restored := Toy(seed=5), epochs_of(4), cfg, evaluate=evaluate, resume=True)
+    assert again.stopped_early and again.steps == 3
+    assert_same(params_of(restored), params_of(model))
+
+
 def test_resume_of_another_model_names_the_keys_before_training(tmp_path):
     class Wider(Toy):
         def __init__(self):
@@ -244,3 +262,58 @@ def test_a_resume_with_another_lr_or_more_steps_rebuilds_the_schedule(tmp_path):
     assert lrs[2:] == expected[2:] and [step for step, _ in lrs] == [1, 2, 3, 4]
     assert lrs[2][1] < 1e-3 != lrs[0][1]  # the new lr, decayed; not the old one
 
+
+
+def test_resume_restores_python_random_for_a_model_that_draws_from_it(tmp_path):
+    """resume.pt holds Python's `random` state as well as torch's: a model whose training
+    forward draws from `random` (here a random loss weight) resumes mid-epoch to exactly the
+    uninterrupted weights."""
+    class Drawing(Toy):
+        def forward(self, input_ids, labels, **kwargs):
+            loss = super().forward(input_ids, labels, **kwargs)["loss"]
+            return {"loss": loss * (0.5 + random.random()) if self.training else loss}
+
+    def run_config(name):
+        return config(tmp_path, name, max_steps=6, save_every=2)
+
+    train(full := Drawing(), epochs_of(4), run_config("full"))
+    with pytest.raises(Crash):  # dies at step 6; the checkpoint is step 4, mid-epoch 1
+        train(Drawing(), lambda e: CrashingBatches(epochs_of(4)(e), crash_at=1 if e == 1 else -1),
+              run_config("cut"))
+    assert torch.load(tmp_path / "cut" / "resume.pt", weights_only=True)["progress"]["step"] == 4
+    random.seed(12345)  # what a resume finds in `random` must not matter
+    train(resumed := Drawing(), epochs_of(4), run_config("cut"), resume=True)
+    assert_same(params_of(resumed), params_of(full))
+
+
+def test_a_resume_with_another_weight_decay_gives_the_optimizer_the_new_one(tmp_path):
+    """weight_decay is a schedule key: the restored optimizer keeps its moments but takes this
+    run's weight decay, group by group, as a fresh run with it has."""
+    train(Toy(), epochs_of(2), config(tmp_path, "cut", epochs=1, weight_decay=0.01))
+    with pytest.warns(UserWarning, match=r"weight_decay: 0.01 -> 0.3"):
+        train(Toy(), epochs_of(2), config(tmp_path, "cut", epochs=2, weight_decay=0.3),
+              resume=True)
+    train(Toy(), epochs_of(2), config(tmp_path, "fresh", epochs=2, weight_decay=0.3))
+
+    def decays(name):
+        saved = torch.load(tmp_path / name / "resume.pt", weights_only=True)
+        return [group["weight_decay"] for group in saved["optimizer"]["param_groups"]]
+
+    assert decays("cut") == decays("fresh") and 0.3 in decays("fresh")
+
+
+def test_a_resume_removes_the_temporary_files_a_killed_write_left(tmp_path):
+    """A process killed inside `atomic_write` (SIGKILL: no cleanup runs) leaves its temporary
+    file, `.<name>.<8 characters of mkstemp>.tmp`, beside the file; the next start removes
+    those and nothing else of the folder's."""
+    cfg = config(tmp_path, max_steps=4, save_every=1)
+    with pytest.raises(Crash):
+        train(Toy(), lambda e: CrashingBatches(epochs_of(4)(e), crash_at=2), cfg)
+    run = tmp_path / "run"
+    leftovers = [".resume.pt.k3_x9q2a.tmp", ".log.jsonl.abcd1234.tmp",
+                 ".model.safetensors.zz_9y8x7.tmp"]
+    kept = [".notes.tmp", "notes.k3_x9q2a.tmp", ".resume.pt.short.tmp"]  # not mkstemp's names
+    for name in leftovers + kept:
+        (run / name).write_bytes(b"half")
+    train(Toy(), epochs_of(4), cfg, resume=True)
+    assert sorted(p.name for p in run.iterdir()) == sorted(["log.jsonl", "resume.pt", *kept])

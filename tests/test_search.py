@@ -235,6 +235,46 @@ def test_search_json_is_plain_data(tiny, files, tmp_path, monkeypatch):
     assert set(result["chosen"]) >= {"config", "mean", "std", "test"}
 
 
+def test_rows_hold_the_mean_and_sample_std_over_the_seeds(tiny, files, tmp_path, monkeypatch):
+    """A configuration's row: the mean and the sample standard deviation (n - 1) of its seeds'
+    dev scores, and the mean of every other dev metric; the chosen configuration's test scores
+    the same over its seeds' models. The seeds' scores are not evenly spaced, so a median, the
+    first seed's score or the population deviation would each differ."""
+    from minift.run.recipes import classify
+
+    by_seed = [0.5, 0.6, 0.9]
+
+    def trial(task, fixed, config, seed, folder):
+        record = _fake_trial(task, fixed, config, seed, folder)
+        record["dev"] = {"accuracy": by_seed[seed] * config["lr"] * 1e3, "f1": by_seed[seed] ** 2}
+        return record
+
+    test_scores = iter([0.25, 0.5, 1.0])
+    monkeypatch.setattr(minift.run.search, "run_trial", trial)
+    monkeypatch.setattr(classify, "score_saved", lambda *args: {"accuracy": next(test_scores)})
+    result = search("finetune", out=str(tmp_path / "s"), options=options(tiny, files),
+                    grid=["lr=1e-4,3e-4"], seeds=3, test=files["test"])
+
+    def mean_and_std(values):
+        mean = sum(values) / len(values)
+        return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+    for row, lr in zip(result["configs"], (1e-4, 3e-4), strict=True):
+        values = [x * lr * 1e3 for x in by_seed]
+        assert [run["value"] for run in row["per_seed"]] == values
+        mean, std = mean_and_std(values)
+        assert math.isclose(row["mean"], mean, rel_tol=1e-12)
+        assert math.isclose(row["std"], std, rel_tol=1e-12)
+        assert math.isclose(row["dev"]["f1"], mean_and_std([x**2 for x in by_seed])[0],
+                            rel_tol=1e-12)
+    test = result["chosen"]["test"]
+    assert result["chosen"]["config"] == {"lr": 3e-4}
+    assert [run["accuracy"] for run in test["per_seed"]] == [0.25, 0.5, 1.0]
+    mean, std = mean_and_std([0.25, 0.5, 1.0])
+    assert math.isclose(test["mean"], mean, rel_tol=1e-12)
+    assert math.isclose(test["std"], std, rel_tol=1e-12)
+
+
 # --------------------------------------------------------------------------------------------
 # What the search added to finetune: a test file, the dropout
 # --------------------------------------------------------------------------------------------

@@ -129,26 +129,36 @@ def test_generated_texts_come_back_in_input_order(model, tokenizer):
 def test_dev_scores_are_sacrebleu_and_rouge_score_on_the_written_texts(model, tokenizer):
     """BLEU: sacrebleu's corpus_bleu (lowercased: MiniLM is uncased) over one text per distinct
     source, every reference of that source a stream; ROUGE-L: rouge-score's best-reference
-    F-measure, averaged, times 100. Tolerance 1e-9."""
-    pairs = [TextPair("name[Aromi]", "Aromi is a Thai café.", 2),
-             TextPair("food[Thai]", "Thai food is served here.", 3),
-             TextPair("name[Aromi]", "The Aromi serves food.", 4)]
+    F-measure (no stemmer, as minift's ROUGE-L), averaged, times 100. Tolerance 1e-9. The
+    references hold pieces of what the model writes for their source, so that neither score is
+    0 (a random model's words match no hand-written reference): the first in capitals (the
+    uncased model writes lowercase), the third the better ROUGE-L of its source with no n-gram
+    of BLEU's in common."""
+    rows, _ = source_rows(["name[Aromi]", "food[Thai]"], tokenizer, 32)
+    aromi, thai = (text.split() for text in generate_texts(
+        model, tokenizer, rows, batch_size=2, max_new_tokens=8, device="cpu"))
+    pairs = [TextPair("name[Aromi]", " ".join(aromi[:4]).upper() + " is a Thai café.", 2),
+             TextPair("food[Thai]", "Thai food: " + " ".join(thai) + " is served here.", 3),
+             TextPair("name[Aromi]", " and ".join(aromi[:7]), 4)]
     examples = group_by_source(pairs)
-    data = Seq2SeqDataset(pairs, tokenizer, max_length=32, max_target_length=16)
+    data = Seq2SeqDataset(pairs, tokenizer, max_length=32, max_target_length=32)
     batches = data.batches(2, generator=None, shuffle=False)
     scores = seq2seq_metrics(model, batches, examples, tokenizer, max_length=32,
                              max_new_tokens=8, batch_size=2, device="cpu")
     texts = scores["predictions"]
     assert len(texts) == scores["sources"] == 2 and is_uncased(tokenizer)
-    streams = [["Aromi is a Thai café.", "Thai food is served here."],
-               ["The Aromi serves food.", ""]]  # sacrebleu: one stream per reference slot
+    streams = [[pairs[0].target, pairs[1].target],
+               [pairs[2].target, ""]]  # sacrebleu: one stream per reference slot
     want = sacrebleu.corpus_bleu(texts, [[r or None for r in s] for s in streams],
                                  lowercase=True).score
-    assert math.isclose(scores["bleu"], want, abs_tol=1e-9)
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    assert math.isclose(scores["bleu"], want, abs_tol=1e-9) and 0 < want < 100
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
     best = [max(scorer.score(ref, text)["rougeL"].fmeasure for ref in e.references)
             for text, e in zip(texts, examples, strict=True)]
     assert math.isclose(scores["rouge_l"], 100 * sum(best) / len(best), abs_tol=1e-9)
+    assert 0 < min(best) and max(best) < 1
+    first, third = (scorer.score(pairs[i].target, texts[0])["rougeL"].fmeasure for i in (0, 2))
+    assert third > first > 0
     token_mean = sum(model(**b).loss.item() * int((b["labels"] != -100).sum()) for b in batches)
     assert math.isclose(scores["loss"], token_mean / sum(len(r) for r in data.labels),
                         rel_tol=1e-6)

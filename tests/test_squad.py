@@ -6,7 +6,10 @@ real SQuAD dev questions.
 """
 
 import json
+import math
 import re
+import string
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -100,6 +103,28 @@ def test_answer_mode_checks_before_loading(tiny, tmp_path, capsys, no_loading):
     assert code == 2 and "character device" in err
 
 
+def official_squad_scores(predictions: dict, answers: dict) -> tuple[float, float]:
+    """Exact match and F1 in points as the official SQuAD v1.1 evaluate script computes them:
+    answers normalised (lowercase, no punctuation, no a/an/the, single spaces), the best over
+    each question's answers, averaged over the questions."""
+    def normalize(text):
+        text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+        return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+
+    def f1(prediction, truth):
+        pred, gold = normalize(prediction).split(), normalize(truth).split()
+        common = sum((Counter(pred) & Counter(gold)).values())
+        if common == 0:
+            return 0.0
+        precision, recall = common / len(pred), common / len(gold)
+        return 2 * precision * recall / (precision + recall)
+
+    em = sum(max(float(normalize(predictions[q]) == normalize(t)) for t in truths)
+             for q, truths in answers.items())
+    f = sum(max(f1(predictions[q], t) for t in truths) for q, truths in answers.items())
+    return 100 * em / len(answers), 100 * f / len(answers)
+
+
 def test_train_then_answer(tiny, small_squad, tmp_path, capsys):
     out = tmp_path / "run"
     code, printed, err = run(capsys, "qa", "--model", tiny, "--squad", small_squad,
@@ -112,6 +137,14 @@ def test_train_then_answer(tiny, small_squad, tmp_path, capsys):
     assert metrics["dev"]["questions"] == 4 and 0 <= metrics["dev"]["f1"] <= 100
     predictions = json.loads((out / "predictions.json").read_text())
     assert len(predictions) == 4 and all(isinstance(v, str) for v in predictions.values())
+    # metrics.json holds the official v1.1 script's scores of predictions.json (points, abs 1e-9)
+    answers = {q["id"]: [a["text"] for a in q["answers"]]
+               for a in json.loads(small_squad.read_text())["data"]
+               for p in a["paragraphs"] for q in p["qas"]}
+    em, f1 = official_squad_scores(predictions, {qid: answers[qid] for qid in predictions})
+    assert 0 < f1  # a comparison of zeros would prove nothing
+    assert math.isclose(metrics["dev"]["exact_match"], em, abs_tol=1e-9)
+    assert math.isclose(metrics["dev"]["f1"], f1, abs_tol=1e-9)
     assert not (out / "resume.pt").exists() and not (out / "best").exists()
     config = json.loads((out / "config.json").read_text())
     assert config["architectures"] == ["BertForQuestionAnswering"]

@@ -6,6 +6,7 @@ the accuracy; benchmarks/ner_conll.py measures that). Tolerance for the logits: 
 """
 
 import json
+import math
 import re
 import shutil
 from pathlib import Path
@@ -15,7 +16,9 @@ import torch
 import transformers
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from seqeval.metrics import classification_report
 from seqeval.metrics.sequence_labeling import get_entities
+from seqeval.scheme import IOB2
 
 from minift.core.align import IGNORE_INDEX, tokens_per_word
 from minift.core.labels import LabelVocab
@@ -409,6 +412,22 @@ def test_ner_end_to_end_writes_metrics_and_a_model_transformers_loads(
     assert [s.words for s in gold] == [s.words for s in dev]
     assert [s.tags for s in gold] == [s.tags for s in dev]
     assert [len(s.tags) for s in predicted] == [len(s.words) for s in dev]
+    # The scores are seqeval's on the predictions written (default and strict IOB2 modes, micro;
+    # the same ratios of counts, so within 1e-12).
+    for split in ("dev", "test"):
+        written = out / f"{split}_predictions.txt"
+        gold_tags = [s.tags for s in read_conll(written, column=1)]
+        assert gold_tags == [s.tags for s in read_conll(small_files[split], column=2)]
+        predicted_tags = [s.tags for s in read_conll(written, column=2)]
+        for ours, strict in ((metrics[split], {}), (metrics[split]["strict"],
+                                                    {"mode": "strict", "scheme": IOB2})):
+            micro = classification_report(gold_tags, predicted_tags, output_dict=True,
+                                          zero_division=0, **strict)["micro avg"]
+            for key, theirs in (("precision", "precision"), ("recall", "recall"),
+                                ("f1", "f1-score")):
+                assert math.isclose(ours[key], micro[theirs], rel_tol=0, abs_tol=1e-12), (
+                    split, strict, key)
+        assert metrics[split]["support"] == micro["support"]
 
     # The folder loads in transformers with the same logits at the real positions.
     ours = TokenClassifier.from_pretrained(out).eval()
