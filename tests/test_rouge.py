@@ -11,6 +11,8 @@ import math
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rouge_score import rouge_scorer
+from rouge_score import tokenize as rouge_tokenize
 from text_strategies import corpora, e2e_references, texts
 
 from minift.core.rouge import (
@@ -20,9 +22,6 @@ from minift.core.rouge import (
     rouge_l_multi,
     tokenize,
 )
-
-rouge_scorer = pytest.importorskip("rouge_score.rouge_scorer")
-rouge_tokenize = pytest.importorskip("rouge_score.tokenize")
 
 TOLERANCE = 1e-12
 

@@ -18,7 +18,6 @@ import os
 import random
 import struct
 import tempfile
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -418,13 +417,12 @@ def test_empty_tensor_with_huge_dims(shape):
 
 
 def test_many_huge_dims_fail_fast():
-    # Multiplying 1000 numbers of 4000 digits each one by one takes about a minute: it must not.
+    # Multiplying 1000 numbers of 4000 digits each one by one takes about a minute: the parser
+    # must stop at the first dim that overflows torch's int64 (that error, not the byte count's).
     shape = [int("9" * 4000)] * 1000
     data = with_header({"z": {"dtype": "U8", "shape": shape, "data_offsets": [0, 0]}}, b"")
-    start = time.perf_counter()
-    with pytest.raises(CheckpointError, match="'z'"):
+    with pytest.raises(CheckpointError, match="'z': shape of 1000 dims is too large for torch"):
         parse_safetensors(data)
-    assert time.perf_counter() - start < 10
 
 
 def test_parse_reads_only_its_view():
