@@ -88,6 +88,20 @@ def test_true_and_random_pairs_are_what_they_say(abstracts):
             assert where(p.b) - where(p.a)  # found in an abstract that does not hold A
 
 
+def test_a_chunk_of_two_sentences_gets_a_random_b_half_of_the_time():
+    """2,000 documents of two short sentences (one chunk each, cut after the first): with
+    probability 1/2 the pair is the true (s1, s2), label 0; otherwise s1 gets a random B and s2,
+    back in the queue, a chunk of its own, which always gets a random B: two label-1 pairs. So
+    the true pairs count Binomial(2000, 1/2), checked to 5.3 standard deviations (a correct build
+    fails less than once in 10^7; the seed is fixed)."""
+    n = 2000
+    documents = [[[10, 11], [12, 13, 14]] for _ in range(n)]
+    pairs = nsp_pairs(documents, 64, torch.Generator().manual_seed(0), short_seq_prob=0.0)
+    true = sum(p.label == 0 for p in pairs)
+    assert len(pairs) == true + 2 * (n - true)
+    assert abs(true - n / 2) <= 5.3 * (n / 4) ** 0.5, true
+
+
 def test_masked_pair_batches_train_the_pretraining_head(abstracts, tokenizer):
     pairs = nsp_pairs(abstracts[:20], 48, torch.Generator().manual_seed(0))
     sequences = PairSequences(pairs, tokenizer)
