@@ -103,12 +103,17 @@ def test_accumulated_micro_batches_equal_one_batch(tmp_path_factory, sizes, igno
                 lambda p, name=name: captured.__setitem__(name, p.grad.clone())
             )
     reference = copy.deepcopy(model)
-    reference(**whole)["loss"].backward()
+    whole_loss = reference(**whole)["loss"]
+    whole_loss.backward()
 
     tmp = tmp_path_factory.mktemp("accum")
     common = {"max_steps": 1, "warmup_ratio": 0.0, "weight_decay": 0.0}
-    train(accumulated, lambda e: micro, config(tmp, "a", grad_accum=len(micro), **common))
-    train(single, lambda e: [whole], config(tmp, "b", grad_accum=1, **common))
+    logs = [train(accumulated, lambda e: micro, config(tmp, "a", grad_accum=len(micro), **common)),
+            train(single, lambda e: [whole], config(tmp, "b", grad_accum=1, **common))]
+    # the logged loss is the window's mean over its targets too, not a mean of micro-batch means
+    for result in logs:
+        (logged,) = [r["loss"] for r in result.history if "eval" not in r]
+        assert logged == pytest.approx(whole_loss.item(), rel=1e-6, abs=1e-7)
 
     after_accumulated, after_single = params_of(accumulated), params_of(single)
     for name, param in reference.named_parameters():
