@@ -9,7 +9,7 @@ import torch
 import transformers
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tiny_heads import TINY, random_batch, saved
+from tiny_heads import TINY, random_batch, randomize_, saved
 
 from minift.core.labels import DataError
 from minift.core.model import BertConfig, BertModel
@@ -156,7 +156,9 @@ def test_pretrain_nsp_reports_nsp_accuracy(minilm_dir, data_dir, tmp_path, capsy
 @given(seed=st.integers(0, 2**31), batch=st.integers(1, 4), seq=st.integers(2, 10))
 def test_next_sentence_prediction_matches_transformers(seed, batch, seq):
     torch.manual_seed(seed)
-    hf = transformers.BertForNextSentencePrediction(transformers.BertConfig(**TINY)).eval()
+    # every weight random: a fresh head's zero bias would hide a bias that is never loaded
+    hf = randomize_(transformers.BertForNextSentencePrediction(transformers.BertConfig(**TINY)),
+                    seed)
     data = random_batch(torch.Generator().manual_seed(seed), batch, seq, 2, False)
     ref = hf(**data)
     with tempfile.TemporaryDirectory() as tmp:
@@ -174,7 +176,7 @@ def test_next_sentence_prediction_matches_transformers(seed, batch, seq):
 @given(seed=st.integers(0, 2**31), batch=st.integers(1, 4), seq=st.integers(3, 10))
 def test_pretraining_loss_matches_bert_for_pretraining(seed, batch, seq):
     torch.manual_seed(seed)
-    hf = transformers.BertForPreTraining(transformers.BertConfig(**TINY)).eval()
+    hf = randomize_(transformers.BertForPreTraining(transformers.BertConfig(**TINY)), seed)
     gen = torch.Generator().manual_seed(seed)
     data = random_batch(gen, batch, seq, TINY["vocab_size"], True)
     data["labels"][:, 1] = 7  # at least one masked target a row
