@@ -59,8 +59,9 @@ def test_cli_tiny_run_writes_metrics(tiny_dir, sst2, tmp_path, capsys):
 
 
 def test_cli_max_steps_caps_the_contrastive_phase(tiny_dir, sst2, tmp_path, capsys):
-    """--max-steps reaches SetFitConfig: 8 shots of 2 classes make 144 pairs (9 steps of 16);
-    the cap stops at 2, and a cap above the steps changes nothing."""
+    """--max-steps reaches SetFitConfig: 8 shots of 2 classes make 144 pairs (9 steps of 16):
+    2 * (8 * 9 / 2) = 72 same-class pairs (self-pairs included) and 8 * 8 = 64 others,
+    oversampled to 72 each; the cap stops at 2, and a cap above the steps changes nothing."""
     _write_tsv(tmp_path / "train.tsv", [(ex.text, ex.label) for ex in sst2[0][:60]])
     _write_tsv(tmp_path / "dev.tsv", [(ex.text, ex.label) for ex in sst2[1][:8]])
     base = ["setfit", "--model", str(tiny_dir), "--train", str(tmp_path / "train.tsv"),

@@ -12,6 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 from toy_loop import (
     DEVICES,
     Toy,
@@ -103,12 +104,17 @@ def test_accumulated_micro_batches_equal_one_batch(tmp_path_factory, sizes, igno
                 lambda p, name=name: captured.__setitem__(name, p.grad.clone())
             )
     reference = copy.deepcopy(model)
-    reference(**whole)["loss"].backward()
+    whole_loss = reference(**whole)["loss"]
+    whole_loss.backward()
 
     tmp = tmp_path_factory.mktemp("accum")
     common = {"max_steps": 1, "warmup_ratio": 0.0, "weight_decay": 0.0}
-    train(accumulated, lambda e: micro, config(tmp, "a", grad_accum=len(micro), **common))
-    train(single, lambda e: [whole], config(tmp, "b", grad_accum=1, **common))
+    logs = [train(accumulated, lambda e: micro, config(tmp, "a", grad_accum=len(micro), **common)),
+            train(single, lambda e: [whole], config(tmp, "b", grad_accum=1, **common))]
+    # the logged loss is the window's mean over its targets too, not a mean of micro-batch means
+    for result in logs:
+        (logged,) = [r["loss"] for r in result.history if "eval" not in r]
+        assert logged == pytest.approx(whole_loss.item(), rel=1e-6, abs=1e-7)
 
     after_accumulated, after_single = params_of(accumulated), params_of(single)
     for name, param in reference.named_parameters():
@@ -124,6 +130,31 @@ def test_accumulated_micro_batches_equal_one_batch(tmp_path_factory, sizes, igno
             after_accumulated[name][stable], after_single[name][stable], atol=1e-6, rtol=0, msg=name
         )
     assert not torch.equal(after_accumulated["out.weight"], params_of(model)["out.weight"])
+
+
+def test_the_optimizer_sees_gradients_clipped_to_max_grad_norm(tmp_path):
+    """The total norm of the gradients each optimizer step receives: the same first gradient
+    unclipped (max_grad_norm None), then with a bound a quarter of its norm, where it arrives
+    scaled to the bound exactly; later steps stay within it. (AdamW's first step barely depends
+    on the gradient's scale, so the weights alone would not show a missing clip.)"""
+    norms: list[float] = []
+
+    def record(optimizer, args, kwargs):
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        norms.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
+
+    handle = register_optimizer_step_pre_hook(record)
+    try:
+        train(Toy(dropout=0.0), epochs_of(3), config(tmp_path, "free", max_steps=1,
+                                                      max_grad_norm=None))
+        bound = norms[0] / 4
+        train(Toy(dropout=0.0), epochs_of(3), config(tmp_path, "clipped", max_steps=3,
+                                                      max_grad_norm=bound))
+    finally:
+        handle.remove()
+    assert len(norms) == 4
+    assert norms[1] == pytest.approx(bound, rel=1e-5)
+    assert all(n <= bound * (1 + 1e-5) for n in norms[2:]), (bound, norms)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -439,12 +439,16 @@ def test_resumed_mlm_training_equals_an_uninterrupted_run(tiny_model_dir, financ
         try:
             train(model, batches, config, recorder=Checkpoints(resume=resume))
         except Stop:
-            return None
-        return model
+            return None, calls["n"]
+        return model, calls["n"]
 
-    full = run(tmp_path / "full")
-    assert run(tmp_path / "cut", stop_at=steps - 1) is None  # stopped after a checkpoint
-    resumed = run(tmp_path / "cut", resume=True)
+    full, fetched = run(tmp_path / "full")
+    assert fetched == steps
+    assert run(tmp_path / "cut", stop_at=steps - 1)[0] is None  # stopped after a checkpoint
+    resumed, fetched = run(tmp_path / "cut", resume=True)
+    # it continued from the last checkpoint (save_every=2) rather than starting over, which
+    # would also end with the same weights
+    assert fetched == steps - 2 * ((steps - 1) // 2)
     for (name, a), (_, b) in zip(
         full.state_dict().items(), resumed.state_dict().items(), strict=True
     ):

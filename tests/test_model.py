@@ -2,8 +2,9 @@
 configs, real weights, sentence embeddings; the config's checks; what importing model.py does.
 
 Tolerances: random tiny models in fp32 agree to atol 1e-5 (outputs and gradients); the published
-MiniLM checkpoint to 1e-4 (REFERENCE.md: a faithful implementation lands near 2e-6). The fast
-model is held to this one in test_unpad.py and test_cpu_kernels.py.
+MiniLM checkpoint to 3e-5 (REFERENCE.md: a faithful implementation lands near 2e-6; 6e-6 measured
+on an AMD EPYC, textbook and fast). The fast model is held to this one in test_unpad.py and
+test_cpu_kernels.py.
 """
 
 import csv
@@ -74,9 +75,13 @@ def build_pair(config: dict, seed: int, attn: str = "sdpa", fast: bool = False):
 
 
 @settings(deadline=None, max_examples=40)
-@given(setup=tiny_setups(), attn=st.sampled_from(["sdpa", "eager"]))
-def test_random_config_outputs_and_gradients_match(setup, attn):
+@given(setup=tiny_setups(), attn=st.sampled_from(["sdpa", "eager"]),
+       eps=st.sampled_from([1e-12, 1e-6]), init=st.sampled_from([0.02, 0.2]))
+def test_random_config_outputs_and_gradients_match(setup, attn, eps, init):
+    """eps is varied so a model that ignores the config's value shows; init 0.2 makes weights
+    wide enough that activations reach where a GELU approximation leaves the exact erf form."""
     config, input_ids, mask, token_type_ids, seed = setup
+    config = config | {"layer_norm_eps": eps, "initializer_range": init}
     hf, ours = build_pair(config, seed, attn)
     ref = hf(input_ids=input_ids, attention_mask=mask, token_type_ids=token_type_ids)
     out = ours(input_ids, mask, token_type_ids)
@@ -200,7 +205,7 @@ def test_published_checkpoint_matches_transformers(minilm_dir, sst2_sentences, f
         worst = max(worst,
                     (ours.last_hidden_state - ref.last_hidden_state)[real].abs().max().item(),
                     (ours.pooler_output - ref.pooler_output).abs().max().item())
-    assert worst <= 1e-4, f"max abs difference {worst:.2e}"
+    assert worst <= 3e-5, f"max abs difference {worst:.2e}"
 
 
 # ---- what importing does ---------------------------------------------------------------------

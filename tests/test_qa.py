@@ -18,7 +18,7 @@ import torch
 import transformers
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tiny_heads import TINY, random_batch, saved
+from tiny_heads import TINY, random_batch, randomize_, saved
 
 from minift.core.labels import DataError
 from minift.core.model import BertConfig
@@ -382,7 +382,8 @@ def test_squad_scores_take_the_best_reference_and_report_points():
        padded=st.booleans())
 def test_question_answering_matches_transformers(seed, batch, seq, padded):
     torch.manual_seed(seed)
-    hf = transformers.BertForQuestionAnswering(transformers.BertConfig(**TINY)).eval()
+    # every weight random: a fresh head's zero bias would hide a bias that is never loaded
+    hf = randomize_(transformers.BertForQuestionAnswering(transformers.BertConfig(**TINY)), seed)
     gen = torch.Generator().manual_seed(seed)
     data = random_batch(gen, batch, seq, 2, False)
     del data["labels"]
