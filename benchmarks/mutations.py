@@ -384,6 +384,21 @@ MUTATIONS: list[Mutation] = [
        "a source that could not improve may finish hypotheses again later",
        "beam search would return other texts than transformers' generate",
        "72385a8"),
+    # --- the tokenizer built from vocab.txt ----------------------------------------------------
+    _m("tokenizer-word-limit-50", "minift/data/tokenizer.py",
+       "max_input_chars_per_word=100))",
+       "max_input_chars_per_word=50))",
+       "tests/test_tokenizer.py::test_vocab_txt_pipeline_matches_reference_at_the_edges",
+       "WordPiece gives up on words over 50 characters instead of 100",
+       "a vocab.txt-only checkpoint would turn long words into [UNK] where the reference spells them",
+       "06420a1"),
+    _m("tokenizer-decode-no-cleanup", "minift/data/tokenizer.py",
+       '    backend.decoder = decoders.WordPiece(prefix="##")',
+       '    backend.decoder = decoders.WordPiece(prefix="##", cleanup=False)',
+       "tests/test_tokenizer.py::test_vocab_txt_pipeline_matches_reference_at_the_edges",
+       "decode keeps the spaces before punctuation (\"world .\")",
+       "a vocab.txt-only checkpoint would decode to other text than the reference",
+       "06420a1"),
 ]
 
 BY_ID = {m.id: m for m in MUTATIONS}

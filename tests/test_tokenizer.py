@@ -191,6 +191,22 @@ def test_vocab_txt_matches_tokenizer_json(ours, reference, from_vocab, case):
         assert getattr(from_vocab, name) == getattr(ours, name)
 
 
+
+def test_vocab_txt_pipeline_matches_reference_at_the_edges(ours, reference, from_vocab):
+    """The pipeline built from vocab.txt (`bert_wordpiece`) against the reference where random text
+    rarely goes: WordPiece's word-length limit (a word of 100 characters is spelled, one of 101
+    is [UNK]) and decode's clean-up of the spaces before punctuation ("world ." -> "world.")."""
+    texts = ["x" * 100, "x" * 101, "ab " + "é" * 101 + " cd", "Hello , world . it ' s ( x ) !"]
+    assert len(reference.tokenize("x" * 100)) > 1 and reference.tokenize("x" * 101) == ["[UNK]"]
+    for tokenizer in (ours, from_vocab):
+        for text in texts:
+            assert tokenizer.tokenize(text) == reference.tokenize(text)
+        for row in tokenizer(texts).input_ids:
+            for skip in (True, False):
+                expected = reference.decode(row.tolist(), skip_special_tokens=skip)
+                assert tokenizer.decode(row, skip) == expected
+
+
 @pytest.fixture(scope="module")
 def cased_dirs(minilm_dir, tmp_path_factory):
     """The same vocabulary with do_lower_case=False: from vocab.txt, and over tokenizer.json."""
